@@ -1,0 +1,122 @@
+//! Delivery: one `Channel` trait, one folder per channel. Channels only talk
+//! to their provider and classify failures; retrying, backoff and recording
+//! live in `schedule`, in one place.
+
+pub mod email;
+pub mod recording;
+pub mod webhook;
+
+use crate::model::{ChannelKind, Event};
+use crate::render::Rendered;
+use crate::store::Notification;
+use async_trait::async_trait;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Everything a channel needs to deliver one notification.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub notification: Notification,
+    pub event: Option<Event>,
+    pub rendered: Rendered,
+}
+
+/// What the provider said when it accepted a message.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Receipt {
+    /// The provider's id or answer, kept as the notification's `detail`.
+    pub detail: Option<String>,
+}
+
+/// A failed delivery, classified so the scheduler knows what to do next.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DeliveryError {
+    /// Worth trying again later (timeouts, 5xx, 429, connection refused).
+    #[error("{reason}: {detail}")]
+    Transient {
+        reason: &'static str,
+        detail: String,
+        retry_after: Option<Duration>,
+    },
+    /// Will never work as it is (bad address, 4xx, refused by the provider).
+    #[error("{reason}: {detail}")]
+    Permanent {
+        reason: &'static str,
+        detail: String,
+    },
+}
+
+impl DeliveryError {
+    pub fn is_transient(&self) -> bool {
+        matches!(self, DeliveryError::Transient { .. })
+    }
+
+    pub fn is_permanent(&self) -> bool {
+        !self.is_transient()
+    }
+
+    /// How long the provider asked us to wait, if it said.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            DeliveryError::Transient { retry_after, .. } => *retry_after,
+            DeliveryError::Permanent { .. } => None,
+        }
+    }
+
+    /// A short label for metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            DeliveryError::Transient { reason, .. } | DeliveryError::Permanent { reason, .. } => {
+                reason
+            }
+        }
+    }
+
+    /// The provider's own words.
+    pub fn detail(&self) -> &str {
+        match self {
+            DeliveryError::Transient { detail, .. } | DeliveryError::Permanent { detail, .. } => {
+                detail
+            }
+        }
+    }
+}
+
+#[async_trait]
+pub trait Channel: Send + Sync {
+    fn kind(&self) -> ChannelKind;
+    async fn deliver(&self, msg: &Outgoing) -> Result<Receipt, DeliveryError>;
+    /// Whether the provider is reachable, for `/healthz`.
+    async fn healthcheck(&self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// The channels a node delivers through, by kind.
+#[derive(Clone, Default)]
+pub struct Channels(HashMap<ChannelKind, Arc<dyn Channel>>);
+
+impl Channels {
+    pub fn insert(&mut self, channel: Arc<dyn Channel>) {
+        self.0.insert(channel.kind(), channel);
+    }
+
+    pub fn get(&self, kind: ChannelKind) -> Option<&Arc<dyn Channel>> {
+        self.0.get(&kind)
+    }
+
+    pub fn kinds(&self) -> impl Iterator<Item = ChannelKind> + '_ {
+        self.0.keys().copied()
+    }
+
+    /// The channels a server runs with, from config.
+    pub fn from_config(config: &crate::config::Config) -> anyhow::Result<Channels> {
+        let mut channels = Channels::default();
+        channels.insert(Arc::new(email::EmailChannel::from_config(&config.email)?));
+        channels.insert(Arc::new(webhook::WebhookChannel::from_config(
+            &config.channels.webhook,
+        )?));
+        Ok(channels)
+    }
+}

@@ -1,0 +1,82 @@
+//! The `kci` command line: one file per subcommand.
+
+mod migrate;
+mod serve;
+mod simulate;
+mod token;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+/// kci — Keeping Customers Informed: a self-hosted customer notification hub.
+///
+/// Source systems post events over HTTP; kci decides who is told, where,
+/// when and in what form, and delivers by mail and webhooks.
+#[derive(Parser)]
+#[command(name = "kci", version, about, long_about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Where the configuration comes from.
+#[derive(clap::Args, Clone)]
+pub struct ConfigArg {
+    /// Config file (TOML). Without one, kci runs on its embedded defaults:
+    /// SQLite and a Maildir outbox under ./kci-data.
+    #[arg(long, short, env = "KCI_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the hub: the HTTP API and the delivery workers.
+    Serve(ConfigArg),
+    /// Create or upgrade the database schema, then exit.
+    Migrate(ConfigArg),
+    /// Manage API tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Run a scenario on a virtual clock and print every notification's fate
+    /// as JSON lines.
+    Simulate {
+        /// The scenario: kci config plus start, until, accounts and events.
+        scenario: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum TokenCommand {
+    /// Create a token; it is printed once, on the last line of stdout.
+    Create {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Who or what uses the token (shown in logs and audits).
+        #[arg(long)]
+        name: String,
+        /// A scope to grant; repeat for several. One of events:write,
+        /// events:read, directory:read, directory:write, directory:admin,
+        /// keys:write, calls, admin.
+        #[arg(long = "scope", required = true)]
+        scopes: Vec<String>,
+    },
+}
+
+/// Runs the parsed command; the exit code is decided in `main`.
+pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
+    match cli.command {
+        Command::Serve(c) => serve::run(c).await,
+        Command::Migrate(c) => migrate::run(c).await,
+        Command::Token(TokenCommand::Create {
+            config,
+            name,
+            scopes,
+        }) => token::create(config, name, scopes).await,
+        Command::Simulate { scenario } => simulate::run(&scenario).await,
+    }
+}
+
+/// Loads the configuration named by `arg`, or the embedded defaults.
+pub fn load_config(arg: &ConfigArg) -> anyhow::Result<crate::config::Config> {
+    Ok(crate::config::Config::load(arg.config.as_deref())?)
+}

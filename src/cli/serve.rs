@@ -1,0 +1,89 @@
+//! `kci serve`: the HTTP API and the delivery worker in one process.
+
+use super::ConfigArg;
+use crate::channels::Channels;
+use crate::metrics::Metrics;
+use crate::model::{Clock, SystemClock};
+use crate::render::Renderer;
+use crate::schedule::Scheduler;
+use crate::shutdown::Shutdown;
+use crate::web::AppState;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+pub async fn run(arg: ConfigArg) -> anyhow::Result<ExitCode> {
+    let config = Arc::new(super::load_config(&arg)?);
+    let store = crate::store::open(config.store.url.expose()).await?;
+    let channels = Channels::from_config(&config)?;
+    let renderer = Arc::new(Renderer::new(&config)?);
+    let metrics = Arc::new(Metrics::new());
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let shutdown = Shutdown::default();
+
+    let scheduler = Arc::new(Scheduler {
+        store: store.clone(),
+        channels: channels.clone(),
+        renderer,
+        delivery: config.delivery.clone(),
+        metrics: metrics.clone(),
+        clock: clock.clone(),
+        wake: wake.clone(),
+    });
+    let worker = tokio::spawn(scheduler.run(shutdown.clone()));
+
+    let state = AppState {
+        store,
+        planner: crate::ingest::planner(config.clone()),
+        config: config.clone(),
+        channels,
+        metrics,
+        clock,
+        wake,
+    };
+    let listener = tokio::net::TcpListener::bind(config.server.listen)
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "server.listen: cannot listen on {}: {e}",
+                config.server.listen
+            )
+        })?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "kci is listening");
+    eprintln!("kci listening on http://{addr}");
+
+    let signal = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        signal.trigger();
+    });
+    let until = shutdown.clone();
+    axum::serve(listener, crate::web::router(state))
+        .with_graceful_shutdown(async move { until.wait().await })
+        .await?;
+    let _ = worker.await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

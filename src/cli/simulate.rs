@@ -1,0 +1,396 @@
+//! `kci simulate SCENARIO.toml` (DESIGN.md §5): the real ingest, plan,
+//! schedule and render path on a virtual clock, with a throw-away in-memory
+//! store and recording channels. Prints one JSON line per notification's
+//! final fate, ordered by `at`.
+
+use crate::channels::recording::RecordingChannel;
+use crate::channels::{Channel, Channels};
+use crate::config::{Config, Preferences};
+use crate::ingest::{self, EventInput};
+use crate::metrics::Metrics;
+use crate::model::{
+    Account, ChannelKind, Contact, Destination, DestinationUri, ManualClock, SecurityLevel, State,
+    TimeZoneName, fmt_time,
+};
+use crate::render::Renderer;
+use crate::schedule::Scheduler;
+use crate::store::{IngestOutcome, Notification, Store, sqlite::SqliteStore};
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+/// A scenario failed to parse or set up: exit code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ScenarioError(pub String);
+
+#[derive(Deserialize)]
+struct Scenario {
+    start: toml::value::Datetime,
+    until: toml::value::Datetime,
+    #[serde(default)]
+    account: Vec<toml::Spanned<ScenarioAccount>>,
+    #[serde(default)]
+    event: Vec<toml::Spanned<ScenarioEvent>>,
+    #[serde(flatten)]
+    config: toml::Table,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScenarioAccount {
+    id: String,
+    name: Option<String>,
+    timezone: Option<String>,
+    security_level: Option<String>,
+    #[serde(default)]
+    paranoid: bool,
+    #[serde(default)]
+    defaults: Preferences,
+    #[serde(default)]
+    contact: Vec<ScenarioContact>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScenarioContact {
+    id: String,
+    name: Option<String>,
+    timezone: Option<String>,
+    #[serde(default)]
+    destination: Vec<toml::Table>,
+}
+
+#[derive(Deserialize)]
+struct ScenarioEvent {
+    at: toml::value::Datetime,
+    #[serde(flatten)]
+    fields: toml::Table,
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())]
+        .bytes()
+        .filter(|b| *b == b'\n')
+        .count()
+        + 1
+}
+
+fn datetime(v: &toml::value::Datetime, what: &str) -> Result<DateTime<Utc>, ScenarioError> {
+    crate::model::parse_time(&v.to_string())
+        .map_err(|e| ScenarioError(format!("{what}: {e} (give a UTC offset)")))
+}
+
+/// One printed fate.
+#[derive(serde::Serialize)]
+struct Fate<'a> {
+    at: String,
+    event: Option<&'a str>,
+    #[serde(rename = "type")]
+    type_name: &'a str,
+    account: &'a str,
+    contact: &'a str,
+    destination: &'a str,
+    state: State,
+    reason: Option<crate::model::Reason>,
+    text: Option<String>,
+    subject: Option<String>,
+}
+
+pub async fn run(path: &Path) -> anyhow::Result<ExitCode> {
+    match simulate(path).await {
+        Ok(lines) => {
+            let mut out = String::new();
+            for l in lines {
+                out.push_str(&l);
+                out.push('\n');
+            }
+            print!("{out}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("kci simulate: {}: {e}", path.display());
+            Ok(ExitCode::from(2))
+        }
+    }
+}
+
+/// Runs the scenario at `path`, returning the JSON lines.
+pub async fn simulate(path: &Path) -> Result<Vec<String>, ScenarioError> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| ScenarioError(format!("cannot read: {e}")))?;
+    simulate_text(&text, &path.display().to_string()).await
+}
+
+pub async fn simulate_text(text: &str, file: &str) -> Result<Vec<String>, ScenarioError> {
+    let scenario: Scenario = toml::from_str(text).map_err(|e| {
+        let line = e
+            .span()
+            .map(|s| format!("line {}: ", line_of(text, s.start)))
+            .unwrap_or_default();
+        ScenarioError(format!("{line}{}", e.message()))
+    })?;
+    let config = Arc::new(
+        Config::from_table(scenario.config, file).map_err(|e| ScenarioError(e.to_string()))?,
+    );
+    let start = datetime(&scenario.start, "start")?;
+    let until = datetime(&scenario.until, "until")?;
+    if until < start {
+        return Err(ScenarioError("until: is before start".into()));
+    }
+
+    let store: Arc<dyn Store> =
+        Arc::new(SqliteStore::open(":memory:").map_err(|e| ScenarioError(format!("store: {e}")))?);
+    store
+        .migrate()
+        .await
+        .map_err(|e| ScenarioError(format!("store: {e}")))?;
+    for acc in &scenario.account {
+        let line = line_of(text, acc.span().start);
+        load_account(&*store, acc.get_ref())
+            .await
+            .map_err(|e| ScenarioError(format!("line {line}: account: {e}")))?;
+    }
+
+    let mut events = Vec::new();
+    for ev in &scenario.event {
+        let line = line_of(text, ev.span().start);
+        let at = datetime(&ev.get_ref().at, &format!("line {line}: event.at"))?;
+        let json =
+            serde_json::to_vec(&ev.get_ref().fields).map_err(|e| ScenarioError(e.to_string()))?;
+        let input: EventInput = ingest::parse(&json)
+            .map_err(|(_, e)| ScenarioError(format!("line {line}: event: {}", e.message)))?;
+        events.push((at, line, input));
+    }
+    events.sort_by_key(|(at, line, _)| (*at, *line));
+
+    let clock = Arc::new(ManualClock::new(start));
+    let mut channels = Channels::default();
+    let mut recorders = Vec::new();
+    for kind in [
+        ChannelKind::Email,
+        ChannelKind::Sms,
+        ChannelKind::Webhook,
+        ChannelKind::Matrix,
+        ChannelKind::Pushover,
+        ChannelKind::Ntfy,
+        ChannelKind::Telegram,
+        ChannelKind::Signal,
+    ] {
+        let rec = Arc::new(RecordingChannel::new(kind));
+        recorders.push(rec.clone());
+        channels.insert(rec as Arc<dyn Channel>);
+    }
+    let scheduler = Scheduler {
+        store: store.clone(),
+        channels,
+        renderer: Arc::new(Renderer::new(&config).map_err(|e| ScenarioError(e.to_string()))?),
+        delivery: config.delivery.clone(),
+        metrics: Arc::new(Metrics::new()),
+        clock: clock.clone(),
+        wake: Arc::new(tokio::sync::Notify::new()),
+    };
+    let planner = ingest::planner(config.clone());
+
+    let mut pending_events = events.into_iter().peekable();
+    let mut event_ids = Vec::new();
+    let mut now = start;
+    loop {
+        // Everything due now: arrivals first, then deliveries.
+        let mut arrivals = Vec::new();
+        while let Some((at, _, _)) = pending_events.peek() {
+            if *at > now {
+                break;
+            }
+            if let Some((_, line, input)) = pending_events.next() {
+                arrivals.push((line, input));
+            }
+        }
+        for (line, input) in arrivals {
+            let event = ingest::validate(input, &config, now)
+                .map_err(|e| ScenarioError(format!("line {line}: event: {}", e.message)))?;
+            let outcome = store
+                .ingest(vec![event], planner.clone())
+                .await
+                .map_err(|e| ScenarioError(format!("store: {e}")))?;
+            match outcome.into_iter().next() {
+                Some(IngestOutcome::Accepted { id, .. }) => event_ids.push(id),
+                Some(IngestOutcome::Duplicate { .. }) => {}
+                Some(IngestOutcome::Rejected(r)) => {
+                    return Err(ScenarioError(format!("line {line}: event: {}", r.message)));
+                }
+                None => {}
+            }
+        }
+        while scheduler
+            .run_once(now)
+            .await
+            .map_err(|e| ScenarioError(format!("store: {e}")))?
+            > 0
+        {}
+
+        let next_event = pending_events.peek().map(|(at, _, _)| *at);
+        let next_due = store
+            .next_due()
+            .await
+            .map_err(|e| ScenarioError(format!("store: {e}")))?;
+        let next = match (next_event, next_due) {
+            (Some(a), Some(b)) => a.min(b),
+            (Some(a), None) => a,
+            (None, Some(b)) => b,
+            (None, None) => break,
+        };
+        if next > until {
+            break;
+        }
+        now = next.max(now);
+        clock.set(now);
+    }
+
+    let sent: std::collections::HashMap<String, crate::channels::Outgoing> = recorders
+        .iter()
+        .flat_map(|r| r.sent())
+        .map(|o| (o.notification.id.clone(), o))
+        .collect();
+    let mut fates: Vec<(DateTime<Utc>, usize, Notification)> = Vec::new();
+    for (i, id) in event_ids.iter().enumerate() {
+        if let Some((_, notes)) = store
+            .event(id)
+            .await
+            .map_err(|e| ScenarioError(format!("store: {e}")))?
+        {
+            for n in notes {
+                let at = if n.state == State::Sent {
+                    n.sent_at.unwrap_or(n.decided_at)
+                } else {
+                    n.decided_at
+                };
+                fates.push((at, i, n));
+            }
+        }
+    }
+    fates.sort_by(|a, b| {
+        (a.0, a.1, &a.2.contact, &a.2.uri).cmp(&(b.0, b.1, &b.2.contact, &b.2.uri))
+    });
+    let lines = fates
+        .iter()
+        .map(|(at, _, n)| {
+            let out = sent.get(&n.id);
+            let (text, subject) = match (out, n.channel) {
+                (Some(o), ChannelKind::Email) => (
+                    Some(o.rendered.body.clone()),
+                    Some(o.rendered.subject.clone()),
+                ),
+                (Some(o), _) => (
+                    Some(
+                        o.rendered
+                            .short
+                            .clone()
+                            .unwrap_or_else(|| o.rendered.subject.clone()),
+                    ),
+                    None,
+                ),
+                (None, _) => (None, None),
+            };
+            let fate = Fate {
+                at: fmt_time(*at),
+                event: n.event.as_deref(),
+                type_name: &n.type_name,
+                account: &n.account,
+                contact: &n.contact,
+                destination: &n.uri,
+                state: n.state,
+                reason: n.reason,
+                text,
+                subject,
+            };
+            serde_json::to_string(&fate).unwrap_or_default()
+        })
+        .collect();
+    Ok(lines)
+}
+
+async fn load_account(store: &dyn Store, a: &ScenarioAccount) -> Result<(), String> {
+    let tz = |v: &Option<String>, what: &str| {
+        v.as_deref()
+            .map(|s| {
+                s.parse::<TimeZoneName>()
+                    .map_err(|e| format!("{what}: {e}"))
+            })
+            .transpose()
+    };
+    let account = Account {
+        id: a.id.clone(),
+        name: a.name.clone().unwrap_or_else(|| a.id.clone()),
+        timezone: tz(&a.timezone, "timezone")?,
+        security_level: a
+            .security_level
+            .as_deref()
+            .map(|s| {
+                s.parse::<SecurityLevel>()
+                    .map_err(|e| format!("security_level: {e}"))
+            })
+            .transpose()?
+            .unwrap_or_default(),
+        paranoid: a.paranoid,
+        defaults: a.defaults.clone(),
+    };
+    store
+        .put_account(&account)
+        .await
+        .map_err(|e| e.to_string())?;
+    for c in &a.contact {
+        let contact = Contact {
+            id: c.id.clone(),
+            name: c.name.clone().unwrap_or_else(|| c.id.clone()),
+            timezone: tz(&c.timezone, "contact.timezone")?,
+        };
+        store
+            .put_contact(&account.id, &contact)
+            .await
+            .map_err(|e| e.to_string())?;
+        for d in &c.destination {
+            let mut d = d.clone();
+            let uri = match d.remove("uri") {
+                Some(toml::Value::String(s)) => s
+                    .parse::<DestinationUri>()
+                    .map_err(|e| format!("destination.uri: {e}"))?,
+                _ => return Err(format!("contact {}: destination needs a uri", c.id)),
+            };
+            let prefs: Preferences = toml::Value::Table(d)
+                .try_into()
+                .map_err(|e| format!("destination: {e}"))?;
+            let dest = Destination {
+                id: crate::store::new_id(),
+                contact: c.id.clone(),
+                uri,
+                prefs,
+                verified: true,
+            };
+            store
+                .add_destination(&account.id, &dest, None, None)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn bad_scenario_names_the_line() {
+        let e = simulate_text("start = \"2026-03-22T02:55:00Z\"\nuntil = 5\n", "s.toml")
+            .await
+            .unwrap_err();
+        assert!(e.0.contains("line 2"), "{e}");
+        let e = simulate_text("start = 2026-03-22T02:55:00Z\nuntil = 2026-03-23T00:00:00Z\n\n[[event]]\nat = 2026-03-22T03:00:00Z\ntype = \"nope\"\naccount = \"A1\"\n", "s.toml")
+            .await
+            .unwrap_err();
+        assert!(e.0.contains("line 4") && e.0.contains("type"), "{e}");
+    }
+}

@@ -1,0 +1,551 @@
+//! Configuration: `kci.toml` (or `KCI_CONFIG`), falling back to embedded
+//! defaults so `kci serve` with no file runs on SQLite and a Maildir outbox
+//! under `./kci-data`. Parsed with serde (unknown keys refused), then
+//! `validate()`d; every error names the file and the key.
+
+use crate::model::{Priority, Secret, Span, TimeZoneName, Window};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// A configuration problem, naming where it was found.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {key}: {message}")]
+pub struct ConfigError {
+    pub file: String,
+    pub key: String,
+    pub message: String,
+}
+
+/// The whole configuration of a kci node.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The HTTP listener.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// Where state lives.
+    #[serde(default)]
+    pub store: StoreConfig,
+    /// Outgoing mail.
+    #[serde(default)]
+    pub email: EmailConfig,
+    /// Preferences used where neither destination, contact nor account sets one.
+    #[serde(default)]
+    pub defaults: Preferences,
+    /// Per-channel settings and provider credentials.
+    #[serde(default)]
+    pub channels: ChannelsConfig,
+    /// Retry and concurrency of the delivery workers.
+    #[serde(default)]
+    pub delivery: DeliveryConfig,
+    /// Event types source systems may post, by name (such as `line.down`).
+    #[serde(default)]
+    pub types: BTreeMap<String, EventType>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address and port of the HTTP API.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Largest accepted request body in bytes (batches included).
+    #[serde(default = "default_body_limit")]
+    pub max_body_bytes: usize,
+    /// Serve `/metrics` without a token (default: needs the `admin` scope).
+    #[serde(default)]
+    pub public_metrics: bool,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8460))
+}
+
+fn default_body_limit() -> usize {
+    16 * 1024 * 1024
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+            max_body_bytes: default_body_limit(),
+            public_metrics: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `sqlite://PATH` (embedded, default) or `postgres://…` (multi-node).
+    /// Kept secret because a PostgreSQL URL may carry a password.
+    #[serde(default = "default_store_url")]
+    pub url: Secret<String>,
+}
+
+fn default_store_url() -> Secret<String> {
+    Secret::new("sqlite://kci-data/kci.db".into())
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            url: default_store_url(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmailConfig {
+    /// The sender, `Name <address>`.
+    #[serde(default = "default_from")]
+    pub from: String,
+    /// SMTP server in lettre URL syntax (`smtp://host:587`, `smtps://…`);
+    /// STARTTLS is used when offered unless the URL sets `tls=`. Absent: mail
+    /// goes to the Maildir outbox instead. Secret: it may carry a password.
+    #[serde(default)]
+    pub smtp: Option<Secret<String>>,
+    /// The Maildir written when no SMTP server is configured.
+    #[serde(default = "default_outbox")]
+    pub outbox: PathBuf,
+    /// Give up on one SMTP conversation after this long.
+    #[serde(default = "default_timeout")]
+    pub timeout: Span,
+}
+
+fn default_from() -> String {
+    "kci <kci@localhost>".into()
+}
+
+fn default_outbox() -> PathBuf {
+    PathBuf::from("kci-data/outbox")
+}
+
+fn default_timeout() -> Span {
+    Span(std::time::Duration::from_secs(30))
+}
+
+impl Default for EmailConfig {
+    fn default() -> Self {
+        Self {
+            from: default_from(),
+            smtp: None,
+            outbox: default_outbox(),
+            timeout: default_timeout(),
+        }
+    }
+}
+
+/// Preferences that cascade destination → contact → account → config.
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Preferences {
+    /// When non-urgent notices may go out, in `opening_hours` syntax.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<Window>,
+    /// IANA zone the window is read in.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "tz_opt")]
+    pub timezone: Option<TimeZoneName>,
+    /// Notices below this priority are suppressed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_priority: Option<Priority>,
+    /// Only these categories (absent: all).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub categories: Option<Vec<String>>,
+    /// Only these services (absent: all).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub services: Option<Vec<String>>,
+    /// Combine non-urgent notices into one message per period.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "span_opt")]
+    pub digest: Option<Span>,
+    /// Whether urgent notices ignore the window (default yes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub urgent_bypasses_window: Option<bool>,
+}
+
+impl Preferences {
+    /// Fills every field this level leaves unset from `parent`.
+    pub fn inherit(&self, parent: &Preferences) -> Preferences {
+        Preferences {
+            window: self.window.clone().or_else(|| parent.window.clone()),
+            timezone: self.timezone.or(parent.timezone),
+            min_priority: self.min_priority.or(parent.min_priority),
+            categories: self
+                .categories
+                .clone()
+                .or_else(|| parent.categories.clone()),
+            services: self.services.clone().or_else(|| parent.services.clone()),
+            digest: self.digest.or(parent.digest),
+            urgent_bypasses_window: self
+                .urgent_bypasses_window
+                .or(parent.urgent_bypasses_window),
+        }
+    }
+}
+
+mod tz_opt {
+    use crate::model::TimeZoneName;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<TimeZoneName>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(tz) => s.collect_str(tz),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<TimeZoneName>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|s| s.parse().map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
+mod span_opt {
+    use crate::model::Span;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<Span>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(span) => s.collect_str(span),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Span>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|s| s.parse().map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelsConfig {
+    /// Webhook deliveries (`https://…` destinations).
+    #[serde(default)]
+    pub webhook: WebhookConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// Standard Webhooks signing secret, `whsec_` followed by base64.
+    #[serde(default)]
+    pub secret: Option<Secret<String>>,
+    /// Allow plain `http://` to hosts other than loopback.
+    #[serde(default)]
+    pub allow_http: bool,
+    /// Give up on one request after this long.
+    #[serde(default = "default_webhook_timeout")]
+    pub timeout: Span,
+}
+
+fn default_webhook_timeout() -> Span {
+    Span(std::time::Duration::from_secs(10))
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        Self {
+            secret: None,
+            allow_http: false,
+            timeout: default_webhook_timeout(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveryConfig {
+    /// Notifications delivered at once by one node.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    /// Attempts before a transient failure becomes `failed`.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// First retry delay; doubles each attempt, with jitter.
+    #[serde(default = "default_backoff")]
+    pub backoff: Span,
+    /// Longest retry delay.
+    #[serde(default = "default_backoff_max")]
+    pub backoff_max: Span,
+    /// How long a node owns a notification it is sending; after that another
+    /// node (or this one, restarted) may take it over.
+    #[serde(default = "default_lease")]
+    pub lease: Span,
+}
+
+fn default_concurrency() -> usize {
+    32
+}
+fn default_max_attempts() -> u32 {
+    8
+}
+fn default_backoff() -> Span {
+    Span(std::time::Duration::from_secs(5))
+}
+fn default_backoff_max() -> Span {
+    Span(std::time::Duration::from_secs(3600))
+}
+fn default_lease() -> Span {
+    Span(std::time::Duration::from_secs(120))
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        Self {
+            concurrency: default_concurrency(),
+            max_attempts: default_max_attempts(),
+            backoff: default_backoff(),
+            backoff_max: default_backoff_max(),
+            lease: default_lease(),
+        }
+    }
+}
+
+/// A configured event type (DESIGN.md §4).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventType {
+    /// Category used by destination filters (default: the part of the type
+    /// name before the first dot).
+    #[serde(default)]
+    pub category: Option<String>,
+    /// Priority unless the event says otherwise.
+    #[serde(default)]
+    pub priority: Priority,
+    /// Wait this long after `occurred_at` before delivering.
+    #[serde(default)]
+    pub hold: Option<Span>,
+    /// Never deliver later than this after `occurred_at`.
+    #[serde(default)]
+    pub expires_after: Option<Span>,
+    /// Short form (SMS, push, chat), minijinja.
+    #[serde(default)]
+    pub short: Option<String>,
+    /// Mail subject, minijinja.
+    #[serde(default)]
+    pub subject: Option<String>,
+    /// Long form (mail body), minijinja.
+    #[serde(default)]
+    pub body: Option<String>,
+    /// Pair-and-cancel partners: types whose pending notices this one cancels.
+    #[serde(default)]
+    pub cancels: Vec<String>,
+    /// A newer event of this type and key replaces a pending older one.
+    #[serde(default)]
+    pub supersedes: bool,
+    /// Flap damping.
+    #[serde(default)]
+    pub flap: Option<Flap>,
+}
+
+impl EventType {
+    /// The category of this type named `name`.
+    pub fn category_for<'a>(&'a self, name: &'a str) -> &'a str {
+        self.category
+            .as_deref()
+            .unwrap_or_else(|| name.split('.').next().unwrap_or(name))
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Flap {
+    /// Changes within `within` that count as flapping.
+    pub threshold: u32,
+    pub within: Span,
+}
+
+/// The configuration kci runs on when given none.
+pub const EMBEDDED_DEFAULTS: &str = include_str!("defaults.toml");
+
+impl Config {
+    /// Loads `path`, or the embedded defaults when `path` is `None`.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|e| ConfigError {
+                    file: p.display().to_string(),
+                    key: "(file)".into(),
+                    message: format!("cannot read: {e}"),
+                })?;
+                Config::parse(&text, &p.display().to_string())
+            }
+            None => Config::parse(EMBEDDED_DEFAULTS, "(embedded defaults)"),
+        }
+    }
+
+    /// Parses and validates config text; `file` is only used in errors.
+    pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+        let table: toml::Table = toml::from_str(text).map_err(|e| ConfigError {
+            file: file.into(),
+            key: "(syntax)".into(),
+            message: e.to_string().trim().replace('\n', " "),
+        })?;
+        Config::from_table(table, file)
+    }
+
+    /// Builds a config from an already parsed TOML table (the simulator
+    /// strips its own keys first).
+    pub fn from_table(table: toml::Table, file: &str) -> Result<Config, ConfigError> {
+        let config: Config =
+            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+                ConfigError {
+                    file: file.into(),
+                    key: display_path(e.path()),
+                    message: e.inner().to_string().trim().replace('\n', " "),
+                }
+            })?;
+        config.validate().map_err(|(key, message)| ConfigError {
+            file: file.into(),
+            key,
+            message,
+        })?;
+        Ok(config)
+    }
+
+    /// Cross-field checks that serde cannot express. Pure: no I/O.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        let url = self.store.url.expose();
+        if !(url.starts_with("sqlite:")
+            || url.starts_with("postgres://")
+            || url.starts_with("postgresql://"))
+        {
+            return Err((
+                "store.url".into(),
+                "must start with sqlite:// or postgres://".into(),
+            ));
+        }
+        self.email
+            .from
+            .parse::<lettre::message::Mailbox>()
+            .map_err(|e| {
+                (
+                    "email.from".to_string(),
+                    format!("`{}` is not a mailbox ({e})", self.email.from),
+                )
+            })?;
+        if let Some(smtp) = &self.email.smtp {
+            let parsed = url::Url::parse(smtp.expose())
+                .map_err(|e| ("email.smtp".to_string(), format!("not a URL ({e})")))?;
+            if !matches!(parsed.scheme(), "smtp" | "smtps") {
+                return Err(("email.smtp".into(), "must be smtp://… or smtps://…".into()));
+            }
+        }
+        if let Some(secret) = &self.channels.webhook.secret {
+            crate::channels::webhook::decode_secret(secret.expose())
+                .map_err(|e| ("channels.webhook.secret".to_string(), e.to_string()))?;
+        }
+        if self.delivery.concurrency == 0 {
+            return Err(("delivery.concurrency".into(), "must be at least 1".into()));
+        }
+        if self.delivery.max_attempts == 0 {
+            return Err(("delivery.max_attempts".into(), "must be at least 1".into()));
+        }
+        for (name, t) in &self.types {
+            let key = |field: &str| format!("types.\"{name}\".{field}");
+            crate::model::check_id(name)
+                .map_err(|e| (format!("types.\"{name}\""), e.to_string()))?;
+            for partner in &t.cancels {
+                if !self.types.contains_key(partner) {
+                    return Err((
+                        key("cancels"),
+                        format!("`{partner}` is not a configured type"),
+                    ));
+                }
+            }
+            if let Some(flap) = &t.flap {
+                if flap.threshold < 2 {
+                    return Err((key("flap.threshold"), "must be at least 2".into()));
+                }
+                if flap.within.0.is_zero() {
+                    return Err((key("flap.within"), "must be longer than zero".into()));
+                }
+            }
+            for (field, source) in [
+                ("short", &t.short),
+                ("subject", &t.subject),
+                ("body", &t.body),
+            ] {
+                if let Some(source) = source {
+                    crate::render::check_template(source).map_err(|e| (key(field), e))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The data directory used for the embedded defaults.
+    pub fn sqlite_path(&self) -> Option<PathBuf> {
+        let url = self.store.url.expose();
+        let rest = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))?;
+        Some(PathBuf::from(rest))
+    }
+}
+
+fn display_path(path: &serde_path_to_error::Path) -> String {
+    let s = path.to_string();
+    if s == "." || s.is_empty() {
+        "(top level)".into()
+    } else {
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_defaults_load() {
+        let c = Config::load(None).unwrap();
+        assert_eq!(c.server.listen.port(), 8460);
+        assert!(c.sqlite_path().is_some());
+        assert!(c.email.smtp.is_none());
+    }
+
+    #[test]
+    fn errors_name_file_and_key() {
+        let e = Config::parse("[types.\"line.down\"]\nhold = \"soon\"\n", "kci.toml").unwrap_err();
+        assert_eq!(e.file, "kci.toml");
+        assert!(e.key.contains("line.down") && e.key.contains("hold"), "{e}");
+
+        let e = Config::parse("[server]\nlisten = \"x\"\n", "kci.toml").unwrap_err();
+        assert_eq!(e.key, "server.listen", "{e}");
+
+        let e = Config::parse("[serverr]\n", "kci.toml").unwrap_err();
+        assert!(e.message.contains("serverr"), "{e}");
+
+        let e = Config::parse("[types.a]\ncancels = [\"b\"]\n", "kci.toml").unwrap_err();
+        assert_eq!(e.key, "types.\"a\".cancels");
+
+        let e = Config::parse("[types.a]\nshort = \"{{ oops\"\n", "kci.toml").unwrap_err();
+        assert_eq!(e.key, "types.\"a\".short");
+
+        let e = Config::parse("[defaults]\nwindow = \"Mo-Fr 99:00\"\n", "kci.toml").unwrap_err();
+        assert_eq!(e.key, "defaults.window");
+
+        let e = Config::parse("[defaults]\ntimezone = \"Mars/Olympus\"\n", "kci.toml").unwrap_err();
+        assert_eq!(e.key, "defaults.timezone");
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        let c = Config::parse(
+            "[email]\nsmtp = \"smtp://u:hunter2@127.0.0.1:25\"\n[channels.webhook]\nsecret = \"whsec_aHVudGVyMmh1bnRlcjI=\"\n",
+            "t",
+        )
+        .unwrap();
+        let dump = format!("{c:?}");
+        assert!(!dump.contains("hunter2"));
+        assert!(!dump.contains("aHVudGVy"));
+    }
+}

@@ -1,0 +1,289 @@
+//! Ingest: an event as posted by a source system (DESIGN.md §3) is checked
+//! field by field and normalised into a [`model::Event`](crate::model::Event).
+//! Validation is pure; the handlers in `web::api::events` store the result.
+
+use crate::config::Config;
+use crate::model::{Event, Priority, check_id, parse_time};
+use crate::plan::{self, Plan};
+use crate::store::{Planner, Rejection};
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use std::sync::Arc;
+
+/// The JSON body of `POST /v1/events` (one line of a batch).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventInput {
+    pub id: Option<String>,
+    #[serde(rename = "type")]
+    pub type_name: String,
+    pub account: String,
+    pub service: Option<String>,
+    pub contact: Option<String>,
+    pub key: Option<String>,
+    pub priority: Option<String>,
+    pub category: Option<String>,
+    pub occurred_at: Option<String>,
+    pub not_before: Option<String>,
+    pub expires_at: Option<String>,
+    pub data: Option<serde_json::Value>,
+    pub short: Option<String>,
+    pub subject: Option<String>,
+    pub body: Option<String>,
+}
+
+/// A field that failed validation (becomes a 422).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FieldError {
+    pub code: &'static str,
+    pub message: String,
+}
+
+fn bad(code: &'static str, field: &str, msg: impl std::fmt::Display) -> FieldError {
+    FieldError {
+        code,
+        message: format!("{field}: {msg}"),
+    }
+}
+
+/// Longest literal text accepted (a long mail body is fine; a novel is not).
+const MAX_TEXT: usize = 64 * 1024;
+
+/// Parses one event body. `Err` carries (HTTP status, error): 400 for
+/// malformed JSON, 422 for well-formed JSON with bad fields.
+pub fn parse(bytes: &[u8]) -> Result<EventInput, (u16, FieldError)> {
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        use serde_json::error::Category;
+        match inner.classify() {
+            Category::Syntax | Category::Eof | Category::Io => (
+                400,
+                FieldError {
+                    code: "malformed_json",
+                    message: format!("the body is not valid JSON: {inner}"),
+                },
+            ),
+            Category::Data => {
+                let field = if path == "." {
+                    "body".to_string()
+                } else {
+                    path
+                };
+                (422, bad("invalid_field", &field, inner))
+            }
+        }
+    })
+}
+
+/// Normalises a parsed event against the config: type defaults, times, key.
+pub fn validate(
+    input: EventInput,
+    config: &Config,
+    now: DateTime<Utc>,
+) -> Result<Event, FieldError> {
+    let etype = config.types.get(&input.type_name).ok_or_else(|| {
+        bad(
+            "unknown_type",
+            "type",
+            format!("`{}` is not a configured event type", input.type_name),
+        )
+    })?;
+    check_id(&input.account).map_err(|e| bad("invalid_field", "account", e))?;
+    let id = match input.id {
+        Some(id) => {
+            check_id(&id).map_err(|e| bad("invalid_field", "id", e))?;
+            id
+        }
+        None => crate::store::new_id(),
+    };
+    for (field, v) in [
+        ("service", &input.service),
+        ("contact", &input.contact),
+        ("key", &input.key),
+    ] {
+        if let Some(v) = v {
+            check_id(v).map_err(|e| bad("invalid_field", field, e))?;
+        }
+    }
+    let priority = match &input.priority {
+        Some(p) => p
+            .parse::<Priority>()
+            .map_err(|e| bad("invalid_field", "priority", e))?,
+        None => etype.priority,
+    };
+    let time = |field: &str, v: &Option<String>| {
+        v.as_deref()
+            .map(|s| parse_time(s).map_err(|e| bad("invalid_field", field, e)))
+            .transpose()
+    };
+    let occurred_at = time("occurred_at", &input.occurred_at)?.unwrap_or(now);
+    let not_before = time("not_before", &input.not_before)?;
+    let expires_at = time("expires_at", &input.expires_at)?
+        .or_else(|| etype.expires_after.map(|d| occurred_at + d.chrono()));
+    let data = match input.data {
+        None | Some(serde_json::Value::Null) => serde_json::Map::new(),
+        Some(serde_json::Value::Object(m)) => m,
+        Some(_) => return Err(bad("invalid_field", "data", "must be a JSON object")),
+    };
+    for (field, v) in [
+        ("short", &input.short),
+        ("subject", &input.subject),
+        ("body", &input.body),
+    ] {
+        if v.as_ref().is_some_and(|s| s.len() > MAX_TEXT) {
+            return Err(bad(
+                "invalid_field",
+                field,
+                format!("longer than {MAX_TEXT} bytes"),
+            ));
+        }
+    }
+    let category = match input.category {
+        Some(c) => {
+            check_id(&c).map_err(|e| bad("invalid_field", "category", e))?;
+            c
+        }
+        None => etype.category_for(&input.type_name).to_string(),
+    };
+    let key = input
+        .key
+        .or_else(|| input.service.clone())
+        .unwrap_or_else(|| id.clone());
+    Ok(Event {
+        id,
+        type_name: input.type_name,
+        account: input.account,
+        service: input.service,
+        contact: input.contact,
+        key,
+        priority,
+        category,
+        occurred_at,
+        not_before,
+        expires_at,
+        received_at: now,
+        data,
+        short: input.short,
+        subject: input.subject,
+        body: input.body,
+    })
+}
+
+/// The planner the store calls inside its ingest transaction: refuses an
+/// event naming an unknown contact, otherwise runs [`plan::plan`] as of the
+/// event's arrival.
+pub fn planner(config: Arc<Config>) -> Arc<Planner> {
+    Arc::new(move |event, view, pending| -> Result<Plan, Rejection> {
+        if let Some(c) = &event.contact {
+            if !view.contacts.iter().any(|cv| &cv.contact.id == c) {
+                return Err(Rejection {
+                    code: "unknown_contact",
+                    message: format!(
+                        "contact: `{c}` is not a contact of account `{}`",
+                        event.account
+                    ),
+                });
+            }
+        }
+        Ok(plan::plan(event, view, &config, pending, event.received_at))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> Config {
+        Config::parse(
+            "[types.\"line.down\"]\npriority = \"high\"\nexpires_after = \"12h\"\n[types.\"appointment.booked\"]\n",
+            "t",
+        )
+        .unwrap()
+    }
+
+    fn now() -> DateTime<Utc> {
+        "2026-03-22T03:00:00Z".parse().unwrap()
+    }
+
+    fn check(body: &str) -> Result<Event, (u16, FieldError)> {
+        let input = parse(body.as_bytes())?;
+        validate(input, &config(), now()).map_err(|e| (422, e))
+    }
+
+    #[test]
+    fn normalises_defaults() {
+        let ev = check(r#"{"type":"line.down","account":"A1","service":"L1"}"#).unwrap();
+        assert_eq!(ev.priority, Priority::High);
+        assert_eq!(ev.category, "line");
+        assert_eq!(ev.key, "L1");
+        assert_eq!(ev.occurred_at, now());
+        assert_eq!(ev.expires_at, Some("2026-03-22T15:00:00Z".parse().unwrap()));
+        let ev =
+            check(r#"{"id":"e9","type":"appointment.booked","account":"A1","priority":"low"}"#)
+                .unwrap();
+        assert_eq!((ev.key.as_str(), ev.priority), ("e9", Priority::Low));
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let cases = [
+            (
+                r#"{"type":"line.down","#,
+                400,
+                "malformed_json",
+                "body is not valid JSON",
+            ),
+            (r#"[1,2]"#, 422, "invalid_field", "body:"),
+            (
+                r#"{"type":"nope","account":"A1"}"#,
+                422,
+                "unknown_type",
+                "type:",
+            ),
+            (r#"{"type":"line.down"}"#, 422, "invalid_field", "account"),
+            (
+                r#"{"type":"line.down","account":"A1","priority":"meh"}"#,
+                422,
+                "invalid_field",
+                "priority:",
+            ),
+            (
+                r#"{"type":"line.down","account":"A1","occurred_at":"yesterday"}"#,
+                422,
+                "invalid_field",
+                "occurred_at:",
+            ),
+            (
+                r#"{"type":"line.down","account":"A1","expires_at":5}"#,
+                422,
+                "invalid_field",
+                "expires_at:",
+            ),
+            (
+                r#"{"type":"line.down","account":"A1","data":[1]}"#,
+                422,
+                "invalid_field",
+                "data:",
+            ),
+            (
+                r#"{"type":"line.down","account":"A1","colour":"red"}"#,
+                422,
+                "invalid_field",
+                "colour",
+            ),
+            (
+                r#"{"type":"line.down","account":"A 1"}"#,
+                422,
+                "invalid_field",
+                "account:",
+            ),
+        ];
+        for (body, status, code, needle) in cases {
+            let (s, e) = check(body).unwrap_err();
+            assert_eq!((s, e.code), (status, code), "{body}: {e:?}");
+            assert!(e.message.contains(needle), "{body}: {}", e.message);
+        }
+    }
+}

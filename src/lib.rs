@@ -1,0 +1,19 @@
+//! kci — Keeping Customers Informed. A self-hosted hub that source systems
+//! post events to; kci decides who is told, where, when and in what form.
+//!
+//! The modules follow the data flow of DESIGN.md §1:
+//! `ingest` → `plan` (pure) → `schedule` → `render` → `channels`, with
+//! `store` underneath, `web` and `cli` at the edges.
+
+pub mod channels;
+pub mod cli;
+pub mod config;
+pub mod ingest;
+pub mod metrics;
+pub mod model;
+pub mod plan;
+pub mod render;
+pub mod schedule;
+pub mod shutdown;
+pub mod store;
+pub mod web;

@@ -1,0 +1,100 @@
+//! Prometheus metrics: accepted events, notifications by state and reason,
+//! deliveries and their latency per channel, provider errors, and the
+//! current backlog per state.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+type Labels = Vec<(&'static str, String)>;
+
+pub struct Metrics {
+    registry: Registry,
+    pub events_accepted: Counter,
+    pub events_rejected: Family<Labels, Counter>,
+    pub decisions: Family<Labels, Counter>,
+    pub deliveries: Family<Labels, Counter>,
+    pub delivery_seconds: Family<Labels, Histogram>,
+    pub notifications: Family<Labels, Gauge>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("kci");
+        let events_accepted = Counter::default();
+        registry.register(
+            "events_accepted",
+            "Events stored durably and answered 202",
+            events_accepted.clone(),
+        );
+        let events_rejected = Family::<Labels, Counter>::default();
+        registry.register(
+            "events_rejected",
+            "Events refused, by error code",
+            events_rejected.clone(),
+        );
+        let decisions = Family::<Labels, Counter>::default();
+        registry.register(
+            "notification_decisions",
+            "Fates decided for notifications, by state and reason",
+            decisions.clone(),
+        );
+        let deliveries = Family::<Labels, Counter>::default();
+        registry.register(
+            "deliveries",
+            "Delivery attempts by channel and outcome (sent, transient, permanent) and provider reason",
+            deliveries.clone(),
+        );
+        let delivery_seconds = Family::<Labels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.001, 2.0, 16))
+        });
+        registry.register(
+            "delivery_seconds",
+            "Time one delivery attempt took, by channel",
+            delivery_seconds.clone(),
+        );
+        let notifications = Family::<Labels, Gauge>::default();
+        registry.register(
+            "notifications",
+            "Notifications currently in each state",
+            notifications.clone(),
+        );
+        Self {
+            registry,
+            events_accepted,
+            events_rejected,
+            decisions,
+            deliveries,
+            delivery_seconds,
+            notifications,
+        }
+    }
+
+    pub fn decided(&self, state: crate::model::State, reason: Option<crate::model::Reason>) {
+        self.decisions
+            .get_or_create(&vec![
+                ("state", state.as_str().to_string()),
+                (
+                    "reason",
+                    reason.map(|r| r.as_str()).unwrap_or("").to_string(),
+                ),
+            ])
+            .inc();
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}

@@ -1,0 +1,62 @@
+//! The directory: accounts, their contacts, and the destinations where each
+//! contact wants to be told.
+
+use super::{DestinationUri, SecurityLevel, TimeZoneName};
+use crate::config::Preferences;
+use serde::Serialize;
+
+/// A customer.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Account {
+    pub id: String,
+    pub name: String,
+    #[serde(serialize_with = "ser_tz_opt")]
+    pub timezone: Option<TimeZoneName>,
+    pub security_level: SecurityLevel,
+    pub paranoid: bool,
+    pub defaults: Preferences,
+}
+
+/// A person or control-page login under an account.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Contact {
+    pub id: String,
+    pub name: String,
+    #[serde(serialize_with = "ser_tz_opt")]
+    pub timezone: Option<TimeZoneName>,
+}
+
+/// Where a contact wants notices, with the preferences it sets itself.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Destination {
+    pub id: String,
+    pub contact: String,
+    pub uri: DestinationUri,
+    #[serde(flatten)]
+    pub prefs: Preferences,
+    pub verified: bool,
+}
+
+/// A contact with its destinations.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ContactView {
+    #[serde(flatten)]
+    pub contact: Contact,
+    pub destinations: Vec<Destination>,
+}
+
+/// An account with everything under it: what `plan` fans out over and what
+/// `GET /v1/accounts/{id}` shows.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct AccountView {
+    #[serde(flatten)]
+    pub account: Account,
+    pub contacts: Vec<ContactView>,
+}
+
+fn ser_tz_opt<S: serde::Serializer>(v: &Option<TimeZoneName>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(tz) => s.collect_str(tz),
+        None => s.serialize_none(),
+    }
+}

@@ -1,0 +1,242 @@
+//! Domain types. Raw strings from the outside world become these newtypes at
+//! the edge (HTTP, config, CLI), so anything inside kci holding one of them
+//! holds a valid value.
+
+mod clock;
+mod directory;
+mod duration;
+mod event;
+mod priority;
+mod secret;
+mod state;
+mod uri;
+mod window;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use directory::{Account, AccountView, Contact, ContactView, Destination};
+pub use duration::Span;
+pub use event::Event;
+pub use priority::Priority;
+pub use secret::Secret;
+pub use state::{Reason, State};
+pub use uri::{ChannelKind, DestinationUri};
+pub use window::Window;
+
+use chrono::{DateTime, TimeZone, Utc};
+use std::fmt;
+
+/// An error from parsing a raw value into a domain type; the message names
+/// what is wrong, the caller adds which field it came from.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ParseError(pub String);
+
+impl ParseError {
+    pub fn new(msg: impl Into<String>) -> Self {
+        Self(msg.into())
+    }
+}
+
+/// An IANA time zone, such as `Europe/London`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimeZoneName(pub chrono_tz::Tz);
+
+impl std::str::FromStr for TimeZoneName {
+    type Err = ParseError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        s.parse::<chrono_tz::Tz>()
+            .map(TimeZoneName)
+            .map_err(|_| ParseError::new(format!("`{s}` is not an IANA time zone name")))
+    }
+}
+
+impl fmt::Display for TimeZoneName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0.name())
+    }
+}
+
+/// Checks that an identifier given by a source system (account, contact,
+/// service, event id) is printable, reasonably short and free of separators
+/// that would make URLs or logs ambiguous.
+pub fn check_id(s: &str) -> Result<(), ParseError> {
+    if s.is_empty() {
+        return Err(ParseError::new("must not be empty"));
+    }
+    if s.len() > 128 {
+        return Err(ParseError::new("must be at most 128 bytes"));
+    }
+    if let Some(c) = s
+        .chars()
+        .find(|c| c.is_control() || c.is_whitespace() || *c == '/' || *c == '?' || *c == '#')
+    {
+        return Err(ParseError::new(format!("must not contain {c:?}")));
+    }
+    Ok(())
+}
+
+/// Milliseconds since the Unix epoch: how both stores keep instants.
+pub fn to_millis(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+/// The inverse of [`to_millis`]; out-of-range values clamp to the epoch
+/// rather than panic (they can only come from a corrupted row).
+pub fn from_millis(ms: i64) -> DateTime<Utc> {
+    Utc.timestamp_millis_opt(ms).single().unwrap_or_default()
+}
+
+/// Parses an RFC 3339 timestamp into UTC.
+pub fn parse_time(s: &str) -> Result<DateTime<Utc>, ParseError> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| ParseError::new(format!("`{s}` is not an RFC 3339 timestamp ({e})")))
+}
+
+/// Formats an instant the way the API and `kci simulate` print it.
+pub fn fmt_time(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+}
+
+/// The level of protection an account asks for (DESIGN.md §7).
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum SecurityLevel {
+    #[default]
+    Standard,
+    High,
+    Maximum,
+}
+
+impl SecurityLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SecurityLevel::Standard => "standard",
+            SecurityLevel::High => "high",
+            SecurityLevel::Maximum => "maximum",
+        }
+    }
+}
+
+impl std::str::FromStr for SecurityLevel {
+    type Err = ParseError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "standard" => Ok(Self::Standard),
+            "high" => Ok(Self::High),
+            "maximum" => Ok(Self::Maximum),
+            _ => Err(ParseError::new(format!(
+                "`{s}` is not one of standard, high, maximum"
+            ))),
+        }
+    }
+}
+
+/// What a bearer token may do (DESIGN.md §2a).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Scope {
+    EventsWrite,
+    EventsRead,
+    DirectoryRead,
+    DirectoryWrite,
+    DirectoryAdmin,
+    KeysWrite,
+    Calls,
+    Admin,
+}
+
+impl Scope {
+    pub const ALL: [Scope; 8] = [
+        Scope::EventsWrite,
+        Scope::EventsRead,
+        Scope::DirectoryRead,
+        Scope::DirectoryWrite,
+        Scope::DirectoryAdmin,
+        Scope::KeysWrite,
+        Scope::Calls,
+        Scope::Admin,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::EventsWrite => "events:write",
+            Scope::EventsRead => "events:read",
+            Scope::DirectoryRead => "directory:read",
+            Scope::DirectoryWrite => "directory:write",
+            Scope::DirectoryAdmin => "directory:admin",
+            Scope::KeysWrite => "keys:write",
+            Scope::Calls => "calls",
+            Scope::Admin => "admin",
+        }
+    }
+
+    /// Whether holding `self` grants `wanted`. `admin` grants everything;
+    /// `directory:admin` includes writing, and writing includes reading.
+    pub fn grants(self, wanted: Scope) -> bool {
+        self == wanted
+            || self == Scope::Admin
+            || matches!(
+                (self, wanted),
+                (
+                    Scope::DirectoryAdmin,
+                    Scope::DirectoryWrite | Scope::DirectoryRead
+                ) | (Scope::DirectoryWrite, Scope::DirectoryRead)
+            )
+    }
+}
+
+impl std::str::FromStr for Scope {
+    type Err = ParseError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Scope::ALL
+            .into_iter()
+            .find(|scope| scope.as_str() == s)
+            .ok_or_else(|| {
+                let known: Vec<_> = Scope::ALL.iter().map(|s| s.as_str()).collect();
+                ParseError::new(format!("`{s}` is not a scope; known: {}", known.join(", ")))
+            })
+    }
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scopes_round_trip_and_grant() {
+        for s in Scope::ALL {
+            assert_eq!(s.as_str().parse::<Scope>(), Ok(s));
+        }
+        assert!(Scope::Admin.grants(Scope::EventsWrite));
+        assert!(Scope::DirectoryAdmin.grants(Scope::DirectoryRead));
+        assert!(!Scope::DirectoryRead.grants(Scope::DirectoryWrite));
+        assert!(!Scope::EventsRead.grants(Scope::EventsWrite));
+        assert!("events:*".parse::<Scope>().is_err());
+    }
+
+    #[test]
+    fn ids_are_checked() {
+        assert!(check_id("A1").is_ok());
+        assert!(check_id("").is_err());
+        assert!(check_id("a/b").is_err());
+        assert!(check_id("a b").is_err());
+        assert!(check_id(&"x".repeat(129)).is_err());
+    }
+}

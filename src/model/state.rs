@@ -1,0 +1,155 @@
+//! Notification states and the reasons recorded with them (DESIGN.md §3,
+//! contract: these names are relied on outside the code).
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    /// Held, deferred or queued.
+    Pending,
+    Sending,
+    Sent,
+    Failed,
+    Cancelled,
+    Expired,
+    Suppressed,
+    Digested,
+}
+
+impl State {
+    pub const ALL: [State; 8] = [
+        State::Pending,
+        State::Sending,
+        State::Sent,
+        State::Failed,
+        State::Cancelled,
+        State::Expired,
+        State::Suppressed,
+        State::Digested,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Pending => "pending",
+            State::Sending => "sending",
+            State::Sent => "sent",
+            State::Failed => "failed",
+            State::Cancelled => "cancelled",
+            State::Expired => "expired",
+            State::Suppressed => "suppressed",
+            State::Digested => "digested",
+        }
+    }
+
+    /// Whether nothing more will happen to a notification in this state.
+    pub fn is_final(self) -> bool {
+        !matches!(self, State::Pending | State::Sending)
+    }
+}
+
+impl std::str::FromStr for State {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        State::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| format!("unknown state `{s}`"))
+    }
+}
+
+impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a notification is in its state: a short snake_case word.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    /// Waiting out the type's `hold`.
+    Hold,
+    /// Waiting for the event's `not_before`.
+    NotBefore,
+    /// Deferred until the destination's window opens.
+    Window,
+    MinPriority,
+    Category,
+    Service,
+    Unverified,
+    Expired,
+    Paired,
+    Superseded,
+    Flapping,
+    RateLimit,
+    EventCancelled,
+    /// Waiting to retry after a transient delivery failure.
+    Retry,
+    /// The provider refused it for good.
+    Rejected,
+    /// Transient failures until the attempts ran out.
+    GaveUp,
+    /// No channel is configured for the destination's scheme.
+    NoChannel,
+    /// The message could not be rendered for the channel.
+    Render,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Hold => "hold",
+            Reason::NotBefore => "not_before",
+            Reason::Window => "window",
+            Reason::MinPriority => "min_priority",
+            Reason::Category => "category",
+            Reason::Service => "service",
+            Reason::Unverified => "unverified",
+            Reason::Expired => "expired",
+            Reason::Paired => "paired",
+            Reason::Superseded => "superseded",
+            Reason::Flapping => "flapping",
+            Reason::RateLimit => "rate_limit",
+            Reason::EventCancelled => "event_cancelled",
+            Reason::Retry => "retry",
+            Reason::Rejected => "rejected",
+            Reason::GaveUp => "gave_up",
+            Reason::NoChannel => "no_channel",
+            Reason::Render => "render",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Reason> {
+        serde_json::from_value(serde_json::Value::String(s.to_string())).ok()
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for s in State::ALL {
+            assert_eq!(s.as_str().parse::<State>(), Ok(s));
+            assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
+        }
+        for r in [
+            Reason::EventCancelled,
+            Reason::MinPriority,
+            Reason::RateLimit,
+            Reason::NotBefore,
+        ] {
+            assert_eq!(Reason::parse(r.as_str()), Some(r));
+            assert_eq!(serde_json::to_value(r).unwrap(), r.as_str());
+        }
+    }
+}

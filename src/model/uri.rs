@@ -1,0 +1,257 @@
+//! Destination URIs (DESIGN.md §2, contract): standard schemes where one
+//! exists, a short `scheme:value` form for services without one.
+
+use super::ParseError;
+use serde::{Serialize, Serializer};
+use std::fmt;
+
+/// The channel a destination is delivered through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ChannelKind {
+    Email,
+    Sms,
+    Webhook,
+    Matrix,
+    Pushover,
+    Ntfy,
+    Telegram,
+    Signal,
+}
+
+impl ChannelKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChannelKind::Email => "email",
+            ChannelKind::Sms => "sms",
+            ChannelKind::Webhook => "webhook",
+            ChannelKind::Matrix => "matrix",
+            ChannelKind::Pushover => "pushover",
+            ChannelKind::Ntfy => "ntfy",
+            ChannelKind::Telegram => "telegram",
+            ChannelKind::Signal => "signal",
+        }
+    }
+}
+
+impl fmt::Display for ChannelKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A parsed, valid destination.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DestinationUri {
+    /// `mailto:alice@example.com` (RFC 6068, a single address, no headers).
+    Mailto(lettre::Address),
+    /// `sms:+447700900123` (RFC 5724, E.164).
+    Sms(String),
+    /// `https://…`, or `http://…` where the webhook channel allows it.
+    Webhook(url::Url),
+    /// `matrix:r/room:example.org` or `matrix:roomid/…`.
+    Matrix(String),
+    Pushover(String),
+    Ntfy(String),
+    Telegram(String),
+    /// `signal:+447700900123`.
+    Signal(String),
+}
+
+impl DestinationUri {
+    pub fn channel(&self) -> ChannelKind {
+        match self {
+            DestinationUri::Mailto(_) => ChannelKind::Email,
+            DestinationUri::Sms(_) => ChannelKind::Sms,
+            DestinationUri::Webhook(_) => ChannelKind::Webhook,
+            DestinationUri::Matrix(_) => ChannelKind::Matrix,
+            DestinationUri::Pushover(_) => ChannelKind::Pushover,
+            DestinationUri::Ntfy(_) => ChannelKind::Ntfy,
+            DestinationUri::Telegram(_) => ChannelKind::Telegram,
+            DestinationUri::Signal(_) => ChannelKind::Signal,
+        }
+    }
+
+    /// Whether a plain-`http` webhook points at this machine: allowed even
+    /// when `[channels.webhook] allow_http` is off.
+    pub fn is_loopback_http(&self) -> bool {
+        let DestinationUri::Webhook(url) = self else {
+            return false;
+        };
+        if url.scheme() != "http" {
+            return false;
+        }
+        match url.host() {
+            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+            Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+            None => false,
+        }
+    }
+}
+
+/// `+` and 8 to 15 digits, the first not zero.
+fn parse_e164(s: &str) -> Result<String, ParseError> {
+    let digits = s.strip_prefix('+').ok_or_else(|| {
+        ParseError::new(format!(
+            "`{s}` is not an E.164 number (it must start with +)"
+        ))
+    })?;
+    let ok = (8..=15).contains(&digits.len())
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && !digits.starts_with('0');
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(ParseError::new(format!(
+            "`{s}` is not an E.164 number (+ then 8 to 15 digits, no spaces)"
+        )))
+    }
+}
+
+fn non_empty_token(scheme: &str, v: &str) -> Result<String, ParseError> {
+    if v.is_empty() || v.len() > 256 || v.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        Err(ParseError::new(format!(
+            "`{scheme}:` needs a value without spaces"
+        )))
+    } else {
+        Ok(v.to_string())
+    }
+}
+
+impl std::str::FromStr for DestinationUri {
+    type Err = ParseError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (scheme, rest) = s
+            .split_once(':')
+            .ok_or_else(|| ParseError::new(format!("`{s}` is not a URI (no scheme)")))?;
+        match scheme.to_ascii_lowercase().as_str() {
+            "mailto" => {
+                if rest.contains('?') || rest.contains(',') {
+                    return Err(ParseError::new(
+                        "a mailto: destination is a single address without headers",
+                    ));
+                }
+                let addr = url::form_urlencoded::parse(format!("a={rest}").as_bytes())
+                    .next()
+                    .map(|(_, v)| v.into_owned())
+                    .unwrap_or_default();
+                addr.parse::<lettre::Address>()
+                    .map(DestinationUri::Mailto)
+                    .map_err(|e| ParseError::new(format!("`{addr}` is not an email address ({e})")))
+            }
+            "sms" => parse_e164(rest).map(DestinationUri::Sms),
+            "signal" => parse_e164(rest).map(DestinationUri::Signal),
+            "https" | "http" => {
+                let url = url::Url::parse(s)
+                    .map_err(|e| ParseError::new(format!("`{s}` is not a valid URL ({e})")))?;
+                if url.host().is_none() {
+                    return Err(ParseError::new(format!("`{s}` has no host")));
+                }
+                if !url.username().is_empty() || url.password().is_some() {
+                    return Err(ParseError::new(
+                        "credentials do not belong in a destination URI; configure them under [channels]",
+                    ));
+                }
+                Ok(DestinationUri::Webhook(url))
+            }
+            "matrix" => {
+                let valid = match rest.split_once('/') {
+                    Some(("r", alias)) => alias.len() > 2 && alias.contains(':'),
+                    Some(("roomid", id)) => !id.is_empty(),
+                    _ => false,
+                };
+                if valid {
+                    Ok(DestinationUri::Matrix(rest.to_string()))
+                } else {
+                    Err(ParseError::new(format!(
+                        "`{s}` is not a Matrix room URI (matrix:r/room:server or matrix:roomid/…)"
+                    )))
+                }
+            }
+            "pushover" => non_empty_token("pushover", rest).map(DestinationUri::Pushover),
+            "ntfy" => non_empty_token("ntfy", rest).map(DestinationUri::Ntfy),
+            "telegram" => non_empty_token("telegram", rest).map(DestinationUri::Telegram),
+            other => Err(ParseError::new(format!(
+                "unknown scheme `{other}:`; use mailto:, sms:, https:, matrix:, pushover:, ntfy:, telegram: or signal:"
+            ))),
+        }
+    }
+}
+
+impl fmt::Display for DestinationUri {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DestinationUri::Mailto(a) => write!(f, "mailto:{a}"),
+            DestinationUri::Sms(n) => write!(f, "sms:{n}"),
+            DestinationUri::Webhook(u) => f.write_str(u.as_str()),
+            DestinationUri::Matrix(r) => write!(f, "matrix:{r}"),
+            DestinationUri::Pushover(k) => write!(f, "pushover:{k}"),
+            DestinationUri::Ntfy(t) => write!(f, "ntfy:{t}"),
+            DestinationUri::Telegram(c) => write!(f, "telegram:{c}"),
+            DestinationUri::Signal(n) => write!(f, "signal:{n}"),
+        }
+    }
+}
+
+impl Serialize for DestinationUri {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_each_scheme() {
+        let ok = [
+            ("mailto:alice@example.com", ChannelKind::Email),
+            ("sms:+447700900123", ChannelKind::Sms),
+            ("https://hooks.example.com/kci", ChannelKind::Webhook),
+            ("matrix:r/support:example.org", ChannelKind::Matrix),
+            (
+                "pushover:uQiRzpo4DXghDmr9QzzfQu27cmVRsG",
+                ChannelKind::Pushover,
+            ),
+            ("ntfy:alerts", ChannelKind::Ntfy),
+            ("telegram:123456789", ChannelKind::Telegram),
+            ("signal:+447700900123", ChannelKind::Signal),
+        ];
+        for (s, kind) in ok {
+            let uri: DestinationUri = s.parse().unwrap_or_else(|e| panic!("{s}: {e}"));
+            assert_eq!(uri.channel(), kind);
+            assert_eq!(uri.to_string(), s);
+        }
+    }
+
+    #[test]
+    fn refuses_bad_ones() {
+        for s in [
+            "alice@example.com",
+            "mailto:not-an-address",
+            "mailto:a@example.com?subject=x",
+            "sms:07700900123",
+            "sms:+44 7700 900123",
+            "sms:+0123456789",
+            "https://user:pw@example.com/",
+            "matrix:room",
+            "gopher://x",
+            "ntfy:",
+        ] {
+            assert!(
+                s.parse::<DestinationUri>().is_err(),
+                "{s} should be refused"
+            );
+        }
+    }
+
+    #[test]
+    fn loopback_http() {
+        let yes: DestinationUri = "http://127.0.0.1:9/x".parse().unwrap();
+        let no: DestinationUri = "http://example.com/x".parse().unwrap();
+        assert!(yes.is_loopback_http());
+        assert!(!no.is_loopback_http());
+    }
+}

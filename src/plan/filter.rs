@@ -1,0 +1,112 @@
+//! Filters (DESIGN.md §4.1): verification, category, service, priority. A
+//! filtered notice is `suppressed` with the filter as its reason.
+
+use crate::config::Preferences;
+use crate::model::{Event, Priority, Reason};
+
+/// Why this destination must not get `event`, or `None` if it may.
+pub fn check(event: &Event, verified: bool, prefs: &Preferences) -> Option<Reason> {
+    if !verified {
+        return Some(Reason::Unverified);
+    }
+    if let Some(cats) = prefs.categories.as_ref().filter(|c| !c.is_empty()) {
+        if !cats.iter().any(|c| *c == event.category) {
+            return Some(Reason::Category);
+        }
+    }
+    if let Some(services) = prefs.services.as_ref().filter(|s| !s.is_empty()) {
+        // An event about no particular service concerns the whole account.
+        if let Some(service) = &event.service {
+            if !services.iter().any(|s| s == service) {
+                return Some(Reason::Service);
+            }
+        }
+    }
+    if event.priority < prefs.min_priority.unwrap_or(Priority::Low) {
+        return Some(Reason::MinPriority);
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::testkit::event;
+
+    #[test]
+    fn table() {
+        let prefs =
+            |cats: Option<&[&str]>, services: Option<&[&str]>, min: Option<Priority>| Preferences {
+                categories: cats.map(|c| c.iter().map(|s| s.to_string()).collect()),
+                services: services.map(|c| c.iter().map(|s| s.to_string()).collect()),
+                min_priority: min,
+                ..Default::default()
+            };
+        let ev = event("2026-03-22T03:00:00Z"); // category line, service L1, normal
+        let cases: &[(&str, bool, Preferences, Option<Reason>)] = &[
+            ("no filters", true, prefs(None, None, None), None),
+            (
+                "unverified",
+                false,
+                prefs(None, None, None),
+                Some(Reason::Unverified),
+            ),
+            (
+                "category wanted",
+                true,
+                prefs(Some(&["line", "order"]), None, None),
+                None,
+            ),
+            (
+                "category not wanted",
+                true,
+                prefs(Some(&["order"]), None, None),
+                Some(Reason::Category),
+            ),
+            (
+                "empty list means all",
+                true,
+                prefs(Some(&[]), None, None),
+                None,
+            ),
+            (
+                "service wanted",
+                true,
+                prefs(None, Some(&["L1"]), None),
+                None,
+            ),
+            (
+                "other service",
+                true,
+                prefs(None, Some(&["L2"]), None),
+                Some(Reason::Service),
+            ),
+            (
+                "priority high enough",
+                true,
+                prefs(None, None, Some(Priority::Normal)),
+                None,
+            ),
+            (
+                "priority too low",
+                true,
+                prefs(None, None, Some(Priority::High)),
+                Some(Reason::MinPriority),
+            ),
+        ];
+        for (name, verified, p, want) in cases {
+            assert_eq!(check(&ev, *verified, p), *want, "{name}");
+        }
+    }
+
+    #[test]
+    fn account_wide_event_passes_service_filter() {
+        let mut ev = event("2026-03-22T03:00:00Z");
+        ev.service = None;
+        let p = Preferences {
+            services: Some(vec!["L2".into()]),
+            ..Default::default()
+        };
+        assert_eq!(check(&ev, true, &p), None);
+    }
+}

@@ -1,0 +1,318 @@
+//! The pure policy core (DESIGN.md §4): given an event, the account's
+//! directory, the notices still pending for the same key and `now`, decide
+//! per destination whether, when and why a notice goes out. No I/O and no
+//! clock reads happen here; every rule is one small file with its own tests.
+//!
+//! Rules applied here: filters (verification, category, service,
+//! min_priority), hold and not_before, the delivery window, and expiry.
+//! Pairing, superseding, flap damping, caps and digests slot in as further
+//! steps over the same [`Decision`]s and the `pending` notices passed in.
+
+mod expiry;
+mod filter;
+mod hold;
+mod window;
+
+use crate::config::{Config, Preferences};
+use crate::model::{AccountView, ChannelKind, Event, Reason, State};
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+
+/// The fate `plan` decides for one destination.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    pub contact: String,
+    pub destination: String,
+    pub uri: String,
+    pub channel: ChannelKind,
+    pub state: State,
+    /// Why it is in that state; for `pending`, why it waits (`None`: due now).
+    pub reason: Option<Reason>,
+    /// When it may be delivered (for a final state: when that was decided).
+    pub due_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+    /// The zone texts for this destination are rendered in.
+    pub timezone: Tz,
+}
+
+/// A notice of the same account and key that is still pending: what later
+/// rules (pairing, supersede, flap) look at.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PendingNotice {
+    pub id: String,
+    pub event: String,
+    pub type_name: String,
+    pub destination: String,
+    pub due_at: DateTime<Utc>,
+}
+
+/// What planning one event decided.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Plan {
+    /// One per destination of the account (or of the named contact).
+    pub decisions: Vec<Decision>,
+    /// Pending notices of earlier events that this event ends, with why.
+    pub cancels: Vec<(String, Reason)>,
+}
+
+/// The resolved preferences of one destination.
+#[derive(Debug, Clone)]
+pub struct Effective {
+    pub prefs: Preferences,
+    pub timezone: Tz,
+}
+
+/// Resolves a destination's preferences: destination → contact → account
+/// defaults → account zone → config defaults.
+pub fn effective(
+    dest: &Preferences,
+    contact_tz: Option<crate::model::TimeZoneName>,
+    account: &crate::model::Account,
+    config: &Preferences,
+) -> Effective {
+    let contact_level = Preferences {
+        timezone: contact_tz,
+        ..Preferences::default()
+    };
+    let account_zone = Preferences {
+        timezone: account.timezone,
+        ..Preferences::default()
+    };
+    let prefs = dest
+        .inherit(&contact_level)
+        .inherit(&account.defaults)
+        .inherit(&account_zone)
+        .inherit(config);
+    let timezone = prefs.timezone.map(|t| t.0).unwrap_or(chrono_tz::UTC);
+    Effective { prefs, timezone }
+}
+
+/// Plans `event` for every destination of `dir` (or of the event's contact).
+pub fn plan(
+    event: &Event,
+    dir: &AccountView,
+    config: &Config,
+    _pending: &[PendingNotice],
+    now: DateTime<Utc>,
+) -> Plan {
+    let mut decisions = Vec::new();
+    for cv in &dir.contacts {
+        if event.contact.as_deref().is_some_and(|c| c != cv.contact.id) {
+            continue;
+        }
+        for dest in &cv.destinations {
+            let eff = effective(
+                &dest.prefs,
+                cv.contact.timezone,
+                &dir.account,
+                &config.defaults,
+            );
+            let mut d = Decision {
+                contact: cv.contact.id.clone(),
+                destination: dest.id.clone(),
+                uri: dest.uri.to_string(),
+                channel: dest.uri.channel(),
+                state: State::Pending,
+                reason: None,
+                due_at: now,
+                expires_at: event.expires_at,
+                timezone: eff.timezone,
+            };
+            let hold = config.types.get(&event.type_name).and_then(|t| t.hold);
+            decide(event, hold, dest.verified, &eff, now, &mut d);
+            decisions.push(d);
+        }
+    }
+    Plan {
+        decisions,
+        cancels: Vec::new(),
+    }
+}
+
+/// The per-destination pipeline: each step may settle the decision.
+fn decide(
+    event: &Event,
+    hold: Option<crate::model::Span>,
+    verified: bool,
+    eff: &Effective,
+    now: DateTime<Utc>,
+    d: &mut Decision,
+) {
+    if let Some(reason) = filter::check(event, verified, &eff.prefs) {
+        d.state = State::Suppressed;
+        d.reason = Some(reason);
+        return;
+    }
+    let (earliest, held) = hold::earliest(event, hold, now);
+    d.due_at = earliest;
+    d.reason = held;
+    let horizon = expiry::horizon(event, now);
+    match window::defer(earliest, event.priority, eff, horizon) {
+        window::Outcome::Open => {}
+        window::Outcome::Deferred(at) => {
+            d.due_at = at;
+            d.reason = Some(Reason::Window);
+        }
+        window::Outcome::Never => {
+            d.state = State::Expired;
+            d.reason = Some(Reason::Expired);
+            d.due_at = now;
+            return;
+        }
+    }
+    if expiry::is_expired(d.due_at, event.expires_at) {
+        d.state = State::Expired;
+        d.reason = Some(Reason::Expired);
+        d.due_at = now;
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod testkit {
+    //! Builders for the rule tests.
+    use crate::model::{Event, Priority};
+    use chrono::{DateTime, Utc};
+
+    pub fn at(s: &str) -> DateTime<Utc> {
+        s.parse().expect("test timestamp")
+    }
+
+    pub fn event(occurred: &str) -> Event {
+        Event {
+            id: "e1".into(),
+            type_name: "line.down".into(),
+            account: "A1".into(),
+            service: Some("L1".into()),
+            contact: None,
+            key: "L1".into(),
+            priority: Priority::Normal,
+            category: "line".into(),
+            occurred_at: at(occurred),
+            not_before: None,
+            expires_at: None,
+            received_at: at(occurred),
+            data: Default::default(),
+            short: None,
+            subject: None,
+            body: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testkit::*;
+    use super::*;
+    use crate::model::{Account, Contact, ContactView, Destination, SecurityLevel};
+
+    fn dir(window: Option<&str>, verified: bool) -> AccountView {
+        AccountView {
+            account: Account {
+                id: "A1".into(),
+                name: "Alice Ltd".into(),
+                timezone: Some("Europe/London".parse().unwrap()),
+                security_level: SecurityLevel::Standard,
+                paranoid: false,
+                defaults: Preferences::default(),
+            },
+            contacts: vec![ContactView {
+                contact: Contact {
+                    id: "alice".into(),
+                    name: "Alice".into(),
+                    timezone: None,
+                },
+                destinations: vec![
+                    Destination {
+                        id: "d-sms".into(),
+                        contact: "alice".into(),
+                        uri: "sms:+447700900001".parse().unwrap(),
+                        prefs: Preferences {
+                            window: window.map(|w| w.parse().unwrap()),
+                            ..Default::default()
+                        },
+                        verified,
+                    },
+                    Destination {
+                        id: "d-mail".into(),
+                        contact: "alice".into(),
+                        uri: "mailto:alice@example.com".parse().unwrap(),
+                        prefs: Preferences::default(),
+                        verified: true,
+                    },
+                ],
+            }],
+        }
+    }
+
+    #[test]
+    fn fans_out_to_every_destination_with_its_own_fate() {
+        let config = Config::load(None).unwrap();
+        let ev = event("2026-03-22T03:00:00Z");
+        let now = at("2026-03-22T03:00:01Z");
+        let plan = plan(
+            &ev,
+            &dir(Some("Mo-Fr 08:00-20:00"), true),
+            &config,
+            &[],
+            now,
+        );
+        assert_eq!(plan.decisions.len(), 2);
+        let sms = &plan.decisions[0];
+        assert_eq!(
+            (sms.state, sms.reason),
+            (State::Pending, Some(Reason::Window))
+        );
+        assert_eq!(sms.due_at, at("2026-03-23T08:00:00Z"));
+        let mail = &plan.decisions[1];
+        assert_eq!(
+            (mail.state, mail.reason, mail.due_at),
+            (State::Pending, None, now)
+        );
+    }
+
+    #[test]
+    fn unverified_is_suppressed_and_contact_narrows() {
+        let config = Config::load(None).unwrap();
+        let mut ev = event("2026-03-22T03:00:00Z");
+        let p = plan(
+            &ev,
+            &dir(None, false),
+            &config,
+            &[],
+            at("2026-03-22T03:00:00Z"),
+        );
+        assert_eq!(p.decisions[0].state, State::Suppressed);
+        assert_eq!(p.decisions[0].reason, Some(Reason::Unverified));
+        ev.contact = Some("bob".into());
+        assert!(
+            plan(
+                &ev,
+                &dir(None, true),
+                &config,
+                &[],
+                at("2026-03-22T03:00:00Z")
+            )
+            .decisions
+            .is_empty()
+        );
+    }
+
+    #[test]
+    fn deferred_past_expiry_is_expired() {
+        let config = Config::load(None).unwrap();
+        let mut ev = event("2026-03-22T03:00:00Z");
+        ev.expires_at = Some(at("2026-03-22T07:00:00Z"));
+        let p = plan(
+            &ev,
+            &dir(Some("Mo-Fr 08:00-20:00"), true),
+            &config,
+            &[],
+            at("2026-03-22T03:00:00Z"),
+        );
+        assert_eq!(
+            (p.decisions[0].state, p.decisions[0].reason),
+            (State::Expired, Some(Reason::Expired))
+        );
+        assert_eq!(p.decisions[1].state, State::Pending);
+    }
+}

@@ -1,0 +1,250 @@
+//! Rendering: a notification becomes the texts its channel needs — a short
+//! form (SMS, push, chat), a subject and a long form (mail) — from the
+//! event's literal texts or its type's minijinja templates.
+
+use crate::config::Config;
+use crate::model::Event;
+use crate::store::Notification;
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+use minijinja::{Environment, State, Value, context};
+use serde::Serialize;
+
+/// The texts of one notification.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Rendered {
+    /// `None` when neither the event nor its type has a short form.
+    pub short: Option<String>,
+    pub subject: String,
+    pub body: String,
+}
+
+/// A template could not be rendered (bad data, a missing variable used in a
+/// strict way); the notification fails with this reason.
+#[derive(Debug, thiserror::Error)]
+#[error("template {template}: {message}")]
+pub struct RenderError {
+    pub template: String,
+    pub message: String,
+}
+
+/// Compiled templates of every configured type.
+pub struct Renderer {
+    env: Environment<'static>,
+}
+
+fn template_name(type_name: &str, field: &str) -> String {
+    format!("{type_name}#{field}")
+}
+
+fn new_env() -> Environment<'static> {
+    let mut env = Environment::new();
+    env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
+    env.set_keep_trailing_newline(false);
+    env.add_filter("time", |state: &State, v: String| {
+        format_in_zone(state, &v, "%H:%M")
+    });
+    env.add_filter("date", |state: &State, v: String| {
+        format_in_zone(state, &v, "%a %-d %b %Y")
+    });
+    env.add_filter("datetime", |state: &State, v: String| {
+        format_in_zone(state, &v, "%a %-d %b %Y %H:%M")
+    });
+    env
+}
+
+/// Formats an RFC 3339 timestamp in the destination's zone (the template
+/// variable `timezone`).
+fn format_in_zone(state: &State, v: &str, fmt: &str) -> Result<String, minijinja::Error> {
+    let t: DateTime<Utc> = crate::model::parse_time(v)
+        .map_err(|e| minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, e.0))?;
+    let tz: Tz = state
+        .lookup("timezone")
+        .and_then(|z| z.as_str().and_then(|s| s.parse().ok()))
+        .unwrap_or(chrono_tz::UTC);
+    Ok(t.with_timezone(&tz).format(fmt).to_string())
+}
+
+/// Checks that a template compiles, for config validation.
+pub fn check_template(source: &str) -> Result<(), String> {
+    let env = new_env();
+    env.template_from_str(source)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+impl Renderer {
+    pub fn new(config: &Config) -> Result<Self, RenderError> {
+        let mut env = new_env();
+        for (name, t) in &config.types {
+            for (field, source) in [
+                ("short", &t.short),
+                ("subject", &t.subject),
+                ("body", &t.body),
+            ] {
+                if let Some(source) = source {
+                    env.add_template_owned(template_name(name, field), source.clone())
+                        .map_err(|e| RenderError {
+                            template: template_name(name, field),
+                            message: e.to_string(),
+                        })?;
+                }
+            }
+        }
+        Ok(Self { env })
+    }
+
+    fn render_field(
+        &self,
+        event: &Event,
+        field: &str,
+        ctx: &Value,
+    ) -> Result<Option<String>, RenderError> {
+        let name = template_name(&event.type_name, field);
+        let Ok(tmpl) = self.env.get_template(&name) else {
+            return Ok(None);
+        };
+        tmpl.render(ctx)
+            .map(|s| Some(s.trim().to_string()))
+            .map_err(|e| RenderError {
+                template: name,
+                message: e.to_string(),
+            })
+    }
+
+    /// Renders `n` (of `event`, if any). kci's own notices carry their texts.
+    pub fn render(&self, n: &Notification, event: Option<&Event>) -> Result<Rendered, RenderError> {
+        if let Some(m) = &n.message {
+            return Ok(Rendered {
+                short: Some(m.short.clone()),
+                subject: m.subject.clone(),
+                body: m.body.clone(),
+            });
+        }
+        let Some(event) = event else {
+            return Err(RenderError {
+                template: n.type_name.clone(),
+                message: "the event is missing".into(),
+            });
+        };
+        let ctx = context! {
+            event => Value::from_serialize(event),
+            data => Value::from_serialize(&event.data),
+            id => &event.id,
+            type => &event.type_name,
+            account => &event.account,
+            service => &event.service,
+            contact => &n.contact,
+            key => &event.key,
+            priority => event.priority.as_str(),
+            category => &event.category,
+            occurred_at => crate::model::fmt_time(event.occurred_at),
+            expires_at => event.expires_at.map(crate::model::fmt_time),
+            timezone => &n.timezone,
+            ..Value::from_serialize(&event.data)
+        };
+        let short = match &event.short {
+            Some(s) => Some(s.clone()),
+            None => self.render_field(event, "short", &ctx)?,
+        };
+        let subject = match &event.subject {
+            Some(s) => Some(s.clone()),
+            None => self.render_field(event, "subject", &ctx)?,
+        };
+        let body = match &event.body {
+            Some(s) => Some(s.clone()),
+            None => self.render_field(event, "body", &ctx)?,
+        };
+        let subject = subject
+            .or_else(|| short.clone())
+            .unwrap_or_else(|| format!("Notice: {}", event.type_name));
+        let body = body
+            .or_else(|| short.clone())
+            .unwrap_or_else(|| subject.clone());
+        Ok(Rendered {
+            short,
+            subject: one_line(&subject),
+            body,
+        })
+    }
+}
+
+/// A subject is one line: newlines from data would otherwise break headers.
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::testkit::event;
+
+    fn notification(tz: &str) -> Notification {
+        let ev = event("2026-03-22T03:00:00Z");
+        let d = crate::plan::Decision {
+            contact: "alice".into(),
+            destination: "d1".into(),
+            uri: "mailto:alice@example.com".into(),
+            channel: crate::model::ChannelKind::Email,
+            state: crate::model::State::Pending,
+            reason: None,
+            due_at: ev.occurred_at,
+            expires_at: None,
+            timezone: tz.parse().unwrap(),
+        };
+        Notification::planned(&ev, &d)
+    }
+
+    #[test]
+    fn type_templates_with_zone_aware_time() {
+        let config = Config::parse(
+            r#"
+[types."line.down"]
+short = "Your line {{ service }} went down at {{ occurred_at | time }}."
+subject = "Line {{ service }} is down"
+body = "Dear customer,\n\nline {{ service }} ({{ data.postcode }}) went down on {{ occurred_at | datetime }}."
+"#,
+            "t",
+        )
+        .unwrap();
+        let r = Renderer::new(&config).unwrap();
+        let mut ev = event("2026-07-01T03:00:00Z");
+        ev.data.insert("postcode".into(), "SW1A 1AA".into());
+        let out = r.render(&notification("Europe/London"), Some(&ev)).unwrap();
+        assert_eq!(
+            out.short.as_deref(),
+            Some("Your line L1 went down at 04:00.")
+        );
+        assert_eq!(out.subject, "Line L1 is down");
+        assert!(
+            out.body
+                .contains("(SW1A 1AA) went down on Wed 1 Jul 2026 04:00."),
+            "{}",
+            out.body
+        );
+    }
+
+    #[test]
+    fn literal_texts_override_and_are_not_templates() {
+        let config = Config::parse("[types.\"line.down\"]\nshort = \"templated\"\n", "t").unwrap();
+        let r = Renderer::new(&config).unwrap();
+        let mut ev = event("2026-07-01T03:00:00Z");
+        ev.short = Some("literal {{ service }}".into());
+        ev.subject = Some("Two\nlines".into());
+        let out = r.render(&notification("UTC"), Some(&ev)).unwrap();
+        assert_eq!(out.short.as_deref(), Some("literal {{ service }}"));
+        assert_eq!(out.subject, "Two lines");
+        assert_eq!(out.body, "literal {{ service }}");
+    }
+
+    #[test]
+    fn no_templates_still_renders_something() {
+        let config = Config::parse("[types.\"line.down\"]\n", "t").unwrap();
+        let r = Renderer::new(&config).unwrap();
+        let out = r
+            .render(&notification("UTC"), Some(&event("2026-07-01T03:00:00Z")))
+            .unwrap();
+        assert_eq!(out.short, None);
+        assert_eq!(out.subject, "Notice: line.down");
+    }
+}

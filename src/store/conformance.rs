@@ -1,0 +1,611 @@
+//! One conformance suite, run against both stores: every `check_*` takes a
+//! fresh, migrated store. PostgreSQL runs against a real server
+//! (`KCI_TEST_POSTGRES`, default `postgres://postgres@127.0.0.1:5432/test`),
+//! each test in a schema of its own; if the server is not there the tests
+//! fail rather than skip.
+
+use super::*;
+use crate::config::{Config, Preferences};
+use crate::model::{DestinationUri, SecurityLevel};
+use chrono::Duration;
+
+fn t(s: &str) -> DateTime<Utc> {
+    s.parse().expect("test time")
+}
+
+fn account(id: &str) -> Account {
+    Account {
+        id: id.into(),
+        name: format!("Customer {id}"),
+        timezone: Some("Europe/London".parse().unwrap()),
+        security_level: SecurityLevel::Standard,
+        paranoid: false,
+        defaults: Preferences::default(),
+    }
+}
+
+fn destination(contact: &str, uri: &str, verified: bool) -> Destination {
+    Destination {
+        id: new_id(),
+        contact: contact.into(),
+        uri: uri.parse::<DestinationUri>().unwrap(),
+        prefs: Preferences::default(),
+        verified,
+    }
+}
+
+fn event(id: &str, account: &str, key: &str, at: DateTime<Utc>) -> Event {
+    Event {
+        id: id.into(),
+        type_name: "line.down".into(),
+        account: account.into(),
+        service: Some(key.into()),
+        contact: None,
+        key: key.into(),
+        priority: Priority::Normal,
+        category: "line".into(),
+        occurred_at: at,
+        not_before: None,
+        expires_at: None,
+        received_at: at,
+        data: Default::default(),
+        short: Some("Your line went down.".into()),
+        subject: None,
+        body: None,
+    }
+}
+
+fn planner() -> Arc<Planner> {
+    let config = Arc::new(Config::parse("[types.\"line.down\"]\n", "test").unwrap());
+    crate::ingest::planner(config)
+}
+
+/// An account A1 with contact alice and two verified destinations.
+async fn seed(store: &dyn Store) {
+    assert_eq!(
+        store.put_account(&account("A1")).await.unwrap(),
+        PutOutcome::Created
+    );
+    let alice = Contact {
+        id: "alice".into(),
+        name: "Alice".into(),
+        timezone: None,
+    };
+    assert_eq!(
+        store.put_contact("A1", &alice).await.unwrap(),
+        PutOutcome::Created
+    );
+    for uri in ["mailto:alice@example.com", "https://hooks.example.com/kci"] {
+        let d = destination("alice", uri, true);
+        assert_eq!(
+            store.add_destination("A1", &d, None, None).await.unwrap(),
+            PutOutcome::Created
+        );
+    }
+}
+
+pub async fn check_tokens(store: &dyn Store) {
+    let rec = TokenRecord {
+        id: new_id(),
+        name: "billing".into(),
+        scopes: vec![Scope::EventsWrite, Scope::DirectoryRead],
+        created_at: from_ms(1_700_000_000_000),
+    };
+    store
+        .create_token(&rec, &sha256_hex(b"secret"))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.find_token(&sha256_hex(b"secret")).await.unwrap(),
+        Some(rec)
+    );
+    assert_eq!(store.find_token(&sha256_hex(b"other")).await.unwrap(), None);
+}
+
+fn from_ms(ms: i64) -> DateTime<Utc> {
+    crate::model::from_millis(ms)
+}
+
+pub async fn check_directory(store: &dyn Store) {
+    let alice = Contact {
+        id: "alice".into(),
+        name: "Alice".into(),
+        timezone: None,
+    };
+    assert_eq!(
+        store.put_contact("nobody", &alice).await.unwrap(),
+        PutOutcome::NoParent
+    );
+    seed(store).await;
+    let mut a = account("A1");
+    a.name = "Renamed".into();
+    a.security_level = SecurityLevel::High;
+    a.defaults.window = Some("Mo-Fr 08:00-20:00".parse().unwrap());
+    assert_eq!(store.put_account(&a).await.unwrap(), PutOutcome::Updated);
+    let view = store.account_view("A1").await.unwrap().unwrap();
+    assert_eq!(view.account, a);
+    assert_eq!(view.contacts.len(), 1);
+    assert_eq!(view.contacts[0].destinations.len(), 2);
+    assert!(store.account_view("A2").await.unwrap().is_none());
+    let orphan = destination("bob", "mailto:bob@example.com", true);
+    assert_eq!(
+        store
+            .add_destination("A1", &orphan, None, None)
+            .await
+            .unwrap(),
+        PutOutcome::NoParent
+    );
+
+    // Verification: wrong codes count, the right one verifies, then it sticks.
+    let now = t("2026-03-22T10:00:00Z");
+    let d = destination("alice", "sms:+447700900001", false);
+    let code = PendingCode {
+        hash: sha256_hex(b"123456"),
+        expires_at: now + Duration::hours(24),
+    };
+    store
+        .add_destination("A1", &d, Some(code), None)
+        .await
+        .unwrap();
+    let wrong = sha256_hex(b"000000");
+    assert_eq!(
+        store
+            .verify_destination("A1", "alice", &d.id, &wrong, now)
+            .await
+            .unwrap(),
+        VerifyOutcome::WrongCode {
+            attempts_left: MAX_CODE_ATTEMPTS - 1
+        }
+    );
+    assert_eq!(
+        store
+            .verify_destination("A1", "bob", &d.id, &wrong, now)
+            .await
+            .unwrap(),
+        VerifyOutcome::NotFound
+    );
+    let right = sha256_hex(b"123456");
+    assert_eq!(
+        store
+            .verify_destination("A1", "alice", &d.id, &right, now)
+            .await
+            .unwrap(),
+        VerifyOutcome::Verified
+    );
+    assert_eq!(
+        store
+            .verify_destination("A1", "alice", &d.id, &right, now)
+            .await
+            .unwrap(),
+        VerifyOutcome::AlreadyVerified
+    );
+
+    // Too many wrong codes lock it, even for the right code afterwards.
+    let d2 = destination("alice", "sms:+447700900002", false);
+    let code = PendingCode {
+        hash: right.clone(),
+        expires_at: now + Duration::hours(24),
+    };
+    store
+        .add_destination("A1", &d2, Some(code), None)
+        .await
+        .unwrap();
+    for _ in 0..MAX_CODE_ATTEMPTS {
+        store
+            .verify_destination("A1", "alice", &d2.id, &wrong, now)
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        store
+            .verify_destination("A1", "alice", &d2.id, &right, now)
+            .await
+            .unwrap(),
+        VerifyOutcome::Locked
+    );
+
+    // An expired code is refused.
+    let d3 = destination("alice", "sms:+447700900003", false);
+    let code = PendingCode {
+        hash: right.clone(),
+        expires_at: now,
+    };
+    store
+        .add_destination("A1", &d3, Some(code), None)
+        .await
+        .unwrap();
+    let later = now + Duration::seconds(1);
+    assert_eq!(
+        store
+            .verify_destination("A1", "alice", &d3.id, &right, later)
+            .await
+            .unwrap(),
+        VerifyOutcome::Locked
+    );
+
+    assert!(
+        store
+            .delete_destination("A1", "alice", &d3.id)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .delete_destination("A1", "alice", &d3.id)
+            .await
+            .unwrap()
+    );
+    let view = store.account_view("A1").await.unwrap().unwrap();
+    assert_eq!(view.contacts[0].destinations.len(), 4);
+}
+
+pub async fn check_ingest_is_atomic_and_idempotent(store: &dyn Store) {
+    seed(store).await;
+    let now = t("2026-03-22T10:00:00Z");
+    let out = store
+        .ingest(vec![event("e1", "A1", "L1", now)], planner())
+        .await
+        .unwrap();
+    assert_eq!(
+        out,
+        vec![IngestOutcome::Accepted {
+            id: "e1".into(),
+            notifications: 2
+        }]
+    );
+    // The same id again: the first answer, nothing new.
+    let mut again = event("e1", "A1", "L1", now + Duration::seconds(5));
+    again.short = Some("different".into());
+    let out = store.ingest(vec![again], planner()).await.unwrap();
+    assert_eq!(
+        out,
+        vec![IngestOutcome::Duplicate {
+            id: "e1".into(),
+            notifications: 2
+        }]
+    );
+    let (ev, notes) = store.event("e1").await.unwrap().unwrap();
+    assert_eq!(ev.short.as_deref(), Some("Your line went down."));
+    assert_eq!(notes.len(), 2);
+    assert!(
+        notes
+            .iter()
+            .all(|n| n.state == State::Pending && n.due_at == now)
+    );
+
+    // A batch: a bad event in the middle stores nothing and spoils nothing.
+    let out = store
+        .ingest(
+            vec![
+                event("e2", "A1", "L2", now),
+                event("e3", "NOPE", "L1", now),
+                event("e4", "A1", "L3", now),
+            ],
+            planner(),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(out[0], IngestOutcome::Accepted { .. }));
+    assert!(matches!(&out[1], IngestOutcome::Rejected(r) if r.code == "unknown_account"));
+    assert!(matches!(out[2], IngestOutcome::Accepted { .. }));
+    assert!(store.event("e3").await.unwrap().is_none());
+    assert!(store.event("e4").await.unwrap().is_some());
+    let total: i64 = store
+        .count_by_state()
+        .await
+        .unwrap()
+        .iter()
+        .map(|(_, n)| n)
+        .sum();
+    assert_eq!(total, 6);
+}
+
+pub async fn check_planner_sees_pending_and_cancels(store: &dyn Store) {
+    seed(store).await;
+    let now = t("2026-03-22T10:00:00Z");
+    store
+        .ingest(vec![event("e1", "A1", "L1", now)], planner())
+        .await
+        .unwrap();
+    // A planner that records what it saw and cancels it all.
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen2 = seen.clone();
+    let cancelling: Arc<Planner> = Arc::new(move |ev, view, pending| {
+        seen2
+            .lock()
+            .unwrap()
+            .extend(pending.iter().map(|p| p.event.clone()));
+        let mut plan = crate::plan::plan(
+            ev,
+            view,
+            &Config::load(None).unwrap(),
+            pending,
+            ev.received_at,
+        );
+        plan.cancels = pending
+            .iter()
+            .map(|p| (p.id.clone(), Reason::Paired))
+            .collect();
+        Ok(plan)
+    });
+    store
+        .ingest(vec![event("e2", "A1", "L1", now)], cancelling)
+        .await
+        .unwrap();
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec!["e1".to_string(), "e1".to_string()]
+    );
+    let (_, notes) = store.event("e1").await.unwrap().unwrap();
+    assert!(
+        notes
+            .iter()
+            .all(|n| n.state == State::Cancelled && n.reason == Some(Reason::Paired))
+    );
+}
+
+pub async fn check_claim_lease_and_finish(store: &dyn Store) {
+    seed(store).await;
+    let now = t("2026-03-22T10:00:00Z");
+    let mut later = event("later", "A1", "L9", now);
+    later.not_before = Some(now + Duration::hours(1));
+    store
+        .ingest(vec![event("e1", "A1", "L1", now), later], planner())
+        .await
+        .unwrap();
+    assert_eq!(store.next_due().await.unwrap(), Some(now));
+
+    let lease = now + Duration::minutes(2);
+    let claimed = store.claim_due(now, lease, 10).await.unwrap();
+    assert_eq!(claimed.len(), 2, "only e1's two are due");
+    assert!(
+        claimed
+            .iter()
+            .all(|c| c.event.as_ref().is_some_and(|e| e.id == "e1"))
+    );
+    assert!(
+        claimed
+            .iter()
+            .all(|c| c.notification.state == State::Sending && c.notification.attempts == 1)
+    );
+    // Leased: nobody else gets them until the lease runs out.
+    assert!(
+        store
+            .claim_due(now + Duration::seconds(1), lease, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    let (a, b) = (&claimed[0].notification, &claimed[1].notification);
+    store
+        .finish(
+            &a.id,
+            Finish::Sent {
+                at: now,
+                detail: Some("250 OK".into()),
+            },
+        )
+        .await
+        .unwrap();
+    let retry_at = now + Duration::seconds(30);
+    store
+        .finish(
+            &b.id,
+            Finish::Retry {
+                at: now,
+                due_at: retry_at,
+                detail: "timeout".into(),
+            },
+        )
+        .await
+        .unwrap();
+    // Finishing twice (a late worker) changes nothing.
+    store
+        .finish(
+            &a.id,
+            Finish::Failed {
+                at: now,
+                reason: Reason::Rejected,
+                detail: "x".into(),
+            },
+        )
+        .await
+        .unwrap();
+
+    let (_, notes) = store.event("e1").await.unwrap().unwrap();
+    let get = |id: &str| notes.iter().find(|n| n.id == id).unwrap().clone();
+    let sent = get(&a.id);
+    assert_eq!(
+        (sent.state, sent.sent_at, sent.detail.as_deref()),
+        (State::Sent, Some(now), Some("250 OK"))
+    );
+    let retry = get(&b.id);
+    assert_eq!(
+        (retry.state, retry.reason, retry.due_at),
+        (State::Pending, Some(Reason::Retry), retry_at)
+    );
+
+    // A crashed worker: its lease runs out and the work is claimed again.
+    let re = store
+        .claim_due(retry_at, retry_at + Duration::minutes(2), 10)
+        .await
+        .unwrap();
+    assert_eq!(re.len(), 1);
+    assert_eq!(re[0].notification.attempts, 2);
+    let after_lease = retry_at + Duration::minutes(3);
+    let again = store
+        .claim_due(after_lease, after_lease + Duration::minutes(2), 10)
+        .await
+        .unwrap();
+    assert_eq!(again.len(), 1, "expired lease is claimed again");
+    assert_eq!(again[0].notification.attempts, 3);
+    store
+        .finish(
+            &again[0].notification.id,
+            Finish::Expired { at: after_lease },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store.next_due().await.unwrap(),
+        Some(now + Duration::hours(1))
+    );
+}
+
+pub async fn check_cancel_event(store: &dyn Store) {
+    seed(store).await;
+    let now = t("2026-03-22T10:00:00Z");
+    store
+        .ingest(vec![event("e1", "A1", "L1", now)], planner())
+        .await
+        .unwrap();
+    let claimed = store
+        .claim_due(now, now + Duration::minutes(2), 1)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(
+        store.cancel_event("e1", now).await.unwrap(),
+        Some(1),
+        "the one in flight is not cancelled"
+    );
+    assert_eq!(store.cancel_event("nope", now).await.unwrap(), None);
+    let (_, notes) = store.event("e1").await.unwrap().unwrap();
+    let cancelled: Vec<_> = notes
+        .iter()
+        .filter(|n| n.state == State::Cancelled)
+        .collect();
+    assert_eq!(cancelled.len(), 1);
+    assert_eq!(cancelled[0].reason, Some(Reason::EventCancelled));
+}
+
+pub async fn check_own_notices(store: &dyn Store) {
+    seed(store).await;
+    let now = t("2026-03-22T10:00:00Z");
+    let view = store.account_view("A1").await.unwrap().unwrap();
+    let dest = &view.contacts[0].destinations[0];
+    let n = Notification {
+        id: new_id(),
+        event: None,
+        account: "A1".into(),
+        contact: "alice".into(),
+        destination: dest.id.clone(),
+        uri: dest.uri.to_string(),
+        channel: dest.uri.channel(),
+        type_name: "kci.verify".into(),
+        key: "verify".into(),
+        priority: Priority::High,
+        state: State::Pending,
+        reason: None,
+        detail: None,
+        due_at: now,
+        expires_at: None,
+        decided_at: now,
+        sent_at: None,
+        attempts: 0,
+        timezone: "UTC".into(),
+        message: Some(Message {
+            short: "code 123456".into(),
+            subject: "s".into(),
+            body: "b".into(),
+        }),
+    };
+    store.enqueue(&n).await.unwrap();
+    let claimed = store
+        .claim_due(now, now + Duration::minutes(1), 10)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert!(claimed[0].event.is_none());
+    assert_eq!(claimed[0].notification.message, n.message);
+}
+
+/// Runs `check` against a fresh store of each kind.
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite_conformance {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let dir = tempfile::tempdir().unwrap();
+                    let store = crate::store::sqlite::SqliteStore::open(dir.path().join("kci.db").to_str().unwrap()).unwrap();
+                    crate::store::Store::migrate(&store).await.unwrap();
+                    super::$name(&store).await;
+                }
+            )*
+        }
+        mod postgres_conformance {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let (store, _schema) = super::pg_store().await;
+                    super::$name(&store).await;
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    check_tokens,
+    check_directory,
+    check_ingest_is_atomic_and_idempotent,
+    check_planner_sees_pending_and_cancels,
+    check_claim_lease_and_finish,
+    check_cancel_event,
+    check_own_notices,
+);
+
+/// A schema dropped when the test ends.
+pub struct TempSchema {
+    name: String,
+    url: String,
+}
+
+impl Drop for TempSchema {
+    fn drop(&mut self) {
+        let (name, url) = (self.name.clone(), self.url.clone());
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            rt.block_on(async {
+                let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                    .await
+                    .ok()?;
+                tokio::spawn(conn);
+                client
+                    .batch_execute(&format!("DROP SCHEMA IF EXISTS {name} CASCADE"))
+                    .await
+                    .ok()
+            })
+        })
+        .join();
+    }
+}
+
+pub fn pg_url() -> String {
+    std::env::var("KCI_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// A migrated PostgreSQL store in a fresh schema of the test server.
+pub async fn pg_store() -> (super::postgres::PgStore, TempSchema) {
+    let url = pg_url();
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL test server at {url} is not reachable: {e}"));
+    tokio::spawn(conn);
+    let name = format!("kci_test_{}", uuid::Uuid::new_v4().simple());
+    client
+        .batch_execute(&format!("CREATE SCHEMA {name}"))
+        .await
+        .unwrap();
+    let mut config: tokio_postgres::Config = url.parse().unwrap();
+    config.options(format!("-c search_path={name}"));
+    let store = super::postgres::PgStore::with_config(config).await.unwrap();
+    store.migrate().await.unwrap();
+    (store, TempSchema { name, url })
+}

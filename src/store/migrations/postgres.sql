@@ -1,0 +1,77 @@
+-- kci schema, PostgreSQL. Instants are milliseconds since the Unix epoch.
+CREATE TABLE IF NOT EXISTS tokens (
+    id          TEXT PRIMARY KEY,
+    name        TEXT NOT NULL,
+    secret_hash TEXT NOT NULL UNIQUE,
+    scopes      TEXT NOT NULL,
+    created_at  BIGINT NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS accounts (
+    id             TEXT PRIMARY KEY,
+    name           TEXT NOT NULL,
+    timezone       TEXT,
+    security_level TEXT NOT NULL,
+    paranoid       BOOLEAN NOT NULL,
+    defaults       TEXT NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS contacts (
+    account  TEXT NOT NULL REFERENCES accounts(id),
+    id       TEXT NOT NULL,
+    name     TEXT NOT NULL,
+    timezone TEXT,
+    PRIMARY KEY (account, id)
+);
+
+CREATE TABLE IF NOT EXISTS destinations (
+    id              TEXT PRIMARY KEY,
+    account         TEXT NOT NULL,
+    contact         TEXT NOT NULL,
+    uri             TEXT NOT NULL,
+    prefs           TEXT NOT NULL,
+    verified        BOOLEAN NOT NULL,
+    code_hash       TEXT,
+    code_expires_at BIGINT,
+    code_attempts   BIGINT NOT NULL DEFAULT 0,
+    FOREIGN KEY (account, contact) REFERENCES contacts(account, id)
+);
+CREATE INDEX IF NOT EXISTS destinations_contact ON destinations(account, contact);
+
+CREATE TABLE IF NOT EXISTS events (
+    id            TEXT PRIMARY KEY,
+    account       TEXT NOT NULL,
+    type          TEXT NOT NULL,
+    key           TEXT NOT NULL,
+    received_at   BIGINT NOT NULL,
+    notifications BIGINT NOT NULL,
+    payload       TEXT NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS notifications (
+    id          TEXT PRIMARY KEY,
+    event       TEXT,
+    account     TEXT NOT NULL,
+    contact     TEXT NOT NULL,
+    destination TEXT NOT NULL,
+    uri         TEXT NOT NULL,
+    channel     TEXT NOT NULL,
+    type        TEXT NOT NULL,
+    key         TEXT NOT NULL,
+    priority    BIGINT NOT NULL,
+    state       TEXT NOT NULL,
+    reason      TEXT,
+    detail      TEXT,
+    due_at      BIGINT NOT NULL,
+    expires_at  BIGINT,
+    decided_at  BIGINT NOT NULL,
+    sent_at     BIGINT,
+    attempts    BIGINT NOT NULL DEFAULT 0,
+    lease_until BIGINT,
+    timezone    TEXT NOT NULL,
+    message     TEXT
+);
+CREATE INDEX IF NOT EXISTS notifications_event ON notifications(event);
+CREATE INDEX IF NOT EXISTS notifications_due ON notifications(due_at) WHERE state = 'pending';
+CREATE INDEX IF NOT EXISTS notifications_lease ON notifications(lease_until) WHERE state = 'sending';
+CREATE INDEX IF NOT EXISTS notifications_key ON notifications(account, key) WHERE state = 'pending';

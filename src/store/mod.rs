@@ -1,0 +1,419 @@
+//! Durable state behind one trait, with an embedded SQLite implementation
+//! (the default) and a PostgreSQL one (many nodes, one database). Both pass
+//! the same conformance suite (`conformance.rs`).
+//!
+//! Sending goes through the `notifications` table, never inline in a request:
+//! ingest writes the event and its planned notifications in one transaction,
+//! and workers claim due rows with a lease, so a crash loses nothing.
+
+#[cfg(test)]
+mod conformance;
+pub mod postgres;
+pub mod sqlite;
+
+use crate::model::{
+    Account, AccountView, ChannelKind, Contact, ContactView, Destination, Event, Priority, Reason,
+    Scope, State,
+};
+use crate::plan::{PendingNotice, Plan};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+/// A failure of the store itself (not of the caller's input).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("postgres: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error("postgres pool: {0}")]
+    Pool(String),
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// A bearer token as stored: only the SHA-256 of the secret is kept.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenRecord {
+    pub id: String,
+    pub name: String,
+    pub scopes: Vec<Scope>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Texts kci writes itself (a verification code, a notice about a change)
+/// rather than rendering from an event type.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Message {
+    pub short: String,
+    pub subject: String,
+    pub body: String,
+}
+
+/// One notice to one destination, as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Notification {
+    pub id: String,
+    /// `None` for kci's own notices.
+    pub event: Option<String>,
+    pub account: String,
+    pub contact: String,
+    pub destination: String,
+    pub uri: String,
+    pub channel: ChannelKind,
+    pub type_name: String,
+    pub key: String,
+    pub priority: Priority,
+    pub state: State,
+    pub reason: Option<Reason>,
+    /// The provider's own words about a failure or a receipt.
+    pub detail: Option<String>,
+    pub due_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub decided_at: DateTime<Utc>,
+    pub sent_at: Option<DateTime<Utc>>,
+    pub attempts: u32,
+    pub timezone: String,
+    pub message: Option<Message>,
+}
+
+impl Notification {
+    /// A notification for decision `d` of `event`.
+    pub fn planned(event: &Event, d: &crate::plan::Decision) -> Notification {
+        Notification {
+            id: new_id(),
+            event: Some(event.id.clone()),
+            account: event.account.clone(),
+            contact: d.contact.clone(),
+            destination: d.destination.clone(),
+            uri: d.uri.clone(),
+            channel: d.channel,
+            type_name: event.type_name.clone(),
+            key: event.key.clone(),
+            priority: event.priority,
+            state: d.state,
+            reason: d.reason,
+            detail: None,
+            due_at: d.due_at,
+            expires_at: d.expires_at,
+            decided_at: event.received_at,
+            sent_at: None,
+            attempts: 0,
+            timezone: d.timezone.name().to_string(),
+            message: None,
+        }
+    }
+}
+
+/// A time-ordered unique id (UUIDv7), used for events without one, for
+/// notifications, destinations and tokens.
+pub fn new_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+/// Decides the notifications of one event inside the store's transaction,
+/// so that reading the directory and pending notices and writing the result
+/// is atomic. `Err` refuses the event with a field and a message.
+pub type Planner = dyn Fn(&Event, &AccountView, &[PendingNotice]) -> std::result::Result<Plan, Rejection>
+    + Send
+    + Sync;
+
+/// Why an event was refused at ingest (becomes a 422).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rejection {
+    pub code: &'static str,
+    pub message: String,
+}
+
+/// The result of ingesting one event.
+#[derive(Debug, Clone, PartialEq)]
+pub enum IngestOutcome {
+    Accepted {
+        id: String,
+        notifications: usize,
+    },
+    /// The id was seen before: the first result, nothing new written.
+    Duplicate {
+        id: String,
+        notifications: usize,
+    },
+    Rejected(Rejection),
+}
+
+/// What the worker does with a claimed notification.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Finish {
+    Sent {
+        at: DateTime<Utc>,
+        detail: Option<String>,
+    },
+    Retry {
+        at: DateTime<Utc>,
+        due_at: DateTime<Utc>,
+        detail: String,
+    },
+    Failed {
+        at: DateTime<Utc>,
+        reason: Reason,
+        detail: String,
+    },
+    Expired {
+        at: DateTime<Utc>,
+    },
+}
+
+/// A notification claimed for delivery, with its event (if any).
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub notification: Notification,
+    pub event: Option<Event>,
+}
+
+/// Result of checking a destination verification code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VerifyOutcome {
+    Verified,
+    AlreadyVerified,
+    WrongCode {
+        attempts_left: u32,
+    },
+    /// Too many wrong codes, or the code expired: ask for a new one.
+    Locked,
+    NotFound,
+}
+
+/// A destination verification code, stored hashed.
+#[derive(Debug, Clone)]
+pub struct PendingCode {
+    pub hash: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// How many wrong codes a destination tolerates.
+pub const MAX_CODE_ATTEMPTS: u32 = 5;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutOutcome {
+    Created,
+    Updated,
+    /// The parent (account, or contact) does not exist.
+    NoParent,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Brings the schema up to date; safe to call on every start.
+    async fn migrate(&self) -> Result<()>;
+
+    async fn create_token(&self, token: &TokenRecord, hash: &str) -> Result<()>;
+    async fn find_token(&self, hash: &str) -> Result<Option<TokenRecord>>;
+
+    async fn put_account(&self, account: &Account) -> Result<PutOutcome>;
+    async fn account_view(&self, id: &str) -> Result<Option<AccountView>>;
+    async fn put_contact(&self, account: &str, contact: &Contact) -> Result<PutOutcome>;
+    /// Adds a destination; an unverified one gets `code`, and `notice` (the
+    /// code's message to it) is queued in the same transaction.
+    async fn add_destination(
+        &self,
+        account: &str,
+        dest: &Destination,
+        code: Option<PendingCode>,
+        notice: Option<Notification>,
+    ) -> Result<PutOutcome>;
+    async fn verify_destination(
+        &self,
+        account: &str,
+        contact: &str,
+        id: &str,
+        code_hash: &str,
+        now: DateTime<Utc>,
+    ) -> Result<VerifyOutcome>;
+    /// Removes a destination and cancels what is pending for it.
+    async fn delete_destination(&self, account: &str, contact: &str, id: &str) -> Result<bool>;
+
+    /// Stores events durably with what `planner` decides for each, one
+    /// atomic step per event; duplicates of known ids change nothing.
+    async fn ingest(&self, events: Vec<Event>, planner: Arc<Planner>)
+    -> Result<Vec<IngestOutcome>>;
+    async fn event(&self, id: &str) -> Result<Option<(Event, Vec<Notification>)>>;
+    /// Cancels whatever of the event is still pending; `None` if unknown.
+    async fn cancel_event(&self, id: &str, now: DateTime<Utc>) -> Result<Option<usize>>;
+    /// Queues a notification not planned from an event (kci's own notices).
+    async fn enqueue(&self, n: &Notification) -> Result<()>;
+
+    /// Claims up to `limit` notifications due at `now` (or whose lease ran
+    /// out), marking them `sending` until `lease_until`.
+    async fn claim_due(
+        &self,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<Claimed>>;
+    /// Records the outcome of delivering a claimed notification.
+    async fn finish(&self, id: &str, outcome: Finish) -> Result<()>;
+    /// The earliest time something will be due (pending or leased).
+    async fn next_due(&self) -> Result<Option<DateTime<Utc>>>;
+    /// Notifications per state, for metrics.
+    async fn count_by_state(&self) -> Result<Vec<(State, i64)>>;
+}
+
+/// Opens the store named by a config `store.url`.
+pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
+    if let Some(path) = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+    {
+        let store = sqlite::SqliteStore::open(path)?;
+        store.migrate().await?;
+        Ok(Arc::new(store))
+    } else {
+        let store = postgres::PgStore::connect(url).await?;
+        store.migrate().await?;
+        Ok(Arc::new(store))
+    }
+}
+
+/// SHA-256 in lower-case hex: how token secrets and codes are kept at rest.
+pub fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(data);
+    let mut s = String::with_capacity(64);
+    for b in digest {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
+}
+
+/// Column helpers shared by both implementations.
+pub(crate) mod codec {
+    use super::*;
+    use crate::config::Preferences;
+
+    pub fn scopes_to_text(scopes: &[Scope]) -> String {
+        scopes
+            .iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    pub fn scopes_from_text(s: &str) -> Result<Vec<Scope>> {
+        s.split_whitespace()
+            .map(|s| {
+                s.parse()
+                    .map_err(|e: crate::model::ParseError| StoreError::Corrupt(e.0))
+            })
+            .collect()
+    }
+
+    pub fn prefs_to_json(p: &Preferences) -> String {
+        serde_json::to_string(p).unwrap_or_else(|_| "{}".into())
+    }
+
+    pub fn prefs_from_json(s: &str) -> Result<Preferences> {
+        serde_json::from_str(s).map_err(|e| StoreError::Corrupt(format!("preferences: {e}")))
+    }
+
+    pub fn event_from_json(s: &str) -> Result<Event> {
+        serde_json::from_str(s).map_err(|e| StoreError::Corrupt(format!("event: {e}")))
+    }
+
+    pub fn message_from_json(s: Option<String>) -> Result<Option<Message>> {
+        s.map(|s| {
+            serde_json::from_str(&s).map_err(|e| StoreError::Corrupt(format!("message: {e}")))
+        })
+        .transpose()
+    }
+
+    pub fn channel_from_text(s: &str) -> Result<ChannelKind> {
+        use ChannelKind::*;
+        [
+            Email, Sms, Webhook, Matrix, Pushover, Ntfy, Telegram, Signal,
+        ]
+        .into_iter()
+        .find(|c| c.as_str() == s)
+        .ok_or_else(|| StoreError::Corrupt(format!("channel `{s}`")))
+    }
+
+    pub fn state_from_text(s: &str) -> Result<State> {
+        s.parse().map_err(StoreError::Corrupt)
+    }
+
+    pub fn reason_from_text(s: Option<String>) -> Result<Option<Reason>> {
+        s.map(|s| Reason::parse(&s).ok_or_else(|| StoreError::Corrupt(format!("reason `{s}`"))))
+            .transpose()
+    }
+
+    pub fn tz_from_text(s: Option<String>) -> Result<Option<crate::model::TimeZoneName>> {
+        s.map(|s| {
+            s.parse()
+                .map_err(|e: crate::model::ParseError| StoreError::Corrupt(e.0))
+        })
+        .transpose()
+    }
+
+    pub fn uri_from_text(s: &str) -> Result<crate::model::DestinationUri> {
+        s.parse()
+            .map_err(|e: crate::model::ParseError| StoreError::Corrupt(e.0))
+    }
+
+    pub fn level_from_text(s: &str) -> Result<crate::model::SecurityLevel> {
+        s.parse()
+            .map_err(|e: crate::model::ParseError| StoreError::Corrupt(e.0))
+    }
+
+    /// Values written for a finished notification:
+    /// (state, reason, detail, sent_at, due_at).
+    pub fn finish_columns(
+        f: &Finish,
+    ) -> (
+        State,
+        Option<Reason>,
+        Option<String>,
+        Option<i64>,
+        Option<i64>,
+        i64,
+    ) {
+        use crate::model::to_millis;
+        match f {
+            Finish::Sent { at, detail } => (
+                State::Sent,
+                None,
+                detail.clone(),
+                Some(to_millis(*at)),
+                None,
+                to_millis(*at),
+            ),
+            Finish::Retry { at, due_at, detail } => (
+                State::Pending,
+                Some(Reason::Retry),
+                Some(detail.clone()),
+                None,
+                Some(to_millis(*due_at)),
+                to_millis(*at),
+            ),
+            Finish::Failed { at, reason, detail } => (
+                State::Failed,
+                Some(*reason),
+                Some(detail.clone()),
+                None,
+                None,
+                to_millis(*at),
+            ),
+            Finish::Expired { at } => (
+                State::Expired,
+                Some(Reason::Expired),
+                None,
+                None,
+                None,
+                to_millis(*at),
+            ),
+        }
+    }
+}

@@ -1,0 +1,674 @@
+//! The multi-node store: any number of `kci serve` nodes share one
+//! PostgreSQL database. Due work is claimed with `FOR UPDATE SKIP LOCKED`
+//! and a lease, so two nodes never send the same notification and a node
+//! that dies hands its work over when the lease runs out. Ingest takes a
+//! transaction-scoped advisory lock per (account, key), so pairing and
+//! superseding see every earlier event of the same key.
+
+use super::codec::*;
+use super::*;
+use crate::model::{from_millis, to_millis};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use std::collections::HashMap;
+use tokio_postgres::Row;
+use tokio_postgres::types::ToSql;
+
+pub struct PgStore {
+    pool: Pool,
+}
+
+impl From<deadpool_postgres::PoolError> for StoreError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        StoreError::Pool(e.to_string())
+    }
+}
+
+impl PgStore {
+    /// Connects to `url` (`postgres://…`; `options=-csearch_path%3D…` selects a schema).
+    pub async fn connect(url: &str) -> Result<Self> {
+        let config: tokio_postgres::Config = url.parse().map_err(|e: tokio_postgres::Error| {
+            StoreError::Unavailable(format!("bad postgres URL: {e}"))
+        })?;
+        Self::with_config(config).await
+    }
+
+    pub async fn with_config(config: tokio_postgres::Config) -> Result<Self> {
+        let manager = Manager::from_config(
+            config,
+            tokio_postgres::NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(16)
+            .build()
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        // Fail now, with the server's words, rather than on the first request.
+        drop(pool.get().await?);
+        Ok(Self { pool })
+    }
+}
+
+const NOTIFICATION_COLUMNS: &str = "id, event, account, contact, destination, uri, channel, type, key, priority, \
+     state, reason, detail, due_at, expires_at, decided_at, sent_at, attempts, timezone, message";
+
+fn notification_from_row(r: &Row) -> Result<Notification> {
+    Ok(Notification {
+        id: r.try_get(0)?,
+        event: r.try_get(1)?,
+        account: r.try_get(2)?,
+        contact: r.try_get(3)?,
+        destination: r.try_get(4)?,
+        uri: r.try_get(5)?,
+        channel: channel_from_text(r.try_get(6)?)?,
+        type_name: r.try_get(7)?,
+        key: r.try_get(8)?,
+        priority: Priority::from_rank(i32::try_from(r.try_get::<_, i64>(9)?).unwrap_or(0)),
+        state: state_from_text(r.try_get(10)?)?,
+        reason: reason_from_text(r.try_get(11)?)?,
+        detail: r.try_get(12)?,
+        due_at: from_millis(r.try_get(13)?),
+        expires_at: r.try_get::<_, Option<i64>>(14)?.map(from_millis),
+        decided_at: from_millis(r.try_get(15)?),
+        sent_at: r.try_get::<_, Option<i64>>(16)?.map(from_millis),
+        attempts: u32::try_from(r.try_get::<_, i64>(17)?).unwrap_or(0),
+        timezone: r.try_get(18)?,
+        message: message_from_json(r.try_get(19)?)?,
+    })
+}
+
+async fn insert_notification(
+    c: &impl deadpool_postgres::GenericClient,
+    n: &Notification,
+) -> Result<()> {
+    let message = n
+        .message
+        .as_ref()
+        .map(|m| serde_json::to_string(m).unwrap_or_default());
+    let stmt = c
+        .prepare_cached(
+            "INSERT INTO notifications (id, event, account, contact, destination, uri, channel, type, key, priority, \
+             state, reason, detail, due_at, expires_at, decided_at, sent_at, attempts, timezone, message) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)",
+        )
+        .await?;
+    let params: [&(dyn ToSql + Sync); 20] = [
+        &n.id,
+        &n.event,
+        &n.account,
+        &n.contact,
+        &n.destination,
+        &n.uri,
+        &n.channel.as_str(),
+        &n.type_name,
+        &n.key,
+        &i64::from(n.priority.rank()),
+        &n.state.as_str(),
+        &n.reason.map(|r| r.as_str()),
+        &n.detail,
+        &to_millis(n.due_at),
+        &n.expires_at.map(to_millis),
+        &to_millis(n.decided_at),
+        &n.sent_at.map(to_millis),
+        &i64::from(n.attempts),
+        &n.timezone,
+        &message,
+    ];
+    c.execute(&stmt, &params).await?;
+    Ok(())
+}
+
+async fn account_view(
+    c: &impl deadpool_postgres::GenericClient,
+    id: &str,
+) -> Result<Option<AccountView>> {
+    let stmt = c
+        .prepare_cached("SELECT id, name, timezone, security_level, paranoid, defaults FROM accounts WHERE id = $1")
+        .await?;
+    let Some(r) = c.query_opt(&stmt, &[&id]).await? else {
+        return Ok(None);
+    };
+    let account = Account {
+        id: r.try_get(0)?,
+        name: r.try_get(1)?,
+        timezone: tz_from_text(r.try_get(2)?)?,
+        security_level: level_from_text(r.try_get(3)?)?,
+        paranoid: r.try_get(4)?,
+        defaults: prefs_from_json(r.try_get(5)?)?,
+    };
+    let stmt = c
+        .prepare_cached("SELECT id, name, timezone FROM contacts WHERE account = $1 ORDER BY id")
+        .await?;
+    let mut contacts = Vec::new();
+    for r in c.query(&stmt, &[&id]).await? {
+        contacts.push(ContactView {
+            contact: Contact {
+                id: r.try_get(0)?,
+                name: r.try_get(1)?,
+                timezone: tz_from_text(r.try_get(2)?)?,
+            },
+            destinations: Vec::new(),
+        });
+    }
+    let stmt = c
+        .prepare_cached(
+            "SELECT id, contact, uri, prefs, verified FROM destinations WHERE account = $1 ORDER BY contact, id",
+        )
+        .await?;
+    for r in c.query(&stmt, &[&id]).await? {
+        let dest = Destination {
+            id: r.try_get(0)?,
+            contact: r.try_get(1)?,
+            uri: uri_from_text(r.try_get(2)?)?,
+            prefs: prefs_from_json(r.try_get(3)?)?,
+            verified: r.try_get(4)?,
+        };
+        if let Some(cv) = contacts.iter_mut().find(|cv| cv.contact.id == dest.contact) {
+            cv.destinations.push(dest);
+        }
+    }
+    Ok(Some(AccountView { account, contacts }))
+}
+
+async fn ingest_one(
+    tx: &deadpool_postgres::Transaction<'_>,
+    event: &Event,
+    planner: &Planner,
+    views: &mut HashMap<String, Option<AccountView>>,
+) -> Result<IngestOutcome> {
+    // Serialises events of one (account, key) across nodes until commit.
+    let lock = tx
+        .prepare_cached("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+        .await?;
+    tx.execute(&lock, &[&format!("{}\u{1f}{}", event.account, event.key)])
+        .await?;
+    let stmt = tx
+        .prepare_cached("SELECT notifications FROM events WHERE id = $1")
+        .await?;
+    if let Some(r) = tx.query_opt(&stmt, &[&event.id]).await? {
+        let n: i64 = r.try_get(0)?;
+        return Ok(IngestOutcome::Duplicate {
+            id: event.id.clone(),
+            notifications: usize::try_from(n).unwrap_or(0),
+        });
+    }
+    if !views.contains_key(&event.account) {
+        views.insert(
+            event.account.clone(),
+            account_view(tx, &event.account).await?,
+        );
+    }
+    let Some(view) = views.get(&event.account).and_then(|v| v.as_ref()) else {
+        return Ok(IngestOutcome::Rejected(Rejection {
+            code: "unknown_account",
+            message: format!("account: `{}` is not a known account", event.account),
+        }));
+    };
+    let stmt = tx
+        .prepare_cached(
+            "SELECT id, event, type, destination, due_at FROM notifications \
+             WHERE account = $1 AND key = $2 AND state = 'pending' AND event IS NOT NULL FOR UPDATE",
+        )
+        .await?;
+    let mut pending = Vec::new();
+    for r in tx.query(&stmt, &[&event.account, &event.key]).await? {
+        pending.push(PendingNotice {
+            id: r.try_get(0)?,
+            event: r.try_get(1)?,
+            type_name: r.try_get(2)?,
+            destination: r.try_get(3)?,
+            due_at: from_millis(r.try_get(4)?),
+        });
+    }
+    let plan = match planner(event, view, &pending) {
+        Ok(p) => p,
+        Err(r) => return Ok(IngestOutcome::Rejected(r)),
+    };
+    let payload = serde_json::to_string(event).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let stmt = tx
+        .prepare_cached(
+            "INSERT INTO events (id, account, type, key, received_at, notifications, payload) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .await?;
+    tx.execute(
+        &stmt,
+        &[
+            &event.id,
+            &event.account,
+            &event.type_name,
+            &event.key,
+            &to_millis(event.received_at),
+            &(plan.decisions.len() as i64),
+            &payload,
+        ],
+    )
+    .await?;
+    for d in &plan.decisions {
+        insert_notification(tx, &Notification::planned(event, d)).await?;
+    }
+    let stmt = tx
+        .prepare_cached(
+            "UPDATE notifications SET state = 'cancelled', reason = $2, decided_at = $3 WHERE id = $1 AND state = 'pending'",
+        )
+        .await?;
+    for (id, reason) in &plan.cancels {
+        tx.execute(
+            &stmt,
+            &[id, &reason.as_str(), &to_millis(event.received_at)],
+        )
+        .await?;
+    }
+    Ok(IngestOutcome::Accepted {
+        id: event.id.clone(),
+        notifications: plan.decisions.len(),
+    })
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn migrate(&self) -> Result<()> {
+        let mut c = self.pool.get().await?;
+        let tx = c.transaction().await?;
+        // One migrator at a time across nodes.
+        tx.execute("SELECT pg_advisory_xact_lock(8460)", &[])
+            .await?;
+        tx.batch_execute(
+            "CREATE TABLE IF NOT EXISTS kci_schema (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
+        )
+        .await?;
+        let have: i64 = tx
+            .query_one("SELECT COALESCE(MAX(version), 0) FROM kci_schema", &[])
+            .await?
+            .try_get(0)?;
+        for (version, sql) in MIGRATIONS {
+            if *version > have {
+                tx.batch_execute(sql).await?;
+                tx.execute(
+                    "INSERT INTO kci_schema (version, applied_at) VALUES ($1, $2)",
+                    &[version, &to_millis(Utc::now())],
+                )
+                .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn create_token(&self, t: &TokenRecord, hash: &str) -> Result<()> {
+        let c = self.pool.get().await?;
+        c.execute(
+            "INSERT INTO tokens (id, name, secret_hash, scopes, created_at) VALUES ($1, $2, $3, $4, $5)",
+            &[&t.id, &t.name, &hash, &scopes_to_text(&t.scopes), &to_millis(t.created_at)],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn find_token(&self, hash: &str) -> Result<Option<TokenRecord>> {
+        let c = self.pool.get().await?;
+        let stmt = c
+            .prepare_cached(
+                "SELECT id, name, scopes, created_at FROM tokens WHERE secret_hash = $1",
+            )
+            .await?;
+        c.query_opt(&stmt, &[&hash])
+            .await?
+            .map(|r| {
+                Ok(TokenRecord {
+                    id: r.try_get(0)?,
+                    name: r.try_get(1)?,
+                    scopes: scopes_from_text(r.try_get(2)?)?,
+                    created_at: from_millis(r.try_get(3)?),
+                })
+            })
+            .transpose()
+    }
+
+    async fn put_account(&self, a: &Account) -> Result<PutOutcome> {
+        let c = self.pool.get().await?;
+        // xmax = 0 only for a freshly inserted row.
+        let row = c
+            .query_one(
+                "INSERT INTO accounts (id, name, timezone, security_level, paranoid, defaults) VALUES ($1, $2, $3, $4, $5, $6) \
+                 ON CONFLICT (id) DO UPDATE SET name = excluded.name, timezone = excluded.timezone, \
+                 security_level = excluded.security_level, paranoid = excluded.paranoid, defaults = excluded.defaults \
+                 RETURNING (xmax = 0)",
+                &[
+                    &a.id,
+                    &a.name,
+                    &a.timezone.map(|t| t.to_string()),
+                    &a.security_level.as_str(),
+                    &a.paranoid,
+                    &prefs_to_json(&a.defaults),
+                ],
+            )
+            .await?;
+        Ok(if row.try_get(0)? {
+            PutOutcome::Created
+        } else {
+            PutOutcome::Updated
+        })
+    }
+
+    async fn account_view(&self, id: &str) -> Result<Option<AccountView>> {
+        let c = self.pool.get().await?;
+        account_view(&c, id).await
+    }
+
+    async fn put_contact(&self, account: &str, ct: &Contact) -> Result<PutOutcome> {
+        let c = self.pool.get().await?;
+        if c.query_opt("SELECT 1 FROM accounts WHERE id = $1", &[&account])
+            .await?
+            .is_none()
+        {
+            return Ok(PutOutcome::NoParent);
+        }
+        let row = c
+            .query_one(
+                "INSERT INTO contacts (account, id, name, timezone) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (account, id) DO UPDATE SET name = excluded.name, timezone = excluded.timezone \
+                 RETURNING (xmax = 0)",
+                &[&account, &ct.id, &ct.name, &ct.timezone.map(|t| t.to_string())],
+            )
+            .await?;
+        Ok(if row.try_get(0)? {
+            PutOutcome::Created
+        } else {
+            PutOutcome::Updated
+        })
+    }
+
+    async fn add_destination(
+        &self,
+        account: &str,
+        d: &Destination,
+        code: Option<PendingCode>,
+        notice: Option<Notification>,
+    ) -> Result<PutOutcome> {
+        let mut c = self.pool.get().await?;
+        let tx = c.transaction().await?;
+        if tx
+            .query_opt(
+                "SELECT 1 FROM contacts WHERE account = $1 AND id = $2",
+                &[&account, &d.contact],
+            )
+            .await?
+            .is_none()
+        {
+            return Ok(PutOutcome::NoParent);
+        }
+        tx.execute(
+            "INSERT INTO destinations (id, account, contact, uri, prefs, verified, code_hash, code_expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            &[
+                &d.id,
+                &account,
+                &d.contact,
+                &d.uri.to_string(),
+                &prefs_to_json(&d.prefs),
+                &d.verified,
+                &code.as_ref().map(|c| c.hash.clone()),
+                &code.as_ref().map(|c| to_millis(c.expires_at)),
+            ],
+        )
+        .await?;
+        if let Some(n) = &notice {
+            insert_notification(&tx, n).await?;
+        }
+        tx.commit().await?;
+        Ok(PutOutcome::Created)
+    }
+
+    async fn verify_destination(
+        &self,
+        account: &str,
+        contact: &str,
+        id: &str,
+        code_hash: &str,
+        now: DateTime<Utc>,
+    ) -> Result<VerifyOutcome> {
+        let mut c = self.pool.get().await?;
+        let tx = c.transaction().await?;
+        let row = tx
+            .query_opt(
+                "SELECT verified, code_hash, code_expires_at, code_attempts FROM destinations \
+                 WHERE id = $1 AND account = $2 AND contact = $3 FOR UPDATE",
+                &[&id, &account, &contact],
+            )
+            .await?;
+        let Some(r) = row else {
+            return Ok(VerifyOutcome::NotFound);
+        };
+        let stored: Option<String> = r.try_get(1)?;
+        let outcome = super::sqlite::check_code(
+            r.try_get(0)?,
+            stored.as_deref(),
+            r.try_get(2)?,
+            r.try_get(3)?,
+            code_hash,
+            now,
+        );
+        match outcome {
+            VerifyOutcome::Verified => {
+                tx.execute(
+                    "UPDATE destinations SET verified = TRUE, code_hash = NULL, code_expires_at = NULL WHERE id = $1",
+                    &[&id],
+                )
+                .await?;
+            }
+            VerifyOutcome::WrongCode { .. } | VerifyOutcome::Locked => {
+                tx.execute(
+                    "UPDATE destinations SET code_attempts = code_attempts + 1 WHERE id = $1",
+                    &[&id],
+                )
+                .await?;
+            }
+            _ => {}
+        }
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    async fn delete_destination(&self, account: &str, contact: &str, id: &str) -> Result<bool> {
+        let mut c = self.pool.get().await?;
+        let tx = c.transaction().await?;
+        let n = tx
+            .execute(
+                "DELETE FROM destinations WHERE id = $1 AND account = $2 AND contact = $3",
+                &[&id, &account, &contact],
+            )
+            .await?;
+        if n > 0 {
+            tx.execute(
+                "UPDATE notifications SET state = 'cancelled', reason = 'destination_removed' \
+                 WHERE destination = $1 AND state = 'pending'",
+                &[&id],
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(n > 0)
+    }
+
+    async fn ingest(
+        &self,
+        events: Vec<Event>,
+        planner: Arc<Planner>,
+    ) -> Result<Vec<IngestOutcome>> {
+        let mut c = self.pool.get().await?;
+        let mut tx = c.transaction().await?;
+        let mut views = HashMap::new();
+        let mut out = Vec::with_capacity(events.len());
+        for ev in &events {
+            let sp = tx.transaction().await?;
+            let outcome = ingest_one(&sp, ev, &*planner, &mut views).await?;
+            if matches!(outcome, IngestOutcome::Accepted { .. }) {
+                sp.commit().await?;
+            } else {
+                sp.rollback().await?;
+            }
+            out.push(outcome);
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    async fn event(&self, id: &str) -> Result<Option<(Event, Vec<Notification>)>> {
+        let c = self.pool.get().await?;
+        let Some(r) = c
+            .query_opt("SELECT payload FROM events WHERE id = $1", &[&id])
+            .await?
+        else {
+            return Ok(None);
+        };
+        let event = event_from_json(r.try_get(0)?)?;
+        let rows = c
+            .query(
+                &format!("SELECT {NOTIFICATION_COLUMNS} FROM notifications WHERE event = $1 ORDER BY contact, destination"),
+                &[&id],
+            )
+            .await?;
+        let notes = rows
+            .iter()
+            .map(notification_from_row)
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Some((event, notes)))
+    }
+
+    async fn cancel_event(&self, id: &str, now: DateTime<Utc>) -> Result<Option<usize>> {
+        let c = self.pool.get().await?;
+        if c.query_opt("SELECT 1 FROM events WHERE id = $1", &[&id])
+            .await?
+            .is_none()
+        {
+            return Ok(None);
+        }
+        let n = c
+            .execute(
+                "UPDATE notifications SET state = 'cancelled', reason = 'event_cancelled', decided_at = $2 \
+                 WHERE event = $1 AND state = 'pending'",
+                &[&id, &to_millis(now)],
+            )
+            .await?;
+        Ok(Some(usize::try_from(n).unwrap_or(usize::MAX)))
+    }
+
+    async fn enqueue(&self, n: &Notification) -> Result<()> {
+        let c = self.pool.get().await?;
+        insert_notification(&c, n).await
+    }
+
+    async fn claim_due(
+        &self,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<Claimed>> {
+        let c = self.pool.get().await?;
+        let stmt = c
+            .prepare_cached(&format!(
+                "WITH due AS ( \
+                   (SELECT id FROM notifications WHERE state = 'pending' AND due_at <= $1 \
+                    ORDER BY due_at LIMIT $3 FOR UPDATE SKIP LOCKED) \
+                   UNION ALL \
+                   (SELECT id FROM notifications WHERE state = 'sending' AND lease_until <= $1 \
+                    LIMIT $3 FOR UPDATE SKIP LOCKED)) \
+                 UPDATE notifications n SET state = 'sending', attempts = attempts + 1, lease_until = $2 \
+                 FROM due WHERE n.id = due.id \
+                 RETURNING {}",
+                NOTIFICATION_COLUMNS.split(", ").map(|c| format!("n.{c}")).collect::<Vec<_>>().join(", ")
+            ))
+            .await?;
+        let rows = c
+            .query(
+                &stmt,
+                &[&to_millis(now), &to_millis(lease_until), &(limit as i64)],
+            )
+            .await?;
+        let notes = rows
+            .iter()
+            .map(notification_from_row)
+            .collect::<Result<Vec<_>>>()?;
+        let ids: Vec<String> = notes.iter().filter_map(|n| n.event.clone()).collect();
+        let mut events = HashMap::new();
+        if !ids.is_empty() {
+            for r in c
+                .query("SELECT id, payload FROM events WHERE id = ANY($1)", &[&ids])
+                .await?
+            {
+                events.insert(r.try_get::<_, String>(0)?, event_from_json(r.try_get(1)?)?);
+            }
+        }
+        let mut out: Vec<Claimed> = notes
+            .into_iter()
+            .map(|n| {
+                let event = n.event.as_ref().and_then(|id| events.get(id).cloned());
+                Claimed {
+                    notification: n,
+                    event,
+                }
+            })
+            .collect();
+        out.sort_by_key(|c| {
+            (
+                std::cmp::Reverse(c.notification.priority),
+                c.notification.due_at,
+            )
+        });
+        Ok(out)
+    }
+
+    async fn finish(&self, id: &str, outcome: Finish) -> Result<()> {
+        let c = self.pool.get().await?;
+        let (state, reason, detail, sent_at, due_at, decided) = finish_columns(&outcome);
+        let stmt = c
+            .prepare_cached(
+                "UPDATE notifications SET state = $2, reason = $3, detail = $4, sent_at = COALESCE($5, sent_at), \
+                 due_at = COALESCE($6, due_at), decided_at = $7, lease_until = NULL \
+                 WHERE id = $1 AND state = 'sending'",
+            )
+            .await?;
+        c.execute(
+            &stmt,
+            &[
+                &id,
+                &state.as_str(),
+                &reason.map(|r| r.as_str()),
+                &detail,
+                &sent_at,
+                &due_at,
+                &decided,
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn next_due(&self) -> Result<Option<DateTime<Utc>>> {
+        let c = self.pool.get().await?;
+        let r = c
+            .query_one(
+                "SELECT LEAST((SELECT MIN(due_at) FROM notifications WHERE state = 'pending'), \
+                              (SELECT MIN(lease_until) FROM notifications WHERE state = 'sending'))",
+                &[],
+            )
+            .await?;
+        Ok(r.try_get::<_, Option<i64>>(0)?.map(from_millis))
+    }
+
+    async fn count_by_state(&self) -> Result<Vec<(State, i64)>> {
+        let c = self.pool.get().await?;
+        c.query(
+            "SELECT state, COUNT(*) FROM notifications GROUP BY state",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| Ok((state_from_text(r.try_get(0)?)?, r.try_get(1)?)))
+        .collect()
+    }
+}
+
+const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("migrations/postgres.sql"))];

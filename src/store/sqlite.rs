@@ -1,0 +1,771 @@
+//! The embedded store: one SQLite file in WAL mode with `synchronous=FULL`,
+//! so an answered write survives `kill -9` and power loss alike.
+//!
+//! All writes go through one writer thread that commits whatever has queued
+//! up in a single transaction (group commit): under load, many requests share
+//! one fsync, which is what makes durable ingest fast. Each request runs in
+//! its own savepoint, so one failing request never undoes another. Reads use
+//! a small pool of separate connections.
+
+use super::codec::*;
+use super::*;
+use crate::model::{from_millis, to_millis};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::mpsc;
+
+type Finisher = Box<dyn FnOnce(std::result::Result<(), String>) + Send>;
+type Job = Box<dyn FnOnce(&Connection) -> Finisher + Send>;
+
+/// Most jobs committed together.
+const MAX_GROUP: usize = 1024;
+const READERS: usize = 4;
+
+pub struct SqliteStore {
+    writer: Mutex<mpsc::Sender<Job>>,
+    readers: Mutex<Vec<Connection>>,
+    path: Option<String>,
+}
+
+fn open_conn(path: Option<&str>) -> Result<Connection> {
+    let conn = match path {
+        Some(p) => Connection::open_with_flags(
+            p,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?,
+        None => Connection::open_in_memory()?,
+    };
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL;
+         PRAGMA synchronous = FULL;
+         PRAGMA foreign_keys = ON;
+         PRAGMA temp_store = MEMORY;
+         PRAGMA cache_size = -32000;",
+    )?;
+    Ok(conn)
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path`; `:memory:` gives a
+    /// throw-away store for `kci simulate` and tests.
+    pub fn open(path: &str) -> Result<Self> {
+        let path = (path != ":memory:" && !path.is_empty()).then(|| path.to_string());
+        if let Some(p) = &path {
+            if let Some(dir) = std::path::Path::new(p)
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+            {
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
+                })?;
+            }
+        }
+        let conn = open_conn(path.as_deref())?;
+        let (tx, rx) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("kci-sqlite-writer".into())
+            .spawn(move || writer_loop(conn, rx))
+            .map_err(|e| StoreError::Unavailable(format!("cannot start writer: {e}")))?;
+        Ok(Self {
+            writer: Mutex::new(tx),
+            readers: Mutex::new(Vec::new()),
+            path,
+        })
+    }
+
+    /// Runs `f` on the writer connection inside the current group's
+    /// transaction; resolves once that transaction is durably committed.
+    async fn write<R, F>(&self, f: F) -> Result<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> Result<R> + Send + 'static,
+    {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move |conn| {
+            let result = in_savepoint(conn, "job", f);
+            Box::new(move |commit| {
+                let out = match (result, commit) {
+                    (Ok(v), Ok(())) => Ok(v),
+                    (Err(e), _) => Err(e),
+                    (Ok(_), Err(e)) => Err(StoreError::Unavailable(format!("commit failed: {e}"))),
+                };
+                let _ = tx.send(out);
+            })
+        });
+        self.writer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .send(job)
+            .map_err(|_| StoreError::Unavailable("sqlite writer stopped".into()))?;
+        rx.await
+            .map_err(|_| StoreError::Unavailable("sqlite writer stopped".into()))?
+    }
+
+    /// Runs `f` on a reader connection (on the writer for in-memory stores,
+    /// which cannot be shared between connections).
+    async fn read<R, F>(&self, f: F) -> Result<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> Result<R> + Send + 'static,
+    {
+        let Some(path) = self.path.clone() else {
+            return self.write(f).await;
+        };
+        let pooled = self.readers.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let (conn, result) = tokio::task::spawn_blocking(move || {
+            let conn = match pooled {
+                Some(c) => c,
+                None => open_conn(Some(&path))?,
+            };
+            let r = f(&conn);
+            Ok::<_, StoreError>((conn, r))
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("reader task: {e}")))??;
+        let mut pool = self.readers.lock().unwrap_or_else(|e| e.into_inner());
+        if pool.len() < READERS {
+            pool.push(conn);
+        }
+        result
+    }
+}
+
+fn in_savepoint<R>(
+    conn: &Connection,
+    name: &str,
+    f: impl FnOnce(&Connection) -> Result<R>,
+) -> Result<R> {
+    conn.execute_batch(&format!("SAVEPOINT {name}"))?;
+    match f(conn) {
+        Ok(v) => {
+            conn.execute_batch(&format!("RELEASE {name}"))?;
+            Ok(v)
+        }
+        Err(e) => {
+            let _ = conn.execute_batch(&format!("ROLLBACK TO {name}; RELEASE {name}"));
+            Err(e)
+        }
+    }
+}
+
+fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>) {
+    while let Ok(first) = rx.recv() {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(job) => group.push(job),
+                Err(_) => break,
+            }
+        }
+        let began = conn.execute_batch("BEGIN IMMEDIATE").is_ok();
+        let finishers: Vec<Finisher> = group.into_iter().map(|job| job(&conn)).collect();
+        let commit = if began {
+            conn.execute_batch("COMMIT").map_err(|e| {
+                let _ = conn.execute_batch("ROLLBACK");
+                e.to_string()
+            })
+        } else {
+            Ok(()) // each savepoint committed on its own
+        };
+        for finish in finishers {
+            finish(commit.clone());
+        }
+    }
+}
+
+const NOTIFICATION_COLUMNS: &str = "id, event, account, contact, destination, uri, channel, type, key, priority, \
+     state, reason, detail, due_at, expires_at, decided_at, sent_at, attempts, timezone, message";
+
+fn notification_from_row(row: &Row<'_>) -> Result<Notification> {
+    Ok(Notification {
+        id: row.get(0)?,
+        event: row.get(1)?,
+        account: row.get(2)?,
+        contact: row.get(3)?,
+        destination: row.get(4)?,
+        uri: row.get(5)?,
+        channel: channel_from_text(&row.get::<_, String>(6)?)?,
+        type_name: row.get(7)?,
+        key: row.get(8)?,
+        priority: Priority::from_rank(row.get(9)?),
+        state: state_from_text(&row.get::<_, String>(10)?)?,
+        reason: reason_from_text(row.get(11)?)?,
+        detail: row.get(12)?,
+        due_at: from_millis(row.get(13)?),
+        expires_at: row.get::<_, Option<i64>>(14)?.map(from_millis),
+        decided_at: from_millis(row.get(15)?),
+        sent_at: row.get::<_, Option<i64>>(16)?.map(from_millis),
+        attempts: row.get::<_, i64>(17)?.try_into().unwrap_or(0),
+        timezone: row.get(18)?,
+        message: message_from_json(row.get(19)?)?,
+    })
+}
+
+fn insert_notification(conn: &Connection, n: &Notification) -> Result<()> {
+    let message = n
+        .message
+        .as_ref()
+        .map(|m| serde_json::to_string(m).unwrap_or_default());
+    conn.prepare_cached(
+        "INSERT INTO notifications (id, event, account, contact, destination, uri, channel, type, key, priority, \
+         state, reason, detail, due_at, expires_at, decided_at, sent_at, attempts, timezone, message) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)",
+    )?
+    .execute(params![
+        n.id,
+        n.event,
+        n.account,
+        n.contact,
+        n.destination,
+        n.uri,
+        n.channel.as_str(),
+        n.type_name,
+        n.key,
+        n.priority.rank(),
+        n.state.as_str(),
+        n.reason.map(|r| r.as_str()),
+        n.detail,
+        to_millis(n.due_at),
+        n.expires_at.map(to_millis),
+        to_millis(n.decided_at),
+        n.sent_at.map(to_millis),
+        i64::from(n.attempts),
+        n.timezone,
+        message,
+    ])?;
+    Ok(())
+}
+
+fn account_view(conn: &Connection, id: &str) -> Result<Option<AccountView>> {
+    let account = conn
+        .prepare_cached("SELECT id, name, timezone, security_level, paranoid, defaults FROM accounts WHERE id = ?1")?
+        .query_row([id], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, Option<String>>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, bool>(4)?,
+                r.get::<_, String>(5)?,
+            ))
+        })
+        .optional()?;
+    let Some((id, name, tz, level, paranoid, defaults)) = account else {
+        return Ok(None);
+    };
+    let account = Account {
+        id,
+        name,
+        timezone: tz_from_text(tz)?,
+        security_level: level_from_text(&level)?,
+        paranoid,
+        defaults: prefs_from_json(&defaults)?,
+    };
+    let mut contacts = Vec::new();
+    let mut stmt = conn
+        .prepare_cached("SELECT id, name, timezone FROM contacts WHERE account = ?1 ORDER BY id")?;
+    let mut rows = stmt.query([&account.id])?;
+    while let Some(r) = rows.next()? {
+        contacts.push(ContactView {
+            contact: Contact {
+                id: r.get(0)?,
+                name: r.get(1)?,
+                timezone: tz_from_text(r.get(2)?)?,
+            },
+            destinations: Vec::new(),
+        });
+    }
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, contact, uri, prefs, verified FROM destinations WHERE account = ?1 ORDER BY contact, id",
+    )?;
+    let mut rows = stmt.query([&account.id])?;
+    while let Some(r) = rows.next()? {
+        let dest = Destination {
+            id: r.get(0)?,
+            contact: r.get(1)?,
+            uri: uri_from_text(&r.get::<_, String>(2)?)?,
+            prefs: prefs_from_json(&r.get::<_, String>(3)?)?,
+            verified: r.get(4)?,
+        };
+        if let Some(cv) = contacts.iter_mut().find(|c| c.contact.id == dest.contact) {
+            cv.destinations.push(dest);
+        }
+    }
+    Ok(Some(AccountView { account, contacts }))
+}
+
+fn pending_for_key(conn: &Connection, account: &str, key: &str) -> Result<Vec<PendingNotice>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, event, type, destination, due_at FROM notifications \
+         WHERE account = ?1 AND key = ?2 AND state = 'pending' AND event IS NOT NULL",
+    )?;
+    let mut rows = stmt.query([account, key])?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        out.push(PendingNotice {
+            id: r.get(0)?,
+            event: r.get(1)?,
+            type_name: r.get(2)?,
+            destination: r.get(3)?,
+            due_at: from_millis(r.get(4)?),
+        });
+    }
+    Ok(out)
+}
+
+fn ingest_one(
+    conn: &Connection,
+    event: &Event,
+    planner: &Planner,
+    views: &mut HashMap<String, Option<AccountView>>,
+) -> Result<IngestOutcome> {
+    let seen: Option<i64> = conn
+        .prepare_cached("SELECT notifications FROM events WHERE id = ?1")?
+        .query_row([&event.id], |r| r.get(0))
+        .optional()?;
+    if let Some(n) = seen {
+        return Ok(IngestOutcome::Duplicate {
+            id: event.id.clone(),
+            notifications: n.try_into().unwrap_or(0),
+        });
+    }
+    if !views.contains_key(&event.account) {
+        views.insert(event.account.clone(), account_view(conn, &event.account)?);
+    }
+    let Some(view) = views.get(&event.account).and_then(|v| v.as_ref()) else {
+        return Ok(IngestOutcome::Rejected(Rejection {
+            code: "unknown_account",
+            message: format!("account: `{}` is not a known account", event.account),
+        }));
+    };
+    let pending = pending_for_key(conn, &event.account, &event.key)?;
+    let plan = match planner(event, view, &pending) {
+        Ok(p) => p,
+        Err(r) => return Ok(IngestOutcome::Rejected(r)),
+    };
+    let payload = serde_json::to_string(event).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    conn.prepare_cached(
+        "INSERT INTO events (id, account, type, key, received_at, notifications, payload) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![
+        event.id,
+        event.account,
+        event.type_name,
+        event.key,
+        to_millis(event.received_at),
+        plan.decisions.len() as i64,
+        payload
+    ])?;
+    for d in &plan.decisions {
+        insert_notification(conn, &Notification::planned(event, d))?;
+    }
+    for (id, reason) in &plan.cancels {
+        conn.prepare_cached(
+            "UPDATE notifications SET state = 'cancelled', reason = ?2, decided_at = ?3 WHERE id = ?1 AND state = 'pending'",
+        )?
+        .execute(params![id, reason.as_str(), to_millis(event.received_at)])?;
+    }
+    Ok(IngestOutcome::Accepted {
+        id: event.id.clone(),
+        notifications: plan.decisions.len(),
+    })
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn migrate(&self) -> Result<()> {
+        self.write(|conn| {
+            conn.execute_batch(
+                "CREATE TABLE IF NOT EXISTS kci_schema (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)",
+            )?;
+            let have: i64 = conn.query_row("SELECT COALESCE(MAX(version), 0) FROM kci_schema", [], |r| r.get(0))?;
+            for (version, sql) in MIGRATIONS {
+                if *version > have {
+                    conn.execute_batch(sql)?;
+                    conn.execute(
+                        "INSERT INTO kci_schema (version, applied_at) VALUES (?1, ?2)",
+                        params![version, to_millis(Utc::now())],
+                    )?;
+                }
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn create_token(&self, token: &TokenRecord, hash: &str) -> Result<()> {
+        let (t, hash) = (token.clone(), hash.to_string());
+        self.write(move |conn| {
+            conn.execute(
+                "INSERT INTO tokens (id, name, secret_hash, scopes, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![t.id, t.name, hash, scopes_to_text(&t.scopes), to_millis(t.created_at)],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn find_token(&self, hash: &str) -> Result<Option<TokenRecord>> {
+        let hash = hash.to_string();
+        self.read(move |conn| {
+            let row = conn
+                .prepare_cached(
+                    "SELECT id, name, scopes, created_at FROM tokens WHERE secret_hash = ?1",
+                )?
+                .query_row([&hash], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, i64>(3)?,
+                    ))
+                })
+                .optional()?;
+            row.map(|(id, name, scopes, created)| {
+                Ok(TokenRecord {
+                    id,
+                    name,
+                    scopes: scopes_from_text(&scopes)?,
+                    created_at: from_millis(created),
+                })
+            })
+            .transpose()
+        })
+        .await
+    }
+
+    async fn put_account(&self, a: &Account) -> Result<PutOutcome> {
+        let a = a.clone();
+        self.write(move |conn| {
+            let exists = conn.query_row("SELECT 1 FROM accounts WHERE id = ?1", [&a.id], |_| Ok(())).optional()?.is_some();
+            conn.execute(
+                "INSERT INTO accounts (id, name, timezone, security_level, paranoid, defaults) VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+                 ON CONFLICT (id) DO UPDATE SET name = excluded.name, timezone = excluded.timezone, \
+                 security_level = excluded.security_level, paranoid = excluded.paranoid, defaults = excluded.defaults",
+                params![
+                    a.id,
+                    a.name,
+                    a.timezone.map(|t| t.to_string()),
+                    a.security_level.as_str(),
+                    a.paranoid,
+                    prefs_to_json(&a.defaults)
+                ],
+            )?;
+            Ok(if exists { PutOutcome::Updated } else { PutOutcome::Created })
+        })
+        .await
+    }
+
+    async fn account_view(&self, id: &str) -> Result<Option<AccountView>> {
+        let id = id.to_string();
+        self.read(move |conn| account_view(conn, &id)).await
+    }
+
+    async fn put_contact(&self, account: &str, c: &Contact) -> Result<PutOutcome> {
+        let (account, c) = (account.to_string(), c.clone());
+        self.write(move |conn| {
+            if conn.query_row("SELECT 1 FROM accounts WHERE id = ?1", [&account], |_| Ok(())).optional()?.is_none() {
+                return Ok(PutOutcome::NoParent);
+            }
+            let exists = conn
+                .query_row("SELECT 1 FROM contacts WHERE account = ?1 AND id = ?2", [&account, &c.id], |_| Ok(()))
+                .optional()?
+                .is_some();
+            conn.execute(
+                "INSERT INTO contacts (account, id, name, timezone) VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT (account, id) DO UPDATE SET name = excluded.name, timezone = excluded.timezone",
+                params![account, c.id, c.name, c.timezone.map(|t| t.to_string())],
+            )?;
+            Ok(if exists { PutOutcome::Updated } else { PutOutcome::Created })
+        })
+        .await
+    }
+
+    async fn add_destination(
+        &self,
+        account: &str,
+        d: &Destination,
+        code: Option<PendingCode>,
+        notice: Option<Notification>,
+    ) -> Result<PutOutcome> {
+        let (account, d) = (account.to_string(), d.clone());
+        self.write(move |conn| {
+            let contact = conn
+                .query_row("SELECT 1 FROM contacts WHERE account = ?1 AND id = ?2", [&account, &d.contact], |_| Ok(()))
+                .optional()?;
+            if contact.is_none() {
+                return Ok(PutOutcome::NoParent);
+            }
+            conn.execute(
+                "INSERT INTO destinations (id, account, contact, uri, prefs, verified, code_hash, code_expires_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    d.id,
+                    account,
+                    d.contact,
+                    d.uri.to_string(),
+                    prefs_to_json(&d.prefs),
+                    d.verified,
+                    code.as_ref().map(|c| c.hash.clone()),
+                    code.as_ref().map(|c| to_millis(c.expires_at)),
+                ],
+            )?;
+            if let Some(n) = &notice {
+                insert_notification(conn, n)?;
+            }
+            Ok(PutOutcome::Created)
+        })
+        .await
+    }
+
+    async fn verify_destination(
+        &self,
+        account: &str,
+        contact: &str,
+        id: &str,
+        code_hash: &str,
+        now: DateTime<Utc>,
+    ) -> Result<VerifyOutcome> {
+        let (account, contact, id, code_hash) = (
+            account.to_string(),
+            contact.to_string(),
+            id.to_string(),
+            code_hash.to_string(),
+        );
+        self.write(move |conn| {
+            let row = conn
+                .query_row(
+                    "SELECT verified, code_hash, code_expires_at, code_attempts FROM destinations \
+                     WHERE id = ?1 AND account = ?2 AND contact = ?3",
+                    [&id, &account, &contact],
+                    |r| Ok((r.get::<_, bool>(0)?, r.get::<_, Option<String>>(1)?, r.get::<_, Option<i64>>(2)?, r.get::<_, i64>(3)?)),
+                )
+                .optional()?;
+            let Some((verified, stored, expires, attempts)) = row else {
+                return Ok(VerifyOutcome::NotFound);
+            };
+            let outcome = check_code(verified, stored.as_deref(), expires, attempts, &code_hash, now);
+            match outcome {
+                VerifyOutcome::Verified => {
+                    conn.execute(
+                        "UPDATE destinations SET verified = 1, code_hash = NULL, code_expires_at = NULL WHERE id = ?1",
+                        [&id],
+                    )?;
+                }
+                VerifyOutcome::WrongCode { .. } | VerifyOutcome::Locked => {
+                    conn.execute("UPDATE destinations SET code_attempts = code_attempts + 1 WHERE id = ?1", [&id])?;
+                }
+                _ => {}
+            }
+            Ok(outcome)
+        })
+        .await
+    }
+
+    async fn delete_destination(&self, account: &str, contact: &str, id: &str) -> Result<bool> {
+        let (account, contact, id) = (account.to_string(), contact.to_string(), id.to_string());
+        self.write(move |conn| {
+            let n = conn.execute(
+                "DELETE FROM destinations WHERE id = ?1 AND account = ?2 AND contact = ?3",
+                [&id, &account, &contact],
+            )?;
+            if n > 0 {
+                conn.execute(
+                    "UPDATE notifications SET state = 'cancelled', reason = 'destination_removed' \
+                     WHERE destination = ?1 AND state = 'pending'",
+                    [&id],
+                )?;
+            }
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn ingest(
+        &self,
+        events: Vec<Event>,
+        planner: Arc<Planner>,
+    ) -> Result<Vec<IngestOutcome>> {
+        self.write(move |conn| {
+            let mut views = HashMap::new();
+            events
+                .iter()
+                .map(|ev| in_savepoint(conn, "ev", |c| ingest_one(c, ev, &*planner, &mut views)))
+                .collect()
+        })
+        .await
+    }
+
+    async fn event(&self, id: &str) -> Result<Option<(Event, Vec<Notification>)>> {
+        let id = id.to_string();
+        self.read(move |conn| {
+            let payload: Option<String> = conn
+                .prepare_cached("SELECT payload FROM events WHERE id = ?1")?
+                .query_row([&id], |r| r.get(0))
+                .optional()?;
+            let Some(payload) = payload else { return Ok(None) };
+            let event = event_from_json(&payload)?;
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {NOTIFICATION_COLUMNS} FROM notifications WHERE event = ?1 ORDER BY contact, destination"
+            ))?;
+            let mut rows = stmt.query([&id])?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                out.push(notification_from_row(r)?);
+            }
+            Ok(Some((event, out)))
+        })
+        .await
+    }
+
+    async fn cancel_event(&self, id: &str, now: DateTime<Utc>) -> Result<Option<usize>> {
+        let id = id.to_string();
+        self.write(move |conn| {
+            if conn.query_row("SELECT 1 FROM events WHERE id = ?1", [&id], |_| Ok(())).optional()?.is_none() {
+                return Ok(None);
+            }
+            let n = conn.execute(
+                "UPDATE notifications SET state = 'cancelled', reason = 'event_cancelled', decided_at = ?2 \
+                 WHERE event = ?1 AND state = 'pending'",
+                params![id, to_millis(now)],
+            )?;
+            Ok(Some(n))
+        })
+        .await
+    }
+
+    async fn enqueue(&self, n: &Notification) -> Result<()> {
+        let n = n.clone();
+        self.write(move |conn| insert_notification(conn, &n)).await
+    }
+
+    async fn claim_due(
+        &self,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<Claimed>> {
+        self.write(move |conn| {
+            let (now, lease) = (to_millis(now), to_millis(lease_until));
+            let mut stmt = conn.prepare_cached(&format!(
+                "UPDATE notifications SET state = 'sending', attempts = attempts + 1, lease_until = ?2 \
+                 WHERE id IN ( \
+                   SELECT id FROM notifications WHERE state = 'pending' AND due_at <= ?1 \
+                   UNION ALL \
+                   SELECT id FROM notifications WHERE state = 'sending' AND lease_until <= ?1 \
+                   LIMIT ?3) \
+                 RETURNING {NOTIFICATION_COLUMNS}"
+            ))?;
+            let mut rows = stmt.query(params![now, lease, limit as i64])?;
+            let mut claimed = Vec::new();
+            while let Some(r) = rows.next()? {
+                claimed.push(notification_from_row(r)?);
+            }
+            drop(rows);
+            let mut events: HashMap<String, Event> = HashMap::new();
+            let mut out = Vec::with_capacity(claimed.len());
+            for n in claimed {
+                let event = match &n.event {
+                    Some(id) => match events.get(id) {
+                        Some(e) => Some(e.clone()),
+                        None => {
+                            let payload: Option<String> = conn
+                                .prepare_cached("SELECT payload FROM events WHERE id = ?1")?
+                                .query_row([id], |r| r.get(0))
+                                .optional()?;
+                            let e = payload.map(|p| event_from_json(&p)).transpose()?;
+                            if let Some(e) = &e {
+                                events.insert(id.clone(), e.clone());
+                            }
+                            e
+                        }
+                    },
+                    None => None,
+                };
+                out.push(Claimed { notification: n, event });
+            }
+            out.sort_by_key(|c| (std::cmp::Reverse(c.notification.priority), c.notification.due_at));
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn finish(&self, id: &str, outcome: Finish) -> Result<()> {
+        let id = id.to_string();
+        self.write(move |conn| {
+            let (state, reason, detail, sent_at, due_at, decided) = finish_columns(&outcome);
+            conn.prepare_cached(
+                "UPDATE notifications SET state = ?2, reason = ?3, detail = ?4, sent_at = COALESCE(?5, sent_at), \
+                 due_at = COALESCE(?6, due_at), decided_at = ?7, lease_until = NULL \
+                 WHERE id = ?1 AND state = 'sending'",
+            )?
+            .execute(params![id, state.as_str(), reason.map(|r| r.as_str()), detail, sent_at, due_at, decided])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn next_due(&self) -> Result<Option<DateTime<Utc>>> {
+        self.read(|conn| {
+            let t: Option<i64> = conn.query_row(
+                "SELECT MIN(t) FROM (SELECT MIN(due_at) AS t FROM notifications WHERE state = 'pending' \
+                 UNION ALL SELECT MIN(lease_until) FROM notifications WHERE state = 'sending')",
+                [],
+                |r| r.get(0),
+            )?;
+            Ok(t.map(from_millis))
+        })
+        .await
+    }
+
+    async fn count_by_state(&self) -> Result<Vec<(State, i64)>> {
+        self.read(|conn| {
+            let mut stmt =
+                conn.prepare_cached("SELECT state, COUNT(*) FROM notifications GROUP BY state")?;
+            let mut rows = stmt.query([])?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                out.push((state_from_text(&r.get::<_, String>(0)?)?, r.get(1)?));
+            }
+            Ok(out)
+        })
+        .await
+    }
+}
+
+/// The versioned schema.
+const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("migrations/sqlite.sql"))];
+
+/// Compares a submitted code's hash with the stored one in constant time,
+/// honouring expiry and the attempt limit.
+pub(crate) fn check_code(
+    verified: bool,
+    stored: Option<&str>,
+    expires: Option<i64>,
+    attempts: i64,
+    submitted: &str,
+    now: DateTime<Utc>,
+) -> VerifyOutcome {
+    use subtle::ConstantTimeEq;
+    if verified {
+        return VerifyOutcome::AlreadyVerified;
+    }
+    let Some(stored) = stored else {
+        return VerifyOutcome::Locked;
+    };
+    let max = i64::from(MAX_CODE_ATTEMPTS);
+    if attempts >= max || expires.is_some_and(|e| to_millis(now) > e) {
+        return VerifyOutcome::Locked;
+    }
+    if bool::from(stored.as_bytes().ct_eq(submitted.as_bytes())) {
+        VerifyOutcome::Verified
+    } else {
+        VerifyOutcome::WrongCode {
+            attempts_left: u32::try_from(max - attempts - 1).unwrap_or(0),
+        }
+    }
+}

@@ -1,0 +1,360 @@
+//! The directory API (DESIGN.md §2a): accounts, contacts, destinations and
+//! their verification.
+
+use crate::config::Preferences;
+use crate::model::{
+    Account, ChannelKind, Contact, Destination, DestinationUri, Priority, Scope, SecurityLevel,
+    State as NState, TimeZoneName, check_id,
+};
+use crate::store::{Message, Notification, PendingCode, PutOutcome, VerifyOutcome};
+use crate::web::{AppError, AppState, Caller};
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use rand::{Rng, TryRngCore};
+use serde::Deserialize;
+use serde_json::json;
+
+fn check_path_id(field: &str, v: &str) -> Result<(), AppError> {
+    check_id(v).map_err(|e| AppError::invalid("invalid_field", field, e))
+}
+
+fn status(o: PutOutcome) -> StatusCode {
+    if o == PutOutcome::Created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AccountInput {
+    name: Option<String>,
+    timezone: Option<String>,
+    security_level: Option<String>,
+    paranoid: Option<bool>,
+    #[serde(default)]
+    defaults: Preferences,
+}
+
+/// `PUT /v1/accounts/{id}` (scope `directory:write`): create or replace.
+pub async fn put_account(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<impl IntoResponse, AppError> {
+    caller.require(Scope::DirectoryWrite)?;
+    check_path_id("id", &id)?;
+    let input: AccountInput = super::json_body(&body)?;
+    let timezone = input
+        .timezone
+        .map(|t| t.parse::<TimeZoneName>())
+        .transpose()
+        .map_err(|e| AppError::invalid("invalid_field", "timezone", e))?;
+    let security_level = input
+        .security_level
+        .map(|s| s.parse::<SecurityLevel>())
+        .transpose()
+        .map_err(|e| AppError::invalid("invalid_field", "security_level", e))?
+        .unwrap_or_default();
+    let account = Account {
+        name: input.name.unwrap_or_else(|| id.clone()),
+        id,
+        timezone,
+        security_level,
+        paranoid: input.paranoid.unwrap_or(false),
+        defaults: input.defaults,
+    };
+    let outcome = st.store.put_account(&account).await?;
+    Ok((status(outcome), Json(account)))
+}
+
+/// `GET /v1/accounts/{id}` (scope `directory:read`).
+pub async fn get_account(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, AppError> {
+    caller.require(Scope::DirectoryRead)?;
+    let view = st
+        .store
+        .account_view(&id)
+        .await?
+        .ok_or(AppError::NotFound {
+            what: format!("account `{id}`"),
+        })?;
+    Ok(Json(view))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ContactInput {
+    name: Option<String>,
+    timezone: Option<String>,
+}
+
+/// `PUT /v1/accounts/{id}/contacts/{cid}` (scope `directory:write`).
+pub async fn put_contact(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path((id, cid)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<impl IntoResponse, AppError> {
+    caller.require(Scope::DirectoryWrite)?;
+    check_path_id("contact", &cid)?;
+    let input: ContactInput = super::json_body(&body)?;
+    let timezone = input
+        .timezone
+        .map(|t| t.parse::<TimeZoneName>())
+        .transpose()
+        .map_err(|e| AppError::invalid("invalid_field", "timezone", e))?;
+    let contact = Contact {
+        name: input.name.unwrap_or_else(|| cid.clone()),
+        id: cid,
+        timezone,
+    };
+    match st.store.put_contact(&id, &contact).await? {
+        PutOutcome::NoParent => Err(AppError::NotFound {
+            what: format!("account `{id}`"),
+        }),
+        o => Ok((status(o), Json(contact))),
+    }
+}
+
+/// A destination body: `uri`, `verified`, and the preference fields.
+struct DestinationInput {
+    uri: String,
+    verified: bool,
+    prefs: Preferences,
+}
+
+fn destination_input(body: &[u8]) -> Result<DestinationInput, AppError> {
+    let mut map: serde_json::Map<String, serde_json::Value> = super::json_body(body)?;
+    let uri = match map.remove("uri") {
+        Some(serde_json::Value::String(s)) => s,
+        Some(_) => {
+            return Err(AppError::invalid(
+                "invalid_field",
+                "uri",
+                "must be a string",
+            ));
+        }
+        None => return Err(AppError::invalid("invalid_field", "uri", "is required")),
+    };
+    let verified = match map.remove("verified") {
+        None | Some(serde_json::Value::Null) => false,
+        Some(serde_json::Value::Bool(b)) => b,
+        Some(_) => {
+            return Err(AppError::invalid(
+                "invalid_field",
+                "verified",
+                "must be true or false",
+            ));
+        }
+    };
+    let prefs: Preferences = serde_path_to_error::deserialize(serde_json::Value::Object(map))
+        .map_err(|e| {
+            let field = e.path().to_string();
+            AppError::invalid("invalid_field", &field, e.into_inner())
+        })?;
+    Ok(DestinationInput {
+        uri,
+        verified,
+        prefs,
+    })
+}
+
+/// How long a destination verification code stays valid.
+const CODE_LIFETIME_HOURS: i64 = 24;
+
+/// `POST /v1/accounts/{id}/contacts/{cid}/destinations` (scope
+/// `directory:write`; `verified: true` needs `directory:admin`). An
+/// unverified destination is sent a 6-digit code to enter back.
+pub async fn add_destination(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path((id, cid)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<impl IntoResponse, AppError> {
+    caller.require(Scope::DirectoryWrite)?;
+    let input = destination_input(&body)?;
+    if input.verified {
+        caller.require(Scope::DirectoryAdmin)?;
+    }
+    let uri: DestinationUri = input
+        .uri
+        .parse()
+        .map_err(|e| AppError::invalid("invalid_uri", "uri", e))?;
+    let kind = uri.channel();
+    if st.channels.get(kind).is_none() {
+        return Err(AppError::invalid(
+            "invalid_uri",
+            "uri",
+            format!("no {kind} channel is configured on this hub"),
+        ));
+    }
+    if kind == ChannelKind::Webhook
+        && input.uri.starts_with("http:")
+        && !uri.is_loopback_http()
+        && !st.config.channels.webhook.allow_http
+    {
+        return Err(AppError::invalid(
+            "invalid_uri",
+            "uri",
+            "plain http:// is only allowed to loopback; use https:// (or set [channels.webhook] allow_http)",
+        ));
+    }
+    let dest = Destination {
+        id: crate::store::new_id(),
+        contact: cid.clone(),
+        uri,
+        prefs: input.prefs,
+        verified: input.verified,
+    };
+    let now = st.clock.now();
+    let (code, notice) = if dest.verified {
+        (None, None)
+    } else {
+        let code = format!(
+            "{:06}",
+            rand::rngs::OsRng.unwrap_err().random_range(0..1_000_000u32)
+        );
+        let hash = code_hash(&dest.id, &code);
+        let notice = verification_notice(&id, &dest, &code, &st.config.email.from, now);
+        (
+            Some(PendingCode {
+                hash,
+                expires_at: now + chrono::Duration::hours(CODE_LIFETIME_HOURS),
+            }),
+            Some(notice),
+        )
+    };
+    match st.store.add_destination(&id, &dest, code, notice).await? {
+        PutOutcome::NoParent => Err(AppError::NotFound {
+            what: format!("contact `{cid}` of account `{id}`"),
+        }),
+        _ => {
+            if !dest.verified {
+                st.wake.notify_one();
+            }
+            Ok((
+                StatusCode::CREATED,
+                Json(json!({"id": dest.id, "verified": dest.verified})),
+            ))
+        }
+    }
+}
+
+/// A code is stored as SHA-256 over the destination id and the code, so the
+/// same code on two destinations does not hash alike.
+fn code_hash(destination: &str, code: &str) -> String {
+    crate::store::sha256_hex(format!("kci-verify\u{1f}{destination}\u{1f}{code}").as_bytes())
+}
+
+fn verification_notice(
+    account: &str,
+    dest: &Destination,
+    code: &str,
+    from: &str,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Notification {
+    let sender = from.split('<').next().unwrap_or(from).trim();
+    let short = format!(
+        "Your verification code is {code}. It confirms this address for notices from {sender}."
+    );
+    Notification {
+        id: crate::store::new_id(),
+        event: None,
+        account: account.to_string(),
+        contact: dest.contact.clone(),
+        destination: dest.id.clone(),
+        uri: dest.uri.to_string(),
+        channel: dest.uri.channel(),
+        type_name: "kci.verify".into(),
+        key: format!("verify:{}", dest.id),
+        priority: Priority::High,
+        state: NState::Pending,
+        reason: None,
+        detail: None,
+        due_at: now,
+        expires_at: Some(now + chrono::Duration::hours(CODE_LIFETIME_HOURS)),
+        decided_at: now,
+        sent_at: None,
+        attempts: 0,
+        timezone: "UTC".into(),
+        message: Some(Message {
+            short: short.clone(),
+            subject: "Your verification code".into(),
+            body: format!(
+                "{short}\n\nIf you did not ask for notices to be sent here, ignore this message: nothing will be sent until the code is entered.\n"
+            ),
+        }),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VerifyInput {
+    code: String,
+}
+
+/// `POST …/destinations/{did}/verify` (scope `directory:write`).
+pub async fn verify_destination(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path((id, cid, did)): Path<(String, String, String)>,
+    body: Bytes,
+) -> Result<impl IntoResponse, AppError> {
+    caller.require(Scope::DirectoryWrite)?;
+    let input: VerifyInput = super::json_body(&body)?;
+    let code = input.code.trim();
+    if code.len() != 6 || !code.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(AppError::invalid(
+            "invalid_field",
+            "code",
+            "must be the 6 digits that were sent",
+        ));
+    }
+    match st
+        .store
+        .verify_destination(&id, &cid, &did, &code_hash(&did, code), st.clock.now())
+        .await?
+    {
+        VerifyOutcome::Verified | VerifyOutcome::AlreadyVerified => {
+            Ok(Json(json!({"id": did, "verified": true})))
+        }
+        VerifyOutcome::WrongCode { attempts_left } => Err(AppError::invalid(
+            "wrong_code",
+            "code",
+            format!("does not match; {attempts_left} attempts left"),
+        )),
+        VerifyOutcome::Locked => Err(AppError::invalid(
+            "code_locked",
+            "code",
+            "expired or too many wrong attempts; remove and add the destination again for a new code",
+        )),
+        VerifyOutcome::NotFound => Err(AppError::NotFound {
+            what: format!("destination `{did}`"),
+        }),
+    }
+}
+
+/// `DELETE …/destinations/{did}` (scope `directory:write`).
+pub async fn delete_destination(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path((id, cid, did)): Path<(String, String, String)>,
+) -> Result<impl IntoResponse, AppError> {
+    caller.require(Scope::DirectoryWrite)?;
+    if st.store.delete_destination(&id, &cid, &did).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(AppError::NotFound {
+            what: format!("destination `{did}`"),
+        })
+    }
+}

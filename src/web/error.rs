@@ -1,0 +1,94 @@
+//! The one error type of the web layer. Every error answer has the JSON body
+//! of DESIGN.md §3, `{"error": code, "message": sentence}`; 5xx bodies stay
+//! generic and the detail goes to the log.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+#[derive(Debug)]
+pub enum AppError {
+    /// 400: the body is not what the endpoint reads at all.
+    BadRequest {
+        code: &'static str,
+        message: String,
+    },
+    /// 422: well-formed, but a field is wrong; the message names it.
+    Invalid {
+        code: &'static str,
+        message: String,
+    },
+    /// 401: no token, or one kci does not know.
+    Unauthenticated,
+    /// 403: the token lacks the scope.
+    Forbidden {
+        scope: crate::model::Scope,
+    },
+    NotFound {
+        what: String,
+    },
+    /// 500/503: kci's own trouble; detail is logged, not answered.
+    Internal(String),
+}
+
+impl AppError {
+    pub fn invalid(code: &'static str, field: &str, msg: impl std::fmt::Display) -> Self {
+        AppError::Invalid {
+            code,
+            message: format!("{field}: {msg}"),
+        }
+    }
+}
+
+impl From<crate::store::StoreError> for AppError {
+    fn from(e: crate::store::StoreError) -> Self {
+        AppError::Internal(e.to_string())
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        let (status, code, message) = match self {
+            AppError::BadRequest { code, message } => (StatusCode::BAD_REQUEST, code, message),
+            AppError::Invalid { code, message } => {
+                (StatusCode::UNPROCESSABLE_ENTITY, code, message)
+            }
+            AppError::Unauthenticated => (
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated",
+                "send a valid token as `Authorization: Bearer <token>`".to_string(),
+            ),
+            AppError::Forbidden { scope } => (
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                format!("this token lacks the `{scope}` scope"),
+            ),
+            AppError::NotFound { what } => (
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("{what} does not exist"),
+            ),
+            AppError::Internal(detail) => {
+                tracing::error!(%detail, "internal error");
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "kci could not complete this request; nothing was changed, try again"
+                        .to_string(),
+                )
+            }
+        };
+        let mut resp = (
+            status,
+            Json(serde_json::json!({"error": code, "message": message})),
+        )
+            .into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(
+                "www-authenticate",
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
+        }
+        resp
+    }
+}

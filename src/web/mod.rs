@@ -1,0 +1,38 @@
+//! HTTP: the API for source systems (`api/`), one [`AppError`] type for
+//! every error answer, and bearer-token authentication with scopes.
+
+pub mod api;
+mod auth;
+mod error;
+
+pub use auth::{Caller, hash_token, new_token};
+pub use error::AppError;
+
+use crate::channels::Channels;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::model::Clock;
+use crate::store::{Planner, Store};
+use axum::Router;
+use std::sync::Arc;
+use tokio::sync::Notify;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    pub config: Arc<Config>,
+    pub channels: Channels,
+    pub planner: Arc<Planner>,
+    pub metrics: Arc<Metrics>,
+    pub clock: Arc<dyn Clock>,
+    /// Wakes the delivery worker after ingest.
+    pub wake: Arc<Notify>,
+}
+
+pub fn router(state: AppState) -> Router {
+    let limit = state.config.server.max_body_bytes;
+    api::routes()
+        .layer(axum::extract::DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
