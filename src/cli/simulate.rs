@@ -26,10 +26,18 @@ use std::sync::Arc;
 #[error("{0}")]
 pub struct ScenarioError(pub String);
 
+/// An instant in a scenario: an RFC 3339 string or a TOML offset datetime.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Instant {
+    Text(String),
+    Toml(toml::value::Datetime),
+}
+
 #[derive(Deserialize)]
 struct Scenario {
-    start: toml::value::Datetime,
-    until: toml::value::Datetime,
+    start: Instant,
+    until: Instant,
     #[serde(default)]
     account: Vec<toml::Spanned<ScenarioAccount>>,
     #[serde(default)]
@@ -65,7 +73,7 @@ struct ScenarioContact {
 
 #[derive(Deserialize)]
 struct ScenarioEvent {
-    at: toml::value::Datetime,
+    at: Instant,
     #[serde(flatten)]
     fields: toml::Table,
 }
@@ -78,9 +86,12 @@ fn line_of(text: &str, offset: usize) -> usize {
         + 1
 }
 
-fn datetime(v: &toml::value::Datetime, what: &str) -> Result<DateTime<Utc>, ScenarioError> {
-    crate::model::parse_time(&v.to_string())
-        .map_err(|e| ScenarioError(format!("{what}: {e} (give a UTC offset)")))
+fn datetime(v: &Instant, what: &str) -> Result<DateTime<Utc>, ScenarioError> {
+    let text = match v {
+        Instant::Text(s) => s.clone(),
+        Instant::Toml(d) => d.to_string(),
+    };
+    crate::model::parse_time(&text).map_err(|e| ScenarioError(format!("{what}: {e}")))
 }
 
 /// One printed fate.

@@ -540,7 +540,7 @@ mod tests {
     #[test]
     fn secrets_do_not_print() {
         let c = Config::parse(
-            "[email]\nsmtp = \"smtp://u:hunter2@127.0.0.1:25\"\n[channels.webhook]\nsecret = \"whsec_aHVudGVyMmh1bnRlcjI=\"\n",
+            "[email]\nsmtp = \"smtp://u:hunter2@127.0.0.1:25\"\n[channels.webhook]\nsecret = \"whsec_aHVudGVyMmh1bnRlcjJodW50ZXIy\"\n",
             "t",
         )
         .unwrap();

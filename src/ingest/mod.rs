@@ -52,6 +52,21 @@ const MAX_TEXT: usize = 64 * 1024;
 /// Parses one event body. `Err` carries (HTTP status, error): 400 for
 /// malformed JSON, 422 for well-formed JSON with bad fields.
 pub fn parse(bytes: &[u8]) -> Result<EventInput, (u16, FieldError)> {
+    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+    if first != Some(&b'{') {
+        return Err(
+            match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+                Ok(_) => (422, bad("invalid_field", "body", "must be a JSON object")),
+                Err(e) => (
+                    400,
+                    FieldError {
+                        code: "malformed_json",
+                        message: format!("the body is not valid JSON: {e}"),
+                    },
+                ),
+            },
+        );
+    }
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();

@@ -570,11 +570,9 @@ impl Store for PgStore {
         let stmt = c
             .prepare_cached(&format!(
                 "WITH due AS ( \
-                   (SELECT id FROM notifications WHERE state = 'pending' AND due_at <= $1 \
-                    ORDER BY due_at LIMIT $3 FOR UPDATE SKIP LOCKED) \
-                   UNION ALL \
-                   (SELECT id FROM notifications WHERE state = 'sending' AND lease_until <= $1 \
-                    LIMIT $3 FOR UPDATE SKIP LOCKED)) \
+                   SELECT id FROM notifications \
+                   WHERE (state = 'pending' AND due_at <= $1) OR (state = 'sending' AND lease_until <= $1) \
+                   LIMIT $3 FOR UPDATE SKIP LOCKED) \
                  UPDATE notifications n SET state = 'sending', attempts = attempts + 1, lease_until = $2 \
                  FROM due WHERE n.id = due.id \
                  RETURNING {}",
