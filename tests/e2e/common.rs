@@ -1,0 +1,264 @@
+//! Fixtures: a kci server process, an SMTP server, a webhook receiver.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const WEBHOOK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+pub fn wait_for_port(port: u16, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "{what} did not start listening on {port}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Polls `f` until it returns `Some`, or panics after `secs` with `what`.
+pub async fn eventually<T, F, Fut>(secs: u64, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A real SMTP server: aiosmtpd writing every accepted mail into a Maildir.
+pub struct SmtpServer {
+    pub port: u16,
+    pub maildir: PathBuf,
+    child: Child,
+}
+
+impl SmtpServer {
+    pub fn start(dir: &Path) -> SmtpServer {
+        let port = free_port();
+        let maildir = dir.join("smtp-maildir");
+        let child = Command::new("/usr/bin/python3")
+            .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}"), "-c", "aiosmtpd.handlers.Mailbox"])
+            .arg(&maildir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3-aiosmtpd must be installed (apt-get install python3-aiosmtpd)");
+        wait_for_port(port, "aiosmtpd");
+        SmtpServer { port, maildir, child }
+    }
+
+    /// Every mail received so far, raw.
+    pub fn mails(&self) -> Vec<String> {
+        read_maildir(&self.maildir)
+    }
+}
+
+impl Drop for SmtpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn read_maildir(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for sub in ["new", "cur"] {
+        if let Ok(entries) = std::fs::read_dir(dir.join(sub)) {
+            for e in entries.flatten() {
+                if let Ok(s) = std::fs::read_to_string(e.path()) {
+                    out.push(s);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// A parsed mail: its headers and decoded text body.
+pub struct Mail {
+    pub raw: String,
+    pub body: String,
+    headers: Vec<(String, String)>,
+}
+
+impl Mail {
+    pub fn parse(raw: &str) -> Mail {
+        let parsed = mailparse::parse_mail(raw.as_bytes()).expect("a parseable mail");
+        let headers = parsed.headers.iter().map(|h| (h.get_key(), h.get_value())).collect();
+        let body = parsed.get_body().unwrap_or_default().replace("\r\n", "\n");
+        Mail { raw: raw.to_string(), body, headers }
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+/// One request the webhook receiver got.
+#[derive(Debug, Clone)]
+pub struct Hook {
+    pub headers: axum::http::HeaderMap,
+    pub body: bytes::Bytes,
+}
+
+/// A local HTTP server recording every POST; answers `status`.
+pub struct WebhookReceiver {
+    pub url: String,
+    pub received: Arc<Mutex<Vec<Hook>>>,
+    pub status: Arc<Mutex<u16>>,
+}
+
+impl WebhookReceiver {
+    pub async fn start() -> WebhookReceiver {
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let status = Arc::new(Mutex::new(200u16));
+        let (r, s) = (received.clone(), status.clone());
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |headers: axum::http::HeaderMap, body: bytes::Bytes| {
+                let (r, s) = (r.clone(), s.clone());
+                async move {
+                    r.lock().unwrap().push(Hook { headers, body });
+                    let code = *s.lock().unwrap();
+                    axum::http::StatusCode::from_u16(code).unwrap()
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        WebhookReceiver { url, received, status }
+    }
+
+    pub fn hooks(&self) -> Vec<Hook> {
+        self.received.lock().unwrap().clone()
+    }
+}
+
+/// A running `kci serve`.
+pub struct Kci {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub base: String,
+    pub port: u16,
+    child: Option<Child>,
+    pub http: reqwest::Client,
+}
+
+pub const TYPES: &str = r#"
+[types."line.down"]
+category = "line"
+priority = "normal"
+expires_after = "12h"
+short = "Your line {{ service }} went down at {{ occurred_at | time }}."
+subject = "Line {{ service }} is down"
+body = """Dear customer,
+
+your line {{ service }} went down at {{ occurred_at | time }} ({{ timezone }}).
+Engineer reference: {{ data.ticket }}."""
+
+[types."appointment.booked"]
+category = "appointment"
+hold = "1h"
+short = "Your appointment is booked for {{ data.when }}."
+"#;
+
+impl Kci {
+    /// Starts kci on a SQLite store in a fresh directory with the test
+    /// event types; mail goes to `smtp` if given, else to the outbox.
+    pub fn start(smtp: Option<u16>, extra: &str) -> Kci {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let config = dir.path().join("kci.toml");
+        let smtp = smtp.map(|p| format!("smtp = \"smtp://127.0.0.1:{p}\"\n")).unwrap_or_default();
+        let text = format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n\
+             [store]\nurl = \"sqlite://{db}\"\n\
+             [email]\nfrom = \"Example ISP <kci@isp.example>\"\noutbox = \"{outbox}\"\n{smtp}\
+             [delivery]\nbackoff = \"200ms\"\n{extra}\n{TYPES}",
+            db = dir.path().join("kci.db").display(),
+            outbox = dir.path().join("outbox").display(),
+        );
+        std::fs::write(&config, text).unwrap();
+        let mut kci = Kci {
+            dir,
+            config,
+            base: format!("http://127.0.0.1:{port}"),
+            port,
+            child: None,
+            http: reqwest::Client::new(),
+        };
+        kci.spawn();
+        kci
+    }
+
+    pub fn spawn(&mut self) {
+        let child = Command::new(env!("CARGO_BIN_EXE_kci"))
+            .args(["serve", "--config"])
+            .arg(&self.config)
+            .env("KCI_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn kci");
+        self.child = Some(child);
+        wait_for_port(self.port, "kci");
+    }
+
+    /// `kill -9`.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn outbox(&self) -> Vec<String> {
+        read_maildir(&self.dir.path().join("outbox"))
+    }
+
+    /// Creates a token with `scopes` through the CLI, as an operator would.
+    pub fn token(&self, scopes: &[&str]) -> String {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kci"));
+        cmd.args(["token", "create", "--config"]).arg(&self.config).args(["--name", "test"]);
+        for s in scopes {
+            cmd.args(["--scope", s]);
+        }
+        let out = cmd.env("KCI_LOG", "warn").output().expect("kci token create");
+        assert!(out.status.success(), "token create: {}", String::from_utf8_lossy(&out.stderr));
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        stdout.lines().last().expect("a token line").trim().to_string()
+    }
+
+    pub async fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> (u16, serde_json::Value) {
+        let mut req = self.http.request(method.parse().unwrap(), format!("{}{path}", self.base));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.header("content-type", "application/json").body(b.to_string());
+        }
+        let resp = req.send().await.expect("request");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        let json = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+        (status, json)
+    }
+}
+
+impl Drop for Kci {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
