@@ -13,7 +13,23 @@ use std::sync::Arc;
 
 pub async fn run(arg: ConfigArg) -> anyhow::Result<ExitCode> {
     let config = Arc::new(super::load_config(&arg)?);
+    // The embedded store serves one process: hold a lock for our lifetime,
+    // which also makes it safe to take back work a killed predecessor left
+    // in flight.
+    let _lock = match config.sqlite_path() {
+        Some(db) => Some(lock_exclusively(&db)?),
+        None => None,
+    };
     let store = crate::store::open(config.store.url.expose()).await?;
+    if _lock.is_some() {
+        let n = store.requeue_abandoned().await?;
+        if n > 0 {
+            tracing::warn!(
+                count = n,
+                "requeued notifications that were in flight when kci last stopped"
+            );
+        }
+    }
     let channels = Channels::from_config(&config)?;
     let renderer = Arc::new(Renderer::new(&config)?);
     let metrics = Arc::new(Metrics::new());
@@ -86,4 +102,28 @@ async fn wait_for_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+/// Locks `<db>.lock` so that a second `kci serve` on the same SQLite file
+/// refuses to start (other commands, like `kci token create`, may still use
+/// the database alongside).
+fn lock_exclusively(db: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    if let Some(dir) = db.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let path = db.with_extension("lock");
+    let file = std::fs::File::create(&path)
+        .map_err(|e| anyhow::anyhow!("store.url: cannot create {}: {e}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            anyhow::bail!(
+                "store.url: another kci serve is already using {}",
+                db.display()
+            )
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            anyhow::bail!("store.url: cannot lock {}: {e}", path.display())
+        }
+    }
 }

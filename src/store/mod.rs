@@ -261,6 +261,12 @@ pub trait Store: Send + Sync + 'static {
     async fn next_due(&self) -> Result<Option<DateTime<Utc>>>;
     /// Notifications per state, for metrics.
     async fn count_by_state(&self) -> Result<Vec<(State, i64)>>;
+
+    /// Called once by a server that knows it is the only one using this
+    /// store (embedded SQLite, under its lock): whatever was `sending` when
+    /// the last process died goes back to the queue at once instead of
+    /// waiting for its lease. Returns how many.
+    async fn requeue_abandoned(&self) -> Result<usize>;
 }
 
 /// Opens the store named by a config `store.url`.

@@ -722,6 +722,17 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn requeue_abandoned(&self) -> Result<usize> {
+        self.write(|conn| {
+            Ok(conn.execute(
+                "UPDATE notifications SET state = 'pending', lease_until = NULL \
+                 WHERE state = 'sending'",
+                [],
+            )?)
+        })
+        .await
+    }
+
     async fn count_by_state(&self) -> Result<Vec<(State, i64)>> {
         self.read(|conn| {
             let mut stmt =

@@ -6,12 +6,33 @@ use crate::common::*;
 use serde_json::{Value, json};
 
 async fn setup(kci: &Kci, admin: &str) {
-    let (s, _) = kci.call("PUT", "/v1/accounts/A1", Some(admin), Some(r#"{"name":"Alice Ltd"}"#)).await;
+    let (s, _) = kci
+        .call(
+            "PUT",
+            "/v1/accounts/A1",
+            Some(admin),
+            Some(r#"{"name":"Alice Ltd"}"#),
+        )
+        .await;
     assert_eq!(s, 201);
-    let (s, _) = kci.call("PUT", "/v1/accounts/A1/contacts/alice", Some(admin), Some("{}")).await;
+    let (s, _) = kci
+        .call(
+            "PUT",
+            "/v1/accounts/A1/contacts/alice",
+            Some(admin),
+            Some("{}"),
+        )
+        .await;
     assert_eq!(s, 201);
     let body = json!({"uri": "mailto:alice@example.com", "verified": true}).to_string();
-    let (s, _) = kci.call("POST", "/v1/accounts/A1/contacts/alice/destinations", Some(admin), Some(&body)).await;
+    let (s, _) = kci
+        .call(
+            "POST",
+            "/v1/accounts/A1/contacts/alice/destinations",
+            Some(admin),
+            Some(&body),
+        )
+        .await;
     assert_eq!(s, 201);
 }
 
@@ -23,21 +44,57 @@ async fn every_endpoint_checks_token_and_scope() {
     let calls_only = kci.token(&["calls"]);
     let d = "/v1/accounts/A1/contacts/alice/destinations";
     let endpoints: &[(&str, String, Option<&str>, &str)] = &[
-        ("POST", "/v1/events".into(), Some(r#"{"type":"line.down","account":"A1"}"#), "events:write"),
-        ("POST", "/v1/events/batch".into(), Some(r#"{"type":"line.down","account":"A1"}"#), "events:write"),
+        (
+            "POST",
+            "/v1/events".into(),
+            Some(r#"{"type":"line.down","account":"A1"}"#),
+            "events:write",
+        ),
+        (
+            "POST",
+            "/v1/events/batch".into(),
+            Some(r#"{"type":"line.down","account":"A1"}"#),
+            "events:write",
+        ),
         ("GET", "/v1/events/x".into(), None, "events:read"),
         ("DELETE", "/v1/events/x".into(), None, "events:write"),
-        ("PUT", "/v1/accounts/A2".into(), Some("{}"), "directory:write"),
+        (
+            "PUT",
+            "/v1/accounts/A2".into(),
+            Some("{}"),
+            "directory:write",
+        ),
         ("GET", "/v1/accounts/A1".into(), None, "directory:read"),
-        ("PUT", "/v1/accounts/A1/contacts/bob".into(), Some("{}"), "directory:write"),
-        ("POST", d.into(), Some(r#"{"uri":"mailto:x@example.com"}"#), "directory:write"),
-        ("POST", format!("{d}/x/verify"), Some(r#"{"code":"123456"}"#), "directory:write"),
+        (
+            "PUT",
+            "/v1/accounts/A1/contacts/bob".into(),
+            Some("{}"),
+            "directory:write",
+        ),
+        (
+            "POST",
+            d.into(),
+            Some(r#"{"uri":"mailto:x@example.com"}"#),
+            "directory:write",
+        ),
+        (
+            "POST",
+            format!("{d}/x/verify"),
+            Some(r#"{"code":"123456"}"#),
+            "directory:write",
+        ),
         ("DELETE", format!("{d}/x"), None, "directory:write"),
         ("GET", "/metrics".into(), None, "admin"),
     ];
     for (method, path, body, scope) in endpoints {
-        let (s, v) = kci.call(method, path, Some("kci_not_a_real_token"), *body).await;
-        assert_eq!((s, v["error"].as_str()), (401, Some("unauthenticated")), "{method} {path} bad token");
+        let (s, v) = kci
+            .call(method, path, Some("kci_not_a_real_token"), *body)
+            .await;
+        assert_eq!(
+            (s, v["error"].as_str()),
+            (401, Some("unauthenticated")),
+            "{method} {path} bad token"
+        );
         if *path != "/metrics" {
             let (s, _) = kci.call(method, path, None, *body).await;
             assert_eq!(s, 401, "{method} {path} without token");
@@ -47,12 +104,24 @@ async fn every_endpoint_checks_token_and_scope() {
         assert!(v["message"].as_str().unwrap().contains(scope), "{v}");
         let right = kci.token(&[scope]);
         let (s, _) = kci.call(method, path, Some(&right), *body).await;
-        assert!(s != 401 && s != 403, "{method} {path} with {scope} answered {s}");
+        assert!(
+            s != 401 && s != 403,
+            "{method} {path} with {scope} answered {s}"
+        );
     }
     // Nothing the refused calls sent was stored.
     let (_, v) = kci.call("GET", "/v1/accounts/A1", Some(&admin), None).await;
-    let contacts: Vec<_> = v["contacts"].as_array().unwrap().iter().map(|c| c["id"].clone()).collect();
-    assert_eq!(contacts, vec![json!("alice"), json!("bob")], "bob only from the call that had the scope");
+    let contacts: Vec<_> = v["contacts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].clone())
+        .collect();
+    assert_eq!(
+        contacts,
+        vec![json!("alice"), json!("bob")],
+        "bob only from the call that had the scope"
+    );
     // Health is open and says nothing more.
     let (s, v) = kci.call("GET", "/healthz", None, None).await;
     assert_eq!((s, v), (200, json!({"status": "ok"})));
@@ -68,40 +137,147 @@ async fn bad_input_is_refused_naming_the_field_and_changes_nothing() {
     let kci = Kci::start(None, "");
     let admin = kci.token(&["admin"]);
     setup(&kci, &admin).await;
-    let before = kci.call("GET", "/v1/accounts/A1", Some(&admin), None).await.1;
+    let before = kci
+        .call("GET", "/v1/accounts/A1", Some(&admin), None)
+        .await
+        .1;
     let d = "/v1/accounts/A1/contacts/alice/destinations";
     let cases: &[(&str, &str, &str, u16, &str)] = &[
-        ("POST", "/v1/events", r#"{"type": "line.down", "acc"#, 400, "JSON"),
-        ("POST", "/v1/events", r#"{"type":"nope","account":"A1"}"#, 422, "type"),
-        ("POST", "/v1/events", r#"{"type":"line.down","account":"ZZ"}"#, 422, "account"),
-        ("POST", "/v1/events", r#"{"type":"line.down","account":"A1","priority":"panic"}"#, 422, "priority"),
-        ("POST", "/v1/events", r#"{"type":"line.down","account":"A1","occurred_at":"noon"}"#, 422, "occurred_at"),
-        ("POST", "/v1/events", r#"{"type":"line.down","account":"A1","contact":"zed"}"#, 422, "contact"),
+        (
+            "POST",
+            "/v1/events",
+            r#"{"type": "line.down", "acc"#,
+            400,
+            "JSON",
+        ),
+        (
+            "POST",
+            "/v1/events",
+            r#"{"type":"nope","account":"A1"}"#,
+            422,
+            "type",
+        ),
+        (
+            "POST",
+            "/v1/events",
+            r#"{"type":"line.down","account":"ZZ"}"#,
+            422,
+            "account",
+        ),
+        (
+            "POST",
+            "/v1/events",
+            r#"{"type":"line.down","account":"A1","priority":"panic"}"#,
+            422,
+            "priority",
+        ),
+        (
+            "POST",
+            "/v1/events",
+            r#"{"type":"line.down","account":"A1","occurred_at":"noon"}"#,
+            422,
+            "occurred_at",
+        ),
+        (
+            "POST",
+            "/v1/events",
+            r#"{"type":"line.down","account":"A1","contact":"zed"}"#,
+            422,
+            "contact",
+        ),
         ("POST", "/v1/events", r#""just a string""#, 422, "body"),
-        ("PUT", "/v1/accounts/A1", r#"{"timezone":"Mars/Base"}"#, 422, "timezone"),
-        ("PUT", "/v1/accounts/A1", r#"{"security_level":"paranoid"}"#, 422, "security_level"),
-        ("PUT", "/v1/accounts/A1", r#"{"defaults":{"window":"Mo-Fr 8-20 please"}}"#, 422, "window"),
-        ("PUT", "/v1/accounts/A1", r#"{"defaults":{"min_priority":"meh"}}"#, 422, "min_priority"),
+        (
+            "PUT",
+            "/v1/accounts/A1",
+            r#"{"timezone":"Mars/Base"}"#,
+            422,
+            "timezone",
+        ),
+        (
+            "PUT",
+            "/v1/accounts/A1",
+            r#"{"security_level":"paranoid"}"#,
+            422,
+            "security_level",
+        ),
+        (
+            "PUT",
+            "/v1/accounts/A1",
+            r#"{"defaults":{"window":"Mo-Fr 8-20 please"}}"#,
+            422,
+            "window",
+        ),
+        (
+            "PUT",
+            "/v1/accounts/A1",
+            r#"{"defaults":{"min_priority":"meh"}}"#,
+            422,
+            "min_priority",
+        ),
         ("PUT", "/v1/accounts/A1", r#"{"nmae":"typo"}"#, 422, "nmae"),
-        ("PUT", "/v1/accounts/A1/contacts/alice", r#"{"timezone":"Nowhere"}"#, 422, "timezone"),
+        (
+            "PUT",
+            "/v1/accounts/A1/contacts/alice",
+            r#"{"timezone":"Nowhere"}"#,
+            422,
+            "timezone",
+        ),
         ("POST", d, r#"{"uri":"mailto:not an address"}"#, 422, "uri"),
         ("POST", d, r#"{"uri":"sms:07700900123"}"#, 422, "uri"),
-        ("POST", d, r#"{"uri":"http://example.com/hook"}"#, 422, "uri"),
-        ("POST", d, r#"{"uri":"mailto:a@example.com","window":"whenever"}"#, 422, "window"),
-        ("POST", d, r#"{"uri":"mailto:a@example.com","timezone":"Moon/Dark_Side"}"#, 422, "timezone"),
-        ("POST", d, r#"{"uri":"mailto:a@example.com","digest":"often"}"#, 422, "digest"),
-        ("POST", d, r#"{"uri":"mailto:a@example.com","colour":"blue"}"#, 422, "colour"),
+        (
+            "POST",
+            d,
+            r#"{"uri":"http://example.com/hook"}"#,
+            422,
+            "uri",
+        ),
+        (
+            "POST",
+            d,
+            r#"{"uri":"mailto:a@example.com","window":"whenever"}"#,
+            422,
+            "window",
+        ),
+        (
+            "POST",
+            d,
+            r#"{"uri":"mailto:a@example.com","timezone":"Moon/Dark_Side"}"#,
+            422,
+            "timezone",
+        ),
+        (
+            "POST",
+            d,
+            r#"{"uri":"mailto:a@example.com","digest":"often"}"#,
+            422,
+            "digest",
+        ),
+        (
+            "POST",
+            d,
+            r#"{"uri":"mailto:a@example.com","colour":"blue"}"#,
+            422,
+            "colour",
+        ),
     ];
     for (method, path, body, status, field) in cases {
         let (s, v) = kci.call(method, path, Some(&admin), Some(body)).await;
         assert_eq!(s, *status, "{method} {path} {body}: {v}");
         assert!(v["error"].is_string(), "{v}");
         let msg = v["message"].as_str().unwrap();
-        assert!(msg.contains(field), "{body}: message {msg:?} should name {field}");
+        assert!(
+            msg.contains(field),
+            "{body}: message {msg:?} should name {field}"
+        );
     }
-    let after = kci.call("GET", "/v1/accounts/A1", Some(&admin), None).await.1;
+    let after = kci
+        .call("GET", "/v1/accounts/A1", Some(&admin), None)
+        .await
+        .1;
     assert_eq!(before, after, "refused requests changed nothing");
-    let (s, _) = kci.call("GET", "/v1/events/does-not-exist", Some(&admin), None).await;
+    let (s, _) = kci
+        .call("GET", "/v1/events/does-not-exist", Some(&admin), None)
+        .await;
     assert_eq!(s, 404);
 }
 
@@ -112,7 +288,8 @@ async fn idempotency_batches_and_cancellation() {
     setup(&kci, &admin).await;
 
     // appointment.booked has hold = 1h: it stays pending, so we can cancel it.
-    let ev = r#"{"id":"a1","type":"appointment.booked","account":"A1","data":{"when":"Tue 10:00"}}"#;
+    let ev =
+        r#"{"id":"a1","type":"appointment.booked","account":"A1","data":{"when":"Tue 10:00"}}"#;
     let first = kci.call("POST", "/v1/events", Some(&admin), Some(ev)).await;
     assert_eq!(first, (202, json!({"id": "a1", "notifications": 1})));
     let again = kci.call("POST", "/v1/events", Some(&admin), Some(ev)).await;
@@ -121,12 +298,23 @@ async fn idempotency_batches_and_cancellation() {
     assert_eq!(v["notifications"].as_array().unwrap().len(), 1);
     assert_eq!(v["notifications"][0]["state"], "pending");
     assert_eq!(v["notifications"][0]["reason"], "hold");
-    assert_eq!(v["notifications"][0]["destination"], "mailto:alice@example.com");
+    assert_eq!(
+        v["notifications"][0]["destination"],
+        "mailto:alice@example.com"
+    );
 
-    let (s, v) = kci.call("DELETE", "/v1/events/a1", Some(&admin), None).await;
+    let (s, v) = kci
+        .call("DELETE", "/v1/events/a1", Some(&admin), None)
+        .await;
     assert_eq!((s, v), (200, json!({"id": "a1", "cancelled": 1})));
     let (_, v) = kci.call("GET", "/v1/events/a1", Some(&admin), None).await;
-    assert_eq!((&v["notifications"][0]["state"], &v["notifications"][0]["reason"]), (&json!("cancelled"), &json!("event_cancelled")));
+    assert_eq!(
+        (
+            &v["notifications"][0]["state"],
+            &v["notifications"][0]["reason"]
+        ),
+        (&json!("cancelled"), &json!("event_cancelled"))
+    );
 
     // A batch: good lines accepted, bad lines answered, in order.
     let batch = [
@@ -148,15 +336,27 @@ async fn idempotency_batches_and_cancellation() {
         .await
         .unwrap();
     assert_eq!(resp.status().as_u16(), 200);
-    let lines: Vec<Value> =
-        resp.text().await.unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    let summary: Vec<(u64, u64)> =
-        lines.iter().map(|l| (l["line"].as_u64().unwrap(), l["status"].as_u64().unwrap())).collect();
-    assert_eq!(summary, vec![(1, 202), (2, 422), (4, 400), (5, 202), (6, 202)]);
+    let lines: Vec<Value> = resp
+        .text()
+        .await
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let summary: Vec<(u64, u64)> = lines
+        .iter()
+        .map(|l| (l["line"].as_u64().unwrap(), l["status"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(
+        summary,
+        vec![(1, 202), (2, 422), (4, 400), (5, 202), (6, 202)]
+    );
     assert_eq!(lines[1]["error"], "unknown_account");
     assert_eq!(lines[3]["id"], "b1");
     for id in ["b1", "b4"] {
-        let (s, _) = kci.call("GET", &format!("/v1/events/{id}"), Some(&admin), None).await;
+        let (s, _) = kci
+            .call("GET", &format!("/v1/events/{id}"), Some(&admin), None)
+            .await;
         assert_eq!(s, 200);
     }
     let (s, _) = kci.call("GET", "/v1/events/b2", Some(&admin), None).await;
@@ -174,26 +374,59 @@ async fn idempotency_batches_and_cancellation() {
         .await
         .unwrap();
     assert!(text.contains("kci_events_accepted_total 3"), "{text}");
-    assert!(text.contains("kci_events_rejected_total{code=\"unknown_account\"} 1"), "{text}");
-    assert!(text.contains("kci_notifications{state=\"cancelled\"} 1"), "{text}");
+    assert!(
+        text.contains("kci_events_rejected_total{code=\"unknown_account\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("kci_notifications{state=\"cancelled\"} 1"),
+        "{text}"
+    );
 }
 
 #[tokio::test]
 async fn a_destination_receives_nothing_until_its_code_is_entered() {
     let kci = Kci::start(None, "");
     let writer = kci.token(&["directory:write", "events:write", "events:read"]);
-    kci.call("PUT", "/v1/accounts/A1", Some(&writer), Some("{}")).await;
-    kci.call("PUT", "/v1/accounts/A1/contacts/alice", Some(&writer), Some("{}")).await;
+    kci.call("PUT", "/v1/accounts/A1", Some(&writer), Some("{}"))
+        .await;
+    kci.call(
+        "PUT",
+        "/v1/accounts/A1/contacts/alice",
+        Some(&writer),
+        Some("{}"),
+    )
+    .await;
     let d = "/v1/accounts/A1/contacts/alice/destinations";
-    let (s, v) = kci.call("POST", d, Some(&writer), Some(r#"{"uri":"mailto:alice@example.com"}"#)).await;
+    let (s, v) = kci
+        .call(
+            "POST",
+            d,
+            Some(&writer),
+            Some(r#"{"uri":"mailto:alice@example.com"}"#),
+        )
+        .await;
     assert_eq!((s, &v["verified"]), (201, &json!(false)));
     let did = v["id"].as_str().unwrap().to_string();
 
     // Before verification the destination gets nothing from events.
-    let (_, v) = kci.call("POST", "/v1/events", Some(&writer), Some(r#"{"id":"u1","type":"line.down","account":"A1"}"#)).await;
+    let (_, v) = kci
+        .call(
+            "POST",
+            "/v1/events",
+            Some(&writer),
+            Some(r#"{"id":"u1","type":"line.down","account":"A1"}"#),
+        )
+        .await;
     assert_eq!(v["notifications"], 1);
     let (_, v) = kci.call("GET", "/v1/events/u1", Some(&writer), None).await;
-    assert_eq!((&v["notifications"][0]["state"], &v["notifications"][0]["reason"]), (&json!("suppressed"), &json!("unverified")));
+    assert_eq!(
+        (
+            &v["notifications"][0]["state"],
+            &v["notifications"][0]["reason"]
+        ),
+        (&json!("suppressed"), &json!("unverified"))
+    );
 
     // The code arrives at the destination itself.
     let mails = eventually(20, "the verification mail", || async {
@@ -215,12 +448,33 @@ async fn a_destination_receives_nothing_until_its_code_is_entered() {
     let wrong = if code == "000000" { "111111" } else { "000000" };
 
     let verify = format!("{d}/{did}/verify");
-    let (s, v) = kci.call("POST", &verify, Some(&writer), Some(&json!({"code": wrong}).to_string())).await;
+    let (s, v) = kci
+        .call(
+            "POST",
+            &verify,
+            Some(&writer),
+            Some(&json!({"code": wrong}).to_string()),
+        )
+        .await;
     assert_eq!((s, v["error"].as_str()), (422, Some("wrong_code")));
-    let (s, v) = kci.call("POST", &verify, Some(&writer), Some(&json!({"code": code}).to_string())).await;
+    let (s, v) = kci
+        .call(
+            "POST",
+            &verify,
+            Some(&writer),
+            Some(&json!({"code": code}).to_string()),
+        )
+        .await;
     assert_eq!((s, v), (200, json!({"id": did, "verified": true})));
 
-    let (_, v) = kci.call("POST", "/v1/events", Some(&writer), Some(r#"{"id":"u2","type":"line.down","account":"A1"}"#)).await;
+    let (_, v) = kci
+        .call(
+            "POST",
+            "/v1/events",
+            Some(&writer),
+            Some(r#"{"id":"u2","type":"line.down","account":"A1"}"#),
+        )
+        .await;
     assert_eq!(v["notifications"], 1);
     eventually(20, "delivery after verification", || async {
         let (_, v) = kci.call("GET", "/v1/events/u2", Some(&writer), None).await;
@@ -228,9 +482,13 @@ async fn a_destination_receives_nothing_until_its_code_is_entered() {
     })
     .await;
 
-    let (s, _) = kci.call("DELETE", &format!("{d}/{did}"), Some(&writer), None).await;
+    let (s, _) = kci
+        .call("DELETE", &format!("{d}/{did}"), Some(&writer), None)
+        .await;
     assert_eq!(s, 204);
-    let (_, v) = kci.call("GET", "/v1/accounts/A1", Some(&writer), None).await;
+    let (_, v) = kci
+        .call("GET", "/v1/accounts/A1", Some(&writer), None)
+        .await;
     assert_eq!(v["contacts"][0]["destinations"], json!([]));
 }
 
@@ -246,5 +504,8 @@ async fn a_config_error_names_the_key_and_the_file() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("broken.toml") && err.contains("hold") && err.contains("line.down"), "{err}");
+    assert!(
+        err.contains("broken.toml") && err.contains("hold") && err.contains("line.down"),
+        "{err}"
+    );
 }

@@ -9,13 +9,20 @@ use std::time::{Duration, Instant};
 pub const WEBHOOK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
 }
 
 pub fn wait_for_port(port: u16, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "{what} did not start listening on {port}");
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not start listening on {port}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -48,14 +55,26 @@ impl SmtpServer {
         let port = free_port();
         let maildir = dir.join("smtp-maildir");
         let child = Command::new("/usr/bin/python3")
-            .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}"), "-c", "aiosmtpd.handlers.Mailbox"])
+            .args([
+                "-m",
+                "aiosmtpd",
+                "-n",
+                "-l",
+                &format!("127.0.0.1:{port}"),
+                "-c",
+                "aiosmtpd.handlers.Mailbox",
+            ])
             .arg(&maildir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("python3-aiosmtpd must be installed (apt-get install python3-aiosmtpd)");
         wait_for_port(port, "aiosmtpd");
-        SmtpServer { port, maildir, child }
+        SmtpServer {
+            port,
+            maildir,
+            child,
+        }
     }
 
     /// Every mail received so far, raw.
@@ -95,13 +114,24 @@ pub struct Mail {
 impl Mail {
     pub fn parse(raw: &str) -> Mail {
         let parsed = mailparse::parse_mail(raw.as_bytes()).expect("a parseable mail");
-        let headers = parsed.headers.iter().map(|h| (h.get_key(), h.get_value())).collect();
+        let headers = parsed
+            .headers
+            .iter()
+            .map(|h| (h.get_key(), h.get_value()))
+            .collect();
         let body = parsed.get_body().unwrap_or_default().replace("\r\n", "\n");
-        Mail { raw: raw.to_string(), body, headers }
+        Mail {
+            raw: raw.to_string(),
+            body,
+            headers,
+        }
     }
 
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -138,7 +168,11 @@ impl WebhookReceiver {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/hook", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, app).await });
-        WebhookReceiver { url, received, status }
+        WebhookReceiver {
+            url,
+            received,
+            status,
+        }
     }
 
     pub fn hooks(&self) -> Vec<Hook> {
@@ -181,7 +215,9 @@ impl Kci {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let config = dir.path().join("kci.toml");
-        let smtp = smtp.map(|p| format!("smtp = \"smtp://127.0.0.1:{p}\"\n")).unwrap_or_default();
+        let smtp = smtp
+            .map(|p| format!("smtp = \"smtp://127.0.0.1:{p}\"\n"))
+            .unwrap_or_default();
         let text = format!(
             "[server]\nlisten = \"127.0.0.1:{port}\"\n\
              [store]\nurl = \"sqlite://{db}\"\n\
@@ -231,23 +267,47 @@ impl Kci {
     /// Creates a token with `scopes` through the CLI, as an operator would.
     pub fn token(&self, scopes: &[&str]) -> String {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_kci"));
-        cmd.args(["token", "create", "--config"]).arg(&self.config).args(["--name", "test"]);
+        cmd.args(["token", "create", "--config"])
+            .arg(&self.config)
+            .args(["--name", "test"]);
         for s in scopes {
             cmd.args(["--scope", s]);
         }
-        let out = cmd.env("KCI_LOG", "warn").output().expect("kci token create");
-        assert!(out.status.success(), "token create: {}", String::from_utf8_lossy(&out.stderr));
+        let out = cmd
+            .env("KCI_LOG", "warn")
+            .output()
+            .expect("kci token create");
+        assert!(
+            out.status.success(),
+            "token create: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let stdout = String::from_utf8(out.stdout).unwrap();
-        stdout.lines().last().expect("a token line").trim().to_string()
+        stdout
+            .lines()
+            .last()
+            .expect("a token line")
+            .trim()
+            .to_string()
     }
 
-    pub async fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> (u16, serde_json::Value) {
-        let mut req = self.http.request(method.parse().unwrap(), format!("{}{path}", self.base));
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&str>,
+    ) -> (u16, serde_json::Value) {
+        let mut req = self
+            .http
+            .request(method.parse().unwrap(), format!("{}{path}", self.base));
         if let Some(t) = token {
             req = req.bearer_auth(t);
         }
         if let Some(b) = body {
-            req = req.header("content-type", "application/json").body(b.to_string());
+            req = req
+                .header("content-type", "application/json")
+                .body(b.to_string());
         }
         let resp = req.send().await.expect("request");
         let status = resp.status().as_u16();

@@ -17,7 +17,10 @@ fn verify_signature(hook: &Hook) {
     let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
     mac.update(format!("{id}.{ts}.").as_bytes());
     mac.update(&hook.body);
-    let expected = format!("v1,{}", base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes()));
+    let expected = format!(
+        "v1,{}",
+        base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+    );
     assert_eq!(sig, expected, "Standard Webhooks signature");
     let age = chrono::Utc::now().timestamp() - ts.parse::<i64>().unwrap();
     assert!((0..300).contains(&age), "timestamp is current");
@@ -28,19 +31,41 @@ async fn event_to_mail_and_signed_webhook() {
     let dir = tempfile::tempdir().unwrap();
     let smtp = SmtpServer::start(dir.path());
     let hooks = WebhookReceiver::start().await;
-    let kci = Kci::start(Some(smtp.port), &format!("[channels.webhook]\nsecret = \"{WEBHOOK_SECRET}\"\n"));
+    let kci = Kci::start(
+        Some(smtp.port),
+        &format!("[channels.webhook]\nsecret = \"{WEBHOOK_SECRET}\"\n"),
+    );
     let admin = kci.token(&["directory:admin"]);
     let source = kci.token(&["events:write", "events:read"]);
 
     let (s, _) = kci
-        .call("PUT", "/v1/accounts/A1", Some(&admin), Some(r#"{"name":"Alice Ltd","timezone":"Europe/London"}"#))
+        .call(
+            "PUT",
+            "/v1/accounts/A1",
+            Some(&admin),
+            Some(r#"{"name":"Alice Ltd","timezone":"Europe/London"}"#),
+        )
         .await;
     assert_eq!(s, 201);
-    let (s, _) = kci.call("PUT", "/v1/accounts/A1/contacts/alice", Some(&admin), Some(r#"{"name":"Alice"}"#)).await;
+    let (s, _) = kci
+        .call(
+            "PUT",
+            "/v1/accounts/A1/contacts/alice",
+            Some(&admin),
+            Some(r#"{"name":"Alice"}"#),
+        )
+        .await;
     assert_eq!(s, 201);
     for uri in ["mailto:alice@example.com".to_string(), hooks.url.clone()] {
         let body = json!({"uri": uri, "verified": true}).to_string();
-        let (s, v) = kci.call("POST", "/v1/accounts/A1/contacts/alice/destinations", Some(&admin), Some(&body)).await;
+        let (s, v) = kci
+            .call(
+                "POST",
+                "/v1/accounts/A1/contacts/alice/destinations",
+                Some(&admin),
+                Some(&body),
+            )
+            .await;
         assert_eq!((s, &v["verified"]), (201, &json!(true)), "{v}");
     }
 
@@ -49,12 +74,27 @@ async fn event_to_mail_and_signed_webhook() {
         "occurred_at": "2026-07-01T02:58:00Z", "expires_at": "2099-01-01T00:00:00Z",
         "data": {"ticket": "T-4711"}
     });
-    let (s, v) = kci.call("POST", "/v1/events", Some(&source), Some(&event.to_string())).await;
-    assert_eq!((s, v.clone()), (202, json!({"id": "evt-1", "notifications": 2})));
+    let (s, v) = kci
+        .call(
+            "POST",
+            "/v1/events",
+            Some(&source),
+            Some(&event.to_string()),
+        )
+        .await;
+    assert_eq!(
+        (s, v.clone()),
+        (202, json!({"id": "evt-1", "notifications": 2}))
+    );
 
     let fates: Value = eventually(30, "both notifications sent", || async {
-        let (_, v) = kci.call("GET", "/v1/events/evt-1", Some(&source), None).await;
-        let all_sent = v["notifications"].as_array()?.iter().all(|n| n["state"] == "sent");
+        let (_, v) = kci
+            .call("GET", "/v1/events/evt-1", Some(&source), None)
+            .await;
+        let all_sent = v["notifications"]
+            .as_array()?
+            .iter()
+            .all(|n| n["state"] == "sent");
         all_sent.then_some(v)
     })
     .await;
@@ -71,14 +111,25 @@ async fn event_to_mail_and_signed_webhook() {
     let mail = Mail::parse(&mails[0]);
     assert_eq!(mail.header("Subject"), Some("Line L1 is down"));
     assert_eq!(mail.header("To"), Some("alice@example.com"));
-    assert_eq!(mail.header("From"), Some("\"Example ISP\" <kci@isp.example>"));
+    assert_eq!(
+        mail.header("From"),
+        Some("\"Example ISP\" <kci@isp.example>")
+    );
     assert_eq!(mail.header("Auto-Submitted"), Some("auto-generated"));
     let mid = mail.header("Message-ID").unwrap();
-    assert!(mid.starts_with('<') && mid.ends_with("@isp.example>"), "{mid}");
-    assert!(mail.header("References").is_some_and(|r| r.contains("kci-thread-")));
+    assert!(
+        mid.starts_with('<') && mid.ends_with("@isp.example>"),
+        "{mid}"
+    );
+    assert!(
+        mail.header("References")
+            .is_some_and(|r| r.contains("kci-thread-"))
+    );
     // 02:58 UTC is 03:58 in London in July (BST).
     assert!(
-        mail.body.contains("your line L1 went down at 03:58 (Europe/London).\nEngineer reference: T-4711."),
+        mail.body.contains(
+            "your line L1 went down at 03:58 (Europe/London).\nEngineer reference: T-4711."
+        ),
         "{}",
         mail.body
     );
@@ -93,7 +144,10 @@ async fn event_to_mail_and_signed_webhook() {
     assert_eq!(payload["data"]["event"]["data"]["ticket"], "T-4711");
     assert_eq!(payload["data"]["short"], "Your line L1 went down at 03:58.");
     assert_eq!(payload["data"]["subject"], "Line L1 is down");
-    assert_eq!(got[0].headers["webhook-id"].to_str().unwrap(), payload["data"]["notification"].as_str().unwrap());
+    assert_eq!(
+        got[0].headers["webhook-id"].to_str().unwrap(),
+        payload["data"]["notification"].as_str().unwrap()
+    );
 }
 
 #[tokio::test]
@@ -101,40 +155,75 @@ async fn transient_failures_retry_and_permanent_ones_fail_with_the_providers_wor
     let hooks = WebhookReceiver::start().await;
     let kci = Kci::start(None, "");
     let admin = kci.token(&["admin"]);
-    kci.call("PUT", "/v1/accounts/A1", Some(&admin), Some("{}")).await;
-    kci.call("PUT", "/v1/accounts/A1/contacts/c", Some(&admin), Some("{}")).await;
+    kci.call("PUT", "/v1/accounts/A1", Some(&admin), Some("{}"))
+        .await;
+    kci.call(
+        "PUT",
+        "/v1/accounts/A1/contacts/c",
+        Some(&admin),
+        Some("{}"),
+    )
+    .await;
     let body = json!({"uri": hooks.url, "verified": true}).to_string();
-    kci.call("POST", "/v1/accounts/A1/contacts/c/destinations", Some(&admin), Some(&body)).await;
+    kci.call(
+        "POST",
+        "/v1/accounts/A1/contacts/c/destinations",
+        Some(&admin),
+        Some(&body),
+    )
+    .await;
 
     // 503 twice, then 200: delivered on the third attempt.
     *hooks.status.lock().unwrap() = 503;
     let (s, _) = kci
-        .call("POST", "/v1/events", Some(&admin), Some(r#"{"id":"r1","type":"line.down","account":"A1","service":"L1"}"#))
+        .call(
+            "POST",
+            "/v1/events",
+            Some(&admin),
+            Some(r#"{"id":"r1","type":"line.down","account":"A1","service":"L1"}"#),
+        )
         .await;
     assert_eq!(s, 202);
-    eventually(20, "two failed attempts", || async { (hooks.hooks().len() >= 2).then_some(()) }).await;
+    eventually(20, "two failed attempts", || async {
+        (hooks.hooks().len() >= 2).then_some(())
+    })
+    .await;
     *hooks.status.lock().unwrap() = 200;
     let v = eventually(30, "delivered after retries", || async {
         let (_, v) = kci.call("GET", "/v1/events/r1", Some(&admin), None).await;
         (v["notifications"][0]["state"] == "sent").then_some(v)
     })
     .await;
-    assert!(v["notifications"][0]["attempts"].as_u64().unwrap() >= 3, "{v}");
-    let ids: std::collections::HashSet<_> =
-        hooks.hooks().iter().map(|h| h.headers["webhook-id"].to_str().unwrap().to_string()).collect();
+    assert!(
+        v["notifications"][0]["attempts"].as_u64().unwrap() >= 3,
+        "{v}"
+    );
+    let ids: std::collections::HashSet<_> = hooks
+        .hooks()
+        .iter()
+        .map(|h| h.headers["webhook-id"].to_str().unwrap().to_string())
+        .collect();
     assert_eq!(ids.len(), 1, "every retry carries the same webhook-id");
 
     // 404: permanent, failed at once with the provider's words.
     *hooks.status.lock().unwrap() = 404;
-    kci.call("POST", "/v1/events", Some(&admin), Some(r#"{"id":"p1","type":"line.down","account":"A1","service":"L1"}"#))
-        .await;
+    kci.call(
+        "POST",
+        "/v1/events",
+        Some(&admin),
+        Some(r#"{"id":"p1","type":"line.down","account":"A1","service":"L1"}"#),
+    )
+    .await;
     let v = eventually(20, "permanent failure", || async {
         let (_, v) = kci.call("GET", "/v1/events/p1", Some(&admin), None).await;
         (v["notifications"][0]["state"] == "failed").then_some(v)
     })
     .await;
     let n = &v["notifications"][0];
-    assert_eq!((n["reason"].as_str(), n["attempts"].as_u64()), (Some("rejected"), Some(1)));
+    assert_eq!(
+        (n["reason"].as_str(), n["attempts"].as_u64()),
+        (Some("rejected"), Some(1))
+    );
     assert!(n["detail"].as_str().unwrap().contains("HTTP 404"), "{n}");
 }
 
@@ -142,12 +231,26 @@ async fn transient_failures_retry_and_permanent_ones_fail_with_the_providers_wor
 async fn no_config_delivers_mail_to_the_maildir_outbox() {
     let kci = Kci::start(None, "");
     let admin = kci.token(&["admin"]);
-    kci.call("PUT", "/v1/accounts/A1", Some(&admin), Some("{}")).await;
-    kci.call("PUT", "/v1/accounts/A1/contacts/c", Some(&admin), Some("{}")).await;
+    kci.call("PUT", "/v1/accounts/A1", Some(&admin), Some("{}"))
+        .await;
+    kci.call(
+        "PUT",
+        "/v1/accounts/A1/contacts/c",
+        Some(&admin),
+        Some("{}"),
+    )
+    .await;
     let body = json!({"uri": "mailto:bob@example.com", "verified": true}).to_string();
-    kci.call("POST", "/v1/accounts/A1/contacts/c/destinations", Some(&admin), Some(&body)).await;
+    kci.call(
+        "POST",
+        "/v1/accounts/A1/contacts/c/destinations",
+        Some(&admin),
+        Some(&body),
+    )
+    .await;
     let ev = json!({"id": "m1", "type": "line.down", "account": "A1", "subject": "Literal subject", "body": "Literal body ünïcode"});
-    kci.call("POST", "/v1/events", Some(&admin), Some(&ev.to_string())).await;
+    kci.call("POST", "/v1/events", Some(&admin), Some(&ev.to_string()))
+        .await;
     let mails = eventually(20, "a mail in the outbox", || async {
         let m = kci.outbox();
         (!m.is_empty()).then_some(m)
