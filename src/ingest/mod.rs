@@ -3,8 +3,9 @@
 //! Validation is pure; the handlers in `web::api::events` store the result.
 
 use crate::config::Config;
+use crate::model::AccountView;
 use crate::model::{Event, Priority, check_id, parse_time};
-use crate::plan::{self, Plan};
+use crate::plan::{self, PendingNotice, Plan};
 use crate::store::{Planner, Rejection};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
@@ -186,11 +187,31 @@ pub fn validate(
     })
 }
 
-/// The planner the store calls inside its ingest transaction: refuses an
-/// event naming an unknown contact, otherwise runs [`plan::plan`] as of the
-/// event's arrival.
-pub fn planner(config: Arc<Config>) -> Arc<Planner> {
-    Arc::new(move |event, view, pending| -> Result<Plan, Rejection> {
+/// The planner the store calls inside its ingest transaction: the policy
+/// of [`plan::plan`] as of the event's arrival, after refusing an event
+/// that names a contact the account does not have.
+pub struct PolicyPlanner {
+    config: Arc<Config>,
+}
+
+impl Planner for PolicyPlanner {
+    fn related_types(&self, event: &Event) -> Vec<String> {
+        let Some(t) = self.config.types.get(&event.type_name) else {
+            return Vec::new();
+        };
+        let mut types = t.cancels.clone();
+        if t.supersedes {
+            types.push(event.type_name.clone());
+        }
+        types
+    }
+
+    fn plan(
+        &self,
+        event: &Event,
+        view: &AccountView,
+        pending: &[PendingNotice],
+    ) -> Result<Plan, Rejection> {
         if let Some(c) = &event.contact {
             if !view.contacts.iter().any(|cv| &cv.contact.id == c) {
                 return Err(Rejection {
@@ -202,8 +223,18 @@ pub fn planner(config: Arc<Config>) -> Arc<Planner> {
                 });
             }
         }
-        Ok(plan::plan(event, view, &config, pending, event.received_at))
-    })
+        Ok(plan::plan(
+            event,
+            view,
+            &self.config,
+            pending,
+            event.received_at,
+        ))
+    }
+}
+
+pub fn planner(config: Arc<Config>) -> Arc<dyn Planner> {
+    Arc::new(PolicyPlanner { config })
 }
 
 #[cfg(test)]

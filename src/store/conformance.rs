@@ -55,7 +55,7 @@ fn event(id: &str, account: &str, key: &str, at: DateTime<Utc>) -> Event {
     }
 }
 
-fn planner() -> Arc<Planner> {
+fn planner() -> Arc<dyn Planner> {
     let config = Arc::new(Config::parse("[types.\"line.down\"]\n", "test").unwrap());
     crate::ingest::planner(config)
 }
@@ -307,35 +307,49 @@ pub async fn check_planner_sees_pending_and_cancels(store: &dyn Store) {
         .ingest(vec![event("e1", "A1", "L1", now)], planner())
         .await
         .unwrap();
-    // A planner that records what it saw and cancels it all.
-    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let seen2 = seen.clone();
-    let cancelling: Arc<Planner> = Arc::new(move |ev, view, pending| {
-        seen2
-            .lock()
-            .unwrap()
-            .extend(pending.iter().map(|p| p.event.clone()));
-        let mut plan = crate::plan::plan(
-            ev,
-            view,
-            &Config::load(None).unwrap(),
-            pending,
-            ev.received_at,
-        );
-        plan.cancels = pending
-            .iter()
-            .map(|p| (p.id.clone(), Reason::Paired))
-            .collect();
-        Ok(plan)
-    });
+    // A planner that asks for pending notices of one type, records what it
+    // saw, and cancels it all.
+    struct Cancelling(std::sync::Mutex<Vec<String>>, &'static str);
+    impl Planner for Cancelling {
+        fn related_types(&self, _: &Event) -> Vec<String> {
+            vec![self.1.to_string()]
+        }
+        fn plan(
+            &self,
+            ev: &Event,
+            view: &AccountView,
+            pending: &[PendingNotice],
+        ) -> std::result::Result<Plan, Rejection> {
+            self.0
+                .lock()
+                .unwrap()
+                .extend(pending.iter().map(|p| p.event.clone()));
+            let config = Config::load(None).unwrap();
+            let mut plan = crate::plan::plan(ev, view, &config, pending, ev.received_at);
+            plan.cancels = pending
+                .iter()
+                .map(|p| (p.id.clone(), Reason::Paired))
+                .collect();
+            Ok(plan)
+        }
+    }
+    let other_type = Arc::new(Cancelling(Default::default(), "line.up"));
     store
-        .ingest(vec![event("e2", "A1", "L1", now)], cancelling)
+        .ingest(vec![event("e2", "A1", "L1", now)], other_type.clone())
         .await
         .unwrap();
-    assert_eq!(
-        *seen.lock().unwrap(),
-        vec!["e1".to_string(), "e1".to_string()]
+    assert!(
+        other_type.0.lock().unwrap().is_empty(),
+        "only related types are looked up"
     );
+    let cancelling = Arc::new(Cancelling(Default::default(), "line.down"));
+    store
+        .ingest(vec![event("e3", "A1", "L1", now)], cancelling.clone())
+        .await
+        .unwrap();
+    let mut seen = cancelling.0.lock().unwrap().clone();
+    seen.sort();
+    assert_eq!(seen, ["e1", "e1", "e2", "e2"]);
     let (_, notes) = store.event("e1").await.unwrap().unwrap();
     assert!(
         notes

@@ -119,10 +119,21 @@ pub fn new_id() -> String {
 
 /// Decides the notifications of one event inside the store's transaction,
 /// so that reading the directory and pending notices and writing the result
-/// is atomic. `Err` refuses the event with a field and a message.
-pub type Planner = dyn Fn(&Event, &AccountView, &[PendingNotice]) -> std::result::Result<Plan, Rejection>
-    + Send
-    + Sync;
+/// is atomic.
+pub trait Planner: Send + Sync {
+    /// The types whose pending notices of the event's key `plan` must see
+    /// (pairing partners, the type itself when it supersedes). Empty: the
+    /// store does not look them up at all.
+    fn related_types(&self, event: &Event) -> Vec<String>;
+
+    /// Plans `event`; `Err` refuses it with a field and a message.
+    fn plan(
+        &self,
+        event: &Event,
+        view: &AccountView,
+        pending: &[PendingNotice],
+    ) -> std::result::Result<Plan, Rejection>;
+}
 
 /// Why an event was refused at ingest (becomes a 422).
 #[derive(Debug, Clone, PartialEq)]
@@ -239,8 +250,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// Stores events durably with what `planner` decides for each, one
     /// atomic step per event; duplicates of known ids change nothing.
-    async fn ingest(&self, events: Vec<Event>, planner: Arc<Planner>)
-    -> Result<Vec<IngestOutcome>>;
+    async fn ingest(
+        &self,
+        events: Vec<Event>,
+        planner: Arc<dyn Planner>,
+    ) -> Result<Vec<IngestOutcome>>;
     async fn event(&self, id: &str) -> Result<Option<(Event, Vec<Notification>)>>;
     /// Cancels whatever of the event is still pending; `None` if unknown.
     async fn cancel_event(&self, id: &str, now: DateTime<Utc>) -> Result<Option<usize>>;

@@ -174,7 +174,7 @@ async fn account_view(
 async fn ingest_one(
     tx: &deadpool_postgres::Transaction<'_>,
     event: &Event,
-    planner: &Planner,
+    planner: &dyn Planner,
     views: &mut HashMap<String, Option<AccountView>>,
 ) -> Result<IngestOutcome> {
     // Serialises events of one (account, key) across nodes until commit.
@@ -205,14 +205,22 @@ async fn ingest_one(
             message: format!("account: `{}` is not a known account", event.account),
         }));
     };
-    let stmt = tx
-        .prepare_cached(
-            "SELECT id, event, type, destination, due_at FROM notifications \
-             WHERE account = $1 AND key = $2 AND state = 'pending' AND event IS NOT NULL FOR UPDATE",
-        )
-        .await?;
+    let types = planner.related_types(event);
     let mut pending = Vec::new();
-    for r in tx.query(&stmt, &[&event.account, &event.key]).await? {
+    let rows = if types.is_empty() {
+        Vec::new()
+    } else {
+        let stmt = tx
+            .prepare_cached(
+                "SELECT id, event, type, destination, due_at FROM notifications \
+                 WHERE account = $1 AND key = $2 AND type = ANY($3) AND state = 'pending' AND event IS NOT NULL \
+                 FOR UPDATE",
+            )
+            .await?;
+        tx.query(&stmt, &[&event.account, &event.key, &types])
+            .await?
+    };
+    for r in rows {
         pending.push(PendingNotice {
             id: r.try_get(0)?,
             event: r.try_get(1)?,
@@ -221,7 +229,7 @@ async fn ingest_one(
             due_at: from_millis(r.try_get(4)?),
         });
     }
-    let plan = match planner(event, view, &pending) {
+    let plan = match planner.plan(event, view, &pending) {
         Ok(p) => p,
         Err(r) => return Ok(IngestOutcome::Rejected(r)),
     };
@@ -495,7 +503,7 @@ impl Store for PgStore {
     async fn ingest(
         &self,
         events: Vec<Event>,
-        planner: Arc<Planner>,
+        planner: Arc<dyn Planner>,
     ) -> Result<Vec<IngestOutcome>> {
         let mut c = self.pool.get().await?;
         let mut tx = c.transaction().await?;

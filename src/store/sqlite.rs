@@ -298,21 +298,28 @@ fn account_view(conn: &Connection, id: &str) -> Result<Option<AccountView>> {
     Ok(Some(AccountView { account, contacts }))
 }
 
-fn pending_for_key(conn: &Connection, account: &str, key: &str) -> Result<Vec<PendingNotice>> {
+fn pending_for_key(
+    conn: &Connection,
+    account: &str,
+    key: &str,
+    types: &[String],
+) -> Result<Vec<PendingNotice>> {
     let mut stmt = conn.prepare_cached(
         "SELECT id, event, type, destination, due_at FROM notifications \
-         WHERE account = ?1 AND key = ?2 AND state = 'pending' AND event IS NOT NULL",
+         WHERE account = ?1 AND key = ?2 AND type = ?3 AND state = 'pending' AND event IS NOT NULL",
     )?;
-    let mut rows = stmt.query([account, key])?;
     let mut out = Vec::new();
-    while let Some(r) = rows.next()? {
-        out.push(PendingNotice {
-            id: r.get(0)?,
-            event: r.get(1)?,
-            type_name: r.get(2)?,
-            destination: r.get(3)?,
-            due_at: from_millis(r.get(4)?),
-        });
+    for t in types {
+        let mut rows = stmt.query([account, key, t])?;
+        while let Some(r) = rows.next()? {
+            out.push(PendingNotice {
+                id: r.get(0)?,
+                event: r.get(1)?,
+                type_name: r.get(2)?,
+                destination: r.get(3)?,
+                due_at: from_millis(r.get(4)?),
+            });
+        }
     }
     Ok(out)
 }
@@ -320,7 +327,7 @@ fn pending_for_key(conn: &Connection, account: &str, key: &str) -> Result<Vec<Pe
 fn ingest_one(
     conn: &Connection,
     event: &Event,
-    planner: &Planner,
+    planner: &dyn Planner,
     views: &mut HashMap<String, Option<AccountView>>,
 ) -> Result<IngestOutcome> {
     let seen: Option<i64> = conn
@@ -342,8 +349,13 @@ fn ingest_one(
             message: format!("account: `{}` is not a known account", event.account),
         }));
     };
-    let pending = pending_for_key(conn, &event.account, &event.key)?;
-    let plan = match planner(event, view, &pending) {
+    let types = planner.related_types(event);
+    let pending = if types.is_empty() {
+        Vec::new()
+    } else {
+        pending_for_key(conn, &event.account, &event.key, &types)?
+    };
+    let plan = match planner.plan(event, view, &pending) {
         Ok(p) => p,
         Err(r) => return Ok(IngestOutcome::Rejected(r)),
     };
@@ -588,7 +600,7 @@ impl Store for SqliteStore {
     async fn ingest(
         &self,
         events: Vec<Event>,
-        planner: Arc<Planner>,
+        planner: Arc<dyn Planner>,
     ) -> Result<Vec<IngestOutcome>> {
         self.write(move |conn| {
             let mut views = HashMap::new();

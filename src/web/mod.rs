@@ -23,7 +23,7 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     pub config: Arc<Config>,
     pub channels: Channels,
-    pub planner: Arc<Planner>,
+    pub planner: Arc<dyn Planner>,
     pub metrics: Arc<Metrics>,
     pub clock: Arc<dyn Clock>,
     /// Wakes the delivery worker after ingest.

@@ -5,6 +5,7 @@
 //! the same mail), and threading headers per correlation key.
 
 mod maildir;
+mod smtp;
 
 use super::{Channel, DeliveryError, Outgoing, Receipt};
 use crate::config::EmailConfig;
@@ -12,7 +13,6 @@ use crate::model::ChannelKind;
 use async_trait::async_trait;
 use lettre::message::header::{ContentType, Header, HeaderName, HeaderValue};
 use lettre::message::{Mailbox, Message};
-use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 use std::path::PathBuf;
 
 /// RFC 3834's `Auto-Submitted` header.
@@ -34,7 +34,7 @@ impl Header for AutoSubmitted {
 }
 
 enum Transport {
-    Smtp(AsyncSmtpTransport<Tokio1Executor>),
+    Smtp(smtp::SmtpPool),
     Maildir(maildir::Maildir),
 }
 
@@ -53,12 +53,9 @@ impl EmailChannel {
         let domain = from.email.domain().to_string();
         let transport = match &cfg.smtp {
             Some(url) => {
-                let url = with_opportunistic_tls(url.expose());
-                let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(&url)
-                    .map_err(|e| anyhow::anyhow!("email.smtp: {e}"))?
-                    .timeout(Some(cfg.timeout.0))
-                    .build();
-                Transport::Smtp(transport)
+                let target = smtp::SmtpTarget::parse(url.expose())
+                    .map_err(|e| anyhow::anyhow!("email.smtp: {e}"))?;
+                Transport::Smtp(smtp::SmtpPool::new(target, cfg.timeout.0))
             }
             None => Transport::Maildir(maildir::Maildir::create(PathBuf::from(&cfg.outbox))?),
         };
@@ -106,40 +103,6 @@ fn thread_id(account: &str, key: &str) -> String {
     format!("kci-thread-{}", &h[..24])
 }
 
-/// STARTTLS when offered: lettre's plain `smtp://` never upgrades, so unless
-/// the URL chooses (`tls=…`), ask for the opportunistic upgrade.
-fn with_opportunistic_tls(url: &str) -> String {
-    if !url.starts_with("smtp://") || url.contains("tls=") {
-        return url.to_string();
-    }
-    let sep = if url.contains('?') { '&' } else { '?' };
-    format!("{url}{sep}tls=opportunistic")
-}
-
-fn classify(e: &lettre::transport::smtp::Error) -> DeliveryError {
-    // The SMTP error's Display can name the server but never carries the URL
-    // or its credentials.
-    let detail = e.to_string();
-    if e.is_permanent() {
-        DeliveryError::Permanent {
-            reason: "smtp_rejected",
-            detail,
-        }
-    } else if e.is_timeout() {
-        DeliveryError::Transient {
-            reason: "timeout",
-            detail,
-            retry_after: None,
-        }
-    } else {
-        DeliveryError::Transient {
-            reason: "smtp_unavailable",
-            detail,
-            retry_after: None,
-        }
-    }
-}
-
 #[async_trait]
 impl Channel for EmailChannel {
     fn kind(&self) -> ChannelKind {
@@ -149,8 +112,8 @@ impl Channel for EmailChannel {
     async fn deliver(&self, msg: &Outgoing) -> Result<Receipt, DeliveryError> {
         let mail = self.build(msg)?;
         match &self.transport {
-            Transport::Smtp(t) => {
-                let resp = t.send(mail).await.map_err(|e| classify(&e))?;
+            Transport::Smtp(pool) => {
+                let resp = pool.send(mail.envelope(), &mail.formatted()).await?;
                 let words = resp.message().collect::<Vec<_>>().join(" ");
                 Ok(Receipt {
                     detail: Some(format!("{} {}", resp.code(), words)),
@@ -174,30 +137,8 @@ impl Channel for EmailChannel {
 
     async fn healthcheck(&self) -> Result<(), String> {
         match &self.transport {
-            Transport::Smtp(t) => match t.test_connection().await {
-                Ok(true) => Ok(()),
-                Ok(false) => Err("SMTP server did not answer NOOP".into()),
-                Err(e) => Err(e.to_string()),
-            },
+            Transport::Smtp(pool) => pool.check().await.map_err(|e| e.to_string()),
             Transport::Maildir(m) => m.check(),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn starttls_when_offered_unless_chosen() {
-        assert_eq!(
-            with_opportunistic_tls("smtp://127.0.0.1:25"),
-            "smtp://127.0.0.1:25?tls=opportunistic"
-        );
-        assert_eq!(
-            with_opportunistic_tls("smtp://h:25?tls=required"),
-            "smtp://h:25?tls=required"
-        );
-        assert_eq!(with_opportunistic_tls("smtps://h:465"), "smtps://h:465");
     }
 }

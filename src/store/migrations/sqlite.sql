@@ -74,4 +74,4 @@ CREATE TABLE IF NOT EXISTS notifications (
 CREATE INDEX IF NOT EXISTS notifications_event ON notifications(event);
 CREATE INDEX IF NOT EXISTS notifications_due ON notifications(due_at) WHERE state = 'pending';
 CREATE INDEX IF NOT EXISTS notifications_lease ON notifications(lease_until) WHERE state = 'sending';
-CREATE INDEX IF NOT EXISTS notifications_key ON notifications(account, key) WHERE state = 'pending';
+CREATE INDEX IF NOT EXISTS notifications_key ON notifications(account, key, type) WHERE state = 'pending';

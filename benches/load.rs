@@ -1,0 +1,434 @@
+//! Load benchmark: a release `kci serve` on SQLite or PostgreSQL, driven over
+//! HTTP on loopback, delivering to a real SMTP server (aiosmtpd, discarding
+//! sink). Each figure is printed beside the raw ceiling of the same store on
+//! the same machine: a plain batched insert of rows of the same size.
+//!
+//!     cargo bench --bench load -- [--store sqlite|postgres] [--events N]
+//!
+//! Phases, each measured alone:
+//! 1. single: events posted one per request by 32 concurrent clients;
+//! 2. batch: NDJSON batches of 500 events, 4 concurrent clients;
+//! 3. deliver: events due now, timed until every notification is `sent`;
+//! 4. raw: batched inserts straight into the store, no kci in between.
+//!
+//! Ingest phases post events with `not_before` far ahead, so delivery work
+//! does not mix into the ingest figures.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+struct Args {
+    store: String,
+    events: usize,
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        store: "sqlite".into(),
+        events: 20_000,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(k) = it.next() {
+        match k.as_str() {
+            "--store" => a.store = it.next().expect("--store sqlite|postgres"),
+            "--events" => a.events = it.next().and_then(|v| v.parse().ok()).expect("--events N"),
+            _ => {} // cargo bench passes --bench
+        }
+    }
+    a
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_port(port: u16) {
+    let t = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "port {port} never opened"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+struct Killer(Child);
+impl Drop for Killer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+const PG: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+/// An event body of the size used throughout (about 330 bytes).
+fn event_json(i: usize, run: &str, later: bool) -> String {
+    let nb = if later {
+        r#","not_before":"2099-01-01T00:00:00Z""#
+    } else {
+        ""
+    };
+    format!(
+        r#"{{"id":"{run}-{i}","type":"line.down","account":"A1","service":"L{s}","data":{{"ticket":"T-{i:08}","postcode":"SW1A 1AA","note":"benchmark event with a realistic amount of template data"}}{nb}}}"#,
+        s = i % 1000
+    )
+}
+
+#[tokio::main]
+async fn main() {
+    let args = args();
+    let dir = tempfile::tempdir().unwrap();
+    let smtp_port = free_port();
+    let _smtp = Killer(
+        Command::new("/usr/bin/python3")
+            .args([
+                "-m",
+                "aiosmtpd",
+                "-n",
+                "-l",
+                &format!("127.0.0.1:{smtp_port}"),
+                "-c",
+                "aiosmtpd.handlers.Sink",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3-aiosmtpd"),
+    );
+    wait_port(smtp_port);
+
+    let (store_url, schema) = match args.store.as_str() {
+        "sqlite" => (
+            format!("sqlite://{}", dir.path().join("kci.db").display()),
+            None,
+        ),
+        "postgres" => {
+            let schema = format!("kci_bench_{}", std::process::id());
+            let (c, conn) = tokio_postgres::connect(PG, tokio_postgres::NoTls)
+                .await
+                .expect("postgres");
+            tokio::spawn(conn);
+            c.batch_execute(&format!(
+                "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"
+            ))
+            .await
+            .unwrap();
+            (
+                format!("{PG}?options=-csearch_path%3D{schema}"),
+                Some(schema),
+            )
+        }
+        other => panic!("unknown store {other}"),
+    };
+    let port = free_port();
+    let config = dir.path().join("kci.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"[server]
+listen = "127.0.0.1:{port}"
+[store]
+url = "{store_url}"
+[email]
+from = "Bench ISP <kci@isp.example>"
+smtp = "smtp://127.0.0.1:{smtp_port}"
+[types."line.down"]
+short = "Your line {{{{ service }}}} went down at {{{{ occurred_at | time }}}}."
+subject = "Line {{{{ service }}}} is down ({{{{ data.ticket }}}})"
+body = "Dear customer,\n\nyour line {{{{ service }}}} went down at {{{{ occurred_at | time }}}}.\nReference {{{{ data.ticket }}}}."
+"#
+        ),
+    )
+    .unwrap();
+    let kci_bin = env!("CARGO_BIN_EXE_kci");
+    let token = {
+        let out = Command::new(kci_bin)
+            .args([
+                "token", "create", "--name", "bench", "--scope", "admin", "--config",
+            ])
+            .arg(&config)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .last()
+            .unwrap()
+            .to_string()
+    };
+    let _kci = Killer(
+        Command::new(kci_bin)
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env("KCI_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_port(port);
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(64)
+        .build()
+        .unwrap();
+    let put = |path: &str, body: &str| {
+        http.request(
+            if path.ends_with("destinations") {
+                reqwest::Method::POST
+            } else {
+                reqwest::Method::PUT
+            },
+            format!("{base}{path}"),
+        )
+        .bearer_auth(&token)
+        .body(body.to_string())
+        .send()
+    };
+    put("/v1/accounts/A1", r#"{"name":"Bench"}"#).await.unwrap();
+    put("/v1/accounts/A1/contacts/c", "{}").await.unwrap();
+    put(
+        "/v1/accounts/A1/contacts/c/destinations",
+        r#"{"uri":"mailto:bench@example.com","verified":true}"#,
+    )
+    .await
+    .unwrap();
+
+    let n = args.events;
+    println!(
+        "# kci load benchmark: store={} events={n} cores={}",
+        args.store,
+        std::thread::available_parallelism()
+            .map(|p| p.get())
+            .unwrap_or(0)
+    );
+
+    // 1. single
+    let single_n = n / 4;
+    let clients = 32;
+    let t = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let (http, base, token) = (http.clone(), base.clone(), token.clone());
+        tasks.push(tokio::spawn(async move {
+            for i in (c..single_n).step_by(clients) {
+                let r = http
+                    .post(format!("{base}/v1/events"))
+                    .bearer_auth(&token)
+                    .header("content-type", "application/json")
+                    .body(event_json(i, "s", true))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status().as_u16(), 202);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let single = single_n as f64 / t.elapsed().as_secs_f64();
+    println!(
+        "single  : {single_n} events in {:.2}s = {single:.0} events/s accepted durably",
+        t.elapsed().as_secs_f64()
+    );
+
+    // 2. batch
+    let batch = 500;
+    let t = Instant::now();
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let (http, base, token, next) = (http.clone(), base.clone(), token.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let start = next.fetch_add(batch, std::sync::atomic::Ordering::Relaxed);
+                if start >= n {
+                    break;
+                }
+                let body: String = (start..(start + batch).min(n))
+                    .map(|i| event_json(i, "b", true) + "\n")
+                    .collect();
+                let r = http
+                    .post(format!("{base}/v1/events/batch"))
+                    .bearer_auth(&token)
+                    .body(body)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status().as_u16(), 200);
+                let text = r.text().await.unwrap();
+                assert!(!text.contains("\"status\":4"), "{text}");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let batched = n as f64 / t.elapsed().as_secs_f64();
+    println!(
+        "batch   : {n} events in {:.2}s = {batched:.0} events/s accepted durably (batches of {batch})",
+        t.elapsed().as_secs_f64()
+    );
+
+    // 3. deliver
+    let deliver_n = (n / 4).max(1000);
+    let body: String = (0..deliver_n)
+        .map(|i| event_json(i, "d", false) + "\n")
+        .collect();
+    let t = Instant::now();
+    for chunk in body.lines().collect::<Vec<_>>().chunks(batch) {
+        let r = http
+            .post(format!("{base}/v1/events/batch"))
+            .bearer_auth(&token)
+            .body(chunk.join("\n"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+    }
+    loop {
+        let text = http
+            .get(format!("{base}/metrics"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let sent: f64 = text
+            .lines()
+            .find(|l| l.starts_with("kci_notifications{state=\"sent\"}"))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0);
+        if sent as usize >= deliver_n {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(600),
+            "delivery stalled at {sent}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let delivered = deliver_n as f64 / t.elapsed().as_secs_f64();
+    println!(
+        "deliver : {deliver_n} mails in {:.2}s = {delivered:.0} notifications/s to SMTP (accept + plan + render + send + record)",
+        t.elapsed().as_secs_f64()
+    );
+
+    // 4. raw ceiling
+    let raw = match args.store.as_str() {
+        "sqlite" => raw_sqlite(&dir.path().join("raw.db"), n, batch),
+        _ => raw_postgres(schema.as_deref().unwrap(), n, batch).await,
+    };
+    println!(
+        "raw     : {raw:.0} rows/s (event row + notification row per event, batches of {batch}, same durability)"
+    );
+    println!();
+    println!(
+        "| store | single (events/s) | batch (events/s) | raw ceiling (rows/s) | batch / raw | delivered to SMTP (notifications/s) |"
+    );
+    println!("|---|---|---|---|---|---|");
+    println!(
+        "| {} | {single:.0} | {batched:.0} | {raw:.0} | {:.0}% | {delivered:.0} |",
+        args.store,
+        100.0 * batched / raw
+    );
+
+    if let Some(schema) = schema {
+        let (c, conn) = tokio_postgres::connect(PG, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let _ = c
+            .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+            .await;
+    }
+}
+
+const RAW_PAYLOAD_PAD: usize = 600;
+
+/// Durable batched inserts with rusqlite (WAL, synchronous=FULL): an event
+/// row and a notification row per event, as kci writes.
+fn raw_sqlite(path: &std::path::Path, n: usize, batch: usize) -> f64 {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.execute_batch(
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;
+         CREATE TABLE ev (id TEXT PRIMARY KEY, account TEXT, type TEXT, key TEXT, received_at INTEGER, n INTEGER, payload TEXT);
+         CREATE TABLE nt (id TEXT PRIMARY KEY, event TEXT, account TEXT, uri TEXT, state TEXT, due_at INTEGER, payload TEXT);",
+    )
+    .unwrap();
+    let pad = "x".repeat(RAW_PAYLOAD_PAD);
+    let t = Instant::now();
+    for start in (0..n).step_by(batch) {
+        let tx = conn.unchecked_transaction().unwrap();
+        {
+            let mut e = tx
+                .prepare_cached("INSERT INTO ev VALUES (?1, 'A1', 'line.down', ?2, ?3, 1, ?4)")
+                .unwrap();
+            let mut no = tx.prepare_cached("INSERT INTO nt VALUES (?1, ?2, 'A1', 'mailto:bench@example.com', 'pending', ?3, ?4)").unwrap();
+            for i in start..(start + batch).min(n) {
+                let id = format!("raw-{i}");
+                e.execute(rusqlite::params![
+                    id,
+                    format!("L{}", i % 1000),
+                    i as i64,
+                    pad
+                ])
+                .unwrap();
+                no.execute(rusqlite::params![format!("n-{i}"), id, i as i64, pad])
+                    .unwrap();
+            }
+        }
+        tx.commit().unwrap();
+    }
+    n as f64 / t.elapsed().as_secs_f64()
+}
+
+async fn raw_postgres(schema: &str, n: usize, batch: usize) -> f64 {
+    let (mut c, conn) = tokio_postgres::connect(PG, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    c.batch_execute(&format!(
+        "SET search_path = {schema};
+         CREATE TABLE ev (id TEXT PRIMARY KEY, account TEXT, type TEXT, key TEXT, received_at BIGINT, n BIGINT, payload TEXT);
+         CREATE TABLE nt (id TEXT PRIMARY KEY, event TEXT, account TEXT, uri TEXT, state TEXT, due_at BIGINT, payload TEXT);"
+    ))
+    .await
+    .unwrap();
+    let pad = "x".repeat(RAW_PAYLOAD_PAD);
+    let t = Instant::now();
+    for start in (0..n).step_by(batch) {
+        let tx = c.transaction().await.unwrap();
+        let e = tx
+            .prepare("INSERT INTO ev VALUES ($1, 'A1', 'line.down', $2, $3, 1, $4)")
+            .await
+            .unwrap();
+        let no = tx.prepare("INSERT INTO nt VALUES ($1, $2, 'A1', 'mailto:bench@example.com', 'pending', $3, $4)").await.unwrap();
+        for i in start..(start + batch).min(n) {
+            let id = format!("raw-{i}");
+            tx.execute(&e, &[&id, &format!("L{}", i % 1000), &(i as i64), &pad])
+                .await
+                .unwrap();
+            tx.execute(&no, &[&format!("n-{i}"), &id, &(i as i64), &pad])
+                .await
+                .unwrap();
+        }
+        tx.commit().await.unwrap();
+    }
+    n as f64 / t.elapsed().as_secs_f64()
+}
