@@ -212,8 +212,10 @@ impl Planner for PolicyPlanner {
         view: &AccountView,
         pending: &[PendingNotice],
     ) -> Result<Plan, Rejection> {
-        if let Some(c) = &event.contact {
-            if !view.contacts.iter().any(|cv| &cv.contact.id == c) {
+        if let Some(c) = &event.contact
+            && !view.contacts.iter().any(|cv| &cv.contact.id == c)
+        {
+            {
                 return Err(Rejection {
                     code: "unknown_contact",
                     message: format!(

@@ -9,18 +9,17 @@ pub fn check(event: &Event, verified: bool, prefs: &Preferences) -> Option<Reaso
     if !verified {
         return Some(Reason::Unverified);
     }
-    if let Some(cats) = prefs.categories.as_ref().filter(|c| !c.is_empty()) {
-        if !cats.iter().any(|c| *c == event.category) {
-            return Some(Reason::Category);
-        }
+    if let Some(cats) = prefs.categories.as_ref().filter(|c| !c.is_empty())
+        && !cats.contains(&event.category)
+    {
+        return Some(Reason::Category);
     }
-    if let Some(services) = prefs.services.as_ref().filter(|s| !s.is_empty()) {
-        // An event about no particular service concerns the whole account.
-        if let Some(service) = &event.service {
-            if !services.iter().any(|s| s == service) {
-                return Some(Reason::Service);
-            }
-        }
+    // An event about no particular service concerns the whole account.
+    if let Some(services) = prefs.services.as_ref().filter(|s| !s.is_empty())
+        && let Some(service) = &event.service
+        && !services.contains(service)
+    {
+        return Some(Reason::Service);
     }
     if event.priority < prefs.min_priority.unwrap_or(Priority::Low) {
         return Some(Reason::MinPriority);

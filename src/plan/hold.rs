@@ -20,11 +20,11 @@ pub fn earliest(
             reason = Some(Reason::Hold);
         }
     }
-    if let Some(nb) = event.not_before {
-        if nb > at {
-            at = nb;
-            reason = Some(Reason::NotBefore);
-        }
+    if let Some(nb) = event.not_before
+        && nb > at
+    {
+        at = nb;
+        reason = Some(Reason::NotBefore);
     }
     (at, reason)
 }

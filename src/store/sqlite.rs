@@ -54,15 +54,14 @@ impl SqliteStore {
     /// throw-away store for `kci simulate` and tests.
     pub fn open(path: &str) -> Result<Self> {
         let path = (path != ":memory:" && !path.is_empty()).then(|| path.to_string());
-        if let Some(p) = &path {
-            if let Some(dir) = std::path::Path::new(p)
+        if let Some(p) = &path
+            && let Some(dir) = std::path::Path::new(p)
                 .parent()
                 .filter(|d| !d.as_os_str().is_empty())
-            {
-                std::fs::create_dir_all(dir).map_err(|e| {
-                    StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
-                })?;
-            }
+        {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
+            })?;
         }
         let conn = open_conn(path.as_deref())?;
         let (tx, rx) = mpsc::channel::<Job>();

@@ -106,7 +106,6 @@ pub fn read_maildir(dir: &Path) -> Vec<String> {
 
 /// A parsed mail: its headers and decoded text body.
 pub struct Mail {
-    pub raw: String,
     pub body: String,
     headers: Vec<(String, String)>,
 }
@@ -121,7 +120,6 @@ impl Mail {
             .collect();
         let body = parsed.get_body().unwrap_or_default().replace("\r\n", "\n");
         Mail {
-            raw: raw.to_string(),
             body,
             headers,
         }
