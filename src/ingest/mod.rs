@@ -5,7 +5,7 @@
 use crate::config::Config;
 use crate::model::AccountView;
 use crate::model::{Event, Priority, check_id, parse_time};
-use crate::plan::{self, PendingNotice, Plan};
+use crate::plan::{self, Plan, RelatedNotice};
 use crate::store::{Planner, Rejection};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
@@ -210,7 +210,7 @@ impl Planner for PolicyPlanner {
         &self,
         event: &Event,
         view: &AccountView,
-        pending: &[PendingNotice],
+        pending: &[RelatedNotice],
     ) -> Result<Plan, Rejection> {
         if let Some(c) = &event.contact
             && !view.contacts.iter().any(|cv| &cv.contact.id == c)

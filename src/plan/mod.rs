@@ -3,14 +3,17 @@
 //! per destination whether, when and why a notice goes out. No I/O and no
 //! clock reads happen here; every rule is one small file with its own tests.
 //!
-//! Rules applied here: filters (verification, category, service,
-//! min_priority), hold and not_before, the delivery window, and expiry.
-//! Pairing, superseding, flap damping, caps and digests slot in as further
-//! steps over the same [`Decision`]s and the `pending` notices passed in.
+//! Rules applied here: per destination, filters (verification, category,
+//! service, min_priority), hold and not_before, the delivery window and
+//! expiry; then, over all of an event's decisions and the pending notices
+//! of its key, pair-and-cancel and supersede. Flap damping, caps and
+//! digests slot in as further steps over the same [`Decision`]s.
 
 mod expiry;
 mod filter;
 mod hold;
+mod pair;
+mod supersede;
 mod window;
 
 use crate::config::{Config, Preferences};
@@ -35,14 +38,17 @@ pub struct Decision {
     pub timezone: Tz,
 }
 
-/// A notice of the same account and key that is still pending: what later
-/// rules (pairing, supersede, flap) look at.
+/// A notice of an earlier event with the same account and key, of a type
+/// the new event relates to (a pairing partner, or its own type when it
+/// supersedes): every one still pending, and every notice of the latest
+/// such event whatever its state. What pairing and superseding look at.
 #[derive(Debug, Clone, PartialEq)]
-pub struct PendingNotice {
+pub struct RelatedNotice {
     pub id: String,
     pub event: String,
     pub type_name: String,
     pub destination: String,
+    pub state: State,
     pub due_at: DateTime<Utc>,
 }
 
@@ -92,9 +98,11 @@ pub fn plan(
     event: &Event,
     dir: &AccountView,
     config: &Config,
-    _pending: &[PendingNotice],
+    pending: &[RelatedNotice],
     now: DateTime<Utc>,
 ) -> Plan {
+    let etype = config.types.get(&event.type_name);
+    let hold = etype.and_then(|t| t.hold);
     let mut decisions = Vec::new();
     for cv in &dir.contacts {
         if event.contact.as_deref().is_some_and(|c| c != cv.contact.id) {
@@ -118,15 +126,18 @@ pub fn plan(
                 expires_at: event.expires_at,
                 timezone: eff.timezone,
             };
-            let hold = config.types.get(&event.type_name).and_then(|t| t.hold);
             decide(event, hold, dest.verified, &eff, now, &mut d);
             decisions.push(d);
         }
     }
-    Plan {
-        decisions,
-        cancels: Vec::new(),
+    let mut cancels = Vec::new();
+    if let Some(t) = etype {
+        cancels.extend(pair::apply(&t.cancels, pending, &mut decisions, now));
+        if t.supersedes {
+            cancels.extend(supersede::apply(&event.type_name, pending, &decisions));
+        }
     }
+    Plan { decisions, cancels }
 }
 
 /// The per-destination pipeline: each step may settle the decision.
@@ -175,6 +186,31 @@ pub(crate) mod testkit {
 
     pub fn at(s: &str) -> DateTime<Utc> {
         s.parse().expect("test timestamp")
+    }
+
+    pub fn decision(destination: &str, now: DateTime<Utc>) -> super::Decision {
+        super::Decision {
+            contact: "alice".into(),
+            destination: destination.into(),
+            uri: "mailto:alice@example.com".into(),
+            channel: crate::model::ChannelKind::Email,
+            state: crate::model::State::Pending,
+            reason: None,
+            due_at: now,
+            expires_at: None,
+            timezone: chrono_tz::UTC,
+        }
+    }
+
+    pub fn pending(id: &str, type_name: &str, destination: &str) -> super::RelatedNotice {
+        super::RelatedNotice {
+            id: id.into(),
+            event: format!("ev-{id}"),
+            type_name: type_name.into(),
+            destination: destination.into(),
+            state: crate::model::State::Pending,
+            due_at: at("2026-03-22T08:00:00Z"),
+        }
     }
 
     pub fn event(occurred: &str) -> Event {

@@ -318,7 +318,7 @@ pub async fn check_planner_sees_pending_and_cancels(store: &dyn Store) {
             &self,
             ev: &Event,
             view: &AccountView,
-            pending: &[PendingNotice],
+            pending: &[RelatedNotice],
         ) -> std::result::Result<Plan, Rejection> {
             self.0
                 .lock()

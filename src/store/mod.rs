@@ -15,7 +15,7 @@ use crate::model::{
     Account, AccountView, ChannelKind, Contact, ContactView, Destination, Event, Priority, Reason,
     Scope, State,
 };
-use crate::plan::{PendingNotice, Plan};
+use crate::plan::{Plan, RelatedNotice};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -131,7 +131,7 @@ pub trait Planner: Send + Sync {
         &self,
         event: &Event,
         view: &AccountView,
-        pending: &[PendingNotice],
+        pending: &[RelatedNotice],
     ) -> std::result::Result<Plan, Rejection>;
 }
 

@@ -206,28 +206,45 @@ async fn ingest_one(
         }));
     };
     let types = planner.related_types(event);
-    let mut pending = Vec::new();
-    let rows = if types.is_empty() {
-        Vec::new()
-    } else {
-        let stmt = tx
+    let mut pending: Vec<RelatedNotice> = Vec::new();
+    if !types.is_empty() {
+        // Every related notice still pending, locked so that no worker on
+        // another node claims one between this read and the cancel below
+        // (claims skip locked rows); then every notice of the latest
+        // related event, whatever its state.
+        let waiting = tx
             .prepare_cached(
-                "SELECT id, event, type, destination, due_at FROM notifications \
+                "SELECT id, event, type, destination, state, due_at FROM notifications \
                  WHERE account = $1 AND key = $2 AND type = ANY($3) AND state = 'pending' AND event IS NOT NULL \
                  FOR UPDATE",
             )
             .await?;
-        tx.query(&stmt, &[&event.account, &event.key, &types])
-            .await?
-    };
-    for r in rows {
-        pending.push(PendingNotice {
-            id: r.try_get(0)?,
-            event: r.try_get(1)?,
-            type_name: r.try_get(2)?,
-            destination: r.try_get(3)?,
-            due_at: from_millis(r.try_get(4)?),
-        });
+        let latest = tx
+            .prepare_cached(
+                "SELECT id, event, type, destination, state, due_at FROM notifications WHERE event IN \
+                 (SELECT DISTINCT ON (type) id FROM events WHERE account = $1 AND key = $2 AND type = ANY($3) \
+                  ORDER BY type, received_at DESC, id DESC)",
+            )
+            .await?;
+        for stmt in [&waiting, &latest] {
+            for r in tx
+                .query(stmt, &[&event.account, &event.key, &types])
+                .await?
+            {
+                let id: String = r.try_get(0)?;
+                if pending.iter().any(|n| n.id == id) {
+                    continue;
+                }
+                pending.push(RelatedNotice {
+                    id,
+                    event: r.try_get(1)?,
+                    type_name: r.try_get(2)?,
+                    destination: r.try_get(3)?,
+                    state: state_from_text(r.try_get(4)?)?,
+                    due_at: from_millis(r.try_get(5)?),
+                });
+            }
+        }
     }
     let plan = match planner.plan(event, view, &pending) {
         Ok(p) => p,
@@ -683,4 +700,10 @@ impl Store for PgStore {
     }
 }
 
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("migrations/postgres.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("migrations/postgres.sql")),
+    (
+        2,
+        "CREATE INDEX IF NOT EXISTS events_key ON events(account, key, type, received_at);",
+    ),
+];

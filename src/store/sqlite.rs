@@ -297,27 +297,41 @@ fn account_view(conn: &Connection, id: &str) -> Result<Option<AccountView>> {
     Ok(Some(AccountView { account, contacts }))
 }
 
-fn pending_for_key(
+/// The notices of `types` for (account, key) that planning looks at: every
+/// one still pending, and every notice of the latest event of each type.
+fn related_for_key(
     conn: &Connection,
     account: &str,
     key: &str,
     types: &[String],
-) -> Result<Vec<PendingNotice>> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT id, event, type, destination, due_at FROM notifications \
+) -> Result<Vec<RelatedNotice>> {
+    let mut pending = conn.prepare_cached(
+        "SELECT id, event, type, destination, state, due_at FROM notifications \
          WHERE account = ?1 AND key = ?2 AND type = ?3 AND state = 'pending' AND event IS NOT NULL",
     )?;
-    let mut out = Vec::new();
+    let mut latest = conn.prepare_cached(
+        "SELECT id, event, type, destination, state, due_at FROM notifications WHERE event = \
+         (SELECT id FROM events WHERE account = ?1 AND key = ?2 AND type = ?3 \
+          ORDER BY received_at DESC, rowid DESC LIMIT 1)",
+    )?;
+    let mut out: Vec<RelatedNotice> = Vec::new();
     for t in types {
-        let mut rows = stmt.query([account, key, t])?;
-        while let Some(r) = rows.next()? {
-            out.push(PendingNotice {
-                id: r.get(0)?,
-                event: r.get(1)?,
-                type_name: r.get(2)?,
-                destination: r.get(3)?,
-                due_at: from_millis(r.get(4)?),
-            });
+        for stmt in [&mut pending, &mut latest] {
+            let mut rows = stmt.query([account, key, t])?;
+            while let Some(r) = rows.next()? {
+                let id: String = r.get(0)?;
+                if out.iter().any(|n| n.id == id) {
+                    continue;
+                }
+                out.push(RelatedNotice {
+                    id,
+                    event: r.get(1)?,
+                    type_name: r.get(2)?,
+                    destination: r.get(3)?,
+                    state: state_from_text(&r.get::<_, String>(4)?)?,
+                    due_at: from_millis(r.get(5)?),
+                });
+            }
         }
     }
     Ok(out)
@@ -352,7 +366,7 @@ fn ingest_one(
     let pending = if types.is_empty() {
         Vec::new()
     } else {
-        pending_for_key(conn, &event.account, &event.key, &types)?
+        related_for_key(conn, &event.account, &event.key, &types)?
     };
     let plan = match planner.plan(event, view, &pending) {
         Ok(p) => p,
@@ -602,10 +616,13 @@ impl Store for SqliteStore {
         planner: Arc<dyn Planner>,
     ) -> Result<Vec<IngestOutcome>> {
         self.write(move |conn| {
+            // No savepoint per event: an event writes only after all its
+            // checks passed, and a store error fails the whole request,
+            // whose own savepoint then takes every event of it back.
             let mut views = HashMap::new();
             events
                 .iter()
-                .map(|ev| in_savepoint(conn, "ev", |c| ingest_one(c, ev, &*planner, &mut views)))
+                .map(|ev| ingest_one(conn, ev, &*planner, &mut views))
                 .collect()
         })
         .await
@@ -760,7 +777,13 @@ impl Store for SqliteStore {
 }
 
 /// The versioned schema.
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("migrations/sqlite.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("migrations/sqlite.sql")),
+    (
+        2,
+        "CREATE INDEX IF NOT EXISTS events_key ON events(account, key, type, received_at);",
+    ),
+];
 
 /// Compares a submitted code's hash with the stored one in constant time,
 /// honouring expiry and the attempt limit.

@@ -119,10 +119,7 @@ impl Mail {
             .map(|h| (h.get_key(), h.get_value()))
             .collect();
         let body = parsed.get_body().unwrap_or_default().replace("\r\n", "\n");
-        Mail {
-            body,
-            headers,
-        }
+        Mail { body, headers }
     }
 
     pub fn header(&self, name: &str) -> Option<&str> {

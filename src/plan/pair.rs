@@ -1,0 +1,140 @@
+//! Pair-and-cancel (DESIGN.md §4.5): an event whose type `cancels` type T
+//! ends, per destination, the pending notices of T with the same key — and
+//! is itself cancelled there, so a 3am drop and a reconnect a minute later
+//! reach nobody. Where the latest T notice already went out, the new notice
+//! is delivered normally: the customer who heard of the drop hears of the
+//! return. Where it never went out (expired, suppressed, failed), the new
+//! one is cancelled too: "your line is back" about a drop nobody was told
+//! of is noise. With no T notice at a destination at all, nothing pairs.
+
+use super::{Decision, RelatedNotice};
+use crate::model::{Reason, State};
+use chrono::{DateTime, Utc};
+
+/// Applies pairing to the decisions of an event whose type cancels
+/// `partners`; returns the pending notices to cancel.
+pub fn apply(
+    partners: &[String],
+    pending: &[RelatedNotice],
+    decisions: &mut [Decision],
+    now: DateTime<Utc>,
+) -> Vec<(String, Reason)> {
+    let mut cancels = Vec::new();
+    if partners.is_empty() {
+        return cancels;
+    }
+    for d in decisions.iter_mut() {
+        let here: Vec<&RelatedNotice> = pending
+            .iter()
+            .filter(|p| p.destination == d.destination && partners.contains(&p.type_name))
+            .collect();
+        let waiting: Vec<&&RelatedNotice> =
+            here.iter().filter(|p| p.state == State::Pending).collect();
+        let told = here
+            .iter()
+            .any(|p| matches!(p.state, State::Sent | State::Sending));
+        cancels.extend(waiting.iter().map(|p| (p.id.clone(), Reason::Paired)));
+        let pairs = !waiting.is_empty() || (!here.is_empty() && !told);
+        if pairs && !d.state.is_final() {
+            d.state = State::Cancelled;
+            d.reason = Some(Reason::Paired);
+            d.due_at = now;
+        }
+    }
+    cancels
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::testkit::{at, decision, pending};
+
+    fn with_state(mut n: RelatedNotice, state: State) -> RelatedNotice {
+        n.state = state;
+        n
+    }
+
+    fn sent(id: &str, t: &str, d: &str) -> RelatedNotice {
+        with_state(pending(id, t, d), State::Sent)
+    }
+
+    #[test]
+    fn table() {
+        let partners = vec!["line.down".to_string()];
+        let now = at("2026-03-22T03:01:00Z");
+        // (name, pending notices, new decision's state, want new state, want cancelled ids)
+        let cases: Vec<(&str, Vec<RelatedNotice>, State, State, Vec<&str>)> = vec![
+            (
+                "down pending here: both go",
+                vec![pending("n1", "line.down", "d1")],
+                State::Pending,
+                State::Cancelled,
+                vec!["n1"],
+            ),
+            (
+                "down already sent: up is delivered",
+                vec![],
+                State::Pending,
+                State::Pending,
+                vec![],
+            ),
+            (
+                "down pending elsewhere only",
+                vec![pending("n1", "line.down", "d2")],
+                State::Pending,
+                State::Pending,
+                vec![],
+            ),
+            (
+                "unrelated type pending",
+                vec![pending("n1", "order.shipped", "d1")],
+                State::Pending,
+                State::Pending,
+                vec![],
+            ),
+            (
+                "several downs pending (flapping): all go",
+                vec![
+                    pending("n1", "line.down", "d1"),
+                    pending("n2", "line.down", "d1"),
+                ],
+                State::Pending,
+                State::Cancelled,
+                vec!["n1", "n2"],
+            ),
+            (
+                "down sent here: up is delivered",
+                vec![sent("n1", "line.down", "d1")],
+                State::Pending,
+                State::Pending,
+                vec![],
+            ),
+            (
+                "down expired unsent here: up is pointless",
+                vec![with_state(pending("n1", "line.down", "d1"), State::Expired)],
+                State::Pending,
+                State::Cancelled,
+                vec![],
+            ),
+            (
+                "up suppressed here still ends the down",
+                vec![pending("n1", "line.down", "d1")],
+                State::Suppressed,
+                State::Suppressed,
+                vec!["n1"],
+            ),
+        ];
+        for (name, pend, state, want, want_cancels) in cases {
+            let mut ds = vec![decision("d1", now)];
+            ds[0].state = state;
+            let cancels = apply(&partners, &pend, &mut ds, now);
+            assert_eq!(ds[0].state, want, "{name}");
+            if want == State::Cancelled {
+                assert_eq!(ds[0].reason, Some(Reason::Paired), "{name}");
+            }
+            let ids: Vec<&str> = cancels.iter().map(|(id, _)| id.as_str()).collect();
+            assert_eq!(ids, want_cancels, "{name}");
+            assert!(cancels.iter().all(|(_, r)| *r == Reason::Paired), "{name}");
+        }
+    }
+}
