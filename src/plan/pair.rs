@@ -62,8 +62,9 @@ mod tests {
     fn table() {
         let partners = vec!["line.down".to_string()];
         let now = at("2026-03-22T03:01:00Z");
-        // (name, pending notices, new decision's state, want new state, want cancelled ids)
-        let cases: Vec<(&str, Vec<RelatedNotice>, State, State, Vec<&str>)> = vec![
+        // (name, related notices, new decision's state, want its state, want cancelled ids)
+        type Case<'a> = (&'a str, Vec<RelatedNotice>, State, State, Vec<&'a str>);
+        let cases: Vec<Case> = vec![
             (
                 "down pending here: both go",
                 vec![pending("n1", "line.down", "d1")],
