@@ -335,7 +335,7 @@ body = "Dear customer,\n\nyour line {{{{ service }}}} went down at {{{{ occurred
         _ => raw_postgres(schema.as_deref().unwrap(), n, batch).await,
     };
     println!(
-        "raw     : {raw:.0} rows/s (event row + notification row per event, batches of {batch}, same durability)"
+        "raw     : {raw:.0} events/s (an event row and a notification row each, batches of {batch}, same durability)"
     );
     println!();
     println!(

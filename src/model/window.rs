@@ -176,4 +176,95 @@ mod tests {
         assert!("Mo-Fr 25:00-26:00 blah".parse::<Window>().is_err());
         assert!("".parse::<Window>().is_err());
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Zones with DST in both hemispheres, a 30-minute DST shift
+        /// (Lord Howe), a :45 offset (Chatham) and none at all.
+        const ZONES: &[&str] = &[
+            "Europe/London",
+            "America/New_York",
+            "Australia/Sydney",
+            "Australia/Lord_Howe",
+            "Pacific/Chatham",
+            "Asia/Kolkata",
+            "UTC",
+        ];
+
+        /// 2026's DST changes in those zones: the property runs around them.
+        const CHANGES: &[&str] = &[
+            "2026-03-08T07:00:00Z", // New York spring
+            "2026-03-29T01:00:00Z", // London spring
+            "2026-04-05T02:00:00Z", // Sydney autumn
+            "2026-04-04T15:00:00Z", // Lord Howe autumn
+            "2026-10-04T02:00:00Z", // Sydney spring
+            "2026-10-25T01:00:00Z", // London autumn
+            "2026-11-01T06:00:00Z", // New York autumn
+        ];
+
+        fn days() -> impl Strategy<Value = &'static str> {
+            prop::sample::select(vec!["Mo-Fr", "Sa", "Su", "Mo-Su", "Tu,Th", "Sa-Su", "Fr"])
+        }
+
+        fn clock() -> impl Strategy<Value = String> {
+            (0u32..24, prop::sample::select(vec![0u32, 15, 30, 45]))
+                .prop_map(|(h, m)| format!("{h:02}:{m:02}"))
+        }
+
+        fn window() -> impl Strategy<Value = String> {
+            prop::collection::vec((days(), clock(), clock()), 1..3).prop_map(|rules| {
+                rules
+                    .into_iter()
+                    .map(|(d, a, b)| {
+                        if a == b {
+                            format!("{d} {a}-24:00")
+                        } else {
+                            format!("{d} {a}-{b}")
+                        }
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            })
+        }
+
+        /// The first whole minute at or after `t` at which the window is
+        /// open, found by trying every minute.
+        fn brute_force(
+            w: &Window,
+            t: DateTime<Utc>,
+            tz: Tz,
+            limit: DateTime<Utc>,
+        ) -> Option<DateTime<Utc>> {
+            let mut m = t;
+            while m <= limit {
+                if w.is_open(m, tz) {
+                    return Some(m);
+                }
+                m += Duration::minutes(1);
+            }
+            None
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(96))]
+
+            #[test]
+            fn next_open_agrees_with_minute_by_minute_search(
+                source in window(),
+                zone in prop::sample::select(ZONES.to_vec()),
+                change in prop::sample::select(CHANGES.to_vec()),
+                offset_minutes in -4_320i64..4_320,
+            ) {
+                let w: Window = source.parse().unwrap();
+                let tz: Tz = zone.parse().unwrap();
+                let t = utc(change) + Duration::minutes(offset_minutes);
+                let limit = t + Duration::days(8);
+                let expected = brute_force(&w, t, tz, limit);
+                let got = w.next_open(t, tz, limit + Duration::days(1)).filter(|g| *g <= limit);
+                prop_assert_eq!(got, expected, "window {:?} in {} from {}", source, zone, t);
+            }
+        }
+    }
 }

@@ -177,21 +177,15 @@ async fn ingest_one(
     planner: &dyn Planner,
     views: &mut HashMap<String, Option<AccountView>>,
 ) -> Result<IngestOutcome> {
-    // Serialises events of one (account, key) across nodes until commit.
-    let lock = tx
-        .prepare_cached("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
-        .await?;
-    tx.execute(&lock, &[&format!("{}\u{1f}{}", event.account, event.key)])
-        .await?;
-    let stmt = tx
-        .prepare_cached("SELECT notifications FROM events WHERE id = $1")
-        .await?;
-    if let Some(r) = tx.query_opt(&stmt, &[&event.id]).await? {
-        let n: i64 = r.try_get(0)?;
-        return Ok(IngestOutcome::Duplicate {
-            id: event.id.clone(),
-            notifications: usize::try_from(n).unwrap_or(0),
-        });
+    // An event that pairs or supersedes serialises with the other events of
+    // its (account, key) across nodes until commit, so each sees the other.
+    let types = planner.related_types(event);
+    if !types.is_empty() {
+        let lock = tx
+            .prepare_cached("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+            .await?;
+        tx.execute(&lock, &[&format!("{}\u{1f}{}", event.account, event.key)])
+            .await?;
     }
     if !views.contains_key(&event.account) {
         views.insert(
@@ -205,7 +199,6 @@ async fn ingest_one(
             message: format!("account: `{}` is not a known account", event.account),
         }));
     };
-    let types = planner.related_types(event);
     let mut pending: Vec<RelatedNotice> = Vec::new();
     if !types.is_empty() {
         // Every related notice still pending, locked so that no worker on
@@ -254,22 +247,37 @@ async fn ingest_one(
     let stmt = tx
         .prepare_cached(
             "INSERT INTO events (id, account, type, key, received_at, notifications, payload) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING",
         )
         .await?;
-    tx.execute(
-        &stmt,
-        &[
-            &event.id,
-            &event.account,
-            &event.type_name,
-            &event.key,
-            &to_millis(event.received_at),
-            &(plan.decisions.len() as i64),
-            &payload,
-        ],
-    )
-    .await?;
+    let inserted = tx
+        .execute(
+            &stmt,
+            &[
+                &event.id,
+                &event.account,
+                &event.type_name,
+                &event.key,
+                &to_millis(event.received_at),
+                &(plan.decisions.len() as i64),
+                &payload,
+            ],
+        )
+        .await?;
+    if inserted == 0 {
+        // Seen before (perhaps by another node a moment ago): the first result.
+        let r = tx
+            .query_one(
+                "SELECT notifications FROM events WHERE id = $1",
+                &[&event.id],
+            )
+            .await?;
+        let n: i64 = r.try_get(0)?;
+        return Ok(IngestOutcome::Duplicate {
+            id: event.id.clone(),
+            notifications: usize::try_from(n).unwrap_or(0),
+        });
+    }
     for d in &plan.decisions {
         insert_notification(tx, &Notification::planned(event, d)).await?;
     }
@@ -522,19 +530,14 @@ impl Store for PgStore {
         events: Vec<Event>,
         planner: Arc<dyn Planner>,
     ) -> Result<Vec<IngestOutcome>> {
+        // No savepoint per event: an event writes only after its checks
+        // passed, and a store error rolls the whole request back.
         let mut c = self.pool.get().await?;
-        let mut tx = c.transaction().await?;
+        let tx = c.transaction().await?;
         let mut views = HashMap::new();
         let mut out = Vec::with_capacity(events.len());
         for ev in &events {
-            let sp = tx.transaction().await?;
-            let outcome = ingest_one(&sp, ev, &*planner, &mut views).await?;
-            if matches!(outcome, IngestOutcome::Accepted { .. }) {
-                sp.commit().await?;
-            } else {
-                sp.rollback().await?;
-            }
-            out.push(outcome);
+            out.push(ingest_one(&tx, ev, &*planner, &mut views).await?);
         }
         tx.commit().await?;
         Ok(out)
