@@ -1,5 +1,6 @@
 //! The `kci` command line: one file per subcommand.
 
+mod explain;
 mod migrate;
 mod serve;
 mod simulate;
@@ -37,6 +38,13 @@ pub enum Command {
     /// Manage API tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Tell the story of one event: every destination, every decision, why.
+    Explain {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The event's id.
+        event: String,
+    },
     /// Run a scenario on a virtual clock and print every notification's fate
     /// as JSON lines.
     Simulate {
@@ -73,6 +81,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             scopes,
         }) => token::create(config, name, scopes).await,
         Command::Simulate { scenario } => simulate::run(&scenario).await,
+        Command::Explain { config, event } => explain::run(config, event).await,
     }
 }
 

@@ -22,7 +22,7 @@ pub async fn run(arg: ConfigArg) -> anyhow::Result<ExitCode> {
     };
     let store = crate::store::open(config.store.url.expose()).await?;
     if _lock.is_some() {
-        let n = store.requeue_abandoned().await?;
+        let n = store.requeue_abandoned(chrono::Utc::now()).await?;
         if n > 0 {
             tracing::warn!(
                 count = n,

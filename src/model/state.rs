@@ -95,6 +95,10 @@ pub enum Reason {
     NoChannel,
     /// The message could not be rendered for the channel.
     Render,
+    /// The destination was removed while the notice waited.
+    DestinationRemoved,
+    /// kci stopped while sending it; it goes out again.
+    Requeued,
 }
 
 impl Reason {
@@ -118,6 +122,8 @@ impl Reason {
             Reason::GaveUp => "gave_up",
             Reason::NoChannel => "no_channel",
             Reason::Render => "render",
+            Reason::DestinationRemoved => "destination_removed",
+            Reason::Requeued => "requeued",
         }
     }
 

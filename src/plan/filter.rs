@@ -27,6 +27,30 @@ pub fn check(event: &Event, verified: bool, prefs: &Preferences) -> Option<Reaso
     None
 }
 
+/// The filter's verdict in words.
+pub fn explain(reason: Reason, event: &Event, prefs: &Preferences) -> String {
+    let list = |l: &Option<Vec<String>>| l.as_deref().unwrap_or_default().join(", ");
+    match reason {
+        Reason::Unverified => "the destination is not verified yet".into(),
+        Reason::Category => format!(
+            "category {} is not among {}",
+            event.category,
+            list(&prefs.categories)
+        ),
+        Reason::Service => format!(
+            "service {} is not among {}",
+            event.service.as_deref().unwrap_or(""),
+            list(&prefs.services)
+        ),
+        Reason::MinPriority => format!(
+            "priority {} is below min_priority {}",
+            event.priority,
+            prefs.min_priority.unwrap_or(Priority::Low)
+        ),
+        other => other.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -31,6 +31,9 @@ pub struct Decision {
     pub state: State,
     /// Why it is in that state; for `pending`, why it waits (`None`: due now).
     pub reason: Option<Reason>,
+    /// The reason in words, for the record and `kci explain`
+    /// ("window Mo-Fr 08:00-20:00 (Europe/London)").
+    pub detail: Option<String>,
     /// When it may be delivered (for a final state: when that was decided).
     pub due_at: DateTime<Utc>,
     pub expires_at: Option<DateTime<Utc>>,
@@ -58,7 +61,15 @@ pub struct Plan {
     /// One per destination of the account (or of the named contact).
     pub decisions: Vec<Decision>,
     /// Pending notices of earlier events that this event ends, with why.
-    pub cancels: Vec<(String, Reason)>,
+    pub cancels: Vec<Cancel>,
+}
+
+/// An earlier notice that a new event ends.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cancel {
+    pub id: String,
+    pub reason: Reason,
+    pub detail: String,
 }
 
 /// The resolved preferences of one destination.
@@ -122,6 +133,7 @@ pub fn plan(
                 channel: dest.uri.channel(),
                 state: State::Pending,
                 reason: None,
+                detail: None,
                 due_at: now,
                 expires_at: event.expires_at,
                 timezone: eff.timezone,
@@ -132,9 +144,20 @@ pub fn plan(
     }
     let mut cancels = Vec::new();
     if let Some(t) = etype {
-        cancels.extend(pair::apply(&t.cancels, pending, &mut decisions, now));
+        cancels.extend(pair::apply(
+            &event.id,
+            &t.cancels,
+            pending,
+            &mut decisions,
+            now,
+        ));
         if t.supersedes {
-            cancels.extend(supersede::apply(&event.type_name, pending, &decisions));
+            cancels.extend(supersede::apply(
+                &event.id,
+                &event.type_name,
+                pending,
+                &decisions,
+            ));
         }
     }
     Plan { decisions, cancels }
@@ -152,28 +175,52 @@ fn decide(
     if let Some(reason) = filter::check(event, verified, &eff.prefs) {
         d.state = State::Suppressed;
         d.reason = Some(reason);
+        d.detail = Some(filter::explain(reason, event, &eff.prefs));
         return;
     }
     let (earliest, held) = hold::earliest(event, hold, now);
     d.due_at = earliest;
     d.reason = held;
+    d.detail = match held {
+        Some(Reason::Hold) => hold.map(|h| format!("hold {h}")),
+        Some(Reason::NotBefore) => event
+            .not_before
+            .map(|t| format!("not before {}", crate::model::fmt_time(t))),
+        _ => None,
+    };
     let horizon = expiry::horizon(event, now);
+    let window_words = || {
+        let w = eff.prefs.window.as_ref().map(|w| w.as_str()).unwrap_or("");
+        format!("window {w} ({})", eff.timezone.name())
+    };
     match window::defer(earliest, event.priority, eff, horizon) {
         window::Outcome::Open => {}
         window::Outcome::Deferred(at) => {
             d.due_at = at;
             d.reason = Some(Reason::Window);
+            d.detail = Some(window_words());
         }
         window::Outcome::Never => {
             d.state = State::Expired;
             d.reason = Some(Reason::Expired);
+            d.detail = Some(format!(
+                "{} does not open before it expires",
+                window_words()
+            ));
             d.due_at = now;
             return;
         }
     }
     if expiry::is_expired(d.due_at, event.expires_at) {
+        let deferred = d.detail.take().unwrap_or_else(|| "delivery".into());
         d.state = State::Expired;
         d.reason = Some(Reason::Expired);
+        d.detail = event.expires_at.map(|exp| {
+            format!(
+                "{deferred} would be after it expires at {}",
+                crate::model::fmt_time(exp)
+            )
+        });
         d.due_at = now;
     }
 }
@@ -196,6 +243,7 @@ pub(crate) mod testkit {
             channel: crate::model::ChannelKind::Email,
             state: crate::model::State::Pending,
             reason: None,
+            detail: None,
             due_at: now,
             expires_at: None,
             timezone: chrono_tz::UTC,

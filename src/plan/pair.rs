@@ -7,18 +7,19 @@
 //! one is cancelled too: "your line is back" about a drop nobody was told
 //! of is noise. With no T notice at a destination at all, nothing pairs.
 
-use super::{Decision, RelatedNotice};
+use super::{Cancel, Decision, RelatedNotice};
 use crate::model::{Reason, State};
 use chrono::{DateTime, Utc};
 
 /// Applies pairing to the decisions of an event whose type cancels
 /// `partners`; returns the pending notices to cancel.
 pub fn apply(
+    event: &str,
     partners: &[String],
     pending: &[RelatedNotice],
     decisions: &mut [Decision],
     now: DateTime<Utc>,
-) -> Vec<(String, Reason)> {
+) -> Vec<Cancel> {
     let mut cancels = Vec::new();
     if partners.is_empty() {
         return cancels;
@@ -33,11 +34,19 @@ pub fn apply(
         let told = here
             .iter()
             .any(|p| matches!(p.state, State::Sent | State::Sending));
-        cancels.extend(waiting.iter().map(|p| (p.id.clone(), Reason::Paired)));
+        cancels.extend(waiting.iter().map(|p| Cancel {
+            id: p.id.clone(),
+            reason: Reason::Paired,
+            detail: format!("paired with {event}"),
+        }));
         let pairs = !waiting.is_empty() || (!here.is_empty() && !told);
         if pairs && !d.state.is_final() {
             d.state = State::Cancelled;
             d.reason = Some(Reason::Paired);
+            d.detail = Some(match waiting.first() {
+                Some(p) => format!("paired with {}", p.event),
+                None => format!("paired with {}, which was never sent here", here[0].event),
+            });
             d.due_at = now;
         }
     }
@@ -128,14 +137,19 @@ mod tests {
         for (name, pend, state, want, want_cancels) in cases {
             let mut ds = vec![decision("d1", now)];
             ds[0].state = state;
-            let cancels = apply(&partners, &pend, &mut ds, now);
+            let cancels = apply("up", &partners, &pend, &mut ds, now);
             assert_eq!(ds[0].state, want, "{name}");
             if want == State::Cancelled {
                 assert_eq!(ds[0].reason, Some(Reason::Paired), "{name}");
             }
-            let ids: Vec<&str> = cancels.iter().map(|(id, _)| id.as_str()).collect();
+            let ids: Vec<&str> = cancels.iter().map(|c| c.id.as_str()).collect();
             assert_eq!(ids, want_cancels, "{name}");
-            assert!(cancels.iter().all(|(_, r)| *r == Reason::Paired), "{name}");
+            assert!(
+                cancels
+                    .iter()
+                    .all(|c| c.reason == Reason::Paired && c.detail == "paired with up"),
+                "{name}"
+            );
         }
     }
 }

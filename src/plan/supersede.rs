@@ -3,17 +3,18 @@
 //! still pending — an appointment rebooked twice overnight is told once,
 //! with the latest time.
 
-use super::{Decision, RelatedNotice};
+use super::{Cancel, Decision, RelatedNotice};
 use crate::model::{Reason, State};
 
 /// Returns the pending notices of `type_name` that the new event's
 /// decisions replace (same destination, same key — the store only passes
 /// notices of the event's key).
 pub fn apply(
+    event: &str,
     type_name: &str,
     pending: &[RelatedNotice],
     decisions: &[Decision],
-) -> Vec<(String, Reason)> {
+) -> Vec<Cancel> {
     pending
         .iter()
         .filter(|p| {
@@ -21,7 +22,11 @@ pub fn apply(
                 && p.type_name == type_name
                 && decisions.iter().any(|d| d.destination == p.destination)
         })
-        .map(|p| (p.id.clone(), Reason::Superseded))
+        .map(|p| Cancel {
+            id: p.id.clone(),
+            reason: Reason::Superseded,
+            detail: format!("superseded by {event}"),
+        })
         .collect()
 }
 
@@ -56,8 +61,8 @@ mod tests {
             ),
         ];
         for (name, pend, want) in cases {
-            let got = apply("appointment.booked", &pend, &ds);
-            let ids: Vec<&str> = got.iter().map(|(id, _)| id.as_str()).collect();
+            let got = apply("new", "appointment.booked", &pend, &ds);
+            let ids: Vec<&str> = got.iter().map(|c| c.id.as_str()).collect();
             assert_eq!(ids, want, "{name}");
         }
     }

@@ -188,6 +188,7 @@ mod tests {
             channel: crate::model::ChannelKind::Email,
             state: crate::model::State::Pending,
             reason: None,
+            detail: None,
             due_at: ev.occurred_at,
             expires_at: None,
             timezone: tz.parse().unwrap(),

@@ -225,13 +225,13 @@ pub async fn check_directory(store: &dyn Store) {
 
     assert!(
         store
-            .delete_destination("A1", "alice", &d3.id)
+            .delete_destination("A1", "alice", &d3.id, now)
             .await
             .unwrap()
     );
     assert!(
         !store
-            .delete_destination("A1", "alice", &d3.id)
+            .delete_destination("A1", "alice", &d3.id, now)
             .await
             .unwrap()
     );
@@ -328,7 +328,11 @@ pub async fn check_planner_sees_pending_and_cancels(store: &dyn Store) {
             let mut plan = crate::plan::plan(ev, view, &config, pending, ev.received_at);
             plan.cancels = pending
                 .iter()
-                .map(|p| (p.id.clone(), Reason::Paired))
+                .map(|p| crate::plan::Cancel {
+                    id: p.id.clone(),
+                    reason: Reason::Paired,
+                    detail: format!("paired with {}", ev.id),
+                })
                 .collect();
             Ok(plan)
         }
@@ -490,6 +494,26 @@ pub async fn check_cancel_event(store: &dyn Store) {
         .iter()
         .filter(|n| n.state == State::Cancelled)
         .collect();
+    // The record: planned pending, then cancelled by the DELETE.
+    let history = store.history("e1").await.unwrap();
+    let of = |id: &str| {
+        history
+            .iter()
+            .filter(|d| d.notification == id)
+            .map(|d| (d.state, d.reason))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        of(&cancelled[0].id),
+        vec![
+            (State::Pending, None),
+            (State::Cancelled, Some(Reason::EventCancelled))
+        ]
+    );
+    assert_eq!(
+        of(&claimed[0].notification.id),
+        vec![(State::Pending, None)]
+    );
     assert_eq!(cancelled.len(), 1);
     assert_eq!(cancelled[0].reason, Some(Reason::EventCancelled));
 }

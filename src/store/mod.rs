@@ -99,7 +99,7 @@ impl Notification {
             priority: event.priority,
             state: d.state,
             reason: d.reason,
-            detail: None,
+            detail: d.detail.clone(),
             due_at: d.due_at,
             expires_at: d.expires_at,
             decided_at: event.received_at,
@@ -155,6 +155,24 @@ pub enum IngestOutcome {
         notifications: usize,
     },
     Rejected(Rejection),
+}
+
+/// One recorded decision about a notification: its history is the answer
+/// to "why did (or didn't) Alice get this?".
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Decided {
+    pub notification: String,
+    #[serde(serialize_with = "ser_time")]
+    pub at: DateTime<Utc>,
+    pub state: State,
+    pub reason: Option<Reason>,
+    pub detail: Option<String>,
+    #[serde(serialize_with = "ser_time")]
+    pub due_at: DateTime<Utc>,
+}
+
+fn ser_time<S: serde::Serializer>(t: &DateTime<Utc>, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_str(&crate::model::fmt_time(*t))
 }
 
 /// What the worker does with a claimed notification.
@@ -246,7 +264,13 @@ pub trait Store: Send + Sync + 'static {
         now: DateTime<Utc>,
     ) -> Result<VerifyOutcome>;
     /// Removes a destination and cancels what is pending for it.
-    async fn delete_destination(&self, account: &str, contact: &str, id: &str) -> Result<bool>;
+    async fn delete_destination(
+        &self,
+        account: &str,
+        contact: &str,
+        id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool>;
 
     /// Stores events durably with what `planner` decides for each, one
     /// atomic step per event; duplicates of known ids change nothing.
@@ -276,11 +300,14 @@ pub trait Store: Send + Sync + 'static {
     /// Notifications per state, for metrics.
     async fn count_by_state(&self) -> Result<Vec<(State, i64)>>;
 
+    /// Every recorded decision about the notifications of `event`, in order.
+    async fn history(&self, event: &str) -> Result<Vec<Decided>>;
+
     /// Called once by a server that knows it is the only one using this
     /// store (embedded SQLite, under its lock): whatever was `sending` when
     /// the last process died goes back to the queue at once instead of
     /// waiting for its lease. Returns how many.
-    async fn requeue_abandoned(&self) -> Result<usize>;
+    async fn requeue_abandoned(&self, now: DateTime<Utc>) -> Result<usize>;
 }
 
 /// Opens the store named by a config `store.url`.
@@ -388,52 +415,53 @@ pub(crate) mod codec {
             .map_err(|e: crate::model::ParseError| StoreError::Corrupt(e.0))
     }
 
-    /// Values written for a finished notification:
-    /// (state, reason, detail, sent_at, due_at).
-    pub fn finish_columns(
-        f: &Finish,
-    ) -> (
-        State,
-        Option<Reason>,
-        Option<String>,
-        Option<i64>,
-        Option<i64>,
-        i64,
-    ) {
+    /// What a finished delivery writes: the notification's new columns,
+    /// which are also the decision recorded.
+    pub struct FinishRow {
+        pub state: State,
+        pub reason: Option<Reason>,
+        pub detail: Option<String>,
+        pub sent_at: Option<i64>,
+        /// A new due time (retries); `None` keeps the old one.
+        pub due_at: Option<i64>,
+        pub decided_at: i64,
+    }
+
+    pub fn finish_row(f: &Finish) -> FinishRow {
         use crate::model::to_millis;
         match f {
-            Finish::Sent { at, detail } => (
-                State::Sent,
-                None,
-                detail.clone(),
-                Some(to_millis(*at)),
-                None,
-                to_millis(*at),
-            ),
-            Finish::Retry { at, due_at, detail } => (
-                State::Pending,
-                Some(Reason::Retry),
-                Some(detail.clone()),
-                None,
-                Some(to_millis(*due_at)),
-                to_millis(*at),
-            ),
-            Finish::Failed { at, reason, detail } => (
-                State::Failed,
-                Some(*reason),
-                Some(detail.clone()),
-                None,
-                None,
-                to_millis(*at),
-            ),
-            Finish::Expired { at } => (
-                State::Expired,
-                Some(Reason::Expired),
-                None,
-                None,
-                None,
-                to_millis(*at),
-            ),
+            Finish::Sent { at, detail } => FinishRow {
+                state: State::Sent,
+                reason: None,
+                detail: detail.clone(),
+                sent_at: Some(to_millis(*at)),
+                due_at: None,
+                decided_at: to_millis(*at),
+            },
+            Finish::Retry { at, due_at, detail } => FinishRow {
+                state: State::Pending,
+                reason: Some(Reason::Retry),
+                detail: Some(detail.clone()),
+                sent_at: None,
+                due_at: Some(to_millis(*due_at)),
+                decided_at: to_millis(*at),
+            },
+            Finish::Failed { at, reason, detail } => FinishRow {
+                state: State::Failed,
+                reason: Some(*reason),
+                detail: Some(detail.clone()),
+                sent_at: None,
+                due_at: None,
+                decided_at: to_millis(*at),
+            },
+            Finish::Expired { at } => FinishRow {
+                state: State::Expired,
+                reason: Some(Reason::Expired),
+                detail: None,
+                sent_at: None,
+                due_at: None,
+                decided_at: to_millis(*at),
+            },
         }
     }
 }

@@ -88,9 +88,11 @@ async fn insert_notification(
         .map(|m| serde_json::to_string(m).unwrap_or_default());
     let stmt = c
         .prepare_cached(
-            "INSERT INTO notifications (id, event, account, contact, destination, uri, channel, type, key, priority, \
-             state, reason, detail, due_at, expires_at, decided_at, sent_at, attempts, timezone, message) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)",
+            "WITH n AS (INSERT INTO notifications (id, event, account, contact, destination, uri, channel, type, key, \
+             priority, state, reason, detail, due_at, expires_at, decided_at, sent_at, attempts, timezone, message) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20) \
+             RETURNING id, event, decided_at, state, reason, detail, due_at) \
+             INSERT INTO decisions (notification, event, at, state, reason, detail, due_at) SELECT * FROM n",
         )
         .await?;
     let params: [&(dyn ToSql + Sync); 20] = [
@@ -117,6 +119,30 @@ async fn insert_notification(
     ];
     c.execute(&stmt, &params).await?;
     Ok(())
+}
+
+/// Cancels the pending notifications whose `column` (id, event or
+/// destination) is `value`, recording why; returns how many.
+async fn cancel_pending(
+    c: &impl deadpool_postgres::GenericClient,
+    column: &str,
+    value: &str,
+    reason: Reason,
+    detail: Option<&str>,
+    at: DateTime<Utc>,
+) -> Result<usize> {
+    let stmt = c
+        .prepare_cached(&format!(
+            "WITH c AS (UPDATE notifications SET state = 'cancelled', reason = $2, detail = $3, decided_at = $4 \
+             WHERE {column} = $1 AND state = 'pending' RETURNING id, event, due_at) \
+             INSERT INTO decisions (notification, event, at, state, reason, detail, due_at) \
+             SELECT id, event, $4, 'cancelled', $2, $3, due_at FROM c"
+        ))
+        .await?;
+    let n = c
+        .execute(&stmt, &[&value, &reason.as_str(), &detail, &to_millis(at)])
+        .await?;
+    Ok(usize::try_from(n).unwrap_or(usize::MAX))
 }
 
 async fn account_view(
@@ -281,15 +307,14 @@ async fn ingest_one(
     for d in &plan.decisions {
         insert_notification(tx, &Notification::planned(event, d)).await?;
     }
-    let stmt = tx
-        .prepare_cached(
-            "UPDATE notifications SET state = 'cancelled', reason = $2, decided_at = $3 WHERE id = $1 AND state = 'pending'",
-        )
-        .await?;
-    for (id, reason) in &plan.cancels {
-        tx.execute(
-            &stmt,
-            &[id, &reason.as_str(), &to_millis(event.received_at)],
+    for c in &plan.cancels {
+        cancel_pending(
+            tx,
+            "id",
+            &c.id,
+            c.reason,
+            Some(&c.detail),
+            event.received_at,
         )
         .await?;
     }
@@ -504,7 +529,13 @@ impl Store for PgStore {
         Ok(outcome)
     }
 
-    async fn delete_destination(&self, account: &str, contact: &str, id: &str) -> Result<bool> {
+    async fn delete_destination(
+        &self,
+        account: &str,
+        contact: &str,
+        id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
         let mut c = self.pool.get().await?;
         let tx = c.transaction().await?;
         let n = tx
@@ -514,10 +545,13 @@ impl Store for PgStore {
             )
             .await?;
         if n > 0 {
-            tx.execute(
-                "UPDATE notifications SET state = 'cancelled', reason = 'destination_removed' \
-                 WHERE destination = $1 AND state = 'pending'",
-                &[&id],
+            cancel_pending(
+                &tx,
+                "destination",
+                id,
+                Reason::DestinationRemoved,
+                None,
+                now,
             )
             .await?;
         }
@@ -573,14 +607,16 @@ impl Store for PgStore {
         {
             return Ok(None);
         }
-        let n = c
-            .execute(
-                "UPDATE notifications SET state = 'cancelled', reason = 'event_cancelled', decided_at = $2 \
-                 WHERE event = $1 AND state = 'pending'",
-                &[&id, &to_millis(now)],
-            )
-            .await?;
-        Ok(Some(usize::try_from(n).unwrap_or(usize::MAX)))
+        let n = cancel_pending(
+            &c,
+            "event",
+            id,
+            Reason::EventCancelled,
+            Some("DELETE /v1/events"),
+            now,
+        )
+        .await?;
+        Ok(Some(n))
     }
 
     async fn enqueue(&self, n: &Notification) -> Result<()> {
@@ -648,24 +684,26 @@ impl Store for PgStore {
 
     async fn finish(&self, id: &str, outcome: Finish) -> Result<()> {
         let c = self.pool.get().await?;
-        let (state, reason, detail, sent_at, due_at, decided) = finish_columns(&outcome);
+        let f = finish_row(&outcome);
         let stmt = c
             .prepare_cached(
-                "UPDATE notifications SET state = $2, reason = $3, detail = $4, sent_at = COALESCE($5, sent_at), \
-                 due_at = COALESCE($6, due_at), decided_at = $7, lease_until = NULL \
-                 WHERE id = $1 AND state = 'sending'",
+                "WITH f AS (UPDATE notifications SET state = $2, reason = $3, detail = $4, \
+                 sent_at = COALESCE($5, sent_at), due_at = COALESCE($6, due_at), decided_at = $7, lease_until = NULL \
+                 WHERE id = $1 AND state = 'sending' RETURNING id, event, due_at) \
+                 INSERT INTO decisions (notification, event, at, state, reason, detail, due_at) \
+                 SELECT id, event, $7, $2, $3, $4, due_at FROM f",
             )
             .await?;
         c.execute(
             &stmt,
             &[
                 &id,
-                &state.as_str(),
-                &reason.map(|r| r.as_str()),
-                &detail,
-                &sent_at,
-                &due_at,
-                &decided,
+                &f.state.as_str(),
+                &f.reason.map(|r| r.as_str()),
+                &f.detail,
+                &f.sent_at,
+                &f.due_at,
+                &f.decided_at,
             ],
         )
         .await?;
@@ -684,7 +722,29 @@ impl Store for PgStore {
         Ok(r.try_get::<_, Option<i64>>(0)?.map(from_millis))
     }
 
-    async fn requeue_abandoned(&self) -> Result<usize> {
+    async fn history(&self, event: &str) -> Result<Vec<Decided>> {
+        let c = self.pool.get().await?;
+        let rows = c
+            .query(
+                "SELECT notification, at, state, reason, detail, due_at FROM decisions WHERE event = $1 ORDER BY at, seq",
+                &[&event],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Decided {
+                    notification: r.try_get(0)?,
+                    at: from_millis(r.try_get(1)?),
+                    state: state_from_text(r.try_get(2)?)?,
+                    reason: reason_from_text(r.try_get(3)?)?,
+                    detail: r.try_get(4)?,
+                    due_at: from_millis(r.try_get(5)?),
+                })
+            })
+            .collect()
+    }
+
+    async fn requeue_abandoned(&self, _now: DateTime<Utc>) -> Result<usize> {
         // Many nodes share this store: another node's lease is not ours to
         // break. Abandoned work is taken over when its lease runs out.
         Ok(0)
@@ -705,8 +765,5 @@ impl Store for PgStore {
 
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("migrations/postgres.sql")),
-    (
-        2,
-        "CREATE INDEX IF NOT EXISTS events_key ON events(account, key, type, received_at);",
-    ),
+    (2, include_str!("migrations/postgres-2.sql")),
 ];

@@ -236,7 +236,71 @@ fn insert_notification(conn: &Connection, n: &Notification) -> Result<()> {
         n.timezone,
         message,
     ])?;
+    let d = Decided {
+        notification: n.id.clone(),
+        at: n.decided_at,
+        state: n.state,
+        reason: n.reason,
+        detail: n.detail.clone(),
+        due_at: n.due_at,
+    };
+    record(conn, n.event.as_deref(), &d)
+}
+
+/// Appends one decision to the record.
+fn record(conn: &Connection, event: Option<&str>, d: &Decided) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO decisions (notification, event, at, state, reason, detail, due_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![
+        d.notification,
+        event,
+        to_millis(d.at),
+        d.state.as_str(),
+        d.reason.map(|r| r.as_str()),
+        d.detail,
+        to_millis(d.due_at),
+    ])?;
     Ok(())
+}
+
+/// Cancels the pending notifications whose `column` (id, event or
+/// destination) is `value`, recording why; returns how many.
+fn cancel_pending(
+    conn: &Connection,
+    column: &str,
+    value: &str,
+    reason: Reason,
+    detail: Option<&str>,
+    at: DateTime<Utc>,
+) -> Result<usize> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "UPDATE notifications SET state = 'cancelled', reason = ?2, detail = ?3, decided_at = ?4 \
+         WHERE {column} = ?1 AND state = 'pending' RETURNING id, event, due_at"
+    ))?;
+    let mut rows = stmt.query(params![value, reason.as_str(), detail, to_millis(at)])?;
+    let mut done = Vec::new();
+    while let Some(r) = rows.next()? {
+        done.push((
+            r.get::<_, String>(0)?,
+            r.get::<_, Option<String>>(1)?,
+            r.get::<_, i64>(2)?,
+        ));
+    }
+    drop(rows);
+    for (id, event, due_at) in &done {
+        let d = Decided {
+            notification: id.clone(),
+            at,
+            state: State::Cancelled,
+            reason: Some(reason),
+            detail: detail.map(str::to_string),
+            due_at: from_millis(*due_at),
+        };
+        record(conn, event.as_deref(), &d)?;
+    }
+    Ok(done.len())
 }
 
 fn account_view(conn: &Connection, id: &str) -> Result<Option<AccountView>> {
@@ -388,11 +452,15 @@ fn ingest_one(
     for d in &plan.decisions {
         insert_notification(conn, &Notification::planned(event, d))?;
     }
-    for (id, reason) in &plan.cancels {
-        conn.prepare_cached(
-            "UPDATE notifications SET state = 'cancelled', reason = ?2, decided_at = ?3 WHERE id = ?1 AND state = 'pending'",
-        )?
-        .execute(params![id, reason.as_str(), to_millis(event.received_at)])?;
+    for c in &plan.cancels {
+        cancel_pending(
+            conn,
+            "id",
+            &c.id,
+            c.reason,
+            Some(&c.detail),
+            event.received_at,
+        )?;
     }
     Ok(IngestOutcome::Accepted {
         id: event.id.clone(),
@@ -591,7 +659,13 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn delete_destination(&self, account: &str, contact: &str, id: &str) -> Result<bool> {
+    async fn delete_destination(
+        &self,
+        account: &str,
+        contact: &str,
+        id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
         let (account, contact, id) = (account.to_string(), contact.to_string(), id.to_string());
         self.write(move |conn| {
             let n = conn.execute(
@@ -599,10 +673,13 @@ impl Store for SqliteStore {
                 [&id, &account, &contact],
             )?;
             if n > 0 {
-                conn.execute(
-                    "UPDATE notifications SET state = 'cancelled', reason = 'destination_removed' \
-                     WHERE destination = ?1 AND state = 'pending'",
-                    [&id],
+                cancel_pending(
+                    conn,
+                    "destination",
+                    &id,
+                    Reason::DestinationRemoved,
+                    None,
+                    now,
                 )?;
             }
             Ok(n > 0)
@@ -653,13 +730,20 @@ impl Store for SqliteStore {
     async fn cancel_event(&self, id: &str, now: DateTime<Utc>) -> Result<Option<usize>> {
         let id = id.to_string();
         self.write(move |conn| {
-            if conn.query_row("SELECT 1 FROM events WHERE id = ?1", [&id], |_| Ok(())).optional()?.is_none() {
+            if conn
+                .query_row("SELECT 1 FROM events WHERE id = ?1", [&id], |_| Ok(()))
+                .optional()?
+                .is_none()
+            {
                 return Ok(None);
             }
-            let n = conn.execute(
-                "UPDATE notifications SET state = 'cancelled', reason = 'event_cancelled', decided_at = ?2 \
-                 WHERE event = ?1 AND state = 'pending'",
-                params![id, to_millis(now)],
+            let n = cancel_pending(
+                conn,
+                "event",
+                &id,
+                Reason::EventCancelled,
+                Some("DELETE /v1/events"),
+                now,
             )?;
             Ok(Some(n))
         })
@@ -725,13 +809,29 @@ impl Store for SqliteStore {
     async fn finish(&self, id: &str, outcome: Finish) -> Result<()> {
         let id = id.to_string();
         self.write(move |conn| {
-            let (state, reason, detail, sent_at, due_at, decided) = finish_columns(&outcome);
-            conn.prepare_cached(
-                "UPDATE notifications SET state = ?2, reason = ?3, detail = ?4, sent_at = COALESCE(?5, sent_at), \
-                 due_at = COALESCE(?6, due_at), decided_at = ?7, lease_until = NULL \
-                 WHERE id = ?1 AND state = 'sending'",
-            )?
-            .execute(params![id, state.as_str(), reason.map(|r| r.as_str()), detail, sent_at, due_at, decided])?;
+            let f = finish_row(&outcome);
+            let done = conn
+                .prepare_cached(
+                    "UPDATE notifications SET state = ?2, reason = ?3, detail = ?4, sent_at = COALESCE(?5, sent_at), \
+                     due_at = COALESCE(?6, due_at), decided_at = ?7, lease_until = NULL \
+                     WHERE id = ?1 AND state = 'sending' RETURNING event, due_at",
+                )?
+                .query_row(
+                    params![id, f.state.as_str(), f.reason.map(|r| r.as_str()), f.detail, f.sent_at, f.due_at, f.decided_at],
+                    |r| Ok((r.get::<_, Option<String>>(0)?, r.get::<_, i64>(1)?)),
+                )
+                .optional()?;
+            if let Some((event, due_at)) = done {
+                let d = Decided {
+                    notification: id,
+                    at: from_millis(f.decided_at),
+                    state: f.state,
+                    reason: f.reason,
+                    detail: f.detail,
+                    due_at: from_millis(due_at),
+                };
+                record(conn, event.as_deref(), &d)?;
+            }
             Ok(())
         })
         .await
@@ -750,13 +850,54 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn requeue_abandoned(&self) -> Result<usize> {
-        self.write(|conn| {
-            Ok(conn.execute(
-                "UPDATE notifications SET state = 'pending', lease_until = NULL \
-                 WHERE state = 'sending'",
-                [],
-            )?)
+    async fn requeue_abandoned(&self, now: DateTime<Utc>) -> Result<usize> {
+        self.write(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "UPDATE notifications SET state = 'pending', reason = 'requeued', lease_until = NULL \
+                 WHERE state = 'sending' RETURNING id, event, due_at",
+            )?;
+            let mut rows = stmt.query([])?;
+            let mut done = Vec::new();
+            while let Some(r) = rows.next()? {
+                done.push((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?, r.get::<_, i64>(2)?));
+            }
+            drop(rows);
+            for (id, event, due_at) in &done {
+                let d = Decided {
+                    notification: id.clone(),
+                    at: now,
+                    state: State::Pending,
+                    reason: Some(Reason::Requeued),
+                    detail: Some("kci stopped while sending it; it may arrive twice with the same id".into()),
+                    due_at: from_millis(*due_at),
+                };
+                record(conn, event.as_deref(), &d)?;
+            }
+            Ok(done.len())
+        })
+        .await
+    }
+
+    async fn history(&self, event: &str) -> Result<Vec<Decided>> {
+        let event = event.to_string();
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT notification, at, state, reason, detail, due_at FROM decisions \
+                 WHERE event = ?1 ORDER BY at, rowid",
+            )?;
+            let mut rows = stmt.query([&event])?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                out.push(Decided {
+                    notification: r.get(0)?,
+                    at: from_millis(r.get(1)?),
+                    state: state_from_text(&r.get::<_, String>(2)?)?,
+                    reason: reason_from_text(r.get(3)?)?,
+                    detail: r.get(4)?,
+                    due_at: from_millis(r.get(5)?),
+                });
+            }
+            Ok(out)
         })
         .await
     }
@@ -779,10 +920,7 @@ impl Store for SqliteStore {
 /// The versioned schema.
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("migrations/sqlite.sql")),
-    (
-        2,
-        "CREATE INDEX IF NOT EXISTS events_key ON events(account, key, type, received_at);",
-    ),
+    (2, include_str!("migrations/sqlite-2.sql")),
 ];
 
 /// Compares a submitted code's hash with the stored one in constant time,

@@ -315,6 +315,48 @@ async fn idempotency_batches_and_cancellation() {
         ),
         (&json!("cancelled"), &json!("event_cancelled"))
     );
+    // The record: held for an hour, then cancelled by the DELETE.
+    let steps: Vec<(Value, Value, Value)> = v["notifications"][0]["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| (h["state"].clone(), h["reason"].clone(), h["detail"].clone()))
+        .collect();
+    assert_eq!(
+        steps,
+        vec![
+            (json!("pending"), json!("hold"), json!("hold 1h")),
+            (
+                json!("cancelled"),
+                json!("event_cancelled"),
+                json!("DELETE /v1/events")
+            ),
+        ]
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kci"))
+        .args(["explain", "a1", "--config"])
+        .arg(&kci.config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let story = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        story.starts_with("a1 appointment.booked for account A1 (key a1)"),
+        "{story}"
+    );
+    assert!(
+        story.contains("alice → mailto:alice@example.com (UTC)"),
+        "{story}"
+    );
+    assert!(story.contains("pending: held until"), "{story}");
+    assert!(
+        story.contains("cancelled: event_cancelled — DELETE /v1/events"),
+        "{story}"
+    );
 
     // A batch: good lines accepted, bad lines answered, in order.
     let batch = [

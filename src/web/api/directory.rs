@@ -350,7 +350,11 @@ pub async fn delete_destination(
     Path((id, cid, did)): Path<(String, String, String)>,
 ) -> Result<impl IntoResponse, AppError> {
     caller.require(Scope::DirectoryWrite)?;
-    if st.store.delete_destination(&id, &cid, &did).await? {
+    if st
+        .store
+        .delete_destination(&id, &cid, &did, st.clock.now())
+        .await?
+    {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(AppError::NotFound {

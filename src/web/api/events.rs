@@ -177,8 +177,22 @@ pub async fn get_event(
     let (event, notes) = st.store.event(&id).await?.ok_or(AppError::NotFound {
         what: format!("event `{id}`"),
     })?;
+    let history = st.store.history(&id).await?;
     let mut body = serde_json::to_value(&event).map_err(|e| AppError::Internal(e.to_string()))?;
-    body["notifications"] = notes.iter().map(fate).collect::<Vec<_>>().into();
+    body["notifications"] = notes
+        .iter()
+        .map(|n| {
+            let mut f = fate(n);
+            let steps: Vec<Value> = history
+                .iter()
+                .filter(|d| d.notification == n.id)
+                .map(|d| json!({"at": fmt_time(d.at), "state": d.state, "reason": d.reason, "detail": d.detail, "due_at": fmt_time(d.due_at)}))
+                .collect();
+            f["history"] = steps.into();
+            f
+        })
+        .collect::<Vec<_>>()
+        .into();
     Ok(Json(body))
 }
 

@@ -1,0 +1,15 @@
+-- Pairing looks up the latest event of a type for a key.
+CREATE INDEX IF NOT EXISTS events_key ON events(account, key, type, received_at);
+
+-- Every decision about a notification, in order: the record behind
+-- GET /v1/events/{id} and `kci explain`.
+CREATE TABLE IF NOT EXISTS decisions (
+    notification TEXT NOT NULL,
+    event        TEXT,
+    at           INTEGER NOT NULL,
+    state        TEXT NOT NULL,
+    reason       TEXT,
+    detail       TEXT,
+    due_at       INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS decisions_event ON decisions(event, at);
