@@ -167,26 +167,6 @@ pub struct Preferences {
     pub urgent_bypasses_window: Option<bool>,
 }
 
-impl Preferences {
-    /// Fills every field this level leaves unset from `parent`.
-    pub fn inherit(&self, parent: &Preferences) -> Preferences {
-        Preferences {
-            window: self.window.clone().or_else(|| parent.window.clone()),
-            timezone: self.timezone.or(parent.timezone),
-            min_priority: self.min_priority.or(parent.min_priority),
-            categories: self
-                .categories
-                .clone()
-                .or_else(|| parent.categories.clone()),
-            services: self.services.clone().or_else(|| parent.services.clone()),
-            digest: self.digest.or(parent.digest),
-            urgent_bypasses_window: self
-                .urgent_bypasses_window
-                .or(parent.urgent_bypasses_window),
-        }
-    }
-}
-
 mod tz_opt {
     use crate::model::TimeZoneName;
     use serde::{Deserialize, Deserializer, Serializer};

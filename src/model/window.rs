@@ -2,9 +2,15 @@
 //! zone. The crate evaluates local (naive) time; this file is the one place
 //! that maps between UTC instants and local time, including DST gaps and
 //! overlaps.
+//!
+//! Most windows repeat weekly (`Mo-Fr 08:00-20:00`). For those the week is
+//! read from the crate once, at parse time, into a map of its 10,080
+//! minutes, so planning answers "open now?" and "when next?" without
+//! re-evaluating the rules; windows with dates, holidays or sun times are
+//! evaluated by the crate every time.
 
 use super::ParseError;
-use chrono::{DateTime, Duration, NaiveDateTime, TimeZone, Utc};
+use chrono::{DateTime, Datelike, Duration, NaiveDate, NaiveDateTime, TimeZone, Timelike, Utc};
 use chrono_tz::Tz;
 use opening_hours::OpeningHours;
 use std::fmt;
@@ -14,16 +20,127 @@ use std::fmt;
 pub struct Window {
     source: String,
     hours: OpeningHours,
+    /// For weekly windows: the week, minute by minute.
+    week: Option<std::sync::Arc<Week>>,
+}
+
+const WEEK_MINUTES: usize = 7 * 24 * 60;
+
+/// One week of a weekly window, from Monday 00:00 local time.
+struct Week {
+    open: Vec<bool>,
+    /// Minutes of the week at which it opens, ascending.
+    starts: Vec<usize>,
+}
+
+impl Week {
+    fn minute(t: NaiveDateTime) -> usize {
+        t.weekday().num_days_from_monday() as usize * 1440
+            + t.hour() as usize * 60
+            + t.minute() as usize
+    }
+
+    fn is_open(&self, t: NaiveDateTime) -> bool {
+        self.open[Self::minute(t)]
+    }
+
+    /// The local time at which the window next opens after a closed `t`.
+    fn next_opening(&self, t: NaiveDateTime) -> Option<NaiveDateTime> {
+        let m = Self::minute(t);
+        let next = self
+            .starts
+            .iter()
+            .find(|s| **s > m)
+            .copied()
+            .or_else(|| self.starts.first().map(|s| s + WEEK_MINUTES))?;
+        let floor = t.with_second(0)?.with_nanosecond(0)?;
+        floor.checked_add_signed(Duration::minutes((next - m) as i64))
+    }
+
+    /// Reads the week from the crate's own evaluation of a reference week
+    /// (the Monday 2024-01-01 onwards; the week before is evaluated too, so
+    /// a range spilling over Sunday midnight is seen).
+    fn read(hours: &OpeningHours) -> Option<Week> {
+        let monday = NaiveDate::from_ymd_opt(2024, 1, 1)?.and_hms_opt(0, 0, 0)?;
+        let mut open = vec![false; WEEK_MINUTES];
+        for r in hours.iter_range(monday, monday + Duration::days(7)) {
+            if r.kind != opening_hours::RuleKind::Open {
+                continue;
+            }
+            let from = (r.range.start - monday)
+                .num_minutes()
+                .clamp(0, WEEK_MINUTES as i64) as usize;
+            let to = (r.range.end - monday)
+                .num_minutes()
+                .clamp(0, WEEK_MINUTES as i64) as usize;
+            open[from..to].iter_mut().for_each(|m| *m = true);
+        }
+        let starts = (0..WEEK_MINUTES)
+            .filter(|&m| open[m] && !open[(m + WEEK_MINUTES - 1) % WEEK_MINUTES])
+            .collect();
+        Some(Week { open, starts })
+    }
+}
+
+/// Whether every rule depends only on the weekday and the clock.
+fn is_weekly(expr: &opening_hours_syntax::rules::OpeningHoursExpression) -> bool {
+    use opening_hours_syntax::rules::day::WeekDayRange;
+    use opening_hours_syntax::rules::time::Time;
+    expr.rules.iter().all(|r| {
+        let d = &r.day_selector;
+        let days_only = d.year.is_empty()
+            && d.monthday.is_empty()
+            && d.week.is_empty()
+            && d.weekday.iter().all(|w| match w {
+                WeekDayRange::Fixed {
+                    offset,
+                    nth_from_start,
+                    nth_from_end,
+                    ..
+                } => {
+                    *offset == 0
+                        && nth_from_start.iter().all(|b| *b)
+                        && nth_from_end.iter().all(|b| *b)
+                }
+                WeekDayRange::Holiday { .. } => false,
+            });
+        let fixed_times = r.time_selector.spans.iter().all(|s| {
+            !s.open_end
+                && s.repeats.is_none()
+                && matches!(s.range.start, Time::Fixed(_))
+                && matches!(s.range.end, Time::Fixed(_))
+        });
+        days_only && fixed_times
+    })
 }
 
 impl Window {
+    /// Whether this window is read from a precomputed week.
+    pub fn is_weekly(&self) -> bool {
+        self.week.is_some()
+    }
+
+    fn open_local(&self, t: NaiveDateTime) -> bool {
+        match &self.week {
+            Some(w) => w.is_open(t),
+            None => self.hours.is_open(t),
+        }
+    }
+
+    fn next_change_local(&self, t: NaiveDateTime) -> Option<NaiveDateTime> {
+        match &self.week {
+            Some(w) => w.next_opening(t),
+            None => self.hours.next_change(t),
+        }
+    }
+
     pub fn as_str(&self) -> &str {
         &self.source
     }
 
     /// Whether the window is open at instant `t`, read in zone `tz`.
     pub fn is_open(&self, t: DateTime<Utc>, tz: Tz) -> bool {
-        self.hours.is_open(t.with_timezone(&tz).naive_local())
+        self.open_local(t.with_timezone(&tz).naive_local())
     }
 
     /// The first instant at or after `t` at which the window is open, or
@@ -39,7 +156,7 @@ impl Window {
         // changes, mapping each back to UTC, until an open one is found that
         // is not before `t`.
         for _ in 0..1_000 {
-            if self.hours.is_open(local) {
+            if self.open_local(local) {
                 let at = to_utc(local, tz)?;
                 if at >= t {
                     return Some(at);
@@ -47,7 +164,7 @@ impl Window {
                 // Open only in the earlier pass of a repeated hour: open now.
                 return Some(t);
             }
-            let next = self.hours.next_change(local)?;
+            let next = self.next_change_local(local)?;
             if next <= local {
                 return None;
             }
@@ -82,9 +199,17 @@ impl std::str::FromStr for Window {
             ));
         }
         s.parse::<OpeningHours>()
-            .map(|hours| Window {
-                source: s.to_string(),
-                hours,
+            .map(|hours| {
+                let week = if is_weekly(&hours.get_expression()) {
+                    Week::read(&hours).map(std::sync::Arc::new)
+                } else {
+                    None
+                };
+                Window {
+                    source: s.to_string(),
+                    hours,
+                    week,
+                }
             })
             .map_err(|e| ParseError::new(format!("`{s}` is not in opening_hours syntax ({e})")))
     }
@@ -162,6 +287,26 @@ mod tests {
         assert_eq!(
             w.next_open(utc("2026-03-24T12:00:00Z"), tz, far),
             Some(utc("2026-03-24T22:00:00Z"))
+        );
+    }
+
+    #[test]
+    fn dated_windows_are_evaluated_by_the_crate() {
+        for s in [
+            "Dec 25 off; Mo-Fr 08:00-20:00",
+            "PH off; Mo-Su 09:00-17:00",
+            "Mo-Fr sunrise-sunset",
+            "Su[1] 10:00-12:00",
+        ] {
+            let w: Window = s.parse().unwrap();
+            assert!(!w.is_weekly(), "{s}");
+        }
+        let w: Window = "Mo-Su 08:00-20:00; Dec 25 off".parse().unwrap();
+        let tz: Tz = "UTC".parse().unwrap();
+        let far = utc("2030-01-01T00:00:00Z");
+        assert_eq!(
+            w.next_open(utc("2026-12-24T21:00:00Z"), tz, far),
+            Some(utc("2026-12-26T08:00:00Z"))
         );
     }
 
@@ -249,6 +394,22 @@ mod tests {
 
         proptest! {
             #![proptest_config(ProptestConfig::with_cases(96))]
+
+            #[test]
+            fn the_precomputed_week_agrees_with_the_crate(
+                source in window(),
+                day in 0i64..800,
+                minute in 0i64..1440,
+            ) {
+                let w: Window = source.parse().unwrap();
+                prop_assert!(w.is_weekly(), "{} should be read as weekly", source);
+                let t = NaiveDate::from_ymd_opt(2025, 6, 1).unwrap().and_hms_opt(0, 0, 0).unwrap()
+                    + Duration::days(day) + Duration::minutes(minute);
+                prop_assert_eq!(w.open_local(t), w.hours.is_open(t), "{} at {}", source, t);
+                if !w.open_local(t) {
+                    prop_assert_eq!(w.next_change_local(t), w.hours.next_change(t), "{} after {}", source, t);
+                }
+            }
 
             #[test]
             fn next_open_agrees_with_minute_by_minute_search(

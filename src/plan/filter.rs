@@ -1,51 +1,50 @@
 //! Filters (DESIGN.md §4.1): verification, category, service, priority. A
 //! filtered notice is `suppressed` with the filter as its reason.
 
-use crate::config::Preferences;
-use crate::model::{Event, Priority, Reason};
+use super::Effective;
+use crate::model::{Event, Reason};
 
 /// Why this destination must not get `event`, or `None` if it may.
-pub fn check(event: &Event, verified: bool, prefs: &Preferences) -> Option<Reason> {
+pub fn check(event: &Event, verified: bool, prefs: &Effective) -> Option<Reason> {
     if !verified {
         return Some(Reason::Unverified);
     }
-    if let Some(cats) = prefs.categories.as_ref().filter(|c| !c.is_empty())
+    if let Some(cats) = prefs.categories.filter(|c| !c.is_empty())
         && !cats.contains(&event.category)
     {
         return Some(Reason::Category);
     }
     // An event about no particular service concerns the whole account.
-    if let Some(services) = prefs.services.as_ref().filter(|s| !s.is_empty())
+    if let Some(services) = prefs.services.filter(|s| !s.is_empty())
         && let Some(service) = &event.service
         && !services.contains(service)
     {
         return Some(Reason::Service);
     }
-    if event.priority < prefs.min_priority.unwrap_or(Priority::Low) {
+    if event.priority < prefs.min_priority {
         return Some(Reason::MinPriority);
     }
     None
 }
 
 /// The filter's verdict in words.
-pub fn explain(reason: Reason, event: &Event, prefs: &Preferences) -> String {
-    let list = |l: &Option<Vec<String>>| l.as_deref().unwrap_or_default().join(", ");
+pub fn explain(reason: Reason, event: &Event, prefs: &Effective) -> String {
+    let list = |l: Option<&[String]>| l.unwrap_or_default().join(", ");
     match reason {
         Reason::Unverified => "the destination is not verified yet".into(),
         Reason::Category => format!(
             "category {} is not among {}",
             event.category,
-            list(&prefs.categories)
+            list(prefs.categories)
         ),
         Reason::Service => format!(
             "service {} is not among {}",
             event.service.as_deref().unwrap_or(""),
-            list(&prefs.services)
+            list(prefs.services)
         ),
         Reason::MinPriority => format!(
             "priority {} is below min_priority {}",
-            event.priority,
-            prefs.min_priority.unwrap_or(Priority::Low)
+            event.priority, prefs.min_priority
         ),
         other => other.to_string(),
     }
@@ -54,7 +53,18 @@ pub fn explain(reason: Reason, event: &Event, prefs: &Preferences) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Preferences;
+    use crate::model::Priority;
     use crate::plan::testkit::event;
+
+    fn as_effective(p: &Preferences) -> Effective<'_> {
+        Effective {
+            categories: p.categories.as_deref(),
+            services: p.services.as_deref(),
+            min_priority: p.min_priority.unwrap_or(Priority::Low),
+            ..Default::default()
+        }
+    }
 
     #[test]
     fn table() {
@@ -118,7 +128,8 @@ mod tests {
             ),
         ];
         for (name, verified, p, want) in cases {
-            assert_eq!(check(&ev, *verified, p), *want, "{name}");
+            let eff = as_effective(p);
+            assert_eq!(check(&ev, *verified, &eff), *want, "{name}");
         }
     }
 
@@ -130,6 +141,6 @@ mod tests {
             services: Some(vec!["L2".into()]),
             ..Default::default()
         };
-        assert_eq!(check(&ev, true, &p), None);
+        assert_eq!(check(&ev, true, &as_effective(&p)), None);
     }
 }

@@ -72,36 +72,65 @@ pub struct Cancel {
     pub detail: String,
 }
 
-/// The resolved preferences of one destination.
-#[derive(Debug, Clone)]
-pub struct Effective {
-    pub prefs: Preferences,
+/// The resolved preferences of one destination, borrowed from the level
+/// that set each (planning runs per destination per event: no copies).
+#[derive(Debug, Clone, Copy)]
+pub struct Effective<'a> {
+    pub window: Option<&'a crate::model::Window>,
     pub timezone: Tz,
+    pub min_priority: crate::model::Priority,
+    /// Only these categories; `None` or empty: all.
+    pub categories: Option<&'a [String]>,
+    /// Only these services; `None` or empty: all.
+    pub services: Option<&'a [String]>,
+    pub urgent_bypasses_window: bool,
 }
 
-/// Resolves a destination's preferences: destination → contact → account
-/// defaults → account zone → config defaults.
-pub fn effective(
-    dest: &Preferences,
+impl Default for Effective<'_> {
+    fn default() -> Self {
+        Effective {
+            window: None,
+            timezone: chrono_tz::UTC,
+            min_priority: crate::model::Priority::Low,
+            categories: None,
+            services: None,
+            urgent_bypasses_window: true,
+        }
+    }
+}
+
+/// Resolves a destination's preferences: each field from the destination,
+/// else the account's `defaults`, else config; the zone also from the
+/// contact and the account (destination → contact → account defaults →
+/// account → config).
+pub fn effective<'a>(
+    dest: &'a Preferences,
     contact_tz: Option<crate::model::TimeZoneName>,
-    account: &crate::model::Account,
-    config: &Preferences,
-) -> Effective {
-    let contact_level = Preferences {
-        timezone: contact_tz,
-        ..Preferences::default()
-    };
-    let account_zone = Preferences {
-        timezone: account.timezone,
-        ..Preferences::default()
-    };
-    let prefs = dest
-        .inherit(&contact_level)
-        .inherit(&account.defaults)
-        .inherit(&account_zone)
-        .inherit(config);
-    let timezone = prefs.timezone.map(|t| t.0).unwrap_or(chrono_tz::UTC);
-    Effective { prefs, timezone }
+    account: &'a crate::model::Account,
+    config: &'a Preferences,
+) -> Effective<'a> {
+    let levels = [dest, &account.defaults, config];
+    let first = |f: &dyn Fn(&'a Preferences) -> bool| levels.into_iter().find(|p| f(p));
+    let timezone = dest
+        .timezone
+        .or(contact_tz)
+        .or(account.defaults.timezone)
+        .or(account.timezone)
+        .or(config.timezone)
+        .map(|t| t.0)
+        .unwrap_or(chrono_tz::UTC);
+    Effective {
+        window: first(&|p| p.window.is_some()).and_then(|p| p.window.as_ref()),
+        timezone,
+        min_priority: first(&|p| p.min_priority.is_some())
+            .and_then(|p| p.min_priority)
+            .unwrap_or(crate::model::Priority::Low),
+        categories: first(&|p| p.categories.is_some()).and_then(|p| p.categories.as_deref()),
+        services: first(&|p| p.services.is_some()).and_then(|p| p.services.as_deref()),
+        urgent_bypasses_window: first(&|p| p.urgent_bypasses_window.is_some())
+            .and_then(|p| p.urgent_bypasses_window)
+            .unwrap_or(true),
+    }
 }
 
 /// Plans `event` for every destination of `dir` (or of the event's contact).
@@ -172,10 +201,10 @@ fn decide(
     now: DateTime<Utc>,
     d: &mut Decision,
 ) {
-    if let Some(reason) = filter::check(event, verified, &eff.prefs) {
+    if let Some(reason) = filter::check(event, verified, eff) {
         d.state = State::Suppressed;
         d.reason = Some(reason);
-        d.detail = Some(filter::explain(reason, event, &eff.prefs));
+        d.detail = Some(filter::explain(reason, event, eff));
         return;
     }
     let (earliest, held) = hold::earliest(event, hold, now);
@@ -190,7 +219,7 @@ fn decide(
     };
     let horizon = expiry::horizon(event, now);
     let window_words = || {
-        let w = eff.prefs.window.as_ref().map(|w| w.as_str()).unwrap_or("");
+        let w = eff.window.map(|w| w.as_str()).unwrap_or("");
         format!("window {w} ({})", eff.timezone.name())
     };
     match window::defer(earliest, event.priority, eff, horizon) {

@@ -22,10 +22,10 @@ pub fn defer(
     eff: &Effective,
     horizon: DateTime<Utc>,
 ) -> Outcome {
-    let Some(window) = &eff.prefs.window else {
+    let Some(window) = eff.window else {
         return Outcome::Open;
     };
-    if priority == Priority::Urgent && eff.prefs.urgent_bypasses_window.unwrap_or(true) {
+    if priority == Priority::Urgent && eff.urgent_bypasses_window {
         return Outcome::Open;
     }
     match window.next_open(earliest, eff.timezone, horizon) {
@@ -38,17 +38,15 @@ pub fn defer(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Preferences;
     use crate::plan::testkit::at;
 
-    fn eff(window: &str, zone: &str, bypass: Option<bool>) -> Effective {
+    fn eff(window: &str, zone: &str, bypass: Option<bool>) -> Effective<'static> {
+        let window: &'static crate::model::Window = Box::leak(Box::new(window.parse().unwrap()));
         Effective {
-            prefs: Preferences {
-                window: Some(window.parse().unwrap()),
-                urgent_bypasses_window: bypass,
-                ..Default::default()
-            },
+            window: Some(window),
+            urgent_bypasses_window: bypass.unwrap_or(true),
             timezone: zone.parse().unwrap(),
+            ..Default::default()
         }
     }
 
