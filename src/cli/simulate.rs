@@ -404,4 +404,129 @@ mod tests {
             .unwrap_err();
         assert!(e.0.contains("line 4") && e.0.contains("type"), "{e}");
     }
+
+    mod properties {
+        use super::super::simulate_text;
+        use proptest::prelude::*;
+
+        const TYPES: &str = r#"
+start = "2026-03-23T00:00:00Z"
+until = "2026-03-27T00:00:00Z"
+
+[types."line.down"]
+hold = "3m"
+expires_after = "12h"
+short = "down {{ service }}"
+[types."line.up"]
+cancels = ["line.down"]
+hold = "3m"
+short = "up {{ service }}"
+[types."appointment.booked"]
+supersedes = true
+short = "booked {{ key }}"
+[types."notice"]
+short = "notice"
+
+[[account]]
+id = "A1"
+timezone = "Europe/London"
+  [[account.contact]]
+  id = "alice"
+    [[account.contact.destination]]
+    uri = "sms:+447700900001"
+    window = "Mo-Fr 08:00-20:00"
+    [[account.contact.destination]]
+    uri = "mailto:alice@example.com"
+"#;
+
+        fn run(text: &str) -> Vec<String> {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(simulate_text(text, "property"))
+                .unwrap_or_else(|e| panic!("{e}\n{text}"))
+        }
+
+        fn event(
+            id: &str,
+            at_s: i64,
+            type_name: &str,
+            key: &str,
+            occurred_s: Option<i64>,
+        ) -> String {
+            let base: chrono::DateTime<chrono::Utc> = "2026-03-23T00:00:00Z".parse().unwrap();
+            let at = base + chrono::Duration::seconds(at_s);
+            let occurred = occurred_s
+                .map(|s| {
+                    format!(
+                        "occurred_at = \"{}\"\n",
+                        crate::model::fmt_time(base + chrono::Duration::seconds(s))
+                    )
+                })
+                .unwrap_or_default();
+            format!(
+                "\n[[event]]\nat = \"{}\"\nid = \"{id}\"\ntype = \"{type_name}\"\naccount = \"A1\"\nkey = \"{key}\"\nservice = \"{key}\"\n{occurred}",
+                crate::model::fmt_time(at)
+            )
+        }
+
+        fn events() -> impl Strategy<Value = Vec<(i64, &'static str, &'static str)>> {
+            prop::collection::vec(
+                (
+                    0i64..(3 * 24 * 60),
+                    prop::sample::select(vec![
+                        "line.down",
+                        "line.up",
+                        "appointment.booked",
+                        "notice",
+                    ]),
+                    prop::sample::select(vec!["L1", "L2"]),
+                ),
+                1..12,
+            )
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(24))]
+
+            /// Posting any event a second time, at any later moment, never
+            /// changes what anyone is told.
+            #[test]
+            fn posting_twice_never_changes_the_outcome(evs in events(), delays in prop::collection::vec(1i64..600, 12)) {
+                let mut once = TYPES.to_string();
+                let mut twice = TYPES.to_string();
+                for (i, (at, t, key)) in evs.iter().enumerate() {
+                    let e = event(&format!("e{i}"), at * 60, t, key, None);
+                    once.push_str(&e);
+                    twice.push_str(&e);
+                    twice.push_str(&event(&format!("e{i}"), (at + delays[i]) * 60, t, key, None));
+                }
+                prop_assert_eq!(run(&once), run(&twice));
+            }
+
+            /// A drop and a reconnect inside the hold cancel each other at
+            /// every destination, whichever reaches kci first.
+            #[test]
+            fn pairing_commutes_with_arrival_order(
+                start in 0i64..(3 * 24 * 3600 - 600),
+                gap in 1i64..170,
+                down_late in 0i64..170,
+                up_late in 0i64..170,
+            ) {
+                prop_assume!(gap + up_late < 180 && down_late < 180);
+                let down_at = start + down_late;
+                let up_at = start + gap + up_late;
+                let mut text = TYPES.to_string();
+                text.push_str(&event("down", down_at, "line.down", "L1", Some(start)));
+                text.push_str(&event("up", up_at, "line.up", "L1", Some(start + gap)));
+                let lines = run(&text);
+                prop_assert_eq!(lines.len(), 4);
+                for l in &lines {
+                    let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                    prop_assert_eq!((&v["state"], &v["reason"]), (&serde_json::json!("cancelled"), &serde_json::json!("paired")), "{}", l);
+                }
+            }
+        }
+    }
 }

@@ -200,6 +200,7 @@ impl Planner for PolicyPlanner {
             return Vec::new();
         };
         let mut types = t.cancels.clone();
+        types.extend(plan::cancelled_by(&self.config, &event.type_name));
         if t.supersedes {
             types.push(event.type_name.clone());
         }

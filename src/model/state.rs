@@ -99,6 +99,8 @@ pub enum Reason {
     DestinationRemoved,
     /// kci stopped while sending it; it goes out again.
     Requeued,
+    /// The channel needs a short text and neither the event nor its type has one.
+    NoShortForm,
 }
 
 impl Reason {
@@ -124,6 +126,7 @@ impl Reason {
             Reason::Render => "render",
             Reason::DestinationRemoved => "destination_removed",
             Reason::Requeued => "requeued",
+            Reason::NoShortForm => "no_short_form",
         }
     }
 

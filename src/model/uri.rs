@@ -19,6 +19,12 @@ pub enum ChannelKind {
 }
 
 impl ChannelKind {
+    /// Whether the channel carries only a short text (SMS, push, chat), so
+    /// a notice without a short form cannot go there.
+    pub fn needs_short(self) -> bool {
+        !matches!(self, ChannelKind::Email | ChannelKind::Webhook)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             ChannelKind::Email => "email",

@@ -53,6 +53,9 @@ pub struct RelatedNotice {
     pub destination: String,
     pub state: State,
     pub due_at: DateTime<Utc>,
+    /// When the notice's event happened (pairing must not depend on the
+    /// order events arrive in).
+    pub occurred_at: DateTime<Utc>,
 }
 
 /// What planning one event decided.
@@ -173,9 +176,11 @@ pub fn plan(
     }
     let mut cancels = Vec::new();
     if let Some(t) = etype {
-        cancels.extend(pair::apply(
-            &event.id,
-            &t.cancels,
+        cancels.extend(pair::apply(event, &t.cancels, pending, &mut decisions, now));
+        let cancelled_by = cancelled_by(config, &event.type_name);
+        cancels.extend(pair::apply_late(
+            event,
+            &cancelled_by,
             pending,
             &mut decisions,
             now,
@@ -190,6 +195,17 @@ pub fn plan(
         }
     }
     Plan { decisions, cancels }
+}
+
+/// The types whose `cancels` name `type_name`: its pairing partners when it
+/// is the first half of a pair.
+pub fn cancelled_by(config: &Config, type_name: &str) -> Vec<String> {
+    config
+        .types
+        .iter()
+        .filter(|(_, t)| t.cancels.iter().any(|c| c == type_name))
+        .map(|(name, _)| name.clone())
+        .collect()
 }
 
 /// The per-destination pipeline: each step may settle the decision.
@@ -287,6 +303,7 @@ pub(crate) mod testkit {
             destination: destination.into(),
             state: crate::model::State::Pending,
             due_at: at("2026-03-22T08:00:00Z"),
+            occurred_at: at("2026-03-22T03:00:00Z"),
         }
     }
 

@@ -8,13 +8,14 @@
 //! of is noise. With no T notice at a destination at all, nothing pairs.
 
 use super::{Cancel, Decision, RelatedNotice};
+use crate::model::Event;
 use crate::model::{Reason, State};
 use chrono::{DateTime, Utc};
 
 /// Applies pairing to the decisions of an event whose type cancels
 /// `partners`; returns the pending notices to cancel.
 pub fn apply(
-    event: &str,
+    event: &Event,
     partners: &[String],
     pending: &[RelatedNotice],
     decisions: &mut [Decision],
@@ -27,7 +28,13 @@ pub fn apply(
     for d in decisions.iter_mut() {
         let here: Vec<&RelatedNotice> = pending
             .iter()
-            .filter(|p| p.destination == d.destination && partners.contains(&p.type_name))
+            .filter(|p| {
+                p.destination == d.destination
+                    && partners.contains(&p.type_name)
+                    // A partner that happened after this event is a later
+                    // episode, not this one's first half.
+                    && p.occurred_at <= event.occurred_at
+            })
             .collect();
         let waiting: Vec<&&RelatedNotice> =
             here.iter().filter(|p| p.state == State::Pending).collect();
@@ -37,7 +44,7 @@ pub fn apply(
         cancels.extend(waiting.iter().map(|p| Cancel {
             id: p.id.clone(),
             reason: Reason::Paired,
-            detail: format!("paired with {event}"),
+            detail: format!("paired with {}", event.id),
         }));
         let pairs = !waiting.is_empty() || (!here.is_empty() && !told);
         if pairs && !d.state.is_final() {
@@ -47,6 +54,53 @@ pub fn apply(
                 Some(p) => format!("paired with {}", p.event),
                 None => format!("paired with {}, which was never sent here", here[0].event),
             });
+            d.due_at = now;
+        }
+    }
+    cancels
+}
+
+/// The first half of a pair arriving after the second (network jitter
+/// inside the hold): where a notice of a type that cancels this one is
+/// about something that happened at or after this event, the pair is
+/// complete — a pending one is cancelled with this one; one already sent
+/// still makes this one pointless ("it went down" after "it is back").
+pub fn apply_late(
+    event: &Event,
+    cancelled_by: &[String],
+    related: &[RelatedNotice],
+    decisions: &mut [Decision],
+    now: DateTime<Utc>,
+) -> Vec<Cancel> {
+    let mut cancels = Vec::new();
+    if cancelled_by.is_empty() {
+        return cancels;
+    }
+    for d in decisions.iter_mut() {
+        let later: Vec<&RelatedNotice> = related
+            .iter()
+            .filter(|p| {
+                p.destination == d.destination
+                    && cancelled_by.contains(&p.type_name)
+                    && p.occurred_at >= event.occurred_at
+                    && matches!(p.state, State::Pending | State::Sending | State::Sent)
+            })
+            .collect();
+        let Some(first) = later.first() else { continue };
+        cancels.extend(
+            later
+                .iter()
+                .filter(|p| p.state == State::Pending)
+                .map(|p| Cancel {
+                    id: p.id.clone(),
+                    reason: Reason::Paired,
+                    detail: format!("paired with {}, which arrived later", event.id),
+                }),
+        );
+        if !d.state.is_final() {
+            d.state = State::Cancelled;
+            d.reason = Some(Reason::Paired);
+            d.detail = Some(format!("paired with {}, which arrived first", first.event));
             d.due_at = now;
         }
     }
@@ -137,7 +191,9 @@ mod tests {
         for (name, pend, state, want, want_cancels) in cases {
             let mut ds = vec![decision("d1", now)];
             ds[0].state = state;
-            let cancels = apply("up", &partners, &pend, &mut ds, now);
+            let mut up = crate::plan::testkit::event("2026-03-22T03:01:00Z");
+            up.id = "up".into();
+            let cancels = apply(&up, &partners, &pend, &mut ds, now);
             assert_eq!(ds[0].state, want, "{name}");
             if want == State::Cancelled {
                 assert_eq!(ds[0].reason, Some(Reason::Paired), "{name}");
@@ -151,5 +207,63 @@ mod tests {
                 "{name}"
             );
         }
+    }
+
+    #[test]
+    fn a_late_first_half_pairs_too() {
+        let now = at("2026-03-22T03:02:00Z");
+        let by = vec!["line.up".to_string()];
+        let mut down = crate::plan::testkit::event("2026-03-22T03:00:00Z");
+        down.id = "down".into();
+        let up_at = |t: &str, state: State| {
+            let mut n = with_state(pending("u1", "line.up", "d1"), state);
+            n.occurred_at = at(t);
+            n
+        };
+        let cases = [
+            (
+                "up pending, happened after: both go",
+                up_at("2026-03-22T03:01:00Z", State::Pending),
+                State::Cancelled,
+                1,
+            ),
+            (
+                "up sent, happened after: the down is pointless",
+                up_at("2026-03-22T03:01:00Z", State::Sent),
+                State::Cancelled,
+                0,
+            ),
+            (
+                "up happened before: a new episode",
+                up_at("2026-03-22T02:59:00Z", State::Pending),
+                State::Pending,
+                0,
+            ),
+            (
+                "up failed: nothing pairs",
+                up_at("2026-03-22T03:01:00Z", State::Failed),
+                State::Pending,
+                0,
+            ),
+        ];
+        for (name, related, want, n_cancels) in cases {
+            let mut ds = vec![decision("d1", now)];
+            let cancels = apply_late(&down, &by, &[related], &mut ds, now);
+            assert_eq!(ds[0].state, want, "{name}");
+            assert_eq!(cancels.len(), n_cancels, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_partner_from_a_later_episode_does_not_pair() {
+        let now = at("2026-03-22T03:10:00Z");
+        let mut up = crate::plan::testkit::event("2026-03-22T03:01:00Z");
+        up.id = "late-up".into();
+        let mut later_down = pending("n9", "line.down", "d1");
+        later_down.occurred_at = at("2026-03-22T03:05:00Z");
+        let mut ds = vec![decision("d1", now)];
+        let cancels = apply(&up, &["line.down".to_string()], &[later_down], &mut ds, now);
+        assert!(cancels.is_empty());
+        assert_eq!(ds[0].state, State::Pending);
     }
 }

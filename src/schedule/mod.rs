@@ -81,6 +81,22 @@ impl Scheduler {
                     .await;
             }
         };
+        if n.channel.needs_short() && rendered.short.is_none() {
+            let detail = format!(
+                "{} needs a short text: give type {} a `short` template or post the event with `short`",
+                n.channel, n.type_name
+            );
+            return self
+                .finish(
+                    n,
+                    Finish::Failed {
+                        at: now,
+                        reason: Reason::NoShortForm,
+                        detail,
+                    },
+                )
+                .await;
+        }
         let Some(channel) = self.channels.get(n.channel) else {
             let detail = format!("no {} channel is configured", n.channel);
             return self

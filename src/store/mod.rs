@@ -410,6 +410,11 @@ pub(crate) mod codec {
             .map_err(|e: crate::model::ParseError| StoreError::Corrupt(e.0))
     }
 
+    /// An event's `occurred_at` as kept in its stored payload.
+    pub fn occurred(s: &str) -> Result<DateTime<Utc>> {
+        crate::model::parse_time(s).map_err(|e| StoreError::Corrupt(format!("occurred_at: {e}")))
+    }
+
     pub fn level_from_text(s: &str) -> Result<crate::model::SecurityLevel> {
         s.parse()
             .map_err(|e: crate::model::ParseError| StoreError::Corrupt(e.0))

@@ -233,14 +233,16 @@ async fn ingest_one(
         // related event, whatever its state.
         let waiting = tx
             .prepare_cached(
-                "SELECT id, event, type, destination, state, due_at FROM notifications \
-                 WHERE account = $1 AND key = $2 AND type = ANY($3) AND state = 'pending' AND event IS NOT NULL \
-                 FOR UPDATE",
+                "SELECT n.id, n.event, n.type, n.destination, n.state, n.due_at, e.payload::jsonb ->> 'occurred_at' \
+                 FROM notifications n JOIN events e ON e.id = n.event \
+                 WHERE n.account = $1 AND n.key = $2 AND n.type = ANY($3) AND n.state = 'pending' \
+                 FOR UPDATE OF n",
             )
             .await?;
         let latest = tx
             .prepare_cached(
-                "SELECT id, event, type, destination, state, due_at FROM notifications WHERE event IN \
+                "SELECT n.id, n.event, n.type, n.destination, n.state, n.due_at, e.payload::jsonb ->> 'occurred_at' \
+                 FROM notifications n JOIN events e ON e.id = n.event WHERE n.event IN \
                  (SELECT DISTINCT ON (type) id FROM events WHERE account = $1 AND key = $2 AND type = ANY($3) \
                   ORDER BY type, received_at DESC, id DESC)",
             )
@@ -261,6 +263,7 @@ async fn ingest_one(
                     destination: r.try_get(3)?,
                     state: state_from_text(r.try_get(4)?)?,
                     due_at: from_millis(r.try_get(5)?),
+                    occurred_at: occurred(r.try_get(6)?)?,
                 });
             }
         }

@@ -370,11 +370,13 @@ fn related_for_key(
     types: &[String],
 ) -> Result<Vec<RelatedNotice>> {
     let mut pending = conn.prepare_cached(
-        "SELECT id, event, type, destination, state, due_at FROM notifications \
-         WHERE account = ?1 AND key = ?2 AND type = ?3 AND state = 'pending' AND event IS NOT NULL",
+        "SELECT n.id, n.event, n.type, n.destination, n.state, n.due_at, json_extract(e.payload, '$.occurred_at') \
+         FROM notifications n JOIN events e ON e.id = n.event \
+         WHERE n.account = ?1 AND n.key = ?2 AND n.type = ?3 AND n.state = 'pending'",
     )?;
     let mut latest = conn.prepare_cached(
-        "SELECT id, event, type, destination, state, due_at FROM notifications WHERE event = \
+        "SELECT n.id, n.event, n.type, n.destination, n.state, n.due_at, json_extract(e.payload, '$.occurred_at') \
+         FROM notifications n JOIN events e ON e.id = n.event WHERE n.event = \
          (SELECT id FROM events WHERE account = ?1 AND key = ?2 AND type = ?3 \
           ORDER BY received_at DESC, rowid DESC LIMIT 1)",
     )?;
@@ -394,6 +396,7 @@ fn related_for_key(
                     destination: r.get(3)?,
                     state: state_from_text(&r.get::<_, String>(4)?)?,
                     due_at: from_millis(r.get(5)?),
+                    occurred_at: occurred(&r.get::<_, String>(6)?)?,
                 });
             }
         }
