@@ -95,6 +95,7 @@ hold = "3m"
         destination: dest.into(),
         state: State::Pending,
         due_at: t0,
+        occurred_at: t0 - Duration::minutes(1),
     };
     let pending = vec![related("d-sms"), related("d-mail")];
     let events: Vec<Event> = (0..1024).map(event).collect();
