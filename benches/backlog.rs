@@ -54,7 +54,6 @@ async fn main() {
         Config::parse("[types.\"line.down\"]\nhold = \"3m\"\n", "bench").unwrap(),
     );
     let planner = kci::ingest::planner(config);
-    let rss_start = rss_kib();
     {
         let store = SqliteStore::open(path.to_str().unwrap()).unwrap();
         store.migrate().await.unwrap();
