@@ -102,7 +102,7 @@ hold = "3m"
 
     // Warm up, then measure for about two seconds.
     for e in &events {
-        black_box(plan(e, &dir, &config, &pending, e.received_at));
+        black_box(plan(e, &dir, &config, &pending, 0, e.received_at));
     }
     let start = Instant::now();
     let mut rounds = 0usize;
@@ -114,6 +114,7 @@ hold = "3m"
                 black_box(&dir),
                 &config,
                 black_box(&pending),
+                0,
                 e.received_at,
             );
             decisions += p.decisions.len();

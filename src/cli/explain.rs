@@ -125,6 +125,7 @@ mod tests {
             due_at: at("2026-03-24T08:00:00Z"),
             expires_at: None,
             timezone: "Europe/London".parse().unwrap(),
+            summary: None,
         };
         let n = Notification::planned(&ev, &d);
         let step = |t: &str, state, reason, detail: Option<&str>, due: &str| Decided {

@@ -204,7 +204,18 @@ impl Planner for PolicyPlanner {
         if t.supersedes {
             types.push(event.type_name.clone());
         }
+        if let Some((_, family)) = plan::flap::rule(&self.config, &event.type_name) {
+            types.extend(family);
+            types.push(plan::flap::SUMMARY_TYPE.to_string());
+        }
+        types.sort();
+        types.dedup();
         types
+    }
+
+    fn flap_window(&self, event: &Event) -> Option<(Vec<String>, chrono::Duration)> {
+        plan::flap::rule(&self.config, &event.type_name)
+            .map(|(flap, family)| (family, flap.within.chrono()))
     }
 
     fn plan(
@@ -212,6 +223,7 @@ impl Planner for PolicyPlanner {
         event: &Event,
         view: &AccountView,
         pending: &[RelatedNotice],
+        recent: usize,
     ) -> Result<Plan, Rejection> {
         if let Some(c) = &event.contact
             && !view.contacts.iter().any(|cv| &cv.contact.id == c)
@@ -231,6 +243,7 @@ impl Planner for PolicyPlanner {
             view,
             &self.config,
             pending,
+            recent,
             event.received_at,
         ))
     }

@@ -37,6 +37,15 @@ impl ParseError {
     }
 }
 
+/// Texts kci writes itself (a verification code, a flap summary) rather
+/// than rendering them from an event type's templates.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Message {
+    pub short: String,
+    pub subject: String,
+    pub body: String,
+}
+
 /// An IANA time zone, such as `Europe/London`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TimeZoneName(pub chrono_tz::Tz);

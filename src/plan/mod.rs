@@ -11,6 +11,7 @@
 
 mod expiry;
 mod filter;
+pub mod flap;
 mod hold;
 mod pair;
 mod supersede;
@@ -39,6 +40,9 @@ pub struct Decision {
     pub expires_at: Option<DateTime<Utc>>,
     /// The zone texts for this destination are rendered in.
     pub timezone: Tz,
+    /// Set for a summary kci writes itself (flap damping), not the event's
+    /// own notice.
+    pub summary: Option<crate::model::Message>,
 }
 
 /// A notice of an earlier event with the same account and key, of a type
@@ -65,6 +69,8 @@ pub struct Plan {
     pub decisions: Vec<Decision>,
     /// Pending notices of earlier events that this event ends, with why.
     pub cancels: Vec<Cancel>,
+    /// Pending summaries whose texts change (a flap summary counting on).
+    pub updates: Vec<(String, crate::model::Message)>,
 }
 
 /// An earlier notice that a new event ends.
@@ -142,11 +148,16 @@ pub fn plan(
     dir: &AccountView,
     config: &Config,
     pending: &[RelatedNotice],
+    recent: usize,
     now: DateTime<Utc>,
 ) -> Plan {
     let etype = config.types.get(&event.type_name);
     let hold = etype.and_then(|t| t.hold);
+    let flapping = flap::rule(config, &event.type_name);
     let mut decisions = Vec::new();
+    let mut cancels = Vec::new();
+    let mut summaries = Vec::new();
+    let mut updates = Vec::new();
     for cv in &dir.contacts {
         if event.contact.as_deref().is_some_and(|c| c != cv.contact.id) {
             continue;
@@ -169,12 +180,19 @@ pub fn plan(
                 due_at: now,
                 expires_at: event.expires_at,
                 timezone: eff.timezone,
+                summary: None,
             };
             decide(event, hold, dest.verified, &eff, now, &mut d);
+            if let Some((rule, family)) = &flapping {
+                let damped =
+                    flap::apply(event, rule, family, recent + 1, pending, &eff, &mut d, now);
+                cancels.extend(damped.cancels);
+                summaries.extend(damped.summary);
+                updates.extend(damped.update);
+            }
             decisions.push(d);
         }
     }
-    let mut cancels = Vec::new();
     if let Some(t) = etype {
         cancels.extend(pair::apply(event, &t.cancels, pending, &mut decisions, now));
         let cancelled_by = cancelled_by(config, &event.type_name);
@@ -194,7 +212,12 @@ pub fn plan(
             ));
         }
     }
-    Plan { decisions, cancels }
+    decisions.extend(summaries);
+    Plan {
+        decisions,
+        cancels,
+        updates,
+    }
 }
 
 /// The types whose `cancels` name `type_name`: its pairing partners when it
@@ -292,6 +315,7 @@ pub(crate) mod testkit {
             due_at: now,
             expires_at: None,
             timezone: chrono_tz::UTC,
+            summary: None,
         }
     }
 
@@ -384,6 +408,7 @@ mod tests {
             &dir(Some("Mo-Fr 08:00-20:00"), true),
             &config,
             &[],
+            0,
             now,
         );
         assert_eq!(plan.decisions.len(), 2);
@@ -409,6 +434,7 @@ mod tests {
             &dir(None, false),
             &config,
             &[],
+            0,
             at("2026-03-22T03:00:00Z"),
         );
         assert_eq!(p.decisions[0].state, State::Suppressed);
@@ -420,6 +446,7 @@ mod tests {
                 &dir(None, true),
                 &config,
                 &[],
+                0,
                 at("2026-03-22T03:00:00Z")
             )
             .decisions
@@ -437,6 +464,7 @@ mod tests {
             &dir(Some("Mo-Fr 08:00-20:00"), true),
             &config,
             &[],
+            0,
             at("2026-03-22T03:00:00Z"),
         );
         assert_eq!(

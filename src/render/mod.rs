@@ -192,6 +192,7 @@ mod tests {
             due_at: ev.occurred_at,
             expires_at: None,
             timezone: tz.parse().unwrap(),
+            summary: None,
         };
         Notification::planned(&ev, &d)
     }

@@ -314,18 +314,22 @@ pub async fn check_planner_sees_pending_and_cancels(store: &dyn Store) {
         fn related_types(&self, _: &Event) -> Vec<String> {
             vec![self.1.to_string()]
         }
+        fn flap_window(&self, _: &Event) -> Option<(Vec<String>, chrono::Duration)> {
+            None
+        }
         fn plan(
             &self,
             ev: &Event,
             view: &AccountView,
             pending: &[RelatedNotice],
+            _recent: usize,
         ) -> std::result::Result<Plan, Rejection> {
             self.0
                 .lock()
                 .unwrap()
                 .extend(pending.iter().map(|p| p.event.clone()));
             let config = Config::load(None).unwrap();
-            let mut plan = crate::plan::plan(ev, view, &config, pending, ev.received_at);
+            let mut plan = crate::plan::plan(ev, view, &config, pending, 0, ev.received_at);
             plan.cancels = pending
                 .iter()
                 .map(|p| crate::plan::Cancel {

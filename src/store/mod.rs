@@ -18,7 +18,7 @@ use crate::model::{
 use crate::plan::{Plan, RelatedNotice};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use std::sync::Arc;
 
 /// A failure of the store itself (not of the caller's input).
@@ -47,14 +47,7 @@ pub struct TokenRecord {
     pub created_at: DateTime<Utc>,
 }
 
-/// Texts kci writes itself (a verification code, a notice about a change)
-/// rather than rendering from an event type.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Message {
-    pub short: String,
-    pub subject: String,
-    pub body: String,
-}
+pub use crate::model::Message;
 
 /// One notice to one destination, as stored.
 #[derive(Debug, Clone, PartialEq)]
@@ -86,6 +79,10 @@ pub struct Notification {
 impl Notification {
     /// A notification for decision `d` of `event`.
     pub fn planned(event: &Event, d: &crate::plan::Decision) -> Notification {
+        let type_name = match d.summary {
+            Some(_) => crate::plan::flap::SUMMARY_TYPE.to_string(),
+            None => event.type_name.clone(),
+        };
         Notification {
             id: new_id(),
             event: Some(event.id.clone()),
@@ -94,7 +91,7 @@ impl Notification {
             destination: d.destination.clone(),
             uri: d.uri.clone(),
             channel: d.channel,
-            type_name: event.type_name.clone(),
+            type_name,
             key: event.key.clone(),
             priority: event.priority,
             state: d.state,
@@ -106,7 +103,7 @@ impl Notification {
             sent_at: None,
             attempts: 0,
             timezone: d.timezone.name().to_string(),
-            message: None,
+            message: d.summary.clone(),
         }
     }
 }
@@ -126,12 +123,19 @@ pub trait Planner: Send + Sync {
     /// store does not look them up at all.
     fn related_types(&self, event: &Event) -> Vec<String>;
 
-    /// Plans `event`; `Err` refuses it with a field and a message.
+    /// The types whose earlier events of the same key count as changes for
+    /// flap damping, and over how long; `None`: the store counts nothing.
+    fn flap_window(&self, event: &Event) -> Option<(Vec<String>, chrono::Duration)>;
+
+    /// Plans `event`, given the related notices and how many changes of its
+    /// family arrived for its key within the flap window; `Err` refuses it
+    /// with a field and a message.
     fn plan(
         &self,
         event: &Event,
         view: &AccountView,
-        pending: &[RelatedNotice],
+        related: &[RelatedNotice],
+        recent: usize,
     ) -> std::result::Result<Plan, Rejection>;
 }
 

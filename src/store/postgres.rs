@@ -268,7 +268,23 @@ async fn ingest_one(
             }
         }
     }
-    let plan = match planner.plan(event, view, &pending) {
+    let recent = match planner.flap_window(event) {
+        Some((types, within)) => {
+            let stmt = tx
+                .prepare_cached(
+                    "SELECT COUNT(*) FROM events WHERE account = $1 AND key = $2 AND type = ANY($3) AND received_at > $4",
+                )
+                .await?;
+            let since = to_millis(event.received_at - within);
+            let n: i64 = tx
+                .query_one(&stmt, &[&event.account, &event.key, &types, &since])
+                .await?
+                .try_get(0)?;
+            usize::try_from(n).unwrap_or(0)
+        }
+        None => 0,
+    };
+    let plan = match planner.plan(event, view, &pending, recent) {
         Ok(p) => p,
         Err(r) => return Ok(IngestOutcome::Rejected(r)),
     };
@@ -318,6 +334,15 @@ async fn ingest_one(
             c.reason,
             Some(&c.detail),
             event.received_at,
+        )
+        .await?;
+    }
+    for (id, message) in &plan.updates {
+        let text =
+            serde_json::to_string(message).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        tx.execute(
+            "UPDATE notifications SET message = $2 WHERE id = $1 AND state = 'pending'",
+            &[id, &text],
         )
         .await?;
     }

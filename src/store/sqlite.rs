@@ -435,7 +435,23 @@ fn ingest_one(
     } else {
         related_for_key(conn, &event.account, &event.key, &types)?
     };
-    let plan = match planner.plan(event, view, &pending) {
+    let recent = match planner.flap_window(event) {
+        Some((types, within)) => {
+            let since = to_millis(event.received_at - within);
+            let mut stmt = conn.prepare_cached(
+                "SELECT COUNT(*) FROM events WHERE account = ?1 AND key = ?2 AND type = ?3 AND received_at > ?4",
+            )?;
+            let mut n = 0usize;
+            for t in &types {
+                let c: i64 =
+                    stmt.query_row(params![event.account, event.key, t, since], |r| r.get(0))?;
+                n += usize::try_from(c).unwrap_or(0);
+            }
+            n
+        }
+        None => 0,
+    };
+    let plan = match planner.plan(event, view, &pending, recent) {
         Ok(p) => p,
         Err(r) => return Ok(IngestOutcome::Rejected(r)),
     };
@@ -464,6 +480,14 @@ fn ingest_one(
             Some(&c.detail),
             event.received_at,
         )?;
+    }
+    for (id, message) in &plan.updates {
+        let text =
+            serde_json::to_string(message).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        conn.prepare_cached(
+            "UPDATE notifications SET message = ?2 WHERE id = ?1 AND state = 'pending'",
+        )?
+        .execute(params![id, text])?;
     }
     Ok(IngestOutcome::Accepted {
         id: event.id.clone(),
