@@ -99,10 +99,15 @@ hold = "3m"
     };
     let pending = vec![related("d-sms"), related("d-mail")];
     let events: Vec<Event> = (0..1024).map(event).collect();
+    let seen = kci::plan::Seen {
+        related: &pending,
+        recent: 0,
+        loads: &[],
+    };
 
     // Warm up, then measure for about two seconds.
     for e in &events {
-        black_box(plan(e, &dir, &config, &pending, 0, e.received_at));
+        black_box(plan(e, &dir, &config, &seen, e.received_at));
     }
     let start = Instant::now();
     let mut rounds = 0usize;
@@ -113,8 +118,7 @@ hold = "3m"
                 black_box(e),
                 black_box(&dir),
                 &config,
-                black_box(&pending),
-                0,
+                black_box(&seen),
                 e.received_at,
             );
             decisions += p.decisions.len();

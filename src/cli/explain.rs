@@ -126,6 +126,8 @@ mod tests {
             expires_at: None,
             timezone: "Europe/London".parse().unwrap(),
             summary: None,
+            is_digest: false,
+            folded_into: None,
         };
         let n = Notification::planned(&ev, &d);
         let step = |t: &str, state, reason, detail: Option<&str>, due: &str| Decided {

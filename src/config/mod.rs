@@ -162,6 +162,10 @@ pub struct Preferences {
     /// Combine non-urgent notices into one message per period.
     #[serde(default, skip_serializing_if = "Option::is_none", with = "span_opt")]
     pub digest: Option<Span>,
+    /// At most this many non-urgent notices per period (`5/1h`); the
+    /// excess is folded into one digest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<crate::model::Cap>,
     /// Whether urgent notices ignore the window (default yes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub urgent_bypasses_window: Option<bool>,

@@ -5,7 +5,7 @@
 use crate::config::Config;
 use crate::model::AccountView;
 use crate::model::{Event, Priority, check_id, parse_time};
-use crate::plan::{self, Plan, RelatedNotice};
+use crate::plan::{self, Plan, Seen};
 use crate::store::{Planner, Rejection};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
@@ -218,13 +218,32 @@ impl Planner for PolicyPlanner {
             .map(|(flap, family)| (family, flap.within.chrono()))
     }
 
-    fn plan(
+    fn loads_needed(
         &self,
         event: &Event,
         view: &AccountView,
-        pending: &[RelatedNotice],
-        recent: usize,
-    ) -> Result<Plan, Rejection> {
+    ) -> Vec<(String, Option<chrono::Duration>)> {
+        let mut out = Vec::new();
+        for cv in &view.contacts {
+            if event.contact.as_deref().is_some_and(|c| c != cv.contact.id) {
+                continue;
+            }
+            for d in &cv.destinations {
+                let eff = plan::effective(
+                    &d.prefs,
+                    cv.contact.timezone,
+                    &view.account,
+                    &self.config.defaults,
+                );
+                if eff.digest.is_some() || eff.max.is_some() {
+                    out.push((d.id.clone(), eff.max.map(|m| m.per.chrono())));
+                }
+            }
+        }
+        out
+    }
+
+    fn plan(&self, event: &Event, view: &AccountView, seen: &Seen) -> Result<Plan, Rejection> {
         if let Some(c) = &event.contact
             && !view.contacts.iter().any(|cv| &cv.contact.id == c)
         {
@@ -242,8 +261,7 @@ impl Planner for PolicyPlanner {
             event,
             view,
             &self.config,
-            pending,
-            recent,
+            seen,
             event.received_at,
         ))
     }

@@ -2,6 +2,7 @@
 //! the edge (HTTP, config, CLI), so anything inside kci holding one of them
 //! holds a valid value.
 
+mod cap;
 mod clock;
 mod directory;
 mod duration;
@@ -12,6 +13,7 @@ mod state;
 mod uri;
 mod window;
 
+pub use cap::Cap;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use directory::{Account, AccountView, Contact, ContactView, Destination};
 pub use duration::Span;

@@ -101,6 +101,10 @@ pub enum Reason {
     Requeued,
     /// The channel needs a short text and neither the event nor its type has one.
     NoShortForm,
+    /// Folded into the destination's digest.
+    Digest,
+    /// A digest whose notices were all cancelled before it was due.
+    EmptyDigest,
 }
 
 impl Reason {
@@ -127,6 +131,8 @@ impl Reason {
             Reason::DestinationRemoved => "destination_removed",
             Reason::Requeued => "requeued",
             Reason::NoShortForm => "no_short_form",
+            Reason::Digest => "digest",
+            Reason::EmptyDigest => "empty_digest",
         }
     }
 

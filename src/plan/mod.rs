@@ -9,6 +9,8 @@
 //! of its key, pair-and-cancel and supersede. Flap damping, caps and
 //! digests slot in as further steps over the same [`Decision`]s.
 
+mod digest;
+pub use digest::DIGEST_TYPE;
 mod expiry;
 mod filter;
 pub mod flap;
@@ -43,6 +45,41 @@ pub struct Decision {
     /// Set for a summary kci writes itself (flap damping), not the event's
     /// own notice.
     pub summary: Option<crate::model::Message>,
+    /// This is a digest: its texts are composed from its members when due.
+    pub is_digest: bool,
+    /// For a `digested` notice: the digest it is folded into.
+    pub folded_into: Option<DigestLink>,
+}
+
+/// The digest a notice is folded into.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DigestLink {
+    /// A digest already pending at the destination (its notification id).
+    Existing(String),
+    /// A digest this plan creates: its index in [`Plan::decisions`].
+    New(usize),
+}
+
+/// What the store tells planning about one destination with a cap or a
+/// digest preference.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Load {
+    pub destination: String,
+    /// Non-urgent notices to it within the cap's period (scheduled or sent).
+    pub recent: usize,
+    /// The digest still pending there, if any.
+    pub pending_digest: Option<String>,
+}
+
+/// What the store read for planning one event, besides the directory.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Seen<'a> {
+    /// Related notices of the event's key (pairing, superseding, flapping).
+    pub related: &'a [RelatedNotice],
+    /// Earlier changes of the event's flap family within the flap window.
+    pub recent: usize,
+    /// Destinations with a cap or a digest preference.
+    pub loads: &'a [Load],
 }
 
 /// A notice of an earlier event with the same account and key, of a type
@@ -93,6 +130,10 @@ pub struct Effective<'a> {
     /// Only these services; `None` or empty: all.
     pub services: Option<&'a [String]>,
     pub urgent_bypasses_window: bool,
+    /// One combined message per period.
+    pub digest: Option<crate::model::Span>,
+    /// At most this many non-urgent notices per period.
+    pub max: Option<crate::model::Cap>,
 }
 
 impl Default for Effective<'_> {
@@ -104,6 +145,8 @@ impl Default for Effective<'_> {
             categories: None,
             services: None,
             urgent_bypasses_window: true,
+            digest: None,
+            max: None,
         }
     }
 }
@@ -139,6 +182,8 @@ pub fn effective<'a>(
         urgent_bypasses_window: first(&|p| p.urgent_bypasses_window.is_some())
             .and_then(|p| p.urgent_bypasses_window)
             .unwrap_or(true),
+        digest: first(&|p| p.digest.is_some()).and_then(|p| p.digest),
+        max: first(&|p| p.max.is_some()).and_then(|p| p.max),
     }
 }
 
@@ -147,10 +192,10 @@ pub fn plan(
     event: &Event,
     dir: &AccountView,
     config: &Config,
-    pending: &[RelatedNotice],
-    recent: usize,
+    seen: &Seen,
     now: DateTime<Utc>,
 ) -> Plan {
+    let pending = seen.related;
     let etype = config.types.get(&event.type_name);
     let hold = etype.and_then(|t| t.hold);
     let flapping = flap::rule(config, &event.type_name);
@@ -158,6 +203,7 @@ pub fn plan(
     let mut cancels = Vec::new();
     let mut summaries = Vec::new();
     let mut updates = Vec::new();
+    let mut effs = Vec::new();
     for cv in &dir.contacts {
         if event.contact.as_deref().is_some_and(|c| c != cv.contact.id) {
             continue;
@@ -181,16 +227,27 @@ pub fn plan(
                 expires_at: event.expires_at,
                 timezone: eff.timezone,
                 summary: None,
+                is_digest: false,
+                folded_into: None,
             };
             decide(event, hold, dest.verified, &eff, now, &mut d);
             if let Some((rule, family)) = &flapping {
-                let damped =
-                    flap::apply(event, rule, family, recent + 1, pending, &eff, &mut d, now);
+                let damped = flap::apply(
+                    event,
+                    rule,
+                    family,
+                    seen.recent + 1,
+                    pending,
+                    &eff,
+                    &mut d,
+                    now,
+                );
                 cancels.extend(damped.cancels);
                 summaries.extend(damped.summary);
                 updates.extend(damped.update);
             }
             decisions.push(d);
+            effs.push(eff);
         }
     }
     if let Some(t) = etype {
@@ -212,7 +269,17 @@ pub fn plan(
             ));
         }
     }
+    // Caps and digests come last: a notice that pairs away never counts.
+    let first_new = decisions.len() + summaries.len();
+    let mut digests = Vec::new();
+    for (d, eff) in decisions.iter_mut().zip(&effs) {
+        let load = seen.loads.iter().find(|l| l.destination == d.destination);
+        if let Some(new) = digest::apply(event, eff, load, d, first_new + digests.len(), now) {
+            digests.push(new);
+        }
+    }
     decisions.extend(summaries);
+    decisions.extend(digests);
     Plan {
         decisions,
         cancels,
@@ -316,6 +383,8 @@ pub(crate) mod testkit {
             expires_at: None,
             timezone: chrono_tz::UTC,
             summary: None,
+            is_digest: false,
+            folded_into: None,
         }
     }
 
@@ -407,8 +476,7 @@ mod tests {
             &ev,
             &dir(Some("Mo-Fr 08:00-20:00"), true),
             &config,
-            &[],
-            0,
+            &Seen::default(),
             now,
         );
         assert_eq!(plan.decisions.len(), 2);
@@ -433,8 +501,7 @@ mod tests {
             &ev,
             &dir(None, false),
             &config,
-            &[],
-            0,
+            &Seen::default(),
             at("2026-03-22T03:00:00Z"),
         );
         assert_eq!(p.decisions[0].state, State::Suppressed);
@@ -445,8 +512,7 @@ mod tests {
                 &ev,
                 &dir(None, true),
                 &config,
-                &[],
-                0,
+                &Seen::default(),
                 at("2026-03-22T03:00:00Z")
             )
             .decisions
@@ -463,8 +529,7 @@ mod tests {
             &ev,
             &dir(Some("Mo-Fr 08:00-20:00"), true),
             &config,
-            &[],
-            0,
+            &Seen::default(),
             at("2026-03-22T03:00:00Z"),
         );
         assert_eq!(

@@ -169,6 +169,33 @@ impl Renderer {
     }
 }
 
+impl Renderer {
+    /// Composes one message from the notices folded into a digest: a short
+    /// text listing each one's short form, and a mail with each in full.
+    pub fn render_digest(
+        &self,
+        members: &[crate::store::Claimed],
+    ) -> Result<Rendered, RenderError> {
+        let mut shorts = Vec::with_capacity(members.len());
+        let mut body = String::new();
+        for m in members {
+            let r = self.render(&m.notification, m.event.as_ref())?;
+            shorts.push(r.short.clone().unwrap_or_else(|| r.subject.clone()));
+            if !body.is_empty() {
+                body.push_str("\n\n");
+            }
+            body.push_str(&format!("* {}\n{}", r.subject, r.body));
+        }
+        let n = members.len();
+        let noun = if n == 1 { "notice" } else { "notices" };
+        Ok(Rendered {
+            short: Some(format!("{n} {noun}: {}", shorts.join(" | "))),
+            subject: format!("{n} {noun} from your provider"),
+            body,
+        })
+    }
+}
+
 /// A subject is one line: newlines from data would otherwise break headers.
 fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
@@ -193,6 +220,8 @@ mod tests {
             expires_at: None,
             timezone: tz.parse().unwrap(),
             summary: None,
+            is_digest: false,
+            folded_into: None,
         };
         Notification::planned(&ev, &d)
     }

@@ -66,7 +66,25 @@ impl Scheduler {
         if n.expires_at.is_some_and(|exp| now > exp) {
             return self.finish(n, Finish::Expired { at: now }).await;
         }
-        let rendered = match self.renderer.render(n, c.event.as_ref()) {
+        let rendered = if n.type_name == crate::plan::DIGEST_TYPE {
+            // Composed now, from whatever is still folded into it.
+            let members = self.store.digest_members(&n.id).await?;
+            if members.is_empty() {
+                return self
+                    .finish(
+                        n,
+                        Finish::Cancelled {
+                            at: now,
+                            reason: Reason::EmptyDigest,
+                        },
+                    )
+                    .await;
+            }
+            self.renderer.render_digest(&members)
+        } else {
+            self.renderer.render(n, c.event.as_ref())
+        };
+        let rendered = match rendered {
             Ok(r) => r,
             Err(e) => {
                 return self
@@ -188,6 +206,7 @@ impl Scheduler {
             Finish::Retry { .. } => (State::Pending, Some(Reason::Retry)),
             Finish::Failed { reason, .. } => (State::Failed, Some(*reason)),
             Finish::Expired { .. } => (State::Expired, Some(Reason::Expired)),
+            Finish::Cancelled { reason, .. } => (State::Cancelled, Some(*reason)),
         };
         if let Finish::Failed { detail, .. } = &f {
             tracing::warn!(notification = %n.id, channel = %n.channel, reason = ?reason, detail = %detail, "delivery failed");

@@ -317,19 +317,26 @@ pub async fn check_planner_sees_pending_and_cancels(store: &dyn Store) {
         fn flap_window(&self, _: &Event) -> Option<(Vec<String>, chrono::Duration)> {
             None
         }
+        fn loads_needed(
+            &self,
+            _: &Event,
+            _: &AccountView,
+        ) -> Vec<(String, Option<chrono::Duration>)> {
+            Vec::new()
+        }
         fn plan(
             &self,
             ev: &Event,
             view: &AccountView,
-            pending: &[RelatedNotice],
-            _recent: usize,
+            seen: &Seen,
         ) -> std::result::Result<Plan, Rejection> {
+            let pending = seen.related;
             self.0
                 .lock()
                 .unwrap()
                 .extend(pending.iter().map(|p| p.event.clone()));
             let config = Config::load(None).unwrap();
-            let mut plan = crate::plan::plan(ev, view, &config, pending, 0, ev.received_at);
+            let mut plan = crate::plan::plan(ev, view, &config, seen, ev.received_at);
             plan.cancels = pending
                 .iter()
                 .map(|p| crate::plan::Cancel {
@@ -547,6 +554,7 @@ pub async fn check_own_notices(store: &dyn Store) {
         sent_at: None,
         attempts: 0,
         timezone: "UTC".into(),
+        digest: None,
         message: Some(Message {
             short: "code 123456".into(),
             subject: "s".into(),
@@ -561,6 +569,69 @@ pub async fn check_own_notices(store: &dyn Store) {
     assert_eq!(claimed.len(), 1);
     assert!(claimed[0].event.is_none());
     assert_eq!(claimed[0].notification.message, n.message);
+}
+
+pub async fn check_digest_folding_and_cancellation(store: &dyn Store) {
+    assert_eq!(
+        store.put_account(&account("A1")).await.unwrap(),
+        PutOutcome::Created
+    );
+    let alice = Contact {
+        id: "alice".into(),
+        name: "Alice".into(),
+        timezone: None,
+    };
+    store.put_contact("A1", &alice).await.unwrap();
+    let mut d = destination("alice", "mailto:alice@example.com", true);
+    d.prefs.digest = Some("1h".parse().unwrap());
+    store.add_destination("A1", &d, None, None).await.unwrap();
+    let now = t("2026-03-24T10:00:00Z");
+    store
+        .ingest(
+            vec![
+                event("e1", "A1", "L1", now),
+                event("e2", "A1", "L2", now + Duration::minutes(5)),
+            ],
+            planner(),
+        )
+        .await
+        .unwrap();
+    let (_, notes) = store.event("e1").await.unwrap().unwrap();
+    let folded = notes
+        .iter()
+        .find(|n| n.state == State::Digested)
+        .expect("e1 folded");
+    assert_eq!(folded.reason, Some(Reason::Digest));
+    let digest_id = folded.digest.clone().expect("linked to its digest");
+    let (_, notes2) = store.event("e2").await.unwrap().unwrap();
+    assert_eq!(
+        notes2[0].digest.as_deref(),
+        Some(digest_id.as_str()),
+        "one digest per destination"
+    );
+    assert_eq!(store.digest_members(&digest_id).await.unwrap().len(), 2);
+
+    // Cancelling an event reaches its notice inside the pending digest.
+    assert_eq!(store.cancel_event("e1", now).await.unwrap(), Some(1));
+    let members = store.digest_members(&digest_id).await.unwrap();
+    assert_eq!(members.len(), 1);
+    assert_eq!(members[0].event.as_ref().map(|e| e.id.as_str()), Some("e2"));
+
+    // The digest itself is due an hour after it opened.
+    assert!(
+        store
+            .claim_due(now + Duration::minutes(59), now + Duration::hours(2), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let due = store
+        .claim_due(now + Duration::hours(1), now + Duration::hours(2), 10)
+        .await
+        .unwrap();
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].notification.id, digest_id);
+    assert_eq!(due[0].notification.type_name, crate::plan::DIGEST_TYPE);
 }
 
 /// Runs `check` against a fresh store of each kind.
@@ -597,6 +668,7 @@ conformance!(
     check_claim_lease_and_finish,
     check_cancel_event,
     check_own_notices,
+    check_digest_folding_and_cancellation,
 );
 
 /// A schema dropped when the test ends.

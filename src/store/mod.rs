@@ -15,7 +15,7 @@ use crate::model::{
     Account, AccountView, ChannelKind, Contact, ContactView, Destination, Event, Priority, Reason,
     Scope, State,
 };
-use crate::plan::{Plan, RelatedNotice};
+use crate::plan::{Load, Plan, RelatedNotice, Seen};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -74,14 +74,19 @@ pub struct Notification {
     pub attempts: u32,
     pub timezone: String,
     pub message: Option<Message>,
+    /// For a `digested` notice: the digest notification it is folded into.
+    pub digest: Option<String>,
 }
 
 impl Notification {
     /// A notification for decision `d` of `event`.
     pub fn planned(event: &Event, d: &crate::plan::Decision) -> Notification {
-        let type_name = match d.summary {
-            Some(_) => crate::plan::flap::SUMMARY_TYPE.to_string(),
-            None => event.type_name.clone(),
+        let type_name = if d.is_digest {
+            crate::plan::DIGEST_TYPE.to_string()
+        } else if d.summary.is_some() {
+            crate::plan::flap::SUMMARY_TYPE.to_string()
+        } else {
+            event.type_name.clone()
         };
         Notification {
             id: new_id(),
@@ -104,8 +109,28 @@ impl Notification {
             attempts: 0,
             timezone: d.timezone.name().to_string(),
             message: d.summary.clone(),
+            digest: match &d.folded_into {
+                Some(crate::plan::DigestLink::Existing(id)) => Some(id.clone()),
+                _ => None,
+            },
         }
     }
+}
+
+/// The notifications of a plan, ids assigned, each folded notice linked
+/// to its digest (including digests the same plan creates).
+pub fn planned_notifications(event: &Event, plan: &Plan) -> Vec<Notification> {
+    let mut notes: Vec<Notification> = plan
+        .decisions
+        .iter()
+        .map(|d| Notification::planned(event, d))
+        .collect();
+    for (i, d) in plan.decisions.iter().enumerate() {
+        if let Some(crate::plan::DigestLink::New(j)) = d.folded_into {
+            notes[i].digest = notes.get(j).map(|n| n.id.clone());
+        }
+    }
+    notes
 }
 
 /// A time-ordered unique id (UUIDv7), used for events without one, for
@@ -127,15 +152,21 @@ pub trait Planner: Send + Sync {
     /// flap damping, and over how long; `None`: the store counts nothing.
     fn flap_window(&self, event: &Event) -> Option<(Vec<String>, chrono::Duration)>;
 
-    /// Plans `event`, given the related notices and how many changes of its
-    /// family arrived for its key within the flap window; `Err` refuses it
-    /// with a field and a message.
+    /// The destinations of `view` whose load planning needs (a cap or a
+    /// digest preference), each with the cap's period if it has a cap.
+    fn loads_needed(
+        &self,
+        event: &Event,
+        view: &AccountView,
+    ) -> Vec<(String, Option<chrono::Duration>)>;
+
+    /// Plans `event` given what the store read for it; `Err` refuses it with
+    /// a field and a message.
     fn plan(
         &self,
         event: &Event,
         view: &AccountView,
-        related: &[RelatedNotice],
-        recent: usize,
+        seen: &Seen,
     ) -> std::result::Result<Plan, Rejection>;
 }
 
@@ -198,6 +229,11 @@ pub enum Finish {
     },
     Expired {
         at: DateTime<Utc>,
+    },
+    /// Nothing left to send (a digest whose notices were all cancelled).
+    Cancelled {
+        at: DateTime<Utc>,
+        reason: Reason,
     },
 }
 
@@ -306,6 +342,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Every recorded decision about the notifications of `event`, in order.
     async fn history(&self, event: &str) -> Result<Vec<Decided>>;
+
+    /// The notices still folded into digest `id`, with their events.
+    async fn digest_members(&self, id: &str) -> Result<Vec<Claimed>>;
 
     /// Called once by a server that knows it is the only one using this
     /// store (embedded SQLite, under its lock): whatever was `sending` when
@@ -459,6 +498,14 @@ pub(crate) mod codec {
                 state: State::Failed,
                 reason: Some(*reason),
                 detail: Some(detail.clone()),
+                sent_at: None,
+                due_at: None,
+                decided_at: to_millis(*at),
+            },
+            Finish::Cancelled { at, reason } => FinishRow {
+                state: State::Cancelled,
+                reason: Some(*reason),
+                detail: None,
                 sent_at: None,
                 due_at: None,
                 decided_at: to_millis(*at),

@@ -51,7 +51,7 @@ impl PgStore {
 }
 
 const NOTIFICATION_COLUMNS: &str = "id, event, account, contact, destination, uri, channel, type, key, priority, \
-     state, reason, detail, due_at, expires_at, decided_at, sent_at, attempts, timezone, message";
+     state, reason, detail, due_at, expires_at, decided_at, sent_at, attempts, timezone, message, digest";
 
 fn notification_from_row(r: &Row) -> Result<Notification> {
     Ok(Notification {
@@ -75,6 +75,7 @@ fn notification_from_row(r: &Row) -> Result<Notification> {
         attempts: u32::try_from(r.try_get::<_, i64>(17)?).unwrap_or(0),
         timezone: r.try_get(18)?,
         message: message_from_json(r.try_get(19)?)?,
+        digest: r.try_get(20)?,
     })
 }
 
@@ -89,13 +90,14 @@ async fn insert_notification(
     let stmt = c
         .prepare_cached(
             "WITH n AS (INSERT INTO notifications (id, event, account, contact, destination, uri, channel, type, key, \
-             priority, state, reason, detail, due_at, expires_at, decided_at, sent_at, attempts, timezone, message) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20) \
+             priority, state, reason, detail, due_at, expires_at, decided_at, sent_at, attempts, timezone, message, \
+             digest) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21) \
              RETURNING id, event, decided_at, state, reason, detail, due_at) \
              INSERT INTO decisions (notification, event, at, state, reason, detail, due_at) SELECT * FROM n",
         )
         .await?;
-    let params: [&(dyn ToSql + Sync); 20] = [
+    let params: [&(dyn ToSql + Sync); 21] = [
         &n.id,
         &n.event,
         &n.account,
@@ -116,13 +118,16 @@ async fn insert_notification(
         &i64::from(n.attempts),
         &n.timezone,
         &message,
+        &n.digest,
     ];
     c.execute(&stmt, &params).await?;
     Ok(())
 }
 
 /// Cancels the pending notifications whose `column` (id, event or
-/// destination) is `value`, recording why; returns how many.
+/// destination) is `value` — with the notices folded into a digest that is
+/// still pending — recording why; returns how many. By event, kci's own
+/// notices (digests, flap summaries) stay: they carry other events too.
 async fn cancel_pending(
     c: &impl deadpool_postgres::GenericClient,
     column: &str,
@@ -131,10 +136,16 @@ async fn cancel_pending(
     detail: Option<&str>,
     at: DateTime<Utc>,
 ) -> Result<usize> {
+    let own = if column == "event" {
+        " AND type NOT LIKE 'kci.%'"
+    } else {
+        ""
+    };
     let stmt = c
         .prepare_cached(&format!(
             "WITH c AS (UPDATE notifications SET state = 'cancelled', reason = $2, detail = $3, decided_at = $4 \
-             WHERE {column} = $1 AND state = 'pending' RETURNING id, event, due_at) \
+             WHERE {column} = $1{own} AND (state = 'pending' OR (state = 'digested' AND digest IN \
+             (SELECT id FROM notifications WHERE state = 'pending'))) RETURNING id, event, due_at) \
              INSERT INTO decisions (notification, event, at, state, reason, detail, due_at) \
              SELECT id, event, $4, 'cancelled', $2, $3, due_at FROM c"
         ))
@@ -233,9 +244,10 @@ async fn ingest_one(
         // related event, whatever its state.
         let waiting = tx
             .prepare_cached(
-                "SELECT n.id, n.event, n.type, n.destination, n.state, n.due_at, e.payload::jsonb ->> 'occurred_at' \
+                "SELECT n.id, n.event, n.type, n.destination, 'pending', n.due_at, e.payload::jsonb ->> 'occurred_at' \
                  FROM notifications n JOIN events e ON e.id = n.event \
-                 WHERE n.account = $1 AND n.key = $2 AND n.type = ANY($3) AND n.state = 'pending' \
+                 WHERE n.account = $1 AND n.key = $2 AND n.type = ANY($3) AND (n.state = 'pending' OR \
+                 (n.state = 'digested' AND n.digest IN (SELECT id FROM notifications WHERE state = 'pending'))) \
                  FOR UPDATE OF n",
             )
             .await?;
@@ -284,7 +296,46 @@ async fn ingest_one(
         }
         None => 0,
     };
-    let plan = match planner.plan(event, view, &pending, recent) {
+    let mut loads = Vec::new();
+    for (destination, period) in planner.loads_needed(event, view) {
+        let recent = match period {
+            Some(p) => {
+                let stmt = tx
+                    .prepare_cached(
+                        "SELECT COUNT(*) FROM notifications WHERE destination = $1 AND due_at > $2 AND priority < 3 \
+                         AND state IN ('pending', 'sending', 'sent') AND event IS NOT NULL AND type NOT LIKE 'kci.%'",
+                    )
+                    .await?;
+                let n: i64 = tx
+                    .query_one(&stmt, &[&destination, &to_millis(event.received_at - p)])
+                    .await?
+                    .try_get(0)?;
+                usize::try_from(n).unwrap_or(0)
+            }
+            None => 0,
+        };
+        let stmt = tx
+            .prepare_cached(
+                "SELECT id FROM notifications WHERE destination = $1 AND type = 'kci.digest' AND state = 'pending' \
+                 ORDER BY due_at LIMIT 1 FOR UPDATE",
+            )
+            .await?;
+        let pending_digest: Option<String> = match tx.query_opt(&stmt, &[&destination]).await? {
+            Some(r) => Some(r.try_get(0)?),
+            None => None,
+        };
+        loads.push(Load {
+            destination,
+            recent,
+            pending_digest,
+        });
+    }
+    let seen = Seen {
+        related: &pending,
+        recent,
+        loads: &loads,
+    };
+    let plan = match planner.plan(event, view, &seen) {
         Ok(p) => p,
         Err(r) => return Ok(IngestOutcome::Rejected(r)),
     };
@@ -323,8 +374,8 @@ async fn ingest_one(
             notifications: usize::try_from(n).unwrap_or(0),
         });
     }
-    for d in &plan.decisions {
-        insert_notification(tx, &Notification::planned(event, d)).await?;
+    for n in planned_notifications(event, &plan) {
+        insert_notification(tx, &n).await?;
     }
     for c in &plan.cancels {
         cancel_pending(
@@ -748,6 +799,40 @@ impl Store for PgStore {
             )
             .await?;
         Ok(r.try_get::<_, Option<i64>>(0)?.map(from_millis))
+    }
+
+    async fn digest_members(&self, id: &str) -> Result<Vec<Claimed>> {
+        let c = self.pool.get().await?;
+        let rows = c
+            .query(
+                &format!(
+                    "SELECT {NOTIFICATION_COLUMNS} FROM notifications WHERE digest = $1 AND state = 'digested' ORDER BY due_at, id"
+                ),
+                &[&id],
+            )
+            .await?;
+        let notes = rows
+            .iter()
+            .map(notification_from_row)
+            .collect::<Result<Vec<_>>>()?;
+        let ids: Vec<String> = notes.iter().filter_map(|n| n.event.clone()).collect();
+        let mut events = HashMap::new();
+        for r in c
+            .query("SELECT id, payload FROM events WHERE id = ANY($1)", &[&ids])
+            .await?
+        {
+            events.insert(r.try_get::<_, String>(0)?, event_from_json(r.try_get(1)?)?);
+        }
+        Ok(notes
+            .into_iter()
+            .map(|n| {
+                let event = n.event.as_ref().and_then(|e| events.get(e).cloned());
+                Claimed {
+                    notification: n,
+                    event,
+                }
+            })
+            .collect())
     }
 
     async fn history(&self, event: &str) -> Result<Vec<Decided>> {

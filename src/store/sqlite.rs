@@ -177,7 +177,7 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>) {
 }
 
 const NOTIFICATION_COLUMNS: &str = "id, event, account, contact, destination, uri, channel, type, key, priority, \
-     state, reason, detail, due_at, expires_at, decided_at, sent_at, attempts, timezone, message";
+     state, reason, detail, due_at, expires_at, decided_at, sent_at, attempts, timezone, message, digest";
 
 fn notification_from_row(row: &Row<'_>) -> Result<Notification> {
     Ok(Notification {
@@ -201,6 +201,7 @@ fn notification_from_row(row: &Row<'_>) -> Result<Notification> {
         attempts: row.get::<_, i64>(17)?.try_into().unwrap_or(0),
         timezone: row.get(18)?,
         message: message_from_json(row.get(19)?)?,
+        digest: row.get(20)?,
     })
 }
 
@@ -211,8 +212,8 @@ fn insert_notification(conn: &Connection, n: &Notification) -> Result<()> {
         .map(|m| serde_json::to_string(m).unwrap_or_default());
     conn.prepare_cached(
         "INSERT INTO notifications (id, event, account, contact, destination, uri, channel, type, key, priority, \
-         state, reason, detail, due_at, expires_at, decided_at, sent_at, attempts, timezone, message) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)",
+         state, reason, detail, due_at, expires_at, decided_at, sent_at, attempts, timezone, message, digest) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)",
     )?
     .execute(params![
         n.id,
@@ -235,6 +236,7 @@ fn insert_notification(conn: &Connection, n: &Notification) -> Result<()> {
         i64::from(n.attempts),
         n.timezone,
         message,
+        n.digest,
     ])?;
     let d = Decided {
         notification: n.id.clone(),
@@ -266,7 +268,9 @@ fn record(conn: &Connection, event: Option<&str>, d: &Decided) -> Result<()> {
 }
 
 /// Cancels the pending notifications whose `column` (id, event or
-/// destination) is `value`, recording why; returns how many.
+/// destination) is `value` — with the notices folded into a digest that is
+/// still pending — recording why; returns how many. By event, kci's own
+/// notices (digests, flap summaries) stay: they carry other events too.
 fn cancel_pending(
     conn: &Connection,
     column: &str,
@@ -275,9 +279,15 @@ fn cancel_pending(
     detail: Option<&str>,
     at: DateTime<Utc>,
 ) -> Result<usize> {
+    let own = if column == "event" {
+        " AND type NOT LIKE 'kci.%'"
+    } else {
+        ""
+    };
     let mut stmt = conn.prepare_cached(&format!(
         "UPDATE notifications SET state = 'cancelled', reason = ?2, detail = ?3, decided_at = ?4 \
-         WHERE {column} = ?1 AND state = 'pending' RETURNING id, event, due_at"
+         WHERE {column} = ?1{own} AND (state = 'pending' OR (state = 'digested' AND digest IN \
+         (SELECT id FROM notifications WHERE state = 'pending'))) RETURNING id, event, due_at"
     ))?;
     let mut rows = stmt.query(params![value, reason.as_str(), detail, to_millis(at)])?;
     let mut done = Vec::new();
@@ -370,9 +380,10 @@ fn related_for_key(
     types: &[String],
 ) -> Result<Vec<RelatedNotice>> {
     let mut pending = conn.prepare_cached(
-        "SELECT n.id, n.event, n.type, n.destination, n.state, n.due_at, json_extract(e.payload, '$.occurred_at') \
+        "SELECT n.id, n.event, n.type, n.destination, 'pending', n.due_at, json_extract(e.payload, '$.occurred_at') \
          FROM notifications n JOIN events e ON e.id = n.event \
-         WHERE n.account = ?1 AND n.key = ?2 AND n.type = ?3 AND n.state = 'pending'",
+         WHERE n.account = ?1 AND n.key = ?2 AND n.type = ?3 AND (n.state = 'pending' OR \
+         (n.state = 'digested' AND n.digest IN (SELECT id FROM notifications WHERE state = 'pending')))",
     )?;
     let mut latest = conn.prepare_cached(
         "SELECT n.id, n.event, n.type, n.destination, n.state, n.due_at, json_extract(e.payload, '$.occurred_at') \
@@ -451,7 +462,36 @@ fn ingest_one(
         }
         None => 0,
     };
-    let plan = match planner.plan(event, view, &pending, recent) {
+    let mut loads = Vec::new();
+    for (destination, period) in planner.loads_needed(event, view) {
+        let recent = match period {
+            Some(p) => conn
+                .prepare_cached(
+                    "SELECT COUNT(*) FROM notifications WHERE destination = ?1 AND due_at > ?2 AND priority < 3 \
+                     AND state IN ('pending', 'sending', 'sent') AND event IS NOT NULL AND type NOT LIKE 'kci.%'",
+                )?
+                .query_row(params![destination, to_millis(event.received_at - p)], |r| r.get::<_, i64>(0))?,
+            None => 0,
+        };
+        let pending_digest: Option<String> = conn
+            .prepare_cached(
+                "SELECT id FROM notifications WHERE destination = ?1 AND type = 'kci.digest' AND state = 'pending' \
+                 ORDER BY due_at LIMIT 1",
+            )?
+            .query_row([&destination], |r| r.get(0))
+            .optional()?;
+        loads.push(Load {
+            destination,
+            recent: usize::try_from(recent).unwrap_or(0),
+            pending_digest,
+        });
+    }
+    let seen = Seen {
+        related: &pending,
+        recent,
+        loads: &loads,
+    };
+    let plan = match planner.plan(event, view, &seen) {
         Ok(p) => p,
         Err(r) => return Ok(IngestOutcome::Rejected(r)),
     };
@@ -468,8 +508,8 @@ fn ingest_one(
         plan.decisions.len() as i64,
         payload
     ])?;
-    for d in &plan.decisions {
-        insert_notification(conn, &Notification::planned(event, d))?;
+    for n in planned_notifications(event, &plan) {
+        insert_notification(conn, &n)?;
     }
     for c in &plan.cancels {
         cancel_pending(
@@ -901,6 +941,35 @@ impl Store for SqliteStore {
                 record(conn, event.as_deref(), &d)?;
             }
             Ok(done.len())
+        })
+        .await
+    }
+
+    async fn digest_members(&self, id: &str) -> Result<Vec<Claimed>> {
+        let id = id.to_string();
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {NOTIFICATION_COLUMNS} FROM notifications WHERE digest = ?1 AND state = 'digested' ORDER BY due_at, id"
+            ))?;
+            let mut rows = stmt.query([&id])?;
+            let mut notes = Vec::new();
+            while let Some(r) = rows.next()? {
+                notes.push(notification_from_row(r)?);
+            }
+            drop(rows);
+            let mut out = Vec::with_capacity(notes.len());
+            for n in notes {
+                let payload: Option<String> = match &n.event {
+                    Some(e) => conn
+                        .prepare_cached("SELECT payload FROM events WHERE id = ?1")?
+                        .query_row([e], |r| r.get(0))
+                        .optional()?,
+                    None => None,
+                };
+                let event = payload.map(|p| event_from_json(&p)).transpose()?;
+                out.push(Claimed { notification: n, event });
+            }
+            Ok(out)
         })
         .await
     }

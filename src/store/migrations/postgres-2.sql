@@ -14,3 +14,9 @@ CREATE TABLE IF NOT EXISTS decisions (
     due_at       BIGINT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS decisions_event ON decisions(event, at, seq);
+
+-- Caps and digests: a digested notice points at its digest; planning counts
+-- a destination's recent notices.
+ALTER TABLE notifications ADD COLUMN digest TEXT;
+CREATE INDEX IF NOT EXISTS notifications_digest ON notifications(digest) WHERE digest IS NOT NULL;
+CREATE INDEX IF NOT EXISTS notifications_destination ON notifications(destination, due_at);

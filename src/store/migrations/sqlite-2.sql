@@ -13,3 +13,9 @@ CREATE TABLE IF NOT EXISTS decisions (
     due_at       INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS decisions_event ON decisions(event, at);
+
+-- Caps and digests: a digested notice points at its digest; planning counts
+-- a destination's recent notices.
+ALTER TABLE notifications ADD COLUMN digest TEXT;
+CREATE INDEX IF NOT EXISTS notifications_digest ON notifications(digest) WHERE digest IS NOT NULL;
+CREATE INDEX IF NOT EXISTS notifications_destination ON notifications(destination, due_at);

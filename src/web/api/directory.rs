@@ -286,6 +286,7 @@ fn verification_notice(
         sent_at: None,
         attempts: 0,
         timezone: "UTC".into(),
+        digest: None,
         message: Some(Message {
             short: short.clone(),
             subject: "Your verification code".into(),
