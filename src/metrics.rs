@@ -19,6 +19,7 @@ pub struct Metrics {
     pub deliveries: Family<Labels, Counter>,
     pub delivery_seconds: Family<Labels, Histogram>,
     pub notifications: Family<Labels, Gauge>,
+    pub rate_backlog: Family<Labels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -68,6 +69,12 @@ impl Metrics {
             "Notifications currently in each state",
             notifications.clone(),
         );
+        let rate_backlog = Family::<Labels, Gauge>::default();
+        registry.register(
+            "rate_backlog",
+            "Notifications queued behind a channel's provider rate limit on this node",
+            rate_backlog.clone(),
+        );
         Self {
             registry,
             events_accepted,
@@ -76,6 +83,7 @@ impl Metrics {
             deliveries,
             delivery_seconds,
             notifications,
+            rate_backlog,
         }
     }
 

@@ -45,6 +45,7 @@ pub async fn run(arg: ConfigArg) -> anyhow::Result<ExitCode> {
         metrics: metrics.clone(),
         clock: clock.clone(),
         wake: wake.clone(),
+        limits: crate::schedule::limiters(&config),
     });
     let worker = tokio::spawn(scheduler.run(shutdown.clone()));
 

@@ -202,6 +202,7 @@ pub async fn simulate_text(text: &str, file: &str) -> Result<Vec<String>, Scenar
         metrics: Arc::new(Metrics::new()),
         clock: clock.clone(),
         wake: Arc::new(tokio::sync::Notify::new()),
+        limits: crate::schedule::limiters(&config),
     };
     let planner = ingest::planner(config.clone());
 

@@ -213,6 +213,48 @@ pub struct ChannelsConfig {
     /// Webhook deliveries (`https://…` destinations).
     #[serde(default)]
     pub webhook: WebhookConfig,
+    /// Mail (the transport itself is configured under `[email]`).
+    #[serde(default)]
+    pub email: ChannelLimits,
+    #[serde(default)]
+    pub sms: ChannelLimits,
+    #[serde(default)]
+    pub pushover: ChannelLimits,
+    #[serde(default)]
+    pub ntfy: ChannelLimits,
+    #[serde(default)]
+    pub telegram: ChannelLimits,
+    #[serde(default)]
+    pub signal: ChannelLimits,
+    #[serde(default)]
+    pub matrix: ChannelLimits,
+}
+
+impl ChannelsConfig {
+    /// The provider rate limit of a channel, if one is set.
+    pub fn rate(&self, kind: crate::model::ChannelKind) -> Option<crate::model::Cap> {
+        use crate::model::ChannelKind::*;
+        match kind {
+            Email => self.email.rate,
+            Sms => self.sms.rate,
+            Webhook => self.webhook.rate,
+            Matrix => self.matrix.rate,
+            Pushover => self.pushover.rate,
+            Ntfy => self.ntfy.rate,
+            Telegram => self.telegram.rate,
+            Signal => self.signal.rate,
+        }
+    }
+}
+
+/// Limits that apply to a whole channel.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelLimits {
+    /// The provider's rate limit, such as `10/s`: notices beyond it wait in
+    /// the queue (urgent first), never dropped.
+    #[serde(default)]
+    pub rate: Option<crate::model::Cap>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -227,6 +269,9 @@ pub struct WebhookConfig {
     /// Give up on one request after this long.
     #[serde(default = "default_webhook_timeout")]
     pub timeout: Span,
+    /// The receivers' rate limit, such as `50/s`.
+    #[serde(default)]
+    pub rate: Option<crate::model::Cap>,
 }
 
 fn default_webhook_timeout() -> Span {
@@ -239,6 +284,7 @@ impl Default for WebhookConfig {
             secret: None,
             allow_http: false,
             timeout: default_webhook_timeout(),
+            rate: None,
         }
     }
 }

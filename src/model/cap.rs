@@ -1,5 +1,5 @@
-//! A per-destination cap such as `5/1h`: at most 5 non-urgent notices an
-//! hour; the excess is folded into one digest.
+//! A count per period such as `5/1h` or `10/s`: a destination's cap on
+//! non-urgent notices, or a provider's rate limit for a channel.
 
 use super::{ParseError, Span};
 use std::fmt;
@@ -20,7 +20,13 @@ impl std::str::FromStr for Cap {
         };
         let (count, per) = s.split_once('/').ok_or_else(bad)?;
         let count: u32 = count.trim().parse().map_err(|_| bad())?;
-        let per: Span = per.trim().parse().map_err(|_| bad())?;
+        // "10/s" reads as "10/1s".
+        let per = per.trim();
+        let per: Span = match per {
+            "s" | "m" | "h" | "d" => format!("1{per}").parse(),
+            _ => per.parse(),
+        }
+        .map_err(|_| bad())?;
         if count == 0 || per.0.is_zero() {
             return Err(ParseError::new(format!(
                 "`{s}`: the count and the duration must be more than zero"
@@ -58,6 +64,8 @@ mod tests {
         let c: Cap = "5/1h".parse().unwrap();
         assert_eq!((c.count, c.per.0.as_secs()), (5, 3600));
         assert_eq!(c.to_string(), "5/1h");
+        let r: Cap = "10/s".parse().unwrap();
+        assert_eq!((r.count, r.per.0.as_secs()), (10, 1));
         for bad in ["5", "x/1h", "5/soon", "0/1h", "5/0s"] {
             assert!(bad.parse::<Cap>().is_err(), "{bad}");
         }

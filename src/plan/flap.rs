@@ -17,13 +17,24 @@ pub const SUMMARY_TYPE: &str = "kci.flap";
 /// family has) and that family: the types whose events count as changes.
 pub fn rule<'a>(config: &'a Config, type_name: &str) -> Option<(&'a Flap, Vec<String>)> {
     let t = config.types.get(type_name)?;
+    let flap_of = |name: &str| config.types.get(name).and_then(|t| t.flap.as_ref());
+    // Most types have no flap rule in their family: answer that without
+    // building the family.
+    let flap = t
+        .flap
+        .as_ref()
+        .or_else(|| t.cancels.iter().find_map(|c| flap_of(c)))
+        .or_else(|| {
+            config
+                .types
+                .iter()
+                .filter(|(_, u)| u.cancels.iter().any(|c| c == type_name))
+                .find_map(|(_, u)| u.flap.as_ref())
+        })?;
     let mut family = vec![type_name.to_string()];
     family.extend(t.cancels.iter().cloned());
     family.extend(super::cancelled_by(config, type_name));
     family.dedup();
-    let flap = family
-        .iter()
-        .find_map(|f| config.types.get(f).and_then(|t| t.flap.as_ref()))?;
     Some((flap, family))
 }
 

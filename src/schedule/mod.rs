@@ -15,6 +15,8 @@ use futures_util::StreamExt;
 use std::sync::Arc;
 use tokio::sync::Notify;
 
+pub mod rate;
+
 pub struct Scheduler {
     pub store: Arc<dyn Store>,
     pub channels: Channels,
@@ -24,6 +26,21 @@ pub struct Scheduler {
     pub clock: Arc<dyn Clock>,
     /// Woken by ingest when something may be due now.
     pub wake: Arc<Notify>,
+    /// Provider rate limits, per channel that has one.
+    pub limits: std::collections::HashMap<crate::model::ChannelKind, rate::Limiter>,
+}
+
+/// The rate limiters `[channels.*] rate` asks for.
+pub fn limiters(
+    config: &crate::config::Config,
+) -> std::collections::HashMap<crate::model::ChannelKind, rate::Limiter> {
+    use crate::model::ChannelKind::*;
+    [
+        Email, Sms, Webhook, Matrix, Pushover, Ntfy, Telegram, Signal,
+    ]
+    .into_iter()
+    .filter_map(|k| config.channels.rate(k).map(|r| (k, rate::Limiter::new(r))))
+    .collect()
 }
 
 /// The delay before retry number `attempt` (1-based): base·2^(attempt-1),
@@ -49,6 +66,43 @@ impl Scheduler {
         let limit = self.delivery.concurrency * 4;
         let claimed = self.store.claim_due(now, lease_until, limit).await?;
         let n = claimed.len();
+        // Provider rates: in priority order (the claim is sorted urgent
+        // first), take a slot or go back to the queue until the next free
+        // one. A notice that was given a slot earlier already holds it.
+        let mut ready = Vec::with_capacity(claimed.len());
+        for c in claimed {
+            let kind = c.notification.channel;
+            let Some(limiter) = self.limits.get(&kind) else {
+                ready.push(c);
+                continue;
+            };
+            if c.notification.reason == Some(Reason::RateLimit) {
+                ready.push(c);
+                continue;
+            }
+            match limiter.acquire(now) {
+                Ok(()) => ready.push(c),
+                Err(slot) => {
+                    let detail = format!("{kind} rate limit: queued for the next free slot");
+                    self.finish(
+                        &c.notification,
+                        Finish::Deferred {
+                            at: now,
+                            due_at: slot,
+                            detail,
+                        },
+                    )
+                    .await?;
+                }
+            }
+        }
+        for (kind, limiter) in &self.limits {
+            self.metrics
+                .rate_backlog
+                .get_or_create(&vec![("channel", kind.as_str().to_string())])
+                .set(limiter.backlog(now));
+        }
+        let claimed = ready;
         let results: Vec<crate::store::Result<()>> = futures_util::stream::iter(claimed)
             .map(|c| self.handle(c))
             .buffer_unordered(self.delivery.concurrency)
@@ -207,6 +261,7 @@ impl Scheduler {
             Finish::Failed { reason, .. } => (State::Failed, Some(*reason)),
             Finish::Expired { .. } => (State::Expired, Some(Reason::Expired)),
             Finish::Cancelled { reason, .. } => (State::Cancelled, Some(*reason)),
+            Finish::Deferred { .. } => (State::Pending, Some(Reason::RateLimit)),
         };
         if let Finish::Failed { detail, .. } = &f {
             tracing::warn!(notification = %n.id, channel = %n.channel, reason = ?reason, detail = %detail, "delivery failed");

@@ -469,11 +469,31 @@ pub async fn check_claim_lease_and_finish(store: &dyn Store) {
         .unwrap();
     assert_eq!(again.len(), 1, "expired lease is claimed again");
     assert_eq!(again[0].notification.attempts, 3);
+    // A rate limit sends it back to the queue without counting an attempt.
+    let slot = after_lease + Duration::seconds(30);
     store
         .finish(
             &again[0].notification.id,
-            Finish::Expired { at: after_lease },
+            Finish::Deferred {
+                at: after_lease,
+                due_at: slot,
+                detail: "rate".into(),
+            },
         )
+        .await
+        .unwrap();
+    let back = store
+        .claim_due(slot, slot + Duration::minutes(2), 10)
+        .await
+        .unwrap();
+    assert_eq!(back.len(), 1);
+    assert_eq!(
+        back[0].notification.attempts, 3,
+        "the deferral gave its attempt back"
+    );
+    assert_eq!(back[0].notification.reason, Some(Reason::RateLimit));
+    store
+        .finish(&back[0].notification.id, Finish::Expired { at: slot })
         .await
         .unwrap();
     assert_eq!(

@@ -235,6 +235,13 @@ pub enum Finish {
         at: DateTime<Utc>,
         reason: Reason,
     },
+    /// Not attempted: back to the queue until `due_at` (a provider rate
+    /// limit's next free slot). The claim's attempt is given back.
+    Deferred {
+        at: DateTime<Utc>,
+        due_at: DateTime<Utc>,
+        detail: String,
+    },
 }
 
 /// A notification claimed for delivery, with its event (if any).
@@ -473,6 +480,8 @@ pub(crate) mod codec {
         /// A new due time (retries); `None` keeps the old one.
         pub due_at: Option<i64>,
         pub decided_at: i64,
+        /// Added to `attempts` (-1 gives back the claim's attempt).
+        pub attempts_delta: i64,
     }
 
     pub fn finish_row(f: &Finish) -> FinishRow {
@@ -485,6 +494,7 @@ pub(crate) mod codec {
                 sent_at: Some(to_millis(*at)),
                 due_at: None,
                 decided_at: to_millis(*at),
+                attempts_delta: 0,
             },
             Finish::Retry { at, due_at, detail } => FinishRow {
                 state: State::Pending,
@@ -493,6 +503,7 @@ pub(crate) mod codec {
                 sent_at: None,
                 due_at: Some(to_millis(*due_at)),
                 decided_at: to_millis(*at),
+                attempts_delta: 0,
             },
             Finish::Failed { at, reason, detail } => FinishRow {
                 state: State::Failed,
@@ -501,6 +512,16 @@ pub(crate) mod codec {
                 sent_at: None,
                 due_at: None,
                 decided_at: to_millis(*at),
+                attempts_delta: 0,
+            },
+            Finish::Deferred { at, due_at, detail } => FinishRow {
+                state: State::Pending,
+                reason: Some(Reason::RateLimit),
+                detail: Some(detail.clone()),
+                sent_at: None,
+                due_at: Some(to_millis(*due_at)),
+                decided_at: to_millis(*at),
+                attempts_delta: -1,
             },
             Finish::Cancelled { at, reason } => FinishRow {
                 state: State::Cancelled,
@@ -509,6 +530,7 @@ pub(crate) mod codec {
                 sent_at: None,
                 due_at: None,
                 decided_at: to_millis(*at),
+                attempts_delta: 0,
             },
             Finish::Expired { at } => FinishRow {
                 state: State::Expired,
@@ -517,6 +539,7 @@ pub(crate) mod codec {
                 sent_at: None,
                 due_at: None,
                 decided_at: to_millis(*at),
+                attempts_delta: 0,
             },
         }
     }

@@ -767,7 +767,7 @@ impl Store for PgStore {
         let stmt = c
             .prepare_cached(
                 "WITH f AS (UPDATE notifications SET state = $2, reason = $3, detail = $4, \
-                 sent_at = COALESCE($5, sent_at), due_at = COALESCE($6, due_at), decided_at = $7, lease_until = NULL \
+                 sent_at = COALESCE($5, sent_at), due_at = COALESCE($6, due_at), decided_at = $7, lease_until = NULL, attempts = attempts + $8 \
                  WHERE id = $1 AND state = 'sending' RETURNING id, event, due_at) \
                  INSERT INTO decisions (notification, event, at, state, reason, detail, due_at) \
                  SELECT id, event, $7, $2, $3, $4, due_at FROM f",
@@ -783,6 +783,7 @@ impl Store for PgStore {
                 &f.sent_at,
                 &f.due_at,
                 &f.decided_at,
+                &f.attempts_delta,
             ],
         )
         .await?;

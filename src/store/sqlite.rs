@@ -880,11 +880,20 @@ impl Store for SqliteStore {
             let done = conn
                 .prepare_cached(
                     "UPDATE notifications SET state = ?2, reason = ?3, detail = ?4, sent_at = COALESCE(?5, sent_at), \
-                     due_at = COALESCE(?6, due_at), decided_at = ?7, lease_until = NULL \
+                     due_at = COALESCE(?6, due_at), decided_at = ?7, lease_until = NULL, attempts = attempts + ?8 \
                      WHERE id = ?1 AND state = 'sending' RETURNING event, due_at",
                 )?
                 .query_row(
-                    params![id, f.state.as_str(), f.reason.map(|r| r.as_str()), f.detail, f.sent_at, f.due_at, f.decided_at],
+                    params![
+                        id,
+                        f.state.as_str(),
+                        f.reason.map(|r| r.as_str()),
+                        f.detail,
+                        f.sent_at,
+                        f.due_at,
+                        f.decided_at,
+                        f.attempts_delta
+                    ],
                     |r| Ok((r.get::<_, Option<String>>(0)?, r.get::<_, i64>(1)?)),
                 )
                 .optional()?;
