@@ -75,6 +75,7 @@ async fn main() {
                     id: "c".into(),
                     name: "C".into(),
                     timezone: None,
+                    prefs: Default::default(),
                 },
             )
             .await

@@ -51,6 +51,7 @@ hold = "3m"
                 id: "alice".into(),
                 name: "Alice".into(),
                 timezone: None,
+                prefs: Default::default(),
             },
             destinations: vec![
                 dest(

@@ -62,13 +62,14 @@ struct ScenarioAccount {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct ScenarioContact {
     id: String,
     name: Option<String>,
-    timezone: Option<String>,
     #[serde(default)]
     destination: Vec<toml::Table>,
+    /// `timezone` and the preference fields for all its destinations.
+    #[serde(flatten)]
+    prefs: toml::Table,
 }
 
 #[derive(Deserialize)]
@@ -354,10 +355,14 @@ async fn load_account(store: &dyn Store, a: &ScenarioAccount) -> Result<(), Stri
         .await
         .map_err(|e| e.to_string())?;
     for c in &a.contact {
+        let mut prefs: Preferences = toml::Value::Table(c.prefs.clone())
+            .try_into()
+            .map_err(|e| format!("contact {}: {e}", c.id))?;
         let contact = Contact {
             id: c.id.clone(),
             name: c.name.clone().unwrap_or_else(|| c.id.clone()),
-            timezone: tz(&c.timezone, "contact.timezone")?,
+            timezone: prefs.timezone.take(),
+            prefs,
         };
         store
             .put_contact(&account.id, &contact)

@@ -229,12 +229,8 @@ impl Planner for PolicyPlanner {
                 continue;
             }
             for d in &cv.destinations {
-                let eff = plan::effective(
-                    &d.prefs,
-                    cv.contact.timezone,
-                    &view.account,
-                    &self.config.defaults,
-                );
+                let eff =
+                    plan::effective(&d.prefs, &cv.contact, &view.account, &self.config.defaults);
                 if eff.digest.is_some() || eff.max.is_some() {
                     out.push((d.id.clone(), eff.max.map(|m| m.per.chrono())));
                 }

@@ -24,6 +24,10 @@ pub struct Contact {
     pub name: String,
     #[serde(serialize_with = "ser_tz_opt")]
     pub timezone: Option<TimeZoneName>,
+    /// Preferences for all of this contact's destinations (a login that
+    /// only wants to hear about some services, say); `timezone` is above.
+    #[serde(flatten)]
+    pub prefs: Preferences,
 }
 
 /// Where a contact wants notices, with the preferences it sets itself.

@@ -152,16 +152,17 @@ impl Default for Effective<'_> {
 }
 
 /// Resolves a destination's preferences: each field from the destination,
-/// else the account's `defaults`, else config; the zone also from the
-/// contact and the account (destination → contact → account defaults →
-/// account → config).
+/// else its contact, else the account's `defaults`, else config; the zone
+/// also from the account itself (destination → contact → account defaults
+/// → account → config).
 pub fn effective<'a>(
     dest: &'a Preferences,
-    contact_tz: Option<crate::model::TimeZoneName>,
+    contact: &'a crate::model::Contact,
     account: &'a crate::model::Account,
     config: &'a Preferences,
 ) -> Effective<'a> {
-    let levels = [dest, &account.defaults, config];
+    let levels = [dest, &contact.prefs, &account.defaults, config];
+    let contact_tz = contact.timezone;
     let first = |f: &dyn Fn(&'a Preferences) -> bool| levels.into_iter().find(|p| f(p));
     let timezone = dest
         .timezone
@@ -209,12 +210,7 @@ pub fn plan(
             continue;
         }
         for dest in &cv.destinations {
-            let eff = effective(
-                &dest.prefs,
-                cv.contact.timezone,
-                &dir.account,
-                &config.defaults,
-            );
+            let eff = effective(&dest.prefs, &cv.contact, &dir.account, &config.defaults);
             let mut d = Decision {
                 contact: cv.contact.id.clone(),
                 destination: dest.id.clone(),
@@ -443,6 +439,7 @@ mod tests {
                     id: "alice".into(),
                     name: "Alice".into(),
                     timezone: None,
+                    prefs: Default::default(),
                 },
                 destinations: vec![
                     Destination {
@@ -490,6 +487,40 @@ mod tests {
         assert_eq!(
             (mail.state, mail.reason, mail.due_at),
             (State::Pending, None, now)
+        );
+    }
+
+    #[test]
+    fn a_contact_narrows_all_its_destinations_unless_one_says_otherwise() {
+        let config = Config::load(None).unwrap();
+        let ev = event("2026-03-24T10:00:00Z"); // service L1
+        let mut d = dir(None, true);
+        d.contacts[0].contact.prefs.services = Some(vec!["L2".into()]);
+        let p = plan(
+            &ev,
+            &d,
+            &config,
+            &Seen::default(),
+            at("2026-03-24T10:00:00Z"),
+        );
+        assert!(
+            p.decisions
+                .iter()
+                .all(|x| (x.state, x.reason) == (State::Suppressed, Some(Reason::Service)))
+        );
+        // The mail destination asks for L1 itself: the nearer level wins.
+        d.contacts[0].destinations[1].prefs.services = Some(vec!["L1".into()]);
+        let p = plan(
+            &ev,
+            &d,
+            &config,
+            &Seen::default(),
+            at("2026-03-24T10:00:00Z"),
+        );
+        assert_eq!(p.decisions[0].reason, Some(Reason::Service));
+        assert_eq!(
+            (p.decisions[1].state, p.decisions[1].reason),
+            (State::Pending, None)
         );
     }
 

@@ -70,6 +70,7 @@ async fn seed(store: &dyn Store) {
         id: "alice".into(),
         name: "Alice".into(),
         timezone: None,
+        prefs: Default::default(),
     };
     assert_eq!(
         store.put_contact("A1", &alice).await.unwrap(),
@@ -111,6 +112,7 @@ pub async fn check_directory(store: &dyn Store) {
         id: "alice".into(),
         name: "Alice".into(),
         timezone: None,
+        prefs: Default::default(),
     };
     assert_eq!(
         store.put_contact("nobody", &alice).await.unwrap(),
@@ -600,6 +602,7 @@ pub async fn check_digest_folding_and_cancellation(store: &dyn Store) {
         id: "alice".into(),
         name: "Alice".into(),
         timezone: None,
+        prefs: Default::default(),
     };
     store.put_contact("A1", &alice).await.unwrap();
     let mut d = destination("alice", "mailto:alice@example.com", true);

@@ -175,7 +175,9 @@ async fn account_view(
         defaults: prefs_from_json(r.try_get(5)?)?,
     };
     let stmt = c
-        .prepare_cached("SELECT id, name, timezone FROM contacts WHERE account = $1 ORDER BY id")
+        .prepare_cached(
+            "SELECT id, name, timezone, prefs FROM contacts WHERE account = $1 ORDER BY id",
+        )
         .await?;
     let mut contacts = Vec::new();
     for r in c.query(&stmt, &[&id]).await? {
@@ -184,6 +186,7 @@ async fn account_view(
                 id: r.try_get(0)?,
                 name: r.try_get(1)?,
                 timezone: tz_from_text(r.try_get(2)?)?,
+                prefs: prefs_from_json(r.try_get(3)?)?,
             },
             destinations: Vec::new(),
         });
@@ -504,10 +507,10 @@ impl Store for PgStore {
         }
         let row = c
             .query_one(
-                "INSERT INTO contacts (account, id, name, timezone) VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT (account, id) DO UPDATE SET name = excluded.name, timezone = excluded.timezone \
-                 RETURNING (xmax = 0)",
-                &[&account, &ct.id, &ct.name, &ct.timezone.map(|t| t.to_string())],
+                "INSERT INTO contacts (account, id, name, timezone, prefs) VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT (account, id) DO UPDATE SET name = excluded.name, timezone = excluded.timezone, \
+                 prefs = excluded.prefs RETURNING (xmax = 0)",
+                &[&account, &ct.id, &ct.name, &ct.timezone.map(|t| t.to_string()), &prefs_to_json(&ct.prefs)],
             )
             .await?;
         Ok(if row.try_get(0)? {

@@ -339,8 +339,9 @@ fn account_view(conn: &Connection, id: &str) -> Result<Option<AccountView>> {
         defaults: prefs_from_json(&defaults)?,
     };
     let mut contacts = Vec::new();
-    let mut stmt = conn
-        .prepare_cached("SELECT id, name, timezone FROM contacts WHERE account = ?1 ORDER BY id")?;
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, name, timezone, prefs FROM contacts WHERE account = ?1 ORDER BY id",
+    )?;
     let mut rows = stmt.query([&account.id])?;
     while let Some(r) = rows.next()? {
         contacts.push(ContactView {
@@ -348,6 +349,7 @@ fn account_view(conn: &Connection, id: &str) -> Result<Option<AccountView>> {
                 id: r.get(0)?,
                 name: r.get(1)?,
                 timezone: tz_from_text(r.get(2)?)?,
+                prefs: prefs_from_json(&r.get::<_, String>(3)?)?,
             },
             destinations: Vec::new(),
         });
@@ -636,9 +638,10 @@ impl Store for SqliteStore {
                 .optional()?
                 .is_some();
             conn.execute(
-                "INSERT INTO contacts (account, id, name, timezone) VALUES (?1, ?2, ?3, ?4) \
-                 ON CONFLICT (account, id) DO UPDATE SET name = excluded.name, timezone = excluded.timezone",
-                params![account, c.id, c.name, c.timezone.map(|t| t.to_string())],
+                "INSERT INTO contacts (account, id, name, timezone, prefs) VALUES (?1, ?2, ?3, ?4, ?5) \
+                 ON CONFLICT (account, id) DO UPDATE SET name = excluded.name, timezone = excluded.timezone, \
+                 prefs = excluded.prefs",
+                params![account, c.id, c.name, c.timezone.map(|t| t.to_string()), prefs_to_json(&c.prefs)],
             )?;
             Ok(if exists { PutOutcome::Updated } else { PutOutcome::Created })
         })

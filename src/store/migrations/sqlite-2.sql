@@ -19,3 +19,6 @@ CREATE INDEX IF NOT EXISTS decisions_event ON decisions(event, at);
 ALTER TABLE notifications ADD COLUMN digest TEXT;
 CREATE INDEX IF NOT EXISTS notifications_digest ON notifications(digest) WHERE digest IS NOT NULL;
 CREATE INDEX IF NOT EXISTS notifications_destination ON notifications(destination, due_at);
+
+-- Contacts carry preferences for all their destinations.
+ALTER TABLE contacts ADD COLUMN prefs TEXT NOT NULL DEFAULT '{}';

@@ -90,14 +90,10 @@ pub async fn get_account(
     Ok(Json(view))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ContactInput {
-    name: Option<String>,
-    timezone: Option<String>,
-}
-
-/// `PUT /v1/accounts/{id}/contacts/{cid}` (scope `directory:write`).
+/// `PUT /v1/accounts/{id}/contacts/{cid}` (scope `directory:write`): `name`,
+/// `timezone`, and optionally the preference fields a destination takes,
+/// applying to all of this contact's destinations (a login that only wants
+/// to hear about some services, say).
 pub async fn put_contact(
     State(st): State<AppState>,
     caller: Caller,
@@ -106,16 +102,24 @@ pub async fn put_contact(
 ) -> Result<impl IntoResponse, AppError> {
     caller.require(Scope::DirectoryWrite)?;
     check_path_id("contact", &cid)?;
-    let input: ContactInput = super::json_body(&body)?;
-    let timezone = input
-        .timezone
-        .map(|t| t.parse::<TimeZoneName>())
-        .transpose()
-        .map_err(|e| AppError::invalid("invalid_field", "timezone", e))?;
+    let mut map: serde_json::Map<String, serde_json::Value> = super::json_body(&body)?;
+    let name = match map.remove("name") {
+        None | Some(serde_json::Value::Null) => cid.clone(),
+        Some(serde_json::Value::String(s)) => s,
+        Some(_) => {
+            return Err(AppError::invalid(
+                "invalid_field",
+                "name",
+                "must be a string",
+            ));
+        }
+    };
+    let mut prefs = preferences(map)?;
     let contact = Contact {
-        name: input.name.unwrap_or_else(|| cid.clone()),
+        name,
         id: cid,
-        timezone,
+        timezone: prefs.timezone.take(),
+        prefs,
     };
     match st.store.put_contact(&id, &contact).await? {
         PutOutcome::NoParent => Err(AppError::NotFound {
@@ -123,6 +127,15 @@ pub async fn put_contact(
         }),
         o => Ok((status(o), Json(contact))),
     }
+}
+
+/// Reads the preference fields of a body (all that is left of it), naming
+/// a bad or unknown one.
+fn preferences(map: serde_json::Map<String, serde_json::Value>) -> Result<Preferences, AppError> {
+    serde_path_to_error::deserialize(serde_json::Value::Object(map)).map_err(|e| {
+        let field = e.path().to_string();
+        AppError::invalid("invalid_field", &field, e.into_inner())
+    })
 }
 
 /// A destination body: `uri`, `verified`, and the preference fields.
@@ -156,11 +169,7 @@ fn destination_input(body: &[u8]) -> Result<DestinationInput, AppError> {
             ));
         }
     };
-    let prefs: Preferences = serde_path_to_error::deserialize(serde_json::Value::Object(map))
-        .map_err(|e| {
-            let field = e.path().to_string();
-            AppError::invalid("invalid_field", &field, e.into_inner())
-        })?;
+    let prefs = preferences(map)?;
     Ok(DestinationInput {
         uri,
         verified,
