@@ -543,6 +543,13 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("kci.example.toml");
+        let c = Config::load(Some(&path)).unwrap();
+        assert!(c.types.contains_key("line.down"));
+    }
+
+    #[test]
     fn errors_name_file_and_key() {
         let e = Config::parse("[types.\"line.down\"]\nhold = \"soon\"\n", "kci.toml").unwrap_err();
         assert_eq!(e.file, "kci.toml");

@@ -551,3 +551,130 @@ async fn a_config_error_names_the_key_and_the_file() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn pairing_and_digests_over_http() {
+    let kci = Kci::start(
+        None,
+        r#"
+[types."link.down"]
+hold = "2m"
+short = "Link {{ service }} down."
+[types."link.up"]
+cancels = ["link.down"]
+hold = "2m"
+short = "Link {{ service }} up."
+"#,
+    );
+    let admin = kci.token(&["admin"]);
+    let get = |id: &'static str| {
+        let kci = &kci;
+        let admin = admin.clone();
+        async move {
+            kci.call("GET", &format!("/v1/events/{id}"), Some(&admin), None)
+                .await
+                .1
+        }
+    };
+    let notices = |v: &Value, kind: &str| -> Vec<Value> {
+        v["notifications"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|n| n["type"] == kind)
+            .cloned()
+            .collect()
+    };
+    kci.call("PUT", "/v1/accounts/A1", Some(&admin), Some("{}"))
+        .await;
+    // The contact wants only L1 and L2; its second address takes a digest.
+    let (s, v) = kci
+        .call(
+            "PUT",
+            "/v1/accounts/A1/contacts/c",
+            Some(&admin),
+            Some(r#"{"services":["L1","L2"]}"#),
+        )
+        .await;
+    assert_eq!((s, &v["services"]), (201, &json!(["L1", "L2"])));
+    let d = "/v1/accounts/A1/contacts/c/destinations";
+    kci.call(
+        "POST",
+        d,
+        Some(&admin),
+        Some(r#"{"uri":"mailto:now@example.com","verified":true}"#),
+    )
+    .await;
+    let body = r#"{"uri":"mailto:digest@example.com","verified":true,"digest":"1h"}"#;
+    kci.call("POST", d, Some(&admin), Some(body)).await;
+
+    // A drop and a reconnect inside the hold: nobody is told.
+    for ev in [
+        r#"{"id":"dn","type":"link.down","account":"A1","service":"L1"}"#,
+        r#"{"id":"up","type":"link.up","account":"A1","service":"L1"}"#,
+        r#"{"id":"other","type":"link.down","account":"A1","service":"L9"}"#,
+    ] {
+        assert_eq!(
+            kci.call("POST", "/v1/events", Some(&admin), Some(ev))
+                .await
+                .0,
+            202
+        );
+    }
+    let dn = get("dn").await;
+    let up = get("up").await;
+    for (name, v, kind) in [("dn", &dn, "link.down"), ("up", &up, "link.up")] {
+        let ns = notices(v, kind);
+        assert_eq!(ns.len(), 2, "{name}: {v}");
+        for n in ns {
+            assert_eq!(
+                (&n["state"], &n["reason"]),
+                (&json!("cancelled"), &json!("paired")),
+                "{name}: {n}"
+            );
+        }
+    }
+    // dn opened the digest address's digest; its only notice paired away,
+    // nothing is left in it (it ends as empty_digest when due).
+    let digests = notices(&dn, "kci.digest");
+    assert_eq!(digests.len(), 1, "{dn}");
+    assert_eq!(digests[0]["state"], "pending");
+    // L9 is not among the contact's services.
+    let other = get("other").await;
+    assert!(
+        notices(&other, "link.down")
+            .iter()
+            .all(|n| n["reason"] == "service"),
+        "{other}"
+    );
+
+    // A notice folded into a pending digest is taken out by DELETE.
+    kci.call(
+        "POST",
+        "/v1/events",
+        Some(&admin),
+        Some(r#"{"id":"n1","type":"line.down","account":"A1","service":"L2"}"#),
+    )
+    .await;
+    let n1 = get("n1").await;
+    let folded: Vec<Value> = notices(&n1, "line.down")
+        .into_iter()
+        .filter(|n| n["state"] == "digested")
+        .collect();
+    assert_eq!(folded.len(), 1, "{n1}");
+    assert_eq!(folded[0]["destination"], "mailto:digest@example.com");
+    let (s, v) = kci
+        .call("DELETE", "/v1/events/n1", Some(&admin), None)
+        .await;
+    assert_eq!(s, 200);
+    assert!(v["cancelled"].as_u64().unwrap() >= 1, "{v}");
+    let n1 = get("n1").await;
+    let at_digest: Vec<Value> = notices(&n1, "line.down")
+        .into_iter()
+        .filter(|n| n["destination"] == "mailto:digest@example.com")
+        .collect();
+    assert_eq!(
+        (&at_digest[0]["state"], &at_digest[0]["reason"]),
+        (&json!("cancelled"), &json!("event_cancelled"))
+    );
+}

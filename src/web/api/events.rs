@@ -158,6 +158,7 @@ pub fn fate(n: &Notification) -> Value {
         "destination": n.uri,
         "contact": n.contact,
         "channel": n.channel.as_str(),
+        "type": n.type_name,
         "state": n.state,
         "reason": n.reason,
         "detail": n.detail,
