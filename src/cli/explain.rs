@@ -128,6 +128,7 @@ mod tests {
             summary: None,
             is_digest: false,
             folded_into: None,
+            paired_from: None,
         };
         let n = Notification::planned(&ev, &d);
         let step = |t: &str, state, reason, detail: Option<&str>, due: &str| Decided {

@@ -373,6 +373,24 @@ pub struct EventType {
     /// Flap damping.
     #[serde(default)]
     pub flap: Option<Flap>,
+    /// What a completed pair tells: nothing (`silence`, the default), or
+    /// one message from `pair_summary` (`summary`).
+    #[serde(default)]
+    pub on_pair: OnPair,
+    /// With `on_pair = "summary"`: the message, minijinja, with
+    /// `started_at` (the partner's `occurred_at`) and `ended_at` (this
+    /// event's).
+    #[serde(default)]
+    pub pair_summary: Option<String>,
+}
+
+/// What a completed pair tells the customer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnPair {
+    #[default]
+    Silence,
+    Summary,
 }
 
 impl EventType {
@@ -498,10 +516,25 @@ impl Config {
                     return Err((key("flap.within"), "must be longer than zero".into()));
                 }
             }
+            if t.on_pair == OnPair::Summary {
+                if t.cancels.is_empty() {
+                    return Err((
+                        key("on_pair"),
+                        "a summary needs a pair: set `cancels`".into(),
+                    ));
+                }
+                if t.pair_summary.is_none() {
+                    return Err((
+                        key("pair_summary"),
+                        "required with on_pair = \"summary\"".into(),
+                    ));
+                }
+            }
             for (field, source) in [
                 ("short", &t.short),
                 ("subject", &t.subject),
                 ("body", &t.body),
+                ("pair_summary", &t.pair_summary),
             ] {
                 if let Some(source) = source {
                     crate::render::check_template(source).map_err(|e| (key(field), e))?;
@@ -564,6 +597,18 @@ mod tests {
         let e = Config::parse("[types.a]\ncancels = [\"b\"]\n", "kci.toml").unwrap_err();
         assert_eq!(e.key, "types.\"a\".cancels");
 
+        let e = Config::parse(
+            "[types.a]\non_pair = \"summary\"\npair_summary = \"x\"\n",
+            "kci.toml",
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "types.\"a\".on_pair", "{e}");
+        let e = Config::parse(
+            "[types.a]\n[types.b]\ncancels = [\"a\"]\non_pair = \"summary\"\n",
+            "kci.toml",
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "types.\"b\".pair_summary", "{e}");
         let e = Config::parse("[types.a]\nshort = \"{{ oops\"\n", "kci.toml").unwrap_err();
         assert_eq!(e.key, "types.\"a\".short");
 

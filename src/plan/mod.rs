@@ -49,6 +49,9 @@ pub struct Decision {
     pub is_digest: bool,
     /// For a `digested` notice: the digest it is folded into.
     pub folded_into: Option<DigestLink>,
+    /// This notice tells of a completed pair (`on_pair = "summary"`) whose
+    /// first half happened then.
+    pub paired_from: Option<DateTime<Utc>>,
 }
 
 /// The digest a notice is folded into.
@@ -108,6 +111,9 @@ pub struct Plan {
     pub cancels: Vec<Cancel>,
     /// Pending summaries whose texts change (a flap summary counting on).
     pub updates: Vec<(String, crate::model::Message)>,
+    /// Pending notices that now tell of a completed pair whose first half
+    /// (arriving late) happened then.
+    pub paired: Vec<(String, DateTime<Utc>)>,
 }
 
 /// An earlier notice that a new event ends.
@@ -204,6 +210,7 @@ pub fn plan(
     let mut cancels = Vec::new();
     let mut summaries = Vec::new();
     let mut updates = Vec::new();
+    let mut paired = Vec::new();
     let mut effs = Vec::new();
     for cv in &dir.contacts {
         if event.contact.as_deref().is_some_and(|c| c != cv.contact.id) {
@@ -225,6 +232,7 @@ pub fn plan(
                 summary: None,
                 is_digest: false,
                 folded_into: None,
+                paired_from: None,
             };
             decide(event, hold, dest.verified, &eff, now, &mut d);
             if let Some((rule, family)) = &flapping {
@@ -247,15 +255,36 @@ pub fn plan(
         }
     }
     if let Some(t) = etype {
-        cancels.extend(pair::apply(event, &t.cancels, pending, &mut decisions, now));
-        let cancelled_by = cancelled_by(config, &event.type_name);
-        cancels.extend(pair::apply_late(
+        let summary = t.on_pair == crate::config::OnPair::Summary;
+        cancels.extend(pair::apply(
             event,
-            &cancelled_by,
+            &t.cancels,
+            summary,
             pending,
             &mut decisions,
             now,
         ));
+        let cancelled_by = cancelled_by(config, &event.type_name);
+        let summarising: Vec<String> = cancelled_by
+            .iter()
+            .filter(|u| {
+                config
+                    .types
+                    .get(*u)
+                    .is_some_and(|t| t.on_pair == crate::config::OnPair::Summary)
+            })
+            .cloned()
+            .collect();
+        let (late, late_paired) = pair::apply_late(
+            event,
+            &cancelled_by,
+            &summarising,
+            pending,
+            &mut decisions,
+            now,
+        );
+        cancels.extend(late);
+        paired.extend(late_paired);
         if t.supersedes {
             cancels.extend(supersede::apply(
                 &event.id,
@@ -280,6 +309,7 @@ pub fn plan(
         decisions,
         cancels,
         updates,
+        paired,
     }
 }
 
@@ -381,6 +411,7 @@ pub(crate) mod testkit {
             summary: None,
             is_digest: false,
             folded_into: None,
+            paired_from: None,
         }
     }
 

@@ -13,10 +13,13 @@ use crate::model::{Reason, State};
 use chrono::{DateTime, Utc};
 
 /// Applies pairing to the decisions of an event whose type cancels
-/// `partners`; returns the pending notices to cancel.
+/// `partners`; returns the pending notices to cancel. With `summary`
+/// (`on_pair = "summary"`) the new notice is not cancelled but tells of the
+/// pair (rendered from the type's `pair_summary`).
 pub fn apply(
     event: &Event,
     partners: &[String],
+    summary: bool,
     pending: &[RelatedNotice],
     decisions: &mut [Decision],
     now: DateTime<Utc>,
@@ -48,6 +51,12 @@ pub fn apply(
         }));
         let pairs = !waiting.is_empty() || (!here.is_empty() && !told);
         if pairs && !d.state.is_final() {
+            let partner = waiting.first().map(|p| **p).unwrap_or(here[0]);
+            if summary {
+                d.paired_from = Some(partner.occurred_at);
+                d.detail = Some(format!("tells of the pair with {}", partner.event));
+                continue;
+            }
             d.state = State::Cancelled;
             d.reason = Some(Reason::Paired);
             d.detail = Some(match waiting.first() {
@@ -65,16 +74,21 @@ pub fn apply(
 /// about something that happened at or after this event, the pair is
 /// complete — a pending one is cancelled with this one; one already sent
 /// still makes this one pointless ("it went down" after "it is back").
+/// Where the later half's type summarises pairs (`summarising`) and its
+/// notice is still pending, that notice is kept and now tells of the pair
+/// (returned with this event's `occurred_at`), and this one is cancelled.
 pub fn apply_late(
     event: &Event,
     cancelled_by: &[String],
+    summarising: &[String],
     related: &[RelatedNotice],
     decisions: &mut [Decision],
     now: DateTime<Utc>,
-) -> Vec<Cancel> {
+) -> (Vec<Cancel>, Vec<(String, DateTime<Utc>)>) {
     let mut cancels = Vec::new();
+    let mut paired = Vec::new();
     if cancelled_by.is_empty() {
-        return cancels;
+        return (cancels, paired);
     }
     for d in decisions.iter_mut() {
         let later: Vec<&RelatedNotice> = related
@@ -87,6 +101,16 @@ pub fn apply_late(
             })
             .collect();
         let Some(first) = later.first() else { continue };
+        if first.state == State::Pending && summarising.contains(&first.type_name) {
+            paired.push((first.id.clone(), event.occurred_at));
+            if !d.state.is_final() {
+                d.state = State::Cancelled;
+                d.reason = Some(Reason::Paired);
+                d.detail = Some(format!("told in the pair summary of {}", first.event));
+                d.due_at = now;
+            }
+            continue;
+        }
         cancels.extend(
             later
                 .iter()
@@ -104,7 +128,7 @@ pub fn apply_late(
             d.due_at = now;
         }
     }
-    cancels
+    (cancels, paired)
 }
 
 #[cfg(test)]
@@ -193,7 +217,7 @@ mod tests {
             ds[0].state = state;
             let mut up = crate::plan::testkit::event("2026-03-22T03:01:00Z");
             up.id = "up".into();
-            let cancels = apply(&up, &partners, &pend, &mut ds, now);
+            let cancels = apply(&up, &partners, false, &pend, &mut ds, now);
             assert_eq!(ds[0].state, want, "{name}");
             if want == State::Cancelled {
                 assert_eq!(ds[0].reason, Some(Reason::Paired), "{name}");
@@ -248,7 +272,7 @@ mod tests {
         ];
         for (name, related, want, n_cancels) in cases {
             let mut ds = vec![decision("d1", now)];
-            let cancels = apply_late(&down, &by, &[related], &mut ds, now);
+            let (cancels, _) = apply_late(&down, &by, &[], &[related], &mut ds, now);
             assert_eq!(ds[0].state, want, "{name}");
             assert_eq!(cancels.len(), n_cancels, "{name}");
         }
@@ -262,8 +286,46 @@ mod tests {
         let mut later_down = pending("n9", "line.down", "d1");
         later_down.occurred_at = at("2026-03-22T03:05:00Z");
         let mut ds = vec![decision("d1", now)];
-        let cancels = apply(&up, &["line.down".to_string()], &[later_down], &mut ds, now);
+        let cancels = apply(
+            &up,
+            &["line.down".to_string()],
+            false,
+            &[later_down],
+            &mut ds,
+            now,
+        );
         assert!(cancels.is_empty());
         assert_eq!(ds[0].state, State::Pending);
+    }
+
+    #[test]
+    fn with_a_summary_the_new_notice_tells_of_the_pair() {
+        let now = at("2026-03-22T03:01:00Z");
+        let mut up = crate::plan::testkit::event("2026-03-22T03:01:00Z");
+        up.id = "up".into();
+        let down = pending("n1", "line.down", "d1"); // occurred 03:00
+        let mut ds = vec![decision("d1", now)];
+        let cancels = apply(&up, &["line.down".to_string()], true, &[down], &mut ds, now);
+        assert_eq!(cancels.len(), 1, "the down goes");
+        assert_eq!(ds[0].state, State::Pending, "the up stays, as the summary");
+        assert_eq!(ds[0].paired_from, Some(at("2026-03-22T03:00:00Z")));
+    }
+
+    #[test]
+    fn with_a_summary_a_late_first_half_joins_the_pending_second() {
+        let now = at("2026-03-22T03:02:00Z");
+        let mut down = crate::plan::testkit::event("2026-03-22T03:00:00Z");
+        down.id = "down".into();
+        let mut up = pending("u1", "line.up", "d1");
+        up.occurred_at = at("2026-03-22T03:01:00Z");
+        let by = vec!["line.up".to_string()];
+        let mut ds = vec![decision("d1", now)];
+        let (cancels, paired) = apply_late(&down, &by, &by, &[up], &mut ds, now);
+        assert!(cancels.is_empty(), "the up stays");
+        assert_eq!(paired, vec![("u1".to_string(), at("2026-03-22T03:00:00Z"))]);
+        assert_eq!(
+            (ds[0].state, ds[0].reason),
+            (State::Cancelled, Some(Reason::Paired))
+        );
     }
 }

@@ -81,6 +81,7 @@ impl Renderer {
                 ("short", &t.short),
                 ("subject", &t.subject),
                 ("body", &t.body),
+                ("pair_summary", &t.pair_summary),
             ] {
                 if let Some(source) = source {
                     env.add_template_owned(template_name(name, field), source.clone())
@@ -141,8 +142,20 @@ impl Renderer {
             occurred_at => crate::model::fmt_time(event.occurred_at),
             expires_at => event.expires_at.map(crate::model::fmt_time),
             timezone => &n.timezone,
+            started_at => n.paired_from.map(crate::model::fmt_time),
+            ended_at => crate::model::fmt_time(event.occurred_at),
             ..Value::from_serialize(&event.data)
         };
+        if n.paired_from.is_some() {
+            // One message tells of the whole pair.
+            if let Some(text) = self.render_field(event, "pair_summary", &ctx)? {
+                return Ok(Rendered {
+                    short: Some(text.clone()),
+                    subject: one_line(&text),
+                    body: text,
+                });
+            }
+        }
         let short = match &event.short {
             Some(s) => Some(s.clone()),
             None => self.render_field(event, "short", &ctx)?,
@@ -222,6 +235,7 @@ mod tests {
             summary: None,
             is_digest: false,
             folded_into: None,
+            paired_from: None,
         };
         Notification::planned(&ev, &d)
     }

@@ -577,6 +577,7 @@ pub async fn check_own_notices(store: &dyn Store) {
         attempts: 0,
         timezone: "UTC".into(),
         digest: None,
+        paired_from: None,
         message: Some(Message {
             short: "code 123456".into(),
             subject: "s".into(),

@@ -76,6 +76,8 @@ pub struct Notification {
     pub message: Option<Message>,
     /// For a `digested` notice: the digest notification it is folded into.
     pub digest: Option<String>,
+    /// For a pair summary (`on_pair = "summary"`): when the partner happened.
+    pub paired_from: Option<DateTime<Utc>>,
 }
 
 impl Notification {
@@ -113,6 +115,7 @@ impl Notification {
                 Some(crate::plan::DigestLink::Existing(id)) => Some(id.clone()),
                 _ => None,
             },
+            paired_from: d.paired_from,
         }
     }
 }

@@ -51,7 +51,7 @@ impl PgStore {
 }
 
 const NOTIFICATION_COLUMNS: &str = "id, event, account, contact, destination, uri, channel, type, key, priority, \
-     state, reason, detail, due_at, expires_at, decided_at, sent_at, attempts, timezone, message, digest";
+     state, reason, detail, due_at, expires_at, decided_at, sent_at, attempts, timezone, message, digest, paired_from";
 
 fn notification_from_row(r: &Row) -> Result<Notification> {
     Ok(Notification {
@@ -76,6 +76,7 @@ fn notification_from_row(r: &Row) -> Result<Notification> {
         timezone: r.try_get(18)?,
         message: message_from_json(r.try_get(19)?)?,
         digest: r.try_get(20)?,
+        paired_from: r.try_get::<_, Option<i64>>(21)?.map(from_millis),
     })
 }
 
@@ -91,13 +92,15 @@ async fn insert_notification(
         .prepare_cached(
             "WITH n AS (INSERT INTO notifications (id, event, account, contact, destination, uri, channel, type, key, \
              priority, state, reason, detail, due_at, expires_at, decided_at, sent_at, attempts, timezone, message, \
-             digest) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21) \
+             digest, paired_from) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, \
+             $22) \
              RETURNING id, event, decided_at, state, reason, detail, due_at) \
              INSERT INTO decisions (notification, event, at, state, reason, detail, due_at) SELECT * FROM n",
         )
         .await?;
-    let params: [&(dyn ToSql + Sync); 21] = [
+    let paired_from = n.paired_from.map(to_millis);
+    let params: [&(dyn ToSql + Sync); 22] = [
         &n.id,
         &n.event,
         &n.account,
@@ -119,6 +122,7 @@ async fn insert_notification(
         &n.timezone,
         &message,
         &n.digest,
+        &paired_from,
     ];
     c.execute(&stmt, &params).await?;
     Ok(())
@@ -388,6 +392,13 @@ async fn ingest_one(
             c.reason,
             Some(&c.detail),
             event.received_at,
+        )
+        .await?;
+    }
+    for (id, from) in &plan.paired {
+        tx.execute(
+            "UPDATE notifications SET paired_from = $2 WHERE id = $1 AND state = 'pending'",
+            &[id, &to_millis(*from)],
         )
         .await?;
     }

@@ -177,7 +177,7 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>) {
 }
 
 const NOTIFICATION_COLUMNS: &str = "id, event, account, contact, destination, uri, channel, type, key, priority, \
-     state, reason, detail, due_at, expires_at, decided_at, sent_at, attempts, timezone, message, digest";
+     state, reason, detail, due_at, expires_at, decided_at, sent_at, attempts, timezone, message, digest, paired_from";
 
 fn notification_from_row(row: &Row<'_>) -> Result<Notification> {
     Ok(Notification {
@@ -202,6 +202,7 @@ fn notification_from_row(row: &Row<'_>) -> Result<Notification> {
         timezone: row.get(18)?,
         message: message_from_json(row.get(19)?)?,
         digest: row.get(20)?,
+        paired_from: row.get::<_, Option<i64>>(21)?.map(from_millis),
     })
 }
 
@@ -212,8 +213,9 @@ fn insert_notification(conn: &Connection, n: &Notification) -> Result<()> {
         .map(|m| serde_json::to_string(m).unwrap_or_default());
     conn.prepare_cached(
         "INSERT INTO notifications (id, event, account, contact, destination, uri, channel, type, key, priority, \
-         state, reason, detail, due_at, expires_at, decided_at, sent_at, attempts, timezone, message, digest) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)",
+         state, reason, detail, due_at, expires_at, decided_at, sent_at, attempts, timezone, message, digest, \
+         paired_from) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)",
     )?
     .execute(params![
         n.id,
@@ -237,6 +239,7 @@ fn insert_notification(conn: &Connection, n: &Notification) -> Result<()> {
         n.timezone,
         message,
         n.digest,
+        n.paired_from.map(to_millis),
     ])?;
     let d = Decided {
         notification: n.id.clone(),
@@ -522,6 +525,12 @@ fn ingest_one(
             Some(&c.detail),
             event.received_at,
         )?;
+    }
+    for (id, from) in &plan.paired {
+        conn.prepare_cached(
+            "UPDATE notifications SET paired_from = ?2 WHERE id = ?1 AND state = 'pending'",
+        )?
+        .execute(params![id, to_millis(*from)])?;
     }
     for (id, message) in &plan.updates {
         let text =

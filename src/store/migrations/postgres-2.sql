@@ -23,3 +23,6 @@ CREATE INDEX IF NOT EXISTS notifications_destination ON notifications(destinatio
 
 -- Contacts carry preferences for all their destinations.
 ALTER TABLE contacts ADD COLUMN prefs TEXT NOT NULL DEFAULT '{}';
+
+-- With on_pair = "summary": when the paired partner happened.
+ALTER TABLE notifications ADD COLUMN paired_from BIGINT;

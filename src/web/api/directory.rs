@@ -296,6 +296,7 @@ fn verification_notice(
         attempts: 0,
         timezone: "UTC".into(),
         digest: None,
+        paired_from: None,
         message: Some(Message {
             short: short.clone(),
             subject: "Your verification code".into(),
