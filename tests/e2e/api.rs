@@ -6,34 +6,8 @@ use crate::common::*;
 use serde_json::{Value, json};
 
 async fn setup(kci: &Kci, admin: &str) {
-    let (s, _) = kci
-        .call(
-            "PUT",
-            "/v1/accounts/A1",
-            Some(admin),
-            Some(r#"{"name":"Alice Ltd"}"#),
-        )
-        .await;
-    assert_eq!(s, 201);
-    let (s, _) = kci
-        .call(
-            "PUT",
-            "/v1/accounts/A1/contacts/alice",
-            Some(admin),
-            Some("{}"),
-        )
-        .await;
-    assert_eq!(s, 201);
-    let body = json!({"uri": "mailto:alice@example.com", "verified": true}).to_string();
-    let (s, _) = kci
-        .call(
-            "POST",
-            "/v1/accounts/A1/contacts/alice/destinations",
-            Some(admin),
-            Some(&body),
-        )
-        .await;
-    assert_eq!(s, 201);
+    let dest = json!({"uri": "mailto:alice@example.com", "verified": true});
+    kci.customer(admin, "A1", "alice", dest).await;
 }
 
 #[tokio::test]

@@ -286,6 +286,40 @@ impl Kci {
             .to_string()
     }
 
+    /// Creates account `account` with contact `contact` and a destination
+    /// from `destination` (a JSON body), checking each answer; returns the
+    /// destination's id.
+    pub async fn customer(
+        &self,
+        token: &str,
+        account: &str,
+        contact: &str,
+        destination: serde_json::Value,
+    ) -> String {
+        let (s, v) = self
+            .call(
+                "PUT",
+                &format!("/v1/accounts/{account}"),
+                Some(token),
+                Some("{}"),
+            )
+            .await;
+        assert!(s == 200 || s == 201, "account: {s} {v}");
+        let path = format!("/v1/accounts/{account}/contacts/{contact}");
+        let (s, v) = self.call("PUT", &path, Some(token), Some("{}")).await;
+        assert!(s == 200 || s == 201, "contact: {s} {v}");
+        let (s, v) = self
+            .call(
+                "POST",
+                &format!("{path}/destinations"),
+                Some(token),
+                Some(&destination.to_string()),
+            )
+            .await;
+        assert_eq!(s, 201, "destination: {v}");
+        v["id"].as_str().unwrap_or_default().to_string()
+    }
+
     pub async fn call(
         &self,
         method: &str,

@@ -12,21 +12,11 @@ async fn kill_9_mid_stream_loses_nothing_and_sends_nothing_twice() {
     let smtp = SmtpServer::start(dir.path());
     let mut kci = Kci::start(Some(smtp.port), "");
     let admin = kci.token(&["admin"]);
-    kci.call("PUT", "/v1/accounts/A1", Some(&admin), Some("{}"))
-        .await;
-    kci.call(
-        "PUT",
-        "/v1/accounts/A1/contacts/c",
-        Some(&admin),
-        Some("{}"),
-    )
-    .await;
-    let body = json!({"uri": "mailto:crash@example.com", "verified": true}).to_string();
-    kci.call(
-        "POST",
-        "/v1/accounts/A1/contacts/c/destinations",
-        Some(&admin),
-        Some(&body),
+    kci.customer(
+        &admin,
+        "A1",
+        "c",
+        json!({"uri": "mailto:crash@example.com", "verified": true}),
     )
     .await;
 

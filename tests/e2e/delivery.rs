@@ -155,21 +155,11 @@ async fn transient_failures_retry_and_permanent_ones_fail_with_the_providers_wor
     let hooks = WebhookReceiver::start().await;
     let kci = Kci::start(None, "");
     let admin = kci.token(&["admin"]);
-    kci.call("PUT", "/v1/accounts/A1", Some(&admin), Some("{}"))
-        .await;
-    kci.call(
-        "PUT",
-        "/v1/accounts/A1/contacts/c",
-        Some(&admin),
-        Some("{}"),
-    )
-    .await;
-    let body = json!({"uri": hooks.url, "verified": true}).to_string();
-    kci.call(
-        "POST",
-        "/v1/accounts/A1/contacts/c/destinations",
-        Some(&admin),
-        Some(&body),
+    kci.customer(
+        &admin,
+        "A1",
+        "c",
+        json!({"uri": hooks.url, "verified": true}),
     )
     .await;
 
@@ -231,21 +221,11 @@ async fn transient_failures_retry_and_permanent_ones_fail_with_the_providers_wor
 async fn no_config_delivers_mail_to_the_maildir_outbox() {
     let kci = Kci::start(None, "");
     let admin = kci.token(&["admin"]);
-    kci.call("PUT", "/v1/accounts/A1", Some(&admin), Some("{}"))
-        .await;
-    kci.call(
-        "PUT",
-        "/v1/accounts/A1/contacts/c",
-        Some(&admin),
-        Some("{}"),
-    )
-    .await;
-    let body = json!({"uri": "mailto:bob@example.com", "verified": true}).to_string();
-    kci.call(
-        "POST",
-        "/v1/accounts/A1/contacts/c/destinations",
-        Some(&admin),
-        Some(&body),
+    kci.customer(
+        &admin,
+        "A1",
+        "c",
+        json!({"uri": "mailto:bob@example.com", "verified": true}),
     )
     .await;
     let ev = json!({"id": "m1", "type": "line.down", "account": "A1", "subject": "Literal subject", "body": "Literal body ünïcode"});
