@@ -152,17 +152,26 @@ impl Window {
         horizon: DateTime<Utc>,
     ) -> Option<DateTime<Utc>> {
         let mut local = t.with_timezone(&tz).naive_local();
-        // A local time can repeat (autumn overlap): walk forward by local
-        // changes, mapping each back to UTC, until an open one is found that
-        // is not before `t`.
+        // Walk forward by local changes, mapping each back to UTC. A local
+        // time can repeat (autumn overlap: the earlier instant may lie
+        // before `t`, and then `t` itself is the answer) or not exist at all
+        // (spring gap: an opening there is no opening; look on from where
+        // the clock really is). Whatever is returned is open by `is_open`.
         for _ in 0..1_000 {
             if self.open_local(local) {
-                let at = to_utc(local, tz)?;
-                if at >= t {
+                let at = to_utc(local, tz)?.max(t);
+                if at > horizon {
+                    return None;
+                }
+                if self.is_open(at, tz) {
                     return Some(at);
                 }
-                // Open only in the earlier pass of a repeated hour: open now.
-                return Some(t);
+                let real = at.with_timezone(&tz).naive_local();
+                if real <= local {
+                    return None;
+                }
+                local = real;
+                continue;
             }
             let next = self.next_change_local(local)?;
             if next <= local {
@@ -288,6 +297,18 @@ mod tests {
             w.next_open(utc("2026-03-24T12:00:00Z"), tz, far),
             Some(utc("2026-03-24T22:00:00Z"))
         );
+    }
+
+    #[test]
+    fn a_window_inside_the_skipped_hour_does_not_open_that_day() {
+        // 01:00-02:00 does not exist in London on 29 March 2026 (clocks go
+        // from 01:00 GMT to 02:00 BST): the next opening is a week later.
+        let w: Window = "Su 01:00-02:00".parse().unwrap();
+        let london: Tz = "Europe/London".parse().unwrap();
+        let far = utc("2030-01-01T00:00:00Z");
+        let got = w.next_open(utc("2026-03-29T00:59:00Z"), london, far);
+        assert_eq!(got, Some(utc("2026-04-05T00:00:00Z")));
+        assert!(w.is_open(got.unwrap(), london));
     }
 
     #[test]
