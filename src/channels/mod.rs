@@ -3,7 +3,12 @@
 //! live in `schedule`, in one place.
 
 pub mod email;
+pub mod http;
+pub mod ntfy;
 pub mod recording;
+pub mod telegram;
+#[cfg(test)]
+pub mod testkit;
 pub mod webhook;
 
 use crate::model::{ChannelKind, Event};
@@ -117,6 +122,12 @@ impl Channels {
         channels.insert(Arc::new(webhook::WebhookChannel::from_config(
             &config.channels.webhook,
         )?));
+        if let Some(c) = &config.channels.ntfy {
+            channels.insert(Arc::new(ntfy::NtfyChannel::from_config(c)?));
+        }
+        if let Some(c) = &config.channels.telegram {
+            channels.insert(Arc::new(telegram::TelegramChannel::from_config(c)?));
+        }
         Ok(channels)
     }
 }

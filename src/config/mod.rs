@@ -220,10 +220,12 @@ pub struct ChannelsConfig {
     pub sms: ChannelLimits,
     #[serde(default)]
     pub pushover: ChannelLimits,
+    /// ntfy; present means enabled.
     #[serde(default)]
-    pub ntfy: ChannelLimits,
+    pub ntfy: Option<crate::channels::ntfy::NtfyConfig>,
+    /// Telegram; present means enabled.
     #[serde(default)]
-    pub telegram: ChannelLimits,
+    pub telegram: Option<crate::channels::telegram::TelegramConfig>,
     #[serde(default)]
     pub signal: ChannelLimits,
     #[serde(default)]
@@ -240,8 +242,8 @@ impl ChannelsConfig {
             Webhook => self.webhook.rate,
             Matrix => self.matrix.rate,
             Pushover => self.pushover.rate,
-            Ntfy => self.ntfy.rate,
-            Telegram => self.telegram.rate,
+            Ntfy => self.ntfy.as_ref().and_then(|c| c.rate),
+            Telegram => self.telegram.as_ref().and_then(|c| c.rate),
             Signal => self.signal.rate,
         }
     }
@@ -622,12 +624,16 @@ mod tests {
     #[test]
     fn secrets_do_not_print() {
         let c = Config::parse(
-            "[email]\nsmtp = \"smtp://u:hunter2@127.0.0.1:25\"\n[channels.webhook]\nsecret = \"whsec_aHVudGVyMmh1bnRlcjJodW50ZXIy\"\n",
+            "[email]\nsmtp = \"smtp://u:hunter2@127.0.0.1:25\"\n\
+             [channels.webhook]\nsecret = \"whsec_aHVudGVyMmh1bnRlcjJodW50ZXIy\"\n\
+             [channels.ntfy]\ntoken = \"tk_hunter3hunter3\"\n\
+             [channels.telegram]\nbot_token = \"110201543:hunter4hunter4\"\n",
             "t",
         )
         .unwrap();
         let dump = format!("{c:?}");
-        assert!(!dump.contains("hunter2"));
-        assert!(!dump.contains("aHVudGVy"));
+        for secret in ["hunter2", "aHVudGVy", "hunter3", "hunter4"] {
+            assert!(!dump.contains(secret), "{secret} leaked");
+        }
     }
 }

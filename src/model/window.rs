@@ -151,6 +151,22 @@ impl Window {
         tz: Tz,
         horizon: DateTime<Utc>,
     ) -> Option<DateTime<Utc>> {
+        let mut best = self.walk(t, tz, horizon);
+        // At an autumn change local time runs back, so a stretch of the
+        // window already passed in local terms comes round again: search
+        // again from each such change before the answer found.
+        for change in fall_backs(t, best.unwrap_or(horizon), tz) {
+            if let Some(again) = self.walk(change, tz, horizon)
+                && best.is_none_or(|b| again < b)
+            {
+                best = Some(again);
+            }
+        }
+        best
+    }
+
+    /// Walks forward through local time from `t` to the first opening.
+    fn walk(&self, t: DateTime<Utc>, tz: Tz, horizon: DateTime<Utc>) -> Option<DateTime<Utc>> {
         let mut local = t.with_timezone(&tz).naive_local();
         // Walk forward by local changes, mapping each back to UTC. A local
         // time can repeat (autumn overlap: the earlier instant may lie
@@ -159,18 +175,26 @@ impl Window {
         // the clock really is). Whatever is returned is open by `is_open`.
         for _ in 0..1_000 {
             if self.open_local(local) {
-                let at = to_utc(local, tz)?.max(t);
+                // In an overlap the local time happens twice: take the first
+                // pass that is not before `t`.
+                let at = match to_utc_passes(local, tz)? {
+                    (first, _) if first >= t => first,
+                    (_, second) if second >= t => second,
+                    _ => t,
+                };
                 if at > horizon {
                     return None;
                 }
                 if self.is_open(at, tz) {
                     return Some(at);
                 }
+                // A skipped local time: go on from where the clock really is.
                 let real = at.with_timezone(&tz).naive_local();
-                if real <= local {
-                    return None;
-                }
-                local = real;
+                local = if real > local {
+                    real
+                } else {
+                    local + Duration::minutes(1)
+                };
                 continue;
             }
             let next = self.next_change_local(local)?;
@@ -183,6 +207,59 @@ impl Window {
             }
         }
         None
+    }
+}
+
+/// The instants in (`from`, `to`] at which `tz`'s offset from UTC drops
+/// (clocks go back), to the minute. Changes are months apart, so a daily
+/// scan finds each; the cost grows with the distance, which is short for
+/// any window that opens at least weekly.
+fn fall_backs(from: DateTime<Utc>, to: DateTime<Utc>, tz: Tz) -> Vec<DateTime<Utc>> {
+    use chrono::Offset;
+    let offset = |t: DateTime<Utc>| {
+        tz.offset_from_utc_datetime(&t.naive_utc())
+            .fix()
+            .local_minus_utc()
+    };
+    let mut out = Vec::new();
+    if tz == chrono_tz::UTC {
+        return out;
+    }
+    let mut a = from;
+    let mut off_a = offset(a);
+    while a < to {
+        let b = (a + Duration::days(1)).min(to);
+        let off_b = offset(b);
+        if off_b < off_a {
+            let (mut lo, mut hi) = (a, b);
+            while hi - lo > Duration::minutes(1) {
+                let mid = lo + (hi - lo) / 2;
+                if offset(mid) < off_a {
+                    hi = mid
+                } else {
+                    lo = mid
+                }
+            }
+            out.push(
+                hi.with_second(0)
+                    .and_then(|t| t.with_nanosecond(0))
+                    .unwrap_or(hi),
+            );
+        }
+        (a, off_a) = (b, off_b);
+    }
+    out
+}
+
+/// Both instants of a local time (the same twice outside an overlap), or
+/// the first valid minute after a spring-forward gap.
+fn to_utc_passes(local: NaiveDateTime, tz: Tz) -> Option<(DateTime<Utc>, DateTime<Utc>)> {
+    match tz.from_local_datetime(&local) {
+        chrono::LocalResult::Single(t) => Some((t.with_timezone(&Utc), t.with_timezone(&Utc))),
+        chrono::LocalResult::Ambiguous(a, b) => {
+            Some((a.with_timezone(&Utc), b.with_timezone(&Utc)))
+        }
+        chrono::LocalResult::None => to_utc(local, tz).map(|t| (t, t)),
     }
 }
 
@@ -309,6 +386,33 @@ mod tests {
         let got = w.next_open(utc("2026-03-29T00:59:00Z"), london, far);
         assert_eq!(got, Some(utc("2026-04-05T00:00:00Z")));
         assert!(w.is_open(got.unwrap(), london));
+    }
+
+    #[test]
+    fn in_the_repeated_hour_the_second_pass_counts() {
+        // Sydney, 5 April 2026: 03:00 AEDT becomes 02:00 AEST, so 02:00-03:00
+        // happens twice. At 02:29 in the second pass, 02:30 is a minute away.
+        let w: Window = "Su 02:30-24:00".parse().unwrap();
+        let sydney: Tz = "Australia/Sydney".parse().unwrap();
+        let far = utc("2030-01-01T00:00:00Z");
+        assert_eq!(
+            w.next_open(utc("2026-04-04T16:29:00Z"), sydney, far),
+            Some(utc("2026-04-04T16:30:00Z"))
+        );
+    }
+
+    #[test]
+    fn when_local_time_runs_back_a_passed_window_comes_round_again() {
+        // Lord Howe, 5 April 2026: 02:00 LHDT (UTC+11) becomes 01:30 LHST
+        // (UTC+10:30). At 01:59 the Saturday window (to Sunday 01:45) has
+        // closed, but at the change it is 01:30 again: open.
+        let w: Window = "Sa 02:00-01:45".parse().unwrap();
+        let lord_howe: Tz = "Australia/Lord_Howe".parse().unwrap();
+        let far = utc("2030-01-01T00:00:00Z");
+        assert_eq!(
+            w.next_open(utc("2026-04-04T14:59:00Z"), lord_howe, far),
+            Some(utc("2026-04-04T15:00:00Z"))
+        );
     }
 
     #[test]

@@ -10,7 +10,6 @@ use async_trait::async_trait;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use hmac::{Hmac, Mac};
-use std::time::Duration;
 
 /// Decodes a `whsec_…` secret into the HMAC key.
 pub fn decode_secret(s: &str) -> Result<Vec<u8>, String> {
@@ -49,11 +48,7 @@ impl WebhookChannel {
             .map(|s| decode_secret(s.expose()).map(Secret::new))
             .transpose()
             .map_err(|e| anyhow::anyhow!("channels.webhook.secret: {e}"))?;
-        let client = reqwest::Client::builder()
-            .timeout(cfg.timeout.0)
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("kci/", env!("CARGO_PKG_VERSION")))
-            .build()?;
+        let client = super::http::client(cfg.timeout.0)?;
         Ok(Self {
             client,
             key,
@@ -80,17 +75,6 @@ impl WebhookChannel {
             }
         })
     }
-}
-
-fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    let v = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
-    if let Ok(secs) = v.trim().parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let at = chrono::DateTime::parse_from_rfc2822(v.trim()).ok()?;
-    (at.with_timezone(&chrono::Utc) - chrono::Utc::now())
-        .to_std()
-        .ok()
 }
 
 #[async_trait]
@@ -134,43 +118,15 @@ impl Channel for WebhookChannel {
         if let Some(key) = &self.key {
             req = req.header("webhook-signature", sign(key.expose(), &n.id, ts, &body));
         }
-        let resp = req.body(body).send().await.map_err(|e| {
-            // reqwest's error names the URL; destination URLs hold no credentials.
-            let reason = if e.is_timeout() { "timeout" } else { "connect" };
-            DeliveryError::Transient {
-                reason,
-                detail: e.without_url().to_string(),
-                retry_after: None,
-            }
-        })?;
-        let status = resp.status();
-        let after = retry_after(resp.headers());
-        let text: String = resp
-            .text()
+        let resp = req
+            .body(body)
+            .send()
             .await
-            .unwrap_or_default()
-            .chars()
-            .take(200)
-            .collect();
-        let detail = format!("HTTP {} {}", status.as_u16(), text.trim())
-            .trim()
-            .to_string();
-        if status.is_success() {
-            Ok(Receipt {
-                detail: Some(detail),
-            })
-        } else if status.as_u16() == 429 || status.is_server_error() || status.as_u16() == 408 {
-            Err(DeliveryError::Transient {
-                reason: "http_status",
-                detail,
-                retry_after: after,
-            })
-        } else {
-            Err(DeliveryError::Permanent {
-                reason: "http_status",
-                detail,
-            })
-        }
+            .map_err(|e| super::http::unanswered(&e))?;
+        let (status, words) = super::http::answer(resp).await?;
+        Ok(Receipt {
+            detail: Some(format!("HTTP {status} {}", words.trim()).trim().to_string()),
+        })
     }
 }
 

@@ -1,0 +1,76 @@
+//! What HTTP-based channels share: one client per channel with a timeout,
+//! and one reading of a provider's answer — 2xx delivered; 429, 408 and
+//! 5xx worth retrying (honouring `Retry-After`); other 4xx refused for
+//! good — so every HTTP channel retries the same way.
+
+use super::DeliveryError;
+use std::time::Duration;
+
+/// A client for one provider: the timeout, no redirects (a redirect to
+/// somewhere else would carry credentials there), kci's user agent.
+pub fn client(timeout: Duration) -> reqwest::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("kci/", env!("CARGO_PKG_VERSION")))
+        .build()
+}
+
+/// A request that got no answer: always worth retrying. The URL is left
+/// out of the words: for some providers it carries the credential.
+pub fn unanswered(e: &reqwest::Error) -> DeliveryError {
+    let reason = if e.is_timeout() { "timeout" } else { "connect" };
+    let mut words = e.to_string();
+    if let Some(url) = e.url() {
+        words = words.replace(url.as_str(), "(provider)");
+    }
+    DeliveryError::Transient {
+        reason,
+        detail: words,
+        retry_after: None,
+    }
+}
+
+/// `Retry-After` as seconds or an HTTP date.
+pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let v = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
+    if let Ok(secs) = v.trim().parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = chrono::DateTime::parse_from_rfc2822(v.trim()).ok()?;
+    (at.with_timezone(&chrono::Utc) - chrono::Utc::now())
+        .to_std()
+        .ok()
+}
+
+/// Reads a provider's answer: status and body on success, else the
+/// classified failure with the provider's words (`HTTP 403 …`).
+pub async fn answer(resp: reqwest::Response) -> Result<(u16, String), DeliveryError> {
+    let status = resp.status();
+    let after = retry_after(resp.headers());
+    let text: String = resp
+        .text()
+        .await
+        .unwrap_or_default()
+        .chars()
+        .take(500)
+        .collect();
+    if status.is_success() {
+        return Ok((status.as_u16(), text));
+    }
+    let detail = format!("HTTP {} {}", status.as_u16(), text.trim())
+        .trim()
+        .to_string();
+    if status.as_u16() == 429 || status.as_u16() == 408 || status.is_server_error() {
+        Err(DeliveryError::Transient {
+            reason: "http_status",
+            detail,
+            retry_after: after,
+        })
+    } else {
+        Err(DeliveryError::Permanent {
+            reason: "http_status",
+            detail,
+        })
+    }
+}
