@@ -2,6 +2,8 @@
 //! form (SMS, push, chat), a subject and a long form (mail) — from the
 //! event's literal texts or its type's minijinja templates.
 
+pub mod sms;
+
 use crate::config::Config;
 use crate::model::Event;
 use crate::store::Notification;
