@@ -105,6 +105,8 @@ pub enum Reason {
     Digest,
     /// A digest whose notices were all cancelled before it was due.
     EmptyDigest,
+    /// A failed delivery put back in the queue by an operator.
+    Redriven,
 }
 
 impl Reason {
@@ -133,6 +135,7 @@ impl Reason {
             Reason::NoShortForm => "no_short_form",
             Reason::Digest => "digest",
             Reason::EmptyDigest => "empty_digest",
+            Reason::Redriven => "redriven",
         }
     }
 

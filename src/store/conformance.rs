@@ -658,6 +658,58 @@ pub async fn check_digest_folding_and_cancellation(store: &dyn Store) {
     assert_eq!(due[0].notification.type_name, crate::plan::DIGEST_TYPE);
 }
 
+pub async fn check_dead_letters_and_redrive(store: &dyn Store) {
+    seed(store).await;
+    let now = t("2026-03-24T10:00:00Z");
+    store
+        .ingest(vec![event("e1", "A1", "L1", now)], planner())
+        .await
+        .unwrap();
+    let claimed = store
+        .claim_due(now, now + Duration::minutes(2), 10)
+        .await
+        .unwrap();
+    for (i, c) in claimed.iter().enumerate() {
+        let at = now + Duration::seconds(i as i64);
+        let f = Finish::Failed {
+            at,
+            reason: Reason::Rejected,
+            detail: "HTTP 404".into(),
+        };
+        store.finish(&c.notification.id, f).await.unwrap();
+    }
+    let dead = store
+        .notifications_in(State::Failed, None, 10)
+        .await
+        .unwrap();
+    assert_eq!(dead.len(), 2);
+    assert!(dead[0].decided_at > dead[1].decided_at, "newest first");
+    let page = store
+        .notifications_in(State::Failed, Some(dead[0].decided_at), 10)
+        .await
+        .unwrap();
+    assert_eq!(page.len(), 1, "paging with before");
+    assert!(
+        store
+            .redrive(&dead[0].id, now + Duration::hours(1))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .redrive(&dead[0].id, now + Duration::hours(1))
+            .await
+            .unwrap(),
+        "no longer failed"
+    );
+    let again = store
+        .claim_due(now + Duration::hours(1), now + Duration::hours(2), 10)
+        .await
+        .unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].notification.attempts, 1, "counted afresh");
+}
+
 /// Runs `check` against a fresh store of each kind.
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
@@ -693,6 +745,7 @@ conformance!(
     check_cancel_event,
     check_own_notices,
     check_digest_folding_and_cancellation,
+    check_dead_letters_and_redrive,
 );
 
 /// A schema dropped when the test ends.

@@ -356,6 +356,19 @@ pub trait Store: Send + Sync + 'static {
     /// The notices still folded into digest `id`, with their events.
     async fn digest_members(&self, id: &str) -> Result<Vec<Claimed>>;
 
+    /// Notifications in `state`, newest decision first, at most `limit`,
+    /// those decided before `before` if given (paging).
+    async fn notifications_in(
+        &self,
+        state: State,
+        before: Option<DateTime<Utc>>,
+        limit: usize,
+    ) -> Result<Vec<Notification>>;
+
+    /// Puts a failed notification back in the queue, due `now`, its
+    /// attempts counted afresh; `false` if there is no such failed one.
+    async fn redrive(&self, id: &str, now: DateTime<Utc>) -> Result<bool>;
+
     /// Called once by a server that knows it is the only one using this
     /// store (embedded SQLite, under its lock): whatever was `sending` when
     /// the last process died goes back to the queue at once instead of

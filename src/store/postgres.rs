@@ -850,6 +850,40 @@ impl Store for PgStore {
             .collect())
     }
 
+    async fn notifications_in(
+        &self,
+        state: State,
+        before: Option<DateTime<Utc>>,
+        limit: usize,
+    ) -> Result<Vec<Notification>> {
+        let c = self.pool.get().await?;
+        let before = before.map(to_millis).unwrap_or(i64::MAX);
+        let rows = c
+            .query(
+                &format!(
+                    "SELECT {NOTIFICATION_COLUMNS} FROM notifications WHERE state = $1 AND decided_at < $2 \
+                     ORDER BY decided_at DESC, id DESC LIMIT $3"
+                ),
+                &[&state.as_str(), &before, &(limit as i64)],
+            )
+            .await?;
+        rows.iter().map(notification_from_row).collect()
+    }
+
+    async fn redrive(&self, id: &str, now: DateTime<Utc>) -> Result<bool> {
+        let c = self.pool.get().await?;
+        let n = c
+            .execute(
+                "WITH r AS (UPDATE notifications SET state = 'pending', reason = 'redriven', due_at = $2, \
+                 decided_at = $2, attempts = 0 WHERE id = $1 AND state = 'failed' RETURNING id, event) \
+                 INSERT INTO decisions (notification, event, at, state, reason, detail, due_at) \
+                 SELECT id, event, $2, 'pending', 'redriven', 'POST /v1/deliveries/{id}/retry', $2 FROM r",
+                &[&id, &to_millis(now)],
+            )
+            .await?;
+        Ok(n > 0)
+    }
+
     async fn history(&self, event: &str) -> Result<Vec<Decided>> {
         let c = self.pool.get().await?;
         let rows = c

@@ -995,6 +995,53 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn notifications_in(
+        &self,
+        state: State,
+        before: Option<DateTime<Utc>>,
+        limit: usize,
+    ) -> Result<Vec<Notification>> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {NOTIFICATION_COLUMNS} FROM notifications WHERE state = ?1 AND decided_at < ?2 \
+                 ORDER BY decided_at DESC, id DESC LIMIT ?3"
+            ))?;
+            let before = before.map(to_millis).unwrap_or(i64::MAX);
+            let mut rows = stmt.query(params![state.as_str(), before, limit as i64])?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                out.push(notification_from_row(r)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn redrive(&self, id: &str, now: DateTime<Utc>) -> Result<bool> {
+        let id = id.to_string();
+        self.write(move |conn| {
+            let done = conn
+                .prepare_cached(
+                    "UPDATE notifications SET state = 'pending', reason = 'redriven', due_at = ?2, decided_at = ?2, \
+                     attempts = 0 WHERE id = ?1 AND state = 'failed' RETURNING event",
+                )?
+                .query_row(params![id, to_millis(now)], |r| r.get::<_, Option<String>>(0))
+                .optional()?;
+            let Some(event) = done else { return Ok(false) };
+            let d = Decided {
+                notification: id,
+                at: now,
+                state: State::Pending,
+                reason: Some(Reason::Redriven),
+                detail: Some("POST /v1/deliveries/{id}/retry".into()),
+                due_at: now,
+            };
+            record(conn, event.as_deref(), &d)?;
+            Ok(true)
+        })
+        .await
+    }
+
     async fn history(&self, event: &str) -> Result<Vec<Decided>> {
         let event = event.to_string();
         self.read(move |conn| {

@@ -58,6 +58,18 @@ async fn every_endpoint_checks_token_and_scope() {
             "directory:write",
         ),
         ("DELETE", format!("{d}/x"), None, "directory:write"),
+        (
+            "GET",
+            "/v1/deliveries?state=failed".into(),
+            None,
+            "events:read",
+        ),
+        (
+            "POST",
+            "/v1/deliveries/x/retry".into(),
+            None,
+            "events:write",
+        ),
         ("GET", "/metrics".into(), None, "admin"),
     ];
     for (method, path, body, scope) in endpoints {

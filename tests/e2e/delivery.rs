@@ -215,6 +215,52 @@ async fn transient_failures_retry_and_permanent_ones_fail_with_the_providers_wor
         (Some("rejected"), Some(1))
     );
     assert!(n["detail"].as_str().unwrap().contains("HTTP 404"), "{n}");
+
+    // The dead-letter list shows it; once the receiver is fixed, re-drive it.
+    let (s, v) = kci
+        .call("GET", "/v1/deliveries?state=failed", Some(&admin), None)
+        .await;
+    assert_eq!(s, 200);
+    let dead = v["deliveries"].as_array().unwrap();
+    assert_eq!(dead.len(), 1, "{v}");
+    assert_eq!(dead[0]["event"], "p1");
+    let id = dead[0]["id"].as_str().unwrap().to_string();
+    *hooks.status.lock().unwrap() = 200;
+    let (s, _) = kci
+        .call(
+            "POST",
+            &format!("/v1/deliveries/{id}/retry"),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200);
+    let v = eventually(20, "re-driven delivery sent", || async {
+        let (_, v) = kci.call("GET", "/v1/events/p1", Some(&admin), None).await;
+        (v["notifications"][0]["state"] == "sent").then_some(v)
+    })
+    .await;
+    let steps: Vec<&Value> = v["notifications"][0]["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| &h["reason"])
+        .collect();
+    assert!(steps.contains(&&json!("redriven")), "{v}");
+    // Only a failed one can be re-driven.
+    let (s, _) = kci
+        .call(
+            "POST",
+            &format!("/v1/deliveries/{id}/retry"),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(s, 404);
+    let (s, v) = kci
+        .call("GET", "/v1/deliveries?state=sent", Some(&admin), None)
+        .await;
+    assert_eq!((s, v["error"].as_str()), (422, Some("invalid_field")));
 }
 
 #[tokio::test]

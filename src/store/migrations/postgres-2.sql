@@ -26,3 +26,6 @@ ALTER TABLE contacts ADD COLUMN prefs TEXT NOT NULL DEFAULT '{}';
 
 -- With on_pair = "summary": when the paired partner happened.
 ALTER TABLE notifications ADD COLUMN paired_from BIGINT;
+
+-- The dead-letter list: failed deliveries, newest first.
+CREATE INDEX IF NOT EXISTS notifications_failed ON notifications(decided_at) WHERE state = 'failed';

@@ -1,5 +1,6 @@
 //! The HTTP API (DESIGN.md §2a and §3).
 
+mod deliveries;
 mod directory;
 mod events;
 mod ops;
@@ -36,6 +37,8 @@ pub fn routes() -> Router<AppState> {
             "/v1/accounts/{id}/contacts/{cid}/destinations/{did}/verify",
             post(directory::verify_destination),
         )
+        .route("/v1/deliveries", get(deliveries::list))
+        .route("/v1/deliveries/{id}/retry", post(deliveries::retry))
         .route("/healthz", get(ops::healthz))
         .route("/metrics", get(ops::metrics))
         .fallback(ops::not_found)
