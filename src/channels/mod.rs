@@ -4,8 +4,10 @@
 
 pub mod email;
 pub mod http;
+pub mod matrix;
 pub mod ntfy;
 pub mod recording;
+pub mod signal;
 pub mod telegram;
 #[cfg(test)]
 pub mod testkit;
@@ -127,6 +129,12 @@ impl Channels {
         }
         if let Some(c) = &config.channels.telegram {
             channels.insert(Arc::new(telegram::TelegramChannel::from_config(c)?));
+        }
+        if let Some(c) = &config.channels.signal {
+            channels.insert(Arc::new(signal::SignalChannel::from_config(c)?));
+        }
+        if let Some(c) = &config.channels.matrix {
+            channels.insert(Arc::new(matrix::MatrixChannel::from_config(c)?));
         }
         Ok(channels)
     }

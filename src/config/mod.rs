@@ -226,10 +226,12 @@ pub struct ChannelsConfig {
     /// Telegram; present means enabled.
     #[serde(default)]
     pub telegram: Option<crate::channels::telegram::TelegramConfig>,
+    /// Signal through a signal-cli REST API; present means enabled.
     #[serde(default)]
-    pub signal: ChannelLimits,
+    pub signal: Option<crate::channels::signal::SignalConfig>,
+    /// Matrix; present means enabled.
     #[serde(default)]
-    pub matrix: ChannelLimits,
+    pub matrix: Option<crate::channels::matrix::MatrixConfig>,
 }
 
 impl ChannelsConfig {
@@ -240,11 +242,11 @@ impl ChannelsConfig {
             Email => self.email.rate,
             Sms => self.sms.rate,
             Webhook => self.webhook.rate,
-            Matrix => self.matrix.rate,
+            Matrix => self.matrix.as_ref().and_then(|c| c.rate),
             Pushover => self.pushover.rate,
             Ntfy => self.ntfy.as_ref().and_then(|c| c.rate),
             Telegram => self.telegram.as_ref().and_then(|c| c.rate),
-            Signal => self.signal.rate,
+            Signal => self.signal.as_ref().and_then(|c| c.rate),
         }
     }
 }
