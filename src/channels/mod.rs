@@ -6,6 +6,7 @@ pub mod email;
 pub mod http;
 pub mod matrix;
 pub mod ntfy;
+pub mod pushover;
 pub mod recording;
 pub mod signal;
 pub mod telegram;
@@ -129,6 +130,9 @@ impl Channels {
         }
         if let Some(c) = &config.channels.telegram {
             channels.insert(Arc::new(telegram::TelegramChannel::from_config(c)?));
+        }
+        if let Some(c) = &config.channels.pushover {
+            channels.insert(Arc::new(pushover::PushoverChannel::from_config(c)?));
         }
         if let Some(c) = &config.channels.signal {
             channels.insert(Arc::new(signal::SignalChannel::from_config(c)?));

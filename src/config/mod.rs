@@ -218,8 +218,9 @@ pub struct ChannelsConfig {
     pub email: ChannelLimits,
     #[serde(default)]
     pub sms: ChannelLimits,
+    /// Pushover; present means enabled.
     #[serde(default)]
-    pub pushover: ChannelLimits,
+    pub pushover: Option<crate::channels::pushover::PushoverConfig>,
     /// ntfy; present means enabled.
     #[serde(default)]
     pub ntfy: Option<crate::channels::ntfy::NtfyConfig>,
@@ -243,7 +244,7 @@ impl ChannelsConfig {
             Sms => self.sms.rate,
             Webhook => self.webhook.rate,
             Matrix => self.matrix.as_ref().and_then(|c| c.rate),
-            Pushover => self.pushover.rate,
+            Pushover => self.pushover.as_ref().and_then(|c| c.rate),
             Ntfy => self.ntfy.as_ref().and_then(|c| c.rate),
             Telegram => self.telegram.as_ref().and_then(|c| c.rate),
             Signal => self.signal.as_ref().and_then(|c| c.rate),
