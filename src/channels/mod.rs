@@ -30,6 +30,23 @@ pub struct Outgoing {
     pub rendered: Rendered,
 }
 
+impl Outgoing {
+    /// The text for channels that carry one short message: the short form,
+    /// or the subject when there is none.
+    pub fn text(&self) -> String {
+        self.rendered
+            .short
+            .clone()
+            .unwrap_or_else(|| self.rendered.subject.clone())
+    }
+
+    /// The destination without its scheme (`+447700900123` of `signal:+447700900123`).
+    pub fn address(&self) -> &str {
+        let uri = &self.notification.uri;
+        uri.split_once(':').map_or(uri.as_str(), |(_, rest)| rest)
+    }
+}
+
 /// What the provider said when it accepted a message.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Receipt {

@@ -114,11 +114,7 @@ impl Channel for MatrixChannel {
         } else {
             self.room_id(&name).await?
         };
-        let body = msg
-            .rendered
-            .short
-            .clone()
-            .unwrap_or_else(|| msg.rendered.subject.clone());
+        let body = msg.text();
         let url = self.url(&format!(
             "_matrix/client/v3/rooms/{}/send/m.room.message/{}",
             segment(&room),

@@ -72,12 +72,8 @@ impl Channel for NtfyChannel {
 
     async fn deliver(&self, msg: &Outgoing) -> Result<Receipt, DeliveryError> {
         let n = &msg.notification;
-        let topic = n.uri.strip_prefix("ntfy:").unwrap_or(&n.uri);
-        let message = msg
-            .rendered
-            .short
-            .clone()
-            .unwrap_or_else(|| msg.rendered.subject.clone());
+        let topic = msg.address();
+        let message = msg.text();
         let body = serde_json::json!({
             "topic": topic,
             "message": message,

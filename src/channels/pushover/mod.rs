@@ -98,12 +98,8 @@ impl Channel for PushoverChannel {
 
     async fn deliver(&self, msg: &Outgoing) -> Result<Receipt, DeliveryError> {
         let n = &msg.notification;
-        let user = n.uri.strip_prefix("pushover:").unwrap_or(&n.uri);
-        let message = msg
-            .rendered
-            .short
-            .clone()
-            .unwrap_or_else(|| msg.rendered.subject.clone());
+        let user = msg.address();
+        let message = msg.text();
         let p = priority(n.priority);
         let body = {
             let mut form = url::form_urlencoded::Serializer::new(String::new());

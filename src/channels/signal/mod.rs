@@ -60,13 +60,8 @@ impl Channel for SignalChannel {
     }
 
     async fn deliver(&self, msg: &Outgoing) -> Result<Receipt, DeliveryError> {
-        let n = &msg.notification;
-        let recipient = n.uri.strip_prefix("signal:").unwrap_or(&n.uri);
-        let message = msg
-            .rendered
-            .short
-            .clone()
-            .unwrap_or_else(|| msg.rendered.subject.clone());
+        let recipient = msg.address();
+        let message = msg.text();
         let body = serde_json::json!({ "message": message, "number": self.number, "recipients": [recipient] });
         let mut req = self.client.post(self.send.clone()).json(&body);
         if let Some(token) = &self.token {

@@ -75,12 +75,8 @@ impl Channel for TelegramChannel {
 
     async fn deliver(&self, msg: &Outgoing) -> Result<Receipt, DeliveryError> {
         let n = &msg.notification;
-        let chat = n.uri.strip_prefix("telegram:").unwrap_or(&n.uri);
-        let text = msg
-            .rendered
-            .short
-            .clone()
-            .unwrap_or_else(|| msg.rendered.subject.clone());
+        let chat = msg.address();
+        let text = msg.text();
         let mut body = serde_json::json!({ "chat_id": chat, "text": text });
         if n.priority == Priority::Low {
             // Arrives silently: no sound for a low-priority notice.
