@@ -43,6 +43,14 @@ pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
         .ok()
 }
 
+/// The provider's JSON error body inside a failure from [`answer`], with
+/// the `HTTP nnn` it came with, to put the provider's words in its place.
+pub fn error_body<T: serde::de::DeserializeOwned>(e: &DeliveryError) -> Option<(String, T)> {
+    let raw = e.detail();
+    let (status, body) = raw.split_at(raw.find('{')?);
+    Some((status.trim().to_string(), serde_json::from_str(body).ok()?))
+}
+
 /// Reads a provider's answer: status and body on success, else the
 /// classified failure with the provider's words (`HTTP 403 …`).
 pub async fn answer(resp: reqwest::Response) -> Result<(u16, String), DeliveryError> {

@@ -98,6 +98,41 @@ impl DeliveryError {
         }
     }
 
+    /// The same failure in other words (the provider's own, say).
+    pub fn with_detail(self, words: String) -> Self {
+        match self {
+            DeliveryError::Transient {
+                reason,
+                retry_after,
+                ..
+            } => DeliveryError::Transient {
+                reason,
+                detail: words,
+                retry_after,
+            },
+            DeliveryError::Permanent { reason, .. } => DeliveryError::Permanent {
+                reason,
+                detail: words,
+            },
+        }
+    }
+
+    /// A transient failure told when to come back; a permanent one as it is.
+    pub fn with_retry_after(self, after: Option<Duration>) -> Self {
+        match self {
+            DeliveryError::Transient {
+                reason,
+                detail,
+                retry_after,
+            } => DeliveryError::Transient {
+                reason,
+                detail,
+                retry_after: after.or(retry_after),
+            },
+            permanent => permanent,
+        }
+    }
+
     /// The provider's own words.
     pub fn detail(&self) -> &str {
         match self {

@@ -476,6 +476,58 @@ pub(crate) mod codec {
             .map_err(|e: crate::model::ParseError| StoreError::Corrupt(e.0))
     }
 
+    /// SQL: the notification (columns prefixed `prefix`, e.g. `n.`) is still
+    /// waiting to go out — pending, or folded into a digest that is.
+    pub fn waiting(prefix: &str) -> String {
+        format!(
+            "({prefix}state = 'pending' OR ({prefix}state = 'digested' AND \
+             {prefix}digest IN (SELECT id FROM notifications WHERE state = 'pending')))"
+        )
+    }
+
+    /// SQL: the notifications a cancellation by `column` (id, event or
+    /// destination) reaches — `column` equal to the placeholder `param`, and
+    /// still waiting. By event, kci's own notices (digests, flap summaries)
+    /// stay: they carry other events too.
+    pub fn cancellable(column: &str, param: &str) -> String {
+        let own = if column == "event" {
+            " AND type NOT LIKE 'kci.%'"
+        } else {
+            ""
+        };
+        format!("{column} = {param}{own} AND {}", waiting(""))
+    }
+
+    /// Compares a submitted code's hash with the stored one in constant time,
+    /// honouring expiry and the attempt limit.
+    pub fn check_code(
+        verified: bool,
+        stored: Option<&str>,
+        expires: Option<i64>,
+        attempts: i64,
+        submitted: &str,
+        now: DateTime<Utc>,
+    ) -> VerifyOutcome {
+        use subtle::ConstantTimeEq;
+        if verified {
+            return VerifyOutcome::AlreadyVerified;
+        }
+        let Some(stored) = stored else {
+            return VerifyOutcome::Locked;
+        };
+        let max = i64::from(MAX_CODE_ATTEMPTS);
+        if attempts >= max || expires.is_some_and(|e| crate::model::to_millis(now) > e) {
+            return VerifyOutcome::Locked;
+        }
+        if bool::from(stored.as_bytes().ct_eq(submitted.as_bytes())) {
+            VerifyOutcome::Verified
+        } else {
+            VerifyOutcome::WrongCode {
+                attempts_left: u32::try_from(max - attempts - 1).unwrap_or(0),
+            }
+        }
+    }
+
     /// An event's `occurred_at` as kept in its stored payload.
     pub fn occurred(s: &str) -> Result<DateTime<Utc>> {
         crate::model::parse_time(s).map_err(|e| StoreError::Corrupt(format!("occurred_at: {e}")))

@@ -140,24 +140,46 @@ async fn cancel_pending(
     detail: Option<&str>,
     at: DateTime<Utc>,
 ) -> Result<usize> {
-    let own = if column == "event" {
-        " AND type NOT LIKE 'kci.%'"
-    } else {
-        ""
-    };
     let stmt = c
         .prepare_cached(&format!(
             "WITH c AS (UPDATE notifications SET state = 'cancelled', reason = $2, detail = $3, decided_at = $4 \
-             WHERE {column} = $1{own} AND (state = 'pending' OR (state = 'digested' AND digest IN \
-             (SELECT id FROM notifications WHERE state = 'pending'))) RETURNING id, event, due_at) \
+             WHERE {} RETURNING id, event, due_at) \
              INSERT INTO decisions (notification, event, at, state, reason, detail, due_at) \
-             SELECT id, event, $4, 'cancelled', $2, $3, due_at FROM c"
+             SELECT id, event, $4, 'cancelled', $2, $3, due_at FROM c",
+            cancellable(column, "$1")
         ))
         .await?;
     let n = c
         .execute(&stmt, &[&value, &reason.as_str(), &detail, &to_millis(at)])
         .await?;
     Ok(usize::try_from(n).unwrap_or(usize::MAX))
+}
+
+/// Pairs each notification with its event (one query for all of them).
+async fn with_events(
+    c: &impl deadpool_postgres::GenericClient,
+    notes: Vec<Notification>,
+) -> Result<Vec<Claimed>> {
+    let ids: Vec<String> = notes.iter().filter_map(|n| n.event.clone()).collect();
+    let mut events = HashMap::new();
+    if !ids.is_empty() {
+        for r in c
+            .query("SELECT id, payload FROM events WHERE id = ANY($1)", &[&ids])
+            .await?
+        {
+            events.insert(r.try_get::<_, String>(0)?, event_from_json(r.try_get(1)?)?);
+        }
+    }
+    Ok(notes
+        .into_iter()
+        .map(|n| {
+            let event = n.event.as_ref().and_then(|id| events.get(id).cloned());
+            Claimed {
+                notification: n,
+                event,
+            }
+        })
+        .collect())
 }
 
 async fn account_view(
@@ -250,13 +272,13 @@ async fn ingest_one(
         // (claims skip locked rows); then every notice of the latest
         // related event, whatever its state.
         let waiting = tx
-            .prepare_cached(
+            .prepare_cached(&format!(
                 "SELECT n.id, n.event, n.type, n.destination, 'pending', n.due_at, e.payload::jsonb ->> 'occurred_at' \
                  FROM notifications n JOIN events e ON e.id = n.event \
-                 WHERE n.account = $1 AND n.key = $2 AND n.type = ANY($3) AND (n.state = 'pending' OR \
-                 (n.state = 'digested' AND n.digest IN (SELECT id FROM notifications WHERE state = 'pending'))) \
+                 WHERE n.account = $1 AND n.key = $2 AND n.type = ANY($3) AND {} \
                  FOR UPDATE OF n",
-            )
+                waiting("n.")
+            ))
             .await?;
         let latest = tx
             .prepare_cached(
@@ -593,7 +615,7 @@ impl Store for PgStore {
             return Ok(VerifyOutcome::NotFound);
         };
         let stored: Option<String> = r.try_get(1)?;
-        let outcome = super::sqlite::check_code(
+        let outcome = check_code(
             r.try_get(0)?,
             stored.as_deref(),
             r.try_get(2)?,
@@ -746,26 +768,7 @@ impl Store for PgStore {
             .iter()
             .map(notification_from_row)
             .collect::<Result<Vec<_>>>()?;
-        let ids: Vec<String> = notes.iter().filter_map(|n| n.event.clone()).collect();
-        let mut events = HashMap::new();
-        if !ids.is_empty() {
-            for r in c
-                .query("SELECT id, payload FROM events WHERE id = ANY($1)", &[&ids])
-                .await?
-            {
-                events.insert(r.try_get::<_, String>(0)?, event_from_json(r.try_get(1)?)?);
-            }
-        }
-        let mut out: Vec<Claimed> = notes
-            .into_iter()
-            .map(|n| {
-                let event = n.event.as_ref().and_then(|id| events.get(id).cloned());
-                Claimed {
-                    notification: n,
-                    event,
-                }
-            })
-            .collect();
+        let mut out = with_events(&c, notes).await?;
         out.sort_by_key(|c| {
             (
                 std::cmp::Reverse(c.notification.priority),
@@ -830,24 +833,7 @@ impl Store for PgStore {
             .iter()
             .map(notification_from_row)
             .collect::<Result<Vec<_>>>()?;
-        let ids: Vec<String> = notes.iter().filter_map(|n| n.event.clone()).collect();
-        let mut events = HashMap::new();
-        for r in c
-            .query("SELECT id, payload FROM events WHERE id = ANY($1)", &[&ids])
-            .await?
-        {
-            events.insert(r.try_get::<_, String>(0)?, event_from_json(r.try_get(1)?)?);
-        }
-        Ok(notes
-            .into_iter()
-            .map(|n| {
-                let event = n.event.as_ref().and_then(|e| events.get(e).cloned());
-                Claimed {
-                    notification: n,
-                    event,
-                }
-            })
-            .collect())
+        with_events(&c, notes).await
     }
 
     async fn notifications_in(

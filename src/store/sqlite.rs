@@ -282,15 +282,10 @@ fn cancel_pending(
     detail: Option<&str>,
     at: DateTime<Utc>,
 ) -> Result<usize> {
-    let own = if column == "event" {
-        " AND type NOT LIKE 'kci.%'"
-    } else {
-        ""
-    };
     let mut stmt = conn.prepare_cached(&format!(
         "UPDATE notifications SET state = 'cancelled', reason = ?2, detail = ?3, decided_at = ?4 \
-         WHERE {column} = ?1{own} AND (state = 'pending' OR (state = 'digested' AND digest IN \
-         (SELECT id FROM notifications WHERE state = 'pending'))) RETURNING id, event, due_at"
+         WHERE {} RETURNING id, event, due_at",
+        cancellable(column, "?1")
     ))?;
     let mut rows = stmt.query(params![value, reason.as_str(), detail, to_millis(at)])?;
     let mut done = Vec::new();
@@ -314,6 +309,35 @@ fn cancel_pending(
         record(conn, event.as_deref(), &d)?;
     }
     Ok(done.len())
+}
+
+/// Pairs each notification with its event (read once per event).
+fn with_events(conn: &Connection, notes: Vec<Notification>) -> Result<Vec<Claimed>> {
+    let mut events: HashMap<String, Option<Event>> = HashMap::new();
+    let mut out = Vec::with_capacity(notes.len());
+    for n in notes {
+        let event = match &n.event {
+            Some(id) => {
+                if !events.contains_key(id) {
+                    let payload: Option<String> = conn
+                        .prepare_cached("SELECT payload FROM events WHERE id = ?1")?
+                        .query_row([id], |r| r.get(0))
+                        .optional()?;
+                    events.insert(
+                        id.clone(),
+                        payload.map(|p| event_from_json(&p)).transpose()?,
+                    );
+                }
+                events.get(id).cloned().flatten()
+            }
+            None => None,
+        };
+        out.push(Claimed {
+            notification: n,
+            event,
+        });
+    }
+    Ok(out)
 }
 
 fn account_view(conn: &Connection, id: &str) -> Result<Option<AccountView>> {
@@ -384,12 +408,12 @@ fn related_for_key(
     key: &str,
     types: &[String],
 ) -> Result<Vec<RelatedNotice>> {
-    let mut pending = conn.prepare_cached(
+    let mut pending = conn.prepare_cached(&format!(
         "SELECT n.id, n.event, n.type, n.destination, 'pending', n.due_at, json_extract(e.payload, '$.occurred_at') \
          FROM notifications n JOIN events e ON e.id = n.event \
-         WHERE n.account = ?1 AND n.key = ?2 AND n.type = ?3 AND (n.state = 'pending' OR \
-         (n.state = 'digested' AND n.digest IN (SELECT id FROM notifications WHERE state = 'pending')))",
-    )?;
+         WHERE n.account = ?1 AND n.key = ?2 AND n.type = ?3 AND {}",
+        waiting("n.")
+    ))?;
     let mut latest = conn.prepare_cached(
         "SELECT n.id, n.event, n.type, n.destination, n.state, n.due_at, json_extract(e.payload, '$.occurred_at') \
          FROM notifications n JOIN events e ON e.id = n.event WHERE n.event = \
@@ -857,28 +881,7 @@ impl Store for SqliteStore {
                 claimed.push(notification_from_row(r)?);
             }
             drop(rows);
-            let mut events: HashMap<String, Event> = HashMap::new();
-            let mut out = Vec::with_capacity(claimed.len());
-            for n in claimed {
-                let event = match &n.event {
-                    Some(id) => match events.get(id) {
-                        Some(e) => Some(e.clone()),
-                        None => {
-                            let payload: Option<String> = conn
-                                .prepare_cached("SELECT payload FROM events WHERE id = ?1")?
-                                .query_row([id], |r| r.get(0))
-                                .optional()?;
-                            let e = payload.map(|p| event_from_json(&p)).transpose()?;
-                            if let Some(e) = &e {
-                                events.insert(id.clone(), e.clone());
-                            }
-                            e
-                        }
-                    },
-                    None => None,
-                };
-                out.push(Claimed { notification: n, event });
-            }
+            let mut out = with_events(conn, claimed)?;
             out.sort_by_key(|c| (std::cmp::Reverse(c.notification.priority), c.notification.due_at));
             Ok(out)
         })
@@ -978,19 +981,7 @@ impl Store for SqliteStore {
                 notes.push(notification_from_row(r)?);
             }
             drop(rows);
-            let mut out = Vec::with_capacity(notes.len());
-            for n in notes {
-                let payload: Option<String> = match &n.event {
-                    Some(e) => conn
-                        .prepare_cached("SELECT payload FROM events WHERE id = ?1")?
-                        .query_row([e], |r| r.get(0))
-                        .optional()?,
-                    None => None,
-                };
-                let event = payload.map(|p| event_from_json(&p)).transpose()?;
-                out.push(Claimed { notification: n, event });
-            }
-            Ok(out)
+            with_events(conn, notes)
         })
         .await
     }
@@ -1086,33 +1077,3 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("migrations/sqlite.sql")),
     (2, include_str!("migrations/sqlite-2.sql")),
 ];
-
-/// Compares a submitted code's hash with the stored one in constant time,
-/// honouring expiry and the attempt limit.
-pub(crate) fn check_code(
-    verified: bool,
-    stored: Option<&str>,
-    expires: Option<i64>,
-    attempts: i64,
-    submitted: &str,
-    now: DateTime<Utc>,
-) -> VerifyOutcome {
-    use subtle::ConstantTimeEq;
-    if verified {
-        return VerifyOutcome::AlreadyVerified;
-    }
-    let Some(stored) = stored else {
-        return VerifyOutcome::Locked;
-    };
-    let max = i64::from(MAX_CODE_ATTEMPTS);
-    if attempts >= max || expires.is_some_and(|e| to_millis(now) > e) {
-        return VerifyOutcome::Locked;
-    }
-    if bool::from(stored.as_bytes().ct_eq(submitted.as_bytes())) {
-        VerifyOutcome::Verified
-    } else {
-        VerifyOutcome::WrongCode {
-            attempts_left: u32::try_from(max - attempts - 1).unwrap_or(0),
-        }
-    }
-}

@@ -146,34 +146,11 @@ impl Channel for PushoverChannel {
 
 /// "HTTP 400 {json}" becomes "HTTP 400 user identifier is invalid".
 fn with_their_words(e: DeliveryError) -> DeliveryError {
-    let raw = e.detail().to_string();
-    let json = raw.find('{').map(|i| &raw[i..]).unwrap_or("");
-    let Some(errors) = serde_json::from_str::<Answer>(json)
-        .ok()
-        .map(|a| a.errors)
-        .filter(|e| !e.is_empty())
-    else {
-        return e;
-    };
-    let words = format!(
-        "{} {}",
-        raw.split(' ').take(2).collect::<Vec<_>>().join(" "),
-        errors.join("; ")
-    );
-    match e {
-        DeliveryError::Transient {
-            reason,
-            retry_after,
-            ..
-        } => DeliveryError::Transient {
-            reason,
-            detail: words,
-            retry_after,
-        },
-        DeliveryError::Permanent { reason, .. } => DeliveryError::Permanent {
-            reason,
-            detail: words,
-        },
+    match super::http::error_body::<Answer>(&e) {
+        Some((status, a)) if !a.errors.is_empty() => {
+            e.with_detail(format!("{status} {}", a.errors.join("; ")))
+        }
+        _ => e,
     }
 }
 

@@ -109,37 +109,18 @@ impl Channel for TelegramChannel {
 /// Replaces "HTTP 400 {json}" with the API's own description, and honours
 /// its `retry_after`.
 fn explain(e: DeliveryError) -> DeliveryError {
-    let raw = e.detail().to_string();
-    let json = raw.find('{').map(|i| &raw[i..]).unwrap_or("");
-    let Ok(answer) = serde_json::from_str::<Answer>(json) else {
+    let Some((status, answer)) = super::http::error_body::<Answer>(&e) else {
         return e;
     };
-    let words = match (&answer.description, answer.ok) {
-        (Some(d), false) => format!(
-            "{} {d}",
-            raw.split(' ').take(2).collect::<Vec<_>>().join(" ")
-        ),
-        _ => raw,
-    };
-    match e {
-        DeliveryError::Transient {
-            reason,
-            retry_after,
-            ..
-        } => DeliveryError::Transient {
-            reason,
-            detail: words,
-            retry_after: answer
-                .parameters
-                .and_then(|p| p.retry_after)
-                .map(std::time::Duration::from_secs)
-                .or(retry_after),
-        },
-        DeliveryError::Permanent { reason, .. } => DeliveryError::Permanent {
-            reason,
-            detail: words,
-        },
+    let after = answer
+        .parameters
+        .and_then(|p| p.retry_after)
+        .map(std::time::Duration::from_secs);
+    match (answer.description, answer.ok) {
+        (Some(words), false) => e.with_detail(format!("{status} {words}")),
+        _ => e,
     }
+    .with_retry_after(after)
 }
 
 #[cfg(test)]

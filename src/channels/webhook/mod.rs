@@ -85,15 +85,17 @@ impl Channel for WebhookChannel {
 
     async fn deliver(&self, msg: &Outgoing) -> Result<Receipt, DeliveryError> {
         let n = &msg.notification;
-        let url: url::Url = n.uri.parse().map_err(|e| DeliveryError::Permanent {
-            reason: "bad_url",
-            detail: format!("{e}"),
-        })?;
         let dest: crate::model::DestinationUri =
             n.uri.parse().map_err(|e| DeliveryError::Permanent {
                 reason: "bad_url",
                 detail: format!("{e}"),
             })?;
+        let crate::model::DestinationUri::Webhook(url) = &dest else {
+            return Err(DeliveryError::Permanent {
+                reason: "bad_url",
+                detail: format!("`{}` is not a web address", n.uri),
+            });
+        };
         if url.scheme() == "http" && !self.allow_http && !dest.is_loopback_http() {
             return Err(DeliveryError::Permanent {
                 reason: "insecure_url",
@@ -111,7 +113,7 @@ impl Channel for WebhookChannel {
         let ts = now.timestamp();
         let mut req = self
             .client
-            .post(url)
+            .post(url.clone())
             .header("content-type", "application/json")
             .header("webhook-id", &n.id)
             .header("webhook-timestamp", ts.to_string());
