@@ -86,6 +86,7 @@ async fn main() {
             uri: "mailto:backlog@example.com".parse().unwrap(),
             prefs: Preferences::default(),
             verified: true,
+            unhealthy_since: None,
         };
         store
             .add_destination("A1", &dest, None, None)

@@ -36,6 +36,7 @@ hold = "3m"
             ..Default::default()
         },
         verified: true,
+        unhealthy_since: None,
     };
     let dir = AccountView {
         account: Account {

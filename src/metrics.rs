@@ -20,6 +20,8 @@ pub struct Metrics {
     pub delivery_seconds: Family<Labels, Histogram>,
     pub notifications: Family<Labels, Gauge>,
     pub rate_backlog: Family<Labels, Gauge>,
+    pub receipts: Family<Labels, Counter>,
+    pub unhealthy_destinations: Counter,
 }
 
 impl Default for Metrics {
@@ -75,8 +77,22 @@ impl Metrics {
             "Notifications queued behind a channel's provider rate limit on this node",
             rate_backlog.clone(),
         );
+        let receipts = Family::<Labels, Counter>::default();
+        registry.register(
+            "receipts",
+            "Providers' later reports on sent messages, by channel and status",
+            receipts.clone(),
+        );
+        let unhealthy_destinations = Counter::default();
+        registry.register(
+            "destinations_marked_unhealthy",
+            "Destinations marked unhealthy after permanent failures in a row",
+            unhealthy_destinations.clone(),
+        );
         Self {
             registry,
+            receipts,
+            unhealthy_destinations,
             events_accepted,
             events_rejected,
             decisions,

@@ -56,17 +56,13 @@ pub fn error_body<T: serde::de::DeserializeOwned>(e: &DeliveryError) -> Option<(
 pub async fn answer(resp: reqwest::Response) -> Result<(u16, String), DeliveryError> {
     let status = resp.status();
     let after = retry_after(resp.headers());
-    let text: String = resp
-        .text()
-        .await
-        .unwrap_or_default()
-        .chars()
-        .take(500)
-        .collect();
+    let text = resp.text().await.unwrap_or_default();
     if status.is_success() {
         return Ok((status.as_u16(), text));
     }
-    let detail = format!("HTTP {} {}", status.as_u16(), text.trim())
+    // The provider's words, not a whole page of them.
+    let words: String = text.trim().chars().take(500).collect();
+    let detail = format!("HTTP {} {words}", status.as_u16())
         .trim()
         .to_string();
     if status.as_u16() == 429 || status.as_u16() == 408 || status.is_server_error() {

@@ -9,6 +9,7 @@ pub mod ntfy;
 pub mod pushover;
 pub mod recording;
 pub mod signal;
+pub mod sms;
 pub mod telegram;
 #[cfg(test)]
 pub mod testkit;
@@ -51,6 +52,22 @@ impl Outgoing {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Receipt {
     /// The provider's id or answer, kept as the notification's `detail`.
+    pub detail: Option<String>,
+    /// The provider's own id for the message (a Twilio SID, a Pushover
+    /// emergency receipt), to ask about it later.
+    pub provider_ref: Option<String>,
+    /// The provider will report on it later (a delivery report, an
+    /// acknowledgement): kci asks through [`Channel::poll_receipt`].
+    pub awaiting: bool,
+    /// SMS parts billed.
+    pub segments: Option<u32>,
+}
+
+/// A provider's later word on a message it accepted.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Report {
+    pub status: crate::model::ReceiptStatus,
+    /// The provider's words (an error code, who acknowledged).
     pub detail: Option<String>,
 }
 
@@ -147,6 +164,12 @@ impl DeliveryError {
 pub trait Channel: Send + Sync {
     fn kind(&self) -> ChannelKind;
     async fn deliver(&self, msg: &Outgoing) -> Result<Receipt, DeliveryError>;
+    /// Asks the provider about a message it accepted with
+    /// [`Receipt::awaiting`]; `Ok(None)` while it has nothing final to say.
+    async fn poll_receipt(&self, _provider_ref: &str) -> Result<Option<Report>, DeliveryError> {
+        Ok(None)
+    }
+
     /// Whether the provider is reachable, for `/healthz`.
     async fn healthcheck(&self) -> Result<(), String> {
         Ok(())
@@ -177,6 +200,9 @@ impl Channels {
         channels.insert(Arc::new(webhook::WebhookChannel::from_config(
             &config.channels.webhook,
         )?));
+        if let Some(sms) = sms::SmsChannel::from_config(&config.channels.sms)? {
+            channels.insert(Arc::new(sms));
+        }
         if let Some(c) = &config.channels.ntfy {
             channels.insert(Arc::new(ntfy::NtfyChannel::from_config(c)?));
         }

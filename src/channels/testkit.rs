@@ -107,6 +107,9 @@ pub fn outgoing(uri: &str, short: &str, subject: &str) -> Outgoing {
             message: None,
             digest: None,
             paired_from: None,
+            provider_ref: None,
+            receipt: None,
+            segments: None,
         },
         event: None,
         rendered: Rendered {

@@ -385,6 +385,7 @@ async fn load_account(store: &dyn Store, a: &ScenarioAccount) -> Result<(), Stri
                 uri,
                 prefs,
                 verified: true,
+                unhealthy_since: None,
             };
             store
                 .add_destination(&account.id, &dest, None, None)

@@ -216,8 +216,9 @@ pub struct ChannelsConfig {
     /// Mail (the transport itself is configured under `[email]`).
     #[serde(default)]
     pub email: ChannelLimits,
+    /// SMS through an HTTP gateway or Twilio; enabled when one is set.
     #[serde(default)]
-    pub sms: ChannelLimits,
+    pub sms: crate::channels::sms::SmsConfig,
     /// Pushover; present means enabled.
     #[serde(default)]
     pub pushover: Option<crate::channels::pushover::PushoverConfig>,
@@ -313,6 +314,22 @@ pub struct DeliveryConfig {
     /// node (or this one, restarted) may take it over.
     #[serde(default = "default_lease")]
     pub lease: Span,
+    /// Permanent failures in a row after which a destination is marked
+    /// unhealthy (nothing more is sent there until it is verified again,
+    /// and the contact is told through its other destinations); 0: never.
+    #[serde(default = "default_unhealthy_after")]
+    pub unhealthy_after: u32,
+    /// How often providers are asked about messages whose delivery report
+    /// or acknowledgement is still due (Pushover emergency receipts).
+    #[serde(default = "default_receipt_poll")]
+    pub receipt_poll: Span,
+}
+
+fn default_unhealthy_after() -> u32 {
+    5
+}
+fn default_receipt_poll() -> Span {
+    Span(std::time::Duration::from_secs(30))
 }
 
 fn default_concurrency() -> usize {
@@ -339,6 +356,8 @@ impl Default for DeliveryConfig {
             backoff: default_backoff(),
             backoff_max: default_backoff_max(),
             lease: default_lease(),
+            unhealthy_after: default_unhealthy_after(),
+            receipt_poll: default_receipt_poll(),
         }
     }
 }
@@ -387,6 +406,10 @@ pub struct EventType {
     /// event's).
     #[serde(default)]
     pub pair_summary: Option<String>,
+    /// Longest SMS for this type, in segments (parts billed); a longer
+    /// short text is cut to fit. Default: `[channels.sms] max_segments`.
+    #[serde(default)]
+    pub max_segments: Option<usize>,
 }
 
 /// What a completed pair tells the customer.
@@ -489,6 +512,15 @@ impl Config {
                 .map_err(|e| ("email.smtp".to_string(), format!("not a URL ({e})")))?;
             if !matches!(parsed.scheme(), "smtp" | "smtps") {
                 return Err(("email.smtp".into(), "must be smtp://… or smtps://…".into()));
+            }
+        }
+        self.channels.sms.validate()?;
+        for (name, t) in &self.types {
+            if t.max_segments.is_some_and(|m| !(1..=10).contains(&m)) {
+                return Err((
+                    format!("types.{name}.max_segments"),
+                    "must be between 1 and 10".into(),
+                ));
             }
         }
         if let Some(secret) = &self.channels.webhook.secret {

@@ -39,6 +39,30 @@ pub struct Destination {
     #[serde(flatten)]
     pub prefs: Preferences,
     pub verified: bool,
+    /// Set when permanent failures in a row made kci stop sending here;
+    /// cleared by verifying the destination again.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "ser_time_opt"
+    )]
+    pub unhealthy_since: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl Destination {
+    /// Verified and not marked unhealthy: somewhere kci may send.
+    pub fn usable(&self) -> bool {
+        self.verified && self.unhealthy_since.is_none()
+    }
+}
+
+fn ser_time_opt<S: serde::Serializer>(
+    v: &Option<chrono::DateTime<chrono::Utc>>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(t) => s.serialize_str(&super::fmt_time(*t)),
+        None => s.serialize_none(),
+    }
 }
 
 /// A contact with its destinations.

@@ -20,8 +20,8 @@ pub use duration::Span;
 pub use event::Event;
 pub use priority::Priority;
 pub use secret::Secret;
-pub use state::{Reason, State};
-pub use uri::{ChannelKind, DestinationUri};
+pub use state::{Reason, ReceiptStatus, State};
+pub use uri::{ChannelKind, DestinationUri, parse_e164};
 pub use window::Window;
 
 use chrono::{DateTime, TimeZone, Utc};

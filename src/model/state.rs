@@ -107,6 +107,12 @@ pub enum Reason {
     EmptyDigest,
     /// A failed delivery put back in the queue by an operator.
     Redriven,
+    /// The provider accepted it, then reported it could not be delivered
+    /// (an SMS delivery report of `undelivered`, say).
+    Undelivered,
+    /// The destination is marked unhealthy after permanent failures in a
+    /// row; nothing goes there until it is verified again.
+    Unhealthy,
 }
 
 impl Reason {
@@ -136,11 +142,51 @@ impl Reason {
             Reason::Digest => "digest",
             Reason::EmptyDigest => "empty_digest",
             Reason::Redriven => "redriven",
+            Reason::Undelivered => "undelivered",
+            Reason::Unhealthy => "unhealthy",
         }
     }
 
     pub fn parse(s: &str) -> Option<Reason> {
         serde_json::from_value(serde_json::Value::String(s.to_string())).ok()
+    }
+}
+
+/// What a provider reported after accepting a notice: the receipt behind a
+/// `sent` notification.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReceiptStatus {
+    /// The provider will report; kci asks (or waits for its callback).
+    Awaiting,
+    /// Handed to the handset or mailbox (an SMS delivery report).
+    Delivered,
+    /// A person acknowledged it (a Pushover emergency notice).
+    Acknowledged,
+    /// The provider gave up (no acknowledgement before the emergency expired).
+    Unacknowledged,
+    /// The provider could not deliver it; the notification becomes `failed`.
+    Undelivered,
+}
+
+impl ReceiptStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReceiptStatus::Awaiting => "awaiting",
+            ReceiptStatus::Delivered => "delivered",
+            ReceiptStatus::Acknowledged => "acknowledged",
+            ReceiptStatus::Unacknowledged => "unacknowledged",
+            ReceiptStatus::Undelivered => "undelivered",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ReceiptStatus> {
+        serde_json::from_value(serde_json::Value::String(s.to_string())).ok()
+    }
+
+    /// Whether the provider has said its last word.
+    pub fn is_final(self) -> bool {
+        self != ReceiptStatus::Awaiting
     }
 }
 

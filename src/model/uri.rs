@@ -96,7 +96,7 @@ impl DestinationUri {
 }
 
 /// `+` and 8 to 15 digits, the first not zero.
-fn parse_e164(s: &str) -> Result<String, ParseError> {
+pub fn parse_e164(s: &str) -> Result<String, ParseError> {
     let digits = s.strip_prefix('+').ok_or_else(|| {
         ParseError::new(format!(
             "`{s}` is not an E.164 number (it must start with +)"

@@ -2,12 +2,15 @@
 //! filtered notice is `suppressed` with the filter as its reason.
 
 use super::Effective;
-use crate::model::{Event, Reason};
+use crate::model::{Destination, Event, Reason};
 
 /// Why this destination must not get `event`, or `None` if it may.
-pub fn check(event: &Event, verified: bool, prefs: &Effective) -> Option<Reason> {
-    if !verified {
+pub fn check(event: &Event, dest: &Destination, prefs: &Effective) -> Option<Reason> {
+    if !dest.verified {
         return Some(Reason::Unverified);
+    }
+    if dest.unhealthy_since.is_some() {
+        return Some(Reason::Unhealthy);
     }
     if let Some(cats) = prefs.categories.filter(|c| !c.is_empty())
         && !cats.contains(&event.category)
@@ -32,6 +35,10 @@ pub fn explain(reason: Reason, event: &Event, prefs: &Effective) -> String {
     let list = |l: Option<&[String]>| l.unwrap_or_default().join(", ");
     match reason {
         Reason::Unverified => "the destination is not verified yet".into(),
+        Reason::Unhealthy => {
+            "the destination failed permanently too often in a row; it gets nothing until verified again"
+                .into()
+        }
         Reason::Category => format!(
             "category {} is not among {}",
             event.category,
@@ -63,6 +70,20 @@ mod tests {
             services: p.services.as_deref(),
             min_priority: p.min_priority.unwrap_or(Priority::Low),
             ..Default::default()
+        }
+    }
+
+    fn destination(
+        verified: bool,
+        unhealthy_since: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Destination {
+        Destination {
+            id: "d1".into(),
+            contact: "alice".into(),
+            uri: "sms:+447700900001".parse().unwrap(),
+            prefs: Preferences::default(),
+            verified,
+            unhealthy_since,
         }
     }
 
@@ -129,8 +150,20 @@ mod tests {
         ];
         for (name, verified, p, want) in cases {
             let eff = as_effective(p);
-            assert_eq!(check(&ev, *verified, &eff), *want, "{name}");
+            let dest = destination(*verified, None);
+            assert_eq!(check(&ev, &dest, &eff), *want, "{name}");
         }
+        // Unhealthy comes after unverified, before any preference.
+        let eff = as_effective(&cases[0].2);
+        let since = Some(ev.received_at);
+        assert_eq!(
+            check(&ev, &destination(true, since), &eff),
+            Some(Reason::Unhealthy)
+        );
+        assert_eq!(
+            check(&ev, &destination(false, since), &eff),
+            Some(Reason::Unverified)
+        );
     }
 
     #[test]
@@ -141,6 +174,9 @@ mod tests {
             services: Some(vec!["L2".into()]),
             ..Default::default()
         };
-        assert_eq!(check(&ev, true, &as_effective(&p)), None);
+        assert_eq!(
+            check(&ev, &destination(true, None), &as_effective(&p)),
+            None
+        );
     }
 }

@@ -20,7 +20,7 @@ mod supersede;
 mod window;
 
 use crate::config::{Config, Preferences};
-use crate::model::{AccountView, ChannelKind, Event, Reason, State};
+use crate::model::{AccountView, ChannelKind, Destination, Event, Reason, State};
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 
@@ -234,7 +234,7 @@ pub fn plan(
                 folded_into: None,
                 paired_from: None,
             };
-            decide(event, hold, dest.verified, &eff, now, &mut d);
+            decide(event, hold, dest, &eff, now, &mut d);
             if let Some((rule, family)) = &flapping {
                 let damped = flap::apply(
                     event,
@@ -328,12 +328,12 @@ pub fn cancelled_by(config: &Config, type_name: &str) -> Vec<String> {
 fn decide(
     event: &Event,
     hold: Option<crate::model::Span>,
-    verified: bool,
+    dest: &Destination,
     eff: &Effective,
     now: DateTime<Utc>,
     d: &mut Decision,
 ) {
-    if let Some(reason) = filter::check(event, verified, eff) {
+    if let Some(reason) = filter::check(event, dest, eff) {
         d.state = State::Suppressed;
         d.reason = Some(reason);
         d.detail = Some(filter::explain(reason, event, eff));
@@ -482,6 +482,7 @@ mod tests {
                             ..Default::default()
                         },
                         verified,
+                        unhealthy_since: None,
                     },
                     Destination {
                         id: "d-mail".into(),
@@ -489,6 +490,7 @@ mod tests {
                         uri: "mailto:alice@example.com".parse().unwrap(),
                         prefs: Preferences::default(),
                         verified: true,
+                        unhealthy_since: None,
                     },
                 ],
             }],

@@ -33,6 +33,9 @@ pub struct RenderError {
 /// Compiled templates of every configured type.
 pub struct Renderer {
     env: Environment<'static>,
+    /// Longest SMS per type, in segments, and for types that do not say.
+    max_segments: std::collections::HashMap<String, usize>,
+    default_max_segments: usize,
 }
 
 fn template_name(type_name: &str, field: &str) -> String {
@@ -94,7 +97,34 @@ impl Renderer {
                 }
             }
         }
-        Ok(Self { env })
+        let max_segments = config
+            .types
+            .iter()
+            .filter_map(|(name, t)| t.max_segments.map(|m| (name.clone(), m)))
+            .collect();
+        Ok(Self {
+            env,
+            max_segments,
+            default_max_segments: config.channels.sms.max_segments,
+        })
+    }
+
+    /// The short text of `rendered` fitted to the SMS segments type
+    /// `type_name` allows; returns the detail to record when it was cut.
+    pub fn fit_sms(&self, type_name: &str, rendered: &mut Rendered) -> Option<String> {
+        let max = self
+            .max_segments
+            .get(type_name)
+            .copied()
+            .unwrap_or(self.default_max_segments);
+        let short = rendered.short.as_mut()?;
+        let (fitted, segments) = sms::fit(short, max);
+        if fitted == *short {
+            return None;
+        }
+        let was = sms::segments(short).count;
+        *short = fitted;
+        Some(format!("cut from {was} to {segments} (type allows {max})"))
     }
 
     fn render_field(

@@ -80,6 +80,40 @@ pub fn segments(text: &str) -> Segments {
     }
 }
 
+/// `text` cut to fit in `max` segments, ending in `...` when cut (three
+/// dots, not `…`, which is not GSM-7 and would turn the message UCS-2 and
+/// cost more parts). Whole characters only, at the end of a word when one
+/// ends within 20 characters of the limit.
+pub fn fit(text: &str, max: usize) -> (String, Segments) {
+    let max = max.max(1);
+    let whole = segments(text);
+    if whole.count <= max {
+        return (text.to_string(), whole);
+    }
+    let chars: Vec<char> = text.chars().collect();
+    // The longest prefix that fits with the mark; segments grow with the
+    // prefix, so search for the boundary.
+    let (mut lo, mut hi) = (0, chars.len());
+    while lo < hi {
+        let mid = (lo + hi).div_ceil(2);
+        let cut: String = chars[..mid].iter().collect();
+        if segments(&format!("{}...", cut.trim_end())).count <= max {
+            lo = mid;
+        } else {
+            hi = mid - 1;
+        }
+    }
+    // End on a word if one ends close by, rather than mid-word.
+    let word_end = chars[..lo]
+        .iter()
+        .rposition(|c| c.is_whitespace())
+        .filter(|&i| lo - i <= 20);
+    let cut: String = chars[..word_end.unwrap_or(lo)].iter().collect();
+    let out = format!("{}...", cut.trim_end());
+    let s = segments(&out);
+    (out, s)
+}
+
 impl std::fmt::Display for Segments {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let enc = match self.encoding {
@@ -146,5 +180,28 @@ mod tests {
         for (name, text, want) in cases {
             assert_eq!(seg(&text), want, "{name}");
         }
+    }
+
+    #[test]
+    fn fitting_cuts_to_the_maximum_and_marks_the_cut() {
+        let short = "Your line L1 is down.";
+        assert_eq!(fit(short, 1).0, short);
+        // 400 plain characters, at most 2 parts of 153: 306 septets.
+        let long = "word ".repeat(80);
+        let (text, s) = fit(&long, 2);
+        assert_eq!((s.encoding, s.count), (Encoding::Gsm7, 2));
+        assert!(text.ends_with("word..."), "{text}");
+        assert_eq!(s.units, text.chars().count());
+        assert!(s.units > 300 && s.units <= 306, "{}", s.units);
+        // One more character would not fit.
+        let (one_part, s) = fit(&"a".repeat(500), 1);
+        assert_eq!((one_part.len(), s.count), (160, 1));
+        // UCS-2 stays UCS-2 and keeps surrogate pairs whole.
+        let (emoji, s) = fit(&"🙂".repeat(100), 1);
+        assert_eq!((s.encoding, s.count), (Encoding::Ucs2, 1));
+        assert_eq!(emoji, format!("{}...", "🙂".repeat(33)));
+        // Extension characters count double in the fit too.
+        let (euros, s) = fit(&"€".repeat(200), 1);
+        assert_eq!((euros, s.units), (format!("{}...", "€".repeat(78)), 159));
     }
 }

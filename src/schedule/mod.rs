@@ -138,7 +138,7 @@ impl Scheduler {
         } else {
             self.renderer.render(n, c.event.as_ref())
         };
-        let rendered = match rendered {
+        let mut rendered = match rendered {
             Ok(r) => r,
             Err(e) => {
                 return self
@@ -169,6 +169,11 @@ impl Scheduler {
                 )
                 .await;
         }
+        let cut = if n.channel == crate::model::ChannelKind::Sms {
+            self.renderer.fit_sms(&n.type_name, &mut rendered)
+        } else {
+            None
+        };
         let Some(channel) = self.channels.get(n.channel) else {
             let detail = format!("no {} channel is configured", n.channel);
             return self
@@ -209,16 +214,134 @@ impl Scheduler {
             ])
             .inc();
         let finish = match result {
-            Ok(receipt) => Finish::Sent {
-                at,
-                detail: receipt.detail,
-            },
+            Ok(mut receipt) => {
+                if let Some(cut) = cut {
+                    let said = receipt.detail.take().unwrap_or_default();
+                    receipt.detail = Some(
+                        format!("{said}; text {cut}")
+                            .trim_start_matches("; ")
+                            .to_string(),
+                    );
+                }
+                Finish::Sent { at, receipt }
+            }
             Err(e) => self.after_failure(n.attempts, e, at),
         };
         if let Finish::Retry { .. } = &finish {
             tracing::info!(notification = %n.id, channel = %n.channel, attempts = n.attempts, "delivery failed, will retry");
         }
-        self.finish(n, finish).await
+        let verdict = match &finish {
+            Finish::Sent { .. } => Some(false),
+            Finish::Failed {
+                reason: Reason::Rejected,
+                ..
+            } => Some(true),
+            _ => None,
+        };
+        self.finish(n, finish).await?;
+        if let Some(failed) = verdict {
+            self.count_outcome(n, failed, at).await?;
+        }
+        Ok(())
+    }
+
+    /// Counts a delivery against its destination's health; when permanent
+    /// failures in a row reach the threshold, the destination is marked
+    /// unhealthy and its contact told through their other destinations.
+    /// Transient failures (an outage at the provider) never count.
+    async fn count_outcome(
+        &self,
+        n: &crate::store::Notification,
+        failed: bool,
+        at: DateTime<Utc>,
+    ) -> crate::store::Result<()> {
+        let threshold = self.delivery.unhealthy_after;
+        if threshold == 0 {
+            return Ok(());
+        }
+        if !self
+            .store
+            .count_outcome(&n.destination, failed, threshold, at)
+            .await?
+        {
+            return Ok(());
+        }
+        tracing::warn!(destination = %n.destination, channel = %n.channel, failures = threshold, "destination marked unhealthy");
+        self.metrics.unhealthy_destinations.inc();
+        let Some(view) = self.store.account_view(&n.account).await? else {
+            return Ok(());
+        };
+        let others: Vec<&crate::model::Destination> = view
+            .contacts
+            .iter()
+            .filter(|c| c.contact.id == n.contact)
+            .flat_map(|c| &c.destinations)
+            .filter(|d| d.id != n.destination && d.usable())
+            .collect();
+        if others.is_empty() {
+            tracing::warn!(destination = %n.destination, "no other verified destination to tell about it");
+        }
+        for dest in others {
+            let notice = unhealthy_notice(&n.account, dest, &n.uri, threshold, at);
+            self.store.enqueue(&notice).await?;
+        }
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// Asks each channel about messages whose provider is still to report
+    /// (delivery reports, acknowledgements) and records what it says.
+    pub async fn poll_receipts(&self) -> crate::store::Result<usize> {
+        let mut recorded = 0;
+        for kind in self.channels.kinds().collect::<Vec<_>>() {
+            let Some(channel) = self.channels.get(kind) else {
+                continue;
+            };
+            for n in self.store.awaiting_receipts(kind, 100).await? {
+                let Some(reference) = n.provider_ref.as_deref() else {
+                    continue;
+                };
+                match channel.poll_receipt(reference).await {
+                    Ok(Some(report)) => {
+                        recorded += self.record_receipt(&n, &report).await? as usize;
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::info!(notification = %n.id, channel = %kind, error = %e, "could not ask the provider about a receipt");
+                    }
+                }
+            }
+        }
+        Ok(recorded)
+    }
+
+    /// Records a provider's report on a sent notification; an undelivered
+    /// one counts against its destination like a refusal.
+    pub async fn record_receipt(
+        &self,
+        n: &crate::store::Notification,
+        report: &crate::channels::Report,
+    ) -> crate::store::Result<bool> {
+        let at = self.clock.now();
+        let done = self.store.record_receipt(&n.id, report, at).await?;
+        if done {
+            self.metrics
+                .receipts
+                .get_or_create(&vec![
+                    ("channel", n.channel.as_str().to_string()),
+                    ("status", report.status.as_str().to_string()),
+                ])
+                .inc();
+            match report.status {
+                crate::model::ReceiptStatus::Undelivered => self.count_outcome(n, true, at).await?,
+                crate::model::ReceiptStatus::Delivered
+                | crate::model::ReceiptStatus::Acknowledged => {
+                    self.count_outcome(n, false, at).await?
+                }
+                _ => {}
+            }
+        }
+        Ok(done)
     }
 
     fn after_failure(&self, attempts: u32, e: DeliveryError, at: DateTime<Utc>) -> Finish {
@@ -274,9 +397,16 @@ impl Scheduler {
     /// time (at most a second, so other nodes' work and lease expiries are
     /// noticed) or until ingest wakes it.
     pub async fn run(self: Arc<Self>, shutdown: crate::shutdown::Shutdown) {
+        let mut last_poll = std::time::Instant::now();
         loop {
             if shutdown.is_triggered() {
                 return;
+            }
+            if last_poll.elapsed() >= self.delivery.receipt_poll.0 {
+                last_poll = std::time::Instant::now();
+                if let Err(e) = self.poll_receipts().await {
+                    tracing::error!(error = %e, "could not poll receipts");
+                }
             }
             let handled = match self.run_once(self.clock.now()).await {
                 Ok(n) => n,
@@ -301,6 +431,37 @@ impl Scheduler {
             }
         }
     }
+}
+
+/// The notice that tells a contact kci stopped sending to one of their
+/// destinations.
+fn unhealthy_notice(
+    account: &str,
+    dest: &crate::model::Destination,
+    failing: &str,
+    failures: u32,
+    now: DateTime<Utc>,
+) -> crate::store::Notification {
+    let short = format!(
+        "We could not deliver to {failing} ({failures} refusals in a row), so we stopped sending there. Verify it again to resume."
+    );
+    let body = format!(
+        "{short}\n\nThe provider refused our last {failures} messages to {failing} for good (a number no longer in service, a blocked bot, a removed address). \
+         Until it is verified again, your notices go only to your other destinations, such as this one.\n"
+    );
+    crate::store::Notification::own(
+        account,
+        dest,
+        "kci.unhealthy",
+        crate::model::Priority::High,
+        crate::model::Message {
+            short,
+            subject: "We stopped sending to one of your destinations".into(),
+            body,
+        },
+        now,
+        None,
+    )
 }
 
 #[cfg(test)]

@@ -31,6 +31,7 @@ fn destination(contact: &str, uri: &str, verified: bool) -> Destination {
         uri: uri.parse::<DestinationUri>().unwrap(),
         prefs: Preferences::default(),
         verified,
+        unhealthy_since: None,
     }
 }
 
@@ -414,7 +415,10 @@ pub async fn check_claim_lease_and_finish(store: &dyn Store) {
             &a.id,
             Finish::Sent {
                 at: now,
-                detail: Some("250 OK".into()),
+                receipt: crate::channels::Receipt {
+                    detail: Some("250 OK".into()),
+                    ..Default::default()
+                },
             },
         )
         .await
@@ -578,6 +582,9 @@ pub async fn check_own_notices(store: &dyn Store) {
         timezone: "UTC".into(),
         digest: None,
         paired_from: None,
+        provider_ref: None,
+        receipt: None,
+        segments: None,
         message: Some(Message {
             short: "code 123456".into(),
             subject: "s".into(),
@@ -711,6 +718,315 @@ pub async fn check_dead_letters_and_redrive(store: &dyn Store) {
 }
 
 /// Runs `check` against a fresh store of each kind.
+/// Sends the only due notification of event `id` with `receipt`.
+async fn send_one(
+    store: &dyn Store,
+    id: &str,
+    at: DateTime<Utc>,
+    receipt: crate::channels::Receipt,
+) -> Notification {
+    store
+        .ingest(vec![event(id, "A1", id, at)], planner())
+        .await
+        .unwrap();
+    let claimed = store
+        .claim_due(at, at + Duration::minutes(2), 10)
+        .await
+        .unwrap();
+    let n = claimed
+        .into_iter()
+        .map(|c| c.notification)
+        .find(|n| n.event.as_deref() == Some(id) && n.channel == ChannelKind::Email)
+        .expect("a mail to send");
+    store
+        .finish(&n.id, Finish::Sent { at, receipt })
+        .await
+        .unwrap();
+    n
+}
+
+pub async fn check_receipts(store: &dyn Store) {
+    use crate::channels::{Receipt, Report};
+    use crate::model::ReceiptStatus;
+    seed(store).await;
+    let at = t("2026-03-22T10:00:00Z");
+    let awaited = Receipt {
+        detail: Some("twilio SM1 queued".into()),
+        provider_ref: Some("SM1".into()),
+        awaiting: true,
+        segments: Some(2),
+    };
+    let a = send_one(store, "e1", at, awaited.clone()).await;
+    let b = send_one(
+        store,
+        "e2",
+        at + Duration::seconds(1),
+        Receipt {
+            provider_ref: Some("SM2".into()),
+            ..awaited
+        },
+    )
+    .await;
+    let c = send_one(store, "e3", at, Receipt::default()).await;
+    let waiting = store
+        .awaiting_receipts(ChannelKind::Email, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        waiting.iter().map(|n| n.id.clone()).collect::<Vec<_>>(),
+        vec![a.id.clone(), b.id.clone()]
+    );
+    assert_eq!(waiting[0].provider_ref.as_deref(), Some("SM1"));
+    assert_eq!(
+        (waiting[0].receipt, waiting[0].segments),
+        (Some(ReceiptStatus::Awaiting), Some(2))
+    );
+    assert!(
+        store
+            .awaiting_receipts(ChannelKind::Sms, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    let later = at + Duration::minutes(1);
+    let delivered = Report {
+        status: ReceiptStatus::Delivered,
+        detail: None,
+    };
+    assert!(
+        store
+            .record_receipt(&a.id, &delivered, later)
+            .await
+            .unwrap()
+    );
+    // A receipt is final: a second report changes nothing.
+    let undelivered = Report {
+        status: ReceiptStatus::Undelivered,
+        detail: Some("error 30003".into()),
+    };
+    assert!(
+        !store
+            .record_receipt(&a.id, &undelivered, later)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .record_receipt(&b.id, &undelivered, later)
+            .await
+            .unwrap()
+    );
+    // Only sent notifications take receipts.
+    assert!(
+        !store
+            .record_receipt("no-such", &delivered, later)
+            .await
+            .unwrap()
+    );
+    let (_, notes) = store.event("e1").await.unwrap().unwrap();
+    let a2 = notes.iter().find(|n| n.id == a.id).unwrap();
+    assert_eq!(
+        (a2.state, a2.receipt),
+        (State::Sent, Some(ReceiptStatus::Delivered))
+    );
+    let (_, notes) = store.event("e2").await.unwrap().unwrap();
+    let b2 = notes.iter().find(|n| n.id == b.id).unwrap();
+    assert_eq!(
+        (b2.state, b2.reason, b2.receipt),
+        (
+            State::Failed,
+            Some(Reason::Undelivered),
+            Some(ReceiptStatus::Undelivered)
+        )
+    );
+    assert_eq!(b2.detail.as_deref(), Some("undelivered: error 30003"));
+    let history = store.history("e2").await.unwrap();
+    assert_eq!(
+        history.last().map(|d| (d.state, d.reason)),
+        Some((State::Failed, Some(Reason::Undelivered)))
+    );
+    // It is a dead letter now, and the others wait no more.
+    let failed = store
+        .notifications_in(State::Failed, None, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        failed.iter().map(|n| n.id.clone()).collect::<Vec<_>>(),
+        vec![b.id.clone()]
+    );
+    assert!(
+        store
+            .awaiting_receipts(ChannelKind::Email, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let (_, notes) = store.event("e3").await.unwrap().unwrap();
+    assert_eq!(notes.iter().find(|n| n.id == c.id).unwrap().receipt, None);
+}
+
+pub async fn check_destination_health(store: &dyn Store) {
+    seed(store).await;
+    let view = store.account_view("A1").await.unwrap().unwrap();
+    let mail = view.contacts[0]
+        .destinations
+        .iter()
+        .find(|d| d.uri.channel() == ChannelKind::Email)
+        .unwrap()
+        .clone();
+    let at = t("2026-03-22T10:00:00Z");
+    // Two refusals, a success clears them; then three in a row mark it.
+    assert!(!store.count_outcome(&mail.id, true, 3, at).await.unwrap());
+    assert!(!store.count_outcome(&mail.id, true, 3, at).await.unwrap());
+    assert!(!store.count_outcome(&mail.id, false, 3, at).await.unwrap());
+    assert!(!store.count_outcome(&mail.id, true, 3, at).await.unwrap());
+    assert!(!store.count_outcome(&mail.id, true, 3, at).await.unwrap());
+    assert!(store.count_outcome(&mail.id, true, 3, at).await.unwrap());
+    // Marked once only.
+    assert!(
+        !store
+            .count_outcome(&mail.id, true, 3, at + Duration::seconds(1))
+            .await
+            .unwrap()
+    );
+    let view = store.account_view("A1").await.unwrap().unwrap();
+    let marked = view.contacts[0]
+        .destinations
+        .iter()
+        .find(|d| d.id == mail.id)
+        .unwrap();
+    assert_eq!(marked.unhealthy_since, Some(at));
+    assert!(!marked.usable());
+    // The planner passes it by.
+    store
+        .ingest(vec![event("e1", "A1", "L1", at)], planner())
+        .await
+        .unwrap();
+    let (_, notes) = store.event("e1").await.unwrap().unwrap();
+    let n = notes.iter().find(|n| n.destination == mail.id).unwrap();
+    assert_eq!(
+        (n.state, n.reason),
+        (State::Suppressed, Some(Reason::Unhealthy))
+    );
+    // A new code; entering it makes the destination healthy again.
+    let code = PendingCode {
+        hash: "h".into(),
+        expires_at: at + Duration::hours(1),
+    };
+    let notice = Notification::own(
+        "A1",
+        marked,
+        "kci.verify",
+        Priority::High,
+        Message {
+            short: "s".into(),
+            subject: "s".into(),
+            body: "b".into(),
+        },
+        at,
+        None,
+    );
+    assert_eq!(
+        store
+            .renew_code("A1", "alice", &mail.id, code.clone(), notice.clone())
+            .await
+            .unwrap(),
+        Some(true)
+    );
+    assert_eq!(
+        store
+            .renew_code("A1", "alice", "nope", code.clone(), notice.clone())
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .verify_destination("A1", "alice", &mail.id, "h", at)
+            .await
+            .unwrap(),
+        VerifyOutcome::Verified
+    );
+    let view = store.account_view("A1").await.unwrap().unwrap();
+    assert!(view.contacts[0].destinations.iter().all(|d| d.usable()));
+    // Healthy and verified: nothing to prove.
+    let mut again = notice;
+    again.id = new_id();
+    assert_eq!(
+        store
+            .renew_code("A1", "alice", &mail.id, code, again)
+            .await
+            .unwrap(),
+        Some(false)
+    );
+    // The count started afresh.
+    assert!(!store.count_outcome(&mail.id, true, 2, at).await.unwrap());
+}
+
+pub async fn check_destination_secrets(store: &dyn Store) {
+    seed(store).await;
+    let view = store.account_view("A1").await.unwrap().unwrap();
+    let hook = view.contacts[0]
+        .destinations
+        .iter()
+        .find(|d| d.uri.channel() == ChannelKind::Webhook)
+        .unwrap()
+        .id
+        .clone();
+    let at = t("2026-03-22T10:00:00Z");
+    assert!(
+        store
+            .destination_secrets(&hook, at)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .set_destination_secret("A1", "alice", &hook, "whsec_one", None)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.destination_secrets(&hook, at).await.unwrap(),
+        vec!["whsec_one"]
+    );
+    // Rotation: both valid for a day, then only the new one.
+    let until = at + Duration::hours(24);
+    assert!(
+        store
+            .set_destination_secret("A1", "alice", &hook, "whsec_two", Some(until))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.destination_secrets(&hook, at).await.unwrap(),
+        vec!["whsec_two", "whsec_one"]
+    );
+    assert_eq!(
+        store.destination_secrets(&hook, until).await.unwrap(),
+        vec!["whsec_two"]
+    );
+    // Without an overlap the old one stops at once.
+    assert!(
+        store
+            .set_destination_secret("A1", "alice", &hook, "whsec_three", None)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.destination_secrets(&hook, at).await.unwrap(),
+        vec!["whsec_three"]
+    );
+    assert!(
+        !store
+            .set_destination_secret("A1", "bob", &hook, "x", None)
+            .await
+            .unwrap()
+    );
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod sqlite_conformance {
@@ -746,6 +1062,9 @@ conformance!(
     check_own_notices,
     check_digest_folding_and_cancellation,
     check_dead_letters_and_redrive,
+    check_receipts,
+    check_destination_health,
+    check_destination_secrets,
 );
 
 /// A schema dropped when the test ends.

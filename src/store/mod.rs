@@ -78,6 +78,12 @@ pub struct Notification {
     pub digest: Option<String>,
     /// For a pair summary (`on_pair = "summary"`): when the partner happened.
     pub paired_from: Option<DateTime<Utc>>,
+    /// The provider's id for the sent message.
+    pub provider_ref: Option<String>,
+    /// The provider's later word on it.
+    pub receipt: Option<crate::model::ReceiptStatus>,
+    /// SMS parts billed.
+    pub segments: Option<u32>,
 }
 
 impl Notification {
@@ -116,6 +122,51 @@ impl Notification {
                 _ => None,
             },
             paired_from: d.paired_from,
+            provider_ref: None,
+            receipt: None,
+            segments: None,
+        }
+    }
+}
+
+impl Notification {
+    /// One of kci's own notices (a verification code, a warning about a
+    /// destination) to `dest`, due `now`, carrying its own texts.
+    pub fn own(
+        account: &str,
+        dest: &Destination,
+        type_name: &str,
+        priority: Priority,
+        message: Message,
+        now: DateTime<Utc>,
+        expires_at: Option<DateTime<Utc>>,
+    ) -> Notification {
+        Notification {
+            id: new_id(),
+            event: None,
+            account: account.to_string(),
+            contact: dest.contact.clone(),
+            destination: dest.id.clone(),
+            uri: dest.uri.to_string(),
+            channel: dest.uri.channel(),
+            type_name: type_name.to_string(),
+            key: format!("{type_name}:{}", dest.id),
+            priority,
+            state: State::Pending,
+            reason: None,
+            detail: None,
+            due_at: now,
+            expires_at,
+            decided_at: now,
+            sent_at: None,
+            attempts: 0,
+            timezone: "UTC".into(),
+            message: Some(message),
+            digest: None,
+            paired_from: None,
+            provider_ref: None,
+            receipt: None,
+            segments: None,
         }
     }
 }
@@ -218,7 +269,7 @@ fn ser_time<S: serde::Serializer>(t: &DateTime<Utc>, s: S) -> std::result::Resul
 pub enum Finish {
     Sent {
         at: DateTime<Utc>,
-        detail: Option<String>,
+        receipt: crate::channels::Receipt,
     },
     Retry {
         at: DateTime<Utc>,
@@ -369,6 +420,65 @@ pub trait Store: Send + Sync + 'static {
     /// attempts counted afresh; `false` if there is no such failed one.
     async fn redrive(&self, id: &str, now: DateTime<Utc>) -> Result<bool>;
 
+    /// Records a provider's later word on a sent notification; an
+    /// `undelivered` one becomes `failed` (reason `undelivered`). `false`
+    /// if there is no sent notification `id` still open to a receipt.
+    async fn record_receipt(
+        &self,
+        id: &str,
+        report: &crate::channels::Report,
+        at: DateTime<Utc>,
+    ) -> Result<bool>;
+
+    /// Sent notifications of `channel` whose provider is still to report,
+    /// longest waiting first.
+    async fn awaiting_receipts(
+        &self,
+        channel: ChannelKind,
+        limit: usize,
+    ) -> Result<Vec<Notification>>;
+
+    /// Counts a delivery's outcome against its destination: a success
+    /// clears the count, a permanent failure adds one, and the failure
+    /// that reaches `threshold` marks the destination unhealthy — only then
+    /// is the answer `true`.
+    async fn count_outcome(
+        &self,
+        destination: &str,
+        failed: bool,
+        threshold: u32,
+        now: DateTime<Utc>,
+    ) -> Result<bool>;
+
+    /// Issues a new verification code for a destination that is not
+    /// verified or is unhealthy, queueing `notice` (the code's message);
+    /// `None` if there is no such destination, `Some(false)` if it is
+    /// verified and healthy (nothing to prove).
+    async fn renew_code(
+        &self,
+        account: &str,
+        contact: &str,
+        id: &str,
+        code: PendingCode,
+        notice: Notification,
+    ) -> Result<Option<bool>>;
+
+    /// A destination's signing secrets, current first, then the previous
+    /// one while its rotation lasts.
+    async fn destination_secrets(&self, id: &str, now: DateTime<Utc>) -> Result<Vec<String>>;
+
+    /// Gives a destination a new signing secret; the one it replaces stays
+    /// valid until `previous_until` (`None`: not at all). `false` if there
+    /// is no such destination.
+    async fn set_destination_secret(
+        &self,
+        account: &str,
+        contact: &str,
+        id: &str,
+        secret: &str,
+        previous_until: Option<DateTime<Utc>>,
+    ) -> Result<bool>;
+
     /// Called once by a server that knows it is the only one using this
     /// store (embedded SQLite, under its lock): whatever was `sending` when
     /// the last process died goes back to the queue at once instead of
@@ -454,6 +564,14 @@ pub(crate) mod codec {
         .ok_or_else(|| StoreError::Corrupt(format!("channel `{s}`")))
     }
 
+    pub fn receipt_from_text(s: Option<String>) -> Result<Option<crate::model::ReceiptStatus>> {
+        s.map(|s| {
+            crate::model::ReceiptStatus::parse(&s)
+                .ok_or_else(|| StoreError::Corrupt(format!("receipt `{s}`")))
+        })
+        .transpose()
+    }
+
     pub fn state_from_text(s: &str) -> Result<State> {
         s.parse().map_err(StoreError::Corrupt)
     }
@@ -528,6 +646,27 @@ pub(crate) mod codec {
         }
     }
 
+    /// What a receipt writes as the notification's detail.
+    pub fn receipt_detail(r: &crate::channels::Report) -> String {
+        match &r.detail {
+            Some(words) => format!("{}: {words}", r.status.as_str()),
+            None => r.status.as_str().to_string(),
+        }
+    }
+
+    /// The signing secrets of a destination, current first, the previous
+    /// one only until its rotation ends.
+    pub fn current_secrets(
+        secret: Option<String>,
+        previous: Option<String>,
+        previous_until: Option<i64>,
+        now: DateTime<Utc>,
+    ) -> Vec<String> {
+        let previous = previous
+            .filter(|_| previous_until.is_some_and(|until| crate::model::to_millis(now) < until));
+        secret.into_iter().chain(previous).collect()
+    }
+
     /// An event's `occurred_at` as kept in its stored payload.
     pub fn occurred(s: &str) -> Result<DateTime<Utc>> {
         crate::model::parse_time(s).map_err(|e| StoreError::Corrupt(format!("occurred_at: {e}")))
@@ -550,19 +689,46 @@ pub(crate) mod codec {
         pub decided_at: i64,
         /// Added to `attempts` (-1 gives back the claim's attempt).
         pub attempts_delta: i64,
+        pub provider_ref: Option<String>,
+        /// `awaiting` when the provider will report later.
+        pub receipt: Option<&'static str>,
+        pub segments: Option<i64>,
+    }
+
+    impl FinishRow {
+        /// No provider reference, receipt or segments.
+        fn none() -> FinishRow {
+            FinishRow {
+                state: State::Pending,
+                reason: None,
+                detail: None,
+                sent_at: None,
+                due_at: None,
+                decided_at: 0,
+                attempts_delta: 0,
+                provider_ref: None,
+                receipt: None,
+                segments: None,
+            }
+        }
     }
 
     pub fn finish_row(f: &Finish) -> FinishRow {
         use crate::model::to_millis;
         match f {
-            Finish::Sent { at, detail } => FinishRow {
+            Finish::Sent { at, receipt } => FinishRow {
                 state: State::Sent,
                 reason: None,
-                detail: detail.clone(),
+                detail: receipt.detail.clone(),
                 sent_at: Some(to_millis(*at)),
                 due_at: None,
                 decided_at: to_millis(*at),
                 attempts_delta: 0,
+                provider_ref: receipt.provider_ref.clone(),
+                receipt: receipt
+                    .awaiting
+                    .then_some(crate::model::ReceiptStatus::Awaiting.as_str()),
+                segments: receipt.segments.map(i64::from),
             },
             Finish::Retry { at, due_at, detail } => FinishRow {
                 state: State::Pending,
@@ -572,6 +738,7 @@ pub(crate) mod codec {
                 due_at: Some(to_millis(*due_at)),
                 decided_at: to_millis(*at),
                 attempts_delta: 0,
+                ..FinishRow::none()
             },
             Finish::Failed { at, reason, detail } => FinishRow {
                 state: State::Failed,
@@ -581,6 +748,7 @@ pub(crate) mod codec {
                 due_at: None,
                 decided_at: to_millis(*at),
                 attempts_delta: 0,
+                ..FinishRow::none()
             },
             Finish::Deferred { at, due_at, detail } => FinishRow {
                 state: State::Pending,
@@ -590,6 +758,7 @@ pub(crate) mod codec {
                 due_at: Some(to_millis(*due_at)),
                 decided_at: to_millis(*at),
                 attempts_delta: -1,
+                ..FinishRow::none()
             },
             Finish::Cancelled { at, reason } => FinishRow {
                 state: State::Cancelled,
@@ -599,6 +768,7 @@ pub(crate) mod codec {
                 due_at: None,
                 decided_at: to_millis(*at),
                 attempts_delta: 0,
+                ..FinishRow::none()
             },
             Finish::Expired { at } => FinishRow {
                 state: State::Expired,
@@ -608,6 +778,7 @@ pub(crate) mod codec {
                 due_at: None,
                 decided_at: to_millis(*at),
                 attempts_delta: 0,
+                ..FinishRow::none()
             },
         }
     }

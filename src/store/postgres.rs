@@ -51,7 +51,8 @@ impl PgStore {
 }
 
 const NOTIFICATION_COLUMNS: &str = "id, event, account, contact, destination, uri, channel, type, key, priority, \
-     state, reason, detail, due_at, expires_at, decided_at, sent_at, attempts, timezone, message, digest, paired_from";
+     state, reason, detail, due_at, expires_at, decided_at, sent_at, attempts, timezone, message, digest, paired_from, \
+     provider_ref, receipt, segments";
 
 fn notification_from_row(r: &Row) -> Result<Notification> {
     Ok(Notification {
@@ -77,6 +78,11 @@ fn notification_from_row(r: &Row) -> Result<Notification> {
         message: message_from_json(r.try_get(19)?)?,
         digest: r.try_get(20)?,
         paired_from: r.try_get::<_, Option<i64>>(21)?.map(from_millis),
+        provider_ref: r.try_get(22)?,
+        receipt: receipt_from_text(r.try_get(23)?)?,
+        segments: r
+            .try_get::<_, Option<i64>>(24)?
+            .and_then(|s| u32::try_from(s).ok()),
     })
 }
 
@@ -219,7 +225,7 @@ async fn account_view(
     }
     let stmt = c
         .prepare_cached(
-            "SELECT id, contact, uri, prefs, verified FROM destinations WHERE account = $1 ORDER BY contact, id",
+            "SELECT id, contact, uri, prefs, verified, unhealthy_since FROM destinations WHERE account = $1 ORDER BY contact, id",
         )
         .await?;
     for r in c.query(&stmt, &[&id]).await? {
@@ -229,6 +235,7 @@ async fn account_view(
             uri: uri_from_text(r.try_get(2)?)?,
             prefs: prefs_from_json(r.try_get(3)?)?,
             verified: r.try_get(4)?,
+            unhealthy_since: r.try_get::<_, Option<i64>>(5)?.map(from_millis),
         };
         if let Some(cv) = contacts.iter_mut().find(|cv| cv.contact.id == dest.contact) {
             cv.destinations.push(dest);
@@ -606,7 +613,7 @@ impl Store for PgStore {
         let tx = c.transaction().await?;
         let row = tx
             .query_opt(
-                "SELECT verified, code_hash, code_expires_at, code_attempts FROM destinations \
+                "SELECT verified AND unhealthy_since IS NULL, code_hash, code_expires_at, code_attempts FROM destinations \
                  WHERE id = $1 AND account = $2 AND contact = $3 FOR UPDATE",
                 &[&id, &account, &contact],
             )
@@ -626,7 +633,8 @@ impl Store for PgStore {
         match outcome {
             VerifyOutcome::Verified => {
                 tx.execute(
-                    "UPDATE destinations SET verified = TRUE, code_hash = NULL, code_expires_at = NULL WHERE id = $1",
+                    "UPDATE destinations SET verified = TRUE, code_hash = NULL, code_expires_at = NULL, unhealthy_since = NULL, \
+                     failures = 0 WHERE id = $1",
                     &[&id],
                 )
                 .await?;
@@ -784,7 +792,8 @@ impl Store for PgStore {
         let stmt = c
             .prepare_cached(
                 "WITH f AS (UPDATE notifications SET state = $2, reason = $3, detail = $4, \
-                 sent_at = COALESCE($5, sent_at), due_at = COALESCE($6, due_at), decided_at = $7, lease_until = NULL, attempts = attempts + $8 \
+                 sent_at = COALESCE($5, sent_at), due_at = COALESCE($6, due_at), decided_at = $7, lease_until = NULL, attempts = attempts + $8, \
+                 provider_ref = COALESCE($9, provider_ref), receipt = $10, segments = COALESCE($11, segments) \
                  WHERE id = $1 AND state = 'sending' RETURNING id, event, due_at) \
                  INSERT INTO decisions (notification, event, at, state, reason, detail, due_at) \
                  SELECT id, event, $7, $2, $3, $4, due_at FROM f",
@@ -801,6 +810,9 @@ impl Store for PgStore {
                 &f.due_at,
                 &f.decided_at,
                 &f.attempts_delta,
+                &f.provider_ref,
+                &f.receipt,
+                &f.segments,
             ],
         )
         .await?;
@@ -870,6 +882,158 @@ impl Store for PgStore {
         Ok(n > 0)
     }
 
+    async fn record_receipt(
+        &self,
+        id: &str,
+        report: &crate::channels::Report,
+        at: DateTime<Utc>,
+    ) -> Result<bool> {
+        let c = self.pool.get().await?;
+        let undelivered = report.status == crate::model::ReceiptStatus::Undelivered;
+        let (state, reason) = if undelivered {
+            (State::Failed, Some(Reason::Undelivered))
+        } else {
+            (State::Sent, None)
+        };
+        let detail = receipt_detail(report);
+        let stmt = c
+            .prepare_cached(
+                "WITH r AS (UPDATE notifications SET receipt = $2, receipt_at = $3, state = $4, reason = $5, \
+                 detail = $6, decided_at = CASE WHEN $4 = 'failed' THEN $3 ELSE decided_at END \
+                 WHERE id = $1 AND state = 'sent' AND (receipt IS NULL OR receipt = 'awaiting') \
+                 RETURNING id, event, due_at) \
+                 INSERT INTO decisions (notification, event, at, state, reason, detail, due_at) \
+                 SELECT id, event, $3, $4, $5, $6, due_at FROM r",
+            )
+            .await?;
+        let n = c
+            .execute(
+                &stmt,
+                &[
+                    &id,
+                    &report.status.as_str(),
+                    &to_millis(at),
+                    &state.as_str(),
+                    &reason.map(|r| r.as_str()),
+                    &detail,
+                ],
+            )
+            .await?;
+        Ok(n > 0)
+    }
+
+    async fn awaiting_receipts(
+        &self,
+        channel: ChannelKind,
+        limit: usize,
+    ) -> Result<Vec<Notification>> {
+        let c = self.pool.get().await?;
+        let rows = c
+            .query(
+                &format!(
+                    "SELECT {NOTIFICATION_COLUMNS} FROM notifications WHERE receipt = 'awaiting' AND channel = $1 \
+                     ORDER BY sent_at LIMIT $2"
+                ),
+                &[&channel.as_str(), &(limit as i64)],
+            )
+            .await?;
+        rows.iter().map(notification_from_row).collect()
+    }
+
+    async fn count_outcome(
+        &self,
+        destination: &str,
+        failed: bool,
+        threshold: u32,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        let c = self.pool.get().await?;
+        if !failed {
+            c.execute(
+                "UPDATE destinations SET failures = 0 WHERE id = $1 AND failures > 0",
+                &[&destination],
+            )
+            .await?;
+            return Ok(false);
+        }
+        let row = c
+            .query_opt(
+                "UPDATE destinations SET failures = failures + 1, \
+                 unhealthy_since = CASE WHEN unhealthy_since IS NULL AND failures + 1 >= $2 THEN $3 ELSE unhealthy_since END \
+                 WHERE id = $1 RETURNING unhealthy_since = $3",
+                &[&destination, &i64::from(threshold), &to_millis(now)],
+            )
+            .await?;
+        Ok(match row {
+            Some(r) => r.try_get::<_, Option<bool>>(0)?.unwrap_or(false),
+            None => false,
+        })
+    }
+
+    async fn renew_code(
+        &self,
+        account: &str,
+        contact: &str,
+        id: &str,
+        code: PendingCode,
+        notice: Notification,
+    ) -> Result<Option<bool>> {
+        let mut c = self.pool.get().await?;
+        let tx = c.transaction().await?;
+        let row = tx
+            .query_opt(
+                "SELECT verified AND unhealthy_since IS NULL FROM destinations \
+                 WHERE id = $1 AND account = $2 AND contact = $3 FOR UPDATE",
+                &[&id, &account, &contact],
+            )
+            .await?;
+        let Some(r) = row else { return Ok(None) };
+        if r.try_get::<_, bool>(0)? {
+            return Ok(Some(false));
+        }
+        tx.execute(
+            "UPDATE destinations SET code_hash = $2, code_expires_at = $3, code_attempts = 0 WHERE id = $1",
+            &[&id, &code.hash, &to_millis(code.expires_at)],
+        )
+        .await?;
+        insert_notification(&tx, &notice).await?;
+        tx.commit().await?;
+        Ok(Some(true))
+    }
+
+    async fn destination_secrets(&self, id: &str, now: DateTime<Utc>) -> Result<Vec<String>> {
+        let c = self.pool.get().await?;
+        let row = c
+            .query_opt(
+                "SELECT secret, previous_secret, previous_until FROM destinations WHERE id = $1",
+                &[&id],
+            )
+            .await?;
+        Ok(match row {
+            Some(r) => current_secrets(r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, now),
+            None => Vec::new(),
+        })
+    }
+
+    async fn set_destination_secret(
+        &self,
+        account: &str,
+        contact: &str,
+        id: &str,
+        secret: &str,
+        previous_until: Option<DateTime<Utc>>,
+    ) -> Result<bool> {
+        let c = self.pool.get().await?;
+        let n = c
+            .execute(
+                "UPDATE destinations SET previous_secret = CASE WHEN $5::BIGINT IS NULL THEN NULL ELSE secret END, \
+                 previous_until = $5, secret = $4 WHERE id = $1 AND account = $2 AND contact = $3",
+                &[&id, &account, &contact, &secret, &previous_until.map(to_millis)],
+            )
+            .await?;
+        Ok(n > 0)
+    }
+
     async fn history(&self, event: &str) -> Result<Vec<Decided>> {
         let c = self.pool.get().await?;
         let rows = c
@@ -914,4 +1078,5 @@ impl Store for PgStore {
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("migrations/postgres.sql")),
     (2, include_str!("migrations/postgres-2.sql")),
+    (3, include_str!("migrations/postgres-3.sql")),
 ];

@@ -177,7 +177,8 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>) {
 }
 
 const NOTIFICATION_COLUMNS: &str = "id, event, account, contact, destination, uri, channel, type, key, priority, \
-     state, reason, detail, due_at, expires_at, decided_at, sent_at, attempts, timezone, message, digest, paired_from";
+     state, reason, detail, due_at, expires_at, decided_at, sent_at, attempts, timezone, message, digest, paired_from, \
+     provider_ref, receipt, segments";
 
 fn notification_from_row(row: &Row<'_>) -> Result<Notification> {
     Ok(Notification {
@@ -203,6 +204,11 @@ fn notification_from_row(row: &Row<'_>) -> Result<Notification> {
         message: message_from_json(row.get(19)?)?,
         digest: row.get(20)?,
         paired_from: row.get::<_, Option<i64>>(21)?.map(from_millis),
+        provider_ref: row.get(22)?,
+        receipt: receipt_from_text(row.get(23)?)?,
+        segments: row
+            .get::<_, Option<i64>>(24)?
+            .and_then(|s| u32::try_from(s).ok()),
     })
 }
 
@@ -382,7 +388,7 @@ fn account_view(conn: &Connection, id: &str) -> Result<Option<AccountView>> {
         });
     }
     let mut stmt = conn.prepare_cached(
-        "SELECT id, contact, uri, prefs, verified FROM destinations WHERE account = ?1 ORDER BY contact, id",
+        "SELECT id, contact, uri, prefs, verified, unhealthy_since FROM destinations WHERE account = ?1 ORDER BY contact, id",
     )?;
     let mut rows = stmt.query([&account.id])?;
     while let Some(r) = rows.next()? {
@@ -392,6 +398,7 @@ fn account_view(conn: &Connection, id: &str) -> Result<Option<AccountView>> {
             uri: uri_from_text(&r.get::<_, String>(2)?)?,
             prefs: prefs_from_json(&r.get::<_, String>(3)?)?,
             verified: r.get(4)?,
+            unhealthy_since: r.get::<_, Option<i64>>(5)?.map(from_millis),
         };
         if let Some(cv) = contacts.iter_mut().find(|c| c.contact.id == dest.contact) {
             cv.destinations.push(dest);
@@ -735,7 +742,7 @@ impl Store for SqliteStore {
         self.write(move |conn| {
             let row = conn
                 .query_row(
-                    "SELECT verified, code_hash, code_expires_at, code_attempts FROM destinations \
+                    "SELECT verified AND unhealthy_since IS NULL, code_hash, code_expires_at, code_attempts FROM destinations \
                      WHERE id = ?1 AND account = ?2 AND contact = ?3",
                     [&id, &account, &contact],
                     |r| Ok((r.get::<_, bool>(0)?, r.get::<_, Option<String>>(1)?, r.get::<_, Option<i64>>(2)?, r.get::<_, i64>(3)?)),
@@ -748,7 +755,8 @@ impl Store for SqliteStore {
             match outcome {
                 VerifyOutcome::Verified => {
                     conn.execute(
-                        "UPDATE destinations SET verified = 1, code_hash = NULL, code_expires_at = NULL WHERE id = ?1",
+                        "UPDATE destinations SET verified = 1, code_hash = NULL, code_expires_at = NULL, unhealthy_since = NULL, \
+                         failures = 0 WHERE id = ?1",
                         [&id],
                     )?;
                 }
@@ -895,7 +903,8 @@ impl Store for SqliteStore {
             let done = conn
                 .prepare_cached(
                     "UPDATE notifications SET state = ?2, reason = ?3, detail = ?4, sent_at = COALESCE(?5, sent_at), \
-                     due_at = COALESCE(?6, due_at), decided_at = ?7, lease_until = NULL, attempts = attempts + ?8 \
+                     due_at = COALESCE(?6, due_at), decided_at = ?7, lease_until = NULL, attempts = attempts + ?8, \
+                     provider_ref = COALESCE(?9, provider_ref), receipt = ?10, segments = COALESCE(?11, segments) \
                      WHERE id = ?1 AND state = 'sending' RETURNING event, due_at",
                 )?
                 .query_row(
@@ -907,7 +916,10 @@ impl Store for SqliteStore {
                         f.sent_at,
                         f.due_at,
                         f.decided_at,
-                        f.attempts_delta
+                        f.attempts_delta,
+                        f.provider_ref,
+                        f.receipt,
+                        f.segments
                     ],
                     |r| Ok((r.get::<_, Option<String>>(0)?, r.get::<_, i64>(1)?)),
                 )
@@ -1033,6 +1045,156 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn record_receipt(
+        &self,
+        id: &str,
+        report: &crate::channels::Report,
+        at: DateTime<Utc>,
+    ) -> Result<bool> {
+        let (id, report) = (id.to_string(), report.clone());
+        self.write(move |conn| {
+            let undelivered = report.status == crate::model::ReceiptStatus::Undelivered;
+            let (state, reason) = if undelivered { (State::Failed, Some(Reason::Undelivered)) } else { (State::Sent, None) };
+            let detail = receipt_detail(&report);
+            let done = conn
+                .prepare_cached(
+                    "UPDATE notifications SET receipt = ?2, receipt_at = ?3, state = ?4, reason = ?5, \
+                     detail = ?6, decided_at = CASE WHEN ?4 = 'failed' THEN ?3 ELSE decided_at END \
+                     WHERE id = ?1 AND state = 'sent' AND (receipt IS NULL OR receipt = 'awaiting') \
+                     RETURNING event, due_at",
+                )?
+                .query_row(
+                    params![id, report.status.as_str(), to_millis(at), state.as_str(), reason.map(|r| r.as_str()), detail],
+                    |r| Ok((r.get::<_, Option<String>>(0)?, r.get::<_, i64>(1)?)),
+                )
+                .optional()?;
+            let Some((event, due_at)) = done else { return Ok(false) };
+            let d = Decided { notification: id, at, state, reason, detail: Some(detail), due_at: from_millis(due_at) };
+            record(conn, event.as_deref(), &d)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn awaiting_receipts(
+        &self,
+        channel: ChannelKind,
+        limit: usize,
+    ) -> Result<Vec<Notification>> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {NOTIFICATION_COLUMNS} FROM notifications WHERE receipt = 'awaiting' AND channel = ?1 \
+                 ORDER BY sent_at LIMIT ?2"
+            ))?;
+            let mut rows = stmt.query(params![channel.as_str(), limit as i64])?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                out.push(notification_from_row(r)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn count_outcome(
+        &self,
+        destination: &str,
+        failed: bool,
+        threshold: u32,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        let destination = destination.to_string();
+        self.write(move |conn| {
+            if !failed {
+                conn.prepare_cached("UPDATE destinations SET failures = 0 WHERE id = ?1 AND failures > 0")?
+                    .execute([&destination])?;
+                return Ok(false);
+            }
+            let marked = conn
+                .prepare_cached(
+                    "UPDATE destinations SET failures = failures + 1, \
+                     unhealthy_since = CASE WHEN unhealthy_since IS NULL AND failures + 1 >= ?2 THEN ?3 ELSE unhealthy_since END \
+                     WHERE id = ?1 RETURNING unhealthy_since = ?3",
+                )?
+                .query_row(params![destination, i64::from(threshold), to_millis(now)], |r| r.get::<_, Option<bool>>(0))
+                .optional()?;
+            Ok(marked.flatten().unwrap_or(false))
+        })
+        .await
+    }
+
+    async fn renew_code(
+        &self,
+        account: &str,
+        contact: &str,
+        id: &str,
+        code: PendingCode,
+        notice: Notification,
+    ) -> Result<Option<bool>> {
+        let (account, contact, id) = (account.to_string(), contact.to_string(), id.to_string());
+        self.write(move |conn| {
+            let usable = conn
+                .query_row(
+                    "SELECT verified AND unhealthy_since IS NULL FROM destinations WHERE id = ?1 AND account = ?2 AND contact = ?3",
+                    [&id, &account, &contact],
+                    |r| r.get::<_, bool>(0),
+                )
+                .optional()?;
+            match usable {
+                None => Ok(None),
+                Some(true) => Ok(Some(false)),
+                Some(false) => {
+                    conn.execute(
+                        "UPDATE destinations SET code_hash = ?2, code_expires_at = ?3, code_attempts = 0 WHERE id = ?1",
+                        params![id, code.hash, to_millis(code.expires_at)],
+                    )?;
+                    insert_notification(conn, &notice)?;
+                    Ok(Some(true))
+                }
+            }
+        })
+        .await
+    }
+
+    async fn destination_secrets(&self, id: &str, now: DateTime<Utc>) -> Result<Vec<String>> {
+        let id = id.to_string();
+        self.read(move |conn| {
+            let row = conn
+                .prepare_cached("SELECT secret, previous_secret, previous_until FROM destinations WHERE id = ?1")?
+                .query_row([&id], |r| {
+                    Ok((r.get::<_, Option<String>>(0)?, r.get::<_, Option<String>>(1)?, r.get::<_, Option<i64>>(2)?))
+                })
+                .optional()?;
+            Ok(row.map(|(s, p, until)| current_secrets(s, p, until, now)).unwrap_or_default())
+        })
+        .await
+    }
+
+    async fn set_destination_secret(
+        &self,
+        account: &str,
+        contact: &str,
+        id: &str,
+        secret: &str,
+        previous_until: Option<DateTime<Utc>>,
+    ) -> Result<bool> {
+        let (account, contact, id, secret) = (
+            account.to_string(),
+            contact.to_string(),
+            id.to_string(),
+            secret.to_string(),
+        );
+        self.write(move |conn| {
+            let n = conn.execute(
+                "UPDATE destinations SET previous_secret = CASE WHEN ?5 IS NULL THEN NULL ELSE secret END, \
+                 previous_until = ?5, secret = ?4 WHERE id = ?1 AND account = ?2 AND contact = ?3",
+                params![id, account, contact, secret, previous_until.map(to_millis)],
+            )?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
     async fn history(&self, event: &str) -> Result<Vec<Decided>> {
         let event = event.to_string();
         self.read(move |conn| {
@@ -1076,4 +1238,5 @@ impl Store for SqliteStore {
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("migrations/sqlite.sql")),
     (2, include_str!("migrations/sqlite-2.sql")),
+    (3, include_str!("migrations/sqlite-3.sql")),
 ];

@@ -117,6 +117,7 @@ impl Channel for EmailChannel {
                 let words = resp.message().collect::<Vec<_>>().join(" ");
                 Ok(Receipt {
                     detail: Some(format!("{} {}", resp.code(), words)),
+                    ..Default::default()
                 })
             }
             Transport::Maildir(m) => {
@@ -130,6 +131,7 @@ impl Channel for EmailChannel {
                         })?;
                 Ok(Receipt {
                     detail: Some(format!("outbox {name}")),
+                    ..Default::default()
                 })
             }
         }

@@ -139,6 +139,7 @@ impl Channel for MatrixChannel {
             .unwrap_or_default();
         Ok(Receipt {
             detail: Some(format!("matrix event {event}")),
+            ..Default::default()
         })
     }
 }

@@ -91,6 +91,7 @@ impl Channel for NtfyChannel {
             .unwrap_or_default();
         Ok(Receipt {
             detail: Some(format!("ntfy message {id}")),
+            ..Default::default()
         })
     }
 }

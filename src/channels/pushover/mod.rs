@@ -5,8 +5,8 @@
 //! until acknowledged or `emergency_expire` runs out, and its receipt is
 //! kept in the record.
 
-use super::{Channel, DeliveryError, Outgoing, Receipt};
-use crate::model::{ChannelKind, Priority, Secret, Span};
+use super::{Channel, DeliveryError, Outgoing, Receipt, Report};
+use crate::model::{ChannelKind, Priority, ReceiptStatus, Secret, Span};
 use async_trait::async_trait;
 use serde::Deserialize;
 
@@ -59,6 +59,7 @@ pub fn priority(p: Priority) -> i8 {
 pub struct PushoverChannel {
     client: reqwest::Client,
     messages: url::Url,
+    api: url::Url,
     token: Secret<String>,
     retry: u64,
     expire: u64,
@@ -73,6 +74,7 @@ impl PushoverChannel {
         Ok(Self {
             client: super::http::client(cfg.timeout.0)?,
             messages,
+            api: cfg.api.clone(),
             token: cfg.token.clone(),
             retry: cfg.emergency_retry.0.as_secs().clamp(30, 10_800),
             expire: cfg.emergency_expire.0.as_secs().clamp(30, 10_800),
@@ -88,6 +90,25 @@ struct Answer {
     receipt: Option<String>,
     #[serde(default)]
     errors: Vec<String>,
+}
+
+/// `GET /1/receipts/{receipt}.json`: where an emergency notice stands.
+#[derive(Deserialize)]
+struct ReceiptAnswer {
+    #[serde(default)]
+    acknowledged: u8,
+    #[serde(default)]
+    acknowledged_at: i64,
+    #[serde(default)]
+    acknowledged_by_device: Option<String>,
+    #[serde(default)]
+    expired: u8,
+}
+
+/// A receipt is 30 letters and digits; anything else is not asked about
+/// (it goes into a URL path).
+fn plausible_receipt(r: &str) -> bool {
+    !r.is_empty() && r.len() <= 64 && r.bytes().all(|b| b.is_ascii_alphanumeric())
 }
 
 #[async_trait]
@@ -129,7 +150,8 @@ impl Channel for PushoverChannel {
                     .as_ref()
                     .and_then(|a| a.request.clone())
                     .unwrap_or_default();
-                let detail = match a.and_then(|a| a.receipt) {
+                let receipt = a.and_then(|a| a.receipt);
+                let detail = match &receipt {
                     Some(receipt) => {
                         format!("pushover request {request}, emergency receipt {receipt}")
                     }
@@ -137,10 +159,68 @@ impl Channel for PushoverChannel {
                 };
                 Ok(Receipt {
                     detail: Some(detail),
+                    // An emergency's receipt says when someone acknowledged it.
+                    awaiting: receipt.is_some(),
+                    provider_ref: receipt,
+                    segments: None,
                 })
             }
             Err(e) => Err(with_their_words(e)),
         }
+    }
+
+    /// Polls an emergency's receipt: acknowledged (by whom, when), or
+    /// expired without anyone acknowledging it.
+    async fn poll_receipt(&self, receipt: &str) -> Result<Option<Report>, DeliveryError> {
+        if !plausible_receipt(receipt) {
+            return Err(DeliveryError::Permanent {
+                reason: "bad_receipt",
+                detail: format!("`{receipt}` is not a Pushover receipt"),
+            });
+        }
+        let mut url = self
+            .api
+            .join(&format!("1/receipts/{receipt}.json"))
+            .map_err(|e| DeliveryError::Permanent {
+                reason: "bad_receipt",
+                detail: e.to_string(),
+            })?;
+        url.query_pairs_mut()
+            .append_pair("token", self.token.expose());
+        let resp = self
+            .client
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| super::http::unanswered(&e))?;
+        let (_, text) = super::http::answer(resp).await.map_err(with_their_words)?;
+        let a: ReceiptAnswer =
+            serde_json::from_str(&text).map_err(|e| DeliveryError::Transient {
+                reason: "bad_answer",
+                detail: format!("receipt answer: {e}"),
+                retry_after: None,
+            })?;
+        if a.acknowledged == 1 {
+            let at = chrono::DateTime::from_timestamp(a.acknowledged_at, 0)
+                .map(crate::model::fmt_time)
+                .unwrap_or_default();
+            let by = a
+                .acknowledged_by_device
+                .filter(|d| !d.is_empty())
+                .map(|d| format!(" on {d}"))
+                .unwrap_or_default();
+            return Ok(Some(Report {
+                status: ReceiptStatus::Acknowledged,
+                detail: Some(format!("at {at}{by}")),
+            }));
+        }
+        if a.expired == 1 {
+            return Ok(Some(Report {
+                status: ReceiptStatus::Unacknowledged,
+                detail: Some("the emergency expired without acknowledgement".into()),
+            }));
+        }
+        Ok(None)
     }
 }
 

@@ -78,6 +78,7 @@ impl Channel for SignalChannel {
             .unwrap_or_default();
         Ok(Receipt {
             detail: Some(format!("signal timestamp {stamp}")),
+            ..Default::default()
         })
     }
 }

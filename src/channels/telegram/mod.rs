@@ -99,6 +99,7 @@ impl Channel for TelegramChannel {
                     .unwrap_or_default();
                 Ok(Receipt {
                     detail: Some(format!("telegram message {id}")),
+                    ..Default::default()
                 })
             }
             Err(e) => Err(explain(e)),

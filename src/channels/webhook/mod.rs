@@ -128,6 +128,7 @@ impl Channel for WebhookChannel {
         let (status, words) = super::http::answer(resp).await?;
         Ok(Receipt {
             detail: Some(format!("HTTP {status} {}", words.trim()).trim().to_string()),
+            ..Default::default()
         })
     }
 }

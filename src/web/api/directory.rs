@@ -4,7 +4,7 @@
 use crate::config::Preferences;
 use crate::model::{
     Account, ChannelKind, Contact, Destination, DestinationUri, Priority, Scope, SecurityLevel,
-    State as NState, TimeZoneName, check_id,
+    TimeZoneName, check_id,
 };
 use crate::store::{Message, Notification, PendingCode, PutOutcome, VerifyOutcome};
 use crate::web::{AppError, AppState, Caller};
@@ -223,6 +223,7 @@ pub async fn add_destination(
         uri,
         prefs: input.prefs,
         verified: input.verified,
+        unhealthy_since: None,
     };
     let now = st.clock.now();
     let (code, notice) = if dest.verified {
@@ -275,36 +276,22 @@ fn verification_notice(
     let short = format!(
         "Your verification code is {code}. It confirms this address for notices from {sender}."
     );
-    Notification {
-        id: crate::store::new_id(),
-        event: None,
-        account: account.to_string(),
-        contact: dest.contact.clone(),
-        destination: dest.id.clone(),
-        uri: dest.uri.to_string(),
-        channel: dest.uri.channel(),
-        type_name: "kci.verify".into(),
-        key: format!("verify:{}", dest.id),
-        priority: Priority::High,
-        state: NState::Pending,
-        reason: None,
-        detail: None,
-        due_at: now,
-        expires_at: Some(now + chrono::Duration::hours(CODE_LIFETIME_HOURS)),
-        decided_at: now,
-        sent_at: None,
-        attempts: 0,
-        timezone: "UTC".into(),
-        digest: None,
-        paired_from: None,
-        message: Some(Message {
-            short: short.clone(),
-            subject: "Your verification code".into(),
-            body: format!(
-                "{short}\n\nIf you did not ask for notices to be sent here, ignore this message: nothing will be sent until the code is entered.\n"
-            ),
-        }),
-    }
+    let message = Message {
+        short: short.clone(),
+        subject: "Your verification code".into(),
+        body: format!(
+            "{short}\n\nIf you did not ask for notices to be sent here, ignore this message: nothing will be sent until the code is entered.\n"
+        ),
+    };
+    Notification::own(
+        account,
+        dest,
+        "kci.verify",
+        Priority::High,
+        message,
+        now,
+        Some(now + chrono::Duration::hours(CODE_LIFETIME_HOURS)),
+    )
 }
 
 #[derive(Deserialize)]
