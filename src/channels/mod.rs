@@ -29,6 +29,12 @@ pub struct Outgoing {
     pub notification: Notification,
     pub event: Option<Event>,
     pub rendered: Rendered,
+    /// The destination's own signing secrets (webhooks), current first;
+    /// during a rotation the previous one too.
+    pub secrets: Vec<crate::model::Secret<String>>,
+    /// Whether the channel's own secret signs too (a destination without
+    /// secrets of its own, or in the overlap of its first).
+    pub channel_secret: bool,
 }
 
 impl Outgoing {
@@ -164,6 +170,17 @@ impl DeliveryError {
 pub trait Channel: Send + Sync {
     fn kind(&self) -> ChannelKind;
     async fn deliver(&self, msg: &Outgoing) -> Result<Receipt, DeliveryError>;
+    /// Checks with the provider, when a destination is created, what can
+    /// be known then (an unknown chat, a bad user key): a permanent error
+    /// refuses the destination with the provider's words; a transient one
+    /// lets it through (delivery will tell).
+    async fn check_destination(
+        &self,
+        _uri: &crate::model::DestinationUri,
+    ) -> Result<(), DeliveryError> {
+        Ok(())
+    }
+
     /// Asks the provider about a message it accepted with
     /// [`Receipt::awaiting`]; `Ok(None)` while it has nothing final to say.
     async fn poll_receipt(&self, _provider_ref: &str) -> Result<Option<Report>, DeliveryError> {

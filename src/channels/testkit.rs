@@ -117,5 +117,7 @@ pub fn outgoing(uri: &str, short: &str, subject: &str) -> Outgoing {
             subject: subject.into(),
             body: short.into(),
         },
+        secrets: Vec::new(),
+        channel_secret: true,
     }
 }

@@ -278,6 +278,14 @@ pub struct WebhookConfig {
     /// The receivers' rate limit, such as `50/s`.
     #[serde(default)]
     pub rate: Option<crate::model::Cap>,
+    /// How long a destination's previous signing secret stays valid after
+    /// a rotation, so its receiver can switch over.
+    #[serde(default = "default_rotation_overlap")]
+    pub rotation_overlap: Span,
+}
+
+fn default_rotation_overlap() -> Span {
+    Span(std::time::Duration::from_secs(24 * 3600))
 }
 
 fn default_webhook_timeout() -> Span {
@@ -291,6 +299,7 @@ impl Default for WebhookConfig {
             allow_http: false,
             timeout: default_webhook_timeout(),
             rate: None,
+            rotation_overlap: default_rotation_overlap(),
         }
     }
 }

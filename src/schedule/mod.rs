@@ -187,10 +187,24 @@ impl Scheduler {
                 )
                 .await;
         };
+        let signing = if n.channel == crate::model::ChannelKind::Webhook {
+            self.store.destination_secrets(&n.destination, now).await?
+        } else {
+            crate::store::Signing {
+                own: Vec::new(),
+                channel: true,
+            }
+        };
         let out = Outgoing {
             notification: n.clone(),
             event: c.event.clone(),
             rendered,
+            secrets: signing
+                .own
+                .into_iter()
+                .map(crate::model::Secret::new)
+                .collect(),
+            channel_secret: signing.channel,
         };
         let started = std::time::Instant::now();
         let result = channel.deliver(&out).await;

@@ -975,25 +975,32 @@ pub async fn check_destination_secrets(store: &dyn Store) {
         .id
         .clone();
     let at = t("2026-03-22T10:00:00Z");
-    assert!(
-        store
-            .destination_secrets(&hook, at)
-            .await
-            .unwrap()
-            .is_empty()
+    let signing = |own: &[&str], channel: bool| Signing {
+        own: own.iter().map(|s| s.to_string()).collect(),
+        channel,
+    };
+    // No secret of its own: the channel's.
+    assert_eq!(
+        store.destination_secrets(&hook, at).await.unwrap(),
+        signing(&[], true)
     );
+    // Its first, with a day's overlap: both, then only its own.
+    let until = at + Duration::hours(24);
     assert!(
         store
-            .set_destination_secret("A1", "alice", &hook, "whsec_one", None)
+            .set_destination_secret("A1", "alice", &hook, "whsec_one", Some(until))
             .await
             .unwrap()
     );
     assert_eq!(
         store.destination_secrets(&hook, at).await.unwrap(),
-        vec!["whsec_one"]
+        signing(&["whsec_one"], true)
     );
-    // Rotation: both valid for a day, then only the new one.
-    let until = at + Duration::hours(24);
+    assert_eq!(
+        store.destination_secrets(&hook, until).await.unwrap(),
+        signing(&["whsec_one"], false)
+    );
+    // Rotation: both of its own for a day, then only the new one.
     assert!(
         store
             .set_destination_secret("A1", "alice", &hook, "whsec_two", Some(until))
@@ -1002,11 +1009,11 @@ pub async fn check_destination_secrets(store: &dyn Store) {
     );
     assert_eq!(
         store.destination_secrets(&hook, at).await.unwrap(),
-        vec!["whsec_two", "whsec_one"]
+        signing(&["whsec_two", "whsec_one"], false)
     );
     assert_eq!(
         store.destination_secrets(&hook, until).await.unwrap(),
-        vec!["whsec_two"]
+        signing(&["whsec_two"], false)
     );
     // Without an overlap the old one stops at once.
     assert!(
@@ -1017,13 +1024,17 @@ pub async fn check_destination_secrets(store: &dyn Store) {
     );
     assert_eq!(
         store.destination_secrets(&hook, at).await.unwrap(),
-        vec!["whsec_three"]
+        signing(&["whsec_three"], false)
     );
     assert!(
         !store
             .set_destination_secret("A1", "bob", &hook, "x", None)
             .await
             .unwrap()
+    );
+    assert_eq!(
+        store.destination_secrets("nope", at).await.unwrap(),
+        signing(&[], true)
     );
 }
 

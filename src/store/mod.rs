@@ -305,6 +305,15 @@ pub struct Claimed {
     pub event: Option<Event>,
 }
 
+/// What a destination's deliveries are signed with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Signing {
+    /// The destination's own secrets, current first.
+    pub own: Vec<String>,
+    /// Also the channel's secret (`[channels.webhook] secret`).
+    pub channel: bool,
+}
+
 /// Result of checking a destination verification code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VerifyOutcome {
@@ -463,9 +472,8 @@ pub trait Store: Send + Sync + 'static {
         notice: Notification,
     ) -> Result<Option<bool>>;
 
-    /// A destination's signing secrets, current first, then the previous
-    /// one while its rotation lasts.
-    async fn destination_secrets(&self, id: &str, now: DateTime<Utc>) -> Result<Vec<String>>;
+    /// What a destination's deliveries are signed with at `now`.
+    async fn destination_secrets(&self, id: &str, now: DateTime<Utc>) -> Result<Signing>;
 
     /// Gives a destination a new signing secret; the one it replaces stays
     /// valid until `previous_until` (`None`: not at all). `false` if there
@@ -654,17 +662,28 @@ pub(crate) mod codec {
         }
     }
 
-    /// The signing secrets of a destination, current first, the previous
-    /// one only until its rotation ends.
+    /// The signing secrets of a destination at `now`: its own, current
+    /// first, the previous one only until its rotation ends; the channel's
+    /// secret while it has none, and during the overlap of its first.
     pub fn current_secrets(
         secret: Option<String>,
         previous: Option<String>,
         previous_until: Option<i64>,
         now: DateTime<Utc>,
-    ) -> Vec<String> {
-        let previous = previous
-            .filter(|_| previous_until.is_some_and(|until| crate::model::to_millis(now) < until));
-        secret.into_iter().chain(previous).collect()
+    ) -> Signing {
+        let overlap = previous_until.is_some_and(|until| crate::model::to_millis(now) < until);
+        match secret {
+            None => Signing {
+                own: Vec::new(),
+                channel: true,
+            },
+            Some(current) => Signing {
+                channel: overlap && previous.is_none(),
+                own: std::iter::once(current)
+                    .chain(previous.filter(|_| overlap))
+                    .collect(),
+            },
+        }
     }
 
     /// An event's `occurred_at` as kept in its stored payload.

@@ -1001,7 +1001,7 @@ impl Store for PgStore {
         Ok(Some(true))
     }
 
-    async fn destination_secrets(&self, id: &str, now: DateTime<Utc>) -> Result<Vec<String>> {
+    async fn destination_secrets(&self, id: &str, now: DateTime<Utc>) -> Result<Signing> {
         let c = self.pool.get().await?;
         let row = c
             .query_opt(
@@ -1011,7 +1011,7 @@ impl Store for PgStore {
             .await?;
         Ok(match row {
             Some(r) => current_secrets(r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, now),
-            None => Vec::new(),
+            None => current_secrets(None, None, None, now),
         })
     }
 

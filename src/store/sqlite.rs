@@ -1156,7 +1156,7 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn destination_secrets(&self, id: &str, now: DateTime<Utc>) -> Result<Vec<String>> {
+    async fn destination_secrets(&self, id: &str, now: DateTime<Utc>) -> Result<Signing> {
         let id = id.to_string();
         self.read(move |conn| {
             let row = conn
@@ -1165,7 +1165,8 @@ impl Store for SqliteStore {
                     Ok((r.get::<_, Option<String>>(0)?, r.get::<_, Option<String>>(1)?, r.get::<_, Option<i64>>(2)?))
                 })
                 .optional()?;
-            Ok(row.map(|(s, p, until)| current_secrets(s, p, until, now)).unwrap_or_default())
+            let (s, p, until) = row.unwrap_or_default();
+            Ok(current_secrets(s, p, until, now))
         })
         .await
     }

@@ -27,6 +27,11 @@ pub enum AppError {
     NotFound {
         what: String,
     },
+    /// 409: the request does not fit the resource's state.
+    Conflict {
+        code: &'static str,
+        message: String,
+    },
     /// 500/503: kci's own trouble; detail is logged, not answered.
     Internal(String),
 }
@@ -68,6 +73,7 @@ impl IntoResponse for AppError {
                 "not_found",
                 format!("{what} does not exist"),
             ),
+            AppError::Conflict { code, message } => (StatusCode::CONFLICT, code, message),
             AppError::Internal(detail) => {
                 tracing::error!(%detail, "internal error");
                 (

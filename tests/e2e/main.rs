@@ -3,6 +3,7 @@
 //! exercised the way a source system uses it.
 
 mod api;
+mod channels;
 mod common;
 mod crash;
 mod delivery;

@@ -106,6 +106,19 @@ impl Channel for MatrixChannel {
         ChannelKind::Matrix
     }
 
+    /// A room alias that does not resolve is refused when the destination
+    /// is made (a room id is taken as it is: whether kci's account may post
+    /// there shows at the first delivery).
+    async fn check_destination(
+        &self,
+        uri: &crate::model::DestinationUri,
+    ) -> Result<(), DeliveryError> {
+        match target(&uri.to_string())? {
+            (false, alias) => self.room_id(&alias).await.map(|_| ()),
+            (true, _) => Ok(()),
+        }
+    }
+
     async fn deliver(&self, msg: &Outgoing) -> Result<Receipt, DeliveryError> {
         let n = &msg.notification;
         let (is_id, name) = target(&n.uri)?;
@@ -243,5 +256,30 @@ mod tests {
             assert!(err.detail().contains("M_"), "{err}");
             assert!(!format!("{err:?}").contains("secretsecret"));
         }
+    }
+
+    #[tokio::test]
+    async fn an_alias_that_does_not_resolve_is_refused_when_the_destination_is_made() {
+        let hs = Provider::start(
+            404,
+            r#"{"errcode":"M_NOT_FOUND","error":"Room alias #nope:example.org not found."}"#,
+        )
+        .await;
+        let uri = "matrix:r/nope:example.org".parse().unwrap();
+        let err = channel(&hs.url).check_destination(&uri).await.unwrap_err();
+        assert!(err.is_permanent());
+        assert!(err.detail().contains("M_NOT_FOUND"), "{err}");
+        let req = hs.only_request();
+        assert_eq!(
+            (req.method.as_str(), req.path.as_str()),
+            (
+                "GET",
+                "/_matrix/client/v3/directory/room/%23nope%3Aexample.org"
+            )
+        );
+        // A room id is not looked up.
+        let uri = "matrix:roomid/abc:example.org".parse().unwrap();
+        channel(&hs.url).check_destination(&uri).await.unwrap();
+        assert_eq!(hs.requests().len(), 1);
     }
 }

@@ -169,6 +169,40 @@ impl Channel for PushoverChannel {
         }
     }
 
+    /// `POST /1/users/validate.json`: a user or group key Pushover does not
+    /// know (or one with no active device) is refused at creation.
+    async fn check_destination(
+        &self,
+        uri: &crate::model::DestinationUri,
+    ) -> Result<(), DeliveryError> {
+        let crate::model::DestinationUri::Pushover(user) = uri else {
+            return Ok(());
+        };
+        let body = url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("token", self.token.expose())
+            .append_pair("user", user)
+            .finish();
+        let url = self
+            .api
+            .join("1/users/validate.json")
+            .map_err(|e| DeliveryError::Permanent {
+                reason: "bad_uri",
+                detail: e.to_string(),
+            })?;
+        let resp = self
+            .client
+            .post(url)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| super::http::unanswered(&e))?;
+        super::http::answer(resp)
+            .await
+            .map(|_| ())
+            .map_err(with_their_words)
+    }
+
     /// Polls an emergency's receipt: acknowledged (by whom, when), or
     /// expired without anyone acknowledging it.
     async fn poll_receipt(&self, receipt: &str) -> Result<Option<Report>, DeliveryError> {
@@ -329,5 +363,80 @@ mod tests {
             "HTTP 400 user identifier is not a valid user, group, or subscribed user key"
         );
         assert!(!format!("{err:?}").contains(TOKEN));
+    }
+
+    #[tokio::test]
+    async fn an_unknown_user_key_is_refused_when_the_destination_is_made() {
+        let po = Provider::start(
+            400,
+            r#"{"user":"invalid","errors":["user key is invalid"],"status":0,"request":"5042853c-402d-4a18-abcb-168734a801de"}"#,
+        )
+        .await;
+        let ch = channel(&po.url);
+        let uri = "pushover:uQiRzpo4DXghDmr9QzzfQu27cmVRsG".parse().unwrap();
+        let err = ch.check_destination(&uri).await.unwrap_err();
+        assert!(err.is_permanent());
+        assert_eq!(err.detail(), "HTTP 400 user key is invalid");
+        assert!(!format!("{err:?}").contains("azGDORePK8gMaC0QOYAMyEEuzJnyUi"));
+        let req = po.only_request();
+        assert_eq!(
+            (req.method.as_str(), req.path.as_str()),
+            ("POST", "/1/users/validate.json")
+        );
+        assert_eq!(
+            std::str::from_utf8(&req.body).unwrap(),
+            "token=azGDORePK8gMaC0QOYAMyEEuzJnyUi&user=uQiRzpo4DXghDmr9QzzfQu27cmVRsG"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_emergency_receipt_is_polled_until_acknowledged() {
+        let po = Provider::start(
+            200,
+            r#"{"status":1,"acknowledged":1,"acknowledged_at":1735689600,"acknowledged_by":"uQiRzpo4DXghDmr9QzzfQu27cmVRsG","acknowledged_by_device":"alice-phone","last_delivered_at":1735689500,"expired":0,"expires_at":1735693200,"called_back":0,"called_back_at":0,"request":"x"}"#,
+        )
+        .await;
+        let ch = channel(&po.url);
+        let report = ch
+            .poll_receipt("rLqVuqTRh62UzxtmqiaLzQmVcPgiCy")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(report.status, ReceiptStatus::Acknowledged);
+        assert_eq!(
+            report.detail.as_deref(),
+            Some("at 2025-01-01T00:00:00Z on alice-phone")
+        );
+        let req = po.only_request();
+        assert_eq!(req.method, "GET");
+        assert_eq!(
+            req.path,
+            "/1/receipts/rLqVuqTRh62UzxtmqiaLzQmVcPgiCy.json?token=azGDORePK8gMaC0QOYAMyEEuzJnyUi"
+        );
+        let po = Provider::start(
+            200,
+            r#"{"status":1,"acknowledged":0,"expired":0,"request":"x"}"#,
+        )
+        .await;
+        assert_eq!(
+            channel(&po.url)
+                .poll_receipt("rLqVuqTRh62UzxtmqiaLzQmVcPgiCy")
+                .await
+                .unwrap(),
+            None
+        );
+        let po = Provider::start(
+            200,
+            r#"{"status":1,"acknowledged":0,"expired":1,"request":"x"}"#,
+        )
+        .await;
+        let report = channel(&po.url)
+            .poll_receipt("rLqVuqTRh62UzxtmqiaLzQmVcPgiCy")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(report.status, ReceiptStatus::Unacknowledged);
+        // A receipt that is no receipt never reaches a URL.
+        assert!(ch.poll_receipt("../messages").await.is_err());
     }
 }

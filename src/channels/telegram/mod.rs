@@ -37,15 +37,19 @@ pub struct TelegramChannel {
     client: reqwest::Client,
     /// `{api}/bot<token>/sendMessage`: secret as a whole.
     send_message: Secret<String>,
+    /// `{api}/bot<token>/getChat`.
+    get_chat: Secret<String>,
 }
 
 impl TelegramChannel {
     pub fn from_config(cfg: &TelegramConfig) -> anyhow::Result<Self> {
         let base = cfg.api.as_str().trim_end_matches('/');
         let send_message = Secret::new(format!("{base}/bot{}/sendMessage", cfg.bot_token.expose()));
+        let get_chat = Secret::new(format!("{base}/bot{}/getChat", cfg.bot_token.expose()));
         Ok(Self {
             client: super::http::client(cfg.timeout.0)?,
             send_message,
+            get_chat,
         })
     }
 }
@@ -104,6 +108,25 @@ impl Channel for TelegramChannel {
             }
             Err(e) => Err(explain(e)),
         }
+    }
+
+    /// `getChat`: a chat the bot cannot see ("chat not found", or a user
+    /// who never started the bot) is refused when the destination is made.
+    async fn check_destination(
+        &self,
+        uri: &crate::model::DestinationUri,
+    ) -> Result<(), DeliveryError> {
+        let crate::model::DestinationUri::Telegram(chat) = uri else {
+            return Ok(());
+        };
+        let resp = self
+            .client
+            .post(self.get_chat.expose())
+            .json(&serde_json::json!({ "chat_id": chat }))
+            .send()
+            .await
+            .map_err(|e| super::http::unanswered(&e.without_url()))?;
+        super::http::answer(resp).await.map(|_| ()).map_err(explain)
     }
 }
 
@@ -202,11 +225,45 @@ mod tests {
             assert!(!format!("{err} {err:?}").contains("AAHdqTcv"), "{status}");
         }
         // No answer at all: the error must not carry the URL (and its token).
+        // (Below: the same holds when checking a new destination.)
         let err = channel("http://127.0.0.1:9")
             .deliver(&outgoing("telegram:42", "x", "y"))
             .await
             .unwrap_err();
         assert!(err.is_transient());
         assert!(!format!("{err} {err:?}").contains("AAHdqTcv"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn an_unknown_chat_is_refused_when_the_destination_is_made() {
+        let tg = Provider::start(
+            400,
+            r#"{"ok":false,"error_code":400,"description":"Bad Request: chat not found"}"#,
+        )
+        .await;
+        let uri = "telegram:987654321".parse().unwrap();
+        let err = channel(&tg.url).check_destination(&uri).await.unwrap_err();
+        assert!(err.is_permanent());
+        assert_eq!(err.detail(), "HTTP 400 Bad Request: chat not found");
+        assert!(!format!("{err:?}").contains("AAHdqTcv"));
+        let req = tg.only_request();
+        assert_eq!(
+            (req.method.as_str(), req.path.as_str()),
+            ("POST", format!("/bot{TOKEN}/getChat").as_str())
+        );
+        assert_eq!(req.json(), serde_json::json!({"chat_id": "987654321"}));
+
+        let tg = Provider::start(
+            200,
+            r#"{"ok":true,"result":{"id":987654321,"type":"private","first_name":"Alice"}}"#,
+        )
+        .await;
+        channel(&tg.url).check_destination(&uri).await.unwrap();
+        // Unreachable: transient, so the destination is let through.
+        let err = channel("http://127.0.0.1:9")
+            .check_destination(&uri)
+            .await
+            .unwrap_err();
+        assert!(err.is_transient());
     }
 }

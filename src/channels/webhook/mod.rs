@@ -23,6 +23,16 @@ pub fn decode_secret(s: &str) -> Result<Vec<u8>, String> {
     Ok(key)
 }
 
+/// A new signing secret: `whsec_` and 32 bytes from the OS's RNG.
+pub fn new_secret() -> String {
+    use rand::TryRngCore;
+    let mut key = [0u8; 32];
+    rand::rngs::OsRng
+        .try_fill_bytes(&mut key)
+        .expect("the OS random number generator");
+    format!("whsec_{}", B64.encode(key))
+}
+
 /// The `webhook-signature` value for one delivery.
 pub fn sign(key: &[u8], id: &str, timestamp: i64, body: &[u8]) -> String {
     let mut mac = Hmac::<sha2::Sha256>::new_from_slice(key).expect("HMAC takes keys of any length");
@@ -54,6 +64,37 @@ impl WebhookChannel {
             key,
             allow_http: cfg.allow_http,
         })
+    }
+
+    /// The `webhook-signature` header: one `v1,…` per secret in force —
+    /// the destination's own, and the channel's where it still applies —
+    /// space-separated as Standard Webhooks allows, so a receiver in the
+    /// middle of a rotation accepts the delivery with either.
+    fn signature(
+        &self,
+        msg: &Outgoing,
+        ts: i64,
+        body: &[u8],
+    ) -> Result<Option<String>, DeliveryError> {
+        let id = &msg.notification.id;
+        let mut signatures = msg
+            .secrets
+            .iter()
+            .map(|s| {
+                decode_secret(s.expose())
+                    .map(|key| sign(&key, id, ts, body))
+                    .map_err(|e| DeliveryError::Permanent {
+                        reason: "bad_secret",
+                        detail: format!("the destination's signing secret: {e}"),
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if msg.channel_secret
+            && let Some(key) = &self.key
+        {
+            signatures.push(sign(key.expose(), id, ts, body));
+        }
+        Ok((!signatures.is_empty()).then(|| signatures.join(" ")))
     }
 
     /// The JSON body: Standard Webhooks' `{type, timestamp, data}` envelope.
@@ -117,8 +158,8 @@ impl Channel for WebhookChannel {
             .header("content-type", "application/json")
             .header("webhook-id", &n.id)
             .header("webhook-timestamp", ts.to_string());
-        if let Some(key) = &self.key {
-            req = req.header("webhook-signature", sign(key.expose(), &n.id, ts, &body));
+        if let Some(signature) = self.signature(msg, ts, &body)? {
+            req = req.header("webhook-signature", signature);
         }
         let resp = req
             .body(body)
@@ -146,6 +187,49 @@ mod tests {
             sign(&key, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, body),
             "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
         );
+    }
+
+    #[tokio::test]
+    async fn a_destination_mid_rotation_is_signed_with_both_secrets() {
+        let receiver = crate::channels::testkit::Provider::start(204, "").await;
+        let cfg = WebhookConfig {
+            secret: Some(Secret::new(new_secret())),
+            ..Default::default()
+        };
+        let ch = WebhookChannel::from_config(&cfg).unwrap();
+        let (new, old) = (new_secret(), new_secret());
+        let mut out = crate::channels::testkit::outgoing(
+            &format!("{}/hook", receiver.url),
+            "Line down",
+            "Line down",
+        );
+        out.secrets = vec![Secret::new(new.clone()), Secret::new(old.clone())];
+        out.channel_secret = false;
+        ch.deliver(&out).await.unwrap();
+        let req = receiver.only_request();
+        let ts: i64 = req.header("webhook-timestamp").unwrap().parse().unwrap();
+        let id = req.header("webhook-id").unwrap();
+        let want = format!(
+            "{} {}",
+            sign(&decode_secret(&new).unwrap(), id, ts, &req.body),
+            sign(&decode_secret(&old).unwrap(), id, ts, &req.body)
+        );
+        assert_eq!(req.header("webhook-signature"), Some(want.as_str()));
+        // The channel-wide secret is not used for a destination with its own.
+        let global = sign(
+            &decode_secret(cfg.secret.as_ref().unwrap().expose()).unwrap(),
+            id,
+            ts,
+            &req.body,
+        );
+        assert!(!want.contains(&global));
+    }
+
+    #[test]
+    fn new_secrets_are_valid_and_distinct() {
+        let (a, b) = (new_secret(), new_secret());
+        assert_eq!(decode_secret(&a).unwrap().len(), 32);
+        assert_ne!(a, b);
     }
 
     #[test]

@@ -217,6 +217,15 @@ pub async fn add_destination(
             "plain http:// is only allowed to loopback; use https:// (or set [channels.webhook] allow_http)",
         ));
     }
+    if let Some(channel) = st.channels.get(kind)
+        && let Err(e) = channel.check_destination(&uri).await
+    {
+        if e.is_permanent() {
+            return Err(AppError::invalid("invalid_uri", "uri", e.detail()));
+        }
+        // The provider could not say now; delivery will tell.
+        tracing::info!(channel = %kind, error = %e, "could not check a new destination with its provider");
+    }
     let dest = Destination {
         id: crate::store::new_id(),
         contact: cid.clone(),
@@ -229,19 +238,8 @@ pub async fn add_destination(
     let (code, notice) = if dest.verified {
         (None, None)
     } else {
-        let code = format!(
-            "{:06}",
-            rand::rngs::OsRng.unwrap_err().random_range(0..1_000_000u32)
-        );
-        let hash = code_hash(&dest.id, &code);
-        let notice = verification_notice(&id, &dest, &code, &st.config.email.from, now);
-        (
-            Some(PendingCode {
-                hash,
-                expires_at: now + chrono::Duration::hours(CODE_LIFETIME_HOURS),
-            }),
-            Some(notice),
-        )
+        let (code, notice) = new_code(&id, &dest, &st.config.email.from, now);
+        (Some(code), Some(notice))
     };
     match st.store.add_destination(&id, &dest, code, notice).await? {
         PutOutcome::NoParent => Err(AppError::NotFound {
@@ -257,6 +255,141 @@ pub async fn add_destination(
             ))
         }
     }
+}
+
+/// A fresh 6-digit code for `dest`, stored hashed, and the notice that
+/// carries it there.
+fn new_code(
+    account: &str,
+    dest: &Destination,
+    from: &str,
+    now: chrono::DateTime<chrono::Utc>,
+) -> (PendingCode, Notification) {
+    let code = format!(
+        "{:06}",
+        rand::rngs::OsRng.unwrap_err().random_range(0..1_000_000u32)
+    );
+    let pending = PendingCode {
+        hash: code_hash(&dest.id, &code),
+        expires_at: now + chrono::Duration::hours(CODE_LIFETIME_HOURS),
+    };
+    (
+        pending,
+        verification_notice(account, dest, &code, from, now),
+    )
+}
+
+/// The destination `did` of contact `cid` of account `id`.
+async fn find_destination(
+    st: &AppState,
+    id: &str,
+    cid: &str,
+    did: &str,
+) -> Result<Destination, AppError> {
+    st.store
+        .account_view(id)
+        .await?
+        .into_iter()
+        .flat_map(|v| v.contacts)
+        .filter(|c| c.contact.id == cid)
+        .flat_map(|c| c.destinations)
+        .find(|d| d.id == did)
+        .ok_or_else(|| AppError::NotFound {
+            what: format!("destination `{did}`"),
+        })
+}
+
+/// `POST …/destinations/{did}/code` (scope `directory:write`): a new code
+/// for a destination not verified yet (the last one expired or locked) or
+/// marked unhealthy; entering it (`…/verify`) makes it usable again.
+pub async fn renew_code(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path((id, cid, did)): Path<(String, String, String)>,
+) -> Result<impl IntoResponse, AppError> {
+    caller.require(Scope::DirectoryWrite)?;
+    let dest = find_destination(&st, &id, &cid, &did).await?;
+    let (code, notice) = new_code(&id, &dest, &st.config.email.from, st.clock.now());
+    match st.store.renew_code(&id, &cid, &did, code, notice).await? {
+        None => Err(AppError::NotFound {
+            what: format!("destination `{did}`"),
+        }),
+        Some(false) => Err(AppError::Conflict {
+            code: "already_verified",
+            message: format!(
+                "destination `{did}` is verified and healthy; there is nothing to prove"
+            ),
+        }),
+        Some(true) => {
+            st.wake.notify_one();
+            Ok((
+                StatusCode::ACCEPTED,
+                Json(json!({"id": did, "verified": false, "code_sent": true})),
+            ))
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RotateInput {
+    /// How long the old secret stays valid beside the new one.
+    #[serde(default)]
+    overlap: Option<String>,
+}
+
+/// `POST …/destinations/{did}/secret` (scope `directory:write`): a
+/// signing secret of its own for a webhook destination (until then it is
+/// signed with `[channels.webhook] secret`), or a new one in place of the
+/// last; answered once, stored for signing only. The secret it replaces
+/// (the channel's, the first time) stays valid for `overlap` (default
+/// `[channels.webhook] rotation_overlap`; `"0s"` ends it at once),
+/// deliveries meanwhile carrying a signature by each.
+pub async fn rotate_secret(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path((id, cid, did)): Path<(String, String, String)>,
+    body: Bytes,
+) -> Result<impl IntoResponse, AppError> {
+    caller.require(Scope::DirectoryWrite)?;
+    let input: RotateInput = if body.is_empty() {
+        RotateInput::default()
+    } else {
+        super::json_body(&body)?
+    };
+    let overlap = match input.overlap {
+        Some(s) => s
+            .parse::<crate::model::Span>()
+            .map_err(|e| AppError::invalid("invalid_field", "overlap", e))?,
+        None => st.config.channels.webhook.rotation_overlap,
+    };
+    let dest = find_destination(&st, &id, &cid, &did).await?;
+    if dest.uri.channel() != ChannelKind::Webhook {
+        return Err(AppError::invalid(
+            "invalid_field",
+            "destination",
+            "only webhook destinations have signing secrets",
+        ));
+    }
+    let now = st.clock.now();
+    let until = (!overlap.0.is_zero())
+        .then(|| chrono::Duration::from_std(overlap.0).ok().map(|d| now + d))
+        .flatten();
+    let secret = crate::channels::webhook::new_secret();
+    if !st
+        .store
+        .set_destination_secret(&id, &cid, &did, &secret, until)
+        .await?
+    {
+        return Err(AppError::NotFound {
+            what: format!("destination `{did}`"),
+        });
+    }
+    Ok(Json(json!({
+        "id": did,
+        "secret": secret,
+        "previous_valid_until": until.map(crate::model::fmt_time),
+    })))
 }
 
 /// A code is stored as SHA-256 over the destination id and the code, so the
@@ -333,7 +466,7 @@ pub async fn verify_destination(
         VerifyOutcome::Locked => Err(AppError::invalid(
             "code_locked",
             "code",
-            "expired or too many wrong attempts; remove and add the destination again for a new code",
+            "expired or too many wrong attempts; ask for a new one with POST …/destinations/{did}/code",
         )),
         VerifyOutcome::NotFound => Err(AppError::NotFound {
             what: format!("destination `{did}`"),

@@ -37,6 +37,14 @@ pub fn routes() -> Router<AppState> {
             "/v1/accounts/{id}/contacts/{cid}/destinations/{did}/verify",
             post(directory::verify_destination),
         )
+        .route(
+            "/v1/accounts/{id}/contacts/{cid}/destinations/{did}/code",
+            post(directory::renew_code),
+        )
+        .route(
+            "/v1/accounts/{id}/contacts/{cid}/destinations/{did}/secret",
+            post(directory::rotate_secret),
+        )
         .route("/v1/deliveries", get(deliveries::list))
         .route("/v1/deliveries/{id}/retry", post(deliveries::retry))
         .route("/healthz", get(ops::healthz))

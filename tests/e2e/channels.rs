@@ -1,0 +1,327 @@
+//! Channels over HTTP, end to end: webhook destinations with secrets of
+//! their own and their rotation, destinations that keep refusing marked
+//! unhealthy (and the contact told elsewhere), and SMS through a generic
+//! gateway with the text fitted to the type's segments.
+
+use crate::common::*;
+use base64::Engine;
+use hmac::Mac;
+use serde_json::{Value, json};
+
+fn signature(secret: &str, hook: &Hook) -> String {
+    let id = hook.headers["webhook-id"].to_str().unwrap();
+    let ts = hook.headers["webhook-timestamp"].to_str().unwrap();
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(secret.strip_prefix("whsec_").unwrap())
+        .unwrap();
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
+    mac.update(format!("{id}.{ts}.").as_bytes());
+    mac.update(&hook.body);
+    format!(
+        "v1,{}",
+        base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+    )
+}
+
+/// The signatures a hook carries, in order.
+fn signatures(hook: &Hook) -> Vec<String> {
+    hook.headers["webhook-signature"]
+        .to_str()
+        .unwrap()
+        .split(' ')
+        .map(str::to_string)
+        .collect()
+}
+
+fn line_down(id: &str) -> String {
+    json!({
+        "id": id, "type": "line.down", "account": "A1", "service": "L1",
+        "occurred_at": "2026-07-01T02:58:00Z", "expires_at": "2099-01-01T00:00:00Z",
+        "data": {"ticket": "T-1"}
+    })
+    .to_string()
+}
+
+async fn post(kci: &Kci, token: &str, body: &str) {
+    let (s, v) = kci
+        .call("POST", "/v1/events", Some(token), Some(body))
+        .await;
+    assert_eq!(s, 202, "{v}");
+}
+
+#[tokio::test]
+async fn a_webhook_destination_gets_its_own_secret_and_rotates_it_with_an_overlap() {
+    let hooks = WebhookReceiver::start().await;
+    let kci = Kci::start(
+        None,
+        &format!("[channels.webhook]\nsecret = \"{WEBHOOK_SECRET}\"\n"),
+    );
+    let admin = kci.token(&["directory:admin", "directory:write"]);
+    let source = kci.token(&["events:write"]);
+    let did = kci
+        .customer(
+            &admin,
+            "A1",
+            "alice",
+            json!({"uri": hooks.url, "verified": true}),
+        )
+        .await;
+    let secret_path = format!("/v1/accounts/A1/contacts/alice/destinations/{did}/secret");
+
+    // Auth and scope first.
+    let (s, _) = kci.call("POST", &secret_path, None, None).await;
+    assert_eq!(s, 401);
+    let (s, _) = kci.call("POST", &secret_path, Some(&source), None).await;
+    assert_eq!(s, 403);
+
+    // Until it has its own, the channel's secret signs.
+    post(&kci, &source, &line_down("e1")).await;
+    let first = eventually(10, "first hook", || async {
+        hooks.hooks().first().cloned()
+    })
+    .await;
+    assert_eq!(signatures(&first), vec![signature(WEBHOOK_SECRET, &first)]);
+
+    // Its own secret, with the channel's still valid for the overlap.
+    let (s, v) = kci
+        .call(
+            "POST",
+            &secret_path,
+            Some(&admin),
+            Some(r#"{"overlap":"1h"}"#),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let own = v["secret"].as_str().unwrap().to_string();
+    assert!(own.starts_with("whsec_") && v["previous_valid_until"].is_string());
+    post(&kci, &source, &line_down("e2")).await;
+    let second = eventually(10, "second hook", || async {
+        hooks.hooks().get(1).cloned()
+    })
+    .await;
+    assert_eq!(
+        signatures(&second),
+        vec![signature(&own, &second), signature(WEBHOOK_SECRET, &second)]
+    );
+
+    // Rotated at once ("0s"): only the newest signs.
+    let (s, v) = kci
+        .call(
+            "POST",
+            &secret_path,
+            Some(&admin),
+            Some(r#"{"overlap":"0s"}"#),
+        )
+        .await;
+    assert_eq!((s, &v["previous_valid_until"]), (200, &Value::Null), "{v}");
+    let newest = v["secret"].as_str().unwrap().to_string();
+    assert_ne!(newest, own);
+    post(&kci, &source, &line_down("e3")).await;
+    let third = eventually(10, "third hook", || async { hooks.hooks().get(2).cloned() }).await;
+    assert_eq!(signatures(&third), vec![signature(&newest, &third)]);
+
+    // The secret is shown once: never in the account's view.
+    let (_, account) = kci.call("GET", "/v1/accounts/A1", Some(&admin), None).await;
+    assert!(!account.to_string().contains(&newest[6..]));
+    // A bad overlap names the field; a mail destination has no secret.
+    let (s, v) = kci
+        .call(
+            "POST",
+            &secret_path,
+            Some(&admin),
+            Some(r#"{"overlap":"soon"}"#),
+        )
+        .await;
+    assert_eq!(s, 422);
+    assert!(v["message"].as_str().unwrap().starts_with("overlap"), "{v}");
+}
+
+#[tokio::test]
+async fn refusals_in_a_row_mark_a_destination_unhealthy_and_the_contact_is_told_elsewhere() {
+    let hooks = WebhookReceiver::start().await;
+    let kci = Kci::start(None, "unhealthy_after = 2\n");
+    let admin = kci.token(&["directory:admin", "directory:write", "directory:read"]);
+    let source = kci.token(&["events:write", "events:read"]);
+    let hook = kci
+        .customer(
+            &admin,
+            "A1",
+            "alice",
+            json!({"uri": hooks.url, "verified": true}),
+        )
+        .await;
+    let (s, _) = kci
+        .call(
+            "POST",
+            "/v1/accounts/A1/contacts/alice/destinations",
+            Some(&admin),
+            Some(r#"{"uri":"mailto:alice@example.com","verified":true}"#),
+        )
+        .await;
+    assert_eq!(s, 201);
+
+    // The endpoint is gone for good: 410 twice.
+    *hooks.status.lock().unwrap() = 410;
+    for id in ["e1", "e2"] {
+        post(&kci, &source, &line_down(id)).await;
+        eventually(10, "the refusal", || async {
+            let (_, v) = kci
+                .call("GET", &format!("/v1/events/{id}"), Some(&source), None)
+                .await;
+            v["notifications"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|n| n["channel"] == "webhook" && n["state"] == "failed")
+                .then_some(())
+        })
+        .await;
+    }
+    // Two line.down mails, then the warning by mail.
+    let warning = eventually(10, "the warning mail", || async {
+        kci.outbox()
+            .into_iter()
+            .find(|m| m.contains("We stopped sending to one of your destinations"))
+    })
+    .await;
+    assert!(warning.contains(&hooks.url), "{warning}");
+    let (_, account) = kci.call("GET", "/v1/accounts/A1", Some(&admin), None).await;
+    let dests = account["contacts"][0]["destinations"].as_array().unwrap();
+    let marked = dests.iter().find(|d| d["id"] == hook.as_str()).unwrap();
+    assert!(marked["unhealthy_since"].is_string(), "{marked}");
+
+    // Now nothing goes there, and the record says why.
+    post(&kci, &source, &line_down("e3")).await;
+    let (_, v) = kci.call("GET", "/v1/events/e3", Some(&source), None).await;
+    let n = v["notifications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["channel"] == "webhook")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (&n["state"], &n["reason"]),
+        (&json!("suppressed"), &json!("unhealthy"))
+    );
+
+    // Fixed at the other end: a new code, entered back, and it is used again.
+    *hooks.status.lock().unwrap() = 200;
+    let before = hooks.hooks().len();
+    let code_path = format!("/v1/accounts/A1/contacts/alice/destinations/{hook}/code");
+    let (s, v) = kci.call("POST", &code_path, Some(&admin), None).await;
+    assert_eq!(s, 202, "{v}");
+    let code_hook = eventually(10, "the code", || async {
+        hooks.hooks().get(before).cloned()
+    })
+    .await;
+    let body: Value = serde_json::from_slice(&code_hook.body).unwrap();
+    let short = body["data"]["short"].as_str().unwrap();
+    let code: String = short
+        .chars()
+        .filter(|c| c.is_ascii_digit())
+        .take(6)
+        .collect();
+    let (s, v) = kci
+        .call(
+            "POST",
+            &format!("/v1/accounts/A1/contacts/alice/destinations/{hook}/verify"),
+            Some(&admin),
+            Some(&json!({"code": code}).to_string()),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    // Healthy again: a second request for a code has nothing to prove.
+    let (s, _) = kci.call("POST", &code_path, Some(&admin), None).await;
+    assert_eq!(s, 409);
+    post(&kci, &source, &line_down("e4")).await;
+    eventually(10, "delivery after re-verification", || async {
+        hooks
+            .hooks()
+            .get(before + 1..)
+            .is_some_and(|rest| {
+                rest.iter()
+                    .any(|h| String::from_utf8_lossy(&h.body).contains(r#""type":"line.down""#))
+            })
+            .then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn sms_through_a_generic_gateway_is_cut_to_the_types_segments_and_counted() {
+    let gateway = WebhookReceiver::start().await;
+    let extra = format!(
+        r#"[channels.sms.http]
+url = "{url}"
+headers = {{ Authorization = "Bearer gw_secret_7f3a" }}
+fields = {{ to = "{{{{ to }}}}", text = "{{{{ text }}}}", ref = "{{{{ id }}}}" }}
+
+[types."bill.ready"]
+category = "billing"
+max_segments = 1
+short = "Your bill for {{{{ data.month }}}} is ready: {{{{ data.amount }}}}. {{{{ data.note }}}}"
+"#,
+        url = gateway.url
+    );
+    let kci = Kci::start(None, &extra);
+    let admin = kci.token(&["directory:admin", "directory:write"]);
+    let source = kci.token(&["events:write", "events:read"]);
+    kci.customer(
+        &admin,
+        "A1",
+        "alice",
+        json!({"uri": "sms:+447700900123", "verified": true}),
+    )
+    .await;
+    // A bad number is refused at creation, naming the field.
+    let (s, v) = kci
+        .call(
+            "POST",
+            "/v1/accounts/A1/contacts/alice/destinations",
+            Some(&admin),
+            Some(r#"{"uri":"sms:07700900123","verified":true}"#),
+        )
+        .await;
+    assert_eq!(s, 422);
+    assert!(v["message"].as_str().unwrap().contains("E.164"), "{v}");
+
+    let note = "Pay by direct debit and save. ".repeat(8);
+    let event = json!({
+        "id": "b1", "type": "bill.ready", "account": "A1",
+        "data": {"month": "July", "amount": "£42.00", "note": note}
+    });
+    post(&kci, &source, &event.to_string()).await;
+    let req = eventually(10, "the gateway request", || async {
+        gateway.hooks().first().cloned()
+    })
+    .await;
+    assert_eq!(req.headers["authorization"], "Bearer gw_secret_7f3a");
+    let form: std::collections::HashMap<String, String> = url::form_urlencoded::parse(&req.body)
+        .into_owned()
+        .collect();
+    assert_eq!(form["to"], "+447700900123");
+    let text = &form["text"];
+    assert!(
+        text.starts_with("Your bill for July is ready: £42.00."),
+        "{text}"
+    );
+    assert!(
+        text.ends_with("...") && text.chars().count() <= 160,
+        "{text}"
+    );
+    let (_, v) = kci.call("GET", "/v1/events/b1", Some(&source), None).await;
+    let n = &v["notifications"][0];
+    assert_eq!(form["ref"], n["id"].as_str().unwrap());
+    let n = eventually(10, "sent", || async {
+        let (_, v) = kci.call("GET", "/v1/events/b1", Some(&source), None).await;
+        let n = v["notifications"][0].clone();
+        (n["state"] == "sent").then_some(n)
+    })
+    .await;
+    assert_eq!(n["segments"], 1);
+    let detail = n["detail"].as_str().unwrap();
+    assert!(detail.contains("cut from 2 to 1 segment"), "{detail}");
+    // The credential shows nowhere in what the API answers.
+    assert!(!v.to_string().contains("gw_secret"));
+}
