@@ -21,7 +21,7 @@ pub use event::Event;
 pub use priority::Priority;
 pub use secret::Secret;
 pub use state::{Reason, State};
-pub use uri::{ChannelKind, DestinationUri};
+pub use uri::{ChannelKind, DestinationUri, parse_apprise_tag};
 pub use window::Window;
 
 use chrono::{DateTime, TimeZone, Utc};
