@@ -2,6 +2,7 @@
 //! to their provider and classify failures; retrying, backoff and recording
 //! live in `schedule`, in one place.
 
+pub mod apprise;
 pub mod email;
 pub mod http;
 pub mod matrix;
@@ -234,6 +235,9 @@ impl Channels {
         }
         if let Some(c) = &config.channels.matrix {
             channels.insert(Arc::new(matrix::MatrixChannel::from_config(c)?));
+        }
+        if let Some(c) = &config.channels.apprise {
+            channels.insert(Arc::new(apprise::AppriseChannel::from_config(c)?));
         }
         Ok(channels)
     }

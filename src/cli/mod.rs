@@ -1,5 +1,6 @@
 //! The `kci` command line: one file per subcommand.
 
+mod apprise;
 mod explain;
 mod migrate;
 mod serve;
@@ -51,6 +52,33 @@ pub enum Command {
         /// The scenario: kci config plus start, until, accounts and events.
         scenario: PathBuf,
     },
+    /// Apprise URLs to kci's channels and back, for the operator's own services.
+    #[command(subcommand)]
+    Apprise(AppriseCommand),
+}
+
+#[derive(Subcommand)]
+pub enum AppriseCommand {
+    /// Read Apprise URLs (one a line, or an Apprise TEXT config) and print,
+    /// for each, the kci destinations and the [channels.X] settings that
+    /// reach the same service, or a [channels.apprise] urls line for a
+    /// service kci reaches only through Apprise. Bad lines are named on
+    /// stderr and do not stop the others.
+    Import {
+        /// The file to read, or `-` for stdin.
+        source: PathBuf,
+    },
+    /// Print Apprise URLs for the enabled channels of a kci config
+    /// (credentials included), to feed the same services to Apprise.
+    Export {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// A kci destination whose address fills in a URL's target, such
+        /// as telegram:12345 or mailto:noc@example.com; repeat for several.
+        /// Without one, a channel's URL has a {placeholder} to replace.
+        #[arg(long = "to")]
+        to: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -82,6 +110,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         }) => token::create(config, name, scopes).await,
         Command::Simulate { scenario } => simulate::run(&scenario).await,
         Command::Explain { config, event } => explain::run(config, event).await,
+        Command::Apprise(AppriseCommand::Import { source }) => apprise::import(&source),
+        Command::Apprise(AppriseCommand::Export { config, to }) => apprise::export(config, to),
     }
 }
 

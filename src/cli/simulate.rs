@@ -181,16 +181,7 @@ pub async fn simulate_text(text: &str, file: &str) -> Result<Vec<String>, Scenar
     let clock = Arc::new(ManualClock::new(start));
     let mut channels = Channels::default();
     let mut recorders = Vec::new();
-    for kind in [
-        ChannelKind::Email,
-        ChannelKind::Sms,
-        ChannelKind::Webhook,
-        ChannelKind::Matrix,
-        ChannelKind::Pushover,
-        ChannelKind::Ntfy,
-        ChannelKind::Telegram,
-        ChannelKind::Signal,
-    ] {
+    for kind in ChannelKind::ALL {
         let rec = Arc::new(RecordingChannel::new(kind));
         recorders.push(rec.clone());
         channels.insert(rec as Arc<dyn Channel>);

@@ -234,6 +234,10 @@ pub struct ChannelsConfig {
     /// Matrix; present means enabled.
     #[serde(default)]
     pub matrix: Option<crate::channels::matrix::MatrixConfig>,
+    /// An apprise-api server, for the operator's own notices to any of
+    /// Apprise's services (`apprise:<tag>` destinations); present means enabled.
+    #[serde(default)]
+    pub apprise: Option<crate::channels::apprise::AppriseConfig>,
 }
 
 impl ChannelsConfig {
@@ -249,6 +253,7 @@ impl ChannelsConfig {
             Ntfy => self.ntfy.as_ref().and_then(|c| c.rate),
             Telegram => self.telegram.as_ref().and_then(|c| c.rate),
             Signal => self.signal.as_ref().and_then(|c| c.rate),
+            Apprise => self.apprise.as_ref().and_then(|c| c.rate),
         }
     }
 }
@@ -536,6 +541,11 @@ impl Config {
             crate::channels::webhook::decode_secret(secret.expose())
                 .map_err(|e| ("channels.webhook.secret".to_string(), e.to_string()))?;
         }
+        if let Some(apprise) = &self.channels.apprise {
+            apprise
+                .validate()
+                .map_err(|(key, message)| (format!("channels.apprise.{key}"), message))?;
+        }
         if self.delivery.concurrency == 0 {
             return Err(("delivery.concurrency".into(), "must be at least 1".into()));
         }
@@ -666,17 +676,42 @@ mod tests {
     }
 
     #[test]
+    fn apprise_config_errors_name_the_key_not_the_url() {
+        let e = Config::parse(
+            "[channels.apprise]\nurl = \"http://127.0.0.1:8000\"\nurls = [\"json://ok\", \"a.b=tgram://hunter7/1\"]\n",
+            "kci.toml",
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "channels.apprise.urls[1]");
+        assert!(!e.to_string().contains("hunter7"), "{e}");
+        let c = Config::parse(
+            "[channels.apprise]\nurl = \"http://127.0.0.1:8000\"\nkey = \"kci-ops\"\nrate = \"1/s\"\n",
+            "kci.toml",
+        )
+        .unwrap();
+        assert!(
+            c.channels
+                .rate(crate::model::ChannelKind::Apprise)
+                .is_some()
+        );
+    }
+
+    #[test]
     fn secrets_do_not_print() {
         let c = Config::parse(
             "[email]\nsmtp = \"smtp://u:hunter2@127.0.0.1:25\"\n\
              [channels.webhook]\nsecret = \"whsec_aHVudGVyMmh1bnRlcjJodW50ZXIy\"\n\
              [channels.ntfy]\ntoken = \"tk_hunter3hunter3\"\n\
-             [channels.telegram]\nbot_token = \"110201543:hunter4hunter4\"\n",
+             [channels.telegram]\nbot_token = \"110201543:hunter4hunter4\"\n\
+             [channels.apprise]\nurl = \"http://127.0.0.1:8000\"\n\
+             urls = [\"ops=tgram://110201543:hunter5hunter5/1/\"]\npassword = \"hunter6\"\n",
             "t",
         )
         .unwrap();
         let dump = format!("{c:?}");
-        for secret in ["hunter2", "aHVudGVy", "hunter3", "hunter4"] {
+        for secret in [
+            "hunter2", "aHVudGVy", "hunter3", "hunter4", "hunter5", "hunter6",
+        ] {
             assert!(!dump.contains(secret), "{secret} leaked");
         }
     }

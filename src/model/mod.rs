@@ -21,7 +21,7 @@ pub use event::Event;
 pub use priority::Priority;
 pub use secret::Secret;
 pub use state::{Reason, ReceiptStatus, State};
-pub use uri::{ChannelKind, DestinationUri, parse_e164};
+pub use uri::{ChannelKind, DestinationUri, parse_apprise_tag, parse_e164};
 pub use window::Window;
 
 use chrono::{DateTime, TimeZone, Utc};

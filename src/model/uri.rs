@@ -16,13 +16,33 @@ pub enum ChannelKind {
     Ntfy,
     Telegram,
     Signal,
+    Apprise,
 }
 
 impl ChannelKind {
+    /// Every channel kind, for the places that set up one thing per kind
+    /// (rate limiters, the simulator's recorders, reading a stored kind).
+    pub const ALL: [ChannelKind; 9] = [
+        ChannelKind::Email,
+        ChannelKind::Sms,
+        ChannelKind::Webhook,
+        ChannelKind::Matrix,
+        ChannelKind::Pushover,
+        ChannelKind::Ntfy,
+        ChannelKind::Telegram,
+        ChannelKind::Signal,
+        ChannelKind::Apprise,
+    ];
+
     /// Whether the channel carries only a short text (SMS, push, chat), so
-    /// a notice without a short form cannot go there.
+    /// a notice without a short form cannot go there. Apprise carries a
+    /// title and a body and fits the body to each service itself, so it
+    /// takes the long form, as mail does.
     pub fn needs_short(self) -> bool {
-        !matches!(self, ChannelKind::Email | ChannelKind::Webhook)
+        !matches!(
+            self,
+            ChannelKind::Email | ChannelKind::Webhook | ChannelKind::Apprise
+        )
     }
 
     pub fn as_str(self) -> &'static str {
@@ -35,6 +55,7 @@ impl ChannelKind {
             ChannelKind::Ntfy => "ntfy",
             ChannelKind::Telegram => "telegram",
             ChannelKind::Signal => "signal",
+            ChannelKind::Apprise => "apprise",
         }
     }
 }
@@ -61,6 +82,9 @@ pub enum DestinationUri {
     Telegram(String),
     /// `signal:+447700900123`.
     Signal(String),
+    /// `apprise:<tag>`: the operator's Apprise services carrying that tag
+    /// (`apprise:all` for every one of them, Apprise's own word for it).
+    Apprise(String),
 }
 
 impl DestinationUri {
@@ -74,6 +98,7 @@ impl DestinationUri {
             DestinationUri::Ntfy(_) => ChannelKind::Ntfy,
             DestinationUri::Telegram(_) => ChannelKind::Telegram,
             DestinationUri::Signal(_) => ChannelKind::Signal,
+            DestinationUri::Apprise(_) => ChannelKind::Apprise,
         }
     }
 
@@ -122,6 +147,34 @@ fn non_empty_token(scheme: &str, v: &str) -> Result<String, ParseError> {
     } else {
         Ok(v.to_string())
     }
+}
+
+/// The tag of an `apprise:` destination. Apprise's tags are words of
+/// letters, digits, `_` and `-`: apprise-api refuses any other character
+/// in a tag (its `TAG_VALIDATION_RE`), and space, `,`, `+`, `&` and `|`
+/// would combine several tags, which a destination never does. `all` is
+/// Apprise's own name for every service.
+pub fn parse_apprise_tag(tag: &str) -> Result<String, ParseError> {
+    if tag.is_empty() {
+        return Err(ParseError::new(
+            "`apprise:` needs a tag naming the Apprise services to notify (or `all`)",
+        ));
+    }
+    if tag.len() > 64 {
+        return Err(ParseError::new(
+            "an Apprise tag is at most 64 characters long",
+        ));
+    }
+    if let Some(bad) = tag
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || *c == '_' || *c == '-'))
+    {
+        return Err(ParseError::new(format!(
+            "`{}` cannot be in an Apprise tag (letters, digits, _ and - only; one tag per destination)",
+            bad.escape_default()
+        )));
+    }
+    Ok(tag.to_string())
 }
 
 impl std::str::FromStr for DestinationUri {
@@ -178,8 +231,9 @@ impl std::str::FromStr for DestinationUri {
             "pushover" => non_empty_token("pushover", rest).map(DestinationUri::Pushover),
             "ntfy" => non_empty_token("ntfy", rest).map(DestinationUri::Ntfy),
             "telegram" => non_empty_token("telegram", rest).map(DestinationUri::Telegram),
+            "apprise" => parse_apprise_tag(rest).map(DestinationUri::Apprise),
             other => Err(ParseError::new(format!(
-                "unknown scheme `{other}:`; use mailto:, sms:, https:, matrix:, pushover:, ntfy:, telegram: or signal:"
+                "unknown scheme `{other}:`; use mailto:, sms:, https:, matrix:, pushover:, ntfy:, telegram:, signal: or apprise:"
             ))),
         }
     }
@@ -196,6 +250,7 @@ impl fmt::Display for DestinationUri {
             DestinationUri::Ntfy(t) => write!(f, "ntfy:{t}"),
             DestinationUri::Telegram(c) => write!(f, "telegram:{c}"),
             DestinationUri::Signal(n) => write!(f, "signal:{n}"),
+            DestinationUri::Apprise(t) => write!(f, "apprise:{t}"),
         }
     }
 }
@@ -224,6 +279,9 @@ mod tests {
             ("ntfy:alerts", ChannelKind::Ntfy),
             ("telegram:123456789", ChannelKind::Telegram),
             ("signal:+447700900123", ChannelKind::Signal),
+            ("apprise:devops", ChannelKind::Apprise),
+            ("apprise:all", ChannelKind::Apprise),
+            ("apprise:on-call_2", ChannelKind::Apprise),
         ];
         for (s, kind) in ok {
             let uri: DestinationUri = s.parse().unwrap_or_else(|e| panic!("{s}: {e}"));
@@ -245,12 +303,48 @@ mod tests {
             "matrix:room",
             "gopher://x",
             "ntfy:",
+            "apprise:",
+            "apprise:ops.eu",
+            "apprise:devops,admin",
+            "apprise:dev ops",
         ] {
             assert!(
                 s.parse::<DestinationUri>().is_err(),
                 "{s} should be refused"
             );
         }
+    }
+
+    #[test]
+    fn apprise_tags_say_what_is_wrong() {
+        let e = "apprise:ops.eu".parse::<DestinationUri>().unwrap_err();
+        assert!(e.0.contains("`.` cannot be in an Apprise tag"), "{e}");
+        let e = "apprise:".parse::<DestinationUri>().unwrap_err();
+        assert!(e.0.contains("needs a tag"), "{e}");
+        let long = format!("apprise:{}", "a".repeat(65));
+        assert!(long.parse::<DestinationUri>().is_err());
+    }
+
+    #[test]
+    fn all_lists_every_kind_once() {
+        // A new kind makes this match fail to compile: whoever adds one is
+        // sent here, next to ALL, to add it there too.
+        for kind in ChannelKind::ALL {
+            match kind {
+                ChannelKind::Email
+                | ChannelKind::Sms
+                | ChannelKind::Webhook
+                | ChannelKind::Matrix
+                | ChannelKind::Pushover
+                | ChannelKind::Ntfy
+                | ChannelKind::Telegram
+                | ChannelKind::Signal
+                | ChannelKind::Apprise => {}
+            }
+        }
+        let names: std::collections::BTreeSet<_> =
+            ChannelKind::ALL.iter().map(|k| k.as_str()).collect();
+        assert_eq!(names.len(), ChannelKind::ALL.len());
     }
 
     #[test]

@@ -34,13 +34,10 @@ pub struct Scheduler {
 pub fn limiters(
     config: &crate::config::Config,
 ) -> std::collections::HashMap<crate::model::ChannelKind, rate::Limiter> {
-    use crate::model::ChannelKind::*;
-    [
-        Email, Sms, Webhook, Matrix, Pushover, Ntfy, Telegram, Signal,
-    ]
-    .into_iter()
-    .filter_map(|k| config.channels.rate(k).map(|r| (k, rate::Limiter::new(r))))
-    .collect()
+    crate::model::ChannelKind::ALL
+        .into_iter()
+        .filter_map(|k| config.channels.rate(k).map(|r| (k, rate::Limiter::new(r))))
+        .collect()
 }
 
 /// The delay before retry number `attempt` (1-based): base·2^(attempt-1),

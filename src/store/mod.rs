@@ -563,13 +563,10 @@ pub(crate) mod codec {
     }
 
     pub fn channel_from_text(s: &str) -> Result<ChannelKind> {
-        use ChannelKind::*;
-        [
-            Email, Sms, Webhook, Matrix, Pushover, Ntfy, Telegram, Signal,
-        ]
-        .into_iter()
-        .find(|c| c.as_str() == s)
-        .ok_or_else(|| StoreError::Corrupt(format!("channel `{s}`")))
+        ChannelKind::ALL
+            .into_iter()
+            .find(|c| c.as_str() == s)
+            .ok_or_else(|| StoreError::Corrupt(format!("channel `{s}`")))
     }
 
     pub fn receipt_from_text(s: Option<String>) -> Result<Option<crate::model::ReceiptStatus>> {
