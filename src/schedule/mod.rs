@@ -15,7 +15,10 @@ use futures_util::StreamExt;
 use std::sync::Arc;
 use tokio::sync::Notify;
 
+pub mod health;
 pub mod rate;
+
+pub use health::Health;
 
 pub struct Scheduler {
     pub store: Arc<dyn Store>,
@@ -251,53 +254,19 @@ impl Scheduler {
         };
         self.finish(n, finish).await?;
         if let Some(failed) = verdict {
-            self.count_outcome(n, failed, at).await?;
+            self.health().count_outcome(n, failed, at).await?;
         }
         Ok(())
     }
 
-    /// Counts a delivery against its destination's health; when permanent
-    /// failures in a row reach the threshold, the destination is marked
-    /// unhealthy and its contact told through their other destinations.
-    /// Transient failures (an outage at the provider) never count.
-    async fn count_outcome(
-        &self,
-        n: &crate::store::Notification,
-        failed: bool,
-        at: DateTime<Utc>,
-    ) -> crate::store::Result<()> {
-        let threshold = self.delivery.unhealthy_after;
-        if threshold == 0 {
-            return Ok(());
+    /// Destination health and receipts, as this scheduler counts them.
+    pub fn health(&self) -> Health {
+        Health {
+            store: self.store.clone(),
+            metrics: self.metrics.clone(),
+            threshold: self.delivery.unhealthy_after,
+            wake: self.wake.clone(),
         }
-        if !self
-            .store
-            .count_outcome(&n.destination, failed, threshold, at)
-            .await?
-        {
-            return Ok(());
-        }
-        tracing::warn!(destination = %n.destination, channel = %n.channel, failures = threshold, "destination marked unhealthy");
-        self.metrics.unhealthy_destinations.inc();
-        let Some(view) = self.store.account_view(&n.account).await? else {
-            return Ok(());
-        };
-        let others: Vec<&crate::model::Destination> = view
-            .contacts
-            .iter()
-            .filter(|c| c.contact.id == n.contact)
-            .flat_map(|c| &c.destinations)
-            .filter(|d| d.id != n.destination && d.usable())
-            .collect();
-        if others.is_empty() {
-            tracing::warn!(destination = %n.destination, "no other verified destination to tell about it");
-        }
-        for dest in others {
-            let notice = unhealthy_notice(&n.account, dest, &n.uri, threshold, at);
-            self.store.enqueue(&notice).await?;
-        }
-        self.wake.notify_one();
-        Ok(())
     }
 
     /// Asks each channel about messages whose provider is still to report
@@ -314,7 +283,10 @@ impl Scheduler {
                 };
                 match channel.poll_receipt(reference).await {
                     Ok(Some(report)) => {
-                        recorded += self.record_receipt(&n, &report).await? as usize;
+                        recorded += self
+                            .health()
+                            .record_receipt(&n, &report, self.clock.now())
+                            .await? as usize;
                     }
                     Ok(None) => {}
                     Err(e) => {
@@ -324,35 +296,6 @@ impl Scheduler {
             }
         }
         Ok(recorded)
-    }
-
-    /// Records a provider's report on a sent notification; an undelivered
-    /// one counts against its destination like a refusal.
-    pub async fn record_receipt(
-        &self,
-        n: &crate::store::Notification,
-        report: &crate::channels::Report,
-    ) -> crate::store::Result<bool> {
-        let at = self.clock.now();
-        let done = self.store.record_receipt(&n.id, report, at).await?;
-        if done {
-            self.metrics
-                .receipts
-                .get_or_create(&vec![
-                    ("channel", n.channel.as_str().to_string()),
-                    ("status", report.status.as_str().to_string()),
-                ])
-                .inc();
-            match report.status {
-                crate::model::ReceiptStatus::Undelivered => self.count_outcome(n, true, at).await?,
-                crate::model::ReceiptStatus::Delivered
-                | crate::model::ReceiptStatus::Acknowledged => {
-                    self.count_outcome(n, false, at).await?
-                }
-                _ => {}
-            }
-        }
-        Ok(done)
     }
 
     fn after_failure(&self, attempts: u32, e: DeliveryError, at: DateTime<Utc>) -> Finish {
@@ -442,37 +385,6 @@ impl Scheduler {
             }
         }
     }
-}
-
-/// The notice that tells a contact kci stopped sending to one of their
-/// destinations.
-fn unhealthy_notice(
-    account: &str,
-    dest: &crate::model::Destination,
-    failing: &str,
-    failures: u32,
-    now: DateTime<Utc>,
-) -> crate::store::Notification {
-    let short = format!(
-        "We could not deliver to {failing} ({failures} refusals in a row), so we stopped sending there. Verify it again to resume."
-    );
-    let body = format!(
-        "{short}\n\nThe provider refused our last {failures} messages to {failing} for good (a number no longer in service, a blocked bot, a removed address). \
-         Until it is verified again, your notices go only to your other destinations, such as this one.\n"
-    );
-    crate::store::Notification::own(
-        account,
-        dest,
-        "kci.unhealthy",
-        crate::model::Priority::High,
-        crate::model::Message {
-            short,
-            subject: "We stopped sending to one of your destinations".into(),
-            body,
-        },
-        now,
-        None,
-    )
 }
 
 #[cfg(test)]

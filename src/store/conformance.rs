@@ -768,6 +768,15 @@ pub async fn check_receipts(store: &dyn Store) {
     )
     .await;
     let c = send_one(store, "e3", at, Receipt::default()).await;
+    assert_eq!(
+        store
+            .notification(&a.id)
+            .await
+            .unwrap()
+            .map(|n| n.provider_ref),
+        Some(Some("SM1".into()))
+    );
+    assert_eq!(store.notification("no-such").await.unwrap(), None);
     let waiting = store
         .awaiting_receipts(ChannelKind::Email, 10)
         .await

@@ -439,6 +439,9 @@ pub trait Store: Send + Sync + 'static {
         at: DateTime<Utc>,
     ) -> Result<bool>;
 
+    /// One notification by id.
+    async fn notification(&self, id: &str) -> Result<Option<Notification>>;
+
     /// Sent notifications of `channel` whose provider is still to report,
     /// longest waiting first.
     async fn awaiting_receipts(

@@ -922,6 +922,17 @@ impl Store for PgStore {
         Ok(n > 0)
     }
 
+    async fn notification(&self, id: &str) -> Result<Option<Notification>> {
+        let c = self.pool.get().await?;
+        let row = c
+            .query_opt(
+                &format!("SELECT {NOTIFICATION_COLUMNS} FROM notifications WHERE id = $1"),
+                &[&id],
+            )
+            .await?;
+        row.as_ref().map(notification_from_row).transpose()
+    }
+
     async fn awaiting_receipts(
         &self,
         channel: ChannelKind,

@@ -1076,6 +1076,18 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn notification(&self, id: &str) -> Result<Option<Notification>> {
+        let id = id.to_string();
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {NOTIFICATION_COLUMNS} FROM notifications WHERE id = ?1"
+            ))?;
+            let mut rows = stmt.query([&id])?;
+            rows.next()?.map(notification_from_row).transpose()
+        })
+        .await
+    }
+
     async fn awaiting_receipts(
         &self,
         channel: ChannelKind,

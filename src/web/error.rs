@@ -27,6 +27,10 @@ pub enum AppError {
     NotFound {
         what: String,
     },
+    /// 403: a provider callback whose signature does not check out.
+    BadSignature {
+        header: &'static str,
+    },
     /// 409: the request does not fit the resource's state.
     Conflict {
         code: &'static str,
@@ -72,6 +76,11 @@ impl IntoResponse for AppError {
                 StatusCode::NOT_FOUND,
                 "not_found",
                 format!("{what} does not exist"),
+            ),
+            AppError::BadSignature { header } => (
+                StatusCode::FORBIDDEN,
+                "bad_signature",
+                format!("`{header}` is missing or does not match this request"),
             ),
             AppError::Conflict { code, message } => (StatusCode::CONFLICT, code, message),
             AppError::Internal(detail) => {

@@ -30,6 +30,18 @@ pub struct AppState {
     pub wake: Arc<Notify>,
 }
 
+impl AppState {
+    /// Destination health and receipts, counted as the scheduler does.
+    pub fn health(&self) -> crate::schedule::Health {
+        crate::schedule::Health {
+            store: self.store.clone(),
+            metrics: self.metrics.clone(),
+            threshold: self.config.delivery.unhealthy_after,
+            wake: self.wake.clone(),
+        }
+    }
+}
+
 pub fn router(state: AppState) -> Router {
     let limit = state.config.server.max_body_bytes;
     api::routes()

@@ -58,6 +58,13 @@ async fn every_endpoint_checks_token_and_scope() {
             "directory:write",
         ),
         ("DELETE", format!("{d}/x"), None, "directory:write"),
+        ("POST", format!("{d}/x/code"), None, "directory:write"),
+        (
+            "POST",
+            format!("{d}/x/secret"),
+            Some(r#"{"overlap":"1h"}"#),
+            "directory:write",
+        ),
         (
             "GET",
             "/v1/deliveries?state=failed".into(),

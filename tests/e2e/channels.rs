@@ -325,3 +325,128 @@ short = "Your bill for {{{{ data.month }}}} is ready: {{{{ data.amount }}}}. {{{
     // The credential shows nowhere in what the API answers.
     assert!(!v.to_string().contains("gw_secret"));
 }
+
+/// A stand-in for Twilio's Messages API: answers a create as Twilio does.
+async fn fake_twilio() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = bodies.clone();
+    let app = axum::Router::new().route(
+        "/2010-04-01/Accounts/{sid}/Messages.json",
+        axum::routing::post(move |body: String| {
+            let seen = seen.clone();
+            async move {
+                seen.lock().unwrap().push(body);
+                (
+                    axum::http::StatusCode::CREATED,
+                    [("content-type", "application/json")],
+                    r#"{"sid":"SM0123456789abcdef0123456789abcdef","status":"queued","num_segments":"1"}"#,
+                )
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, bodies)
+}
+
+fn twilio_signature(token: &str, url: &str, params: &[(&str, &str)]) -> String {
+    let mut sorted = params.to_vec();
+    sorted.sort();
+    let mut mac = hmac::Hmac::<sha1::Sha1>::new_from_slice(token.as_bytes()).unwrap();
+    mac.update(url.as_bytes());
+    for (k, v) in sorted {
+        mac.update(k.as_bytes());
+        mac.update(v.as_bytes());
+    }
+    base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+}
+
+#[tokio::test]
+async fn twilio_status_callbacks_are_checked_and_recorded() {
+    const TOKEN: &str = "f00dcafe0123456789abcdef01234567";
+    let (api, bodies) = fake_twilio().await;
+    // kci behind a reverse proxy: Twilio calls the public address, and
+    // signs that.
+    let public = "https://kci.isp.example/";
+    let extra = format!(
+        "[channels.sms.twilio]\naccount_sid = \"AC0123456789abcdef0123456789abcdef\"\nauth_token = \"{TOKEN}\"\n\
+         from = \"+447700900000\"\napi = \"{api}\"\nstatus_callback = \"{public}\"\n"
+    );
+    let kci = Kci::start(None, &extra);
+    let admin = kci.token(&["directory:admin", "directory:write"]);
+    let source = kci.token(&["events:write", "events:read"]);
+    kci.customer(
+        &admin,
+        "A1",
+        "alice",
+        json!({"uri": "sms:+447700900123", "verified": true}),
+    )
+    .await;
+    post(&kci, &source, &line_down("e1")).await;
+    let n = eventually(10, "sent to Twilio", || async {
+        let (_, v) = kci.call("GET", "/v1/events/e1", Some(&source), None).await;
+        let n = v["notifications"][0].clone();
+        (n["state"] == "sent").then_some(n)
+    })
+    .await;
+    assert_eq!(
+        (&n["receipt"], &n["segments"]),
+        (&json!("awaiting"), &json!(1))
+    );
+    let id = n["id"].as_str().unwrap();
+    let callback = format!("https://kci.isp.example/v1/callbacks/twilio/{id}");
+    let sent = bodies.lock().unwrap()[0].clone();
+    let form: std::collections::HashMap<String, String> =
+        url::form_urlencoded::parse(sent.as_bytes())
+            .into_owned()
+            .collect();
+    assert_eq!(form["StatusCallback"], callback);
+    let local = format!("{}/v1/callbacks/twilio/{id}", kci.base);
+
+    let params = [
+        ("AccountSid", "AC0123456789abcdef0123456789abcdef"),
+        ("MessageSid", "SM0123456789abcdef0123456789abcdef"),
+        ("MessageStatus", "undelivered"),
+        ("ErrorCode", "30003"),
+    ];
+    let form = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(params)
+        .finish();
+    let send = |signature: Option<String>| {
+        let mut req = kci
+            .http
+            .post(&local)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form.clone());
+        if let Some(s) = signature {
+            req = req.header("x-twilio-signature", s);
+        }
+        req.send()
+    };
+    // Unsigned, or signed with another token: refused, nothing recorded.
+    assert_eq!(send(None).await.unwrap().status(), 403);
+    let forged = twilio_signature("not-the-token", &callback, &params);
+    assert_eq!(send(Some(forged)).await.unwrap().status(), 403);
+    let (_, v) = kci.call("GET", "/v1/events/e1", Some(&source), None).await;
+    assert_eq!(v["notifications"][0]["receipt"], "awaiting");
+    // Signed by Twilio: the SMS did not arrive after all.
+    let good = twilio_signature(TOKEN, &callback, &params);
+    assert_eq!(send(Some(good)).await.unwrap().status(), 204);
+    let (_, v) = kci.call("GET", "/v1/events/e1", Some(&source), None).await;
+    let n = &v["notifications"][0];
+    assert_eq!(
+        (&n["state"], &n["reason"], &n["receipt"]),
+        (
+            &json!("failed"),
+            &json!("undelivered"),
+            &json!("undelivered")
+        )
+    );
+    assert_eq!(n["detail"], "undelivered: undelivered, error 30003");
+    let (_, failed) = kci
+        .call("GET", "/v1/deliveries?state=failed", Some(&source), None)
+        .await;
+    assert!(failed.to_string().contains(id), "{failed}");
+    assert!(!v.to_string().contains(TOKEN));
+}

@@ -194,8 +194,11 @@ impl Twilio {
         };
         form.append_pair("Body", text)
             .append_pair("ValidityPeriod", &self.validity(msg).to_string());
-        if let Some(base) = &self.cfg.status_callback
-            && let Ok(cb) = base.join(&format!("v1/callbacks/twilio/{}", msg.notification.id))
+        if let Some(cb) = self
+            .cfg
+            .status_callback
+            .as_ref()
+            .and_then(|base| callback_url(base, &msg.notification.id))
         {
             form.append_pair("StatusCallback", cb.as_str());
         }
@@ -227,6 +230,38 @@ impl Twilio {
         })?;
         Ok(report(&m.status, m.error_code, m.error_message.as_deref()))
     }
+}
+
+/// Where Twilio reports on notification `id`: kci's public base URL and
+/// `v1/callbacks/twilio/{id}`.
+pub fn callback_url(base: &url::Url, id: &str) -> Option<url::Url> {
+    base.join(&format!("v1/callbacks/twilio/{id}")).ok()
+}
+
+/// Checks an `X-Twilio-Signature`: base64 of HMAC-SHA1, keyed with the
+/// auth token, over the URL Twilio called followed by each POST parameter's
+/// name and value, sorted by name. Compared in constant time.
+pub fn valid_signature(
+    auth_token: &str,
+    url: &str,
+    params: &[(String, String)],
+    signature: &str,
+) -> bool {
+    use base64::Engine;
+    use hmac::Mac;
+    use subtle::ConstantTimeEq;
+    let mut sorted: Vec<&(String, String)> = params.iter().collect();
+    sorted.sort();
+    let Ok(mut mac) = hmac::Hmac::<sha1::Sha1>::new_from_slice(auth_token.as_bytes()) else {
+        return false;
+    };
+    mac.update(url.as_bytes());
+    for (k, v) in sorted {
+        mac.update(k.as_bytes());
+        mac.update(v.as_bytes());
+    }
+    let expected = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+    bool::from(expected.as_bytes().ct_eq(signature.as_bytes()))
 }
 
 /// A Twilio message status as kci's receipt; `None` while not final.
@@ -405,6 +440,33 @@ mod tests {
         );
         assert!(ch.poll_receipt("../../Calls").await.is_err());
         assert_eq!(twilio.requests().len(), 1);
+    }
+
+    #[test]
+    fn request_signatures_per_twilios_reference() {
+        // The example in Twilio's "Webhooks security" documentation.
+        let url = "https://mycompany.com/myapp.php?foo=1&bar=2";
+        let params: Vec<(String, String)> = [
+            ("CallSid", "CA1234567890ABCDE"),
+            ("Caller", "+12349013030"),
+            ("Digits", "1234"),
+            ("From", "+12349013030"),
+            ("To", "+18005551212"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let token = "12345";
+        let good = "0/KCTR6DLpKmkAf8muzZqo1nDgQ=";
+        assert!(valid_signature(token, url, &params, good));
+        assert!(!valid_signature(
+            token,
+            url,
+            &params,
+            "0/KCTR6DLpKmkAf8muzZqo1nDgR="
+        ));
+        assert!(!valid_signature("54321", url, &params, good));
+        assert!(!valid_signature(token, url, &params[1..], good));
     }
 
     fn report_of(status: &str) -> Option<Report> {

@@ -1,5 +1,6 @@
 //! The HTTP API (DESIGN.md §2a and §3).
 
+mod callbacks;
 mod deliveries;
 mod directory;
 mod events;
@@ -45,6 +46,7 @@ pub fn routes() -> Router<AppState> {
             "/v1/accounts/{id}/contacts/{cid}/destinations/{did}/secret",
             post(directory::rotate_secret),
         )
+        .route("/v1/callbacks/twilio/{id}", post(callbacks::twilio))
         .route("/v1/deliveries", get(deliveries::list))
         .route("/v1/deliveries/{id}/retry", post(deliveries::retry))
         .route("/healthz", get(ops::healthz))
