@@ -312,7 +312,8 @@ impl Default for WebhookConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeliveryConfig {
-    /// Notifications delivered at once by one node.
+    /// Notifications delivered at once by one node, per channel: each
+    /// channel is its own queue, so a slow provider fills only its own.
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
     /// Attempts before a transient failure becomes `failed`.

@@ -59,16 +59,41 @@ pub fn backoff(
 }
 
 impl Scheduler {
-    /// Delivers everything due at `now`; returns how many were handled.
+    /// Delivers everything due at `now`, all channels together, and waits
+    /// for the lot; returns how many were handled. `kci simulate` steps its
+    /// virtual clock with this; the server runs [`Scheduler::run`].
     pub async fn run_once(&self, now: DateTime<Utc>) -> crate::store::Result<usize> {
-        let lease_until =
-            now + Duration::from_std(self.delivery.lease.0).unwrap_or(Duration::minutes(2));
         let limit = self.delivery.concurrency * 4;
-        let claimed = self.store.claim_due(now, lease_until, limit).await?;
+        let claimed = self
+            .store
+            .claim_due(now, self.lease_until(now), limit)
+            .await?;
         let n = claimed.len();
-        // Provider rates: in priority order (the claim is sorted urgent
-        // first), take a slot or go back to the queue until the next free
-        // one. A notice that was given a slot earlier already holds it.
+        let ready = self.admit(claimed, now).await?;
+        let results: Vec<crate::store::Result<()>> = futures_util::stream::iter(ready)
+            .map(|c| self.handle(c))
+            .buffer_unordered(self.delivery.concurrency)
+            .collect()
+            .await;
+        results
+            .into_iter()
+            .collect::<crate::store::Result<Vec<()>>>()?;
+        Ok(n)
+    }
+
+    fn lease_until(&self, now: DateTime<Utc>) -> DateTime<Utc> {
+        now + Duration::from_std(self.delivery.lease.0).unwrap_or(Duration::minutes(2))
+    }
+
+    /// Provider rates: in priority order (claims come sorted urgent first),
+    /// each notice takes a slot of its channel's rate or goes back to the
+    /// queue until the next free one; returns those that may go now. A
+    /// notice given a slot earlier already holds it.
+    async fn admit(
+        &self,
+        claimed: Vec<Claimed>,
+        now: DateTime<Utc>,
+    ) -> crate::store::Result<Vec<Claimed>> {
         let mut ready = Vec::with_capacity(claimed.len());
         for c in claimed {
             let kind = c.notification.channel;
@@ -102,16 +127,7 @@ impl Scheduler {
                 .get_or_create(&vec![("channel", kind.as_str().to_string())])
                 .set(limiter.backlog(now));
         }
-        let claimed = ready;
-        let results: Vec<crate::store::Result<()>> = futures_util::stream::iter(claimed)
-            .map(|c| self.handle(c))
-            .buffer_unordered(self.delivery.concurrency)
-            .collect()
-            .await;
-        results
-            .into_iter()
-            .collect::<crate::store::Result<Vec<()>>>()?;
-        Ok(n)
+        Ok(ready)
     }
 
     async fn handle(&self, c: Claimed) -> crate::store::Result<()> {
@@ -347,49 +363,274 @@ impl Scheduler {
         self.store.finish(&n.id, f).await
     }
 
-    /// The server's loop: deliver what is due, then sleep until the next due
-    /// time (at most a second, so other nodes' work and lease expiries are
-    /// noticed) or until ingest wakes it.
+    /// The server's loop. Each channel is its own queue with its own
+    /// `concurrency` slots: the loop claims, per channel, as many due
+    /// notices as it has free slots and delivers each in a task of its own,
+    /// so a provider that is slow or timing out fills only its own slots
+    /// while the others go on. It sleeps until something is due (at most a
+    /// second, so other nodes' work and lease expiries are noticed), ingest
+    /// wakes it, or a delivery frees a slot. On shutdown it stops claiming
+    /// and lets the deliveries in flight finish.
     pub async fn run(self: Arc<Self>, shutdown: crate::shutdown::Shutdown) {
+        use crate::model::ChannelKind;
+        let slots: std::collections::HashMap<ChannelKind, Arc<tokio::sync::Semaphore>> =
+            ChannelKind::ALL
+                .into_iter()
+                .map(|k| {
+                    (
+                        k,
+                        Arc::new(tokio::sync::Semaphore::new(self.delivery.concurrency)),
+                    )
+                })
+                .collect();
+        let mut inflight = tokio::task::JoinSet::new();
         let mut last_poll = std::time::Instant::now();
-        loop {
-            if shutdown.is_triggered() {
-                return;
-            }
+        while !shutdown.is_triggered() {
             if last_poll.elapsed() >= self.delivery.receipt_poll.0 {
                 last_poll = std::time::Instant::now();
                 if let Err(e) = self.poll_receipts().await {
                     tracing::error!(error = %e, "could not poll receipts");
                 }
             }
-            let handled = match self.run_once(self.clock.now()).await {
-                Ok(n) => n,
-                Err(e) => {
-                    tracing::error!(error = %e, "scheduler could not reach the store; retrying");
-                    0
+            let mut started = 0;
+            for kind in ChannelKind::ALL {
+                let Some(sem) = slots.get(&kind) else {
+                    continue;
+                };
+                let free = sem.available_permits();
+                if free == 0 {
+                    continue;
                 }
-            };
-            if handled > 0 {
+                match self.claim_on(kind, free).await {
+                    Ok(ready) => {
+                        for c in ready {
+                            let Ok(permit) = sem.clone().try_acquire_owned() else {
+                                break; // cannot happen: claimed no more than free
+                            };
+                            let this = self.clone();
+                            inflight.spawn(async move {
+                                let _slot = permit;
+                                this.handle(c).await
+                            });
+                            started += 1;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, channel = %kind, "scheduler could not reach the store; retrying");
+                    }
+                }
+            }
+            while let Some(done) = inflight.try_join_next() {
+                log_delivery_task(done);
+            }
+            if started > 0 {
                 continue;
             }
             let now = self.clock.now();
             let next = self.store.next_due().await.ok().flatten();
+            // Something already due here can only be waiting for a slot of
+            // its channel: a finishing delivery wakes the loop for it.
             let wait = next
-                .map(|t| (t - now).to_std().unwrap_or_default())
+                .and_then(|t| (t - now).to_std().ok())
                 .unwrap_or(std::time::Duration::from_secs(1))
                 .min(std::time::Duration::from_secs(1));
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = self.wake.notified() => {}
-                _ = shutdown.wait() => return,
+                Some(done) = inflight.join_next() => log_delivery_task(done),
+                _ = shutdown.wait() => {}
             }
         }
+        while let Some(done) = inflight.join_next().await {
+            log_delivery_task(done);
+        }
+    }
+
+    /// Claims up to `free` due notices of channel `kind` and admits them
+    /// past its rate limit.
+    async fn claim_on(
+        &self,
+        kind: crate::model::ChannelKind,
+        free: usize,
+    ) -> crate::store::Result<Vec<Claimed>> {
+        let now = self.clock.now();
+        let claimed = self
+            .store
+            .claim_due_on(kind, now, self.lease_until(now), free)
+            .await?;
+        if claimed.is_empty() {
+            return Ok(claimed);
+        }
+        self.admit(claimed, now).await
+    }
+}
+
+/// A finished delivery task: its store error, or its panic, is logged (the
+/// notice's lease runs out and it is claimed again).
+fn log_delivery_task(done: Result<crate::store::Result<()>, tokio::task::JoinError>) {
+    match done {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "could not record a delivery; it will be retried when its lease ends")
+        }
+        Err(e) => tracing::error!(error = %e, "a delivery task failed"),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::channels::{Channel, Receipt, recording::RecordingChannel};
+    use crate::model::{ChannelKind, Destination, SystemClock};
+
+    /// A provider that takes every request and answers none until let go.
+    struct Stuck {
+        kind: ChannelKind,
+        holding: std::sync::atomic::AtomicUsize,
+        release: tokio::sync::Notify,
+    }
+
+    #[async_trait::async_trait]
+    impl Channel for Stuck {
+        fn kind(&self) -> ChannelKind {
+            self.kind
+        }
+        async fn deliver(&self, _: &Outgoing) -> Result<Receipt, DeliveryError> {
+            self.holding
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            self.release.notified().await;
+            Ok(Receipt::default())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stuck_provider_holds_up_only_its_own_channel() {
+        let config = Arc::new(
+            crate::config::Config::parse(
+                "[delivery]\nconcurrency = 4\n[types.\"line.down\"]\nshort = \"down\"\n",
+                "test",
+            )
+            .unwrap(),
+        );
+        let store: Arc<dyn Store> =
+            Arc::new(crate::store::sqlite::SqliteStore::open(":memory:").unwrap());
+        store.migrate().await.unwrap();
+        let account = crate::model::Account {
+            id: "A1".into(),
+            name: "A".into(),
+            timezone: None,
+            security_level: crate::model::SecurityLevel::Standard,
+            paranoid: false,
+            defaults: Default::default(),
+        };
+        store.put_account(&account).await.unwrap();
+        let alice = crate::model::Contact {
+            id: "alice".into(),
+            name: "Alice".into(),
+            timezone: None,
+            prefs: Default::default(),
+        };
+        store.put_contact("A1", &alice).await.unwrap();
+        for (id, uri) in [("d-tg", "telegram:42"), ("d-ntfy", "ntfy:alerts")] {
+            let d = Destination {
+                id: id.into(),
+                contact: "alice".into(),
+                uri: uri.parse().unwrap(),
+                prefs: Default::default(),
+                verified: true,
+                unhealthy_since: None,
+            };
+            store.add_destination("A1", &d, None, None).await.unwrap();
+        }
+        let stuck = Arc::new(Stuck {
+            kind: ChannelKind::Telegram,
+            holding: Default::default(),
+            release: tokio::sync::Notify::new(),
+        });
+        let ntfy = Arc::new(RecordingChannel::new(ChannelKind::Ntfy));
+        let mut channels = Channels::default();
+        channels.insert(stuck.clone());
+        channels.insert(ntfy.clone());
+        let scheduler = Arc::new(Scheduler {
+            store: store.clone(),
+            channels,
+            renderer: Arc::new(Renderer::new(&config).unwrap()),
+            delivery: config.delivery.clone(),
+            metrics: Arc::new(Metrics::new()),
+            clock: Arc::new(SystemClock),
+            wake: Arc::new(Notify::new()),
+            limits: Default::default(),
+        });
+        // 20 events: 20 notices each to the stuck Telegram and to ntfy.
+        let now = Utc::now();
+        let events = (0..20)
+            .map(|i| crate::model::Event {
+                id: format!("e{i}"),
+                type_name: "line.down".into(),
+                account: "A1".into(),
+                service: None,
+                contact: None,
+                key: format!("k{i}"),
+                priority: crate::model::Priority::Normal,
+                category: "line".into(),
+                occurred_at: now,
+                not_before: None,
+                expires_at: None,
+                received_at: now,
+                data: Default::default(),
+                short: None,
+                subject: None,
+                body: None,
+            })
+            .collect();
+        store
+            .ingest(events, crate::ingest::planner(config.clone()))
+            .await
+            .unwrap();
+        let shutdown = crate::shutdown::Shutdown::default();
+        let worker = tokio::spawn(scheduler.clone().run(shutdown.clone()));
+        // Every ntfy notice goes out while Telegram holds all its slots.
+        for _ in 0..500 {
+            if ntfy.sent().len() == 20 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(ntfy.sent().len(), 20);
+        assert_eq!(
+            stuck.holding.load(std::sync::atomic::Ordering::SeqCst),
+            4,
+            "Telegram took only its own 4 slots"
+        );
+        // Let go: the rest of Telegram's queue drains too, and shutdown
+        // waits for deliveries in flight.
+        let release = tokio::spawn({
+            let stuck = stuck.clone();
+            async move {
+                loop {
+                    stuck.release.notify_waiters();
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                }
+            }
+        });
+        for _ in 0..500 {
+            if stuck.holding.load(std::sync::atomic::Ordering::SeqCst) == 20 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        shutdown.trigger();
+        worker.await.unwrap();
+        release.abort();
+        let sent = store
+            .count_by_state()
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|(s, _)| *s == State::Sent)
+            .map(|(_, n)| n);
+        assert_eq!(sent, Some(40));
+    }
 
     #[test]
     fn backoff_doubles_caps_and_jitters() {

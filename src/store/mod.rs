@@ -403,6 +403,16 @@ pub trait Store: Send + Sync + 'static {
         lease_until: DateTime<Utc>,
         limit: usize,
     ) -> Result<Vec<Claimed>>;
+    /// Like [`Store::claim_due`], for one channel only: each channel is its
+    /// own queue, so a slow or busy provider holds up only its own.
+    async fn claim_due_on(
+        &self,
+        channel: ChannelKind,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<Claimed>>;
+
     /// Records the outcome of delivering a claimed notification.
     async fn finish(&self, id: &str, outcome: Finish) -> Result<()>;
     /// The earliest time something will be due (pending or leased).

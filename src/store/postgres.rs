@@ -24,6 +24,54 @@ impl From<deadpool_postgres::PoolError> for StoreError {
 }
 
 impl PgStore {
+    /// Claims due notifications (of `channel`, or of all), urgent first.
+    async fn claim(
+        &self,
+        channel: Option<ChannelKind>,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<Claimed>> {
+        let c = self.pool.get().await?;
+        let stmt = c
+            .prepare_cached(&format!(
+                "WITH due AS ( \
+                   SELECT id FROM notifications \
+                   WHERE ((state = 'pending' AND due_at <= $1) OR (state = 'sending' AND lease_until <= $1)) \
+                     AND ($4::TEXT IS NULL OR channel = $4) \
+                   LIMIT $3 FOR UPDATE SKIP LOCKED) \
+                 UPDATE notifications n SET state = 'sending', attempts = attempts + 1, lease_until = $2 \
+                 FROM due WHERE n.id = due.id \
+                 RETURNING {}",
+                NOTIFICATION_COLUMNS.split(", ").map(|c| format!("n.{c}")).collect::<Vec<_>>().join(", ")
+            ))
+            .await?;
+        let channel = channel.map(|c| c.as_str());
+        let rows = c
+            .query(
+                &stmt,
+                &[
+                    &to_millis(now),
+                    &to_millis(lease_until),
+                    &(limit as i64),
+                    &channel,
+                ],
+            )
+            .await?;
+        let notes = rows
+            .iter()
+            .map(notification_from_row)
+            .collect::<Result<Vec<_>>>()?;
+        let mut out = with_events(&c, notes).await?;
+        out.sort_by_key(|c| {
+            (
+                std::cmp::Reverse(c.notification.priority),
+                c.notification.due_at,
+            )
+        });
+        Ok(out)
+    }
+
     /// Connects to `url` (`postgres://…`; `options=-csearch_path%3D…` selects a schema).
     pub async fn connect(url: &str) -> Result<Self> {
         let config: tokio_postgres::Config = url.parse().map_err(|e: tokio_postgres::Error| {
@@ -753,37 +801,17 @@ impl Store for PgStore {
         lease_until: DateTime<Utc>,
         limit: usize,
     ) -> Result<Vec<Claimed>> {
-        let c = self.pool.get().await?;
-        let stmt = c
-            .prepare_cached(&format!(
-                "WITH due AS ( \
-                   SELECT id FROM notifications \
-                   WHERE (state = 'pending' AND due_at <= $1) OR (state = 'sending' AND lease_until <= $1) \
-                   LIMIT $3 FOR UPDATE SKIP LOCKED) \
-                 UPDATE notifications n SET state = 'sending', attempts = attempts + 1, lease_until = $2 \
-                 FROM due WHERE n.id = due.id \
-                 RETURNING {}",
-                NOTIFICATION_COLUMNS.split(", ").map(|c| format!("n.{c}")).collect::<Vec<_>>().join(", ")
-            ))
-            .await?;
-        let rows = c
-            .query(
-                &stmt,
-                &[&to_millis(now), &to_millis(lease_until), &(limit as i64)],
-            )
-            .await?;
-        let notes = rows
-            .iter()
-            .map(notification_from_row)
-            .collect::<Result<Vec<_>>>()?;
-        let mut out = with_events(&c, notes).await?;
-        out.sort_by_key(|c| {
-            (
-                std::cmp::Reverse(c.notification.priority),
-                c.notification.due_at,
-            )
-        });
-        Ok(out)
+        self.claim(None, now, lease_until, limit).await
+    }
+
+    async fn claim_due_on(
+        &self,
+        channel: ChannelKind,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<Claimed>> {
+        self.claim(Some(channel), now, lease_until, limit).await
     }
 
     async fn finish(&self, id: &str, outcome: Finish) -> Result<()> {

@@ -577,6 +577,42 @@ fn ingest_one(
     })
 }
 
+impl SqliteStore {
+    /// Claims due notifications (of `channel`, or of all), urgent first.
+    async fn claim(
+        &self,
+        channel: Option<ChannelKind>,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<Claimed>> {
+        self.write(move |conn| {
+            let (now, lease) = (to_millis(now), to_millis(lease_until));
+            let mut stmt = conn.prepare_cached(&format!(
+                "UPDATE notifications SET state = 'sending', attempts = attempts + 1, lease_until = ?2 \
+                 WHERE id IN ( \
+                   SELECT id FROM notifications WHERE state = 'pending' AND due_at <= ?1 \
+                     AND (?4 IS NULL OR channel = ?4) \
+                   UNION ALL \
+                   SELECT id FROM notifications WHERE state = 'sending' AND lease_until <= ?1 \
+                     AND (?4 IS NULL OR channel = ?4) \
+                   LIMIT ?3) \
+                 RETURNING {NOTIFICATION_COLUMNS}"
+            ))?;
+            let mut rows = stmt.query(params![now, lease, limit as i64, channel.map(|c| c.as_str())])?;
+            let mut claimed = Vec::new();
+            while let Some(r) = rows.next()? {
+                claimed.push(notification_from_row(r)?);
+            }
+            drop(rows);
+            let mut out = with_events(conn, claimed)?;
+            out.sort_by_key(|c| (std::cmp::Reverse(c.notification.priority), c.notification.due_at));
+            Ok(out)
+        })
+        .await
+    }
+}
+
 #[async_trait]
 impl Store for SqliteStore {
     async fn migrate(&self) -> Result<()> {
@@ -872,28 +908,17 @@ impl Store for SqliteStore {
         lease_until: DateTime<Utc>,
         limit: usize,
     ) -> Result<Vec<Claimed>> {
-        self.write(move |conn| {
-            let (now, lease) = (to_millis(now), to_millis(lease_until));
-            let mut stmt = conn.prepare_cached(&format!(
-                "UPDATE notifications SET state = 'sending', attempts = attempts + 1, lease_until = ?2 \
-                 WHERE id IN ( \
-                   SELECT id FROM notifications WHERE state = 'pending' AND due_at <= ?1 \
-                   UNION ALL \
-                   SELECT id FROM notifications WHERE state = 'sending' AND lease_until <= ?1 \
-                   LIMIT ?3) \
-                 RETURNING {NOTIFICATION_COLUMNS}"
-            ))?;
-            let mut rows = stmt.query(params![now, lease, limit as i64])?;
-            let mut claimed = Vec::new();
-            while let Some(r) = rows.next()? {
-                claimed.push(notification_from_row(r)?);
-            }
-            drop(rows);
-            let mut out = with_events(conn, claimed)?;
-            out.sort_by_key(|c| (std::cmp::Reverse(c.notification.priority), c.notification.due_at));
-            Ok(out)
-        })
-        .await
+        self.claim(None, now, lease_until, limit).await
+    }
+
+    async fn claim_due_on(
+        &self,
+        channel: ChannelKind,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<Claimed>> {
+        self.claim(Some(channel), now, lease_until, limit).await
     }
 
     async fn finish(&self, id: &str, outcome: Finish) -> Result<()> {

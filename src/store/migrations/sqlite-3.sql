@@ -18,3 +18,6 @@ ALTER TABLE destinations ADD COLUMN unhealthy_since INTEGER;
 ALTER TABLE destinations ADD COLUMN secret TEXT;
 ALTER TABLE destinations ADD COLUMN previous_secret TEXT;
 ALTER TABLE destinations ADD COLUMN previous_until INTEGER;
+
+-- Each channel is its own queue: workers claim due notices per channel.
+CREATE INDEX IF NOT EXISTS notifications_channel_due ON notifications(channel, due_at) WHERE state = 'pending';
