@@ -43,7 +43,7 @@ pub struct Destination {
     /// cleared by verifying the destination again.
     #[serde(
         skip_serializing_if = "Option::is_none",
-        serialize_with = "ser_time_opt"
+        serialize_with = "super::ser_time_opt"
     )]
     pub unhealthy_since: Option<chrono::DateTime<chrono::Utc>>,
 }
@@ -52,16 +52,6 @@ impl Destination {
     /// Verified and not marked unhealthy: somewhere kci may send.
     pub fn usable(&self) -> bool {
         self.verified && self.unhealthy_since.is_none()
-    }
-}
-
-fn ser_time_opt<S: serde::Serializer>(
-    v: &Option<chrono::DateTime<chrono::Utc>>,
-    s: S,
-) -> Result<S::Ok, S::Error> {
-    match v {
-        Some(t) => s.serialize_str(&super::fmt_time(*t)),
-        None => s.serialize_none(),
     }
 }
 

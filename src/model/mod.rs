@@ -7,6 +7,7 @@ mod clock;
 mod directory;
 mod duration;
 mod event;
+mod keys;
 mod priority;
 mod secret;
 mod state;
@@ -18,6 +19,10 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use directory::{Account, AccountView, Contact, ContactView, Destination};
 pub use duration::Span;
 pub use event::Event;
+pub use keys::{
+    ChangeKind, ChangeState, Confirmed, KeyChange, KeyRecord, KeyState, KeyStatus, KeyToken,
+    TokenPurpose,
+};
 pub use priority::Priority;
 pub use secret::Secret;
 pub use state::{Reason, ReceiptStatus, State};
@@ -46,6 +51,10 @@ pub struct Message {
     pub short: String,
     pub subject: String,
     pub body: String,
+    /// Mail only: encrypt to this key of the address (a fingerprint), not
+    /// to its active one — a confirmation link goes to the key submitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encrypt_to: Option<String>,
 }
 
 /// An IANA time zone, such as `Europe/London`.
@@ -105,6 +114,22 @@ pub fn parse_time(s: &str) -> Result<DateTime<Utc>, ParseError> {
 }
 
 /// Formats an instant the way the API and `kci simulate` print it.
+/// Serializes an instant as [`fmt_time`] does.
+pub fn ser_time<S: serde::Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&fmt_time(*t))
+}
+
+/// Serializes an optional instant as [`fmt_time`] does, or null.
+pub fn ser_time_opt<S: serde::Serializer>(
+    t: &Option<DateTime<Utc>>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match t {
+        Some(t) => s.serialize_str(&fmt_time(*t)),
+        None => s.serialize_none(),
+    }
+}
+
 pub fn fmt_time(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
 }

@@ -63,6 +63,7 @@ fn summary_message(event: &Event, changes: usize, flap: &Flap) -> Message {
             flap.within
         ),
         short,
+        encrypt_to: None,
     }
 }
 

@@ -120,6 +120,7 @@ fn unhealthy_notice(
             short,
             subject: "We stopped sending to one of your destinations".into(),
             body,
+            encrypt_to: None,
         },
         now,
         None,

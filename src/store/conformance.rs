@@ -589,6 +589,7 @@ pub async fn check_own_notices(store: &dyn Store) {
             short: "code 123456".into(),
             subject: "s".into(),
             body: "b".into(),
+            encrypt_to: None,
         }),
     };
     store.enqueue(&n).await.unwrap();
@@ -932,6 +933,7 @@ pub async fn check_destination_health(store: &dyn Store) {
             short: "s".into(),
             subject: "s".into(),
             body: "b".into(),
+            encrypt_to: None,
         },
         at,
         None,
@@ -1047,6 +1049,208 @@ pub async fn check_destination_secrets(store: &dyn Store) {
     );
 }
 
+pub async fn check_key_registry(store: &dyn Store) {
+    use crate::model::*;
+    let at = t("2026-03-22T10:00:00Z");
+    let addr = "alice@example.com";
+    let key = |fpr: &str| KeyRecord {
+        address: addr.into(),
+        fingerprint: fpr.into(),
+        armored: format!("-----BEGIN PGP PUBLIC KEY BLOCK----- {fpr}"),
+        state: KeyState::Pending,
+        source: "api".into(),
+        submitted_at: at,
+        activated_at: None,
+        expires_at: None,
+    };
+    let token = |hash: &str, fpr: &str, purpose, change: Option<&str>, expires| KeyToken {
+        hash: hash.into(),
+        address: addr.into(),
+        fingerprint: fpr.into(),
+        purpose,
+        change: change.map(str::to_string),
+        expires_at: expires,
+    };
+    let later = at + Duration::hours(24);
+    let mail = |subject: &str| {
+        let dest = Destination {
+            id: String::new(),
+            contact: String::new(),
+            uri: format!("mailto:{addr}").parse().unwrap(),
+            prefs: Preferences::default(),
+            verified: true,
+            unhealthy_since: None,
+        };
+        Notification::own(
+            "",
+            &dest,
+            "kci.key",
+            Priority::High,
+            Message {
+                short: subject.into(),
+                subject: subject.into(),
+                body: subject.into(),
+                encrypt_to: Some("K1".into()),
+            },
+            at,
+            None,
+        )
+    };
+
+    // A first key: pending until its link is followed, once.
+    store
+        .submit_key(
+            &key("K1"),
+            &[token("t1", "K1", TokenPurpose::Activate, None, later)],
+            None,
+            &[mail("confirm")],
+        )
+        .await
+        .unwrap();
+    let status = store.key_status(addr).await.unwrap();
+    assert_eq!((status.active.as_ref(), status.pending.len()), (None, 1));
+    let queued = store.claim_due(at, later, 10).await.unwrap();
+    assert_eq!(
+        queued.len(),
+        1,
+        "the confirmation mail is queued with the key"
+    );
+    assert_eq!(
+        queued[0]
+            .notification
+            .message
+            .as_ref()
+            .unwrap()
+            .encrypt_to
+            .as_deref(),
+        Some("K1")
+    );
+    let Confirmed::Activated(k1) = store.confirm_key_token("t1", at).await.unwrap() else {
+        panic!("K1 activated")
+    };
+    assert_eq!((k1.state, k1.activated_at), (KeyState::Active, Some(at)));
+    assert_eq!(
+        store.confirm_key_token("t1", at).await.unwrap(),
+        Confirmed::Invalid
+    );
+    assert_eq!(
+        store.confirm_key_token("nope", at).await.unwrap(),
+        Confirmed::Invalid
+    );
+    assert_eq!(
+        store.key(addr, "K1").await.unwrap().map(|k| k.state),
+        Some(KeyState::Active)
+    );
+
+    // A replacement: pending until both holders prove it; then at once.
+    let change = |id: &str, kind, fpr: Option<&str>| KeyChange {
+        id: id.into(),
+        address: addr.into(),
+        kind,
+        fingerprint: fpr.map(str::to_string),
+        state: ChangeState::Pending,
+        requested_at: at,
+        not_before: at + Duration::days(7),
+        proven_current: false,
+        proven_new: false,
+    };
+    store
+        .submit_key(
+            &key("K2"),
+            &[
+                token("t2", "K2", TokenPurpose::Activate, None, later),
+                token("t3", "K1", TokenPurpose::Approve, Some("c1"), later),
+            ],
+            Some(&change("c1", ChangeKind::Replace, Some("K2"))),
+            &[],
+        )
+        .await
+        .unwrap();
+    let Confirmed::Proven(c) = store.confirm_key_token("t2", at).await.unwrap() else {
+        panic!("proof of the new key recorded")
+    };
+    assert!(c.proven_new && !c.proven_current);
+    let status = store.key_status(addr).await.unwrap();
+    assert_eq!(
+        status.active.map(|k| k.fingerprint).as_deref(),
+        Some("K1"),
+        "nothing applied early"
+    );
+    // An expired link proves nothing.
+    assert_eq!(
+        store
+            .confirm_key_token("t3", later + Duration::seconds(1))
+            .await
+            .unwrap(),
+        Confirmed::Invalid
+    );
+    store
+        .request_key_change(&change("c1b", ChangeKind::Replace, Some("K2")), &[], &[])
+        .await
+        .unwrap();
+    store
+        .submit_key(
+            &key("K2"),
+            &[
+                token("t4", "K2", TokenPurpose::Activate, None, later),
+                token("t5", "K1", TokenPurpose::Approve, Some("c2"), later),
+            ],
+            Some(&change("c2", ChangeKind::Replace, Some("K2"))),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.confirm_key_token("t5", at).await.unwrap(),
+        Confirmed::Proven(_)
+    ));
+    let Confirmed::Applied(c2) = store.confirm_key_token("t4", at).await.unwrap() else {
+        panic!("both proofs: applied")
+    };
+    assert_eq!(c2.state, ChangeState::Applied);
+    let status = store.key_status(addr).await.unwrap();
+    assert_eq!(status.active.map(|k| k.fingerprint).as_deref(), Some("K2"));
+    assert_eq!(
+        store.key(addr, "K1").await.unwrap().map(|k| k.state),
+        Some(KeyState::Replaced)
+    );
+    let states: Vec<_> = status
+        .changes
+        .iter()
+        .map(|c| (c.id.as_str(), c.state))
+        .collect();
+    assert_eq!(
+        states,
+        vec![
+            ("c1", ChangeState::Cancelled),
+            ("c1b", ChangeState::Cancelled),
+            ("c2", ChangeState::Applied)
+        ]
+    );
+
+    // A removal without proof stays pending; with the current holder's, applies.
+    store
+        .request_key_change(
+            &change("c3", ChangeKind::Remove, None),
+            &[token("t6", "K2", TokenPurpose::Approve, Some("c3"), later)],
+            &[],
+        )
+        .await
+        .unwrap();
+    let status = store.key_status(addr).await.unwrap();
+    assert!(status.active.is_some());
+    assert!(matches!(
+        store.confirm_key_token("t6", at).await.unwrap(),
+        Confirmed::Applied(_)
+    ));
+    let status = store.key_status(addr).await.unwrap();
+    assert_eq!(status.active, None);
+    assert_eq!(
+        store.key(addr, "K2").await.unwrap().map(|k| k.state),
+        Some(KeyState::Removed)
+    );
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod sqlite_conformance {
@@ -1085,6 +1289,7 @@ conformance!(
     check_receipts,
     check_destination_health,
     check_destination_secrets,
+    check_key_registry,
 );
 
 /// A schema dropped when the test ends.

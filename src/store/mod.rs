@@ -500,6 +500,46 @@ pub trait Store: Send + Sync + 'static {
         previous_until: Option<DateTime<Utc>>,
     ) -> Result<bool>;
 
+    /// Records a submitted (cleaned) key as pending, with its links, the
+    /// change it asks for if the address already has another active key
+    /// (earlier pending changes of the address are cancelled), and the
+    /// mails carrying the links — one transaction.
+    async fn submit_key(
+        &self,
+        key: &crate::model::KeyRecord,
+        tokens: &[crate::model::KeyToken],
+        change: Option<&crate::model::KeyChange>,
+        notices: &[Notification],
+    ) -> Result<()>;
+
+    /// Records a change without a new key (a removal), with its link and
+    /// mail; earlier pending changes of the address are cancelled.
+    async fn request_key_change(
+        &self,
+        change: &crate::model::KeyChange,
+        tokens: &[crate::model::KeyToken],
+        notices: &[Notification],
+    ) -> Result<()>;
+
+    /// The keys and changes of an address (lower-cased).
+    async fn key_status(&self, address: &str) -> Result<crate::model::KeyStatus>;
+
+    /// One key of an address, in any state.
+    async fn key(
+        &self,
+        address: &str,
+        fingerprint: &str,
+    ) -> Result<Option<crate::model::KeyRecord>>;
+
+    /// Follows a link: single use, before it expires. Activates a key,
+    /// records a proof on a change, or applies a change that now has all
+    /// its proofs.
+    async fn confirm_key_token(
+        &self,
+        hash: &str,
+        now: DateTime<Utc>,
+    ) -> Result<crate::model::Confirmed>;
+
     /// Called once by a server that knows it is the only one using this
     /// store (embedded SQLite, under its lock): whatever was `sending` when
     /// the last process died goes back to the queue at once instead of
@@ -695,6 +735,30 @@ pub(crate) mod codec {
             },
         }
     }
+
+    pub fn key_state(s: &str) -> Result<crate::model::KeyState> {
+        crate::model::KeyState::parse(s)
+            .ok_or_else(|| StoreError::Corrupt(format!("key state `{s}`")))
+    }
+
+    pub fn change_kind(s: &str) -> Result<crate::model::ChangeKind> {
+        crate::model::ChangeKind::parse(s)
+            .ok_or_else(|| StoreError::Corrupt(format!("change kind `{s}`")))
+    }
+
+    pub fn change_state(s: &str) -> Result<crate::model::ChangeState> {
+        crate::model::ChangeState::parse(s)
+            .ok_or_else(|| StoreError::Corrupt(format!("change state `{s}`")))
+    }
+
+    pub fn token_purpose(s: &str) -> Result<crate::model::TokenPurpose> {
+        crate::model::TokenPurpose::parse(s)
+            .ok_or_else(|| StoreError::Corrupt(format!("token purpose `{s}`")))
+    }
+
+    pub const KEY_COLUMNS: &str =
+        "address, fingerprint, armored, state, source, submitted_at, activated_at, expires_at";
+    pub const CHANGE_COLUMNS: &str = "id, address, kind, fingerprint, state, requested_at, not_before, proven_current, proven_new";
 
     /// An event's `occurred_at` as kept in its stored payload.
     pub fn occurred(s: &str) -> Result<DateTime<Utc>> {

@@ -134,6 +134,125 @@ fn notification_from_row(r: &Row) -> Result<Notification> {
     })
 }
 
+fn key_from_row(r: &Row) -> Result<crate::model::KeyRecord> {
+    Ok(crate::model::KeyRecord {
+        address: r.try_get(0)?,
+        fingerprint: r.try_get(1)?,
+        armored: r.try_get(2)?,
+        state: key_state(r.try_get(3)?)?,
+        source: r.try_get(4)?,
+        submitted_at: from_millis(r.try_get(5)?),
+        activated_at: r.try_get::<_, Option<i64>>(6)?.map(from_millis),
+        expires_at: r.try_get::<_, Option<i64>>(7)?.map(from_millis),
+    })
+}
+
+fn change_from_row(r: &Row) -> Result<crate::model::KeyChange> {
+    Ok(crate::model::KeyChange {
+        id: r.try_get(0)?,
+        address: r.try_get(1)?,
+        kind: change_kind(r.try_get(2)?)?,
+        fingerprint: r.try_get(3)?,
+        state: change_state(r.try_get(4)?)?,
+        requested_at: from_millis(r.try_get(5)?),
+        not_before: from_millis(r.try_get(6)?),
+        proven_current: r.try_get(7)?,
+        proven_new: r.try_get(8)?,
+    })
+}
+
+async fn insert_key_tokens(
+    c: &impl deadpool_postgres::GenericClient,
+    tokens: &[crate::model::KeyToken],
+) -> Result<()> {
+    for t in tokens {
+        c.execute(
+            "INSERT INTO key_tokens (hash, address, fingerprint, purpose, change, expires_at) VALUES ($1, $2, $3, $4, $5, $6)",
+            &[&t.hash, &t.address, &t.fingerprint, &t.purpose.as_str(), &t.change, &to_millis(t.expires_at)],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Cancels the address's pending changes and records `change`.
+async fn insert_change(
+    c: &impl deadpool_postgres::GenericClient,
+    change: &crate::model::KeyChange,
+) -> Result<()> {
+    c.execute(
+        "UPDATE key_changes SET state = 'cancelled' WHERE address = $1 AND state = 'pending'",
+        &[&change.address],
+    )
+    .await?;
+    c.execute(
+        "INSERT INTO key_changes (id, address, kind, fingerprint, state, requested_at, not_before, proven_current, proven_new) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        &[
+            &change.id,
+            &change.address,
+            &change.kind.as_str(),
+            &change.fingerprint,
+            &change.state.as_str(),
+            &to_millis(change.requested_at),
+            &to_millis(change.not_before),
+            &change.proven_current,
+            &change.proven_new,
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Applies a change that has its proofs: the new key active in place of
+/// the old (a replacement), or no key (a removal).
+async fn apply_change(
+    c: &impl deadpool_postgres::GenericClient,
+    change: &mut crate::model::KeyChange,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    let retired = match change.kind {
+        crate::model::ChangeKind::Replace => "replaced",
+        crate::model::ChangeKind::Remove => "removed",
+    };
+    c.execute(
+        "UPDATE keys SET state = $2 WHERE address = $1 AND state = 'active'",
+        &[&change.address, &retired],
+    )
+    .await?;
+    if let Some(fpr) = &change.fingerprint {
+        c.execute(
+            "UPDATE keys SET state = 'active', activated_at = $3 WHERE address = $1 AND fingerprint = $2",
+            &[&change.address, fpr, &to_millis(now)],
+        )
+        .await?;
+    }
+    c.execute(
+        "UPDATE key_changes SET state = 'applied' WHERE id = $1",
+        &[&change.id],
+    )
+    .await?;
+    change.state = crate::model::ChangeState::Applied;
+    Ok(())
+}
+
+async fn pending_change(
+    c: &impl deadpool_postgres::GenericClient,
+    address: &str,
+    by: &str,
+    value: &str,
+) -> Result<Option<crate::model::KeyChange>> {
+    let row = c
+        .query_opt(
+            &format!(
+                "SELECT {CHANGE_COLUMNS} FROM key_changes WHERE address = $1 AND state = 'pending' AND {by} = $2 FOR UPDATE"
+            ),
+            &[&address, &value],
+        )
+        .await?;
+    row.as_ref().map(change_from_row).transpose()
+}
+
 async fn insert_notification(
     c: &impl deadpool_postgres::GenericClient,
     n: &Notification,
@@ -1073,6 +1192,218 @@ impl Store for PgStore {
         Ok(n > 0)
     }
 
+    async fn submit_key(
+        &self,
+        key: &crate::model::KeyRecord,
+        tokens: &[crate::model::KeyToken],
+        change: Option<&crate::model::KeyChange>,
+        notices: &[Notification],
+    ) -> Result<()> {
+        let mut c = self.pool.get().await?;
+        let tx = c.transaction().await?;
+        tx.execute(
+            "INSERT INTO keys (address, fingerprint, armored, state, source, submitted_at, expires_at) \
+             VALUES ($1, $2, $3, 'pending', $4, $5, $6) \
+             ON CONFLICT (address, fingerprint) DO UPDATE SET armored = excluded.armored, \
+             submitted_at = excluded.submitted_at, expires_at = excluded.expires_at \
+             WHERE keys.state = 'pending'",
+            &[
+                &key.address,
+                &key.fingerprint,
+                &key.armored,
+                &key.source,
+                &to_millis(key.submitted_at),
+                &key.expires_at.map(to_millis),
+            ],
+        )
+        .await?;
+        if let Some(change) = change {
+            insert_change(&tx, change).await?;
+        }
+        insert_key_tokens(&tx, tokens).await?;
+        for n in notices {
+            insert_notification(&tx, n).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn request_key_change(
+        &self,
+        change: &crate::model::KeyChange,
+        tokens: &[crate::model::KeyToken],
+        notices: &[Notification],
+    ) -> Result<()> {
+        let mut c = self.pool.get().await?;
+        let tx = c.transaction().await?;
+        insert_change(&tx, change).await?;
+        insert_key_tokens(&tx, tokens).await?;
+        for n in notices {
+            insert_notification(&tx, n).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn key_status(&self, address: &str) -> Result<crate::model::KeyStatus> {
+        let c = self.pool.get().await?;
+        let rows = c
+            .query(
+                &format!(
+                    "SELECT {KEY_COLUMNS} FROM keys WHERE address = $1 AND state IN ('active', 'pending') ORDER BY submitted_at"
+                ),
+                &[&address],
+            )
+            .await?;
+        let (mut active, mut pending) = (None, Vec::new());
+        for r in &rows {
+            let k = key_from_row(r)?;
+            if k.state == crate::model::KeyState::Active {
+                active = Some(k);
+            } else {
+                pending.push(k);
+            }
+        }
+        let changes = c
+            .query(
+                &format!("SELECT {CHANGE_COLUMNS} FROM key_changes WHERE address = $1 ORDER BY requested_at, id"),
+                &[&address],
+            )
+            .await?
+            .iter()
+            .map(change_from_row)
+            .collect::<Result<Vec<_>>>()?;
+        Ok(crate::model::KeyStatus {
+            address: address.to_string(),
+            active,
+            pending,
+            changes,
+        })
+    }
+
+    async fn key(
+        &self,
+        address: &str,
+        fingerprint: &str,
+    ) -> Result<Option<crate::model::KeyRecord>> {
+        let c = self.pool.get().await?;
+        let row = c
+            .query_opt(
+                &format!("SELECT {KEY_COLUMNS} FROM keys WHERE address = $1 AND fingerprint = $2"),
+                &[&address, &fingerprint],
+            )
+            .await?;
+        row.as_ref().map(key_from_row).transpose()
+    }
+
+    async fn confirm_key_token(
+        &self,
+        hash: &str,
+        now: DateTime<Utc>,
+    ) -> Result<crate::model::Confirmed> {
+        use crate::model::{ChangeKind, Confirmed, TokenPurpose};
+        let mut c = self.pool.get().await?;
+        let tx = c.transaction().await?;
+        let token = tx
+            .query_opt(
+                "UPDATE key_tokens SET used_at = $2 WHERE hash = $1 AND used_at IS NULL AND expires_at > $2 \
+                 RETURNING address, fingerprint, purpose, change",
+                &[&hash, &to_millis(now)],
+            )
+            .await?;
+        let Some(t) = token else {
+            return Ok(Confirmed::Invalid);
+        };
+        let (address, fingerprint): (String, String) = (t.try_get(0)?, t.try_get(1)?);
+        let change_id: Option<String> = t.try_get(3)?;
+        // Serialises confirmations of one address.
+        tx.execute(
+            "SELECT pg_advisory_xact_lock(hashtext($1))",
+            &[&format!("kci-key:{address}")],
+        )
+        .await?;
+        let outcome = match token_purpose(t.try_get(2)?)? {
+            TokenPurpose::Activate => {
+                if let Some(mut change) = pending_change(&tx, &address, "fingerprint", &fingerprint)
+                    .await?
+                    .filter(|c| c.kind == ChangeKind::Replace)
+                {
+                    tx.execute(
+                        "UPDATE key_changes SET proven_new = TRUE WHERE id = $1",
+                        &[&change.id],
+                    )
+                    .await?;
+                    change.proven_new = true;
+                    if change.proven() {
+                        apply_change(&tx, &mut change, now).await?;
+                        Confirmed::Applied(change)
+                    } else {
+                        Confirmed::Proven(change)
+                    }
+                } else {
+                    let active: Option<String> = tx
+                        .query_opt(
+                            "SELECT fingerprint FROM keys WHERE address = $1 AND state = 'active'",
+                            &[&address],
+                        )
+                        .await?
+                        .map(|r| r.try_get(0))
+                        .transpose()?;
+                    let done = match active {
+                        None => {
+                            tx.execute(
+                                "UPDATE keys SET state = 'active', activated_at = $3 \
+                                 WHERE address = $1 AND fingerprint = $2 AND state = 'pending'",
+                                &[&address, &fingerprint, &to_millis(now)],
+                            )
+                            .await?;
+                            true
+                        }
+                        // The same key again: already active, nothing to move.
+                        Some(fpr) => fpr == fingerprint,
+                    };
+                    let key = tx
+                        .query_opt(
+                            &format!("SELECT {KEY_COLUMNS} FROM keys WHERE address = $1 AND fingerprint = $2"),
+                            &[&address, &fingerprint],
+                        )
+                        .await?
+                        .as_ref()
+                        .map(key_from_row)
+                        .transpose()?;
+                    match key {
+                        Some(k) if done && k.state == crate::model::KeyState::Active => {
+                            Confirmed::Activated(k)
+                        }
+                        _ => Confirmed::Invalid,
+                    }
+                }
+            }
+            TokenPurpose::Approve => match change_id {
+                None => Confirmed::Invalid,
+                Some(id) => match pending_change(&tx, &address, "id", &id).await? {
+                    None => Confirmed::Invalid,
+                    Some(mut change) => {
+                        tx.execute(
+                            "UPDATE key_changes SET proven_current = TRUE WHERE id = $1",
+                            &[&change.id],
+                        )
+                        .await?;
+                        change.proven_current = true;
+                        if change.proven() {
+                            apply_change(&tx, &mut change, now).await?;
+                            Confirmed::Applied(change)
+                        } else {
+                            Confirmed::Proven(change)
+                        }
+                    }
+                },
+            },
+        };
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
     async fn history(&self, event: &str) -> Result<Vec<Decided>> {
         let c = self.pool.get().await?;
         let rows = c
@@ -1118,4 +1449,5 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("migrations/postgres.sql")),
     (2, include_str!("migrations/postgres-2.sql")),
     (3, include_str!("migrations/postgres-3.sql")),
+    (4, include_str!("migrations/postgres-4.sql")),
 ];

@@ -258,6 +258,96 @@ fn insert_notification(conn: &Connection, n: &Notification) -> Result<()> {
     record(conn, n.event.as_deref(), &d)
 }
 
+fn key_from_row(r: &Row<'_>) -> Result<crate::model::KeyRecord> {
+    Ok(crate::model::KeyRecord {
+        address: r.get(0)?,
+        fingerprint: r.get(1)?,
+        armored: r.get(2)?,
+        state: key_state(&r.get::<_, String>(3)?)?,
+        source: r.get(4)?,
+        submitted_at: from_millis(r.get(5)?),
+        activated_at: r.get::<_, Option<i64>>(6)?.map(from_millis),
+        expires_at: r.get::<_, Option<i64>>(7)?.map(from_millis),
+    })
+}
+
+fn change_from_row(r: &Row<'_>) -> Result<crate::model::KeyChange> {
+    Ok(crate::model::KeyChange {
+        id: r.get(0)?,
+        address: r.get(1)?,
+        kind: change_kind(&r.get::<_, String>(2)?)?,
+        fingerprint: r.get(3)?,
+        state: change_state(&r.get::<_, String>(4)?)?,
+        requested_at: from_millis(r.get(5)?),
+        not_before: from_millis(r.get(6)?),
+        proven_current: r.get(7)?,
+        proven_new: r.get(8)?,
+    })
+}
+
+fn insert_key_tokens(conn: &Connection, tokens: &[crate::model::KeyToken]) -> Result<()> {
+    for t in tokens {
+        conn.prepare_cached(
+            "INSERT INTO key_tokens (hash, address, fingerprint, purpose, change, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?
+        .execute(params![t.hash, t.address, t.fingerprint, t.purpose.as_str(), t.change, to_millis(t.expires_at)])?;
+    }
+    Ok(())
+}
+
+/// Cancels the address's pending changes and records `change`.
+fn insert_change(conn: &Connection, change: &crate::model::KeyChange) -> Result<()> {
+    conn.prepare_cached(
+        "UPDATE key_changes SET state = 'cancelled' WHERE address = ?1 AND state = 'pending'",
+    )?
+    .execute([&change.address])?;
+    conn.prepare_cached(
+        "INSERT INTO key_changes (id, address, kind, fingerprint, state, requested_at, not_before, proven_current, proven_new) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?
+    .execute(params![
+        change.id,
+        change.address,
+        change.kind.as_str(),
+        change.fingerprint,
+        change.state.as_str(),
+        to_millis(change.requested_at),
+        to_millis(change.not_before),
+        change.proven_current,
+        change.proven_new
+    ])?;
+    Ok(())
+}
+
+/// Applies a change that has its proofs: the new key active in place of
+/// the old (a replacement), or no key (a removal).
+fn apply_change(
+    conn: &Connection,
+    change: &mut crate::model::KeyChange,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    let retired = match change.kind {
+        crate::model::ChangeKind::Replace => "replaced",
+        crate::model::ChangeKind::Remove => "removed",
+    };
+    conn.execute(
+        "UPDATE keys SET state = ?2 WHERE address = ?1 AND state = 'active'",
+        params![change.address, retired],
+    )?;
+    if let Some(fpr) = &change.fingerprint {
+        conn.execute(
+            "UPDATE keys SET state = 'active', activated_at = ?3 WHERE address = ?1 AND fingerprint = ?2",
+            params![change.address, fpr, to_millis(now)],
+        )?;
+    }
+    conn.execute(
+        "UPDATE key_changes SET state = 'applied' WHERE id = ?1",
+        [&change.id],
+    )?;
+    change.state = crate::model::ChangeState::Applied;
+    Ok(())
+}
+
 /// Appends one decision to the record.
 fn record(conn: &Connection, event: Option<&str>, d: &Decided) -> Result<()> {
     conn.prepare_cached(
@@ -1233,6 +1323,184 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn submit_key(
+        &self,
+        key: &crate::model::KeyRecord,
+        tokens: &[crate::model::KeyToken],
+        change: Option<&crate::model::KeyChange>,
+        notices: &[Notification],
+    ) -> Result<()> {
+        let (key, tokens, change, notices) = (
+            key.clone(),
+            tokens.to_vec(),
+            change.cloned(),
+            notices.to_vec(),
+        );
+        self.write(move |conn| {
+            conn.execute(
+                "INSERT INTO keys (address, fingerprint, armored, state, source, submitted_at, expires_at) \
+                 VALUES (?1, ?2, ?3, 'pending', ?4, ?5, ?6) \
+                 ON CONFLICT (address, fingerprint) DO UPDATE SET armored = excluded.armored, \
+                 submitted_at = excluded.submitted_at, expires_at = excluded.expires_at \
+                 WHERE keys.state = 'pending'",
+                params![key.address, key.fingerprint, key.armored, key.source, to_millis(key.submitted_at), key.expires_at.map(to_millis)],
+            )?;
+            if let Some(change) = &change {
+                insert_change(conn, change)?;
+            }
+            insert_key_tokens(conn, &tokens)?;
+            for n in &notices {
+                insert_notification(conn, n)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn request_key_change(
+        &self,
+        change: &crate::model::KeyChange,
+        tokens: &[crate::model::KeyToken],
+        notices: &[Notification],
+    ) -> Result<()> {
+        let (change, tokens, notices) = (change.clone(), tokens.to_vec(), notices.to_vec());
+        self.write(move |conn| {
+            insert_change(conn, &change)?;
+            insert_key_tokens(conn, &tokens)?;
+            for n in &notices {
+                insert_notification(conn, n)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn key_status(&self, address: &str) -> Result<crate::model::KeyStatus> {
+        let address = address.to_string();
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {KEY_COLUMNS} FROM keys WHERE address = ?1 AND state IN ('active', 'pending') ORDER BY submitted_at"
+            ))?;
+            let mut rows = stmt.query([&address])?;
+            let (mut active, mut pending) = (None, Vec::new());
+            while let Some(r) = rows.next()? {
+                let k = key_from_row(r)?;
+                if k.state == crate::model::KeyState::Active {
+                    active = Some(k);
+                } else {
+                    pending.push(k);
+                }
+            }
+            drop(rows);
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {CHANGE_COLUMNS} FROM key_changes WHERE address = ?1 ORDER BY requested_at, id"
+            ))?;
+            let mut rows = stmt.query([&address])?;
+            let mut changes = Vec::new();
+            while let Some(r) = rows.next()? {
+                changes.push(change_from_row(r)?);
+            }
+            Ok(crate::model::KeyStatus { address, active, pending, changes })
+        })
+        .await
+    }
+
+    async fn key(
+        &self,
+        address: &str,
+        fingerprint: &str,
+    ) -> Result<Option<crate::model::KeyRecord>> {
+        let (address, fingerprint) = (address.to_string(), fingerprint.to_string());
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {KEY_COLUMNS} FROM keys WHERE address = ?1 AND fingerprint = ?2"
+            ))?;
+            let mut rows = stmt.query([&address, &fingerprint])?;
+            rows.next()?.map(key_from_row).transpose()
+        })
+        .await
+    }
+
+    async fn confirm_key_token(
+        &self,
+        hash: &str,
+        now: DateTime<Utc>,
+    ) -> Result<crate::model::Confirmed> {
+        use crate::model::{ChangeKind, Confirmed, TokenPurpose};
+        let hash = hash.to_string();
+        self.write(move |conn| {
+            let token = conn
+                .prepare_cached(
+                    "UPDATE key_tokens SET used_at = ?2 WHERE hash = ?1 AND used_at IS NULL AND expires_at > ?2 \
+                     RETURNING address, fingerprint, purpose, change",
+                )?
+                .query_row(params![hash, to_millis(now)], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, Option<String>>(3)?))
+                })
+                .optional()?;
+            let Some((address, fingerprint, purpose, change_id)) = token else {
+                return Ok(Confirmed::Invalid);
+            };
+            let pending_change = |conn: &Connection, by: &str, value: &str| -> Result<Option<crate::model::KeyChange>> {
+                let mut stmt = conn.prepare(&format!(
+                    "SELECT {CHANGE_COLUMNS} FROM key_changes WHERE address = ?1 AND state = 'pending' AND {by} = ?2"
+                ))?;
+                let mut rows = stmt.query([&address, value])?;
+                rows.next()?.map(change_from_row).transpose()
+            };
+            match token_purpose(&purpose)? {
+                TokenPurpose::Activate => {
+                    if let Some(mut change) = pending_change(conn, "fingerprint", &fingerprint)?
+                        .filter(|c| c.kind == ChangeKind::Replace)
+                    {
+                        conn.execute("UPDATE key_changes SET proven_new = 1 WHERE id = ?1", [&change.id])?;
+                        change.proven_new = true;
+                        if change.proven() {
+                            apply_change(conn, &mut change, now)?;
+                            return Ok(Confirmed::Applied(change));
+                        }
+                        return Ok(Confirmed::Proven(change));
+                    }
+                    let active: Option<String> = conn
+                        .query_row("SELECT fingerprint FROM keys WHERE address = ?1 AND state = 'active'", [&address], |r| r.get(0))
+                        .optional()?;
+                    match active {
+                        None => {
+                            conn.execute(
+                                "UPDATE keys SET state = 'active', activated_at = ?3 WHERE address = ?1 AND fingerprint = ?2 AND state = 'pending'",
+                                params![address, fingerprint, to_millis(now)],
+                            )?;
+                        }
+                        // The same key again: already active, nothing to move.
+                        Some(fpr) if fpr == fingerprint => {}
+                        // Another key is active and no change waits for this one.
+                        Some(_) => return Ok(Confirmed::Invalid),
+                    }
+                    let mut stmt = conn.prepare_cached(&format!("SELECT {KEY_COLUMNS} FROM keys WHERE address = ?1 AND fingerprint = ?2"))?;
+                    let mut rows = stmt.query([&address, &fingerprint])?;
+                    match rows.next()?.map(key_from_row).transpose()? {
+                        Some(k) if k.state == crate::model::KeyState::Active => Ok(Confirmed::Activated(k)),
+                        _ => Ok(Confirmed::Invalid),
+                    }
+                }
+                TokenPurpose::Approve => {
+                    let Some(id) = change_id else { return Ok(Confirmed::Invalid) };
+                    let Some(mut change) = pending_change(conn, "id", &id)? else {
+                        return Ok(Confirmed::Invalid);
+                    };
+                    conn.execute("UPDATE key_changes SET proven_current = 1 WHERE id = ?1", [&change.id])?;
+                    change.proven_current = true;
+                    if change.proven() {
+                        apply_change(conn, &mut change, now)?;
+                        return Ok(Confirmed::Applied(change));
+                    }
+                    Ok(Confirmed::Proven(change))
+                }
+            }
+        })
+        .await
+    }
+
     async fn history(&self, event: &str) -> Result<Vec<Decided>> {
         let event = event.to_string();
         self.read(move |conn| {
@@ -1277,4 +1545,5 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("migrations/sqlite.sql")),
     (2, include_str!("migrations/sqlite-2.sql")),
     (3, include_str!("migrations/sqlite-3.sql")),
+    (4, include_str!("migrations/sqlite-4.sql")),
 ];

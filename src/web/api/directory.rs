@@ -415,6 +415,7 @@ fn verification_notice(
         body: format!(
             "{short}\n\nIf you did not ask for notices to be sent here, ignore this message: nothing will be sent until the code is entered.\n"
         ),
+        encrypt_to: None,
     };
     Notification::own(
         account,
