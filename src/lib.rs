@@ -8,6 +8,7 @@
 pub mod channels;
 pub mod cli;
 pub mod config;
+pub mod inbound;
 pub mod ingest;
 pub mod metrics;
 pub mod model;
