@@ -57,6 +57,24 @@ pub struct ServerConfig {
     /// Serve `/metrics` without a token (default: needs the `admin` scope).
     #[serde(default)]
     pub public_metrics: bool,
+    /// The address customers and providers reach kci at (behind its TLS
+    /// proxy), for links in mails; default `http://{listen}/`.
+    #[serde(default)]
+    pub public_url: Option<url::Url>,
+    /// The customer portal, named in content-free notices to `paranoid`
+    /// accounts ("read it in your portal").
+    #[serde(default)]
+    pub portal_url: Option<url::Url>,
+}
+
+impl ServerConfig {
+    /// Where links in mails point.
+    pub fn public_base(&self) -> url::Url {
+        self.public_url.clone().unwrap_or_else(|| {
+            url::Url::parse(&format!("http://{}/", self.listen))
+                .expect("a socket address makes a URL")
+        })
+    }
 }
 
 fn default_listen() -> SocketAddr {
@@ -73,6 +91,8 @@ impl Default for ServerConfig {
             listen: default_listen(),
             max_body_bytes: default_body_limit(),
             public_metrics: false,
+            public_url: None,
+            portal_url: None,
         }
     }
 }

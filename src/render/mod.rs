@@ -36,6 +36,9 @@ pub struct Renderer {
     /// Longest SMS per type, in segments, and for types that do not say.
     max_segments: std::collections::HashMap<String, usize>,
     default_max_segments: usize,
+    /// Who sends (the display name of `[email] from`), for content-free notices.
+    operator: String,
+    portal: Option<String>,
 }
 
 fn template_name(type_name: &str, field: &str) -> String {
@@ -102,11 +105,39 @@ impl Renderer {
             .iter()
             .filter_map(|(name, t)| t.max_segments.map(|m| (name.clone(), m)))
             .collect();
+        let from = &config.email.from;
+        let operator = from
+            .split('<')
+            .next()
+            .map(|s| s.trim().trim_matches('"').trim())
+            .filter(|s| !s.is_empty())
+            .unwrap_or(from)
+            .to_string();
         Ok(Self {
             env,
             max_segments,
             default_max_segments: config.channels.sms.max_segments,
+            operator,
+            portal: config.server.portal_url.as_ref().map(|u| u.to_string()),
         })
+    }
+
+    /// The notice a `paranoid` account gets where content could leak (a
+    /// channel that is not end-to-end encrypted, mail without a key): that
+    /// there is a message, and where to read it — nothing of the message.
+    pub fn content_free(&self) -> Rendered {
+        let op = &self.operator;
+        let short = match &self.portal {
+            Some(url) => format!("You have a new message from {op}. Read it in your portal: {url}"),
+            None => format!("You have a new message from {op}. Read it in your portal."),
+        };
+        Rendered {
+            subject: format!("New message from {op}"),
+            body: format!(
+                "{short}\n\nYour account asks that nothing of a message be shown where it is not end-to-end encrypted, so this notice says only that there is one.\n"
+            ),
+            short: Some(short),
+        }
     }
 
     /// The short text of `rendered` fitted to the SMS segments type

@@ -81,6 +81,24 @@ impl Scheduler {
         Ok(n)
     }
 
+    /// Whether `n` must go content-free: its account is `paranoid` and the
+    /// channel is not end-to-end encrypted (anything but mail to an address
+    /// with an active key).
+    async fn content_free(&self, n: &crate::store::Notification) -> crate::store::Result<bool> {
+        if !self.store.paranoid(&n.account).await? {
+            return Ok(false);
+        }
+        if n.channel != crate::model::ChannelKind::Email {
+            return Ok(true);
+        }
+        let address = n
+            .uri
+            .strip_prefix("mailto:")
+            .unwrap_or(&n.uri)
+            .to_ascii_lowercase();
+        Ok(self.store.active_key(&address).await?.is_none())
+    }
+
     fn lease_until(&self, now: DateTime<Utc>) -> DateTime<Utc> {
         now + Duration::from_std(self.delivery.lease.0).unwrap_or(Duration::minutes(2))
     }
@@ -169,6 +187,13 @@ impl Scheduler {
                     .await;
             }
         };
+        // Content-free: no texts, and not the event either (a webhook
+        // would carry its data).
+        let mut event = c.event.clone();
+        if !n.type_name.starts_with("kci.") && self.content_free(n).await? {
+            rendered = self.renderer.content_free();
+            event = None;
+        }
         if n.channel.needs_short() && rendered.short.is_none() {
             let detail = format!(
                 "{} needs a short text: give type {} a `short` template or post the event with `short`",
@@ -213,7 +238,7 @@ impl Scheduler {
         };
         let out = Outgoing {
             notification: n.clone(),
-            event: c.event.clone(),
+            event,
             rendered,
             secrets: signing
                 .own

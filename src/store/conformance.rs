@@ -120,6 +120,12 @@ pub async fn check_directory(store: &dyn Store) {
         PutOutcome::NoParent
     );
     seed(store).await;
+    assert!(!store.paranoid("A1").await.unwrap());
+    assert!(!store.paranoid("nobody").await.unwrap());
+    let mut p = account("A1");
+    p.paranoid = true;
+    store.put_account(&p).await.unwrap();
+    assert!(store.paranoid("A1").await.unwrap());
     let mut a = account("A1");
     a.name = "Renamed".into();
     a.security_level = SecurityLevel::High;
@@ -1141,6 +1147,11 @@ pub async fn check_key_registry(store: &dyn Store) {
         store.key(addr, "K1").await.unwrap().map(|k| k.state),
         Some(KeyState::Active)
     );
+    assert_eq!(
+        store.active_key(addr).await.unwrap().map(|k| k.fingerprint),
+        Some("K1".into())
+    );
+    assert_eq!(store.active_key("bob@example.com").await.unwrap(), None);
 
     // A replacement: pending until both holders prove it; then at once.
     let change = |id: &str, kind, fpr: Option<&str>| KeyChange {

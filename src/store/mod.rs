@@ -524,6 +524,13 @@ pub trait Store: Send + Sync + 'static {
     /// The keys and changes of an address (lower-cased).
     async fn key_status(&self, address: &str) -> Result<crate::model::KeyStatus>;
 
+    /// The active key of an address, if it has one.
+    async fn active_key(&self, address: &str) -> Result<Option<crate::model::KeyRecord>>;
+
+    /// Whether account `id` is `paranoid` (content-free notices where
+    /// content could leak); `false` for no such account.
+    async fn paranoid(&self, account: &str) -> Result<bool>;
+
     /// One key of an address, in any state.
     async fn key(
         &self,

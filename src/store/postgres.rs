@@ -1281,6 +1281,28 @@ impl Store for PgStore {
         })
     }
 
+    async fn active_key(&self, address: &str) -> Result<Option<crate::model::KeyRecord>> {
+        let c = self.pool.get().await?;
+        let row = c
+            .query_opt(
+                &format!("SELECT {KEY_COLUMNS} FROM keys WHERE address = $1 AND state = 'active'"),
+                &[&address],
+            )
+            .await?;
+        row.as_ref().map(key_from_row).transpose()
+    }
+
+    async fn paranoid(&self, account: &str) -> Result<bool> {
+        let c = self.pool.get().await?;
+        let row = c
+            .query_opt("SELECT paranoid FROM accounts WHERE id = $1", &[&account])
+            .await?;
+        Ok(match row {
+            Some(r) => r.try_get(0)?,
+            None => false,
+        })
+    }
+
     async fn key(
         &self,
         address: &str,

@@ -1405,6 +1405,30 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn active_key(&self, address: &str) -> Result<Option<crate::model::KeyRecord>> {
+        let address = address.to_string();
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {KEY_COLUMNS} FROM keys WHERE address = ?1 AND state = 'active'"
+            ))?;
+            let mut rows = stmt.query([&address])?;
+            rows.next()?.map(key_from_row).transpose()
+        })
+        .await
+    }
+
+    async fn paranoid(&self, account: &str) -> Result<bool> {
+        let account = account.to_string();
+        self.read(move |conn| {
+            Ok(conn
+                .prepare_cached("SELECT paranoid FROM accounts WHERE id = ?1")?
+                .query_row([&account], |r| r.get::<_, bool>(0))
+                .optional()?
+                .unwrap_or(false))
+        })
+        .await
+    }
+
     async fn key(
         &self,
         address: &str,

@@ -450,3 +450,57 @@ async fn twilio_status_callbacks_are_checked_and_recorded() {
     assert!(failed.to_string().contains(id), "{failed}");
     assert!(!v.to_string().contains(TOKEN));
 }
+
+#[tokio::test]
+async fn a_paranoid_account_gets_content_free_notices_where_content_could_leak() {
+    let hooks = WebhookReceiver::start().await;
+    let kci = Kci::start_with(
+        None,
+        "portal_url = \"https://my.isp.example/messages\"\n",
+        "",
+    );
+    let admin = kci.token(&["directory:admin", "directory:write"]);
+    let source = kci.token(&["events:write"]);
+    kci.customer(
+        &admin,
+        "A1",
+        "alice",
+        json!({"uri": hooks.url, "verified": true}),
+    )
+    .await;
+    let (s, _) = kci
+        .call(
+            "POST",
+            "/v1/accounts/A1/contacts/alice/destinations",
+            Some(&admin),
+            Some(r#"{"uri":"mailto:alice@example.com","verified":true}"#),
+        )
+        .await;
+    assert_eq!(s, 201);
+    let (s, v) = kci
+        .call(
+            "PUT",
+            "/v1/accounts/A1",
+            Some(&admin),
+            Some(r#"{"name":"Alice","paranoid":true}"#),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    post(&kci, &source, &line_down("e1")).await;
+    let hook = eventually(10, "the webhook", || async {
+        hooks.hooks().first().cloned()
+    })
+    .await;
+    let body: Value = serde_json::from_slice(&hook.body).unwrap();
+    assert_eq!(
+        body["data"]["short"],
+        "You have a new message from Example ISP. Read it in your portal: https://my.isp.example/messages"
+    );
+    assert!(!hook.body.windows(2).any(|w| w == b"L1"), "{body}");
+    let mail = eventually(10, "the mail", || async { kci.outbox().into_iter().next() }).await;
+    assert!(
+        mail.contains("Subject: New message from Example ISP"),
+        "{mail}"
+    );
+    assert!(!mail.contains("T-1") && !mail.contains("Line L1"), "{mail}");
+}

@@ -207,6 +207,11 @@ impl Kci {
     /// Starts kci on a SQLite store in a fresh directory with the test
     /// event types; mail goes to `smtp` if given, else to the outbox.
     pub fn start(smtp: Option<u16>, extra: &str) -> Kci {
+        Kci::start_with(smtp, "", extra)
+    }
+
+    /// As [`Kci::start`], with `server` added to the `[server]` table.
+    pub fn start_with(smtp: Option<u16>, server: &str, extra: &str) -> Kci {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let config = dir.path().join("kci.toml");
@@ -214,7 +219,7 @@ impl Kci {
             .map(|p| format!("smtp = \"smtp://127.0.0.1:{p}\"\n"))
             .unwrap_or_default();
         let text = format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\n\
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n{server}\
              [store]\nurl = \"sqlite://{db}\"\n\
              [email]\nfrom = \"Example ISP <kci@isp.example>\"\noutbox = \"{outbox}\"\n{smtp}\
              [delivery]\nbackoff = \"200ms\"\n{extra}\n{TYPES}",
