@@ -8,6 +8,8 @@ pub mod matrix;
 pub mod ntfy;
 pub mod pushover;
 pub mod recording;
+#[cfg(test)]
+mod retry_table;
 pub mod signal;
 pub mod telegram;
 #[cfg(test)]
