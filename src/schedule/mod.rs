@@ -11,7 +11,7 @@ use crate::model::{Clock, Reason, State};
 use crate::render::Renderer;
 use crate::store::{Claimed, Finish, Store};
 use chrono::{DateTime, Duration, Utc};
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use std::sync::Arc;
 use tokio::sync::Notify;
 
@@ -59,11 +59,33 @@ pub fn backoff(
 }
 
 impl Scheduler {
-    /// Delivers everything due at `now`; returns how many were handled.
+    /// Delivers everything due at `now`, waiting for every delivery it
+    /// started; returns how many were handled. `kci simulate` steps its
+    /// virtual clock with this; the server runs [`Scheduler::run`].
     pub async fn run_once(&self, now: DateTime<Utc>) -> crate::store::Result<usize> {
+        let (n, ready) = self.claim(now, self.delivery.concurrency * 4).await?;
+        let results: Vec<crate::store::Result<()>> = futures_util::stream::iter(ready)
+            .map(|c| self.handle(c))
+            .buffer_unordered(self.delivery.concurrency)
+            .collect()
+            .await;
+        results
+            .into_iter()
+            .collect::<crate::store::Result<Vec<()>>>()?;
+        Ok(n)
+    }
+
+    /// Claims up to `limit` notices due at `now` and admits them past the
+    /// provider rate limits; returns how many were claimed and those
+    /// ready to deliver now (the rest went back to the queue for their
+    /// next free slot).
+    async fn claim(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> crate::store::Result<(usize, Vec<Claimed>)> {
         let lease_until =
             now + Duration::from_std(self.delivery.lease.0).unwrap_or(Duration::minutes(2));
-        let limit = self.delivery.concurrency * 4;
         let claimed = self.store.claim_due(now, lease_until, limit).await?;
         let n = claimed.len();
         // Provider rates: in priority order (the claim is sorted urgent
@@ -102,16 +124,7 @@ impl Scheduler {
                 .get_or_create(&vec![("channel", kind.as_str().to_string())])
                 .set(limiter.backlog(now));
         }
-        let claimed = ready;
-        let results: Vec<crate::store::Result<()>> = futures_util::stream::iter(claimed)
-            .map(|c| self.handle(c))
-            .buffer_unordered(self.delivery.concurrency)
-            .collect()
-            .await;
-        results
-            .into_iter()
-            .collect::<crate::store::Result<Vec<()>>>()?;
-        Ok(n)
+        Ok((n, ready))
     }
 
     async fn handle(&self, c: Claimed) -> crate::store::Result<()> {
@@ -270,36 +283,90 @@ impl Scheduler {
         self.store.finish(&n.id, f).await
     }
 
-    /// The server's loop: deliver what is due, then sleep until the next due
-    /// time (at most a second, so other nodes' work and lease expiries are
-    /// noticed) or until ingest wakes it.
+    /// The server's loop: a pipeline keeping up to `concurrency`
+    /// deliveries in flight and starting the next claimed notice as soon
+    /// as any one finishes — so a provider that answers slowly (or not at
+    /// all, until its timeout) holds up only its own deliveries, never a
+    /// batch of other channels' notices behind it. Claims are made ahead,
+    /// up to `4 × concurrency` at a time, so the store sees one claim per
+    /// many deliveries. With nothing due it sleeps until the next due time
+    /// (at most a second, so other nodes' work and lease expiries are
+    /// noticed) or until ingest wakes it. On shutdown it claims nothing
+    /// more and delivers what it has claimed.
     pub async fn run(self: Arc<Self>, shutdown: crate::shutdown::Shutdown) {
+        let concurrency = self.delivery.concurrency.max(1);
+        let ahead = concurrency * 4;
+        let mut queue: std::collections::VecDeque<Claimed> = Default::default();
+        let mut in_flight = futures_util::stream::FuturesUnordered::new();
         loop {
             if shutdown.is_triggered() {
-                return;
+                break;
             }
-            let handled = match self.run_once(self.clock.now()).await {
-                Ok(n) => n,
-                Err(e) => {
-                    tracing::error!(error = %e, "scheduler could not reach the store; retrying");
-                    0
+            let mut claimed = 0;
+            if queue.len() < concurrency {
+                match self.claim(self.clock.now(), ahead - queue.len()).await {
+                    Ok((n, ready)) => {
+                        claimed = n;
+                        queue.extend(ready);
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "scheduler could not reach the store; retrying");
+                    }
                 }
-            };
-            if handled > 0 {
+            }
+            while in_flight.len() < concurrency {
+                let Some(c) = queue.pop_front() else { break };
+                in_flight.push(self.handle(c));
+            }
+            if claimed > 0 && in_flight.len() < concurrency {
+                // More may be due right now.
                 continue;
             }
-            let now = self.clock.now();
-            let next = self.store.next_due().await.ok().flatten();
-            let wait = next
-                .map(|t| (t - now).to_std().unwrap_or_default())
-                .unwrap_or(std::time::Duration::from_secs(1))
-                .min(std::time::Duration::from_secs(1));
+            let wait = if in_flight.len() < concurrency {
+                let now = self.clock.now();
+                self.store
+                    .next_due()
+                    .await
+                    .ok()
+                    .flatten()
+                    .map(|t| (t - now).to_std().unwrap_or_default())
+                    .unwrap_or(std::time::Duration::from_secs(1))
+                    .min(std::time::Duration::from_secs(1))
+            } else {
+                // Full: only a finished delivery frees a slot.
+                std::time::Duration::from_secs(3600)
+            };
             tokio::select! {
+                Some(done) = in_flight.next(), if !in_flight.is_empty() => {
+                    log_outcome(done);
+                    // Gather every other finished one too.
+                    while let Some(Some(done)) = in_flight.next().now_or_never() {
+                        log_outcome(done);
+                    }
+                }
                 _ = tokio::time::sleep(wait) => {}
                 _ = self.wake.notified() => {}
-                _ = shutdown.wait() => return,
+                _ = shutdown.wait() => break,
             }
         }
+        loop {
+            while in_flight.len() < concurrency {
+                let Some(c) = queue.pop_front() else { break };
+                in_flight.push(self.handle(c));
+            }
+            match in_flight.next().await {
+                Some(done) => log_outcome(done),
+                None => break,
+            }
+        }
+    }
+}
+
+/// A delivery whose outcome could not be recorded is not lost: its lease
+/// runs out and it is claimed again.
+fn log_outcome(done: crate::store::Result<()>) {
+    if let Err(e) = done {
+        tracing::error!(error = %e, "could not record a delivery's outcome; it will be retried when its lease runs out");
     }
 }
 

@@ -3,7 +3,10 @@
 //! exercised the way a source system uses it.
 
 mod api;
+mod channels_load;
 mod common;
 mod crash;
 mod delivery;
+#[allow(dead_code)] // the benchmark reads figures the test does not
+mod load_scenario;
 mod simulate;
