@@ -11,7 +11,7 @@ use crate::model::{Clock, Reason, State};
 use crate::render::Renderer;
 use crate::store::{Claimed, Finish, Store};
 use chrono::{DateTime, Duration, Utc};
-use futures_util::{FutureExt, StreamExt};
+use futures_util::StreamExt;
 use std::sync::Arc;
 use tokio::sync::Notify;
 
@@ -297,7 +297,13 @@ impl Scheduler {
         let concurrency = self.delivery.concurrency.max(1);
         let ahead = concurrency * 4;
         let mut queue: std::collections::VecDeque<Claimed> = Default::default();
-        let mut in_flight = futures_util::stream::FuturesUnordered::new();
+        // Each delivery is its own task, so deliveries keep going while
+        // this loop waits on the store for the next claim.
+        let mut in_flight = tokio::task::JoinSet::new();
+        let start = |set: &mut tokio::task::JoinSet<_>, c: Claimed| {
+            let me = self.clone();
+            set.spawn(async move { me.handle(c).await });
+        };
         loop {
             if shutdown.is_triggered() {
                 break;
@@ -316,7 +322,7 @@ impl Scheduler {
             }
             while in_flight.len() < concurrency {
                 let Some(c) = queue.pop_front() else { break };
-                in_flight.push(self.handle(c));
+                start(&mut in_flight, c);
             }
             if claimed > 0 && in_flight.len() < concurrency {
                 // More may be due right now.
@@ -337,10 +343,10 @@ impl Scheduler {
                 std::time::Duration::from_secs(3600)
             };
             tokio::select! {
-                Some(done) = in_flight.next(), if !in_flight.is_empty() => {
+                Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
                     log_outcome(done);
                     // Gather every other finished one too.
-                    while let Some(Some(done)) = in_flight.next().now_or_never() {
+                    while let Some(done) = in_flight.try_join_next() {
                         log_outcome(done);
                     }
                 }
@@ -352,9 +358,9 @@ impl Scheduler {
         loop {
             while in_flight.len() < concurrency {
                 let Some(c) = queue.pop_front() else { break };
-                in_flight.push(self.handle(c));
+                start(&mut in_flight, c);
             }
-            match in_flight.next().await {
+            match in_flight.join_next().await {
                 Some(done) => log_outcome(done),
                 None => break,
             }
@@ -364,9 +370,15 @@ impl Scheduler {
 
 /// A delivery whose outcome could not be recorded is not lost: its lease
 /// runs out and it is claimed again.
-fn log_outcome(done: crate::store::Result<()>) {
-    if let Err(e) = done {
-        tracing::error!(error = %e, "could not record a delivery's outcome; it will be retried when its lease runs out");
+fn log_outcome(done: Result<crate::store::Result<()>, tokio::task::JoinError>) {
+    match done {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "could not record a delivery's outcome; it will be retried when its lease runs out")
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "a delivery task failed; it will be retried when its lease runs out")
+        }
     }
 }
 
