@@ -115,10 +115,53 @@ impl Metrics {
             .inc();
     }
 
+    /// The notifications gauge from the store's count by state. A state the
+    /// store no longer has any of reads 0: the count leaves it out, and a
+    /// gauge left alone would show its last count for ever (a drained
+    /// queue still "pending").
+    pub fn set_notifications(&self, counts: &[(crate::model::State, i64)]) {
+        for state in crate::model::State::ALL {
+            let n = counts
+                .iter()
+                .filter(|(s, _)| *s == state)
+                .map(|(_, n)| *n)
+                .sum();
+            self.notifications
+                .get_or_create(&vec![("state", state.as_str().to_string())])
+                .set(n);
+        }
+    }
+
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut out = String::new();
         let _ = encode(&mut out, &self.registry);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::State;
+
+    #[test]
+    fn a_state_that_empties_reads_zero() {
+        let m = Metrics::new();
+        m.set_notifications(&[(State::Pending, 22), (State::Sent, 278)]);
+        assert!(
+            m.render()
+                .contains("kci_notifications{state=\"pending\"} 22")
+        );
+        m.set_notifications(&[(State::Sent, 300)]);
+        let text = m.render();
+        assert!(
+            text.contains("kci_notifications{state=\"pending\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("kci_notifications{state=\"sent\"} 300"),
+            "{text}"
+        );
     }
 }

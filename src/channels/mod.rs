@@ -9,6 +9,8 @@ pub mod matrix;
 pub mod ntfy;
 pub mod pushover;
 pub mod recording;
+#[cfg(test)]
+mod retry_table;
 pub mod signal;
 pub mod sms;
 pub mod telegram;
@@ -141,7 +143,10 @@ impl DeliveryError {
         }
     }
 
-    /// A transient failure told when to come back; a permanent one as it is.
+    /// A transient failure told (again) when to come back: when a provider
+    /// gives two hints (a `Retry-After` header and its own field in the
+    /// body), the later one stands, so kci never returns before either
+    /// allows. A permanent failure stays as it is.
     pub fn with_retry_after(self, after: Option<Duration>) -> Self {
         match self {
             DeliveryError::Transient {
@@ -151,7 +156,10 @@ impl DeliveryError {
             } => DeliveryError::Transient {
                 reason,
                 detail,
-                retry_after: after.or(retry_after),
+                retry_after: match (retry_after, after) {
+                    (Some(a), Some(b)) => Some(a.max(b)),
+                    (a, b) => a.or(b),
+                },
             },
             permanent => permanent,
         }

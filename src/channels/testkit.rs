@@ -27,6 +27,30 @@ impl Request {
     }
 }
 
+/// How a stand-in provider answers every request.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: u16,
+    pub body: String,
+    pub headers: Vec<(String, String)>,
+}
+
+impl Answer {
+    pub fn new(status: u16, body: impl Into<String>) -> Answer {
+        Answer {
+            status,
+            body: body.into(),
+            headers: Vec::new(),
+        }
+    }
+
+    /// The same answer with one more header (`Retry-After`, say).
+    pub fn header(mut self, name: &str, value: &str) -> Answer {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+}
+
 pub struct Provider {
     pub url: String,
     requests: Arc<Mutex<Vec<Request>>>,
@@ -34,11 +58,25 @@ pub struct Provider {
 
 impl Provider {
     /// Answers every request with `status` and `body` (JSON if it looks so).
-    pub async fn start(status: u16, answer: &'static str) -> Provider {
+    pub async fn start(status: u16, answer: &str) -> Provider {
+        Provider::answering(Answer::new(status, answer)).await
+    }
+
+    /// Answers every request with `answer`.
+    pub async fn answering(answer: Answer) -> Provider {
+        Provider::serve(Some(answer)).await
+    }
+
+    /// Takes every request in and never answers: a provider that hangs.
+    pub async fn hanging() -> Provider {
+        Provider::serve(None).await
+    }
+
+    async fn serve(answer: Option<Answer>) -> Provider {
         let requests = Arc::new(Mutex::new(Vec::new()));
         let seen = requests.clone();
         let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
-            let seen = seen.clone();
+            let (seen, answer) = (seen.clone(), answer.clone());
             async move {
                 let (parts, body) = req.into_parts();
                 let body = axum::body::to_bytes(body, 1 << 20)
@@ -50,16 +88,25 @@ impl Provider {
                     headers: parts.headers,
                     body,
                 });
-                let kind = if answer.starts_with('{') {
+                let Some(answer) = answer else {
+                    return std::future::pending().await;
+                };
+                let kind = if answer.body.starts_with('{') {
                     "application/json"
                 } else {
                     "text/plain"
                 };
-                (
-                    axum::http::StatusCode::from_u16(status).unwrap(),
-                    [("content-type", kind)],
-                    answer,
-                )
+                let mut resp = axum::response::Response::new(axum::body::Body::from(answer.body));
+                *resp.status_mut() = axum::http::StatusCode::from_u16(answer.status).unwrap();
+                let headers = resp.headers_mut();
+                headers.insert("content-type", kind.parse().unwrap());
+                for (k, v) in &answer.headers {
+                    headers.insert(
+                        axum::http::HeaderName::try_from(k.as_str()).unwrap(),
+                        v.parse().unwrap(),
+                    );
+                }
+                resp
             }
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -77,6 +124,14 @@ impl Provider {
         assert_eq!(r.len(), 1, "{r:?}");
         r[0].clone()
     }
+}
+
+/// The address of a port nobody listens on: connecting is refused.
+pub fn closed_port() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    drop(listener);
+    url
 }
 
 /// A notice to `uri` with these texts, as the scheduler would hand it over.

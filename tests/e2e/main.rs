@@ -4,7 +4,10 @@
 
 mod api;
 mod channels;
+mod channels_load;
 mod common;
 mod crash;
 mod delivery;
+#[allow(dead_code)] // the benchmark reads figures the test does not
+mod load_scenario;
 mod simulate;

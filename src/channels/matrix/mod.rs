@@ -4,6 +4,12 @@
 //! `PUT /_matrix/client/v3/rooms/{roomId}/send/m.room.message/{txnId}`
 //! with the notification's id as the transaction id, so a retry of the same
 //! notice never posts twice.
+//!
+//! A rate-limited request is answered `429` with `{"errcode":
+//! "M_LIMIT_EXCEEDED", "retry_after_ms": …}`; servers following MSC4041
+//! (spec v1.10) also send `Retry-After` and deprecate the body field. kci
+//! honours whichever asks for the longer wait, so it neither comes back
+//! early to an older server nor to one whose header rounds up.
 
 use super::{Channel, DeliveryError, Outgoing, Receipt};
 use crate::model::{ChannelKind, Secret, Span};
@@ -85,7 +91,7 @@ impl MatrixChannel {
             .send()
             .await
             .map_err(|e| super::http::unanswered(&e))?;
-        let (_, text) = super::http::answer(resp).await?;
+        let (_, text) = super::http::answer(resp).await.map_err(explain)?;
         serde_json::from_str::<serde_json::Value>(&text)
             .ok()
             .and_then(|v| {
@@ -141,7 +147,7 @@ impl Channel for MatrixChannel {
             .send()
             .await
             .map_err(|e| super::http::unanswered(&e))?;
-        let (_, text) = super::http::answer(resp).await?;
+        let (_, text) = super::http::answer(resp).await.map_err(explain)?;
         let event = serde_json::from_str::<serde_json::Value>(&text)
             .ok()
             .and_then(|v| {
@@ -157,10 +163,35 @@ impl Channel for MatrixChannel {
     }
 }
 
+/// The client-server API's standard error body.
+#[derive(Deserialize)]
+struct MatrixError {
+    errcode: String,
+    #[serde(default)]
+    error: Option<String>,
+    #[serde(default)]
+    retry_after_ms: Option<u64>,
+}
+
+/// "HTTP 429 {json}" becomes "HTTP 429 M_LIMIT_EXCEEDED: Too many
+/// requests", and `retry_after_ms` is honoured beside `Retry-After`.
+fn explain(e: DeliveryError) -> DeliveryError {
+    let Some((status, body)) = super::http::error_body::<MatrixError>(&e) else {
+        return e;
+    };
+    let words = match body.error {
+        Some(words) => format!("{status} {}: {words}", body.errcode),
+        None => format!("{status} {}", body.errcode),
+    };
+    e.with_detail(words)
+        .with_retry_after(body.retry_after_ms.map(std::time::Duration::from_millis))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::channels::testkit::{Provider, outgoing};
+    use crate::channels::testkit::{Answer, Provider, outgoing};
+    use std::time::Duration;
 
     fn channel(url: &str) -> MatrixChannel {
         let cfg: MatrixConfig = toml::from_str(&format!(
@@ -281,5 +312,58 @@ mod tests {
         let uri = "matrix:roomid/abc:example.org".parse().unwrap();
         channel(&hs.url).check_destination(&uri).await.unwrap();
         assert_eq!(hs.requests().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_rate_limit_waits_for_retry_after_ms_or_the_header_whichever_is_later() {
+        const LIMITED: &str =
+            r#"{"errcode":"M_LIMIT_EXCEEDED","error":"Too many requests","retry_after_ms":2000}"#;
+        let cases = [
+            // An older server: the body's field only.
+            (Answer::new(429, LIMITED), Duration::from_millis(2000)),
+            // MSC4041: both, the header rounded up to whole seconds.
+            (
+                Answer::new(429, LIMITED).header("Retry-After", "2"),
+                Duration::from_secs(2),
+            ),
+            // They disagree: the later stands.
+            (
+                Answer::new(429, LIMITED).header("Retry-After", "7"),
+                Duration::from_secs(7),
+            ),
+            (
+                Answer::new(
+                    429,
+                    r#"{"errcode":"M_LIMIT_EXCEEDED","error":"Too many requests","retry_after_ms":12500}"#,
+                )
+                .header("Retry-After", "1"),
+                Duration::from_millis(12500),
+            ),
+            // The header only.
+            (
+                Answer::new(429, r#"{"errcode":"M_LIMIT_EXCEEDED","error":"Too many requests"}"#)
+                    .header("Retry-After", "3"),
+                Duration::from_secs(3),
+            ),
+        ];
+        for (answer, wait) in cases {
+            let hs = Provider::answering(answer.clone()).await;
+            for uri in [
+                "matrix:roomid/x:example.org",
+                "matrix:r/support:example.org",
+            ] {
+                let err = channel(&hs.url)
+                    .deliver(&outgoing(uri, "x", "y"))
+                    .await
+                    .unwrap_err();
+                assert!(err.is_transient(), "{answer:?}");
+                assert_eq!(err.retry_after(), Some(wait), "{answer:?} {uri}");
+                assert!(
+                    err.detail()
+                        .starts_with("HTTP 429 M_LIMIT_EXCEEDED: Too many requests"),
+                    "{err}"
+                );
+            }
+        }
     }
 }

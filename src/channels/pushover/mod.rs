@@ -4,6 +4,10 @@
 //! an urgent notice is an emergency that repeats every `emergency_retry`
 //! until acknowledged or `emergency_expire` runs out, and its receipt is
 //! kept in the record.
+//!
+//! Pushover answers `429` once the application's monthly quota is used up,
+//! and every answer carries `X-Limit-App-Reset` (a Unix time) saying when
+//! the quota renews; a 429 is retried no earlier than that.
 
 use super::{Channel, DeliveryError, Outgoing, Receipt, Report};
 use crate::model::{ChannelKind, Priority, ReceiptStatus, Secret, Span};
@@ -143,6 +147,7 @@ impl Channel for PushoverChannel {
             .send()
             .await
             .map_err(|e| super::http::unanswered(&e))?;
+        let renewal = quota_renewal(&resp);
         match super::http::answer(resp).await {
             Ok((_, text)) => {
                 let a: Option<Answer> = serde_json::from_str(&text).ok();
@@ -165,7 +170,7 @@ impl Channel for PushoverChannel {
                     segments: None,
                 })
             }
-            Err(e) => Err(with_their_words(e)),
+            Err(e) => Err(with_their_words(e).with_retry_after(renewal)),
         }
     }
 
@@ -258,6 +263,25 @@ impl Channel for PushoverChannel {
     }
 }
 
+/// For a 429, how long until `X-Limit-App-Reset` renews the quota.
+fn quota_renewal(resp: &reqwest::Response) -> Option<std::time::Duration> {
+    if resp.status() != reqwest::StatusCode::TOO_MANY_REQUESTS {
+        return None;
+    }
+    let reset: i64 = resp
+        .headers()
+        .get("x-limit-app-reset")?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    (reset - chrono::Utc::now().timestamp())
+        .try_into()
+        .ok()
+        .map(std::time::Duration::from_secs)
+}
+
 /// "HTTP 400 {json}" becomes "HTTP 400 user identifier is invalid".
 fn with_their_words(e: DeliveryError) -> DeliveryError {
     match super::http::error_body::<Answer>(&e) {
@@ -271,7 +295,7 @@ fn with_their_words(e: DeliveryError) -> DeliveryError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::channels::testkit::{Provider, outgoing};
+    use crate::channels::testkit::{Answer, Provider, outgoing};
 
     const TOKEN: &str = "azGDORePK8gMaC0QOYAMyEEuzJnyUi";
     const USER: &str = "uQiRzpo4DXghDmr9QzzfQu27cmVRsG";
@@ -438,5 +462,31 @@ mod tests {
         assert_eq!(report.status, ReceiptStatus::Unacknowledged);
         // A receipt that is no receipt never reaches a URL.
         assert!(ch.poll_receipt("../messages").await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_used_up_quota_is_retried_when_it_renews() {
+        let renews = chrono::Utc::now().timestamp() + 3 * 86_400;
+        let api = Provider::answering(
+            Answer::new(
+                429,
+                r#"{"status":0,"errors":["application has exceeded its message limit"],"request":"r3"}"#,
+            )
+            .header("X-Limit-App-Limit", "10000")
+            .header("X-Limit-App-Remaining", "0")
+            .header("X-Limit-App-Reset", &renews.to_string()),
+        )
+        .await;
+        let err = channel(&api.url)
+            .deliver(&outgoing(&format!("pushover:{USER}"), "x", "y"))
+            .await
+            .unwrap_err();
+        assert!(err.is_transient());
+        let wait = err.retry_after().unwrap().as_secs();
+        assert!((3 * 86_400 - 5..=3 * 86_400).contains(&wait), "{wait}");
+        assert_eq!(
+            err.detail(),
+            "HTTP 429 application has exceeded its message limit"
+        );
     }
 }

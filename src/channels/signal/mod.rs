@@ -2,6 +2,11 @@
 //! API server (bbernhard/signal-cli-rest-api): `POST /v2/send` with
 //! `{message, number, recipients}`, sent from the operator's registered
 //! number.
+//!
+//! The REST API answers every failed send `400 {"error": "…"}`, signal-cli's
+//! words included; one of them, "Failed to send message due to rate
+//! limiting" (signal-cli's `RateLimitErrorException`), is Signal's server
+//! asking to slow down, so it is worth retrying rather than final.
 
 use super::{Channel, DeliveryError, Outgoing, Receipt};
 use crate::model::{ChannelKind, Secret, Span};
@@ -68,7 +73,7 @@ impl Channel for SignalChannel {
             req = req.bearer_auth(token.expose());
         }
         let resp = req.send().await.map_err(|e| super::http::unanswered(&e))?;
-        let (_, text) = super::http::answer(resp).await?;
+        let (_, text) = super::http::answer(resp).await.map_err(explain)?;
         let stamp = serde_json::from_str::<serde_json::Value>(&text)
             .ok()
             .and_then(|v| {
@@ -81,6 +86,29 @@ impl Channel for SignalChannel {
             ..Default::default()
         })
     }
+}
+
+/// The REST API's error body.
+#[derive(Deserialize)]
+struct ApiError {
+    error: String,
+}
+
+/// "HTTP 400 {json}" becomes "HTTP 400 <signal-cli's words>"; a rate limit
+/// passed through as 400 becomes transient.
+fn explain(e: DeliveryError) -> DeliveryError {
+    let Some((status, body)) = super::http::error_body::<ApiError>(&e) else {
+        return e;
+    };
+    let detail = format!("{status} {}", body.error);
+    if e.is_permanent() && body.error.to_ascii_lowercase().contains("rate limit") {
+        return DeliveryError::Transient {
+            reason: "rate_limited",
+            detail,
+            retry_after: None,
+        };
+    }
+    e.with_detail(detail)
 }
 
 #[cfg(test)]
@@ -130,5 +158,24 @@ mod tests {
             .unwrap_err();
         assert!(err.is_permanent());
         assert!(err.detail().contains("Unregistered user"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_rate_limit_passed_through_as_400_is_retried() {
+        let server = Provider::start(
+            400,
+            r#"{"error":"Failed to send message due to rate limiting"}"#,
+        )
+        .await;
+        let err = channel(&server.url)
+            .deliver(&outgoing("signal:+447700900123", "x", "y"))
+            .await
+            .unwrap_err();
+        assert!(err.is_transient(), "{err}");
+        assert_eq!(err.reason(), "rate_limited");
+        assert_eq!(
+            err.detail(),
+            "HTTP 400 Failed to send message due to rate limiting"
+        );
     }
 }

@@ -35,12 +35,8 @@ pub async fn metrics(
             .ok_or(AppError::Unauthenticated)?
             .require(Scope::Admin)?;
     }
-    for (state, n) in st.store.count_by_state().await? {
-        st.metrics
-            .notifications
-            .get_or_create(&vec![("state", state.as_str().to_string())])
-            .set(n);
-    }
+    st.metrics
+        .set_notifications(&st.store.count_by_state().await?);
     Ok((
         [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
         st.metrics.render(),
