@@ -388,26 +388,32 @@ impl Scheduler {
         self.store.finish(&n.id, f).await
     }
 
-    /// The server's loop. Each channel is its own queue with its own
-    /// `concurrency` slots: the loop claims, per channel, as many due
-    /// notices as it has free slots and delivers each in a task of its own,
-    /// so a provider that is slow or timing out fills only its own slots
-    /// while the others go on. It sleeps until something is due (at most a
-    /// second, so other nodes' work and lease expiries are noticed), ingest
-    /// wakes it, or a delivery frees a slot. On shutdown it stops claiming
-    /// and lets the deliveries in flight finish.
+    /// The server's loop. Each channel is its own lane: its own queue of
+    /// claimed notices and its own `concurrency` slots, each delivery a task
+    /// of its own — so a provider that is slow or timing out fills only its
+    /// own slots while the others go on. A lane claims ahead (up to twice
+    /// its slots) when its queue runs low, so the store sees one claim per
+    /// many deliveries, and stops asking once a claim comes back empty
+    /// until ingest wakes the loop or the next due time comes. The loop
+    /// sleeps until something is due (at most a second, so other nodes'
+    /// work and lease expiries are noticed), ingest wakes it, or a delivery
+    /// frees a slot. On shutdown it stops claiming, leaves what is queued
+    /// to its lease, and lets the deliveries in flight finish.
     pub async fn run(self: Arc<Self>, shutdown: crate::shutdown::Shutdown) {
         use crate::model::ChannelKind;
-        let slots: std::collections::HashMap<ChannelKind, Arc<tokio::sync::Semaphore>> =
-            ChannelKind::ALL
-                .into_iter()
-                .map(|k| {
-                    (
-                        k,
-                        Arc::new(tokio::sync::Semaphore::new(self.delivery.concurrency)),
-                    )
-                })
-                .collect();
+        let concurrency = self.delivery.concurrency.max(1);
+        let mut lanes: Vec<Lane> = ChannelKind::ALL
+            .into_iter()
+            .map(|kind| Lane {
+                kind,
+                slots: Arc::new(tokio::sync::Semaphore::new(concurrency)),
+                queue: Default::default(),
+                dry: false,
+            })
+            .collect();
+        // A queued notice is dropped (and claimed again when its lease
+        // ends) rather than delivered this close to its lease's end.
+        let stale = self.delivery.lease.0.saturating_sub(std::time::Duration::from_secs(10));
         let mut inflight = tokio::task::JoinSet::new();
         let mut last_poll = std::time::Instant::now();
         while !shutdown.is_triggered() {
@@ -417,38 +423,44 @@ impl Scheduler {
                     tracing::error!(error = %e, "could not poll receipts");
                 }
             }
-            let mut started = 0;
-            for kind in ChannelKind::ALL {
-                let Some(sem) = slots.get(&kind) else {
-                    continue;
-                };
-                let free = sem.available_permits();
-                if free == 0 {
-                    continue;
-                }
-                match self.claim_on(kind, free).await {
-                    Ok(ready) => {
-                        for c in ready {
-                            let Ok(permit) = sem.clone().try_acquire_owned() else {
-                                break; // cannot happen: claimed no more than free
-                            };
-                            let this = self.clone();
-                            inflight.spawn(async move {
-                                let _slot = permit;
-                                this.handle(c).await
-                            });
-                            started += 1;
+            let mut progress = false;
+            for lane in &mut lanes {
+                if !lane.dry && lane.queue.len() < concurrency {
+                    match self.claim_on(lane.kind, 2 * concurrency - lane.queue.len()).await {
+                        Ok(ready) if ready.is_empty() => lane.dry = true,
+                        Ok(ready) => {
+                            let at = std::time::Instant::now();
+                            lane.queue.extend(ready.into_iter().map(|c| (at, c)));
+                            progress = true;
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, channel = %lane.kind, "scheduler could not reach the store; retrying");
+                            lane.dry = true;
                         }
                     }
-                    Err(e) => {
-                        tracing::error!(error = %e, channel = %kind, "scheduler could not reach the store; retrying");
+                }
+                while !lane.queue.is_empty() {
+                    let Ok(permit) = lane.slots.clone().try_acquire_owned() else {
+                        break;
+                    };
+                    let Some((at, c)) = lane.queue.pop_front() else {
+                        break;
+                    };
+                    if at.elapsed() >= stale {
+                        continue;
                     }
+                    let this = self.clone();
+                    inflight.spawn(async move {
+                        let _slot = permit;
+                        this.handle(c).await
+                    });
+                    progress = true;
                 }
             }
             while let Some(done) = inflight.try_join_next() {
                 log_delivery_task(done);
             }
-            if started > 0 {
+            if progress {
                 continue;
             }
             let now = self.clock.now();
@@ -460,8 +472,16 @@ impl Scheduler {
                 .unwrap_or(std::time::Duration::from_secs(1))
                 .min(std::time::Duration::from_secs(1));
             tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(wait) => {
+                    for lane in &mut lanes {
+                        lane.dry = false;
+                    }
+                }
+                _ = self.wake.notified() => {
+                    for lane in &mut lanes {
+                        lane.dry = false;
+                    }
+                }
                 Some(done) = inflight.join_next() => log_delivery_task(done),
                 _ = shutdown.wait() => {}
             }
@@ -488,6 +508,17 @@ impl Scheduler {
         }
         self.admit(claimed, now).await
     }
+}
+
+/// One channel's share of the server's loop.
+struct Lane {
+    kind: crate::model::ChannelKind,
+    /// Its deliveries in flight, at most `concurrency`.
+    slots: Arc<tokio::sync::Semaphore>,
+    /// Claimed, waiting for a slot, with when they were claimed.
+    queue: std::collections::VecDeque<(std::time::Instant, Claimed)>,
+    /// Its last claim found nothing: ask again when woken.
+    dry: bool,
 }
 
 /// A finished delivery task: its store error, or its panic, is logged (the
