@@ -11,6 +11,7 @@ pub mod config;
 pub mod ingest;
 pub mod metrics;
 pub mod model;
+pub mod pgp;
 pub mod plan;
 pub mod render;
 pub mod schedule;
