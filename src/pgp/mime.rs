@@ -97,8 +97,8 @@ pub fn encrypted_mail(
     body: &str,
     now: DateTime<Utc>,
 ) -> Result<Vec<u8>, PgpError> {
-    submission::encryption_key_valid(recipient_armored, now)?;
     let cert = submission::parse_bounded(recipient_armored.as_bytes())?;
+    submission::assess(&cert, None, now)?;
     let payload = text_part(body, Some(headers));
 
     let now = submission::judged_at(now);

@@ -342,7 +342,7 @@ fn clean(
 
 /// The checks shared by submission and send time; returns until when the
 /// key can be encrypted to.
-fn assess(
+pub(super) fn assess(
     cert: &Cert,
     address: Option<&str>,
     now: DateTime<Utc>,
