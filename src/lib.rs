@@ -12,6 +12,7 @@ pub mod inbound;
 pub mod ingest;
 pub mod metrics;
 pub mod model;
+pub mod pgp;
 pub mod plan;
 pub mod render;
 pub mod schedule;

@@ -38,6 +38,10 @@ pub struct Outgoing {
     /// Whether the channel's own secret signs too (a destination without
     /// secrets of its own, or in the overlap of its first).
     pub channel_secret: bool,
+    /// Mail: the armored OpenPGP key registered as active for the
+    /// destination's address, if any; the mail is then signed and
+    /// encrypted to it, or not sent at all (never in clear).
+    pub recipient_key: Option<String>,
 }
 
 impl Outgoing {

@@ -174,5 +174,6 @@ pub fn outgoing(uri: &str, short: &str, subject: &str) -> Outgoing {
         },
         secrets: Vec::new(),
         channel_secret: true,
+        recipient_key: None,
     }
 }

@@ -2,6 +2,7 @@
 
 mod apprise;
 mod explain;
+mod keys;
 mod migrate;
 mod serve;
 mod simulate;
@@ -52,6 +53,9 @@ pub enum Command {
         /// The scenario: kci config plus start, until, accounts and events.
         scenario: PathBuf,
     },
+    /// The operator's OpenPGP key, which signs every mail.
+    #[command(subcommand)]
+    Keys(KeysCommand),
     /// Apprise URLs to kci's channels and back, for the operator's own services.
     #[command(subcommand)]
     Apprise(AppriseCommand),
@@ -78,6 +82,21 @@ pub enum AppriseCommand {
         /// Without one, a channel's URL has a {placeholder} to replace.
         #[arg(long = "to")]
         to: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum KeysCommand {
+    /// Generate the operator's key (Ed25519 signing, Cv25519 encryption)
+    /// for the `[email] from` address, write the secret key to a new file
+    /// (mode 0600, never overwritten), and print its fingerprint, the
+    /// public key and the `[email] signing_key` line to add.
+    Generate {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Where to write the secret key (default kci-data/operator-secret.asc).
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
 }
 
@@ -110,6 +129,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         }) => token::create(config, name, scopes).await,
         Command::Simulate { scenario } => simulate::run(&scenario).await,
         Command::Explain { config, event } => explain::run(config, event).await,
+        Command::Keys(KeysCommand::Generate { config, out }) => keys::generate(config, out),
         Command::Apprise(AppriseCommand::Import { source }) => apprise::import(&source),
         Command::Apprise(AppriseCommand::Export { config, to }) => apprise::export(config, to),
     }

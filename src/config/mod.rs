@@ -135,6 +135,13 @@ pub struct EmailConfig {
     /// Give up on one SMTP conversation after this long.
     #[serde(default = "default_timeout")]
     pub timeout: Span,
+    /// The operator's OpenPGP secret key (a file made by `kci keys
+    /// generate`; its content is secret, keep it mode 0600). Set: every
+    /// mail is signed (PGP/MIME) and mail to an address with an active key
+    /// is encrypted too. Read at startup; kci refuses to start if it
+    /// cannot use it.
+    #[serde(default)]
+    pub signing_key: Option<PathBuf>,
 }
 
 fn default_from() -> String {
@@ -156,6 +163,7 @@ impl Default for EmailConfig {
             smtp: None,
             outbox: default_outbox(),
             timeout: default_timeout(),
+            signing_key: None,
         }
     }
 }

@@ -246,6 +246,8 @@ impl Scheduler {
                 .map(crate::model::Secret::new)
                 .collect(),
             channel_secret: signing.channel,
+            // The key registry fills this in (issue 5).
+            recipient_key: None,
         };
         let started = std::time::Instant::now();
         let result = channel.deliver(&out).await;

@@ -4,6 +4,7 @@
 pub mod api;
 mod auth;
 mod error;
+pub mod wkd;
 
 pub use auth::{Caller, hash_token, new_token};
 pub use error::AppError;
@@ -44,7 +45,22 @@ impl AppState {
 
 pub fn router(state: AppState) -> Router {
     let limit = state.config.server.max_body_bytes;
-    api::routes()
+    let mut routes = api::routes();
+    // The operator's Web Key Directory, when mail is signed. The key was
+    // already loaded once by the email channel, which refuses to start
+    // without it; a failure here only leaves the directory out.
+    if let Some(path) = &state.config.email.signing_key {
+        let from = state.config.email.from.parse::<lettre::message::Mailbox>();
+        match (crate::channels::email::load_signing_key(path), from) {
+            (Ok(key), Ok(from)) => {
+                let dir = wkd::Directory::new(&key, from.email.as_ref());
+                routes = routes.merge(wkd::routes(dir));
+            }
+            (Err(e), _) => tracing::warn!(error = %e, "no Web Key Directory"),
+            (_, Err(e)) => tracing::warn!(error = %e, "no Web Key Directory"),
+        }
+    }
+    routes
         .layer(axum::extract::DefaultBodyLimit::max(limit))
         .with_state(state)
 }

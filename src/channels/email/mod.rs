@@ -3,6 +3,15 @@
 //! can open. Every mail carries `Auto-Submitted: auto-generated`, a stable
 //! `Message-ID` per notification (so a retry after a crash is recognisably
 //! the same mail), and threading headers per correlation key.
+//!
+//! With `[email] signing_key` (DESIGN.md §6) every mail is PGP/MIME signed
+//! by the operator's key and carries its Autocrypt header; a mail whose
+//! [`Outgoing::recipient_key`] is set is signed and encrypted to that key
+//! (see [`crate::pgp`]). If that key is no longer valid (expired or revoked
+//! since it was registered) the delivery fails permanently instead of
+//! going out in clear: the customer asked for encryption, and a fault
+//! notice in clear tells every relay and mailbox provider on the way what
+//! the customer wanted kept between them and the operator.
 
 mod maildir;
 mod smtp;
@@ -10,7 +19,9 @@ mod smtp;
 use super::{Channel, DeliveryError, Outgoing, Receipt};
 use crate::config::EmailConfig;
 use crate::model::ChannelKind;
+use crate::pgp::{MailHeaders, OperatorKey, PgpError};
 use async_trait::async_trait;
+use lettre::address::Envelope;
 use lettre::message::header::{ContentType, Header, HeaderName, HeaderValue};
 use lettre::message::{Mailbox, Message};
 use std::path::PathBuf;
@@ -42,6 +53,16 @@ pub struct EmailChannel {
     from: Mailbox,
     domain: String,
     transport: Transport,
+    /// The operator's key: set, every mail is signed.
+    signing: Option<OperatorKey>,
+}
+
+/// Reads the operator's secret key from `path` (`[email] signing_key`).
+pub fn load_signing_key(path: &std::path::Path) -> anyhow::Result<OperatorKey> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("email.signing_key: cannot read {}: {e}", path.display()))?;
+    OperatorKey::from_armored(&text)
+        .map_err(|e| anyhow::anyhow!("email.signing_key: {}: {e}", path.display()))
 }
 
 impl EmailChannel {
@@ -59,25 +80,85 @@ impl EmailChannel {
             }
             None => Transport::Maildir(maildir::Maildir::create(PathBuf::from(&cfg.outbox))?),
         };
+        let signing = cfg
+            .signing_key
+            .as_deref()
+            .map(load_signing_key)
+            .transpose()?;
         Ok(Self {
             from,
             domain,
             transport,
+            signing,
         })
     }
 
-    /// Builds the mail for `msg` (public for tests and `kci simulate`).
-    pub fn build(&self, msg: &Outgoing) -> Result<Message, DeliveryError> {
+    /// The operator's key, when mail is signed.
+    pub fn signing_key(&self) -> Option<&OperatorKey> {
+        self.signing.as_ref()
+    }
+
+    /// The envelope and the bytes of the mail for `msg`: plain, signed, or
+    /// signed and encrypted (see the module doc).
+    pub fn render(&self, msg: &Outgoing) -> Result<(Envelope, Vec<u8>), DeliveryError> {
+        let Some(key) = &self.signing else {
+            let mail = self.build(msg)?;
+            return Ok((mail.envelope().clone(), mail.formatted()));
+        };
         let n = &msg.notification;
-        let to: Mailbox = n
-            .uri
+        let to = self.to(msg)?;
+        let envelope = Envelope::new(Some(self.from.email.clone()), vec![to.email.clone()])
+            .map_err(|e| DeliveryError::Permanent {
+                reason: "bad_address",
+                detail: e.to_string(),
+            })?;
+        let thread = format!("<{}@{}>", thread_id(&n.account, &n.key), self.domain);
+        let now = chrono::Utc::now();
+        let headers = MailHeaders {
+            from: self.from.clone(),
+            to,
+            subject: msg.rendered.subject.clone(),
+            date: now,
+            message_id: format!("<{}@{}>", n.id, self.domain),
+            in_reply_to: Some(thread.clone()),
+            references: Some(thread),
+            auto_submitted: Some("auto-generated".into()),
+        };
+        let bytes = match &msg.recipient_key {
+            Some(recipient) => {
+                crate::pgp::encrypted_mail(key, recipient, &headers, &msg.rendered.body, now)
+            }
+            None => crate::pgp::signed_mail(key, &headers, &msg.rendered.body),
+        }
+        .map_err(|e| match e {
+            PgpError::Recipient(refusal) => DeliveryError::Permanent {
+                reason: "recipient_key_invalid",
+                detail: format!("not sent (never in clear to a key holder): {refusal}"),
+            },
+            other => DeliveryError::Permanent {
+                reason: "pgp",
+                detail: other.to_string(),
+            },
+        })?;
+        Ok((envelope, bytes))
+    }
+
+    fn to(&self, msg: &Outgoing) -> Result<Mailbox, DeliveryError> {
+        let n = &msg.notification;
+        n.uri
             .strip_prefix("mailto:")
             .unwrap_or(&n.uri)
             .parse()
             .map_err(|e| DeliveryError::Permanent {
                 reason: "bad_address",
                 detail: format!("{e}"),
-            })?;
+            })
+    }
+
+    /// Builds the mail for `msg` (public for tests and `kci simulate`).
+    pub fn build(&self, msg: &Outgoing) -> Result<Message, DeliveryError> {
+        let n = &msg.notification;
+        let to = self.to(msg)?;
         let thread = format!("<{}@{}>", thread_id(&n.account, &n.key), self.domain);
         Message::builder()
             .from(self.from.clone())
@@ -110,10 +191,10 @@ impl Channel for EmailChannel {
     }
 
     async fn deliver(&self, msg: &Outgoing) -> Result<Receipt, DeliveryError> {
-        let mail = self.build(msg)?;
+        let (envelope, mail) = self.render(msg)?;
         match &self.transport {
             Transport::Smtp(pool) => {
-                let resp = pool.send(mail.envelope(), &mail.formatted()).await?;
+                let resp = pool.send(&envelope, &mail).await?;
                 let words = resp.message().collect::<Vec<_>>().join(" ");
                 Ok(Receipt {
                     detail: Some(format!("{} {}", resp.code(), words)),
@@ -121,14 +202,14 @@ impl Channel for EmailChannel {
                 })
             }
             Transport::Maildir(m) => {
-                let name =
-                    m.deliver(&mail.formatted())
-                        .await
-                        .map_err(|e| DeliveryError::Transient {
-                            reason: "outbox",
-                            detail: e.to_string(),
-                            retry_after: None,
-                        })?;
+                let name = m
+                    .deliver(&mail)
+                    .await
+                    .map_err(|e| DeliveryError::Transient {
+                        reason: "outbox",
+                        detail: e.to_string(),
+                        retry_after: None,
+                    })?;
                 Ok(Receipt {
                     detail: Some(format!("outbox {name}")),
                     ..Default::default()
@@ -142,5 +223,126 @@ impl Channel for EmailChannel {
             Transport::Smtp(pool) => pool.check().await.map_err(|e| e.to_string()),
             Transport::Maildir(m) => m.check(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::channels::testkit::outgoing;
+
+    fn channel(dir: &std::path::Path, key: Option<&str>) -> anyhow::Result<EmailChannel> {
+        let mut cfg = EmailConfig {
+            from: "NOC <noc@isp.example>".into(),
+            outbox: dir.join("outbox"),
+            ..Default::default()
+        };
+        if let Some(text) = key {
+            let path = dir.join("operator.asc");
+            std::fs::write(&path, text)?;
+            cfg.signing_key = Some(path);
+        }
+        EmailChannel::from_config(&cfg)
+    }
+
+    fn outbox(dir: &std::path::Path) -> Vec<String> {
+        std::fs::read_dir(dir.join("outbox/new"))
+            .unwrap()
+            .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn without_a_key_mail_is_plain_text() {
+        let dir = tempfile::tempdir().unwrap();
+        let ch = channel(dir.path(), None).unwrap();
+        ch.deliver(&outgoing("mailto:carol@example.org", "down", "Line down"))
+            .await
+            .unwrap();
+        let mail = &outbox(dir.path())[0];
+        assert!(mail.contains("Content-Type: text/plain"), "{mail}");
+        assert!(!mail.contains("Autocrypt"));
+    }
+
+    #[tokio::test]
+    async fn with_a_key_every_mail_is_signed_and_keyed_mail_encrypted() {
+        let dir = tempfile::tempdir().unwrap();
+        let (operator, tsk) = OperatorKey::generate("NOC <noc@isp.example>", None).unwrap();
+        let ch = channel(dir.path(), Some(&tsk)).unwrap();
+        assert_eq!(
+            ch.signing_key().unwrap().fingerprint(),
+            operator.fingerprint()
+        );
+
+        ch.deliver(&outgoing("mailto:carol@example.org", "down", "Line down"))
+            .await
+            .unwrap();
+        let (customer, _) = OperatorKey::generate("Dave <dave@example.org>", None).unwrap();
+        let mut keyed = outgoing("mailto:dave@example.org", "down", "Line down");
+        keyed.recipient_key = Some(customer.public_armored());
+        ch.deliver(&keyed).await.unwrap();
+
+        let mails = outbox(dir.path());
+        let signed = mails
+            .iter()
+            .find(|m| m.contains("multipart/signed"))
+            .unwrap();
+        assert!(signed.contains("Subject: Line down\r\n"));
+        assert!(signed.contains("Auto-Submitted: auto-generated\r\n"));
+        assert!(signed.contains("Message-ID: <01a20000-0000-7000-8000-000000000001@isp.example>"));
+        assert!(signed.contains("References: <kci-thread-"));
+        assert!(signed.contains("Autocrypt: addr=noc@isp.example;"));
+        let encrypted = mails
+            .iter()
+            .find(|m| m.contains("multipart/encrypted"))
+            .unwrap();
+        assert!(encrypted.contains("Subject: ...\r\n"));
+        assert!(!encrypted.contains("Line down"));
+        assert!(encrypted.contains("References: <kci-thread-"));
+    }
+
+    #[tokio::test]
+    async fn a_key_no_longer_valid_fails_the_delivery_instead_of_sending_in_clear() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, tsk) = OperatorKey::generate("NOC <noc@isp.example>", None).unwrap();
+        let ch = channel(dir.path(), Some(&tsk)).unwrap();
+        // A key revoked since it was registered.
+        use sequoia_openpgp::cert::prelude::*;
+        use sequoia_openpgp::serialize::SerializeInto;
+        let (cert, revocation) = CertBuilder::general_purpose(Some("olga@example.org"))
+            .generate()
+            .unwrap();
+        let registered = String::from_utf8(cert.armored().to_vec().unwrap()).unwrap();
+        crate::pgp::encryption_key_valid(&registered, chrono::Utc::now()).unwrap();
+        let (revoked, _) = cert.insert_packets(revocation).unwrap();
+        let revoked = String::from_utf8(revoked.armored().to_vec().unwrap()).unwrap();
+        let mut msg = outgoing("mailto:olga@example.org", "down", "Line down");
+        msg.recipient_key = Some(revoked);
+        let e = ch.deliver(&msg).await.unwrap_err();
+        assert!(e.is_permanent());
+        assert_eq!(e.reason(), "recipient_key_invalid");
+        assert!(e.detail().contains("revoked"), "{e}");
+        assert!(outbox(dir.path()).is_empty(), "nothing sent");
+    }
+
+    #[test]
+    fn unusable_signing_keys_stop_startup_with_the_key_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = EmailConfig {
+            outbox: dir.path().join("outbox"),
+            signing_key: Some(dir.path().join("missing.asc")),
+            ..Default::default()
+        };
+        let e = EmailChannel::from_config(&cfg).err().unwrap().to_string();
+        assert!(e.starts_with("email.signing_key: cannot read"), "{e}");
+        let (key, _) = OperatorKey::generate("NOC <noc@isp.example>", None).unwrap();
+        let public = dir.path().join("public.asc");
+        std::fs::write(&public, key.public_armored()).unwrap();
+        cfg.signing_key = Some(public);
+        let e = EmailChannel::from_config(&cfg).err().unwrap().to_string();
+        assert!(
+            e.contains("email.signing_key") && e.contains("public key"),
+            "{e}"
+        );
     }
 }

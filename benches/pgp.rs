@@ -1,0 +1,183 @@
+//! Secure mail on one core: signed+encrypted mails per second (Ed25519
+//! operator key to a Cv25519 and to an RSA-3072 recipient), signed-only
+//! mails, and a submitted key checked, beside GnuPG doing the same
+//! sign+encrypt with the same keys (`gpg --sign --encrypt`, one process per
+//! mail, as a shell script or a gpg-based mailer would run it).
+//!
+//!     cargo bench --bench pgp [-- --mails N --gpg-mails M]
+
+use chrono::Utc;
+use kci::pgp::{MailHeaders, OperatorKey, check_submission, encrypted_mail, signed_mail};
+use std::hint::black_box;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+const BODY: &str = "Line 4711 (Example Street 1) is down since 09:12 UTC.\n\
+We have dispatched a technician and expect it back by 13:00.\n\
+Reference: INC-2024-0815. Reply to this mail to reach the NOC.\n";
+
+fn gpg(home: &Path, args: &[&str], stdin: Option<&[u8]>) -> Vec<u8> {
+    use std::io::Write;
+    let mut child = Command::new("/usr/bin/gpg")
+        .env("GNUPGHOME", home)
+        .args([
+            "--batch",
+            "--no-tty",
+            "--pinentry-mode",
+            "loopback",
+            "--passphrase",
+            "",
+        ])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("/usr/bin/gpg");
+    let mut input = child.stdin.take().unwrap();
+    if let Some(data) = stdin {
+        input.write_all(data).unwrap();
+    }
+    drop(input);
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "gpg {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+fn arg(name: &str, default: usize) -> usize {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn main() {
+    let mails = arg("--mails", 2000);
+    let gpg_mails = arg("--gpg-mails", 100);
+    let home = tempfile::Builder::new()
+        .prefix("kci-bench-gpg")
+        .tempdir()
+        .unwrap();
+    let home = home.path();
+
+    let (operator, tsk) = OperatorKey::generate("kci <notify@isp.example>", None).unwrap();
+    gpg(home, &["--import"], Some(tsk.as_bytes()));
+    let mut recipients = Vec::new();
+    for (uid, algo, sub) in [
+        ("cv25519 <cv@example.org>", "ed25519", "cv25519"),
+        ("rsa3072 <rsa@example.org>", "rsa3072", "rsa3072"),
+    ] {
+        gpg(
+            home,
+            &["--quick-gen-key", uid, algo, "sign,cert", "never"],
+            None,
+        );
+        let listing =
+            String::from_utf8(gpg(home, &["--with-colons", "--list-keys", uid], None)).unwrap();
+        let fpr = listing
+            .lines()
+            .find_map(|l| l.strip_prefix("fpr:::::::::"))
+            .unwrap()
+            .trim_end_matches(':')
+            .to_string();
+        gpg(home, &["--quick-add-key", &fpr, sub, "encr", "never"], None);
+        let armored = gpg(home, &["--armor", "--export", &fpr], None);
+        let addr = uid
+            .split('<')
+            .nth(1)
+            .unwrap()
+            .trim_end_matches('>')
+            .to_string();
+        recipients.push((sub, fpr, addr, armored));
+    }
+
+    println!(
+        "one core, body {} bytes; kci: sequoia-openpgp (crypto-openssl)",
+        BODY.len()
+    );
+    let headers = |to: &str| MailHeaders {
+        from: "kci <notify@isp.example>".parse().unwrap(),
+        to: to.parse().unwrap(),
+        subject: "Fault: line 4711 down".into(),
+        date: Utc::now(),
+        message_id: "<n-1@isp.example>".into(),
+        in_reply_to: Some("<t@isp.example>".into()),
+        references: Some("<t@isp.example>".into()),
+        auto_submitted: Some("auto-generated".into()),
+    };
+
+    let h = headers("carol@example.org");
+    let start = Instant::now();
+    for _ in 0..mails {
+        black_box(signed_mail(&operator, &h, BODY).unwrap());
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "kci signed (multipart/signed):            {:>8.0} mails/s  ({:.3} ms/mail, n={mails})",
+        mails as f64 / secs,
+        secs * 1000.0 / mails as f64
+    );
+
+    for (kind, fpr, addr, armored) in &recipients {
+        let clean = check_submission(armored, addr, Utc::now()).unwrap();
+        let n = (mails / 10).max(10);
+        let start = Instant::now();
+        for _ in 0..n {
+            black_box(check_submission(armored, addr, Utc::now()).unwrap());
+        }
+        let secs = start.elapsed().as_secs_f64();
+        println!(
+            "kci check_submission ({kind:<7}):           {:>8.0} keys/s   ({:.3} ms/key, n={n})",
+            n as f64 / secs,
+            secs * 1000.0 / n as f64
+        );
+
+        let h = headers(addr);
+        let start = Instant::now();
+        for _ in 0..mails {
+            black_box(encrypted_mail(&operator, &clean.armored, &h, BODY, Utc::now()).unwrap());
+        }
+        let secs = start.elapsed().as_secs_f64();
+        println!(
+            "kci signed+encrypted to {kind:<7}:          {:>8.0} mails/s  ({:.3} ms/mail, n={mails})",
+            mails as f64 / secs,
+            secs * 1000.0 / mails as f64
+        );
+
+        let start = Instant::now();
+        for _ in 0..gpg_mails {
+            black_box(gpg(
+                home,
+                &[
+                    "--trust-model",
+                    "always",
+                    "--armor",
+                    "-u",
+                    operator.fingerprint(),
+                    "-r",
+                    fpr,
+                    "--sign",
+                    "--encrypt",
+                ],
+                Some(BODY.as_bytes()),
+            ));
+        }
+        let secs = start.elapsed().as_secs_f64();
+        println!(
+            "gpg --sign --encrypt to {kind:<7}:          {:>8.0} mails/s  ({:.3} ms/mail, n={gpg_mails}, a process each)",
+            gpg_mails as f64 / secs,
+            secs * 1000.0 / gpg_mails as f64
+        );
+    }
+    let _ = Command::new("gpgconf")
+        .env("GNUPGHOME", home)
+        .args(["--kill", "gpg-agent"])
+        .status();
+}

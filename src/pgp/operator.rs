@@ -1,0 +1,224 @@
+//! The operator's own key: Ed25519 for certifying and signing every mail,
+//! a Cv25519 subkey so customers (and the submission address) can encrypt
+//! to the operator. Made by `kci keys generate`, read from the file
+//! `[email] signing_key` names.
+
+use super::{PgpError, fingerprint_hex, policy_at};
+use base64::Engine;
+use chrono::Utc;
+use openpgp::Profile;
+use openpgp::cert::prelude::*;
+use openpgp::crypto::{KeyPair, mpi};
+use openpgp::parse::Parse;
+use openpgp::serialize::{Serialize, SerializeInto};
+use openpgp::types::{Curve, Features, KeyFlags, PublicKeyAlgorithm};
+use sequoia_openpgp as openpgp;
+use std::time::Duration;
+
+/// The operator's secret signing key, ready to sign.
+#[derive(Clone)]
+pub struct OperatorKey {
+    /// Public parts only: what is published and attached.
+    public: Cert,
+    signer: KeyPair,
+    fingerprint: String,
+}
+
+impl std::fmt::Debug for OperatorKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the secret.
+        write!(f, "OperatorKey({})", self.fingerprint)
+    }
+}
+
+impl OperatorKey {
+    /// Generates a key for `user_id` (`Name <address>`): an Ed25519 primary
+    /// key for certification and signing, a Cv25519 subkey for encryption,
+    /// OpenPGP v4 (RFC 4880) advertising SEIPDv1 only, so GnuPG 2.2 and
+    /// every mail reader can use it. `validity` None: no expiry. Returns the
+    /// key and its armored secret form (the file to keep).
+    pub fn generate(
+        user_id: &str,
+        validity: Option<Duration>,
+    ) -> Result<(OperatorKey, String), PgpError> {
+        let (cert, _revocation) = CertBuilder::new()
+            .set_profile(Profile::RFC4880)
+            .map_err(PgpError::crypto)?
+            .set_cipher_suite(CipherSuite::Cv25519)
+            .set_features(Features::empty().set_seipdv1())
+            .map_err(PgpError::crypto)?
+            .set_primary_key_flags(KeyFlags::empty().set_certification().set_signing())
+            .set_validity_period(validity)
+            .add_userid(user_id)
+            .add_subkey(
+                KeyFlags::empty()
+                    .set_transport_encryption()
+                    .set_storage_encryption(),
+                None,
+                None,
+            )
+            .generate()
+            .map_err(PgpError::crypto)?;
+        let tsk = cert.as_tsk().armored().to_vec().map_err(PgpError::crypto)?;
+        let tsk = String::from_utf8(tsk).map_err(PgpError::crypto)?;
+        Ok((OperatorKey::from_cert(cert)?, tsk))
+    }
+
+    /// Reads an armored secret key (a transferable secret key). Refused:
+    /// public keys, password-protected keys (protect the file instead: kci
+    /// has to sign unattended), and keys whose signing key is not a valid
+    /// Ed25519 key now.
+    pub fn from_armored(text: &str) -> Result<OperatorKey, PgpError> {
+        let cert = Cert::from_bytes(text.as_bytes())
+            .map_err(|e| PgpError::OperatorKey(format!("not an OpenPGP key ({e})")))?;
+        OperatorKey::from_cert(cert)
+    }
+
+    fn from_cert(cert: Cert) -> Result<OperatorKey, PgpError> {
+        let refuse = |why: &str| PgpError::OperatorKey(why.to_string());
+        if !cert.is_tsk() {
+            return Err(refuse(
+                "this is a public key; kci needs the secret key made by `kci keys generate`",
+            ));
+        }
+        let policy = policy_at(Utc::now());
+        let vc = cert
+            .with_policy(&policy, None)
+            .map_err(|e| PgpError::OperatorKey(format!("the key is not valid ({e})")))?;
+        vc.alive()
+            .map_err(|e| PgpError::OperatorKey(format!("the key has expired ({e})")))?;
+        if let openpgp::types::RevocationStatus::Revoked(_) = vc.revocation_status() {
+            return Err(refuse("the key is revoked"));
+        }
+        let ka = vc
+            .keys()
+            .secret()
+            .alive()
+            .revoked(false)
+            .for_signing()
+            .find(|ka| is_ed25519(ka.key().pk_algo(), ka.key().mpis()))
+            .ok_or_else(|| refuse("the key has no valid Ed25519 signing key with its secret"))?;
+        if !ka.key().has_unencrypted_secret() {
+            return Err(refuse(
+                "the secret key is password-protected; kci signs unattended, so \
+                 keep it unprotected in a file only kci can read (mode 0600)",
+            ));
+        }
+        let signer = ka.key().clone().into_keypair().map_err(PgpError::crypto)?;
+        let fingerprint = fingerprint_hex(&cert.fingerprint());
+        Ok(OperatorKey {
+            public: cert.strip_secret_key_material(),
+            signer,
+            fingerprint,
+        })
+    }
+
+    /// The primary key's fingerprint, hex, upper case.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
+    /// The public key, ASCII-armored.
+    pub fn public_armored(&self) -> String {
+        super::submission::armored(&self.public).unwrap_or_default()
+    }
+
+    /// The public key, binary (what a Web Key Directory serves).
+    pub fn public_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        // Serialising a parsed certificate into memory cannot fail.
+        let _ = self.public.serialize(&mut out);
+        out
+    }
+
+    /// The public certificate (for encrypt-to and tests).
+    pub fn cert(&self) -> &Cert {
+        &self.public
+    }
+
+    /// The key that signs mail.
+    pub(super) fn signer(&self) -> KeyPair {
+        self.signer.clone()
+    }
+
+    /// The value of an `Autocrypt:` header (Autocrypt Level 1) for mail
+    /// from `addr`: `addr=…; prefer-encrypt=mutual; keydata=…`, with a
+    /// minimal key (primary key, the user IDs for `addr`, the subkeys, their
+    /// self-signatures), folded for a mail header.
+    pub fn autocrypt_header(&self, addr: &str) -> String {
+        let minimal = self.public.clone().retain_userids(|ua| {
+            ua.userid()
+                .email()
+                .ok()
+                .flatten()
+                .is_some_and(|e| e.eq_ignore_ascii_case(addr))
+        });
+        let bytes = minimal.to_vec().unwrap_or_default();
+        let b64 = base64::engine::general_purpose::STANDARD.encode(bytes);
+        let mut value = format!("addr={addr}; prefer-encrypt=mutual; keydata=");
+        for (i, chunk) in b64.as_bytes().chunks(72).enumerate() {
+            if i > 0 {
+                value.push_str("\r\n ");
+            }
+            value.push_str(std::str::from_utf8(chunk).unwrap_or_default());
+        }
+        value
+    }
+}
+
+fn is_ed25519(algo: PublicKeyAlgorithm, mpis: &mpi::PublicKey) -> bool {
+    match (algo, mpis) {
+        (PublicKeyAlgorithm::Ed25519, _) => true,
+        (PublicKeyAlgorithm::EdDSA, mpi::PublicKey::EdDSA { curve, .. }) => {
+            *curve == Curve::Ed25519
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_keys_round_trip_and_refuse_public_keys() {
+        let (key, tsk) = OperatorKey::generate("kci <kci@example.org>", None).unwrap();
+        assert!(tsk.contains("PRIVATE KEY BLOCK"));
+        let again = OperatorKey::from_armored(&tsk).unwrap();
+        assert_eq!(again.fingerprint(), key.fingerprint());
+        assert_eq!(key.fingerprint().len(), 40);
+        assert!(!format!("{key:?}").contains("PRIVATE"));
+        let e = OperatorKey::from_armored(&key.public_armored()).unwrap_err();
+        assert!(e.to_string().contains("public key"), "{e}");
+        assert!(OperatorKey::from_armored("nonsense").is_err());
+        // Features: SEIPDv1 only.
+        let p = policy_at(Utc::now());
+        let f = key
+            .cert()
+            .with_policy(&p, None)
+            .unwrap()
+            .features()
+            .unwrap();
+        assert!(f.supports_seipdv1() && !f.supports_seipdv2());
+    }
+
+    #[test]
+    fn autocrypt_header_carries_a_minimal_key() {
+        let (key, _) = OperatorKey::generate("kci <kci@example.org>", None).unwrap();
+        let h = key.autocrypt_header("kci@example.org");
+        assert!(h.starts_with("addr=kci@example.org; prefer-encrypt=mutual; keydata="));
+        let data: String = h
+            .split("keydata=")
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .collect();
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(data)
+            .unwrap();
+        let cert = Cert::from_bytes(&bytes).unwrap();
+        assert_eq!(cert.fingerprint().to_hex(), key.fingerprint());
+        assert!(!cert.is_tsk());
+        assert_eq!(cert.userids().count(), 1);
+    }
+}
