@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod inbound;
 pub mod ingest;
+pub mod keys;
 pub mod metrics;
 pub mod model;
 pub mod pgp;

@@ -2,6 +2,7 @@
 
 mod apprise;
 mod explain;
+mod inbound;
 mod keys;
 mod migrate;
 mod serve;
@@ -56,6 +57,11 @@ pub enum Command {
     /// The operator's OpenPGP key, which signs every mail.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Read a mail to the key submission address from stdin (an MTA pipe):
+    /// the key it carries is registered pending and a confirmation link
+    /// sent encrypted to it. Exit 0 handled, 65 unreadable mail, 75 try
+    /// again later.
+    Inbound(ConfigArg),
     /// Apprise URLs to kci's channels and back, for the operator's own services.
     #[command(subcommand)]
     Apprise(AppriseCommand),
@@ -130,6 +136,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Simulate { scenario } => simulate::run(&scenario).await,
         Command::Explain { config, event } => explain::run(config, event).await,
         Command::Keys(KeysCommand::Generate { config, out }) => keys::generate(config, out),
+        Command::Inbound(c) => inbound::run(c).await,
         Command::Apprise(AppriseCommand::Import { source }) => apprise::import(&source),
         Command::Apprise(AppriseCommand::Export { config, to }) => apprise::export(config, to),
     }

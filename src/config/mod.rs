@@ -40,9 +40,35 @@ pub struct Config {
     /// Retry and concurrency of the delivery workers.
     #[serde(default)]
     pub delivery: DeliveryConfig,
+    /// The key registry (OpenPGP keys per address).
+    #[serde(default)]
+    pub keys: KeysConfig,
     /// Event types source systems may post, by name (such as `line.down`).
     #[serde(default)]
     pub types: BTreeMap<String, EventType>,
+}
+
+/// `[keys]`: the key registry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeysConfig {
+    /// How long a replacement or removal of an active key waits without
+    /// proof from the current key's holder (DESIGN.md §7: 7 days at the
+    /// `standard` level).
+    #[serde(default = "default_cooling_off")]
+    pub cooling_off: Span,
+}
+
+fn default_cooling_off() -> Span {
+    Span(std::time::Duration::from_secs(7 * 86_400))
+}
+
+impl Default for KeysConfig {
+    fn default() -> Self {
+        Self {
+            cooling_off: default_cooling_off(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

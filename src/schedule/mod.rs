@@ -99,6 +99,37 @@ impl Scheduler {
         Ok(self.store.active_key(&address).await?.is_none())
     }
 
+    /// The key a mail must be encrypted to: the one its message names (a
+    /// confirmation link goes to the key submitted), else the address's
+    /// active key. `Err` when the named key is gone: such a mail is never
+    /// sent in clear.
+    async fn recipient_key(
+        &self,
+        n: &crate::store::Notification,
+    ) -> crate::store::Result<Result<Option<String>, String>> {
+        if n.channel != crate::model::ChannelKind::Email {
+            return Ok(Ok(None));
+        }
+        let address = n
+            .uri
+            .strip_prefix("mailto:")
+            .unwrap_or(&n.uri)
+            .to_ascii_lowercase();
+        match n.message.as_ref().and_then(|m| m.encrypt_to.as_deref()) {
+            Some(fpr) => Ok(match self.store.key(&address, fpr).await? {
+                Some(k) => Ok(Some(k.armored)),
+                None => Err(format!(
+                    "not sent (never in clear): the key {fpr} it must be encrypted to is not registered for {address}"
+                )),
+            }),
+            None => Ok(Ok(self
+                .store
+                .active_key(&address)
+                .await?
+                .map(|k| k.armored))),
+        }
+    }
+
     fn lease_until(&self, now: DateTime<Utc>) -> DateTime<Utc> {
         now + Duration::from_std(self.delivery.lease.0).unwrap_or(Duration::minutes(2))
     }
@@ -228,6 +259,21 @@ impl Scheduler {
                 )
                 .await;
         };
+        let recipient_key = match self.recipient_key(n).await? {
+            Ok(key) => key,
+            Err(detail) => {
+                return self
+                    .finish(
+                        n,
+                        Finish::Failed {
+                            at: now,
+                            reason: Reason::Rejected,
+                            detail,
+                        },
+                    )
+                    .await;
+            }
+        };
         let signing = if n.channel == crate::model::ChannelKind::Webhook {
             self.store.destination_secrets(&n.destination, now).await?
         } else {
@@ -246,8 +292,7 @@ impl Scheduler {
                 .map(crate::model::Secret::new)
                 .collect(),
             channel_secret: signing.channel,
-            // The key registry fills this in (issue 5).
-            recipient_key: None,
+            recipient_key,
         };
         let started = std::time::Instant::now();
         let result = channel.deliver(&out).await;
@@ -415,7 +460,11 @@ impl Scheduler {
             .collect();
         // A queued notice is dropped (and claimed again when its lease
         // ends) rather than delivered this close to its lease's end.
-        let stale = self.delivery.lease.0.saturating_sub(std::time::Duration::from_secs(10));
+        let stale = self
+            .delivery
+            .lease
+            .0
+            .saturating_sub(std::time::Duration::from_secs(10));
         let mut inflight = tokio::task::JoinSet::new();
         let mut last_poll = std::time::Instant::now();
         while !shutdown.is_triggered() {
@@ -428,7 +477,10 @@ impl Scheduler {
             let mut progress = false;
             for lane in &mut lanes {
                 if !lane.dry && lane.queue.len() < concurrency {
-                    match self.claim_on(lane.kind, 2 * concurrency - lane.queue.len()).await {
+                    match self
+                        .claim_on(lane.kind, 2 * concurrency - lane.queue.len())
+                        .await
+                    {
                         Ok(ready) if ready.is_empty() => lane.dry = true,
                         Ok(ready) => {
                             let at = std::time::Instant::now();

@@ -77,6 +77,24 @@ async fn every_endpoint_checks_token_and_scope() {
             None,
             "events:write",
         ),
+        (
+            "POST",
+            "/v1/keys".into(),
+            Some(r#"{"address":"a@example.com","key":"x"}"#),
+            "keys:write",
+        ),
+        (
+            "GET",
+            "/v1/keys/a@example.com".into(),
+            None,
+            "directory:read",
+        ),
+        (
+            "DELETE",
+            "/v1/keys/a@example.com".into(),
+            None,
+            "keys:write",
+        ),
         ("GET", "/metrics".into(), None, "admin"),
     ];
     for (method, path, body, scope) in endpoints {

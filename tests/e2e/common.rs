@@ -212,6 +212,11 @@ impl Kci {
 
     /// As [`Kci::start`], with `server` added to the `[server]` table.
     pub fn start_with(smtp: Option<u16>, server: &str, extra: &str) -> Kci {
+        Kci::start_full(smtp, server, "", extra)
+    }
+
+    /// As [`Kci::start`], with `server` and `email` added to those tables.
+    pub fn start_full(smtp: Option<u16>, server: &str, email: &str, extra: &str) -> Kci {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let config = dir.path().join("kci.toml");
@@ -221,7 +226,7 @@ impl Kci {
         let text = format!(
             "[server]\nlisten = \"127.0.0.1:{port}\"\n{server}\
              [store]\nurl = \"sqlite://{db}\"\n\
-             [email]\nfrom = \"Example ISP <kci@isp.example>\"\noutbox = \"{outbox}\"\n{smtp}\
+             [email]\nfrom = \"Example ISP <kci@isp.example>\"\noutbox = \"{outbox}\"\n{smtp}{email}\
              [delivery]\nbackoff = \"200ms\"\n{extra}\n{TYPES}",
             db = dir.path().join("kci.db").display(),
             outbox = dir.path().join("outbox").display(),

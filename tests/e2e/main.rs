@@ -10,4 +10,5 @@ mod crash;
 mod delivery;
 #[allow(dead_code)] // the benchmark reads figures the test does not
 mod load_scenario;
+mod secure_mail;
 mod simulate;

@@ -102,6 +102,12 @@ impl EmailChannel {
     /// signed and encrypted (see the module doc).
     pub fn render(&self, msg: &Outgoing) -> Result<(Envelope, Vec<u8>), DeliveryError> {
         let Some(key) = &self.signing else {
+            if msg.recipient_key.is_some() {
+                return Err(DeliveryError::Permanent {
+                    reason: "no_signing_key",
+                    detail: "not sent (never in clear to a key holder): encrypted mail needs [email] signing_key".into(),
+                });
+            }
             let mail = self.build(msg)?;
             return Ok((mail.envelope().clone(), mail.formatted()));
         };

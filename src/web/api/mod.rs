@@ -4,6 +4,7 @@ mod callbacks;
 mod deliveries;
 mod directory;
 mod events;
+mod keys;
 mod ops;
 
 use super::AppState;
@@ -47,6 +48,12 @@ pub fn routes() -> Router<AppState> {
             post(directory::rotate_secret),
         )
         .route("/v1/callbacks/twilio/{id}", post(callbacks::twilio))
+        .route("/v1/keys", post(keys::submit))
+        .route(
+            "/v1/keys/confirm/{token}",
+            get(keys::confirm_page).post(keys::confirm),
+        )
+        .route("/v1/keys/{address}", get(keys::status).delete(keys::remove))
         .route("/v1/deliveries", get(deliveries::list))
         .route("/v1/deliveries/{id}/retry", post(deliveries::retry))
         .route("/healthz", get(ops::healthz))

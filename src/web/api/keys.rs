@@ -1,0 +1,247 @@
+//! The key registry over HTTP (DESIGN.md §6): a source system (or the
+//! portal) submits a customer's key (`POST /v1/keys`, scope `keys:write`),
+//! sees where an address stands (`GET /v1/keys/{address}`), and asks for
+//! its removal (`DELETE /v1/keys/{address}`, a protected change). The
+//! links kci mails, encrypted to a key, land on `/v1/keys/confirm/{token}`:
+//! a page with one button, so a mail scanner that fetches links confirms
+//! nothing; only the POST does.
+
+use crate::keys::{Registry, Submitted, normalise};
+use crate::model::{Confirmed, Scope};
+use crate::web::{AppError, AppState, Caller};
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{Html, IntoResponse};
+use serde::Deserialize;
+use serde_json::json;
+
+fn registry(st: &AppState) -> Registry<'_> {
+    Registry {
+        store: st.store.as_ref(),
+        config: st.config.as_ref(),
+        now: st.clock.now(),
+    }
+}
+
+fn address(raw: &str) -> Result<String, AppError> {
+    normalise(raw).ok_or_else(|| {
+        AppError::invalid(
+            "invalid_field",
+            "address",
+            format!("`{raw}` is not an email address"),
+        )
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SubmitInput {
+    address: String,
+    /// The public key, ASCII-armored.
+    key: String,
+}
+
+/// `POST /v1/keys` (scope `keys:write`): `{address, key}`. 202 with the
+/// key's fingerprint and `pending` (a confirmation link went to the key)
+/// or `change_requested` (the address has another active key); 422 with
+/// the reason when the key is refused.
+pub async fn submit(
+    State(st): State<AppState>,
+    caller: Caller,
+    body: Bytes,
+) -> Result<impl IntoResponse, AppError> {
+    caller.require(Scope::KeysWrite)?;
+    let input: SubmitInput = super::json_body(&body)?;
+    if st.config.email.signing_key.is_none() {
+        return Err(AppError::Conflict {
+            code: "no_signing_key",
+            message:
+                "this hub signs no mail ([email] signing_key is not set), so it registers no keys"
+                    .into(),
+        });
+    }
+    let address = address(&input.address)?;
+    if input.key.len() > crate::pgp::MAX_KEY_BYTES * 2 {
+        return Err(AppError::invalid(
+            "key_refused",
+            "key",
+            format!("larger than {} bytes", crate::pgp::MAX_KEY_BYTES * 2),
+        ));
+    }
+    let outcome = registry(&st)
+        .submit(&address, input.key.as_bytes(), "api", false)
+        .await?;
+    st.wake.notify_one();
+    match outcome {
+        Submitted::Pending(key) => Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({
+                "address": address,
+                "fingerprint": key.fingerprint,
+                "status": "pending",
+                "warnings": key.warnings,
+            })),
+        )),
+        Submitted::ChangeRequested { key, change } => Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({
+                "address": address,
+                "fingerprint": key.fingerprint,
+                "status": "change_requested",
+                "change": change,
+                "warnings": key.warnings,
+            })),
+        )),
+        Submitted::Refused(why) => Err(AppError::invalid("key_refused", "key", why)),
+    }
+}
+
+/// `GET /v1/keys/{address}` (scope `directory:read`): the active key, keys
+/// waiting for confirmation, and changes, with fingerprints and times.
+pub async fn status(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(raw): Path<String>,
+) -> Result<impl IntoResponse, AppError> {
+    caller.require(Scope::DirectoryRead)?;
+    let address = address(&raw)?;
+    let status = st.store.key_status(&address).await?;
+    Ok(Json(status))
+}
+
+/// `DELETE /v1/keys/{address}` (scope `keys:write`): asks to stop
+/// encrypting to the address. 202 with the pending change (its holder is
+/// mailed a link, encrypted to the current key, to approve it); 404 if the
+/// address has no active key.
+pub async fn remove(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(raw): Path<String>,
+) -> Result<impl IntoResponse, AppError> {
+    caller.require(Scope::KeysWrite)?;
+    let address = address(&raw)?;
+    match registry(&st).remove(&address).await? {
+        Some(change) => {
+            st.wake.notify_one();
+            Ok((StatusCode::ACCEPTED, Json(json!({"change": change}))))
+        }
+        None => Err(AppError::NotFound {
+            what: format!("an active key for {address}"),
+        }),
+    }
+}
+
+fn page(status: StatusCode, title: &str, text: &str, form: Option<&str>) -> impl IntoResponse {
+    let esc = |s: &str| {
+        s.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+            .replace('"', "&quot;")
+    };
+    let form = form
+        .map(|action| {
+            format!(
+                "<form method=\"post\" action=\"{}\"><button type=\"submit\">Confirm</button></form>",
+                esc(action)
+            )
+        })
+        .unwrap_or_default();
+    (
+        status,
+        [
+            (
+                "content-security-policy",
+                "default-src 'none'; form-action 'self'",
+            ),
+            ("referrer-policy", "no-referrer"),
+            ("cache-control", "no-store"),
+        ],
+        Html(format!(
+            "<!doctype html><html><head><meta charset=\"utf-8\"><title>{t}</title></head>\
+             <body><h1>{t}</h1><p>{x}</p>{form}</body></html>",
+            t = esc(title),
+            x = esc(text)
+        )),
+    )
+}
+
+fn plausible_token(token: &str) -> bool {
+    token.len() == 43
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// `GET /v1/keys/confirm/{token}`: the page behind a mailed link, with the
+/// button that confirms. Changes nothing.
+pub async fn confirm_page(Path(token): Path<String>) -> impl IntoResponse {
+    if !plausible_token(&token) {
+        return page(
+            StatusCode::NOT_FOUND,
+            "Link not valid",
+            "This link is not one kci sent.",
+            None,
+        )
+        .into_response();
+    }
+    page(
+        StatusCode::OK,
+        "Confirm",
+        "Press the button to confirm what the message you received described.",
+        Some(&format!("/v1/keys/confirm/{token}")),
+    )
+    .into_response()
+}
+
+/// `POST /v1/keys/confirm/{token}`: follows the link (single use, 24 h).
+pub async fn confirm(
+    State(st): State<AppState>,
+    Path(token): Path<String>,
+) -> Result<impl IntoResponse, AppError> {
+    if !plausible_token(&token) {
+        return Ok(page(
+            StatusCode::NOT_FOUND,
+            "Link not valid",
+            "This link is not one kci sent.",
+            None,
+        )
+        .into_response());
+    }
+    let outcome = registry(&st).confirm(&token).await?;
+    st.wake.notify_one();
+    let (status, title, text) = match outcome {
+        Confirmed::Activated(k) => (
+            StatusCode::OK,
+            "Key confirmed",
+            format!(
+                "Mail to {} is now encrypted to the key {}.",
+                k.address, k.fingerprint
+            ),
+        ),
+        Confirmed::Applied(c) => (
+            StatusCode::OK,
+            "Change applied",
+            match c.fingerprint {
+                Some(f) => format!("Mail to {} is now encrypted to the key {f}.", c.address),
+                None => format!("Mail to {} is no longer encrypted.", c.address),
+            },
+        ),
+        Confirmed::Proven(c) => (
+            StatusCode::OK,
+            "Confirmation recorded",
+            format!(
+                "Thank you. The change for {} also needs the other key holder's confirmation; without it, it waits until {} at the earliest.",
+                c.address,
+                crate::model::fmt_time(c.not_before)
+            ),
+        ),
+        Confirmed::Invalid => (
+            StatusCode::NOT_FOUND,
+            "Link not valid",
+            "This link was used already, has expired, or is not one kci sent.".to_string(),
+        ),
+    };
+    Ok(page(status, title, &text, None).into_response())
+}

@@ -1,0 +1,455 @@
+//! Secure mail end to end (DESIGN.md §6), with real GnuPG on the customer's
+//! side: a key made by `gpg`, mailed in a message built by Python's email
+//! package and piped to `kci inbound`; the confirmation mail, received by a
+//! real SMTP server, decrypted by `gpg` and its link followed; then an
+//! event, and `gpg --decrypt` verifies the operator's signature and yields
+//! the text. For an Ed25519/Cv25519 key and an RSA-3072 key.
+
+use crate::common::*;
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// A customer's GnuPG home.
+struct Gpg {
+    home: tempfile::TempDir,
+}
+
+impl Gpg {
+    fn new() -> Gpg {
+        assert!(
+            Path::new("/usr/bin/gpg").exists(),
+            "GnuPG must be installed at /usr/bin/gpg (apt-get install gnupg)"
+        );
+        Gpg {
+            home: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn run(&self, args: &[&str], stdin: Option<&[u8]>) -> (bool, Vec<u8>, String) {
+        let mut child = Command::new("/usr/bin/gpg")
+            .env("GNUPGHOME", self.home.path())
+            .args([
+                "--batch",
+                "--yes",
+                "--pinentry-mode",
+                "loopback",
+                "--passphrase",
+                "",
+            ])
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run gpg");
+        if let Some(input) = stdin {
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(input).unwrap();
+        }
+        drop(child.stdin.take());
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.success(),
+            out.stdout,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    fn ok(&self, args: &[&str], stdin: Option<&[u8]>) -> Vec<u8> {
+        let (ok, out, err) = self.run(args, stdin);
+        assert!(ok, "gpg {args:?}: {err}");
+        out
+    }
+
+    /// A key for `uid` (`primary` signs, `sub` encrypts); its fingerprint.
+    fn generate(&self, uid: &str, primary: &str, sub: &str) -> String {
+        self.ok(&["--quick-gen-key", uid, primary, "sign,cert", "1y"], None);
+        let listing =
+            String::from_utf8(self.ok(&["--with-colons", "--list-keys", uid], None)).unwrap();
+        let fpr = listing
+            .lines()
+            .find(|l| l.starts_with("fpr:"))
+            .and_then(|l| l.split(':').nth(9))
+            .unwrap()
+            .to_string();
+        self.ok(&["--quick-add-key", &fpr, sub, "encr", "1y"], None);
+        fpr
+    }
+
+    fn export(&self, uid: &str) -> String {
+        String::from_utf8(self.ok(&["--armor", "--export", uid], None)).unwrap()
+    }
+
+    /// Decrypts the PGP/MIME mail `raw`: the inner text and gpg's status
+    /// (`DECRYPTION_OKAY` when it could).
+    fn decrypt_mail(&self, raw: &str) -> (String, String) {
+        let start = raw
+            .find("-----BEGIN PGP MESSAGE-----")
+            .expect("an encrypted part");
+        let end =
+            raw.find("-----END PGP MESSAGE-----").unwrap() + "-----END PGP MESSAGE-----".len();
+        // gpg exits non-zero when it cannot check a signature; whether it
+        // decrypted is in its status lines.
+        let (_, out, err) = self.run(
+            &["--status-fd", "2", "--decrypt"],
+            Some(&raw.as_bytes()[start..end]),
+        );
+        (String::from_utf8_lossy(&out).into_owned(), err)
+    }
+}
+
+/// Quoted-printable soft line breaks and `=3D` undone (enough for links).
+fn unqp(s: &str) -> String {
+    s.replace("=\r\n", "")
+        .replace("=\n", "")
+        .replace("=3D", "=")
+}
+
+/// A submission mail as a real mail tool writes it: Python's email package.
+fn submission_mail(from: &str, key: &str) -> Vec<u8> {
+    let script = r#"
+import sys
+from email.message import EmailMessage
+msg = EmailMessage()
+msg["From"] = "Alice <" + sys.argv[1] + ">"
+msg["To"] = "keys@isp.example"
+msg["Subject"] = "My OpenPGP key"
+msg.set_content("Please encrypt my notices to the attached key.\n")
+msg.add_attachment(sys.stdin.read().encode(), maintype="application", subtype="pgp-keys", filename="key.asc")
+sys.stdout.buffer.write(msg.as_bytes())
+"#;
+    let mut child = Command::new("/usr/bin/python3")
+        .args(["-c", script, from])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(key.as_bytes())
+            .unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    out.stdout
+}
+
+/// `kci inbound --config …` with `mail` on stdin: exit code and stderr.
+fn inbound(config: &Path, mail: &[u8]) -> (i32, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kci"))
+        .args(["inbound", "--config"])
+        .arg(config)
+        .env("KCI_LOG", "warn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(mail).unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The operator's key, made with `kci keys generate`.
+fn operator_key(dir: &Path) -> PathBuf {
+    let config = dir.join("keygen.toml");
+    std::fs::write(
+        &config,
+        "[email]\nfrom = \"Example ISP <kci@isp.example>\"\n",
+    )
+    .unwrap();
+    let out = dir.join("operator.asc");
+    let status = Command::new(env!("CARGO_BIN_EXE_kci"))
+        .args(["keys", "generate", "--config"])
+        .arg(&config)
+        .arg("--out")
+        .arg(&out)
+        .env("KCI_LOG", "warn")
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    out
+}
+
+async fn register_and_receive(primary: &str, sub: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let smtp = SmtpServer::start(dir.path());
+    let signing = operator_key(dir.path());
+    let kci = Kci::start_full(
+        Some(smtp.port),
+        "",
+        &format!("signing_key = \"{}\"\n", signing.display()),
+        "",
+    );
+    let alice = Gpg::new();
+    let fpr = alice.generate("Alice <alice@example.com>", primary, sub);
+    // The customer trusts the operator's key as published (WKD).
+    let (s, _) = kci
+        .call("GET", "/.well-known/openpgpkey/policy", None, None)
+        .await;
+    assert_eq!(s, 200);
+    let operator_public = {
+        let out = reqwest::get(format!(
+            "{}/.well-known/openpgpkey/hu/{}",
+            kci.base,
+            kci::pgp::wkd::hash("kci")
+        ))
+        .await
+        .unwrap();
+        assert_eq!(out.status(), 200);
+        out.bytes().await.unwrap()
+    };
+    alice.ok(&["--import"], Some(&operator_public));
+
+    // 1. The key, mailed in, piped to kci inbound.
+    let mail = submission_mail("alice@example.com", &alice.export("alice@example.com"));
+    let (code, err) = inbound(&kci.config, &mail);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains(&fpr), "{err}");
+
+    // 2. The confirmation, encrypted to that key and signed by the operator.
+    let confirm = eventually(15, "the confirmation mail", || async {
+        smtp.mails()
+            .into_iter()
+            .find(|m| m.contains("multipart/encrypted"))
+    })
+    .await;
+    assert!(
+        !confirm.contains("Confirm your OpenPGP key"),
+        "the subject does not leak"
+    );
+    let (inner, status) = alice.decrypt_mail(&confirm);
+    assert!(status.contains("DECRYPTION_OKAY"), "{status}");
+    assert!(status.contains("GOODSIG"), "{status}");
+    let inner = unqp(&inner);
+    assert!(
+        inner.contains("Subject: Confirm your OpenPGP key"),
+        "{inner}"
+    );
+    let link = inner
+        .split_whitespace()
+        .find(|w| w.contains("/v1/keys/confirm/"))
+        .expect("a link")
+        .to_string();
+    let path = &link[link.find("/v1/").unwrap()..];
+    // Fetching the link (a mail scanner) changes nothing; the button does.
+    let (s, _) = kci.call("GET", path, None, None).await;
+    assert_eq!(s, 200);
+    let (_, status) = kci
+        .call(
+            "GET",
+            "/v1/keys/alice@example.com",
+            Some(&kci.token(&["directory:read"])),
+            None,
+        )
+        .await;
+    assert_eq!(status["active"], serde_json::Value::Null);
+    let (s, page) = kci.call("POST", path, None, None).await;
+    assert_eq!(s, 200, "{page}");
+    assert!(page.to_string().contains("Key confirmed"), "{page}");
+    let (s, _) = kci.call("POST", path, None, None).await;
+    assert_eq!(s, 404, "a link works once");
+    let reader = kci.token(&["directory:read"]);
+    let (_, status) = kci
+        .call("GET", "/v1/keys/Alice@Example.com", Some(&reader), None)
+        .await;
+    assert_eq!(status["active"]["fingerprint"], fpr.as_str());
+    assert_eq!(status["active"]["state"], "active");
+
+    // 3. An event: the notice arrives encrypted and signed.
+    let admin = kci.token(&["directory:admin", "directory:write"]);
+    let source = kci.token(&["events:write"]);
+    kci.customer(
+        &admin,
+        "A1",
+        "alice",
+        json!({"uri": "mailto:alice@example.com", "verified": true}),
+    )
+    .await;
+    let event = json!({
+        "id": "e1", "type": "line.down", "account": "A1", "service": "L1",
+        "occurred_at": "2026-07-01T02:58:00Z", "expires_at": "2099-01-01T00:00:00Z",
+        "data": {"ticket": "T-4711"}
+    });
+    let (s, v) = kci
+        .call(
+            "POST",
+            "/v1/events",
+            Some(&source),
+            Some(&event.to_string()),
+        )
+        .await;
+    assert_eq!(s, 202, "{v}");
+    let notice = eventually(15, "the notice", || async {
+        smtp.mails()
+            .into_iter()
+            .filter(|m| m.contains("multipart/encrypted"))
+            .find(|m| {
+                let (inner, _) = alice.decrypt_mail(m);
+                inner.contains("Line L1 is down")
+            })
+    })
+    .await;
+    assert!(
+        !notice.contains("T-4711") && !notice.contains("Line L1"),
+        "nothing leaks outside"
+    );
+    let (inner, status) = alice.decrypt_mail(&notice);
+    assert!(
+        status.contains("GOODSIG") && status.contains("VALIDSIG"),
+        "{status}"
+    );
+    assert!(
+        unqp(&inner).contains("Engineer reference: T-4711."),
+        "{inner}"
+    );
+}
+
+#[tokio::test]
+async fn an_ed25519_cv25519_key_is_registered_by_mail_and_used() {
+    register_and_receive("ed25519", "cv25519").await;
+}
+
+#[tokio::test]
+async fn an_rsa3072_key_is_registered_by_mail_and_used() {
+    register_and_receive("rsa3072", "rsa3072").await;
+}
+
+#[tokio::test]
+async fn keys_for_someone_elses_address_never_become_active_and_replacement_waits_for_proof() {
+    let dir = tempfile::tempdir().unwrap();
+    let signing = operator_key(dir.path());
+    let kci = Kci::start_full(
+        None,
+        "",
+        &format!("signing_key = \"{}\"\n", signing.display()),
+        "",
+    );
+    let writer = kci.token(&["keys:write"]);
+    let reader = kci.token(&["directory:read"]);
+    let mallory = Gpg::new();
+    mallory.generate("Mallory <mallory@evil.example>", "ed25519", "cv25519");
+    let key = mallory.export("mallory@evil.example");
+
+    // Over the API, for Alice's address: refused, with the reason.
+    let body = json!({"address": "alice@example.com", "key": key}).to_string();
+    let (s, v) = kci
+        .call("POST", "/v1/keys", Some(&writer), Some(&body))
+        .await;
+    assert_eq!(s, 422, "{v}");
+    assert_eq!(v["error"], "key_refused");
+    assert!(
+        v["message"].as_str().unwrap().contains("alice@example.com"),
+        "{v}"
+    );
+    // By mail, from Alice's address (forged): a polite refusal, no link.
+    let (code, err) = inbound(&kci.config, &submission_mail("alice@example.com", &key));
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("refused"), "{err}");
+    let refusal = eventually(10, "the refusal", || async {
+        kci.outbox()
+            .into_iter()
+            .find(|m| m.contains("was not registered"))
+    })
+    .await;
+    assert!(!refusal.contains("/v1/keys/confirm/"), "{refusal}");
+    let (_, status) = kci
+        .call("GET", "/v1/keys/alice@example.com", Some(&reader), None)
+        .await;
+    assert_eq!(status["active"], serde_json::Value::Null);
+    assert_eq!(status["pending"], json!([]));
+
+    // Alice's own key, confirmed through the API path this time.
+    let alice = Gpg::new();
+    alice.generate("Alice <alice@example.com>", "ed25519", "cv25519");
+    let body = json!({"address": "alice@example.com", "key": alice.export("alice@example.com")})
+        .to_string();
+    let (s, v) = kci
+        .call("POST", "/v1/keys", Some(&writer), Some(&body))
+        .await;
+    assert_eq!((s, &v["status"]), (202, &json!("pending")), "{v}");
+    let confirm = eventually(10, "the confirmation", || async {
+        kci.outbox()
+            .into_iter()
+            .find(|m| m.contains("multipart/encrypted"))
+    })
+    .await;
+    let (inner, _) = alice.decrypt_mail(&confirm);
+    let inner = unqp(&inner);
+    let link = inner
+        .split_whitespace()
+        .find(|w| w.contains("/v1/keys/confirm/"))
+        .unwrap();
+    let (s, _) = kci
+        .call("POST", &link[link.find("/v1/").unwrap()..], None, None)
+        .await;
+    assert_eq!(s, 200);
+
+    // Someone submits another key for Alice: a change that waits for proof
+    // from Alice's current key; nothing applies it early.
+    let other = Gpg::new();
+    other.generate("Alice <alice@example.com>", "ed25519", "cv25519");
+    let body = json!({"address": "alice@example.com", "key": other.export("alice@example.com")})
+        .to_string();
+    let (s, v) = kci
+        .call("POST", "/v1/keys", Some(&writer), Some(&body))
+        .await;
+    assert_eq!((s, &v["status"]), (202, &json!("change_requested")), "{v}");
+    let (_, status) = kci
+        .call("GET", "/v1/keys/alice@example.com", Some(&reader), None)
+        .await;
+    let changes = status["changes"].as_array().unwrap();
+    assert_eq!(changes.len(), 1);
+    assert_eq!(
+        (&changes[0]["state"], &changes[0]["proven_current"]),
+        (&json!("pending"), &json!(false))
+    );
+    // The other key's holder confirms possession: still not applied.
+    let to_other = eventually(10, "the new key's confirmation", || async {
+        kci.outbox()
+            .into_iter()
+            .filter(|m| m.contains("multipart/encrypted"))
+            .find(|m| other.decrypt_mail(m).1.contains("DECRYPTION_OKAY"))
+    })
+    .await;
+    let (inner, _) = other.decrypt_mail(&to_other);
+    let inner = unqp(&inner);
+    let link = inner
+        .split_whitespace()
+        .find(|w| w.contains("/v1/keys/confirm/"))
+        .unwrap();
+    let (s, page) = kci
+        .call("POST", &link[link.find("/v1/").unwrap()..], None, None)
+        .await;
+    assert_eq!(s, 200);
+    assert!(page.to_string().contains("other key holder"), "{page}");
+    let (_, status) = kci
+        .call("GET", "/v1/keys/alice@example.com", Some(&reader), None)
+        .await;
+    assert_ne!(status["active"]["fingerprint"], v["fingerprint"]);
+    // Removal: 202 with a pending change; the scope is checked.
+    let (s, _) = kci
+        .call("DELETE", "/v1/keys/alice@example.com", Some(&reader), None)
+        .await;
+    assert_eq!(s, 403);
+    let (s, v) = kci
+        .call("DELETE", "/v1/keys/alice@example.com", Some(&writer), None)
+        .await;
+    assert_eq!((s, &v["change"]["kind"]), (202, &json!("remove")), "{v}");
+    let (_, status) = kci
+        .call("GET", "/v1/keys/alice@example.com", Some(&reader), None)
+        .await;
+    assert!(status["active"].is_object(), "removal waits for proof");
+}
