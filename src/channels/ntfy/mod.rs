@@ -23,6 +23,10 @@ pub struct NtfyConfig {
     /// The server's rate limit, such as `60/1m`.
     #[serde(default)]
     pub rate: Option<crate::model::Cap>,
+    /// Where tapping a notice leads (the portal, say); an event's own
+    /// `data.url` (http or https) wins.
+    #[serde(default)]
+    pub click: Option<url::Url>,
 }
 
 fn default_url() -> url::Url {
@@ -47,6 +51,7 @@ pub struct NtfyChannel {
     client: reqwest::Client,
     url: url::Url,
     token: Option<Secret<String>>,
+    click: Option<url::Url>,
 }
 
 impl NtfyChannel {
@@ -55,7 +60,25 @@ impl NtfyChannel {
             client: super::http::client(cfg.timeout.0)?,
             url: cfg.url.clone(),
             token: cfg.token.clone(),
+            click: cfg.click.clone(),
         })
+    }
+}
+
+impl NtfyChannel {
+    /// The click URL: the event's `data.url` if it is a web address, else
+    /// the configured one.
+    fn click(&self, msg: &Outgoing) -> Option<String> {
+        let from_event = msg
+            .event
+            .as_ref()
+            .and_then(|e| e.data.get("url"))
+            .and_then(|u| u.as_str())
+            .and_then(|u| url::Url::parse(u).ok())
+            .filter(|u| matches!(u.scheme(), "https" | "http"));
+        from_event
+            .or_else(|| self.click.clone())
+            .map(|u| u.to_string())
     }
 }
 
@@ -74,12 +97,15 @@ impl Channel for NtfyChannel {
         let n = &msg.notification;
         let topic = msg.address();
         let message = msg.text();
-        let body = serde_json::json!({
+        let mut body = serde_json::json!({
             "topic": topic,
             "message": message,
             "title": msg.rendered.subject,
             "priority": priority(n.priority),
         });
+        if let Some(click) = self.click(msg) {
+            body["click"] = click.into();
+        }
         let mut req = self.client.post(self.url.clone()).json(&body);
         if let Some(token) = &self.token {
             req = req.bearer_auth(token.expose());
@@ -159,5 +185,46 @@ mod tests {
             assert!(err.detail().contains(&format!("HTTP {status}")), "{err}");
             assert!(!format!("{err} {err:?}").contains("tk_secret"), "{status}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_click_url_from_the_event_or_the_config() {
+        let ntfy = Provider::start(200, r#"{"id":"x"}"#).await;
+        let cfg: NtfyConfig = toml::from_str(&format!(
+            "url = \"{}\"\nclick = \"https://my.isp.example/messages\"",
+            ntfy.url
+        ))
+        .unwrap();
+        let ch = NtfyChannel::from_config(&cfg).unwrap();
+        let mut out = outgoing("ntfy:alerts", "Appointment booked", "Appointment");
+        ch.deliver(&out).await.unwrap();
+        let mut event: crate::model::Event = serde_json::from_value(serde_json::json!({
+            "id": "e1", "type": "appointment.booked", "account": "A1", "key": "k",
+            "priority": "normal", "category": "appointment",
+            "occurred_at": "2026-07-01T09:00:00Z", "received_at": "2026-07-01T09:00:00Z",
+            "data": {"url": "https://my.isp.example/appointments/42"}
+        }))
+        .unwrap();
+        out.event = Some(event.clone());
+        ch.deliver(&out).await.unwrap();
+        // Not a web address: the configured one.
+        event
+            .data
+            .insert("url".into(), "javascript:alert(1)".into());
+        out.event = Some(event);
+        ch.deliver(&out).await.unwrap();
+        let clicks: Vec<_> = ntfy
+            .requests()
+            .iter()
+            .map(|r| r.json()["click"].clone())
+            .collect();
+        assert_eq!(
+            clicks,
+            vec![
+                serde_json::json!("https://my.isp.example/messages"),
+                serde_json::json!("https://my.isp.example/appointments/42"),
+                serde_json::json!("https://my.isp.example/messages"),
+            ]
+        );
     }
 }
