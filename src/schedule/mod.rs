@@ -81,13 +81,10 @@ impl Scheduler {
         Ok(n)
     }
 
-    /// Whether `n` must go content-free: its account is `paranoid` and the
+    /// Whether a notice of a `paranoid` account must go content-free: its
     /// channel is not end-to-end encrypted (anything but mail to an address
     /// with an active key).
     async fn content_free(&self, n: &crate::store::Notification) -> crate::store::Result<bool> {
-        if !self.store.paranoid(&n.account).await? {
-            return Ok(false);
-        }
         if n.channel != crate::model::ChannelKind::Email {
             return Ok(true);
         }
@@ -221,7 +218,7 @@ impl Scheduler {
         // Content-free: no texts, and not the event either (a webhook
         // would carry its data).
         let mut event = c.event.clone();
-        if !n.type_name.starts_with("kci.") && self.content_free(n).await? {
+        if !n.type_name.starts_with("kci.") && c.paranoid && self.content_free(n).await? {
             rendered = self.renderer.content_free();
             event = None;
         }
@@ -332,17 +329,18 @@ impl Scheduler {
         if let Finish::Retry { .. } = &finish {
             tracing::info!(notification = %n.id, channel = %n.channel, attempts = n.attempts, "delivery failed, will retry");
         }
-        let verdict = match &finish {
-            Finish::Sent { .. } => Some(false),
+        // A refusal counts against the destination's health; a success
+        // clears the count in the same write as the outcome.
+        let refused = matches!(
+            &finish,
             Finish::Failed {
                 reason: Reason::Rejected,
                 ..
-            } => Some(true),
-            _ => None,
-        };
+            }
+        );
         self.finish(n, finish).await?;
-        if let Some(failed) = verdict {
-            self.health().count_outcome(n, failed, at).await?;
+        if refused {
+            self.health().count_outcome(n, true, at).await?;
         }
         Ok(())
     }

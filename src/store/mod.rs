@@ -303,6 +303,9 @@ pub enum Finish {
 pub struct Claimed {
     pub notification: Notification,
     pub event: Option<Event>,
+    /// Its account is `paranoid` (content-free notices where content
+    /// could leak).
+    pub paranoid: bool,
 }
 
 /// What a destination's deliveries are signed with.
@@ -413,7 +416,8 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<Claimed>>;
 
-    /// Records the outcome of delivering a claimed notification.
+    /// Records the outcome of delivering a claimed notification; a `sent`
+    /// one also clears its destination's count of refusals in a row.
     async fn finish(&self, id: &str, outcome: Finish) -> Result<()>;
     /// The earliest time something will be due (pending or leased).
     async fn next_due(&self) -> Result<Option<DateTime<Utc>>>;
@@ -526,10 +530,6 @@ pub trait Store: Send + Sync + 'static {
 
     /// The active key of an address, if it has one.
     async fn active_key(&self, address: &str) -> Result<Option<crate::model::KeyRecord>>;
-
-    /// Whether account `id` is `paranoid` (content-free notices where
-    /// content could leak); `false` for no such account.
-    async fn paranoid(&self, account: &str) -> Result<bool>;
 
     /// One key of an address, in any state.
     async fn key(

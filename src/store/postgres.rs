@@ -343,13 +343,26 @@ async fn with_events(
             events.insert(r.try_get::<_, String>(0)?, event_from_json(r.try_get(1)?)?);
         }
     }
+    let accounts: Vec<String> = notes.iter().map(|n| n.account.clone()).collect();
+    let mut paranoid = HashMap::new();
+    for r in c
+        .query(
+            "SELECT id, paranoid FROM accounts WHERE id = ANY($1)",
+            &[&accounts],
+        )
+        .await?
+    {
+        paranoid.insert(r.try_get::<_, String>(0)?, r.try_get::<_, bool>(1)?);
+    }
     Ok(notes
         .into_iter()
         .map(|n| {
             let event = n.event.as_ref().and_then(|id| events.get(id).cloned());
+            let paranoid = paranoid.get(&n.account).copied().unwrap_or(false);
             Claimed {
                 notification: n,
                 event,
+                paranoid,
             }
         })
         .collect())
@@ -941,7 +954,9 @@ impl Store for PgStore {
                 "WITH f AS (UPDATE notifications SET state = $2, reason = $3, detail = $4, \
                  sent_at = COALESCE($5, sent_at), due_at = COALESCE($6, due_at), decided_at = $7, lease_until = NULL, attempts = attempts + $8, \
                  provider_ref = COALESCE($9, provider_ref), receipt = $10, segments = COALESCE($11, segments) \
-                 WHERE id = $1 AND state = 'sending' RETURNING id, event, due_at) \
+                 WHERE id = $1 AND state = 'sending' RETURNING id, event, due_at, destination), \
+                 h AS (UPDATE destinations SET failures = 0 \
+                   WHERE $2 = 'sent' AND failures > 0 AND id IN (SELECT destination FROM f)) \
                  INSERT INTO decisions (notification, event, at, state, reason, detail, due_at) \
                  SELECT id, event, $7, $2, $3, $4, due_at FROM f",
             )
@@ -1290,17 +1305,6 @@ impl Store for PgStore {
             )
             .await?;
         row.as_ref().map(key_from_row).transpose()
-    }
-
-    async fn paranoid(&self, account: &str) -> Result<bool> {
-        let c = self.pool.get().await?;
-        let row = c
-            .query_opt("SELECT paranoid FROM accounts WHERE id = $1", &[&account])
-            .await?;
-        Ok(match row {
-            Some(r) => r.try_get(0)?,
-            None => false,
-        })
     }
 
     async fn key(

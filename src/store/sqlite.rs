@@ -410,8 +410,18 @@ fn cancel_pending(
 /// Pairs each notification with its event (read once per event).
 fn with_events(conn: &Connection, notes: Vec<Notification>) -> Result<Vec<Claimed>> {
     let mut events: HashMap<String, Option<Event>> = HashMap::new();
+    let mut paranoid: HashMap<String, bool> = HashMap::new();
     let mut out = Vec::with_capacity(notes.len());
     for n in notes {
+        if !paranoid.contains_key(&n.account) {
+            let p = conn
+                .prepare_cached("SELECT paranoid FROM accounts WHERE id = ?1")?
+                .query_row([&n.account], |r| r.get::<_, bool>(0))
+                .optional()?
+                .unwrap_or(false);
+            paranoid.insert(n.account.clone(), p);
+        }
+        let is_paranoid = paranoid.get(&n.account).copied().unwrap_or(false);
         let event = match &n.event {
             Some(id) => {
                 if !events.contains_key(id) {
@@ -431,6 +441,7 @@ fn with_events(conn: &Connection, notes: Vec<Notification>) -> Result<Vec<Claime
         out.push(Claimed {
             notification: n,
             event,
+            paranoid: is_paranoid,
         });
     }
     Ok(out)
@@ -1020,7 +1031,7 @@ impl Store for SqliteStore {
                     "UPDATE notifications SET state = ?2, reason = ?3, detail = ?4, sent_at = COALESCE(?5, sent_at), \
                      due_at = COALESCE(?6, due_at), decided_at = ?7, lease_until = NULL, attempts = attempts + ?8, \
                      provider_ref = COALESCE(?9, provider_ref), receipt = ?10, segments = COALESCE(?11, segments) \
-                     WHERE id = ?1 AND state = 'sending' RETURNING event, due_at",
+                     WHERE id = ?1 AND state = 'sending' RETURNING event, due_at, destination",
                 )?
                 .query_row(
                     params![
@@ -1036,10 +1047,14 @@ impl Store for SqliteStore {
                         f.receipt,
                         f.segments
                     ],
-                    |r| Ok((r.get::<_, Option<String>>(0)?, r.get::<_, i64>(1)?)),
+                    |r| Ok((r.get::<_, Option<String>>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?)),
                 )
                 .optional()?;
-            if let Some((event, due_at)) = done {
+            if let Some((event, due_at, destination)) = done {
+                if f.state == State::Sent {
+                    conn.prepare_cached("UPDATE destinations SET failures = 0 WHERE id = ?1 AND failures > 0")?
+                        .execute([&destination])?;
+                }
                 let d = Decided {
                     notification: id,
                     at: from_millis(f.decided_at),
@@ -1413,18 +1428,6 @@ impl Store for SqliteStore {
             ))?;
             let mut rows = stmt.query([&address])?;
             rows.next()?.map(key_from_row).transpose()
-        })
-        .await
-    }
-
-    async fn paranoid(&self, account: &str) -> Result<bool> {
-        let account = account.to_string();
-        self.read(move |conn| {
-            Ok(conn
-                .prepare_cached("SELECT paranoid FROM accounts WHERE id = ?1")?
-                .query_row([&account], |r| r.get::<_, bool>(0))
-                .optional()?
-                .unwrap_or(false))
         })
         .await
     }
