@@ -18,5 +18,6 @@ pub mod plan;
 pub mod render;
 pub mod schedule;
 pub mod shutdown;
+pub mod smime;
 pub mod store;
 pub mod web;

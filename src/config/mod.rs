@@ -168,6 +168,13 @@ pub struct EmailConfig {
     /// cannot use it.
     #[serde(default)]
     pub signing_key: Option<PathBuf>,
+    /// The operator's S/MIME certificate (PEM, intermediates after it), for
+    /// operators without an OpenPGP key: every mail is then S/MIME signed.
+    #[serde(default)]
+    pub smime_cert: Option<PathBuf>,
+    /// Its private key (PEM, unencrypted; keep the file 0600).
+    #[serde(default)]
+    pub smime_key: Option<PathBuf>,
 }
 
 fn default_from() -> String {
@@ -190,6 +197,8 @@ impl Default for EmailConfig {
             outbox: default_outbox(),
             timeout: default_timeout(),
             signing_key: None,
+            smime_cert: None,
+            smime_key: None,
         }
     }
 }
@@ -583,6 +592,27 @@ impl Config {
                 return Err(("email.smtp".into(), "must be smtp://… or smtps://…".into()));
             }
         }
+        match (&self.email.smime_cert, &self.email.smime_key) {
+            (Some(_), None) => {
+                return Err((
+                    "email.smime_key".into(),
+                    "set it with email.smime_cert".into(),
+                ));
+            }
+            (None, Some(_)) => {
+                return Err((
+                    "email.smime_cert".into(),
+                    "set it with email.smime_key".into(),
+                ));
+            }
+            (Some(_), Some(_)) if self.email.signing_key.is_some() => {
+                return Err((
+                    "email.smime_cert".into(),
+                    "one signature per mail: with email.signing_key every mail is OpenPGP-signed; set one or the other".into(),
+                ));
+            }
+            _ => {}
+        }
         self.channels.sms.validate()?;
         for (name, t) in &self.types {
             if t.max_segments.is_some_and(|m| !(1..=10).contains(&m)) {
@@ -728,6 +758,16 @@ mod tests {
 
         let e = Config::parse("[defaults]\ntimezone = \"Mars/Olympus\"\n", "kci.toml").unwrap_err();
         assert_eq!(e.key, "defaults.timezone");
+        // S/MIME: cert and key together, and not beside an OpenPGP key.
+        let e = Config::parse("[email]\nsmime_cert = \"c.pem\"\n", "kci.toml").unwrap_err();
+        assert_eq!(e.key, "email.smime_key");
+        let e = Config::parse(
+            "[email]\nsmime_cert = \"c.pem\"\nsmime_key = \"k.pem\"\nsigning_key = \"op.asc\"\n",
+            "kci.toml",
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "email.smime_cert");
+        assert!(e.message.contains("one signature per mail"), "{e}");
     }
 
     #[test]

@@ -276,4 +276,3 @@ mod tests {
         assert!(n >= 3, "seeds at least");
     }
 }
-

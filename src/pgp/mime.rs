@@ -63,7 +63,7 @@ pub fn signed_mail(
     let part = text_part(body, None);
     let sig = detached_signature(key, &part)?;
     let boundary = boundary();
-    let mut out = outer_headers(key, headers, &headers.subject);
+    let mut out = outer_headers(Some(key), headers, &headers.subject);
     out.push_str(&format!(
         "Content-Type: multipart/signed; micalg=pgp-sha256;\r\n \
          protocol=\"application/pgp-signature\";\r\n boundary=\"{boundary}\"\r\n\r\n\
@@ -151,7 +151,7 @@ pub fn encrypted_mail(
     let armored = crlf(&String::from_utf8_lossy(&armored));
 
     let boundary = boundary();
-    let mut out = outer_headers(key, headers, NEUTRAL_SUBJECT);
+    let mut out = outer_headers(Some(key), headers, NEUTRAL_SUBJECT);
     out.push_str(&format!(
         "Content-Type: multipart/encrypted;\r\n \
          protocol=\"application/pgp-encrypted\";\r\n boundary=\"{boundary}\"\r\n\r\n\
@@ -169,8 +169,20 @@ pub fn encrypted_mail(
     Ok(out.into_bytes())
 }
 
+/// The headers of a mail signed some other way (S/MIME): no Autocrypt,
+/// ending with MIME-Version.
+pub fn plain_headers(h: &MailHeaders) -> String {
+    outer_headers(None, h, &h.subject)
+}
+
+/// A `text/plain` quoted-printable MIME part of `body`, CRLF line ends,
+/// ready to be signed as it is.
+pub fn plain_text_part(body: &str) -> Vec<u8> {
+    text_part(body, None)
+}
+
 /// The message headers outside the MIME body, ending with MIME-Version.
-fn outer_headers(key: &OperatorKey, h: &MailHeaders, subject: &str) -> String {
+fn outer_headers(key: Option<&OperatorKey>, h: &MailHeaders, subject: &str) -> String {
     let mut out = Headers::new();
     out.set(header::Date::new(h.date.into()));
     out.set(header::From::from(Mailboxes::from(h.from.clone())));
@@ -189,12 +201,14 @@ fn outer_headers(key: &OperatorKey, h: &MailHeaders, subject: &str) -> String {
             v.clone(),
         ));
     }
-    let autocrypt = key.autocrypt_header(h.from.email.as_ref());
-    out.insert_raw(HeaderValue::dangerous_new_pre_encoded(
-        HeaderName::new_from_ascii_str("Autocrypt"),
-        autocrypt.clone(),
-        autocrypt,
-    ));
+    if let Some(key) = key {
+        let autocrypt = key.autocrypt_header(h.from.email.as_ref());
+        out.insert_raw(HeaderValue::dangerous_new_pre_encoded(
+            HeaderName::new_from_ascii_str("Autocrypt"),
+            autocrypt.clone(),
+            autocrypt,
+        ));
+    }
     out.set(header::MIME_VERSION_1_0);
     out.to_string()
 }

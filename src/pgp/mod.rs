@@ -43,7 +43,9 @@ pub mod wkd;
 #[cfg(test)]
 mod gpg_tests;
 
-pub use mime::{MailHeaders, NEUTRAL_SUBJECT, encrypted_mail, signed_mail};
+pub use mime::{
+    MailHeaders, NEUTRAL_SUBJECT, encrypted_mail, plain_headers, plain_text_part, signed_mail,
+};
 pub use operator::OperatorKey;
 pub use submission::{
     CleanKey, KeyRefusal, MAX_KEY_BYTES, MAX_PACKETS, MAX_RSA_BITS, MAX_SIGNATURES, MAX_SUBKEYS,

@@ -538,4 +538,3 @@ mod tests {
         assert!(n >= 3, "seeds at least");
     }
 }
-

@@ -55,6 +55,8 @@ pub struct EmailChannel {
     transport: Transport,
     /// The operator's key: set, every mail is signed.
     signing: Option<OperatorKey>,
+    /// Or the operator's S/MIME certificate and key.
+    smime: Option<crate::smime::SmimeSigner>,
 }
 
 /// Reads the operator's secret key from `path` (`[email] signing_key`).
@@ -85,11 +87,16 @@ impl EmailChannel {
             .as_deref()
             .map(load_signing_key)
             .transpose()?;
+        let smime = match (&cfg.smime_cert, &cfg.smime_key) {
+            (Some(cert), Some(key)) => Some(crate::smime::SmimeSigner::load(cert, key)?),
+            _ => None,
+        };
         Ok(Self {
             from,
             domain,
             transport,
             signing,
+            smime,
         })
     }
 
@@ -101,16 +108,6 @@ impl EmailChannel {
     /// The envelope and the bytes of the mail for `msg`: plain, signed, or
     /// signed and encrypted (see the module doc).
     pub fn render(&self, msg: &Outgoing) -> Result<(Envelope, Vec<u8>), DeliveryError> {
-        let Some(key) = &self.signing else {
-            if msg.recipient_key.is_some() {
-                return Err(DeliveryError::Permanent {
-                    reason: "no_signing_key",
-                    detail: "not sent (never in clear to a key holder): encrypted mail needs [email] signing_key".into(),
-                });
-            }
-            let mail = self.build(msg)?;
-            return Ok((mail.envelope().clone(), mail.formatted()));
-        };
         let n = &msg.notification;
         let to = self.to(msg)?;
         let envelope = Envelope::new(Some(self.from.email.clone()), vec![to.email.clone()])
@@ -130,11 +127,31 @@ impl EmailChannel {
             references: Some(thread),
             auto_submitted: Some("auto-generated".into()),
         };
-        let bytes = match &msg.recipient_key {
-            Some(recipient) => {
-                crate::pgp::encrypted_mail(key, recipient, &headers, &msg.rendered.body, now)
+        let body = &msg.rendered.body;
+        let bytes = match (&self.signing, &self.smime, &msg.recipient_key) {
+            (Some(key), _, Some(recipient)) => {
+                crate::pgp::encrypted_mail(key, recipient, &headers, body, now)
             }
-            None => crate::pgp::signed_mail(key, &headers, &msg.rendered.body),
+            (Some(key), _, None) => crate::pgp::signed_mail(key, &headers, body),
+            (None, _, Some(_)) => {
+                return Err(DeliveryError::Permanent {
+                    reason: "no_signing_key",
+                    detail: "not sent (never in clear to a key holder): encrypted mail needs [email] signing_key".into(),
+                });
+            }
+            (None, Some(smime), None) => {
+                return smime
+                    .signed_mail(&headers, body)
+                    .map(|b| (envelope, b))
+                    .map_err(|detail| DeliveryError::Permanent {
+                        reason: "smime",
+                        detail,
+                    });
+            }
+            (None, None, None) => {
+                let mail = self.build(msg)?;
+                return Ok((mail.envelope().clone(), mail.formatted()));
+            }
         }
         .map_err(|e| match e {
             PgpError::Recipient(refusal) => DeliveryError::Permanent {
