@@ -69,6 +69,18 @@ pub async fn run(arg: ConfigArg) -> anyhow::Result<ExitCode> {
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "kci is listening");
     eprintln!("kci listening on http://{addr}");
+    if let Some(smtp) = config.keys.smtp_listen {
+        let socket = tokio::net::TcpListener::bind(smtp)
+            .await
+            .map_err(|e| anyhow::anyhow!("keys.smtp_listen: cannot listen on {smtp}: {e}"))?;
+        tracing::info!(addr = %smtp, "key submissions by SMTP");
+        let inbound = crate::inbound::smtp::Listener {
+            store: state.store.clone(),
+            config: config.clone(),
+            wake: state.wake.clone(),
+        };
+        tokio::spawn(inbound.serve(socket, shutdown.clone()));
+    }
 
     let signal = shutdown.clone();
     tokio::spawn(async move {

@@ -57,6 +57,13 @@ pub struct KeysConfig {
     /// `standard` level).
     #[serde(default = "default_cooling_off")]
     pub cooling_off: Span,
+    /// The address customers mail their keys to.
+    #[serde(default)]
+    pub submission_address: Option<String>,
+    /// Where kci's own SMTP listener takes mail for that address (behind
+    /// the MTA; no TLS); absent: only `kci inbound` from an MTA pipe.
+    #[serde(default)]
+    pub smtp_listen: Option<SocketAddr>,
 }
 
 fn default_cooling_off() -> Span {
@@ -67,6 +74,8 @@ impl Default for KeysConfig {
     fn default() -> Self {
         Self {
             cooling_off: default_cooling_off(),
+            submission_address: None,
+            smtp_listen: None,
         }
     }
 }
@@ -612,6 +621,21 @@ impl Config {
                 ));
             }
             _ => {}
+        }
+        if let Some(a) = &self.keys.submission_address
+            && a.parse::<lettre::Address>().is_err()
+        {
+            return Err((
+                "keys.submission_address".into(),
+                format!("`{a}` is not an email address"),
+            ));
+        }
+        if self.keys.smtp_listen.is_some() && self.keys.submission_address.is_none() {
+            return Err((
+                "keys.submission_address".into(),
+                "set it with keys.smtp_listen: the listener takes mail for that address only"
+                    .into(),
+            ));
         }
         self.channels.sms.validate()?;
         for (name, t) in &self.types {

@@ -5,6 +5,11 @@
 //! proof. Parsing is bounded: the whole mail, the number of parts and their
 //! nesting are capped before anything else is looked at.
 
+mod handle;
+pub mod smtp;
+
+pub use handle::{Handled, handle};
+
 use mail_parser::{MessageParser, MimeHeaders, PartType};
 
 /// The largest mail read (a key with a few subkeys is a few KiB).

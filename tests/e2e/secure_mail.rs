@@ -453,3 +453,80 @@ async fn keys_for_someone_elses_address_never_become_active_and_replacement_wait
         .await;
     assert!(status["active"].is_object(), "removal waits for proof");
 }
+
+/// Sends `mail` with Python's smtplib (a real SMTP client) to `rcpt` at
+/// `port`; the server's answer to the message, or the refusal.
+fn smtp_send(port: u16, rcpt: &str, mail: &[u8]) -> String {
+    let script = r#"
+import smtplib, sys
+mail = sys.stdin.buffer.read()
+try:
+    with smtplib.SMTP("127.0.0.1", int(sys.argv[1]), timeout=20) as s:
+        s.ehlo("client.example")
+        s.sendmail("alice@example.com", [sys.argv[2]], mail)
+        print("sent")
+except smtplib.SMTPRecipientsRefused as e:
+    print("refused", list(e.recipients.values())[0][0])
+except smtplib.SMTPDataError as e:
+    print("data", e.smtp_code, e.smtp_error.decode())
+"#;
+    let mut child = Command::new("/usr/bin/python3")
+        .args(["-c", script, &port.to_string(), rcpt])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(mail).unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[tokio::test]
+async fn keys_come_in_over_kcis_own_smtp_listener() {
+    let dir = tempfile::tempdir().unwrap();
+    let signing = operator_key(dir.path());
+    let port = free_port();
+    let kci = Kci::start_full(
+        None,
+        "",
+        &format!("signing_key = \"{}\"\n", signing.display()),
+        &format!(
+            "[keys]\nsubmission_address = \"keys@isp.example\"\nsmtp_listen = \"127.0.0.1:{port}\"\n"
+        ),
+    );
+    wait_for_port(port, "kci's SMTP listener");
+    let alice = Gpg::new();
+    let fpr = alice.generate("Alice <alice@example.com>", "ed25519", "cv25519");
+    let mail = submission_mail("alice@example.com", &alice.export("alice@example.com"));
+    // Only the submission address takes mail.
+    assert_eq!(
+        smtp_send(port, "postmaster@isp.example", &mail),
+        "refused 550"
+    );
+    assert_eq!(smtp_send(port, "Keys@isp.example", &mail), "sent");
+    let confirm = eventually(10, "the confirmation", || async {
+        kci.outbox()
+            .into_iter()
+            .find(|m| m.contains("multipart/encrypted"))
+    })
+    .await;
+    let (inner, status) = alice.decrypt_mail(&confirm);
+    assert!(status.contains("DECRYPTION_OKAY"), "{status}");
+    assert!(unqp(&inner).contains(&fpr), "{inner}");
+    // Garbage is refused in the SMTP answer, with the reason.
+    let answer = smtp_send(
+        port,
+        "keys@isp.example",
+        b"no headers at all, no sender\r\n",
+    );
+    assert!(answer.starts_with("data 554"), "{answer}");
+}
