@@ -530,3 +530,167 @@ async fn keys_come_in_over_kcis_own_smtp_listener() {
     );
     assert!(answer.starts_with("data 554"), "{answer}");
 }
+
+/// A PGP/MIME signed mail (RFC 3156) from `from`, signed by `signer`'s
+/// key, carrying `key` as an attachment: the request a key holder makes.
+fn signed_submission(signer: &Gpg, from: &str, key: &str) -> Vec<u8> {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(key);
+    let lines: Vec<&str> = b64
+        .as_bytes()
+        .chunks(76)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect();
+    let entity = format!(
+        "Content-Type: multipart/mixed; boundary=\"inner\"\r\n\r\n\
+         --inner\r\nContent-Type: text/plain\r\n\r\nPlease use my new key.\r\n\
+         --inner\r\nContent-Type: application/pgp-keys; name=\"key.asc\"\r\n\
+         Content-Transfer-Encoding: base64\r\nContent-Disposition: attachment\r\n\r\n{}\r\n\
+         --inner--\r\n",
+        lines.join("\r\n")
+    );
+    let sig = signer.ok(
+        &["--armor", "--detach-sign", "--digest-algo", "SHA256"],
+        Some(entity.as_bytes()),
+    );
+    let sig = String::from_utf8(sig)
+        .unwrap()
+        .replace("\r\n", "\n")
+        .replace('\n', "\r\n");
+    format!(
+        "From: Alice <{from}>\r\nTo: keys@isp.example\r\nSubject: New key\r\nMIME-Version: 1.0\r\n\
+         Content-Type: multipart/signed; micalg=pgp-sha256; protocol=\"application/pgp-signature\"; boundary=\"outer\"\r\n\r\n\
+         --outer\r\n{entity}\r\n--outer\r\nContent-Type: application/pgp-signature\r\n\r\n{sig}\r\n--outer--\r\n"
+    )
+    .into_bytes()
+}
+
+/// Follows the key link in the mail that `holder` can decrypt.
+async fn follow_link(kci: &Kci, holder: &Gpg, skip: usize) -> serde_json::Value {
+    let mail = eventually(10, "a mail for this key", || async {
+        kci.outbox()
+            .into_iter()
+            .filter(|m| m.contains("multipart/encrypted"))
+            .filter(|m| holder.decrypt_mail(m).1.contains("DECRYPTION_OKAY"))
+            .nth(skip)
+    })
+    .await;
+    let (inner, _) = holder.decrypt_mail(&mail);
+    let inner = unqp(&inner);
+    let link = inner
+        .split_whitespace()
+        .find(|w| w.contains("/v1/keys/confirm/"))
+        .expect("a link")
+        .to_string();
+    let (s, page) = kci
+        .call("POST", &link[link.find("/v1/").unwrap()..], None, None)
+        .await;
+    assert_eq!(s, 200, "{page}");
+    page
+}
+
+#[tokio::test]
+async fn a_replacement_applies_at_once_with_the_current_holders_proof() {
+    let dir = tempfile::tempdir().unwrap();
+    let signing = operator_key(dir.path());
+    let kci = Kci::start_full(
+        None,
+        "",
+        &format!("signing_key = \"{}\"\n", signing.display()),
+        "",
+    );
+    let writer = kci.token(&["keys:write"]);
+    let reader = kci.token(&["directory:read"]);
+    let fingerprint =
+        |v: &serde_json::Value| v["active"]["fingerprint"].as_str().map(str::to_string);
+    let status = || async {
+        kci.call("GET", "/v1/keys/alice@example.com", Some(&reader), None)
+            .await
+            .1
+    };
+
+    // Alice's first key, active.
+    let first = Gpg::new();
+    let k1 = first.generate("Alice <alice@example.com>", "ed25519", "cv25519");
+    let body = json!({"address": "alice@example.com", "key": first.export("alice@example.com")});
+    let (s, _) = kci
+        .call("POST", "/v1/keys", Some(&writer), Some(&body.to_string()))
+        .await;
+    assert_eq!(s, 202);
+    follow_link(&kci, &first, 0).await;
+    assert_eq!(fingerprint(&status().await).as_deref(), Some(k1.as_str()));
+
+    // 1. By link: the current key approves, the new key confirms.
+    let second = Gpg::new();
+    let k2 = second.generate("Alice <alice@example.com>", "ed25519", "cv25519");
+    let body = json!({"address": "alice@example.com", "key": second.export("alice@example.com")});
+    let (s, v) = kci
+        .call("POST", "/v1/keys", Some(&writer), Some(&body.to_string()))
+        .await;
+    assert_eq!((s, &v["status"]), (202, &json!("change_requested")), "{v}");
+    // The approval goes to the current key (its second mail: the first was
+    // its own confirmation; then "now encrypted"): find it by its words.
+    let approval = eventually(10, "the approval request", || async {
+        kci.outbox()
+            .into_iter()
+            .filter(|m| m.contains("multipart/encrypted"))
+            .find(|m| {
+                let (inner, status) = first.decrypt_mail(m);
+                status.contains("DECRYPTION_OKAY") && inner.contains("replace your OpenPGP key")
+            })
+    })
+    .await;
+    let (inner, _) = first.decrypt_mail(&approval);
+    let inner = unqp(&inner);
+    let link = inner
+        .split_whitespace()
+        .find(|w| w.contains("/v1/keys/confirm/"))
+        .unwrap();
+    let (s, page) = kci
+        .call("POST", &link[link.find("/v1/").unwrap()..], None, None)
+        .await;
+    assert_eq!(s, 200);
+    assert!(page.to_string().contains("other key holder"), "{page}");
+    assert_eq!(
+        fingerprint(&status().await).as_deref(),
+        Some(k1.as_str()),
+        "one proof is not enough"
+    );
+    let page = follow_link(&kci, &second, 0).await;
+    assert!(page.to_string().contains("Change applied"), "{page}");
+    assert_eq!(fingerprint(&status().await).as_deref(), Some(k2.as_str()));
+
+    // 2. By a request signed with the current key, mailed in: the holder's
+    // proof is the signature; the new key still confirms possession.
+    let third = Gpg::new();
+    let k3 = third.generate("Alice <alice@example.com>", "ed25519", "cv25519");
+    let mail = signed_submission(
+        &second,
+        "alice@example.com",
+        &third.export("alice@example.com"),
+    );
+    let (code, err) = inbound(&kci.config, &mail);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("proof from the current key: true"), "{err}");
+    let page = follow_link(&kci, &third, 0).await;
+    assert!(page.to_string().contains("Change applied"), "{page}");
+    assert_eq!(fingerprint(&status().await).as_deref(), Some(k3.as_str()));
+
+    // A request signed by a key that is not the current one proves nothing.
+    let fourth = Gpg::new();
+    fourth.generate("Alice <alice@example.com>", "ed25519", "cv25519");
+    let mail = signed_submission(
+        &first,
+        "alice@example.com",
+        &fourth.export("alice@example.com"),
+    );
+    let (code, err) = inbound(&kci.config, &mail);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("proof from the current key: false"), "{err}");
+    follow_link(&kci, &fourth, 0).await;
+    assert_eq!(
+        fingerprint(&status().await).as_deref(),
+        Some(k3.as_str()),
+        "still the third"
+    );
+}
