@@ -99,6 +99,17 @@ impl Gpg {
     }
 }
 
+/// The path of the key link in the mail `holder` can decrypt.
+fn link_in(holder: &Gpg, mail: &str) -> String {
+    let (inner, _) = holder.decrypt_mail(mail);
+    let inner = unqp(&inner);
+    let link = inner
+        .split_whitespace()
+        .find(|w| w.contains("/v1/keys/confirm/"))
+        .expect("a link");
+    link[link.find("/v1/").expect("a kci link")..].to_string()
+}
+
 /// Quoted-printable soft line breaks and `=3D` undone (enough for links).
 fn unqp(s: &str) -> String {
     s.replace("=\r\n", "")
@@ -386,14 +397,8 @@ async fn keys_for_someone_elses_address_never_become_active_and_replacement_wait
             .find(|m| m.contains("multipart/encrypted"))
     })
     .await;
-    let (inner, _) = alice.decrypt_mail(&confirm);
-    let inner = unqp(&inner);
-    let link = inner
-        .split_whitespace()
-        .find(|w| w.contains("/v1/keys/confirm/"))
-        .unwrap();
     let (s, _) = kci
-        .call("POST", &link[link.find("/v1/").unwrap()..], None, None)
+        .call("POST", &link_in(&alice, &confirm), None, None)
         .await;
     assert_eq!(s, 200);
 
@@ -424,14 +429,8 @@ async fn keys_for_someone_elses_address_never_become_active_and_replacement_wait
             .find(|m| other.decrypt_mail(m).1.contains("DECRYPTION_OKAY"))
     })
     .await;
-    let (inner, _) = other.decrypt_mail(&to_other);
-    let inner = unqp(&inner);
-    let link = inner
-        .split_whitespace()
-        .find(|w| w.contains("/v1/keys/confirm/"))
-        .unwrap();
     let (s, page) = kci
-        .call("POST", &link[link.find("/v1/").unwrap()..], None, None)
+        .call("POST", &link_in(&other, &to_other), None, None)
         .await;
     assert_eq!(s, 200);
     assert!(page.to_string().contains("other key holder"), "{page}");
@@ -575,16 +574,7 @@ async fn follow_link(kci: &Kci, holder: &Gpg, skip: usize) -> serde_json::Value 
             .nth(skip)
     })
     .await;
-    let (inner, _) = holder.decrypt_mail(&mail);
-    let inner = unqp(&inner);
-    let link = inner
-        .split_whitespace()
-        .find(|w| w.contains("/v1/keys/confirm/"))
-        .expect("a link")
-        .to_string();
-    let (s, page) = kci
-        .call("POST", &link[link.find("/v1/").unwrap()..], None, None)
-        .await;
+    let (s, page) = kci.call("POST", &link_in(holder, &mail), None, None).await;
     assert_eq!(s, 200, "{page}");
     page
 }
@@ -640,14 +630,8 @@ async fn a_replacement_applies_at_once_with_the_current_holders_proof() {
             })
     })
     .await;
-    let (inner, _) = first.decrypt_mail(&approval);
-    let inner = unqp(&inner);
-    let link = inner
-        .split_whitespace()
-        .find(|w| w.contains("/v1/keys/confirm/"))
-        .unwrap();
     let (s, page) = kci
-        .call("POST", &link[link.find("/v1/").unwrap()..], None, None)
+        .call("POST", &link_in(&first, &approval), None, None)
         .await;
     assert_eq!(s, 200);
     assert!(page.to_string().contains("other key holder"), "{page}");

@@ -157,29 +157,35 @@ impl Twilio {
         to: &str,
         text: &str,
     ) -> Result<Receipt, DeliveryError> {
-        let body = self.form(msg, to, text);
-        let resp = self
+        let request = self
             .client
             .post(self.url(".json"))
-            .basic_auth(&self.cfg.account_sid, Some(self.cfg.auth_token.expose()))
             .header("content-type", "application/x-www-form-urlencoded")
-            .body(body)
+            .body(self.form(msg, to, text));
+        let m = self.call(request).await?;
+        Ok(Receipt {
+            detail: Some(format!("twilio {} {}", m.sid, m.status)),
+            segments: m.num_segments.and_then(|s| s.parse().ok()),
+            awaiting: true,
+            provider_ref: Some(m.sid),
+        })
+    }
+
+    /// Sends `request` with the account's credentials; Twilio's message
+    /// resource, or the failure in Twilio's words.
+    async fn call(&self, request: reqwest::RequestBuilder) -> Result<Message, DeliveryError> {
+        let resp = request
+            .basic_auth(&self.cfg.account_sid, Some(self.cfg.auth_token.expose()))
             .send()
             .await
             .map_err(|e| crate::channels::http::unanswered(&e))?;
         let (_, answer) = crate::channels::http::answer(resp)
             .await
             .map_err(with_their_words)?;
-        let m: Message = serde_json::from_str(&answer).map_err(|e| DeliveryError::Transient {
+        serde_json::from_str(&answer).map_err(|e| DeliveryError::Transient {
             reason: "bad_answer",
             detail: format!("Twilio's answer: {e}"),
             retry_after: None,
-        })?;
-        Ok(Receipt {
-            detail: Some(format!("twilio {} {}", m.sid, m.status)),
-            segments: m.num_segments.and_then(|s| s.parse().ok()),
-            awaiting: true,
-            provider_ref: Some(m.sid),
         })
     }
 
@@ -213,21 +219,9 @@ impl Twilio {
                 detail: format!("`{sid}` is not a Twilio message SID"),
             });
         }
-        let resp = self
-            .client
-            .get(self.url(&format!("/{sid}.json")))
-            .basic_auth(&self.cfg.account_sid, Some(self.cfg.auth_token.expose()))
-            .send()
-            .await
-            .map_err(|e| crate::channels::http::unanswered(&e))?;
-        let (_, answer) = crate::channels::http::answer(resp)
-            .await
-            .map_err(with_their_words)?;
-        let m: Message = serde_json::from_str(&answer).map_err(|e| DeliveryError::Transient {
-            reason: "bad_answer",
-            detail: format!("Twilio's answer: {e}"),
-            retry_after: None,
-        })?;
+        let m = self
+            .call(self.client.get(self.url(&format!("/{sid}.json"))))
+            .await?;
         Ok(report(&m.status, m.error_code, m.error_message.as_deref()))
     }
 }
