@@ -46,6 +46,7 @@ pub async fn run(arg: ConfigArg) -> anyhow::Result<ExitCode> {
         clock: clock.clone(),
         wake: wake.clone(),
         limits: crate::schedule::limiters(&config),
+        pauses: Default::default(),
     });
     let worker = tokio::spawn(scheduler.run(shutdown.clone()));
 

@@ -195,6 +195,7 @@ pub async fn simulate_text(text: &str, file: &str) -> Result<Vec<String>, Scenar
         clock: clock.clone(),
         wake: Arc::new(tokio::sync::Notify::new()),
         limits: crate::schedule::limiters(&config),
+        pauses: Default::default(),
     };
     let planner = ingest::planner(config.clone());
 

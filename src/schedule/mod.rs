@@ -31,6 +31,34 @@ pub struct Scheduler {
     pub wake: Arc<Notify>,
     /// Provider rate limits, per channel that has one.
     pub limits: std::collections::HashMap<crate::model::ChannelKind, rate::Limiter>,
+    /// Channels whose provider asked kci to wait (a 429 or 503 with
+    /// `Retry-After`): the server's loop starts nothing there until then.
+    pub pauses: Pauses,
+}
+
+/// Until when each channel is paused.
+#[derive(Default)]
+pub struct Pauses(
+    std::sync::Mutex<std::collections::HashMap<crate::model::ChannelKind, DateTime<Utc>>>,
+);
+
+impl Pauses {
+    /// Pauses `kind` until `until` (a later pause wins).
+    pub fn pause(&self, kind: crate::model::ChannelKind, until: DateTime<Utc>) {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = map.entry(kind).or_insert(until);
+        *entry = (*entry).max(until);
+    }
+
+    /// When `kind`'s pause ends, if it is paused at `now`.
+    pub fn until(
+        &self,
+        kind: crate::model::ChannelKind,
+        now: DateTime<Utc>,
+    ) -> Option<DateTime<Utc>> {
+        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(&kind).copied().filter(|t| *t > now)
+    }
 }
 
 /// The rate limiters `[channels.*] rate` asks for.
@@ -312,6 +340,13 @@ impl Scheduler {
                 ("reason", reason.into()),
             ])
             .inc();
+        // The provider asked to be left alone for a while: the whole
+        // channel waits, not just this notice.
+        if let Err(e) = &result
+            && let Some(after) = e.retry_after().and_then(|d| Duration::from_std(d).ok())
+        {
+            self.pauses.pause(n.channel, at + after);
+        }
         let finish = match result {
             Ok(mut receipt) => {
                 if let Some(cut) = cut {
@@ -473,7 +508,13 @@ impl Scheduler {
                 }
             }
             let mut progress = false;
+            let now = self.clock.now();
+            let mut resume: Option<DateTime<Utc>> = None;
             for lane in &mut lanes {
+                if let Some(until) = self.pauses.until(lane.kind, now) {
+                    resume = Some(resume.map_or(until, |r| r.min(until)));
+                    continue;
+                }
                 if !lane.dry && lane.queue.len() < concurrency {
                     match self
                         .claim_on(lane.kind, 2 * concurrency - lane.queue.len())
@@ -518,7 +559,13 @@ impl Scheduler {
             let now = self.clock.now();
             let next = self.store.next_due().await.ok().flatten();
             // Something already due here can only be waiting for a slot of
-            // its channel: a finishing delivery wakes the loop for it.
+            // its channel (a finishing delivery wakes the loop for it) or
+            // for its channel's pause to end.
+            let next = match (next, resume) {
+                (Some(n), Some(r)) if n <= now => Some(r),
+                (Some(n), Some(r)) => Some(n.min(r)),
+                (n, r) => n.or(r),
+            };
             let wait = next
                 .and_then(|t| (t - now).to_std().ok())
                 .unwrap_or(std::time::Duration::from_secs(1))
@@ -611,11 +658,13 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_stuck_provider_holds_up_only_its_own_channel() {
+    /// A store with account A1, contact alice, a Telegram and an ntfy
+    /// destination, 20 events due now (a notice each to both), and a
+    /// scheduler over `channels` with `concurrency` slots per channel.
+    async fn fixture(concurrency: usize, channels: Channels) -> (Arc<dyn Store>, Arc<Scheduler>) {
         let config = Arc::new(
             crate::config::Config::parse(
-                "[delivery]\nconcurrency = 4\n[types.\"line.down\"]\nshort = \"down\"\n",
+                &format!("[delivery]\nconcurrency = {concurrency}\n[types.\"line.down\"]\nshort = \"down\"\n"),
                 "test",
             )
             .unwrap(),
@@ -650,15 +699,6 @@ mod tests {
             };
             store.add_destination("A1", &d, None, None).await.unwrap();
         }
-        let stuck = Arc::new(Stuck {
-            kind: ChannelKind::Telegram,
-            holding: Default::default(),
-            release: tokio::sync::Notify::new(),
-        });
-        let ntfy = Arc::new(RecordingChannel::new(ChannelKind::Ntfy));
-        let mut channels = Channels::default();
-        channels.insert(stuck.clone());
-        channels.insert(ntfy.clone());
         let scheduler = Arc::new(Scheduler {
             store: store.clone(),
             channels,
@@ -668,8 +708,8 @@ mod tests {
             clock: Arc::new(SystemClock),
             wake: Arc::new(Notify::new()),
             limits: Default::default(),
+            pauses: Default::default(),
         });
-        // 20 events: 20 notices each to the stuck Telegram and to ntfy.
         let now = Utc::now();
         let events = (0..20)
             .map(|i| crate::model::Event {
@@ -695,6 +735,73 @@ mod tests {
             .ingest(events, crate::ingest::planner(config.clone()))
             .await
             .unwrap();
+        (store, scheduler)
+    }
+
+    /// A provider that answers every request 429, wait an hour.
+    struct Limited {
+        calls: std::sync::atomic::AtomicUsize,
+    }
+
+    #[async_trait::async_trait]
+    impl Channel for Limited {
+        fn kind(&self) -> ChannelKind {
+            ChannelKind::Telegram
+        }
+        async fn deliver(&self, _: &Outgoing) -> Result<Receipt, DeliveryError> {
+            self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Err(DeliveryError::Transient {
+                reason: "http_status",
+                detail: "HTTP 429 Too Many Requests".into(),
+                retry_after: Some(std::time::Duration::from_secs(3600)),
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_provider_asking_to_wait_pauses_its_whole_channel() {
+        let limited = Arc::new(Limited {
+            calls: Default::default(),
+        });
+        let ntfy = Arc::new(RecordingChannel::new(ChannelKind::Ntfy));
+        let mut channels = Channels::default();
+        channels.insert(limited.clone());
+        channels.insert(ntfy.clone());
+        let (_store, scheduler) = fixture(1, channels).await;
+        let shutdown = crate::shutdown::Shutdown::default();
+        let worker = tokio::spawn(scheduler.clone().run(shutdown.clone()));
+        for _ in 0..500 {
+            if ntfy.sent().len() == 20 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(ntfy.sent().len(), 20, "ntfy goes on");
+        // One 429, then the other 19 Telegram notices wait out the hour
+        // instead of each asking again.
+        assert_eq!(limited.calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert!(
+            scheduler
+                .pauses
+                .until(ChannelKind::Telegram, Utc::now())
+                .is_some()
+        );
+        shutdown.trigger();
+        worker.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_stuck_provider_holds_up_only_its_own_channel() {
+        let stuck = Arc::new(Stuck {
+            kind: ChannelKind::Telegram,
+            holding: Default::default(),
+            release: tokio::sync::Notify::new(),
+        });
+        let ntfy = Arc::new(RecordingChannel::new(ChannelKind::Ntfy));
+        let mut channels = Channels::default();
+        channels.insert(stuck.clone());
+        channels.insert(ntfy.clone());
+        let (store, scheduler) = fixture(4, channels).await;
         let shutdown = crate::shutdown::Shutdown::default();
         let worker = tokio::spawn(scheduler.clone().run(shutdown.clone()));
         // Every ntfy notice goes out while Telegram holds all its slots.
