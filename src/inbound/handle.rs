@@ -61,6 +61,10 @@ pub async fn handle(store: &dyn Store, config: &Config, raw: &[u8]) -> Handled {
                     "key {} for {from} pending; confirmation sent",
                     k.fingerprint
                 )),
+                Submitted::Refreshed(k) => Handled::Accepted(format!(
+                    "key {} for {from} refreshed (merged into the active copy)",
+                    k.fingerprint
+                )),
                 Submitted::ChangeRequested { key, change } => Handled::Accepted(format!(
                     "key {} for {from}: replacement {} requested (proof from the current key: {})",
                     key.fingerprint, change.id, change.proven_current

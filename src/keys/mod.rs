@@ -24,6 +24,10 @@ pub const LINK_LIFETIME_HOURS: i64 = 24;
 pub enum Submitted {
     /// Stored pending; the confirmation link went to the key.
     Pending(CleanKey),
+    /// A newer copy of the address's active key: merged into it at once
+    /// (nothing it adds can weaken it, and nothing the stored copy knew,
+    /// such as a revocation, is lost).
+    Refreshed(CleanKey),
     /// The address has another active key: a replacement waits for proof.
     ChangeRequested { key: CleanKey, change: KeyChange },
     /// Refused; the reason says why.
@@ -181,6 +185,26 @@ impl Registry<'_> {
         };
         let op = self.operator();
         let status = self.store.key_status(address).await?;
+        if let Some(active) = &status.active
+            && active.fingerprint == key.fingerprint
+        {
+            return Ok(
+                match crate::pgp::merge_submission(&active.armored, data, address, self.now) {
+                    Ok(merged) => {
+                        self.store
+                            .refresh_key(
+                                address,
+                                &merged.fingerprint,
+                                &merged.armored,
+                                merged.expires_at,
+                            )
+                            .await?;
+                        Submitted::Refreshed(merged)
+                    }
+                    Err(refusal) => Submitted::Refused(refusal),
+                },
+            );
+        }
         let (token, hash) = new_token();
         let confirm = self.mail(
             address,

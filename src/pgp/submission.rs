@@ -206,6 +206,31 @@ pub fn check_submission(
     })
 }
 
+/// A newer copy of a registered key (new subkeys, a later expiry, a
+/// revocation) merged into the stored one, then checked and cleaned as a
+/// submission: a union, so nothing the stored copy knew (a revocation) is
+/// lost by sending an older or stripped copy. Refused when `data` is
+/// another key.
+pub fn merge_submission(
+    stored_armored: &str,
+    data: &[u8],
+    address: &str,
+    now: DateTime<Utc>,
+) -> Result<CleanKey, KeyRefusal> {
+    let stored = parse_bounded(stored_armored.as_bytes())?;
+    let newer = parse_bounded(data)?;
+    if stored.fingerprint() != newer.fingerprint() {
+        return Err(KeyRefusal::Invalid("it is another key".into()));
+    }
+    let merged = stored
+        .merge_public(newer)
+        .map_err(|e| KeyRefusal::Invalid(e.to_string()))?;
+    let bytes = merged
+        .to_vec()
+        .map_err(|e| KeyRefusal::Invalid(e.to_string()))?;
+    check_submission(&bytes, address, now)
+}
+
 /// Whether an (already registered) key may still be encrypted to at `now`:
 /// not revoked, not expired, and with a valid encryption subkey.
 pub fn encryption_key_valid(armored: &str, now: DateTime<Utc>) -> Result<(), KeyRefusal> {

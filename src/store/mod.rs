@@ -531,6 +531,16 @@ pub trait Store: Send + Sync + 'static {
     /// The active key of an address, if it has one.
     async fn active_key(&self, address: &str) -> Result<Option<crate::model::KeyRecord>>;
 
+    /// Replaces the material of the address's active key `fingerprint`
+    /// (a refreshed copy); `false` if that is not its active key.
+    async fn refresh_key(
+        &self,
+        address: &str,
+        fingerprint: &str,
+        armored: &str,
+        expires_at: Option<DateTime<Utc>>,
+    ) -> Result<bool>;
+
     /// One key of an address, in any state.
     async fn key(
         &self,

@@ -1307,6 +1307,23 @@ impl Store for PgStore {
         row.as_ref().map(key_from_row).transpose()
     }
 
+    async fn refresh_key(
+        &self,
+        address: &str,
+        fingerprint: &str,
+        armored: &str,
+        expires_at: Option<DateTime<Utc>>,
+    ) -> Result<bool> {
+        let c = self.pool.get().await?;
+        let n = c
+            .execute(
+                "UPDATE keys SET armored = $3, expires_at = $4 WHERE address = $1 AND fingerprint = $2 AND state = 'active'",
+                &[&address, &fingerprint, &armored, &expires_at.map(to_millis)],
+            )
+            .await?;
+        Ok(n > 0)
+    }
+
     async fn key(
         &self,
         address: &str,

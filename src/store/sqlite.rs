@@ -1432,6 +1432,28 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn refresh_key(
+        &self,
+        address: &str,
+        fingerprint: &str,
+        armored: &str,
+        expires_at: Option<DateTime<Utc>>,
+    ) -> Result<bool> {
+        let (address, fingerprint, armored) = (
+            address.to_string(),
+            fingerprint.to_string(),
+            armored.to_string(),
+        );
+        self.write(move |conn| {
+            let n = conn.execute(
+                "UPDATE keys SET armored = ?3, expires_at = ?4 WHERE address = ?1 AND fingerprint = ?2 AND state = 'active'",
+                params![address, fingerprint, armored, expires_at.map(to_millis)],
+            )?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
     async fn key(
         &self,
         address: &str,

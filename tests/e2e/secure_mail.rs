@@ -402,6 +402,32 @@ async fn keys_for_someone_elses_address_never_become_active_and_replacement_wait
         .await;
     assert_eq!(s, 200);
 
+    // Alice extends her key and sends it again: merged into the active copy
+    // at once, the new expiry taken.
+    let (_, before) = kci
+        .call("GET", "/v1/keys/alice@example.com", Some(&reader), None)
+        .await;
+    let fpr = before["active"]["fingerprint"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    alice.ok(&["--quick-set-expire", &fpr, "3y"], None);
+    alice.ok(&["--quick-set-expire", &fpr, "3y", "*"], None);
+    let body = json!({"address": "alice@example.com", "key": alice.export("alice@example.com")})
+        .to_string();
+    let (s, v) = kci
+        .call("POST", "/v1/keys", Some(&writer), Some(&body))
+        .await;
+    assert_eq!((s, &v["status"]), (200, &json!("refreshed")), "{v}");
+    let (_, after) = kci
+        .call("GET", "/v1/keys/alice@example.com", Some(&reader), None)
+        .await;
+    assert_eq!(after["active"]["fingerprint"], fpr.as_str());
+    assert!(
+        after["active"]["expires_at"].as_str() > before["active"]["expires_at"].as_str(),
+        "{before} {after}"
+    );
+
     // Someone submits another key for Alice: a change that waits for proof
     // from Alice's current key; nothing applies it early.
     let other = Gpg::new();

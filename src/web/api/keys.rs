@@ -84,6 +84,15 @@ pub async fn submit(
                 "warnings": key.warnings,
             })),
         )),
+        Submitted::Refreshed(key) => Ok((
+            StatusCode::OK,
+            Json(json!({
+                "address": address,
+                "fingerprint": key.fingerprint,
+                "status": "refreshed",
+                "warnings": key.warnings,
+            })),
+        )),
         Submitted::ChangeRequested { key, change } => Ok((
             StatusCode::ACCEPTED,
             Json(json!({
