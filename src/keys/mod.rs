@@ -179,32 +179,42 @@ impl Registry<'_> {
         source: &str,
         signed_by_current: bool,
     ) -> crate::store::Result<Submitted> {
-        let key = match crate::pgp::check_submission(data, address, self.now) {
-            Ok(k) => k,
-            Err(refusal) => return Ok(Submitted::Refused(refusal)),
-        };
-        let op = self.operator();
         let status = self.store.key_status(address).await?;
+        // A newer copy of the active key: merged into it at once.
         if let Some(active) = &status.active
-            && active.fingerprint == key.fingerprint
+            && let Ok(merged) = crate::pgp::merge_public(&active.armored, data)
         {
             return Ok(
-                match crate::pgp::merge_submission(&active.armored, data, address, self.now) {
-                    Ok(merged) => {
+                match crate::pgp::check_submission(merged.as_bytes(), address, self.now) {
+                    Ok(clean) => {
                         self.store
                             .refresh_key(
                                 address,
-                                &merged.fingerprint,
-                                &merged.armored,
-                                merged.expires_at,
+                                &clean.fingerprint,
+                                &clean.armored,
+                                clean.expires_at,
                             )
                             .await?;
-                        Submitted::Refreshed(merged)
+                        Submitted::Refreshed(clean)
+                    }
+                    // Revoked or expired now: kept so, and nothing more is
+                    // encrypted to it (such mail fails rather than going out
+                    // in clear); a new key replaces it as a change.
+                    Err(refusal @ (KeyRefusal::Revoked(_) | KeyRefusal::Expired(_))) => {
+                        self.store
+                            .refresh_key(address, &active.fingerprint, &merged, active.expires_at)
+                            .await?;
+                        Submitted::Refused(refusal)
                     }
                     Err(refusal) => Submitted::Refused(refusal),
                 },
             );
         }
+        let key = match crate::pgp::check_submission(data, address, self.now) {
+            Ok(k) => k,
+            Err(refusal) => return Ok(Submitted::Refused(refusal)),
+        };
+        let op = self.operator();
         let (token, hash) = new_token();
         let confirm = self.mail(
             address,

@@ -49,7 +49,7 @@ pub use mime::{
 pub use operator::OperatorKey;
 pub use submission::{
     CleanKey, KeyRefusal, MAX_KEY_BYTES, MAX_PACKETS, MAX_RSA_BITS, MAX_SIGNATURES, MAX_SUBKEYS,
-    MAX_USER_IDS, check_submission, encryption_key_valid, merge_submission,
+    MAX_USER_IDS, check_submission, encryption_key_valid, merge_public,
 };
 pub use verify::{MAX_SIGNED_BYTES, Verified, verify_signed};
 

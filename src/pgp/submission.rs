@@ -207,16 +207,11 @@ pub fn check_submission(
 }
 
 /// A newer copy of a registered key (new subkeys, a later expiry, a
-/// revocation) merged into the stored one, then checked and cleaned as a
-/// submission: a union, so nothing the stored copy knew (a revocation) is
-/// lost by sending an older or stripped copy. Refused when `data` is
-/// another key.
-pub fn merge_submission(
-    stored_armored: &str,
-    data: &[u8],
-    address: &str,
-    now: DateTime<Utc>,
-) -> Result<CleanKey, KeyRefusal> {
+/// revocation) merged into the stored one: a union, so nothing the stored
+/// copy knew (a revocation) is lost by sending an older or stripped copy.
+/// Not checked: pass the result to [`check_submission`]. Refused when
+/// `data` is another key.
+pub fn merge_public(stored_armored: &str, data: &[u8]) -> Result<String, KeyRefusal> {
     let stored = parse_bounded(stored_armored.as_bytes())?;
     let newer = parse_bounded(data)?;
     if stored.fingerprint() != newer.fingerprint() {
@@ -225,10 +220,7 @@ pub fn merge_submission(
     let merged = stored
         .merge_public(newer)
         .map_err(|e| KeyRefusal::Invalid(e.to_string()))?;
-    let bytes = merged
-        .to_vec()
-        .map_err(|e| KeyRefusal::Invalid(e.to_string()))?;
-    check_submission(&bytes, address, now)
+    armored(&merged).map_err(KeyRefusal::Invalid)
 }
 
 /// Whether an (already registered) key may still be encrypted to at `now`:

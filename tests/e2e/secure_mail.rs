@@ -428,6 +428,65 @@ async fn keys_for_someone_elses_address_never_become_active_and_replacement_wait
         "{before} {after}"
     );
 
+    // Alice revokes the key (gpg's own revocation certificate) and sends
+    // it: refused as a key, but kept, so nothing more is encrypted to it —
+    // a notice fails rather than going out in clear.
+    let rev = std::fs::read_to_string(
+        alice
+            .home
+            .path()
+            .join(format!("openpgp-revocs.d/{fpr}.rev")),
+    )
+    .unwrap()
+    .replace(
+        ":-----BEGIN PGP PUBLIC KEY BLOCK-----",
+        "-----BEGIN PGP PUBLIC KEY BLOCK-----",
+    );
+    alice.ok(&["--import"], Some(rev.as_bytes()));
+    let body = json!({"address": "alice@example.com", "key": alice.export("alice@example.com")})
+        .to_string();
+    let (s, v) = kci
+        .call("POST", "/v1/keys", Some(&writer), Some(&body))
+        .await;
+    assert_eq!(s, 422, "{v}");
+    assert!(v["message"].as_str().unwrap().contains("revoked"), "{v}");
+    let admin = kci.token(&["directory:admin", "directory:write"]);
+    let source = kci.token(&["events:write", "events:read"]);
+    kci.customer(
+        &admin,
+        "A1",
+        "alice",
+        json!({"uri": "mailto:alice@example.com", "verified": true}),
+    )
+    .await;
+    let event = json!({"id": "after-revocation", "type": "line.down", "account": "A1", "service": "L1",
+        "occurred_at": "2026-07-01T02:58:00Z", "expires_at": "2099-01-01T00:00:00Z", "data": {"ticket": "T-9"}});
+    let (s, _) = kci
+        .call(
+            "POST",
+            "/v1/events",
+            Some(&source),
+            Some(&event.to_string()),
+        )
+        .await;
+    assert_eq!(s, 202);
+    let fate = eventually(10, "the notice's fate", || async {
+        let (_, v) = kci
+            .call("GET", "/v1/events/after-revocation", Some(&source), None)
+            .await;
+        let n = v["notifications"][0].clone();
+        (n["state"] == "failed").then_some(n)
+    })
+    .await;
+    assert!(
+        fate["detail"].as_str().unwrap().contains("never in clear"),
+        "{fate}"
+    );
+    assert!(
+        kci.outbox().iter().all(|m| !m.contains("T-9")),
+        "nothing in clear"
+    );
+
     // Someone submits another key for Alice: a change that waits for proof
     // from Alice's current key; nothing applies it early.
     let other = Gpg::new();
