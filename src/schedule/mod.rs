@@ -112,16 +112,8 @@ impl Scheduler {
     /// Whether a notice of a `paranoid` account must go content-free: its
     /// channel is not end-to-end encrypted (anything but mail to an address
     /// with an active key).
-    async fn content_free(&self, n: &crate::store::Notification) -> crate::store::Result<bool> {
-        if n.channel != crate::model::ChannelKind::Email {
-            return Ok(true);
-        }
-        let address = n
-            .uri
-            .strip_prefix("mailto:")
-            .unwrap_or(&n.uri)
-            .to_ascii_lowercase();
-        Ok(self.store.active_key(&address).await?.is_none())
+    fn content_free(c: &Claimed) -> bool {
+        c.notification.channel != crate::model::ChannelKind::Email || c.active_key.is_none()
     }
 
     /// The key a mail must be encrypted to: the one its message names (a
@@ -130,16 +122,12 @@ impl Scheduler {
     /// sent in clear.
     async fn recipient_key(
         &self,
-        n: &crate::store::Notification,
+        c: &Claimed,
     ) -> crate::store::Result<Result<Option<String>, String>> {
-        if n.channel != crate::model::ChannelKind::Email {
+        let n = &c.notification;
+        let Some(address) = crate::store::mail_address(n) else {
             return Ok(Ok(None));
-        }
-        let address = n
-            .uri
-            .strip_prefix("mailto:")
-            .unwrap_or(&n.uri)
-            .to_ascii_lowercase();
+        };
         match n.message.as_ref().and_then(|m| m.encrypt_to.as_deref()) {
             Some(fpr) => Ok(match self.store.key(&address, fpr).await? {
                 Some(k) => Ok(Some(k.armored)),
@@ -147,11 +135,7 @@ impl Scheduler {
                     "not sent (never in clear): the key {fpr} it must be encrypted to is not registered for {address}"
                 )),
             }),
-            None => Ok(Ok(self
-                .store
-                .active_key(&address)
-                .await?
-                .map(|k| k.armored))),
+            None => Ok(Ok(c.active_key.clone())),
         }
     }
 
@@ -246,7 +230,7 @@ impl Scheduler {
         // Content-free: no texts, and not the event either (a webhook
         // would carry its data).
         let mut event = c.event.clone();
-        if !n.type_name.starts_with("kci.") && c.paranoid && self.content_free(n).await? {
+        if !n.type_name.starts_with("kci.") && c.paranoid && Self::content_free(&c) {
             rendered = self.renderer.content_free();
             event = None;
         }
@@ -284,7 +268,7 @@ impl Scheduler {
                 )
                 .await;
         };
-        let recipient_key = match self.recipient_key(n).await? {
+        let recipient_key = match self.recipient_key(&c).await? {
             Ok(key) => key,
             Err(detail) => {
                 return self

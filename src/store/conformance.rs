@@ -1175,6 +1175,16 @@ pub async fn check_key_registry(store: &dyn Store) {
         Some("K1".into())
     );
     assert_eq!(store.active_key("bob@example.com").await.unwrap(), None);
+    // A mail claimed now comes with the address's active key.
+    let mut after = mail("after");
+    after.message = None;
+    store.enqueue(&after).await.unwrap();
+    let claimed = store.claim_due(at, later, 10).await.unwrap();
+    let c = claimed
+        .iter()
+        .find(|c| c.notification.id == after.id)
+        .expect("the mail");
+    assert_eq!(c.active_key.as_deref(), Some(k1.armored.as_str()));
 
     // A replacement: pending until both holders prove it; then at once.
     let change = |id: &str, kind, fpr: Option<&str>| KeyChange {

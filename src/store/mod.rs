@@ -306,6 +306,18 @@ pub struct Claimed {
     /// Its account is `paranoid` (content-free notices where content
     /// could leak).
     pub paranoid: bool,
+    /// A mail's: the active OpenPGP key of its address, armored.
+    pub active_key: Option<String>,
+}
+
+/// The address of a `mailto:` notification as the key registry keys it.
+pub fn mail_address(n: &Notification) -> Option<String> {
+    (n.channel == ChannelKind::Email).then(|| {
+        n.uri
+            .strip_prefix("mailto:")
+            .unwrap_or(&n.uri)
+            .to_ascii_lowercase()
+    })
 }
 
 /// What a destination's deliveries are signed with.

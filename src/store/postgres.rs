@@ -354,15 +354,30 @@ async fn with_events(
     {
         paranoid.insert(r.try_get::<_, String>(0)?, r.try_get::<_, bool>(1)?);
     }
+    let addresses: Vec<String> = notes.iter().filter_map(mail_address).collect();
+    let mut keys = HashMap::new();
+    if !addresses.is_empty() {
+        for r in c
+            .query(
+                "SELECT address, armored FROM keys WHERE state = 'active' AND address = ANY($1)",
+                &[&addresses],
+            )
+            .await?
+        {
+            keys.insert(r.try_get::<_, String>(0)?, r.try_get::<_, String>(1)?);
+        }
+    }
     Ok(notes
         .into_iter()
         .map(|n| {
             let event = n.event.as_ref().and_then(|id| events.get(id).cloned());
             let paranoid = paranoid.get(&n.account).copied().unwrap_or(false);
+            let active_key = mail_address(&n).and_then(|a| keys.get(&a).cloned());
             Claimed {
                 notification: n,
                 event,
                 paranoid,
+                active_key,
             }
         })
         .collect())

@@ -411,6 +411,7 @@ fn cancel_pending(
 fn with_events(conn: &Connection, notes: Vec<Notification>) -> Result<Vec<Claimed>> {
     let mut events: HashMap<String, Option<Event>> = HashMap::new();
     let mut paranoid: HashMap<String, bool> = HashMap::new();
+    let mut keys: HashMap<String, Option<String>> = HashMap::new();
     let mut out = Vec::with_capacity(notes.len());
     for n in notes {
         if !paranoid.contains_key(&n.account) {
@@ -422,6 +423,21 @@ fn with_events(conn: &Connection, notes: Vec<Notification>) -> Result<Vec<Claime
             paranoid.insert(n.account.clone(), p);
         }
         let is_paranoid = paranoid.get(&n.account).copied().unwrap_or(false);
+        let active_key = match mail_address(&n) {
+            Some(address) => {
+                if !keys.contains_key(&address) {
+                    let k = conn
+                        .prepare_cached(
+                            "SELECT armored FROM keys WHERE address = ?1 AND state = 'active'",
+                        )?
+                        .query_row([&address], |r| r.get::<_, String>(0))
+                        .optional()?;
+                    keys.insert(address.clone(), k);
+                }
+                keys.get(&address).cloned().flatten()
+            }
+            None => None,
+        };
         let event = match &n.event {
             Some(id) => {
                 if !events.contains_key(id) {
@@ -442,6 +458,7 @@ fn with_events(conn: &Connection, notes: Vec<Notification>) -> Result<Vec<Claime
             notification: n,
             event,
             paranoid: is_paranoid,
+            active_key,
         });
     }
     Ok(out)
