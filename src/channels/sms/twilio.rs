@@ -9,6 +9,11 @@
 //! The validity period is the shorter of the configured one and the time
 //! left before the notice expires, so a text that can no longer matter also
 //! expires in Twilio's queue instead of arriving late.
+//!
+//! Twilio's Messages API takes no idempotency key: a create whose answer
+//! was lost (a timeout) may have been accepted, and the retry then sends
+//! the text a second time. kci keeps the window small (the timeout), and
+//! the delivery report of each SID shows what happened.
 
 use crate::channels::{DeliveryError, Outgoing, Receipt, Report};
 use crate::model::{ReceiptStatus, Secret, Span};
