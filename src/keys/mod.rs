@@ -384,6 +384,58 @@ impl Registry<'_> {
         if let Some(n) = told {
             self.store.enqueue(&n).await?;
         }
+        if let Confirmed::Applied(change) = &outcome {
+            self.tell_everywhere(change).await?;
+        }
         Ok(outcome)
+    }
+
+    /// DESIGN.md §7: a change applied with proof is told on every verified
+    /// destination of every contact that uses the address, not only to
+    /// the address itself — so a change its owner did not make shows up
+    /// where the changer cannot hide it.
+    async fn tell_everywhere(&self, change: &KeyChange) -> crate::store::Result<()> {
+        let op = self.operator();
+        let address = &change.address;
+        let what = match (&change.kind, &change.fingerprint) {
+            (ChangeKind::Replace, Some(fpr)) => {
+                format!("Mail from {op} to {address} is now encrypted to a new key ({fpr}).")
+            }
+            _ => format!("Mail from {op} to {address} is no longer encrypted."),
+        };
+        let short = format!("{what} If you did not ask for this, contact {op} now.");
+        let uri = format!("mailto:{address}");
+        for (account, contact) in self.store.contacts_with_uri(&uri).await? {
+            let Some(view) = self.store.account_view(&account).await? else {
+                continue;
+            };
+            let others = view
+                .contacts
+                .iter()
+                .filter(|c| c.contact.id == contact)
+                .flat_map(|c| &c.destinations)
+                .filter(|d| d.usable() && d.uri.to_string() != uri);
+            for dest in others {
+                let mut n = Notification::own(
+                    &account,
+                    dest,
+                    "kci.key.changed",
+                    Priority::High,
+                    Message {
+                        short: short.clone(),
+                        subject: format!("Your OpenPGP key at {op} changed"),
+                        body: format!(
+                            "{short}\n\nThe change was confirmed with the key that was active, so it took effect at once.\n"
+                        ),
+                        encrypt_to: None,
+                    },
+                    self.now,
+                    None,
+                );
+                n.key = format!("kci.key.changed:{}", change.id);
+                self.store.enqueue(&n).await?;
+            }
+        }
+        Ok(())
     }
 }

@@ -540,6 +540,9 @@ pub trait Store: Send + Sync + 'static {
     /// The keys and changes of an address (lower-cased).
     async fn key_status(&self, address: &str) -> Result<crate::model::KeyStatus>;
 
+    /// The (account, contact) pairs with a destination `uri`.
+    async fn contacts_with_uri(&self, uri: &str) -> Result<Vec<(String, String)>>;
+
     /// The active key of an address, if it has one.
     async fn active_key(&self, address: &str) -> Result<Option<crate::model::KeyRecord>>;
 

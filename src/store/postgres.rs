@@ -1311,6 +1311,18 @@ impl Store for PgStore {
         })
     }
 
+    async fn contacts_with_uri(&self, uri: &str) -> Result<Vec<(String, String)>> {
+        let c = self.pool.get().await?;
+        c.query(
+            "SELECT DISTINCT account, contact FROM destinations WHERE uri = $1 ORDER BY account, contact",
+            &[&uri],
+        )
+        .await?
+        .iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+        .collect()
+    }
+
     async fn active_key(&self, address: &str) -> Result<Option<crate::model::KeyRecord>> {
         let c = self.pool.get().await?;
         let row = c

@@ -1437,6 +1437,22 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn contacts_with_uri(&self, uri: &str) -> Result<Vec<(String, String)>> {
+        let uri = uri.to_string();
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT DISTINCT account, contact FROM destinations WHERE uri = ?1 ORDER BY account, contact",
+            )?;
+            let mut rows = stmt.query([&uri])?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                out.push((r.get(0)?, r.get(1)?));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     async fn active_key(&self, address: &str) -> Result<Option<crate::model::KeyRecord>> {
         let address = address.to_string();
         self.read(move |conn| {

@@ -695,6 +695,26 @@ async fn a_replacement_applies_at_once_with_the_current_holders_proof() {
     follow_link(&kci, &first, 0).await;
     assert_eq!(fingerprint(&status().await).as_deref(), Some(k1.as_str()));
 
+    // Alice gets her notices by mail and on a webhook too.
+    let hooks = WebhookReceiver::start().await;
+    let admin = kci.token(&["directory:admin", "directory:write"]);
+    kci.customer(
+        &admin,
+        "A1",
+        "alice",
+        json!({"uri": "mailto:alice@example.com", "verified": true}),
+    )
+    .await;
+    let (s, _) = kci
+        .call(
+            "POST",
+            "/v1/accounts/A1/contacts/alice/destinations",
+            Some(&admin),
+            Some(&json!({"uri": hooks.url, "verified": true}).to_string()),
+        )
+        .await;
+    assert_eq!(s, 201);
+
     // 1. By link: the current key approves, the new key confirms.
     let second = Gpg::new();
     let k2 = second.generate("Alice <alice@example.com>", "ed25519", "cv25519");
@@ -728,6 +748,19 @@ async fn a_replacement_applies_at_once_with_the_current_holders_proof() {
     let page = follow_link(&kci, &second, 0).await;
     assert!(page.to_string().contains("Change applied"), "{page}");
     assert_eq!(fingerprint(&status().await).as_deref(), Some(k2.as_str()));
+    // Every other destination of Alice's is told (DESIGN §7).
+    let told = eventually(10, "the notice on the webhook", || async {
+        hooks
+            .hooks()
+            .into_iter()
+            .find(|h| String::from_utf8_lossy(&h.body).contains("kci.key.changed"))
+    })
+    .await;
+    let body = String::from_utf8_lossy(&told.body);
+    assert!(
+        body.contains(&k2) && body.contains("If you did not ask for this"),
+        "{body}"
+    );
 
     // 2. By a request signed with the current key, mailed in: the holder's
     // proof is the signature; the new key still confirms possession.

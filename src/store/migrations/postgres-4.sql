@@ -38,3 +38,6 @@ CREATE TABLE IF NOT EXISTS key_changes (
     proven_new     BOOLEAN NOT NULL DEFAULT FALSE
 );
 CREATE INDEX IF NOT EXISTS key_changes_address ON key_changes(address, state);
+
+-- Who uses an address: told when its key changes.
+CREATE INDEX IF NOT EXISTS destinations_uri ON destinations(uri);
