@@ -21,6 +21,14 @@ pub enum Handled {
     Unavailable(String),
 }
 
+fn told(sent: bool) -> &'static str {
+    if sent {
+        "the sender was told"
+    } else {
+        "the sender was told within the hour already, so not again"
+    }
+}
+
 /// Handles the submission mail `raw`.
 pub async fn handle(store: &dyn Store, config: &Config, raw: &[u8]) -> Handled {
     if config.email.signing_key.is_none() {
@@ -41,8 +49,8 @@ pub async fn handle(store: &dyn Store, config: &Config, raw: &[u8]) -> Handled {
     let outcome = async {
         let Some(key) = &submission.key else {
             let why = "the message carries no OpenPGP public key. Attach it (gpg --export --armor you@example.com), or paste it into the text";
-            registry.refuse(&from, why).await?;
-            return Ok(Handled::Refused(format!("no key from {from}; the sender was told")));
+            let told = told(registry.refuse(&from, why).await?);
+            return Ok(Handled::Refused(format!("no key from {from}; {told}")));
         };
         // Signed by the address's current key: its holder asks.
         let signed_by_current = match (&submission.signed, store.active_key(&from).await?) {
@@ -70,10 +78,8 @@ pub async fn handle(store: &dyn Store, config: &Config, raw: &[u8]) -> Handled {
                     key.fingerprint, change.id, change.proven_current
                 )),
                 Submitted::Refused(why) => {
-                    registry.refuse(&from, &why.to_string()).await?;
-                    Handled::Refused(format!(
-                        "key for {from} refused: {why}; the sender was told"
-                    ))
+                    let told = told(registry.refuse(&from, &why.to_string()).await?);
+                    Handled::Refused(format!("key for {from} refused: {why}; {told}"))
                 }
             },
         )

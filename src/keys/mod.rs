@@ -323,8 +323,17 @@ impl Registry<'_> {
     }
 
     /// Answers a submission kci cannot take, politely, saying why — to the
-    /// sender only, and never with a link.
-    pub async fn refuse(&self, address: &str, why: &str) -> crate::store::Result<()> {
+    /// sender only, never with a link, and at most once an hour per
+    /// address (the sender of a mail can be forged: kci must not become a
+    /// way to flood someone). `false` when it kept quiet.
+    pub async fn refuse(&self, address: &str, why: &str) -> crate::store::Result<bool> {
+        if !self
+            .store
+            .may_refuse(address, self.now, Duration::hours(1))
+            .await?
+        {
+            return Ok(false);
+        }
         let op = self.operator();
         let mail = self.mail(
             address,
@@ -336,7 +345,8 @@ impl Registry<'_> {
             ),
             None,
         );
-        self.store.enqueue(&mail).await
+        self.store.enqueue(&mail).await?;
+        Ok(true)
     }
 
     /// Follows a link; tells the address what changed.

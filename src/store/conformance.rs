@@ -120,6 +120,13 @@ pub async fn check_directory(store: &dyn Store) {
         PutOutcome::NoParent
     );
     seed(store).await;
+    assert_eq!(
+        store
+            .contacts_with_uri("mailto:alice@example.com")
+            .await
+            .unwrap(),
+        vec![("A1".to_string(), "alice".to_string())]
+    );
     let mut a = account("A1");
     a.name = "Renamed".into();
     a.security_level = SecurityLevel::High;
@@ -1125,6 +1132,26 @@ pub async fn check_key_registry(store: &dyn Store) {
             None,
         )
     };
+
+    // Refusals: at most one an hour per address.
+    let hour = Duration::hours(1);
+    assert!(store.may_refuse(addr, at, hour).await.unwrap());
+    assert!(
+        !store
+            .may_refuse(addr, at + Duration::minutes(59), hour)
+            .await
+            .unwrap()
+    );
+    assert!(store.may_refuse("bob@example.com", at, hour).await.unwrap());
+    assert!(store.may_refuse(addr, at + hour, hour).await.unwrap());
+    // Who uses an address.
+    assert!(
+        store
+            .contacts_with_uri(&format!("mailto:{addr}"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
 
     // A first key: pending until its link is followed, once.
     store

@@ -540,6 +540,15 @@ pub trait Store: Send + Sync + 'static {
     /// The keys and changes of an address (lower-cased).
     async fn key_status(&self, address: &str) -> Result<crate::model::KeyStatus>;
 
+    /// Whether a refusal may be mailed to `address` at `now` (none sent
+    /// within `every` before); if so, records it as sent.
+    async fn may_refuse(
+        &self,
+        address: &str,
+        now: DateTime<Utc>,
+        every: chrono::Duration,
+    ) -> Result<bool>;
+
     /// The (account, contact) pairs with a destination `uri`.
     async fn contacts_with_uri(&self, uri: &str) -> Result<Vec<(String, String)>>;
 

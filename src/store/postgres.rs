@@ -1311,6 +1311,24 @@ impl Store for PgStore {
         })
     }
 
+    async fn may_refuse(
+        &self,
+        address: &str,
+        now: DateTime<Utc>,
+        every: chrono::Duration,
+    ) -> Result<bool> {
+        let c = self.pool.get().await?;
+        let n = c
+            .execute(
+                "INSERT INTO key_refusals (address, last_at) VALUES ($1, $2) \
+                 ON CONFLICT (address) DO UPDATE SET last_at = excluded.last_at \
+                 WHERE key_refusals.last_at <= $3",
+                &[&address, &to_millis(now), &to_millis(now - every)],
+            )
+            .await?;
+        Ok(n > 0)
+    }
+
     async fn contacts_with_uri(&self, uri: &str) -> Result<Vec<(String, String)>> {
         let c = self.pool.get().await?;
         c.query(

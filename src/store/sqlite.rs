@@ -1437,6 +1437,25 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn may_refuse(
+        &self,
+        address: &str,
+        now: DateTime<Utc>,
+        every: chrono::Duration,
+    ) -> Result<bool> {
+        let address = address.to_string();
+        self.write(move |conn| {
+            let n = conn.execute(
+                "INSERT INTO key_refusals (address, last_at) VALUES (?1, ?2) \
+                 ON CONFLICT (address) DO UPDATE SET last_at = excluded.last_at \
+                 WHERE key_refusals.last_at <= ?3",
+                params![address, to_millis(now), to_millis(now - every)],
+            )?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
     async fn contacts_with_uri(&self, uri: &str) -> Result<Vec<(String, String)>> {
         let uri = uri.to_string();
         self.read(move |conn| {

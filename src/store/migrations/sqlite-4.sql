@@ -41,3 +41,10 @@ CREATE INDEX IF NOT EXISTS key_changes_address ON key_changes(address, state);
 
 -- Who uses an address: told when its key changes.
 CREATE INDEX IF NOT EXISTS destinations_uri ON destinations(uri);
+
+-- When each address was last sent a refusal: at most one an hour, so a
+-- forged sender cannot turn kci into a mail cannon against a third party.
+CREATE TABLE IF NOT EXISTS key_refusals (
+    address TEXT PRIMARY KEY,
+    last_at INTEGER NOT NULL
+);
