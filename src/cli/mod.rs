@@ -15,7 +15,8 @@ use std::path::PathBuf;
 /// kci — Keeping Customers Informed: a self-hosted customer notification hub.
 ///
 /// Source systems post events over HTTP; kci decides who is told, where,
-/// when and in what form, and delivers by mail and webhooks.
+/// when and in what form, and delivers by mail (signed, and encrypted to
+/// customers' own keys), SMS, push, chat and webhooks.
 #[derive(Parser)]
 #[command(name = "kci", version, about, long_about)]
 pub struct Cli {
