@@ -49,14 +49,14 @@ pub struct Config {
 }
 
 /// `[keys]`: the key registry.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeysConfig {
     /// How long a replacement or removal of an active key waits without
-    /// proof from the current key's holder (DESIGN.md §7: 7 days at the
-    /// `standard` level).
-    #[serde(default = "default_cooling_off")]
-    pub cooling_off: Span,
+    /// proof from the current key's holder, by the highest security level
+    /// among the accounts using the address (DESIGN.md §7).
+    #[serde(default)]
+    pub cooling_off: CoolingOff,
     /// The address customers mail their keys to.
     #[serde(default)]
     pub submission_address: Option<String>,
@@ -66,19 +66,44 @@ pub struct KeysConfig {
     pub smtp_listen: Option<SocketAddr>,
 }
 
-fn default_cooling_off() -> Span {
-    Span(std::time::Duration::from_secs(7 * 86_400))
+/// `[keys.cooling_off]`, per security level.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoolingOff {
+    #[serde(default = "days::<7>")]
+    pub standard: Span,
+    #[serde(default = "days::<14>")]
+    pub high: Span,
+    #[serde(default = "days::<30>")]
+    pub maximum: Span,
 }
 
-impl Default for KeysConfig {
+fn days<const N: u64>() -> Span {
+    Span(std::time::Duration::from_secs(N * 86_400))
+}
+
+impl Default for CoolingOff {
     fn default() -> Self {
         Self {
-            cooling_off: default_cooling_off(),
-            submission_address: None,
-            smtp_listen: None,
+            standard: days::<7>(),
+            high: days::<14>(),
+            maximum: days::<30>(),
         }
     }
 }
+
+impl CoolingOff {
+    /// The period at `level`.
+    pub fn at(&self, level: crate::model::SecurityLevel) -> Span {
+        use crate::model::SecurityLevel::*;
+        match level {
+            Standard => self.standard,
+            High => self.high,
+            Maximum => self.maximum,
+        }
+    }
+}
+
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -154,7 +154,30 @@ impl Registry<'_> {
         }
     }
 
-    fn change(&self, address: &str, kind: ChangeKind, fingerprint: Option<&str>) -> KeyChange {
+    /// The highest security level among the accounts that use `address`
+    /// (standard if none does).
+    async fn level(&self, address: &str) -> crate::store::Result<crate::model::SecurityLevel> {
+        let mut level = crate::model::SecurityLevel::Standard;
+        for (account, _) in self
+            .store
+            .contacts_with_uri(&format!("mailto:{address}"))
+            .await?
+        {
+            if let Some(view) = self.store.account_view(&account).await? {
+                level = level.max(view.account.security_level);
+            }
+        }
+        Ok(level)
+    }
+
+    fn change(
+        &self,
+        address: &str,
+        kind: ChangeKind,
+        fingerprint: Option<&str>,
+        level: crate::model::SecurityLevel,
+    ) -> KeyChange {
+        let cooling = self.config.keys.cooling_off.at(level).0;
         KeyChange {
             id: crate::store::new_id(),
             address: address.to_string(),
@@ -162,8 +185,7 @@ impl Registry<'_> {
             fingerprint: fingerprint.map(str::to_string),
             state: ChangeState::Pending,
             requested_at: self.now,
-            not_before: self.now
-                + Duration::from_std(self.config.keys.cooling_off.0).unwrap_or(Duration::days(7)),
+            not_before: self.now + Duration::from_std(cooling).unwrap_or(Duration::days(30)),
             proven_current: false,
             proven_new: false,
         }
@@ -239,7 +261,9 @@ impl Registry<'_> {
         let record = self.record(address, &key, source);
         match status.active {
             Some(active) if active.fingerprint != key.fingerprint => {
-                let mut change = self.change(address, ChangeKind::Replace, Some(&key.fingerprint));
+                let level = self.level(address).await?;
+                let mut change =
+                    self.change(address, ChangeKind::Replace, Some(&key.fingerprint), level);
                 change.proven_current = signed_by_current;
                 let mut tokens = vec![activate];
                 let mut notices = vec![confirm];
@@ -292,7 +316,8 @@ impl Registry<'_> {
             return Ok(None);
         };
         let op = self.operator();
-        let change = self.change(address, ChangeKind::Remove, None);
+        let level = self.level(address).await?;
+        let change = self.change(address, ChangeKind::Remove, None, level);
         let (approve, hash) = new_token();
         let token = self.token(
             hash,

@@ -506,6 +506,12 @@ async fn keys_for_someone_elses_address_never_become_active_and_replacement_wait
         (&changes[0]["state"], &changes[0]["proven_current"]),
         (&json!("pending"), &json!(false))
     );
+    // Its cooling-off: 7 days, Alice's account being at the standard level.
+    let days = |c: &serde_json::Value| {
+        let at = |k: &str| chrono::DateTime::parse_from_rfc3339(c[k].as_str().unwrap()).unwrap();
+        (at("not_before") - at("requested_at")).num_days()
+    };
+    assert_eq!(days(&changes[0]), 7);
     // The other key's holder confirms possession: still not applied.
     let to_other = eventually(10, "the new key's confirmation", || async {
         kci.outbox()
@@ -528,10 +534,21 @@ async fn keys_for_someone_elses_address_never_become_active_and_replacement_wait
         .call("DELETE", "/v1/keys/alice@example.com", Some(&reader), None)
         .await;
     assert_eq!(s, 403);
+    // At the maximum level the wait is 30 days.
+    let (s, _) = kci
+        .call(
+            "PUT",
+            "/v1/accounts/A1",
+            Some(&admin),
+            Some(r#"{"name":"Alice","security_level":"maximum"}"#),
+        )
+        .await;
+    assert_eq!(s, 200);
     let (s, v) = kci
         .call("DELETE", "/v1/keys/alice@example.com", Some(&writer), None)
         .await;
     assert_eq!((s, &v["change"]["kind"]), (202, &json!("remove")), "{v}");
+    assert_eq!(days(&v["change"]), 30);
     let (_, status) = kci
         .call("GET", "/v1/keys/alice@example.com", Some(&reader), None)
         .await;
