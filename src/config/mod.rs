@@ -104,7 +104,6 @@ impl CoolingOff {
     }
 }
 
-
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
