@@ -210,6 +210,19 @@ pub struct EmailConfig {
     pub smime_key: Option<PathBuf>,
 }
 
+impl EmailConfig {
+    /// Who kci's mails come from, as people read it: the display name of
+    /// `from` (`Example ISP`), else all of it.
+    pub fn sender_name(&self) -> &str {
+        self.from
+            .split('<')
+            .next()
+            .map(|s| s.trim().trim_matches('"').trim())
+            .filter(|s| !s.is_empty())
+            .unwrap_or(&self.from)
+    }
+}
+
 fn default_from() -> String {
     "kci <kci@localhost>".into()
 }

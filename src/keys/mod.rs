@@ -73,14 +73,8 @@ impl Registry<'_> {
             .unwrap_or_else(|_| format!("{base}v1/keys/confirm/{token}"))
     }
 
-    fn operator(&self) -> String {
-        let from = &self.config.email.from;
-        from.split('<')
-            .next()
-            .map(|s| s.trim().trim_matches('"').trim())
-            .filter(|s| !s.is_empty())
-            .unwrap_or(from)
-            .to_string()
+    fn operator(&self) -> &str {
+        self.config.email.sender_name()
     }
 
     /// A mail from kci to `address` about its keys; `encrypt_to` names

@@ -105,14 +105,7 @@ impl Renderer {
             .iter()
             .filter_map(|(name, t)| t.max_segments.map(|m| (name.clone(), m)))
             .collect();
-        let from = &config.email.from;
-        let operator = from
-            .split('<')
-            .next()
-            .map(|s| s.trim().trim_matches('"').trim())
-            .filter(|s| !s.is_empty())
-            .unwrap_or(from)
-            .to_string();
+        let operator = config.email.sender_name().to_string();
         Ok(Self {
             env,
             max_segments,

@@ -722,6 +722,17 @@ mod tests {
         (store, scheduler)
     }
 
+    /// Waits (up to 5 s) until `done` holds; the assertions after it say
+    /// what should have happened.
+    async fn settle(done: impl Fn() -> bool) {
+        for _ in 0..500 {
+            if done() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
     /// A provider that answers every request 429, wait an hour.
     struct Limited {
         calls: std::sync::atomic::AtomicUsize,
@@ -754,12 +765,7 @@ mod tests {
         let (_store, scheduler) = fixture(1, channels).await;
         let shutdown = crate::shutdown::Shutdown::default();
         let worker = tokio::spawn(scheduler.clone().run(shutdown.clone()));
-        for _ in 0..500 {
-            if ntfy.sent().len() == 20 {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
+        settle(|| ntfy.sent().len() == 20).await;
         assert_eq!(ntfy.sent().len(), 20, "ntfy goes on");
         // One 429, then the other 19 Telegram notices wait out the hour
         // instead of each asking again.
@@ -789,12 +795,7 @@ mod tests {
         let shutdown = crate::shutdown::Shutdown::default();
         let worker = tokio::spawn(scheduler.clone().run(shutdown.clone()));
         // Every ntfy notice goes out while Telegram holds all its slots.
-        for _ in 0..500 {
-            if ntfy.sent().len() == 20 {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
+        settle(|| ntfy.sent().len() == 20).await;
         assert_eq!(ntfy.sent().len(), 20);
         assert_eq!(
             stuck.holding.load(std::sync::atomic::Ordering::SeqCst),
@@ -812,12 +813,7 @@ mod tests {
                 }
             }
         });
-        for _ in 0..500 {
-            if stuck.holding.load(std::sync::atomic::Ordering::SeqCst) == 20 {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
+        settle(|| stuck.holding.load(std::sync::atomic::Ordering::SeqCst) == 20).await;
         shutdown.trigger();
         worker.await.unwrap();
         release.abort();

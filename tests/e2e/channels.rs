@@ -42,13 +42,6 @@ fn line_down(id: &str) -> String {
     .to_string()
 }
 
-async fn post(kci: &Kci, token: &str, body: &str) {
-    let (s, v) = kci
-        .call("POST", "/v1/events", Some(token), Some(body))
-        .await;
-    assert_eq!(s, 202, "{v}");
-}
-
 #[tokio::test]
 async fn a_webhook_destination_gets_its_own_secret_and_rotates_it_with_an_overlap() {
     let hooks = WebhookReceiver::start().await;
@@ -75,7 +68,7 @@ async fn a_webhook_destination_gets_its_own_secret_and_rotates_it_with_an_overla
     assert_eq!(s, 403);
 
     // Until it has its own, the channel's secret signs.
-    post(&kci, &source, &line_down("e1")).await;
+    kci.post_event(&source, &line_down("e1")).await;
     let first = eventually(10, "first hook", || async {
         hooks.hooks().first().cloned()
     })
@@ -94,7 +87,7 @@ async fn a_webhook_destination_gets_its_own_secret_and_rotates_it_with_an_overla
     assert_eq!(s, 200, "{v}");
     let own = v["secret"].as_str().unwrap().to_string();
     assert!(own.starts_with("whsec_") && v["previous_valid_until"].is_string());
-    post(&kci, &source, &line_down("e2")).await;
+    kci.post_event(&source, &line_down("e2")).await;
     let second = eventually(10, "second hook", || async {
         hooks.hooks().get(1).cloned()
     })
@@ -116,7 +109,7 @@ async fn a_webhook_destination_gets_its_own_secret_and_rotates_it_with_an_overla
     assert_eq!((s, &v["previous_valid_until"]), (200, &Value::Null), "{v}");
     let newest = v["secret"].as_str().unwrap().to_string();
     assert_ne!(newest, own);
-    post(&kci, &source, &line_down("e3")).await;
+    kci.post_event(&source, &line_down("e3")).await;
     let third = eventually(10, "third hook", || async { hooks.hooks().get(2).cloned() }).await;
     assert_eq!(signatures(&third), vec![signature(&newest, &third)]);
 
@@ -151,11 +144,11 @@ async fn refusals_in_a_row_mark_a_destination_unhealthy_and_the_contact_is_told_
         )
         .await;
     let (s, _) = kci
-        .call(
-            "POST",
-            "/v1/accounts/A1/contacts/alice/destinations",
-            Some(&admin),
-            Some(r#"{"uri":"mailto:alice@example.com","verified":true}"#),
+        .add_destination(
+            &admin,
+            "A1",
+            "alice",
+            r#"{"uri":"mailto:alice@example.com","verified":true}"#,
         )
         .await;
     assert_eq!(s, 201);
@@ -163,7 +156,7 @@ async fn refusals_in_a_row_mark_a_destination_unhealthy_and_the_contact_is_told_
     // The endpoint is gone for good: 410 twice.
     *hooks.status.lock().unwrap() = 410;
     for id in ["e1", "e2"] {
-        post(&kci, &source, &line_down(id)).await;
+        kci.post_event(&source, &line_down(id)).await;
         eventually(10, "the refusal", || async {
             let (_, v) = kci
                 .call("GET", &format!("/v1/events/{id}"), Some(&source), None)
@@ -191,7 +184,7 @@ async fn refusals_in_a_row_mark_a_destination_unhealthy_and_the_contact_is_told_
     assert!(marked["unhealthy_since"].is_string(), "{marked}");
 
     // Now nothing goes there, and the record says why.
-    post(&kci, &source, &line_down("e3")).await;
+    kci.post_event(&source, &line_down("e3")).await;
     let (_, v) = kci.call("GET", "/v1/events/e3", Some(&source), None).await;
     let n = v["notifications"]
         .as_array()
@@ -234,7 +227,7 @@ async fn refusals_in_a_row_mark_a_destination_unhealthy_and_the_contact_is_told_
     // Healthy again: a second request for a code has nothing to prove.
     let (s, _) = kci.call("POST", &code_path, Some(&admin), None).await;
     assert_eq!(s, 409);
-    post(&kci, &source, &line_down("e4")).await;
+    kci.post_event(&source, &line_down("e4")).await;
     eventually(10, "delivery after re-verification", || async {
         hooks
             .hooks()
@@ -276,11 +269,11 @@ short = "Your bill for {{{{ data.month }}}} is ready: {{{{ data.amount }}}}. {{{
     .await;
     // A bad number is refused at creation, naming the field.
     let (s, v) = kci
-        .call(
-            "POST",
-            "/v1/accounts/A1/contacts/alice/destinations",
-            Some(&admin),
-            Some(r#"{"uri":"sms:07700900123","verified":true}"#),
+        .add_destination(
+            &admin,
+            "A1",
+            "alice",
+            r#"{"uri":"sms:07700900123","verified":true}"#,
         )
         .await;
     assert_eq!(s, 422);
@@ -291,7 +284,7 @@ short = "Your bill for {{{{ data.month }}}} is ready: {{{{ data.amount }}}}. {{{
         "id": "b1", "type": "bill.ready", "account": "A1",
         "data": {"month": "July", "amount": "£42.00", "note": note}
     });
-    post(&kci, &source, &event.to_string()).await;
+    kci.post_event(&source, &event.to_string()).await;
     let req = eventually(10, "the gateway request", || async {
         gateway.hooks().first().cloned()
     })
@@ -383,7 +376,7 @@ async fn twilio_status_callbacks_are_checked_and_recorded() {
         json!({"uri": "sms:+447700900123", "verified": true}),
     )
     .await;
-    post(&kci, &source, &line_down("e1")).await;
+    kci.post_event(&source, &line_down("e1")).await;
     let n = eventually(10, "sent to Twilio", || async {
         let (_, v) = kci.call("GET", "/v1/events/e1", Some(&source), None).await;
         let n = v["notifications"][0].clone();
@@ -469,11 +462,11 @@ async fn a_paranoid_account_gets_content_free_notices_where_content_could_leak()
     )
     .await;
     let (s, _) = kci
-        .call(
-            "POST",
-            "/v1/accounts/A1/contacts/alice/destinations",
-            Some(&admin),
-            Some(r#"{"uri":"mailto:alice@example.com","verified":true}"#),
+        .add_destination(
+            &admin,
+            "A1",
+            "alice",
+            r#"{"uri":"mailto:alice@example.com","verified":true}"#,
         )
         .await;
     assert_eq!(s, 201);
@@ -486,7 +479,7 @@ async fn a_paranoid_account_gets_content_free_notices_where_content_could_leak()
         )
         .await;
     assert_eq!(s, 200, "{v}");
-    post(&kci, &source, &line_down("e1")).await;
+    kci.post_event(&source, &line_down("e1")).await;
     let hook = eventually(10, "the webhook", || async {
         hooks.hooks().first().cloned()
     })

@@ -319,15 +319,35 @@ impl Kci {
         let (s, v) = self.call("PUT", &path, Some(token), Some("{}")).await;
         assert!(s == 200 || s == 201, "contact: {s} {v}");
         let (s, v) = self
-            .call(
-                "POST",
-                &format!("{path}/destinations"),
-                Some(token),
-                Some(&destination.to_string()),
-            )
+            .add_destination(token, account, contact, &destination.to_string())
             .await;
         assert_eq!(s, 201, "destination: {v}");
         v["id"].as_str().unwrap_or_default().to_string()
+    }
+
+    /// `POST /v1/events` with `body`, which must be accepted (202).
+    pub async fn post_event(&self, token: &str, body: &str) {
+        let (s, v) = self
+            .call("POST", "/v1/events", Some(token), Some(body))
+            .await;
+        assert_eq!(s, 202, "{v}");
+    }
+
+    /// `POST …/contacts/{contact}/destinations` with `body`.
+    pub async fn add_destination(
+        &self,
+        token: &str,
+        account: &str,
+        contact: &str,
+        body: &str,
+    ) -> (u16, serde_json::Value) {
+        self.call(
+            "POST",
+            &format!("/v1/accounts/{account}/contacts/{contact}/destinations"),
+            Some(token),
+            Some(body),
+        )
+        .await
     }
 
     pub async fn call(

@@ -194,16 +194,22 @@ fn operator_key(dir: &Path) -> PathBuf {
     out
 }
 
+/// kci signing its mail with an operator key made by `kci keys generate`
+/// in `dir`; mail to `smtp` if given, else to the outbox; `extra` config.
+fn signing_kci(dir: &Path, smtp: Option<u16>, extra: &str) -> Kci {
+    let signing = operator_key(dir);
+    Kci::start_full(
+        smtp,
+        "",
+        &format!("signing_key = \"{}\"\n", signing.display()),
+        extra,
+    )
+}
+
 async fn register_and_receive(primary: &str, sub: &str) {
     let dir = tempfile::tempdir().unwrap();
     let smtp = SmtpServer::start(dir.path());
-    let signing = operator_key(dir.path());
-    let kci = Kci::start_full(
-        Some(smtp.port),
-        "",
-        &format!("signing_key = \"{}\"\n", signing.display()),
-        "",
-    );
+    let kci = signing_kci(dir.path(), Some(smtp.port), "");
     let alice = Gpg::new();
     let fpr = alice.generate("Alice <alice@example.com>", primary, sub);
     // The customer trusts the operator's key as published (WKD).
@@ -294,15 +300,7 @@ async fn register_and_receive(primary: &str, sub: &str) {
         "occurred_at": "2026-07-01T02:58:00Z", "expires_at": "2099-01-01T00:00:00Z",
         "data": {"ticket": "T-4711"}
     });
-    let (s, v) = kci
-        .call(
-            "POST",
-            "/v1/events",
-            Some(&source),
-            Some(&event.to_string()),
-        )
-        .await;
-    assert_eq!(s, 202, "{v}");
+    kci.post_event(&source, &event.to_string()).await;
     let notice = eventually(15, "the notice", || async {
         smtp.mails()
             .into_iter()
@@ -341,13 +339,7 @@ async fn an_rsa3072_key_is_registered_by_mail_and_used() {
 #[tokio::test]
 async fn keys_for_someone_elses_address_never_become_active_and_replacement_waits_for_proof() {
     let dir = tempfile::tempdir().unwrap();
-    let signing = operator_key(dir.path());
-    let kci = Kci::start_full(
-        None,
-        "",
-        &format!("signing_key = \"{}\"\n", signing.display()),
-        "",
-    );
+    let kci = signing_kci(dir.path(), None, "");
     let writer = kci.token(&["keys:write"]);
     let reader = kci.token(&["directory:read"]);
     let mallory = Gpg::new();
@@ -461,15 +453,7 @@ async fn keys_for_someone_elses_address_never_become_active_and_replacement_wait
     .await;
     let event = json!({"id": "after-revocation", "type": "line.down", "account": "A1", "service": "L1",
         "occurred_at": "2026-07-01T02:58:00Z", "expires_at": "2099-01-01T00:00:00Z", "data": {"ticket": "T-9"}});
-    let (s, _) = kci
-        .call(
-            "POST",
-            "/v1/events",
-            Some(&source),
-            Some(&event.to_string()),
-        )
-        .await;
-    assert_eq!(s, 202);
+    kci.post_event(&source, &event.to_string()).await;
     let fate = eventually(10, "the notice's fate", || async {
         let (_, v) = kci
             .call("GET", "/v1/events/after-revocation", Some(&source), None)
@@ -594,12 +578,10 @@ except smtplib.SMTPDataError as e:
 #[tokio::test]
 async fn keys_come_in_over_kcis_own_smtp_listener() {
     let dir = tempfile::tempdir().unwrap();
-    let signing = operator_key(dir.path());
     let port = free_port();
-    let kci = Kci::start_full(
+    let kci = signing_kci(
+        dir.path(),
         None,
-        "",
-        &format!("signing_key = \"{}\"\n", signing.display()),
         &format!(
             "[keys]\nsubmission_address = \"keys@isp.example\"\nsmtp_listen = \"127.0.0.1:{port}\"\n"
         ),
@@ -684,13 +666,7 @@ async fn follow_link(kci: &Kci, holder: &Gpg, skip: usize) -> serde_json::Value 
 #[tokio::test]
 async fn a_replacement_applies_at_once_with_the_current_holders_proof() {
     let dir = tempfile::tempdir().unwrap();
-    let signing = operator_key(dir.path());
-    let kci = Kci::start_full(
-        None,
-        "",
-        &format!("signing_key = \"{}\"\n", signing.display()),
-        "",
-    );
+    let kci = signing_kci(dir.path(), None, "");
     let writer = kci.token(&["keys:write"]);
     let reader = kci.token(&["directory:read"]);
     let fingerprint =
@@ -723,11 +699,11 @@ async fn a_replacement_applies_at_once_with_the_current_holders_proof() {
     )
     .await;
     let (s, _) = kci
-        .call(
-            "POST",
-            "/v1/accounts/A1/contacts/alice/destinations",
-            Some(&admin),
-            Some(&json!({"uri": hooks.url, "verified": true}).to_string()),
+        .add_destination(
+            &admin,
+            "A1",
+            "alice",
+            &json!({"uri": hooks.url, "verified": true}).to_string(),
         )
         .await;
     assert_eq!(s, 201);

@@ -238,7 +238,7 @@ pub async fn add_destination(
     let (code, notice) = if dest.verified {
         (None, None)
     } else {
-        let (code, notice) = new_code(&id, &dest, &st.config.email.from, now);
+        let (code, notice) = new_code(&id, &dest, st.config.email.sender_name(), now);
         (Some(code), Some(notice))
     };
     match st.store.add_destination(&id, &dest, code, notice).await? {
@@ -262,7 +262,7 @@ pub async fn add_destination(
 fn new_code(
     account: &str,
     dest: &Destination,
-    from: &str,
+    sender: &str,
     now: chrono::DateTime<chrono::Utc>,
 ) -> (PendingCode, Notification) {
     let code = format!(
@@ -275,7 +275,7 @@ fn new_code(
     };
     (
         pending,
-        verification_notice(account, dest, &code, from, now),
+        verification_notice(account, dest, &code, sender, now),
     )
 }
 
@@ -309,7 +309,7 @@ pub async fn renew_code(
 ) -> Result<impl IntoResponse, AppError> {
     caller.require(Scope::DirectoryWrite)?;
     let dest = find_destination(&st, &id, &cid, &did).await?;
-    let (code, notice) = new_code(&id, &dest, &st.config.email.from, st.clock.now());
+    let (code, notice) = new_code(&id, &dest, st.config.email.sender_name(), st.clock.now());
     match st.store.renew_code(&id, &cid, &did, code, notice).await? {
         None => Err(AppError::NotFound {
             what: format!("destination `{did}`"),
@@ -402,10 +402,9 @@ fn verification_notice(
     account: &str,
     dest: &Destination,
     code: &str,
-    from: &str,
+    sender: &str,
     now: chrono::DateTime<chrono::Utc>,
 ) -> Notification {
-    let sender = from.split('<').next().unwrap_or(from).trim();
     let short = format!(
         "Your verification code is {code}. It confirms this address for notices from {sender}."
     );
