@@ -20,4 +20,5 @@ pub mod schedule;
 pub mod shutdown;
 pub mod smime;
 pub mod store;
+pub mod trust;
 pub mod web;

@@ -22,6 +22,10 @@ pub struct Metrics {
     pub rate_backlog: Family<Labels, Gauge>,
     pub receipts: Family<Labels, Counter>,
     pub unhealthy_destinations: Counter,
+    /// Requests an outsider could repeat, refused by a limit: key
+    /// submissions (by address or source), wrong codes (by token), code
+    /// renewals (by destination).
+    pub limited: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -89,8 +93,15 @@ impl Metrics {
             "Destinations marked unhealthy after permanent failures in a row",
             unhealthy_destinations.clone(),
         );
+        let limited = Family::<Labels, Counter>::default();
+        registry.register(
+            "limited",
+            "Requests refused by a limit on what outsiders can make kci do, by what and by which key (address, source, token, destination)",
+            limited.clone(),
+        );
         Self {
             registry,
+            limited,
             receipts,
             unhealthy_destinations,
             events_accepted,
@@ -101,6 +112,13 @@ impl Metrics {
             notifications,
             rate_backlog,
         }
+    }
+
+    /// Counts a request refused by the limit on `what`, kept `by` a key.
+    pub fn limit_hit(&self, what: &'static str, by: &'static str) {
+        self.limited
+            .get_or_create(&vec![("what", what.to_string()), ("by", by.to_string())])
+            .inc();
     }
 
     pub fn decided(&self, state: crate::model::State, reason: Option<crate::model::Reason>) {

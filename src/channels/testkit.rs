@@ -165,6 +165,7 @@ pub fn outgoing(uri: &str, short: &str, subject: &str) -> Outgoing {
             provider_ref: None,
             receipt: None,
             segments: None,
+            secret: None,
         },
         event: None,
         rendered: Rendered {

@@ -43,13 +43,46 @@ pub struct Config {
     /// The key registry (OpenPGP keys per address).
     #[serde(default)]
     pub keys: KeysConfig,
+    /// Destinations and their verification.
+    #[serde(default)]
+    pub directory: DirectoryConfig,
     /// Event types source systems may post, by name (such as `line.down`).
     #[serde(default)]
     pub types: BTreeMap<String, EventType>,
 }
 
+/// `[directory]`: destinations and their verification.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirectoryConfig {
+    /// Wrong verification codes one token may submit, across all
+    /// destinations, such as `30/1h` (each destination also allows only a
+    /// few a day, whoever asks).
+    #[serde(default = "default_wrong_codes_per_token")]
+    pub wrong_codes_per_token: crate::model::Cap,
+}
+
+fn cap(count: u32, secs: u64) -> crate::model::Cap {
+    crate::model::Cap {
+        count,
+        per: Span(std::time::Duration::from_secs(secs)),
+    }
+}
+
+fn default_wrong_codes_per_token() -> crate::model::Cap {
+    cap(30, 3600)
+}
+
+impl Default for DirectoryConfig {
+    fn default() -> Self {
+        Self {
+            wrong_codes_per_token: default_wrong_codes_per_token(),
+        }
+    }
+}
+
 /// `[keys]`: the key registry.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeysConfig {
     /// How long a replacement or removal of an active key waits without
@@ -64,6 +97,46 @@ pub struct KeysConfig {
     /// the MTA; no TLS); absent: only `kci inbound` from an MTA pipe.
     #[serde(default)]
     pub smtp_listen: Option<SocketAddr>,
+    /// How fresh a signed request must be to count as its signer's proof:
+    /// its signature made at most this long before it arrives (and not
+    /// more than 5 minutes in the future). Each is accepted once.
+    #[serde(default = "default_proof_window")]
+    pub proof_window: Span,
+    /// Accepted key submissions per address, such as `3/1h`: each sends
+    /// mail to the address, so a forged sender cannot flood it.
+    #[serde(default = "default_submissions_per_address")]
+    pub submissions_per_address: crate::model::Cap,
+    /// Accepted key submissions per source (an API token, an SMTP
+    /// client's address), such as `30/1h`. Mail piped in by the MTA
+    /// (`kci inbound`) has no source kci can trust: only the per-address
+    /// limit applies to it.
+    #[serde(default = "default_submissions_per_source")]
+    pub submissions_per_source: crate::model::Cap,
+}
+
+fn default_proof_window() -> Span {
+    Span(std::time::Duration::from_secs(3600))
+}
+
+fn default_submissions_per_address() -> crate::model::Cap {
+    cap(3, 3600)
+}
+
+fn default_submissions_per_source() -> crate::model::Cap {
+    cap(30, 3600)
+}
+
+impl Default for KeysConfig {
+    fn default() -> Self {
+        Self {
+            cooling_off: CoolingOff::default(),
+            submission_address: None,
+            smtp_listen: None,
+            proof_window: default_proof_window(),
+            submissions_per_address: default_submissions_per_address(),
+            submissions_per_source: default_submissions_per_source(),
+        }
+    }
 }
 
 /// `[keys.cooling_off]`, per security level.
@@ -566,6 +639,50 @@ pub struct Flap {
 pub const EMBEDDED_DEFAULTS: &str = include_str!("defaults.toml");
 
 impl Config {
+    /// The channel that may take longest to answer one delivery, and how
+    /// long (its configured timeout).
+    pub fn longest_delivery_timeout(&self) -> (&'static str, std::time::Duration) {
+        let c = &self.channels;
+        let timeouts = [
+            ("email.timeout", Some(self.email.timeout)),
+            ("channels.webhook.timeout", Some(c.webhook.timeout)),
+            (
+                "channels.sms.http.timeout",
+                c.sms.http.as_ref().map(|x| x.timeout),
+            ),
+            (
+                "channels.sms.twilio.timeout",
+                c.sms.twilio.as_ref().map(|x| x.timeout),
+            ),
+            ("channels.ntfy.timeout", c.ntfy.as_ref().map(|x| x.timeout)),
+            (
+                "channels.telegram.timeout",
+                c.telegram.as_ref().map(|x| x.timeout),
+            ),
+            (
+                "channels.pushover.timeout",
+                c.pushover.as_ref().map(|x| x.timeout),
+            ),
+            (
+                "channels.signal.timeout",
+                c.signal.as_ref().map(|x| x.timeout),
+            ),
+            (
+                "channels.matrix.timeout",
+                c.matrix.as_ref().map(|x| x.timeout),
+            ),
+            (
+                "channels.apprise.timeout",
+                c.apprise.as_ref().map(|x| x.timeout),
+            ),
+        ];
+        timeouts
+            .into_iter()
+            .filter_map(|(k, t)| t.map(|t| (k, t.0)))
+            .max_by_key(|(_, t)| *t)
+            .unwrap_or(("email.timeout", self.email.timeout.0))
+    }
+
     /// Loads `path`, or the embedded defaults when `path` is `None`.
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
         match path {
@@ -697,6 +814,28 @@ impl Config {
         }
         if self.delivery.max_attempts == 0 {
             return Err(("delivery.max_attempts".into(), "must be at least 1".into()));
+        }
+        // A claimed notice is started only while half its lease is left,
+        // so that half must cover the slowest provider's timeout.
+        let (slowest, timeout) = self.longest_delivery_timeout();
+        if self.delivery.lease.0 < timeout * 2 {
+            return Err((
+                "delivery.lease".into(),
+                format!(
+                    "{} is too short to deliver within the channels' timeouts: {slowest} allows {}, so the lease must be at least {}",
+                    self.delivery.lease,
+                    Span(timeout),
+                    Span(timeout * 2)
+                ),
+            ));
+        }
+        if self.keys.proof_window.0.is_zero()
+            || self.keys.proof_window.0 > std::time::Duration::from_secs(7 * 86_400)
+        {
+            return Err((
+                "keys.proof_window".into(),
+                "must be longer than zero and at most 7d (a signed request is proof only while fresh)".into(),
+            ));
         }
         for (name, t) in &self.types {
             let key = |field: &str| format!("types.\"{name}\".{field}");

@@ -4,6 +4,12 @@
 //! signature, so a request signed by an address's current key can count as
 //! proof. Parsing is bounded: the whole mail, the number of parts and their
 //! nesting are capped before anything else is looked at.
+//!
+//! A signed mail is read only inside what was signed: the key and the
+//! request statement come from the signed entity, nothing outside it is
+//! looked at, and a `multipart/signed` with anything beside its one entity
+//! and its one signature is refused — so nobody can append their own key to
+//! a mail the victim once signed (the attack review's finding 1).
 
 mod handle;
 pub mod smtp;
@@ -25,10 +31,31 @@ pub struct Submission {
     /// The sender's address, lower-cased.
     pub from: String,
     /// The key material found (an `application/pgp-keys` part, or an
-    /// armored public key block in a text part).
+    /// armored public key block in a text part) — of a signed mail, only
+    /// inside the signed entity.
     pub key: Option<Vec<u8>>,
+    /// A request statement (`kci-request: …`), likewise.
+    pub statement: Option<Statement>,
     /// The signed entity and its signature, for a `multipart/signed` mail.
     pub signed: Option<Signed>,
+}
+
+/// A machine-readable request in the text of a mail, so that what the
+/// sender signs names exactly what they ask:
+///
+/// ```text
+/// kci-request: key.replace
+/// address: alice@example.com
+/// fingerprint: 0123…CDEF
+/// ```
+///
+/// (`key.remove` takes no fingerprint.)
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Statement {
+    pub action: crate::model::ChangeKind,
+    pub address: Option<String>,
+    /// The new key's fingerprint, hex upper case, without spaces.
+    pub fingerprint: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -55,6 +82,12 @@ pub enum InboundError {
         "the mail carries a SECRET key; kci never takes one. Consider that key exposed: revoke it and make a new one"
     )]
     SecretKey,
+    #[error(
+        "a signed mail (multipart/signed) must hold exactly what was signed and one application/pgp-signature, nothing beside them"
+    )]
+    SignedExtraParts,
+    #[error("the kci-request statement is not one kci reads: {0}")]
+    Statement(&'static str),
 }
 
 const PUBLIC_BEGIN: &str = "-----BEGIN PGP PUBLIC KEY BLOCK-----";
@@ -82,37 +115,116 @@ pub fn parse(raw: &[u8]) -> Result<Submission, InboundError> {
         .map(|a| a.trim().to_ascii_lowercase())
         .filter(|a| a.contains('@'))
         .ok_or(InboundError::NoSender)?;
-    let mut key = None;
+    // A secret key anywhere is refused, so its owner hears it is exposed.
+    if message
+        .parts
+        .iter()
+        .any(|p| String::from_utf8_lossy(contents(p).unwrap_or_default()).contains(SECRET_BEGIN))
+    {
+        return Err(InboundError::SecretKey);
+    }
+    let signed = signed(&message)?;
+    let (key, statement) = match &signed {
+        // Only what was signed is read.
+        Some(s) => {
+            let entity = MessageParser::default()
+                .parse(&s.data)
+                .ok_or(InboundError::NotMail)?;
+            scan(&entity)?
+        }
+        None => scan(&message)?,
+    };
+    Ok(Submission {
+        from,
+        key,
+        statement,
+        signed,
+    })
+}
+
+/// The body of a leaf part.
+fn contents<'a>(part: &'a mail_parser::MessagePart<'_>) -> Option<&'a [u8]> {
+    match &part.body {
+        PartType::Text(t) | PartType::Html(t) => Some(t.as_bytes()),
+        PartType::Binary(b) | PartType::InlineBinary(b) => Some(b.as_ref()),
+        _ => None,
+    }
+}
+
+/// The first key and the first request statement in `message`'s parts.
+fn scan(
+    message: &mail_parser::Message<'_>,
+) -> Result<(Option<Vec<u8>>, Option<Statement>), InboundError> {
+    let (mut key, mut statement) = (None, None);
     for part in &message.parts {
+        let Some(body) = contents(part) else {
+            continue;
+        };
         let is_keys = part.content_type().is_some_and(|ct| {
             ct.ctype().eq_ignore_ascii_case("application")
                 && ct
                     .subtype()
                     .is_some_and(|s| s.eq_ignore_ascii_case("pgp-keys"))
         });
-        let contents = match &part.body {
-            PartType::Text(t) => t.as_bytes(),
-            PartType::Binary(b) | PartType::InlineBinary(b) => b.as_ref(),
-            _ => continue,
-        };
-        let text = String::from_utf8_lossy(contents);
-        if text.contains(SECRET_BEGIN) {
-            return Err(InboundError::SecretKey);
+        let text = String::from_utf8_lossy(body);
+        if key.is_none() {
+            if is_keys {
+                key = Some(body.to_vec());
+            } else if let Some(block) = armored_block(&text) {
+                key = Some(block.into_bytes());
+            }
         }
-        if key.is_some() {
-            continue;
-        }
-        if is_keys {
-            key = Some(contents.to_vec());
-        } else if let Some(block) = armored_block(&text) {
-            key = Some(block.into_bytes());
+        if statement.is_none() && !is_keys {
+            statement = read_statement(&text)?;
         }
     }
-    Ok(Submission {
-        from,
-        key,
-        signed: signed(&message),
-    })
+    Ok((key, statement))
+}
+
+/// The `kci-request:` statement in `text`, if there is one: its line and
+/// the `address:` and `fingerprint:` lines up to the next blank line.
+pub fn read_statement(text: &str) -> Result<Option<Statement>, InboundError> {
+    let mut lines = text.lines().map(str::trim);
+    let Some(action) = lines.by_ref().find_map(|l| field(l, "kci-request")) else {
+        return Ok(None);
+    };
+    let action = match action.to_ascii_lowercase().as_str() {
+        "key.replace" | "replace" => crate::model::ChangeKind::Replace,
+        "key.remove" | "remove" => crate::model::ChangeKind::Remove,
+        _ => {
+            return Err(InboundError::Statement(
+                "kci-request is key.replace or key.remove",
+            ));
+        }
+    };
+    let mut statement = Statement {
+        action,
+        address: None,
+        fingerprint: None,
+    };
+    for line in lines.take_while(|l| !l.is_empty()).take(8) {
+        if let Some(a) = field(line, "address") {
+            statement.address = Some(
+                crate::keys::normalise(a)
+                    .ok_or(InboundError::Statement("address is not an email address"))?,
+            );
+        } else if let Some(f) = field(line, "fingerprint") {
+            let f: String = f.chars().filter(|c| !c.is_whitespace()).collect();
+            if !(f.len() == 40 || f.len() == 64) || !f.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(InboundError::Statement(
+                    "fingerprint is 40 or 64 hex digits",
+                ));
+            }
+            statement.fingerprint = Some(f.to_ascii_uppercase());
+        }
+    }
+    Ok(Some(statement))
+}
+
+/// The value of `name: value` in `line` (the name case-insensitive).
+fn field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
+    let (k, v) = line.split_once(':')?;
+    k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
 }
 
 /// How deep the multiparts under part `id` nest.
@@ -137,36 +249,56 @@ fn armored_block(text: &str) -> Option<String> {
     Some(text[start..end].to_string())
 }
 
-/// The signed entity and signature of an RFC 3156 `multipart/signed` mail.
-fn signed(message: &mail_parser::Message<'_>) -> Option<Signed> {
-    let root = message.parts.first()?;
-    let ct = root.content_type()?;
-    let is_signed = ct.ctype().eq_ignore_ascii_case("multipart")
-        && ct
-            .subtype()
-            .is_some_and(|s| s.eq_ignore_ascii_case("signed"))
-        && ct
-            .attribute("protocol")
-            .is_some_and(|p| p.eq_ignore_ascii_case("application/pgp-signature"));
+/// The signed entity and signature of an RFC 3156 `multipart/signed`
+/// mail; `Err` for one that holds anything beside them.
+fn signed(message: &mail_parser::Message<'_>) -> Result<Option<Signed>, InboundError> {
+    let Some(root) = message.parts.first() else {
+        return Ok(None);
+    };
+    let is_signed = root.content_type().is_some_and(|ct| {
+        ct.ctype().eq_ignore_ascii_case("multipart")
+            && ct
+                .subtype()
+                .is_some_and(|s| s.eq_ignore_ascii_case("signed"))
+    });
     if !is_signed {
-        return None;
+        return Ok(None);
     }
     let PartType::Multipart(children) = &root.body else {
-        return None;
+        return Err(InboundError::SignedExtraParts);
     };
-    let (content, sig) = (
-        message.parts.get(*children.first()? as usize)?,
-        message.parts.get(*children.get(1)? as usize)?,
-    );
+    let [content, sig] = children.as_slice() else {
+        return Err(InboundError::SignedExtraParts);
+    };
+    let (Some(content), Some(sig)) = (
+        message.parts.get(*content as usize),
+        message.parts.get(*sig as usize),
+    ) else {
+        return Err(InboundError::SignedExtraParts);
+    };
+    let is_pgp = |p: &mail_parser::MessagePart<'_>, sub: &str| {
+        p.content_type().is_some_and(|ct| {
+            ct.ctype().eq_ignore_ascii_case("application")
+                && ct.subtype().is_some_and(|s| s.eq_ignore_ascii_case(sub))
+        })
+    };
+    let protocol_pgp = root
+        .content_type()
+        .and_then(|ct| ct.attribute("protocol"))
+        .is_some_and(|p| p.eq_ignore_ascii_case("application/pgp-signature"));
+    if !protocol_pgp || !is_pgp(sig, "pgp-signature") {
+        return Err(InboundError::SignedExtraParts);
+    }
     let raw = message.raw_message();
     // mail-parser ends a part before the line break that belongs to the
     // next boundary (RFC 2046), which is what was signed.
-    let entity =
-        raw.get(content.raw_header_offset() as usize..content.raw_end_offset() as usize)?;
-    Some(Signed {
+    let entity = raw
+        .get(content.raw_header_offset() as usize..content.raw_end_offset() as usize)
+        .ok_or(InboundError::NotMail)?;
+    Ok(Some(Signed {
         data: crlf(entity),
         signature: sig.contents().to_vec(),
-    })
+    }))
 }
 
 /// Line ends as CRLF, as RFC 3156 signs them.
@@ -227,6 +359,68 @@ mod tests {
                 "Content-Type: text/plain\r\n\r\nPlease use my new key.\r\n"
             );
             assert!(String::from_utf8_lossy(&signed.signature).contains("BEGIN PGP SIGNATURE"));
+        }
+    }
+
+    /// A mail the victim once signed, with the attacker's key appended:
+    /// the appended part is refused, and a key beside a signed entity is
+    /// never read.
+    #[test]
+    fn nothing_outside_the_signed_entity_is_read() {
+        let signed_part = "--s\nContent-Type: text/plain\n\nHello list!\n\n--s\n\
+             Content-Type: application/pgp-signature\n\n-----BEGIN PGP SIGNATURE-----\nxyz\n-----END PGP SIGNATURE-----\n\n";
+        let head = "From: alice@example.com\nMIME-Version: 1.0\n\
+             Content-Type: multipart/signed; micalg=pgp-sha256; protocol=\"application/pgp-signature\"; boundary=\"s\"\n\n";
+        let appended =
+            format!("{head}{signed_part}--s\nContent-Type: application/pgp-keys\n\n{KEY}\n--s--\n");
+        assert_eq!(
+            parse(appended.as_bytes()),
+            Err(InboundError::SignedExtraParts)
+        );
+        // The key in the epilogue or preamble is not a part at all.
+        let epilogue = format!("{head}{signed_part}--s--\n{KEY}\n");
+        let s = parse(epilogue.as_bytes()).unwrap();
+        assert_eq!((s.key, s.statement), (None, None));
+        assert!(s.signed.is_some());
+        // A signature part that is not a PGP signature is no signed mail.
+        let wrong = signed_part.replace("application/pgp-signature\n", "text/plain\n");
+        assert_eq!(
+            parse(format!("{head}{wrong}--s--\n").as_bytes()),
+            Err(InboundError::SignedExtraParts)
+        );
+        // The key inside the signed entity is read.
+        let inside = format!(
+            "{head}--s\nContent-Type: text/plain\n\nMy new key:\n{KEY}\n\n--s\n\
+             Content-Type: application/pgp-signature\n\nsig\n\n--s--\n"
+        );
+        assert!(parse(inside.as_bytes()).unwrap().key.is_some());
+    }
+
+    #[test]
+    fn reads_a_request_statement() {
+        let text = "Hello,\n\nkci-request: key.replace\nAddress: Alice@Example.com\n\
+                    fingerprint: 0123 4567 89AB CDEF 0123  4567 89ab cdef 0123 4567\n\nthanks\nfingerprint: FF\n";
+        assert_eq!(
+            read_statement(text).unwrap(),
+            Some(Statement {
+                action: crate::model::ChangeKind::Replace,
+                address: Some("alice@example.com".into()),
+                fingerprint: Some("0123456789ABCDEF0123456789ABCDEF01234567".into()),
+            })
+        );
+        assert_eq!(
+            read_statement("kci-request: key.remove")
+                .unwrap()
+                .map(|s| s.action),
+            Some(crate::model::ChangeKind::Remove)
+        );
+        assert_eq!(read_statement("no request here").unwrap(), None);
+        for bad in [
+            "kci-request: take.over",
+            "kci-request: key.replace\naddress: nobody",
+            "kci-request: key.replace\nfingerprint: 1234",
+        ] {
+            assert!(read_statement(bad).is_err(), "{bad}");
         }
     }
 

@@ -69,7 +69,7 @@ pub fn parse(bytes: &[u8]) -> Result<EventInput, (u16, FieldError)> {
         );
     }
     let de = &mut serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(de).map_err(|e| {
+    let input: EventInput = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         use serde_json::error::Category;
@@ -90,7 +90,21 @@ pub fn parse(bytes: &[u8]) -> Result<EventInput, (u16, FieldError)> {
                 (422, bad("invalid_field", &field, inner))
             }
         }
-    })
+    })?;
+    // One event per request: whatever follows it (a second object, an
+    // NDJSON batch posted here by mistake) is refused, not dropped.
+    de.end().map_err(|e| {
+        (
+            400,
+            FieldError {
+                code: "malformed_json",
+                message: format!(
+                    "the body holds more than one JSON value ({e}); post one event, or NDJSON to /v1/events/batch"
+                ),
+            },
+        )
+    })?;
+    Ok(input)
 }
 
 /// Normalises a parsed event against the config: type defaults, times, key.
@@ -300,6 +314,28 @@ mod tests {
             check(r#"{"id":"e9","type":"appointment.booked","account":"A1","priority":"low"}"#)
                 .unwrap();
         assert_eq!((ev.key.as_str(), ev.priority), ("e9", Priority::Low));
+    }
+
+    #[test]
+    fn a_second_event_behind_the_first_is_refused_not_dropped() {
+        let one = r#"{"type":"line.down","account":"A1"}"#;
+        for body in [
+            format!("{one}{one}"),
+            format!("{one}\n{one}\n"),
+            format!("{one} x"),
+        ] {
+            let Err((status, e)) = parse(body.as_bytes()) else {
+                panic!("refused: {body}")
+            };
+            assert_eq!((status, e.code), (400, "malformed_json"), "{body}");
+            assert!(
+                e.message.contains("more than one JSON value"),
+                "{}",
+                e.message
+            );
+        }
+        // Whitespace after the one event is fine.
+        assert!(parse(format!("{one}\r\n  ").as_bytes()).is_ok());
     }
 
     #[test]

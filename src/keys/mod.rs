@@ -1,16 +1,23 @@
-//! The key registry's rules (DESIGN.md §6 and §7), over the store and the
-//! OpenPGP checks: a submitted key is cleaned and stored `pending`, and a
+//! The key registry (DESIGN.md §6 and §7), over the store and the OpenPGP
+//! checks: a submitted key is cleaned and stored `pending`, and a
 //! single-use link is mailed encrypted to it, so only the holder of its
 //! secret key who reads that mailbox can activate it. Replacing or removing
 //! an active key is a protected change: it applies at once only with proof
 //! from the current key's holder (a link encrypted to the current key, or a
-//! request signed by it) — and, for a replacement, from the new key's;
-//! without, it stays pending and nothing applies it early.
+//! fresh request signed by it, used once) — and, for a replacement, from
+//! the new key's; without, it stays pending and nothing applies it early.
+//!
+//! What each step does to the stored keys and changes is decided by the
+//! pure rules in [`rules`]; this module builds the mails, counts the limits
+//! and says who is told.
+
+pub mod rules;
 
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::model::{
-    ChangeKind, ChangeState, Confirmed, Destination, KeyChange, KeyRecord, KeyState, KeyToken,
-    Message, Priority, TokenPurpose,
+    ChangeKind, ChangeState, Confirmed, Destination, EmailAddr, KeyChange, KeyRecord, KeyRequest,
+    KeyState, KeyToken, KeyWrite, Message, Priority, ProofUse, Refused, SECRET_MARK, TokenPurpose,
 };
 use crate::pgp::{CleanKey, KeyRefusal};
 use crate::store::{Notification, Store};
@@ -32,12 +39,48 @@ pub enum Submitted {
     ChangeRequested { key: CleanKey, change: KeyChange },
     /// Refused; the reason says why.
     Refused(KeyRefusal),
+    /// Not recorded: a replayed proof, or too many changes waiting.
+    NotRecorded(Refused),
+    /// Over a limit (`by`: `address` or `source`); nothing was recorded or
+    /// sent. Allowed again from `retry_at`.
+    Limited {
+        by: &'static str,
+        retry_at: DateTime<Utc>,
+    },
+}
+
+/// Where a request came from: how it is recorded (`api`, `mail`), and the
+/// source its rate is limited by (`None`: no source kci can trust, such as
+/// mail piped in by the MTA).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    pub channel: &'static str,
+    pub source: Option<String>,
+}
+
+/// What a removal request led to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Removal {
+    /// The address has no active key.
+    NoKey,
+    /// Waiting for proof (or its cooling-off period).
+    Requested(KeyChange),
+    /// Applied at once: the request carried the holder's proof.
+    Applied(KeyChange),
+    NotRecorded(Refused),
+    /// Over the limit of requests per address (or source).
+    Limited {
+        by: &'static str,
+        retry_at: DateTime<Utc>,
+    },
 }
 
 pub struct Registry<'a> {
     pub store: &'a dyn Store,
     pub config: &'a Config,
     pub now: DateTime<Utc>,
+    /// Where limits hit are counted (a server's; `None` for the CLI).
+    pub metrics: Option<&'a Metrics>,
 }
 
 /// A fresh link secret (256 bits from the OS generator, URL-safe) and the
@@ -59,18 +102,27 @@ pub fn token_hash(token: &str) -> String {
     crate::store::sha256_hex(format!("kci-key-link\u{1f}{token}").as_bytes())
 }
 
-/// An address as the registry keys it: trimmed, lower-cased.
+/// An address as the registry keys it ([`EmailAddr`]'s normal form).
 pub fn normalise(address: &str) -> Option<String> {
-    let a = address.trim().to_ascii_lowercase();
-    a.parse::<lettre::Address>().ok().map(|_| a)
+    EmailAddr::parse(address)
+        .ok()
+        .map(|a| a.as_str().to_string())
+}
+
+/// The `mailto:` URI of a normalised address, as destinations store it.
+fn mailto(address: &str) -> String {
+    EmailAddr::parse(address).map_or_else(|_| format!("mailto:{address}"), |a| a.mailto())
 }
 
 impl Registry<'_> {
-    fn link(&self, token: &str) -> String {
-        let base = self.config.server.public_base();
-        base.join(&format!("v1/keys/confirm/{token}"))
-            .map(|u| u.to_string())
-            .unwrap_or_else(|_| format!("{base}v1/keys/confirm/{token}"))
+    /// The link a key mail carries, its secret at [`SECRET_MARK`]: the
+    /// secret itself is rendered in when the mail goes out.
+    fn link(&self) -> String {
+        let mut base = self.config.server.public_base().to_string();
+        if !base.ends_with('/') {
+            base.push('/');
+        }
+        format!("{base}v1/keys/confirm/{SECRET_MARK}")
     }
 
     fn operator(&self) -> &str {
@@ -90,11 +142,9 @@ impl Registry<'_> {
         let dest = Destination {
             id: String::new(),
             contact: String::new(),
-            uri: crate::model::DestinationUri::Mailto(
-                address
-                    .parse()
-                    .unwrap_or_else(|_| "invalid@invalid.invalid".parse().expect("an address")),
-            ),
+            uri: crate::model::DestinationUri::Mailto(EmailAddr::parse(address).unwrap_or_else(
+                |_| EmailAddr::parse("invalid@invalid.invalid").expect("an address"),
+            )),
             prefs: Default::default(),
             verified: true,
             unhealthy_since: None,
@@ -117,13 +167,13 @@ impl Registry<'_> {
         n
     }
 
-    fn record(&self, address: &str, key: &CleanKey, source: &str) -> KeyRecord {
+    fn record(&self, address: &str, key: &CleanKey, channel: &str) -> KeyRecord {
         KeyRecord {
             address: address.to_string(),
             fingerprint: key.fingerprint.clone(),
             armored: key.armored.clone(),
             state: KeyState::Pending,
-            source: source.to_string(),
+            source: channel.to_string(),
             submitted_at: self.now,
             activated_at: None,
             expires_at: key.expires_at,
@@ -152,11 +202,7 @@ impl Registry<'_> {
     /// (standard if none does).
     async fn level(&self, address: &str) -> crate::store::Result<crate::model::SecurityLevel> {
         let mut level = crate::model::SecurityLevel::Standard;
-        for (account, _) in self
-            .store
-            .contacts_with_uri(&format!("mailto:{address}"))
-            .await?
-        {
+        for (account, _) in self.store.contacts_with_uri(&mailto(address)).await? {
             if let Some(view) = self.store.account_view(&account).await? {
                 level = level.max(view.account.security_level);
             }
@@ -164,15 +210,16 @@ impl Registry<'_> {
         Ok(level)
     }
 
-    fn change(
+    async fn change(
         &self,
         address: &str,
         kind: ChangeKind,
         fingerprint: Option<&str>,
-        level: crate::model::SecurityLevel,
-    ) -> KeyChange {
+        proven_current: bool,
+    ) -> crate::store::Result<KeyChange> {
+        let level = self.level(address).await?;
         let cooling = self.config.keys.cooling_off.at(level).0;
-        KeyChange {
+        Ok(KeyChange {
             id: crate::store::new_id(),
             address: address.to_string(),
             kind,
@@ -180,20 +227,78 @@ impl Registry<'_> {
             state: ChangeState::Pending,
             requested_at: self.now,
             not_before: self.now + Duration::from_std(cooling).unwrap_or(Duration::days(30)),
-            proven_current: false,
+            proven_current,
             proven_new: false,
-        }
+        })
     }
 
-    /// Takes a key submitted for `address` (by `source`: `api`, `mail`).
-    /// `signed_by_current`: the request came signed by the address's
-    /// active key (proof from its holder).
+    /// Counts an accepted submission against the limits per address and
+    /// per source; `Err` with the limit hit.
+    async fn within_limits(
+        &self,
+        address: &str,
+        origin: &Origin,
+    ) -> crate::store::Result<Result<(), Submitted>> {
+        use crate::model::throttle::Counted;
+        let keys = &self.config.keys;
+        let mut checks = vec![("address", address.to_string(), keys.submissions_per_address)];
+        if let Some(source) = &origin.source {
+            checks.push(("source", source.clone(), keys.submissions_per_source));
+        }
+        for (by, key, cap) in checks {
+            let bucket = format!("key_submissions:{by}");
+            if let Counted::Refused { retry_at } =
+                self.store.throttle(&bucket, &key, cap, self.now).await?
+            {
+                if let Some(m) = self.metrics {
+                    m.limit_hit("key_submissions", by);
+                }
+                return Ok(Err(Submitted::Limited { by, retry_at }));
+            }
+        }
+        Ok(Ok(()))
+    }
+
+    /// The mail carrying the holder's approval link for `change`,
+    /// encrypted to the active key `active`.
+    fn approval_mail(&self, address: &str, change: &KeyChange, active: &str) -> Notification {
+        let op = self.operator();
+        let what = match (&change.kind, &change.fingerprint) {
+            (ChangeKind::Replace, Some(new)) => format!(
+                "Someone asked {op} to encrypt the notices for {address} to a new key,\n\n    {new}\n\n\
+                 in place of your current key\n\n    {active}"
+            ),
+            _ => format!(
+                "Someone asked {op} to stop encrypting the notices for {address} (to your key {active})."
+            ),
+        };
+        self.mail(
+            address,
+            "kci.key.approve",
+            match change.kind {
+                ChangeKind::Replace => format!("A request to replace your OpenPGP key at {op}"),
+                ChangeKind::Remove => format!("A request to stop encrypting your notices from {op}"),
+            },
+            format!(
+                "{what}\n\nIf this was you, approve it within {LINK_LIFETIME_HOURS} hours with this link:\n\n    {link}\n\n\
+                 If it was not you, do nothing: without your approval the change waits until {when} at the earliest, \
+                 and you will be told again before then.\n",
+                link = self.link(),
+                when = crate::model::fmt_time(change.not_before),
+            ),
+            Some(active),
+        )
+    }
+
+    /// Takes a key submitted for `address`. `proof`: the request came
+    /// signed by the address's active key, fresh (proof from its holder,
+    /// recorded so it is never accepted twice).
     pub async fn submit(
         &self,
         address: &str,
         data: &[u8],
-        source: &str,
-        signed_by_current: bool,
+        origin: &Origin,
+        proof: Option<ProofUse>,
     ) -> crate::store::Result<Submitted> {
         let status = self.store.key_status(address).await?;
         // A newer copy of the active key: merged into it at once.
@@ -230,125 +335,158 @@ impl Registry<'_> {
             Ok(k) => k,
             Err(refusal) => return Ok(Submitted::Refused(refusal)),
         };
+        if let Err(limited) = self.within_limits(address, origin).await? {
+            return Ok(limited);
+        }
         let op = self.operator();
         let (token, hash) = new_token();
-        let confirm = self.mail(
-            address,
-            "kci.key.confirm",
-            format!("Confirm your OpenPGP key for notices from {op}"),
-            format!(
-                "Someone asked {op} to encrypt the notices for {address} to the OpenPGP key\n\n    {fpr}\n\n\
-                 You could read this because you hold that key. To confirm, open this link within {LINK_LIFETIME_HOURS} hours:\n\n    {link}\n\n\
-                 If you did not ask for this, ignore this message: nothing changes.\n",
-                fpr = key.fingerprint,
-                link = self.link(&token),
-            ),
-            Some(&key.fingerprint),
-        );
-        let activate = self.token(
-            hash,
-            address,
-            &key.fingerprint,
-            TokenPurpose::Activate,
-            None,
-        );
-        let record = self.record(address, &key, source);
-        match status.active {
+        let confirm = self
+            .mail(
+                address,
+                "kci.key.confirm",
+                format!("Confirm your OpenPGP key for notices from {op}"),
+                format!(
+                    "Someone asked {op} to encrypt the notices for {address} to the OpenPGP key\n\n    {fpr}\n\n\
+                     You could read this because you hold that key. To confirm, open this link within {LINK_LIFETIME_HOURS} hours:\n\n    {link}\n\n\
+                     If you did not ask for this, ignore this message: nothing changes.\n",
+                    fpr = key.fingerprint,
+                    link = self.link(),
+                ),
+                Some(&key.fingerprint),
+            )
+            .with_secret(token);
+        let mut request = KeyRequest {
+            address: address.to_string(),
+            key: Some(self.record(address, &key, origin.channel)),
+            change: None,
+            links: vec![self.token(
+                hash,
+                address,
+                &key.fingerprint,
+                TokenPurpose::Activate,
+                None,
+            )],
+            notices: vec![confirm],
+            proof: None,
+        };
+        let change = match status.active {
             Some(active) if active.fingerprint != key.fingerprint => {
-                let level = self.level(address).await?;
-                let mut change =
-                    self.change(address, ChangeKind::Replace, Some(&key.fingerprint), level);
-                change.proven_current = signed_by_current;
-                let mut tokens = vec![activate];
-                let mut notices = vec![confirm];
-                if !signed_by_current {
+                let change = self
+                    .change(
+                        address,
+                        ChangeKind::Replace,
+                        Some(&key.fingerprint),
+                        proof.is_some(),
+                    )
+                    .await?;
+                if proof.is_none() {
                     let (approve, hash) = new_token();
-                    tokens.push(self.token(
+                    request.links.push(self.token(
                         hash,
                         address,
                         &active.fingerprint,
                         TokenPurpose::Approve,
                         Some(&change.id),
                     ));
-                    notices.push(self.mail(
-                        address,
-                        "kci.key.approve",
-                        format!("A request to replace your OpenPGP key at {op}"),
-                        format!(
-                            "Someone asked {op} to encrypt the notices for {address} to a new key,\n\n    {new}\n\n\
-                             in place of your current key\n\n    {old}\n\n\
-                             If this was you, approve it within {LINK_LIFETIME_HOURS} hours with this link:\n\n    {link}\n\n\
-                             If it was not you, do nothing: without your approval the change waits until {when} at the earliest, \
-                             and you will be told again before then.\n",
-                            new = key.fingerprint,
-                            old = active.fingerprint,
-                            link = self.link(&approve),
-                            when = crate::model::fmt_time(change.not_before),
-                        ),
-                        Some(&active.fingerprint),
-                    ));
+                    request.notices.push(
+                        self.approval_mail(address, &change, &active.fingerprint)
+                            .with_secret(approve),
+                    );
                 }
-                self.store
-                    .submit_key(&record, &tokens, Some(&change), &notices)
-                    .await?;
-                Ok(Submitted::ChangeRequested { key, change })
+                request.proof = proof;
+                request.change = Some(change.clone());
+                Some(change)
             }
-            _ => {
-                self.store
-                    .submit_key(&record, &[activate], None, &[confirm])
-                    .await?;
-                Ok(Submitted::Pending(key))
-            }
+            _ => None,
+        };
+        match self
+            .store
+            .record_key_request(&request, self.now, rules::admit_change)
+            .await?
+        {
+            Err(refused) => Ok(Submitted::NotRecorded(refused)),
+            Ok(_) => Ok(match change {
+                Some(change) => Submitted::ChangeRequested { key, change },
+                None => Submitted::Pending(key),
+            }),
         }
     }
 
     /// Asks to remove the address's active key (mail goes unencrypted
-    /// afterwards): a change the current key's holder must approve; `None`
-    /// if the address has no active key.
-    pub async fn remove(&self, address: &str) -> crate::store::Result<Option<KeyChange>> {
+    /// afterwards). With `proof` (a fresh request signed by that key) it
+    /// applies at once; without, the holder is mailed a link to approve it
+    /// and it waits.
+    pub async fn remove(
+        &self,
+        address: &str,
+        proof: Option<ProofUse>,
+        origin: &Origin,
+    ) -> crate::store::Result<Removal> {
         let Some(active) = self.store.active_key(address).await? else {
-            return Ok(None);
+            return Ok(Removal::NoKey);
         };
-        let op = self.operator();
-        let level = self.level(address).await?;
-        let change = self.change(address, ChangeKind::Remove, None, level);
-        let (approve, hash) = new_token();
-        let token = self.token(
-            hash,
-            address,
-            &active.fingerprint,
-            TokenPurpose::Approve,
-            Some(&change.id),
-        );
-        let mail = self.mail(
-            address,
-            "kci.key.approve",
-            format!("A request to stop encrypting your notices from {op}"),
-            format!(
-                "Someone asked {op} to stop encrypting the notices for {address} (to your key {fpr}).\n\n\
-                 If this was you, approve it within {LINK_LIFETIME_HOURS} hours with this link:\n\n    {link}\n\n\
-                 If it was not you, do nothing: without your approval the change waits until {when} at the earliest, \
-                 and you will be told again before then.\n",
-                fpr = active.fingerprint,
-                link = self.link(&approve),
-                when = crate::model::fmt_time(change.not_before),
-            ),
-            Some(&active.fingerprint),
-        );
-        self.store
-            .request_key_change(&change, &[token], &[mail])
+        if let Err(Submitted::Limited { by, retry_at }) =
+            self.within_limits(address, origin).await?
+        {
+            return Ok(Removal::Limited { by, retry_at });
+        }
+        let change = self
+            .change(address, ChangeKind::Remove, None, proof.is_some())
             .await?;
-        Ok(Some(change))
+        let mut request = KeyRequest {
+            address: address.to_string(),
+            key: None,
+            change: Some(change.clone()),
+            links: Vec::new(),
+            notices: Vec::new(),
+            proof: None,
+        };
+        if proof.is_none() {
+            let (approve, hash) = new_token();
+            request.links.push(self.token(
+                hash,
+                address,
+                &active.fingerprint,
+                TokenPurpose::Approve,
+                Some(&change.id),
+            ));
+            request.notices.push(
+                self.approval_mail(address, &change, &active.fingerprint)
+                    .with_secret(approve),
+            );
+        }
+        request.proof = proof;
+        let writes = match self
+            .store
+            .record_key_request(&request, self.now, rules::admit_change)
+            .await?
+        {
+            Ok(writes) => writes,
+            Err(refused) => return Ok(Removal::NotRecorded(refused)),
+        };
+        match applied(&writes) {
+            Some(change) => {
+                self.tell_applied(&change).await?;
+                Ok(Removal::Applied(change))
+            }
+            None => Ok(Removal::Requested(change)),
+        }
     }
 
     /// Answers a submission kci cannot take, politely, saying why — to the
     /// sender only, never with a link, and at most once an hour per
     /// address (the sender of a mail can be forged: kci must not become a
-    /// way to flood someone). `false` when it kept quiet.
+    /// way to flood someone). `why` is kci's own words, never text from the
+    /// submission: this mail is signed by the operator. `false` when it
+    /// kept quiet.
     pub async fn refuse(&self, address: &str, why: &str) -> crate::store::Result<bool> {
-        if !self
+        let once_an_hour = crate::model::Cap {
+            count: 1,
+            per: crate::model::Span(std::time::Duration::from_secs(3600)),
+        };
+        if let crate::model::throttle::Counted::Refused { .. } = self
             .store
-            .may_refuse(address, self.now, Duration::hours(1))
+            .throttle("key_refusals", address, once_an_hour, self.now)
             .await?
         {
             return Ok(false);
@@ -372,51 +510,57 @@ impl Registry<'_> {
     pub async fn confirm(&self, token: &str) -> crate::store::Result<Confirmed> {
         let outcome = self
             .store
-            .confirm_key_token(&token_hash(token), self.now)
+            .follow_key_link(&token_hash(token), self.now, rules::follow_link)
             .await?;
-        let op = self.operator();
-        let told = match &outcome {
-            Confirmed::Activated(k) => Some(self.mail(
-                &k.address,
-                "kci.key.active",
-                format!("Your notices from {op} are now encrypted"),
-                format!(
-                    "From now on, mail from {op} to {} is encrypted to your key\n\n    {}\n",
-                    k.address, k.fingerprint
-                ),
-                Some(&k.fingerprint),
-            )),
-            Confirmed::Applied(c) => Some(match (&c.kind, &c.fingerprint) {
-                (ChangeKind::Replace, Some(fpr)) => self.mail(
-                    &c.address,
+        match &outcome {
+            Confirmed::Activated(k) => {
+                let op = self.operator();
+                let n = self.mail(
+                    &k.address,
                     "kci.key.active",
-                    format!("Your key for notices from {op} was replaced"),
+                    format!("Your notices from {op} are now encrypted"),
                     format!(
-                        "From now on, mail from {op} to {} is encrypted to the key\n\n    {fpr}\n\nin place of the one before.\n",
-                        c.address
+                        "From now on, mail from {op} to {} is encrypted to your key\n\n    {}\n",
+                        k.address, k.fingerprint
                     ),
-                    Some(fpr),
-                ),
-                _ => self.mail(
-                    &c.address,
-                    "kci.key.removed",
-                    format!("Your notices from {op} are no longer encrypted"),
-                    format!(
-                        "The key for {} was removed, as approved with your current key. Mail from {op} to this address is no longer encrypted.\n",
-                        c.address
-                    ),
-                    None,
-                ),
-            }),
-            Confirmed::Proven(_) | Confirmed::Invalid => None,
-        };
-        if let Some(n) = told {
-            self.store.enqueue(&n).await?;
-        }
-        if let Confirmed::Applied(change) = &outcome {
-            self.tell_everywhere(change).await?;
+                    Some(&k.fingerprint),
+                );
+                self.store.enqueue(&n).await?;
+            }
+            Confirmed::Applied(c) => self.tell_applied(c).await?,
+            Confirmed::Proven(_) | Confirmed::Invalid => {}
         }
         Ok(outcome)
+    }
+
+    /// Tells the address, and every verified destination of every contact
+    /// using it, that `change` was applied.
+    async fn tell_applied(&self, c: &KeyChange) -> crate::store::Result<()> {
+        let op = self.operator();
+        let n = match (&c.kind, &c.fingerprint) {
+            (ChangeKind::Replace, Some(fpr)) => self.mail(
+                &c.address,
+                "kci.key.active",
+                format!("Your key for notices from {op} was replaced"),
+                format!(
+                    "From now on, mail from {op} to {} is encrypted to the key\n\n    {fpr}\n\nin place of the one before.\n",
+                    c.address
+                ),
+                Some(fpr),
+            ),
+            _ => self.mail(
+                &c.address,
+                "kci.key.removed",
+                format!("Your notices from {op} are no longer encrypted"),
+                format!(
+                    "The key for {} was removed, as asked with proof from your current key. Mail from {op} to this address is no longer encrypted.\n",
+                    c.address
+                ),
+                None,
+            ),
+        };
+        self.store.enqueue(&n).await?;
+        self.tell_everywhere(c).await
     }
 
     /// DESIGN.md §7: a change applied with proof is told on every verified
@@ -433,7 +577,7 @@ impl Registry<'_> {
             _ => format!("Mail from {op} to {address} is no longer encrypted."),
         };
         let short = format!("{what} If you did not ask for this, contact {op} now.");
-        let uri = format!("mailto:{address}");
+        let uri = mailto(address);
         for (account, contact) in self.store.contacts_with_uri(&uri).await? {
             let Some(view) = self.store.account_view(&account).await? else {
                 continue;
@@ -467,4 +611,12 @@ impl Registry<'_> {
         }
         Ok(())
     }
+}
+
+/// The change the writes applied, if they applied one.
+fn applied(writes: &[KeyWrite]) -> Option<KeyChange> {
+    writes.iter().find_map(|w| match w {
+        KeyWrite::Change(c) if c.state == ChangeState::Applied => Some(c.clone()),
+        _ => None,
+    })
 }

@@ -78,3 +78,63 @@ fn ser_tz_opt<S: serde::Serializer>(v: &Option<TimeZoneName>, s: S) -> Result<S:
         None => s.serialize_none(),
     }
 }
+
+/// A destination's verification code and the counts that bound guessing
+/// it, as stored (only the code's hash is kept).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CodeRow {
+    /// Verified and healthy: nothing to prove.
+    pub usable: bool,
+    pub hash: Option<String>,
+    pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Wrong tries of the current code.
+    pub attempts: u32,
+    /// Codes sent in the current window.
+    pub codes_sent: u32,
+    /// When the last code was sent.
+    pub sent_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Wrong tries in the current window, whatever code they were for.
+    pub wrong: u32,
+    /// When the current window began.
+    pub window_start: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// Result of checking a destination verification code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VerifyOutcome {
+    Verified,
+    AlreadyVerified,
+    WrongCode {
+        attempts_left: u32,
+    },
+    /// Too many wrong codes, or the code expired: ask for a new one.
+    Locked,
+    NotFound,
+}
+
+/// Result of asking for a new code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RenewOutcome {
+    Sent,
+    AlreadyVerified,
+    /// Codes are sent at growing intervals and a few a day: not before
+    /// `retry_at`.
+    TooSoon {
+        retry_at: chrono::DateTime<chrono::Utc>,
+    },
+    NotFound,
+}
+
+/// Checks a submitted code's hash against a destination's row: the new row
+/// to store (if anything changes) and the outcome.
+pub type CheckRule =
+    fn(&CodeRow, &str, chrono::DateTime<chrono::Utc>) -> (Option<CodeRow>, VerifyOutcome);
+
+/// Issues a new code (its hash and expiry) on a destination's row: the new
+/// row, or why not (`AlreadyVerified`, `TooSoon`).
+pub type IssueRule = fn(
+    &CodeRow,
+    &str,
+    chrono::DateTime<chrono::Utc>,
+    chrono::DateTime<chrono::Utc>,
+) -> Result<CodeRow, RenewOutcome>;

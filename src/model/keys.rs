@@ -212,3 +212,89 @@ pub enum Confirmed {
     /// Unknown, used, or expired.
     Invalid,
 }
+
+/// A key link as stored, found by the hash of its secret.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LinkRow {
+    pub address: String,
+    /// The key it is about: the submitted one (`activate`), or the key
+    /// that was active when it was sent (`approve`).
+    pub fingerprint: String,
+    pub purpose: TokenPurpose,
+    pub change: Option<String>,
+    pub expires_at: DateTime<Utc>,
+    pub used: bool,
+}
+
+/// What the key rules see of one address: its active key, the keys
+/// waiting for confirmation, and its pending changes.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AddressKeys {
+    pub active: Option<KeyRecord>,
+    pub pending: Vec<KeyRecord>,
+    /// Pending changes only, oldest first.
+    pub changes: Vec<KeyChange>,
+}
+
+/// One write the key rules ask a store to make, in order, inside the
+/// transaction that read the rows.
+#[derive(Debug, Clone, PartialEq)]
+pub enum KeyWrite {
+    /// The link that was followed is used up.
+    UseLink,
+    /// The address's active key leaves that state (`replaced`, `removed`).
+    Retire {
+        fingerprint: String,
+        state: KeyState,
+    },
+    /// A key of the address becomes its active key.
+    Activate {
+        fingerprint: String,
+        at: DateTime<Utc>,
+    },
+    /// A change is stored as given (inserted, or its state and proofs
+    /// updated).
+    Change(KeyChange),
+}
+
+/// What following a link decides: the writes, and what to tell.
+pub type LinkRule = fn(Option<&LinkRow>, &AddressKeys, DateTime<Utc>) -> (Vec<KeyWrite>, Confirmed);
+
+/// A request to change an address's keys, with everything it stores.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeyRequest {
+    pub address: String,
+    /// A submitted key, stored `pending`.
+    pub key: Option<KeyRecord>,
+    /// The change it asks for, if the address has an active key.
+    pub change: Option<KeyChange>,
+    pub links: Vec<KeyToken>,
+    pub notices: Vec<super::Notification>,
+    /// The signed request that proves it, never to be accepted twice.
+    pub proof: Option<ProofUse>,
+}
+
+/// A signed request used as proof: its fingerprint (over the signer, the
+/// signature time and the signed content) is kept until `keep_until`, the
+/// end of the time it could be fresh, so it is never accepted twice.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProofUse {
+    pub hash: String,
+    pub keep_until: DateTime<Utc>,
+}
+
+/// What admitting a change decides: the writes (other changes cancelled,
+/// the change stored, or applied at once when it has every proof), or a
+/// refusal.
+pub type AdmitRule = fn(&AddressKeys, &KeyChange, DateTime<Utc>) -> Result<Vec<KeyWrite>, Refused>;
+
+/// Why a key request was not recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    #[error("this signed request was used already; sign a new one")]
+    Replayed,
+    #[error(
+        "the address has too many changes waiting already; approve or wait out one of them first"
+    )]
+    TooManyChanges,
+}

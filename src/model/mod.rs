@@ -2,27 +2,35 @@
 //! the edge (HTTP, config, CLI), so anything inside kci holding one of them
 //! holds a valid value.
 
+mod address;
 mod cap;
 mod clock;
 mod directory;
 mod duration;
 mod event;
 mod keys;
+mod notification;
 mod priority;
 mod secret;
 mod state;
+pub mod throttle;
 mod uri;
 mod window;
 
+pub use address::EmailAddr;
 pub use cap::Cap;
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use directory::{Account, AccountView, Contact, ContactView, Destination};
+pub use directory::{
+    Account, AccountView, CheckRule, CodeRow, Contact, ContactView, Destination, IssueRule,
+    RenewOutcome, VerifyOutcome,
+};
 pub use duration::Span;
 pub use event::Event;
 pub use keys::{
-    ChangeKind, ChangeState, Confirmed, KeyChange, KeyRecord, KeyState, KeyStatus, KeyToken,
-    TokenPurpose,
+    AddressKeys, AdmitRule, ChangeKind, ChangeState, Confirmed, KeyChange, KeyRecord, KeyRequest,
+    KeyState, KeyStatus, KeyToken, KeyWrite, LinkRow, LinkRule, ProofUse, Refused, TokenPurpose,
 };
+pub use notification::{Notification, SECRET_MARK};
 pub use priority::Priority;
 pub use secret::Secret;
 pub use state::{Reason, ReceiptStatus, State};
@@ -31,6 +39,12 @@ pub use window::Window;
 
 use chrono::{DateTime, TimeZone, Utc};
 use std::fmt;
+
+/// A time-ordered unique id (UUIDv7), used for events without one, for
+/// notifications, destinations, changes and tokens.
+pub fn new_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
 
 /// An error from parsing a raw value into a domain type; the message names
 /// what is wrong, the caller adds which field it came from.

@@ -113,6 +113,9 @@ pub enum Reason {
     /// The destination is marked unhealthy after permanent failures in a
     /// row; nothing goes there until it is verified again.
     Unhealthy,
+    /// It carried a one-time secret (a code, a link) that kci no longer
+    /// holds: a new one must be asked for.
+    SecretGone,
 }
 
 impl Reason {
@@ -144,6 +147,7 @@ impl Reason {
             Reason::Redriven => "redriven",
             Reason::Undelivered => "undelivered",
             Reason::Unhealthy => "unhealthy",
+            Reason::SecretGone => "secret_gone",
         }
     }
 

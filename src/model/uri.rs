@@ -70,7 +70,7 @@ impl fmt::Display for ChannelKind {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DestinationUri {
     /// `mailto:alice@example.com` (RFC 6068, a single address, no headers).
-    Mailto(lettre::Address),
+    Mailto(super::EmailAddr),
     /// `sms:+447700900123` (RFC 5724, E.164).
     Sms(String),
     /// `https://…`, or `http://…` where the webhook channel allows it.
@@ -191,13 +191,12 @@ impl std::str::FromStr for DestinationUri {
                         "a mailto: destination is a single address without headers",
                     ));
                 }
-                let addr = url::form_urlencoded::parse(format!("a={rest}").as_bytes())
-                    .next()
-                    .map(|(_, v)| v.into_owned())
-                    .unwrap_or_default();
-                addr.parse::<lettre::Address>()
-                    .map(DestinationUri::Mailto)
-                    .map_err(|e| ParseError::new(format!("`{addr}` is not an email address ({e})")))
+                // Percent-decoding (RFC 6068), not form-decoding: `+` in
+                // `alice+tag@example.com` is a plus, not a space.
+                let addr = percent_encoding::percent_decode_str(rest)
+                    .decode_utf8()
+                    .map_err(|_| ParseError::new("a mailto: address must be UTF-8"))?;
+                super::EmailAddr::parse(&addr).map(DestinationUri::Mailto)
             }
             "sms" => parse_e164(rest).map(DestinationUri::Sms),
             "signal" => parse_e164(rest).map(DestinationUri::Signal),
@@ -242,7 +241,7 @@ impl std::str::FromStr for DestinationUri {
 impl fmt::Display for DestinationUri {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            DestinationUri::Mailto(a) => write!(f, "mailto:{a}"),
+            DestinationUri::Mailto(a) => f.write_str(&a.mailto()),
             DestinationUri::Sms(n) => write!(f, "sms:{n}"),
             DestinationUri::Webhook(u) => f.write_str(u.as_str()),
             DestinationUri::Matrix(r) => write!(f, "matrix:{r}"),
@@ -312,6 +311,31 @@ mod tests {
                 s.parse::<DestinationUri>().is_err(),
                 "{s} should be refused"
             );
+        }
+    }
+
+    #[test]
+    fn a_plus_in_a_mail_address_is_a_plus_and_case_is_one_mailbox() {
+        let cases = [
+            (
+                "mailto:alice+tag@example.com",
+                "mailto:alice+tag@example.com",
+            ),
+            ("mailto:Alice@Example.COM", "mailto:alice@example.com"),
+            (
+                "MAILTO:alice%2Btag@example.com",
+                "mailto:alice+tag@example.com",
+            ),
+            (
+                "mailto:%22a%3Fb%22@example.com",
+                "mailto:%22a%3Fb%22@example.com",
+            ),
+        ];
+        for (raw, stored) in cases {
+            let uri: DestinationUri = raw.parse().unwrap_or_else(|e| panic!("{raw}: {e}"));
+            assert_eq!(uri.to_string(), stored, "{raw}");
+            // What is stored parses back to itself.
+            assert_eq!(stored.parse::<DestinationUri>().unwrap(), uri);
         }
     }
 

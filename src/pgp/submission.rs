@@ -116,6 +116,28 @@ pub enum KeyRefusal {
 }
 
 impl KeyRefusal {
+    /// The reason in kci's own words only, for the refusal mail (which
+    /// the operator's key signs): nothing taken from the submitted key —
+    /// no user ID, revocation text or parser message — can be carried
+    /// into it.
+    pub fn mail_reason(&self) -> String {
+        match self {
+            KeyRefusal::Garbage(_) => "this is not an OpenPGP public key".into(),
+            KeyRefusal::UnexpectedPacket(_) => {
+                "the key block holds a packet that does not belong in a public key".into()
+            }
+            KeyRefusal::UnsupportedAlgorithm(_) => {
+                "the key uses an algorithm kci does not support".into()
+            }
+            KeyRefusal::Revoked(_) => "the key is revoked".into(),
+            KeyRefusal::NoEncryptionSubkey(_) => "the key has no usable encryption subkey".into(),
+            KeyRefusal::Invalid(_) => "the key is not valid".into(),
+            // The rest carry only numbers, dates and the address kci was
+            // asked about.
+            other => other.to_string(),
+        }
+    }
+
     /// A short, stable label (`too_large`, `secret_key`, …).
     pub fn code(&self) -> &'static str {
         match self {
@@ -375,17 +397,12 @@ pub(super) fn assess(
 
     // Revocation first: a revoked key says so even if it is also invalid.
     if let RevocationStatus::Revoked(sigs) = cert.revocation_status(&policy, t) {
+        // The reason's code only: its free text is the key holder's (or a
+        // forger's) words, and kci never repeats submitted text.
         let why = sigs
             .first()
             .and_then(|s| s.reason_for_revocation())
-            .map(|(code, text)| {
-                let text = String::from_utf8_lossy(text);
-                if text.trim().is_empty() {
-                    format!(" ({code})")
-                } else {
-                    format!(" ({code}: {})", text.trim())
-                }
-            })
+            .map(|(code, _)| format!(" ({code})"))
             .unwrap_or_default();
         return Err(KeyRefusal::Revoked(why));
     }

@@ -21,6 +21,26 @@ pub struct Rendered {
     pub body: String,
 }
 
+impl Rendered {
+    /// Renders a notice's one-time secret in at
+    /// [`SECRET_MARK`](crate::model::SECRET_MARK), just before it goes out.
+    pub fn reveal(&mut self, secret: &str) {
+        let mark = crate::model::SECRET_MARK;
+        for text in [
+            Some(&mut self.subject),
+            Some(&mut self.body),
+            self.short.as_mut(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if text.contains(mark) {
+                *text = text.replace(mark, secret);
+            }
+        }
+    }
+}
+
 /// A template could not be rendered (bad data, a missing variable used in a
 /// strict way); the notification fails with this reason.
 #[derive(Debug, thiserror::Error)]

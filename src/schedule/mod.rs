@@ -194,6 +194,25 @@ impl Scheduler {
         if n.expires_at.is_some_and(|exp| now > exp) {
             return self.finish(n, Finish::Expired { at: now }).await;
         }
+        // Claimed again and again without an outcome (each lease ran out:
+        // a node died mid-delivery, or the provider never answered in
+        // time): the attempts are spent, so it fails rather than loop.
+        if n.attempts > self.delivery.max_attempts {
+            let detail = format!(
+                "claimed {} times without an outcome (each lease of {} ran out); giving up",
+                n.attempts, self.delivery.lease
+            );
+            return self
+                .finish(
+                    n,
+                    Finish::Failed {
+                        at: now,
+                        reason: Reason::GaveUp,
+                        detail,
+                    },
+                )
+                .await;
+        }
         let rendered = if n.type_name == crate::plan::DIGEST_TYPE {
             // Composed now, from whatever is still folded into it.
             let members = self.store.digest_members(&n.id).await?;
@@ -227,6 +246,26 @@ impl Scheduler {
                     .await;
             }
         };
+        // A one-time secret is rendered in only now; it is erased from the
+        // store when the notice is final.
+        if n.needs_secret() {
+            match &n.secret {
+                Some(secret) => rendered.reveal(secret.expose()),
+                None => {
+                    let detail = "it carried a one-time code or link that kci no longer holds; ask for a new one".to_string();
+                    return self
+                        .finish(
+                            n,
+                            Finish::Failed {
+                                at: now,
+                                reason: Reason::SecretGone,
+                                detail,
+                            },
+                        )
+                        .await;
+                }
+            }
+        }
         // Content-free: no texts, and not the event either (a webhook
         // would carry its data).
         let mut event = c.event.clone();
@@ -475,13 +514,11 @@ impl Scheduler {
                 dry: false,
             })
             .collect();
-        // A queued notice is dropped (and claimed again when its lease
-        // ends) rather than delivered this close to its lease's end.
-        let stale = self
-            .delivery
-            .lease
-            .0
-            .saturating_sub(std::time::Duration::from_secs(10));
+        // A queued notice is started only while half its lease is left
+        // (config validation makes that half cover the slowest channel's
+        // timeout); later, it is dropped and claimed again when its lease
+        // ends, rather than delivered after another node may have taken it.
+        let stale = self.delivery.lease.0 / 2;
         let mut inflight = tokio::task::JoinSet::new();
         let mut last_poll = std::time::Instant::now();
         while !shutdown.is_triggered() {

@@ -149,10 +149,7 @@ pub async fn check_directory(store: &dyn Store) {
     // Verification: wrong codes count, the right one verifies, then it sticks.
     let now = t("2026-03-22T10:00:00Z");
     let d = destination("alice", "sms:+447700900001", false);
-    let code = PendingCode {
-        hash: sha256_hex(b"123456"),
-        expires_at: now + Duration::hours(24),
-    };
+    let code = crate::trust::codes::first(&sha256_hex(b"123456"), now + Duration::hours(24), now);
     store
         .add_destination("A1", &d, Some(code), None)
         .await
@@ -160,16 +157,23 @@ pub async fn check_directory(store: &dyn Store) {
     let wrong = sha256_hex(b"000000");
     assert_eq!(
         store
-            .verify_destination("A1", "alice", &d.id, &wrong, now)
+            .verify_destination(
+                "A1",
+                "alice",
+                &d.id,
+                &wrong,
+                now,
+                crate::trust::codes::check
+            )
             .await
             .unwrap(),
         VerifyOutcome::WrongCode {
-            attempts_left: MAX_CODE_ATTEMPTS - 1
+            attempts_left: crate::trust::codes::PER_CODE - 1
         }
     );
     assert_eq!(
         store
-            .verify_destination("A1", "bob", &d.id, &wrong, now)
+            .verify_destination("A1", "bob", &d.id, &wrong, now, crate::trust::codes::check)
             .await
             .unwrap(),
         VerifyOutcome::NotFound
@@ -177,14 +181,28 @@ pub async fn check_directory(store: &dyn Store) {
     let right = sha256_hex(b"123456");
     assert_eq!(
         store
-            .verify_destination("A1", "alice", &d.id, &right, now)
+            .verify_destination(
+                "A1",
+                "alice",
+                &d.id,
+                &right,
+                now,
+                crate::trust::codes::check
+            )
             .await
             .unwrap(),
         VerifyOutcome::Verified
     );
     assert_eq!(
         store
-            .verify_destination("A1", "alice", &d.id, &right, now)
+            .verify_destination(
+                "A1",
+                "alice",
+                &d.id,
+                &right,
+                now,
+                crate::trust::codes::check
+            )
             .await
             .unwrap(),
         VerifyOutcome::AlreadyVerified
@@ -192,23 +210,34 @@ pub async fn check_directory(store: &dyn Store) {
 
     // Too many wrong codes lock it, even for the right code afterwards.
     let d2 = destination("alice", "sms:+447700900002", false);
-    let code = PendingCode {
-        hash: right.clone(),
-        expires_at: now + Duration::hours(24),
-    };
+    let code = crate::trust::codes::first(&right.clone(), now + Duration::hours(24), now);
     store
         .add_destination("A1", &d2, Some(code), None)
         .await
         .unwrap();
-    for _ in 0..MAX_CODE_ATTEMPTS {
+    for _ in 0..crate::trust::codes::PER_CODE {
         store
-            .verify_destination("A1", "alice", &d2.id, &wrong, now)
+            .verify_destination(
+                "A1",
+                "alice",
+                &d2.id,
+                &wrong,
+                now,
+                crate::trust::codes::check,
+            )
             .await
             .unwrap();
     }
     assert_eq!(
         store
-            .verify_destination("A1", "alice", &d2.id, &right, now)
+            .verify_destination(
+                "A1",
+                "alice",
+                &d2.id,
+                &right,
+                now,
+                crate::trust::codes::check
+            )
             .await
             .unwrap(),
         VerifyOutcome::Locked
@@ -216,10 +245,7 @@ pub async fn check_directory(store: &dyn Store) {
 
     // An expired code is refused.
     let d3 = destination("alice", "sms:+447700900003", false);
-    let code = PendingCode {
-        hash: right.clone(),
-        expires_at: now,
-    };
+    let code = crate::trust::codes::first(&right.clone(), now, now);
     store
         .add_destination("A1", &d3, Some(code), None)
         .await
@@ -227,7 +253,14 @@ pub async fn check_directory(store: &dyn Store) {
     let later = now + Duration::seconds(1);
     assert_eq!(
         store
-            .verify_destination("A1", "alice", &d3.id, &right, later)
+            .verify_destination(
+                "A1",
+                "alice",
+                &d3.id,
+                &right,
+                later,
+                crate::trust::codes::check
+            )
             .await
             .unwrap(),
         VerifyOutcome::Locked
@@ -597,6 +630,7 @@ pub async fn check_own_notices(store: &dyn Store) {
         provider_ref: None,
         receipt: None,
         segments: None,
+        secret: None,
         message: Some(Message {
             short: "code 123456".into(),
             subject: "s".into(),
@@ -952,21 +986,37 @@ pub async fn check_destination_health(store: &dyn Store) {
     );
     assert_eq!(
         store
-            .renew_code("A1", "alice", &mail.id, code.clone(), notice.clone())
+            .renew_code(
+                "A1",
+                "alice",
+                &mail.id,
+                code.clone(),
+                notice.clone(),
+                at,
+                crate::trust::codes::issue
+            )
             .await
             .unwrap(),
-        Some(true)
+        RenewOutcome::Sent
     );
     assert_eq!(
         store
-            .renew_code("A1", "alice", "nope", code.clone(), notice.clone())
+            .renew_code(
+                "A1",
+                "alice",
+                "nope",
+                code.clone(),
+                notice.clone(),
+                at,
+                crate::trust::codes::issue
+            )
             .await
             .unwrap(),
-        None
+        RenewOutcome::NotFound
     );
     assert_eq!(
         store
-            .verify_destination("A1", "alice", &mail.id, "h", at)
+            .verify_destination("A1", "alice", &mail.id, "h", at, crate::trust::codes::check)
             .await
             .unwrap(),
         VerifyOutcome::Verified
@@ -978,10 +1028,18 @@ pub async fn check_destination_health(store: &dyn Store) {
     again.id = new_id();
     assert_eq!(
         store
-            .renew_code("A1", "alice", &mail.id, code, again)
+            .renew_code(
+                "A1",
+                "alice",
+                &mail.id,
+                code,
+                again,
+                at,
+                crate::trust::codes::issue
+            )
             .await
             .unwrap(),
-        Some(false)
+        RenewOutcome::AlreadyVerified
     );
     // The count started afresh; a delivery sent clears it in the same write.
     assert!(!store.count_outcome(&mail.id, true, 2, at).await.unwrap());
@@ -1133,17 +1191,20 @@ pub async fn check_key_registry(store: &dyn Store) {
         )
     };
 
-    // Refusals: at most one an hour per address.
-    let hour = Duration::hours(1);
-    assert!(store.may_refuse(addr, at, hour).await.unwrap());
-    assert!(
-        !store
-            .may_refuse(addr, at + Duration::minutes(59), hour)
-            .await
-            .unwrap()
-    );
-    assert!(store.may_refuse("bob@example.com", at, hour).await.unwrap());
-    assert!(store.may_refuse(addr, at + hour, hour).await.unwrap());
+    let request = |key: Option<KeyRecord>,
+                   change: Option<KeyChange>,
+                   links: Vec<KeyToken>,
+                   notices: Vec<Notification>| KeyRequest {
+        address: addr.into(),
+        key,
+        change,
+        links,
+        notices,
+        proof: None,
+    };
+    let follow =
+        |hash: &'static str, at| store.follow_key_link(hash, at, crate::keys::rules::follow_link);
+    let admit = crate::keys::rules::admit_change;
     // Who uses an address.
     assert!(
         store
@@ -1155,13 +1216,18 @@ pub async fn check_key_registry(store: &dyn Store) {
 
     // A first key: pending until its link is followed, once.
     store
-        .submit_key(
-            &key("K1"),
-            &[token("t1", "K1", TokenPurpose::Activate, None, later)],
-            None,
-            &[mail("confirm")],
+        .record_key_request(
+            &request(
+                Some(key("K1")),
+                None,
+                vec![token("t1", "K1", TokenPurpose::Activate, None, later)],
+                vec![mail("confirm")],
+            ),
+            at,
+            admit,
         )
         .await
+        .unwrap()
         .unwrap();
     let status = store.key_status(addr).await.unwrap();
     assert_eq!((status.active.as_ref(), status.pending.len()), (None, 1));
@@ -1181,18 +1247,12 @@ pub async fn check_key_registry(store: &dyn Store) {
             .as_deref(),
         Some("K1")
     );
-    let Confirmed::Activated(k1) = store.confirm_key_token("t1", at).await.unwrap() else {
+    let Confirmed::Activated(k1) = follow("t1", at).await.unwrap() else {
         panic!("K1 activated")
     };
     assert_eq!((k1.state, k1.activated_at), (KeyState::Active, Some(at)));
-    assert_eq!(
-        store.confirm_key_token("t1", at).await.unwrap(),
-        Confirmed::Invalid
-    );
-    assert_eq!(
-        store.confirm_key_token("nope", at).await.unwrap(),
-        Confirmed::Invalid
-    );
+    assert_eq!(follow("t1", at).await.unwrap(), Confirmed::Invalid);
+    assert_eq!(follow("nope", at).await.unwrap(), Confirmed::Invalid);
     assert_eq!(
         store.key(addr, "K1").await.unwrap().map(|k| k.state),
         Some(KeyState::Active)
@@ -1226,18 +1286,23 @@ pub async fn check_key_registry(store: &dyn Store) {
         proven_new: false,
     };
     store
-        .submit_key(
-            &key("K2"),
-            &[
-                token("t2", "K2", TokenPurpose::Activate, None, later),
-                token("t3", "K1", TokenPurpose::Approve, Some("c1"), later),
-            ],
-            Some(&change("c1", ChangeKind::Replace, Some("K2"))),
-            &[],
+        .record_key_request(
+            &request(
+                Some(key("K2")),
+                Some(change("c1", ChangeKind::Replace, Some("K2"))),
+                vec![
+                    token("t2", "K2", TokenPurpose::Activate, None, later),
+                    token("t3", "K1", TokenPurpose::Approve, Some("c1"), later),
+                ],
+                vec![],
+            ),
+            at,
+            admit,
         )
         .await
+        .unwrap()
         .unwrap();
-    let Confirmed::Proven(c) = store.confirm_key_token("t2", at).await.unwrap() else {
+    let Confirmed::Proven(c) = follow("t2", at).await.unwrap() else {
         panic!("proof of the new key recorded")
     };
     assert!(c.proven_new && !c.proven_current);
@@ -1249,36 +1314,78 @@ pub async fn check_key_registry(store: &dyn Store) {
     );
     // An expired link proves nothing.
     assert_eq!(
-        store
-            .confirm_key_token("t3", later + Duration::seconds(1))
-            .await
-            .unwrap(),
+        follow("t3", later + Duration::seconds(1)).await.unwrap(),
         Confirmed::Invalid
     );
+    // Another unproven request waits beside it: c1 keeps its state.
     store
-        .request_key_change(&change("c1b", ChangeKind::Replace, Some("K2")), &[], &[])
-        .await
-        .unwrap();
-    store
-        .submit_key(
-            &key("K2"),
-            &[
-                token("t4", "K2", TokenPurpose::Activate, None, later),
-                token("t5", "K1", TokenPurpose::Approve, Some("c2"), later),
-            ],
-            Some(&change("c2", ChangeKind::Replace, Some("K2"))),
-            &[],
+        .record_key_request(
+            &request(
+                None,
+                Some(change("c1b", ChangeKind::Replace, Some("K2"))),
+                vec![],
+                vec![],
+            ),
+            at,
+            admit,
         )
         .await
+        .unwrap()
         .unwrap();
+    store
+        .record_key_request(
+            &request(
+                Some(key("K2")),
+                Some(change("c2", ChangeKind::Replace, Some("K2"))),
+                vec![
+                    token("t4", "K2", TokenPurpose::Activate, None, later),
+                    token("t5", "K1", TokenPurpose::Approve, Some("c2"), later),
+                ],
+                vec![],
+            ),
+            at,
+            admit,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    let status = store.key_status(addr).await.unwrap();
+    assert_eq!(
+        status
+            .changes
+            .iter()
+            .filter(|c| c.state == ChangeState::Pending)
+            .count(),
+        3
+    );
+    assert!(status.changes.iter().any(|c| c.id == "c1" && c.proven_new));
+    // A fourth waiting change is refused, writing nothing.
+    assert_eq!(
+        store
+            .record_key_request(
+                &request(
+                    Some(key("K9")),
+                    Some(change("c9", ChangeKind::Replace, Some("K9"))),
+                    vec![token("t9", "K9", TokenPurpose::Activate, None, later)],
+                    vec![mail("never")],
+                ),
+                at,
+                admit,
+            )
+            .await
+            .unwrap(),
+        Err(Refused::TooManyChanges)
+    );
+    assert_eq!(store.key(addr, "K9").await.unwrap(), None);
+    assert_eq!(follow("t9", at).await.unwrap(), Confirmed::Invalid);
     assert!(matches!(
-        store.confirm_key_token("t5", at).await.unwrap(),
+        follow("t5", at).await.unwrap(),
         Confirmed::Proven(_)
     ));
-    let Confirmed::Applied(c2) = store.confirm_key_token("t4", at).await.unwrap() else {
+    let Confirmed::Applied(c2) = follow("t4", at).await.unwrap() else {
         panic!("both proofs: applied")
     };
-    assert_eq!(c2.state, ChangeState::Applied);
+    assert_eq!((c2.id.as_str(), c2.state), ("c2", ChangeState::Applied));
     let status = store.key_status(addr).await.unwrap();
     assert_eq!(status.active.map(|k| k.fingerprint).as_deref(), Some("K2"));
     assert_eq!(
@@ -1299,19 +1406,34 @@ pub async fn check_key_registry(store: &dyn Store) {
         ]
     );
 
-    // A removal without proof stays pending; with the current holder's, applies.
+    // A removal without proof stays pending; a link that cannot act now is
+    // not used up by trying; the current holder's approval applies it.
     store
-        .request_key_change(
-            &change("c3", ChangeKind::Remove, None),
-            &[token("t6", "K2", TokenPurpose::Approve, Some("c3"), later)],
-            &[],
+        .record_key_request(
+            &request(
+                None,
+                Some(change("c3", ChangeKind::Remove, None)),
+                vec![
+                    token("t6", "K2", TokenPurpose::Approve, Some("c3"), later),
+                    token("t7", "K1", TokenPurpose::Approve, Some("c3"), later),
+                ],
+                vec![],
+            ),
+            at,
+            admit,
         )
         .await
+        .unwrap()
         .unwrap();
     let status = store.key_status(addr).await.unwrap();
     assert!(status.active.is_some());
+    assert_eq!(
+        follow("t7", at).await.unwrap(),
+        Confirmed::Invalid,
+        "K1 is no longer the holder"
+    );
     assert!(matches!(
-        store.confirm_key_token("t6", at).await.unwrap(),
+        follow("t6", at).await.unwrap(),
         Confirmed::Applied(_)
     ));
     let status = store.key_status(addr).await.unwrap();
@@ -1320,6 +1442,187 @@ pub async fn check_key_registry(store: &dyn Store) {
         store.key(addr, "K2").await.unwrap().map(|k| k.state),
         Some(KeyState::Removed)
     );
+
+    // A signed request is accepted once: its proof is remembered.
+    let proof = ProofUse {
+        hash: "p1".into(),
+        keep_until: at + Duration::hours(1),
+    };
+    let signed = |id: &str| KeyRequest {
+        proof: Some(proof.clone()),
+        ..request(
+            Some(key("K3")),
+            Some(change(id, ChangeKind::Replace, Some("K3"))),
+            vec![],
+            vec![],
+        )
+    };
+    assert!(
+        store
+            .record_key_request(&signed("c4"), at, admit)
+            .await
+            .unwrap()
+            .is_ok()
+    );
+    assert_eq!(
+        store
+            .record_key_request(&signed("c5"), at, admit)
+            .await
+            .unwrap(),
+        Err(Refused::Replayed)
+    );
+    assert!(
+        !store
+            .key_status(addr)
+            .await
+            .unwrap()
+            .changes
+            .iter()
+            .any(|c| c.id == "c5"),
+        "a replay writes nothing"
+    );
+}
+
+/// Limits: a window per (bucket, key), counted only when allowed.
+pub async fn check_throttle(store: &dyn Store) {
+    use crate::model::throttle::Counted;
+    let at = t("2026-03-22T10:00:00Z");
+    let cap: crate::model::Cap = "2/1h".parse().unwrap();
+    for i in 0..2 {
+        assert!(matches!(
+            store
+                .throttle("b", "k", cap, at + Duration::minutes(i))
+                .await
+                .unwrap(),
+            Counted::Allowed(_)
+        ));
+    }
+    assert_eq!(
+        store
+            .throttle("b", "k", cap, at + Duration::minutes(5))
+            .await
+            .unwrap(),
+        Counted::Refused {
+            retry_at: at + Duration::hours(1)
+        }
+    );
+    assert_eq!(
+        store.throttle_peek("b", "k", cap, at).await.unwrap(),
+        Err(at + Duration::hours(1))
+    );
+    // Other keys and buckets are apart; a new window starts afresh.
+    assert_eq!(
+        store.throttle_peek("b", "other", cap, at).await.unwrap(),
+        Ok(())
+    );
+    assert_eq!(
+        store.throttle_peek("c", "k", cap, at).await.unwrap(),
+        Ok(())
+    );
+    assert!(matches!(
+        store
+            .throttle("b", "k", cap, at + Duration::hours(1))
+            .await
+            .unwrap(),
+        Counted::Allowed(_)
+    ));
+}
+
+/// A notice's one-time secret is kept only until the notice is final.
+pub async fn check_secrets_erased(store: &dyn Store) {
+    seed(store).await;
+    let at = t("2026-03-22T10:00:00Z");
+    let view = store.account_view("A1").await.unwrap().unwrap();
+    let dest = &view.contacts[0].destinations[0];
+    let notice = |body: &str| {
+        Notification::own(
+            "A1",
+            dest,
+            "kci.verify",
+            Priority::High,
+            Message {
+                short: body.into(),
+                subject: "s".into(),
+                body: body.into(),
+                encrypt_to: None,
+            },
+            at,
+            None,
+        )
+        .with_secret("424242".into())
+    };
+    let sent = notice(&format!("code {}", crate::model::SECRET_MARK));
+    let also = notice(&format!("code {}", crate::model::SECRET_MARK));
+    store.enqueue(&sent).await.unwrap();
+    store.enqueue(&also).await.unwrap();
+    let claimed = store
+        .claim_due(at, at + Duration::minutes(2), 10)
+        .await
+        .unwrap();
+    let mine = claimed
+        .iter()
+        .find(|c| c.notification.id == sent.id)
+        .unwrap();
+    assert_eq!(
+        mine.notification
+            .secret
+            .as_ref()
+            .map(|s| s.expose().as_str()),
+        Some("424242"),
+        "held until delivery"
+    );
+    // A retry keeps it; being sent erases it.
+    store
+        .finish(
+            &sent.id,
+            Finish::Retry {
+                at,
+                due_at: at,
+                detail: "later".into(),
+            },
+        )
+        .await
+        .unwrap();
+    assert!(
+        store
+            .notification(&sent.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .secret
+            .is_some()
+    );
+    store
+        .claim_due(at, at + Duration::minutes(2), 10)
+        .await
+        .unwrap();
+    for id in [&sent.id, &also.id] {
+        store
+            .finish(
+                id,
+                Finish::Sent {
+                    at,
+                    receipt: Default::default(),
+                },
+            )
+            .await
+            .unwrap();
+    }
+    let after = store.notification(&sent.id).await.unwrap().unwrap();
+    assert_eq!(after.state, State::Sent);
+    assert_eq!(after.secret, None);
+    assert!(after.needs_secret(), "the texts keep only the mark");
+    // A cancelled one loses it too.
+    let waiting = notice(crate::model::SECRET_MARK);
+    store.enqueue(&waiting).await.unwrap();
+    assert!(
+        store
+            .delete_destination("A1", "alice", &dest.id, at)
+            .await
+            .unwrap()
+    );
+    let gone = store.notification(&waiting.id).await.unwrap().unwrap();
+    assert_eq!((gone.state, gone.secret), (State::Cancelled, None));
 }
 
 macro_rules! conformance {
@@ -1361,6 +1664,8 @@ conformance!(
     check_destination_health,
     check_destination_secrets,
     check_key_registry,
+    check_throttle,
+    check_secrets_erased,
 );
 
 /// A schema dropped when the test ends.

@@ -49,42 +49,7 @@ pub struct TokenRecord {
 
 pub use crate::model::Message;
 
-/// One notice to one destination, as stored.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Notification {
-    pub id: String,
-    /// `None` for kci's own notices.
-    pub event: Option<String>,
-    pub account: String,
-    pub contact: String,
-    pub destination: String,
-    pub uri: String,
-    pub channel: ChannelKind,
-    pub type_name: String,
-    pub key: String,
-    pub priority: Priority,
-    pub state: State,
-    pub reason: Option<Reason>,
-    /// The provider's own words about a failure or a receipt.
-    pub detail: Option<String>,
-    pub due_at: DateTime<Utc>,
-    pub expires_at: Option<DateTime<Utc>>,
-    pub decided_at: DateTime<Utc>,
-    pub sent_at: Option<DateTime<Utc>>,
-    pub attempts: u32,
-    pub timezone: String,
-    pub message: Option<Message>,
-    /// For a `digested` notice: the digest notification it is folded into.
-    pub digest: Option<String>,
-    /// For a pair summary (`on_pair = "summary"`): when the partner happened.
-    pub paired_from: Option<DateTime<Utc>>,
-    /// The provider's id for the sent message.
-    pub provider_ref: Option<String>,
-    /// The provider's later word on it.
-    pub receipt: Option<crate::model::ReceiptStatus>,
-    /// SMS parts billed.
-    pub segments: Option<u32>,
-}
+pub use crate::model::Notification;
 
 impl Notification {
     /// A notification for decision `d` of `event`.
@@ -125,48 +90,7 @@ impl Notification {
             provider_ref: None,
             receipt: None,
             segments: None,
-        }
-    }
-}
-
-impl Notification {
-    /// One of kci's own notices (a verification code, a warning about a
-    /// destination) to `dest`, due `now`, carrying its own texts.
-    pub fn own(
-        account: &str,
-        dest: &Destination,
-        type_name: &str,
-        priority: Priority,
-        message: Message,
-        now: DateTime<Utc>,
-        expires_at: Option<DateTime<Utc>>,
-    ) -> Notification {
-        Notification {
-            id: new_id(),
-            event: None,
-            account: account.to_string(),
-            contact: dest.contact.clone(),
-            destination: dest.id.clone(),
-            uri: dest.uri.to_string(),
-            channel: dest.uri.channel(),
-            type_name: type_name.to_string(),
-            key: format!("{type_name}:{}", dest.id),
-            priority,
-            state: State::Pending,
-            reason: None,
-            detail: None,
-            due_at: now,
-            expires_at,
-            decided_at: now,
-            sent_at: None,
-            attempts: 0,
-            timezone: "UTC".into(),
-            message: Some(message),
-            digest: None,
-            paired_from: None,
-            provider_ref: None,
-            receipt: None,
-            segments: None,
+            secret: None,
         }
     }
 }
@@ -187,11 +111,7 @@ pub fn planned_notifications(event: &Event, plan: &Plan) -> Vec<Notification> {
     notes
 }
 
-/// A time-ordered unique id (UUIDv7), used for events without one, for
-/// notifications, destinations and tokens.
-pub fn new_id() -> String {
-    uuid::Uuid::now_v7().to_string()
-}
+pub use crate::model::new_id;
 
 /// Decides the notifications of one event inside the store's transaction,
 /// so that reading the directory and pending notices and writing the result
@@ -312,12 +232,13 @@ pub struct Claimed {
 
 /// The address of a `mailto:` notification as the key registry keys it.
 pub fn mail_address(n: &Notification) -> Option<String> {
-    (n.channel == ChannelKind::Email).then(|| {
-        n.uri
-            .strip_prefix("mailto:")
-            .unwrap_or(&n.uri)
-            .to_ascii_lowercase()
-    })
+    if n.channel != ChannelKind::Email {
+        return None;
+    }
+    match n.uri.parse::<crate::model::DestinationUri>() {
+        Ok(crate::model::DestinationUri::Mailto(a)) => Some(a.as_str().to_string()),
+        _ => None,
+    }
 }
 
 /// What a destination's deliveries are signed with.
@@ -329,28 +250,14 @@ pub struct Signing {
     pub channel: bool,
 }
 
-/// Result of checking a destination verification code.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum VerifyOutcome {
-    Verified,
-    AlreadyVerified,
-    WrongCode {
-        attempts_left: u32,
-    },
-    /// Too many wrong codes, or the code expired: ask for a new one.
-    Locked,
-    NotFound,
-}
+pub use crate::model::{CodeRow, RenewOutcome, VerifyOutcome};
 
-/// A destination verification code, stored hashed.
+/// A new destination verification code: only its hash is stored.
 #[derive(Debug, Clone)]
 pub struct PendingCode {
     pub hash: String,
     pub expires_at: DateTime<Utc>,
 }
-
-/// How many wrong codes a destination tolerates.
-pub const MAX_CODE_ATTEMPTS: u32 = 5;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PutOutcome {
@@ -371,15 +278,18 @@ pub trait Store: Send + Sync + 'static {
     async fn put_account(&self, account: &Account) -> Result<PutOutcome>;
     async fn account_view(&self, id: &str) -> Result<Option<AccountView>>;
     async fn put_contact(&self, account: &str, contact: &Contact) -> Result<PutOutcome>;
-    /// Adds a destination; an unverified one gets `code`, and `notice` (the
-    /// code's message to it) is queued in the same transaction.
+    /// Adds a destination; an unverified one gets `code` (its first code's
+    /// row), and `notice` (the code's message to it) is queued in the same
+    /// transaction.
     async fn add_destination(
         &self,
         account: &str,
         dest: &Destination,
-        code: Option<PendingCode>,
+        code: Option<CodeRow>,
         notice: Option<Notification>,
     ) -> Result<PutOutcome>;
+    /// Checks a code's hash against the destination's row with `rule`
+    /// (`trust::codes::check`) and stores what it decides.
     async fn verify_destination(
         &self,
         account: &str,
@@ -387,6 +297,7 @@ pub trait Store: Send + Sync + 'static {
         id: &str,
         code_hash: &str,
         now: DateTime<Utc>,
+        rule: crate::model::CheckRule,
     ) -> Result<VerifyOutcome>;
     /// Removes a destination and cancels what is pending for it.
     async fn delete_destination(
@@ -489,9 +400,10 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<bool>;
 
     /// Issues a new verification code for a destination that is not
-    /// verified or is unhealthy, queueing `notice` (the code's message);
-    /// `None` if there is no such destination, `Some(false)` if it is
-    /// verified and healthy (nothing to prove).
+    /// verified or is unhealthy, if `rule` (`trust::codes::issue`) allows
+    /// it now, queueing `notice` (the code's message) in the same
+    /// transaction.
+    #[allow(clippy::too_many_arguments)]
     async fn renew_code(
         &self,
         account: &str,
@@ -499,7 +411,28 @@ pub trait Store: Send + Sync + 'static {
         id: &str,
         code: PendingCode,
         notice: Notification,
-    ) -> Result<Option<bool>>;
+        now: DateTime<Utc>,
+        rule: crate::model::IssueRule,
+    ) -> Result<RenewOutcome>;
+
+    /// Counts one occurrence of `key` in `bucket` against `cap`
+    /// (`model::throttle::count`); refused occurrences are not counted.
+    async fn throttle(
+        &self,
+        bucket: &str,
+        key: &str,
+        cap: crate::model::Cap,
+        now: DateTime<Utc>,
+    ) -> Result<crate::model::throttle::Counted>;
+
+    /// Whether one more occurrence would be allowed, without counting it.
+    async fn throttle_peek(
+        &self,
+        bucket: &str,
+        key: &str,
+        cap: crate::model::Cap,
+        now: DateTime<Utc>,
+    ) -> Result<std::result::Result<(), DateTime<Utc>>>;
 
     /// What a destination's deliveries are signed with at `now`.
     async fn destination_secrets(&self, id: &str, now: DateTime<Utc>) -> Result<Signing>;
@@ -516,38 +449,21 @@ pub trait Store: Send + Sync + 'static {
         previous_until: Option<DateTime<Utc>>,
     ) -> Result<bool>;
 
-    /// Records a submitted (cleaned) key as pending, with its links, the
-    /// change it asks for if the address already has another active key
-    /// (earlier pending changes of the address are cancelled), and the
-    /// mails carrying the links — one transaction.
-    async fn submit_key(
+    /// Records a key request in one transaction, for the address it is
+    /// about: the submitted key (pending), the change it asks for as
+    /// `rule` (`keys::rules::admit_change`) admits it, the links and the
+    /// mails carrying them, and its proof — refused, with nothing written,
+    /// when the proof was used before or the rule refuses. Returns the
+    /// writes made to keys and changes.
+    async fn record_key_request(
         &self,
-        key: &crate::model::KeyRecord,
-        tokens: &[crate::model::KeyToken],
-        change: Option<&crate::model::KeyChange>,
-        notices: &[Notification],
-    ) -> Result<()>;
-
-    /// Records a change without a new key (a removal), with its link and
-    /// mail; earlier pending changes of the address are cancelled.
-    async fn request_key_change(
-        &self,
-        change: &crate::model::KeyChange,
-        tokens: &[crate::model::KeyToken],
-        notices: &[Notification],
-    ) -> Result<()>;
+        request: &crate::model::KeyRequest,
+        now: DateTime<Utc>,
+        rule: crate::model::AdmitRule,
+    ) -> Result<std::result::Result<Vec<crate::model::KeyWrite>, crate::model::Refused>>;
 
     /// The keys and changes of an address (lower-cased).
     async fn key_status(&self, address: &str) -> Result<crate::model::KeyStatus>;
-
-    /// Whether a refusal may be mailed to `address` at `now` (none sent
-    /// within `every` before); if so, records it as sent.
-    async fn may_refuse(
-        &self,
-        address: &str,
-        now: DateTime<Utc>,
-        every: chrono::Duration,
-    ) -> Result<bool>;
 
     /// The (account, contact) pairs with a destination `uri`.
     async fn contacts_with_uri(&self, uri: &str) -> Result<Vec<(String, String)>>;
@@ -572,13 +488,14 @@ pub trait Store: Send + Sync + 'static {
         fingerprint: &str,
     ) -> Result<Option<crate::model::KeyRecord>>;
 
-    /// Follows a link: single use, before it expires. Activates a key,
-    /// records a proof on a change, or applies a change that now has all
-    /// its proofs.
-    async fn confirm_key_token(
+    /// Follows the link whose secret hashes to `hash`: loads it and its
+    /// address's keys and pending changes, lets `rule`
+    /// (`keys::rules::follow_link`) decide, and writes what it returns.
+    async fn follow_key_link(
         &self,
         hash: &str,
         now: DateTime<Utc>,
+        rule: crate::model::LinkRule,
     ) -> Result<crate::model::Confirmed>;
 
     /// Called once by a server that knows it is the only one using this
@@ -713,36 +630,6 @@ pub(crate) mod codec {
             ""
         };
         format!("{column} = {param}{own} AND {}", waiting(""))
-    }
-
-    /// Compares a submitted code's hash with the stored one in constant time,
-    /// honouring expiry and the attempt limit.
-    pub fn check_code(
-        verified: bool,
-        stored: Option<&str>,
-        expires: Option<i64>,
-        attempts: i64,
-        submitted: &str,
-        now: DateTime<Utc>,
-    ) -> VerifyOutcome {
-        use subtle::ConstantTimeEq;
-        if verified {
-            return VerifyOutcome::AlreadyVerified;
-        }
-        let Some(stored) = stored else {
-            return VerifyOutcome::Locked;
-        };
-        let max = i64::from(MAX_CODE_ATTEMPTS);
-        if attempts >= max || expires.is_some_and(|e| crate::model::to_millis(now) > e) {
-            return VerifyOutcome::Locked;
-        }
-        if bool::from(stored.as_bytes().ct_eq(submitted.as_bytes())) {
-            VerifyOutcome::Verified
-        } else {
-            VerifyOutcome::WrongCode {
-                attempts_left: u32::try_from(max - attempts - 1).unwrap_or(0),
-            }
-        }
     }
 
     /// What a receipt writes as the notification's detail.

@@ -100,7 +100,7 @@ impl PgStore {
 
 const NOTIFICATION_COLUMNS: &str = "id, event, account, contact, destination, uri, channel, type, key, priority, \
      state, reason, detail, due_at, expires_at, decided_at, sent_at, attempts, timezone, message, digest, paired_from, \
-     provider_ref, receipt, segments";
+     provider_ref, receipt, segments, secret";
 
 fn notification_from_row(r: &Row) -> Result<Notification> {
     Ok(Notification {
@@ -131,6 +131,9 @@ fn notification_from_row(r: &Row) -> Result<Notification> {
         segments: r
             .try_get::<_, Option<i64>>(24)?
             .and_then(|s| u32::try_from(s).ok()),
+        secret: r
+            .try_get::<_, Option<String>>(25)?
+            .map(crate::model::Secret::new),
     })
 }
 
@@ -175,82 +178,186 @@ async fn insert_key_tokens(
     Ok(())
 }
 
-/// Cancels the address's pending changes and records `change`.
-async fn insert_change(
+/// What the key rules see of `address`: its active and pending keys and
+/// its pending changes. The caller holds the address's lock.
+async fn address_keys(
     c: &impl deadpool_postgres::GenericClient,
-    change: &crate::model::KeyChange,
-) -> Result<()> {
+    address: &str,
+) -> Result<crate::model::AddressKeys> {
+    let mut keys = crate::model::AddressKeys::default();
+    let rows = c
+        .query(
+            &format!("SELECT {KEY_COLUMNS} FROM keys WHERE address = $1 AND state IN ('active', 'pending') ORDER BY submitted_at"),
+            &[&address],
+        )
+        .await?;
+    for r in &rows {
+        let k = key_from_row(r)?;
+        if k.state == crate::model::KeyState::Active {
+            keys.active = Some(k);
+        } else {
+            keys.pending.push(k);
+        }
+    }
+    let rows = c
+        .query(
+            &format!("SELECT {CHANGE_COLUMNS} FROM key_changes WHERE address = $1 AND state = 'pending' ORDER BY requested_at, id"),
+            &[&address],
+        )
+        .await?;
+    keys.changes = rows.iter().map(change_from_row).collect::<Result<_>>()?;
+    Ok(keys)
+}
+
+/// Serialises the transactions that change one address's keys, on every node.
+async fn lock_address(c: &impl deadpool_postgres::GenericClient, address: &str) -> Result<()> {
     c.execute(
-        "UPDATE key_changes SET state = 'cancelled' WHERE address = $1 AND state = 'pending'",
-        &[&change.address],
+        "SELECT pg_advisory_xact_lock(hashtextextended('kci-keys:' || $1, 0))",
+        &[&address],
     )
     .await?;
+    Ok(())
+}
+
+/// Makes the writes the key rules returned for `address`; `link` is the
+/// hash of the link being followed, if any.
+async fn write_keys(
+    c: &impl deadpool_postgres::GenericClient,
+    address: &str,
+    link: Option<&str>,
+    now: DateTime<Utc>,
+    writes: &[crate::model::KeyWrite],
+) -> Result<()> {
+    use crate::model::KeyWrite;
+    for w in writes {
+        match w {
+            KeyWrite::UseLink => {
+                c.execute(
+                    "UPDATE key_tokens SET used_at = $2 WHERE hash = $1",
+                    &[&link, &to_millis(now)],
+                )
+                .await?;
+            }
+            KeyWrite::Retire { fingerprint, state } => {
+                c.execute(
+                    "UPDATE keys SET state = $3 WHERE address = $1 AND fingerprint = $2",
+                    &[&address, fingerprint, &state.as_str()],
+                )
+                .await?;
+            }
+            KeyWrite::Activate { fingerprint, at } => {
+                c.execute(
+                    "UPDATE keys SET state = 'active', activated_at = $3 WHERE address = $1 AND fingerprint = $2",
+                    &[&address, fingerprint, &to_millis(*at)],
+                )
+                .await?;
+            }
+            KeyWrite::Change(ch) => {
+                c.execute(
+                    "INSERT INTO key_changes (id, address, kind, fingerprint, state, requested_at, not_before, proven_current, proven_new) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+                     ON CONFLICT (id) DO UPDATE SET state = excluded.state, proven_current = excluded.proven_current, \
+                     proven_new = excluded.proven_new",
+                    &[
+                        &ch.id,
+                        &ch.address,
+                        &ch.kind.as_str(),
+                        &ch.fingerprint,
+                        &ch.state.as_str(),
+                        &to_millis(ch.requested_at),
+                        &to_millis(ch.not_before),
+                        &ch.proven_current,
+                        &ch.proven_new,
+                    ],
+                )
+                .await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A destination's verification code row, locked for the transaction;
+/// `None` if there is no such destination under that account and contact.
+async fn code_row(
+    c: &impl deadpool_postgres::GenericClient,
+    id: &str,
+    account: &str,
+    contact: &str,
+) -> Result<Option<CodeRow>> {
+    let row = c
+        .query_opt(
+            "SELECT verified AND unhealthy_since IS NULL, code_hash, code_expires_at, code_attempts, codes_sent, \
+             code_sent_at, wrong_codes, code_window_start FROM destinations \
+             WHERE id = $1 AND account = $2 AND contact = $3 FOR UPDATE",
+            &[&id, &account, &contact],
+        )
+        .await?;
+    let Some(r) = row else { return Ok(None) };
+    let count = |i: usize| -> Result<u32> {
+        Ok(u32::try_from(r.try_get::<_, i64>(i)?).unwrap_or(u32::MAX))
+    };
+    Ok(Some(CodeRow {
+        usable: r.try_get(0)?,
+        hash: r.try_get(1)?,
+        expires_at: r.try_get::<_, Option<i64>>(2)?.map(from_millis),
+        attempts: count(3)?,
+        codes_sent: count(4)?,
+        sent_at: r.try_get::<_, Option<i64>>(5)?.map(from_millis),
+        wrong: count(6)?,
+        window_start: r.try_get::<_, Option<i64>>(7)?.map(from_millis),
+    }))
+}
+
+/// Stores a destination's code row; a row that became usable also makes
+/// the destination verified and healthy again.
+async fn write_code_row(
+    c: &impl deadpool_postgres::GenericClient,
+    id: &str,
+    row: &CodeRow,
+) -> Result<()> {
     c.execute(
-        "INSERT INTO key_changes (id, address, kind, fingerprint, state, requested_at, not_before, proven_current, proven_new) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        "UPDATE destinations SET code_hash = $2, code_expires_at = $3, code_attempts = $4, codes_sent = $5, \
+         code_sent_at = $6, wrong_codes = $7, code_window_start = $8, \
+         verified = verified OR $9, unhealthy_since = CASE WHEN $9 THEN NULL ELSE unhealthy_since END, \
+         failures = CASE WHEN $9 THEN 0 ELSE failures END WHERE id = $1",
         &[
-            &change.id,
-            &change.address,
-            &change.kind.as_str(),
-            &change.fingerprint,
-            &change.state.as_str(),
-            &to_millis(change.requested_at),
-            &to_millis(change.not_before),
-            &change.proven_current,
-            &change.proven_new,
+            &id,
+            &row.hash,
+            &row.expires_at.map(to_millis),
+            &i64::from(row.attempts),
+            &i64::from(row.codes_sent),
+            &row.sent_at.map(to_millis),
+            &i64::from(row.wrong),
+            &row.window_start.map(to_millis),
+            &row.usable,
         ],
     )
     .await?;
     Ok(())
 }
 
-/// Applies a change that has its proofs: the new key active in place of
-/// the old (a replacement), or no key (a removal).
-async fn apply_change(
+/// The stored window of `key` in `bucket` (`lock`: for update).
+async fn throttle_window(
     c: &impl deadpool_postgres::GenericClient,
-    change: &mut crate::model::KeyChange,
-    now: DateTime<Utc>,
-) -> Result<()> {
-    let retired = match change.kind {
-        crate::model::ChangeKind::Replace => "replaced",
-        crate::model::ChangeKind::Remove => "removed",
+    bucket: &str,
+    key: &str,
+    lock: bool,
+) -> Result<Option<crate::model::throttle::Window>> {
+    let sql = if lock {
+        "SELECT window_start, count FROM throttle WHERE bucket = $1 AND key = $2 FOR UPDATE"
+    } else {
+        "SELECT window_start, count FROM throttle WHERE bucket = $1 AND key = $2"
     };
-    c.execute(
-        "UPDATE keys SET state = $2 WHERE address = $1 AND state = 'active'",
-        &[&change.address, &retired],
-    )
-    .await?;
-    if let Some(fpr) = &change.fingerprint {
-        c.execute(
-            "UPDATE keys SET state = 'active', activated_at = $3 WHERE address = $1 AND fingerprint = $2",
-            &[&change.address, fpr, &to_millis(now)],
-        )
-        .await?;
-    }
-    c.execute(
-        "UPDATE key_changes SET state = 'applied' WHERE id = $1",
-        &[&change.id],
-    )
-    .await?;
-    change.state = crate::model::ChangeState::Applied;
-    Ok(())
-}
-
-async fn pending_change(
-    c: &impl deadpool_postgres::GenericClient,
-    address: &str,
-    by: &str,
-    value: &str,
-) -> Result<Option<crate::model::KeyChange>> {
-    let row = c
-        .query_opt(
-            &format!(
-                "SELECT {CHANGE_COLUMNS} FROM key_changes WHERE address = $1 AND state = 'pending' AND {by} = $2 FOR UPDATE"
-            ),
-            &[&address, &value],
-        )
-        .await?;
-    row.as_ref().map(change_from_row).transpose()
+    c.query_opt(sql, &[&bucket, &key])
+        .await?
+        .map(|r| {
+            Ok(crate::model::throttle::Window {
+                start: from_millis(r.try_get(0)?),
+                count: u32::try_from(r.try_get::<_, i64>(1)?).unwrap_or(u32::MAX),
+            })
+        })
+        .transpose()
 }
 
 async fn insert_notification(
@@ -265,15 +372,16 @@ async fn insert_notification(
         .prepare_cached(
             "WITH n AS (INSERT INTO notifications (id, event, account, contact, destination, uri, channel, type, key, \
              priority, state, reason, detail, due_at, expires_at, decided_at, sent_at, attempts, timezone, message, \
-             digest, paired_from) \
+             digest, paired_from, secret) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, \
-             $22) \
+             $22, $23) \
              RETURNING id, event, decided_at, state, reason, detail, due_at) \
              INSERT INTO decisions (notification, event, at, state, reason, detail, due_at) SELECT * FROM n",
         )
         .await?;
     let paired_from = n.paired_from.map(to_millis);
-    let params: [&(dyn ToSql + Sync); 22] = [
+    let secret = n.secret.as_ref().map(|s| s.expose());
+    let params: [&(dyn ToSql + Sync); 23] = [
         &n.id,
         &n.event,
         &n.account,
@@ -296,6 +404,7 @@ async fn insert_notification(
         &message,
         &n.digest,
         &paired_from,
+        &secret,
     ];
     c.execute(&stmt, &params).await?;
     Ok(())
@@ -315,7 +424,7 @@ async fn cancel_pending(
 ) -> Result<usize> {
     let stmt = c
         .prepare_cached(&format!(
-            "WITH c AS (UPDATE notifications SET state = 'cancelled', reason = $2, detail = $3, decided_at = $4 \
+            "WITH c AS (UPDATE notifications SET state = 'cancelled', reason = $2, detail = $3, decided_at = $4, secret = NULL \
              WHERE {} RETURNING id, event, due_at) \
              INSERT INTO decisions (notification, event, at, state, reason, detail, due_at) \
              SELECT id, event, $4, 'cancelled', $2, $3, due_at FROM c",
@@ -759,7 +868,7 @@ impl Store for PgStore {
         &self,
         account: &str,
         d: &Destination,
-        code: Option<PendingCode>,
+        code: Option<CodeRow>,
         notice: Option<Notification>,
     ) -> Result<PutOutcome> {
         let mut c = self.pool.get().await?;
@@ -775,8 +884,7 @@ impl Store for PgStore {
             return Ok(PutOutcome::NoParent);
         }
         tx.execute(
-            "INSERT INTO destinations (id, account, contact, uri, prefs, verified, code_hash, code_expires_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            "INSERT INTO destinations (id, account, contact, uri, prefs, verified) VALUES ($1, $2, $3, $4, $5, $6)",
             &[
                 &d.id,
                 &account,
@@ -784,11 +892,12 @@ impl Store for PgStore {
                 &d.uri.to_string(),
                 &prefs_to_json(&d.prefs),
                 &d.verified,
-                &code.as_ref().map(|c| c.hash.clone()),
-                &code.as_ref().map(|c| to_millis(c.expires_at)),
             ],
         )
         .await?;
+        if let Some(code) = &code {
+            write_code_row(&tx, &d.id, code).await?;
+        }
         if let Some(n) = &notice {
             insert_notification(&tx, n).await?;
         }
@@ -803,45 +912,16 @@ impl Store for PgStore {
         id: &str,
         code_hash: &str,
         now: DateTime<Utc>,
+        rule: crate::model::CheckRule,
     ) -> Result<VerifyOutcome> {
         let mut c = self.pool.get().await?;
         let tx = c.transaction().await?;
-        let row = tx
-            .query_opt(
-                "SELECT verified AND unhealthy_since IS NULL, code_hash, code_expires_at, code_attempts FROM destinations \
-                 WHERE id = $1 AND account = $2 AND contact = $3 FOR UPDATE",
-                &[&id, &account, &contact],
-            )
-            .await?;
-        let Some(r) = row else {
+        let Some(row) = code_row(&tx, id, account, contact).await? else {
             return Ok(VerifyOutcome::NotFound);
         };
-        let stored: Option<String> = r.try_get(1)?;
-        let outcome = check_code(
-            r.try_get(0)?,
-            stored.as_deref(),
-            r.try_get(2)?,
-            r.try_get(3)?,
-            code_hash,
-            now,
-        );
-        match outcome {
-            VerifyOutcome::Verified => {
-                tx.execute(
-                    "UPDATE destinations SET verified = TRUE, code_hash = NULL, code_expires_at = NULL, unhealthy_since = NULL, \
-                     failures = 0 WHERE id = $1",
-                    &[&id],
-                )
-                .await?;
-            }
-            VerifyOutcome::WrongCode { .. } | VerifyOutcome::Locked => {
-                tx.execute(
-                    "UPDATE destinations SET code_attempts = code_attempts + 1 WHERE id = $1",
-                    &[&id],
-                )
-                .await?;
-            }
-            _ => {}
+        let (next, outcome) = rule(&row, code_hash, now);
+        if let Some(next) = next {
+            write_code_row(&tx, id, &next).await?;
         }
         tx.commit().await?;
         Ok(outcome)
@@ -968,7 +1048,8 @@ impl Store for PgStore {
             .prepare_cached(
                 "WITH f AS (UPDATE notifications SET state = $2, reason = $3, detail = $4, \
                  sent_at = COALESCE($5, sent_at), due_at = COALESCE($6, due_at), decided_at = $7, lease_until = NULL, attempts = attempts + $8, \
-                 provider_ref = COALESCE($9, provider_ref), receipt = $10, segments = COALESCE($11, segments) \
+                 provider_ref = COALESCE($9, provider_ref), receipt = $10, segments = COALESCE($11, segments), \
+                 secret = CASE WHEN $2 = 'pending' THEN secret END \
                  WHERE id = $1 AND state = 'sending' RETURNING id, event, due_at, destination), \
                  h AS (UPDATE destinations SET failures = 0 \
                    WHERE $2 = 'sent' AND failures > 0 AND id IN (SELECT destination FROM f)) \
@@ -1165,28 +1246,61 @@ impl Store for PgStore {
         id: &str,
         code: PendingCode,
         notice: Notification,
-    ) -> Result<Option<bool>> {
+        now: DateTime<Utc>,
+        rule: crate::model::IssueRule,
+    ) -> Result<RenewOutcome> {
         let mut c = self.pool.get().await?;
         let tx = c.transaction().await?;
-        let row = tx
-            .query_opt(
-                "SELECT verified AND unhealthy_since IS NULL FROM destinations \
-                 WHERE id = $1 AND account = $2 AND contact = $3 FOR UPDATE",
-                &[&id, &account, &contact],
+        let Some(row) = code_row(&tx, id, account, contact).await? else {
+            return Ok(RenewOutcome::NotFound);
+        };
+        match rule(&row, &code.hash, code.expires_at, now) {
+            Ok(next) => {
+                write_code_row(&tx, id, &next).await?;
+                insert_notification(&tx, &notice).await?;
+                tx.commit().await?;
+                Ok(RenewOutcome::Sent)
+            }
+            Err(refused) => Ok(refused),
+        }
+    }
+
+    async fn throttle(
+        &self,
+        bucket: &str,
+        key: &str,
+        cap: crate::model::Cap,
+        now: DateTime<Utc>,
+    ) -> Result<crate::model::throttle::Counted> {
+        use crate::model::throttle::{Counted, count};
+        let mut c = self.pool.get().await?;
+        let tx = c.transaction().await?;
+        // The first count of a key has no row to lock yet: two nodes racing
+        // on it may both start a window, and one count is lost — a limit is
+        // off by at most one per racing node, never unbounded.
+        let counted = count(throttle_window(&tx, bucket, key, true).await?, cap, now);
+        if let Counted::Allowed(w) = counted {
+            tx.execute(
+                "INSERT INTO throttle (bucket, key, window_start, count) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (bucket, key) DO UPDATE SET window_start = excluded.window_start, count = excluded.count",
+                &[&bucket, &key, &to_millis(w.start), &i64::from(w.count)],
             )
             .await?;
-        let Some(r) = row else { return Ok(None) };
-        if r.try_get::<_, bool>(0)? {
-            return Ok(Some(false));
         }
-        tx.execute(
-            "UPDATE destinations SET code_hash = $2, code_expires_at = $3, code_attempts = 0 WHERE id = $1",
-            &[&id, &code.hash, &to_millis(code.expires_at)],
-        )
-        .await?;
-        insert_notification(&tx, &notice).await?;
         tx.commit().await?;
-        Ok(Some(true))
+        Ok(counted)
+    }
+
+    async fn throttle_peek(
+        &self,
+        bucket: &str,
+        key: &str,
+        cap: crate::model::Cap,
+        now: DateTime<Utc>,
+    ) -> Result<std::result::Result<(), DateTime<Utc>>> {
+        let c = self.pool.get().await?;
+        let stored = throttle_window(&c, bucket, key, false).await?;
+        Ok(crate::model::throttle::peek(stored, cap, now))
     }
 
     async fn destination_secrets(&self, id: &str, now: DateTime<Utc>) -> Result<Signing> {
@@ -1222,57 +1336,64 @@ impl Store for PgStore {
         Ok(n > 0)
     }
 
-    async fn submit_key(
+    async fn record_key_request(
         &self,
-        key: &crate::model::KeyRecord,
-        tokens: &[crate::model::KeyToken],
-        change: Option<&crate::model::KeyChange>,
-        notices: &[Notification],
-    ) -> Result<()> {
+        request: &crate::model::KeyRequest,
+        now: DateTime<Utc>,
+        rule: crate::model::AdmitRule,
+    ) -> Result<std::result::Result<Vec<crate::model::KeyWrite>, crate::model::Refused>> {
         let mut c = self.pool.get().await?;
         let tx = c.transaction().await?;
-        tx.execute(
-            "INSERT INTO keys (address, fingerprint, armored, state, source, submitted_at, expires_at) \
-             VALUES ($1, $2, $3, 'pending', $4, $5, $6) \
-             ON CONFLICT (address, fingerprint) DO UPDATE SET armored = excluded.armored, \
-             submitted_at = excluded.submitted_at, expires_at = excluded.expires_at \
-             WHERE keys.state = 'pending'",
-            &[
-                &key.address,
-                &key.fingerprint,
-                &key.armored,
-                &key.source,
-                &to_millis(key.submitted_at),
-                &key.expires_at.map(to_millis),
-            ],
-        )
-        .await?;
-        if let Some(change) = change {
-            insert_change(&tx, change).await?;
+        let address = request.address.as_str();
+        lock_address(&tx, address).await?;
+        let writes = match &request.change {
+            Some(change) => match rule(&address_keys(&tx, address).await?, change, now) {
+                Ok(writes) => writes,
+                Err(refused) => return Ok(Err(refused)),
+            },
+            None => Vec::new(),
+        };
+        if let Some(proof) = &request.proof {
+            tx.execute(
+                "DELETE FROM used_proofs WHERE keep_until < $1",
+                &[&to_millis(now)],
+            )
+            .await?;
+            let fresh = tx
+                .execute(
+                    "INSERT INTO used_proofs (hash, keep_until) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                    &[&proof.hash, &to_millis(proof.keep_until)],
+                )
+                .await?;
+            if fresh == 0 {
+                return Ok(Err(crate::model::Refused::Replayed));
+            }
         }
-        insert_key_tokens(&tx, tokens).await?;
-        for n in notices {
+        if let Some(key) = &request.key {
+            tx.execute(
+                "INSERT INTO keys (address, fingerprint, armored, state, source, submitted_at, expires_at) \
+                 VALUES ($1, $2, $3, 'pending', $4, $5, $6) \
+                 ON CONFLICT (address, fingerprint) DO UPDATE SET armored = excluded.armored, \
+                 submitted_at = excluded.submitted_at, expires_at = excluded.expires_at \
+                 WHERE keys.state = 'pending'",
+                &[
+                    &key.address,
+                    &key.fingerprint,
+                    &key.armored,
+                    &key.source,
+                    &to_millis(key.submitted_at),
+                    &key.expires_at.map(to_millis),
+                ],
+            )
+            .await?;
+        }
+        write_keys(&tx, address, None, now, &writes).await?;
+        insert_key_tokens(&tx, &request.links).await?;
+        for n in &request.notices {
             insert_notification(&tx, n).await?;
         }
         tx.commit().await?;
-        Ok(())
-    }
-
-    async fn request_key_change(
-        &self,
-        change: &crate::model::KeyChange,
-        tokens: &[crate::model::KeyToken],
-        notices: &[Notification],
-    ) -> Result<()> {
-        let mut c = self.pool.get().await?;
-        let tx = c.transaction().await?;
-        insert_change(&tx, change).await?;
-        insert_key_tokens(&tx, tokens).await?;
-        for n in notices {
-            insert_notification(&tx, n).await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        Ok(Ok(writes))
     }
 
     async fn key_status(&self, address: &str) -> Result<crate::model::KeyStatus> {
@@ -1309,24 +1430,6 @@ impl Store for PgStore {
             pending,
             changes,
         })
-    }
-
-    async fn may_refuse(
-        &self,
-        address: &str,
-        now: DateTime<Utc>,
-        every: chrono::Duration,
-    ) -> Result<bool> {
-        let c = self.pool.get().await?;
-        let n = c
-            .execute(
-                "INSERT INTO key_refusals (address, last_at) VALUES ($1, $2) \
-                 ON CONFLICT (address) DO UPDATE SET last_at = excluded.last_at \
-                 WHERE key_refusals.last_at <= $3",
-                &[&address, &to_millis(now), &to_millis(now - every)],
-            )
-            .await?;
-        Ok(n > 0)
     }
 
     async fn contacts_with_uri(&self, uri: &str) -> Result<Vec<(String, String)>> {
@@ -1384,110 +1487,44 @@ impl Store for PgStore {
         row.as_ref().map(key_from_row).transpose()
     }
 
-    async fn confirm_key_token(
+    async fn follow_key_link(
         &self,
         hash: &str,
         now: DateTime<Utc>,
+        rule: crate::model::LinkRule,
     ) -> Result<crate::model::Confirmed> {
-        use crate::model::{ChangeKind, Confirmed, TokenPurpose};
         let mut c = self.pool.get().await?;
         let tx = c.transaction().await?;
-        let token = tx
+        let row = tx
             .query_opt(
-                "UPDATE key_tokens SET used_at = $2 WHERE hash = $1 AND used_at IS NULL AND expires_at > $2 \
-                 RETURNING address, fingerprint, purpose, change",
-                &[&hash, &to_millis(now)],
+                "SELECT address, fingerprint, purpose, change, expires_at, used_at IS NOT NULL FROM key_tokens \
+                 WHERE hash = $1 FOR UPDATE",
+                &[&hash],
             )
             .await?;
-        let Some(t) = token else {
-            return Ok(Confirmed::Invalid);
-        };
-        let (address, fingerprint): (String, String) = (t.try_get(0)?, t.try_get(1)?);
-        let change_id: Option<String> = t.try_get(3)?;
-        // Serialises confirmations of one address.
-        tx.execute(
-            "SELECT pg_advisory_xact_lock(hashtext($1))",
-            &[&format!("kci-key:{address}")],
-        )
-        .await?;
-        let outcome = match token_purpose(t.try_get(2)?)? {
-            TokenPurpose::Activate => {
-                if let Some(mut change) = pending_change(&tx, &address, "fingerprint", &fingerprint)
-                    .await?
-                    .filter(|c| c.kind == ChangeKind::Replace)
-                {
-                    tx.execute(
-                        "UPDATE key_changes SET proven_new = TRUE WHERE id = $1",
-                        &[&change.id],
-                    )
-                    .await?;
-                    change.proven_new = true;
-                    if change.proven() {
-                        apply_change(&tx, &mut change, now).await?;
-                        Confirmed::Applied(change)
-                    } else {
-                        Confirmed::Proven(change)
-                    }
-                } else {
-                    let active: Option<String> = tx
-                        .query_opt(
-                            "SELECT fingerprint FROM keys WHERE address = $1 AND state = 'active'",
-                            &[&address],
-                        )
-                        .await?
-                        .map(|r| r.try_get(0))
-                        .transpose()?;
-                    let done = match active {
-                        None => {
-                            tx.execute(
-                                "UPDATE keys SET state = 'active', activated_at = $3 \
-                                 WHERE address = $1 AND fingerprint = $2 AND state = 'pending'",
-                                &[&address, &fingerprint, &to_millis(now)],
-                            )
-                            .await?;
-                            true
-                        }
-                        // The same key again: already active, nothing to move.
-                        Some(fpr) => fpr == fingerprint,
-                    };
-                    let key = tx
-                        .query_opt(
-                            &format!("SELECT {KEY_COLUMNS} FROM keys WHERE address = $1 AND fingerprint = $2"),
-                            &[&address, &fingerprint],
-                        )
-                        .await?
-                        .as_ref()
-                        .map(key_from_row)
-                        .transpose()?;
-                    match key {
-                        Some(k) if done && k.state == crate::model::KeyState::Active => {
-                            Confirmed::Activated(k)
-                        }
-                        _ => Confirmed::Invalid,
-                    }
-                }
+        let link = row
+            .map(|r| {
+                Ok::<_, StoreError>(crate::model::LinkRow {
+                    address: r.try_get(0)?,
+                    fingerprint: r.try_get(1)?,
+                    purpose: token_purpose(r.try_get(2)?)?,
+                    change: r.try_get(3)?,
+                    expires_at: from_millis(r.try_get(4)?),
+                    used: r.try_get(5)?,
+                })
+            })
+            .transpose()?;
+        let keys = match &link {
+            Some(l) => {
+                lock_address(&tx, &l.address).await?;
+                address_keys(&tx, &l.address).await?
             }
-            TokenPurpose::Approve => match change_id {
-                None => Confirmed::Invalid,
-                Some(id) => match pending_change(&tx, &address, "id", &id).await? {
-                    None => Confirmed::Invalid,
-                    Some(mut change) => {
-                        tx.execute(
-                            "UPDATE key_changes SET proven_current = TRUE WHERE id = $1",
-                            &[&change.id],
-                        )
-                        .await?;
-                        change.proven_current = true;
-                        if change.proven() {
-                            apply_change(&tx, &mut change, now).await?;
-                            Confirmed::Applied(change)
-                        } else {
-                            Confirmed::Proven(change)
-                        }
-                    }
-                },
-            },
+            None => Default::default(),
         };
+        let (writes, outcome) = rule(link.as_ref(), &keys, now);
+        if let Some(l) = &link {
+            write_keys(&tx, &l.address, Some(hash), now, &writes).await?;
+        }
         tx.commit().await?;
         Ok(outcome)
     }
@@ -1538,4 +1575,5 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (2, include_str!("migrations/postgres-2.sql")),
     (3, include_str!("migrations/postgres-3.sql")),
     (4, include_str!("migrations/postgres-4.sql")),
+    (5, include_str!("migrations/postgres-5.sql")),
 ];

@@ -44,6 +44,7 @@ fn open_conn(path: Option<&str>) -> Result<Connection> {
          PRAGMA synchronous = FULL;
          PRAGMA foreign_keys = ON;
          PRAGMA temp_store = MEMORY;
+         PRAGMA secure_delete = FAST;
          PRAGMA cache_size = -32000;",
     )?;
     Ok(conn)
@@ -178,7 +179,7 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>) {
 
 const NOTIFICATION_COLUMNS: &str = "id, event, account, contact, destination, uri, channel, type, key, priority, \
      state, reason, detail, due_at, expires_at, decided_at, sent_at, attempts, timezone, message, digest, paired_from, \
-     provider_ref, receipt, segments";
+     provider_ref, receipt, segments, secret";
 
 fn notification_from_row(row: &Row<'_>) -> Result<Notification> {
     Ok(Notification {
@@ -209,6 +210,9 @@ fn notification_from_row(row: &Row<'_>) -> Result<Notification> {
         segments: row
             .get::<_, Option<i64>>(24)?
             .and_then(|s| u32::try_from(s).ok()),
+        secret: row
+            .get::<_, Option<String>>(25)?
+            .map(crate::model::Secret::new),
     })
 }
 
@@ -220,8 +224,8 @@ fn insert_notification(conn: &Connection, n: &Notification) -> Result<()> {
     conn.prepare_cached(
         "INSERT INTO notifications (id, event, account, contact, destination, uri, channel, type, key, priority, \
          state, reason, detail, due_at, expires_at, decided_at, sent_at, attempts, timezone, message, digest, \
-         paired_from) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)",
+         paired_from, secret) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23)",
     )?
     .execute(params![
         n.id,
@@ -246,6 +250,7 @@ fn insert_notification(conn: &Connection, n: &Notification) -> Result<()> {
         message,
         n.digest,
         n.paired_from.map(to_millis),
+        n.secret.as_ref().map(|s| s.expose()),
     ])?;
     let d = Decided {
         notification: n.id.clone(),
@@ -295,57 +300,147 @@ fn insert_key_tokens(conn: &Connection, tokens: &[crate::model::KeyToken]) -> Re
     Ok(())
 }
 
-/// Cancels the address's pending changes and records `change`.
-fn insert_change(conn: &Connection, change: &crate::model::KeyChange) -> Result<()> {
+/// What the key rules see of `address`: its active and pending keys and
+/// its pending changes.
+fn address_keys(conn: &Connection, address: &str) -> Result<crate::model::AddressKeys> {
+    let mut keys = crate::model::AddressKeys::default();
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {KEY_COLUMNS} FROM keys WHERE address = ?1 AND state IN ('active', 'pending') ORDER BY submitted_at"
+    ))?;
+    let mut rows = stmt.query([address])?;
+    while let Some(r) = rows.next()? {
+        let k = key_from_row(r)?;
+        if k.state == crate::model::KeyState::Active {
+            keys.active = Some(k);
+        } else {
+            keys.pending.push(k);
+        }
+    }
+    drop(rows);
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {CHANGE_COLUMNS} FROM key_changes WHERE address = ?1 AND state = 'pending' ORDER BY requested_at, id"
+    ))?;
+    let mut rows = stmt.query([address])?;
+    while let Some(r) = rows.next()? {
+        keys.changes.push(change_from_row(r)?);
+    }
+    Ok(keys)
+}
+
+/// Makes the writes the key rules returned for `address`; `link` is the
+/// hash of the link being followed, if any.
+fn write_keys(
+    conn: &Connection,
+    address: &str,
+    link: Option<&str>,
+    now: DateTime<Utc>,
+    writes: &[crate::model::KeyWrite],
+) -> Result<()> {
+    use crate::model::KeyWrite;
+    for w in writes {
+        match w {
+            KeyWrite::UseLink => {
+                conn.prepare_cached("UPDATE key_tokens SET used_at = ?2 WHERE hash = ?1")?
+                    .execute(params![link, to_millis(now)])?;
+            }
+            KeyWrite::Retire { fingerprint, state } => {
+                conn.prepare_cached(
+                    "UPDATE keys SET state = ?3 WHERE address = ?1 AND fingerprint = ?2",
+                )?
+                .execute(params![address, fingerprint, state.as_str()])?;
+            }
+            KeyWrite::Activate { fingerprint, at } => {
+                conn.prepare_cached(
+                    "UPDATE keys SET state = 'active', activated_at = ?3 WHERE address = ?1 AND fingerprint = ?2",
+                )?
+                .execute(params![address, fingerprint, to_millis(*at)])?;
+            }
+            KeyWrite::Change(c) => {
+                conn.prepare_cached(
+                    "INSERT INTO key_changes (id, address, kind, fingerprint, state, requested_at, not_before, proven_current, proven_new) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
+                     ON CONFLICT (id) DO UPDATE SET state = excluded.state, proven_current = excluded.proven_current, \
+                     proven_new = excluded.proven_new",
+                )?
+                .execute(params![
+                    c.id,
+                    c.address,
+                    c.kind.as_str(),
+                    c.fingerprint,
+                    c.state.as_str(),
+                    to_millis(c.requested_at),
+                    to_millis(c.not_before),
+                    c.proven_current,
+                    c.proven_new
+                ])?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A destination's verification code row; `None` if there is no such
+/// destination under that account and contact.
+fn code_row(conn: &Connection, id: &str, account: &str, contact: &str) -> Result<Option<CodeRow>> {
+    let row = conn
+        .prepare_cached(
+            "SELECT verified AND unhealthy_since IS NULL, code_hash, code_expires_at, code_attempts, codes_sent, \
+             code_sent_at, wrong_codes, code_window_start FROM destinations WHERE id = ?1 AND account = ?2 AND contact = ?3",
+        )?
+        .query_row([id, account, contact], |r| {
+            Ok(CodeRow {
+                usable: r.get(0)?,
+                hash: r.get(1)?,
+                expires_at: r.get::<_, Option<i64>>(2)?.map(from_millis),
+                attempts: u32::try_from(r.get::<_, i64>(3)?).unwrap_or(u32::MAX),
+                codes_sent: u32::try_from(r.get::<_, i64>(4)?).unwrap_or(u32::MAX),
+                sent_at: r.get::<_, Option<i64>>(5)?.map(from_millis),
+                wrong: u32::try_from(r.get::<_, i64>(6)?).unwrap_or(u32::MAX),
+                window_start: r.get::<_, Option<i64>>(7)?.map(from_millis),
+            })
+        })
+        .optional()?;
+    Ok(row)
+}
+
+/// Stores a destination's code row; a row that became usable also makes
+/// the destination verified and healthy again.
+fn write_code_row(conn: &Connection, id: &str, row: &CodeRow) -> Result<()> {
     conn.prepare_cached(
-        "UPDATE key_changes SET state = 'cancelled' WHERE address = ?1 AND state = 'pending'",
-    )?
-    .execute([&change.address])?;
-    conn.prepare_cached(
-        "INSERT INTO key_changes (id, address, kind, fingerprint, state, requested_at, not_before, proven_current, proven_new) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        "UPDATE destinations SET code_hash = ?2, code_expires_at = ?3, code_attempts = ?4, codes_sent = ?5, \
+         code_sent_at = ?6, wrong_codes = ?7, code_window_start = ?8, \
+         verified = verified OR ?9, unhealthy_since = CASE WHEN ?9 THEN NULL ELSE unhealthy_since END, \
+         failures = CASE WHEN ?9 THEN 0 ELSE failures END WHERE id = ?1",
     )?
     .execute(params![
-        change.id,
-        change.address,
-        change.kind.as_str(),
-        change.fingerprint,
-        change.state.as_str(),
-        to_millis(change.requested_at),
-        to_millis(change.not_before),
-        change.proven_current,
-        change.proven_new
+        id,
+        row.hash,
+        row.expires_at.map(to_millis),
+        i64::from(row.attempts),
+        i64::from(row.codes_sent),
+        row.sent_at.map(to_millis),
+        i64::from(row.wrong),
+        row.window_start.map(to_millis),
+        row.usable
     ])?;
     Ok(())
 }
 
-/// Applies a change that has its proofs: the new key active in place of
-/// the old (a replacement), or no key (a removal).
-fn apply_change(
+/// The stored window of `key` in `bucket`.
+fn throttle_window(
     conn: &Connection,
-    change: &mut crate::model::KeyChange,
-    now: DateTime<Utc>,
-) -> Result<()> {
-    let retired = match change.kind {
-        crate::model::ChangeKind::Replace => "replaced",
-        crate::model::ChangeKind::Remove => "removed",
-    };
-    conn.execute(
-        "UPDATE keys SET state = ?2 WHERE address = ?1 AND state = 'active'",
-        params![change.address, retired],
-    )?;
-    if let Some(fpr) = &change.fingerprint {
-        conn.execute(
-            "UPDATE keys SET state = 'active', activated_at = ?3 WHERE address = ?1 AND fingerprint = ?2",
-            params![change.address, fpr, to_millis(now)],
-        )?;
-    }
-    conn.execute(
-        "UPDATE key_changes SET state = 'applied' WHERE id = ?1",
-        [&change.id],
-    )?;
-    change.state = crate::model::ChangeState::Applied;
-    Ok(())
+    bucket: &str,
+    key: &str,
+) -> Result<Option<crate::model::throttle::Window>> {
+    Ok(conn
+        .prepare_cached("SELECT window_start, count FROM throttle WHERE bucket = ?1 AND key = ?2")?
+        .query_row([bucket, key], |r| {
+            Ok(crate::model::throttle::Window {
+                start: from_millis(r.get(0)?),
+                count: u32::try_from(r.get::<_, i64>(1)?).unwrap_or(u32::MAX),
+            })
+        })
+        .optional()?)
 }
 
 /// Appends one decision to the record.
@@ -379,7 +474,7 @@ fn cancel_pending(
     at: DateTime<Utc>,
 ) -> Result<usize> {
     let mut stmt = conn.prepare_cached(&format!(
-        "UPDATE notifications SET state = 'cancelled', reason = ?2, detail = ?3, decided_at = ?4 \
+        "UPDATE notifications SET state = 'cancelled', reason = ?2, detail = ?3, decided_at = ?4, secret = NULL \
          WHERE {} RETURNING id, event, due_at",
         cancellable(column, "?1")
     ))?;
@@ -846,7 +941,7 @@ impl Store for SqliteStore {
         &self,
         account: &str,
         d: &Destination,
-        code: Option<PendingCode>,
+        code: Option<CodeRow>,
         notice: Option<Notification>,
     ) -> Result<PutOutcome> {
         let (account, d) = (account.to_string(), d.clone());
@@ -858,19 +953,12 @@ impl Store for SqliteStore {
                 return Ok(PutOutcome::NoParent);
             }
             conn.execute(
-                "INSERT INTO destinations (id, account, contact, uri, prefs, verified, code_hash, code_expires_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                params![
-                    d.id,
-                    account,
-                    d.contact,
-                    d.uri.to_string(),
-                    prefs_to_json(&d.prefs),
-                    d.verified,
-                    code.as_ref().map(|c| c.hash.clone()),
-                    code.as_ref().map(|c| to_millis(c.expires_at)),
-                ],
+                "INSERT INTO destinations (id, account, contact, uri, prefs, verified) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![d.id, account, d.contact, d.uri.to_string(), prefs_to_json(&d.prefs), d.verified],
             )?;
+            if let Some(code) = &code {
+                write_code_row(conn, &d.id, code)?;
+            }
             if let Some(n) = &notice {
                 insert_notification(conn, n)?;
             }
@@ -886,6 +974,7 @@ impl Store for SqliteStore {
         id: &str,
         code_hash: &str,
         now: DateTime<Utc>,
+        rule: crate::model::CheckRule,
     ) -> Result<VerifyOutcome> {
         let (account, contact, id, code_hash) = (
             account.to_string(),
@@ -894,30 +983,12 @@ impl Store for SqliteStore {
             code_hash.to_string(),
         );
         self.write(move |conn| {
-            let row = conn
-                .query_row(
-                    "SELECT verified AND unhealthy_since IS NULL, code_hash, code_expires_at, code_attempts FROM destinations \
-                     WHERE id = ?1 AND account = ?2 AND contact = ?3",
-                    [&id, &account, &contact],
-                    |r| Ok((r.get::<_, bool>(0)?, r.get::<_, Option<String>>(1)?, r.get::<_, Option<i64>>(2)?, r.get::<_, i64>(3)?)),
-                )
-                .optional()?;
-            let Some((verified, stored, expires, attempts)) = row else {
+            let Some(row) = code_row(conn, &id, &account, &contact)? else {
                 return Ok(VerifyOutcome::NotFound);
             };
-            let outcome = check_code(verified, stored.as_deref(), expires, attempts, &code_hash, now);
-            match outcome {
-                VerifyOutcome::Verified => {
-                    conn.execute(
-                        "UPDATE destinations SET verified = 1, code_hash = NULL, code_expires_at = NULL, unhealthy_since = NULL, \
-                         failures = 0 WHERE id = ?1",
-                        [&id],
-                    )?;
-                }
-                VerifyOutcome::WrongCode { .. } | VerifyOutcome::Locked => {
-                    conn.execute("UPDATE destinations SET code_attempts = code_attempts + 1 WHERE id = ?1", [&id])?;
-                }
-                _ => {}
+            let (next, outcome) = rule(&row, &code_hash, now);
+            if let Some(next) = next {
+                write_code_row(conn, &id, &next)?;
             }
             Ok(outcome)
         })
@@ -1047,7 +1118,8 @@ impl Store for SqliteStore {
                 .prepare_cached(
                     "UPDATE notifications SET state = ?2, reason = ?3, detail = ?4, sent_at = COALESCE(?5, sent_at), \
                      due_at = COALESCE(?6, due_at), decided_at = ?7, lease_until = NULL, attempts = attempts + ?8, \
-                     provider_ref = COALESCE(?9, provider_ref), receipt = ?10, segments = COALESCE(?11, segments) \
+                     provider_ref = COALESCE(?9, provider_ref), receipt = ?10, segments = COALESCE(?11, segments), \
+                     secret = CASE WHEN ?2 = 'pending' THEN secret END \
                      WHERE id = ?1 AND state = 'sending' RETURNING event, due_at, destination",
                 )?
                 .query_row(
@@ -1289,28 +1361,63 @@ impl Store for SqliteStore {
         id: &str,
         code: PendingCode,
         notice: Notification,
-    ) -> Result<Option<bool>> {
+        now: DateTime<Utc>,
+        rule: crate::model::IssueRule,
+    ) -> Result<RenewOutcome> {
         let (account, contact, id) = (account.to_string(), contact.to_string(), id.to_string());
         self.write(move |conn| {
-            let usable = conn
-                .query_row(
-                    "SELECT verified AND unhealthy_since IS NULL FROM destinations WHERE id = ?1 AND account = ?2 AND contact = ?3",
-                    [&id, &account, &contact],
-                    |r| r.get::<_, bool>(0),
-                )
-                .optional()?;
-            match usable {
-                None => Ok(None),
-                Some(true) => Ok(Some(false)),
-                Some(false) => {
-                    conn.execute(
-                        "UPDATE destinations SET code_hash = ?2, code_expires_at = ?3, code_attempts = 0 WHERE id = ?1",
-                        params![id, code.hash, to_millis(code.expires_at)],
-                    )?;
+            let Some(row) = code_row(conn, &id, &account, &contact)? else {
+                return Ok(RenewOutcome::NotFound);
+            };
+            match rule(&row, &code.hash, code.expires_at, now) {
+                Ok(next) => {
+                    write_code_row(conn, &id, &next)?;
                     insert_notification(conn, &notice)?;
-                    Ok(Some(true))
+                    Ok(RenewOutcome::Sent)
                 }
+                Err(refused) => Ok(refused),
             }
+        })
+        .await
+    }
+
+    async fn throttle(
+        &self,
+        bucket: &str,
+        key: &str,
+        cap: crate::model::Cap,
+        now: DateTime<Utc>,
+    ) -> Result<crate::model::throttle::Counted> {
+        use crate::model::throttle::{Counted, count};
+        let (bucket, key) = (bucket.to_string(), key.to_string());
+        self.write(move |conn| {
+            let counted = count(throttle_window(conn, &bucket, &key)?, cap, now);
+            if let Counted::Allowed(w) = counted {
+                conn.prepare_cached(
+                    "INSERT INTO throttle (bucket, key, window_start, count) VALUES (?1, ?2, ?3, ?4) \
+                     ON CONFLICT (bucket, key) DO UPDATE SET window_start = excluded.window_start, count = excluded.count",
+                )?
+                .execute(params![bucket, key, to_millis(w.start), i64::from(w.count)])?;
+            }
+            Ok(counted)
+        })
+        .await
+    }
+
+    async fn throttle_peek(
+        &self,
+        bucket: &str,
+        key: &str,
+        cap: crate::model::Cap,
+        now: DateTime<Utc>,
+    ) -> Result<std::result::Result<(), DateTime<Utc>>> {
+        let (bucket, key) = (bucket.to_string(), key.to_string());
+        self.read(move |conn| {
+            Ok(crate::model::throttle::peek(
+                throttle_window(conn, &bucket, &key)?,
+                cap,
+                now,
+            ))
         })
         .await
     }
@@ -1355,54 +1462,48 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn submit_key(
+    async fn record_key_request(
         &self,
-        key: &crate::model::KeyRecord,
-        tokens: &[crate::model::KeyToken],
-        change: Option<&crate::model::KeyChange>,
-        notices: &[Notification],
-    ) -> Result<()> {
-        let (key, tokens, change, notices) = (
-            key.clone(),
-            tokens.to_vec(),
-            change.cloned(),
-            notices.to_vec(),
-        );
+        request: &crate::model::KeyRequest,
+        now: DateTime<Utc>,
+        rule: crate::model::AdmitRule,
+    ) -> Result<std::result::Result<Vec<crate::model::KeyWrite>, crate::model::Refused>> {
+        let request = request.clone();
         self.write(move |conn| {
-            conn.execute(
-                "INSERT INTO keys (address, fingerprint, armored, state, source, submitted_at, expires_at) \
-                 VALUES (?1, ?2, ?3, 'pending', ?4, ?5, ?6) \
-                 ON CONFLICT (address, fingerprint) DO UPDATE SET armored = excluded.armored, \
-                 submitted_at = excluded.submitted_at, expires_at = excluded.expires_at \
-                 WHERE keys.state = 'pending'",
-                params![key.address, key.fingerprint, key.armored, key.source, to_millis(key.submitted_at), key.expires_at.map(to_millis)],
-            )?;
-            if let Some(change) = &change {
-                insert_change(conn, change)?;
+            let address = request.address.as_str();
+            let writes = match &request.change {
+                Some(change) => match rule(&address_keys(conn, address)?, change, now) {
+                    Ok(writes) => writes,
+                    Err(refused) => return Ok(Err(refused)),
+                },
+                None => Vec::new(),
+            };
+            if let Some(proof) = &request.proof {
+                conn.prepare_cached("DELETE FROM used_proofs WHERE keep_until < ?1")?
+                    .execute([to_millis(now)])?;
+                let fresh = conn
+                    .prepare_cached("INSERT INTO used_proofs (hash, keep_until) VALUES (?1, ?2) ON CONFLICT DO NOTHING")?
+                    .execute(params![proof.hash, to_millis(proof.keep_until)])?;
+                if fresh == 0 {
+                    return Ok(Err(crate::model::Refused::Replayed));
+                }
             }
-            insert_key_tokens(conn, &tokens)?;
-            for n in &notices {
+            if let Some(key) = &request.key {
+                conn.execute(
+                    "INSERT INTO keys (address, fingerprint, armored, state, source, submitted_at, expires_at) \
+                     VALUES (?1, ?2, ?3, 'pending', ?4, ?5, ?6) \
+                     ON CONFLICT (address, fingerprint) DO UPDATE SET armored = excluded.armored, \
+                     submitted_at = excluded.submitted_at, expires_at = excluded.expires_at \
+                     WHERE keys.state = 'pending'",
+                    params![key.address, key.fingerprint, key.armored, key.source, to_millis(key.submitted_at), key.expires_at.map(to_millis)],
+                )?;
+            }
+            write_keys(conn, address, None, now, &writes)?;
+            insert_key_tokens(conn, &request.links)?;
+            for n in &request.notices {
                 insert_notification(conn, n)?;
             }
-            Ok(())
-        })
-        .await
-    }
-
-    async fn request_key_change(
-        &self,
-        change: &crate::model::KeyChange,
-        tokens: &[crate::model::KeyToken],
-        notices: &[Notification],
-    ) -> Result<()> {
-        let (change, tokens, notices) = (change.clone(), tokens.to_vec(), notices.to_vec());
-        self.write(move |conn| {
-            insert_change(conn, &change)?;
-            insert_key_tokens(conn, &tokens)?;
-            for n in &notices {
-                insert_notification(conn, n)?;
-            }
-            Ok(())
+            Ok(Ok(writes))
         })
         .await
     }
@@ -1433,25 +1534,6 @@ impl Store for SqliteStore {
                 changes.push(change_from_row(r)?);
             }
             Ok(crate::model::KeyStatus { address, active, pending, changes })
-        })
-        .await
-    }
-
-    async fn may_refuse(
-        &self,
-        address: &str,
-        now: DateTime<Utc>,
-        every: chrono::Duration,
-    ) -> Result<bool> {
-        let address = address.to_string();
-        self.write(move |conn| {
-            let n = conn.execute(
-                "INSERT INTO key_refusals (address, last_at) VALUES (?1, ?2) \
-                 ON CONFLICT (address) DO UPDATE SET last_at = excluded.last_at \
-                 WHERE key_refusals.last_at <= ?3",
-                params![address, to_millis(now), to_millis(now - every)],
-            )?;
-            Ok(n > 0)
         })
         .await
     }
@@ -1522,82 +1604,49 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn confirm_key_token(
+    async fn follow_key_link(
         &self,
         hash: &str,
         now: DateTime<Utc>,
+        rule: crate::model::LinkRule,
     ) -> Result<crate::model::Confirmed> {
-        use crate::model::{ChangeKind, Confirmed, TokenPurpose};
         let hash = hash.to_string();
         self.write(move |conn| {
-            let token = conn
+            let link = conn
                 .prepare_cached(
-                    "UPDATE key_tokens SET used_at = ?2 WHERE hash = ?1 AND used_at IS NULL AND expires_at > ?2 \
-                     RETURNING address, fingerprint, purpose, change",
+                    "SELECT address, fingerprint, purpose, change, expires_at, used_at IS NOT NULL FROM key_tokens WHERE hash = ?1",
                 )?
-                .query_row(params![hash, to_millis(now)], |r| {
-                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, Option<String>>(3)?))
+                .query_row([&hash], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, Option<String>>(3)?,
+                        r.get::<_, i64>(4)?,
+                        r.get::<_, bool>(5)?,
+                    ))
                 })
-                .optional()?;
-            let Some((address, fingerprint, purpose, change_id)) = token else {
-                return Ok(Confirmed::Invalid);
+                .optional()?
+                .map(|(address, fingerprint, purpose, change, expires_at, used)| {
+                    Ok::<_, StoreError>(crate::model::LinkRow {
+                        address,
+                        fingerprint,
+                        purpose: token_purpose(&purpose)?,
+                        change,
+                        expires_at: from_millis(expires_at),
+                        used,
+                    })
+                })
+                .transpose()?;
+            let keys = match &link {
+                Some(l) => address_keys(conn, &l.address)?,
+                None => Default::default(),
             };
-            let pending_change = |conn: &Connection, by: &str, value: &str| -> Result<Option<crate::model::KeyChange>> {
-                let mut stmt = conn.prepare(&format!(
-                    "SELECT {CHANGE_COLUMNS} FROM key_changes WHERE address = ?1 AND state = 'pending' AND {by} = ?2"
-                ))?;
-                let mut rows = stmt.query([&address, value])?;
-                rows.next()?.map(change_from_row).transpose()
-            };
-            match token_purpose(&purpose)? {
-                TokenPurpose::Activate => {
-                    if let Some(mut change) = pending_change(conn, "fingerprint", &fingerprint)?
-                        .filter(|c| c.kind == ChangeKind::Replace)
-                    {
-                        conn.execute("UPDATE key_changes SET proven_new = 1 WHERE id = ?1", [&change.id])?;
-                        change.proven_new = true;
-                        if change.proven() {
-                            apply_change(conn, &mut change, now)?;
-                            return Ok(Confirmed::Applied(change));
-                        }
-                        return Ok(Confirmed::Proven(change));
-                    }
-                    let active: Option<String> = conn
-                        .query_row("SELECT fingerprint FROM keys WHERE address = ?1 AND state = 'active'", [&address], |r| r.get(0))
-                        .optional()?;
-                    match active {
-                        None => {
-                            conn.execute(
-                                "UPDATE keys SET state = 'active', activated_at = ?3 WHERE address = ?1 AND fingerprint = ?2 AND state = 'pending'",
-                                params![address, fingerprint, to_millis(now)],
-                            )?;
-                        }
-                        // The same key again: already active, nothing to move.
-                        Some(fpr) if fpr == fingerprint => {}
-                        // Another key is active and no change waits for this one.
-                        Some(_) => return Ok(Confirmed::Invalid),
-                    }
-                    let mut stmt = conn.prepare_cached(&format!("SELECT {KEY_COLUMNS} FROM keys WHERE address = ?1 AND fingerprint = ?2"))?;
-                    let mut rows = stmt.query([&address, &fingerprint])?;
-                    match rows.next()?.map(key_from_row).transpose()? {
-                        Some(k) if k.state == crate::model::KeyState::Active => Ok(Confirmed::Activated(k)),
-                        _ => Ok(Confirmed::Invalid),
-                    }
-                }
-                TokenPurpose::Approve => {
-                    let Some(id) = change_id else { return Ok(Confirmed::Invalid) };
-                    let Some(mut change) = pending_change(conn, "id", &id)? else {
-                        return Ok(Confirmed::Invalid);
-                    };
-                    conn.execute("UPDATE key_changes SET proven_current = 1 WHERE id = ?1", [&change.id])?;
-                    change.proven_current = true;
-                    if change.proven() {
-                        apply_change(conn, &mut change, now)?;
-                        return Ok(Confirmed::Applied(change));
-                    }
-                    Ok(Confirmed::Proven(change))
-                }
+            let (writes, outcome) = rule(link.as_ref(), &keys, now);
+            if let Some(l) = &link {
+                write_keys(conn, &l.address, Some(&hash), now, &writes)?;
             }
+            Ok(outcome)
         })
         .await
     }
@@ -1647,4 +1696,5 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (2, include_str!("migrations/sqlite-2.sql")),
     (3, include_str!("migrations/sqlite-3.sql")),
     (4, include_str!("migrations/sqlite-4.sql")),
+    (5, include_str!("migrations/sqlite-5.sql")),
 ];

@@ -36,9 +36,24 @@ pub enum AppError {
         code: &'static str,
         message: String,
     },
+    /// 413: more than one request may carry.
+    TooLarge {
+        code: &'static str,
+        message: String,
+    },
+    /// 429: over a limit on what a caller can make kci do.
+    TooMany {
+        code: &'static str,
+        message: String,
+        retry_after: Option<std::time::Duration>,
+    },
     /// 500/503: kci's own trouble; detail is logged, not answered.
     Internal(String),
 }
+
+/// The longest message an error answer carries: some quote what was sent
+/// (a JSON parser's words), and an answer is never larger than a line.
+const MAX_MESSAGE: usize = 300;
 
 impl AppError {
     pub fn invalid(code: &'static str, field: &str, msg: impl std::fmt::Display) -> Self {
@@ -57,6 +72,10 @@ impl From<crate::store::StoreError> for AppError {
 
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
+        let retry_after = match &self {
+            AppError::TooMany { retry_after, .. } => *retry_after,
+            _ => None,
+        };
         let (status, code, message) = match self {
             AppError::BadRequest { code, message } => (StatusCode::BAD_REQUEST, code, message),
             AppError::Invalid { code, message } => {
@@ -83,6 +102,10 @@ impl IntoResponse for AppError {
                 format!("`{header}` is missing or does not match this request"),
             ),
             AppError::Conflict { code, message } => (StatusCode::CONFLICT, code, message),
+            AppError::TooLarge { code, message } => (StatusCode::PAYLOAD_TOO_LARGE, code, message),
+            AppError::TooMany { code, message, .. } => {
+                (StatusCode::TOO_MANY_REQUESTS, code, message)
+            }
             AppError::Internal(detail) => {
                 tracing::error!(%detail, "internal error");
                 (
@@ -93,11 +116,18 @@ impl IntoResponse for AppError {
                 )
             }
         };
+        let message = excerpt(&message, MAX_MESSAGE);
         let mut resp = (
             status,
             Json(serde_json::json!({"error": code, "message": message})),
         )
             .into_response();
+        if let Some(after) = retry_after {
+            let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+            if let Ok(v) = axum::http::HeaderValue::from_str(&secs.to_string()) {
+                resp.headers_mut().insert("retry-after", v);
+            }
+        }
         if status == StatusCode::UNAUTHORIZED {
             resp.headers_mut().insert(
                 "www-authenticate",
@@ -105,5 +135,36 @@ impl IntoResponse for AppError {
             );
         }
         resp
+    }
+}
+
+/// At most `max` characters of `text`, cut on a character boundary with
+/// an ellipsis.
+pub fn excerpt(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_answers_are_short_and_say_when_to_come_back() {
+        let long = "x".repeat(100_000);
+        let resp = AppError::invalid("invalid_field", "body", &long).into_response();
+        assert_eq!(resp.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        let resp = AppError::TooMany {
+            code: "rate_limited",
+            message: "later".into(),
+            retry_after: Some(std::time::Duration::from_millis(1500)),
+        }
+        .into_response();
+        assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(resp.headers()["retry-after"], "2");
+        assert_eq!(excerpt("héllo", 2), "hé…");
+        assert_eq!(excerpt("hé", 2), "hé");
     }
 }

@@ -3,7 +3,7 @@
 
 pub mod api;
 mod auth;
-mod error;
+pub mod error;
 pub mod wkd;
 
 pub use auth::{Caller, hash_token, new_token};

@@ -88,7 +88,11 @@ async fn a_hanging_provider_holds_up_only_its_own_delivery() {
         hold: Duration::from_secs(600),
     }))
     .await;
-    let kci = Kci::start(None, &providers.channels_toml("600s"));
+    // The lease covers twice the slowest channel's timeout (config rule).
+    let kci = Kci::start(
+        None,
+        &format!("lease = \"1200s\"\n{}", providers.channels_toml("600s")),
+    );
     let token = kci.token(&["admin"]);
     set_up(&kci.http, &kci.base, &token, &providers).await;
 

@@ -666,7 +666,13 @@ async fn follow_link(kci: &Kci, holder: &Gpg, skip: usize) -> serde_json::Value 
 #[tokio::test]
 async fn a_replacement_applies_at_once_with_the_current_holders_proof() {
     let dir = tempfile::tempdir().unwrap();
-    let kci = signing_kci(dir.path(), None, "");
+    // Many requests for one address in a minute: more than the default
+    // limit allows (that limit has a test of its own).
+    let kci = signing_kci(
+        dir.path(),
+        None,
+        "[keys]\nsubmissions_per_address = \"20/1h\"\n",
+    );
     let writer = kci.token(&["keys:write"]);
     let reader = kci.token(&["directory:read"]);
     let fingerprint =

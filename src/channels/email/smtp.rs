@@ -98,11 +98,12 @@ impl SmtpTarget {
     }
 }
 
+/// A user name or password from the URL: percent-decoded (RFC 3986), so
+/// `+`, `&` and `=` in a password stay what they are.
 fn percent_decode(s: &str) -> String {
-    url::form_urlencoded::parse(format!("x={s}").as_bytes())
-        .next()
-        .map(|(_, v)| v.into_owned())
-        .unwrap_or_default()
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 /// Idle connections older than this are not reused (servers drop them).

@@ -81,6 +81,18 @@ pub async fn retry(
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, AppError> {
     caller.require(Scope::EventsWrite)?;
+    // A code or link went out once and is erased: sending its notice again
+    // would send nothing usable; a new one must be asked for.
+    if let Some(n) = st.store.notification(&id).await?
+        && n.needs_secret()
+    {
+        return Err(AppError::Conflict {
+            code: "secret_gone",
+            message: format!(
+                "delivery `{id}` carried a one-time code or link that kci no longer holds; ask for a new one instead"
+            ),
+        });
+    }
     if st.store.redrive(&id, st.clock.now()).await? {
         st.wake.notify_one();
         Ok(Json(json!({"id": id, "state": "pending"})))

@@ -2,11 +2,12 @@
 //! their verification.
 
 use crate::config::Preferences;
+use crate::model::SECRET_MARK;
 use crate::model::{
     Account, ChannelKind, Contact, Destination, DestinationUri, Priority, Scope, SecurityLevel,
     TimeZoneName, check_id,
 };
-use crate::store::{Message, Notification, PendingCode, PutOutcome, VerifyOutcome};
+use crate::store::{Message, Notification, PendingCode, PutOutcome, RenewOutcome, VerifyOutcome};
 use crate::web::{AppError, AppState, Caller};
 use axum::Json;
 use axum::body::Bytes;
@@ -239,7 +240,10 @@ pub async fn add_destination(
         (None, None)
     } else {
         let (code, notice) = new_code(&id, &dest, st.config.email.sender_name(), now);
-        (Some(code), Some(notice))
+        (
+            Some(crate::trust::codes::first(&code.hash, code.expires_at, now)),
+            Some(notice),
+        )
     };
     match st.store.add_destination(&id, &dest, code, notice).await? {
         PutOutcome::NoParent => Err(AppError::NotFound {
@@ -275,7 +279,7 @@ fn new_code(
     };
     (
         pending,
-        verification_notice(account, dest, &code, sender, now),
+        verification_notice(account, dest, sender, now).with_secret(code),
     )
 }
 
@@ -309,18 +313,42 @@ pub async fn renew_code(
 ) -> Result<impl IntoResponse, AppError> {
     caller.require(Scope::DirectoryWrite)?;
     let dest = find_destination(&st, &id, &cid, &did).await?;
-    let (code, notice) = new_code(&id, &dest, st.config.email.sender_name(), st.clock.now());
-    match st.store.renew_code(&id, &cid, &did, code, notice).await? {
-        None => Err(AppError::NotFound {
+    let now = st.clock.now();
+    let (code, notice) = new_code(&id, &dest, st.config.email.sender_name(), now);
+    match st
+        .store
+        .renew_code(
+            &id,
+            &cid,
+            &did,
+            code,
+            notice,
+            now,
+            crate::trust::codes::issue,
+        )
+        .await?
+    {
+        RenewOutcome::NotFound => Err(AppError::NotFound {
             what: format!("destination `{did}`"),
         }),
-        Some(false) => Err(AppError::Conflict {
+        RenewOutcome::AlreadyVerified => Err(AppError::Conflict {
             code: "already_verified",
             message: format!(
                 "destination `{did}` is verified and healthy; there is nothing to prove"
             ),
         }),
-        Some(true) => {
+        RenewOutcome::TooSoon { retry_at } => {
+            st.metrics.limit_hit("verification_codes", "destination");
+            Err(AppError::TooMany {
+                code: "too_many_codes",
+                message: format!(
+                    "codes for destination `{did}` are sent at growing intervals and a few a day; the next one after {}",
+                    crate::model::fmt_time(retry_at)
+                ),
+                retry_after: (retry_at - now).to_std().ok(),
+            })
+        }
+        RenewOutcome::Sent => {
             st.wake.notify_one();
             Ok((
                 StatusCode::ACCEPTED,
@@ -398,15 +426,16 @@ fn code_hash(destination: &str, code: &str) -> String {
     crate::store::sha256_hex(format!("kci-verify\u{1f}{destination}\u{1f}{code}").as_bytes())
 }
 
+/// The notice carrying a verification code: the code itself is rendered
+/// in at [`SECRET_MARK`] when it goes out, and erased once it did.
 fn verification_notice(
     account: &str,
     dest: &Destination,
-    code: &str,
     sender: &str,
     now: chrono::DateTime<chrono::Utc>,
 ) -> Notification {
     let short = format!(
-        "Your verification code is {code}. It confirms this address for notices from {sender}."
+        "Your verification code is {SECRET_MARK}. It confirms this address for notices from {sender}."
     );
     let message = Message {
         short: short.clone(),
@@ -450,19 +479,46 @@ pub async fn verify_destination(
             "must be the 6 digits that were sent",
         ));
     }
+    // Guessing across many destinations is bounded per token too.
+    let now = st.clock.now();
+    let cap = st.config.directory.wrong_codes_per_token;
+    let bucket = "wrong_codes:token";
+    if let Err(retry_at) = st
+        .store
+        .throttle_peek(bucket, &caller.0.id, cap, now)
+        .await?
+    {
+        st.metrics.limit_hit("wrong_codes", "token");
+        return Err(too_many_wrong(retry_at, now));
+    }
     match st
         .store
-        .verify_destination(&id, &cid, &did, &code_hash(&did, code), st.clock.now())
+        .verify_destination(
+            &id,
+            &cid,
+            &did,
+            &code_hash(&did, code),
+            now,
+            crate::trust::codes::check,
+        )
         .await?
     {
         VerifyOutcome::Verified | VerifyOutcome::AlreadyVerified => {
             Ok(Json(json!({"id": did, "verified": true})))
         }
-        VerifyOutcome::WrongCode { attempts_left } => Err(AppError::invalid(
-            "wrong_code",
-            "code",
-            format!("does not match; {attempts_left} attempts left"),
-        )),
+        VerifyOutcome::WrongCode { attempts_left } => {
+            if let crate::model::throttle::Counted::Refused { retry_at } =
+                st.store.throttle(bucket, &caller.0.id, cap, now).await?
+            {
+                st.metrics.limit_hit("wrong_codes", "token");
+                return Err(too_many_wrong(retry_at, now));
+            }
+            Err(AppError::invalid(
+                "wrong_code",
+                "code",
+                format!("does not match; {attempts_left} attempts left"),
+            ))
+        }
         VerifyOutcome::Locked => Err(AppError::invalid(
             "code_locked",
             "code",
@@ -471,6 +527,21 @@ pub async fn verify_destination(
         VerifyOutcome::NotFound => Err(AppError::NotFound {
             what: format!("destination `{did}`"),
         }),
+    }
+}
+
+/// 429 for a token that entered too many wrong codes.
+fn too_many_wrong(
+    retry_at: chrono::DateTime<chrono::Utc>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> AppError {
+    AppError::TooMany {
+        code: "too_many_wrong_codes",
+        message: format!(
+            "this token entered too many wrong codes; try again after {}",
+            crate::model::fmt_time(retry_at)
+        ),
+        retry_after: (retry_at - now).to_std().ok(),
     }
 }
 

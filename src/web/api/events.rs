@@ -77,10 +77,20 @@ pub async fn post_event(
     }
 }
 
+/// The most events one batch may carry. A batch is answered line by line,
+/// so its answer grows with its lines, not with its bytes: this bounds
+/// both (a megabyte of one-character lines would otherwise cost a
+/// 60-megabyte answer).
+pub const MAX_BATCH_LINES: usize = 1000;
+
+/// The longest error message one answer line carries.
+const MAX_LINE_MESSAGE: usize = 200;
+
 /// `POST /v1/events/batch` (scope `events:write`): NDJSON in, one NDJSON
 /// answer line per non-empty input line, in order. Valid lines are stored
 /// in one transaction; a bad line is answered with its error and stores
-/// nothing, without affecting the others.
+/// nothing, without affecting the others. More than [`MAX_BATCH_LINES`]
+/// events: 413, and nothing is stored.
 pub async fn post_batch(
     State(st): State<AppState>,
     caller: Caller,
@@ -88,7 +98,19 @@ pub async fn post_batch(
 ) -> Result<impl IntoResponse, AppError> {
     caller.require(Scope::EventsWrite)?;
     let now = st.clock.now();
-    let mut answers: Vec<Value> = Vec::new();
+    let lines = body
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.iter().all(|b| b.is_ascii_whitespace()))
+        .count();
+    if lines > MAX_BATCH_LINES {
+        return Err(AppError::TooLarge {
+            code: "batch_too_large",
+            message: format!(
+                "the batch has {lines} events; at most {MAX_BATCH_LINES} are taken in one request, so split it (nothing was stored)"
+            ),
+        });
+    }
+    let mut answers: Vec<Value> = Vec::with_capacity(lines);
     let mut events: Vec<Event> = Vec::new();
     let mut slots: Vec<usize> = Vec::new();
     for (i, line) in body.split(|b| *b == b'\n').enumerate() {
@@ -105,8 +127,9 @@ pub async fn post_batch(
                 events.push(ev);
             }
             Err((status, e)) => {
+                let message = crate::web::error::excerpt(&e.message, MAX_LINE_MESSAGE);
                 answers.push(
-                    json!({"line": i + 1, "status": status, "error": e.code, "message": e.message}),
+                    json!({"line": i + 1, "status": status, "error": e.code, "message": message}),
                 );
             }
         }
@@ -135,7 +158,7 @@ pub async fn post_batch(
             IngestOutcome::Rejected(r) => {
                 a["status"] = 422.into();
                 a["error"] = r.code.into();
-                a["message"] = r.message.into();
+                a["message"] = crate::web::error::excerpt(&r.message, MAX_LINE_MESSAGE).into();
             }
         }
     }

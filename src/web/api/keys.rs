@@ -6,7 +6,7 @@
 //! a page with one button, so a mail scanner that fetches links confirms
 //! nothing; only the POST does.
 
-use crate::keys::{Registry, Submitted, normalise};
+use crate::keys::{Origin, Registry, Removal, Submitted, normalise};
 use crate::model::{Confirmed, Scope};
 use crate::web::{AppError, AppState, Caller};
 use axum::Json;
@@ -22,6 +22,42 @@ fn registry(st: &AppState) -> Registry<'_> {
         store: st.store.as_ref(),
         config: st.config.as_ref(),
         now: st.clock.now(),
+        metrics: Some(st.metrics.as_ref()),
+    }
+}
+
+/// A request by `caller`, limited per token.
+fn origin(caller: &Caller) -> Origin {
+    Origin {
+        channel: "api",
+        source: Some(format!("token:{}", caller.0.id)),
+    }
+}
+
+/// 429 for a request over a limit.
+fn limited(
+    by: &str,
+    retry_at: chrono::DateTime<chrono::Utc>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> AppError {
+    AppError::TooMany {
+        code: "rate_limited",
+        message: format!(
+            "too many key requests for this {by}; try again after {}",
+            crate::model::fmt_time(retry_at)
+        ),
+        retry_after: (retry_at - now).to_std().ok(),
+    }
+}
+
+/// 409 for a request the registry did not record.
+fn not_recorded(why: crate::model::Refused) -> AppError {
+    AppError::Conflict {
+        code: match why {
+            crate::model::Refused::Replayed => "proof_replayed",
+            crate::model::Refused::TooManyChanges => "too_many_changes",
+        },
+        message: why.to_string(),
     }
 }
 
@@ -71,7 +107,7 @@ pub async fn submit(
         ));
     }
     let outcome = registry(&st)
-        .submit(&address, input.key.as_bytes(), "api", false)
+        .submit(&address, input.key.as_bytes(), &origin(&caller), None)
         .await?;
     st.wake.notify_one();
     match outcome {
@@ -103,7 +139,9 @@ pub async fn submit(
                 "warnings": key.warnings,
             })),
         )),
-        Submitted::Refused(why) => Err(AppError::invalid("key_refused", "key", why)),
+        Submitted::Refused(why) => Err(AppError::invalid("key_refused", "key", why.mail_reason())),
+        Submitted::NotRecorded(why) => Err(not_recorded(why)),
+        Submitted::Limited { by, retry_at } => Err(limited(by, retry_at, st.clock.now())),
     }
 }
 
@@ -131,14 +169,19 @@ pub async fn remove(
 ) -> Result<impl IntoResponse, AppError> {
     caller.require(Scope::KeysWrite)?;
     let address = address(&raw)?;
-    match registry(&st).remove(&address).await? {
-        Some(change) => {
+    match registry(&st)
+        .remove(&address, None, &origin(&caller))
+        .await?
+    {
+        Removal::Requested(change) | Removal::Applied(change) => {
             st.wake.notify_one();
             Ok((StatusCode::ACCEPTED, Json(json!({"change": change}))))
         }
-        None => Err(AppError::NotFound {
+        Removal::NoKey => Err(AppError::NotFound {
             what: format!("an active key for {address}"),
         }),
+        Removal::NotRecorded(why) => Err(not_recorded(why)),
+        Removal::Limited { by, retry_at } => Err(limited(by, retry_at, st.clock.now())),
     }
 }
 

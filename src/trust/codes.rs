@@ -1,0 +1,288 @@
+//! Destination verification codes (DESIGN.md §2): a 6-digit code is sent
+//! to the destination and must be entered back. A million codes can be
+//! guessed only if guesses are cheap, so they are not:
+//!
+//! * one code allows [`PER_CODE`] wrong tries, then it is locked;
+//! * a destination allows [`WRONG_PER_WINDOW`] wrong tries per
+//!   [`WINDOW`], whatever code they were for — asking for a new code does
+//!   not renew the guesses (the attack review's finding 7);
+//! * new codes come at growing intervals ([`gap`]: 1, 4, 16, 64 minutes)
+//!   and at most [`CODES_PER_WINDOW`] per window.
+//!
+//! So an attacker guessing one destination's code gets 10 tries a day: one
+//! chance in 100,000 a day. (The API adds a limit per token across
+//! destinations, `[directory] wrong_codes_per_token`.)
+
+use crate::model::{CodeRow, RenewOutcome, VerifyOutcome};
+use chrono::{DateTime, Duration, Utc};
+use subtle::ConstantTimeEq;
+
+/// Wrong tries one code allows.
+pub const PER_CODE: u32 = 5;
+/// Wrong tries one destination allows per window.
+pub const WRONG_PER_WINDOW: u32 = 10;
+/// Codes one destination is sent per window.
+pub const CODES_PER_WINDOW: u32 = 5;
+/// The window the counts above are kept over.
+pub const WINDOW: Duration = Duration::hours(24);
+
+/// How long after the `n`th code of a window the next may be sent.
+pub fn gap(n: u32) -> Duration {
+    Duration::minutes(4i64.saturating_pow(n.saturating_sub(1).min(6)))
+}
+
+/// The row with its window started anew if the last one is over.
+fn current(row: &CodeRow, now: DateTime<Utc>) -> CodeRow {
+    match row.window_start {
+        Some(start) if now < start + WINDOW => row.clone(),
+        _ => CodeRow {
+            codes_sent: 0,
+            wrong: 0,
+            window_start: Some(now),
+            ..row.clone()
+        },
+    }
+}
+
+/// The first code of a new destination.
+pub fn first(hash: &str, expires_at: DateTime<Utc>, now: DateTime<Utc>) -> CodeRow {
+    CodeRow {
+        usable: false,
+        hash: Some(hash.to_string()),
+        expires_at: Some(expires_at),
+        attempts: 0,
+        codes_sent: 1,
+        sent_at: Some(now),
+        wrong: 0,
+        window_start: Some(now),
+    }
+}
+
+/// Checks the hash of a submitted code (compared in constant time).
+pub fn check(
+    row: &CodeRow,
+    submitted: &str,
+    now: DateTime<Utc>,
+) -> (Option<CodeRow>, VerifyOutcome) {
+    if row.usable {
+        return (None, VerifyOutcome::AlreadyVerified);
+    }
+    let row = current(row, now);
+    let Some(stored) = row.hash.as_deref() else {
+        return (None, VerifyOutcome::Locked);
+    };
+    let expired = row.expires_at.is_none_or(|e| now >= e);
+    if expired || row.attempts >= PER_CODE || row.wrong >= WRONG_PER_WINDOW {
+        return (None, VerifyOutcome::Locked);
+    }
+    if bool::from(stored.as_bytes().ct_eq(submitted.as_bytes())) {
+        let verified = CodeRow {
+            usable: true,
+            hash: None,
+            expires_at: None,
+            attempts: 0,
+            ..row
+        };
+        return (Some(verified), VerifyOutcome::Verified);
+    }
+    let wrong = CodeRow {
+        attempts: row.attempts + 1,
+        wrong: row.wrong + 1,
+        ..row
+    };
+    let left = (PER_CODE - wrong.attempts).min(WRONG_PER_WINDOW - wrong.wrong);
+    (
+        Some(wrong),
+        VerifyOutcome::WrongCode {
+            attempts_left: left,
+        },
+    )
+}
+
+/// Issues a new code in place of the last one.
+pub fn issue(
+    row: &CodeRow,
+    hash: &str,
+    expires_at: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<CodeRow, RenewOutcome> {
+    if row.usable {
+        return Err(RenewOutcome::AlreadyVerified);
+    }
+    let row = current(row, now);
+    let window_end = row.window_start.unwrap_or(now) + WINDOW;
+    if row.codes_sent >= CODES_PER_WINDOW || row.wrong >= WRONG_PER_WINDOW {
+        return Err(RenewOutcome::TooSoon {
+            retry_at: window_end,
+        });
+    }
+    if let Some(last) = row.sent_at
+        && row.codes_sent > 0
+        && now < last + gap(row.codes_sent)
+    {
+        return Err(RenewOutcome::TooSoon {
+            retry_at: last + gap(row.codes_sent),
+        });
+    }
+    Ok(CodeRow {
+        hash: Some(hash.to_string()),
+        expires_at: Some(expires_at),
+        attempts: 0,
+        codes_sent: row.codes_sent + 1,
+        sent_at: Some(now),
+        ..row
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(min: i64) -> DateTime<Utc> {
+        "2026-12-02T10:00:00Z".parse::<DateTime<Utc>>().unwrap() + Duration::minutes(min)
+    }
+
+    fn fresh() -> CodeRow {
+        first("h1", t(24 * 60), t(0))
+    }
+
+    #[test]
+    fn checking_a_code() {
+        let locked_out = CodeRow {
+            wrong: WRONG_PER_WINDOW,
+            ..fresh()
+        };
+        let spent = CodeRow {
+            attempts: PER_CODE,
+            ..fresh()
+        };
+        let stale_window = CodeRow {
+            wrong: WRONG_PER_WINDOW,
+            window_start: Some(t(-25 * 60)),
+            ..fresh()
+        };
+        let usable = CodeRow {
+            usable: true,
+            ..Default::default()
+        };
+        // (case, row, submitted, at, outcome)
+        let cases = [
+            ("right code", fresh(), "h1", t(1), VerifyOutcome::Verified),
+            (
+                "wrong code",
+                fresh(),
+                "h2",
+                t(1),
+                VerifyOutcome::WrongCode { attempts_left: 4 },
+            ),
+            ("expired", fresh(), "h1", t(24 * 60), VerifyOutcome::Locked),
+            (
+                "five wrong already",
+                spent,
+                "h1",
+                t(1),
+                VerifyOutcome::Locked,
+            ),
+            (
+                "ten wrong today",
+                locked_out,
+                "h1",
+                t(1),
+                VerifyOutcome::Locked,
+            ),
+            (
+                "a new day",
+                stale_window,
+                "h1",
+                t(1),
+                VerifyOutcome::Verified,
+            ),
+            (
+                "nothing to prove",
+                usable,
+                "h1",
+                t(1),
+                VerifyOutcome::AlreadyVerified,
+            ),
+            (
+                "no code",
+                CodeRow::default(),
+                "h1",
+                t(1),
+                VerifyOutcome::Locked,
+            ),
+        ];
+        for (case, row, submitted, at, want) in cases {
+            assert_eq!(check(&row, submitted, at).1, want, "{case}");
+        }
+        let (row, _) = check(&fresh(), "h1", t(1));
+        let row = row.unwrap();
+        assert!(row.usable && row.hash.is_none());
+    }
+
+    #[test]
+    fn a_new_code_does_not_renew_the_guesses() {
+        // Guess five times, ask for a new code, guess again: ten wrong
+        // guesses a day in all, however many codes.
+        let mut row = fresh();
+        let mut now = t(0);
+        let mut guesses = 0;
+        loop {
+            match check(&row, "wrong", now) {
+                (Some(next), VerifyOutcome::WrongCode { .. }) => {
+                    row = next;
+                    guesses += 1;
+                }
+                (None, VerifyOutcome::Locked) => {
+                    match issue(&row, "h", now + Duration::hours(24), now) {
+                        Ok(next) => row = next,
+                        Err(RenewOutcome::TooSoon { retry_at }) if retry_at < t(24 * 60) => {
+                            now = retry_at
+                        }
+                        Err(_) => break,
+                    }
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(guesses, WRONG_PER_WINDOW);
+        // The next day, guessing may go on, at the same pace.
+        assert_eq!(
+            check(&row, "wrong", t(24 * 60 + 1)).1,
+            VerifyOutcome::Locked
+        );
+        assert!(issue(&row, "h", t(48 * 60), t(24 * 60 + 1)).is_ok());
+    }
+
+    #[test]
+    fn codes_come_at_growing_intervals_and_a_few_a_day() {
+        let mut row = fresh(); // the 1st code at t(0)
+        let mut sent = vec![0];
+        let mut now = t(0);
+        for _ in 0..10 {
+            match issue(&row, "h", now + Duration::hours(24), now) {
+                Ok(next) => {
+                    row = next;
+                    sent.push((now - t(0)).num_minutes());
+                }
+                Err(RenewOutcome::TooSoon { retry_at }) if retry_at < t(24 * 60) => now = retry_at,
+                Err(_) => break,
+            }
+        }
+        assert_eq!(sent, vec![0, 1, 5, 21, 85]);
+        assert_eq!(
+            issue(&row, "h", now, now),
+            Err(RenewOutcome::TooSoon {
+                retry_at: t(24 * 60)
+            })
+        );
+        let verified = CodeRow {
+            usable: true,
+            ..row
+        };
+        assert_eq!(
+            issue(&verified, "h", now, now),
+            Err(RenewOutcome::AlreadyVerified)
+        );
+    }
+}
