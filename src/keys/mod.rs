@@ -219,14 +219,18 @@ impl Registry<'_> {
     ) -> crate::store::Result<KeyChange> {
         let level = self.level(address).await?;
         let cooling = self.config.keys.cooling_off.at(level).0;
+        // Times as stored (milliseconds), so the change answered now reads
+        // the same as the change read back later.
+        use chrono::SubsecRound;
+        let now = self.now.trunc_subsecs(3);
         Ok(KeyChange {
             id: crate::store::new_id(),
             address: address.to_string(),
             kind,
             fingerprint: fingerprint.map(str::to_string),
             state: ChangeState::Pending,
-            requested_at: self.now,
-            not_before: self.now + Duration::from_std(cooling).unwrap_or(Duration::days(30)),
+            requested_at: now,
+            not_before: now + Duration::from_std(cooling).unwrap_or(Duration::days(30)),
             proven_current,
             proven_new: false,
         })

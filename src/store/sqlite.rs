@@ -45,6 +45,7 @@ fn open_conn(path: Option<&str>) -> Result<Connection> {
          PRAGMA foreign_keys = ON;
          PRAGMA temp_store = MEMORY;
          PRAGMA secure_delete = FAST;
+         PRAGMA journal_size_limit = 0;
          PRAGMA cache_size = -32000;",
     )?;
     Ok(conn)
@@ -152,28 +153,72 @@ fn in_savepoint<R>(
     }
 }
 
+/// How long nothing must have changed before the writer folds the
+/// write-ahead log into the database and truncates it.
+const QUIET: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Folds the write-ahead log into the database and truncates it, if no
+/// reader is in the way right now; whether it did.
+fn truncate_log(conn: &Connection) -> bool {
+    let _ = conn.busy_timeout(std::time::Duration::from_millis(50));
+    let done = conn
+        .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+            r.get::<_, i64>(0)
+        })
+        .is_ok_and(|busy| busy == 0);
+    let _ = conn.busy_timeout(std::time::Duration::from_secs(10));
+    done
+}
+
 fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>) {
-    while let Ok(first) = rx.recv() {
-        let mut group = vec![first];
-        while group.len() < MAX_GROUP {
-            match rx.try_recv() {
-                Ok(job) => group.push(job),
-                Err(_) => break,
-            }
-        }
-        let began = conn.execute_batch("BEGIN IMMEDIATE").is_ok();
-        let finishers: Vec<Finisher> = group.into_iter().map(|job| job(&conn)).collect();
-        let commit = if began {
-            conn.execute_batch("COMMIT").map_err(|e| {
-                let _ = conn.execute_batch("ROLLBACK");
-                e.to_string()
-            })
-        } else {
-            Ok(()) // each savepoint committed on its own
+    // Rows erased in place (a notice's one-time secret, once it went out)
+    // leave no copy in the database file (`secure_delete`), but their old
+    // versions stay in the log's frames until the log is restarted. Under
+    // load the log restarts often and is truncated each time
+    // (`journal_size_limit`); once things are quiet, it is truncated here.
+    let (mut seen, mut changed_at, mut dirty) =
+        (conn.total_changes(), std::time::Instant::now(), false);
+    loop {
+        let first = match rx.recv_timeout(std::time::Duration::from_secs(1)) {
+            Ok(job) => Some(job),
+            Err(mpsc::RecvTimeoutError::Timeout) => None,
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
         };
-        for finish in finishers {
-            finish(commit.clone());
+        if let Some(first) = first {
+            commit_group(&conn, first, &rx);
         }
+        let total = conn.total_changes();
+        if total != seen {
+            (seen, changed_at, dirty) = (total, std::time::Instant::now(), true);
+        }
+        if dirty && changed_at.elapsed() >= QUIET && truncate_log(&conn) {
+            dirty = false;
+        }
+    }
+}
+
+/// Runs `first` and whatever else has queued (up to [`MAX_GROUP`]) in one
+/// transaction, each in its savepoint, and tells each how it ended.
+fn commit_group(conn: &Connection, first: Job, rx: &mpsc::Receiver<Job>) {
+    let mut group = vec![first];
+    while group.len() < MAX_GROUP {
+        match rx.try_recv() {
+            Ok(job) => group.push(job),
+            Err(_) => break,
+        }
+    }
+    let began = conn.execute_batch("BEGIN IMMEDIATE").is_ok();
+    let finishers: Vec<Finisher> = group.into_iter().map(|job| job(conn)).collect();
+    let commit = if began {
+        conn.execute_batch("COMMIT").map_err(|e| {
+            let _ = conn.execute_batch("ROLLBACK");
+            e.to_string()
+        })
+    } else {
+        Ok(()) // each savepoint committed on its own
+    };
+    for finish in finishers {
+        finish(commit.clone());
     }
 }
 

@@ -265,6 +265,11 @@ impl Kci {
         }
     }
 
+    /// The SQLite database file.
+    pub fn db(&self) -> std::path::PathBuf {
+        self.dir.path().join("kci.db")
+    }
+
     pub fn outbox(&self) -> Vec<String> {
         read_maildir(&self.dir.path().join("outbox"))
     }

@@ -3,6 +3,7 @@
 //! exercised the way a source system uses it.
 
 mod api;
+mod attacks;
 mod channels;
 mod channels_load;
 mod common;

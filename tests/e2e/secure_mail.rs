@@ -11,12 +11,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 /// A customer's GnuPG home.
-struct Gpg {
+pub(crate) struct Gpg {
     home: tempfile::TempDir,
 }
 
 impl Gpg {
-    fn new() -> Gpg {
+    pub(crate) fn new() -> Gpg {
         assert!(
             Path::new("/usr/bin/gpg").exists(),
             "GnuPG must be installed at /usr/bin/gpg (apt-get install gnupg)"
@@ -26,7 +26,7 @@ impl Gpg {
         }
     }
 
-    fn run(&self, args: &[&str], stdin: Option<&[u8]>) -> (bool, Vec<u8>, String) {
+    pub(crate) fn run(&self, args: &[&str], stdin: Option<&[u8]>) -> (bool, Vec<u8>, String) {
         let mut child = Command::new("/usr/bin/gpg")
             .env("GNUPGHOME", self.home.path())
             .args([
@@ -56,15 +56,32 @@ impl Gpg {
         )
     }
 
-    fn ok(&self, args: &[&str], stdin: Option<&[u8]>) -> Vec<u8> {
+    pub(crate) fn ok(&self, args: &[&str], stdin: Option<&[u8]>) -> Vec<u8> {
         let (ok, out, err) = self.run(args, stdin);
         assert!(ok, "gpg {args:?}: {err}");
         out
     }
 
     /// A key for `uid` (`primary` signs, `sub` encrypts); its fingerprint.
-    fn generate(&self, uid: &str, primary: &str, sub: &str) -> String {
-        self.ok(&["--quick-gen-key", uid, primary, "sign,cert", "1y"], None);
+    pub(crate) fn generate(&self, uid: &str, primary: &str, sub: &str) -> String {
+        self.generate_at(uid, primary, sub, None)
+    }
+
+    /// Like [`Gpg::generate`], the key made at `at` (gpg's
+    /// `--faked-system-time`), so it can sign as of a time since then.
+    pub(crate) fn generate_at(
+        &self,
+        uid: &str,
+        primary: &str,
+        sub: &str,
+        at: Option<&str>,
+    ) -> String {
+        let faked: Vec<&str> = at
+            .map(|t| vec!["--faked-system-time", t])
+            .unwrap_or_default();
+        let mut gen_key = faked.clone();
+        gen_key.extend(["--quick-gen-key", uid, primary, "sign,cert", "1y"]);
+        self.ok(&gen_key, None);
         let listing =
             String::from_utf8(self.ok(&["--with-colons", "--list-keys", uid], None)).unwrap();
         let fpr = listing
@@ -73,17 +90,19 @@ impl Gpg {
             .and_then(|l| l.split(':').nth(9))
             .unwrap()
             .to_string();
-        self.ok(&["--quick-add-key", &fpr, sub, "encr", "1y"], None);
+        let mut add_key = faked;
+        add_key.extend(["--quick-add-key", &fpr, sub, "encr", "1y"]);
+        self.ok(&add_key, None);
         fpr
     }
 
-    fn export(&self, uid: &str) -> String {
+    pub(crate) fn export(&self, uid: &str) -> String {
         String::from_utf8(self.ok(&["--armor", "--export", uid], None)).unwrap()
     }
 
     /// Decrypts the PGP/MIME mail `raw`: the inner text and gpg's status
     /// (`DECRYPTION_OKAY` when it could).
-    fn decrypt_mail(&self, raw: &str) -> (String, String) {
+    pub(crate) fn decrypt_mail(&self, raw: &str) -> (String, String) {
         let start = raw
             .find("-----BEGIN PGP MESSAGE-----")
             .expect("an encrypted part");
@@ -100,7 +119,7 @@ impl Gpg {
 }
 
 /// The path of the key link in the mail `holder` can decrypt.
-fn link_in(holder: &Gpg, mail: &str) -> String {
+pub(crate) fn link_in(holder: &Gpg, mail: &str) -> String {
     let (inner, _) = holder.decrypt_mail(mail);
     let inner = unqp(&inner);
     let link = inner
@@ -111,14 +130,14 @@ fn link_in(holder: &Gpg, mail: &str) -> String {
 }
 
 /// Quoted-printable soft line breaks and `=3D` undone (enough for links).
-fn unqp(s: &str) -> String {
+pub(crate) fn unqp(s: &str) -> String {
     s.replace("=\r\n", "")
         .replace("=\n", "")
         .replace("=3D", "=")
 }
 
 /// A submission mail as a real mail tool writes it: Python's email package.
-fn submission_mail(from: &str, key: &str) -> Vec<u8> {
+pub(crate) fn submission_mail(from: &str, key: &str) -> Vec<u8> {
     let script = r#"
 import sys
 from email.message import EmailMessage
@@ -151,7 +170,7 @@ sys.stdout.buffer.write(msg.as_bytes())
 }
 
 /// `kci inbound --config …` with `mail` on stdin: exit code and stderr.
-fn inbound(config: &Path, mail: &[u8]) -> (i32, String) {
+pub(crate) fn inbound(config: &Path, mail: &[u8]) -> (i32, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_kci"))
         .args(["inbound", "--config"])
         .arg(config)
@@ -173,7 +192,7 @@ fn inbound(config: &Path, mail: &[u8]) -> (i32, String) {
 }
 
 /// The operator's key, made with `kci keys generate`.
-fn operator_key(dir: &Path) -> PathBuf {
+pub(crate) fn operator_key(dir: &Path) -> PathBuf {
     let config = dir.join("keygen.toml");
     std::fs::write(
         &config,
@@ -196,7 +215,7 @@ fn operator_key(dir: &Path) -> PathBuf {
 
 /// kci signing its mail with an operator key made by `kci keys generate`
 /// in `dir`; mail to `smtp` if given, else to the outbox; `extra` config.
-fn signing_kci(dir: &Path, smtp: Option<u16>, extra: &str) -> Kci {
+pub(crate) fn signing_kci(dir: &Path, smtp: Option<u16>, extra: &str) -> Kci {
     let signing = operator_key(dir);
     Kci::start_full(
         smtp,
@@ -616,40 +635,65 @@ async fn keys_come_in_over_kcis_own_smtp_listener() {
 
 /// A PGP/MIME signed mail (RFC 3156) from `from`, signed by `signer`'s
 /// key, carrying `key` as an attachment: the request a key holder makes.
-fn signed_submission(signer: &Gpg, from: &str, key: &str) -> Vec<u8> {
+pub(crate) fn signed_submission(signer: &Gpg, from: &str, key: &str) -> Vec<u8> {
+    let entity = key_entity("Please use my new key.", Some(key));
+    signed_mail(from, &entity, &sign_entity(signer, &entity, None), "")
+}
+
+/// A MIME entity (the part a holder signs): `text`, and `key` attached.
+pub(crate) fn key_entity(text: &str, key: Option<&str>) -> String {
     use base64::Engine;
+    let Some(key) = key else {
+        return format!(
+            "Content-Type: text/plain; charset=utf-8\r\n\r\n{}\r\n",
+            text.replace('\n', "\r\n")
+        );
+    };
     let b64 = base64::engine::general_purpose::STANDARD.encode(key);
     let lines: Vec<&str> = b64
         .as_bytes()
         .chunks(76)
         .map(|c| std::str::from_utf8(c).unwrap())
         .collect();
-    let entity = format!(
+    format!(
         "Content-Type: multipart/mixed; boundary=\"inner\"\r\n\r\n\
-         --inner\r\nContent-Type: text/plain\r\n\r\nPlease use my new key.\r\n\
+         --inner\r\nContent-Type: text/plain\r\n\r\n{}\r\n\
          --inner\r\nContent-Type: application/pgp-keys; name=\"key.asc\"\r\n\
          Content-Transfer-Encoding: base64\r\nContent-Disposition: attachment\r\n\r\n{}\r\n\
          --inner--\r\n",
+        text.replace('\n', "\r\n"),
         lines.join("\r\n")
-    );
-    let sig = signer.ok(
-        &["--armor", "--detach-sign", "--digest-algo", "SHA256"],
-        Some(entity.as_bytes()),
-    );
-    let sig = String::from_utf8(sig)
+    )
+}
+
+/// `signer`'s detached signature over `entity`, armored with CRLF line
+/// ends; made at `at` (gpg's `--faked-system-time`, e.g. `20261201T100000`)
+/// if given.
+pub(crate) fn sign_entity(signer: &Gpg, entity: &str, at: Option<&str>) -> String {
+    let mut args = vec!["--armor", "--detach-sign", "--digest-algo", "SHA256"];
+    if let Some(at) = at {
+        args.extend(["--faked-system-time", at]);
+    }
+    let sig = signer.ok(&args, Some(entity.as_bytes()));
+    String::from_utf8(sig)
         .unwrap()
         .replace("\r\n", "\n")
-        .replace('\n', "\r\n");
+        .replace('\n', "\r\n")
+}
+
+/// A `multipart/signed` mail from `from` of `entity` and `sig`, with
+/// `extra` inserted after the signature part (more parts, or nothing).
+pub(crate) fn signed_mail(from: &str, entity: &str, sig: &str, extra: &str) -> Vec<u8> {
     format!(
         "From: Alice <{from}>\r\nTo: keys@isp.example\r\nSubject: New key\r\nMIME-Version: 1.0\r\n\
          Content-Type: multipart/signed; micalg=pgp-sha256; protocol=\"application/pgp-signature\"; boundary=\"outer\"\r\n\r\n\
-         --outer\r\n{entity}\r\n--outer\r\nContent-Type: application/pgp-signature\r\n\r\n{sig}\r\n--outer--\r\n"
+         --outer\r\n{entity}\r\n--outer\r\nContent-Type: application/pgp-signature\r\n\r\n{sig}\r\n{extra}--outer--\r\n"
     )
     .into_bytes()
 }
 
 /// Follows the key link in the mail that `holder` can decrypt.
-async fn follow_link(kci: &Kci, holder: &Gpg, skip: usize) -> serde_json::Value {
+pub(crate) async fn follow_link(kci: &Kci, holder: &Gpg, skip: usize) -> serde_json::Value {
     let mail = eventually(10, "a mail for this key", || async {
         kci.outbox()
             .into_iter()
