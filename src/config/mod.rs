@@ -923,6 +923,23 @@ mod tests {
         assert!(c.types.contains_key("line.down"));
     }
 
+    /// With a lease shorter than twice the slowest channel's timeout a
+    /// claimed notice could never be started in time, and nothing was
+    /// ever delivered: refused, naming the key and what it must be.
+    #[test]
+    fn a_lease_too_short_for_the_channels_is_refused() {
+        let e = Config::parse("[delivery]\nlease = \"10s\"\n", "kci.toml").unwrap_err();
+        assert_eq!(e.key, "delivery.lease", "{e}");
+        assert!(e.message.contains("at least 1m"), "{e}");
+        let e = Config::parse(
+            "[delivery]\nlease = \"2m\"\n[channels.webhook]\ntimeout = \"90s\"\n",
+            "kci.toml",
+        )
+        .unwrap_err();
+        assert!(e.message.contains("channels.webhook.timeout"), "{e}");
+        assert!(Config::parse("[delivery]\nlease = \"1m\"\n", "kci.toml").is_ok());
+    }
+
     #[test]
     fn errors_name_file_and_key() {
         let e = Config::parse("[types.\"line.down\"]\nhold = \"soon\"\n", "kci.toml").unwrap_err();

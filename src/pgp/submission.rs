@@ -343,11 +343,15 @@ fn check_algorithm(algo: PublicKeyAlgorithm, mpis: &mpi::PublicKey) -> Result<()
     }
 }
 
-/// Whether a user ID's address is `address`: the local part as written,
-/// the domain in any case.
+/// Whether a user ID's address is `address`, compared as kci keys
+/// addresses everywhere ([`EmailAddr`](crate::model::EmailAddr)): in any
+/// case, as mainstream MTAs deliver them.
 fn same_address(uid_email: &str, address: &str) -> bool {
-    match (uid_email.rsplit_once('@'), address.rsplit_once('@')) {
-        (Some((l1, d1)), Some((l2, d2))) => l1 == l2 && d1.eq_ignore_ascii_case(d2),
+    match (
+        crate::model::EmailAddr::parse(uid_email),
+        crate::model::EmailAddr::parse(address),
+    ) {
+        (Ok(a), Ok(b)) => a == b,
         _ => false,
     }
 }
@@ -523,10 +527,42 @@ mod tests {
     use super::*;
 
     #[test]
-    fn addresses_compare_domain_case_insensitively_only() {
+    fn addresses_compare_as_one_mailbox_in_any_case() {
         assert!(same_address("Alice@Example.ORG", "Alice@example.org"));
-        assert!(!same_address("alice@example.org", "Alice@example.org"));
+        assert!(same_address("alice@example.org", "Alice@example.org"));
+        assert!(!same_address("alice+x@example.org", "alice@example.org"));
         assert!(!same_address("alice", "alice@example.org"));
+    }
+
+    /// A revocation's free text is the key's (or a forger's) words: it is
+    /// never carried into what kci says, least of all into the refusal
+    /// mail the operator's key signs.
+    #[test]
+    fn a_revocation_reason_is_never_echoed_into_a_signed_refusal() {
+        use openpgp::cert::CertBuilder;
+        use openpgp::types::ReasonForRevocation;
+        let (cert, _) = CertBuilder::general_purpose(Some("grace@example.org"))
+            .generate()
+            .unwrap();
+        let mut signer = cert
+            .primary_key()
+            .key()
+            .clone()
+            .parts_into_secret()
+            .unwrap()
+            .into_keypair()
+            .unwrap();
+        let phishing = b"ACTION REQUIRED: your account is locked, log in at https://evil.example/";
+        let rev = cert
+            .revoke(&mut signer, ReasonForRevocation::KeyCompromised, phishing)
+            .unwrap();
+        let (revoked, _) = cert.insert_packets(rev).unwrap();
+        let armored = revoked.armored().to_vec().unwrap();
+        let e = check_submission(&armored, "grace@example.org", Utc::now()).unwrap_err();
+        assert_eq!(e.code(), "revoked");
+        for said in [e.to_string(), e.mail_reason()] {
+            assert!(!said.contains("ACTION") && !said.contains("evil"), "{said}");
+        }
     }
 
     #[test]

@@ -790,6 +790,36 @@ mod tests {
         }
     }
 
+    /// Claimed over and over without an outcome (each lease ran out, as
+    /// when every delivery outlives its lease): once the attempts are
+    /// spent the notice fails for good instead of looping for ever.
+    #[tokio::test]
+    async fn a_notice_whose_leases_keep_running_out_gives_up() {
+        let tg = Arc::new(RecordingChannel::new(ChannelKind::Telegram));
+        let ntfy = Arc::new(RecordingChannel::new(ChannelKind::Ntfy));
+        let mut channels = Channels::default();
+        channels.insert(tg.clone());
+        channels.insert(ntfy.clone());
+        let (store, scheduler) = fixture(8, channels).await;
+        let mut now = Utc::now();
+        for _ in 0..scheduler.delivery.max_attempts {
+            now += Duration::seconds(1);
+            let claimed = store.claim_due(now, now, 100).await.unwrap();
+            assert_eq!(claimed.len(), 40, "each lease ends at once");
+        }
+        now += Duration::seconds(1);
+        while scheduler.run_once(now).await.unwrap() > 0 {}
+        assert!(tg.sent().is_empty() && ntfy.sent().is_empty());
+        let by_state = store.count_by_state().await.unwrap();
+        assert_eq!(by_state, vec![(State::Failed, 40)]);
+        let failed = store
+            .notifications_in(State::Failed, None, 100)
+            .await
+            .unwrap();
+        assert!(failed.iter().all(|n| n.reason == Some(Reason::GaveUp)
+            && n.attempts == scheduler.delivery.max_attempts + 1));
+    }
+
     #[tokio::test]
     async fn a_provider_asking_to_wait_pauses_its_whole_channel() {
         let limited = Arc::new(Limited {

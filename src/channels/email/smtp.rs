@@ -291,4 +291,15 @@ mod tests {
             !format!("{:?}", SmtpTarget::parse("smtp://u:hunter2@h").unwrap()).contains("hunter2")
         );
     }
+
+    /// A `+` (or `&`, `=`) in a password is what it is: percent-decoding,
+    /// not form-decoding, which turned `+` into a space.
+    #[test]
+    fn a_plus_in_an_smtp_password_stays_a_plus() {
+        let t = SmtpTarget::parse("smtp://kci:a+b&c=d%2Be@mail.example.com").unwrap();
+        assert_eq!(
+            t.credentials,
+            Some(Credentials::new("kci".into(), "a+b&c=d+e".into()))
+        );
+    }
 }
