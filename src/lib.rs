@@ -8,6 +8,8 @@
 pub mod channels;
 pub mod cli;
 pub mod config;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod inbound;
 pub mod ingest;
 pub mod keys;

@@ -107,6 +107,45 @@ pub fn parse(bytes: &[u8]) -> Result<EventInput, (u16, FieldError)> {
     Ok(input)
 }
 
+/// The most events one batch may carry. A batch is answered line by line,
+/// so its answer grows with its lines, not with its bytes: this bounds
+/// both (a megabyte of one-character lines would otherwise cost a
+/// 60-megabyte answer).
+pub const MAX_BATCH_LINES: usize = 1000;
+
+/// One line of an NDJSON batch: its line number and the event, or why not.
+pub type BatchLine = (usize, Result<Event, (u16, FieldError)>);
+
+/// Reads an NDJSON batch: each non-blank line parsed and validated on its
+/// own. `Err` when there are more than [`MAX_BATCH_LINES`] events (found
+/// as soon as line [`MAX_BATCH_LINES`]` + 1` is: the rest is not read).
+pub fn parse_batch(
+    body: &[u8],
+    config: &Config,
+    now: DateTime<Utc>,
+) -> Result<Vec<BatchLine>, TooManyLines> {
+    let lines = body
+        .split(|b| *b == b'\n')
+        .enumerate()
+        .map(|(i, line)| (i + 1, line.strip_suffix(b"\r").unwrap_or(line)))
+        .filter(|(_, line)| !line.iter().all(|b| b.is_ascii_whitespace()));
+    let mut out = Vec::new();
+    for (n, line) in lines {
+        if out.len() == MAX_BATCH_LINES {
+            return Err(TooManyLines);
+        }
+        let event =
+            parse(line).and_then(|input| validate(input, config, now).map_err(|e| (422, e)));
+        out.push((n, event));
+    }
+    Ok(out)
+}
+
+/// A batch of more than [`MAX_BATCH_LINES`] events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the batch has more than {MAX_BATCH_LINES} events; split it (nothing was stored)")]
+pub struct TooManyLines;
+
 /// Normalises a parsed event against the config: type defaults, times, key.
 pub fn validate(
     input: EventInput,

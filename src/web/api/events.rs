@@ -77,59 +77,39 @@ pub async fn post_event(
     }
 }
 
-/// The most events one batch may carry. A batch is answered line by line,
-/// so its answer grows with its lines, not with its bytes: this bounds
-/// both (a megabyte of one-character lines would otherwise cost a
-/// 60-megabyte answer).
-pub const MAX_BATCH_LINES: usize = 1000;
-
 /// The longest error message one answer line carries.
 const MAX_LINE_MESSAGE: usize = 200;
 
 /// `POST /v1/events/batch` (scope `events:write`): NDJSON in, one NDJSON
 /// answer line per non-empty input line, in order. Valid lines are stored
 /// in one transaction; a bad line is answered with its error and stores
-/// nothing, without affecting the others. More than [`MAX_BATCH_LINES`]
-/// events: 413, and nothing is stored.
+/// nothing, without affecting the others. More than
+/// [`ingest::MAX_BATCH_LINES`] events: 413, and nothing is stored.
 pub async fn post_batch(
     State(st): State<AppState>,
     caller: Caller,
     body: Bytes,
 ) -> Result<impl IntoResponse, AppError> {
     caller.require(Scope::EventsWrite)?;
-    let now = st.clock.now();
-    let lines = body
-        .split(|b| *b == b'\n')
-        .filter(|l| !l.iter().all(|b| b.is_ascii_whitespace()))
-        .count();
-    if lines > MAX_BATCH_LINES {
-        return Err(AppError::TooLarge {
+    let lines =
+        ingest::parse_batch(&body, &st.config, st.clock.now()).map_err(|e| AppError::TooLarge {
             code: "batch_too_large",
-            message: format!(
-                "the batch has {lines} events; at most {MAX_BATCH_LINES} are taken in one request, so split it (nothing was stored)"
-            ),
-        });
-    }
-    let mut answers: Vec<Value> = Vec::with_capacity(lines);
+            message: e.to_string(),
+        })?;
+    let mut answers: Vec<Value> = Vec::with_capacity(lines.len());
     let mut events: Vec<Event> = Vec::new();
     let mut slots: Vec<usize> = Vec::new();
-    for (i, line) in body.split(|b| *b == b'\n').enumerate() {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if line.iter().all(|b| b.is_ascii_whitespace()) {
-            continue;
-        }
-        let parsed = ingest::parse(line)
-            .and_then(|input| ingest::validate(input, &st.config, now).map_err(|e| (422, e)));
+    for (line, parsed) in lines {
         match parsed {
             Ok(ev) => {
                 slots.push(answers.len());
-                answers.push(json!({"line": i + 1}));
+                answers.push(json!({"line": line}));
                 events.push(ev);
             }
             Err((status, e)) => {
                 let message = crate::web::error::excerpt(&e.message, MAX_LINE_MESSAGE);
                 answers.push(
-                    json!({"line": i + 1, "status": status, "error": e.code, "message": message}),
+                    json!({"line": line, "status": status, "error": e.code, "message": message}),
                 );
             }
         }
