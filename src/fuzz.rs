@@ -105,7 +105,8 @@ mod tests {
     /// Every file of every corpus, through its target's checks.
     #[test]
     fn every_fuzz_corpus_replays() {
-        let targets: [(&str, fn(&[u8])); 6] = [
+        type Check = fn(&[u8]);
+        let targets: [(&str, Check); 6] = [
             ("inbound_mail", super::inbound_mail),
             ("key_submission", super::key_submission),
             ("destination_uri", super::destination_uri),
