@@ -9,11 +9,16 @@ use std::time::Duration;
 /// A client for one provider: the timeout, no redirects (a redirect to
 /// somewhere else would carry credentials there), kci's user agent.
 pub fn client(timeout: Duration) -> reqwest::Result<reqwest::Client> {
+    builder(timeout).build()
+}
+
+/// The settings of [`client`], for a channel that adds its own (the
+/// webhook channel's resolver).
+pub fn builder(timeout: Duration) -> reqwest::ClientBuilder {
     reqwest::Client::builder()
         .timeout(timeout)
         .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!("kci/", env!("CARGO_PKG_VERSION")))
-        .build()
 }
 
 /// A request that got no answer: always worth retrying. The URL is left

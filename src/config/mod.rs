@@ -386,6 +386,12 @@ pub struct WebhookConfig {
     /// Allow plain `http://` to hosts other than loopback.
     #[serde(default)]
     pub allow_http: bool,
+    /// Allow webhooks to loopback, private, link-local, unique-local and
+    /// other non-public addresses (the hub's own network). Off: such a
+    /// destination is refused when created, and delivery never connects
+    /// to one, whatever its name resolves to by then.
+    #[serde(default)]
+    pub allow_private: bool,
     /// Give up on one request after this long.
     #[serde(default = "default_webhook_timeout")]
     pub timeout: Span,
@@ -411,6 +417,7 @@ impl Default for WebhookConfig {
         Self {
             secret: None,
             allow_http: false,
+            allow_private: false,
             timeout: default_webhook_timeout(),
             rate: None,
             rotation_overlap: default_rotation_overlap(),

@@ -8,6 +8,10 @@ use std::time::{Duration, Instant};
 
 pub const WEBHOOK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
+/// Webhooks to the test's own receiver, which listens on loopback: the
+/// operator's leave kci needs for that (`allow_private`).
+pub const LOCAL_WEBHOOKS: &str = "[channels.webhook]\nallow_private = true\n";
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .expect("bind")

@@ -666,7 +666,7 @@ async fn follow_link(kci: &Kci, holder: &Gpg, skip: usize) -> serde_json::Value 
 #[tokio::test]
 async fn a_replacement_applies_at_once_with_the_current_holders_proof() {
     let dir = tempfile::tempdir().unwrap();
-    let kci = signing_kci(dir.path(), None, "");
+    let kci = signing_kci(dir.path(), None, LOCAL_WEBHOOKS);
     let writer = kci.token(&["keys:write"]);
     let reader = kci.token(&["directory:read"]);
     let fingerprint =
