@@ -426,6 +426,82 @@ mod tests {
             .unwrap();
     }
 
+    /// A receiver that answers `status` with a body of 50 MB, streamed;
+    /// the bytes it got out, counted.
+    async fn huge_answer(status: u16) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let sent = Arc::new(AtomicUsize::new(0));
+        let counter = sent.clone();
+        let app = axum::Router::new().fallback(move || {
+            let counter = counter.clone();
+            async move {
+                let chunk = bytes::Bytes::from(vec![b'x'; 64 * 1024]);
+                let body = futures_util::stream::iter((0..800).map(move |_| {
+                    counter.fetch_add(chunk.len(), Ordering::Relaxed);
+                    Ok::<_, std::io::Error>(chunk.clone())
+                }));
+                (
+                    axum::http::StatusCode::from_u16(status).unwrap(),
+                    axum::body::Body::from_stream(body),
+                )
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (url, sent)
+    }
+
+    #[tokio::test]
+    async fn a_receiver_answering_50_mb_costs_kci_nothing() {
+        use std::sync::atomic::Ordering;
+        const FIFTY_MB: usize = 800 * 64 * 1024;
+        let ch = WebhookChannel::from_config(&WebhookConfig {
+            allow_private: true,
+            ..Default::default()
+        })
+        .unwrap();
+        let now = chrono::Utc::now();
+        for status in [200, 500] {
+            let (url, sent) = huge_answer(status).await;
+            let out = crate::channels::testkit::outgoing(&url, "Line down", "Line down");
+            let finish = match ch.deliver(&out).await {
+                Ok(receipt) => {
+                    let words = receipt.detail.clone().unwrap_or_default();
+                    assert!(words.len() <= 64 * 1024 + 16, "read {} bytes", words.len());
+                    crate::store::Finish::Sent { at: now, receipt }
+                }
+                Err(e) => {
+                    assert!(e.is_transient(), "{e}");
+                    crate::store::Finish::Retry {
+                        at: now,
+                        due_at: now,
+                        detail: e.to_string(),
+                    }
+                }
+            };
+            // kci stopped reading long before the end (what the receiver
+            // got out is what sits in the sockets' buffers).
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            let out = sent.load(Ordering::Relaxed);
+            assert!(
+                out < FIFTY_MB / 2,
+                "HTTP {status}: the receiver got {out} bytes out"
+            );
+            // And what the store keeps is an excerpt.
+            let kept = crate::store::codec::finish_row(&finish).detail.unwrap();
+            assert!(
+                kept.chars().count() <= crate::channels::MAX_DETAIL,
+                "{kept}"
+            );
+            assert!(
+                kept.starts_with(&format!("HTTP {status}"))
+                    || kept.contains(&format!("HTTP {status}")),
+                "{kept}"
+            );
+        }
+    }
+
     #[test]
     fn new_secrets_are_valid_and_distinct() {
         let (a, b) = (new_secret(), new_secret());
