@@ -36,6 +36,8 @@ pub enum AppError {
         code: &'static str,
         message: String,
     },
+    /// 408: the request took longer than `[server] request_timeout`.
+    Timeout,
     /// 500/503: kci's own trouble; detail is logged, not answered.
     Internal(String),
 }
@@ -83,6 +85,11 @@ impl IntoResponse for AppError {
                 format!("`{header}` is missing or does not match this request"),
             ),
             AppError::Conflict { code, message } => (StatusCode::CONFLICT, code, message),
+            AppError::Timeout => (
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                "the request took longer than this hub allows ([server] request_timeout); it may or may not have taken effect: check before sending it again".to_string(),
+            ),
             AppError::Internal(detail) => {
                 tracing::error!(%detail, "internal error");
                 (
