@@ -298,3 +298,108 @@ async fn a_request_in_flight_at_shutdown_is_answered() {
     let status = kci.wait_exit(10).expect("kci exits after the request");
     assert!(status.success(), "{status:?}");
 }
+
+/// `kci keys generate` for `from` in `dir`: the secret key's file and the
+/// public key, armored (kci's own key generator makes a customer's key
+/// here as well as the operator's).
+fn generate_key(dir: &std::path::Path, name: &str, from: &str) -> (std::path::PathBuf, String) {
+    let config = dir.join(format!("{name}.toml"));
+    std::fs::write(&config, format!("[email]\nfrom = \"{from}\"\n")).unwrap();
+    let out = dir.join(format!("{name}.asc"));
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_kci"))
+        .args(["keys", "generate", "--config"])
+        .arg(&config)
+        .arg("--out")
+        .arg(&out)
+        .env("KCI_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(run.status.success());
+    let stdout = String::from_utf8(run.stdout).unwrap();
+    let start = stdout.find("-----BEGIN PGP PUBLIC KEY BLOCK-----").unwrap();
+    (out, stdout[start..].trim().to_string())
+}
+
+/// One message through an SMTP session at `port`: kci's answer to it.
+async fn smtp_reply(port: u16, mail: &str) -> String {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let (r, mut w) = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap()
+        .into_split();
+    let mut r = BufReader::new(r);
+    let mut line = String::new();
+    let mut expect = async |r: &mut BufReader<_>, code: &str| {
+        loop {
+            line.clear();
+            r.read_line(&mut line).await.unwrap();
+            assert!(line.starts_with(code), "{code}: {line}");
+            if line.as_bytes().get(3) != Some(&b'-') {
+                return line.trim_end().to_string();
+            }
+        }
+    };
+    expect(&mut r, "220").await;
+    for (command, code) in [
+        ("EHLO client.example", "250"),
+        ("MAIL FROM:<alice@example.com>", "250"),
+        ("RCPT TO:<keys@isp.example>", "250"),
+        ("DATA", "354"),
+    ] {
+        w.write_all(format!("{command}\r\n").as_bytes())
+            .await
+            .unwrap();
+        expect(&mut r, code).await;
+    }
+    let body = mail.replace("\r\n", "\n").replace('\n', "\r\n");
+    w.write_all(format!("{body}\r\n.\r\n").as_bytes())
+        .await
+        .unwrap();
+    line.clear();
+    r.read_line(&mut line).await.unwrap();
+    let reply = line.trim_end().to_string();
+    w.write_all(b"QUIT\r\n").await.unwrap();
+    reply
+}
+
+#[tokio::test]
+async fn the_smtp_listener_tells_a_submitter_nothing_about_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let (operator, _) = generate_key(dir.path(), "operator", "Example ISP <kci@isp.example>");
+    let (_, alice) = generate_key(dir.path(), "alice", "Alice <alice@example.com>");
+    let port = free_port();
+    let kci = Kci::start_full(
+        None,
+        "",
+        &format!("signing_key = \"{}\"\n", operator.display()),
+        &format!(
+            "[keys]\nsubmission_address = \"keys@isp.example\"\nsmtp_listen = \"127.0.0.1:{port}\"\n"
+        ),
+    );
+    wait_for_port(port, "kci's SMTP listener");
+    let mail = |text: &str| {
+        format!(
+            "From: Alice <alice@example.com>\nTo: keys@isp.example\nSubject: my key\n\n{text}\n"
+        )
+    };
+    // A key registered (pending, confirmation sent), a mail without one
+    // (refused, the sender told why): the same answer to whoever sends.
+    let registered = smtp_reply(port, &mail(&alice)).await;
+    let refused = smtp_reply(port, &mail("Here is my key.")).await;
+    for reply in [&registered, &refused] {
+        assert_eq!(
+            reply,
+            "250 2.0.0 received; the address's owner is told by mail"
+        );
+    }
+    // What happened goes to the address: the confirmation, encrypted to
+    // the key, and the refusal.
+    eventually(10, "the two mails to alice", || async {
+        let out = kci.outbox();
+        (out.iter().any(|m| m.contains("multipart/encrypted")) && out.len() >= 2).then_some(())
+    })
+    .await;
+    // A mail kci cannot read at all is still bounced with what is wrong.
+    let unreadable = smtp_reply(port, "no headers at all, no sender").await;
+    assert!(unreadable.starts_with("554 5.6.0 "), "{unreadable}");
+}
