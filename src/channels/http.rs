@@ -1,19 +1,53 @@
 //! What HTTP-based channels share: one client per channel with a timeout,
 //! and one reading of a provider's answer — 2xx delivered; 429, 408 and
 //! 5xx worth retrying (honouring `Retry-After`); other 4xx refused for
-//! good — so every HTTP channel retries the same way.
+//! good — so every HTTP channel retries the same way. Whatever a provider
+//! answers, kci reads at most [`MAX_ANSWER`] bytes of it.
 
 use super::DeliveryError;
 use std::time::Duration;
 
+/// The most of a provider's answer kci reads; the rest is left unread
+/// (a receiver answering 50 MB costs kci 64 KiB).
+pub const MAX_ANSWER: usize = 64 * 1024;
+
 /// A client for one provider: the timeout, no redirects (a redirect to
 /// somewhere else would carry credentials there), kci's user agent.
 pub fn client(timeout: Duration) -> reqwest::Result<reqwest::Client> {
+    builder(timeout).build()
+}
+
+/// The settings of [`client`], for a channel that adds its own (the
+/// webhook channel's resolver).
+pub fn builder(timeout: Duration) -> reqwest::ClientBuilder {
     reqwest::Client::builder()
         .timeout(timeout)
         .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!("kci/", env!("CARGO_PKG_VERSION")))
-        .build()
+}
+
+/// The body of a provider's answer, at most `limit` bytes of it, read
+/// chunk by chunk; the rest is never read. A body that breaks off gives
+/// what came before.
+pub async fn read_capped(mut resp: reqwest::Response, limit: usize) -> Vec<u8> {
+    let mut body = Vec::new();
+    while body.len() < limit {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => {
+                let room = limit - body.len();
+                body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+    body
+}
+
+/// The body of a provider's answer as text (lossy), at most
+/// [`MAX_ANSWER`] bytes of it.
+pub async fn text(resp: reqwest::Response) -> String {
+    let body = read_capped(resp, MAX_ANSWER).await;
+    String::from_utf8_lossy(&body).into_owned()
 }
 
 /// A request that got no answer: always worth retrying. The URL is left
@@ -56,7 +90,7 @@ pub fn error_body<T: serde::de::DeserializeOwned>(e: &DeliveryError) -> Option<(
 pub async fn answer(resp: reqwest::Response) -> Result<(u16, String), DeliveryError> {
     let status = resp.status();
     let after = retry_after(resp.headers());
-    let text = resp.text().await.unwrap_or_default();
+    let text = text(resp).await;
     if status.is_success() {
         return Ok((status.as_u16(), text));
     }

@@ -61,6 +61,16 @@ impl Outgoing {
     }
 }
 
+/// The longest `detail` kept on a notification, in characters: the
+/// provider's words are for a person reading why, not a copy of its page.
+pub const MAX_DETAIL: usize = 300;
+
+/// The provider's `words` as a notification keeps them: at most
+/// [`MAX_DETAIL`] characters.
+pub fn excerpt(words: &str) -> String {
+    crate::model::excerpt(words, MAX_DETAIL)
+}
+
 /// What the provider said when it accepted a message.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Receipt {
@@ -169,7 +179,8 @@ impl DeliveryError {
         }
     }
 
-    /// The provider's own words.
+    /// The provider's own words (in full: the store keeps an
+    /// [`excerpt`]).
     pub fn detail(&self) -> &str {
         match self {
             DeliveryError::Transient { detail, .. } | DeliveryError::Permanent { detail, .. } => {
@@ -203,6 +214,24 @@ pub trait Channel: Send + Sync {
     /// Whether the provider is reachable, for `/healthz`.
     async fn healthcheck(&self) -> Result<(), String> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod excerpt_tests {
+    use super::*;
+
+    #[test]
+    fn excerpts_are_short_and_cut_on_characters() {
+        assert_eq!(excerpt("HTTP 200 ok"), "HTTP 200 ok");
+        let exact = "é".repeat(MAX_DETAIL);
+        assert_eq!(excerpt(&exact), exact);
+        let long = "é".repeat(MAX_DETAIL + 1);
+        let cut = excerpt(&long);
+        assert_eq!(cut.chars().count(), MAX_DETAIL);
+        assert!(cut.ends_with('…'));
+        assert!(long.starts_with(cut.trim_end_matches('…')));
+        assert_eq!(excerpt(""), "");
     }
 }
 

@@ -90,9 +90,13 @@ pub async fn run(arg: ConfigArg) -> anyhow::Result<ExitCode> {
         signal.trigger();
     });
     let until = shutdown.clone();
-    axum::serve(listener, crate::web::router(state))
-        .with_graceful_shutdown(async move { until.wait().await })
-        .await?;
+    crate::web::serve::serve(
+        listener,
+        crate::web::router(state),
+        crate::web::serve::Limits::from_config(&config.server),
+        async move { until.wait().await },
+    )
+    .await;
     let _ = worker.await;
     Ok(ExitCode::SUCCESS)
 }

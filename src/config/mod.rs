@@ -197,6 +197,22 @@ pub struct ServerConfig {
     /// accounts ("read it in your portal").
     #[serde(default)]
     pub portal_url: Option<url::Url>,
+    /// Longest a client may take to send a request's headers, and longest
+    /// a kept-alive connection may sit idle before its next request: then
+    /// the connection is closed.
+    #[serde(default = "default_header_timeout")]
+    pub header_timeout: Span,
+    /// Longest a request body may go without a byte arriving: then the
+    /// request is refused and the connection closed.
+    #[serde(default = "default_body_timeout")]
+    pub body_timeout: Span,
+    /// Longest a whole request may take, its body and kci's work
+    /// included: then kci answers 408 and closes the connection.
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout: Span,
+    /// Connections open at once; a new one over this is closed at once.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
 }
 
 impl ServerConfig {
@@ -217,6 +233,22 @@ fn default_body_limit() -> usize {
     16 * 1024 * 1024
 }
 
+fn default_header_timeout() -> Span {
+    Span(std::time::Duration::from_secs(10))
+}
+
+fn default_body_timeout() -> Span {
+    Span(std::time::Duration::from_secs(30))
+}
+
+fn default_request_timeout() -> Span {
+    Span(std::time::Duration::from_secs(60))
+}
+
+fn default_max_connections() -> usize {
+    1024
+}
+
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
@@ -225,6 +257,10 @@ impl Default for ServerConfig {
             public_metrics: false,
             public_url: None,
             portal_url: None,
+            header_timeout: default_header_timeout(),
+            body_timeout: default_body_timeout(),
+            request_timeout: default_request_timeout(),
+            max_connections: default_max_connections(),
         }
     }
 }
@@ -459,6 +495,12 @@ pub struct WebhookConfig {
     /// Allow plain `http://` to hosts other than loopback.
     #[serde(default)]
     pub allow_http: bool,
+    /// Allow webhooks to loopback, private, link-local, unique-local and
+    /// other non-public addresses (the hub's own network). Off: such a
+    /// destination is refused when created, and delivery never connects
+    /// to one, whatever its name resolves to by then.
+    #[serde(default)]
+    pub allow_private: bool,
     /// Give up on one request after this long.
     #[serde(default = "default_webhook_timeout")]
     pub timeout: Span,
@@ -484,6 +526,7 @@ impl Default for WebhookConfig {
         Self {
             secret: None,
             allow_http: false,
+            allow_private: false,
             timeout: default_webhook_timeout(),
             rate: None,
             rotation_overlap: default_rotation_overlap(),
@@ -729,6 +772,18 @@ impl Config {
 
     /// Cross-field checks that serde cannot express. Pure: no I/O.
     pub fn validate(&self) -> Result<(), (String, String)> {
+        for (key, span) in [
+            ("server.header_timeout", self.server.header_timeout),
+            ("server.body_timeout", self.server.body_timeout),
+            ("server.request_timeout", self.server.request_timeout),
+        ] {
+            if span.0.is_zero() {
+                return Err((key.into(), "must be longer than zero".into()));
+            }
+        }
+        if self.server.max_connections == 0 {
+            return Err(("server.max_connections".into(), "must be at least 1".into()));
+        }
         let url = self.store.url.expose();
         if !(url.starts_with("sqlite:")
             || url.starts_with("postgres://")
@@ -948,6 +1003,13 @@ mod tests {
 
         let e = Config::parse("[server]\nlisten = \"x\"\n", "kci.toml").unwrap_err();
         assert_eq!(e.key, "server.listen", "{e}");
+
+        for key in ["header_timeout", "body_timeout", "request_timeout"] {
+            let e = Config::parse(&format!("[server]\n{key} = \"0s\"\n"), "kci.toml").unwrap_err();
+            assert_eq!(e.key, format!("server.{key}"), "{e}");
+        }
+        let e = Config::parse("[server]\nmax_connections = 0\n", "kci.toml").unwrap_err();
+        assert_eq!(e.key, "server.max_connections", "{e}");
 
         let e = Config::parse("[serverr]\n", "kci.toml").unwrap_err();
         assert!(e.message.contains("serverr"), "{e}");

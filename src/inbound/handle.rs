@@ -172,9 +172,15 @@ async fn signed_proof(
     let (Some(signed), Some(active)) = (&submission.signed, store.active_key(from).await?) else {
         return Ok(Ok(None));
     };
-    let Ok(verified) =
-        crate::pgp::verify_signed(&signed.data, Some(&signed.signature), &active.armored, now)
-    else {
+    // Verified as of the latest moment a signature may claim (clock skew):
+    // a signature from a clock a little ahead is still good.
+    let skew = Duration::minutes(SKEW_MINUTES);
+    let Ok(verified) = crate::pgp::verify_signed(
+        &signed.data,
+        Some(&signed.signature),
+        &active.armored,
+        now + skew,
+    ) else {
         return Ok(Ok(None));
     };
     let window = Duration::from_std(config.keys.proof_window.0).unwrap_or(Duration::hours(1));
@@ -183,7 +189,7 @@ async fn signed_proof(
             "the signature carries no creation time; sign a new request".into(),
         ));
     };
-    if signed_at > now + Duration::minutes(SKEW_MINUTES) {
+    if signed_at > now + skew {
         return Ok(Err(format!(
             "the signature claims to be made at {}, in the future; check the clock and sign again",
             crate::model::fmt_time(signed_at)
@@ -204,7 +210,7 @@ async fn signed_proof(
     }
     Ok(Ok(Some(ProofUse {
         hash: proof_hash(&verified.signing_key, signed_at, &signed.data),
-        keep_until: signed_at + window + Duration::minutes(SKEW_MINUTES),
+        keep_until: signed_at + window + skew,
     })))
 }
 

@@ -46,6 +46,16 @@ pub fn new_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }
 
+/// At most `max` characters of `text`, cut on a character boundary and
+/// ending in `…` where cut: what kci keeps or answers of words it did not
+/// write (a provider's answer, a parser's message quoting its input).
+pub fn excerpt(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max.saturating_sub(1)) {
+        Some((cut, _)) if text[cut..].chars().nth(1).is_some() => format!("{}…", &text[..cut]),
+        _ => text.to_string(),
+    }
+}
+
 /// An error from parsing a raw value into a domain type; the message names
 /// what is wrong, the caller adds which field it came from.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

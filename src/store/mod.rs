@@ -632,10 +632,11 @@ pub(crate) mod codec {
         format!("{column} = {param}{own} AND {}", waiting(""))
     }
 
-    /// What a receipt writes as the notification's detail.
+    /// What a receipt writes as the notification's detail: an excerpt
+    /// of the provider's words.
     pub fn receipt_detail(r: &crate::channels::Report) -> String {
         match &r.detail {
-            Some(words) => format!("{}: {words}", r.status.as_str()),
+            Some(words) => crate::channels::excerpt(&format!("{}: {words}", r.status.as_str())),
             None => r.status.as_str().to_string(),
         }
     }
@@ -734,9 +735,12 @@ pub(crate) mod codec {
         }
     }
 
+    /// Every outcome of a delivery passes here, so this is where the
+    /// provider's words are cut to an excerpt
+    /// ([`crate::channels::MAX_DETAIL`] characters) whatever the channel.
     pub fn finish_row(f: &Finish) -> FinishRow {
         use crate::model::to_millis;
-        match f {
+        let row = match f {
             Finish::Sent { at, receipt } => FinishRow {
                 state: State::Sent,
                 reason: None,
@@ -801,6 +805,10 @@ pub(crate) mod codec {
                 attempts_delta: 0,
                 ..FinishRow::none()
             },
+        };
+        FinishRow {
+            detail: row.detail.as_deref().map(crate::channels::excerpt),
+            ..row
         }
     }
 }

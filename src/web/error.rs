@@ -47,6 +47,8 @@ pub enum AppError {
         message: String,
         retry_after: Option<std::time::Duration>,
     },
+    /// 408: the request took longer than `[server] request_timeout`.
+    Timeout,
     /// 500/503: kci's own trouble; detail is logged, not answered.
     Internal(String),
 }
@@ -106,6 +108,11 @@ impl IntoResponse for AppError {
             AppError::TooMany { code, message, .. } => {
                 (StatusCode::TOO_MANY_REQUESTS, code, message)
             }
+            AppError::Timeout => (
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                "the request took longer than this hub allows ([server] request_timeout); it may or may not have taken effect: check before sending it again".to_string(),
+            ),
             AppError::Internal(detail) => {
                 tracing::error!(%detail, "internal error");
                 (
@@ -116,7 +123,7 @@ impl IntoResponse for AppError {
                 )
             }
         };
-        let message = excerpt(&message, MAX_MESSAGE);
+        let message = crate::model::excerpt(&message, MAX_MESSAGE);
         let mut resp = (
             status,
             Json(serde_json::json!({"error": code, "message": message})),
@@ -138,24 +145,19 @@ impl IntoResponse for AppError {
     }
 }
 
-/// At most `max` characters of `text`, cut on a character boundary with
-/// an ellipsis.
-pub fn excerpt(text: &str, max: usize) -> String {
-    match text.char_indices().nth(max) {
-        Some((cut, _)) => format!("{}…", &text[..cut]),
-        None => text.to_string(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn error_answers_are_short_and_say_when_to_come_back() {
+    #[tokio::test]
+    async fn error_answers_are_short_and_say_when_to_come_back() {
         let long = "x".repeat(100_000);
         let resp = AppError::invalid("invalid_field", "body", &long).into_response();
         assert_eq!(resp.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        assert!(body.len() < MAX_MESSAGE + 100, "{}", body.len());
         let resp = AppError::TooMany {
             code: "rate_limited",
             message: "later".into(),
@@ -164,7 +166,5 @@ mod tests {
         .into_response();
         assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(resp.headers()["retry-after"], "2");
-        assert_eq!(excerpt("héllo", 2), "hé…");
-        assert_eq!(excerpt("hé", 2), "hé");
     }
 }

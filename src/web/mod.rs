@@ -1,9 +1,11 @@
 //! HTTP: the API for source systems (`api/`), one [`AppError`] type for
-//! every error answer, and bearer-token authentication with scopes.
+//! every error answer, bearer-token authentication with scopes, and the
+//! server that runs it all within limits (`serve`).
 
 pub mod api;
 mod auth;
 pub mod error;
+pub mod serve;
 pub mod wkd;
 
 pub use auth::{Caller, hash_token, new_token};

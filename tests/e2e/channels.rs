@@ -47,7 +47,7 @@ async fn a_webhook_destination_gets_its_own_secret_and_rotates_it_with_an_overla
     let hooks = WebhookReceiver::start().await;
     let kci = Kci::start(
         None,
-        &format!("[channels.webhook]\nsecret = \"{WEBHOOK_SECRET}\"\n"),
+        &format!("{LOCAL_WEBHOOKS}secret = \"{WEBHOOK_SECRET}\"\n"),
     );
     let admin = kci.token(&["directory:admin", "directory:write"]);
     let source = kci.token(&["events:write"]);
@@ -132,7 +132,7 @@ async fn a_webhook_destination_gets_its_own_secret_and_rotates_it_with_an_overla
 #[tokio::test]
 async fn refusals_in_a_row_mark_a_destination_unhealthy_and_the_contact_is_told_elsewhere() {
     let hooks = WebhookReceiver::start().await;
-    let kci = Kci::start(None, "unhealthy_after = 2\n");
+    let kci = Kci::start(None, &format!("unhealthy_after = 2\n{LOCAL_WEBHOOKS}"));
     let admin = kci.token(&["directory:admin", "directory:write", "directory:read"]);
     let source = kci.token(&["events:write", "events:read"]);
     let hook = kci
@@ -450,7 +450,7 @@ async fn a_paranoid_account_gets_content_free_notices_where_content_could_leak()
     let kci = Kci::start_with(
         None,
         "portal_url = \"https://my.isp.example/messages\"\n",
-        "",
+        LOCAL_WEBHOOKS,
     );
     let admin = kci.token(&["directory:admin", "directory:write"]);
     let source = kci.token(&["events:write"]);

@@ -8,6 +8,10 @@ use std::time::{Duration, Instant};
 
 pub const WEBHOOK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
+/// Webhooks to the test's own receiver, which listens on loopback: the
+/// operator's leave kci needs for that (`allow_private`).
+pub const LOCAL_WEBHOOKS: &str = "[channels.webhook]\nallow_private = true\n";
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .expect("bind")
@@ -255,6 +259,30 @@ impl Kci {
             .expect("spawn kci");
         self.child = Some(child);
         wait_for_port(self.port, "kci");
+    }
+
+    /// `kill -TERM`: kci shuts down gracefully.
+    pub fn terminate(&self) {
+        let pid = self.child.as_ref().expect("kci is running").id();
+        let status = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    /// Waits up to `secs` for kci to exit; its exit status, if it did.
+    pub fn wait_exit(&mut self, secs: u64) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        let child = self.child.as_mut()?;
+        while Instant::now() < deadline {
+            if let Some(status) = child.try_wait().ok().flatten() {
+                self.child = None;
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
     }
 
     /// `kill -9`.

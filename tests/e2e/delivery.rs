@@ -33,7 +33,7 @@ async fn event_to_mail_and_signed_webhook() {
     let hooks = WebhookReceiver::start().await;
     let kci = Kci::start(
         Some(smtp.port),
-        &format!("[channels.webhook]\nsecret = \"{WEBHOOK_SECRET}\"\n"),
+        &format!("{LOCAL_WEBHOOKS}secret = \"{WEBHOOK_SECRET}\"\n"),
     );
     let admin = kci.token(&["directory:admin"]);
     let source = kci.token(&["events:write", "events:read"]);
@@ -153,7 +153,7 @@ async fn event_to_mail_and_signed_webhook() {
 #[tokio::test]
 async fn transient_failures_retry_and_permanent_ones_fail_with_the_providers_words() {
     let hooks = WebhookReceiver::start().await;
-    let kci = Kci::start(None, "");
+    let kci = Kci::start(None, LOCAL_WEBHOOKS);
     let admin = kci.token(&["admin"]);
     kci.customer(
         &admin,

@@ -99,6 +99,8 @@ impl Providers {
             r#"
 [channels.webhook]
 timeout = "10s"
+# The stand-in receiver listens on loopback.
+allow_private = true
 [channels.ntfy]
 url = "{ntfy}"
 [channels.signal]

@@ -11,5 +11,6 @@ mod crash;
 mod delivery;
 #[allow(dead_code)] // the benchmark reads figures the test does not
 mod load_scenario;
+mod net;
 mod secure_mail;
 mod simulate;

@@ -715,7 +715,7 @@ async fn a_replacement_applies_at_once_with_the_current_holders_proof() {
     let kci = signing_kci(
         dir.path(),
         None,
-        "[keys]\nsubmissions_per_address = \"20/1h\"\n",
+        &format!("{LOCAL_WEBHOOKS}[keys]\nsubmissions_per_address = \"20/1h\"\n"),
     );
     let writer = kci.token(&["keys:write"]);
     let reader = kci.token(&["directory:read"]);

@@ -573,6 +573,14 @@ fn webhook(u: &AppriseUrl) -> Mapped {
             "plain http:// to another host needs [channels.webhook] allow_http = true".into(),
         );
     }
+    if let DestinationUri::Webhook(url) = &d
+        && crate::channels::webhook::target::names_private(url)
+    {
+        notes.push(
+            "a webhook to loopback or a private address needs [channels.webhook] allow_private = true"
+                .into(),
+        );
+    }
     notes.extend(unknown_note(u, &["method"]));
     Ok(Imported::Native {
         service: "webhook",
@@ -1167,6 +1175,18 @@ mod tests {
             assert_eq!(s, section, "{line}");
             assert_eq!(set, settings, "{line}");
         }
+    }
+
+    #[test]
+    fn a_webhook_into_the_local_network_is_noted_as_needing_allow_private() {
+        let notes = |line: &str| match one(line) {
+            Imported::Native { notes, .. } => notes.join("\n"),
+            other => panic!("{other:?}"),
+        };
+        for line in ["json://localhost:8080/hook", "jsons://10.1.2.3/hook"] {
+            assert!(notes(line).contains("allow_private = true"), "{line}");
+        }
+        assert!(!notes("jsons://hooks.example.com/kci").contains("allow_private"));
     }
 
     #[test]

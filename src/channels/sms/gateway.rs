@@ -238,8 +238,7 @@ impl Gateway {
         let (status, answer) = if self.cfg.success_status.is_empty() {
             crate::channels::http::answer(resp).await?
         } else if self.cfg.success_status.contains(&status) {
-            let text = resp.text().await.unwrap_or_default();
-            (status, text)
+            (status, crate::channels::http::text(resp).await)
         } else {
             // Not a listed success: classified like any HTTP answer, and a
             // 2xx outside the list is a refusal.

@@ -215,7 +215,7 @@ pub async fn add_destination(
         return Err(AppError::invalid(
             "invalid_uri",
             "uri",
-            "plain http:// is only allowed to loopback; use https:// (or set [channels.webhook] allow_http)",
+            "plain http:// is only allowed to loopback (with [channels.webhook] allow_private); use https:// (or set [channels.webhook] allow_http)",
         ));
     }
     if let Some(channel) = st.channels.get(kind)

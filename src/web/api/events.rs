@@ -107,7 +107,7 @@ pub async fn post_batch(
                 events.push(ev);
             }
             Err((status, e)) => {
-                let message = crate::web::error::excerpt(&e.message, MAX_LINE_MESSAGE);
+                let message = crate::model::excerpt(&e.message, MAX_LINE_MESSAGE);
                 answers.push(
                     json!({"line": line, "status": status, "error": e.code, "message": message}),
                 );
@@ -138,7 +138,7 @@ pub async fn post_batch(
             IngestOutcome::Rejected(r) => {
                 a["status"] = 422.into();
                 a["error"] = r.code.into();
-                a["message"] = crate::web::error::excerpt(&r.message, MAX_LINE_MESSAGE).into();
+                a["message"] = crate::model::excerpt(&r.message, MAX_LINE_MESSAGE).into();
             }
         }
     }

@@ -1,0 +1,405 @@
+//! kci facing the network: webhooks that would reach into the hub's own
+//! network, clients that would hold its listeners, and what its SMTP
+//! listener tells a submitter.
+
+use crate::common::*;
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+#[tokio::test]
+async fn a_webhook_cannot_point_at_the_hubs_own_network() {
+    // A real service on this machine's loopback, which must stay unreached.
+    let inside = WebhookReceiver::start().await;
+    let kci = Kci::start(None, "");
+    let admin = kci.token(&["directory:admin", "directory:write", "directory:read"]);
+    let (s, _) = kci
+        .call("PUT", "/v1/accounts/A1", Some(&admin), Some("{}"))
+        .await;
+    assert_eq!(s, 201);
+    let (s, _) = kci
+        .call(
+            "PUT",
+            "/v1/accounts/A1/contacts/mallory",
+            Some(&admin),
+            Some("{}"),
+        )
+        .await;
+    assert_eq!(s, 201);
+    for uri in [
+        inside.url.as_str(),
+        "https://127.0.0.1/hook",
+        "https://10.0.0.5/hook",
+        "https://172.16.3.4/hook",
+        "https://192.168.1.1/admin",
+        "https://[::1]/hook",
+        "https://169.254.169.254/latest/meta-data/",
+        "https://100.64.0.1/hook",
+        "https://[fd00::1]/hook",
+        "https://[fe80::1]/hook",
+        "https://[::ffff:127.0.0.1]/hook",
+        "https://2130706433/hook",
+        "https://0.0.0.0/hook",
+        "https://localhost/hook",
+        "https://localhost./hook",
+        "https://db.localhost/hook",
+    ] {
+        for verified in [false, true] {
+            let (s, v) = kci
+                .add_destination(
+                    &admin,
+                    "A1",
+                    "mallory",
+                    &json!({"uri": uri, "verified": verified}).to_string(),
+                )
+                .await;
+            assert_eq!((s, &v["error"]), (422, &json!("invalid_uri")), "{uri}: {v}");
+            let message = v["message"].as_str().unwrap_or_default();
+            assert!(
+                message.starts_with("uri:") && message.contains("[channels.webhook] allow_private"),
+                "{uri}: {message}"
+            );
+        }
+    }
+    let (_, account) = kci.call("GET", "/v1/accounts/A1", Some(&admin), None).await;
+    assert_eq!(
+        account["contacts"][0]["destinations"],
+        json!([]),
+        "{account}"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(inside.hooks().is_empty(), "no verification code went in");
+
+    // The operator who runs receivers on its own network says so.
+    let kci = Kci::start(None, LOCAL_WEBHOOKS);
+    let admin = kci.token(&["directory:admin", "directory:write"]);
+    kci.customer(&admin, "A1", "ops", json!({"uri": inside.url}))
+        .await;
+    eventually(
+        10,
+        "the verification code on the local receiver",
+        || async { (!inside.hooks().is_empty()).then_some(()) },
+    )
+    .await;
+}
+
+/// Reads from `stream` until it is closed (or `within` passes); what came.
+async fn until_closed(
+    stream: &mut (impl tokio::io::AsyncRead + Unpin),
+    within: Duration,
+) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(within, async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    read.ok()
+        .map(|()| String::from_utf8_lossy(&got).into_owned())
+}
+
+async fn connect(kci: &Kci) -> tokio::net::TcpStream {
+    tokio::net::TcpStream::connect(("127.0.0.1", kci.port))
+        .await
+        .unwrap()
+}
+
+/// A client that keeps no connection open between requests.
+fn one_shot() -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap()
+}
+
+async fn healthz(kci: &Kci) -> Result<u16, reqwest::Error> {
+    let resp = one_shot()
+        .get(format!("{}/healthz", kci.base))
+        .send()
+        .await?;
+    Ok(resp.status().as_u16())
+}
+
+#[tokio::test]
+async fn a_slow_client_cannot_hold_the_http_server() {
+    use tokio::io::AsyncWriteExt;
+    let kci = Kci::start_with(None, "header_timeout = \"1s\"\n", "");
+    // Half a request line, then nothing; a connection that never speaks;
+    // and one that asks once and then sits on the kept-alive connection.
+    let started = Instant::now();
+    let mut half = connect(&kci).await;
+    half.write_all(b"GET /healthz HTTP/1.1\r\nHost: kc")
+        .await
+        .unwrap();
+    let mut silent = connect(&kci).await;
+    let mut idle = connect(&kci).await;
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: kci\r\n\r\n")
+        .await
+        .unwrap();
+    // Meanwhile everyone else is served.
+    assert_eq!(healthz(&kci).await.unwrap(), 200);
+    for (name, stream) in [
+        ("half", &mut half),
+        ("silent", &mut silent),
+        ("idle", &mut idle),
+    ] {
+        let got = until_closed(stream, Duration::from_secs(5))
+            .await
+            .unwrap_or_else(|| panic!("the {name} client is still connected"));
+        if name == "idle" {
+            assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+        } else {
+            assert!(!got.contains("200"), "{name}: {got}");
+        }
+    }
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(4),
+        "{took:?}"
+    );
+    assert_eq!(healthz(&kci).await.unwrap(), 200);
+}
+
+#[tokio::test]
+async fn a_trickled_body_times_out() {
+    use tokio::io::AsyncWriteExt;
+    let kci = Kci::start_with(
+        None,
+        "body_timeout = \"1s\"\nrequest_timeout = \"3s\"\n",
+        "",
+    );
+    let token = kci.token(&["events:write", "events:read", "directory:write"]);
+    let (s, _) = kci
+        .call("PUT", "/v1/accounts/A1", Some(&token), Some("{}"))
+        .await;
+    assert_eq!(s, 201);
+    let event =
+        |id: &str| format!(r#"{{"id":"{id}","type":"line.down","account":"A1","service":"L1"}}"#);
+    let head = |body: &str| {
+        format!(
+            "POST /v1/events HTTP/1.1\r\nHost: kci\r\nAuthorization: Bearer {token}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+    };
+
+    // A body that stops half way: refused once it has been silent for
+    // body_timeout, and the connection closed.
+    let body = event("stalled");
+    let mut stalled = connect(&kci).await;
+    stalled
+        .write_all(format!("{}{}", head(&body), &body[..10]).as_bytes())
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let got = until_closed(&mut stalled, Duration::from_secs(5))
+        .await
+        .expect("the stalled request is ended");
+    let took = started.elapsed();
+    assert!(got.starts_with("HTTP/1.1 4"), "{got}");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+
+    // A body trickled a byte at a time, never silent for long: the whole
+    // request still ends at request_timeout, with the JSON error answer.
+    let body = event("trickled");
+    let (mut answer, mut trickle) = connect(&kci).await.into_split();
+    trickle.write_all(head(&body).as_bytes()).await.unwrap();
+    let started = Instant::now();
+    let writer = tokio::spawn(async move {
+        for b in body.as_bytes() {
+            if trickle.write_all(&[*b]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    });
+    // The answer comes, and the connection ends, while the client is
+    // still writing (the body would take 20 s at this pace).
+    let got = until_closed(&mut answer, Duration::from_secs(8))
+        .await
+        .expect("the trickled request is ended");
+    let took = started.elapsed();
+    writer.abort();
+    assert!(got.starts_with("HTTP/1.1 408"), "{got}");
+    assert!(got.contains(r#""error":"request_timeout""#), "{got}");
+    assert!(
+        took >= Duration::from_millis(2900) && took < Duration::from_secs(6),
+        "{took:?}"
+    );
+
+    // Neither was taken.
+    for id in ["stalled", "trickled"] {
+        let (s, _) = kci
+            .call("GET", &format!("/v1/events/{id}"), Some(&token), None)
+            .await;
+        assert_eq!(s, 404, "{id}");
+    }
+}
+
+#[tokio::test]
+async fn connections_over_the_cap_are_refused() {
+    let kci = Kci::start_with(None, "max_connections = 3\n", "");
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(connect(&kci).await);
+    }
+    // Each held connection is being served (its header timer running).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut over = connect(&kci).await;
+    let got = until_closed(&mut over, Duration::from_secs(2))
+        .await
+        .expect("a connection over the cap is closed at once");
+    assert_eq!(got, "");
+    assert!(healthz(&kci).await.is_err(), "no request over the cap");
+    // One goes, and the next client is served.
+    held.pop();
+    eventually(5, "a free connection", || async {
+        healthz(&kci).await.ok().filter(|s| *s == 200)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_request_in_flight_at_shutdown_is_answered() {
+    use tokio::io::AsyncWriteExt;
+    let mut kci = Kci::start(None, "");
+    let token = kci.token(&["directory:write"]);
+    let body = r#"{"name":"Alice Ltd"}"#;
+    let mut client = connect(&kci).await;
+    client
+        .write_all(
+            format!(
+                "PUT /v1/accounts/A1 HTTP/1.1\r\nHost: kci\r\nAuthorization: Bearer {token}\r\n\
+                 Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{}",
+                body.len(),
+                &body[..5]
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    kci.terminate();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    client.write_all(&body.as_bytes()[5..]).await.unwrap();
+    let got = until_closed(&mut client, Duration::from_secs(5))
+        .await
+        .unwrap_or_default();
+    assert!(got.starts_with("HTTP/1.1 201"), "{got}");
+    let status = kci.wait_exit(10).expect("kci exits after the request");
+    assert!(status.success(), "{status:?}");
+}
+
+/// `kci keys generate` for `from` in `dir`: the secret key's file and the
+/// public key, armored (kci's own key generator makes a customer's key
+/// here as well as the operator's).
+fn generate_key(dir: &std::path::Path, name: &str, from: &str) -> (std::path::PathBuf, String) {
+    let config = dir.join(format!("{name}.toml"));
+    std::fs::write(&config, format!("[email]\nfrom = \"{from}\"\n")).unwrap();
+    let out = dir.join(format!("{name}.asc"));
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_kci"))
+        .args(["keys", "generate", "--config"])
+        .arg(&config)
+        .arg("--out")
+        .arg(&out)
+        .env("KCI_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(run.status.success());
+    let stdout = String::from_utf8(run.stdout).unwrap();
+    let start = stdout.find("-----BEGIN PGP PUBLIC KEY BLOCK-----").unwrap();
+    (out, stdout[start..].trim().to_string())
+}
+
+/// One message through an SMTP session at `port`: kci's answer to it.
+async fn smtp_reply(port: u16, mail: &str) -> String {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let (r, mut w) = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap()
+        .into_split();
+    let mut r = BufReader::new(r);
+    let mut line = String::new();
+    let mut expect = async |r: &mut BufReader<_>, code: &str| {
+        loop {
+            line.clear();
+            r.read_line(&mut line).await.unwrap();
+            assert!(line.starts_with(code), "{code}: {line}");
+            if line.as_bytes().get(3) != Some(&b'-') {
+                return line.trim_end().to_string();
+            }
+        }
+    };
+    expect(&mut r, "220").await;
+    for (command, code) in [
+        ("EHLO client.example", "250"),
+        ("MAIL FROM:<alice@example.com>", "250"),
+        ("RCPT TO:<keys@isp.example>", "250"),
+        ("DATA", "354"),
+    ] {
+        w.write_all(format!("{command}\r\n").as_bytes())
+            .await
+            .unwrap();
+        expect(&mut r, code).await;
+    }
+    let body = mail.replace("\r\n", "\n").replace('\n', "\r\n");
+    w.write_all(format!("{body}\r\n.\r\n").as_bytes())
+        .await
+        .unwrap();
+    line.clear();
+    r.read_line(&mut line).await.unwrap();
+    let reply = line.trim_end().to_string();
+    w.write_all(b"QUIT\r\n").await.unwrap();
+    reply
+}
+
+#[tokio::test]
+async fn the_smtp_listener_tells_a_submitter_nothing_about_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let (operator, _) = generate_key(dir.path(), "operator", "Example ISP <kci@isp.example>");
+    let (_, alice) = generate_key(dir.path(), "alice", "Alice <alice@example.com>");
+    let port = free_port();
+    let kci = Kci::start_full(
+        None,
+        "",
+        &format!("signing_key = \"{}\"\n", operator.display()),
+        &format!(
+            "[keys]\nsubmission_address = \"keys@isp.example\"\nsmtp_listen = \"127.0.0.1:{port}\"\n"
+        ),
+    );
+    wait_for_port(port, "kci's SMTP listener");
+    let mail = |text: &str| {
+        format!(
+            "From: Alice <alice@example.com>\nTo: keys@isp.example\nSubject: my key\n\n{text}\n"
+        )
+    };
+    // A key registered (pending, confirmation sent), a mail without one
+    // (refused, the sender told why): the same answer to whoever sends.
+    let registered = smtp_reply(port, &mail(&alice)).await;
+    let refused = smtp_reply(port, &mail("Here is my key.")).await;
+    for reply in [&registered, &refused] {
+        assert_eq!(
+            reply,
+            "250 2.0.0 received; the address's owner is told by mail"
+        );
+    }
+    // What happened goes to the address: the confirmation, encrypted to
+    // the key, and the refusal.
+    eventually(10, "the two mails to alice", || async {
+        let out = kci.outbox();
+        (out.iter().any(|m| m.contains("multipart/encrypted")) && out.len() >= 2).then_some(())
+    })
+    .await;
+    // A mail kci cannot read at all is still bounced with what is wrong.
+    let unreadable = smtp_reply(port, "no headers at all, no sender").await;
+    assert!(unreadable.starts_with("554 5.6.0 "), "{unreadable}");
+}
