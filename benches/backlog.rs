@@ -7,7 +7,8 @@
 //!     cargo bench --bench backlog -- [--notices 1000000]
 
 use chrono::{Duration, Utc};
-use kci::config::{Config, Preferences};
+use kci::config::Config;
+use kci::model::Preferences;
 use kci::model::{Account, Contact, Destination, Event, Priority, SecurityLevel};
 use kci::store::{Store, sqlite::SqliteStore};
 use std::time::Instant;

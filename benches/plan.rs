@@ -5,7 +5,8 @@
 //!     cargo bench --bench plan
 
 use chrono::{DateTime, Duration, Utc};
-use kci::config::{Config, Preferences};
+use kci::config::Config;
+use kci::model::Preferences;
 use kci::model::{
     Account, AccountView, Contact, ContactView, Destination, Event, Priority, SecurityLevel, State,
 };

@@ -22,5 +22,6 @@ pub mod schedule;
 pub mod shutdown;
 pub mod smime;
 pub mod store;
+pub mod text;
 pub mod trust;
 pub mod web;

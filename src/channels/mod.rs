@@ -3,6 +3,7 @@
 //! live in `schedule`, in one place.
 
 pub mod apprise;
+mod config;
 pub mod email;
 pub mod http;
 pub mod matrix;
@@ -18,9 +19,10 @@ pub mod telegram;
 pub mod testkit;
 pub mod webhook;
 
+pub use config::{ChannelLimits, ChannelsConfig, WebhookConfig};
 use crate::model::{ChannelKind, Event};
-use crate::render::Rendered;
-use crate::store::Notification;
+use crate::text::Rendered;
+use crate::model::Notification;
 use async_trait::async_trait;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -61,38 +63,7 @@ impl Outgoing {
     }
 }
 
-/// The longest `detail` kept on a notification, in characters: the
-/// provider's words are for a person reading why, not a copy of its page.
-pub const MAX_DETAIL: usize = 300;
-
-/// The provider's `words` as a notification keeps them: at most
-/// [`MAX_DETAIL`] characters.
-pub fn excerpt(words: &str) -> String {
-    crate::model::excerpt(words, MAX_DETAIL)
-}
-
-/// What the provider said when it accepted a message.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Receipt {
-    /// The provider's id or answer, kept as the notification's `detail`.
-    pub detail: Option<String>,
-    /// The provider's own id for the message (a Twilio SID, a Pushover
-    /// emergency receipt), to ask about it later.
-    pub provider_ref: Option<String>,
-    /// The provider will report on it later (a delivery report, an
-    /// acknowledgement): kci asks through [`Channel::poll_receipt`].
-    pub awaiting: bool,
-    /// SMS parts billed.
-    pub segments: Option<u32>,
-}
-
-/// A provider's later word on a message it accepted.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Report {
-    pub status: crate::model::ReceiptStatus,
-    /// The provider's words (an error code, who acknowledged).
-    pub detail: Option<String>,
-}
+pub use crate::model::{MAX_DETAIL, Receipt, Report, delivery_excerpt as excerpt};
 
 /// A failed delivery, classified so the scheduler knows what to do next.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

@@ -85,7 +85,7 @@ fn subjects() -> Vec<Subject> {
             name: "webhook",
             secrets: &[WEBHOOK_SECRET, "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"],
             build: |_| {
-                let cfg: crate::config::WebhookConfig = toml(format!(
+                let cfg: crate::channels::WebhookConfig = toml(format!(
                     // The stand-in receiver is on loopback.
                     "secret = \"{WEBHOOK_SECRET}\"\ntimeout = \"{TIMEOUT}\"\nallow_private = true"
                 ));
@@ -384,7 +384,7 @@ mod smtp {
     }
 
     fn channel(port: u16) -> super::super::email::EmailChannel {
-        let cfg: crate::config::EmailConfig = toml(format!(
+        let cfg: crate::channels::email::EmailConfig = toml(format!(
             "from = \"Example ISP <kci@isp.example>\"\n\
              smtp = \"smtp://kci:{PASSWORD}@127.0.0.1:{port}?tls=none\"\n\
              timeout = \"{TIMEOUT}\""

@@ -5,8 +5,8 @@
 
 use super::Outgoing;
 use crate::model::{Priority, State};
-use crate::render::Rendered;
-use crate::store::Notification;
+use crate::text::Rendered;
+use crate::model::Notification;
 use std::sync::{Arc, Mutex};
 
 #[derive(Debug, Clone)]

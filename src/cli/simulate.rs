@@ -5,7 +5,8 @@
 
 use crate::channels::recording::RecordingChannel;
 use crate::channels::{Channel, Channels};
-use crate::config::{Config, Preferences};
+use crate::config::Config;
+use crate::model::Preferences;
 use crate::ingest::{self, EventInput};
 use crate::metrics::Metrics;
 use crate::model::{

@@ -3,7 +3,10 @@
 //! under `./kci-data`. Parsed with serde (unknown keys refused), then
 //! `validate()`d; every error names the file and the key.
 
-use crate::model::{Priority, Secret, Span, TimeZoneName, Window};
+use crate::channels::email::EmailConfig;
+use crate::channels::ChannelsConfig;
+use crate::model::Preferences;
+use crate::model::{Priority, Secret, Span};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -286,253 +289,8 @@ impl Default for StoreConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EmailConfig {
-    /// The sender, `Name <address>`.
-    #[serde(default = "default_from")]
-    pub from: String,
-    /// SMTP server in lettre URL syntax (`smtp://host:587`, `smtps://…`);
-    /// STARTTLS is used when offered unless the URL sets `tls=`. Absent: mail
-    /// goes to the Maildir outbox instead. Secret: it may carry a password.
-    #[serde(default)]
-    pub smtp: Option<Secret<String>>,
-    /// The Maildir written when no SMTP server is configured.
-    #[serde(default = "default_outbox")]
-    pub outbox: PathBuf,
-    /// Give up on one SMTP conversation after this long.
-    #[serde(default = "default_timeout")]
-    pub timeout: Span,
-    /// The operator's OpenPGP secret key (a file made by `kci keys
-    /// generate`; its content is secret, keep it mode 0600). Set: every
-    /// mail is signed (PGP/MIME) and mail to an address with an active key
-    /// is encrypted too. Read at startup; kci refuses to start if it
-    /// cannot use it.
-    #[serde(default)]
-    pub signing_key: Option<PathBuf>,
-    /// The operator's S/MIME certificate (PEM, intermediates after it), for
-    /// operators without an OpenPGP key: every mail is then S/MIME signed.
-    #[serde(default)]
-    pub smime_cert: Option<PathBuf>,
-    /// Its private key (PEM, unencrypted; keep the file 0600).
-    #[serde(default)]
-    pub smime_key: Option<PathBuf>,
-}
 
-impl EmailConfig {
-    /// Who kci's mails come from, as people read it: the display name of
-    /// `from` (`Example ISP`), else all of it.
-    pub fn sender_name(&self) -> &str {
-        self.from
-            .split('<')
-            .next()
-            .map(|s| s.trim().trim_matches('"').trim())
-            .filter(|s| !s.is_empty())
-            .unwrap_or(&self.from)
-    }
-}
 
-fn default_from() -> String {
-    "kci <kci@localhost>".into()
-}
-
-fn default_outbox() -> PathBuf {
-    PathBuf::from("kci-data/outbox")
-}
-
-fn default_timeout() -> Span {
-    Span(std::time::Duration::from_secs(30))
-}
-
-impl Default for EmailConfig {
-    fn default() -> Self {
-        Self {
-            from: default_from(),
-            smtp: None,
-            outbox: default_outbox(),
-            timeout: default_timeout(),
-            signing_key: None,
-            smime_cert: None,
-            smime_key: None,
-        }
-    }
-}
-
-/// Preferences that cascade destination → contact → account → config.
-#[derive(Debug, Clone, Default, Deserialize, serde::Serialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct Preferences {
-    /// When non-urgent notices may go out, in `opening_hours` syntax.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub window: Option<Window>,
-    /// IANA zone the window is read in.
-    #[serde(default, skip_serializing_if = "Option::is_none", with = "tz_opt")]
-    pub timezone: Option<TimeZoneName>,
-    /// Notices below this priority are suppressed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub min_priority: Option<Priority>,
-    /// Only these categories (absent: all).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub categories: Option<Vec<String>>,
-    /// Only these services (absent: all).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub services: Option<Vec<String>>,
-    /// Combine non-urgent notices into one message per period.
-    #[serde(default, skip_serializing_if = "Option::is_none", with = "span_opt")]
-    pub digest: Option<Span>,
-    /// At most this many non-urgent notices per period (`5/1h`); the
-    /// excess is folded into one digest.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max: Option<crate::model::Cap>,
-    /// Whether urgent notices ignore the window (default yes).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub urgent_bypasses_window: Option<bool>,
-}
-
-mod tz_opt {
-    use crate::model::TimeZoneName;
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(v: &Option<TimeZoneName>, s: S) -> Result<S::Ok, S::Error> {
-        match v {
-            Some(tz) => s.collect_str(tz),
-            None => s.serialize_none(),
-        }
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<TimeZoneName>, D::Error> {
-        Option::<String>::deserialize(d)?
-            .map(|s| s.parse().map_err(serde::de::Error::custom))
-            .transpose()
-    }
-}
-
-mod span_opt {
-    use crate::model::Span;
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(v: &Option<Span>, s: S) -> Result<S::Ok, S::Error> {
-        match v {
-            Some(span) => s.collect_str(span),
-            None => s.serialize_none(),
-        }
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Span>, D::Error> {
-        Option::<String>::deserialize(d)?
-            .map(|s| s.parse().map_err(serde::de::Error::custom))
-            .transpose()
-    }
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ChannelsConfig {
-    /// Webhook deliveries (`https://…` destinations).
-    #[serde(default)]
-    pub webhook: WebhookConfig,
-    /// Mail (the transport itself is configured under `[email]`).
-    #[serde(default)]
-    pub email: ChannelLimits,
-    /// SMS through an HTTP gateway or Twilio; enabled when one is set.
-    #[serde(default)]
-    pub sms: crate::channels::sms::SmsConfig,
-    /// Pushover; present means enabled.
-    #[serde(default)]
-    pub pushover: Option<crate::channels::pushover::PushoverConfig>,
-    /// ntfy; present means enabled.
-    #[serde(default)]
-    pub ntfy: Option<crate::channels::ntfy::NtfyConfig>,
-    /// Telegram; present means enabled.
-    #[serde(default)]
-    pub telegram: Option<crate::channels::telegram::TelegramConfig>,
-    /// Signal through a signal-cli REST API; present means enabled.
-    #[serde(default)]
-    pub signal: Option<crate::channels::signal::SignalConfig>,
-    /// Matrix; present means enabled.
-    #[serde(default)]
-    pub matrix: Option<crate::channels::matrix::MatrixConfig>,
-    /// An apprise-api server, for the operator's own notices to any of
-    /// Apprise's services (`apprise:<tag>` destinations); present means enabled.
-    #[serde(default)]
-    pub apprise: Option<crate::channels::apprise::AppriseConfig>,
-}
-
-impl ChannelsConfig {
-    /// The provider rate limit of a channel, if one is set.
-    pub fn rate(&self, kind: crate::model::ChannelKind) -> Option<crate::model::Cap> {
-        use crate::model::ChannelKind::*;
-        match kind {
-            Email => self.email.rate,
-            Sms => self.sms.rate,
-            Webhook => self.webhook.rate,
-            Matrix => self.matrix.as_ref().and_then(|c| c.rate),
-            Pushover => self.pushover.as_ref().and_then(|c| c.rate),
-            Ntfy => self.ntfy.as_ref().and_then(|c| c.rate),
-            Telegram => self.telegram.as_ref().and_then(|c| c.rate),
-            Signal => self.signal.as_ref().and_then(|c| c.rate),
-            Apprise => self.apprise.as_ref().and_then(|c| c.rate),
-        }
-    }
-}
-
-/// Limits that apply to a whole channel.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ChannelLimits {
-    /// The provider's rate limit, such as `10/s`: notices beyond it wait in
-    /// the queue (urgent first), never dropped.
-    #[serde(default)]
-    pub rate: Option<crate::model::Cap>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WebhookConfig {
-    /// Standard Webhooks signing secret, `whsec_` followed by base64.
-    #[serde(default)]
-    pub secret: Option<Secret<String>>,
-    /// Allow plain `http://` to hosts other than loopback.
-    #[serde(default)]
-    pub allow_http: bool,
-    /// Allow webhooks to loopback, private, link-local, unique-local and
-    /// other non-public addresses (the hub's own network). Off: such a
-    /// destination is refused when created, and delivery never connects
-    /// to one, whatever its name resolves to by then.
-    #[serde(default)]
-    pub allow_private: bool,
-    /// Give up on one request after this long.
-    #[serde(default = "default_webhook_timeout")]
-    pub timeout: Span,
-    /// The receivers' rate limit, such as `50/s`.
-    #[serde(default)]
-    pub rate: Option<crate::model::Cap>,
-    /// How long a destination's previous signing secret stays valid after
-    /// a rotation, so its receiver can switch over.
-    #[serde(default = "default_rotation_overlap")]
-    pub rotation_overlap: Span,
-}
-
-fn default_rotation_overlap() -> Span {
-    Span(std::time::Duration::from_secs(24 * 3600))
-}
-
-fn default_webhook_timeout() -> Span {
-    Span(std::time::Duration::from_secs(10))
-}
-
-impl Default for WebhookConfig {
-    fn default() -> Self {
-        Self {
-            secret: None,
-            allow_http: false,
-            allow_private: false,
-            timeout: default_webhook_timeout(),
-            rate: None,
-            rotation_overlap: default_rotation_overlap(),
-        }
-    }
-}
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -933,7 +691,7 @@ impl Config {
                 ("pair_summary", &t.pair_summary),
             ] {
                 if let Some(source) = source {
-                    crate::render::check_template(source).map_err(|e| (key(field), e))?;
+                    crate::text::template::check(source).map_err(|e| (key(field), e))?;
                 }
             }
         }

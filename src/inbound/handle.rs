@@ -219,8 +219,8 @@ async fn signed_proof(
 /// (The signature packet itself is not hashed: its unhashed area can be
 /// changed by anyone without breaking it.)
 pub fn proof_hash(signing_key: &str, signed_at: DateTime<Utc>, data: &[u8]) -> String {
-    let content = crate::store::sha256_hex(data);
-    crate::store::sha256_hex(
+    let content = crate::model::sha256_hex(data);
+    crate::model::sha256_hex(
         format!(
             "kci-proof\u{1f}{signing_key}\u{1f}{}\u{1f}{content}",
             signed_at.timestamp()

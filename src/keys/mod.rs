@@ -99,7 +99,7 @@ fn new_token() -> (String, String) {
 
 /// How a link secret is kept at rest.
 pub fn token_hash(token: &str) -> String {
-    crate::store::sha256_hex(format!("kci-key-link\u{1f}{token}").as_bytes())
+    crate::model::sha256_hex(format!("kci-key-link\u{1f}{token}").as_bytes())
 }
 
 /// An address as the registry keys it ([`EmailAddr`]'s normal form).

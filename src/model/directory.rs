@@ -2,7 +2,7 @@
 //! contact wants to be told.
 
 use super::{DestinationUri, SecurityLevel, TimeZoneName};
-use crate::config::Preferences;
+use super::Preferences;
 use serde::Serialize;
 
 /// A customer.

@@ -5,11 +5,13 @@
 mod address;
 mod cap;
 mod clock;
+mod delivery;
 mod directory;
 mod duration;
 mod event;
 mod keys;
 mod notification;
+mod preferences;
 mod priority;
 mod secret;
 mod state;
@@ -20,6 +22,7 @@ mod window;
 pub use address::EmailAddr;
 pub use cap::Cap;
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use delivery::{MAX_DETAIL, Receipt, Report, excerpt as delivery_excerpt};
 pub use directory::{
     Account, AccountView, CheckRule, CodeRow, Contact, ContactView, Destination, IssueRule,
     RenewOutcome, VerifyOutcome,
@@ -31,6 +34,7 @@ pub use keys::{
     KeyState, KeyStatus, KeyToken, KeyWrite, LinkRow, LinkRule, ProofUse, Refused, TokenPurpose,
 };
 pub use notification::{Notification, SECRET_MARK};
+pub use preferences::Preferences;
 pub use priority::Priority;
 pub use secret::Secret;
 pub use state::{Reason, ReceiptStatus, State};
@@ -39,6 +43,17 @@ pub use window::Window;
 
 use chrono::{DateTime, TimeZone, Utc};
 use std::fmt;
+
+/// SHA-256 in lower-case hex: how token secrets and codes are kept at rest.
+pub fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(data);
+    let mut s = String::with_capacity(64);
+    for b in digest {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
+}
 
 /// A time-ordered unique id (UUIDv7), used for events without one, for
 /// notifications, destinations, changes and tokens.

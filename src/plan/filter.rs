@@ -60,7 +60,7 @@ pub fn explain(reason: Reason, event: &Event, prefs: &Effective) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Preferences;
+    use crate::model::Preferences;
     use crate::model::Priority;
     use crate::plan::testkit::event;
 

@@ -19,7 +19,8 @@ mod pair;
 mod supersede;
 mod window;
 
-use crate::config::{Config, Preferences};
+use crate::config::Config;
+use crate::model::Preferences;
 use crate::model::{AccountView, ChannelKind, Destination, Event, Reason, State};
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;

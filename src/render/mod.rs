@@ -2,44 +2,13 @@
 //! form (SMS, push, chat), a subject and a long form (mail) — from the
 //! event's literal texts or its type's minijinja templates.
 
-pub mod sms;
+pub use crate::text::Rendered;
 
 use crate::config::Config;
 use crate::model::Event;
-use crate::store::Notification;
-use chrono::{DateTime, Utc};
-use chrono_tz::Tz;
-use minijinja::{Environment, State, Value, context};
-use serde::Serialize;
-
-/// The texts of one notification.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Rendered {
-    /// `None` when neither the event nor its type has a short form.
-    pub short: Option<String>,
-    pub subject: String,
-    pub body: String,
-}
-
-impl Rendered {
-    /// Renders a notice's one-time secret in at
-    /// [`SECRET_MARK`](crate::model::SECRET_MARK), just before it goes out.
-    pub fn reveal(&mut self, secret: &str) {
-        let mark = crate::model::SECRET_MARK;
-        for text in [
-            Some(&mut self.subject),
-            Some(&mut self.body),
-            self.short.as_mut(),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            if text.contains(mark) {
-                *text = text.replace(mark, secret);
-            }
-        }
-    }
-}
+use crate::model::Notification;
+use crate::text::sms;
+use minijinja::{Environment, Value, context};
 
 /// A template could not be rendered (bad data, a missing variable used in a
 /// strict way); the notification fails with this reason.
@@ -65,45 +34,9 @@ fn template_name(type_name: &str, field: &str) -> String {
     format!("{type_name}#{field}")
 }
 
-fn new_env() -> Environment<'static> {
-    let mut env = Environment::new();
-    env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
-    env.set_keep_trailing_newline(false);
-    env.add_filter("time", |state: &State, v: String| {
-        format_in_zone(state, &v, "%H:%M")
-    });
-    env.add_filter("date", |state: &State, v: String| {
-        format_in_zone(state, &v, "%a %-d %b %Y")
-    });
-    env.add_filter("datetime", |state: &State, v: String| {
-        format_in_zone(state, &v, "%a %-d %b %Y %H:%M")
-    });
-    env
-}
-
-/// Formats an RFC 3339 timestamp in the destination's zone (the template
-/// variable `timezone`).
-fn format_in_zone(state: &State, v: &str, fmt: &str) -> Result<String, minijinja::Error> {
-    let t: DateTime<Utc> = crate::model::parse_time(v)
-        .map_err(|e| minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, e.0))?;
-    let tz: Tz = state
-        .lookup("timezone")
-        .and_then(|z| z.as_str().and_then(|s| s.parse().ok()))
-        .unwrap_or(chrono_tz::UTC);
-    Ok(t.with_timezone(&tz).format(fmt).to_string())
-}
-
-/// Checks that a template compiles, for config validation.
-pub fn check_template(source: &str) -> Result<(), String> {
-    let env = new_env();
-    env.template_from_str(source)
-        .map(|_| ())
-        .map_err(|e| e.to_string())
-}
-
 impl Renderer {
     pub fn new(config: &Config) -> Result<Self, RenderError> {
-        let mut env = new_env();
+        let mut env = crate::text::template::environment();
         for (name, t) in &config.types {
             for (field, source) in [
                 ("short", &t.short),

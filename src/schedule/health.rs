@@ -70,7 +70,7 @@ impl Health {
     pub async fn record_receipt(
         &self,
         n: &crate::store::Notification,
-        report: &crate::channels::Report,
+        report: &crate::model::Report,
         at: DateTime<Utc>,
     ) -> crate::store::Result<bool> {
         let done = self.store.record_receipt(&n.id, report, at).await?;

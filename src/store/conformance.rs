@@ -5,7 +5,8 @@
 //! fail rather than skip.
 
 use super::*;
-use crate::config::{Config, Preferences};
+use crate::config::Config;
+use crate::model::Preferences;
 use crate::model::{DestinationUri, SecurityLevel};
 use chrono::Duration;
 
@@ -460,7 +461,7 @@ pub async fn check_claim_lease_and_finish(store: &dyn Store) {
             &a.id,
             Finish::Sent {
                 at: now,
-                receipt: crate::channels::Receipt {
+                receipt: crate::model::Receipt {
                     detail: Some("250 OK".into()),
                     ..Default::default()
                 },
@@ -770,7 +771,7 @@ async fn send_one(
     store: &dyn Store,
     id: &str,
     at: DateTime<Utc>,
-    receipt: crate::channels::Receipt,
+    receipt: crate::model::Receipt,
 ) -> Notification {
     store
         .ingest(vec![event(id, "A1", id, at)], planner())

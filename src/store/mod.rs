@@ -189,7 +189,7 @@ fn ser_time<S: serde::Serializer>(t: &DateTime<Utc>, s: S) -> std::result::Resul
 pub enum Finish {
     Sent {
         at: DateTime<Utc>,
-        receipt: crate::channels::Receipt,
+        receipt: crate::model::Receipt,
     },
     Retry {
         at: DateTime<Utc>,
@@ -372,7 +372,7 @@ pub trait Store: Send + Sync + 'static {
     async fn record_receipt(
         &self,
         id: &str,
-        report: &crate::channels::Report,
+        report: &crate::model::Report,
         at: DateTime<Utc>,
     ) -> Result<bool>;
 
@@ -521,21 +521,12 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
     }
 }
 
-/// SHA-256 in lower-case hex: how token secrets and codes are kept at rest.
-pub fn sha256_hex(data: &[u8]) -> String {
-    use sha2::Digest;
-    let digest = sha2::Sha256::digest(data);
-    let mut s = String::with_capacity(64);
-    for b in digest {
-        s.push_str(&format!("{b:02x}"));
-    }
-    s
-}
+pub use crate::model::sha256_hex;
 
 /// Column helpers shared by both implementations.
 pub(crate) mod codec {
     use super::*;
-    use crate::config::Preferences;
+    use crate::model::Preferences;
 
     pub fn scopes_to_text(scopes: &[Scope]) -> String {
         scopes
@@ -634,9 +625,9 @@ pub(crate) mod codec {
 
     /// What a receipt writes as the notification's detail: an excerpt
     /// of the provider's words.
-    pub fn receipt_detail(r: &crate::channels::Report) -> String {
+    pub fn receipt_detail(r: &crate::model::Report) -> String {
         match &r.detail {
-            Some(words) => crate::channels::excerpt(&format!("{}: {words}", r.status.as_str())),
+            Some(words) => crate::model::delivery_excerpt(&format!("{}: {words}", r.status.as_str())),
             None => r.status.as_str().to_string(),
         }
     }
@@ -737,7 +728,7 @@ pub(crate) mod codec {
 
     /// Every outcome of a delivery passes here, so this is where the
     /// provider's words are cut to an excerpt
-    /// ([`crate::channels::MAX_DETAIL`] characters) whatever the channel.
+    /// ([`crate::model::MAX_DETAIL`] characters) whatever the channel.
     pub fn finish_row(f: &Finish) -> FinishRow {
         use crate::model::to_millis;
         let row = match f {
@@ -807,7 +798,7 @@ pub(crate) mod codec {
             },
         };
         FinishRow {
-            detail: row.detail.as_deref().map(crate::channels::excerpt),
+            detail: row.detail.as_deref().map(crate::model::delivery_excerpt),
             ..row
         }
     }

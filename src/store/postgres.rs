@@ -1143,7 +1143,7 @@ impl Store for PgStore {
     async fn record_receipt(
         &self,
         id: &str,
-        report: &crate::channels::Report,
+        report: &crate::model::Report,
         at: DateTime<Utc>,
     ) -> Result<bool> {
         let c = self.pool.get().await?;

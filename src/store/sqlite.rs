@@ -1312,7 +1312,7 @@ impl Store for SqliteStore {
     async fn record_receipt(
         &self,
         id: &str,
-        report: &crate::channels::Report,
+        report: &crate::model::Report,
         at: DateTime<Utc>,
     ) -> Result<bool> {
         let (id, report) = (id.to_string(), report.clone());

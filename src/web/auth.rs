@@ -44,7 +44,7 @@ pub fn new_token() -> String {
 
 /// What is stored of a token.
 pub fn hash_token(token: &str) -> String {
-    crate::store::sha256_hex(token.as_bytes())
+    crate::model::sha256_hex(token.as_bytes())
 }
 
 impl FromRequestParts<AppState> for Caller {

@@ -17,7 +17,8 @@ mod maildir;
 mod smtp;
 
 use super::{Channel, DeliveryError, Outgoing, Receipt};
-use crate::config::EmailConfig;
+mod config;
+pub use config::EmailConfig;
 use crate::model::ChannelKind;
 use crate::pgp::{MailHeaders, OperatorKey, PgpError};
 use async_trait::async_trait;
@@ -203,7 +204,7 @@ impl EmailChannel {
 
 /// A stable, opaque id for the thread of one account's correlation key.
 fn thread_id(account: &str, key: &str) -> String {
-    let h = crate::store::sha256_hex(format!("{account}\u{1f}{key}").as_bytes());
+    let h = crate::model::sha256_hex(format!("{account}\u{1f}{key}").as_bytes());
     format!("kci-thread-{}", &h[..24])
 }
 

@@ -20,7 +20,7 @@
 
 use crate::channels::{DeliveryError, Outgoing, Receipt};
 use crate::model::{Secret, Span};
-use crate::render::sms::{Encoding, Segments};
+use crate::text::sms::{Encoding, Segments};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
@@ -102,7 +102,7 @@ impl GatewayConfig {
         }
         for (name, value) in &self.fields {
             if let Some(t) = value.as_str() {
-                crate::render::check_template(t).map_err(|e| (format!("fields.{name}"), e))?;
+                crate::text::template::check(t).map_err(|e| (format!("fields.{name}"), e))?;
             }
         }
         for name in self.headers.keys() {

@@ -128,7 +128,7 @@ impl Channel for SmsChannel {
     async fn deliver(&self, msg: &Outgoing) -> Result<Receipt, DeliveryError> {
         let to = number(msg)?;
         let text = msg.text();
-        let segments = crate::render::sms::segments(&text);
+        let segments = crate::text::sms::segments(&text);
         let mut receipt = match &self.provider {
             Provider::Gateway(g) => g.send(msg, to, &text, segments).await?,
             Provider::Twilio(t) => t.send(msg, to, &text).await?,

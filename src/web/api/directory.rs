@@ -1,7 +1,7 @@
 //! The directory API (DESIGN.md §2a): accounts, contacts, destinations and
 //! their verification.
 
-use crate::config::Preferences;
+use crate::model::Preferences;
 use crate::model::SECRET_MARK;
 use crate::model::{
     Account, ChannelKind, Contact, Destination, DestinationUri, Priority, Scope, SecurityLevel,
@@ -423,7 +423,7 @@ pub async fn rotate_secret(
 /// A code is stored as SHA-256 over the destination id and the code, so the
 /// same code on two destinations does not hash alike.
 fn code_hash(destination: &str, code: &str) -> String {
-    crate::store::sha256_hex(format!("kci-verify\u{1f}{destination}\u{1f}{code}").as_bytes())
+    crate::model::sha256_hex(format!("kci-verify\u{1f}{destination}\u{1f}{code}").as_bytes())
 }
 
 /// The notice carrying a verification code: the code itself is rendered
