@@ -587,4 +587,18 @@ mod tests {
         );
         shutdown.trigger();
     }
+
+    /// Every file the fuzzer kept (fuzz/corpus/smtp_dialogue) goes through
+    /// the dialogue again: what once crashed it stays fixed.
+    #[tokio::test]
+    async fn fuzz_corpus_replays() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/corpus/smtp_dialogue");
+        let mut n = 0;
+        for entry in std::fs::read_dir(dir).expect("the corpus") {
+            let data = std::fs::read(entry.unwrap().path()).unwrap();
+            let _ = talk(&data, Limits::default()).await;
+            n += 1;
+        }
+        assert!(n >= 3, "seeds at least");
+    }
 }
