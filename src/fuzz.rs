@@ -100,19 +100,53 @@ pub fn window(data: &[u8]) {
     }
 }
 
+/// The SMTP listener's dialogue, driven by whatever a client sends: any
+/// bytes end in whole reply lines and a closed session, within the
+/// dialogue's bounds; messages taken are read as the listener would
+/// (`inbound::parse`), without a store.
+pub fn smtp_dialogue(data: &[u8]) {
+    use crate::inbound::smtp::{Limits, Names, RECEIVED, dialogue};
+    static RUNTIME: OnceLock<Option<tokio::runtime::Runtime>> = OnceLock::new();
+    let Some(runtime) = RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .ok()
+    }) else {
+        return;
+    };
+    runtime.block_on(async {
+        let names = Names::new("keys@isp.example");
+        let handler = |mail: Vec<u8>| async move {
+            match crate::inbound::parse(&mail) {
+                Ok(_) => RECEIVED.to_string(),
+                Err(e) => format!("554 5.6.0 {e}"),
+            }
+        };
+        let mut said = Vec::new();
+        let mut input = tokio::io::BufReader::new(data);
+        let _ = dialogue(&mut input, &mut said, &names, Limits::default(), &handler).await;
+        assert!(
+            said.is_empty() || said.ends_with(b"\r\n"),
+            "a reply cut short"
+        );
+    });
+}
+
 #[cfg(test)]
 mod tests {
     /// Every file of every corpus, through its target's checks.
     #[test]
     fn every_fuzz_corpus_replays() {
         type Check = fn(&[u8]);
-        let targets: [(&str, Check); 6] = [
+        let targets: [(&str, Check); 7] = [
             ("inbound_mail", super::inbound_mail),
             ("key_submission", super::key_submission),
             ("destination_uri", super::destination_uri),
             ("apprise_urls", super::apprise_urls),
             ("event_json", super::event_json),
             ("window", super::window),
+            ("smtp_dialogue", super::smtp_dialogue),
         ];
         for (name, check) in targets {
             let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))

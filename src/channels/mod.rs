@@ -19,11 +19,11 @@ pub mod telegram;
 pub mod testkit;
 pub mod webhook;
 
-pub use config::{ChannelLimits, ChannelsConfig, WebhookConfig};
+use crate::model::Notification;
 use crate::model::{ChannelKind, Event};
 use crate::text::Rendered;
-use crate::model::Notification;
 use async_trait::async_trait;
+pub use config::{ChannelLimits, ChannelsConfig, WebhookConfig};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;

@@ -4,9 +4,9 @@
 //! builder for the message to deliver.
 
 use super::Outgoing;
+use crate::model::Notification;
 use crate::model::{Priority, State};
 use crate::text::Rendered;
-use crate::model::Notification;
 use std::sync::{Arc, Mutex};
 
 #[derive(Debug, Clone)]

@@ -79,6 +79,7 @@ pub async fn run(arg: ConfigArg) -> anyhow::Result<ExitCode> {
             store: state.store.clone(),
             config: config.clone(),
             wake: state.wake.clone(),
+            metrics: state.metrics.clone(),
         };
         tokio::spawn(inbound.serve(socket, shutdown.clone()));
     }

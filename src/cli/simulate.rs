@@ -6,9 +6,9 @@
 use crate::channels::recording::RecordingChannel;
 use crate::channels::{Channel, Channels};
 use crate::config::Config;
-use crate::model::Preferences;
 use crate::ingest::{self, EventInput};
 use crate::metrics::Metrics;
+use crate::model::Preferences;
 use crate::model::{
     Account, ChannelKind, Contact, Destination, DestinationUri, ManualClock, SecurityLevel, State,
     TimeZoneName, fmt_time,

@@ -3,8 +3,8 @@
 //! under `./kci-data`. Parsed with serde (unknown keys refused), then
 //! `validate()`d; every error names the file and the key.
 
-use crate::channels::email::EmailConfig;
 use crate::channels::ChannelsConfig;
+use crate::channels::email::EmailConfig;
 use crate::model::Preferences;
 use crate::model::{Priority, Secret, Span};
 use serde::Deserialize;
@@ -288,9 +288,6 @@ impl Default for StoreConfig {
         }
     }
 }
-
-
-
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

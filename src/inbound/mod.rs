@@ -14,7 +14,7 @@
 mod handle;
 pub mod smtp;
 
-pub use handle::{Handled, handle};
+pub use handle::{Handled, handle, handle_from};
 
 use mail_parser::{MessageParser, MimeHeaders, PartType};
 

@@ -103,6 +103,8 @@ pub struct Listener {
     pub config: Arc<Config>,
     /// Wakes the delivery worker for the confirmation mails.
     pub wake: Arc<tokio::sync::Notify>,
+    /// Where limits hit are counted.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Listener {
@@ -116,15 +118,26 @@ impl Listener {
                 .unwrap_or_default(),
         );
         let this = Arc::new(self);
-        let handler = move |mail: Vec<u8>| {
+        // Each client's messages count against the limit of its address.
+        let handler = move |peer: std::net::IpAddr| {
             let this = this.clone();
-            async move { this.reply(&mail).await }
+            move |mail: Vec<u8>| {
+                let this = this.clone();
+                async move { this.reply(&mail, peer).await }
+            }
         };
         serve(socket, shutdown, Limits::default(), names, handler).await;
     }
 
-    async fn reply(&self, mail: &[u8]) -> String {
-        let outcome = super::handle(self.store.as_ref(), &self.config, mail).await;
+    async fn reply(&self, mail: &[u8], peer: std::net::IpAddr) -> String {
+        let outcome = super::handle_from(
+            self.store.as_ref(),
+            &self.config,
+            mail,
+            Some(format!("smtp:{peer}")),
+            Some(&self.metrics),
+        )
+        .await;
         self.wake.notify_one();
         match &outcome {
             Handled::Accepted(words) | Handled::Refused(words) => {
@@ -153,16 +166,20 @@ pub fn reply_line(outcome: &Handled) -> String {
 }
 
 /// Serves `socket` until `shutdown`: at most `limits.sessions` at once,
-/// each a [`dialogue`] handing messages to `handler`.
-pub async fn serve<H: Handler>(
+/// each a [`dialogue`] handing messages to the handler `handler` makes
+/// for the client's address.
+pub async fn serve<H, M>(
     socket: TcpListener,
     shutdown: crate::shutdown::Shutdown,
     limits: Limits,
     names: Names,
-    handler: H,
-) {
+    handler: M,
+) where
+    H: Handler,
+    M: Fn(std::net::IpAddr) -> H,
+{
     let sessions = Arc::new(tokio::sync::Semaphore::new(limits.sessions));
-    let (names, handler) = (Arc::new(names), Arc::new(handler));
+    let names = Arc::new(names);
     loop {
         let accepted = tokio::select! {
             a = socket.accept() => a,
@@ -183,13 +200,12 @@ pub async fn serve<H: Handler>(
             });
             continue;
         };
-        let (names, handler) = (names.clone(), handler.clone());
+        let (names, handler) = (names.clone(), handler(peer.ip()));
         tokio::spawn(async move {
             let _permit = permit;
             let (read, mut write) = stream.into_split();
             let mut read = BufReader::new(read);
-            if let Err(e) = dialogue(&mut read, &mut write, &names, limits, handler.as_ref()).await
-            {
+            if let Err(e) = dialogue(&mut read, &mut write, &names, limits, &handler).await {
                 tracing::debug!(%peer, error = %e, "SMTP session ended");
             }
         });
@@ -503,7 +519,7 @@ mod tests {
         let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = socket.local_addr().unwrap();
         let shutdown = crate::shutdown::Shutdown::default();
-        let handler = |_mail: Vec<u8>| async { RECEIVED.to_string() };
+        let handler = |_peer| |_mail: Vec<u8>| async { RECEIVED.to_string() };
         tokio::spawn(serve(
             socket,
             shutdown.clone(),

@@ -24,7 +24,6 @@ pub struct Report {
     pub detail: Option<String>,
 }
 
-
 /// The longest `detail` kept on a notification, in characters: the
 /// provider's words are for a person reading why, not a copy of its page.
 pub const MAX_DETAIL: usize = 300;

@@ -1,8 +1,8 @@
 //! The directory: accounts, their contacts, and the destinations where each
 //! contact wants to be told.
 
-use super::{DestinationUri, SecurityLevel, TimeZoneName};
 use super::Preferences;
+use super::{DestinationUri, SecurityLevel, TimeZoneName};
 use serde::Serialize;
 
 /// A customer.

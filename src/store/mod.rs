@@ -627,7 +627,9 @@ pub(crate) mod codec {
     /// of the provider's words.
     pub fn receipt_detail(r: &crate::model::Report) -> String {
         match &r.detail {
-            Some(words) => crate::model::delivery_excerpt(&format!("{}: {words}", r.status.as_str())),
+            Some(words) => {
+                crate::model::delivery_excerpt(&format!("{}: {words}", r.status.as_str()))
+            }
             None => r.status.as_str().to_string(),
         }
     }

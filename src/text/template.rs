@@ -42,4 +42,3 @@ pub fn check(source: &str) -> Result<(), String> {
         .map(|_| ())
         .map_err(|e| e.to_string())
 }
-

@@ -18,10 +18,10 @@ mod smtp;
 
 use super::{Channel, DeliveryError, Outgoing, Receipt};
 mod config;
-pub use config::EmailConfig;
 use crate::model::ChannelKind;
 use crate::pgp::{MailHeaders, OperatorKey, PgpError};
 use async_trait::async_trait;
+pub use config::EmailConfig;
 use lettre::address::Envelope;
 use lettre::message::header::{ContentType, Header, HeaderName, HeaderValue};
 use lettre::message::{Mailbox, Message};

@@ -7,8 +7,8 @@
 
 pub mod target;
 
-use super::{Channel, DeliveryError, Outgoing, Receipt};
 use super::WebhookConfig;
+use super::{Channel, DeliveryError, Outgoing, Receipt};
 use crate::model::{ChannelKind, Secret, fmt_time};
 use async_trait::async_trait;
 use base64::Engine;
