@@ -224,31 +224,34 @@ impl Channels {
     }
 
     /// The channels a server runs with, from config.
-    pub fn from_config(config: &crate::config::Config) -> anyhow::Result<Channels> {
+    pub fn from_config(
+        config: &ChannelsConfig,
+        mail: &email::EmailConfig,
+    ) -> anyhow::Result<Channels> {
         let mut channels = Channels::default();
-        channels.insert(Arc::new(email::EmailChannel::from_config(&config.email)?));
+        channels.insert(Arc::new(email::EmailChannel::from_config(mail)?));
         channels.insert(Arc::new(webhook::WebhookChannel::from_config(
-            &config.channels.webhook,
+            &config.webhook,
         )?));
-        if let Some(sms) = sms::SmsChannel::from_config(&config.channels.sms)? {
+        if let Some(sms) = sms::SmsChannel::from_config(&config.sms)? {
             channels.insert(Arc::new(sms));
         }
-        if let Some(c) = &config.channels.ntfy {
+        if let Some(c) = &config.ntfy {
             channels.insert(Arc::new(ntfy::NtfyChannel::from_config(c)?));
         }
-        if let Some(c) = &config.channels.telegram {
+        if let Some(c) = &config.telegram {
             channels.insert(Arc::new(telegram::TelegramChannel::from_config(c)?));
         }
-        if let Some(c) = &config.channels.pushover {
+        if let Some(c) = &config.pushover {
             channels.insert(Arc::new(pushover::PushoverChannel::from_config(c)?));
         }
-        if let Some(c) = &config.channels.signal {
+        if let Some(c) = &config.signal {
             channels.insert(Arc::new(signal::SignalChannel::from_config(c)?));
         }
-        if let Some(c) = &config.channels.matrix {
+        if let Some(c) = &config.matrix {
             channels.insert(Arc::new(matrix::MatrixChannel::from_config(c)?));
         }
-        if let Some(c) = &config.channels.apprise {
+        if let Some(c) = &config.apprise {
             channels.insert(Arc::new(apprise::AppriseChannel::from_config(c)?));
         }
         Ok(channels)

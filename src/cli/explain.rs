@@ -130,7 +130,7 @@ mod tests {
             folded_into: None,
             paired_from: None,
         };
-        let n = Notification::planned(&ev, &d);
+        let n = d.notification(&ev);
         let step = |t: &str, state, reason, detail: Option<&str>, due: &str| Decided {
             notification: n.id.clone(),
             at: at(t),

@@ -30,7 +30,7 @@ pub async fn run(arg: ConfigArg) -> anyhow::Result<ExitCode> {
             );
         }
     }
-    let channels = Channels::from_config(&config)?;
+    let channels = Channels::from_config(&config.channels, &config.email)?;
     let renderer = Arc::new(Renderer::new(&config)?);
     let metrics = Arc::new(Metrics::new());
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);

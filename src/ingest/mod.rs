@@ -5,7 +5,7 @@
 use crate::config::Config;
 use crate::model::AccountView;
 use crate::model::{Event, Priority, check_id, parse_time};
-use crate::plan::{self, Plan, Seen};
+use crate::plan::{self, Seen};
 use crate::store::{Planner, Rejection};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
@@ -292,27 +292,24 @@ impl Planner for PolicyPlanner {
         out
     }
 
-    fn plan(&self, event: &Event, view: &AccountView, seen: &Seen) -> Result<Plan, Rejection> {
+    fn plan(
+        &self,
+        event: &Event,
+        view: &AccountView,
+        seen: &Seen,
+    ) -> Result<crate::model::Planned, Rejection> {
         if let Some(c) = &event.contact
             && !view.contacts.iter().any(|cv| &cv.contact.id == c)
         {
-            {
-                return Err(Rejection {
-                    code: "unknown_contact",
-                    message: format!(
-                        "contact: `{c}` is not a contact of account `{}`",
-                        event.account
-                    ),
-                });
-            }
+            return Err(Rejection {
+                code: "unknown_contact",
+                message: format!(
+                    "contact: `{c}` is not a contact of account `{}`",
+                    event.account
+                ),
+            });
         }
-        Ok(plan::plan(
-            event,
-            view,
-            &self.config,
-            seen,
-            event.received_at,
-        ))
+        Ok(plan::plan(event, view, &self.config, seen, event.received_at).planned(event))
     }
 }
 

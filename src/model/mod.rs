@@ -11,6 +11,7 @@ mod duration;
 mod event;
 mod keys;
 mod notification;
+mod planning;
 mod preferences;
 mod priority;
 mod secret;
@@ -34,6 +35,7 @@ pub use keys::{
     KeyState, KeyStatus, KeyToken, KeyWrite, LinkRow, LinkRule, ProofUse, Refused, TokenPurpose,
 };
 pub use notification::{Notification, SECRET_MARK};
+pub use planning::{Cancel, Load, Planned, RelatedNotice, Seen};
 pub use preferences::Preferences;
 pub use priority::Priority;
 pub use secret::Secret;

@@ -21,7 +21,8 @@ mod window;
 
 use crate::config::Config;
 use crate::model::Preferences;
-use crate::model::{AccountView, ChannelKind, Destination, Event, Reason, State};
+use crate::model::{AccountView, ChannelKind, Destination, Event, Notification, Reason, State};
+pub use crate::model::{Cancel, Load, RelatedNotice, Seen};
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 
@@ -55,6 +56,51 @@ pub struct Decision {
     pub paired_from: Option<DateTime<Utc>>,
 }
 
+impl Decision {
+    /// The notification this decision makes for `event`.
+    pub fn notification(&self, event: &Event) -> Notification {
+        let d = self;
+        let type_name = if d.is_digest {
+            DIGEST_TYPE.to_string()
+        } else if d.summary.is_some() {
+            flap::SUMMARY_TYPE.to_string()
+        } else {
+            event.type_name.clone()
+        };
+        Notification {
+            id: crate::model::new_id(),
+            event: Some(event.id.clone()),
+            account: event.account.clone(),
+            contact: d.contact.clone(),
+            destination: d.destination.clone(),
+            uri: d.uri.clone(),
+            channel: d.channel,
+            type_name,
+            key: event.key.clone(),
+            priority: event.priority,
+            state: d.state,
+            reason: d.reason,
+            detail: d.detail.clone(),
+            due_at: d.due_at,
+            expires_at: d.expires_at,
+            decided_at: event.received_at,
+            sent_at: None,
+            attempts: 0,
+            timezone: d.timezone.name().to_string(),
+            message: d.summary.clone(),
+            digest: match &d.folded_into {
+                Some(DigestLink::Existing(id)) => Some(id.clone()),
+                _ => None,
+            },
+            paired_from: d.paired_from,
+            provider_ref: None,
+            receipt: None,
+            segments: None,
+            secret: None,
+        }
+    }
+}
+
 /// The digest a notice is folded into.
 #[derive(Debug, Clone, PartialEq)]
 pub enum DigestLink {
@@ -62,45 +108,6 @@ pub enum DigestLink {
     Existing(String),
     /// A digest this plan creates: its index in [`Plan::decisions`].
     New(usize),
-}
-
-/// What the store tells planning about one destination with a cap or a
-/// digest preference.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Load {
-    pub destination: String,
-    /// Non-urgent notices to it within the cap's period (scheduled or sent).
-    pub recent: usize,
-    /// The digest still pending there, if any.
-    pub pending_digest: Option<String>,
-}
-
-/// What the store read for planning one event, besides the directory.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Seen<'a> {
-    /// Related notices of the event's key (pairing, superseding, flapping).
-    pub related: &'a [RelatedNotice],
-    /// Earlier changes of the event's flap family within the flap window.
-    pub recent: usize,
-    /// Destinations with a cap or a digest preference.
-    pub loads: &'a [Load],
-}
-
-/// A notice of an earlier event with the same account and key, of a type
-/// the new event relates to (a pairing partner, or its own type when it
-/// supersedes): every one still pending, and every notice of the latest
-/// such event whatever its state. What pairing and superseding look at.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RelatedNotice {
-    pub id: String,
-    pub event: String,
-    pub type_name: String,
-    pub destination: String,
-    pub state: State,
-    pub due_at: DateTime<Utc>,
-    /// When the notice's event happened (pairing must not depend on the
-    /// order events arrive in).
-    pub occurred_at: DateTime<Utc>,
 }
 
 /// What planning one event decided.
@@ -117,12 +124,33 @@ pub struct Plan {
     pub paired: Vec<(String, DateTime<Utc>)>,
 }
 
-/// An earlier notice that a new event ends.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Cancel {
-    pub id: String,
-    pub reason: Reason,
-    pub detail: String,
+impl Plan {
+    /// The notifications of this plan for `event`, ids assigned, each
+    /// folded notice linked to its digest (including digests the same plan
+    /// creates).
+    pub fn notifications(&self, event: &Event) -> Vec<Notification> {
+        let mut notes: Vec<Notification> = self
+            .decisions
+            .iter()
+            .map(|d| d.notification(event))
+            .collect();
+        for (i, d) in self.decisions.iter().enumerate() {
+            if let Some(DigestLink::New(j)) = d.folded_into {
+                notes[i].digest = notes.get(j).map(|n| n.id.clone());
+            }
+        }
+        notes
+    }
+
+    /// What the store writes for this plan of `event`.
+    pub fn planned(&self, event: &Event) -> crate::model::Planned {
+        crate::model::Planned {
+            notifications: self.notifications(event),
+            cancels: self.cancels.clone(),
+            updates: self.updates.clone(),
+            paired: self.paired.clone(),
+        }
+    }
 }
 
 /// The resolved preferences of one destination, borrowed from the level

@@ -246,7 +246,7 @@ mod tests {
             folded_into: None,
             paired_from: None,
         };
-        Notification::planned(&ev, &d)
+        d.notification(&ev)
     }
 
     #[test]

@@ -373,7 +373,7 @@ pub async fn check_planner_sees_pending_and_cancels(store: &dyn Store) {
             ev: &Event,
             view: &AccountView,
             seen: &Seen,
-        ) -> std::result::Result<Plan, Rejection> {
+        ) -> std::result::Result<Planned, Rejection> {
             let pending = seen.related;
             self.0
                 .lock()
@@ -389,7 +389,7 @@ pub async fn check_planner_sees_pending_and_cancels(store: &dyn Store) {
                     detail: format!("paired with {}", ev.id),
                 })
                 .collect();
-            Ok(plan)
+            Ok(plan.planned(ev))
         }
     }
     let other_type = Arc::new(Cancelling(Default::default(), "line.up"));

@@ -15,7 +15,7 @@ use crate::model::{
     Account, AccountView, ChannelKind, Contact, ContactView, Destination, Event, Priority, Reason,
     Scope, State,
 };
-use crate::plan::{Load, Plan, RelatedNotice, Seen};
+use crate::model::{Load, Planned, RelatedNotice, Seen};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -51,66 +51,6 @@ pub use crate::model::Message;
 
 pub use crate::model::Notification;
 
-impl Notification {
-    /// A notification for decision `d` of `event`.
-    pub fn planned(event: &Event, d: &crate::plan::Decision) -> Notification {
-        let type_name = if d.is_digest {
-            crate::plan::DIGEST_TYPE.to_string()
-        } else if d.summary.is_some() {
-            crate::plan::flap::SUMMARY_TYPE.to_string()
-        } else {
-            event.type_name.clone()
-        };
-        Notification {
-            id: new_id(),
-            event: Some(event.id.clone()),
-            account: event.account.clone(),
-            contact: d.contact.clone(),
-            destination: d.destination.clone(),
-            uri: d.uri.clone(),
-            channel: d.channel,
-            type_name,
-            key: event.key.clone(),
-            priority: event.priority,
-            state: d.state,
-            reason: d.reason,
-            detail: d.detail.clone(),
-            due_at: d.due_at,
-            expires_at: d.expires_at,
-            decided_at: event.received_at,
-            sent_at: None,
-            attempts: 0,
-            timezone: d.timezone.name().to_string(),
-            message: d.summary.clone(),
-            digest: match &d.folded_into {
-                Some(crate::plan::DigestLink::Existing(id)) => Some(id.clone()),
-                _ => None,
-            },
-            paired_from: d.paired_from,
-            provider_ref: None,
-            receipt: None,
-            segments: None,
-            secret: None,
-        }
-    }
-}
-
-/// The notifications of a plan, ids assigned, each folded notice linked
-/// to its digest (including digests the same plan creates).
-pub fn planned_notifications(event: &Event, plan: &Plan) -> Vec<Notification> {
-    let mut notes: Vec<Notification> = plan
-        .decisions
-        .iter()
-        .map(|d| Notification::planned(event, d))
-        .collect();
-    for (i, d) in plan.decisions.iter().enumerate() {
-        if let Some(crate::plan::DigestLink::New(j)) = d.folded_into {
-            notes[i].digest = notes.get(j).map(|n| n.id.clone());
-        }
-    }
-    notes
-}
-
 pub use crate::model::new_id;
 
 /// Decides the notifications of one event inside the store's transaction,
@@ -141,7 +81,7 @@ pub trait Planner: Send + Sync {
         event: &Event,
         view: &AccountView,
         seen: &Seen,
-    ) -> std::result::Result<Plan, Rejection>;
+    ) -> std::result::Result<Planned, Rejection>;
 }
 
 /// Why an event was refused at ingest (becomes a 422).

@@ -695,7 +695,7 @@ async fn ingest_one(
                 &event.type_name,
                 &event.key,
                 &to_millis(event.received_at),
-                &(plan.decisions.len() as i64),
+                &(plan.notifications.len() as i64),
                 &payload,
             ],
         )
@@ -714,8 +714,8 @@ async fn ingest_one(
             notifications: usize::try_from(n).unwrap_or(0),
         });
     }
-    for n in planned_notifications(event, &plan) {
-        insert_notification(tx, &n).await?;
+    for n in &plan.notifications {
+        insert_notification(tx, n).await?;
     }
     for c in &plan.cancels {
         cancel_pending(
@@ -746,7 +746,7 @@ async fn ingest_one(
     }
     Ok(IngestOutcome::Accepted {
         id: event.id.clone(),
-        notifications: plan.decisions.len(),
+        notifications: plan.notifications.len(),
     })
 }
 

@@ -799,11 +799,11 @@ fn ingest_one(
         event.type_name,
         event.key,
         to_millis(event.received_at),
-        plan.decisions.len() as i64,
+        plan.notifications.len() as i64,
         payload
     ])?;
-    for n in planned_notifications(event, &plan) {
-        insert_notification(conn, &n)?;
+    for n in &plan.notifications {
+        insert_notification(conn, n)?;
     }
     for c in &plan.cancels {
         cancel_pending(
@@ -831,7 +831,7 @@ fn ingest_one(
     }
     Ok(IngestOutcome::Accepted {
         id: event.id.clone(),
-        notifications: plan.decisions.len(),
+        notifications: plan.notifications.len(),
     })
 }
 

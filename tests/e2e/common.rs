@@ -252,7 +252,10 @@ impl Kci {
         let child = Command::new(env!("CARGO_BIN_EXE_kci"))
             .args(["serve", "--config"])
             .arg(&self.config)
-            .env("KCI_LOG", std::env::var("KCI_TEST_LOG").unwrap_or("warn".into()))
+            .env(
+                "KCI_LOG",
+                std::env::var("KCI_TEST_LOG").unwrap_or("warn".into()),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
