@@ -10,7 +10,8 @@ use chrono::{Duration, Utc};
 use kci::config::Config;
 use kci::model::Preferences;
 use kci::model::{Account, Contact, Destination, Event, Priority, SecurityLevel};
-use kci::store::{Store, sqlite::SqliteStore};
+use kci::store::prelude::*;
+use kci::store::sqlite::SqliteStore;
 use std::time::Instant;
 
 fn rss_kib() -> u64 {

@@ -7,7 +7,7 @@
 use super::*;
 use crate::config::Config;
 use crate::model::Preferences;
-use crate::model::{DestinationUri, SecurityLevel};
+use crate::model::{DestinationUri, Priority, SecurityLevel};
 use chrono::Duration;
 
 fn t(s: &str) -> DateTime<Utc> {

@@ -8,14 +8,18 @@
 
 #[cfg(test)]
 mod conformance;
+mod db;
 pub mod postgres;
+mod rows;
 pub mod sqlite;
 
+pub use db::{Backend, Db};
+
 use crate::model::{
-    Account, AccountView, ChannelKind, Contact, ContactView, Destination, Event, Priority, Reason,
-    Scope, State,
+    Account, AccountView, ChannelKind, Contact, ContactView, Destination, Event, Reason, Scope,
+    State,
 };
-use crate::model::{Load, Planned, RelatedNotice, Seen};
+use crate::model::{Load, Planned, Seen};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -207,17 +211,23 @@ pub enum PutOutcome {
     NoParent,
 }
 
+/// Bearer tokens, kept as hashes.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
-    /// Brings the schema up to date; safe to call on every start.
-    async fn migrate(&self) -> Result<()>;
-
+pub trait TokenStore: Send + Sync {
     async fn create_token(&self, token: &TokenRecord, hash: &str) -> Result<()>;
-    async fn find_token(&self, hash: &str) -> Result<Option<TokenRecord>>;
 
+    async fn find_token(&self, hash: &str) -> Result<Option<TokenRecord>>;
+}
+
+/// Accounts, contacts and destinations, their verification, signing secrets and health.
+#[async_trait]
+pub trait DirectoryStore: Send + Sync {
     async fn put_account(&self, account: &Account) -> Result<PutOutcome>;
+
     async fn account_view(&self, id: &str) -> Result<Option<AccountView>>;
+
     async fn put_contact(&self, account: &str, contact: &Contact) -> Result<PutOutcome>;
+
     /// Adds a destination; an unverified one gets `code` (its first code's
     /// row), and `notice` (the code's message to it) is queued in the same
     /// transaction.
@@ -228,6 +238,7 @@ pub trait Store: Send + Sync + 'static {
         code: Option<CodeRow>,
         notice: Option<Notification>,
     ) -> Result<PutOutcome>;
+
     /// Checks a code's hash against the destination's row with `rule`
     /// (`trust::codes::check`) and stores what it decides.
     async fn verify_destination(
@@ -239,105 +250,6 @@ pub trait Store: Send + Sync + 'static {
         now: DateTime<Utc>,
         rule: crate::model::CheckRule,
     ) -> Result<VerifyOutcome>;
-    /// Removes a destination and cancels what is pending for it.
-    async fn delete_destination(
-        &self,
-        account: &str,
-        contact: &str,
-        id: &str,
-        now: DateTime<Utc>,
-    ) -> Result<bool>;
-
-    /// Stores events durably with what `planner` decides for each, one
-    /// atomic step per event; duplicates of known ids change nothing.
-    async fn ingest(
-        &self,
-        events: Vec<Event>,
-        planner: Arc<dyn Planner>,
-    ) -> Result<Vec<IngestOutcome>>;
-    async fn event(&self, id: &str) -> Result<Option<(Event, Vec<Notification>)>>;
-    /// Cancels whatever of the event is still pending; `None` if unknown.
-    async fn cancel_event(&self, id: &str, now: DateTime<Utc>) -> Result<Option<usize>>;
-    /// Queues a notification not planned from an event (kci's own notices).
-    async fn enqueue(&self, n: &Notification) -> Result<()>;
-
-    /// Claims up to `limit` notifications due at `now` (or whose lease ran
-    /// out), marking them `sending` until `lease_until`.
-    async fn claim_due(
-        &self,
-        now: DateTime<Utc>,
-        lease_until: DateTime<Utc>,
-        limit: usize,
-    ) -> Result<Vec<Claimed>>;
-    /// Like [`Store::claim_due`], for one channel only: each channel is its
-    /// own queue, so a slow or busy provider holds up only its own.
-    async fn claim_due_on(
-        &self,
-        channel: ChannelKind,
-        now: DateTime<Utc>,
-        lease_until: DateTime<Utc>,
-        limit: usize,
-    ) -> Result<Vec<Claimed>>;
-
-    /// Records the outcome of delivering a claimed notification; a `sent`
-    /// one also clears its destination's count of refusals in a row.
-    async fn finish(&self, id: &str, outcome: Finish) -> Result<()>;
-    /// The earliest time something will be due (pending or leased).
-    async fn next_due(&self) -> Result<Option<DateTime<Utc>>>;
-    /// Notifications per state, for metrics.
-    async fn count_by_state(&self) -> Result<Vec<(State, i64)>>;
-
-    /// Every recorded decision about the notifications of `event`, in order.
-    async fn history(&self, event: &str) -> Result<Vec<Decided>>;
-
-    /// The notices still folded into digest `id`, with their events.
-    async fn digest_members(&self, id: &str) -> Result<Vec<Claimed>>;
-
-    /// Notifications in `state`, newest decision first, at most `limit`,
-    /// those decided before `before` if given (paging).
-    async fn notifications_in(
-        &self,
-        state: State,
-        before: Option<DateTime<Utc>>,
-        limit: usize,
-    ) -> Result<Vec<Notification>>;
-
-    /// Puts a failed notification back in the queue, due `now`, its
-    /// attempts counted afresh; `false` if there is no such failed one.
-    async fn redrive(&self, id: &str, now: DateTime<Utc>) -> Result<bool>;
-
-    /// Records a provider's later word on a sent notification; an
-    /// `undelivered` one becomes `failed` (reason `undelivered`). `false`
-    /// if there is no sent notification `id` still open to a receipt.
-    async fn record_receipt(
-        &self,
-        id: &str,
-        report: &crate::model::Report,
-        at: DateTime<Utc>,
-    ) -> Result<bool>;
-
-    /// One notification by id.
-    async fn notification(&self, id: &str) -> Result<Option<Notification>>;
-
-    /// Sent notifications of `channel` whose provider is still to report,
-    /// longest waiting first.
-    async fn awaiting_receipts(
-        &self,
-        channel: ChannelKind,
-        limit: usize,
-    ) -> Result<Vec<Notification>>;
-
-    /// Counts a delivery's outcome against its destination: a success
-    /// clears the count, a permanent failure adds one, and the failure
-    /// that reaches `threshold` marks the destination unhealthy — only then
-    /// is the answer `true`.
-    async fn count_outcome(
-        &self,
-        destination: &str,
-        failed: bool,
-        threshold: u32,
-        now: DateTime<Utc>,
-    ) -> Result<bool>;
 
     /// Issues a new verification code for a destination that is not
     /// verified or is unhealthy, if `rule` (`trust::codes::issue`) allows
@@ -355,24 +267,14 @@ pub trait Store: Send + Sync + 'static {
         rule: crate::model::IssueRule,
     ) -> Result<RenewOutcome>;
 
-    /// Counts one occurrence of `key` in `bucket` against `cap`
-    /// (`model::throttle::count`); refused occurrences are not counted.
-    async fn throttle(
+    /// Removes a destination and cancels what is pending for it.
+    async fn delete_destination(
         &self,
-        bucket: &str,
-        key: &str,
-        cap: crate::model::Cap,
+        account: &str,
+        contact: &str,
+        id: &str,
         now: DateTime<Utc>,
-    ) -> Result<crate::model::throttle::Counted>;
-
-    /// Whether one more occurrence would be allowed, without counting it.
-    async fn throttle_peek(
-        &self,
-        bucket: &str,
-        key: &str,
-        cap: crate::model::Cap,
-        now: DateTime<Utc>,
-    ) -> Result<std::result::Result<(), DateTime<Utc>>>;
+    ) -> Result<bool>;
 
     /// What a destination's deliveries are signed with at `now`.
     async fn destination_secrets(&self, id: &str, now: DateTime<Utc>) -> Result<Signing>;
@@ -389,6 +291,124 @@ pub trait Store: Send + Sync + 'static {
         previous_until: Option<DateTime<Utc>>,
     ) -> Result<bool>;
 
+    /// The (account, contact) pairs with a destination `uri`.
+    async fn contacts_with_uri(&self, uri: &str) -> Result<Vec<(String, String)>>;
+
+    /// Counts a delivery's outcome against its destination: a success
+    /// clears the count, a permanent failure adds one, and the failure
+    /// that reaches `threshold` marks the destination unhealthy — only then
+    /// is the answer `true`.
+    async fn count_outcome(
+        &self,
+        destination: &str,
+        failed: bool,
+        threshold: u32,
+        now: DateTime<Utc>,
+    ) -> Result<bool>;
+}
+
+/// Events, planned as they are stored, and the record of every decision.
+#[async_trait]
+pub trait EventStore: Send + Sync {
+    /// Stores events durably with what `planner` decides for each, one
+    /// atomic step per event; duplicates of known ids change nothing.
+    async fn ingest(
+        &self,
+        events: Vec<Event>,
+        planner: Arc<dyn Planner>,
+    ) -> Result<Vec<IngestOutcome>>;
+
+    async fn event(&self, id: &str) -> Result<Option<(Event, Vec<Notification>)>>;
+
+    /// Cancels whatever of the event is still pending; `None` if unknown.
+    async fn cancel_event(&self, id: &str, now: DateTime<Utc>) -> Result<Option<usize>>;
+
+    /// Every recorded decision about the notifications of `event`, in order.
+    async fn history(&self, event: &str) -> Result<Vec<Decided>>;
+}
+
+/// The durable queue of notifications: claims with a lease, outcomes, receipts, the dead letters.
+#[async_trait]
+pub trait QueueStore: Send + Sync {
+    /// Queues a notification not planned from an event (kci's own notices).
+    async fn enqueue(&self, n: &Notification) -> Result<()>;
+
+    /// Claims up to `limit` notifications due at `now` (or whose lease ran
+    /// out), marking them `sending` until `lease_until`.
+    async fn claim_due(
+        &self,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<Claimed>>;
+
+    /// Like [`Store::claim_due`], for one channel only: each channel is its
+    /// own queue, so a slow or busy provider holds up only its own.
+    async fn claim_due_on(
+        &self,
+        channel: ChannelKind,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<Claimed>>;
+
+    /// Records the outcome of delivering a claimed notification; a `sent`
+    /// one also clears its destination's count of refusals in a row.
+    async fn finish(&self, id: &str, outcome: Finish) -> Result<()>;
+
+    /// The earliest time something will be due (pending or leased).
+    async fn next_due(&self) -> Result<Option<DateTime<Utc>>>;
+
+    /// Notifications per state, for metrics.
+    async fn count_by_state(&self) -> Result<Vec<(State, i64)>>;
+
+    /// The notices still folded into digest `id`, with their events.
+    async fn digest_members(&self, id: &str) -> Result<Vec<Claimed>>;
+
+    /// Notifications in `state`, newest decision first, at most `limit`,
+    /// those decided before `before` if given (paging).
+    async fn notifications_in(
+        &self,
+        state: State,
+        before: Option<DateTime<Utc>>,
+        limit: usize,
+    ) -> Result<Vec<Notification>>;
+
+    /// Puts a failed notification back in the queue, due `now`, its
+    /// attempts counted afresh; `false` if there is no such failed one.
+    async fn redrive(&self, id: &str, now: DateTime<Utc>) -> Result<bool>;
+
+    /// One notification by id.
+    async fn notification(&self, id: &str) -> Result<Option<Notification>>;
+
+    /// Called once by a server that knows it is the only one using this
+    /// store (embedded SQLite, under its lock): whatever was `sending` when
+    /// the last process died goes back to the queue at once instead of
+    /// waiting for its lease. Returns how many.
+    async fn requeue_abandoned(&self, now: DateTime<Utc>) -> Result<usize>;
+
+    /// Records a provider's later word on a sent notification; an
+    /// `undelivered` one becomes `failed` (reason `undelivered`). `false`
+    /// if there is no sent notification `id` still open to a receipt.
+    async fn record_receipt(
+        &self,
+        id: &str,
+        report: &crate::model::Report,
+        at: DateTime<Utc>,
+    ) -> Result<bool>;
+
+    /// Sent notifications of `channel` whose provider is still to report,
+    /// longest waiting first.
+    async fn awaiting_receipts(
+        &self,
+        channel: ChannelKind,
+        limit: usize,
+    ) -> Result<Vec<Notification>>;
+}
+
+/// The key registry: keys per address, their links and changes.
+#[async_trait]
+pub trait KeyStore: Send + Sync {
     /// Records a key request in one transaction, for the address it is
     /// about: the submitted key (pending), the change it asks for as
     /// `rule` (`keys::rules::admit_change`) admits it, the links and the
@@ -404,9 +424,6 @@ pub trait Store: Send + Sync + 'static {
 
     /// The keys and changes of an address (lower-cased).
     async fn key_status(&self, address: &str) -> Result<crate::model::KeyStatus>;
-
-    /// The (account, contact) pairs with a destination `uri`.
-    async fn contacts_with_uri(&self, uri: &str) -> Result<Vec<(String, String)>>;
 
     /// The active key of an address, if it has one.
     async fn active_key(&self, address: &str) -> Result<Option<crate::model::KeyRecord>>;
@@ -437,12 +454,46 @@ pub trait Store: Send + Sync + 'static {
         now: DateTime<Utc>,
         rule: crate::model::LinkRule,
     ) -> Result<crate::model::Confirmed>;
+}
 
-    /// Called once by a server that knows it is the only one using this
-    /// store (embedded SQLite, under its lock): whatever was `sending` when
-    /// the last process died goes back to the queue at once instead of
-    /// waiting for its lease. Returns how many.
-    async fn requeue_abandoned(&self, now: DateTime<Utc>) -> Result<usize>;
+/// Limits on what outsiders can make kci do.
+#[async_trait]
+pub trait LimitStore: Send + Sync {
+    /// Counts one occurrence of `key` in `bucket` against `cap`
+    /// (`model::throttle::count`); refused occurrences are not counted.
+    async fn throttle(
+        &self,
+        bucket: &str,
+        key: &str,
+        cap: crate::model::Cap,
+        now: DateTime<Utc>,
+    ) -> Result<crate::model::throttle::Counted>;
+
+    /// Whether one more occurrence would be allowed, without counting it.
+    async fn throttle_peek(
+        &self,
+        bucket: &str,
+        key: &str,
+        cap: crate::model::Cap,
+        now: DateTime<Utc>,
+    ) -> Result<std::result::Result<(), DateTime<Utc>>>;
+}
+
+/// Durable state: every aggregate's store, and the schema they share.
+#[async_trait]
+pub trait Store:
+    TokenStore + DirectoryStore + EventStore + QueueStore + KeyStore + LimitStore + 'static
+{
+    /// Brings the schema up to date; safe to call on every start.
+    async fn migrate(&self) -> Result<()>;
+}
+
+/// The store traits, for `use crate::store::prelude::*` where a store is
+/// called.
+pub mod prelude {
+    pub use super::{
+        DirectoryStore, EventStore, KeyStore, LimitStore, QueueStore, Store, TokenStore,
+    };
 }
 
 /// Opens the store named by a config `store.url`.
@@ -618,10 +669,6 @@ pub(crate) mod codec {
             .ok_or_else(|| StoreError::Corrupt(format!("token purpose `{s}`")))
     }
 
-    pub const KEY_COLUMNS: &str =
-        "address, fingerprint, armored, state, source, submitted_at, activated_at, expires_at";
-    pub const CHANGE_COLUMNS: &str = "id, address, kind, fingerprint, state, requested_at, not_before, proven_current, proven_new";
-
     /// An event's `occurred_at` as kept in its stored payload.
     pub fn occurred(s: &str) -> Result<DateTime<Utc>> {
         crate::model::parse_time(s).map_err(|e| StoreError::Corrupt(format!("occurred_at: {e}")))
@@ -648,6 +695,11 @@ pub(crate) mod codec {
         /// `awaiting` when the provider will report later.
         pub receipt: Option<&'static str>,
         pub segments: Option<i64>,
+        /// The notice still waits (a retry, a rate limit): it keeps its
+        /// one-time secret; a final one loses it.
+        pub keeps_secret: bool,
+        /// It went out: its destination's refusals in a row are over.
+        pub clears_refusals: bool,
     }
 
     impl FinishRow {
@@ -664,6 +716,8 @@ pub(crate) mod codec {
                 provider_ref: None,
                 receipt: None,
                 segments: None,
+                keeps_secret: false,
+                clears_refusals: false,
             }
         }
     }
@@ -687,6 +741,8 @@ pub(crate) mod codec {
                     .awaiting
                     .then_some(crate::model::ReceiptStatus::Awaiting.as_str()),
                 segments: receipt.segments.map(i64::from),
+                keeps_secret: false,
+                clears_refusals: true,
             },
             Finish::Retry { at, due_at, detail } => FinishRow {
                 state: State::Pending,
@@ -741,6 +797,7 @@ pub(crate) mod codec {
         };
         FinishRow {
             detail: row.detail.as_deref().map(crate::model::delivery_excerpt),
+            keeps_secret: row.state == State::Pending,
             ..row
         }
     }

@@ -5,28 +5,41 @@
 //! up in a single transaction (group commit): under load, many requests share
 //! one fsync, which is what makes durable ingest fast. Each request runs in
 //! its own savepoint, so one failing request never undoes another. Reads use
-//! a small pool of separate connections.
+//! a small pool of separate connections. What this file knows is SQLite's
+//! SQL and its connections; every flow and decision is in `db.rs`.
 
 use super::codec::*;
-use super::*;
-use crate::model::{from_millis, to_millis};
-use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
-use std::collections::HashMap;
+use super::db::{Backend, Db, Job, migrations};
+use super::rows::{self, *};
+use super::{Decided, Result, StoreError, TokenRecord};
+use crate::model::throttle::Window;
+use crate::model::{
+    Account, CodeRow, Contact, Destination, Event, KeyChange, KeyRecord, KeyToken, LinkRow,
+    Message, Notification, ProofUse, RelatedNotice, State, to_millis,
+};
+use rusqlite::{Connection, OpenFlags, Params, Row, params};
 use std::sync::Mutex;
 use std::sync::mpsc;
 
 type Finisher = Box<dyn FnOnce(std::result::Result<(), String>) + Send>;
-type Job = Box<dyn FnOnce(&Connection) -> Finisher + Send>;
+type WriterJob = Box<dyn FnOnce(&mut Lite) -> Finisher + Send>;
 
 /// Most jobs committed together.
 const MAX_GROUP: usize = 1024;
 const READERS: usize = 4;
 
-pub struct SqliteStore {
-    writer: Mutex<mpsc::Sender<Job>>,
+/// The embedded store.
+pub type SqliteStore = Db<Sqlite>;
+
+/// SQLite's transactions: the writer thread and the readers.
+pub struct Sqlite {
+    writer: Mutex<mpsc::Sender<WriterJob>>,
     readers: Mutex<Vec<Connection>>,
     path: Option<String>,
 }
+
+/// SQLite's rows: one connection.
+pub struct Lite(Connection);
 
 fn open_conn(path: Option<&str>) -> Result<Connection> {
     let conn = match path {
@@ -51,7 +64,7 @@ fn open_conn(path: Option<&str>) -> Result<Connection> {
     Ok(conn)
 }
 
-impl SqliteStore {
+impl Db<Sqlite> {
     /// Opens (creating if needed) the database at `path`; `:memory:` gives a
     /// throw-away store for `kci simulate` and tests.
     pub fn open(path: &str) -> Result<Self> {
@@ -66,28 +79,42 @@ impl SqliteStore {
             })?;
         }
         let conn = open_conn(path.as_deref())?;
-        let (tx, rx) = mpsc::channel::<Job>();
+        let (tx, rx) = mpsc::channel::<WriterJob>();
         std::thread::Builder::new()
             .name("kci-sqlite-writer".into())
-            .spawn(move || writer_loop(conn, rx))
+            .spawn(move || writer_loop(Lite(conn), rx))
             .map_err(|e| StoreError::Unavailable(format!("cannot start writer: {e}")))?;
-        Ok(Self {
+        Ok(Db(Sqlite {
             writer: Mutex::new(tx),
             readers: Mutex::new(Vec::new()),
             path,
-        })
+        }))
     }
+}
 
-    /// Runs `f` on the writer connection inside the current group's
-    /// transaction; resolves once that transaction is durably committed.
-    async fn write<R, F>(&self, f: F) -> Result<R>
-    where
-        R: Send + 'static,
-        F: FnOnce(&Connection) -> Result<R> + Send + 'static,
-    {
+/// Runs a job's future, which SQLite's rows never make wait, to its end.
+fn now<F: std::future::Future<Output = Result<T>>, T>(f: F) -> Result<T> {
+    let mut f = std::pin::pin!(f);
+    let waker = std::task::Waker::noop();
+    match f.as_mut().poll(&mut std::task::Context::from_waker(waker)) {
+        std::task::Poll::Ready(out) => out,
+        std::task::Poll::Pending => Err(StoreError::Unavailable(
+            "a SQLite step waited for something; it must not".into(),
+        )),
+    }
+}
+
+impl Backend for Sqlite {
+    type Rows = Lite;
+    const ONE_PROCESS: bool = true;
+    const MIGRATIONS: &'static [(i64, &'static str)] = migrations!("sqlite");
+
+    /// Runs `job` on the writer connection in a savepoint of the current
+    /// group's transaction; resolves once that is durably committed.
+    async fn write<T: Send + 'static>(&self, job: Job<Lite, T>) -> Result<T> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let job: Job = Box::new(move |conn| {
-            let result = in_savepoint(conn, "job", f);
+        let job: WriterJob = Box::new(move |lite| {
+            let result = in_savepoint(lite, job);
             Box::new(move |commit| {
                 let out = match (result, commit) {
                     (Ok(v), Ok(())) => Ok(v),
@@ -106,24 +133,20 @@ impl SqliteStore {
             .map_err(|_| StoreError::Unavailable("sqlite writer stopped".into()))?
     }
 
-    /// Runs `f` on a reader connection (on the writer for in-memory stores,
-    /// which cannot be shared between connections).
-    async fn read<R, F>(&self, f: F) -> Result<R>
-    where
-        R: Send + 'static,
-        F: FnOnce(&Connection) -> Result<R> + Send + 'static,
-    {
+    /// Runs `job` on a reader connection (on the writer for in-memory
+    /// stores, which cannot be shared between connections).
+    async fn read<T: Send + 'static>(&self, job: Job<Lite, T>) -> Result<T> {
         let Some(path) = self.path.clone() else {
-            return self.write(f).await;
+            return self.write(job).await;
         };
         let pooled = self.readers.lock().unwrap_or_else(|e| e.into_inner()).pop();
         let (conn, result) = tokio::task::spawn_blocking(move || {
-            let conn = match pooled {
+            let mut lite = Lite(match pooled {
                 Some(c) => c,
                 None => open_conn(Some(&path))?,
-            };
-            let r = f(&conn);
-            Ok::<_, StoreError>((conn, r))
+            });
+            let r = now(job(&mut lite));
+            Ok::<_, StoreError>((lite.0, r))
         })
         .await
         .map_err(|e| StoreError::Unavailable(format!("reader task: {e}")))??;
@@ -135,19 +158,15 @@ impl SqliteStore {
     }
 }
 
-fn in_savepoint<R>(
-    conn: &Connection,
-    name: &str,
-    f: impl FnOnce(&Connection) -> Result<R>,
-) -> Result<R> {
-    conn.execute_batch(&format!("SAVEPOINT {name}"))?;
-    match f(conn) {
+fn in_savepoint<T>(lite: &mut Lite, job: Job<Lite, T>) -> Result<T> {
+    lite.0.execute_batch("SAVEPOINT job")?;
+    match now(job(lite)) {
         Ok(v) => {
-            conn.execute_batch(&format!("RELEASE {name}"))?;
+            lite.0.execute_batch("RELEASE job")?;
             Ok(v)
         }
         Err(e) => {
-            let _ = conn.execute_batch(&format!("ROLLBACK TO {name}; RELEASE {name}"));
+            let _ = lite.0.execute_batch("ROLLBACK TO job; RELEASE job");
             Err(e)
         }
     }
@@ -170,14 +189,14 @@ fn truncate_log(conn: &Connection) -> bool {
     done
 }
 
-fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>) {
+fn writer_loop(mut lite: Lite, rx: mpsc::Receiver<WriterJob>) {
     // Rows erased in place (a notice's one-time secret, once it went out)
     // leave no copy in the database file (`secure_delete`), but their old
     // versions stay in the log's frames until the log is restarted. Under
     // load the log restarts often and is truncated each time
     // (`journal_size_limit`); once things are quiet, it is truncated here.
     let (mut seen, mut changed_at, mut dirty) =
-        (conn.total_changes(), std::time::Instant::now(), false);
+        (lite.0.total_changes(), std::time::Instant::now(), false);
     loop {
         let first = match rx.recv_timeout(std::time::Duration::from_secs(1)) {
             Ok(job) => Some(job),
@@ -185,13 +204,13 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>) {
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         };
         if let Some(first) = first {
-            commit_group(&conn, first, &rx);
+            commit_group(&mut lite, first, &rx);
         }
-        let total = conn.total_changes();
+        let total = lite.0.total_changes();
         if total != seen {
             (seen, changed_at, dirty) = (total, std::time::Instant::now(), true);
         }
-        if dirty && changed_at.elapsed() >= QUIET && truncate_log(&conn) {
+        if dirty && changed_at.elapsed() >= QUIET && truncate_log(&lite.0) {
             dirty = false;
         }
     }
@@ -199,7 +218,7 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>) {
 
 /// Runs `first` and whatever else has queued (up to [`MAX_GROUP`]) in one
 /// transaction, each in its savepoint, and tells each how it ended.
-fn commit_group(conn: &Connection, first: Job, rx: &mpsc::Receiver<Job>) {
+fn commit_group(lite: &mut Lite, first: WriterJob, rx: &mpsc::Receiver<WriterJob>) {
     let mut group = vec![first];
     while group.len() < MAX_GROUP {
         match rx.try_recv() {
@@ -207,11 +226,11 @@ fn commit_group(conn: &Connection, first: Job, rx: &mpsc::Receiver<Job>) {
             Err(_) => break,
         }
     }
-    let began = conn.execute_batch("BEGIN IMMEDIATE").is_ok();
-    let finishers: Vec<Finisher> = group.into_iter().map(|job| job(conn)).collect();
+    let began = lite.0.execute_batch("BEGIN IMMEDIATE").is_ok();
+    let finishers: Vec<Finisher> = group.into_iter().map(|job| job(lite)).collect();
     let commit = if began {
-        conn.execute_batch("COMMIT").map_err(|e| {
-            let _ = conn.execute_batch("ROLLBACK");
+        lite.0.execute_batch("COMMIT").map_err(|e| {
+            let _ = lite.0.execute_batch("ROLLBACK");
             e.to_string()
         })
     } else {
@@ -222,1524 +241,694 @@ fn commit_group(conn: &Connection, first: Job, rx: &mpsc::Receiver<Job>) {
     }
 }
 
-const NOTIFICATION_COLUMNS: &str = "id, event, account, contact, destination, uri, channel, type, key, priority, \
-     state, reason, detail, due_at, expires_at, decided_at, sent_at, attempts, timezone, message, digest, paired_from, \
-     provider_ref, receipt, segments, secret";
-
-fn notification_from_row(row: &Row<'_>) -> Result<Notification> {
-    Ok(Notification {
-        id: row.get(0)?,
-        event: row.get(1)?,
-        account: row.get(2)?,
-        contact: row.get(3)?,
-        destination: row.get(4)?,
-        uri: row.get(5)?,
-        channel: channel_from_text(&row.get::<_, String>(6)?)?,
-        type_name: row.get(7)?,
-        key: row.get(8)?,
-        priority: Priority::from_rank(row.get(9)?),
-        state: state_from_text(&row.get::<_, String>(10)?)?,
-        reason: reason_from_text(row.get(11)?)?,
-        detail: row.get(12)?,
-        due_at: from_millis(row.get(13)?),
-        expires_at: row.get::<_, Option<i64>>(14)?.map(from_millis),
-        decided_at: from_millis(row.get(15)?),
-        sent_at: row.get::<_, Option<i64>>(16)?.map(from_millis),
-        attempts: row.get::<_, i64>(17)?.try_into().unwrap_or(0),
-        timezone: row.get(18)?,
-        message: message_from_json(row.get(19)?)?,
-        digest: row.get(20)?,
-        paired_from: row.get::<_, Option<i64>>(21)?.map(from_millis),
-        provider_ref: row.get(22)?,
-        receipt: receipt_from_text(row.get(23)?)?,
-        segments: row
-            .get::<_, Option<i64>>(24)?
-            .and_then(|s| u32::try_from(s).ok()),
-        secret: row
-            .get::<_, Option<String>>(25)?
-            .map(crate::model::Secret::new),
-    })
-}
-
-fn insert_notification(conn: &Connection, n: &Notification) -> Result<()> {
-    let message = n
-        .message
-        .as_ref()
-        .map(|m| serde_json::to_string(m).unwrap_or_default());
-    conn.prepare_cached(
-        "INSERT INTO notifications (id, event, account, contact, destination, uri, channel, type, key, priority, \
-         state, reason, detail, due_at, expires_at, decided_at, sent_at, attempts, timezone, message, digest, \
-         paired_from, secret) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23)",
-    )?
-    .execute(params![
-        n.id,
-        n.event,
-        n.account,
-        n.contact,
-        n.destination,
-        n.uri,
-        n.channel.as_str(),
-        n.type_name,
-        n.key,
-        n.priority.rank(),
-        n.state.as_str(),
-        n.reason.map(|r| r.as_str()),
-        n.detail,
-        to_millis(n.due_at),
-        n.expires_at.map(to_millis),
-        to_millis(n.decided_at),
-        n.sent_at.map(to_millis),
-        i64::from(n.attempts),
-        n.timezone,
-        message,
-        n.digest,
-        n.paired_from.map(to_millis),
-        n.secret.as_ref().map(|s| s.expose()),
-    ])?;
-    let d = Decided {
-        notification: n.id.clone(),
-        at: n.decided_at,
-        state: n.state,
-        reason: n.reason,
-        detail: n.detail.clone(),
-        due_at: n.due_at,
-    };
-    record(conn, n.event.as_deref(), &d)
-}
-
-fn key_from_row(r: &Row<'_>) -> Result<crate::model::KeyRecord> {
-    Ok(crate::model::KeyRecord {
-        address: r.get(0)?,
-        fingerprint: r.get(1)?,
-        armored: r.get(2)?,
-        state: key_state(&r.get::<_, String>(3)?)?,
-        source: r.get(4)?,
-        submitted_at: from_millis(r.get(5)?),
-        activated_at: r.get::<_, Option<i64>>(6)?.map(from_millis),
-        expires_at: r.get::<_, Option<i64>>(7)?.map(from_millis),
-    })
-}
-
-fn change_from_row(r: &Row<'_>) -> Result<crate::model::KeyChange> {
-    Ok(crate::model::KeyChange {
-        id: r.get(0)?,
-        address: r.get(1)?,
-        kind: change_kind(&r.get::<_, String>(2)?)?,
-        fingerprint: r.get(3)?,
-        state: change_state(&r.get::<_, String>(4)?)?,
-        requested_at: from_millis(r.get(5)?),
-        not_before: from_millis(r.get(6)?),
-        proven_current: r.get(7)?,
-        proven_new: r.get(8)?,
-    })
-}
-
-fn insert_key_tokens(conn: &Connection, tokens: &[crate::model::KeyToken]) -> Result<()> {
-    for t in tokens {
-        conn.prepare_cached(
-            "INSERT INTO key_tokens (hash, address, fingerprint, purpose, change, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        )?
-        .execute(params![t.hash, t.address, t.fingerprint, t.purpose.as_str(), t.change, to_millis(t.expires_at)])?;
-    }
-    Ok(())
-}
-
-/// What the key rules see of `address`: its active and pending keys and
-/// its pending changes.
-fn address_keys(conn: &Connection, address: &str) -> Result<crate::model::AddressKeys> {
-    let mut keys = crate::model::AddressKeys::default();
-    let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {KEY_COLUMNS} FROM keys WHERE address = ?1 AND state IN ('active', 'pending') ORDER BY submitted_at"
-    ))?;
-    let mut rows = stmt.query([address])?;
-    while let Some(r) = rows.next()? {
-        let k = key_from_row(r)?;
-        if k.state == crate::model::KeyState::Active {
-            keys.active = Some(k);
-        } else {
-            keys.pending.push(k);
-        }
-    }
-    drop(rows);
-    let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {CHANGE_COLUMNS} FROM key_changes WHERE address = ?1 AND state = 'pending' ORDER BY requested_at, id"
-    ))?;
-    let mut rows = stmt.query([address])?;
-    while let Some(r) = rows.next()? {
-        keys.changes.push(change_from_row(r)?);
-    }
-    Ok(keys)
-}
-
-/// Makes the writes the key rules returned for `address`; `link` is the
-/// hash of the link being followed, if any.
-fn write_keys(
-    conn: &Connection,
-    address: &str,
-    link: Option<&str>,
-    now: DateTime<Utc>,
-    writes: &[crate::model::KeyWrite],
-) -> Result<()> {
-    use crate::model::KeyWrite;
-    for w in writes {
-        match w {
-            KeyWrite::UseLink => {
-                conn.prepare_cached("UPDATE key_tokens SET used_at = ?2 WHERE hash = ?1")?
-                    .execute(params![link, to_millis(now)])?;
+impl Cols for Row<'_> {
+    fn cell(&self, i: usize) -> Result<Cell> {
+        use rusqlite::types::ValueRef;
+        Ok(match self.get_ref(i)? {
+            ValueRef::Null => Cell::Null,
+            ValueRef::Integer(n) => Cell::Int(n),
+            ValueRef::Text(t) => Cell::Text(String::from_utf8_lossy(t).into_owned()),
+            other => {
+                return Err(StoreError::Corrupt(format!(
+                    "column {i}: {:?}",
+                    other.data_type()
+                )));
             }
-            KeyWrite::Retire { fingerprint, state } => {
-                conn.prepare_cached(
-                    "UPDATE keys SET state = ?3 WHERE address = ?1 AND fingerprint = ?2",
-                )?
-                .execute(params![address, fingerprint, state.as_str()])?;
-            }
-            KeyWrite::Activate { fingerprint, at } => {
-                conn.prepare_cached(
-                    "UPDATE keys SET state = 'active', activated_at = ?3 WHERE address = ?1 AND fingerprint = ?2",
-                )?
-                .execute(params![address, fingerprint, to_millis(*at)])?;
-            }
-            KeyWrite::Change(c) => {
-                conn.prepare_cached(
-                    "INSERT INTO key_changes (id, address, kind, fingerprint, state, requested_at, not_before, proven_current, proven_new) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
-                     ON CONFLICT (id) DO UPDATE SET state = excluded.state, proven_current = excluded.proven_current, \
-                     proven_new = excluded.proven_new",
-                )?
-                .execute(params![
-                    c.id,
-                    c.address,
-                    c.kind.as_str(),
-                    c.fingerprint,
-                    c.state.as_str(),
-                    to_millis(c.requested_at),
-                    to_millis(c.not_before),
-                    c.proven_current,
-                    c.proven_new
-                ])?;
-            }
-        }
-    }
-    Ok(())
-}
-
-/// A destination's verification code row; `None` if there is no such
-/// destination under that account and contact.
-fn code_row(conn: &Connection, id: &str, account: &str, contact: &str) -> Result<Option<CodeRow>> {
-    let row = conn
-        .prepare_cached(
-            "SELECT verified AND unhealthy_since IS NULL, code_hash, code_expires_at, code_attempts, codes_sent, \
-             code_sent_at, wrong_codes, code_window_start FROM destinations WHERE id = ?1 AND account = ?2 AND contact = ?3",
-        )?
-        .query_row([id, account, contact], |r| {
-            Ok(CodeRow {
-                usable: r.get(0)?,
-                hash: r.get(1)?,
-                expires_at: r.get::<_, Option<i64>>(2)?.map(from_millis),
-                attempts: u32::try_from(r.get::<_, i64>(3)?).unwrap_or(u32::MAX),
-                codes_sent: u32::try_from(r.get::<_, i64>(4)?).unwrap_or(u32::MAX),
-                sent_at: r.get::<_, Option<i64>>(5)?.map(from_millis),
-                wrong: u32::try_from(r.get::<_, i64>(6)?).unwrap_or(u32::MAX),
-                window_start: r.get::<_, Option<i64>>(7)?.map(from_millis),
-            })
         })
-        .optional()?;
-    Ok(row)
+    }
 }
 
-/// Stores a destination's code row; a row that became usable also makes
-/// the destination verified and healthy again.
-fn write_code_row(conn: &Connection, id: &str, row: &CodeRow) -> Result<()> {
-    conn.prepare_cached(
-        "UPDATE destinations SET code_hash = ?2, code_expires_at = ?3, code_attempts = ?4, codes_sent = ?5, \
-         code_sent_at = ?6, wrong_codes = ?7, code_window_start = ?8, \
-         verified = verified OR ?9, unhealthy_since = CASE WHEN ?9 THEN NULL ELSE unhealthy_since END, \
-         failures = CASE WHEN ?9 THEN 0 ELSE failures END WHERE id = ?1",
-    )?
-    .execute(params![
-        id,
-        row.hash,
-        row.expires_at.map(to_millis),
-        i64::from(row.attempts),
-        i64::from(row.codes_sent),
-        row.sent_at.map(to_millis),
-        i64::from(row.wrong),
-        row.window_start.map(to_millis),
-        row.usable
-    ])?;
-    Ok(())
-}
-
-/// The stored window of `key` in `bucket`.
-fn throttle_window(
-    conn: &Connection,
-    bucket: &str,
-    key: &str,
-) -> Result<Option<crate::model::throttle::Window>> {
-    Ok(conn
-        .prepare_cached("SELECT window_start, count FROM throttle WHERE bucket = ?1 AND key = ?2")?
-        .query_row([bucket, key], |r| {
-            Ok(crate::model::throttle::Window {
-                start: from_millis(r.get(0)?),
-                count: u32::try_from(r.get::<_, i64>(1)?).unwrap_or(u32::MAX),
-            })
-        })
-        .optional()?)
-}
-
-/// Appends one decision to the record.
-fn record(conn: &Connection, event: Option<&str>, d: &Decided) -> Result<()> {
-    conn.prepare_cached(
-        "INSERT INTO decisions (notification, event, at, state, reason, detail, due_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-    )?
-    .execute(params![
-        d.notification,
-        event,
-        to_millis(d.at),
-        d.state.as_str(),
-        d.reason.map(|r| r.as_str()),
-        d.detail,
-        to_millis(d.due_at),
-    ])?;
-    Ok(())
-}
-
-/// Cancels the pending notifications whose `column` (id, event or
-/// destination) is `value` — with the notices folded into a digest that is
-/// still pending — recording why; returns how many. By event, kci's own
-/// notices (digests, flap summaries) stay: they carry other events too.
-fn cancel_pending(
-    conn: &Connection,
-    column: &str,
-    value: &str,
-    reason: Reason,
-    detail: Option<&str>,
-    at: DateTime<Utc>,
-) -> Result<usize> {
-    let mut stmt = conn.prepare_cached(&format!(
-        "UPDATE notifications SET state = 'cancelled', reason = ?2, detail = ?3, decided_at = ?4, secret = NULL \
-         WHERE {} RETURNING id, event, due_at",
-        cancellable(column, "?1")
-    ))?;
-    let mut rows = stmt.query(params![value, reason.as_str(), detail, to_millis(at)])?;
-    let mut done = Vec::new();
-    while let Some(r) = rows.next()? {
-        done.push((
-            r.get::<_, String>(0)?,
-            r.get::<_, Option<String>>(1)?,
-            r.get::<_, i64>(2)?,
-        ));
-    }
-    drop(rows);
-    for (id, event, due_at) in &done {
-        let d = Decided {
-            notification: id.clone(),
-            at,
-            state: State::Cancelled,
-            reason: Some(reason),
-            detail: detail.map(str::to_string),
-            due_at: from_millis(*due_at),
-        };
-        record(conn, event.as_deref(), &d)?;
-    }
-    Ok(done.len())
-}
-
-/// Pairs each notification with its event (read once per event).
-fn with_events(conn: &Connection, notes: Vec<Notification>) -> Result<Vec<Claimed>> {
-    let mut events: HashMap<String, Option<Event>> = HashMap::new();
-    let mut paranoid: HashMap<String, bool> = HashMap::new();
-    let mut keys: HashMap<String, Option<String>> = HashMap::new();
-    let mut out = Vec::with_capacity(notes.len());
-    for n in notes {
-        if !paranoid.contains_key(&n.account) {
-            let p = conn
-                .prepare_cached("SELECT paranoid FROM accounts WHERE id = ?1")?
-                .query_row([&n.account], |r| r.get::<_, bool>(0))
-                .optional()?
-                .unwrap_or(false);
-            paranoid.insert(n.account.clone(), p);
-        }
-        let is_paranoid = paranoid.get(&n.account).copied().unwrap_or(false);
-        let active_key = match mail_address(&n) {
-            Some(address) => {
-                if !keys.contains_key(&address) {
-                    let k = conn
-                        .prepare_cached(
-                            "SELECT armored FROM keys WHERE address = ?1 AND state = 'active'",
-                        )?
-                        .query_row([&address], |r| r.get::<_, String>(0))
-                        .optional()?;
-                    keys.insert(address.clone(), k);
-                }
-                keys.get(&address).cloned().flatten()
-            }
-            None => None,
-        };
-        let event = match &n.event {
-            Some(id) => {
-                if !events.contains_key(id) {
-                    let payload: Option<String> = conn
-                        .prepare_cached("SELECT payload FROM events WHERE id = ?1")?
-                        .query_row([id], |r| r.get(0))
-                        .optional()?;
-                    events.insert(
-                        id.clone(),
-                        payload.map(|p| event_from_json(&p)).transpose()?,
-                    );
-                }
-                events.get(id).cloned().flatten()
-            }
-            None => None,
-        };
-        out.push(Claimed {
-            notification: n,
-            event,
-            paranoid: is_paranoid,
-            active_key,
-        });
-    }
-    Ok(out)
-}
-
-fn account_view(conn: &Connection, id: &str) -> Result<Option<AccountView>> {
-    let account = conn
-        .prepare_cached("SELECT id, name, timezone, security_level, paranoid, defaults FROM accounts WHERE id = ?1")?
-        .query_row([id], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, Option<String>>(2)?,
-                r.get::<_, String>(3)?,
-                r.get::<_, bool>(4)?,
-                r.get::<_, String>(5)?,
-            ))
-        })
-        .optional()?;
-    let Some((id, name, tz, level, paranoid, defaults)) = account else {
-        return Ok(None);
-    };
-    let account = Account {
-        id,
-        name,
-        timezone: tz_from_text(tz)?,
-        security_level: level_from_text(&level)?,
-        paranoid,
-        defaults: prefs_from_json(&defaults)?,
-    };
-    let mut contacts = Vec::new();
-    let mut stmt = conn.prepare_cached(
-        "SELECT id, name, timezone, prefs FROM contacts WHERE account = ?1 ORDER BY id",
-    )?;
-    let mut rows = stmt.query([&account.id])?;
-    while let Some(r) = rows.next()? {
-        contacts.push(ContactView {
-            contact: Contact {
-                id: r.get(0)?,
-                name: r.get(1)?,
-                timezone: tz_from_text(r.get(2)?)?,
-                prefs: prefs_from_json(&r.get::<_, String>(3)?)?,
-            },
-            destinations: Vec::new(),
-        });
-    }
-    let mut stmt = conn.prepare_cached(
-        "SELECT id, contact, uri, prefs, verified, unhealthy_since FROM destinations WHERE account = ?1 ORDER BY contact, id",
-    )?;
-    let mut rows = stmt.query([&account.id])?;
-    while let Some(r) = rows.next()? {
-        let dest = Destination {
-            id: r.get(0)?,
-            contact: r.get(1)?,
-            uri: uri_from_text(&r.get::<_, String>(2)?)?,
-            prefs: prefs_from_json(&r.get::<_, String>(3)?)?,
-            verified: r.get(4)?,
-            unhealthy_since: r.get::<_, Option<i64>>(5)?.map(from_millis),
-        };
-        if let Some(cv) = contacts.iter_mut().find(|c| c.contact.id == dest.contact) {
-            cv.destinations.push(dest);
-        }
-    }
-    Ok(Some(AccountView { account, contacts }))
-}
-
-/// The notices of `types` for (account, key) that planning looks at: every
-/// one still pending, and every notice of the latest event of each type.
-fn related_for_key(
-    conn: &Connection,
-    account: &str,
-    key: &str,
-    types: &[String],
-) -> Result<Vec<RelatedNotice>> {
-    let mut pending = conn.prepare_cached(&format!(
-        "SELECT n.id, n.event, n.type, n.destination, 'pending', n.due_at, json_extract(e.payload, '$.occurred_at') \
-         FROM notifications n JOIN events e ON e.id = n.event \
-         WHERE n.account = ?1 AND n.key = ?2 AND n.type = ?3 AND {}",
-        waiting("n.")
-    ))?;
-    let mut latest = conn.prepare_cached(
-        "SELECT n.id, n.event, n.type, n.destination, n.state, n.due_at, json_extract(e.payload, '$.occurred_at') \
-         FROM notifications n JOIN events e ON e.id = n.event WHERE n.event = \
-         (SELECT id FROM events WHERE account = ?1 AND key = ?2 AND type = ?3 \
-          ORDER BY received_at DESC, rowid DESC LIMIT 1)",
-    )?;
-    let mut out: Vec<RelatedNotice> = Vec::new();
-    for t in types {
-        for stmt in [&mut pending, &mut latest] {
-            let mut rows = stmt.query([account, key, t])?;
-            while let Some(r) = rows.next()? {
-                let id: String = r.get(0)?;
-                if out.iter().any(|n| n.id == id) {
-                    continue;
-                }
-                out.push(RelatedNotice {
-                    id,
-                    event: r.get(1)?,
-                    type_name: r.get(2)?,
-                    destination: r.get(3)?,
-                    state: state_from_text(&r.get::<_, String>(4)?)?,
-                    due_at: from_millis(r.get(5)?),
-                    occurred_at: occurred(&r.get::<_, String>(6)?)?,
-                });
-            }
-        }
-    }
-    Ok(out)
-}
-
-fn ingest_one(
-    conn: &Connection,
-    event: &Event,
-    planner: &dyn Planner,
-    views: &mut HashMap<String, Option<AccountView>>,
-) -> Result<IngestOutcome> {
-    let seen: Option<i64> = conn
-        .prepare_cached("SELECT notifications FROM events WHERE id = ?1")?
-        .query_row([&event.id], |r| r.get(0))
-        .optional()?;
-    if let Some(n) = seen {
-        return Ok(IngestOutcome::Duplicate {
-            id: event.id.clone(),
-            notifications: n.try_into().unwrap_or(0),
-        });
-    }
-    if !views.contains_key(&event.account) {
-        views.insert(event.account.clone(), account_view(conn, &event.account)?);
-    }
-    let Some(view) = views.get(&event.account).and_then(|v| v.as_ref()) else {
-        return Ok(IngestOutcome::Rejected(Rejection {
-            code: "unknown_account",
-            message: format!("account: `{}` is not a known account", event.account),
-        }));
-    };
-    let types = planner.related_types(event);
-    let pending = if types.is_empty() {
-        Vec::new()
-    } else {
-        related_for_key(conn, &event.account, &event.key, &types)?
-    };
-    let recent = match planner.flap_window(event) {
-        Some((types, within)) => {
-            let since = to_millis(event.received_at - within);
-            let mut stmt = conn.prepare_cached(
-                "SELECT COUNT(*) FROM events WHERE account = ?1 AND key = ?2 AND type = ?3 AND received_at > ?4",
-            )?;
-            let mut n = 0usize;
-            for t in &types {
-                let c: i64 =
-                    stmt.query_row(params![event.account, event.key, t, since], |r| r.get(0))?;
-                n += usize::try_from(c).unwrap_or(0);
-            }
-            n
-        }
-        None => 0,
-    };
-    let mut loads = Vec::new();
-    for (destination, period) in planner.loads_needed(event, view) {
-        let recent = match period {
-            Some(p) => conn
-                .prepare_cached(
-                    "SELECT COUNT(*) FROM notifications WHERE destination = ?1 AND due_at > ?2 AND priority < 3 \
-                     AND state IN ('pending', 'sending', 'sent') AND event IS NOT NULL AND type NOT LIKE 'kci.%'",
-                )?
-                .query_row(params![destination, to_millis(event.received_at - p)], |r| r.get::<_, i64>(0))?,
-            None => 0,
-        };
-        let pending_digest: Option<String> = conn
-            .prepare_cached(
-                "SELECT id FROM notifications WHERE destination = ?1 AND type = 'kci.digest' AND state = 'pending' \
-                 ORDER BY due_at LIMIT 1",
-            )?
-            .query_row([&destination], |r| r.get(0))
-            .optional()?;
-        loads.push(Load {
-            destination,
-            recent: usize::try_from(recent).unwrap_or(0),
-            pending_digest,
-        });
-    }
-    let seen = Seen {
-        related: &pending,
-        recent,
-        loads: &loads,
-    };
-    let plan = match planner.plan(event, view, &seen) {
-        Ok(p) => p,
-        Err(r) => return Ok(IngestOutcome::Rejected(r)),
-    };
-    let payload = serde_json::to_string(event).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    conn.prepare_cached(
-        "INSERT INTO events (id, account, type, key, received_at, notifications, payload) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-    )?
-    .execute(params![
-        event.id,
-        event.account,
-        event.type_name,
-        event.key,
-        to_millis(event.received_at),
-        plan.notifications.len() as i64,
-        payload
-    ])?;
-    for n in &plan.notifications {
-        insert_notification(conn, n)?;
-    }
-    for c in &plan.cancels {
-        cancel_pending(
-            conn,
-            "id",
-            &c.id,
-            c.reason,
-            Some(&c.detail),
-            event.received_at,
-        )?;
-    }
-    for (id, from) in &plan.paired {
-        conn.prepare_cached(
-            "UPDATE notifications SET paired_from = ?2 WHERE id = ?1 AND state = 'pending'",
-        )?
-        .execute(params![id, to_millis(*from)])?;
-    }
-    for (id, message) in &plan.updates {
-        let text =
-            serde_json::to_string(message).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        conn.prepare_cached(
-            "UPDATE notifications SET message = ?2 WHERE id = ?1 AND state = 'pending'",
-        )?
-        .execute(params![id, text])?;
-    }
-    Ok(IngestOutcome::Accepted {
-        id: event.id.clone(),
-        notifications: plan.notifications.len(),
-    })
-}
-
-impl SqliteStore {
-    /// Claims due notifications (of `channel`, or of all), urgent first.
-    async fn claim(
+impl Lite {
+    fn all<T>(
         &self,
-        channel: Option<ChannelKind>,
-        now: DateTime<Utc>,
-        lease_until: DateTime<Utc>,
-        limit: usize,
-    ) -> Result<Vec<Claimed>> {
-        self.write(move |conn| {
-            let (now, lease) = (to_millis(now), to_millis(lease_until));
-            let mut stmt = conn.prepare_cached(&format!(
-                "UPDATE notifications SET state = 'sending', attempts = attempts + 1, lease_until = ?2 \
-                 WHERE id IN ( \
-                   SELECT id FROM notifications WHERE state = 'pending' AND due_at <= ?1 \
-                     AND (?4 IS NULL OR channel = ?4) \
-                   UNION ALL \
-                   SELECT id FROM notifications WHERE state = 'sending' AND lease_until <= ?1 \
-                     AND (?4 IS NULL OR channel = ?4) \
-                   LIMIT ?3) \
-                 RETURNING {NOTIFICATION_COLUMNS}"
-            ))?;
-            let mut rows = stmt.query(params![now, lease, limit as i64, channel.map(|c| c.as_str())])?;
-            let mut claimed = Vec::new();
-            while let Some(r) = rows.next()? {
-                claimed.push(notification_from_row(r)?);
-            }
-            drop(rows);
-            let mut out = with_events(conn, claimed)?;
-            out.sort_by_key(|c| (std::cmp::Reverse(c.notification.priority), c.notification.due_at));
-            Ok(out)
-        })
-        .await
+        sql: &str,
+        p: impl Params,
+        f: impl Fn(&Row<'_>) -> Result<T>,
+    ) -> Result<Vec<T>> {
+        let mut stmt = self.0.prepare_cached(sql)?;
+        let mut rows = stmt.query(p)?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next()? {
+            out.push(f(r)?);
+        }
+        Ok(out)
+    }
+
+    fn one<T>(
+        &self,
+        sql: &str,
+        p: impl Params,
+        f: impl Fn(&Row<'_>) -> Result<T>,
+    ) -> Result<Option<T>> {
+        let mut stmt = self.0.prepare_cached(sql)?;
+        let mut rows = stmt.query(p)?;
+        rows.next()?.map(f).transpose()
+    }
+
+    fn exec(&self, sql: &str, p: impl Params) -> Result<usize> {
+        Ok(self.0.prepare_cached(sql)?.execute(p)?)
+    }
+
+    /// Records decision `d` about notification `id` of `event`.
+    fn record(&self, id: &str, event: Option<&str>, d: &Decided, due_at: i64) -> Result<()> {
+        self.exec(
+            "INSERT INTO decisions (notification, event, at, state, reason, detail, due_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                id,
+                event,
+                to_millis(d.at),
+                d.state.as_str(),
+                d.reason.map(|r| r.as_str()),
+                d.detail,
+                due_at
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Records `d` for each (id, event, due) a write returned.
+    fn record_all(&self, done: &[(String, Option<String>, i64)], d: &Decided) -> Result<usize> {
+        for (id, event, due_at) in done {
+            self.record(id, event.as_deref(), d, *due_at)?;
+        }
+        Ok(done.len())
     }
 }
 
-#[async_trait]
-impl Store for SqliteStore {
-    async fn migrate(&self) -> Result<()> {
-        self.write(|conn| {
-            conn.execute_batch(
-                "CREATE TABLE IF NOT EXISTS kci_schema (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)",
-            )?;
-            let have: i64 = conn.query_row("SELECT COALESCE(MAX(version), 0) FROM kci_schema", [], |r| r.get(0))?;
-            for (version, sql) in MIGRATIONS {
-                if *version > have {
-                    conn.execute_batch(sql)?;
-                    conn.execute(
-                        "INSERT INTO kci_schema (version, applied_at) VALUES (?1, ?2)",
-                        params![version, to_millis(Utc::now())],
-                    )?;
+/// (id, event, due) of a notification a write returned.
+fn touched(r: &Row<'_>) -> Result<(String, Option<String>, i64)> {
+    Ok((r.text(0)?, r.opt_text(1)?, r.int(2)?))
+}
+
+impl Rows for Lite {
+    async fn schema_version(&mut self) -> Result<i64> {
+        self.0.execute_batch(
+            "CREATE TABLE IF NOT EXISTS kci_schema (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)",
+        )?;
+        Ok(self.0.query_row(
+            "SELECT COALESCE(MAX(version), 0) FROM kci_schema",
+            [],
+            |r| r.get(0),
+        )?)
+    }
+
+    async fn migrate_to(&mut self, version: i64, sql: &str, at: i64) -> Result<()> {
+        self.0.execute_batch(sql)?;
+        self.exec(
+            "INSERT INTO kci_schema (version, applied_at) VALUES (?1, ?2)",
+            params![version, at],
+        )?;
+        Ok(())
+    }
+
+    async fn insert_token(&mut self, t: &TokenRecord, hash: &str) -> Result<()> {
+        self.exec(
+            "INSERT INTO tokens (id, name, secret_hash, scopes, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![t.id, t.name, hash, scopes_to_text(&t.scopes), to_millis(t.created_at)],
+        )?;
+        Ok(())
+    }
+
+    async fn token(&mut self, hash: &str) -> Result<Option<TokenRecord>> {
+        let sql = format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE secret_hash = ?1");
+        self.one(&sql, [hash], |r| rows::token(r))
+    }
+
+    async fn account(&mut self, id: &str) -> Result<Option<Account>> {
+        let sql = format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE id = ?1");
+        self.one(&sql, [id], |r| rows::account(r))
+    }
+
+    async fn upsert_account(&mut self, a: &Account) -> Result<()> {
+        self.exec(
+            "INSERT INTO accounts (id, name, timezone, security_level, paranoid, defaults) VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+             ON CONFLICT (id) DO UPDATE SET name = excluded.name, timezone = excluded.timezone, \
+             security_level = excluded.security_level, paranoid = excluded.paranoid, defaults = excluded.defaults",
+            params![
+                a.id,
+                a.name,
+                a.timezone.map(|t| t.to_string()),
+                a.security_level.as_str(),
+                a.paranoid,
+                prefs_to_json(&a.defaults)
+            ],
+        )?;
+        Ok(())
+    }
+
+    async fn contacts(&mut self, account: &str) -> Result<Vec<Contact>> {
+        let sql = format!("SELECT {CONTACT_COLUMNS} FROM contacts WHERE account = ?1 ORDER BY id");
+        self.all(&sql, [account], |r| rows::contact(r))
+    }
+
+    async fn contact_exists(&mut self, account: &str, id: &str) -> Result<bool> {
+        let sql = "SELECT 1 FROM contacts WHERE account = ?1 AND id = ?2";
+        Ok(self.one(sql, [account, id], |_| Ok(()))?.is_some())
+    }
+
+    async fn upsert_contact(&mut self, account: &str, c: &Contact) -> Result<()> {
+        self.exec(
+            "INSERT INTO contacts (account, id, name, timezone, prefs) VALUES (?1, ?2, ?3, ?4, ?5) \
+             ON CONFLICT (account, id) DO UPDATE SET name = excluded.name, timezone = excluded.timezone, \
+             prefs = excluded.prefs",
+            params![account, c.id, c.name, c.timezone.map(|t| t.to_string()), prefs_to_json(&c.prefs)],
+        )?;
+        Ok(())
+    }
+
+    async fn destinations(&mut self, account: &str) -> Result<Vec<Destination>> {
+        let sql = format!(
+            "SELECT {DESTINATION_COLUMNS} FROM destinations WHERE account = ?1 ORDER BY contact, id"
+        );
+        self.all(&sql, [account], |r| rows::destination(r))
+    }
+
+    async fn insert_destination(&mut self, account: &str, d: &Destination) -> Result<()> {
+        self.exec(
+            "INSERT INTO destinations (id, account, contact, uri, prefs, verified) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![d.id, account, d.contact, d.uri.to_string(), prefs_to_json(&d.prefs), d.verified],
+        )?;
+        Ok(())
+    }
+
+    async fn delete_destination(&mut self, d: DestRef<'_>) -> Result<bool> {
+        let sql = "DELETE FROM destinations WHERE id = ?1 AND account = ?2 AND contact = ?3";
+        Ok(self.exec(sql, [d.id, d.account, d.contact])? > 0)
+    }
+
+    async fn contacts_with_uri(&mut self, uri: &str) -> Result<Vec<(String, String)>> {
+        let sql = "SELECT DISTINCT account, contact FROM destinations WHERE uri = ?1 ORDER BY account, contact";
+        self.all(sql, [uri], |r| Ok((r.text(0)?, r.text(1)?)))
+    }
+
+    async fn code_row(&mut self, d: DestRef<'_>) -> Result<Option<CodeRow>> {
+        let sql = format!(
+            "SELECT {CODE_COLUMNS} FROM destinations WHERE id = ?1 AND account = ?2 AND contact = ?3"
+        );
+        self.one(&sql, [d.id, d.account, d.contact], |r| rows::code_row(r))
+    }
+
+    async fn write_code_row(&mut self, id: &str, row: &CodeRow) -> Result<()> {
+        self.exec(
+            "UPDATE destinations SET code_hash = ?2, code_expires_at = ?3, code_attempts = ?4, codes_sent = ?5, \
+             code_sent_at = ?6, wrong_codes = ?7, code_window_start = ?8, \
+             verified = verified OR ?9, unhealthy_since = CASE WHEN ?9 THEN NULL ELSE unhealthy_since END, \
+             failures = CASE WHEN ?9 THEN 0 ELSE failures END WHERE id = ?1",
+            params![
+                id,
+                row.hash,
+                row.expires_at.map(to_millis),
+                i64::from(row.attempts),
+                i64::from(row.codes_sent),
+                row.sent_at.map(to_millis),
+                i64::from(row.wrong),
+                row.window_start.map(to_millis),
+                row.usable
+            ],
+        )?;
+        Ok(())
+    }
+
+    async fn secrets(&mut self, id: &str) -> Result<SecretsRow> {
+        let sql = "SELECT secret, previous_secret, previous_until FROM destinations WHERE id = ?1";
+        let row = self.one(sql, [id], |r| {
+            Ok(SecretsRow {
+                secret: r.opt_text(0)?,
+                previous: r.opt_text(1)?,
+                previous_until: r.opt_int(2)?,
+            })
+        })?;
+        Ok(row.unwrap_or_default())
+    }
+
+    async fn set_secret(&mut self, d: DestRef<'_>, s: &SecretsRow) -> Result<bool> {
+        let n = self.exec(
+            "UPDATE destinations SET secret = ?4, previous_secret = ?5, previous_until = ?6 \
+             WHERE id = ?1 AND account = ?2 AND contact = ?3",
+            params![
+                d.id,
+                d.account,
+                d.contact,
+                s.secret,
+                s.previous,
+                s.previous_until
+            ],
+        )?;
+        Ok(n > 0)
+    }
+
+    async fn health(&mut self, id: &str) -> Result<Option<HealthRow>> {
+        let sql = "SELECT failures, unhealthy_since FROM destinations WHERE id = ?1";
+        self.one(sql, [id], |r| {
+            Ok(HealthRow {
+                failures: r.count(0)?,
+                unhealthy_since: r.opt_time(1)?,
+            })
+        })
+    }
+
+    async fn write_health(&mut self, id: &str, h: HealthRow) -> Result<()> {
+        let sql = "UPDATE destinations SET failures = ?2, unhealthy_since = ?3 WHERE id = ?1";
+        self.exec(
+            sql,
+            params![id, i64::from(h.failures), h.unhealthy_since.map(to_millis)],
+        )?;
+        Ok(())
+    }
+
+    async fn lock_key(&mut self, _account: &str, _key: &str) -> Result<()> {
+        Ok(()) // the one writer serialises everything
+    }
+
+    async fn event_count(&mut self, id: &str) -> Result<Option<usize>> {
+        let sql = "SELECT notifications FROM events WHERE id = ?1";
+        self.one(sql, [id], |r| Ok(usize::try_from(r.int(0)?).unwrap_or(0)))
+    }
+
+    async fn insert_event(&mut self, e: &Event, notes: usize) -> Result<bool> {
+        let n = self.exec(
+            "INSERT INTO events (id, account, type, key, received_at, notifications, payload) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (id) DO NOTHING",
+            params![
+                e.id,
+                e.account,
+                e.type_name,
+                e.key,
+                to_millis(e.received_at),
+                i64::try_from(notes).unwrap_or(i64::MAX),
+                event_json(e)?
+            ],
+        )?;
+        Ok(n > 0)
+    }
+
+    async fn event(&mut self, id: &str) -> Result<Option<Event>> {
+        let sql = "SELECT payload FROM events WHERE id = ?1";
+        self.one(sql, [id], |r| event_from_json(&r.text(0)?))
+    }
+
+    async fn related(&mut self, e: &Event, types: &[String]) -> Result<Vec<RelatedNotice>> {
+        let pending = format!(
+            "SELECT n.id, n.event, n.type, n.destination, 'pending', n.due_at, json_extract(e.payload, '$.occurred_at') \
+             FROM notifications n JOIN events e ON e.id = n.event \
+             WHERE n.account = ?1 AND n.key = ?2 AND n.type = ?3 AND {}",
+            waiting("n.")
+        );
+        let latest = "SELECT n.id, n.event, n.type, n.destination, n.state, n.due_at, \
+             json_extract(e.payload, '$.occurred_at') \
+             FROM notifications n JOIN events e ON e.id = n.event WHERE n.event = \
+             (SELECT id FROM events WHERE account = ?1 AND key = ?2 AND type = ?3 \
+              ORDER BY received_at DESC, rowid DESC LIMIT 1)";
+        let mut out: Vec<RelatedNotice> = Vec::new();
+        for t in types {
+            for sql in [pending.as_str(), latest] {
+                for n in self.all(sql, [&e.account, &e.key, t], |r| rows::related(r))? {
+                    if !out.iter().any(|o| o.id == n.id) {
+                        out.push(n);
+                    }
                 }
             }
-            Ok(())
-        })
-        .await
+        }
+        Ok(out)
     }
 
-    async fn create_token(&self, token: &TokenRecord, hash: &str) -> Result<()> {
-        let (t, hash) = (token.clone(), hash.to_string());
-        self.write(move |conn| {
-            conn.execute(
-                "INSERT INTO tokens (id, name, secret_hash, scopes, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![t.id, t.name, hash, scopes_to_text(&t.scopes), to_millis(t.created_at)],
-            )?;
-            Ok(())
-        })
-        .await
+    async fn count_events(&mut self, e: &Event, types: &[String], since: i64) -> Result<usize> {
+        let sql = "SELECT COUNT(*) FROM events WHERE account = ?1 AND key = ?2 AND type = ?3 AND received_at > ?4";
+        let mut n = 0;
+        for t in types {
+            let c = self.one(sql, params![e.account, e.key, t, since], |r| r.int(0))?;
+            n += usize::try_from(c.unwrap_or(0)).unwrap_or(0);
+        }
+        Ok(n)
     }
 
-    async fn find_token(&self, hash: &str) -> Result<Option<TokenRecord>> {
-        let hash = hash.to_string();
-        self.read(move |conn| {
-            let row = conn
-                .prepare_cached(
-                    "SELECT id, name, scopes, created_at FROM tokens WHERE secret_hash = ?1",
-                )?
-                .query_row([&hash], |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, String>(2)?,
-                        r.get::<_, i64>(3)?,
-                    ))
-                })
-                .optional()?;
-            row.map(|(id, name, scopes, created)| {
-                Ok(TokenRecord {
-                    id,
-                    name,
-                    scopes: scopes_from_text(&scopes)?,
-                    created_at: from_millis(created),
-                })
-            })
-            .transpose()
-        })
-        .await
+    async fn load(&mut self, destination: &str, since: i64) -> Result<usize> {
+        let sql = "SELECT COUNT(*) FROM notifications WHERE destination = ?1 AND due_at > ?2 AND priority < 3 \
+             AND state IN ('pending', 'sending', 'sent') AND event IS NOT NULL AND type NOT LIKE 'kci.%'";
+        let n = self.one(sql, params![destination, since], |r| r.int(0))?;
+        Ok(usize::try_from(n.unwrap_or(0)).unwrap_or(0))
     }
 
-    async fn put_account(&self, a: &Account) -> Result<PutOutcome> {
-        let a = a.clone();
-        self.write(move |conn| {
-            let exists = conn.query_row("SELECT 1 FROM accounts WHERE id = ?1", [&a.id], |_| Ok(())).optional()?.is_some();
-            conn.execute(
-                "INSERT INTO accounts (id, name, timezone, security_level, paranoid, defaults) VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
-                 ON CONFLICT (id) DO UPDATE SET name = excluded.name, timezone = excluded.timezone, \
-                 security_level = excluded.security_level, paranoid = excluded.paranoid, defaults = excluded.defaults",
+    async fn pending_digest(&mut self, destination: &str) -> Result<Option<String>> {
+        let sql = "SELECT id FROM notifications WHERE destination = ?1 AND type = 'kci.digest' \
+             AND state = 'pending' ORDER BY due_at LIMIT 1";
+        self.one(sql, [destination], |r| r.text(0))
+    }
+
+    async fn history(&mut self, event: &str) -> Result<Vec<Decided>> {
+        let sql =
+            format!("SELECT {DECIDED_COLUMNS} FROM decisions WHERE event = ?1 ORDER BY at, rowid");
+        self.all(&sql, [event], |r| rows::decided(r))
+    }
+
+    async fn insert_notification(&mut self, n: &Notification) -> Result<()> {
+        let message = n.message.as_ref().map(message_json).transpose()?;
+        self.exec(
+            "INSERT INTO notifications (id, event, account, contact, destination, uri, channel, type, key, priority, \
+             state, reason, detail, due_at, expires_at, decided_at, sent_at, attempts, timezone, message, digest, \
+             paired_from, secret) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23)",
+            params![
+                n.id,
+                n.event,
+                n.account,
+                n.contact,
+                n.destination,
+                n.uri,
+                n.channel.as_str(),
+                n.type_name,
+                n.key,
+                n.priority.rank(),
+                n.state.as_str(),
+                n.reason.map(|r| r.as_str()),
+                n.detail,
+                to_millis(n.due_at),
+                n.expires_at.map(to_millis),
+                to_millis(n.decided_at),
+                n.sent_at.map(to_millis),
+                i64::from(n.attempts),
+                n.timezone,
+                message,
+                n.digest,
+                n.paired_from.map(to_millis),
+                n.secret.as_ref().map(|s| s.expose()),
+            ],
+        )?;
+        let d = Decided {
+            notification: n.id.clone(),
+            at: n.decided_at,
+            state: n.state,
+            reason: n.reason,
+            detail: n.detail.clone(),
+            due_at: n.due_at,
+        };
+        self.record(&n.id, n.event.as_deref(), &d, to_millis(n.due_at))
+    }
+
+    async fn cancel(&mut self, by: By, value: &str, d: &Decided) -> Result<usize> {
+        let sql = format!(
+            "UPDATE notifications SET state = 'cancelled', reason = ?2, detail = ?3, decided_at = ?4, secret = NULL \
+             WHERE {} RETURNING id, event, due_at",
+            cancellable(by.column(), "?1")
+        );
+        let p = params![
+            value,
+            d.reason.map(|r| r.as_str()),
+            d.detail,
+            to_millis(d.at)
+        ];
+        let done = self.all(&sql, p, touched)?;
+        self.record_all(&done, d)
+    }
+
+    async fn set_paired_from(&mut self, id: &str, from: i64) -> Result<()> {
+        let sql = "UPDATE notifications SET paired_from = ?2 WHERE id = ?1 AND state = 'pending'";
+        self.exec(sql, params![id, from])?;
+        Ok(())
+    }
+
+    async fn set_message(&mut self, id: &str, m: &Message) -> Result<()> {
+        let sql = "UPDATE notifications SET message = ?2 WHERE id = ?1 AND state = 'pending'";
+        self.exec(sql, params![id, message_json(m)?])?;
+        Ok(())
+    }
+
+    async fn claim(&mut self, c: Claim) -> Result<Vec<Notification>> {
+        let sql = format!(
+            "UPDATE notifications SET state = 'sending', attempts = attempts + 1, lease_until = ?2 \
+             WHERE id IN ( \
+               SELECT id FROM notifications WHERE state = 'pending' AND due_at <= ?1 \
+                 AND (?4 IS NULL OR channel = ?4) \
+               UNION ALL \
+               SELECT id FROM notifications WHERE state = 'sending' AND lease_until <= ?1 \
+                 AND (?4 IS NULL OR channel = ?4) \
+               LIMIT ?3) \
+             RETURNING {NOTIFICATION_COLUMNS}"
+        );
+        let p = params![c.now, c.lease_until, c.limit, c.channel.map(|c| c.as_str())];
+        self.all(&sql, p, |r| rows::notification(r))
+    }
+
+    async fn claim_context(&mut self, notes: &[Notification]) -> Result<ClaimContext> {
+        let mut ctx = ClaimContext::default();
+        for n in notes {
+            if let Some(id) = &n.event
+                && !ctx.events.iter().any(|e| &e.id == id)
+                && let Some(e) =
+                    self.one("SELECT payload FROM events WHERE id = ?1", [id], |r| {
+                        event_from_json(&r.text(0)?)
+                    })?
+            {
+                ctx.events.push(e);
+            }
+            let sql = "SELECT 1 FROM accounts WHERE id = ?1 AND paranoid";
+            if !ctx.paranoid.contains(&n.account)
+                && self.one(sql, [&n.account], |_| Ok(()))?.is_some()
+            {
+                ctx.paranoid.push(n.account.clone());
+            }
+            if let Some(address) = super::mail_address(n)
+                && !ctx.keys.iter().any(|(a, _)| *a == address)
+            {
+                let sql = "SELECT armored FROM keys WHERE address = ?1 AND state = 'active'";
+                if let Some(k) = self.one(sql, [&address], |r| r.text(0))? {
+                    ctx.keys.push((address, k));
+                }
+            }
+        }
+        Ok(ctx)
+    }
+
+    async fn finish(&mut self, id: &str, f: &FinishRow) -> Result<bool> {
+        let sql = "UPDATE notifications SET state = ?2, reason = ?3, detail = ?4, sent_at = COALESCE(?5, sent_at), \
+             due_at = COALESCE(?6, due_at), decided_at = ?7, lease_until = NULL, attempts = attempts + ?8, \
+             provider_ref = COALESCE(?9, provider_ref), receipt = ?10, segments = COALESCE(?11, segments), \
+             secret = CASE WHEN ?12 THEN secret END \
+             WHERE id = ?1 AND state = 'sending' RETURNING id, event, due_at, destination";
+        let p = params![
+            id,
+            f.state.as_str(),
+            f.reason.map(|r| r.as_str()),
+            f.detail,
+            f.sent_at,
+            f.due_at,
+            f.decided_at,
+            f.attempts_delta,
+            f.provider_ref,
+            f.receipt,
+            f.segments,
+            f.keeps_secret
+        ];
+        let Some((done, destination)) = self.one(sql, p, |r| Ok((touched(r)?, r.text(3)?)))? else {
+            return Ok(false);
+        };
+        let sql = "UPDATE destinations SET failures = 0 WHERE ?2 AND id = ?1 AND failures > 0";
+        self.exec(sql, params![destination, f.clears_refusals])?;
+        let d = Decided {
+            notification: done.0.clone(),
+            at: crate::model::from_millis(f.decided_at),
+            state: f.state,
+            reason: f.reason,
+            detail: f.detail.clone(),
+            due_at: crate::model::from_millis(done.2),
+        };
+        self.record_all(&[done], &d)?;
+        Ok(true)
+    }
+
+    async fn next_due(&mut self) -> Result<Option<i64>> {
+        let sql = "SELECT MIN(t) FROM (SELECT MIN(due_at) AS t FROM notifications WHERE state = 'pending' \
+             UNION ALL SELECT MIN(lease_until) FROM notifications WHERE state = 'sending')";
+        Ok(self.one(sql, [], |r| r.opt_int(0))?.flatten())
+    }
+
+    async fn count_by_state(&mut self) -> Result<Vec<(State, i64)>> {
+        let sql = "SELECT state, COUNT(*) FROM notifications GROUP BY state";
+        self.all(sql, [], |r| Ok((state_from_text(&r.text(0)?)?, r.int(1)?)))
+    }
+
+    async fn notifications(&mut self, which: Which<'_>) -> Result<Vec<Notification>> {
+        let from = format!("SELECT {NOTIFICATION_COLUMNS} FROM notifications WHERE");
+        let map = |r: &Row<'_>| rows::notification(r);
+        match which {
+            Which::One(id) => self.all(&format!("{from} id = ?1"), [id], map),
+            Which::OfEvent(id) => {
+                self.all(&format!("{from} event = ?1 ORDER BY contact, destination"), [id], map)
+            }
+            Which::InDigest(id) => self.all(
+                &format!("{from} digest = ?1 AND state = 'digested' ORDER BY due_at, id"),
+                [id],
+                map,
+            ),
+            Which::InState { state, before, limit } => self.all(
+                &format!("{from} state = ?1 AND decided_at < ?2 ORDER BY decided_at DESC, id DESC LIMIT ?3"),
+                params![state.as_str(), before, limit],
+                map,
+            ),
+            Which::Awaiting { channel, limit } => self.all(
+                &format!("{from} receipt = 'awaiting' AND channel = ?1 ORDER BY sent_at LIMIT ?2"),
+                params![channel.as_str(), limit],
+                map,
+            ),
+        }
+    }
+
+    async fn redrive(&mut self, id: &str, d: &Decided) -> Result<bool> {
+        let sql = "UPDATE notifications SET state = 'pending', reason = 'redriven', due_at = ?2, decided_at = ?2, \
+             attempts = 0 WHERE id = ?1 AND state = 'failed' RETURNING id, event, due_at";
+        let done = self.all(sql, params![id, to_millis(d.at)], touched)?;
+        Ok(self.record_all(&done, d)? > 0)
+    }
+
+    async fn requeue_sending(&mut self, d: &Decided) -> Result<usize> {
+        let sql = "UPDATE notifications SET state = 'pending', reason = 'requeued', lease_until = NULL \
+             WHERE state = 'sending' RETURNING id, event, due_at";
+        let done = self.all(sql, [], touched)?;
+        self.record_all(&done, d)
+    }
+
+    async fn receipt(&mut self, id: &str, r: &ReceiptRow) -> Result<bool> {
+        let sql = "UPDATE notifications SET receipt = ?2, receipt_at = ?3, state = ?4, reason = ?5, \
+             detail = ?6, decided_at = CASE WHEN ?4 = 'failed' THEN ?3 ELSE decided_at END \
+             WHERE id = ?1 AND state = 'sent' AND (receipt IS NULL OR receipt = 'awaiting') \
+             RETURNING id, event, due_at";
+        let p = params![id, r.status, r.at, r.state.as_str(), r.reason, r.detail];
+        let done = self.all(sql, p, touched)?;
+        let d = Decided {
+            notification: id.to_string(),
+            at: crate::model::from_millis(r.at),
+            state: r.state,
+            reason: r.reason.and_then(crate::model::Reason::parse),
+            detail: Some(r.detail.clone()),
+            due_at: crate::model::from_millis(r.at),
+        };
+        Ok(self.record_all(&done, &d)? > 0)
+    }
+
+    async fn lock_address(&mut self, _address: &str) -> Result<()> {
+        Ok(()) // the one writer serialises everything
+    }
+
+    async fn live_keys(&mut self, address: &str) -> Result<Vec<KeyRecord>> {
+        let sql = format!(
+            "SELECT {KEY_COLUMNS} FROM keys WHERE address = ?1 AND state IN ('active', 'pending') ORDER BY submitted_at"
+        );
+        self.all(&sql, [address], |r| rows::key(r))
+    }
+
+    async fn changes(&mut self, address: &str, pending: bool) -> Result<Vec<KeyChange>> {
+        let sql = format!(
+            "SELECT {CHANGE_COLUMNS} FROM key_changes WHERE address = ?1 AND (NOT ?2 OR state = 'pending') \
+             ORDER BY requested_at, id"
+        );
+        self.all(&sql, params![address, pending], |r| rows::change(r))
+    }
+
+    async fn key(&mut self, address: &str, fingerprint: &str) -> Result<Option<KeyRecord>> {
+        let sql = format!("SELECT {KEY_COLUMNS} FROM keys WHERE address = ?1 AND fingerprint = ?2");
+        self.one(&sql, [address, fingerprint], |r| rows::key(r))
+    }
+
+    async fn upsert_pending_key(&mut self, k: &KeyRecord) -> Result<()> {
+        self.exec(
+            "INSERT INTO keys (address, fingerprint, armored, state, source, submitted_at, expires_at) \
+             VALUES (?1, ?2, ?3, 'pending', ?4, ?5, ?6) \
+             ON CONFLICT (address, fingerprint) DO UPDATE SET armored = excluded.armored, \
+             submitted_at = excluded.submitted_at, expires_at = excluded.expires_at \
+             WHERE keys.state = 'pending'",
+            params![k.address, k.fingerprint, k.armored, k.source, to_millis(k.submitted_at), k.expires_at.map(to_millis)],
+        )?;
+        Ok(())
+    }
+
+    async fn refresh_key(&mut self, k: &KeyRecord) -> Result<bool> {
+        let n = self.exec(
+            "UPDATE keys SET armored = ?3, expires_at = ?4 WHERE address = ?1 AND fingerprint = ?2 AND state = 'active'",
+            params![k.address, k.fingerprint, k.armored, k.expires_at.map(to_millis)],
+        )?;
+        Ok(n > 0)
+    }
+
+    async fn insert_links(&mut self, links: &[KeyToken]) -> Result<()> {
+        for t in links {
+            self.exec(
+                "INSERT INTO key_tokens (hash, address, fingerprint, purpose, change, expires_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 params![
-                    a.id,
-                    a.name,
-                    a.timezone.map(|t| t.to_string()),
-                    a.security_level.as_str(),
-                    a.paranoid,
-                    prefs_to_json(&a.defaults)
+                    t.hash,
+                    t.address,
+                    t.fingerprint,
+                    t.purpose.as_str(),
+                    t.change,
+                    to_millis(t.expires_at)
                 ],
             )?;
-            Ok(if exists { PutOutcome::Updated } else { PutOutcome::Created })
-        })
-        .await
+        }
+        Ok(())
     }
 
-    async fn account_view(&self, id: &str) -> Result<Option<AccountView>> {
-        let id = id.to_string();
-        self.read(move |conn| account_view(conn, &id)).await
+    async fn link(&mut self, hash: &str) -> Result<Option<LinkRow>> {
+        let sql = format!("SELECT {LINK_COLUMNS} FROM key_tokens WHERE hash = ?1");
+        self.one(&sql, [hash], |r| rows::link(r))
     }
 
-    async fn put_contact(&self, account: &str, c: &Contact) -> Result<PutOutcome> {
-        let (account, c) = (account.to_string(), c.clone());
-        self.write(move |conn| {
-            if conn.query_row("SELECT 1 FROM accounts WHERE id = ?1", [&account], |_| Ok(())).optional()?.is_none() {
-                return Ok(PutOutcome::NoParent);
-            }
-            let exists = conn
-                .query_row("SELECT 1 FROM contacts WHERE account = ?1 AND id = ?2", [&account, &c.id], |_| Ok(()))
-                .optional()?
-                .is_some();
-            conn.execute(
-                "INSERT INTO contacts (account, id, name, timezone, prefs) VALUES (?1, ?2, ?3, ?4, ?5) \
-                 ON CONFLICT (account, id) DO UPDATE SET name = excluded.name, timezone = excluded.timezone, \
-                 prefs = excluded.prefs",
-                params![account, c.id, c.name, c.timezone.map(|t| t.to_string()), prefs_to_json(&c.prefs)],
-            )?;
-            Ok(if exists { PutOutcome::Updated } else { PutOutcome::Created })
-        })
-        .await
+    async fn use_link(&mut self, hash: &str, at: i64) -> Result<()> {
+        self.exec(
+            "UPDATE key_tokens SET used_at = ?2 WHERE hash = ?1",
+            params![hash, at],
+        )?;
+        Ok(())
     }
 
-    async fn add_destination(
-        &self,
-        account: &str,
-        d: &Destination,
-        code: Option<CodeRow>,
-        notice: Option<Notification>,
-    ) -> Result<PutOutcome> {
-        let (account, d) = (account.to_string(), d.clone());
-        self.write(move |conn| {
-            let contact = conn
-                .query_row("SELECT 1 FROM contacts WHERE account = ?1 AND id = ?2", [&account, &d.contact], |_| Ok(()))
-                .optional()?;
-            if contact.is_none() {
-                return Ok(PutOutcome::NoParent);
-            }
-            conn.execute(
-                "INSERT INTO destinations (id, account, contact, uri, prefs, verified) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![d.id, account, d.contact, d.uri.to_string(), prefs_to_json(&d.prefs), d.verified],
-            )?;
-            if let Some(code) = &code {
-                write_code_row(conn, &d.id, code)?;
-            }
-            if let Some(n) = &notice {
-                insert_notification(conn, n)?;
-            }
-            Ok(PutOutcome::Created)
-        })
-        .await
+    async fn move_key(&mut self, m: KeyMove<'_>) -> Result<()> {
+        self.exec(
+            "UPDATE keys SET state = ?3, activated_at = COALESCE(?4, activated_at) \
+             WHERE address = ?1 AND fingerprint = ?2",
+            params![m.address, m.fingerprint, m.state, m.at],
+        )?;
+        Ok(())
     }
 
-    async fn verify_destination(
-        &self,
-        account: &str,
-        contact: &str,
-        id: &str,
-        code_hash: &str,
-        now: DateTime<Utc>,
-        rule: crate::model::CheckRule,
-    ) -> Result<VerifyOutcome> {
-        let (account, contact, id, code_hash) = (
-            account.to_string(),
-            contact.to_string(),
-            id.to_string(),
-            code_hash.to_string(),
-        );
-        self.write(move |conn| {
-            let Some(row) = code_row(conn, &id, &account, &contact)? else {
-                return Ok(VerifyOutcome::NotFound);
-            };
-            let (next, outcome) = rule(&row, &code_hash, now);
-            if let Some(next) = next {
-                write_code_row(conn, &id, &next)?;
-            }
-            Ok(outcome)
-        })
-        .await
+    async fn upsert_change(&mut self, c: &KeyChange) -> Result<()> {
+        self.exec(
+            "INSERT INTO key_changes (id, address, kind, fingerprint, state, requested_at, not_before, proven_current, proven_new) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
+             ON CONFLICT (id) DO UPDATE SET state = excluded.state, proven_current = excluded.proven_current, \
+             proven_new = excluded.proven_new",
+            params![
+                c.id,
+                c.address,
+                c.kind.as_str(),
+                c.fingerprint,
+                c.state.as_str(),
+                to_millis(c.requested_at),
+                to_millis(c.not_before),
+                c.proven_current,
+                c.proven_new
+            ],
+        )?;
+        Ok(())
     }
 
-    async fn delete_destination(
-        &self,
-        account: &str,
-        contact: &str,
-        id: &str,
-        now: DateTime<Utc>,
-    ) -> Result<bool> {
-        let (account, contact, id) = (account.to_string(), contact.to_string(), id.to_string());
-        self.write(move |conn| {
-            let n = conn.execute(
-                "DELETE FROM destinations WHERE id = ?1 AND account = ?2 AND contact = ?3",
-                [&id, &account, &contact],
-            )?;
-            if n > 0 {
-                cancel_pending(
-                    conn,
-                    "destination",
-                    &id,
-                    Reason::DestinationRemoved,
-                    None,
-                    now,
-                )?;
-            }
-            Ok(n > 0)
-        })
-        .await
+    async fn use_proof(&mut self, p: &ProofUse, now: i64) -> Result<bool> {
+        self.exec("DELETE FROM used_proofs WHERE keep_until < ?1", [now])?;
+        let sql =
+            "INSERT INTO used_proofs (hash, keep_until) VALUES (?1, ?2) ON CONFLICT DO NOTHING";
+        Ok(self.exec(sql, params![p.hash, to_millis(p.keep_until)])? > 0)
     }
 
-    async fn ingest(
-        &self,
-        events: Vec<Event>,
-        planner: Arc<dyn Planner>,
-    ) -> Result<Vec<IngestOutcome>> {
-        self.write(move |conn| {
-            // No savepoint per event: an event writes only after all its
-            // checks passed, and a store error fails the whole request,
-            // whose own savepoint then takes every event of it back.
-            let mut views = HashMap::new();
-            events
-                .iter()
-                .map(|ev| ingest_one(conn, ev, &*planner, &mut views))
-                .collect()
-        })
-        .await
+    async fn window(&mut self, bucket: &str, key: &str) -> Result<Option<Window>> {
+        let sql = "SELECT window_start, count FROM throttle WHERE bucket = ?1 AND key = ?2";
+        self.one(sql, [bucket, key], |r| rows::window(r))
     }
 
-    async fn event(&self, id: &str) -> Result<Option<(Event, Vec<Notification>)>> {
-        let id = id.to_string();
-        self.read(move |conn| {
-            let payload: Option<String> = conn
-                .prepare_cached("SELECT payload FROM events WHERE id = ?1")?
-                .query_row([&id], |r| r.get(0))
-                .optional()?;
-            let Some(payload) = payload else { return Ok(None) };
-            let event = event_from_json(&payload)?;
-            let mut stmt = conn.prepare_cached(&format!(
-                "SELECT {NOTIFICATION_COLUMNS} FROM notifications WHERE event = ?1 ORDER BY contact, destination"
-            ))?;
-            let mut rows = stmt.query([&id])?;
-            let mut out = Vec::new();
-            while let Some(r) = rows.next()? {
-                out.push(notification_from_row(r)?);
-            }
-            Ok(Some((event, out)))
-        })
-        .await
-    }
-
-    async fn cancel_event(&self, id: &str, now: DateTime<Utc>) -> Result<Option<usize>> {
-        let id = id.to_string();
-        self.write(move |conn| {
-            if conn
-                .query_row("SELECT 1 FROM events WHERE id = ?1", [&id], |_| Ok(()))
-                .optional()?
-                .is_none()
-            {
-                return Ok(None);
-            }
-            let n = cancel_pending(
-                conn,
-                "event",
-                &id,
-                Reason::EventCancelled,
-                Some("DELETE /v1/events"),
-                now,
-            )?;
-            Ok(Some(n))
-        })
-        .await
-    }
-
-    async fn enqueue(&self, n: &Notification) -> Result<()> {
-        let n = n.clone();
-        self.write(move |conn| insert_notification(conn, &n)).await
-    }
-
-    async fn claim_due(
-        &self,
-        now: DateTime<Utc>,
-        lease_until: DateTime<Utc>,
-        limit: usize,
-    ) -> Result<Vec<Claimed>> {
-        self.claim(None, now, lease_until, limit).await
-    }
-
-    async fn claim_due_on(
-        &self,
-        channel: ChannelKind,
-        now: DateTime<Utc>,
-        lease_until: DateTime<Utc>,
-        limit: usize,
-    ) -> Result<Vec<Claimed>> {
-        self.claim(Some(channel), now, lease_until, limit).await
-    }
-
-    async fn finish(&self, id: &str, outcome: Finish) -> Result<()> {
-        let id = id.to_string();
-        self.write(move |conn| {
-            let f = finish_row(&outcome);
-            let done = conn
-                .prepare_cached(
-                    "UPDATE notifications SET state = ?2, reason = ?3, detail = ?4, sent_at = COALESCE(?5, sent_at), \
-                     due_at = COALESCE(?6, due_at), decided_at = ?7, lease_until = NULL, attempts = attempts + ?8, \
-                     provider_ref = COALESCE(?9, provider_ref), receipt = ?10, segments = COALESCE(?11, segments), \
-                     secret = CASE WHEN ?2 = 'pending' THEN secret END \
-                     WHERE id = ?1 AND state = 'sending' RETURNING event, due_at, destination",
-                )?
-                .query_row(
-                    params![
-                        id,
-                        f.state.as_str(),
-                        f.reason.map(|r| r.as_str()),
-                        f.detail,
-                        f.sent_at,
-                        f.due_at,
-                        f.decided_at,
-                        f.attempts_delta,
-                        f.provider_ref,
-                        f.receipt,
-                        f.segments
-                    ],
-                    |r| Ok((r.get::<_, Option<String>>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?)),
-                )
-                .optional()?;
-            if let Some((event, due_at, destination)) = done {
-                if f.state == State::Sent {
-                    conn.prepare_cached("UPDATE destinations SET failures = 0 WHERE id = ?1 AND failures > 0")?
-                        .execute([&destination])?;
-                }
-                let d = Decided {
-                    notification: id,
-                    at: from_millis(f.decided_at),
-                    state: f.state,
-                    reason: f.reason,
-                    detail: f.detail,
-                    due_at: from_millis(due_at),
-                };
-                record(conn, event.as_deref(), &d)?;
-            }
-            Ok(())
-        })
-        .await
-    }
-
-    async fn next_due(&self) -> Result<Option<DateTime<Utc>>> {
-        self.read(|conn| {
-            let t: Option<i64> = conn.query_row(
-                "SELECT MIN(t) FROM (SELECT MIN(due_at) AS t FROM notifications WHERE state = 'pending' \
-                 UNION ALL SELECT MIN(lease_until) FROM notifications WHERE state = 'sending')",
-                [],
-                |r| r.get(0),
-            )?;
-            Ok(t.map(from_millis))
-        })
-        .await
-    }
-
-    async fn requeue_abandoned(&self, now: DateTime<Utc>) -> Result<usize> {
-        self.write(move |conn| {
-            let mut stmt = conn.prepare_cached(
-                "UPDATE notifications SET state = 'pending', reason = 'requeued', lease_until = NULL \
-                 WHERE state = 'sending' RETURNING id, event, due_at",
-            )?;
-            let mut rows = stmt.query([])?;
-            let mut done = Vec::new();
-            while let Some(r) = rows.next()? {
-                done.push((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?, r.get::<_, i64>(2)?));
-            }
-            drop(rows);
-            for (id, event, due_at) in &done {
-                let d = Decided {
-                    notification: id.clone(),
-                    at: now,
-                    state: State::Pending,
-                    reason: Some(Reason::Requeued),
-                    detail: Some("kci stopped while sending it; it may arrive twice with the same id".into()),
-                    due_at: from_millis(*due_at),
-                };
-                record(conn, event.as_deref(), &d)?;
-            }
-            Ok(done.len())
-        })
-        .await
-    }
-
-    async fn digest_members(&self, id: &str) -> Result<Vec<Claimed>> {
-        let id = id.to_string();
-        self.read(move |conn| {
-            let mut stmt = conn.prepare_cached(&format!(
-                "SELECT {NOTIFICATION_COLUMNS} FROM notifications WHERE digest = ?1 AND state = 'digested' ORDER BY due_at, id"
-            ))?;
-            let mut rows = stmt.query([&id])?;
-            let mut notes = Vec::new();
-            while let Some(r) = rows.next()? {
-                notes.push(notification_from_row(r)?);
-            }
-            drop(rows);
-            with_events(conn, notes)
-        })
-        .await
-    }
-
-    async fn notifications_in(
-        &self,
-        state: State,
-        before: Option<DateTime<Utc>>,
-        limit: usize,
-    ) -> Result<Vec<Notification>> {
-        self.read(move |conn| {
-            let mut stmt = conn.prepare_cached(&format!(
-                "SELECT {NOTIFICATION_COLUMNS} FROM notifications WHERE state = ?1 AND decided_at < ?2 \
-                 ORDER BY decided_at DESC, id DESC LIMIT ?3"
-            ))?;
-            let before = before.map(to_millis).unwrap_or(i64::MAX);
-            let mut rows = stmt.query(params![state.as_str(), before, limit as i64])?;
-            let mut out = Vec::new();
-            while let Some(r) = rows.next()? {
-                out.push(notification_from_row(r)?);
-            }
-            Ok(out)
-        })
-        .await
-    }
-
-    async fn redrive(&self, id: &str, now: DateTime<Utc>) -> Result<bool> {
-        let id = id.to_string();
-        self.write(move |conn| {
-            let done = conn
-                .prepare_cached(
-                    "UPDATE notifications SET state = 'pending', reason = 'redriven', due_at = ?2, decided_at = ?2, \
-                     attempts = 0 WHERE id = ?1 AND state = 'failed' RETURNING event",
-                )?
-                .query_row(params![id, to_millis(now)], |r| r.get::<_, Option<String>>(0))
-                .optional()?;
-            let Some(event) = done else { return Ok(false) };
-            let d = Decided {
-                notification: id,
-                at: now,
-                state: State::Pending,
-                reason: Some(Reason::Redriven),
-                detail: Some("POST /v1/deliveries/{id}/retry".into()),
-                due_at: now,
-            };
-            record(conn, event.as_deref(), &d)?;
-            Ok(true)
-        })
-        .await
-    }
-
-    async fn record_receipt(
-        &self,
-        id: &str,
-        report: &crate::model::Report,
-        at: DateTime<Utc>,
-    ) -> Result<bool> {
-        let (id, report) = (id.to_string(), report.clone());
-        self.write(move |conn| {
-            let undelivered = report.status == crate::model::ReceiptStatus::Undelivered;
-            let (state, reason) = if undelivered { (State::Failed, Some(Reason::Undelivered)) } else { (State::Sent, None) };
-            let detail = receipt_detail(&report);
-            let done = conn
-                .prepare_cached(
-                    "UPDATE notifications SET receipt = ?2, receipt_at = ?3, state = ?4, reason = ?5, \
-                     detail = ?6, decided_at = CASE WHEN ?4 = 'failed' THEN ?3 ELSE decided_at END \
-                     WHERE id = ?1 AND state = 'sent' AND (receipt IS NULL OR receipt = 'awaiting') \
-                     RETURNING event, due_at",
-                )?
-                .query_row(
-                    params![id, report.status.as_str(), to_millis(at), state.as_str(), reason.map(|r| r.as_str()), detail],
-                    |r| Ok((r.get::<_, Option<String>>(0)?, r.get::<_, i64>(1)?)),
-                )
-                .optional()?;
-            let Some((event, due_at)) = done else { return Ok(false) };
-            let d = Decided { notification: id, at, state, reason, detail: Some(detail), due_at: from_millis(due_at) };
-            record(conn, event.as_deref(), &d)?;
-            Ok(true)
-        })
-        .await
-    }
-
-    async fn notification(&self, id: &str) -> Result<Option<Notification>> {
-        let id = id.to_string();
-        self.read(move |conn| {
-            let mut stmt = conn.prepare_cached(&format!(
-                "SELECT {NOTIFICATION_COLUMNS} FROM notifications WHERE id = ?1"
-            ))?;
-            let mut rows = stmt.query([&id])?;
-            rows.next()?.map(notification_from_row).transpose()
-        })
-        .await
-    }
-
-    async fn awaiting_receipts(
-        &self,
-        channel: ChannelKind,
-        limit: usize,
-    ) -> Result<Vec<Notification>> {
-        self.read(move |conn| {
-            let mut stmt = conn.prepare_cached(&format!(
-                "SELECT {NOTIFICATION_COLUMNS} FROM notifications WHERE receipt = 'awaiting' AND channel = ?1 \
-                 ORDER BY sent_at LIMIT ?2"
-            ))?;
-            let mut rows = stmt.query(params![channel.as_str(), limit as i64])?;
-            let mut out = Vec::new();
-            while let Some(r) = rows.next()? {
-                out.push(notification_from_row(r)?);
-            }
-            Ok(out)
-        })
-        .await
-    }
-
-    async fn count_outcome(
-        &self,
-        destination: &str,
-        failed: bool,
-        threshold: u32,
-        now: DateTime<Utc>,
-    ) -> Result<bool> {
-        let destination = destination.to_string();
-        self.write(move |conn| {
-            if !failed {
-                conn.prepare_cached("UPDATE destinations SET failures = 0 WHERE id = ?1 AND failures > 0")?
-                    .execute([&destination])?;
-                return Ok(false);
-            }
-            let marked = conn
-                .prepare_cached(
-                    "UPDATE destinations SET failures = failures + 1, \
-                     unhealthy_since = CASE WHEN unhealthy_since IS NULL AND failures + 1 >= ?2 THEN ?3 ELSE unhealthy_since END \
-                     WHERE id = ?1 RETURNING unhealthy_since = ?3",
-                )?
-                .query_row(params![destination, i64::from(threshold), to_millis(now)], |r| r.get::<_, Option<bool>>(0))
-                .optional()?;
-            Ok(marked.flatten().unwrap_or(false))
-        })
-        .await
-    }
-
-    async fn renew_code(
-        &self,
-        account: &str,
-        contact: &str,
-        id: &str,
-        code: PendingCode,
-        notice: Notification,
-        now: DateTime<Utc>,
-        rule: crate::model::IssueRule,
-    ) -> Result<RenewOutcome> {
-        let (account, contact, id) = (account.to_string(), contact.to_string(), id.to_string());
-        self.write(move |conn| {
-            let Some(row) = code_row(conn, &id, &account, &contact)? else {
-                return Ok(RenewOutcome::NotFound);
-            };
-            match rule(&row, &code.hash, code.expires_at, now) {
-                Ok(next) => {
-                    write_code_row(conn, &id, &next)?;
-                    insert_notification(conn, &notice)?;
-                    Ok(RenewOutcome::Sent)
-                }
-                Err(refused) => Ok(refused),
-            }
-        })
-        .await
-    }
-
-    async fn throttle(
-        &self,
-        bucket: &str,
-        key: &str,
-        cap: crate::model::Cap,
-        now: DateTime<Utc>,
-    ) -> Result<crate::model::throttle::Counted> {
-        use crate::model::throttle::{Counted, count};
-        let (bucket, key) = (bucket.to_string(), key.to_string());
-        self.write(move |conn| {
-            let counted = count(throttle_window(conn, &bucket, &key)?, cap, now);
-            if let Counted::Allowed(w) = counted {
-                conn.prepare_cached(
-                    "INSERT INTO throttle (bucket, key, window_start, count) VALUES (?1, ?2, ?3, ?4) \
-                     ON CONFLICT (bucket, key) DO UPDATE SET window_start = excluded.window_start, count = excluded.count",
-                )?
-                .execute(params![bucket, key, to_millis(w.start), i64::from(w.count)])?;
-            }
-            Ok(counted)
-        })
-        .await
-    }
-
-    async fn throttle_peek(
-        &self,
-        bucket: &str,
-        key: &str,
-        cap: crate::model::Cap,
-        now: DateTime<Utc>,
-    ) -> Result<std::result::Result<(), DateTime<Utc>>> {
-        let (bucket, key) = (bucket.to_string(), key.to_string());
-        self.read(move |conn| {
-            Ok(crate::model::throttle::peek(
-                throttle_window(conn, &bucket, &key)?,
-                cap,
-                now,
-            ))
-        })
-        .await
-    }
-
-    async fn destination_secrets(&self, id: &str, now: DateTime<Utc>) -> Result<Signing> {
-        let id = id.to_string();
-        self.read(move |conn| {
-            let row = conn
-                .prepare_cached("SELECT secret, previous_secret, previous_until FROM destinations WHERE id = ?1")?
-                .query_row([&id], |r| {
-                    Ok((r.get::<_, Option<String>>(0)?, r.get::<_, Option<String>>(1)?, r.get::<_, Option<i64>>(2)?))
-                })
-                .optional()?;
-            let (s, p, until) = row.unwrap_or_default();
-            Ok(current_secrets(s, p, until, now))
-        })
-        .await
-    }
-
-    async fn set_destination_secret(
-        &self,
-        account: &str,
-        contact: &str,
-        id: &str,
-        secret: &str,
-        previous_until: Option<DateTime<Utc>>,
-    ) -> Result<bool> {
-        let (account, contact, id, secret) = (
-            account.to_string(),
-            contact.to_string(),
-            id.to_string(),
-            secret.to_string(),
-        );
-        self.write(move |conn| {
-            let n = conn.execute(
-                "UPDATE destinations SET previous_secret = CASE WHEN ?5 IS NULL THEN NULL ELSE secret END, \
-                 previous_until = ?5, secret = ?4 WHERE id = ?1 AND account = ?2 AND contact = ?3",
-                params![id, account, contact, secret, previous_until.map(to_millis)],
-            )?;
-            Ok(n > 0)
-        })
-        .await
-    }
-
-    async fn record_key_request(
-        &self,
-        request: &crate::model::KeyRequest,
-        now: DateTime<Utc>,
-        rule: crate::model::AdmitRule,
-    ) -> Result<std::result::Result<Vec<crate::model::KeyWrite>, crate::model::Refused>> {
-        let request = request.clone();
-        self.write(move |conn| {
-            let address = request.address.as_str();
-            let writes = match &request.change {
-                Some(change) => match rule(&address_keys(conn, address)?, change, now) {
-                    Ok(writes) => writes,
-                    Err(refused) => return Ok(Err(refused)),
-                },
-                None => Vec::new(),
-            };
-            if let Some(proof) = &request.proof {
-                conn.prepare_cached("DELETE FROM used_proofs WHERE keep_until < ?1")?
-                    .execute([to_millis(now)])?;
-                let fresh = conn
-                    .prepare_cached("INSERT INTO used_proofs (hash, keep_until) VALUES (?1, ?2) ON CONFLICT DO NOTHING")?
-                    .execute(params![proof.hash, to_millis(proof.keep_until)])?;
-                if fresh == 0 {
-                    return Ok(Err(crate::model::Refused::Replayed));
-                }
-            }
-            if let Some(key) = &request.key {
-                conn.execute(
-                    "INSERT INTO keys (address, fingerprint, armored, state, source, submitted_at, expires_at) \
-                     VALUES (?1, ?2, ?3, 'pending', ?4, ?5, ?6) \
-                     ON CONFLICT (address, fingerprint) DO UPDATE SET armored = excluded.armored, \
-                     submitted_at = excluded.submitted_at, expires_at = excluded.expires_at \
-                     WHERE keys.state = 'pending'",
-                    params![key.address, key.fingerprint, key.armored, key.source, to_millis(key.submitted_at), key.expires_at.map(to_millis)],
-                )?;
-            }
-            write_keys(conn, address, None, now, &writes)?;
-            insert_key_tokens(conn, &request.links)?;
-            for n in &request.notices {
-                insert_notification(conn, n)?;
-            }
-            Ok(Ok(writes))
-        })
-        .await
-    }
-
-    async fn key_status(&self, address: &str) -> Result<crate::model::KeyStatus> {
-        let address = address.to_string();
-        self.read(move |conn| {
-            let mut stmt = conn.prepare_cached(&format!(
-                "SELECT {KEY_COLUMNS} FROM keys WHERE address = ?1 AND state IN ('active', 'pending') ORDER BY submitted_at"
-            ))?;
-            let mut rows = stmt.query([&address])?;
-            let (mut active, mut pending) = (None, Vec::new());
-            while let Some(r) = rows.next()? {
-                let k = key_from_row(r)?;
-                if k.state == crate::model::KeyState::Active {
-                    active = Some(k);
-                } else {
-                    pending.push(k);
-                }
-            }
-            drop(rows);
-            let mut stmt = conn.prepare_cached(&format!(
-                "SELECT {CHANGE_COLUMNS} FROM key_changes WHERE address = ?1 ORDER BY requested_at, id"
-            ))?;
-            let mut rows = stmt.query([&address])?;
-            let mut changes = Vec::new();
-            while let Some(r) = rows.next()? {
-                changes.push(change_from_row(r)?);
-            }
-            Ok(crate::model::KeyStatus { address, active, pending, changes })
-        })
-        .await
-    }
-
-    async fn contacts_with_uri(&self, uri: &str) -> Result<Vec<(String, String)>> {
-        let uri = uri.to_string();
-        self.read(move |conn| {
-            let mut stmt = conn.prepare_cached(
-                "SELECT DISTINCT account, contact FROM destinations WHERE uri = ?1 ORDER BY account, contact",
-            )?;
-            let mut rows = stmt.query([&uri])?;
-            let mut out = Vec::new();
-            while let Some(r) = rows.next()? {
-                out.push((r.get(0)?, r.get(1)?));
-            }
-            Ok(out)
-        })
-        .await
-    }
-
-    async fn active_key(&self, address: &str) -> Result<Option<crate::model::KeyRecord>> {
-        let address = address.to_string();
-        self.read(move |conn| {
-            let mut stmt = conn.prepare_cached(&format!(
-                "SELECT {KEY_COLUMNS} FROM keys WHERE address = ?1 AND state = 'active'"
-            ))?;
-            let mut rows = stmt.query([&address])?;
-            rows.next()?.map(key_from_row).transpose()
-        })
-        .await
-    }
-
-    async fn refresh_key(
-        &self,
-        address: &str,
-        fingerprint: &str,
-        armored: &str,
-        expires_at: Option<DateTime<Utc>>,
-    ) -> Result<bool> {
-        let (address, fingerprint, armored) = (
-            address.to_string(),
-            fingerprint.to_string(),
-            armored.to_string(),
-        );
-        self.write(move |conn| {
-            let n = conn.execute(
-                "UPDATE keys SET armored = ?3, expires_at = ?4 WHERE address = ?1 AND fingerprint = ?2 AND state = 'active'",
-                params![address, fingerprint, armored, expires_at.map(to_millis)],
-            )?;
-            Ok(n > 0)
-        })
-        .await
-    }
-
-    async fn key(
-        &self,
-        address: &str,
-        fingerprint: &str,
-    ) -> Result<Option<crate::model::KeyRecord>> {
-        let (address, fingerprint) = (address.to_string(), fingerprint.to_string());
-        self.read(move |conn| {
-            let mut stmt = conn.prepare_cached(&format!(
-                "SELECT {KEY_COLUMNS} FROM keys WHERE address = ?1 AND fingerprint = ?2"
-            ))?;
-            let mut rows = stmt.query([&address, &fingerprint])?;
-            rows.next()?.map(key_from_row).transpose()
-        })
-        .await
-    }
-
-    async fn follow_key_link(
-        &self,
-        hash: &str,
-        now: DateTime<Utc>,
-        rule: crate::model::LinkRule,
-    ) -> Result<crate::model::Confirmed> {
-        let hash = hash.to_string();
-        self.write(move |conn| {
-            let link = conn
-                .prepare_cached(
-                    "SELECT address, fingerprint, purpose, change, expires_at, used_at IS NOT NULL FROM key_tokens WHERE hash = ?1",
-                )?
-                .query_row([&hash], |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, String>(2)?,
-                        r.get::<_, Option<String>>(3)?,
-                        r.get::<_, i64>(4)?,
-                        r.get::<_, bool>(5)?,
-                    ))
-                })
-                .optional()?
-                .map(|(address, fingerprint, purpose, change, expires_at, used)| {
-                    Ok::<_, StoreError>(crate::model::LinkRow {
-                        address,
-                        fingerprint,
-                        purpose: token_purpose(&purpose)?,
-                        change,
-                        expires_at: from_millis(expires_at),
-                        used,
-                    })
-                })
-                .transpose()?;
-            let keys = match &link {
-                Some(l) => address_keys(conn, &l.address)?,
-                None => Default::default(),
-            };
-            let (writes, outcome) = rule(link.as_ref(), &keys, now);
-            if let Some(l) = &link {
-                write_keys(conn, &l.address, Some(&hash), now, &writes)?;
-            }
-            Ok(outcome)
-        })
-        .await
-    }
-
-    async fn history(&self, event: &str) -> Result<Vec<Decided>> {
-        let event = event.to_string();
-        self.read(move |conn| {
-            let mut stmt = conn.prepare_cached(
-                "SELECT notification, at, state, reason, detail, due_at FROM decisions \
-                 WHERE event = ?1 ORDER BY at, rowid",
-            )?;
-            let mut rows = stmt.query([&event])?;
-            let mut out = Vec::new();
-            while let Some(r) = rows.next()? {
-                out.push(Decided {
-                    notification: r.get(0)?,
-                    at: from_millis(r.get(1)?),
-                    state: state_from_text(&r.get::<_, String>(2)?)?,
-                    reason: reason_from_text(r.get(3)?)?,
-                    detail: r.get(4)?,
-                    due_at: from_millis(r.get(5)?),
-                });
-            }
-            Ok(out)
-        })
-        .await
-    }
-
-    async fn count_by_state(&self) -> Result<Vec<(State, i64)>> {
-        self.read(|conn| {
-            let mut stmt =
-                conn.prepare_cached("SELECT state, COUNT(*) FROM notifications GROUP BY state")?;
-            let mut rows = stmt.query([])?;
-            let mut out = Vec::new();
-            while let Some(r) = rows.next()? {
-                out.push((state_from_text(&r.get::<_, String>(0)?)?, r.get(1)?));
-            }
-            Ok(out)
-        })
-        .await
+    async fn put_window(&mut self, bucket: &str, key: &str, w: Window) -> Result<()> {
+        self.exec(
+            "INSERT INTO throttle (bucket, key, window_start, count) VALUES (?1, ?2, ?3, ?4) \
+             ON CONFLICT (bucket, key) DO UPDATE SET window_start = excluded.window_start, count = excluded.count",
+            params![bucket, key, to_millis(w.start), i64::from(w.count)],
+        )?;
+        Ok(())
     }
 }
-
-/// The versioned schema.
-const MIGRATIONS: &[(i64, &str)] = &[
-    (1, include_str!("migrations/sqlite.sql")),
-    (2, include_str!("migrations/sqlite-2.sql")),
-    (3, include_str!("migrations/sqlite-3.sql")),
-    (4, include_str!("migrations/sqlite-4.sql")),
-    (5, include_str!("migrations/sqlite-5.sql")),
-];

@@ -1,0 +1,1112 @@
+//! The store, written once: every operation of the store traits as a flow
+//! over [`Rows`] — read the rows, let the rule decide, write what it
+//! returns — run in one transaction of a [`Backend`]. The rules themselves
+//! are pure and live with their domain (`plan`, `keys::rules`,
+//! `trust::codes`, `model::throttle`, and the small ones at the end of this
+//! file); a backend knows only its SQL, its connections and its locks.
+
+use super::codec::{current_secrets, finish_row, receipt_detail};
+use super::rows::{self, By, Claim, DestRef, HealthRow, ReceiptRow, Rows, SecretsRow, Which};
+use super::*;
+use crate::model::{
+    AddressKeys, AdmitRule, CheckRule, Confirmed, IssueRule, KeyRecord, KeyRequest, KeyStatus,
+    KeyWrite, LinkRule, Refused, Report, from_millis, to_millis,
+};
+use futures_util::future::BoxFuture;
+use std::future::Future;
+
+/// The schema of a backend, by version: `migrations/<db>.sql`, then
+/// `migrations/<db>-<n>.sql`.
+macro_rules! migrations {
+    ($db:literal) => {
+        &[
+            (1, include_str!(concat!("migrations/", $db, ".sql"))),
+            (2, include_str!(concat!("migrations/", $db, "-2.sql"))),
+            (3, include_str!(concat!("migrations/", $db, "-3.sql"))),
+            (4, include_str!(concat!("migrations/", $db, "-4.sql"))),
+            (5, include_str!(concat!("migrations/", $db, "-5.sql"))),
+        ]
+    };
+}
+pub(crate) use migrations;
+
+/// One unit of work on a backend's rows, in its own transaction.
+pub type Job<R, T> = Box<dyn for<'a> FnOnce(&'a mut R) -> BoxFuture<'a, Result<T>> + Send>;
+
+/// What a store engine provides besides its [`Rows`]: transactions, and
+/// the facts that tell the flows apart.
+pub trait Backend: Send + Sync + 'static {
+    type Rows: Rows;
+    /// Only this process uses the store (embedded SQLite under its lock):
+    /// what it left `sending` when it died can be taken back at once.
+    const ONE_PROCESS: bool;
+    /// The schema, by version.
+    const MIGRATIONS: &'static [(i64, &'static str)];
+    /// Runs `job` in a transaction, committed (durably) before it answers;
+    /// an error takes back everything it wrote.
+    fn write<T: Send + 'static>(
+        &self,
+        job: Job<Self::Rows, T>,
+    ) -> impl Future<Output = Result<T>> + Send;
+    /// Runs `job` for reading.
+    fn read<T: Send + 'static>(
+        &self,
+        job: Job<Self::Rows, T>,
+    ) -> impl Future<Output = Result<T>> + Send;
+}
+
+/// A store over backend `B`.
+pub struct Db<B>(pub(crate) B);
+
+impl<B: Backend> Db<B> {
+    async fn write<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: for<'a> FnOnce(&'a mut B::Rows) -> BoxFuture<'a, Result<T>> + Send + 'static,
+    {
+        self.0.write(Box::new(f)).await
+    }
+
+    async fn read<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: for<'a> FnOnce(&'a mut B::Rows) -> BoxFuture<'a, Result<T>> + Send + 'static,
+    {
+        self.0.read(Box::new(f)).await
+    }
+
+    async fn claim(
+        &self,
+        channel: Option<ChannelKind>,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<Claimed>> {
+        let c = Claim {
+            channel,
+            now: to_millis(now),
+            lease_until: to_millis(lease_until),
+            limit: i64::try_from(limit).unwrap_or(i64::MAX),
+        };
+        self.write(move |rows| {
+            Box::pin(async move {
+                let notes = rows.claim(c).await?;
+                let mut out = with_context(rows, notes).await?;
+                out.sort_by_key(|c| {
+                    (
+                        std::cmp::Reverse(c.notification.priority),
+                        c.notification.due_at,
+                    )
+                });
+                Ok(out)
+            })
+        })
+        .await
+    }
+}
+
+/// Each notification with its event, whether its account is paranoid and
+/// its address's active key (read once for all of them).
+async fn with_context(rows: &mut impl Rows, notes: Vec<Notification>) -> Result<Vec<Claimed>> {
+    if notes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ctx = rows.claim_context(&notes).await?;
+    Ok(notes
+        .into_iter()
+        .map(|n| {
+            let event = n
+                .event
+                .as_ref()
+                .and_then(|id| ctx.events.iter().find(|e| &e.id == id).cloned());
+            let paranoid = ctx.paranoid.contains(&n.account);
+            let active_key = mail_address(&n).and_then(|a| {
+                ctx.keys
+                    .iter()
+                    .find(|(k, _)| *k == a)
+                    .map(|(_, v)| v.clone())
+            });
+            Claimed {
+                notification: n,
+                event,
+                paranoid,
+                active_key,
+            }
+        })
+        .collect())
+}
+
+/// What the key rules see of an address.
+async fn address_keys(rows: &mut impl Rows, address: &str) -> Result<AddressKeys> {
+    let (active, pending): (Vec<_>, Vec<_>) = rows
+        .live_keys(address)
+        .await?
+        .into_iter()
+        .partition(|k| k.state == crate::model::KeyState::Active);
+    Ok(AddressKeys {
+        active: active.into_iter().next(),
+        pending,
+        changes: rows.changes(address, true).await?,
+    })
+}
+
+/// An account with its contacts and their destinations.
+async fn account_view(rows: &mut impl Rows, id: &str) -> Result<Option<AccountView>> {
+    let Some(account) = rows.account(id).await? else {
+        return Ok(None);
+    };
+    let mut contacts: Vec<ContactView> = rows
+        .contacts(id)
+        .await?
+        .into_iter()
+        .map(|contact| ContactView {
+            contact,
+            destinations: Vec::new(),
+        })
+        .collect();
+    for dest in rows.destinations(id).await? {
+        if let Some(cv) = contacts.iter_mut().find(|c| c.contact.id == dest.contact) {
+            cv.destinations.push(dest);
+        }
+    }
+    Ok(Some(AccountView { account, contacts }))
+}
+
+/// One event of an ingest: checked, planned and written, or refused.
+async fn ingest_one(
+    rows: &mut impl Rows,
+    event: &Event,
+    planner: &dyn Planner,
+    views: &mut Vec<(String, Option<AccountView>)>,
+) -> Result<IngestOutcome> {
+    let duplicate = |n: usize| IngestOutcome::Duplicate {
+        id: event.id.clone(),
+        notifications: n,
+    };
+    if let Some(n) = rows.event_count(&event.id).await? {
+        return Ok(duplicate(n));
+    }
+    // An event that pairs or supersedes is serialised with the others of
+    // its (account, key), so each sees the other.
+    let types = planner.related_types(event);
+    if !types.is_empty() {
+        rows.lock_key(&event.account, &event.key).await?;
+    }
+    if !views.iter().any(|(id, _)| *id == event.account) {
+        let view = account_view(rows, &event.account).await?;
+        views.push((event.account.clone(), view));
+    }
+    let Some(view) = views
+        .iter()
+        .find(|(id, _)| *id == event.account)
+        .and_then(|(_, v)| v.as_ref())
+    else {
+        return Ok(IngestOutcome::Rejected(Rejection {
+            code: "unknown_account",
+            message: format!("account: `{}` is not a known account", event.account),
+        }));
+    };
+    let related = if types.is_empty() {
+        Vec::new()
+    } else {
+        rows.related(event, &types).await?
+    };
+    let recent = match planner.flap_window(event) {
+        Some((types, within)) => {
+            let since = to_millis(event.received_at - within);
+            rows.count_events(event, &types, since).await?
+        }
+        None => 0,
+    };
+    let mut loads = Vec::new();
+    for (destination, period) in planner.loads_needed(event, view) {
+        let recent = match period {
+            Some(p) => {
+                rows.load(&destination, to_millis(event.received_at - p))
+                    .await?
+            }
+            None => 0,
+        };
+        let pending_digest = rows.pending_digest(&destination).await?;
+        loads.push(Load {
+            destination,
+            recent,
+            pending_digest,
+        });
+    }
+    let seen = Seen {
+        related: &related,
+        recent,
+        loads: &loads,
+    };
+    let planned = match planner.plan(event, view, &seen) {
+        Ok(p) => p,
+        Err(r) => return Ok(IngestOutcome::Rejected(r)),
+    };
+    let n = planned.notifications.len();
+    if !rows.insert_event(event, n).await? {
+        // Seen meanwhile (by another node, a moment ago): the first result.
+        let n = rows.event_count(&event.id).await?.unwrap_or(0);
+        return Ok(duplicate(n));
+    }
+    for note in &planned.notifications {
+        rows.insert_notification(note).await?;
+    }
+    for c in &planned.cancels {
+        let d = decision(
+            &c.id,
+            State::Cancelled,
+            Some(c.reason),
+            Some(&c.detail),
+            event.received_at,
+        );
+        rows.cancel(By::Id, &c.id, &d).await?;
+    }
+    for (id, from) in &planned.paired {
+        rows.set_paired_from(id, to_millis(*from)).await?;
+    }
+    for (id, message) in &planned.updates {
+        rows.set_message(id, message).await?;
+    }
+    Ok(IngestOutcome::Accepted {
+        id: event.id.clone(),
+        notifications: n,
+    })
+}
+
+/// A decision to record about notification `id` at `at` (its due time is
+/// filled in by the write that knows it).
+fn decision(
+    id: &str,
+    state: State,
+    reason: Option<Reason>,
+    detail: Option<&str>,
+    at: DateTime<Utc>,
+) -> Decided {
+    Decided {
+        notification: id.to_string(),
+        at,
+        state,
+        reason,
+        detail: detail.map(str::to_string),
+        due_at: at,
+    }
+}
+
+/// Makes the writes the key rules decided for `address`; `link` is the
+/// hash of the link being followed, if any.
+async fn write_keys(
+    rows: &mut impl Rows,
+    address: &str,
+    link: Option<&str>,
+    now: DateTime<Utc>,
+    writes: &[KeyWrite],
+) -> Result<()> {
+    for w in writes {
+        match w {
+            KeyWrite::UseLink => {
+                if let Some(hash) = link {
+                    rows.use_link(hash, to_millis(now)).await?;
+                }
+            }
+            KeyWrite::Retire { fingerprint, state } => {
+                let m = rows::KeyMove {
+                    address,
+                    fingerprint,
+                    state: state.as_str(),
+                    at: None,
+                };
+                rows.move_key(m).await?;
+            }
+            KeyWrite::Activate { fingerprint, at } => {
+                let m = rows::KeyMove {
+                    address,
+                    fingerprint,
+                    state: crate::model::KeyState::Active.as_str(),
+                    at: Some(to_millis(*at)),
+                };
+                rows.move_key(m).await?;
+            }
+            KeyWrite::Change(c) => rows.upsert_change(c).await?,
+        }
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl<B: Backend> TokenStore for Db<B> {
+    async fn create_token(&self, token: &TokenRecord, hash: &str) -> Result<()> {
+        let (t, hash) = (token.clone(), hash.to_string());
+        self.write(move |rows| Box::pin(async move { rows.insert_token(&t, &hash).await }))
+            .await
+    }
+
+    async fn find_token(&self, hash: &str) -> Result<Option<TokenRecord>> {
+        let hash = hash.to_string();
+        self.read(move |rows| Box::pin(async move { rows.token(&hash).await }))
+            .await
+    }
+}
+
+#[async_trait]
+impl<B: Backend> DirectoryStore for Db<B> {
+    async fn put_account(&self, account: &Account) -> Result<PutOutcome> {
+        let a = account.clone();
+        self.write(move |rows| {
+            Box::pin(async move {
+                let existed = rows.account(&a.id).await?.is_some();
+                rows.upsert_account(&a).await?;
+                Ok(put_outcome(existed))
+            })
+        })
+        .await
+    }
+
+    async fn account_view(&self, id: &str) -> Result<Option<AccountView>> {
+        let id = id.to_string();
+        self.read(move |rows| Box::pin(async move { account_view(rows, &id).await }))
+            .await
+    }
+
+    async fn put_contact(&self, account: &str, contact: &Contact) -> Result<PutOutcome> {
+        let (account, c) = (account.to_string(), contact.clone());
+        self.write(move |rows| {
+            Box::pin(async move {
+                if rows.account(&account).await?.is_none() {
+                    return Ok(PutOutcome::NoParent);
+                }
+                let existed = rows.contact_exists(&account, &c.id).await?;
+                rows.upsert_contact(&account, &c).await?;
+                Ok(put_outcome(existed))
+            })
+        })
+        .await
+    }
+
+    async fn add_destination(
+        &self,
+        account: &str,
+        dest: &Destination,
+        code: Option<CodeRow>,
+        notice: Option<Notification>,
+    ) -> Result<PutOutcome> {
+        let (account, d) = (account.to_string(), dest.clone());
+        self.write(move |rows| {
+            Box::pin(async move {
+                if !rows.contact_exists(&account, &d.contact).await? {
+                    return Ok(PutOutcome::NoParent);
+                }
+                rows.insert_destination(&account, &d).await?;
+                if let Some(code) = &code {
+                    rows.write_code_row(&d.id, code).await?;
+                }
+                if let Some(n) = &notice {
+                    rows.insert_notification(n).await?;
+                }
+                Ok(PutOutcome::Created)
+            })
+        })
+        .await
+    }
+
+    async fn verify_destination(
+        &self,
+        account: &str,
+        contact: &str,
+        id: &str,
+        code_hash: &str,
+        now: DateTime<Utc>,
+        rule: CheckRule,
+    ) -> Result<VerifyOutcome> {
+        let (account, contact, id, hash) = (
+            account.to_string(),
+            contact.to_string(),
+            id.to_string(),
+            code_hash.to_string(),
+        );
+        self.write(move |rows| {
+            Box::pin(async move {
+                let at = DestRef {
+                    account: &account,
+                    contact: &contact,
+                    id: &id,
+                };
+                let Some(row) = rows.code_row(at).await? else {
+                    return Ok(VerifyOutcome::NotFound);
+                };
+                let (next, outcome) = rule(&row, &hash, now);
+                if let Some(next) = next {
+                    rows.write_code_row(&id, &next).await?;
+                }
+                Ok(outcome)
+            })
+        })
+        .await
+    }
+
+    async fn renew_code(
+        &self,
+        account: &str,
+        contact: &str,
+        id: &str,
+        code: PendingCode,
+        notice: Notification,
+        now: DateTime<Utc>,
+        rule: IssueRule,
+    ) -> Result<RenewOutcome> {
+        let (account, contact, id) = (account.to_string(), contact.to_string(), id.to_string());
+        self.write(move |rows| {
+            Box::pin(async move {
+                let at = DestRef {
+                    account: &account,
+                    contact: &contact,
+                    id: &id,
+                };
+                let Some(row) = rows.code_row(at).await? else {
+                    return Ok(RenewOutcome::NotFound);
+                };
+                match rule(&row, &code.hash, code.expires_at, now) {
+                    Ok(next) => {
+                        rows.write_code_row(&id, &next).await?;
+                        rows.insert_notification(&notice).await?;
+                        Ok(RenewOutcome::Sent)
+                    }
+                    Err(refused) => Ok(refused),
+                }
+            })
+        })
+        .await
+    }
+
+    async fn delete_destination(
+        &self,
+        account: &str,
+        contact: &str,
+        id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        let (account, contact, id) = (account.to_string(), contact.to_string(), id.to_string());
+        self.write(move |rows| {
+            Box::pin(async move {
+                let at = DestRef {
+                    account: &account,
+                    contact: &contact,
+                    id: &id,
+                };
+                if !rows.delete_destination(at).await? {
+                    return Ok(false);
+                }
+                let d = decision(
+                    &id,
+                    State::Cancelled,
+                    Some(Reason::DestinationRemoved),
+                    None,
+                    now,
+                );
+                rows.cancel(By::Destination, &id, &d).await?;
+                Ok(true)
+            })
+        })
+        .await
+    }
+
+    async fn destination_secrets(&self, id: &str, now: DateTime<Utc>) -> Result<Signing> {
+        let id = id.to_string();
+        self.read(move |rows| {
+            Box::pin(async move {
+                let s = rows.secrets(&id).await?;
+                Ok(current_secrets(s.secret, s.previous, s.previous_until, now))
+            })
+        })
+        .await
+    }
+
+    async fn set_destination_secret(
+        &self,
+        account: &str,
+        contact: &str,
+        id: &str,
+        secret: &str,
+        previous_until: Option<DateTime<Utc>>,
+    ) -> Result<bool> {
+        let (account, contact, id, secret) = (
+            account.to_string(),
+            contact.to_string(),
+            id.to_string(),
+            secret.to_string(),
+        );
+        self.write(move |rows| {
+            Box::pin(async move {
+                let at = DestRef {
+                    account: &account,
+                    contact: &contact,
+                    id: &id,
+                };
+                let now = rows.secrets(&id).await?;
+                rows.set_secret(at, &rotate(now, secret, previous_until))
+                    .await
+            })
+        })
+        .await
+    }
+
+    async fn contacts_with_uri(&self, uri: &str) -> Result<Vec<(String, String)>> {
+        let uri = uri.to_string();
+        self.read(move |rows| Box::pin(async move { rows.contacts_with_uri(&uri).await }))
+            .await
+    }
+
+    async fn count_outcome(
+        &self,
+        destination: &str,
+        failed: bool,
+        threshold: u32,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        let destination = destination.to_string();
+        self.write(move |rows| {
+            Box::pin(async move {
+                let Some(h) = rows.health(&destination).await? else {
+                    return Ok(false);
+                };
+                let (next, marked) = count_refusal(h, failed, threshold, now);
+                if next != h {
+                    rows.write_health(&destination, next).await?;
+                }
+                Ok(marked)
+            })
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl<B: Backend> EventStore for Db<B> {
+    async fn ingest(
+        &self,
+        events: Vec<Event>,
+        planner: Arc<dyn Planner>,
+    ) -> Result<Vec<IngestOutcome>> {
+        // No savepoint per event: an event writes only after its checks
+        // passed, and a store error takes the whole request back.
+        self.write(move |rows| {
+            Box::pin(async move {
+                let mut views = Vec::new();
+                let mut out = Vec::with_capacity(events.len());
+                for ev in &events {
+                    out.push(ingest_one(rows, ev, planner.as_ref(), &mut views).await?);
+                }
+                Ok(out)
+            })
+        })
+        .await
+    }
+
+    async fn event(&self, id: &str) -> Result<Option<(Event, Vec<Notification>)>> {
+        let id = id.to_string();
+        self.read(move |rows| {
+            Box::pin(async move {
+                let Some(event) = rows.event(&id).await? else {
+                    return Ok(None);
+                };
+                let notes = rows.notifications(Which::OfEvent(&id)).await?;
+                Ok(Some((event, notes)))
+            })
+        })
+        .await
+    }
+
+    async fn cancel_event(&self, id: &str, now: DateTime<Utc>) -> Result<Option<usize>> {
+        let id = id.to_string();
+        self.write(move |rows| {
+            Box::pin(async move {
+                if rows.event_count(&id).await?.is_none() {
+                    return Ok(None);
+                }
+                let d = decision(
+                    &id,
+                    State::Cancelled,
+                    Some(Reason::EventCancelled),
+                    Some("DELETE /v1/events"),
+                    now,
+                );
+                Ok(Some(rows.cancel(By::Event, &id, &d).await?))
+            })
+        })
+        .await
+    }
+
+    async fn history(&self, event: &str) -> Result<Vec<Decided>> {
+        let event = event.to_string();
+        self.read(move |rows| Box::pin(async move { rows.history(&event).await }))
+            .await
+    }
+}
+
+#[async_trait]
+impl<B: Backend> QueueStore for Db<B> {
+    async fn enqueue(&self, n: &Notification) -> Result<()> {
+        let n = n.clone();
+        self.write(move |rows| Box::pin(async move { rows.insert_notification(&n).await }))
+            .await
+    }
+
+    async fn claim_due(
+        &self,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<Claimed>> {
+        self.claim(None, now, lease_until, limit).await
+    }
+
+    async fn claim_due_on(
+        &self,
+        channel: ChannelKind,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<Claimed>> {
+        self.claim(Some(channel), now, lease_until, limit).await
+    }
+
+    async fn finish(&self, id: &str, outcome: Finish) -> Result<()> {
+        let id = id.to_string();
+        self.write(move |rows| {
+            Box::pin(async move {
+                rows.finish(&id, &finish_row(&outcome)).await?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn next_due(&self) -> Result<Option<DateTime<Utc>>> {
+        self.read(|rows| Box::pin(async move { Ok(rows.next_due().await?.map(from_millis)) }))
+            .await
+    }
+
+    async fn count_by_state(&self) -> Result<Vec<(State, i64)>> {
+        self.read(|rows| Box::pin(async move { rows.count_by_state().await }))
+            .await
+    }
+
+    async fn digest_members(&self, id: &str) -> Result<Vec<Claimed>> {
+        let id = id.to_string();
+        self.read(move |rows| {
+            Box::pin(async move {
+                let notes = rows.notifications(Which::InDigest(&id)).await?;
+                with_context(rows, notes).await
+            })
+        })
+        .await
+    }
+
+    async fn notifications_in(
+        &self,
+        state: State,
+        before: Option<DateTime<Utc>>,
+        limit: usize,
+    ) -> Result<Vec<Notification>> {
+        let which = Which::InState {
+            state,
+            before: before.map(to_millis).unwrap_or(i64::MAX),
+            limit: i64::try_from(limit).unwrap_or(i64::MAX),
+        };
+        self.read(move |rows| Box::pin(async move { rows.notifications(which).await }))
+            .await
+    }
+
+    async fn redrive(&self, id: &str, now: DateTime<Utc>) -> Result<bool> {
+        let id = id.to_string();
+        self.write(move |rows| {
+            Box::pin(async move {
+                let why = Some("POST /v1/deliveries/{id}/retry");
+                let d = decision(&id, State::Pending, Some(Reason::Redriven), why, now);
+                rows.redrive(&id, &d).await
+            })
+        })
+        .await
+    }
+
+    async fn notification(&self, id: &str) -> Result<Option<Notification>> {
+        let id = id.to_string();
+        self.read(move |rows| {
+            Box::pin(async move { Ok(rows.notifications(Which::One(&id)).await?.pop()) })
+        })
+        .await
+    }
+
+    async fn requeue_abandoned(&self, now: DateTime<Utc>) -> Result<usize> {
+        if !B::ONE_PROCESS {
+            // Other nodes may be sending them: their leases decide.
+            return Ok(0);
+        }
+        self.write(move |rows| {
+            Box::pin(async move {
+                let why = "kci stopped while sending it; it may arrive twice with the same id";
+                let d = decision("", State::Pending, Some(Reason::Requeued), Some(why), now);
+                rows.requeue_sending(&d).await
+            })
+        })
+        .await
+    }
+
+    async fn record_receipt(&self, id: &str, report: &Report, at: DateTime<Utc>) -> Result<bool> {
+        let (id, report) = (id.to_string(), report.clone());
+        self.write(move |rows| {
+            Box::pin(async move { rows.receipt(&id, &receipt_row(&report, at)).await })
+        })
+        .await
+    }
+
+    async fn awaiting_receipts(
+        &self,
+        channel: ChannelKind,
+        limit: usize,
+    ) -> Result<Vec<Notification>> {
+        let which = Which::Awaiting {
+            channel,
+            limit: i64::try_from(limit).unwrap_or(i64::MAX),
+        };
+        self.read(move |rows| Box::pin(async move { rows.notifications(which).await }))
+            .await
+    }
+}
+
+#[async_trait]
+impl<B: Backend> KeyStore for Db<B> {
+    async fn record_key_request(
+        &self,
+        request: &KeyRequest,
+        now: DateTime<Utc>,
+        rule: AdmitRule,
+    ) -> Result<std::result::Result<Vec<KeyWrite>, Refused>> {
+        let request = request.clone();
+        self.write(move |rows| {
+            Box::pin(async move {
+                let address = request.address.as_str();
+                rows.lock_address(address).await?;
+                let writes = match &request.change {
+                    Some(change) => match rule(&address_keys(rows, address).await?, change, now) {
+                        Ok(writes) => writes,
+                        Err(refused) => return Ok(Err(refused)),
+                    },
+                    None => Vec::new(),
+                };
+                if let Some(proof) = &request.proof
+                    && !rows.use_proof(proof, to_millis(now)).await?
+                {
+                    return Ok(Err(Refused::Replayed));
+                }
+                if let Some(key) = &request.key {
+                    rows.upsert_pending_key(key).await?;
+                }
+                write_keys(rows, address, None, now, &writes).await?;
+                rows.insert_links(&request.links).await?;
+                for n in &request.notices {
+                    rows.insert_notification(n).await?;
+                }
+                Ok(Ok(writes))
+            })
+        })
+        .await
+    }
+
+    async fn key_status(&self, address: &str) -> Result<KeyStatus> {
+        let address = address.to_string();
+        self.read(move |rows| {
+            Box::pin(async move {
+                let AddressKeys {
+                    active, pending, ..
+                } = address_keys(rows, &address).await?;
+                let changes = rows.changes(&address, false).await?;
+                Ok(KeyStatus {
+                    address,
+                    active,
+                    pending,
+                    changes,
+                })
+            })
+        })
+        .await
+    }
+
+    async fn active_key(&self, address: &str) -> Result<Option<KeyRecord>> {
+        let address = address.to_string();
+        self.read(move |rows| {
+            Box::pin(async move { Ok(address_keys(rows, &address).await?.active) })
+        })
+        .await
+    }
+
+    async fn refresh_key(
+        &self,
+        address: &str,
+        fingerprint: &str,
+        armored: &str,
+        expires_at: Option<DateTime<Utc>>,
+    ) -> Result<bool> {
+        let k = KeyRecord {
+            address: address.to_string(),
+            fingerprint: fingerprint.to_string(),
+            armored: armored.to_string(),
+            state: crate::model::KeyState::Active,
+            source: String::new(),
+            submitted_at: DateTime::<Utc>::default(),
+            activated_at: None,
+            expires_at,
+        };
+        self.write(move |rows| Box::pin(async move { rows.refresh_key(&k).await }))
+            .await
+    }
+
+    async fn key(&self, address: &str, fingerprint: &str) -> Result<Option<KeyRecord>> {
+        let (address, fingerprint) = (address.to_string(), fingerprint.to_string());
+        self.read(move |rows| Box::pin(async move { rows.key(&address, &fingerprint).await }))
+            .await
+    }
+
+    async fn follow_key_link(
+        &self,
+        hash: &str,
+        now: DateTime<Utc>,
+        rule: LinkRule,
+    ) -> Result<Confirmed> {
+        let hash = hash.to_string();
+        self.write(move |rows| {
+            Box::pin(async move {
+                let link = rows.link(&hash).await?;
+                let keys = match &link {
+                    Some(l) => {
+                        rows.lock_address(&l.address).await?;
+                        address_keys(rows, &l.address).await?
+                    }
+                    None => AddressKeys::default(),
+                };
+                let (writes, outcome) = rule(link.as_ref(), &keys, now);
+                if let Some(l) = &link {
+                    write_keys(rows, &l.address, Some(&hash), now, &writes).await?;
+                }
+                Ok(outcome)
+            })
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl<B: Backend> LimitStore for Db<B> {
+    async fn throttle(
+        &self,
+        bucket: &str,
+        key: &str,
+        cap: crate::model::Cap,
+        now: DateTime<Utc>,
+    ) -> Result<crate::model::throttle::Counted> {
+        use crate::model::throttle::{Counted, count};
+        let (bucket, key) = (bucket.to_string(), key.to_string());
+        self.write(move |rows| {
+            Box::pin(async move {
+                let counted = count(rows.window(&bucket, &key).await?, cap, now);
+                if let Counted::Allowed(w) = counted {
+                    rows.put_window(&bucket, &key, w).await?;
+                }
+                Ok(counted)
+            })
+        })
+        .await
+    }
+
+    async fn throttle_peek(
+        &self,
+        bucket: &str,
+        key: &str,
+        cap: crate::model::Cap,
+        now: DateTime<Utc>,
+    ) -> Result<std::result::Result<(), DateTime<Utc>>> {
+        let (bucket, key) = (bucket.to_string(), key.to_string());
+        self.read(move |rows| {
+            Box::pin(async move {
+                let stored = rows.window(&bucket, &key).await?;
+                Ok(crate::model::throttle::peek(stored, cap, now))
+            })
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl<B: Backend> Store for Db<B> {
+    async fn migrate(&self) -> Result<()> {
+        self.write(|rows| {
+            Box::pin(async move {
+                let have = rows.schema_version().await?;
+                for (version, sql) in B::MIGRATIONS {
+                    if *version > have {
+                        rows.migrate_to(*version, sql, to_millis(Utc::now()))
+                            .await?;
+                    }
+                }
+                Ok(())
+            })
+        })
+        .await
+    }
+}
+
+fn put_outcome(existed: bool) -> PutOutcome {
+    if existed {
+        PutOutcome::Updated
+    } else {
+        PutOutcome::Created
+    }
+}
+
+/// A destination's health after a delivery: a success clears the count
+/// of refusals in a row, a refusal adds one, and the refusal that reaches
+/// `threshold` marks it unhealthy (`true`: this one did).
+pub fn count_refusal(
+    h: HealthRow,
+    refused: bool,
+    threshold: u32,
+    now: DateTime<Utc>,
+) -> (HealthRow, bool) {
+    if !refused {
+        return (HealthRow { failures: 0, ..h }, false);
+    }
+    let failures = h.failures.saturating_add(1);
+    let marks = h.unhealthy_since.is_none() && threshold > 0 && failures >= threshold;
+    (
+        HealthRow {
+            failures,
+            unhealthy_since: if marks { Some(now) } else { h.unhealthy_since },
+        },
+        marks,
+    )
+}
+
+/// A provider's later word on a sent notice: an undelivered one fails
+/// (reason `undelivered`); any other stays sent, the word kept.
+pub fn receipt_row(report: &Report, at: DateTime<Utc>) -> ReceiptRow {
+    let undelivered = report.status == crate::model::ReceiptStatus::Undelivered;
+    ReceiptRow {
+        status: report.status.as_str(),
+        at: to_millis(at),
+        state: if undelivered {
+            State::Failed
+        } else {
+            State::Sent
+        },
+        reason: undelivered.then_some(Reason::Undelivered.as_str()),
+        detail: receipt_detail(report),
+    }
+}
+
+/// A destination's signing secrets after giving it `secret`: the one it
+/// replaces stays beside it until `until` (none: not at all).
+pub fn rotate(now: SecretsRow, secret: String, until: Option<DateTime<Utc>>) -> SecretsRow {
+    SecretsRow {
+        previous: until.and(now.secret),
+        previous_until: until.map(to_millis),
+        secret: Some(secret),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(min: i64) -> DateTime<Utc> {
+        "2026-12-02T10:00:00Z".parse::<DateTime<Utc>>().unwrap() + chrono::Duration::minutes(min)
+    }
+
+    #[test]
+    fn refusals_in_a_row_and_what_clears_them() {
+        let healthy = HealthRow {
+            failures: 0,
+            unhealthy_since: None,
+        };
+        let h = |failures, since: Option<i64>| HealthRow {
+            failures,
+            unhealthy_since: since.map(t),
+        };
+        // (case, row, refused, threshold, next, marked now)
+        let cases = [
+            ("a refusal counts", healthy, true, 3, h(1, None), false),
+            ("the third marks", h(2, None), true, 3, h(3, Some(0)), true),
+            (
+                "marked once only",
+                h(3, Some(-5)),
+                true,
+                3,
+                h(4, Some(-5)),
+                false,
+            ),
+            (
+                "threshold 0: never",
+                h(9, None),
+                true,
+                0,
+                h(10, None),
+                false,
+            ),
+            ("a success clears", h(2, None), false, 3, healthy, false),
+            (
+                "a success keeps the mark",
+                h(3, Some(-5)),
+                false,
+                3,
+                h(0, Some(-5)),
+                false,
+            ),
+        ];
+        for (case, row, refused, threshold, next, marked) in cases {
+            assert_eq!(
+                count_refusal(row, refused, threshold, t(0)),
+                (next, marked),
+                "{case}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_report_fails_a_notice_only_when_undelivered() {
+        use crate::model::ReceiptStatus::*;
+        for (status, state, reason) in [
+            (Delivered, State::Sent, None),
+            (Acknowledged, State::Sent, None),
+            (Unacknowledged, State::Sent, None),
+            (Undelivered, State::Failed, Some("undelivered")),
+        ] {
+            let r = receipt_row(
+                &Report {
+                    status,
+                    detail: Some("x".into()),
+                },
+                t(0),
+            );
+            assert_eq!((r.state, r.reason), (state, reason), "{status:?}");
+        }
+    }
+
+    #[test]
+    fn a_rotation_keeps_the_old_secret_only_for_the_overlap() {
+        let before = SecretsRow {
+            secret: Some("old".into()),
+            previous: Some("older".into()),
+            previous_until: Some(1),
+        };
+        let with = rotate(before.clone(), "new".into(), Some(t(60)));
+        assert_eq!(
+            (
+                with.secret.as_deref(),
+                with.previous.as_deref(),
+                with.previous_until
+            ),
+            (Some("new"), Some("old"), Some(to_millis(t(60))))
+        );
+        let without = rotate(before, "new".into(), None);
+        assert_eq!((without.previous, without.previous_until), (None, None));
+    }
+}

@@ -1,0 +1,566 @@
+//! What each store provides: [`Rows`], the row operations of one
+//! transaction in its own SQL, and [`Cols`], reading a result row. Every
+//! flow that combines them — and every decision — is written once, in
+//! `db.rs`, over these; the SQLite and PostgreSQL stores differ only in
+//! their SQL text, their connections and their locking.
+//!
+//! Every operation returns a future that is `Send`, so one flow serves
+//! both: PostgreSQL's really wait on the server, SQLite's are ready at once
+//! (its writer thread runs them to the end in one poll).
+
+use super::codec::*;
+use super::{Decided, Result, StoreError, TokenRecord};
+use crate::model::throttle::Window;
+use crate::model::{
+    Account, ChannelKind, CodeRow, Contact, Destination, Event, KeyChange, KeyRecord, KeyToken,
+    LinkRow, Message, Notification, Priority, ProofUse, RelatedNotice, State, from_millis,
+};
+use chrono::{DateTime, Utc};
+use std::future::Future;
+
+/// A destination as the directory API names it.
+#[derive(Debug, Clone, Copy)]
+pub struct DestRef<'a> {
+    pub account: &'a str,
+    pub contact: &'a str,
+    pub id: &'a str,
+}
+
+/// Which waiting notifications a cancellation reaches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum By {
+    Id,
+    /// An event's, except kci's own notices (digests, flap summaries),
+    /// which carry other events too.
+    Event,
+    Destination,
+}
+
+impl By {
+    pub fn column(self) -> &'static str {
+        match self {
+            By::Id => "id",
+            By::Event => "event",
+            By::Destination => "destination",
+        }
+    }
+}
+
+/// Which notifications to read.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Which<'a> {
+    One(&'a str),
+    /// An event's, by contact and destination.
+    OfEvent(&'a str),
+    /// Those still folded into a digest, oldest first.
+    InDigest(&'a str),
+    /// In a state, newest decision first, decided before `before`.
+    InState {
+        state: State,
+        before: i64,
+        limit: i64,
+    },
+    /// Sent on a channel with the provider's report still to come.
+    Awaiting {
+        channel: ChannelKind,
+        limit: i64,
+    },
+}
+
+/// A finished delivery's columns (see `codec::finish_row`).
+pub use super::codec::FinishRow;
+
+/// A provider's report written on a sent notification.
+#[derive(Debug, Clone)]
+pub struct ReceiptRow {
+    pub status: &'static str,
+    pub at: i64,
+    pub state: State,
+    pub reason: Option<&'static str>,
+    pub detail: String,
+}
+
+/// Which due notices to take, and for how long.
+#[derive(Debug, Clone, Copy)]
+pub struct Claim {
+    pub channel: Option<ChannelKind>,
+    pub now: i64,
+    pub lease_until: i64,
+    pub limit: i64,
+}
+
+/// A key of an address moving to `state` (`active` with `at`, `replaced`,
+/// `removed`).
+#[derive(Debug, Clone, Copy)]
+pub struct KeyMove<'a> {
+    pub address: &'a str,
+    pub fingerprint: &'a str,
+    pub state: &'a str,
+    pub at: Option<i64>,
+}
+
+/// The signing secrets of a webhook destination, as stored.
+#[derive(Debug, Clone, Default)]
+pub struct SecretsRow {
+    pub secret: Option<String>,
+    pub previous: Option<String>,
+    pub previous_until: Option<i64>,
+}
+
+/// A destination's count of refusals in a row and since when it is
+/// unhealthy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HealthRow {
+    pub failures: u32,
+    pub unhealthy_since: Option<DateTime<Utc>>,
+}
+
+/// What a claimed notice comes with: its event, whether its account is
+/// paranoid, the active key of its address.
+#[derive(Debug, Clone, Default)]
+pub struct ClaimContext {
+    pub events: Vec<Event>,
+    pub paranoid: Vec<String>,
+    pub keys: Vec<(String, String)>,
+}
+
+/// The row operations of one transaction (see the module's doc).
+pub trait Rows: Send + 'static {
+    /// The schema's version (0 for a new database), holding the lock that
+    /// keeps two migrating nodes apart.
+    fn schema_version(&mut self) -> impl Future<Output = Result<i64>> + Send;
+    fn migrate_to(
+        &mut self,
+        version: i64,
+        sql: &str,
+        at: i64,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    fn insert_token(
+        &mut self,
+        t: &TokenRecord,
+        hash: &str,
+    ) -> impl Future<Output = Result<()>> + Send;
+    fn token(&mut self, hash: &str) -> impl Future<Output = Result<Option<TokenRecord>>> + Send;
+
+    fn account(&mut self, id: &str) -> impl Future<Output = Result<Option<Account>>> + Send;
+    fn upsert_account(&mut self, a: &Account) -> impl Future<Output = Result<()>> + Send;
+    fn contacts(&mut self, account: &str) -> impl Future<Output = Result<Vec<Contact>>> + Send;
+    fn contact_exists(
+        &mut self,
+        account: &str,
+        id: &str,
+    ) -> impl Future<Output = Result<bool>> + Send;
+    fn upsert_contact(
+        &mut self,
+        account: &str,
+        c: &Contact,
+    ) -> impl Future<Output = Result<()>> + Send;
+    fn destinations(
+        &mut self,
+        account: &str,
+    ) -> impl Future<Output = Result<Vec<Destination>>> + Send;
+    fn insert_destination(
+        &mut self,
+        account: &str,
+        d: &Destination,
+    ) -> impl Future<Output = Result<()>> + Send;
+    fn delete_destination(&mut self, d: DestRef<'_>) -> impl Future<Output = Result<bool>> + Send;
+    fn contacts_with_uri(
+        &mut self,
+        uri: &str,
+    ) -> impl Future<Output = Result<Vec<(String, String)>>> + Send;
+    /// A destination's code row, locked for this transaction.
+    fn code_row(&mut self, d: DestRef<'_>) -> impl Future<Output = Result<Option<CodeRow>>> + Send;
+    fn write_code_row(
+        &mut self,
+        id: &str,
+        row: &CodeRow,
+    ) -> impl Future<Output = Result<()>> + Send;
+    fn secrets(&mut self, id: &str) -> impl Future<Output = Result<SecretsRow>> + Send;
+    fn set_secret(
+        &mut self,
+        d: DestRef<'_>,
+        s: &SecretsRow,
+    ) -> impl Future<Output = Result<bool>> + Send;
+    /// A destination's health, locked for this transaction.
+    fn health(&mut self, id: &str) -> impl Future<Output = Result<Option<HealthRow>>> + Send;
+    fn write_health(&mut self, id: &str, h: HealthRow) -> impl Future<Output = Result<()>> + Send;
+
+    /// Serialises the events of one (account, key) across nodes until the
+    /// transaction ends (nothing to do where there is one writer).
+    fn lock_key(&mut self, account: &str, key: &str) -> impl Future<Output = Result<()>> + Send;
+    /// How many notifications the event with this id planned, if it is known.
+    fn event_count(&mut self, id: &str) -> impl Future<Output = Result<Option<usize>>> + Send;
+    /// Stores the event; `false` if its id was taken meanwhile.
+    fn insert_event(
+        &mut self,
+        e: &Event,
+        notes: usize,
+    ) -> impl Future<Output = Result<bool>> + Send;
+    fn event(&mut self, id: &str) -> impl Future<Output = Result<Option<Event>>> + Send;
+    /// Every pending notice of `types` for (account, key), locked, and
+    /// every notice of the latest event of each type.
+    fn related(
+        &mut self,
+        e: &Event,
+        types: &[String],
+    ) -> impl Future<Output = Result<Vec<RelatedNotice>>> + Send;
+    /// Events of `types` for the event's (account, key) received after `since`.
+    fn count_events(
+        &mut self,
+        e: &Event,
+        types: &[String],
+        since: i64,
+    ) -> impl Future<Output = Result<usize>> + Send;
+    /// Non-urgent notices to a destination due after `since`.
+    fn load(&mut self, destination: &str, since: i64)
+    -> impl Future<Output = Result<usize>> + Send;
+    /// The digest still pending at a destination, locked.
+    fn pending_digest(
+        &mut self,
+        destination: &str,
+    ) -> impl Future<Output = Result<Option<String>>> + Send;
+    fn history(&mut self, event: &str) -> impl Future<Output = Result<Vec<Decided>>> + Send;
+
+    // Every write to a notification's state records the decision in the
+    // same statement or transaction (`d`: its state, reason, detail and
+    // time; the due time is the notification's).
+    /// Stores a notification and records its first decision.
+    fn insert_notification(&mut self, n: &Notification) -> impl Future<Output = Result<()>> + Send;
+    /// Cancels what still waits of `value` (see [`By`]), erasing any
+    /// secret; how many.
+    fn cancel(
+        &mut self,
+        by: By,
+        value: &str,
+        d: &Decided,
+    ) -> impl Future<Output = Result<usize>> + Send;
+    fn set_paired_from(&mut self, id: &str, from: i64) -> impl Future<Output = Result<()>> + Send;
+    fn set_message(&mut self, id: &str, m: &Message) -> impl Future<Output = Result<()>> + Send;
+    /// Takes due notices (of `channel`, or all), leased until `lease`.
+    fn claim(&mut self, c: Claim) -> impl Future<Output = Result<Vec<Notification>>> + Send;
+    fn claim_context(
+        &mut self,
+        notes: &[Notification],
+    ) -> impl Future<Output = Result<ClaimContext>> + Send;
+    /// Writes a delivery's outcome on a notification being sent, and
+    /// clears its destination's refusals when the row says so; `false` if
+    /// it is not being sent.
+    fn finish(&mut self, id: &str, f: &FinishRow) -> impl Future<Output = Result<bool>> + Send;
+    fn next_due(&mut self) -> impl Future<Output = Result<Option<i64>>> + Send;
+    fn count_by_state(&mut self) -> impl Future<Output = Result<Vec<(State, i64)>>> + Send;
+    fn notifications(
+        &mut self,
+        which: Which<'_>,
+    ) -> impl Future<Output = Result<Vec<Notification>>> + Send;
+    /// A failed notification back in the queue, due `d.at`; `false` if
+    /// it was not failed.
+    fn redrive(&mut self, id: &str, d: &Decided) -> impl Future<Output = Result<bool>> + Send;
+    /// Everything `sending` back to `pending`; how many.
+    fn requeue_sending(&mut self, d: &Decided) -> impl Future<Output = Result<usize>> + Send;
+    /// Writes a report on a sent notification still awaiting one; `false`
+    /// if there is none.
+    fn receipt(&mut self, id: &str, r: &ReceiptRow) -> impl Future<Output = Result<bool>> + Send;
+
+    /// Serialises the transactions that change one address's keys.
+    fn lock_address(&mut self, address: &str) -> impl Future<Output = Result<()>> + Send;
+    /// An address's active and pending keys, oldest first.
+    fn live_keys(&mut self, address: &str) -> impl Future<Output = Result<Vec<KeyRecord>>> + Send;
+    /// An address's changes (only those pending, if `pending`), oldest first.
+    fn changes(
+        &mut self,
+        address: &str,
+        pending: bool,
+    ) -> impl Future<Output = Result<Vec<KeyChange>>> + Send;
+    fn key(
+        &mut self,
+        address: &str,
+        fingerprint: &str,
+    ) -> impl Future<Output = Result<Option<KeyRecord>>> + Send;
+    fn upsert_pending_key(&mut self, k: &KeyRecord) -> impl Future<Output = Result<()>> + Send;
+    fn refresh_key(&mut self, k: &KeyRecord) -> impl Future<Output = Result<bool>> + Send;
+    fn insert_links(&mut self, links: &[KeyToken]) -> impl Future<Output = Result<()>> + Send;
+    /// A link by its hash, locked.
+    fn link(&mut self, hash: &str) -> impl Future<Output = Result<Option<LinkRow>>> + Send;
+    fn use_link(&mut self, hash: &str, at: i64) -> impl Future<Output = Result<()>> + Send;
+    fn move_key(&mut self, m: KeyMove<'_>) -> impl Future<Output = Result<()>> + Send;
+    fn upsert_change(&mut self, c: &KeyChange) -> impl Future<Output = Result<()>> + Send;
+    /// Records a proof as used; `false` if it was already (a replay).
+    fn use_proof(&mut self, p: &ProofUse, now: i64) -> impl Future<Output = Result<bool>> + Send;
+
+    /// A limit's window, locked.
+    fn window(
+        &mut self,
+        bucket: &str,
+        key: &str,
+    ) -> impl Future<Output = Result<Option<Window>>> + Send;
+    fn put_window(
+        &mut self,
+        bucket: &str,
+        key: &str,
+        w: Window,
+    ) -> impl Future<Output = Result<()>> + Send;
+}
+
+/// One value of a result row.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Cell {
+    Null,
+    Int(i64),
+    Text(String),
+    Bool(bool),
+}
+
+/// One result row, by column index: a backend says what a cell holds,
+/// the rest reads it as the column is meant.
+pub trait Cols {
+    fn cell(&self, i: usize) -> Result<Cell>;
+
+    fn opt_text(&self, i: usize) -> Result<Option<String>> {
+        match self.cell(i)? {
+            Cell::Null => Ok(None),
+            Cell::Text(s) => Ok(Some(s)),
+            other => Err(StoreError::Corrupt(format!(
+                "column {i}: text expected, not {other:?}"
+            ))),
+        }
+    }
+    fn opt_int(&self, i: usize) -> Result<Option<i64>> {
+        match self.cell(i)? {
+            Cell::Null => Ok(None),
+            Cell::Int(n) => Ok(Some(n)),
+            other => Err(StoreError::Corrupt(format!(
+                "column {i}: a number expected, not {other:?}"
+            ))),
+        }
+    }
+    fn text(&self, i: usize) -> Result<String> {
+        self.opt_text(i)?
+            .ok_or_else(|| StoreError::Corrupt(format!("column {i}: text expected, not NULL")))
+    }
+    fn int(&self, i: usize) -> Result<i64> {
+        self.opt_int(i)?
+            .ok_or_else(|| StoreError::Corrupt(format!("column {i}: a number expected, not NULL")))
+    }
+    /// A truth value (SQLite keeps them as 0 and 1).
+    fn flag(&self, i: usize) -> Result<bool> {
+        match self.cell(i)? {
+            Cell::Bool(b) => Ok(b),
+            Cell::Int(n) => Ok(n != 0),
+            other => Err(StoreError::Corrupt(format!(
+                "column {i}: true or false expected, not {other:?}"
+            ))),
+        }
+    }
+    fn count(&self, i: usize) -> Result<u32> {
+        Ok(u32::try_from(self.int(i)?).unwrap_or(u32::MAX))
+    }
+    fn time(&self, i: usize) -> Result<DateTime<Utc>> {
+        Ok(from_millis(self.int(i)?))
+    }
+    fn opt_time(&self, i: usize) -> Result<Option<DateTime<Utc>>> {
+        Ok(self.opt_int(i)?.map(from_millis))
+    }
+}
+
+/// The columns [`notification`] reads, in its order.
+pub const NOTIFICATION_COLUMNS: &str = "id, event, account, contact, destination, uri, channel, type, key, priority, \
+     state, reason, detail, due_at, expires_at, decided_at, sent_at, attempts, timezone, message, digest, paired_from, \
+     provider_ref, receipt, segments, secret";
+
+pub fn notification(r: &impl Cols) -> Result<Notification> {
+    Ok(Notification {
+        id: r.text(0)?,
+        event: r.opt_text(1)?,
+        account: r.text(2)?,
+        contact: r.text(3)?,
+        destination: r.text(4)?,
+        uri: r.text(5)?,
+        channel: channel_from_text(&r.text(6)?)?,
+        type_name: r.text(7)?,
+        key: r.text(8)?,
+        priority: Priority::from_rank(i32::try_from(r.int(9)?).unwrap_or(0)),
+        state: state_from_text(&r.text(10)?)?,
+        reason: reason_from_text(r.opt_text(11)?)?,
+        detail: r.opt_text(12)?,
+        due_at: r.time(13)?,
+        expires_at: r.opt_time(14)?,
+        decided_at: r.time(15)?,
+        sent_at: r.opt_time(16)?,
+        attempts: r.count(17)?,
+        timezone: r.text(18)?,
+        message: message_from_json(r.opt_text(19)?)?,
+        digest: r.opt_text(20)?,
+        paired_from: r.opt_time(21)?,
+        provider_ref: r.opt_text(22)?,
+        receipt: receipt_from_text(r.opt_text(23)?)?,
+        segments: r.opt_int(24)?.and_then(|s| u32::try_from(s).ok()),
+        secret: r.opt_text(25)?.map(crate::model::Secret::new),
+    })
+}
+
+/// The columns [`key`] reads.
+pub const KEY_COLUMNS: &str =
+    "address, fingerprint, armored, state, source, submitted_at, activated_at, expires_at";
+
+pub fn key(r: &impl Cols) -> Result<KeyRecord> {
+    Ok(KeyRecord {
+        address: r.text(0)?,
+        fingerprint: r.text(1)?,
+        armored: r.text(2)?,
+        state: key_state(&r.text(3)?)?,
+        source: r.text(4)?,
+        submitted_at: r.time(5)?,
+        activated_at: r.opt_time(6)?,
+        expires_at: r.opt_time(7)?,
+    })
+}
+
+/// The columns [`change`] reads.
+pub const CHANGE_COLUMNS: &str =
+    "id, address, kind, fingerprint, state, requested_at, not_before, proven_current, proven_new";
+
+pub fn change(r: &impl Cols) -> Result<KeyChange> {
+    Ok(KeyChange {
+        id: r.text(0)?,
+        address: r.text(1)?,
+        kind: change_kind(&r.text(2)?)?,
+        fingerprint: r.opt_text(3)?,
+        state: change_state(&r.text(4)?)?,
+        requested_at: r.time(5)?,
+        not_before: r.time(6)?,
+        proven_current: r.flag(7)?,
+        proven_new: r.flag(8)?,
+    })
+}
+
+/// The columns [`link`] reads.
+pub const LINK_COLUMNS: &str =
+    "address, fingerprint, purpose, change, expires_at, used_at IS NOT NULL";
+
+pub fn link(r: &impl Cols) -> Result<LinkRow> {
+    Ok(LinkRow {
+        address: r.text(0)?,
+        fingerprint: r.text(1)?,
+        purpose: token_purpose(&r.text(2)?)?,
+        change: r.opt_text(3)?,
+        expires_at: r.time(4)?,
+        used: r.flag(5)?,
+    })
+}
+
+/// The columns [`code_row`] reads.
+pub const CODE_COLUMNS: &str = "verified AND unhealthy_since IS NULL, code_hash, code_expires_at, code_attempts, \
+     codes_sent, code_sent_at, wrong_codes, code_window_start";
+
+pub fn code_row(r: &impl Cols) -> Result<CodeRow> {
+    Ok(CodeRow {
+        usable: r.flag(0)?,
+        hash: r.opt_text(1)?,
+        expires_at: r.opt_time(2)?,
+        attempts: r.count(3)?,
+        codes_sent: r.count(4)?,
+        sent_at: r.opt_time(5)?,
+        wrong: r.count(6)?,
+        window_start: r.opt_time(7)?,
+    })
+}
+
+/// The columns [`account`] reads.
+pub const ACCOUNT_COLUMNS: &str = "id, name, timezone, security_level, paranoid, defaults";
+
+pub fn account(r: &impl Cols) -> Result<Account> {
+    Ok(Account {
+        id: r.text(0)?,
+        name: r.text(1)?,
+        timezone: tz_from_text(r.opt_text(2)?)?,
+        security_level: level_from_text(&r.text(3)?)?,
+        paranoid: r.flag(4)?,
+        defaults: prefs_from_json(&r.text(5)?)?,
+    })
+}
+
+/// The columns [`contact`] reads.
+pub const CONTACT_COLUMNS: &str = "id, name, timezone, prefs";
+
+pub fn contact(r: &impl Cols) -> Result<Contact> {
+    Ok(Contact {
+        id: r.text(0)?,
+        name: r.text(1)?,
+        timezone: tz_from_text(r.opt_text(2)?)?,
+        prefs: prefs_from_json(&r.text(3)?)?,
+    })
+}
+
+/// The columns [`destination`] reads.
+pub const DESTINATION_COLUMNS: &str = "id, contact, uri, prefs, verified, unhealthy_since";
+
+pub fn destination(r: &impl Cols) -> Result<Destination> {
+    Ok(Destination {
+        id: r.text(0)?,
+        contact: r.text(1)?,
+        uri: uri_from_text(&r.text(2)?)?,
+        prefs: prefs_from_json(&r.text(3)?)?,
+        verified: r.flag(4)?,
+        unhealthy_since: r.opt_time(5)?,
+    })
+}
+
+/// The columns [`token`] reads.
+pub const TOKEN_COLUMNS: &str = "id, name, scopes, created_at";
+
+pub fn token(r: &impl Cols) -> Result<TokenRecord> {
+    Ok(TokenRecord {
+        id: r.text(0)?,
+        name: r.text(1)?,
+        scopes: scopes_from_text(&r.text(2)?)?,
+        created_at: r.time(3)?,
+    })
+}
+
+/// The columns [`decided`] reads.
+pub const DECIDED_COLUMNS: &str = "notification, at, state, reason, detail, due_at";
+
+pub fn decided(r: &impl Cols) -> Result<Decided> {
+    Ok(Decided {
+        notification: r.text(0)?,
+        at: r.time(1)?,
+        state: state_from_text(&r.text(2)?)?,
+        reason: reason_from_text(r.opt_text(3)?)?,
+        detail: r.opt_text(4)?,
+        due_at: r.time(5)?,
+    })
+}
+
+/// A related notice: id, event, type, destination, state, due, and the
+/// `occurred_at` of its event's stored payload.
+pub fn related(r: &impl Cols) -> Result<RelatedNotice> {
+    Ok(RelatedNotice {
+        id: r.text(0)?,
+        event: r.text(1)?,
+        type_name: r.text(2)?,
+        destination: r.text(3)?,
+        state: state_from_text(&r.text(4)?)?,
+        due_at: r.time(5)?,
+        occurred_at: occurred(&r.text(6)?)?,
+    })
+}
+
+/// A window: its start and count.
+pub fn window(r: &impl Cols) -> Result<Window> {
+    Ok(Window {
+        start: r.time(0)?,
+        count: r.count(1)?,
+    })
+}
+
+/// An event as stored (its JSON payload).
+pub fn event_json(e: &Event) -> Result<String> {
+    serde_json::to_string(e).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+/// A message as stored (JSON).
+pub fn message_json(m: &Message) -> Result<String> {
+    serde_json::to_string(m).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
