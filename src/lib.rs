@@ -19,6 +19,7 @@ pub mod pgp;
 pub mod plan;
 pub mod render;
 pub mod schedule;
+pub mod secure;
 pub mod shutdown;
 pub mod smime;
 pub mod store;

@@ -109,36 +109,6 @@ impl Scheduler {
         Ok(n)
     }
 
-    /// Whether a notice of a `paranoid` account must go content-free: its
-    /// channel is not end-to-end encrypted (anything but mail to an address
-    /// with an active key).
-    fn content_free(c: &Claimed) -> bool {
-        c.notification.channel != crate::model::ChannelKind::Email || c.active_key.is_none()
-    }
-
-    /// The key a mail must be encrypted to: the one its message names (a
-    /// confirmation link goes to the key submitted), else the address's
-    /// active key. `Err` when the named key is gone: such a mail is never
-    /// sent in clear.
-    async fn recipient_key(
-        &self,
-        c: &Claimed,
-    ) -> crate::store::Result<Result<Option<String>, String>> {
-        let n = &c.notification;
-        let Some(address) = crate::store::mail_address(n) else {
-            return Ok(Ok(None));
-        };
-        match n.message.as_ref().and_then(|m| m.encrypt_to.as_deref()) {
-            Some(fpr) => Ok(match self.store.key(&address, fpr).await? {
-                Some(k) => Ok(Some(k.armored)),
-                None => Err(format!(
-                    "not sent (never in clear): the key {fpr} it must be encrypted to is not registered for {address}"
-                )),
-            }),
-            None => Ok(Ok(c.active_key.clone())),
-        }
-    }
-
     fn lease_until(&self, now: DateTime<Utc>) -> DateTime<Utc> {
         now + Duration::from_std(self.delivery.lease.0).unwrap_or(Duration::minutes(2))
     }
@@ -231,7 +201,7 @@ impl Scheduler {
         } else {
             self.renderer.render(n, c.event.as_ref())
         };
-        let mut rendered = match rendered {
+        let rendered = match rendered {
             Ok(r) => r,
             Err(e) => {
                 return self
@@ -246,33 +216,22 @@ impl Scheduler {
                     .await;
             }
         };
-        // A one-time secret is rendered in only now; it is erased from the
-        // store when the notice is final.
-        if n.needs_secret() {
-            match &n.secret {
-                Some(secret) => rendered.reveal(secret.expose()),
-                None => {
-                    let detail = "it carried a one-time code or link that kci no longer holds; ask for a new one".to_string();
-                    return self
-                        .finish(
-                            n,
-                            Finish::Failed {
-                                at: now,
-                                reason: Reason::SecretGone,
-                                detail,
-                            },
-                        )
-                        .await;
+        // What may leave, and under which protection.
+        let secured =
+            match crate::secure::secure(&c, rendered, &self.renderer, self.store.as_ref(), now)
+                .await?
+            {
+                Ok(s) => s,
+                Err(w) => {
+                    let failed = Finish::Failed {
+                        at: now,
+                        reason: w.reason,
+                        detail: w.detail,
+                    };
+                    return self.finish(n, failed).await;
                 }
-            }
-        }
-        // Content-free: no texts, and not the event either (a webhook
-        // would carry its data).
-        let mut event = c.event.clone();
-        if !n.type_name.starts_with("kci.") && c.paranoid && Self::content_free(&c) {
-            rendered = self.renderer.content_free();
-            event = None;
-        }
+            };
+        let mut rendered = secured.rendered;
         if n.channel.needs_short() && rendered.short.is_none() {
             let detail = format!(
                 "{} needs a short text: give type {} a `short` template or post the event with `short`",
@@ -307,40 +266,13 @@ impl Scheduler {
                 )
                 .await;
         };
-        let recipient_key = match self.recipient_key(&c).await? {
-            Ok(key) => key,
-            Err(detail) => {
-                return self
-                    .finish(
-                        n,
-                        Finish::Failed {
-                            at: now,
-                            reason: Reason::Rejected,
-                            detail,
-                        },
-                    )
-                    .await;
-            }
-        };
-        let signing = if n.channel == crate::model::ChannelKind::Webhook {
-            self.store.destination_secrets(&n.destination, now).await?
-        } else {
-            crate::store::Signing {
-                own: Vec::new(),
-                channel: true,
-            }
-        };
         let out = Outgoing {
             notification: n.clone(),
-            event,
+            event: secured.event,
             rendered,
-            secrets: signing
-                .own
-                .into_iter()
-                .map(crate::model::Secret::new)
-                .collect(),
-            channel_secret: signing.channel,
-            recipient_key,
+            secrets: secured.secrets,
+            channel_secret: secured.channel_secret,
+            recipient_key: secured.recipient_key,
         };
         let started = std::time::Instant::now();
         let result = channel.deliver(&out).await;
