@@ -7,47 +7,14 @@
 //!     cargo bench --bench pgp [-- --mails N --gpg-mails M]
 
 use chrono::Utc;
+use kci::pgp::testkit::Gpg;
 use kci::pgp::{MailHeaders, OperatorKey, check_submission, encrypted_mail, signed_mail};
 use std::hint::black_box;
-use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Instant;
 
 const BODY: &str = "Line 4711 (Example Street 1) is down since 09:12 UTC.\n\
 We have dispatched a technician and expect it back by 13:00.\n\
 Reference: INC-2024-0815. Reply to this mail to reach the NOC.\n";
-
-fn gpg(home: &Path, args: &[&str], stdin: Option<&[u8]>) -> Vec<u8> {
-    use std::io::Write;
-    let mut child = Command::new("/usr/bin/gpg")
-        .env("GNUPGHOME", home)
-        .args([
-            "--batch",
-            "--no-tty",
-            "--pinentry-mode",
-            "loopback",
-            "--passphrase",
-            "",
-        ])
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("/usr/bin/gpg");
-    let mut input = child.stdin.take().unwrap();
-    if let Some(data) = stdin {
-        input.write_all(data).unwrap();
-    }
-    drop(input);
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "gpg {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
-}
 
 fn arg(name: &str, default: usize) -> usize {
     let args: Vec<String> = std::env::args().collect();
@@ -61,34 +28,16 @@ fn arg(name: &str, default: usize) -> usize {
 fn main() {
     let mails = arg("--mails", 2000);
     let gpg_mails = arg("--gpg-mails", 100);
-    let home = tempfile::Builder::new()
-        .prefix("kci-bench-gpg")
-        .tempdir()
-        .unwrap();
-    let home = home.path();
-
+    let g = Gpg::new();
     let (operator, tsk) = OperatorKey::generate("kci <notify@isp.example>", None).unwrap();
-    gpg(home, &["--import"], Some(tsk.as_bytes()));
+    g.import(tsk.as_bytes());
     let mut recipients = Vec::new();
     for (uid, algo, sub) in [
         ("cv25519 <cv@example.org>", "ed25519", "cv25519"),
         ("rsa3072 <rsa@example.org>", "rsa3072", "rsa3072"),
     ] {
-        gpg(
-            home,
-            &["--quick-gen-key", uid, algo, "sign,cert", "never"],
-            None,
-        );
-        let listing =
-            String::from_utf8(gpg(home, &["--with-colons", "--list-keys", uid], None)).unwrap();
-        let fpr = listing
-            .lines()
-            .find_map(|l| l.strip_prefix("fpr:::::::::"))
-            .unwrap()
-            .trim_end_matches(':')
-            .to_string();
-        gpg(home, &["--quick-add-key", &fpr, sub, "encr", "never"], None);
-        let armored = gpg(home, &["--armor", "--export", &fpr], None);
+        let fpr = g.generate(uid, algo, true, "never");
+        let armored = g.export(&fpr).into_bytes();
         let addr = uid
             .split('<')
             .nth(1)
@@ -153,8 +102,7 @@ fn main() {
 
         let start = Instant::now();
         for _ in 0..gpg_mails {
-            black_box(gpg(
-                home,
+            black_box(g.ok(
                 &[
                     "--trust-model",
                     "always",
@@ -176,8 +124,4 @@ fn main() {
             secs * 1000.0 / gpg_mails as f64
         );
     }
-    let _ = Command::new("gpgconf")
-        .env("GNUPGHOME", home)
-        .args(["--kill", "gpg-agent"])
-        .status();
 }

@@ -7,123 +7,11 @@ use super::*;
 use chrono::Duration;
 use sequoia_openpgp::cert::Cert;
 use sequoia_openpgp::parse::Parse;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::Instant;
 
-const GPG: &str = "/usr/bin/gpg";
+use super::testkit::Gpg;
+
 const OPERATOR: &str = "kci <notify@isp.example>";
-
-/// One throw-away GnuPG home.
-struct Gpg {
-    home: tempfile::TempDir,
-}
-
-struct Out {
-    ok: bool,
-    stdout: Vec<u8>,
-    stderr: String,
-}
-
-impl Out {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.stdout).into_owned()
-    }
-}
-
-impl Gpg {
-    fn new() -> Gpg {
-        assert!(
-            Path::new(GPG).exists(),
-            "{GPG} is required for the OpenPGP contract tests (apt-get install gnupg)"
-        );
-        let home = tempfile::Builder::new()
-            .prefix("kci-gpg")
-            .tempdir()
-            .expect("tempdir");
-        Gpg { home }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.home.path().join(name)
-    }
-
-    fn run(&self, args: &[&str], stdin: Option<&[u8]>) -> Out {
-        use std::io::Write;
-        let mut child = Command::new(GPG)
-            .env("GNUPGHOME", self.home.path())
-            .args([
-                "--batch",
-                "--no-tty",
-                "--pinentry-mode",
-                "loopback",
-                "--passphrase",
-                "",
-            ])
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("gpg runs");
-        let mut input = child.stdin.take().expect("stdin");
-        if let Some(data) = stdin {
-            input.write_all(data).expect("write to gpg");
-        }
-        drop(input);
-        let out = child.wait_with_output().expect("gpg finishes");
-        Out {
-            ok: out.status.success(),
-            stdout: out.stdout,
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
-    }
-
-    fn ok(&self, args: &[&str]) -> Out {
-        let out = self.run(args, None);
-        assert!(out.ok, "gpg {args:?} failed: {}", out.stderr);
-        out
-    }
-
-    fn fingerprint(&self, uid: &str) -> String {
-        let out = self.ok(&["--with-colons", "--list-keys", uid]);
-        out.text()
-            .lines()
-            .find_map(|l| l.strip_prefix("fpr:::::::::"))
-            .map(|l| l.trim_end_matches(':').to_string())
-            .expect("a fingerprint")
-    }
-
-    /// A key for `uid`: `rsa3072` or `ed25519` primary (sign, certify),
-    /// with an encryption subkey (`rsa3072` or `cv25519`) when `encrypt`.
-    fn generate(&self, uid: &str, algo: &str, encrypt: bool, expire: &str) -> String {
-        self.ok(&["--quick-gen-key", uid, algo, "sign,cert", expire]);
-        let fpr = self.fingerprint(uid);
-        if encrypt {
-            let sub = if algo == "ed25519" { "cv25519" } else { algo };
-            self.ok(&["--quick-add-key", &fpr, sub, "encr", expire]);
-        }
-        fpr
-    }
-
-    fn export(&self, fpr: &str) -> Vec<u8> {
-        self.ok(&["--armor", "--export", fpr]).stdout
-    }
-
-    fn import(&self, data: &[u8]) {
-        let out = self.run(&["--import"], Some(data));
-        assert!(out.ok, "gpg --import failed: {}", out.stderr);
-    }
-}
-
-impl Drop for Gpg {
-    fn drop(&mut self) {
-        let _ = Command::new("gpgconf")
-            .env("GNUPGHOME", self.home.path())
-            .args(["--kill", "gpg-agent"])
-            .status();
-    }
-}
 
 fn headers(to: &str, subject: &str) -> MailHeaders {
     MailHeaders {
@@ -164,22 +52,23 @@ fn gpg_keys_pass_and_are_cleaned() {
     ] {
         let fpr = g.generate(uid, algo, true, "never");
         let addr = uid.split('<').nth(1).unwrap().trim_end_matches('>');
-        let clean = check_submission(&g.export(&fpr), addr, now).unwrap();
+        let clean = check_submission(g.export(&fpr).as_bytes(), addr, now).unwrap();
         assert_eq!(clean.fingerprint, fpr);
         assert_eq!(clean.expires_at, None);
         assert!(clean.warnings.is_empty(), "{:?}", clean.warnings);
         // An address compares in any case, as one mailbox (EmailAddr).
         check_submission(
-            &g.export(&fpr),
+            g.export(&fpr).as_bytes(),
             &addr.replace("example.org", "EXAMPLE.org"),
             now,
         )
         .unwrap();
-        check_submission(&g.export(&fpr), &addr.to_uppercase(), now).unwrap();
-        let e = check_submission(&g.export(&fpr), &addr.replace('@', "+x@"), now).unwrap_err();
+        check_submission(g.export(&fpr).as_bytes(), &addr.to_uppercase(), now).unwrap();
+        let e = check_submission(g.export(&fpr).as_bytes(), &addr.replace('@', "+x@"), now)
+            .unwrap_err();
         assert_eq!(e.code(), "no_matching_user_id");
         // Binary works as well as armored.
-        let binary = g.ok(&["--export", &fpr]).stdout;
+        let binary = g.ok(&["--export", &fpr], None);
         assert_eq!(
             check_submission(&binary, addr, now).unwrap().fingerprint,
             fpr
@@ -192,11 +81,17 @@ fn other_user_ids_and_third_party_certifications_are_stripped() {
     let g = Gpg::new();
     let now = Utc::now();
     let fpr = g.generate("Erin <erin@example.org>", "ed25519", true, "never");
-    g.ok(&["--quick-add-uid", &fpr, "Erin at work <erin@corp.example>"]);
+    g.ok(
+        &["--quick-add-uid", &fpr, "Erin at work <erin@corp.example>"],
+        None,
+    );
     let trent = g.generate("Trent <trent@example.net>", "ed25519", false, "never");
-    g.ok(&["--default-key", &trent, "--yes", "--quick-sign-key", &fpr]);
+    g.ok(
+        &["--default-key", &trent, "--yes", "--quick-sign-key", &fpr],
+        None,
+    );
 
-    let clean = check_submission(&g.export(&fpr), "erin@example.org", now).unwrap();
+    let clean = check_submission(g.export(&fpr).as_bytes(), "erin@example.org", now).unwrap();
     let cert = Cert::from_bytes(clean.armored.as_bytes()).unwrap();
     let uids: Vec<String> = cert
         .userids()
@@ -220,7 +115,7 @@ fn other_user_ids_and_third_party_certifications_are_stripped() {
     other.import(clean.armored.as_bytes());
     assert_eq!(other.fingerprint("erin@example.org"), fpr);
     // The address of the stripped user ID is not the one asked for.
-    let e = check_submission(&g.export(&fpr), "erin@corp.example", now).unwrap();
+    let e = check_submission(g.export(&fpr).as_bytes(), "erin@corp.example", now).unwrap();
     assert_eq!(e.fingerprint, fpr);
 }
 
@@ -231,15 +126,15 @@ fn expired_revoked_and_signing_only_keys_are_refused() {
 
     let fpr = g.generate("Frank <frank@example.org>", "ed25519", true, "1y");
     let key = g.export(&fpr);
-    let clean = check_submission(&key, "frank@example.org", now).unwrap();
+    let clean = check_submission(key.as_bytes(), "frank@example.org", now).unwrap();
     assert!(clean.expires_at.is_some());
     // Close to its end: a warning. After it: refused, at submission and
     // at send time.
     let soon = clean.expires_at.unwrap() - Duration::days(3);
-    let warned = check_submission(&key, "frank@example.org", soon).unwrap();
+    let warned = check_submission(key.as_bytes(), "frank@example.org", soon).unwrap();
     assert!(warned.warnings.iter().any(|w| w.contains("expires")));
     let later = now + Duration::days(800);
-    let e = check_submission(&key, "frank@example.org", later).unwrap_err();
+    let e = check_submission(key.as_bytes(), "frank@example.org", later).unwrap_err();
     assert_eq!(e.code(), "expired", "{e}");
     assert!(e.to_string().contains("expired on"));
     assert_eq!(
@@ -254,19 +149,19 @@ fn expired_revoked_and_signing_only_keys_are_refused() {
     let before = g.export(&fpr);
     let rev = std::fs::read_to_string(g.path(&format!("openpgp-revocs.d/{fpr}.rev"))).unwrap();
     g.import(rev.replace(":-----BEGIN", "-----BEGIN").as_bytes());
-    let e = check_submission(&g.export(&fpr), "grace@example.org", now).unwrap_err();
+    let e = check_submission(g.export(&fpr).as_bytes(), "grace@example.org", now).unwrap_err();
     assert_eq!(e.code(), "revoked", "{e}");
     // A key registered before its revocation: the revoked copy says no.
-    let registered = check_submission(&before, "grace@example.org", now).unwrap();
+    let registered = check_submission(before.as_bytes(), "grace@example.org", now).unwrap();
     encryption_key_valid(&registered.armored, now).unwrap();
-    let revoked = String::from_utf8(g.export(&fpr)).unwrap();
+    let revoked = g.export(&fpr);
     assert_eq!(
         encryption_key_valid(&revoked, now).unwrap_err().code(),
         "revoked"
     );
 
     let fpr = g.generate("Heidi <heidi@example.org>", "ed25519", false, "never");
-    let e = check_submission(&g.export(&fpr), "heidi@example.org", now).unwrap_err();
+    let e = check_submission(g.export(&fpr).as_bytes(), "heidi@example.org", now).unwrap_err();
     assert_eq!(e.code(), "no_encryption_subkey", "{e}");
     assert!(e.to_string().contains("signing-only"), "{e}");
 }
@@ -275,45 +170,58 @@ fn expired_revoked_and_signing_only_keys_are_refused() {
 fn sha1_self_signatures_are_refused_with_the_fix() {
     let g = Gpg::new();
     let uid = "Ivan <ivan@example.org>";
-    g.ok(&[
-        "--cert-digest-algo",
-        "SHA1",
-        "--quick-gen-key",
-        uid,
-        "rsa3072",
-        "sign,cert",
-        "never",
-    ]);
+    g.ok(
+        &[
+            "--cert-digest-algo",
+            "SHA1",
+            "--quick-gen-key",
+            uid,
+            "rsa3072",
+            "sign,cert",
+            "never",
+        ],
+        None,
+    );
     let fpr = g.fingerprint(uid);
-    g.ok(&[
-        "--cert-digest-algo",
-        "SHA1",
-        "--quick-add-key",
-        &fpr,
-        "rsa3072",
-        "encr",
-        "never",
-    ]);
-    let e = check_submission(&g.export(&fpr), "ivan@example.org", Utc::now()).unwrap_err();
+    g.ok(
+        &[
+            "--cert-digest-algo",
+            "SHA1",
+            "--quick-add-key",
+            &fpr,
+            "rsa3072",
+            "encr",
+            "never",
+        ],
+        None,
+    );
+    let e =
+        check_submission(g.export(&fpr).as_bytes(), "ivan@example.org", Utc::now()).unwrap_err();
     assert_eq!(e.code(), "sha1_self_signature", "{e}");
     assert!(e.to_string().contains("--quick-set-expire"), "{e}");
     // The advice works: renewed self-signatures with SHA-256 pass.
-    g.ok(&[
-        "--cert-digest-algo",
-        "SHA256",
-        "--quick-set-expire",
-        &fpr,
-        "0",
-    ]);
-    g.ok(&[
-        "--cert-digest-algo",
-        "SHA256",
-        "--quick-set-expire",
-        &fpr,
-        "0",
-        "*",
-    ]);
-    check_submission(&g.export(&fpr), "ivan@example.org", Utc::now()).unwrap();
+    g.ok(
+        &[
+            "--cert-digest-algo",
+            "SHA256",
+            "--quick-set-expire",
+            &fpr,
+            "0",
+        ],
+        None,
+    );
+    g.ok(
+        &[
+            "--cert-digest-algo",
+            "SHA256",
+            "--quick-set-expire",
+            &fpr,
+            "0",
+            "*",
+        ],
+        None,
+    );
+    check_submission(g.export(&fpr).as_bytes(), "ivan@example.org", Utc::now()).unwrap();
 }
 
 #[test]
@@ -321,7 +229,7 @@ fn secret_garbage_huge_and_hostile_blocks_are_refused_quickly() {
     let g = Gpg::new();
     let now = Utc::now();
     let fpr = g.generate("Judy <judy@example.org>", "ed25519", true, "never");
-    let secret = g.ok(&["--armor", "--export-secret-keys", &fpr]).stdout;
+    let secret = g.ok(&["--armor", "--export-secret-keys", &fpr], None);
     let e = check_submission(&secret, "judy@example.org", now).unwrap_err();
     assert_eq!(e.code(), "secret_key");
 
@@ -338,7 +246,7 @@ fn secret_garbage_huge_and_hostile_blocks_are_refused_quickly() {
 
     // Two keys in one block.
     let other = g.generate("Ken <ken@example.org>", "ed25519", true, "never");
-    let both = g.ok(&["--export", &fpr, &other]).stdout;
+    let both = g.ok(&["--export", &fpr, &other], None);
     assert_eq!(
         check_submission(&both, "judy@example.org", now)
             .unwrap_err()
@@ -349,7 +257,7 @@ fn secret_garbage_huge_and_hostile_blocks_are_refused_quickly() {
     // A key followed by thousands of user IDs, inside the size cap.
     use sequoia_openpgp::packet::{Packet, UserID};
     use sequoia_openpgp::serialize::Serialize;
-    let cert = Cert::from_bytes(&g.export(&fpr)).unwrap();
+    let cert = Cert::from_bytes(g.export(&fpr).as_bytes()).unwrap();
     let mut hostile = Vec::new();
     Packet::from(cert.primary_key().key().clone())
         .serialize(&mut hostile)
@@ -409,7 +317,7 @@ fn gpg_decrypts_encrypted_mail_and_verifies_the_operator_signature() {
         let operator = operator_known_to(&g);
         let fpr = g.generate(uid, algo, true, "never");
         let addr = uid.split('<').nth(1).unwrap().trim_end_matches('>');
-        let clean = check_submission(&g.export(&fpr), addr, Utc::now()).unwrap();
+        let clean = check_submission(g.export(&fpr).as_bytes(), addr, Utc::now()).unwrap();
 
         let subject = "Fault: line 4711 down (Störung)";
         let mail = encrypted_mail(
@@ -493,7 +401,8 @@ fn encrypted_mail_to_an_expired_key_is_refused() {
     let g = Gpg::new();
     let (operator, _) = OperatorKey::generate(OPERATOR, None).unwrap();
     let fpr = g.generate("Olga <olga@example.org>", "ed25519", true, "1y");
-    let clean = check_submission(&g.export(&fpr), "olga@example.org", Utc::now()).unwrap();
+    let clean =
+        check_submission(g.export(&fpr).as_bytes(), "olga@example.org", Utc::now()).unwrap();
     let e = encrypted_mail(
         &operator,
         &clean.armored,
@@ -580,7 +489,10 @@ fn gpg_imports_the_operator_key_and_its_autocrypt_copy() {
     let (operator, tsk) = OperatorKey::generate(OPERATOR, None).unwrap();
     g.import(operator.public_armored().as_bytes());
     let listing = g
-        .ok(&["--with-colons", "--list-keys", "notify@isp.example"])
+        .run(
+            &["--with-colons", "--list-keys", "notify@isp.example"],
+            None,
+        )
         .text();
     // Ed25519 primary (sign, certify), Cv25519 encryption subkey.
     assert!(
@@ -598,7 +510,9 @@ fn gpg_imports_the_operator_key_and_its_autocrypt_copy() {
     // gpg takes the secret key file too (it is an ordinary TSK).
     let other = Gpg::new();
     other.import(tsk.as_bytes());
-    let secret = other.ok(&["--with-colons", "--list-secret-keys"]).text();
+    let secret = other
+        .run(&["--with-colons", "--list-secret-keys"], None)
+        .text();
     assert!(secret.contains(operator.fingerprint()));
     // And encrypts to the operator (the submission address can receive).
     let out = g.run(
@@ -619,7 +533,7 @@ fn gpg_imports_the_operator_key_and_its_autocrypt_copy() {
 fn signatures_made_by_gpg_verify() {
     let g = Gpg::new();
     let fpr = g.generate("Mallory <mallory@example.org>", "ed25519", true, "never");
-    let key = String::from_utf8(g.export(&fpr)).unwrap();
+    let key = g.export(&fpr);
     // gpg stamps its signatures to the second, after this: verify as of a
     // moment later, as kci allows for clock skew.
     let now = Utc::now() + chrono::Duration::seconds(5);

@@ -42,6 +42,8 @@ pub mod wkd;
 
 #[cfg(test)]
 mod gpg_tests;
+#[doc(hidden)]
+pub mod testkit;
 
 pub use mime::{
     MailHeaders, NEUTRAL_SUBJECT, encrypted_mail, plain_headers, plain_text_part, signed_mail,

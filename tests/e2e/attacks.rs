@@ -19,7 +19,8 @@ async fn alice_with_a_key(extra: &str) -> (tempfile::TempDir, Kci, Gpg, String) 
     let fpr = alice.generate_at(
         "Alice <alice@example.com>",
         "ed25519",
-        "cv25519",
+        true,
+        "1y",
         Some(&hours_ago(72)),
     );
     let (code, err) = inbound(
@@ -56,7 +57,7 @@ async fn an_old_signed_mail_is_no_proof_for_a_new_key() {
     let (_dir, kci, alice, fpr) = alice_with_a_key("").await;
     let reader = kci.token(&["directory:read"]);
     let mallory = Gpg::new();
-    mallory.generate("Alice <alice@example.com>", "ed25519", "cv25519");
+    mallory.generate("Alice <alice@example.com>", "ed25519", true, "1y");
     let evil = mallory.export("alice@example.com");
     let post = key_entity("Hello list, see you on Friday.", None);
     let old_sig = sign_entity(&alice, &post, Some(&hours_ago(20)));
@@ -116,7 +117,7 @@ async fn a_signed_request_is_accepted_once() {
     let (_dir, kci, alice, _) = alice_with_a_key("").await;
     let reader = kci.token(&["directory:read"]);
     let second = Gpg::new();
-    let fpr2 = second.generate("Alice <alice@example.com>", "ed25519", "cv25519");
+    let fpr2 = second.generate("Alice <alice@example.com>", "ed25519", true, "1y");
     let request = key_entity(
         &format!("kci-request: key.replace\naddress: alice@example.com\nfingerprint: {fpr2}\n"),
         Some(&second.export("alice@example.com")),
@@ -154,7 +155,7 @@ async fn a_signed_statement_binds_the_fingerprint() {
     let (_dir, kci, alice, fpr) = alice_with_a_key("").await;
     let reader = kci.token(&["directory:read"]);
     let mallory = Gpg::new();
-    mallory.generate("Alice <alice@example.com>", "ed25519", "cv25519");
+    mallory.generate("Alice <alice@example.com>", "ed25519", true, "1y");
     let request = key_entity(
         &format!("kci-request: key.replace\naddress: alice@example.com\nfingerprint: {fpr}\n"),
         Some(&mallory.export("alice@example.com")),
@@ -196,7 +197,7 @@ async fn forged_requests_cannot_restart_a_lost_key_customers_cooling_off() {
     let reader = kci.token(&["directory:read"]);
     let writer = kci.token(&["keys:write"]);
     let new_key = Gpg::new();
-    new_key.generate("Alice <alice@example.com>", "ed25519", "cv25519");
+    new_key.generate("Alice <alice@example.com>", "ed25519", true, "1y");
     let body = json!({"address": "alice@example.com", "key": new_key.export("alice@example.com")});
     let (s, v) = kci
         .call("POST", "/v1/keys", Some(&writer), Some(&body.to_string()))
@@ -205,7 +206,7 @@ async fn forged_requests_cannot_restart_a_lost_key_customers_cooling_off() {
     let hers = v["change"].clone();
     for i in 0..4 {
         let forger = Gpg::new();
-        forger.generate("Alice <alice@example.com>", "ed25519", "cv25519");
+        forger.generate("Alice <alice@example.com>", "ed25519", true, "1y");
         let (code, err) = inbound(
             &kci.config,
             &submission_mail("alice@example.com", &forger.export("alice@example.com")),
@@ -267,7 +268,7 @@ async fn an_address_typed_in_capitals_is_the_same_mailbox() {
         "mailto:alice@example.com"
     );
     let other = Gpg::new();
-    other.generate("Alice <alice@example.com>", "ed25519", "cv25519");
+    other.generate("Alice <alice@example.com>", "ed25519", true, "1y");
     let body = json!({"address": "ALICE@example.com", "key": other.export("alice@example.com")});
     let (s, v) = kci
         .call("POST", "/v1/keys", Some(&admin), Some(&body.to_string()))
@@ -386,7 +387,7 @@ async fn forged_submissions_cannot_flood_an_address() {
     let mut answers = Vec::new();
     for _ in 0..5 {
         let forger = Gpg::new();
-        forger.generate("Alice <alice@example.com>", "ed25519", "cv25519");
+        forger.generate("Alice <alice@example.com>", "ed25519", true, "1y");
         let body =
             json!({"address": "alice@example.com", "key": forger.export("alice@example.com")});
         let (s, _) = kci
