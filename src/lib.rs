@@ -5,6 +5,8 @@
 //! `ingest` → `plan` (pure) → `schedule` → `render` → `channels`, with
 //! `store` underneath, `web` and `cli` at the edges.
 
+pub mod audit;
+pub mod changes;
 pub mod channels;
 pub mod cli;
 pub mod config;

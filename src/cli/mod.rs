@@ -1,12 +1,14 @@
 //! The `kci` command line: one file per subcommand.
 
 mod apprise;
+mod audit;
 mod explain;
 mod inbound;
 mod keys;
 mod migrate;
 mod serve;
 mod simulate;
+mod staff;
 mod token;
 
 use clap::{Parser, Subcommand};
@@ -66,6 +68,42 @@ pub enum Command {
     /// Apprise URLs to kci's channels and back, for the operator's own services.
     #[command(subcommand)]
     Apprise(AppriseCommand),
+    /// Staff members: the people tokens act as.
+    #[command(subcommand)]
+    Staff(StaffCommand),
+    /// The tamper-evident audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Subcommand)]
+pub enum StaffCommand {
+    /// Add a staff member with a role: viewer (the :read scopes), agent
+    /// (+ directory:write, calls, incidents), approver (+ changes:approve),
+    /// assurer (+ assure), admin (everything).
+    Add {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Their name, as audits and approvals record it.
+        name: String,
+        #[arg(long)]
+        role: String,
+    },
+    /// List staff members: name, role, enabled or since when disabled.
+    List(ConfigArg),
+    /// Disable a staff member: their tokens stop working at once.
+    Disable {
+        #[command(flatten)]
+        config: ConfigArg,
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum AuditCommand {
+    /// Walk the chain and its signed checkpoints (safe while kci serve
+    /// runs). Exit 0 intact; 1 tampered, naming the first bad entry.
+    Verify(ConfigArg),
 }
 
 #[derive(Subcommand)]
@@ -118,9 +156,15 @@ pub enum TokenCommand {
         name: String,
         /// A scope to grant; repeat for several. One of events:write,
         /// events:read, directory:read, directory:write, directory:admin,
-        /// keys:write, calls, admin.
-        #[arg(long = "scope", required = true)]
+        /// keys:write, calls, changes:read, changes:approve, incidents,
+        /// audit:read, assure, admin. With --staff, at most what their
+        /// role allows (all of it when none is given).
+        #[arg(long = "scope")]
         scopes: Vec<String>,
+        /// The staff member the token acts as: everything it does is
+        /// audited under their name.
+        #[arg(long)]
+        staff: Option<String>,
     },
 }
 
@@ -133,7 +177,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             config,
             name,
             scopes,
-        }) => token::create(config, name, scopes).await,
+            staff,
+        }) => token::create(config, name, scopes, staff).await,
+        Command::Staff(StaffCommand::Add { config, name, role }) => {
+            staff::add(config, name, role).await
+        }
+        Command::Staff(StaffCommand::List(c)) => staff::list(c).await,
+        Command::Staff(StaffCommand::Disable { config, name }) => {
+            staff::disable(config, name).await
+        }
+        Command::Audit(AuditCommand::Verify(c)) => audit::verify(c).await,
         Command::Simulate { scenario } => simulate::run(&scenario).await,
         Command::Explain { config, event } => explain::run(config, event).await,
         Command::Keys(KeysCommand::Generate { config, out }) => keys::generate(config, out),

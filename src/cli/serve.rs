@@ -49,6 +49,14 @@ pub async fn run(arg: ConfigArg) -> anyhow::Result<ExitCode> {
         pauses: Default::default(),
     });
     let worker = tokio::spawn(scheduler.run(shutdown.clone()));
+    // Protected changes come due, and the audit log's head is signed.
+    let changes = tokio::spawn(crate::changes::run(
+        store.clone(),
+        config.clone(),
+        clock.clone(),
+        wake.clone(),
+        shutdown.clone(),
+    ));
 
     let state = AppState {
         store,
@@ -99,6 +107,7 @@ pub async fn run(arg: ConfigArg) -> anyhow::Result<ExitCode> {
     )
     .await;
     let _ = worker.await;
+    let _ = changes.await;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -49,9 +49,76 @@ pub struct Config {
     /// Destinations and their verification.
     #[serde(default)]
     pub directory: DirectoryConfig,
+    /// Protected changes (DESIGN.md §7).
+    #[serde(default)]
+    pub changes: ChangesConfig,
+    /// The audit log's signed checkpoints.
+    #[serde(default)]
+    pub audit: AuditConfig,
     /// Event types source systems may post, by name (such as `line.down`).
     #[serde(default)]
     pub types: BTreeMap<String, EventType>,
+}
+
+/// `[changes]`: protected changes (DESIGN.md §7).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChangesConfig {
+    /// How long a change without proof waits before it applies, by the
+    /// account's security level (for a key, the highest level among the
+    /// accounts using its address): `{ standard = "7d", high = "14d",
+    /// maximum = "30d" }`. Any duration is taken, so drills and tests can
+    /// use seconds.
+    #[serde(default)]
+    pub cooling_off: Option<CoolingOff>,
+    /// Staff approvals a change needs on a `maximum` account, from as
+    /// many different approvers, none of them its requester.
+    #[serde(default = "default_approvals")]
+    pub approvals_at_maximum: u32,
+}
+
+fn default_approvals() -> u32 {
+    2
+}
+
+impl Default for ChangesConfig {
+    fn default() -> Self {
+        Self {
+            cooling_off: None,
+            approvals_at_maximum: default_approvals(),
+        }
+    }
+}
+
+/// `[audit]`: how often the audit log's head is signed with the
+/// operator's key (`[email] signing_key`; without one, the chain alone
+/// protects it).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// A checkpoint after this many new entries…
+    #[serde(default = "default_checkpoint_every")]
+    pub checkpoint_every: u32,
+    /// …or this long after the last one, if anything was added.
+    #[serde(default = "default_checkpoint_interval")]
+    pub checkpoint_interval: crate::model::Span,
+}
+
+fn default_checkpoint_every() -> u32 {
+    100
+}
+
+fn default_checkpoint_interval() -> crate::model::Span {
+    crate::model::Span(std::time::Duration::from_secs(600))
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            checkpoint_every: default_checkpoint_every(),
+            checkpoint_interval: default_checkpoint_interval(),
+        }
+    }
 }
 
 /// `[directory]`: destinations and their verification.
@@ -88,11 +155,10 @@ impl Default for DirectoryConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeysConfig {
-    /// How long a replacement or removal of an active key waits without
-    /// proof from the current key's holder, by the highest security level
-    /// among the accounts using the address (DESIGN.md §7).
+    /// Older name of `[changes] cooling_off`, still read when that is not
+    /// set.
     #[serde(default)]
-    pub cooling_off: CoolingOff,
+    pub cooling_off: Option<CoolingOff>,
     /// The address customers mail their keys to.
     #[serde(default)]
     pub submission_address: Option<String>,
@@ -132,7 +198,7 @@ fn default_submissions_per_source() -> crate::model::Cap {
 impl Default for KeysConfig {
     fn default() -> Self {
         Self {
-            cooling_off: CoolingOff::default(),
+            cooling_off: None,
             submission_address: None,
             smtp_listen: None,
             proof_window: default_proof_window(),
@@ -142,7 +208,7 @@ impl Default for KeysConfig {
     }
 }
 
-/// `[keys.cooling_off]`, per security level.
+/// `[changes] cooling_off`, per security level.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CoolingOff {
@@ -437,6 +503,26 @@ pub struct Flap {
 pub const EMBEDDED_DEFAULTS: &str = include_str!("defaults.toml");
 
 impl Config {
+    /// How long a change without proof waits at `level`.
+    pub fn cooling_off(&self, level: crate::model::SecurityLevel) -> std::time::Duration {
+        self.changes
+            .cooling_off
+            .as_ref()
+            .or(self.keys.cooling_off.as_ref())
+            .cloned()
+            .unwrap_or_default()
+            .at(level)
+            .0
+    }
+
+    /// Staff approvals a change needs on an account at `level`.
+    pub fn approvals_needed(&self, level: crate::model::SecurityLevel) -> u32 {
+        if level == crate::model::SecurityLevel::Maximum {
+            self.changes.approvals_at_maximum
+        } else {
+            0
+        }
+    }
     /// The channel that may take longest to answer one delivery, and how
     /// long (its configured timeout).
     pub fn longest_delivery_timeout(&self) -> (&'static str, std::time::Duration) {

@@ -80,6 +80,7 @@ pub async fn handle_from(
     let origin = Origin {
         channel: "mail",
         source,
+        requested_by: format!("mail:{from}"),
     };
     let outcome = async {
         // Refused with kci's own words (never the submission's: the
@@ -103,7 +104,7 @@ pub async fn handle_from(
         let removal = submission
             .statement
             .as_ref()
-            .is_some_and(|s| s.action == ChangeKind::Remove);
+            .is_some_and(|s| s.action == ChangeKind::KeyRemove);
         if removal {
             return Ok(match registry.remove(&from, proof, &origin).await? {
                 Removal::NoKey => return refuse("the address has no active key to remove".into()).await,
@@ -242,13 +243,13 @@ fn statement_mismatch(
         return Some("the kci-request statement names another address than the sender's".into());
     }
     match (st.action, key) {
-        (ChangeKind::Remove, Some(_)) => {
+        (ChangeKind::KeyRemove, Some(_)) => {
             Some("the mail asks to remove the key and carries a key: ask for one thing".into())
         }
-        (ChangeKind::Replace, None) => {
+        (ChangeKind::KeyReplace, None) => {
             Some("the kci-request asks to replace the key, but the mail carries no new key".into())
         }
-        (ChangeKind::Replace, Some(key)) => {
+        (ChangeKind::KeyReplace, Some(key)) => {
             let want = st.fingerprint.as_deref()?;
             match crate::pgp::check_submission(key, from, now) {
                 Ok(k) if k.fingerprint == want => None,
@@ -260,7 +261,9 @@ fn statement_mismatch(
                 Err(_) => None,
             }
         }
-        (ChangeKind::Remove, None) => None,
+        (ChangeKind::KeyRemove, None) => None,
+        // The statement parser reads only key actions.
+        (_, _) => Some("the kci-request asks for something that is not a key change".into()),
     }
 }
 

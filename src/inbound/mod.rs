@@ -189,8 +189,8 @@ pub fn read_statement(text: &str) -> Result<Option<Statement>, InboundError> {
         return Ok(None);
     };
     let action = match action.to_ascii_lowercase().as_str() {
-        "key.replace" | "replace" => crate::model::ChangeKind::Replace,
-        "key.remove" | "remove" => crate::model::ChangeKind::Remove,
+        "key.replace" | "replace" => crate::model::ChangeKind::KeyReplace,
+        "key.remove" | "remove" => crate::model::ChangeKind::KeyRemove,
         _ => {
             return Err(InboundError::Statement(
                 "kci-request is key.replace or key.remove",
@@ -403,7 +403,7 @@ mod tests {
         assert_eq!(
             read_statement(text).unwrap(),
             Some(Statement {
-                action: crate::model::ChangeKind::Replace,
+                action: crate::model::ChangeKind::KeyReplace,
                 address: Some("alice@example.com".into()),
                 fingerprint: Some("0123456789ABCDEF0123456789ABCDEF01234567".into()),
             })
@@ -412,7 +412,7 @@ mod tests {
             read_statement("kci-request: key.remove")
                 .unwrap()
                 .map(|s| s.action),
-            Some(crate::model::ChangeKind::Remove)
+            Some(crate::model::ChangeKind::KeyRemove)
         );
         assert_eq!(read_statement("no request here").unwrap(), None);
         for bad in [

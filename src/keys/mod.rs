@@ -16,7 +16,7 @@ pub mod rules;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::model::{
-    ChangeKind, ChangeState, Confirmed, Destination, EmailAddr, KeyChange, KeyRecord, KeyRequest,
+    Change, ChangeKind, ChangeState, Confirmed, Destination, EmailAddr, KeyRecord, KeyRequest,
     KeyState, KeyToken, KeyWrite, Message, Priority, ProofUse, Refused, SECRET_MARK, TokenPurpose,
 };
 use crate::pgp::{CleanKey, KeyRefusal};
@@ -28,6 +28,8 @@ pub const LINK_LIFETIME_HOURS: i64 = 24;
 
 /// What a submission led to.
 #[derive(Debug, Clone, PartialEq)]
+// Built once per request and moved a few times: boxing would buy nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Submitted {
     /// Stored pending; the confirmation link went to the key.
     Pending(CleanKey),
@@ -36,7 +38,7 @@ pub enum Submitted {
     /// such as a revocation, is lost).
     Refreshed(CleanKey),
     /// The address has another active key: a replacement waits for proof.
-    ChangeRequested { key: CleanKey, change: KeyChange },
+    ChangeRequested { key: CleanKey, change: Change },
     /// Refused; the reason says why.
     Refused(KeyRefusal),
     /// Not recorded: a replayed proof, or too many changes waiting.
@@ -56,6 +58,9 @@ pub enum Submitted {
 pub struct Origin {
     pub channel: &'static str,
     pub source: Option<String>,
+    /// Who asks, as a change records it (`token:<id>`, `staff:<name>`,
+    /// `mail:<address>`).
+    pub requested_by: String,
 }
 
 /// What a removal request led to.
@@ -64,9 +69,9 @@ pub enum Removal {
     /// The address has no active key.
     NoKey,
     /// Waiting for proof (or its cooling-off period).
-    Requested(KeyChange),
+    Requested(Change),
     /// Applied at once: the request carried the holder's proof.
-    Applied(KeyChange),
+    Applied(Change),
     NotRecorded(Refused),
     /// Over the limit of requests per address (or source).
     Limited {
@@ -97,6 +102,11 @@ fn new_token() -> (String, String) {
     (token, hash)
 }
 
+/// A fresh link secret (256 bits from the OS generator, URL-safe).
+pub fn new_link_secret() -> String {
+    new_token().0
+}
+
 /// How a link secret is kept at rest.
 pub fn token_hash(token: &str) -> String {
     crate::model::sha256_hex(format!("kci-key-link\u{1f}{token}").as_bytes())
@@ -112,6 +122,31 @@ pub fn normalise(address: &str) -> Option<String> {
 /// The `mailto:` URI of a normalised address, as destinations store it.
 fn mailto(address: &str) -> String {
     EmailAddr::parse(address).map_or_else(|_| format!("mailto:{address}"), |a| a.mailto())
+}
+
+/// A mail from kci to a registry address (which need not be any
+/// account's destination), keyed `<kind>:<address>`.
+pub fn address_mail(
+    address: &str,
+    kind: &str,
+    message: Message,
+    now: DateTime<Utc>,
+    expires_at: Option<DateTime<Utc>>,
+) -> Notification {
+    let dest =
+        Destination {
+            id: String::new(),
+            contact: String::new(),
+            uri: crate::model::DestinationUri::Mailto(EmailAddr::parse(address).unwrap_or_else(
+                |_| EmailAddr::parse("invalid@invalid.invalid").expect("an address"),
+            )),
+            prefs: Default::default(),
+            verified: true,
+            unhealthy_since: None,
+        };
+    let mut n = Notification::own("", &dest, kind, Priority::High, message, now, expires_at);
+    n.key = format!("{kind}:{address}");
+    n
 }
 
 impl Registry<'_> {
@@ -139,21 +174,9 @@ impl Registry<'_> {
         body: String,
         encrypt_to: Option<&str>,
     ) -> Notification {
-        let dest = Destination {
-            id: String::new(),
-            contact: String::new(),
-            uri: crate::model::DestinationUri::Mailto(EmailAddr::parse(address).unwrap_or_else(
-                |_| EmailAddr::parse("invalid@invalid.invalid").expect("an address"),
-            )),
-            prefs: Default::default(),
-            verified: true,
-            unhealthy_since: None,
-        };
-        let mut n = Notification::own(
-            "",
-            &dest,
+        address_mail(
+            address,
             kind,
-            Priority::High,
             Message {
                 short: subject.clone(),
                 subject,
@@ -162,9 +185,7 @@ impl Registry<'_> {
             },
             self.now,
             Some(self.now + Duration::hours(LINK_LIFETIME_HOURS)),
-        );
-        n.key = format!("{kind}:{address}");
-        n
+        )
     }
 
     fn record(&self, address: &str, key: &CleanKey, channel: &str) -> KeyRecord {
@@ -199,41 +220,98 @@ impl Registry<'_> {
     }
 
     /// The highest security level among the accounts that use `address`
-    /// (standard if none does).
-    async fn level(&self, address: &str) -> crate::store::Result<crate::model::SecurityLevel> {
+    /// (standard if none does), and every verified destination of theirs:
+    /// who is told of a change to its key.
+    async fn concerned(
+        &self,
+        address: &str,
+    ) -> crate::store::Result<(crate::model::SecurityLevel, Vec<crate::model::Audience>)> {
         let mut level = crate::model::SecurityLevel::Standard;
+        let mut audience: Vec<crate::model::Audience> = Vec::new();
         for (account, _) in self.store.contacts_with_uri(&mailto(address)).await? {
-            if let Some(view) = self.store.account_view(&account).await? {
-                level = level.max(view.account.security_level);
+            let Some(view) = self.store.account_view(&account).await? else {
+                continue;
+            };
+            level = level.max(view.account.security_level);
+            for d in view.contacts.iter().flat_map(|c| &c.destinations) {
+                if d.usable() && !audience.iter().any(|a| a.destination.id == d.id) {
+                    audience.push(crate::model::Audience {
+                        account: account.clone(),
+                        destination: d.clone(),
+                    });
+                }
             }
         }
-        Ok(level)
+        Ok((level, audience))
     }
 
-    async fn change(
+    /// A pending change without proof: its reminders (with veto links) to
+    /// everyone concerned go with it.
+    fn reminders(&self, change: &Change, audience: &[crate::model::Audience]) -> Vec<Notification> {
+        crate::changes::Engine {
+            store: self.store,
+            config: self.config,
+            now: self.now,
+        }
+        .key_reminders(change, audience)
+    }
+
+    /// What the audit log records of a request.
+    fn audit(
+        &self,
+        origin: &Origin,
+        action: &str,
+        address: &str,
+        change: Option<&Change>,
+        outcome: &str,
+    ) -> crate::model::audit::AuditDraft {
+        crate::model::audit::AuditDraft {
+            actor: origin.requested_by.clone(),
+            action: action.to_string(),
+            account: None,
+            address: Some(address.to_string()),
+            change: change.map(|c| c.id.clone()),
+            ticket: None,
+            source: origin.source.clone(),
+            outcome: outcome.to_string(),
+            detail: None,
+        }
+    }
+
+    fn change(
         &self,
         address: &str,
         kind: ChangeKind,
         fingerprint: Option<&str>,
-        proven_current: bool,
-    ) -> crate::store::Result<KeyChange> {
-        let level = self.level(address).await?;
-        let cooling = self.config.keys.cooling_off.at(level).0;
+        proof: Option<&str>,
+        origin: &Origin,
+        level: crate::model::SecurityLevel,
+    ) -> Change {
+        let cooling = self.config.cooling_off(level);
         // Times as stored (milliseconds), so the change answered now reads
         // the same as the change read back later.
         use chrono::SubsecRound;
         let now = self.now.trunc_subsecs(3);
-        Ok(KeyChange {
+        Change {
             id: crate::store::new_id(),
-            address: address.to_string(),
             kind,
-            fingerprint: fingerprint.map(str::to_string),
+            account: None,
+            address: Some(address.to_string()),
             state: ChangeState::Pending,
+            proof: proof.map(str::to_string),
             requested_at: now,
+            requested_by: origin.requested_by.clone(),
             not_before: now + Duration::from_std(cooling).unwrap_or(Duration::days(30)),
-            proven_current,
+            approvals: Vec::new(),
+            approvals_needed: self.config.approvals_needed(level),
+            reason: None,
+            subject: crate::model::Subject {
+                fingerprint: fingerprint.map(str::to_string),
+                ..Default::default()
+            },
+            proven_current: proof.is_some(),
             proven_new: false,
-        })
+        }
     }
 
     /// Counts an accepted submission against the limits per address and
@@ -265,10 +343,10 @@ impl Registry<'_> {
 
     /// The mail carrying the holder's approval link for `change`,
     /// encrypted to the active key `active`.
-    fn approval_mail(&self, address: &str, change: &KeyChange, active: &str) -> Notification {
+    fn approval_mail(&self, address: &str, change: &Change, active: &str) -> Notification {
         let op = self.operator();
-        let what = match (&change.kind, &change.fingerprint) {
-            (ChangeKind::Replace, Some(new)) => format!(
+        let what = match (&change.kind, &change.subject.fingerprint) {
+            (ChangeKind::KeyReplace, Some(new)) => format!(
                 "Someone asked {op} to encrypt the notices for {address} to a new key,\n\n    {new}\n\n\
                  in place of your current key\n\n    {active}"
             ),
@@ -279,9 +357,10 @@ impl Registry<'_> {
         self.mail(
             address,
             "kci.key.approve",
-            match change.kind {
-                ChangeKind::Replace => format!("A request to replace your OpenPGP key at {op}"),
-                ChangeKind::Remove => format!("A request to stop encrypting your notices from {op}"),
+            if change.kind == ChangeKind::KeyReplace {
+                format!("A request to replace your OpenPGP key at {op}")
+            } else {
+                format!("A request to stop encrypting your notices from {op}")
             },
             format!(
                 "{what}\n\nIf this was you, approve it within {LINK_LIFETIME_HOURS} hours with this link:\n\n    {link}\n\n\
@@ -372,18 +451,28 @@ impl Registry<'_> {
             )],
             notices: vec![confirm],
             proof: None,
+            audit: Vec::new(),
         };
         let change = match status.active {
             Some(active) if active.fingerprint != key.fingerprint => {
-                let change = self
-                    .change(
-                        address,
-                        ChangeKind::Replace,
-                        Some(&key.fingerprint),
-                        proof.is_some(),
-                    )
-                    .await?;
+                let (level, audience) = self.concerned(address).await?;
+                let change = self.change(
+                    address,
+                    ChangeKind::KeyReplace,
+                    Some(&key.fingerprint),
+                    proof.as_ref().map(|_| "signed_mail"),
+                    origin,
+                    level,
+                );
+                request.audit.push(self.audit(
+                    origin,
+                    "change.requested",
+                    address,
+                    Some(&change),
+                    "pending",
+                ));
                 if proof.is_none() {
+                    request.notices.extend(self.reminders(&change, &audience));
                     let (approve, hash) = new_token();
                     request.links.push(self.token(
                         hash,
@@ -401,7 +490,12 @@ impl Registry<'_> {
                 request.change = Some(change.clone());
                 Some(change)
             }
-            _ => None,
+            _ => {
+                request
+                    .audit
+                    .push(self.audit(origin, "key.submitted", address, None, "pending"));
+                None
+            }
         };
         match self
             .store
@@ -434,9 +528,15 @@ impl Registry<'_> {
         {
             return Ok(Removal::Limited { by, retry_at });
         }
-        let change = self
-            .change(address, ChangeKind::Remove, None, proof.is_some())
-            .await?;
+        let (level, audience) = self.concerned(address).await?;
+        let change = self.change(
+            address,
+            ChangeKind::KeyRemove,
+            None,
+            proof.as_ref().map(|_| "signed_mail"),
+            origin,
+            level,
+        );
         let mut request = KeyRequest {
             address: address.to_string(),
             key: None,
@@ -444,8 +544,16 @@ impl Registry<'_> {
             links: Vec::new(),
             notices: Vec::new(),
             proof: None,
+            audit: vec![self.audit(
+                origin,
+                "change.requested",
+                address,
+                Some(&change),
+                if proof.is_some() { "proven" } else { "pending" },
+            )],
         };
         if proof.is_none() {
+            request.notices.extend(self.reminders(&change, &audience));
             let (approve, hash) = new_token();
             request.links.push(self.token(
                 hash,
@@ -539,26 +647,27 @@ impl Registry<'_> {
 
     /// Tells the address, and every verified destination of every contact
     /// using it, that `change` was applied.
-    async fn tell_applied(&self, c: &KeyChange) -> crate::store::Result<()> {
+    async fn tell_applied(&self, c: &Change) -> crate::store::Result<()> {
         let op = self.operator();
-        let n = match (&c.kind, &c.fingerprint) {
-            (ChangeKind::Replace, Some(fpr)) => self.mail(
-                &c.address,
+        let address = c.address.as_deref().unwrap_or_default();
+        let n = match (&c.kind, &c.subject.fingerprint) {
+            (ChangeKind::KeyReplace, Some(fpr)) => self.mail(
+                address,
                 "kci.key.active",
                 format!("Your key for notices from {op} was replaced"),
                 format!(
                     "From now on, mail from {op} to {} is encrypted to the key\n\n    {fpr}\n\nin place of the one before.\n",
-                    c.address
+                    address
                 ),
                 Some(fpr),
             ),
             _ => self.mail(
-                &c.address,
+                address,
                 "kci.key.removed",
                 format!("Your notices from {op} are no longer encrypted"),
                 format!(
                     "The key for {} was removed, as asked with proof from your current key. Mail from {op} to this address is no longer encrypted.\n",
-                    c.address
+                    address
                 ),
                 None,
             ),
@@ -571,11 +680,11 @@ impl Registry<'_> {
     /// destination of every contact that uses the address, not only to
     /// the address itself — so a change its owner did not make shows up
     /// where the changer cannot hide it.
-    async fn tell_everywhere(&self, change: &KeyChange) -> crate::store::Result<()> {
+    async fn tell_everywhere(&self, change: &Change) -> crate::store::Result<()> {
         let op = self.operator();
-        let address = &change.address;
-        let what = match (&change.kind, &change.fingerprint) {
-            (ChangeKind::Replace, Some(fpr)) => {
+        let address = change.address.as_deref().unwrap_or_default();
+        let what = match (&change.kind, &change.subject.fingerprint) {
+            (ChangeKind::KeyReplace, Some(fpr)) => {
                 format!("Mail from {op} to {address} is now encrypted to a new key ({fpr}).")
             }
             _ => format!("Mail from {op} to {address} is no longer encrypted."),
@@ -618,7 +727,7 @@ impl Registry<'_> {
 }
 
 /// The change the writes applied, if they applied one.
-fn applied(writes: &[KeyWrite]) -> Option<KeyChange> {
+fn applied(writes: &[KeyWrite]) -> Option<Change> {
     writes.iter().find_map(|w| match w {
         KeyWrite::Change(c) if c.state == ChangeState::Applied => Some(c.clone()),
         _ => None,

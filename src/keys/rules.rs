@@ -13,8 +13,8 @@
 //!   what waits.
 
 use crate::model::{
-    AddressKeys, ChangeKind, ChangeState, Confirmed, KeyChange, KeyState, KeyWrite, LinkRow,
-    Refused, TokenPurpose,
+    AddressKeys, Change, ChangeKind, ChangeState, Confirmed, KeyState, KeyWrite, LinkRow, Refused,
+    TokenPurpose,
 };
 use chrono::{DateTime, Utc};
 
@@ -36,14 +36,13 @@ pub fn follow_link(
         TokenPurpose::Activate => {
             // The new key of waiting replacements: its holder's proof, for
             // every change that asks for this key.
-            let proven: Vec<KeyChange> = keys
+            let proven: Vec<Change> = keys
                 .changes
                 .iter()
                 .filter(|c| {
-                    c.kind == ChangeKind::Replace
-                        && c.fingerprint.as_deref() == Some(&link.fingerprint)
+                    c.kind == ChangeKind::KeyReplace && c.fingerprint() == Some(&link.fingerprint)
                 })
-                .map(|c| KeyChange {
+                .map(|c| Change {
                     proven_new: true,
                     ..c.clone()
                 })
@@ -115,7 +114,7 @@ pub fn follow_link(
 
 /// A change that just gained a proof: applied if it has them all,
 /// otherwise stored as proven so far.
-fn prove(change: KeyChange, keys: &AddressKeys, now: DateTime<Utc>) -> (Vec<KeyWrite>, Confirmed) {
+fn prove(change: Change, keys: &AddressKeys, now: DateTime<Utc>) -> (Vec<KeyWrite>, Confirmed) {
     let mut writes = vec![KeyWrite::UseLink];
     if change.proven() {
         let change = apply(change, keys, now, &mut writes);
@@ -129,22 +128,23 @@ fn prove(change: KeyChange, keys: &AddressKeys, now: DateTime<Utc>) -> (Vec<KeyW
 /// The writes that apply `change`: the active key retires, the new one
 /// (for a replacement) becomes active, every other waiting change of the
 /// address is cancelled (it was asked against a key that is gone).
-fn apply(
-    mut change: KeyChange,
+pub fn apply(
+    mut change: Change,
     keys: &AddressKeys,
     now: DateTime<Utc>,
     writes: &mut Vec<KeyWrite>,
-) -> KeyChange {
+) -> Change {
     if let Some(active) = &keys.active {
         writes.push(KeyWrite::Retire {
             fingerprint: active.fingerprint.clone(),
-            state: match change.kind {
-                ChangeKind::Replace => KeyState::Replaced,
-                ChangeKind::Remove => KeyState::Removed,
+            state: if change.kind == ChangeKind::KeyReplace {
+                KeyState::Replaced
+            } else {
+                KeyState::Removed
             },
         });
     }
-    if let (ChangeKind::Replace, Some(fpr)) = (change.kind, &change.fingerprint) {
+    if let (ChangeKind::KeyReplace, Some(fpr)) = (change.kind, &change.subject.fingerprint) {
         writes.push(KeyWrite::Activate {
             fingerprint: fpr.clone(),
             at: now,
@@ -161,8 +161,8 @@ fn apply(
     change
 }
 
-fn cancelled(c: &KeyChange) -> KeyChange {
-    KeyChange {
+fn cancelled(c: &Change) -> Change {
+    Change {
         state: ChangeState::Cancelled,
         ..c.clone()
     }
@@ -177,7 +177,7 @@ fn cancelled(c: &KeyChange) -> KeyChange {
 ///   nothing else is touched. At most [`MAX_PENDING_CHANGES`] wait.
 pub fn admit_change(
     keys: &AddressKeys,
-    new: &KeyChange,
+    new: &Change,
     now: DateTime<Utc>,
 ) -> Result<Vec<KeyWrite>, Refused> {
     if !new.proven_current {
@@ -218,23 +218,18 @@ mod tests {
         }
     }
 
-    fn change(
-        id: &str,
-        kind: ChangeKind,
-        fpr: Option<&str>,
-        current: bool,
-        new: bool,
-    ) -> KeyChange {
-        KeyChange {
-            id: id.into(),
-            address: "alice@example.com".into(),
-            kind,
-            fingerprint: fpr.map(str::to_string),
-            state: ChangeState::Pending,
-            requested_at: at("09:00:00"),
-            not_before: at("09:00:00") + chrono::Duration::days(7),
+    fn change(id: &str, kind: ChangeKind, fpr: Option<&str>, current: bool, new: bool) -> Change {
+        Change {
             proven_current: current,
             proven_new: new,
+            ..Change::of_key(
+                id,
+                "alice@example.com",
+                kind,
+                fpr,
+                at("09:00:00"),
+                at("09:00:00") + chrono::Duration::days(7),
+            )
         }
     }
 
@@ -254,7 +249,13 @@ mod tests {
         AddressKeys {
             active: Some(key("A", KeyState::Active)),
             pending: vec![key("B", KeyState::Pending)],
-            changes: vec![change("c1", ChangeKind::Replace, Some("B"), false, false)],
+            changes: vec![change(
+                "c1",
+                ChangeKind::KeyReplace,
+                Some("B"),
+                false,
+                false,
+            )],
         }
     }
 
@@ -370,7 +371,7 @@ mod tests {
     fn the_new_keys_proof_counts_for_every_change_asking_for_it() {
         let mut keys = replacing();
         keys.changes
-            .push(change("c2", ChangeKind::Replace, Some("B"), true, false));
+            .push(change("c2", ChangeKind::KeyReplace, Some("B"), true, false));
         let (writes, got) = follow_link(
             Some(&link(TokenPurpose::Activate, "B", None)),
             &keys,
@@ -381,7 +382,7 @@ mod tests {
             panic!("{got:?}")
         };
         assert_eq!(c.id, "c2");
-        assert!(writes.contains(&KeyWrite::Change(KeyChange {
+        assert!(writes.contains(&KeyWrite::Change(Change {
             state: ChangeState::Cancelled,
             ..keys.changes[0].clone()
         })));
@@ -392,7 +393,7 @@ mod tests {
         let mut keys = replacing();
         keys.changes[0].proven_new = true;
         keys.changes
-            .push(change("c2", ChangeKind::Remove, None, false, false));
+            .push(change("c2", ChangeKind::KeyRemove, None, false, false));
         let (writes, got) = follow_link(
             Some(&link(TokenPurpose::Approve, "A", Some("c1"))),
             &keys,
@@ -415,7 +416,7 @@ mod tests {
                     at: at("10:00:00")
                 },
                 KeyWrite::Change(applied.clone()),
-                KeyWrite::Change(KeyChange {
+                KeyWrite::Change(Change {
                     state: ChangeState::Cancelled,
                     ..keys.changes[1].clone()
                 }),
@@ -428,7 +429,7 @@ mod tests {
         let now = at("10:00:00");
         let mut keys = replacing();
         keys.changes[0].proven_current = true; // the holder asked, signed
-        let forged = change("c2", ChangeKind::Replace, Some("X"), false, false);
+        let forged = change("c2", ChangeKind::KeyReplace, Some("X"), false, false);
         // Only the new change is written; c1 keeps its state and clock.
         assert_eq!(
             admit_change(&keys, &forged, now),
@@ -437,11 +438,11 @@ mod tests {
         // A stream of forged requests is bounded, not a reset.
         keys.changes.push(forged.clone());
         keys.changes
-            .push(change("c3", ChangeKind::Remove, None, false, false));
+            .push(change("c3", ChangeKind::KeyRemove, None, false, false));
         assert_eq!(
             admit_change(
                 &keys,
-                &change("c4", ChangeKind::Remove, None, false, false),
+                &change("c4", ChangeKind::KeyRemove, None, false, false),
                 now
             ),
             Err(Refused::TooManyChanges)
@@ -453,11 +454,11 @@ mod tests {
         let now = at("10:00:00");
         let keys = replacing();
         // A signed replacement waits for the new key's proof, in place of c1.
-        let signed = change("c2", ChangeKind::Replace, Some("C"), true, false);
+        let signed = change("c2", ChangeKind::KeyReplace, Some("C"), true, false);
         assert_eq!(
             admit_change(&keys, &signed, now),
             Ok(vec![
-                KeyWrite::Change(KeyChange {
+                KeyWrite::Change(Change {
                     state: ChangeState::Cancelled,
                     ..keys.changes[0].clone()
                 }),
@@ -465,7 +466,7 @@ mod tests {
             ])
         );
         // A signed removal needs nothing more: it applies at once.
-        let remove = change("c3", ChangeKind::Remove, None, true, false);
+        let remove = change("c3", ChangeKind::KeyRemove, None, true, false);
         let writes = admit_change(&keys, &remove, now).unwrap();
         assert_eq!(
             writes[0],
@@ -474,18 +475,18 @@ mod tests {
                 state: KeyState::Removed
             }
         );
-        assert!(writes.contains(&KeyWrite::Change(KeyChange {
+        assert!(writes.contains(&KeyWrite::Change(Change {
             state: ChangeState::Applied,
             ..remove
         })));
-        assert!(writes.contains(&KeyWrite::Change(KeyChange {
+        assert!(writes.contains(&KeyWrite::Change(Change {
             state: ChangeState::Cancelled,
             ..keys.changes[0].clone()
         })));
         // Too many waiting does not stop the holder.
         let mut crowded = keys.clone();
         crowded.changes = (0..5)
-            .map(|i| change(&format!("x{i}"), ChangeKind::Remove, None, false, false))
+            .map(|i| change(&format!("x{i}"), ChangeKind::KeyRemove, None, false, false))
             .collect();
         assert!(admit_change(&crowded, &signed, now).is_ok());
     }

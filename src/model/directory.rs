@@ -138,3 +138,10 @@ pub type IssueRule = fn(
     chrono::DateTime<chrono::Utc>,
     chrono::DateTime<chrono::Utc>,
 ) -> Result<CodeRow, RenewOutcome>;
+
+/// A new destination verification code: only its hash is stored.
+#[derive(Debug, Clone)]
+pub struct PendingCode {
+    pub hash: String,
+    pub expires_at: chrono::DateTime<chrono::Utc>,
+}

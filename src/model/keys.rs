@@ -103,93 +103,6 @@ pub struct KeyToken {
     pub expires_at: DateTime<Utc>,
 }
 
-/// A protected change to an address's active key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ChangeKind {
-    /// Another key in place of the active one.
-    Replace,
-    /// No key: mail to the address goes unencrypted.
-    Remove,
-}
-
-impl ChangeKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ChangeKind::Replace => "replace",
-            ChangeKind::Remove => "remove",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<ChangeKind> {
-        match s {
-            "replace" => Some(ChangeKind::Replace),
-            "remove" => Some(ChangeKind::Remove),
-            _ => None,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ChangeState {
-    /// Waiting for proof, or for its cooling-off period to pass.
-    Pending,
-    Applied,
-    /// Superseded by a later change of the same address, or vetoed.
-    Cancelled,
-}
-
-impl ChangeState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ChangeState::Pending => "pending",
-            ChangeState::Applied => "applied",
-            ChangeState::Cancelled => "cancelled",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<ChangeState> {
-        match s {
-            "pending" => Some(ChangeState::Pending),
-            "applied" => Some(ChangeState::Applied),
-            "cancelled" => Some(ChangeState::Cancelled),
-            _ => None,
-        }
-    }
-}
-
-/// A requested replacement or removal of an active key. With proof from
-/// the current key's holder (and, for a replacement, from the new key's)
-/// it applies at once; without, it waits out its cooling-off period.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct KeyChange {
-    pub id: String,
-    pub address: String,
-    pub kind: ChangeKind,
-    /// The key it would make active (a replacement).
-    pub fingerprint: Option<String>,
-    pub state: ChangeState,
-    #[serde(serialize_with = "super::ser_time")]
-    pub requested_at: DateTime<Utc>,
-    /// The end of the cooling-off period: nothing applies it earlier
-    /// without proof.
-    #[serde(serialize_with = "super::ser_time")]
-    pub not_before: DateTime<Utc>,
-    /// The holder of the key being replaced or removed agreed (a link
-    /// encrypted to it was followed, or the request was signed by it).
-    pub proven_current: bool,
-    /// The holder of the new key proved possession.
-    pub proven_new: bool,
-}
-
-impl KeyChange {
-    /// Whether the proofs it needs to apply at once are all there.
-    pub fn proven(&self) -> bool {
-        self.proven_current && (self.kind == ChangeKind::Remove || self.proven_new)
-    }
-}
-
 /// An address's keys and pending changes, as `GET /v1/keys/{address}`
 /// shows them.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -197,7 +110,7 @@ pub struct KeyStatus {
     pub address: String,
     pub active: Option<KeyRecord>,
     pub pending: Vec<KeyRecord>,
-    pub changes: Vec<KeyChange>,
+    pub changes: Vec<super::Change>,
 }
 
 /// What following a key link did.
@@ -206,9 +119,9 @@ pub enum Confirmed {
     /// The key is now active (there was none before).
     Activated(KeyRecord),
     /// Proof recorded on a change that needs more (the other holder's).
-    Proven(KeyChange),
+    Proven(super::Change),
     /// The change had all its proofs and was applied.
-    Applied(KeyChange),
+    Applied(super::Change),
     /// Unknown, used, or expired.
     Invalid,
 }
@@ -233,12 +146,14 @@ pub struct AddressKeys {
     pub active: Option<KeyRecord>,
     pub pending: Vec<KeyRecord>,
     /// Pending changes only, oldest first.
-    pub changes: Vec<KeyChange>,
+    pub changes: Vec<super::Change>,
 }
 
 /// One write the key rules ask a store to make, in order, inside the
 /// transaction that read the rows.
 #[derive(Debug, Clone, PartialEq)]
+// Built once per request and moved a few times: boxing would buy nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum KeyWrite {
     /// The link that was followed is used up.
     UseLink,
@@ -254,7 +169,7 @@ pub enum KeyWrite {
     },
     /// A change is stored as given (inserted, or its state and proofs
     /// updated).
-    Change(KeyChange),
+    Change(super::Change),
 }
 
 /// What following a link decides: the writes, and what to tell.
@@ -267,11 +182,13 @@ pub struct KeyRequest {
     /// A submitted key, stored `pending`.
     pub key: Option<KeyRecord>,
     /// The change it asks for, if the address has an active key.
-    pub change: Option<KeyChange>,
+    pub change: Option<super::Change>,
     pub links: Vec<KeyToken>,
     pub notices: Vec<super::Notification>,
     /// The signed request that proves it, never to be accepted twice.
     pub proof: Option<ProofUse>,
+    /// What the audit log records of it, if it is recorded.
+    pub audit: Vec<super::audit::AuditDraft>,
 }
 
 /// A signed request used as proof: its fingerprint (over the signer, the
@@ -286,7 +203,8 @@ pub struct ProofUse {
 /// What admitting a change decides: the writes (other changes cancelled,
 /// the change stored, or applied at once when it has every proof), or a
 /// refusal.
-pub type AdmitRule = fn(&AddressKeys, &KeyChange, DateTime<Utc>) -> Result<Vec<KeyWrite>, Refused>;
+pub type AdmitRule =
+    fn(&AddressKeys, &super::Change, DateTime<Utc>) -> Result<Vec<KeyWrite>, Refused>;
 
 /// Why a key request was not recorded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

@@ -3,7 +3,9 @@
 //! holds a valid value.
 
 mod address;
+pub mod audit;
 mod cap;
+mod change;
 mod clock;
 mod delivery;
 mod directory;
@@ -14,6 +16,7 @@ mod notification;
 mod planning;
 mod preferences;
 mod priority;
+mod role;
 mod secret;
 mod state;
 pub mod throttle;
@@ -22,22 +25,28 @@ mod window;
 
 pub use address::EmailAddr;
 pub use cap::Cap;
+pub use change::{
+    Approval, Audience, Change, ChangeAnswer, ChangeContext, ChangeKind, ChangeRefusal, ChangeRule,
+    ChangeState, ChangeTarget, ChangeWrite, DestinationPlan, Incident, Subject, VetoLink,
+    kept_security,
+};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use delivery::{MAX_DETAIL, Receipt, Report, excerpt as delivery_excerpt};
 pub use directory::{
     Account, AccountView, CheckRule, CodeRow, Contact, ContactView, Destination, IssueRule,
-    RenewOutcome, VerifyOutcome,
+    PendingCode, RenewOutcome, VerifyOutcome,
 };
 pub use duration::Span;
 pub use event::Event;
 pub use keys::{
-    AddressKeys, AdmitRule, ChangeKind, ChangeState, Confirmed, KeyChange, KeyRecord, KeyRequest,
-    KeyState, KeyStatus, KeyToken, KeyWrite, LinkRow, LinkRule, ProofUse, Refused, TokenPurpose,
+    AddressKeys, AdmitRule, Confirmed, KeyRecord, KeyRequest, KeyState, KeyStatus, KeyToken,
+    KeyWrite, LinkRow, LinkRule, ProofUse, Refused, TokenPurpose,
 };
 pub use notification::{Notification, SECRET_MARK};
 pub use planning::{Cancel, Load, Planned, RelatedNotice, Seen};
 pub use preferences::Preferences;
 pub use priority::Priority;
+pub use role::{Role, Staff};
 pub use secret::Secret;
 pub use state::{Reason, ReceiptStatus, State};
 pub use uri::{ChannelKind, DestinationUri, parse_apprise_tag, parse_e164};
@@ -230,11 +239,16 @@ pub enum Scope {
     DirectoryAdmin,
     KeysWrite,
     Calls,
+    ChangesRead,
+    ChangesApprove,
+    Incidents,
+    AuditRead,
+    Assure,
     Admin,
 }
 
 impl Scope {
-    pub const ALL: [Scope; 8] = [
+    pub const ALL: [Scope; 13] = [
         Scope::EventsWrite,
         Scope::EventsRead,
         Scope::DirectoryRead,
@@ -242,6 +256,11 @@ impl Scope {
         Scope::DirectoryAdmin,
         Scope::KeysWrite,
         Scope::Calls,
+        Scope::ChangesRead,
+        Scope::ChangesApprove,
+        Scope::Incidents,
+        Scope::AuditRead,
+        Scope::Assure,
         Scope::Admin,
     ];
 
@@ -254,12 +273,18 @@ impl Scope {
             Scope::DirectoryAdmin => "directory:admin",
             Scope::KeysWrite => "keys:write",
             Scope::Calls => "calls",
+            Scope::ChangesRead => "changes:read",
+            Scope::ChangesApprove => "changes:approve",
+            Scope::Incidents => "incidents",
+            Scope::AuditRead => "audit:read",
+            Scope::Assure => "assure",
             Scope::Admin => "admin",
         }
     }
 
     /// Whether holding `self` grants `wanted`. `admin` grants everything;
-    /// `directory:admin` includes writing, and writing includes reading.
+    /// `directory:admin` includes writing, writing includes reading, and
+    /// approving changes includes reading them.
     pub fn grants(self, wanted: Scope) -> bool {
         self == wanted
             || self == Scope::Admin
@@ -269,7 +294,16 @@ impl Scope {
                     Scope::DirectoryAdmin,
                     Scope::DirectoryWrite | Scope::DirectoryRead
                 ) | (Scope::DirectoryWrite, Scope::DirectoryRead)
+                    | (Scope::ChangesApprove, Scope::ChangesRead)
             )
+    }
+
+    /// A read-only scope (what a `viewer` may hold).
+    pub fn is_read(self) -> bool {
+        matches!(
+            self,
+            Scope::EventsRead | Scope::DirectoryRead | Scope::ChangesRead | Scope::AuditRead
+        )
     }
 }
 

@@ -116,6 +116,9 @@ pub enum Reason {
     /// It carried a one-time secret (a code, a link) that kci no longer
     /// holds: a new one must be asked for.
     SecretGone,
+    /// A notice about a protected change that ended before it went out
+    /// (a reminder of a change vetoed or applied meanwhile).
+    ChangeEnded,
 }
 
 impl Reason {
@@ -148,6 +151,7 @@ impl Reason {
             Reason::Undelivered => "undelivered",
             Reason::Unhealthy => "unhealthy",
             Reason::SecretGone => "secret_gone",
+            Reason::ChangeEnded => "change_ended",
         }
     }
 

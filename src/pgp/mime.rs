@@ -242,7 +242,7 @@ fn text_part(body: &str, protected: Option<&MailHeaders>) -> Vec<u8> {
     out.into_bytes()
 }
 
-fn detached_signature(key: &OperatorKey, data: &[u8]) -> Result<String, PgpError> {
+pub(super) fn detached_signature(key: &OperatorKey, data: &[u8]) -> Result<String, PgpError> {
     let mut sig = Vec::new();
     {
         let message = Message::new(&mut sig);

@@ -136,6 +136,13 @@ impl OperatorKey {
         &self.public
     }
 
+    /// An ASCII-armored detached signature over `data` (a text
+    /// signature, as PGP/MIME uses): what signs the audit log's
+    /// checkpoints; `crate::pgp::verify_signed` checks it.
+    pub fn sign_detached(&self, data: &[u8]) -> Result<String, PgpError> {
+        super::mime::detached_signature(self, data)
+    }
+
     /// The key that signs mail.
     pub(super) fn signer(&self) -> KeyPair {
         self.signer.clone()

@@ -222,6 +222,14 @@ impl Scheduler {
                 .await?
             {
                 Ok(s) => s,
+                // Nothing to tell any more: not a failure.
+                Err(w) if w.reason == Reason::ChangeEnded => {
+                    let cancelled = Finish::Cancelled {
+                        at: now,
+                        reason: w.reason,
+                    };
+                    return self.finish(n, cancelled).await;
+                }
                 Err(w) => {
                     let failed = Finish::Failed {
                         at: now,

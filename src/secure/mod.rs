@@ -4,7 +4,9 @@
 //!
 //! 1. a one-time secret (a verification code, a key link) is rendered into
 //!    the texts only now — or the notice fails (`secret_gone`): what went
-//!    out once is never stored to go out again;
+//!    out once is never stored to go out again; a protected change's
+//!    reminder gets its veto link minted now (only its hash is kept), or
+//!    fails (`change_ended`) when the change is no longer pending;
 //! 2. a `paranoid` account's notice becomes content-free (no texts, no
 //!    event data) wherever content could leak: every channel but mail to
 //!    an address with an active key;
@@ -67,6 +69,19 @@ pub async fn secure(
     if n.needs_secret() {
         match &n.secret {
             Some(secret) => rendered.reveal(secret.expose()),
+            // A change's reminder: its veto link is minted only now, and
+            // only while the change is pending.
+            None if n.type_name == crate::changes::REMINDER => {
+                match crate::changes::mint_veto_link(store, n).await? {
+                    Some(token) => rendered.reveal(&token),
+                    None => {
+                        return Ok(Err(Withheld {
+                            reason: Reason::ChangeEnded,
+                            detail: "the change it was about is no longer pending".into(),
+                        }));
+                    }
+                }
+            }
             None => {
                 return Ok(Err(Withheld {
                     reason: Reason::SecretGone,

@@ -65,7 +65,7 @@ fn planner() -> Arc<dyn Planner> {
 /// An account A1 with contact alice and two verified destinations.
 async fn seed(store: &dyn Store) {
     assert_eq!(
-        store.put_account(&account("A1")).await.unwrap(),
+        store.put_account(&account("A1")).await.unwrap().0,
         PutOutcome::Created
     );
     let alice = Contact {
@@ -93,6 +93,7 @@ pub async fn check_tokens(store: &dyn Store) {
         name: "billing".into(),
         scopes: vec![Scope::EventsWrite, Scope::DirectoryRead],
         created_at: from_ms(1_700_000_000_000),
+        staff: None,
     };
     store
         .create_token(&rec, &sha256_hex(b"secret"))
@@ -132,7 +133,7 @@ pub async fn check_directory(store: &dyn Store) {
     a.name = "Renamed".into();
     a.security_level = SecurityLevel::High;
     a.defaults.window = Some("Mo-Fr 08:00-20:00".parse().unwrap());
-    assert_eq!(store.put_account(&a).await.unwrap(), PutOutcome::Updated);
+    assert_eq!(store.put_account(&a).await.unwrap().0, PutOutcome::Updated);
     let view = store.account_view("A1").await.unwrap().unwrap();
     assert_eq!(view.account, a);
     assert_eq!(view.contacts.len(), 1);
@@ -651,7 +652,7 @@ pub async fn check_own_notices(store: &dyn Store) {
 
 pub async fn check_digest_folding_and_cancellation(store: &dyn Store) {
     assert_eq!(
-        store.put_account(&account("A1")).await.unwrap(),
+        store.put_account(&account("A1")).await.unwrap().0,
         PutOutcome::Created
     );
     let alice = Contact {
@@ -1193,7 +1194,7 @@ pub async fn check_key_registry(store: &dyn Store) {
     };
 
     let request = |key: Option<KeyRecord>,
-                   change: Option<KeyChange>,
+                   change: Option<Change>,
                    links: Vec<KeyToken>,
                    notices: Vec<Notification>| KeyRequest {
         address: addr.into(),
@@ -1202,6 +1203,7 @@ pub async fn check_key_registry(store: &dyn Store) {
         links,
         notices,
         proof: None,
+        audit: Vec::new(),
     };
     let follow =
         |hash: &'static str, at| store.follow_key_link(hash, at, crate::keys::rules::follow_link);
@@ -1275,22 +1277,14 @@ pub async fn check_key_registry(store: &dyn Store) {
     assert_eq!(c.active_key.as_deref(), Some(k1.armored.as_str()));
 
     // A replacement: pending until both holders prove it; then at once.
-    let change = |id: &str, kind, fpr: Option<&str>| KeyChange {
-        id: id.into(),
-        address: addr.into(),
-        kind,
-        fingerprint: fpr.map(str::to_string),
-        state: ChangeState::Pending,
-        requested_at: at,
-        not_before: at + Duration::days(7),
-        proven_current: false,
-        proven_new: false,
+    let change = |id: &str, kind, fpr: Option<&str>| {
+        Change::of_key(id, addr, kind, fpr, at, at + Duration::days(7))
     };
     store
         .record_key_request(
             &request(
                 Some(key("K2")),
-                Some(change("c1", ChangeKind::Replace, Some("K2"))),
+                Some(change("c1", ChangeKind::KeyReplace, Some("K2"))),
                 vec![
                     token("t2", "K2", TokenPurpose::Activate, None, later),
                     token("t3", "K1", TokenPurpose::Approve, Some("c1"), later),
@@ -1323,7 +1317,7 @@ pub async fn check_key_registry(store: &dyn Store) {
         .record_key_request(
             &request(
                 None,
-                Some(change("c1b", ChangeKind::Replace, Some("K2"))),
+                Some(change("c1b", ChangeKind::KeyReplace, Some("K2"))),
                 vec![],
                 vec![],
             ),
@@ -1337,7 +1331,7 @@ pub async fn check_key_registry(store: &dyn Store) {
         .record_key_request(
             &request(
                 Some(key("K2")),
-                Some(change("c2", ChangeKind::Replace, Some("K2"))),
+                Some(change("c2", ChangeKind::KeyReplace, Some("K2"))),
                 vec![
                     token("t4", "K2", TokenPurpose::Activate, None, later),
                     token("t5", "K1", TokenPurpose::Approve, Some("c2"), later),
@@ -1366,7 +1360,7 @@ pub async fn check_key_registry(store: &dyn Store) {
             .record_key_request(
                 &request(
                     Some(key("K9")),
-                    Some(change("c9", ChangeKind::Replace, Some("K9"))),
+                    Some(change("c9", ChangeKind::KeyReplace, Some("K9"))),
                     vec![token("t9", "K9", TokenPurpose::Activate, None, later)],
                     vec![mail("never")],
                 ),
@@ -1413,7 +1407,7 @@ pub async fn check_key_registry(store: &dyn Store) {
         .record_key_request(
             &request(
                 None,
-                Some(change("c3", ChangeKind::Remove, None)),
+                Some(change("c3", ChangeKind::KeyRemove, None)),
                 vec![
                     token("t6", "K2", TokenPurpose::Approve, Some("c3"), later),
                     token("t7", "K1", TokenPurpose::Approve, Some("c3"), later),
@@ -1453,7 +1447,7 @@ pub async fn check_key_registry(store: &dyn Store) {
         proof: Some(proof.clone()),
         ..request(
             Some(key("K3")),
-            Some(change(id, ChangeKind::Replace, Some("K3"))),
+            Some(change(id, ChangeKind::KeyReplace, Some("K3"))),
             vec![],
             vec![],
         )

@@ -6,11 +6,16 @@
 //! file); a backend knows only its SQL, its connections and its locks.
 
 use super::codec::{current_secrets, finish_row, receipt_detail};
-use super::rows::{self, By, Claim, DestRef, HealthRow, ReceiptRow, Rows, SecretsRow, Which};
+use super::rows::{
+    self, By, ChangeWhich, Claim, DestRef, HealthRow, IncidentWhich, ReceiptRow, Rows, SecretsRow,
+    Which,
+};
 use super::*;
+use crate::model::audit::{AuditDraft, AuditEntry, Checkpoint};
 use crate::model::{
-    AddressKeys, AdmitRule, CheckRule, Confirmed, IssueRule, KeyRecord, KeyRequest, KeyStatus,
-    KeyWrite, LinkRule, Refused, Report, from_millis, to_millis,
+    AddressKeys, AdmitRule, Audience, Change, ChangeAnswer, ChangeContext, ChangeRule,
+    ChangeTarget, ChangeWrite, CheckRule, Confirmed, Incident, IssueRule, KeyRecord, KeyRequest,
+    KeyStatus, KeyWrite, LinkRule, Refused, Report, Staff, VetoLink, from_millis, to_millis,
 };
 use futures_util::future::BoxFuture;
 use std::future::Future;
@@ -25,6 +30,7 @@ macro_rules! migrations {
             (3, include_str!(concat!("migrations/", $db, "-3.sql"))),
             (4, include_str!(concat!("migrations/", $db, "-4.sql"))),
             (5, include_str!(concat!("migrations/", $db, "-5.sql"))),
+            (6, include_str!(concat!("migrations/", $db, "-6.sql"))),
         ]
     };
 }
@@ -146,8 +152,191 @@ async fn address_keys(rows: &mut impl Rows, address: &str) -> Result<AddressKeys
     Ok(AddressKeys {
         active: active.into_iter().next(),
         pending,
-        changes: rows.changes(address, true).await?,
+        changes: rows
+            .changes(ChangeWhich::Address {
+                address,
+                pending: true,
+            })
+            .await?,
     })
+}
+
+/// Appends `draft` to the audit log, after its last entry.
+async fn append_audit(
+    rows: &mut impl Rows,
+    draft: AuditDraft,
+    at: DateTime<Utc>,
+) -> Result<AuditEntry> {
+    let last = rows.audit_last().await?;
+    let entry =
+        crate::model::audit::append(last.as_ref().map(|(s, h)| (*s, h.as_str())), draft, at);
+    rows.insert_audit(&entry).await?;
+    Ok(entry)
+}
+
+/// The `mailto:` URI destinations store for a registry address.
+fn mailto(address: &str) -> String {
+    crate::model::EmailAddr::parse(address)
+        .map_or_else(|_| format!("mailto:{address}"), |a| a.mailto())
+}
+
+/// Every verified, usable destination of `accounts` (each once): who is
+/// told of a change.
+async fn audience(rows: &mut impl Rows, accounts: &[String]) -> Result<Vec<Audience>> {
+    let mut out: Vec<Audience> = Vec::new();
+    for account in accounts {
+        for destination in rows.destinations(account).await? {
+            if destination.usable() && !out.iter().any(|a| a.destination.id == destination.id) {
+                out.push(Audience {
+                    account: account.clone(),
+                    destination,
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The accounts whose contacts use the mail address `address`.
+async fn accounts_using(rows: &mut impl Rows, address: &str) -> Result<Vec<String>> {
+    let mut accounts: Vec<String> = Vec::new();
+    for (account, _) in rows.contacts_with_uri(&mailto(address)).await? {
+        if !accounts.contains(&account) {
+            accounts.push(account);
+        }
+    }
+    Ok(accounts)
+}
+
+/// What a step on a change sees (see [`ChangeStore::change_step`]): the
+/// account's or address's lock is taken before the change is read locked,
+/// in the order the key flows take them.
+async fn change_context(rows: &mut impl Rows, target: &ChangeTarget) -> Result<ChangeContext> {
+    let first = |mut v: Vec<Change>| v.pop();
+    let mut ctx = ChangeContext::default();
+    let about = match target {
+        ChangeTarget::New(c) => Some(c.clone()),
+        ChangeTarget::Id(id) => first(rows.changes(ChangeWhich::Peek(id)).await?),
+        ChangeTarget::Link(hash) => {
+            ctx.link = rows.veto_link(hash).await?;
+            match &ctx.link {
+                Some(l) => first(rows.changes(ChangeWhich::Peek(&l.change)).await?),
+                None => None,
+            }
+        }
+        ChangeTarget::Incident(id) => {
+            ctx.incident = rows.incidents(IncidentWhich::Id(id)).await?.pop();
+            None
+        }
+    };
+    let account = about
+        .as_ref()
+        .and_then(|c| c.account.clone())
+        .or_else(|| ctx.incident.as_ref().and_then(|i| i.account.clone()));
+    let address = about.as_ref().and_then(|c| c.address.clone());
+    if let Some(address) = &address {
+        rows.lock_address(address).await?;
+    }
+    if let Some(account) = &account {
+        rows.lock_key(account, "kci.changes").await?;
+    }
+    if let (Some(c), false) = (&about, matches!(target, ChangeTarget::New(_))) {
+        ctx.change = first(rows.changes(ChangeWhich::Id(&c.id)).await?);
+    }
+    let this = about.as_ref().map(|c| c.id.clone());
+    let mut accounts = Vec::new();
+    if let Some(account) = &account {
+        ctx.others = rows
+            .changes(ChangeWhich::Account {
+                account,
+                pending: true,
+            })
+            .await?;
+        ctx.account = account_view(rows, account).await?;
+        accounts.push(account.clone());
+    }
+    if let Some(address) = &address {
+        let keys = address_keys(rows, address).await?;
+        ctx.others.extend(keys.changes.iter().cloned());
+        ctx.keys = Some(keys);
+        accounts.extend(accounts_using(rows, address).await?);
+    }
+    ctx.others.retain(|c| Some(&c.id) != this.as_ref());
+    ctx.audience = audience(rows, &accounts).await?;
+    Ok(ctx)
+}
+
+/// Makes the writes a change step decided.
+async fn write_changes(
+    rows: &mut impl Rows,
+    writes: &[ChangeWrite],
+    now: DateTime<Utc>,
+) -> Result<()> {
+    for w in writes {
+        match w {
+            ChangeWrite::Change(c) => rows.upsert_change(c, to_millis(now)).await?,
+            ChangeWrite::Key { address, write } => {
+                write_keys(rows, address, None, now, std::slice::from_ref(write)).await?
+            }
+            ChangeWrite::UseLink(hash) => rows.use_veto_link(hash, to_millis(now)).await?,
+            ChangeWrite::AddDestination {
+                account,
+                destination,
+                code,
+                notice,
+            } => {
+                rows.insert_destination(account, destination).await?;
+                if let Some(code) = code {
+                    rows.write_code_row(&destination.id, code).await?;
+                }
+                if let Some(n) = notice {
+                    rows.insert_notification(n).await?;
+                }
+            }
+            ChangeWrite::RemoveDestination {
+                account,
+                contact,
+                id,
+            } => {
+                let at = DestRef {
+                    account,
+                    contact,
+                    id,
+                };
+                if rows.delete_destination(at).await? {
+                    let d = decision(
+                        id,
+                        State::Cancelled,
+                        Some(Reason::DestinationRemoved),
+                        None,
+                        now,
+                    );
+                    rows.cancel(By::Destination, id, &d).await?;
+                }
+            }
+            ChangeWrite::SetSecurity {
+                account,
+                level,
+                paranoid,
+            } => rows.set_security(account, *level, *paranoid).await?,
+            ChangeWrite::CancelNotices { key, detail } => {
+                let d = decision(
+                    "",
+                    State::Cancelled,
+                    Some(Reason::ChangeEnded),
+                    Some(detail),
+                    now,
+                );
+                rows.cancel(By::Reminders, key, &d).await?;
+            }
+            ChangeWrite::Incident(i) => rows.upsert_incident(i).await?,
+            ChangeWrite::Notice(n) => rows.insert_notification(n).await?,
+            ChangeWrite::Audit(d) => {
+                append_audit(rows, d.clone(), now).await?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// An account with its contacts and their destinations.
@@ -327,7 +516,7 @@ async fn write_keys(
                 };
                 rows.move_key(m).await?;
             }
-            KeyWrite::Change(c) => rows.upsert_change(c).await?,
+            KeyWrite::Change(c) => rows.upsert_change(c, to_millis(now)).await?,
         }
     }
     Ok(())
@@ -343,20 +532,46 @@ impl<B: Backend> TokenStore for Db<B> {
 
     async fn find_token(&self, hash: &str) -> Result<Option<TokenRecord>> {
         let hash = hash.to_string();
-        self.read(move |rows| Box::pin(async move { rows.token(&hash).await }))
-            .await
+        self.read(move |rows| {
+            Box::pin(async move {
+                let Some(mut token) = rows.token(&hash).await? else {
+                    return Ok(None);
+                };
+                if let Some(name) = &token.staff {
+                    // Acting as a person: only while they are enabled, and
+                    // only with what their role allows now.
+                    match rows.staff(Some(name)).await?.pop() {
+                        Some(s) if s.disabled_at.is_none() => {
+                            token.scopes.retain(|scope| s.role.allows(*scope));
+                        }
+                        _ => return Ok(None),
+                    }
+                }
+                Ok(Some(token))
+            })
+        })
+        .await
     }
 }
 
 #[async_trait]
 impl<B: Backend> DirectoryStore for Db<B> {
-    async fn put_account(&self, account: &Account) -> Result<PutOutcome> {
-        let a = account.clone();
+    async fn put_account(
+        &self,
+        account: &Account,
+    ) -> Result<(PutOutcome, Option<(crate::model::SecurityLevel, bool)>)> {
+        let mut a = account.clone();
         self.write(move |rows| {
             Box::pin(async move {
-                let existed = rows.account(&a.id).await?.is_some();
+                rows.lock_key(&a.id, "kci.changes").await?;
+                let stored = rows.account(&a.id).await?;
+                let kept = crate::model::kept_security(stored.as_ref(), &a);
+                if let Some((level, paranoid)) = kept {
+                    a.security_level = level;
+                    a.paranoid = paranoid;
+                }
                 rows.upsert_account(&a).await?;
-                Ok(put_outcome(existed))
+                Ok((put_outcome(stored.is_some()), kept))
             })
         })
         .await
@@ -807,6 +1022,9 @@ impl<B: Backend> KeyStore for Db<B> {
                 for n in &request.notices {
                     rows.insert_notification(n).await?;
                 }
+                for d in &request.audit {
+                    append_audit(rows, d.clone(), now).await?;
+                }
                 Ok(Ok(writes))
             })
         })
@@ -820,7 +1038,12 @@ impl<B: Backend> KeyStore for Db<B> {
                 let AddressKeys {
                     active, pending, ..
                 } = address_keys(rows, &address).await?;
-                let changes = rows.changes(&address, false).await?;
+                let changes = rows
+                    .changes(ChangeWhich::Address {
+                        address: &address,
+                        pending: false,
+                    })
+                    .await?;
                 Ok(KeyStatus {
                     address,
                     active,
@@ -890,6 +1113,221 @@ impl<B: Backend> KeyStore for Db<B> {
                 }
                 Ok(outcome)
             })
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl<B: Backend> ChangeStore for Db<B> {
+    async fn change_step(
+        &self,
+        target: ChangeTarget,
+        now: DateTime<Utc>,
+        rule: Arc<dyn ChangeRule>,
+    ) -> Result<ChangeAnswer> {
+        self.write(move |rows| {
+            Box::pin(async move {
+                let ctx = change_context(rows, &target).await?;
+                let (writes, answer) = rule.decide(&ctx, now);
+                write_changes(rows, &writes, now).await?;
+                Ok(answer)
+            })
+        })
+        .await
+    }
+
+    async fn changes(&self, filter: ChangeFilter) -> Result<Vec<Change>> {
+        self.read(move |rows| {
+            Box::pin(async move {
+                let mut out = match &filter {
+                    ChangeFilter::Address(address) => {
+                        rows.changes(ChangeWhich::Address {
+                            address,
+                            pending: false,
+                        })
+                        .await?
+                    }
+                    ChangeFilter::Account(account) => {
+                        let mut out = rows
+                            .changes(ChangeWhich::Account {
+                                account,
+                                pending: false,
+                            })
+                            .await?;
+                        // The key changes of the addresses its contacts use.
+                        let mut addresses: Vec<String> = rows
+                            .destinations(account)
+                            .await?
+                            .iter()
+                            .filter_map(|d| match &d.uri {
+                                crate::model::DestinationUri::Mailto(a) => {
+                                    Some(a.as_str().to_string())
+                                }
+                                _ => None,
+                            })
+                            .collect();
+                        addresses.dedup();
+                        for address in &addresses {
+                            out.extend(
+                                rows.changes(ChangeWhich::Address {
+                                    address,
+                                    pending: false,
+                                })
+                                .await?,
+                            );
+                        }
+                        out
+                    }
+                };
+                out.sort_by(|a, b| (b.requested_at, &b.id).cmp(&(a.requested_at, &a.id)));
+                out.dedup_by(|a, b| a.id == b.id);
+                Ok(out)
+            })
+        })
+        .await
+    }
+
+    async fn change(&self, id: &str) -> Result<Option<Change>> {
+        let id = id.to_string();
+        self.read(move |rows| {
+            Box::pin(async move { Ok(rows.changes(ChangeWhich::Peek(&id)).await?.pop()) })
+        })
+        .await
+    }
+
+    async fn due_changes(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<String>> {
+        let which = ChangeWhich::Due {
+            now: to_millis(now),
+            limit: i64::try_from(limit).unwrap_or(i64::MAX),
+        };
+        self.read(move |rows| {
+            Box::pin(async move {
+                Ok(rows
+                    .changes(which)
+                    .await?
+                    .into_iter()
+                    .map(|c| c.id)
+                    .collect())
+            })
+        })
+        .await
+    }
+
+    async fn add_veto_link(&self, hash: &str, link: &VetoLink) -> Result<bool> {
+        let (hash, link) = (hash.to_string(), link.clone());
+        self.write(move |rows| {
+            Box::pin(async move {
+                let pending = rows
+                    .changes(ChangeWhich::Peek(&link.change))
+                    .await?
+                    .pop()
+                    .is_some_and(|c| c.state == crate::model::ChangeState::Pending);
+                if pending {
+                    rows.insert_veto_link(&hash, &link).await?;
+                }
+                Ok(pending)
+            })
+        })
+        .await
+    }
+
+    async fn incidents(
+        &self,
+        open_only: bool,
+        account: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Incident>> {
+        let account = account.map(str::to_string);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(move |rows| {
+            Box::pin(async move {
+                rows.incidents(IncidentWhich::List {
+                    open_only,
+                    account: account.as_deref(),
+                    limit,
+                })
+                .await
+            })
+        })
+        .await
+    }
+
+    async fn incident(&self, id: &str) -> Result<Option<Incident>> {
+        let id = id.to_string();
+        self.read(move |rows| {
+            Box::pin(async move { Ok(rows.incidents(IncidentWhich::Id(&id)).await?.pop()) })
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl<B: Backend> AuditStore for Db<B> {
+    async fn audit(&self, draft: AuditDraft, at: DateTime<Utc>) -> Result<AuditEntry> {
+        self.write(move |rows| Box::pin(async move { append_audit(rows, draft, at).await }))
+            .await
+    }
+
+    async fn audit_entries(
+        &self,
+        account: Option<&str>,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>> {
+        let account = account.map(str::to_string);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(move |rows| {
+            Box::pin(async move { rows.audit(account.as_deref(), after, limit).await })
+        })
+        .await
+    }
+
+    async fn checkpoints(&self) -> Result<Vec<Checkpoint>> {
+        self.read(|rows| Box::pin(async move { rows.checkpoints(false).await }))
+            .await
+    }
+
+    async fn audit_head(&self) -> Result<(Option<(i64, String)>, Option<Checkpoint>)> {
+        self.read(|rows| {
+            Box::pin(async move {
+                let head = rows.audit_last().await?;
+                Ok((head, rows.checkpoints(true).await?.pop()))
+            })
+        })
+        .await
+    }
+
+    async fn add_checkpoint(&self, c: &Checkpoint) -> Result<bool> {
+        let c = c.clone();
+        self.write(move |rows| Box::pin(async move { rows.insert_checkpoint(&c).await }))
+            .await
+    }
+}
+
+#[async_trait]
+impl<B: Backend> StaffStore for Db<B> {
+    async fn add_staff(&self, s: &Staff) -> Result<bool> {
+        let s = s.clone();
+        self.write(move |rows| Box::pin(async move { rows.insert_staff(&s).await }))
+            .await
+    }
+
+    async fn staff(&self, name: &str) -> Result<Option<Staff>> {
+        let name = name.to_string();
+        self.read(move |rows| Box::pin(async move { Ok(rows.staff(Some(&name)).await?.pop()) }))
+            .await
+    }
+
+    async fn list_staff(&self) -> Result<Vec<Staff>> {
+        self.read(|rows| Box::pin(async move { rows.staff(None).await }))
+            .await
+    }
+
+    async fn disable_staff(&self, name: &str, at: DateTime<Utc>) -> Result<bool> {
+        let name = name.to_string();
+        self.write(move |rows| {
+            Box::pin(async move { rows.disable_staff(&name, to_millis(at)).await })
         })
         .await
     }

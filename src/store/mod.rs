@@ -49,6 +49,8 @@ pub struct TokenRecord {
     pub name: String,
     pub scopes: Vec<Scope>,
     pub created_at: DateTime<Utc>,
+    /// The staff member it acts as, if any.
+    pub staff: Option<String>,
 }
 
 pub use crate::model::Message;
@@ -196,12 +198,7 @@ pub struct Signing {
 
 pub use crate::model::{CodeRow, RenewOutcome, VerifyOutcome};
 
-/// A new destination verification code: only its hash is stored.
-#[derive(Debug, Clone)]
-pub struct PendingCode {
-    pub hash: String,
-    pub expires_at: DateTime<Utc>,
-}
+pub use crate::model::PendingCode;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PutOutcome {
@@ -222,7 +219,15 @@ pub trait TokenStore: Send + Sync {
 /// Accounts, contacts and destinations, their verification, signing secrets and health.
 #[async_trait]
 pub trait DirectoryStore: Send + Sync {
-    async fn put_account(&self, account: &Account) -> Result<PutOutcome>;
+    /// Creates or replaces an account — except that a replacement lowering
+    /// the security of an account at `high` or above keeps the stored
+    /// security (`model::kept_security`, decided in the same
+    /// transaction): the lowering is a protected change. Answers what it
+    /// kept, if it kept anything.
+    async fn put_account(
+        &self,
+        account: &Account,
+    ) -> Result<(PutOutcome, Option<(crate::model::SecurityLevel, bool)>)>;
 
     async fn account_view(&self, id: &str) -> Result<Option<AccountView>>;
 
@@ -479,10 +484,108 @@ pub trait LimitStore: Send + Sync {
     ) -> Result<std::result::Result<(), DateTime<Utc>>>;
 }
 
+/// Protected changes and their incidents (DESIGN.md §7).
+#[async_trait]
+pub trait ChangeStore: Send + Sync {
+    /// One step on a change, in one transaction: reads what `target`
+    /// names and its context (the change locked, with its account's or
+    /// address's lock held), lets `rule` decide, and makes the writes it
+    /// returns — so a change is applied once, on one node.
+    async fn change_step(
+        &self,
+        target: crate::model::ChangeTarget,
+        now: DateTime<Utc>,
+        rule: Arc<dyn crate::model::ChangeRule>,
+    ) -> Result<crate::model::ChangeAnswer>;
+
+    /// Changes of an account (with the key changes of its mail
+    /// addresses) or of an address, newest first.
+    async fn changes(&self, filter: ChangeFilter) -> Result<Vec<crate::model::Change>>;
+
+    async fn change(&self, id: &str) -> Result<Option<crate::model::Change>>;
+
+    /// Ids of pending changes whose cooling-off period is over.
+    async fn due_changes(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<String>>;
+
+    /// Stores a veto link for the notice about `link.change` going to
+    /// `link.destination`, if the change is still pending (`false`: it is
+    /// not; the notice must not go).
+    async fn add_veto_link(&self, hash: &str, link: &crate::model::VetoLink) -> Result<bool>;
+
+    /// Incidents, newest first.
+    async fn incidents(
+        &self,
+        open_only: bool,
+        account: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<crate::model::Incident>>;
+
+    async fn incident(&self, id: &str) -> Result<Option<crate::model::Incident>>;
+}
+
+/// Which changes to list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChangeFilter {
+    Account(String),
+    Address(String),
+}
+
+/// The audit log (`model::audit`).
+#[async_trait]
+pub trait AuditStore: Send + Sync {
+    /// Appends an entry after the last one (serialised in the database).
+    async fn audit(
+        &self,
+        draft: crate::model::audit::AuditDraft,
+        at: DateTime<Utc>,
+    ) -> Result<crate::model::audit::AuditEntry>;
+
+    /// Entries after number `after` (of one account, or all), in order.
+    async fn audit_entries(
+        &self,
+        account: Option<&str>,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<crate::model::audit::AuditEntry>>;
+
+    async fn checkpoints(&self) -> Result<Vec<crate::model::audit::Checkpoint>>;
+
+    /// The last entry (number and hash) and the latest checkpoint.
+    async fn audit_head(
+        &self,
+    ) -> Result<(
+        Option<(i64, String)>,
+        Option<crate::model::audit::Checkpoint>,
+    )>;
+
+    /// Stores a signed checkpoint; `false` if one for that entry exists.
+    async fn add_checkpoint(&self, c: &crate::model::audit::Checkpoint) -> Result<bool>;
+}
+
+/// Staff members (tokens act as one of them).
+#[async_trait]
+pub trait StaffStore: Send + Sync {
+    /// `false` if the name is taken.
+    async fn add_staff(&self, s: &crate::model::Staff) -> Result<bool>;
+    async fn staff(&self, name: &str) -> Result<Option<crate::model::Staff>>;
+    async fn list_staff(&self) -> Result<Vec<crate::model::Staff>>;
+    /// `false` if unknown or disabled already.
+    async fn disable_staff(&self, name: &str, at: DateTime<Utc>) -> Result<bool>;
+}
+
 /// Durable state: every aggregate's store, and the schema they share.
 #[async_trait]
 pub trait Store:
-    TokenStore + DirectoryStore + EventStore + QueueStore + KeyStore + LimitStore + 'static
+    TokenStore
+    + DirectoryStore
+    + EventStore
+    + QueueStore
+    + KeyStore
+    + LimitStore
+    + ChangeStore
+    + AuditStore
+    + StaffStore
+    + 'static
 {
     /// Brings the schema up to date; safe to call on every start.
     async fn migrate(&self) -> Result<()>;
@@ -492,7 +595,8 @@ pub trait Store:
 /// called.
 pub mod prelude {
     pub use super::{
-        DirectoryStore, EventStore, KeyStore, LimitStore, QueueStore, Store, TokenStore,
+        AuditStore, ChangeStore, DirectoryStore, EventStore, KeyStore, LimitStore, QueueStore,
+        StaffStore, Store, TokenStore,
     };
 }
 
@@ -605,13 +709,14 @@ pub(crate) mod codec {
     /// destination) reaches — `column` equal to the placeholder `param`, and
     /// still waiting. By event, kci's own notices (digests, flap summaries)
     /// stay: they carry other events too.
-    pub fn cancellable(column: &str, param: &str) -> String {
-        let own = if column == "event" {
-            " AND type NOT LIKE 'kci.%'"
-        } else {
-            ""
+    pub fn cancellable(by: super::rows::By, param: &str) -> String {
+        use super::rows::By;
+        let own = match by {
+            By::Event => " AND type NOT LIKE 'kci.%'",
+            By::Reminders => " AND type = 'kci.change.pending'",
+            By::Id | By::Destination => "",
         };
-        format!("{column} = {param}{own} AND {}", waiting(""))
+        format!("{} = {param}{own} AND {}", by.column(), waiting(""))
     }
 
     /// What a receipt writes as the notification's detail: an excerpt

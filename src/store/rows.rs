@@ -10,10 +10,12 @@
 
 use super::codec::*;
 use super::{Decided, Result, StoreError, TokenRecord};
+use crate::model::audit::{AuditEntry, Checkpoint};
 use crate::model::throttle::Window;
 use crate::model::{
-    Account, ChannelKind, CodeRow, Contact, Destination, Event, KeyChange, KeyRecord, KeyToken,
-    LinkRow, Message, Notification, Priority, ProofUse, RelatedNotice, State, from_millis,
+    Account, Change, ChannelKind, CodeRow, Contact, Destination, Event, Incident, KeyRecord,
+    KeyToken, LinkRow, Message, Notification, Priority, ProofUse, RelatedNotice, SecurityLevel,
+    Staff, State, VetoLink, from_millis,
 };
 use chrono::{DateTime, Utc};
 use std::future::Future;
@@ -34,6 +36,8 @@ pub enum By {
     /// which carry other events too.
     Event,
     Destination,
+    /// A protected change's reminders, by their key (`kci.change:<id>`).
+    Reminders,
 }
 
 impl By {
@@ -42,8 +46,36 @@ impl By {
             By::Id => "id",
             By::Event => "event",
             By::Destination => "destination",
+            By::Reminders => "key",
         }
     }
+}
+
+/// Which changes to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeWhich<'a> {
+    /// One, locked for this transaction.
+    Id(&'a str),
+    /// One, not locked: to learn which account or address to lock first.
+    Peek(&'a str),
+    /// An address's (only those pending, if `pending`), oldest first.
+    Address { address: &'a str, pending: bool },
+    /// An account's, oldest first.
+    Account { account: &'a str, pending: bool },
+    /// Pending ones whose period is over, oldest first.
+    Due { now: i64, limit: i64 },
+}
+
+/// Which incidents to read, newest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IncidentWhich<'a> {
+    /// One, locked for this transaction.
+    Id(&'a str),
+    List {
+        open_only: bool,
+        account: Option<&'a str>,
+        limit: i64,
+    },
 }
 
 /// Which notifications to read.
@@ -267,12 +299,10 @@ pub trait Rows: Send + 'static {
     fn lock_address(&mut self, address: &str) -> impl Future<Output = Result<()>> + Send;
     /// An address's active and pending keys, oldest first.
     fn live_keys(&mut self, address: &str) -> impl Future<Output = Result<Vec<KeyRecord>>> + Send;
-    /// An address's changes (only those pending, if `pending`), oldest first.
     fn changes(
         &mut self,
-        address: &str,
-        pending: bool,
-    ) -> impl Future<Output = Result<Vec<KeyChange>>> + Send;
+        which: ChangeWhich<'_>,
+    ) -> impl Future<Output = Result<Vec<Change>>> + Send;
     fn key(
         &mut self,
         address: &str,
@@ -285,7 +315,50 @@ pub trait Rows: Send + 'static {
     fn link(&mut self, hash: &str) -> impl Future<Output = Result<Option<LinkRow>>> + Send;
     fn use_link(&mut self, hash: &str, at: i64) -> impl Future<Output = Result<()>> + Send;
     fn move_key(&mut self, m: KeyMove<'_>) -> impl Future<Output = Result<()>> + Send;
-    fn upsert_change(&mut self, c: &KeyChange) -> impl Future<Output = Result<()>> + Send;
+    /// Stores a change: a new one whole; a known one's state, proofs,
+    /// approvals and reason (never its clock or what it asks).
+    /// (`at`: when it ended, if it did now.)
+    fn upsert_change(&mut self, c: &Change, at: i64) -> impl Future<Output = Result<()>> + Send;
+    fn insert_veto_link(
+        &mut self,
+        hash: &str,
+        link: &VetoLink,
+    ) -> impl Future<Output = Result<()>> + Send;
+    /// A veto link by its hash, locked.
+    fn veto_link(&mut self, hash: &str) -> impl Future<Output = Result<Option<VetoLink>>> + Send;
+    fn use_veto_link(&mut self, hash: &str, at: i64) -> impl Future<Output = Result<()>> + Send;
+    fn set_security(
+        &mut self,
+        account: &str,
+        level: SecurityLevel,
+        paranoid: bool,
+    ) -> impl Future<Output = Result<()>> + Send;
+    fn upsert_incident(&mut self, i: &Incident) -> impl Future<Output = Result<()>> + Send;
+    fn incidents(
+        &mut self,
+        which: IncidentWhich<'_>,
+    ) -> impl Future<Output = Result<Vec<Incident>>> + Send;
+
+    /// Serialises appends to the audit log across nodes until the
+    /// transaction ends, and answers its last entry (number and hash).
+    fn audit_last(&mut self) -> impl Future<Output = Result<Option<(i64, String)>>> + Send;
+    fn insert_audit(&mut self, e: &AuditEntry) -> impl Future<Output = Result<()>> + Send;
+    /// Entries after `after` (of one account, or all), in order.
+    fn audit(
+        &mut self,
+        account: Option<&str>,
+        after: i64,
+        limit: i64,
+    ) -> impl Future<Output = Result<Vec<AuditEntry>>> + Send;
+    /// Every checkpoint in order, or only the latest.
+    fn checkpoints(&mut self, latest: bool)
+    -> impl Future<Output = Result<Vec<Checkpoint>>> + Send;
+    fn insert_checkpoint(&mut self, c: &Checkpoint) -> impl Future<Output = Result<bool>> + Send;
+
+    fn insert_staff(&mut self, s: &Staff) -> impl Future<Output = Result<bool>> + Send;
+    /// One staff member (`Some(name)`) or all, by name.
+    fn staff(&mut self, name: Option<&str>) -> impl Future<Output = Result<Vec<Staff>>> + Send;
+    fn disable_staff(&mut self, name: &str, at: i64) -> impl Future<Output = Result<bool>> + Send;
     /// Records a proof as used; `false` if it was already (a replay).
     fn use_proof(&mut self, p: &ProofUse, now: i64) -> impl Future<Output = Result<bool>> + Send;
 
@@ -418,20 +491,119 @@ pub fn key(r: &impl Cols) -> Result<KeyRecord> {
 }
 
 /// The columns [`change`] reads.
-pub const CHANGE_COLUMNS: &str =
-    "id, address, kind, fingerprint, state, requested_at, not_before, proven_current, proven_new";
+pub const CHANGE_COLUMNS: &str = "id, kind, account, address, state, proof, requested_at, requested_by, not_before, \
+     approvals, approvals_needed, reason, subject, proven_current, proven_new";
 
-pub fn change(r: &impl Cols) -> Result<KeyChange> {
-    Ok(KeyChange {
+pub fn change(r: &impl Cols) -> Result<Change> {
+    Ok(Change {
         id: r.text(0)?,
-        address: r.text(1)?,
-        kind: change_kind(&r.text(2)?)?,
-        fingerprint: r.opt_text(3)?,
+        kind: change_kind(&r.text(1)?)?,
+        account: r.opt_text(2)?,
+        address: r.opt_text(3)?,
         state: change_state(&r.text(4)?)?,
-        requested_at: r.time(5)?,
-        not_before: r.time(6)?,
-        proven_current: r.flag(7)?,
-        proven_new: r.flag(8)?,
+        proof: r.opt_text(5)?,
+        requested_at: r.time(6)?,
+        requested_by: r.text(7)?,
+        not_before: r.time(8)?,
+        approvals: json_column(&r.text(9)?, "approvals")?,
+        approvals_needed: r.count(10)?,
+        reason: r.opt_text(11)?,
+        subject: json_column(&r.text(12)?, "subject")?,
+        proven_current: r.flag(13)?,
+        proven_new: r.flag(14)?,
+    })
+}
+
+/// A change's columns as written: `(approvals, subject)` as JSON.
+pub fn change_json(c: &Change) -> Result<(String, String)> {
+    let json = |v: serde_json::Result<String>| v.map_err(|e| StoreError::Corrupt(e.to_string()));
+    Ok((
+        json(serde_json::to_string(&c.approvals))?,
+        json(serde_json::to_string(&c.subject))?,
+    ))
+}
+
+fn json_column<T: serde::de::DeserializeOwned>(s: &str, what: &str) -> Result<T> {
+    serde_json::from_str(s).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
+}
+
+/// The columns [`veto_link`] reads.
+pub const VETO_LINK_COLUMNS: &str = "change, destination, expires_at, used_at IS NOT NULL";
+
+pub fn veto_link(r: &impl Cols) -> Result<VetoLink> {
+    Ok(VetoLink {
+        change: r.text(0)?,
+        destination: r.text(1)?,
+        expires_at: r.time(2)?,
+        used: r.flag(3)?,
+    })
+}
+
+/// The columns [`incident`] reads.
+pub const INCIDENT_COLUMNS: &str =
+    "id, account, change, kind, opened_at, state, note, closed_at, closed_by";
+
+pub fn incident(r: &impl Cols) -> Result<Incident> {
+    Ok(Incident {
+        id: r.text(0)?,
+        account: r.opt_text(1)?,
+        change: r.opt_text(2)?,
+        kind: r.text(3)?,
+        opened_at: r.time(4)?,
+        state: r.text(5)?,
+        note: r.opt_text(6)?,
+        closed_at: r.opt_time(7)?,
+        closed_by: r.opt_text(8)?,
+    })
+}
+
+/// The columns [`audit_entry`] reads.
+pub const AUDIT_COLUMNS: &str = "seq, at, actor, action, account, address, change, ticket, source, outcome, detail, prev_hash, hash";
+
+pub fn audit_entry(r: &impl Cols) -> Result<AuditEntry> {
+    Ok(AuditEntry {
+        seq: r.int(0)?,
+        at: r.time(1)?,
+        draft: crate::model::audit::AuditDraft {
+            actor: r.text(2)?,
+            action: r.text(3)?,
+            account: r.opt_text(4)?,
+            address: r.opt_text(5)?,
+            change: r.opt_text(6)?,
+            ticket: r.opt_text(7)?,
+            source: r.opt_text(8)?,
+            outcome: r.text(9)?,
+            detail: r.opt_text(10)?,
+        },
+        prev_hash: r.text(11)?,
+        hash: r.text(12)?,
+    })
+}
+
+/// The columns [`checkpoint`] reads.
+pub const CHECKPOINT_COLUMNS: &str = "seq, head, at, signature";
+
+pub fn checkpoint(r: &impl Cols) -> Result<Checkpoint> {
+    Ok(Checkpoint {
+        seq: r.int(0)?,
+        head: r.text(1)?,
+        at: r.time(2)?,
+        signature: r.text(3)?,
+    })
+}
+
+/// The columns [`staff`] reads.
+pub const STAFF_COLUMNS: &str = "name, role, created_at, disabled_at";
+
+pub fn staff(r: &impl Cols) -> Result<Staff> {
+    let role = r.text(1)?;
+    Ok(Staff {
+        name: r.text(0)?,
+        role: role
+            .parse()
+            .map_err(|e: crate::model::ParseError| StoreError::Corrupt(e.0))?,
+        created_at: r.time(2)?,
+        disabled_at: r.opt_time(3)?,
     })
 }
 
@@ -508,7 +680,7 @@ pub fn destination(r: &impl Cols) -> Result<Destination> {
 }
 
 /// The columns [`token`] reads.
-pub const TOKEN_COLUMNS: &str = "id, name, scopes, created_at";
+pub const TOKEN_COLUMNS: &str = "id, name, scopes, created_at, staff";
 
 pub fn token(r: &impl Cols) -> Result<TokenRecord> {
     Ok(TokenRecord {
@@ -516,6 +688,7 @@ pub fn token(r: &impl Cols) -> Result<TokenRecord> {
         name: r.text(1)?,
         scopes: scopes_from_text(&r.text(2)?)?,
         created_at: r.time(3)?,
+        staff: r.opt_text(4)?,
     })
 }
 

@@ -12,10 +12,11 @@ use super::codec::*;
 use super::db::{Backend, Db, Job, migrations};
 use super::rows::{self, *};
 use super::{Decided, Result, StoreError, TokenRecord};
+use crate::model::audit::{AuditEntry, Checkpoint};
 use crate::model::throttle::Window;
 use crate::model::{
-    Account, CodeRow, Contact, Destination, Event, KeyChange, KeyRecord, KeyToken, LinkRow,
-    Message, Notification, ProofUse, RelatedNotice, State, to_millis,
+    Account, Change, CodeRow, Contact, Destination, Event, Incident, KeyRecord, KeyToken, LinkRow,
+    Message, Notification, ProofUse, RelatedNotice, Staff, State, VetoLink, to_millis,
 };
 use rusqlite::{Connection, OpenFlags, Params, Row, params};
 use std::sync::Mutex;
@@ -344,8 +345,8 @@ impl Rows for Lite {
 
     async fn insert_token(&mut self, t: &TokenRecord, hash: &str) -> Result<()> {
         self.exec(
-            "INSERT INTO tokens (id, name, secret_hash, scopes, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![t.id, t.name, hash, scopes_to_text(&t.scopes), to_millis(t.created_at)],
+            "INSERT INTO tokens (id, name, secret_hash, scopes, created_at, staff) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![t.id, t.name, hash, scopes_to_text(&t.scopes), to_millis(t.created_at), t.staff],
         )?;
         Ok(())
     }
@@ -630,7 +631,7 @@ impl Rows for Lite {
         let sql = format!(
             "UPDATE notifications SET state = 'cancelled', reason = ?2, detail = ?3, decided_at = ?4, secret = NULL \
              WHERE {} RETURNING id, event, due_at",
-            cancellable(by.column(), "?1")
+            cancellable(by, "?1")
         );
         let p = params![
             value,
@@ -817,12 +818,35 @@ impl Rows for Lite {
         self.all(&sql, [address], |r| rows::key(r))
     }
 
-    async fn changes(&mut self, address: &str, pending: bool) -> Result<Vec<KeyChange>> {
-        let sql = format!(
-            "SELECT {CHANGE_COLUMNS} FROM key_changes WHERE address = ?1 AND (NOT ?2 OR state = 'pending') \
-             ORDER BY requested_at, id"
-        );
-        self.all(&sql, params![address, pending], |r| rows::change(r))
+    async fn changes(&mut self, which: ChangeWhich<'_>) -> Result<Vec<Change>> {
+        let read = |r: &rusqlite::Row<'_>| rows::change(r);
+        match which {
+            ChangeWhich::Id(id) | ChangeWhich::Peek(id) => {
+                let sql = format!("SELECT {CHANGE_COLUMNS} FROM changes WHERE id = ?1");
+                self.all(&sql, [id], read)
+            }
+            ChangeWhich::Address { address, pending } => {
+                let sql = format!(
+                    "SELECT {CHANGE_COLUMNS} FROM changes WHERE address = ?1 AND (NOT ?2 OR state = 'pending') \
+                     ORDER BY requested_at, id"
+                );
+                self.all(&sql, params![address, pending], read)
+            }
+            ChangeWhich::Account { account, pending } => {
+                let sql = format!(
+                    "SELECT {CHANGE_COLUMNS} FROM changes WHERE account = ?1 AND (NOT ?2 OR state = 'pending') \
+                     ORDER BY requested_at, id"
+                );
+                self.all(&sql, params![account, pending], read)
+            }
+            ChangeWhich::Due { now, limit } => {
+                let sql = format!(
+                    "SELECT {CHANGE_COLUMNS} FROM changes WHERE state = 'pending' AND not_before <= ?1 \
+                     ORDER BY not_before, id LIMIT ?2"
+                );
+                self.all(&sql, params![now, limit], read)
+            }
+        }
     }
 
     async fn key(&mut self, address: &str, fingerprint: &str) -> Result<Option<KeyRecord>> {
@@ -890,25 +914,199 @@ impl Rows for Lite {
         Ok(())
     }
 
-    async fn upsert_change(&mut self, c: &KeyChange) -> Result<()> {
+    async fn upsert_change(&mut self, c: &Change, at: i64) -> Result<()> {
+        let (approvals, subject) = rows::change_json(c)?;
         self.exec(
-            "INSERT INTO key_changes (id, address, kind, fingerprint, state, requested_at, not_before, proven_current, proven_new) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
-             ON CONFLICT (id) DO UPDATE SET state = excluded.state, proven_current = excluded.proven_current, \
-             proven_new = excluded.proven_new",
+            "INSERT INTO changes (id, kind, account, address, state, proof, requested_at, requested_by, not_before, \
+             approvals, approvals_needed, reason, subject, proven_current, proven_new, decided_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, \
+             CASE WHEN ?5 <> 'pending' THEN ?16 END) \
+             ON CONFLICT (id) DO UPDATE SET state = excluded.state, proof = excluded.proof, \
+             approvals = excluded.approvals, reason = excluded.reason, proven_current = excluded.proven_current, \
+             proven_new = excluded.proven_new, decided_at = COALESCE(changes.decided_at, excluded.decided_at)",
             params![
                 c.id,
-                c.address,
                 c.kind.as_str(),
-                c.fingerprint,
+                c.account,
+                c.address,
                 c.state.as_str(),
+                c.proof,
                 to_millis(c.requested_at),
+                c.requested_by,
                 to_millis(c.not_before),
+                approvals,
+                c.approvals_needed,
+                c.reason,
+                subject,
                 c.proven_current,
-                c.proven_new
+                c.proven_new,
+                at,
             ],
         )?;
         Ok(())
+    }
+
+    async fn insert_veto_link(&mut self, hash: &str, l: &VetoLink) -> Result<()> {
+        self.exec(
+            "INSERT INTO change_links (hash, change, destination, expires_at) VALUES (?1, ?2, ?3, ?4)",
+            params![hash, l.change, l.destination, to_millis(l.expires_at)],
+        )?;
+        Ok(())
+    }
+
+    async fn veto_link(&mut self, hash: &str) -> Result<Option<VetoLink>> {
+        let sql = format!("SELECT {VETO_LINK_COLUMNS} FROM change_links WHERE hash = ?1");
+        self.one(&sql, [hash], |r| rows::veto_link(r))
+    }
+
+    async fn use_veto_link(&mut self, hash: &str, at: i64) -> Result<()> {
+        self.exec(
+            "UPDATE change_links SET used_at = ?2 WHERE hash = ?1",
+            params![hash, at],
+        )?;
+        Ok(())
+    }
+
+    async fn set_security(
+        &mut self,
+        account: &str,
+        level: crate::model::SecurityLevel,
+        paranoid: bool,
+    ) -> Result<()> {
+        self.exec(
+            "UPDATE accounts SET security_level = ?2, paranoid = ?3 WHERE id = ?1",
+            params![account, level.as_str(), paranoid],
+        )?;
+        Ok(())
+    }
+
+    async fn upsert_incident(&mut self, i: &Incident) -> Result<()> {
+        self.exec(
+            "INSERT INTO incidents (id, account, change, kind, opened_at, state, note, closed_at, closed_by) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
+             ON CONFLICT (id) DO UPDATE SET state = excluded.state, note = excluded.note, \
+             closed_at = excluded.closed_at, closed_by = excluded.closed_by",
+            params![
+                i.id,
+                i.account,
+                i.change,
+                i.kind,
+                to_millis(i.opened_at),
+                i.state,
+                i.note,
+                i.closed_at.map(to_millis),
+                i.closed_by
+            ],
+        )?;
+        Ok(())
+    }
+
+    async fn incidents(&mut self, which: IncidentWhich<'_>) -> Result<Vec<Incident>> {
+        let read = |r: &rusqlite::Row<'_>| rows::incident(r);
+        match which {
+            IncidentWhich::Id(id) => {
+                let sql = format!("SELECT {INCIDENT_COLUMNS} FROM incidents WHERE id = ?1");
+                self.all(&sql, [id], read)
+            }
+            IncidentWhich::List {
+                open_only,
+                account,
+                limit,
+            } => {
+                let sql = format!(
+                    "SELECT {INCIDENT_COLUMNS} FROM incidents WHERE (NOT ?1 OR state = 'open') \
+                     AND (?2 IS NULL OR account = ?2) ORDER BY opened_at DESC, id DESC LIMIT ?3"
+                );
+                self.all(&sql, params![open_only, account, limit], read)
+            }
+        }
+    }
+
+    async fn audit_last(&mut self) -> Result<Option<(i64, String)>> {
+        // The one writer serialises the appends.
+        self.one(
+            "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| Ok((r.int(0)?, r.text(1)?)),
+        )
+    }
+
+    async fn insert_audit(&mut self, e: &AuditEntry) -> Result<()> {
+        let d = &e.draft;
+        self.exec(
+            "INSERT INTO audit (seq, at, actor, action, account, address, change, ticket, source, outcome, detail, \
+             prev_hash, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+            params![
+                e.seq,
+                to_millis(e.at),
+                d.actor,
+                d.action,
+                d.account,
+                d.address,
+                d.change,
+                d.ticket,
+                d.source,
+                d.outcome,
+                d.detail,
+                e.prev_hash,
+                e.hash
+            ],
+        )?;
+        Ok(())
+    }
+
+    async fn audit(
+        &mut self,
+        account: Option<&str>,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<AuditEntry>> {
+        let sql = format!(
+            "SELECT {AUDIT_COLUMNS} FROM audit WHERE seq > ?1 AND (?2 IS NULL OR account = ?2) ORDER BY seq LIMIT ?3"
+        );
+        self.all(&sql, params![after, account, limit], |r| {
+            rows::audit_entry(r)
+        })
+    }
+
+    async fn checkpoints(&mut self, latest: bool) -> Result<Vec<Checkpoint>> {
+        let sql = format!(
+            "SELECT * FROM (SELECT {CHECKPOINT_COLUMNS} FROM audit_checkpoints ORDER BY seq DESC \
+             LIMIT CASE WHEN ?1 THEN 1 ELSE -1 END) ORDER BY seq"
+        );
+        self.all(&sql, [latest], |r| rows::checkpoint(r))
+    }
+
+    async fn insert_checkpoint(&mut self, c: &Checkpoint) -> Result<bool> {
+        let n = self.exec(
+            "INSERT INTO audit_checkpoints (seq, head, at, signature) VALUES (?1, ?2, ?3, ?4) \
+             ON CONFLICT DO NOTHING",
+            params![c.seq, c.head, to_millis(c.at), c.signature],
+        )?;
+        Ok(n > 0)
+    }
+
+    async fn insert_staff(&mut self, st: &Staff) -> Result<bool> {
+        let n = self.exec(
+            "INSERT INTO staff (name, role, created_at) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+            params![st.name, st.role.as_str(), to_millis(st.created_at)],
+        )?;
+        Ok(n > 0)
+    }
+
+    async fn staff(&mut self, name: Option<&str>) -> Result<Vec<Staff>> {
+        let sql = format!(
+            "SELECT {STAFF_COLUMNS} FROM staff WHERE ?1 IS NULL OR name = ?1 ORDER BY name"
+        );
+        self.all(&sql, [name], |r| rows::staff(r))
+    }
+
+    async fn disable_staff(&mut self, name: &str, at: i64) -> Result<bool> {
+        let n = self.exec(
+            "UPDATE staff SET disabled_at = ?2 WHERE name = ?1 AND disabled_at IS NULL",
+            params![name, at],
+        )?;
+        Ok(n > 0)
     }
 
     async fn use_proof(&mut self, p: &ProofUse, now: i64) -> Result<bool> {

@@ -13,8 +13,12 @@
 //! chance in 100,000 a day. (The API adds a limit per token across
 //! destinations, `[directory] wrong_codes_per_token`.)
 
-use crate::model::{CodeRow, RenewOutcome, VerifyOutcome};
+use crate::model::{
+    CodeRow, Destination, Message, Notification, PendingCode, Priority, RenewOutcome, SECRET_MARK,
+    VerifyOutcome,
+};
 use chrono::{DateTime, Duration, Utc};
+use rand::{Rng, TryRngCore};
 use subtle::ConstantTimeEq;
 
 /// Wrong tries one code allows.
@@ -132,6 +136,67 @@ pub fn issue(
         sent_at: Some(now),
         ..row
     })
+}
+
+/// How long a destination verification code stays valid.
+pub const CODE_LIFETIME_HOURS: i64 = 24;
+
+/// A fresh 6-digit code for `dest` (from the OS generator), stored
+/// hashed, and the notice that carries it there.
+pub fn new_code(
+    account: &str,
+    dest: &Destination,
+    sender: &str,
+    now: chrono::DateTime<chrono::Utc>,
+) -> (PendingCode, Notification) {
+    let code = format!(
+        "{:06}",
+        rand::rngs::OsRng.unwrap_err().random_range(0..1_000_000u32)
+    );
+    let pending = PendingCode {
+        hash: code_hash(&dest.id, &code),
+        expires_at: now + chrono::Duration::hours(CODE_LIFETIME_HOURS),
+    };
+    (
+        pending,
+        verification_notice(account, dest, sender, now).with_secret(code),
+    )
+}
+
+/// A code is stored as SHA-256 over the destination id and the code, so the
+/// same code on two destinations does not hash alike.
+pub fn code_hash(destination: &str, code: &str) -> String {
+    crate::model::sha256_hex(format!("kci-verify\u{1f}{destination}\u{1f}{code}").as_bytes())
+}
+
+/// The notice carrying a verification code: the code itself is rendered
+/// in at [`SECRET_MARK`] when it goes out, and erased once it did.
+fn verification_notice(
+    account: &str,
+    dest: &Destination,
+    sender: &str,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Notification {
+    let short = format!(
+        "Your verification code is {SECRET_MARK}. It confirms this address for notices from {sender}."
+    );
+    let message = Message {
+        short: short.clone(),
+        subject: "Your verification code".into(),
+        body: format!(
+            "{short}\n\nIf you did not ask for notices to be sent here, ignore this message: nothing will be sent until the code is entered.\n"
+        ),
+        encrypt_to: None,
+    };
+    Notification::own(
+        account,
+        dest,
+        "kci.verify",
+        Priority::High,
+        message,
+        now,
+        Some(now + chrono::Duration::hours(CODE_LIFETIME_HOURS)),
+    )
 }
 
 #[cfg(test)]

@@ -1,6 +1,9 @@
 //! Trust: the proofs that let kci believe a person — a code sent to a
-//! destination and entered back (`codes`) — as pure rules the stores call
-//! inside their transactions. Protected changes, approvals, assurance and
-//! call verification (DESIGN.md §7, §8) join them here.
+//! destination and entered back (`codes`) — and the state machine of
+//! protected changes (`changes`: cooling-off, vetoes, approvals), as pure
+//! rules the stores and the change engine (`crate::changes`) call inside
+//! their transactions. Assurance and call verification (DESIGN.md §7, §8)
+//! join them here.
 
+pub mod changes;
 pub mod codes;

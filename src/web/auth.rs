@@ -28,6 +28,22 @@ impl Caller {
     pub fn has(&self, scope: Scope) -> bool {
         self.require(scope).is_ok()
     }
+
+    /// Who acts, as changes and the audit log record it: `staff:<name>`
+    /// for a staff member's token, else `token:<id>`.
+    pub fn actor(&self) -> String {
+        match &self.0.staff {
+            Some(name) => format!("staff:{name}"),
+            None => format!("token:{}", self.0.id),
+        }
+    }
+
+    /// The staff member acting, or 403: some steps only a person may take.
+    pub fn staff(&self) -> Result<&str, AppError> {
+        self.0.staff.as_deref().ok_or(AppError::Forbidden {
+            scope: Scope::ChangesApprove,
+        })
+    }
 }
 
 /// A fresh token secret from the operating system's CSPRNG.

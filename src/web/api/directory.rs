@@ -1,20 +1,21 @@
 //! The directory API (DESIGN.md §2a): accounts, contacts, destinations and
 //! their verification.
 
+use super::changes::Peer;
+use crate::changes::{Actor, Engine};
 use crate::model::Preferences;
-use crate::model::SECRET_MARK;
+use crate::model::audit::AuditDraft;
 use crate::model::{
-    Account, ChannelKind, Contact, Destination, DestinationUri, Priority, Scope, SecurityLevel,
-    TimeZoneName, check_id,
+    Account, ChangeAnswer, ChangeKind, ChannelKind, Contact, Destination, DestinationPlan,
+    DestinationUri, Scope, SecurityLevel, Subject, TimeZoneName, check_id,
 };
-use crate::store::{Message, Notification, PendingCode, PutOutcome, RenewOutcome, VerifyOutcome};
+use crate::store::{PutOutcome, RenewOutcome, VerifyOutcome};
 use crate::web::{AppError, AppState, Caller};
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use rand::{Rng, TryRngCore};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -45,9 +46,10 @@ struct AccountInput {
 pub async fn put_account(
     State(st): State<AppState>,
     caller: Caller,
+    peer: Peer,
     Path(id): Path<String>,
     body: Bytes,
-) -> Result<impl IntoResponse, AppError> {
+) -> Result<axum::response::Response, AppError> {
     caller.require(Scope::DirectoryWrite)?;
     check_path_id("id", &id)?;
     let input: AccountInput = super::json_body(&body)?;
@@ -70,8 +72,90 @@ pub async fn put_account(
         paranoid: input.paranoid.unwrap_or(false),
         defaults: input.defaults,
     };
-    let outcome = st.store.put_account(&account).await?;
-    Ok((status(outcome), Json(account)))
+    let (outcome, kept) = st.store.put_account(&account).await?;
+    let Some((level, paranoid)) = kept else {
+        return Ok((status(outcome), Json(account)).into_response());
+    };
+    // Lowering the security of a `high` account is a protected change:
+    // the rest is written, the lowering waits (DESIGN.md §7).
+    let subject = Subject {
+        security_level: (account.security_level < level).then_some(account.security_level),
+        paranoid: (paranoid && !account.paranoid).then_some(false),
+        ..Subject::default()
+    };
+    let stored = Account {
+        security_level: level,
+        paranoid,
+        ..account
+    };
+    let engine = engine(&st);
+    let actor = actor(&caller, peer);
+    let change = engine.new_change(
+        ChangeKind::SecurityLower,
+        &stored.id,
+        level,
+        subject,
+        &actor,
+    );
+    let change = opened(engine.request(change, &actor).await?)?;
+    st.wake.notify_one();
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"account": stored, "change": change})),
+    )
+        .into_response())
+}
+
+fn engine(st: &AppState) -> Engine<'_> {
+    Engine {
+        store: st.store.as_ref(),
+        config: st.config.as_ref(),
+        now: st.clock.now(),
+    }
+}
+
+fn actor(caller: &Caller, peer: Peer) -> Actor {
+    Actor {
+        id: caller.actor(),
+        source: peer.0,
+        ticket: None,
+    }
+}
+
+/// The change a protected request opened, or 409 when another change of
+/// the account is pending.
+fn opened(answer: ChangeAnswer) -> Result<crate::model::Change, AppError> {
+    match answer {
+        ChangeAnswer::Opened(c) => Ok(c),
+        ChangeAnswer::Refused { why, change } => Err(AppError::Conflict {
+            code: "change_pending",
+            message: match change {
+                Some(c) => format!("{why} (change {})", c.id),
+                None => why.to_string(),
+            },
+        }),
+        other => Err(AppError::Internal(format!(
+            "a change request answered {other:?}"
+        ))),
+    }
+}
+
+/// Records a directory step that took effect at once.
+async fn audit(
+    st: &AppState,
+    caller: &Caller,
+    peer: Peer,
+    action: &str,
+    account: &str,
+    detail: String,
+) {
+    let mut d = AuditDraft::new(&caller.actor(), action, "ok");
+    d.account = Some(account.to_string());
+    d.source = peer.0;
+    d.detail = Some(detail);
+    if let Err(e) = st.store.audit(d, st.clock.now()).await {
+        tracing::error!(error = %e, action, "could not write an audit entry");
+    }
 }
 
 /// `GET /v1/accounts/{id}` (scope `directory:read`).
@@ -178,18 +262,16 @@ fn destination_input(body: &[u8]) -> Result<DestinationInput, AppError> {
     })
 }
 
-/// How long a destination verification code stays valid.
-const CODE_LIFETIME_HOURS: i64 = 24;
-
 /// `POST /v1/accounts/{id}/contacts/{cid}/destinations` (scope
 /// `directory:write`; `verified: true` needs `directory:admin`). An
 /// unverified destination is sent a 6-digit code to enter back.
 pub async fn add_destination(
     State(st): State<AppState>,
     caller: Caller,
+    peer: Peer,
     Path((id, cid)): Path<(String, String)>,
     body: Bytes,
-) -> Result<impl IntoResponse, AppError> {
+) -> Result<axum::response::Response, AppError> {
     caller.require(Scope::DirectoryWrite)?;
     let input = destination_input(&body)?;
     if input.verified {
@@ -235,11 +317,43 @@ pub async fn add_destination(
         verified: input.verified,
         unhealthy_since: None,
     };
+    // On a `high` account somebody is already told on, a new destination
+    // is a protected change: nothing goes to it while it waits.
+    if let Some(view) = st.store.account_view(&id).await?
+        && view.contacts.iter().any(|c| c.contact.id == cid)
+    {
+        let level = view.account.security_level;
+        let told = view
+            .contacts
+            .iter()
+            .flat_map(|c| &c.destinations)
+            .any(|d| d.usable());
+        if crate::trust::changes::protected(ChangeKind::DestinationAdd, level, told) {
+            let plan = DestinationPlan {
+                id: dest.id.clone(),
+                contact: cid.clone(),
+                uri: dest.uri.to_string(),
+                prefs: dest.prefs.clone(),
+                verified: dest.verified,
+            };
+            let subject = Subject {
+                destination: Some(Box::new(plan)),
+                ..Subject::default()
+            };
+            let engine = engine(&st);
+            let actor = actor(&caller, peer);
+            let change = engine.new_change(ChangeKind::DestinationAdd, &id, level, subject, &actor);
+            let change = opened(engine.request(change, &actor).await?)?;
+            st.wake.notify_one();
+            return Ok((StatusCode::ACCEPTED, Json(json!({"change": change}))).into_response());
+        }
+    }
     let now = st.clock.now();
     let (code, notice) = if dest.verified {
         (None, None)
     } else {
-        let (code, notice) = new_code(&id, &dest, st.config.email.sender_name(), now);
+        let (code, notice) =
+            crate::trust::codes::new_code(&id, &dest, st.config.email.sender_name(), now);
         (
             Some(crate::trust::codes::first(&code.hash, code.expires_at, now)),
             Some(notice),
@@ -253,34 +367,18 @@ pub async fn add_destination(
             if !dest.verified {
                 st.wake.notify_one();
             }
+            let what = format!(
+                "destination {} {} added to contact {cid}",
+                dest.id, dest.uri
+            );
+            audit(&st, &caller, peer, "destination.added", &id, what).await;
             Ok((
                 StatusCode::CREATED,
                 Json(json!({"id": dest.id, "verified": dest.verified})),
-            ))
+            )
+                .into_response())
         }
     }
-}
-
-/// A fresh 6-digit code for `dest`, stored hashed, and the notice that
-/// carries it there.
-fn new_code(
-    account: &str,
-    dest: &Destination,
-    sender: &str,
-    now: chrono::DateTime<chrono::Utc>,
-) -> (PendingCode, Notification) {
-    let code = format!(
-        "{:06}",
-        rand::rngs::OsRng.unwrap_err().random_range(0..1_000_000u32)
-    );
-    let pending = PendingCode {
-        hash: code_hash(&dest.id, &code),
-        expires_at: now + chrono::Duration::hours(CODE_LIFETIME_HOURS),
-    };
-    (
-        pending,
-        verification_notice(account, dest, sender, now).with_secret(code),
-    )
 }
 
 /// The destination `did` of contact `cid` of account `id`.
@@ -314,7 +412,8 @@ pub async fn renew_code(
     caller.require(Scope::DirectoryWrite)?;
     let dest = find_destination(&st, &id, &cid, &did).await?;
     let now = st.clock.now();
-    let (code, notice) = new_code(&id, &dest, st.config.email.sender_name(), now);
+    let (code, notice) =
+        crate::trust::codes::new_code(&id, &dest, st.config.email.sender_name(), now);
     match st
         .store
         .renew_code(
@@ -420,42 +519,6 @@ pub async fn rotate_secret(
     })))
 }
 
-/// A code is stored as SHA-256 over the destination id and the code, so the
-/// same code on two destinations does not hash alike.
-fn code_hash(destination: &str, code: &str) -> String {
-    crate::model::sha256_hex(format!("kci-verify\u{1f}{destination}\u{1f}{code}").as_bytes())
-}
-
-/// The notice carrying a verification code: the code itself is rendered
-/// in at [`SECRET_MARK`] when it goes out, and erased once it did.
-fn verification_notice(
-    account: &str,
-    dest: &Destination,
-    sender: &str,
-    now: chrono::DateTime<chrono::Utc>,
-) -> Notification {
-    let short = format!(
-        "Your verification code is {SECRET_MARK}. It confirms this address for notices from {sender}."
-    );
-    let message = Message {
-        short: short.clone(),
-        subject: "Your verification code".into(),
-        body: format!(
-            "{short}\n\nIf you did not ask for notices to be sent here, ignore this message: nothing will be sent until the code is entered.\n"
-        ),
-        encrypt_to: None,
-    };
-    Notification::own(
-        account,
-        dest,
-        "kci.verify",
-        Priority::High,
-        message,
-        now,
-        Some(now + chrono::Duration::hours(CODE_LIFETIME_HOURS)),
-    )
-}
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct VerifyInput {
@@ -497,7 +560,7 @@ pub async fn verify_destination(
             &id,
             &cid,
             &did,
-            &code_hash(&did, code),
+            &crate::trust::codes::code_hash(&did, code),
             now,
             crate::trust::codes::check,
         )
@@ -549,15 +612,53 @@ fn too_many_wrong(
 pub async fn delete_destination(
     State(st): State<AppState>,
     caller: Caller,
+    peer: Peer,
     Path((id, cid, did)): Path<(String, String, String)>,
-) -> Result<impl IntoResponse, AppError> {
+) -> Result<axum::response::Response, AppError> {
     caller.require(Scope::DirectoryWrite)?;
+    // Removing a destination somebody is told on, from a `high` account,
+    // is a protected change (an unverified one receives nothing anyway).
+    if let Some(view) = st.store.account_view(&id).await?
+        && let Some(dest) = view
+            .contacts
+            .iter()
+            .filter(|c| c.contact.id == cid)
+            .flat_map(|c| &c.destinations)
+            .find(|d| d.id == did)
+        && dest.usable()
+        && crate::trust::changes::protected(
+            ChangeKind::DestinationRemove,
+            view.account.security_level,
+            true,
+        )
+    {
+        let plan = DestinationPlan {
+            id: dest.id.clone(),
+            contact: cid.clone(),
+            uri: dest.uri.to_string(),
+            prefs: dest.prefs.clone(),
+            verified: dest.verified,
+        };
+        let subject = Subject {
+            destination: Some(Box::new(plan)),
+            ..Subject::default()
+        };
+        let level = view.account.security_level;
+        let engine = engine(&st);
+        let actor = actor(&caller, peer);
+        let change = engine.new_change(ChangeKind::DestinationRemove, &id, level, subject, &actor);
+        let change = opened(engine.request(change, &actor).await?)?;
+        st.wake.notify_one();
+        return Ok((StatusCode::ACCEPTED, Json(json!({"change": change}))).into_response());
+    }
     if st
         .store
         .delete_destination(&id, &cid, &did, st.clock.now())
         .await?
     {
-        Ok(StatusCode::NO_CONTENT)
+        let what = format!("destination {did} removed from contact {cid}");
+        audit(&st, &caller, peer, "destination.removed", &id, what).await;
+        Ok(StatusCode::NO_CONTENT.into_response())
     } else {
         Err(AppError::NotFound {
             what: format!("destination `{did}`"),

@@ -6,6 +6,7 @@
 //! a page with one button, so a mail scanner that fetches links confirms
 //! nothing; only the POST does.
 
+use super::{page, plausible_token};
 use crate::keys::{Origin, Registry, Removal, Submitted, normalise};
 use crate::model::{Confirmed, Scope};
 use crate::web::{AppError, AppState, Caller};
@@ -13,7 +14,7 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::response::{Html, IntoResponse};
+use axum::response::IntoResponse;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -31,6 +32,7 @@ fn origin(caller: &Caller) -> Origin {
     Origin {
         channel: "api",
         source: Some(format!("token:{}", caller.0.id)),
+        requested_by: caller.actor(),
     }
 }
 
@@ -185,47 +187,6 @@ pub async fn remove(
     }
 }
 
-fn page(status: StatusCode, title: &str, text: &str, form: Option<&str>) -> impl IntoResponse {
-    let esc = |s: &str| {
-        s.replace('&', "&amp;")
-            .replace('<', "&lt;")
-            .replace('>', "&gt;")
-            .replace('"', "&quot;")
-    };
-    let form = form
-        .map(|action| {
-            format!(
-                "<form method=\"post\" action=\"{}\"><button type=\"submit\">Confirm</button></form>",
-                esc(action)
-            )
-        })
-        .unwrap_or_default();
-    (
-        status,
-        [
-            (
-                "content-security-policy",
-                "default-src 'none'; form-action 'self'",
-            ),
-            ("referrer-policy", "no-referrer"),
-            ("cache-control", "no-store"),
-        ],
-        Html(format!(
-            "<!doctype html><html><head><meta charset=\"utf-8\"><title>{t}</title></head>\
-             <body><h1>{t}</h1><p>{x}</p>{form}</body></html>",
-            t = esc(title),
-            x = esc(text)
-        )),
-    )
-}
-
-fn plausible_token(token: &str) -> bool {
-    token.len() == 43
-        && token
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-}
-
 /// `GET /v1/keys/confirm/{token}`: the page behind a mailed link, with the
 /// button that confirms. Changes nothing.
 pub async fn confirm_page(Path(token): Path<String>) -> impl IntoResponse {
@@ -242,7 +203,7 @@ pub async fn confirm_page(Path(token): Path<String>) -> impl IntoResponse {
         StatusCode::OK,
         "Confirm",
         "Press the button to confirm what the message you received described.",
-        Some(&format!("/v1/keys/confirm/{token}")),
+        Some((&format!("/v1/keys/confirm/{token}"), "Confirm")),
     )
     .into_response()
 }
@@ -275,9 +236,15 @@ pub async fn confirm(
         Confirmed::Applied(c) => (
             StatusCode::OK,
             "Change applied",
-            match c.fingerprint {
-                Some(f) => format!("Mail to {} is now encrypted to the key {f}.", c.address),
-                None => format!("Mail to {} is no longer encrypted.", c.address),
+            match c.fingerprint() {
+                Some(f) => format!(
+                    "Mail to {} is now encrypted to the key {f}.",
+                    c.address.as_deref().unwrap_or_default()
+                ),
+                None => format!(
+                    "Mail to {} is no longer encrypted.",
+                    c.address.as_deref().unwrap_or_default()
+                ),
             },
         ),
         Confirmed::Proven(c) => (
@@ -285,7 +252,7 @@ pub async fn confirm(
             "Confirmation recorded",
             format!(
                 "Thank you. The change for {} also needs the other key holder's confirmation; without it, it waits until {} at the earliest.",
-                c.address,
+                c.address.as_deref().unwrap_or_default(),
                 crate::model::fmt_time(c.not_before)
             ),
         ),

@@ -1,6 +1,7 @@
 //! The HTTP API (DESIGN.md §2a and §3).
 
 mod callbacks;
+mod changes;
 mod deliveries;
 mod directory;
 mod events;
@@ -9,6 +10,8 @@ mod ops;
 
 use super::AppState;
 use axum::Router;
+use axum::http::StatusCode;
+use axum::response::{Html, IntoResponse};
 use axum::routing::{delete, get, post, put};
 
 pub fn routes() -> Router<AppState> {
@@ -54,6 +57,17 @@ pub fn routes() -> Router<AppState> {
             get(keys::confirm_page).post(keys::confirm),
         )
         .route("/v1/keys/{address}", get(keys::status).delete(keys::remove))
+        .route("/v1/changes", get(changes::list))
+        .route("/v1/changes/{id}", get(changes::get))
+        .route("/v1/changes/{id}/approve", post(changes::approve))
+        .route("/v1/changes/{id}/veto", post(changes::veto))
+        .route(
+            "/v1/veto/{token}",
+            get(changes::veto_page).post(changes::veto_link),
+        )
+        .route("/v1/incidents", get(changes::incidents))
+        .route("/v1/incidents/{id}/close", post(changes::close_incident))
+        .route("/v1/audit", get(changes::audit))
         .route("/v1/deliveries", get(deliveries::list))
         .route("/v1/deliveries/{id}/retry", post(deliveries::retry))
         .route("/healthz", get(ops::healthz))
@@ -86,4 +100,56 @@ pub(crate) fn json_body<T: serde::de::DeserializeOwned>(
             },
         }
     })
+}
+
+/// A small page for a person following a mailed link: one paragraph,
+/// and a button (`form`: where it posts) — so a mail scanner that fetches
+/// links does nothing; only the POST acts.
+pub(crate) fn page(
+    status: StatusCode,
+    title: &str,
+    text: &str,
+    form: Option<(&str, &str)>,
+) -> impl IntoResponse {
+    let esc = |s: &str| {
+        s.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+            .replace('"', "&quot;")
+    };
+    let form = form
+        .map(|(action, label)| {
+            format!(
+                "<form method=\"post\" action=\"{}\"><button type=\"submit\">{}</button></form>",
+                esc(action),
+                esc(label)
+            )
+        })
+        .unwrap_or_default();
+    (
+        status,
+        [
+            (
+                "content-security-policy",
+                "default-src 'none'; form-action 'self'",
+            ),
+            ("referrer-policy", "no-referrer"),
+            ("cache-control", "no-store"),
+        ],
+        Html(format!(
+            "<!doctype html><html><head><meta charset=\"utf-8\"><title>{t}</title></head>\
+             <body><h1>{t}</h1><p>{x}</p>{form}</body></html>",
+            t = esc(title),
+            x = esc(text)
+        )),
+    )
+}
+
+/// Whether a path segment could be a link secret kci made (43 URL-safe
+/// base64 characters): anything else is answered without a lookup.
+pub(crate) fn plausible_token(token: &str) -> bool {
+    token.len() == 43
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }

@@ -1,0 +1,105 @@
+//! The audit log's service side (DESIGN.md §7): checkpoints of its head
+//! signed with the operator's OpenPGP key, and the walk `kci audit verify`
+//! makes. The chain itself (what an entry's hash is, what a walk checks)
+//! is `model::audit`'s, pure; appends are the stores'.
+
+use crate::config::AuditConfig;
+use crate::model::audit::{Checkpoint, Intact, Tampered, Walk, checkpoint_due};
+use crate::pgp::OperatorKey;
+use crate::store::{Result, Store};
+use chrono::{DateTime, SubsecRound, Utc};
+
+/// Entries read at a time by [`verify`].
+const PAGE: usize = 5_000;
+
+/// Signs the log's head if a checkpoint is due; the checkpoint made.
+pub async fn checkpoint(
+    store: &dyn Store,
+    key: &OperatorKey,
+    cfg: &AuditConfig,
+    now: DateTime<Utc>,
+) -> Result<Option<Checkpoint>> {
+    let (head, last) = store.audit_head().await?;
+    let Some((seq, hash)) = head else {
+        return Ok(None);
+    };
+    let interval =
+        chrono::Duration::from_std(cfg.checkpoint_interval.0).unwrap_or(chrono::Duration::MAX);
+    let due = checkpoint_due(
+        last.as_ref().map(|c| (c.seq, c.at)),
+        seq,
+        now,
+        i64::from(cfg.checkpoint_every.max(1)),
+        interval,
+    );
+    if !due {
+        return Ok(None);
+    }
+    let at = now.trunc_subsecs(3);
+    let statement = Checkpoint::statement(seq, &hash, at);
+    let signature = key
+        .sign_detached(statement.as_bytes())
+        .map_err(|e| crate::store::StoreError::Unavailable(format!("signing a checkpoint: {e}")))?;
+    let cp = Checkpoint {
+        seq,
+        head: hash,
+        at,
+        signature,
+    };
+    Ok(store.add_checkpoint(&cp).await?.then_some(cp))
+}
+
+/// Whether `cp` is signed by the operator's key `public` (armored).
+pub fn signed(cp: &Checkpoint, public: &str) -> bool {
+    let statement = Checkpoint::statement(cp.seq, &cp.head, cp.at);
+    crate::pgp::verify_signed(
+        statement.as_bytes(),
+        Some(cp.signature.as_bytes()),
+        public,
+        cp.at,
+    )
+    .is_ok()
+}
+
+/// Walks the whole log and its checkpoints (see [`Walk`]). `public`: the
+/// operator's public key, to check the checkpoints' signatures; without
+/// one, any checkpoint counts as unchecked, which fails the walk.
+pub async fn verify(
+    store: &dyn Store,
+    public: Option<&str>,
+) -> Result<std::result::Result<Intact, Tampered>> {
+    let checkpoints = store.checkpoints().await?;
+    for cp in &checkpoints {
+        let ok = public.is_some_and(|p| signed(cp, p));
+        if !ok {
+            return Ok(Err(Tampered {
+                seq: cp.seq,
+                why: match public {
+                    Some(_) => format!(
+                        "the checkpoint at entry {} is not signed by the operator's key",
+                        cp.seq
+                    ),
+                    None => format!(
+                        "the checkpoint at entry {} cannot be checked: no [email] signing_key is configured",
+                        cp.seq
+                    ),
+                },
+            }));
+        }
+    }
+    let mut walk = Walk::new(checkpoints);
+    let mut after = 0;
+    loop {
+        let page = store.audit_entries(None, after, PAGE).await?;
+        for e in &page {
+            if let Err(t) = walk.step(e) {
+                return Ok(Err(t));
+            }
+        }
+        match page.last() {
+            Some(e) if page.len() == PAGE => after = e.seq,
+            _ => break,
+        }
+    }
+    Ok(walk.finish())
+}

@@ -1,0 +1,810 @@
+//! The change engine (DESIGN.md §7): every sensitive request of an
+//! account — a destination added or removed, security lowered — and every
+//! key change waiting out its cooling-off period goes through here.
+//!
+//! Each step (open, settle, veto, approve, close an incident) is one
+//! [`ChangeStore::change_step`](crate::store::ChangeStore::change_step):
+//! the store reads the change and what it concerns, locked, and a
+//! [`Step`] decides — with the pure rules of `crate::trust::changes` —
+//! what to write: the change's new state, what it does to the keys or the
+//! directory, the notices to every verified destination, the incident,
+//! the audit entries. All of it commits together or not at all, so a
+//! change applies once, on one node, and is never applied untold.
+//!
+//! Notices about a pending change carry a one-click veto link. Its secret
+//! is minted only when the notice goes out ([`mint_veto_link`], called by
+//! the secure stage), so no usable veto secret is ever at rest: the store
+//! keeps its hash.
+
+use crate::config::Config;
+use crate::model::audit::AuditDraft;
+use crate::model::{
+    Audience, Change, ChangeAnswer, ChangeContext, ChangeKind, ChangeRefusal, ChangeRule,
+    ChangeState, ChangeTarget, ChangeWrite, Destination, Incident, KeyWrite, Message, Notification,
+    Priority, SECRET_MARK, SecurityLevel, Subject, VetoLink,
+};
+use crate::store::{Result, Store};
+use crate::trust::changes::{self as rules, Settle};
+use chrono::{DateTime, Duration, SubsecRound, Utc};
+use std::sync::Arc;
+
+/// The type of a pending change's reminders (each carries a veto link).
+pub const REMINDER: &str = "kci.change.pending";
+
+/// The key of a change's reminders (what a veto cancels).
+pub fn reminder_key(change: &str) -> String {
+    format!("kci.change:{change}")
+}
+
+/// Who acts on a change, as the audit log records it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Actor {
+    /// `staff:<name>`, `token:<id>`, `link:<destination>`, `mail:<address>`,
+    /// `kci` (the scheduler).
+    pub id: String,
+    /// From where (an IP address, `smtp:<ip>`, `cli`).
+    pub source: Option<String>,
+    /// A ticket number staff gave.
+    pub ticket: Option<String>,
+}
+
+impl Actor {
+    pub fn kci() -> Actor {
+        Actor {
+            id: "kci".into(),
+            ..Actor::default()
+        }
+    }
+
+    /// The staff member acting, if it is one.
+    pub fn staff(&self) -> Option<&str> {
+        self.id.strip_prefix("staff:")
+    }
+
+    fn draft(&self, action: &str, outcome: &str, c: Option<&Change>) -> AuditDraft {
+        AuditDraft {
+            actor: self.id.clone(),
+            action: action.to_string(),
+            account: c.and_then(|c| c.account.clone()),
+            address: c.and_then(|c| c.address.clone()),
+            change: c.map(|c| c.id.clone()),
+            ticket: self.ticket.clone(),
+            source: self.source.clone(),
+            outcome: outcome.to_string(),
+            detail: None,
+        }
+    }
+}
+
+/// The engine, for one moment.
+pub struct Engine<'a> {
+    pub store: &'a dyn Store,
+    pub config: &'a Config,
+    pub now: DateTime<Utc>,
+}
+
+impl Engine<'_> {
+    fn texts(&self) -> Texts {
+        let mut base = self.config.server.public_base().to_string();
+        if !base.ends_with('/') {
+            base.push('/');
+        }
+        Texts {
+            operator: self.config.email.sender_name().to_string(),
+            base,
+        }
+    }
+
+    async fn step(
+        &self,
+        target: ChangeTarget,
+        action: Action,
+        actor: &Actor,
+    ) -> Result<ChangeAnswer> {
+        let step = Step {
+            action,
+            actor: actor.clone(),
+            texts: self.texts(),
+        };
+        self.store
+            .change_step(target, self.now, Arc::new(step))
+            .await
+    }
+
+    /// A new pending change of `kind` asked by `actor` for an account at
+    /// `level` (the caller decided it is protected): its clock starts now
+    /// (stored to the millisecond, so what is answered reads the same as
+    /// what is read back).
+    pub fn new_change(
+        &self,
+        kind: ChangeKind,
+        account: &str,
+        level: SecurityLevel,
+        subject: Subject,
+        actor: &Actor,
+    ) -> Change {
+        let now = self.now.trunc_subsecs(3);
+        let cooling =
+            Duration::from_std(self.config.cooling_off(level)).unwrap_or(Duration::days(30));
+        Change {
+            id: crate::model::new_id(),
+            kind,
+            account: Some(account.to_string()),
+            address: None,
+            state: ChangeState::Pending,
+            proof: None,
+            requested_at: now,
+            requested_by: actor.id.clone(),
+            not_before: now + cooling,
+            approvals: Vec::new(),
+            approvals_needed: self.config.approvals_needed(level),
+            reason: None,
+            subject,
+            proven_current: false,
+            proven_new: false,
+        }
+    }
+
+    /// Opens a protected change of an account: stored pending, everyone
+    /// told (with a veto link), unless another one of the account is
+    /// pending (refused, `blocked`).
+    pub async fn request(&self, change: Change, actor: &Actor) -> Result<ChangeAnswer> {
+        self.step(
+            ChangeTarget::New(change.clone()),
+            Action::Open(change),
+            actor,
+        )
+        .await
+    }
+
+    /// Settles every change whose period is over (applied, rejected or
+    /// expired); how many ended.
+    pub async fn settle_due(&self) -> Result<usize> {
+        let mut ended = 0;
+        for id in self.store.due_changes(self.now, 100).await? {
+            let answer = self
+                .step(ChangeTarget::Id(id), Action::Settle, &Actor::kci())
+                .await?;
+            if let ChangeAnswer::Settled(c) = &answer {
+                tracing::info!(change = %c.id, kind = c.kind.as_str(), state = c.state.as_str(), "protected change settled");
+                ended += 1;
+            }
+        }
+        Ok(ended)
+    }
+
+    /// A veto through a link a notice carried.
+    pub async fn veto_link(&self, token: &str, source: Option<String>) -> Result<ChangeAnswer> {
+        let hash = veto_hash(token);
+        let actor = Actor {
+            id: "link".into(),
+            source,
+            ticket: None,
+        };
+        self.step(
+            ChangeTarget::Link(hash.clone()),
+            Action::Veto { link: Some(hash) },
+            &actor,
+        )
+        .await
+    }
+
+    /// A veto by staff (or a token) on the customer's behalf.
+    pub async fn veto(&self, id: &str, actor: &Actor) -> Result<ChangeAnswer> {
+        self.step(
+            ChangeTarget::Id(id.to_string()),
+            Action::Veto { link: None },
+            actor,
+        )
+        .await
+    }
+
+    /// A staff member's approval.
+    pub async fn approve(&self, id: &str, actor: &Actor) -> Result<ChangeAnswer> {
+        self.step(ChangeTarget::Id(id.to_string()), Action::Approve, actor)
+            .await
+    }
+
+    /// Closes an incident with staff's note; the customer is told.
+    pub async fn close_incident(
+        &self,
+        id: &str,
+        note: &str,
+        actor: &Actor,
+    ) -> Result<ChangeAnswer> {
+        self.step(
+            ChangeTarget::Incident(id.to_string()),
+            Action::Close {
+                note: note.to_string(),
+            },
+            actor,
+        )
+        .await
+    }
+
+    /// The reminders of a pending key change, for the registry to store
+    /// with it (the registry reads who is told itself).
+    pub fn key_reminders(&self, change: &Change, audience: &[Audience]) -> Vec<Notification> {
+        self.texts().reminders(change, audience)
+    }
+}
+
+/// How a veto link's secret is kept at rest.
+pub fn veto_hash(token: &str) -> String {
+    crate::model::sha256_hex(format!("kci-veto-link\u{1f}{token}").as_bytes())
+}
+
+/// Mints the veto link a reminder carries as it goes out: a fresh 256-bit
+/// secret, only its hash stored, valid while the change is pending. `None`
+/// when the change ended meanwhile (the reminder must not go).
+pub async fn mint_veto_link(store: &dyn Store, n: &Notification) -> Result<Option<String>> {
+    let Some(change) = n.key.strip_prefix("kci.change:") else {
+        return Ok(None);
+    };
+    let token = crate::keys::new_link_secret();
+    let link = VetoLink {
+        change: change.to_string(),
+        destination: if n.destination.is_empty() {
+            n.uri.clone()
+        } else {
+            n.destination.clone()
+        },
+        expires_at: n.expires_at.unwrap_or(n.due_at) + rules::EXPIRE_AFTER,
+        used: false,
+    };
+    Ok(store
+        .add_veto_link(&veto_hash(&token), &link)
+        .await?
+        .then_some(token))
+}
+
+/// The server's loop for changes and the audit log: settles due changes
+/// and signs the log's head when a checkpoint is due, every `tick`, until
+/// shutdown.
+pub async fn run(
+    store: Arc<dyn Store>,
+    config: Arc<Config>,
+    clock: Arc<dyn crate::model::Clock>,
+    wake: Arc<tokio::sync::Notify>,
+    shutdown: crate::shutdown::Shutdown,
+) {
+    let key = match &config.email.signing_key {
+        Some(path) => match crate::channels::email::load_signing_key(path) {
+            Ok(k) => Some(k),
+            Err(e) => {
+                tracing::warn!(error = %e, "audit checkpoints will not be signed");
+                None
+            }
+        },
+        None => None,
+    };
+    let tick = std::time::Duration::from_secs(1);
+    loop {
+        let now = clock.now();
+        let engine = Engine {
+            store: store.as_ref(),
+            config: config.as_ref(),
+            now,
+        };
+        match engine.settle_due().await {
+            Ok(n) if n > 0 => wake.notify_one(),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "settling protected changes failed; trying again"),
+        }
+        if let Some(key) = &key
+            && let Err(e) = crate::audit::checkpoint(store.as_ref(), key, &config.audit, now).await
+        {
+            tracing::warn!(error = %e, "signing an audit checkpoint failed; trying again");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(tick) => {}
+            _ = shutdown.wait() => return,
+        }
+    }
+}
+
+/// What a step does.
+#[derive(Debug, Clone)]
+// Built once per request and moved a few times: boxing would buy nothing.
+#[allow(clippy::large_enum_variant)]
+enum Action {
+    Open(Change),
+    Settle,
+    /// Through a link (its hash), or by the actor.
+    Veto {
+        link: Option<String>,
+    },
+    Approve,
+    Close {
+        note: String,
+    },
+}
+
+/// One step's decision (see the module's doc).
+struct Step {
+    action: Action,
+    actor: Actor,
+    texts: Texts,
+}
+
+impl ChangeRule for Step {
+    fn decide(&self, ctx: &ChangeContext, now: DateTime<Utc>) -> (Vec<ChangeWrite>, ChangeAnswer) {
+        match &self.action {
+            Action::Open(new) => self.open(new, ctx),
+            Action::Settle => self.settle(ctx, now),
+            Action::Veto { link } => self.veto(ctx, link.as_deref(), now),
+            Action::Approve => self.approve(ctx, now),
+            Action::Close { note } => self.close(ctx, note, now),
+        }
+    }
+}
+
+fn refused(why: ChangeRefusal, change: Option<&Change>) -> ChangeAnswer {
+    ChangeAnswer::Refused {
+        why,
+        change: change.cloned(),
+    }
+}
+
+impl Step {
+    fn audit(&self, action: &str, outcome: &str, c: Option<&Change>) -> ChangeWrite {
+        ChangeWrite::Audit(self.actor.draft(action, outcome, c))
+    }
+
+    fn open(&self, new: &Change, ctx: &ChangeContext) -> (Vec<ChangeWrite>, ChangeAnswer) {
+        if let Err(why) = rules::open(new, ctx) {
+            let mut d = self.actor.draft("change.requested", "refused", Some(new));
+            d.detail = Some(why.to_string());
+            let blocking = ctx.others.iter().find(|c| !c.kind.is_key());
+            return (vec![ChangeWrite::Audit(d)], refused(why, blocking));
+        }
+        let mut writes = vec![
+            ChangeWrite::Change(new.clone()),
+            self.audit("change.requested", "pending", Some(new)),
+        ];
+        writes.extend(
+            self.texts
+                .reminders(new, &ctx.audience)
+                .into_iter()
+                .map(ChangeWrite::Notice),
+        );
+        (writes, ChangeAnswer::Opened(new.clone()))
+    }
+
+    fn settle(&self, ctx: &ChangeContext, now: DateTime<Utc>) -> (Vec<ChangeWrite>, ChangeAnswer) {
+        let Some(c) = &ctx.change else {
+            return (Vec::new(), refused(ChangeRefusal::NotFound, None));
+        };
+        let (ended, mut writes) = match rules::settle(c, ctx, now) {
+            Settle::Wait => return (Vec::new(), ChangeAnswer::Waiting(c.clone())),
+            Settle::Apply => {
+                let mut applied = c.clone();
+                applied.state = ChangeState::Applied;
+                let writes = self.apply(&mut applied, ctx, now);
+                (applied, writes)
+            }
+            Settle::Reject(why) => (
+                Change {
+                    state: ChangeState::Rejected,
+                    reason: Some(why),
+                    ..c.clone()
+                },
+                Vec::new(),
+            ),
+            Settle::Expire => (
+                Change {
+                    state: ChangeState::Expired,
+                    reason: Some("its staff approvals did not come in time".into()),
+                    ..c.clone()
+                },
+                Vec::new(),
+            ),
+        };
+        writes.push(ChangeWrite::Change(ended.clone()));
+        writes.push(cancel_reminders(&ended));
+        writes.push(self.audit("change.settled", ended.state.as_str(), Some(&ended)));
+        writes.extend(
+            self.texts
+                .ended(&ended, &ctx.audience, now)
+                .into_iter()
+                .map(ChangeWrite::Notice),
+        );
+        (writes, ChangeAnswer::Settled(ended))
+    }
+
+    /// What applying `c` writes (it may learn more of itself: the key
+    /// rules cancel the address's other changes).
+    fn apply(&self, c: &mut Change, ctx: &ChangeContext, now: DateTime<Utc>) -> Vec<ChangeWrite> {
+        match c.kind {
+            ChangeKind::KeyReplace | ChangeKind::KeyRemove => {
+                let (Some(keys), Some(address)) = (&ctx.keys, c.address.clone()) else {
+                    return Vec::new();
+                };
+                let mut key_writes = Vec::new();
+                *c = crate::keys::rules::apply(c.clone(), keys, now, &mut key_writes);
+                key_writes
+                    .into_iter()
+                    .filter_map(|w| match w {
+                        // The change itself is written by the caller.
+                        KeyWrite::Change(x) if x.id == c.id => None,
+                        KeyWrite::Change(x) => Some(ChangeWrite::Change(x)),
+                        write => Some(ChangeWrite::Key {
+                            address: address.clone(),
+                            write,
+                        }),
+                    })
+                    .collect()
+            }
+            ChangeKind::DestinationAdd => {
+                let (Some(account), Some(plan)) = (&c.account, &c.subject.destination) else {
+                    return Vec::new();
+                };
+                let Ok(uri) = plan.uri.parse() else {
+                    return Vec::new();
+                };
+                let dest = Destination {
+                    id: plan.id.clone(),
+                    contact: plan.contact.clone(),
+                    uri,
+                    prefs: plan.prefs.clone(),
+                    verified: plan.verified,
+                    unhealthy_since: None,
+                };
+                // Its verification code goes only now.
+                let (code, notice) = if dest.verified {
+                    (None, None)
+                } else {
+                    let (code, notice) =
+                        crate::trust::codes::new_code(account, &dest, &self.texts.operator, now);
+                    (
+                        Some(crate::trust::codes::first(&code.hash, code.expires_at, now)),
+                        Some(notice),
+                    )
+                };
+                vec![ChangeWrite::AddDestination {
+                    account: account.clone(),
+                    destination: dest,
+                    code,
+                    notice,
+                }]
+            }
+            ChangeKind::DestinationRemove => {
+                let (Some(account), Some(plan)) = (&c.account, &c.subject.destination) else {
+                    return Vec::new();
+                };
+                vec![ChangeWrite::RemoveDestination {
+                    account: account.clone(),
+                    contact: plan.contact.clone(),
+                    id: plan.id.clone(),
+                }]
+            }
+            // Not asked through the API yet (a destination is changed by
+            // removing it and adding another); nothing to write.
+            ChangeKind::DestinationChange => Vec::new(),
+            ChangeKind::SecurityLower => {
+                let (Some(account), Some(view)) = (&c.account, &ctx.account) else {
+                    return Vec::new();
+                };
+                vec![ChangeWrite::SetSecurity {
+                    account: account.clone(),
+                    level: c
+                        .subject
+                        .security_level
+                        .unwrap_or(view.account.security_level),
+                    paranoid: c.subject.paranoid.unwrap_or(view.account.paranoid),
+                }]
+            }
+        }
+    }
+
+    fn veto(
+        &self,
+        ctx: &ChangeContext,
+        link: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> (Vec<ChangeWrite>, ChangeAnswer) {
+        let by = match (&ctx.link, link) {
+            (Some(l), Some(_)) => format!("link:{}", l.destination),
+            _ => self.actor.id.clone(),
+        };
+        let change = if link.is_some() && ctx.link.is_none() {
+            None
+        } else {
+            ctx.change.as_ref()
+        };
+        let vetoed = match rules::veto(change, ctx.link.as_ref(), now, &by) {
+            Ok(c) => c,
+            Err(why) => {
+                // An unknown link is not worth a line (guesses would fill
+                // the log); a known one, or staff, is.
+                let writes = if link.is_none() || ctx.link.is_some() {
+                    let mut d = self.actor.draft("change.veto", "refused", change);
+                    d.actor = by;
+                    d.detail = Some(why.to_string());
+                    vec![ChangeWrite::Audit(d)]
+                } else {
+                    Vec::new()
+                };
+                return (writes, refused(why, change));
+            }
+        };
+        let incident = Incident {
+            id: crate::model::new_id(),
+            account: vetoed
+                .account
+                .clone()
+                .or_else(|| ctx.audience.first().map(|a| a.account.clone())),
+            change: Some(vetoed.id.clone()),
+            kind: "veto".into(),
+            opened_at: now.trunc_subsecs(3),
+            state: "open".into(),
+            note: Some(format!("{} vetoed by {by}", vetoed.kind.as_str())),
+            closed_at: None,
+            closed_by: None,
+        };
+        let mut writes = vec![ChangeWrite::Change(vetoed.clone())];
+        if let Some(hash) = link {
+            writes.push(ChangeWrite::UseLink(hash.to_string()));
+        }
+        writes.push(cancel_reminders(&vetoed));
+        writes.push(ChangeWrite::Incident(incident.clone()));
+        let mut d = self.actor.draft("change.vetoed", "vetoed", Some(&vetoed));
+        d.actor = by;
+        d.detail = Some(format!("incident {}", incident.id));
+        writes.push(ChangeWrite::Audit(d));
+        writes.extend(
+            self.texts
+                .ended(&vetoed, &ctx.audience, now)
+                .into_iter()
+                .map(ChangeWrite::Notice),
+        );
+        (
+            writes,
+            ChangeAnswer::Vetoed {
+                change: vetoed,
+                incident,
+            },
+        )
+    }
+
+    fn approve(&self, ctx: &ChangeContext, now: DateTime<Utc>) -> (Vec<ChangeWrite>, ChangeAnswer) {
+        let Some(c) = &ctx.change else {
+            return (Vec::new(), refused(ChangeRefusal::NotFound, None));
+        };
+        let Some(staff) = self.actor.staff() else {
+            return (Vec::new(), refused(ChangeRefusal::OwnChange, Some(c)));
+        };
+        match rules::approve(c, staff, now.trunc_subsecs(3)) {
+            Ok(approved) => (
+                vec![
+                    ChangeWrite::Change(approved.clone()),
+                    self.audit("change.approved", "ok", Some(&approved)),
+                ],
+                ChangeAnswer::Approved(approved),
+            ),
+            Err(why) => {
+                let mut d = self.actor.draft("change.approval", "refused", Some(c));
+                d.detail = Some(why.to_string());
+                (vec![ChangeWrite::Audit(d)], refused(why, Some(c)))
+            }
+        }
+    }
+
+    fn close(
+        &self,
+        ctx: &ChangeContext,
+        note: &str,
+        now: DateTime<Utc>,
+    ) -> (Vec<ChangeWrite>, ChangeAnswer) {
+        let Some(incident) = &ctx.incident else {
+            return (Vec::new(), refused(ChangeRefusal::NotFound, None));
+        };
+        if !incident.is_open() {
+            return (Vec::new(), refused(ChangeRefusal::IncidentClosed, None));
+        }
+        let closed = Incident {
+            state: "closed".into(),
+            note: Some(note.to_string()),
+            closed_at: Some(now.trunc_subsecs(3)),
+            closed_by: Some(self.actor.id.clone()),
+            ..incident.clone()
+        };
+        let mut d = self.actor.draft("incident.closed", "ok", None);
+        d.account = closed.account.clone();
+        d.change = closed.change.clone();
+        d.detail = Some(format!("incident {}", closed.id));
+        let mut writes = vec![ChangeWrite::Incident(closed.clone()), ChangeWrite::Audit(d)];
+        writes.extend(
+            self.texts
+                .incident_closed(&closed, &ctx.audience, now)
+                .into_iter()
+                .map(ChangeWrite::Notice),
+        );
+        (writes, ChangeAnswer::IncidentClosed(closed))
+    }
+}
+
+fn cancel_reminders(c: &Change) -> ChangeWrite {
+    ChangeWrite::CancelNotices {
+        key: reminder_key(&c.id),
+        detail: format!("the change {} was {}", c.id, c.state.as_str()),
+    }
+}
+
+/// The words of the notices about changes.
+#[derive(Debug, Clone)]
+struct Texts {
+    operator: String,
+    /// The public base URL, ending in `/`.
+    base: String,
+}
+
+impl Texts {
+    /// What `c` asks, in words.
+    fn what(&self, c: &Change) -> String {
+        let address = c.address.as_deref().unwrap_or("your address");
+        let dest = c
+            .subject
+            .destination
+            .as_ref()
+            .map_or("a destination", |d| d.uri.as_str());
+        match c.kind {
+            ChangeKind::KeyReplace => format!(
+                "encrypt the mail to {address} to a new OpenPGP key ({})",
+                c.fingerprint().unwrap_or("unknown")
+            ),
+            ChangeKind::KeyRemove => format!("stop encrypting the mail to {address}"),
+            ChangeKind::DestinationAdd => format!("send your notices also to {dest}"),
+            ChangeKind::DestinationRemove => format!("stop sending your notices to {dest}"),
+            ChangeKind::DestinationChange => format!("change where your notices to {dest} go"),
+            ChangeKind::SecurityLower => match (c.subject.security_level, c.subject.paranoid) {
+                (Some(level), _) => {
+                    format!("lower your account's security level to {}", level.as_str())
+                }
+                (None, Some(false)) => "stop hiding the content of your notices".into(),
+                _ => "lower your account's security".into(),
+            },
+        }
+    }
+
+    fn notice(
+        &self,
+        to: &Audience,
+        kind: &str,
+        c: &Change,
+        message: Message,
+        at: DateTime<Utc>,
+        expires_at: Option<DateTime<Utc>>,
+    ) -> Notification {
+        let mut n = Notification::own(
+            &to.account,
+            &to.destination,
+            kind,
+            Priority::High,
+            message,
+            at,
+            expires_at,
+        );
+        n.key = reminder_key(&c.id);
+        n
+    }
+
+    /// The reminders of a pending change: at the start, half way and
+    /// before it may apply, on every destination in `audience`, each with
+    /// a veto link.
+    fn reminders(&self, c: &Change, audience: &[Audience]) -> Vec<Notification> {
+        let op = &self.operator;
+        let what = self.what(c);
+        let when = crate::model::fmt_time(c.not_before);
+        let link = format!("{}v1/veto/{SECRET_MARK}", self.base);
+        let approvals = if c.approvals_needed > 0 {
+            format!(
+                " It also needs the approval of {} of our staff.",
+                c.approvals_needed
+            )
+        } else {
+            String::new()
+        };
+        let short = format!(
+            "{op}: someone asked to {what}. It takes effect after {when} unless you stop it: {link}"
+        );
+        let body = format!(
+            "Someone asked {op} to {what}.\n\nThe request came without proof from you, so it waits until {when} at the earliest.{approvals} \
+             If it was you, do nothing.\n\nIf it was not you, stop it with this link (one click on the page it opens), and we will look into it:\n\n    {link}\n\n\
+             You are told on every address and number you registered with us.\n"
+        );
+        let mut out = Vec::new();
+        for at in rules::reminder_times(c.requested_at, c.not_before) {
+            for to in audience {
+                let mut n = self.notice(
+                    to,
+                    REMINDER,
+                    c,
+                    Message {
+                        short: short.clone(),
+                        subject: format!("Stop it if it was not you: a request to {what}"),
+                        body: body.clone(),
+                        encrypt_to: None,
+                    },
+                    c.requested_at,
+                    Some(c.not_before),
+                );
+                n.due_at = at;
+                out.push(n);
+            }
+        }
+        out
+    }
+
+    /// What everyone is told when `c` ended (applied, vetoed, rejected,
+    /// expired).
+    fn ended(&self, c: &Change, audience: &[Audience], now: DateTime<Utc>) -> Vec<Notification> {
+        let op = &self.operator;
+        let what = self.what(c);
+        let text = match c.state {
+            ChangeState::Applied => format!(
+                "{op}: as requested, we now {what}. If you did not ask for this, contact us now."
+            ),
+            ChangeState::Vetoed => format!(
+                "{op}: the request to {what} was stopped, and we are looking into it. Nothing changed."
+            ),
+            ChangeState::Rejected => format!(
+                "{op}: the request to {what} could not be carried out ({}). Nothing changed.",
+                c.reason.as_deref().unwrap_or("no longer possible")
+            ),
+            _ => format!("{op}: the request to {what} has lapsed. Nothing changed."),
+        };
+        audience
+            .iter()
+            .map(|to| {
+                self.notice(
+                    to,
+                    &format!("kci.change.{}", c.state.as_str()),
+                    c,
+                    Message {
+                        short: text.clone(),
+                        subject: format!("A request to {what}: {}", c.state.as_str()),
+                        body: format!("{text}\n"),
+                        encrypt_to: None,
+                    },
+                    now,
+                    None,
+                )
+            })
+            .collect()
+    }
+
+    fn incident_closed(
+        &self,
+        i: &Incident,
+        audience: &[Audience],
+        now: DateTime<Utc>,
+    ) -> Vec<Notification> {
+        let op = &self.operator;
+        let text = format!(
+            "{op}: we have looked into the request you stopped and closed the matter: {}",
+            i.note.as_deref().unwrap_or("")
+        );
+        audience
+            .iter()
+            .map(|to| {
+                let mut n = Notification::own(
+                    &to.account,
+                    &to.destination,
+                    "kci.incident.closed",
+                    Priority::High,
+                    Message {
+                        short: crate::model::excerpt(&text, 300),
+                        subject: "The request you stopped: closed".into(),
+                        body: format!("{text}\n"),
+                        encrypt_to: None,
+                    },
+                    now,
+                    None,
+                );
+                n.key = format!("kci.incident:{}", i.id);
+                n
+            })
+            .collect()
+    }
+}

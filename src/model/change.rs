@@ -1,0 +1,526 @@
+//! Protected changes (DESIGN.md §7, contract): every sensitive request —
+//! replacing or removing a key, adding, removing or changing a destination,
+//! lowering an account's security — is a change record. With proof from
+//! the right person it applies at once; without, it waits out a cooling-off
+//! period during which any verified destination can veto it, and at
+//! `maximum` two staff approve it too.
+
+use super::{Preferences, SecurityLevel};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// What a change asks for (contract names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ChangeKind {
+    /// Another key in place of the address's active one.
+    #[serde(rename = "key.replace")]
+    KeyReplace,
+    /// No key: mail to the address goes unencrypted.
+    #[serde(rename = "key.remove")]
+    KeyRemove,
+    #[serde(rename = "destination.add")]
+    DestinationAdd,
+    #[serde(rename = "destination.remove")]
+    DestinationRemove,
+    #[serde(rename = "destination.change")]
+    DestinationChange,
+    /// A lower `security_level`, or `paranoid` off.
+    #[serde(rename = "security.lower")]
+    SecurityLower,
+}
+
+impl ChangeKind {
+    pub const ALL: [ChangeKind; 6] = [
+        ChangeKind::KeyReplace,
+        ChangeKind::KeyRemove,
+        ChangeKind::DestinationAdd,
+        ChangeKind::DestinationRemove,
+        ChangeKind::DestinationChange,
+        ChangeKind::SecurityLower,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangeKind::KeyReplace => "key.replace",
+            ChangeKind::KeyRemove => "key.remove",
+            ChangeKind::DestinationAdd => "destination.add",
+            ChangeKind::DestinationRemove => "destination.remove",
+            ChangeKind::DestinationChange => "destination.change",
+            ChangeKind::SecurityLower => "security.lower",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ChangeKind> {
+        ChangeKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    /// A change to an address's key (the others are an account's).
+    pub fn is_key(self) -> bool {
+        matches!(self, ChangeKind::KeyReplace | ChangeKind::KeyRemove)
+    }
+
+    /// Whether a request of this kind on an account at `level` is
+    /// protected: keys always; destinations and lowering security from
+    /// `high` up.
+    pub fn protected_at(self, level: SecurityLevel) -> bool {
+        self.is_key() || level >= SecurityLevel::High
+    }
+}
+
+/// Where a change stands (contract names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChangeState {
+    /// Waiting for proof, its cooling-off period or its approvals.
+    Pending,
+    Applied,
+    /// Stopped by someone it was told to.
+    Vetoed,
+    /// Superseded (the holder's proven request, another change applied).
+    Cancelled,
+    /// Its proof never came in time.
+    Expired,
+    /// It could not apply any more (the key expired meanwhile, the
+    /// destination is gone); `reason` says why.
+    Rejected,
+}
+
+impl ChangeState {
+    pub const ALL: [ChangeState; 6] = [
+        ChangeState::Pending,
+        ChangeState::Applied,
+        ChangeState::Vetoed,
+        ChangeState::Cancelled,
+        ChangeState::Expired,
+        ChangeState::Rejected,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangeState::Pending => "pending",
+            ChangeState::Applied => "applied",
+            ChangeState::Vetoed => "vetoed",
+            ChangeState::Cancelled => "cancelled",
+            ChangeState::Expired => "expired",
+            ChangeState::Rejected => "rejected",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ChangeState> {
+        ChangeState::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+/// One staff member's approval.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Approval {
+    pub staff: String,
+    #[serde(serialize_with = "super::ser_time", deserialize_with = "de_time")]
+    pub at: DateTime<Utc>,
+}
+
+fn de_time<'de, D: serde::Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
+    let s = String::deserialize(d)?;
+    super::parse_time(&s).map_err(serde::de::Error::custom)
+}
+
+/// A destination as a change will make it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DestinationPlan {
+    pub id: String,
+    pub contact: String,
+    pub uri: String,
+    #[serde(default)]
+    pub prefs: Preferences,
+    /// Added verified (a bulk import by `directory:admin`), rather than
+    /// sent a code when the change applies.
+    #[serde(default)]
+    pub verified: bool,
+}
+
+/// What a change does, beyond its kind.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Subject {
+    /// `key.replace`: the key it makes active.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
+    /// `destination.*`: the destination (as it will be; for a removal,
+    /// as it is).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination: Option<Box<DestinationPlan>>,
+    /// `security.lower`: the account's level after.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_level: Option<SecurityLevel>,
+    /// `security.lower`: `paranoid` after.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paranoid: Option<bool>,
+}
+
+/// A protected change (the contract's record, and what it does).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Change {
+    pub id: String,
+    pub kind: ChangeKind,
+    pub account: Option<String>,
+    pub address: Option<String>,
+    pub state: ChangeState,
+    /// What proved it, if anything did (`signed_mail`, `link`).
+    pub proof: Option<String>,
+    #[serde(serialize_with = "super::ser_time")]
+    pub requested_at: DateTime<Utc>,
+    /// Who asked: `token:<id>`, `staff:<name>`, `mail:<address>`.
+    pub requested_by: String,
+    /// The end of the cooling-off period: nothing applies it earlier
+    /// without proof.
+    #[serde(serialize_with = "super::ser_time")]
+    pub not_before: DateTime<Utc>,
+    pub approvals: Vec<Approval>,
+    /// Staff approvals it needs (two at `maximum`).
+    pub approvals_needed: u32,
+    /// Why it ended as it did.
+    pub reason: Option<String>,
+    #[serde(flatten)]
+    pub subject: Subject,
+    /// The holder of the key being replaced or removed agreed (a link
+    /// encrypted to it was followed, or the request was signed by it).
+    pub proven_current: bool,
+    /// The holder of the new key proved possession.
+    pub proven_new: bool,
+}
+
+impl Change {
+    /// A pending change of the key of `address`, asked at `at`, not to
+    /// apply without proof before `not_before`; no approvals needed.
+    pub fn of_key(
+        id: &str,
+        address: &str,
+        kind: ChangeKind,
+        fingerprint: Option<&str>,
+        at: DateTime<Utc>,
+        not_before: DateTime<Utc>,
+    ) -> Change {
+        Change {
+            id: id.to_string(),
+            kind,
+            account: None,
+            address: Some(address.to_string()),
+            state: ChangeState::Pending,
+            proof: None,
+            requested_at: at,
+            requested_by: String::new(),
+            not_before,
+            approvals: Vec::new(),
+            approvals_needed: 0,
+            reason: None,
+            subject: Subject {
+                fingerprint: fingerprint.map(str::to_string),
+                ..Subject::default()
+            },
+            proven_current: false,
+            proven_new: false,
+        }
+    }
+
+    /// Whether the proofs it needs to apply at once are all there.
+    pub fn proven(&self) -> bool {
+        match self.kind {
+            ChangeKind::KeyReplace => self.proven_current && self.proven_new,
+            ChangeKind::KeyRemove => self.proven_current,
+            _ => false,
+        }
+    }
+
+    /// The key a `key.replace` makes active.
+    pub fn fingerprint(&self) -> Option<&str> {
+        self.subject.fingerprint.as_deref()
+    }
+
+    /// Its staff approvals are all in.
+    pub fn approved(&self) -> bool {
+        self.approvals.len() >= self.approvals_needed as usize
+    }
+}
+
+/// An incident: something a customer (or staff) stopped, for staff to look
+/// into (contract fields).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Incident {
+    pub id: String,
+    pub account: Option<String>,
+    pub change: Option<String>,
+    /// What happened (`veto`, `approval_refused`, …).
+    pub kind: String,
+    #[serde(serialize_with = "super::ser_time")]
+    pub opened_at: DateTime<Utc>,
+    /// `open` or `closed`.
+    pub state: String,
+    pub note: Option<String>,
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "super::ser_time_opt"
+    )]
+    pub closed_at: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub closed_by: Option<String>,
+}
+
+impl Incident {
+    pub fn is_open(&self) -> bool {
+        self.state == "open"
+    }
+}
+
+/// What an account's replacement may not do at once: lower the security
+/// of an account at `high` or above (a lower level, or `paranoid` off).
+/// Answers the security it keeps meanwhile (the stored one), or `None`
+/// when the replacement may write its own.
+pub fn kept_security(
+    stored: Option<&super::Account>,
+    wanted: &super::Account,
+) -> Option<(super::SecurityLevel, bool)> {
+    let stored = stored?;
+    let lowers =
+        wanted.security_level < stored.security_level || (stored.paranoid && !wanted.paranoid);
+    (lowers && stored.security_level >= super::SecurityLevel::High)
+        .then_some((stored.security_level, stored.paranoid))
+}
+
+/// A veto link as stored (its secret only hashed).
+#[derive(Debug, Clone, PartialEq)]
+pub struct VetoLink {
+    pub change: String,
+    /// The destination whose notice carried it.
+    pub destination: String,
+    pub expires_at: DateTime<Utc>,
+    pub used: bool,
+}
+
+/// Where a verified destination that must hear of a change belongs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Audience {
+    pub account: String,
+    pub destination: super::Destination,
+}
+
+/// What a step on a change sees, read in the transaction that will write
+/// its outcome (the change itself locked).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ChangeContext {
+    /// The change acted on, as stored (none: a new one, or unknown).
+    pub change: Option<Change>,
+    /// The veto link followed, if that is the step.
+    pub link: Option<VetoLink>,
+    /// The incident acted on, if that is the step.
+    pub incident: Option<Incident>,
+    /// The other pending changes of the same account (or address).
+    pub others: Vec<Change>,
+    /// The account, for a change of an account.
+    pub account: Option<super::AccountView>,
+    /// The address's keys, for a change of a key.
+    pub keys: Option<super::AddressKeys>,
+    /// Every verified, usable destination of every account concerned:
+    /// who is told.
+    pub audience: Vec<Audience>,
+}
+
+/// What a step on a change reads first.
+#[derive(Debug, Clone, PartialEq)]
+// Built once per request and moved a few times: boxing would buy nothing.
+#[allow(clippy::large_enum_variant)]
+pub enum ChangeTarget {
+    /// A change not stored yet (its account or address is read).
+    New(Change),
+    Id(String),
+    /// A veto link, by the hash of its secret.
+    Link(String),
+    Incident(String),
+}
+
+/// One write a step asks a store to make, in order, in the transaction
+/// that read its context.
+#[derive(Debug, Clone, PartialEq)]
+// Built once per request and moved a few times: boxing would buy nothing.
+#[allow(clippy::large_enum_variant)]
+pub enum ChangeWrite {
+    /// The change stored as given (inserted, or its state, proofs,
+    /// approvals and reason updated; never its clock).
+    Change(Change),
+    /// A write to the keys of an address (a key change applied).
+    Key {
+        address: String,
+        write: super::KeyWrite,
+    },
+    /// The veto link followed is used up.
+    UseLink(String),
+    /// A destination a change adds, with its first verification code and
+    /// the notice carrying it.
+    AddDestination {
+        account: String,
+        destination: super::Destination,
+        code: Option<super::CodeRow>,
+        notice: Option<super::Notification>,
+    },
+    /// A destination a change removes (what waits for it is cancelled).
+    RemoveDestination {
+        account: String,
+        contact: String,
+        id: String,
+    },
+    /// An account's security, as a change lowers it.
+    SetSecurity {
+        account: String,
+        level: SecurityLevel,
+        paranoid: bool,
+    },
+    /// What still waits of the notices with this key (a change's
+    /// reminders, once it ended) is cancelled.
+    CancelNotices {
+        key: String,
+        detail: String,
+    },
+    Incident(Incident),
+    Notice(super::Notification),
+    Audit(super::audit::AuditDraft),
+}
+
+/// Why a step did nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ChangeRefusal {
+    #[error("no such change")]
+    NotFound,
+    #[error("another protected change of this account is pending; it must end first")]
+    Blocked,
+    #[error("the change is not pending any more")]
+    NotPending,
+    #[error("the change was applied already; it cannot be vetoed now")]
+    AlreadyApplied,
+    #[error("the change needs no staff approval")]
+    NoApprovalNeeded,
+    #[error("a change cannot be approved by the person who requested it")]
+    OwnChange,
+    #[error("this staff member approved the change already; another approver must")]
+    ApprovedAlready,
+    #[error("this link is not valid: it was used already, has expired, or is not one kci sent")]
+    InvalidLink,
+    #[error("the incident is closed already")]
+    IncidentClosed,
+}
+
+/// What a step on a change did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ChangeAnswer {
+    /// Stored and pending (or applied at once, state says).
+    Opened(Change),
+    /// Nothing to do yet.
+    Waiting(Change),
+    /// Applied, rejected or expired now: its state says which.
+    Settled(Change),
+    Vetoed {
+        change: Change,
+        incident: Incident,
+    },
+    Approved(Change),
+    IncidentClosed(Incident),
+    Refused {
+        why: ChangeRefusal,
+        change: Option<Change>,
+    },
+}
+
+/// Decides one step on a change from what it sees: the writes, and the
+/// answer. Made by the change engine (`crate::changes`), which builds
+/// the notices; the decisions themselves are `crate::changes::rules`'s.
+pub trait ChangeRule: Send + Sync {
+    fn decide(&self, ctx: &ChangeContext, now: DateTime<Utc>) -> (Vec<ChangeWrite>, ChangeAnswer);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Account;
+    use super::*;
+
+    #[test]
+    fn kinds_and_states_keep_their_contract_names() {
+        for k in ChangeKind::ALL {
+            assert_eq!(ChangeKind::parse(k.as_str()), Some(k));
+            assert_eq!(serde_json::to_value(k).unwrap(), k.as_str());
+        }
+        for s in ChangeState::ALL {
+            assert_eq!(ChangeState::parse(s.as_str()), Some(s));
+            assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
+        }
+    }
+
+    #[test]
+    fn lowering_a_high_accounts_security_waits() {
+        use SecurityLevel::*;
+        let acct = |level, paranoid| Account {
+            security_level: level,
+            paranoid,
+            id: "acme".into(),
+            name: "Acme".into(),
+            timezone: None,
+            defaults: Default::default(),
+        };
+        // (case, stored, wanted, kept)
+        let cases = [
+            ("new account", None, acct(Standard, false), None),
+            (
+                "standard lowers freely",
+                Some(acct(Standard, true)),
+                acct(Standard, false),
+                None,
+            ),
+            (
+                "raising",
+                Some(acct(High, false)),
+                acct(Maximum, true),
+                None,
+            ),
+            ("same", Some(acct(High, true)), acct(High, true), None),
+            (
+                "high to standard",
+                Some(acct(High, false)),
+                acct(Standard, false),
+                Some((High, false)),
+            ),
+            (
+                "maximum to high",
+                Some(acct(Maximum, true)),
+                acct(High, true),
+                Some((Maximum, true)),
+            ),
+            (
+                "paranoid off at high",
+                Some(acct(High, true)),
+                acct(High, false),
+                Some((High, true)),
+            ),
+            (
+                "raise but paranoid off",
+                Some(acct(High, true)),
+                acct(Maximum, false),
+                Some((High, true)),
+            ),
+        ];
+        for (case, stored, wanted, kept) in cases {
+            assert_eq!(kept_security(stored.as_ref(), &wanted), kept, "{case}");
+        }
+    }
+
+    #[test]
+    fn what_is_protected_at_which_level() {
+        use SecurityLevel::*;
+        for (kind, level, protected) in [
+            (ChangeKind::KeyReplace, Standard, true),
+            (ChangeKind::KeyRemove, Standard, true),
+            (ChangeKind::DestinationAdd, Standard, false),
+            (ChangeKind::DestinationAdd, High, true),
+            (ChangeKind::DestinationRemove, Maximum, true),
+            (ChangeKind::SecurityLower, Standard, false),
+            (ChangeKind::SecurityLower, High, true),
+        ] {
+            assert_eq!(kind.protected_at(level), protected, "{kind:?} at {level:?}");
+        }
+    }
+}

@@ -1,0 +1,664 @@
+//! The state machine of protected changes (DESIGN.md §7) as pure
+//! functions: what may open, when a change is told about, what it takes
+//! to apply, what a veto and an approval do. The change engine
+//! (`crate::changes`) reads nothing and writes nothing through these; it turns
+//! their answers into writes and notices, and the stores persist them in
+//! the transaction that read the rows.
+//!
+//! ```text
+//!            ┌── veto (any told destination, or staff) ──▶ vetoed
+//!  pending ──┼── not_before passed, approvals in, still possible ──▶ applied
+//!            ├── not_before passed, no longer possible ──▶ rejected
+//!            ├── approvals not in EXPIRE_AFTER past not_before ──▶ expired
+//!            └── superseded (a proven key change, another applied) ──▶ cancelled
+//! ```
+
+use crate::model::{
+    Approval, Change, ChangeContext, ChangeKind, ChangeRefusal, ChangeState, KeyState, VetoLink,
+};
+use chrono::{DateTime, Duration, Utc};
+
+/// How long a change past its cooling-off period may still wait for its
+/// approvals before it expires.
+pub const EXPIRE_AFTER: Duration = Duration::days(30);
+
+/// When the people a pending change is told to hear of it: at the start,
+/// half way, and the day before it may apply — for a period of a week or
+/// less, a seventh of it before (so a change of seconds in a drill is
+/// still told three times, in order). Never twice at the same moment.
+pub fn reminder_times(
+    requested_at: DateTime<Utc>,
+    not_before: DateTime<Utc>,
+) -> Vec<DateTime<Utc>> {
+    let period = not_before - requested_at;
+    if period <= Duration::zero() {
+        return vec![requested_at];
+    }
+    let before = Duration::days(1).min(period / 7);
+    let mut times = vec![requested_at, requested_at + period / 2, not_before - before];
+    times.sort();
+    times.dedup();
+    times
+}
+
+/// Whether a request of `kind` on an account at this level, with or
+/// without verified destinations already, is protected. Keys always are;
+/// destinations and lowering security from `high` up — except on an
+/// account nobody could be told on yet (its first destination is how it
+/// is set up, and there is nothing to redirect).
+pub fn protected(
+    kind: ChangeKind,
+    level: crate::model::SecurityLevel,
+    told_anywhere: bool,
+) -> bool {
+    kind.is_key() || (kind.protected_at(level) && told_anywhere)
+}
+
+/// Whether `new` may open beside what `ctx` shows pending: a protected
+/// change of an account blocks every other one of the same account until
+/// it ends (a key's changes wait beside each other, bounded by
+/// `keys::rules`).
+pub fn open(new: &Change, ctx: &ChangeContext) -> Result<(), ChangeRefusal> {
+    let blocking = ctx
+        .others
+        .iter()
+        .any(|c| c.state == ChangeState::Pending && c.id != new.id && !c.kind.is_key());
+    if blocking && !new.kind.is_key() {
+        return Err(ChangeRefusal::Blocked);
+    }
+    Ok(())
+}
+
+/// What the scheduler does with a pending change at `now`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Settle {
+    /// Not yet: its period runs, or approvals are missing.
+    Wait,
+    Apply,
+    /// It cannot apply any more; why.
+    Reject(String),
+    /// Its approvals never came.
+    Expire,
+}
+
+/// Decides a pending change at `now` (see the module's diagram).
+pub fn settle(c: &Change, ctx: &ChangeContext, now: DateTime<Utc>) -> Settle {
+    if c.state != ChangeState::Pending || now < c.not_before {
+        return Settle::Wait;
+    }
+    if !c.approved() {
+        return if now >= c.not_before + EXPIRE_AFTER {
+            Settle::Expire
+        } else {
+            Settle::Wait
+        };
+    }
+    match still_possible(c, ctx, now) {
+        Ok(()) => Settle::Apply,
+        Err(why) => Settle::Reject(why),
+    }
+}
+
+/// Whether what `c` asks can still be done.
+fn still_possible(c: &Change, ctx: &ChangeContext, now: DateTime<Utc>) -> Result<(), String> {
+    let dest_exists = |id: &str| {
+        ctx.account.as_ref().is_some_and(|a| {
+            a.contacts
+                .iter()
+                .flat_map(|c| &c.destinations)
+                .any(|d| d.id == id)
+        })
+    };
+    match c.kind {
+        ChangeKind::KeyReplace => {
+            let keys = ctx.keys.as_ref().ok_or("the address is unknown")?;
+            let fpr = c.fingerprint().ok_or("the change names no key")?;
+            let Some(key) = keys.pending.iter().find(|k| k.fingerprint == fpr) else {
+                return Err(format!(
+                    "the key {fpr} is no longer waiting to be confirmed"
+                ));
+            };
+            if key.state != KeyState::Pending {
+                return Err(format!("the key {fpr} is no longer waiting"));
+            }
+            if key.expires_at.is_some_and(|e| e <= now) {
+                return Err(format!(
+                    "the key {fpr} expired during the cooling-off period"
+                ));
+            }
+            if !c.proven_new {
+                return Err(format!(
+                    "the holder of the key {fpr} never confirmed it (the link encrypted to it was not followed)"
+                ));
+            }
+            Ok(())
+        }
+        ChangeKind::KeyRemove => match ctx.keys.as_ref().and_then(|k| k.active.as_ref()) {
+            Some(_) => Ok(()),
+            None => Err("the address has no active key any more".into()),
+        },
+        ChangeKind::DestinationAdd => {
+            let plan = c
+                .subject
+                .destination
+                .as_ref()
+                .ok_or("the change names no destination")?;
+            let view = ctx.account.as_ref().ok_or("the account is gone")?;
+            if !view.contacts.iter().any(|x| x.contact.id == plan.contact) {
+                return Err(format!("the contact {} is gone", plan.contact));
+            }
+            if dest_exists(&plan.id) {
+                return Err("the destination exists already".into());
+            }
+            Ok(())
+        }
+        ChangeKind::DestinationRemove | ChangeKind::DestinationChange => {
+            let plan = c
+                .subject
+                .destination
+                .as_ref()
+                .ok_or("the change names no destination")?;
+            if dest_exists(&plan.id) {
+                Ok(())
+            } else {
+                Err("the destination is gone".into())
+            }
+        }
+        ChangeKind::SecurityLower => match ctx.account {
+            Some(_) => Ok(()),
+            None => Err("the account is gone".into()),
+        },
+    }
+}
+
+/// A veto through `link` (a customer's click) or by staff (`link` none):
+/// the change as vetoed, or why not. A veto arriving after the change
+/// applied says so, and changes nothing.
+pub fn veto(
+    change: Option<&Change>,
+    link: Option<&VetoLink>,
+    now: DateTime<Utc>,
+    by: &str,
+) -> Result<Change, ChangeRefusal> {
+    if let Some(l) = link
+        && (l.used || now >= l.expires_at)
+    {
+        return Err(ChangeRefusal::InvalidLink);
+    }
+    let c = change.ok_or(if link.is_some() {
+        ChangeRefusal::InvalidLink
+    } else {
+        ChangeRefusal::NotFound
+    })?;
+    match c.state {
+        ChangeState::Pending => Ok(Change {
+            state: ChangeState::Vetoed,
+            reason: Some(format!("vetoed by {by}")),
+            ..c.clone()
+        }),
+        ChangeState::Applied => Err(ChangeRefusal::AlreadyApplied),
+        _ => Err(ChangeRefusal::NotPending),
+    }
+}
+
+/// An approval by staff member `staff`: the change with it, or why not.
+/// Two approvals must come from two different people, neither of them
+/// the one who asked.
+pub fn approve(c: &Change, staff: &str, now: DateTime<Utc>) -> Result<Change, ChangeRefusal> {
+    if c.state != ChangeState::Pending {
+        return Err(ChangeRefusal::NotPending);
+    }
+    if c.approvals_needed == 0 {
+        return Err(ChangeRefusal::NoApprovalNeeded);
+    }
+    if c.requested_by == format!("staff:{staff}") {
+        return Err(ChangeRefusal::OwnChange);
+    }
+    if c.approvals.iter().any(|a| a.staff == staff) {
+        return Err(ChangeRefusal::ApprovedAlready);
+    }
+    let mut c = c.clone();
+    c.approvals.push(Approval {
+        staff: staff.to_string(),
+        at: now,
+    });
+    Ok(c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{
+        Account, AccountView, AddressKeys, Contact, ContactView, Destination, DestinationPlan,
+        KeyRecord, SecurityLevel, Subject,
+    };
+
+    fn t(min: i64) -> DateTime<Utc> {
+        "2026-12-02T10:00:00Z".parse::<DateTime<Utc>>().unwrap() + Duration::minutes(min)
+    }
+
+    fn change(kind: ChangeKind) -> Change {
+        Change {
+            id: "c1".into(),
+            kind,
+            account: Some("acme".into()),
+            address: None,
+            state: ChangeState::Pending,
+            proof: None,
+            requested_at: t(0),
+            requested_by: "staff:ann".into(),
+            not_before: t(60),
+            approvals: Vec::new(),
+            approvals_needed: 0,
+            reason: None,
+            subject: Subject::default(),
+            proven_current: false,
+            proven_new: false,
+        }
+    }
+
+    fn view(dests: &[&str]) -> AccountView {
+        AccountView {
+            account: Account {
+                id: "acme".into(),
+                name: "Acme".into(),
+                timezone: None,
+                security_level: SecurityLevel::High,
+                paranoid: false,
+                defaults: Default::default(),
+            },
+            contacts: vec![ContactView {
+                contact: Contact {
+                    id: "alice".into(),
+                    name: "Alice".into(),
+                    timezone: None,
+                    prefs: Default::default(),
+                },
+                destinations: dests
+                    .iter()
+                    .map(|id| Destination {
+                        id: id.to_string(),
+                        contact: "alice".into(),
+                        uri: "sms:+447700900123".parse().unwrap(),
+                        prefs: Default::default(),
+                        verified: true,
+                        unhealthy_since: None,
+                    })
+                    .collect(),
+            }],
+        }
+    }
+
+    fn key(fpr: &str, state: KeyState, expires: Option<i64>) -> KeyRecord {
+        KeyRecord {
+            address: "a@x.example".into(),
+            fingerprint: fpr.into(),
+            armored: String::new(),
+            state,
+            source: "api".into(),
+            submitted_at: t(0),
+            activated_at: None,
+            expires_at: expires.map(t),
+        }
+    }
+
+    #[test]
+    fn reminders_at_the_start_half_way_and_the_day_before() {
+        let days = |d: i64| t(0) + Duration::days(d);
+        // (period end, reminders)
+        let cases = [
+            (days(14), vec![t(0), days(7), days(13)]),
+            (days(30), vec![t(0), days(15), days(29)]),
+            // A week or less: a seventh before.
+            (days(7), vec![t(0), t(0) + Duration::hours(84), days(6)]),
+            (
+                t(0) + Duration::seconds(14),
+                vec![
+                    t(0),
+                    t(0) + Duration::seconds(7),
+                    t(0) + Duration::seconds(12),
+                ],
+            ),
+            (t(0), vec![t(0)]),
+        ];
+        for (end, want) in cases {
+            assert_eq!(reminder_times(t(0), end), want, "period to {end}");
+        }
+    }
+
+    #[test]
+    fn what_is_protected() {
+        use ChangeKind::*;
+        use SecurityLevel::*;
+        // (kind, level, told anywhere, protected)
+        for (kind, level, told, want) in [
+            (KeyReplace, Standard, false, true),
+            (KeyRemove, Standard, true, true),
+            (DestinationAdd, Standard, true, false),
+            (DestinationAdd, High, true, true),
+            (DestinationAdd, High, false, false),
+            (DestinationRemove, Maximum, true, true),
+            (SecurityLower, High, true, true),
+            (SecurityLower, Standard, true, false),
+        ] {
+            assert_eq!(
+                protected(kind, level, told),
+                want,
+                "{kind:?} {level:?} {told}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_pending_change_blocks_others_of_its_account() {
+        let mut other = change(ChangeKind::DestinationAdd);
+        other.id = "c0".into();
+        let ctx = ChangeContext {
+            others: vec![other.clone()],
+            ..Default::default()
+        };
+        assert_eq!(
+            open(&change(ChangeKind::DestinationRemove), &ctx),
+            Err(ChangeRefusal::Blocked)
+        );
+        let ended = ChangeContext {
+            others: vec![Change {
+                state: ChangeState::Vetoed,
+                ..other
+            }],
+            ..Default::default()
+        };
+        assert_eq!(open(&change(ChangeKind::DestinationRemove), &ended), Ok(()));
+        assert_eq!(
+            open(&change(ChangeKind::SecurityLower), &Default::default()),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn settling_a_change() {
+        let plan = |id: &str| DestinationPlan {
+            id: id.into(),
+            contact: "alice".into(),
+            uri: "sms:+447700900999".into(),
+            prefs: Default::default(),
+            verified: false,
+        };
+        let with_dest = |kind, id: &str| Change {
+            subject: Subject {
+                destination: Some(Box::new(plan(id))),
+                ..Default::default()
+            },
+            ..change(kind)
+        };
+        let account = ChangeContext {
+            account: Some(view(&["d1"])),
+            ..Default::default()
+        };
+        let keys = |pending: Vec<KeyRecord>, active: bool| ChangeContext {
+            keys: Some(AddressKeys {
+                active: active.then(|| key("OLD", KeyState::Active, None)),
+                pending,
+                changes: Vec::new(),
+            }),
+            ..Default::default()
+        };
+        let replace = |proven_new| Change {
+            proven_new,
+            subject: Subject {
+                fingerprint: Some("NEW".into()),
+                ..Default::default()
+            },
+            ..change(ChangeKind::KeyReplace)
+        };
+        let needs_two = Change {
+            approvals_needed: 2,
+            approvals: vec![Approval {
+                staff: "bob".into(),
+                at: t(1),
+            }],
+            ..with_dest(ChangeKind::DestinationAdd, "d2")
+        };
+        let two = Change {
+            approvals: vec![
+                Approval {
+                    staff: "bob".into(),
+                    at: t(1),
+                },
+                Approval {
+                    staff: "cy".into(),
+                    at: t(2),
+                },
+            ],
+            ..needs_two.clone()
+        };
+        let reject = |why: &str| Settle::Reject(why.to_string());
+        // (case, change, context, now, decision)
+        let cases: Vec<(&str, Change, ChangeContext, i64, Settle)> = vec![
+            (
+                "period runs",
+                with_dest(ChangeKind::DestinationAdd, "d2"),
+                account.clone(),
+                59,
+                Settle::Wait,
+            ),
+            (
+                "period over",
+                with_dest(ChangeKind::DestinationAdd, "d2"),
+                account.clone(),
+                60,
+                Settle::Apply,
+            ),
+            (
+                "one approval of two",
+                needs_two.clone(),
+                account.clone(),
+                61,
+                Settle::Wait,
+            ),
+            ("two approvals", two, account.clone(), 61, Settle::Apply),
+            (
+                "approvals never came",
+                needs_two,
+                account.clone(),
+                60 + 30 * 24 * 60,
+                Settle::Expire,
+            ),
+            (
+                "contact gone",
+                Change {
+                    subject: Subject {
+                        destination: Some(Box::new(DestinationPlan {
+                            contact: "bob".into(),
+                            ..plan("d2")
+                        })),
+                        ..Default::default()
+                    },
+                    ..change(ChangeKind::DestinationAdd)
+                },
+                account.clone(),
+                60,
+                reject("the contact bob is gone"),
+            ),
+            (
+                "remove: still there",
+                with_dest(ChangeKind::DestinationRemove, "d1"),
+                account.clone(),
+                60,
+                Settle::Apply,
+            ),
+            (
+                "remove: gone",
+                with_dest(ChangeKind::DestinationRemove, "d9"),
+                account.clone(),
+                60,
+                reject("the destination is gone"),
+            ),
+            (
+                "lower security",
+                change(ChangeKind::SecurityLower),
+                account.clone(),
+                60,
+                Settle::Apply,
+            ),
+            (
+                "lower security, account gone",
+                change(ChangeKind::SecurityLower),
+                Default::default(),
+                60,
+                reject("the account is gone"),
+            ),
+            (
+                "new key confirmed",
+                replace(true),
+                keys(vec![key("NEW", KeyState::Pending, None)], true),
+                60,
+                Settle::Apply,
+            ),
+            (
+                "new key never confirmed",
+                replace(false),
+                keys(vec![key("NEW", KeyState::Pending, None)], true),
+                60,
+                reject(
+                    "the holder of the key NEW never confirmed it (the link encrypted to it was not followed)",
+                ),
+            ),
+            (
+                "new key expired meanwhile",
+                replace(true),
+                keys(vec![key("NEW", KeyState::Pending, Some(30))], true),
+                60,
+                reject("the key NEW expired during the cooling-off period"),
+            ),
+            (
+                "new key gone",
+                replace(true),
+                keys(vec![], true),
+                60,
+                reject("the key NEW is no longer waiting to be confirmed"),
+            ),
+            (
+                "remove a key",
+                change(ChangeKind::KeyRemove),
+                keys(vec![], true),
+                60,
+                Settle::Apply,
+            ),
+            (
+                "remove a key that is gone",
+                change(ChangeKind::KeyRemove),
+                keys(vec![], false),
+                60,
+                reject("the address has no active key any more"),
+            ),
+            (
+                "ended already",
+                Change {
+                    state: ChangeState::Vetoed,
+                    ..change(ChangeKind::KeyRemove)
+                },
+                keys(vec![], true),
+                90,
+                Settle::Wait,
+            ),
+        ];
+        for (case, c, ctx, now, want) in cases {
+            assert_eq!(settle(&c, &ctx, t(now)), want, "{case}");
+        }
+    }
+
+    type VetoCase<'a> = (
+        &'a str,
+        Option<&'a Change>,
+        Option<VetoLink>,
+        Result<ChangeState, ChangeRefusal>,
+    );
+
+    #[test]
+    fn vetoes() {
+        let link = |used, expires| VetoLink {
+            change: "c1".into(),
+            destination: "d1".into(),
+            expires_at: t(expires),
+            used,
+        };
+        let pending = change(ChangeKind::DestinationAdd);
+        let applied = Change {
+            state: ChangeState::Applied,
+            ..pending.clone()
+        };
+        let cancelled = Change {
+            state: ChangeState::Cancelled,
+            ..pending.clone()
+        };
+        // (case, change, link, outcome)
+        let cases: Vec<VetoCase> = vec![
+            (
+                "a valid link",
+                Some(&pending),
+                Some(link(false, 90)),
+                Ok(ChangeState::Vetoed),
+            ),
+            ("staff", Some(&pending), None, Ok(ChangeState::Vetoed)),
+            (
+                "a used link",
+                Some(&pending),
+                Some(link(true, 90)),
+                Err(ChangeRefusal::InvalidLink),
+            ),
+            (
+                "an expired link",
+                Some(&pending),
+                Some(link(false, 5)),
+                Err(ChangeRefusal::InvalidLink),
+            ),
+            ("an unknown link", None, None, Err(ChangeRefusal::NotFound)),
+            (
+                "after it applied",
+                Some(&applied),
+                Some(link(false, 90)),
+                Err(ChangeRefusal::AlreadyApplied),
+            ),
+            (
+                "after it ended",
+                Some(&cancelled),
+                Some(link(false, 90)),
+                Err(ChangeRefusal::NotPending),
+            ),
+        ];
+        for (case, c, l, want) in cases {
+            let got = veto(c, l.as_ref(), t(10), "link:d1").map(|c| c.state);
+            assert_eq!(got, want, "{case}");
+        }
+        let vetoed = veto(Some(&pending), None, t(10), "staff:bob").unwrap();
+        assert_eq!(vetoed.reason.as_deref(), Some("vetoed by staff:bob"));
+    }
+
+    #[test]
+    fn approvals_by_two_different_people_neither_the_requester() {
+        let c = Change {
+            approvals_needed: 2,
+            ..change(ChangeKind::SecurityLower)
+        };
+        assert_eq!(approve(&c, "ann", t(1)), Err(ChangeRefusal::OwnChange));
+        let once = approve(&c, "bob", t(1)).unwrap();
+        assert!(!once.approved());
+        assert_eq!(
+            approve(&once, "bob", t(2)),
+            Err(ChangeRefusal::ApprovedAlready)
+        );
+        let twice = approve(&once, "cy", t(2)).unwrap();
+        assert!(twice.approved());
+        let none_needed = change(ChangeKind::SecurityLower);
+        assert_eq!(
+            approve(&none_needed, "bob", t(1)),
+            Err(ChangeRefusal::NoApprovalNeeded)
+        );
+        let ended = Change {
+            state: ChangeState::Vetoed,
+            ..c
+        };
+        assert_eq!(approve(&ended, "bob", t(1)), Err(ChangeRefusal::NotPending));
+    }
+}

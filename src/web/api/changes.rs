@@ -1,0 +1,399 @@
+//! Protected changes, incidents and the audit log over HTTP (DESIGN.md §7):
+//!
+//! * `GET /v1/changes?account=…|address=…`, `GET /v1/changes/{id}`
+//!   (scope `changes:read`);
+//! * `POST /v1/changes/{id}/approve` (scope `changes:approve`, a staff
+//!   member's token: approvals are a person's);
+//! * `POST /v1/changes/{id}/veto` (scope `incidents`: staff stopping a
+//!   change on the customer's behalf, audited under their name);
+//! * `GET|POST /v1/veto/{token}`: the page behind the link in a change's
+//!   notices, and its button;
+//! * `GET /v1/incidents`, `POST /v1/incidents/{id}/close` (scope
+//!   `incidents`);
+//! * `GET /v1/audit?account=…&after=…&limit=…` (scope `audit:read`).
+//!
+//! Every step goes through `crate::changes`; the answers are the change
+//! (or incident) as stored.
+
+use super::{page, plausible_token};
+use crate::changes::{Actor, Engine};
+use crate::model::{ChangeAnswer, ChangeRefusal, Scope};
+use crate::store::ChangeFilter;
+use crate::web::{AppError, AppState, Caller};
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use axum::response::IntoResponse;
+use serde::Deserialize;
+use serde_json::json;
+
+/// The address a request came from, when the server knows it.
+#[derive(Debug, Clone)]
+pub struct Peer(pub Option<String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Peer {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Peer(
+            parts
+                .extensions
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .map(|c| c.0.ip().to_string()),
+        ))
+    }
+}
+
+fn engine(st: &AppState) -> Engine<'_> {
+    Engine {
+        store: st.store.as_ref(),
+        config: st.config.as_ref(),
+        now: st.clock.now(),
+    }
+}
+
+/// The longest ticket number or note kept.
+const MAX_TICKET: usize = 64;
+const MAX_NOTE: usize = 2000;
+
+/// What a staff step may carry: a ticket number, a note.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct StepInput {
+    ticket: Option<String>,
+    note: Option<String>,
+}
+
+fn step_input(body: &[u8]) -> Result<StepInput, AppError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(StepInput::default());
+    }
+    let input: StepInput = super::json_body(body)?;
+    if let Some(t) = &input.ticket
+        && (t.is_empty() || t.chars().count() > MAX_TICKET || t.chars().any(char::is_control))
+    {
+        return Err(AppError::invalid(
+            "invalid_field",
+            "ticket",
+            format!("must be 1 to {MAX_TICKET} characters, no control characters"),
+        ));
+    }
+    if let Some(n) = &input.note
+        && n.chars().count() > MAX_NOTE
+    {
+        return Err(AppError::invalid(
+            "invalid_field",
+            "note",
+            format!("must be at most {MAX_NOTE} characters"),
+        ));
+    }
+    Ok(input)
+}
+
+fn actor(caller: &Caller, peer: Peer, ticket: Option<String>) -> Actor {
+    Actor {
+        id: caller.actor(),
+        source: peer.0,
+        ticket,
+    }
+}
+
+/// The answer to a refused step.
+fn refusal(why: ChangeRefusal, what: &str) -> AppError {
+    let code = match why {
+        ChangeRefusal::NotFound => {
+            return AppError::NotFound {
+                what: what.to_string(),
+            };
+        }
+        ChangeRefusal::Blocked => "change_pending",
+        ChangeRefusal::NotPending => "not_pending",
+        ChangeRefusal::AlreadyApplied => "already_applied",
+        ChangeRefusal::NoApprovalNeeded => "no_approval_needed",
+        ChangeRefusal::OwnChange => "own_change",
+        ChangeRefusal::ApprovedAlready => "approved_already",
+        ChangeRefusal::InvalidLink => "invalid_link",
+        ChangeRefusal::IncidentClosed => "incident_closed",
+    };
+    AppError::Conflict {
+        code,
+        message: why.to_string(),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    account: Option<String>,
+    address: Option<String>,
+}
+
+/// `GET /v1/changes?account=…` or `?address=…` (scope `changes:read`):
+/// newest first; an account's include the key changes of its addresses.
+pub async fn list(
+    State(st): State<AppState>,
+    caller: Caller,
+    Query(q): Query<ListQuery>,
+) -> Result<impl IntoResponse, AppError> {
+    caller.require(Scope::ChangesRead)?;
+    let filter = match (q.account, q.address) {
+        (Some(a), None) => {
+            crate::model::check_id(&a)
+                .map_err(|e| AppError::invalid("invalid_field", "account", e))?;
+            ChangeFilter::Account(a)
+        }
+        (None, Some(a)) => ChangeFilter::Address(crate::keys::normalise(&a).ok_or_else(|| {
+            AppError::invalid(
+                "invalid_field",
+                "address",
+                format!("`{a}` is not an email address"),
+            )
+        })?),
+        _ => {
+            return Err(AppError::invalid(
+                "invalid_field",
+                "account",
+                "give exactly one of `account` and `address`",
+            ));
+        }
+    };
+    let changes = st.store.changes(filter).await?;
+    Ok(Json(json!({"changes": changes})))
+}
+
+/// `GET /v1/changes/{id}` (scope `changes:read`).
+pub async fn get(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, AppError> {
+    caller.require(Scope::ChangesRead)?;
+    match st.store.change(&id).await? {
+        Some(c) => Ok(Json(c)),
+        None => Err(AppError::NotFound {
+            what: format!("change `{}`", crate::model::excerpt(&id, 64)),
+        }),
+    }
+}
+
+/// `POST /v1/changes/{id}/approve` (scope `changes:approve`, a staff
+/// member's token), body optionally `{"ticket"}`: 200 with the change;
+/// 409 when it is the approver's own change, they approved it already, it
+/// needs no approval or is no longer pending (each refusal audited).
+pub async fn approve(
+    State(st): State<AppState>,
+    caller: Caller,
+    peer: Peer,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<impl IntoResponse, AppError> {
+    caller.require(Scope::ChangesApprove)?;
+    caller.staff()?;
+    let input = step_input(&body)?;
+    let actor = actor(&caller, peer, input.ticket);
+    match engine(&st).approve(&id, &actor).await? {
+        ChangeAnswer::Approved(change) => {
+            st.wake.notify_one();
+            Ok(Json(json!({"change": change})))
+        }
+        ChangeAnswer::Refused { why, .. } => Err(refusal(why, &format!("change `{id}`"))),
+        other => Err(AppError::Internal(format!("approve answered {other:?}"))),
+    }
+}
+
+/// `POST /v1/changes/{id}/veto` (scope `incidents`), body optionally
+/// `{"ticket", "note"}`: staff stop a change on the customer's behalf.
+/// 200 with the change and the incident it opened; 409 when it applied
+/// already or ended.
+pub async fn veto(
+    State(st): State<AppState>,
+    caller: Caller,
+    peer: Peer,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<impl IntoResponse, AppError> {
+    caller.require(Scope::Incidents)?;
+    let input = step_input(&body)?;
+    let actor = actor(&caller, peer, input.ticket);
+    match engine(&st).veto(&id, &actor).await? {
+        ChangeAnswer::Vetoed { change, incident } => {
+            st.wake.notify_one();
+            Ok(Json(json!({"change": change, "incident": incident})))
+        }
+        ChangeAnswer::Refused { why, .. } => Err(refusal(why, &format!("change `{id}`"))),
+        other => Err(AppError::Internal(format!("veto answered {other:?}"))),
+    }
+}
+
+fn not_valid() -> axum::response::Response {
+    page(
+        StatusCode::NOT_FOUND,
+        "Link not valid",
+        "This link was used already, has expired, or is not one kci sent.",
+        None,
+    )
+    .into_response()
+}
+
+/// `GET /v1/veto/{token}`: the page behind a change notice's link, with
+/// the button that stops the change. Changes nothing.
+pub async fn veto_page(Path(token): Path<String>) -> impl IntoResponse {
+    if !plausible_token(&token) {
+        return not_valid();
+    }
+    page(
+        StatusCode::OK,
+        "Stop this request",
+        "If you did not ask for the change the message you received described, press the button: it will not happen, and we will look into it.",
+        Some((&format!("/v1/veto/{token}"), "Stop it")),
+    )
+    .into_response()
+}
+
+/// `POST /v1/veto/{token}`: the veto itself (single use). A link that is
+/// unknown, used or expired gets the same answer whichever it is.
+pub async fn veto_link(
+    State(st): State<AppState>,
+    peer: Peer,
+    Path(token): Path<String>,
+) -> Result<impl IntoResponse, AppError> {
+    if !plausible_token(&token) {
+        return Ok(not_valid());
+    }
+    let answer = engine(&st).veto_link(&token, peer.0).await?;
+    Ok(match answer {
+        ChangeAnswer::Vetoed { .. } => {
+            st.wake.notify_one();
+            page(
+                StatusCode::OK,
+                "Stopped",
+                "The request was stopped: nothing changes. Everyone on your account has been told, and we will look into it.",
+                None,
+            )
+            .into_response()
+        }
+        ChangeAnswer::Refused {
+            why: ChangeRefusal::AlreadyApplied,
+            ..
+        } => page(
+            StatusCode::CONFLICT,
+            "Too late",
+            "This change was already carried out, so it cannot be stopped here any more. If you did not ask for it, contact us now.",
+            None,
+        )
+        .into_response(),
+        ChangeAnswer::Refused {
+            why: ChangeRefusal::NotPending,
+            ..
+        } => page(
+            StatusCode::CONFLICT,
+            "Already ended",
+            "This request has already ended (stopped, or lapsed): nothing changes.",
+            None,
+        )
+        .into_response(),
+        _ => not_valid(),
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IncidentQuery {
+    /// `open` (the default) or `all`.
+    state: Option<String>,
+    account: Option<String>,
+    limit: Option<usize>,
+}
+
+/// The most incidents or audit entries one answer carries.
+const MAX_PAGE: usize = 1000;
+
+/// `GET /v1/incidents?state=open|all&account=…&limit=…` (scope
+/// `incidents`): newest first.
+pub async fn incidents(
+    State(st): State<AppState>,
+    caller: Caller,
+    Query(q): Query<IncidentQuery>,
+) -> Result<impl IntoResponse, AppError> {
+    caller.require(Scope::Incidents)?;
+    let open_only = match q.state.as_deref() {
+        None | Some("open") => true,
+        Some("all") => false,
+        Some(other) => {
+            return Err(AppError::invalid(
+                "invalid_field",
+                "state",
+                format!(
+                    "`{}` is not one of open, all",
+                    crate::model::excerpt(other, 32)
+                ),
+            ));
+        }
+    };
+    let limit = q.limit.unwrap_or(100).clamp(1, MAX_PAGE);
+    let list = st
+        .store
+        .incidents(open_only, q.account.as_deref(), limit)
+        .await?;
+    Ok(Json(json!({"incidents": list})))
+}
+
+/// `POST /v1/incidents/{id}/close` (scope `incidents`), body `{"note",
+/// "ticket"}` (a note is required): 200 with the incident; the customer
+/// is told on their verified destinations.
+pub async fn close_incident(
+    State(st): State<AppState>,
+    caller: Caller,
+    peer: Peer,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<impl IntoResponse, AppError> {
+    caller.require(Scope::Incidents)?;
+    let input = step_input(&body)?;
+    let Some(note) = input.note.filter(|n| !n.trim().is_empty()) else {
+        return Err(AppError::invalid(
+            "invalid_field",
+            "note",
+            "is required: say what was found",
+        ));
+    };
+    let actor = actor(&caller, peer, input.ticket);
+    match engine(&st).close_incident(&id, &note, &actor).await? {
+        ChangeAnswer::IncidentClosed(incident) => {
+            st.wake.notify_one();
+            Ok(Json(json!({"incident": incident})))
+        }
+        ChangeAnswer::Refused { why, .. } => Err(refusal(why, &format!("incident `{id}`"))),
+        other => Err(AppError::Internal(format!("close answered {other:?}"))),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditQuery {
+    account: Option<String>,
+    /// Entries after this number (paging).
+    after: Option<i64>,
+    limit: Option<usize>,
+}
+
+/// `GET /v1/audit?account=…&after=…&limit=…` (scope `audit:read`): the
+/// log's entries in order, with their hashes; `next` pages on.
+pub async fn audit(
+    State(st): State<AppState>,
+    caller: Caller,
+    Query(q): Query<AuditQuery>,
+) -> Result<impl IntoResponse, AppError> {
+    caller.require(Scope::AuditRead)?;
+    let limit = q.limit.unwrap_or(100).clamp(1, MAX_PAGE);
+    let entries = st
+        .store
+        .audit_entries(q.account.as_deref(), q.after.unwrap_or(0).max(0), limit)
+        .await?;
+    let next = (entries.len() == limit)
+        .then(|| entries.last().map(|e| e.seq))
+        .flatten();
+    Ok(Json(json!({"entries": entries, "next": next})))
+}
