@@ -507,25 +507,19 @@ impl Step {
             (Some(l), Some(_)) => format!("link:{}", l.destination),
             _ => self.actor.id.clone(),
         };
-        let change = if link.is_some() && ctx.link.is_none() {
-            None
-        } else {
-            ctx.change.as_ref()
-        };
+        if link.is_some() && ctx.link.is_none() {
+            // Unknown: one answer for every wrong link, and not worth a
+            // line in the log (guesses would fill it).
+            return (Vec::new(), refused(ChangeRefusal::InvalidLink, None));
+        }
+        let change = ctx.change.as_ref();
         let vetoed = match rules::veto(change, ctx.link.as_ref(), now, &by) {
             Ok(c) => c,
             Err(why) => {
-                // An unknown link is not worth a line (guesses would fill
-                // the log); a known one, or staff, is.
-                let writes = if link.is_none() || ctx.link.is_some() {
-                    let mut d = self.actor.draft("change.veto", "refused", change);
-                    d.actor = by;
-                    d.detail = Some(why.to_string());
-                    vec![ChangeWrite::Audit(d)]
-                } else {
-                    Vec::new()
-                };
-                return (writes, refused(why, change));
+                let mut d = self.actor.draft("change.veto", "refused", change);
+                d.actor = by;
+                d.detail = Some(why.to_string());
+                return (vec![ChangeWrite::Audit(d)], refused(why, change));
             }
         };
         let incident = Incident {

@@ -1645,6 +1645,397 @@ macro_rules! conformance {
     };
 }
 
+/// The change engine on this store (DESIGN.md §7): a protected change
+/// opens pending with its reminders, blocks others of the account,
+/// applies once when due (its reminders cancelled, everyone told), a
+/// veto link works once, approvals need two different people other than
+/// the requester, and every step is in one intact audit chain.
+pub async fn check_protected_changes(store: &dyn Store) {
+    use crate::changes::{Actor, Engine, REMINDER, mint_veto_link};
+    use crate::model::{
+        ChangeAnswer, ChangeKind, ChangeRefusal, ChangeState, DestinationPlan, Subject,
+    };
+    seed(store).await;
+    let mut high = account("A1");
+    high.security_level = SecurityLevel::High;
+    store.put_account(&high).await.unwrap();
+    let config = Config::parse(
+        "[changes]\ncooling_off = { standard = \"1h\", high = \"1h\", maximum = \"1h\" }\n",
+        "test",
+    )
+    .unwrap();
+    let t0 = t("2026-03-22T10:00:00Z");
+    let at = |min: i64| Engine {
+        store,
+        config: &config,
+        now: t0 + Duration::minutes(min),
+    };
+    let ann = Actor {
+        id: "staff:ann".into(),
+        source: Some("192.0.2.1".into()),
+        ticket: Some("T-1".into()),
+    };
+    let plan = DestinationPlan {
+        id: new_id(),
+        contact: "alice".into(),
+        uri: "sms:+447700900999".into(),
+        prefs: Default::default(),
+        verified: false,
+    };
+    let subject = Subject {
+        destination: Some(Box::new(plan.clone())),
+        ..Subject::default()
+    };
+    let change = at(0).new_change(
+        ChangeKind::DestinationAdd,
+        "A1",
+        SecurityLevel::High,
+        subject,
+        &ann,
+    );
+    let ChangeAnswer::Opened(opened) = at(0).request(change.clone(), &ann).await.unwrap() else {
+        panic!("a protected change opens");
+    };
+    assert_eq!(opened.state, ChangeState::Pending);
+    assert_eq!(
+        store.change(&opened.id).await.unwrap(),
+        Some(opened.clone())
+    );
+    // Three reminders on each of the two verified destinations.
+    let pending = store
+        .notifications_in(State::Pending, None, 100)
+        .await
+        .unwrap();
+    let reminders: Vec<_> = pending.iter().filter(|n| n.type_name == REMINDER).collect();
+    assert_eq!(reminders.len(), 6, "{pending:?}");
+    // Another sensitive change of the account waits for this one.
+    let other = at(1).new_change(
+        ChangeKind::SecurityLower,
+        "A1",
+        SecurityLevel::High,
+        Subject::default(),
+        &ann,
+    );
+    match at(1).request(other, &ann).await.unwrap() {
+        ChangeAnswer::Refused {
+            why: ChangeRefusal::Blocked,
+            change: Some(c),
+        } => assert_eq!(c.id, opened.id),
+        other => panic!("blocked expected, not {other:?}"),
+    }
+    // Not due yet: nothing happens.
+    assert_eq!(at(30).settle_due().await.unwrap(), 0);
+    // Due: applied once — the destination is there, unverified, with a
+    // code on its way; the reminders still waiting are cancelled.
+    assert_eq!(at(61).settle_due().await.unwrap(), 1);
+    assert_eq!(at(62).settle_due().await.unwrap(), 0);
+    let c = store.change(&opened.id).await.unwrap().unwrap();
+    assert_eq!(c.state, ChangeState::Applied);
+    let view = store.account_view("A1").await.unwrap().unwrap();
+    let added = view.contacts[0]
+        .destinations
+        .iter()
+        .find(|d| d.id == plan.id)
+        .expect("added");
+    assert!(!added.verified);
+    let pending = store
+        .notifications_in(State::Pending, None, 100)
+        .await
+        .unwrap();
+    assert!(
+        pending.iter().all(|n| n.type_name != REMINDER),
+        "{pending:?}"
+    );
+    assert!(
+        pending
+            .iter()
+            .any(|n| n.type_name == "kci.verify" && n.destination == plan.id)
+    );
+    assert_eq!(
+        pending
+            .iter()
+            .filter(|n| n.type_name == "kci.change.applied")
+            .count(),
+        2
+    );
+    // The destination's code goes only now; its reminders never went there.
+    assert!(reminders.iter().all(|n| n.destination != plan.id));
+
+    // A second change, vetoed through the link a reminder carried: once.
+    let subject = Subject {
+        destination: Some(Box::new(DestinationPlan {
+            id: new_id(),
+            ..plan.clone()
+        })),
+        ..Subject::default()
+    };
+    let second = at(70).new_change(
+        ChangeKind::DestinationAdd,
+        "A1",
+        SecurityLevel::High,
+        subject,
+        &ann,
+    );
+    at(70).request(second.clone(), &ann).await.unwrap();
+    let reminder = store
+        .notifications_in(State::Pending, None, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|n| n.type_name == REMINDER && n.key.ends_with(&second.id))
+        .expect("a reminder");
+    let token = mint_veto_link(store, &reminder)
+        .await
+        .unwrap()
+        .expect("pending: a link");
+    let phone = Actor::default();
+    match at(71)
+        .veto_link(&token, phone.source.clone())
+        .await
+        .unwrap()
+    {
+        ChangeAnswer::Vetoed { change, incident } => {
+            assert_eq!(change.state, ChangeState::Vetoed);
+            assert_eq!(incident.change.as_deref(), Some(second.id.as_str()));
+            assert_eq!(incident.account.as_deref(), Some("A1"));
+        }
+        other => panic!("vetoed expected, not {other:?}"),
+    }
+    match at(72).veto_link(&token, None).await.unwrap() {
+        ChangeAnswer::Refused {
+            why: ChangeRefusal::InvalidLink,
+            ..
+        } => {}
+        other => panic!("a used link, not {other:?}"),
+    }
+    assert!(matches!(
+        at(72)
+            .veto_link("x".repeat(43).as_str(), None)
+            .await
+            .unwrap(),
+        ChangeAnswer::Refused {
+            why: ChangeRefusal::InvalidLink,
+            ..
+        }
+    ));
+    // No more link for an ended change.
+    assert_eq!(mint_veto_link(store, &reminder).await.unwrap(), None);
+    assert_eq!(
+        store.incidents(true, Some("A1"), 10).await.unwrap().len(),
+        1
+    );
+    assert_eq!(
+        at(200).settle_due().await.unwrap(),
+        0,
+        "a vetoed change never applies"
+    );
+
+    // At maximum: two different approvers, neither the requester.
+    let mut max = high.clone();
+    max.security_level = SecurityLevel::Maximum;
+    store.put_account(&max).await.unwrap();
+    let lower = Subject {
+        security_level: Some(SecurityLevel::High),
+        ..Subject::default()
+    };
+    let third = at(300).new_change(
+        ChangeKind::SecurityLower,
+        "A1",
+        SecurityLevel::Maximum,
+        lower,
+        &ann,
+    );
+    assert_eq!(third.approvals_needed, 2);
+    at(300).request(third.clone(), &ann).await.unwrap();
+    let staff = |name: &str| Actor {
+        id: format!("staff:{name}"),
+        ..Actor::default()
+    };
+    let refused = |a: ChangeAnswer| match a {
+        ChangeAnswer::Refused { why, .. } => why,
+        other => panic!("refused expected, not {other:?}"),
+    };
+    assert_eq!(
+        refused(at(301).approve(&third.id, &ann).await.unwrap()),
+        ChangeRefusal::OwnChange
+    );
+    assert!(matches!(
+        at(302).approve(&third.id, &staff("bob")).await.unwrap(),
+        ChangeAnswer::Approved(_)
+    ));
+    assert_eq!(
+        refused(at(303).approve(&third.id, &staff("bob")).await.unwrap()),
+        ChangeRefusal::ApprovedAlready
+    );
+    assert_eq!(
+        at(400).settle_due().await.unwrap(),
+        0,
+        "one approval of two"
+    );
+    assert!(matches!(
+        at(401).approve(&third.id, &staff("cy")).await.unwrap(),
+        ChangeAnswer::Approved(_)
+    ));
+    assert_eq!(at(402).settle_due().await.unwrap(), 1);
+    let account = store.account_view("A1").await.unwrap().unwrap().account;
+    assert_eq!(account.security_level, SecurityLevel::High);
+
+    // Every step is in the chain, intact.
+    let entries = store.audit_entries(None, 0, 1000).await.unwrap();
+    let actions: Vec<_> = entries.iter().map(|e| e.draft.action.as_str()).collect();
+    for want in [
+        "change.requested",
+        "change.settled",
+        "change.vetoed",
+        "change.approved",
+        "change.approval",
+    ] {
+        assert!(actions.contains(&want), "{want} in {actions:?}");
+    }
+    let own = entries
+        .iter()
+        .find(|e| e.draft.action == "change.approval" && e.draft.outcome == "refused")
+        .unwrap();
+    assert_eq!(
+        (own.draft.actor.as_str(), own.draft.ticket.as_deref()),
+        ("staff:ann", Some("T-1"))
+    );
+    assert!(crate::model::audit::verify(&entries, &[], |_| true).is_ok());
+    assert_eq!(
+        store
+            .audit_entries(Some("A1"), 0, 1000)
+            .await
+            .unwrap()
+            .len(),
+        entries.len()
+    );
+}
+
+/// Lowering a `high` account's security through `PUT` keeps it, in the
+/// same transaction, for a change to lower it.
+pub async fn check_security_kept(store: &dyn Store) {
+    let mut a = account("A1");
+    a.security_level = SecurityLevel::High;
+    a.paranoid = true;
+    store.put_account(&a).await.unwrap();
+    let mut lower = a.clone();
+    lower.security_level = SecurityLevel::Standard;
+    lower.paranoid = false;
+    lower.name = "Renamed".into();
+    let (outcome, kept) = store.put_account(&lower).await.unwrap();
+    assert_eq!(
+        (outcome, kept),
+        (PutOutcome::Updated, Some((SecurityLevel::High, true)))
+    );
+    let stored = store.account_view("A1").await.unwrap().unwrap().account;
+    assert_eq!(
+        (stored.name.as_str(), stored.security_level, stored.paranoid),
+        ("Renamed", SecurityLevel::High, true)
+    );
+}
+
+/// The audit chain stays one chain with appends from many tasks at once
+/// (on PostgreSQL: many connections, serialised in the database).
+pub async fn check_audit_chain(store: Arc<dyn Store>) {
+    let at = t("2026-03-22T10:00:00Z");
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut d =
+                crate::model::audit::AuditDraft::new(&format!("token:{i}"), "test.append", "ok");
+            d.account = Some(format!("A{}", i % 3));
+            store.audit(d, at).await.unwrap()
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let entries = store.audit_entries(None, 0, 1000).await.unwrap();
+    assert_eq!(entries.len(), 40);
+    assert_eq!(
+        crate::model::audit::verify(&entries, &[], |_| true).map(|i| i.entries),
+        Ok(40)
+    );
+    assert_eq!(
+        store
+            .audit_entries(Some("A1"), 0, 1000)
+            .await
+            .unwrap()
+            .len(),
+        13
+    );
+    let page = store.audit_entries(None, 10, 5).await.unwrap();
+    assert_eq!(
+        page.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        vec![11, 12, 13, 14, 15]
+    );
+    // Checkpoints: one per entry number.
+    let cp = crate::model::audit::Checkpoint {
+        seq: 40,
+        head: entries[39].hash.clone(),
+        at,
+        signature: "sig".into(),
+    };
+    assert!(store.add_checkpoint(&cp).await.unwrap());
+    assert!(!store.add_checkpoint(&cp).await.unwrap());
+    let (head, last) = store.audit_head().await.unwrap();
+    assert_eq!(head, Some((40, entries[39].hash.clone())));
+    assert_eq!(last, Some(cp.clone()));
+    assert_eq!(store.checkpoints().await.unwrap(), vec![cp]);
+}
+
+/// Staff, and tokens acting as them: limited to the role, dead once the
+/// person is disabled.
+pub async fn check_staff_tokens(store: &dyn Store) {
+    use crate::model::{Role, Staff};
+    let at = t("2026-03-22T10:00:00Z");
+    let ann = Staff {
+        name: "ann".into(),
+        role: Role::Agent,
+        created_at: at,
+        disabled_at: None,
+    };
+    assert!(store.add_staff(&ann).await.unwrap());
+    assert!(
+        !store.add_staff(&ann).await.unwrap(),
+        "a name is taken once"
+    );
+    let rec = TokenRecord {
+        id: new_id(),
+        name: "ann's console".into(),
+        // More than an agent may hold, as if written before a demotion.
+        scopes: vec![Scope::DirectoryWrite, Scope::ChangesApprove, Scope::Admin],
+        created_at: at,
+        staff: Some("ann".into()),
+    };
+    store
+        .create_token(&rec, &sha256_hex(b"ann-token"))
+        .await
+        .unwrap();
+    let found = store
+        .find_token(&sha256_hex(b"ann-token"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(found.scopes, vec![Scope::DirectoryWrite]);
+    assert_eq!(found.staff.as_deref(), Some("ann"));
+    assert_eq!(store.list_staff().await.unwrap(), vec![ann.clone()]);
+    assert!(store.disable_staff("ann", at).await.unwrap());
+    assert!(!store.disable_staff("ann", at).await.unwrap());
+    assert!(
+        store
+            .find_token(&sha256_hex(b"ann-token"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(
+        store.staff("ann").await.unwrap().unwrap().disabled_at,
+        Some(at)
+    );
+}
+
 conformance!(
     check_tokens,
     check_directory,
@@ -1661,6 +2052,9 @@ conformance!(
     check_key_registry,
     check_throttle,
     check_secrets_erased,
+    check_protected_changes,
+    check_security_kept,
+    check_staff_tokens,
 );
 
 /// A schema dropped when the test ends.
@@ -1714,4 +2108,113 @@ pub async fn pg_store() -> (super::postgres::PgStore, TempSchema) {
     let store = super::postgres::PgStore::with_config(config).await.unwrap();
     store.migrate().await.unwrap();
     (store, TempSchema { name, url })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_audit_chain_with_concurrent_appends() {
+    let dir = tempfile::tempdir().unwrap();
+    let store =
+        crate::store::sqlite::SqliteStore::open(dir.path().join("kci.db").to_str().unwrap())
+            .unwrap();
+    store.migrate().await.unwrap();
+    check_audit_chain(Arc::new(store)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_audit_chain_with_concurrent_appends() {
+    let (store, _schema) = pg_store().await;
+    check_audit_chain(Arc::new(store)).await;
+}
+
+/// Two nodes on one PostgreSQL database settle the same due changes at
+/// the same moment, many times over: each change is applied by exactly
+/// one of them, and told once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_postgres_nodes_apply_a_change_once() {
+    use crate::changes::{Actor, Engine};
+    use crate::model::{ChangeKind, ChangeState, DestinationPlan, Subject};
+    let (node1, schema) = pg_store().await;
+    let node2 = {
+        let mut config: tokio_postgres::Config = pg_url().parse().unwrap();
+        config.options(format!("-c search_path={}", schema.name));
+        crate::store::postgres::PgStore::with_config(config)
+            .await
+            .unwrap()
+    };
+    seed(&node1).await;
+    let mut high = account("A1");
+    high.security_level = SecurityLevel::High;
+    node1.put_account(&high).await.unwrap();
+    let config = Config::parse("[changes]\ncooling_off = { high = \"1s\" }\n", "test").unwrap();
+    let t0 = t("2026-03-22T10:00:00Z");
+    let actor = Actor {
+        id: "token:t1".into(),
+        ..Actor::default()
+    };
+    let mut ids = Vec::new();
+    for round in 0..10 {
+        let engine = Engine {
+            store: &node1,
+            config: &config,
+            now: t0 + Duration::minutes(round),
+        };
+        let plan = DestinationPlan {
+            id: new_id(),
+            contact: "alice".into(),
+            uri: format!("sms:+4477009001{round:02}"),
+            prefs: Default::default(),
+            verified: true,
+        };
+        let subject = Subject {
+            destination: Some(Box::new(plan)),
+            ..Subject::default()
+        };
+        let c = engine.new_change(
+            ChangeKind::DestinationAdd,
+            "A1",
+            SecurityLevel::High,
+            subject,
+            &actor,
+        );
+        engine.request(c.clone(), &actor).await.unwrap();
+        let due = t0 + Duration::minutes(round) + Duration::seconds(2);
+        let (e1, e2) = (
+            Engine {
+                store: &node1,
+                config: &config,
+                now: due,
+            },
+            Engine {
+                store: &node2,
+                config: &config,
+                now: due,
+            },
+        );
+        let (a, b) = tokio::join!(e1.settle_due(), e2.settle_due());
+        assert_eq!(a.unwrap() + b.unwrap(), 1, "round {round}: applied once");
+        ids.push(c.id);
+    }
+    for id in &ids {
+        assert_eq!(
+            node1.change(id).await.unwrap().unwrap().state,
+            ChangeState::Applied
+        );
+    }
+    let entries = node1.audit_entries(None, 0, 1000).await.unwrap();
+    let settled = entries
+        .iter()
+        .filter(|e| e.draft.action == "change.settled")
+        .count();
+    assert_eq!(settled, 10);
+    assert!(crate::model::audit::verify(&entries, &[], |_| true).is_ok());
+    let applied = node1
+        .notifications_in(State::Pending, None, 1000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|n| n.type_name == "kci.change.applied")
+        .count();
+    // Told on the two destinations there were at the first change, and
+    // the ones added verified since.
+    assert_eq!(applied, (0..10).map(|r| 2 + r).sum::<usize>());
 }

@@ -40,9 +40,7 @@ impl Caller {
 
     /// The staff member acting, or 403: some steps only a person may take.
     pub fn staff(&self) -> Result<&str, AppError> {
-        self.0.staff.as_deref().ok_or(AppError::Forbidden {
-            scope: Scope::ChangesApprove,
-        })
+        self.0.staff.as_deref().ok_or(AppError::StaffOnly)
     }
 }
 

@@ -24,6 +24,9 @@ pub enum AppError {
     Forbidden {
         scope: crate::model::Scope,
     },
+    /// 403: only a person may do this, and the token is not a staff
+    /// member's.
+    StaffOnly,
     NotFound {
         what: String,
     },
@@ -92,6 +95,11 @@ impl IntoResponse for AppError {
                 StatusCode::FORBIDDEN,
                 "forbidden",
                 format!("this token lacks the `{scope}` scope"),
+            ),
+            AppError::StaffOnly => (
+                StatusCode::FORBIDDEN,
+                "staff_only",
+                "only a staff member may do this: use a token made with `kci token create --staff NAME`".to_string(),
             ),
             AppError::NotFound { what } => (
                 StatusCode::NOT_FOUND,

@@ -95,6 +95,23 @@ async fn every_endpoint_checks_token_and_scope() {
             None,
             "keys:write",
         ),
+        ("GET", "/v1/changes?account=A1".into(), None, "changes:read"),
+        ("GET", "/v1/changes/x".into(), None, "changes:read"),
+        (
+            "POST",
+            "/v1/changes/x/approve".into(),
+            None,
+            "changes:approve",
+        ),
+        ("POST", "/v1/changes/x/veto".into(), None, "incidents"),
+        ("GET", "/v1/incidents".into(), None, "incidents"),
+        (
+            "POST",
+            "/v1/incidents/x/close".into(),
+            Some(r#"{"note":"checked"}"#),
+            "incidents",
+        ),
+        ("GET", "/v1/audit".into(), None, "audit:read"),
         ("GET", "/metrics".into(), None, "admin"),
     ];
     for (method, path, body, scope) in endpoints {

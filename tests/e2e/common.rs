@@ -221,6 +221,18 @@ impl Kci {
 
     /// As [`Kci::start`], with `server` and `email` added to those tables.
     pub fn start_full(smtp: Option<u16>, server: &str, email: &str, extra: &str) -> Kci {
+        Kci::start_on(None, smtp, server, email, extra)
+    }
+
+    /// As [`Kci::start_full`], on the store at `store` (a `postgres://`
+    /// URL) if given, else on SQLite in the fresh directory.
+    pub fn start_on(
+        store: Option<&str>,
+        smtp: Option<u16>,
+        server: &str,
+        email: &str,
+        extra: &str,
+    ) -> Kci {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let config = dir.path().join("kci.toml");
@@ -229,10 +241,13 @@ impl Kci {
             .unwrap_or_default();
         let text = format!(
             "[server]\nlisten = \"127.0.0.1:{port}\"\n{server}\
-             [store]\nurl = \"sqlite://{db}\"\n\
+             [store]\nurl = \"{store}\"\n\
              [email]\nfrom = \"Example ISP <kci@isp.example>\"\noutbox = \"{outbox}\"\n{smtp}{email}\
              [delivery]\nbackoff = \"200ms\"\n{extra}\n{TYPES}",
-            db = dir.path().join("kci.db").display(),
+            store = store.map_or_else(
+                || format!("sqlite://{}", dir.path().join("kci.db").display()),
+                str::to_string
+            ),
             outbox = dir.path().join("outbox").display(),
         );
         std::fs::write(&config, text).unwrap();
@@ -307,29 +322,42 @@ impl Kci {
 
     /// Creates a token with `scopes` through the CLI, as an operator would.
     pub fn token(&self, scopes: &[&str]) -> String {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kci"));
-        cmd.args(["token", "create", "--config"])
-            .arg(&self.config)
-            .args(["--name", "test"]);
-        for s in scopes {
-            cmd.args(["--scope", s]);
+        self.token_as(None, scopes)
+    }
+
+    /// Creates a token acting as staff member `staff` (if given).
+    pub fn token_as(&self, staff: Option<&str>, scopes: &[&str]) -> String {
+        let mut args = vec!["token", "create", "--name", "test"];
+        if let Some(s) = staff {
+            args.extend(["--staff", s]);
         }
-        let out = cmd
-            .env("KCI_LOG", "warn")
-            .output()
-            .expect("kci token create");
-        assert!(
-            out.status.success(),
-            "token create: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let stdout = String::from_utf8(out.stdout).unwrap();
+        for s in scopes {
+            args.extend(["--scope", s]);
+        }
+        let (code, stdout, stderr) = self.cli(&args);
+        assert_eq!(code, 0, "token create: {stderr}");
         stdout
             .lines()
             .last()
             .expect("a token line")
             .trim()
             .to_string()
+    }
+
+    /// Runs `kci ARGS --config <this config>`: exit code, stdout, stderr.
+    pub fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_kci"))
+            .args(args)
+            .arg("--config")
+            .arg(&self.config)
+            .env("KCI_LOG", "warn")
+            .output()
+            .expect("kci");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     }
 
     /// Creates account `account` with contact `contact` and a destination

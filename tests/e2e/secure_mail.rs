@@ -439,7 +439,11 @@ async fn keys_for_someone_elses_address_never_become_active_and_replacement_wait
     let (s, v) = kci
         .call("DELETE", "/v1/keys/alice@example.com", Some(&writer), None)
         .await;
-    assert_eq!((s, &v["change"]["kind"]), (202, &json!("remove")), "{v}");
+    assert_eq!(
+        (s, &v["change"]["kind"]),
+        (202, &json!("key.remove")),
+        "{v}"
+    );
     assert_eq!(days(&v["change"]), 30);
     let (_, status) = kci
         .call("GET", "/v1/keys/alice@example.com", Some(&reader), None)

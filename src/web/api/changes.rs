@@ -190,6 +190,11 @@ pub async fn approve(
     body: Bytes,
 ) -> Result<impl IntoResponse, AppError> {
     caller.require(Scope::ChangesApprove)?;
+    if st.store.change(&id).await?.is_none() {
+        return Err(AppError::NotFound {
+            what: format!("change `{}`", crate::model::excerpt(&id, 64)),
+        });
+    }
     caller.staff()?;
     let input = step_input(&body)?;
     let actor = actor(&caller, peer, input.ticket);
