@@ -364,8 +364,8 @@ impl Registry<'_> {
             },
             format!(
                 "{what}\n\nIf this was you, approve it within {LINK_LIFETIME_HOURS} hours with this link:\n\n    {link}\n\n\
-                 If it was not you, do nothing: without your approval the change waits until {when} at the earliest, \
-                 and you will be told again before then.\n",
+                 If it was not you, stop it with the link in the notices sent to every address and number on your account: \
+                 without your approval the change waits until {when} at the earliest, and you will be told again before then.\n",
                 link = self.link(),
                 when = crate::model::fmt_time(change.not_before),
             ),

@@ -323,11 +323,13 @@ pub async fn add_destination(
         && view.contacts.iter().any(|c| c.contact.id == cid)
     {
         let level = view.account.security_level;
+        // Verified, healthy or not: a destination made unhealthy (by
+        // getting its provider to refuse it) must not open the door.
         let told = view
             .contacts
             .iter()
             .flat_map(|c| &c.destinations)
-            .any(|d| d.usable());
+            .any(|d| d.verified);
         if crate::trust::changes::protected(ChangeKind::DestinationAdd, level, told) {
             let plan = DestinationPlan {
                 id: dest.id.clone(),
@@ -616,8 +618,8 @@ pub async fn delete_destination(
     Path((id, cid, did)): Path<(String, String, String)>,
 ) -> Result<axum::response::Response, AppError> {
     caller.require(Scope::DirectoryWrite)?;
-    // Removing a destination somebody is told on, from a `high` account,
-    // is a protected change (an unverified one receives nothing anyway).
+    // Removing a verified destination from a `high` account is a
+    // protected change (an unverified one receives nothing anyway).
     if let Some(view) = st.store.account_view(&id).await?
         && let Some(dest) = view
             .contacts
@@ -625,7 +627,7 @@ pub async fn delete_destination(
             .filter(|c| c.contact.id == cid)
             .flat_map(|c| &c.destinations)
             .find(|d| d.id == did)
-        && dest.usable()
+        && dest.verified
         && crate::trust::changes::protected(
             ChangeKind::DestinationRemove,
             view.account.security_level,
