@@ -248,12 +248,15 @@ impl Registry<'_> {
     /// A pending change without proof: its reminders (with veto links) to
     /// everyone concerned go with it.
     fn reminders(&self, change: &Change, audience: &[crate::model::Audience]) -> Vec<Notification> {
-        crate::changes::Engine {
-            store: self.store,
-            config: self.config,
-            now: self.now,
+        let mut base = self.config.server.public_base().to_string();
+        if !base.ends_with('/') {
+            base.push('/');
         }
-        .key_reminders(change, audience)
+        crate::text::changes::ChangeTexts {
+            operator: self.operator().to_string(),
+            base,
+        }
+        .reminders(change, audience)
     }
 
     /// What the audit log records of a request.

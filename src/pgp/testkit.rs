@@ -90,9 +90,20 @@ impl Gpg {
         }
     }
 
-    /// Runs gpg, which must succeed; its output.
+    /// Runs gpg, which must succeed; its output. A run that failed only
+    /// because gpg could not reach the agent it starts for the home (on a
+    /// loaded machine the agent can be slow to come up) is run again, up
+    /// to three times.
     pub fn ok(&self, args: &[&str], stdin: Option<&[u8]>) -> Vec<u8> {
-        let out = self.run(args, stdin);
+        let mut out = self.run(args, stdin);
+        for _ in 0..3 {
+            let agent = out.stderr.contains("agent") || out.stderr.contains("IPC");
+            if out.ok || !agent {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            out = self.run(args, stdin);
+        }
         assert!(out.ok, "gpg {args:?} failed: {}", out.stderr);
         out.stdout
     }

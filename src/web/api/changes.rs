@@ -29,21 +29,45 @@ use axum::response::IntoResponse;
 use serde::Deserialize;
 use serde_json::json;
 
-/// The address a request came from, when the server knows it.
-#[derive(Debug, Clone)]
-pub struct Peer(pub Option<String>);
+/// Where a request came from, as the audit log records it: the peer's
+/// address (when the server knows it) and the ticket number staff work
+/// under (`Kci-Ticket` header, 1 to 64 printable characters).
+#[derive(Debug, Clone, Default)]
+pub struct Peer {
+    pub source: Option<String>,
+    pub ticket: Option<String>,
+}
 
 impl<S: Send + Sync> FromRequestParts<S> for Peer {
-    type Rejection = std::convert::Infallible;
+    type Rejection = AppError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(Peer(
-            parts
-                .extensions
-                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-                .map(|c| c.0.ip().to_string()),
-        ))
+        let source = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0.ip().to_string());
+        let ticket = match parts.headers.get("kci-ticket") {
+            None => None,
+            Some(v) => Some(
+                v.to_str()
+                    .ok()
+                    .map(str::to_string)
+                    .filter(|t| valid_ticket(t))
+                    .ok_or_else(|| {
+                        AppError::invalid(
+                            "invalid_field",
+                            "Kci-Ticket",
+                            format!("must be 1 to {MAX_TICKET} printable characters"),
+                        )
+                    })?,
+            ),
+        };
+        Ok(Peer { source, ticket })
     }
+}
+
+fn valid_ticket(t: &str) -> bool {
+    !t.is_empty() && t.chars().count() <= MAX_TICKET && !t.chars().any(char::is_control)
 }
 
 fn engine(st: &AppState) -> Engine<'_> {
@@ -72,7 +96,7 @@ fn step_input(body: &[u8]) -> Result<StepInput, AppError> {
     }
     let input: StepInput = super::json_body(body)?;
     if let Some(t) = &input.ticket
-        && (t.is_empty() || t.chars().count() > MAX_TICKET || t.chars().any(char::is_control))
+        && !valid_ticket(t)
     {
         return Err(AppError::invalid(
             "invalid_field",
@@ -92,11 +116,13 @@ fn step_input(body: &[u8]) -> Result<StepInput, AppError> {
     Ok(input)
 }
 
+/// Who acts: the caller, from where, under which ticket (the body's,
+/// else the header's).
 fn actor(caller: &Caller, peer: Peer, ticket: Option<String>) -> Actor {
     Actor {
         id: caller.actor(),
-        source: peer.0,
-        ticket,
+        source: peer.source,
+        ticket: ticket.or(peer.ticket),
     }
 }
 
@@ -267,7 +293,7 @@ pub async fn veto_link(
     if !plausible_token(&token) {
         return Ok(not_valid());
     }
-    let answer = engine(&st).veto_link(&token, peer.0).await?;
+    let answer = engine(&st).veto_link(&token, peer.source).await?;
     Ok(match answer {
         ChangeAnswer::Vetoed { .. } => {
             st.wake.notify_one();

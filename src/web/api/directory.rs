@@ -117,8 +117,8 @@ fn engine(st: &AppState) -> Engine<'_> {
 fn actor(caller: &Caller, peer: Peer) -> Actor {
     Actor {
         id: caller.actor(),
-        source: peer.0,
-        ticket: None,
+        source: peer.source,
+        ticket: peer.ticket,
     }
 }
 
@@ -151,7 +151,8 @@ async fn audit(
 ) {
     let mut d = AuditDraft::new(&caller.actor(), action, "ok");
     d.account = Some(account.to_string());
-    d.source = peer.0;
+    d.source = peer.source;
+    d.ticket = peer.ticket;
     d.detail = Some(detail);
     if let Err(e) = st.store.audit(d, st.clock.now()).await {
         tracing::error!(error = %e, action, "could not write an audit entry");
@@ -531,6 +532,7 @@ struct VerifyInput {
 pub async fn verify_destination(
     State(st): State<AppState>,
     caller: Caller,
+    peer: Peer,
     Path((id, cid, did)): Path<(String, String, String)>,
     body: Bytes,
 ) -> Result<impl IntoResponse, AppError> {
@@ -568,9 +570,12 @@ pub async fn verify_destination(
         )
         .await?
     {
-        VerifyOutcome::Verified | VerifyOutcome::AlreadyVerified => {
+        VerifyOutcome::Verified => {
+            let what = format!("destination {did} of contact {cid} verified");
+            audit(&st, &caller, peer, "destination.verified", &id, what).await;
             Ok(Json(json!({"id": did, "verified": true})))
         }
+        VerifyOutcome::AlreadyVerified => Ok(Json(json!({"id": did, "verified": true}))),
         VerifyOutcome::WrongCode { attempts_left } => {
             if let crate::model::throttle::Counted::Refused { retry_at } =
                 st.store.throttle(bucket, &caller.0.id, cap, now).await?

@@ -211,6 +211,7 @@ pub async fn confirm_page(Path(token): Path<String>) -> impl IntoResponse {
 /// `POST /v1/keys/confirm/{token}`: follows the link (single use, 24 h).
 pub async fn confirm(
     State(st): State<AppState>,
+    peer: super::changes::Peer,
     Path(token): Path<String>,
 ) -> Result<impl IntoResponse, AppError> {
     if !plausible_token(&token) {
@@ -224,6 +225,23 @@ pub async fn confirm(
     }
     let outcome = registry(&st).confirm(&token).await?;
     st.wake.notify_one();
+    // What a followed link did goes in the audit log (an unknown one does
+    // not: guesses would fill it).
+    let entry = match &outcome {
+        Confirmed::Activated(k) => Some(("key.activated", Some(k.address.clone()), None)),
+        Confirmed::Applied(c) => Some(("change.applied", c.address.clone(), Some(c.id.clone()))),
+        Confirmed::Proven(c) => Some(("change.proven", c.address.clone(), Some(c.id.clone()))),
+        Confirmed::Invalid => None,
+    };
+    if let Some((action, address, change)) = entry {
+        let mut d = crate::model::audit::AuditDraft::new("link:key", action, "ok");
+        d.address = address;
+        d.change = change;
+        d.source = peer.source;
+        if let Err(e) = st.store.audit(d, st.clock.now()).await {
+            tracing::error!(error = %e, action, "could not write an audit entry");
+        }
+    }
     let (status, title, text) = match outcome {
         Confirmed::Activated(k) => (
             StatusCode::OK,

@@ -1,7 +1,7 @@
 //! The HTTP API (DESIGN.md §2a and §3).
 
 mod callbacks;
-mod changes;
+pub(crate) mod changes;
 mod deliveries;
 mod directory;
 mod events;
