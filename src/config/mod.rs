@@ -75,6 +75,17 @@ pub struct ChangesConfig {
     /// many different approvers, none of them its requester.
     #[serde(default = "default_approvals")]
     pub approvals_at_maximum: u32,
+    /// Veto links that were not valid (unknown, used, expired) one client
+    /// address may try: more are answered 429 until the window ends.
+    #[serde(default = "default_wrong_links")]
+    pub wrong_links_per_source: crate::model::Cap,
+}
+
+fn default_wrong_links() -> crate::model::Cap {
+    crate::model::Cap {
+        count: 30,
+        per: crate::model::Span(std::time::Duration::from_secs(3600)),
+    }
 }
 
 fn default_approvals() -> u32 {
@@ -86,6 +97,7 @@ impl Default for ChangesConfig {
         Self {
             cooling_off: None,
             approvals_at_maximum: default_approvals(),
+            wrong_links_per_source: default_wrong_links(),
         }
     }
 }

@@ -253,6 +253,29 @@ async fn change_context(rows: &mut impl Rows, target: &ChangeTarget) -> Result<C
             })
             .await?;
         ctx.account = account_view(rows, account).await?;
+        // The key changes waiting for the addresses it is told at.
+        let addresses: Vec<String> = ctx
+            .account
+            .iter()
+            .flat_map(|v| v.contacts.iter().flat_map(|c| &c.destinations))
+            .filter_map(|d| match &d.uri {
+                crate::model::DestinationUri::Mailto(a) => Some(a.as_str().to_string()),
+                _ => None,
+            })
+            .collect();
+        for address in &addresses {
+            let waiting = rows
+                .changes(ChangeWhich::Address {
+                    address,
+                    pending: true,
+                })
+                .await?;
+            for c in waiting {
+                if !ctx.others.iter().any(|o| o.id == c.id) {
+                    ctx.others.push(c);
+                }
+            }
+        }
         accounts.push(account.clone());
     }
     if let Some(address) = &address {

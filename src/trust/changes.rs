@@ -54,15 +54,15 @@ pub fn protected(
     kind.is_key() || (kind.protected_at(level) && told_anywhere)
 }
 
-/// Whether `new` may open beside what `ctx` shows pending: a protected
-/// change of an account blocks every other one of the same account until
-/// it ends (a key's changes wait beside each other, bounded by
-/// `keys::rules`).
+/// Whether `new` may open beside what `ctx` shows pending: a change of an
+/// account waits until every other pending change of the account — and of
+/// the keys of the addresses it is told at — has ended. (A key's changes
+/// wait beside each other, bounded by `keys::rules`.)
 pub fn open(new: &Change, ctx: &ChangeContext) -> Result<(), ChangeRefusal> {
     let blocking = ctx
         .others
         .iter()
-        .any(|c| c.state == ChangeState::Pending && c.id != new.id && !c.kind.is_key());
+        .any(|c| c.state == ChangeState::Pending && c.id != new.id);
     if blocking && !new.kind.is_key() {
         return Err(ChangeRefusal::Blocked);
     }
@@ -369,6 +369,22 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(open(&change(ChangeKind::DestinationRemove), &ended), Ok(()));
+        // A key of one of its addresses waiting to change blocks it too.
+        let key = ChangeContext {
+            others: vec![Change::of_key(
+                "k1",
+                "a@x.example",
+                ChangeKind::KeyReplace,
+                Some("F"),
+                t(0),
+                t(60),
+            )],
+            ..Default::default()
+        };
+        assert_eq!(
+            open(&change(ChangeKind::DestinationAdd), &key),
+            Err(ChangeRefusal::Blocked)
+        );
         assert_eq!(
             open(&change(ChangeKind::SecurityLower), &Default::default()),
             Ok(())

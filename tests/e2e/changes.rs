@@ -10,8 +10,13 @@ use std::time::Duration;
 
 /// The cooling-off periods of these tests: seconds, as drills use.
 fn cooling(secs: u32) -> String {
+    cooling_and(secs, "")
+}
+
+/// As [`cooling`], with more lines for `[changes]`.
+fn cooling_and(secs: u32, changes: &str) -> String {
     format!(
-        "{LOCAL_WEBHOOKS}[changes]\ncooling_off = {{ standard = \"{secs}s\", high = \"{secs}s\", maximum = \"{secs}s\" }}\n\
+        "{LOCAL_WEBHOOKS}[changes]\ncooling_off = {{ standard = \"{secs}s\", high = \"{secs}s\", maximum = \"{secs}s\" }}\n{changes}\
          [keys]\nsubmissions_per_address = \"20/1h\"\n"
     )
 }
@@ -205,7 +210,7 @@ async fn a_mail_interceptor_replaces_the_key_and_the_customer_vetoes_from_her_ph
 async fn a_stolen_directory_token_adds_a_phone_to_a_high_account_and_is_vetoed() {
     let phone = WebhookReceiver::start().await;
     let attacker = WebhookReceiver::start().await;
-    let (_dir, kci) = hub(None, &cooling(8));
+    let (_dir, kci) = hub(None, &cooling_and(8, "wrong_links_per_source = \"3/1h\"\n"));
     let admin = customer(&kci, "high", &phone).await;
     let writer = kci.token(&["directory:write"]);
     let body = json!({"uri": attacker.url}).to_string();
@@ -227,9 +232,16 @@ async fn a_stolen_directory_token_adds_a_phone_to_a_high_account_and_is_vetoed()
     let (s, text) = page(&kci, "POST", &link).await;
     assert_eq!(s, 404, "{text}");
     assert!(text.contains("not valid"), "{text}");
-    // A guessed link: the same answer.
+    // A guessed link: the same answer; and guessing from one address
+    // soon stops (the replay above counted as one wrong link).
     let (s, _) = page(&kci, "POST", &format!("/v1/veto/{}", "A".repeat(43))).await;
     assert_eq!(s, 404);
+    let (s, _) = page(&kci, "POST", "/v1/veto/short").await;
+    assert_eq!(s, 404);
+    let (s, v) = kci
+        .call("POST", &format!("/v1/veto/{}", "B".repeat(43)), None, None)
+        .await;
+    assert_eq!((s, v["error"].as_str()), (429, Some("rate_limited")), "{v}");
 
     tokio::time::sleep(Duration::from_secs(8)).await;
     let change = wait_state(&kci, &admin, &id, "vetoed", 5).await;

@@ -290,10 +290,34 @@ pub async fn veto_link(
     peer: Peer,
     Path(token): Path<String>,
 ) -> Result<impl IntoResponse, AppError> {
+    // Wrong links are counted per client address: guessing is hopeless
+    // (256 bits), and now also slow.
+    let now = st.clock.now();
+    let who = peer.source.clone().unwrap_or_else(|| "unknown".into());
+    let cap = st.config.changes.wrong_links_per_source;
+    if let Err(retry_at) = st.store.throttle_peek(WRONG_LINKS, &who, cap, now).await? {
+        st.metrics.limit_hit("veto_links", "source");
+        return Err(AppError::TooMany {
+            code: "rate_limited",
+            message: format!(
+                "too many links that were not valid from this address; try again after {}",
+                crate::model::fmt_time(retry_at)
+            ),
+            retry_after: (retry_at - now).to_std().ok(),
+        });
+    }
     if !plausible_token(&token) {
+        st.store.throttle(WRONG_LINKS, &who, cap, now).await?;
         return Ok(not_valid());
     }
     let answer = engine(&st).veto_link(&token, peer.source).await?;
+    if let ChangeAnswer::Refused {
+        why: ChangeRefusal::InvalidLink,
+        ..
+    } = answer
+    {
+        st.store.throttle(WRONG_LINKS, &who, cap, now).await?;
+    }
     Ok(match answer {
         ChangeAnswer::Vetoed { .. } => {
             st.wake.notify_one();
@@ -337,6 +361,9 @@ pub struct IncidentQuery {
     account: Option<String>,
     limit: Option<usize>,
 }
+
+/// The limit bucket of links that were not valid.
+const WRONG_LINKS: &str = "wrong_veto_links";
 
 /// The most incidents or audit entries one answer carries.
 const MAX_PAGE: usize = 1000;
