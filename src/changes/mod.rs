@@ -137,6 +137,7 @@ impl Engine<'_> {
             subject,
             proven_current: false,
             proven_new: false,
+            proof_code: None,
         }
     }
 
@@ -200,6 +201,33 @@ impl Engine<'_> {
             .await
     }
 
+    /// Sends a code to one of the customer's verified destinations (not
+    /// the one the change is about): entered back, it proves the change,
+    /// where the account's level lets a code prove anything.
+    pub async fn send_code(
+        &self,
+        id: &str,
+        destination: &str,
+        actor: &Actor,
+    ) -> Result<ChangeAnswer> {
+        let code = crate::trust::codes::six_digits();
+        let action = Action::SendCode {
+            destination: destination.to_string(),
+            code,
+        };
+        self.step(ChangeTarget::Id(id.to_string()), action, actor)
+            .await
+    }
+
+    /// Checks a code entered back for change `id`.
+    pub async fn prove(&self, id: &str, code: &str, actor: &Actor) -> Result<ChangeAnswer> {
+        let action = Action::Prove {
+            code: code.to_string(),
+        };
+        self.step(ChangeTarget::Id(id.to_string()), action, actor)
+            .await
+    }
+
     /// Closes an incident with staff's note; the customer is told.
     pub async fn close_incident(
         &self,
@@ -216,6 +244,18 @@ impl Engine<'_> {
         )
         .await
     }
+}
+
+/// How long a code proving a change stays valid.
+const PROOF_CODE_MINUTES: i64 = 15;
+
+fn expires_in(now: DateTime<Utc>) -> DateTime<Utc> {
+    now + Duration::minutes(PROOF_CODE_MINUTES)
+}
+
+/// How a code proving change `change` through `destination` is kept.
+fn proof_code_hash(change: &str, destination: &str, code: &str) -> String {
+    crate::trust::codes::code_hash(&format!("change:{change}:{destination}"), code)
 }
 
 /// How a veto link's secret is kept at rest.
@@ -307,6 +347,15 @@ enum Action {
     Close {
         note: String,
     },
+    /// A proof code to this destination (the code itself, for its notice).
+    SendCode {
+        destination: String,
+        code: String,
+    },
+    /// A proof code entered back.
+    Prove {
+        code: String,
+    },
 }
 
 /// One step's decision (see the module's doc).
@@ -324,6 +373,8 @@ impl ChangeRule for Step {
             Action::Veto { link } => self.veto(ctx, link.as_deref(), now),
             Action::Approve => self.approve(ctx, now),
             Action::Close { note } => self.close(ctx, note, now),
+            Action::SendCode { destination, code } => self.send_code(ctx, destination, code, now),
+            Action::Prove { code } => self.prove(ctx, code, now),
         }
     }
 }
@@ -364,7 +415,7 @@ impl Step {
         let Some(c) = &ctx.change else {
             return (Vec::new(), refused(ChangeRefusal::NotFound, None));
         };
-        let (ended, mut writes) = match rules::settle(c, ctx, now) {
+        let (ended, writes) = match rules::settle(c, ctx, now) {
             Settle::Wait => return (Vec::new(), ChangeAnswer::Waiting(c.clone())),
             Settle::Apply => {
                 let mut applied = c.clone();
@@ -389,6 +440,19 @@ impl Step {
                 Vec::new(),
             ),
         };
+        self.end(ended, writes, ctx, now)
+    }
+
+    /// The writes that end `ended` (applied, rejected, expired) after
+    /// `writes`: its state, its reminders cancelled, the log, and everyone
+    /// told.
+    fn end(
+        &self,
+        ended: Change,
+        mut writes: Vec<ChangeWrite>,
+        ctx: &ChangeContext,
+        now: DateTime<Utc>,
+    ) -> (Vec<ChangeWrite>, ChangeAnswer) {
         writes.push(ChangeWrite::Change(ended.clone()));
         writes.push(cancel_reminders(&ended));
         writes.push(self.audit("change.settled", ended.state.as_str(), Some(&ended)));
@@ -399,6 +463,92 @@ impl Step {
                 .map(ChangeWrite::Notice),
         );
         (writes, ChangeAnswer::Settled(ended))
+    }
+
+    /// Sends a code proving the change to one of the customer's verified
+    /// destinations.
+    fn send_code(
+        &self,
+        ctx: &ChangeContext,
+        destination: &str,
+        code: &str,
+        now: DateTime<Utc>,
+    ) -> (Vec<ChangeWrite>, ChangeAnswer) {
+        let Some(c) = &ctx.change else {
+            return (Vec::new(), refused(ChangeRefusal::NotFound, None));
+        };
+        let sent = rules::code_destination(c, ctx, destination).and_then(|to| {
+            let hash = proof_code_hash(&c.id, destination, code);
+            let expires = now + Duration::minutes(PROOF_CODE_MINUTES);
+            rules::with_code(c, destination, &hash, expires, now).map(|c| (c, to))
+        });
+        match sent {
+            Ok((with_code, to)) => {
+                let notice = self
+                    .texts
+                    .proof_code(&with_code, to, now, expires_in(now))
+                    .with_secret(code.to_string());
+                let mut d = self.actor.draft("change.code_sent", "ok", Some(&with_code));
+                d.detail = Some(format!("to destination {destination}"));
+                (
+                    vec![
+                        ChangeWrite::Change(with_code.clone()),
+                        ChangeWrite::Notice(notice),
+                        ChangeWrite::Audit(d),
+                    ],
+                    ChangeAnswer::Waiting(with_code),
+                )
+            }
+            Err(why) => {
+                let mut d = self.actor.draft("change.code_sent", "refused", Some(c));
+                d.detail = Some(why.to_string());
+                (vec![ChangeWrite::Audit(d)], refused(why, Some(c)))
+            }
+        }
+    }
+
+    /// A code entered back: the customer's proof. With every proof the
+    /// change needs, it applies now.
+    fn prove(
+        &self,
+        ctx: &ChangeContext,
+        code: &str,
+        now: DateTime<Utc>,
+    ) -> (Vec<ChangeWrite>, ChangeAnswer) {
+        let Some(c) = &ctx.change else {
+            return (Vec::new(), refused(ChangeRefusal::NotFound, None));
+        };
+        let destination = c.proof_code.as_ref().map_or("", |p| p.destination.as_str());
+        let hash = proof_code_hash(&c.id, destination, code);
+        let (after, outcome) = rules::prove_by_code(c, &hash, now);
+        match (after, outcome) {
+            (Some(proven), Ok(())) if proven.proven() => {
+                let mut applied = Change {
+                    state: ChangeState::Applied,
+                    ..proven
+                };
+                let writes = vec![self.audit("change.proven", "ok", Some(&applied))];
+                let mut writes = [writes, self.apply(&mut applied, ctx, now)].concat();
+                writes.retain(|w| !matches!(w, ChangeWrite::Change(x) if x.id == applied.id));
+                self.end(applied, writes, ctx, now)
+            }
+            (Some(proven), Ok(())) => (
+                vec![
+                    ChangeWrite::Change(proven.clone()),
+                    self.audit("change.proven", "ok", Some(&proven)),
+                ],
+                ChangeAnswer::Waiting(proven),
+            ),
+            (_, Ok(())) => (Vec::new(), refused(ChangeRefusal::NotFound, Some(c))),
+            (after, Err(why)) => {
+                let mut d = self.actor.draft("change.proof", "refused", Some(c));
+                d.detail = Some(why.to_string());
+                let mut writes: Vec<ChangeWrite> =
+                    after.into_iter().map(ChangeWrite::Change).collect();
+                writes.push(ChangeWrite::Audit(d));
+                (writes, refused(why, Some(c)))
+            }
+        }
     }
 
     /// What applying `c` writes (it may learn more of itself: the key

@@ -186,6 +186,17 @@ pub struct Change {
     pub proven_current: bool,
     /// The holder of the new key proved possession.
     pub proven_new: bool,
+    /// The code sent to one of the customer's verified destinations to
+    /// prove this change (only its hash and the counts bounding guesses).
+    #[serde(skip)]
+    pub proof_code: Option<ProofCode>,
+}
+
+/// A code sent to prove a change: where it went, and its row.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProofCode {
+    pub destination: String,
+    pub row: super::CodeRow,
 }
 
 impl Change {
@@ -218,6 +229,7 @@ impl Change {
             },
             proven_current: false,
             proven_new: false,
+            proof_code: None,
         }
     }
 
@@ -321,6 +333,8 @@ pub struct ChangeContext {
     /// Every verified, usable destination of every account concerned:
     /// who is told.
     pub audience: Vec<Audience>,
+    /// The highest security level among the accounts concerned.
+    pub level: SecurityLevel,
 }
 
 /// What a step on a change reads first.
@@ -404,6 +418,22 @@ pub enum ChangeRefusal {
     InvalidLink,
     #[error("the incident is closed already")]
     IncidentClosed,
+    #[error(
+        "at this account's security level a code to a destination proves nothing: the change waits out its period (or the current key's holder approves it)"
+    )]
+    CodeNotAllowed,
+    #[error(
+        "a code can go only to a verified destination of the account that is not what the change is about"
+    )]
+    NotADestination,
+    #[error("a new code can be sent only after a while, and a few a day; try again later")]
+    CodeTooSoon,
+    #[error("no code was sent for this change; ask for one first")]
+    NoCode,
+    #[error("the code is not right")]
+    WrongCode,
+    #[error("the code expired or had too many wrong tries; ask for a new one")]
+    CodeLocked,
 }
 
 /// What a step on a change did.

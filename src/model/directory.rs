@@ -81,7 +81,7 @@ fn ser_tz_opt<S: serde::Serializer>(v: &Option<TimeZoneName>, s: S) -> Result<S:
 
 /// A destination's verification code and the counts that bound guessing
 /// it, as stored (only the code's hash is kept).
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, serde::Deserialize)]
 pub struct CodeRow {
     /// Verified and healthy: nothing to prove.
     pub usable: bool,

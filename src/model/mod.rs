@@ -27,8 +27,8 @@ pub use address::EmailAddr;
 pub use cap::Cap;
 pub use change::{
     Approval, Audience, Change, ChangeAnswer, ChangeContext, ChangeKind, ChangeRefusal, ChangeRule,
-    ChangeState, ChangeTarget, ChangeWrite, DestinationPlan, Incident, Subject, VetoLink,
-    kept_security,
+    ChangeState, ChangeTarget, ChangeWrite, DestinationPlan, Incident, ProofCode, Subject,
+    VetoLink, kept_security,
 };
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use delivery::{MAX_DETAIL, Receipt, Report, excerpt as delivery_excerpt};

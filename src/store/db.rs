@@ -286,6 +286,11 @@ async fn change_context(rows: &mut impl Rows, target: &ChangeTarget) -> Result<C
     }
     ctx.others.retain(|c| Some(&c.id) != this.as_ref());
     ctx.audience = audience(rows, &accounts).await?;
+    for account in &accounts {
+        if let Some(a) = rows.account(account).await? {
+            ctx.level = ctx.level.max(a.security_level);
+        }
+    }
     Ok(ctx)
 }
 

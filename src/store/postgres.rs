@@ -798,16 +798,17 @@ impl Rows for PgRows {
     }
 
     async fn upsert_change(&mut self, c: &Change, at: i64) -> Result<()> {
-        let (approvals, subject) = rows::change_json(c)?;
+        let (approvals, subject, code) = rows::change_json(c)?;
         let needed = i64::from(c.approvals_needed);
         self.exec(
             "INSERT INTO changes (id, kind, account, address, state, proof, requested_at, requested_by, not_before, \
-             approvals, approvals_needed, reason, subject, proven_current, proven_new, decided_at) \
+             approvals, approvals_needed, reason, subject, proven_current, proven_new, decided_at, proof_code) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, \
-             CASE WHEN $5 <> 'pending' THEN $16::BIGINT END) \
+             CASE WHEN $5 <> 'pending' THEN $16::BIGINT END, $17) \
              ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, proof = EXCLUDED.proof, \
              approvals = EXCLUDED.approvals, reason = EXCLUDED.reason, proven_current = EXCLUDED.proven_current, \
-             proven_new = EXCLUDED.proven_new, decided_at = COALESCE(changes.decided_at, EXCLUDED.decided_at)",
+             proven_new = EXCLUDED.proven_new, decided_at = COALESCE(changes.decided_at, EXCLUDED.decided_at), \
+             proof_code = EXCLUDED.proof_code",
             &[
                 &c.id,
                 &c.kind.as_str(),
@@ -825,6 +826,7 @@ impl Rows for PgRows {
                 &c.proven_current,
                 &c.proven_new,
                 &at,
+                &code,
             ],
         )
         .await?;

@@ -492,7 +492,7 @@ pub fn key(r: &impl Cols) -> Result<KeyRecord> {
 
 /// The columns [`change`] reads.
 pub const CHANGE_COLUMNS: &str = "id, kind, account, address, state, proof, requested_at, requested_by, not_before, \
-     approvals, approvals_needed, reason, subject, proven_current, proven_new";
+     approvals, approvals_needed, reason, subject, proven_current, proven_new, proof_code";
 
 pub fn change(r: &impl Cols) -> Result<Change> {
     Ok(Change {
@@ -511,15 +511,23 @@ pub fn change(r: &impl Cols) -> Result<Change> {
         subject: json_column(&r.text(12)?, "subject")?,
         proven_current: r.flag(13)?,
         proven_new: r.flag(14)?,
+        proof_code: r
+            .opt_text(15)?
+            .map(|s| json_column(&s, "proof_code"))
+            .transpose()?,
     })
 }
 
-/// A change's columns as written: `(approvals, subject)` as JSON.
-pub fn change_json(c: &Change) -> Result<(String, String)> {
+/// A change's columns as written as JSON: approvals, subject, proof code.
+pub fn change_json(c: &Change) -> Result<(String, String, Option<String>)> {
     let json = |v: serde_json::Result<String>| v.map_err(|e| StoreError::Corrupt(e.to_string()));
     Ok((
         json(serde_json::to_string(&c.approvals))?,
         json(serde_json::to_string(&c.subject))?,
+        c.proof_code
+            .as_ref()
+            .map(|p| json(serde_json::to_string(p)))
+            .transpose()?,
     ))
 }
 

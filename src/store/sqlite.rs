@@ -915,15 +915,16 @@ impl Rows for Lite {
     }
 
     async fn upsert_change(&mut self, c: &Change, at: i64) -> Result<()> {
-        let (approvals, subject) = rows::change_json(c)?;
+        let (approvals, subject, code) = rows::change_json(c)?;
         self.exec(
             "INSERT INTO changes (id, kind, account, address, state, proof, requested_at, requested_by, not_before, \
-             approvals, approvals_needed, reason, subject, proven_current, proven_new, decided_at) \
+             approvals, approvals_needed, reason, subject, proven_current, proven_new, decided_at, proof_code) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, \
-             CASE WHEN ?5 <> 'pending' THEN ?16 END) \
+             CASE WHEN ?5 <> 'pending' THEN ?16 END, ?17) \
              ON CONFLICT (id) DO UPDATE SET state = excluded.state, proof = excluded.proof, \
              approvals = excluded.approvals, reason = excluded.reason, proven_current = excluded.proven_current, \
-             proven_new = excluded.proven_new, decided_at = COALESCE(changes.decided_at, excluded.decided_at)",
+             proven_new = excluded.proven_new, decided_at = COALESCE(changes.decided_at, excluded.decided_at), \
+             proof_code = excluded.proof_code",
             params![
                 c.id,
                 c.kind.as_str(),
@@ -941,6 +942,7 @@ impl Rows for Lite {
                 c.proven_current,
                 c.proven_new,
                 at,
+                code,
             ],
         )?;
         Ok(())

@@ -167,6 +167,38 @@ impl ChangeTexts {
             .collect()
     }
 
+    /// The notice carrying a code that proves `c` (the code at
+    /// [`SECRET_MARK`], rendered in as it goes out).
+    pub fn proof_code(
+        &self,
+        c: &Change,
+        to: &Audience,
+        now: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+    ) -> Notification {
+        let op = &self.operator;
+        let what = self.what(c);
+        let short = format!(
+            "{op}: your code to confirm the request to {what} is {SECRET_MARK}. If you did not ask for it, do not give it to anyone."
+        );
+        let mut n = Notification::own(
+            &to.account,
+            &to.destination,
+            "kci.change.code",
+            Priority::High,
+            Message {
+                short: short.clone(),
+                subject: "Your code to confirm a request".into(),
+                body: format!("{short}\n\nIt is valid for 15 minutes.\n"),
+                encrypt_to: None,
+            },
+            now,
+            Some(expires_at),
+        );
+        n.key = format!("kci.change.code:{}", c.id);
+        n
+    }
+
     pub fn incident_closed(
         &self,
         i: &Incident,

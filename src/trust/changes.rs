@@ -14,7 +14,8 @@
 //! ```
 
 use crate::model::{
-    Approval, Change, ChangeContext, ChangeKind, ChangeRefusal, ChangeState, KeyState, VetoLink,
+    Approval, Audience, Change, ChangeContext, ChangeKind, ChangeRefusal, ChangeState, KeyState,
+    ProofCode, SecurityLevel, VerifyOutcome, VetoLink,
 };
 use chrono::{DateTime, Duration, Utc};
 
@@ -225,12 +226,110 @@ pub fn approve(c: &Change, staff: &str, now: DateTime<Utc>) -> Result<Change, Ch
     Ok(c)
 }
 
+/// Where a code proving `c` may go: a verified destination of the
+/// accounts concerned, at a level that lets a code prove anything (below
+/// `high`: above it, only the period, the key's holder and staff do) — and
+/// never the mailbox a key change is about, nor the destination a change
+/// is about (whoever reads those may be the one asking).
+pub fn code_destination<'a>(
+    c: &Change,
+    ctx: &'a ChangeContext,
+    destination: &str,
+) -> Result<&'a Audience, ChangeRefusal> {
+    if c.state != ChangeState::Pending {
+        return Err(ChangeRefusal::NotPending);
+    }
+    if ctx.level >= SecurityLevel::High {
+        return Err(ChangeRefusal::CodeNotAllowed);
+    }
+    let to = ctx
+        .audience
+        .iter()
+        .find(|a| a.destination.id == destination)
+        .ok_or(ChangeRefusal::NotADestination)?;
+    let about_mailbox = match (&to.destination.uri, &c.address) {
+        (crate::model::DestinationUri::Mailto(a), Some(address)) => a.as_str() == address,
+        _ => false,
+    };
+    let about_destination = c
+        .subject
+        .destination
+        .as_ref()
+        .is_some_and(|d| d.id == destination);
+    if about_mailbox || about_destination {
+        return Err(ChangeRefusal::NotADestination);
+    }
+    Ok(to)
+}
+
+/// `c` with a new proof code (its hash `hash`) for `destination`, within
+/// the limits of `trust::codes` (a new code to the same destination does
+/// not renew the guesses).
+pub fn with_code(
+    c: &Change,
+    destination: &str,
+    hash: &str,
+    expires_at: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<Change, ChangeRefusal> {
+    let row = c
+        .proof_code
+        .as_ref()
+        .filter(|p| p.destination == destination)
+        .map(|p| p.row.clone())
+        .unwrap_or_default();
+    let row =
+        super::codes::issue(&row, hash, expires_at, now).map_err(|_| ChangeRefusal::CodeTooSoon)?;
+    Ok(Change {
+        proof_code: Some(ProofCode {
+            destination: destination.to_string(),
+            row,
+        }),
+        ..c.clone()
+    })
+}
+
+/// Checks a code entered for `c` (`hash`: of what was entered): the change
+/// as it is after (its code's counts moved on; proven by the customer if
+/// right), and whether it was right.
+pub fn prove_by_code(
+    c: &Change,
+    hash: &str,
+    now: DateTime<Utc>,
+) -> (Option<Change>, Result<(), ChangeRefusal>) {
+    if c.state != ChangeState::Pending {
+        return (None, Err(ChangeRefusal::NotPending));
+    }
+    let Some(code) = &c.proof_code else {
+        return (None, Err(ChangeRefusal::NoCode));
+    };
+    let (next, outcome) = super::codes::check(&code.row, hash, now);
+    let mut after = c.clone();
+    if let Some(row) = next {
+        after.proof_code = Some(ProofCode {
+            destination: code.destination.clone(),
+            row,
+        });
+    }
+    let answer = match outcome {
+        VerifyOutcome::Verified => {
+            after.proven_current = true;
+            after.proof = Some(format!("code:{}", code.destination));
+            Ok(())
+        }
+        VerifyOutcome::WrongCode { .. } => Err(ChangeRefusal::WrongCode),
+        VerifyOutcome::AlreadyVerified => Err(ChangeRefusal::NotPending),
+        VerifyOutcome::Locked | VerifyOutcome::NotFound => Err(ChangeRefusal::CodeLocked),
+    };
+    (Some(after), answer)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::model::{
         Account, AccountView, AddressKeys, Contact, ContactView, Destination, DestinationPlan,
-        KeyRecord, SecurityLevel, Subject,
+        KeyRecord, Subject,
     };
 
     fn t(min: i64) -> DateTime<Utc> {
@@ -254,6 +353,7 @@ mod tests {
             subject: Subject::default(),
             proven_current: false,
             proven_new: false,
+            proof_code: None,
         }
     }
 
@@ -649,6 +749,131 @@ mod tests {
         }
         let vetoed = veto(Some(&pending), None, t(10), "staff:bob").unwrap();
         assert_eq!(vetoed.reason.as_deref(), Some("vetoed by staff:bob"));
+    }
+
+    #[test]
+    fn a_code_proves_a_change_only_below_high_and_never_through_what_it_is_about() {
+        let audience = |level| ChangeContext {
+            level,
+            audience: view(&["sms1"])
+                .contacts
+                .into_iter()
+                .flat_map(|c| c.destinations)
+                .chain([Destination {
+                    id: "mail1".into(),
+                    contact: "alice".into(),
+                    uri: "mailto:a@x.example".parse().unwrap(),
+                    prefs: Default::default(),
+                    verified: true,
+                    unhealthy_since: None,
+                }])
+                .map(|destination| Audience {
+                    account: "acme".into(),
+                    destination,
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let key = Change::of_key(
+            "c1",
+            "a@x.example",
+            ChangeKind::KeyReplace,
+            Some("F"),
+            t(0),
+            t(60),
+        );
+        let add = Change {
+            subject: Subject {
+                destination: Some(Box::new(DestinationPlan {
+                    id: "sms1".into(),
+                    contact: "alice".into(),
+                    uri: "sms:+447700900123".into(),
+                    prefs: Default::default(),
+                    verified: false,
+                })),
+                ..Default::default()
+            },
+            ..change(ChangeKind::DestinationRemove)
+        };
+        let id = |r: Result<&Audience, ChangeRefusal>| r.map(|a| a.destination.id.clone());
+        use SecurityLevel::*;
+        // (case, change, level, destination, outcome)
+        let cases = [
+            (
+                "the phone, standard",
+                &key,
+                Standard,
+                "sms1",
+                Ok("sms1".to_string()),
+            ),
+            (
+                "the phone, high",
+                &key,
+                High,
+                "sms1",
+                Err(ChangeRefusal::CodeNotAllowed),
+            ),
+            (
+                "the mailbox the key is for",
+                &key,
+                Standard,
+                "mail1",
+                Err(ChangeRefusal::NotADestination),
+            ),
+            (
+                "unknown",
+                &key,
+                Standard,
+                "x",
+                Err(ChangeRefusal::NotADestination),
+            ),
+            (
+                "the destination removed",
+                &add,
+                Standard,
+                "sms1",
+                Err(ChangeRefusal::NotADestination),
+            ),
+            (
+                "another mailbox",
+                &add,
+                Standard,
+                "mail1",
+                Ok("mail1".to_string()),
+            ),
+        ];
+        for (case, c, level, dest, want) in cases {
+            assert_eq!(
+                id(code_destination(c, &audience(level), dest)),
+                want,
+                "{case}"
+            );
+        }
+        // Sent, then entered: wrong, then right.
+        let sent = with_code(&key, "sms1", "h1", t(30), t(1)).unwrap();
+        let (after, wrong) = prove_by_code(&sent, "nope", t(2));
+        assert_eq!(wrong, Err(ChangeRefusal::WrongCode));
+        let after = after.unwrap();
+        assert_eq!(after.proof_code.as_ref().unwrap().row.attempts, 1);
+        let (proven, right) = prove_by_code(&after, "h1", t(3));
+        assert_eq!(right, Ok(()));
+        let proven = proven.unwrap();
+        assert!(proven.proven_current && !proven.proven());
+        assert_eq!(proven.proof.as_deref(), Some("code:sms1"));
+        // Expired, and none sent.
+        assert_eq!(
+            prove_by_code(&sent, "h1", t(31)).1,
+            Err(ChangeRefusal::CodeLocked)
+        );
+        assert_eq!(
+            prove_by_code(&key, "h1", t(3)).1,
+            Err(ChangeRefusal::NoCode)
+        );
+        // A second code at once: too soon.
+        assert_eq!(
+            with_code(&sent, "sms1", "h2", t(30), t(1)),
+            Err(ChangeRefusal::CodeTooSoon)
+        );
     }
 
     #[test]

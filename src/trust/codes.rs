@@ -141,6 +141,14 @@ pub fn issue(
 /// How long a destination verification code stays valid.
 pub const CODE_LIFETIME_HOURS: i64 = 24;
 
+/// Six digits from the OS generator.
+pub fn six_digits() -> String {
+    format!(
+        "{:06}",
+        rand::rngs::OsRng.unwrap_err().random_range(0..1_000_000u32)
+    )
+}
+
 /// A fresh 6-digit code for `dest` (from the OS generator), stored
 /// hashed, and the notice that carries it there.
 pub fn new_code(
@@ -149,10 +157,7 @@ pub fn new_code(
     sender: &str,
     now: chrono::DateTime<chrono::Utc>,
 ) -> (PendingCode, Notification) {
-    let code = format!(
-        "{:06}",
-        rand::rngs::OsRng.unwrap_err().random_range(0..1_000_000u32)
-    );
+    let code = six_digits();
     let pending = PendingCode {
         hash: code_hash(&dest.id, &code),
         expires_at: now + chrono::Duration::hours(CODE_LIFETIME_HOURS),

@@ -104,6 +104,18 @@ async fn every_endpoint_checks_token_and_scope() {
             "changes:approve",
         ),
         ("POST", "/v1/changes/x/veto".into(), None, "incidents"),
+        (
+            "POST",
+            "/v1/changes/x/code".into(),
+            Some(r#"{"destination":"d"}"#),
+            "keys:write",
+        ),
+        (
+            "POST",
+            "/v1/changes/x/proof".into(),
+            Some(r#"{"code":"123456"}"#),
+            "keys:write",
+        ),
         ("GET", "/v1/incidents".into(), None, "incidents"),
         (
             "POST",

@@ -611,3 +611,129 @@ async fn two_postgres_nodes_apply_a_due_change_exactly_once() {
     drop(one);
     schema.drop_now().await;
 }
+
+/// The destination of `acme`'s contact alice whose URI starts with
+/// `prefix`.
+async fn destination_id(kci: &Kci, token: &str, prefix: &str) -> String {
+    let (_, account) = kci
+        .call("GET", "/v1/accounts/acme", Some(token), None)
+        .await;
+    account["contacts"][0]["destinations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["uri"].as_str().unwrap().starts_with(prefix))
+        .and_then(|d| d["id"].as_str())
+        .unwrap_or_else(|| panic!("a {prefix} destination in {account}"))
+        .to_string()
+}
+
+/// Alice lost her key but has her phone: a code sent there, entered back,
+/// proves the new key at once on a `standard` account. Someone reading
+/// her mail cannot have the code sent to the mailbox the key is for; on a
+/// `high` account no code proves a change at all (the period does).
+#[tokio::test]
+async fn a_code_to_her_phone_proves_a_lost_key_customers_request_at_once() {
+    let phone = WebhookReceiver::start().await;
+    let (_dir, kci) = hub(None, &cooling(600));
+    let admin = customer(&kci, "standard", &phone).await;
+    let (_old, _) = alice_key(&kci).await;
+    let (_new, new) = new_key_without_proof(&kci).await;
+    let id = changes(&kci, &admin).await[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let writer = kci.token(&["keys:write"]);
+    let send = |dest: String| {
+        let (kci, writer, id) = (&kci, &writer, &id);
+        async move {
+            let body = json!({ "destination": dest }).to_string();
+            kci.call(
+                "POST",
+                &format!("/v1/changes/{id}/code"),
+                Some(writer),
+                Some(&body),
+            )
+            .await
+        }
+    };
+    let mailbox = destination_id(&kci, &admin, "mailto:").await;
+    let (s, v) = send(mailbox).await;
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (409, Some("not_a_destination")),
+        "{v}"
+    );
+    let handset = destination_id(&kci, &admin, "http").await;
+    let (s, v) = send(handset.clone()).await;
+    assert_eq!(s, 202, "{v}");
+    let hook = eventually(10, "the code on the phone", || async {
+        hooks_of(&phone, "kci.change.code").into_iter().next()
+    })
+    .await;
+    let text = hook["data"]["short"].as_str().unwrap();
+    let code: String = text
+        .split_whitespace()
+        .find(|w| {
+            w.trim_end_matches('.').len() == 6
+                && w.trim_end_matches('.').bytes().all(|b| b.is_ascii_digit())
+        })
+        .map(|w| w.trim_end_matches('.').to_string())
+        .unwrap_or_else(|| panic!("a code in {text}"));
+    let prove = |code: String| {
+        let (kci, writer, id) = (&kci, &writer, &id);
+        async move {
+            let body = json!({ "code": code }).to_string();
+            kci.call(
+                "POST",
+                &format!("/v1/changes/{id}/proof"),
+                Some(writer),
+                Some(&body),
+            )
+            .await
+        }
+    };
+    let wrong = if code == "000000" { "111111" } else { "000000" };
+    let (s, v) = prove(wrong.to_string()).await;
+    assert_eq!((s, v["error"].as_str()), (409, Some("wrong_code")), "{v}");
+    let (s, v) = prove(code.clone()).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["change"]["state"], "applied", "{v}");
+    assert_eq!(v["change"]["proof"], format!("code:{handset}"));
+    assert_eq!(
+        active_key(&kci, &admin).await.as_deref(),
+        Some(new.as_str())
+    );
+    // Used up with the change: the same code again changes nothing.
+    let (s, v) = prove(code).await;
+    assert_eq!((s, v["error"].as_str()), (409, Some("not_pending")), "{v}");
+
+    // At `high`, a code proves nothing: the period runs.
+    let body = json!({"name": "Acme", "security_level": "high"}).to_string();
+    let (s, v) = kci
+        .call("PUT", "/v1/accounts/acme", Some(&admin), Some(&body))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let (_third, _) = new_key_without_proof(&kci).await;
+    let pending = changes(&kci, &admin).await;
+    let id = pending
+        .iter()
+        .find(|c| c["state"] == "pending")
+        .and_then(|c| c["id"].as_str())
+        .unwrap()
+        .to_string();
+    let body = json!({ "destination": handset }).to_string();
+    let (s, v) = kci
+        .call(
+            "POST",
+            &format!("/v1/changes/{id}/code"),
+            Some(&writer),
+            Some(&body),
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (409, Some("code_not_allowed")),
+        "{v}"
+    );
+}

@@ -19,7 +19,10 @@ CREATE TABLE IF NOT EXISTS changes (
     subject          TEXT NOT NULL DEFAULT '{}',
     proven_current   INTEGER NOT NULL DEFAULT 0,
     proven_new       INTEGER NOT NULL DEFAULT 0,
-    decided_at       INTEGER
+    decided_at       INTEGER,
+    -- A code sent to a verified destination to prove the change (JSON:
+    -- where it went, its hash and the counts that bound guessing).
+    proof_code       TEXT
 );
 INSERT INTO changes (id, kind, address, state, requested_at, requested_by, not_before, subject,
                      proven_current, proven_new)

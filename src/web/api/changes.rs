@@ -6,6 +6,9 @@
 //!   member's token: approvals are a person's);
 //! * `POST /v1/changes/{id}/veto` (scope `incidents`: staff stopping a
 //!   change on the customer's behalf, audited under their name);
+//! * `POST /v1/changes/{id}/code`, `POST /v1/changes/{id}/proof` (scope
+//!   `keys:write`): a code sent to one of the customer's verified
+//!   destinations, entered back as proof where the level allows;
 //! * `GET|POST /v1/veto/{token}`: the page behind the link in a change's
 //!   notices, and its button;
 //! * `GET /v1/incidents`, `POST /v1/incidents/{id}/close` (scope
@@ -142,6 +145,18 @@ fn refusal(why: ChangeRefusal, what: &str) -> AppError {
         ChangeRefusal::ApprovedAlready => "approved_already",
         ChangeRefusal::InvalidLink => "invalid_link",
         ChangeRefusal::IncidentClosed => "incident_closed",
+        ChangeRefusal::CodeNotAllowed => "code_not_allowed",
+        ChangeRefusal::NotADestination => "not_a_destination",
+        ChangeRefusal::CodeTooSoon => {
+            return AppError::TooMany {
+                code: "code_too_soon",
+                message: why.to_string(),
+                retry_after: None,
+            };
+        }
+        ChangeRefusal::NoCode => "no_code",
+        ChangeRefusal::WrongCode => "wrong_code",
+        ChangeRefusal::CodeLocked => "code_locked",
     };
     AppError::Conflict {
         code,
@@ -255,6 +270,103 @@ pub async fn veto(
         }
         ChangeAnswer::Refused { why, .. } => Err(refusal(why, &format!("change `{id}`"))),
         other => Err(AppError::Internal(format!("veto answered {other:?}"))),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CodeInput {
+    destination: String,
+}
+
+/// `POST /v1/changes/{id}/code` (scope `keys:write`), body
+/// `{"destination"}`: sends a 6-digit code to that verified destination of
+/// the customer's; entered back (`…/proof`), it proves the change. Only
+/// below `high`, and never to what the change is about (the mailbox a key
+/// change is for, the destination a change removes): 409 otherwise; 429
+/// when codes come too fast.
+pub async fn send_code(
+    State(st): State<AppState>,
+    caller: Caller,
+    peer: Peer,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<impl IntoResponse, AppError> {
+    caller.require(Scope::KeysWrite)?;
+    let input: CodeInput = super::json_body(&body)?;
+    let actor = actor(&caller, peer, None);
+    match engine(&st)
+        .send_code(&id, &input.destination, &actor)
+        .await?
+    {
+        ChangeAnswer::Waiting(change) => {
+            st.wake.notify_one();
+            Ok((StatusCode::ACCEPTED, Json(json!({"change": change}))))
+        }
+        ChangeAnswer::Refused { why, .. } => Err(refusal(why, &format!("change `{id}`"))),
+        other => Err(AppError::Internal(format!("send_code answered {other:?}"))),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProofInput {
+    code: String,
+}
+
+/// `POST /v1/changes/{id}/proof` (scope `keys:write`), body `{"code"}`:
+/// the code sent, entered back. 200 with the change — applied when that
+/// was the last proof it needed; 409 for a wrong, expired or locked code
+/// (5 tries a code, 10 a day, and the token's wrong codes are limited as
+/// for destinations).
+pub async fn prove(
+    State(st): State<AppState>,
+    caller: Caller,
+    peer: Peer,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<impl IntoResponse, AppError> {
+    caller.require(Scope::KeysWrite)?;
+    let input: ProofInput = super::json_body(&body)?;
+    let code = input.code.trim();
+    if code.len() != 6 || !code.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(AppError::invalid(
+            "invalid_field",
+            "code",
+            "must be the 6 digits that were sent",
+        ));
+    }
+    let now = st.clock.now();
+    let cap = st.config.directory.wrong_codes_per_token;
+    let bucket = "wrong_codes:token";
+    if let Err(retry_at) = st
+        .store
+        .throttle_peek(bucket, &caller.0.id, cap, now)
+        .await?
+    {
+        st.metrics.limit_hit("wrong_codes", "token");
+        return Err(AppError::TooMany {
+            code: "too_many_wrong_codes",
+            message: format!(
+                "this token entered too many wrong codes; try again after {}",
+                crate::model::fmt_time(retry_at)
+            ),
+            retry_after: (retry_at - now).to_std().ok(),
+        });
+    }
+    let actor = actor(&caller, peer, None);
+    match engine(&st).prove(&id, code, &actor).await? {
+        ChangeAnswer::Waiting(change) | ChangeAnswer::Settled(change) => {
+            st.wake.notify_one();
+            Ok(Json(json!({"change": change})))
+        }
+        ChangeAnswer::Refused { why, .. } => {
+            if why == ChangeRefusal::WrongCode {
+                st.store.throttle(bucket, &caller.0.id, cap, now).await?;
+            }
+            Err(refusal(why, &format!("change `{id}`")))
+        }
+        other => Err(AppError::Internal(format!("prove answered {other:?}"))),
     }
 }
 

@@ -61,6 +61,8 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/changes/{id}", get(changes::get))
         .route("/v1/changes/{id}/approve", post(changes::approve))
         .route("/v1/changes/{id}/veto", post(changes::veto))
+        .route("/v1/changes/{id}/code", post(changes::send_code))
+        .route("/v1/changes/{id}/proof", post(changes::prove))
         .route(
             "/v1/veto/{token}",
             get(changes::veto_page).post(changes::veto_link),
