@@ -337,23 +337,7 @@ pub async fn prove(
         ));
     }
     let now = st.clock.now();
-    let cap = st.config.directory.wrong_codes_per_token;
-    let bucket = "wrong_codes:token";
-    if let Err(retry_at) = st
-        .store
-        .throttle_peek(bucket, &caller.0.id, cap, now)
-        .await?
-    {
-        st.metrics.limit_hit("wrong_codes", "token");
-        return Err(AppError::TooMany {
-            code: "too_many_wrong_codes",
-            message: format!(
-                "this token entered too many wrong codes; try again after {}",
-                crate::model::fmt_time(retry_at)
-            ),
-            retry_after: (retry_at - now).to_std().ok(),
-        });
-    }
+    super::wrong_codes_allowed(&st, &caller, now).await?;
     let actor = actor(&caller, peer, None);
     match engine(&st).prove(&id, code, &actor).await? {
         ChangeAnswer::Waiting(change) | ChangeAnswer::Settled(change) => {
@@ -362,7 +346,7 @@ pub async fn prove(
         }
         ChangeAnswer::Refused { why, .. } => {
             if why == ChangeRefusal::WrongCode {
-                st.store.throttle(bucket, &caller.0.id, cap, now).await?;
+                super::count_wrong_code(&st, &caller, now).await?;
             }
             Err(refusal(why, &format!("change `{id}`")))
         }

@@ -140,6 +140,36 @@ fn opened(answer: ChangeAnswer) -> Result<crate::model::Change, AppError> {
     }
 }
 
+/// Opens the protected change of `kind` for destination `dest` of account
+/// `account` (at `level`): 202 with the change, or 409 when another one
+/// of the account is pending.
+async fn protect(
+    st: &AppState,
+    (caller, peer): (&Caller, Peer),
+    kind: ChangeKind,
+    account: &str,
+    level: SecurityLevel,
+    dest: &Destination,
+) -> Result<axum::response::Response, AppError> {
+    let plan = DestinationPlan {
+        id: dest.id.clone(),
+        contact: dest.contact.clone(),
+        uri: dest.uri.to_string(),
+        prefs: dest.prefs.clone(),
+        verified: dest.verified,
+    };
+    let subject = Subject {
+        destination: Some(Box::new(plan)),
+        ..Subject::default()
+    };
+    let engine = engine(st);
+    let actor = actor(caller, peer);
+    let change = engine.new_change(kind, account, level, subject, &actor);
+    let change = opened(engine.request(change, &actor).await?)?;
+    st.wake.notify_one();
+    Ok((StatusCode::ACCEPTED, Json(json!({"change": change}))).into_response())
+}
+
 /// Records a directory step that took effect at once.
 async fn audit(
     st: &AppState,
@@ -332,23 +362,8 @@ pub async fn add_destination(
             .flat_map(|c| &c.destinations)
             .any(|d| d.verified);
         if crate::trust::changes::protected(ChangeKind::DestinationAdd, level, told) {
-            let plan = DestinationPlan {
-                id: dest.id.clone(),
-                contact: cid.clone(),
-                uri: dest.uri.to_string(),
-                prefs: dest.prefs.clone(),
-                verified: dest.verified,
-            };
-            let subject = Subject {
-                destination: Some(Box::new(plan)),
-                ..Subject::default()
-            };
-            let engine = engine(&st);
-            let actor = actor(&caller, peer);
-            let change = engine.new_change(ChangeKind::DestinationAdd, &id, level, subject, &actor);
-            let change = opened(engine.request(change, &actor).await?)?;
-            st.wake.notify_one();
-            return Ok((StatusCode::ACCEPTED, Json(json!({"change": change}))).into_response());
+            let asked = (&caller, peer);
+            return protect(&st, asked, ChangeKind::DestinationAdd, &id, level, &dest).await;
         }
     }
     let now = st.clock.now();
@@ -548,16 +563,7 @@ pub async fn verify_destination(
     }
     // Guessing across many destinations is bounded per token too.
     let now = st.clock.now();
-    let cap = st.config.directory.wrong_codes_per_token;
-    let bucket = "wrong_codes:token";
-    if let Err(retry_at) = st
-        .store
-        .throttle_peek(bucket, &caller.0.id, cap, now)
-        .await?
-    {
-        st.metrics.limit_hit("wrong_codes", "token");
-        return Err(too_many_wrong(retry_at, now));
-    }
+    super::wrong_codes_allowed(&st, &caller, now).await?;
     match st
         .store
         .verify_destination(
@@ -577,12 +583,7 @@ pub async fn verify_destination(
         }
         VerifyOutcome::AlreadyVerified => Ok(Json(json!({"id": did, "verified": true}))),
         VerifyOutcome::WrongCode { attempts_left } => {
-            if let crate::model::throttle::Counted::Refused { retry_at } =
-                st.store.throttle(bucket, &caller.0.id, cap, now).await?
-            {
-                st.metrics.limit_hit("wrong_codes", "token");
-                return Err(too_many_wrong(retry_at, now));
-            }
+            super::count_wrong_code(&st, &caller, now).await?;
             Err(AppError::invalid(
                 "wrong_code",
                 "code",
@@ -597,21 +598,6 @@ pub async fn verify_destination(
         VerifyOutcome::NotFound => Err(AppError::NotFound {
             what: format!("destination `{did}`"),
         }),
-    }
-}
-
-/// 429 for a token that entered too many wrong codes.
-fn too_many_wrong(
-    retry_at: chrono::DateTime<chrono::Utc>,
-    now: chrono::DateTime<chrono::Utc>,
-) -> AppError {
-    AppError::TooMany {
-        code: "too_many_wrong_codes",
-        message: format!(
-            "this token entered too many wrong codes; try again after {}",
-            crate::model::fmt_time(retry_at)
-        ),
-        retry_after: (retry_at - now).to_std().ok(),
     }
 }
 
@@ -639,24 +625,9 @@ pub async fn delete_destination(
             true,
         )
     {
-        let plan = DestinationPlan {
-            id: dest.id.clone(),
-            contact: cid.clone(),
-            uri: dest.uri.to_string(),
-            prefs: dest.prefs.clone(),
-            verified: dest.verified,
-        };
-        let subject = Subject {
-            destination: Some(Box::new(plan)),
-            ..Subject::default()
-        };
         let level = view.account.security_level;
-        let engine = engine(&st);
-        let actor = actor(&caller, peer);
-        let change = engine.new_change(ChangeKind::DestinationRemove, &id, level, subject, &actor);
-        let change = opened(engine.request(change, &actor).await?)?;
-        st.wake.notify_one();
-        return Ok((StatusCode::ACCEPTED, Json(json!({"change": change}))).into_response());
+        let asked = (&caller, peer);
+        return protect(&st, asked, ChangeKind::DestinationRemove, &id, level, dest).await;
     }
     if st
         .store

@@ -8,7 +8,7 @@ mod events;
 mod keys;
 mod ops;
 
-use super::AppState;
+use super::{AppError, AppState};
 use axum::Router;
 use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse};
@@ -154,4 +154,61 @@ pub(crate) fn plausible_token(token: &str) -> bool {
         && token
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// The limit on wrong codes one token enters, whatever they were for
+/// (destinations, changes): `[directory] wrong_codes_per_token`.
+const WRONG_CODES: &str = "wrong_codes:token";
+
+/// 429 if `caller` entered too many wrong codes lately.
+pub(crate) async fn wrong_codes_allowed(
+    st: &AppState,
+    caller: &super::Caller,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<(), super::AppError> {
+    let cap = st.config.directory.wrong_codes_per_token;
+    match st
+        .store
+        .throttle_peek(WRONG_CODES, &caller.0.id, cap, now)
+        .await?
+    {
+        Ok(()) => Ok(()),
+        Err(retry_at) => {
+            st.metrics.limit_hit("wrong_codes", "token");
+            Err(too_many_wrong(retry_at, now))
+        }
+    }
+}
+
+/// Counts a wrong code entered by `caller`; 429 if that was one too many.
+pub(crate) async fn count_wrong_code(
+    st: &AppState,
+    caller: &super::Caller,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<(), super::AppError> {
+    let cap = st.config.directory.wrong_codes_per_token;
+    if let crate::model::throttle::Counted::Refused { retry_at } = st
+        .store
+        .throttle(WRONG_CODES, &caller.0.id, cap, now)
+        .await?
+    {
+        st.metrics.limit_hit("wrong_codes", "token");
+        return Err(too_many_wrong(retry_at, now));
+    }
+    Ok(())
+}
+
+/// 429 for a token that entered too many wrong codes.
+fn too_many_wrong(
+    retry_at: chrono::DateTime<chrono::Utc>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> AppError {
+    AppError::TooMany {
+        code: "too_many_wrong_codes",
+        message: format!(
+            "this token entered too many wrong codes; try again after {}",
+            crate::model::fmt_time(retry_at)
+        ),
+        retry_after: (retry_at - now).to_std().ok(),
+    }
 }
