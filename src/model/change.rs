@@ -154,6 +154,10 @@ pub struct Subject {
     /// `security.lower`: `paranoid` after.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub paranoid: Option<bool>,
+    /// `security.lower`: the account's level and `paranoid` when it was
+    /// asked (if they changed since, it no longer applies).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<(SecurityLevel, bool)>,
 }
 
 /// A protected change (the contract's record, and what it does).

@@ -165,9 +165,16 @@ fn still_possible(c: &Change, ctx: &ChangeContext, now: DateTime<Utc>) -> Result
                 Err("the destination is gone".into())
             }
         }
-        ChangeKind::SecurityLower => match ctx.account {
-            Some(_) => Ok(()),
+        ChangeKind::SecurityLower => match &ctx.account {
             None => Err("the account is gone".into()),
+            Some(v) => {
+                let now = (v.account.security_level, v.account.paranoid);
+                if c.subject.from.is_some_and(|from| from != now) {
+                    Err("the account's security changed since it was asked".into())
+                } else {
+                    Ok(())
+                }
+            }
         },
     }
 }
@@ -549,6 +556,14 @@ mod tests {
             ..needs_two.clone()
         };
         let reject = |why: &str| Settle::Reject(why.to_string());
+        let lowering = |from| Change {
+            subject: Subject {
+                security_level: Some(SecurityLevel::Standard),
+                from: Some((from, false)),
+                ..Default::default()
+            },
+            ..change(ChangeKind::SecurityLower)
+        };
         // (case, change, context, now, decision)
         let cases: Vec<(&str, Change, ChangeContext, i64, Settle)> = vec![
             (
@@ -623,6 +638,20 @@ mod tests {
                 Default::default(),
                 60,
                 reject("the account is gone"),
+            ),
+            (
+                "lower security, asked at high",
+                lowering(SecurityLevel::High),
+                account.clone(),
+                60,
+                Settle::Apply,
+            ),
+            (
+                "lower security, raised meanwhile",
+                lowering(SecurityLevel::Maximum),
+                account.clone(),
+                60,
+                reject("the account's security changed since it was asked"),
             ),
             (
                 "new key confirmed",

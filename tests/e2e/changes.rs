@@ -737,3 +737,86 @@ async fn a_code_to_her_phone_proves_a_lost_key_customers_request_at_once() {
         "{v}"
     );
 }
+
+/// A token that can write the directory tries to lower a `high`
+/// account's security (and turn `paranoid` off) with a plain `PUT`: the
+/// rest of the account is written, the lowering waits as a change, and
+/// an agent on the phone with the customer stops it on her behalf —
+/// audited under the agent's name, with the ticket.
+#[tokio::test]
+async fn lowering_a_high_accounts_security_waits_and_an_agent_vetoes_it_for_the_customer() {
+    let phone = WebhookReceiver::start().await;
+    let (_dir, kci) = hub(None, &cooling(60));
+    let admin = customer(&kci, "high", &phone).await;
+    let writer = kci.token(&["directory:write"]);
+    let body =
+        json!({"name": "Acme Ltd", "security_level": "standard", "paranoid": false}).to_string();
+    let (s, v) = kci
+        .call("PUT", "/v1/accounts/acme", Some(&writer), Some(&body))
+        .await;
+    assert_eq!(s, 202, "{v}");
+    assert_eq!(v["change"]["kind"], "security.lower");
+    assert_eq!(v["change"]["security_level"], "standard");
+    assert_eq!(v["account"]["security_level"], "high");
+    let id = v["change"]["id"].as_str().unwrap().to_string();
+    let (_, account) = kci
+        .call("GET", "/v1/accounts/acme", Some(&admin), None)
+        .await;
+    assert_eq!(account["name"], "Acme Ltd", "{account}");
+    assert_eq!(account["security_level"], "high", "{account}");
+
+    let (code, _, err) = kci.cli(&["staff", "add", "dan", "--role", "agent"]);
+    assert_eq!(code, 0, "{err}");
+    let dan = kci.token_as(Some("dan"), &[]);
+    let (s, v) = kci
+        .call(
+            "POST",
+            &format!("/v1/changes/{id}/veto"),
+            Some(&dan),
+            Some(r#"{"ticket": "CALL-7"}"#),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["change"]["state"], "vetoed");
+    assert_eq!(v["change"]["reason"], "vetoed by staff:dan");
+    let incident = v["incident"]["id"].as_str().unwrap().to_string();
+    // Closing the incident tells the customer.
+    let (s, v) = kci
+        .call(
+            "POST",
+            &format!("/v1/incidents/{incident}/close"),
+            Some(&dan),
+            Some(r#"{"note": "Integration misconfigured; its token was revoked."}"#),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["incident"]["state"], "closed");
+    assert_eq!(v["incident"]["closed_by"], "staff:dan");
+    eventually(10, "the phone told the matter is closed", || async {
+        (!hooks_of(&phone, "kci.incident.closed").is_empty()).then_some(())
+    })
+    .await;
+    let (s, _) = kci
+        .call(
+            "POST",
+            &format!("/v1/incidents/{incident}/close"),
+            Some(&dan),
+            Some(r#"{"note": "again"}"#),
+        )
+        .await;
+    assert_eq!(s, 409);
+    let auditor = kci.token(&["audit:read"]);
+    let (_, v) = kci
+        .call("GET", "/v1/audit?account=acme", Some(&auditor), None)
+        .await;
+    let vetoed = v["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["action"] == "change.vetoed")
+        .unwrap_or_else(|| panic!("{v}"));
+    assert_eq!(
+        (vetoed["actor"].as_str(), vetoed["ticket"].as_str()),
+        (Some("staff:dan"), Some("CALL-7"))
+    );
+}

@@ -81,6 +81,7 @@ pub async fn put_account(
     let subject = Subject {
         security_level: (account.security_level < level).then_some(account.security_level),
         paranoid: (paranoid && !account.paranoid).then_some(false),
+        from: Some((level, paranoid)),
         ..Subject::default()
     };
     let stored = Account {
