@@ -6,6 +6,7 @@
 //! `store` underneath, `web` and `cli` at the edges.
 
 pub mod audit;
+pub mod calls;
 pub mod changes;
 pub mod channels;
 pub mod cli;

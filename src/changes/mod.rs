@@ -287,9 +287,9 @@ pub async fn mint_veto_link(store: &dyn Store, n: &Notification) -> Result<Optio
         .then_some(token))
 }
 
-/// The server's loop for changes and the audit log: settles due changes
-/// and signs the log's head when a checkpoint is due, every `tick`, until
-/// shutdown.
+/// The server's loop for changes, calls and the audit log: settles due
+/// changes, ends call verifications past their time, and signs the log's
+/// head when a checkpoint is due, every second, until shutdown.
 pub async fn run(
     store: Arc<dyn Store>,
     config: Arc<Config>,
@@ -319,6 +319,18 @@ pub async fn run(
             Ok(n) if n > 0 => wake.notify_one(),
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "settling protected changes failed; trying again"),
+        }
+        let calls = crate::calls::Calls {
+            store: store.as_ref(),
+            config: config.as_ref(),
+            now,
+        };
+        match calls.expire_due().await {
+            Ok(n) if n > 0 => wake.notify_one(),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "ending expired call verifications failed; trying again")
+            }
         }
         if let Some(key) = &key
             && let Err(e) = crate::audit::checkpoint(store.as_ref(), key, &config.audit, now).await

@@ -55,6 +55,9 @@ pub struct Config {
     /// The audit log's signed checkpoints.
     #[serde(default)]
     pub audit: AuditConfig,
+    /// Call verification (DESIGN.md §8).
+    #[serde(default)]
+    pub calls: CallsConfig,
     /// Event types source systems may post, by name (such as `line.down`).
     #[serde(default)]
     pub types: BTreeMap<String, EventType>,
@@ -129,6 +132,41 @@ impl Default for AuditConfig {
         Self {
             checkpoint_every: default_checkpoint_every(),
             checkpoint_interval: default_checkpoint_interval(),
+        }
+    }
+}
+
+/// `[calls]`: how many call verifications may be opened.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallsConfig {
+    /// Per account (each one rings the customer's phone).
+    #[serde(default = "default_calls_per_account")]
+    pub per_account: crate::model::Cap,
+    /// Per staff member.
+    #[serde(default = "default_calls_per_staff")]
+    pub per_staff: crate::model::Cap,
+}
+
+fn default_calls_per_account() -> crate::model::Cap {
+    crate::model::Cap {
+        count: 5,
+        per: crate::model::Span(std::time::Duration::from_secs(3600)),
+    }
+}
+
+fn default_calls_per_staff() -> crate::model::Cap {
+    crate::model::Cap {
+        count: 60,
+        per: crate::model::Span(std::time::Duration::from_secs(3600)),
+    }
+}
+
+impl Default for CallsConfig {
+    fn default() -> Self {
+        Self {
+            per_account: default_calls_per_account(),
+            per_staff: default_calls_per_staff(),
         }
     }
 }

@@ -4,6 +4,7 @@
 
 mod address;
 pub mod audit;
+mod call;
 mod cap;
 mod change;
 mod clock;
@@ -24,6 +25,10 @@ mod uri;
 mod window;
 
 pub use address::EmailAddr;
+pub use call::{
+    Call, CallAnswer, CallCode, CallContext, CallRefusal, CallRule, CallState, CallTarget,
+    CallWrite,
+};
 pub use cap::Cap;
 pub use change::{
     Approval, Audience, Change, ChangeAnswer, ChangeContext, ChangeKind, ChangeRefusal, ChangeRule,

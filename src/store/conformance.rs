@@ -2036,6 +2036,160 @@ pub async fn check_staff_tokens(store: &dyn Store) {
     );
 }
 
+/// Call verification on this store (DESIGN.md §8): opened with the
+/// customer told on their phone, both codes typed, a failure after three
+/// wrong codes telling the customer to hang up and opening an incident,
+/// and expiry.
+pub async fn check_calls(store: &dyn Store) {
+    use crate::calls::{Calls, Opened};
+    use crate::changes::Actor;
+    use crate::model::{CallAnswer, CallRefusal, CallState};
+    seed(store).await;
+    let config = Config::parse("", "test").unwrap();
+    let t0 = t("2026-03-22T10:00:00Z");
+    let at = |s: i64| Calls {
+        store,
+        config: &config,
+        now: t0 + Duration::seconds(s),
+    };
+    let dan = Actor {
+        id: "staff:dan".into(),
+        ..Actor::default()
+    };
+    let Opened::Open { call, staff_code } = at(0).open("A1", "alice", &dan).await.unwrap() else {
+        panic!("opened");
+    };
+    assert_eq!(call.state, CallState::Open);
+    assert_eq!(staff_code.len(), 6);
+    assert_eq!(store.open_calls("A1", "alice", t0).await.unwrap().len(), 1);
+    // The customer is told on the webhook (not by mail), the code and the
+    // link kept with the notice only until it is sent.
+    let told: Vec<_> = store
+        .notifications_in(State::Pending, None, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|n| n.type_name == crate::text::calls::CALLING)
+        .collect();
+    assert_eq!(told.len(), 1, "{told:?}");
+    assert_eq!(told[0].channel, ChannelKind::Webhook);
+    let secret = told[0].secret.as_ref().unwrap().expose().to_string();
+    let customer_code = &secret[..6];
+    let token = secret.rsplit("/v1/call/").next().unwrap().to_string();
+    // Unknown contacts and a contact nobody reaches at once: refused.
+    assert!(matches!(
+        at(1).open("A1", "nobody", &dan).await.unwrap(),
+        Opened::Refused(CallRefusal::UnknownContact)
+    ));
+
+    // Staff type the customer's code, the customer staff's: verified.
+    let typed = at(10)
+        .staff_typed(&call.id, customer_code, &dan)
+        .await
+        .unwrap();
+    assert!(
+        matches!(&typed, CallAnswer::Done(c) if c.staff_confirmed && c.state == CallState::Open)
+    );
+    let wrong_call = at(11)
+        .customer_typed(&token, Some("another-call"), &staff_code, None)
+        .await
+        .unwrap();
+    assert!(matches!(
+        wrong_call,
+        CallAnswer::Refused {
+            why: CallRefusal::InvalidLink,
+            ..
+        }
+    ));
+    let done = at(12)
+        .customer_typed(&token, Some(&call.id), &staff_code, None)
+        .await
+        .unwrap();
+    assert!(
+        matches!(&done, CallAnswer::Done(c) if c.state == CallState::Verified),
+        "{done:?}"
+    );
+    let again = at(13)
+        .customer_typed(&token, None, &staff_code, None)
+        .await
+        .unwrap();
+    assert!(matches!(
+        again,
+        CallAnswer::Refused {
+            why: CallRefusal::Over,
+            ..
+        }
+    ));
+    assert_eq!(
+        store.call(&call.id).await.unwrap().unwrap().state,
+        CallState::Verified
+    );
+
+    // A caller who has the customer's details but not their code.
+    let Opened::Open { call: second, .. } = at(100).open("A1", "alice", &dan).await.unwrap() else {
+        panic!("opened");
+    };
+    for (i, code) in ["000001", "000002", "000003"].into_iter().enumerate() {
+        let a = at(101 + i64::try_from(i).unwrap())
+            .staff_typed(&second.id, code, &dan)
+            .await
+            .unwrap();
+        assert!(
+            matches!(
+                a,
+                CallAnswer::Refused {
+                    why: CallRefusal::WrongCode,
+                    ..
+                }
+            ),
+            "{a:?}"
+        );
+    }
+    let failed = store.call(&second.id).await.unwrap().unwrap();
+    assert_eq!((failed.state, failed.attempts), (CallState::Failed, 3));
+    let pending = store
+        .notifications_in(State::Pending, None, 100)
+        .await
+        .unwrap();
+    assert!(pending.iter().any(|n| n.type_name == "kci.call.failed"));
+    let incidents = store.incidents(true, Some("A1"), 10).await.unwrap();
+    assert_eq!(incidents[0].kind, "call.failed");
+
+    // Nobody types anything: expired after five minutes.
+    let Opened::Open { call: third, .. } = at(200).open("A1", "alice", &dan).await.unwrap() else {
+        panic!("opened");
+    };
+    assert_eq!(at(499).expire_due().await.unwrap(), 0);
+    assert_eq!(at(500).expire_due().await.unwrap(), 1);
+    assert_eq!(
+        store.call(&third.id).await.unwrap().unwrap().state,
+        CallState::Expired
+    );
+    assert_eq!(
+        store.incidents(true, Some("A1"), 10).await.unwrap().len(),
+        2
+    );
+    assert!(
+        store
+            .open_calls("A1", "alice", t0 + Duration::seconds(501))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let entries = store.audit_entries(Some("A1"), 0, 100).await.unwrap();
+    let actions: Vec<_> = entries.iter().map(|e| e.draft.action.as_str()).collect();
+    for want in [
+        "call.opened",
+        "call.staff_typed",
+        "call.customer_typed",
+        "call.verified",
+        "call.failed",
+        "call.expired",
+    ] {
+        assert!(actions.contains(&want), "{want} in {actions:?}");
+    }
+}
+
 conformance!(
     check_tokens,
     check_directory,
@@ -2055,6 +2209,7 @@ conformance!(
     check_protected_changes,
     check_security_kept,
     check_staff_tokens,
+    check_calls,
 );
 
 /// A schema dropped when the test ends.

@@ -7,8 +7,8 @@
 
 use super::codec::{current_secrets, finish_row, receipt_detail};
 use super::rows::{
-    self, By, ChangeWhich, Claim, DestRef, HealthRow, IncidentWhich, ReceiptRow, Rows, SecretsRow,
-    Which,
+    self, By, CallWhich, ChangeWhich, Claim, DestRef, HealthRow, IncidentWhich, ReceiptRow, Rows,
+    SecretsRow, Which,
 };
 use super::*;
 use crate::model::audit::{AuditDraft, AuditEntry, Checkpoint};
@@ -31,6 +31,7 @@ macro_rules! migrations {
             (4, include_str!(concat!("migrations/", $db, "-4.sql"))),
             (5, include_str!(concat!("migrations/", $db, "-5.sql"))),
             (6, include_str!(concat!("migrations/", $db, "-6.sql"))),
+            (7, include_str!(concat!("migrations/", $db, "-7.sql"))),
         ]
     };
 }
@@ -292,6 +293,39 @@ async fn change_context(rows: &mut impl Rows, target: &ChangeTarget) -> Result<C
         }
     }
     Ok(ctx)
+}
+
+/// What a step on a call sees: the call (locked) and the contact's
+/// destinations that reach them at once.
+async fn call_context(
+    rows: &mut impl Rows,
+    target: &crate::model::CallTarget,
+) -> Result<crate::model::CallContext> {
+    use crate::model::CallTarget;
+    let call = match target {
+        // A new one is the rule's own; nothing stored yet.
+        CallTarget::New(_) => None,
+        CallTarget::Id(id) => rows.calls(CallWhich::Id(id)).await?.pop(),
+        CallTarget::Link(hash) => rows.calls(CallWhich::Link(hash)).await?.pop(),
+    };
+    let (account, contact) = match (target, &call) {
+        (CallTarget::New(c), _) => (c.account.clone(), c.contact.clone()),
+        (_, Some(c)) => (c.account.clone(), c.contact.clone()),
+        (_, None) => return Ok(crate::model::CallContext::default()),
+    };
+    let contact_known = rows.contact_exists(&account, &contact).await?;
+    let audience = audience(rows, std::slice::from_ref(&account))
+        .await?
+        .into_iter()
+        .filter(|a| {
+            a.destination.contact == contact && a.destination.uri.channel() != ChannelKind::Email
+        })
+        .collect();
+    Ok(crate::model::CallContext {
+        call,
+        audience,
+        contact_known,
+    })
 }
 
 /// Makes the writes a change step decided.
@@ -1285,6 +1319,77 @@ impl<B: Backend> ChangeStore for Db<B> {
         let id = id.to_string();
         self.read(move |rows| {
             Box::pin(async move { Ok(rows.incidents(IncidentWhich::Id(&id)).await?.pop()) })
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl<B: Backend> CallStore for Db<B> {
+    async fn call_step(
+        &self,
+        target: crate::model::CallTarget,
+        now: DateTime<Utc>,
+        rule: Arc<dyn crate::model::CallRule>,
+    ) -> Result<crate::model::CallAnswer> {
+        use crate::model::CallWrite;
+        self.write(move |rows| {
+            Box::pin(async move {
+                let ctx = call_context(rows, &target).await?;
+                let (writes, answer) = rule.decide(&ctx, now);
+                for w in &writes {
+                    match w {
+                        CallWrite::Call(c) => rows.upsert_call(c).await?,
+                        CallWrite::Notice(n) => rows.insert_notification(n).await?,
+                        CallWrite::Incident(i) => rows.upsert_incident(i).await?,
+                        CallWrite::Audit(d) => {
+                            append_audit(rows, d.clone(), now).await?;
+                        }
+                    }
+                }
+                Ok(answer)
+            })
+        })
+        .await
+    }
+
+    async fn call(&self, id: &str) -> Result<Option<crate::model::Call>> {
+        let id = id.to_string();
+        self.read(move |rows| {
+            Box::pin(async move { Ok(rows.calls(CallWhich::Id(&id)).await?.pop()) })
+        })
+        .await
+    }
+
+    async fn open_calls(
+        &self,
+        account: &str,
+        contact: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<crate::model::Call>> {
+        let (account, contact) = (account.to_string(), contact.to_string());
+        self.read(move |rows| {
+            Box::pin(async move {
+                rows.calls(CallWhich::Open {
+                    account: &account,
+                    contact: &contact,
+                    now: to_millis(now),
+                })
+                .await
+            })
+        })
+        .await
+    }
+
+    async fn due_calls(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<String>> {
+        let which = CallWhich::Due {
+            now: to_millis(now),
+            limit: i64::try_from(limit).unwrap_or(i64::MAX),
+        };
+        self.read(move |rows| {
+            Box::pin(
+                async move { Ok(rows.calls(which).await?.into_iter().map(|c| c.id).collect()) },
+            )
         })
         .await
     }

@@ -523,6 +523,33 @@ pub trait ChangeStore: Send + Sync {
     async fn incident(&self, id: &str) -> Result<Option<crate::model::Incident>>;
 }
 
+/// Call verifications (DESIGN.md §8).
+#[async_trait]
+pub trait CallStore: Send + Sync {
+    /// One step on a call verification, in one transaction: the call read
+    /// locked (by id or the hash of its customer link) with who is told,
+    /// `rule` decides, its writes are made.
+    async fn call_step(
+        &self,
+        target: crate::model::CallTarget,
+        now: DateTime<Utc>,
+        rule: Arc<dyn crate::model::CallRule>,
+    ) -> Result<crate::model::CallAnswer>;
+
+    async fn call(&self, id: &str) -> Result<Option<crate::model::Call>>;
+
+    /// The open verifications of a contact, not past their time.
+    async fn open_calls(
+        &self,
+        account: &str,
+        contact: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<crate::model::Call>>;
+
+    /// Ids of open verifications past their time.
+    async fn due_calls(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<String>>;
+}
+
 /// Which changes to list.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ChangeFilter {
@@ -583,6 +610,7 @@ pub trait Store:
     + KeyStore
     + LimitStore
     + ChangeStore
+    + CallStore
     + AuditStore
     + StaffStore
     + 'static
@@ -595,8 +623,8 @@ pub trait Store:
 /// called.
 pub mod prelude {
     pub use super::{
-        AuditStore, ChangeStore, DirectoryStore, EventStore, KeyStore, LimitStore, QueueStore,
-        StaffStore, Store, TokenStore,
+        AuditStore, CallStore, ChangeStore, DirectoryStore, EventStore, KeyStore, LimitStore,
+        QueueStore, StaffStore, Store, TokenStore,
     };
 }
 

@@ -893,6 +893,68 @@ impl Rows for PgRows {
         Ok(())
     }
 
+    async fn upsert_call(&mut self, c: &crate::model::Call) -> Result<()> {
+        let attempts = i64::from(c.attempts);
+        self.exec(
+            "INSERT INTO calls (id, account, contact, staff, state, opened_at, expires_at, staff_code_hash, \
+             customer_code_hash, link_hash, staff_confirmed, customer_confirmed, attempts, reason) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
+             ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, staff_confirmed = EXCLUDED.staff_confirmed, \
+             customer_confirmed = EXCLUDED.customer_confirmed, attempts = EXCLUDED.attempts, reason = EXCLUDED.reason",
+            &[
+                &c.id,
+                &c.account,
+                &c.contact,
+                &c.staff,
+                &c.state.as_str(),
+                &to_millis(c.opened_at),
+                &to_millis(c.expires_at),
+                &c.staff_code.hash,
+                &c.customer_code.hash,
+                &c.link_hash,
+                &c.staff_confirmed,
+                &c.customer_confirmed,
+                &attempts,
+                &c.reason,
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn calls(&mut self, which: CallWhich<'_>) -> Result<Vec<crate::model::Call>> {
+        match which {
+            CallWhich::Id(id) => {
+                let sql = format!("SELECT {CALL_COLUMNS} FROM calls WHERE id = $1 FOR UPDATE");
+                self.all(&sql, &[&id], rows::call).await
+            }
+            CallWhich::Link(hash) => {
+                let sql =
+                    format!("SELECT {CALL_COLUMNS} FROM calls WHERE link_hash = $1 FOR UPDATE");
+                self.all(&sql, &[&hash], rows::call).await
+            }
+            CallWhich::Due { now, limit } => {
+                let sql = format!(
+                    "SELECT {CALL_COLUMNS} FROM calls WHERE state = 'open' AND expires_at <= $1 \
+                     ORDER BY expires_at LIMIT $2"
+                );
+                self.all(&sql, &[&now, &limit], rows::call).await
+            }
+            CallWhich::Open {
+                account,
+                contact,
+                now,
+            } => {
+                let sql = format!(
+                    "SELECT {CALL_COLUMNS} FROM calls WHERE account = $1 AND contact = $2 AND state = 'open' \
+                     AND expires_at > $3 ORDER BY opened_at"
+                );
+                self.all(&sql, &[&account, &contact, &now], rows::call)
+                    .await
+            }
+        }
+    }
+
     async fn incidents(&mut self, which: IncidentWhich<'_>) -> Result<Vec<Incident>> {
         match which {
             IncidentWhich::Id(id) => {

@@ -13,7 +13,7 @@ use super::{Decided, Result, StoreError, TokenRecord};
 use crate::model::audit::{AuditEntry, Checkpoint};
 use crate::model::throttle::Window;
 use crate::model::{
-    Account, Change, ChannelKind, CodeRow, Contact, Destination, Event, Incident, KeyRecord,
+    Account, Call, Change, ChannelKind, CodeRow, Contact, Destination, Event, Incident, KeyRecord,
     KeyToken, LinkRow, Message, Notification, Priority, ProofUse, RelatedNotice, SecurityLevel,
     Staff, State, VetoLink, from_millis,
 };
@@ -64,6 +64,23 @@ pub enum ChangeWhich<'a> {
     Account { account: &'a str, pending: bool },
     /// Pending ones whose period is over, oldest first.
     Due { now: i64, limit: i64 },
+}
+
+/// Which call verifications to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallWhich<'a> {
+    /// One, locked for this transaction.
+    Id(&'a str),
+    /// The one whose customer link hashes so, locked.
+    Link(&'a str),
+    /// Open ones past their time, oldest first.
+    Due { now: i64, limit: i64 },
+    /// Open ones of a contact, not past their time.
+    Open {
+        account: &'a str,
+        contact: &'a str,
+        now: i64,
+    },
 }
 
 /// Which incidents to read, newest first.
@@ -334,6 +351,10 @@ pub trait Rows: Send + 'static {
         paranoid: bool,
     ) -> impl Future<Output = Result<()>> + Send;
     fn upsert_incident(&mut self, i: &Incident) -> impl Future<Output = Result<()>> + Send;
+    /// Stores a call verification (a new one whole; a known one's state,
+    /// confirmations, attempts and reason).
+    fn upsert_call(&mut self, c: &Call) -> impl Future<Output = Result<()>> + Send;
+    fn calls(&mut self, which: CallWhich<'_>) -> impl Future<Output = Result<Vec<Call>>> + Send;
     fn incidents(
         &mut self,
         which: IncidentWhich<'_>,
@@ -562,6 +583,39 @@ pub fn incident(r: &impl Cols) -> Result<Incident> {
         note: r.opt_text(6)?,
         closed_at: r.opt_time(7)?,
         closed_by: r.opt_text(8)?,
+    })
+}
+
+/// The columns [`call`] reads.
+pub const CALL_COLUMNS: &str = "id, account, contact, staff, state, opened_at, expires_at, staff_code_hash, \
+     customer_code_hash, link_hash, staff_confirmed, customer_confirmed, attempts, reason";
+
+pub fn call(r: &impl Cols) -> Result<Call> {
+    let state = r.text(4)?;
+    let staff_confirmed = r.flag(10)?;
+    let customer_confirmed = r.flag(11)?;
+    Ok(Call {
+        id: r.text(0)?,
+        account: r.text(1)?,
+        contact: r.text(2)?,
+        staff: r.text(3)?,
+        state: crate::model::CallState::parse(&state)
+            .ok_or_else(|| StoreError::Corrupt(format!("call state `{state}`")))?,
+        opened_at: r.time(5)?,
+        expires_at: r.time(6)?,
+        staff_code: crate::model::CallCode {
+            hash: r.text(7)?,
+            matched: customer_confirmed,
+        },
+        customer_code: crate::model::CallCode {
+            hash: r.text(8)?,
+            matched: staff_confirmed,
+        },
+        link_hash: r.text(9)?,
+        staff_confirmed,
+        customer_confirmed,
+        attempts: r.count(12)?,
+        reason: r.opt_text(13)?,
     })
 }
 

@@ -1003,6 +1003,65 @@ impl Rows for Lite {
         Ok(())
     }
 
+    async fn upsert_call(&mut self, c: &crate::model::Call) -> Result<()> {
+        self.exec(
+            "INSERT INTO calls (id, account, contact, staff, state, opened_at, expires_at, staff_code_hash, \
+             customer_code_hash, link_hash, staff_confirmed, customer_confirmed, attempts, reason) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14) \
+             ON CONFLICT (id) DO UPDATE SET state = excluded.state, staff_confirmed = excluded.staff_confirmed, \
+             customer_confirmed = excluded.customer_confirmed, attempts = excluded.attempts, reason = excluded.reason",
+            params![
+                c.id,
+                c.account,
+                c.contact,
+                c.staff,
+                c.state.as_str(),
+                to_millis(c.opened_at),
+                to_millis(c.expires_at),
+                c.staff_code.hash,
+                c.customer_code.hash,
+                c.link_hash,
+                c.staff_confirmed,
+                c.customer_confirmed,
+                c.attempts,
+                c.reason
+            ],
+        )?;
+        Ok(())
+    }
+
+    async fn calls(&mut self, which: CallWhich<'_>) -> Result<Vec<crate::model::Call>> {
+        let read = |r: &rusqlite::Row<'_>| rows::call(r);
+        match which {
+            CallWhich::Id(id) => {
+                let sql = format!("SELECT {CALL_COLUMNS} FROM calls WHERE id = ?1");
+                self.all(&sql, [id], read)
+            }
+            CallWhich::Link(hash) => {
+                let sql = format!("SELECT {CALL_COLUMNS} FROM calls WHERE link_hash = ?1");
+                self.all(&sql, [hash], read)
+            }
+            CallWhich::Due { now, limit } => {
+                let sql = format!(
+                    "SELECT {CALL_COLUMNS} FROM calls WHERE state = 'open' AND expires_at <= ?1 \
+                     ORDER BY expires_at LIMIT ?2"
+                );
+                self.all(&sql, params![now, limit], read)
+            }
+            CallWhich::Open {
+                account,
+                contact,
+                now,
+            } => {
+                let sql = format!(
+                    "SELECT {CALL_COLUMNS} FROM calls WHERE account = ?1 AND contact = ?2 AND state = 'open' \
+                     AND expires_at > ?3 ORDER BY opened_at"
+                );
+                self.all(&sql, params![account, contact, now], read)
+            }
+        }
+    }
+
     async fn incidents(&mut self, which: IncidentWhich<'_>) -> Result<Vec<Incident>> {
         let read = |r: &rusqlite::Row<'_>| rows::incident(r);
         match which {

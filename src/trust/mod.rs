@@ -5,5 +5,6 @@
 //! their transactions. Assurance and call verification (DESIGN.md §7, §8)
 //! join them here.
 
+pub mod calls;
 pub mod changes;
 pub mod codes;

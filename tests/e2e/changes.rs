@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use std::time::Duration;
 
 /// The cooling-off periods of these tests: seconds, as drills use.
-fn cooling(secs: u32) -> String {
+pub(crate) fn cooling(secs: u32) -> String {
     cooling_and(secs, "")
 }
 
@@ -23,7 +23,7 @@ fn cooling_and(secs: u32, changes: &str) -> String {
 
 /// A kci signing its mail (so the audit log is checkpointed too), on
 /// SQLite or on the PostgreSQL store `pg`.
-fn hub(pg: Option<&str>, extra: &str) -> (tempfile::TempDir, Kci) {
+pub(crate) fn hub(pg: Option<&str>, extra: &str) -> (tempfile::TempDir, Kci) {
     let dir = tempfile::tempdir().unwrap();
     let signing = operator_key(dir.path());
     let kci = Kci::start_on(
@@ -38,7 +38,7 @@ fn hub(pg: Option<&str>, extra: &str) -> (tempfile::TempDir, Kci) {
 
 /// Account `acme` at `level`, contact `alice` told by mail at
 /// alice@example.com and on her phone (a webhook), both verified.
-async fn customer(kci: &Kci, level: &str, phone: &WebhookReceiver) -> String {
+pub(crate) async fn customer(kci: &Kci, level: &str, phone: &WebhookReceiver) -> String {
     let admin = kci.token(&["admin"]);
     let (s, v) = kci
         .call(
@@ -112,7 +112,7 @@ async fn active_key(kci: &Kci, token: &str) -> Option<String> {
 }
 
 /// The hooks of one type the phone got.
-fn hooks_of(phone: &WebhookReceiver, kind: &str) -> Vec<Value> {
+pub(crate) fn hooks_of(phone: &WebhookReceiver, kind: &str) -> Vec<Value> {
     phone
         .hooks()
         .iter()
@@ -135,7 +135,7 @@ async fn veto_link(phone: &WebhookReceiver) -> String {
     link[link.find("/v1/veto/").unwrap()..].to_string()
 }
 
-async fn page(kci: &Kci, method: &str, path: &str) -> (u16, String) {
+pub(crate) async fn page(kci: &Kci, method: &str, path: &str) -> (u16, String) {
     let (s, v) = kci.call(method, path, None, None).await;
     (s, v.as_str().unwrap_or_default().to_string())
 }

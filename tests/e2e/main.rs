@@ -4,6 +4,7 @@
 
 mod api;
 mod attacks;
+mod calls;
 mod changes;
 mod channels;
 mod channels_load;

@@ -1,6 +1,7 @@
 //! The HTTP API (DESIGN.md §2a and §3).
 
 mod callbacks;
+mod calls;
 pub(crate) mod changes;
 mod deliveries;
 mod directory;
@@ -66,6 +67,15 @@ pub fn routes() -> Router<AppState> {
         .route(
             "/v1/veto/{token}",
             get(changes::veto_page).post(changes::veto_link),
+        )
+        .route("/v1/calls", post(calls::open))
+        .route("/v1/calls/status", get(calls::status))
+        .route("/v1/calls/{id}", get(calls::get))
+        .route("/v1/calls/{id}/staff-code", post(calls::staff_code))
+        .route("/v1/calls/{id}/customer-code", post(calls::customer_code))
+        .route(
+            "/v1/call/{token}",
+            get(calls::customer_page).post(calls::customer_form),
         )
         .route("/v1/incidents", get(changes::incidents))
         .route("/v1/incidents/{id}/close", post(changes::close_incident))

@@ -1,0 +1,406 @@
+//! Call verification over HTTP (DESIGN.md §8, contract):
+//!
+//! * `POST /v1/calls` (scope `calls`, a staff member's token), body
+//!   `{"account", "contact"}`: 201 `{"id", "staff_code", "expires_at"}`,
+//!   and the customer is told with their own code;
+//! * `POST /v1/calls/{id}/staff-code` (the same staff member): the code
+//!   the customer read out;
+//! * `POST /v1/calls/{id}/customer-code`, body `{"code", "token"}` (the
+//!   token of the customer's link is their credential): the code staff
+//!   read out; the same from the page behind the link,
+//!   `GET|POST /v1/call/{token}`;
+//! * `GET /v1/calls/{id}`, and `GET /v1/calls/status?account=…&contact=…`
+//!   — "are you calling me now?" (scope `calls`; the portal later).
+
+use super::changes::Peer;
+use super::{page, plausible_token};
+use crate::calls::{Calls, Opened};
+use crate::changes::Actor;
+use crate::model::{CallAnswer, CallRefusal, CallState, Scope};
+use crate::web::{AppError, AppState, Caller};
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use serde::Deserialize;
+use serde_json::json;
+
+fn calls(st: &AppState) -> Calls<'_> {
+    Calls {
+        store: st.store.as_ref(),
+        config: st.config.as_ref(),
+        now: st.clock.now(),
+    }
+}
+
+fn refusal(why: CallRefusal, call: Option<&crate::model::Call>) -> AppError {
+    let code = match why {
+        CallRefusal::NotFound => {
+            return AppError::NotFound {
+                what: "call verification".into(),
+            };
+        }
+        CallRefusal::UnknownContact => {
+            return AppError::NotFound {
+                what: "that account's contact".into(),
+            };
+        }
+        CallRefusal::Unreachable => "unreachable",
+        CallRefusal::Over => "call_over",
+        CallRefusal::WrongCode => "wrong_code",
+        CallRefusal::InvalidLink => "invalid_link",
+    };
+    let mut message = why.to_string();
+    if let Some(c) = call {
+        message.push_str(&format!(
+            " (verification {}: {}, {} wrong codes of {})",
+            c.id,
+            c.state.as_str(),
+            c.attempts,
+            crate::trust::calls::ATTEMPTS
+        ));
+    }
+    AppError::Conflict { code, message }
+}
+
+/// The six digits of a typed code, or 422.
+fn six_digits(code: &str) -> Result<&str, AppError> {
+    let code = code.trim();
+    if code.len() == 6 && code.bytes().all(|b| b.is_ascii_digit()) {
+        Ok(code)
+    } else {
+        Err(AppError::invalid(
+            "invalid_field",
+            "code",
+            "must be the 6 digits read out",
+        ))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OpenInput {
+    account: String,
+    contact: String,
+}
+
+/// `POST /v1/calls` (scope `calls`, a staff member's token).
+pub async fn open(
+    State(st): State<AppState>,
+    caller: Caller,
+    peer: Peer,
+    body: Bytes,
+) -> Result<impl IntoResponse, AppError> {
+    caller.require(Scope::Calls)?;
+    caller.staff()?;
+    let input: OpenInput = super::json_body(&body)?;
+    for (field, v) in [("account", &input.account), ("contact", &input.contact)] {
+        crate::model::check_id(v).map_err(|e| AppError::invalid("invalid_field", field, e))?;
+    }
+    let actor = Actor {
+        id: caller.actor(),
+        source: peer.source,
+        ticket: peer.ticket,
+    };
+    let now = st.clock.now();
+    match calls(&st)
+        .open(&input.account, &input.contact, &actor)
+        .await?
+    {
+        Opened::Open { call, staff_code } => {
+            st.wake.notify_one();
+            Ok((
+                StatusCode::CREATED,
+                Json(json!({
+                    "id": call.id,
+                    "staff_code": staff_code,
+                    "expires_at": crate::model::fmt_time(call.expires_at),
+                })),
+            ))
+        }
+        Opened::Refused(why) => Err(refusal(why, None)),
+        Opened::Limited { by, retry_at } => Err(AppError::TooMany {
+            code: "rate_limited",
+            message: format!(
+                "too many call verifications for this {by}; try again after {}",
+                crate::model::fmt_time(retry_at)
+            ),
+            retry_after: (retry_at - now).to_std().ok(),
+        }),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StaffCodeInput {
+    code: String,
+}
+
+/// `POST /v1/calls/{id}/staff-code` (scope `calls`, the staff member who
+/// opened it): the code the customer read out. 200 with the verification
+/// (`verified` once the customer typed staff's code too); 409 for a wrong
+/// code (the third fails it) or one that is over.
+pub async fn staff_code(
+    State(st): State<AppState>,
+    caller: Caller,
+    peer: Peer,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<impl IntoResponse, AppError> {
+    caller.require(Scope::Calls)?;
+    let staff = caller.staff()?;
+    let input: StaffCodeInput = super::json_body(&body)?;
+    let code = six_digits(&input.code)?;
+    match st.store.call(&id).await? {
+        None => return Err(refusal(CallRefusal::NotFound, None)),
+        Some(c) if c.staff != staff => {
+            return Err(AppError::Conflict {
+                code: "not_your_call",
+                message:
+                    "only the staff member who opened a verification types the customer's code"
+                        .into(),
+            });
+        }
+        Some(_) => {}
+    }
+    let actor = Actor {
+        id: caller.actor(),
+        source: peer.source,
+        ticket: peer.ticket,
+    };
+    answer(&st, calls(&st).staff_typed(&id, code, &actor).await?)
+}
+
+fn answer(st: &AppState, a: CallAnswer) -> Result<Json<serde_json::Value>, AppError> {
+    st.wake.notify_one();
+    match a {
+        CallAnswer::Done(call) => Ok(Json(json!(call))),
+        CallAnswer::Refused { why, call } => Err(refusal(why, call.as_ref())),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CustomerCodeInput {
+    code: String,
+    token: String,
+}
+
+/// `POST /v1/calls/{id}/customer-code`, body `{"code", "token"}`: the
+/// customer types the code staff read out; the token from their link is
+/// their credential (no bearer token).
+pub async fn customer_code(
+    State(st): State<AppState>,
+    peer: Peer,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<impl IntoResponse, AppError> {
+    let input: CustomerCodeInput = super::json_body(&body)?;
+    let code = six_digits(&input.code)?;
+    links_allowed(&st, &peer).await?;
+    if !plausible_token(&input.token) {
+        count_wrong_link(&st, &peer).await?;
+        return Err(refusal(CallRefusal::InvalidLink, None));
+    }
+    let a = calls(&st)
+        .customer_typed(&input.token, Some(&id), code, peer.source.clone())
+        .await?;
+    if let CallAnswer::Refused {
+        why: CallRefusal::InvalidLink,
+        ..
+    } = a
+    {
+        count_wrong_link(&st, &peer).await?;
+    }
+    answer(&st, a)
+}
+
+/// Links that were not valid, per client address (as for veto links).
+async fn links_allowed(st: &AppState, peer: &Peer) -> Result<(), AppError> {
+    let now = st.clock.now();
+    let who = peer.source.as_deref().unwrap_or("unknown");
+    let cap = st.config.changes.wrong_links_per_source;
+    match st
+        .store
+        .throttle_peek("wrong_call_links", who, cap, now)
+        .await?
+    {
+        Ok(()) => Ok(()),
+        Err(retry_at) => {
+            st.metrics.limit_hit("call_links", "source");
+            Err(AppError::TooMany {
+                code: "rate_limited",
+                message: format!(
+                    "too many links that were not valid from this address; try again after {}",
+                    crate::model::fmt_time(retry_at)
+                ),
+                retry_after: (retry_at - now).to_std().ok(),
+            })
+        }
+    }
+}
+
+async fn count_wrong_link(st: &AppState, peer: &Peer) -> Result<(), AppError> {
+    let who = peer.source.as_deref().unwrap_or("unknown");
+    let cap = st.config.changes.wrong_links_per_source;
+    st.store
+        .throttle("wrong_call_links", who, cap, st.clock.now())
+        .await?;
+    Ok(())
+}
+
+/// `GET /v1/calls/{id}` (scope `calls`): where a verification stands.
+pub async fn get(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, AppError> {
+    caller.require(Scope::Calls)?;
+    match st.store.call(&id).await? {
+        Some(c) => Ok(Json(json!(c))),
+        None => Err(refusal(CallRefusal::NotFound, None)),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatusQuery {
+    account: String,
+    contact: String,
+}
+
+/// `GET /v1/calls/status?account=…&contact=…` (scope `calls`): whether
+/// anyone of the operator is calling this customer now, and who.
+pub async fn status(
+    State(st): State<AppState>,
+    caller: Caller,
+    Query(q): Query<StatusQuery>,
+) -> Result<impl IntoResponse, AppError> {
+    caller.require(Scope::Calls)?;
+    let open = st
+        .store
+        .open_calls(&q.account, &q.contact, st.clock.now())
+        .await?;
+    let calls: Vec<_> = open
+        .iter()
+        .map(|c| {
+            json!({
+                "id": c.id,
+                "staff": c.staff,
+                "opened_at": crate::model::fmt_time(c.opened_at),
+                "expires_at": crate::model::fmt_time(c.expires_at),
+            })
+        })
+        .collect();
+    Ok(Json(json!({"calling": !calls.is_empty(), "calls": calls})))
+}
+
+/// `GET /v1/call/{token}`: the page behind the link in the customer's
+/// notice, where they type the code staff read to them.
+pub async fn customer_page(Path(token): Path<String>) -> impl IntoResponse {
+    if !plausible_token(&token) {
+        return not_valid();
+    }
+    let action = format!("/v1/call/{token}");
+    (
+        StatusCode::OK,
+        [
+            (
+                "content-security-policy",
+                "default-src 'none'; form-action 'self'",
+            ),
+            ("referrer-policy", "no-referrer"),
+            ("cache-control", "no-store"),
+        ],
+        axum::response::Html(format!(
+            "<!doctype html><html><head><meta charset=\"utf-8\"><title>Check who is calling</title></head>\
+             <body><h1>Check who is calling</h1><p>Type the code the caller reads to you. Only our staff can know it.</p>\
+             <form method=\"post\" action=\"{action}\"><input name=\"code\" inputmode=\"numeric\" maxlength=\"6\" autocomplete=\"off\">\
+             <button type=\"submit\">Check</button></form></body></html>"
+        )),
+    )
+        .into_response()
+}
+
+fn not_valid() -> axum::response::Response {
+    page(
+        StatusCode::NOT_FOUND,
+        "Link not valid",
+        "This link was used already, has expired, or is not one kci sent.",
+        None,
+    )
+    .into_response()
+}
+
+/// `POST /v1/call/{token}` (the page's form): the code typed, and what it
+/// means for the customer, in words.
+pub async fn customer_form(
+    State(st): State<AppState>,
+    peer: Peer,
+    Path(token): Path<String>,
+    body: Bytes,
+) -> Result<axum::response::Response, AppError> {
+    links_allowed(&st, &peer).await?;
+    if !plausible_token(&token) {
+        count_wrong_link(&st, &peer).await?;
+        return Ok(not_valid());
+    }
+    let code = url::form_urlencoded::parse(&body)
+        .find(|(k, _)| k == "code")
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default();
+    let Ok(code) = six_digits(&code) else {
+        return Ok(page(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Six digits",
+            "Type the 6 digits the caller reads to you.",
+            None,
+        )
+        .into_response());
+    };
+    let a = calls(&st)
+        .customer_typed(&token, None, code, peer.source.clone())
+        .await?;
+    st.wake.notify_one();
+    Ok(match a {
+        CallAnswer::Done(c) if c.state == CallState::Verified => page(
+            StatusCode::OK,
+            "Verified",
+            &format!("The call is genuine: you are speaking with {}.", c.staff),
+            None,
+        )
+        .into_response(),
+        CallAnswer::Done(_) => page(
+            StatusCode::OK,
+            "Code right",
+            "The code is right. Now read your own code to the caller; the call is verified when they have typed it.",
+            None,
+        )
+        .into_response(),
+        CallAnswer::Refused {
+            why: CallRefusal::WrongCode,
+            call: Some(c),
+        } if c.state == CallState::Open => page(
+            StatusCode::CONFLICT,
+            "Wrong code",
+            "That is not the code. Ask the caller to read it again — or hang up if you are not sure who is calling.",
+            None,
+        )
+        .into_response(),
+        CallAnswer::Refused {
+            why: CallRefusal::InvalidLink,
+            ..
+        } => {
+            count_wrong_link(&st, &peer).await?;
+            not_valid()
+        }
+        CallAnswer::Refused { .. } => page(
+            StatusCode::CONFLICT,
+            "Hang up",
+            "This call could not be verified. Hang up now; if you need us, call us on the number you know.",
+            None,
+        )
+        .into_response(),
+    })
+}
