@@ -28,6 +28,9 @@ use crate::trust::changes::{self as rules, Settle};
 use chrono::{DateTime, Duration, SubsecRound, Utc};
 use std::sync::Arc;
 
+mod assurance;
+pub use assurance::AssuranceInput;
+
 use crate::text::changes::ChangeTexts as Texts;
 pub use crate::text::changes::{REMINDER, reminder_key};
 
@@ -100,6 +103,7 @@ impl Engine<'_> {
             action,
             actor: actor.clone(),
             texts: self.texts(),
+            assurance: self.config.assurance.clone(),
         };
         self.store
             .change_step(target, self.now, Arc::new(step))
@@ -368,6 +372,20 @@ enum Action {
     Prove {
         code: String,
     },
+    /// An assurer's assurance (the confirmation link's secret, for its
+    /// notice).
+    Assure {
+        draft: Box<crate::model::Assurance>,
+        token: String,
+    },
+    /// An assurance's confirmation link followed (the T-word to send).
+    ConfirmAssurance {
+        t_word: String,
+    },
+    /// A recovery secret, and the assurance it matched, if any.
+    CompleteAssurance {
+        matched: Option<String>,
+    },
 }
 
 /// One step's decision (see the module's doc).
@@ -375,6 +393,7 @@ struct Step {
     action: Action,
     actor: Actor,
     texts: Texts,
+    assurance: crate::config::AssuranceConfig,
 }
 
 impl ChangeRule for Step {
@@ -387,6 +406,11 @@ impl ChangeRule for Step {
             Action::Close { note } => self.close(ctx, note, now),
             Action::SendCode { destination, code } => self.send_code(ctx, destination, code, now),
             Action::Prove { code } => self.prove(ctx, code, now),
+            Action::Assure { draft, token } => self.assure(ctx, draft, token, now),
+            Action::ConfirmAssurance { t_word } => self.confirm_assurance(ctx, t_word, now),
+            Action::CompleteAssurance { matched } => {
+                self.complete_assurance(ctx, matched.as_deref(), now)
+            }
         }
     }
 }
@@ -446,13 +470,36 @@ impl Step {
             Settle::Expire => (
                 Change {
                     state: ChangeState::Expired,
-                    reason: Some("its staff approvals did not come in time".into()),
+                    reason: Some("its staff approvals or assurance did not come in time".into()),
                     ..c.clone()
                 },
                 Vec::new(),
             ),
         };
         self.end(ended, writes, ctx, now)
+    }
+
+    /// A change that just gained a proof or an approval: applied now if
+    /// the rules say it may (see `rules::settle`), otherwise stored as it
+    /// is and waiting.
+    fn conclude(
+        &self,
+        c: Change,
+        ctx: &ChangeContext,
+        now: DateTime<Utc>,
+    ) -> (Vec<ChangeWrite>, ChangeAnswer) {
+        if rules::settle(&c, ctx, now) == Settle::Apply {
+            let mut applied = Change {
+                state: ChangeState::Applied,
+                ..c
+            };
+            let writes = self.apply(&mut applied, ctx, now);
+            return self.end(applied, writes, ctx, now);
+        }
+        (
+            vec![ChangeWrite::Change(c.clone())],
+            ChangeAnswer::Waiting(c),
+        )
     }
 
     /// The writes that end `ended` (applied, rejected, expired) after
@@ -534,23 +581,11 @@ impl Step {
         let hash = proof_code_hash(&c.id, destination, code);
         let (after, outcome) = rules::prove_by_code(c, &hash, now);
         match (after, outcome) {
-            (Some(proven), Ok(())) if proven.proven() => {
-                let mut applied = Change {
-                    state: ChangeState::Applied,
-                    ..proven
-                };
-                let writes = vec![self.audit("change.proven", "ok", Some(&applied))];
-                let mut writes = [writes, self.apply(&mut applied, ctx, now)].concat();
-                writes.retain(|w| !matches!(w, ChangeWrite::Change(x) if x.id == applied.id));
-                self.end(applied, writes, ctx, now)
+            (Some(proven), Ok(())) => {
+                let (more, answer) = self.conclude(proven, ctx, now);
+                let writes = vec![self.audit("change.proven", "ok", ctx.change.as_ref())];
+                ([writes, more].concat(), answer)
             }
-            (Some(proven), Ok(())) => (
-                vec![
-                    ChangeWrite::Change(proven.clone()),
-                    self.audit("change.proven", "ok", Some(&proven)),
-                ],
-                ChangeAnswer::Waiting(proven),
-            ),
             (_, Ok(())) => (Vec::new(), refused(ChangeRefusal::NotFound, Some(c))),
             (after, Err(why)) => {
                 let mut d = self.actor.draft("change.proof", "refused", Some(c));
@@ -720,13 +755,15 @@ impl Step {
             return (Vec::new(), refused(ChangeRefusal::OwnChange, Some(c)));
         };
         match rules::approve(c, staff, now.trunc_subsecs(3)) {
-            Ok(approved) => (
-                vec![
-                    ChangeWrite::Change(approved.clone()),
-                    self.audit("change.approved", "ok", Some(&approved)),
-                ],
-                ChangeAnswer::Approved(approved),
-            ),
+            Ok(approved) => {
+                let audit = self.audit("change.approved", "ok", Some(&approved));
+                let (more, answer) = self.conclude(approved, ctx, now);
+                let answer = match answer {
+                    ChangeAnswer::Waiting(c) => ChangeAnswer::Approved(c),
+                    settled => settled,
+                };
+                ([vec![audit], more].concat(), answer)
+            }
             Err(why) => {
                 let mut d = self.actor.draft("change.approval", "refused", Some(c));
                 d.detail = Some(why.to_string());

@@ -58,6 +58,9 @@ pub struct Config {
     /// Call verification (DESIGN.md §8).
     #[serde(default)]
     pub calls: CallsConfig,
+    /// Assurance recovery (DESIGN.md §7).
+    #[serde(default)]
+    pub assurance: AssuranceConfig,
     /// Event types source systems may post, by name (such as `line.down`).
     #[serde(default)]
     pub types: BTreeMap<String, EventType>,
@@ -132,6 +135,85 @@ impl Default for AuditConfig {
         Self {
             checkpoint_every: default_checkpoint_every(),
             checkpoint_interval: default_checkpoint_interval(),
+        }
+    }
+}
+
+/// `[assurance]`: recovery through a person who met the customer
+/// (DESIGN.md §7).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AssuranceConfig {
+    /// How long ago the meeting may have been when the customer follows
+    /// the confirmation link.
+    #[serde(default = "days::<30>")]
+    pub max_age: Span,
+    /// How long the confirmation link sent to the primary address works.
+    #[serde(default = "days::<2>")]
+    pub link_valid: Span,
+    /// How long the T-word works once sent.
+    #[serde(default = "days::<7>")]
+    pub t_word_valid: Span,
+    /// How many different assurers must each complete an assurance, by
+    /// the account's security level: `{ standard = 1, high = 1,
+    /// maximum = 2 }` asks for a second, independent assurer at
+    /// `maximum`.
+    #[serde(default)]
+    pub assurers: Assurers,
+}
+
+impl Default for AssuranceConfig {
+    fn default() -> Self {
+        Self {
+            max_age: days::<30>(),
+            link_valid: days::<2>(),
+            t_word_valid: days::<7>(),
+            assurers: Assurers::default(),
+        }
+    }
+}
+
+/// `[assurance] assurers`, per security level (at least 1 each).
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Assurers {
+    #[serde(default = "one")]
+    pub standard: u32,
+    #[serde(default = "one")]
+    pub high: u32,
+    #[serde(default = "one")]
+    pub maximum: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl Default for Assurers {
+    fn default() -> Self {
+        Self {
+            standard: 1,
+            high: 1,
+            maximum: 1,
+        }
+    }
+}
+
+impl AssuranceConfig {
+    /// The rules' limits at `level`.
+    pub fn limits(&self, level: crate::model::SecurityLevel) -> crate::trust::assurance::Limits {
+        use crate::model::SecurityLevel::*;
+        let span = |s: Span| chrono::Duration::from_std(s.0).unwrap_or(chrono::Duration::days(30));
+        let assurers = match level {
+            Standard => self.assurers.standard,
+            High => self.assurers.high,
+            Maximum => self.assurers.maximum,
+        };
+        crate::trust::assurance::Limits {
+            max_age: span(self.max_age),
+            link_valid: span(self.link_valid),
+            t_valid: span(self.t_word_valid),
+            assurers: assurers.clamp(1, crate::trust::assurance::MAX_PER_CHANGE as u32),
         }
     }
 }

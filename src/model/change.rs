@@ -238,12 +238,22 @@ impl Change {
     }
 
     /// Whether the proofs it needs to apply at once are all there.
+    /// An assurance proves the customer, not the key: it still needs the
+    /// level's staff approvals.
     pub fn proven(&self) -> bool {
-        match self.kind {
+        let proofs = match self.kind {
             ChangeKind::KeyReplace => self.proven_current && self.proven_new,
-            ChangeKind::KeyRemove => self.proven_current,
-            _ => false,
-        }
+            // The key's holder, the customer by a code or an assurance.
+            _ => self.proven_current,
+        };
+        proofs && (!self.by_assurance() || self.approved())
+    }
+
+    /// Whether what proves the customer is an assurance (DESIGN.md §7).
+    pub fn by_assurance(&self) -> bool {
+        self.proof
+            .as_deref()
+            .is_some_and(|p| p.starts_with(super::assurance::PROOF_PREFIX))
     }
 
     /// The key a `key.replace` makes active.
@@ -339,6 +349,10 @@ pub struct ChangeContext {
     pub audience: Vec<Audience>,
     /// The highest security level among the accounts concerned.
     pub level: SecurityLevel,
+    /// The change's assurances (locked), newest last.
+    pub assurances: Vec<super::Assurance>,
+    /// The assurance whose link was followed, if that is the step.
+    pub assurance: Option<super::Assurance>,
 }
 
 /// What a step on a change reads first.
@@ -352,6 +366,8 @@ pub enum ChangeTarget {
     /// A veto link, by the hash of its secret.
     Link(String),
     Incident(String),
+    /// An assurance's confirmation link, by the hash of its secret.
+    AssuranceLink(String),
 }
 
 /// One write a step asks a store to make, in order, in the transaction
@@ -399,6 +415,7 @@ pub enum ChangeWrite {
     Incident(Incident),
     Notice(super::Notification),
     Audit(super::audit::AuditDraft),
+    Assurance(super::Assurance),
 }
 
 /// Why a step did nothing.
@@ -438,6 +455,32 @@ pub enum ChangeRefusal {
     WrongCode,
     #[error("the code expired or had too many wrong tries; ask for a new one")]
     CodeLocked,
+    #[error(
+        "the assurance is too old: the customer must have been met in person within the allowed time"
+    )]
+    AssuranceTooOld,
+    #[error(
+        "no assurance of this change is ready to complete (its confirmation link was not followed, or it is over)"
+    )]
+    NoAssurance,
+    #[error("that is not the recovery secret")]
+    WrongSecret,
+    #[error("the recovery is locked after too many wrong secrets; staff will look into it")]
+    AssuranceLocked,
+    #[error("you assured this change already: another assurance must come from another assurer")]
+    AssuredAlready,
+    #[error(
+        "an assurance is sent to the customer's primary address: a verified mail address of the account (for a key change, the key's address)"
+    )]
+    NotAPrimaryAddress,
+    #[error(
+        "an assurance cannot prove this change: the recovery secret goes by mail encrypted to the new key, so ask for a new key (key.replace) instead"
+    )]
+    AssuranceNotAllowed,
+    #[error("this change has had as many assurances as it may")]
+    TooManyAssurances,
+    #[error("the change is proven already")]
+    ProvenAlready,
 }
 
 /// What a step on a change did.
@@ -455,6 +498,11 @@ pub enum ChangeAnswer {
     },
     Approved(Change),
     IncidentClosed(Incident),
+    /// An assurance recorded, confirmed or completed (its state says).
+    Assured {
+        change: Change,
+        assurance: Box<super::Assurance>,
+    },
     Refused {
         why: ChangeRefusal,
         change: Option<Change>,

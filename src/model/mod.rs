@@ -3,6 +3,7 @@
 //! holds a valid value.
 
 mod address;
+pub mod assurance;
 pub mod audit;
 mod call;
 mod cap;
@@ -25,6 +26,7 @@ mod uri;
 mod window;
 
 pub use address::EmailAddr;
+pub use assurance::{Assurance, AssuranceState};
 pub use call::{
     Call, CallAnswer, CallCode, CallContext, CallRefusal, CallRule, CallState, CallTarget,
     CallWrite,

@@ -7,8 +7,8 @@
 
 use super::codec::{current_secrets, finish_row, receipt_detail};
 use super::rows::{
-    self, By, CallWhich, ChangeWhich, Claim, DestRef, HealthRow, IncidentWhich, ReceiptRow, Rows,
-    SecretsRow, Which,
+    self, AssuranceWhich, By, CallWhich, ChangeWhich, Claim, DestRef, HealthRow, IncidentWhich,
+    ReceiptRow, Rows, SecretsRow, Which,
 };
 use super::*;
 use crate::model::audit::{AuditDraft, AuditEntry, Checkpoint};
@@ -32,6 +32,7 @@ macro_rules! migrations {
             (5, include_str!(concat!("migrations/", $db, "-5.sql"))),
             (6, include_str!(concat!("migrations/", $db, "-6.sql"))),
             (7, include_str!(concat!("migrations/", $db, "-7.sql"))),
+            (8, include_str!(concat!("migrations/", $db, "-8.sql"))),
         ]
     };
 }
@@ -229,6 +230,13 @@ async fn change_context(rows: &mut impl Rows, target: &ChangeTarget) -> Result<C
             ctx.incident = rows.incidents(IncidentWhich::Id(id)).await?.pop();
             None
         }
+        ChangeTarget::AssuranceLink(hash) => {
+            ctx.assurance = rows.assurances(AssuranceWhich::Link(hash)).await?.pop();
+            match &ctx.assurance {
+                Some(a) => first(rows.changes(ChangeWhich::Peek(&a.change)).await?),
+                None => None,
+            }
+        }
     };
     let account = about
         .as_ref()
@@ -243,6 +251,10 @@ async fn change_context(rows: &mut impl Rows, target: &ChangeTarget) -> Result<C
     }
     if let (Some(c), false) = (&about, matches!(target, ChangeTarget::New(_))) {
         ctx.change = first(rows.changes(ChangeWhich::Id(&c.id)).await?);
+        ctx.assurances = rows.assurances(AssuranceWhich::Change(&c.id)).await?;
+        if let Some(a) = &ctx.assurance {
+            ctx.assurance = ctx.assurances.iter().find(|x| x.id == a.id).cloned();
+        }
     }
     let this = about.as_ref().map(|c| c.id.clone());
     let mut accounts = Vec::new();
@@ -396,6 +408,7 @@ async fn write_changes(
             ChangeWrite::Audit(d) => {
                 append_audit(rows, d.clone(), now).await?;
             }
+            ChangeWrite::Assurance(a) => rows.upsert_assurance(a).await?,
         }
     }
     Ok(())
@@ -1319,6 +1332,22 @@ impl<B: Backend> ChangeStore for Db<B> {
         let id = id.to_string();
         self.read(move |rows| {
             Box::pin(async move { Ok(rows.incidents(IncidentWhich::Id(&id)).await?.pop()) })
+        })
+        .await
+    }
+
+    async fn assurances(&self, change: &str) -> Result<Vec<crate::model::Assurance>> {
+        let change = change.to_string();
+        self.read(move |rows| {
+            Box::pin(async move { rows.assurances(AssuranceWhich::Change(&change)).await })
+        })
+        .await
+    }
+
+    async fn assurance_by_link(&self, hash: &str) -> Result<Option<crate::model::Assurance>> {
+        let hash = hash.to_string();
+        self.read(move |rows| {
+            Box::pin(async move { Ok(rows.assurances(AssuranceWhich::Link(&hash)).await?.pop()) })
         })
         .await
     }

@@ -521,6 +521,10 @@ pub trait ChangeStore: Send + Sync {
     ) -> Result<Vec<crate::model::Incident>>;
 
     async fn incident(&self, id: &str) -> Result<Option<crate::model::Incident>>;
+    /// A change's assurances, oldest first.
+    async fn assurances(&self, change: &str) -> Result<Vec<crate::model::Assurance>>;
+    /// The assurance whose confirmation link hashes so.
+    async fn assurance_by_link(&self, hash: &str) -> Result<Option<crate::model::Assurance>>;
 }
 
 /// Call verifications (DESIGN.md §8).

@@ -13,9 +13,9 @@ use super::{Decided, Result, StoreError, TokenRecord};
 use crate::model::audit::{AuditEntry, Checkpoint};
 use crate::model::throttle::Window;
 use crate::model::{
-    Account, Call, Change, ChannelKind, CodeRow, Contact, Destination, Event, Incident, KeyRecord,
-    KeyToken, LinkRow, Message, Notification, Priority, ProofUse, RelatedNotice, SecurityLevel,
-    Staff, State, VetoLink, from_millis,
+    Account, Assurance, Call, Change, ChannelKind, CodeRow, Contact, Destination, Event, Incident,
+    KeyRecord, KeyToken, LinkRow, Message, Notification, Priority, ProofUse, RelatedNotice,
+    SecurityLevel, Staff, State, VetoLink, from_millis,
 };
 use chrono::{DateTime, Utc};
 use std::future::Future;
@@ -81,6 +81,15 @@ pub enum CallWhich<'a> {
         contact: &'a str,
         now: i64,
     },
+}
+
+/// Which assurances to read (locked for the transaction).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AssuranceWhich<'a> {
+    /// A change's, oldest first.
+    Change(&'a str),
+    /// The one whose confirmation link hashes so.
+    Link(&'a str),
 }
 
 /// Which incidents to read, newest first.
@@ -355,6 +364,13 @@ pub trait Rows: Send + 'static {
     /// confirmations, attempts and reason).
     fn upsert_call(&mut self, c: &Call) -> impl Future<Output = Result<()>> + Send;
     fn calls(&mut self, which: CallWhich<'_>) -> impl Future<Output = Result<Vec<Call>>> + Send;
+    /// Stores an assurance (a new one whole; a known one's state,
+    /// T-word and attempts).
+    fn upsert_assurance(&mut self, a: &Assurance) -> impl Future<Output = Result<()>> + Send;
+    fn assurances(
+        &mut self,
+        which: AssuranceWhich<'_>,
+    ) -> impl Future<Output = Result<Vec<Assurance>>> + Send;
     fn incidents(
         &mut self,
         which: IncidentWhich<'_>,
@@ -616,6 +632,32 @@ pub fn call(r: &impl Cols) -> Result<Call> {
         customer_confirmed,
         attempts: r.count(12)?,
         reason: r.opt_text(13)?,
+    })
+}
+
+/// The columns [`assurance`] reads.
+pub const ASSURANCE_COLUMNS: &str = "id, change, account, address, assurer, ticket, met_on, recorded_at, state, \
+     a_hash, link_hash, link_expires_at, t_hash, t_expires_at, attempts";
+
+pub fn assurance(r: &impl Cols) -> Result<Assurance> {
+    let state = r.text(8)?;
+    Ok(Assurance {
+        id: r.text(0)?,
+        change: r.text(1)?,
+        account: r.opt_text(2)?,
+        address: r.text(3)?,
+        assurer: r.text(4)?,
+        ticket: r.text(5)?,
+        met_on: r.time(6)?,
+        recorded_at: r.time(7)?,
+        state: crate::model::AssuranceState::parse(&state)
+            .ok_or_else(|| StoreError::Corrupt(format!("assurance state `{state}`")))?,
+        a_hash: r.text(9)?,
+        link_hash: r.text(10)?,
+        link_expires_at: r.time(11)?,
+        t_hash: r.opt_text(12)?,
+        t_expires_at: r.opt_time(13)?,
+        attempts: r.count(14)?,
     })
 }
 

@@ -1062,6 +1062,54 @@ impl Rows for Lite {
         }
     }
 
+    async fn upsert_assurance(&mut self, a: &crate::model::Assurance) -> Result<()> {
+        self.exec(
+            "INSERT INTO assurances (id, change, account, address, assurer, ticket, met_on, recorded_at, state, \
+             a_hash, link_hash, link_expires_at, t_hash, t_expires_at, attempts) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15) \
+             ON CONFLICT (id) DO UPDATE SET state = excluded.state, t_hash = excluded.t_hash, \
+             t_expires_at = excluded.t_expires_at, attempts = excluded.attempts",
+            params![
+                a.id,
+                a.change,
+                a.account,
+                a.address,
+                a.assurer,
+                a.ticket,
+                to_millis(a.met_on),
+                to_millis(a.recorded_at),
+                a.state.as_str(),
+                a.a_hash,
+                a.link_hash,
+                to_millis(a.link_expires_at),
+                a.t_hash,
+                a.t_expires_at.map(to_millis),
+                a.attempts
+            ],
+        )?;
+        Ok(())
+    }
+
+    async fn assurances(
+        &mut self,
+        which: AssuranceWhich<'_>,
+    ) -> Result<Vec<crate::model::Assurance>> {
+        let read = |r: &rusqlite::Row<'_>| rows::assurance(r);
+        match which {
+            AssuranceWhich::Change(id) => {
+                let sql = format!(
+                    "SELECT {ASSURANCE_COLUMNS} FROM assurances WHERE change = ?1 ORDER BY recorded_at, id"
+                );
+                self.all(&sql, [id], read)
+            }
+            AssuranceWhich::Link(hash) => {
+                let sql =
+                    format!("SELECT {ASSURANCE_COLUMNS} FROM assurances WHERE link_hash = ?1");
+                self.all(&sql, [hash], read)
+            }
+        }
+    }
+
     async fn incidents(&mut self, which: IncidentWhich<'_>) -> Result<Vec<Incident>> {
         let read = |r: &rusqlite::Row<'_>| rows::incident(r);
         match which {

@@ -29,7 +29,7 @@ pub struct ChangeTexts {
 
 impl ChangeTexts {
     /// What `c` asks, in words.
-    fn what(&self, c: &Change) -> String {
+    pub(crate) fn what(&self, c: &Change) -> String {
         let address = c.address.as_deref().unwrap_or("your address");
         let dest = c
             .subject

@@ -2,6 +2,7 @@
 //! template language they are written in, and what an SMS costs. Pure, and
 //! below everything that renders, delivers or validates texts.
 
+pub mod assurance;
 pub mod calls;
 pub mod changes;
 pub mod sms;

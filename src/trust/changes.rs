@@ -83,11 +83,16 @@ pub enum Settle {
 }
 
 /// Decides a pending change at `now` (see the module's diagram).
+///
+/// A change proven by the customer (a code, their key, an assurance)
+/// does not wait out its period; every change waits for the level's
+/// approvals; and at `maximum` a key change nobody proved — the lost key
+/// — also waits for an assurance (DESIGN.md §7).
 pub fn settle(c: &Change, ctx: &ChangeContext, now: DateTime<Utc>) -> Settle {
-    if c.state != ChangeState::Pending || now < c.not_before {
+    if c.state != ChangeState::Pending || (now < c.not_before && !c.proven()) {
         return Settle::Wait;
     }
-    if !c.approved() {
+    if !c.approved() || needs_assurance(c, ctx) {
         return if now >= c.not_before + EXPIRE_AFTER {
             Settle::Expire
         } else {
@@ -98,6 +103,12 @@ pub fn settle(c: &Change, ctx: &ChangeContext, now: DateTime<Utc>) -> Settle {
         Ok(()) => Settle::Apply,
         Err(why) => Settle::Reject(why),
     }
+}
+
+/// Whether `c` may apply only with an assurance: a key change at
+/// `maximum` that its key's holder did not prove (the key is lost).
+pub fn needs_assurance(c: &Change, ctx: &ChangeContext) -> bool {
+    ctx.level == SecurityLevel::Maximum && c.kind.is_key() && !c.proven_current
 }
 
 /// Whether what `c` asks can still be done.

@@ -5,6 +5,7 @@
 //! their transactions. Assurance and call verification (DESIGN.md §7, §8)
 //! join them here.
 
+pub mod assurance;
 pub mod calls;
 pub mod changes;
 pub mod codes;

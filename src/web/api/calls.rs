@@ -26,6 +26,9 @@ use axum::response::IntoResponse;
 use serde::Deserialize;
 use serde_json::json;
 
+/// The limit bucket of call links that were not valid.
+const WRONG_LINKS: &str = "wrong_call_links";
+
 fn calls(st: &AppState) -> Calls<'_> {
     Calls {
         store: st.store.as_ref(),
@@ -198,9 +201,9 @@ pub async fn customer_code(
 ) -> Result<impl IntoResponse, AppError> {
     let input: CustomerCodeInput = super::json_body(&body)?;
     let code = six_digits(&input.code)?;
-    links_allowed(&st, &peer).await?;
+    super::links_allowed(&st, &peer, WRONG_LINKS).await?;
     if !plausible_token(&input.token) {
-        count_wrong_link(&st, &peer).await?;
+        super::count_wrong_link(&st, &peer, WRONG_LINKS).await?;
         return Err(refusal(CallRefusal::InvalidLink, None));
     }
     let a = calls(&st)
@@ -211,45 +214,12 @@ pub async fn customer_code(
         ..
     } = a
     {
-        count_wrong_link(&st, &peer).await?;
+        super::count_wrong_link(&st, &peer, WRONG_LINKS).await?;
     }
     answer(&st, a)
 }
 
 /// Links that were not valid, per client address (as for veto links).
-async fn links_allowed(st: &AppState, peer: &Peer) -> Result<(), AppError> {
-    let now = st.clock.now();
-    let who = peer.source.as_deref().unwrap_or("unknown");
-    let cap = st.config.changes.wrong_links_per_source;
-    match st
-        .store
-        .throttle_peek("wrong_call_links", who, cap, now)
-        .await?
-    {
-        Ok(()) => Ok(()),
-        Err(retry_at) => {
-            st.metrics.limit_hit("call_links", "source");
-            Err(AppError::TooMany {
-                code: "rate_limited",
-                message: format!(
-                    "too many links that were not valid from this address; try again after {}",
-                    crate::model::fmt_time(retry_at)
-                ),
-                retry_after: (retry_at - now).to_std().ok(),
-            })
-        }
-    }
-}
-
-async fn count_wrong_link(st: &AppState, peer: &Peer) -> Result<(), AppError> {
-    let who = peer.source.as_deref().unwrap_or("unknown");
-    let cap = st.config.changes.wrong_links_per_source;
-    st.store
-        .throttle("wrong_call_links", who, cap, st.clock.now())
-        .await?;
-    Ok(())
-}
-
 /// `GET /v1/calls/{id}` (scope `calls`): where a verification stands.
 pub async fn get(
     State(st): State<AppState>,
@@ -302,25 +272,13 @@ pub async fn customer_page(Path(token): Path<String>) -> impl IntoResponse {
     if !plausible_token(&token) {
         return not_valid();
     }
-    let action = format!("/v1/call/{token}");
-    (
-        StatusCode::OK,
-        [
-            (
-                "content-security-policy",
-                "default-src 'none'; form-action 'self'",
-            ),
-            ("referrer-policy", "no-referrer"),
-            ("cache-control", "no-store"),
-        ],
-        axum::response::Html(format!(
-            "<!doctype html><html><head><meta charset=\"utf-8\"><title>Check who is calling</title></head>\
-             <body><h1>Check who is calling</h1><p>Type the code the caller reads to you. Only our staff can know it.</p>\
-             <form method=\"post\" action=\"{action}\"><input name=\"code\" inputmode=\"numeric\" maxlength=\"6\" autocomplete=\"off\">\
-             <button type=\"submit\">Check</button></form></body></html>"
-        )),
+    super::field_page(
+        "Check who is calling",
+        "Type the code the caller reads to you. Only our staff can know it.",
+        &format!("/v1/call/{token}"),
+        ("code", 6, true),
+        "Check",
     )
-        .into_response()
 }
 
 fn not_valid() -> axum::response::Response {
@@ -341,9 +299,9 @@ pub async fn customer_form(
     Path(token): Path<String>,
     body: Bytes,
 ) -> Result<axum::response::Response, AppError> {
-    links_allowed(&st, &peer).await?;
+    super::links_allowed(&st, &peer, WRONG_LINKS).await?;
     if !plausible_token(&token) {
-        count_wrong_link(&st, &peer).await?;
+        super::count_wrong_link(&st, &peer, WRONG_LINKS).await?;
         return Ok(not_valid());
     }
     let code = url::form_urlencoded::parse(&body)
@@ -392,7 +350,7 @@ pub async fn customer_form(
             why: CallRefusal::InvalidLink,
             ..
         } => {
-            count_wrong_link(&st, &peer).await?;
+            super::count_wrong_link(&st, &peer, WRONG_LINKS).await?;
             not_valid()
         }
         CallAnswer::Refused { .. } => page(

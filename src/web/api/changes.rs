@@ -130,7 +130,7 @@ fn actor(caller: &Caller, peer: Peer, ticket: Option<String>) -> Actor {
 }
 
 /// The answer to a refused step.
-fn refusal(why: ChangeRefusal, what: &str) -> AppError {
+pub(super) fn refusal(why: ChangeRefusal, what: &str) -> AppError {
     let code = match why {
         ChangeRefusal::NotFound => {
             return AppError::NotFound {
@@ -157,6 +157,15 @@ fn refusal(why: ChangeRefusal, what: &str) -> AppError {
         ChangeRefusal::NoCode => "no_code",
         ChangeRefusal::WrongCode => "wrong_code",
         ChangeRefusal::CodeLocked => "code_locked",
+        ChangeRefusal::AssuranceTooOld => "assurance_too_old",
+        ChangeRefusal::NoAssurance => "no_assurance",
+        ChangeRefusal::WrongSecret => "wrong_secret",
+        ChangeRefusal::AssuranceLocked => "assurance_locked",
+        ChangeRefusal::AssuredAlready => "assured_already",
+        ChangeRefusal::NotAPrimaryAddress => "not_a_primary_address",
+        ChangeRefusal::AssuranceNotAllowed => "assurance_not_allowed",
+        ChangeRefusal::TooManyAssurances => "too_many_assurances",
+        ChangeRefusal::ProvenAlready => "proven_already",
     };
     AppError::Conflict {
         code,

@@ -1,5 +1,6 @@
 //! The HTTP API (DESIGN.md §2a and §3).
 
+mod assurances;
 mod callbacks;
 mod calls;
 pub(crate) mod changes;
@@ -64,6 +65,15 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/changes/{id}/veto", post(changes::veto))
         .route("/v1/changes/{id}/code", post(changes::send_code))
         .route("/v1/changes/{id}/proof", post(changes::prove))
+        .route(
+            "/v1/changes/{id}/assurances",
+            get(assurances::list).post(assurances::record),
+        )
+        .route("/v1/changes/{id}/assurance", post(assurances::complete))
+        .route(
+            "/v1/recovery/{token}",
+            get(assurances::recovery_page).post(assurances::recovery_form),
+        )
         .route(
             "/v1/veto/{token}",
             get(changes::veto_page).post(changes::veto_link),
@@ -155,6 +165,89 @@ pub(crate) fn page(
             x = esc(text)
         )),
     )
+}
+
+/// Answers 429 while the client's address has tried too many links that
+/// were not valid (bucket `bucket`, `[changes] wrong_links_per_source`).
+pub(crate) async fn links_allowed(
+    st: &AppState,
+    peer: &changes::Peer,
+    bucket: &'static str,
+) -> Result<(), AppError> {
+    let now = st.clock.now();
+    let who = peer.source.as_deref().unwrap_or("unknown");
+    let cap = st.config.changes.wrong_links_per_source;
+    match st.store.throttle_peek(bucket, who, cap, now).await? {
+        Ok(()) => Ok(()),
+        Err(retry_at) => {
+            st.metrics.limit_hit(bucket, "source");
+            Err(AppError::TooMany {
+                code: "rate_limited",
+                message: format!(
+                    "too many links that were not valid from this address; try again after {}",
+                    crate::model::fmt_time(retry_at)
+                ),
+                retry_after: (retry_at - now).to_std().ok(),
+            })
+        }
+    }
+}
+
+/// Counts a link that was not valid against the client's address.
+pub(crate) async fn count_wrong_link(
+    st: &AppState,
+    peer: &changes::Peer,
+    bucket: &'static str,
+) -> Result<(), AppError> {
+    let who = peer.source.as_deref().unwrap_or("unknown");
+    let cap = st.config.changes.wrong_links_per_source;
+    st.store.throttle(bucket, who, cap, st.clock.now()).await?;
+    Ok(())
+}
+
+/// A page with one form of one text field (`name`, at most `max`
+/// characters) and a button.
+pub(crate) fn field_page(
+    title: &str,
+    text: &str,
+    action: &str,
+    (name, max, numeric): (&str, usize, bool),
+    button: &str,
+) -> axum::response::Response {
+    let esc = |s: &str| {
+        s.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+            .replace('"', "&quot;")
+    };
+    let mode = if numeric {
+        " inputmode=\"numeric\""
+    } else {
+        ""
+    };
+    (
+        StatusCode::OK,
+        [
+            (
+                "content-security-policy",
+                "default-src 'none'; form-action 'self'",
+            ),
+            ("referrer-policy", "no-referrer"),
+            ("cache-control", "no-store"),
+        ],
+        Html(format!(
+            "<!doctype html><html><head><meta charset=\"utf-8\"><title>{t}</title></head>\
+             <body><h1>{t}</h1><p>{x}</p><form method=\"post\" action=\"{a}\">\
+             <input name=\"{n}\"{mode} maxlength=\"{max}\" autocomplete=\"off\">\
+             <button type=\"submit\">{b}</button></form></body></html>",
+            t = esc(title),
+            x = esc(text),
+            a = esc(action),
+            n = esc(name),
+            b = esc(button),
+        )),
+    )
+        .into_response()
 }
 
 /// Whether a path segment could be a link secret kci made (43 URL-safe
