@@ -233,8 +233,10 @@ impl Step {
         let hash = rules::t_hash(&a.id, t_word);
         match rules::confirm(Some(a), c, &hash, &self.limits(ctx), now) {
             Err((why, after)) => {
-                let mut writes: Vec<ChangeWrite> =
-                    after.into_iter().map(ChangeWrite::Assurance).collect();
+                let mut writes: Vec<ChangeWrite> = after
+                    .into_iter()
+                    .map(|a| ChangeWrite::Assurance(*a))
+                    .collect();
                 writes.push(self.assure_audit(
                     "assurance.confirmed",
                     "refused",
@@ -296,6 +298,7 @@ impl Step {
                 let first = done.assurances.first().or(ctx.assurances.last());
                 let mut d = self.actor.draft("assurance.completed", "refused", Some(c));
                 d.ticket = first.map(|a| a.ticket.clone()).or(d.ticket);
+                d.account = d.account.or_else(|| first.and_then(|a| a.account.clone()));
                 d.detail = Some(why.to_string());
                 writes.push(ChangeWrite::Audit(d));
                 if done.locked_now {
@@ -331,6 +334,9 @@ impl Step {
                 let completed = done.assurances.first();
                 let mut d = self.actor.draft("assurance.completed", "ok", Some(c));
                 d.ticket = completed.map(|a| a.ticket.clone());
+                d.account = d
+                    .account
+                    .or_else(|| completed.and_then(|a| a.account.clone()));
                 d.detail = completed.map(|a| format!("assurance {} by {}", a.id, a.assurer));
                 writes.push(ChangeWrite::Audit(d));
                 match done.change {

@@ -1872,11 +1872,12 @@ pub async fn check_protected_changes(store: &dyn Store) {
         0,
         "one approval of two"
     );
+    // The last approval after the period: it applies with it.
     assert!(matches!(
         at(401).approve(&third.id, &staff("cy")).await.unwrap(),
-        ChangeAnswer::Approved(_)
+        ChangeAnswer::Settled(c) if c.state == ChangeState::Applied
     ));
-    assert_eq!(at(402).settle_due().await.unwrap(), 1);
+    assert_eq!(at(402).settle_due().await.unwrap(), 0);
     let account = store.account_view("A1").await.unwrap().unwrap().account;
     assert_eq!(account.security_level, SecurityLevel::High);
 
@@ -2210,7 +2211,295 @@ conformance!(
     check_security_kept,
     check_staff_tokens,
     check_calls,
+    check_assurance,
 );
+
+/// Assurance recovery on a store: record, confirm by the link, complete
+/// with `A-word-T-word`; wrong secrets counted and locked with an
+/// incident; nothing usable kept.
+pub async fn check_assurance(store: &dyn Store) {
+    use crate::changes::{Actor, AssuranceInput, Engine};
+    use crate::model::{
+        AssuranceState, ChangeAnswer, ChangeKind, ChangeRefusal, ChangeState, DestinationPlan,
+        Subject,
+    };
+    use crate::text::assurance::{LINK, T_WORD};
+    seed(store).await;
+    let mut high = account("A1");
+    high.security_level = SecurityLevel::High;
+    store.put_account(&high).await.unwrap();
+    let config = Config::parse(
+        "[changes]\ncooling_off = { standard = \"1h\", high = \"1h\", maximum = \"1h\" }\n",
+        "test",
+    )
+    .unwrap();
+    let t0 = t("2026-03-22T10:00:00Z");
+    let at = |min: i64| Engine {
+        store,
+        config: &config,
+        now: t0 + Duration::minutes(min),
+    };
+    let staff = |name: &str| Actor {
+        id: format!("staff:{name}"),
+        source: Some("192.0.2.1".into()),
+        ticket: None,
+    };
+    let open = |min: i64| async move {
+        let plan = DestinationPlan {
+            id: new_id(),
+            contact: "alice".into(),
+            uri: "sms:+447700900999".into(),
+            prefs: Default::default(),
+            verified: true,
+        };
+        let subject = Subject {
+            destination: Some(Box::new(plan)),
+            ..Subject::default()
+        };
+        let c = at(min).new_change(
+            ChangeKind::DestinationAdd,
+            "A1",
+            SecurityLevel::High,
+            subject,
+            &staff("ann"),
+        );
+        match at(min).request(c, &staff("ann")).await.unwrap() {
+            ChangeAnswer::Opened(c) => c,
+            other => panic!("opened expected, not {other:?}"),
+        }
+    };
+    let input = |met_days: i64| AssuranceInput {
+        address: None,
+        a_word: "kiwi42".into(),
+        ticket: "T-7".into(),
+        met_on: t0 - Duration::days(met_days),
+    };
+    let refusal = |a: ChangeAnswer| match a {
+        ChangeAnswer::Refused { why, .. } => why,
+        other => panic!("refused expected, not {other:?}"),
+    };
+    let secret_of = |kind: &'static str, assurance: String| async move {
+        let key = format!("{kind}:{assurance}");
+        let n = store
+            .notifications_in(State::Pending, None, 500)
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|n| n.key == key)
+            .expect(kind);
+        (n.secret.as_ref().unwrap().expose().to_string(), n)
+    };
+    let change = open(0).await;
+
+    // Too long ago, or from a token that is no person: refused.
+    assert_eq!(
+        refusal(
+            at(1)
+                .assure(&change.id, input(31), &staff("sam"))
+                .await
+                .unwrap()
+        ),
+        ChangeRefusal::AssuranceTooOld
+    );
+    let ChangeAnswer::Assured { assurance, .. } = at(1)
+        .assure(&change.id, input(1), &staff("sam"))
+        .await
+        .unwrap()
+    else {
+        panic!("assured");
+    };
+    assert_eq!(assurance.state, AssuranceState::Recorded);
+    assert_eq!(assurance.address, "alice@example.com", "the only mailbox");
+    assert!(assurance.a_hash.starts_with("$argon2id$"));
+    assert!(!assurance.a_hash.contains("kiwi42"));
+    assert_eq!(
+        refusal(
+            at(2)
+                .assure(&change.id, input(1), &staff("sam"))
+                .await
+                .unwrap()
+        ),
+        ChangeRefusal::AssuredAlready
+    );
+    // The link goes to the primary address; its secret only with the
+    // notice, its hash with the assurance.
+    let (token, link_mail) = secret_of(LINK, assurance.id.clone()).await;
+    assert_eq!(link_mail.uri, "mailto:alice@example.com");
+    assert_eq!(
+        store
+            .assurance_by_link(&crate::trust::assurance::link_hash(&token))
+            .await
+            .unwrap()
+            .map(|a| a.id),
+        Some(assurance.id.clone())
+    );
+    // Completing before the link is followed: nothing to complete.
+    assert_eq!(
+        refusal(
+            at(3)
+                .complete_assurance(&change.id, "kiwi42-abcdefghjk", &staff("sam"))
+                .await
+                .unwrap()
+        ),
+        ChangeRefusal::NoAssurance
+    );
+    assert_eq!(
+        refusal(
+            at(3)
+                .confirm_assurance(&"x".repeat(43), None)
+                .await
+                .unwrap()
+        ),
+        ChangeRefusal::InvalidLink
+    );
+    let ChangeAnswer::Assured {
+        assurance: confirmed,
+        ..
+    } = at(4).confirm_assurance(&token, None).await.unwrap()
+    else {
+        panic!("confirmed");
+    };
+    assert_eq!(confirmed.state, AssuranceState::Confirmed);
+    assert_eq!(
+        refusal(at(5).confirm_assurance(&token, None).await.unwrap()),
+        ChangeRefusal::InvalidLink,
+        "a link works once"
+    );
+    // The T-word to the mailbox only; the webhook told, with a veto link.
+    let (t_word, t_mail) = secret_of(T_WORD, assurance.id.clone()).await;
+    assert_eq!(t_mail.uri, "mailto:alice@example.com");
+    assert_eq!(t_word.len(), crate::trust::assurance::T_WORD_LEN);
+    let stored = store.assurances(&change.id).await.unwrap();
+    assert_ne!(stored[0].t_hash.as_deref(), Some(t_word.as_str()));
+    let told: Vec<_> = store
+        .notifications_in(State::Pending, None, 500)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|n| {
+            n.type_name == crate::changes::REMINDER && n.due_at == t0 + Duration::minutes(4)
+        })
+        .collect();
+    assert_eq!(told.len(), 1, "{told:?}");
+    assert_eq!(told[0].channel, ChannelKind::Webhook);
+
+    // The mailbox reader has the T-word, the assurer the A-word: neither
+    // completes it.
+    for (secret, who) in [
+        (format!("guess1-{t_word}"), "link"),
+        ("kiwi42-abcdefghjk".to_string(), "staff:sam"),
+    ] {
+        let actor = Actor {
+            id: who.into(),
+            ..Actor::default()
+        };
+        assert_eq!(
+            refusal(
+                at(6)
+                    .complete_assurance(&change.id, &secret, &actor)
+                    .await
+                    .unwrap()
+            ),
+            ChangeRefusal::WrongSecret
+        );
+    }
+    assert_eq!(store.assurances(&change.id).await.unwrap()[0].attempts, 2);
+    // Both halves: proven, and applied at once (at high, no approvals).
+    let answer = at(7)
+        .complete_assurance(&change.id, &format!("kiwi42-{t_word}"), &staff("x"))
+        .await
+        .unwrap();
+    let ChangeAnswer::Settled(applied) = answer else {
+        panic!("applied expected, not {answer:?}");
+    };
+    assert_eq!(applied.state, ChangeState::Applied);
+    assert_eq!(applied.proof, Some(format!("assurance:{}", assurance.id)));
+    let done = &store.assurances(&change.id).await.unwrap()[0];
+    assert_eq!(done.state, AssuranceState::Completed);
+    assert_eq!(done.t_hash, None);
+    // Used once.
+    assert_eq!(
+        refusal(
+            at(8)
+                .complete_assurance(&change.id, &format!("kiwi42-{t_word}"), &staff("x"))
+                .await
+                .unwrap()
+        ),
+        ChangeRefusal::NotPending
+    );
+
+    // Three wrong secrets lock the recovery: an incident, everyone told,
+    // the right secret and new assurances refused after.
+    let second = open(10).await;
+    let ChangeAnswer::Assured { assurance, .. } = at(10)
+        .assure(&second.id, input(1), &staff("sam"))
+        .await
+        .unwrap()
+    else {
+        panic!("assured");
+    };
+    let (token, _) = secret_of(LINK, assurance.id.clone()).await;
+    at(11).confirm_assurance(&token, None).await.unwrap();
+    let (t_word, _) = secret_of(T_WORD, assurance.id.clone()).await;
+    for (n, want) in [
+        (1, ChangeRefusal::WrongSecret),
+        (2, ChangeRefusal::WrongSecret),
+        (3, ChangeRefusal::AssuranceLocked),
+    ] {
+        assert_eq!(
+            refusal(
+                at(12)
+                    .complete_assurance(&second.id, "nope42-abcdefghjk", &staff("x"))
+                    .await
+                    .unwrap()
+            ),
+            want,
+            "try {n}"
+        );
+    }
+    assert_eq!(
+        refusal(
+            at(13)
+                .complete_assurance(&second.id, &format!("kiwi42-{t_word}"), &staff("x"))
+                .await
+                .unwrap()
+        ),
+        ChangeRefusal::AssuranceLocked
+    );
+    assert_eq!(
+        refusal(
+            at(13)
+                .assure(&second.id, input(1), &staff("kim"))
+                .await
+                .unwrap()
+        ),
+        ChangeRefusal::AssuranceLocked
+    );
+    let incidents = store.incidents(true, Some("A1"), 10).await.unwrap();
+    assert!(
+        incidents
+            .iter()
+            .any(|i| i.kind == "assurance_locked" && i.change.as_deref() == Some(&second.id)),
+        "{incidents:?}"
+    );
+    assert_eq!(
+        store.change(&second.id).await.unwrap().unwrap().state,
+        ChangeState::Pending
+    );
+    let entries = store.audit_entries(Some("A1"), 0, 1000).await.unwrap();
+    for action in [
+        "assurance.recorded",
+        "assurance.confirmed",
+        "assurance.completed",
+    ] {
+        assert!(
+            entries
+                .iter()
+                .any(|e| e.draft.action == action && e.draft.ticket.as_deref() == Some("T-7")),
+            "{action} audited with its ticket"
+        );
+    }
+}
 
 /// A schema dropped when the test ends.
 pub struct TempSchema {

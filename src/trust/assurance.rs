@@ -186,7 +186,7 @@ pub fn confirm(
     t_hash: &str,
     limits: &Limits,
     now: DateTime<Utc>,
-) -> Result<Assurance, (ChangeRefusal, Option<Assurance>)> {
+) -> Result<Assurance, (ChangeRefusal, Option<Box<Assurance>>)> {
     let a = match a {
         Some(a) if a.state == AssuranceState::Recorded && now < a.link_expires_at => a,
         _ => return Err((ChangeRefusal::InvalidLink, None)),
@@ -194,7 +194,7 @@ pub fn confirm(
     let ended = |why| {
         let mut x = a.clone();
         x.state = AssuranceState::Expired;
-        Err((why, Some(x)))
+        Err((why, Some(Box::new(x))))
     };
     if c.is_none_or(|c| c.state != ChangeState::Pending) {
         return ended(ChangeRefusal::NotPending);
@@ -479,13 +479,14 @@ mod tests {
         };
         let day = 24 * 60;
         // (case, change, context, draft, outcome)
-        let cases: Vec<(
-            &str,
+        type Case = (
+            &'static str,
             Option<Change>,
             ChangeContext,
             Assurance,
             Result<(), ChangeRefusal>,
-        )> = vec![
+        );
+        let cases: Vec<Case> = vec![
             (
                 "key change",
                 Some(change(ChangeKind::KeyReplace)),
@@ -679,7 +680,7 @@ mod tests {
         // Right: completed, the change proven by it.
         let (done, answer) = complete(
             Some(&c),
-            &[confirmed.clone()],
+            std::slice::from_ref(&confirmed),
             Some("a1"),
             &limits(1),
             t(10),
@@ -738,7 +739,7 @@ mod tests {
         };
         let (_, answer) = complete(
             Some(&over),
-            &[confirmed.clone()],
+            std::slice::from_ref(&confirmed),
             Some("a1"),
             &limits(1),
             t(10),
@@ -750,7 +751,13 @@ mod tests {
     fn a_level_may_need_two_different_assurers() {
         let c = change(ChangeKind::KeyReplace);
         let first = assurance("a1", "sam", AssuranceState::Confirmed);
-        let (done, answer) = complete(Some(&c), &[first.clone()], Some("a1"), &limits(2), t(10));
+        let (done, answer) = complete(
+            Some(&c),
+            std::slice::from_ref(&first),
+            Some("a1"),
+            &limits(2),
+            t(10),
+        );
         assert_eq!(answer, Ok(()));
         assert!(done.change.is_none(), "one of two assurers");
         let completed = done.assurances[0].clone();

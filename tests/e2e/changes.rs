@@ -471,7 +471,7 @@ async fn an_audit_row_edited_deleted_or_reordered_is_named() {
 
 /// A fresh schema of the test PostgreSQL server for a kci to use, and
 /// its URL; dropped when the test ends.
-async fn pg_schema() -> (String, PgSchema) {
+pub(crate) async fn pg_schema() -> (String, PgSchema) {
     let base = std::env::var("KCI_TEST_POSTGRES")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
     let name = format!("kci_e2e_{}", uuid::Uuid::new_v4().simple());
@@ -490,13 +490,13 @@ async fn pg_schema() -> (String, PgSchema) {
     )
 }
 
-struct PgSchema {
+pub(crate) struct PgSchema {
     client: tokio_postgres::Client,
     name: String,
 }
 
 impl PgSchema {
-    async fn drop_now(self) {
+    pub(crate) async fn drop_now(self) {
         let _ = self
             .client
             .batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name))

@@ -414,6 +414,21 @@ impl Kci {
         .await
     }
 
+    /// POSTs a form (`application/x-www-form-urlencoded`) to `path`, as
+    /// a browser does: the status and the page.
+    pub async fn form(&self, path: &str, body: &str) -> (u16, String) {
+        let resp = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.text().await.unwrap_or_default())
+    }
+
     pub async fn call(
         &self,
         method: &str,

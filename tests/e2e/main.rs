@@ -3,6 +3,7 @@
 //! exercised the way a source system uses it.
 
 mod api;
+mod assurance;
 mod attacks;
 mod calls;
 mod changes;

@@ -107,6 +107,24 @@ pub(crate) fn operator_key(dir: &Path) -> PathBuf {
     out
 }
 
+/// `holder` trusts the operator's key as kci publishes it (WKD), so gpg
+/// checks the signatures on kci's mail.
+pub(crate) async fn trust_operator(kci: &Kci, holder: &Gpg) {
+    let (s, _) = kci
+        .call("GET", "/.well-known/openpgpkey/policy", None, None)
+        .await;
+    assert_eq!(s, 200);
+    let out = reqwest::get(format!(
+        "{}/.well-known/openpgpkey/hu/{}",
+        kci.base,
+        kci::pgp::wkd::hash("kci")
+    ))
+    .await
+    .unwrap();
+    assert_eq!(out.status(), 200);
+    holder.ok(&["--import"], Some(&out.bytes().await.unwrap()));
+}
+
 /// kci signing its mail with an operator key made by `kci keys generate`
 /// in `dir`; mail to `smtp` if given, else to the outbox; `extra` config.
 pub(crate) fn signing_kci(dir: &Path, smtp: Option<u16>, extra: &str) -> Kci {
@@ -125,23 +143,7 @@ async fn register_and_receive(algo: &str) {
     let kci = signing_kci(dir.path(), Some(smtp.port), "");
     let alice = Gpg::new();
     let fpr = alice.generate("Alice <alice@example.com>", algo, true, "1y");
-    // The customer trusts the operator's key as published (WKD).
-    let (s, _) = kci
-        .call("GET", "/.well-known/openpgpkey/policy", None, None)
-        .await;
-    assert_eq!(s, 200);
-    let operator_public = {
-        let out = reqwest::get(format!(
-            "{}/.well-known/openpgpkey/hu/{}",
-            kci.base,
-            kci::pgp::wkd::hash("kci")
-        ))
-        .await
-        .unwrap();
-        assert_eq!(out.status(), 200);
-        out.bytes().await.unwrap()
-    };
-    alice.ok(&["--import"], Some(&operator_public));
+    trust_operator(&kci, &alice).await;
 
     // 1. The key, mailed in, piped to kci inbound.
     let mail = submission_mail("alice@example.com", &alice.export("alice@example.com"));

@@ -229,7 +229,8 @@ pub async fn get(
 }
 
 /// `POST /v1/changes/{id}/approve` (scope `changes:approve`, a staff
-/// member's token), body optionally `{"ticket"}`: 200 with the change;
+/// member's token), body optionally `{"ticket"}`: 200 with the change
+/// (applied, when that was the last thing it waited for);
 /// 409 when it is the approver's own change, they approved it already, it
 /// needs no approval or is no longer pending (each refusal audited).
 pub async fn approve(
@@ -249,7 +250,8 @@ pub async fn approve(
     let input = step_input(&body)?;
     let actor = actor(&caller, peer, input.ticket);
     match engine(&st).approve(&id, &actor).await? {
-        ChangeAnswer::Approved(change) => {
+        // The last approval a change waited for applies it at once.
+        ChangeAnswer::Approved(change) | ChangeAnswer::Settled(change) => {
             st.wake.notify_one();
             Ok(Json(json!({"change": change})))
         }
