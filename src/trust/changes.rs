@@ -917,6 +917,102 @@ mod tests {
     }
 
     #[test]
+    fn a_lost_key_at_maximum_waits_for_an_assurance_and_a_proof_skips_the_period() {
+        let keys = AddressKeys {
+            active: Some(key("OLD", KeyState::Active, None)),
+            pending: vec![key("NEW", KeyState::Pending, None)],
+            changes: Vec::new(),
+        };
+        let at = |level| ChangeContext {
+            keys: Some(keys.clone()),
+            level,
+            ..Default::default()
+        };
+        let replace = Change {
+            proven_new: true,
+            subject: Subject {
+                fingerprint: Some("NEW".into()),
+                ..Default::default()
+            },
+            ..change(ChangeKind::KeyReplace)
+        };
+        let assured = Change {
+            proven_current: true,
+            proof: Some("assurance:a1".into()),
+            ..replace.clone()
+        };
+        let approved = Change {
+            approvals_needed: 2,
+            approvals: vec![
+                Approval {
+                    staff: "bob".into(),
+                    at: t(1),
+                },
+                Approval {
+                    staff: "cy".into(),
+                    at: t(2),
+                },
+            ],
+            ..replace.clone()
+        };
+        // (case, change, level, now, decision)
+        let cases = [
+            (
+                "high: the period alone",
+                replace.clone(),
+                SecurityLevel::High,
+                60,
+                Settle::Apply,
+            ),
+            (
+                "maximum, approved, nobody proved it",
+                approved.clone(),
+                SecurityLevel::Maximum,
+                60,
+                Settle::Wait,
+            ),
+            (
+                "…until it expires",
+                approved.clone(),
+                SecurityLevel::Maximum,
+                60 + 30 * 24 * 60,
+                Settle::Expire,
+            ),
+            (
+                "maximum, assured and approved, before the period",
+                Change {
+                    proven_current: true,
+                    proof: Some("assurance:a1".into()),
+                    ..approved.clone()
+                },
+                SecurityLevel::Maximum,
+                1,
+                Settle::Apply,
+            ),
+            (
+                "assured, approvals missing",
+                Change {
+                    approvals_needed: 2,
+                    ..assured.clone()
+                },
+                SecurityLevel::Maximum,
+                1,
+                Settle::Wait,
+            ),
+            (
+                "assured at high: at once",
+                assured,
+                SecurityLevel::High,
+                1,
+                Settle::Apply,
+            ),
+        ];
+        for (case, c, level, now, want) in cases {
+            assert_eq!(settle(&c, &at(level), t(now)), want, "{case}");
+        }
+    }
+
+    #[test]
     fn approvals_by_two_different_people_neither_the_requester() {
         let c = Change {
             approvals_needed: 2,
