@@ -117,6 +117,24 @@ async fn every_endpoint_checks_token_and_scope() {
             Some(r#"{"code":"123456"}"#),
             "keys:write",
         ),
+        (
+            "POST",
+            "/v1/changes/x/assurances".into(),
+            Some(r#"{"a_word":"kiwi42","ticket":"T-1","met_on":"2026-01-01"}"#),
+            "assure",
+        ),
+        (
+            "GET",
+            "/v1/changes/x/assurances".into(),
+            None,
+            "changes:read",
+        ),
+        (
+            "POST",
+            "/v1/changes/x/assurance".into(),
+            Some(r#"{"secret":"kiwi42-abcdefghjk"}"#),
+            "keys:write",
+        ),
         ("GET", "/v1/incidents".into(), None, "incidents"),
         (
             "POST",
