@@ -228,12 +228,16 @@ fn not_valid() -> Response {
 
 /// `GET /v1/recovery/{token}`: what the confirmation link opens. Changes
 /// nothing (mail scanners follow links): a button to confirm, or — once
-/// confirmed — the field for the recovery secret.
+/// confirmed — the field for the recovery secret. Links that are not
+/// valid count against the client's address, as on the form.
 pub async fn recovery_page(
     State(st): State<AppState>,
+    peer: Peer,
     Path(token): Path<String>,
 ) -> Result<Response, AppError> {
+    super::links_allowed(&st, &peer, WRONG_LINKS).await?;
     if !plausible_token(&token) {
+        super::count_wrong_link(&st, &peer, WRONG_LINKS).await?;
         return Ok(not_valid());
     }
     let now = st.clock.now();
@@ -256,7 +260,10 @@ pub async fn recovery_page(
             ("secret", MAX_SECRET, false),
             "Complete",
         ),
-        _ => not_valid(),
+        _ => {
+            super::count_wrong_link(&st, &peer, WRONG_LINKS).await?;
+            not_valid()
+        }
     })
 }
 
