@@ -67,6 +67,7 @@ async fn main() {
                 security_level: SecurityLevel::Standard,
                 paranoid: false,
                 defaults: Preferences::default(),
+                prefixes: Vec::new(),
             })
             .await
             .unwrap();

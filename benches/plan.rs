@@ -47,6 +47,7 @@ hold = "3m"
             security_level: SecurityLevel::Standard,
             paranoid: false,
             defaults: Preferences::default(),
+            prefixes: Vec::new(),
         },
         contacts: vec![ContactView {
             contact: Contact {

@@ -20,8 +20,8 @@ use crate::config::Config;
 use crate::model::audit::AuditDraft;
 use crate::model::{
     Change, ChangeAnswer, ChangeContext, ChangeKind, ChangeRefusal, ChangeRule, ChangeState,
-    ChangeTarget, ChangeWrite, Destination, Incident, KeyWrite, Notification, SecurityLevel,
-    Subject, VetoLink,
+    ChangeTarget, ChangeWrite, Destination, Incident, KeyWrite, Notification, ProofKind,
+    SecurityLevel, Subject, VetoLink,
 };
 use crate::store::{Result, Store};
 use crate::trust::changes::{self as rules, Settle};
@@ -104,6 +104,7 @@ impl Engine<'_> {
             actor: actor.clone(),
             texts: self.texts(),
             assurance: self.config.assurance.clone(),
+            reply_number: self.config.changes.reply_number.clone(),
         };
         self.store
             .change_step(target, self.now, Arc::new(step))
@@ -142,6 +143,7 @@ impl Engine<'_> {
             proven_current: false,
             proven_new: false,
             proof_code: None,
+            factors: Vec::new(),
         }
     }
 
@@ -205,31 +207,64 @@ impl Engine<'_> {
             .await
     }
 
-    /// Sends a code to one of the customer's verified destinations (not
-    /// the one the change is about): entered back, it proves the change,
-    /// where the account's level lets a code prove anything.
+    /// Sends a code proving change `id` the way `proof` says: a code to
+    /// one of the customer's verified destinations (entered back), a split
+    /// code (a number by mail and one by `second`; the sum entered back),
+    /// or a code by mail to text back from the account's own mobile
+    /// number. Where each may go is `rules::code_destination`'s.
     pub async fn send_code(
         &self,
         id: &str,
+        proof: ProofKind,
         destination: &str,
+        second: Option<&str>,
         actor: &Actor,
     ) -> Result<ChangeAnswer> {
-        let code = crate::trust::codes::six_digits();
         let action = Action::SendCode {
+            kind: proof,
             destination: destination.to_string(),
-            code,
+            second: second.map(str::to_string),
+            codes: [
+                crate::trust::codes::six_digits(),
+                crate::trust::codes::six_digits(),
+            ],
         };
         self.step(ChangeTarget::Id(id.to_string()), action, actor)
             .await
     }
 
-    /// Checks a code entered back for change `id`.
-    pub async fn prove(&self, id: &str, code: &str, actor: &Actor) -> Result<ChangeAnswer> {
+    /// Checks a code entered back for change `id` (typed in), or texted
+    /// from the mobile number `from`.
+    pub async fn prove(
+        &self,
+        id: &str,
+        code: &str,
+        from: Option<&str>,
+        actor: &Actor,
+    ) -> Result<ChangeAnswer> {
         let action = Action::Prove {
             code: code.to_string(),
+            from: from.map(str::to_string),
         };
         self.step(ChangeTarget::Id(id.to_string()), action, actor)
             .await
+    }
+
+    /// The source system says the customer's request for change `id` came
+    /// from `address`: a factor if that is inside the account's own
+    /// prefixes.
+    pub async fn connection(
+        &self,
+        id: &str,
+        address: std::net::IpAddr,
+        actor: &Actor,
+    ) -> Result<ChangeAnswer> {
+        self.step(
+            ChangeTarget::Id(id.to_string()),
+            Action::Connection { address },
+            actor,
+        )
+        .await
     }
 
     /// Closes an incident with staff's note; the customer is told.
@@ -255,6 +290,11 @@ const PROOF_CODE_MINUTES: i64 = 15;
 
 fn expires_in(now: DateTime<Utc>) -> DateTime<Utc> {
     now + Duration::minutes(PROOF_CODE_MINUTES)
+}
+
+/// The sum of a split code's two numbers, as the customer enters it.
+fn split_sum(a: &str, b: &str) -> String {
+    (a.parse::<u32>().unwrap_or(0) + b.parse::<u32>().unwrap_or(0)).to_string()
 }
 
 /// How a code proving change `change` through `destination` is kept.
@@ -363,14 +403,22 @@ enum Action {
     Close {
         note: String,
     },
-    /// A proof code to this destination (the code itself, for its notice).
+    /// A proof code of `kind` through `destination` (and `second`); the
+    /// codes themselves, for the notices (a split code uses both).
     SendCode {
+        kind: ProofKind,
         destination: String,
-        code: String,
+        second: Option<String>,
+        codes: [String; 2],
     },
-    /// A proof code entered back.
+    /// A proof code entered back (or texted from `from`).
     Prove {
         code: String,
+        from: Option<String>,
+    },
+    /// Where the customer's request came from.
+    Connection {
+        address: std::net::IpAddr,
     },
     /// An assurer's assurance (the confirmation link's secret, for its
     /// notice).
@@ -394,6 +442,8 @@ struct Step {
     actor: Actor,
     texts: Texts,
     assurance: crate::config::AssuranceConfig,
+    /// Where customers text codes back to.
+    reply_number: Option<String>,
 }
 
 impl ChangeRule for Step {
@@ -404,8 +454,14 @@ impl ChangeRule for Step {
             Action::Veto { link } => self.veto(ctx, link.as_deref(), now),
             Action::Approve => self.approve(ctx, now),
             Action::Close { note } => self.close(ctx, note, now),
-            Action::SendCode { destination, code } => self.send_code(ctx, destination, code, now),
-            Action::Prove { code } => self.prove(ctx, code, now),
+            Action::SendCode {
+                kind,
+                destination,
+                second,
+                codes,
+            } => self.send_code(ctx, (*kind, destination, second.as_deref()), codes, now),
+            Action::Prove { code, from } => self.prove(ctx, code, from.as_deref(), now),
+            Action::Connection { address } => self.connection(ctx, *address, now),
             Action::Assure { draft, token } => self.assure(ctx, draft, token, now),
             Action::ConfirmAssurance { t_word } => self.confirm_assurance(ctx, t_word, now),
             Action::CompleteAssurance { matched } => {
@@ -524,39 +580,60 @@ impl Step {
         (writes, ChangeAnswer::Settled(ended))
     }
 
-    /// Sends a code proving the change to one of the customer's verified
-    /// destinations.
+    /// Sends the code(s) proving the change the way `how` says.
     fn send_code(
         &self,
         ctx: &ChangeContext,
-        destination: &str,
-        code: &str,
+        how: (ProofKind, &str, Option<&str>),
+        codes: &[String; 2],
         now: DateTime<Utc>,
     ) -> (Vec<ChangeWrite>, ChangeAnswer) {
         let Some(c) = &ctx.change else {
             return (Vec::new(), refused(ChangeRefusal::NotFound, None));
         };
-        let sent = rules::code_destination(c, ctx, destination).and_then(|to| {
-            let hash = proof_code_hash(&c.id, destination, code);
-            let expires = now + Duration::minutes(PROOF_CODE_MINUTES);
-            rules::with_code(c, destination, &hash, expires, now).map(|c| (c, to))
+        let (kind, destination, second) = how;
+        // What the customer enters back: the code, or a split code's sum.
+        let expected = match kind {
+            ProofKind::Split => split_sum(&codes[0], &codes[1]),
+            _ => codes[0].clone(),
+        };
+        let expires = expires_in(now);
+        let sent = rules::code_destination(c, ctx, kind, destination, second).and_then(|to| {
+            let hash = proof_code_hash(&c.id, destination, &expected);
+            rules::with_code(c, how, &hash, expires, now).map(|c| (c, to))
         });
         match sent {
-            Ok((with_code, to)) => {
-                let notice = self
-                    .texts
-                    .proof_code(&with_code, to, now, expires_in(now))
-                    .with_secret(code.to_string());
-                let mut d = self.actor.draft("change.code_sent", "ok", Some(&with_code));
-                d.detail = Some(format!("to destination {destination}"));
-                (
-                    vec![
-                        ChangeWrite::Change(with_code.clone()),
-                        ChangeWrite::Notice(notice),
-                        ChangeWrite::Audit(d),
+            Ok((with_code, (to, other))) => {
+                let notices = match (kind, other) {
+                    (ProofKind::Split, Some(other)) => {
+                        let [a, b] = self
+                            .texts
+                            .split_halves(&with_code, (to, other), now, expires);
+                        vec![
+                            a.with_secret(codes[0].clone()),
+                            b.with_secret(codes[1].clone()),
+                        ]
+                    }
+                    (ProofKind::Reply, _) => vec![
+                        self.texts
+                            .reply_code(&with_code, to, self.reply_number.as_deref(), now, expires)
+                            .with_secret(expected.clone()),
                     ],
-                    ChangeAnswer::Waiting(with_code),
-                )
+                    _ => vec![
+                        self.texts
+                            .proof_code(&with_code, to, now, expires)
+                            .with_secret(expected.clone()),
+                    ],
+                };
+                let mut d = self.actor.draft("change.code_sent", "ok", Some(&with_code));
+                d.detail = Some(match second {
+                    Some(s) => format!("{kind:?} code to destinations {destination} and {s}"),
+                    None => format!("{kind:?} code to destination {destination}"),
+                });
+                let mut writes = vec![ChangeWrite::Change(with_code.clone())];
+                writes.extend(notices.into_iter().map(ChangeWrite::Notice));
+                writes.push(ChangeWrite::Audit(d));
+                (writes, ChangeAnswer::Waiting(with_code))
             }
             Err(why) => {
                 let mut d = self.actor.draft("change.code_sent", "refused", Some(c));
@@ -566,34 +643,84 @@ impl Step {
         }
     }
 
-    /// A code entered back: the customer's proof. With every proof the
-    /// change needs, it applies now.
+    /// A code entered back (or texted from `from`): the customer's proof.
+    /// With every proof the change needs, it applies now.
     fn prove(
         &self,
         ctx: &ChangeContext,
         code: &str,
+        from: Option<&str>,
         now: DateTime<Utc>,
     ) -> (Vec<ChangeWrite>, ChangeAnswer) {
         let Some(c) = &ctx.change else {
             return (Vec::new(), refused(ChangeRefusal::NotFound, None));
         };
         let destination = c.proof_code.as_ref().map_or("", |p| p.destination.as_str());
-        let hash = proof_code_hash(&c.id, destination, code);
-        let (after, outcome) = rules::prove_by_code(c, &hash, now);
+        let code = match c.proof_code.as_ref().map(|p| p.kind) {
+            // A sum typed with leading zeros is still that sum.
+            Some(ProofKind::Split) => code.trim_start_matches('0').to_string(),
+            _ => code.to_string(),
+        };
+        let hash = proof_code_hash(&c.id, destination, &code);
+        let (after, outcome) = rules::prove_by_code(c, ctx, &hash, from, now);
+        self.proved(ctx, after, outcome, now)
+    }
+
+    /// The source system's word on where the customer's request came
+    /// from: a factor when inside the account's own prefixes.
+    fn connection(
+        &self,
+        ctx: &ChangeContext,
+        address: std::net::IpAddr,
+        now: DateTime<Utc>,
+    ) -> (Vec<ChangeWrite>, ChangeAnswer) {
+        let Some(c) = &ctx.change else {
+            return (Vec::new(), refused(ChangeRefusal::NotFound, None));
+        };
+        if c.state != ChangeState::Pending {
+            return (Vec::new(), refused(ChangeRefusal::NotPending, Some(c)));
+        }
+        let prefixes = ctx
+            .account
+            .as_ref()
+            .map(|v| v.account.prefixes.as_slice())
+            .unwrap_or_default();
+        let outcome = match rules::own_connection(address, prefixes) {
+            Some(factor) => Ok(rules::with_factor(c, &factor, ctx.level)),
+            None => Err(ChangeRefusal::NotOwnConnection),
+        };
+        let (after, outcome) = match outcome {
+            Ok(after) => (Some(after), Ok(())),
+            Err(why) => (None, Err(why)),
+        };
+        self.proved(ctx, after, outcome, now)
+    }
+
+    /// The writes and answer after a factor was checked: the change as it
+    /// is now (applied when that was all it needed), or the refusal.
+    fn proved(
+        &self,
+        ctx: &ChangeContext,
+        after: Option<Change>,
+        outcome: std::result::Result<(), ChangeRefusal>,
+        now: DateTime<Utc>,
+    ) -> (Vec<ChangeWrite>, ChangeAnswer) {
+        let c = ctx.change.as_ref();
         match (after, outcome) {
             (Some(proven), Ok(())) => {
+                let mut d = self.actor.draft("change.proven", "ok", Some(&proven));
+                d.detail = proven.factors.last().map(|f| format!("factor {f}"));
                 let (more, answer) = self.conclude(proven, ctx, now);
-                let writes = vec![self.audit("change.proven", "ok", ctx.change.as_ref())];
-                ([writes, more].concat(), answer)
+                ([vec![ChangeWrite::Audit(d)], more].concat(), answer)
             }
-            (_, Ok(())) => (Vec::new(), refused(ChangeRefusal::NotFound, Some(c))),
+            (_, Ok(())) => (Vec::new(), refused(ChangeRefusal::NotFound, c)),
             (after, Err(why)) => {
-                let mut d = self.actor.draft("change.proof", "refused", Some(c));
+                let mut d = self.actor.draft("change.proof", "refused", c);
                 d.detail = Some(why.to_string());
                 let mut writes: Vec<ChangeWrite> =
                     after.into_iter().map(ChangeWrite::Change).collect();
                 writes.push(ChangeWrite::Audit(d));
-                (writes, refused(why, Some(c)))
+                (writes, refused(why, c))
             }
         }
     }

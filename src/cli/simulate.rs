@@ -342,6 +342,7 @@ async fn load_account(store: &dyn Store, a: &ScenarioAccount) -> Result<(), Stri
             .unwrap_or_default(),
         paranoid: a.paranoid,
         defaults: a.defaults.clone(),
+        prefixes: Vec::new(),
     };
     store
         .put_account(&account)

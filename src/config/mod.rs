@@ -85,6 +85,10 @@ pub struct ChangesConfig {
     /// address may try: more are answered 429 until the window ends.
     #[serde(default = "default_wrong_links")]
     pub wrong_links_per_source: crate::model::Cap,
+    /// The number customers text a code back to (their SMS provider's
+    /// inbound number), named in the code's mail.
+    #[serde(default)]
+    pub reply_number: Option<String>,
 }
 
 fn default_wrong_links() -> crate::model::Cap {
@@ -104,6 +108,7 @@ impl Default for ChangesConfig {
             cooling_off: None,
             approvals_at_maximum: default_approvals(),
             wrong_links_per_source: default_wrong_links(),
+            reply_number: None,
         }
     }
 }

@@ -315,6 +315,7 @@ impl Registry<'_> {
             proven_current: proof.is_some(),
             proven_new: false,
             proof_code: None,
+            factors: Vec::new(),
         }
     }
 

@@ -194,13 +194,38 @@ pub struct Change {
     /// prove this change (only its hash and the counts bounding guesses).
     #[serde(skip)]
     pub proof_code: Option<ProofCode>,
+    /// What the customer proved it with, in order (`code:<destination>`,
+    /// `split_code:<mail>+<second>`, `own_line:<number>`,
+    /// `own_connection:<address>`, `assurance:<ids>`): see
+    /// `trust::changes::factor_weight`.
+    pub factors: Vec<String>,
 }
 
 /// A code sent to prove a change: where it went, and its row.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ProofCode {
+    /// Where the code (or its first half) went.
     pub destination: String,
     pub row: super::CodeRow,
+    #[serde(default)]
+    pub kind: ProofKind,
+    /// A split code's second half went here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub second: Option<String>,
+}
+
+/// How a proof code travels (DESIGN.md §7, issue 12).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProofKind {
+    /// One code to one destination, entered back.
+    #[default]
+    Code,
+    /// Two numbers, one by mail and one by a second channel; the customer
+    /// enters their sum.
+    Split,
+    /// A code by mail, texted back from the account's own mobile number.
+    Reply,
 }
 
 impl Change {
@@ -234,19 +259,22 @@ impl Change {
             proven_current: false,
             proven_new: false,
             proof_code: None,
+            factors: Vec::new(),
         }
     }
 
     /// Whether the proofs it needs to apply at once are all there.
-    /// An assurance proves the customer, not the key: it still needs the
-    /// level's staff approvals.
+    /// A proof by the customer rather than the key's holder (a code, an
+    /// assurance, their line) still needs the level's staff approvals.
     pub fn proven(&self) -> bool {
         let proofs = match self.kind {
             ChangeKind::KeyReplace => self.proven_current && self.proven_new,
             // The key's holder, the customer by a code or an assurance.
             _ => self.proven_current,
         };
-        proofs && (!self.by_assurance() || self.approved())
+        // What the customer proved (codes, assurances, their line) stands
+        // in for the key's holder, never for the level's approvals.
+        proofs && (self.factors.is_empty() || self.approved())
     }
 
     /// Whether what proves the customer is an assurance (DESIGN.md §7).
@@ -481,6 +509,14 @@ pub enum ChangeRefusal {
     TooManyAssurances,
     #[error("the change is proven already")]
     ProvenAlready,
+    #[error("the account has no verified mobile number to text the code back from")]
+    NoMobile,
+    #[error(
+        "this code does not prove anything this way: a code to text back must come by SMS from your own number, any other code typed in"
+    )]
+    WrongWay,
+    #[error("the address is not one of the account's own connections")]
+    NotOwnConnection,
 }
 
 /// What a step on a change did.
@@ -543,6 +579,7 @@ mod tests {
             name: "Acme".into(),
             timezone: None,
             defaults: Default::default(),
+            prefixes: Vec::new(),
         };
         // (case, stored, wanted, kept)
         let cases = [

@@ -15,7 +15,15 @@ pub struct Account {
     pub security_level: SecurityLevel,
     pub paranoid: bool,
     pub defaults: Preferences,
+    /// The network prefixes the customer's own connections come from, as
+    /// the source system (an ISP knows its customer's line) supplies them:
+    /// a request from inside is a factor proving a change (issue 12).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub prefixes: Vec<ipnet::IpNet>,
 }
+
+/// The most prefixes one account may have.
+pub const MAX_PREFIXES: usize = 32;
 
 /// A person or control-page login under an account.
 #[derive(Debug, Clone, Serialize, PartialEq)]

@@ -34,14 +34,14 @@ pub use call::{
 pub use cap::Cap;
 pub use change::{
     Approval, Audience, Change, ChangeAnswer, ChangeContext, ChangeKind, ChangeRefusal, ChangeRule,
-    ChangeState, ChangeTarget, ChangeWrite, DestinationPlan, Incident, ProofCode, Subject,
-    VetoLink, kept_security,
+    ChangeState, ChangeTarget, ChangeWrite, DestinationPlan, Incident, ProofCode, ProofKind,
+    Subject, VetoLink, kept_security,
 };
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use delivery::{MAX_DETAIL, Receipt, Report, excerpt as delivery_excerpt};
 pub use directory::{
     Account, AccountView, CheckRule, CodeRow, Contact, ContactView, Destination, IssueRule,
-    PendingCode, RenewOutcome, VerifyOutcome,
+    MAX_PREFIXES, PendingCode, RenewOutcome, VerifyOutcome,
 };
 pub use duration::Span;
 pub use event::Event;

@@ -493,6 +493,7 @@ mod tests {
                 security_level: SecurityLevel::Standard,
                 paranoid: false,
                 defaults: Preferences::default(),
+                prefixes: Vec::new(),
             },
             contacts: vec![ContactView {
                 contact: Contact {

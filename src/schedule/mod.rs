@@ -640,6 +640,7 @@ mod tests {
             security_level: crate::model::SecurityLevel::Standard,
             paranoid: false,
             defaults: Default::default(),
+            prefixes: Vec::new(),
         };
         store.put_account(&account).await.unwrap();
         let alice = crate::model::Contact {

@@ -22,6 +22,7 @@ fn account(id: &str) -> Account {
         security_level: SecurityLevel::Standard,
         paranoid: false,
         defaults: Preferences::default(),
+        prefixes: Vec::new(),
     }
 }
 

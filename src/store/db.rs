@@ -33,6 +33,7 @@ macro_rules! migrations {
             (6, include_str!(concat!("migrations/", $db, "-6.sql"))),
             (7, include_str!(concat!("migrations/", $db, "-7.sql"))),
             (8, include_str!(concat!("migrations/", $db, "-8.sql"))),
+            (9, include_str!(concat!("migrations/", $db, "-9.sql"))),
         ]
     };
 }

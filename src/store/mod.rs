@@ -676,6 +676,14 @@ pub(crate) mod codec {
         serde_json::to_string(p).unwrap_or_else(|_| "{}".into())
     }
 
+    pub fn prefixes_to_json(p: &[ipnet::IpNet]) -> String {
+        serde_json::to_string(p).unwrap_or_else(|_| "[]".into())
+    }
+
+    pub fn prefixes_from_json(s: &str) -> Result<Vec<ipnet::IpNet>> {
+        serde_json::from_str(s).map_err(|e| StoreError::Corrupt(format!("prefixes: {e}")))
+    }
+
     pub fn prefs_from_json(s: &str) -> Result<Preferences> {
         serde_json::from_str(s).map_err(|e| StoreError::Corrupt(format!("preferences: {e}")))
     }

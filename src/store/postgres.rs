@@ -220,9 +220,11 @@ impl Rows for PgRows {
 
     async fn upsert_account(&mut self, a: &Account) -> Result<()> {
         self.exec(
-            "INSERT INTO accounts (id, name, timezone, security_level, paranoid, defaults) VALUES ($1, $2, $3, $4, $5, $6) \
+            "INSERT INTO accounts (id, name, timezone, security_level, paranoid, defaults, prefixes) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) \
              ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, timezone = EXCLUDED.timezone, \
-             security_level = EXCLUDED.security_level, paranoid = EXCLUDED.paranoid, defaults = EXCLUDED.defaults",
+             security_level = EXCLUDED.security_level, paranoid = EXCLUDED.paranoid, defaults = EXCLUDED.defaults, \
+             prefixes = EXCLUDED.prefixes",
             &[
                 &a.id,
                 &a.name,
@@ -230,6 +232,7 @@ impl Rows for PgRows {
                 &a.security_level.as_str(),
                 &a.paranoid,
                 &prefs_to_json(&a.defaults),
+                &prefixes_to_json(&a.prefixes),
             ],
         )
         .await?;
@@ -798,17 +801,22 @@ impl Rows for PgRows {
     }
 
     async fn upsert_change(&mut self, c: &Change, at: i64) -> Result<()> {
-        let (approvals, subject, code) = rows::change_json(c)?;
+        let ChangeJson {
+            approvals,
+            subject,
+            code,
+            factors,
+        } = rows::change_json(c)?;
         let needed = i64::from(c.approvals_needed);
         self.exec(
             "INSERT INTO changes (id, kind, account, address, state, proof, requested_at, requested_by, not_before, \
-             approvals, approvals_needed, reason, subject, proven_current, proven_new, decided_at, proof_code) \
+             approvals, approvals_needed, reason, subject, proven_current, proven_new, decided_at, proof_code, factors) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, \
-             CASE WHEN $5 <> 'pending' THEN $16::BIGINT END, $17) \
+             CASE WHEN $5 <> 'pending' THEN $16::BIGINT END, $17, $18) \
              ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, proof = EXCLUDED.proof, \
              approvals = EXCLUDED.approvals, reason = EXCLUDED.reason, proven_current = EXCLUDED.proven_current, \
              proven_new = EXCLUDED.proven_new, decided_at = COALESCE(changes.decided_at, EXCLUDED.decided_at), \
-             proof_code = EXCLUDED.proof_code",
+             proof_code = EXCLUDED.proof_code, factors = EXCLUDED.factors",
             &[
                 &c.id,
                 &c.kind.as_str(),
@@ -827,6 +835,7 @@ impl Rows for PgRows {
                 &c.proven_new,
                 &at,
                 &code,
+                &factors,
             ],
         )
         .await?;

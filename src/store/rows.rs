@@ -529,7 +529,7 @@ pub fn key(r: &impl Cols) -> Result<KeyRecord> {
 
 /// The columns [`change`] reads.
 pub const CHANGE_COLUMNS: &str = "id, kind, account, address, state, proof, requested_at, requested_by, not_before, \
-     approvals, approvals_needed, reason, subject, proven_current, proven_new, proof_code";
+     approvals, approvals_needed, reason, subject, proven_current, proven_new, proof_code, factors";
 
 pub fn change(r: &impl Cols) -> Result<Change> {
     Ok(Change {
@@ -552,20 +552,32 @@ pub fn change(r: &impl Cols) -> Result<Change> {
             .opt_text(15)?
             .map(|s| json_column(&s, "proof_code"))
             .transpose()?,
+        factors: json_column(&r.text(16)?, "factors")?,
     })
 }
 
-/// A change's columns as written as JSON: approvals, subject, proof code.
-pub fn change_json(c: &Change) -> Result<(String, String, Option<String>)> {
+/// A change's columns as written as JSON.
+pub struct ChangeJson {
+    pub approvals: String,
+    pub subject: String,
+    pub code: Option<String>,
+    pub factors: String,
+}
+
+/// A change's columns as written as JSON: approvals, subject, proof code,
+/// factors.
+pub fn change_json(c: &Change) -> Result<ChangeJson> {
     let json = |v: serde_json::Result<String>| v.map_err(|e| StoreError::Corrupt(e.to_string()));
-    Ok((
-        json(serde_json::to_string(&c.approvals))?,
-        json(serde_json::to_string(&c.subject))?,
-        c.proof_code
+    Ok(ChangeJson {
+        approvals: json(serde_json::to_string(&c.approvals))?,
+        subject: json(serde_json::to_string(&c.subject))?,
+        code: c
+            .proof_code
             .as_ref()
             .map(|p| json(serde_json::to_string(p)))
             .transpose()?,
-    ))
+        factors: json(serde_json::to_string(&c.factors))?,
+    })
 }
 
 fn json_column<T: serde::de::DeserializeOwned>(s: &str, what: &str) -> Result<T> {
@@ -744,7 +756,8 @@ pub fn code_row(r: &impl Cols) -> Result<CodeRow> {
 }
 
 /// The columns [`account`] reads.
-pub const ACCOUNT_COLUMNS: &str = "id, name, timezone, security_level, paranoid, defaults";
+pub const ACCOUNT_COLUMNS: &str =
+    "id, name, timezone, security_level, paranoid, defaults, prefixes";
 
 pub fn account(r: &impl Cols) -> Result<Account> {
     Ok(Account {
@@ -754,6 +767,7 @@ pub fn account(r: &impl Cols) -> Result<Account> {
         security_level: level_from_text(&r.text(3)?)?,
         paranoid: r.flag(4)?,
         defaults: prefs_from_json(&r.text(5)?)?,
+        prefixes: prefixes_from_json(&r.text(6)?)?,
     })
 }
 

@@ -363,16 +363,19 @@ impl Rows for Lite {
 
     async fn upsert_account(&mut self, a: &Account) -> Result<()> {
         self.exec(
-            "INSERT INTO accounts (id, name, timezone, security_level, paranoid, defaults) VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+            "INSERT INTO accounts (id, name, timezone, security_level, paranoid, defaults, prefixes) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
              ON CONFLICT (id) DO UPDATE SET name = excluded.name, timezone = excluded.timezone, \
-             security_level = excluded.security_level, paranoid = excluded.paranoid, defaults = excluded.defaults",
+             security_level = excluded.security_level, paranoid = excluded.paranoid, defaults = excluded.defaults, \
+             prefixes = excluded.prefixes",
             params![
                 a.id,
                 a.name,
                 a.timezone.map(|t| t.to_string()),
                 a.security_level.as_str(),
                 a.paranoid,
-                prefs_to_json(&a.defaults)
+                prefs_to_json(&a.defaults),
+                prefixes_to_json(&a.prefixes)
             ],
         )?;
         Ok(())
@@ -915,16 +918,21 @@ impl Rows for Lite {
     }
 
     async fn upsert_change(&mut self, c: &Change, at: i64) -> Result<()> {
-        let (approvals, subject, code) = rows::change_json(c)?;
+        let ChangeJson {
+            approvals,
+            subject,
+            code,
+            factors,
+        } = rows::change_json(c)?;
         self.exec(
             "INSERT INTO changes (id, kind, account, address, state, proof, requested_at, requested_by, not_before, \
-             approvals, approvals_needed, reason, subject, proven_current, proven_new, decided_at, proof_code) \
+             approvals, approvals_needed, reason, subject, proven_current, proven_new, decided_at, proof_code, factors) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, \
-             CASE WHEN ?5 <> 'pending' THEN ?16 END, ?17) \
+             CASE WHEN ?5 <> 'pending' THEN ?16 END, ?17, ?18) \
              ON CONFLICT (id) DO UPDATE SET state = excluded.state, proof = excluded.proof, \
              approvals = excluded.approvals, reason = excluded.reason, proven_current = excluded.proven_current, \
              proven_new = excluded.proven_new, decided_at = COALESCE(changes.decided_at, excluded.decided_at), \
-             proof_code = excluded.proof_code",
+             proof_code = excluded.proof_code, factors = excluded.factors",
             params![
                 c.id,
                 c.kind.as_str(),
@@ -943,6 +951,7 @@ impl Rows for Lite {
                 c.proven_new,
                 at,
                 code,
+                factors,
             ],
         )?;
         Ok(())

@@ -3,7 +3,7 @@
 //! every other destination is told (with a veto link), and the lock.
 
 use super::changes::{ChangeTexts, REMINDER, reminder_key};
-use crate::model::{Assurance, Audience, Change, ChangeKind, Message, Notification, SECRET_MARK};
+use crate::model::{Assurance, Audience, Change, Message, Notification, SECRET_MARK};
 use chrono::{DateTime, Utc};
 
 /// The type of the mail carrying the confirmation link.
@@ -12,14 +12,6 @@ pub const LINK: &str = "kci.assurance.link";
 pub const T_WORD: &str = "kci.assurance.tword";
 
 impl ChangeTexts {
-    /// The key a recovery mail to the primary address is encrypted to: a
-    /// lost key's replacement, never the lost one.
-    fn recovery_key(c: &Change) -> Option<String> {
-        (c.kind == ChangeKind::KeyReplace)
-            .then(|| c.fingerprint().map(str::to_string))
-            .flatten()
-    }
-
     /// The confirmation link to the primary address (its secret rendered
     /// in as it goes out).
     pub fn assurance_link(&self, a: &Assurance, c: &Change, now: DateTime<Utc>) -> Notification {
@@ -41,7 +33,7 @@ impl ChangeTexts {
             short: format!("{op}: confirm your account recovery: {link}"),
             subject: "Confirm your account recovery".into(),
             body,
-            encrypt_to: Self::recovery_key(c),
+            encrypt_to: Self::new_key(c),
         };
         let mut n =
             crate::keys::address_mail(&a.address, LINK, message, now, Some(a.link_expires_at));
@@ -71,7 +63,7 @@ impl ChangeTexts {
             ),
             subject: "Your recovery word".into(),
             body,
-            encrypt_to: Self::recovery_key(c),
+            encrypt_to: Self::new_key(c),
         };
         let mut n = crate::keys::address_mail(&a.address, T_WORD, message, now, Some(until));
         n.account = a.account.clone().unwrap_or_default();

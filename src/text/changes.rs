@@ -199,6 +199,88 @@ impl ChangeTexts {
         n
     }
 
+    /// The two halves of a split code (each rendered in at
+    /// [`SECRET_MARK`] as it goes out): the first to a mailbox, the second
+    /// by another channel; the customer enters their sum.
+    pub fn split_halves(
+        &self,
+        c: &Change,
+        (mail, second): (&Audience, &Audience),
+        now: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+    ) -> [Notification; 2] {
+        let op = &self.operator;
+        let what = self.what(c);
+        let half = |to: &Audience, n: &str, other: &str| {
+            let short = format!(
+                "{op}: to confirm the request to {what}, add this number to the one we sent {other}, and enter the sum: {SECRET_MARK} ({n} half). If you did not ask for it, do not give it to anyone."
+            );
+            let mut notice = Notification::own(
+                &to.account,
+                &to.destination,
+                "kci.change.code",
+                Priority::High,
+                Message {
+                    short: short.clone(),
+                    subject: "Half of your code to confirm a request".into(),
+                    body: format!("{short}\n\nIt is valid for 15 minutes.\n"),
+                    encrypt_to: Self::new_key(c),
+                },
+                now,
+                Some(expires_at),
+            );
+            notice.key = format!("kci.change.code:{}:{n}", c.id);
+            notice
+        };
+        let by = |to: &Audience| format!("by {}", to.destination.uri.channel());
+        [
+            half(mail, "first", &by(second)),
+            half(second, "second", "by mail"),
+        ]
+    }
+
+    /// A code to text back from the customer's own mobile number (rendered
+    /// in at [`SECRET_MARK`] as it goes out).
+    pub fn reply_code(
+        &self,
+        c: &Change,
+        to: &Audience,
+        number: Option<&str>,
+        now: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+    ) -> Notification {
+        let op = &self.operator;
+        let what = self.what(c);
+        let whom = number.map_or_else(|| "our SMS number".to_string(), str::to_string);
+        let short = format!(
+            "{op}: to confirm the request to {what}, text {SECRET_MARK} from the mobile number you registered with us to {whom}. If you did not ask for it, do not send it."
+        );
+        let mut n = Notification::own(
+            &to.account,
+            &to.destination,
+            "kci.change.code",
+            Priority::High,
+            Message {
+                short: short.clone(),
+                subject: "Your code to text back".into(),
+                body: format!("{short}\n\nIt is valid for 15 minutes.\n"),
+                encrypt_to: Self::new_key(c),
+            },
+            now,
+            Some(expires_at),
+        );
+        n.key = format!("kci.change.code:{}", c.id);
+        n
+    }
+
+    /// Mail about a lost key's replacement is encrypted to the new key
+    /// (never to the lost one).
+    pub(crate) fn new_key(c: &Change) -> Option<String> {
+        (c.kind == ChangeKind::KeyReplace)
+            .then(|| c.fingerprint().map(str::to_string))
+            .flatten()
+    }
+
     pub fn incident_closed(
         &self,
         i: &Incident,

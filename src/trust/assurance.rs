@@ -274,15 +274,12 @@ pub fn complete(
         assurers.dedup();
         let change = (assurers.len() as u32 >= limits.assurers.max(1)).then(|| {
             let ids: Vec<&str> = completed.iter().map(|a| a.id.as_str()).collect();
-            Change {
-                proven_current: true,
-                proof: Some(format!(
-                    "{}{}",
-                    crate::model::assurance::PROOF_PREFIX,
-                    ids.join(",")
-                )),
-                ..c.clone()
-            }
+            let factor = format!("{}{}", crate::model::assurance::PROOF_PREFIX, ids.join(","));
+            let mut proven = c.clone();
+            proven.factors.push(factor.clone());
+            proven.proven_current = true;
+            proven.proof = Some(factor);
+            proven
         });
         return (
             Completion {
@@ -792,6 +789,7 @@ mod tests {
         c.approvals_needed = 2;
         c.proven_current = true;
         c.proof = Some("assurance:a1".into());
+        c.factors = vec!["assurance:a1".into()];
         assert!(!c.proven(), "approvals missing");
         c.approvals = vec![
             crate::model::Approval {
@@ -804,9 +802,11 @@ mod tests {
             },
         ];
         assert!(c.proven());
-        // A code proves it without them (below high, where codes may).
+        // Below maximum no approvals are needed: a code proves it at once.
         c.approvals.clear();
+        c.approvals_needed = 0;
         c.proof = Some("code:d1".into());
+        c.factors = vec!["code:d1".into()];
         assert!(c.proven());
     }
 }

@@ -14,8 +14,8 @@
 //! ```
 
 use crate::model::{
-    Approval, Audience, Change, ChangeContext, ChangeKind, ChangeRefusal, ChangeState, KeyState,
-    ProofCode, SecurityLevel, VerifyOutcome, VetoLink,
+    Approval, Audience, Change, ChangeContext, ChangeKind, ChangeRefusal, ChangeState,
+    DestinationUri, KeyState, ProofCode, ProofKind, SecurityLevel, VerifyOutcome, VetoLink,
 };
 use chrono::{DateTime, Duration, Utc};
 
@@ -244,48 +244,125 @@ pub fn approve(c: &Change, staff: &str, now: DateTime<Utc>) -> Result<Change, Ch
     Ok(c)
 }
 
-/// Where a code proving `c` may go: a verified destination of the
-/// accounts concerned, at a level that lets a code prove anything (below
-/// `high`: above it, only the period, the key's holder and staff do) — and
-/// never the mailbox a key change is about, nor the destination a change
-/// is about (whoever reads those may be the one asking).
+/// What a factor the customer proved a change with weighs (see
+/// [`weight_needed`]): a code to one of their destinations or a request
+/// from their own connection is one channel; a split code (mail and a
+/// second channel), a code mailed and texted back from their own line, or
+/// an assurance is two.
+pub fn factor_weight(factor: &str) -> u32 {
+    match factor.split(':').next().unwrap_or_default() {
+        "code" | "own_connection" => 1,
+        "split_code" | "own_line" | "assurance" => 2,
+        _ => 0,
+    }
+}
+
+/// What the customer's factors must weigh to prove a change at `level`:
+/// one channel below `high`, two from `high` (and at `maximum` the
+/// approvals are still needed, see `Change::proven`).
+pub fn weight_needed(level: SecurityLevel) -> u32 {
+    if level >= SecurityLevel::High { 2 } else { 1 }
+}
+
+/// `c` with `factor` proved: proven by the customer once its factors — each
+/// kind counted once, at its weight — weigh what `level` needs.
+pub fn with_factor(c: &Change, factor: &str, level: SecurityLevel) -> Change {
+    let mut c = c.clone();
+    if !c.factors.iter().any(|f| f == factor) {
+        c.factors.push(factor.to_string());
+    }
+    let mut kinds: Vec<(&str, u32)> = c
+        .factors
+        .iter()
+        .map(|f| (f.split(':').next().unwrap_or_default(), factor_weight(f)))
+        .collect();
+    kinds.sort_unstable();
+    kinds.dedup_by(|a, b| a.0 == b.0);
+    if kinds.iter().map(|k| k.1).sum::<u32>() >= weight_needed(level) {
+        c.proven_current = true;
+        c.proof = Some(c.factors.join(" + "));
+    }
+    c
+}
+
+/// Where the codes proving `c` may go, for a proof of `kind` through
+/// `destination` (and `second`, for a split code's other half).
+///
+/// * a code: a verified destination, below `high` only (above it one
+///   channel proves nothing), never the mailbox a key change is about nor
+///   the destination a change is about (whoever reads those may be the
+///   one asking);
+/// * a split code: one half to a verified mailbox — the key change's own
+///   address too, the other half is what the mailbox reader lacks — and
+///   the other to a verified destination that is not mail and not what
+///   the change is about;
+/// * a code to text back: to a verified mailbox, for an account with a
+///   verified mobile number that is not what the change is about.
 pub fn code_destination<'a>(
     c: &Change,
     ctx: &'a ChangeContext,
+    kind: ProofKind,
     destination: &str,
-) -> Result<&'a Audience, ChangeRefusal> {
+    second: Option<&str>,
+) -> Result<(&'a Audience, Option<&'a Audience>), ChangeRefusal> {
     if c.state != ChangeState::Pending {
         return Err(ChangeRefusal::NotPending);
     }
-    if ctx.level >= SecurityLevel::High {
-        return Err(ChangeRefusal::CodeNotAllowed);
-    }
-    let to = ctx
-        .audience
-        .iter()
-        .find(|a| a.destination.id == destination)
-        .ok_or(ChangeRefusal::NotADestination)?;
-    let about_mailbox = match (&to.destination.uri, &c.address) {
-        (crate::model::DestinationUri::Mailto(a), Some(address)) => a.as_str() == address,
-        _ => false,
+    let find = |id: &str| {
+        ctx.audience
+            .iter()
+            .find(|a| a.destination.id == id)
+            .ok_or(ChangeRefusal::NotADestination)
     };
-    let about_destination = c
-        .subject
-        .destination
-        .as_ref()
-        .is_some_and(|d| d.id == destination);
-    if about_mailbox || about_destination {
+    let is_mail = |a: &Audience| matches!(a.destination.uri, DestinationUri::Mailto(_));
+    let about_destination = |id: &str| c.subject.destination.as_ref().is_some_and(|d| d.id == id);
+    let to = find(destination)?;
+    if about_destination(destination) {
         return Err(ChangeRefusal::NotADestination);
     }
-    Ok(to)
+    match kind {
+        ProofKind::Code => {
+            if ctx.level >= SecurityLevel::High {
+                return Err(ChangeRefusal::CodeNotAllowed);
+            }
+            let about_mailbox = match (&to.destination.uri, &c.address) {
+                (DestinationUri::Mailto(a), Some(address)) => a.as_str() == address,
+                _ => false,
+            };
+            if about_mailbox {
+                return Err(ChangeRefusal::NotADestination);
+            }
+            Ok((to, None))
+        }
+        ProofKind::Split => {
+            let other = find(second.ok_or(ChangeRefusal::NotADestination)?)?;
+            if !is_mail(to) || is_mail(other) || about_destination(&other.destination.id) {
+                return Err(ChangeRefusal::NotADestination);
+            }
+            Ok((to, Some(other)))
+        }
+        ProofKind::Reply => {
+            let mobile = ctx.audience.iter().any(|a| {
+                matches!(a.destination.uri, DestinationUri::Sms(_))
+                    && !about_destination(&a.destination.id)
+            });
+            if !is_mail(to) {
+                return Err(ChangeRefusal::NotADestination);
+            }
+            if !mobile {
+                return Err(ChangeRefusal::NoMobile);
+            }
+            Ok((to, None))
+        }
+    }
 }
 
-/// `c` with a new proof code (its hash `hash`) for `destination`, within
-/// the limits of `trust::codes` (a new code to the same destination does
-/// not renew the guesses).
+/// `c` with a new proof code of `kind` (its hash `hash`) through
+/// `destination` (and `second`), within the limits of `trust::codes` (a
+/// new code the same way does not renew the guesses).
 pub fn with_code(
     c: &Change,
-    destination: &str,
+    (kind, destination, second): (ProofKind, &str, Option<&str>),
     hash: &str,
     expires_at: DateTime<Utc>,
     now: DateTime<Utc>,
@@ -293,7 +370,7 @@ pub fn with_code(
     let row = c
         .proof_code
         .as_ref()
-        .filter(|p| p.destination == destination)
+        .filter(|p| p.kind == kind && p.destination == destination)
         .map(|p| p.row.clone())
         .unwrap_or_default();
     let row =
@@ -302,17 +379,24 @@ pub fn with_code(
         proof_code: Some(ProofCode {
             destination: destination.to_string(),
             row,
+            kind,
+            second: second.map(str::to_string),
         }),
         ..c.clone()
     })
 }
 
-/// Checks a code entered for `c` (`hash`: of what was entered): the change
-/// as it is after (its code's counts moved on; proven by the customer if
-/// right), and whether it was right.
+/// Checks a code entered for `c` (`hash`: of what was entered), typed in
+/// (`from` none) or texted from the mobile number `from`: the change as it
+/// is after (its code's counts moved on; the factor added if right, see
+/// [`with_factor`]), and whether it was right. A code to text back counts
+/// only texted from one of the account's verified numbers, and a typed
+/// code only typed.
 pub fn prove_by_code(
     c: &Change,
+    ctx: &ChangeContext,
     hash: &str,
+    from: Option<&str>,
     now: DateTime<Utc>,
 ) -> (Option<Change>, Result<(), ChangeRefusal>) {
     if c.state != ChangeState::Pending {
@@ -321,18 +405,48 @@ pub fn prove_by_code(
     let Some(code) = &c.proof_code else {
         return (None, Err(ChangeRefusal::NoCode));
     };
+    let own_line = from.filter(|number| {
+        ctx.audience.iter().any(|a| match &a.destination.uri {
+            DestinationUri::Sms(n) => {
+                n.as_str() == *number
+                    && c.subject
+                        .destination
+                        .as_ref()
+                        .is_none_or(|d| d.id != a.destination.id)
+            }
+            _ => false,
+        })
+    });
+    match (code.kind, from, own_line) {
+        (ProofKind::Reply, None, _) | (ProofKind::Code | ProofKind::Split, Some(_), _) => {
+            return (None, Err(ChangeRefusal::WrongWay));
+        }
+        // Not a number of this account: not even a guess at its code.
+        (ProofKind::Reply, Some(_), None) => return (None, Err(ChangeRefusal::NoCode)),
+        _ => {}
+    }
     let (next, outcome) = super::codes::check(&code.row, hash, now);
     let mut after = c.clone();
     if let Some(row) = next {
         after.proof_code = Some(ProofCode {
-            destination: code.destination.clone(),
             row,
+            ..code.clone()
         });
     }
     let answer = match outcome {
         VerifyOutcome::Verified => {
-            after.proven_current = true;
-            after.proof = Some(format!("code:{}", code.destination));
+            let factor = match (code.kind, own_line) {
+                (ProofKind::Code, _) => format!("code:{}", code.destination),
+                (ProofKind::Split, _) => format!(
+                    "split_code:{}+{}",
+                    code.destination,
+                    code.second.as_deref().unwrap_or_default()
+                ),
+                (ProofKind::Reply, number) => {
+                    format!("own_line:{}", number.unwrap_or_default())
+                }
+            };
+            after = with_factor(&after, &factor, ctx.level);
             Ok(())
         }
         VerifyOutcome::WrongCode { .. } => Err(ChangeRefusal::WrongCode),
@@ -340,6 +454,16 @@ pub fn prove_by_code(
         VerifyOutcome::Locked | VerifyOutcome::NotFound => Err(ChangeRefusal::CodeLocked),
     };
     (Some(after), answer)
+}
+
+/// Whether `address` (where the customer's request came from, as the
+/// source system saw it) is inside one of the account's own `prefixes`:
+/// the factor `own_connection:<address>` if so.
+pub fn own_connection(address: std::net::IpAddr, prefixes: &[ipnet::IpNet]) -> Option<String> {
+    prefixes
+        .iter()
+        .any(|p| p.contains(&address))
+        .then(|| format!("own_connection:{address}"))
 }
 
 #[cfg(test)]
@@ -372,6 +496,7 @@ mod tests {
             proven_current: false,
             proven_new: false,
             proof_code: None,
+            factors: Vec::new(),
         }
     }
 
@@ -384,6 +509,7 @@ mod tests {
                 security_level: SecurityLevel::High,
                 paranoid: false,
                 defaults: Default::default(),
+                prefixes: Vec::new(),
             },
             contacts: vec![ContactView {
                 contact: Contact {
@@ -835,7 +961,9 @@ mod tests {
             },
             ..change(ChangeKind::DestinationRemove)
         };
-        let id = |r: Result<&Audience, ChangeRefusal>| r.map(|a| a.destination.id.clone());
+        let id = |r: Result<(&Audience, Option<&Audience>), ChangeRefusal>| {
+            r.map(|(a, _)| a.destination.id.clone())
+        };
         use SecurityLevel::*;
         // (case, change, level, destination, outcome)
         let cases = [
@@ -884,36 +1012,246 @@ mod tests {
         ];
         for (case, c, level, dest, want) in cases {
             assert_eq!(
-                id(code_destination(c, &audience(level), dest)),
+                id(code_destination(
+                    c,
+                    &audience(level),
+                    ProofKind::Code,
+                    dest,
+                    None
+                )),
                 want,
                 "{case}"
             );
         }
         // Sent, then entered: wrong, then right.
-        let sent = with_code(&key, "sms1", "h1", t(30), t(1)).unwrap();
-        let (after, wrong) = prove_by_code(&sent, "nope", t(2));
+        let how = (ProofKind::Code, "sms1", None);
+        let ctx = audience(Standard);
+        let sent = with_code(&key, how, "h1", t(30), t(1)).unwrap();
+        let (after, wrong) = prove_by_code(&sent, &ctx, "nope", None, t(2));
         assert_eq!(wrong, Err(ChangeRefusal::WrongCode));
         let after = after.unwrap();
         assert_eq!(after.proof_code.as_ref().unwrap().row.attempts, 1);
-        let (proven, right) = prove_by_code(&after, "h1", t(3));
+        let (proven, right) = prove_by_code(&after, &ctx, "h1", None, t(3));
         assert_eq!(right, Ok(()));
         let proven = proven.unwrap();
         assert!(proven.proven_current && !proven.proven());
         assert_eq!(proven.proof.as_deref(), Some("code:sms1"));
-        // Expired, and none sent.
+        assert_eq!(proven.factors, vec!["code:sms1".to_string()]);
+        // Expired, and none sent; texted instead of typed.
         assert_eq!(
-            prove_by_code(&sent, "h1", t(31)).1,
+            prove_by_code(&sent, &ctx, "h1", None, t(31)).1,
             Err(ChangeRefusal::CodeLocked)
         );
         assert_eq!(
-            prove_by_code(&key, "h1", t(3)).1,
+            prove_by_code(&key, &ctx, "h1", None, t(3)).1,
             Err(ChangeRefusal::NoCode)
+        );
+        assert_eq!(
+            prove_by_code(&sent, &ctx, "h1", Some("+447700900123"), t(3)).1,
+            Err(ChangeRefusal::WrongWay)
         );
         // A second code at once: too soon.
         assert_eq!(
-            with_code(&sent, "sms1", "h2", t(30), t(1)),
+            with_code(&sent, how, "h2", t(30), t(1)),
             Err(ChangeRefusal::CodeTooSoon)
         );
+    }
+
+    #[test]
+    fn second_channel_factors_and_what_each_level_needs() {
+        use SecurityLevel::*;
+        let dest = |id: &str, uri: &str| Audience {
+            account: "acme".into(),
+            destination: Destination {
+                id: id.into(),
+                contact: "alice".into(),
+                uri: uri.parse().unwrap(),
+                prefs: Default::default(),
+                verified: true,
+                unhealthy_since: None,
+            },
+        };
+        let ctx = |level, with_phone: bool| ChangeContext {
+            level,
+            audience: [
+                Some(dest("mail1", "mailto:a@x.example")),
+                with_phone.then(|| dest("sms1", "sms:+447700900123")),
+                Some(dest("hook1", "https://hooks.example.com/a")),
+            ]
+            .into_iter()
+            .flatten()
+            .collect(),
+            ..Default::default()
+        };
+        let key = Change::of_key(
+            "c1",
+            "a@x.example",
+            ChangeKind::KeyReplace,
+            Some("F"),
+            t(0),
+            t(60),
+        );
+        let ok = |r: Result<(&Audience, Option<&Audience>), ChangeRefusal>| {
+            r.map(|(a, b)| {
+                (
+                    a.destination.id.clone(),
+                    b.map(|b| b.destination.id.clone()),
+                )
+            })
+        };
+        // (case, kind, destination, second, level, phone, outcome)
+        let cases = [
+            (
+                "split: mail + phone, high",
+                ProofKind::Split,
+                "mail1",
+                Some("sms1"),
+                High,
+                true,
+                Ok(("mail1".to_string(), Some("sms1".to_string()))),
+            ),
+            (
+                "split: the key's own mailbox is one half",
+                ProofKind::Split,
+                "mail1",
+                Some("hook1"),
+                Maximum,
+                true,
+                Ok(("mail1".to_string(), Some("hook1".to_string()))),
+            ),
+            (
+                "split: two mailboxes",
+                ProofKind::Split,
+                "mail1",
+                Some("mail1"),
+                High,
+                true,
+                Err(ChangeRefusal::NotADestination),
+            ),
+            (
+                "split: no second",
+                ProofKind::Split,
+                "mail1",
+                None,
+                High,
+                true,
+                Err(ChangeRefusal::NotADestination),
+            ),
+            (
+                "split: first half not mail",
+                ProofKind::Split,
+                "sms1",
+                Some("hook1"),
+                High,
+                true,
+                Err(ChangeRefusal::NotADestination),
+            ),
+            (
+                "reply: to the mailbox",
+                ProofKind::Reply,
+                "mail1",
+                None,
+                High,
+                true,
+                Ok(("mail1".to_string(), None)),
+            ),
+            (
+                "reply: no mobile",
+                ProofKind::Reply,
+                "mail1",
+                None,
+                High,
+                false,
+                Err(ChangeRefusal::NoMobile),
+            ),
+            (
+                "reply: not to a mailbox",
+                ProofKind::Reply,
+                "sms1",
+                None,
+                High,
+                true,
+                Err(ChangeRefusal::NotADestination),
+            ),
+            (
+                "code at high",
+                ProofKind::Code,
+                "sms1",
+                None,
+                High,
+                true,
+                Err(ChangeRefusal::CodeNotAllowed),
+            ),
+        ];
+        for (case, kind, d, second, level, phone, want) in cases {
+            let ctx = ctx(level, phone);
+            assert_eq!(
+                ok(code_destination(&key, &ctx, kind, d, second)),
+                want,
+                "{case}"
+            );
+        }
+        // A reply counts only from the account's own number.
+        let high = ctx(High, true);
+        let sent = with_code(&key, (ProofKind::Reply, "mail1", None), "h", t(30), t(1)).unwrap();
+        for (from, want) in [
+            (None, Err(ChangeRefusal::WrongWay)),
+            (Some("+15550000000"), Err(ChangeRefusal::NoCode)),
+        ] {
+            assert_eq!(
+                prove_by_code(&sent, &high, "h", from, t(2)).1,
+                want,
+                "{from:?}"
+            );
+        }
+        let (after, right) = prove_by_code(&sent, &high, "h", Some("+447700900123"), t(2));
+        assert_eq!(right, Ok(()));
+        let after = after.unwrap();
+        assert!(after.proven_current, "two channels prove at high");
+        assert_eq!(after.factors, vec!["own_line:+447700900123".to_string()]);
+
+        // (factors, level, proven)
+        for (factors, level, want) in [
+            (vec!["own_connection:203.0.113.7"], Standard, true),
+            (vec!["own_connection:203.0.113.7"], High, false),
+            // The same kind twice counts once.
+            (
+                vec!["own_connection:203.0.113.7", "own_connection:203.0.113.8"],
+                High,
+                false,
+            ),
+            (vec!["split_code:mail1+sms1"], High, true),
+            (vec!["split_code:mail1+sms1"], Maximum, true),
+            (vec!["code:sms1", "own_connection:203.0.113.7"], High, true),
+        ] {
+            let mut c = key.clone();
+            for f in &factors {
+                c = with_factor(&c, f, level);
+            }
+            assert_eq!(c.proven_current, want, "{factors:?} at {level:?}");
+        }
+        // At maximum the approvals are still needed.
+        let mut c = with_factor(&key, "split_code:mail1+sms1", Maximum);
+        c.proven_new = true;
+        c.approvals_needed = 2;
+        assert!(!c.proven());
+        // Own connection: inside the account's prefixes only.
+        let prefixes: Vec<ipnet::IpNet> = vec![
+            "203.0.113.0/24".parse().unwrap(),
+            "2001:db8::/32".parse().unwrap(),
+        ];
+        for (ip, want) in [
+            ("203.0.113.7", true),
+            ("203.0.114.7", false),
+            ("2001:db8::1", true),
+            ("::ffff:203.0.113.7", false),
+        ] {
+            assert_eq!(
+                own_connection(ip.parse().unwrap(), &prefixes).is_some(),
+                want,
+                "{ip}"
+            );
+        }
     }
 
     #[test]

@@ -1,6 +1,9 @@
-//! Provider callbacks: providers reporting on messages they accepted.
-//! They hold none of kci's bearer tokens, so each is authenticated the
-//! provider's way instead — Twilio by `X-Twilio-Signature`.
+//! Provider callbacks: providers reporting on messages they accepted, and
+//! texts customers send to the operator's SMS number (a code texted back
+//! from their own line proves a change, issue 12). They hold none of
+//! kci's bearer tokens, so each is authenticated the provider's way
+//! instead — Twilio by `X-Twilio-Signature`, the generic gateway by an
+//! HMAC-SHA256 of the body (`X-Kci-Signature`).
 
 use crate::channels::sms::twilio;
 use crate::model::ChannelKind;
@@ -63,4 +66,150 @@ pub async fn twilio(
             .await?;
     }
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /v1/inbound/sms/twilio`: Twilio's webhook for a text to the
+/// operator's number (form-encoded `From`, `Body`, …), signed with
+/// `X-Twilio-Signature` over `{status_callback}v1/inbound/sms/twilio`.
+/// Answers empty TwiML (no reply is texted).
+pub async fn twilio_inbound(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<impl axum::response::IntoResponse, AppError> {
+    let cfg = st.config.channels.sms.twilio.as_ref();
+    let Some((cfg, base)) = cfg.and_then(|c| c.status_callback.as_ref().map(|b| (c, b))) else {
+        return Err(AppError::NotFound {
+            what: "Twilio's inbound webhook (not configured)".into(),
+        });
+    };
+    let url = base
+        .join("v1/inbound/sms/twilio")
+        .map_err(|e| AppError::Internal(e.to_string()))?;
+    let params: Vec<(String, String)> = url::form_urlencoded::parse(&body).into_owned().collect();
+    let signature = headers
+        .get("x-twilio-signature")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if !twilio::valid_signature(cfg.auth_token.expose(), url.as_str(), &params, signature) {
+        return Err(AppError::BadSignature {
+            header: "X-Twilio-Signature",
+        });
+    }
+    let param = |name: &str| {
+        params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .unwrap_or_default()
+    };
+    texted(&st, param("From"), param("Body")).await?;
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "text/xml")],
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response></Response>",
+    ))
+}
+
+#[derive(serde::Deserialize)]
+struct GatewayText {
+    from: String,
+    text: String,
+}
+
+/// `POST /v1/inbound/sms`: the generic HTTP gateway's text to the
+/// operator's number, JSON `{"from": "+E164", "text": "…"}`, signed with
+/// `X-Kci-Signature: sha256=<hex HMAC-SHA256 of the body, keyed with
+/// [channels.sms.http] inbound_secret>`. 204.
+pub async fn gateway_inbound(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<StatusCode, AppError> {
+    let Some(secret) = st
+        .config
+        .channels
+        .sms
+        .http
+        .as_ref()
+        .and_then(|g| g.inbound_secret.as_ref())
+    else {
+        return Err(AppError::NotFound {
+            what: "the SMS gateway's inbound webhook (no inbound_secret configured)".into(),
+        });
+    };
+    let signature = headers
+        .get("x-kci-signature")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if !crate::channels::sms::gateway::valid_inbound_signature(secret.expose(), &body, signature) {
+        return Err(AppError::BadSignature {
+            header: "X-Kci-Signature",
+        });
+    }
+    let text: GatewayText = super::json_body(&body)?;
+    texted(&st, &text.from, &text.text).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The most pending changes one text is tried against.
+const MAX_CHANGES_PER_TEXT: usize = 5;
+
+/// A text from `from`: if it holds a code (6 digits), it is tried against
+/// the pending changes, waiting for a code texted back, of the accounts
+/// that number is a destination of. Anything else is ignored.
+async fn texted(st: &AppState, from: &str, text: &str) -> Result<(), AppError> {
+    let Some(code) = text
+        .split(|c: char| !c.is_ascii_digit())
+        .find(|w| w.len() == 6)
+    else {
+        return Ok(());
+    };
+    let number: String = from.trim().chars().filter(|c| !c.is_whitespace()).collect();
+    if number.is_empty() || number.len() > 32 {
+        return Ok(());
+    }
+    let mut accounts: Vec<String> = st
+        .store
+        .contacts_with_uri(&format!("sms:{number}"))
+        .await?
+        .into_iter()
+        .map(|(account, _)| account)
+        .collect();
+    accounts.dedup();
+    let engine = crate::changes::Engine {
+        store: st.store.as_ref(),
+        config: st.config.as_ref(),
+        now: st.clock.now(),
+    };
+    let actor = crate::changes::Actor {
+        id: format!("sms:{number}"),
+        source: None,
+        ticket: None,
+    };
+    let mut tried = 0;
+    for account in accounts {
+        let changes = st
+            .store
+            .changes(crate::store::ChangeFilter::Account(account))
+            .await?;
+        let waiting = changes.into_iter().filter(|c| {
+            c.state == crate::model::ChangeState::Pending
+                && c.proof_code
+                    .as_ref()
+                    .is_some_and(|p| p.kind == crate::model::ProofKind::Reply)
+        });
+        for c in waiting {
+            if tried == MAX_CHANGES_PER_TEXT {
+                return Ok(());
+            }
+            tried += 1;
+            if let crate::model::ChangeAnswer::Waiting(_) | crate::model::ChangeAnswer::Settled(_) =
+                engine.prove(&c.id, code, Some(&number), &actor).await?
+            {
+                st.wake.notify_one();
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
 }

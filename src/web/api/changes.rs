@@ -166,6 +166,9 @@ pub(super) fn refusal(why: ChangeRefusal, what: &str) -> AppError {
         ChangeRefusal::AssuranceNotAllowed => "assurance_not_allowed",
         ChangeRefusal::TooManyAssurances => "too_many_assurances",
         ChangeRefusal::ProvenAlready => "proven_already",
+        ChangeRefusal::NoMobile => "no_mobile",
+        ChangeRefusal::WrongWay => "wrong_way",
+        ChangeRefusal::NotOwnConnection => "not_own_connection",
     };
     AppError::Conflict {
         code,
@@ -288,14 +291,28 @@ pub async fn veto(
 #[serde(deny_unknown_fields)]
 struct CodeInput {
     destination: String,
+    /// `code` (the default), `split` or `reply`.
+    #[serde(default)]
+    proof: crate::model::ProofKind,
+    /// A split code's second half goes here.
+    second: Option<String>,
 }
 
 /// `POST /v1/changes/{id}/code` (scope `keys:write`), body
-/// `{"destination"}`: sends a 6-digit code to that verified destination of
-/// the customer's; entered back (`…/proof`), it proves the change. Only
-/// below `high`, and never to what the change is about (the mailbox a key
-/// change is for, the destination a change removes): 409 otherwise; 429
-/// when codes come too fast.
+/// `{"destination", "proof"?, "second"?}`: sends what proves the change,
+/// entered back at `…/proof`:
+///
+/// * `"proof": "code"` (the default): 6 digits to that verified
+///   destination; only below `high`, never to what the change is about;
+/// * `"split"`: one number to the verified mailbox `destination`, another
+///   to the verified non-mail destination `second`; the customer enters
+///   their sum (two channels: proves at `high` too);
+/// * `"reply"`: a code to the verified mailbox `destination`, to be texted
+///   back from the account's verified mobile number (the SMS provider's
+///   inbound webhook) — two channels as well.
+///
+/// 202 with the change; 409 when the way is not allowed; 429 when codes
+/// come too fast.
 pub async fn send_code(
     State(st): State<AppState>,
     caller: Caller,
@@ -307,7 +324,13 @@ pub async fn send_code(
     let input: CodeInput = super::json_body(&body)?;
     let actor = actor(&caller, peer, None);
     match engine(&st)
-        .send_code(&id, &input.destination, &actor)
+        .send_code(
+            &id,
+            input.proof,
+            &input.destination,
+            input.second.as_deref(),
+            &actor,
+        )
         .await?
     {
         ChangeAnswer::Waiting(change) => {
@@ -326,10 +349,11 @@ struct ProofInput {
 }
 
 /// `POST /v1/changes/{id}/proof` (scope `keys:write`), body `{"code"}`:
-/// the code sent, entered back. 200 with the change — applied when that
-/// was the last proof it needed; 409 for a wrong, expired or locked code
-/// (5 tries a code, 10 a day, and the token's wrong codes are limited as
-/// for destinations).
+/// the code sent (or a split code's sum), entered back. 200 with the
+/// change — applied when that was the last proof it needed; 409 for a
+/// wrong, expired or locked code (5 tries a code, 10 a day, and the
+/// token's wrong codes are limited as for destinations), or a code meant
+/// to be texted back.
 pub async fn prove(
     State(st): State<AppState>,
     caller: Caller,
@@ -340,29 +364,75 @@ pub async fn prove(
     caller.require(Scope::KeysWrite)?;
     let input: ProofInput = super::json_body(&body)?;
     let code = input.code.trim();
-    if code.len() != 6 || !code.bytes().all(|b| b.is_ascii_digit()) {
+    if !(1..=7).contains(&code.len()) || !code.bytes().all(|b| b.is_ascii_digit()) {
         return Err(AppError::invalid(
             "invalid_field",
             "code",
-            "must be the 6 digits that were sent",
+            "must be the 6 digits that were sent (or the sum of a split code's two numbers)",
         ));
     }
     let now = st.clock.now();
     super::wrong_codes_allowed(&st, &caller, now).await?;
     let actor = actor(&caller, peer, None);
-    match engine(&st).prove(&id, code, &actor).await? {
+    let answer = engine(&st).prove(&id, code, None, &actor).await?;
+    proof_answer(&st, &caller, &id, answer, now).await
+}
+
+/// The answer to a proof: the change (applied when it was the last thing
+/// it needed), or the refusal — a wrong code counted against the token.
+async fn proof_answer(
+    st: &AppState,
+    caller: &Caller,
+    id: &str,
+    answer: ChangeAnswer,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<Json<serde_json::Value>, AppError> {
+    match answer {
         ChangeAnswer::Waiting(change) | ChangeAnswer::Settled(change) => {
             st.wake.notify_one();
             Ok(Json(json!({"change": change})))
         }
         ChangeAnswer::Refused { why, .. } => {
             if why == ChangeRefusal::WrongCode {
-                super::count_wrong_code(&st, &caller, now).await?;
+                super::count_wrong_code(st, caller, now).await?;
             }
             Err(refusal(why, &format!("change `{id}`")))
         }
-        other => Err(AppError::Internal(format!("prove answered {other:?}"))),
+        other => Err(AppError::Internal(format!("proof answered {other:?}"))),
     }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConnectionInput {
+    address: String,
+}
+
+/// `POST /v1/changes/{id}/connection` (scope `keys:write`), body
+/// `{"address"}`: the source system says the customer's request came from
+/// this IP address. Inside one of the account's own `prefixes`, it is a
+/// factor (one channel: it proves alone below `high`); 409
+/// `not_own_connection` otherwise.
+pub async fn connection(
+    State(st): State<AppState>,
+    caller: Caller,
+    peer: Peer,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<impl IntoResponse, AppError> {
+    caller.require(Scope::KeysWrite)?;
+    let input: ConnectionInput = super::json_body(&body)?;
+    let address: std::net::IpAddr = input.address.trim().parse().map_err(|_| {
+        AppError::invalid(
+            "invalid_field",
+            "address",
+            "must be an IPv4 or IPv6 address",
+        )
+    })?;
+    let now = st.clock.now();
+    let actor = actor(&caller, peer, None);
+    let answer = engine(&st).connection(&id, address, &actor).await?;
+    proof_answer(&st, &caller, &id, answer, now).await
 }
 
 fn not_valid() -> axum::response::Response {

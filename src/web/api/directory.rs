@@ -40,6 +40,49 @@ struct AccountInput {
     paranoid: Option<bool>,
     #[serde(default)]
     defaults: Preferences,
+    /// The account's own network prefixes (CIDR); absent: kept as stored.
+    /// Setting them takes `directory:admin`: a request from inside proves
+    /// a change.
+    prefixes: Option<Vec<String>>,
+}
+
+/// The account's own prefixes from `input`, or as stored.
+async fn prefixes(
+    st: &AppState,
+    caller: &Caller,
+    id: &str,
+    input: Option<Vec<String>>,
+) -> Result<Vec<ipnet::IpNet>, AppError> {
+    let Some(list) = input else {
+        return Ok(st
+            .store
+            .account_view(id)
+            .await?
+            .map(|v| v.account.prefixes)
+            .unwrap_or_default());
+    };
+    caller.require(Scope::DirectoryAdmin)?;
+    if list.len() > crate::model::MAX_PREFIXES {
+        return Err(AppError::invalid(
+            "invalid_field",
+            "prefixes",
+            format!("at most {} prefixes", crate::model::MAX_PREFIXES),
+        ));
+    }
+    list.iter()
+        .map(|p| {
+            p.parse::<ipnet::IpNet>().map(|n| n.trunc()).map_err(|_| {
+                AppError::invalid(
+                    "invalid_field",
+                    "prefixes",
+                    format!(
+                        "`{}` is not a network prefix such as 203.0.113.0/24",
+                        crate::model::excerpt(p, 64)
+                    ),
+                )
+            })
+        })
+        .collect()
 }
 
 /// `PUT /v1/accounts/{id}` (scope `directory:write`): create or replace.
@@ -64,6 +107,7 @@ pub async fn put_account(
         .transpose()
         .map_err(|e| AppError::invalid("invalid_field", "security_level", e))?
         .unwrap_or_default();
+    let prefixes = prefixes(&st, &caller, &id, input.prefixes).await?;
     let account = Account {
         name: input.name.unwrap_or_else(|| id.clone()),
         id,
@@ -71,6 +115,7 @@ pub async fn put_account(
         security_level,
         paranoid: input.paranoid.unwrap_or(false),
         defaults: input.defaults,
+        prefixes,
     };
     let (outcome, kept) = st.store.put_account(&account).await?;
     let Some((level, paranoid)) = kept else {

@@ -65,6 +65,9 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/changes/{id}/veto", post(changes::veto))
         .route("/v1/changes/{id}/code", post(changes::send_code))
         .route("/v1/changes/{id}/proof", post(changes::prove))
+        .route("/v1/changes/{id}/connection", post(changes::connection))
+        .route("/v1/inbound/sms/twilio", post(callbacks::twilio_inbound))
+        .route("/v1/inbound/sms", post(callbacks::gateway_inbound))
         .route(
             "/v1/changes/{id}/assurances",
             get(assurances::list).post(assurances::record),
