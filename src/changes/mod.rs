@@ -680,12 +680,7 @@ impl Step {
         if c.state != ChangeState::Pending {
             return (Vec::new(), refused(ChangeRefusal::NotPending, Some(c)));
         }
-        let prefixes = ctx
-            .account
-            .as_ref()
-            .map(|v| v.account.prefixes.as_slice())
-            .unwrap_or_default();
-        let outcome = match rules::own_connection(address, prefixes) {
+        let outcome = match rules::own_connection(address, &ctx.prefixes) {
             Some(factor) => Ok(rules::with_factor(c, &factor, ctx.level)),
             None => Err(ChangeRefusal::NotOwnConnection),
         };

@@ -377,6 +377,8 @@ pub struct ChangeContext {
     pub audience: Vec<Audience>,
     /// The highest security level among the accounts concerned.
     pub level: SecurityLevel,
+    /// The own network prefixes of the accounts concerned.
+    pub prefixes: Vec<ipnet::IpNet>,
     /// The change's assurances (locked), newest last.
     pub assurances: Vec<super::Assurance>,
     /// The assurance whose link was followed, if that is the step.

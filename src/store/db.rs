@@ -303,6 +303,7 @@ async fn change_context(rows: &mut impl Rows, target: &ChangeTarget) -> Result<C
     for account in &accounts {
         if let Some(a) = rows.account(account).await? {
             ctx.level = ctx.level.max(a.security_level);
+            ctx.prefixes.extend(a.prefixes);
         }
     }
     Ok(ctx)

@@ -135,6 +135,12 @@ async fn every_endpoint_checks_token_and_scope() {
             Some(r#"{"secret":"kiwi42-abcdefghjk"}"#),
             "keys:write",
         ),
+        (
+            "POST",
+            "/v1/changes/x/connection".into(),
+            Some(r#"{"address":"203.0.113.7"}"#),
+            "keys:write",
+        ),
         ("GET", "/v1/incidents".into(), None, "incidents"),
         (
             "POST",

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 /// kci signing its mail, sending it to a real SMTP server, on SQLite or
 /// the PostgreSQL store `pg`.
-fn hub(pg: Option<&str>, dir: &std::path::Path, smtp: &SmtpServer, extra: &str) -> Kci {
+pub(crate) fn hub(pg: Option<&str>, dir: &std::path::Path, smtp: &SmtpServer, extra: &str) -> Kci {
     let signing = operator_key(dir);
     Kci::start_on(
         pg,
@@ -64,7 +64,7 @@ async fn t_word(smtp: &SmtpServer, holder: &Gpg) -> (String, String) {
 }
 
 /// Alice's key, registered and confirmed through the real SMTP server.
-async fn alice_key(kci: &Kci, smtp: &SmtpServer) -> (Gpg, String) {
+pub(crate) async fn alice_key(kci: &Kci, smtp: &SmtpServer) -> (Gpg, String) {
     let alice = Gpg::new();
     let fpr = alice.generate("Alice <alice@example.com>", "ed25519", true, "1y");
     let (code, err) = inbound(
@@ -80,7 +80,7 @@ async fn alice_key(kci: &Kci, smtp: &SmtpServer) -> (Gpg, String) {
 
 /// Alice lost her key: her new one, sent without proof and confirmed by
 /// its link. The change waits; its id.
-async fn lost_key(kci: &Kci, smtp: &SmtpServer, admin: &str) -> (Gpg, String, String) {
+pub(crate) async fn lost_key(kci: &Kci, smtp: &SmtpServer, admin: &str) -> (Gpg, String, String) {
     let holder = Gpg::new();
     let fpr = holder.generate("Alice <alice@example.com>", "ed25519", true, "1y");
     trust_operator(kci, &holder).await;
@@ -144,7 +144,7 @@ async fn complete(kci: &Kci, token: &str, change: &str, secret: &str) -> (u16, V
     .await
 }
 
-async fn active_key(kci: &Kci, token: &str) -> Option<String> {
+pub(crate) async fn active_key(kci: &Kci, token: &str) -> Option<String> {
     let (_, v) = kci
         .call("GET", "/v1/keys/alice@example.com", Some(token), None)
         .await;

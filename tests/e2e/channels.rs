@@ -320,7 +320,7 @@ short = "Your bill for {{{{ data.month }}}} is ready: {{{{ data.amount }}}}. {{{
 }
 
 /// A stand-in for Twilio's Messages API: answers a create as Twilio does.
-async fn fake_twilio() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+pub(crate) async fn fake_twilio() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
     let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let seen = bodies.clone();
     let app = axum::Router::new().route(
@@ -343,7 +343,7 @@ async fn fake_twilio() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>
     (url, bodies)
 }
 
-fn twilio_signature(token: &str, url: &str, params: &[(&str, &str)]) -> String {
+pub(crate) fn twilio_signature(token: &str, url: &str, params: &[(&str, &str)]) -> String {
     let mut sorted = params.to_vec();
     sorted.sort();
     let mut mac = hmac::Hmac::<sha1::Sha1>::new_from_slice(token.as_bytes()).unwrap();

@@ -15,5 +15,6 @@ mod delivery;
 #[allow(dead_code)] // the benchmark reads figures the test does not
 mod load_scenario;
 mod net;
+mod proofs;
 mod secure_mail;
 mod simulate;

@@ -314,6 +314,39 @@ fn refused(status: u16, answer: &str) -> DeliveryError {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn inbound_texts_are_signed_with_the_secret() {
+        // Computed with Python's hmac module, as a gateway would.
+        let body = br#"{"from":"+447700900123","text":"123456"}"#;
+        let good = "sha256=d443223d6ce5e5be732b51a2afd7e6d111cf0299c75f16d268b9c35f5dcb8be7";
+        // (secret, body, header, accepted)
+        for (secret, body, header, want) in [
+            ("gateway-secret", &body[..], good, true),
+            (
+                "gateway-secret",
+                &body[..],
+                &good.to_ascii_uppercase().replace("SHA256=", "sha256="),
+                true,
+            ),
+            ("other-secret", &body[..], good, false),
+            (
+                "gateway-secret",
+                &br#"{"from":"+15550001111","text":"123456"}"#[..],
+                good,
+                false,
+            ),
+            ("gateway-secret", &body[..], &good["sha256=".len()..], false),
+            ("gateway-secret", &body[..], "", false),
+        ] {
+            assert_eq!(
+                super::valid_inbound_signature(secret, body, header),
+                want,
+                "{secret} {header}"
+            );
+        }
+    }
+
     use crate::channels::Channel;
     use crate::channels::sms::{SmsChannel, SmsConfig};
     use crate::channels::testkit::{Provider, outgoing};
