@@ -393,7 +393,12 @@ async fn proof_answer(
             Ok(Json(json!({"change": change})))
         }
         ChangeAnswer::Refused { why, .. } => {
-            if why == ChangeRefusal::WrongCode {
+            // Wrong codes and addresses outside the account's prefixes
+            // count against the token alike: neither may be guessed.
+            if matches!(
+                why,
+                ChangeRefusal::WrongCode | ChangeRefusal::NotOwnConnection
+            ) {
                 super::count_wrong_code(st, caller, now).await?;
             }
             Err(refusal(why, &format!("change `{id}`")))
