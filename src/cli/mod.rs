@@ -165,6 +165,26 @@ pub enum TokenCommand {
         /// audited under their name.
         #[arg(long)]
         staff: Option<String>,
+        /// It stops working after this long (such as 90d, 12h).
+        #[arg(long)]
+        expires: Option<String>,
+    },
+    /// List every token: id, name, staff member, scopes, state, expiry,
+    /// last use and from where (never a secret).
+    List(ConfigArg),
+    /// Revoke a token: it stops working at once.
+    Revoke {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Its id, as `kci token list` shows it.
+        id: String,
+    },
+    /// Replace a token by a new one (same name, scopes, staff member and
+    /// expiry); the old one stops at once. The new one is printed once.
+    Rotate {
+        #[command(flatten)]
+        config: ConfigArg,
+        id: String,
     },
 }
 
@@ -178,7 +198,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             name,
             scopes,
             staff,
-        }) => token::create(config, name, scopes, staff).await,
+            expires,
+        }) => token::create(config, name, scopes, staff, expires).await,
+        Command::Token(TokenCommand::List(c)) => token::list(c).await,
+        Command::Token(TokenCommand::Revoke { config, id }) => token::revoke(config, id).await,
+        Command::Token(TokenCommand::Rotate { config, id }) => token::rotate(config, id).await,
         Command::Staff(StaffCommand::Add { config, name, role }) => {
             staff::add(config, name, role).await
         }

@@ -1,6 +1,8 @@
-//! `kci token create`: mint an API token. Only its hash is stored; the
-//! token itself is printed once. `--staff NAME` makes a token acting as
-//! that staff member, limited to what their role allows.
+//! `kci token create | list | revoke | rotate`: the life of an API token.
+//! Only its hash is stored; a token is printed once, when it is made.
+//! `--staff NAME` makes a token acting as that staff member, limited to
+//! what their role allows; `--expires 90d` makes it stop by itself. Every
+//! step is audited; `list` shows when and from where each was last used.
 
 use super::ConfigArg;
 use crate::model::Scope;
@@ -12,7 +14,23 @@ pub async fn create(
     name: String,
     scopes: Vec<String>,
     staff: Option<String>,
+    expires: Option<String>,
 ) -> anyhow::Result<ExitCode> {
+    let now = chrono::Utc::now();
+    let expires_at = match expires {
+        None => None,
+        Some(s) => {
+            let span: crate::model::Span =
+                s.parse().map_err(|e| anyhow::anyhow!("--expires: {e}"))?;
+            let span = chrono::Duration::from_std(span.0)
+                .ok()
+                .filter(|d| *d > chrono::Duration::zero())
+                .ok_or_else(|| {
+                    anyhow::anyhow!("--expires: must be a positive duration such as 90d")
+                })?;
+            Some(now + span)
+        }
+    };
     let mut scopes = scopes
         .iter()
         .map(|s| {
@@ -49,8 +67,12 @@ pub async fn create(
         id: crate::store::new_id(),
         name,
         scopes,
-        created_at: chrono::Utc::now(),
+        created_at: now,
         staff,
+        expires_at,
+        revoked_at: None,
+        last_used_at: None,
+        last_used_from: None,
     };
     store
         .create_token(&record, &crate::web::hash_token(&token))
@@ -80,6 +102,98 @@ pub async fn create(
             .map(|s| format!(" acting as staff member {s}"))
             .unwrap_or_default(),
         scopes.join(" ")
+    );
+    println!("{token}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `kci token list`: every token, newest first — id, name, who it acts
+/// as, scopes, state, expiry and last use. Never a secret.
+pub async fn list(arg: ConfigArg) -> anyhow::Result<ExitCode> {
+    let config = super::load_config(&arg)?;
+    let store = crate::store::open(config.store.url.expose()).await?;
+    let now = chrono::Utc::now();
+    let time = |t: Option<chrono::DateTime<chrono::Utc>>| {
+        t.map_or_else(|| "-".to_string(), crate::model::fmt_time)
+    };
+    println!("id\tname\tstaff\tscopes\tstate\texpires\tlast used\tfrom");
+    for t in store.tokens().await? {
+        let state = match (t.revoked_at, t.usable(now)) {
+            (Some(_), _) => "revoked",
+            (None, false) => "expired",
+            (None, true) => "active",
+        };
+        let scopes: Vec<_> = t.scopes.iter().map(|s| s.as_str()).collect();
+        println!(
+            "{}\t{}\t{}\t{}\t{state}\t{}\t{}\t{}",
+            t.id,
+            t.name,
+            t.staff.as_deref().unwrap_or("-"),
+            scopes.join(","),
+            time(t.expires_at),
+            time(t.last_used_at),
+            t.last_used_from.as_deref().unwrap_or("-"),
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `kci token revoke ID`: the token stops working at once, on every node.
+pub async fn revoke(arg: ConfigArg, id: String) -> anyhow::Result<ExitCode> {
+    let config = super::load_config(&arg)?;
+    let store = crate::store::open(config.store.url.expose()).await?;
+    let now = chrono::Utc::now();
+    if !store.revoke_token(&id, now).await? {
+        anyhow::bail!("no token `{id}` that is not revoked already (see `kci token list`)");
+    }
+    let mut draft = crate::model::audit::AuditDraft::new("cli", "token.revoked", "ok");
+    draft.detail = Some(format!("token {id}"));
+    draft.source = Some("cli".into());
+    store.audit(draft, now).await?;
+    eprintln!("revoked token {id}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `kci token rotate ID`: a new token with the same name, scopes, staff
+/// member and remaining lifetime; the old one stops at once. The new one
+/// is printed once, on the last line of stdout.
+pub async fn rotate(arg: ConfigArg, id: String) -> anyhow::Result<ExitCode> {
+    let config = super::load_config(&arg)?;
+    let store = crate::store::open(config.store.url.expose()).await?;
+    let now = chrono::Utc::now();
+    let Some(old) = store
+        .tokens()
+        .await?
+        .into_iter()
+        .find(|t| t.id == id && t.revoked_at.is_none())
+    else {
+        anyhow::bail!("no token `{id}` that is not revoked already (see `kci token list`)");
+    };
+    if !old.usable(now) {
+        anyhow::bail!("token `{id}` has expired: create a new one instead");
+    }
+    let token = crate::web::new_token();
+    let new = TokenRecord {
+        id: crate::store::new_id(),
+        created_at: now,
+        revoked_at: None,
+        last_used_at: None,
+        last_used_from: None,
+        ..old
+    };
+    if !store
+        .rotate_token(&id, &new, &crate::web::hash_token(&token))
+        .await?
+    {
+        anyhow::bail!("token `{id}` was revoked meanwhile");
+    }
+    let mut draft = crate::model::audit::AuditDraft::new("cli", "token.rotated", "ok");
+    draft.detail = Some(format!("token {id} replaced by {}", new.id));
+    draft.source = Some("cli".into());
+    store.audit(draft, now).await?;
+    eprintln!(
+        "token {id} is revoked; its replacement {} is shown only once:",
+        new.id
     );
     println!("{token}");
     Ok(ExitCode::SUCCESS)

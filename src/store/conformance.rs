@@ -95,6 +95,10 @@ pub async fn check_tokens(store: &dyn Store) {
         scopes: vec![Scope::EventsWrite, Scope::DirectoryRead],
         created_at: from_ms(1_700_000_000_000),
         staff: None,
+        expires_at: Some(from_ms(1_700_086_400_000)),
+        revoked_at: None,
+        last_used_at: None,
+        last_used_from: None,
     };
     store
         .create_token(&rec, &sha256_hex(b"secret"))
@@ -102,9 +106,74 @@ pub async fn check_tokens(store: &dyn Store) {
         .unwrap();
     assert_eq!(
         store.find_token(&sha256_hex(b"secret")).await.unwrap(),
-        Some(rec)
+        Some(rec.clone())
     );
     assert_eq!(store.find_token(&sha256_hex(b"other")).await.unwrap(), None);
+
+    // Its last use, recorded.
+    let used = from_ms(1_700_000_060_000);
+    store
+        .touch_token(&rec.id, used, Some("192.0.2.7"))
+        .await
+        .unwrap();
+    let found = store
+        .find_token(&sha256_hex(b"secret"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (found.last_used_at, found.last_used_from.as_deref()),
+        (Some(used), Some("192.0.2.7"))
+    );
+    // Rotated: the old one revoked, the new one with the same name, scopes
+    // and expiry, in one step; rotating a revoked one does nothing.
+    let new = TokenRecord {
+        id: new_id(),
+        created_at: from_ms(1_700_000_120_000),
+        last_used_at: None,
+        last_used_from: None,
+        ..rec.clone()
+    };
+    assert!(
+        store
+            .rotate_token(&rec.id, &new, &sha256_hex(b"secret-2"))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .rotate_token(&rec.id, &new, &sha256_hex(b"secret-3"))
+            .await
+            .unwrap()
+    );
+    let old = store
+        .find_token(&sha256_hex(b"secret"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(old.revoked_at, Some(new.created_at));
+    assert!(!old.usable(new.created_at));
+    assert_eq!(
+        store.find_token(&sha256_hex(b"secret-2")).await.unwrap(),
+        Some(new.clone())
+    );
+    assert_eq!(
+        store.find_token(&sha256_hex(b"secret-3")).await.unwrap(),
+        None
+    );
+    // Revoked once; listed newest first.
+    let at = from_ms(1_700_000_180_000);
+    assert!(store.revoke_token(&new.id, at).await.unwrap());
+    assert!(!store.revoke_token(&new.id, at).await.unwrap());
+    assert!(!store.revoke_token("unknown", at).await.unwrap());
+    let listed: Vec<String> = store
+        .tokens()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.id)
+        .collect();
+    assert_eq!(listed, vec![new.id.clone(), rec.id.clone()]);
 }
 
 fn from_ms(ms: i64) -> DateTime<Utc> {
@@ -2010,6 +2079,10 @@ pub async fn check_staff_tokens(store: &dyn Store) {
         scopes: vec![Scope::DirectoryWrite, Scope::ChangesApprove, Scope::Admin],
         created_at: at,
         staff: Some("ann".into()),
+        expires_at: None,
+        revoked_at: None,
+        last_used_at: None,
+        last_used_from: None,
     };
     store
         .create_token(&rec, &sha256_hex(b"ann-token"))

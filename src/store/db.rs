@@ -34,6 +34,7 @@ macro_rules! migrations {
             (7, include_str!(concat!("migrations/", $db, "-7.sql"))),
             (8, include_str!(concat!("migrations/", $db, "-8.sql"))),
             (9, include_str!(concat!("migrations/", $db, "-9.sql"))),
+            (10, include_str!(concat!("migrations/", $db, "-10.sql"))),
         ]
     };
 }
@@ -605,6 +606,39 @@ impl<B: Backend> TokenStore for Db<B> {
         let (t, hash) = (token.clone(), hash.to_string());
         self.write(move |rows| Box::pin(async move { rows.insert_token(&t, &hash).await }))
             .await
+    }
+
+    async fn tokens(&self) -> Result<Vec<TokenRecord>> {
+        self.read(move |rows| Box::pin(async move { rows.tokens(None).await }))
+            .await
+    }
+
+    async fn revoke_token(&self, id: &str, at: DateTime<Utc>) -> Result<bool> {
+        let id = id.to_string();
+        self.write(move |rows| Box::pin(async move { rows.revoke_token(&id, to_millis(at)).await }))
+            .await
+    }
+
+    async fn rotate_token(&self, old: &str, new: &TokenRecord, hash: &str) -> Result<bool> {
+        let (old, new, hash) = (old.to_string(), new.clone(), hash.to_string());
+        self.write(move |rows| {
+            Box::pin(async move {
+                if !rows.revoke_token(&old, to_millis(new.created_at)).await? {
+                    return Ok(false);
+                }
+                rows.insert_token(&new, &hash).await?;
+                Ok(true)
+            })
+        })
+        .await
+    }
+
+    async fn touch_token(&self, id: &str, at: DateTime<Utc>, from: Option<&str>) -> Result<()> {
+        let (id, from) = (id.to_string(), from.map(str::to_string));
+        self.write(move |rows| {
+            Box::pin(async move { rows.touch_token(&id, to_millis(at), from.as_deref()).await })
+        })
+        .await
     }
 
     async fn find_token(&self, hash: &str) -> Result<Option<TokenRecord>> {

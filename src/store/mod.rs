@@ -51,6 +51,31 @@ pub struct TokenRecord {
     pub created_at: DateTime<Utc>,
     /// The staff member it acts as, if any.
     pub staff: Option<String>,
+    /// It stops working then, if ever.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// It stopped working then (`kci token revoke`, or rotated).
+    pub revoked_at: Option<DateTime<Utc>>,
+    /// When and from where it was last used (to the minute).
+    pub last_used_at: Option<DateTime<Utc>>,
+    pub last_used_from: Option<String>,
+}
+
+impl TokenRecord {
+    /// How often a token's last use is written down: at most once in
+    /// this long, so a busy token costs no write per request.
+    pub const TOUCH_EVERY: chrono::TimeDelta = chrono::TimeDelta::minutes(1);
+
+    /// Whether it may be used at `now`: not revoked, not expired.
+    pub fn usable(&self, now: DateTime<Utc>) -> bool {
+        self.revoked_at.is_none_or(|r| now < r) && self.expires_at.is_none_or(|e| now < e)
+    }
+
+    /// Whether a use at `now` from `from` should be written down.
+    pub fn needs_touch(&self, now: DateTime<Utc>, from: Option<&str>) -> bool {
+        self.last_used_at
+            .is_none_or(|t| now - t >= Self::TOUCH_EVERY || now < t)
+            || self.last_used_from.as_deref() != from
+    }
 }
 
 pub use crate::model::Message;
@@ -214,6 +239,20 @@ pub trait TokenStore: Send + Sync {
     async fn create_token(&self, token: &TokenRecord, hash: &str) -> Result<()>;
 
     async fn find_token(&self, hash: &str) -> Result<Option<TokenRecord>>;
+
+    /// Every token, newest first (no secret: only hashes are stored).
+    async fn tokens(&self) -> Result<Vec<TokenRecord>>;
+
+    /// Revokes token `id` at `at`; `false` if unknown or revoked already.
+    async fn revoke_token(&self, id: &str, at: DateTime<Utc>) -> Result<bool>;
+
+    /// Replaces token `old` by `new` (its secret hashing to `hash`) in one
+    /// transaction: `old` revoked at `new.created_at`. `false` if `old` is
+    /// unknown or revoked.
+    async fn rotate_token(&self, old: &str, new: &TokenRecord, hash: &str) -> Result<bool>;
+
+    /// Records a use of token `id` at `at` from `from`.
+    async fn touch_token(&self, id: &str, at: DateTime<Utc>, from: Option<&str>) -> Result<()>;
 }
 
 /// Accounts, contacts and destinations, their verification, signing secrets and health.
@@ -944,6 +983,84 @@ pub(crate) mod codec {
             detail: row.detail.as_deref().map(crate::model::delivery_excerpt),
             keeps_secret: row.state == State::Pending,
             ..row
+        }
+    }
+}
+
+#[cfg(test)]
+mod token_tests {
+    use super::TokenRecord;
+    use chrono::{DateTime, Duration, Utc};
+
+    fn t(min: i64) -> DateTime<Utc> {
+        "2026-12-02T10:00:00Z".parse::<DateTime<Utc>>().unwrap() + Duration::minutes(min)
+    }
+
+    fn token(expires: Option<i64>, revoked: Option<i64>, used: Option<(i64, &str)>) -> TokenRecord {
+        TokenRecord {
+            id: "t1".into(),
+            name: "billing".into(),
+            scopes: Vec::new(),
+            created_at: t(0),
+            staff: None,
+            expires_at: expires.map(t),
+            revoked_at: revoked.map(t),
+            last_used_at: used.map(|u| t(u.0)),
+            last_used_from: used.map(|u| u.1.to_string()),
+        }
+    }
+
+    #[test]
+    fn a_token_is_usable_until_it_expires_or_is_revoked() {
+        // (token, now, usable)
+        for (tok, now, want) in [
+            (token(None, None, None), 10_000, true),
+            (token(Some(60), None, None), 59, true),
+            (token(Some(60), None, None), 60, false),
+            (token(None, Some(5), None), 4, true),
+            (token(None, Some(5), None), 5, false),
+            (token(Some(60), Some(5), None), 30, false),
+        ] {
+            assert_eq!(tok.usable(t(now)), want, "{tok:?} at {now}");
+        }
+    }
+
+    #[test]
+    fn a_use_is_written_down_once_a_minute_or_from_a_new_address() {
+        // (token, now, from, write)
+        for (tok, now, from, want) in [
+            (token(None, None, None), 0, Some("192.0.2.1"), true),
+            (
+                token(None, None, Some((10, "192.0.2.1"))),
+                10,
+                Some("192.0.2.1"),
+                false,
+            ),
+            (
+                token(None, None, Some((10, "192.0.2.1"))),
+                10,
+                Some("192.0.2.9"),
+                true,
+            ),
+            (
+                token(None, None, Some((10, "192.0.2.1"))),
+                11,
+                Some("192.0.2.1"),
+                true,
+            ),
+            // A clock that went back: written again.
+            (
+                token(None, None, Some((10, "192.0.2.1"))),
+                9,
+                Some("192.0.2.1"),
+                true,
+            ),
+        ] {
+            assert_eq!(
+                tok.needs_touch(t(now), from),
+                want,
+                "{tok:?} at {now} from {from:?}"
+            );
         }
     }
 }

@@ -200,6 +200,17 @@ pub trait Rows: Send + 'static {
         hash: &str,
     ) -> impl Future<Output = Result<()>> + Send;
     fn token(&mut self, hash: &str) -> impl Future<Output = Result<Option<TokenRecord>>> + Send;
+    /// One token by id (`Some`), or every one, newest first.
+    fn tokens(&mut self, id: Option<&str>)
+    -> impl Future<Output = Result<Vec<TokenRecord>>> + Send;
+    /// Revokes a token not revoked yet; whether it was.
+    fn revoke_token(&mut self, id: &str, at: i64) -> impl Future<Output = Result<bool>> + Send;
+    fn touch_token(
+        &mut self,
+        id: &str,
+        at: i64,
+        from: Option<&str>,
+    ) -> impl Future<Output = Result<()>> + Send;
 
     fn account(&mut self, id: &str) -> impl Future<Output = Result<Option<Account>>> + Send;
     fn upsert_account(&mut self, a: &Account) -> impl Future<Output = Result<()>> + Send;
@@ -798,7 +809,8 @@ pub fn destination(r: &impl Cols) -> Result<Destination> {
 }
 
 /// The columns [`token`] reads.
-pub const TOKEN_COLUMNS: &str = "id, name, scopes, created_at, staff";
+pub const TOKEN_COLUMNS: &str =
+    "id, name, scopes, created_at, staff, expires_at, revoked_at, last_used_at, last_used_from";
 
 pub fn token(r: &impl Cols) -> Result<TokenRecord> {
     Ok(TokenRecord {
@@ -807,6 +819,10 @@ pub fn token(r: &impl Cols) -> Result<TokenRecord> {
         scopes: scopes_from_text(&r.text(2)?)?,
         created_at: r.time(3)?,
         staff: r.opt_text(4)?,
+        expires_at: r.opt_time(5)?,
+        revoked_at: r.opt_time(6)?,
+        last_used_at: r.opt_time(7)?,
+        last_used_from: r.opt_text(8)?,
     })
 }
 

@@ -345,8 +345,40 @@ impl Rows for Lite {
 
     async fn insert_token(&mut self, t: &TokenRecord, hash: &str) -> Result<()> {
         self.exec(
-            "INSERT INTO tokens (id, name, secret_hash, scopes, created_at, staff) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![t.id, t.name, hash, scopes_to_text(&t.scopes), to_millis(t.created_at), t.staff],
+            "INSERT INTO tokens (id, name, secret_hash, scopes, created_at, staff, expires_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                t.id,
+                t.name,
+                hash,
+                scopes_to_text(&t.scopes),
+                to_millis(t.created_at),
+                t.staff,
+                t.expires_at.map(to_millis)
+            ],
+        )?;
+        Ok(())
+    }
+
+    async fn tokens(&mut self, id: Option<&str>) -> Result<Vec<TokenRecord>> {
+        let sql = format!(
+            "SELECT {TOKEN_COLUMNS} FROM tokens WHERE ?1 IS NULL OR id = ?1 ORDER BY created_at DESC, id"
+        );
+        self.all(&sql, [id], |r| rows::token(r))
+    }
+
+    async fn revoke_token(&mut self, id: &str, at: i64) -> Result<bool> {
+        let n = self.exec(
+            "UPDATE tokens SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
+            params![id, at],
+        )?;
+        Ok(n == 1)
+    }
+
+    async fn touch_token(&mut self, id: &str, at: i64, from: Option<&str>) -> Result<()> {
+        self.exec(
+            "UPDATE tokens SET last_used_at = ?2, last_used_from = ?3 WHERE id = ?1",
+            params![id, at, from],
         )?;
         Ok(())
     }

@@ -79,11 +79,28 @@ impl FromRequestParts<AppState> for Caller {
             .map(str::trim)
             .filter(|t| !t.is_empty() && t.len() < 256)
             .ok_or(AppError::Unauthenticated)?;
+        let now = state.clock.now();
         let record = state
             .store
             .find_token(&hash_token(token))
             .await?
+            .filter(|t| t.usable(now))
             .ok_or(AppError::Unauthenticated)?;
+        // Its last use, written down at most once a minute per token and
+        // address, off the request's path.
+        let from = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0.ip().to_string());
+        if record.needs_touch(now, from.as_deref()) {
+            let store = state.store.clone();
+            let id = record.id.clone();
+            tokio::spawn(async move {
+                if let Err(e) = store.touch_token(&id, now, from.as_deref()).await {
+                    tracing::warn!(token = %id, error = %e, "recording a token's last use failed");
+                }
+            });
+        }
         Ok(Caller(record))
     }
 }

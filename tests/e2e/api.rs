@@ -769,3 +769,108 @@ short = "Link {{ service }} up."
         (&json!("cancelled"), &json!("event_cancelled"))
     );
 }
+
+/// A token's life (issue 16): made to expire, it stops by itself; listed
+/// with when and from where it was last used, never with its secret;
+/// revoked, it is refused at once; rotated, the old one is refused and
+/// the new one works with the same scopes. Every step is audited.
+#[tokio::test]
+async fn tokens_expire_are_listed_revoked_and_rotated() {
+    let kci = Kci::start(None, "");
+    let make = |args: &[&str]| {
+        let mut all = vec![
+            "token",
+            "create",
+            "--name",
+            "billing",
+            "--scope",
+            "changes:read",
+        ];
+        all.extend_from_slice(args);
+        let (code, out, err) = kci.cli(&all);
+        assert_eq!(code, 0, "{err}");
+        out.lines().last().unwrap().trim().to_string()
+    };
+    let works = |token: String| {
+        let kci = &kci;
+        async move {
+            kci.call("GET", "/v1/changes?account=acme", Some(&token), None)
+                .await
+                .0
+        }
+    };
+    for bad in ["0s", "soon"] {
+        let (code, _, err) = kci.cli(&[
+            "token",
+            "create",
+            "--name",
+            "x",
+            "--scope",
+            "events:read",
+            "--expires",
+            bad,
+        ]);
+        assert_eq!(code, 1, "--expires {bad}: {err}");
+        assert!(err.contains("--expires"), "{err}");
+    }
+    let short = make(&["--expires", "2s"]);
+    assert_eq!(works(short.clone()).await, 200);
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    assert_eq!(works(short.clone()).await, 401, "expired");
+
+    let token = make(&[]);
+    assert_eq!(works(token.clone()).await, 200);
+    let id_of = |listing: &str, state: &str| {
+        listing
+            .lines()
+            .filter(|l| l.contains("\tbilling\t") && l.contains(&format!("\t{state}\t")))
+            .map(|l| l.split('\t').next().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    let listing = eventually(10, "the last use recorded", || async {
+        let (code, out, _) = kci.cli(&["token", "list"]);
+        assert_eq!(code, 0);
+        out.lines()
+            .any(|l| l.contains("\tactive\t") && l.ends_with("\t127.0.0.1"))
+            .then_some(out)
+    })
+    .await;
+    assert!(
+        !listing.contains(&token) && !listing.contains(&short),
+        "{listing}"
+    );
+    assert_eq!(id_of(&listing, "expired").len(), 1, "{listing}");
+    let active = id_of(&listing, "active");
+    assert_eq!(active.len(), 1, "{listing}");
+
+    // Rotated: the old one refused, the new one works.
+    let (code, out, err) = kci.cli(&["token", "rotate", &active[0]]);
+    assert_eq!(code, 0, "{err}");
+    let rotated = out.lines().last().unwrap().trim().to_string();
+    assert_eq!(works(token.clone()).await, 401, "rotated away");
+    assert_eq!(works(rotated.clone()).await, 200);
+    let (code, _, err) = kci.cli(&["token", "rotate", &active[0]]);
+    assert_eq!(code, 1, "rotating a revoked token: {err}");
+
+    // Revoked: refused at once.
+    let (_, listing, _) = kci.cli(&["token", "list"]);
+    let new_id = id_of(&listing, "active");
+    assert_eq!(new_id.len(), 1, "{listing}");
+    let (code, _, err) = kci.cli(&["token", "revoke", &new_id[0]]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(works(rotated).await, 401, "revoked");
+    let (code, _, _) = kci.cli(&["token", "revoke", &new_id[0]]);
+    assert_eq!(code, 1, "revoked once");
+
+    let auditor = kci.token(&["audit:read"]);
+    let (_, v) = kci.call("GET", "/v1/audit", Some(&auditor), None).await;
+    let actions: Vec<&str> = v["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    for step in ["token.created", "token.rotated", "token.revoked"] {
+        assert!(actions.contains(&step), "{step} in {actions:?}");
+    }
+}
