@@ -168,6 +168,10 @@ pub enum TokenCommand {
         /// It stops working after this long (such as 90d, 12h).
         #[arg(long)]
         expires: Option<String>,
+        /// A network it may be used from (CIDR, such as 192.0.2.0/24);
+        /// repeat for several. None: anywhere.
+        #[arg(long = "allow")]
+        allow: Vec<String>,
     },
     /// List every token: id, name, staff member, scopes, state, expiry,
     /// last use and from where (never a secret).
@@ -199,7 +203,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             scopes,
             staff,
             expires,
-        }) => token::create(config, name, scopes, staff, expires).await,
+            allow,
+        }) => token::create(config, name, scopes, staff, expires, allow).await,
         Command::Token(TokenCommand::List(c)) => token::list(c).await,
         Command::Token(TokenCommand::Revoke { config, id }) => token::revoke(config, id).await,
         Command::Token(TokenCommand::Rotate { config, id }) => token::rotate(config, id).await,

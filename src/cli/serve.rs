@@ -66,7 +66,18 @@ pub async fn run(arg: ConfigArg) -> anyhow::Result<ExitCode> {
         metrics,
         clock,
         wake,
+        limits: Arc::new(crate::web::perimeter::RateLimits::new(&config.server)),
     };
+    // Idle rate-limit keys are dropped now and then, so many addresses
+    // cannot grow memory without bound.
+    let limits = state.limits.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
+        loop {
+            every.tick().await;
+            limits.forget_idle();
+        }
+    });
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await
         .map_err(|e| {

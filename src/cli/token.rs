@@ -15,8 +15,17 @@ pub async fn create(
     scopes: Vec<String>,
     staff: Option<String>,
     expires: Option<String>,
+    allow: Vec<String>,
 ) -> anyhow::Result<ExitCode> {
     let now = chrono::Utc::now();
+    let allow = allow
+        .iter()
+        .map(|n| {
+            n.parse::<ipnet::IpNet>().map(|n| n.trunc()).map_err(|_| {
+                anyhow::anyhow!("--allow: `{n}` is not a network such as 192.0.2.0/24")
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let expires_at = match expires {
         None => None,
         Some(s) => {
@@ -73,6 +82,7 @@ pub async fn create(
         revoked_at: None,
         last_used_at: None,
         last_used_from: None,
+        allow,
     };
     store
         .create_token(&record, &crate::web::hash_token(&token))
@@ -80,7 +90,7 @@ pub async fn create(
     let scopes: Vec<_> = record.scopes.iter().map(|s| s.as_str()).collect();
     let mut draft = crate::model::audit::AuditDraft::new("cli", "token.created", "ok");
     draft.detail = Some(format!(
-        "token {} {:?}{} with {}",
+        "token {} {:?}{} with {}{}",
         record.id,
         record.name,
         record
@@ -88,7 +98,13 @@ pub async fn create(
             .as_deref()
             .map(|s| format!(" acting as staff:{s}"))
             .unwrap_or_default(),
-        scopes.join(" ")
+        scopes.join(" "),
+        if record.allow.is_empty() {
+            String::new()
+        } else {
+            let nets: Vec<String> = record.allow.iter().map(ToString::to_string).collect();
+            format!(" from {}", nets.join(" "))
+        }
     ));
     draft.source = Some("cli".into());
     store.audit(draft, chrono::Utc::now()).await?;
@@ -116,7 +132,7 @@ pub async fn list(arg: ConfigArg) -> anyhow::Result<ExitCode> {
     let time = |t: Option<chrono::DateTime<chrono::Utc>>| {
         t.map_or_else(|| "-".to_string(), crate::model::fmt_time)
     };
-    println!("id\tname\tstaff\tscopes\tstate\texpires\tlast used\tfrom");
+    println!("id\tname\tstaff\tscopes\tnetworks\tstate\texpires\tlast used\tfrom");
     for t in store.tokens().await? {
         let state = match (t.revoked_at, t.usable(now)) {
             (Some(_), _) => "revoked",
@@ -124,12 +140,18 @@ pub async fn list(arg: ConfigArg) -> anyhow::Result<ExitCode> {
             (None, true) => "active",
         };
         let scopes: Vec<_> = t.scopes.iter().map(|s| s.as_str()).collect();
+        let nets: Vec<String> = t.allow.iter().map(ToString::to_string).collect();
         println!(
-            "{}\t{}\t{}\t{}\t{state}\t{}\t{}\t{}",
+            "{}\t{}\t{}\t{}\t{}\t{state}\t{}\t{}\t{}",
             t.id,
             t.name,
             t.staff.as_deref().unwrap_or("-"),
             scopes.join(","),
+            if nets.is_empty() {
+                "any".to_string()
+            } else {
+                nets.join(",")
+            },
             time(t.expires_at),
             time(t.last_used_at),
             t.last_used_from.as_deref().unwrap_or("-"),

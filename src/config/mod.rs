@@ -416,6 +416,21 @@ pub struct ServerConfig {
     /// included: then kci answers 408 and closes the connection.
     #[serde(default = "default_request_timeout")]
     pub request_timeout: Span,
+    /// Client networks that may use this listener (CIDR, such as
+    /// `["192.0.2.0/24"]`); empty: any.
+    #[serde(default)]
+    pub allow: Vec<ipnet::IpNet>,
+    /// Proxies in front of kci whose `X-Forwarded-For` is believed (CIDR);
+    /// from anyone else the header is ignored.
+    #[serde(default)]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Requests one client address may make, such as `"200/1s"`; none:
+    /// unlimited. Counted per node.
+    #[serde(default)]
+    pub rate_per_source: Option<crate::model::Cap>,
+    /// Requests one token may make, such as `"1000/1s"`; none: unlimited.
+    #[serde(default)]
+    pub rate_per_token: Option<crate::model::Cap>,
     /// Connections open at once; a new one over this is closed at once.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
@@ -466,6 +481,10 @@ impl Default for ServerConfig {
             header_timeout: default_header_timeout(),
             body_timeout: default_body_timeout(),
             request_timeout: default_request_timeout(),
+            allow: Vec::new(),
+            trusted_proxies: Vec::new(),
+            rate_per_source: None,
+            rate_per_token: None,
             max_connections: default_max_connections(),
         }
     }

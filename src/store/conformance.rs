@@ -99,6 +99,7 @@ pub async fn check_tokens(store: &dyn Store) {
         revoked_at: None,
         last_used_at: None,
         last_used_from: None,
+        allow: vec!["192.0.2.0/24".parse().unwrap()],
     };
     store
         .create_token(&rec, &sha256_hex(b"secret"))
@@ -2083,6 +2084,7 @@ pub async fn check_staff_tokens(store: &dyn Store) {
         revoked_at: None,
         last_used_at: None,
         last_used_from: None,
+        allow: vec!["192.0.2.0/24".parse().unwrap()],
     };
     store
         .create_token(&rec, &sha256_hex(b"ann-token"))

@@ -35,6 +35,7 @@ macro_rules! migrations {
             (8, include_str!(concat!("migrations/", $db, "-8.sql"))),
             (9, include_str!(concat!("migrations/", $db, "-9.sql"))),
             (10, include_str!(concat!("migrations/", $db, "-10.sql"))),
+            (11, include_str!(concat!("migrations/", $db, "-11.sql"))),
         ]
     };
 }

@@ -58,6 +58,8 @@ pub struct TokenRecord {
     /// When and from where it was last used (to the minute).
     pub last_used_at: Option<DateTime<Utc>>,
     pub last_used_from: Option<String>,
+    /// The networks it may be used from; empty: anywhere.
+    pub allow: Vec<ipnet::IpNet>,
 }
 
 impl TokenRecord {
@@ -1007,6 +1009,7 @@ mod token_tests {
             revoked_at: revoked.map(t),
             last_used_at: used.map(|u| t(u.0)),
             last_used_from: used.map(|u| u.1.to_string()),
+            allow: Vec::new(),
         }
     }
 

@@ -201,8 +201,8 @@ impl Rows for PgRows {
 
     async fn insert_token(&mut self, t: &TokenRecord, hash: &str) -> Result<()> {
         self.exec(
-            "INSERT INTO tokens (id, name, secret_hash, scopes, created_at, staff, expires_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            "INSERT INTO tokens (id, name, secret_hash, scopes, created_at, staff, expires_at, allow) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
             &[
                 &t.id,
                 &t.name,
@@ -211,6 +211,7 @@ impl Rows for PgRows {
                 &to_millis(t.created_at),
                 &t.staff,
                 &t.expires_at.map(to_millis),
+                &prefixes_to_json(&t.allow),
             ],
         )
         .await?;

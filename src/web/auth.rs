@@ -86,12 +86,27 @@ impl FromRequestParts<AppState> for Caller {
             .await?
             .filter(|t| t.usable(now))
             .ok_or(AppError::Unauthenticated)?;
+        let client = parts
+            .extensions
+            .get::<super::perimeter::ClientAddr>()
+            .map(|c| c.0);
+        // A token bound to networks works only from inside them. Refused
+        // as any bad token is: a thief learns nothing from the answer
+        // (the log says why).
+        if !record.allow.is_empty()
+            && client.is_none_or(|c| !super::perimeter::allowed(c, &record.allow))
+        {
+            tracing::warn!(token = %record.id, client = ?client, "token used from outside its networks");
+            state.metrics.limit_hit("api", "token_network");
+            return Err(AppError::Unauthenticated);
+        }
+        if let Err(wait) = state.limits.token(&record.id) {
+            state.metrics.limit_hit("api", "token");
+            return Err(super::perimeter::too_many("token", wait));
+        }
         // Its last use, written down at most once a minute per token and
         // address, off the request's path.
-        let from = parts
-            .extensions
-            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-            .map(|c| c.0.ip().to_string());
+        let from = client.map(|c| c.to_string());
         if record.needs_touch(now, from.as_deref()) {
             let store = state.store.clone();
             let id = record.id.clone();

@@ -50,6 +50,8 @@ pub enum AppError {
         message: String,
         retry_after: Option<std::time::Duration>,
     },
+    /// 403: the client's network may not use this listener.
+    NetworkRefused,
     /// 408: the request took longer than `[server] request_timeout`.
     Timeout,
     /// 500/503: kci's own trouble; detail is logged, not answered.
@@ -116,6 +118,11 @@ impl IntoResponse for AppError {
             AppError::TooMany { code, message, .. } => {
                 (StatusCode::TOO_MANY_REQUESTS, code, message)
             }
+            AppError::NetworkRefused => (
+                StatusCode::FORBIDDEN,
+                "network_refused",
+                "this address may not use this listener ([server] allow)".to_string(),
+            ),
             AppError::Timeout => (
                 StatusCode::REQUEST_TIMEOUT,
                 "request_timeout",

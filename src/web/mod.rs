@@ -5,6 +5,7 @@
 pub mod api;
 mod auth;
 pub mod error;
+pub mod perimeter;
 pub mod serve;
 pub mod wkd;
 
@@ -31,6 +32,8 @@ pub struct AppState {
     pub clock: Arc<dyn Clock>,
     /// Wakes the delivery worker after ingest.
     pub wake: Arc<Notify>,
+    /// Request rates per client address and per token.
+    pub limits: Arc<perimeter::RateLimits>,
 }
 
 impl AppState {
@@ -63,6 +66,10 @@ pub fn router(state: AppState) -> Router {
         }
     }
     routes
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            perimeter::perimeter,
+        ))
         .layer(axum::extract::DefaultBodyLimit::max(limit))
         .with_state(state)
 }

@@ -406,3 +406,129 @@ async fn the_smtp_listener_tells_a_submitter_nothing_about_keys() {
     let unreadable = smtp_reply(port, "no headers at all, no sender").await;
     assert!(unreadable.starts_with("554 5.6.0 "), "{unreadable}");
 }
+
+/// GET `path` with `token`, as the client at `forwarded` behind the local
+/// proxy (`X-Forwarded-For`): the status, the `Retry-After` header and the
+/// error code.
+async fn from(
+    kci: &Kci,
+    path: &str,
+    token: Option<&str>,
+    forwarded: Option<&str>,
+) -> (u16, Option<String>, String) {
+    let mut req = kci.http.get(format!("{}{path}", kci.base));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    if let Some(f) = forwarded {
+        req = req.header("x-forwarded-for", f);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let retry = resp
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_string());
+    let body: serde_json::Value = resp.json().await.unwrap_or_default();
+    (
+        status,
+        retry,
+        body["error"].as_str().unwrap_or_default().to_string(),
+    )
+}
+
+/// The perimeter (issue 16): behind a trusted proxy, the client's own
+/// address decides — the listener admits only its networks, a token bound
+/// to the office network is refused elsewhere (as any bad token is), and
+/// the address a client claims for itself when it is not the proxy is
+/// ignored. Each token and each address has its rate; over it, 429 with
+/// `Retry-After`, counted in the metrics.
+#[tokio::test]
+async fn networks_and_rates_at_the_perimeter() {
+    let kci = Kci::start_with(
+        None,
+        "allow = [\"127.0.0.1/32\", \"192.0.2.0/24\", \"198.51.100.0/24\"]\n\
+         trusted_proxies = [\"127.0.0.1/32\"]\nrate_per_token = \"4/1h\"\n",
+        "",
+    );
+    let path = "/v1/changes?account=acme";
+    let (code, out, err) = kci.cli(&[
+        "token",
+        "create",
+        "--name",
+        "office",
+        "--scope",
+        "changes:read",
+        "--allow",
+        "192.0.2.0/24",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let office = out.lines().last().unwrap().trim().to_string();
+    // A client outside the listener's networks, through the proxy.
+    let (s, _, e) = from(&kci, path, Some(&office), Some("203.0.113.5")).await;
+    assert_eq!((s, e.as_str()), (403, "network_refused"));
+    // Inside the listener's, outside the token's: refused as a bad token.
+    let (s, _, e) = from(&kci, path, Some(&office), Some("198.51.100.9")).await;
+    assert_eq!((s, e.as_str()), (401, "unauthenticated"));
+    // The proxy itself, no header: not the office either.
+    let (s, _, _) = from(&kci, path, Some(&office), None).await;
+    assert_eq!(s, 401);
+    // From the office: served; its last use names the office address.
+    let (s, _, _) = from(&kci, path, Some(&office), Some("192.0.2.7")).await;
+    assert_eq!(s, 200);
+    eventually(10, "the office address recorded", || async {
+        let (_, out, _) = kci.cli(&["token", "list"]);
+        out.lines()
+            .any(|l| l.contains("\toffice\t") && l.ends_with("\t192.0.2.7"))
+            .then_some(())
+    })
+    .await;
+    // A client that puts its own entry first is still the proxy's word.
+    let (s, _, _) = from(&kci, path, Some(&office), Some("192.0.2.8, 198.51.100.9")).await;
+    assert_eq!(s, 401);
+    // Its rate: four served in the hour (one so far; refusals are not
+    // served), then 429 with Retry-After.
+    for _ in 0..3 {
+        let (s, _, _) = from(&kci, path, Some(&office), Some("192.0.2.7")).await;
+        assert_eq!(s, 200);
+    }
+    let (s, retry, e) = from(&kci, path, Some(&office), Some("192.0.2.7")).await;
+    assert_eq!((s, e.as_str()), (429, "rate_limited"));
+    let retry: u64 = retry.expect("Retry-After").parse().unwrap();
+    assert!(retry > 60, "{retry}");
+    let admin = kci.token(&["admin"]);
+    let (_, metrics) = kci.call("GET", "/metrics", Some(&admin), None).await;
+    let metrics = metrics.as_str().unwrap_or_default().to_string();
+    for by in ["network", "token_network", "token"] {
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l.contains("what=\"api\"") && l.contains(&format!("by=\"{by}\""))),
+            "{by} in {metrics}"
+        );
+    }
+}
+
+/// Without a trusted proxy, `X-Forwarded-For` means nothing: a client
+/// cannot talk its way into the listener's networks. Each address has its
+/// own rate.
+#[tokio::test]
+async fn a_client_cannot_forward_itself_in_and_each_address_has_a_rate() {
+    let kci = Kci::start_with(
+        None,
+        "allow = [\"127.0.0.0/8\"]\nrate_per_source = \"30/1h\"\n",
+        "",
+    );
+    let (s, _, _) = from(&kci, "/healthz", None, Some("203.0.113.5")).await;
+    assert_eq!(s, 200, "the header is ignored: the peer is 127.0.0.1");
+    let mut last = (0, None, String::new());
+    for _ in 0..30 {
+        last = from(&kci, "/healthz", None, None).await;
+        if last.0 == 429 {
+            break;
+        }
+    }
+    assert_eq!(last.0, 429, "{last:?}");
+    assert_eq!(last.2, "rate_limited");
+    assert!(last.1.is_some());
+}

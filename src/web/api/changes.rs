@@ -45,10 +45,18 @@ impl<S: Send + Sync> FromRequestParts<S> for Peer {
     type Rejection = AppError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        // The client's address as the perimeter decided it (behind a
+        // trusted proxy, the address that proxy saw).
         let source = parts
             .extensions
-            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-            .map(|c| c.0.ip().to_string());
+            .get::<crate::web::perimeter::ClientAddr>()
+            .map(|c| c.0.to_string())
+            .or_else(|| {
+                parts
+                    .extensions
+                    .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                    .map(|c| c.0.ip().to_string())
+            });
         let ticket = match parts.headers.get("kci-ticket") {
             None => None,
             Some(v) => Some(
