@@ -194,26 +194,10 @@ pub async fn complete(
         source: peer.source,
         ticket: peer.ticket,
     };
-    match engine(&st)
+    let answer = engine(&st)
         .complete_assurance(&id, &input.secret, &actor)
-        .await?
-    {
-        ChangeAnswer::Waiting(change) | ChangeAnswer::Settled(change) => {
-            st.wake.notify_one();
-            Ok(Json(json!({"change": change})))
-        }
-        ChangeAnswer::Refused { why, .. } => {
-            if matches!(
-                why,
-                ChangeRefusal::WrongSecret | ChangeRefusal::AssuranceLocked
-            ) {
-                st.wake.notify_one();
-                super::count_wrong_code(&st, &caller, now).await?;
-            }
-            Err(refusal(why, &format!("change `{id}`")))
-        }
-        other => Err(AppError::Internal(format!("complete answered {other:?}"))),
-    }
+        .await?;
+    super::changes::proof_answer(&st, &caller, &id, answer, now).await
 }
 
 fn not_valid() -> Response {

@@ -12,6 +12,36 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 
+/// The parameters of a form Twilio posted to the URL `url` makes of the
+/// public base (`[channels.sms.twilio] status_callback`), once its
+/// `X-Twilio-Signature` is checked; 404 when Twilio is not configured to
+/// call kci.
+fn twilio_signed(
+    st: &AppState,
+    headers: &HeaderMap,
+    body: &[u8],
+    url: impl FnOnce(&url::Url) -> Result<url::Url, AppError>,
+) -> Result<Vec<(String, String)>, AppError> {
+    let cfg = st.config.channels.sms.twilio.as_ref();
+    let Some((cfg, base)) = cfg.and_then(|c| c.status_callback.as_ref().map(|b| (c, b))) else {
+        return Err(AppError::NotFound {
+            what: "Twilio's webhooks (no [channels.sms.twilio] status_callback)".into(),
+        });
+    };
+    let url = url(base)?;
+    let params: Vec<(String, String)> = url::form_urlencoded::parse(body).into_owned().collect();
+    let signature = headers
+        .get("x-twilio-signature")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if !twilio::valid_signature(cfg.auth_token.expose(), url.as_str(), &params, signature) {
+        return Err(AppError::BadSignature {
+            header: "X-Twilio-Signature",
+        });
+    }
+    Ok(params)
+}
+
 /// `POST /v1/callbacks/twilio/{notification}`: Twilio's status callback
 /// (form-encoded `MessageSid`, `MessageStatus`, `ErrorCode`, …) for an SMS
 /// kci sent with `StatusCallback`. A final status is recorded as the
@@ -22,25 +52,11 @@ pub async fn twilio(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<StatusCode, AppError> {
-    let cfg = st.config.channels.sms.twilio.as_ref();
-    let Some((cfg, base)) = cfg.and_then(|c| c.status_callback.as_ref().map(|b| (c, b))) else {
-        return Err(AppError::NotFound {
-            what: "Twilio status callbacks (not configured)".into(),
-        });
-    };
-    let url = twilio::callback_url(base, &id).ok_or_else(|| AppError::NotFound {
-        what: format!("notification `{id}`"),
+    let params = twilio_signed(&st, &headers, &body, |base| {
+        twilio::callback_url(base, &id).ok_or_else(|| AppError::NotFound {
+            what: format!("notification `{id}`"),
+        })
     })?;
-    let params: Vec<(String, String)> = url::form_urlencoded::parse(&body).into_owned().collect();
-    let signature = headers
-        .get("x-twilio-signature")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    if !twilio::valid_signature(cfg.auth_token.expose(), url.as_str(), &params, signature) {
-        return Err(AppError::BadSignature {
-            header: "X-Twilio-Signature",
-        });
-    }
     let param = |name: &str| {
         params
             .iter()
@@ -77,25 +93,10 @@ pub async fn twilio_inbound(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<impl axum::response::IntoResponse, AppError> {
-    let cfg = st.config.channels.sms.twilio.as_ref();
-    let Some((cfg, base)) = cfg.and_then(|c| c.status_callback.as_ref().map(|b| (c, b))) else {
-        return Err(AppError::NotFound {
-            what: "Twilio's inbound webhook (not configured)".into(),
-        });
-    };
-    let url = base
-        .join("v1/inbound/sms/twilio")
-        .map_err(|e| AppError::Internal(e.to_string()))?;
-    let params: Vec<(String, String)> = url::form_urlencoded::parse(&body).into_owned().collect();
-    let signature = headers
-        .get("x-twilio-signature")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    if !twilio::valid_signature(cfg.auth_token.expose(), url.as_str(), &params, signature) {
-        return Err(AppError::BadSignature {
-            header: "X-Twilio-Signature",
-        });
-    }
+    let params = twilio_signed(&st, &headers, &body, |base| {
+        base.join("v1/inbound/sms/twilio")
+            .map_err(|e| AppError::Internal(e.to_string()))
+    })?;
     let param = |name: &str| {
         params
             .iter()

@@ -388,7 +388,7 @@ pub async fn prove(
 
 /// The answer to a proof: the change (applied when it was the last thing
 /// it needed), or the refusal — a wrong code counted against the token.
-async fn proof_answer(
+pub(super) async fn proof_answer(
     st: &AppState,
     caller: &Caller,
     id: &str,
@@ -401,12 +401,17 @@ async fn proof_answer(
             Ok(Json(json!({"change": change})))
         }
         ChangeAnswer::Refused { why, .. } => {
-            // Wrong codes and addresses outside the account's prefixes
-            // count against the token alike: neither may be guessed.
+            // Wrong codes and secrets, and addresses outside the account's
+            // prefixes, count against the token alike: none may be guessed.
             if matches!(
                 why,
-                ChangeRefusal::WrongCode | ChangeRefusal::NotOwnConnection
+                ChangeRefusal::WrongCode
+                    | ChangeRefusal::NotOwnConnection
+                    | ChangeRefusal::WrongSecret
+                    | ChangeRefusal::AssuranceLocked
             ) {
+                // A lock tells the customer: wake the sender.
+                st.wake.notify_one();
                 super::count_wrong_code(st, caller, now).await?;
             }
             Err(refusal(why, &format!("change `{id}`")))
