@@ -172,6 +172,11 @@ pub enum TokenCommand {
         /// repeat for several. None: anywhere.
         #[arg(long = "allow")]
         allow: Vec<String>,
+        /// The SHA-256 fingerprint of the client certificate it works only
+        /// with (over TLS with [server] client_ca): a stolen token alone is
+        /// useless.
+        #[arg(long)]
+        cert: Option<String>,
     },
     /// List every token: id, name, staff member, scopes, state, expiry,
     /// last use and from where (never a secret).
@@ -204,7 +209,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             staff,
             expires,
             allow,
-        }) => token::create(config, name, scopes, staff, expires, allow).await,
+            cert,
+        }) => token::create(config, name, scopes, staff, expires, allow, cert).await,
         Command::Token(TokenCommand::List(c)) => token::list(c).await,
         Command::Token(TokenCommand::Revoke { config, id }) => token::revoke(config, id).await,
         Command::Token(TokenCommand::Rotate { config, id }) => token::rotate(config, id).await,

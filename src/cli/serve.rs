@@ -86,9 +86,31 @@ pub async fn run(arg: ConfigArg) -> anyhow::Result<ExitCode> {
                 config.server.listen
             )
         })?;
+    let tls = match config.server.tls_files().map_err(|e| anyhow::anyhow!(e))? {
+        None => None,
+        Some(files) => Some(Arc::new(
+            crate::web::tls::Tls::load(files).map_err(|e| anyhow::anyhow!(e))?,
+        )),
+    };
+    #[cfg(unix)]
+    if let Some(tls) = tls.clone() {
+        // A renewed certificate, read again on SIGHUP.
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                match tls.reload() {
+                    Ok(()) => tracing::info!("TLS certificate reloaded"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "TLS reload failed; the certificate in use stays")
+                    }
+                }
+            }
+        });
+    }
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, "kci is listening");
-    eprintln!("kci listening on http://{addr}");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(%addr, scheme, "kci is listening");
+    eprintln!("kci listening on {scheme}://{addr}");
     if let Some(smtp) = config.keys.smtp_listen {
         let socket = tokio::net::TcpListener::bind(smtp)
             .await
@@ -114,6 +136,7 @@ pub async fn run(arg: ConfigArg) -> anyhow::Result<ExitCode> {
         listener,
         crate::web::router(state),
         crate::web::serve::Limits::from_config(&config.server),
+        tls,
         async move { until.wait().await },
     )
     .await;

@@ -16,7 +16,24 @@ pub async fn create(
     staff: Option<String>,
     expires: Option<String>,
     allow: Vec<String>,
+    cert: Option<String>,
 ) -> anyhow::Result<ExitCode> {
+    let cert = cert
+        .map(|c| {
+            let hex: String = c
+                .chars()
+                .filter(|ch| *ch != ':')
+                .collect::<String>()
+                .to_ascii_lowercase();
+            if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                Ok(hex)
+            } else {
+                Err(anyhow::anyhow!(
+                    "--cert: `{c}` is not a SHA-256 fingerprint (64 hex digits, colons allowed)"
+                ))
+            }
+        })
+        .transpose()?;
     let now = chrono::Utc::now();
     let allow = allow
         .iter()
@@ -83,6 +100,7 @@ pub async fn create(
         last_used_at: None,
         last_used_from: None,
         allow,
+        cert,
     };
     store
         .create_token(&record, &crate::web::hash_token(&token))
@@ -132,7 +150,7 @@ pub async fn list(arg: ConfigArg) -> anyhow::Result<ExitCode> {
     let time = |t: Option<chrono::DateTime<chrono::Utc>>| {
         t.map_or_else(|| "-".to_string(), crate::model::fmt_time)
     };
-    println!("id\tname\tstaff\tscopes\tnetworks\tstate\texpires\tlast used\tfrom");
+    println!("id\tname\tstaff\tscopes\tnetworks\tcertificate\tstate\texpires\tlast used\tfrom");
     for t in store.tokens().await? {
         let state = match (t.revoked_at, t.usable(now)) {
             (Some(_), _) => "revoked",
@@ -142,7 +160,7 @@ pub async fn list(arg: ConfigArg) -> anyhow::Result<ExitCode> {
         let scopes: Vec<_> = t.scopes.iter().map(|s| s.as_str()).collect();
         let nets: Vec<String> = t.allow.iter().map(ToString::to_string).collect();
         println!(
-            "{}\t{}\t{}\t{}\t{}\t{state}\t{}\t{}\t{}",
+            "{}\t{}\t{}\t{}\t{}\t{}\t{state}\t{}\t{}\t{}",
             t.id,
             t.name,
             t.staff.as_deref().unwrap_or("-"),
@@ -152,6 +170,7 @@ pub async fn list(arg: ConfigArg) -> anyhow::Result<ExitCode> {
             } else {
                 nets.join(",")
             },
+            t.cert.as_deref().unwrap_or("-"),
             time(t.expires_at),
             time(t.last_used_at),
             t.last_used_from.as_deref().unwrap_or("-"),

@@ -416,6 +416,19 @@ pub struct ServerConfig {
     /// included: then kci answers 408 and closes the connection.
     #[serde(default = "default_request_timeout")]
     pub request_timeout: Span,
+    /// TLS: the listener's certificate chain and private key (PEM files,
+    /// read again on SIGHUP). Without them kci speaks plain HTTP.
+    #[serde(default)]
+    pub tls_cert: Option<std::path::PathBuf>,
+    #[serde(default)]
+    pub tls_key: Option<std::path::PathBuf>,
+    /// With TLS: the CA (PEM) whose certificates clients present.
+    #[serde(default)]
+    pub client_ca: Option<std::path::PathBuf>,
+    /// `required` (the default: no certificate, no connection) or
+    /// `optional`.
+    #[serde(default)]
+    pub client_auth: crate::web::tls::ClientAuth,
     /// Client networks that may use this listener (CIDR, such as
     /// `["192.0.2.0/24"]`); empty: any.
     #[serde(default)]
@@ -437,10 +450,34 @@ pub struct ServerConfig {
 }
 
 impl ServerConfig {
+    /// The listener's TLS files, when both are given; an error when only
+    /// one is, or a client CA without them.
+    pub fn tls_files(&self) -> Result<Option<crate::web::tls::TlsFiles>, String> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Ok(Some(crate::web::tls::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: self.client_ca.clone(),
+                client_auth: self.client_auth,
+            })),
+            (None, None) if self.client_ca.is_some() => {
+                Err("server.client_ca: needs server.tls_cert and server.tls_key".into())
+            }
+            (None, None) => Ok(None),
+            (Some(_), None) => Err("server.tls_cert: needs server.tls_key too".into()),
+            (None, Some(_)) => Err("server.tls_key: needs server.tls_cert too".into()),
+        }
+    }
+
     /// Where links in mails point.
     pub fn public_base(&self) -> url::Url {
         self.public_url.clone().unwrap_or_else(|| {
-            url::Url::parse(&format!("http://{}/", self.listen))
+            let scheme = if self.tls_cert.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            url::Url::parse(&format!("{scheme}://{}/", self.listen))
                 .expect("a socket address makes a URL")
         })
     }
@@ -481,6 +518,10 @@ impl Default for ServerConfig {
             header_timeout: default_header_timeout(),
             body_timeout: default_body_timeout(),
             request_timeout: default_request_timeout(),
+            tls_cert: None,
+            tls_key: None,
+            client_ca: None,
+            client_auth: Default::default(),
             allow: Vec::new(),
             trusted_proxies: Vec::new(),
             rate_per_source: None,

@@ -100,6 +100,7 @@ pub async fn check_tokens(store: &dyn Store) {
         last_used_at: None,
         last_used_from: None,
         allow: vec!["192.0.2.0/24".parse().unwrap()],
+        cert: Some("ab".repeat(32)),
     };
     store
         .create_token(&rec, &sha256_hex(b"secret"))
@@ -2085,6 +2086,7 @@ pub async fn check_staff_tokens(store: &dyn Store) {
         last_used_at: None,
         last_used_from: None,
         allow: vec!["192.0.2.0/24".parse().unwrap()],
+        cert: Some("ab".repeat(32)),
     };
     store
         .create_token(&rec, &sha256_hex(b"ann-token"))

@@ -36,6 +36,7 @@ macro_rules! migrations {
             (9, include_str!(concat!("migrations/", $db, "-9.sql"))),
             (10, include_str!(concat!("migrations/", $db, "-10.sql"))),
             (11, include_str!(concat!("migrations/", $db, "-11.sql"))),
+            (12, include_str!(concat!("migrations/", $db, "-12.sql"))),
         ]
     };
 }

@@ -60,6 +60,9 @@ pub struct TokenRecord {
     pub last_used_from: Option<String>,
     /// The networks it may be used from; empty: anywhere.
     pub allow: Vec<ipnet::IpNet>,
+    /// The client certificate (SHA-256 of its DER, lower-case hex) it
+    /// works only with, over TLS; none: any connection.
+    pub cert: Option<String>,
 }
 
 impl TokenRecord {
@@ -1010,6 +1013,7 @@ mod token_tests {
             last_used_at: used.map(|u| t(u.0)),
             last_used_from: used.map(|u| u.1.to_string()),
             allow: Vec::new(),
+            cert: None,
         }
     }
 

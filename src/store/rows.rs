@@ -809,7 +809,7 @@ pub fn destination(r: &impl Cols) -> Result<Destination> {
 }
 
 /// The columns [`token`] reads.
-pub const TOKEN_COLUMNS: &str = "id, name, scopes, created_at, staff, expires_at, revoked_at, last_used_at, last_used_from, allow";
+pub const TOKEN_COLUMNS: &str = "id, name, scopes, created_at, staff, expires_at, revoked_at, last_used_at, last_used_from, allow, cert";
 
 pub fn token(r: &impl Cols) -> Result<TokenRecord> {
     Ok(TokenRecord {
@@ -823,6 +823,7 @@ pub fn token(r: &impl Cols) -> Result<TokenRecord> {
         last_used_at: r.opt_time(7)?,
         last_used_from: r.opt_text(8)?,
         allow: prefixes_from_json(&r.text(9)?)?,
+        cert: r.opt_text(10)?,
     })
 }
 

@@ -345,8 +345,8 @@ impl Rows for Lite {
 
     async fn insert_token(&mut self, t: &TokenRecord, hash: &str) -> Result<()> {
         self.exec(
-            "INSERT INTO tokens (id, name, secret_hash, scopes, created_at, staff, expires_at, allow) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            "INSERT INTO tokens (id, name, secret_hash, scopes, created_at, staff, expires_at, allow, cert) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             params![
                 t.id,
                 t.name,
@@ -355,7 +355,8 @@ impl Rows for Lite {
                 to_millis(t.created_at),
                 t.staff,
                 t.expires_at.map(to_millis),
-                prefixes_to_json(&t.allow)
+                prefixes_to_json(&t.allow),
+                t.cert
             ],
         )?;
         Ok(())

@@ -100,6 +100,16 @@ impl FromRequestParts<AppState> for Caller {
             state.metrics.limit_hit("api", "token_network");
             return Err(AppError::Unauthenticated);
         }
+        // A token bound to a client certificate works only over a
+        // connection that presented it.
+        if let Some(want) = &record.cert {
+            let presented = parts.extensions.get::<super::tls::ClientCert>();
+            if presented.is_none_or(|c| &c.0 != want) {
+                tracing::warn!(token = %record.id, "token used without its client certificate");
+                state.metrics.limit_hit("api", "token_cert");
+                return Err(AppError::Unauthenticated);
+            }
+        }
         if let Err(wait) = state.limits.token(&record.id) {
             state.metrics.limit_hit("api", "token");
             return Err(super::perimeter::too_many("token", wait));

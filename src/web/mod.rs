@@ -7,6 +7,7 @@ mod auth;
 pub mod error;
 pub mod perimeter;
 pub mod serve;
+pub mod tls;
 pub mod wkd;
 
 pub use auth::{Caller, hash_token, new_token};

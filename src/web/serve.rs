@@ -64,12 +64,14 @@ async fn timeout_in_words(resp: Response) -> Response {
     resp
 }
 
-/// Serves `router` on `listener` within `limits` until `shutdown`
-/// completes; then stops accepting and waits for the requests in flight.
+/// Serves `router` on `listener` within `limits` — over TLS when `tls` is
+/// given — until `shutdown` completes; then stops accepting and waits for
+/// the requests in flight.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: Limits,
+    tls: Option<Arc<super::tls::Tls>>,
     shutdown: impl Future<Output = ()>,
 ) {
     let app = with_limits(router, &limits);
@@ -101,23 +103,53 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        // Handlers that record who asked (the audit log) read the peer.
-        let with_peer =
-            app.clone()
-                .map_request(move |mut req: hyper::Request<hyper::body::Incoming>| {
-                    req.extensions_mut()
-                        .insert(axum::extract::ConnectInfo(peer));
-                    req
-                });
-        let conn = http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(with_peer));
-        let conn = graceful.watch(conn);
+        let (app, http, watcher) = (app.clone(), http.clone(), graceful.watcher());
+        let acceptor = tls.as_ref().map(|t| t.acceptor());
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, error = %e, "connection ended");
+            match acceptor {
+                None => serve_connection(stream, peer, None, app, &http, watcher).await,
+                Some(acceptor) => {
+                    let handshake =
+                        tokio::time::timeout(limits.header_timeout, acceptor.accept(stream)).await;
+                    match handshake {
+                        Ok(Ok(tls)) => {
+                            let cert = super::tls::client_cert(tls.get_ref().1);
+                            serve_connection(tls, peer, cert, app, &http, watcher).await;
+                        }
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                }
             }
             drop(permit);
         });
     }
     drop(listener);
     graceful.shutdown().await;
+}
+
+/// Serves one connection's requests, each knowing the peer (the audit log
+/// records who asked) and the client certificate it presented.
+async fn serve_connection<S>(
+    stream: S,
+    peer: std::net::SocketAddr,
+    cert: Option<super::tls::ClientCert>,
+    app: Router,
+    http: &hyper::server::conn::http1::Builder,
+    watcher: hyper_util::server::graceful::Watcher,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let with_peer = app.map_request(move |mut req: hyper::Request<hyper::body::Incoming>| {
+        req.extensions_mut()
+            .insert(axum::extract::ConnectInfo(peer));
+        if let Some(c) = &cert {
+            req.extensions_mut().insert(c.clone());
+        }
+        req
+    });
+    let conn = http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(with_peer));
+    if let Err(e) = watcher.watch(conn).await {
+        tracing::debug!(%peer, error = %e, "connection ended");
+    }
 }

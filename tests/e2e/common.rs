@@ -281,9 +281,14 @@ impl Kci {
 
     /// `kill -TERM`: kci shuts down gracefully.
     pub fn terminate(&self) {
+        self.signal("TERM");
+    }
+
+    /// Sends kci the signal `name` (`TERM`, `HUP`).
+    pub fn signal(&self, name: &str) {
         let pid = self.child.as_ref().expect("kci is running").id();
         let status = Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
+            .args([&format!("-{name}"), &pid.to_string()])
             .status()
             .expect("kill");
         assert!(status.success());
