@@ -699,6 +699,61 @@ pub struct Flap {
 /// The configuration kci runs on when given none.
 pub const EMBEDDED_DEFAULTS: &str = include_str!("defaults.toml");
 
+/// Any key `NAME_file = "PATH"` becomes `NAME` with the file's content
+/// (one trailing newline dropped), so secrets — a provider's token, a
+/// database URL with its password — need not be in the config file. A
+/// bare file name is looked up in `credentials` (systemd's
+/// `$CREDENTIALS_DIRECTORY`) when given. `Err` names the key.
+fn read_secret_files(
+    table: &mut toml::Table,
+    prefix: &str,
+    credentials: Option<&std::path::Path>,
+) -> Result<(), (String, String)> {
+    let keys: Vec<String> = table.keys().cloned().collect();
+    for key in keys {
+        let path = format!("{prefix}{key}");
+        match table.get_mut(&key) {
+            Some(toml::Value::Table(inner)) => {
+                read_secret_files(inner, &format!("{path}."), credentials)?;
+                continue;
+            }
+            Some(toml::Value::String(file)) if key.ends_with("_file") && key.len() > 5 => {
+                let name = key.trim_end_matches("_file").to_string();
+                if table.contains_key(&name) {
+                    return Err((path, format!("give `{name}` or `{key}`, not both")));
+                }
+                let file = std::path::PathBuf::from(table_string(table, &key));
+                let file = match credentials {
+                    Some(dir) if file.components().count() == 1 && file.is_relative() => {
+                        dir.join(file)
+                    }
+                    _ => file,
+                };
+                let mut value = std::fs::read_to_string(&file)
+                    .map_err(|e| (path.clone(), format!("cannot read {}: {e}", file.display())))?;
+                if value.ends_with('\n') {
+                    value.pop();
+                    if value.ends_with('\r') {
+                        value.pop();
+                    }
+                }
+                table.remove(&key);
+                table.insert(name, toml::Value::String(value));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn table_string(table: &toml::Table, key: &str) -> String {
+    table
+        .get(key)
+        .and_then(toml::Value::as_str)
+        .unwrap_or_default()
+        .to_string()
+}
+
 impl Config {
     /// How long a change without proof waits at `level`.
     pub fn cooling_off(&self, level: crate::model::SecurityLevel) -> std::time::Duration {
@@ -781,10 +836,19 @@ impl Config {
 
     /// Parses and validates config text; `file` is only used in errors.
     pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
-        let table: toml::Table = toml::from_str(text).map_err(|e| ConfigError {
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| ConfigError {
             file: file.into(),
             key: "(syntax)".into(),
             message: e.to_string().trim().replace('\n', " "),
+        })?;
+        // systemd's LoadCredential= puts credentials here.
+        let credentials = std::env::var_os("CREDENTIALS_DIRECTORY").map(std::path::PathBuf::from);
+        read_secret_files(&mut table, "", credentials.as_deref()).map_err(|(key, message)| {
+            ConfigError {
+                file: file.into(),
+                key,
+                message,
+            }
         })?;
         Config::from_table(table, file)
     }
@@ -1031,6 +1095,46 @@ mod tests {
         .unwrap_err();
         assert!(e.message.contains("channels.webhook.timeout"), "{e}");
         assert!(Config::parse("[delivery]\nlease = \"1m\"\n", "kci.toml").is_ok());
+    }
+
+    #[test]
+    fn secrets_come_from_files_named_by_a_file_key() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("pg-url"), "postgres://kci:s3cret@db/kci\n").unwrap();
+        std::fs::write(dir.path().join("token"), "f00dcafe").unwrap();
+        let text = format!(
+            "[store]\nurl_file = \"{}\"\n[channels.pushover]\ntoken_file = \"token\"\n",
+            dir.path().join("pg-url").display()
+        );
+        let mut table: toml::Table = toml::from_str(&text).unwrap();
+        read_secret_files(&mut table, "", Some(dir.path())).unwrap();
+        assert_eq!(
+            table["store"]["url"].as_str(),
+            Some("postgres://kci:s3cret@db/kci")
+        );
+        assert!(table["store"].get("url_file").is_none());
+        assert_eq!(
+            table["channels"]["pushover"]["token"].as_str(),
+            Some("f00dcafe")
+        );
+        // (config, key named, words)
+        for (text, key, words) in [
+            (
+                "[store]\nurl = \"x\"\nurl_file = \"/etc/passwd\"\n",
+                "store.url_file",
+                "not both",
+            ),
+            (
+                "[store]\nurl_file = \"/nonexistent/kci-url\"\n",
+                "store.url_file",
+                "cannot read /nonexistent/kci-url",
+            ),
+        ] {
+            let mut table: toml::Table = toml::from_str(text).unwrap();
+            let (k, m) = read_secret_files(&mut table, "", None).unwrap_err();
+            assert_eq!(k, key);
+            assert!(m.contains(words), "{m}");
+        }
     }
 
     #[test]
