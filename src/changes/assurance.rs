@@ -39,6 +39,15 @@ impl Engine<'_> {
         let Some(assurer) = actor.staff() else {
             return Ok(refused(ChangeRefusal::OwnChange, None));
         };
+        // Nothing to assure: refused before the (slow) hashing. The step
+        // decides again, locked.
+        match self.store.change(id).await? {
+            None => return Ok(refused(ChangeRefusal::NotFound, None)),
+            Some(c) if c.state != crate::model::ChangeState::Pending => {
+                return Ok(refused(ChangeRefusal::NotPending, Some(&c)));
+            }
+            Some(_) => {}
+        }
         let a_word = input.a_word.clone();
         let a_hash = tokio::task::spawn_blocking(move || rules::hash_a_word(&a_word))
             .await

@@ -135,6 +135,11 @@ pub async fn perimeter(State(st): State<AppState>, mut req: Request, next: Next)
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
         .map(|c| c.0.ip());
     let Some(peer) = peer else {
+        // No peer known (not served by `serve`): an allow-list fails
+        // closed.
+        if !server.allow.is_empty() {
+            return AppError::NetworkRefused.into_response();
+        }
         return next.run(req).await;
     };
     let forwarded = req
