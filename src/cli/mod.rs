@@ -2,6 +2,7 @@
 
 mod apprise;
 mod audit;
+mod ca;
 mod explain;
 mod inbound;
 mod keys;
@@ -44,6 +45,9 @@ pub enum Command {
     /// Manage API tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// A CA for the client certificates source systems present.
+    #[command(subcommand)]
+    Ca(CaCommand),
     /// Tell the story of one event: every destination, every decision, why.
     Explain {
         #[command(flatten)]
@@ -146,6 +150,38 @@ pub enum KeysCommand {
 }
 
 #[derive(Subcommand)]
+pub enum CaCommand {
+    /// Make a CA in DIR: ca.key (0600), ca.crt, ca.crl, ca.json.
+    Init {
+        #[arg(long)]
+        dir: PathBuf,
+        /// Its common name.
+        #[arg(long, default_value = "kci client CA")]
+        name: String,
+        #[arg(long, default_value_t = 3650)]
+        days: i64,
+    },
+    /// Issue a client certificate: NAME.crt and NAME.key in DIR; its
+    /// fingerprint (for `kci token create --cert`) on stdout.
+    Issue {
+        #[arg(long)]
+        dir: PathBuf,
+        /// The source system it is for, such as order-system.
+        #[arg(long)]
+        name: String,
+        #[arg(long, default_value_t = 365)]
+        days: i64,
+    },
+    /// Revoke a certificate (by name, serial or fingerprint): listed in
+    /// ca.crl, which kci reads again on SIGHUP.
+    Revoke {
+        #[arg(long)]
+        dir: PathBuf,
+        which: String,
+    },
+}
+
+#[derive(Subcommand)]
 pub enum TokenCommand {
     /// Create a token; it is printed once, on the last line of stdout.
     Create {
@@ -212,6 +248,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             cert,
         }) => token::create(config, name, scopes, staff, expires, allow, cert).await,
         Command::Token(TokenCommand::List(c)) => token::list(c).await,
+        Command::Ca(CaCommand::Init { dir, name, days }) => ca::init(dir, name, days),
+        Command::Ca(CaCommand::Issue { dir, name, days }) => ca::issue(dir, name, days),
+        Command::Ca(CaCommand::Revoke { dir, which }) => ca::revoke(dir, which),
         Command::Token(TokenCommand::Revoke { config, id }) => token::revoke(config, id).await,
         Command::Token(TokenCommand::Rotate { config, id }) => token::rotate(config, id).await,
         Command::Staff(StaffCommand::Add { config, name, role }) => {

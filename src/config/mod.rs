@@ -425,6 +425,10 @@ pub struct ServerConfig {
     /// With TLS: the CA (PEM) whose certificates clients present.
     #[serde(default)]
     pub client_ca: Option<std::path::PathBuf>,
+    /// With a client CA: its revocation list (PEM, such as `kci ca`'s
+    /// `ca.crl`), read again on SIGHUP.
+    #[serde(default)]
+    pub client_crl: Option<std::path::PathBuf>,
     /// `required` (the default: no certificate, no connection) or
     /// `optional`.
     #[serde(default)]
@@ -458,10 +462,14 @@ impl ServerConfig {
                 cert: cert.clone(),
                 key: key.clone(),
                 client_ca: self.client_ca.clone(),
+                client_crl: self.client_crl.clone(),
                 client_auth: self.client_auth,
             })),
             (None, None) if self.client_ca.is_some() => {
                 Err("server.client_ca: needs server.tls_cert and server.tls_key".into())
+            }
+            _ if self.client_crl.is_some() && self.client_ca.is_none() => {
+                Err("server.client_crl: needs server.client_ca".into())
             }
             (None, None) => Ok(None),
             (Some(_), None) => Err("server.tls_cert: needs server.tls_key too".into()),
@@ -521,6 +529,7 @@ impl Default for ServerConfig {
             tls_cert: None,
             tls_key: None,
             client_ca: None,
+            client_crl: None,
             client_auth: Default::default(),
             allow: Vec::new(),
             trusted_proxies: Vec::new(),

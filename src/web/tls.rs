@@ -28,6 +28,8 @@ pub struct TlsFiles {
     pub cert: PathBuf,
     pub key: PathBuf,
     pub client_ca: Option<PathBuf>,
+    /// The CA's revocation list (PEM), read with the rest.
+    pub client_crl: Option<PathBuf>,
     pub client_auth: ClientAuth,
 }
 
@@ -102,10 +104,24 @@ fn server_config(files: &TlsFiles) -> Result<rustls::ServerConfig, String> {
                     .add(cert)
                     .map_err(|e| format!("server.client_ca {}: {e}", ca.display()))?;
             }
-            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            let mut verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
                 Arc::new(roots),
                 provider,
             );
+            if let Some(crl) = &files.client_crl {
+                use rustls::pki_types::CertificateRevocationListDer;
+                let crls: Vec<_> = CertificateRevocationListDer::pem_file_iter(crl)
+                    .map_err(|e| format!("server.client_crl {}: {e}", crl.display()))?
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| format!("server.client_crl {}: {e}", crl.display()))?;
+                if crls.is_empty() {
+                    return Err(format!(
+                        "server.client_crl {}: no PEM revocation list in it",
+                        crl.display()
+                    ));
+                }
+                verifier = verifier.with_crls(crls);
+            }
             let verifier = match files.client_auth {
                 ClientAuth::Required => verifier.build(),
                 ClientAuth::Optional => verifier.allow_unauthenticated().build(),
@@ -157,6 +173,7 @@ mod tests {
             cert: "/nonexistent/kci.crt".into(),
             key: "/nonexistent/kci.key".into(),
             client_ca: None,
+            client_crl: None,
             client_auth: ClientAuth::Required,
         });
         let Err(e) = missing else {
