@@ -53,19 +53,177 @@ impl From<deadpool_postgres::PoolError> for StoreError {
     }
 }
 
+/// How kci talks TLS to PostgreSQL, from the URL's `sslmode` (libpq's
+/// words): `disable`, `prefer` (the default: TLS when the server offers
+/// it, unverified), `require` (TLS, unverified — as libpq), `verify-full`
+/// (TLS, the server's certificate checked against `sslrootcert`, or the
+/// web's roots without it, and its name against the host). `verify-ca` is
+/// refused: it checks less than `verify-full` and is not needed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PgTls {
+    Disable,
+    Prefer,
+    Require,
+    VerifyFull { root: Option<std::path::PathBuf> },
+}
+
+/// `url` without `sslmode` and `sslrootcert` (which tokio-postgres would
+/// read its own way), and the mode they ask for.
+pub fn tls_mode(url: &str) -> std::result::Result<(String, PgTls), String> {
+    let Some((base, query)) = url.split_once('?') else {
+        return Ok((url.to_string(), PgTls::Prefer));
+    };
+    let mut mode = None;
+    let mut root = None;
+    let mut kept = Vec::new();
+    for pair in query.split('&') {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        match k {
+            "sslmode" => mode = Some(v.to_string()),
+            "sslrootcert" => {
+                let v = percent_encoding::percent_decode_str(v).decode_utf8_lossy();
+                root = Some(std::path::PathBuf::from(v.as_ref()));
+            }
+            _ => kept.push(pair),
+        }
+    }
+    let mode = match mode.as_deref() {
+        None | Some("prefer") => PgTls::Prefer,
+        Some("disable") => PgTls::Disable,
+        Some("require") => PgTls::Require,
+        Some("verify-full") => PgTls::VerifyFull { root: root.clone() },
+        Some(other) => {
+            return Err(format!(
+                "store.url: sslmode `{other}` is not one of disable, prefer, require, verify-full"
+            ));
+        }
+    };
+    if root.is_some() && !matches!(mode, PgTls::VerifyFull { .. }) {
+        return Err("store.url: sslrootcert needs sslmode=verify-full".into());
+    }
+    let url = if kept.is_empty() {
+        base.to_string()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    };
+    Ok((url, mode))
+}
+
+/// A server certificate verifier that accepts any certificate, as libpq's
+/// `sslmode=require` and `prefer` do: the connection is encrypted against
+/// a passive listener, not authenticated. Signatures are still checked
+/// with the provider's algorithms.
+#[derive(Debug)]
+struct Unverified(std::sync::Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for Unverified {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> std::result::Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+fn pg_tls_connector(
+    mode: &PgTls,
+) -> std::result::Result<tokio_postgres_rustls::MakeRustlsConnect, String> {
+    use rustls::pki_types::pem::PemObject;
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS: {e}"))?;
+    let config = match mode {
+        PgTls::VerifyFull { root } => {
+            let mut roots = rustls::RootCertStore::empty();
+            match root {
+                Some(path) => {
+                    let certs = rustls::pki_types::CertificateDer::pem_file_iter(path)
+                        .map_err(|e| format!("store.url sslrootcert {}: {e}", path.display()))?;
+                    for cert in certs {
+                        let cert = cert.map_err(|e| {
+                            format!("store.url sslrootcert {}: {e}", path.display())
+                        })?;
+                        roots.add(cert).map_err(|e| {
+                            format!("store.url sslrootcert {}: {e}", path.display())
+                        })?;
+                    }
+                }
+                None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+            }
+            builder.with_root_certificates(roots).with_no_client_auth()
+        }
+        _ => builder
+            .dangerous()
+            .with_custom_certificate_verifier(std::sync::Arc::new(Unverified(provider)))
+            .with_no_client_auth(),
+    };
+    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
+}
+
 impl Db<Pg> {
-    /// Connects to `url` (`postgres://…`; `options=-csearch_path%3D…` selects a schema).
+    /// Connects to `url` (`postgres://…`; `options=-csearch_path%3D…` selects a
+    /// schema; `sslmode` and `sslrootcert` as libpq reads them, see
+    /// [`tls_mode`]).
     pub async fn connect(url: &str) -> Result<Self> {
-        let config: tokio_postgres::Config = url.parse().map_err(|e: tokio_postgres::Error| {
-            StoreError::Unavailable(format!("bad postgres URL: {e}"))
-        })?;
-        Self::with_config(config).await
+        let (url, mode) = tls_mode(url).map_err(StoreError::Unavailable)?;
+        let mut config: tokio_postgres::Config =
+            url.parse().map_err(|e: tokio_postgres::Error| {
+                StoreError::Unavailable(format!("bad postgres URL: {e}"))
+            })?;
+        config.ssl_mode(match mode {
+            PgTls::Disable => tokio_postgres::config::SslMode::Disable,
+            PgTls::Prefer => tokio_postgres::config::SslMode::Prefer,
+            _ => tokio_postgres::config::SslMode::Require,
+        });
+        Self::with_tls(config, &mode).await
     }
 
     pub async fn with_config(config: tokio_postgres::Config) -> Result<Self> {
+        Self::with_tls(config, &PgTls::Disable).await
+    }
+
+    async fn with_tls(config: tokio_postgres::Config, mode: &PgTls) -> Result<Self> {
+        let tls = pg_tls_connector(mode).map_err(StoreError::Unavailable)?;
         let manager = Manager::from_config(
             config,
-            tokio_postgres::NoTls,
+            tls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -1195,5 +1353,103 @@ impl Rows for PgRows {
         )
         .await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sslmode_as_libpq_names_it() {
+        let base = "postgres://kci@db.example/kci";
+        // (url, url kept, mode)
+        for (url, kept, want) in [
+            (base.to_string(), base.to_string(), Ok(PgTls::Prefer)),
+            (
+                format!("{base}?sslmode=disable"),
+                base.to_string(),
+                Ok(PgTls::Disable),
+            ),
+            (
+                format!("{base}?sslmode=require&options=-csearch_path%3Dx"),
+                format!("{base}?options=-csearch_path%3Dx"),
+                Ok(PgTls::Require),
+            ),
+            (
+                format!("{base}?sslmode=verify-full&sslrootcert=%2Fetc%2Fkci%2Fdb-ca.crt"),
+                base.to_string(),
+                Ok(PgTls::VerifyFull {
+                    root: Some("/etc/kci/db-ca.crt".into()),
+                }),
+            ),
+            (
+                format!("{base}?sslmode=verify-ca"),
+                String::new(),
+                Err("verify-ca"),
+            ),
+            (
+                format!("{base}?sslrootcert=/x"),
+                String::new(),
+                Err("sslrootcert needs"),
+            ),
+        ] {
+            match (tls_mode(&url), want) {
+                (Ok((u, m)), Ok(w)) => assert_eq!((u, m), (kept, w), "{url}"),
+                (Err(e), Err(w)) => assert!(e.contains(w), "{url}: {e}"),
+                (got, want) => panic!("{url}: {got:?}, wanted {want:?}"),
+            }
+        }
+    }
+
+    fn test_url() -> String {
+        std::env::var("KCI_TEST_POSTGRES")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+    }
+
+    async fn encrypted(db: &Db<Pg>) -> bool {
+        let c = db.0.pool.get().await.unwrap();
+        let row = c
+            .query_one(
+                "SELECT coalesce((SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()), false)",
+                &[],
+            )
+            .await
+            .unwrap();
+        row.get(0)
+    }
+
+    /// Against the test server (Debian's PostgreSQL offers TLS with its
+    /// self-signed "snakeoil" certificate): `require` encrypts, `disable`
+    /// does not, and `verify-full` with a root that did not sign the
+    /// server's certificate refuses to connect.
+    #[tokio::test]
+    async fn tls_to_the_test_server() {
+        let url = test_url();
+        let sep = if url.contains('?') { '&' } else { '?' };
+        let plain = Db::<Pg>::connect(&format!("{url}{sep}sslmode=disable"))
+            .await
+            .unwrap();
+        assert!(!encrypted(&plain).await);
+        match Db::<Pg>::connect(&format!("{url}{sep}sslmode=require")).await {
+            Ok(tls) => assert!(encrypted(&tls).await, "require encrypts"),
+            // A server without TLS: require must refuse, not fall back.
+            Err(e) => assert!(
+                e.to_string().to_lowercase().contains("tls") || e.to_string().contains("ssl"),
+                "{e}"
+            ),
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("other-ca.crt");
+        let cert = rcgen::generate_simple_self_signed(vec!["other.example".to_string()]).unwrap();
+        std::fs::write(&root, cert.cert.pem()).unwrap();
+        let verify = format!(
+            "{url}{sep}sslmode=verify-full&sslrootcert={}",
+            root.display()
+        );
+        assert!(
+            Db::<Pg>::connect(&verify).await.is_err(),
+            "a certificate the root did not sign is refused"
+        );
     }
 }
