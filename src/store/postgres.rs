@@ -1001,13 +1001,14 @@ impl Rows for PgRows {
             subject,
             code,
             factors,
-        } = rows::change_json(c)?;
+            decided_at,
+        } = rows::change_json(c, at)?;
         let needed = i64::from(c.approvals_needed);
         self.exec(
             "INSERT INTO changes (id, kind, account, address, state, proof, requested_at, requested_by, not_before, \
              approvals, approvals_needed, reason, subject, proven_current, proven_new, decided_at, proof_code, factors) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, \
-             CASE WHEN $5 <> 'pending' THEN $16::BIGINT END, $17, $18) \
+             $16, $17, $18) \
              ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, proof = EXCLUDED.proof, \
              approvals = EXCLUDED.approvals, reason = EXCLUDED.reason, proven_current = EXCLUDED.proven_current, \
              proven_new = EXCLUDED.proven_new, decided_at = COALESCE(changes.decided_at, EXCLUDED.decided_at), \
@@ -1028,7 +1029,7 @@ impl Rows for PgRows {
                 &subject,
                 &c.proven_current,
                 &c.proven_new,
-                &at,
+                &decided_at,
                 &code,
                 &factors,
             ],

@@ -573,11 +573,14 @@ pub struct ChangeJson {
     pub subject: String,
     pub code: Option<String>,
     pub factors: String,
+    /// When it ended: `at` once it is no longer pending (a store keeps the
+    /// first such time).
+    pub decided_at: Option<i64>,
 }
 
 /// A change's columns as written as JSON: approvals, subject, proof code,
 /// factors.
-pub fn change_json(c: &Change) -> Result<ChangeJson> {
+pub fn change_json(c: &Change, at: i64) -> Result<ChangeJson> {
     let json = |v: serde_json::Result<String>| v.map_err(|e| StoreError::Corrupt(e.to_string()));
     Ok(ChangeJson {
         approvals: json(serde_json::to_string(&c.approvals))?,
@@ -588,6 +591,7 @@ pub fn change_json(c: &Change) -> Result<ChangeJson> {
             .map(|p| json(serde_json::to_string(p)))
             .transpose()?,
         factors: json(serde_json::to_string(&c.factors))?,
+        decided_at: (c.state != crate::model::ChangeState::Pending).then_some(at),
     })
 }
 

@@ -957,12 +957,13 @@ impl Rows for Lite {
             subject,
             code,
             factors,
-        } = rows::change_json(c)?;
+            decided_at,
+        } = rows::change_json(c, at)?;
         self.exec(
             "INSERT INTO changes (id, kind, account, address, state, proof, requested_at, requested_by, not_before, \
              approvals, approvals_needed, reason, subject, proven_current, proven_new, decided_at, proof_code, factors) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, \
-             CASE WHEN ?5 <> 'pending' THEN ?16 END, ?17, ?18) \
+             ?16, ?17, ?18) \
              ON CONFLICT (id) DO UPDATE SET state = excluded.state, proof = excluded.proof, \
              approvals = excluded.approvals, reason = excluded.reason, proven_current = excluded.proven_current, \
              proven_new = excluded.proven_new, decided_at = COALESCE(changes.decided_at, excluded.decided_at), \
@@ -983,7 +984,7 @@ impl Rows for Lite {
                 subject,
                 c.proven_current,
                 c.proven_new,
-                at,
+                decided_at,
                 code,
                 factors,
             ],
