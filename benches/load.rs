@@ -138,7 +138,7 @@ listen = "127.0.0.1:{port}"
 url = "{store_url}"
 [email]
 from = "Bench ISP <kci@isp.example>"
-smtp = "smtp://127.0.0.1:{smtp_port}"
+smtp = "smtp://127.0.0.1:{smtp_port}?tls=none"
 [types."line.down"]
 short = "Your line {{{{ service }}}} went down at {{{{ occurred_at | time }}}}."
 subject = "Line {{{{ service }}}} is down ({{{{ data.ticket }}}})"

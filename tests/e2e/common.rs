@@ -237,7 +237,7 @@ impl Kci {
         let port = free_port();
         let config = dir.path().join("kci.toml");
         let smtp = smtp
-            .map(|p| format!("smtp = \"smtp://127.0.0.1:{p}\"\n"))
+            .map(|p| format!("smtp = \"smtp://127.0.0.1:{p}?tls=none\"\n"))
             .unwrap_or_default();
         let text = format!(
             "[server]\nlisten = \"127.0.0.1:{port}\"\n{server}\
@@ -463,5 +463,128 @@ impl Kci {
 impl Drop for Kci {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A CA, and certificates it issues, made with the real `openssl`.
+pub struct Pki {
+    pub dir: std::path::PathBuf,
+}
+
+impl Pki {
+    pub fn new(dir: &std::path::Path, name: &str) -> Pki {
+        let pki = Pki {
+            dir: dir.to_path_buf(),
+        };
+        pki.openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.crt"),
+            "-subj",
+            &format!("/CN={name}"),
+            "-days",
+            "2",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ]);
+        pki
+    }
+
+    pub fn openssl(&self, args: &[&str]) {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(&self.dir)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// A certificate for `name` issued by CA `ca`, for `usage`
+    /// (`serverAuth` with the loopback address, or `clientAuth`).
+    pub fn issue(&self, ca: &str, name: &str, usage: &str) {
+        let ext = format!("{name}.ext");
+        let san = if usage == "serverAuth" {
+            "subjectAltName=IP:127.0.0.1\n"
+        } else {
+            ""
+        };
+        std::fs::write(
+            self.dir.join(&ext),
+            format!("{san}extendedKeyUsage={usage}\nbasicConstraints=CA:FALSE\n"),
+        )
+        .unwrap();
+        self.openssl(&[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.csr"),
+            "-subj",
+            &format!("/CN={name}"),
+        ]);
+        self.openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{name}.csr"),
+            "-CA",
+            &format!("{ca}.crt"),
+            "-CAkey",
+            &format!("{ca}.key"),
+            "-CAcreateserial",
+            "-out",
+            &format!("{name}.crt"),
+            "-days",
+            "2",
+            "-extfile",
+            &ext,
+        ]);
+    }
+
+    pub fn path(&self, file: &str) -> String {
+        self.dir.join(file).display().to_string()
+    }
+
+    pub fn read(&self, file: &str) -> Vec<u8> {
+        std::fs::read(self.dir.join(file)).unwrap()
+    }
+
+    /// An HTTPS client trusting CA `ca`, presenting `identity`'s
+    /// certificate if given.
+    pub fn client(&self, ca: &str, identity: Option<&str>) -> reqwest::Client {
+        let mut b = reqwest::Client::builder()
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(
+                reqwest::Certificate::from_pem(&self.read(&format!("{ca}.crt"))).unwrap(),
+            );
+        if let Some(id) = identity {
+            let pem = [
+                self.read(&format!("{id}.crt")),
+                self.read(&format!("{id}.key")),
+            ]
+            .concat();
+            b = b.identity(reqwest::Identity::from_pem(&pem).unwrap());
+        }
+        b.build().unwrap()
     }
 }

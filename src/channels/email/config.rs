@@ -3,6 +3,7 @@
 
 use crate::model::{Secret, Span};
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -11,11 +12,28 @@ pub struct EmailConfig {
     /// The sender, `Name <address>`.
     #[serde(default = "default_from")]
     pub from: String,
-    /// SMTP server in lettre URL syntax (`smtp://host:587`, `smtps://…`);
-    /// STARTTLS is used when offered unless the URL sets `tls=`. Absent: mail
-    /// goes to the Maildir outbox instead. Secret: it may carry a password.
+    /// SMTP server in lettre URL syntax (`smtp://host:587`, `smtps://…`).
+    /// TLS is required by default, with the server's certificate verified:
+    /// STARTTLS, or refused with reason `tls_required`; `?tls=opportunistic`
+    /// or `?tls=none` in the URL, or a domain's `tls`, allow less. Absent:
+    /// mail goes to the Maildir outbox instead. Secret: it may carry a
+    /// password.
     #[serde(default)]
     pub smtp: Option<Secret<String>>,
+    /// Extra roots (PEM) trusted for SMTP servers' certificates, besides
+    /// the web's (a relay with a private CA).
+    #[serde(default)]
+    pub tls_ca: Option<PathBuf>,
+    /// A client certificate (PEM, chain) kci presents to SMTP servers that
+    /// ask for one, with its key (`client_key`, PEM, keep it 0600).
+    #[serde(default)]
+    pub client_cert: Option<PathBuf>,
+    #[serde(default)]
+    pub client_key: Option<PathBuf>,
+    /// Per recipient domain (`[email.domains."partner.example"]`): where its
+    /// mail goes and how it is secured.
+    #[serde(default)]
+    pub domains: BTreeMap<String, DomainPolicy>,
     /// The Maildir written when no SMTP server is configured.
     #[serde(default = "default_outbox")]
     pub outbox: PathBuf,
@@ -36,6 +54,40 @@ pub struct EmailConfig {
     /// Its private key (PEM, unencrypted; keep the file 0600).
     #[serde(default)]
     pub smime_key: Option<PathBuf>,
+}
+
+/// How mail to one recipient domain leaves: its own route (a partner's MTA)
+/// or `[email] smtp`, and its own transport security.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DomainPolicy {
+    /// This domain's mail goes to this server instead of `[email] smtp`.
+    #[serde(default)]
+    pub smtp: Option<Secret<String>>,
+    /// Overrides the route's `tls`: `required`, `opportunistic` (clear when
+    /// the server offers no STARTTLS) or `none`.
+    #[serde(default)]
+    pub tls: Option<TlsPolicy>,
+    /// As `[email] tls_ca`, `client_cert` and `client_key`, for this
+    /// domain's route (default: those of `[email]`).
+    #[serde(default)]
+    pub tls_ca: Option<PathBuf>,
+    #[serde(default)]
+    pub client_cert: Option<PathBuf>,
+    #[serde(default)]
+    pub client_key: Option<PathBuf>,
+}
+
+/// Whether a connection must be encrypted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsPolicy {
+    /// STARTTLS with a verified certificate, or not sent.
+    Required,
+    /// STARTTLS when offered, else in clear.
+    Opportunistic,
+    /// Never STARTTLS (a relay on the same host).
+    None,
 }
 
 impl EmailConfig {
@@ -68,6 +120,10 @@ impl Default for EmailConfig {
         Self {
             from: default_from(),
             smtp: None,
+            tls_ca: None,
+            client_cert: None,
+            client_key: None,
+            domains: BTreeMap::new(),
             outbox: default_outbox(),
             timeout: default_timeout(),
             signing_key: None,

@@ -21,11 +21,12 @@ mod config;
 use crate::model::ChannelKind;
 use crate::pgp::{MailHeaders, OperatorKey, PgpError};
 use async_trait::async_trait;
-pub use config::EmailConfig;
+pub use config::{DomainPolicy, EmailConfig, TlsPolicy};
 use lettre::address::Envelope;
 use lettre::message::header::{ContentType, Header, HeaderName, HeaderValue};
 use lettre::message::{Mailbox, Message};
-use std::path::PathBuf;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 
 /// RFC 3834's `Auto-Submitted` header.
 #[derive(Debug, Clone)]
@@ -50,10 +51,82 @@ enum Transport {
     Maildir(maildir::Maildir),
 }
 
+/// Where mail goes: by the recipient's domain when `[email.domains]` names
+/// it, else the default.
+struct Routes {
+    default: Transport,
+    domains: HashMap<String, smtp::SmtpPool>,
+}
+
+impl Routes {
+    fn from_config(cfg: &EmailConfig) -> anyhow::Result<Routes> {
+        let default = match &cfg.smtp {
+            Some(url) => Transport::Smtp(
+                smtp_pool(cfg, url.expose(), &DomainPolicy::default())
+                    .map_err(|e| anyhow::anyhow!("email.smtp: {e}"))?,
+            ),
+            None => Transport::Maildir(maildir::Maildir::create(PathBuf::from(&cfg.outbox))?),
+        };
+        let mut domains = HashMap::new();
+        for (domain, policy) in &cfg.domains {
+            let url = policy.smtp.as_ref().or(cfg.smtp.as_ref()).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "email.domains.{domain}: set its smtp, or [email] smtp (without one, mail goes to the outbox)"
+                )
+            })?;
+            let pool = smtp_pool(cfg, url.expose(), policy)
+                .map_err(|e| anyhow::anyhow!("email.domains.{domain}: {e}"))?;
+            domains.insert(domain.to_ascii_lowercase(), pool);
+        }
+        Ok(Routes { default, domains })
+    }
+
+    /// The route of mail to `to`.
+    fn for_recipient(&self, to: &lettre::Address) -> Route<'_> {
+        match (
+            self.domains.get(&to.domain().to_ascii_lowercase()),
+            &self.default,
+        ) {
+            (Some(pool), _) | (None, Transport::Smtp(pool)) => Route::Smtp(pool),
+            (None, Transport::Maildir(m)) => Route::Maildir(m),
+        }
+    }
+}
+
+enum Route<'a> {
+    Smtp(&'a smtp::SmtpPool),
+    Maildir(&'a maildir::Maildir),
+}
+
+/// A pool for `url` under `policy` (which falls back on `[email]`'s files).
+fn smtp_pool(
+    cfg: &EmailConfig,
+    url: &str,
+    policy: &DomainPolicy,
+) -> Result<smtp::SmtpPool, String> {
+    let target = smtp::SmtpTarget::parse(url)?.with_policy(policy.tls);
+    let read = |p: &Path| std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()));
+    let roots = policy
+        .tls_ca
+        .as_deref()
+        .or(cfg.tls_ca.as_deref())
+        .map(read)
+        .transpose()?;
+    let identity = match (
+        policy.client_cert.as_deref().or(cfg.client_cert.as_deref()),
+        policy.client_key.as_deref().or(cfg.client_key.as_deref()),
+    ) {
+        (Some(cert), Some(key)) => Some((read(cert)?, read(key)?)),
+        (None, None) => None,
+        _ => return Err("client_cert and client_key go together".into()),
+    };
+    smtp::SmtpPool::new(target, cfg.timeout.0, &smtp::TlsFiles { roots, identity })
+}
+
 pub struct EmailChannel {
     from: Mailbox,
     domain: String,
-    transport: Transport,
+    routes: Routes,
     /// The operator's key: set, every mail is signed.
     signing: Option<OperatorKey>,
     /// Or the operator's S/MIME certificate and key.
@@ -75,14 +148,7 @@ impl EmailChannel {
             .parse()
             .map_err(|e| anyhow::anyhow!("email.from: {e}"))?;
         let domain = from.email.domain().to_string();
-        let transport = match &cfg.smtp {
-            Some(url) => {
-                let target = smtp::SmtpTarget::parse(url.expose())
-                    .map_err(|e| anyhow::anyhow!("email.smtp: {e}"))?;
-                Transport::Smtp(smtp::SmtpPool::new(target, cfg.timeout.0))
-            }
-            None => Transport::Maildir(maildir::Maildir::create(PathBuf::from(&cfg.outbox))?),
-        };
+        let routes = Routes::from_config(cfg)?;
         let signing = cfg
             .signing_key
             .as_deref()
@@ -95,7 +161,7 @@ impl EmailChannel {
         Ok(Self {
             from,
             domain,
-            transport,
+            routes,
             signing,
             smime,
         })
@@ -216,8 +282,12 @@ impl Channel for EmailChannel {
 
     async fn deliver(&self, msg: &Outgoing) -> Result<Receipt, DeliveryError> {
         let (envelope, mail) = self.render(msg)?;
-        match &self.transport {
-            Transport::Smtp(pool) => {
+        let to = envelope.to().first().ok_or(DeliveryError::Permanent {
+            reason: "bad_address",
+            detail: "no recipient".into(),
+        })?;
+        match self.routes.for_recipient(to) {
+            Route::Smtp(pool) => {
                 let resp = pool.send(&envelope, &mail).await?;
                 let words = resp.message().collect::<Vec<_>>().join(" ");
                 Ok(Receipt {
@@ -225,7 +295,7 @@ impl Channel for EmailChannel {
                     ..Default::default()
                 })
             }
-            Transport::Maildir(m) => {
+            Route::Maildir(m) => {
                 let name = m
                     .deliver(&mail)
                     .await
@@ -243,10 +313,16 @@ impl Channel for EmailChannel {
     }
 
     async fn healthcheck(&self) -> Result<(), String> {
-        match &self.transport {
-            Transport::Smtp(pool) => pool.check().await.map_err(|e| e.to_string()),
-            Transport::Maildir(m) => m.check(),
+        match &self.routes.default {
+            Transport::Smtp(pool) => pool.check().await.map_err(|e| e.to_string())?,
+            Transport::Maildir(m) => m.check()?,
         }
+        for (domain, pool) in &self.routes.domains {
+            pool.check()
+                .await
+                .map_err(|e| format!("route of {domain}: {e}"))?;
+        }
+        Ok(())
     }
 }
 
@@ -347,6 +423,72 @@ mod tests {
         assert_eq!(e.reason(), "recipient_key_invalid");
         assert!(e.detail().contains("revoked"), "{e}");
         assert!(outbox(dir.path()).is_empty(), "nothing sent");
+    }
+
+    /// A TLS file kci cannot use stops it at startup, naming the setting.
+    #[test]
+    fn unusable_transport_settings_stop_startup_with_the_setting_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let garbage = dir.path().join("garbage.pem");
+        std::fs::write(&garbage, "not a certificate").unwrap();
+        let base = EmailConfig {
+            outbox: dir.path().join("outbox"),
+            ..Default::default()
+        };
+        let smtp = Some(crate::model::Secret::new("smtp://127.0.0.1:25".to_string()));
+        let cases = [
+            (
+                EmailConfig {
+                    smtp: smtp.clone(),
+                    tls_ca: Some(garbage.clone()),
+                    ..base.clone()
+                },
+                "email.smtp: tls_ca",
+            ),
+            (
+                EmailConfig {
+                    smtp: smtp.clone(),
+                    client_cert: Some(garbage.clone()),
+                    ..base.clone()
+                },
+                "email.smtp: client_cert and client_key go together",
+            ),
+            (
+                EmailConfig {
+                    smtp: smtp.clone(),
+                    client_cert: Some(garbage.clone()),
+                    client_key: Some(garbage.clone()),
+                    ..base.clone()
+                },
+                "email.smtp: client_cert/client_key",
+            ),
+            (
+                EmailConfig {
+                    domains: [("x.example".to_string(), DomainPolicy::default())].into(),
+                    ..base.clone()
+                },
+                "email.domains.x.example: set its smtp",
+            ),
+            (
+                EmailConfig {
+                    smtp,
+                    domains: [(
+                        "x.example".to_string(),
+                        DomainPolicy {
+                            tls_ca: Some(dir.path().join("missing.pem")),
+                            ..Default::default()
+                        },
+                    )]
+                    .into(),
+                    ..base.clone()
+                },
+                "email.domains.x.example: cannot read",
+            ),
+        ];
+        for (cfg, named) in cases {
+            let e = EmailChannel::from_config(&cfg).err().unwrap().to_string();
+            assert!(e.starts_with(named), "{named}: {e}");
+        }
     }
 
     #[test]

@@ -8,12 +8,17 @@
 //! `AsyncSmtpConnection` speak SMTP over it: EHLO, STARTTLS, AUTH and the
 //! mail transaction stay lettre's. Implicit TLS (`smtps://`) uses lettre's
 //! own connect.
+//!
+//! TLS is required unless the URL or a domain's policy says otherwise: a
+//! server that offers no STARTTLS gets nothing (`tls_required`), and its
+//! certificate must chain to the web's roots or `tls_ca` and name the host.
 
+use super::config::TlsPolicy;
 use crate::channels::DeliveryError;
 use lettre::address::Envelope;
 use lettre::transport::smtp::Error as SmtpError;
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
-use lettre::transport::smtp::client::{AsyncSmtpConnection, TlsParameters};
+use lettre::transport::smtp::client::{AsyncSmtpConnection, Certificate, Identity, TlsParameters};
 use lettre::transport::smtp::extension::ClientId;
 use lettre::transport::smtp::response::Response;
 use std::sync::Mutex;
@@ -24,9 +29,9 @@ use std::time::{Duration, Instant};
 pub enum TlsMode {
     /// `tls=none`: plain text, for a relay on the same host.
     None,
-    /// Default for `smtp://`: STARTTLS when the server offers it.
+    /// `tls=opportunistic`: STARTTLS when the server offers it.
     Opportunistic,
-    /// `tls=required`: STARTTLS or fail.
+    /// Default for `smtp://`, or `tls=required`: STARTTLS or nothing sent.
     Required,
     /// `smtps://`: TLS from the first byte.
     Wrapper,
@@ -63,10 +68,8 @@ impl SmtpTarget {
             .find(|(k, _)| k == "tls")
             .map(|(_, v)| v.into_owned());
         let (tls, default_port) = match (u.scheme(), tls_param.as_deref()) {
-            ("smtp", None | Some("opportunistic")) => (
-                TlsMode::Opportunistic,
-                if tls_param.is_some() { 587 } else { 25 },
-            ),
+            ("smtp", None) => (TlsMode::Required, 25),
+            ("smtp", Some("opportunistic")) => (TlsMode::Opportunistic, 587),
             ("smtp", Some("required")) => (TlsMode::Required, 587),
             ("smtp", Some("none")) => (TlsMode::None, 25),
             ("smtps", _) => (TlsMode::Wrapper, 465),
@@ -98,6 +101,45 @@ impl SmtpTarget {
     }
 }
 
+impl SmtpTarget {
+    /// The target with a domain's `tls` in place of the URL's. Implicit
+    /// TLS (`smtps://`) stays what it is.
+    pub fn with_policy(mut self, policy: Option<TlsPolicy>) -> SmtpTarget {
+        if self.tls != TlsMode::Wrapper {
+            self.tls = match policy {
+                Some(TlsPolicy::Required) => TlsMode::Required,
+                Some(TlsPolicy::Opportunistic) => TlsMode::Opportunistic,
+                Some(TlsPolicy::None) => TlsMode::None,
+                None => self.tls,
+            };
+        }
+        self
+    }
+}
+
+/// What the TLS handshake trusts and presents, read from PEM files.
+#[derive(Default)]
+pub struct TlsFiles {
+    /// Extra roots, besides the web's.
+    pub roots: Option<Vec<u8>>,
+    /// A client certificate chain and its key.
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+/// The DER of every certificate in `pem`; at least one.
+fn certificates(pem: &[u8]) -> Result<Vec<Vec<u8>>, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let ders = CertificateDer::pem_slice_iter(pem)
+        .map(|c| c.map(|c| c.to_vec()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("not PEM certificates ({e})"))?;
+    if ders.is_empty() {
+        return Err("no certificate in the file".into());
+    }
+    Ok(ders)
+}
+
 /// A user name or password from the URL: percent-decoded (RFC 3986), so
 /// `+`, `&` and `=` in a password stay what they are.
 fn percent_decode(s: &str) -> String {
@@ -113,6 +155,8 @@ const MAX_IDLE: usize = 32;
 pub struct SmtpPool {
     target: SmtpTarget,
     timeout: Duration,
+    /// Built once: the roots, the host name checked, the client identity.
+    tls: TlsParameters,
     idle: Mutex<Vec<(AsyncSmtpConnection, Instant)>>,
 }
 
@@ -121,7 +165,13 @@ pub struct SmtpPool {
 /// never the URL or its credentials.
 pub fn classify(e: &SmtpError) -> DeliveryError {
     let detail = e.to_string();
-    if e.is_permanent() {
+    if e.is_tls() || tls_in_chain(e) {
+        DeliveryError::Transient {
+            reason: "tls_failed",
+            detail,
+            retry_after: None,
+        }
+    } else if e.is_permanent() {
         DeliveryError::Permanent {
             reason: "smtp_rejected",
             detail,
@@ -141,6 +191,23 @@ pub fn classify(e: &SmtpError) -> DeliveryError {
     }
 }
 
+/// Whether a failure was the TLS handshake's (lettre reports a refused
+/// certificate as a connection error, with rustls's error inside).
+fn tls_in_chain(e: &SmtpError) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if c.is::<rustls::Error>()
+            || c.downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .is_some_and(|inner| inner.is::<rustls::Error>())
+        {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
+}
+
 fn unreachable(e: std::io::Error) -> DeliveryError {
     DeliveryError::Transient {
         reason: "smtp_unavailable",
@@ -150,16 +217,44 @@ fn unreachable(e: std::io::Error) -> DeliveryError {
 }
 
 impl SmtpPool {
-    pub fn new(target: SmtpTarget, timeout: Duration) -> Self {
-        Self {
+    /// A pool for `target`; fails on certificates or keys that do not
+    /// parse (named by the caller).
+    pub fn new(target: SmtpTarget, timeout: Duration, files: &TlsFiles) -> Result<Self, String> {
+        let mut tls = TlsParameters::builder(target.host.clone());
+        if let Some(pem) = &files.roots {
+            for der in certificates(pem).map_err(|e| format!("tls_ca: {e}"))? {
+                let root = Certificate::from_der(der).map_err(|e| format!("tls_ca: {e}"))?;
+                tls = tls.add_root_certificate(root);
+            }
+        }
+        if let Some((cert, key)) = &files.identity {
+            let bad = |e: String| format!("client_cert/client_key: {e}");
+            let leaf = certificates(cert).map_err(bad)?.swap_remove(0);
+            // lettre 0.11.23 takes the certificate as DER here, whatever
+            // the name says (its rustls path does not decode the PEM).
+            let identity = Identity::from_pem(&leaf, key).map_err(|e| bad(e.to_string()))?;
+            tls = tls.identify_with(identity);
+        }
+        let tls = tls.build_rustls().map_err(|e| format!("TLS: {e}"))?;
+        Ok(Self {
             target,
             timeout,
+            tls,
             idle: Mutex::new(Vec::new()),
-        }
+        })
     }
 
-    fn tls_params(&self) -> Result<TlsParameters, DeliveryError> {
-        TlsParameters::new(self.target.host.clone()).map_err(|e| classify(&e))
+    /// Why nothing was sent to a server without STARTTLS.
+    fn refused_in_clear(&self) -> DeliveryError {
+        DeliveryError::Transient {
+            reason: "tls_required",
+            detail: format!(
+                "{}:{} offers no STARTTLS and TLS is required: nothing sent in clear \
+                 (a recipient domain's [email.domains] tls = \"opportunistic\" allows it)",
+                self.target.host, self.target.port
+            ),
+            retry_after: None,
+        }
     }
 
     async fn connect(&self) -> Result<AsyncSmtpConnection, DeliveryError> {
@@ -169,7 +264,7 @@ impl SmtpPool {
                 (t.host.as_str(), t.port),
                 Some(self.timeout),
                 &t.hello,
-                Some(self.tls_params()?),
+                Some(self.tls.clone()),
                 None,
             )
             .await
@@ -184,12 +279,16 @@ impl SmtpPool {
                 .map_err(|e| classify(&e))?
         };
         let upgrade = match t.tls {
+            TlsMode::Required if !conn.can_starttls() => {
+                conn.abort().await;
+                return Err(self.refused_in_clear());
+            }
             TlsMode::Required => true,
             TlsMode::Opportunistic => conn.can_starttls(),
             TlsMode::None | TlsMode::Wrapper => false,
         };
         if upgrade {
-            conn.starttls(self.tls_params()?, &t.hello)
+            conn.starttls(self.tls.clone(), &t.hello)
                 .await
                 .map_err(|e| classify(&e))?;
         }
@@ -272,8 +371,10 @@ mod tests {
         let t = SmtpTarget::parse("smtp://127.0.0.1:2525").unwrap();
         assert_eq!(
             (t.host.as_str(), t.port, t.tls),
-            ("127.0.0.1", 2525, TlsMode::Opportunistic)
+            ("127.0.0.1", 2525, TlsMode::Required)
         );
+        let t = SmtpTarget::parse("smtp://mx.example?tls=opportunistic").unwrap();
+        assert_eq!((t.port, t.tls), (587, TlsMode::Opportunistic));
         let t =
             SmtpTarget::parse("smtp://user%40isp:p%40ss@mail.example.com?tls=required").unwrap();
         assert_eq!((t.port, t.tls), (587, TlsMode::Required));
@@ -285,6 +386,15 @@ mod tests {
         assert_eq!((t.port, t.tls), (465, TlsMode::Wrapper));
         let t = SmtpTarget::parse("smtp://localhost?tls=none").unwrap();
         assert_eq!(t.tls, TlsMode::None);
+        // A domain's policy overrides the URL's, except implicit TLS.
+        let t = SmtpTarget::parse("smtp://mx.example").unwrap();
+        assert_eq!(
+            t.clone().with_policy(Some(TlsPolicy::Opportunistic)).tls,
+            TlsMode::Opportunistic
+        );
+        assert_eq!(t.with_policy(None).tls, TlsMode::Required);
+        let t = SmtpTarget::parse("smtps://mx.example").unwrap();
+        assert_eq!(t.with_policy(Some(TlsPolicy::None)).tls, TlsMode::Wrapper);
         assert!(SmtpTarget::parse("smtp://h?tls=maybe").is_err());
         assert!(SmtpTarget::parse("http://h").is_err());
         assert!(
