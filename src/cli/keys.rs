@@ -43,7 +43,7 @@ pub fn generate(arg: ConfigArg, out: Option<PathBuf>) -> anyhow::Result<ExitCode
 }
 
 /// Creates `path` with mode 0600; never overwrites.
-fn write_secret(path: &Path, secret: &str) -> anyhow::Result<()> {
+pub(super) fn write_secret(path: &Path, secret: &str) -> anyhow::Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)
             .map_err(|e| anyhow::anyhow!("--out: cannot create {}: {e}", dir.display()))?;

@@ -3,6 +3,7 @@
 mod apprise;
 mod audit;
 mod ca;
+mod dkim;
 mod explain;
 mod inbound;
 mod keys;
@@ -78,6 +79,30 @@ pub enum Command {
     /// The tamper-evident audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// DKIM keys, and the DNS records that publish them.
+    #[command(subcommand)]
+    Dkim(DkimCommand),
+}
+
+#[derive(Subcommand)]
+pub enum DkimCommand {
+    /// Make a DKIM key (Ed25519, or RSA with --rsa BITS), write it to a new
+    /// file (0600, never overwritten), and print its DNS record and the
+    /// [email.dkim] lines to add.
+    Generate {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The selector the record is published under.
+        #[arg(long)]
+        selector: String,
+        #[arg(long)]
+        out: PathBuf,
+        /// An RSA key of this many bits (2048 or more) instead of Ed25519.
+        #[arg(long)]
+        rsa: Option<u32>,
+    },
+    /// Print the DNS TXT record of every configured selector.
+    Dns(ConfigArg),
 }
 
 #[derive(Subcommand)]
@@ -249,6 +274,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         }) => token::create(config, name, scopes, staff, expires, allow, cert).await,
         Command::Token(TokenCommand::List(c)) => token::list(c).await,
         Command::Ca(CaCommand::Init { dir, name, days }) => ca::init(dir, name, days),
+        Command::Dkim(DkimCommand::Generate {
+            config,
+            selector,
+            out,
+            rsa,
+        }) => dkim::generate(config, selector, out, rsa),
+        Command::Dkim(DkimCommand::Dns(c)) => dkim::dns(c),
         Command::Ca(CaCommand::Issue { dir, name, days }) => ca::issue(dir, name, days),
         Command::Ca(CaCommand::Revoke { dir, which }) => ca::revoke(dir, which),
         Command::Token(TokenCommand::Revoke { config, id }) => token::revoke(config, id).await,

@@ -181,3 +181,102 @@ async fn mail_leaves_encrypted_or_not_at_all_unless_a_domain_allows_it() {
     assert_eq!(over_tls.len(), 1, "{over_tls:?}");
     assert!(over_tls[0].contains("dave@mtls.example"));
 }
+
+/// DKIM (issue 16): keys made by `kci dkim generate`, one Ed25519 and one
+/// RSA; every mail kci sends carries both signatures, and Python's dkimpy
+/// verifies each against the records `kci dkim dns` prints.
+#[tokio::test]
+async fn every_mail_is_dkim_signed_and_dkimpy_verifies_both_signatures() {
+    let dir = tempfile::tempdir().unwrap();
+    let smtp = SmtpServer::start(dir.path());
+    let (ed, rsa) = (dir.path().join("ed.pem"), dir.path().join("rsa.pem"));
+    let email = format!(
+        "[email.dkim]\nselectors = [{{ name = \"kci-ed\", key = \"{}\" }}, {{ name = \"kci-rsa\", key = \"{}\" }}]\n",
+        ed.display(),
+        rsa.display()
+    );
+    for (selector, path, rsa_bits) in [("kci-ed", &ed, None), ("kci-rsa", &rsa, Some("2048"))] {
+        let path = path.display().to_string();
+        let mut args = vec!["dkim", "generate", "--selector", selector, "--out", &path];
+        args.extend(rsa_bits.iter().flat_map(|b| ["--rsa", *b]));
+        let out = Command::new(env!("CARGO_BIN_EXE_kci"))
+            .args(&args)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(text.contains(&format!("{selector}._domainkey.")), "{text}");
+    }
+    let kci = Kci::start_full(Some(smtp.port), "", &email, "");
+    let (code, records, err) = kci.cli(&["dkim", "dns"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        records.contains("kci-ed._domainkey.isp.example. IN TXT \"v=DKIM1; k=ed25519; p="),
+        "{records}"
+    );
+    assert!(
+        records.contains("kci-rsa._domainkey.isp.example. IN TXT \"v=DKIM1; k=rsa; p="),
+        "{records}"
+    );
+
+    let admin = kci.token(&["admin"]);
+    kci.customer(
+        &admin,
+        "A1",
+        "c",
+        json!({"uri": "mailto:alice@example.org", "verified": true}),
+    )
+    .await;
+    kci.post_event(
+        &admin,
+        r#"{"id":"d1","type":"line.down","account":"A1","service":"L1","data":{"ticket":"T-1"}}"#,
+    )
+    .await;
+    let mail = eventually(30, "the mail", || async { smtp.mails().pop() }).await;
+    assert_eq!(mail.matches("DKIM-Signature:").count(), 2, "{mail}");
+
+    const VERIFY: &str = r#"
+import re, sys, dkim
+records = {}
+for line in sys.argv[1].splitlines():
+    name, rest = line.split(" IN TXT ", 1)
+    records[name.rstrip(".")] = "".join(re.findall(r'"([^"]*)"', rest)).encode()
+def dnsfunc(name, timeout=5):
+    return records.get(name.decode().rstrip("."))
+msg = sys.stdin.buffer.read()
+d = dkim.DKIM(msg)
+n = len(re.findall(rb"(?im)^DKIM-Signature:", msg))
+print(" ".join("pass" if d.verify(idx=i, dnsfunc=dnsfunc) else "fail" for i in range(n)))
+"#;
+    let verify = |mail: &str| {
+        use std::io::Write;
+        let mut child = Command::new("/usr/bin/python3")
+            .args(["-c", VERIFY, &records])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("python3-dkim");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(mail.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(verify(&mail), "pass pass");
+    let forged = mail.replace("Line L1 is down", "Line L1 is fine");
+    assert_eq!(verify(&forged), "fail fail");
+}

@@ -54,6 +54,9 @@ pub struct EmailConfig {
     /// Its private key (PEM, unencrypted; keep the file 0600).
     #[serde(default)]
     pub smime_key: Option<PathBuf>,
+    /// DKIM: every mail signed for the sender's domain with each selector.
+    #[serde(default)]
+    pub dkim: Option<super::dkim::DkimConfig>,
 }
 
 /// How mail to one recipient domain leaves: its own route (a partner's MTA)
@@ -129,6 +132,7 @@ impl Default for EmailConfig {
             signing_key: None,
             smime_cert: None,
             smime_key: None,
+            dkim: None,
         }
     }
 }

@@ -13,6 +13,7 @@
 //! notice in clear tells every relay and mailbox provider on the way what
 //! the customer wanted kept between them and the operator.
 
+pub mod dkim;
 mod maildir;
 mod smtp;
 
@@ -131,6 +132,8 @@ pub struct EmailChannel {
     signing: Option<OperatorKey>,
     /// Or the operator's S/MIME certificate and key.
     smime: Option<crate::smime::SmimeSigner>,
+    /// DKIM signatures on every mail, outermost.
+    dkim: Option<dkim::Dkim>,
 }
 
 /// Reads the operator's secret key from `path` (`[email] signing_key`).
@@ -158,7 +161,14 @@ impl EmailChannel {
             (Some(cert), Some(key)) => Some(crate::smime::SmimeSigner::load(cert, key)?),
             _ => None,
         };
+        let dkim = cfg
+            .dkim
+            .as_ref()
+            .map(|d| dkim::Dkim::load(d, &domain))
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("email.dkim: {e}"))?;
         Ok(Self {
+            dkim,
             from,
             domain,
             routes,
@@ -173,8 +183,23 @@ impl EmailChannel {
     }
 
     /// The envelope and the bytes of the mail for `msg`: plain, signed, or
-    /// signed and encrypted (see the module doc).
+    /// signed and encrypted (see the module doc), and DKIM-signed when
+    /// `[email.dkim]` is set.
     pub fn render(&self, msg: &Outgoing) -> Result<(Envelope, Vec<u8>), DeliveryError> {
+        let (envelope, mail) = self.render_body(msg)?;
+        match &self.dkim {
+            Some(dkim) => {
+                let mail = dkim.sign(mail).map_err(|detail| DeliveryError::Permanent {
+                    reason: "dkim",
+                    detail,
+                })?;
+                Ok((envelope, mail))
+            }
+            None => Ok((envelope, mail)),
+        }
+    }
+
+    fn render_body(&self, msg: &Outgoing) -> Result<(Envelope, Vec<u8>), DeliveryError> {
         let n = &msg.notification;
         let to = self.to(msg)?;
         let envelope = Envelope::new(Some(self.from.email.clone()), vec![to.email.clone()])
