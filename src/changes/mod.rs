@@ -341,15 +341,12 @@ pub async fn run(
     wake: Arc<tokio::sync::Notify>,
     shutdown: crate::shutdown::Shutdown,
 ) {
-    let key = match &config.email.signing_key {
-        Some(path) => match crate::channels::email::load_signing_key(path) {
-            Ok(k) => Some(k),
-            Err(e) => {
-                tracing::warn!(error = %e, "audit checkpoints will not be signed");
-                None
-            }
-        },
-        None => None,
+    let key = match crate::channels::email::load_signing_key(&config.email) {
+        Ok(k) => k,
+        Err(e) => {
+            tracing::warn!(error = %e, "audit checkpoints will not be signed");
+            None
+        }
     };
     let tick = std::time::Duration::from_secs(1);
     loop {

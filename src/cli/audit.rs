@@ -6,10 +6,8 @@ use std::process::ExitCode;
 
 pub async fn verify(arg: ConfigArg) -> anyhow::Result<ExitCode> {
     let config = super::load_config(&arg)?;
-    let public = match &config.email.signing_key {
-        Some(path) => Some(crate::channels::email::load_signing_key(path)?.public_armored()),
-        None => None,
-    };
+    let public =
+        crate::channels::email::load_signing_key(&config.email)?.map(|k| k.public_armored());
     let store = crate::store::open(config.store.url.expose()).await?;
     match crate::audit::verify(store.as_ref(), public.as_deref()).await? {
         Ok(intact) => {

@@ -11,11 +11,19 @@ use std::process::ExitCode;
 /// Where the secret key goes without `--out`.
 pub const DEFAULT_OUT: &str = "kci-data/operator-secret.asc";
 
-pub fn generate(arg: ConfigArg, out: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+pub fn generate(
+    arg: ConfigArg,
+    out: Option<PathBuf>,
+    passphrase_file: Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
     let config = super::load_config(&arg)?;
     let user_id = config.email.from.trim().to_string();
     let out = out.unwrap_or_else(|| PathBuf::from(DEFAULT_OUT));
-    let (key, secret) = OperatorKey::generate(&user_id, None)?;
+    let passphrase = passphrase_file
+        .as_deref()
+        .map(read_passphrase)
+        .transpose()?;
+    let (key, secret) = OperatorKey::generate_protected(&user_id, None, passphrase.as_deref())?;
     write_secret(&out, &secret)?;
     let from: lettre::message::Mailbox = user_id
         .parse()
@@ -29,6 +37,9 @@ pub fn generate(arg: ConfigArg, out: Option<PathBuf>) -> anyhow::Result<ExitCode
     println!();
     println!("  [email]");
     println!("  signing_key = \"{}\"", out.display());
+    if let Some(file) = &passphrase_file {
+        println!("  signing_key_passphrase_file = \"{}\"", file.display());
+    }
     println!();
     if let Some([advanced, direct]) = crate::pgp::wkd::urls(&address) {
         println!("kci serves it as a Web Key Directory; route these to kci over HTTPS:");
@@ -40,6 +51,19 @@ pub fn generate(arg: ConfigArg, out: Option<PathBuf>) -> anyhow::Result<ExitCode
     println!();
     print!("{}", key.public_armored());
     Ok(ExitCode::SUCCESS)
+}
+
+/// The first line of `path`: a passphrase of at least 12 characters.
+fn read_passphrase(path: &Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("--passphrase-file: cannot read {}: {e}", path.display()))?;
+    let line = text.lines().next().unwrap_or("").to_string();
+    anyhow::ensure!(
+        line.chars().count() >= 12,
+        "--passphrase-file: {}: the passphrase is shorter than 12 characters",
+        path.display()
+    );
+    Ok(line)
 }
 
 /// Creates `path` with mode 0600; never overwrites.

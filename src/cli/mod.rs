@@ -171,6 +171,11 @@ pub enum KeysCommand {
         /// Where to write the secret key (default kci-data/operator-secret.asc).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Protect the secret key with the passphrase in this file (its
+        /// first line): the key file alone is then useless to a thief. kci
+        /// reads it from [email] signing_key_passphrase_file.
+        #[arg(long)]
+        passphrase_file: Option<PathBuf>,
     },
 }
 
@@ -295,7 +300,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Audit(AuditCommand::Verify(c)) => audit::verify(c).await,
         Command::Simulate { scenario } => simulate::run(&scenario).await,
         Command::Explain { config, event } => explain::run(config, event).await,
-        Command::Keys(KeysCommand::Generate { config, out }) => keys::generate(config, out),
+        Command::Keys(KeysCommand::Generate {
+            config,
+            out,
+            passphrase_file,
+        }) => keys::generate(config, out, passphrase_file),
         Command::Inbound(c) => inbound::run(c).await,
         Command::Apprise(AppriseCommand::Import { source }) => apprise::import(&source),
         Command::Apprise(AppriseCommand::Export { config, to }) => apprise::export(config, to),

@@ -41,7 +41,18 @@ impl OperatorKey {
         user_id: &str,
         validity: Option<Duration>,
     ) -> Result<(OperatorKey, String), PgpError> {
+        Self::generate_protected(user_id, validity, None)
+    }
+
+    /// As [`OperatorKey::generate`], the secret form protected by
+    /// `passphrase` when one is given.
+    pub fn generate_protected(
+        user_id: &str,
+        validity: Option<Duration>,
+        passphrase: Option<&str>,
+    ) -> Result<(OperatorKey, String), PgpError> {
         let (cert, _revocation) = CertBuilder::new()
+            .set_password(passphrase.map(openpgp::crypto::Password::from))
             .set_profile(Profile::RFC4880)
             .map_err(PgpError::crypto)?
             .set_cipher_suite(CipherSuite::Cv25519)
@@ -61,20 +72,28 @@ impl OperatorKey {
             .map_err(PgpError::crypto)?;
         let tsk = cert.as_tsk().armored().to_vec().map_err(PgpError::crypto)?;
         let tsk = String::from_utf8(tsk).map_err(PgpError::crypto)?;
-        Ok((OperatorKey::from_cert(cert)?, tsk))
+        Ok((OperatorKey::from_cert(cert, passphrase)?, tsk))
     }
 
     /// Reads an armored secret key (a transferable secret key). Refused:
-    /// public keys, password-protected keys (protect the file instead: kci
-    /// has to sign unattended), and keys whose signing key is not a valid
-    /// Ed25519 key now.
+    /// public keys, and keys whose signing key is not a valid Ed25519 key
+    /// now. A passphrase-protected key needs its passphrase.
     pub fn from_armored(text: &str) -> Result<OperatorKey, PgpError> {
-        let cert = Cert::from_bytes(text.as_bytes())
-            .map_err(|e| PgpError::OperatorKey(format!("not an OpenPGP key ({e})")))?;
-        OperatorKey::from_cert(cert)
+        Self::from_armored_with(text, None)
     }
 
-    fn from_cert(cert: Cert) -> Result<OperatorKey, PgpError> {
+    /// As [`OperatorKey::from_armored`], unlocking a protected key with
+    /// `passphrase` (kept only as the unlocked key, in memory).
+    pub fn from_armored_with(
+        text: &str,
+        passphrase: Option<&str>,
+    ) -> Result<OperatorKey, PgpError> {
+        let cert = Cert::from_bytes(text.as_bytes())
+            .map_err(|e| PgpError::OperatorKey(format!("not an OpenPGP key ({e})")))?;
+        OperatorKey::from_cert(cert, passphrase)
+    }
+
+    fn from_cert(cert: Cert, passphrase: Option<&str>) -> Result<OperatorKey, PgpError> {
         let refuse = |why: &str| PgpError::OperatorKey(why.to_string());
         if !cert.is_tsk() {
             return Err(refuse(
@@ -98,13 +117,21 @@ impl OperatorKey {
             .for_signing()
             .find(|ka| is_ed25519(ka.key().pk_algo(), ka.key().mpis()))
             .ok_or_else(|| refuse("the key has no valid Ed25519 signing key with its secret"))?;
-        if !ka.key().has_unencrypted_secret() {
-            return Err(refuse(
-                "the secret key is password-protected; kci signs unattended, so \
-                 keep it unprotected in a file only kci can read (mode 0600)",
-            ));
-        }
-        let signer = ka.key().clone().into_keypair().map_err(PgpError::crypto)?;
+        let key = match (ka.key().has_unencrypted_secret(), passphrase) {
+            (true, _) => ka.key().clone(),
+            (false, None) => {
+                return Err(refuse(
+                    "the secret key is passphrase-protected; give its passphrase as \
+                     [email] signing_key_passphrase_file (or a systemd credential)",
+                ));
+            }
+            (false, Some(p)) => ka
+                .key()
+                .clone()
+                .decrypt_secret(&openpgp::crypto::Password::from(p))
+                .map_err(|_| refuse("the passphrase does not unlock the secret key"))?,
+        };
+        let signer = key.into_keypair().map_err(PgpError::crypto)?;
         let fingerprint = fingerprint_hex(&cert.fingerprint());
         Ok(OperatorKey {
             public: cert.strip_secret_key_material(),
@@ -207,6 +234,33 @@ mod tests {
             .features()
             .unwrap();
         assert!(f.supports_seipdv1() && !f.supports_seipdv2());
+    }
+
+    /// A passphrase-protected key (the file alone is useless to a thief)
+    /// is unlocked with its passphrase, refused without it or with another,
+    /// and signs like any other once unlocked.
+    #[test]
+    fn a_protected_key_needs_its_passphrase() {
+        let (key, tsk) =
+            OperatorKey::generate_protected("kci <kci@example.org>", None, Some("correct horse"))
+                .unwrap();
+        let e = OperatorKey::from_armored(&tsk).unwrap_err().to_string();
+        assert!(e.contains("passphrase-protected"), "{e}");
+        let e = OperatorKey::from_armored_with(&tsk, Some("wrong horse"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("does not unlock"), "{e}");
+        let unlocked = OperatorKey::from_armored_with(&tsk, Some("correct horse")).unwrap();
+        assert_eq!(unlocked.fingerprint(), key.fingerprint());
+        assert!(
+            unlocked
+                .sign_detached(b"hello")
+                .unwrap()
+                .contains("PGP SIGNATURE")
+        );
+        // An unprotected key ignores a passphrase.
+        let (_, plain) = OperatorKey::generate("kci <kci@example.org>", None).unwrap();
+        assert!(OperatorKey::from_armored_with(&plain, Some("x")).is_ok());
     }
 
     #[test]

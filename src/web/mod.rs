@@ -55,10 +55,14 @@ pub fn router(state: AppState) -> Router {
     // The operator's Web Key Directory, when mail is signed. The key was
     // already loaded once by the email channel, which refuses to start
     // without it; a failure here only leaves the directory out.
-    if let Some(path) = &state.config.email.signing_key {
+    if state.config.email.signing_key.is_some() {
         let from = state.config.email.from.parse::<lettre::message::Mailbox>();
-        match (crate::channels::email::load_signing_key(path), from) {
-            (Ok(key), Ok(from)) => {
+        match (
+            crate::channels::email::load_signing_key(&state.config.email),
+            from,
+        ) {
+            (Ok(None), _) => {}
+            (Ok(Some(key)), Ok(from)) => {
                 let dir = wkd::Directory::new(&key, from.email.as_ref());
                 routes = routes.merge(wkd::routes(dir));
             }

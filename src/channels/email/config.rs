@@ -47,6 +47,11 @@ pub struct EmailConfig {
     /// cannot use it.
     #[serde(default)]
     pub signing_key: Option<PathBuf>,
+    /// The passphrase of a protected `signing_key`: give it as
+    /// `signing_key_passphrase_file` (a file, or a systemd credential's
+    /// name), never in the config in clear.
+    #[serde(default)]
+    pub signing_key_passphrase: Option<Secret<String>>,
     /// The operator's S/MIME certificate (PEM, intermediates after it), for
     /// operators without an OpenPGP key: every mail is then S/MIME signed.
     #[serde(default)]
@@ -130,6 +135,7 @@ impl Default for EmailConfig {
             outbox: default_outbox(),
             timeout: default_timeout(),
             signing_key: None,
+            signing_key_passphrase: None,
             smime_cert: None,
             smime_key: None,
             dkim: None,

@@ -136,11 +136,20 @@ pub struct EmailChannel {
     dkim: Option<dkim::Dkim>,
 }
 
-/// Reads the operator's secret key from `path` (`[email] signing_key`).
-pub fn load_signing_key(path: &std::path::Path) -> anyhow::Result<OperatorKey> {
+/// Reads the operator's secret key (`[email] signing_key`), unlocked with
+/// `signing_key_passphrase` when it is protected; `None` when none is set.
+pub fn load_signing_key(cfg: &EmailConfig) -> anyhow::Result<Option<OperatorKey>> {
+    let Some(path) = &cfg.signing_key else {
+        return Ok(None);
+    };
     let text = std::fs::read_to_string(path)
         .map_err(|e| anyhow::anyhow!("email.signing_key: cannot read {}: {e}", path.display()))?;
-    OperatorKey::from_armored(&text)
+    let passphrase = cfg
+        .signing_key_passphrase
+        .as_ref()
+        .map(|p| p.expose().as_str());
+    OperatorKey::from_armored_with(&text, passphrase)
+        .map(Some)
         .map_err(|e| anyhow::anyhow!("email.signing_key: {}: {e}", path.display()))
 }
 
@@ -152,11 +161,7 @@ impl EmailChannel {
             .map_err(|e| anyhow::anyhow!("email.from: {e}"))?;
         let domain = from.email.domain().to_string();
         let routes = Routes::from_config(cfg)?;
-        let signing = cfg
-            .signing_key
-            .as_deref()
-            .map(load_signing_key)
-            .transpose()?;
+        let signing = load_signing_key(cfg)?;
         let smime = match (&cfg.smime_cert, &cfg.smime_key) {
             (Some(cert), Some(key)) => Some(crate::smime::SmimeSigner::load(cert, key)?),
             _ => None,
@@ -514,6 +519,45 @@ mod tests {
             let e = EmailChannel::from_config(&cfg).err().unwrap().to_string();
             assert!(e.starts_with(named), "{named}: {e}");
         }
+    }
+
+    /// A protected operator key with its passphrase from a file named in
+    /// the config (`signing_key_passphrase_file`): kci signs; without the
+    /// passphrase it refuses to start, saying what to give.
+    #[test]
+    fn a_protected_signing_key_is_unlocked_by_its_passphrase_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (key, tsk) = OperatorKey::generate_protected(
+            "NOC <noc@isp.example>",
+            None,
+            Some("a long enough passphrase"),
+        )
+        .unwrap();
+        let (key_path, pass_path) = (dir.path().join("op.asc"), dir.path().join("pass"));
+        std::fs::write(&key_path, tsk).unwrap();
+        std::fs::write(&pass_path, "a long enough passphrase\n").unwrap();
+        let config = |extra: &str| {
+            crate::config::Config::parse(
+                &format!(
+                    "[email]\nsigning_key = \"{}\"\noutbox = \"{}\"\n{extra}",
+                    key_path.display(),
+                    dir.path().join("outbox").display()
+                ),
+                "test.toml",
+            )
+            .unwrap()
+        };
+        let cfg = config(&format!(
+            "signing_key_passphrase_file = \"{}\"\n",
+            pass_path.display()
+        ));
+        let ch = EmailChannel::from_config(&cfg.email).unwrap();
+        assert_eq!(ch.signing_key().unwrap().fingerprint(), key.fingerprint());
+        let e = EmailChannel::from_config(&config("").email)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("signing_key_passphrase_file"), "{e}");
     }
 
     #[test]
