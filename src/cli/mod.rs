@@ -4,6 +4,7 @@ mod apprise;
 mod audit;
 mod ca;
 mod dkim;
+mod doctor;
 mod explain;
 mod inbound;
 mod keys;
@@ -79,6 +80,11 @@ pub enum Command {
     /// The tamper-evident audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Check the installation and say what to fix: secret files others can
+    /// read, certificates expired or expiring, unusable keys, DNS records
+    /// for DKIM and the Web Key Directory, providers out of reach, the
+    /// database's schema and clock. Exit 1 when anything failed.
+    Doctor(ConfigArg),
     /// DKIM keys, and the DNS records that publish them.
     #[command(subcommand)]
     Dkim(DkimCommand),
@@ -286,6 +292,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             rsa,
         }) => dkim::generate(config, selector, out, rsa),
         Command::Dkim(DkimCommand::Dns(c)) => dkim::dns(c),
+        Command::Doctor(c) => doctor::run(c).await,
         Command::Ca(CaCommand::Issue { dir, name, days }) => ca::issue(dir, name, days),
         Command::Ca(CaCommand::Revoke { dir, which }) => ca::revoke(dir, which),
         Command::Token(TokenCommand::Revoke { config, id }) => token::revoke(config, id).await,

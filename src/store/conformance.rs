@@ -2269,7 +2269,20 @@ pub async fn check_calls(store: &dyn Store) {
     }
 }
 
+/// `kci doctor`'s view: a migrated store is at the newest schema; a
+/// server with its own clock tells it, and it is this machine's.
+pub async fn check_inspect(store: &dyn Store) {
+    let info = store.inspect().await.unwrap();
+    assert!(info.latest > 0);
+    assert_eq!(info.schema, info.latest);
+    if let Some(theirs) = info.server_time {
+        let skew = (theirs - Utc::now()).num_seconds().abs();
+        assert!(skew < 60, "the test database's clock is {skew} s off");
+    }
+}
+
 conformance!(
+    check_inspect,
     check_tokens,
     check_directory,
     check_ingest_is_atomic_and_idempotent,

@@ -1591,6 +1591,22 @@ impl<B: Backend> Store for Db<B> {
         })
         .await
     }
+
+    async fn inspect(&self) -> Result<super::StoreInfo> {
+        let latest = B::MIGRATIONS.last().map_or(0, |m| m.0);
+        let (schema, server_time) = self
+            .write(|rows| {
+                Box::pin(
+                    async move { Ok((rows.schema_version().await?, rows.server_time().await?)) },
+                )
+            })
+            .await?;
+        Ok(super::StoreInfo {
+            schema,
+            latest,
+            server_time: server_time.and_then(DateTime::from_timestamp_millis),
+        })
+    }
 }
 
 fn put_outcome(existed: bool) -> PutOutcome {

@@ -665,6 +665,21 @@ pub trait Store:
 {
     /// Brings the schema up to date; safe to call on every start.
     async fn migrate(&self) -> Result<()>;
+
+    /// What `kci doctor` checks: the schema version and the server's clock.
+    async fn inspect(&self) -> Result<StoreInfo>;
+}
+
+/// The state of a database, as found (nothing changed but the version
+/// table, created empty where it was missing).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoreInfo {
+    /// The schema version the database has (0: none yet).
+    pub schema: i64,
+    /// The newest version this build knows.
+    pub latest: i64,
+    /// The database server's clock, when it has its own (PostgreSQL).
+    pub server_time: Option<DateTime<Utc>>,
 }
 
 /// The store traits, for `use crate::store::prelude::*` where a store is
@@ -676,20 +691,26 @@ pub mod prelude {
     };
 }
 
-/// Opens the store named by a config `store.url`.
+/// Opens the store named by a config `store.url`, its schema brought up
+/// to date.
 pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
-    if let Some(path) = url
-        .strip_prefix("sqlite://")
-        .or_else(|| url.strip_prefix("sqlite:"))
-    {
-        let store = sqlite::SqliteStore::open(path)?;
-        store.migrate().await?;
-        Ok(Arc::new(store))
-    } else {
-        let store = postgres::PgStore::connect(url).await?;
-        store.migrate().await?;
-        Ok(Arc::new(store))
+    let store = open_as_is(url).await?;
+    store.migrate().await?;
+    Ok(store)
+}
+
+/// Opens the store without migrating it (to inspect it).
+pub async fn open_as_is(url: &str) -> Result<Arc<dyn Store>> {
+    match sqlite_path(url) {
+        Some(path) => Ok(Arc::new(sqlite::SqliteStore::open(path)?)),
+        None => Ok(Arc::new(postgres::PgStore::connect(url).await?)),
     }
+}
+
+/// The file of a `sqlite://` URL; `None` for another store.
+pub fn sqlite_path(url: &str) -> Option<&str> {
+    url.strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
 }
 
 pub use crate::model::sha256_hex;

@@ -350,6 +350,15 @@ impl Rows for PgRows {
         Ok(v.await?.unwrap_or(0))
     }
 
+    async fn server_time(&mut self) -> Result<Option<i64>> {
+        self.one(
+            "SELECT (EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT",
+            &[],
+            |r| r.int(0),
+        )
+        .await
+    }
+
     async fn migrate_to(&mut self, version: i64, sql: &str, at: i64) -> Result<()> {
         self.c()?.batch_execute(sql).await?;
         let insert = "INSERT INTO kci_schema (version, applied_at) VALUES ($1, $2)";

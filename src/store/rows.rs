@@ -193,6 +193,9 @@ pub trait Rows: Send + 'static {
         sql: &str,
         at: i64,
     ) -> impl Future<Output = Result<()>> + Send;
+    /// The database server's clock (ms since the epoch), when it has one
+    /// of its own.
+    fn server_time(&mut self) -> impl Future<Output = Result<Option<i64>>> + Send;
 
     fn insert_token(
         &mut self,

@@ -334,6 +334,10 @@ impl Rows for Lite {
         )?)
     }
 
+    async fn server_time(&mut self) -> Result<Option<i64>> {
+        Ok(None) // in this process: its clock is kci's
+    }
+
     async fn migrate_to(&mut self, version: i64, sql: &str, at: i64) -> Result<()> {
         self.0.execute_batch(sql)?;
         self.exec(

@@ -12,6 +12,7 @@ mod channels_load;
 mod common;
 mod crash;
 mod delivery;
+mod doctor;
 #[allow(dead_code)] // the benchmark reads figures the test does not
 mod load_scenario;
 mod mail_transport;

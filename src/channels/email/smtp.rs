@@ -208,10 +208,10 @@ fn tls_in_chain(e: &SmtpError) -> bool {
     false
 }
 
-fn unreachable(e: std::io::Error) -> DeliveryError {
+fn unreachable(t: &SmtpTarget, e: std::io::Error) -> DeliveryError {
     DeliveryError::Transient {
         reason: "smtp_unavailable",
-        detail: format!("cannot connect: {e}"),
+        detail: format!("cannot connect to {}:{}: {e}", t.host, t.port),
         retry_after: None,
     }
 }
@@ -272,8 +272,8 @@ impl SmtpPool {
         } else {
             let tcp = tokio::net::TcpStream::connect((t.host.as_str(), t.port))
                 .await
-                .map_err(unreachable)?;
-            tcp.set_nodelay(true).map_err(unreachable)?;
+                .map_err(|e| unreachable(t, e))?;
+            tcp.set_nodelay(true).map_err(|e| unreachable(t, e))?;
             AsyncSmtpConnection::connect_with_transport(Box::new(tcp), &t.hello)
                 .await
                 .map_err(|e| classify(&e))?
