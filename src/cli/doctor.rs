@@ -256,6 +256,9 @@ fn secret_files(config: &Config) -> Vec<(String, PathBuf)> {
     for s in e.dkim.iter().flat_map(|d| &d.selectors) {
         out.push((format!("email.dkim.{}", s.name), s.key.clone()));
     }
+    if let Some(t) = &config.keys.smtp_tls {
+        out.push(("keys.smtp_tls.key".into(), t.key.clone()));
+    }
     out
 }
 

@@ -92,20 +92,37 @@ pub async fn run(arg: ConfigArg) -> anyhow::Result<ExitCode> {
             crate::web::tls::Tls::load(files).map_err(|e| anyhow::anyhow!(e))?,
         )),
     };
+    let smtp_tls = match &config.keys.smtp_tls {
+        Some(t) => Some(crate::inbound::smtp::ListenerTls {
+            tls: Arc::new(crate::web::tls::Tls::load(t.files()).map_err(|e| anyhow::anyhow!(e))?),
+            required: t.required,
+        }),
+        None => None,
+    };
     #[cfg(unix)]
-    if let Some(tls) = tls.clone() {
-        // A renewed certificate, read again on SIGHUP.
-        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
-        tokio::spawn(async move {
-            while hup.recv().await.is_some() {
-                match tls.reload() {
-                    Ok(()) => tracing::info!("TLS certificate reloaded"),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "TLS reload failed; the certificate in use stays")
+    {
+        // Renewed certificates, read again on SIGHUP.
+        let reloadable: Vec<_> = tls
+            .iter()
+            .cloned()
+            .chain(smtp_tls.iter().map(|t| t.tls.clone()))
+            .collect();
+        if !reloadable.is_empty() {
+            let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+            tokio::spawn(async move {
+                while hup.recv().await.is_some() {
+                    for tls in &reloadable {
+                        match tls.reload() {
+                            Ok(()) => tracing::info!("TLS certificate reloaded"),
+                            Err(e) => tracing::warn!(
+                                error = %e,
+                                "TLS reload failed; the certificate in use stays"
+                            ),
+                        }
                     }
                 }
-            }
-        });
+            });
+        }
     }
     let addr = listener.local_addr()?;
     let scheme = if tls.is_some() { "https" } else { "http" };
@@ -121,6 +138,7 @@ pub async fn run(arg: ConfigArg) -> anyhow::Result<ExitCode> {
             config: config.clone(),
             wake: state.wake.clone(),
             metrics: state.metrics.clone(),
+            tls: smtp_tls,
         };
         tokio::spawn(inbound.serve(socket, shutdown.clone()));
     }

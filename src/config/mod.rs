@@ -300,9 +300,12 @@ pub struct KeysConfig {
     #[serde(default)]
     pub submission_address: Option<String>,
     /// Where kci's own SMTP listener takes mail for that address (behind
-    /// the MTA; no TLS); absent: only `kci inbound` from an MTA pipe.
+    /// the MTA); absent: only `kci inbound` from an MTA pipe.
     #[serde(default)]
     pub smtp_listen: Option<SocketAddr>,
+    /// STARTTLS on that listener, and the MTAs' client certificates.
+    #[serde(default)]
+    pub smtp_tls: Option<SmtpTlsConfig>,
     /// How fresh a signed request must be to count as its signer's proof:
     /// its signature made at most this long before it arrives (and not
     /// more than 5 minutes in the future). Each is accepted once.
@@ -318,6 +321,46 @@ pub struct KeysConfig {
     /// limit applies to it.
     #[serde(default = "default_submissions_per_source")]
     pub submissions_per_source: crate::model::Cap,
+}
+
+/// `[keys.smtp_tls]`: the listener's certificate (read again on SIGHUP),
+/// whether TLS is required before mail, and the CA whose certificates the
+/// MTAs present.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpTlsConfig {
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+    /// No mail before STARTTLS (the default): 530 to MAIL in clear.
+    #[serde(default = "yes")]
+    pub required: bool,
+    /// MTAs present a certificate from this CA (PEM) …
+    #[serde(default)]
+    pub client_ca: Option<std::path::PathBuf>,
+    /// … not revoked by this list (PEM) …
+    #[serde(default)]
+    pub client_crl: Option<std::path::PathBuf>,
+    /// … always (`required`, the default) or when they have one.
+    #[serde(default)]
+    pub client_auth: crate::web::tls::ClientAuth,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl SmtpTlsConfig {
+    pub fn files(&self) -> crate::web::tls::TlsFiles {
+        crate::web::tls::TlsFiles {
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+            client_ca: self.client_ca.clone(),
+            client_crl: self.client_crl.clone(),
+            client_auth: self.client_auth,
+            names: crate::web::tls::TlsNames::SMTP,
+            http: false,
+        }
+    }
 }
 
 fn default_proof_window() -> Span {
@@ -338,6 +381,7 @@ impl Default for KeysConfig {
             cooling_off: None,
             submission_address: None,
             smtp_listen: None,
+            smtp_tls: None,
             proof_window: default_proof_window(),
             submissions_per_address: default_submissions_per_address(),
             submissions_per_source: default_submissions_per_source(),
@@ -464,6 +508,8 @@ impl ServerConfig {
                 client_ca: self.client_ca.clone(),
                 client_crl: self.client_crl.clone(),
                 client_auth: self.client_auth,
+                names: crate::web::tls::TlsNames::SERVER,
+                http: true,
             })),
             (None, None) if self.client_ca.is_some() => {
                 Err("server.client_ca: needs server.tls_cert and server.tls_key".into())

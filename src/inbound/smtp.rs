@@ -6,9 +6,12 @@
 //! whoever is talking SMTP) — or 554 unreadable, 451 try again later.
 //!
 //! Deliberately small (RFC 5321's minimum: EHLO/HELO, MAIL, RCPT, DATA,
-//! RSET, NOOP, QUIT): one recipient, the submission address; no relaying,
-//! no AUTH, no STARTTLS — run it on loopback or a private network behind
-//! the MTA that faces the Internet. Every line and message is bounded; a
+//! RSET, NOOP, QUIT, and STARTTLS): one recipient, the submission address;
+//! no relaying, no AUTH — run it behind the MTA that faces the Internet.
+//! With `[keys.smtp_tls]` it offers STARTTLS (RFC 3207), by default
+//! requires it before any mail, and can require the MTA's client
+//! certificate from a CA; plaintext pipelined after STARTTLS is dropped,
+//! never read as if it came over TLS. Every line and message is bounded; a
 //! silent client is dropped, and so is one whose session runs past its
 //! deadline or its command budget (a client cannot hold one of the few
 //! sessions with NOOPs). The dialogue itself ([`dialogue`]) reads any
@@ -97,6 +100,41 @@ impl Names {
 pub const RECEIVED: &str = "250 2.0.0 received; the address's owner is told by mail";
 
 /// What the listener needs to handle mail.
+/// Where a session stands with TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsState {
+    /// No certificate: STARTTLS is not offered.
+    Unavailable,
+    /// Offered; `required`: no mail is taken before it.
+    Offered { required: bool },
+    /// The session is encrypted.
+    Active,
+}
+
+/// How one part of a session ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Ended {
+    /// QUIT, a limit, or the client gone.
+    Closed,
+    /// The client asked for STARTTLS and was told to go ahead.
+    StartTls,
+}
+
+/// What a session carries across STARTTLS.
+struct Session {
+    tls: TlsState,
+    deadline: Instant,
+    commands: usize,
+}
+
+/// The listener's TLS: the reloadable certificate and whether it is
+/// required.
+#[derive(Clone)]
+pub struct ListenerTls {
+    pub tls: Arc<crate::web::tls::Tls>,
+    pub required: bool,
+}
+
 #[derive(Clone)]
 pub struct Listener {
     pub store: Arc<dyn Store>,
@@ -105,6 +143,8 @@ pub struct Listener {
     pub wake: Arc<tokio::sync::Notify>,
     /// Where limits hit are counted.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// STARTTLS, with `[keys.smtp_tls]`.
+    pub tls: Option<ListenerTls>,
 }
 
 impl Listener {
@@ -117,6 +157,7 @@ impl Listener {
                 .as_deref()
                 .unwrap_or_default(),
         );
+        let tls = self.tls.clone();
         let this = Arc::new(self);
         // Each client's messages count against the limit of its address.
         let handler = move |peer: std::net::IpAddr| {
@@ -126,7 +167,7 @@ impl Listener {
                 async move { this.reply(&mail, peer).await }
             }
         };
-        serve(socket, shutdown, Limits::default(), names, handler).await;
+        serve(socket, shutdown, Limits::default(), names, tls, handler).await;
     }
 
     async fn reply(&self, mail: &[u8], peer: std::net::IpAddr) -> String {
@@ -167,12 +208,13 @@ pub fn reply_line(outcome: &Handled) -> String {
 
 /// Serves `socket` until `shutdown`: at most `limits.sessions` at once,
 /// each a [`dialogue`] handing messages to the handler `handler` makes
-/// for the client's address.
+/// for the client's address, upgraded to TLS on STARTTLS when `tls`.
 pub async fn serve<H, M>(
     socket: TcpListener,
     shutdown: crate::shutdown::Shutdown,
     limits: Limits,
     names: Names,
+    tls: Option<ListenerTls>,
     handler: M,
 ) where
     H: Handler,
@@ -200,16 +242,63 @@ pub async fn serve<H, M>(
             });
             continue;
         };
-        let (names, handler) = (names.clone(), handler(peer.ip()));
+        let (names, handler, tls) = (names.clone(), handler(peer.ip()), tls.clone());
         tokio::spawn(async move {
             let _permit = permit;
-            let (read, mut write) = stream.into_split();
-            let mut read = BufReader::new(read);
-            if let Err(e) = dialogue(&mut read, &mut write, &names, limits, &handler).await {
+            if let Err(e) = session(stream, &names, limits, tls, &handler).await {
                 tracing::debug!(%peer, error = %e, "SMTP session ended");
             }
         });
     }
+}
+
+/// One client's session: in clear, then, after STARTTLS, over TLS.
+async fn session<H: Handler>(
+    stream: tokio::net::TcpStream,
+    names: &Names,
+    limits: Limits,
+    tls: Option<ListenerTls>,
+    handler: &H,
+) -> std::io::Result<()> {
+    let mut state = Session {
+        tls: match &tls {
+            Some(t) => TlsState::Offered {
+                required: t.required,
+            },
+            None => TlsState::Unavailable,
+        },
+        deadline: Instant::now() + limits.session,
+        commands: 0,
+    };
+    let (read, mut write) = stream.into_split();
+    let mut read = BufReader::new(read);
+    let ended = run(
+        &mut read, &mut write, names, limits, handler, &mut state, true,
+    )
+    .await?;
+    let (Ended::StartTls, Some(tls)) = (ended, tls) else {
+        return Ok(());
+    };
+    // Whatever the client sent after STARTTLS in clear is dropped with
+    // the buffer: only what comes over TLS is read (RFC 3207 §6).
+    let stream = read
+        .into_inner()
+        .reunite(write)
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let handshake = tokio::time::timeout(limits.idle, tls.tls.acceptor().accept(stream));
+    let stream = match handshake.await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Err(e),
+        Err(_) => return Err(std::io::Error::other("TLS handshake timed out")),
+    };
+    state.tls = TlsState::Active;
+    let (read, mut write) = tokio::io::split(stream);
+    let mut read = BufReader::new(read);
+    run(
+        &mut read, &mut write, names, limits, handler, &mut state, false,
+    )
+    .await?;
+    Ok(())
 }
 
 /// What came from the client.
@@ -223,8 +312,9 @@ enum Input {
     Deadline,
 }
 
-/// One SMTP session on `read`/`write`, from the greeting to QUIT (or to
-/// a limit): messages taken go to `handler`, whose reply is the answer.
+/// One SMTP session on `read`/`write` without TLS, from the greeting to
+/// QUIT (or to a limit): messages taken go to `handler`, whose reply is
+/// the answer.
 pub async fn dialogue<R, W, H>(
     read: &mut R,
     write: &mut W,
@@ -237,35 +327,76 @@ where
     W: AsyncWrite + Unpin,
     H: Handler,
 {
+    let mut state = Session {
+        tls: TlsState::Unavailable,
+        deadline: Instant::now() + limits.session,
+        commands: 0,
+    };
+    run(read, write, names, limits, handler, &mut state, true).await?;
+    Ok(())
+}
+
+/// The commands of a session until QUIT, a limit, or STARTTLS; `greet`:
+/// say 220 first (not after STARTTLS, RFC 3207).
+async fn run<R, W, H>(
+    read: &mut R,
+    write: &mut W,
+    names: &Names,
+    limits: Limits,
+    handler: &H,
+    state: &mut Session,
+    greet: bool,
+) -> std::io::Result<Ended>
+where
+    R: AsyncBufRead + Unpin,
+    W: AsyncWrite + Unpin,
+    H: Handler,
+{
     let Names { host, submission } = names;
-    let deadline = Instant::now() + limits.session;
     let bounds = Bounds {
         idle: limits.idle,
-        deadline,
+        deadline: state.deadline,
     };
-    write
-        .write_all(format!("220 {host} kci key submission ESMTP\r\n").as_bytes())
-        .await?;
+    if greet {
+        write
+            .write_all(format!("220 {host} kci key submission ESMTP\r\n").as_bytes())
+            .await?;
+    }
     let (mut from, mut to) = (false, false);
-    let mut commands = 0usize;
     loop {
         let line = match read_line(read, MAX_COMMAND, bounds).await? {
             Input::Line(line) => line,
-            Input::End => return Ok(()),
+            Input::End => return Ok(Ended::Closed),
             Input::Idle => return close(write, host, "idle too long").await,
             Input::Deadline => return close(write, host, "session too long").await,
         };
-        commands += 1;
-        if commands > limits.commands {
+        state.commands += 1;
+        if state.commands > limits.commands {
             return close(write, host, "too many commands in one session").await;
         }
+        let must_tls = state.tls == TlsState::Offered { required: true };
         let line = String::from_utf8_lossy(&line);
         let line = line.trim_end();
         let (verb, arg) = line.split_once(' ').unwrap_or((line, ""));
         let reply = match verb.to_ascii_uppercase().as_str() {
             "EHLO" => {
-                format!("250-{host}\r\n250-SIZE {MAX_MAIL}\r\n250-8BITMIME\r\n250 SMTPUTF8")
+                let starttls = if matches!(state.tls, TlsState::Offered { .. }) {
+                    "250-STARTTLS\r\n"
+                } else {
+                    ""
+                };
+                format!(
+                    "250-{host}\r\n{starttls}250-SIZE {MAX_MAIL}\r\n250-8BITMIME\r\n250 SMTPUTF8"
+                )
             }
+            "MAIL" | "RCPT" | "DATA" if must_tls => {
+                "530 5.7.0 Must issue a STARTTLS command first".into()
+            }
+            "STARTTLS" if matches!(state.tls, TlsState::Offered { .. }) => {
+                write.write_all(b"220 2.0.0 Ready to start TLS\r\n").await?;
+                return Ok(Ended::StartTls);
+            }
+            "STARTTLS" if state.tls == TlsState::Active => "503 5.5.1 TLS already active".into(),
             "HELO" => format!("250 {host}"),
             "MAIL" if arg.to_ascii_uppercase().starts_with("FROM:") => {
                 from = true;
@@ -311,7 +442,7 @@ where
             "NOOP" => "250 2.0.0 OK".into(),
             "QUIT" => {
                 write.write_all(b"221 2.0.0 Bye\r\n").await?;
-                return Ok(());
+                return Ok(Ended::Closed);
             }
             "STARTTLS" | "AUTH" => "502 5.5.1 not here: kci listens behind the MTA".into(),
             _ => "500 5.5.2 unknown command".into(),
@@ -321,11 +452,16 @@ where
 }
 
 /// Tells the client why the session ends (RFC 5321's 421) and ends it.
-async fn close<W: AsyncWrite + Unpin>(write: &mut W, host: &str, why: &str) -> std::io::Result<()> {
+async fn close<W: AsyncWrite + Unpin>(
+    write: &mut W,
+    host: &str,
+    why: &str,
+) -> std::io::Result<Ended> {
     write
         .write_all(format!("421 4.4.2 {host} {why}, closing\r\n").as_bytes())
         .await?;
-    write.shutdown().await
+    write.shutdown().await?;
+    Ok(Ended::Closed)
 }
 
 /// How long a read may wait: for the next byte, and in all.
@@ -525,6 +661,7 @@ mod tests {
             shutdown.clone(),
             limits,
             Names::new("keys@isp.example"),
+            None,
             handler,
         ));
         async fn client(

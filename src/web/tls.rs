@@ -31,6 +31,36 @@ pub struct TlsFiles {
     /// The CA's revocation list (PEM), read with the rest.
     pub client_crl: Option<PathBuf>,
     pub client_auth: ClientAuth,
+    /// The settings they come from, as errors name them.
+    pub names: TlsNames,
+    /// Offer HTTP/1.1 by ALPN (the web listener; not SMTP).
+    pub http: bool,
+}
+
+/// The config settings of a listener's TLS files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TlsNames {
+    pub cert: &'static str,
+    pub key: &'static str,
+    pub client_ca: &'static str,
+    pub client_crl: &'static str,
+}
+
+impl TlsNames {
+    /// `[server]`'s.
+    pub const SERVER: TlsNames = TlsNames {
+        cert: "server.tls_cert",
+        key: "server.tls_key",
+        client_ca: "server.client_ca",
+        client_crl: "server.client_crl",
+    };
+    /// `[keys.smtp_tls]`'s.
+    pub const SMTP: TlsNames = TlsNames {
+        cert: "keys.smtp_tls.cert",
+        key: "keys.smtp_tls.key",
+        client_ca: "keys.smtp_tls.client_ca",
+        client_crl: "keys.smtp_tls.client_crl",
+    };
 }
 
 /// The client certificate a connection presented: the SHA-256 of its DER,
@@ -89,9 +119,10 @@ fn certs(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>>, String
 
 fn server_config(files: &TlsFiles) -> Result<rustls::ServerConfig, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let chain = certs(&files.cert, "server.tls_cert")?;
+    let names = files.names;
+    let chain = certs(&files.cert, names.cert)?;
     let key = PrivateKeyDer::from_pem_file(&files.key)
-        .map_err(|e| format!("server.tls_key {}: {e}", files.key.display()))?;
+        .map_err(|e| format!("{} {}: {e}", names.key, files.key.display()))?;
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS: {e}"))?;
@@ -99,10 +130,10 @@ fn server_config(files: &TlsFiles) -> Result<rustls::ServerConfig, String> {
         None => builder.with_no_client_auth(),
         Some(ca) => {
             let mut roots = rustls::RootCertStore::empty();
-            for cert in certs(ca, "server.client_ca")? {
+            for cert in certs(ca, names.client_ca)? {
                 roots
                     .add(cert)
-                    .map_err(|e| format!("server.client_ca {}: {e}", ca.display()))?;
+                    .map_err(|e| format!("{} {}: {e}", names.client_ca, ca.display()))?;
             }
             let mut verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
                 Arc::new(roots),
@@ -111,12 +142,13 @@ fn server_config(files: &TlsFiles) -> Result<rustls::ServerConfig, String> {
             if let Some(crl) = &files.client_crl {
                 use rustls::pki_types::CertificateRevocationListDer;
                 let crls: Vec<_> = CertificateRevocationListDer::pem_file_iter(crl)
-                    .map_err(|e| format!("server.client_crl {}: {e}", crl.display()))?
+                    .map_err(|e| format!("{} {}: {e}", names.client_crl, crl.display()))?
                     .collect::<Result<_, _>>()
-                    .map_err(|e| format!("server.client_crl {}: {e}", crl.display()))?;
+                    .map_err(|e| format!("{} {}: {e}", names.client_crl, crl.display()))?;
                 if crls.is_empty() {
                     return Err(format!(
-                        "server.client_crl {}: no PEM revocation list in it",
+                        "{} {}: no PEM revocation list in it",
+                        names.client_crl,
                         crl.display()
                     ));
                 }
@@ -126,14 +158,16 @@ fn server_config(files: &TlsFiles) -> Result<rustls::ServerConfig, String> {
                 ClientAuth::Required => verifier.build(),
                 ClientAuth::Optional => verifier.allow_unauthenticated().build(),
             }
-            .map_err(|e| format!("server.client_ca {}: {e}", ca.display()))?;
+            .map_err(|e| format!("{} {}: {e}", names.client_ca, ca.display()))?;
             builder.with_client_cert_verifier(verifier)
         }
     };
     let mut config = builder
         .with_single_cert(chain, key)
-        .map_err(|e| format!("server.tls_cert and tls_key do not make a pair: {e}"))?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        .map_err(|e| format!("{} and {} do not make a pair: {e}", names.cert, names.key))?;
+    if files.http {
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    }
     Ok(config)
 }
 
@@ -175,6 +209,8 @@ mod tests {
             client_ca: None,
             client_crl: None,
             client_auth: ClientAuth::Required,
+            names: TlsNames::SERVER,
+            http: true,
         });
         let Err(e) = missing else {
             panic!("loaded a missing file")

@@ -407,6 +407,124 @@ async fn the_smtp_listener_tells_a_submitter_nothing_about_keys() {
     assert!(unreadable.starts_with("554 5.6.0 "), "{unreadable}");
 }
 
+/// STARTTLS on kci's SMTP listener (issue 16), with Python's smtplib as
+/// the MTA: offered, required before mail; with a client CA (made by
+/// `kci ca`), only an MTA presenting a certificate from it gets through,
+/// and plaintext pipelined after STARTTLS is never read as a command.
+#[tokio::test]
+async fn the_smtp_listener_takes_mail_only_over_tls_from_known_mtas() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), "ca");
+    pki.issue("ca", "kci-smtp", "serverAuth");
+    let mtas = dir.path().join("mtas");
+    let ca = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_kci"))
+            .arg("ca")
+            .args(args)
+            .arg("--dir")
+            .arg(&mtas)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    ca(&["init"]);
+    ca(&["issue", "--name", "mx1"]);
+    let (operator, _) = generate_key(dir.path(), "operator", "Example ISP <kci@isp.example>");
+    let port = free_port();
+    let _kci = Kci::start_full(
+        None,
+        "",
+        &format!("signing_key = \"{}\"\n", operator.display()),
+        &format!(
+            "[keys]\nsubmission_address = \"keys@isp.example\"\nsmtp_listen = \"127.0.0.1:{port}\"\n\
+             [keys.smtp_tls]\ncert = \"{cert}\"\nkey = \"{key}\"\nclient_ca = \"{mta_ca}\"\n",
+            cert = pki.path("kci-smtp.crt"),
+            key = pki.path("kci-smtp.key"),
+            mta_ca = mtas.join("ca.crt").display(),
+        ),
+    );
+    wait_for_port(port, "kci's SMTP listener");
+    const MTA: &str = r#"
+import smtplib, socket, ssl, sys
+port, ca, cert, key = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+mail = "From: alice@example.com\r\nTo: keys@isp.example\r\nSubject: key\r\n\r\nhello\r\n"
+def ctx(with_cert):
+    c = ssl.create_default_context(cafile=ca)
+    if with_cert:
+        c.load_cert_chain(cert, key)
+    return c
+def attempt(name, f):
+    try:
+        print(name, f())
+    except smtplib.SMTPResponseException as e:
+        print(name, e.smtp_code)
+    except (ssl.SSLError, smtplib.SMTPServerDisconnected, ConnectionError) as e:
+        print(name, "refused")
+def plain():
+    s = smtplib.SMTP("127.0.0.1", port)
+    s.ehlo()
+    offered = s.has_extn("starttls")
+    code, _ = s.mail("alice@example.com")
+    return f"{offered} {code}"
+def over_tls(with_cert):
+    s = smtplib.SMTP("127.0.0.1", port)
+    s.starttls(context=ctx(with_cert))
+    s.ehlo()
+    s.sendmail("alice@example.com", ["keys@isp.example"], mail)
+    s.quit()
+    return "sent"
+def injected():
+    # STARTTLS and a MAIL in one write: the MAIL, in clear, must be lost.
+    raw = socket.create_connection(("127.0.0.1", port))
+    f = raw.makefile("rb")
+    f.readline()
+    raw.sendall(b"EHLO mta\r\n")
+    while not f.readline().startswith(b"250 "):
+        pass
+    raw.sendall(b"STARTTLS\r\nMAIL FROM:<evil@example.com>\r\n")
+    f.readline()
+    tls = ctx(True).wrap_socket(raw, server_hostname="127.0.0.1")
+    t = tls.makefile("rb")
+    tls.sendall(b"EHLO mta\r\n")
+    while not t.readline().startswith(b"250 "):
+        pass
+    tls.sendall(b"RCPT TO:<keys@isp.example>\r\n")
+    return t.readline().split()[0].decode()
+attempt("plain", plain)
+attempt("nocert", lambda: over_tls(False))
+attempt("cert", lambda: over_tls(True))
+attempt("injected", injected)
+"#;
+    let out = std::process::Command::new("/usr/bin/python3")
+        .args(["-c", MTA, &port.to_string()])
+        .args([pki.path("ca.crt")])
+        .arg(mtas.join("mx1.crt"))
+        .arg(mtas.join("mx1.key"))
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = said.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "plain True 530",
+            "nocert refused",
+            "cert sent",
+            "injected 503"
+        ],
+        "{said}"
+    );
+}
+
 /// GET `path` with `token`, as the client at `forwarded` behind the local
 /// proxy (`X-Forwarded-For`): the status, the `Retry-After` header and the
 /// error code.
