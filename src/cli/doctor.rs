@@ -259,6 +259,14 @@ fn secret_files(config: &Config) -> Vec<(String, PathBuf)> {
     if let Some(t) = &config.keys.smtp_tls {
         out.push(("keys.smtp_tls.key".into(), t.key.clone()));
     }
+    if let Some(key) = config
+        .server
+        .public
+        .as_ref()
+        .and_then(|p| p.tls_key.clone())
+    {
+        out.push(("server.public.tls_key".into(), key));
+    }
     out
 }
 

@@ -92,6 +92,23 @@ pub async fn run(arg: ConfigArg) -> anyhow::Result<ExitCode> {
             crate::web::tls::Tls::load(files).map_err(|e| anyhow::anyhow!(e))?,
         )),
     };
+    // The public listener: bound before anything is served, so a port in
+    // use stops startup with the setting named.
+    let public = match &config.server.public {
+        Some(p) => {
+            let socket = tokio::net::TcpListener::bind(p.listen).await.map_err(|e| {
+                anyhow::anyhow!("server.public.listen: cannot listen on {}: {e}", p.listen)
+            })?;
+            let tls = match p.tls_files().map_err(|e| anyhow::anyhow!(e))? {
+                Some(files) => Some(Arc::new(
+                    crate::web::tls::Tls::load(files).map_err(|e| anyhow::anyhow!(e))?,
+                )),
+                None => None,
+            };
+            Some((socket, tls))
+        }
+        None => None,
+    };
     let smtp_tls = match &config.keys.smtp_tls {
         Some(t) => Some(crate::inbound::smtp::ListenerTls {
             tls: Arc::new(crate::web::tls::Tls::load(t.files()).map_err(|e| anyhow::anyhow!(e))?),
@@ -106,6 +123,7 @@ pub async fn run(arg: ConfigArg) -> anyhow::Result<ExitCode> {
             .iter()
             .cloned()
             .chain(smtp_tls.iter().map(|t| t.tls.clone()))
+            .chain(public.iter().filter_map(|(_, t)| t.clone()))
             .collect();
         if !reloadable.is_empty() {
             let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
@@ -149,6 +167,19 @@ pub async fn run(arg: ConfigArg) -> anyhow::Result<ExitCode> {
         tracing::info!("shutting down");
         signal.trigger();
     });
+    if let Some((socket, tls)) = public {
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let addr = socket.local_addr()?;
+        tracing::info!(%addr, scheme, "public listener (links, callbacks, WKD)");
+        let until = shutdown.clone();
+        tokio::spawn(crate::web::serve::serve(
+            socket,
+            crate::web::public_router(state.clone()),
+            crate::web::serve::Limits::from_config(&config.server),
+            tls,
+            async move { until.wait().await },
+        ));
+    }
     let until = shutdown.clone();
     crate::web::serve::serve(
         listener,

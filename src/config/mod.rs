@@ -495,6 +495,54 @@ pub struct ServerConfig {
     /// Connections open at once; a new one over this is closed at once.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// A second listener for what customers and providers reach, with its
+    /// own address, TLS and networks; `listen` then can be kept to the
+    /// source systems' and staff's networks.
+    #[serde(default)]
+    pub public: Option<PublicListener>,
+}
+
+/// `[server.public]`: serves only what customers and providers reach —
+/// the links in mails (key confirmation, veto, recovery, call
+/// verification), the Web Key Directory, delivery callbacks and inbound
+/// SMS, and `/healthz`; the API answers 404 there. Links in mails point
+/// to it unless `[server] public_url` says otherwise.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublicListener {
+    pub listen: SocketAddr,
+    /// Its certificate chain and key (PEM, read again on SIGHUP); without
+    /// them it speaks plain HTTP (behind a TLS proxy).
+    #[serde(default)]
+    pub tls_cert: Option<std::path::PathBuf>,
+    #[serde(default)]
+    pub tls_key: Option<std::path::PathBuf>,
+    /// Client networks that may use it (CIDR); empty: any.
+    #[serde(default)]
+    pub allow: Vec<ipnet::IpNet>,
+}
+
+impl PublicListener {
+    pub fn tls_files(&self) -> Result<Option<crate::web::tls::TlsFiles>, String> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Ok(Some(crate::web::tls::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: None,
+                client_crl: None,
+                client_auth: Default::default(),
+                names: crate::web::tls::TlsNames::PUBLIC,
+                http: true,
+            })),
+            (None, None) => Ok(None),
+            (Some(_), None) => {
+                Err("server.public.tls_cert: needs server.public.tls_key too".into())
+            }
+            (None, Some(_)) => {
+                Err("server.public.tls_key: needs server.public.tls_cert too".into())
+            }
+        }
+    }
 }
 
 impl ServerConfig {
@@ -523,16 +571,16 @@ impl ServerConfig {
         }
     }
 
-    /// Where links in mails point.
+    /// Where links in mails point: `public_url`, else the public
+    /// listener, else the one listener.
     pub fn public_base(&self) -> url::Url {
         self.public_url.clone().unwrap_or_else(|| {
-            let scheme = if self.tls_cert.is_some() {
-                "https"
-            } else {
-                "http"
+            let (listen, tls) = match &self.public {
+                Some(p) => (p.listen, p.tls_cert.is_some()),
+                None => (self.listen, self.tls_cert.is_some()),
             };
-            url::Url::parse(&format!("{scheme}://{}/", self.listen))
-                .expect("a socket address makes a URL")
+            let scheme = if tls { "https" } else { "http" };
+            url::Url::parse(&format!("{scheme}://{listen}/")).expect("a socket address makes a URL")
         })
     }
 }
@@ -582,6 +630,7 @@ impl Default for ServerConfig {
             rate_per_source: None,
             rate_per_token: None,
             max_connections: default_max_connections(),
+            public: None,
         }
     }
 }
@@ -1119,6 +1168,18 @@ fn display_path(path: &serde_path_to_error::Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Links in mails point to the public listener when there is one.
+    #[test]
+    fn links_point_to_the_public_listener() {
+        let server: ServerConfig = toml::from_str(
+            "listen = \"10.0.0.5:8460\"\n[public]\nlisten = \"0.0.0.0:8443\"\ntls_cert = \"c\"\ntls_key = \"k\"\n",
+        )
+        .unwrap();
+        assert_eq!(server.public_base().as_str(), "https://0.0.0.0:8443/");
+        let server: ServerConfig = toml::from_str("listen = \"10.0.0.5:8460\"\n").unwrap();
+        assert_eq!(server.public_base().as_str(), "http://10.0.0.5:8460/");
+    }
 
     #[test]
     fn embedded_defaults_load() {

@@ -49,9 +49,28 @@ impl AppState {
     }
 }
 
+/// The main listener's router: everything.
 pub fn router(state: AppState) -> Router {
+    let allow = state.config.server.allow.clone();
+    layered(api::routes(), state, allow)
+}
+
+/// `[server.public]`'s router: only what customers and providers reach.
+pub fn public_router(state: AppState) -> Router {
+    let allow = state
+        .config
+        .server
+        .public
+        .as_ref()
+        .map(|p| p.allow.clone())
+        .unwrap_or_default();
+    layered(api::public_routes(), state, allow)
+}
+
+/// `routes` with the Web Key Directory, the perimeter (with `allow`) and
+/// the body limit.
+fn layered(mut routes: Router<AppState>, state: AppState, allow: Vec<ipnet::IpNet>) -> Router {
     let limit = state.config.server.max_body_bytes;
-    let mut routes = api::routes();
     // The operator's Web Key Directory, when mail is signed. The key was
     // already loaded once by the email channel, which refuses to start
     // without it; a failure here only leaves the directory out.
@@ -70,9 +89,10 @@ pub fn router(state: AppState) -> Router {
             (_, Err(e)) => tracing::warn!(error = %e, "no Web Key Directory"),
         }
     }
+    let networks: perimeter::Networks = allow.into();
     routes
         .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
+            (state.clone(), networks),
             perimeter::perimeter,
         ))
         .layer(axum::extract::DefaultBodyLimit::max(limit))

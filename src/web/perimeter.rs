@@ -128,7 +128,14 @@ pub fn too_many(by: &str, wait: std::time::Duration) -> AppError {
 
 /// The perimeter's middleware: decides the client's address, refuses
 /// networks the listener does not allow, and applies the per-address rate.
-pub async fn perimeter(State(st): State<AppState>, mut req: Request, next: Next) -> Response {
+/// A listener's allowed client networks (empty: any).
+pub type Networks = std::sync::Arc<[IpNet]>;
+
+pub async fn perimeter(
+    State((st, allow)): State<(AppState, Networks)>,
+    mut req: Request,
+    next: Next,
+) -> Response {
     let server = &st.config.server;
     let peer = req
         .extensions()
@@ -137,7 +144,7 @@ pub async fn perimeter(State(st): State<AppState>, mut req: Request, next: Next)
     let Some(peer) = peer else {
         // No peer known (not served by `serve`): an allow-list fails
         // closed.
-        if !server.allow.is_empty() {
+        if !allow.is_empty() {
             return AppError::NetworkRefused.into_response();
         }
         return next.run(req).await;
@@ -148,7 +155,7 @@ pub async fn perimeter(State(st): State<AppState>, mut req: Request, next: Next)
         .and_then(|v| v.to_str().ok());
     let client = client_address(peer, forwarded, &server.trusted_proxies);
     req.extensions_mut().insert(ClientAddr(client));
-    if !allowed(client, &server.allow) {
+    if !allowed(client, &allow) {
         st.metrics.limit_hit("api", "network");
         return AppError::NetworkRefused.into_response();
     }

@@ -54,6 +54,13 @@ impl TlsNames {
         client_ca: "server.client_ca",
         client_crl: "server.client_crl",
     };
+    /// `[server.public]`'s.
+    pub const PUBLIC: TlsNames = TlsNames {
+        cert: "server.public.tls_cert",
+        key: "server.public.tls_key",
+        client_ca: "",
+        client_crl: "",
+    };
     /// `[keys.smtp_tls]`'s.
     pub const SMTP: TlsNames = TlsNames {
         cert: "keys.smtp_tls.cert",

@@ -525,6 +525,48 @@ attempt("injected", injected)
     );
 }
 
+/// Two listeners (issue 16): the API kept to the office network, and a
+/// public one serving only what customers and providers reach — the API
+/// is not there at all.
+#[tokio::test]
+async fn the_public_listener_serves_links_and_callbacks_only() {
+    let public = free_port();
+    let kci = Kci::start_with(
+        None,
+        &format!("allow = [\"10.0.0.0/8\"]\n[server.public]\nlisten = \"127.0.0.1:{public}\"\n"),
+        "",
+    );
+    wait_for_port(public, "the public listener");
+    let token = kci.token(&["admin"]);
+    let get = |base: String, path: &'static str| {
+        let token = token.clone();
+        async move {
+            let resp = one_shot()
+                .get(format!("{base}{path}"))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap();
+            let status = resp.status().as_u16();
+            (status, resp.text().await.unwrap_or_default())
+        }
+    };
+    // The main listener: this machine is not in its networks.
+    let (s, body) = get(kci.base.clone(), "/healthz").await;
+    assert_eq!(s, 403, "{body}");
+    assert!(body.contains("network_refused"), "{body}");
+    // The public one: health and the customers' links, nothing else.
+    let base = format!("http://127.0.0.1:{public}");
+    assert_eq!(get(base.clone(), "/healthz").await.0, 200);
+    for path in ["/v1/events/e1", "/v1/accounts/A1", "/metrics", "/v1/audit"] {
+        let (s, body) = get(base.clone(), path).await;
+        assert_eq!(s, 404, "{path}: {body}");
+    }
+    // A link's page answers there (this one not valid: kci's own page).
+    let (_, page) = get(base.clone(), "/v1/veto/not-a-real-token").await;
+    assert!(page.contains("Link not valid"), "{page}");
+}
+
 /// GET `path` with `token`, as the client at `forwarded` behind the local
 /// proxy (`X-Forwarded-For`): the status, the `Retry-After` header and the
 /// error code.

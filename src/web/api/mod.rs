@@ -16,7 +16,44 @@ use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse};
 use axum::routing::{delete, get, post, put};
 
+/// Everything: the API, and what customers and providers reach.
 pub fn routes() -> Router<AppState> {
+    api_routes().merge(public_only())
+}
+
+/// What customers and providers reach: the links in mails, callbacks and
+/// inbound SMS (each proves itself with its token or signature), and
+/// `/healthz` — all that `[server.public]` serves.
+pub fn public_routes() -> Router<AppState> {
+    public_only().fallback(ops::not_found)
+}
+
+fn public_only() -> Router<AppState> {
+    Router::new()
+        .route("/v1/callbacks/twilio/{id}", post(callbacks::twilio))
+        .route(
+            "/v1/keys/confirm/{token}",
+            get(keys::confirm_page).post(keys::confirm),
+        )
+        .route("/v1/inbound/sms/twilio", post(callbacks::twilio_inbound))
+        .route("/v1/inbound/sms", post(callbacks::gateway_inbound))
+        .route(
+            "/v1/recovery/{token}",
+            get(assurances::recovery_page).post(assurances::recovery_form),
+        )
+        .route(
+            "/v1/veto/{token}",
+            get(changes::veto_page).post(changes::veto_link),
+        )
+        .route(
+            "/v1/call/{token}",
+            get(calls::customer_page).post(calls::customer_form),
+        )
+        .route("/healthz", get(ops::healthz))
+}
+
+/// The API: source systems and staff, by token.
+fn api_routes() -> Router<AppState> {
     Router::new()
         .route("/v1/events", post(events::post_event))
         .route("/v1/events/batch", post(events::post_batch))
@@ -52,12 +89,7 @@ pub fn routes() -> Router<AppState> {
             "/v1/accounts/{id}/contacts/{cid}/destinations/{did}/secret",
             post(directory::rotate_secret),
         )
-        .route("/v1/callbacks/twilio/{id}", post(callbacks::twilio))
         .route("/v1/keys", post(keys::submit))
-        .route(
-            "/v1/keys/confirm/{token}",
-            get(keys::confirm_page).post(keys::confirm),
-        )
         .route("/v1/keys/{address}", get(keys::status).delete(keys::remove))
         .route("/v1/changes", get(changes::list))
         .route("/v1/changes/{id}", get(changes::get))
@@ -66,36 +98,21 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/changes/{id}/code", post(changes::send_code))
         .route("/v1/changes/{id}/proof", post(changes::prove))
         .route("/v1/changes/{id}/connection", post(changes::connection))
-        .route("/v1/inbound/sms/twilio", post(callbacks::twilio_inbound))
-        .route("/v1/inbound/sms", post(callbacks::gateway_inbound))
         .route(
             "/v1/changes/{id}/assurances",
             get(assurances::list).post(assurances::record),
         )
         .route("/v1/changes/{id}/assurance", post(assurances::complete))
-        .route(
-            "/v1/recovery/{token}",
-            get(assurances::recovery_page).post(assurances::recovery_form),
-        )
-        .route(
-            "/v1/veto/{token}",
-            get(changes::veto_page).post(changes::veto_link),
-        )
         .route("/v1/calls", post(calls::open))
         .route("/v1/calls/status", get(calls::status))
         .route("/v1/calls/{id}", get(calls::get))
         .route("/v1/calls/{id}/staff-code", post(calls::staff_code))
         .route("/v1/calls/{id}/customer-code", post(calls::customer_code))
-        .route(
-            "/v1/call/{token}",
-            get(calls::customer_page).post(calls::customer_form),
-        )
         .route("/v1/incidents", get(changes::incidents))
         .route("/v1/incidents/{id}/close", post(changes::close_incident))
         .route("/v1/audit", get(changes::audit))
         .route("/v1/deliveries", get(deliveries::list))
         .route("/v1/deliveries/{id}/retry", post(deliveries::retry))
-        .route("/healthz", get(ops::healthz))
         .route("/metrics", get(ops::metrics))
         .fallback(ops::not_found)
 }
