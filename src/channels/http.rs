@@ -99,7 +99,13 @@ pub async fn answer(resp: reqwest::Response) -> Result<(u16, String), DeliveryEr
     let detail = format!("HTTP {} {words}", status.as_u16())
         .trim()
         .to_string();
-    if status.as_u16() == 429 || status.as_u16() == 408 || status.is_server_error() {
+    if status.as_u16() == 429 {
+        Err(DeliveryError::Transient {
+            reason: "rate_limited",
+            detail,
+            retry_after: after,
+        })
+    } else if status.as_u16() == 408 || status.is_server_error() {
         Err(DeliveryError::Transient {
             reason: "http_status",
             detail,

@@ -92,6 +92,18 @@ impl DeliveryError {
         !self.is_transient()
     }
 
+    /// The provider asked to slow down (HTTP 429 and its kin): pacing, not
+    /// failure.
+    pub fn is_pacing(&self) -> bool {
+        matches!(
+            self,
+            DeliveryError::Transient {
+                reason: "rate_limited",
+                ..
+            }
+        )
+    }
+
     /// How long the provider asked us to wait, if it said.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {

@@ -158,6 +158,7 @@ pub fn outgoing(uri: &str, short: &str, subject: &str) -> Outgoing {
             decided_at: now,
             sent_at: None,
             attempts: 1,
+            paced: 0,
             timezone: "UTC".into(),
             message: None,
             digest: None,

@@ -666,6 +666,10 @@ pub struct DeliveryConfig {
     /// Attempts before a transient failure becomes `failed`.
     #[serde(default = "default_max_attempts")]
     pub max_attempts: u32,
+    /// Times a provider may ask to wait for one notice (HTTP 429) before
+    /// it fails; waiting is not an attempt.
+    #[serde(default = "default_max_paced")]
+    pub max_paced: u32,
     /// First retry delay; doubles each attempt, with jitter.
     #[serde(default = "default_backoff")]
     pub backoff: Span,
@@ -700,6 +704,9 @@ fn default_concurrency() -> usize {
 fn default_max_attempts() -> u32 {
     8
 }
+fn default_max_paced() -> u32 {
+    50
+}
 fn default_backoff() -> Span {
     Span(std::time::Duration::from_secs(5))
 }
@@ -715,6 +722,7 @@ impl Default for DeliveryConfig {
         Self {
             concurrency: default_concurrency(),
             max_attempts: default_max_attempts(),
+            max_paced: default_max_paced(),
             backoff: default_backoff(),
             backoff_max: default_backoff_max(),
             lease: default_lease(),

@@ -27,6 +27,8 @@ pub struct Notification {
     pub decided_at: DateTime<Utc>,
     pub sent_at: Option<DateTime<Utc>>,
     pub attempts: u32,
+    /// Times the provider asked to wait (HTTP 429): not attempts.
+    pub paced: u32,
     pub timezone: String,
     pub message: Option<Message>,
     /// For a `digested` notice: the digest notification it is folded into.
@@ -80,6 +82,7 @@ impl Notification {
             decided_at: now,
             sent_at: None,
             attempts: 0,
+            paced: 0,
             timezone: "UTC".into(),
             message: Some(message),
             digest: None,

@@ -86,6 +86,7 @@ impl Decision {
             decided_at: event.received_at,
             sent_at: None,
             attempts: 0,
+            paced: 0,
             timezone: d.timezone.name().to_string(),
             message: d.summary.clone(),
             digest: match &d.folded_into {

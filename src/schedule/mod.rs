@@ -86,6 +86,68 @@ pub fn backoff(
     Duration::milliseconds((capped * factor * 1000.0) as i64)
 }
 
+/// What follows a failed delivery (`attempts` made, the provider having
+/// asked to wait `paced` times before): failed for good when the provider
+/// refused it or the attempts are spent; paced — the attempt given back —
+/// when the provider asked to wait (HTTP 429: a provider slowing kci down
+/// must never cost a customer their notice), until `max_paced`; else a
+/// retry after the backoff, or after the provider's `Retry-After` if
+/// longer. `jitter` in [0, 1] spreads the waits.
+pub fn after_failure(
+    d: &crate::config::DeliveryConfig,
+    attempts: u32,
+    paced: u32,
+    e: &DeliveryError,
+    at: DateTime<Utc>,
+    jitter: f64,
+) -> Finish {
+    let provider_wait = e.retry_after().and_then(|d| Duration::from_std(d).ok());
+    if e.is_permanent() {
+        return Finish::Failed {
+            at,
+            reason: Reason::Rejected,
+            detail: e.to_string(),
+        };
+    }
+    if e.is_pacing() {
+        if paced >= d.max_paced {
+            return Finish::Failed {
+                at,
+                reason: Reason::GaveUp,
+                detail: format!("the provider asked to wait {paced} times; {e}"),
+            };
+        }
+        // As long as the provider asked, and a little more so the notices
+        // it held back do not all come back at the same instant; without
+        // a word, a backoff of its own.
+        let wait = match provider_wait {
+            Some(w) => {
+                w + Duration::milliseconds((w.num_milliseconds() as f64 * 0.25 * jitter) as i64)
+            }
+            None => backoff(paced + 1, d.backoff.0, d.backoff_max.0, jitter),
+        };
+        return Finish::Paced {
+            at,
+            due_at: at + wait,
+            detail: e.to_string(),
+        };
+    }
+    if attempts >= d.max_attempts {
+        return Finish::Failed {
+            at,
+            reason: Reason::GaveUp,
+            detail: e.to_string(),
+        };
+    }
+    let computed = backoff(attempts, d.backoff.0, d.backoff_max.0, jitter);
+    let wait = provider_wait.map(|w| w.max(computed)).unwrap_or(computed);
+    Finish::Retry {
+        at,
+        due_at: at + wait,
+        detail: e.to_string(),
+    }
+}
+
 impl Scheduler {
     /// Delivers everything due at `now`, all channels together, and waits
     /// for the lot; returns how many were handled. `kci simulate` steps its
@@ -322,7 +384,7 @@ impl Scheduler {
                 }
                 Finish::Sent { at, receipt }
             }
-            Err(e) => self.after_failure(n.attempts, e, at),
+            Err(e) => after_failure(&self.delivery, n.attempts, n.paced, &e, at, rand::random()),
         };
         if let Finish::Retry { .. } = &finish {
             tracing::info!(notification = %n.id, channel = %n.channel, attempts = n.attempts, "delivery failed, will retry");
@@ -382,39 +444,6 @@ impl Scheduler {
         Ok(recorded)
     }
 
-    fn after_failure(&self, attempts: u32, e: DeliveryError, at: DateTime<Utc>) -> Finish {
-        if e.is_permanent() {
-            return Finish::Failed {
-                at,
-                reason: Reason::Rejected,
-                detail: e.to_string(),
-            };
-        }
-        if attempts >= self.delivery.max_attempts {
-            return Finish::Failed {
-                at,
-                reason: Reason::GaveUp,
-                detail: e.to_string(),
-            };
-        }
-        let computed = backoff(
-            attempts,
-            self.delivery.backoff.0,
-            self.delivery.backoff_max.0,
-            rand::random(),
-        );
-        let wait = e
-            .retry_after()
-            .and_then(|d| Duration::from_std(d).ok())
-            .map(|d| d.max(computed))
-            .unwrap_or(computed);
-        Finish::Retry {
-            at,
-            due_at: at + wait,
-            detail: e.to_string(),
-        }
-    }
-
     async fn finish(&self, n: &crate::store::Notification, f: Finish) -> crate::store::Result<()> {
         let (state, reason) = match &f {
             Finish::Sent { .. } => (State::Sent, None),
@@ -422,7 +451,9 @@ impl Scheduler {
             Finish::Failed { reason, .. } => (State::Failed, Some(*reason)),
             Finish::Expired { .. } => (State::Expired, Some(Reason::Expired)),
             Finish::Cancelled { reason, .. } => (State::Cancelled, Some(*reason)),
-            Finish::Deferred { .. } => (State::Pending, Some(Reason::RateLimit)),
+            Finish::Deferred { .. } | Finish::Paced { .. } => {
+                (State::Pending, Some(Reason::RateLimit))
+            }
         };
         if let Finish::Failed { detail, .. } = &f {
             tracing::warn!(notification = %n.id, channel = %n.channel, reason = ?reason, detail = %detail, "delivery failed");
@@ -623,9 +654,14 @@ mod tests {
     /// destination, 20 events due now (a notice each to both), and a
     /// scheduler over `channels` with `concurrency` slots per channel.
     async fn fixture(concurrency: usize, channels: Channels) -> (Arc<dyn Store>, Arc<Scheduler>) {
+        fixture_with(&format!("concurrency = {concurrency}\n"), channels).await
+    }
+
+    /// As [`fixture`], with `delivery` as the `[delivery]` table.
+    async fn fixture_with(delivery: &str, channels: Channels) -> (Arc<dyn Store>, Arc<Scheduler>) {
         let config = Arc::new(
             crate::config::Config::parse(
-                &format!("[delivery]\nconcurrency = {concurrency}\n[types.\"line.down\"]\nshort = \"down\"\n"),
+                &format!("[delivery]\n{delivery}[types.\"line.down\"]\nshort = \"down\"\n"),
                 "test",
             )
             .unwrap(),
@@ -761,6 +797,69 @@ mod tests {
             && n.attempts == scheduler.delivery.max_attempts + 1));
     }
 
+    /// A provider that answers its first `busy` requests 429 (wait a
+    /// second), then takes every one.
+    struct Busy {
+        busy: std::sync::atomic::AtomicUsize,
+        calls: std::sync::atomic::AtomicUsize,
+    }
+
+    #[async_trait::async_trait]
+    impl Channel for Busy {
+        fn kind(&self) -> ChannelKind {
+            ChannelKind::Telegram
+        }
+        async fn deliver(&self, _: &Outgoing) -> Result<Receipt, DeliveryError> {
+            use std::sync::atomic::Ordering::SeqCst;
+            self.calls.fetch_add(1, SeqCst);
+            match self.busy.fetch_update(SeqCst, SeqCst, |b| b.checked_sub(1)) {
+                Ok(_) => Err(DeliveryError::Transient {
+                    reason: "rate_limited",
+                    detail: "HTTP 429 M_LIMIT_EXCEEDED".into(),
+                    retry_after: Some(std::time::Duration::from_secs(1)),
+                }),
+                Err(_) => Ok(Receipt::default()),
+            }
+        }
+    }
+
+    /// Issue 14: a provider pacing kci with 429s (here 60 of them, against
+    /// 2 attempts per notice) costs no customer their notice: every one
+    /// is delivered, none failed, none charged an attempt for waiting.
+    #[tokio::test]
+    async fn a_provider_pacing_with_429s_costs_no_notice() {
+        let busy = Arc::new(Busy {
+            busy: 60.into(),
+            calls: Default::default(),
+        });
+        let ntfy = Arc::new(RecordingChannel::new(ChannelKind::Ntfy));
+        let mut channels = Channels::default();
+        channels.insert(busy.clone());
+        channels.insert(ntfy.clone());
+        let (store, scheduler) =
+            fixture_with("concurrency = 4\nmax_attempts = 2\n", channels).await;
+        let mut now = Utc::now();
+        for _ in 0..500 {
+            now += Duration::seconds(2);
+            scheduler.run_once(now).await.unwrap();
+            if store.count_by_state().await.unwrap() == vec![(State::Sent, 40)] {
+                break;
+            }
+        }
+        assert_eq!(
+            store.count_by_state().await.unwrap(),
+            vec![(State::Sent, 40)]
+        );
+        let sent = store
+            .notifications_in(State::Sent, None, 100)
+            .await
+            .unwrap();
+        assert!(sent.iter().all(|n| n.attempts == 1), "{sent:?}");
+        let paced: u32 = sent.iter().map(|n| n.paced).sum();
+        assert_eq!(paced, 60, "every 429 counted as pacing");
+        assert_eq!(busy.calls.load(std::sync::atomic::Ordering::SeqCst), 80);
+    }
+
     #[tokio::test]
     async fn a_provider_asking_to_wait_pauses_its_whole_channel() {
         let limited = Arc::new(Limited {
@@ -833,6 +932,69 @@ mod tests {
             .find(|(s, _)| *s == State::Sent)
             .map(|(_, n)| n);
         assert_eq!(sent, Some(40));
+    }
+
+    #[test]
+    fn a_provider_asking_to_wait_costs_no_attempt() {
+        let d = crate::config::DeliveryConfig {
+            max_attempts: 3,
+            max_paced: 5,
+            ..Default::default()
+        };
+        let at = Utc::now();
+        let secs = std::time::Duration::from_secs;
+        let transient = |reason, after: Option<u64>| DeliveryError::Transient {
+            reason,
+            detail: "HTTP 4xx/5xx".into(),
+            retry_after: after.map(secs),
+        };
+        let refused = DeliveryError::Permanent {
+            reason: "http_status",
+            detail: "HTTP 404".into(),
+        };
+        // (attempts, paced, error) -> the finish, and how long it waits.
+        let rows: &[(u32, u32, DeliveryError, &str, Option<i64>)] = &[
+            (1, 0, refused.clone(), "failed:rejected", None),
+            (1, 0, transient("rate_limited", Some(7)), "paced", Some(7)),
+            // At the last attempt a 429 is still pacing, not the end.
+            (3, 4, transient("rate_limited", Some(7)), "paced", Some(7)),
+            (
+                3,
+                5,
+                transient("rate_limited", Some(7)),
+                "failed:gave_up",
+                None,
+            ),
+            // No word from the provider: a backoff of its own, by paced.
+            (1, 2, transient("rate_limited", None), "paced", Some(20)),
+            (1, 0, transient("http_status", None), "retry", Some(5)),
+            // A 503's Retry-After, when longer than the backoff.
+            (1, 0, transient("http_status", Some(60)), "retry", Some(60)),
+            (3, 0, transient("http_status", None), "failed:gave_up", None),
+        ];
+        for (attempts, paced, e, want, wait) in rows {
+            let f = after_failure(&d, *attempts, *paced, e, at, 0.0);
+            let (got, due) = match &f {
+                Finish::Paced { due_at, .. } => ("paced".to_string(), Some(*due_at)),
+                Finish::Retry { due_at, .. } => ("retry".to_string(), Some(*due_at)),
+                Finish::Failed { reason, .. } => (format!("failed:{}", reason.as_str()), None),
+                other => (format!("{other:?}"), None),
+            };
+            assert_eq!(&got, want, "{attempts} {paced} {e}");
+            if let (Some(due), Some(w)) = (due, wait) {
+                // jitter 0: backoff halves; the provider's wait is kept.
+                let want_wait = if e.is_pacing() && e.retry_after().is_some() || *w == 60 {
+                    *w * 1000
+                } else {
+                    *w * 500
+                };
+                assert_eq!(
+                    (due - at).num_milliseconds(),
+                    want_wait,
+                    "{attempts} {paced} {e}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -617,8 +617,32 @@ pub async fn check_claim_lease_and_finish(store: &dyn Store) {
         "the deferral gave its attempt back"
     );
     assert_eq!(back[0].notification.reason, Some(Reason::RateLimit));
+    // The provider asking to wait (HTTP 429) gives the attempt back too,
+    // and is counted as pacing.
+    let later = slot + Duration::seconds(7);
     store
-        .finish(&back[0].notification.id, Finish::Expired { at: slot })
+        .finish(
+            &back[0].notification.id,
+            Finish::Paced {
+                at: slot,
+                due_at: later,
+                detail: "rate_limited: HTTP 429".into(),
+            },
+        )
+        .await
+        .unwrap();
+    let back = store
+        .claim_due(later, later + Duration::minutes(2), 10)
+        .await
+        .unwrap();
+    assert_eq!(back.len(), 1);
+    assert_eq!(
+        (back[0].notification.attempts, back[0].notification.paced),
+        (3, 1),
+        "paced, not attempted"
+    );
+    store
+        .finish(&back[0].notification.id, Finish::Expired { at: later })
         .await
         .unwrap();
     assert_eq!(
@@ -698,6 +722,7 @@ pub async fn check_own_notices(store: &dyn Store) {
         decided_at: now,
         sent_at: None,
         attempts: 0,
+        paced: 0,
         timezone: "UTC".into(),
         digest: None,
         paired_from: None,

@@ -37,6 +37,7 @@ macro_rules! migrations {
             (10, include_str!(concat!("migrations/", $db, "-10.sql"))),
             (11, include_str!(concat!("migrations/", $db, "-11.sql"))),
             (12, include_str!(concat!("migrations/", $db, "-12.sql"))),
+            (13, include_str!(concat!("migrations/", $db, "-13.sql"))),
         ]
     };
 }

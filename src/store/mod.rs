@@ -192,6 +192,13 @@ pub enum Finish {
         due_at: DateTime<Utc>,
         detail: String,
     },
+    /// The provider asked to wait (HTTP 429): pacing, not failure. Back to
+    /// the queue until `due_at`, the attempt given back, `paced` counted.
+    Paced {
+        at: DateTime<Utc>,
+        due_at: DateTime<Utc>,
+        detail: String,
+    },
 }
 
 /// A notification claimed for delivery, with its event (if any).
@@ -901,6 +908,8 @@ pub(crate) mod codec {
         pub decided_at: i64,
         /// Added to `attempts` (-1 gives back the claim's attempt).
         pub attempts_delta: i64,
+        /// Added to `paced` (1: the provider asked to wait).
+        pub paced_delta: i64,
         pub provider_ref: Option<String>,
         /// `awaiting` when the provider will report later.
         pub receipt: Option<&'static str>,
@@ -923,6 +932,7 @@ pub(crate) mod codec {
                 due_at: None,
                 decided_at: 0,
                 attempts_delta: 0,
+                paced_delta: 0,
                 provider_ref: None,
                 receipt: None,
                 segments: None,
@@ -946,6 +956,7 @@ pub(crate) mod codec {
                 due_at: None,
                 decided_at: to_millis(*at),
                 attempts_delta: 0,
+                paced_delta: 0,
                 provider_ref: receipt.provider_ref.clone(),
                 receipt: receipt
                     .awaiting
@@ -962,6 +973,7 @@ pub(crate) mod codec {
                 due_at: Some(to_millis(*due_at)),
                 decided_at: to_millis(*at),
                 attempts_delta: 0,
+                paced_delta: 0,
                 ..FinishRow::none()
             },
             Finish::Failed { at, reason, detail } => FinishRow {
@@ -972,6 +984,18 @@ pub(crate) mod codec {
                 due_at: None,
                 decided_at: to_millis(*at),
                 attempts_delta: 0,
+                paced_delta: 0,
+                ..FinishRow::none()
+            },
+            Finish::Paced { at, due_at, detail } => FinishRow {
+                state: State::Pending,
+                reason: Some(Reason::RateLimit),
+                detail: Some(detail.clone()),
+                sent_at: None,
+                due_at: Some(to_millis(*due_at)),
+                decided_at: to_millis(*at),
+                attempts_delta: -1,
+                paced_delta: 1,
                 ..FinishRow::none()
             },
             Finish::Deferred { at, due_at, detail } => FinishRow {
@@ -982,6 +1006,7 @@ pub(crate) mod codec {
                 due_at: Some(to_millis(*due_at)),
                 decided_at: to_millis(*at),
                 attempts_delta: -1,
+                paced_delta: 0,
                 ..FinishRow::none()
             },
             Finish::Cancelled { at, reason } => FinishRow {
@@ -992,6 +1017,7 @@ pub(crate) mod codec {
                 due_at: None,
                 decided_at: to_millis(*at),
                 attempts_delta: 0,
+                paced_delta: 0,
                 ..FinishRow::none()
             },
             Finish::Expired { at } => FinishRow {
@@ -1002,6 +1028,7 @@ pub(crate) mod codec {
                 due_at: None,
                 decided_at: to_millis(*at),
                 attempts_delta: 0,
+                paced_delta: 0,
                 ..FinishRow::none()
             },
         };

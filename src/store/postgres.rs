@@ -776,7 +776,7 @@ impl Rows for PgRows {
         let sql = "WITH f AS (UPDATE notifications SET state = $2, reason = $3, detail = $4, \
              sent_at = COALESCE($5, sent_at), due_at = COALESCE($6, due_at), decided_at = $7, lease_until = NULL, \
              attempts = attempts + $8, provider_ref = COALESCE($9, provider_ref), receipt = $10, \
-             segments = COALESCE($11, segments), secret = CASE WHEN $12 THEN secret END \
+             segments = COALESCE($11, segments), secret = CASE WHEN $12 THEN secret END, paced = paced + $14 \
              WHERE id = $1 AND state = 'sending' RETURNING id, event, due_at, destination), \
              h AS (UPDATE destinations SET failures = 0 \
                WHERE $13 AND failures > 0 AND id IN (SELECT destination FROM f)) \
@@ -800,6 +800,7 @@ impl Rows for PgRows {
                     &f.segments,
                     &f.keeps_secret,
                     &f.clears_refusals,
+                    &f.paced_delta,
                 ],
             )
             .await?;
@@ -853,7 +854,7 @@ impl Rows for PgRows {
 
     async fn redrive(&mut self, id: &str, d: &Decided) -> Result<bool> {
         let sql = "WITH r AS (UPDATE notifications SET state = 'pending', reason = 'redriven', due_at = $2, \
-             decided_at = $2, attempts = 0 WHERE id = $1 AND state = 'failed' RETURNING id, event) \
+             decided_at = $2, attempts = 0, paced = 0 WHERE id = $1 AND state = 'failed' RETURNING id, event) \
              INSERT INTO decisions (notification, event, at, state, reason, detail, due_at) \
              SELECT id, event, $2, 'pending', 'redriven', $3, $2 FROM r";
         let n = self.exec(sql, &[&id, &to_millis(d.at), &d.detail]).await?;

@@ -491,7 +491,7 @@ pub trait Cols {
 /// The columns [`notification`] reads, in its order.
 pub const NOTIFICATION_COLUMNS: &str = "id, event, account, contact, destination, uri, channel, type, key, priority, \
      state, reason, detail, due_at, expires_at, decided_at, sent_at, attempts, timezone, message, digest, paired_from, \
-     provider_ref, receipt, segments, secret";
+     provider_ref, receipt, segments, secret, paced";
 
 pub fn notification(r: &impl Cols) -> Result<Notification> {
     Ok(Notification {
@@ -521,6 +521,7 @@ pub fn notification(r: &impl Cols) -> Result<Notification> {
         receipt: receipt_from_text(r.opt_text(23)?)?,
         segments: r.opt_int(24)?.and_then(|s| u32::try_from(s).ok()),
         secret: r.opt_text(25)?.map(crate::model::Secret::new),
+        paced: r.count(26)?,
     })
 }
 

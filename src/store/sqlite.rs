@@ -746,7 +746,7 @@ impl Rows for Lite {
         let sql = "UPDATE notifications SET state = ?2, reason = ?3, detail = ?4, sent_at = COALESCE(?5, sent_at), \
              due_at = COALESCE(?6, due_at), decided_at = ?7, lease_until = NULL, attempts = attempts + ?8, \
              provider_ref = COALESCE(?9, provider_ref), receipt = ?10, segments = COALESCE(?11, segments), \
-             secret = CASE WHEN ?12 THEN secret END \
+             secret = CASE WHEN ?12 THEN secret END, paced = paced + ?13 \
              WHERE id = ?1 AND state = 'sending' RETURNING id, event, due_at, destination";
         let p = params![
             id,
@@ -760,7 +760,8 @@ impl Rows for Lite {
             f.provider_ref,
             f.receipt,
             f.segments,
-            f.keeps_secret
+            f.keeps_secret,
+            f.paced_delta
         ];
         let Some((done, destination)) = self.one(sql, p, |r| Ok((touched(r)?, r.text(3)?)))? else {
             return Ok(false);
@@ -818,7 +819,7 @@ impl Rows for Lite {
 
     async fn redrive(&mut self, id: &str, d: &Decided) -> Result<bool> {
         let sql = "UPDATE notifications SET state = 'pending', reason = 'redriven', due_at = ?2, decided_at = ?2, \
-             attempts = 0 WHERE id = ?1 AND state = 'failed' RETURNING id, event, due_at";
+             attempts = 0, paced = 0 WHERE id = ?1 AND state = 'failed' RETURNING id, event, due_at";
         let done = self.all(sql, params![id, to_millis(d.at)], touched)?;
         Ok(self.record_all(&done, d)? > 0)
     }

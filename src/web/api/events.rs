@@ -168,6 +168,7 @@ pub fn fate(n: &Notification) -> Value {
         "due_at": fmt_time(n.due_at),
         "sent_at": n.sent_at.map(fmt_time),
         "attempts": n.attempts,
+        "paced": n.paced,
         "receipt": n.receipt,
         "segments": n.segments,
     })

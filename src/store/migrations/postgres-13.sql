@@ -1,0 +1,4 @@
+-- Times a provider asked to wait for a notice (HTTP 429, Retry-After):
+-- pacing, not failure, so it does not spend an attempt; bounded by
+-- [delivery] max_paced.
+ALTER TABLE notifications ADD COLUMN paced BIGINT NOT NULL DEFAULT 0;
