@@ -140,7 +140,7 @@ async fn run(name: &'static str, n: u64, trouble: Option<Trouble>) -> Run {
         .values()
         .filter(|f| f.len() != 1 || f[0].0 != "sent")
         .count();
-    let attempts = fates.values().flatten().map(|(_, a)| a).sum();
+    let attempts = fates.values().flatten().map(|(_, a, _)| a).sum();
     Run {
         name,
         reports: providers.report(&posted),

@@ -466,7 +466,7 @@ pub async fn fates(
     token: &str,
     run: &str,
     n: u64,
-) -> HashMap<u64, Vec<(String, u64)>> {
+) -> HashMap<u64, Vec<(String, u64, u64)>> {
     let mut out = HashMap::new();
     for i in 0..n {
         let v: serde_json::Value = http
@@ -486,6 +486,7 @@ pub async fn fates(
                         (
                             x["state"].as_str().unwrap_or("?").to_string(),
                             x["attempts"].as_u64().unwrap_or(0),
+                            x["paced"].as_u64().unwrap_or(0),
                         )
                     })
                     .collect()
