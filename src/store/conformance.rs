@@ -2007,6 +2007,26 @@ pub async fn check_protected_changes(store: &dyn Store) {
             .len(),
         entries.len()
     );
+    // The pending ones of an account, as a texted code is tried against:
+    // exactly the pending among all of them.
+    let all = store
+        .changes(crate::store::ChangeFilter::Account("A1".into()))
+        .await
+        .unwrap();
+    let pending = store
+        .changes(crate::store::ChangeFilter::PendingOfAccount("A1".into()))
+        .await
+        .unwrap();
+    let want: Vec<_> = all
+        .iter()
+        .filter(|c| c.state == ChangeState::Pending)
+        .map(|c| c.id.clone())
+        .collect();
+    assert!(all.len() > want.len(), "settled ones too: {all:?}");
+    assert_eq!(
+        pending.iter().map(|c| c.id.clone()).collect::<Vec<_>>(),
+        want
+    );
 }
 
 /// Lowering a `high` account's security through `PUT` keeps it, in the

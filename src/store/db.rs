@@ -1262,12 +1262,10 @@ impl<B: Backend> ChangeStore for Db<B> {
                         })
                         .await?
                     }
-                    ChangeFilter::Account(account) => {
+                    ChangeFilter::Account(account) | ChangeFilter::PendingOfAccount(account) => {
+                        let pending = matches!(filter, ChangeFilter::PendingOfAccount(_));
                         let mut out = rows
-                            .changes(ChangeWhich::Account {
-                                account,
-                                pending: false,
-                            })
+                            .changes(ChangeWhich::Account { account, pending })
                             .await?;
                         // The key changes of the addresses its contacts use.
                         let mut addresses: Vec<String> = rows
@@ -1284,11 +1282,8 @@ impl<B: Backend> ChangeStore for Db<B> {
                         addresses.dedup();
                         for address in &addresses {
                             out.extend(
-                                rows.changes(ChangeWhich::Address {
-                                    address,
-                                    pending: false,
-                                })
-                                .await?,
+                                rows.changes(ChangeWhich::Address { address, pending })
+                                    .await?,
                             );
                         }
                         out

@@ -609,6 +609,8 @@ pub trait CallStore: Send + Sync {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ChangeFilter {
     Account(String),
+    /// The pending ones only, of an account (and its addresses' keys).
+    PendingOfAccount(String),
     Address(String),
 }
 

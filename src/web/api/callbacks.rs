@@ -154,6 +154,9 @@ pub async fn gateway_inbound(
 
 /// The most pending changes one text is tried against.
 const MAX_CHANGES_PER_TEXT: usize = 5;
+/// Accounts whose pending changes one text is tried against: a number is
+/// rarely a destination of more than a household's accounts.
+const MAX_ACCOUNTS_PER_TEXT: usize = 10;
 
 /// A text from `from`: if it holds a code (6 digits), it is tried against
 /// the pending changes, waiting for a code texted back, of the accounts
@@ -176,7 +179,9 @@ async fn texted(st: &AppState, from: &str, text: &str) -> Result<(), AppError> {
         .into_iter()
         .map(|(account, _)| account)
         .collect();
+    accounts.sort();
     accounts.dedup();
+    accounts.truncate(MAX_ACCOUNTS_PER_TEXT);
     let engine = crate::changes::Engine {
         store: st.store.as_ref(),
         config: st.config.as_ref(),
@@ -191,7 +196,7 @@ async fn texted(st: &AppState, from: &str, text: &str) -> Result<(), AppError> {
     for account in accounts {
         let changes = st
             .store
-            .changes(crate::store::ChangeFilter::Account(account))
+            .changes(crate::store::ChangeFilter::PendingOfAccount(account))
             .await?;
         let waiting = changes.into_iter().filter(|c| {
             c.state == crate::model::ChangeState::Pending
