@@ -1017,11 +1017,14 @@ impl Config {
                     format!("`{}` is not a mailbox ({e})", self.email.from),
                 )
             })?;
-        if let Some(smtp) = &self.email.smtp {
+        if let Some(smtp) = self.email.smtp.as_ref().filter(|s| s.expose() != "mx") {
             let parsed = url::Url::parse(smtp.expose())
                 .map_err(|e| ("email.smtp".to_string(), format!("not a URL ({e})")))?;
             if !matches!(parsed.scheme(), "smtp" | "smtps") {
-                return Err(("email.smtp".into(), "must be smtp://… or smtps://…".into()));
+                return Err((
+                    "email.smtp".into(),
+                    "must be smtp://…, smtps://… or mx".into(),
+                ));
             }
         }
         match (&self.email.smime_cert, &self.email.smime_key) {

@@ -516,11 +516,18 @@ impl Pki {
     /// A certificate for `name` issued by CA `ca`, for `usage`
     /// (`serverAuth` with the loopback address, or `clientAuth`).
     pub fn issue(&self, ca: &str, name: &str, usage: &str) {
+        self.issue_for(ca, name, usage, &[]);
+    }
+
+    /// As [`Pki::issue`]; a server certificate names `dns` (and the
+    /// loopback address).
+    pub fn issue_for(&self, ca: &str, name: &str, usage: &str, dns: &[&str]) {
         let ext = format!("{name}.ext");
         let san = if usage == "serverAuth" {
-            "subjectAltName=IP:127.0.0.1\n"
+            let names: String = dns.iter().map(|d| format!(",DNS:{d}")).collect();
+            format!("subjectAltName=IP:127.0.0.1{names}\n")
         } else {
-            ""
+            String::new()
         };
         std::fs::write(
             self.dir.join(&ext),

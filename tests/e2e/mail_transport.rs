@@ -280,3 +280,210 @@ print(" ".join("pass" if d.verify(idx=i, dnsfunc=dnsfunc) else "fail" for i in r
     let forged = mail.replace("Line L1 is down", "Line L1 is fine");
     assert_eq!(verify(&forged), "fail fail");
 }
+
+/// A DNS server for the test's own names: dnslib's zone resolver.
+struct Dns {
+    port: u16,
+    child: Child,
+}
+
+impl Dns {
+    fn start(dir: &Path, zone: &str) -> Dns {
+        let file = dir.join("zone.txt");
+        std::fs::write(&file, zone).unwrap();
+        let port = free_port();
+        let mut dns = Dns {
+            port,
+            child: Command::new("/usr/bin/python3")
+                .args(["-m", "dnslib.zoneresolver", "--address", "127.0.0.1"])
+                .args(["--port", &port.to_string(), "--log=-request,-reply"])
+                .arg("--zone")
+                .arg(&file)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("python3-dnslib"),
+        };
+        // UDP: wait until it answers.
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.set_read_timeout(Some(std::time::Duration::from_millis(200)))
+            .unwrap();
+        // A query for `.` NS, id 1.
+        let query = [0u8, 1, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 1];
+        let mut buf = [0u8; 512];
+        for _ in 0..50 {
+            let _ = sock.send_to(&query, ("127.0.0.1", port));
+            if sock.recv_from(&mut buf).is_ok() {
+                return dns;
+            }
+        }
+        let _ = dns.child.kill();
+        panic!("dnslib did not answer on {port}");
+    }
+}
+
+impl Drop for Dns {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An HTTPS server publishing MTA-STS policies, by `Host`.
+struct PolicyServer {
+    port: u16,
+    child: Child,
+}
+
+impl PolicyServer {
+    fn start(cert: &str, key: &str, policies: &[(&str, &str)]) -> PolicyServer {
+        const SERVER: &str = r#"
+import http.server, json, ssl, sys
+port, cert, key, policies = int(sys.argv[1]), sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        host = (self.headers.get("Host") or "").split(":")[0]
+        body = policies.get(host)
+        if self.path != "/.well-known/mta-sts.txt" or body is None:
+            self.send_response(404)
+            self.end_headers()
+            return
+        data = body.encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+    def log_message(self, *a):
+        pass
+srv = http.server.ThreadingHTTPServer(("127.0.0.1", port), H)
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(cert, key)
+srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+srv.serve_forever()
+"#;
+        let port = free_port();
+        let map: serde_json::Map<String, serde_json::Value> = policies
+            .iter()
+            .map(|(h, p)| (h.to_string(), json!(p)))
+            .collect();
+        let child = Command::new("/usr/bin/python3")
+            .args(["-c", SERVER, &port.to_string(), cert, key])
+            .arg(serde_json::Value::Object(map).to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_for_port(port, "the MTA-STS policy server");
+        PolicyServer { port, child }
+    }
+}
+
+impl Drop for PolicyServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Straight to recipients' MX hosts (`smtp = "mx"`), honouring MTA-STS
+/// (issue 16): a domain whose policy lists its MX gets its mail over
+/// verified TLS even where a local policy said `tls = "none"`; a domain
+/// whose DNS names an MX its policy does not list (a spoofed MX) gets
+/// nothing; a domain without a policy gets the default, TLS required.
+/// Real peers: dnslib as the DNS server, Python's HTTPS server for the
+/// policies, aiosmtpd requiring STARTTLS as every MX.
+#[tokio::test]
+async fn direct_delivery_honours_mta_sts_policies() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), "ca");
+    pki.issue_for(
+        "ca",
+        "mx",
+        "serverAuth",
+        &["mx.sts.example", "mx.evil.test", "mx.plain.example"],
+    );
+    pki.issue_for(
+        "ca",
+        "policies",
+        "serverAuth",
+        &["mta-sts.sts.example", "mta-sts.bad.example"],
+    );
+    let (mx_crt, mx_key) = (pki.path("mx.crt"), pki.path("mx.key"));
+    let mx = Mta::start(dir.path(), "mx", Some((&mx_crt, &mx_key, None)));
+    let enforce = |mx: &str| format!("version: STSv1\nmode: enforce\nmx: {mx}\nmax_age: 86400\n");
+    let (sts, bad) = (enforce("mx.sts.example"), enforce("mx.bad.example"));
+    let policies = PolicyServer::start(
+        &pki.path("policies.crt"),
+        &pki.path("policies.key"),
+        &[("mta-sts.sts.example", &sts), ("mta-sts.bad.example", &bad)],
+    );
+    let dns = Dns::start(
+        dir.path(),
+        "sts.example. 60 IN MX 10 mx.sts.example.\n\
+         mx.sts.example. 60 IN A 127.0.0.1\n\
+         _mta-sts.sts.example. 60 IN TXT \"v=STSv1; id=20261202\"\n\
+         mta-sts.sts.example. 60 IN A 127.0.0.1\n\
+         bad.example. 60 IN MX 10 mx.evil.test.\n\
+         mx.evil.test. 60 IN A 127.0.0.1\n\
+         _mta-sts.bad.example. 60 IN TXT \"v=STSv1; id=1\"\n\
+         mta-sts.bad.example. 60 IN A 127.0.0.1\n\
+         plain.example. 60 IN MX 10 mx.plain.example.\n\
+         mx.plain.example. 60 IN A 127.0.0.1\n",
+    );
+    let email = format!(
+        "smtp = \"mx\"\ntls_ca = \"{ca}\"\n\
+         [email.mx]\nnameservers = [\"127.0.0.1:{dns}\"]\nport = {mx}\nhttps_port = {https}\n\
+         [email.domains.\"sts.example\"]\ntls = \"none\"\n",
+        ca = pki.path("ca.crt"),
+        dns = dns.port,
+        mx = mx.port,
+        https = policies.port,
+    );
+    let kci = Kci::start_full(None, "", &email, "");
+    let admin = kci.token(&["admin"]);
+    let cases = [
+        ("alice@sts.example", "sent"),
+        ("bob@bad.example", "mta_sts"),
+        ("carol@plain.example", "sent"),
+    ];
+    for (i, (to, _)) in cases.iter().enumerate() {
+        let account = format!("M{i}");
+        kci.customer(
+            &admin,
+            &account,
+            "c",
+            json!({"uri": format!("mailto:{to}"), "verified": true}),
+        )
+        .await;
+        kci.post_event(
+            &admin,
+            &json!({"id": format!("m{i}"), "type": "line.down", "account": account, "service": "L1"})
+                .to_string(),
+        )
+        .await;
+    }
+    for (i, (to, want)) in cases.iter().enumerate() {
+        let n = eventually(30, &format!("an attempt to {to}"), || async {
+            let (_, v) = kci
+                .call("GET", &format!("/v1/events/m{i}"), Some(&admin), None)
+                .await;
+            let n = v["notifications"][0].clone();
+            (n["state"] == "sent" || n["detail"].is_string()).then_some(n)
+        })
+        .await;
+        let detail = n["detail"].as_str().unwrap_or_default();
+        match *want {
+            "sent" => assert_eq!(n["state"], "sent", "{to}: {n}"),
+            _ => assert!(
+                detail.starts_with("mta_sts: none of bad.example's MX hosts (mx.evil.test)"),
+                "{to}: {n}"
+            ),
+        }
+    }
+    let got = mx.mails();
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert!(got.iter().any(|m| m.contains("alice@sts.example")));
+    assert!(got.iter().any(|m| m.contains("carol@plain.example")));
+    assert!(!got.iter().any(|m| m.contains("bob@bad.example")));
+}

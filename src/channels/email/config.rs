@@ -12,7 +12,9 @@ pub struct EmailConfig {
     /// The sender, `Name <address>`.
     #[serde(default = "default_from")]
     pub from: String,
-    /// SMTP server in lettre URL syntax (`smtp://host:587`, `smtps://…`).
+    /// SMTP server in lettre URL syntax (`smtp://host:587`, `smtps://…`),
+    /// or `mx`: straight to each recipient domain's MX hosts, honouring
+    /// their MTA-STS policies (`[email.mx]`).
     /// TLS is required by default, with the server's certificate verified:
     /// STARTTLS, or refused with reason `tls_required`; `?tls=opportunistic`
     /// or `?tls=none` in the URL, or a domain's `tls`, allow less. Absent:
@@ -34,6 +36,9 @@ pub struct EmailConfig {
     /// mail goes and how it is secured.
     #[serde(default)]
     pub domains: BTreeMap<String, DomainPolicy>,
+    /// Delivery to recipients' MX hosts, where `smtp = "mx"`.
+    #[serde(default)]
+    pub mx: MxConfig,
     /// The Maildir written when no SMTP server is configured.
     #[serde(default = "default_outbox")]
     pub outbox: PathBuf,
@@ -69,7 +74,8 @@ pub struct EmailConfig {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DomainPolicy {
-    /// This domain's mail goes to this server instead of `[email] smtp`.
+    /// This domain's mail goes to this server instead of `[email] smtp`
+    /// (`mx`: to the domain's own MX hosts).
     #[serde(default)]
     pub smtp: Option<Secret<String>>,
     /// Overrides the route's `tls`: `required`, `opportunistic` (clear when
@@ -84,6 +90,51 @@ pub struct DomainPolicy {
     pub client_cert: Option<PathBuf>,
     #[serde(default)]
     pub client_key: Option<PathBuf>,
+}
+
+/// `[email.mx]`: how kci reaches recipients' MX hosts itself.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MxConfig {
+    /// The transport policy where a domain has none of its own (an MTA-STS
+    /// policy in `enforce` mode always requires verified TLS).
+    #[serde(default = "required")]
+    pub tls: TlsPolicy,
+    /// The name kci says in EHLO; default: the domain of `from`.
+    #[serde(default)]
+    pub helo: Option<String>,
+    /// DNS servers (`ip:port`) instead of the system's.
+    #[serde(default)]
+    pub nameservers: Vec<std::net::SocketAddr>,
+    /// The SMTP port of MX hosts (25; another only in a lab).
+    #[serde(default = "smtp_port")]
+    pub port: u16,
+    /// The HTTPS port MTA-STS policies are fetched from (443; another
+    /// only in a lab).
+    #[serde(default = "https_port")]
+    pub https_port: u16,
+}
+
+fn required() -> TlsPolicy {
+    TlsPolicy::Required
+}
+fn smtp_port() -> u16 {
+    25
+}
+fn https_port() -> u16 {
+    443
+}
+
+impl Default for MxConfig {
+    fn default() -> Self {
+        MxConfig {
+            tls: required(),
+            helo: None,
+            nameservers: Vec::new(),
+            port: smtp_port(),
+            https_port: https_port(),
+        }
+    }
 }
 
 /// Whether a connection must be encrypted.
@@ -132,6 +183,7 @@ impl Default for EmailConfig {
             client_cert: None,
             client_key: None,
             domains: BTreeMap::new(),
+            mx: MxConfig::default(),
             outbox: default_outbox(),
             timeout: default_timeout(),
             signing_key: None,

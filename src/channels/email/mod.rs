@@ -15,6 +15,8 @@
 
 pub mod dkim;
 mod maildir;
+pub mod mta_sts;
+mod mx;
 mod smtp;
 
 use super::{Channel, DeliveryError, Outgoing, Receipt};
@@ -49,6 +51,9 @@ impl Header for AutoSubmitted {
 
 enum Transport {
     Smtp(smtp::SmtpPool),
+    /// Straight to the recipient domain's MX hosts, with the domain's own
+    /// `tls` if it has one.
+    Mx(Option<TlsPolicy>),
     Maildir(maildir::Maildir),
 }
 
@@ -56,16 +61,23 @@ enum Transport {
 /// it, else the default.
 struct Routes {
     default: Transport,
-    domains: HashMap<String, smtp::SmtpPool>,
+    domains: HashMap<String, Transport>,
+    /// Set when a route is `mx`.
+    direct: Option<mx::Direct>,
 }
 
 impl Routes {
     fn from_config(cfg: &EmailConfig) -> anyhow::Result<Routes> {
+        let route = |url: &str, policy: &DomainPolicy| -> Result<Transport, String> {
+            if url == "mx" {
+                Ok(Transport::Mx(policy.tls))
+            } else {
+                smtp_pool(cfg, url, policy).map(Transport::Smtp)
+            }
+        };
         let default = match &cfg.smtp {
-            Some(url) => Transport::Smtp(
-                smtp_pool(cfg, url.expose(), &DomainPolicy::default())
-                    .map_err(|e| anyhow::anyhow!("email.smtp: {e}"))?,
-            ),
+            Some(url) => route(url.expose(), &DomainPolicy::default())
+                .map_err(|e| anyhow::anyhow!("email.smtp: {e}"))?,
             None => Transport::Maildir(maildir::Maildir::create(PathBuf::from(&cfg.outbox))?),
         };
         let mut domains = HashMap::new();
@@ -75,37 +87,44 @@ impl Routes {
                     "email.domains.{domain}: set its smtp, or [email] smtp (without one, mail goes to the outbox)"
                 )
             })?;
-            let pool = smtp_pool(cfg, url.expose(), policy)
+            let transport = route(url.expose(), policy)
                 .map_err(|e| anyhow::anyhow!("email.domains.{domain}: {e}"))?;
-            domains.insert(domain.to_ascii_lowercase(), pool);
+            domains.insert(domain.to_ascii_lowercase(), transport);
         }
-        Ok(Routes { default, domains })
+        let uses_mx = matches!(default, Transport::Mx(_))
+            || domains.values().any(|t| matches!(t, Transport::Mx(_)));
+        let direct = if uses_mx {
+            let from: Mailbox = cfg
+                .from
+                .parse()
+                .map_err(|e| anyhow::anyhow!("email.from: {e}"))?;
+            let files = tls_files(cfg, &DomainPolicy::default())
+                .map_err(|e| anyhow::anyhow!("email.mx: {e}"))?;
+            Some(
+                mx::Direct::new(&cfg.mx, from.email.domain(), cfg.timeout.0, files)
+                    .map_err(|e| anyhow::anyhow!("email.mx: {e}"))?,
+            )
+        } else {
+            None
+        };
+        Ok(Routes {
+            default,
+            domains,
+            direct,
+        })
     }
 
     /// The route of mail to `to`.
-    fn for_recipient(&self, to: &lettre::Address) -> Route<'_> {
-        match (
-            self.domains.get(&to.domain().to_ascii_lowercase()),
-            &self.default,
-        ) {
-            (Some(pool), _) | (None, Transport::Smtp(pool)) => Route::Smtp(pool),
-            (None, Transport::Maildir(m)) => Route::Maildir(m),
-        }
+    fn for_recipient(&self, to: &lettre::Address) -> &Transport {
+        self.domains
+            .get(&to.domain().to_ascii_lowercase())
+            .unwrap_or(&self.default)
     }
 }
 
-enum Route<'a> {
-    Smtp(&'a smtp::SmtpPool),
-    Maildir(&'a maildir::Maildir),
-}
-
-/// A pool for `url` under `policy` (which falls back on `[email]`'s files).
-fn smtp_pool(
-    cfg: &EmailConfig,
-    url: &str,
-    policy: &DomainPolicy,
-) -> Result<smtp::SmtpPool, String> {
-    let target = smtp::SmtpTarget::parse(url)?.with_policy(policy.tls);
+/// What `policy`'s route trusts and presents (falling back on `[email]`'s
+/// files).
+fn tls_files(cfg: &EmailConfig, policy: &DomainPolicy) -> Result<smtp::TlsFiles, String> {
     let read = |p: &Path| std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()));
     let roots = policy
         .tls_ca
@@ -121,7 +140,17 @@ fn smtp_pool(
         (None, None) => None,
         _ => return Err("client_cert and client_key go together".into()),
     };
-    smtp::SmtpPool::new(target, cfg.timeout.0, &smtp::TlsFiles { roots, identity })
+    Ok(smtp::TlsFiles { roots, identity })
+}
+
+/// A pool for `url` under `policy` (which falls back on `[email]`'s files).
+fn smtp_pool(
+    cfg: &EmailConfig,
+    url: &str,
+    policy: &DomainPolicy,
+) -> Result<smtp::SmtpPool, String> {
+    let target = smtp::SmtpTarget::parse(url)?.with_policy(policy.tls);
+    smtp::SmtpPool::new(target, cfg.timeout.0, &tls_files(cfg, policy)?)
 }
 
 pub struct EmailChannel {
@@ -316,16 +345,29 @@ impl Channel for EmailChannel {
             reason: "bad_address",
             detail: "no recipient".into(),
         })?;
-        match self.routes.for_recipient(to) {
-            Route::Smtp(pool) => {
-                let resp = pool.send(&envelope, &mail).await?;
-                let words = resp.message().collect::<Vec<_>>().join(" ");
-                Ok(Receipt {
-                    detail: Some(format!("{} {}", resp.code(), words)),
-                    ..Default::default()
-                })
+        let said = |resp: lettre::transport::smtp::response::Response| {
+            let words = resp.message().collect::<Vec<_>>().join(" ");
+            Receipt {
+                detail: Some(format!("{} {}", resp.code(), words)),
+                ..Default::default()
             }
-            Route::Maildir(m) => {
+        };
+        match self.routes.for_recipient(to) {
+            Transport::Smtp(pool) => Ok(said(pool.send(&envelope, &mail).await?)),
+            Transport::Mx(tls) => {
+                let direct = self
+                    .routes
+                    .direct
+                    .as_ref()
+                    .ok_or(DeliveryError::Permanent {
+                        reason: "config",
+                        detail: "an mx route without [email.mx]".into(),
+                    })?;
+                Ok(said(
+                    direct.send(to.domain(), *tls, &envelope, &mail).await?,
+                ))
+            }
+            Transport::Maildir(m) => {
                 let name = m
                     .deliver(&mail)
                     .await
@@ -346,11 +388,14 @@ impl Channel for EmailChannel {
         match &self.routes.default {
             Transport::Smtp(pool) => pool.check().await.map_err(|e| e.to_string())?,
             Transport::Maildir(m) => m.check()?,
+            Transport::Mx(_) => {} // every domain its own hosts
         }
-        for (domain, pool) in &self.routes.domains {
-            pool.check()
-                .await
-                .map_err(|e| format!("route of {domain}: {e}"))?;
+        for (domain, route) in &self.routes.domains {
+            if let Transport::Smtp(pool) = route {
+                pool.check()
+                    .await
+                    .map_err(|e| format!("route of {domain}: {e}"))?;
+            }
         }
         Ok(())
     }

@@ -25,7 +25,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// How the connection is secured, from the URL (lettre's syntax).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TlsMode {
     /// `tls=none`: plain text, for a relay on the same host.
     None,
@@ -40,11 +40,14 @@ pub enum TlsMode {
 /// Where and how to connect, parsed from `[email] smtp`.
 #[derive(Clone)]
 pub struct SmtpTarget {
+    /// The server's name: what its certificate must name.
     pub host: String,
     pub port: u16,
     pub tls: TlsMode,
     credentials: Option<Credentials>,
     hello: ClientId,
+    /// Where to connect, when already resolved (an MX host's address).
+    connect_to: Option<std::net::IpAddr>,
 }
 
 impl std::fmt::Debug for SmtpTarget {
@@ -97,7 +100,27 @@ impl SmtpTarget {
             tls,
             credentials,
             hello,
+            connect_to: None,
         })
+    }
+
+    /// A recipient domain's MX host `host` at `ip`: no credentials, EHLO
+    /// with `hello` (kci's own name).
+    pub fn mx(
+        host: &str,
+        ip: std::net::IpAddr,
+        port: u16,
+        tls: TlsMode,
+        hello: &str,
+    ) -> SmtpTarget {
+        SmtpTarget {
+            host: host.trim_end_matches('.').to_string(),
+            port,
+            tls,
+            credentials: None,
+            hello: ClientId::Domain(hello.to_string()),
+            connect_to: Some(ip),
+        }
     }
 }
 
@@ -118,7 +141,7 @@ impl SmtpTarget {
 }
 
 /// What the TLS handshake trusts and presents, read from PEM files.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct TlsFiles {
     /// Extra roots, besides the web's.
     pub roots: Option<Vec<u8>>,
@@ -127,7 +150,7 @@ pub struct TlsFiles {
 }
 
 /// The DER of every certificate in `pem`; at least one.
-fn certificates(pem: &[u8]) -> Result<Vec<Vec<u8>>, String> {
+pub(super) fn certificates(pem: &[u8]) -> Result<Vec<Vec<u8>>, String> {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
     let ders = CertificateDer::pem_slice_iter(pem)
@@ -270,9 +293,11 @@ impl SmtpPool {
             .await
             .map_err(|e| classify(&e))?
         } else {
-            let tcp = tokio::net::TcpStream::connect((t.host.as_str(), t.port))
-                .await
-                .map_err(|e| unreachable(t, e))?;
+            let tcp = match t.connect_to {
+                Some(ip) => tokio::net::TcpStream::connect((ip, t.port)).await,
+                None => tokio::net::TcpStream::connect((t.host.as_str(), t.port)).await,
+            }
+            .map_err(|e| unreachable(t, e))?;
             tcp.set_nodelay(true).map_err(|e| unreachable(t, e))?;
             AsyncSmtpConnection::connect_with_transport(Box::new(tcp), &t.hello)
                 .await
