@@ -45,6 +45,14 @@ impl ChannelKind {
         )
     }
 
+    /// Whether every notice of the channel goes to one provider, whose
+    /// "wait" speaks for all of them. Not webhooks (each destination its
+    /// own server, and a customer's own: one must not hold up the others)
+    /// nor mail (a relay, or each domain's own MX hosts).
+    pub fn one_provider(self) -> bool {
+        !matches!(self, ChannelKind::Email | ChannelKind::Webhook)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             ChannelKind::Email => "email",

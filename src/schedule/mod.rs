@@ -86,6 +86,22 @@ pub fn backoff(
     Duration::milliseconds((capped * factor * 1000.0) as i64)
 }
 
+/// How long a whole channel waits after `e`: the provider's `Retry-After`
+/// where one provider takes all the channel's notices, at most the
+/// longest backoff; `None` elsewhere.
+pub fn channel_pause(
+    d: &crate::config::DeliveryConfig,
+    kind: crate::model::ChannelKind,
+    e: &DeliveryError,
+) -> Option<Duration> {
+    if !kind.one_provider() {
+        return None;
+    }
+    let after = Duration::from_std(e.retry_after()?).ok()?;
+    let longest = Duration::from_std(d.backoff_max.0).unwrap_or(after);
+    Some(after.min(longest))
+}
+
 /// What follows a failed delivery (`attempts` made, the provider having
 /// asked to wait `paced` times before): failed for good when the provider
 /// refused it or the attempts are spent; paced — the attempt given back —
@@ -101,7 +117,13 @@ pub fn after_failure(
     at: DateTime<Utc>,
     jitter: f64,
 ) -> Finish {
-    let provider_wait = e.retry_after().and_then(|d| Duration::from_std(d).ok());
+    // A provider's wait, at most the longest backoff: a `Retry-After` of a
+    // year must not park a notice for a year.
+    let longest = Duration::from_std(d.backoff_max.0).unwrap_or(Duration::MAX);
+    let provider_wait = e
+        .retry_after()
+        .and_then(|d| Duration::from_std(d).ok())
+        .map(|w| w.min(longest));
     if e.is_permanent() {
         return Finish::Failed {
             at,
@@ -366,9 +388,12 @@ impl Scheduler {
             ])
             .inc();
         // The provider asked to be left alone for a while: the whole
-        // channel waits, not just this notice.
+        // channel waits, not just this notice — where one provider takes
+        // all its notices, and never past the longest backoff (a webhook
+        // receiver, any customer's server, could otherwise stop every
+        // other customer's webhooks).
         if let Err(e) = &result
-            && let Some(after) = e.retry_after().and_then(|d| Duration::from_std(d).ok())
+            && let Some(after) = channel_pause(&self.delivery, n.channel, e)
         {
             self.pauses.pause(n.channel, at + after);
         }
@@ -970,6 +995,14 @@ mod tests {
             (1, 0, transient("http_status", None), "retry", Some(5)),
             // A 503's Retry-After, when longer than the backoff.
             (1, 0, transient("http_status", Some(60)), "retry", Some(60)),
+            // A Retry-After of a year: no longer than the longest backoff.
+            (
+                1,
+                0,
+                transient("rate_limited", Some(31_536_000)),
+                "paced",
+                Some(3600),
+            ),
             (3, 0, transient("http_status", None), "failed:gave_up", None),
         ];
         for (attempts, paced, e, want, wait) in rows {
@@ -983,7 +1016,7 @@ mod tests {
             assert_eq!(&got, want, "{attempts} {paced} {e}");
             if let (Some(due), Some(w)) = (due, wait) {
                 // jitter 0: backoff halves; the provider's wait is kept.
-                let want_wait = if e.is_pacing() && e.retry_after().is_some() || *w == 60 {
+                let want_wait = if e.is_pacing() && e.retry_after().is_some() || *w >= 60 {
                     *w * 1000
                 } else {
                     *w * 500
@@ -994,6 +1027,38 @@ mod tests {
                     "{attempts} {paced} {e}"
                 );
             }
+        }
+    }
+
+    /// A webhook receiver (any customer's server) asking to wait holds up
+    /// only its own notice, never every customer's webhooks; a provider's
+    /// wait pauses its channel, at most for the longest backoff.
+    #[test]
+    fn only_a_channels_one_provider_pauses_it() {
+        use crate::model::ChannelKind::*;
+        let d = crate::config::DeliveryConfig::default();
+        let wait = |secs| DeliveryError::Transient {
+            reason: "rate_limited",
+            detail: "HTTP 429".into(),
+            retry_after: Some(std::time::Duration::from_secs(secs)),
+        };
+        let silent = DeliveryError::Transient {
+            reason: "http_status",
+            detail: "HTTP 503".into(),
+            retry_after: None,
+        };
+        for (kind, e, want) in [
+            (Telegram, wait(7), Some(7)),
+            (Sms, wait(86_400), Some(3600)),
+            (Webhook, wait(86_400), None),
+            (Email, wait(60), None),
+            (Matrix, silent, None),
+        ] {
+            assert_eq!(
+                channel_pause(&d, kind, &e).map(|w| w.num_seconds()),
+                want,
+                "{kind:?}"
+            );
         }
     }
 
