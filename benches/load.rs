@@ -127,6 +127,8 @@ async fn main() {
         }
         other => panic!("unknown store {other}"),
     };
+    // The key codes are hashed with (PostgreSQL needs one in the config).
+    let code_key = "5a".repeat(32);
     let port = free_port();
     let config = dir.path().join("kci.toml");
     std::fs::write(
@@ -136,6 +138,7 @@ async fn main() {
 listen = "127.0.0.1:{port}"
 [store]
 url = "{store_url}"
+code_key = "{code_key}"
 [email]
 from = "Bench ISP <kci@isp.example>"
 smtp = "smtp://127.0.0.1:{smtp_port}?tls=none"

@@ -62,6 +62,7 @@ impl Calls<'_> {
             action,
             actor: actor.clone(),
             texts: self.texts(),
+            code_key: self.config.code_key.clone(),
         };
         self.store.call_step(target, self.now, Arc::new(step)).await
     }
@@ -104,11 +105,11 @@ impl Calls<'_> {
             opened_at: now,
             expires_at: rules::expires_at(now),
             staff_code: CallCode {
-                hash: rules::code_hash(&id, "staff", &staff_code),
+                hash: rules::code_hash(&self.config.code_key, &id, "staff", &staff_code),
                 matched: false,
             },
             customer_code: CallCode {
-                hash: rules::code_hash(&id, "customer", &customer_code),
+                hash: rules::code_hash(&self.config.code_key, &id, "customer", &customer_code),
                 matched: false,
             },
             link_hash: link_hash(&token),
@@ -212,6 +213,8 @@ struct Step {
     action: Action,
     actor: Actor,
     texts: CallTexts,
+    /// What codes are hashed with.
+    code_key: crate::trust::codes::CodeKey,
 }
 
 impl Step {
@@ -312,7 +315,7 @@ impl CallRule for Step {
                     Side::Staff => "customer",
                     Side::Customer => "staff",
                 };
-                let hash = rules::code_hash(&c.id, which, code);
+                let hash = rules::code_hash(&self.code_key, &c.id, which, code);
                 let who = match side {
                     Side::Staff => "call.staff_typed",
                     Side::Customer => "call.customer_typed",

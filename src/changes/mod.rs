@@ -105,6 +105,7 @@ impl Engine<'_> {
             texts: self.texts(),
             assurance: self.config.assurance.clone(),
             reply_number: self.config.changes.reply_number.clone(),
+            code_key: self.config.code_key.clone(),
         };
         self.store
             .change_step(target, self.now, Arc::new(step))
@@ -298,8 +299,13 @@ fn split_sum(a: &str, b: &str) -> String {
 }
 
 /// How a code proving change `change` through `destination` is kept.
-fn proof_code_hash(change: &str, destination: &str, code: &str) -> String {
-    crate::trust::codes::code_hash(&format!("change:{change}:{destination}"), code)
+fn proof_code_hash(
+    key: &crate::trust::codes::CodeKey,
+    change: &str,
+    destination: &str,
+    code: &str,
+) -> String {
+    crate::trust::codes::code_hash(key, &format!("change:{change}:{destination}"), code)
 }
 
 /// How a veto link's secret is kept at rest.
@@ -441,6 +447,8 @@ struct Step {
     assurance: crate::config::AssuranceConfig,
     /// Where customers text codes back to.
     reply_number: Option<String>,
+    /// What codes are hashed with.
+    code_key: crate::trust::codes::CodeKey,
 }
 
 impl ChangeRule for Step {
@@ -596,7 +604,7 @@ impl Step {
         };
         let expires = expires_in(now);
         let sent = rules::code_destination(c, ctx, kind, destination, second).and_then(|to| {
-            let hash = proof_code_hash(&c.id, destination, &expected);
+            let hash = proof_code_hash(&self.code_key, &c.id, destination, &expected);
             rules::with_code(c, how, &hash, expires, now).map(|c| (c, to))
         });
         match sent {
@@ -658,7 +666,7 @@ impl Step {
             Some(ProofKind::Split) => code.trim_start_matches('0').to_string(),
             _ => code.to_string(),
         };
-        let hash = proof_code_hash(&c.id, destination, &code);
+        let hash = proof_code_hash(&self.code_key, &c.id, destination, &code);
         let (after, outcome) = rules::prove_by_code(c, ctx, &hash, from, now);
         self.proved(ctx, after, outcome, now)
     }
@@ -759,8 +767,13 @@ impl Step {
                 let (code, notice) = if dest.verified {
                     (None, None)
                 } else {
-                    let (code, notice) =
-                        crate::trust::codes::new_code(account, &dest, &self.texts.operator, now);
+                    let (code, notice) = crate::trust::codes::new_code(
+                        &self.code_key,
+                        account,
+                        &dest,
+                        &self.texts.operator,
+                        now,
+                    );
                     (
                         Some(crate::trust::codes::first(&code.hash, code.expires_at, now)),
                         Some(notice),

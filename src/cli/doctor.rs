@@ -259,6 +259,12 @@ fn secret_files(config: &Config) -> Vec<(String, PathBuf)> {
     if let Some(t) = &config.keys.smtp_tls {
         out.push(("keys.smtp_tls.key".into(), t.key.clone()));
     }
+    if let Some(db) = crate::store::sqlite_path(config.store.url.expose()) {
+        let key = Path::new(db).with_file_name("code.key");
+        if key.exists() {
+            out.push(("store.code_key".into(), key));
+        }
+    }
     if let Some(key) = config
         .server
         .public

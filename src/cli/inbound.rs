@@ -16,7 +16,7 @@ const EX_DATAERR: u8 = 65;
 const EX_TEMPFAIL: u8 = 75;
 
 pub async fn run(arg: ConfigArg) -> anyhow::Result<ExitCode> {
-    let config = super::load_config(&arg)?;
+    let config = super::load_config_with_code_key(&arg)?;
     let mut raw = Vec::new();
     std::io::stdin()
         .take(inbound::MAX_MAIL as u64 + 1)

@@ -322,3 +322,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
 pub fn load_config(arg: &ConfigArg) -> anyhow::Result<crate::config::Config> {
     Ok(crate::config::Config::load(arg.config.as_deref())?)
 }
+
+/// As [`load_config`], with the key codes are hashed with (`serve`,
+/// `inbound`: the commands that make or check codes).
+pub fn load_config_with_code_key(arg: &ConfigArg) -> anyhow::Result<crate::config::Config> {
+    let file = arg
+        .config
+        .as_ref()
+        .map_or("(embedded defaults)".to_string(), |p| {
+            p.display().to_string()
+        });
+    Ok(load_config(arg)?.with_code_key(&file)?)
+}

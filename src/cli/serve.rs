@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 pub async fn run(arg: ConfigArg) -> anyhow::Result<ExitCode> {
-    let config = Arc::new(super::load_config(&arg)?);
+    let config = Arc::new(super::load_config_with_code_key(&arg)?);
     // The embedded store serves one process: hold a lock for our lifetime,
     // which also makes it safe to take back work a killed predecessor left
     // in flight.

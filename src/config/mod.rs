@@ -31,6 +31,11 @@ pub struct Config {
     /// Where state lives.
     #[serde(default)]
     pub store: StoreConfig,
+    /// The key short codes are hashed with: `[store] code_key`, or the
+    /// file beside an SQLite database (made on first use); random for a
+    /// config only parsed (tests, `kci simulate`).
+    #[serde(skip)]
+    pub code_key: crate::trust::codes::CodeKey,
     /// Outgoing mail.
     #[serde(default)]
     pub email: EmailConfig,
@@ -642,6 +647,14 @@ pub struct StoreConfig {
     /// Kept secret because a PostgreSQL URL may carry a password.
     #[serde(default = "default_store_url")]
     pub url: Secret<String>,
+    /// The key verification, proof and call codes are hashed with, 64 hex
+    /// digits (`openssl rand -hex 32`), the same on every node; give it as
+    /// `code_key_file`. Kept out of the database so that a copy of it
+    /// cannot be searched for live codes. Without it, on SQLite, kci keeps
+    /// one in `code.key` beside the database (made on first use, 0600);
+    /// PostgreSQL needs it set.
+    #[serde(default)]
+    pub code_key: Option<Secret<String>>,
 }
 
 fn default_store_url() -> Secret<String> {
@@ -652,6 +665,7 @@ impl Default for StoreConfig {
     fn default() -> Self {
         Self {
             url: default_store_url(),
+            code_key: None,
         }
     }
 }
@@ -816,6 +830,25 @@ pub const EMBEDDED_DEFAULTS: &str = include_str!("defaults.toml");
 /// database URL with its password — need not be in the config file. A
 /// bare file name is looked up in `credentials` (systemd's
 /// `$CREDENTIALS_DIRECTORY`) when given. `Err` names the key.
+/// Writes `text` to a new file only its owner can read; if another process
+/// made it meanwhile, that one stands and is read back by the caller.
+fn write_new_secret(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path)?;
+    file.write_all(text.as_bytes())?;
+    file.sync_all()
+}
+
 fn read_secret_files(
     table: &mut toml::Table,
     prefix: &str,
@@ -944,6 +977,40 @@ impl Config {
             }
             None => Config::parse(EMBEDDED_DEFAULTS, "(embedded defaults)"),
         }
+    }
+
+    /// The config with its code key, for the commands that hash codes
+    /// (`serve`, `inbound`): `[store] code_key`, or the SQLite database's
+    /// `code.key` (read, or made 0600 on first use).
+    pub fn with_code_key(mut self, file: &str) -> Result<Config, ConfigError> {
+        let err = |message: String| ConfigError {
+            file: file.to_string(),
+            key: "store.code_key".into(),
+            message,
+        };
+        if let Some(hex) = &self.store.code_key {
+            self.code_key = crate::trust::codes::CodeKey::from_hex(hex.expose()).map_err(err)?;
+            return Ok(self);
+        }
+        let Some(db) = crate::store::sqlite_path(self.store.url.expose()) else {
+            return Err(err(
+                "set it for PostgreSQL, the same on every node: 64 hex digits (openssl rand -hex 32) in a file named by code_key_file".into(),
+            ));
+        };
+        let db = Path::new(db);
+        let path = db.with_file_name("code.key");
+        self.code_key = match std::fs::read_to_string(&path) {
+            Ok(text) => crate::trust::codes::CodeKey::from_hex(&text)
+                .map_err(|e| err(format!("{}: {e}", path.display())))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let key = crate::trust::codes::CodeKey::random();
+                write_new_secret(&path, &key.to_hex())
+                    .map_err(|e| err(format!("cannot create {}: {e}", path.display())))?;
+                key
+            }
+            Err(e) => return Err(err(format!("cannot read {}: {e}", path.display()))),
+        };
+        Ok(self)
     }
 
     /// Parses and validates config text; `file` is only used in errors.
@@ -1179,6 +1246,58 @@ fn display_path(path: &serde_path_to_error::Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The key codes are hashed with comes from the config, or from a
+    /// file beside the SQLite database made once and then kept; PostgreSQL
+    /// without one is refused, naming the setting.
+    #[test]
+    fn the_code_key_lives_outside_the_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("data/kci.db");
+        let sqlite = format!("[store]\nurl = \"sqlite://{}\"\n", db.display());
+        let first = Config::parse(&sqlite, "t")
+            .unwrap()
+            .with_code_key("t")
+            .unwrap();
+        let file = dir.path().join("data/code.key");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let again = Config::parse(&sqlite, "t")
+            .unwrap()
+            .with_code_key("t")
+            .unwrap();
+        assert_eq!(first.code_key.to_hex(), again.code_key.to_hex());
+        assert_eq!(
+            std::fs::read_to_string(&file).unwrap(),
+            first.code_key.to_hex()
+        );
+
+        let hex = "ab".repeat(32);
+        let given = Config::parse(
+            &format!("[store]\nurl = \"postgres://h/db\"\ncode_key = \"{hex}\"\n"),
+            "t",
+        )
+        .unwrap()
+        .with_code_key("t")
+        .unwrap();
+        assert_eq!(given.code_key.to_hex(), hex);
+        for bad in [
+            "[store]\nurl = \"postgres://h/db\"\n",
+            "[store]\nurl = \"postgres://h/db\"\ncode_key = \"abc\"\n",
+            "[store]\nurl = \"postgres://h/db\"\ncode_key = \"zz\"\n",
+        ] {
+            let e = Config::parse(bad, "t")
+                .unwrap()
+                .with_code_key("t")
+                .unwrap_err();
+            assert_eq!(e.key, "store.code_key", "{bad}");
+        }
+        assert!(!format!("{given:?}").contains(&hex), "never in Debug");
+    }
 
     /// Links in mails point to the public listener when there is one.
     #[test]

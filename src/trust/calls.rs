@@ -19,8 +19,8 @@ pub fn expires_at(at: DateTime<Utc>) -> DateTime<Utc> {
 }
 
 /// How the code of `side` (`staff` or `customer`) of call `call` is kept.
-pub fn code_hash(call: &str, side: &str, code: &str) -> String {
-    crate::model::sha256_hex(format!("kci-call\u{1f}{call}\u{1f}{side}\u{1f}{code}").as_bytes())
+pub fn code_hash(key: &super::codes::CodeKey, call: &str, side: &str, code: &str) -> String {
+    key.mac(&["kci-call", call, side, code])
 }
 
 /// Who typed a code.

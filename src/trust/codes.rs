@@ -149,9 +149,81 @@ pub fn six_digits() -> String {
     )
 }
 
+/// The key short codes are hashed with (HMAC-SHA256). It is kept outside
+/// the database (`[store] code_key`, or a file beside the SQLite one), so
+/// a copy of the database cannot be searched for the codes still live in
+/// it: a 6-digit code's plain hash falls to a million guesses.
+#[derive(Clone)]
+pub struct CodeKey(std::sync::Arc<[u8; 32]>);
+
+impl CodeKey {
+    /// A fresh key from the OS generator.
+    pub fn random() -> CodeKey {
+        let mut key = [0u8; 32];
+        rand::rngs::OsRng
+            .try_fill_bytes(&mut key)
+            .unwrap_or_else(|e| panic!("the OS random generator failed: {e}"));
+        CodeKey(std::sync::Arc::new(key))
+    }
+
+    /// A key written as 64 hex digits (`openssl rand -hex 32`).
+    pub fn from_hex(text: &str) -> Result<CodeKey, String> {
+        let text = text.trim();
+        let bytes: Vec<u8> = (0..text.len())
+            .step_by(2)
+            .map(|i| {
+                text.get(i..i + 2)
+                    .and_then(|b| u8::from_str_radix(b, 16).ok())
+            })
+            .collect::<Option<_>>()
+            .ok_or("not hex digits")?;
+        let key: [u8; 32] = bytes
+            .try_into()
+            .map_err(|_| "not 64 hex digits (32 bytes)".to_string())?;
+        Ok(CodeKey(std::sync::Arc::new(key)))
+    }
+
+    /// The key as 64 hex digits (to write a new key file).
+    pub fn to_hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// HMAC-SHA256 over `parts`, separated, as hex.
+    pub fn mac(&self, parts: &[&str]) -> String {
+        use hmac::Mac;
+        let Ok(mut mac) = hmac::Hmac::<sha2::Sha256>::new_from_slice(self.0.as_slice()) else {
+            unreachable!("HMAC takes a key of any length")
+        };
+        for (i, p) in parts.iter().enumerate() {
+            if i > 0 {
+                mac.update(b"\x1f");
+            }
+            mac.update(p.as_bytes());
+        }
+        mac.finalize()
+            .into_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+}
+
+impl Default for CodeKey {
+    fn default() -> CodeKey {
+        CodeKey::random()
+    }
+}
+
+impl std::fmt::Debug for CodeKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CodeKey(..)") // never the key
+    }
+}
+
 /// A fresh 6-digit code for `dest` (from the OS generator), stored
-/// hashed, and the notice that carries it there.
+/// hashed with `key`, and the notice that carries it there.
 pub fn new_code(
+    key: &CodeKey,
     account: &str,
     dest: &Destination,
     sender: &str,
@@ -159,7 +231,7 @@ pub fn new_code(
 ) -> (PendingCode, Notification) {
     let code = six_digits();
     let pending = PendingCode {
-        hash: code_hash(&dest.id, &code),
+        hash: code_hash(key, &dest.id, &code),
         expires_at: now + chrono::Duration::hours(CODE_LIFETIME_HOURS),
     };
     (
@@ -168,10 +240,11 @@ pub fn new_code(
     )
 }
 
-/// A code is stored as SHA-256 over the destination id and the code, so the
-/// same code on two destinations does not hash alike.
-pub fn code_hash(destination: &str, code: &str) -> String {
-    crate::model::sha256_hex(format!("kci-verify\u{1f}{destination}\u{1f}{code}").as_bytes())
+/// A code is stored as HMAC-SHA256 with `key` over the destination id and
+/// the code, so the same code on two destinations does not hash alike, and
+/// the database alone does not give it away.
+pub fn code_hash(key: &CodeKey, destination: &str, code: &str) -> String {
+    key.mac(&["kci-verify", destination, code])
 }
 
 /// The notice carrying a verification code: the code itself is rendered
@@ -207,6 +280,31 @@ fn verification_notice(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A code's stored hash depends on a key kept out of the database: a
+    /// copy of the database alone cannot be searched for the code.
+    #[test]
+    fn codes_are_hashed_with_a_key() {
+        let (k1, k2) = (CodeKey::random(), CodeKey::random());
+        assert_ne!(
+            code_hash(&k1, "d1", "123456"),
+            code_hash(&k2, "d1", "123456")
+        );
+        assert_ne!(
+            code_hash(&k1, "d1", "123456"),
+            code_hash(&k1, "d2", "123456")
+        );
+        assert_eq!(
+            code_hash(&k1, "d1", "123456"),
+            code_hash(&k1, "d1", "123456")
+        );
+        let plain = crate::model::sha256_hex("kci-verify\u{1f}d1\u{1f}123456".as_bytes());
+        assert_ne!(code_hash(&k1, "d1", "123456"), plain);
+        let again = CodeKey::from_hex(&k1.to_hex()).unwrap();
+        assert_eq!(code_hash(&again, "d1", "1"), code_hash(&k1, "d1", "1"));
+        assert!(CodeKey::from_hex("00").is_err());
+        assert_eq!(format!("{k1:?}"), "CodeKey(..)");
+    }
 
     fn t(min: i64) -> DateTime<Utc> {
         "2026-12-02T10:00:00Z".parse::<DateTime<Utc>>().unwrap() + Duration::minutes(min)

@@ -241,7 +241,7 @@ impl Kci {
             .unwrap_or_default();
         let text = format!(
             "[server]\nlisten = \"127.0.0.1:{port}\"\n{server}\
-             [store]\nurl = \"{store}\"\n\
+             [store]\nurl = \"{store}\"\n{code_key}\
              [email]\nfrom = \"Example ISP <kci@isp.example>\"\noutbox = \"{outbox}\"\n{smtp}{email}\
              [delivery]\nbackoff = \"200ms\"\n{extra}\n{TYPES}",
             store = store.map_or_else(
@@ -249,6 +249,12 @@ impl Kci {
                 str::to_string
             ),
             outbox = dir.path().join("outbox").display(),
+            // PostgreSQL's nodes share a code key from the config.
+            code_key = if store.is_some() {
+                format!("code_key = \"{}\"\n", "5a".repeat(32))
+            } else {
+                String::new()
+            },
         );
         std::fs::write(&config, text).unwrap();
         let mut kci = Kci {

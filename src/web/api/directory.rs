@@ -416,8 +416,13 @@ pub async fn add_destination(
     let (code, notice) = if dest.verified {
         (None, None)
     } else {
-        let (code, notice) =
-            crate::trust::codes::new_code(&id, &dest, st.config.email.sender_name(), now);
+        let (code, notice) = crate::trust::codes::new_code(
+            &st.config.code_key,
+            &id,
+            &dest,
+            st.config.email.sender_name(),
+            now,
+        );
         (
             Some(crate::trust::codes::first(&code.hash, code.expires_at, now)),
             Some(notice),
@@ -476,8 +481,13 @@ pub async fn renew_code(
     caller.require(Scope::DirectoryWrite)?;
     let dest = find_destination(&st, &id, &cid, &did).await?;
     let now = st.clock.now();
-    let (code, notice) =
-        crate::trust::codes::new_code(&id, &dest, st.config.email.sender_name(), now);
+    let (code, notice) = crate::trust::codes::new_code(
+        &st.config.code_key,
+        &id,
+        &dest,
+        st.config.email.sender_name(),
+        now,
+    );
     match st
         .store
         .renew_code(
@@ -616,7 +626,7 @@ pub async fn verify_destination(
             &id,
             &cid,
             &did,
-            &crate::trust::codes::code_hash(&did, code),
+            &crate::trust::codes::code_hash(&st.config.code_key, &did, code),
             now,
             crate::trust::codes::check,
         )
