@@ -124,7 +124,8 @@ impl Engine<'_> {
             .filter(|a| a.state == AssuranceState::Confirmed && a.live(self.now))
             .collect();
         let secret = secret.to_string();
-        let matched = tokio::task::spawn_blocking(move || rules::matching(&live, &secret))
+        let key = self.config.code_key.clone();
+        let matched = tokio::task::spawn_blocking(move || rules::matching(&key, &live, &secret))
             .await
             .map_err(|e| crate::store::StoreError::Unavailable(format!("hashing: {e}")))?;
         self.step(
@@ -239,7 +240,7 @@ impl Step {
             return (Vec::new(), refused(ChangeRefusal::InvalidLink, None));
         };
         let c = ctx.change.as_ref();
-        let hash = rules::t_hash(&a.id, t_word);
+        let hash = rules::t_hash(&self.code_key, &a.id, t_word);
         match rules::confirm(Some(a), c, &hash, &self.limits(ctx), now) {
             Err((why, after)) => {
                 let mut writes: Vec<ChangeWrite> = after

@@ -71,10 +71,11 @@ pub fn t_word() -> String {
         .collect()
 }
 
-/// How an assurance's T-word is kept (it is random: a keyed SHA-256 is
-/// enough).
-pub fn t_hash(assurance: &str, t: &str) -> String {
-    crate::model::sha256_hex(format!("kci-assurance-t\u{1f}{assurance}\u{1f}{t}").as_bytes())
+/// How an assurance's T-word is kept: random, so an HMAC with the code
+/// key (kept out of the database) is enough, and a copy of the database
+/// cannot be searched for it.
+pub fn t_hash(key: &super::codes::CodeKey, assurance: &str, t: &str) -> String {
+    key.mac(&["kci-assurance-t", assurance, t])
 }
 
 /// How an assurance's confirmation link secret is kept.
@@ -109,7 +110,11 @@ pub fn split_secret(secret: &str) -> Option<(&str, &str)> {
 /// if any. Both halves are checked against every one — the A-word by
 /// argon2, the T-word in constant time — so neither the answer nor its
 /// time tells which half was wrong. Slow: outside any transaction.
-pub fn matching(assurances: &[Assurance], secret: &str) -> Option<String> {
+pub fn matching(
+    key: &super::codes::CodeKey,
+    assurances: &[Assurance],
+    secret: &str,
+) -> Option<String> {
     use argon2::PasswordVerifier;
     let (a, t) = split_secret(secret).unwrap_or(("", ""));
     let mut found = None;
@@ -120,7 +125,10 @@ pub fn matching(assurances: &[Assurance], secret: &str) -> Option<String> {
                 .is_ok()
         });
         let want = x.t_hash.as_deref().unwrap_or("");
-        let t_ok: bool = want.as_bytes().ct_eq(t_hash(&x.id, t).as_bytes()).into();
+        let t_ok: bool = want
+            .as_bytes()
+            .ct_eq(t_hash(key, &x.id, t).as_bytes())
+            .into();
         if a_ok && t_ok && !want.is_empty() && found.is_none() {
             found = Some(x.id.clone());
         }
@@ -352,6 +360,11 @@ mod tests {
         c
     }
 
+    /// The code key of these tests.
+    fn key() -> crate::trust::codes::CodeKey {
+        crate::trust::codes::CodeKey::from_hex(&"11".repeat(32)).unwrap()
+    }
+
     fn assurance(id: &str, assurer: &str, state: AssuranceState) -> Assurance {
         Assurance {
             id: id.into(),
@@ -366,7 +379,7 @@ mod tests {
             a_hash: String::new(),
             link_hash: "L".into(),
             link_expires_at: t(2 * 24 * 60),
-            t_hash: (state == AssuranceState::Confirmed).then(|| t_hash(id, "tttttttttt")),
+            t_hash: (state == AssuranceState::Confirmed).then(|| t_hash(&key(), id, "tttttttttt")),
             t_expires_at: (state == AssuranceState::Confirmed).then(|| t(7 * 24 * 60)),
             attempts: 0,
         }
@@ -435,7 +448,7 @@ mod tests {
             ("tttttttttt", None),
             ("kiwi42", None),
         ] {
-            assert_eq!(matching(&live, s).as_deref(), want, "{s:?}");
+            assert_eq!(matching(&key(), &live, s).as_deref(), want, "{s:?}");
         }
     }
 
