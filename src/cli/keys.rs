@@ -23,8 +23,11 @@ pub fn generate(
         .as_deref()
         .map(read_passphrase)
         .transpose()?;
-    let (key, secret) = OperatorKey::generate_protected(&user_id, None, passphrase.as_deref())?;
+    let (key, secret, revocation) =
+        OperatorKey::generate_with_revocation(&user_id, None, passphrase.as_deref())?;
     write_secret(&out, &secret)?;
+    let revocation_file = out.with_extension("revocation.asc");
+    write_secret(&revocation_file, &revocation)?;
     let from: lettre::message::Mailbox = user_id
         .parse()
         .map_err(|e| anyhow::anyhow!("email.from: {e}"))?;
@@ -32,6 +35,12 @@ pub fn generate(
     println!("Generated the operator key for {user_id}");
     println!("Fingerprint: {}", key.fingerprint());
     println!("Secret key written to {} (mode 0600).", out.display());
+    println!(
+        "Its revocation certificate: {} (0600). Keep it offline, away from the key: \
+         publishing it (gpg --import, or in the Web Key Directory) revokes the key, \
+         for when it is lost or leaked.",
+        revocation_file.display()
+    );
     println!();
     println!("To sign every mail, set in the config:");
     println!();

@@ -560,3 +560,26 @@ fn signatures_made_by_gpg_verify() {
     assert!(matches!(e, PgpError::BadSignature(_)), "{e}");
     assert!(verify_signed(b"garbage", None, &key, now).is_err());
 }
+
+/// The operator key's revocation certificate, as `kci keys generate`
+/// writes it: real GnuPG, given the public key and then the certificate,
+/// holds the key revoked.
+#[test]
+fn the_operator_keys_revocation_certificate_revokes_it_in_gnupg() {
+    let g = Gpg::new();
+    let (key, _, revocation) =
+        crate::pgp::OperatorKey::generate_with_revocation("NOC <noc@isp.example>", None, None)
+            .unwrap();
+    g.import(key.public_armored().as_bytes());
+    let colons = |g: &Gpg| {
+        String::from_utf8(g.ok(&["--with-colons", "--list-keys", key.fingerprint()], None)).unwrap()
+    };
+    assert!(
+        colons(&g)
+            .lines()
+            .any(|l| l.starts_with("pub:u:") || l.starts_with("pub:-:"))
+    );
+    g.import(revocation.as_bytes());
+    let listed = colons(&g);
+    assert!(listed.lines().any(|l| l.starts_with("pub:r:")), "{listed}");
+}

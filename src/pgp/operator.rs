@@ -51,7 +51,20 @@ impl OperatorKey {
         validity: Option<Duration>,
         passphrase: Option<&str>,
     ) -> Result<(OperatorKey, String), PgpError> {
-        let (cert, _revocation) = CertBuilder::new()
+        Self::generate_with_revocation(user_id, validity, passphrase)
+            .map(|(key, secret, _)| (key, secret))
+    }
+
+    /// As [`OperatorKey::generate_protected`], with the key's revocation
+    /// certificate: the public key revoked, armored — to keep offline, and
+    /// to publish (or `gpg --import`) if the secret key is ever lost or
+    /// leaked.
+    pub fn generate_with_revocation(
+        user_id: &str,
+        validity: Option<Duration>,
+        passphrase: Option<&str>,
+    ) -> Result<(OperatorKey, String, String), PgpError> {
+        let (cert, revocation) = CertBuilder::new()
             .set_password(passphrase.map(openpgp::crypto::Password::from))
             .set_profile(Profile::RFC4880)
             .map_err(PgpError::crypto)?
@@ -72,7 +85,14 @@ impl OperatorKey {
             .map_err(PgpError::crypto)?;
         let tsk = cert.as_tsk().armored().to_vec().map_err(PgpError::crypto)?;
         let tsk = String::from_utf8(tsk).map_err(PgpError::crypto)?;
-        Ok((OperatorKey::from_cert(cert, passphrase)?, tsk))
+        let (revoked, _) = cert
+            .clone()
+            .strip_secret_key_material()
+            .insert_packets(revocation)
+            .map_err(PgpError::crypto)?;
+        let revoked = String::from_utf8(revoked.armored().to_vec().map_err(PgpError::crypto)?)
+            .map_err(PgpError::crypto)?;
+        Ok((OperatorKey::from_cert(cert, passphrase)?, tsk, revoked))
     }
 
     /// Reads an armored secret key (a transferable secret key). Refused:
