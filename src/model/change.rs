@@ -267,6 +267,12 @@ impl Change {
     /// A proof by the customer rather than the key's holder (a code, an
     /// assurance, their line) still needs the level's staff approvals.
     pub fn proven(&self) -> bool {
+        self.proven_without(&[])
+    }
+
+    /// As [`Change::proven`], not counting the approvals of `disabled`
+    /// staff members.
+    pub fn proven_without(&self, disabled: &[String]) -> bool {
         let proofs = match self.kind {
             ChangeKind::KeyReplace => self.proven_current && self.proven_new,
             // The key's holder, the customer by a code or an assurance.
@@ -274,7 +280,7 @@ impl Change {
         };
         // What the customer proved (codes, assurances, their line) stands
         // in for the key's holder, never for the level's approvals.
-        proofs && (self.factors.is_empty() || self.approved())
+        proofs && (self.factors.is_empty() || self.approved_without(disabled))
     }
 
     /// Whether what proves the customer is an assurance (DESIGN.md §7).
@@ -291,7 +297,19 @@ impl Change {
 
     /// Its staff approvals are all in.
     pub fn approved(&self) -> bool {
-        self.approvals.len() >= self.approvals_needed as usize
+        self.approved_without(&[])
+    }
+
+    /// Its staff approvals are all in, not counting those of `disabled`
+    /// staff members: disabling someone (their account compromised, say)
+    /// withdraws what they approved and is not applied yet.
+    pub fn approved_without(&self, disabled: &[String]) -> bool {
+        let counted = self
+            .approvals
+            .iter()
+            .filter(|a| !disabled.contains(&a.staff))
+            .count();
+        counted >= self.approvals_needed as usize
     }
 }
 
@@ -383,6 +401,9 @@ pub struct ChangeContext {
     pub assurances: Vec<super::Assurance>,
     /// The assurance whose link was followed, if that is the step.
     pub assurance: Option<super::Assurance>,
+    /// Who approved the change and has been disabled since: their
+    /// approvals no longer count.
+    pub disabled_approvers: Vec<String>,
 }
 
 /// What a step on a change reads first.

@@ -1969,12 +1969,36 @@ pub async fn check_protected_changes(store: &dyn Store) {
         0,
         "one approval of two"
     );
-    // The last approval after the period: it applies with it.
+    // Bob is disabled (his account taken over, say): his approval no
+    // longer counts, so cy's second one does not apply it.
+    let bob = crate::model::Staff {
+        name: "bob".into(),
+        role: crate::model::Role::Approver,
+        created_at: t0,
+        disabled_at: None,
+    };
+    assert!(store.add_staff(&bob).await.unwrap());
+    assert!(
+        store
+            .disable_staff("bob", t0 + Duration::minutes(350))
+            .await
+            .unwrap()
+    );
     assert!(matches!(
         at(401).approve(&third.id, &staff("cy")).await.unwrap(),
+        ChangeAnswer::Approved(_)
+    ));
+    assert_eq!(
+        at(401).settle_due().await.unwrap(),
+        0,
+        "a disabled approver's approval withdrawn"
+    );
+    // Another approver: the last approval after the period applies it.
+    assert!(matches!(
+        at(402).approve(&third.id, &staff("dee")).await.unwrap(),
         ChangeAnswer::Settled(c) if c.state == ChangeState::Applied
     ));
-    assert_eq!(at(402).settle_due().await.unwrap(), 0);
+    assert_eq!(at(403).settle_due().await.unwrap(), 0);
     let account = store.account_view("A1").await.unwrap().unwrap().account;
     assert_eq!(account.security_level, SecurityLevel::High);
 

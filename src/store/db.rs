@@ -257,6 +257,21 @@ async fn change_context(rows: &mut impl Rows, target: &ChangeTarget) -> Result<C
     if let (Some(c), false) = (&about, matches!(target, ChangeTarget::New(_))) {
         ctx.change = first(rows.changes(ChangeWhich::Id(&c.id)).await?);
         ctx.assurances = rows.assurances(AssuranceWhich::Change(&c.id)).await?;
+        let approvers: Vec<String> = ctx
+            .change
+            .iter()
+            .flat_map(|c| c.approvals.iter().map(|a| a.staff.clone()))
+            .collect();
+        for name in approvers {
+            let disabled = rows
+                .staff(Some(&name))
+                .await?
+                .first()
+                .is_some_and(|s| s.disabled_at.is_some());
+            if disabled {
+                ctx.disabled_approvers.push(name);
+            }
+        }
         if let Some(a) = &ctx.assurance {
             ctx.assurance = ctx.assurances.iter().find(|x| x.id == a.id).cloned();
         }

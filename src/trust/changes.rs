@@ -89,10 +89,11 @@ pub enum Settle {
 /// approvals; and at `maximum` a key change nobody proved — the lost key
 /// — also waits for an assurance (DESIGN.md §7).
 pub fn settle(c: &Change, ctx: &ChangeContext, now: DateTime<Utc>) -> Settle {
-    if c.state != ChangeState::Pending || (now < c.not_before && !c.proven()) {
+    let disabled = &ctx.disabled_approvers;
+    if c.state != ChangeState::Pending || (now < c.not_before && !c.proven_without(disabled)) {
         return Settle::Wait;
     }
-    if !c.approved() || needs_assurance(c, ctx) {
+    if !c.approved_without(disabled) || needs_assurance(c, ctx) {
         return if now >= c.not_before + EXPIRE_AFTER {
             Settle::Expire
         } else {
@@ -724,7 +725,23 @@ mod tests {
                 61,
                 Settle::Wait,
             ),
-            ("two approvals", two, account.clone(), 61, Settle::Apply),
+            (
+                "two approvals",
+                two.clone(),
+                account.clone(),
+                61,
+                Settle::Apply,
+            ),
+            (
+                "two approvals, one approver disabled since",
+                two,
+                ChangeContext {
+                    disabled_approvers: vec!["cy".into()],
+                    ..account.clone()
+                },
+                61,
+                Settle::Wait,
+            ),
             (
                 "approvals never came",
                 needs_two,
