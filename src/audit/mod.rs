@@ -38,7 +38,7 @@ pub async fn checkpoint(
     let at = now.trunc_subsecs(3);
     let statement = Checkpoint::statement(seq, &hash, at);
     let signature = key
-        .sign_detached(statement.as_bytes())
+        .sign_detached_at(statement.as_bytes(), at)
         .map_err(|e| crate::store::StoreError::Unavailable(format!("signing a checkpoint: {e}")))?;
     let cp = Checkpoint {
         seq,
@@ -102,4 +102,40 @@ pub async fn verify(
         }
     }
     Ok(walk.finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::prelude::*;
+
+    /// A checkpoint names its own time and is signed as of it: one whose
+    /// signing came late (a busy node: the time was taken before other
+    /// work) still verifies, as `kci audit verify` checks it.
+    #[tokio::test]
+    async fn a_checkpoint_signed_late_still_verifies() {
+        let store = crate::store::sqlite::SqliteStore::open(":memory:").unwrap();
+        store.migrate().await.unwrap();
+        let (key, _) = OperatorKey::generate("kci <kci@isp.example>", None).unwrap();
+        let now = Utc::now();
+        store
+            .audit(
+                crate::model::audit::AuditDraft::new("kci", "test.entry", "ok"),
+                now,
+            )
+            .await
+            .unwrap();
+        let cfg = AuditConfig {
+            checkpoint_every: 1,
+            checkpoint_interval: crate::model::Span(std::time::Duration::from_secs(1)),
+        };
+        let late = now - chrono::Duration::seconds(30);
+        let cp = checkpoint(&store, &key, &cfg, late)
+            .await
+            .unwrap()
+            .expect("a checkpoint");
+        assert!(signed(&cp, &key.public_armored()));
+        let walk = verify(&store, Some(&key.public_armored())).await.unwrap();
+        assert!(walk.is_ok(), "{walk:?}");
+    }
 }

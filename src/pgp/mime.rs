@@ -61,7 +61,7 @@ pub fn signed_mail(
     body: &str,
 ) -> Result<Vec<u8>, PgpError> {
     let part = text_part(body, None);
-    let sig = detached_signature(key, &part)?;
+    let sig = detached_signature(key, &part, None)?;
     let boundary = boundary();
     let mut out = outer_headers(Some(key), headers, &headers.subject);
     out.push_str(&format!(
@@ -242,7 +242,11 @@ fn text_part(body: &str, protected: Option<&MailHeaders>) -> Vec<u8> {
     out.into_bytes()
 }
 
-pub(super) fn detached_signature(key: &OperatorKey, data: &[u8]) -> Result<String, PgpError> {
+pub(super) fn detached_signature(
+    key: &OperatorKey,
+    data: &[u8],
+    at: Option<std::time::SystemTime>,
+) -> Result<String, PgpError> {
     let mut sig = Vec::new();
     {
         let message = Message::new(&mut sig);
@@ -258,9 +262,11 @@ pub(super) fn detached_signature(key: &OperatorKey, data: &[u8]) -> Result<Strin
         .map_err(PgpError::crypto)?
         .hash_algo(HashAlgorithm::SHA256)
         .map_err(PgpError::crypto)?
-        .detached()
-        .build()
-        .map_err(PgpError::crypto)?;
+        .detached();
+        if let Some(at) = at {
+            signer = signer.creation_time(at);
+        }
+        let mut signer = signer.build().map_err(PgpError::crypto)?;
         signer.write_all(data).map_err(PgpError::crypto)?;
         signer.finalize().map_err(PgpError::crypto)?;
     }

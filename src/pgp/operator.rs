@@ -5,7 +5,7 @@
 
 use super::{PgpError, fingerprint_hex, policy_at};
 use base64::Engine;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use openpgp::Profile;
 use openpgp::cert::prelude::*;
 use openpgp::crypto::{KeyPair, mpi};
@@ -187,7 +187,15 @@ impl OperatorKey {
     /// signature, as PGP/MIME uses): what signs the audit log's
     /// checkpoints; `crate::pgp::verify_signed` checks it.
     pub fn sign_detached(&self, data: &[u8]) -> Result<String, PgpError> {
-        super::mime::detached_signature(self, data)
+        super::mime::detached_signature(self, data, None)
+    }
+
+    /// As [`OperatorKey::sign_detached`], the signature made at `at`: a
+    /// statement that names its own time (an audit checkpoint) is signed
+    /// as of that time, so a check as of it holds however long the signing
+    /// waited.
+    pub fn sign_detached_at(&self, data: &[u8], at: DateTime<Utc>) -> Result<String, PgpError> {
+        super::mime::detached_signature(self, data, Some(at.into()))
     }
 
     /// The key that signs mail.

@@ -250,8 +250,8 @@ async fn same_day_recovery(pg: Option<&str>) {
     ] {
         assert!(actions.contains(&step), "{step:?} in {actions:?}");
     }
-    let (code, _, err) = kci.cli(&["audit", "verify"]);
-    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = kci.cli(&["audit", "verify"]);
+    assert_eq!(code, 0, "{out}{err}");
 }
 
 #[tokio::test]
