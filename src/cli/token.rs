@@ -152,10 +152,19 @@ pub async fn list(arg: ConfigArg) -> anyhow::Result<ExitCode> {
     };
     println!("id\tname\tstaff\tscopes\tnetworks\tcertificate\tstate\texpires\tlast used\tfrom");
     for t in store.tokens().await? {
-        let state = match (t.revoked_at, t.usable(now)) {
-            (Some(_), _) => "revoked",
-            (None, false) => "expired",
-            (None, true) => "active",
+        // A disabled staff member's tokens stop at once (auth checks it).
+        let staff_disabled = match &t.staff {
+            Some(name) => store
+                .staff(name)
+                .await?
+                .is_some_and(|s| s.disabled_at.is_some()),
+            None => false,
+        };
+        let state = match (t.revoked_at, t.usable(now), staff_disabled) {
+            (Some(_), _, _) => "revoked",
+            (None, false, _) => "expired",
+            (None, true, true) => "staff_disabled",
+            (None, true, false) => "active",
         };
         let scopes: Vec<_> = t.scopes.iter().map(|s| s.as_str()).collect();
         let nets: Vec<String> = t.allow.iter().map(ToString::to_string).collect();

@@ -366,6 +366,14 @@ async fn approvals_are_two_different_people_neither_the_requester() {
         .call("GET", &format!("/v1/changes/{id}"), Some(&bob), None)
         .await;
     assert_eq!(s, 401);
+    // …and the token list says why.
+    let (code, list, err) = kci.cli(&["token", "list"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        list.lines()
+            .any(|l| l.split('\t').nth(2) == Some("bob") && l.contains("\tstaff_disabled\t")),
+        "{list}"
+    );
 }
 
 fn sqlite(db: &std::path::Path, sql: &str) {
