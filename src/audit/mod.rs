@@ -61,6 +61,27 @@ pub fn signed(cp: &Checkpoint, public: &str) -> bool {
     .is_ok()
 }
 
+/// The keys that may have signed checkpoints: the operator's now, and
+/// retired ones, each only for checkpoints up to its retirement.
+#[derive(Debug, Clone, Default)]
+pub struct Signers {
+    /// The operator's public key (armored).
+    pub current: Option<String>,
+    /// Retired public keys (armored) and when each was retired.
+    pub previous: Vec<(String, DateTime<Utc>)>,
+}
+
+impl Signers {
+    /// Whether `cp` is signed by a key allowed to sign it.
+    pub fn vouch(&self, cp: &Checkpoint) -> bool {
+        self.current.as_deref().is_some_and(|p| signed(cp, p))
+            || self
+                .previous
+                .iter()
+                .any(|(p, until)| cp.at <= *until && signed(cp, p))
+    }
+}
+
 /// Walks the whole log and its checkpoints (see [`Walk`]). `public`: the
 /// operator's public key, to check the checkpoints' signatures; without
 /// one, any checkpoint counts as unchecked, which fails the walk.
@@ -68,15 +89,27 @@ pub async fn verify(
     store: &dyn Store,
     public: Option<&str>,
 ) -> Result<std::result::Result<Intact, Tampered>> {
+    let signers = Signers {
+        current: public.map(str::to_string),
+        previous: Vec::new(),
+    };
+    verify_with(store, &signers).await
+}
+
+/// As [`verify`], with retired keys too.
+pub async fn verify_with(
+    store: &dyn Store,
+    signers: &Signers,
+) -> Result<std::result::Result<Intact, Tampered>> {
+    let public = signers.current.as_deref();
     let checkpoints = store.checkpoints().await?;
     for cp in &checkpoints {
-        let ok = public.is_some_and(|p| signed(cp, p));
-        if !ok {
+        if !signers.vouch(cp) {
             return Ok(Err(Tampered {
                 seq: cp.seq,
                 why: match public {
                     Some(_) => format!(
-                        "the checkpoint at entry {} is not signed by the operator's key",
+                        "the checkpoint at entry {} is not signed by the operator's key (nor by a retired one before its retirement)",
                         cp.seq
                     ),
                     None => format!(
@@ -128,6 +161,7 @@ mod tests {
         let cfg = AuditConfig {
             checkpoint_every: 1,
             checkpoint_interval: crate::model::Span(std::time::Duration::from_secs(1)),
+            previous_keys: Vec::new(),
         };
         let late = now - chrono::Duration::seconds(30);
         let cp = checkpoint(&store, &key, &cfg, late)
@@ -137,5 +171,57 @@ mod tests {
         assert!(signed(&cp, &key.public_armored()));
         let walk = verify(&store, Some(&key.public_armored())).await.unwrap();
         assert!(walk.is_ok(), "{walk:?}");
+    }
+
+    /// After the operator key is replaced, the checkpoints the old one
+    /// signed still count — up to its retirement, and not one after, so a
+    /// leaked old key cannot vouch for entries added later.
+    #[tokio::test]
+    async fn a_retired_key_vouches_only_for_what_it_signed_before_retirement() {
+        let store = crate::store::sqlite::SqliteStore::open(":memory:").unwrap();
+        store.migrate().await.unwrap();
+        let (old, _) = OperatorKey::generate("kci <kci@isp.example>", None).unwrap();
+        let (new, _) = OperatorKey::generate("kci <kci@isp.example>", None).unwrap();
+        let cfg = AuditConfig {
+            checkpoint_every: 1,
+            checkpoint_interval: crate::model::Span(std::time::Duration::from_secs(1)),
+            previous_keys: Vec::new(),
+        };
+        let t0 = Utc::now();
+        let entry = |at| {
+            store.audit(
+                crate::model::audit::AuditDraft::new("kci", "test.entry", "ok"),
+                at,
+            )
+        };
+        entry(t0).await.unwrap();
+        checkpoint(&store, &old, &cfg, t0).await.unwrap().unwrap();
+        // Retired an hour later; the new key signs from then on.
+        let retired = t0 + chrono::Duration::hours(1);
+        let t1 = retired + chrono::Duration::minutes(5);
+        entry(t1).await.unwrap();
+        checkpoint(&store, &new, &cfg, t1).await.unwrap().unwrap();
+        let with = |previous: Vec<(String, DateTime<Utc>)>| Signers {
+            current: Some(new.public_armored()),
+            previous,
+        };
+        let verify = |s: Signers| {
+            let store = &store;
+            async move { verify_with(store, &s).await.unwrap().map(|i| i.checkpoints) }
+        };
+        assert!(verify(with(vec![])).await.is_err(), "the old key unknown");
+        assert_eq!(
+            verify(with(vec![(old.public_armored(), retired)])).await,
+            Ok(2)
+        );
+        // A checkpoint the old key made after its retirement (its thief)
+        // does not count.
+        let t2 = t1 + chrono::Duration::minutes(5);
+        entry(t2).await.unwrap();
+        checkpoint(&store, &old, &cfg, t2).await.unwrap().unwrap();
+        let e = verify(with(vec![(old.public_armored(), retired)]))
+            .await
+            .unwrap_err();
+        assert_eq!(e.seq, 3, "{e}");
     }
 }

@@ -130,6 +130,20 @@ pub struct AuditConfig {
     /// …or this long after the last one, if anything was added.
     #[serde(default = "default_checkpoint_interval")]
     pub checkpoint_interval: crate::model::Span,
+    /// Operator keys replaced since (their public keys, armored), each
+    /// with when it was retired: `kci audit verify` accepts the
+    /// checkpoints it signed up to then, and none after (a leaked old key
+    /// cannot vouch for later entries).
+    #[serde(default)]
+    pub previous_keys: Vec<PreviousKey>,
+}
+
+/// A retired operator key, `{ key = "FILE", until = "RFC 3339 time" }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreviousKey {
+    pub key: std::path::PathBuf,
+    pub until: chrono::DateTime<chrono::Utc>,
 }
 
 fn default_checkpoint_every() -> u32 {
@@ -145,6 +159,7 @@ impl Default for AuditConfig {
         Self {
             checkpoint_every: default_checkpoint_every(),
             checkpoint_interval: default_checkpoint_interval(),
+            previous_keys: Vec::new(),
         }
     }
 }
@@ -1297,6 +1312,24 @@ mod tests {
             assert_eq!(e.key, "store.code_key", "{bad}");
         }
         assert!(!format!("{given:?}").contains(&hex), "never in Debug");
+    }
+
+    #[test]
+    fn retired_operator_keys_are_read_with_their_retirement() {
+        let c = Config::parse(
+            "[audit]\nprevious_keys = [{ key = \"/etc/kci/op-2025.pub\", until = \"2026-12-02T10:00:00Z\" }]\n",
+            "t",
+        )
+        .unwrap();
+        let p = &c.audit.previous_keys[0];
+        assert_eq!(p.key, Path::new("/etc/kci/op-2025.pub"));
+        assert_eq!(p.until.to_rfc3339(), "2026-12-02T10:00:00+00:00");
+        let e = Config::parse(
+            "[audit]\nprevious_keys = [{ key = \"/k\", until = \"yesterday\" }]\n",
+            "t",
+        )
+        .unwrap_err();
+        assert!(e.key.starts_with("audit"), "{e}");
     }
 
     /// Links in mails point to the public listener when there is one.
