@@ -874,3 +874,66 @@ async fn tokens_expire_are_listed_revoked_and_rotated() {
         assert!(actions.contains(&step), "{step} in {actions:?}");
     }
 }
+
+/// Who changed an account or where a contact is told is in the audit log:
+/// the actor, what was written, from where.
+#[tokio::test]
+async fn directory_writes_are_audited() {
+    let kci = Kci::start(None, "");
+    let admin = kci.token(&["admin"]);
+    let (s, _) = kci
+        .call(
+            "PUT",
+            "/v1/accounts/AU1",
+            Some(&admin),
+            Some(r#"{"name":"Acme","security_level":"high"}"#),
+        )
+        .await;
+    assert_eq!(s, 201);
+    let (s, _) = kci
+        .call(
+            "PUT",
+            "/v1/accounts/AU1/contacts/ops",
+            Some(&admin),
+            Some(r#"{"name":"Ops","categories":["line"]}"#),
+        )
+        .await;
+    assert_eq!(s, 201);
+    let (s, _) = kci
+        .call(
+            "PUT",
+            "/v1/accounts/AU1/contacts/ops",
+            Some(&admin),
+            Some(r#"{"name":"Ops"}"#),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let (s, v) = kci
+        .call("GET", "/v1/audit?account=AU1", Some(&admin), None)
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let entries = v["entries"].as_array().cloned().unwrap_or_default();
+    let find = |action: &str| {
+        entries
+            .iter()
+            .find(|e| e["action"] == action)
+            .cloned()
+            .unwrap_or_else(|| panic!("{action} in {v}"))
+    };
+    let created = find("account.created");
+    assert!(
+        created["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("security_level high"),
+        "{created}"
+    );
+    assert!(created["source"].as_str().unwrap().starts_with("127.0.0.1"));
+    assert!(
+        find("contact.created")["detail"]
+            .as_str()
+            .unwrap()
+            .contains("line")
+    );
+    find("contact.updated");
+}

@@ -444,12 +444,13 @@ async fn an_audit_row_edited_deleted_or_reordered_is_named() {
         ("UPDATE audit SET outcome = 'refused' WHERE seq = 3", 3),
         ("UPDATE audit SET actor = 'staff:mallory' WHERE seq = 5", 5),
         ("DELETE FROM audit WHERE seq = 4", 4),
+        // Two staff members' additions swapped (the last six entries).
         (
-            "UPDATE audit SET actor = CASE seq WHEN 2 THEN (SELECT actor FROM audit WHERE seq = 6) \
-             ELSE (SELECT actor FROM audit WHERE seq = 2) END, \
-             detail = CASE seq WHEN 2 THEN (SELECT detail FROM audit WHERE seq = 6) \
-             ELSE (SELECT detail FROM audit WHERE seq = 2) END WHERE seq IN (2, 6)",
-            2,
+            "UPDATE audit SET actor = CASE seq WHEN 8 THEN (SELECT actor FROM audit WHERE seq = 11) \
+             ELSE (SELECT actor FROM audit WHERE seq = 8) END, \
+             detail = CASE seq WHEN 8 THEN (SELECT detail FROM audit WHERE seq = 11) \
+             ELSE (SELECT detail FROM audit WHERE seq = 8) END WHERE seq IN (8, 11)",
+            8,
         ),
     ];
     for (sql, seq) in cases {

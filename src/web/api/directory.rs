@@ -118,6 +118,27 @@ pub async fn put_account(
         prefixes,
     };
     let (outcome, kept) = st.store.put_account(&account).await?;
+    let what = format!(
+        "security_level {}, paranoid {}, timezone {}, {} prefixes{}",
+        account.security_level.as_str(),
+        account.paranoid,
+        account
+            .timezone
+            .as_ref()
+            .map_or("-".to_string(), |t| t.to_string()),
+        account.prefixes.len(),
+        if kept.is_some() {
+            " (the lowering waits as a change)"
+        } else {
+            ""
+        }
+    );
+    let action = if outcome == PutOutcome::Created {
+        "account.created"
+    } else {
+        "account.updated"
+    };
+    audit(&st, &caller, peer.clone(), action, &account.id, what).await;
     let Some((level, paranoid)) = kept else {
         return Ok((status(outcome), Json(account)).into_response());
     };
@@ -259,6 +280,7 @@ pub async fn get_account(
 pub async fn put_contact(
     State(st): State<AppState>,
     caller: Caller,
+    peer: Peer,
     Path((id, cid)): Path<(String, String)>,
     body: Bytes,
 ) -> Result<impl IntoResponse, AppError> {
@@ -287,7 +309,22 @@ pub async fn put_contact(
         PutOutcome::NoParent => Err(AppError::NotFound {
             what: format!("account `{id}`"),
         }),
-        o => Ok((status(o), Json(contact))),
+        o => {
+            // Who changed where a contact is told, and how: its
+            // preferences as written (no secret is among them).
+            let what = format!(
+                "contact {}: {}",
+                contact.id,
+                serde_json::to_string(&contact.prefs).unwrap_or_default()
+            );
+            let action = if o == PutOutcome::Created {
+                "contact.created"
+            } else {
+                "contact.updated"
+            };
+            audit(&st, &caller, peer, action, &id, what).await;
+            Ok((status(o), Json(contact)))
+        }
     }
 }
 
