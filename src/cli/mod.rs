@@ -88,6 +88,14 @@ pub enum Command {
     /// DKIM keys, and the DNS records that publish them.
     #[command(subcommand)]
     Dkim(DkimCommand),
+    /// Print a completion script for SHELL (bash, zsh, fish, elvish,
+    /// powershell), such as for /usr/share/bash-completion/completions/kci.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), such as for /usr/share/man/man1/kci.1.
+    Man,
 }
 
 #[derive(Subcommand)]
@@ -293,6 +301,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         }) => dkim::generate(config, selector, out, rsa),
         Command::Dkim(DkimCommand::Dns(c)) => dkim::dns(c),
         Command::Doctor(c) => doctor::run(c).await,
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut cmd = Cli::command();
+            clap_complete::generate(shell, &mut cmd, "kci", &mut std::io::stdout());
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+        Command::Man => {
+            use clap::CommandFactory;
+            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
+            Ok(std::process::ExitCode::SUCCESS)
+        }
         Command::Ca(CaCommand::Issue { dir, name, days }) => ca::issue(dir, name, days),
         Command::Ca(CaCommand::Revoke { dir, which }) => ca::revoke(dir, which),
         Command::Token(TokenCommand::Revoke { config, id }) => token::revoke(config, id).await,

@@ -937,3 +937,37 @@ async fn directory_writes_are_audited() {
     );
     find("contact.updated");
 }
+
+/// Shell completions and the manual page, as a package ships them: the
+/// bash script parses (`bash -n`) and knows the commands; the page is a
+/// roff man page naming them.
+#[test]
+fn completions_and_the_manual_page() {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_kci"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let bash = run(&["completions", "bash"]);
+    assert!(
+        bash.contains("doctor") && bash.contains("complete -F _kci"),
+        "{bash}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("kci.bash");
+    std::fs::write(&file, &bash).unwrap();
+    let checked = std::process::Command::new("bash")
+        .arg("-n")
+        .arg(&file)
+        .status()
+        .unwrap();
+    assert!(checked.success(), "bash -n on the completion script");
+    for shell in ["zsh", "fish"] {
+        assert!(run(&["completions", shell]).contains("doctor"), "{shell}");
+    }
+    let man = run(&["man"]);
+    assert!(man.contains(".TH kci 1") && man.contains("doctor"), "{man}");
+}
