@@ -5,14 +5,16 @@ use std::process::ExitCode;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("KCI_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = kci::cli::Cli::parse();
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("KCI_LOG").unwrap_or_else(|_| "info".into());
+    let log = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format() {
+        kci::config::LogFormat::Json => log.json().init(),
+        kci::config::LogFormat::Text => log.init(),
+    }
     match kci::cli::run(cli).await {
         Ok(code) => code,
         Err(e) => {

@@ -277,6 +277,28 @@ pub enum TokenCommand {
     },
 }
 
+impl Cli {
+    /// The log format to start with: `KCI_LOG_FORMAT` (`json` or `text`),
+    /// else `[log] format` of the config of `serve` and `inbound` (the
+    /// long-running and MTA-run commands), else text.
+    pub fn log_format(&self) -> crate::config::LogFormat {
+        use crate::config::LogFormat;
+        match std::env::var("KCI_LOG_FORMAT").ok().as_deref() {
+            Some("json") => return LogFormat::Json,
+            Some("text") => return LogFormat::Text,
+            _ => {}
+        }
+        let arg = match &self.command {
+            Command::Serve(a) | Command::Inbound(a) => a,
+            _ => return LogFormat::Text,
+        };
+        // A config that does not load is reported by the command itself.
+        crate::config::Config::load(arg.config.as_deref())
+            .map(|c| c.log.format)
+            .unwrap_or_default()
+    }
+}
+
 /// Runs the parsed command; the exit code is decided in `main`.
 pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     match cli.command {

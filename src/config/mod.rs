@@ -31,6 +31,9 @@ pub struct Config {
     /// Where state lives.
     #[serde(default)]
     pub store: StoreConfig,
+    /// How `kci serve` and `kci inbound` log.
+    #[serde(default)]
+    pub log: LogConfig,
     /// The key short codes are hashed with: `[store] code_key`, or the
     /// file beside an SQLite database (made on first use); random for a
     /// config only parsed (tests, `kci simulate`).
@@ -116,6 +119,24 @@ impl Default for ChangesConfig {
             reply_number: None,
         }
     }
+}
+
+/// `[log]`: the log's form (its level is `KCI_LOG`, an env-filter).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` (the default, for people) or `json` (one object a line, for
+    /// a log collector); `KCI_LOG_FORMAT` overrides it.
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 /// `[audit]`: how often the audit log's head is signed with the

@@ -971,3 +971,47 @@ fn completions_and_the_manual_page() {
     let man = run(&["man"]);
     assert!(man.contains(".TH kci 1") && man.contains("doctor"), "{man}");
 }
+
+/// `[log] format = "json"`: one JSON object a line, for a log collector.
+#[test]
+fn logs_can_be_json_lines() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("kci.toml");
+    let port = free_port();
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n[store]\nurl = \"sqlite://{}\"\n\
+             [email]\noutbox = \"{}\"\n[log]\nformat = \"json\"\n",
+            dir.path().join("kci.db").display(),
+            dir.path().join("outbox").display()
+        ),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kci"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("KCI_LOG", "info")
+        .env_remove("KCI_LOG_FORMAT")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut found = None;
+    for line in BufReader::new(stderr).lines().take(50) {
+        let Ok(line) = line else { break };
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+            && v["fields"]["message"] == "kci is listening"
+        {
+            found = Some(v);
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let v = found.expect("a JSON line saying kci listens");
+    assert_eq!(v["level"], "INFO", "{v}");
+    assert!(v["timestamp"].is_string(), "{v}");
+    assert_eq!(v["fields"]["addr"], format!("127.0.0.1:{port}"), "{v}");
+}
