@@ -12,6 +12,7 @@ mod migrate;
 mod serve;
 mod simulate;
 mod staff;
+mod status;
 mod token;
 
 use clap::{Parser, Subcommand};
@@ -85,6 +86,10 @@ pub enum Command {
     /// for DKIM and the Web Key Directory, providers out of reach, the
     /// database's schema and clock. Exit 1 when anything failed.
     Doctor(ConfigArg),
+    /// What the hub is doing, from its database (beside a running node):
+    /// the queue by state, what is due next and how late, the latest
+    /// failures with the providers' words, open incidents.
+    Status(ConfigArg),
     /// DKIM keys, and the DNS records that publish them.
     #[command(subcommand)]
     Dkim(DkimCommand),
@@ -323,6 +328,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         }) => dkim::generate(config, selector, out, rsa),
         Command::Dkim(DkimCommand::Dns(c)) => dkim::dns(c),
         Command::Doctor(c) => doctor::run(c).await,
+        Command::Status(c) => status::run(c).await,
         Command::Completions { shell } => {
             use clap::CommandFactory;
             let mut cmd = Cli::command();

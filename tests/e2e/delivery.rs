@@ -215,6 +215,19 @@ async fn transient_failures_retry_and_permanent_ones_fail_with_the_providers_wor
         (Some("rejected"), Some(1))
     );
     assert!(n["detail"].as_str().unwrap().contains("HTTP 404"), "{n}");
+    // `kci status`, beside the running node, shows it with the words.
+    let (code, status, err) = kci.cli(&["status"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        status.contains("failed 1") && status.contains("last failures:"),
+        "{status}"
+    );
+    assert!(
+        status
+            .lines()
+            .any(|l| l.contains(" webhook rejected: ") && l.contains("HTTP 404")),
+        "{status}"
+    );
 
     // The dead-letter list shows it; once the receiver is fixed, re-drive it.
     let (s, v) = kci
