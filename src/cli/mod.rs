@@ -279,6 +279,14 @@ pub enum TokenCommand {
         #[command(flatten)]
         config: ConfigArg,
         id: String,
+        /// Bind the new token to this client certificate instead (a
+        /// renewed certificate's SHA-256 fingerprint).
+        #[arg(long)]
+        cert: Option<String>,
+        /// The networks the new token may be used from instead; repeat
+        /// for several. None given: the old token's.
+        #[arg(long = "allow")]
+        allow: Vec<String>,
     },
 }
 
@@ -343,7 +351,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Ca(CaCommand::Issue { dir, name, days }) => ca::issue(dir, name, days),
         Command::Ca(CaCommand::Revoke { dir, which }) => ca::revoke(dir, which),
         Command::Token(TokenCommand::Revoke { config, id }) => token::revoke(config, id).await,
-        Command::Token(TokenCommand::Rotate { config, id }) => token::rotate(config, id).await,
+        Command::Token(TokenCommand::Rotate {
+            config,
+            id,
+            cert,
+            allow,
+        }) => token::rotate(config, id, cert, allow).await,
         Command::Staff(StaffCommand::Add { config, name, role }) => {
             staff::add(config, name, role).await
         }

@@ -18,31 +18,9 @@ pub async fn create(
     allow: Vec<String>,
     cert: Option<String>,
 ) -> anyhow::Result<ExitCode> {
-    let cert = cert
-        .map(|c| {
-            let hex: String = c
-                .chars()
-                .filter(|ch| *ch != ':')
-                .collect::<String>()
-                .to_ascii_lowercase();
-            if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-                Ok(hex)
-            } else {
-                Err(anyhow::anyhow!(
-                    "--cert: `{c}` is not a SHA-256 fingerprint (64 hex digits, colons allowed)"
-                ))
-            }
-        })
-        .transpose()?;
+    let cert = cert.as_deref().map(parse_cert).transpose()?;
     let now = chrono::Utc::now();
-    let allow = allow
-        .iter()
-        .map(|n| {
-            n.parse::<ipnet::IpNet>().map(|n| n.trunc()).map_err(|_| {
-                anyhow::anyhow!("--allow: `{n}` is not a network such as 192.0.2.0/24")
-            })
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let allow = parse_allow(&allow)?;
     let expires_at = match expires {
         None => None,
         Some(s) => {
@@ -207,7 +185,45 @@ pub async fn revoke(arg: ConfigArg, id: String) -> anyhow::Result<ExitCode> {
 /// `kci token rotate ID`: a new token with the same name, scopes, staff
 /// member and remaining lifetime; the old one stops at once. The new one
 /// is printed once, on the last line of stdout.
-pub async fn rotate(arg: ConfigArg, id: String) -> anyhow::Result<ExitCode> {
+/// A `--cert` fingerprint: 64 hex digits, colons allowed; lower case.
+fn parse_cert(c: &str) -> anyhow::Result<String> {
+    let hex: String = c
+        .chars()
+        .filter(|ch| *ch != ':')
+        .collect::<String>()
+        .to_ascii_lowercase();
+    if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(hex)
+    } else {
+        Err(anyhow::anyhow!(
+            "--cert: `{c}` is not a SHA-256 fingerprint (64 hex digits, colons allowed)"
+        ))
+    }
+}
+
+/// `--allow` networks.
+fn parse_allow(allow: &[String]) -> anyhow::Result<Vec<ipnet::IpNet>> {
+    allow
+        .iter()
+        .map(|n| {
+            n.parse::<ipnet::IpNet>().map(|n| n.trunc()).map_err(|_| {
+                anyhow::anyhow!("--allow: `{n}` is not a network such as 192.0.2.0/24")
+            })
+        })
+        .collect()
+}
+
+/// `kci token rotate ID [--cert FP] [--allow CIDR…]`: a new secret for
+/// the same name, scopes, staff member and expiry; the bindings kept, or
+/// replaced by those given (a renewed client certificate, a new network).
+pub async fn rotate(
+    arg: ConfigArg,
+    id: String,
+    cert: Option<String>,
+    allow: Vec<String>,
+) -> anyhow::Result<ExitCode> {
+    let cert = cert.as_deref().map(parse_cert).transpose()?;
+    let allow = parse_allow(&allow)?;
     let config = super::load_config(&arg)?;
     let store = crate::store::open(config.store.url.expose()).await?;
     let now = chrono::Utc::now();
@@ -229,6 +245,12 @@ pub async fn rotate(arg: ConfigArg, id: String) -> anyhow::Result<ExitCode> {
         revoked_at: None,
         last_used_at: None,
         last_used_from: None,
+        cert: cert.or(old.cert.clone()),
+        allow: if allow.is_empty() {
+            old.allow.clone()
+        } else {
+            allow
+        },
         ..old
     };
     if !store

@@ -852,6 +852,25 @@ async fn tokens_expire_are_listed_revoked_and_rotated() {
     let (code, _, err) = kci.cli(&["token", "rotate", &active[0]]);
     assert_eq!(code, 1, "rotating a revoked token: {err}");
 
+    // Rotated onto another network: the bindings given replace the old.
+    let (_, listing, _) = kci.cli(&["token", "list"]);
+    let current = id_of(&listing, "active");
+    let (code, out, err) = kci.cli(&["token", "rotate", &current[0], "--allow", "10.0.0.0/8"]);
+    assert_eq!(code, 0, "{err}");
+    let fenced = out.lines().last().unwrap().trim().to_string();
+    let refused = works(fenced).await;
+    assert!(
+        refused == 403 || refused == 401,
+        "from outside its network: {refused}"
+    );
+    let (_, listing, _) = kci.cli(&["token", "list"]);
+    assert!(
+        listing
+            .lines()
+            .any(|l| l.contains("\t10.0.0.0/8\t") && l.contains("\tactive\t")),
+        "{listing}"
+    );
+
     // Revoked: refused at once.
     let (_, listing, _) = kci.cli(&["token", "list"]);
     let new_id = id_of(&listing, "active");
