@@ -975,7 +975,6 @@ pub(crate) mod codec {
                 due_at: Some(to_millis(*due_at)),
                 decided_at: to_millis(*at),
                 attempts_delta: 0,
-                paced_delta: 0,
                 ..FinishRow::none()
             },
             Finish::Failed { at, reason, detail } => FinishRow {
@@ -986,31 +985,23 @@ pub(crate) mod codec {
                 due_at: None,
                 decided_at: to_millis(*at),
                 attempts_delta: 0,
-                paced_delta: 0,
                 ..FinishRow::none()
             },
-            Finish::Paced { at, due_at, detail } => FinishRow {
-                state: State::Pending,
-                reason: Some(Reason::RateLimit),
-                detail: Some(detail.clone()),
-                sent_at: None,
-                due_at: Some(to_millis(*due_at)),
-                decided_at: to_millis(*at),
-                attempts_delta: -1,
-                paced_delta: 1,
-                ..FinishRow::none()
-            },
-            Finish::Deferred { at, due_at, detail } => FinishRow {
-                state: State::Pending,
-                reason: Some(Reason::RateLimit),
-                detail: Some(detail.clone()),
-                sent_at: None,
-                due_at: Some(to_millis(*due_at)),
-                decided_at: to_millis(*at),
-                attempts_delta: -1,
-                paced_delta: 0,
-                ..FinishRow::none()
-            },
+            // Not attempted (a rate limit's slot), or the provider asked to
+            // wait: back to the queue, the claim's attempt given back.
+            Finish::Deferred { at, due_at, detail } | Finish::Paced { at, due_at, detail } => {
+                FinishRow {
+                    state: State::Pending,
+                    reason: Some(Reason::RateLimit),
+                    detail: Some(detail.clone()),
+                    sent_at: None,
+                    due_at: Some(to_millis(*due_at)),
+                    decided_at: to_millis(*at),
+                    attempts_delta: -1,
+                    paced_delta: i64::from(matches!(f, Finish::Paced { .. })),
+                    ..FinishRow::none()
+                }
+            }
             Finish::Cancelled { at, reason } => FinishRow {
                 state: State::Cancelled,
                 reason: Some(*reason),
@@ -1019,7 +1010,6 @@ pub(crate) mod codec {
                 due_at: None,
                 decided_at: to_millis(*at),
                 attempts_delta: 0,
-                paced_delta: 0,
                 ..FinishRow::none()
             },
             Finish::Expired { at } => FinishRow {
@@ -1030,7 +1020,6 @@ pub(crate) mod codec {
                 due_at: None,
                 decided_at: to_millis(*at),
                 attempts_delta: 0,
-                paced_delta: 0,
                 ..FinishRow::none()
             },
         };

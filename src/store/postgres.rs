@@ -997,8 +997,7 @@ impl Rows for PgRows {
 
     async fn move_key(&mut self, m: KeyMove<'_>) -> Result<()> {
         self.exec(
-            "UPDATE keys SET state = $3, activated_at = COALESCE($4, activated_at) \
-             WHERE address = $1 AND fingerprint = $2",
+            rows::sql::MOVE_KEY,
             &[&m.address, &m.fingerprint, &m.state, &m.at],
         )
         .await?;
@@ -1006,23 +1005,10 @@ impl Rows for PgRows {
     }
 
     async fn upsert_change(&mut self, c: &Change, at: i64) -> Result<()> {
-        let ChangeJson {
-            approvals,
-            subject,
-            code,
-            factors,
-            decided_at,
-        } = rows::change_json(c, at)?;
+        let j = rows::change_json(c, at)?;
         let needed = i64::from(c.approvals_needed);
         self.exec(
-            "INSERT INTO changes (id, kind, account, address, state, proof, requested_at, requested_by, not_before, \
-             approvals, approvals_needed, reason, subject, proven_current, proven_new, decided_at, proof_code, factors) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, \
-             $16, $17, $18) \
-             ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, proof = EXCLUDED.proof, \
-             approvals = EXCLUDED.approvals, reason = EXCLUDED.reason, proven_current = EXCLUDED.proven_current, \
-             proven_new = EXCLUDED.proven_new, decided_at = COALESCE(changes.decided_at, EXCLUDED.decided_at), \
-             proof_code = EXCLUDED.proof_code, factors = EXCLUDED.factors",
+            rows::sql::UPSERT_CHANGE,
             &[
                 &c.id,
                 &c.kind.as_str(),
@@ -1033,15 +1019,15 @@ impl Rows for PgRows {
                 &to_millis(c.requested_at),
                 &c.requested_by,
                 &to_millis(c.not_before),
-                &approvals,
+                &j.approvals,
                 &needed,
                 &c.reason,
-                &subject,
+                &j.subject,
                 &c.proven_current,
                 &c.proven_new,
-                &decided_at,
-                &code,
-                &factors,
+                &j.decided_at,
+                &j.code,
+                &j.factors,
             ],
         )
         .await?;
@@ -1058,17 +1044,12 @@ impl Rows for PgRows {
     }
 
     async fn veto_link(&mut self, hash: &str) -> Result<Option<VetoLink>> {
-        let sql =
-            format!("SELECT {VETO_LINK_COLUMNS} FROM change_links WHERE hash = $1 FOR UPDATE");
+        let sql = format!("{} FOR UPDATE", rows::sql::veto_link());
         self.one(&sql, &[&hash], rows::veto_link).await
     }
 
     async fn use_veto_link(&mut self, hash: &str, at: i64) -> Result<()> {
-        self.exec(
-            "UPDATE change_links SET used_at = $2 WHERE hash = $1",
-            &[&hash, &at],
-        )
-        .await?;
+        self.exec(rows::sql::USE_VETO_LINK, &[&hash, &at]).await?;
         Ok(())
     }
 
@@ -1079,7 +1060,7 @@ impl Rows for PgRows {
         paranoid: bool,
     ) -> Result<()> {
         self.exec(
-            "UPDATE accounts SET security_level = $2, paranoid = $3 WHERE id = $1",
+            rows::sql::SET_SECURITY,
             &[&account, &level.as_str(), &paranoid],
         )
         .await?;
@@ -1140,30 +1121,23 @@ impl Rows for PgRows {
     async fn calls(&mut self, which: CallWhich<'_>) -> Result<Vec<crate::model::Call>> {
         match which {
             CallWhich::Id(id) => {
-                let sql = format!("SELECT {CALL_COLUMNS} FROM calls WHERE id = $1 FOR UPDATE");
+                let sql = format!("{} FOR UPDATE", rows::sql::call_by_id());
                 self.all(&sql, &[&id], rows::call).await
             }
             CallWhich::Link(hash) => {
-                let sql =
-                    format!("SELECT {CALL_COLUMNS} FROM calls WHERE link_hash = $1 FOR UPDATE");
+                let sql = format!("{} FOR UPDATE", rows::sql::call_by_link());
                 self.all(&sql, &[&hash], rows::call).await
             }
             CallWhich::Due { now, limit } => {
-                let sql = format!(
-                    "SELECT {CALL_COLUMNS} FROM calls WHERE state = 'open' AND expires_at <= $1 \
-                     ORDER BY expires_at LIMIT $2"
-                );
-                self.all(&sql, &[&now, &limit], rows::call).await
+                self.all(&rows::sql::calls_due(), &[&now, &limit], rows::call)
+                    .await
             }
             CallWhich::Open {
                 account,
                 contact,
                 now,
             } => {
-                let sql = format!(
-                    "SELECT {CALL_COLUMNS} FROM calls WHERE account = $1 AND contact = $2 AND state = 'open' \
-                     AND expires_at > $3 ORDER BY opened_at"
-                );
+                let sql = rows::sql::calls_open();
                 self.all(&sql, &[&account, &contact, &now], rows::call)
                     .await
             }
@@ -1223,8 +1197,7 @@ impl Rows for PgRows {
     async fn incidents(&mut self, which: IncidentWhich<'_>) -> Result<Vec<Incident>> {
         match which {
             IncidentWhich::Id(id) => {
-                let sql =
-                    format!("SELECT {INCIDENT_COLUMNS} FROM incidents WHERE id = $1 FOR UPDATE");
+                let sql = format!("{} FOR UPDATE", rows::sql::incident_by_id());
                 self.all(&sql, &[&id], rows::incident).await
             }
             IncidentWhich::List {
@@ -1232,10 +1205,7 @@ impl Rows for PgRows {
                 account,
                 limit,
             } => {
-                let sql = format!(
-                    "SELECT {INCIDENT_COLUMNS} FROM incidents WHERE (NOT $1 OR state = 'open') \
-                     AND ($2::TEXT IS NULL OR account = $2) ORDER BY opened_at DESC, id DESC LIMIT $3"
-                );
+                let sql = rows::sql::incidents();
                 self.all(&sql, &[&open_only, &account, &limit], rows::incident)
                     .await
             }
@@ -1285,10 +1255,7 @@ impl Rows for PgRows {
         after: i64,
         limit: i64,
     ) -> Result<Vec<AuditEntry>> {
-        let sql = format!(
-            "SELECT {AUDIT_COLUMNS} FROM audit WHERE seq > $1 AND ($2::TEXT IS NULL OR account = $2) \
-             ORDER BY seq LIMIT $3"
-        );
+        let sql = rows::sql::audit();
         self.all(&sql, &[&after, &account, &limit], rows::audit_entry)
             .await
     }

@@ -488,6 +488,95 @@ pub trait Cols {
     }
 }
 
+/// Queries both stores run alike, written once: which calls are due or
+/// open, which incidents a list holds and in what order, how the audit
+/// log pages, and the plain updates. In PostgreSQL's placeholders (`$1`,
+/// `$2::TEXT`); SQLite runs them through [`sqlite`]. Row locks
+/// (`FOR UPDATE`) are PostgreSQL's own, added there.
+pub mod sql {
+    use super::{AUDIT_COLUMNS, CALL_COLUMNS, INCIDENT_COLUMNS, VETO_LINK_COLUMNS};
+
+    pub const MOVE_KEY: &str = "UPDATE keys SET state = $3, activated_at = COALESCE($4, activated_at) \
+         WHERE address = $1 AND fingerprint = $2";
+    /// A change written whole; a later write keeps the first time it was
+    /// decided.
+    pub const UPSERT_CHANGE: &str = "INSERT INTO changes (id, kind, account, address, state, proof, requested_at, requested_by, not_before, \
+         approvals, approvals_needed, reason, subject, proven_current, proven_new, decided_at, proof_code, factors) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18) \
+         ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, proof = EXCLUDED.proof, \
+         approvals = EXCLUDED.approvals, reason = EXCLUDED.reason, proven_current = EXCLUDED.proven_current, \
+         proven_new = EXCLUDED.proven_new, decided_at = COALESCE(changes.decided_at, EXCLUDED.decided_at), \
+         proof_code = EXCLUDED.proof_code, factors = EXCLUDED.factors";
+    pub const USE_VETO_LINK: &str = "UPDATE change_links SET used_at = $2 WHERE hash = $1";
+    pub const SET_SECURITY: &str =
+        "UPDATE accounts SET security_level = $2, paranoid = $3 WHERE id = $1";
+
+    pub fn veto_link() -> String {
+        format!("SELECT {VETO_LINK_COLUMNS} FROM change_links WHERE hash = $1")
+    }
+    pub fn call_by_id() -> String {
+        format!("SELECT {CALL_COLUMNS} FROM calls WHERE id = $1")
+    }
+    pub fn call_by_link() -> String {
+        format!("SELECT {CALL_COLUMNS} FROM calls WHERE link_hash = $1")
+    }
+    /// Open calls past their time (`$1` now), soonest first, `$2` at most.
+    pub fn calls_due() -> String {
+        format!(
+            "SELECT {CALL_COLUMNS} FROM calls WHERE state = 'open' AND expires_at <= $1 \
+             ORDER BY expires_at LIMIT $2"
+        )
+    }
+    /// A contact's open, live calls (`$1` account, `$2` contact, `$3` now).
+    pub fn calls_open() -> String {
+        format!(
+            "SELECT {CALL_COLUMNS} FROM calls WHERE account = $1 AND contact = $2 AND state = 'open' \
+             AND expires_at > $3 ORDER BY opened_at"
+        )
+    }
+    pub fn incident_by_id() -> String {
+        format!("SELECT {INCIDENT_COLUMNS} FROM incidents WHERE id = $1")
+    }
+    /// Incidents (`$1` open only, `$2` of one account or all), newest
+    /// first, `$3` at most.
+    pub fn incidents() -> String {
+        format!(
+            "SELECT {INCIDENT_COLUMNS} FROM incidents WHERE (NOT $1 OR state = 'open') \
+             AND ($2::TEXT IS NULL OR account = $2) ORDER BY opened_at DESC, id DESC LIMIT $3"
+        )
+    }
+    /// Audit entries after `$1` (of account `$2`, or all), in order, `$3`
+    /// at most.
+    pub fn audit() -> String {
+        format!(
+            "SELECT {AUDIT_COLUMNS} FROM audit WHERE seq > $1 AND ($2::TEXT IS NULL OR account = $2) \
+             ORDER BY seq LIMIT $3"
+        )
+    }
+}
+
+/// A query of [`sql`] in SQLite's placeholders: `$N` becomes `?N`, and a
+/// PostgreSQL cast after it (`::TEXT`) goes.
+pub fn sqlite(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len());
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '$' || !chars.peek().is_some_and(char::is_ascii_digit) {
+            out.push(c);
+            continue;
+        }
+        out.push('?');
+        while let Some(d) = chars.next_if(char::is_ascii_digit) {
+            out.push(d);
+        }
+        if chars.next_if_eq(&':').is_some() {
+            chars.next_if_eq(&':');
+            while chars.next_if(|c| c.is_ascii_alphanumeric()).is_some() {}
+        }
+    }
+    out
+}
+
 /// The columns [`notification`] reads, in its order.
 pub const NOTIFICATION_COLUMNS: &str = "id, event, account, contact, destination, uri, channel, type, key, priority, \
      state, reason, detail, due_at, expires_at, decided_at, sent_at, attempts, timezone, message, digest, paired_from, \
@@ -879,4 +968,20 @@ pub fn event_json(e: &Event) -> Result<String> {
 /// A message as stored (JSON).
 pub fn message_json(m: &Message) -> Result<String> {
     serde_json::to_string(m).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_queries_read_as_sqlite() {
+        assert_eq!(
+            sqlite("WHERE a = $1 AND ($2::TEXT IS NULL OR b = $2) LIMIT $10"),
+            "WHERE a = ?1 AND (?2 IS NULL OR b = ?2) LIMIT ?10"
+        );
+        assert_eq!(sqlite("price $ and $x stay"), "price $ and $x stay");
+        assert!(!sqlite(&sql::incidents()).contains('$'));
+        assert!(!sqlite(&sql::audit()).contains("::"));
+    }
 }

@@ -949,30 +949,16 @@ impl Rows for Lite {
 
     async fn move_key(&mut self, m: KeyMove<'_>) -> Result<()> {
         self.exec(
-            "UPDATE keys SET state = ?3, activated_at = COALESCE(?4, activated_at) \
-             WHERE address = ?1 AND fingerprint = ?2",
+            &rows::sqlite(rows::sql::MOVE_KEY),
             params![m.address, m.fingerprint, m.state, m.at],
         )?;
         Ok(())
     }
 
     async fn upsert_change(&mut self, c: &Change, at: i64) -> Result<()> {
-        let ChangeJson {
-            approvals,
-            subject,
-            code,
-            factors,
-            decided_at,
-        } = rows::change_json(c, at)?;
+        let j = rows::change_json(c, at)?;
         self.exec(
-            "INSERT INTO changes (id, kind, account, address, state, proof, requested_at, requested_by, not_before, \
-             approvals, approvals_needed, reason, subject, proven_current, proven_new, decided_at, proof_code, factors) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, \
-             ?16, ?17, ?18) \
-             ON CONFLICT (id) DO UPDATE SET state = excluded.state, proof = excluded.proof, \
-             approvals = excluded.approvals, reason = excluded.reason, proven_current = excluded.proven_current, \
-             proven_new = excluded.proven_new, decided_at = COALESCE(changes.decided_at, excluded.decided_at), \
-             proof_code = excluded.proof_code, factors = excluded.factors",
+            &rows::sqlite(rows::sql::UPSERT_CHANGE),
             params![
                 c.id,
                 c.kind.as_str(),
@@ -983,15 +969,15 @@ impl Rows for Lite {
                 to_millis(c.requested_at),
                 c.requested_by,
                 to_millis(c.not_before),
-                approvals,
+                j.approvals,
                 c.approvals_needed,
                 c.reason,
-                subject,
+                j.subject,
                 c.proven_current,
                 c.proven_new,
-                decided_at,
-                code,
-                factors,
+                j.decided_at,
+                j.code,
+                j.factors,
             ],
         )?;
         Ok(())
@@ -1006,15 +992,12 @@ impl Rows for Lite {
     }
 
     async fn veto_link(&mut self, hash: &str) -> Result<Option<VetoLink>> {
-        let sql = format!("SELECT {VETO_LINK_COLUMNS} FROM change_links WHERE hash = ?1");
+        let sql = rows::sqlite(&rows::sql::veto_link());
         self.one(&sql, [hash], |r| rows::veto_link(r))
     }
 
     async fn use_veto_link(&mut self, hash: &str, at: i64) -> Result<()> {
-        self.exec(
-            "UPDATE change_links SET used_at = ?2 WHERE hash = ?1",
-            params![hash, at],
-        )?;
+        self.exec(&rows::sqlite(rows::sql::USE_VETO_LINK), params![hash, at])?;
         Ok(())
     }
 
@@ -1025,7 +1008,7 @@ impl Rows for Lite {
         paranoid: bool,
     ) -> Result<()> {
         self.exec(
-            "UPDATE accounts SET security_level = ?2, paranoid = ?3 WHERE id = ?1",
+            &rows::sqlite(rows::sql::SET_SECURITY),
             params![account, level.as_str(), paranoid],
         )?;
         Ok(())
@@ -1082,19 +1065,12 @@ impl Rows for Lite {
     async fn calls(&mut self, which: CallWhich<'_>) -> Result<Vec<crate::model::Call>> {
         let read = |r: &rusqlite::Row<'_>| rows::call(r);
         match which {
-            CallWhich::Id(id) => {
-                let sql = format!("SELECT {CALL_COLUMNS} FROM calls WHERE id = ?1");
-                self.all(&sql, [id], read)
-            }
+            CallWhich::Id(id) => self.all(&rows::sqlite(&rows::sql::call_by_id()), [id], read),
             CallWhich::Link(hash) => {
-                let sql = format!("SELECT {CALL_COLUMNS} FROM calls WHERE link_hash = ?1");
-                self.all(&sql, [hash], read)
+                self.all(&rows::sqlite(&rows::sql::call_by_link()), [hash], read)
             }
             CallWhich::Due { now, limit } => {
-                let sql = format!(
-                    "SELECT {CALL_COLUMNS} FROM calls WHERE state = 'open' AND expires_at <= ?1 \
-                     ORDER BY expires_at LIMIT ?2"
-                );
+                let sql = rows::sqlite(&rows::sql::calls_due());
                 self.all(&sql, params![now, limit], read)
             }
             CallWhich::Open {
@@ -1102,10 +1078,7 @@ impl Rows for Lite {
                 contact,
                 now,
             } => {
-                let sql = format!(
-                    "SELECT {CALL_COLUMNS} FROM calls WHERE account = ?1 AND contact = ?2 AND state = 'open' \
-                     AND expires_at > ?3 ORDER BY opened_at"
-                );
+                let sql = rows::sqlite(&rows::sql::calls_open());
                 self.all(&sql, params![account, contact, now], read)
             }
         }
@@ -1163,18 +1136,14 @@ impl Rows for Lite {
         let read = |r: &rusqlite::Row<'_>| rows::incident(r);
         match which {
             IncidentWhich::Id(id) => {
-                let sql = format!("SELECT {INCIDENT_COLUMNS} FROM incidents WHERE id = ?1");
-                self.all(&sql, [id], read)
+                self.all(&rows::sqlite(&rows::sql::incident_by_id()), [id], read)
             }
             IncidentWhich::List {
                 open_only,
                 account,
                 limit,
             } => {
-                let sql = format!(
-                    "SELECT {INCIDENT_COLUMNS} FROM incidents WHERE (NOT ?1 OR state = 'open') \
-                     AND (?2 IS NULL OR account = ?2) ORDER BY opened_at DESC, id DESC LIMIT ?3"
-                );
+                let sql = rows::sqlite(&rows::sql::incidents());
                 self.all(&sql, params![open_only, account, limit], read)
             }
         }
@@ -1219,9 +1188,7 @@ impl Rows for Lite {
         after: i64,
         limit: i64,
     ) -> Result<Vec<AuditEntry>> {
-        let sql = format!(
-            "SELECT {AUDIT_COLUMNS} FROM audit WHERE seq > ?1 AND (?2 IS NULL OR account = ?2) ORDER BY seq LIMIT ?3"
-        );
+        let sql = rows::sqlite(&rows::sql::audit());
         self.all(&sql, params![after, account, limit], |r| {
             rows::audit_entry(r)
         })
