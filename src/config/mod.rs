@@ -565,24 +565,34 @@ pub struct PublicListener {
 
 impl PublicListener {
     pub fn tls_files(&self) -> Result<Option<crate::web::tls::TlsFiles>, String> {
-        match (&self.tls_cert, &self.tls_key) {
-            (Some(cert), Some(key)) => Ok(Some(crate::web::tls::TlsFiles {
-                cert: cert.clone(),
-                key: key.clone(),
-                client_ca: None,
-                client_crl: None,
-                client_auth: Default::default(),
-                names: crate::web::tls::TlsNames::PUBLIC,
-                http: true,
-            })),
-            (None, None) => Ok(None),
-            (Some(_), None) => {
-                Err("server.public.tls_cert: needs server.public.tls_key too".into())
-            }
-            (None, Some(_)) => {
-                Err("server.public.tls_key: needs server.public.tls_cert too".into())
-            }
-        }
+        let names = crate::web::tls::TlsNames::PUBLIC;
+        Ok(
+            cert_and_key(&self.tls_cert, &self.tls_key, names)?.map(|(cert, key)| {
+                crate::web::tls::TlsFiles {
+                    cert,
+                    key,
+                    client_ca: None,
+                    client_crl: None,
+                    client_auth: Default::default(),
+                    names,
+                    http: true,
+                }
+            }),
+        )
+    }
+}
+
+/// A listener's certificate and key: both, or neither.
+fn cert_and_key(
+    cert: &Option<std::path::PathBuf>,
+    key: &Option<std::path::PathBuf>,
+    names: crate::web::tls::TlsNames,
+) -> Result<Option<(std::path::PathBuf, std::path::PathBuf)>, String> {
+    match (cert, key) {
+        (Some(cert), Some(key)) => Ok(Some((cert.clone(), key.clone()))),
+        (None, None) => Ok(None),
+        (Some(_), None) => Err(format!("{}: needs {} too", names.cert, names.key)),
+        (None, Some(_)) => Err(format!("{}: needs {} too", names.key, names.cert)),
     }
 }
 
@@ -590,26 +600,27 @@ impl ServerConfig {
     /// The listener's TLS files, when both are given; an error when only
     /// one is, or a client CA without them.
     pub fn tls_files(&self) -> Result<Option<crate::web::tls::TlsFiles>, String> {
-        match (&self.tls_cert, &self.tls_key) {
-            (Some(cert), Some(key)) => Ok(Some(crate::web::tls::TlsFiles {
-                cert: cert.clone(),
-                key: key.clone(),
-                client_ca: self.client_ca.clone(),
-                client_crl: self.client_crl.clone(),
-                client_auth: self.client_auth,
-                names: crate::web::tls::TlsNames::SERVER,
-                http: true,
-            })),
-            (None, None) if self.client_ca.is_some() => {
-                Err("server.client_ca: needs server.tls_cert and server.tls_key".into())
-            }
-            _ if self.client_crl.is_some() && self.client_ca.is_none() => {
-                Err("server.client_crl: needs server.client_ca".into())
-            }
-            (None, None) => Ok(None),
-            (Some(_), None) => Err("server.tls_cert: needs server.tls_key too".into()),
-            (None, Some(_)) => Err("server.tls_key: needs server.tls_cert too".into()),
+        let names = crate::web::tls::TlsNames::SERVER;
+        if self.tls_cert.is_none() && self.tls_key.is_none() && self.client_ca.is_some() {
+            return Err("server.client_ca: needs server.tls_cert and server.tls_key".into());
         }
+        // A revocation list without its CA was ignored when TLS was on.
+        if self.client_crl.is_some() && self.client_ca.is_none() {
+            return Err("server.client_crl: needs server.client_ca".into());
+        }
+        Ok(
+            cert_and_key(&self.tls_cert, &self.tls_key, names)?.map(|(cert, key)| {
+                crate::web::tls::TlsFiles {
+                    cert,
+                    key,
+                    client_ca: self.client_ca.clone(),
+                    client_crl: self.client_crl.clone(),
+                    client_auth: self.client_auth,
+                    names,
+                    http: true,
+                }
+            }),
+        )
     }
 
     /// Where links in mails point: `public_url`, else the public
