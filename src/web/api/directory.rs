@@ -237,6 +237,18 @@ async fn protect(
     Ok((StatusCode::ACCEPTED, Json(json!({"change": change}))).into_response())
 }
 
+/// A fresh verification code for `dest` of account `account`, hashed
+/// with the hub's code key, and the notice that carries it.
+fn fresh_code(
+    st: &AppState,
+    account: &str,
+    dest: &crate::model::Destination,
+    now: chrono::DateTime<chrono::Utc>,
+) -> (crate::model::PendingCode, crate::model::Notification) {
+    let sender = st.config.email.sender_name();
+    crate::trust::codes::new_code(&st.config.code_key, account, dest, sender, now)
+}
+
 /// Records a directory step that took effect at once.
 async fn audit(
     st: &AppState,
@@ -453,13 +465,7 @@ pub async fn add_destination(
     let (code, notice) = if dest.verified {
         (None, None)
     } else {
-        let (code, notice) = crate::trust::codes::new_code(
-            &st.config.code_key,
-            &id,
-            &dest,
-            st.config.email.sender_name(),
-            now,
-        );
+        let (code, notice) = fresh_code(&st, &id, &dest, now);
         (
             Some(crate::trust::codes::first(&code.hash, code.expires_at, now)),
             Some(notice),
@@ -518,13 +524,7 @@ pub async fn renew_code(
     caller.require(Scope::DirectoryWrite)?;
     let dest = find_destination(&st, &id, &cid, &did).await?;
     let now = st.clock.now();
-    let (code, notice) = crate::trust::codes::new_code(
-        &st.config.code_key,
-        &id,
-        &dest,
-        st.config.email.sender_name(),
-        now,
-    );
+    let (code, notice) = fresh_code(&st, &id, &dest, now);
     match st
         .store
         .renew_code(
