@@ -22,6 +22,11 @@ pub struct Metrics {
     pub rate_backlog: Family<Labels, Gauge>,
     pub receipts: Family<Labels, Counter>,
     pub unhealthy_destinations: Counter,
+    /// The backlog, read from the store at each scrape.
+    queue_oldest_due_age: Gauge,
+    changes_pending: Gauge,
+    incidents_open: Gauge,
+    destinations_unhealthy: Gauge,
     /// Requests an outsider could repeat, refused by a limit: key
     /// submissions (by address or source), wrong codes (by token), code
     /// renewals (by destination).
@@ -93,6 +98,30 @@ impl Metrics {
             "Destinations marked unhealthy after permanent failures in a row",
             unhealthy_destinations.clone(),
         );
+        let queue_oldest_due_age = Gauge::default();
+        registry.register(
+            "queue_oldest_due_age_seconds",
+            "How long the oldest pending notification is past its due time (0: none overdue)",
+            queue_oldest_due_age.clone(),
+        );
+        let changes_pending = Gauge::default();
+        registry.register(
+            "changes_pending",
+            "Protected changes waiting for proof, cooling-off or approval",
+            changes_pending.clone(),
+        );
+        let incidents_open = Gauge::default();
+        registry.register(
+            "incidents_open",
+            "Incidents (vetoes, refused approvals) open for staff",
+            incidents_open.clone(),
+        );
+        let destinations_unhealthy = Gauge::default();
+        registry.register(
+            "destinations_unhealthy",
+            "Destinations currently marked unhealthy",
+            destinations_unhealthy.clone(),
+        );
         let limited = Family::<Labels, Counter>::default();
         registry.register(
             "limited",
@@ -104,6 +133,10 @@ impl Metrics {
             limited,
             receipts,
             unhealthy_destinations,
+            queue_oldest_due_age,
+            changes_pending,
+            incidents_open,
+            destinations_unhealthy,
             events_accepted,
             events_rejected,
             decisions,
@@ -150,6 +183,18 @@ impl Metrics {
         }
     }
 
+    /// The backlog gauges from the store's reading at `now`.
+    pub fn set_backlog(&self, b: &crate::store::Backlog, now: chrono::DateTime<chrono::Utc>) {
+        let age = b
+            .oldest_due
+            .map(|due| (now - due).num_seconds().max(0))
+            .unwrap_or(0);
+        self.queue_oldest_due_age.set(age);
+        self.changes_pending.set(b.changes_pending);
+        self.incidents_open.set(b.incidents_open);
+        self.destinations_unhealthy.set(b.destinations_unhealthy);
+    }
+
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -181,5 +226,34 @@ mod tests {
             text.contains("kci_notifications{state=\"sent\"} 300"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn the_queue_age_counts_only_what_is_overdue() {
+        use chrono::{TimeZone, Utc};
+        let now = Utc.with_ymd_and_hms(2026, 12, 2, 12, 0, 0).unwrap();
+        let m = Metrics::new();
+        let cases = [
+            (None, 0),
+            (Some(now - chrono::Duration::seconds(90)), 90),
+            (Some(now + chrono::Duration::hours(8)), 0),
+        ];
+        for (oldest_due, age) in cases {
+            let b = crate::store::Backlog {
+                oldest_due,
+                changes_pending: 2,
+                incidents_open: 1,
+                destinations_unhealthy: 3,
+            };
+            m.set_backlog(&b, now);
+            let text = m.render();
+            assert!(
+                text.contains(&format!("kci_queue_oldest_due_age_seconds {age}\n")),
+                "{oldest_due:?}: {text}"
+            );
+            assert!(text.contains("kci_changes_pending 2\n"), "{text}");
+            assert!(text.contains("kci_incidents_open 1\n"), "{text}");
+            assert!(text.contains("kci_destinations_unhealthy 3\n"), "{text}");
+        }
     }
 }

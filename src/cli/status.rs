@@ -55,6 +55,11 @@ pub async fn run(arg: ConfigArg) -> anyhow::Result<ExitCode> {
         ),
         None => println!("next due: nothing queued"),
     }
+    let backlog = store.backlog().await?;
+    println!(
+        "protected changes pending: {}; unhealthy destinations: {}",
+        backlog.changes_pending, backlog.destinations_unhealthy
+    );
     let failed = store
         .notifications_in(State::Failed, None, LAST_FAILURES)
         .await?;

@@ -415,6 +415,21 @@ pub async fn check_ingest_is_atomic_and_idempotent(store: &dyn Store) {
         .map(|(_, n)| n)
         .sum();
     assert_eq!(total, 6);
+    let backlog = store.backlog().await.unwrap();
+    let pending = store
+        .notifications_in(State::Pending, None, 100)
+        .await
+        .unwrap();
+    let oldest = pending.iter().map(|n| n.due_at).min();
+    assert_eq!(backlog.oldest_due, oldest, "{pending:?}");
+    assert_eq!(
+        (
+            backlog.changes_pending,
+            backlog.incidents_open,
+            backlog.destinations_unhealthy
+        ),
+        (0, 0, 0)
+    );
 }
 
 pub async fn check_planner_sees_pending_and_cancels(store: &dyn Store) {

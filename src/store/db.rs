@@ -1035,6 +1035,21 @@ impl<B: Backend> QueueStore for Db<B> {
             .await
     }
 
+    async fn backlog(&self) -> Result<Backlog> {
+        self.read(|rows| {
+            Box::pin(async move {
+                let (oldest, changes, incidents, unhealthy) = rows.backlog().await?;
+                Ok(Backlog {
+                    oldest_due: oldest.map(from_millis),
+                    changes_pending: changes,
+                    incidents_open: incidents,
+                    destinations_unhealthy: unhealthy,
+                })
+            })
+        })
+        .await
+    }
+
     async fn digest_members(&self, id: &str) -> Result<Vec<Claimed>> {
         let id = id.to_string();
         self.read(move |rows| {

@@ -418,6 +418,9 @@ pub trait QueueStore: Send + Sync {
     /// Notifications per state, for metrics.
     async fn count_by_state(&self) -> Result<Vec<(State, i64)>>;
 
+    /// What waits, for metrics and `kci status`.
+    async fn backlog(&self) -> Result<Backlog>;
+
     /// The notices still folded into digest `id`, with their events.
     async fn digest_members(&self, id: &str) -> Result<Vec<Claimed>>;
 
@@ -677,6 +680,16 @@ pub trait Store:
 
     /// What `kci doctor` checks: the schema version and the server's clock.
     async fn inspect(&self) -> Result<StoreInfo>;
+}
+
+/// What waits: the oldest pending notification's due time, protected
+/// changes pending, incidents open, destinations marked unhealthy.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Backlog {
+    pub oldest_due: Option<DateTime<Utc>>,
+    pub changes_pending: i64,
+    pub incidents_open: i64,
+    pub destinations_unhealthy: i64,
 }
 
 /// The state of a database, as found (nothing changed but the version

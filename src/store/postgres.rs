@@ -819,6 +819,13 @@ impl Rows for PgRows {
             .await
     }
 
+    async fn backlog(&mut self) -> Result<(Option<i64>, i64, i64, i64)> {
+        let map = |r: &Row| Ok((r.opt_int(0)?, r.int(1)?, r.int(2)?, r.int(3)?));
+        self.one(rows::sql::BACKLOG, &[], map)
+            .await?
+            .ok_or_else(|| StoreError::Unavailable("the backlog query answered no row".into()))
+    }
+
     async fn notifications(&mut self, which: Which<'_>) -> Result<Vec<Notification>> {
         let from = format!("SELECT {NOTIFICATION_COLUMNS} FROM notifications WHERE");
         let map = |r: &Row| rows::notification(r);

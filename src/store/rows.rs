@@ -322,6 +322,9 @@ pub trait Rows: Send + 'static {
     fn finish(&mut self, id: &str, f: &FinishRow) -> impl Future<Output = Result<bool>> + Send;
     fn next_due(&mut self) -> impl Future<Output = Result<Option<i64>>> + Send;
     fn count_by_state(&mut self) -> impl Future<Output = Result<Vec<(State, i64)>>> + Send;
+    /// The backlog gauges: the oldest pending due time (ms), protected
+    /// changes pending, incidents open, destinations unhealthy.
+    fn backlog(&mut self) -> impl Future<Output = Result<(Option<i64>, i64, i64, i64)>> + Send;
     fn notifications(
         &mut self,
         which: Which<'_>,
@@ -507,6 +510,11 @@ pub mod sql {
          approvals = EXCLUDED.approvals, reason = EXCLUDED.reason, proven_current = EXCLUDED.proven_current, \
          proven_new = EXCLUDED.proven_new, decided_at = COALESCE(changes.decided_at, EXCLUDED.decided_at), \
          proof_code = EXCLUDED.proof_code, factors = EXCLUDED.factors";
+    /// What the backlog gauges read, in one round trip.
+    pub const BACKLOG: &str = "SELECT (SELECT MIN(due_at) FROM notifications WHERE state = 'pending'), \
+         (SELECT COUNT(*) FROM changes WHERE state = 'pending'), \
+         (SELECT COUNT(*) FROM incidents WHERE state = 'open'), \
+         (SELECT COUNT(*) FROM destinations WHERE unhealthy_since IS NOT NULL)";
     pub const USE_VETO_LINK: &str = "UPDATE change_links SET used_at = $2 WHERE hash = $1";
     pub const SET_SECURITY: &str =
         "UPDATE accounts SET security_level = $2, paranoid = $3 WHERE id = $1";

@@ -791,6 +791,12 @@ impl Rows for Lite {
         self.all(sql, [], |r| Ok((state_from_text(&r.text(0)?)?, r.int(1)?)))
     }
 
+    async fn backlog(&mut self) -> Result<(Option<i64>, i64, i64, i64)> {
+        let map = |r: &Row<'_>| Ok((r.opt_int(0)?, r.int(1)?, r.int(2)?, r.int(3)?));
+        self.one(&rows::sqlite(rows::sql::BACKLOG), [], map)?
+            .ok_or_else(|| StoreError::Unavailable("the backlog query answered no row".into()))
+    }
+
     async fn notifications(&mut self, which: Which<'_>) -> Result<Vec<Notification>> {
         let from = format!("SELECT {NOTIFICATION_COLUMNS} FROM notifications WHERE");
         let map = |r: &Row<'_>| rows::notification(r);

@@ -37,6 +37,8 @@ pub async fn metrics(
     }
     st.metrics
         .set_notifications(&st.store.count_by_state().await?);
+    st.metrics
+        .set_backlog(&st.store.backlog().await?, st.clock.now());
     Ok((
         [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
         st.metrics.render(),
