@@ -101,6 +101,9 @@ pub enum Command {
     },
     /// Print the manual page (roff), such as for /usr/share/man/man1/kci.1.
     Man,
+    /// Print the API's description (OpenAPI 3.1 JSON), as `GET
+    /// /openapi.json` serves it and `openapi.json` holds it.
+    Openapi,
 }
 
 #[derive(Subcommand)]
@@ -346,6 +349,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Man => {
             use clap::CommandFactory;
             clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+        Command::Openapi => {
+            print!("{}", crate::web::api::openapi::json());
             Ok(std::process::ExitCode::SUCCESS)
         }
         Command::Ca(CaCommand::Issue { dir, name, days }) => ca::issue(dir, name, days),

@@ -12,24 +12,43 @@ use serde::Deserialize;
 use std::sync::Arc;
 
 /// The JSON body of `POST /v1/events` (one line of a batch).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(examples(json!({"id": "evt-1", "type": "notice", "account": "A1",
+    "data": {"subject": "Your order shipped", "text": "Order 42 is on its way."}})))]
 pub struct EventInput {
+    /// The source system's id for the event; the same id again is a
+    /// duplicate (absent: kci makes one, and a retry is a new event).
     pub id: Option<String>,
+    /// An event type the config defines (`[types.NAME]`).
     #[serde(rename = "type")]
     pub type_name: String,
+    /// The account it concerns.
     pub account: String,
+    /// The service it concerns (preferences can select by service).
     pub service: Option<String>,
+    /// Only this contact of the account (absent: every contact).
     pub contact: Option<String>,
+    /// Correlation key for pairing, superseding and flap counting.
     pub key: Option<String>,
+    #[schema(value_type = Option<crate::model::Priority>)]
     pub priority: Option<String>,
     pub category: Option<String>,
+    #[schema(format = DateTime)]
     pub occurred_at: Option<String>,
+    /// Not to go out before this time.
+    #[schema(format = DateTime)]
     pub not_before: Option<String>,
+    /// Pointless after this time: not sent after it.
+    #[schema(format = DateTime)]
     pub expires_at: Option<String>,
+    /// Values the type's templates use.
+    #[schema(value_type = Option<Object>)]
     pub data: Option<serde_json::Value>,
+    /// A short text (SMS-sized), instead of the type's template.
     pub short: Option<String>,
     pub subject: Option<String>,
+    /// A long text (mail), instead of the type's template.
     pub body: Option<String>,
 }
 

@@ -13,7 +13,7 @@ use serde::Serialize;
 pub const PROOF_PREFIX: &str = "assurance:";
 
 /// Where an assurance stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AssuranceState {
     /// Waiting for the customer to follow the link sent to the address.
@@ -53,7 +53,7 @@ impl AssuranceState {
 }
 
 /// An assurance of one change.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Assurance {
     pub id: String,
     /// The change it proves.

@@ -18,7 +18,7 @@ use serde::Serialize;
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 /// What a step wants recorded; the store gives it its place in the chain.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct AuditDraft {
     /// Who: `staff:<name>`, `token:<id>`, `link:<destination>` (a customer
     /// following a link), `mail:<address>`, `kci` (the scheduler).
@@ -51,7 +51,7 @@ impl AuditDraft {
 }
 
 /// An entry as stored: a draft in its place.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct AuditEntry {
     pub seq: i64,
     #[serde(serialize_with = "super::ser_time")]

@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 /// What a change asks for (contract names).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum ChangeKind {
     /// Another key in place of the address's active one.
     #[serde(rename = "key.replace")]
@@ -68,7 +68,7 @@ impl ChangeKind {
 }
 
 /// Where a change stands (contract names).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ChangeState {
     /// Waiting for proof, its cooling-off period or its approvals.
@@ -112,7 +112,7 @@ impl ChangeState {
 }
 
 /// One staff member's approval.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Approval {
     pub staff: String,
     #[serde(serialize_with = "super::ser_time", deserialize_with = "de_time")]
@@ -125,7 +125,7 @@ fn de_time<'de, D: serde::Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::E
 }
 
 /// A destination as a change will make it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DestinationPlan {
     pub id: String,
     pub contact: String,
@@ -139,7 +139,7 @@ pub struct DestinationPlan {
 }
 
 /// What a change does, beyond its kind.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Subject {
     /// `key.replace`: the key it makes active.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -161,7 +161,7 @@ pub struct Subject {
 }
 
 /// A protected change (the contract's record, and what it does).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Change {
     pub id: String,
     pub kind: ChangeKind,
@@ -215,7 +215,7 @@ pub struct ProofCode {
 }
 
 /// How a proof code travels (DESIGN.md §7, issue 12).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ProofKind {
     /// One code to one destination, entered back.
@@ -315,7 +315,7 @@ impl Change {
 
 /// An incident: something a customer (or staff) stopped, for staff to look
 /// into (contract fields).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Incident {
     pub id: String,
     pub account: Option<String>,

@@ -6,7 +6,7 @@ use super::{DestinationUri, SecurityLevel, TimeZoneName};
 use serde::Serialize;
 
 /// A customer.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct Account {
     pub id: String,
     pub name: String,
@@ -19,6 +19,7 @@ pub struct Account {
     /// the source system (an ISP knows its customer's line) supplies them:
     /// a request from inside is a factor proving a change (issue 12).
     #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[schema(schema_with = super::schema::prefixes)]
     pub prefixes: Vec<ipnet::IpNet>,
 }
 
@@ -26,7 +27,7 @@ pub struct Account {
 pub const MAX_PREFIXES: usize = 32;
 
 /// A person or control-page login under an account.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct Contact {
     pub id: String,
     pub name: String,
@@ -39,7 +40,7 @@ pub struct Contact {
 }
 
 /// Where a contact wants notices, with the preferences it sets itself.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct Destination {
     pub id: String,
     pub contact: String,
@@ -64,7 +65,7 @@ impl Destination {
 }
 
 /// A contact with its destinations.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct ContactView {
     #[serde(flatten)]
     pub contact: Contact,
@@ -73,7 +74,7 @@ pub struct ContactView {
 
 /// An account with everything under it: what `plan` fans out over and what
 /// `GET /v1/accounts/{id}` shows.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct AccountView {
     #[serde(flatten)]
     pub account: Account,

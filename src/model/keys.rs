@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 /// Where a key stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum KeyState {
     /// Submitted; waits for the confirmation link sent encrypted to it.
@@ -43,7 +43,7 @@ impl KeyState {
 }
 
 /// One key of one address.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct KeyRecord {
     /// The address, lower-cased.
     pub address: String,
@@ -105,7 +105,7 @@ pub struct KeyToken {
 
 /// An address's keys and pending changes, as `GET /v1/keys/{address}`
 /// shows them.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct KeyStatus {
     pub address: String,
     pub active: Option<KeyRecord>,

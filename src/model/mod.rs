@@ -19,6 +19,7 @@ mod planning;
 mod preferences;
 mod priority;
 mod role;
+pub mod schema;
 mod secret;
 mod state;
 pub mod throttle;
@@ -203,6 +204,7 @@ pub fn fmt_time(t: DateTime<Utc>) -> String {
     Default,
     serde::Serialize,
     serde::Deserialize,
+    utoipa::ToSchema,
 )]
 #[serde(rename_all = "snake_case")]
 pub enum SecurityLevel {

@@ -5,7 +5,7 @@ use super::{Priority, Span, TimeZoneName, Window};
 use serde::Deserialize;
 
 /// Preferences that cascade destination → contact → account → config.
-#[derive(Debug, Clone, Default, Deserialize, serde::Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Preferences {
     /// When non-urgent notices may go out, in `opening_hours` syntax.

@@ -6,6 +6,16 @@ use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
+/// The body of every error answer (DESIGN.md §3).
+#[derive(Debug, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[schema(examples(json!({"error": "invalid_field", "message": "account: is required"})))]
+pub struct ErrorBody {
+    /// A stable code to act on (`invalid_field`, `not_found`, …).
+    pub error: String,
+    /// A sentence for a person, naming what is wrong.
+    pub message: String,
+}
+
 #[derive(Debug)]
 pub enum AppError {
     /// 400: the body is not what the endpoint reads at all.
@@ -139,11 +149,11 @@ impl IntoResponse for AppError {
             }
         };
         let message = crate::model::excerpt(&message, MAX_MESSAGE);
-        let mut resp = (
-            status,
-            Json(serde_json::json!({"error": code, "message": message})),
-        )
-            .into_response();
+        let body = ErrorBody {
+            error: code.to_string(),
+            message,
+        };
+        let mut resp = (status, Json(body)).into_response();
         if let Some(after) = retry_after {
             let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
             if let Ok(v) = axum::http::HeaderValue::from_str(&secs.to_string()) {
@@ -158,6 +168,16 @@ impl IntoResponse for AppError {
         }
         resp
     }
+}
+
+/// An error answer with `status`, `code` and `message` (shortened), for
+/// answers that do not come from an [`AppError`].
+pub fn plain(status: StatusCode, code: &str, message: String) -> Response {
+    let body = ErrorBody {
+        error: code.to_string(),
+        message: crate::model::excerpt(&message, MAX_MESSAGE),
+    };
+    (status, Json(body)).into_response()
 }
 
 #[cfg(test)]

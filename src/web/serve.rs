@@ -51,17 +51,62 @@ pub fn with_limits(router: Router, limits: &Limits) -> Router {
             StatusCode::REQUEST_TIMEOUT,
             limits.request_timeout,
         ))
-        .layer(axum::middleware::map_response(timeout_in_words))
+        .layer(axum::middleware::map_response(errors_in_words))
 }
 
-/// The timeout layer answers 408 with no body: give it the JSON one every
-/// error answer has (DESIGN §3).
-async fn timeout_in_words(resp: Response) -> Response {
+/// The longest plain-text error answer read to be put into words.
+const MAX_PLAIN_ERROR: usize = 4096;
+
+/// Error answers that axum and tower give in plain text (a query string
+/// that does not parse, a body over the limit, a method the path does not
+/// take) or with no body (the timeout layer's 408): give them the JSON
+/// body every error answer has (DESIGN §3). Pages for people (HTML) and
+/// kci's own JSON answers pass as they are.
+async fn errors_in_words(resp: Response) -> Response {
     use axum::body::HttpBody as _;
-    if resp.status() == StatusCode::REQUEST_TIMEOUT && resp.body().size_hint().exact() == Some(0) {
+    let status = resp.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return resp;
+    }
+    let plain = resp
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_none_or(|t| t.starts_with("text/plain"));
+    if !plain {
+        return resp;
+    }
+    if status == StatusCode::REQUEST_TIMEOUT && resp.body().size_hint().exact() == Some(0) {
         return super::AppError::Timeout.into_response();
     }
-    resp
+    let (parts, body) = resp.into_parts();
+    let text = axum::body::to_bytes(body, MAX_PLAIN_ERROR)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let (code, message) = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => (
+            "body_too_large",
+            "the body is larger than this hub takes ([server] max_body_bytes)".to_string(),
+        ),
+        StatusCode::METHOD_NOT_ALLOWED => (
+            "method_not_allowed",
+            "this path does not take this method".to_string(),
+        ),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ("unsupported_media_type", text),
+        s if s.is_server_error() => (
+            "unavailable",
+            "kci could not complete this request".to_string(),
+        ),
+        _ => ("bad_request", text),
+    };
+    let mut answer = super::error::plain(status, code, message);
+    for (name, value) in &parts.headers {
+        if name != axum::http::header::CONTENT_TYPE && name != axum::http::header::CONTENT_LENGTH {
+            answer.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    answer
 }
 
 /// Serves `router` on `listener` within `limits` — over TLS when `tls` is
@@ -151,5 +196,86 @@ async fn serve_connection<S>(
     let conn = http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(with_peer));
     if let Err(e) = watcher.watch(conn).await {
         tracing::debug!(%peer, error = %e, "connection ended");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::Request;
+
+    #[derive(serde::Deserialize)]
+    struct Q {
+        #[allow(dead_code)]
+        limit: usize,
+    }
+
+    /// axum's and tower's plain-text errors get the JSON body of DESIGN §3;
+    /// pages for people and JSON answers pass as they are.
+    #[tokio::test]
+    async fn every_error_answer_is_json() {
+        let limits = Limits {
+            header_timeout: Duration::from_secs(5),
+            body_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(5),
+            max_connections: 8,
+        };
+        let router = Router::new()
+            .route(
+                "/q",
+                axum::routing::get(|_: axum::extract::Query<Q>| async { "ok" }),
+            )
+            .route(
+                "/page",
+                axum::routing::get(|| async {
+                    (StatusCode::NOT_FOUND, axum::response::Html("<p>gone</p>"))
+                }),
+            )
+            .route(
+                "/body",
+                axum::routing::post(|_: axum::body::Bytes| async { "ok" }),
+            )
+            .layer(axum::extract::DefaultBodyLimit::max(16));
+        let app = with_limits(router, &limits);
+        let cases = [
+            ("GET", "/q?limit=many", "", 400, Some("bad_request")),
+            ("GET", "/q?limit=3", "", 200, None),
+            ("POST", "/q", "", 405, Some("method_not_allowed")),
+            (
+                "POST",
+                "/body",
+                "0123456789abcdefghij",
+                413,
+                Some("body_too_large"),
+            ),
+            ("GET", "/page", "", 404, None),
+        ];
+        for (method, uri, body, status, code) in cases {
+            let req = Request::builder()
+                .method(method)
+                .uri(uri)
+                .body(Body::from(body))
+                .unwrap();
+            let resp = app.clone().oneshot(req).await.unwrap();
+            assert_eq!(resp.status().as_u16(), status, "{method} {uri}");
+            let kind = resp.headers().get("content-type").cloned();
+            let bytes = axum::body::to_bytes(resp.into_body(), 1 << 16)
+                .await
+                .unwrap();
+            match code {
+                Some(code) => {
+                    let e: crate::web::error::ErrorBody = serde_json::from_slice(&bytes)
+                        .unwrap_or_else(|e| panic!("{uri}: {e}: {bytes:?}"));
+                    assert_eq!(e.error, code, "{uri}");
+                    assert!(!e.message.is_empty(), "{uri}");
+                }
+                None => assert_ne!(
+                    kind.as_ref().and_then(|k| k.to_str().ok()),
+                    Some("application/json"),
+                    "{uri}"
+                ),
+            }
+        }
     }
 }

@@ -20,7 +20,9 @@
 use super::changes::{Peer, refusal};
 use super::{page, plausible_token};
 use crate::changes::{Actor, AssuranceInput, Engine};
+use crate::model::{Assurance, Change};
 use crate::model::{AssuranceState, ChangeAnswer, ChangeRefusal, Scope};
+use crate::web::error::ErrorBody;
 use crate::web::{AppError, AppState, Caller};
 use axum::Json;
 use axum::body::Bytes;
@@ -28,8 +30,30 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, NaiveDate, Utc};
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// An assurance recorded, and the change it is for.
+#[derive(Serialize, ToSchema)]
+pub struct Assured {
+    pub assurance: Assurance,
+    pub change: Change,
+}
+
+/// A change's assurances.
+#[derive(Serialize, ToSchema)]
+pub struct Assurances {
+    pub assurances: Vec<Assurance>,
+}
+
+/// A recovery page's form: the button (no field) or the secret.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct RecoveryForm {
+    /// The A-word, a dash and the recovery word (absent: the button that
+    /// confirms and mails the recovery word).
+    secret: Option<String>,
+}
 
 /// The limit bucket of recovery links that were not valid.
 const WRONG_LINKS: &str = "wrong_recovery_links";
@@ -44,13 +68,16 @@ fn engine(st: &AppState) -> Engine<'_> {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct AssureInput {
+    /// The word agreed with the customer in person.
     a_word: String,
+    /// The ticket the assurance is recorded under (1 to 64 characters).
     ticket: String,
-    /// `YYYY-MM-DD` or an RFC 3339 time.
+    /// When they met: `YYYY-MM-DD` or an RFC 3339 time, not in the future.
     met_on: String,
+    /// The customer's primary address, if not the change's.
     address: Option<String>,
 }
 
@@ -83,11 +110,25 @@ fn met_on(s: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, AppError> {
     Ok(at)
 }
 
-/// `POST /v1/changes/{id}/assurances` (scope `assure`, a staff member's
-/// token): 201 `{"assurance", "change"}`; 409 when the change is not
-/// pending or proven already, the meeting is too old, the address is not
-/// the primary one, this assurer assured it already, or the recovery is
-/// locked; 422 for a bad A-word, ticket or date.
+/// Record an assurance (staff).
+///
+/// A staff member met the customer and agreed an A-word. 201 with the
+/// assurance and the change; 409 when the change is not pending or
+/// proven already, the meeting is too old, the address is not the primary
+/// one, this assurer assured it already, or the recovery is locked; 422
+/// for a bad A-word, ticket or date.
+#[utoipa::path(post, path = "/v1/changes/{id}/assurances", tag = "assurance",
+    params(("id" = String, Path, description = "The change's id"), super::openapi::Ticket),
+    request_body = AssureInput,
+    security(("token" = ["assure"])),
+    responses(
+        (status = 201, body = Assured),
+        (status = 400, description = "`malformed_json`", body = ErrorBody),
+        (status = 403, description = "`staff_only`: not a staff member's token", body = ErrorBody),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 409, description = "A refusal: `not_pending`, `proven_already`, `assurance_too_old`, `not_a_primary_address`, `assured_already`, `assurance_locked`, `assurance_not_allowed`, `too_many_assurances`", body = ErrorBody),
+        (status = 422, description = "`invalid_field`: the A-word, ticket, date or address", body = ErrorBody),
+    ))]
 pub async fn record(
     State(st): State<AppState>,
     caller: Caller,
@@ -135,7 +176,10 @@ pub async fn record(
             st.wake.notify_one();
             Ok((
                 StatusCode::CREATED,
-                Json(json!({"assurance": assurance, "change": change})),
+                Json(Assured {
+                    assurance: *assurance,
+                    change,
+                }),
             )
                 .into_response())
         }
@@ -144,7 +188,14 @@ pub async fn record(
     }
 }
 
-/// `GET /v1/changes/{id}/assurances` (scope `changes:read`).
+/// List a change's assurances.
+#[utoipa::path(get, path = "/v1/changes/{id}/assurances", tag = "assurance",
+    params(("id" = String, Path, description = "The change's id")),
+    security(("token" = ["changes:read"])),
+    responses(
+        (status = 200, body = Assurances),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+    ))]
 pub async fn list(
     State(st): State<AppState>,
     caller: Caller,
@@ -157,20 +208,34 @@ pub async fn list(
         });
     }
     let list = st.store.assurances(&id).await?;
-    Ok(Json(json!({"assurances": list})))
+    Ok(Json(Assurances { assurances: list }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct SecretInput {
+    /// The A-word, a dash, and the recovery word (T-word) kci mailed.
     secret: String,
 }
 
-/// `POST /v1/changes/{id}/assurance` (scope `keys:write`), body
-/// `{"secret": "A-word-T-word"}`: 200 with the change (applied when that
+/// Complete an assurance-based recovery.
+///
+/// With the A-word and the T-word. 200 with the change (applied when that
 /// was all it needed); 409 `wrong_secret` (which half was wrong is never
 /// said), `assurance_locked` at the third, `no_assurance` when none is
 /// confirmed and live.
+#[utoipa::path(post, path = "/v1/changes/{id}/assurance", tag = "assurance",
+    params(("id" = String, Path, description = "The change's id")),
+    request_body = SecretInput,
+    security(("token" = ["keys:write"])),
+    responses(
+        (status = 200, body = super::changes::WithChange),
+        (status = 400, description = "`malformed_json`", body = ErrorBody),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 409, description = "`wrong_secret`, `assurance_locked`, `no_assurance`, `not_pending`", body = ErrorBody),
+        (status = 422, description = "`invalid_field`", body = ErrorBody),
+        (status = 429, description = "`too_many_wrong_codes`: this token made too many wrong attempts", body = ErrorBody),
+    ))]
 pub async fn complete(
     State(st): State<AppState>,
     caller: Caller,
@@ -210,10 +275,19 @@ fn not_valid() -> Response {
     .into_response()
 }
 
-/// `GET /v1/recovery/{token}`: what the confirmation link opens. Changes
+/// The page behind a recovery link.
+///
+/// What the confirmation link opens. Changes
 /// nothing (mail scanners follow links): a button to confirm, or — once
 /// confirmed — the field for the recovery secret. Links that are not
 /// valid count against the client's address, as on the form.
+#[utoipa::path(get, path = "/v1/recovery/{token}", tag = "links",
+    params(("token" = String, Path, description = "The link's secret")),
+    responses(
+        (status = 200, description = "A page with the button, or the field for the secret", content_type = "text/html", body = String),
+        (status = 404, description = "Used, expired or not a link kci sent", content_type = "text/html", body = String),
+        (status = 429, description = "`rate_limited`: too many links that were not valid from this address", body = ErrorBody),
+    ))]
 pub async fn recovery_page(
     State(st): State<AppState>,
     peer: Peer,
@@ -251,8 +325,20 @@ pub async fn recovery_page(
     })
 }
 
-/// `POST /v1/recovery/{token}`: the page's button (confirm: the T-word
-/// goes out) or its field (`secret`: complete).
+/// Submit a recovery page's form.
+///
+/// The page's button (confirm: the T-word goes out) or its field
+/// (`secret`: complete).
+#[utoipa::path(post, path = "/v1/recovery/{token}", tag = "links",
+    params(("token" = String, Path, description = "The link's secret")),
+    request_body(content = RecoveryForm, content_type = "application/x-www-form-urlencoded"),
+    responses(
+        (status = 200, description = "Confirmed, recovered, or waiting for more", content_type = "text/html", body = String),
+        (status = 404, description = "Used, expired or not a link kci sent", content_type = "text/html", body = String),
+        (status = 409, description = "Too late, ended, wrong secret or locked", content_type = "text/html", body = String),
+        (status = 422, description = "The secret is empty or too long", content_type = "text/html", body = String),
+        (status = 429, description = "`rate_limited`: too many links that were not valid from this address", body = ErrorBody),
+    ))]
 pub async fn recovery_form(
     State(st): State<AppState>,
     peer: Peer,

@@ -7,10 +7,30 @@
 
 use crate::channels::sms::twilio;
 use crate::model::ChannelKind;
+use crate::web::error::ErrorBody;
 use crate::web::{AppError, AppState};
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
+
+/// Twilio's status callback, form-encoded (the fields kci reads).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code, non_snake_case)]
+struct TwilioStatus {
+    MessageSid: String,
+    /// queued, sent, delivered, undelivered, failed, …
+    MessageStatus: String,
+    ErrorCode: Option<String>,
+}
+
+/// Twilio's inbound-message webhook, form-encoded (the fields kci reads).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code, non_snake_case)]
+struct TwilioText {
+    /// The sender's number, E.164.
+    From: String,
+    Body: String,
+}
 
 /// The parameters of a form Twilio posted to the URL `url` makes of the
 /// public base (`[channels.sms.twilio] status_callback`), once its
@@ -42,10 +62,23 @@ fn twilio_signed(
     Ok(params)
 }
 
-/// `POST /v1/callbacks/twilio/{notification}`: Twilio's status callback
-/// (form-encoded `MessageSid`, `MessageStatus`, `ErrorCode`, …) for an SMS
-/// kci sent with `StatusCallback`. A final status is recorded as the
+/// Twilio's status callback.
+///
+/// For an SMS kci sent with `StatusCallback` (form-encoded `MessageSid`,
+/// `MessageStatus`, `ErrorCode`, …). A final status is recorded as the
 /// notification's receipt; others are acknowledged and ignored.
+#[utoipa::path(post, path = "/v1/callbacks/twilio/{id}", tag = "providers",
+    params(
+        ("id" = String, Path, description = "The notification's id"),
+        ("X-Twilio-Signature" = String, Header, description = "Twilio's signature of the URL and the form"),
+    ),
+    request_body(content = TwilioStatus, content_type = "application/x-www-form-urlencoded"),
+    responses(
+        (status = 204, description = "Recorded (or a status that is not final, ignored)"),
+        (status = 403, description = "`bad_signature`: X-Twilio-Signature is missing or wrong", body = ErrorBody),
+        (status = 404, description = "`not_found`: Twilio is not set up to call kci, or no such SMS", body = ErrorBody),
+        (status = 422, description = "`invalid_field`: MessageStatus is missing", body = ErrorBody),
+    ))]
 pub async fn twilio(
     State(st): State<AppState>,
     Path(id): Path<String>,
@@ -84,10 +117,20 @@ pub async fn twilio(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// `POST /v1/inbound/sms/twilio`: Twilio's webhook for a text to the
-/// operator's number (form-encoded `From`, `Body`, …), signed with
-/// `X-Twilio-Signature` over `{status_callback}v1/inbound/sms/twilio`.
-/// Answers empty TwiML (no reply is texted).
+/// A text to the operator's number, by Twilio.
+///
+/// Twilio's webhook (form-encoded `From`, `Body`, …), signed with
+/// `X-Twilio-Signature` over `{status_callback}v1/inbound/sms/twilio`. A
+/// code in it may prove a pending change. Answers empty TwiML (no reply
+/// is texted).
+#[utoipa::path(post, path = "/v1/inbound/sms/twilio", tag = "providers",
+    params(("X-Twilio-Signature" = String, Header, description = "Twilio's signature of the URL and the form")),
+    request_body(content = TwilioText, content_type = "application/x-www-form-urlencoded"),
+    responses(
+        (status = 200, description = "Empty TwiML", content_type = "text/xml", body = String),
+        (status = 403, description = "`bad_signature`: X-Twilio-Signature is missing or wrong", body = ErrorBody),
+        (status = 404, description = "`not_found`: Twilio is not set up to call kci", body = ErrorBody),
+    ))]
 pub async fn twilio_inbound(
     State(st): State<AppState>,
     headers: HeaderMap,
@@ -111,16 +154,29 @@ pub async fn twilio_inbound(
     ))
 }
 
-#[derive(serde::Deserialize)]
+/// A text to the operator's number, as the SMS gateway passes it on.
+#[derive(serde::Deserialize, utoipa::ToSchema)]
 struct GatewayText {
+    /// The sender's number, E.164.
     from: String,
     text: String,
 }
 
-/// `POST /v1/inbound/sms`: the generic HTTP gateway's text to the
-/// operator's number, JSON `{"from": "+E164", "text": "…"}`, signed with
-/// `X-Kci-Signature: sha256=<hex HMAC-SHA256 of the body, keyed with
-/// [channels.sms.http] inbound_secret>`. 204.
+/// A text to the operator's number, by the SMS gateway.
+///
+/// JSON `{"from": "+E164", "text": "…"}`, signed with `X-Kci-Signature:
+/// sha256=<hex HMAC-SHA256 of the body, keyed with [channels.sms.http]
+/// inbound_secret>`. A code in it may prove a pending change.
+#[utoipa::path(post, path = "/v1/inbound/sms", tag = "providers",
+    params(("X-Kci-Signature" = String, Header, description = "`sha256=` and the hex HMAC-SHA256 of the body")),
+    request_body = GatewayText,
+    responses(
+        (status = 204, description = "Taken"),
+        (status = 400, description = "`malformed_json`", body = ErrorBody),
+        (status = 403, description = "`bad_signature`: X-Kci-Signature is missing or wrong", body = ErrorBody),
+        (status = 404, description = "`not_found`: no inbound_secret is configured", body = ErrorBody),
+        (status = 422, description = "`invalid_field`", body = ErrorBody),
+    ))]
 pub async fn gateway_inbound(
     State(st): State<AppState>,
     headers: HeaderMap,

@@ -16,15 +16,57 @@ use super::changes::Peer;
 use super::{page, plausible_token};
 use crate::calls::{Calls, Opened};
 use crate::changes::Actor;
+use crate::model::Call;
 use crate::model::{CallAnswer, CallRefusal, CallState, Scope};
+use crate::web::error::ErrorBody;
 use crate::web::{AppError, AppState, Caller};
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+/// A verification opened: the code staff read out, once.
+#[derive(Serialize, ToSchema)]
+pub struct CallOpened {
+    pub id: String,
+    /// The 6 digits staff read to the customer (shown once).
+    pub staff_code: String,
+    #[schema(format = DateTime)]
+    pub expires_at: String,
+}
+
+/// One verification open for a customer.
+#[derive(Serialize, ToSchema)]
+pub struct Calling {
+    pub id: String,
+    /// Who is calling.
+    pub staff: String,
+    #[schema(format = DateTime)]
+    pub opened_at: String,
+    #[schema(format = DateTime)]
+    pub expires_at: String,
+}
+
+/// Whether anyone of the operator is calling the customer now.
+#[derive(Serialize, ToSchema)]
+pub struct CallStatus {
+    pub calling: bool,
+    pub calls: Vec<Calling>,
+}
+
+/// The customer's form: the code staff read out.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct CodeForm {
+    /// 6 digits.
+    code: String,
+}
+
+const CALL_REFUSED: &str =
+    "`wrong_code` (the third fails the verification), `call_over`, `unreachable`, `invalid_link`";
 
 /// The limit bucket of call links that were not valid.
 const WRONG_LINKS: &str = "wrong_call_links";
@@ -81,14 +123,33 @@ fn six_digits(code: &str) -> Result<&str, AppError> {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct OpenInput {
+    /// The account of the customer on the line.
     account: String,
+    /// The contact (person) on the line.
     contact: String,
 }
 
-/// `POST /v1/calls` (scope `calls`, a staff member's token).
+/// Open a call verification (staff).
+///
+/// A staff member's token. 201 with the code staff read out; the customer
+/// is told, on their verified destinations, with a link to type it and
+/// their own code to read back.
+#[utoipa::path(post, path = "/v1/calls", tag = "calls",
+    params(super::openapi::Ticket),
+    request_body = OpenInput,
+    security(("token" = ["calls"])),
+    responses(
+        (status = 201, body = CallOpened),
+        (status = 400, description = "`malformed_json`", body = ErrorBody),
+        (status = 403, description = "`staff_only`: not a staff member's token", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such contact", body = ErrorBody),
+        (status = 409, description = "`unreachable`: the contact has no verified destination", body = ErrorBody),
+        (status = 422, description = "`invalid_field`", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: too many verifications for this customer or staff member", body = ErrorBody),
+    ))]
 pub async fn open(
     State(st): State<AppState>,
     caller: Caller,
@@ -115,11 +176,11 @@ pub async fn open(
             st.wake.notify_one();
             Ok((
                 StatusCode::CREATED,
-                Json(json!({
-                    "id": call.id,
-                    "staff_code": staff_code,
-                    "expires_at": crate::model::fmt_time(call.expires_at),
-                })),
+                Json(CallOpened {
+                    id: call.id,
+                    staff_code,
+                    expires_at: crate::model::fmt_time(call.expires_at),
+                }),
             ))
         }
         Opened::Refused(why) => Err(refusal(why, None)),
@@ -134,16 +195,31 @@ pub async fn open(
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct StaffCodeInput {
+    /// The 6 digits the customer read out.
     code: String,
 }
 
-/// `POST /v1/calls/{id}/staff-code` (scope `calls`, the staff member who
-/// opened it): the code the customer read out. 200 with the verification
-/// (`verified` once the customer typed staff's code too); 409 for a wrong
-/// code (the third fails it) or one that is over.
+/// Type the customer's code (staff).
+///
+/// The staff member who opened it types the code the customer read out.
+/// 200 with the verification (`verified` once the customer typed staff's
+/// code too); 409 for a wrong code (the third fails it) or one that is
+/// over.
+#[utoipa::path(post, path = "/v1/calls/{id}/staff-code", tag = "calls",
+    params(("id" = String, Path, description = "The verification's id"), super::openapi::Ticket),
+    request_body = StaffCodeInput,
+    security(("token" = ["calls"])),
+    responses(
+        (status = 200, body = Call),
+        (status = 400, description = "`malformed_json`", body = ErrorBody),
+        (status = 403, description = "`staff_only`: not a staff member's token", body = ErrorBody),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 409, description = CALL_REFUSED, body = ErrorBody),
+        (status = 422, description = "`invalid_field`: not 6 digits", body = ErrorBody),
+    ))]
 pub async fn staff_code(
     State(st): State<AppState>,
     caller: Caller,
@@ -175,24 +251,38 @@ pub async fn staff_code(
     answer(&st, calls(&st).staff_typed(&id, code, &actor).await?)
 }
 
-fn answer(st: &AppState, a: CallAnswer) -> Result<Json<serde_json::Value>, AppError> {
+fn answer(st: &AppState, a: CallAnswer) -> Result<Json<Call>, AppError> {
     st.wake.notify_one();
     match a {
-        CallAnswer::Done(call) => Ok(Json(json!(call))),
+        CallAnswer::Done(call) => Ok(Json(call)),
         CallAnswer::Refused { why, call } => Err(refusal(why, call.as_ref())),
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CustomerCodeInput {
+    /// The 6 digits staff read out.
     code: String,
+    /// The secret of the customer's link: their credential.
     token: String,
 }
 
-/// `POST /v1/calls/{id}/customer-code`, body `{"code", "token"}`: the
-/// customer types the code staff read out; the token from their link is
-/// their credential (no bearer token).
+/// Type staff's code (customer).
+///
+/// The customer types the code staff read out; the token from their link
+/// is their credential (no bearer token).
+#[utoipa::path(post, path = "/v1/calls/{id}/customer-code", tag = "calls",
+    params(("id" = String, Path, description = "The verification's id")),
+    request_body = CustomerCodeInput,
+    responses(
+        (status = 200, body = Call),
+        (status = 400, description = "`malformed_json`", body = ErrorBody),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 409, description = CALL_REFUSED, body = ErrorBody),
+        (status = 422, description = "`invalid_field`: not 6 digits", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: too many links that were not valid from this address", body = ErrorBody),
+    ))]
 pub async fn customer_code(
     State(st): State<AppState>,
     peer: Peer,
@@ -219,8 +309,16 @@ pub async fn customer_code(
     answer(&st, a)
 }
 
-/// Links that were not valid, per client address (as for veto links).
-/// `GET /v1/calls/{id}` (scope `calls`): where a verification stands.
+/// Read a call verification.
+///
+/// Where a verification stands.
+#[utoipa::path(get, path = "/v1/calls/{id}", tag = "calls",
+    params(("id" = String, Path, description = "The verification's id")),
+    security(("token" = ["calls"])),
+    responses(
+        (status = 200, body = Call),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+    ))]
 pub async fn get(
     State(st): State<AppState>,
     caller: Caller,
@@ -228,20 +326,29 @@ pub async fn get(
 ) -> Result<impl IntoResponse, AppError> {
     caller.require(Scope::Calls)?;
     match st.store.call(&id).await? {
-        Some(c) => Ok(Json(json!(c))),
+        Some(c) => Ok(Json(c)),
         None => Err(refusal(CallRefusal::NotFound, None)),
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct StatusQuery {
     account: String,
     contact: String,
 }
 
-/// `GET /v1/calls/status?account=…&contact=…` (scope `calls`): whether
-/// anyone of the operator is calling this customer now, and who.
+/// Is anyone calling this customer?
+///
+/// Whether anyone of the operator is calling this customer now, and who.
+#[utoipa::path(get, path = "/v1/calls/status", tag = "calls",
+    params(StatusQuery),
+    security(("token" = ["calls"])),
+    responses(
+        (status = 200, body = CallStatus),
+        (status = 400, description = "`bad_request`: `account` or `contact` missing, or a parameter kci does not take", body = ErrorBody),
+    ))]
 pub async fn status(
     State(st): State<AppState>,
     caller: Caller,
@@ -252,22 +359,30 @@ pub async fn status(
         .store
         .open_calls(&q.account, &q.contact, st.clock.now())
         .await?;
-    let calls: Vec<_> = open
+    let calls: Vec<Calling> = open
         .iter()
-        .map(|c| {
-            json!({
-                "id": c.id,
-                "staff": c.staff,
-                "opened_at": crate::model::fmt_time(c.opened_at),
-                "expires_at": crate::model::fmt_time(c.expires_at),
-            })
+        .map(|c| Calling {
+            id: c.id.clone(),
+            staff: c.staff.clone(),
+            opened_at: crate::model::fmt_time(c.opened_at),
+            expires_at: crate::model::fmt_time(c.expires_at),
         })
         .collect();
-    Ok(Json(json!({"calling": !calls.is_empty(), "calls": calls})))
+    Ok(Json(CallStatus {
+        calling: !calls.is_empty(),
+        calls,
+    }))
 }
 
-/// `GET /v1/call/{token}`: the page behind the link in the customer's
-/// notice, where they type the code staff read to them.
+/// The page behind a call notice's link.
+///
+/// Where the customer types the code staff read to them.
+#[utoipa::path(get, path = "/v1/call/{token}", tag = "links",
+    params(("token" = String, Path, description = "The link's secret")),
+    responses(
+        (status = 200, description = "A page with the field", content_type = "text/html", body = String),
+        (status = 404, description = "Not a link kci sent", content_type = "text/html", body = String),
+    ))]
 pub async fn customer_page(Path(token): Path<String>) -> impl IntoResponse {
     if !plausible_token(&token) {
         return not_valid();
@@ -291,8 +406,19 @@ fn not_valid() -> axum::response::Response {
     .into_response()
 }
 
-/// `POST /v1/call/{token}` (the page's form): the code typed, and what it
-/// means for the customer, in words.
+/// Submit a call page's form.
+///
+/// The code typed, and what it means for the customer, in words.
+#[utoipa::path(post, path = "/v1/call/{token}", tag = "links",
+    params(("token" = String, Path, description = "The link's secret")),
+    request_body(content = CodeForm, content_type = "application/x-www-form-urlencoded"),
+    responses(
+        (status = 200, description = "Verified, or the code is right", content_type = "text/html", body = String),
+        (status = 404, description = "Used, expired or not a link kci sent", content_type = "text/html", body = String),
+        (status = 409, description = "Wrong code, or the call could not be verified", content_type = "text/html", body = String),
+        (status = 422, description = "Not 6 digits", content_type = "text/html", body = String),
+        (status = 429, description = "`rate_limited`: too many links that were not valid from this address", body = ErrorBody),
+    ))]
 pub async fn customer_form(
     State(st): State<AppState>,
     peer: Peer,

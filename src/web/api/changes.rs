@@ -20,8 +20,11 @@
 
 use super::{page, plausible_token};
 use crate::changes::{Actor, Engine};
+use crate::model::audit::AuditEntry;
+use crate::model::{Change, Incident};
 use crate::model::{ChangeAnswer, ChangeRefusal, Scope};
 use crate::store::ChangeFilter;
+use crate::web::error::ErrorBody;
 use crate::web::{AppError, AppState, Caller};
 use axum::Json;
 use axum::body::Bytes;
@@ -29,8 +32,50 @@ use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::IntoResponse;
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+/// A change, as a step on it left it.
+#[derive(Serialize, ToSchema)]
+pub struct WithChange {
+    pub change: Change,
+}
+
+/// Changes, newest first.
+#[derive(Serialize, ToSchema)]
+pub struct Changes {
+    pub changes: Vec<Change>,
+}
+
+/// A change vetoed, and the incident that opened.
+#[derive(Serialize, ToSchema)]
+pub struct Vetoed {
+    pub change: Change,
+    pub incident: Incident,
+}
+
+/// Incidents, newest first.
+#[derive(Serialize, ToSchema)]
+pub struct Incidents {
+    pub incidents: Vec<Incident>,
+}
+
+/// An incident, as a step on it left it.
+#[derive(Serialize, ToSchema)]
+pub struct WithIncident {
+    pub incident: Incident,
+}
+
+/// A page of the audit log.
+#[derive(Serialize, ToSchema)]
+pub struct AuditPage {
+    pub entries: Vec<AuditEntry>,
+    /// Where the next page starts (`after`); absent on the last page.
+    pub next: Option<i64>,
+}
+
+/// Refusals of a step on a change (409); `error` names which.
+const REFUSED: &str = "A refusal; `error` names it: `not_pending`, `already_applied`, `change_pending`, `own_change`, `approved_already`, `no_approval_needed`, `code_not_allowed`, `not_a_destination`, `no_code`, `wrong_code`, `code_locked`, `wrong_way`, `not_own_connection`, `no_mobile`, `proven_already`, …";
 
 /// Where a request came from, as the audit log records it: the peer's
 /// address (when the server knows it) and the ticket number staff work
@@ -93,8 +138,9 @@ fn engine(st: &AppState) -> Engine<'_> {
 const MAX_TICKET: usize = 64;
 const MAX_NOTE: usize = 2000;
 
-/// What a staff step may carry: a ticket number, a note.
-#[derive(Deserialize, Default)]
+/// What a staff step may carry: a ticket number, a note. The body may be
+/// empty.
+#[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct StepInput {
     ticket: Option<String>,
@@ -184,15 +230,29 @@ pub(super) fn refusal(why: ChangeRefusal, what: &str) -> AppError {
     }
 }
 
-#[derive(Deserialize)]
+/// Exactly one of the two.
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// An account's changes (with the key changes of its addresses).
     account: Option<String>,
+    /// An address's key changes.
     address: Option<String>,
 }
 
-/// `GET /v1/changes?account=…` or `?address=…` (scope `changes:read`):
-/// newest first; an account's include the key changes of its addresses.
+/// List changes.
+///
+/// Of an account or of an address, newest first; an account's include the
+/// key changes of its addresses.
+#[utoipa::path(get, path = "/v1/changes", tag = "changes",
+    params(ListQuery),
+    security(("token" = ["changes:read"])),
+    responses(
+        (status = 200, body = Changes),
+        (status = 400, description = "`bad_request`: a parameter kci does not take", body = ErrorBody),
+        (status = 422, description = "`invalid_field`: not exactly one of `account` and `address`, or one is not valid", body = ErrorBody),
+    ))]
 pub async fn list(
     State(st): State<AppState>,
     caller: Caller,
@@ -221,10 +281,17 @@ pub async fn list(
         }
     };
     let changes = st.store.changes(filter).await?;
-    Ok(Json(json!({"changes": changes})))
+    Ok(Json(Changes { changes }))
 }
 
-/// `GET /v1/changes/{id}` (scope `changes:read`).
+/// Read a change.
+#[utoipa::path(get, path = "/v1/changes/{id}", tag = "changes",
+    params(("id" = String, Path, description = "The change's id")),
+    security(("token" = ["changes:read"])),
+    responses(
+        (status = 200, body = Change),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+    ))]
 pub async fn get(
     State(st): State<AppState>,
     caller: Caller,
@@ -239,11 +306,24 @@ pub async fn get(
     }
 }
 
-/// `POST /v1/changes/{id}/approve` (scope `changes:approve`, a staff
-/// member's token), body optionally `{"ticket"}`: 200 with the change
-/// (applied, when that was the last thing it waited for);
-/// 409 when it is the approver's own change, they approved it already, it
-/// needs no approval or is no longer pending (each refusal audited).
+/// Approve a change (staff).
+///
+/// A staff member's token. 200 with the change (applied, when that was
+/// the last thing it waited for); 409 when it is the approver's own
+/// change, they approved it already, it needs no approval or is no longer
+/// pending (each refusal audited).
+#[utoipa::path(post, path = "/v1/changes/{id}/approve", tag = "changes",
+    params(("id" = String, Path, description = "The change's id"), super::openapi::Ticket),
+    request_body(content = Option<StepInput>, description = "Optional: the ticket number"),
+    security(("token" = ["changes:approve"])),
+    responses(
+        (status = 200, body = WithChange),
+        (status = 400, description = "`malformed_json`", body = ErrorBody),
+        (status = 403, description = "`staff_only`: not a staff member's token", body = ErrorBody),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 409, description = REFUSED, body = ErrorBody),
+        (status = 422, description = "`invalid_field`", body = ErrorBody),
+    ))]
 pub async fn approve(
     State(st): State<AppState>,
     caller: Caller,
@@ -264,17 +344,28 @@ pub async fn approve(
         // The last approval a change waited for applies it at once.
         ChangeAnswer::Approved(change) | ChangeAnswer::Settled(change) => {
             st.wake.notify_one();
-            Ok(Json(json!({"change": change})))
+            Ok(Json(WithChange { change }))
         }
         ChangeAnswer::Refused { why, .. } => Err(refusal(why, &format!("change `{id}`"))),
         other => Err(AppError::Internal(format!("approve answered {other:?}"))),
     }
 }
 
-/// `POST /v1/changes/{id}/veto` (scope `incidents`), body optionally
-/// `{"ticket", "note"}`: staff stop a change on the customer's behalf.
-/// 200 with the change and the incident it opened; 409 when it applied
-/// already or ended.
+/// Veto a change (staff).
+///
+/// Staff stop a change on the customer's behalf. 200 with the change and
+/// the incident it opened; 409 when it applied already or ended.
+#[utoipa::path(post, path = "/v1/changes/{id}/veto", tag = "changes",
+    params(("id" = String, Path, description = "The change's id"), super::openapi::Ticket),
+    request_body(content = Option<StepInput>, description = "Optional: the ticket number and a note"),
+    security(("token" = ["incidents"])),
+    responses(
+        (status = 200, body = Vetoed),
+        (status = 400, description = "`malformed_json`", body = ErrorBody),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 409, description = REFUSED, body = ErrorBody),
+        (status = 422, description = "`invalid_field`", body = ErrorBody),
+    ))]
 pub async fn veto(
     State(st): State<AppState>,
     caller: Caller,
@@ -288,16 +379,17 @@ pub async fn veto(
     match engine(&st).veto(&id, &actor).await? {
         ChangeAnswer::Vetoed { change, incident } => {
             st.wake.notify_one();
-            Ok(Json(json!({"change": change, "incident": incident})))
+            Ok(Json(Vetoed { change, incident }))
         }
         ChangeAnswer::Refused { why, .. } => Err(refusal(why, &format!("change `{id}`"))),
         other => Err(AppError::Internal(format!("veto answered {other:?}"))),
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CodeInput {
+    /// A verified destination's id (a mailbox for `split` and `reply`).
     destination: String,
     /// `code` (the default), `split` or `reply`.
     #[serde(default)]
@@ -306,9 +398,9 @@ struct CodeInput {
     second: Option<String>,
 }
 
-/// `POST /v1/changes/{id}/code` (scope `keys:write`), body
-/// `{"destination", "proof"?, "second"?}`: sends what proves the change,
-/// entered back at `…/proof`:
+/// Send what proves a change.
+///
+/// Entered back at `…/proof`:
 ///
 /// * `"proof": "code"` (the default): 6 digits to that verified
 ///   destination; only below `high`, never to what the change is about;
@@ -321,6 +413,18 @@ struct CodeInput {
 ///
 /// 202 with the change; 409 when the way is not allowed; 429 when codes
 /// come too fast.
+#[utoipa::path(post, path = "/v1/changes/{id}/code", tag = "changes",
+    params(("id" = String, Path, description = "The change's id"), super::openapi::Ticket),
+    request_body = CodeInput,
+    security(("token" = ["keys:write"])),
+    responses(
+        (status = 202, body = WithChange),
+        (status = 400, description = "`malformed_json`", body = ErrorBody),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 409, description = REFUSED, body = ErrorBody),
+        (status = 422, description = "`invalid_field`", body = ErrorBody),
+        (status = 429, description = "`code_too_soon`: codes come too fast", body = ErrorBody),
+    ))]
 pub async fn send_code(
     State(st): State<AppState>,
     caller: Caller,
@@ -343,25 +447,40 @@ pub async fn send_code(
     {
         ChangeAnswer::Waiting(change) => {
             st.wake.notify_one();
-            Ok((StatusCode::ACCEPTED, Json(json!({"change": change}))))
+            Ok((StatusCode::ACCEPTED, Json(WithChange { change })))
         }
         ChangeAnswer::Refused { why, .. } => Err(refusal(why, &format!("change `{id}`"))),
         other => Err(AppError::Internal(format!("send_code answered {other:?}"))),
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ProofInput {
+    /// The 6 digits sent, or the sum of a split code's two numbers.
+    #[schema(pattern = "^[0-9]{1,7}$")]
     code: String,
 }
 
-/// `POST /v1/changes/{id}/proof` (scope `keys:write`), body `{"code"}`:
-/// the code sent (or a split code's sum), entered back. 200 with the
+/// Enter a change's proof code.
+///
+/// The code sent (or a split code's sum), entered back. 200 with the
 /// change — applied when that was the last proof it needed; 409 for a
 /// wrong, expired or locked code (5 tries a code, 10 a day, and the
 /// token's wrong codes are limited as for destinations), or a code meant
 /// to be texted back.
+#[utoipa::path(post, path = "/v1/changes/{id}/proof", tag = "changes",
+    params(("id" = String, Path, description = "The change's id"), super::openapi::Ticket),
+    request_body = ProofInput,
+    security(("token" = ["keys:write"])),
+    responses(
+        (status = 200, body = WithChange),
+        (status = 400, description = "`malformed_json`", body = ErrorBody),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 409, description = REFUSED, body = ErrorBody),
+        (status = 422, description = "`invalid_field`: not a code", body = ErrorBody),
+        (status = 429, description = "`too_many_wrong_codes`: this token entered too many wrong codes", body = ErrorBody),
+    ))]
 pub async fn prove(
     State(st): State<AppState>,
     caller: Caller,
@@ -394,11 +513,11 @@ pub(super) async fn proof_answer(
     id: &str,
     answer: ChangeAnswer,
     now: chrono::DateTime<chrono::Utc>,
-) -> Result<Json<serde_json::Value>, AppError> {
+) -> Result<Json<WithChange>, AppError> {
     match answer {
         ChangeAnswer::Waiting(change) | ChangeAnswer::Settled(change) => {
             st.wake.notify_one();
-            Ok(Json(json!({"change": change})))
+            Ok(Json(WithChange { change }))
         }
         ChangeAnswer::Refused { why, .. } => {
             // Wrong codes and secrets, and addresses outside the account's
@@ -420,17 +539,31 @@ pub(super) async fn proof_answer(
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ConnectionInput {
+    /// The IPv4 or IPv6 address the customer's request came from.
     address: String,
 }
 
-/// `POST /v1/changes/{id}/connection` (scope `keys:write`), body
-/// `{"address"}`: the source system says the customer's request came from
-/// this IP address. Inside one of the account's own `prefixes`, it is a
-/// factor (one channel: it proves alone below `high`); 409
-/// `not_own_connection` otherwise.
+/// Say where the customer's request came from.
+///
+/// The source system says the customer's request came from this IP
+/// address. Inside one of the account's own `prefixes`, it is a factor
+/// (one channel: it proves alone below `high`); 409 `not_own_connection`
+/// otherwise.
+#[utoipa::path(post, path = "/v1/changes/{id}/connection", tag = "changes",
+    params(("id" = String, Path, description = "The change's id"), super::openapi::Ticket),
+    request_body = ConnectionInput,
+    security(("token" = ["keys:write"])),
+    responses(
+        (status = 200, body = WithChange),
+        (status = 400, description = "`malformed_json`", body = ErrorBody),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 409, description = REFUSED, body = ErrorBody),
+        (status = 422, description = "`invalid_field`: not an IP address", body = ErrorBody),
+        (status = 429, description = "`too_many_wrong_codes`: this token made too many wrong attempts", body = ErrorBody),
+    ))]
 pub async fn connection(
     State(st): State<AppState>,
     caller: Caller,
@@ -463,8 +596,15 @@ fn not_valid() -> axum::response::Response {
     .into_response()
 }
 
-/// `GET /v1/veto/{token}`: the page behind a change notice's link, with
-/// the button that stops the change. Changes nothing.
+/// The page behind a change notice's veto link.
+///
+/// With the button that stops the change. Changes nothing.
+#[utoipa::path(get, path = "/v1/veto/{token}", tag = "links",
+    params(("token" = String, Path, description = "The link's secret")),
+    responses(
+        (status = 200, description = "A page with the button", content_type = "text/html", body = String),
+        (status = 404, description = "Not a link kci sent", content_type = "text/html", body = String),
+    ))]
 pub async fn veto_page(Path(token): Path<String>) -> impl IntoResponse {
     if !plausible_token(&token) {
         return not_valid();
@@ -478,8 +618,18 @@ pub async fn veto_page(Path(token): Path<String>) -> impl IntoResponse {
     .into_response()
 }
 
-/// `POST /v1/veto/{token}`: the veto itself (single use). A link that is
-/// unknown, used or expired gets the same answer whichever it is.
+/// Follow a veto link.
+///
+/// The veto itself (single use). A link that is unknown, used or expired
+/// gets the same answer whichever it is.
+#[utoipa::path(post, path = "/v1/veto/{token}", tag = "links",
+    params(("token" = String, Path, description = "The link's secret")),
+    responses(
+        (status = 200, description = "Stopped", content_type = "text/html", body = String),
+        (status = 404, description = "Used, expired or not a link kci sent", content_type = "text/html", body = String),
+        (status = 409, description = "Too late: applied or ended already", content_type = "text/html", body = String),
+        (status = 429, description = "`rate_limited`: too many links that were not valid from this address", body = ErrorBody),
+    ))]
 pub async fn veto_link(
     State(st): State<AppState>,
     peer: Peer,
@@ -548,12 +698,16 @@ pub async fn veto_link(
     })
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct IncidentQuery {
     /// `open` (the default) or `all`.
+    #[param(pattern = "^(open|all)$")]
     state: Option<String>,
+    /// Only this account's.
     account: Option<String>,
+    /// At most this many (1 to 1000; default 100).
     limit: Option<usize>,
 }
 
@@ -563,8 +717,17 @@ const WRONG_LINKS: &str = "wrong_veto_links";
 /// The most incidents or audit entries one answer carries.
 const MAX_PAGE: usize = 1000;
 
-/// `GET /v1/incidents?state=open|all&account=…&limit=…` (scope
-/// `incidents`): newest first.
+/// List incidents.
+///
+/// Newest first.
+#[utoipa::path(get, path = "/v1/incidents", tag = "incidents",
+    params(IncidentQuery),
+    security(("token" = ["incidents"])),
+    responses(
+        (status = 200, body = Incidents),
+        (status = 400, description = "`bad_request`: a parameter kci does not take, or not a number", body = ErrorBody),
+        (status = 422, description = "`invalid_field`", body = ErrorBody),
+    ))]
 pub async fn incidents(
     State(st): State<AppState>,
     caller: Caller,
@@ -590,12 +753,24 @@ pub async fn incidents(
         .store
         .incidents(open_only, q.account.as_deref(), limit)
         .await?;
-    Ok(Json(json!({"incidents": list})))
+    Ok(Json(Incidents { incidents: list }))
 }
 
-/// `POST /v1/incidents/{id}/close` (scope `incidents`), body `{"note",
-/// "ticket"}` (a note is required): 200 with the incident; the customer
-/// is told on their verified destinations.
+/// Close an incident.
+///
+/// A note is required. 200 with the incident; the customer is told on
+/// their verified destinations.
+#[utoipa::path(post, path = "/v1/incidents/{id}/close", tag = "incidents",
+    params(("id" = String, Path, description = "The incident's id"), super::openapi::Ticket),
+    request_body = StepInput,
+    security(("token" = ["incidents"])),
+    responses(
+        (status = 200, body = WithIncident),
+        (status = 400, description = "`malformed_json`", body = ErrorBody),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 409, description = "`incident_closed`", body = ErrorBody),
+        (status = 422, description = "`invalid_field`: the note is missing", body = ErrorBody),
+    ))]
 pub async fn close_incident(
     State(st): State<AppState>,
     caller: Caller,
@@ -616,24 +791,35 @@ pub async fn close_incident(
     match engine(&st).close_incident(&id, &note, &actor).await? {
         ChangeAnswer::IncidentClosed(incident) => {
             st.wake.notify_one();
-            Ok(Json(json!({"incident": incident})))
+            Ok(Json(WithIncident { incident }))
         }
         ChangeAnswer::Refused { why, .. } => Err(refusal(why, &format!("incident `{id}`"))),
         other => Err(AppError::Internal(format!("close answered {other:?}"))),
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct AuditQuery {
+    /// Only this account's entries.
     account: Option<String>,
     /// Entries after this number (paging).
     after: Option<i64>,
+    /// At most this many (1 to 1000; default 100).
     limit: Option<usize>,
 }
 
-/// `GET /v1/audit?account=…&after=…&limit=…` (scope `audit:read`): the
-/// log's entries in order, with their hashes; `next` pages on.
+/// Read the audit log.
+///
+/// The log's entries in order, with their hashes; `next` pages on.
+#[utoipa::path(get, path = "/v1/audit", tag = "incidents",
+    params(AuditQuery),
+    security(("token" = ["audit:read"])),
+    responses(
+        (status = 200, body = AuditPage),
+        (status = 400, description = "`bad_request`: a parameter kci does not take, or not a number", body = ErrorBody),
+    ))]
 pub async fn audit(
     State(st): State<AppState>,
     caller: Caller,
@@ -648,5 +834,5 @@ pub async fn audit(
     let next = (entries.len() == limit)
         .then(|| entries.last().map(|e| e.seq))
         .flatten();
-    Ok(Json(json!({"entries": entries, "next": next})))
+    Ok(Json(AuditPage { entries, next }))
 }

@@ -2,14 +2,63 @@
 //! one again once the cause is fixed (a corrected address, a provider back).
 
 use crate::model::{Scope, State};
+use crate::web::error::ErrorBody;
 use crate::web::{AppError, AppState, Caller};
 use axum::Json;
 use axum::extract::{Path, RawQuery, State as AxState};
 use axum::response::IntoResponse;
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
 
-/// `GET /v1/deliveries?state=failed[&limit=N][&before=RFC3339]` (scope
-/// `events:read`): newest first; `before` pages on.
+/// A delivery that failed for good, with where it came from.
+#[derive(Serialize, ToSchema)]
+pub struct Delivery {
+    #[serde(flatten)]
+    pub fate: super::events::Fate,
+    pub event: Option<String>,
+    pub account: String,
+    #[schema(format = DateTime)]
+    pub decided_at: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Deliveries {
+    pub deliveries: Vec<Delivery>,
+}
+
+/// A delivery back in the queue.
+#[derive(Serialize, ToSchema)]
+pub struct Requeued {
+    pub id: String,
+    /// Always `pending`.
+    pub state: State,
+}
+
+/// The query of the dead-letter list.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+struct ListQuery {
+    /// Only `failed` is listed.
+    state: Option<String>,
+    /// At most this many, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<usize>,
+    /// Those decided before this time (paging: the last one's `decided_at`).
+    #[param(format = DateTime)]
+    before: Option<String>,
+}
+
+/// List failed deliveries.
+///
+/// Deliveries that failed for good, newest first; `before` pages on.
+#[utoipa::path(get, path = "/v1/deliveries", tag = "deliveries",
+    params(ListQuery),
+    security(("token" = ["events:read"])),
+    responses(
+        (status = 200, body = Deliveries),
+        (status = 422, description = "`invalid_field`: a parameter is wrong or unknown", body = ErrorBody),
+    ))]
 pub async fn list(
     AxState(st): AxState<AppState>,
     caller: Caller,
@@ -60,21 +109,29 @@ pub async fn list(
         .transpose()
         .map_err(|e| AppError::invalid("invalid_field", "before", e))?;
     let notes = st.store.notifications_in(state, before, limit).await?;
-    let deliveries: Vec<_> = notes
+    let deliveries = notes
         .iter()
-        .map(|n| {
-            let mut f = super::events::fate(n);
-            f["event"] = json!(n.event);
-            f["account"] = json!(n.account);
-            f["decided_at"] = json!(crate::model::fmt_time(n.decided_at));
-            f
+        .map(|n| Delivery {
+            fate: super::events::fate(n),
+            event: n.event.clone(),
+            account: n.account.clone(),
+            decided_at: crate::model::fmt_time(n.decided_at),
         })
         .collect();
-    Ok(Json(json!({ "deliveries": deliveries })))
+    Ok(Json(Deliveries { deliveries }))
 }
 
-/// `POST /v1/deliveries/{id}/retry` (scope `events:write`): a failed one
-/// goes back in the queue, due now, attempts counted afresh.
+/// Retry a failed delivery.
+///
+/// It goes back in the queue, due now, attempts counted afresh.
+#[utoipa::path(post, path = "/v1/deliveries/{id}/retry", tag = "deliveries",
+    params(("id" = String, Path, description = "The notification's id")),
+    security(("token" = ["events:write"])),
+    responses(
+        (status = 200, body = Requeued),
+        (status = 404, description = "`not_found`: no failed delivery with this id", body = ErrorBody),
+        (status = 409, description = "`secret_gone`: it carried a one-time code or link kci no longer holds", body = ErrorBody),
+    ))]
 pub async fn retry(
     AxState(st): AxState<AppState>,
     caller: Caller,
@@ -95,7 +152,10 @@ pub async fn retry(
     }
     if st.store.redrive(&id, st.clock.now()).await? {
         st.wake.notify_one();
-        Ok(Json(json!({"id": id, "state": "pending"})))
+        Ok(Json(Requeued {
+            id,
+            state: State::Pending,
+        }))
     } else {
         Err(AppError::NotFound {
             what: format!("failed delivery `{id}`"),

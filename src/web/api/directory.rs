@@ -2,6 +2,7 @@
 //! their verification.
 
 use super::changes::Peer;
+use super::changes::WithChange;
 use crate::changes::{Actor, Engine};
 use crate::model::Preferences;
 use crate::model::audit::AuditDraft;
@@ -9,15 +10,71 @@ use crate::model::{
     Account, ChangeAnswer, ChangeKind, ChannelKind, Contact, Destination, DestinationPlan,
     DestinationUri, Scope, SecurityLevel, Subject, TimeZoneName, check_id,
 };
+use crate::model::{AccountView, Change};
 use crate::store::{PutOutcome, RenewOutcome, VerifyOutcome};
+use crate::web::error::ErrorBody;
 use crate::web::{AppError, AppState, Caller};
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// An account written, with the lowering of its security that waits as a
+/// protected change.
+#[derive(Serialize, ToSchema)]
+pub struct AccountWithChange {
+    /// The account as stored: everything but the lowering.
+    pub account: Account,
+    pub change: Change,
+}
+
+/// A contact: its name and time zone, and optionally the preference fields
+/// a destination takes, for all its destinations.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct ContactInput {
+    /// Absent: the contact's id.
+    name: Option<String>,
+    #[serde(flatten)]
+    prefs: Preferences,
+}
+
+/// A destination: where, whether it is verified already (a bulk load:
+/// `directory:admin`), and its preference fields.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct DestinationBody {
+    uri: DestinationUri,
+    /// `true` needs `directory:admin`; otherwise a 6-digit code is sent to
+    /// it, entered back with `…/verify`.
+    verified: Option<bool>,
+    #[serde(flatten)]
+    prefs: Preferences,
+}
+
+/// A destination added or verified.
+#[derive(Serialize, ToSchema)]
+pub struct DestinationState {
+    pub id: String,
+    pub verified: bool,
+    /// A code went to it, to be entered back with `…/verify`.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub code_sent: bool,
+}
+
+/// A webhook destination's new signing secret, answered once.
+#[derive(Serialize, ToSchema)]
+pub struct NewSecret {
+    pub id: String,
+    /// `whsec_` and base64: the receiver verifies signatures with it.
+    pub secret: String,
+    /// Until when the secret it replaces still signs too.
+    #[schema(format = DateTime)]
+    pub previous_valid_until: Option<String>,
+}
 
 fn check_path_id(field: &str, v: &str) -> Result<(), AppError> {
     check_id(v).map_err(|e| AppError::invalid("invalid_field", field, e))
@@ -31,13 +88,18 @@ fn status(o: PutOutcome) -> StatusCode {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct AccountInput {
+    /// Absent: the account's id.
     name: Option<String>,
+    #[schema(value_type = Option<TimeZoneName>)]
     timezone: Option<String>,
+    /// Lowering it on a `high` account waits as a protected change.
+    #[schema(value_type = Option<SecurityLevel>)]
     security_level: Option<String>,
     paranoid: Option<bool>,
+    /// Preferences for all the account's destinations.
     #[serde(default)]
     defaults: Preferences,
     /// The account's own network prefixes (CIDR); absent: kept as stored.
@@ -85,7 +147,23 @@ async fn prefixes(
         .collect()
 }
 
-/// `PUT /v1/accounts/{id}` (scope `directory:write`): create or replace.
+/// Create or replace an account.
+///
+/// 201 created, 200 replaced; 202 when it lowers a `high` account's
+/// security: the rest is written, the lowering waits as a protected
+/// change. Setting `prefixes` needs `directory:admin`.
+#[utoipa::path(put, path = "/v1/accounts/{id}", tag = "directory",
+    params(("id" = String, Path, description = "The account's id"), super::openapi::Ticket),
+    request_body = AccountInput,
+    security(("token" = ["directory:write"])),
+    responses(
+        (status = 200, description = "Replaced", body = Account),
+        (status = 201, description = "Created", body = Account),
+        (status = 202, description = "Written, but the lowering of its security waits", body = AccountWithChange),
+        (status = 400, description = "`malformed_json`", body = ErrorBody),
+        (status = 409, description = "`change_pending`: another change of the account is pending", body = ErrorBody),
+        (status = 422, description = "`invalid_field`: the message names it", body = ErrorBody),
+    ))]
 pub async fn put_account(
     State(st): State<AppState>,
     caller: Caller,
@@ -168,7 +246,10 @@ pub async fn put_account(
     st.wake.notify_one();
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({"account": stored, "change": change})),
+        Json(AccountWithChange {
+            account: stored,
+            change,
+        }),
     )
         .into_response())
 }
@@ -234,7 +315,7 @@ async fn protect(
     let change = engine.new_change(kind, account, level, subject, &actor);
     let change = opened(engine.request(change, &actor).await?)?;
     st.wake.notify_one();
-    Ok((StatusCode::ACCEPTED, Json(json!({"change": change}))).into_response())
+    Ok((StatusCode::ACCEPTED, Json(WithChange { change })).into_response())
 }
 
 /// A fresh verification code for `dest` of account `account`, hashed
@@ -268,7 +349,16 @@ async fn audit(
     }
 }
 
-/// `GET /v1/accounts/{id}` (scope `directory:read`).
+/// Read an account.
+///
+/// With its contacts and their destinations.
+#[utoipa::path(get, path = "/v1/accounts/{id}", tag = "directory",
+    params(("id" = String, Path, description = "The account's id")),
+    security(("token" = ["directory:read"])),
+    responses(
+        (status = 200, body = AccountView),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+    ))]
 pub async fn get_account(
     State(st): State<AppState>,
     caller: Caller,
@@ -285,10 +375,26 @@ pub async fn get_account(
     Ok(Json(view))
 }
 
-/// `PUT /v1/accounts/{id}/contacts/{cid}` (scope `directory:write`): `name`,
-/// `timezone`, and optionally the preference fields a destination takes,
-/// applying to all of this contact's destinations (a login that only wants
-/// to hear about some services, say).
+/// Create or replace a contact.
+///
+/// `name`, `timezone`, and optionally the preference fields a destination
+/// takes, applying to all of this contact's destinations (a login that
+/// only wants to hear about some services, say).
+#[utoipa::path(put, path = "/v1/accounts/{id}/contacts/{cid}", tag = "directory",
+    params(
+        ("id" = String, Path, description = "The account's id"),
+        ("cid" = String, Path, description = "The contact's id"),
+        super::openapi::Ticket,
+    ),
+    request_body = ContactInput,
+    security(("token" = ["directory:write"])),
+    responses(
+        (status = 200, description = "Replaced", body = Contact),
+        (status = 201, description = "Created", body = Contact),
+        (status = 400, description = "`malformed_json`", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such account", body = ErrorBody),
+        (status = 422, description = "`invalid_field`: the message names it", body = ErrorBody),
+    ))]
 pub async fn put_contact(
     State(st): State<AppState>,
     caller: Caller,
@@ -388,9 +494,27 @@ fn destination_input(body: &[u8]) -> Result<DestinationInput, AppError> {
     })
 }
 
-/// `POST /v1/accounts/{id}/contacts/{cid}/destinations` (scope
-/// `directory:write`; `verified: true` needs `directory:admin`). An
-/// unverified destination is sent a 6-digit code to enter back.
+/// Add a destination.
+///
+/// `verified: true` needs `directory:admin`. An unverified destination is
+/// sent a 6-digit code to enter back. On a `high` account somebody is
+/// already told on, a new destination is a protected change (202).
+#[utoipa::path(post, path = "/v1/accounts/{id}/contacts/{cid}/destinations", tag = "directory",
+    params(
+        ("id" = String, Path, description = "The account's id"),
+        ("cid" = String, Path, description = "The contact's id"),
+        super::openapi::Ticket,
+    ),
+    request_body = DestinationBody,
+    security(("token" = ["directory:write"])),
+    responses(
+        (status = 201, description = "Added", body = DestinationState),
+        (status = 202, description = "Waits as a protected change", body = WithChange),
+        (status = 400, description = "`malformed_json`", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such contact", body = ErrorBody),
+        (status = 409, description = "`change_pending`: another change of the account is pending", body = ErrorBody),
+        (status = 422, description = "`invalid_field`, `invalid_uri`: the message names it", body = ErrorBody),
+    ))]
 pub async fn add_destination(
     State(st): State<AppState>,
     caller: Caller,
@@ -486,7 +610,11 @@ pub async fn add_destination(
             audit(&st, &caller, peer, "destination.added", &id, what).await;
             Ok((
                 StatusCode::CREATED,
-                Json(json!({"id": dest.id, "verified": dest.verified})),
+                Json(DestinationState {
+                    id: dest.id,
+                    verified: dest.verified,
+                    code_sent: !dest.verified,
+                }),
             )
                 .into_response())
         }
@@ -513,9 +641,23 @@ async fn find_destination(
         })
 }
 
-/// `POST …/destinations/{did}/code` (scope `directory:write`): a new code
-/// for a destination not verified yet (the last one expired or locked) or
+/// Send a destination a new code.
+///
+/// For a destination not verified yet (the last one expired or locked) or
 /// marked unhealthy; entering it (`…/verify`) makes it usable again.
+#[utoipa::path(post, path = "/v1/accounts/{id}/contacts/{cid}/destinations/{did}/code", tag = "directory",
+    params(
+        ("id" = String, Path, description = "The account's id"),
+        ("cid" = String, Path, description = "The contact's id"),
+        ("did" = String, Path, description = "The destination's id"),
+    ),
+    security(("token" = ["directory:write"])),
+    responses(
+        (status = 202, body = DestinationState),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 409, description = "`already_verified`: verified and healthy", body = ErrorBody),
+        (status = 429, description = "`too_many_codes`: codes go at growing intervals and a few a day", body = ErrorBody),
+    ))]
 pub async fn renew_code(
     State(st): State<AppState>,
     caller: Caller,
@@ -562,27 +704,48 @@ pub async fn renew_code(
             st.wake.notify_one();
             Ok((
                 StatusCode::ACCEPTED,
-                Json(json!({"id": did, "verified": false, "code_sent": true})),
+                Json(DestinationState {
+                    id: did,
+                    verified: false,
+                    code_sent: true,
+                }),
             ))
         }
     }
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RotateInput {
-    /// How long the old secret stays valid beside the new one.
+    /// How long the old secret stays valid beside the new one (default
+    /// `[channels.webhook] rotation_overlap`; `0s` ends it at once).
     #[serde(default)]
+    #[schema(value_type = Option<crate::model::Span>)]
     overlap: Option<String>,
 }
 
-/// `POST …/destinations/{did}/secret` (scope `directory:write`): a
-/// signing secret of its own for a webhook destination (until then it is
+/// Give a webhook destination a new signing secret.
+///
+/// A signing secret of its own for a webhook destination (until then it is
 /// signed with `[channels.webhook] secret`), or a new one in place of the
 /// last; answered once, stored for signing only. The secret it replaces
 /// (the channel's, the first time) stays valid for `overlap` (default
 /// `[channels.webhook] rotation_overlap`; `"0s"` ends it at once),
 /// deliveries meanwhile carrying a signature by each.
+#[utoipa::path(post, path = "/v1/accounts/{id}/contacts/{cid}/destinations/{did}/secret", tag = "directory",
+    params(
+        ("id" = String, Path, description = "The account's id"),
+        ("cid" = String, Path, description = "The contact's id"),
+        ("did" = String, Path, description = "The destination's id"),
+    ),
+    request_body(content = Option<RotateInput>, description = "Optional: the overlap"),
+    security(("token" = ["directory:write"])),
+    responses(
+        (status = 200, body = NewSecret),
+        (status = 400, description = "`malformed_json`", body = ErrorBody),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 422, description = "`invalid_field`: the overlap, or not a webhook destination", body = ErrorBody),
+    ))]
 pub async fn rotate_secret(
     State(st): State<AppState>,
     caller: Caller,
@@ -623,20 +786,40 @@ pub async fn rotate_secret(
             what: format!("destination `{did}`"),
         });
     }
-    Ok(Json(json!({
-        "id": did,
-        "secret": secret,
-        "previous_valid_until": until.map(crate::model::fmt_time),
-    })))
+    Ok(Json(NewSecret {
+        id: did,
+        secret,
+        previous_valid_until: until.map(crate::model::fmt_time),
+    }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct VerifyInput {
+    /// The 6 digits sent to the destination.
+    #[schema(pattern = "^[0-9]{6}$")]
     code: String,
 }
 
-/// `POST …/destinations/{did}/verify` (scope `directory:write`).
+/// Verify a destination.
+///
+/// With the code sent to it.
+#[utoipa::path(post, path = "/v1/accounts/{id}/contacts/{cid}/destinations/{did}/verify", tag = "directory",
+    params(
+        ("id" = String, Path, description = "The account's id"),
+        ("cid" = String, Path, description = "The contact's id"),
+        ("did" = String, Path, description = "The destination's id"),
+        super::openapi::Ticket,
+    ),
+    request_body = VerifyInput,
+    security(("token" = ["directory:write"])),
+    responses(
+        (status = 200, body = DestinationState),
+        (status = 400, description = "`malformed_json`", body = ErrorBody),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 422, description = "`invalid_field`; `wrong_code` (attempts left said); `code_locked`", body = ErrorBody),
+        (status = 429, description = "`too_many_wrong_codes`: this token entered too many wrong codes", body = ErrorBody),
+    ))]
 pub async fn verify_destination(
     State(st): State<AppState>,
     caller: Caller,
@@ -672,9 +855,17 @@ pub async fn verify_destination(
         VerifyOutcome::Verified => {
             let what = format!("destination {did} of contact {cid} verified");
             audit(&st, &caller, peer, "destination.verified", &id, what).await;
-            Ok(Json(json!({"id": did, "verified": true})))
+            Ok(Json(DestinationState {
+                id: did,
+                verified: true,
+                code_sent: false,
+            }))
         }
-        VerifyOutcome::AlreadyVerified => Ok(Json(json!({"id": did, "verified": true}))),
+        VerifyOutcome::AlreadyVerified => Ok(Json(DestinationState {
+            id: did,
+            verified: true,
+            code_sent: false,
+        })),
         VerifyOutcome::WrongCode { attempts_left } => {
             super::count_wrong_code(&st, &caller, now).await?;
             Err(AppError::invalid(
@@ -694,7 +885,24 @@ pub async fn verify_destination(
     }
 }
 
-/// `DELETE …/destinations/{did}` (scope `directory:write`).
+/// Remove a destination.
+///
+/// 204; on a `high` account, removing a verified destination is a
+/// protected change (202).
+#[utoipa::path(delete, path = "/v1/accounts/{id}/contacts/{cid}/destinations/{did}", tag = "directory",
+    params(
+        ("id" = String, Path, description = "The account's id"),
+        ("cid" = String, Path, description = "The contact's id"),
+        ("did" = String, Path, description = "The destination's id"),
+        super::openapi::Ticket,
+    ),
+    security(("token" = ["directory:write"])),
+    responses(
+        (status = 204, description = "Removed"),
+        (status = 202, description = "Waits as a protected change", body = WithChange),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 409, description = "`change_pending`: another change of the account is pending", body = ErrorBody),
+    ))]
 pub async fn delete_destination(
     State(st): State<AppState>,
     caller: Caller,

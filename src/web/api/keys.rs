@@ -6,17 +6,46 @@
 //! a page with one button, so a mail scanner that fetches links confirms
 //! nothing; only the POST does.
 
+use super::changes::WithChange;
 use super::{page, plausible_token};
 use crate::keys::{Origin, Registry, Removal, Submitted, normalise};
+use crate::model::{Change, KeyStatus};
 use crate::model::{Confirmed, Scope};
+use crate::web::error::ErrorBody;
 use crate::web::{AppError, AppState, Caller};
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// Where a submitted key stands.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SubmitStatus {
+    /// A confirmation link went to the key, encrypted to it.
+    Pending,
+    /// A newer copy of the active key, merged into it.
+    Refreshed,
+    /// The address has another active key: the replacement waits as a
+    /// protected change.
+    ChangeRequested,
+}
+
+/// A key taken.
+#[derive(Serialize, ToSchema)]
+pub struct KeySubmitted {
+    pub address: String,
+    pub fingerprint: String,
+    pub status: SubmitStatus,
+    /// The protected change, with `change_requested`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub change: Option<Change>,
+    /// What is weak about the key, though it was taken.
+    pub warnings: Vec<String>,
+}
 
 fn registry(st: &AppState) -> Registry<'_> {
     Registry {
@@ -73,18 +102,32 @@ fn address(raw: &str) -> Result<String, AppError> {
     })
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct SubmitInput {
+    /// The email address the key is for.
     address: String,
     /// The public key, ASCII-armored.
     key: String,
 }
 
-/// `POST /v1/keys` (scope `keys:write`): `{address, key}`. 202 with the
-/// key's fingerprint and `pending` (a confirmation link went to the key)
-/// or `change_requested` (the address has another active key); 422 with
-/// the reason when the key is refused.
+/// Submit a customer's key.
+///
+/// 202 with the key's fingerprint and `pending` (a confirmation link went
+/// to the key, encrypted to it) or `change_requested` (the address has
+/// another active key); 200 `refreshed` for a newer copy of the active
+/// key; 422 with the reason when the key is refused.
+#[utoipa::path(post, path = "/v1/keys", tag = "keys",
+    request_body = SubmitInput,
+    security(("token" = ["keys:write"])),
+    responses(
+        (status = 200, description = "`refreshed`", body = KeySubmitted),
+        (status = 202, description = "`pending` or `change_requested`", body = KeySubmitted),
+        (status = 400, description = "`malformed_json`", body = ErrorBody),
+        (status = 409, description = "`no_signing_key`: this hub signs no mail; `proof_replayed`, `too_many_changes`", body = ErrorBody),
+        (status = 422, description = "`invalid_field`; `key_refused`: the key is not usable (the message says why)", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: too many key requests for this address or token", body = ErrorBody),
+    ))]
 pub async fn submit(
     State(st): State<AppState>,
     caller: Caller,
@@ -115,31 +158,33 @@ pub async fn submit(
     match outcome {
         Submitted::Pending(key) => Ok((
             StatusCode::ACCEPTED,
-            Json(json!({
-                "address": address,
-                "fingerprint": key.fingerprint,
-                "status": "pending",
-                "warnings": key.warnings,
-            })),
+            Json(KeySubmitted {
+                address,
+                fingerprint: key.fingerprint,
+                status: SubmitStatus::Pending,
+                change: None,
+                warnings: key.warnings,
+            }),
         )),
         Submitted::Refreshed(key) => Ok((
             StatusCode::OK,
-            Json(json!({
-                "address": address,
-                "fingerprint": key.fingerprint,
-                "status": "refreshed",
-                "warnings": key.warnings,
-            })),
+            Json(KeySubmitted {
+                address,
+                fingerprint: key.fingerprint,
+                status: SubmitStatus::Refreshed,
+                change: None,
+                warnings: key.warnings,
+            }),
         )),
         Submitted::ChangeRequested { key, change } => Ok((
             StatusCode::ACCEPTED,
-            Json(json!({
-                "address": address,
-                "fingerprint": key.fingerprint,
-                "status": "change_requested",
-                "change": change,
-                "warnings": key.warnings,
-            })),
+            Json(KeySubmitted {
+                address,
+                fingerprint: key.fingerprint,
+                status: SubmitStatus::ChangeRequested,
+                change: Some(change),
+                warnings: key.warnings,
+            }),
         )),
         Submitted::Refused(why) => Err(AppError::invalid("key_refused", "key", why.mail_reason())),
         Submitted::NotRecorded(why) => Err(not_recorded(why)),
@@ -147,8 +192,17 @@ pub async fn submit(
     }
 }
 
-/// `GET /v1/keys/{address}` (scope `directory:read`): the active key, keys
-/// waiting for confirmation, and changes, with fingerprints and times.
+/// Where an address's keys stand.
+///
+/// The active key, keys waiting for confirmation, and changes, with
+/// fingerprints and times.
+#[utoipa::path(get, path = "/v1/keys/{address}", tag = "keys",
+    params(("address" = String, Path, description = "An email address")),
+    security(("token" = ["directory:read"])),
+    responses(
+        (status = 200, body = KeyStatus),
+        (status = 422, description = "`invalid_field`: not an email address", body = ErrorBody),
+    ))]
 pub async fn status(
     State(st): State<AppState>,
     caller: Caller,
@@ -160,10 +214,21 @@ pub async fn status(
     Ok(Json(status))
 }
 
-/// `DELETE /v1/keys/{address}` (scope `keys:write`): asks to stop
-/// encrypting to the address. 202 with the pending change (its holder is
-/// mailed a link, encrypted to the current key, to approve it); 404 if the
+/// Ask to stop encrypting to an address.
+///
+/// A protected change: 202 with the pending change (its holder is mailed
+/// a link, encrypted to the current key, to approve it); 404 if the
 /// address has no active key.
+#[utoipa::path(delete, path = "/v1/keys/{address}", tag = "keys",
+    params(("address" = String, Path, description = "An email address")),
+    security(("token" = ["keys:write"])),
+    responses(
+        (status = 202, body = WithChange),
+        (status = 404, description = "`not_found`: the address has no active key", body = ErrorBody),
+        (status = 409, description = "`proof_replayed`, `too_many_changes`", body = ErrorBody),
+        (status = 422, description = "`invalid_field`: not an email address", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: too many key requests for this address or token", body = ErrorBody),
+    ))]
 pub async fn remove(
     State(st): State<AppState>,
     caller: Caller,
@@ -177,7 +242,7 @@ pub async fn remove(
     {
         Removal::Requested(change) | Removal::Applied(change) => {
             st.wake.notify_one();
-            Ok((StatusCode::ACCEPTED, Json(json!({"change": change}))))
+            Ok((StatusCode::ACCEPTED, Json(WithChange { change })))
         }
         Removal::NoKey => Err(AppError::NotFound {
             what: format!("an active key for {address}"),
@@ -187,8 +252,16 @@ pub async fn remove(
     }
 }
 
-/// `GET /v1/keys/confirm/{token}`: the page behind a mailed link, with the
-/// button that confirms. Changes nothing.
+/// The page behind a key's confirmation link.
+///
+/// With the button that confirms. Changes nothing, so a mail scanner that
+/// fetches links confirms nothing.
+#[utoipa::path(get, path = "/v1/keys/confirm/{token}", tag = "links",
+    params(("token" = String, Path, description = "The link's secret")),
+    responses(
+        (status = 200, description = "A page with the button", content_type = "text/html", body = String),
+        (status = 404, description = "Not a link kci sent", content_type = "text/html", body = String),
+    ))]
 pub async fn confirm_page(Path(token): Path<String>) -> impl IntoResponse {
     if !plausible_token(&token) {
         return page(
@@ -208,7 +281,15 @@ pub async fn confirm_page(Path(token): Path<String>) -> impl IntoResponse {
     .into_response()
 }
 
-/// `POST /v1/keys/confirm/{token}`: follows the link (single use, 24 h).
+/// Follow a key's confirmation link.
+///
+/// Single use, valid 24 hours.
+#[utoipa::path(post, path = "/v1/keys/confirm/{token}", tag = "links",
+    params(("token" = String, Path, description = "The link's secret")),
+    responses(
+        (status = 200, description = "A page saying what it did", content_type = "text/html", body = String),
+        (status = 404, description = "Used already, expired, or not a link kci sent", content_type = "text/html", body = String),
+    ))]
 pub async fn confirm(
     State(st): State<AppState>,
     peer: super::changes::Peer,

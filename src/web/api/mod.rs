@@ -10,110 +10,97 @@ mod events;
 mod keys;
 mod ops;
 
+pub mod openapi;
+
 use super::{AppError, AppState};
 use axum::Router;
 use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse};
-use axum::routing::{delete, get, post, put};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// Everything: the API, and what customers and providers reach.
 pub fn routes() -> Router<AppState> {
-    api_routes().merge(public_only())
+    let (router, spec) = router_and_spec();
+    let text = std::sync::Arc::new(spec.to_pretty_json().unwrap_or_default() + "\n");
+    router.route(
+        "/openapi.json",
+        axum::routing::get(move || {
+            let text = text.clone();
+            async move { ([("content-type", "application/json")], text.to_string()) }
+        }),
+    )
 }
 
 /// What customers and providers reach: the links in mails, callbacks and
 /// inbound SMS (each proves itself with its token or signature), and
 /// `/healthz` — all that `[server.public]` serves.
 pub fn public_routes() -> Router<AppState> {
-    public_only().fallback(ops::not_found)
+    let (router, _) = public_only().split_for_parts();
+    router.fallback(ops::not_found)
 }
 
-fn public_only() -> Router<AppState> {
-    Router::new()
-        .route("/v1/callbacks/twilio/{id}", post(callbacks::twilio))
-        .route(
-            "/v1/keys/confirm/{token}",
-            get(keys::confirm_page).post(keys::confirm),
-        )
-        .route("/v1/inbound/sms/twilio", post(callbacks::twilio_inbound))
-        .route("/v1/inbound/sms", post(callbacks::gateway_inbound))
-        .route(
-            "/v1/recovery/{token}",
-            get(assurances::recovery_page).post(assurances::recovery_form),
-        )
-        .route(
-            "/v1/veto/{token}",
-            get(changes::veto_page).post(changes::veto_link),
-        )
-        .route(
-            "/v1/call/{token}",
-            get(calls::customer_page).post(calls::customer_form),
-        )
-        .route("/healthz", get(ops::healthz))
+/// The whole router and its description, built from the same handlers.
+pub(crate) fn router_and_spec() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    use utoipa::{Modify as _, OpenApi as _};
+    let (router, mut spec) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .merge(api_routes())
+        .merge(public_only())
+        .split_for_parts();
+    openapi::CommonAnswers.modify(&mut spec);
+    (router, spec)
+}
+
+fn public_only() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(callbacks::twilio))
+        .routes(routes!(keys::confirm_page, keys::confirm))
+        .routes(routes!(callbacks::twilio_inbound))
+        .routes(routes!(callbacks::gateway_inbound))
+        .routes(routes!(
+            assurances::recovery_page,
+            assurances::recovery_form
+        ))
+        .routes(routes!(changes::veto_page, changes::veto_link))
+        .routes(routes!(calls::customer_page, calls::customer_form))
+        .routes(routes!(ops::healthz))
 }
 
 /// The API: source systems and staff, by token.
-fn api_routes() -> Router<AppState> {
-    Router::new()
-        .route("/v1/events", post(events::post_event))
-        .route("/v1/events/batch", post(events::post_batch))
-        .route(
-            "/v1/events/{id}",
-            get(events::get_event).delete(events::delete_event),
-        )
-        .route(
-            "/v1/accounts/{id}",
-            put(directory::put_account).get(directory::get_account),
-        )
-        .route(
-            "/v1/accounts/{id}/contacts/{cid}",
-            put(directory::put_contact),
-        )
-        .route(
-            "/v1/accounts/{id}/contacts/{cid}/destinations",
-            post(directory::add_destination),
-        )
-        .route(
-            "/v1/accounts/{id}/contacts/{cid}/destinations/{did}",
-            delete(directory::delete_destination),
-        )
-        .route(
-            "/v1/accounts/{id}/contacts/{cid}/destinations/{did}/verify",
-            post(directory::verify_destination),
-        )
-        .route(
-            "/v1/accounts/{id}/contacts/{cid}/destinations/{did}/code",
-            post(directory::renew_code),
-        )
-        .route(
-            "/v1/accounts/{id}/contacts/{cid}/destinations/{did}/secret",
-            post(directory::rotate_secret),
-        )
-        .route("/v1/keys", post(keys::submit))
-        .route("/v1/keys/{address}", get(keys::status).delete(keys::remove))
-        .route("/v1/changes", get(changes::list))
-        .route("/v1/changes/{id}", get(changes::get))
-        .route("/v1/changes/{id}/approve", post(changes::approve))
-        .route("/v1/changes/{id}/veto", post(changes::veto))
-        .route("/v1/changes/{id}/code", post(changes::send_code))
-        .route("/v1/changes/{id}/proof", post(changes::prove))
-        .route("/v1/changes/{id}/connection", post(changes::connection))
-        .route(
-            "/v1/changes/{id}/assurances",
-            get(assurances::list).post(assurances::record),
-        )
-        .route("/v1/changes/{id}/assurance", post(assurances::complete))
-        .route("/v1/calls", post(calls::open))
-        .route("/v1/calls/status", get(calls::status))
-        .route("/v1/calls/{id}", get(calls::get))
-        .route("/v1/calls/{id}/staff-code", post(calls::staff_code))
-        .route("/v1/calls/{id}/customer-code", post(calls::customer_code))
-        .route("/v1/incidents", get(changes::incidents))
-        .route("/v1/incidents/{id}/close", post(changes::close_incident))
-        .route("/v1/audit", get(changes::audit))
-        .route("/v1/deliveries", get(deliveries::list))
-        .route("/v1/deliveries/{id}/retry", post(deliveries::retry))
-        .route("/metrics", get(ops::metrics))
+fn api_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(events::post_event))
+        .routes(routes!(events::post_batch))
+        .routes(routes!(events::get_event, events::delete_event))
+        .routes(routes!(directory::put_account, directory::get_account))
+        .routes(routes!(directory::put_contact))
+        .routes(routes!(directory::add_destination))
+        .routes(routes!(directory::delete_destination))
+        .routes(routes!(directory::verify_destination))
+        .routes(routes!(directory::renew_code))
+        .routes(routes!(directory::rotate_secret))
+        .routes(routes!(keys::submit))
+        .routes(routes!(keys::status, keys::remove))
+        .routes(routes!(changes::list))
+        .routes(routes!(changes::get))
+        .routes(routes!(changes::approve))
+        .routes(routes!(changes::veto))
+        .routes(routes!(changes::send_code))
+        .routes(routes!(changes::prove))
+        .routes(routes!(changes::connection))
+        .routes(routes!(assurances::list, assurances::record))
+        .routes(routes!(assurances::complete))
+        .routes(routes!(calls::open))
+        .routes(routes!(calls::status))
+        .routes(routes!(calls::get))
+        .routes(routes!(calls::staff_code))
+        .routes(routes!(calls::customer_code))
+        .routes(routes!(changes::incidents))
+        .routes(routes!(changes::close_incident))
+        .routes(routes!(changes::audit))
+        .routes(routes!(deliveries::list))
+        .routes(routes!(deliveries::retry))
+        .routes(routes!(ops::metrics))
         .fallback(ops::not_found)
 }
 

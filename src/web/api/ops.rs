@@ -6,26 +6,46 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 
-/// `GET /healthz`: 200 when the store answers. Unauthenticated (load
-/// balancers call it) and says nothing beyond ok / not ok.
+/// Whether the store answers.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct Health {
+    /// `ok`, or `store unavailable`.
+    status: &'static str,
+}
+
+/// Liveness.
+///
+/// 200 when the store answers. Unauthenticated (load balancers call it)
+/// and says nothing beyond ok / not ok.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses(
+        (status = 200, body = Health),
+        (status = 503, description = "The store does not answer", body = Health),
+    ))]
 pub async fn healthz(State(st): State<AppState>) -> impl IntoResponse {
     match st.store.next_due().await {
-        Ok(_) => (
-            StatusCode::OK,
-            axum::Json(serde_json::json!({"status": "ok"})),
-        ),
+        Ok(_) => (StatusCode::OK, axum::Json(Health { status: "ok" })),
         Err(e) => {
             tracing::error!(error = %e, "health check: store unavailable");
             (
                 StatusCode::SERVICE_UNAVAILABLE,
-                axum::Json(serde_json::json!({"status": "store unavailable"})),
+                axum::Json(Health {
+                    status: "store unavailable",
+                }),
             )
         }
     }
 }
 
-/// `GET /metrics`: Prometheus text; needs the `admin` scope unless
-/// `[server] public_metrics` is on.
+/// Prometheus metrics.
+///
+/// The text exposition format; needs the `admin` scope unless `[server]
+/// public_metrics` is on.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    security(("token" = ["admin"]), ()),
+    responses(
+        (status = 200, description = "Prometheus text", content_type = "text/plain", body = String),
+    ))]
 pub async fn metrics(
     State(st): State<AppState>,
     caller: Option<Caller>,
