@@ -16,11 +16,24 @@ const EX_DATAERR: u8 = 65;
 const EX_TEMPFAIL: u8 = 75;
 
 pub async fn run(arg: ConfigArg) -> anyhow::Result<ExitCode> {
-    let config = super::load_config_with_code_key(&arg)?;
+    // A config kci cannot load is the operator's to fix, not the
+    // sender's fault: the MTA keeps the mail and tries again (an error
+    // exit would be 1, which MTAs take as permanent and bounce).
+    let config = match super::load_config_with_code_key(&arg) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("kci inbound: the configuration cannot be used ({e:#}); try again later");
+            return Ok(ExitCode::from(EX_TEMPFAIL));
+        }
+    };
     let mut raw = Vec::new();
-    std::io::stdin()
+    if let Err(e) = std::io::stdin()
         .take(inbound::MAX_MAIL as u64 + 1)
-        .read_to_end(&mut raw)?;
+        .read_to_end(&mut raw)
+    {
+        eprintln!("kci inbound: cannot read the mail ({e}); try again later");
+        return Ok(ExitCode::from(EX_TEMPFAIL));
+    }
     let store = match crate::store::open(config.store.url.expose()).await {
         Ok(s) => s,
         Err(e) => {

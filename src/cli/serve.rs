@@ -125,10 +125,15 @@ pub async fn run(arg: ConfigArg) -> anyhow::Result<ExitCode> {
             .chain(smtp_tls.iter().map(|t| t.tls.clone()))
             .chain(public.iter().filter_map(|(_, t)| t.clone()))
             .collect();
-        if !reloadable.is_empty() {
+        // Always handled: SIGHUP's default would end the process, and
+        // `systemctl reload kci` sends it whether or not TLS is on.
+        {
             let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
             tokio::spawn(async move {
                 while hup.recv().await.is_some() {
+                    if reloadable.is_empty() {
+                        tracing::info!("SIGHUP: no TLS certificate to reload");
+                    }
                     for tls in &reloadable {
                         match tls.reload() {
                             Ok(()) => tracing::info!("TLS certificate reloaded"),

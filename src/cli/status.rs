@@ -25,8 +25,12 @@ pub async fn run(arg: ConfigArg) -> anyhow::Result<ExitCode> {
         info.schema,
         info.latest
     );
-    if info.schema != info.latest {
+    if info.schema < info.latest {
         println!("  kci migrate (or kci serve) brings it up to date");
+        return Ok(ExitCode::from(1));
+    }
+    if info.schema > info.latest {
+        println!("  a newer kci migrated it: run that version (or newer) on every node");
         return Ok(ExitCode::from(1));
     }
     let counts = store.count_by_state().await?;

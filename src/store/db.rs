@@ -1606,6 +1606,10 @@ impl<B: Backend> Store for Db<B> {
         self.write(|rows| {
             Box::pin(async move {
                 let have = rows.schema_version().await?;
+                let latest = B::MIGRATIONS.last().map_or(0, |m| m.0);
+                if have > latest {
+                    return Err(StoreError::SchemaAhead { have, latest });
+                }
                 for (version, sql) in B::MIGRATIONS {
                     if *version > have {
                         rows.migrate_to(*version, sql, to_millis(Utc::now()))

@@ -38,6 +38,12 @@ pub enum StoreError {
     Corrupt(String),
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// The database was migrated by a newer kci: this one would ignore
+    /// what the newer schema holds (a token's certificate binding, say).
+    #[error(
+        "the database's schema is version {have}, newer than this kci knows ({latest}): a newer kci migrated it; run that version (or newer) on every node"
+    )]
+    SchemaAhead { have: i64, latest: i64 },
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -1121,5 +1127,45 @@ mod token_tests {
                 "{tok:?} at {now} from {from:?}"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A kci older than the schema refuses the database rather than run
+    /// on it ignoring what it does not know (the same generic code runs
+    /// on PostgreSQL).
+    #[tokio::test]
+    async fn an_older_kci_refuses_a_newer_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kci.db");
+        let url = format!("sqlite://{}", path.display());
+        let latest = open(&url).await.unwrap().inspect().await.unwrap().latest;
+        let db = rusqlite::Connection::open(&path).unwrap();
+        db.execute(
+            "INSERT INTO kci_schema (version, applied_at) VALUES (?1, 0)",
+            [latest + 1],
+        )
+        .unwrap();
+        drop(db);
+        match open(&url).await.map(|_| ()) {
+            Err(StoreError::SchemaAhead { have, latest: l }) => {
+                assert_eq!((have, l), (latest + 1, latest));
+            }
+            other => panic!("{other:?}"),
+        }
+        // Made for its owner only, whatever the umask.
+        use std::os::unix::fs::PermissionsExt;
+        for f in ["kci.db", "kci.db-wal"] {
+            let p = dir.path().join(f);
+            if let Ok(m) = std::fs::metadata(&p) {
+                assert_eq!(m.permissions().mode() & 0o077, 0, "{f}");
+            }
+        }
+        // Inspecting it (kci doctor, kci status) still works.
+        let info = open_as_is(&url).await.unwrap().inspect().await.unwrap();
+        assert_eq!(info.schema, latest + 1);
     }
 }

@@ -79,6 +79,9 @@ impl Db<Sqlite> {
                 StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
             })?;
         }
+        if let Some(p) = &path {
+            create_private(std::path::Path::new(p))?;
+        }
         let conn = open_conn(path.as_deref())?;
         let (tx, rx) = mpsc::channel::<WriterJob>();
         std::thread::Builder::new()
@@ -90,6 +93,27 @@ impl Db<Sqlite> {
             readers: Mutex::new(Vec::new()),
             path,
         }))
+    }
+}
+
+/// Creates a new database file readable by its owner only, whatever the
+/// umask: it holds the directory, hashes and the audit log. SQLite gives
+/// the `-wal` and `-shm` files it makes beside it the same mode. An
+/// existing file is left as it is (`kci doctor` names a loose mode).
+fn create_private(path: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(StoreError::Unavailable(format!(
+            "cannot create {}: {e}",
+            path.display()
+        ))),
     }
 }
 
