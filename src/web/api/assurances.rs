@@ -118,7 +118,7 @@ fn met_on(s: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, AppError> {
 /// one, this assurer assured it already, or the recovery is locked; 422
 /// for a bad A-word, ticket or date.
 #[utoipa::path(post, path = "/v1/changes/{id}/assurances", tag = "assurance",
-    params(("id" = String, Path, description = "The change's id"), super::openapi::Ticket),
+    params(("id" = String, Path, description = "The change's id")),
     request_body = AssureInput,
     security(("token" = ["assure"])),
     responses(
@@ -290,7 +290,7 @@ fn not_valid() -> Response {
     ))]
 pub async fn recovery_page(
     State(st): State<AppState>,
-    peer: Peer,
+    super::changes::LinkPeer(peer): super::changes::LinkPeer,
     Path(token): Path<String>,
 ) -> Result<Response, AppError> {
     super::links_allowed(&st, &peer, WRONG_LINKS).await?;
@@ -341,7 +341,7 @@ pub async fn recovery_page(
     ))]
 pub async fn recovery_form(
     State(st): State<AppState>,
-    peer: Peer,
+    super::changes::LinkPeer(peer): super::changes::LinkPeer,
     Path(token): Path<String>,
     body: Bytes,
 ) -> Result<Response, AppError> {

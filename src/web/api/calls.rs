@@ -209,7 +209,7 @@ struct StaffCodeInput {
 /// code too); 409 for a wrong code (the third fails it) or one that is
 /// over.
 #[utoipa::path(post, path = "/v1/calls/{id}/staff-code", tag = "calls",
-    params(("id" = String, Path, description = "The verification's id"), super::openapi::Ticket),
+    params(("id" = String, Path, description = "The verification's id")),
     request_body = StaffCodeInput,
     security(("token" = ["calls"])),
     responses(
@@ -421,7 +421,7 @@ fn not_valid() -> axum::response::Response {
     ))]
 pub async fn customer_form(
     State(st): State<AppState>,
-    peer: Peer,
+    super::changes::LinkPeer(peer): super::changes::LinkPeer,
     Path(token): Path<String>,
     body: Bytes,
 ) -> Result<axum::response::Response, AppError> {

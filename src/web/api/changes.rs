@@ -86,22 +86,26 @@ pub struct Peer {
     pub ticket: Option<String>,
 }
 
+/// The client's address as the perimeter decided it (behind a trusted
+/// proxy, the address that proxy saw).
+fn client_address(parts: &Parts) -> Option<String> {
+    parts
+        .extensions
+        .get::<crate::web::perimeter::ClientAddr>()
+        .map(|c| c.0.to_string())
+        .or_else(|| {
+            parts
+                .extensions
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .map(|c| c.0.ip().to_string())
+        })
+}
+
 impl<S: Send + Sync> FromRequestParts<S> for Peer {
     type Rejection = AppError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        // The client's address as the perimeter decided it (behind a
-        // trusted proxy, the address that proxy saw).
-        let source = parts
-            .extensions
-            .get::<crate::web::perimeter::ClientAddr>()
-            .map(|c| c.0.to_string())
-            .or_else(|| {
-                parts
-                    .extensions
-                    .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-                    .map(|c| c.0.ip().to_string())
-            });
+        let source = client_address(parts);
         let ticket = match parts.headers.get("kci-ticket") {
             None => None,
             Some(v) => Some(
@@ -119,6 +123,21 @@ impl<S: Send + Sync> FromRequestParts<S> for Peer {
             ),
         };
         Ok(Peer { source, ticket })
+    }
+}
+
+/// Where a person following a mailed link came from: only the address
+/// (a ticket is staff's; a link's page never reads one).
+pub struct LinkPeer(pub Peer);
+
+impl<S: Send + Sync> FromRequestParts<S> for LinkPeer {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(LinkPeer(Peer {
+            source: client_address(parts),
+            ticket: None,
+        }))
     }
 }
 
@@ -313,7 +332,7 @@ pub async fn get(
 /// change, they approved it already, it needs no approval or is no longer
 /// pending (each refusal audited).
 #[utoipa::path(post, path = "/v1/changes/{id}/approve", tag = "changes",
-    params(("id" = String, Path, description = "The change's id"), super::openapi::Ticket),
+    params(("id" = String, Path, description = "The change's id")),
     request_body(content = Option<StepInput>, description = "Optional: the ticket number"),
     security(("token" = ["changes:approve"])),
     responses(
@@ -356,7 +375,7 @@ pub async fn approve(
 /// Staff stop a change on the customer's behalf. 200 with the change and
 /// the incident it opened; 409 when it applied already or ended.
 #[utoipa::path(post, path = "/v1/changes/{id}/veto", tag = "changes",
-    params(("id" = String, Path, description = "The change's id"), super::openapi::Ticket),
+    params(("id" = String, Path, description = "The change's id")),
     request_body(content = Option<StepInput>, description = "Optional: the ticket number and a note"),
     security(("token" = ["incidents"])),
     responses(
@@ -414,7 +433,7 @@ struct CodeInput {
 /// 202 with the change; 409 when the way is not allowed; 429 when codes
 /// come too fast.
 #[utoipa::path(post, path = "/v1/changes/{id}/code", tag = "changes",
-    params(("id" = String, Path, description = "The change's id"), super::openapi::Ticket),
+    params(("id" = String, Path, description = "The change's id")),
     request_body = CodeInput,
     security(("token" = ["keys:write"])),
     responses(
@@ -470,7 +489,7 @@ struct ProofInput {
 /// token's wrong codes are limited as for destinations), or a code meant
 /// to be texted back.
 #[utoipa::path(post, path = "/v1/changes/{id}/proof", tag = "changes",
-    params(("id" = String, Path, description = "The change's id"), super::openapi::Ticket),
+    params(("id" = String, Path, description = "The change's id")),
     request_body = ProofInput,
     security(("token" = ["keys:write"])),
     responses(
@@ -553,7 +572,7 @@ struct ConnectionInput {
 /// (one channel: it proves alone below `high`); 409 `not_own_connection`
 /// otherwise.
 #[utoipa::path(post, path = "/v1/changes/{id}/connection", tag = "changes",
-    params(("id" = String, Path, description = "The change's id"), super::openapi::Ticket),
+    params(("id" = String, Path, description = "The change's id")),
     request_body = ConnectionInput,
     security(("token" = ["keys:write"])),
     responses(
@@ -632,7 +651,7 @@ pub async fn veto_page(Path(token): Path<String>) -> impl IntoResponse {
     ))]
 pub async fn veto_link(
     State(st): State<AppState>,
-    peer: Peer,
+    LinkPeer(peer): LinkPeer,
     Path(token): Path<String>,
 ) -> Result<impl IntoResponse, AppError> {
     // Wrong links are counted per client address: guessing is hopeless

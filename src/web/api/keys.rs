@@ -292,7 +292,7 @@ pub async fn confirm_page(Path(token): Path<String>) -> impl IntoResponse {
     ))]
 pub async fn confirm(
     State(st): State<AppState>,
-    peer: super::changes::Peer,
+    super::changes::LinkPeer(peer): super::changes::LinkPeer,
     Path(token): Path<String>,
 ) -> Result<impl IntoResponse, AppError> {
     if !plausible_token(&token) {

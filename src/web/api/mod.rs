@@ -48,6 +48,7 @@ pub(crate) fn router_and_spec() -> (Router<AppState>, utoipa::openapi::OpenApi) 
         .merge(public_only())
         .split_for_parts();
     openapi::CommonAnswers.modify(&mut spec);
+    openapi::OpenPreferences.modify(&mut spec);
     (router, spec)
 }
 

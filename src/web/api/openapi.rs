@@ -108,6 +108,18 @@ impl Modify for CommonAnswers {
             ];
             for op in ops.into_iter().flatten() {
                 let with_token = op.security.as_ref().is_some_and(|s| !s.is_empty());
+                let with_ticket = op
+                    .parameters
+                    .iter()
+                    .flatten()
+                    .any(|p| p.name == "Kci-Ticket");
+                if with_ticket {
+                    add(
+                        op,
+                        "422",
+                        "`invalid_field`: the Kci-Ticket header is not 1 to 64 printable characters",
+                    );
+                }
                 if with_token {
                     add(
                         op,
@@ -142,6 +154,24 @@ impl Modify for CommonAnswers {
                     "`unavailable`: kci could not complete the request; nothing was changed",
                 );
             }
+        }
+    }
+}
+
+/// Preferences are flattened into contacts and destinations (their fields
+/// sit beside the contact's or destination's own). JSON Schema cannot
+/// combine closed objects with `allOf`, so the component is left open;
+/// kci still refuses a field it does not know (422 naming it).
+pub(crate) struct OpenPreferences;
+
+impl Modify for OpenPreferences {
+    fn modify(&self, openapi: &mut OpenApi) {
+        use utoipa::openapi::schema::Schema;
+        let schemas = openapi.components.as_mut().map(|c| &mut c.schemas);
+        if let Some(RefOr::T(Schema::Object(o))) =
+            schemas.and_then(|s| s.get_mut(crate::model::Preferences::name().as_ref()))
+        {
+            o.additional_properties = None;
         }
     }
 }
