@@ -11,6 +11,24 @@ use prometheus_client::registry::Registry;
 
 type Labels = Vec<(&'static str, String)>;
 
+/// Every limit kci counts, as `(what, by)`: made at 0 when kci starts, so
+/// the first refusal is an increase `rate()` sees (a counter that appears
+/// at 1 shows none).
+pub const LIMITS: [(&str, &str); 12] = [
+    ("api", "network"),
+    ("api", "source"),
+    ("api", "token"),
+    ("api", "token_cert"),
+    ("api", "token_network"),
+    ("key_submissions", "address"),
+    ("key_submissions", "source"),
+    ("verification_codes", "destination"),
+    ("veto_links", "source"),
+    ("wrong_codes", "token"),
+    ("wrong_recovery_links", "source"),
+    ("wrong_call_links", "source"),
+];
+
 pub struct Metrics {
     registry: Registry,
     pub events_accepted: Counter,
@@ -113,7 +131,7 @@ impl Metrics {
         let incidents_open = Gauge::default();
         registry.register(
             "incidents_open",
-            "Incidents (vetoes, refused approvals) open for staff",
+            "Incidents open for staff (vetoes, refused approvals, failed call verifications, locked recoveries)",
             incidents_open.clone(),
         );
         let destinations_unhealthy = Gauge::default();
@@ -128,6 +146,9 @@ impl Metrics {
             "Requests refused by a limit on what outsiders can make kci do, by what and by which key (address, source, token, destination)",
             limited.clone(),
         );
+        for (what, by) in LIMITS {
+            drop(limited.get_or_create(&vec![("what", what.to_string()), ("by", by.to_string())]));
+        }
         Self {
             registry,
             limited,
@@ -147,8 +168,19 @@ impl Metrics {
         }
     }
 
+    /// Counts an event refused, by its error code.
+    pub fn event_rejected(&self, code: &str) {
+        self.events_rejected
+            .get_or_create(&vec![("code", code.to_string())])
+            .inc();
+    }
+
     /// Counts a request refused by the limit on `what`, kept `by` a key.
     pub fn limit_hit(&self, what: &'static str, by: &'static str) {
+        debug_assert!(
+            LIMITS.contains(&(what, by)),
+            "({what}, {by}) is missing from metrics::LIMITS"
+        );
         self.limited
             .get_or_create(&vec![("what", what.to_string()), ("by", by.to_string())])
             .inc();
@@ -226,6 +258,15 @@ mod tests {
             text.contains("kci_notifications{state=\"sent\"} 300"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn every_limit_reads_zero_before_its_first_refusal() {
+        let text = Metrics::new().render();
+        for (what, by) in LIMITS {
+            let line = format!("kci_limited_total{{what=\"{what}\",by=\"{by}\"}} 0");
+            assert!(text.contains(&line), "{line} in {text}");
+        }
     }
 
     #[test]

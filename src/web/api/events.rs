@@ -123,12 +123,7 @@ fn record(st: &AppState, outcomes: &[IngestOutcome]) {
                 st.metrics.events_accepted.inc();
             }
             IngestOutcome::Duplicate { .. } => {}
-            IngestOutcome::Rejected(r) => {
-                st.metrics
-                    .events_rejected
-                    .get_or_create(&vec![("code", r.code.to_string())])
-                    .inc();
-            }
+            IngestOutcome::Rejected(r) => st.metrics.event_rejected(r.code),
         }
     }
     if outcomes
@@ -157,9 +152,14 @@ pub async fn post_event(
     body: Bytes,
 ) -> Result<impl IntoResponse, AppError> {
     caller.require(Scope::EventsWrite)?;
-    let input = ingest::parse(&body).map_err(|(s, e)| field_error(s, e))?;
-    let event =
-        ingest::validate(input, &st.config, st.clock.now()).map_err(|e| field_error(422, e))?;
+    // Refused before the store is asked (not JSON, a bad field, a type
+    // the config does not define) counts as rejected as well.
+    let refused = |status, e: FieldError| {
+        st.metrics.event_rejected(e.code);
+        field_error(status, e)
+    };
+    let input = ingest::parse(&body).map_err(|(s, e)| refused(s, e))?;
+    let event = ingest::validate(input, &st.config, st.clock.now()).map_err(|e| refused(422, e))?;
     let outcomes = st.store.ingest(vec![event], st.planner.clone()).await?;
     record(&st, &outcomes);
     match outcomes.into_iter().next() {
@@ -218,13 +218,16 @@ pub async fn post_batch(
                 });
                 events.push(ev);
             }
-            Err((status, e)) => answers.push(BatchLine {
-                line,
-                status: Some(status),
-                error: Some(e.code.to_string()),
-                message: Some(crate::model::excerpt(&e.message, MAX_LINE_MESSAGE)),
-                ..BatchLine::default()
-            }),
+            Err((status, e)) => {
+                st.metrics.event_rejected(e.code);
+                answers.push(BatchLine {
+                    line,
+                    status: Some(status),
+                    error: Some(e.code.to_string()),
+                    message: Some(crate::model::excerpt(&e.message, MAX_LINE_MESSAGE)),
+                    ..BatchLine::default()
+                });
+            }
         }
     }
     if answers.is_empty() {
