@@ -99,8 +99,13 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
-    /// Print the manual page (roff), such as for /usr/share/man/man1/kci.1.
-    Man,
+    /// Print the manual page (roff), such as for /usr/share/man/man1/kci.1;
+    /// with --dir, write it and one page per subcommand (kci-serve.1,
+    /// kci-token-create.1, …) into that directory.
+    Man {
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
+    },
     /// Print the API's description (OpenAPI 3.1 JSON), as `GET
     /// /openapi.json` serves it and `openapi.json` holds it.
     Openapi,
@@ -343,12 +348,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Completions { shell } => {
             use clap::CommandFactory;
             let mut cmd = Cli::command();
-            clap_complete::generate(shell, &mut cmd, "kci", &mut std::io::stdout());
-            Ok(std::process::ExitCode::SUCCESS)
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "kci", &mut script);
+            print_all(&script)
         }
-        Command::Man => {
+        Command::Man { dir: None } => {
             use clap::CommandFactory;
-            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
+            let mut page = Vec::new();
+            clap_mangen::Man::new(Cli::command()).render(&mut page)?;
+            print_all(&page)
+        }
+        Command::Man { dir: Some(dir) } => {
+            use clap::CommandFactory;
+            std::fs::create_dir_all(&dir)?;
+            clap_mangen::generate_to(Cli::command(), &dir)?;
             Ok(std::process::ExitCode::SUCCESS)
         }
         Command::Openapi => {
@@ -382,6 +395,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Inbound(c) => inbound::run(c).await,
         Command::Apprise(AppriseCommand::Import { source }) => apprise::import(&source),
         Command::Apprise(AppriseCommand::Export { config, to }) => apprise::export(config, to),
+    }
+}
+
+/// Writes `bytes` to stdout; a reader that went away (`kci man | head`)
+/// is not an error.
+fn print_all(bytes: &[u8]) -> anyhow::Result<std::process::ExitCode> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(std::process::ExitCode::SUCCESS),
     }
 }
 

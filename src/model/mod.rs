@@ -253,11 +253,13 @@ pub enum Scope {
     Incidents,
     AuditRead,
     Assure,
+    /// Reading `/metrics`: what a Prometheus server holds, and no more.
+    MetricsRead,
     Admin,
 }
 
 impl Scope {
-    pub const ALL: [Scope; 13] = [
+    pub const ALL: [Scope; 14] = [
         Scope::EventsWrite,
         Scope::EventsRead,
         Scope::DirectoryRead,
@@ -270,6 +272,7 @@ impl Scope {
         Scope::Incidents,
         Scope::AuditRead,
         Scope::Assure,
+        Scope::MetricsRead,
         Scope::Admin,
     ];
 
@@ -287,6 +290,7 @@ impl Scope {
             Scope::Incidents => "incidents",
             Scope::AuditRead => "audit:read",
             Scope::Assure => "assure",
+            Scope::MetricsRead => "metrics:read",
             Scope::Admin => "admin",
         }
     }
@@ -311,7 +315,11 @@ impl Scope {
     pub fn is_read(self) -> bool {
         matches!(
             self,
-            Scope::EventsRead | Scope::DirectoryRead | Scope::ChangesRead | Scope::AuditRead
+            Scope::EventsRead
+                | Scope::DirectoryRead
+                | Scope::ChangesRead
+                | Scope::AuditRead
+                | Scope::MetricsRead
         )
     }
 }

@@ -168,7 +168,7 @@ async fn every_endpoint_checks_token_and_scope() {
             None,
             "calls",
         ),
-        ("GET", "/metrics".into(), None, "admin"),
+        ("GET", "/metrics".into(), None, "metrics:read"),
     ];
     for (method, path, body, scope) in endpoints {
         let (s, v) = kci

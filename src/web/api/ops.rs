@@ -39,10 +39,10 @@ pub async fn healthz(State(st): State<AppState>) -> impl IntoResponse {
 
 /// Prometheus metrics.
 ///
-/// The text exposition format; needs the `admin` scope unless `[server]
-/// public_metrics` is on.
+/// The text exposition format; needs the `metrics:read` scope unless
+/// `[server] public_metrics` is on.
 #[utoipa::path(get, path = "/metrics", tag = "operations",
-    security(("token" = ["admin"]), ()),
+    security(("token" = ["metrics:read"]), ()),
     responses(
         (status = 200, description = "Prometheus text", content_type = "text/plain", body = String),
     ))]
@@ -53,7 +53,7 @@ pub async fn metrics(
     if !st.config.server.public_metrics {
         caller
             .ok_or(AppError::Unauthenticated)?
-            .require(Scope::Admin)?;
+            .require(Scope::MetricsRead)?;
     }
     st.metrics
         .set_notifications(&st.store.count_by_state().await?);
