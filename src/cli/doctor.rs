@@ -554,7 +554,26 @@ async fn store(config: &Config) -> Vec<Finding> {
     if let Some(theirs) = info.server_time {
         out.push(clock_skew(theirs - Utc::now()));
     }
+    if crate::store::sqlite_path(url).is_none() {
+        out.push(code_key(
+            config.store.code_key.as_ref().map(|k| k.expose().as_str()),
+        ));
+    }
     out
+}
+
+/// PostgreSQL's code key: set, and 64 hex digits (`kci serve` refuses to
+/// start otherwise; every node must hold the same one).
+fn code_key(hex: Option<&str>) -> Finding {
+    match hex.map(crate::trust::codes::CodeKey::from_hex) {
+        None => finding(
+            Level::Fail,
+            "store.code_key",
+            "not set: kci serve refuses PostgreSQL without it; put 64 hex digits (openssl rand -hex 32), the same on every node, in a file named by [store] code_key_file",
+        ),
+        Some(Err(e)) => finding(Level::Fail, "store.code_key", e),
+        Some(Ok(_)) => finding(Level::Ok, "store.code_key", "set"),
+    }
 }
 
 /// Every configured channel's own health check (the SMTP server answers
@@ -587,6 +606,20 @@ async fn providers(config: &Config) -> Vec<Finding> {
 mod tests {
     use super::*;
     use chrono::TimeZone;
+
+    #[test]
+    fn postgresql_needs_a_code_key() {
+        let good = "ab".repeat(32);
+        let rows = [
+            (None, Level::Fail),
+            (Some("not hex"), Level::Fail),
+            (Some("abcd"), Level::Fail),
+            (Some(good.as_str()), Level::Ok),
+        ];
+        for (hex, level) in rows {
+            assert_eq!(code_key(hex).level, level, "{hex:?}");
+        }
+    }
 
     #[test]
     fn secret_files_are_the_owners_alone() {

@@ -1050,6 +1050,15 @@ impl Config {
             Ok(text) => crate::trust::codes::CodeKey::from_hex(&text)
                 .map_err(|e| err(format!("{}: {e}", path.display())))?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // Beside a database that exists already, a new key means
+                // the codes and T-words issued with the lost one no longer
+                // match: say so (a backup restored without it, say).
+                if db.metadata().is_ok_and(|m| m.len() > 0) {
+                    tracing::warn!(
+                        key = %path.display(),
+                        "no code key beside an existing database: made a new one; codes and recovery words issued before no longer match (restore code.key from the backup if it exists)"
+                    );
+                }
                 let key = crate::trust::codes::CodeKey::random();
                 write_new_secret(&path, &key.to_hex())
                     .map_err(|e| err(format!("cannot create {}: {e}", path.display())))?;
