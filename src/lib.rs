@@ -11,6 +11,7 @@ pub mod changes;
 pub mod channels;
 pub mod cli;
 pub mod config;
+pub mod directory;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod inbound;

@@ -6,6 +6,8 @@ mod ca;
 mod dkim;
 mod doctor;
 mod explain;
+mod export;
+mod import;
 mod inbound;
 mod keys;
 mod migrate;
@@ -93,6 +95,12 @@ pub enum Command {
     /// DKIM keys, and the DNS records that publish them.
     #[command(subcommand)]
     Dkim(DkimCommand),
+    /// Load the directory in bulk from a file.
+    #[command(subcommand)]
+    Import(ImportCommand),
+    /// Write the directory to a file that `kci import` reads.
+    #[command(subcommand)]
+    Export(ExportCommand),
     /// Print a completion script for SHELL (bash, zsh, fish, elvish,
     /// powershell), such as for /usr/share/bash-completion/completions/kci.
     Completions {
@@ -109,6 +117,51 @@ pub enum Command {
     /// Print the API's description (OpenAPI 3.1 JSON), as `GET
     /// /openapi.json` serves it and `openapi.json` holds it.
     Openapi,
+}
+
+#[derive(Subcommand)]
+pub enum ImportCommand {
+    /// Accounts, contacts and destinations from FILE: CSV with a header
+    /// row or NDJSON, one row per destination (docs/import.md). Each row
+    /// is checked as the API checks it; what the API protects (lowering
+    /// an account's security, a new destination on a high account
+    /// somebody is told on, changing a destination) is refused, never
+    /// done, and nothing is removed. Refused rows are reported as `line
+    /// N: reason`, then a summary; running the file again changes
+    /// nothing. Exit 0 every row imported or unchanged, 1 some refused,
+    /// 2 the file could not be used (missing, unknown format, bad
+    /// header) or the import stopped (batches before it are written).
+    Directory {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The file, or `-` for stdin (with --format).
+        file: PathBuf,
+        /// The format; default: by the file's extension (.csv, or .ndjson
+        /// or .jsonl).
+        #[arg(long, value_enum)]
+        format: Option<crate::directory::file::Format>,
+        /// Write the refused rows and the summary to this file rather
+        /// than stderr.
+        #[arg(long)]
+        report: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ExportCommand {
+    /// Every account, contact and destination, in the format `kci import
+    /// directory` reads: importing it into an empty database gives the
+    /// same directory. No secret is written (signing secrets, codes).
+    Directory {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long, value_enum, default_value = "csv")]
+        format: crate::directory::file::Format,
+        /// Write to this file (created readable by its owner only) rather
+        /// than stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -343,6 +396,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             rsa,
         }) => dkim::generate(config, selector, out, rsa),
         Command::Dkim(DkimCommand::Dns(c)) => dkim::dns(c),
+        Command::Import(ImportCommand::Directory {
+            config,
+            file,
+            format,
+            report,
+        }) => import::directory(config, file, format, report).await,
+        Command::Export(ExportCommand::Directory {
+            config,
+            format,
+            out,
+        }) => export::directory(config, format, out).await,
         Command::Doctor(c) => doctor::run(c).await,
         Command::Status(c) => status::run(c).await,
         Command::Completions { shell } => {

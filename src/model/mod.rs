@@ -13,6 +13,7 @@ mod delivery;
 mod directory;
 mod duration;
 mod event;
+mod import;
 mod keys;
 mod notification;
 mod planning;
@@ -46,6 +47,9 @@ pub use directory::{
 };
 pub use duration::Span;
 pub use event::Event;
+pub use import::{
+    ImportBatch, ImportCounts, ImportOutcome, ImportRow, ImportRule, ImportSeen, ImportWrite,
+};
 pub use keys::{
     AddressKeys, AdmitRule, Confirmed, KeyRecord, KeyRequest, KeyState, KeyStatus, KeyToken,
     KeyWrite, LinkRow, LinkRule, ProofUse, Refused, TokenPurpose,

@@ -2365,6 +2365,165 @@ pub async fn check_inspect(store: &dyn Store) {
     }
 }
 
+/// The rows of a CSV text, checked as `kci import directory` checks them.
+fn import_rows(csv: &str) -> Vec<crate::model::ImportRow> {
+    use crate::directory::file::{self, Format, Header, RawRow, Reader, Record};
+    let hub = file::Hub {
+        channels: ChannelKind::ALL.to_vec(),
+        allow_http: false,
+    };
+    let mut reader = Reader::new(csv.as_bytes(), Format::Csv);
+    let Some((_, Record::Fields(h))) = reader.next_record().unwrap() else {
+        panic!("a header")
+    };
+    let header = Header::parse(&h).unwrap();
+    let mut out = Vec::new();
+    while let Some((line, rec)) = reader.next_record().unwrap() {
+        let Record::Fields(f) = rec else {
+            panic!("line {line}: {rec:?}")
+        };
+        let raw = RawRow::from_csv(&header, &f).unwrap();
+        out.push(file::check(raw, line, &hub).unwrap_or_else(|e| panic!("line {line}: {e}")));
+    }
+    out
+}
+
+/// One import batch as `kci import directory` hands it over.
+async fn import(store: &dyn Store, csv: &str) -> Vec<crate::model::ImportOutcome> {
+    let batch = crate::model::ImportBatch {
+        rows: import_rows(csv),
+        actor: "cli".into(),
+        what: "test.csv".into(),
+        refused_before: 0,
+        at: t("2026-03-22T10:00:00Z"),
+    };
+    store
+        .import_directory(batch, crate::directory::import::decide)
+        .await
+        .unwrap()
+}
+
+fn outcome_kinds(o: &[crate::model::ImportOutcome]) -> Vec<&'static str> {
+    use crate::model::ImportOutcome::*;
+    o.iter()
+        .map(|o| match o {
+            Created => "created",
+            Updated => "updated",
+            Unchanged => "unchanged",
+            Refused(_) => "refused",
+        })
+        .collect()
+}
+
+/// A bulk import: a new `high` account created whole with verified
+/// destinations; the same rows again change nothing and leave no audit
+/// entry; what the API protects is refused, row by row, while the rest
+/// of the batch is written; an export's pages hold it all.
+pub async fn check_import_directory(store: &dyn Store) {
+    const HEAD: &str =
+        "account,account_name,security_level,contact,destination,uri,verified,prefs\n";
+    let first = format!(
+        "{HEAD}A1,Alice Ltd,high,alice,,mailto:alice@example.com,true,\n\
+         A1,Alice Ltd,high,alice,,sms:+447700900123,true,\n\
+         A1,Alice Ltd,high,bob,,,,\n\
+         A2,,,,,,,\n\
+         A3,Carol,,carol,d-fixed,mailto:carol@example.com,false,\"{{\"\"min_priority\"\":\"\"high\"\"}}\"\n"
+    );
+    let created = import(store, &first).await;
+    assert_eq!(outcome_kinds(&created), vec!["created"; 5]);
+    let audited = |entries: &[crate::model::audit::AuditEntry]| {
+        entries
+            .iter()
+            .filter(|e| e.draft.action == "directory.imported")
+            .map(|e| e.draft.detail.clone().unwrap_or_default())
+            .collect::<Vec<_>>()
+    };
+    let entries = store.audit_entries(None, 0, 100).await.unwrap();
+    assert_eq!(
+        audited(&entries),
+        vec!["test.csv: 5 created, 0 updated, 0 unchanged, 0 refused".to_string()]
+    );
+    let a1 = store.account_view("A1").await.unwrap().unwrap();
+    assert_eq!(a1.account.security_level, SecurityLevel::High);
+    assert_eq!(a1.contacts.len(), 2);
+    assert_eq!(a1.contacts[0].destinations.len(), 2);
+    assert!(a1.contacts[0].destinations.iter().all(|d| d.verified));
+    let a3 = store.account_view("A3").await.unwrap().unwrap();
+    assert_eq!(a3.contacts[0].destinations[0].id, "d-fixed");
+    assert_eq!(
+        a3.contacts[0].destinations[0].prefs.min_priority,
+        Some(Priority::High)
+    );
+
+    // Again: nothing changes, nothing is audited.
+    let again = import(store, &first).await;
+    assert_eq!(outcome_kinds(&again), vec!["unchanged"; 5]);
+    assert_eq!(
+        store.audit_entries(None, 0, 100).await.unwrap().len(),
+        entries.len()
+    );
+
+    // What the API protects, refused; the rest written.
+    let second = format!(
+        "{HEAD}A1,Alice Ltd,high,alice,,ntfy:alice-phone,true,\n\
+         A1,Alice Ltd,standard,,,,,\n\
+         A2,Bob Ltd,,,,,,\n\
+         A2,Bob Ltd,,dave,d-fixed,mailto:dave@example.com,true,\n\
+         A3,Carol,,carol,,mailto:carol@example.com,true,\n\
+         A3,Carol,,carol,d-fixed,mailto:carol@example.com,true,\"{{\"\"min_priority\"\":\"\"high\"\"}}\"\n\
+         A3,Carol,,carol,d-fixed,mailto:carol@example.com,true,\"{{\"\"min_priority\"\":\"\"high\"\"}}\"\n"
+    );
+    let got = import(store, &second).await;
+    assert_eq!(
+        outcome_kinds(&got),
+        vec![
+            "refused",
+            "refused",
+            "updated",
+            "refused",
+            "refused",
+            "updated",
+            "unchanged"
+        ],
+        "{got:?}"
+    );
+    let a1 = store.account_view("A1").await.unwrap().unwrap();
+    assert_eq!(a1.account.security_level, SecurityLevel::High);
+    assert_eq!(a1.contacts[0].destinations.len(), 2);
+    assert_eq!(
+        store
+            .account_view("A2")
+            .await
+            .unwrap()
+            .unwrap()
+            .account
+            .name,
+        "Bob Ltd"
+    );
+    assert!(store.account_view("A3").await.unwrap().unwrap().contacts[0].destinations[0].verified);
+    let entries = store.audit_entries(None, 0, 100).await.unwrap();
+    assert_eq!(
+        audited(&entries).last().map(String::as_str),
+        Some("test.csv: 0 created, 2 updated, 1 unchanged, 4 refused")
+    );
+
+    // An export reads it all back a page at a time, in the order of ids.
+    let page = store.directory_page(None, 2).await.unwrap();
+    let ids: Vec<_> = page.iter().map(|v| v.account.id.as_str()).collect();
+    assert_eq!(ids, ["A1", "A2"]);
+    assert_eq!(page[0], a1);
+    let rest = store.directory_page(Some("A2"), 2).await.unwrap();
+    assert_eq!(rest.len(), 1);
+    assert_eq!(rest[0], store.account_view("A3").await.unwrap().unwrap());
+    assert!(
+        store
+            .directory_page(Some("A3"), 2)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
 conformance!(
     check_inspect,
     check_tokens,
@@ -2387,6 +2546,7 @@ conformance!(
     check_staff_tokens,
     check_calls,
     check_assurance,
+    check_import_directory,
 );
 
 /// Assurance recovery on a store: record, confirm by the link, complete

@@ -457,6 +457,103 @@ async fn account_view(rows: &mut impl Rows, id: &str) -> Result<Option<AccountVi
     Ok(Some(AccountView { account, contacts }))
 }
 
+/// The account an import's rows are at: as stored, with the rows of the
+/// batch so far written.
+struct Importing {
+    id: String,
+    account: Option<Account>,
+    contacts: Vec<Contact>,
+    destinations: Vec<Destination>,
+}
+
+/// One import batch in one transaction (see
+/// [`DirectoryStore::import_directory`]).
+async fn import_batch(
+    rows: &mut impl Rows,
+    batch: crate::model::ImportBatch,
+    rule: crate::model::ImportRule,
+) -> Result<Vec<crate::model::ImportOutcome>> {
+    use crate::model::{ImportCounts, ImportSeen, ImportWrite};
+    let mut outcomes = Vec::with_capacity(batch.rows.len());
+    let mut counts = ImportCounts {
+        refused: batch.refused_before,
+        ..ImportCounts::default()
+    };
+    // Accounts this batch created: nobody was told on them before.
+    let mut fresh: std::collections::HashSet<String> = std::collections::HashSet::new();
+    let mut at: Option<Importing> = None;
+    for row in &batch.rows {
+        let id = &row.account.id;
+        if at.as_ref().is_none_or(|a| &a.id != id) {
+            // As `put_account` and the change steps: one writer per
+            // account's directory at a time.
+            rows.lock_key(id, "kci.changes").await?;
+            at = Some(Importing {
+                id: id.clone(),
+                account: rows.account(id).await?,
+                contacts: rows.contacts(id).await?,
+                destinations: rows.destinations(id).await?,
+            });
+        }
+        let Some(cur) = at.as_mut() else {
+            continue;
+        };
+        let id_elsewhere = match &row.destination {
+            Some(d)
+                if row.destination_id_given && !cur.destinations.iter().any(|x| x.id == d.id) =>
+            {
+                rows.destination_account(&d.id).await?.is_some()
+            }
+            _ => false,
+        };
+        let seen = ImportSeen {
+            account: cur.account.as_ref(),
+            contacts: &cur.contacts,
+            destinations: &cur.destinations,
+            fresh: fresh.contains(id),
+            id_elsewhere,
+        };
+        let (outcome, writes) = rule(&seen, row);
+        for w in writes {
+            match w {
+                ImportWrite::Account(a) => {
+                    rows.upsert_account(&a).await?;
+                    if cur.account.is_none() {
+                        fresh.insert(a.id.clone());
+                    }
+                    cur.account = Some(a);
+                }
+                ImportWrite::Contact(c) => {
+                    rows.upsert_contact(id, &c).await?;
+                    match cur.contacts.iter_mut().find(|x| x.id == c.id) {
+                        Some(x) => *x = c,
+                        None => cur.contacts.push(c),
+                    }
+                }
+                ImportWrite::Destination(d) => {
+                    rows.insert_destination(id, &d).await?;
+                    cur.destinations.push(d);
+                }
+                ImportWrite::Verify(did) => {
+                    rows.set_verified(&did).await?;
+                    if let Some(x) = cur.destinations.iter_mut().find(|x| x.id == did) {
+                        x.verified = true;
+                    }
+                }
+            }
+        }
+        counts.add(&outcome);
+        outcomes.push(outcome);
+    }
+    if counts.created + counts.updated + counts.refused > 0 {
+        let mut d = AuditDraft::new(&batch.actor, "directory.imported", "ok");
+        d.source = Some("cli".into());
+        d.detail = Some(format!("{}: {counts}", batch.what));
+        append_audit(rows, d, batch.at).await?;
+    }
+    Ok(outcomes)
+}
+
 /// One event of an ingest: checked, planned and written, or refused.
 async fn ingest_one(
     rows: &mut impl Rows,
@@ -898,6 +995,61 @@ impl<B: Backend> DirectoryStore for Db<B> {
         let uri = uri.to_string();
         self.read(move |rows| Box::pin(async move { rows.contacts_with_uri(&uri).await }))
             .await
+    }
+
+    async fn import_directory(
+        &self,
+        batch: crate::model::ImportBatch,
+        rule: crate::model::ImportRule,
+    ) -> Result<Vec<crate::model::ImportOutcome>> {
+        self.write(move |rows| Box::pin(async move { import_batch(rows, batch, rule).await }))
+            .await
+    }
+
+    async fn directory_page(&self, after: Option<&str>, limit: usize) -> Result<Vec<AccountView>> {
+        let after = after.map(str::to_string);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(move |rows| {
+            Box::pin(async move {
+                let accounts = rows.accounts_after(after.as_deref(), limit).await?;
+                let (Some(first), Some(last)) = (accounts.first(), accounts.last()) else {
+                    return Ok(Vec::new());
+                };
+                let (first, last) = (first.id.clone(), last.id.clone());
+                let mut views: Vec<AccountView> = accounts
+                    .into_iter()
+                    .map(|account| AccountView {
+                        account,
+                        contacts: Vec::new(),
+                    })
+                    .collect();
+                let at: std::collections::HashMap<String, usize> = views
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| (v.account.id.clone(), i))
+                    .collect();
+                for (account, contact) in rows.contacts_between(&first, &last).await? {
+                    if let Some(&i) = at.get(&account) {
+                        views[i].contacts.push(ContactView {
+                            contact,
+                            destinations: Vec::new(),
+                        });
+                    }
+                }
+                for (account, dest) in rows.destinations_between(&first, &last).await? {
+                    let Some(&i) = at.get(&account) else { continue };
+                    if let Some(cv) = views[i]
+                        .contacts
+                        .iter_mut()
+                        .find(|c| c.contact.id == dest.contact)
+                    {
+                        cv.destinations.push(dest);
+                    }
+                }
+                Ok(views)
+            })
+        })
+        .await
     }
 
     async fn count_outcome(

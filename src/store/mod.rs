@@ -356,6 +356,22 @@ pub trait DirectoryStore: Send + Sync {
     /// The (account, contact) pairs with a destination `uri`.
     async fn contacts_with_uri(&self, uri: &str) -> Result<Vec<(String, String)>>;
 
+    /// Imports a batch of rows (`kci import directory`) in one
+    /// transaction: each decided by `rule` (`directory::import::decide`)
+    /// against its account as it stands, earlier rows written, and its
+    /// writes made; one audit entry `directory.imported` with the counts,
+    /// if anything was written or refused. The outcomes, in row order.
+    async fn import_directory(
+        &self,
+        batch: crate::model::ImportBatch,
+        rule: crate::model::ImportRule,
+    ) -> Result<Vec<crate::model::ImportOutcome>>;
+
+    /// Up to `limit` accounts after `after` in the order of their ids,
+    /// each with its contacts and destinations (no secret): a page of
+    /// `kci export directory`.
+    async fn directory_page(&self, after: Option<&str>, limit: usize) -> Result<Vec<AccountView>>;
+
     /// Counts a delivery's outcome against its destination: a success
     /// clears the count, a permanent failure adds one, and the failure
     /// that reaches `threshold` marks the destination unhealthy — only then

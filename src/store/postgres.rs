@@ -485,6 +485,51 @@ impl Rows for PgRows {
         Ok(self.exec(sql, &[&d.id, &d.account, &d.contact]).await? > 0)
     }
 
+    async fn destination_account(&mut self, id: &str) -> Result<Option<String>> {
+        self.one(rows::sql::DESTINATION_ACCOUNT, &[&id], |r| r.text(0))
+            .await
+    }
+
+    async fn set_verified(&mut self, id: &str) -> Result<()> {
+        self.exec(rows::sql::SET_VERIFIED, &[&id]).await?;
+        Ok(())
+    }
+
+    async fn accounts_after(&mut self, after: Option<&str>, limit: i64) -> Result<Vec<Account>> {
+        self.all(
+            &rows::sql::accounts_after(),
+            &[&after, &limit],
+            rows::account,
+        )
+        .await
+    }
+
+    async fn contacts_between(
+        &mut self,
+        first: &str,
+        last: &str,
+    ) -> Result<Vec<(String, Contact)>> {
+        self.all(
+            &rows::sql::contacts_between(),
+            &[&first, &last],
+            rows::contact_of,
+        )
+        .await
+    }
+
+    async fn destinations_between(
+        &mut self,
+        first: &str,
+        last: &str,
+    ) -> Result<Vec<(String, Destination)>> {
+        self.all(
+            &rows::sql::destinations_between(),
+            &[&first, &last],
+            rows::destination_of,
+        )
+        .await
+    }
+
     async fn contacts_with_uri(&mut self, uri: &str) -> Result<Vec<(String, String)>> {
         let sql = "SELECT DISTINCT account, contact FROM destinations WHERE uri = $1 ORDER BY account, contact";
         self.all(sql, &[&uri], |r| Ok((r.text(0)?, r.text(1)?)))

@@ -238,6 +238,33 @@ pub trait Rows: Send + 'static {
         d: &Destination,
     ) -> impl Future<Output = Result<()>> + Send;
     fn delete_destination(&mut self, d: DestRef<'_>) -> impl Future<Output = Result<bool>> + Send;
+    /// The account a destination id belongs to, if any.
+    fn destination_account(
+        &mut self,
+        id: &str,
+    ) -> impl Future<Output = Result<Option<String>>> + Send;
+    /// Marks a destination verified (an import's, by an operator).
+    fn set_verified(&mut self, id: &str) -> impl Future<Output = Result<()>> + Send;
+    /// Up to `limit` accounts after `after`, by id.
+    fn accounts_after(
+        &mut self,
+        after: Option<&str>,
+        limit: i64,
+    ) -> impl Future<Output = Result<Vec<Account>>> + Send;
+    /// The contacts of the accounts from `first` to `last` (by id), each
+    /// with its account.
+    fn contacts_between(
+        &mut self,
+        first: &str,
+        last: &str,
+    ) -> impl Future<Output = Result<Vec<(String, Contact)>>> + Send;
+    /// The destinations of the accounts from `first` to `last`, each with
+    /// its account.
+    fn destinations_between(
+        &mut self,
+        first: &str,
+        last: &str,
+    ) -> impl Future<Output = Result<Vec<(String, Destination)>>> + Send;
     fn contacts_with_uri(
         &mut self,
         uri: &str,
@@ -497,7 +524,10 @@ pub trait Cols {
 /// `$2::TEXT`); SQLite runs them through [`sqlite`]. Row locks
 /// (`FOR UPDATE`) are PostgreSQL's own, added there.
 pub mod sql {
-    use super::{AUDIT_COLUMNS, CALL_COLUMNS, INCIDENT_COLUMNS, VETO_LINK_COLUMNS};
+    use super::{
+        ACCOUNT_COLUMNS, AUDIT_COLUMNS, CALL_COLUMNS, CONTACT_COLUMNS, DESTINATION_COLUMNS,
+        INCIDENT_COLUMNS, VETO_LINK_COLUMNS,
+    };
 
     pub const MOVE_KEY: &str = "UPDATE keys SET state = $3, activated_at = COALESCE($4, activated_at) \
          WHERE address = $1 AND fingerprint = $2";
@@ -515,10 +545,36 @@ pub mod sql {
          (SELECT COUNT(*) FROM changes WHERE state = 'pending'), \
          (SELECT COUNT(*) FROM incidents WHERE state = 'open'), \
          (SELECT COUNT(*) FROM destinations WHERE unhealthy_since IS NOT NULL)";
+    /// The account destination `$1` belongs to.
+    pub const DESTINATION_ACCOUNT: &str = "SELECT account FROM destinations WHERE id = $1";
+    /// An operator's import marks destination `$1` verified.
+    pub const SET_VERIFIED: &str = "UPDATE destinations SET verified = TRUE WHERE id = $1";
     pub const USE_VETO_LINK: &str = "UPDATE change_links SET used_at = $2 WHERE hash = $1";
     pub const SET_SECURITY: &str =
         "UPDATE accounts SET security_level = $2, paranoid = $3 WHERE id = $1";
 
+    /// Accounts after `$1` (all if NULL) by id, `$2` at most: a page of
+    /// an export.
+    pub fn accounts_after() -> String {
+        format!(
+            "SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE ($1::TEXT IS NULL OR id > $1) \
+             ORDER BY id LIMIT $2"
+        )
+    }
+    /// The contacts of accounts `$1` to `$2`, their account last.
+    pub fn contacts_between() -> String {
+        format!(
+            "SELECT {CONTACT_COLUMNS}, account FROM contacts WHERE account >= $1 AND account <= $2 \
+             ORDER BY account, id"
+        )
+    }
+    /// The destinations of accounts `$1` to `$2`, their account last.
+    pub fn destinations_between() -> String {
+        format!(
+            "SELECT {DESTINATION_COLUMNS}, account FROM destinations \
+             WHERE account >= $1 AND account <= $2 ORDER BY account, contact, id"
+        )
+    }
     pub fn veto_link() -> String {
         format!("SELECT {VETO_LINK_COLUMNS} FROM change_links WHERE hash = $1")
     }
@@ -899,6 +955,11 @@ pub fn contact(r: &impl Cols) -> Result<Contact> {
     })
 }
 
+/// A contact read by [`sql::contacts_between`], with its account.
+pub fn contact_of(r: &impl Cols) -> Result<(String, Contact)> {
+    Ok((r.text(4)?, contact(r)?))
+}
+
 /// The columns [`destination`] reads.
 pub const DESTINATION_COLUMNS: &str = "id, contact, uri, prefs, verified, unhealthy_since";
 
@@ -911,6 +972,11 @@ pub fn destination(r: &impl Cols) -> Result<Destination> {
         verified: r.flag(4)?,
         unhealthy_since: r.opt_time(5)?,
     })
+}
+
+/// A destination read by [`sql::destinations_between`], with its account.
+pub fn destination_of(r: &impl Cols) -> Result<(String, Destination)> {
+    Ok((r.text(6)?, destination(r)?))
 }
 
 /// The columns [`token`] reads.
@@ -991,5 +1057,6 @@ mod tests {
         assert_eq!(sqlite("price $ and $x stay"), "price $ and $x stay");
         assert!(!sqlite(&sql::incidents()).contains('$'));
         assert!(!sqlite(&sql::audit()).contains("::"));
+        assert!(!sqlite(&sql::accounts_after()).contains("::"));
     }
 }

@@ -483,6 +483,49 @@ impl Rows for Lite {
         Ok(self.exec(sql, [d.id, d.account, d.contact])? > 0)
     }
 
+    async fn destination_account(&mut self, id: &str) -> Result<Option<String>> {
+        self.one(&rows::sqlite(rows::sql::DESTINATION_ACCOUNT), [id], |r| {
+            r.text(0)
+        })
+    }
+
+    async fn set_verified(&mut self, id: &str) -> Result<()> {
+        self.exec(&rows::sqlite(rows::sql::SET_VERIFIED), [id])?;
+        Ok(())
+    }
+
+    async fn accounts_after(&mut self, after: Option<&str>, limit: i64) -> Result<Vec<Account>> {
+        self.all(
+            &rows::sqlite(&rows::sql::accounts_after()),
+            params![after, limit],
+            |r| rows::account(r),
+        )
+    }
+
+    async fn contacts_between(
+        &mut self,
+        first: &str,
+        last: &str,
+    ) -> Result<Vec<(String, Contact)>> {
+        self.all(
+            &rows::sqlite(&rows::sql::contacts_between()),
+            [first, last],
+            |r| rows::contact_of(r),
+        )
+    }
+
+    async fn destinations_between(
+        &mut self,
+        first: &str,
+        last: &str,
+    ) -> Result<Vec<(String, Destination)>> {
+        self.all(
+            &rows::sqlite(&rows::sql::destinations_between()),
+            [first, last],
+            |r| rows::destination_of(r),
+        )
+    }
+
     async fn contacts_with_uri(&mut self, uri: &str) -> Result<Vec<(String, String)>> {
         let sql = "SELECT DISTINCT account, contact FROM destinations WHERE uri = ?1 ORDER BY account, contact";
         self.all(sql, [uri], |r| Ok((r.text(0)?, r.text(1)?)))

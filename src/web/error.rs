@@ -81,6 +81,12 @@ impl AppError {
     }
 }
 
+impl From<crate::directory::Invalid> for AppError {
+    fn from(e: crate::directory::Invalid) -> Self {
+        AppError::invalid(e.code, &e.field, e.message)
+    }
+}
+
 impl From<crate::store::StoreError> for AppError {
     fn from(e: crate::store::StoreError) -> Self {
         AppError::Internal(e.to_string())

@@ -13,6 +13,7 @@ mod common;
 mod crash;
 mod delivery;
 mod doctor;
+mod import;
 #[allow(dead_code)] // the benchmark reads figures the test does not
 mod load_scenario;
 mod mail_transport;

@@ -7,8 +7,8 @@ use crate::changes::{Actor, Engine};
 use crate::model::Preferences;
 use crate::model::audit::AuditDraft;
 use crate::model::{
-    Account, ChangeAnswer, ChangeKind, ChannelKind, Contact, Destination, DestinationPlan,
-    DestinationUri, Scope, SecurityLevel, Subject, TimeZoneName, check_id,
+    Account, ChangeAnswer, ChangeKind, ChannelKind, Destination, DestinationPlan, Scope,
+    SecurityLevel, Subject, check_id,
 };
 use crate::model::{AccountView, Change};
 use crate::store::{PutOutcome, RenewOutcome, VerifyOutcome};
@@ -124,27 +124,7 @@ async fn prefixes(
             .unwrap_or_default());
     };
     caller.require(Scope::DirectoryAdmin)?;
-    if list.len() > crate::model::MAX_PREFIXES {
-        return Err(AppError::invalid(
-            "invalid_field",
-            "prefixes",
-            format!("at most {} prefixes", crate::model::MAX_PREFIXES),
-        ));
-    }
-    list.iter()
-        .map(|p| {
-            p.parse::<ipnet::IpNet>().map(|n| n.trunc()).map_err(|_| {
-                AppError::invalid(
-                    "invalid_field",
-                    "prefixes",
-                    format!(
-                        "`{}` is not a network prefix such as 203.0.113.0/24",
-                        crate::model::excerpt(p, 64)
-                    ),
-                )
-            })
-        })
-        .collect()
+    Ok(crate::directory::prefixes(&list)?)
 }
 
 /// Create or replace an account.
@@ -174,26 +154,17 @@ pub async fn put_account(
     caller.require(Scope::DirectoryWrite)?;
     check_path_id("id", &id)?;
     let input: AccountInput = super::json_body(&body)?;
-    let timezone = input
-        .timezone
-        .map(|t| t.parse::<TimeZoneName>())
-        .transpose()
-        .map_err(|e| AppError::invalid("invalid_field", "timezone", e))?;
-    let security_level = input
-        .security_level
-        .map(|s| s.parse::<SecurityLevel>())
-        .transpose()
-        .map_err(|e| AppError::invalid("invalid_field", "security_level", e))?
-        .unwrap_or_default();
-    let prefixes = prefixes(&st, &caller, &id, input.prefixes).await?;
-    let account = Account {
-        name: input.name.unwrap_or_else(|| id.clone()),
-        id,
-        timezone,
-        security_level,
-        paranoid: input.paranoid.unwrap_or(false),
+    let fields = crate::directory::AccountFields {
+        name: input.name,
+        timezone: input.timezone,
+        security_level: input.security_level,
+        paranoid: input.paranoid,
         defaults: input.defaults,
-        prefixes,
+    };
+    let account = crate::directory::account(id.clone(), fields)?;
+    let account = Account {
+        prefixes: prefixes(&st, &caller, &id, input.prefixes).await?,
+        ..account
     };
     let (outcome, kept) = st.store.put_account(&account).await?;
     let what = format!(
@@ -404,25 +375,7 @@ pub async fn put_contact(
 ) -> Result<impl IntoResponse, AppError> {
     caller.require(Scope::DirectoryWrite)?;
     check_path_id("contact", &cid)?;
-    let mut map: serde_json::Map<String, serde_json::Value> = super::json_body(&body)?;
-    let name = match map.remove("name") {
-        None | Some(serde_json::Value::Null) => cid.clone(),
-        Some(serde_json::Value::String(s)) => s,
-        Some(_) => {
-            return Err(AppError::invalid(
-                "invalid_field",
-                "name",
-                "must be a string",
-            ));
-        }
-    };
-    let mut prefs = preferences(map)?;
-    let contact = Contact {
-        name,
-        id: cid,
-        timezone: prefs.timezone.take(),
-        prefs,
-    };
+    let contact = crate::directory::contact(cid, super::json_body(&body)?)?;
     match st.store.put_contact(&id, &contact).await? {
         PutOutcome::NoParent => Err(AppError::NotFound {
             what: format!("account `{id}`"),
@@ -444,54 +397,6 @@ pub async fn put_contact(
             Ok((status(o), Json(contact)))
         }
     }
-}
-
-/// Reads the preference fields of a body (all that is left of it), naming
-/// a bad or unknown one.
-fn preferences(map: serde_json::Map<String, serde_json::Value>) -> Result<Preferences, AppError> {
-    serde_path_to_error::deserialize(serde_json::Value::Object(map)).map_err(|e| {
-        let field = e.path().to_string();
-        AppError::invalid("invalid_field", &field, e.into_inner())
-    })
-}
-
-/// A destination body: `uri`, `verified`, and the preference fields.
-struct DestinationInput {
-    uri: String,
-    verified: bool,
-    prefs: Preferences,
-}
-
-fn destination_input(body: &[u8]) -> Result<DestinationInput, AppError> {
-    let mut map: serde_json::Map<String, serde_json::Value> = super::json_body(body)?;
-    let uri = match map.remove("uri") {
-        Some(serde_json::Value::String(s)) => s,
-        Some(_) => {
-            return Err(AppError::invalid(
-                "invalid_field",
-                "uri",
-                "must be a string",
-            ));
-        }
-        None => return Err(AppError::invalid("invalid_field", "uri", "is required")),
-    };
-    let verified = match map.remove("verified") {
-        None | Some(serde_json::Value::Null) => false,
-        Some(serde_json::Value::Bool(b)) => b,
-        Some(_) => {
-            return Err(AppError::invalid(
-                "invalid_field",
-                "verified",
-                "must be true or false",
-            ));
-        }
-    };
-    let prefs = preferences(map)?;
-    Ok(DestinationInput {
-        uri,
-        verified,
-        prefs,
-    })
 }
 
 /// Add a destination.
@@ -523,33 +428,16 @@ pub async fn add_destination(
     body: Bytes,
 ) -> Result<axum::response::Response, AppError> {
     caller.require(Scope::DirectoryWrite)?;
-    let input = destination_input(&body)?;
+    let input = crate::directory::destination_input(super::json_body(&body)?)?;
     if input.verified {
         caller.require(Scope::DirectoryAdmin)?;
     }
-    let uri: DestinationUri = input
-        .uri
-        .parse()
-        .map_err(|e| AppError::invalid("invalid_uri", "uri", e))?;
+    let uri = crate::directory::destination_uri(
+        &input.uri,
+        |kind| st.channels.get(kind).is_some(),
+        st.config.channels.webhook.allow_http,
+    )?;
     let kind = uri.channel();
-    if st.channels.get(kind).is_none() {
-        return Err(AppError::invalid(
-            "invalid_uri",
-            "uri",
-            format!("no {kind} channel is configured on this hub"),
-        ));
-    }
-    if kind == ChannelKind::Webhook
-        && input.uri.starts_with("http:")
-        && !uri.is_loopback_http()
-        && !st.config.channels.webhook.allow_http
-    {
-        return Err(AppError::invalid(
-            "invalid_uri",
-            "uri",
-            "plain http:// is only allowed to loopback (with [channels.webhook] allow_private); use https:// (or set [channels.webhook] allow_http)",
-        ));
-    }
     if let Some(channel) = st.channels.get(kind)
         && let Err(e) = channel.check_destination(&uri).await
     {
