@@ -49,7 +49,7 @@ pub async fn directory(
 }
 
 /// A new or truncated file that only its owner may read.
-fn create_private(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+pub(super) fn create_private(path: &std::path::Path) -> std::io::Result<std::fs::File> {
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);
     #[cfg(unix)]

@@ -44,7 +44,8 @@ pub async fn directory(
         Ok(counts) if counts.refused > 0 => Ok(ExitCode::from(1)),
         Ok(_) => Ok(ExitCode::SUCCESS),
         Err(e) => {
-            eprintln!("kci import: {e:#}");
+            // The header's words may be the file's: shown, not sent.
+            eprintln!("kci import: {}", one_line(&format!("{e:#}")));
             Ok(ExitCode::from(2))
         }
     }
@@ -222,9 +223,11 @@ async fn run(
     let batch = batch_size(url);
     let mut report = Report {
         file: match &report {
-            Some(p) => Some(std::io::BufWriter::new(std::fs::File::create(p).map_err(
-                |e| anyhow::anyhow!("cannot write the report {}: {e}", p.display()),
-            )?)),
+            // It quotes the file's rows: as private as the file.
+            Some(p) => Some(std::io::BufWriter::new(
+                super::export::create_private(p)
+                    .map_err(|e| anyhow::anyhow!("cannot write the report {}: {e}", p.display()))?,
+            )),
             None => None,
         },
         bar: None,

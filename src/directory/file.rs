@@ -451,15 +451,12 @@ pub fn rows_of(view: &AccountView) -> Vec<RawRow> {
 
 /// One CSV field, quoted where it must be (RFC 4180).
 fn csv_field(out: &mut impl Write, s: &str) -> std::io::Result<()> {
-    let quote = s.is_empty()
-        || s.contains([',', '"', '\n', '\r'])
+    // Edge spaces quoted too, so no spreadsheet trims them.
+    let quote = s.contains([',', '"', '\n', '\r'])
         || s.starts_with(char::is_whitespace)
         || s.ends_with(char::is_whitespace);
     if !quote {
         return out.write_all(s.as_bytes());
-    }
-    if s.is_empty() {
-        return Ok(());
     }
     out.write_all(b"\"")?;
     out.write_all(s.replace('"', "\"\"").as_bytes())?;
