@@ -65,18 +65,28 @@ impl<R: Read> Read for Counted<R> {
     }
 }
 
-/// The input, its size if known, and the name the audit and report use.
-fn open(
-    path: &Path,
-) -> anyhow::Result<(Box<dyn BufRead + Send>, Option<u64>, String, Arc<AtomicU64>)> {
+/// The input, its size if known, the name the audit and report use, and
+/// the count of bytes read so far.
+struct Input {
+    reader: Box<dyn BufRead + Send>,
+    size: Option<u64>,
+    name: String,
+    read: Arc<AtomicU64>,
+}
+
+fn open(path: &Path) -> anyhow::Result<Input> {
     let read = Arc::new(AtomicU64::new(0));
     if path.as_os_str() == "-" {
         let input = Counted {
             inner: std::io::stdin(),
             read: read.clone(),
         };
-        let buffered = std::io::BufReader::with_capacity(256 * 1024, input);
-        return Ok((Box::new(buffered), None, "stdin".into(), read));
+        return Ok(Input {
+            reader: Box::new(std::io::BufReader::with_capacity(256 * 1024, input)),
+            size: None,
+            name: "stdin".into(),
+            read,
+        });
     }
     let f = std::fs::File::open(path)
         .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
@@ -85,8 +95,12 @@ fn open(
         inner: f,
         read: read.clone(),
     };
-    let buffered = std::io::BufReader::with_capacity(256 * 1024, input);
-    Ok((Box::new(buffered), size, path.display().to_string(), read))
+    Ok(Input {
+        reader: Box::new(std::io::BufReader::with_capacity(256 * 1024, input)),
+        size,
+        name: path.display().to_string(),
+        read,
+    })
 }
 
 /// A reason as one line of plain text: a file's control characters (a
@@ -211,7 +225,12 @@ async fn run(
             path.display()
         ),
     };
-    let (input, size, name, read) = open(path)?;
+    let Input {
+        reader: input,
+        size,
+        name,
+        read,
+    } = open(path)?;
     let config = super::load_config(&arg)?;
     let channels = crate::channels::Channels::from_config(&config.channels, &config.email)?;
     let hub = file::Hub {

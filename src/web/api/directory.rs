@@ -7,8 +7,8 @@ use crate::changes::{Actor, Engine};
 use crate::model::Preferences;
 use crate::model::audit::AuditDraft;
 use crate::model::{
-    Account, ChangeAnswer, ChangeKind, ChannelKind, Destination, DestinationPlan, Scope,
-    SecurityLevel, Subject, check_id,
+    Account, ChangeAnswer, ChangeKind, ChannelKind, Contact, Destination, DestinationPlan,
+    DestinationUri, Scope, SecurityLevel, Subject, TimeZoneName, check_id,
 };
 use crate::model::{AccountView, Change};
 use crate::store::{PutOutcome, RenewOutcome, VerifyOutcome};
