@@ -69,6 +69,7 @@ fn engine(st: &AppState) -> Engine<'_> {
 }
 
 #[derive(Deserialize, ToSchema)]
+#[schema(examples(json!({"a_word": "lighthouse", "ticket": "T-4711", "met_on": "2026-12-01"})))]
 #[serde(deny_unknown_fields)]
 struct AssureInput {
     /// The word agreed with the customer in person.
@@ -212,6 +213,7 @@ pub async fn list(
 }
 
 #[derive(Deserialize, ToSchema)]
+#[schema(examples(json!({"secret": "lighthouse-marble"})))]
 #[serde(deny_unknown_fields)]
 struct SecretInput {
     /// The A-word, a dash, and the recovery word (T-word) kci mailed.

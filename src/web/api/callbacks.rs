@@ -156,6 +156,7 @@ pub async fn twilio_inbound(
 
 /// A text to the operator's number, as the SMS gateway passes it on.
 #[derive(serde::Deserialize, utoipa::ToSchema)]
+#[schema(examples(json!({"from": "+447700900123", "text": "123456"})))]
 struct GatewayText {
     /// The sender's number, E.164.
     from: String,

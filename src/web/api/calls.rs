@@ -124,6 +124,7 @@ fn six_digits(code: &str) -> Result<&str, AppError> {
 }
 
 #[derive(Deserialize, ToSchema)]
+#[schema(examples(json!({"account": "A1", "contact": "alice"})))]
 #[serde(deny_unknown_fields)]
 struct OpenInput {
     /// The account of the customer on the line.
@@ -196,6 +197,7 @@ pub async fn open(
 }
 
 #[derive(Deserialize, ToSchema)]
+#[schema(examples(json!({"code": "123456"})))]
 #[serde(deny_unknown_fields)]
 struct StaffCodeInput {
     /// The 6 digits the customer read out.
@@ -260,6 +262,7 @@ fn answer(st: &AppState, a: CallAnswer) -> Result<Json<Call>, AppError> {
 }
 
 #[derive(Deserialize, ToSchema)]
+#[schema(examples(json!({"code": "654321", "token": "…the secret of the customer's link…"})))]
 #[serde(deny_unknown_fields)]
 struct CustomerCodeInput {
     /// The 6 digits staff read out.

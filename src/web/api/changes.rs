@@ -160,6 +160,7 @@ const MAX_NOTE: usize = 2000;
 /// What a staff step may carry: a ticket number, a note. The body may be
 /// empty.
 #[derive(Deserialize, Default, ToSchema)]
+#[schema(examples(json!({"ticket": "T-4711", "note": "Customer confirmed on the phone"})))]
 #[serde(deny_unknown_fields)]
 struct StepInput {
     ticket: Option<String>,
@@ -406,6 +407,7 @@ pub async fn veto(
 }
 
 #[derive(Deserialize, ToSchema)]
+#[schema(examples(json!({"destination": "01a2371a-698e-705d-b6f4-c03774e1edde", "proof": "split", "second": "01a2371a-76e1-770a-ba97-565c46bacf0e"})))]
 #[serde(deny_unknown_fields)]
 struct CodeInput {
     /// A verified destination's id (a mailbox for `split` and `reply`).
@@ -474,6 +476,7 @@ pub async fn send_code(
 }
 
 #[derive(Deserialize, ToSchema)]
+#[schema(examples(json!({"code": "123456"})))]
 #[serde(deny_unknown_fields)]
 struct ProofInput {
     /// The 6 digits sent, or the sum of a split code's two numbers.
@@ -559,6 +562,7 @@ pub(super) async fn proof_answer(
 }
 
 #[derive(Deserialize, ToSchema)]
+#[schema(examples(json!({"address": "203.0.113.7"})))]
 #[serde(deny_unknown_fields)]
 struct ConnectionInput {
     /// The IPv4 or IPv6 address the customer's request came from.

@@ -34,6 +34,7 @@ pub struct AccountWithChange {
 /// A contact: its name and time zone, and optionally the preference fields
 /// a destination takes, for all its destinations.
 #[derive(ToSchema)]
+#[schema(examples(json!({"name": "Alice", "timezone": "Europe/London", "services": ["broadband"]})))]
 #[allow(dead_code)]
 struct ContactInput {
     /// Absent: the contact's id.
@@ -45,6 +46,7 @@ struct ContactInput {
 /// A destination: where, whether it is verified already (a bulk load:
 /// `directory:admin`), and its preference fields.
 #[derive(ToSchema)]
+#[schema(examples(json!({"uri": "mailto:alice@example.com", "min_priority": "normal"})))]
 #[allow(dead_code)]
 struct DestinationBody {
     uri: DestinationUri,
@@ -89,6 +91,7 @@ fn status(o: PutOutcome) -> StatusCode {
 }
 
 #[derive(Deserialize, ToSchema)]
+#[schema(examples(json!({"name": "Alice Ltd", "timezone": "Europe/London", "security_level": "high", "defaults": {"window": "Mo-Fr 08:00-20:00"}})))]
 #[serde(deny_unknown_fields)]
 struct AccountInput {
     /// Absent: the account's id.
@@ -603,6 +606,7 @@ pub async fn renew_code(
 }
 
 #[derive(Deserialize, Default, ToSchema)]
+#[schema(examples(json!({"overlap": "24h"})))]
 #[serde(deny_unknown_fields)]
 struct RotateInput {
     /// How long the old secret stays valid beside the new one (default
@@ -682,6 +686,7 @@ pub async fn rotate_secret(
 }
 
 #[derive(Deserialize, ToSchema)]
+#[schema(examples(json!({"code": "123456"})))]
 #[serde(deny_unknown_fields)]
 struct VerifyInput {
     /// The 6 digits sent to the destination.

@@ -17,6 +17,7 @@ use utoipa::ToSchema;
 /// An event stored (202), or one seen before under the same id (its first
 /// answer again; nothing new is written).
 #[derive(Serialize, ToSchema)]
+#[schema(examples(json!({"id": "evt-1", "notifications": 2})))]
 pub struct Accepted {
     pub id: String,
     /// How many notifications were planned for it.

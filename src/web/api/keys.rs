@@ -103,6 +103,7 @@ fn address(raw: &str) -> Result<String, AppError> {
 }
 
 #[derive(Deserialize, ToSchema)]
+#[schema(examples(json!({"address": "alice@example.com", "key": "-----BEGIN PGP PUBLIC KEY BLOCK-----\n…\n-----END PGP PUBLIC KEY BLOCK-----"})))]
 #[serde(deny_unknown_fields)]
 struct SubmitInput {
     /// The email address the key is for.
