@@ -3,8 +3,8 @@
 //! example, as its `FromStr` reads it.
 
 use super::{Cap, DestinationUri, Priority, Span, TimeZoneName, window::Window};
+use utoipa::openapi::RefOr;
 use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
-use utoipa::openapi::{KnownFormat, RefOr, SchemaFormat};
 
 /// A string schema with `description` and `example`.
 fn text(description: &str, example: &str) -> RefOr<Schema> {
@@ -68,13 +68,5 @@ pub fn prefixes() -> Schema {
                 .description(Some("A network prefix in CIDR notation"))
                 .examples(["203.0.113.0/24"]),
         )
-        .into()
-}
-
-/// A time as kci writes it: RFC 3339 in UTC.
-pub fn time() -> Schema {
-    ObjectBuilder::new()
-        .schema_type(Type::String)
-        .format(Some(SchemaFormat::KnownFormat(KnownFormat::DateTime)))
         .into()
 }

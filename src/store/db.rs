@@ -55,6 +55,11 @@ pub trait Backend: Send + Sync + 'static {
     const ONE_PROCESS: bool;
     /// The schema, by version.
     const MIGRATIONS: &'static [(i64, &'static str)];
+    /// The newest schema version this build knows.
+    const LATEST: i64 = match Self::MIGRATIONS.last() {
+        Some(m) => m.0,
+        None => 0,
+    };
     /// Runs `job` in a transaction, committed (durably) before it answers;
     /// an error takes back everything it wrote.
     fn write<T: Send + 'static>(
@@ -1758,9 +1763,11 @@ impl<B: Backend> Store for Db<B> {
         self.write(|rows| {
             Box::pin(async move {
                 let have = rows.schema_version().await?;
-                let latest = B::MIGRATIONS.last().map_or(0, |m| m.0);
-                if have > latest {
-                    return Err(StoreError::SchemaAhead { have, latest });
+                if have > B::LATEST {
+                    return Err(StoreError::SchemaAhead {
+                        have,
+                        latest: B::LATEST,
+                    });
                 }
                 for (version, sql) in B::MIGRATIONS {
                     if *version > have {
@@ -1775,7 +1782,6 @@ impl<B: Backend> Store for Db<B> {
     }
 
     async fn inspect(&self) -> Result<super::StoreInfo> {
-        let latest = B::MIGRATIONS.last().map_or(0, |m| m.0);
         let (schema, server_time) = self
             .write(|rows| {
                 Box::pin(
@@ -1785,7 +1791,7 @@ impl<B: Backend> Store for Db<B> {
             .await?;
         Ok(super::StoreInfo {
             schema,
-            latest,
+            latest: B::LATEST,
             server_time: server_time.and_then(DateTime::from_timestamp_millis),
         })
     }

@@ -22,12 +22,13 @@ use utoipa_axum::routes;
 /// Everything: the API, and what customers and providers reach.
 pub fn routes() -> Router<AppState> {
     let (router, spec) = router_and_spec();
-    let text = std::sync::Arc::new(spec.to_pretty_json().unwrap_or_default() + "\n");
+    // Rendered once; each answer shares the bytes.
+    let text = axum::body::Bytes::from(openapi::render(&spec));
     router.route(
         "/openapi.json",
         axum::routing::get(move || {
             let text = text.clone();
-            async move { ([("content-type", "application/json")], text.to_string()) }
+            async move { ([("content-type", "application/json")], text) }
         }),
     )
 }

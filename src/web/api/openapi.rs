@@ -189,8 +189,12 @@ pub struct Ticket {
 
 /// The description as served and checked in.
 pub fn json() -> String {
-    let mut text = super::router_and_spec()
-        .1
+    render(&super::router_and_spec().1)
+}
+
+/// `spec` as `openapi.json` holds it: pretty JSON and a final newline.
+pub(crate) fn render(spec: &OpenApi) -> String {
+    let mut text = spec
         .to_pretty_json()
         .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
     text.push('\n');
