@@ -23,12 +23,12 @@
 //!   unattended): encrypting to it would let whoever copies that file read
 //!   every customer's mail captured in transit or in the outbox.
 
-use super::{OperatorKey, PgpError, policy_at, submission};
+use super::{OperatorKey, PgpError, RecipientKey};
 use chrono::{DateTime, Utc};
 use lettre::message::header::{self, HeaderName, HeaderValue, Headers};
 use lettre::message::{Mailbox, Mailboxes};
 use openpgp::packet::signature::SignatureBuilder;
-use openpgp::serialize::stream::{Armorer, Encryptor, LiteralWriter, Message, Recipient, Signer};
+use openpgp::serialize::stream::{Armorer, Encryptor, LiteralWriter, Message, Signer};
 use openpgp::types::{HashAlgorithm, SignatureType};
 use rand::Rng;
 use sequoia_openpgp as openpgp;
@@ -89,7 +89,9 @@ pub fn signed_mail(
 /// the text and the real headers signed by the operator and encrypted to
 /// the recipient (see the module doc). Fails with
 /// [`PgpError::Recipient`] when that key is not valid at `now`: never
-/// falls back to clear text.
+/// falls back to clear text. Checks the key on every call; a sender of
+/// many mails keeps the check in a [`super::RecipientKeys`] and calls
+/// [`encrypted_mail_to`].
 pub fn encrypted_mail(
     key: &OperatorKey,
     recipient_armored: &str,
@@ -97,34 +99,20 @@ pub fn encrypted_mail(
     body: &str,
     now: DateTime<Utc>,
 ) -> Result<Vec<u8>, PgpError> {
-    let cert = submission::parse_bounded(recipient_armored.as_bytes())?;
-    submission::assess(&cert, None, now)?;
-    let payload = text_part(body, Some(headers));
+    let recipient = RecipientKey::check(recipient_armored, now)?;
+    encrypted_mail_to(key, &recipient, headers, body)
+}
 
-    let now = submission::judged_at(now);
-    let policy = policy_at(now);
-    let recipients: Vec<Recipient> = cert
-        .keys()
-        .with_policy(&policy, std::time::SystemTime::from(now))
-        .supported()
-        .alive()
-        .revoked(false)
-        .for_transport_encryption()
-        .map(Recipient::from)
-        .collect();
-    let recipients = if recipients.is_empty() {
-        // A key flagged for storage encryption only still serves.
-        cert.keys()
-            .with_policy(&policy, std::time::SystemTime::from(now))
-            .supported()
-            .alive()
-            .revoked(false)
-            .for_storage_encryption()
-            .map(Recipient::from)
-            .collect()
-    } else {
-        recipients
-    };
+/// [`encrypted_mail`] to a key already checked (and still fresh: see
+/// [`RecipientKey::fresh_at`]).
+pub fn encrypted_mail_to(
+    key: &OperatorKey,
+    recipient: &RecipientKey,
+    headers: &MailHeaders,
+    body: &str,
+) -> Result<Vec<u8>, PgpError> {
+    let payload = text_part(body, Some(headers));
+    let recipients = recipient.recipients();
 
     let mut armored = Vec::new();
     {

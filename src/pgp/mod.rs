@@ -36,6 +36,7 @@
 
 mod mime;
 mod operator;
+mod recipient;
 mod submission;
 mod verify;
 pub mod wkd;
@@ -46,9 +47,11 @@ mod gpg_tests;
 pub mod testkit;
 
 pub use mime::{
-    MailHeaders, NEUTRAL_SUBJECT, encrypted_mail, plain_headers, plain_text_part, signed_mail,
+    MailHeaders, NEUTRAL_SUBJECT, encrypted_mail, encrypted_mail_to, plain_headers,
+    plain_text_part, signed_mail,
 };
 pub use operator::OperatorKey;
+pub use recipient::{RecipientKey, RecipientKeys};
 pub use submission::{
     CleanKey, KeyRefusal, MAX_KEY_BYTES, MAX_PACKETS, MAX_RSA_BITS, MAX_SIGNATURES, MAX_SUBKEYS,
     MAX_USER_IDS, check_submission, encryption_key_valid, merge_public,

@@ -159,6 +159,8 @@ pub struct EmailChannel {
     routes: Routes,
     /// The operator's key: set, every mail is signed.
     signing: Option<OperatorKey>,
+    /// Customers' keys, checked once per key rather than per mail.
+    recipients: crate::pgp::RecipientKeys,
     /// Or the operator's S/MIME certificate and key.
     smime: Option<crate::smime::SmimeSigner>,
     /// DKIM signatures on every mail, outermost.
@@ -207,6 +209,7 @@ impl EmailChannel {
             domain,
             routes,
             signing,
+            recipients: crate::pgp::RecipientKeys::new(),
             smime,
         })
     }
@@ -255,9 +258,10 @@ impl EmailChannel {
         };
         let body = &msg.rendered.body;
         let bytes = match (&self.signing, &self.smime, &msg.recipient_key) {
-            (Some(key), _, Some(recipient)) => {
-                crate::pgp::encrypted_mail(key, recipient, &headers, body, now)
-            }
+            (Some(key), _, Some(recipient)) => self
+                .recipients
+                .get(recipient, now)
+                .and_then(|r| crate::pgp::encrypted_mail_to(key, &r, &headers, body)),
             (Some(key), _, None) => crate::pgp::signed_mail(key, &headers, body),
             (None, _, Some(_)) => {
                 return Err(DeliveryError::Permanent {
