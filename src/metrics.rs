@@ -36,6 +36,8 @@ pub struct Metrics {
     pub decisions: Family<Labels, Counter>,
     pub deliveries: Family<Labels, Counter>,
     pub delivery_seconds: Family<Labels, Histogram>,
+    /// Deliveries each channel may have in flight, as its provider allows.
+    pub delivery_window: Family<Labels, Gauge>,
     pub notifications: Family<Labels, Gauge>,
     pub rate_backlog: Family<Labels, Gauge>,
     pub receipts: Family<Labels, Counter>,
@@ -91,6 +93,12 @@ impl Metrics {
             "delivery_seconds",
             "Time one delivery attempt took, by channel",
             delivery_seconds.clone(),
+        );
+        let delivery_window = Family::<Labels, Gauge>::default();
+        registry.register(
+            "delivery_window",
+            "Deliveries a channel may have in flight: halved when its provider asks to slow down (429), widened by each delivery it accepts, at most [delivery] concurrency",
+            delivery_window.clone(),
         );
         let notifications = Family::<Labels, Gauge>::default();
         registry.register(
@@ -163,6 +171,7 @@ impl Metrics {
             decisions,
             deliveries,
             delivery_seconds,
+            delivery_window,
             notifications,
             rate_backlog,
         }

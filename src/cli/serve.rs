@@ -47,6 +47,7 @@ pub async fn run(arg: ConfigArg) -> anyhow::Result<ExitCode> {
         wake: wake.clone(),
         limits: crate::schedule::limiters(&config),
         pauses: Default::default(),
+        windows: Default::default(),
     });
     let worker = tokio::spawn(scheduler.run(shutdown.clone()));
     // Protected changes come due, and the audit log's head is signed.

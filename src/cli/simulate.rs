@@ -197,6 +197,7 @@ pub async fn simulate_text(text: &str, file: &str) -> Result<Vec<String>, Scenar
         wake: Arc::new(tokio::sync::Notify::new()),
         limits: crate::schedule::limiters(&config),
         pauses: Default::default(),
+        windows: Default::default(),
     };
     let planner = ingest::planner(config.clone());
 

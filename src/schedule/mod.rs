@@ -15,6 +15,7 @@ use futures_util::StreamExt;
 use std::sync::Arc;
 use tokio::sync::Notify;
 
+pub mod aimd;
 pub mod health;
 pub mod rate;
 
@@ -30,10 +31,13 @@ pub struct Scheduler {
     /// Woken by ingest when something may be due now.
     pub wake: Arc<Notify>,
     /// Provider rate limits, per channel that has one.
-    pub limits: std::collections::HashMap<crate::model::ChannelKind, rate::Limiter>,
+    pub limits: std::collections::HashMap<crate::model::ChannelKind, rate::Gcra>,
     /// Channels whose provider asked kci to wait (a 429 or 503 with
     /// `Retry-After`): the server's loop starts nothing there until then.
     pub pauses: Pauses,
+    /// How many deliveries each channel keeps in flight, as its provider
+    /// allows (see [`aimd`]).
+    pub windows: Windows,
 }
 
 /// Until when each channel is paused.
@@ -61,13 +65,72 @@ impl Pauses {
     }
 }
 
+/// Each channel's congestion window ([`aimd::Window`]), where one
+/// provider takes all the channel's notices (elsewhere, such as webhooks,
+/// one receiver's 429 must not slow the others: their limit stays the
+/// configured `concurrency`).
+#[derive(Default)]
+pub struct Windows(
+    std::sync::Mutex<std::collections::HashMap<crate::model::ChannelKind, aimd::Window>>,
+);
+
+impl Windows {
+    fn with<T>(
+        &self,
+        kind: crate::model::ChannelKind,
+        ceiling: usize,
+        f: impl FnOnce(&mut aimd::Window) -> T,
+    ) -> T {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        f(map
+            .entry(kind)
+            .or_insert_with(|| aimd::Window::new(ceiling)))
+    }
+
+    /// How many deliveries `kind` may have in flight (of at most `ceiling`).
+    pub fn limit(&self, kind: crate::model::ChannelKind, ceiling: usize) -> usize {
+        if !kind.one_provider() {
+            return ceiling.max(1);
+        }
+        self.with(kind, ceiling, |w| w.limit())
+    }
+
+    /// The epoch a delivery on `kind` starting now carries.
+    pub fn epoch(&self, kind: crate::model::ChannelKind, ceiling: usize) -> u64 {
+        self.with(kind, ceiling, |w| w.epoch())
+    }
+
+    /// A delivery on `kind` started at `epoch` came to `result`; answers
+    /// the limit after it.
+    pub fn record(
+        &self,
+        kind: crate::model::ChannelKind,
+        ceiling: usize,
+        epoch: u64,
+        result: &Result<crate::channels::Receipt, DeliveryError>,
+    ) -> usize {
+        if !kind.one_provider() {
+            return ceiling.max(1);
+        }
+        let outcome = match result {
+            Ok(_) => aimd::Outcome::Accepted,
+            Err(e) if e.is_pacing() => aimd::Outcome::Paced,
+            Err(_) => aimd::Outcome::Other,
+        };
+        self.with(kind, ceiling, |w| {
+            w.record(epoch, outcome);
+            w.limit()
+        })
+    }
+}
+
 /// The rate limiters `[channels.*] rate` asks for.
 pub fn limiters(
     config: &crate::config::Config,
-) -> std::collections::HashMap<crate::model::ChannelKind, rate::Limiter> {
+) -> std::collections::HashMap<crate::model::ChannelKind, rate::Gcra> {
     crate::model::ChannelKind::ALL
         .into_iter()
-        .filter_map(|k| config.channels.rate(k).map(|r| (k, rate::Limiter::new(r))))
+        .filter_map(|k| config.channels.rate(k).map(|r| (k, rate::Gcra::new(r))))
         .collect()
 }
 
@@ -206,20 +269,40 @@ impl Scheduler {
         claimed: Vec<Claimed>,
         now: DateTime<Utc>,
     ) -> crate::store::Result<Vec<Claimed>> {
+        // Slots for the notices of each rate-limited channel, reserved
+        // in one go in the store (shared by every node); a notice that
+        // already waited for its slot has it.
+        let mut asking: std::collections::HashMap<crate::model::ChannelKind, usize> =
+            Default::default();
+        for c in &claimed {
+            let kind = c.notification.channel;
+            if self.limits.contains_key(&kind) && c.notification.reason != Some(Reason::RateLimit) {
+                *asking.entry(kind).or_default() += 1;
+            }
+        }
+        let mut slots = std::collections::HashMap::new();
+        for (kind, n) in asking {
+            let Some(rate) = self.limits.get(&kind) else {
+                continue;
+            };
+            let (tat, given) = self.store.reserve_rate(kind, *rate, now, n).await?;
+            self.metrics
+                .rate_backlog
+                .get_or_create(&vec![("channel", kind.as_str().to_string())])
+                .set(rate.backlog(tat, now));
+            slots.insert(kind, given.into_iter());
+        }
         let mut ready = Vec::with_capacity(claimed.len());
         for c in claimed {
             let kind = c.notification.channel;
-            let Some(limiter) = self.limits.get(&kind) else {
-                ready.push(c);
-                continue;
+            let slot = if c.notification.reason == Some(Reason::RateLimit) {
+                None
+            } else {
+                slots.get_mut(&kind).and_then(Iterator::next).flatten()
             };
-            if c.notification.reason == Some(Reason::RateLimit) {
-                ready.push(c);
-                continue;
-            }
-            match limiter.acquire(now) {
-                Ok(()) => ready.push(c),
-                Err(slot) => {
+            match slot {
+                None => ready.push(c),
+                Some(slot) => {
                     let detail = format!("{kind} rate limit: queued for the next free slot");
                     self.finish(
                         &c.notification,
@@ -232,12 +315,6 @@ impl Scheduler {
                     .await?;
                 }
             }
-        }
-        for (kind, limiter) in &self.limits {
-            self.metrics
-                .rate_backlog
-                .get_or_create(&vec![("channel", kind.as_str().to_string())])
-                .set(limiter.backlog(now));
         }
         Ok(ready)
     }
@@ -366,9 +443,16 @@ impl Scheduler {
             channel_secret: secured.channel_secret,
             recipient_key: secured.recipient_key,
         };
+        let ceiling = self.delivery.concurrency;
+        let epoch = self.windows.epoch(n.channel, ceiling);
         let started = std::time::Instant::now();
         let result = channel.deliver(&out).await;
         let channel_label = n.channel.as_str().to_string();
+        let window = self.windows.record(n.channel, ceiling, epoch, &result);
+        self.metrics
+            .delivery_window
+            .get_or_create(&vec![("channel", channel_label.clone())])
+            .set(window as i64);
         self.metrics
             .delivery_seconds
             .get_or_create(&vec![("channel", channel_label.clone())])
@@ -396,6 +480,11 @@ impl Scheduler {
             && let Some(after) = channel_pause(&self.delivery, n.channel, e)
         {
             self.pauses.pause(n.channel, at + after);
+            // And every other node on the store, which learns of it
+            // within a second (see `run`).
+            if let Err(err) = self.store.pause_channel(n.channel, at + after).await {
+                tracing::warn!(channel = %n.channel, error = %err, "could not share a provider's pause with the other nodes");
+            }
         }
         let finish = match result {
             Ok(mut receipt) => {
@@ -517,7 +606,20 @@ impl Scheduler {
         let stale = self.delivery.lease.0 / 2;
         let mut inflight = tokio::task::JoinSet::new();
         let mut last_poll = std::time::Instant::now();
+        let mut last_pauses: Option<std::time::Instant> = None;
         while !shutdown.is_triggered() {
+            // The pauses other nodes were asked for, once a second.
+            if last_pauses.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(1)) {
+                last_pauses = Some(std::time::Instant::now());
+                match self.store.channel_pauses(self.clock.now()).await {
+                    Ok(paused) => {
+                        for (kind, until) in paused {
+                            self.pauses.pause(kind, until);
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "could not read the channels' pauses"),
+                }
+            }
             if last_poll.elapsed() >= self.delivery.receipt_poll.0 {
                 last_poll = std::time::Instant::now();
                 if let Err(e) = self.poll_receipts().await {
@@ -550,6 +652,12 @@ impl Scheduler {
                     }
                 }
                 while !lane.queue.is_empty() {
+                    // No more in flight than the provider's window allows
+                    // (a finishing delivery wakes the loop for the next).
+                    let in_flight = concurrency - lane.slots.available_permits();
+                    if in_flight >= self.windows.limit(lane.kind, concurrency) {
+                        break;
+                    }
                     let Ok(permit) = lane.slots.clone().try_acquire_owned() else {
                         break;
                     };
@@ -732,6 +840,7 @@ mod tests {
             wake: Arc::new(Notify::new()),
             limits: Default::default(),
             pauses: Default::default(),
+            windows: Default::default(),
         });
         let now = Utc::now();
         let events = (0..20)

@@ -2547,7 +2547,63 @@ conformance!(
     check_calls,
     check_assurance,
     check_import_directory,
+    check_channel_limits,
 );
+
+/// A channel's rate and pause are one state for every node on the store:
+/// reservations made at once (as nodes make them) hand out each slot
+/// once, as one node asking for them all would; a pause is seen by all,
+/// and a shorter one never cuts a longer one.
+pub async fn check_channel_limits(store: &dyn Store) {
+    use crate::model::ChannelKind;
+    use crate::schedule::rate::Gcra;
+    let at = t("2026-03-22T10:00:00Z");
+    let rate = Gcra::new("10/s".parse().unwrap());
+    // Twenty asks of one at once, then what a single ask of twenty gives.
+    let asks = (0..20).map(|_| store.reserve_rate(ChannelKind::Sms, rate, at, 1));
+    let mut got: Vec<Option<DateTime<Utc>>> = futures_util::future::join_all(asks)
+        .await
+        .into_iter()
+        .flat_map(|r| r.unwrap().1)
+        .collect();
+    got.sort();
+    let (want_tat, mut want) = rate.reserve(None, at, 20);
+    want.sort();
+    assert_eq!(got, want, "each slot handed out once");
+    // The state carries on from there, on any node.
+    let (tat, next) = store
+        .reserve_rate(ChannelKind::Sms, rate, at, 1)
+        .await
+        .unwrap();
+    assert_eq!(next, rate.reserve(Some(want_tat), at, 1).1);
+    assert_eq!(rate.backlog(tat, at), 11);
+    // Another channel is apart.
+    let (_, other) = store
+        .reserve_rate(ChannelKind::Telegram, rate, at, 1)
+        .await
+        .unwrap();
+    assert_eq!(other, vec![None]);
+
+    assert!(store.channel_pauses(at).await.unwrap().is_empty());
+    let until = at + Duration::seconds(30);
+    store.pause_channel(ChannelKind::Sms, until).await.unwrap();
+    store
+        .pause_channel(ChannelKind::Sms, at + Duration::seconds(5))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.channel_pauses(at).await.unwrap(),
+        vec![(ChannelKind::Sms, until)],
+        "the longer pause stands"
+    );
+    assert!(store.channel_pauses(until).await.unwrap().is_empty());
+    // The pause left the rate's state alone.
+    let (_, after) = store
+        .reserve_rate(ChannelKind::Sms, rate, at, 1)
+        .await
+        .unwrap();
+    assert_eq!(after, rate.reserve(Some(tat), at, 1).1);
+}
 
 /// Assurance recovery on a store: record, confirm by the link, complete
 /// with `A-word-T-word`; wrong secrets counted and locked with an

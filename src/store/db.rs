@@ -38,6 +38,7 @@ macro_rules! migrations {
             (11, include_str!(concat!("migrations/", $db, "-11.sql"))),
             (12, include_str!(concat!("migrations/", $db, "-12.sql"))),
             (13, include_str!(concat!("migrations/", $db, "-13.sql"))),
+            (14, include_str!(concat!("migrations/", $db, "-14.sql"))),
         ]
     };
 }
@@ -1177,6 +1178,55 @@ impl<B: Backend> QueueStore for Db<B> {
             Box::pin(async move {
                 rows.finish(&id, &finish_row(&outcome)).await?;
                 Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn reserve_rate(
+        &self,
+        channel: ChannelKind,
+        rate: crate::schedule::rate::Gcra,
+        now: DateTime<Utc>,
+        n: usize,
+    ) -> Result<(DateTime<Utc>, Vec<Option<DateTime<Utc>>>)> {
+        self.write(move |rows| {
+            Box::pin(async move {
+                let (tat, paused) = rows.channel_limit(channel).await?;
+                let (tat, slots) = rate.reserve(tat.map(from_millis), now, n);
+                rows.set_channel_limit(channel, Some(to_millis(tat)), paused)
+                    .await?;
+                Ok((tat, slots))
+            })
+        })
+        .await
+    }
+
+    async fn pause_channel(&self, channel: ChannelKind, until: DateTime<Utc>) -> Result<()> {
+        self.write(move |rows| {
+            Box::pin(async move {
+                let (tat, paused) = rows.channel_limit(channel).await?;
+                // A later pause wins.
+                let until = paused.map_or(to_millis(until), |p| p.max(to_millis(until)));
+                rows.set_channel_limit(channel, tat, Some(until)).await
+            })
+        })
+        .await
+    }
+
+    async fn channel_pauses(
+        &self,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<(ChannelKind, DateTime<Utc>)>> {
+        self.read(move |rows| {
+            Box::pin(async move {
+                let paused = rows.channel_pauses(to_millis(now)).await?;
+                Ok(paused
+                    .into_iter()
+                    .filter_map(|(c, t)| {
+                        Some((super::codec::channel_from_text(&c).ok()?, from_millis(t)))
+                    })
+                    .collect())
             })
         })
         .await

@@ -434,6 +434,26 @@ pub trait QueueStore: Send + Sync {
     /// one also clears its destination's count of refusals in a row.
     async fn finish(&self, id: &str, outcome: Finish) -> Result<()>;
 
+    /// Reserves `n` sends on `channel` at `now` under its provider rate,
+    /// shared by every node on this store (see [`crate::schedule::rate`]):
+    /// the new arrival time, and for each send `None` (go now) or the slot
+    /// it must wait for.
+    async fn reserve_rate(
+        &self,
+        channel: ChannelKind,
+        rate: crate::schedule::rate::Gcra,
+        now: DateTime<Utc>,
+        n: usize,
+    ) -> Result<(DateTime<Utc>, Vec<Option<DateTime<Utc>>>)>;
+
+    /// Every node leaves `channel` alone until `until` (its provider asked
+    /// to wait); a later pause already set stands.
+    async fn pause_channel(&self, channel: ChannelKind, until: DateTime<Utc>) -> Result<()>;
+
+    /// The channels paused beyond `now`, and until when.
+    async fn channel_pauses(&self, now: DateTime<Utc>)
+    -> Result<Vec<(ChannelKind, DateTime<Utc>)>>;
+
     /// The earliest time something will be due (pending or leased).
     async fn next_due(&self) -> Result<Option<DateTime<Utc>>>;
 

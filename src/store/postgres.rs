@@ -858,6 +858,36 @@ impl Rows for PgRows {
         Ok(self.one(sql, &[], |r| r.opt_int(0)).await?.flatten())
     }
 
+    async fn channel_limit(
+        &mut self,
+        channel: crate::model::ChannelKind,
+    ) -> Result<(Option<i64>, Option<i64>)> {
+        let name = channel.as_str();
+        self.exec(rows::sql::NEW_CHANNEL_LIMIT, &[&name]).await?;
+        // Locked until the transaction ends: nodes reserving slots at
+        // once take turns, so together they keep the provider's rate.
+        let sql = format!("{} FOR UPDATE", rows::sql::CHANNEL_LIMIT);
+        let map = |r: &Row| Ok((r.opt_int(0)?, r.opt_int(1)?));
+        Ok(self.one(&sql, &[&name], map).await?.unwrap_or((None, None)))
+    }
+
+    async fn set_channel_limit(
+        &mut self,
+        channel: crate::model::ChannelKind,
+        tat: Option<i64>,
+        paused_until: Option<i64>,
+    ) -> Result<()> {
+        let name = channel.as_str();
+        self.exec(rows::sql::SET_CHANNEL_LIMIT, &[&name, &tat, &paused_until])
+            .await?;
+        Ok(())
+    }
+
+    async fn channel_pauses(&mut self, now: i64) -> Result<Vec<(String, i64)>> {
+        let map = |r: &Row| Ok((r.text(0)?, r.int(1)?));
+        self.all(rows::sql::CHANNEL_PAUSES, &[&now], map).await
+    }
+
     async fn count_by_state(&mut self) -> Result<Vec<(State, i64)>> {
         let sql = "SELECT state, COUNT(*) FROM notifications GROUP BY state";
         self.all(sql, &[], |r| Ok((state_from_text(&r.text(0)?)?, r.int(1)?)))

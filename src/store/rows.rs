@@ -348,6 +348,23 @@ pub trait Rows: Send + 'static {
     /// it is not being sent.
     fn finish(&mut self, id: &str, f: &FinishRow) -> impl Future<Output = Result<bool>> + Send;
     fn next_due(&mut self) -> impl Future<Output = Result<Option<i64>>> + Send;
+    /// A channel's shared limits (its rate's arrival time and its pause,
+    /// ms), its row created if new and locked for the transaction.
+    fn channel_limit(
+        &mut self,
+        channel: ChannelKind,
+    ) -> impl Future<Output = Result<(Option<i64>, Option<i64>)>> + Send;
+    fn set_channel_limit(
+        &mut self,
+        channel: ChannelKind,
+        tat: Option<i64>,
+        paused_until: Option<i64>,
+    ) -> impl Future<Output = Result<()>> + Send;
+    /// The channels paused beyond `now` (ms), by name.
+    fn channel_pauses(
+        &mut self,
+        now: i64,
+    ) -> impl Future<Output = Result<Vec<(String, i64)>>> + Send;
     fn count_by_state(&mut self) -> impl Future<Output = Result<Vec<(State, i64)>>> + Send;
     /// The backlog gauges: the oldest pending due time (ms), protected
     /// changes pending, incidents open, destinations unhealthy.
@@ -541,6 +558,15 @@ pub mod sql {
          proven_new = EXCLUDED.proven_new, decided_at = COALESCE(changes.decided_at, EXCLUDED.decided_at), \
          proof_code = EXCLUDED.proof_code, factors = EXCLUDED.factors";
     /// What the backlog gauges read, in one round trip.
+    /// The row of channel `$1`'s limits, made if missing.
+    pub const NEW_CHANNEL_LIMIT: &str =
+        "INSERT INTO channel_limits (channel) VALUES ($1) ON CONFLICT (channel) DO NOTHING";
+    pub const CHANNEL_LIMIT: &str =
+        "SELECT tat, paused_until FROM channel_limits WHERE channel = $1";
+    pub const SET_CHANNEL_LIMIT: &str =
+        "UPDATE channel_limits SET tat = $2, paused_until = $3 WHERE channel = $1";
+    pub const CHANNEL_PAUSES: &str =
+        "SELECT channel, paused_until FROM channel_limits WHERE paused_until > $1";
     pub const BACKLOG: &str = "SELECT (SELECT MIN(due_at) FROM notifications WHERE state = 'pending'), \
          (SELECT COUNT(*) FROM changes WHERE state = 'pending'), \
          (SELECT COUNT(*) FROM incidents WHERE state = 'open'), \

@@ -853,6 +853,35 @@ impl Rows for Lite {
         Ok(self.one(sql, [], |r| r.opt_int(0))?.flatten())
     }
 
+    async fn channel_limit(
+        &mut self,
+        channel: crate::model::ChannelKind,
+    ) -> Result<(Option<i64>, Option<i64>)> {
+        // The writer holds the database's one write lock: the row is ours.
+        let name = channel.as_str();
+        self.exec(&rows::sqlite(rows::sql::NEW_CHANNEL_LIMIT), [name])?;
+        let map = |r: &Row<'_>| Ok((r.opt_int(0)?, r.opt_int(1)?));
+        Ok(self
+            .one(&rows::sqlite(rows::sql::CHANNEL_LIMIT), [name], map)?
+            .unwrap_or((None, None)))
+    }
+
+    async fn set_channel_limit(
+        &mut self,
+        channel: crate::model::ChannelKind,
+        tat: Option<i64>,
+        paused_until: Option<i64>,
+    ) -> Result<()> {
+        let sql = rows::sqlite(rows::sql::SET_CHANNEL_LIMIT);
+        self.exec(&sql, params![channel.as_str(), tat, paused_until])?;
+        Ok(())
+    }
+
+    async fn channel_pauses(&mut self, now: i64) -> Result<Vec<(String, i64)>> {
+        let map = |r: &Row<'_>| Ok((r.text(0)?, r.int(1)?));
+        self.all(&rows::sqlite(rows::sql::CHANNEL_PAUSES), [now], map)
+    }
+
     async fn count_by_state(&mut self) -> Result<Vec<(State, i64)>> {
         let sql = "SELECT state, COUNT(*) FROM notifications GROUP BY state";
         self.all(sql, [], |r| Ok((state_from_text(&r.text(0)?)?, r.int(1)?)))
