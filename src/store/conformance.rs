@@ -432,6 +432,75 @@ pub async fn check_ingest_is_atomic_and_idempotent(store: &dyn Store) {
     );
 }
 
+/// A batch is written together but reads as events taken one by one: an
+/// id repeated in it is a duplicate of its first, and an event that pairs
+/// sees (and cancels) a partner earlier in the same batch.
+pub async fn check_batch_ingest_in_order(store: &dyn Store) {
+    seed(store).await;
+    let now = t("2026-03-22T10:00:00Z");
+    let config = Config::parse(
+        "[types.\"line.down\"]\n[types.\"line.up\"]\ncancels = [\"line.down\"]\n",
+        "test",
+    )
+    .unwrap();
+    let planner = crate::ingest::planner(Arc::new(config));
+    store
+        .ingest(vec![event("b0", "A1", "L0", now)], planner.clone())
+        .await
+        .unwrap();
+    let mut up = event("b3", "A1", "L1", now + Duration::seconds(30));
+    up.type_name = "line.up".into();
+    let out = store
+        .ingest(
+            vec![
+                event("b1", "A1", "L1", now),
+                event("b0", "A1", "L0", now),
+                event("b2", "A1", "L2", now),
+                event("b1", "A1", "L1", now),
+                up,
+                event("b4", "NOPE", "L1", now),
+                event("b5", "A1", "L5", now),
+            ],
+            planner,
+        )
+        .await
+        .unwrap();
+    let accepted = |id: &str, n| IngestOutcome::Accepted {
+        id: id.into(),
+        notifications: n,
+    };
+    let duplicate = |id: &str, n| IngestOutcome::Duplicate {
+        id: id.into(),
+        notifications: n,
+    };
+    assert_eq!(out.len(), 7);
+    assert_eq!(out[0], accepted("b1", 2));
+    assert_eq!(out[1], duplicate("b0", 2), "known before the batch");
+    assert_eq!(out[2], accepted("b2", 2));
+    assert_eq!(out[3], duplicate("b1", 2), "repeated in the batch");
+    assert!(
+        matches!(out[4], IngestOutcome::Accepted { .. }),
+        "{:?}",
+        out[4]
+    );
+    assert!(matches!(&out[5], IngestOutcome::Rejected(r) if r.code == "unknown_account"));
+    assert_eq!(out[6], accepted("b5", 2));
+    // The line came up in the same batch: its drop's notices are paired
+    // away; the others wait.
+    let (_, b1) = store.event("b1").await.unwrap().unwrap();
+    assert!(
+        b1.iter()
+            .all(|n| n.state == State::Cancelled && n.reason == Some(Reason::Paired)),
+        "{b1:?}"
+    );
+    for id in ["b2", "b5"] {
+        let (_, notes) = store.event(id).await.unwrap().unwrap();
+        assert_eq!(notes.len(), 2);
+        assert!(notes.iter().all(|n| n.state == State::Pending));
+    }
+    assert!(store.event("b4").await.unwrap().is_none());
+}
+
 pub async fn check_planner_sees_pending_and_cancels(store: &dyn Store) {
     seed(store).await;
     let now = t("2026-03-22T10:00:00Z");
@@ -2529,6 +2598,7 @@ conformance!(
     check_tokens,
     check_directory,
     check_ingest_is_atomic_and_idempotent,
+    check_batch_ingest_in_order,
     check_planner_sees_pending_and_cancels,
     check_claim_lease_and_finish,
     check_cancel_event,

@@ -560,6 +560,141 @@ async fn import_batch(
     Ok(outcomes)
 }
 
+/// The directory of `account`, read once per request.
+async fn view_of<'v>(
+    rows: &mut impl Rows,
+    views: &'v mut Vec<(String, Option<AccountView>)>,
+    account: &str,
+) -> Result<Option<&'v AccountView>> {
+    let at = match views.iter().position(|(id, _)| id == account) {
+        Some(at) => at,
+        None => {
+            let view = account_view(rows, account).await?;
+            views.push((account.to_string(), view));
+            views.len() - 1
+        }
+    };
+    Ok(views.get(at).and_then(|(_, v)| v.as_ref()))
+}
+
+fn unknown_account(event: &Event) -> IngestOutcome {
+    IngestOutcome::Rejected(Rejection {
+        code: "unknown_account",
+        message: format!("account: `{}` is not a known account", event.account),
+    })
+}
+
+/// The events of one request, in order, each with the outcome it would
+/// have alone. One look-up finds the ids already known. An event whose
+/// plan reads nothing but the directory (no pairing, superseding, flap
+/// counting, digest or cap: most events) is planned in memory and
+/// gathered; the gathered are written together — their events at once,
+/// then their notifications at once, one round trip each on PostgreSQL
+/// rather than one per row. Any other event is written on its own, after
+/// what was gathered before it, so that it sees it.
+async fn ingest_all(
+    rows: &mut impl Rows,
+    events: &[Event],
+    planner: &dyn Planner,
+) -> Result<Vec<IngestOutcome>> {
+    let ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
+    let mut known = rows.event_counts(&ids).await?;
+    let mut views = Vec::new();
+    let mut out: Vec<Option<IngestOutcome>> = Vec::with_capacity(events.len());
+    let mut gathered: Vec<(usize, Planned)> = Vec::new();
+    for (i, event) in events.iter().enumerate() {
+        if let Some(&n) = known.get(&event.id) {
+            out.push(Some(IngestOutcome::Duplicate {
+                id: event.id.clone(),
+                notifications: n,
+            }));
+            continue;
+        }
+        let Some(view) = view_of(rows, &mut views, &event.account).await? else {
+            out.push(Some(unknown_account(event)));
+            continue;
+        };
+        let plain = planner.related_types(event).is_empty()
+            && planner.flap_window(event).is_none()
+            && planner.loads_needed(event, view).is_empty();
+        let planned = if plain {
+            let seen = Seen {
+                related: &[],
+                recent: 0,
+                loads: &[],
+            };
+            match planner.plan(event, view, &seen) {
+                Ok(p) => Some(p),
+                Err(r) => {
+                    out.push(Some(IngestOutcome::Rejected(r)));
+                    continue;
+                }
+            }
+        } else {
+            None
+        };
+        match planned {
+            Some(p) if p.cancels.is_empty() && p.paired.is_empty() && p.updates.is_empty() => {
+                known.insert(event.id.clone(), p.notifications.len());
+                out.push(None);
+                gathered.push((i, p));
+            }
+            planned => {
+                write_gathered(rows, events, &mut gathered, &mut out).await?;
+                let outcome = match planned {
+                    Some(p) => write_planned(rows, event, &p).await?,
+                    None => ingest_one(rows, event, planner, &mut views).await?,
+                };
+                if let IngestOutcome::Accepted { notifications, .. } = &outcome {
+                    known.insert(event.id.clone(), *notifications);
+                }
+                out.push(Some(outcome));
+            }
+        }
+    }
+    write_gathered(rows, events, &mut gathered, &mut out).await?;
+    Ok(out.into_iter().flatten().collect())
+}
+
+/// Writes the gathered events of [`ingest_all`] and fills in their
+/// outcomes: accepted, or (taken meanwhile by another node) the first
+/// result.
+async fn write_gathered(
+    rows: &mut impl Rows,
+    events: &[Event],
+    gathered: &mut Vec<(usize, Planned)>,
+    out: &mut [Option<IngestOutcome>],
+) -> Result<()> {
+    if gathered.is_empty() {
+        return Ok(());
+    }
+    let these: Vec<(&Event, usize)> = gathered
+        .iter()
+        .map(|(i, p)| (&events[*i], p.notifications.len()))
+        .collect();
+    let inserted = rows.insert_events(&these).await?;
+    let mut notes = Vec::new();
+    for ((i, p), fresh) in gathered.iter().zip(inserted) {
+        let id = events[*i].id.clone();
+        out[*i] = Some(if fresh {
+            notes.extend(p.notifications.iter());
+            IngestOutcome::Accepted {
+                id,
+                notifications: p.notifications.len(),
+            }
+        } else {
+            let n = rows.event_count(&id).await?.unwrap_or(0);
+            IngestOutcome::Duplicate {
+                id,
+                notifications: n,
+            }
+        });
+    }
+    rows.insert_notifications(&notes).await?;
+    gathered.clear();
+    Ok(())
+}
+
 /// One event of an ingest: checked, planned and written, or refused.
 async fn ingest_one(
     rows: &mut impl Rows,
@@ -580,19 +715,8 @@ async fn ingest_one(
     if !types.is_empty() {
         rows.lock_key(&event.account, &event.key).await?;
     }
-    if !views.iter().any(|(id, _)| *id == event.account) {
-        let view = account_view(rows, &event.account).await?;
-        views.push((event.account.clone(), view));
-    }
-    let Some(view) = views
-        .iter()
-        .find(|(id, _)| *id == event.account)
-        .and_then(|(_, v)| v.as_ref())
-    else {
-        return Ok(IngestOutcome::Rejected(Rejection {
-            code: "unknown_account",
-            message: format!("account: `{}` is not a known account", event.account),
-        }));
+    let Some(view) = view_of(rows, views, &event.account).await? else {
+        return Ok(unknown_account(event));
     };
     let related = if types.is_empty() {
         Vec::new()
@@ -630,6 +754,20 @@ async fn ingest_one(
     let planned = match planner.plan(event, view, &seen) {
         Ok(p) => p,
         Err(r) => return Ok(IngestOutcome::Rejected(r)),
+    };
+    write_planned(rows, event, &planned).await
+}
+
+/// Writes what was planned for `event`: the event, its notifications,
+/// and the cancels, pairings and digest updates of related notices.
+async fn write_planned(
+    rows: &mut impl Rows,
+    event: &Event,
+    planned: &Planned,
+) -> Result<IngestOutcome> {
+    let duplicate = |n: usize| IngestOutcome::Duplicate {
+        id: event.id.clone(),
+        notifications: n,
     };
     let n = planned.notifications.len();
     if !rows.insert_event(event, n).await? {
@@ -1092,14 +1230,7 @@ impl<B: Backend> EventStore for Db<B> {
         // No savepoint per event: an event writes only after its checks
         // passed, and a store error takes the whole request back.
         self.write(move |rows| {
-            Box::pin(async move {
-                let mut views = Vec::new();
-                let mut out = Vec::with_capacity(events.len());
-                for ev in &events {
-                    out.push(ingest_one(rows, ev, planner.as_ref(), &mut views).await?);
-                }
-                Ok(out)
-            })
+            Box::pin(async move { ingest_all(rows, &events, planner.as_ref()).await })
         })
         .await
     }

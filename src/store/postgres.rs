@@ -319,6 +319,69 @@ impl PgRows {
         Ok(c.execute(&stmt, p).await?)
     }
 
+    /// Stores an event; `false` if its id was taken meanwhile.
+    async fn event_row(&self, e: &Event, notes: usize, payload: &str) -> Result<bool> {
+        let n = self
+            .exec(
+                "INSERT INTO events (id, account, type, key, received_at, notifications, payload) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING",
+                &[
+                    &e.id,
+                    &e.account,
+                    &e.type_name,
+                    &e.key,
+                    &to_millis(e.received_at),
+                    &i64::try_from(notes).unwrap_or(i64::MAX),
+                    &payload,
+                ],
+            )
+            .await?;
+        Ok(n > 0)
+    }
+
+    /// Stores a notification with its first decision.
+    async fn notification_row(&self, n: &Notification) -> Result<()> {
+        let message = n.message.as_ref().map(message_json).transpose()?;
+        let paired_from = n.paired_from.map(to_millis);
+        let secret = n.secret.as_ref().map(|s| s.expose());
+        self.exec(
+            "WITH n AS (INSERT INTO notifications (id, event, account, contact, destination, uri, channel, type, key, \
+             priority, state, reason, detail, due_at, expires_at, decided_at, sent_at, attempts, timezone, message, \
+             digest, paired_from, secret) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, \
+             $22, $23) \
+             RETURNING id, event, decided_at, state, reason, detail, due_at) \
+             INSERT INTO decisions (notification, event, at, state, reason, detail, due_at) SELECT * FROM n",
+            &[
+                &n.id,
+                &n.event,
+                &n.account,
+                &n.contact,
+                &n.destination,
+                &n.uri,
+                &n.channel.as_str(),
+                &n.type_name,
+                &n.key,
+                &i64::from(n.priority.rank()),
+                &n.state.as_str(),
+                &n.reason.map(|r| r.as_str()),
+                &n.detail,
+                &to_millis(n.due_at),
+                &n.expires_at.map(to_millis),
+                &to_millis(n.decided_at),
+                &n.sent_at.map(to_millis),
+                &i64::from(n.attempts),
+                &n.timezone,
+                &message,
+                &n.digest,
+                &paired_from,
+                &secret,
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+
     async fn lock(&self, what: String) -> Result<()> {
         self.exec(
             "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
@@ -629,22 +692,7 @@ impl Rows for PgRows {
     }
 
     async fn insert_event(&mut self, e: &Event, notes: usize) -> Result<bool> {
-        let n = self
-            .exec(
-                "INSERT INTO events (id, account, type, key, received_at, notifications, payload) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING",
-                &[
-                    &e.id,
-                    &e.account,
-                    &e.type_name,
-                    &e.key,
-                    &to_millis(e.received_at),
-                    &i64::try_from(notes).unwrap_or(i64::MAX),
-                    &event_json(e)?,
-                ],
-            )
-            .await?;
-        Ok(n > 0)
+        self.event_row(e, notes, &event_json(e)?).await
     }
 
     async fn event(&mut self, id: &str) -> Result<Option<Event>> {
@@ -709,44 +757,42 @@ impl Rows for PgRows {
     }
 
     async fn insert_notification(&mut self, n: &Notification) -> Result<()> {
-        let message = n.message.as_ref().map(message_json).transpose()?;
-        let paired_from = n.paired_from.map(to_millis);
-        let secret = n.secret.as_ref().map(|s| s.expose());
-        self.exec(
-            "WITH n AS (INSERT INTO notifications (id, event, account, contact, destination, uri, channel, type, key, \
-             priority, state, reason, detail, due_at, expires_at, decided_at, sent_at, attempts, timezone, message, \
-             digest, paired_from, secret) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, \
-             $22, $23) \
-             RETURNING id, event, decided_at, state, reason, detail, due_at) \
-             INSERT INTO decisions (notification, event, at, state, reason, detail, due_at) SELECT * FROM n",
-            &[
-                &n.id,
-                &n.event,
-                &n.account,
-                &n.contact,
-                &n.destination,
-                &n.uri,
-                &n.channel.as_str(),
-                &n.type_name,
-                &n.key,
-                &i64::from(n.priority.rank()),
-                &n.state.as_str(),
-                &n.reason.map(|r| r.as_str()),
-                &n.detail,
-                &to_millis(n.due_at),
-                &n.expires_at.map(to_millis),
-                &to_millis(n.decided_at),
-                &n.sent_at.map(to_millis),
-                &i64::from(n.attempts),
-                &n.timezone,
-                &message,
-                &n.digest,
-                &paired_from,
-                &secret,
-            ],
+        self.notification_row(n).await
+    }
+
+    async fn event_counts(
+        &mut self,
+        ids: &[&str],
+    ) -> Result<std::collections::HashMap<String, usize>> {
+        let sql = "SELECT id, notifications FROM events WHERE id = ANY($1)";
+        let ids: Vec<&str> = ids.to_vec();
+        let found = self
+            .all(sql, &[&ids], |r| Ok((r.text(0)?, count(r.int(1)?))))
+            .await?;
+        Ok(found.into_iter().collect())
+    }
+
+    async fn insert_events(&mut self, events: &[(&Event, usize)]) -> Result<Vec<bool>> {
+        let payloads = events
+            .iter()
+            .map(|(e, _)| event_json(e))
+            .collect::<Result<Vec<_>>>()?;
+        // All on the wire before the first answer: one round trip for
+        // the lot rather than one each (tokio-postgres pipelines queries
+        // issued together on one connection).
+        let this = &*self;
+        futures_util::future::try_join_all(
+            events
+                .iter()
+                .zip(&payloads)
+                .map(|((e, n), payload)| this.event_row(e, *n, payload)),
         )
-        .await?;
+        .await
+    }
+
+    async fn insert_notifications(&mut self, notes: &[&Notification]) -> Result<()> {
+        let this = &*self;
+        futures_util::future::try_join_all(notes.iter().map(|n| this.notification_row(n))).await?;
         Ok(())
     }
 

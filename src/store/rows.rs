@@ -327,6 +327,23 @@ pub trait Rows: Send + 'static {
     // time; the due time is the notification's).
     /// Stores a notification and records its first decision.
     fn insert_notification(&mut self, n: &Notification) -> impl Future<Output = Result<()>> + Send;
+    /// Of these event ids, those already known, with how many
+    /// notifications each planned (one round trip for a batch).
+    fn event_counts(
+        &mut self,
+        ids: &[&str],
+    ) -> impl Future<Output = Result<std::collections::HashMap<String, usize>>> + Send;
+    /// [`Rows::insert_event`] for each, in order, sent together (a
+    /// server pipelines them); for each, `false` if its id was taken.
+    fn insert_events(
+        &mut self,
+        events: &[(&Event, usize)],
+    ) -> impl Future<Output = Result<Vec<bool>>> + Send;
+    /// [`Rows::insert_notification`] for each, sent together.
+    fn insert_notifications(
+        &mut self,
+        notes: &[&Notification],
+    ) -> impl Future<Output = Result<()>> + Send;
     /// Cancels what still waits of `value` (see [`By`]), erasing any
     /// secret; how many.
     fn cancel(

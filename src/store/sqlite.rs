@@ -691,6 +691,35 @@ impl Rows for Lite {
         self.all(&sql, [event], |r| rows::decided(r))
     }
 
+    async fn event_counts(
+        &mut self,
+        ids: &[&str],
+    ) -> Result<std::collections::HashMap<String, usize>> {
+        // In process, a statement per id costs no round trip.
+        let mut known = std::collections::HashMap::new();
+        for id in ids {
+            if let Some(n) = self.event_count(id).await? {
+                known.insert(id.to_string(), n);
+            }
+        }
+        Ok(known)
+    }
+
+    async fn insert_events(&mut self, events: &[(&Event, usize)]) -> Result<Vec<bool>> {
+        let mut out = Vec::with_capacity(events.len());
+        for (e, n) in events {
+            out.push(self.insert_event(e, *n).await?);
+        }
+        Ok(out)
+    }
+
+    async fn insert_notifications(&mut self, notes: &[&Notification]) -> Result<()> {
+        for n in notes {
+            self.insert_notification(n).await?;
+        }
+        Ok(())
+    }
+
     async fn insert_notification(&mut self, n: &Notification) -> Result<()> {
         let message = n.message.as_ref().map(message_json).transpose()?;
         self.exec(
