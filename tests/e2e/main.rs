@@ -19,6 +19,6 @@ mod load_scenario;
 mod mail_transport;
 mod net;
 mod proofs;
-mod shared_limits;
 mod secure_mail;
+mod shared_limits;
 mod simulate;

@@ -49,7 +49,10 @@ async fn two_nodes_together_keep_one_providers_rate() {
             "subject": format!("notice {i}")})
         .to_string();
         let admin = admin.clone();
-        async move { node.call("POST", "/v1/events", Some(&admin), Some(&body)).await }
+        async move {
+            node.call("POST", "/v1/events", Some(&admin), Some(&body))
+                .await
+        }
     });
     for (s, v) in futures_util::future::join_all(posts).await {
         assert_eq!(s, 202, "{v}");
