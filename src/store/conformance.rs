@@ -23,6 +23,7 @@ fn account(id: &str) -> Account {
         paranoid: false,
         defaults: Preferences::default(),
         prefixes: Vec::new(),
+        postal_address: None,
     }
 }
 
