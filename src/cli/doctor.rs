@@ -313,7 +313,12 @@ fn files(config: &Config) -> Vec<Finding> {
             ),
         });
     }
-    if let Some(spool) = config.channels.letter.as_ref().and_then(|l| l.spool.as_ref()) {
+    if let Some(spool) = config
+        .channels
+        .letter
+        .as_ref()
+        .and_then(|l| l.spool.as_ref())
+    {
         // Whether it is there and writable is the channel's health check.
         if let Ok(m) = std::fs::metadata(spool) {
             out.push(spool_directory_mode(spool, m.mode()));

@@ -74,10 +74,7 @@ fn line(field: &str, raw: &str, may_be_empty: bool) -> Result<String, PostalErro
         ));
     }
     if v.chars().any(char::is_control) {
-        return Err(refuse(
-            field,
-            "must be one line without control characters",
-        ));
+        return Err(refuse(field, "must be one line without control characters"));
     }
     Ok(v.to_string())
 }

@@ -62,7 +62,12 @@ async fn a_type_that_asks_is_printed_for_the_post_and_a_routine_one_is_not() {
     // A bad address names its field; a good one is kept and shown.
     let bad = json!({"postal_address": {"name": "Jörg Müller", "lines": [""], "town": "Berlin", "country": "DE"}});
     let (s, v) = kci
-        .call("PUT", "/v1/accounts/A1", Some(&admin), Some(&bad.to_string()))
+        .call(
+            "PUT",
+            "/v1/accounts/A1",
+            Some(&admin),
+            Some(&bad.to_string()),
+        )
         .await;
     assert_eq!(s, 422, "{v}");
     assert!(
@@ -80,7 +85,12 @@ async fn a_type_that_asks_is_printed_for_the_post_and_a_routine_one_is_not() {
     assert_eq!(v["postal_address"]["country"], "DE");
     // Absent from a later PUT: kept as stored.
     let (s, _) = kci
-        .call("PUT", "/v1/accounts/A1", Some(&admin), Some("{\"name\": \"Jörg\"}"))
+        .call(
+            "PUT",
+            "/v1/accounts/A1",
+            Some(&admin),
+            Some("{\"name\": \"Jörg\"}"),
+        )
         .await;
     assert_eq!(s, 200);
     let (_, v) = kci.call("GET", "/v1/accounts/A1", Some(&admin), None).await;
@@ -88,7 +98,12 @@ async fn a_type_that_asks_is_printed_for_the_post_and_a_routine_one_is_not() {
 
     // `postal:` is `postal:account`, verified by whoever knows the address.
     let (s, _) = kci
-        .call("PUT", "/v1/accounts/A1/contacts/joerg", Some(&admin), Some("{}"))
+        .call(
+            "PUT",
+            "/v1/accounts/A1/contacts/joerg",
+            Some(&admin),
+            Some("{}"),
+        )
         .await;
     assert_eq!(s, 201);
     let (s, v) = kci
@@ -96,7 +111,12 @@ async fn a_type_that_asks_is_printed_for_the_post_and_a_routine_one_is_not() {
         .await;
     assert_eq!(s, 422, "a postal destination takes no code: {v}");
     let (s, v) = kci
-        .add_destination(&admin, "A1", "joerg", r#"{"uri": "postal:", "verified": true}"#)
+        .add_destination(
+            &admin,
+            "A1",
+            "joerg",
+            r#"{"uri": "postal:", "verified": true}"#,
+        )
         .await;
     assert_eq!(s, 201, "{v}");
     let (_, view) = kci.call("GET", "/v1/accounts/A1", Some(&admin), None).await;
@@ -109,13 +129,26 @@ async fn a_type_that_asks_is_printed_for_the_post_and_a_routine_one_is_not() {
         .call("PUT", "/v1/accounts/A2", Some(&admin), Some("{}"))
         .await;
     assert_eq!(s, 201);
-    kci.call("PUT", "/v1/accounts/A2/contacts/c", Some(&admin), Some("{}"))
-        .await;
+    kci.call(
+        "PUT",
+        "/v1/accounts/A2/contacts/c",
+        Some(&admin),
+        Some("{}"),
+    )
+    .await;
     let (s, v) = kci
-        .add_destination(&admin, "A2", "c", r#"{"uri": "postal:account", "verified": true}"#)
+        .add_destination(
+            &admin,
+            "A2",
+            "c",
+            r#"{"uri": "postal:account", "verified": true}"#,
+        )
         .await;
     assert_eq!(s, 422, "{v}");
-    assert!(v["message"].as_str().unwrap().contains("no postal address"), "{v}");
+    assert!(
+        v["message"].as_str().unwrap().contains("no postal address"),
+        "{v}"
+    );
 
     // A routine notice: no letter, and the record says why.
     let routine = json!({
@@ -129,8 +162,16 @@ async fn a_type_that_asks_is_printed_for_the_post_and_a_routine_one_is_not() {
     assert_eq!(s, 200, "{v}");
     let n = &v["notifications"][0];
     assert_eq!(
-        (n["destination"].as_str(), n["state"].as_str(), n["reason"].as_str()),
-        (Some("postal:account"), Some("suppressed"), Some("not_by_letter")),
+        (
+            n["destination"].as_str(),
+            n["state"].as_str(),
+            n["reason"].as_str()
+        ),
+        (
+            Some("postal:account"),
+            Some("suppressed"),
+            Some("not_by_letter")
+        ),
         "{v}"
     );
 
@@ -159,11 +200,15 @@ async fn a_type_that_asks_is_printed_for_the_post_and_a_routine_one_is_not() {
         serde_json::from_slice(&std::fs::read(pdf.with_extension("json")).unwrap()).unwrap();
     assert_eq!(sidecar["pages"], 1);
     assert_eq!(sidecar["address"]["name"], "Jörg Müller");
-    let (_, v) = kci.call("GET", "/v1/events/e-ended", Some(&source), None).await;
+    let (_, v) = kci
+        .call("GET", "/v1/events/e-ended", Some(&source), None)
+        .await;
     let reference = sidecar["reference"].as_str().unwrap();
     assert!(text.contains(reference), "the reference is printed");
     eventually(10, "the letter recorded as sent", || async {
-        let (_, v) = kci.call("GET", "/v1/events/e-ended", Some(&source), None).await;
+        let (_, v) = kci
+            .call("GET", "/v1/events/e-ended", Some(&source), None)
+            .await;
         (v["notifications"][0]["state"] == "sent").then_some(())
     })
     .await;
@@ -187,7 +232,12 @@ async fn a_type_that_asks_is_printed_for_the_post_and_a_routine_one_is_not() {
         "postal_address": {"name": "Mallory", "lines": ["Elsewhere 1"], "postcode": "99999", "town": "Faraway", "country": "DE"}
     });
     let (s, v) = kci
-        .call("PUT", "/v1/accounts/A1", Some(&admin), Some(&moved.to_string()))
+        .call(
+            "PUT",
+            "/v1/accounts/A1",
+            Some(&admin),
+            Some(&moved.to_string()),
+        )
         .await;
     assert_eq!(s, 202, "{v}");
     assert_eq!(v["change"]["kind"], "destination.change");

@@ -66,7 +66,9 @@ impl LetterConfig {
     pub fn validate(&self) -> Result<(), (String, String)> {
         let refuse = |k: &str, m: &str| Err((k.to_string(), m.to_string()));
         match (&self.spool, &self.upload) {
-            (Some(_), Some(_)) => return refuse("upload", "set either `spool` or `upload`, not both"),
+            (Some(_), Some(_)) => {
+                return refuse("upload", "set either `spool` or `upload`, not both");
+            }
             (None, None) => {
                 return refuse(
                     "spool",
@@ -385,7 +387,9 @@ mod tests {
 
     /// The parts of a `multipart/form-data` body, by name: (content type,
     /// file name, content).
-    fn parts(req: &crate::channels::testkit::Request) -> Vec<(String, Option<String>, Option<String>, Vec<u8>)> {
+    fn parts(
+        req: &crate::channels::testkit::Request,
+    ) -> Vec<(String, Option<String>, Option<String>, Vec<u8>)> {
         let ct = req.header("content-type").unwrap_or_default();
         let boundary = ct
             .strip_prefix("multipart/form-data; boundary=")
@@ -419,9 +423,17 @@ mod tests {
             };
             let kind = head
                 .lines()
-                .find_map(|l| l.strip_prefix("Content-Type: ").or(l.strip_prefix("content-type: ")))
+                .find_map(|l| {
+                    l.strip_prefix("Content-Type: ")
+                        .or(l.strip_prefix("content-type: "))
+                })
                 .map(str::to_string);
-            out.push((attr("name").unwrap_or_default(), attr("filename"), kind, content));
+            out.push((
+                attr("name").unwrap_or_default(),
+                attr("filename"),
+                kind,
+                content,
+            ));
             rest = &rest_part[end..];
         }
         out
@@ -436,10 +448,19 @@ mod tests {
         let service = Provider::start(201, r#"{"id":"ltr_8c41d2","status":"accepted"}"#).await;
         let receipt = upload(&service.url).deliver(&letter()).await.unwrap();
         assert_eq!(receipt.provider_ref.as_deref(), Some("ltr_8c41d2"));
-        assert_eq!(receipt.detail.as_deref(), Some("letter ltr_8c41d2 (1 pages)"));
+        assert_eq!(
+            receipt.detail.as_deref(),
+            Some("letter ltr_8c41d2 (1 pages)")
+        );
         let req = service.only_request();
-        assert_eq!((req.method.as_str(), req.path.as_str()), ("POST", "/v1/letters"));
-        assert_eq!(req.header("authorization"), Some(format!("Bearer {TOKEN}").as_str()));
+        assert_eq!(
+            (req.method.as_str(), req.path.as_str()),
+            ("POST", "/v1/letters")
+        );
+        assert_eq!(
+            req.header("authorization"),
+            Some(format!("Bearer {TOKEN}").as_str())
+        );
         let got = parts(&req);
         let names: Vec<&str> = got.iter().map(|p| p.0.as_str()).collect();
         assert_eq!(
@@ -457,7 +478,11 @@ mod tests {
         );
         let text = |name: &str| {
             let p = got.iter().find(|p| p.0 == name).unwrap();
-            assert_eq!((p.1.as_deref(), p.2.as_deref()), (None, None), "{name} is a plain field");
+            assert_eq!(
+                (p.1.as_deref(), p.2.as_deref()),
+                (None, None),
+                "{name} is a plain field"
+            );
             String::from_utf8(p.3.clone()).unwrap()
         };
         assert_eq!(text("reference"), "01a20000-0000-7000-8000-000000000001");
@@ -479,7 +504,13 @@ mod tests {
 
     #[tokio::test]
     async fn refusals_are_classified_and_never_show_the_token() {
-        for (status, transient) in [(400, false), (401, false), (422, false), (429, true), (503, true)] {
+        for (status, transient) in [
+            (400, false),
+            (401, false),
+            (422, false),
+            (429, true),
+            (503, true),
+        ] {
             let service = Provider::start(status, r#"{"error":"no"}"#).await;
             let err = upload(&service.url).deliver(&letter()).await.unwrap_err();
             assert_eq!(err.is_transient(), transient, "{status}");
@@ -498,8 +529,11 @@ mod tests {
     async fn spools_the_pdf_and_its_sidecar_atomically_and_privately() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
-        let cfg: LetterConfig =
-            toml::from_str(&format!("spool = \"{}\"\ncountry = \"DE\"", dir.path().display())).unwrap();
+        let cfg: LetterConfig = toml::from_str(&format!(
+            "spool = \"{}\"\ncountry = \"DE\"",
+            dir.path().display()
+        ))
+        .unwrap();
         let ch = LetterChannel::from_config(&cfg, "Example ISP").unwrap();
         ch.healthcheck().await.unwrap();
         let receipt = ch.deliver(&letter()).await.unwrap();
@@ -517,9 +551,15 @@ mod tests {
         assert_eq!(sidecar.pages, 1);
         assert_eq!(sidecar.address.town, "Berlin");
         // A letter within the sender's country: no country line.
-        assert_eq!(sidecar.window, ["Jörg Müller", "Hauptstraße 5", "10115 Berlin"]);
+        assert_eq!(
+            sidecar.window,
+            ["Jörg Müller", "Hauptstraße 5", "10115 Berlin"]
+        );
         for name in [format!("{r}.pdf"), format!("{r}.json")] {
-            let mode = std::fs::metadata(dir.path().join(&name)).unwrap().permissions().mode();
+            let mode = std::fs::metadata(dir.path().join(&name))
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600, "{name}");
         }
         // Nothing half-written is left behind.
@@ -540,17 +580,27 @@ mod tests {
     fn config_mistakes_are_named() {
         let cases = [
             ("", "spool"),
-            ("spool = \"/tmp/x\"\nupload = \"https://print.example/v1\"", "upload"),
+            (
+                "spool = \"/tmp/x\"\nupload = \"https://print.example/v1\"",
+                "upload",
+            ),
             ("spool = \"relative/dir\"", "spool"),
             ("upload = \"http://print.example/v1\"", "upload"),
             ("upload = \"https://u:p@print.example/v1\"", "upload"),
             ("spool = \"/tmp/x\"\ntoken = \"t\"", "token"),
-            ("spool = \"/tmp/x\"\nsender_lines = [\"a\", \"b\", \"c\", \"d\"]", "sender_lines"),
+            (
+                "spool = \"/tmp/x\"\nsender_lines = [\"a\", \"b\", \"c\", \"d\"]",
+                "sender_lines",
+            ),
             ("spool = \"/tmp/x\"\ncountry = \"Germany\"", "country"),
         ];
         for (text, key) in cases {
             let cfg: LetterConfig = toml::from_str(text).unwrap();
-            assert_eq!(cfg.validate().map_err(|e| e.0), Err(key.to_string()), "{text}");
+            assert_eq!(
+                cfg.validate().map_err(|e| e.0),
+                Err(key.to_string()),
+                "{text}"
+            );
         }
         let ok: LetterConfig = toml::from_str("upload = \"http://127.0.0.1:9/v1\"").unwrap();
         ok.validate().unwrap();

@@ -205,7 +205,9 @@ pub async fn put_account(
     };
     let account = crate::directory::account(id.clone(), fields)?;
     let view = st.store.account_view(&id).await?;
-    let stored_postal = view.as_ref().and_then(|v| v.account.postal_address.as_ref());
+    let stored_postal = view
+        .as_ref()
+        .and_then(|v| v.account.postal_address.as_ref());
     let postal = postal_address(input.postal_address, stored_postal)?;
     let account = Account {
         prefixes: prefixes(&st, &caller, &id, input.prefixes).await?,
