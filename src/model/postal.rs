@@ -187,7 +187,8 @@ mod tests {
     fn each_bad_field_is_named() {
         let long = "x".repeat(MAX_LINE + 1);
         // (what is changed, the field named)
-        let cases: Vec<(Box<dyn Fn(&mut PostalInput)>, &str)> = vec![
+        type Edit = Box<dyn Fn(&mut PostalInput)>;
+        let cases: Vec<(Edit, &str)> = vec![
             (Box::new(|i| i.name = " ".into()), "name"),
             (Box::new(move |i| i.name = "x".repeat(51)), "name"),
             (Box::new(|i| i.name = "Jörg\nMüller".into()), "name"),

@@ -385,11 +385,12 @@ mod tests {
         )
     }
 
-    /// The parts of a `multipart/form-data` body, by name: (content type,
-    /// file name, content).
-    fn parts(
-        req: &crate::channels::testkit::Request,
-    ) -> Vec<(String, Option<String>, Option<String>, Vec<u8>)> {
+    /// One part of a `multipart/form-data` body: its name, file name,
+    /// content type and content.
+    type Part = (String, Option<String>, Option<String>, Vec<u8>);
+
+    /// The parts of a `multipart/form-data` body, in order.
+    fn parts(req: &crate::channels::testkit::Request) -> Vec<Part> {
         let ct = req.header("content-type").unwrap_or_default();
         let boundary = ct
             .strip_prefix("multipart/form-data; boundary=")
