@@ -68,6 +68,7 @@ async fn main() {
                 paranoid: false,
                 defaults: Preferences::default(),
                 prefixes: Vec::new(),
+                postal_address: None,
             })
             .await
             .unwrap();

@@ -48,6 +48,7 @@ hold = "3m"
             paranoid: false,
             defaults: Preferences::default(),
             prefixes: Vec::new(),
+            postal_address: None,
         },
         contacts: vec![ContactView {
             contact: Contact {

@@ -453,6 +453,25 @@ struct Step {
 
 impl ChangeRule for Step {
     fn decide(&self, ctx: &ChangeContext, now: DateTime<Utc>) -> (Vec<ChangeWrite>, ChangeAnswer) {
+        let (mut writes, answer) = self.decide_all(ctx, now);
+        // Letters only as `plan::letter` admits them (kci's security
+        // notices at `maximum`): the others are not written at all.
+        writes.retain(|w| match w {
+            ChangeWrite::Notice(n) => {
+                crate::plan::letter::admits(n.channel, &n.type_name, false, ctx.level)
+            }
+            _ => true,
+        });
+        (writes, answer)
+    }
+}
+
+impl Step {
+    fn decide_all(
+        &self,
+        ctx: &ChangeContext,
+        now: DateTime<Utc>,
+    ) -> (Vec<ChangeWrite>, ChangeAnswer) {
         match &self.action {
             Action::Open(new) => self.open(new, ctx),
             Action::Settle => self.settle(ctx, now),
@@ -796,9 +815,16 @@ impl Step {
                     id: plan.id.clone(),
                 }]
             }
-            // Not asked through the API yet (a destination is changed by
-            // removing it and adding another); nothing to write.
-            ChangeKind::DestinationChange => Vec::new(),
+            // A `postal:account` destination's letters go to a new
+            // address (the account's). Other destinations are changed by
+            // removing one and adding another: nothing to write.
+            ChangeKind::DestinationChange => match (&c.account, &c.subject.postal_address) {
+                (Some(account), Some(address)) => vec![ChangeWrite::SetPostalAddress {
+                    account: account.clone(),
+                    address: address.clone(),
+                }],
+                _ => Vec::new(),
+            },
             ChangeKind::SecurityLower => {
                 let (Some(account), Some(view)) = (&c.account, &ctx.account) else {
                     return Vec::new();

@@ -35,6 +35,10 @@ pub struct ChannelsConfig {
     /// Apprise's services (`apprise:<tag>` destinations); present means enabled.
     #[serde(default)]
     pub apprise: Option<crate::channels::apprise::AppriseConfig>,
+    /// Letters on paper (`postal:account` destinations), to a spool
+    /// directory or a print-and-post service; present means enabled.
+    #[serde(default)]
+    pub letter: Option<crate::channels::letter::LetterConfig>,
 }
 
 impl ChannelsConfig {
@@ -51,6 +55,7 @@ impl ChannelsConfig {
             Telegram => self.telegram.as_ref().and_then(|c| c.rate),
             Signal => self.signal.as_ref().and_then(|c| c.rate),
             Apprise => self.apprise.as_ref().and_then(|c| c.rate),
+            Letter => self.letter.as_ref().and_then(|c| c.rate),
         }
     }
 }

@@ -6,6 +6,7 @@ pub mod apprise;
 mod config;
 pub mod email;
 pub mod http;
+pub mod letter;
 pub mod matrix;
 pub mod ntfy;
 pub mod pushover;
@@ -44,6 +45,8 @@ pub struct Outgoing {
     /// destination's address, if any; the mail is then signed and
     /// encrypted to it, or not sent at all (never in clear).
     pub recipient_key: Option<String>,
+    /// A letter's: the account's postal address as it is now.
+    pub postal_address: Option<crate::model::PostalAddress>,
 }
 
 impl Outgoing {
@@ -265,6 +268,12 @@ impl Channels {
         }
         if let Some(c) = &config.apprise {
             channels.insert(Arc::new(apprise::AppriseChannel::from_config(c)?));
+        }
+        if let Some(c) = &config.letter {
+            channels.insert(Arc::new(letter::LetterChannel::from_config(
+                c,
+                mail.sender_name(),
+            )?));
         }
         Ok(channels)
     }

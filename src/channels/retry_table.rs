@@ -78,6 +78,7 @@ const TELEGRAM_TOKEN: &str = "110201543:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw";
 const PUSHOVER_TOKEN: &str = "azGDORePK8gMaC0QOYAMyEEuzJnyUi";
 const SIGNAL_TOKEN: &str = "sig_0c1f9a7e55d24b0b9b7e";
 const MATRIX_TOKEN: &str = "syt_a2NpLWJvdA_secretsecret";
+const LETTER_TOKEN: &str = "pp_live_7f3a9c1e5b2d4f60";
 
 fn subjects() -> Vec<Subject> {
     vec![
@@ -178,6 +179,19 @@ fn subjects() -> Vec<Subject> {
                     reason_phrase(status)
                 )
             },
+        },
+        Subject {
+            name: "letter (print-and-post upload)",
+            secrets: &[LETTER_TOKEN],
+            build: |base| {
+                let cfg: super::letter::LetterConfig = toml(format!(
+                    "upload = \"{base}/v1/letters\"\ntoken = \"{LETTER_TOKEN}\"\ntimeout = \"{TIMEOUT}\""
+                ));
+                Arc::new(super::letter::LetterChannel::from_config(&cfg, "Example ISP").unwrap())
+            },
+            uri: |_| "postal:account".into(),
+            success: (201, r#"{"id":"ltr_8c41d2","status":"accepted"}"#),
+            error_body: |status| format!(r#"{{"error":"{}"}}"#, reason_phrase(status)),
         },
         Subject {
             name: "matrix (room id)",

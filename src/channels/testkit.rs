@@ -138,6 +138,7 @@ pub fn closed_port() -> String {
 pub fn outgoing(uri: &str, short: &str, subject: &str) -> Outgoing {
     let dest: crate::model::DestinationUri = uri.parse().expect("a valid URI");
     let now = chrono::Utc::now();
+    let channel = dest.channel();
     Outgoing {
         notification: Notification {
             id: "01a20000-0000-7000-8000-000000000001".into(),
@@ -146,7 +147,7 @@ pub fn outgoing(uri: &str, short: &str, subject: &str) -> Outgoing {
             contact: "alice".into(),
             destination: "d1".into(),
             uri: uri.into(),
-            channel: dest.channel(),
+            channel,
             type_name: "line.down".into(),
             key: "L1".into(),
             priority: Priority::Normal,
@@ -177,5 +178,18 @@ pub fn outgoing(uri: &str, short: &str, subject: &str) -> Outgoing {
         secrets: Vec::new(),
         channel_secret: true,
         recipient_key: None,
+        postal_address: (dest == crate::model::DestinationUri::Postal).then(postal_address),
     }
+}
+
+/// The postal address the letters of [`outgoing`] go to.
+pub fn postal_address() -> crate::model::PostalAddress {
+    crate::model::PostalAddress::parse(crate::model::PostalInput {
+        name: "Jörg Müller".into(),
+        lines: vec!["Hauptstraße 5".into()],
+        postcode: "10115".into(),
+        town: "Berlin".into(),
+        country: "DE".into(),
+    })
+    .expect("a valid address")
 }

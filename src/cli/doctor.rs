@@ -86,6 +86,30 @@ pub fn database_file_mode(path: &Path, mode: u32) -> Finding {
     }
 }
 
+/// The letters' spool directory (`[channels.letter] spool`): customers'
+/// names and addresses. Never open to everyone; the print room's group is
+/// a choice worth a warning.
+pub fn spool_directory_mode(path: &Path, mode: u32) -> Finding {
+    let what = "channels.letter.spool";
+    let shown = format!("{} (mode {:04o})", path.display(), mode & 0o7777);
+    match mode {
+        m if m & 0o007 != 0 => finding(
+            Level::Fail,
+            what,
+            format!(
+                "{shown} is open to everyone, and letters carry customers' addresses: chmod 700 {} (or 770 for a print room's group)",
+                path.display()
+            ),
+        ),
+        m if m & 0o070 != 0 => finding(
+            Level::Warn,
+            what,
+            format!("{shown} is open to its group: right for a print room's group, else chmod 700"),
+        ),
+        _ => finding(Level::Ok, what, shown),
+    }
+}
+
 /// How long before a certificate's end it is worth a warning.
 const RENEW_WITHIN: chrono::TimeDelta = chrono::TimeDelta::days(30);
 
@@ -288,6 +312,17 @@ fn files(config: &Config) -> Vec<Finding> {
                 format!("cannot read {}: {e}", path.display()),
             ),
         });
+    }
+    if let Some(spool) = config
+        .channels
+        .letter
+        .as_ref()
+        .and_then(|l| l.spool.as_ref())
+    {
+        // Whether it is there and writable is the channel's health check.
+        if let Ok(m) = std::fs::metadata(spool) {
+            out.push(spool_directory_mode(spool, m.mode()));
+        }
     }
     if let Some(db) = crate::store::sqlite_path(config.store.url.expose()) {
         let path = Path::new(db);
@@ -648,6 +683,20 @@ mod tests {
             (0o100606, Level::Fail),
         ] {
             assert_eq!(database_file_mode(p, mode).level, level, "{mode:o}");
+        }
+    }
+
+    #[test]
+    fn the_letters_spool_is_never_open_to_everyone() {
+        let p = Path::new("/var/spool/kci-letters");
+        for (mode, level) in [
+            (0o040700, Level::Ok),
+            (0o040770, Level::Warn),
+            (0o040750, Level::Warn),
+            (0o040755, Level::Fail),
+            (0o041777, Level::Fail),
+        ] {
+            assert_eq!(spool_directory_mode(p, mode).level, level, "{mode:o}");
         }
     }
 

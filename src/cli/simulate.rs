@@ -286,7 +286,7 @@ pub async fn simulate_text(text: &str, file: &str) -> Result<Vec<String>, Scenar
         .map(|(at, _, n)| {
             let out = sent.get(&n.id);
             let (text, subject) = match (out, n.channel) {
-                (Some(o), ChannelKind::Email) => (
+                (Some(o), ChannelKind::Email | ChannelKind::Letter) => (
                     Some(o.rendered.body.clone()),
                     Some(o.rendered.subject.clone()),
                 ),
@@ -344,6 +344,7 @@ async fn load_account(store: &dyn Store, a: &ScenarioAccount) -> Result<(), Stri
         paranoid: a.paranoid,
         defaults: a.defaults.clone(),
         prefixes: Vec::new(),
+        postal_address: None,
     };
     store
         .put_account(&account)

@@ -841,6 +841,10 @@ pub struct EventType {
     /// short text is cut to fit. Default: `[channels.sms] max_segments`.
     #[serde(default)]
     pub max_segments: Option<usize>,
+    /// Also by letter to `postal:` destinations (paper, for what must be on
+    /// record: a contract's end, say). Off, a type never goes by post.
+    #[serde(default)]
+    pub letter: bool,
 }
 
 /// What a completed pair tells the customer.
@@ -1002,6 +1006,10 @@ impl Config {
             (
                 "channels.apprise.timeout",
                 c.apprise.as_ref().map(|x| x.timeout),
+            ),
+            (
+                "channels.letter.timeout",
+                c.letter.as_ref().map(|x| x.timeout),
             ),
         ];
         timeouts
@@ -1203,6 +1211,11 @@ impl Config {
             apprise
                 .validate()
                 .map_err(|(key, message)| (format!("channels.apprise.{key}"), message))?;
+        }
+        if let Some(letter) = &self.channels.letter {
+            letter
+                .validate()
+                .map_err(|(key, message)| (format!("channels.letter.{key}"), message))?;
         }
         if self.delivery.concurrency == 0 {
             return Err(("delivery.concurrency".into(), "must be at least 1".into()));

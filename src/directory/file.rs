@@ -906,6 +906,7 @@ mod tests {
                 )
                 .unwrap(),
                 prefixes: vec!["203.0.113.0/24".parse().unwrap()],
+                postal_address: None,
             },
             contacts: vec![
                 ContactView {

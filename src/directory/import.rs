@@ -28,24 +28,30 @@ fn writes(
     let id = &row.account.id;
     let mut out = Vec::new();
     let (mut created, mut updated) = (false, false);
+    // The file has no postal address: an account's stays as stored (the
+    // API sets it, and protects changing where letters go).
+    let incoming = crate::model::Account {
+        postal_address: seen.account.and_then(|a| a.postal_address.clone()),
+        ..row.account.clone()
+    };
     // The account as it will be after this row.
     let account = match seen.account {
         None => {
-            out.push(ImportWrite::Account(row.account.clone()));
+            out.push(ImportWrite::Account(incoming.clone()));
             created = true;
-            &row.account
+            &incoming
         }
-        Some(stored) if row.account_given && stored != &row.account => {
-            if let Some((level, paranoid)) = kept_security(Some(stored), &row.account) {
+        Some(stored) if row.account_given && stored != &incoming => {
+            if let Some((level, paranoid)) = kept_security(Some(stored), &incoming) {
                 return Err(format!(
                     "account {id} is at {}{}; lowering that is a protected change: make it through the API (PUT /v1/accounts/{id}), which opens it",
                     level.as_str(),
                     if paranoid { ", paranoid" } else { "" }
                 ));
             }
-            out.push(ImportWrite::Account(row.account.clone()));
+            out.push(ImportWrite::Account(incoming.clone()));
             updated = true;
-            &row.account
+            &incoming
         }
         Some(stored) => stored,
     };
@@ -76,6 +82,13 @@ fn writes(
             );
         let level = account.security_level.as_str();
         match existing(seen, row, dest)? {
+            None if dest.uri == crate::model::DestinationUri::Postal
+                && account.postal_address.is_none() =>
+            {
+                return Err(format!(
+                    "postal:account needs account {id}'s postal address, which an import does not carry: set it with PUT /v1/accounts/{id} (`postal_address`) first"
+                ));
+            }
             None => {
                 if protected {
                     return Err(format!(
@@ -166,6 +179,7 @@ mod tests {
             paranoid: false,
             defaults: Preferences::default(),
             prefixes: Vec::new(),
+            postal_address: None,
         }
     }
 

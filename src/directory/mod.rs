@@ -74,6 +74,7 @@ pub fn account(id: String, fields: AccountFields) -> Result<Account, Invalid> {
         paranoid: fields.paranoid.unwrap_or(false),
         defaults: fields.defaults,
         prefixes: Vec::new(),
+        postal_address: None,
     })
 }
 

@@ -158,6 +158,10 @@ pub struct Subject {
     /// asked (if they changed since, it no longer applies).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from: Option<(SecurityLevel, bool)>,
+    /// `destination.change` of a `postal:account` destination: the
+    /// account's postal address after (where its letters go).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postal_address: Option<super::PostalAddress>,
 }
 
 /// A protected change (the contract's record, and what it does).
@@ -451,6 +455,12 @@ pub enum ChangeWrite {
         contact: String,
         id: String,
     },
+    /// An account's postal address, as a change of its `postal:`
+    /// destination sets it.
+    SetPostalAddress {
+        account: String,
+        address: super::PostalAddress,
+    },
     /// An account's security, as a change lowers it.
     SetSecurity {
         account: String,
@@ -603,6 +613,7 @@ mod tests {
             timezone: None,
             defaults: Default::default(),
             prefixes: Vec::new(),
+            postal_address: None,
         };
         // (case, stored, wanted, kept)
         let cases = [

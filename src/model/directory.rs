@@ -21,6 +21,9 @@ pub struct Account {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     #[schema(schema_with = super::schema::prefixes)]
     pub prefixes: Vec<ipnet::IpNet>,
+    /// Where a `postal:account` destination's letters go.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub postal_address: Option<super::PostalAddress>,
 }
 
 /// The most prefixes one account may have.

@@ -17,6 +17,7 @@ mod import;
 mod keys;
 mod notification;
 mod planning;
+pub mod postal;
 mod preferences;
 mod priority;
 mod role;
@@ -56,6 +57,7 @@ pub use keys::{
 };
 pub use notification::{Notification, SECRET_MARK};
 pub use planning::{Cancel, Load, Planned, RelatedNotice, Seen};
+pub use postal::{PostalAddress, PostalError, PostalInput};
 pub use preferences::Preferences;
 pub use priority::Priority;
 pub use role::{Role, Staff};

@@ -119,6 +119,11 @@ pub enum Reason {
     /// A notice about a protected change that ended before it went out
     /// (a reminder of a change vetoed or applied meanwhile).
     ChangeEnded,
+    /// A `postal:` destination gets only the types that ask for letters and
+    /// kci's security notices at `maximum` (`plan::letter`).
+    NotByLetter,
+    /// A letter for an account without a postal address.
+    NoPostalAddress,
 }
 
 impl Reason {
@@ -152,6 +157,8 @@ impl Reason {
             Reason::Unhealthy => "unhealthy",
             Reason::SecretGone => "secret_gone",
             Reason::ChangeEnded => "change_ended",
+            Reason::NotByLetter => "not_by_letter",
+            Reason::NoPostalAddress => "no_postal_address",
         }
     }
 
@@ -219,6 +226,8 @@ mod tests {
             Reason::MinPriority,
             Reason::RateLimit,
             Reason::NotBefore,
+            Reason::NotByLetter,
+            Reason::NoPostalAddress,
         ] {
             assert_eq!(Reason::parse(r.as_str()), Some(r));
             assert_eq!(serde_json::to_value(r).unwrap(), r.as_str());

@@ -17,12 +17,14 @@ pub enum ChannelKind {
     Telegram,
     Signal,
     Apprise,
+    /// A letter on paper, to the account's postal address.
+    Letter,
 }
 
 impl ChannelKind {
     /// Every channel kind, for the places that set up one thing per kind
     /// (rate limiters, the simulator's recorders, reading a stored kind).
-    pub const ALL: [ChannelKind; 9] = [
+    pub const ALL: [ChannelKind; 10] = [
         ChannelKind::Email,
         ChannelKind::Sms,
         ChannelKind::Webhook,
@@ -32,16 +34,17 @@ impl ChannelKind {
         ChannelKind::Telegram,
         ChannelKind::Signal,
         ChannelKind::Apprise,
+        ChannelKind::Letter,
     ];
 
     /// Whether the channel carries only a short text (SMS, push, chat), so
     /// a notice without a short form cannot go there. Apprise carries a
     /// title and a body and fits the body to each service itself, so it
-    /// takes the long form, as mail does.
+    /// takes the long form, as mail does; so does a letter.
     pub fn needs_short(self) -> bool {
         !matches!(
             self,
-            ChannelKind::Email | ChannelKind::Webhook | ChannelKind::Apprise
+            ChannelKind::Email | ChannelKind::Webhook | ChannelKind::Apprise | ChannelKind::Letter
         )
     }
 
@@ -64,6 +67,7 @@ impl ChannelKind {
             ChannelKind::Telegram => "telegram",
             ChannelKind::Signal => "signal",
             ChannelKind::Apprise => "apprise",
+            ChannelKind::Letter => "letter",
         }
     }
 }
@@ -93,6 +97,9 @@ pub enum DestinationUri {
     /// `apprise:<tag>`: the operator's Apprise services carrying that tag
     /// (`apprise:all` for every one of them, Apprise's own word for it).
     Apprise(String),
+    /// `postal:account`: a letter to the account's postal address (which
+    /// lives on the account, so nothing else follows the scheme).
+    Postal,
 }
 
 impl DestinationUri {
@@ -107,6 +114,7 @@ impl DestinationUri {
             DestinationUri::Telegram(_) => ChannelKind::Telegram,
             DestinationUri::Signal(_) => ChannelKind::Signal,
             DestinationUri::Apprise(_) => ChannelKind::Apprise,
+            DestinationUri::Postal => ChannelKind::Letter,
         }
     }
 
@@ -239,8 +247,15 @@ impl std::str::FromStr for DestinationUri {
             "ntfy" => non_empty_token("ntfy", rest).map(DestinationUri::Ntfy),
             "telegram" => non_empty_token("telegram", rest).map(DestinationUri::Telegram),
             "apprise" => parse_apprise_tag(rest).map(DestinationUri::Apprise),
+            // Bare `postal:` is the same: the account's address.
+            "postal" => match rest {
+                "" | "account" => Ok(DestinationUri::Postal),
+                _ => Err(ParseError::new(
+                    "a postal: destination is `postal:account`: the address is the account's own (set it with PUT /v1/accounts/{id}, `postal_address`)",
+                )),
+            },
             other => Err(ParseError::new(format!(
-                "unknown scheme `{other}:`; use mailto:, sms:, https:, matrix:, pushover:, ntfy:, telegram:, signal: or apprise:"
+                "unknown scheme `{other}:`; use mailto:, sms:, https:, matrix:, pushover:, ntfy:, telegram:, signal:, apprise: or postal:"
             ))),
         }
     }
@@ -258,6 +273,7 @@ impl fmt::Display for DestinationUri {
             DestinationUri::Telegram(c) => write!(f, "telegram:{c}"),
             DestinationUri::Signal(n) => write!(f, "signal:{n}"),
             DestinationUri::Apprise(t) => write!(f, "apprise:{t}"),
+            DestinationUri::Postal => f.write_str("postal:account"),
         }
     }
 }
@@ -289,6 +305,7 @@ mod tests {
             ("apprise:devops", ChannelKind::Apprise),
             ("apprise:all", ChannelKind::Apprise),
             ("apprise:on-call_2", ChannelKind::Apprise),
+            ("postal:account", ChannelKind::Letter),
         ];
         for (s, kind) in ok {
             let uri: DestinationUri = s.parse().unwrap_or_else(|e| panic!("{s}: {e}"));
@@ -314,6 +331,8 @@ mod tests {
             "apprise:ops.eu",
             "apprise:devops,admin",
             "apprise:dev ops",
+            "postal:Hauptstraße 5",
+            "postal:account:x",
         ] {
             assert!(
                 s.parse::<DestinationUri>().is_err(),
@@ -371,12 +390,24 @@ mod tests {
                 | ChannelKind::Ntfy
                 | ChannelKind::Telegram
                 | ChannelKind::Signal
-                | ChannelKind::Apprise => {}
+                | ChannelKind::Apprise
+                | ChannelKind::Letter => {}
             }
         }
         let names: std::collections::BTreeSet<_> =
             ChannelKind::ALL.iter().map(|k| k.as_str()).collect();
         assert_eq!(names.len(), ChannelKind::ALL.len());
+    }
+
+    #[test]
+    fn bare_postal_is_the_accounts_address_stored_canonically() {
+        for raw in ["postal:", "postal:account", "POSTAL:account"] {
+            let uri: DestinationUri = raw.parse().unwrap_or_else(|e| panic!("{raw}: {e}"));
+            assert_eq!(uri, DestinationUri::Postal);
+            assert_eq!(uri.to_string(), "postal:account");
+        }
+        let e = "postal:10115 Berlin".parse::<DestinationUri>().unwrap_err();
+        assert!(e.0.contains("the address is the account's own"), "{e}");
     }
 
     #[test]

@@ -15,6 +15,7 @@ mod expiry;
 mod filter;
 pub mod flap;
 mod hold;
+pub mod letter;
 mod pair;
 mod supersede;
 mod window;
@@ -235,6 +236,8 @@ pub fn plan(
     let pending = seen.related;
     let etype = config.types.get(&event.type_name);
     let hold = etype.and_then(|t| t.hold);
+    let letter = etype.is_some_and(|t| t.letter);
+    let level = dir.account.security_level;
     let flapping = flap::rule(config, &event.type_name);
     let mut decisions = Vec::new();
     let mut cancels = Vec::new();
@@ -264,7 +267,13 @@ pub fn plan(
                 folded_into: None,
                 paired_from: None,
             };
-            decide(event, hold, dest, &eff, now, &mut d);
+            if letter::admits(d.channel, &event.type_name, letter, level) {
+                decide(event, hold, dest, &eff, now, &mut d);
+            } else {
+                d.state = State::Suppressed;
+                d.reason = Some(Reason::NotByLetter);
+                d.detail = Some(letter::explain(&event.type_name, level));
+            }
             if let Some((rule, family)) = &flapping {
                 let damped = flap::apply(
                     event,
@@ -495,6 +504,7 @@ mod tests {
                 paranoid: false,
                 defaults: Preferences::default(),
                 prefixes: Vec::new(),
+                postal_address: None,
             },
             contacts: vec![ContactView {
                 contact: Contact {

@@ -25,6 +25,8 @@ pub struct Renderer {
     /// Longest SMS per type, in segments, and for types that do not say.
     max_segments: std::collections::HashMap<String, usize>,
     default_max_segments: usize,
+    /// The types whose config asks for letters (`letter = true`).
+    letter_types: std::collections::HashSet<String>,
     /// Who sends (the display name of `[email] from`), for content-free notices.
     operator: String,
     portal: Option<String>,
@@ -59,13 +61,25 @@ impl Renderer {
             .filter_map(|(name, t)| t.max_segments.map(|m| (name.clone(), m)))
             .collect();
         let operator = config.email.sender_name().to_string();
+        let letter_types = config
+            .types
+            .iter()
+            .filter(|(_, t)| t.letter)
+            .map(|(name, _)| name.clone())
+            .collect();
         Ok(Self {
             env,
             max_segments,
+            letter_types,
             default_max_segments: config.channels.sms.max_segments,
             operator,
             portal: config.server.portal_url.as_ref().map(|u| u.to_string()),
         })
+    }
+
+    /// Whether type `type_name` asks to go by letter too (`letter = true`).
+    pub fn asks_for_letter(&self, type_name: &str) -> bool {
+        self.letter_types.contains(type_name)
     }
 
     /// The notice a `paranoid` account gets where content could leak (a

@@ -344,6 +344,24 @@ impl Scheduler {
                 )
                 .await;
         }
+        // Paper only where `plan::letter` admits it, whoever wrote the
+        // notice (an event's type whose config changed since, a notice
+        // kci wrote itself), judged on the account as it is now.
+        if n.channel == crate::model::ChannelKind::Letter {
+            let level = c
+                .account
+                .as_ref()
+                .map(|a| a.security_level)
+                .unwrap_or_default();
+            let asks = self.renderer.asks_for_letter(&n.type_name);
+            if !crate::plan::letter::admits(n.channel, &n.type_name, asks, level) {
+                let cancelled = Finish::Cancelled {
+                    at: now,
+                    reason: Reason::NotByLetter,
+                };
+                return self.finish(n, cancelled).await;
+            }
+        }
         let rendered = if n.type_name == crate::plan::DIGEST_TYPE {
             // Composed now, from whatever is still folded into it.
             let members = self.store.digest_members(&n.id).await?;
@@ -442,6 +460,7 @@ impl Scheduler {
             secrets: secured.secrets,
             channel_secret: secured.channel_secret,
             recipient_key: secured.recipient_key,
+            postal_address: c.account.as_ref().and_then(|a| a.postal_address.clone()),
         };
         let ceiling = self.delivery.concurrency;
         let epoch = self.windows.epoch(n.channel, ceiling);
@@ -810,6 +829,7 @@ mod tests {
             paranoid: false,
             defaults: Default::default(),
             prefixes: Vec::new(),
+            postal_address: None,
         };
         store.put_account(&account).await.unwrap();
         let alice = crate::model::Contact {

@@ -169,6 +169,7 @@ mod tests {
             event: None,
             paranoid,
             active_key: key.then(|| "KEY".to_string()),
+            account: None,
         }
     }
 

@@ -23,6 +23,7 @@ fn account(id: &str) -> Account {
         paranoid: false,
         defaults: Preferences::default(),
         prefixes: Vec::new(),
+        postal_address: None,
     }
 }
 
@@ -2618,6 +2619,7 @@ conformance!(
     check_assurance,
     check_import_directory,
     check_channel_limits,
+    check_postal_addresses,
 );
 
 /// A channel's rate and pause are one state for every node on the store:
@@ -2673,6 +2675,126 @@ pub async fn check_channel_limits(store: &dyn Store) {
         .await
         .unwrap();
     assert_eq!(after, rate.reserve(Some(tat), at, 1).1);
+}
+
+/// An account's postal address on this store: kept as written; a new one
+/// for an account with a `postal:` destination applied by its protected
+/// change (`destination.change`) once due; the change's notices by letter
+/// only at `maximum`.
+pub async fn check_postal_addresses(store: &dyn Store) {
+    use crate::changes::{Actor, Engine, REMINDER};
+    use crate::model::{
+        ChangeAnswer, ChangeKind, ChangeState, DestinationPlan, PostalAddress, PostalInput, Subject,
+    };
+    let address = |town: &str| {
+        PostalAddress::parse(PostalInput {
+            name: "Jörg Müller".into(),
+            lines: vec!["Hauptstraße 5".into()],
+            postcode: "10115".into(),
+            town: town.into(),
+            country: "DE".into(),
+        })
+        .unwrap()
+    };
+    let config = Config::parse(
+        "[changes]\ncooling_off = { standard = \"1h\", high = \"1h\", maximum = \"1h\" }\n",
+        "test",
+    )
+    .unwrap();
+    let t0 = t("2026-03-22T10:00:00Z");
+    let at = |min: i64| Engine {
+        store,
+        config: &config,
+        now: t0 + Duration::minutes(min),
+    };
+    let ann = Actor {
+        id: "staff:ann".into(),
+        source: None,
+        ticket: None,
+    };
+    // (account, level, letters among the reminders)
+    for (id, level, by_letter) in [
+        ("P1", SecurityLevel::High, 0),
+        ("P2", SecurityLevel::Maximum, 3),
+    ] {
+        let mut a = account(id);
+        a.security_level = level;
+        a.postal_address = Some(address("Berlin"));
+        store.put_account(&a).await.unwrap();
+        let view = store.account_view(id).await.unwrap().unwrap();
+        assert_eq!(view.account.postal_address, Some(address("Berlin")));
+        let alice = Contact {
+            id: "alice".into(),
+            name: "Alice".into(),
+            timezone: None,
+            prefs: Default::default(),
+        };
+        store.put_contact(id, &alice).await.unwrap();
+        let postal = destination("alice", "postal:account", true);
+        for d in [
+            destination("alice", "mailto:alice@example.com", true),
+            postal.clone(),
+        ] {
+            store.add_destination(id, &d, None, None).await.unwrap();
+        }
+        let plan = DestinationPlan {
+            id: postal.id.clone(),
+            contact: "alice".into(),
+            uri: "postal:account".into(),
+            prefs: Default::default(),
+            verified: true,
+        };
+        let subject = Subject {
+            destination: Some(Box::new(plan)),
+            postal_address: Some(address("Hamburg")),
+            ..Subject::default()
+        };
+        let change = at(0).new_change(ChangeKind::DestinationChange, id, level, subject, &ann);
+        let ChangeAnswer::Opened(opened) = at(0).request(change, &ann).await.unwrap() else {
+            panic!("a protected change opens");
+        };
+        assert_eq!(opened.subject.postal_address, Some(address("Hamburg")));
+        // Stored whole, the new address with it.
+        assert_eq!(
+            store.change(&opened.id).await.unwrap(),
+            Some(opened.clone())
+        );
+        let pending = store
+            .notifications_in(State::Pending, None, 500)
+            .await
+            .unwrap();
+        let reminders: Vec<_> = pending
+            .iter()
+            .filter(|n| n.account == id && n.type_name == REMINDER)
+            .collect();
+        let letters = reminders
+            .iter()
+            .filter(|n| n.channel == crate::model::ChannelKind::Letter)
+            .count();
+        assert_eq!((reminders.len() - letters, letters), (3, by_letter), "{id}");
+        // The old address meanwhile; the new one once it applies.
+        let view = store.account_view(id).await.unwrap().unwrap();
+        assert_eq!(view.account.postal_address, Some(address("Berlin")));
+        if level == SecurityLevel::Maximum {
+            // Two approvals at maximum.
+            for name in ["bob", "cy"] {
+                let staff = Actor {
+                    id: format!("staff:{name}"),
+                    ..ann.clone()
+                };
+                at(2).approve(&opened.id, &staff).await.unwrap();
+            }
+        }
+        at(61).settle_due().await.unwrap();
+        let c = store.change(&opened.id).await.unwrap().unwrap();
+        assert_eq!(c.state, ChangeState::Applied, "{id}: {c:?}");
+        let view = store.account_view(id).await.unwrap().unwrap();
+        assert_eq!(
+            view.account.postal_address,
+            Some(address("Hamburg")),
+            "{id}"
+        );
+    }
 }
 
 /// Assurance recovery on a store: record, confirm by the link, complete

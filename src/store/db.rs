@@ -39,6 +39,7 @@ macro_rules! migrations {
             (12, include_str!(concat!("migrations/", $db, "-12.sql"))),
             (13, include_str!(concat!("migrations/", $db, "-13.sql"))),
             (14, include_str!(concat!("migrations/", $db, "-14.sql"))),
+            (15, include_str!(concat!("migrations/", $db, "-15.sql"))),
         ]
     };
 }
@@ -131,9 +132,22 @@ async fn with_context(rows: &mut impl Rows, notes: Vec<Notification>) -> Result<
         return Ok(Vec::new());
     }
     let ctx = rows.claim_context(&notes).await?;
+    // A letter's account: where it goes, and whether it may.
+    let mut accounts: Vec<Account> = Vec::new();
+    for n in &notes {
+        if n.channel == ChannelKind::Letter
+            && !accounts.iter().any(|a| a.id == n.account)
+            && let Some(a) = rows.account(&n.account).await?
+        {
+            accounts.push(a);
+        }
+    }
     Ok(notes
         .into_iter()
         .map(|n| {
+            let account = (n.channel == ChannelKind::Letter)
+                .then(|| accounts.iter().find(|a| a.id == n.account).cloned())
+                .flatten();
             let event = n
                 .event
                 .as_ref()
@@ -150,6 +164,7 @@ async fn with_context(rows: &mut impl Rows, notes: Vec<Notification>) -> Result<
                 event,
                 paranoid,
                 active_key,
+                account,
             }
         })
         .collect())
@@ -420,6 +435,9 @@ async fn write_changes(
                 level,
                 paranoid,
             } => rows.set_security(account, *level, *paranoid).await?,
+            ChangeWrite::SetPostalAddress { account, address } => {
+                rows.set_postal_address(account, Some(address)).await?
+            }
             ChangeWrite::CancelNotices { key, detail } => {
                 let d = decision(
                     "",

@@ -217,6 +217,9 @@ pub struct Claimed {
     pub paranoid: bool,
     /// A mail's: the active OpenPGP key of its address, armored.
     pub active_key: Option<String>,
+    /// A letter's: its account as it is now (the postal address it goes
+    /// to, the security level `plan::letter` reads).
+    pub account: Option<crate::model::Account>,
 }
 
 /// The address of a `mailto:` notification as the key registry keys it.
@@ -803,6 +806,19 @@ pub(crate) mod codec {
 
     pub fn prefs_to_json(p: &Preferences) -> String {
         serde_json::to_string(p).unwrap_or_else(|_| "{}".into())
+    }
+
+    /// An account's postal address as stored: JSON, or NULL for none.
+    pub fn postal_to_json(a: Option<&crate::model::PostalAddress>) -> Option<String> {
+        a.and_then(|a| serde_json::to_string(a).ok())
+    }
+
+    pub fn postal_from_json(s: Option<String>) -> Result<Option<crate::model::PostalAddress>> {
+        s.map(|s| {
+            serde_json::from_str(&s)
+                .map_err(|e| StoreError::Corrupt(format!("postal_address: {e}")))
+        })
+        .transpose()
     }
 
     pub fn prefixes_to_json(p: &[ipnet::IpNet]) -> String {

@@ -487,11 +487,11 @@ impl Rows for PgRows {
 
     async fn upsert_account(&mut self, a: &Account) -> Result<()> {
         self.exec(
-            "INSERT INTO accounts (id, name, timezone, security_level, paranoid, defaults, prefixes) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7) \
+            "INSERT INTO accounts (id, name, timezone, security_level, paranoid, defaults, prefixes, postal_address) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
              ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, timezone = EXCLUDED.timezone, \
              security_level = EXCLUDED.security_level, paranoid = EXCLUDED.paranoid, defaults = EXCLUDED.defaults, \
-             prefixes = EXCLUDED.prefixes",
+             prefixes = EXCLUDED.prefixes, postal_address = EXCLUDED.postal_address",
             &[
                 &a.id,
                 &a.name,
@@ -500,6 +500,7 @@ impl Rows for PgRows {
                 &a.paranoid,
                 &prefs_to_json(&a.defaults),
                 &prefixes_to_json(&a.prefixes),
+                &postal_to_json(a.postal_address.as_ref()),
             ],
         )
         .await?;
@@ -1190,6 +1191,19 @@ impl Rows for PgRows {
         self.exec(
             rows::sql::SET_SECURITY,
             &[&account, &level.as_str(), &paranoid],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn set_postal_address(
+        &mut self,
+        account: &str,
+        address: Option<&crate::model::PostalAddress>,
+    ) -> Result<()> {
+        self.exec(
+            rows::sql::SET_POSTAL_ADDRESS,
+            &[&account, &postal_to_json(address)],
         )
         .await?;
         Ok(())

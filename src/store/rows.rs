@@ -437,6 +437,12 @@ pub trait Rows: Send + 'static {
         level: SecurityLevel,
         paranoid: bool,
     ) -> impl Future<Output = Result<()>> + Send;
+    /// An account's postal address, as a change sets it.
+    fn set_postal_address(
+        &mut self,
+        account: &str,
+        address: Option<&crate::model::PostalAddress>,
+    ) -> impl Future<Output = Result<()>> + Send;
     fn upsert_incident(&mut self, i: &Incident) -> impl Future<Output = Result<()>> + Send;
     /// Stores a call verification (a new one whole; a known one's state,
     /// confirmations, attempts and reason).
@@ -595,6 +601,8 @@ pub mod sql {
     pub const USE_VETO_LINK: &str = "UPDATE change_links SET used_at = $2 WHERE hash = $1";
     pub const SET_SECURITY: &str =
         "UPDATE accounts SET security_level = $2, paranoid = $3 WHERE id = $1";
+    /// An account's postal address (JSON), as a change sets it.
+    pub const SET_POSTAL_ADDRESS: &str = "UPDATE accounts SET postal_address = $2 WHERE id = $1";
 
     /// Accounts after `$1` (all if NULL) by id, `$2` at most: a page of
     /// an export.
@@ -972,7 +980,7 @@ pub fn code_row(r: &impl Cols) -> Result<CodeRow> {
 
 /// The columns [`account`] reads.
 pub const ACCOUNT_COLUMNS: &str =
-    "id, name, timezone, security_level, paranoid, defaults, prefixes";
+    "id, name, timezone, security_level, paranoid, defaults, prefixes, postal_address";
 
 pub fn account(r: &impl Cols) -> Result<Account> {
     Ok(Account {
@@ -983,6 +991,7 @@ pub fn account(r: &impl Cols) -> Result<Account> {
         paranoid: r.flag(4)?,
         defaults: prefs_from_json(&r.text(5)?)?,
         prefixes: prefixes_from_json(&r.text(6)?)?,
+        postal_address: postal_from_json(r.opt_text(7)?)?,
     })
 }
 

@@ -425,11 +425,11 @@ impl Rows for Lite {
 
     async fn upsert_account(&mut self, a: &Account) -> Result<()> {
         self.exec(
-            "INSERT INTO accounts (id, name, timezone, security_level, paranoid, defaults, prefixes) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
+            "INSERT INTO accounts (id, name, timezone, security_level, paranoid, defaults, prefixes, postal_address) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
              ON CONFLICT (id) DO UPDATE SET name = excluded.name, timezone = excluded.timezone, \
              security_level = excluded.security_level, paranoid = excluded.paranoid, defaults = excluded.defaults, \
-             prefixes = excluded.prefixes",
+             prefixes = excluded.prefixes, postal_address = excluded.postal_address",
             params![
                 a.id,
                 a.name,
@@ -437,7 +437,8 @@ impl Rows for Lite {
                 a.security_level.as_str(),
                 a.paranoid,
                 prefs_to_json(&a.defaults),
-                prefixes_to_json(&a.prefixes)
+                prefixes_to_json(&a.prefixes),
+                postal_to_json(a.postal_address.as_ref())
             ],
         )?;
         Ok(())
@@ -1141,6 +1142,18 @@ impl Rows for Lite {
         self.exec(
             &rows::sqlite(rows::sql::SET_SECURITY),
             params![account, level.as_str(), paranoid],
+        )?;
+        Ok(())
+    }
+
+    async fn set_postal_address(
+        &mut self,
+        account: &str,
+        address: Option<&crate::model::PostalAddress>,
+    ) -> Result<()> {
+        self.exec(
+            &rows::sqlite(rows::sql::SET_POSTAL_ADDRESS),
+            params![account, postal_to_json(address)],
         )?;
         Ok(())
     }

@@ -44,7 +44,15 @@ impl ChangeTexts {
             ChangeKind::KeyRemove => format!("stop encrypting the mail to {address}"),
             ChangeKind::DestinationAdd => format!("send your notices also to {dest}"),
             ChangeKind::DestinationRemove => format!("stop sending your notices to {dest}"),
-            ChangeKind::DestinationChange => format!("change where your notices to {dest} go"),
+            ChangeKind::DestinationChange => match &c.subject.postal_address {
+                // The town and country only: enough to recognise, not a
+                // full address on every channel.
+                Some(a) => format!(
+                    "send your letters to a new postal address (in {}, {})",
+                    a.town, a.country
+                ),
+                None => format!("change where your notices to {dest} go"),
+            },
             ChangeKind::SecurityLower => match (c.subject.security_level, c.subject.paranoid) {
                 (Some(level), _) => {
                     format!("lower your account's security level to {}", level.as_str())

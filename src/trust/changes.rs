@@ -298,7 +298,10 @@ pub fn with_factor(c: &Change, factor: &str, level: SecurityLevel) -> Change {
 ///   the other to a verified destination that is not mail and not what
 ///   the change is about;
 /// * a code to text back: to a verified mailbox, for an account with a
-///   verified mobile number that is not what the change is about.
+///   verified mobile number that is not what the change is about;
+/// * never by letter: a code lives 15 minutes and a letter takes days (a
+///   split code's paper half would have to stay valid, and guessable,
+///   for as long — and wait at rest that long).
 pub fn code_destination<'a>(
     c: &Change,
     ctx: &'a ChangeContext,
@@ -319,6 +322,13 @@ pub fn code_destination<'a>(
     let about_destination = |id: &str| c.subject.destination.as_ref().is_some_and(|d| d.id == id);
     let to = find(destination)?;
     if about_destination(destination) {
+        return Err(ChangeRefusal::NotADestination);
+    }
+    let by_letter = |a: &Audience| a.destination.uri == DestinationUri::Postal;
+    let second_by_letter = second
+        .and_then(|id| ctx.audience.iter().find(|a| a.destination.id == id))
+        .is_some_and(by_letter);
+    if by_letter(to) || second_by_letter {
         return Err(ChangeRefusal::NotADestination);
     }
     match kind {
@@ -511,6 +521,7 @@ mod tests {
                 paranoid: false,
                 defaults: Default::default(),
                 prefixes: Vec::new(),
+                postal_address: None,
             },
             contacts: vec![ContactView {
                 contact: Contact {

@@ -14,6 +14,7 @@ mod crash;
 mod delivery;
 mod doctor;
 mod import;
+mod letters;
 #[allow(dead_code)] // the benchmark reads figures the test does not
 mod load_scenario;
 mod mail_transport;

@@ -22,11 +22,11 @@ use axum::response::IntoResponse;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-/// An account written, with the lowering of its security that waits as a
-/// protected change.
+/// An account written, with what waits of it as a protected change (the
+/// lowering of its security, or a new postal address for its letters).
 #[derive(Serialize, ToSchema)]
 pub struct AccountWithChange {
-    /// The account as stored: everything but the lowering.
+    /// The account as stored: everything but what waits.
     pub account: Account,
     pub change: Change,
 }
@@ -109,6 +109,44 @@ struct AccountInput {
     /// Setting them takes `directory:admin`: a request from inside proves
     /// a change.
     prefixes: Option<Vec<String>>,
+    /// Where `postal:account` destinations' letters go; absent: kept as
+    /// stored; `null`: none (refused while a `postal:` destination
+    /// exists). A new one for an account with a `postal:` destination
+    /// redirects its letters: on a `high` account told anywhere, a
+    /// protected change (202).
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<crate::model::PostalAddress>)]
+    postal_address: Option<Option<crate::model::PostalInput>>,
+}
+
+/// A field that is present (`null` too): absent stays `None`.
+fn present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(d).map(Some)
+}
+
+/// The account's postal address after a `PUT`: as given (checked, naming
+/// the field), or as stored when absent.
+fn postal_address(
+    input: Option<Option<crate::model::PostalInput>>,
+    stored: Option<&crate::model::PostalAddress>,
+) -> Result<Option<crate::model::PostalAddress>, AppError> {
+    match input {
+        None => Ok(stored.cloned()),
+        Some(None) => Ok(None),
+        Some(Some(raw)) => crate::model::PostalAddress::parse(raw)
+            .map(Some)
+            .map_err(|e| {
+                AppError::invalid(
+                    "invalid_field",
+                    &format!("postal_address.{}", e.field),
+                    e.message,
+                )
+            }),
+    }
 }
 
 /// The account's own prefixes from `input`, or as stored.
@@ -133,7 +171,8 @@ async fn prefixes(
 /// Create or replace an account.
 ///
 /// 201 created, 200 replaced; 202 when it lowers a `high` account's
-/// security: the rest is written, the lowering waits as a protected
+/// security, or gives a `high` account with a `postal:` destination a new
+/// `postal_address`: the rest is written, that waits as a protected
 /// change. Setting `prefixes` needs `directory:admin`.
 #[utoipa::path(put, path = "/v1/accounts/{id}", tag = "directory",
     params(("id" = String, Path, description = "The account's id"), super::openapi::Ticket),
@@ -142,10 +181,10 @@ async fn prefixes(
     responses(
         (status = 200, description = "Replaced", body = Account),
         (status = 201, description = "Created", body = Account),
-        (status = 202, description = "Written, but the lowering of its security waits", body = AccountWithChange),
+        (status = 202, description = "Written, but the lowering of its security, or its new postal address, waits", body = AccountWithChange),
         (status = 400, description = "`malformed_json`", body = ErrorBody),
-        (status = 409, description = "`change_pending`: another change of the account is pending", body = ErrorBody),
-        (status = 422, description = "`invalid_field`: the message names it", body = ErrorBody),
+        (status = 409, description = "`change_pending`: another change of the account is pending, or two protected changes were asked at once", body = ErrorBody),
+        (status = 422, description = "`invalid_field`: the message names it (`postal_address.lines[1]`, say)", body = ErrorBody),
     ))]
 pub async fn put_account(
     State(st): State<AppState>,
@@ -165,13 +204,66 @@ pub async fn put_account(
         defaults: input.defaults,
     };
     let account = crate::directory::account(id.clone(), fields)?;
+    let view = st.store.account_view(&id).await?;
+    let stored_postal = view
+        .as_ref()
+        .and_then(|v| v.account.postal_address.as_ref());
+    let postal = postal_address(input.postal_address, stored_postal)?;
     let account = Account {
         prefixes: prefixes(&st, &caller, &id, input.prefixes).await?,
+        postal_address: postal.clone(),
+        ..account
+    };
+    // A new address for an account with a `postal:` destination sends its
+    // letters elsewhere: where notices go, protected as such (DESIGN.md §7).
+    let redirect = match &view {
+        Some(v) if postal.as_ref() != stored_postal => {
+            let dests = v.contacts.iter().flat_map(|c| &c.destinations);
+            let postal_dest = dests
+                .clone()
+                .find(|d| d.uri == DestinationUri::Postal)
+                .cloned();
+            let told = dests.clone().any(|d| d.verified);
+            postal_dest.map(|d| (d, told, v.account.security_level))
+        }
+        _ => None,
+    };
+    let mut waits = None;
+    if let Some((dest, told, level)) = redirect {
+        let Some(new) = postal.clone() else {
+            return Err(AppError::invalid(
+                "invalid_field",
+                "postal_address",
+                format!(
+                    "account `{id}` has a postal:account destination ({}): remove it first",
+                    dest.id
+                ),
+            ));
+        };
+        if crate::trust::changes::protected(ChangeKind::DestinationChange, level, told) {
+            let lowering = view
+                .as_ref()
+                .and_then(|v| crate::model::kept_security(Some(&v.account), &account));
+            if lowering.is_some() {
+                return Err(AppError::Conflict {
+                    code: "change_pending",
+                    message: "lowering the security and a new postal address are two protected changes: ask for one, then the other".into(),
+                });
+            }
+            waits = Some((dest, new, level));
+        }
+    }
+    let account = Account {
+        postal_address: if waits.is_some() {
+            stored_postal.cloned()
+        } else {
+            postal
+        },
         ..account
     };
     let (outcome, kept) = st.store.put_account(&account).await?;
     let what = format!(
-        "security_level {}, paranoid {}, timezone {}, {} prefixes{}",
+        "security_level {}, paranoid {}, timezone {}, {} prefixes, postal address {}{}",
         account.security_level.as_str(),
         account.paranoid,
         account
@@ -179,10 +271,15 @@ pub async fn put_account(
             .as_ref()
             .map_or("-".to_string(), |t| t.to_string()),
         account.prefixes.len(),
-        if kept.is_some() {
-            " (the lowering waits as a change)"
-        } else {
-            ""
+        // The town only: the audit log is no address book.
+        account
+            .postal_address
+            .as_ref()
+            .map_or("-".to_string(), |a| format!("in {}", a.town)),
+        match (kept.is_some(), waits.is_some()) {
+            (true, _) => " (the lowering waits as a change)",
+            (_, true) => " (the new postal address waits as a change)",
+            _ => "",
         }
     );
     let action = if outcome == PutOutcome::Created {
@@ -191,6 +288,36 @@ pub async fn put_account(
         "account.updated"
     };
     audit(&st, &caller, peer.clone(), action, &account.id, what).await;
+    if let Some((dest, new, level)) = waits {
+        let plan = DestinationPlan {
+            id: dest.id.clone(),
+            contact: dest.contact.clone(),
+            uri: dest.uri.to_string(),
+            prefs: dest.prefs.clone(),
+            verified: dest.verified,
+        };
+        let subject = Subject {
+            destination: Some(Box::new(plan)),
+            postal_address: Some(new),
+            ..Subject::default()
+        };
+        let engine = engine(&st);
+        let actor = actor(&caller, peer);
+        let change = engine.new_change(
+            ChangeKind::DestinationChange,
+            &account.id,
+            level,
+            subject,
+            &actor,
+        );
+        let change = opened(engine.request(change, &actor).await?)?;
+        st.wake.notify_one();
+        return Ok((
+            StatusCode::ACCEPTED,
+            Json(AccountWithChange { account, change }),
+        )
+            .into_response());
+    }
     let Some((level, paranoid)) = kept else {
         return Ok((status(outcome), Json(account)).into_response());
     };
@@ -440,6 +567,29 @@ pub async fn add_destination(
         |kind| st.channels.get(kind).is_some(),
         st.config.channels.webhook.allow_http,
     )?;
+    if uri == DestinationUri::Postal {
+        if !input.verified {
+            return Err(AppError::invalid(
+                "invalid_field",
+                "verified",
+                "a postal:account destination is not verified by a code (a letter takes longer than a code lives): add it with `verified: true` (directory:admin), from the system that knows the address",
+            ));
+        }
+        let no_address = st
+            .store
+            .account_view(&id)
+            .await?
+            .is_some_and(|v| v.account.postal_address.is_none());
+        if no_address {
+            return Err(AppError::invalid(
+                "invalid_uri",
+                "uri",
+                format!(
+                    "account `{id}` has no postal address: set `postal_address` with PUT /v1/accounts/{id} first"
+                ),
+            ));
+        }
+    }
     let kind = uri.channel();
     if let Some(channel) = st.channels.get(kind)
         && let Err(e) = channel.check_destination(&uri).await
@@ -547,6 +697,7 @@ async fn find_destination(
         (status = 202, body = DestinationState),
         (status = 404, description = "`not_found`", body = ErrorBody),
         (status = 409, description = "`already_verified`: verified and healthy", body = ErrorBody),
+        (status = 422, description = "`invalid_field`: a `postal:` destination takes no code", body = ErrorBody),
         (status = 429, description = "`too_many_codes`: codes go at growing intervals and a few a day", body = ErrorBody),
     ))]
 pub async fn renew_code(
@@ -556,6 +707,13 @@ pub async fn renew_code(
 ) -> Result<impl IntoResponse, AppError> {
     caller.require(Scope::DirectoryWrite)?;
     let dest = find_destination(&st, &id, &cid, &did).await?;
+    if dest.uri == DestinationUri::Postal {
+        return Err(AppError::invalid(
+            "invalid_field",
+            "destination",
+            "a postal:account destination takes no code (a letter takes longer than a code lives): remove it and add it again with `verified: true` (directory:admin)",
+        ));
+    }
     let now = st.clock.now();
     let (code, notice) = fresh_code(&st, &id, &dest, now);
     match st
