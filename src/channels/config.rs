@@ -35,6 +35,13 @@ pub struct ChannelsConfig {
     /// Apprise's services (`apprise:<tag>` destinations); present means enabled.
     #[serde(default)]
     pub apprise: Option<crate::channels::apprise::AppriseConfig>,
+    /// X direct messages (`x:` destinations); present means enabled.
+    #[serde(default)]
+    pub x: Option<crate::channels::x::XConfig>,
+    /// WhatsApp through the Business Cloud API (`whatsapp:` destinations);
+    /// present means enabled.
+    #[serde(default)]
+    pub whatsapp: Option<crate::channels::whatsapp::WhatsAppConfig>,
 }
 
 impl ChannelsConfig {
@@ -51,6 +58,8 @@ impl ChannelsConfig {
             Telegram => self.telegram.as_ref().and_then(|c| c.rate),
             Signal => self.signal.as_ref().and_then(|c| c.rate),
             Apprise => self.apprise.as_ref().and_then(|c| c.rate),
+            X => self.x.as_ref().and_then(|c| c.rate),
+            WhatsApp => self.whatsapp.as_ref().and_then(|c| c.rate),
         }
     }
 }

@@ -579,10 +579,11 @@ fn code_key(hex: Option<&str>) -> Finding {
 /// Every configured channel's own health check (the SMTP server answers
 /// EHLO, an HTTP provider is reachable), each within 10 s.
 async fn providers(config: &Config) -> Vec<Finding> {
-    let channels = match crate::channels::Channels::from_config(&config.channels, &config.email) {
-        Ok(c) => c,
-        Err(e) => return vec![finding(Level::Fail, "channels", e.to_string())],
-    };
+    let channels =
+        match crate::channels::Channels::from_config(&config.channels, &config.email, None) {
+            Ok(c) => c,
+            Err(e) => return vec![finding(Level::Fail, "channels", e.to_string())],
+        };
     let mut kinds: Vec<_> = channels.kinds().collect();
     kinds.sort_by_key(|k| k.as_str());
     let mut out = Vec::new();

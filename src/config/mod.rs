@@ -1003,6 +1003,16 @@ impl Config {
                 "channels.apprise.timeout",
                 c.apprise.as_ref().map(|x| x.timeout),
             ),
+            // A delivery may refresh the access token, then send (twice
+            // after a 401): up to three requests.
+            (
+                "channels.x.timeout",
+                c.x.as_ref().map(|x| Span(x.timeout.0 * 3)),
+            ),
+            (
+                "channels.whatsapp.timeout",
+                c.whatsapp.as_ref().map(|x| x.timeout),
+            ),
         ];
         timeouts
             .into_iter()
@@ -1203,6 +1213,25 @@ impl Config {
             apprise
                 .validate()
                 .map_err(|(key, message)| (format!("channels.apprise.{key}"), message))?;
+        }
+        if let Some(x) = &self.channels.x {
+            x.validate()
+                .map_err(|(key, message)| (format!("channels.x.{key}"), message))?;
+        }
+        if let Some(whatsapp) = &self.channels.whatsapp {
+            whatsapp
+                .validate()
+                .map_err(|(key, message)| (format!("channels.whatsapp.{key}"), message))?;
+            if let Some(ty) = whatsapp
+                .templates
+                .keys()
+                .find(|ty| !self.types.contains_key(*ty) && !ty.starts_with("kci."))
+            {
+                return Err((
+                    format!("channels.whatsapp.templates.\"{ty}\""),
+                    "is neither a configured type nor one of kci's own notices (kci.…)".into(),
+                ));
+            }
         }
         if self.delivery.concurrency == 0 {
             return Err(("delivery.concurrency".into(), "must be at least 1".into()));

@@ -29,7 +29,7 @@ macro_rules! text_schema {
 text_schema!(TimeZoneName, "An IANA time zone name", "Europe/London");
 text_schema!(
     DestinationUri,
-    "Where a notice goes: mailto:, tel: (SMS), https:// (webhook), ntfy:, pushover:, telegram:, signal:, matrix: or apprise: (DESIGN.md §2a)",
+    "Where a notice goes: mailto:, tel: (SMS), https:// (webhook), ntfy:, pushover:, telegram:, signal:, matrix:, apprise:, x: (a numeric X user id, or @handle resolved to it) or whatsapp: (E.164) (DESIGN.md §2a)",
     "mailto:alice@example.com"
 );
 text_schema!(
