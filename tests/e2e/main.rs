@@ -21,3 +21,4 @@ mod net;
 mod proofs;
 mod secure_mail;
 mod simulate;
+mod social;
