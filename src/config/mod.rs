@@ -1429,6 +1429,46 @@ mod tests {
         assert!(c.types.contains_key("line.down"));
     }
 
+    /// The X and WhatsApp sections as the example shows them load; a
+    /// template for a type that does not exist is named.
+    #[test]
+    fn x_and_whatsapp_sections_load_and_name_their_mistakes() {
+        let x = "[channels.x]\nclient_id = \"M1M5R3BMVy13QmpScXkzTUt5OE46MTpjaQ\"\nrefresh_token = \"rt\"\ntimeout = \"10s\"\n";
+        let wa = |ty: &str| {
+            format!(
+                "[channels.whatsapp]\nphone_number_id = \"106540352242922\"\naccess_token = \"EAA\"\n\
+                 [channels.whatsapp.templates.\"{ty}\"]\nname = \"line_down\"\nlanguage = \"en_GB\"\n\
+                 parameters = [\"service\", \"occurred_at | time\", \"data.ticket\"]\n\
+                 [types.\"line.down\"]\nshort = \"x\"\n"
+            )
+        };
+        let c = Config::parse(&format!("{x}{}", wa("line.down")), "kci.toml").unwrap();
+        assert_eq!(c.channels.rate(crate::model::ChannelKind::X), None);
+        // A delivery on X may take three timeouts.
+        assert_eq!(
+            c.longest_delivery_timeout(),
+            ("channels.x.timeout", std::time::Duration::from_secs(30))
+        );
+        assert!(Config::parse(&wa("kci.change.pending"), "kci.toml").is_ok());
+        let e = Config::parse(&wa("line.dwon"), "kci.toml").unwrap_err();
+        assert_eq!(e.key, "channels.whatsapp.templates.\"line.dwon\"", "{e}");
+        let e = Config::parse(
+            &wa("line.down").replace("data.ticket", "data.("),
+            "kci.toml",
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.key, "channels.whatsapp.templates.\"line.down\".parameters[2]",
+            "{e}"
+        );
+        let e = Config::parse(
+            "[channels.x]\nclient_id = \"\"\nrefresh_token = \"r\"\n",
+            "kci.toml",
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "channels.x.client_id", "{e}");
+    }
+
     /// With a lease shorter than twice the slowest channel's timeout a
     /// claimed notice could never be started in time, and nothing was
     /// ever delivered: refused, naming the key and what it must be.

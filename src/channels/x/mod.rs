@@ -109,7 +109,11 @@ impl XConfig {
 pub struct XChannel {
     client: reqwest::Client,
     api: url::Url,
-    tokens: tokens::Tokens,
+    tokens: std::sync::Arc<tokens::Tokens>,
+    /// The most one delivery may take: a refresh, a send, and after a 401
+    /// another refresh and send (`Config::longest_delivery_timeout` counts
+    /// three timeouts for X).
+    budget: std::time::Duration,
 }
 
 impl XChannel {
@@ -118,9 +122,10 @@ impl XChannel {
         let token_url = endpoint(&cfg.api, &["2", "oauth2", "token"])
             .map_err(|e| anyhow::anyhow!("channels.x.api: {e}"))?;
         Ok(Self {
-            tokens: tokens::Tokens::new(client.clone(), token_url, cfg, keep),
+            tokens: std::sync::Arc::new(tokens::Tokens::new(client.clone(), token_url, cfg, keep)),
             client,
             api: cfg.api.clone(),
+            budget: cfg.timeout.0 * 3,
         })
     }
 
@@ -304,6 +309,35 @@ impl Channel for XChannel {
     }
 
     async fn deliver(&self, msg: &Outgoing) -> Result<Receipt, DeliveryError> {
+        tokio::time::timeout(self.budget, self.send(msg))
+            .await
+            .unwrap_or_else(|_| {
+                Err(DeliveryError::Transient {
+                    reason: "timeout",
+                    detail: format!("X did not answer within {}", Span(self.budget)),
+                    retry_after: None,
+                })
+            })
+    }
+
+    /// `x:@handle` becomes `x:<id>`, asked of X once; an unknown handle is
+    /// refused with X's words.
+    async fn resolve_destination(
+        &self,
+        uri: &DestinationUri,
+    ) -> Result<DestinationUri, DeliveryError> {
+        match uri {
+            DestinationUri::X(XUser::Handle(h)) => {
+                Ok(DestinationUri::X(XUser::Id(self.user_id(h).await?)))
+            }
+            other => Ok(other.clone()),
+        }
+    }
+}
+
+impl XChannel {
+    /// One delivery (see [`Channel::deliver`], which bounds its time).
+    async fn send(&self, msg: &Outgoing) -> Result<Receipt, DeliveryError> {
         let uri: DestinationUri =
             msg.notification
                 .uri
@@ -356,20 +390,6 @@ impl Channel for XChannel {
                 })
             }
             Err(e) => Err(explain(e).with_retry_after(reset)),
-        }
-    }
-
-    /// `x:@handle` becomes `x:<id>`, asked of X once; an unknown handle is
-    /// refused with X's words.
-    async fn resolve_destination(
-        &self,
-        uri: &DestinationUri,
-    ) -> Result<DestinationUri, DeliveryError> {
-        match uri {
-            DestinationUri::X(XUser::Handle(h)) => {
-                Ok(DestinationUri::X(XUser::Id(self.user_id(h).await?)))
-            }
-            other => Ok(other.clone()),
         }
     }
 }

@@ -129,19 +129,22 @@ impl Tokens {
 
     /// The access token to use now: the one in memory while it has more
     /// than a few minutes left, else a new one.
-    pub async fn access(&self) -> Result<Secret<String>, DeliveryError> {
+    pub async fn access(self: &Arc<Self>) -> Result<Secret<String>, DeliveryError> {
         let mut current = self.current.lock().await;
         if let Some(a) = current.as_ref().filter(|a| Instant::now() < a.renew_at) {
             return Ok(a.token.clone());
         }
-        let fresh = self.refresh().await?;
+        let fresh = self.refreshed().await?;
         *current = Some(fresh.clone());
         Ok(fresh.token)
     }
 
     /// A new access token after X refused `stale` (401): unless another
     /// task of this node renewed it meanwhile, refreshed now.
-    pub async fn renew(&self, stale: &Secret<String>) -> Result<Secret<String>, DeliveryError> {
+    pub async fn renew(
+        self: &Arc<Self>,
+        stale: &Secret<String>,
+    ) -> Result<Secret<String>, DeliveryError> {
         let mut current = self.current.lock().await;
         if let Some(a) = current
             .as_ref()
@@ -150,9 +153,25 @@ impl Tokens {
             return Ok(a.token.clone());
         }
         *current = None;
-        let fresh = self.refresh().await?;
+        let fresh = self.refreshed().await?;
         *current = Some(fresh.clone());
         Ok(fresh.token)
+    }
+
+    /// [`Tokens::refresh`] in a task of its own: a delivery given up on
+    /// (its time ran out) must not stop a refresh between X's answer and
+    /// the store, or the one refresh token X now honours would be lost.
+    async fn refreshed(self: &Arc<Self>) -> Result<Access, DeliveryError> {
+        let me = self.clone();
+        tokio::spawn(async move { me.refresh().await })
+            .await
+            .unwrap_or_else(|e| {
+                Err(DeliveryError::Transient {
+                    reason: "x_auth",
+                    detail: format!("the token refresh stopped: {e}"),
+                    retry_after: None,
+                })
+            })
     }
 
     /// An access token for `token` and its lifetime, for tests that start
