@@ -243,6 +243,12 @@ async fn x_direct_messages_go_to_the_resolved_id_and_the_rotated_token_survives_
             );
         }
     }
+    // kci doctor opens the stored token with the code key.
+    let (_, out, _) = kci.cli(&["doctor"]);
+    assert!(
+        out.contains("[ok]   channels.x.refresh_token: stored (version 3,"),
+        "{out}"
+    );
     // WhatsApp is not configured here: its webhook is not found.
     let (s, _) = kci
         .call(

@@ -25,6 +25,8 @@
 
 mod tokens;
 
+pub use tokens::{NAME as REFRESH_TOKEN, context as refresh_token_context};
+
 use super::{Channel, DeliveryError, Keep, Outgoing, Receipt};
 use crate::model::{ChannelKind, DestinationUri, Secret, Span, XUser};
 use async_trait::async_trait;

@@ -412,22 +412,55 @@ async fn the_rotated_refresh_token_is_kept_sealed_and_a_restart_goes_on_from_it(
             .version,
         3
     );
-    // Another code key opens nothing: a clear, final failure.
-    let err = channel(
-        &x.url,
-        &secret,
-        &store,
-        &crate::trust::codes::CodeKey::random(),
-    )
-    .deliver(&outgoing("x:2244994945", "Three.", "x"))
-    .await
-    .unwrap_err();
+    // Another code key (code.key lost with a restore, or a node's wrong)
+    // opens nothing. The configured token is tried instead; X refuses the
+    // used-up seed, so nothing stored is touched, and the words say what
+    // to do.
+    let other_key = crate::trust::codes::CodeKey::random();
+    let err = channel(&x.url, &secret, &store, &other_key)
+        .deliver(&outgoing("x:2244994945", "Three.", "x"))
+        .await
+        .unwrap_err();
     assert!(err.is_permanent(), "{err}");
     assert!(
-        err.detail().contains("does not open with this code key"),
+        err.detail().contains("does not open with this code key")
+            && err.detail().contains("[channels.x] refresh_token"),
         "{err}"
     );
-    assert_eq!(x.token_requests().len(), 2);
+    assert_eq!(x.token_requests().len(), 3);
+    assert_eq!(
+        store
+            .credential(tokens::NAME)
+            .await
+            .unwrap()
+            .unwrap()
+            .version,
+        3
+    );
+    // Authorized again, the new token configured: it starts a chain that
+    // opens with the key of now.
+    x.state.lock().unwrap().refresh = "rt-again_YWdhaW4tYXV0aG9yaXplZA".into();
+    let mut again = config(&x.url, &secret);
+    again.refresh_token = Secret::new("rt-again_YWdhaW4tYXV0aG9yaXplZA".into());
+    let keep = Keep {
+        store: store.clone(),
+        code_key: other_key.clone(),
+    };
+    XChannel::from_config(&again, Some(keep))
+        .unwrap()
+        .deliver(&outgoing("x:2244994945", "Four.", "x"))
+        .await
+        .unwrap();
+    let stored = store.credential(tokens::NAME).await.unwrap().unwrap();
+    assert_eq!(
+        crate::trust::seal::Sealer::new(&other_key, tokens::NAME)
+            .open(
+                &stored.sealed,
+                &format!("x.refresh_token#{}", stored.version)
+            )
+            .unwrap(),
+        x.state.lock().unwrap().refresh
+    );
 }
 
 #[tokio::test]

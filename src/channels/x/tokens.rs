@@ -1,7 +1,6 @@
 //! X's OAuth 2.0 user-context tokens: the access token lives in memory
 //! only (two hours), and the refresh token, which X replaces on every
-//! refresh ("refresh tokens … are single use", the old one stops working),
-//! is kept sealed in the store all nodes share (`channels::credentials`,
+//! refresh (the old one stops working), is kept sealed in the store all nodes share (`channels::credentials`,
 //! `trust::seal`), so a restart or another node goes on from the newest.
 //!
 //! The refresh grant, as X's "OAuth 2.0 Authorization Code Flow with PKCE"
@@ -9,9 +8,9 @@
 //! `grant_type=refresh_token&refresh_token=…&client_id=…`; a confidential
 //! client authenticates with HTTP Basic (client id and secret). The answer:
 //! `{"token_type":"bearer","expires_in":7200,"access_token":…,"scope":…,
-//! "refresh_token":…}`; a used or revoked token is answered 400
-//! `{"error":"invalid_request","error_description":"Value passed for the
-//! token was invalid."}`.
+//! "refresh_token":…}`; a used or revoked token is refused with 400 and
+//! an OAuth error (`{"error":"invalid_request","error_description":…}`),
+//! wrong client credentials with 401.
 //!
 //! Two nodes refreshing at once both read version v; X honours the token
 //! once, so one gets new tokens and swaps v → v+1, the other is refused,
@@ -37,7 +36,7 @@ const DEFAULT_LIFETIME: u64 = 7200;
 const ROUNDS: usize = 3;
 
 /// The associated data a sealed refresh token is bound to.
-fn context(version: i64) -> String {
+pub fn context(version: i64) -> String {
     format!("{NAME}#{version}")
 }
 
@@ -67,10 +66,10 @@ pub struct Access {
     renew_at: Instant,
 }
 
-/// What the store holds, opened.
+/// What the store holds, opened if it opens with this code key.
 struct Chain {
     version: i64,
-    refresh: Secret<String>,
+    refresh: Result<Secret<String>, crate::trust::seal::SealError>,
     seed: String,
 }
 
@@ -196,16 +195,15 @@ impl Tokens {
         };
         for _ in 0..ROUNDS {
             let chain = self.chain(vault).await?;
-            match self.grant(&chain.refresh).await? {
+            let refresh = match &chain.refresh {
+                Ok(r) => r.clone(),
+                Err(why) => return self.restart(vault, &chain, why).await,
+            };
+            match self.grant(&refresh).await? {
                 Refresh::Granted(grant) => {
-                    self.keep_new(vault, &chain, grant.refresh_token.as_deref())
+                    self.keep_new(vault, chain.version, &chain.seed, &grant)
                         .await?;
-                    let lifetime =
-                        Duration::from_secs(grant.expires_in.unwrap_or(DEFAULT_LIFETIME));
-                    return Ok(Access {
-                        token: Secret::new(grant.access_token),
-                        renew_at: Instant::now() + lifetime.saturating_sub(MARGIN),
-                    });
+                    return Ok(access(grant));
                 }
                 Refresh::Refused(words) => {
                     if self.moved_on(vault, chain.version).await? {
@@ -248,6 +246,34 @@ impl Tokens {
         })
     }
 
+    /// The stored token does not open with this code key (the key was
+    /// replaced, or this node's is wrong): the configured refresh token is
+    /// tried, and only what X accepts replaces the stored one — a node
+    /// with a wrong key and a used-up token overwrites nothing.
+    async fn restart(
+        &self,
+        vault: &Vault,
+        chain: &Chain,
+        why: &crate::trust::seal::SealError,
+    ) -> Result<Access, DeliveryError> {
+        match self.grant(&self.configured).await? {
+            Refresh::Granted(grant) => {
+                self.keep_new(vault, chain.version, &vault.seed, &grant)
+                    .await?;
+                tracing::warn!(
+                    "the stored X refresh token does not open with this code key; started again from the one configured in [channels.x] refresh_token"
+                );
+                Ok(access(grant))
+            }
+            Refresh::Refused(words) => Err(DeliveryError::Permanent {
+                reason: "x_auth",
+                detail: format!(
+                    "the stored X refresh token {why}, and X refused the configured one ({words}): authorize kci's X app again and put the new refresh token in [channels.x] refresh_token"
+                ),
+            }),
+        }
+    }
+
     /// Whether the stored chain moved past `version` (another node stored
     /// the token X handed it), waiting a little for a winner whose answer
     /// from X is still on its way to the store.
@@ -285,35 +311,31 @@ impl Tokens {
     }
 
     /// Stores X's new refresh token, from the version it was refreshed
-    /// from. Losing the swap (another node got new tokens from the same
-    /// one, which X should not allow) keeps theirs.
+    /// from, with the seed its chain grew from. Losing the swap (another
+    /// node got new tokens from the same one, which X should not allow)
+    /// keeps theirs.
     async fn keep_new(
         &self,
         vault: &Vault,
-        chain: &Chain,
-        refresh: Option<&str>,
+        version: i64,
+        seed: &str,
+        grant: &Grant,
     ) -> Result<(), DeliveryError> {
-        let Some(refresh) = refresh else {
+        let Some(refresh) = grant.refresh_token.as_deref() else {
             tracing::warn!(
                 "X issued no new refresh token: does kci's X app have the offline.access scope? The stored one is kept, but X may not honour it again"
             );
             return Ok(());
         };
-        let sealed = seal(vault, &Secret::new(refresh.to_string()), chain.version + 1)?;
+        let sealed = seal(vault, &Secret::new(refresh.to_string()), version + 1)?;
         let swapped = vault
             .store
-            .swap_credential(
-                NAME,
-                chain.version,
-                &sealed,
-                &chain.seed,
-                chrono::Utc::now(),
-            )
+            .swap_credential(NAME, version, &sealed, seed, chrono::Utc::now())
             .await
             .map_err(store_error)?;
         if !swapped {
             tracing::warn!(
-                version = chain.version,
+                version,
                 "another node stored a new X refresh token at the same time; theirs is kept"
             );
         }
@@ -392,15 +414,21 @@ async fn read(vault: &Vault) -> Result<Option<Chain>, DeliveryError> {
     let refresh = vault
         .sealer
         .open(&stored.sealed, &context(stored.version))
-        .map_err(|e| DeliveryError::Permanent {
-            reason: "x_auth",
-            detail: format!("the stored X refresh token {e}"),
-        })?;
+        .map(Secret::new);
     Ok(Some(Chain {
         version: stored.version,
-        refresh: Secret::new(refresh),
+        refresh,
         seed: stored.seed,
     }))
+}
+
+/// The access token of a grant, and when to renew it.
+fn access(grant: Grant) -> Access {
+    let lifetime = Duration::from_secs(grant.expires_in.unwrap_or(DEFAULT_LIFETIME));
+    Access {
+        token: Secret::new(grant.access_token),
+        renew_at: Instant::now() + lifetime.saturating_sub(MARGIN),
+    }
 }
 
 fn seal(vault: &Vault, token: &Secret<String>, version: i64) -> Result<String, DeliveryError> {
