@@ -549,16 +549,17 @@ impl Channel for WhatsAppChannel {
                 classify(status, code, &msg.notification.type_name, &words).with_retry_after(after)
             );
         }
-        let sent: Sent = serde_json::from_str(&text).map_err(|e| DeliveryError::Transient {
-            reason: "bad_answer",
-            detail: format!("WhatsApp accepted the message but answered: {e}"),
-            retry_after: None,
-        })?;
-        let Some(wamid) = sent.messages.into_iter().next().map(|m| m.id) else {
-            return Err(DeliveryError::Transient {
-                reason: "bad_answer",
-                detail: "WhatsApp's answer names no message".into(),
-                retry_after: None,
+        // Accepted: sent, whatever the answer says (a retry would send it
+        // twice); without its wamid no report can be matched to it.
+        let wamid = serde_json::from_str::<Sent>(&text)
+            .ok()
+            .and_then(|s| s.messages.into_iter().next())
+            .map(|m| m.id)
+            .filter(|id| !id.is_empty() && id.len() <= 256);
+        let Some(wamid) = wamid else {
+            return Ok(Receipt {
+                detail: Some("whatsapp: accepted, but its answer names no message".into()),
+                ..Default::default()
             });
         };
         let how = template

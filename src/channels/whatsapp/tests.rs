@@ -149,6 +149,11 @@ async fn a_type_without_a_template_goes_as_free_text_cut_to_whatsapps_limit() {
             "text": {"body": "Your line L1 went down.", "preview_url": false}
         }),
     );
+    // Accepted with an answer naming no message: sent (a retry would send
+    // it twice), with nothing a report could match.
+    let odd = Provider::start(200, r#"{"messaging_product":"whatsapp"}"#).await;
+    let r = channel(&odd.url, "").deliver(&line_down()).await.unwrap();
+    assert_eq!((r.provider_ref, r.awaiting), (None, false));
     let long = "ü".repeat(MAX_TEXT + 10);
     ch.deliver(&outgoing("whatsapp:+447700900123", &long, "x"))
         .await

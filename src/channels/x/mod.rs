@@ -372,22 +372,21 @@ impl XChannel {
         let reset = rate_limit_reset(&resp);
         match super::http::answer(resp).await {
             Ok((_, text)) => {
-                let sent: Sent =
-                    serde_json::from_str(&text).map_err(|e| DeliveryError::Transient {
-                        reason: "bad_answer",
-                        detail: format!("X accepted the message but answered: {e}"),
-                        retry_after: None,
-                    })?;
-                let conversation = sent
-                    .data
-                    .dm_conversation_id
-                    .map(|c| format!(" in conversation {c}"))
-                    .unwrap_or_default();
+                // Accepted: sent, whatever the answer says (a retry would
+                // send it twice).
+                let detail = match serde_json::from_str::<Sent>(&text) {
+                    Ok(sent) => {
+                        let conversation = sent
+                            .data
+                            .dm_conversation_id
+                            .map(|c| format!(" in conversation {c}"))
+                            .unwrap_or_default();
+                        format!("x dm_event {}{conversation}", sent.data.dm_event_id)
+                    }
+                    Err(e) => format!("x: accepted, but its answer is not understood ({e})"),
+                };
                 Ok(Receipt {
-                    detail: Some(format!(
-                        "x dm_event {}{conversation}",
-                        sent.data.dm_event_id
-                    )),
+                    detail: Some(detail),
                     ..Default::default()
                 })
             }

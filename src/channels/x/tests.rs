@@ -654,6 +654,15 @@ async fn xs_errors_are_classified_in_its_own_words() {
     ];
     let (_dir, store) = store().await;
     let key = crate::trust::codes::CodeKey::random();
+    // Accepted with an answer kci cannot read: sent all the same.
+    let odd = Provider::start(201, "{}").await;
+    let ch = channel(&odd.url, "", &store, &key);
+    ch.prime("at-primed_VGhpcyBpcyBhbiBhY2Nlc3MgdG9rZW4").await;
+    let r = ch
+        .deliver(&outgoing("x:2244994945", "x", "y"))
+        .await
+        .unwrap();
+    assert!(r.detail.unwrap().starts_with("x: accepted"));
     for (answer, transient, words, after) in cases {
         let x = Provider::answering(answer).await;
         let ch = channel(&x.url, "", &store, &key);
