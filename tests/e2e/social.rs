@@ -460,3 +460,50 @@ parameters = ["service", "occurred_at | time", "data.ticket"]
         "{v}"
     );
 }
+
+#[tokio::test]
+async fn another_node_on_postgresql_goes_on_from_the_refresh_token_the_first_stored() {
+    let (api, x) = fake_x().await;
+    let (pg, schema) = crate::changes::pg_schema().await;
+    let extra = format!(
+        "[channels.x]\nclient_id = \"kci-e2e-client\"\nrefresh_token = \"{SEED}\"\napi = \"{api}\"\n"
+    );
+    let mut one = Kci::start_on(Some(&pg), None, "", "", &extra);
+    let admin = one.token(&["directory:admin", "directory:write"]);
+    let source = one.token(&["events:write", "events:read"]);
+    one.customer(
+        &admin,
+        "A1",
+        "alice",
+        json!({"uri": "x:2244994945", "verified": true}),
+    )
+    .await;
+    one.post_event(&source, &line_down("p1")).await;
+    sent(&one, &source, "p1").await;
+    one.terminate();
+    one.wait_exit(20).expect("the first node stops");
+
+    // The second node, same database and code key, never refreshed: it
+    // must use the token the first one stored, not the used-up seed.
+    let two = Kci::start_on(Some(&pg), None, "", "", &extra);
+    let source = two.token(&["events:write", "events:read"]);
+    two.post_event(&source, &line_down("p2")).await;
+    sent(&two, &source, "p2").await;
+    let refreshed: Vec<String> = x
+        .lock()
+        .unwrap()
+        .seen
+        .iter()
+        .filter(|(p, _)| p == "/2/oauth2/token")
+        .map(|(_, body)| {
+            url::form_urlencoded::parse(body.as_bytes())
+                .find(|(k, _)| k == "refresh_token")
+                .unwrap()
+                .1
+                .into_owned()
+        })
+        .collect();
+    assert_eq!(refreshed, [SEED, "rt-1-e2e-refresh"]);
+    drop(two);
+    schema.drop_now().await;
+}
