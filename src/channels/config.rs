@@ -39,6 +39,13 @@ pub struct ChannelsConfig {
     /// directory or a print-and-post service; present means enabled.
     #[serde(default)]
     pub letter: Option<crate::channels::letter::LetterConfig>,
+    /// X direct messages (`x:` destinations); present means enabled.
+    #[serde(default)]
+    pub x: Option<crate::channels::x::XConfig>,
+    /// WhatsApp through the Business Cloud API (`whatsapp:` destinations);
+    /// present means enabled.
+    #[serde(default)]
+    pub whatsapp: Option<crate::channels::whatsapp::WhatsAppConfig>,
 }
 
 impl ChannelsConfig {
@@ -56,6 +63,8 @@ impl ChannelsConfig {
             Signal => self.signal.as_ref().and_then(|c| c.rate),
             Apprise => self.apprise.as_ref().and_then(|c| c.rate),
             Letter => self.letter.as_ref().and_then(|c| c.rate),
+            X => self.x.as_ref().and_then(|c| c.rate),
+            WhatsApp => self.whatsapp.as_ref().and_then(|c| c.rate),
         }
     }
 }

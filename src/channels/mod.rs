@@ -4,6 +4,7 @@
 
 pub mod apprise;
 mod config;
+mod credentials;
 pub mod email;
 pub mod http;
 pub mod letter;
@@ -19,12 +20,15 @@ pub mod telegram;
 #[cfg(test)]
 pub mod testkit;
 pub mod webhook;
+pub mod whatsapp;
+pub mod x;
 
 use crate::model::Notification;
 use crate::model::{ChannelKind, Event};
 use crate::text::Rendered;
 use async_trait::async_trait;
 pub use config::{ChannelLimits, ChannelsConfig, WebhookConfig};
+pub use credentials::{CredentialStore, CredentialStoreError, StoredCredential};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -191,6 +195,19 @@ pub trait Channel: Send + Sync {
         Ok(())
     }
 
+    /// The lasting form of a destination, asked of the provider once when
+    /// it is created: a name the customer can change (an X `@handle`)
+    /// becomes the provider's id, which is what is stored. A permanent
+    /// error refuses the destination with the provider's words; a
+    /// transient one refuses it for now (nothing lasting to store yet).
+    /// Most channels store what they are given.
+    async fn resolve_destination(
+        &self,
+        uri: &crate::model::DestinationUri,
+    ) -> Result<crate::model::DestinationUri, DeliveryError> {
+        Ok(uri.clone())
+    }
+
     /// Asks the provider about a message it accepted with
     /// [`Receipt::awaiting`]; `Ok(None)` while it has nothing final to say.
     async fn poll_receipt(&self, _provider_ref: &str) -> Result<Option<Report>, DeliveryError> {
@@ -238,10 +255,15 @@ impl Channels {
         self.0.keys().copied()
     }
 
-    /// The channels a server runs with, from config.
+    /// The channels a server runs with, from config. `keep` is where a
+    /// channel keeps a credential its provider rotates (X's refresh token):
+    /// `kci serve` passes its store; commands that only look at which
+    /// channels exist or check their health pass `None`, and such an X
+    /// channel never refreshes (it cannot keep what X hands back).
     pub fn from_config(
         config: &ChannelsConfig,
         mail: &email::EmailConfig,
+        keep: Option<Keep>,
     ) -> anyhow::Result<Channels> {
         let mut channels = Channels::default();
         channels.insert(Arc::new(email::EmailChannel::from_config(mail)?));
@@ -275,6 +297,20 @@ impl Channels {
                 mail.sender_name(),
             )?));
         }
+        if let Some(c) = &config.x {
+            channels.insert(Arc::new(x::XChannel::from_config(c, keep)?));
+        }
+        if let Some(c) = &config.whatsapp {
+            channels.insert(Arc::new(whatsapp::WhatsAppChannel::from_config(c)?));
+        }
         Ok(channels)
     }
+}
+
+/// Where a channel keeps a credential its provider rotates: the store, and
+/// the code key the sealing key is derived from (`trust::seal`).
+#[derive(Clone)]
+pub struct Keep {
+    pub store: Arc<dyn CredentialStore>,
+    pub code_key: crate::trust::codes::CodeKey,
 }

@@ -79,6 +79,11 @@ const PUSHOVER_TOKEN: &str = "azGDORePK8gMaC0QOYAMyEEuzJnyUi";
 const SIGNAL_TOKEN: &str = "sig_0c1f9a7e55d24b0b9b7e";
 const MATRIX_TOKEN: &str = "syt_a2NpLWJvdA_secretsecret";
 const LETTER_TOKEN: &str = "pp_live_7f3a9c1e5b2d4f60";
+const X_REFRESH: &str = "rt-0_WVdGaVkyUmxabWRvYVdwcmJHMXViMw";
+const X_SECRET: &str = "xcs_T2F1dGgyQ2xpZW50U2VjcmV0";
+const X_ACCESS: &str = "at-1_VGhpcyBpcyBhbiBhY2Nlc3MgdG9rZW4";
+const WHATSAPP_TOKEN: &str = "EAAJB3Zz9ZC0sBOretrytableTOKEN";
+const WHATSAPP_APP_SECRET: &str = "6f1d1c0a0b2e4a9cretrytable";
 
 fn subjects() -> Vec<Subject> {
     vec![
@@ -213,7 +218,89 @@ fn subjects() -> Vec<Subject> {
             ),
             error_body: matrix_error,
         },
+        Subject {
+            name: "x",
+            secrets: &[X_REFRESH, X_SECRET, X_ACCESS],
+            build: x,
+            uri: |_| "x:2244994945".into(),
+            success: (
+                201,
+                r#"{"data":{"dm_conversation_id":"1582103724607971328-2244994945","dm_event_id":"1582838223281184768"}}"#,
+            ),
+            error_body: |status| {
+                match status {
+                // X's errors array and its problem details.
+                400 => r#"{"errors":[{"message":"The `text` field is invalid"}],"title":"Invalid Request","detail":"One or more parameters to your request was invalid.","type":"https://api.twitter.com/2/problems/invalid-request"}"#.into(),
+                _ => format!(
+                    r#"{{"title":"{0}","detail":"{0}","type":"about:blank","status":{status}}}"#,
+                    reason_phrase(status)
+                ),
+            }
+            },
+        },
+        Subject {
+            name: "whatsapp",
+            secrets: &[WHATSAPP_TOKEN, WHATSAPP_APP_SECRET],
+            build: |base| {
+                let cfg: super::whatsapp::WhatsAppConfig = toml(format!(
+                    "api = \"{base}/v21.0\"\nphone_number_id = \"106540352242922\"\naccess_token = \"{WHATSAPP_TOKEN}\"\napp_secret = \"{WHATSAPP_APP_SECRET}\"\ntimeout = \"{TIMEOUT}\""
+                ));
+                Arc::new(super::whatsapp::WhatsAppChannel::from_config(&cfg).unwrap())
+            },
+            uri: |_| "whatsapp:+447700900123".into(),
+            success: (
+                200,
+                r#"{"messaging_product":"whatsapp","contacts":[{"input":"+447700900123","wa_id":"447700900123"}],"messages":[{"id":"wamid.HBgMNDQ3NzAwOTAwMTIzFQIAERgSQjBGQTM4NUYwNTlDMkQxRjRGAA=="}]}"#,
+            ),
+            error_body: |status| {
+                // The Graph API's error, with the code WhatsApp gives for each.
+                let (code, message) = match status {
+                    400 => (100, "(#100) Invalid parameter"),
+                    401 => (190, "Error validating access token: Session has expired"),
+                    403 => (
+                        10,
+                        "(#10) Application does not have permission for this action",
+                    ),
+                    404 => (
+                        100,
+                        "Unsupported post request. Object with ID '106540352242922' does not exist",
+                    ),
+                    408 | 502 | 503 => (2, "Service temporarily unavailable"),
+                    429 => (130429, "(#130429) Rate limit hit"),
+                    _ => (1, "An unknown error occurred"),
+                };
+                format!(
+                    r#"{{"error":{{"message":"{message}","type":"OAuthException","code":{code},"fbtrace_id":"AbCdEf123"}}}}"#
+                )
+            },
+        },
     ]
+}
+
+/// X, with an access token already held (as after a refresh) and its
+/// refresh token kept in a real SQLite store: a 401 makes it refresh
+/// against the same stand-in, which refuses that too.
+fn x(base: &str) -> Arc<dyn Channel> {
+    let cfg: super::x::XConfig = toml(format!(
+        "api = \"{base}\"\nclient_id = \"M1M5R3BMVy13QmpScXkzTUt5OE46MTpjaQ\"\nclient_secret = \"{X_SECRET}\"\nrefresh_token = \"{X_REFRESH}\"\ntimeout = \"{TIMEOUT}\""
+    ));
+    tokio::task::block_in_place(|| {
+        tokio::runtime::Handle::current().block_on(async {
+            static DIR: std::sync::LazyLock<tempfile::TempDir> =
+                std::sync::LazyLock::new(|| tempfile::tempdir().unwrap());
+            let db = DIR.path().join(format!("{}.db", crate::model::new_id()));
+            let store = crate::store::open(&format!("sqlite://{}", db.display()))
+                .await
+                .unwrap();
+            let keep = super::Keep {
+                store,
+                code_key: crate::trust::codes::CodeKey::random(),
+            };
+            let ch = super::x::XChannel::from_config(&cfg, Some(keep)).unwrap();
+            ch.prime(X_ACCESS).await;
+            Arc::new(ch) as Arc<dyn Channel>
+        })
+    })
 }
 
 fn matrix(base: &str) -> Arc<dyn Channel> {
@@ -272,7 +359,8 @@ fn no_secrets(e: &DeliveryError, secrets: &[&str]) -> Result<(), String> {
     }
 }
 
-#[tokio::test]
+// Several threads: the X subject sets up its store inside `build`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_http_channel_reads_every_provider_behaviour_alike() {
     let mut failures = Vec::new();
     for subject in subjects() {

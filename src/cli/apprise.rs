@@ -317,6 +317,35 @@ pub fn apprise_urls(config: &crate::config::Config, to: &[DestinationUri]) -> St
             urls,
         );
     }
+    if ch.x.is_some() {
+        emit(
+            "X ([channels.x])",
+            Some(
+                "Apprise signs in with OAuth 1.0a keys and names users by handle; kci's OAuth 2.0 refresh token and user ids do not carry over: fill in the four keys and {user}",
+            ),
+            vec![
+                "x://{consumer_key}/{consumer_secret}/{access_key}/{access_secret}/@{user}?mode=dm"
+                    .into(),
+            ],
+        );
+    }
+    if let Some(c) = &ch.whatsapp {
+        let urls = or_placeholder(targets(ChannelKind::WhatsApp), "{to_phone}")
+            .into_iter()
+            .map(|t| {
+                format!(
+                    "whatsapp://{}@{}/{}",
+                    encode(c.access_token.expose()),
+                    c.phone_number_id,
+                    encode(t.trim_start_matches('+'))
+                )
+            })
+            .collect();
+        let note = (!c.templates.is_empty()).then_some(
+            "Apprise sends every notice as free text (or as one template for all): kci's templates per type do not carry over",
+        );
+        emit("WhatsApp ([channels.whatsapp])", note, urls);
+    }
     let hooks: Vec<String> = to
         .iter()
         .filter_map(|d| match d {
@@ -467,7 +496,8 @@ mod tests {
              [channels.ntfy]\nurl = \"https://ntfy.isp.example\"\ntoken = \"tk_AgQdq7mVBoFD37zQVN29RhuMzNIz2\"\n\
              [channels.telegram]\nbot_token = \"123456789:abcdefg_hijklmnop\"\n\
              [channels.pushover]\ntoken = \"azGDORePK8gMaC0QOYAMyEEuzJnyUi\"\n\
-             [channels.signal]\nurl = \"http://127.0.0.1:8080\"\nnumber = \"+447700900999\"\n",
+             [channels.signal]\nurl = \"http://127.0.0.1:8080\"\nnumber = \"+447700900999\"\n\
+             [channels.whatsapp]\nphone_number_id = \"106540352242922\"\naccess_token = \"EAAJB3Zz9ZC0sBO\"\n",
             "t",
         )
         .unwrap();
@@ -477,6 +507,7 @@ mod tests {
             "telegram:12315544",
             "pushover:uQiRzpo4DXghDmr9QzzfQu27cmVRsG",
             "signal:+447700900123",
+            "whatsapp:+447700900124",
         ]
         .iter()
         .map(|s| s.parse().unwrap())
@@ -486,7 +517,7 @@ mod tests {
             .lines()
             .filter(|l| !l.starts_with('#') && !l.is_empty())
             .collect();
-        assert_eq!(urls.len(), 5, "{exported}");
+        assert_eq!(urls.len(), 6, "{exported}");
         let back: Vec<_> = urls.iter().map(|u| native(&one(u))).collect();
         let dests: Vec<String> = back.iter().flat_map(|(d, _, _)| d.clone()).collect();
         assert_eq!(dests, to.iter().map(|d| d.to_string()).collect::<Vec<_>>());
@@ -524,12 +555,21 @@ mod tests {
             get("channels.signal", "number").as_deref(),
             Some("+447700900999")
         );
+        assert_eq!(
+            get("channels.whatsapp", "phone_number_id").as_deref(),
+            Some("106540352242922")
+        );
+        assert_eq!(
+            get("channels.whatsapp", "access_token").as_deref(),
+            Some("EAAJB3Zz9ZC0sBO")
+        );
     }
 
     #[test]
     fn export_without_targets_leaves_placeholders() {
         let config = crate::config::Config::parse(
-            "[channels.telegram]\nbot_token = \"123456789:abc\"\n[channels.apprise]\nurl = \"http://127.0.0.1:8000/api\"\nkey = \"ops\"\n",
+            "[channels.telegram]\nbot_token = \"123456789:abc\"\n[channels.apprise]\nurl = \"http://127.0.0.1:8000/api\"\nkey = \"ops\"\n\
+             [channels.x]\nclient_id = \"abc\"\nrefresh_token = \"r\"\n",
             "t",
         )
         .unwrap();
@@ -537,5 +577,9 @@ mod tests {
         assert!(out.contains("tgram://123456789:abc/{chat_id}/"), "{out}");
         assert!(out.contains("apprise://127.0.0.1:8000/api/ops"), "{out}");
         assert!(out.contains("Maildir"), "{out}");
+        assert!(
+            out.contains("x://{consumer_key}/") && out.contains("OAuth 1.0a"),
+            "{out}"
+        );
     }
 }

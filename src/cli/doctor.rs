@@ -577,11 +577,12 @@ async fn store(config: &Config) -> Vec<Finding> {
     }
     let opened = tokio::time::timeout(Duration::from_secs(10), async {
         let store = crate::store::open_as_is(url).await?;
-        store.inspect().await
+        let info = store.inspect().await?;
+        Ok::<_, crate::store::StoreError>((store, info))
     })
     .await;
-    let info = match opened {
-        Ok(Ok(info)) => info,
+    let (opened, info) = match opened {
+        Ok(Ok(both)) => both,
         Ok(Err(e)) => return vec![finding(Level::Fail, "store", format!("cannot open: {e}"))],
         Err(_) => return vec![finding(Level::Fail, "store", "no answer within 10 s")],
     };
@@ -594,7 +595,86 @@ async fn store(config: &Config) -> Vec<Finding> {
             config.store.code_key.as_ref().map(|k| k.expose().as_str()),
         ));
     }
+    // The credentials table came with schema 14.
+    if config.channels.x.is_some() && info.schema >= 14 {
+        let stored = tokio::time::timeout(
+            Duration::from_secs(10),
+            opened.credential(crate::channels::x::REFRESH_TOKEN),
+        )
+        .await;
+        out.push(match stored {
+            Ok(Ok(stored)) => {
+                let opens = stored
+                    .as_ref()
+                    .zip(existing_code_key(config))
+                    .map(|(c, key)| {
+                        crate::trust::seal::Sealer::new(&key, crate::channels::x::REFRESH_TOKEN)
+                            .open(
+                                &c.sealed,
+                                &crate::channels::x::refresh_token_context(c.version),
+                            )
+                            .map(|_| ())
+                    });
+                x_refresh_token(stored.map(|c| (c.version, c.updated_at)), opens)
+            }
+            Ok(Err(e)) => finding(Level::Fail, "channels.x.refresh_token", e.to_string()),
+            Err(_) => finding(
+                Level::Fail,
+                "channels.x.refresh_token",
+                "no answer within 10 s",
+            ),
+        });
+    }
     out
+}
+
+/// The code key as `kci serve` would read it, without making one: `[store]
+/// code_key`, or the SQLite database's `code.key`.
+fn existing_code_key(config: &Config) -> Option<crate::trust::codes::CodeKey> {
+    if let Some(hex) = &config.store.code_key {
+        return crate::trust::codes::CodeKey::from_hex(hex.expose()).ok();
+    }
+    let db = crate::store::sqlite_path(config.store.url.expose())?;
+    let text = std::fs::read_to_string(Path::new(db).with_file_name("code.key")).ok()?;
+    crate::trust::codes::CodeKey::from_hex(&text).ok()
+}
+
+/// X's stored refresh token (its version and when it was stored, and
+/// whether it opens with the code key, when there is one to try): none yet
+/// is fine (the configured one seeds it); one that does not open needs a
+/// new authorization.
+fn x_refresh_token(
+    stored: Option<(i64, DateTime<Utc>)>,
+    opens: Option<Result<(), crate::trust::seal::SealError>>,
+) -> Finding {
+    let what = "channels.x.refresh_token";
+    match (stored, opens) {
+        (None, _) => finding(
+            Level::Ok,
+            what,
+            "none stored yet: the configured one seeds the store at the first delivery",
+        ),
+        (Some((version, at)), Some(Ok(()))) => finding(
+            Level::Ok,
+            what,
+            format!(
+                "stored (version {version}, {}), opens with the code key",
+                crate::model::fmt_time(at)
+            ),
+        ),
+        (Some(_), Some(Err(e))) => finding(
+            Level::Fail,
+            what,
+            format!(
+                "the stored one {e}: authorize kci's X app again and put the new refresh token in [channels.x] refresh_token"
+            ),
+        ),
+        (Some((version, _)), None) => finding(
+            Level::Warn,
+            what,
+            format!("stored (version {version}), but there is no code key here to open it with"),
+        ),
+    }
 }
 
 /// PostgreSQL's code key: set, and 64 hex digits (`kci serve` refuses to
@@ -614,10 +694,11 @@ fn code_key(hex: Option<&str>) -> Finding {
 /// Every configured channel's own health check (the SMTP server answers
 /// EHLO, an HTTP provider is reachable), each within 10 s.
 async fn providers(config: &Config) -> Vec<Finding> {
-    let channels = match crate::channels::Channels::from_config(&config.channels, &config.email) {
-        Ok(c) => c,
-        Err(e) => return vec![finding(Level::Fail, "channels", e.to_string())],
-    };
+    let channels =
+        match crate::channels::Channels::from_config(&config.channels, &config.email, None) {
+            Ok(c) => c,
+            Err(e) => return vec![finding(Level::Fail, "channels", e.to_string())],
+        };
     let mut kinds: Vec<_> = channels.kinds().collect();
     kinds.sort_by_key(|k| k.as_str());
     let mut out = Vec::new();
@@ -641,6 +722,33 @@ async fn providers(config: &Config) -> Vec<Finding> {
 mod tests {
     use super::*;
     use chrono::TimeZone;
+
+    #[test]
+    fn xs_stored_refresh_token_opens_or_says_what_to_do() {
+        use crate::trust::seal::SealError;
+        let at = "2026-12-02T10:00:00Z".parse::<DateTime<Utc>>().unwrap();
+        let rows = [
+            (None, None, Level::Ok, "none stored yet"),
+            (
+                Some((3, at)),
+                Some(Ok(())),
+                Level::Ok,
+                "version 3, 2026-12-02T10:00:00Z",
+            ),
+            (
+                Some((3, at)),
+                Some(Err(SealError::Wrong)),
+                Level::Fail,
+                "authorize kci's X app again",
+            ),
+            (Some((3, at)), None, Level::Warn, "no code key"),
+        ];
+        for (stored, opens, level, words) in rows {
+            let f = x_refresh_token(stored, opens);
+            assert_eq!(f.level, level, "{f:?}");
+            assert!(f.detail.contains(words), "{f:?}");
+        }
+    }
 
     #[test]
     fn postgresql_needs_a_code_key() {

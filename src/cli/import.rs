@@ -232,7 +232,7 @@ async fn run(
         read,
     } = open(path)?;
     let config = super::load_config(&arg)?;
-    let channels = crate::channels::Channels::from_config(&config.channels, &config.email)?;
+    let channels = crate::channels::Channels::from_config(&config.channels, &config.email, None)?;
     let hub = file::Hub {
         channels: channels.kinds().collect(),
         allow_http: config.channels.webhook.allow_http,

@@ -30,7 +30,13 @@ pub async fn run(arg: ConfigArg) -> anyhow::Result<ExitCode> {
             );
         }
     }
-    let channels = Channels::from_config(&config.channels, &config.email)?;
+    // A channel whose provider rotates a credential (X) keeps it, sealed
+    // with a key derived from the code key, in the store all nodes share.
+    let keep = crate::channels::Keep {
+        store: store.clone(),
+        code_key: config.code_key.clone(),
+    };
+    let channels = Channels::from_config(&config.channels, &config.email, Some(keep))?;
     let renderer = Arc::new(Renderer::new(&config)?);
     let metrics = Arc::new(Metrics::new());
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);

@@ -1011,6 +1011,16 @@ impl Config {
                 "channels.letter.timeout",
                 c.letter.as_ref().map(|x| x.timeout),
             ),
+            // A delivery may refresh the access token, then send (twice
+            // after a 401): up to three requests.
+            (
+                "channels.x.timeout",
+                c.x.as_ref().map(|x| Span(x.timeout.0 * 3)),
+            ),
+            (
+                "channels.whatsapp.timeout",
+                c.whatsapp.as_ref().map(|x| x.timeout),
+            ),
         ];
         timeouts
             .into_iter()
@@ -1217,6 +1227,25 @@ impl Config {
                 .validate()
                 .map_err(|(key, message)| (format!("channels.letter.{key}"), message))?;
         }
+        if let Some(x) = &self.channels.x {
+            x.validate()
+                .map_err(|(key, message)| (format!("channels.x.{key}"), message))?;
+        }
+        if let Some(whatsapp) = &self.channels.whatsapp {
+            whatsapp
+                .validate()
+                .map_err(|(key, message)| (format!("channels.whatsapp.{key}"), message))?;
+            if let Some(ty) = whatsapp
+                .templates
+                .keys()
+                .find(|ty| !self.types.contains_key(*ty) && !ty.starts_with("kci."))
+            {
+                return Err((
+                    format!("channels.whatsapp.templates.\"{ty}\""),
+                    "is neither a configured type nor one of kci's own notices (kci.…)".into(),
+                ));
+            }
+        }
         if self.delivery.concurrency == 0 {
             return Err(("delivery.concurrency".into(), "must be at least 1".into()));
         }
@@ -1411,6 +1440,46 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("kci.example.toml");
         let c = Config::load(Some(&path)).unwrap();
         assert!(c.types.contains_key("line.down"));
+    }
+
+    /// The X and WhatsApp sections as the example shows them load; a
+    /// template for a type that does not exist is named.
+    #[test]
+    fn x_and_whatsapp_sections_load_and_name_their_mistakes() {
+        let x = "[channels.x]\nclient_id = \"M1M5R3BMVy13QmpScXkzTUt5OE46MTpjaQ\"\nrefresh_token = \"rt\"\ntimeout = \"10s\"\n";
+        let wa = |ty: &str| {
+            format!(
+                "[channels.whatsapp]\nphone_number_id = \"106540352242922\"\naccess_token = \"EAA\"\n\
+                 [channels.whatsapp.templates.\"{ty}\"]\nname = \"line_down\"\nlanguage = \"en_GB\"\n\
+                 parameters = [\"service\", \"occurred_at | time\", \"data.ticket\"]\n\
+                 [types.\"line.down\"]\nshort = \"x\"\n"
+            )
+        };
+        let c = Config::parse(&format!("{x}{}", wa("line.down")), "kci.toml").unwrap();
+        assert_eq!(c.channels.rate(crate::model::ChannelKind::X), None);
+        // A delivery on X may take three timeouts.
+        assert_eq!(
+            c.longest_delivery_timeout(),
+            ("channels.x.timeout", std::time::Duration::from_secs(30))
+        );
+        assert!(Config::parse(&wa("kci.change.pending"), "kci.toml").is_ok());
+        let e = Config::parse(&wa("line.dwon"), "kci.toml").unwrap_err();
+        assert_eq!(e.key, "channels.whatsapp.templates.\"line.dwon\"", "{e}");
+        let e = Config::parse(
+            &wa("line.down").replace("data.ticket", "data.("),
+            "kci.toml",
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.key, "channels.whatsapp.templates.\"line.down\".parameters[2]",
+            "{e}"
+        );
+        let e = Config::parse(
+            "[channels.x]\nclient_id = \"\"\nrefresh_token = \"r\"\n",
+            "kci.toml",
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "channels.x.client_id", "{e}");
     }
 
     /// With a lease shorter than twice the slowest channel's timeout a

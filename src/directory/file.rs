@@ -366,6 +366,12 @@ pub fn check(raw: RawRow, line: u64, hub: &Hub) -> Result<ImportRow, String> {
             let uri =
                 super::destination_uri(&input.uri, |k| hub.channels.contains(&k), hub.allow_http)
                     .map_err(|e| e.to_string())?;
+            if let crate::model::DestinationUri::X(crate::model::XUser::Handle(h)) = &uri {
+                // Stored is X's lasting id, which only asking X gives.
+                return Err(format!(
+                    "uri: give @{h}'s numeric X user id: an @handle is resolved only when added through the API"
+                ));
+            }
             let id = match raw.destination {
                 Some(id) => {
                     check_id(&id).map_err(|e| format!("destination: {e}"))?;
@@ -738,7 +744,7 @@ mod tests {
 
     fn hub() -> Hub {
         Hub {
-            channels: vec![ChannelKind::Email, ChannelKind::Webhook],
+            channels: vec![ChannelKind::Email, ChannelKind::Webhook, ChannelKind::X],
             allow_http: false,
         }
     }
@@ -834,6 +840,11 @@ mod tests {
                 "contact_prefs: window",
             ),
             (["A1", "", "", "", "", "true", ""], "uri: is required"),
+            (["A1", "", "alice", "", "x:2244994945", "", ""], ""),
+            (
+                ["A1", "", "alice", "", "x:@XDevelopers", "", ""],
+                "uri: give @XDevelopers's numeric X user id",
+            ),
         ] {
             let got = csv_row(&h, &cells);
             match (why, &got) {

@@ -63,7 +63,7 @@ pub use priority::Priority;
 pub use role::{Role, Staff};
 pub use secret::Secret;
 pub use state::{Reason, ReceiptStatus, State};
-pub use uri::{ChannelKind, DestinationUri, parse_apprise_tag, parse_e164};
+pub use uri::{ChannelKind, DestinationUri, XUser, parse_apprise_tag, parse_e164};
 pub use window::Window;
 
 use chrono::{DateTime, TimeZone, Utc};

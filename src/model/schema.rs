@@ -29,7 +29,7 @@ macro_rules! text_schema {
 text_schema!(TimeZoneName, "An IANA time zone name", "Europe/London");
 text_schema!(
     DestinationUri,
-    "Where a notice goes: mailto:, tel: (SMS), https:// (webhook), ntfy:, pushover:, telegram:, signal:, matrix:, apprise: or postal:account (a letter to the account's postal address) (DESIGN.md §2a)",
+    "Where a notice goes: mailto:, sms: (E.164), https:// (webhook), ntfy:, pushover:, telegram:, signal:, matrix:, apprise:, x: (a numeric X user id, or @handle resolved to it), whatsapp: (E.164) or postal:account (a letter to the account's postal address) (DESIGN.md §2a)",
     "mailto:alice@example.com"
 );
 text_schema!(

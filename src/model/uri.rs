@@ -19,12 +19,16 @@ pub enum ChannelKind {
     Apprise,
     /// A letter on paper, to the account's postal address.
     Letter,
+    /// X (formerly Twitter) direct messages.
+    X,
+    /// WhatsApp through the Business Cloud API.
+    WhatsApp,
 }
 
 impl ChannelKind {
     /// Every channel kind, for the places that set up one thing per kind
     /// (rate limiters, the simulator's recorders, reading a stored kind).
-    pub const ALL: [ChannelKind; 10] = [
+    pub const ALL: [ChannelKind; 12] = [
         ChannelKind::Email,
         ChannelKind::Sms,
         ChannelKind::Webhook,
@@ -35,6 +39,8 @@ impl ChannelKind {
         ChannelKind::Signal,
         ChannelKind::Apprise,
         ChannelKind::Letter,
+        ChannelKind::X,
+        ChannelKind::WhatsApp,
     ];
 
     /// Whether the channel carries only a short text (SMS, push, chat), so
@@ -68,6 +74,8 @@ impl ChannelKind {
             ChannelKind::Signal => "signal",
             ChannelKind::Apprise => "apprise",
             ChannelKind::Letter => "letter",
+            ChannelKind::X => "x",
+            ChannelKind::WhatsApp => "whatsapp",
         }
     }
 }
@@ -100,6 +108,50 @@ pub enum DestinationUri {
     /// `postal:account`: a letter to the account's postal address (which
     /// lives on the account, so nothing else follows the scheme).
     Postal,
+    /// `x:<numeric user id>`, or `x:@handle` as given (resolved to the id
+    /// when the destination is created, so what is stored is the id).
+    X(XUser),
+    /// `whatsapp:+447700900123` (E.164).
+    WhatsApp(String),
+}
+
+/// Whom an `x:` destination names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum XUser {
+    /// X's numeric user id (what direct messages are addressed to).
+    Id(String),
+    /// `@handle`, without the `@`: only until it is resolved.
+    Handle(String),
+}
+
+impl XUser {
+    /// An X user id: 1 to 19 digits (a 64-bit number), not starting with 0.
+    pub fn parse_id(s: &str) -> Result<XUser, ParseError> {
+        let ok = (1..=19).contains(&s.len())
+            && s.bytes().all(|b| b.is_ascii_digit())
+            && !s.starts_with('0')
+            && s.parse::<u64>().is_ok();
+        if ok {
+            Ok(XUser::Id(s.to_string()))
+        } else {
+            Err(ParseError::new(format!(
+                "`x:{s}` is neither a numeric X user id nor an @handle"
+            )))
+        }
+    }
+
+    /// An X handle: 1 to 15 letters, digits and `_` (X's rule for usernames).
+    pub fn parse_handle(s: &str) -> Result<XUser, ParseError> {
+        let ok = (1..=15).contains(&s.len())
+            && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if ok {
+            Ok(XUser::Handle(s.to_string()))
+        } else {
+            Err(ParseError::new(format!(
+                "`@{s}` is not an X handle (1 to 15 letters, digits and _)"
+            )))
+        }
+    }
 }
 
 impl DestinationUri {
@@ -115,6 +167,8 @@ impl DestinationUri {
             DestinationUri::Signal(_) => ChannelKind::Signal,
             DestinationUri::Apprise(_) => ChannelKind::Apprise,
             DestinationUri::Postal => ChannelKind::Letter,
+            DestinationUri::X(_) => ChannelKind::X,
+            DestinationUri::WhatsApp(_) => ChannelKind::WhatsApp,
         }
     }
 
@@ -254,8 +308,14 @@ impl std::str::FromStr for DestinationUri {
                     "a postal: destination is `postal:account`: the address is the account's own (set it with PUT /v1/accounts/{id}, `postal_address`)",
                 )),
             },
+            "x" => match rest.strip_prefix('@') {
+                Some(handle) => XUser::parse_handle(handle),
+                None => XUser::parse_id(rest),
+            }
+            .map(DestinationUri::X),
+            "whatsapp" => parse_e164(rest).map(DestinationUri::WhatsApp),
             other => Err(ParseError::new(format!(
-                "unknown scheme `{other}:`; use mailto:, sms:, https:, matrix:, pushover:, ntfy:, telegram:, signal:, apprise: or postal:"
+                "unknown scheme `{other}:`; use mailto:, sms:, https:, matrix:, pushover:, ntfy:, telegram:, signal:, apprise:, x:, whatsapp: or postal:"
             ))),
         }
     }
@@ -274,6 +334,9 @@ impl fmt::Display for DestinationUri {
             DestinationUri::Signal(n) => write!(f, "signal:{n}"),
             DestinationUri::Apprise(t) => write!(f, "apprise:{t}"),
             DestinationUri::Postal => f.write_str("postal:account"),
+            DestinationUri::X(XUser::Id(id)) => write!(f, "x:{id}"),
+            DestinationUri::X(XUser::Handle(h)) => write!(f, "x:@{h}"),
+            DestinationUri::WhatsApp(n) => write!(f, "whatsapp:{n}"),
         }
     }
 }
@@ -306,6 +369,10 @@ mod tests {
             ("apprise:all", ChannelKind::Apprise),
             ("apprise:on-call_2", ChannelKind::Apprise),
             ("postal:account", ChannelKind::Letter),
+            ("x:2244994945", ChannelKind::X),
+            ("x:@XDevelopers", ChannelKind::X),
+            ("x:@a_1", ChannelKind::X),
+            ("whatsapp:+447700900123", ChannelKind::WhatsApp),
         ];
         for (s, kind) in ok {
             let uri: DestinationUri = s.parse().unwrap_or_else(|e| panic!("{s}: {e}"));
@@ -333,6 +400,16 @@ mod tests {
             "apprise:dev ops",
             "postal:Hauptstraße 5",
             "postal:account:x",
+            "x:",
+            "x:@",
+            "x:0123",
+            "x:12a",
+            "x:99999999999999999999",
+            "x:@has-dash",
+            "x:@sixteen_chars_xx",
+            "x:@",
+            "whatsapp:447700900123",
+            "whatsapp:+44 7700 900123",
         ] {
             assert!(
                 s.parse::<DestinationUri>().is_err(),
@@ -392,6 +469,7 @@ mod tests {
                 | ChannelKind::Signal
                 | ChannelKind::Apprise
                 | ChannelKind::Letter => {}
+                ChannelKind::X | ChannelKind::WhatsApp => {}
             }
         }
         let names: std::collections::BTreeSet<_> =

@@ -8,7 +8,7 @@ use crate::config::Config;
 use crate::model::Event;
 use crate::model::Notification;
 use crate::text::sms;
-use minijinja::{Environment, Value, context};
+use minijinja::{Environment, Value};
 
 /// A template could not be rendered (bad data, a missing variable used in a
 /// strict way); the notification fails with this reason.
@@ -151,24 +151,7 @@ impl Renderer {
                 message: "the event is missing".into(),
             });
         };
-        let ctx = context! {
-            event => Value::from_serialize(event),
-            data => Value::from_serialize(&event.data),
-            id => &event.id,
-            type => &event.type_name,
-            account => &event.account,
-            service => &event.service,
-            contact => &n.contact,
-            key => &event.key,
-            priority => event.priority.as_str(),
-            category => &event.category,
-            occurred_at => crate::model::fmt_time(event.occurred_at),
-            expires_at => event.expires_at.map(crate::model::fmt_time),
-            timezone => &n.timezone,
-            started_at => n.paired_from.map(crate::model::fmt_time),
-            ended_at => crate::model::fmt_time(event.occurred_at),
-            ..Value::from_serialize(&event.data)
-        };
+        let ctx = crate::text::template::event_context(n, event);
         if n.paired_from.is_some() {
             // One message tells of the whole pair.
             if let Some(text) = self.render_field(event, "pair_summary", &ctx)? {

@@ -1008,6 +1008,29 @@ pub async fn check_receipts(store: &dyn Store) {
         Some(Some("SM1".into()))
     );
     assert_eq!(store.notification("no-such").await.unwrap(), None);
+    // Found by the provider's own id, on its channel only.
+    assert_eq!(
+        store
+            .notification_by_ref(ChannelKind::Email, "SM2")
+            .await
+            .unwrap()
+            .map(|n| n.id),
+        Some(b.id.clone())
+    );
+    assert_eq!(
+        store
+            .notification_by_ref(ChannelKind::WhatsApp, "SM2")
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .notification_by_ref(ChannelKind::Email, "SM9")
+            .await
+            .unwrap(),
+        None
+    );
     let waiting = store
         .awaiting_receipts(ChannelKind::Email, 10)
         .await
@@ -2620,6 +2643,7 @@ conformance!(
     check_import_directory,
     check_channel_limits,
     check_postal_addresses,
+    check_credentials,
 );
 
 /// A channel's rate and pause are one state for every node on the store:
@@ -2795,6 +2819,78 @@ pub async fn check_postal_addresses(store: &dyn Store) {
             "{id}"
         );
     }
+}
+
+/// A channel's rotating credential: seeded once, swapped only from the
+/// version read (of two swaps from one version, one wins), each name its
+/// own.
+pub async fn check_credentials(store: &dyn Store) {
+    let at = t("2026-03-22T10:00:00Z");
+    assert_eq!(store.credential("x.refresh_token").await.unwrap(), None);
+    assert!(
+        store
+            .seed_credential("x.refresh_token", "v1.sealed-1", "seed-a", at)
+            .await
+            .unwrap()
+    );
+    // A second seed (another node starting) changes nothing.
+    assert!(
+        !store
+            .seed_credential("x.refresh_token", "v1.other", "seed-b", at)
+            .await
+            .unwrap()
+    );
+    let first = store.credential("x.refresh_token").await.unwrap().unwrap();
+    assert_eq!(
+        (
+            first.version,
+            first.sealed.as_str(),
+            first.seed.as_str(),
+            first.updated_at
+        ),
+        (1, "v1.sealed-1", "seed-a", at)
+    );
+    // Two nodes swap from version 1: one wins, the other is told to read again.
+    let later = at + Duration::minutes(1);
+    assert!(
+        store
+            .swap_credential("x.refresh_token", 1, "v1.sealed-2", "seed-a", later)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .swap_credential("x.refresh_token", 1, "v1.sealed-2b", "seed-a", later)
+            .await
+            .unwrap()
+    );
+    let second = store.credential("x.refresh_token").await.unwrap().unwrap();
+    assert_eq!(
+        (second.version, second.sealed.as_str(), second.updated_at),
+        (2, "v1.sealed-2", later)
+    );
+    assert!(
+        store
+            .swap_credential("x.refresh_token", 2, "v1.sealed-3", "seed-c", later)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store
+            .credential("x.refresh_token")
+            .await
+            .unwrap()
+            .map(|c| (c.version, c.seed)),
+        Some((3, "seed-c".to_string()))
+    );
+    // Another name is another credential; an unknown one never swaps.
+    assert_eq!(store.credential("other").await.unwrap(), None);
+    assert!(
+        !store
+            .swap_credential("other", 0, "v1.x", "s", later)
+            .await
+            .unwrap()
+    );
 }
 
 /// Assurance recovery on a store: record, confirm by the link, complete

@@ -40,6 +40,7 @@ macro_rules! migrations {
             (13, include_str!(concat!("migrations/", $db, "-13.sql"))),
             (14, include_str!(concat!("migrations/", $db, "-14.sql"))),
             (15, include_str!(concat!("migrations/", $db, "-15.sql"))),
+            (16, include_str!(concat!("migrations/", $db, "-16.sql"))),
         ]
     };
 }
@@ -1487,6 +1488,24 @@ impl<B: Backend> QueueStore for Db<B> {
         self.read(move |rows| Box::pin(async move { rows.notifications(which).await }))
             .await
     }
+
+    async fn notification_by_ref(
+        &self,
+        channel: ChannelKind,
+        reference: &str,
+    ) -> Result<Option<Notification>> {
+        let reference = reference.to_string();
+        self.read(move |rows| {
+            Box::pin(async move {
+                let which = Which::ByRef {
+                    channel,
+                    reference: &reference,
+                };
+                Ok(rows.notifications(which).await?.pop())
+            })
+        })
+        .await
+    }
 }
 
 #[async_trait]
@@ -1912,6 +1931,59 @@ impl<B: Backend> StaffStore for Db<B> {
             Box::pin(async move { rows.disable_staff(&name, to_millis(at)).await })
         })
         .await
+    }
+}
+
+#[async_trait]
+impl<B: Backend> crate::channels::CredentialStore for Db<B> {
+    async fn credential(
+        &self,
+        name: &str,
+    ) -> std::result::Result<
+        Option<crate::channels::StoredCredential>,
+        crate::channels::CredentialStoreError,
+    > {
+        let name = name.to_string();
+        self.read(move |rows| Box::pin(async move { rows.credential(&name).await }))
+            .await
+            .map_err(|e| crate::channels::CredentialStoreError(e.to_string()))
+    }
+
+    async fn seed_credential(
+        &self,
+        name: &str,
+        sealed: &str,
+        seed: &str,
+        at: DateTime<Utc>,
+    ) -> std::result::Result<bool, crate::channels::CredentialStoreError> {
+        let (name, sealed, seed) = (name.to_string(), sealed.to_string(), seed.to_string());
+        self.write(move |rows| {
+            Box::pin(async move {
+                rows.insert_credential(&name, &sealed, &seed, to_millis(at))
+                    .await
+            })
+        })
+        .await
+        .map_err(|e| crate::channels::CredentialStoreError(e.to_string()))
+    }
+
+    async fn swap_credential(
+        &self,
+        name: &str,
+        expected: i64,
+        sealed: &str,
+        seed: &str,
+        at: DateTime<Utc>,
+    ) -> std::result::Result<bool, crate::channels::CredentialStoreError> {
+        let (name, sealed, seed) = (name.to_string(), sealed.to_string(), seed.to_string());
+        self.write(move |rows| {
+            Box::pin(async move {
+                rows.swap_credential(&name, expected, &sealed, &seed, to_millis(at))
+                    .await
+            })
+        })
+        .await
+        .map_err(|e| crate::channels::CredentialStoreError(e.to_string()))
     }
 }
 

@@ -508,6 +508,14 @@ pub trait QueueStore: Send + Sync {
         channel: ChannelKind,
         limit: usize,
     ) -> Result<Vec<Notification>>;
+
+    /// The notification of `channel` the provider knows as `reference`
+    /// (WhatsApp's wamid), for a provider that reports by its own id only.
+    async fn notification_by_ref(
+        &self,
+        channel: ChannelKind,
+        reference: &str,
+    ) -> Result<Option<Notification>>;
 }
 
 /// The key registry: keys per address, their links and changes.
@@ -718,6 +726,7 @@ pub trait Store:
     + CallStore
     + AuditStore
     + StaffStore
+    + crate::channels::CredentialStore
     + 'static
 {
     /// Brings the schema up to date; safe to call on every start.
@@ -756,6 +765,7 @@ pub mod prelude {
         AuditStore, CallStore, ChangeStore, DirectoryStore, EventStore, KeyStore, LimitStore,
         QueueStore, StaffStore, Store, TokenStore,
     };
+    pub use crate::channels::CredentialStore;
 }
 
 /// Opens the store named by a config `store.url`, its schema brought up

@@ -978,6 +978,10 @@ impl Rows for PgRows {
                 );
                 self.all(&sql, &[&channel.as_str(), &limit], map).await
             }
+            Which::ByRef { channel, reference } => {
+                let sql = format!("{from} provider_ref = $1 AND channel = $2 LIMIT 1");
+                self.all(&sql, &[&reference, &channel.as_str()], map).await
+            }
         }
     }
 
@@ -1443,6 +1447,49 @@ impl Rows for PgRows {
             .exec(
                 "UPDATE staff SET disabled_at = $2 WHERE name = $1 AND disabled_at IS NULL",
                 &[&name, &at],
+            )
+            .await?;
+        Ok(n > 0)
+    }
+
+    async fn credential(
+        &mut self,
+        name: &str,
+    ) -> Result<Option<crate::channels::StoredCredential>> {
+        let sql = format!("SELECT {CREDENTIAL_COLUMNS} FROM credentials WHERE name = $1");
+        self.one(&sql, &[&name], rows::credential).await
+    }
+
+    async fn insert_credential(
+        &mut self,
+        name: &str,
+        sealed: &str,
+        seed: &str,
+        at: i64,
+    ) -> Result<bool> {
+        let n = self
+            .exec(
+                "INSERT INTO credentials (name, version, sealed, seed, updated_at) \
+                 VALUES ($1, 1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                &[&name, &sealed, &seed, &at],
+            )
+            .await?;
+        Ok(n > 0)
+    }
+
+    async fn swap_credential(
+        &mut self,
+        name: &str,
+        expected: i64,
+        sealed: &str,
+        seed: &str,
+        at: i64,
+    ) -> Result<bool> {
+        let n = self
+            .exec(
+                "UPDATE credentials SET version = version + 1, sealed = $3, seed = $4, updated_at = $5 \
+                 WHERE name = $1 AND version = $2",
+                &[&name, &expected, &sealed, &seed, &at],
             )
             .await?;
         Ok(n > 0)

@@ -123,6 +123,11 @@ pub enum Which<'a> {
         channel: ChannelKind,
         limit: i64,
     },
+    /// The one of a channel its provider knows by `reference`.
+    ByRef {
+        channel: ChannelKind,
+        reference: &'a str,
+    },
 }
 
 /// A finished delivery's columns (see `codec::finish_row`).
@@ -480,6 +485,29 @@ pub trait Rows: Send + 'static {
     /// One staff member (`Some(name)`) or all, by name.
     fn staff(&mut self, name: Option<&str>) -> impl Future<Output = Result<Vec<Staff>>> + Send;
     fn disable_staff(&mut self, name: &str, at: i64) -> impl Future<Output = Result<bool>> + Send;
+    /// A channel's sealed credential (`channels::credentials`).
+    fn credential(
+        &mut self,
+        name: &str,
+    ) -> impl Future<Output = Result<Option<crate::channels::StoredCredential>>> + Send;
+    /// Inserts version 1 unless one is stored; `false` if one was.
+    fn insert_credential(
+        &mut self,
+        name: &str,
+        sealed: &str,
+        seed: &str,
+        at: i64,
+    ) -> impl Future<Output = Result<bool>> + Send;
+    /// Moves `name` from version `expected` to the next with these values;
+    /// `false` if it is not at `expected`.
+    fn swap_credential(
+        &mut self,
+        name: &str,
+        expected: i64,
+        sealed: &str,
+        seed: &str,
+        at: i64,
+    ) -> impl Future<Output = Result<bool>> + Send;
     /// Records a proof as used; `false` if it was already (a replay).
     fn use_proof(&mut self, p: &ProofUse, now: i64) -> impl Future<Output = Result<bool>> + Send;
 
@@ -928,6 +956,18 @@ pub fn checkpoint(r: &impl Cols) -> Result<Checkpoint> {
         head: r.text(1)?,
         at: r.time(2)?,
         signature: r.text(3)?,
+    })
+}
+
+/// The columns [`credential`] reads.
+pub const CREDENTIAL_COLUMNS: &str = "version, sealed, seed, updated_at";
+
+pub fn credential(r: &impl Cols) -> Result<crate::channels::StoredCredential> {
+    Ok(crate::channels::StoredCredential {
+        version: r.int(0)?,
+        sealed: r.text(1)?,
+        seed: r.text(2)?,
+        updated_at: r.time(3)?,
     })
 }
 

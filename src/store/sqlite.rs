@@ -946,6 +946,11 @@ impl Rows for Lite {
                 params![channel.as_str(), limit],
                 map,
             ),
+            Which::ByRef { channel, reference } => self.all(
+                &format!("{from} provider_ref = ?1 AND channel = ?2 LIMIT 1"),
+                params![reference, channel.as_str()],
+                map,
+            ),
         }
     }
 
@@ -1374,6 +1379,45 @@ impl Rows for Lite {
         let n = self.exec(
             "UPDATE staff SET disabled_at = ?2 WHERE name = ?1 AND disabled_at IS NULL",
             params![name, at],
+        )?;
+        Ok(n > 0)
+    }
+
+    async fn credential(
+        &mut self,
+        name: &str,
+    ) -> Result<Option<crate::channels::StoredCredential>> {
+        let sql = format!("SELECT {CREDENTIAL_COLUMNS} FROM credentials WHERE name = ?1");
+        self.one(&sql, [name], |r| rows::credential(r))
+    }
+
+    async fn insert_credential(
+        &mut self,
+        name: &str,
+        sealed: &str,
+        seed: &str,
+        at: i64,
+    ) -> Result<bool> {
+        let n = self.exec(
+            "INSERT INTO credentials (name, version, sealed, seed, updated_at) \
+             VALUES (?1, 1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
+            params![name, sealed, seed, at],
+        )?;
+        Ok(n > 0)
+    }
+
+    async fn swap_credential(
+        &mut self,
+        name: &str,
+        expected: i64,
+        sealed: &str,
+        seed: &str,
+        at: i64,
+    ) -> Result<bool> {
+        let n = self.exec(
+            "UPDATE credentials SET version = version + 1, sealed = ?3, seed = ?4, updated_at = ?5 \
+             WHERE name = ?1 AND version = ?2",
+            params![name, expected, sealed, seed, at],
         )?;
         Ok(n > 0)
     }

@@ -183,6 +183,12 @@ impl CodeKey {
         Ok(CodeKey(std::sync::Arc::new(key)))
     }
 
+    /// The key's bytes, for deriving keys of other purposes from it
+    /// (`trust::seal`); never shown.
+    pub(crate) fn bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
     /// The key as 64 hex digits (to write a new key file).
     pub fn to_hex(&self) -> String {
         self.0.iter().map(|b| format!("{b:02x}")).collect()

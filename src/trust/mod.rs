@@ -9,3 +9,4 @@ pub mod assurance;
 pub mod calls;
 pub mod changes;
 pub mod codes;
+pub mod seal;

@@ -23,3 +23,4 @@ mod proofs;
 mod secure_mail;
 mod shared_limits;
 mod simulate;
+mod social;

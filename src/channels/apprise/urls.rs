@@ -24,6 +24,15 @@
 //! * Signal API: `signal[s]://[{user}:{password}@]{host}[:{port}]/{from}[/{to}…]`
 //!   (no target: the sender itself; `group.…` targets are groups);
 //! * apprise-api itself: `apprise[s]://{host}[:{port}]/{key}`;
+//! * X (Twitter): `x|twitter|tweet://{ckey}/{csecret}/{akey}/{asecret}[/{targets}…]`,
+//!   `?mode=dm` (the default) or `tweet`, `?to=`; targets are usernames
+//!   (`@` optional), none meaning the account itself (apprise
+//!   `plugins/twitter.py`). Its keys are OAuth 1.0a, which kci's X channel
+//!   (OAuth 2.0 user context) cannot use: they are not carried over;
+//! * WhatsApp: `whatsapp://[{template}:]{token}@{from_phone_id}/{targets}…`,
+//!   `?lang=` (the template's, default `en_US`), `?token=`, `?template=`,
+//!   `?from=`/`?source=`, `?to=`, `:N=body` mapping the body to a
+//!   template parameter (apprise `plugins/NotifyWhatsApp.py`);
 //! * TEXT config: `[tags=]url`, tags split by `,` or spaces (apprise-docs
 //!   `getting-started/configuration`). YAML configs are not read.
 
@@ -294,6 +303,8 @@ pub fn import_entry(entry: &Entry) -> Result<Imported, String> {
         "json" | "jsons" => webhook(&u),
         "matrix" | "matrixs" => matrix(&u),
         "signal" | "signals" => signal(&u),
+        "x" | "twitter" | "tweet" => x(&u),
+        "whatsapp" => whatsapp(&u),
         _ => Err(Fallback::Bridge(format!(
             "kci has no `{}://` channel",
             u.scheme
@@ -711,6 +722,144 @@ fn signal(u: &AppriseUrl) -> Mapped {
     })
 }
 
+fn x(u: &AppriseUrl) -> Mapped {
+    let mode = u.param("mode").map(str::to_ascii_lowercase);
+    if u.scheme == "tweet" || mode.as_deref().is_some_and(|m| m.starts_with('t')) {
+        return Err(Fallback::Bridge(
+            "kci's X channel sends direct messages, not public posts".into(),
+        ));
+    }
+    if mode.as_deref().is_some_and(|m| !m.starts_with('d')) {
+        return Err(bad("an X URL's mode is dm or tweet"));
+    }
+    if u.host.is_empty() || u.path.len() < 3 {
+        return Err(bad(
+            "an X URL is `x://{consumer_key}/{consumer_secret}/{access_key}/{access_secret}[/@user…]`",
+        ));
+    }
+    let mut users: Vec<String> = u.path[3..].to_vec();
+    if let Some(to) = u.param("to") {
+        users.extend(
+            to.split([',', ' '])
+                .filter(|t| !t.is_empty())
+                .map(str::to_string),
+        );
+    }
+    if users.is_empty() {
+        return Err(Fallback::Bridge(
+            "no target: Apprise messages the account itself, kci needs the user named".into(),
+        ));
+    }
+    let destinations = users
+        .iter()
+        .map(|t| dest(&format!("x:@{}", t.trim().trim_start_matches('@'))))
+        .collect::<Result<_, _>>()?;
+    let oauth2 = "Apprise's X URL carries OAuth 1.0a keys (consumer and access key and secret), which are not OAuth 2.0 tokens: authorize kci's X app (OAuth 2.0 with PKCE, scopes dm.write dm.read tweet.read users.read offline.access) as the sending account";
+    Ok(Imported::Native {
+        service: "X",
+        tags: vec![],
+        destinations,
+        section: "channels.x",
+        settings: vec![
+            ("client_id".into(), Setting::Missing(format!("{oauth2}, and give its client id"))),
+            (
+                "refresh_token".into(),
+                Setting::Missing("the refresh token that authorization gave".into()),
+            ),
+        ],
+        notes: [
+            Some(format!("{oauth2}; the four keys of the URL are not used")),
+            Some("each @user is looked up once, when the destination is added through the API, and kept as X's user id".into()),
+        ]
+        .into_iter()
+        .flatten()
+        .chain(unknown_note(u, &["mode", "to", "cache", "batch"]))
+        .collect(),
+    })
+}
+
+fn whatsapp(u: &AppriseUrl) -> Mapped {
+    let (template, token) = match (&u.user, &u.password) {
+        (Some(template), Some(token)) => (Some(template.clone()), Some(token.clone())),
+        (Some(token), None) => (None, Some(token.clone())),
+        _ => (None, None),
+    };
+    let Some(token) = u.param("token").map(str::to_string).or(token) else {
+        return Err(bad(
+            "a WhatsApp URL is `whatsapp://[{template}:]{token}@{from_phone_id}/{targets}`",
+        ));
+    };
+    let phone_id = u
+        .param("from")
+        .or(u.param("source"))
+        .unwrap_or(&u.host)
+        .to_string();
+    if phone_id.is_empty() || !phone_id.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad(
+            "a WhatsApp URL's host is the sending phone number's id (digits)",
+        ));
+    }
+    let mut targets: Vec<String> = u.path.clone();
+    if let Some(to) = u.param("to") {
+        targets.extend(
+            to.split([',', ' '])
+                .filter(|t| !t.is_empty())
+                .map(str::to_string),
+        );
+    }
+    if targets.is_empty() {
+        return Err(bad("a WhatsApp URL names no number to send to"));
+    }
+    let template = u.param("template").map(str::to_string).or(template);
+    let mut notes: Vec<String> = Vec::new();
+    if let Some(t) = &template {
+        let lang = u.param("lang").unwrap_or("en_US");
+        let body_at: Vec<&str> = u
+            .query
+            .iter()
+            .filter(|(k, v)| k.starts_with(':') && v.eq_ignore_ascii_case("body"))
+            .map(|(k, _)| &k[1..])
+            .collect();
+        let parameters = if body_at.is_empty() {
+            String::new()
+        } else {
+            format!(
+                ", parameters = [\"short\"] (Apprise put the body at {{{{{}}}}})",
+                body_at.join("}}, {{")
+            )
+        };
+        notes.push(format!(
+            "Apprise sends every notice as template `{t}` ({lang}); kci picks a template per type: set [channels.whatsapp.templates.\"TYPE\"] name = \"{t}\", language = \"{lang}\"{parameters} for each type it suits (without one, a type goes as free text, which WhatsApp takes only within 24 hours of the customer's last message)"
+        ));
+    }
+    notes.push("for delivery reports, set app_secret and verify_token and subscribe Meta's webhook to /v1/callbacks/whatsapp".into());
+    let rest: Vec<String> = u
+        .unknown_params(&["token", "template", "lang", "from", "source", "to"])
+        .into_iter()
+        .filter(|k| !k.starts_with(':'))
+        .collect();
+    if !rest.is_empty() {
+        notes.push(format!(
+            "Apprise options kci's channel does not carry: {}",
+            rest.join(", ")
+        ));
+    }
+    Ok(Imported::Native {
+        service: "WhatsApp",
+        tags: vec![],
+        destinations: targets
+            .iter()
+            .map(|t| dest(&format!("whatsapp:{}", phone(t))))
+            .collect::<Result<_, _>>()?,
+        section: "channels.whatsapp",
+        settings: vec![
+            ("phone_number_id".into(), value(phone_id)),
+            ("access_token".into(), value(token)),
+        ],
+        notes,
+    })
+}
+
 /// Every line of an Apprise URL list or TEXT config: its line number and
 /// what it becomes, or what is wrong with it. Blank and comment lines are
 /// left out. A YAML config is refused as a whole.
@@ -909,6 +1058,9 @@ mod tests {
                 "signal://localhost:9922/+15555551234/group.abcdefghijklmnop=",
                 "groups",
             ),
+            ("x://ck/cs/ak/as/@alice?mode=tweet", "not public posts"),
+            ("tweet://ck/cs/ak/as", "not public posts"),
+            ("x://ck/cs/ak/as", "no target"),
         ] {
             match one(line) {
                 Imported::Bridge { why: w, .. } => assert!(w.contains(why), "{line}: {w}"),
@@ -919,6 +1071,96 @@ mod tests {
             panic!()
         };
         assert_eq!(tags, ["ops", "admin"]);
+    }
+
+    #[test]
+    fn x_and_whatsapp_urls_map_what_they_carry_and_say_what_they_cannot() {
+        let Imported::Native {
+            destinations,
+            section,
+            settings,
+            notes,
+            ..
+        } = one("twitter://ckey123/csecret456/akey789/asecret012/@XDevelopers/alice_2?to=bob")
+        else {
+            panic!()
+        };
+        assert_eq!(section, "channels.x");
+        assert_eq!(
+            destinations
+                .iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>(),
+            ["x:@XDevelopers", "x:@alice_2", "x:@bob"]
+        );
+        // OAuth 1.0a keys are not carried over: both settings must be filled in.
+        assert!(
+            settings
+                .iter()
+                .all(|(_, v)| matches!(v, Setting::Missing(_)))
+        );
+        assert_eq!(
+            settings.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
+            ["client_id", "refresh_token"]
+        );
+        let all = format!("{settings:?} {notes:?}");
+        assert!(
+            all.contains("OAuth 1.0a")
+                && !all.contains("csecret456")
+                && !all.contains("asecret012"),
+            "{all}"
+        );
+        assert!(import_entry(&Entry::parse("x://ck/cs/ak/as/not-a-handle!").unwrap()).is_err());
+        assert!(import_entry(&Entry::parse("x://ck/cs").unwrap()).is_err());
+
+        let Imported::Native {
+            destinations,
+            section,
+            settings,
+            notes,
+            ..
+        } = one(
+            "whatsapp://appointment_v1:EAAtoken123@106540352242922/+44%207700%20900123/15551234567?lang=en_GB&:1=body",
+        )
+        else {
+            panic!()
+        };
+        assert_eq!(section, "channels.whatsapp");
+        assert_eq!(
+            destinations
+                .iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>(),
+            ["whatsapp:+447700900123", "whatsapp:+15551234567"]
+        );
+        assert_eq!(
+            settings,
+            vec![
+                ("phone_number_id".to_string(), value("106540352242922")),
+                ("access_token".to_string(), value("EAAtoken123")),
+            ]
+        );
+        let notes = notes.join("\n");
+        assert!(
+            notes.contains(
+                "name = \"appointment_v1\", language = \"en_GB\", parameters = [\"short\"]"
+            ),
+            "{notes}"
+        );
+        // Free text, the token in the query.
+        let Imported::Native { settings, .. } =
+            one("whatsapp://106540352242922/447700900123?token=EAAother")
+        else {
+            panic!()
+        };
+        assert_eq!(settings[1], ("access_token".to_string(), value("EAAother")));
+        for bad in [
+            "whatsapp://EAAtoken@106540352242922",
+            "whatsapp://EAAtoken@not-digits/447700900123",
+            "whatsapp://106540352242922/447700900123",
+        ] {
+            assert!(import_entry(&Entry::parse(bad).unwrap()).is_err(), "{bad}");
+        }
     }
 
     #[test]

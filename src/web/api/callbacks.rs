@@ -3,7 +3,8 @@
 //! from their own line proves a change, issue 12). They hold none of
 //! kci's bearer tokens, so each is authenticated the provider's way
 //! instead — Twilio by `X-Twilio-Signature`, the generic gateway by an
-//! HMAC-SHA256 of the body (`X-Kci-Signature`).
+//! HMAC-SHA256 of the body (`X-Kci-Signature`), WhatsApp (Meta) by
+//! `X-Hub-Signature-256` and its subscription's verify token.
 
 use crate::channels::sms::twilio;
 use crate::model::ChannelKind;
@@ -275,4 +276,189 @@ async fn texted(st: &AppState, from: &str, text: &str) -> Result<(), AppError> {
         }
     }
     Ok(())
+}
+
+/// The most statuses one WhatsApp webhook is read for (Meta batches
+/// several; the body itself is bounded by `[server] max_body_bytes`).
+const MAX_WHATSAPP_STATUSES: usize = 1000;
+
+/// WhatsApp's webhook (the fields kci reads): statuses of sent messages.
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+#[schema(examples(json!({"object": "whatsapp_business_account", "entry": [{"id": "102290129340398", "changes": [{"field": "messages", "value": {"messaging_product": "whatsapp", "metadata": {"display_phone_number": "15550783881", "phone_number_id": "106540352242922"}, "statuses": [{"id": "wamid.HBgLMTY1MDM4Nzk0MzkVAgARGBJDQjZCMzlEQUE4OTJBMTE4RTUA", "status": "delivered", "timestamp": "1750030073", "recipient_id": "16505551234"}]}}]}]})))]
+struct WhatsAppHook {
+    #[serde(default)]
+    entry: Vec<WhatsAppEntry>,
+}
+
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+struct WhatsAppEntry {
+    #[serde(default)]
+    changes: Vec<WhatsAppChange>,
+}
+
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+struct WhatsAppChange {
+    #[serde(default)]
+    value: WhatsAppValue,
+}
+
+#[derive(serde::Deserialize, Default, utoipa::ToSchema)]
+struct WhatsAppValue {
+    #[serde(default)]
+    metadata: Option<WhatsAppMetadata>,
+    /// sent, delivered, read or failed (with `errors`), by wamid.
+    #[serde(default)]
+    #[schema(value_type = Vec<Object>)]
+    statuses: Vec<crate::channels::whatsapp::Status>,
+}
+
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+struct WhatsAppMetadata {
+    /// The business number the statuses are about.
+    phone_number_id: String,
+}
+
+/// WhatsApp's status webhook.
+///
+/// Meta's webhook for the WhatsApp Business Account's `messages` field,
+/// signed with `X-Hub-Signature-256: sha256=<hex HMAC-SHA256 of the body,
+/// keyed with the app secret>`. A delivered or read message, or a failed
+/// one (with WhatsApp's error), is recorded as the receipt of the
+/// notification it was sent for (by its wamid); `sent` and statuses of
+/// other numbers are ignored.
+#[utoipa::path(post, path = "/v1/callbacks/whatsapp", tag = "providers",
+    params(("X-Hub-Signature-256" = String, Header, description = "`sha256=` and the hex HMAC-SHA256 of the body, keyed with the app secret")),
+    request_body = WhatsAppHook,
+    responses(
+        (status = 200, description = "Taken (each status recorded, or ignored)"),
+        (status = 400, description = "`malformed_json`", body = ErrorBody),
+        (status = 403, description = "`bad_signature`: X-Hub-Signature-256 is missing or wrong", body = ErrorBody),
+        (status = 404, description = "`not_found`: WhatsApp is not configured with an app_secret", body = ErrorBody),
+    ))]
+pub async fn whatsapp(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<StatusCode, AppError> {
+    use crate::channels::whatsapp;
+    let cfg = st.config.channels.whatsapp.as_ref();
+    let Some((cfg, secret)) = cfg.and_then(|c| c.app_secret.as_ref().map(|s| (c, s))) else {
+        return Err(AppError::NotFound {
+            what: "WhatsApp's webhook (no [channels.whatsapp] app_secret)".into(),
+        });
+    };
+    let signature = headers
+        .get("x-hub-signature-256")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if !whatsapp::valid_signature(secret.expose(), &body, signature) {
+        return Err(AppError::BadSignature {
+            header: "X-Hub-Signature-256",
+        });
+    }
+    let hook: WhatsAppHook = super::json_body(&body)?;
+    let statuses = hook
+        .entry
+        .iter()
+        .flat_map(|e| &e.changes)
+        .filter(|c| {
+            c.value
+                .metadata
+                .as_ref()
+                .is_none_or(|m| m.phone_number_id == cfg.phone_number_id)
+        })
+        .flat_map(|c| &c.value.statuses)
+        .take(MAX_WHATSAPP_STATUSES);
+    for s in statuses {
+        let Some(report) = whatsapp::report(s) else {
+            continue;
+        };
+        if s.id.is_empty() || s.id.len() > 256 {
+            continue;
+        }
+        match st
+            .store
+            .notification_by_ref(ChannelKind::WhatsApp, &s.id)
+            .await?
+        {
+            Some(n) => {
+                st.health()
+                    .record_receipt(&n, &report, st.clock.now())
+                    .await?;
+            }
+            // Not one of kci's (another system on the same number), or gone.
+            None => {
+                tracing::debug!(wamid = %s.id, "a WhatsApp status for no notification of kci's")
+            }
+        }
+    }
+    Ok(StatusCode::OK)
+}
+
+/// WhatsApp's webhook subscription challenge.
+///
+/// Meta checks the webhook URL with `hub.mode=subscribe`,
+/// `hub.verify_token` (the token given when subscribing) and
+/// `hub.challenge`, which is answered back as it came.
+#[utoipa::path(get, path = "/v1/callbacks/whatsapp", tag = "providers",
+    params(
+        ("hub.mode" = String, Query, description = "`subscribe`"),
+        ("hub.verify_token" = String, Query, description = "[channels.whatsapp] verify_token"),
+        ("hub.challenge" = String, Query, description = "Answered back"),
+    ),
+    responses(
+        (status = 200, description = "The challenge", content_type = "text/plain", body = String),
+        (status = 403, description = "`bad_signature`: the verify token is wrong, or the mode is not subscribe", body = ErrorBody),
+        (status = 404, description = "`not_found`: WhatsApp is not configured with a verify_token", body = ErrorBody),
+        (status = 422, description = "`invalid_field`: the challenge is not a short token", body = ErrorBody),
+    ))]
+pub async fn whatsapp_challenge(
+    State(st): State<AppState>,
+    query: axum::extract::RawQuery,
+) -> Result<impl axum::response::IntoResponse, AppError> {
+    let Some(token) = st
+        .config
+        .channels
+        .whatsapp
+        .as_ref()
+        .and_then(|c| c.verify_token.as_ref())
+    else {
+        return Err(AppError::NotFound {
+            what: "WhatsApp's webhook (no [channels.whatsapp] verify_token)".into(),
+        });
+    };
+    let raw = query.0.unwrap_or_default();
+    let pairs: Vec<(String, String)> = url::form_urlencoded::parse(raw.as_bytes())
+        .into_owned()
+        .take(16)
+        .collect();
+    let param = |name: &str| {
+        pairs
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .unwrap_or_default()
+    };
+    if param("hub.mode") != "subscribe"
+        || !crate::channels::whatsapp::valid_verify_token(token.expose(), param("hub.verify_token"))
+    {
+        return Err(AppError::BadSignature {
+            header: "hub.verify_token",
+        });
+    }
+    let challenge = param("hub.challenge").to_string();
+    let ok = !challenge.is_empty()
+        && challenge.len() <= 256
+        && challenge.bytes().all(|b| b.is_ascii_graphic());
+    if !ok {
+        return Err(AppError::invalid(
+            "invalid_field",
+            "hub.challenge",
+            "must be 1 to 256 printable characters",
+        ));
+    }
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "text/plain")],
+        challenge,
+    ))
 }

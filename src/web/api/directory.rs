@@ -548,7 +548,7 @@ pub async fn put_contact(
         (status = 400, description = "`malformed_json`", body = ErrorBody),
         (status = 404, description = "`not_found`: no such contact", body = ErrorBody),
         (status = 409, description = "`change_pending`: another change of the account is pending", body = ErrorBody),
-        (status = 422, description = "`invalid_field`, `invalid_uri`: the message names it", body = ErrorBody),
+        (status = 422, description = "`invalid_field`, `invalid_uri`: the message names it (an `x:@handle` X does not know, say)", body = ErrorBody),
     ))]
 pub async fn add_destination(
     State(st): State<AppState>,
@@ -591,6 +591,19 @@ pub async fn add_destination(
         }
     }
     let kind = uri.channel();
+    // A name the customer can change (an X @handle) is stored as the
+    // provider's lasting id, asked once, now.
+    let uri = match st.channels.get(kind) {
+        Some(channel) => channel.resolve_destination(&uri).await.map_err(|e| {
+            let words = if e.is_transient() {
+                format!("{} (cannot be asked now: try again)", e.detail())
+            } else {
+                e.detail().to_string()
+            };
+            AppError::invalid("invalid_uri", "uri", &words)
+        })?,
+        None => uri,
+    };
     if let Some(channel) = st.channels.get(kind)
         && let Err(e) = channel.check_destination(&uri).await
     {

@@ -59,6 +59,7 @@ fn public_only() -> OpenApiRouter<AppState> {
         .routes(routes!(keys::confirm_page, keys::confirm))
         .routes(routes!(callbacks::twilio_inbound))
         .routes(routes!(callbacks::gateway_inbound))
+        .routes(routes!(callbacks::whatsapp, callbacks::whatsapp_challenge))
         .routes(routes!(
             assurances::recovery_page,
             assurances::recovery_form
