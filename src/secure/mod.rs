@@ -46,14 +46,20 @@ pub struct Withheld {
     pub detail: String,
 }
 
+/// kci's own notice types that carry what the customer's events said (a
+/// digest folds their notices into one, a flap summary tells of them):
+/// content like any event's, not kci's words about the account.
+const EVENT_CONTENT: [&str; 2] = [crate::plan::DIGEST_TYPE, crate::plan::flap::SUMMARY_TYPE];
+
 /// Whether a notice of a `paranoid` account must go content-free: its
 /// channel is not end-to-end encrypted (anything but mail to an address
-/// with an active key).
+/// with an active key), and it carries an event's content (kci's own
+/// notices about the account — codes, links, changes — are its words, and
+/// must be read to be of use).
 pub fn content_free(c: &Claimed) -> bool {
     let n = &c.notification;
-    !n.type_name.starts_with("kci.")
-        && c.paranoid
-        && (n.channel != ChannelKind::Email || c.active_key.is_none())
+    let own = n.type_name.starts_with("kci.") && !EVENT_CONTENT.contains(&n.type_name.as_str());
+    !own && c.paranoid && (n.channel != ChannelKind::Email || c.active_key.is_none())
 }
 
 /// Decides what of the rendered notice `c` may leave, and under which
@@ -182,6 +188,11 @@ mod tests {
             ("mailto:a@example.com", "line.down", true, true, false),
             ("ntfy:alerts", "line.down", false, false, false),
             ("sms:+447700900123", "kci.verify", true, false, false),
+            // A digest or a flap summary tells what the events said.
+            ("sms:+447700900123", "kci.digest", true, false, true),
+            ("telegram:42", "kci.flap", true, false, true),
+            ("mailto:a@example.com", "kci.digest", true, true, false),
+            ("sms:+447700900123", "kci.digest", false, false, false),
         ];
         for (uri, t, paranoid, key, free) in cases {
             assert_eq!(
