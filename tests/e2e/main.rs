@@ -17,6 +17,7 @@ mod import;
 #[allow(dead_code)] // the benchmark reads figures the test does not
 mod load_scenario;
 mod mail_transport;
+mod multinode;
 mod net;
 mod proofs;
 mod secure_mail;
