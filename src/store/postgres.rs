@@ -780,14 +780,27 @@ impl Rows for PgRows {
             .split(", ")
             .map(|c| format!("n.{c}"))
             .collect();
+        // The longest-waiting first, each from its partial index: notices
+        // whose lease ran out (their node died, or outlived it), then
+        // pending ones by due time. Without an order, a claim took rows in
+        // whatever order a scan met them: a dead node's notices waited for
+        // the whole backlog, and each claim read past every row already
+        // sent. One statement per case, so each plan uses its index.
+        let channel = if c.channel.is_some() {
+            "AND channel = $4"
+        } else {
+            "AND $4::TEXT IS NULL"
+        };
         let sql = format!(
-            "WITH due AS ( \
-               SELECT id FROM notifications \
-               WHERE ((state = 'pending' AND due_at <= $1) OR (state = 'sending' AND lease_until <= $1)) \
-                 AND ($4::TEXT IS NULL OR channel = $4) \
-               LIMIT $3 FOR UPDATE SKIP LOCKED) \
+            "WITH expired AS ( \
+               SELECT id FROM notifications WHERE state = 'sending' AND lease_until <= $1 {channel} \
+               ORDER BY lease_until LIMIT $3 FOR UPDATE SKIP LOCKED), \
+             due AS ( \
+               SELECT id FROM notifications WHERE state = 'pending' AND due_at <= $1 {channel} \
+               ORDER BY due_at LIMIT GREATEST($3 - (SELECT COUNT(*) FROM expired), 0) \
+               FOR UPDATE SKIP LOCKED) \
              UPDATE notifications n SET state = 'sending', attempts = attempts + 1, lease_until = $2 \
-             FROM due WHERE n.id = due.id \
+             WHERE n.id = ANY(ARRAY(SELECT id FROM expired UNION ALL SELECT id FROM due)) \
              RETURNING {}",
             returning.join(", ")
         );
