@@ -784,8 +784,9 @@ impl Rows for PgRows {
         // whose lease ran out (their node died, or outlived it), then
         // pending ones by due time. Without an order, a claim took rows in
         // whatever order a scan met them: a dead node's notices waited for
-        // the whole backlog, and each claim read past every row already
-        // sent. One statement per case, so each plan uses its index.
+        // the backlog, and a claim's cost depended on where in the table
+        // the pending rows lay. One statement per case, so each plan can
+        // use its index.
         let channel = if c.channel.is_some() {
             "AND channel = $4"
         } else {

@@ -21,8 +21,16 @@ use std::time::{Duration, Instant};
 
 /// The lease a node holds on what it claims: short, so that the takeover
 /// after `kill -9` happens within the test. Half a lease must cover the
-/// slowest channel's timeout (config validation), hence the timeouts.
+/// slowest channel's timeout (config validation), hence [`TIMEOUT`].
 const LEASE: Duration = Duration::from_secs(5);
+
+/// The lease of the node that survives the kill: shorter, so that a notice
+/// leased for longer than this was claimed by the node to be killed — how
+/// the test picks a moment when that node holds some.
+const SURVIVOR_LEASE: Duration = Duration::from_secs(4);
+
+/// Every channel's timeout: half the shorter lease.
+const TIMEOUT: &str = "2s";
 
 /// Notices one node delivers at once per channel (`[delivery]
 /// concurrency`, its default): the most that can be in flight on a node
@@ -34,10 +42,13 @@ const CONCURRENCY: usize = 32;
 const ACCOUNTS: usize = 10;
 
 /// A fresh database on the test PostgreSQL server, its own so that
-/// `pg_stat_database` counts only what its nodes did; dropped at the end.
+/// `pg_stat_database` counts only what its nodes did; dropped when this
+/// goes, also when the test fails (declare it before the nodes, so that
+/// they are gone first).
 struct FreshDb {
     url: String,
     name: String,
+    base: String,
     admin: tokio_postgres::Client,
 }
 
@@ -65,6 +76,7 @@ impl FreshDb {
         FreshDb {
             url: format!("{server}/{name}{query}"),
             name,
+            base,
             admin,
         }
     }
@@ -99,15 +111,29 @@ impl FreshDb {
             fetched: row.get(6),
         }
     }
+}
 
-    async fn drop_now(self) {
-        let _ = self
-            .admin
-            .batch_execute(&format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                self.name
-            ))
-            .await;
+impl Drop for FreshDb {
+    fn drop(&mut self) {
+        // On a thread of its own: a test's runtime may be the one dropping.
+        let (base, name) = (self.base.clone(), self.name.clone());
+        let dropped = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let (admin, conn) = tokio_postgres::connect(&base, tokio_postgres::NoTls).await?;
+                tokio::spawn(conn);
+                admin
+                    .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .await
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Ok(()))) {
+            eprintln!("could not drop the test database {}", self.name);
+        }
     }
 }
 
@@ -140,20 +166,25 @@ impl DbStats {
     }
 }
 
-/// Starts `n` nodes on `url` at once (they migrate the fresh database
-/// together: one migrator at a time), webhooks signed with the test's
-/// secret, the lease and timeouts short.
-fn nodes(url: &str, n: usize) -> Vec<Kci> {
-    let secs = LEASE.as_secs() / 2;
-    let email = format!("timeout = \"{secs}s\"\n");
-    let extra = format!(
-        "lease = \"{}s\"\nconcurrency = {CONCURRENCY}\n\
-         {LOCAL_WEBHOOKS}secret = \"{WEBHOOK_SECRET}\"\ntimeout = \"{secs}s\"\n",
-        LEASE.as_secs()
-    );
+/// Starts a node per lease in `leases` on `url`, all at once (they
+/// migrate the fresh database together: one migrator at a time); webhooks
+/// signed with the test's secret, the timeouts short.
+fn nodes(url: &str, leases: &[Duration]) -> Vec<Kci> {
+    let email = format!("timeout = \"{TIMEOUT}\"\n");
+    let extra = |lease: &Duration| {
+        format!(
+            "lease = \"{}ms\"\nconcurrency = {CONCURRENCY}\n\
+             {LOCAL_WEBHOOKS}secret = \"{WEBHOOK_SECRET}\"\ntimeout = \"{TIMEOUT}\"\n",
+            lease.as_millis()
+        )
+    };
     std::thread::scope(|s| {
-        let started: Vec<_> = (0..n)
-            .map(|_| s.spawn(|| Kci::start_on(Some(url), None, "", &email, &extra)))
+        let started: Vec<_> = leases
+            .iter()
+            .map(|lease| {
+                let (email, extra) = (&email, extra(lease));
+                s.spawn(move || Kci::start_on(Some(url), None, "", email, &extra))
+            })
             .collect();
         started
             .into_iter()
@@ -403,7 +434,7 @@ async fn two_nodes_lose_nothing_when_one_is_killed_mid_delivery() {
     const BACKLOG: chrono::TimeDelta = chrono::TimeDelta::seconds(15);
     let db = FreshDb::create().await;
     let receiver = WebhookReceiver::start().await;
-    let mut nodes = nodes(&db.url, 2);
+    let mut nodes = nodes(&db.url, &[LEASE, SURVIVOR_LEASE]);
     let admin = nodes[0].token(&["admin"]);
     customers(&nodes[1], &admin, &receiver).await;
     let check = db.client().await;
@@ -419,11 +450,29 @@ async fn two_nodes_lose_nothing_when_one_is_killed_mid_delivery() {
     });
 
     // The kill: once a quarter of the events has arrived, while events
-    // are still being posted and deliveries are in flight on both nodes.
+    // are still being posted, at a moment when node one holds notices
+    // (leased for longer than node two ever leases, so claimed by it).
     let mut distinct = Distinct::new();
     eventually(120, "a quarter delivered", || {
         let n = distinct.count(&receiver);
         async move { (n >= TOTAL / 4).then_some(()) }
+    })
+    .await;
+    eventually(60, "node one holding notices", || {
+        let check = &check;
+        async move {
+            let beyond = chrono::Utc::now().timestamp_millis()
+                + SURVIVOR_LEASE.as_millis() as i64
+                + 100;
+            let row = check
+                .query_one(
+                    "SELECT COUNT(*) FROM notifications WHERE state = 'sending' AND lease_until > $1",
+                    &[&beyond],
+                )
+                .await
+                .unwrap();
+            (row.get::<_, i64>(0) >= 5).then_some(())
+        }
     })
     .await;
     let before_kill = delivered_by(&nodes[0], &admin).await;
@@ -538,6 +587,7 @@ async fn two_nodes_lose_nothing_when_one_is_killed_mid_delivery() {
             .count()
     };
     let (again_held, again_other) = (again(true), again(false));
+    assert!(again_held > 0, "node one held nothing at the kill");
 
     let survivor = delivered_by(&nodes[1], &admin).await;
     let restarted_node = delivered_by(&nodes[0], &admin).await;
@@ -568,9 +618,6 @@ async fn two_nodes_lose_nothing_when_one_is_killed_mid_delivery() {
         "  claimed again: {again_held} of the held notices, {again_other} others (queued past \
          half their lease and let go)"
     );
-    drop(nodes);
-    drop(check);
-    db.drop_now().await;
 }
 
 /// Four nodes on one database contend for the same queue; nobody dies.
@@ -581,7 +628,7 @@ async fn four_nodes_contending_deliver_each_notification_exactly_once() {
     const TOTAL: usize = 4_000;
     let db = FreshDb::create().await;
     let receiver = WebhookReceiver::start().await;
-    let mut nodes = nodes(&db.url, 4);
+    let mut nodes = nodes(&db.url, &[LEASE; 4]);
     let admin = nodes[0].token(&["admin"]);
     customers(&nodes[1], &admin, &receiver).await;
     let bases: Vec<String> = nodes.iter().map(|n| n.base.clone()).collect();
@@ -660,5 +707,4 @@ async fn four_nodes_contending_deliver_each_notification_exactly_once() {
         "  database, ingest and delivery together, {}",
         after.per(&before, TOTAL)
     );
-    db.drop_now().await;
 }
