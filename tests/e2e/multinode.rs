@@ -167,9 +167,10 @@ impl DbStats {
 }
 
 /// Starts a node per lease in `leases` on `url`, all at once (they
-/// migrate the fresh database together: one migrator at a time); webhooks
-/// signed with the test's secret, the timeouts short.
-fn nodes(url: &str, leases: &[Duration]) -> Vec<Kci> {
+/// migrate the fresh database together: one migrator at a time), each
+/// keeping at most `pool` connections; webhooks signed with the test's
+/// secret, the timeouts short.
+fn nodes(url: &str, leases: &[Duration], pool: usize) -> Vec<Kci> {
     let email = format!("timeout = \"{TIMEOUT}\"\n");
     let extra = |lease: &Duration| {
         format!(
@@ -183,7 +184,10 @@ fn nodes(url: &str, leases: &[Duration]) -> Vec<Kci> {
             .iter()
             .map(|lease| {
                 let (email, extra) = (&email, extra(lease));
-                s.spawn(move || Kci::start_on(Some(url), None, "", email, &extra))
+                s.spawn(move || {
+                    let pool = format!("pool_size = {pool}\n");
+                    Kci::start_on_with(Some(url), &pool, None, "", email, &extra)
+                })
             })
             .collect();
         started
@@ -434,7 +438,7 @@ async fn two_nodes_lose_nothing_when_one_is_killed_mid_delivery() {
     const BACKLOG: chrono::TimeDelta = chrono::TimeDelta::seconds(15);
     let db = FreshDb::create().await;
     let receiver = WebhookReceiver::start().await;
-    let mut nodes = nodes(&db.url, &[LEASE, SURVIVOR_LEASE]);
+    let mut nodes = nodes(&db.url, &[LEASE, SURVIVOR_LEASE], 16);
     let admin = nodes[0].token(&["admin"]);
     customers(&nodes[1], &admin, &receiver).await;
     let check = db.client().await;
@@ -458,6 +462,9 @@ async fn two_nodes_lose_nothing_when_one_is_killed_mid_delivery() {
         async move { (n >= TOTAL / 4).then_some(()) }
     })
     .await;
+    // What node one has delivered so far (a few more may go out before
+    // the kill).
+    let before_kill = delivered_by(&nodes[0], &admin).await;
     eventually(60, "node one holding notices", || {
         let check = &check;
         async move {
@@ -471,11 +478,10 @@ async fn two_nodes_lose_nothing_when_one_is_killed_mid_delivery() {
                 )
                 .await
                 .unwrap();
-            (row.get::<_, i64>(0) >= 5).then_some(())
+            (row.get::<_, i64>(0) >= 10).then_some(())
         }
     })
     .await;
-    let before_kill = delivered_by(&nodes[0], &admin).await;
     nodes[0].kill();
     let killed = Instant::now();
     let killed_at = chrono::Utc::now().timestamp_millis();
@@ -609,7 +615,7 @@ async fn two_nodes_lose_nothing_when_one_is_killed_mid_delivery() {
          everything sent {drained:.1?} after it"
     );
     eprintln!(
-        "  deliveries: node one {before_kill} before the kill and {restarted_node} after its \
+        "  deliveries: node one at least {before_kill} before the kill and {restarted_node} after its \
          restart, node two {survivor}; {} notices arrived twice ({duplicates} extra copies, \
          each with its first webhook-id)",
         twice.len()
@@ -628,7 +634,9 @@ async fn four_nodes_contending_deliver_each_notification_exactly_once() {
     const TOTAL: usize = 4_000;
     let db = FreshDb::create().await;
     let receiver = WebhookReceiver::start().await;
-    let mut nodes = nodes(&db.url, &[LEASE; 4]);
+    // Eight connections each: with the other multinode test running beside
+    // it, both stay well under PostgreSQL's default 100.
+    let mut nodes = nodes(&db.url, &[LEASE; 4], 8);
     let admin = nodes[0].token(&["admin"]);
     customers(&nodes[1], &admin, &receiver).await;
     let bases: Vec<String> = nodes.iter().map(|n| n.base.clone()).collect();
