@@ -438,7 +438,9 @@ async fn two_nodes_lose_nothing_when_one_is_killed_mid_delivery() {
     const BACKLOG: chrono::TimeDelta = chrono::TimeDelta::seconds(15);
     let db = FreshDb::create().await;
     let receiver = WebhookReceiver::start().await;
-    let mut nodes = nodes(&db.url, &[LEASE, SURVIVOR_LEASE], 16);
+    // Eight connections each, as in the four-node test: the suite runs
+    // other PostgreSQL tests beside these.
+    let mut nodes = nodes(&db.url, &[LEASE, SURVIVOR_LEASE], 8);
     let admin = nodes[0].token(&["admin"]);
     customers(&nodes[1], &admin, &receiver).await;
     let check = db.client().await;
@@ -634,8 +636,9 @@ async fn four_nodes_contending_deliver_each_notification_exactly_once() {
     const TOTAL: usize = 4_000;
     let db = FreshDb::create().await;
     let receiver = WebhookReceiver::start().await;
-    // Eight connections each: with the other multinode test running beside
-    // it, both stay well under PostgreSQL's default 100.
+    // Eight connections each: with the other multinode test and another
+    // PostgreSQL test running beside it, well under the server's default
+    // 100.
     let mut nodes = nodes(&db.url, &[LEASE; 4], 8);
     let admin = nodes[0].token(&["admin"]);
     customers(&nodes[1], &admin, &receiver).await;
