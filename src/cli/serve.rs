@@ -20,7 +20,7 @@ pub async fn run(arg: ConfigArg) -> anyhow::Result<ExitCode> {
         Some(db) => Some(lock_exclusively(&db)?),
         None => None,
     };
-    let store = crate::store::open(config.store.url.expose()).await?;
+    let store = crate::store::open_sized(config.store.url.expose(), config.store.pool_size).await?;
     if _lock.is_some() {
         let n = store.requeue_abandoned(chrono::Utc::now()).await?;
         if n > 0 {

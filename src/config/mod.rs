@@ -702,6 +702,17 @@ pub struct StoreConfig {
     /// PostgreSQL needs it set.
     #[serde(default)]
     pub code_key: Option<Secret<String>>,
+    /// PostgreSQL: the most connections `kci serve` keeps open to the
+    /// database (opened as needed). Every node has its own, so the nodes
+    /// together need the server's `max_connections` (100 by default) to
+    /// hold this times the number of nodes, and room for other clients.
+    /// Not used on SQLite.
+    #[serde(default = "default_pool_size")]
+    pub pool_size: usize,
+}
+
+fn default_pool_size() -> usize {
+    crate::store::DEFAULT_POOL_SIZE
 }
 
 fn default_store_url() -> Secret<String> {
@@ -713,6 +724,7 @@ impl Default for StoreConfig {
         Self {
             url: default_store_url(),
             code_key: None,
+            pool_size: default_pool_size(),
         }
     }
 }
@@ -1246,6 +1258,12 @@ impl Config {
                 ));
             }
         }
+        if !(1..=1000).contains(&self.store.pool_size) {
+            return Err((
+                "store.pool_size".into(),
+                "must be between 1 and 1000 connections".into(),
+            ));
+        }
         if self.delivery.concurrency == 0 {
             return Err(("delivery.concurrency".into(), "must be at least 1".into()));
         }
@@ -1480,6 +1498,20 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.key, "channels.x.client_id", "{e}");
+    }
+
+    /// A pool of no connections, or of more than any server takes, is
+    /// refused naming the key; the default is 16.
+    #[test]
+    fn a_pool_size_out_of_range_is_refused() {
+        for bad in ["0", "1001"] {
+            let e =
+                Config::parse(&format!("[store]\npool_size = {bad}\n"), "kci.toml").unwrap_err();
+            assert_eq!(e.key, "store.pool_size", "{e}");
+        }
+        let c = Config::parse("[store]\npool_size = 4\n", "kci.toml").unwrap();
+        assert_eq!(c.store.pool_size, 4);
+        assert_eq!(Config::parse("", "kci.toml").unwrap().store.pool_size, 16);
     }
 
     /// With a lease shorter than twice the slowest channel's timeout a

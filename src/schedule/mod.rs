@@ -622,6 +622,9 @@ impl Scheduler {
         // (config validation makes that half cover the slowest channel's
         // timeout); later, it is dropped and claimed again when its lease
         // ends, rather than delivered after another node may have taken it.
+        // The half is counted from the moment the lease was asked for, not
+        // from the claim's answer: a claim that waited for a connection
+        // has already used part of its lease.
         let stale = self.delivery.lease.0 / 2;
         let mut inflight = tokio::task::JoinSet::new();
         let mut last_poll = std::time::Instant::now();
@@ -654,13 +657,13 @@ impl Scheduler {
                     continue;
                 }
                 if !lane.dry && lane.queue.len() < concurrency {
+                    let at = std::time::Instant::now();
                     match self
                         .claim_on(lane.kind, 2 * concurrency - lane.queue.len())
                         .await
                     {
                         Ok(ready) if ready.is_empty() => lane.dry = true,
                         Ok(ready) => {
-                            let at = std::time::Instant::now();
                             lane.queue.extend(ready.into_iter().map(|c| (at, c)));
                             progress = true;
                         }
@@ -863,14 +866,24 @@ mod tests {
             windows: Default::default(),
         });
         let now = Utc::now();
-        let events = (0..20)
+        let events = twenty("e", now);
+        store
+            .ingest(events, crate::ingest::planner(config.clone()))
+            .await
+            .unwrap();
+        (store, scheduler)
+    }
+
+    /// Twenty events due at `now` for account A1, ids `{prefix}0`….
+    fn twenty(prefix: &str, now: DateTime<Utc>) -> Vec<crate::model::Event> {
+        (0..20)
             .map(|i| crate::model::Event {
-                id: format!("e{i}"),
+                id: format!("{prefix}{i}"),
                 type_name: "line.down".into(),
                 account: "A1".into(),
                 service: None,
                 contact: None,
-                key: format!("k{i}"),
+                key: format!("{prefix}k{i}"),
                 priority: crate::model::Priority::Normal,
                 category: "line".into(),
                 occurred_at: now,
@@ -882,12 +895,7 @@ mod tests {
                 subject: None,
                 body: None,
             })
-            .collect();
-        store
-            .ingest(events, crate::ingest::planner(config.clone()))
-            .await
-            .unwrap();
-        (store, scheduler)
+            .collect()
     }
 
     /// Waits (up to 5 s) until `done` holds; the assertions after it say
@@ -1039,6 +1047,78 @@ mod tests {
         );
         shutdown.trigger();
         worker.await.unwrap();
+    }
+
+    /// A notice for a channel with no configuration fails (`no_channel`)
+    /// rather than wait for ever, also when it comes in after every lane
+    /// went dry and while ingest keeps waking the loop.
+    #[tokio::test]
+    async fn a_notice_for_an_unconfigured_channel_fails_while_ingest_keeps_waking() {
+        let ntfy = Arc::new(RecordingChannel::new(ChannelKind::Ntfy));
+        let mut channels = Channels::default();
+        channels.insert(ntfy.clone());
+        let (store, scheduler) = fixture(4, channels).await;
+        let shutdown = crate::shutdown::Shutdown::default();
+        let worker = tokio::spawn(scheduler.clone().run(shutdown.clone()));
+        let states = |failed: i64, sent: i64| {
+            let store = store.clone();
+            async move {
+                let mut by_state = store.count_by_state().await.unwrap();
+                by_state.sort_by_key(|(s, _)| s.as_str());
+                by_state == vec![(State::Failed, failed), (State::Sent, sent)]
+            }
+        };
+        for _ in 0..500 {
+            if states(20, 20).await {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert!(states(20, 20).await, "the first twenty settled");
+        // Every lane has gone dry; twenty more come in while ingest wakes
+        // the loop every few milliseconds.
+        let config = Arc::new(
+            crate::config::Config::parse("[types.\"line.down\"]\nshort = \"down\"\n", "test")
+                .unwrap(),
+        );
+        store
+            .ingest(twenty("more", Utc::now()), crate::ingest::planner(config))
+            .await
+            .unwrap();
+        let waking = tokio::spawn({
+            let wake = scheduler.wake.clone();
+            async move {
+                loop {
+                    wake.notify_one();
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                }
+            }
+        });
+        for _ in 0..500 {
+            if states(40, 40).await {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        waking.abort();
+        shutdown.trigger();
+        worker.await.unwrap();
+        assert!(
+            states(40, 40).await,
+            "{:?}",
+            store.count_by_state().await.unwrap()
+        );
+        let failed = store
+            .notifications_in(State::Failed, None, 100)
+            .await
+            .unwrap();
+        assert!(
+            failed
+                .iter()
+                .all(|n| n.reason == Some(Reason::NoChannel) && n.channel == ChannelKind::Telegram),
+            "{failed:?}"
+        );
+        assert_eq!(ntfy.sent().len(), 40);
     }
 
     #[tokio::test]

@@ -736,6 +736,64 @@ pub async fn check_claim_lease_and_finish(store: &dyn Store) {
     );
 }
 
+/// Claims take the longest-waiting work first: a notice whose lease ran
+/// out (its node died with it) before any pending one, pending ones by
+/// due time, whatever order the rows were written in. So a dead node's
+/// work is taken over as its lease ends, not after the whole backlog.
+pub async fn check_claim_takes_the_longest_waiting_first(store: &dyn Store) {
+    seed(store).await;
+    let now = t("2026-03-22T10:00:00Z");
+    // Written newest first: e3 (due in 3 minutes) … e0 (due now).
+    for i in (0..4).rev() {
+        let mut e = event(&format!("e{i}"), "A1", &format!("L{i}"), now);
+        e.not_before = Some(now + Duration::minutes(i));
+        store.ingest(vec![e], planner()).await.unwrap();
+    }
+    let events = |claimed: &[Claimed]| -> Vec<String> {
+        let mut ids: Vec<String> = claimed
+            .iter()
+            .filter_map(|c| c.notification.event.clone())
+            .collect();
+        ids.sort();
+        ids
+    };
+    let webhook = ChannelKind::Webhook;
+    let at = now + Duration::minutes(10);
+    let first = store
+        .claim_due_on(webhook, at, at + Duration::minutes(1), 1)
+        .await
+        .unwrap();
+    assert_eq!(events(&first), ["e0"], "the earliest due first");
+    // e0's node dies; after its lease, e0 goes before the pending ones.
+    let at = now + Duration::minutes(20);
+    let next = store
+        .claim_due_on(webhook, at, at + Duration::minutes(1), 2)
+        .await
+        .unwrap();
+    assert_eq!(events(&next), ["e0", "e1"], "the expired lease first");
+    let e0 = next
+        .iter()
+        .find(|c| c.notification.event.as_deref() == Some("e0"))
+        .unwrap();
+    assert_eq!(e0.notification.attempts, 2);
+    let rest = store
+        .claim_due_on(webhook, at, at + Duration::minutes(1), 10)
+        .await
+        .unwrap();
+    assert_eq!(events(&rest), ["e2", "e3"]);
+    // The mail channel's own queue, in due order too.
+    let mail = store
+        .claim_due_on(ChannelKind::Email, at, at + Duration::minutes(1), 3)
+        .await
+        .unwrap();
+    assert_eq!(events(&mail), ["e0", "e1", "e2"]);
+    let mail = store
+        .claim_due(at, at + Duration::minutes(1), 10)
+        .await
+        .unwrap();
+    assert_eq!(events(&mail), ["e3"]);
+}
+
 pub async fn check_cancel_event(store: &dyn Store) {
     seed(store).await;
     let now = t("2026-03-22T10:00:00Z");
@@ -2625,6 +2683,7 @@ conformance!(
     check_batch_ingest_in_order,
     check_planner_sees_pending_and_cancels,
     check_claim_lease_and_finish,
+    check_claim_takes_the_longest_waiting_first,
     check_cancel_event,
     check_own_notices,
     check_digest_folding_and_cancellation,

@@ -768,19 +768,34 @@ pub mod prelude {
     pub use crate::channels::CredentialStore;
 }
 
+/// Connections to PostgreSQL one process keeps at most, unless `[store]
+/// pool_size` says otherwise.
+pub const DEFAULT_POOL_SIZE: usize = 16;
+
 /// Opens the store named by a config `store.url`, its schema brought up
 /// to date.
 pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
-    let store = open_as_is(url).await?;
+    open_sized(url, DEFAULT_POOL_SIZE).await
+}
+
+/// As [`open`], with at most `pool_size` connections to PostgreSQL.
+pub async fn open_sized(url: &str, pool_size: usize) -> Result<Arc<dyn Store>> {
+    let store = open_as_is_sized(url, pool_size).await?;
     store.migrate().await?;
     Ok(store)
 }
 
 /// Opens the store without migrating it (to inspect it).
 pub async fn open_as_is(url: &str) -> Result<Arc<dyn Store>> {
+    open_as_is_sized(url, DEFAULT_POOL_SIZE).await
+}
+
+async fn open_as_is_sized(url: &str, pool_size: usize) -> Result<Arc<dyn Store>> {
     match sqlite_path(url) {
         Some(path) => Ok(Arc::new(sqlite::SqliteStore::open(path)?)),
-        None => Ok(Arc::new(postgres::PgStore::connect(url).await?)),
+        None => Ok(Arc::new(
+            postgres::PgStore::connect_sized(url, pool_size).await?,
+        )),
     }
 }
 

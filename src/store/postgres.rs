@@ -202,6 +202,11 @@ impl Db<Pg> {
     /// schema; `sslmode` and `sslrootcert` as libpq reads them, see
     /// [`tls_mode`]).
     pub async fn connect(url: &str) -> Result<Self> {
+        Self::connect_sized(url, super::DEFAULT_POOL_SIZE).await
+    }
+
+    /// As [`Db::connect`], keeping at most `pool_size` connections.
+    pub async fn connect_sized(url: &str, pool_size: usize) -> Result<Self> {
         let (url, mode) = tls_mode(url).map_err(StoreError::Unavailable)?;
         let mut config: tokio_postgres::Config =
             url.parse().map_err(|e: tokio_postgres::Error| {
@@ -212,14 +217,18 @@ impl Db<Pg> {
             PgTls::Prefer => tokio_postgres::config::SslMode::Prefer,
             _ => tokio_postgres::config::SslMode::Require,
         });
-        Self::with_tls(config, &mode).await
+        Self::with_tls(config, &mode, pool_size).await
     }
 
     pub async fn with_config(config: tokio_postgres::Config) -> Result<Self> {
-        Self::with_tls(config, &PgTls::Disable).await
+        Self::with_tls(config, &PgTls::Disable, super::DEFAULT_POOL_SIZE).await
     }
 
-    async fn with_tls(config: tokio_postgres::Config, mode: &PgTls) -> Result<Self> {
+    async fn with_tls(
+        config: tokio_postgres::Config,
+        mode: &PgTls,
+        pool_size: usize,
+    ) -> Result<Self> {
         let tls = pg_tls_connector(mode).map_err(StoreError::Unavailable)?;
         let manager = Manager::from_config(
             config,
@@ -229,7 +238,7 @@ impl Db<Pg> {
             },
         );
         let pool = Pool::builder(manager)
-            .max_size(16)
+            .max_size(pool_size.max(1))
             .build()
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         // Fail now, with the server's words, rather than on the first request.
@@ -827,14 +836,28 @@ impl Rows for PgRows {
             .split(", ")
             .map(|c| format!("n.{c}"))
             .collect();
+        // The longest-waiting first, each from its partial index: notices
+        // whose lease ran out (their node died, or outlived it), then
+        // pending ones by due time. Without an order, a claim took rows in
+        // whatever order a scan met them: a dead node's notices waited for
+        // the backlog, and a claim's cost depended on where in the table
+        // the pending rows lay. One statement per case, so each plan can
+        // use its index.
+        let channel = if c.channel.is_some() {
+            "AND channel = $4"
+        } else {
+            "AND $4::TEXT IS NULL"
+        };
         let sql = format!(
-            "WITH due AS ( \
-               SELECT id FROM notifications \
-               WHERE ((state = 'pending' AND due_at <= $1) OR (state = 'sending' AND lease_until <= $1)) \
-                 AND ($4::TEXT IS NULL OR channel = $4) \
-               LIMIT $3 FOR UPDATE SKIP LOCKED) \
+            "WITH expired AS ( \
+               SELECT id FROM notifications WHERE state = 'sending' AND lease_until <= $1 {channel} \
+               ORDER BY lease_until LIMIT $3 FOR UPDATE SKIP LOCKED), \
+             due AS ( \
+               SELECT id FROM notifications WHERE state = 'pending' AND due_at <= $1 {channel} \
+               ORDER BY due_at LIMIT GREATEST($3 - (SELECT COUNT(*) FROM expired), 0) \
+               FOR UPDATE SKIP LOCKED) \
              UPDATE notifications n SET state = 'sending', attempts = attempts + 1, lease_until = $2 \
-             FROM due WHERE n.id = due.id \
+             WHERE n.id = ANY(ARRAY(SELECT id FROM expired UNION ALL SELECT id FROM due)) \
              RETURNING {}",
             returning.join(", ")
         );

@@ -794,14 +794,16 @@ impl Rows for Lite {
     }
 
     async fn claim(&mut self, c: Claim) -> Result<Vec<Notification>> {
+        // The longest-waiting first, as on PostgreSQL: notices whose lease
+        // ran out, then pending ones by due time.
         let sql = format!(
             "UPDATE notifications SET state = 'sending', attempts = attempts + 1, lease_until = ?2 \
              WHERE id IN ( \
-               SELECT id FROM notifications WHERE state = 'pending' AND due_at <= ?1 \
-                 AND (?4 IS NULL OR channel = ?4) \
+               SELECT id FROM (SELECT id FROM notifications WHERE state = 'sending' AND lease_until <= ?1 \
+                 AND (?4 IS NULL OR channel = ?4) ORDER BY lease_until LIMIT ?3) \
                UNION ALL \
-               SELECT id FROM notifications WHERE state = 'sending' AND lease_until <= ?1 \
-                 AND (?4 IS NULL OR channel = ?4) \
+               SELECT id FROM (SELECT id FROM notifications WHERE state = 'pending' AND due_at <= ?1 \
+                 AND (?4 IS NULL OR channel = ?4) ORDER BY due_at LIMIT ?3) \
                LIMIT ?3) \
              RETURNING {NOTIFICATION_COLUMNS}"
         );

@@ -233,6 +233,19 @@ impl Kci {
         email: &str,
         extra: &str,
     ) -> Kci {
+        Kci::start_on_with(store, "", smtp, server, email, extra)
+    }
+
+    /// As [`Kci::start_on`], with `store_extra` added to the `[store]`
+    /// table.
+    pub fn start_on_with(
+        store: Option<&str>,
+        store_extra: &str,
+        smtp: Option<u16>,
+        server: &str,
+        email: &str,
+        extra: &str,
+    ) -> Kci {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let config = dir.path().join("kci.toml");
@@ -241,7 +254,7 @@ impl Kci {
             .unwrap_or_default();
         let text = format!(
             "[server]\nlisten = \"127.0.0.1:{port}\"\n{server}\
-             [store]\nurl = \"{store}\"\n{code_key}\
+             [store]\nurl = \"{store}\"\n{store_extra}{code_key}\
              [email]\nfrom = \"Example ISP <kci@isp.example>\"\noutbox = \"{outbox}\"\n{smtp}{email}\
              [delivery]\nbackoff = \"200ms\"\n{extra}\n{TYPES}",
             store = store.map_or_else(

@@ -18,6 +18,7 @@ mod letters;
 #[allow(dead_code)] // the benchmark reads figures the test does not
 mod load_scenario;
 mod mail_transport;
+mod multinode;
 mod net;
 mod proofs;
 mod secure_mail;
