@@ -36,6 +36,11 @@ pub type SqliteStore = Db<Sqlite>;
 pub struct Sqlite {
     writer: Mutex<mpsc::Sender<WriterJob>>,
     readers: Mutex<Vec<Connection>>,
+    /// One permit per reader connection: a read waits for one to be free
+    /// rather than opening a connection of its own (opening one costs
+    /// more than most reads, and under many concurrent requests every
+    /// read beyond the pool used to pay it).
+    reading: tokio::sync::Semaphore,
     path: Option<String>,
 }
 
@@ -91,6 +96,7 @@ impl Db<Sqlite> {
         Ok(Db(Sqlite {
             writer: Mutex::new(tx),
             readers: Mutex::new(Vec::new()),
+            reading: tokio::sync::Semaphore::new(READERS),
             path,
         }))
     }
@@ -164,6 +170,11 @@ impl Backend for Sqlite {
         let Some(path) = self.path.clone() else {
             return self.write(job).await;
         };
+        let _turn = self
+            .reading
+            .acquire()
+            .await
+            .map_err(|_| StoreError::Unavailable("sqlite readers closed".into()))?;
         let pooled = self.readers.lock().unwrap_or_else(|e| e.into_inner()).pop();
         let (conn, result) = tokio::task::spawn_blocking(move || {
             let mut lite = Lite(match pooled {
