@@ -118,3 +118,29 @@ pub async fn answer(resp: reqwest::Response) -> Result<(u16, String), DeliveryEr
         })
     }
 }
+
+/// Whether `signature` is `sha256=` and the hex HMAC-SHA256 of `body`
+/// keyed with `secret` (the shape of WhatsApp's `X-Hub-Signature-256` and
+/// of the SMS gateway's `X-Kci-Signature`), compared in constant time.
+pub fn valid_sha256_signature(secret: &str, body: &[u8], signature: &str) -> bool {
+    use hmac::Mac;
+    use subtle::ConstantTimeEq;
+    let Some(hex) = signature.trim().strip_prefix("sha256=") else {
+        return false;
+    };
+    let Ok(mut mac) = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()) else {
+        return false;
+    };
+    mac.update(body);
+    let expected: String = mac
+        .finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    bool::from(
+        expected
+            .as_bytes()
+            .ct_eq(hex.to_ascii_lowercase().as_bytes()),
+    )
+}

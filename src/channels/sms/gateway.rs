@@ -81,26 +81,7 @@ pub struct GatewayConfig {
 /// Checks an `X-Kci-Signature` (`sha256=` and the hex HMAC-SHA256 of
 /// `body`, keyed with `secret`), in constant time.
 pub fn valid_inbound_signature(secret: &str, body: &[u8], signature: &str) -> bool {
-    use hmac::Mac;
-    use subtle::ConstantTimeEq;
-    let Some(hex) = signature.trim().strip_prefix("sha256=") else {
-        return false;
-    };
-    let Ok(mut mac) = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()) else {
-        return false;
-    };
-    mac.update(body);
-    let expected: String = mac
-        .finalize()
-        .into_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    bool::from(
-        expected
-            .as_bytes()
-            .ct_eq(hex.to_ascii_lowercase().as_bytes()),
-    )
+    super::super::http::valid_sha256_signature(secret, body, signature)
 }
 
 fn default_timeout() -> Span {

@@ -493,26 +493,7 @@ pub fn report(s: &Status) -> Option<Report> {
 /// Checks `X-Hub-Signature-256: sha256=<hex HMAC-SHA256 of the raw body,
 /// keyed with the app secret>`, in constant time.
 pub fn valid_signature(app_secret: &str, body: &[u8], header: &str) -> bool {
-    use hmac::Mac;
-    use subtle::ConstantTimeEq;
-    let Some(hex) = header.trim().strip_prefix("sha256=") else {
-        return false;
-    };
-    let Ok(mut mac) = hmac::Hmac::<sha2::Sha256>::new_from_slice(app_secret.as_bytes()) else {
-        return false;
-    };
-    mac.update(body);
-    let expected: String = mac
-        .finalize()
-        .into_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    bool::from(
-        expected
-            .as_bytes()
-            .ct_eq(hex.to_ascii_lowercase().as_bytes()),
-    )
+    super::http::valid_sha256_signature(app_secret, body, header)
 }
 
 /// Checks the subscription challenge's verify token, in constant time.
