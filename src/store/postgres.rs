@@ -1491,11 +1491,7 @@ impl Rows for PgRows {
         at: i64,
     ) -> Result<bool> {
         let n = self
-            .exec(
-                "INSERT INTO credentials (name, version, sealed, seed, updated_at) \
-                 VALUES ($1, 1, $2, $3, $4) ON CONFLICT DO NOTHING",
-                &[&name, &sealed, &seed, &at],
-            )
+            .exec(rows::sql::INSERT_CREDENTIAL, &[&name, &sealed, &seed, &at])
             .await?;
         Ok(n > 0)
     }
@@ -1510,8 +1506,7 @@ impl Rows for PgRows {
     ) -> Result<bool> {
         let n = self
             .exec(
-                "UPDATE credentials SET version = version + 1, sealed = $3, seed = $4, updated_at = $5 \
-                 WHERE name = $1 AND version = $2",
+                rows::sql::SWAP_CREDENTIAL,
                 &[&name, &expected, &sealed, &seed, &at],
             )
             .await?;

@@ -609,6 +609,12 @@ pub mod sql {
          proven_new = EXCLUDED.proven_new, decided_at = COALESCE(changes.decided_at, EXCLUDED.decided_at), \
          proof_code = EXCLUDED.proof_code, factors = EXCLUDED.factors";
     /// What the backlog gauges read, in one round trip.
+    /// A channel's rotating credential `$1`, first stored at version 1.
+    pub const INSERT_CREDENTIAL: &str = "INSERT INTO credentials (name, version, sealed, seed, updated_at) \
+         VALUES ($1, 1, $2, $3, $4) ON CONFLICT DO NOTHING";
+    /// Credential `$1` replaced only from the version `$2` read.
+    pub const SWAP_CREDENTIAL: &str = "UPDATE credentials SET version = version + 1, sealed = $3, seed = $4, updated_at = $5 \
+         WHERE name = $1 AND version = $2";
     /// The row of channel `$1`'s limits, made if missing.
     pub const NEW_CHANNEL_LIMIT: &str =
         "INSERT INTO channel_limits (channel) VALUES ($1) ON CONFLICT (channel) DO NOTHING";

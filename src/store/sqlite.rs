@@ -1412,8 +1412,7 @@ impl Rows for Lite {
         at: i64,
     ) -> Result<bool> {
         let n = self.exec(
-            "INSERT INTO credentials (name, version, sealed, seed, updated_at) \
-             VALUES (?1, 1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
+            &rows::sqlite(rows::sql::INSERT_CREDENTIAL),
             params![name, sealed, seed, at],
         )?;
         Ok(n > 0)
@@ -1428,8 +1427,7 @@ impl Rows for Lite {
         at: i64,
     ) -> Result<bool> {
         let n = self.exec(
-            "UPDATE credentials SET version = version + 1, sealed = ?3, seed = ?4, updated_at = ?5 \
-             WHERE name = ?1 AND version = ?2",
+            &rows::sqlite(rows::sql::SWAP_CREDENTIAL),
             params![name, expected, sealed, seed, at],
         )?;
         Ok(n > 0)
