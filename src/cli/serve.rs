@@ -74,7 +74,17 @@ pub async fn run(arg: ConfigArg) -> anyhow::Result<ExitCode> {
         clock,
         wake,
         limits: Arc::new(crate::web::perimeter::RateLimits::new(&config.server)),
+        tokens: Default::default(),
     };
+    // Token lookups are kept while the store's token epoch holds: a
+    // revocation by `kci token revoke` or another node is seen within
+    // `TokenCache::TRUST`.
+    tokio::spawn(
+        state
+            .tokens
+            .clone()
+            .watch(state.store.clone(), shutdown.clone()),
+    );
     // Idle rate-limit keys are dropped now and then, so many addresses
     // cannot grow memory without bound.
     let limits = state.limits.clone();

@@ -71,6 +71,7 @@ pub async fn disable(arg: ConfigArg, name: String) -> anyhow::Result<ExitCode> {
         anyhow::bail!("NAME: no enabled staff member `{name}`");
     }
     audit(store.as_ref(), "staff.disabled", &name).await?;
+    crate::web::TokenCache::settle().await;
     eprintln!("disabled {name}: their tokens no longer work");
     Ok(ExitCode::SUCCESS)
 }

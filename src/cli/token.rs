@@ -178,6 +178,8 @@ pub async fn revoke(arg: ConfigArg, id: String) -> anyhow::Result<ExitCode> {
     draft.detail = Some(format!("token {id}"));
     draft.source = Some("cli".into());
     store.audit(draft, now).await?;
+    // Back only once no node can still let it in from memory.
+    crate::web::TokenCache::settle().await;
     eprintln!("revoked token {id}");
     Ok(ExitCode::SUCCESS)
 }
@@ -263,6 +265,7 @@ pub async fn rotate(
     draft.detail = Some(format!("token {id} replaced by {}", new.id));
     draft.source = Some("cli".into());
     store.audit(draft, now).await?;
+    crate::web::TokenCache::settle().await;
     eprintln!(
         "token {id} is revoked; its replacement {} is shown only once:",
         new.id

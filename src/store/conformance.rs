@@ -2703,7 +2703,66 @@ conformance!(
     check_channel_limits,
     check_postal_addresses,
     check_credentials,
+    check_token_epoch,
 );
+
+/// The token epoch moves with every change to what a token lookup
+/// answers, and only then: a cache keyed on it never serves a revoked
+/// token, and a token's last use does not empty every node's cache.
+pub async fn check_token_epoch(store: &dyn Store) {
+    use crate::model::{Role, Staff};
+    let at = t("2026-03-22T10:00:00Z");
+    let epoch = || async { store.token_epoch().await.unwrap() };
+    let bo = Staff {
+        name: "bo".into(),
+        role: Role::Agent,
+        created_at: at,
+        disabled_at: None,
+    };
+    assert!(store.add_staff(&bo).await.unwrap());
+    let rec = |id: &str, staff: Option<&str>| TokenRecord {
+        id: id.into(),
+        name: "epoch".into(),
+        scopes: vec![Scope::EventsWrite],
+        created_at: at,
+        staff: staff.map(str::to_string),
+        expires_at: None,
+        revoked_at: None,
+        last_used_at: None,
+        last_used_from: None,
+        allow: vec![],
+        cert: None,
+    };
+    let (one, two) = (new_id(), new_id());
+    store
+        .create_token(&rec(&one, None), &sha256_hex(b"epoch-one"))
+        .await
+        .unwrap();
+    store
+        .create_token(&rec(&two, Some("bo")), &sha256_hex(b"epoch-two"))
+        .await
+        .unwrap();
+    let start = epoch().await;
+    store
+        .touch_token(&one, at, Some("192.0.2.1"))
+        .await
+        .unwrap();
+    assert_eq!(epoch().await, start, "a token's last use leaves the epoch");
+    assert!(store.revoke_token(&one, at).await.unwrap());
+    let revoked = epoch().await;
+    assert!(revoked > start, "a revocation moves the epoch");
+    let three = rec(&new_id(), Some("bo"));
+    assert!(
+        store
+            .rotate_token(&two, &three, &sha256_hex(b"epoch-three"))
+            .await
+            .unwrap()
+    );
+    let rotated = epoch().await;
+    assert!(rotated > revoked, "a rotation moves the epoch");
+    assert!(store.disable_staff("bo", at).await.unwrap());
+    assert!(epoch().await > rotated, "disabling staff moves the epoch");
+}
 
 /// A channel's rate and pause are one state for every node on the store:
 /// reservations made at once (as nodes make them) hand out each slot

@@ -41,6 +41,7 @@ macro_rules! migrations {
             (14, include_str!(concat!("migrations/", $db, "-14.sql"))),
             (15, include_str!(concat!("migrations/", $db, "-15.sql"))),
             (16, include_str!(concat!("migrations/", $db, "-16.sql"))),
+            (17, include_str!(concat!("migrations/", $db, "-17.sql"))),
         ]
     };
 }
@@ -917,6 +918,11 @@ impl<B: Backend> TokenStore for Db<B> {
             Box::pin(async move { rows.touch_token(&id, to_millis(at), from.as_deref()).await })
         })
         .await
+    }
+
+    async fn token_epoch(&self) -> Result<i64> {
+        self.read(|rows| Box::pin(async move { rows.auth_epoch().await }))
+            .await
     }
 
     async fn find_token(&self, hash: &str) -> Result<Option<TokenRecord>> {

@@ -261,6 +261,13 @@ pub trait TokenStore: Send + Sync {
 
     async fn find_token(&self, hash: &str) -> Result<Option<TokenRecord>>;
 
+    /// A count that moves whenever what [`find_token`](Self::find_token)
+    /// answers may have changed, by whichever process or node: a token
+    /// revoked, rotated, deleted; its staff member disabled. A token's
+    /// last use leaves it. What a cache read at one value stays true while
+    /// the value stays the same.
+    async fn token_epoch(&self) -> Result<i64>;
+
     /// Every token, newest first (no secret: only hashes are stored).
     async fn tokens(&self) -> Result<Vec<TokenRecord>>;
 

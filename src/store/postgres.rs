@@ -484,6 +484,12 @@ impl Rows for PgRows {
         Ok(())
     }
 
+    async fn auth_epoch(&mut self) -> Result<i64> {
+        self.one(rows::sql::AUTH_EPOCH, &[], |r| r.int(0))
+            .await?
+            .ok_or_else(|| StoreError::Corrupt("auth_epoch has no row".into()))
+    }
+
     async fn token(&mut self, hash: &str) -> Result<Option<TokenRecord>> {
         let sql = format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE secret_hash = $1");
         self.one(&sql, &[&hash], rows::token).await

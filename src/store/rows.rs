@@ -213,6 +213,8 @@ pub trait Rows: Send + 'static {
     -> impl Future<Output = Result<Vec<TokenRecord>>> + Send;
     /// Revokes a token not revoked yet; whether it was.
     fn revoke_token(&mut self, id: &str, at: i64) -> impl Future<Output = Result<bool>> + Send;
+    /// The count of changes to what a token lookup answers (migration 17).
+    fn auth_epoch(&mut self) -> impl Future<Output = Result<i64>> + Send;
     fn touch_token(
         &mut self,
         id: &str,
@@ -622,6 +624,7 @@ pub mod sql {
         "SELECT tat, paused_until FROM channel_limits WHERE channel = $1";
     pub const SET_CHANNEL_LIMIT: &str =
         "UPDATE channel_limits SET tat = $2, paused_until = $3 WHERE channel = $1";
+    pub const AUTH_EPOCH: &str = "SELECT n FROM auth_epoch WHERE id = 1";
     pub const CHANNEL_PAUSES: &str =
         "SELECT channel, paused_until FROM channel_limits WHERE paused_until > $1";
     pub const BACKLOG: &str = "SELECT (SELECT MIN(due_at) FROM notifications WHERE state = 'pending'), \

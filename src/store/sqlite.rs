@@ -424,6 +424,11 @@ impl Rows for Lite {
         Ok(())
     }
 
+    async fn auth_epoch(&mut self) -> Result<i64> {
+        self.one(&rows::sqlite(rows::sql::AUTH_EPOCH), [], |r| r.int(0))?
+            .ok_or_else(|| StoreError::Corrupt("auth_epoch has no row".into()))
+    }
+
     async fn token(&mut self, hash: &str) -> Result<Option<TokenRecord>> {
         let sql = format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE secret_hash = ?1");
         self.one(&sql, [hash], |r| rows::token(r))

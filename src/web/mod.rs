@@ -10,7 +10,7 @@ pub mod serve;
 pub mod tls;
 pub mod wkd;
 
-pub use auth::{Caller, hash_token, new_token};
+pub use auth::{Caller, TokenCache, hash_token, new_token};
 pub use error::AppError;
 
 use crate::channels::Channels;
@@ -35,6 +35,8 @@ pub struct AppState {
     pub wake: Arc<Notify>,
     /// Request rates per client address and per token.
     pub limits: Arc<perimeter::RateLimits>,
+    /// Token lookups, kept while the store's token epoch holds.
+    pub tokens: Arc<TokenCache>,
 }
 
 impl AppState {

@@ -91,3 +91,52 @@ async fn two_nodes_together_keep_one_providers_rate() {
     drop((a, b));
     schema.drop_now().await;
 }
+
+/// A token is looked up in memory on each node (web::auth::TokenCache),
+/// yet `kci token revoke` and `kci staff disable` hold everywhere by the
+/// time they return: two nodes on one PostgreSQL, each having just let
+/// the token in (so both keep it), refuse it the moment the command,
+/// run as another process, is done — and go on refusing it.
+#[tokio::test]
+async fn a_revocation_holds_on_every_node_when_the_command_returns() {
+    let (pg, _schema) = pg_schema().await;
+    let a = Kci::start_on(Some(&pg), None, "", "", "");
+    let b = Kci::start_on(Some(&pg), None, "", "", "");
+    let token = a.token(&["directory:read"]);
+    let staff_token = {
+        let (code, _, err) = a.cli(&["staff", "add", "kim", "--role", "agent"]);
+        assert_eq!(code, 0, "{err}");
+        a.token_as(Some("kim"), &["directory:read"])
+    };
+    async fn get(node: &Kci, token: &str) -> u16 {
+        node.call("GET", "/v1/accounts/none", Some(token), None)
+            .await
+            .0
+    }
+    for t in [&token, &staff_token] {
+        for node in [&a, &b] {
+            // Twice: the second answer comes from memory.
+            assert_eq!(get(node, t).await, 404);
+            assert_eq!(get(node, t).await, 404);
+        }
+    }
+    // The token acting as no one: its staff column is empty.
+    let (_, listing, _) = a.cli(&["token", "list"]);
+    let id = listing
+        .lines()
+        .find(|l| l.split('\t').nth(2) == Some("-"))
+        .and_then(|l| l.split('\t').next())
+        .unwrap_or_else(|| panic!("no token in {listing}"))
+        .to_string();
+    let (code, _, err) = b.cli(&["token", "revoke", &id]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = b.cli(&["staff", "disable", "kim"]);
+    assert_eq!(code, 0, "{err}");
+    for _ in 0..3 {
+        for t in [&token, &staff_token] {
+            for node in [&a, &b] {
+                assert_eq!(get(node, t).await, 401, "refused once the command returned");
+            }
+        }
+    }
+}
