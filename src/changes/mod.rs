@@ -344,7 +344,7 @@ pub async fn run(
     store: Arc<dyn Store>,
     config: Arc<Config>,
     clock: Arc<dyn crate::model::Clock>,
-    wake: Arc<tokio::sync::Notify>,
+    wake: Arc<crate::schedule::Wake>,
     shutdown: crate::shutdown::Shutdown,
 ) {
     let key = match crate::channels::email::load_signing_key(&config.email) {

@@ -40,7 +40,7 @@ pub async fn run(arg: ConfigArg) -> anyhow::Result<ExitCode> {
     let renderer = Arc::new(Renderer::new(&config)?);
     let metrics = Arc::new(Metrics::new());
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let wake = Arc::new(tokio::sync::Notify::new());
+    let wake = Arc::new(crate::schedule::Wake::default());
     let shutdown = Shutdown::default();
 
     let scheduler = Arc::new(Scheduler {

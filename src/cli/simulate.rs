@@ -194,7 +194,7 @@ pub async fn simulate_text(text: &str, file: &str) -> Result<Vec<String>, Scenar
         delivery: config.delivery.clone(),
         metrics: Arc::new(Metrics::new()),
         clock: clock.clone(),
-        wake: Arc::new(tokio::sync::Notify::new()),
+        wake: Default::default(),
         limits: crate::schedule::limiters(&config),
         pauses: Default::default(),
         windows: Default::default(),

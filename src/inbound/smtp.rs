@@ -140,7 +140,7 @@ pub struct Listener {
     pub store: Arc<dyn Store>,
     pub config: Arc<Config>,
     /// Wakes the delivery worker for the confirmation mails.
-    pub wake: Arc<tokio::sync::Notify>,
+    pub wake: Arc<crate::schedule::Wake>,
     /// Where limits hit are counted.
     pub metrics: Arc<crate::metrics::Metrics>,
     /// STARTTLS, with `[keys.smtp_tls]`.

@@ -9,7 +9,6 @@ use crate::metrics::Metrics;
 use crate::store::Store;
 use chrono::{DateTime, Utc};
 use std::sync::Arc;
-use tokio::sync::Notify;
 
 pub struct Health {
     pub store: Arc<dyn Store>,
@@ -17,7 +16,7 @@ pub struct Health {
     /// Permanent failures in a row that make a destination unhealthy; 0: never.
     pub threshold: u32,
     /// Wakes the delivery worker for the notices this queues.
-    pub wake: Arc<Notify>,
+    pub wake: Arc<super::Wake>,
 }
 
 impl Health {

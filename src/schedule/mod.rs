@@ -13,13 +13,14 @@ use crate::store::{Claimed, Finish, Store};
 use chrono::{DateTime, Duration, Utc};
 use futures_util::StreamExt;
 use std::sync::Arc;
-use tokio::sync::Notify;
 
 pub mod aimd;
 pub mod health;
 pub mod rate;
+mod wake;
 
 pub use health::Health;
+pub use wake::Wake;
 
 pub struct Scheduler {
     pub store: Arc<dyn Store>,
@@ -29,7 +30,7 @@ pub struct Scheduler {
     pub metrics: Arc<Metrics>,
     pub clock: Arc<dyn Clock>,
     /// Woken by ingest when something may be due now.
-    pub wake: Arc<Notify>,
+    pub wake: Arc<Wake>,
     /// Provider rate limits, per channel that has one.
     pub limits: std::collections::HashMap<crate::model::ChannelKind, rate::Gcra>,
     /// Channels whose provider asked kci to wait (a 429 or 503 with
@@ -717,6 +718,9 @@ impl Scheduler {
                 .and_then(|t| (t - now).to_std().ok())
                 .unwrap_or(std::time::Duration::from_secs(1))
                 .min(std::time::Duration::from_secs(1));
+            // Ingest rings for what comes due before this (Wake::due).
+            self.wake
+                .sleeping_until(now + Duration::from_std(wait).unwrap_or(Duration::zero()));
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {
                     for lane in &mut lanes {
@@ -731,6 +735,7 @@ impl Scheduler {
                 Some(done) = inflight.join_next() => log_delivery_task(done),
                 _ = shutdown.wait() => {}
             }
+            self.wake.working();
         }
         while let Some(done) = inflight.join_next().await {
             log_delivery_task(done);
@@ -860,7 +865,7 @@ mod tests {
             delivery: config.delivery.clone(),
             metrics: Arc::new(Metrics::new()),
             clock: Arc::new(SystemClock),
-            wake: Arc::new(Notify::new()),
+            wake: Default::default(),
             limits: Default::default(),
             pauses: Default::default(),
             windows: Default::default(),

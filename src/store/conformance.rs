@@ -368,7 +368,8 @@ pub async fn check_ingest_is_atomic_and_idempotent(store: &dyn Store) {
         out,
         vec![IngestOutcome::Accepted {
             id: "e1".into(),
-            notifications: 2
+            notifications: 2,
+            due: Some(now),
         }]
     );
     // The same id again: the first answer, nothing new.
@@ -469,6 +470,7 @@ pub async fn check_batch_ingest_in_order(store: &dyn Store) {
     let accepted = |id: &str, n| IngestOutcome::Accepted {
         id: id.into(),
         notifications: n,
+        due: Some(now),
     };
     let duplicate = |id: &str, n| IngestOutcome::Duplicate {
         id: id.into(),

@@ -701,6 +701,7 @@ async fn write_gathered(
             IngestOutcome::Accepted {
                 id,
                 notifications: p.notifications.len(),
+                due: super::first_due(&p.notifications),
             }
         } else {
             let n = rows.event_count(&id).await?.unwrap_or(0);
@@ -817,6 +818,7 @@ async fn write_planned(
     Ok(IngestOutcome::Accepted {
         id: event.id.clone(),
         notifications: n,
+        due: super::first_due(&planned.notifications),
     })
 }
 

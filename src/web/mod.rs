@@ -20,7 +20,6 @@ use crate::model::Clock;
 use crate::store::{Planner, Store};
 use axum::Router;
 use std::sync::Arc;
-use tokio::sync::Notify;
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -32,7 +31,7 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub clock: Arc<dyn Clock>,
     /// Wakes the delivery worker after ingest.
-    pub wake: Arc<Notify>,
+    pub wake: Arc<crate::schedule::Wake>,
     /// Request rates per client address and per token.
     pub limits: Arc<perimeter::RateLimits>,
     /// Token lookups, kept while the store's token epoch holds.

@@ -127,11 +127,17 @@ fn record(st: &AppState, outcomes: &[IngestOutcome]) {
             IngestOutcome::Rejected(r) => st.metrics.event_rejected(r.code),
         }
     }
-    if outcomes
+    // The scheduler is woken only for what comes due before it looks
+    // again by itself: events held for later cost it nothing.
+    let due = outcomes
         .iter()
-        .any(|o| matches!(o, IngestOutcome::Accepted { .. }))
-    {
-        st.wake.notify_one();
+        .filter_map(|o| match o {
+            IngestOutcome::Accepted { due, .. } => *due,
+            _ => None,
+        })
+        .min();
+    if let Some(at) = due {
+        st.wake.due(at);
     }
 }
 
@@ -165,7 +171,9 @@ pub async fn post_event(
     record(&st, &outcomes);
     match outcomes.into_iter().next() {
         Some(
-            IngestOutcome::Accepted { id, notifications }
+            IngestOutcome::Accepted {
+                id, notifications, ..
+            }
             | IngestOutcome::Duplicate { id, notifications },
         ) => Ok((StatusCode::ACCEPTED, Json(Accepted { id, notifications }))),
         Some(IngestOutcome::Rejected(r)) => Err(AppError::Invalid {
@@ -246,7 +254,9 @@ pub async fn post_batch(
     for (slot, outcome) in slots.into_iter().zip(outcomes) {
         let a = &mut answers[slot];
         match outcome {
-            IngestOutcome::Accepted { id, notifications }
+            IngestOutcome::Accepted {
+                id, notifications, ..
+            }
             | IngestOutcome::Duplicate { id, notifications } => {
                 a.status = Some(202);
                 a.id = Some(id);
