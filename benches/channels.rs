@@ -19,9 +19,12 @@
 #[path = "../tests/e2e/load_scenario.rs"]
 mod load_scenario;
 
+mod support;
+
 use load_scenario::*;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+use support::*;
 
 fn notifications() -> u64 {
     let mut n = 10_000;
@@ -35,30 +38,6 @@ fn notifications() -> u64 {
         }
     }
     n
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn wait_port(port: u16) {
-    let t = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(t.elapsed() < Duration::from_secs(30), "kci never listened");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-struct Killer(Child);
-impl Drop for Killer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 const MATRIX_TIMEOUT: &str = "1s";
@@ -97,26 +76,7 @@ async fn run(name: &'static str, n: u64, trouble: Option<Trouble>) -> Run {
     )
     .unwrap();
     let kci_bin = env!("CARGO_BIN_EXE_kci");
-    let out = Command::new(kci_bin)
-        .args([
-            "token", "create", "--name", "bench", "--scope", "admin", "--config",
-        ])
-        .arg(&config)
-        .env("KCI_LOG", "warn")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let token = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .last()
-        .unwrap()
-        .trim()
-        .to_string();
+    let token = admin_token(kci_bin, &config);
     let _kci = Killer(
         Command::new(kci_bin)
             .args(["serve", "--config"])

@@ -9,14 +9,20 @@
 //! 1. single: events posted one per request by 32 concurrent clients;
 //! 2. batch: NDJSON batches of 500 events, 4 concurrent clients;
 //! 3. deliver: events due now, timed until every notification is `sent`;
-//! 4. raw: batched inserts straight into the store, no kci in between.
+//! 4. smtp: the SMTP server's own ceiling, with as many connections as
+//!    kci's delivery `concurrency`, no kci in between (the delivery figure
+//!    is printed as a share of it);
+//! 5. raw: batched inserts straight into the store, no kci in between.
 //!
 //! Ingest phases post events with `not_before` far ahead, so delivery work
 //! does not mix into the ingest figures.
 
-use std::process::{Child, Command, Stdio};
+mod support;
+
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use support::*;
 
 struct Args {
     store: String,
@@ -37,33 +43,6 @@ fn args() -> Args {
         }
     }
     a
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn wait_port(port: u16) {
-    let t = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            t.elapsed() < Duration::from_secs(30),
-            "port {port} never opened"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-struct Killer(Child);
-impl Drop for Killer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 const PG: &str = "postgres://postgres@127.0.0.1:5432/test";
@@ -151,26 +130,7 @@ body = "Dear customer,\n\nyour line {{{{ service }}}} went down at {{{{ occurred
     )
     .unwrap();
     let kci_bin = env!("CARGO_BIN_EXE_kci");
-    let token = {
-        let out = Command::new(kci_bin)
-            .args([
-                "token", "create", "--name", "bench", "--scope", "admin", "--config",
-            ])
-            .arg(&config)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout)
-            .unwrap()
-            .lines()
-            .last()
-            .unwrap()
-            .to_string()
-    };
+    let token = admin_token(kci_bin, &config);
     let _kci = Killer(
         Command::new(kci_bin)
             .args(["serve", "--config"])
@@ -332,7 +292,15 @@ body = "Dear customer,\n\nyour line {{{{ service }}}} went down at {{{{ occurred
         t.elapsed().as_secs_f64()
     );
 
-    // 4. raw ceiling
+    // 4. The SMTP server's own ceiling: as many connections as kci's
+    // delivery `concurrency` (32), each sending mails of the size kci's
+    // were, as fast as the server answers, no kci in between.
+    let ceiling = smtp_ceiling(smtp_port, deliver_n, 32).await;
+    println!(
+        "smtp    : {ceiling:.0} mails/s is the SMTP server's own ceiling (32 connections, mails of kci's size)"
+    );
+
+    // 5. raw ceiling
     let raw = match args.store.as_str() {
         "sqlite" => raw_sqlite(&dir.path().join("raw.db"), n, batch),
         _ => raw_postgres(schema.as_deref().unwrap(), n, batch).await,
@@ -342,13 +310,14 @@ body = "Dear customer,\n\nyour line {{{{ service }}}} went down at {{{{ occurred
     );
     println!();
     println!(
-        "| store | single (events/s) | batch (events/s) | raw ceiling (events/s) | batch / raw | delivered to SMTP (notifications/s) |"
+        "| store | single (events/s) | batch (events/s) | raw ceiling (events/s) | batch / raw | delivered to SMTP (notifications/s) | SMTP server ceiling (mails/s) | delivered / ceiling |"
     );
-    println!("|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|");
     println!(
-        "| {} | {single:.0} | {batched:.0} | {raw:.0} | {:.0}% | {delivered:.0} |",
+        "| {} | {single:.0} | {batched:.0} | {raw:.0} | {:.0}% | {delivered:.0} | {ceiling:.0} | {:.0}% |",
         args.store,
-        100.0 * batched / raw
+        100.0 * batched / raw,
+        100.0 * delivered / ceiling
     );
 
     if let Some(schema) = schema {
@@ -437,6 +406,66 @@ async fn raw_postgres(schema: &str, n: usize, batch: usize) -> f64 {
         .await
         .unwrap();
         tx.commit().await.unwrap();
+    }
+    n as f64 / t.elapsed().as_secs_f64()
+}
+
+/// Mails/s the SMTP server on `port` takes over `connections` plain
+/// connections (TCP_NODELAY, one transaction at a time each, as kci's
+/// pool sends), `n` mails in all, each about as large as kci's.
+async fn smtp_ceiling(port: u16, n: usize, connections: usize) -> f64 {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let body = format!(
+        "From: Bench ISP <kci@isp.example>\r\nTo: bench@example.com\r\nSubject: Line L1 is down (T-00000001)\r\n\
+         Message-ID: <bench@isp.example>\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{}\r\n.\r\n",
+        "Dear customer, your line L1 went down. Reference T-00000001.\r\n".repeat(12)
+    );
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let t = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..connections {
+        let (next, body) = (next.clone(), body.clone());
+        tasks.push(tokio::spawn(async move {
+            let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .unwrap();
+            stream.set_nodelay(true).unwrap();
+            let (r, mut w) = stream.into_split();
+            let mut r = BufReader::new(r);
+            let mut line = String::new();
+            // One reply, multi-line or not: its last line's code.
+            async fn reply(
+                r: &mut BufReader<tokio::net::tcp::OwnedReadHalf>,
+                line: &mut String,
+            ) -> u16 {
+                loop {
+                    line.clear();
+                    r.read_line(line).await.unwrap();
+                    if line.as_bytes().get(3) != Some(&b'-') {
+                        return line.get(..3).and_then(|c| c.parse().ok()).unwrap_or(0);
+                    }
+                }
+            }
+            assert_eq!(reply(&mut r, &mut line).await, 220);
+            w.write_all(b"EHLO bench\r\n").await.unwrap();
+            assert_eq!(reply(&mut r, &mut line).await, 250);
+            while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < n {
+                for (cmd, code) in [
+                    ("MAIL FROM:<kci@isp.example>\r\n", 250),
+                    ("RCPT TO:<bench@example.com>\r\n", 250),
+                    ("DATA\r\n", 354),
+                ] {
+                    w.write_all(cmd.as_bytes()).await.unwrap();
+                    assert_eq!(reply(&mut r, &mut line).await, code, "{cmd}");
+                }
+                w.write_all(body.as_bytes()).await.unwrap();
+                assert_eq!(reply(&mut r, &mut line).await, 250);
+            }
+            let _ = w.write_all(b"QUIT\r\n").await;
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
     }
     n as f64 / t.elapsed().as_secs_f64()
 }

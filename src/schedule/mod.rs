@@ -614,6 +614,7 @@ impl Scheduler {
             .into_iter()
             .map(|kind| Lane {
                 kind,
+                configured: self.channels.get(kind).is_some(),
                 slots: Arc::new(tokio::sync::Semaphore::new(concurrency)),
                 queue: Default::default(),
                 dry: false,
@@ -629,6 +630,7 @@ impl Scheduler {
         let stale = self.delivery.lease.0 / 2;
         let mut inflight = tokio::task::JoinSet::new();
         let mut last_poll = std::time::Instant::now();
+        let mut last_sweep = std::time::Instant::now();
         let mut last_pauses: Option<std::time::Instant> = None;
         while !shutdown.is_triggered() {
             // The pauses other nodes were asked for, once a second.
@@ -728,7 +730,7 @@ impl Scheduler {
                     }
                 }
                 _ = self.wake.notified() => {
-                    for lane in &mut lanes {
+                    for lane in lanes.iter_mut().filter(|l| l.configured) {
                         lane.dry = false;
                     }
                 }
@@ -736,6 +738,15 @@ impl Scheduler {
                 _ = shutdown.wait() => {}
             }
             self.wake.working();
+            // A channel that is not configured gets no new work: what is
+            // left on it is looked for once a second, however often
+            // ingest wakes the loop.
+            if last_sweep.elapsed() >= std::time::Duration::from_secs(1) {
+                last_sweep = std::time::Instant::now();
+                for lane in &mut lanes {
+                    lane.dry = false;
+                }
+            }
         }
         while let Some(done) = inflight.join_next().await {
             log_delivery_task(done);
@@ -764,6 +775,10 @@ impl Scheduler {
 /// One channel's share of the server's loop.
 struct Lane {
     kind: crate::model::ChannelKind,
+    /// The config sets the channel up. Others hold only notices from
+    /// before it was taken out (each then fails, naming why), so they
+    /// claim on the loop's timer, not on every wake.
+    configured: bool,
     /// Its deliveries in flight, at most `concurrency`.
     slots: Arc<tokio::sync::Semaphore>,
     /// Claimed, waiting for a slot, with when they were claimed.

@@ -58,6 +58,9 @@ fn open_conn(path: Option<&str>) -> Result<Connection> {
         None => Connection::open_in_memory()?,
     };
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    // More statements than rusqlite's default 16 run in turn on the
+    // writer (planning, inserts, claims): each would be parsed again.
+    conn.set_prepared_statement_cache_capacity(64);
     conn.execute_batch(
         "PRAGMA journal_mode = WAL;
          PRAGMA synchronous = FULL;
@@ -195,10 +198,11 @@ impl Backend for Sqlite {
 }
 
 fn in_savepoint<T>(lite: &mut Lite, job: Job<Lite, T>) -> Result<T> {
-    lite.0.execute_batch("SAVEPOINT job")?;
+    // Prepared once per connection, not parsed again for every job.
+    lite.exec("SAVEPOINT job", [])?;
     match now(job(lite)) {
         Ok(v) => {
-            lite.0.execute_batch("RELEASE job")?;
+            lite.exec("RELEASE job", [])?;
             Ok(v)
         }
         Err(e) => {
@@ -262,10 +266,10 @@ fn commit_group(lite: &mut Lite, first: WriterJob, rx: &mpsc::Receiver<WriterJob
             Err(_) => break,
         }
     }
-    let began = lite.0.execute_batch("BEGIN IMMEDIATE").is_ok();
+    let began = lite.exec("BEGIN IMMEDIATE", []).is_ok();
     let finishers: Vec<Finisher> = group.into_iter().map(|job| job(lite)).collect();
     let commit = if began {
-        lite.0.execute_batch("COMMIT").map_err(|e| {
+        lite.exec("COMMIT", []).map(|_| ()).map_err(|e| {
             let _ = lite.0.execute_batch("ROLLBACK");
             e.to_string()
         })
@@ -811,20 +815,35 @@ impl Rows for Lite {
 
     async fn claim(&mut self, c: Claim) -> Result<Vec<Notification>> {
         // The longest-waiting first, as on PostgreSQL: notices whose lease
-        // ran out, then pending ones by due time.
+        // ran out, then pending ones by due time. One statement per case:
+        // with `(?4 IS NULL OR channel = ?4)`, SQLite planned it again on
+        // every call and could not use the (channel, due_at) index.
+        let channel = if c.channel.is_some() {
+            "AND channel = ?4"
+        } else {
+            ""
+        };
         let sql = format!(
             "UPDATE notifications SET state = 'sending', attempts = attempts + 1, lease_until = ?2 \
              WHERE id IN ( \
                SELECT id FROM (SELECT id FROM notifications WHERE state = 'sending' AND lease_until <= ?1 \
-                 AND (?4 IS NULL OR channel = ?4) ORDER BY lease_until LIMIT ?3) \
+                 {channel} ORDER BY lease_until LIMIT ?3) \
                UNION ALL \
                SELECT id FROM (SELECT id FROM notifications WHERE state = 'pending' AND due_at <= ?1 \
-                 AND (?4 IS NULL OR channel = ?4) ORDER BY due_at LIMIT ?3) \
+                 {channel} ORDER BY due_at LIMIT ?3) \
                LIMIT ?3) \
              RETURNING {NOTIFICATION_COLUMNS}"
         );
-        let p = params![c.now, c.lease_until, c.limit, c.channel.map(|c| c.as_str())];
-        self.all(&sql, p, |r| rows::notification(r))
+        match c.channel {
+            Some(kind) => self.all(
+                &sql,
+                params![c.now, c.lease_until, c.limit, kind.as_str()],
+                |r| rows::notification(r),
+            ),
+            None => self.all(&sql, params![c.now, c.lease_until, c.limit], |r| {
+                rows::notification(r)
+            }),
+        }
     }
 
     async fn claim_context(&mut self, notes: &[Notification]) -> Result<ClaimContext> {

@@ -1,0 +1,392 @@
+//! Delivery latency, open loop: from the moment an event is due to be
+//! posted until the provider has the notice, at a constant arrival rate
+//! (half of the peak found first), with a release `kci serve` on SQLite.
+//!
+//!     cargo bench --bench latency -- [--channel webhook|email]
+//!         [--seconds 20] [--rate N] [--peak-events 4000]
+//!
+//! 1. peak: `--peak-events` events due now, posted by 32 clients as fast
+//!    as they are answered; the rate at which the last notice arrives at
+//!    the provider is the peak (end to end: accept, plan, render, send,
+//!    record).
+//! 2. open loop: events at `--rate` per second (default: half the peak)
+//!    for `--seconds`. Each request is sent at its planned time whether or
+//!    not earlier ones were answered, and latency counts from that planned
+//!    time, so a stall shows in the figures instead of slowing the load
+//!    (no coordinated omission). Reported: p50/p90/p99/max of POST → 202
+//!    and of POST → the provider receiving the notice; notices that never
+//!    arrived; kci's resident memory, sampled every second.
+//!
+//! The provider is, for `webhook`, a receiver in this process (axum),
+//! and for `email`, a real SMTP server (Debian's python3-aiosmtpd) whose
+//! handler notes when each message arrived. Times on both sides are the
+//! system clock of this one machine.
+
+mod support;
+
+use std::collections::HashMap;
+use std::io::BufRead;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use support::*;
+
+struct Args {
+    channel: String,
+    seconds: u64,
+    rate: Option<f64>,
+    peak_events: usize,
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        channel: "webhook".into(),
+        seconds: 20,
+        rate: None,
+        peak_events: 4000,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(k) = it.next() {
+        let mut value = || it.next().unwrap_or_else(|| panic!("{k} needs a value"));
+        match k.as_str() {
+            "--channel" => a.channel = value(),
+            "--seconds" => a.seconds = value().parse().expect("--seconds N"),
+            "--rate" => a.rate = Some(value().parse().expect("--rate N")),
+            "--peak-events" => a.peak_events = value().parse().expect("--peak-events N"),
+            _ => {} // cargo bench passes --bench
+        }
+    }
+    assert!(
+        a.channel == "webhook" || a.channel == "email",
+        "--channel webhook|email"
+    );
+    a
+}
+
+/// Microseconds since the Unix epoch, now.
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// When each event's notice reached the provider (µs since the epoch).
+type Arrivals = Arc<Mutex<HashMap<String, u64>>>;
+
+/// A webhook receiver noting when each event's notice arrived.
+async fn webhook_receiver(arrivals: Arrivals) -> String {
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let arrivals = arrivals.clone();
+            async move {
+                let at = now_us();
+                if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&body)
+                    && let Some(event) = v["data"]["event"].as_str()
+                {
+                    arrivals.lock().unwrap().insert(event.to_string(), at);
+                }
+                axum::http::StatusCode::NO_CONTENT
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
+}
+
+/// aiosmtpd with a handler that prints, per message, the time it arrived
+/// and its subject (which carries the event id).
+const SMTP_HANDLER: &str = r#"
+import sys, time, asyncio
+from email.parser import BytesHeaderParser
+from aiosmtpd.controller import Controller
+class Note:
+    async def handle_DATA(self, server, session, envelope):
+        at = int(time.time() * 1e6)
+        subject = BytesHeaderParser().parsebytes(envelope.content).get("Subject", "")
+        sys.stdout.write(f"{at} {subject}\n")
+        sys.stdout.flush()
+        return "250 OK"
+c = Controller(Note(), hostname="127.0.0.1", port=int(sys.argv[1]))
+c.start()
+sys.stdout.write("ready\n"); sys.stdout.flush()
+try:
+    while True:
+        time.sleep(3600)
+except KeyboardInterrupt:
+    pass
+"#;
+
+/// Starts the SMTP server on `port`; its arrivals are read into
+/// `arrivals` by a thread.
+fn smtp_receiver(port: u16, arrivals: Arrivals) -> Killer {
+    let mut child = Command::new("/usr/bin/python3")
+        .args(["-c", SMTP_HANDLER, &port.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("python3 with aiosmtpd (Debian python3-aiosmtpd)");
+    let out = std::io::BufReader::new(child.stdout.take().unwrap());
+    std::thread::spawn(move || {
+        for line in out.lines().map_while(Result::ok) {
+            let Some((at, subject)) = line.split_once(' ') else {
+                continue;
+            };
+            // "Line down (lat-123)"
+            let (Ok(at), Some(id)) = (
+                at.parse::<u64>(),
+                subject
+                    .rsplit_once('(')
+                    .and_then(|(_, rest)| rest.strip_suffix(')')),
+            ) else {
+                continue;
+            };
+            arrivals.lock().unwrap().insert(id.to_string(), at);
+        }
+    });
+    wait_port(port);
+    Killer(child)
+}
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i] as f64 / 1000.0
+}
+
+fn summary(name: &str, mut us: Vec<u64>) -> String {
+    us.sort_unstable();
+    format!(
+        "| {name} | {} | {:.1} | {:.1} | {:.1} | {:.1} |",
+        us.len(),
+        percentile(&us, 0.50),
+        percentile(&us, 0.90),
+        percentile(&us, 0.99),
+        us.last().map_or(f64::NAN, |m| *m as f64 / 1000.0),
+    )
+}
+
+fn event_json(id: &str) -> String {
+    format!(
+        r#"{{"id":"{id}","type":"line.down","account":"A1","service":"L1","data":{{"ticket":"{id}"}}}}"#
+    )
+}
+
+/// Waits until every one of `ids` arrived, or `limit` passed; how many did.
+async fn settle(arrivals: &Arrivals, ids: &[String], limit: Duration) -> usize {
+    let t = Instant::now();
+    loop {
+        let got = {
+            let a = arrivals.lock().unwrap();
+            ids.iter().filter(|id| a.contains_key(*id)).count()
+        };
+        if got == ids.len() || t.elapsed() > limit {
+            return got;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let args = args();
+    let dir = tempfile::tempdir().unwrap();
+    let arrivals: Arrivals = Default::default();
+    let (destination, channel_toml, _smtp) = if args.channel == "webhook" {
+        let url = webhook_receiver(arrivals.clone()).await;
+        (
+            url,
+            "[channels.webhook]\nallow_private = true\n".to_string(),
+            None,
+        )
+    } else {
+        let port = free_port();
+        let smtp = smtp_receiver(port, arrivals.clone());
+        (
+            "mailto:bench@example.com".to_string(),
+            format!("[email]\nsmtp = \"smtp://127.0.0.1:{port}?tls=none\"\n"),
+            Some(smtp),
+        )
+    };
+    let port = free_port();
+    let config = dir.path().join("kci.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"[server]
+listen = "127.0.0.1:{port}"
+[store]
+url = "sqlite://{db}"
+{channel_toml}
+[types."line.down"]
+short = "Line down ({{{{ data.ticket }}}})"
+subject = "Line down ({{{{ data.ticket }}}})"
+body = "Your line went down. Reference {{{{ data.ticket }}}}."
+"#,
+            db = dir.path().join("kci.db").display(),
+        ),
+    )
+    .unwrap();
+    let kci_bin = env!("CARGO_BIN_EXE_kci");
+    let token = admin_token(kci_bin, &config);
+    let kci = Killer(
+        Command::new(kci_bin)
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env("KCI_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let pid = kci.0.id();
+    wait_port(port);
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .build()
+        .unwrap();
+    for (method, path, body) in [
+        ("PUT", "/v1/accounts/A1", r#"{"name":"Bench"}"#.to_string()),
+        ("PUT", "/v1/accounts/A1/contacts/c", "{}".to_string()),
+        (
+            "POST",
+            "/v1/accounts/A1/contacts/c/destinations",
+            serde_json::json!({"uri": destination, "verified": true}).to_string(),
+        ),
+    ] {
+        let r = http
+            .request(method.parse().unwrap(), format!("{base}{path}"))
+            .bearer_auth(&token)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{path}: {}", r.status());
+    }
+    let post = {
+        let (http, base, token) = (http.clone(), base.clone(), token.clone());
+        move |id: String| {
+            let (http, base, token) = (http.clone(), base.clone(), token.clone());
+            async move {
+                let r = http
+                    .post(format!("{base}/v1/events"))
+                    .bearer_auth(&token)
+                    .header("content-type", "application/json")
+                    .body(event_json(&id))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status().as_u16(), 202);
+            }
+        }
+    };
+    println!(
+        "# kci latency benchmark: channel={} store=sqlite cores={}",
+        args.channel,
+        std::thread::available_parallelism()
+            .map(|p| p.get())
+            .unwrap_or(0)
+    );
+
+    // 1. Peak, end to end, closed loop.
+    let ids: Vec<String> = (0..args.peak_events).map(|i| format!("peak-{i}")).collect();
+    let t = Instant::now();
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..32 {
+        let (ids, next, post) = (ids.clone(), next.clone(), post.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(id) = ids.get(i) else { break };
+                post(id.clone()).await;
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let got = settle(&arrivals, &ids, Duration::from_secs(300)).await;
+    assert_eq!(got, ids.len(), "peak: notices missing");
+    let peak = ids.len() as f64 / t.elapsed().as_secs_f64();
+    println!(
+        "peak    : {} events posted and delivered in {:.2}s = {peak:.0}/s end to end",
+        ids.len(),
+        t.elapsed().as_secs_f64()
+    );
+
+    // 2. Open loop at a constant rate.
+    let rate = args.rate.unwrap_or(peak / 2.0);
+    let total = (rate * args.seconds as f64) as usize;
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let answered: Arc<Mutex<Vec<u64>>> = Default::default();
+    let mut planned: HashMap<String, u64> = HashMap::with_capacity(total);
+    let rss_samples: Arc<Mutex<Vec<u64>>> = Default::default();
+    let sampling = {
+        let rss = rss_samples.clone();
+        tokio::spawn(async move {
+            loop {
+                rss.lock().unwrap().push(rss_kib(pid));
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        })
+    };
+    let start = Instant::now();
+    let start_us = now_us();
+    let mut sends = Vec::with_capacity(total);
+    for i in 0..total {
+        let due = start + interval * i as u32;
+        tokio::time::sleep_until(due.into()).await;
+        let id = format!("open-{i}");
+        let at = start_us + (interval * i as u32).as_micros() as u64;
+        planned.insert(id.clone(), at);
+        let (post, answered) = (post.clone(), answered.clone());
+        sends.push(tokio::spawn(async move {
+            post(id).await;
+            answered.lock().unwrap().push(now_us().saturating_sub(at));
+        }));
+    }
+    for s in sends {
+        s.await.unwrap();
+    }
+    let ids: Vec<String> = planned.keys().cloned().collect();
+    let got = settle(&arrivals, &ids, Duration::from_secs(60)).await;
+    sampling.abort();
+    let delivered: Vec<u64> = {
+        let a = arrivals.lock().unwrap();
+        planned
+            .iter()
+            .filter_map(|(id, at)| a.get(id).map(|t| t.saturating_sub(*at)))
+            .collect()
+    };
+    let rss = rss_samples.lock().unwrap().clone();
+    println!(
+        "open    : {total} events at {rate:.0}/s for {}s; {} of them never arrived",
+        args.seconds,
+        total - got
+    );
+    println!();
+    println!(
+        "| {} at {rate:.0}/s (half of peak {peak:.0}/s) | n | p50 ms | p90 ms | p99 ms | max ms |",
+        args.channel
+    );
+    println!("|---|---|---|---|---|---|");
+    println!(
+        "{}",
+        summary("POST → 202", answered.lock().unwrap().clone())
+    );
+    println!("{}", summary("POST → provider has it", delivered));
+    println!();
+    println!(
+        "kci RSS (MiB): first {:.1}, last {:.1}, max {:.1} ({} samples, one a second)",
+        rss.first().copied().unwrap_or(0) as f64 / 1024.0,
+        rss.last().copied().unwrap_or(0) as f64 / 1024.0,
+        rss.iter().max().copied().unwrap_or(0) as f64 / 1024.0,
+        rss.len()
+    );
+}
