@@ -235,15 +235,7 @@ body = "Your line went down. Reference {{{{ data.ticket }}}}."
     .unwrap();
     let kci_bin = env!("CARGO_BIN_EXE_kci");
     let token = admin_token(kci_bin, &config);
-    let kci = Killer(
-        Command::new(kci_bin)
-            .args(["serve", "--config"])
-            .arg(&config)
-            .env("KCI_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let kci = serve(kci_bin, &config);
     let pid = kci.0.id();
     wait_port(port);
     let base = format!("http://127.0.0.1:{port}");

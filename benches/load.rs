@@ -131,15 +131,8 @@ body = "Dear customer,\n\nyour line {{{{ service }}}} went down at {{{{ occurred
     .unwrap();
     let kci_bin = env!("CARGO_BIN_EXE_kci");
     let token = admin_token(kci_bin, &config);
-    let _kci = Killer(
-        Command::new(kci_bin)
-            .args(["serve", "--config"])
-            .arg(&config)
-            .env("KCI_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let kci = serve(kci_bin, &config);
+    let kci_pid = kci.0.id();
     wait_port(port);
     let base = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::builder()
@@ -180,6 +173,7 @@ body = "Dear customer,\n\nyour line {{{{ service }}}} went down at {{{{ occurred
     // 1. single
     let single_n = n / 4;
     let clients = 32;
+    let cpu = Cpu::now(kci_pid);
     let t = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..clients {
@@ -202,6 +196,7 @@ body = "Dear customer,\n\nyour line {{{{ service }}}} went down at {{{{ occurred
         t.await.unwrap();
     }
     let single = single_n as f64 / t.elapsed().as_secs_f64();
+    let single_cpu = cpu.per(single_n, Cpu::now(kci_pid));
     println!(
         "single  : {single_n} events in {:.2}s = {single:.0} events/s accepted durably",
         t.elapsed().as_secs_f64()
@@ -209,6 +204,7 @@ body = "Dear customer,\n\nyour line {{{{ service }}}} went down at {{{{ occurred
 
     // 2. batch
     let batch = 500;
+    let cpu = Cpu::now(kci_pid);
     let t = Instant::now();
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut tasks = Vec::new();
@@ -240,6 +236,7 @@ body = "Dear customer,\n\nyour line {{{{ service }}}} went down at {{{{ occurred
         t.await.unwrap();
     }
     let batched = n as f64 / t.elapsed().as_secs_f64();
+    let batch_cpu = cpu.per(n, Cpu::now(kci_pid));
     println!(
         "batch   : {n} events in {:.2}s = {batched:.0} events/s accepted durably (batches of {batch})",
         t.elapsed().as_secs_f64()
@@ -250,6 +247,7 @@ body = "Dear customer,\n\nyour line {{{{ service }}}} went down at {{{{ occurred
     let body: String = (0..deliver_n)
         .map(|i| event_json(i, "d", false) + "\n")
         .collect();
+    let cpu = Cpu::now(kci_pid);
     let t = Instant::now();
     for chunk in body.lines().collect::<Vec<_>>().chunks(batch) {
         let r = http
@@ -287,6 +285,7 @@ body = "Dear customer,\n\nyour line {{{{ service }}}} went down at {{{{ occurred
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let delivered = deliver_n as f64 / t.elapsed().as_secs_f64();
+    let deliver_cpu = cpu.per(deliver_n, Cpu::now(kci_pid));
     println!(
         "deliver : {deliver_n} mails in {:.2}s = {delivered:.0} notifications/s to SMTP (accept + plan + render + send + record)",
         t.elapsed().as_secs_f64()
@@ -319,6 +318,20 @@ body = "Dear customer,\n\nyour line {{{{ service }}}} went down at {{{{ occurred
         100.0 * batched / raw,
         100.0 * delivered / ceiling
     );
+
+    println!();
+    println!(
+        "CPU per event, µs (kci process / PostgreSQL server processes; on SQLite the store is inside kci):"
+    );
+    println!("| phase | kci | PostgreSQL |");
+    println!("|---|---|---|");
+    for (phase, (k, p)) in [
+        ("single", single_cpu),
+        ("batch", batch_cpu),
+        ("deliver (ingest + send + record)", deliver_cpu),
+    ] {
+        println!("| {phase} | {k:.0} | {p:.0} |");
+    }
 
     if let Some(schema) = schema {
         let (c, conn) = tokio_postgres::connect(PG, tokio_postgres::NoTls)
@@ -468,4 +481,54 @@ async fn smtp_ceiling(port: u16, n: usize, connections: usize) -> f64 {
         t.await.unwrap();
     }
     n as f64 / t.elapsed().as_secs_f64()
+}
+
+/// CPU time used so far (seconds) by kci and by every PostgreSQL server
+/// process on this machine, from `/proc`.
+#[derive(Clone, Copy)]
+struct Cpu {
+    kci: f64,
+    postgres: f64,
+}
+
+impl Cpu {
+    fn now(kci: u32) -> Cpu {
+        // utime + stime, fields 14 and 15 of /proc/PID/stat, in ticks.
+        fn ticks(stat: &str) -> Option<(String, f64)> {
+            let (head, rest) = stat.rsplit_once(") ")?;
+            let comm = head.split_once(" (")?.1.to_string();
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let t = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+            Some((comm, t))
+        }
+        let hz = 100.0; // USER_HZ on Linux
+        let read = |pid: &str| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| ticks(&s))
+        };
+        let kci_s = read(&kci.to_string()).map_or(0.0, |(_, t)| t / hz);
+        let postgres = std::fs::read_dir("/proc")
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| read(&e.file_name().to_string_lossy()))
+                    .filter(|(comm, _)| comm == "postgres")
+                    .map(|(_, t)| t / hz)
+                    .sum()
+            })
+            .unwrap_or(0.0);
+        Cpu {
+            kci: kci_s,
+            postgres,
+        }
+    }
+
+    /// Microseconds of each per event, from `self` to `later`.
+    fn per(self, events: usize, later: Cpu) -> (f64, f64) {
+        let n = events.max(1) as f64;
+        (
+            (later.kci - self.kci) * 1e6 / n,
+            (later.postgres - self.postgres) * 1e6 / n,
+        )
+    }
 }

@@ -3,7 +3,7 @@
 
 #![allow(dead_code)] // each benchmark uses its own part
 
-use std::process::{Child, Command};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub fn free_port() -> u16 {
@@ -67,4 +67,17 @@ pub fn rss_kib(pid: u32) -> u64 {
                 .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
         })
         .unwrap_or(0)
+}
+
+/// `kci serve --config <config>`, logging warnings only, killed on drop.
+pub fn serve(kci: &str, config: &std::path::Path) -> Killer {
+    Killer(
+        Command::new(kci)
+            .args(["serve", "--config"])
+            .arg(config)
+            .env("KCI_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
 }

@@ -342,6 +342,18 @@ mod tests {
         (Arc::new(store), id)
     }
 
+    /// A cache that has just read the store's epoch.
+    async fn watched(store: &dyn Store) -> (TokenCache, Option<i64>) {
+        let cache = TokenCache::default();
+        let mut seen = None;
+        cache.saw(
+            &mut seen,
+            store.token_epoch().await.unwrap(),
+            Instant::now(),
+        );
+        (cache, seen)
+    }
+
     async fn revoked(cache: &TokenCache, store: &dyn Store, hash: &str) -> bool {
         let found = cache.find(store, hash).await.unwrap().unwrap();
         found.revoked_at.is_some()
@@ -351,13 +363,7 @@ mod tests {
     async fn a_revocation_empties_the_cache_once_the_epoch_moves() {
         let (store, id) = store_with("kci_a").await;
         let hash = hash_token("kci_a");
-        let cache = TokenCache::default();
-        let mut seen = None;
-        cache.saw(
-            &mut seen,
-            store.token_epoch().await.unwrap(),
-            Instant::now(),
-        );
+        let (cache, mut seen) = watched(store.as_ref()).await;
         assert!(!revoked(&cache, store.as_ref(), &hash).await);
         // Revoked by another process: what is kept still answers until
         // the epoch is read again (that is what makes it a cache)…
@@ -398,13 +404,7 @@ mod tests {
     #[tokio::test]
     async fn unknown_tokens_are_not_kept_and_known_ones_are_bounded() {
         let (store, _) = store_with("kci_d").await;
-        let cache = TokenCache::default();
-        let mut seen = None;
-        cache.saw(
-            &mut seen,
-            store.token_epoch().await.unwrap(),
-            Instant::now(),
-        );
+        let (cache, _) = watched(store.as_ref()).await;
         for i in 0..100 {
             let guess = hash_token(&format!("kci_guess{i}"));
             assert!(cache.find(store.as_ref(), &guess).await.unwrap().is_none());
@@ -434,13 +434,7 @@ mod tests {
     async fn a_use_written_down_is_remembered() {
         let (store, _) = store_with("kci_e").await;
         let hash = hash_token("kci_e");
-        let cache = TokenCache::default();
-        let mut seen = None;
-        cache.saw(
-            &mut seen,
-            store.token_epoch().await.unwrap(),
-            Instant::now(),
-        );
+        let (cache, _) = watched(store.as_ref()).await;
         let at = chrono::Utc::now();
         let first = cache.find(store.as_ref(), &hash).await.unwrap().unwrap();
         assert!(first.needs_touch(at, Some("192.0.2.1")));
