@@ -234,11 +234,8 @@ body = "Your line went down. Reference {{{{ data.ticket }}}}."
     )
     .unwrap();
     let kci_bin = env!("CARGO_BIN_EXE_kci");
-    let token = admin_token(kci_bin, &config);
-    let kci = serve(kci_bin, &config);
+    let (kci, token, base) = start(kci_bin, &config, port);
     let pid = kci.0.id();
-    wait_port(port);
-    let base = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(256)
         .build()

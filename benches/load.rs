@@ -130,11 +130,8 @@ body = "Dear customer,\n\nyour line {{{{ service }}}} went down at {{{{ occurred
     )
     .unwrap();
     let kci_bin = env!("CARGO_BIN_EXE_kci");
-    let token = admin_token(kci_bin, &config);
-    let kci = serve(kci_bin, &config);
+    let (kci, token, base) = start(kci_bin, &config, port);
     let kci_pid = kci.0.id();
-    wait_port(port);
-    let base = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(64)
         .build()

@@ -81,3 +81,12 @@ pub fn serve(kci: &str, config: &std::path::Path) -> Killer {
             .unwrap(),
     )
 }
+
+/// A running `kci serve` with `config` listening on `port`: the process,
+/// an `admin` token for it, and its base URL.
+pub fn start(kci: &str, config: &std::path::Path, port: u16) -> (Killer, String, String) {
+    let token = admin_token(kci, config);
+    let process = serve(kci, config);
+    wait_port(port);
+    (process, token, format!("http://127.0.0.1:{port}"))
+}

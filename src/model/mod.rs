@@ -55,7 +55,7 @@ pub use keys::{
     AddressKeys, AdmitRule, Confirmed, KeyRecord, KeyRequest, KeyState, KeyStatus, KeyToken,
     KeyWrite, LinkRow, LinkRule, ProofUse, Refused, TokenPurpose,
 };
-pub use notification::{Notification, SECRET_MARK};
+pub use notification::{Notification, SECRET_MARK, first_due};
 pub use planning::{Cancel, Load, Planned, RelatedNotice, Seen};
 pub use postal::{PostalAddress, PostalError, PostalInput};
 pub use preferences::Preferences;

@@ -111,3 +111,13 @@ impl Notification {
         })
     }
 }
+
+/// When the first of `notes` that waits to go out comes due (`None`: none
+/// waits): how soon the scheduler must look at what an event planned.
+pub fn first_due(notes: &[Notification]) -> Option<DateTime<Utc>> {
+    notes
+        .iter()
+        .filter(|n| n.state == State::Pending)
+        .map(|n| n.due_at)
+        .min()
+}

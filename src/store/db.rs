@@ -701,7 +701,7 @@ async fn write_gathered(
             IngestOutcome::Accepted {
                 id,
                 notifications: p.notifications.len(),
-                due: super::first_due(&p.notifications),
+                due: crate::model::first_due(&p.notifications),
             }
         } else {
             let n = rows.event_count(&id).await?.unwrap_or(0);
@@ -818,7 +818,7 @@ async fn write_planned(
     Ok(IngestOutcome::Accepted {
         id: event.id.clone(),
         notifications: n,
-        due: super::first_due(&planned.notifications),
+        due: crate::model::first_due(&planned.notifications),
     })
 }
 

@@ -95,15 +95,6 @@ pub use crate::model::Notification;
 
 pub use crate::model::new_id;
 
-/// When the first of `notes` that waits to go out comes due.
-pub fn first_due(notes: &[Notification]) -> Option<DateTime<Utc>> {
-    notes
-        .iter()
-        .filter(|n| n.state == crate::model::State::Pending)
-        .map(|n| n.due_at)
-        .min()
-}
-
 /// Decides the notifications of one event inside the store's transaction,
 /// so that reading the directory and pending notices and writing the result
 /// is atomic.
