@@ -405,7 +405,37 @@ fn count(n: i64) -> usize {
     usize::try_from(n).unwrap_or(0)
 }
 
+impl tokio_postgres::types::ToSql for rows::Arg<'_> {
+    fn to_sql(
+        &self,
+        ty: &tokio_postgres::types::Type,
+        out: &mut bytes::BytesMut,
+    ) -> std::result::Result<tokio_postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>>
+    {
+        match self {
+            rows::Arg::Text(t) => t.to_sql(ty, out),
+            rows::Arg::OptText(t) => t.to_sql(ty, out),
+            rows::Arg::Int(n) => n.to_sql(ty, out),
+        }
+    }
+
+    fn accepts(ty: &tokio_postgres::types::Type) -> bool {
+        <&str as tokio_postgres::types::ToSql>::accepts(ty)
+            || <i64 as tokio_postgres::types::ToSql>::accepts(ty)
+    }
+
+    tokio_postgres::types::to_sql_checked!();
+}
+
 impl Rows for PgRows {
+    async fn run(&mut self, sql: &str, args: &[rows::Arg<'_>]) -> Result<u64> {
+        let p: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = args
+            .iter()
+            .map(|a| a as &(dyn tokio_postgres::types::ToSql + Sync))
+            .collect();
+        self.exec(sql, &p).await
+    }
+
     async fn schema_version(&mut self) -> Result<i64> {
         // One migrator at a time across nodes.
         self.exec("SELECT pg_advisory_xact_lock(8460)", &[]).await?;
@@ -463,25 +493,6 @@ impl Rows for PgRows {
             "SELECT {TOKEN_COLUMNS} FROM tokens WHERE $1::TEXT IS NULL OR id = $1 ORDER BY created_at DESC, id"
         );
         self.all(&sql, &[&id], rows::token).await
-    }
-
-    async fn revoke_token(&mut self, id: &str, at: i64) -> Result<bool> {
-        let n = self
-            .exec(
-                "UPDATE tokens SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL",
-                &[&id, &at],
-            )
-            .await?;
-        Ok(n == 1)
-    }
-
-    async fn touch_token(&mut self, id: &str, at: i64, from: Option<&str>) -> Result<()> {
-        self.exec(
-            "UPDATE tokens SET last_used_at = $2, last_used_from = $3 WHERE id = $1",
-            &[&id, &at, &from],
-        )
-        .await?;
-        Ok(())
     }
 
     async fn auth_epoch(&mut self) -> Result<i64> {
@@ -1471,52 +1482,12 @@ impl Rows for PgRows {
         self.all(&sql, &[&name], rows::staff).await
     }
 
-    async fn disable_staff(&mut self, name: &str, at: i64) -> Result<bool> {
-        let n = self
-            .exec(
-                "UPDATE staff SET disabled_at = $2 WHERE name = $1 AND disabled_at IS NULL",
-                &[&name, &at],
-            )
-            .await?;
-        Ok(n > 0)
-    }
-
     async fn credential(
         &mut self,
         name: &str,
     ) -> Result<Option<crate::channels::StoredCredential>> {
         let sql = format!("SELECT {CREDENTIAL_COLUMNS} FROM credentials WHERE name = $1");
         self.one(&sql, &[&name], rows::credential).await
-    }
-
-    async fn insert_credential(
-        &mut self,
-        name: &str,
-        sealed: &str,
-        seed: &str,
-        at: i64,
-    ) -> Result<bool> {
-        let n = self
-            .exec(rows::sql::INSERT_CREDENTIAL, &[&name, &sealed, &seed, &at])
-            .await?;
-        Ok(n > 0)
-    }
-
-    async fn swap_credential(
-        &mut self,
-        name: &str,
-        expected: i64,
-        sealed: &str,
-        seed: &str,
-        at: i64,
-    ) -> Result<bool> {
-        let n = self
-            .exec(
-                rows::sql::SWAP_CREDENTIAL,
-                &[&name, &expected, &sealed, &seed, &at],
-            )
-            .await?;
-        Ok(n > 0)
     }
 
     async fn use_proof(&mut self, p: &ProofUse, now: i64) -> Result<bool> {

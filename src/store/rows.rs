@@ -189,6 +189,11 @@ pub struct ClaimContext {
 
 /// The row operations of one transaction (see the module's doc).
 pub trait Rows: Send + 'static {
+    /// Runs shared statement `sql` (written with PostgreSQL's `$N`) with
+    /// `args`; how many rows it changed. What is only a statement and its
+    /// arguments is written once, as a default method below, on this.
+    fn run(&mut self, sql: &str, args: &[Arg<'_>]) -> impl Future<Output = Result<u64>> + Send;
+
     /// The schema's version (0 for a new database), holding the lock that
     /// keeps two migrating nodes apart.
     fn schema_version(&mut self) -> impl Future<Output = Result<i64>> + Send;
@@ -212,7 +217,14 @@ pub trait Rows: Send + 'static {
     fn tokens(&mut self, id: Option<&str>)
     -> impl Future<Output = Result<Vec<TokenRecord>>> + Send;
     /// Revokes a token not revoked yet; whether it was.
-    fn revoke_token(&mut self, id: &str, at: i64) -> impl Future<Output = Result<bool>> + Send;
+    fn revoke_token(&mut self, id: &str, at: i64) -> impl Future<Output = Result<bool>> + Send {
+        async move {
+            Ok(self
+                .run(sql::REVOKE_TOKEN, &[Arg::Text(id), Arg::Int(at)])
+                .await?
+                == 1)
+        }
+    }
     /// The count of changes to what a token lookup answers (migration 17).
     fn auth_epoch(&mut self) -> impl Future<Output = Result<i64>> + Send;
     fn touch_token(
@@ -220,7 +232,12 @@ pub trait Rows: Send + 'static {
         id: &str,
         at: i64,
         from: Option<&str>,
-    ) -> impl Future<Output = Result<()>> + Send;
+    ) -> impl Future<Output = Result<()>> + Send {
+        async move {
+            let args = [Arg::Text(id), Arg::Int(at), Arg::OptText(from)];
+            self.run(sql::TOUCH_TOKEN, &args).await.map(|_| ())
+        }
+    }
 
     fn account(&mut self, id: &str) -> impl Future<Output = Result<Option<Account>>> + Send;
     fn upsert_account(&mut self, a: &Account) -> impl Future<Output = Result<()>> + Send;
@@ -486,7 +503,14 @@ pub trait Rows: Send + 'static {
     fn insert_staff(&mut self, s: &Staff) -> impl Future<Output = Result<bool>> + Send;
     /// One staff member (`Some(name)`) or all, by name.
     fn staff(&mut self, name: Option<&str>) -> impl Future<Output = Result<Vec<Staff>>> + Send;
-    fn disable_staff(&mut self, name: &str, at: i64) -> impl Future<Output = Result<bool>> + Send;
+    fn disable_staff(&mut self, name: &str, at: i64) -> impl Future<Output = Result<bool>> + Send {
+        async move {
+            Ok(self
+                .run(sql::DISABLE_STAFF, &[Arg::Text(name), Arg::Int(at)])
+                .await?
+                > 0)
+        }
+    }
     /// A channel's sealed credential (`channels::credentials`).
     fn credential(
         &mut self,
@@ -499,7 +523,17 @@ pub trait Rows: Send + 'static {
         sealed: &str,
         seed: &str,
         at: i64,
-    ) -> impl Future<Output = Result<bool>> + Send;
+    ) -> impl Future<Output = Result<bool>> + Send {
+        async move {
+            let args = [
+                Arg::Text(name),
+                Arg::Text(sealed),
+                Arg::Text(seed),
+                Arg::Int(at),
+            ];
+            Ok(self.run(sql::INSERT_CREDENTIAL, &args).await? > 0)
+        }
+    }
     /// Moves `name` from version `expected` to the next with these values;
     /// `false` if it is not at `expected`.
     fn swap_credential(
@@ -509,7 +543,18 @@ pub trait Rows: Send + 'static {
         sealed: &str,
         seed: &str,
         at: i64,
-    ) -> impl Future<Output = Result<bool>> + Send;
+    ) -> impl Future<Output = Result<bool>> + Send {
+        async move {
+            let args = [
+                Arg::Text(name),
+                Arg::Int(expected),
+                Arg::Text(sealed),
+                Arg::Text(seed),
+                Arg::Int(at),
+            ];
+            Ok(self.run(sql::SWAP_CREDENTIAL, &args).await? > 0)
+        }
+    }
     /// Records a proof as used; `false` if it was already (a replay).
     fn use_proof(&mut self, p: &ProofUse, now: i64) -> impl Future<Output = Result<bool>> + Send;
 
@@ -525,6 +570,14 @@ pub trait Rows: Send + 'static {
         key: &str,
         w: Window,
     ) -> impl Future<Output = Result<()>> + Send;
+}
+
+/// A value bound to a shared statement, for either store.
+#[derive(Debug, Clone, Copy)]
+pub enum Arg<'a> {
+    Text(&'a str),
+    OptText(Option<&'a str>),
+    Int(i64),
 }
 
 /// One value of a result row.
@@ -624,6 +677,12 @@ pub mod sql {
         "SELECT tat, paused_until FROM channel_limits WHERE channel = $1";
     pub const SET_CHANNEL_LIMIT: &str =
         "UPDATE channel_limits SET tat = $2, paused_until = $3 WHERE channel = $1";
+    pub const REVOKE_TOKEN: &str =
+        "UPDATE tokens SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL";
+    pub const TOUCH_TOKEN: &str =
+        "UPDATE tokens SET last_used_at = $2, last_used_from = $3 WHERE id = $1";
+    pub const DISABLE_STAFF: &str =
+        "UPDATE staff SET disabled_at = $2 WHERE name = $1 AND disabled_at IS NULL";
     pub const AUTH_EPOCH: &str = "SELECT n FROM auth_epoch WHERE id = 1";
     pub const CHANNEL_PAUSES: &str =
         "SELECT channel, paused_until FROM channel_limits WHERE paused_until > $1";

@@ -361,7 +361,22 @@ fn touched(r: &Row<'_>) -> Result<(String, Option<String>, i64)> {
     Ok((r.text(0)?, r.opt_text(1)?, r.int(2)?))
 }
 
+impl rusqlite::ToSql for rows::Arg<'_> {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        match self {
+            rows::Arg::Text(t) => t.to_sql(),
+            rows::Arg::OptText(t) => t.to_sql(),
+            rows::Arg::Int(n) => n.to_sql(),
+        }
+    }
+}
+
 impl Rows for Lite {
+    async fn run(&mut self, sql: &str, args: &[rows::Arg<'_>]) -> Result<u64> {
+        let n = self.exec(&rows::sqlite(sql), rusqlite::params_from_iter(args))?;
+        Ok(n as u64)
+    }
+
     async fn schema_version(&mut self) -> Result<i64> {
         self.0.execute_batch(
             "CREATE TABLE IF NOT EXISTS kci_schema (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)",
@@ -410,22 +425,6 @@ impl Rows for Lite {
             "SELECT {TOKEN_COLUMNS} FROM tokens WHERE ?1 IS NULL OR id = ?1 ORDER BY created_at DESC, id"
         );
         self.all(&sql, [id], |r| rows::token(r))
-    }
-
-    async fn revoke_token(&mut self, id: &str, at: i64) -> Result<bool> {
-        let n = self.exec(
-            "UPDATE tokens SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
-            params![id, at],
-        )?;
-        Ok(n == 1)
-    }
-
-    async fn touch_token(&mut self, id: &str, at: i64, from: Option<&str>) -> Result<()> {
-        self.exec(
-            "UPDATE tokens SET last_used_at = ?2, last_used_from = ?3 WHERE id = ?1",
-            params![id, at, from],
-        )?;
-        Ok(())
     }
 
     async fn auth_epoch(&mut self) -> Result<i64> {
@@ -1412,49 +1411,12 @@ impl Rows for Lite {
         self.all(&sql, [name], |r| rows::staff(r))
     }
 
-    async fn disable_staff(&mut self, name: &str, at: i64) -> Result<bool> {
-        let n = self.exec(
-            "UPDATE staff SET disabled_at = ?2 WHERE name = ?1 AND disabled_at IS NULL",
-            params![name, at],
-        )?;
-        Ok(n > 0)
-    }
-
     async fn credential(
         &mut self,
         name: &str,
     ) -> Result<Option<crate::channels::StoredCredential>> {
         let sql = format!("SELECT {CREDENTIAL_COLUMNS} FROM credentials WHERE name = ?1");
         self.one(&sql, [name], |r| rows::credential(r))
-    }
-
-    async fn insert_credential(
-        &mut self,
-        name: &str,
-        sealed: &str,
-        seed: &str,
-        at: i64,
-    ) -> Result<bool> {
-        let n = self.exec(
-            &rows::sqlite(rows::sql::INSERT_CREDENTIAL),
-            params![name, sealed, seed, at],
-        )?;
-        Ok(n > 0)
-    }
-
-    async fn swap_credential(
-        &mut self,
-        name: &str,
-        expected: i64,
-        sealed: &str,
-        seed: &str,
-        at: i64,
-    ) -> Result<bool> {
-        let n = self.exec(
-            &rows::sqlite(rows::sql::SWAP_CREDENTIAL),
-            params![name, expected, sealed, seed, at],
-        )?;
-        Ok(n > 0)
     }
 
     async fn use_proof(&mut self, p: &ProofUse, now: i64) -> Result<bool> {
