@@ -416,12 +416,14 @@ impl tokio_postgres::types::ToSql for rows::Arg<'_> {
             rows::Arg::Text(t) => t.to_sql(ty, out),
             rows::Arg::OptText(t) => t.to_sql(ty, out),
             rows::Arg::Int(n) => n.to_sql(ty, out),
+            rows::Arg::Bool(b) => b.to_sql(ty, out),
         }
     }
 
     fn accepts(ty: &tokio_postgres::types::Type) -> bool {
         <&str as tokio_postgres::types::ToSql>::accepts(ty)
             || <i64 as tokio_postgres::types::ToSql>::accepts(ty)
+            || <bool as tokio_postgres::types::ToSql>::accepts(ty)
     }
 
     tokio_postgres::types::to_sql_checked!();
@@ -578,11 +580,6 @@ impl Rows for PgRows {
     async fn destination_account(&mut self, id: &str) -> Result<Option<String>> {
         self.one(rows::sql::DESTINATION_ACCOUNT, &[&id], |r| r.text(0))
             .await
-    }
-
-    async fn set_verified(&mut self, id: &str) -> Result<()> {
-        self.exec(rows::sql::SET_VERIFIED, &[&id]).await?;
-        Ok(())
     }
 
     async fn accounts_after(&mut self, after: Option<&str>, limit: i64) -> Result<Vec<Account>> {
@@ -1219,38 +1216,6 @@ impl Rows for PgRows {
     async fn veto_link(&mut self, hash: &str) -> Result<Option<VetoLink>> {
         let sql = format!("{} FOR UPDATE", rows::sql::veto_link());
         self.one(&sql, &[&hash], rows::veto_link).await
-    }
-
-    async fn use_veto_link(&mut self, hash: &str, at: i64) -> Result<()> {
-        self.exec(rows::sql::USE_VETO_LINK, &[&hash, &at]).await?;
-        Ok(())
-    }
-
-    async fn set_security(
-        &mut self,
-        account: &str,
-        level: crate::model::SecurityLevel,
-        paranoid: bool,
-    ) -> Result<()> {
-        self.exec(
-            rows::sql::SET_SECURITY,
-            &[&account, &level.as_str(), &paranoid],
-        )
-        .await?;
-        Ok(())
-    }
-
-    async fn set_postal_address(
-        &mut self,
-        account: &str,
-        address: Option<&crate::model::PostalAddress>,
-    ) -> Result<()> {
-        self.exec(
-            rows::sql::SET_POSTAL_ADDRESS,
-            &[&account, &postal_to_json(address)],
-        )
-        .await?;
-        Ok(())
     }
 
     async fn upsert_incident(&mut self, i: &Incident) -> Result<()> {

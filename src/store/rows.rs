@@ -268,7 +268,13 @@ pub trait Rows: Send + 'static {
         id: &str,
     ) -> impl Future<Output = Result<Option<String>>> + Send;
     /// Marks a destination verified (an import's, by an operator).
-    fn set_verified(&mut self, id: &str) -> impl Future<Output = Result<()>> + Send;
+    fn set_verified(&mut self, id: &str) -> impl Future<Output = Result<()>> + Send {
+        async move {
+            self.run(sql::SET_VERIFIED, &[Arg::Text(id)])
+                .await
+                .map(|_| ())
+        }
+    }
     /// Up to `limit` accounts after `after`, by id.
     fn accounts_after(
         &mut self,
@@ -454,19 +460,39 @@ pub trait Rows: Send + 'static {
     ) -> impl Future<Output = Result<()>> + Send;
     /// A veto link by its hash, locked.
     fn veto_link(&mut self, hash: &str) -> impl Future<Output = Result<Option<VetoLink>>> + Send;
-    fn use_veto_link(&mut self, hash: &str, at: i64) -> impl Future<Output = Result<()>> + Send;
+    fn use_veto_link(&mut self, hash: &str, at: i64) -> impl Future<Output = Result<()>> + Send {
+        async move {
+            let args = [Arg::Text(hash), Arg::Int(at)];
+            self.run(sql::USE_VETO_LINK, &args).await.map(|_| ())
+        }
+    }
     fn set_security(
         &mut self,
         account: &str,
         level: SecurityLevel,
         paranoid: bool,
-    ) -> impl Future<Output = Result<()>> + Send;
+    ) -> impl Future<Output = Result<()>> + Send {
+        async move {
+            let args = [
+                Arg::Text(account),
+                Arg::Text(level.as_str()),
+                Arg::Bool(paranoid),
+            ];
+            self.run(sql::SET_SECURITY, &args).await.map(|_| ())
+        }
+    }
     /// An account's postal address, as a change sets it.
     fn set_postal_address(
         &mut self,
         account: &str,
         address: Option<&crate::model::PostalAddress>,
-    ) -> impl Future<Output = Result<()>> + Send;
+    ) -> impl Future<Output = Result<()>> + Send {
+        async move {
+            let json = postal_to_json(address);
+            let args = [Arg::Text(account), Arg::OptText(json.as_deref())];
+            self.run(sql::SET_POSTAL_ADDRESS, &args).await.map(|_| ())
+        }
+    }
     fn upsert_incident(&mut self, i: &Incident) -> impl Future<Output = Result<()>> + Send;
     /// Stores a call verification (a new one whole; a known one's state,
     /// confirmations, attempts and reason).
@@ -578,6 +604,7 @@ pub enum Arg<'a> {
     Text(&'a str),
     OptText(Option<&'a str>),
     Int(i64),
+    Bool(bool),
 }
 
 /// One value of a result row.

@@ -367,6 +367,7 @@ impl rusqlite::ToSql for rows::Arg<'_> {
             rows::Arg::Text(t) => t.to_sql(),
             rows::Arg::OptText(t) => t.to_sql(),
             rows::Arg::Int(n) => n.to_sql(),
+            rows::Arg::Bool(b) => b.to_sql(),
         }
     }
 }
@@ -507,11 +508,6 @@ impl Rows for Lite {
         self.one(&rows::sqlite(rows::sql::DESTINATION_ACCOUNT), [id], |r| {
             r.text(0)
         })
-    }
-
-    async fn set_verified(&mut self, id: &str) -> Result<()> {
-        self.exec(&rows::sqlite(rows::sql::SET_VERIFIED), [id])?;
-        Ok(())
     }
 
     async fn accounts_after(&mut self, after: Option<&str>, limit: i64) -> Result<Vec<Account>> {
@@ -1167,36 +1163,6 @@ impl Rows for Lite {
     async fn veto_link(&mut self, hash: &str) -> Result<Option<VetoLink>> {
         let sql = rows::sqlite(&rows::sql::veto_link());
         self.one(&sql, [hash], |r| rows::veto_link(r))
-    }
-
-    async fn use_veto_link(&mut self, hash: &str, at: i64) -> Result<()> {
-        self.exec(&rows::sqlite(rows::sql::USE_VETO_LINK), params![hash, at])?;
-        Ok(())
-    }
-
-    async fn set_security(
-        &mut self,
-        account: &str,
-        level: crate::model::SecurityLevel,
-        paranoid: bool,
-    ) -> Result<()> {
-        self.exec(
-            &rows::sqlite(rows::sql::SET_SECURITY),
-            params![account, level.as_str(), paranoid],
-        )?;
-        Ok(())
-    }
-
-    async fn set_postal_address(
-        &mut self,
-        account: &str,
-        address: Option<&crate::model::PostalAddress>,
-    ) -> Result<()> {
-        self.exec(
-            &rows::sqlite(rows::sql::SET_POSTAL_ADDRESS),
-            params![account, postal_to_json(address)],
-        )?;
-        Ok(())
     }
 
     async fn upsert_incident(&mut self, i: &Incident) -> Result<()> {
