@@ -148,7 +148,7 @@ async fn restart(path: &str, n: usize) {
     let t = Instant::now();
     let store = SqliteStore::open(path).unwrap();
     store.migrate().await.unwrap();
-    let next = store.next_due().await.unwrap();
+    let next = store.next_due(None).await.unwrap();
     let claimed = store
         .claim_due(Utc::now(), Utc::now() + Duration::minutes(2), 128)
         .await
@@ -162,7 +162,7 @@ async fn restart(path: &str, n: usize) {
     );
     let t = Instant::now();
     for _ in 0..100 {
-        store.next_due().await.unwrap();
+        store.next_due(None).await.unwrap();
     }
     println!(
         "next_due: {:.0} µs per call with {n} pending",

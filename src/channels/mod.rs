@@ -151,6 +151,19 @@ impl DeliveryError {
     /// gives two hints (a `Retry-After` header and its own field in the
     /// body), the later one stands, so kci never returns before either
     /// allows. A permanent failure stays as it is.
+    /// The same error asking to wait exactly `after` (where a channel
+    /// knows better than the `Retry-After` header, see matrix).
+    pub fn retry_after_exactly(self, after: Option<Duration>) -> Self {
+        match self {
+            DeliveryError::Transient { reason, detail, .. } => DeliveryError::Transient {
+                reason,
+                detail,
+                retry_after: after,
+            },
+            permanent => permanent,
+        }
+    }
+
     pub fn with_retry_after(self, after: Option<Duration>) -> Self {
         match self {
             DeliveryError::Transient {

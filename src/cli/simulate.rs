@@ -240,7 +240,7 @@ pub async fn simulate_text(text: &str, file: &str) -> Result<Vec<String>, Scenar
 
         let next_event = pending_events.peek().map(|(at, _, _)| *at);
         let next_due = store
-            .next_due()
+            .next_due(None)
             .await
             .map_err(|e| ScenarioError(format!("store: {e}")))?;
         let next = match (next_event, next_due) {

@@ -46,7 +46,7 @@ pub async fn run(arg: ConfigArg) -> anyhow::Result<ExitCode> {
             line.join(", ")
         }
     );
-    match store.next_due().await? {
+    match store.next_due(None).await? {
         Some(due) if due <= now => println!(
             "next due: {} ({} s late)",
             crate::model::fmt_time(due),

@@ -96,6 +96,15 @@ impl Windows {
         self.with(kind, ceiling, |w| w.limit())
     }
 
+    /// How long `kind` leaves between the starts of two deliveries (none
+    /// where a channel's notices go to many receivers).
+    pub fn gap(&self, kind: crate::model::ChannelKind, ceiling: usize) -> std::time::Duration {
+        if !kind.one_provider() {
+            return std::time::Duration::ZERO;
+        }
+        self.with(kind, ceiling, |w| w.gap())
+    }
+
     /// The epoch a delivery on `kind` starting now carries.
     pub fn epoch(&self, kind: crate::model::ChannelKind, ceiling: usize) -> u64 {
         self.with(kind, ceiling, |w| w.epoch())
@@ -109,16 +118,20 @@ impl Windows {
         ceiling: usize,
         epoch: u64,
         result: &Result<crate::channels::Receipt, DeliveryError>,
+        took: std::time::Duration,
     ) -> usize {
         if !kind.one_provider() {
             return ceiling.max(1);
         }
         let outcome = match result {
             Ok(_) => aimd::Outcome::Accepted,
-            Err(e) if e.is_pacing() => aimd::Outcome::Paced,
+            Err(e) if e.is_pacing() => aimd::Outcome::Paced(e.retry_after()),
             Err(_) => aimd::Outcome::Other,
         };
         self.with(kind, ceiling, |w| {
+            if outcome == aimd::Outcome::Accepted {
+                w.took(took);
+            }
             w.record(epoch, outcome);
             w.limit()
         })
@@ -468,7 +481,9 @@ impl Scheduler {
         let started = std::time::Instant::now();
         let result = channel.deliver(&out).await;
         let channel_label = n.channel.as_str().to_string();
-        let window = self.windows.record(n.channel, ceiling, epoch, &result);
+        let window = self
+            .windows
+            .record(n.channel, ceiling, epoch, &result, started.elapsed());
         self.metrics
             .delivery_window
             .get_or_create(&vec![("channel", channel_label.clone())])
@@ -618,6 +633,7 @@ impl Scheduler {
                 slots: Arc::new(tokio::sync::Semaphore::new(concurrency)),
                 queue: Default::default(),
                 dry: false,
+                next_start: None,
             })
             .collect();
         // A queued notice is started only while half its lease is left
@@ -653,18 +669,28 @@ impl Scheduler {
             }
             let mut progress = false;
             let now = self.clock.now();
+            // Whatever was due by now, the lanes' claims below have seen.
+            let looked = now;
             let mut resume: Option<DateTime<Utc>> = None;
+            // The next start a lane's spacing (aimd) holds back.
+            let mut spaced: Option<std::time::Instant> = None;
             for lane in &mut lanes {
                 if let Some(until) = self.pauses.until(lane.kind, now) {
                     resume = Some(resume.map_or(until, |r| r.min(until)));
                     continue;
                 }
-                if !lane.dry && lane.queue.len() < concurrency {
+                // Claimed ahead: twice the slots, or, where the provider
+                // asked for a spacing, what can start within half a lease
+                // (a notice queued longer is dropped, see `stale`).
+                let gap = self.windows.gap(lane.kind, concurrency);
+                let ahead = if gap.is_zero() {
+                    2 * concurrency
+                } else {
+                    ((stale.as_secs_f64() / gap.as_secs_f64()) as usize).clamp(1, 2 * concurrency)
+                };
+                if !lane.dry && lane.queue.len() < ahead.div_ceil(2) {
                     let at = std::time::Instant::now();
-                    match self
-                        .claim_on(lane.kind, 2 * concurrency - lane.queue.len())
-                        .await
-                    {
+                    match self.claim_on(lane.kind, ahead - lane.queue.len()).await {
                         Ok(ready) if ready.is_empty() => lane.dry = true,
                         Ok(ready) => {
                             lane.queue.extend(ready.into_iter().map(|c| (at, c)));
@@ -683,6 +709,14 @@ impl Scheduler {
                     if in_flight >= self.windows.limit(lane.kind, concurrency) {
                         break;
                     }
+                    let gap = self.windows.gap(lane.kind, concurrency);
+                    let started = std::time::Instant::now();
+                    if !gap.is_zero()
+                        && let Some(next) = lane.next_start.filter(|next| *next > started)
+                    {
+                        spaced = Some(spaced.map_or(next, |s| s.min(next)));
+                        break;
+                    }
                     let Ok(permit) = lane.slots.clone().try_acquire_owned() else {
                         break;
                     };
@@ -690,36 +724,60 @@ impl Scheduler {
                         break;
                     };
                     if at.elapsed() >= stale {
+                        // Not started: given back to the queue with its
+                        // attempt (the claim counted one), while its lease
+                        // is surely still this node's; later, left to the
+                        // lease.
+                        if at.elapsed() < stale + stale / 2 {
+                            drop(permit);
+                            let this = self.clone();
+                            let kind = lane.kind;
+                            inflight.spawn(async move {
+                                let now = this.clock.now();
+                                let back = Finish::Deferred {
+                                    at: now,
+                                    due_at: now,
+                                    detail: "waited too long in the node's queue; not attempted"
+                                        .into(),
+                                };
+                                (kind, this.finish(&c.notification, back).await)
+                            });
+                        }
                         continue;
                     }
+                    lane.next_start = Some(started + gap);
                     let this = self.clone();
+                    let kind = lane.kind;
                     inflight.spawn(async move {
                         let _slot = permit;
-                        this.handle(c).await
+                        (kind, this.handle(c).await)
                     });
                     progress = true;
                 }
             }
             while let Some(done) = inflight.try_join_next() {
-                log_delivery_task(done);
+                delivered(&mut lanes, done);
             }
             if progress {
                 continue;
             }
             let now = self.clock.now();
-            let next = self.store.next_due().await.ok().flatten();
-            // Something already due here can only be waiting for a slot of
-            // its channel (a finishing delivery wakes the loop for it) or
-            // for its channel's pause to end.
+            // What is due already waits for a slot of its channel or its
+            // turn behind an earlier notice of its key (a finishing
+            // delivery wakes the loop for either), or for its channel's
+            // pause to end: the loop waits for what comes due after now.
+            let next = self.store.next_due(Some(looked)).await.ok().flatten();
             let next = match (next, resume) {
-                (Some(n), Some(r)) if n <= now => Some(r),
                 (Some(n), Some(r)) => Some(n.min(r)),
                 (n, r) => n.or(r),
             };
             let wait = next
-                .and_then(|t| (t - now).to_std().ok())
+                .map(|t| (t - now).to_std().unwrap_or_default())
                 .unwrap_or(std::time::Duration::from_secs(1))
-                .min(std::time::Duration::from_secs(1));
+                .min(std::time::Duration::from_secs(1))
+                .min(spaced.map_or(std::time::Duration::MAX, |s| {
+                    s.saturating_duration_since(std::time::Instant::now())
+                }));
             // Ingest rings for what comes due before this (Wake::due).
             self.wake
                 .sleeping_until(now + Duration::from_std(wait).unwrap_or(Duration::zero()));
@@ -734,7 +792,7 @@ impl Scheduler {
                         lane.dry = false;
                     }
                 }
-                Some(done) = inflight.join_next() => log_delivery_task(done),
+                Some(done) = inflight.join_next() => delivered(&mut lanes, done),
                 _ = shutdown.wait() => {}
             }
             self.wake.working();
@@ -749,7 +807,7 @@ impl Scheduler {
             }
         }
         while let Some(done) = inflight.join_next().await {
-            log_delivery_task(done);
+            delivered(&mut lanes, done);
         }
     }
 
@@ -783,8 +841,30 @@ struct Lane {
     slots: Arc<tokio::sync::Semaphore>,
     /// Claimed, waiting for a slot, with when they were claimed.
     queue: std::collections::VecDeque<(std::time::Instant, Claimed)>,
-    /// Its last claim found nothing: ask again when woken.
+    /// Its last claim found nothing: ask again when woken, or when one
+    /// of its deliveries ends (the next of that notice's key may be
+    /// waiting for it, see `rows::sql::in_turn`).
     dry: bool,
+    /// Not before this may the next delivery start, where its provider
+    /// asked for a spacing (aimd).
+    next_start: Option<std::time::Instant>,
+}
+
+/// A delivery task ended: its lane may claim again (the next notice of
+/// the same key may now go), and a failure is logged.
+fn delivered(
+    lanes: &mut [Lane],
+    done: Result<(crate::model::ChannelKind, crate::store::Result<()>), tokio::task::JoinError>,
+) {
+    match done {
+        Ok((kind, result)) => {
+            if let Some(lane) = lanes.iter_mut().find(|l| l.kind == kind) {
+                lane.dry = false;
+            }
+            log_delivery_task(Ok(result));
+        }
+        Err(e) => log_delivery_task(Err(e)),
+    }
 }
 
 /// A finished delivery task: its store error, or its panic, is logged (the

@@ -586,7 +586,7 @@ pub async fn check_claim_lease_and_finish(store: &dyn Store) {
         .ingest(vec![event("e1", "A1", "L1", now), later], planner())
         .await
         .unwrap();
-    assert_eq!(store.next_due().await.unwrap(), Some(now));
+    assert_eq!(store.next_due(None).await.unwrap(), Some(now));
 
     // A claim says whether the account is paranoid.
     let mut paranoid = account("A1");
@@ -733,7 +733,7 @@ pub async fn check_claim_lease_and_finish(store: &dyn Store) {
         .await
         .unwrap();
     assert_eq!(
-        store.next_due().await.unwrap(),
+        store.next_due(None).await.unwrap(),
         Some(now + Duration::hours(1))
     );
 }
@@ -794,6 +794,118 @@ pub async fn check_claim_takes_the_longest_waiting_first(store: &dyn Store) {
         .await
         .unwrap();
     assert_eq!(events(&mail), ["e3"]);
+}
+
+/// Each key's notices to a destination go out one at a time, in the
+/// order they were planned: a later one is not claimed while an earlier
+/// one is being sent, is due, or waits to be tried again (a retry, a
+/// provider's 429); one that its policy places later (`not_before`) does
+/// not hold up the next.
+pub async fn check_claim_keeps_each_keys_order(store: &dyn Store) {
+    seed(store).await;
+    let now = t("2026-03-22T10:00:00Z");
+    let webhook = ChannelKind::Webhook;
+    for (id, key) in [("e0", "K"), ("e1", "K"), ("e2", "K"), ("f0", "F")] {
+        store
+            .ingest(vec![event(id, "A1", key, now)], planner())
+            .await
+            .unwrap();
+    }
+    let claim = |at: DateTime<Utc>| async move {
+        let mut got: Vec<(String, String)> = store
+            .claim_due_on(webhook, at, at + Duration::hours(1), 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|c| {
+                let n = c.notification;
+                (n.event.unwrap_or_default(), n.id)
+            })
+            .collect();
+        got.sort();
+        got
+    };
+    let events = |got: &[(String, String)]| got.iter().map(|g| g.0.clone()).collect::<Vec<_>>();
+    let first = claim(now).await;
+    assert_eq!(events(&first), ["e0", "f0"], "one of each key");
+    assert!(claim(now).await.is_empty(), "e1 waits while e0 is sent");
+    // e0 failed for now: e1 waits for its retry.
+    store
+        .finish(
+            &first[0].1,
+            Finish::Retry {
+                at: now,
+                due_at: now + Duration::minutes(2),
+                detail: "HTTP 503".into(),
+            },
+        )
+        .await
+        .unwrap();
+    assert!(
+        claim(now + Duration::minutes(1)).await.is_empty(),
+        "e1 waits for e0's retry"
+    );
+    let again = claim(now + Duration::minutes(2)).await;
+    assert_eq!(events(&again), ["e0"], "the retry, not e1");
+    // The provider asks to wait: paced, and still first in line.
+    let at = now + Duration::minutes(2);
+    store
+        .finish(
+            &again[0].1,
+            Finish::Paced {
+                at,
+                due_at: at + Duration::seconds(5),
+                detail: "HTTP 429".into(),
+            },
+        )
+        .await
+        .unwrap();
+    assert!(claim(at).await.is_empty(), "e1 waits for e0's pacing");
+    let at = at + Duration::seconds(5);
+    let again = claim(at).await;
+    assert_eq!(events(&again), ["e0"]);
+    let sent = Finish::Sent {
+        at,
+        receipt: Default::default(),
+    };
+    store.finish(&again[0].1, sent.clone()).await.unwrap();
+    let next = claim(at).await;
+    assert_eq!(events(&next), ["e1"], "e1 once e0 is sent");
+    // A notice that failed for good no longer holds up its key either.
+    store
+        .finish(
+            &next[0].1,
+            Finish::Failed {
+                at,
+                reason: Reason::Rejected,
+                detail: "HTTP 410".into(),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(events(&claim(at).await), ["e2"]);
+    // Another destination's notices of the key are a line of their own:
+    // the mail channel's first of K, whatever the webhook's did.
+    let mail = store
+        .claim_due_on(ChannelKind::Email, at, at + Duration::minutes(1), 10)
+        .await
+        .unwrap();
+    let mut mail: Vec<_> = mail
+        .iter()
+        .filter_map(|c| c.notification.event.clone())
+        .collect();
+    mail.sort();
+    assert_eq!(mail, ["e0", "f0"]);
+    // An earlier notice that its policy holds until later does not hold
+    // up a later one that may go now.
+    let mut held = event("g0", "A1", "G", at);
+    held.not_before = Some(at + Duration::hours(1));
+    store.ingest(vec![held], planner()).await.unwrap();
+    store
+        .ingest(vec![event("g1", "A1", "G", at)], planner())
+        .await
+        .unwrap();
+    assert_eq!(events(&claim(at).await), ["g1"]);
 }
 
 pub async fn check_cancel_event(store: &dyn Store) {
@@ -1534,11 +1646,22 @@ pub async fn check_key_registry(store: &dyn Store) {
     let mut after = mail("after");
     after.message = None;
     store.enqueue(&after).await.unwrap();
-    let claimed = store.claim_due(at, later, 10).await.unwrap();
-    let c = claimed
-        .iter()
-        .find(|c| c.notification.id == after.id)
-        .expect("the mail");
+    // (After the mails to the address queued before it, in turn.)
+    let mut c = None;
+    for _ in 0..5 {
+        for claimed in store.claim_due(at, later, 10).await.unwrap() {
+            if claimed.notification.id == after.id {
+                c = Some(claimed);
+            } else {
+                let sent = Finish::Sent {
+                    at,
+                    receipt: Default::default(),
+                };
+                store.finish(&claimed.notification.id, sent).await.unwrap();
+            }
+        }
+    }
+    let c = c.expect("the mail");
     assert_eq!(c.active_key.as_deref(), Some(k1.armored.as_str()));
 
     // A replacement: pending until both holders prove it; then at once.
@@ -2686,6 +2809,7 @@ conformance!(
     check_planner_sees_pending_and_cancels,
     check_claim_lease_and_finish,
     check_claim_takes_the_longest_waiting_first,
+    check_claim_keeps_each_keys_order,
     check_cancel_event,
     check_own_notices,
     check_digest_folding_and_cancellation,

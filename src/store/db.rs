@@ -42,6 +42,7 @@ macro_rules! migrations {
             (15, include_str!(concat!("migrations/", $db, "-15.sql"))),
             (16, include_str!(concat!("migrations/", $db, "-16.sql"))),
             (17, include_str!(concat!("migrations/", $db, "-17.sql"))),
+            (18, include_str!(concat!("migrations/", $db, "-18.sql"))),
         ]
     };
 }
@@ -1390,9 +1391,12 @@ impl<B: Backend> QueueStore for Db<B> {
         .await
     }
 
-    async fn next_due(&self) -> Result<Option<DateTime<Utc>>> {
-        self.read(|rows| Box::pin(async move { Ok(rows.next_due().await?.map(from_millis)) }))
-            .await
+    async fn next_due(&self, after: Option<DateTime<Utc>>) -> Result<Option<DateTime<Utc>>> {
+        let after = after.map_or(i64::MIN, to_millis);
+        self.read(move |rows| {
+            Box::pin(async move { Ok(rows.next_due(after).await?.map(from_millis)) })
+        })
+        .await
     }
 
     async fn count_by_state(&self) -> Result<Vec<(State, i64)>> {

@@ -467,8 +467,11 @@ pub trait QueueStore: Send + Sync {
     async fn channel_pauses(&self, now: DateTime<Utc>)
     -> Result<Vec<(ChannelKind, DateTime<Utc>)>>;
 
-    /// The earliest time something will be due (pending or leased).
-    async fn next_due(&self) -> Result<Option<DateTime<Utc>>>;
+    /// The earliest time something will be due (pending, or a lease
+    /// running out), of what comes due after `after` if given — what the
+    /// scheduler waits for, besides what is due already but waits its turn
+    /// (`rows::sql::in_turn`) or for a free slot.
+    async fn next_due(&self, after: Option<DateTime<Utc>>) -> Result<Option<DateTime<Utc>>>;
 
     /// Notifications per state, for metrics.
     async fn count_by_state(&self) -> Result<Vec<(State, i64)>>;

@@ -862,13 +862,17 @@ impl Rows for PgRows {
         } else {
             "AND $4::TEXT IS NULL"
         };
+        // Each key's notices to a destination in turn (sql::in_turn); a
+        // row another node is claiming is skipped, and its successors wait
+        // for it, since it is pending or sending in every snapshot.
+        let in_turn = rows::sql::in_turn("$1");
         let sql = format!(
             "WITH expired AS ( \
-               SELECT id FROM notifications WHERE state = 'sending' AND lease_until <= $1 {channel} \
-               ORDER BY lease_until LIMIT $3 FOR UPDATE SKIP LOCKED), \
+               SELECT id FROM notifications n WHERE state = 'sending' AND lease_until <= $1 {channel} \
+               AND {in_turn} ORDER BY lease_until LIMIT $3 FOR UPDATE SKIP LOCKED), \
              due AS ( \
-               SELECT id FROM notifications WHERE state = 'pending' AND due_at <= $1 {channel} \
-               ORDER BY due_at LIMIT GREATEST($3 - (SELECT COUNT(*) FROM expired), 0) \
+               SELECT id FROM notifications n WHERE state = 'pending' AND due_at <= $1 {channel} \
+               AND {in_turn} ORDER BY due_at LIMIT GREATEST($3 - (SELECT COUNT(*) FROM expired), 0) \
                FOR UPDATE SKIP LOCKED) \
              UPDATE notifications n SET state = 'sending', attempts = attempts + 1, lease_until = $2 \
              WHERE n.id = ANY(ARRAY(SELECT id FROM expired UNION ALL SELECT id FROM due)) \
@@ -936,10 +940,11 @@ impl Rows for PgRows {
         Ok(n > 0)
     }
 
-    async fn next_due(&mut self) -> Result<Option<i64>> {
-        let sql = "SELECT MIN(t) FROM (SELECT MIN(due_at) AS t FROM notifications WHERE state = 'pending' \
-             UNION ALL SELECT MIN(lease_until) FROM notifications WHERE state = 'sending') x";
-        Ok(self.one(sql, &[], |r| r.opt_int(0)).await?.flatten())
+    async fn next_due(&mut self, after: i64) -> Result<Option<i64>> {
+        Ok(self
+            .one(rows::sql::NEXT_DUE, &[&after], |r| r.opt_int(0))
+            .await?
+            .flatten())
     }
 
     async fn channel_limit(

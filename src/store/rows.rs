@@ -394,7 +394,8 @@ pub trait Rows: Send + 'static {
     /// clears its destination's refusals when the row says so; `false` if
     /// it is not being sent.
     fn finish(&mut self, id: &str, f: &FinishRow) -> impl Future<Output = Result<bool>> + Send;
-    fn next_due(&mut self) -> impl Future<Output = Result<Option<i64>>> + Send;
+    /// [`Store::next_due`](super::Store::next_due), after `after` ms.
+    fn next_due(&mut self, after: i64) -> impl Future<Output = Result<Option<i64>>> + Send;
     /// A channel's shared limits (its rate's arrival time and its pause,
     /// ms), its row created if new and locked for the transaction.
     fn channel_limit(
@@ -679,6 +680,30 @@ pub mod sql {
         INCIDENT_COLUMNS, VETO_LINK_COLUMNS,
     };
 
+    /// A claim's condition on candidate `n`: the notices of one key to
+    /// one destination (its URI: kci's own mails to an address have no
+    /// destination row) go out one at a time, in the order they were
+    /// planned (ids are UUIDv7, time-ordered). `n` waits while an earlier
+    /// one of its key and URI is being sent, is due at `now` (a
+    /// placeholder), or is waiting to be tried again — after a transient
+    /// failure, a provider's 429, a restart or an operator's redrive. An
+    /// earlier one that its policy places later (quiet hours, a hold,
+    /// `not_before`) does not hold up one that may go now. Read through
+    /// the `notifications_in_turn` index.
+    pub fn in_turn(now: &str) -> String {
+        format!(
+            "NOT EXISTS (SELECT 1 FROM notifications o \
+               WHERE o.uri = n.uri AND o.key = n.key AND o.id < n.id \
+               AND o.state IN ('pending', 'sending') \
+               AND (o.state = 'sending' OR o.due_at <= {now} \
+                    OR o.reason IN ('retry', 'rate_limit', 'requeued', 'redriven')))"
+        )
+    }
+
+    /// The earliest due time or lease end after `$1` (ms).
+    pub const NEXT_DUE: &str = "SELECT MIN(t) FROM ( \
+         SELECT MIN(due_at) AS t FROM notifications WHERE state = 'pending' AND due_at > $1 \
+         UNION ALL SELECT MIN(lease_until) FROM notifications WHERE state = 'sending' AND lease_until > $1) x";
     pub const MOVE_KEY: &str = "UPDATE keys SET state = $3, activated_at = COALESCE($4, activated_at) \
          WHERE address = $1 AND fingerprint = $2";
     /// A change written whole; a later write keeps the first time it was

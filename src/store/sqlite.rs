@@ -818,14 +818,16 @@ impl Rows for Lite {
         } else {
             ""
         };
+        // Each key's notices to a destination in turn (sql::in_turn).
+        let in_turn = rows::sql::in_turn("?1");
         let sql = format!(
             "UPDATE notifications SET state = 'sending', attempts = attempts + 1, lease_until = ?2 \
              WHERE id IN ( \
-               SELECT id FROM (SELECT id FROM notifications WHERE state = 'sending' AND lease_until <= ?1 \
-                 {channel} ORDER BY lease_until LIMIT ?3) \
+               SELECT id FROM (SELECT id FROM notifications n WHERE state = 'sending' AND lease_until <= ?1 \
+                 {channel} AND {in_turn} ORDER BY lease_until LIMIT ?3) \
                UNION ALL \
-               SELECT id FROM (SELECT id FROM notifications WHERE state = 'pending' AND due_at <= ?1 \
-                 {channel} ORDER BY due_at LIMIT ?3) \
+               SELECT id FROM (SELECT id FROM notifications n WHERE state = 'pending' AND due_at <= ?1 \
+                 {channel} AND {in_turn} ORDER BY due_at LIMIT ?3) \
                LIMIT ?3) \
              RETURNING {NOTIFICATION_COLUMNS}"
         );
@@ -909,10 +911,9 @@ impl Rows for Lite {
         Ok(true)
     }
 
-    async fn next_due(&mut self) -> Result<Option<i64>> {
-        let sql = "SELECT MIN(t) FROM (SELECT MIN(due_at) AS t FROM notifications WHERE state = 'pending' \
-             UNION ALL SELECT MIN(lease_until) FROM notifications WHERE state = 'sending')";
-        Ok(self.one(sql, [], |r| r.opt_int(0))?.flatten())
+    async fn next_due(&mut self, after: i64) -> Result<Option<i64>> {
+        let sql = rows::sqlite(rows::sql::NEXT_DUE);
+        Ok(self.one(&sql, [after], |r| r.opt_int(0))?.flatten())
     }
 
     async fn channel_limit(

@@ -25,3 +25,4 @@ mod secure_mail;
 mod shared_limits;
 mod simulate;
 mod social;
+mod synapse;

@@ -7,9 +7,12 @@
 //!
 //! A rate-limited request is answered `429` with `{"errcode":
 //! "M_LIMIT_EXCEEDED", "retry_after_ms": …}`; servers following MSC4041
-//! (spec v1.10) also send `Retry-After` and deprecate the body field. kci
-//! honours whichever asks for the longer wait, so it neither comes back
-//! early to an older server nor to one whose header rounds up.
+//! (spec v1.10) also send `Retry-After` and deprecate the body field. The
+//! header counts whole seconds, rounded up: where it is the body's
+//! milliseconds rounded up, kci takes the milliseconds (Synapse answers a
+//! 40 ms wait with `Retry-After: 1`, and a channel pacing itself by the
+//! header would send at a twenty-fifth of the rate allowed); where they
+//! disagree otherwise, the longer wait, so kci comes back early to no one.
 
 use super::{Channel, DeliveryError, Outgoing, Receipt};
 use crate::model::{ChannelKind, Secret, Span};
@@ -183,8 +186,20 @@ fn explain(e: DeliveryError) -> DeliveryError {
         Some(words) => format!("{status} {}: {words}", body.errcode),
         None => format!("{status} {}", body.errcode),
     };
+    let header = e.retry_after();
     e.with_detail(words)
-        .with_retry_after(body.retry_after_ms.map(std::time::Duration::from_millis))
+        .retry_after_exactly(wait(header, body.retry_after_ms))
+}
+
+/// The wait a 429 asks for: `Retry-After` (whole seconds) and the body's
+/// `retry_after_ms`, the milliseconds where the header is only those
+/// rounded up, else the longer.
+fn wait(header: Option<std::time::Duration>, body_ms: Option<u64>) -> Option<std::time::Duration> {
+    let body = body_ms.map(std::time::Duration::from_millis);
+    match (header, body_ms) {
+        (Some(h), Some(ms)) if h.as_secs() == ms.div_ceil(1000) && h.subsec_nanos() == 0 => body,
+        (h, _) => h.max(body),
+    }
 }
 
 #[cfg(test)]
@@ -315,7 +330,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_rate_limit_waits_for_retry_after_ms_or_the_header_whichever_is_later() {
+    async fn a_rate_limit_waits_for_retry_after_ms_or_a_header_that_says_more() {
         const LIMITED: &str =
             r#"{"errcode":"M_LIMIT_EXCEEDED","error":"Too many requests","retry_after_ms":2000}"#;
         let cases = [
@@ -325,6 +340,24 @@ mod tests {
             (
                 Answer::new(429, LIMITED).header("Retry-After", "2"),
                 Duration::from_secs(2),
+            ),
+            // The header is the body's milliseconds rounded up (Synapse
+            // 1.163 asking for 40 ms): the milliseconds.
+            (
+                Answer::new(
+                    429,
+                    r#"{"errcode":"M_LIMIT_EXCEEDED","error":"Too many requests","retry_after_ms":40}"#,
+                )
+                .header("Retry-After", "1"),
+                Duration::from_millis(40),
+            ),
+            (
+                Answer::new(
+                    429,
+                    r#"{"errcode":"M_LIMIT_EXCEEDED","error":"Too many requests","retry_after_ms":1200}"#,
+                )
+                .header("Retry-After", "2"),
+                Duration::from_millis(1200),
             ),
             // They disagree: the later stands.
             (

@@ -23,7 +23,7 @@ pub struct Health {
         (status = 503, description = "The store does not answer", body = Health),
     ))]
 pub async fn healthz(State(st): State<AppState>) -> impl IntoResponse {
-    match st.store.next_due().await {
+    match st.store.next_due(None).await {
         Ok(_) => (StatusCode::OK, axum::Json(Health { status: "ok" })),
         Err(e) => {
             tracing::error!(error = %e, "health check: store unavailable");
