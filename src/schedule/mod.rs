@@ -319,7 +319,7 @@ impl Scheduler {
                 Some(slot) => {
                     let detail = format!("{kind} rate limit: queued for the next free slot");
                     self.finish(
-                        &c.notification,
+                        &c,
                         Finish::Deferred {
                             at: now,
                             due_at: slot,
@@ -337,7 +337,7 @@ impl Scheduler {
         let n = &c.notification;
         let now = self.clock.now();
         if n.expires_at.is_some_and(|exp| now > exp) {
-            return self.finish(n, Finish::Expired { at: now }).await;
+            return self.finish(&c, Finish::Expired { at: now }).await;
         }
         // Claimed again and again without an outcome (each lease ran out:
         // a node died mid-delivery, or the provider never answered in
@@ -349,7 +349,7 @@ impl Scheduler {
             );
             return self
                 .finish(
-                    n,
+                    &c,
                     Finish::Failed {
                         at: now,
                         reason: Reason::GaveUp,
@@ -373,7 +373,7 @@ impl Scheduler {
                     at: now,
                     reason: Reason::NotByLetter,
                 };
-                return self.finish(n, cancelled).await;
+                return self.finish(&c, cancelled).await;
             }
         }
         let rendered = if n.type_name == crate::plan::DIGEST_TYPE {
@@ -382,7 +382,7 @@ impl Scheduler {
             if members.is_empty() {
                 return self
                     .finish(
-                        n,
+                        &c,
                         Finish::Cancelled {
                             at: now,
                             reason: Reason::EmptyDigest,
@@ -399,7 +399,7 @@ impl Scheduler {
             Err(e) => {
                 return self
                     .finish(
-                        n,
+                        &c,
                         Finish::Failed {
                             at: now,
                             reason: Reason::Render,
@@ -421,7 +421,7 @@ impl Scheduler {
                         at: now,
                         reason: w.reason,
                     };
-                    return self.finish(n, cancelled).await;
+                    return self.finish(&c, cancelled).await;
                 }
                 Err(w) => {
                     let failed = Finish::Failed {
@@ -429,7 +429,7 @@ impl Scheduler {
                         reason: w.reason,
                         detail: w.detail,
                     };
-                    return self.finish(n, failed).await;
+                    return self.finish(&c, failed).await;
                 }
             };
         let mut rendered = secured.rendered;
@@ -440,7 +440,7 @@ impl Scheduler {
             );
             return self
                 .finish(
-                    n,
+                    &c,
                     Finish::Failed {
                         at: now,
                         reason: Reason::NoShortForm,
@@ -458,7 +458,7 @@ impl Scheduler {
             let detail = format!("no {} channel is configured", n.channel);
             return self
                 .finish(
-                    n,
+                    &c,
                     Finish::Failed {
                         at: now,
                         reason: Reason::NoChannel,
@@ -547,7 +547,7 @@ impl Scheduler {
                 ..
             }
         );
-        self.finish(n, finish).await?;
+        self.finish(&c, finish).await?;
         if refused {
             self.health().count_outcome(n, true, at).await?;
         }
@@ -593,7 +593,8 @@ impl Scheduler {
         Ok(recorded)
     }
 
-    async fn finish(&self, n: &crate::store::Notification, f: Finish) -> crate::store::Result<()> {
+    async fn finish(&self, c: &Claimed, f: Finish) -> crate::store::Result<()> {
+        let n = &c.notification;
         let (state, reason) = match &f {
             Finish::Sent { .. } => (State::Sent, None),
             Finish::Retry { .. } => (State::Pending, Some(Reason::Retry)),
@@ -607,8 +608,18 @@ impl Scheduler {
         if let Finish::Failed { detail, .. } = &f {
             tracing::warn!(notification = %n.id, channel = %n.channel, reason = ?reason, detail = %detail, "delivery failed");
         }
-        self.metrics.decided(state, reason);
-        self.store.finish(&n.id, f).await
+        // Only under this claim's lease: one that ran out may have been
+        // claimed again (another node, or this one), whose outcome stands.
+        let recorded = match c.lease_until {
+            Some(lease) => self.store.finish_leased(&n.id, lease, f).await?,
+            None => self.store.finish(&n.id, f).await.map(|()| true)?,
+        };
+        if recorded {
+            self.metrics.decided(state, reason);
+        } else {
+            tracing::warn!(notification = %n.id, channel = %n.channel, "outcome not recorded: the notice's lease ran out and it was claimed again");
+        }
+        Ok(())
     }
 
     /// The server's loop. Each channel is its own lane: its own queue of
@@ -740,7 +751,7 @@ impl Scheduler {
                                     detail: "waited too long in the node's queue; not attempted"
                                         .into(),
                                 };
-                                (kind, this.finish(&c.notification, back).await)
+                                (kind, this.finish(&c, back).await)
                             });
                         }
                         continue;

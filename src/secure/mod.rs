@@ -172,6 +172,7 @@ mod tests {
         let n = Notification::own("A1", &dest, type_name, Priority::High, message, now, None);
         Claimed {
             notification: n,
+            lease_until: None,
             event: None,
             paranoid,
             active_key: key.then(|| "KEY".to_string()),

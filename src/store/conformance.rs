@@ -908,6 +908,66 @@ pub async fn check_claim_keeps_each_keys_order(store: &dyn Store) {
     assert_eq!(events(&claim(at).await), ["g1"]);
 }
 
+/// An outcome is written under the lease it was claimed with: a node
+/// that outlived its lease (the notice claimed again elsewhere) writes
+/// nothing, and the new claim's outcome stands.
+pub async fn check_finish_holds_to_its_lease(store: &dyn Store) {
+    seed(store).await;
+    let now = t("2026-03-22T10:00:00Z");
+    store
+        .ingest(vec![event("e0", "A1", "L0", now)], planner())
+        .await
+        .unwrap();
+    let webhook = ChannelKind::Webhook;
+    let first = store
+        .claim_due_on(webhook, now, now + Duration::minutes(1), 1)
+        .await
+        .unwrap();
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].lease_until, Some(now + Duration::minutes(1)));
+    let id = first[0].notification.id.clone();
+    // The first claim's lease runs out; another claim takes the notice.
+    let later = now + Duration::minutes(2);
+    let second = store
+        .claim_due_on(webhook, later, later + Duration::minutes(1), 1)
+        .await
+        .unwrap();
+    assert_eq!(second.len(), 1);
+    assert_eq!(second[0].notification.id, id);
+    let failed = Finish::Failed {
+        at: later,
+        reason: Reason::Rejected,
+        detail: "HTTP 410 from the first node".into(),
+    };
+    assert!(
+        !store
+            .finish_leased(&id, now + Duration::minutes(1), failed)
+            .await
+            .unwrap(),
+        "the first claim's outcome comes too late"
+    );
+    let sent = Finish::Sent {
+        at: later,
+        receipt: Default::default(),
+    };
+    assert!(
+        store
+            .finish_leased(&id, later + Duration::minutes(1), sent.clone())
+            .await
+            .unwrap()
+    );
+    let (_, notes) = store.event("e0").await.unwrap().unwrap();
+    let n = notes.iter().find(|n| n.id == id).unwrap();
+    assert_eq!((n.state, n.attempts), (State::Sent, 2));
+    // Once written, written: no second outcome under the same lease.
+    assert!(
+        !store
+            .finish_leased(&id, later + Duration::minutes(1), sent)
+            .await
+            .unwrap()
+    );
+}
+
 pub async fn check_cancel_event(store: &dyn Store) {
     seed(store).await;
     let now = t("2026-03-22T10:00:00Z");
@@ -2808,6 +2868,7 @@ conformance!(
     check_claim_lease_and_finish,
     check_claim_takes_the_longest_waiting_first,
     check_claim_keeps_each_keys_order,
+    check_finish_holds_to_its_lease,
     check_cancel_event,
     check_own_notices,
     check_digest_folding_and_cancellation,

@@ -114,7 +114,7 @@ impl<B: Backend> Db<B> {
         self.write(move |rows| {
             Box::pin(async move {
                 let notes = rows.claim(c).await?;
-                let mut out = with_context(rows, notes).await?;
+                let mut out = with_context(rows, notes, Some(lease_until)).await?;
                 out.sort_by_key(|c| {
                     (
                         std::cmp::Reverse(c.notification.priority),
@@ -130,7 +130,11 @@ impl<B: Backend> Db<B> {
 
 /// Each notification with its event, whether its account is paranoid and
 /// its address's active key (read once for all of them).
-async fn with_context(rows: &mut impl Rows, notes: Vec<Notification>) -> Result<Vec<Claimed>> {
+async fn with_context(
+    rows: &mut impl Rows,
+    notes: Vec<Notification>,
+    lease_until: Option<DateTime<Utc>>,
+) -> Result<Vec<Claimed>> {
     if notes.is_empty() {
         return Ok(Vec::new());
     }
@@ -164,6 +168,7 @@ async fn with_context(rows: &mut impl Rows, notes: Vec<Notification>) -> Result<
             });
             Claimed {
                 notification: n,
+                lease_until,
                 event,
                 paranoid,
                 active_key,
@@ -1342,6 +1347,21 @@ impl<B: Backend> QueueStore for Db<B> {
         .await
     }
 
+    async fn finish_leased(
+        &self,
+        id: &str,
+        lease_until: DateTime<Utc>,
+        outcome: Finish,
+    ) -> Result<bool> {
+        let id = id.to_string();
+        let row = super::codec::FinishRow {
+            lease: Some(to_millis(lease_until)),
+            ..finish_row(&outcome)
+        };
+        self.write(move |rows| Box::pin(async move { rows.finish(&id, &row).await }))
+            .await
+    }
+
     async fn reserve_rate(
         &self,
         channel: ChannelKind,
@@ -1424,7 +1444,7 @@ impl<B: Backend> QueueStore for Db<B> {
         self.read(move |rows| {
             Box::pin(async move {
                 let notes = rows.notifications(Which::InDigest(&id)).await?;
-                with_context(rows, notes).await
+                with_context(rows, notes, None).await
             })
         })
         .await

@@ -214,6 +214,10 @@ pub enum Finish {
 #[derive(Debug, Clone)]
 pub struct Claimed {
     pub notification: Notification,
+    /// The lease this claim holds it under: its outcome is written only
+    /// while the row still carries it ([`Store::finish_leased`]). `None`
+    /// for what was read, not claimed (a digest's members).
+    pub lease_until: Option<DateTime<Utc>>,
     pub event: Option<Event>,
     /// Its account is `paranoid` (content-free notices where content
     /// could leak).
@@ -446,6 +450,19 @@ pub trait QueueStore: Send + Sync {
     /// Records the outcome of delivering a claimed notification; a `sent`
     /// one also clears its destination's count of refusals in a row.
     async fn finish(&self, id: &str, outcome: Finish) -> Result<()>;
+
+    /// As [`Store::finish`], for a notice claimed under `lease_until`:
+    /// written only if it is still that claim's (`sending` with that
+    /// lease). `false` when it is not — its lease ran out and another
+    /// claim took it, or someone else wrote its outcome — and then nothing
+    /// is written: a node that outlived its lease must not overwrite the
+    /// outcome of the node that took the notice over.
+    async fn finish_leased(
+        &self,
+        id: &str,
+        lease_until: DateTime<Utc>,
+        outcome: Finish,
+    ) -> Result<bool>;
 
     /// Reserves `n` sends on `channel` at `now` under its provider rate,
     /// shared by every node on this store (see [`crate::schedule::rate`]):
@@ -1030,6 +1047,9 @@ pub(crate) mod codec {
         pub keeps_secret: bool,
         /// It went out: its destination's refusals in a row are over.
         pub clears_refusals: bool,
+        /// Written only if the row still carries this lease (ms), where
+        /// given.
+        pub lease: Option<i64>,
     }
 
     impl FinishRow {
@@ -1049,6 +1069,7 @@ pub(crate) mod codec {
                 segments: None,
                 keeps_secret: false,
                 clears_refusals: false,
+                lease: None,
             }
         }
     }
@@ -1075,6 +1096,7 @@ pub(crate) mod codec {
                 segments: receipt.segments.map(i64::from),
                 keeps_secret: false,
                 clears_refusals: true,
+                lease: None,
             },
             Finish::Retry { at, due_at, detail } => FinishRow {
                 state: State::Pending,

@@ -910,7 +910,8 @@ impl Rows for PgRows {
              sent_at = COALESCE($5, sent_at), due_at = COALESCE($6, due_at), decided_at = $7, lease_until = NULL, \
              attempts = attempts + $8, provider_ref = COALESCE($9, provider_ref), receipt = $10, \
              segments = COALESCE($11, segments), secret = CASE WHEN $12 THEN secret END, paced = paced + $14 \
-             WHERE id = $1 AND state = 'sending' RETURNING id, event, due_at, destination), \
+             WHERE id = $1 AND state = 'sending' AND ($15::BIGINT IS NULL OR lease_until = $15) \
+             RETURNING id, event, due_at, destination), \
              h AS (UPDATE destinations SET failures = 0 \
                WHERE $13 AND failures > 0 AND id IN (SELECT destination FROM f)) \
              INSERT INTO decisions (notification, event, at, state, reason, detail, due_at) \
@@ -934,6 +935,7 @@ impl Rows for PgRows {
                     &f.keeps_secret,
                     &f.clears_refusals,
                     &f.paced_delta,
+                    &f.lease,
                 ],
             )
             .await?;

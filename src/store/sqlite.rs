@@ -878,7 +878,8 @@ impl Rows for Lite {
              due_at = COALESCE(?6, due_at), decided_at = ?7, lease_until = NULL, attempts = attempts + ?8, \
              provider_ref = COALESCE(?9, provider_ref), receipt = ?10, segments = COALESCE(?11, segments), \
              secret = CASE WHEN ?12 THEN secret END, paced = paced + ?13 \
-             WHERE id = ?1 AND state = 'sending' RETURNING id, event, due_at, destination";
+             WHERE id = ?1 AND state = 'sending' AND (?14 IS NULL OR lease_until = ?14) \
+             RETURNING id, event, due_at, destination";
         let p = params![
             id,
             f.state.as_str(),
@@ -892,7 +893,8 @@ impl Rows for Lite {
             f.receipt,
             f.segments,
             f.keeps_secret,
-            f.paced_delta
+            f.paced_delta,
+            f.lease
         ];
         let Some((done, destination)) = self.one(sql, p, |r| Ok((touched(r)?, r.text(3)?)))? else {
             return Ok(false);
