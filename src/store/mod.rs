@@ -939,8 +939,11 @@ pub(crate) mod codec {
     /// SQL: the notification (columns prefixed `prefix`, e.g. `n.`) is still
     /// waiting to go out — pending, or folded into a digest that is.
     pub fn waiting(prefix: &str) -> String {
+        // The `IN` term is the `notifications_key` index's condition,
+        // repeated so that SQLite sees the index may serve the first case.
         format!(
-            "({prefix}state = 'pending' OR ({prefix}state = 'digested' AND \
+            "(({prefix}state IN ('pending', 'sending') AND {prefix}state = 'pending') \
+             OR ({prefix}state = 'digested' AND \
              {prefix}digest IN (SELECT id FROM notifications WHERE state = 'pending')))"
         )
     }

@@ -684,16 +684,17 @@ pub mod sql {
     /// one destination (its URI: kci's own mails to an address have no
     /// destination row) go out one at a time, in the order they were
     /// planned (ids are UUIDv7, time-ordered). `n` waits while an earlier
-    /// one of its key and URI is being sent, is due at `now` (a
+    /// one of its account, key and URI is being sent, is due at `now` (a
     /// placeholder), or is waiting to be tried again — after a transient
     /// failure, a provider's 429, a restart or an operator's redrive. An
     /// earlier one that its policy places later (quiet hours, a hold,
     /// `not_before`) does not hold up one that may go now. Read through
-    /// the `notifications_in_turn` index.
+    /// the `notifications_key` index (account, key), whose condition the
+    /// `state IN` term repeats so that SQLite may use it.
     pub fn in_turn(now: &str) -> String {
         format!(
             "NOT EXISTS (SELECT 1 FROM notifications o \
-               WHERE o.uri = n.uri AND o.key = n.key AND o.id < n.id \
+               WHERE o.account = n.account AND o.key = n.key AND o.uri = n.uri AND o.id < n.id \
                AND o.state IN ('pending', 'sending') \
                AND (o.state = 'sending' OR o.due_at <= {now} \
                     OR o.reason IN ('retry', 'rate_limit', 'requeued', 'redriven')))"
