@@ -416,6 +416,7 @@ impl tokio_postgres::types::ToSql for rows::Arg<'_> {
             rows::Arg::Text(t) => t.to_sql(ty, out),
             rows::Arg::OptText(t) => t.to_sql(ty, out),
             rows::Arg::Int(n) => n.to_sql(ty, out),
+            rows::Arg::OptInt(n) => n.to_sql(ty, out),
             rows::Arg::Bool(b) => b.to_sql(ty, out),
         }
     }
@@ -429,13 +430,24 @@ impl tokio_postgres::types::ToSql for rows::Arg<'_> {
     tokio_postgres::types::to_sql_checked!();
 }
 
+/// Shared arguments as tokio-postgres takes them.
+fn pg_args<'a>(args: &'a [rows::Arg<'a>]) -> Vec<&'a (dyn ToSql + Sync)> {
+    args.iter().map(|a| a as &(dyn ToSql + Sync)).collect()
+}
+
 impl Rows for PgRows {
     async fn run(&mut self, sql: &str, args: &[rows::Arg<'_>]) -> Result<u64> {
-        let p: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = args
-            .iter()
-            .map(|a| a as &(dyn tokio_postgres::types::ToSql + Sync))
-            .collect();
-        self.exec(sql, &p).await
+        self.exec(sql, &pg_args(args)).await
+    }
+
+    async fn query(&mut self, sql: &str, args: &[rows::Arg<'_>]) -> Result<Vec<rows::Cells>> {
+        self.all(sql, &pg_args(args), |r| {
+            (0..r.len())
+                .map(|i| r.cell(i))
+                .collect::<Result<_>>()
+                .map(rows::Cells)
+        })
+        .await
     }
 
     async fn schema_version(&mut self) -> Result<i64> {
@@ -587,32 +599,6 @@ impl Rows for PgRows {
             &rows::sql::accounts_after(),
             &[&after, &limit],
             rows::account,
-        )
-        .await
-    }
-
-    async fn contacts_between(
-        &mut self,
-        first: &str,
-        last: &str,
-    ) -> Result<Vec<(String, Contact)>> {
-        self.all(
-            &rows::sql::contacts_between(),
-            &[&first, &last],
-            rows::contact_of,
-        )
-        .await
-    }
-
-    async fn destinations_between(
-        &mut self,
-        first: &str,
-        last: &str,
-    ) -> Result<Vec<(String, Destination)>> {
-        self.all(
-            &rows::sql::destinations_between(),
-            &[&first, &last],
-            rows::destination_of,
         )
         .await
     }
@@ -960,18 +946,6 @@ impl Rows for PgRows {
         let sql = format!("{} FOR UPDATE", rows::sql::CHANNEL_LIMIT);
         let map = |r: &Row| Ok((r.opt_int(0)?, r.opt_int(1)?));
         Ok(self.one(&sql, &[&name], map).await?.unwrap_or((None, None)))
-    }
-
-    async fn set_channel_limit(
-        &mut self,
-        channel: crate::model::ChannelKind,
-        tat: Option<i64>,
-        paused_until: Option<i64>,
-    ) -> Result<()> {
-        let name = channel.as_str();
-        self.exec(rows::sql::SET_CHANNEL_LIMIT, &[&name, &tat, &paused_until])
-            .await?;
-        Ok(())
     }
 
     async fn channel_pauses(&mut self, now: i64) -> Result<Vec<(String, i64)>> {
@@ -1405,17 +1379,6 @@ impl Rows for PgRows {
         )
         .await?;
         Ok(())
-    }
-
-    async fn audit(
-        &mut self,
-        account: Option<&str>,
-        after: i64,
-        limit: i64,
-    ) -> Result<Vec<AuditEntry>> {
-        let sql = rows::sql::audit();
-        self.all(&sql, &[&after, &account, &limit], rows::audit_entry)
-            .await
     }
 
     async fn checkpoints(&mut self, latest: bool) -> Result<Vec<Checkpoint>> {

@@ -194,6 +194,16 @@ pub trait Rows: Send + 'static {
     /// arguments is written once, as a default method below, on this.
     fn run(&mut self, sql: &str, args: &[Arg<'_>]) -> impl Future<Output = Result<u64>> + Send;
 
+    /// Runs shared query `sql` (`$N` placeholders) with `args`; its rows,
+    /// each as its cells (copied out: for listings, not for hot paths).
+    /// What is only a query, its arguments and a row mapper is written
+    /// once, as a default method below, on this.
+    fn query(
+        &mut self,
+        sql: &str,
+        args: &[Arg<'_>],
+    ) -> impl Future<Output = Result<Vec<Cells>>> + Send;
+
     /// The schema's version (0 for a new database), holding the lock that
     /// keeps two migrating nodes apart.
     fn schema_version(&mut self) -> impl Future<Output = Result<i64>> + Send;
@@ -287,14 +297,30 @@ pub trait Rows: Send + 'static {
         &mut self,
         first: &str,
         last: &str,
-    ) -> impl Future<Output = Result<Vec<(String, Contact)>>> + Send;
+    ) -> impl Future<Output = Result<Vec<(String, Contact)>>> + Send {
+        async move {
+            let found = self
+                .query(
+                    &sql::contacts_between(),
+                    &[Arg::Text(first), Arg::Text(last)],
+                )
+                .await?;
+            found.iter().map(contact_of).collect()
+        }
+    }
     /// The destinations of the accounts from `first` to `last`, each with
     /// its account.
     fn destinations_between(
         &mut self,
         first: &str,
         last: &str,
-    ) -> impl Future<Output = Result<Vec<(String, Destination)>>> + Send;
+    ) -> impl Future<Output = Result<Vec<(String, Destination)>>> + Send {
+        async move {
+            let args = [Arg::Text(first), Arg::Text(last)];
+            let found = self.query(&sql::destinations_between(), &args).await?;
+            found.iter().map(destination_of).collect()
+        }
+    }
     fn contacts_with_uri(
         &mut self,
         uri: &str,
@@ -407,7 +433,17 @@ pub trait Rows: Send + 'static {
         channel: ChannelKind,
         tat: Option<i64>,
         paused_until: Option<i64>,
-    ) -> impl Future<Output = Result<()>> + Send;
+    ) -> impl Future<Output = Result<()>> + Send {
+        async move {
+            let args = [
+                Arg::Text(channel.as_str()),
+                Arg::OptInt(tat),
+                Arg::OptInt(paused_until),
+            ];
+            self.run(sql::SET_CHANNEL_LIMIT, &args).await?;
+            Ok(())
+        }
+    }
     /// The channels paused beyond `now` (ms), by name.
     fn channel_pauses(
         &mut self,
@@ -521,7 +557,13 @@ pub trait Rows: Send + 'static {
         account: Option<&str>,
         after: i64,
         limit: i64,
-    ) -> impl Future<Output = Result<Vec<AuditEntry>>> + Send;
+    ) -> impl Future<Output = Result<Vec<AuditEntry>>> + Send {
+        async move {
+            let args = [Arg::Int(after), Arg::OptText(account), Arg::Int(limit)];
+            let found = self.query(&sql::audit(), &args).await?;
+            found.iter().map(audit_entry).collect()
+        }
+    }
     /// Every checkpoint in order, or only the latest.
     fn checkpoints(&mut self, latest: bool)
     -> impl Future<Output = Result<Vec<Checkpoint>>> + Send;
@@ -605,6 +647,7 @@ pub enum Arg<'a> {
     Text(&'a str),
     OptText(Option<&'a str>),
     Int(i64),
+    OptInt(Option<i64>),
     Bool(bool),
 }
 
@@ -619,6 +662,19 @@ pub enum Cell {
 
 /// One result row, by column index: a backend says what a cell holds,
 /// the rest reads it as the column is meant.
+/// A row as its cells, as [`Rows::query`] answers it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cells(pub Vec<Cell>);
+
+impl Cols for Cells {
+    fn cell(&self, i: usize) -> Result<Cell> {
+        self.0
+            .get(i)
+            .cloned()
+            .ok_or_else(|| StoreError::Corrupt(format!("column {i}: not in the row")))
+    }
+}
+
 pub trait Cols {
     fn cell(&self, i: usize) -> Result<Cell>;
 

@@ -367,6 +367,7 @@ impl rusqlite::ToSql for rows::Arg<'_> {
             rows::Arg::Text(t) => t.to_sql(),
             rows::Arg::OptText(t) => t.to_sql(),
             rows::Arg::Int(n) => n.to_sql(),
+            rows::Arg::OptInt(n) => n.to_sql(),
             rows::Arg::Bool(b) => b.to_sql(),
         }
     }
@@ -376,6 +377,15 @@ impl Rows for Lite {
     async fn run(&mut self, sql: &str, args: &[rows::Arg<'_>]) -> Result<u64> {
         let n = self.exec(&rows::sqlite(sql), rusqlite::params_from_iter(args))?;
         Ok(n as u64)
+    }
+
+    async fn query(&mut self, sql: &str, args: &[rows::Arg<'_>]) -> Result<Vec<rows::Cells>> {
+        self.all(&rows::sqlite(sql), rusqlite::params_from_iter(args), |r| {
+            (0..r.as_ref().column_count())
+                .map(|i| r.cell(i))
+                .collect::<Result<_>>()
+                .map(rows::Cells)
+        })
     }
 
     async fn schema_version(&mut self) -> Result<i64> {
@@ -515,30 +525,6 @@ impl Rows for Lite {
             &rows::sqlite(&rows::sql::accounts_after()),
             params![after, limit],
             |r| rows::account(r),
-        )
-    }
-
-    async fn contacts_between(
-        &mut self,
-        first: &str,
-        last: &str,
-    ) -> Result<Vec<(String, Contact)>> {
-        self.all(
-            &rows::sqlite(&rows::sql::contacts_between()),
-            [first, last],
-            |r| rows::contact_of(r),
-        )
-    }
-
-    async fn destinations_between(
-        &mut self,
-        first: &str,
-        last: &str,
-    ) -> Result<Vec<(String, Destination)>> {
-        self.all(
-            &rows::sqlite(&rows::sql::destinations_between()),
-            [first, last],
-            |r| rows::destination_of(r),
         )
     }
 
@@ -929,17 +915,6 @@ impl Rows for Lite {
         Ok(self
             .one(&rows::sqlite(rows::sql::CHANNEL_LIMIT), [name], map)?
             .unwrap_or((None, None)))
-    }
-
-    async fn set_channel_limit(
-        &mut self,
-        channel: crate::model::ChannelKind,
-        tat: Option<i64>,
-        paused_until: Option<i64>,
-    ) -> Result<()> {
-        let sql = rows::sqlite(rows::sql::SET_CHANNEL_LIMIT);
-        self.exec(&sql, params![channel.as_str(), tat, paused_until])?;
-        Ok(())
     }
 
     async fn channel_pauses(&mut self, now: i64) -> Result<Vec<(String, i64)>> {
@@ -1334,18 +1309,6 @@ impl Rows for Lite {
             ],
         )?;
         Ok(())
-    }
-
-    async fn audit(
-        &mut self,
-        account: Option<&str>,
-        after: i64,
-        limit: i64,
-    ) -> Result<Vec<AuditEntry>> {
-        let sql = rows::sqlite(&rows::sql::audit());
-        self.all(&sql, params![after, account, limit], |r| {
-            rows::audit_entry(r)
-        })
     }
 
     async fn checkpoints(&mut self, latest: bool) -> Result<Vec<Checkpoint>> {
