@@ -147,10 +147,6 @@ impl DeliveryError {
         }
     }
 
-    /// A transient failure told (again) when to come back: when a provider
-    /// gives two hints (a `Retry-After` header and its own field in the
-    /// body), the later one stands, so kci never returns before either
-    /// allows. A permanent failure stays as it is.
     /// The same error asking to wait exactly `after` (where a channel
     /// knows better than the `Retry-After` header, see matrix).
     pub fn retry_after_exactly(self, after: Option<Duration>) -> Self {
@@ -164,6 +160,10 @@ impl DeliveryError {
         }
     }
 
+    /// A transient failure told (again) when to come back: when a provider
+    /// gives two hints (a `Retry-After` header and its own field in the
+    /// body), the later one stands, so kci never returns before either
+    /// allows. A permanent failure stays as it is.
     pub fn with_retry_after(self, after: Option<Duration>) -> Self {
         match self {
             DeliveryError::Transient {

@@ -21,7 +21,7 @@
 //! by a small fraction, probing for room again: the same shape of
 //! increase and decrease, on the rate. While a spacing holds, no more
 //! deliveries are in flight than that rate needs (Little's law: the time
-//! a delivery takes over the spacing, plus one): a provider that answers
+//! a delivery takes over the spacing, at least one): a provider that answers
 //! 429 slowly (Synapse waits half a second first) would otherwise see a
 //! whole half-second of requests sent into its refusal.
 //!

@@ -692,7 +692,7 @@ impl Scheduler {
                 }
                 // Claimed ahead: twice the slots, or, where the provider
                 // asked for a spacing, what can start within half a lease
-                // (a notice queued longer is dropped, see `stale`).
+                // (a notice queued longer is given back, see `stale`).
                 let gap = self.windows.gap(lane.kind, concurrency);
                 let ahead = if gap.is_zero() {
                     2 * concurrency
@@ -736,24 +736,21 @@ impl Scheduler {
                     };
                     if at.elapsed() >= stale {
                         // Not started: given back to the queue with its
-                        // attempt (the claim counted one), while its lease
-                        // is surely still this node's; later, left to the
-                        // lease.
-                        if at.elapsed() < stale + stale / 2 {
-                            drop(permit);
-                            let this = self.clone();
-                            let kind = lane.kind;
-                            inflight.spawn(async move {
-                                let now = this.clock.now();
-                                let back = Finish::Deferred {
-                                    at: now,
-                                    due_at: now,
-                                    detail: "waited too long in the node's queue; not attempted"
-                                        .into(),
-                                };
-                                (kind, this.finish(&c, back).await)
-                            });
-                        }
+                        // attempt (the claim counted one). Written under
+                        // its lease only (`finish`), so a notice another
+                        // claim has taken meanwhile is left alone.
+                        drop(permit);
+                        let this = self.clone();
+                        let kind = lane.kind;
+                        inflight.spawn(async move {
+                            let now = this.clock.now();
+                            let back = Finish::Deferred {
+                                at: now,
+                                due_at: now,
+                                detail: "waited too long in the node's queue; not attempted".into(),
+                            };
+                            (kind, this.finish(&c, back).await)
+                        });
                         continue;
                     }
                     lane.next_start = Some(started + gap);

@@ -59,6 +59,14 @@ fn event(id: &str, account: &str, key: &str, at: DateTime<Utc>) -> Event {
     }
 }
 
+/// Sent at `at`, with no receipt to wait for.
+fn sent_at(at: DateTime<Utc>) -> Finish {
+    Finish::Sent {
+        at,
+        receipt: Default::default(),
+    }
+}
+
 fn planner() -> Arc<dyn Planner> {
     let config = Arc::new(Config::parse("[types.\"line.down\"]\n", "test").unwrap());
     crate::ingest::planner(config)
@@ -864,10 +872,7 @@ pub async fn check_claim_keeps_each_keys_order(store: &dyn Store) {
     let at = at + Duration::seconds(5);
     let again = claim(at).await;
     assert_eq!(events(&again), ["e0"]);
-    let sent = Finish::Sent {
-        at,
-        receipt: Default::default(),
-    };
+    let sent = sent_at(at);
     store.finish(&again[0].1, sent.clone()).await.unwrap();
     let next = claim(at).await;
     assert_eq!(events(&next), ["e1"], "e1 once e0 is sent");
@@ -946,10 +951,7 @@ pub async fn check_finish_holds_to_its_lease(store: &dyn Store) {
             .unwrap(),
         "the first claim's outcome comes too late"
     );
-    let sent = Finish::Sent {
-        at: later,
-        receipt: Default::default(),
-    };
+    let sent = sent_at(later);
     assert!(
         store
             .finish_leased(&id, later + Duration::minutes(1), sent.clone())
@@ -1495,13 +1497,7 @@ pub async fn check_destination_health(store: &dyn Store) {
         .find(|c| c.notification.destination == mail.id)
         .expect("a mail for e2");
     store
-        .finish(
-            &sent.notification.id,
-            Finish::Sent {
-                at,
-                receipt: Default::default(),
-            },
-        )
+        .finish(&sent.notification.id, sent_at(at))
         .await
         .unwrap();
     assert!(!store.count_outcome(&mail.id, true, 2, at).await.unwrap());
@@ -1688,10 +1684,7 @@ pub async fn check_key_registry(store: &dyn Store) {
         Some("K1")
     );
     // Sent (the mails to the address go in turn: the next waits for it).
-    let sent = Finish::Sent {
-        at,
-        receipt: Default::default(),
-    };
+    let sent = sent_at(at);
     store
         .finish(&queued[0].notification.id, sent)
         .await
@@ -2038,16 +2031,7 @@ pub async fn check_secrets_erased(store: &dyn Store) {
         .await
         .unwrap();
     for id in [&sent.id, &also.id] {
-        store
-            .finish(
-                id,
-                Finish::Sent {
-                    at,
-                    receipt: Default::default(),
-                },
-            )
-            .await
-            .unwrap();
+        store.finish(id, sent_at(at)).await.unwrap();
     }
     let after = store.notification(&sent.id).await.unwrap().unwrap();
     assert_eq!(after.state, State::Sent);

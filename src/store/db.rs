@@ -98,6 +98,23 @@ impl<B: Backend> Db<B> {
         self.0.read(Box::new(f)).await
     }
 
+    /// A delivery's outcome, under `lease` if given; whether it was
+    /// written.
+    async fn write_finish(
+        &self,
+        id: &str,
+        lease: Option<DateTime<Utc>>,
+        outcome: Finish,
+    ) -> Result<bool> {
+        let id = id.to_string();
+        let row = super::codec::FinishRow {
+            lease: lease.map(to_millis),
+            ..finish_row(&outcome)
+        };
+        self.write(move |rows| Box::pin(async move { rows.finish(&id, &row).await }))
+            .await
+    }
+
     async fn claim(
         &self,
         channel: Option<ChannelKind>,
@@ -1337,14 +1354,7 @@ impl<B: Backend> QueueStore for Db<B> {
     }
 
     async fn finish(&self, id: &str, outcome: Finish) -> Result<()> {
-        let id = id.to_string();
-        self.write(move |rows| {
-            Box::pin(async move {
-                rows.finish(&id, &finish_row(&outcome)).await?;
-                Ok(())
-            })
-        })
-        .await
+        self.write_finish(id, None, outcome).await.map(drop)
     }
 
     async fn finish_leased(
@@ -1353,13 +1363,7 @@ impl<B: Backend> QueueStore for Db<B> {
         lease_until: DateTime<Utc>,
         outcome: Finish,
     ) -> Result<bool> {
-        let id = id.to_string();
-        let row = super::codec::FinishRow {
-            lease: Some(to_millis(lease_until)),
-            ..finish_row(&outcome)
-        };
-        self.write(move |rows| Box::pin(async move { rows.finish(&id, &row).await }))
-            .await
+        self.write_finish(id, Some(lease_until), outcome).await
     }
 
     async fn reserve_rate(

@@ -51,6 +51,7 @@ struct Synapse {
     base: String,
     child: Child,
     python: PathBuf,
+    http: reqwest::Client,
 }
 
 impl Synapse {
@@ -110,6 +111,7 @@ impl Synapse {
             base: format!("http://127.0.0.1:{port}"),
             child,
             python,
+            http: reqwest::Client::new(),
         };
         synapse.wait_ready();
         synapse
@@ -157,16 +159,15 @@ impl Synapse {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        let v: serde_json::Value = reqwest::Client::new()
-            .post(format!("{}/_matrix/client/v3/login", self.base))
-            .json(&json!({"type": "m.login.password",
-                "identifier": {"type": "m.id.user", "user": user}, "password": password}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let login = json!({"type": "m.login.password",
+            "identifier": {"type": "m.id.user", "user": user}, "password": password});
+        let v = self
+            .call(
+                self.http
+                    .post(self.url("/_matrix/client/v3/login"))
+                    .json(&login),
+            )
+            .await;
         v["access_token"]
             .as_str()
             .unwrap_or_else(|| panic!("login: {v}"))
@@ -174,48 +175,40 @@ impl Synapse {
     }
 
     async fn create_room(&self, token: &str) -> String {
-        let v: serde_json::Value = reqwest::Client::new()
-            .post(format!("{}/_matrix/client/v3/createRoom", self.base))
-            .bearer_auth(token)
-            .json(&json!({"preset": "private_chat", "name": "kci notices"}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let room = json!({"preset": "private_chat", "name": "kci notices"});
+        let request = self.http.post(self.url("/_matrix/client/v3/createRoom"));
+        let v = self.call(request.bearer_auth(token).json(&room)).await;
         v["room_id"]
             .as_str()
             .unwrap_or_else(|| panic!("createRoom: {v}"))
             .to_string()
     }
 
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Sends `request` to Synapse; its JSON answer.
+    async fn call(&self, request: reqwest::RequestBuilder) -> serde_json::Value {
+        request
+            .send()
+            .await
+            .expect("synapse answers")
+            .json()
+            .await
+            .expect("synapse answers JSON")
+    }
+
     /// The bodies of the room's text messages, in the room's order.
     async fn messages(&self, token: &str, room: &str) -> Vec<String> {
-        let http = reqwest::Client::new();
         let mut bodies = Vec::new();
         let mut from: Option<String> = None;
         loop {
-            let mut url = reqwest::Url::parse(&format!(
-                "{}/_matrix/client/v3/rooms/{room}/messages",
-                self.base
-            ))
-            .unwrap();
-            url.query_pairs_mut()
-                .append_pair("dir", "f")
-                .append_pair("limit", "1000");
-            if let Some(f) = &from {
-                url.query_pairs_mut().append_pair("from", f);
-            }
-            let v: serde_json::Value = http
-                .get(url)
-                .bearer_auth(token)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let mut query = vec![("dir", "f".to_string()), ("limit", "1000".to_string())];
+            query.extend(from.take().map(|f| ("from", f)));
+            let path = format!("/_matrix/client/v3/rooms/{room}/messages");
+            let request = self.http.get(self.url(&path)).query(&query);
+            let v = self.call(request.bearer_auth(token)).await;
             let chunk = v["chunk"].as_array().cloned().unwrap_or_default();
             if chunk.is_empty() {
                 return bodies;
