@@ -278,6 +278,20 @@ impl Step {
 
 impl CallRule for Step {
     fn decide(&self, ctx: &CallContext, now: DateTime<Utc>) -> (Vec<CallWrite>, CallAnswer) {
+        let (mut writes, answer) = self.decide_all(ctx, now);
+        // A notice's code is stored sealed, never in clear.
+        let at_rest = crate::trust::seal::AtRest::new(&self.code_key);
+        for w in &mut writes {
+            if let CallWrite::Notice(n) = w {
+                at_rest.seal_notice(n);
+            }
+        }
+        (writes, answer)
+    }
+}
+
+impl Step {
+    fn decide_all(&self, ctx: &CallContext, now: DateTime<Utc>) -> (Vec<CallWrite>, CallAnswer) {
         let refused = |why| CallAnswer::Refused { why, call: None };
         match &self.action {
             Action::Open { call, secret } => {

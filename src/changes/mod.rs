@@ -462,6 +462,13 @@ impl ChangeRule for Step {
             }
             _ => true,
         });
+        // A notice's code or link is stored sealed, never in clear.
+        let at_rest = crate::trust::seal::AtRest::new(&self.code_key);
+        for w in &mut writes {
+            if let ChangeWrite::Notice(n) = w {
+                at_rest.seal_notice(n);
+            }
+        }
         (writes, answer)
     }
 }

@@ -30,6 +30,16 @@ pub async fn run(arg: ConfigArg) -> anyhow::Result<ExitCode> {
             );
         }
     }
+    // Secrets an earlier version stored in clear (pending notices' codes
+    // and links, webhook signing secrets) are sealed before anything runs.
+    let at_rest = Arc::new(crate::trust::seal::AtRest::new(&config.code_key));
+    let sealed = crate::trust::seal::seal_clear(store.as_ref(), &at_rest).await?;
+    if sealed > 0 {
+        tracing::info!(
+            count = sealed,
+            "sealed secrets an earlier version kept in clear"
+        );
+    }
     // A channel whose provider rotates a credential (X) keeps it, sealed
     // with a key derived from the code key, in the store all nodes share.
     let keep = crate::channels::Keep {
@@ -54,6 +64,7 @@ pub async fn run(arg: ConfigArg) -> anyhow::Result<ExitCode> {
         limits: crate::schedule::limiters(&config),
         pauses: Default::default(),
         windows: Default::default(),
+        at_rest,
     });
     let worker = tokio::spawn(scheduler.run(shutdown.clone()));
     // Protected changes come due, and the audit log's head is signed.

@@ -198,6 +198,7 @@ pub async fn simulate_text(text: &str, file: &str) -> Result<Vec<String>, Scenar
         limits: crate::schedule::limiters(&config),
         pauses: Default::default(),
         windows: Default::default(),
+        at_rest: Arc::new(crate::trust::seal::AtRest::new(&config.code_key)),
     };
     let planner = ingest::planner(config.clone());
 

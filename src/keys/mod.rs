@@ -150,6 +150,15 @@ pub fn address_mail(
 }
 
 impl Registry<'_> {
+    /// The request's notices with their links sealed: the store keeps no
+    /// link in clear (`trust::seal::AtRest`).
+    fn seal_links(&self, request: &mut KeyRequest) {
+        let at_rest = crate::trust::seal::AtRest::new(&self.config.code_key);
+        for n in &mut request.notices {
+            at_rest.seal_notice(n);
+        }
+    }
+
     /// The link a key mail carries, its secret at [`SECRET_MARK`]: the
     /// secret itself is rendered in when the mail goes out.
     fn link(&self) -> String {
@@ -502,6 +511,7 @@ impl Registry<'_> {
                 None
             }
         };
+        self.seal_links(&mut request);
         match self
             .store
             .record_key_request(&request, self.now, rules::admit_change)
@@ -573,6 +583,7 @@ impl Registry<'_> {
             );
         }
         request.proof = proof;
+        self.seal_links(&mut request);
         let writes = match self
             .store
             .record_key_request(&request, self.now, rules::admit_change)

@@ -39,6 +39,9 @@ pub struct Scheduler {
     /// How many deliveries each channel keeps in flight, as its provider
     /// allows (see [`aimd`]).
     pub windows: Windows,
+    /// Opens the secrets kept sealed in the store (a notice's code or
+    /// link, a webhook's signing secrets).
+    pub at_rest: Arc<crate::trust::seal::AtRest>,
 }
 
 /// Until when each channel is paused.
@@ -410,28 +413,34 @@ impl Scheduler {
             }
         };
         // What may leave, and under which protection.
-        let secured =
-            match crate::secure::secure(&c, rendered, &self.renderer, self.store.as_ref(), now)
-                .await?
-            {
-                Ok(s) => s,
-                // Nothing to tell any more: not a failure.
-                Err(w) if w.reason == Reason::ChangeEnded => {
-                    let cancelled = Finish::Cancelled {
-                        at: now,
-                        reason: w.reason,
-                    };
-                    return self.finish(&c, cancelled).await;
-                }
-                Err(w) => {
-                    let failed = Finish::Failed {
-                        at: now,
-                        reason: w.reason,
-                        detail: w.detail,
-                    };
-                    return self.finish(&c, failed).await;
-                }
-            };
+        let secured = match crate::secure::secure(
+            &c,
+            rendered,
+            &self.renderer,
+            self.store.as_ref(),
+            &self.at_rest,
+            now,
+        )
+        .await?
+        {
+            Ok(s) => s,
+            // Nothing to tell any more: not a failure.
+            Err(w) if w.reason == Reason::ChangeEnded => {
+                let cancelled = Finish::Cancelled {
+                    at: now,
+                    reason: w.reason,
+                };
+                return self.finish(&c, cancelled).await;
+            }
+            Err(w) => {
+                let failed = Finish::Failed {
+                    at: now,
+                    reason: w.reason,
+                    detail: w.detail,
+                };
+                return self.finish(&c, failed).await;
+            }
+        };
         let mut rendered = secured.rendered;
         if n.channel.needs_short() && rendered.short.is_none() {
             let detail = format!(
@@ -972,6 +981,7 @@ mod tests {
             limits: Default::default(),
             pauses: Default::default(),
             windows: Default::default(),
+            at_rest: Arc::new(crate::trust::seal::AtRest::new(&config.code_key)),
         });
         let now = Utc::now();
         let events = twenty("e", now);

@@ -24,6 +24,7 @@
 use crate::model::{ChannelKind, Event, Reason, Secret};
 use crate::render::{Rendered, Renderer};
 use crate::store::{Claimed, Result, Store};
+use crate::trust::seal::AtRest;
 
 /// What may leave, and with what.
 #[derive(Debug, Clone)]
@@ -69,11 +70,21 @@ pub async fn secure(
     mut rendered: Rendered,
     renderer: &Renderer,
     store: &dyn Store,
+    at_rest: &AtRest,
     now: chrono::DateTime<chrono::Utc>,
 ) -> Result<std::result::Result<Secured, Withheld>> {
     let n = &c.notification;
     if n.needs_secret() {
-        match &n.secret {
+        let secret = match at_rest.open_notice(n) {
+            Ok(s) => s,
+            Err(e) => {
+                return Ok(Err(Withheld {
+                    reason: Reason::SecretGone,
+                    detail: format!("its one-time secret {e}; ask for a new one"),
+                }));
+            }
+        };
+        match &secret {
             Some(secret) => rendered.reveal(secret.expose()),
             // A change's reminder: its veto link is minted only now, and
             // only while the change is pending.
@@ -118,11 +129,25 @@ pub async fn secure(
             channel: true,
         }
     };
+    let mut secrets = Vec::with_capacity(signing.own.len());
+    for stored in &signing.own {
+        match at_rest.open_webhook(&n.destination, stored) {
+            Ok(s) => secrets.push(Secret::new(s)),
+            Err(e) => {
+                return Ok(Err(Withheld {
+                    reason: Reason::Rejected,
+                    detail: format!(
+                        "not sent: the destination's signing secret {e}; rotate it (POST …/secret)"
+                    ),
+                }));
+            }
+        }
+    }
     Ok(Ok(Secured {
         rendered,
         event,
         recipient_key,
-        secrets: signing.own.into_iter().map(Secret::new).collect(),
+        secrets,
         channel_secret: signing.channel,
     }))
 }
@@ -213,17 +238,32 @@ mod tests {
         let now = chrono::Utc::now();
         let mut c = claimed("ntfy:alerts", "kci.verify", false, false);
         c.notification = c.notification.with_secret("123456".into());
+        let at_rest = AtRest::new(&config.code_key);
+        at_rest.seal_notice(&mut c.notification);
         let rendered = renderer.render(&c.notification, None).unwrap();
-        let out = secure(&c, rendered.clone(), &renderer, &store, now)
+        let out = secure(&c, rendered.clone(), &renderer, &store, &at_rest, now)
             .await
             .unwrap()
             .unwrap();
         assert_eq!(out.rendered.short.as_deref(), Some("code 123456"));
         c.notification.secret = None;
-        let withheld = secure(&c, rendered, &renderer, &store, now)
+        let withheld = secure(&c, rendered, &renderer, &store, &at_rest, now)
             .await
             .unwrap()
             .unwrap_err();
         assert_eq!(withheld.reason, Reason::SecretGone);
+
+        // Sealed with another code key (or moved from another notice): it
+        // does not open, and nothing goes out.
+        let mut c = claimed("ntfy:alerts", "kci.verify", false, false);
+        c.notification = c.notification.with_secret("123456".into());
+        AtRest::new(&crate::trust::codes::CodeKey::random()).seal_notice(&mut c.notification);
+        let rendered = renderer.render(&c.notification, None).unwrap();
+        let withheld = secure(&c, rendered, &renderer, &store, &at_rest, now)
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(withheld.reason, Reason::SecretGone);
+        assert!(!withheld.detail.contains("123456"), "{}", withheld.detail);
     }
 }

@@ -1962,6 +1962,107 @@ pub async fn check_throttle(store: &dyn Store) {
     ));
 }
 
+/// Secrets kept in clear (by a version before they were sealed) are found
+/// through their partial indexes and replaced only where still as read.
+pub async fn check_clear_secrets_found_and_replaced(store: &dyn Store) {
+    use super::SecretPlace::{Notice, Webhook, WebhookPrevious};
+    seed(store).await;
+    let at = t("2026-03-22T10:00:00Z");
+    let view = store.account_view("A1").await.unwrap().unwrap();
+    let dests = &view.contacts[0].destinations;
+    let hook = dests
+        .iter()
+        .find(|d| d.uri.channel() == ChannelKind::Webhook)
+        .unwrap()
+        .id
+        .clone();
+    let until = Some(at + Duration::hours(24));
+    for secret in ["whsec_one", "whsec_two"] {
+        assert!(
+            store
+                .set_destination_secret("A1", "alice", &hook, secret, until)
+                .await
+                .unwrap()
+        );
+    }
+    let message = Message {
+        short: format!("code {}", crate::model::SECRET_MARK),
+        subject: "s".into(),
+        body: "b".into(),
+        encrypt_to: None,
+    };
+    let coded = Notification::own(
+        "A1",
+        &dests[0],
+        "kci.verify",
+        Priority::High,
+        message,
+        at,
+        None,
+    )
+    .with_secret("424242".into());
+    store.enqueue(&coded).await.unwrap();
+    let found = || async {
+        let mut found: Vec<(super::SecretPlace, String, String)> = store
+            .clear_secrets()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|c| (c.place, c.id, c.value.expose().to_string()))
+            .collect();
+        found.sort_by(|a, b| a.2.cmp(&b.2));
+        found
+    };
+    assert_eq!(
+        found().await,
+        vec![
+            (Notice, coded.id.clone(), "424242".to_string()),
+            (WebhookPrevious, hook.clone(), "whsec_one".to_string()),
+            (Webhook, hook.clone(), "whsec_two".to_string()),
+        ]
+    );
+    // Replaced only where the value is still the one read.
+    assert!(
+        !store
+            .replace_secret(Webhook, &hook, "whsec_one", "v1.x")
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .replace_secret(Notice, "nope", "424242", "v1.x")
+            .await
+            .unwrap()
+    );
+    for (place, id, old, new) in [
+        (Webhook, &hook, "whsec_two", "v1.two"),
+        (WebhookPrevious, &hook, "whsec_one", "v1.one"),
+        (Notice, &coded.id, "424242", "v1.n"),
+    ] {
+        assert!(store.replace_secret(place, id, old, new).await.unwrap());
+    }
+    assert!(found().await.is_empty());
+    assert_eq!(
+        store.destination_secrets(&hook, at).await.unwrap().own,
+        vec!["v1.two".to_string(), "v1.one".to_string()]
+    );
+    let claimed = store
+        .claim_due(at, at + Duration::minutes(2), 10)
+        .await
+        .unwrap();
+    let mine = claimed
+        .iter()
+        .find(|c| c.notification.id == coded.id)
+        .unwrap();
+    assert_eq!(
+        mine.notification
+            .secret
+            .as_ref()
+            .map(|s| s.expose().as_str()),
+        Some("v1.n")
+    );
+}
+
 /// A notice's one-time secret is kept only until the notice is final.
 pub async fn check_secrets_erased(store: &dyn Store) {
     seed(store).await;
@@ -2554,7 +2655,12 @@ pub async fn check_calls(store: &dyn Store) {
         .collect();
     assert_eq!(told.len(), 1, "{told:?}");
     assert_eq!(told[0].channel, ChannelKind::Webhook);
-    let secret = told[0].secret.as_ref().unwrap().expose().to_string();
+    // Kept sealed, opened with the code key.
+    let stored = told[0].secret.as_ref().unwrap().expose();
+    assert!(crate::trust::seal::is_sealed(stored), "{stored}");
+    let at_rest = crate::trust::seal::AtRest::new(&config.code_key);
+    let secret = at_rest.open_notice(&told[0]).unwrap().unwrap();
+    let secret = secret.expose().to_string();
     let customer_code = &secret[..6];
     let token = secret.rsplit("/v1/call/").next().unwrap().to_string();
     // Unknown contacts and a contact nobody reaches at once: refused.
@@ -2860,6 +2966,7 @@ conformance!(
     check_receipts,
     check_destination_health,
     check_destination_secrets,
+    check_clear_secrets_found_and_replaced,
     check_key_registry,
     check_throttle,
     check_secrets_erased,
@@ -3244,6 +3351,7 @@ pub async fn check_assurance(store: &dyn Store) {
         ChangeAnswer::Refused { why, .. } => why,
         other => panic!("refused expected, not {other:?}"),
     };
+    let at_rest = &crate::trust::seal::AtRest::new(&config.code_key);
     let secret_of = |kind: &'static str, assurance: String| async move {
         let key = format!("{kind}:{assurance}");
         let n = store
@@ -3253,7 +3361,11 @@ pub async fn check_assurance(store: &dyn Store) {
             .into_iter()
             .find(|n| n.key == key)
             .expect(kind);
-        (n.secret.as_ref().unwrap().expose().to_string(), n)
+        // Kept sealed, opened with the code key.
+        let stored = n.secret.as_ref().unwrap().expose();
+        assert!(crate::trust::seal::is_sealed(stored), "{stored}");
+        let secret = at_rest.open_notice(&n).unwrap().unwrap();
+        (secret.expose().to_string(), n)
     };
     let change = open(0).await;
 

@@ -43,6 +43,7 @@ macro_rules! migrations {
             (16, include_str!(concat!("migrations/", $db, "-16.sql"))),
             (17, include_str!(concat!("migrations/", $db, "-17.sql"))),
             (18, include_str!(concat!("migrations/", $db, "-18.sql"))),
+            (19, include_str!(concat!("migrations/", $db, "-19.sql"))),
         ]
     };
 }
@@ -2101,6 +2102,25 @@ impl<B: Backend> Store for Db<B> {
             latest: B::LATEST,
             server_time: server_time.and_then(DateTime::from_timestamp_millis),
         })
+    }
+
+    async fn clear_secrets(&self) -> Result<Vec<super::ClearSecret>> {
+        self.read(|rows| Box::pin(async move { rows.clear_secrets().await }))
+            .await
+    }
+
+    async fn replace_secret(
+        &self,
+        place: super::SecretPlace,
+        id: &str,
+        old: &str,
+        new: &str,
+    ) -> Result<bool> {
+        let (id, old, new) = (id.to_string(), old.to_string(), new.to_string());
+        self.write(move |rows| {
+            Box::pin(async move { rows.replace_secret(place, &id, &old, &new).await })
+        })
+        .await
     }
 }
 

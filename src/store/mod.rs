@@ -764,6 +764,42 @@ pub trait Store:
 
     /// What `kci doctor` checks: the schema version and the server's clock.
     async fn inspect(&self) -> Result<StoreInfo>;
+
+    /// The secrets kept in clear (by a version before they were sealed,
+    /// `trust::seal::AtRest`): pending notices' one-time secrets and
+    /// webhook signing secrets. Read through partial indexes: only rows
+    /// that hold a secret at all are looked at.
+    async fn clear_secrets(&self) -> Result<Vec<ClearSecret>>;
+
+    /// Replaces the secret at `place` of row `id` by `new`, if it is still
+    /// `old`; whether it was.
+    async fn replace_secret(
+        &self,
+        place: SecretPlace,
+        id: &str,
+        old: &str,
+        new: &str,
+    ) -> Result<bool>;
+}
+
+/// Where a secret kci uses again is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecretPlace {
+    /// A pending notice's one-time secret (`notifications.secret`).
+    Notice,
+    /// A webhook destination's signing secret.
+    Webhook,
+    /// Its previous one, during a rotation's overlap.
+    WebhookPrevious,
+}
+
+/// A secret found in clear by [`Store::clear_secrets`].
+#[derive(Debug, Clone)]
+pub struct ClearSecret {
+    pub place: SecretPlace,
+    /// The notification's or the destination's id.
+    pub id: String,
+    pub value: crate::model::Secret<String>,
 }
 
 /// What waits: the oldest pending notification's due time, protected

@@ -444,6 +444,45 @@ pub trait Rows: Send + 'static {
             Ok(())
         }
     }
+    /// See [`super::Store::clear_secrets`].
+    fn clear_secrets(&mut self) -> impl Future<Output = Result<Vec<super::ClearSecret>>> + Send {
+        async move {
+            let found = self.query(sql::CLEAR_SECRETS, &[]).await?;
+            found
+                .iter()
+                .map(|r| {
+                    let place = match r.text(0)?.as_str() {
+                        "notice" => super::SecretPlace::Notice,
+                        "webhook" => super::SecretPlace::Webhook,
+                        _ => super::SecretPlace::WebhookPrevious,
+                    };
+                    Ok(super::ClearSecret {
+                        place,
+                        id: r.text(1)?,
+                        value: crate::model::Secret::new(r.text(2)?),
+                    })
+                })
+                .collect()
+        }
+    }
+    /// See [`super::Store::replace_secret`].
+    fn replace_secret(
+        &mut self,
+        place: super::SecretPlace,
+        id: &str,
+        old: &str,
+        new: &str,
+    ) -> impl Future<Output = Result<bool>> + Send {
+        async move {
+            let sql = match place {
+                super::SecretPlace::Notice => sql::REPLACE_NOTICE_SECRET,
+                super::SecretPlace::Webhook => sql::REPLACE_WEBHOOK_SECRET,
+                super::SecretPlace::WebhookPrevious => sql::REPLACE_PREVIOUS_SECRET,
+            };
+            let args = [Arg::Text(id), Arg::Text(old), Arg::Text(new)];
+            Ok(self.run(sql, &args).await? == 1)
+        }
+    }
     /// The channels paused beyond `now` (ms), by name.
     fn channel_pauses(
         &mut self,
@@ -757,6 +796,20 @@ pub mod sql {
         )
     }
 
+    /// Secrets not in the sealed format (`v1.`), through the partial
+    /// indexes on rows that hold one (migration 19).
+    pub const CLEAR_SECRETS: &str = "SELECT 'notice', id, secret FROM notifications \
+         WHERE secret IS NOT NULL AND substr(secret, 1, 3) <> 'v1.' \
+         UNION ALL SELECT 'webhook', id, secret FROM destinations \
+         WHERE secret IS NOT NULL AND substr(secret, 1, 3) <> 'v1.' \
+         UNION ALL SELECT 'previous', id, previous_secret FROM destinations \
+         WHERE secret IS NOT NULL AND substr(previous_secret, 1, 3) <> 'v1.'";
+    pub const REPLACE_NOTICE_SECRET: &str =
+        "UPDATE notifications SET secret = $3 WHERE id = $1 AND secret = $2";
+    pub const REPLACE_WEBHOOK_SECRET: &str =
+        "UPDATE destinations SET secret = $3 WHERE id = $1 AND secret = $2";
+    pub const REPLACE_PREVIOUS_SECRET: &str =
+        "UPDATE destinations SET previous_secret = $3 WHERE id = $1 AND previous_secret = $2";
     /// The earliest due time or lease end after `$1` (ms).
     pub const NEXT_DUE: &str = "SELECT MIN(t) FROM ( \
          SELECT MIN(due_at) AS t FROM notifications WHERE state = 'pending' AND due_at > $1 \

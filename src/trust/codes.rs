@@ -240,10 +240,9 @@ pub fn new_code(
         hash: code_hash(key, &dest.id, &code),
         expires_at: now + chrono::Duration::hours(CODE_LIFETIME_HOURS),
     };
-    (
-        pending,
-        verification_notice(account, dest, sender, now).with_secret(code),
-    )
+    let mut notice = verification_notice(account, dest, sender, now).with_secret(code);
+    super::seal::AtRest::new(key).seal_notice(&mut notice);
+    (pending, notice)
 }
 
 /// A code is stored as HMAC-SHA256 with `key` over the destination id and

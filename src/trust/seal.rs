@@ -1,6 +1,8 @@
-//! Sealing a credential kci must keep in its database (X's refresh token,
-//! which X rotates on every use, so it cannot live only in the config):
-//! ChaCha20-Poly1305 with a key derived (HKDF-SHA256) from the code key,
+//! Sealing a secret kci must keep in its database and use again: X's
+//! refresh token (X rotates it on every use, so it cannot live only in the
+//! config), a webhook destination's signing secrets, and a pending
+//! notice's one-time secret (a code, a key link, a T-word) until it is
+//! sent ([`AtRest`]). ChaCha20-Poly1305 with a key derived (HKDF-SHA256) from the code key,
 //! which is kept outside the database (`[store] code_key`, or `code.key`
 //! beside the SQLite file) and is the same on every node. A copy of the
 //! database alone opens nothing; a sealed value moved to another name or
@@ -10,6 +12,8 @@
 //! nonce followed by the ciphertext and its 16-byte tag.
 
 use super::codes::CodeKey;
+use crate::model::{Notification, Secret};
+use crate::store::SecretPlace;
 use base64::Engine;
 use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use ring::hkdf::{HKDF_SHA256, Salt};
@@ -110,9 +114,186 @@ impl Sealer {
     }
 }
 
+/// Whether `value` is in the sealed format (rather than a clear value an
+/// earlier version stored).
+pub fn is_sealed(value: &str) -> bool {
+    value.starts_with(PREFIX)
+}
+
+/// The secrets kci keeps in its tables to use again, sealed: a copy of the
+/// database (a backup, a replica, a read through an injection) shows
+/// neither a pending notice's code or link nor a webhook's signing secret.
+/// Each is bound to its row: a notice's to the notice's id, a webhook
+/// secret to its destination's id (the current and the previous one both).
+pub struct AtRest {
+    notices: Sealer,
+    webhooks: Sealer,
+}
+
+impl std::fmt::Debug for AtRest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AtRest(..)")
+    }
+}
+
+impl AtRest {
+    pub fn new(code_key: &CodeKey) -> AtRest {
+        AtRest {
+            notices: Sealer::new(code_key, "notice secret"),
+            webhooks: Sealer::new(code_key, "webhook signing secret"),
+        }
+    }
+
+    /// Seals `n`'s one-time secret, if any, to its id; one sealed already
+    /// stays as it is (no code, link or word kci makes has a `.`). A
+    /// secret that cannot be sealed (longer than [`MAX_PLAIN`]: none kci
+    /// makes) is dropped, so the notice is withheld rather than kept in
+    /// clear.
+    pub fn seal_notice(&self, n: &mut Notification) {
+        if let Some(secret) = n.secret.take() {
+            if is_sealed(secret.expose()) {
+                n.secret = Some(secret);
+                return;
+            }
+            n.secret = self
+                .notices
+                .seal(secret.expose(), &n.id)
+                .ok()
+                .map(Secret::new);
+        }
+    }
+
+    /// The one-time secret of notice `n`, opened. A clear value (written by
+    /// an earlier version, before [`seal_clear`] ran) is taken as it is.
+    pub fn open_notice(&self, n: &Notification) -> Result<Option<Secret<String>>, SealError> {
+        match &n.secret {
+            None => Ok(None),
+            Some(s) if !is_sealed(s.expose()) => Ok(Some(s.clone())),
+            Some(s) => self
+                .notices
+                .open(s.expose(), &n.id)
+                .map(|p| Some(Secret::new(p))),
+        }
+    }
+
+    /// A webhook signing secret of `destination`, sealed to it.
+    pub fn seal_webhook(&self, destination: &str, secret: &str) -> Result<String, SealError> {
+        self.webhooks.seal(secret, destination)
+    }
+
+    /// A webhook signing secret of `destination` as stored, opened (a clear
+    /// one from an earlier version as it is).
+    pub fn open_webhook(&self, destination: &str, stored: &str) -> Result<String, SealError> {
+        if is_sealed(stored) {
+            self.webhooks.open(stored, destination)
+        } else {
+            Ok(stored.to_string())
+        }
+    }
+
+    /// `value` of `place` sealed, for [`seal_clear`].
+    fn seal_found(&self, place: SecretPlace, id: &str, value: &str) -> Result<String, SealError> {
+        match place {
+            SecretPlace::Notice => self.notices.seal(value, id),
+            SecretPlace::Webhook | SecretPlace::WebhookPrevious => self.webhooks.seal(value, id),
+        }
+    }
+}
+
+/// Seals what an earlier version kept in clear (see [`AtRest`]); each value
+/// is replaced only if it is still the one read. How many were sealed.
+pub async fn seal_clear(
+    store: &dyn crate::store::Store,
+    at_rest: &AtRest,
+) -> crate::store::Result<usize> {
+    let mut sealed = 0;
+    for found in store.clear_secrets().await? {
+        let value = found.value.expose();
+        let Ok(new) = at_rest.seal_found(found.place, &found.id, value) else {
+            continue;
+        };
+        if store
+            .replace_secret(found.place, &found.id, value, &new)
+            .await?
+        {
+            sealed += 1;
+        }
+    }
+    Ok(sealed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn notice(id: &str) -> Notification {
+        let dest = crate::model::Destination {
+            id: "d".into(),
+            contact: "c".into(),
+            uri: "ntfy:alerts".parse().unwrap(),
+            prefs: Default::default(),
+            verified: true,
+            unhealthy_since: None,
+        };
+        let message = crate::model::Message {
+            short: "code {kci:secret}".into(),
+            subject: String::new(),
+            body: String::new(),
+            encrypt_to: None,
+        };
+        let now = chrono::Utc::now();
+        let priority = crate::model::Priority::High;
+        let mut n = Notification::own("A1", &dest, "kci.verify", priority, message, now, None);
+        n.id = id.into();
+        n
+    }
+
+    #[test]
+    fn secrets_at_rest_open_only_for_their_own_row() {
+        let key = CodeKey::random();
+        let at_rest = AtRest::new(&key);
+        let n = Notification {
+            secret: Some(Secret::new("424242".into())),
+            ..notice("n1")
+        };
+        let mut sealed = n.clone();
+        at_rest.seal_notice(&mut sealed);
+        let stored = sealed.secret.as_ref().unwrap().expose().to_string();
+        assert!(is_sealed(&stored) && !stored.contains("424242"));
+        let opened = at_rest.open_notice(&sealed).unwrap().unwrap();
+        assert_eq!(opened.expose(), "424242");
+        // Moved to another notice, or opened with another code key: no.
+        let moved = Notification {
+            id: "n2".into(),
+            ..sealed.clone()
+        };
+        assert_eq!(at_rest.open_notice(&moved).err(), Some(SealError::Wrong));
+        let other = AtRest::new(&CodeKey::random());
+        assert_eq!(other.open_notice(&sealed).err(), Some(SealError::Wrong));
+        // A notice without a secret, and one an earlier version stored.
+        let mut plain = notice("n3");
+        at_rest.seal_notice(&mut plain);
+        assert!(at_rest.open_notice(&plain).unwrap().is_none());
+        assert_eq!(at_rest.open_notice(&n).unwrap().unwrap().expose(), "424242");
+
+        let whsec = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+        let stored = at_rest.seal_webhook("d1", whsec).unwrap();
+        assert!(is_sealed(&stored) && !stored.contains("MfKQ9r8G"));
+        assert_eq!(at_rest.open_webhook("d1", &stored).unwrap(), whsec);
+        assert_eq!(at_rest.open_webhook("d2", &stored), Err(SealError::Wrong));
+        assert_eq!(at_rest.open_webhook("d1", whsec).unwrap(), whsec);
+        // A webhook secret does not open as a notice's, nor the reverse.
+        let as_notice = Notification {
+            id: "d1".into(),
+            secret: Some(Secret::new(stored)),
+            ..notice("d1")
+        };
+        assert_eq!(
+            at_rest.open_notice(&as_notice).err(),
+            Some(SealError::Wrong)
+        );
+        assert_eq!(format!("{at_rest:?}"), "AtRest(..)");
+    }
 
     #[test]
     fn a_sealed_value_opens_only_with_its_key_purpose_and_context() {

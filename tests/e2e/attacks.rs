@@ -378,6 +378,41 @@ async fn no_link_or_code_stays_readable_in_the_database() {
     assert_eq!(s, 200, "{v}");
 }
 
+/// A code still waiting to go out (its channel's server is down, so it
+/// waits for a retry) is sealed in its row: whoever reads the database
+/// meanwhile finds nothing to type in.
+#[tokio::test]
+async fn a_code_waiting_to_go_out_is_sealed_in_the_database() {
+    let down = free_port();
+    let kci = Kci::start(
+        None,
+        &format!("[channels.ntfy]\nurl = \"http://127.0.0.1:{down}\"\n"),
+    );
+    let admin = kci.token(&["admin"]);
+    kci.customer(&admin, "A2", "bob", json!({"uri": "ntfy:bob-alerts"}))
+        .await;
+    let (secret, attempts) =
+        eventually(20, "the code's notice, tried once and waiting", || async {
+            rusqlite::Connection::open(kci.db())
+                .ok()?
+                .query_row(
+                    "SELECT secret, attempts FROM notifications \
+                 WHERE type = 'kci.verify' AND state = 'pending' AND attempts >= 1",
+                    [],
+                    |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)),
+                )
+                .ok()
+        })
+        .await;
+    assert!(attempts >= 1);
+    // Sealed: nonce, ciphertext and tag (12 + 6 + 16 bytes, base64url),
+    // where the code in clear would be six digits.
+    assert!(
+        secret.starts_with("v1.") && secret.len() == 3 + 46,
+        "{secret}"
+    );
+}
+
 /// Finding 6: forged submissions cannot make kci mail an address without
 /// end; the limit shows in the metrics.
 #[tokio::test]

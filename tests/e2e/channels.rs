@@ -129,6 +129,76 @@ async fn a_webhook_destination_gets_its_own_secret_and_rotates_it_with_an_overla
     assert!(v["message"].as_str().unwrap().starts_with("overlap"), "{v}");
 }
 
+/// The signing secret is kept sealed: the table alone signs nothing. One
+/// an earlier version kept in clear is sealed when kci next starts, and
+/// still signs.
+#[tokio::test]
+async fn a_webhook_secret_is_kept_sealed_and_one_kept_in_clear_is_sealed_at_start() {
+    let hooks = WebhookReceiver::start().await;
+    let mut kci = Kci::start(None, LOCAL_WEBHOOKS);
+    let admin = kci.token(&["directory:admin", "directory:write"]);
+    let source = kci.token(&["events:write"]);
+    let did = kci
+        .customer(
+            &admin,
+            "A1",
+            "alice",
+            json!({"uri": hooks.url, "verified": true}),
+        )
+        .await;
+    let path = format!("/v1/accounts/A1/contacts/alice/destinations/{did}/secret");
+    let (s, v) = kci
+        .call("POST", &path, Some(&admin), Some(r#"{"overlap":"0s"}"#))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let own = v["secret"].as_str().unwrap().to_string();
+    let db = kci.db();
+    let stored = || -> String {
+        rusqlite::Connection::open(&db)
+            .unwrap()
+            .query_row(
+                "SELECT secret FROM destinations WHERE id = ?1",
+                [&did],
+                |r| r.get(0),
+            )
+            .unwrap()
+    };
+    let sealed = stored();
+    assert!(
+        sealed.starts_with("v1.") && !sealed.contains(&own[6..]),
+        "{sealed}"
+    );
+    kci.post_event(&source, &line_down("e1")).await;
+    let first = eventually(10, "first hook", || async {
+        hooks.hooks().first().cloned()
+    })
+    .await;
+    assert_eq!(signatures(&first), vec![signature(&own, &first)]);
+
+    // As an earlier version kept it: in clear. The next start seals it.
+    kci.terminate();
+    assert!(kci.wait_exit(15).is_some(), "kci stops on TERM");
+    rusqlite::Connection::open(kci.db())
+        .unwrap()
+        .execute(
+            "UPDATE destinations SET secret = ?1 WHERE id = ?2",
+            [&own, &did],
+        )
+        .unwrap();
+    kci.spawn();
+    let again = stored();
+    assert!(
+        again.starts_with("v1.") && again != sealed && !again.contains(&own[6..]),
+        "{again}"
+    );
+    kci.post_event(&source, &line_down("e2")).await;
+    let second = eventually(10, "second hook", || async {
+        hooks.hooks().get(1).cloned()
+    })
+    .await;
+    assert_eq!(signatures(&second), vec![signature(&own, &second)]);
+}
+
 #[tokio::test]
 async fn refusals_in_a_row_mark_a_destination_unhealthy_and_the_contact_is_told_elsewhere() {
     let hooks = WebhookReceiver::start().await;

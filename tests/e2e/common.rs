@@ -295,6 +295,9 @@ impl Kci {
             .spawn()
             .expect("spawn kci");
         self.child = Some(child);
+        // Connections kept to a process that has gone would fail the next
+        // request.
+        self.http = reqwest::Client::new();
         wait_for_port(self.port, "kci");
     }
 

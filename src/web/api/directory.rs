@@ -840,9 +840,13 @@ pub async fn rotate_secret(
         .then(|| chrono::Duration::from_std(overlap.0).ok().map(|d| now + d))
         .flatten();
     let secret = crate::channels::webhook::new_secret();
+    // Kept sealed to this destination: the database alone signs nothing.
+    let sealed = crate::trust::seal::AtRest::new(&st.config.code_key)
+        .seal_webhook(&dest.id, &secret)
+        .map_err(|e| AppError::Internal(format!("sealing the signing secret: {e}")))?;
     if !st
         .store
-        .set_destination_secret(&id, &cid, &did, &secret, until)
+        .set_destination_secret(&id, &cid, &did, &sealed, until)
         .await?
     {
         return Err(AppError::NotFound {
