@@ -86,6 +86,7 @@ pub async fn run(arg: ConfigArg) -> anyhow::Result<ExitCode> {
         wake,
         limits: Arc::new(crate::web::perimeter::RateLimits::new(&config.server)),
         tokens: Default::default(),
+        counts: Default::default(),
     };
     // Token lookups are kept while the store's token epoch holds: a
     // revocation by `kci token revoke` or another node is seen within

@@ -5,6 +5,7 @@
 pub mod api;
 mod auth;
 pub mod error;
+pub mod gauges;
 pub mod perimeter;
 pub mod serve;
 pub mod tls;
@@ -36,6 +37,8 @@ pub struct AppState {
     pub limits: Arc<perimeter::RateLimits>,
     /// Token lookups, kept while the store's token epoch holds.
     pub tokens: Arc<TokenCache>,
+    /// The last count of notifications by state (`/metrics`).
+    pub counts: Arc<gauges::StoreCounts>,
 }
 
 impl AppState {

@@ -56,7 +56,7 @@ pub async fn metrics(
             .require(Scope::MetricsRead)?;
     }
     st.metrics
-        .set_notifications(&st.store.count_by_state().await?);
+        .set_notifications(&st.counts.read(&st.store).await?);
     st.metrics
         .set_backlog(&st.store.backlog().await?, st.clock.now());
     Ok((
