@@ -1962,6 +1962,19 @@ pub async fn check_throttle(store: &dyn Store) {
     ));
 }
 
+/// The secret notice `id` carries as a claim at `at` takes it.
+async fn claimed_secret(store: &dyn Store, at: DateTime<Utc>, id: &str) -> Option<String> {
+    let claimed = store
+        .claim_due(at, at + Duration::minutes(2), 10)
+        .await
+        .unwrap();
+    let mine = claimed.iter().find(|c| c.notification.id == id).unwrap();
+    mine.notification
+        .secret
+        .as_ref()
+        .map(|s| s.expose().clone())
+}
+
 /// Secrets kept in clear (by a version before they were sealed) are found
 /// through their partial indexes and replaced only where still as read.
 pub async fn check_clear_secrets_found_and_replaced(store: &dyn Store) {
@@ -2046,19 +2059,8 @@ pub async fn check_clear_secrets_found_and_replaced(store: &dyn Store) {
         store.destination_secrets(&hook, at).await.unwrap().own,
         vec!["v1.two".to_string(), "v1.one".to_string()]
     );
-    let claimed = store
-        .claim_due(at, at + Duration::minutes(2), 10)
-        .await
-        .unwrap();
-    let mine = claimed
-        .iter()
-        .find(|c| c.notification.id == coded.id)
-        .unwrap();
     assert_eq!(
-        mine.notification
-            .secret
-            .as_ref()
-            .map(|s| s.expose().as_str()),
+        claimed_secret(store, at, &coded.id).await.as_deref(),
         Some("v1.n")
     );
 }
@@ -2090,19 +2092,8 @@ pub async fn check_secrets_erased(store: &dyn Store) {
     let also = notice(&format!("code {}", crate::model::SECRET_MARK));
     store.enqueue(&sent).await.unwrap();
     store.enqueue(&also).await.unwrap();
-    let claimed = store
-        .claim_due(at, at + Duration::minutes(2), 10)
-        .await
-        .unwrap();
-    let mine = claimed
-        .iter()
-        .find(|c| c.notification.id == sent.id)
-        .unwrap();
     assert_eq!(
-        mine.notification
-            .secret
-            .as_ref()
-            .map(|s| s.expose().as_str()),
+        claimed_secret(store, at, &sent.id).await.as_deref(),
         Some("424242"),
         "held until delivery"
     );

@@ -42,13 +42,20 @@ fn line_down(id: &str) -> String {
     .to_string()
 }
 
-#[tokio::test]
-async fn a_webhook_destination_gets_its_own_secret_and_rotates_it_with_an_overlap() {
+/// kci with `channel` config, Alice's webhook destination at a receiver,
+/// and the tokens to manage it and to post events.
+struct Hooked {
+    hooks: WebhookReceiver,
+    kci: Kci,
+    admin: String,
+    source: String,
+    /// `POST` here rotates the destination's signing secret.
+    secret_path: String,
+}
+
+async fn hooked(channel: &str) -> Hooked {
     let hooks = WebhookReceiver::start().await;
-    let kci = Kci::start(
-        None,
-        &format!("{LOCAL_WEBHOOKS}secret = \"{WEBHOOK_SECRET}\"\n"),
-    );
+    let kci = Kci::start(None, channel);
     let admin = kci.token(&["directory:admin", "directory:write"]);
     let source = kci.token(&["events:write"]);
     let did = kci
@@ -60,6 +67,25 @@ async fn a_webhook_destination_gets_its_own_secret_and_rotates_it_with_an_overla
         )
         .await;
     let secret_path = format!("/v1/accounts/A1/contacts/alice/destinations/{did}/secret");
+    Hooked {
+        hooks,
+        kci,
+        admin,
+        source,
+        secret_path,
+    }
+}
+
+#[tokio::test]
+async fn a_webhook_destination_gets_its_own_secret_and_rotates_it_with_an_overlap() {
+    let channel = format!("{LOCAL_WEBHOOKS}secret = \"{WEBHOOK_SECRET}\"\n");
+    let Hooked {
+        hooks,
+        kci,
+        admin,
+        source,
+        secret_path,
+    } = hooked(&channel).await;
 
     // Auth and scope first.
     let (s, _) = kci.call("POST", &secret_path, None, None).await;
@@ -134,19 +160,14 @@ async fn a_webhook_destination_gets_its_own_secret_and_rotates_it_with_an_overla
 /// still signs.
 #[tokio::test]
 async fn a_webhook_secret_is_kept_sealed_and_one_kept_in_clear_is_sealed_at_start() {
-    let hooks = WebhookReceiver::start().await;
-    let mut kci = Kci::start(None, LOCAL_WEBHOOKS);
-    let admin = kci.token(&["directory:admin", "directory:write"]);
-    let source = kci.token(&["events:write"]);
-    let did = kci
-        .customer(
-            &admin,
-            "A1",
-            "alice",
-            json!({"uri": hooks.url, "verified": true}),
-        )
-        .await;
-    let path = format!("/v1/accounts/A1/contacts/alice/destinations/{did}/secret");
+    let Hooked {
+        hooks,
+        mut kci,
+        admin,
+        source,
+        secret_path: path,
+    } = hooked(LOCAL_WEBHOOKS).await;
+    let did = path.split('/').nth_back(1).unwrap().to_string();
     let (s, v) = kci
         .call("POST", &path, Some(&admin), Some(r#"{"overlap":"0s"}"#))
         .await;
