@@ -15,7 +15,7 @@ use crate::model::audit::{AuditEntry, Checkpoint};
 use crate::model::throttle::Window;
 use crate::model::{
     Account, Change, CodeRow, Contact, Destination, Event, Incident, KeyRecord, KeyToken, LinkRow,
-    Message, Notification, ProofUse, RelatedNotice, Staff, State, VetoLink, to_millis,
+    Message, Notification, ProofUse, RelatedNotice, Staff, VetoLink, to_millis,
 };
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
 use tokio_postgres::Row;
@@ -951,12 +951,6 @@ impl Rows for PgRows {
     async fn channel_pauses(&mut self, now: i64) -> Result<Vec<(String, i64)>> {
         let map = |r: &Row| Ok((r.text(0)?, r.int(1)?));
         self.all(rows::sql::CHANNEL_PAUSES, &[&now], map).await
-    }
-
-    async fn count_by_state(&mut self) -> Result<Vec<(State, i64)>> {
-        let sql = "SELECT state, COUNT(*) FROM notifications GROUP BY state";
-        self.all(sql, &[], |r| Ok((state_from_text(&r.text(0)?)?, r.int(1)?)))
-            .await
     }
 
     async fn backlog(&mut self) -> Result<(Option<i64>, i64, i64, i64)> {

@@ -16,7 +16,7 @@ use crate::model::audit::{AuditEntry, Checkpoint};
 use crate::model::throttle::Window;
 use crate::model::{
     Account, Change, CodeRow, Contact, Destination, Event, Incident, KeyRecord, KeyToken, LinkRow,
-    Message, Notification, ProofUse, RelatedNotice, Staff, State, VetoLink, to_millis,
+    Message, Notification, ProofUse, RelatedNotice, Staff, VetoLink, to_millis,
 };
 use rusqlite::{Connection, OpenFlags, Params, Row, params};
 use std::sync::Mutex;
@@ -920,11 +920,6 @@ impl Rows for Lite {
     async fn channel_pauses(&mut self, now: i64) -> Result<Vec<(String, i64)>> {
         let map = |r: &Row<'_>| Ok((r.text(0)?, r.int(1)?));
         self.all(&rows::sqlite(rows::sql::CHANNEL_PAUSES), [now], map)
-    }
-
-    async fn count_by_state(&mut self) -> Result<Vec<(State, i64)>> {
-        let sql = "SELECT state, COUNT(*) FROM notifications GROUP BY state";
-        self.all(sql, [], |r| Ok((state_from_text(&r.text(0)?)?, r.int(1)?)))
     }
 
     async fn backlog(&mut self) -> Result<(Option<i64>, i64, i64, i64)> {
