@@ -172,9 +172,12 @@ fn summary(name: &str, mut us: Vec<u64>) -> String {
     )
 }
 
+/// Each event about a line of its own: notices of one key go out in turn
+/// (one at a time to a destination), so one key for all would measure
+/// that order, not the hub.
 fn event_json(id: &str) -> String {
     format!(
-        r#"{{"id":"{id}","type":"line.down","account":"A1","service":"L1","data":{{"ticket":"{id}"}}}}"#
+        r#"{{"id":"{id}","type":"line.down","account":"A1","service":"L-{id}","data":{{"ticket":"{id}"}}}}"#
     )
 }
 
