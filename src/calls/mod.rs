@@ -278,20 +278,6 @@ impl Step {
 
 impl CallRule for Step {
     fn decide(&self, ctx: &CallContext, now: DateTime<Utc>) -> (Vec<CallWrite>, CallAnswer) {
-        let (mut writes, answer) = self.decide_all(ctx, now);
-        // A notice's code is stored sealed, never in clear.
-        let at_rest = crate::trust::seal::AtRest::new(&self.code_key);
-        for w in &mut writes {
-            if let CallWrite::Notice(n) = w {
-                at_rest.seal_notice(n);
-            }
-        }
-        (writes, answer)
-    }
-}
-
-impl Step {
-    fn decide_all(&self, ctx: &CallContext, now: DateTime<Utc>) -> (Vec<CallWrite>, CallAnswer) {
         let refused = |why| CallAnswer::Refused { why, call: None };
         match &self.action {
             Action::Open { call, secret } => {
@@ -305,11 +291,13 @@ impl Step {
                     CallWrite::Call((**call).clone()),
                     self.audit("call.opened", "open", call, None),
                 ];
+                // The code and link sealed: never stored in clear.
+                let at_rest = crate::trust::seal::AtRest::new(&self.code_key);
                 writes.extend(
                     self.texts
                         .calling(call, &ctx.audience, now)
                         .into_iter()
-                        .map(|n| CallWrite::Notice(n.with_secret(secret.clone()))),
+                        .map(|n| CallWrite::Notice(at_rest.with_secret(n, secret))),
                 );
                 (writes, CallAnswer::Done((**call).clone()))
             }

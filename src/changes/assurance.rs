@@ -212,10 +212,7 @@ impl Step {
         let Some(c) = c else {
             return (Vec::new(), refused(ChangeRefusal::NotFound, None));
         };
-        let notice = self
-            .texts
-            .assurance_link(&a, c, now)
-            .with_secret(token.to_string());
+        let notice = self.with_secret(self.texts.assurance_link(&a, c, now), token);
         (
             vec![
                 ChangeWrite::Assurance(a.clone()),
@@ -263,9 +260,7 @@ impl Step {
                 let mut writes = vec![
                     ChangeWrite::Assurance(confirmed.clone()),
                     ChangeWrite::Notice(
-                        self.texts
-                            .assurance_t_word(&confirmed, c, now)
-                            .with_secret(t_word.to_string()),
+                        self.with_secret(self.texts.assurance_t_word(&confirmed, c, now), t_word),
                     ),
                     self.assure_audit("assurance.confirmed", "ok", Some(c), &confirmed, None),
                 ];

@@ -462,18 +462,21 @@ impl ChangeRule for Step {
             }
             _ => true,
         });
-        // A notice's code or link is stored sealed, never in clear.
-        let at_rest = crate::trust::seal::AtRest::new(&self.code_key);
-        for w in &mut writes {
-            if let ChangeWrite::Notice(n) = w {
-                at_rest.seal_notice(n);
-            }
-        }
         (writes, answer)
     }
 }
 
 impl Step {
+    /// `n` carrying `secret`, sealed (`trust::seal::AtRest`): no code or
+    /// link is stored in clear.
+    fn with_secret(
+        &self,
+        n: crate::model::Notification,
+        secret: &str,
+    ) -> crate::model::Notification {
+        crate::trust::seal::AtRest::new(&self.code_key).with_secret(n, secret)
+    }
+
     fn decide_all(
         &self,
         ctx: &ChangeContext,
@@ -641,20 +644,19 @@ impl Step {
                             .texts
                             .split_halves(&with_code, (to, other), now, expires);
                         vec![
-                            a.with_secret(codes[0].clone()),
-                            b.with_secret(codes[1].clone()),
+                            self.with_secret(a, &codes[0]),
+                            self.with_secret(b, &codes[1]),
                         ]
                     }
-                    (ProofKind::Reply, _) => vec![
-                        self.texts
-                            .reply_code(&with_code, to, self.reply_number.as_deref(), now, expires)
-                            .with_secret(expected.clone()),
-                    ],
-                    _ => vec![
-                        self.texts
-                            .proof_code(&with_code, to, now, expires)
-                            .with_secret(expected.clone()),
-                    ],
+                    (ProofKind::Reply, _) => {
+                        let reply = self.reply_number.as_deref();
+                        let n = self.texts.reply_code(&with_code, to, reply, now, expires);
+                        vec![self.with_secret(n, &expected)]
+                    }
+                    _ => {
+                        let n = self.texts.proof_code(&with_code, to, now, expires);
+                        vec![self.with_secret(n, &expected)]
+                    }
                 };
                 let mut d = self.actor.draft("change.code_sent", "ok", Some(&with_code));
                 d.detail = Some(match second {

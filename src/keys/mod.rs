@@ -150,13 +150,10 @@ pub fn address_mail(
 }
 
 impl Registry<'_> {
-    /// The request's notices with their links sealed: the store keeps no
-    /// link in clear (`trust::seal::AtRest`).
-    fn seal_links(&self, request: &mut KeyRequest) {
-        let at_rest = crate::trust::seal::AtRest::new(&self.config.code_key);
-        for n in &mut request.notices {
-            at_rest.seal_notice(n);
-        }
+    /// `n` carrying link secret `token`, sealed: the store keeps no link
+    /// in clear (`trust::seal::AtRest`).
+    fn with_link(&self, n: Notification, token: &str) -> Notification {
+        crate::trust::seal::AtRest::new(&self.config.code_key).with_secret(n, token)
     }
 
     /// The link a key mail carries, its secret at [`SECRET_MARK`]: the
@@ -450,8 +447,8 @@ impl Registry<'_> {
                     link = self.link(),
                 ),
                 Some(&key.fingerprint),
-            )
-            .with_secret(token);
+            );
+        let confirm = self.with_link(confirm, &token);
         let mut request = KeyRequest {
             address: address.to_string(),
             key: Some(self.record(address, &key, origin.channel)),
@@ -495,10 +492,8 @@ impl Registry<'_> {
                         TokenPurpose::Approve,
                         Some(&change.id),
                     ));
-                    request.notices.push(
-                        self.approval_mail(address, &change, &active.fingerprint)
-                            .with_secret(approve),
-                    );
+                    let mail = self.approval_mail(address, &change, &active.fingerprint);
+                    request.notices.push(self.with_link(mail, &approve));
                 }
                 request.proof = proof;
                 request.change = Some(change.clone());
@@ -511,7 +506,6 @@ impl Registry<'_> {
                 None
             }
         };
-        self.seal_links(&mut request);
         match self
             .store
             .record_key_request(&request, self.now, rules::admit_change)
@@ -577,13 +571,10 @@ impl Registry<'_> {
                 TokenPurpose::Approve,
                 Some(&change.id),
             ));
-            request.notices.push(
-                self.approval_mail(address, &change, &active.fingerprint)
-                    .with_secret(approve),
-            );
+            let mail = self.approval_mail(address, &change, &active.fingerprint);
+            request.notices.push(self.with_link(mail, &approve));
         }
         request.proof = proof;
-        self.seal_links(&mut request);
         let writes = match self
             .store
             .record_key_request(&request, self.now, rules::admit_change)

@@ -237,9 +237,8 @@ mod tests {
         let renderer = Renderer::new(&config).unwrap();
         let now = chrono::Utc::now();
         let mut c = claimed("ntfy:alerts", "kci.verify", false, false);
-        c.notification = c.notification.with_secret("123456".into());
         let at_rest = AtRest::new(&config.code_key);
-        at_rest.seal_notice(&mut c.notification);
+        c.notification = at_rest.with_secret(c.notification, "123456");
         let rendered = renderer.render(&c.notification, None).unwrap();
         let out = secure(&c, rendered.clone(), &renderer, &store, &at_rest, now)
             .await
@@ -256,8 +255,8 @@ mod tests {
         // Sealed with another code key (or moved from another notice): it
         // does not open, and nothing goes out.
         let mut c = claimed("ntfy:alerts", "kci.verify", false, false);
-        c.notification = c.notification.with_secret("123456".into());
-        AtRest::new(&crate::trust::codes::CodeKey::random()).seal_notice(&mut c.notification);
+        let other_key = AtRest::new(&crate::trust::codes::CodeKey::random());
+        c.notification = other_key.with_secret(c.notification, "123456");
         let rendered = renderer.render(&c.notification, None).unwrap();
         let withheld = secure(&c, rendered, &renderer, &store, &at_rest, now)
             .await

@@ -454,7 +454,10 @@ pub trait Rows: Send + 'static {
                     let place = match r.text(0)?.as_str() {
                         "notice" => super::SecretPlace::Notice,
                         "webhook" => super::SecretPlace::Webhook,
-                        _ => super::SecretPlace::WebhookPrevious,
+                        "previous" => super::SecretPlace::WebhookPrevious,
+                        other => {
+                            return Err(StoreError::Corrupt(format!("secret place `{other}`")));
+                        }
                     };
                     Ok(super::ClearSecret {
                         place,

@@ -240,9 +240,11 @@ pub fn new_code(
         hash: code_hash(key, &dest.id, &code),
         expires_at: now + chrono::Duration::hours(CODE_LIFETIME_HOURS),
     };
-    let mut notice = verification_notice(account, dest, sender, now).with_secret(code);
-    super::seal::AtRest::new(key).seal_notice(&mut notice);
-    (pending, notice)
+    let notice = verification_notice(account, dest, sender, now);
+    (
+        pending,
+        super::seal::AtRest::new(key).with_secret(notice, &code),
+    )
 }
 
 /// A code is stored as HMAC-SHA256 with `key` over the destination id and

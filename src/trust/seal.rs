@@ -144,23 +144,14 @@ impl AtRest {
         }
     }
 
-    /// Seals `n`'s one-time secret, if any, to its id; one sealed already
-    /// stays as it is (no code, link or word kci makes has a `.`). A
-    /// secret that cannot be sealed (longer than [`MAX_PLAIN`]: none kci
-    /// makes) is dropped, so the notice is withheld rather than kept in
-    /// clear.
-    pub fn seal_notice(&self, n: &mut Notification) {
-        if let Some(secret) = n.secret.take() {
-            if is_sealed(secret.expose()) {
-                n.secret = Some(secret);
-                return;
-            }
-            n.secret = self
-                .notices
-                .seal(secret.expose(), &n.id)
-                .ok()
-                .map(Secret::new);
-        }
+    /// `n` carrying the one-time `secret` its texts reveal at
+    /// [`crate::model::SECRET_MARK`], sealed to its id: the one way a
+    /// secret enters a notice. One that cannot be sealed (longer than
+    /// [`MAX_PLAIN`]: none kci makes) is left out, so the notice is
+    /// withheld rather than kept in clear.
+    pub fn with_secret(&self, mut n: Notification, secret: &str) -> Notification {
+        n.secret = self.notices.seal(secret, &n.id).ok().map(Secret::new);
+        n
     }
 
     /// The one-time secret of notice `n`, opened. A clear value (written by
@@ -209,8 +200,13 @@ pub async fn seal_clear(
     let mut sealed = 0;
     for found in store.clear_secrets().await? {
         let value = found.value.expose();
-        let Ok(new) = at_rest.seal_found(found.place, &found.id, value) else {
-            continue;
+        let new = match at_rest.seal_found(found.place, &found.id, value) {
+            Ok(new) => new,
+            Err(e) => {
+                // Left as it is (longer than anything kci makes): said.
+                tracing::warn!(place = ?found.place, id = %found.id, error = %e, "a secret kept in clear could not be sealed");
+                continue;
+            }
         };
         if store
             .replace_secret(found.place, &found.id, value, &new)
@@ -252,12 +248,12 @@ mod tests {
     fn secrets_at_rest_open_only_for_their_own_row() {
         let key = CodeKey::random();
         let at_rest = AtRest::new(&key);
+        // As an earlier version stored it: in clear.
         let n = Notification {
             secret: Some(Secret::new("424242".into())),
             ..notice("n1")
         };
-        let mut sealed = n.clone();
-        at_rest.seal_notice(&mut sealed);
+        let sealed = at_rest.with_secret(notice("n1"), "424242");
         let stored = sealed.secret.as_ref().unwrap().expose().to_string();
         assert!(is_sealed(&stored) && !stored.contains("424242"));
         let opened = at_rest.open_notice(&sealed).unwrap().unwrap();
@@ -271,9 +267,7 @@ mod tests {
         let other = AtRest::new(&CodeKey::random());
         assert_eq!(other.open_notice(&sealed).err(), Some(SealError::Wrong));
         // A notice without a secret, and one an earlier version stored.
-        let mut plain = notice("n3");
-        at_rest.seal_notice(&mut plain);
-        assert!(at_rest.open_notice(&plain).unwrap().is_none());
+        assert!(at_rest.open_notice(&notice("n3")).unwrap().is_none());
         assert_eq!(at_rest.open_notice(&n).unwrap().unwrap().expose(), "424242");
 
         let whsec = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";

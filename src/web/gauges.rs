@@ -128,7 +128,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn scrapes_get_a_fresh_count_on_a_small_store_and_one_count_runs_at_a_time() {
+    async fn scrapes_at_once_each_get_the_count_of_a_small_store() {
         use crate::store::prelude::*;
         let store: Arc<dyn Store> =
             Arc::new(crate::store::sqlite::SqliteStore::open(":memory:").unwrap());
