@@ -168,6 +168,7 @@ impl RawRow {
                 continue;
             }
             let name = COLUMNS[col];
+            let cell = &unguard(cell);
             let text = Some(cell.clone());
             match col {
                 0 => row.account = text,
@@ -455,8 +456,42 @@ pub fn rows_of(view: &AccountView) -> Vec<RawRow> {
     out
 }
 
-/// One CSV field, quoted where it must be (RFC 4180).
+/// Characters that make a spreadsheet read a cell as a formula (OWASP
+/// "CSV injection"): a customer's name such as `=HYPERLINK(...)` must not
+/// run in the staff member's spreadsheet that opens an export.
+const FORMULA_START: [char; 6] = ['=', '+', '-', '@', '\t', '\r'];
+
+/// Whether a cell, with its leading quote marks skipped, starts a formula.
+fn formula_after_quotes(s: &str) -> bool {
+    s.trim_start_matches('\'').starts_with(FORMULA_START)
+}
+
+/// A cell as written: one that would start a formula gets a leading `'`
+/// (spreadsheets show it as text and hide the mark). So that reading it
+/// back gives the value again, a value that already starts with quote
+/// marks before a formula character gets one more.
+fn guard(s: &str) -> std::borrow::Cow<'_, str> {
+    if formula_after_quotes(s) {
+        format!("'{s}").into()
+    } else {
+        s.into()
+    }
+}
+
+/// A cell as read: the inverse of [`guard`]. A `'` before a formula
+/// character is the spreadsheet's mark for text, not part of the value;
+/// any other leading `'` (`'s-Hertogenbosch`) is kept.
+fn unguard(s: &str) -> String {
+    match s.strip_prefix('\'') {
+        Some(rest) if formula_after_quotes(rest) => rest.to_string(),
+        _ => s.to_string(),
+    }
+}
+
+/// One CSV field, guarded against formulas and quoted where it must be
+/// (RFC 4180).
 fn csv_field(out: &mut impl Write, s: &str) -> std::io::Result<()> {
+    let s = &*guard(s);
     // Edge spaces quoted too, so no spreadsheet trims them.
     let quote = s.contains([',', '"', '\n', '\r'])
         || s.starts_with(char::is_whitespace)
@@ -727,6 +762,54 @@ mod tests {
         assert_eq!(got[0], (1, Record::Json(b"{\"account\":\"A1\"}".to_vec())));
         assert!(matches!(&got[1], (3, Record::Unreadable(_))));
         assert_eq!(got[2], (4, Record::Json(b"{\"account\":\"A2\"}".to_vec())));
+    }
+
+    #[test]
+    fn cells_that_would_run_as_formulas_are_written_as_text_and_read_back_as_they_were() {
+        // (value, as written)
+        let cases = [
+            (
+                "=HYPERLINK(\"http://x\";\"y\")",
+                "'=HYPERLINK(\"http://x\";\"y\")",
+            ),
+            ("+49 30 1234", "'+49 30 1234"),
+            ("-2+3", "'-2+3"),
+            ("@SUM(A1)", "'@SUM(A1)"),
+            ("\tcmd", "'\tcmd"),
+            ("\r=1", "'\r=1"),
+            ("'=1", "''=1"),
+            ("''@x", "'''@x"),
+            ("'s-Hertogenbosch", "'s-Hertogenbosch"),
+            ("'", "'"),
+            ("a=b", "a=b"),
+            ("", ""),
+        ];
+        for (value, written) in cases {
+            assert_eq!(guard(value), written, "{value:?}");
+            assert_eq!(unguard(written), value, "{value:?}");
+        }
+        // A hand-written cell with the spreadsheet's text mark reads as the text.
+        assert_eq!(unguard("'=1+1"), "=1+1");
+
+        // Through a whole row: exported, read back, the same.
+        let row = RawRow {
+            account: Some("A1".into()),
+            account_name: Some("=cmd|' /C calc'!A0".into()),
+            contact_name: Some("'s-Hertogenbosch".into()),
+            ..RawRow::default()
+        };
+        let mut out = Vec::new();
+        write_row(Format::Csv, &row, &mut out).unwrap();
+        let line = String::from_utf8(out).unwrap();
+        assert!(line.starts_with("A1,'=cmd|' /C calc'!A0,"), "{line}");
+        let header = Header::parse(&COLUMNS.map(String::from)).unwrap();
+        let Some((_, Record::Fields(fields))) = Reader::new(line.as_bytes(), Format::Csv)
+            .next_record()
+            .unwrap()
+        else {
+            panic!("no record in {line}");
+        };
+        assert_eq!(RawRow::from_csv(&header, &fields).unwrap(), row);
     }
 
     #[test]

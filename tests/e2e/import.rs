@@ -2,7 +2,8 @@
 //! them beside a running hub: a file with good and bad rows, each bad one
 //! reported with its line and reason; the same file again changes
 //! nothing; the export imported into an empty database gives the same
-//! export back, in CSV and in NDJSON.
+//! export back, in CSV and in NDJSON; a cell a spreadsheet would run as
+//! a formula is exported as text and read back as it was.
 
 use crate::changes::pg_schema;
 use crate::common::Kci;
@@ -15,7 +16,7 @@ A1,Alice Ltd,Europe/London,high,alice,Alice,https://hooks.example.com/alice,true
 A1,Alice Ltd,Europe/London,high,bob,Bob,,,
 A2,Bob's Bikes,Mars/Olympus,,,,,,
 A3,Carol,,,carol,,sms:+447700900123,true,
-A4,Dan,,,dan,,mailto:dan@example.com,,
+A4,\"=HYPERLINK(\"\"https://evil.example/\"\",\"\"Dan\"\")\",,,dan,,mailto:dan@example.com,,
 A 5,,,,,,,,
 A1,Alice Ltd,Europe/London,standard,,,,,
 ";
@@ -98,6 +99,11 @@ async fn round_trip(pg: [Option<&str>; 3]) {
         "{csv}"
     );
     assert!(!csv.contains("secret") && !csv.contains("code"), "{csv}");
+    // A name that a spreadsheet would run is written as text.
+    assert!(
+        csv.contains("\nA4,\"'=HYPERLINK(\"\"https://evil.example/\"\",\"\"Dan\"\")\","),
+        "{csv}"
+    );
 
     // Imported into an empty database, it exports the same, CSV or NDJSON.
     for (i, format) in [(1, "csv"), (2, "ndjson")] {
