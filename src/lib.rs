@@ -26,6 +26,7 @@ pub mod schedule;
 pub mod secure;
 pub mod shutdown;
 pub mod smime;
+pub mod staff;
 pub mod store;
 pub mod text;
 pub mod trust;

@@ -206,6 +206,16 @@ pub enum StaffCommand {
         config: ConfigArg,
         name: String,
     },
+    /// Print a one-time enrolment code for a staff member, to hand them
+    /// in person: with it they set a password and get the TOTP secret for
+    /// their authenticator (POST /v1/staff/enrol). Run again after a lost
+    /// phone or a leaked password: the old ones and their sessions stop
+    /// working at once.
+    Enrol {
+        #[command(flatten)]
+        config: ConfigArg,
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -445,6 +455,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             staff::add(config, name, role).await
         }
         Command::Staff(StaffCommand::List(c)) => staff::list(c).await,
+        Command::Staff(StaffCommand::Enrol { config, name }) => staff::enrol(config, name).await,
         Command::Staff(StaffCommand::Disable { config, name }) => {
             staff::disable(config, name).await
         }

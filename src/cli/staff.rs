@@ -6,22 +6,6 @@ use crate::model::audit::AuditDraft;
 use crate::model::{Role, Staff};
 use std::process::ExitCode;
 
-/// A staff name: what audits and approvals record.
-fn check_name(name: &str) -> anyhow::Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
-    if ok {
-        Ok(())
-    } else {
-        anyhow::bail!(
-            "NAME: `{name}` must be 1 to 64 letters, digits, dots, hyphens or underscores"
-        )
-    }
-}
-
 async fn audit(store: &dyn crate::store::Store, action: &str, name: &str) -> anyhow::Result<()> {
     let mut d = AuditDraft::new("cli", action, "ok");
     d.detail = Some(format!("staff:{name}"));
@@ -31,7 +15,7 @@ async fn audit(store: &dyn crate::store::Store, action: &str, name: &str) -> any
 }
 
 pub async fn add(arg: ConfigArg, name: String, role: String) -> anyhow::Result<ExitCode> {
-    check_name(&name)?;
+    crate::model::check_staff_name(&name).map_err(|e| anyhow::anyhow!("NAME: {e}"))?;
     let role: Role = role.parse().map_err(|e| anyhow::anyhow!("--role: {e}"))?;
     let config = super::load_config(&arg)?;
     let store = crate::store::open(config.store.url.expose()).await?;
@@ -46,7 +30,7 @@ pub async fn add(arg: ConfigArg, name: String, role: String) -> anyhow::Result<E
     }
     audit(store.as_ref(), "staff.added", &name).await?;
     eprintln!(
-        "added staff member {name} ({role}); give them a token with `kci token create --staff {name} --name LABEL`"
+        "added staff member {name} ({role}); give them an enrolment code with `kci staff enrol {name}` (a password and an authenticator), or a token with `kci token create --staff {name} --name LABEL`"
     );
     Ok(ExitCode::SUCCESS)
 }
@@ -73,5 +57,27 @@ pub async fn disable(arg: ConfigArg, name: String) -> anyhow::Result<ExitCode> {
     audit(store.as_ref(), "staff.disabled", &name).await?;
     crate::web::TokenCache::settle().await;
     eprintln!("disabled {name}: their tokens no longer work");
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn enrol(arg: ConfigArg, name: String) -> anyhow::Result<ExitCode> {
+    let config = super::load_config(&arg)?;
+    let store = crate::store::open(config.store.url.expose()).await?;
+    let logins = crate::staff::Logins {
+        store: store.as_ref(),
+        config: &config,
+        now: chrono::Utc::now(),
+    };
+    let Some(issued) = logins.issue(&name).await? else {
+        anyhow::bail!("NAME: no enabled staff member `{name}`; add them with `kci staff add`");
+    };
+    crate::web::TokenCache::settle().await;
+    eprintln!(
+        "enrolment code for {name}, valid until {} (single use; hand it over in person). \
+         They enrol with POST /v1/staff/enrol {{\"name\", \"code\", \"password\"}}; \
+         any earlier password, authenticator and login of theirs no longer works:",
+        crate::model::fmt_time(issued.expires_at)
+    );
+    println!("{}", issued.code);
     Ok(ExitCode::SUCCESS)
 }

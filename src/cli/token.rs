@@ -54,6 +54,11 @@ pub async fn create(
         if person.disabled_at.is_some() {
             anyhow::bail!("--staff: `{who}` is disabled");
         }
+        if config.staff.second_factor == crate::config::SecondFactor::Required {
+            anyhow::bail!(
+                "--staff: [staff] second_factor = \"required\": a staff member's token comes from a login (POST /v1/staff/login); enrol `{who}` with `kci staff enrol {who}`"
+            );
+        }
         if scopes.is_empty() {
             scopes = person.role.scopes();
         }
@@ -79,6 +84,7 @@ pub async fn create(
         last_used_from: None,
         allow,
         cert,
+        session: false,
     };
     store
         .create_token(&record, &crate::web::hash_token(&token))
@@ -248,6 +254,7 @@ pub async fn rotate(
         last_used_at: None,
         last_used_from: None,
         cert: cert.or(old.cert.clone()),
+        session: old.session,
         allow: if allow.is_empty() {
             old.allow.clone()
         } else {

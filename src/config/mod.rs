@@ -69,6 +69,9 @@ pub struct Config {
     /// Assurance recovery (DESIGN.md §7).
     #[serde(default)]
     pub assurance: AssuranceConfig,
+    /// Staff logins: password and second factor (DESIGN.md §9).
+    #[serde(default)]
+    pub staff: StaffConfig,
     /// Event types source systems may post, by name (such as `line.down`).
     #[serde(default)]
     pub types: BTreeMap<String, EventType>,
@@ -215,6 +218,93 @@ impl Default for AssuranceConfig {
             link_valid: days::<2>(),
             t_word_valid: days::<7>(),
             assurers: Assurers::default(),
+        }
+    }
+}
+
+/// `[staff]`: how staff log in (DESIGN.md §9): a password and a TOTP code
+/// give a session token of `session`'s lifetime.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaffConfig {
+    /// `required`: a staff member's token works only if it came from a
+    /// login (`POST /v1/staff/login`); tokens made with `kci token create
+    /// --staff` are refused. `optional` (the default) accepts both.
+    #[serde(default)]
+    pub second_factor: SecondFactor,
+    /// How long a login's token works.
+    #[serde(default = "default_session")]
+    pub session: Span,
+    /// How long the enrolment code of `kci staff enrol` works.
+    #[serde(default = "days::<3>")]
+    pub enrolment: Span,
+    /// Failed logins or enrolments per staff name before the name is
+    /// refused for the rest of the window.
+    #[serde(default = "default_failed_logins")]
+    pub failed_logins: crate::model::Cap,
+    /// Failed logins or enrolments per client address.
+    #[serde(default = "default_failed_logins_per_source")]
+    pub failed_logins_per_source: crate::model::Cap,
+    /// The issuer an authenticator app shows beside the name; by default
+    /// the sender's name of `[email] from`.
+    #[serde(default)]
+    pub issuer: Option<String>,
+}
+
+impl StaffConfig {
+    /// The issuer an authenticator app shows (without colons: the app
+    /// splits its label at one).
+    pub fn issuer(&self, email: &EmailConfig) -> String {
+        let name = self.issuer.as_deref().unwrap_or(email.sender_name());
+        let name: String = name
+            .chars()
+            .filter(|c| *c != ':' && !c.is_control())
+            .take(64)
+            .collect();
+        if name.trim().is_empty() {
+            "kci".into()
+        } else {
+            name.trim().to_string()
+        }
+    }
+}
+
+/// `[staff] second_factor`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SecondFactor {
+    #[default]
+    Optional,
+    Required,
+}
+
+fn default_session() -> Span {
+    Span(std::time::Duration::from_secs(12 * 3600))
+}
+
+fn default_failed_logins() -> crate::model::Cap {
+    crate::model::Cap {
+        count: 10,
+        per: crate::model::Span(std::time::Duration::from_secs(900)),
+    }
+}
+
+fn default_failed_logins_per_source() -> crate::model::Cap {
+    crate::model::Cap {
+        count: 30,
+        per: crate::model::Span(std::time::Duration::from_secs(900)),
+    }
+}
+
+impl Default for StaffConfig {
+    fn default() -> Self {
+        Self {
+            second_factor: SecondFactor::default(),
+            session: default_session(),
+            enrolment: days::<3>(),
+            failed_logins: default_failed_logins(),
+            failed_logins_per_source: default_failed_logins_per_source(),
+            issuer: None,
         }
     }
 }
@@ -1143,10 +1233,23 @@ impl Config {
             ("server.header_timeout", self.server.header_timeout),
             ("server.body_timeout", self.server.body_timeout),
             ("server.request_timeout", self.server.request_timeout),
+            ("staff.session", self.staff.session),
+            ("staff.enrolment", self.staff.enrolment),
         ] {
             if span.0.is_zero() {
                 return Err((key.into(), "must be longer than zero".into()));
             }
+        }
+        if let Some(issuer) = &self.staff.issuer
+            && (issuer.trim().is_empty()
+                || issuer.len() > 64
+                || issuer.contains(':')
+                || issuer.chars().any(char::is_control))
+        {
+            return Err((
+                "staff.issuer".into(),
+                "must be 1 to 64 characters without a colon (authenticator apps split the label at it)".into(),
+            ));
         }
         if self.server.max_connections == 0 {
             return Err(("server.max_connections".into(), "must be at least 1".into()));

@@ -60,7 +60,7 @@ pub use planning::{Cancel, Load, Planned, RelatedNotice, Seen};
 pub use postal::{PostalAddress, PostalError, PostalInput};
 pub use preferences::Preferences;
 pub use priority::Priority;
-pub use role::{Role, Staff};
+pub use role::{Role, Staff, StaffLogin, check_staff_name};
 pub use secret::Secret;
 pub use state::{Reason, ReceiptStatus, State};
 pub use uri::{ChannelKind, DestinationUri, XUser, parse_apprise_tag, parse_e164};

@@ -81,6 +81,24 @@ impl std::fmt::Display for Role {
     }
 }
 
+/// Whether `name` may be a staff name (what audits and approvals record,
+/// and what a customer is told is calling them).
+pub fn check_staff_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{}` must be 1 to 64 letters, digits, dots, hyphens or underscores",
+            name.chars().take(64).collect::<String>()
+        ))
+    }
+}
+
 /// A staff member.
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Staff {
@@ -90,6 +108,27 @@ pub struct Staff {
     pub created_at: DateTime<Utc>,
     #[serde(serialize_with = "super::ser_time_opt")]
     pub disabled_at: Option<DateTime<Utc>>,
+}
+
+/// How a staff member logs in (password + TOTP, `trust::staff`): kept
+/// apart from [`Staff`], so a login, which records the code it used, does
+/// not move the token epoch that a change of person or role moves.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct StaffLogin {
+    pub name: String,
+    /// The password's argon2id hash (PHC string), once enrolled.
+    pub password_hash: Option<String>,
+    /// The TOTP secret, sealed (`trust::seal`, bound to the name).
+    pub totp_secret: Option<String>,
+    /// The TOTP step last used to log in (0: none): a code is used once.
+    pub totp_last_step: i64,
+    /// SHA-256 of an enrolment code not used yet, and until when it holds.
+    pub enrol_hash: Option<String>,
+    pub enrol_expires_at: Option<DateTime<Utc>>,
+    /// When the password and TOTP secret were set.
+    pub enrolled_at: Option<DateTime<Utc>>,
+    /// The first login with a code from the authenticator: it was set up.
+    pub confirmed_at: Option<DateTime<Utc>>,
 }
 
 #[cfg(test)]

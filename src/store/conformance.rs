@@ -110,6 +110,7 @@ pub async fn check_tokens(store: &dyn Store) {
         last_used_from: None,
         allow: vec!["192.0.2.0/24".parse().unwrap()],
         cert: Some("ab".repeat(32)),
+        session: false,
     };
     store
         .create_token(&rec, &sha256_hex(b"secret"))
@@ -2581,6 +2582,7 @@ pub async fn check_staff_tokens(store: &dyn Store) {
         last_used_from: None,
         allow: vec!["192.0.2.0/24".parse().unwrap()],
         cert: Some("ab".repeat(32)),
+        session: false,
     };
     store
         .create_token(&rec, &sha256_hex(b"ann-token"))
@@ -2606,6 +2608,211 @@ pub async fn check_staff_tokens(store: &dyn Store) {
     assert_eq!(
         store.staff("ann").await.unwrap().unwrap().disabled_at,
         Some(at)
+    );
+}
+
+/// Staff logins on this store (DESIGN.md §9, `crate::staff`): an
+/// enrolment code used once and not after it expired; a TOTP step used
+/// once, and never an earlier one; a new enrolment drops the password and
+/// the secret and revokes the member's sessions, not their other tokens;
+/// a login moves no token epoch; one of two logins racing with the same
+/// code wins.
+pub async fn check_staff_logins(store: &dyn Store) {
+    use crate::model::{Role, Staff};
+    use crate::trust::staff as rules;
+    let at = t("2026-03-22T10:00:00Z");
+    let later = |s: i64| at + Duration::seconds(s);
+    let cy = Staff {
+        name: "cy".into(),
+        role: Role::Approver,
+        created_at: at,
+        disabled_at: None,
+    };
+    assert!(store.add_staff(&cy).await.unwrap());
+    assert_eq!(
+        store.staff_login("cy").await.unwrap(),
+        (Some(cy.clone()), None)
+    );
+    assert_eq!(store.staff_login("nobody").await.unwrap(), (None, None));
+    assert!(
+        !store
+            .issue_enrolment("nobody", "h", later(60), at)
+            .await
+            .unwrap(),
+        "no enrolment for a name that is not staff"
+    );
+
+    let code = rules::new_enrolment_code();
+    let hash = rules::enrolment_hash(&code);
+    assert!(
+        store
+            .issue_enrolment("cy", &hash, later(60), at)
+            .await
+            .unwrap()
+    );
+    let (_, login) = store.staff_login("cy").await.unwrap();
+    let login = login.unwrap();
+    assert_eq!(login.enrol_hash.as_deref(), Some(hash.as_str()));
+    assert_eq!(login.enrol_expires_at, Some(later(60)));
+    assert_eq!((login.password_hash, login.totp_secret), (None, None));
+
+    // Expired, or another code: nothing set.
+    assert!(
+        !store
+            .enrol_staff("cy", &hash, "$pw", "v1.s", later(60))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .enrol_staff("cy", "other", "$pw", "v1.s", later(1))
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .enrol_staff("cy", &hash, "$pw", "v1.s", later(1))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .enrol_staff("cy", &hash, "$pw2", "v1.t", later(2))
+            .await
+            .unwrap(),
+        "an enrolment code is used once"
+    );
+    let (_, login) = store.staff_login("cy").await.unwrap();
+    let login = login.unwrap();
+    assert_eq!(login.password_hash.as_deref(), Some("$pw"));
+    assert_eq!(login.totp_secret.as_deref(), Some("v1.s"));
+    assert_eq!(
+        (login.enrol_hash, login.enrolled_at),
+        (None, Some(later(1)))
+    );
+    assert_eq!(login.confirmed_at, None);
+
+    // Logins: a step once; an earlier one never; the epoch stays.
+    let epoch = store.token_epoch().await.unwrap();
+    let session = |s: i64| rules::session(&cy, later(s), Duration::hours(1));
+    let first = session(10);
+    assert!(
+        store
+            .start_session("cy", 100, "v1.s", &first, "hash-1")
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .start_session("cy", 100, "v1.s", &session(11), "hash-2")
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .start_session("cy", 99, "v1.s", &session(12), "hash-3")
+            .await
+            .unwrap()
+    );
+    assert!(
+        store.find_token("hash-2").await.unwrap().is_none(),
+        "nothing stored for a refused step"
+    );
+    let found = store.find_token("hash-1").await.unwrap().unwrap();
+    assert!(found.session);
+    assert_eq!(found.staff.as_deref(), Some("cy"));
+    assert_eq!(found.expires_at, Some(later(10) + Duration::hours(1)));
+    assert_eq!(
+        store.token_epoch().await.unwrap(),
+        epoch,
+        "a login moves no epoch"
+    );
+    let (_, login) = store.staff_login("cy").await.unwrap();
+    let login = login.unwrap();
+    assert_eq!(
+        (login.totp_last_step, login.confirmed_at),
+        (100, Some(later(10)))
+    );
+
+    // Two logins with the same next step at once: one wins.
+    let (a, b) = (session(20), session(20));
+    let (ra, rb) = tokio::join!(
+        store.start_session("cy", 101, "v1.s", &a, "hash-a"),
+        store.start_session("cy", 101, "v1.s", &b, "hash-b"),
+    );
+    assert!(ra.unwrap() ^ rb.unwrap(), "exactly one login takes a code");
+
+    // A long-lived token of cy's, beside the sessions.
+    let mut kept = session(30);
+    kept.session = false;
+    kept.expires_at = None;
+    store.create_token(&kept, "hash-kept").await.unwrap();
+
+    // Enrolled again (a lost phone): password and secret gone, sessions
+    // revoked at once, the step kept.
+    let again = rules::enrolment_hash(&rules::new_enrolment_code());
+    assert!(
+        store
+            .issue_enrolment("cy", &again, later(600), later(40))
+            .await
+            .unwrap()
+    );
+    let (_, login) = store.staff_login("cy").await.unwrap();
+    let login = login.unwrap();
+    assert_eq!((login.password_hash, login.totp_secret), (None, None));
+    assert_eq!(login.totp_last_step, 101);
+    assert!(
+        !store
+            .start_session("cy", 102, "v1.s", &session(41), "hash-c")
+            .await
+            .unwrap(),
+        "no login without a secret"
+    );
+    let revoked = store.find_token("hash-1").await.unwrap().unwrap();
+    assert_eq!(revoked.revoked_at, Some(later(40)));
+    assert!(!revoked.usable(later(41)));
+    assert!(
+        store
+            .find_token("hash-kept")
+            .await
+            .unwrap()
+            .unwrap()
+            .revoked_at
+            .is_none()
+    );
+    assert!(
+        store.token_epoch().await.unwrap() > epoch,
+        "revoked sessions move the epoch"
+    );
+    // Enrolled with a new secret: a login checked against the old one
+    // (under way during the re-enrolment) takes nothing; the new secret
+    // counts its steps from the start.
+    assert!(
+        store
+            .enrol_staff("cy", &again, "$pw3", "v1.new", later(42))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .start_session("cy", 500, "v1.s", &session(43), "hash-d")
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .start_session("cy", 5, "v1.new", &session(43), "hash-e")
+            .await
+            .unwrap()
+    );
+
+    // Disabled: no new enrolment.
+    assert!(store.disable_staff("cy", later(50)).await.unwrap());
+    assert!(
+        !store
+            .issue_enrolment("cy", &hash, later(600), later(51))
+            .await
+            .unwrap()
     );
 }
 
@@ -2964,6 +3171,7 @@ conformance!(
     check_protected_changes,
     check_security_kept,
     check_staff_tokens,
+    check_staff_logins,
     check_calls,
     check_assurance,
     check_import_directory,
@@ -2999,6 +3207,7 @@ pub async fn check_token_epoch(store: &dyn Store) {
         last_used_from: None,
         allow: vec![],
         cert: None,
+        session: false,
     };
     let (one, two) = (new_id(), new_id());
     store

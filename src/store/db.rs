@@ -44,6 +44,7 @@ macro_rules! migrations {
             (17, include_str!(concat!("migrations/", $db, "-17.sql"))),
             (18, include_str!(concat!("migrations/", $db, "-18.sql"))),
             (19, include_str!(concat!("migrations/", $db, "-19.sql"))),
+            (20, include_str!(concat!("migrations/", $db, "-20.sql"))),
         ]
     };
 }
@@ -1966,6 +1967,95 @@ impl<B: Backend> StaffStore for Db<B> {
         let name = name.to_string();
         self.write(move |rows| {
             Box::pin(async move { rows.disable_staff(&name, to_millis(at)).await })
+        })
+        .await
+    }
+
+    async fn staff_login(
+        &self,
+        name: &str,
+    ) -> Result<(Option<Staff>, Option<crate::model::StaffLogin>)> {
+        let name = name.to_string();
+        self.read(move |rows| {
+            Box::pin(async move {
+                let staff = rows.staff(Some(&name)).await?.pop();
+                let login = match &staff {
+                    Some(_) => rows.staff_login(&name).await?,
+                    None => None,
+                };
+                Ok((staff, login))
+            })
+        })
+        .await
+    }
+
+    async fn issue_enrolment(
+        &self,
+        name: &str,
+        hash: &str,
+        expires_at: DateTime<Utc>,
+        at: DateTime<Utc>,
+    ) -> Result<bool> {
+        let (name, hash) = (name.to_string(), hash.to_string());
+        self.write(move |rows| {
+            Box::pin(async move {
+                match rows.staff(Some(&name)).await?.pop() {
+                    Some(s) if s.disabled_at.is_none() => {}
+                    _ => return Ok(false),
+                }
+                rows.put_enrolment(&name, &hash, to_millis(expires_at))
+                    .await?;
+                rows.revoke_sessions(&name, to_millis(at)).await?;
+                Ok(true)
+            })
+        })
+        .await
+    }
+
+    async fn enrol_staff(
+        &self,
+        name: &str,
+        hash: &str,
+        password_hash: &str,
+        totp_secret: &str,
+        at: DateTime<Utc>,
+    ) -> Result<bool> {
+        let args = [name, hash, password_hash, totp_secret].map(str::to_string);
+        self.write(move |rows| {
+            Box::pin(async move {
+                let [name, hash, password_hash, totp_secret] = &args;
+                rows.enrol_staff(name, hash, password_hash, totp_secret, to_millis(at))
+                    .await
+            })
+        })
+        .await
+    }
+
+    async fn start_session(
+        &self,
+        name: &str,
+        step: i64,
+        secret: &str,
+        token: &TokenRecord,
+        hash: &str,
+    ) -> Result<bool> {
+        let (name, secret, token, hash) = (
+            name.to_string(),
+            secret.to_string(),
+            token.clone(),
+            hash.to_string(),
+        );
+        self.write(move |rows| {
+            Box::pin(async move {
+                if !rows
+                    .use_totp_step(&name, step, &secret, to_millis(token.created_at))
+                    .await?
+                {
+                    return Ok(false);
+                }
+                rows.insert_token(&token, &hash).await?;
+                Ok(true)
+            })
         })
         .await
     }

@@ -69,6 +69,9 @@ pub struct TokenRecord {
     /// The client certificate (SHA-256 of its DER, lower-case hex) it
     /// works only with, over TLS; none: any connection.
     pub cert: Option<String>,
+    /// Made by a staff login (password and second factor), not by
+    /// `kci token create`.
+    pub session: bool,
 }
 
 impl TokenRecord {
@@ -741,6 +744,46 @@ pub trait StaffStore: Send + Sync {
     async fn list_staff(&self) -> Result<Vec<crate::model::Staff>>;
     /// `false` if unknown or disabled already.
     async fn disable_staff(&self, name: &str, at: DateTime<Utc>) -> Result<bool>;
+    /// A staff member and how they log in, read together.
+    async fn staff_login(
+        &self,
+        name: &str,
+    ) -> Result<(
+        Option<crate::model::Staff>,
+        Option<crate::model::StaffLogin>,
+    )>;
+    /// Issues an enrolment code (its hash) to an enabled staff member: their
+    /// password and TOTP secret are dropped and their sessions revoked, in
+    /// one transaction. `false` if there is no such enabled member.
+    async fn issue_enrolment(
+        &self,
+        name: &str,
+        hash: &str,
+        expires_at: DateTime<Utc>,
+        at: DateTime<Utc>,
+    ) -> Result<bool>;
+    /// Enrols with the code hashing to `hash` (used up by it): `false` if
+    /// it is not the current one or has expired at `at`.
+    async fn enrol_staff(
+        &self,
+        name: &str,
+        hash: &str,
+        password_hash: &str,
+        totp_secret: &str,
+        at: DateTime<Utc>,
+    ) -> Result<bool>;
+    /// A login: TOTP step `step` of the (sealed) `secret` it was checked
+    /// against used up and session `token` stored, in one transaction;
+    /// `false` (and nothing stored) if that step, or a later one, was used
+    /// already, or the secret is no longer theirs.
+    async fn start_session(
+        &self,
+        name: &str,
+        step: i64,
+        secret: &str,
+        token: &TokenRecord,
+        hash: &str,
+    ) -> Result<bool>;
 }
 
 /// Durable state: every aggregate's store, and the schema they share.
@@ -1223,6 +1266,7 @@ mod token_tests {
             last_used_from: used.map(|u| u.1.to_string()),
             allow: Vec::new(),
             cert: None,
+            session: false,
         }
     }
 

@@ -484,8 +484,8 @@ impl Rows for PgRows {
 
     async fn insert_token(&mut self, t: &TokenRecord, hash: &str) -> Result<()> {
         self.exec(
-            "INSERT INTO tokens (id, name, secret_hash, scopes, created_at, staff, expires_at, allow, cert) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            "INSERT INTO tokens (id, name, secret_hash, scopes, created_at, staff, expires_at, allow, cert, session) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
             &[
                 &t.id,
                 &t.name,
@@ -496,6 +496,7 @@ impl Rows for PgRows {
                 &t.expires_at.map(to_millis),
                 &prefixes_to_json(&t.allow),
                 &t.cert,
+                &t.session,
             ],
         )
         .await?;

@@ -642,6 +642,79 @@ pub trait Rows: Send + 'static {
                 > 0)
         }
     }
+    /// How `name` logs in, if an enrolment was ever issued.
+    fn staff_login(
+        &mut self,
+        name: &str,
+    ) -> impl Future<Output = Result<Option<crate::model::StaffLogin>>> + Send {
+        async move {
+            let found = self.query(sql::STAFF_LOGIN, &[Arg::Text(name)]).await?;
+            found.first().map(staff_login).transpose()
+        }
+    }
+    /// A new enrolment code for `name`: whatever it logged in with is
+    /// dropped (a re-enrolment after a lost phone or a leaked password).
+    fn put_enrolment(
+        &mut self,
+        name: &str,
+        hash: &str,
+        expires_at: i64,
+    ) -> impl Future<Output = Result<()>> + Send {
+        async move {
+            let args = [Arg::Text(name), Arg::Text(hash), Arg::Int(expires_at)];
+            self.run(sql::PUT_ENROLMENT, &args).await.map(|_| ())
+        }
+    }
+    /// Revokes every session token of `name`; how many.
+    fn revoke_sessions(&mut self, name: &str, at: i64) -> impl Future<Output = Result<u64>> + Send {
+        async move {
+            self.run(sql::REVOKE_SESSIONS, &[Arg::Text(name), Arg::Int(at)])
+                .await
+        }
+    }
+    /// Sets `name`'s password and TOTP secret, using up the enrolment code
+    /// hashing to `hash` if it is still there and not expired at `at`;
+    /// whether it was.
+    fn enrol_staff(
+        &mut self,
+        name: &str,
+        hash: &str,
+        password_hash: &str,
+        totp_secret: &str,
+        at: i64,
+    ) -> impl Future<Output = Result<bool>> + Send {
+        async move {
+            let args = [
+                Arg::Text(name),
+                Arg::Text(hash),
+                Arg::Int(at),
+                Arg::Text(password_hash),
+                Arg::Text(totp_secret),
+            ];
+            Ok(self.run(sql::ENROL_STAFF, &args).await? == 1)
+        }
+    }
+    /// Records TOTP step `step` of secret `secret` (sealed, as read) as
+    /// used by `name`, if it is later than the last one used and the
+    /// secret is still theirs; whether it was (else: a replay, a race
+    /// lost, or a new enrolment meanwhile).
+    fn use_totp_step(
+        &mut self,
+        name: &str,
+        step: i64,
+        secret: &str,
+        at: i64,
+    ) -> impl Future<Output = Result<bool>> + Send {
+        async move {
+            let args = [
+                Arg::Text(name),
+                Arg::Int(step),
+                Arg::Int(at),
+                Arg::Text(secret),
+            ];
+            Ok(self.run(sql::USE_TOTP_STEP, &args).await? == 1)
+        }
+    }
     /// A channel's sealed credential (`channels::credentials`).
     fn credential(
         &mut self,
@@ -876,6 +949,24 @@ pub mod sql {
         "UPDATE tokens SET last_used_at = $2, last_used_from = $3 WHERE id = $1";
     pub const DISABLE_STAFF: &str =
         "UPDATE staff SET disabled_at = $2 WHERE name = $1 AND disabled_at IS NULL";
+    pub const STAFF_LOGIN: &str = "SELECT name, password_hash, totp_secret, totp_last_step, enrol_hash, \
+         enrol_expires_at, enrolled_at, confirmed_at FROM staff_logins WHERE name = $1";
+    /// The step is kept: it only ever moves forward, whatever the secret.
+    pub const PUT_ENROLMENT: &str = "INSERT INTO staff_logins (name, enrol_hash, enrol_expires_at) \
+         VALUES ($1, $2, $3) ON CONFLICT (name) DO UPDATE SET enrol_hash = EXCLUDED.enrol_hash, \
+         enrol_expires_at = EXCLUDED.enrol_expires_at, password_hash = NULL, totp_secret = NULL, \
+         enrolled_at = NULL, confirmed_at = NULL";
+    pub const REVOKE_SESSIONS: &str = "UPDATE tokens SET revoked_at = $2 \
+         WHERE staff = $1 AND session AND revoked_at IS NULL";
+    /// A new secret starts its own count of steps.
+    pub const ENROL_STAFF: &str = "UPDATE staff_logins SET password_hash = $4, totp_secret = $5, \
+         totp_last_step = 0, enrolled_at = $3, confirmed_at = NULL, enrol_hash = NULL, enrol_expires_at = NULL \
+         WHERE name = $1 AND enrol_hash = $2 AND enrol_expires_at > $3";
+    /// Only with the secret the code was checked against (`$4`): a login
+    /// checked against a secret replaced meanwhile takes nothing.
+    pub const USE_TOTP_STEP: &str = "UPDATE staff_logins SET totp_last_step = $2, \
+         confirmed_at = COALESCE(confirmed_at, $3) \
+         WHERE name = $1 AND totp_last_step < $2 AND totp_secret = $4";
     pub const AUTH_EPOCH: &str = "SELECT n FROM auth_epoch WHERE id = 1";
     pub const CHANNEL_PAUSES: &str =
         "SELECT channel, paused_until FROM channel_limits WHERE paused_until > $1";
@@ -1247,6 +1338,20 @@ pub fn staff(r: &impl Cols) -> Result<Staff> {
     })
 }
 
+/// A row of [`sql::STAFF_LOGIN`].
+pub fn staff_login(r: &impl Cols) -> Result<crate::model::StaffLogin> {
+    Ok(crate::model::StaffLogin {
+        name: r.text(0)?,
+        password_hash: r.opt_text(1)?,
+        totp_secret: r.opt_text(2)?,
+        totp_last_step: r.int(3)?,
+        enrol_hash: r.opt_text(4)?,
+        enrol_expires_at: r.opt_time(5)?,
+        enrolled_at: r.opt_time(6)?,
+        confirmed_at: r.opt_time(7)?,
+    })
+}
+
 /// The columns [`link`] reads.
 pub const LINK_COLUMNS: &str =
     "address, fingerprint, purpose, change, expires_at, used_at IS NOT NULL";
@@ -1333,7 +1438,7 @@ pub fn destination_of(r: &impl Cols) -> Result<(String, Destination)> {
 }
 
 /// The columns [`token`] reads.
-pub const TOKEN_COLUMNS: &str = "id, name, scopes, created_at, staff, expires_at, revoked_at, last_used_at, last_used_from, allow, cert";
+pub const TOKEN_COLUMNS: &str = "id, name, scopes, created_at, staff, expires_at, revoked_at, last_used_at, last_used_from, allow, cert, session";
 
 pub fn token(r: &impl Cols) -> Result<TokenRecord> {
     Ok(TokenRecord {
@@ -1348,6 +1453,7 @@ pub fn token(r: &impl Cols) -> Result<TokenRecord> {
         last_used_from: r.opt_text(8)?,
         allow: prefixes_from_json(&r.text(9)?)?,
         cert: r.opt_text(10)?,
+        session: r.flag(11)?,
     })
 }
 

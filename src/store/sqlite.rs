@@ -414,8 +414,8 @@ impl Rows for Lite {
 
     async fn insert_token(&mut self, t: &TokenRecord, hash: &str) -> Result<()> {
         self.exec(
-            "INSERT INTO tokens (id, name, secret_hash, scopes, created_at, staff, expires_at, allow, cert) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            "INSERT INTO tokens (id, name, secret_hash, scopes, created_at, staff, expires_at, allow, cert, session) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             params![
                 t.id,
                 t.name,
@@ -425,7 +425,8 @@ impl Rows for Lite {
                 t.staff,
                 t.expires_at.map(to_millis),
                 prefixes_to_json(&t.allow),
-                t.cert
+                t.cert,
+                t.session
             ],
         )?;
         Ok(())

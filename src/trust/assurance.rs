@@ -86,17 +86,7 @@ pub fn link_hash(token: &str) -> String {
 /// The A-word's argon2id hash (PHC string, a fresh salt). Slow on
 /// purpose: call it outside any transaction.
 pub fn hash_a_word(a: &str) -> Result<String, String> {
-    use argon2::PasswordHasher;
-    use rand::TryRngCore;
-    let mut salt = [0u8; 16];
-    rand::rngs::OsRng
-        .try_fill_bytes(&mut salt)
-        .map_err(|e| format!("the OS random number generator failed: {e}"))?;
-    let salt = argon2::password_hash::SaltString::encode_b64(&salt).map_err(|e| e.to_string())?;
-    argon2::Argon2::default()
-        .hash_password(a.as_bytes(), &salt)
-        .map(|h| h.to_string())
-        .map_err(|e| e.to_string())
+    super::codes::argon2_hash(a)
 }
 
 /// Splits a recovery secret `A-word-T-word` at its last `-` (an A-word
@@ -115,15 +105,10 @@ pub fn matching(
     assurances: &[Assurance],
     secret: &str,
 ) -> Option<String> {
-    use argon2::PasswordVerifier;
     let (a, t) = split_secret(secret).unwrap_or(("", ""));
     let mut found = None;
     for x in assurances {
-        let a_ok = argon2::password_hash::PasswordHash::new(&x.a_hash).is_ok_and(|h| {
-            argon2::Argon2::default()
-                .verify_password(a.as_bytes(), &h)
-                .is_ok()
-        });
+        let a_ok = super::codes::argon2_matches(a, &x.a_hash);
         let want = x.t_hash.as_deref().unwrap_or("");
         let t_ok: bool = want
             .as_bytes()

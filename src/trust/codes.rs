@@ -284,6 +284,51 @@ fn verification_notice(
     )
 }
 
+/// A secret a person chose (a password, an A-word) as its argon2id hash
+/// (PHC string, a fresh salt). Slow on purpose: call it outside any
+/// transaction.
+pub fn argon2_hash(secret: &str) -> Result<String, String> {
+    use argon2::PasswordHasher;
+    let mut salt = [0u8; 16];
+    rand::rngs::OsRng
+        .try_fill_bytes(&mut salt)
+        .map_err(|e| format!("the OS random number generator failed: {e}"))?;
+    let salt = argon2::password_hash::SaltString::encode_b64(&salt).map_err(|e| e.to_string())?;
+    argon2::Argon2::default()
+        .hash_password(secret.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| e.to_string())
+}
+
+/// Whether `secret` is the one hashed to `phc` by [`argon2_hash`] (a
+/// hash that does not parse matches nothing). Slow, as that is.
+pub fn argon2_matches(secret: &str, phc: &str) -> bool {
+    use argon2::PasswordVerifier;
+    argon2::password_hash::PasswordHash::new(phc).is_ok_and(|h| {
+        argon2::Argon2::default()
+            .verify_password(secret.as_bytes(), &h)
+            .is_ok()
+    })
+}
+
+/// A fresh token secret from the operating system's CSPRNG.
+pub fn new_token() -> String {
+    use base64::Engine as _;
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng
+        .try_fill_bytes(&mut bytes)
+        .expect("the OS random number generator failed");
+    format!(
+        "kci_{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    )
+}
+
+/// What is stored of a token.
+pub fn hash_token(token: &str) -> String {
+    crate::model::sha256_hex(token.as_bytes())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,3 +10,5 @@ pub mod calls;
 pub mod changes;
 pub mod codes;
 pub mod seal;
+pub mod staff;
+pub mod totp;

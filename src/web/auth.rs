@@ -9,8 +9,6 @@ use crate::model::Scope;
 use crate::store::TokenRecord;
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
-use base64::Engine;
-use rand::TryRngCore;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -49,22 +47,7 @@ impl Caller {
     }
 }
 
-/// A fresh token secret from the operating system's CSPRNG.
-pub fn new_token() -> String {
-    let mut bytes = [0u8; 32];
-    rand::rngs::OsRng
-        .try_fill_bytes(&mut bytes)
-        .expect("the OS random number generator failed");
-    format!(
-        "kci_{}",
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-    )
-}
-
-/// What is stored of a token.
-pub fn hash_token(token: &str) -> String {
-    crate::model::sha256_hex(token.as_bytes())
-}
+pub use crate::trust::codes::{hash_token, new_token};
 
 impl FromRequestParts<AppState> for Caller {
     type Rejection = AppError;
@@ -92,6 +75,16 @@ impl FromRequestParts<AppState> for Caller {
             .await?
             .filter(|t| t.usable(now))
             .ok_or(AppError::Unauthenticated)?;
+        // A staff member's token must come from a login when a second
+        // factor is required; one made by `kci token create --staff` does
+        // not show one.
+        if record.staff.is_some()
+            && !record.session
+            && state.config.staff.second_factor == crate::config::SecondFactor::Required
+        {
+            tracing::warn!(token = %record.id, "a staff token not made by a login, refused: [staff] second_factor = \"required\"");
+            return Err(AppError::Unauthenticated);
+        }
         let client = parts
             .extensions
             .get::<super::perimeter::ClientAddr>()
@@ -337,6 +330,7 @@ mod tests {
             last_used_from: None,
             allow: vec![],
             cert: None,
+            session: false,
         };
         store.create_token(&rec, &hash_token(token)).await.unwrap();
         (Arc::new(store), id)

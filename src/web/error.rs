@@ -30,6 +30,12 @@ pub enum AppError {
     },
     /// 401: no token, or one kci does not know.
     Unauthenticated,
+    /// 401: credentials sent in the body (a staff login, an enrolment)
+    /// that do not check out; the message does not say which part.
+    Refused {
+        code: &'static str,
+        message: String,
+    },
     /// 403: the token lacks the scope.
     Forbidden {
         scope: crate::model::Scope,
@@ -109,6 +115,7 @@ impl IntoResponse for AppError {
                 "unauthenticated",
                 "send a valid token as `Authorization: Bearer <token>`".to_string(),
             ),
+            AppError::Refused { code, message } => (StatusCode::UNAUTHORIZED, code, message),
             AppError::Forbidden { scope } => (
                 StatusCode::FORBIDDEN,
                 "forbidden",
@@ -117,7 +124,7 @@ impl IntoResponse for AppError {
             AppError::StaffOnly => (
                 StatusCode::FORBIDDEN,
                 "staff_only",
-                "only a staff member may do this: use a token made with `kci token create --staff NAME`".to_string(),
+                "only a staff member may do this: log in (`POST /v1/staff/login`) or use a token made with `kci token create --staff NAME`".to_string(),
             ),
             AppError::NotFound { what } => (
                 StatusCode::NOT_FOUND,

@@ -25,4 +25,5 @@ mod secure_mail;
 mod shared_limits;
 mod simulate;
 mod social;
+mod staff;
 mod synapse;

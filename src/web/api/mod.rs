@@ -9,6 +9,7 @@ mod directory;
 mod events;
 mod keys;
 mod ops;
+mod staff;
 
 pub mod openapi;
 
@@ -93,6 +94,10 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(changes::connection))
         .routes(routes!(assurances::list, assurances::record))
         .routes(routes!(assurances::complete))
+        .routes(routes!(staff::enrol))
+        .routes(routes!(staff::login))
+        .routes(routes!(staff::logout))
+        .routes(routes!(staff::me))
         .routes(routes!(calls::open))
         .routes(routes!(calls::status))
         .routes(routes!(calls::get))

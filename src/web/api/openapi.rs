@@ -31,6 +31,7 @@ use utoipa::{IntoParams, Modify, ToSchema};
         (name = "keys", description = "Customers' OpenPGP keys"),
         (name = "changes", description = "Protected changes: proof, cooling-off, approval, veto"),
         (name = "assurance", description = "Assurance-based recovery (A-word and T-word)"),
+        (name = "staff", description = "Staff enrolment and login: a password and a TOTP code give a session token"),
         (name = "calls", description = "Staff and customer verifying each other on a call"),
         (name = "incidents", description = "What vetoes and refusals opened, and the audit log"),
         (name = "deliveries", description = "Notifications by state, and retrying them"),
