@@ -85,6 +85,24 @@ impl AppError {
             message: format!("{field}: {msg}"),
         }
     }
+
+    /// 429 for a caller over a limit until `retry_at`: `what` and when
+    /// to try again, in the message and in `Retry-After`.
+    pub fn limited_until(
+        code: &'static str,
+        what: impl std::fmt::Display,
+        retry_at: chrono::DateTime<chrono::Utc>,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Self {
+        AppError::TooMany {
+            code,
+            message: format!(
+                "{what}; try again after {}",
+                crate::model::fmt_time(retry_at)
+            ),
+            retry_after: (retry_at - now).to_std().ok(),
+        }
+    }
 }
 
 impl From<crate::directory::Invalid> for AppError {

@@ -185,14 +185,12 @@ pub async fn open(
             ))
         }
         Opened::Refused(why) => Err(refusal(why, None)),
-        Opened::Limited { by, retry_at } => Err(AppError::TooMany {
-            code: "rate_limited",
-            message: format!(
-                "too many call verifications for this {by}; try again after {}",
-                crate::model::fmt_time(retry_at)
-            ),
-            retry_after: (retry_at - now).to_std().ok(),
-        }),
+        Opened::Limited { by, retry_at } => Err(AppError::limited_until(
+            "rate_limited",
+            format_args!("too many call verifications for this {by}"),
+            retry_at,
+            now,
+        )),
     }
 }
 

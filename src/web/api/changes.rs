@@ -665,14 +665,12 @@ pub async fn veto_link(
     let cap = st.config.changes.wrong_links_per_source;
     if let Err(retry_at) = st.store.throttle_peek(WRONG_LINKS, &who, cap, now).await? {
         st.metrics.limit_hit("veto_links", "source");
-        return Err(AppError::TooMany {
-            code: "rate_limited",
-            message: format!(
-                "too many links that were not valid from this address; try again after {}",
-                crate::model::fmt_time(retry_at)
-            ),
-            retry_after: (retry_at - now).to_std().ok(),
-        });
+        return Err(AppError::limited_until(
+            "rate_limited",
+            super::WRONG_LINKS_MESSAGE,
+            retry_at,
+            now,
+        ));
     }
     if !plausible_token(&token) {
         st.store.throttle(WRONG_LINKS, &who, cap, now).await?;

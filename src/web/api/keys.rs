@@ -71,14 +71,12 @@ fn limited(
     retry_at: chrono::DateTime<chrono::Utc>,
     now: chrono::DateTime<chrono::Utc>,
 ) -> AppError {
-    AppError::TooMany {
-        code: "rate_limited",
-        message: format!(
-            "too many key requests for this {by}; try again after {}",
-            crate::model::fmt_time(retry_at)
-        ),
-        retry_after: (retry_at - now).to_std().ok(),
-    }
+    AppError::limited_until(
+        "rate_limited",
+        format_args!("too many key requests for this {by}"),
+        retry_at,
+        now,
+    )
 }
 
 /// 409 for a request the registry did not record.

@@ -182,6 +182,9 @@ pub(crate) fn page(
     )
 }
 
+/// What a client over `[changes] wrong_links_per_source` is told.
+pub(crate) const WRONG_LINKS_MESSAGE: &str = "too many links that were not valid from this address";
+
 /// Answers 429 while the client's address has tried too many links that
 /// were not valid (bucket `bucket`, `[changes] wrong_links_per_source`).
 pub(crate) async fn links_allowed(
@@ -196,14 +199,12 @@ pub(crate) async fn links_allowed(
         Ok(()) => Ok(()),
         Err(retry_at) => {
             st.metrics.limit_hit(bucket, "source");
-            Err(AppError::TooMany {
-                code: "rate_limited",
-                message: format!(
-                    "too many links that were not valid from this address; try again after {}",
-                    crate::model::fmt_time(retry_at)
-                ),
-                retry_after: (retry_at - now).to_std().ok(),
-            })
+            Err(AppError::limited_until(
+                "rate_limited",
+                WRONG_LINKS_MESSAGE,
+                retry_at,
+                now,
+            ))
         }
     }
 }
@@ -321,12 +322,10 @@ fn too_many_wrong(
     retry_at: chrono::DateTime<chrono::Utc>,
     now: chrono::DateTime<chrono::Utc>,
 ) -> AppError {
-    AppError::TooMany {
-        code: "too_many_wrong_codes",
-        message: format!(
-            "this token entered too many wrong codes; try again after {}",
-            crate::model::fmt_time(retry_at)
-        ),
-        retry_after: (retry_at - now).to_std().ok(),
-    }
+    AppError::limited_until(
+        "too_many_wrong_codes",
+        "this token entered too many wrong codes",
+        retry_at,
+        now,
+    )
 }

@@ -15,7 +15,7 @@
 use super::changes::LinkPeer;
 use crate::model::Role;
 use crate::staff::{Logins, Outcome};
-use crate::trust::staff::check_password;
+use crate::trust::staff::{PASSWORD_MAX_BYTES, check_password};
 use crate::web::error::ErrorBody;
 use crate::web::{AppError, AppState, Caller};
 use axum::Json;
@@ -37,34 +37,21 @@ fn logins(st: &AppState) -> Logins<'_> {
     }
 }
 
-fn check_fields(name: &str, fields: &[(&str, &str)]) -> Result<(), AppError> {
+/// Checks the name, and that each `(field, value, most)` holds 1 to
+/// `most` bytes.
+fn check_fields(name: &str, fields: &[(&str, &str, usize)]) -> Result<(), AppError> {
     crate::model::check_staff_name(name)
         .map_err(|e| AppError::invalid("invalid_field", "name", e))?;
-    for (field, v) in fields {
-        if v.is_empty() || v.len() > MAX_CODE {
+    for (field, v, most) in fields {
+        if v.is_empty() || v.len() > *most {
             return Err(AppError::invalid(
                 "invalid_field",
                 field,
-                format!("must be 1 to {MAX_CODE} characters"),
+                format!("must be 1 to {most} bytes"),
             ));
         }
     }
     Ok(())
-}
-
-fn limited(
-    by: &str,
-    retry_at: chrono::DateTime<chrono::Utc>,
-    now: chrono::DateTime<chrono::Utc>,
-) -> AppError {
-    AppError::TooMany {
-        code: "rate_limited",
-        message: format!(
-            "too many failed logins for this {by}; try again after {}",
-            crate::model::fmt_time(retry_at)
-        ),
-        retry_after: (retry_at - now).to_std().ok(),
-    }
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -114,7 +101,7 @@ pub async fn enrol(
     body: Bytes,
 ) -> Result<impl IntoResponse, AppError> {
     let input: EnrolInput = super::json_body(&body)?;
-    check_fields(&input.name, &[("code", &input.code)])?;
+    check_fields(&input.name, &[("code", &input.code, MAX_CODE)])?;
     check_password(&input.name, &input.password)
         .map_err(|e| AppError::invalid("invalid_field", "password", e))?;
     let now = st.clock.now();
@@ -133,7 +120,12 @@ pub async fn enrol(
             code: "enrolment_refused",
             message: "that name and enrolment code do not go together (used, expired, or never issued): ask for a new one with `kci staff enrol`".into(),
         }),
-        Outcome::Limited { by, retry_at } => Err(limited(by, retry_at, now)),
+        Outcome::Limited { by, retry_at } => Err(AppError::limited_until(
+            "rate_limited",
+            format_args!("too many failed logins for this {by}"),
+            retry_at,
+            now,
+        )),
     }
 }
 
@@ -182,17 +174,13 @@ pub async fn login(
     body: Bytes,
 ) -> Result<impl IntoResponse, AppError> {
     let input: LoginInput = super::json_body(&body)?;
-    check_fields(&input.name, &[("code", &input.code)])?;
-    if input.password.is_empty() || input.password.len() > crate::trust::staff::PASSWORD_MAX_BYTES {
-        return Err(AppError::invalid(
-            "invalid_field",
-            "password",
-            format!(
-                "must be 1 to {} bytes",
-                crate::trust::staff::PASSWORD_MAX_BYTES
-            ),
-        ));
-    }
+    check_fields(
+        &input.name,
+        &[
+            ("code", &input.code, MAX_CODE),
+            ("password", &input.password, PASSWORD_MAX_BYTES),
+        ],
+    )?;
     let now = st.clock.now();
     match logins(&st)
         .login(&input.name, &input.password, &input.code, peer.source.as_deref())
@@ -213,7 +201,12 @@ pub async fn login(
             code: "login_refused",
             message: "the name, password or authenticator code is wrong (each code is taken once: wait for the next)".into(),
         }),
-        Outcome::Limited { by, retry_at } => Err(limited(by, retry_at, now)),
+        Outcome::Limited { by, retry_at } => Err(AppError::limited_until(
+            "rate_limited",
+            format_args!("too many failed logins for this {by}"),
+            retry_at,
+            now,
+        )),
     }
 }
 
