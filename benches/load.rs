@@ -129,8 +129,10 @@ body = "Dear customer,\n\nyour line {{{{ service }}}} went down at {{{{ occurred
         ),
     )
     .unwrap();
-    let kci_bin = env!("CARGO_BIN_EXE_kci");
-    let (kci, token, base) = start(kci_bin, &config, port);
+    // KCI_BIN: another build of kci to measure (an A/B against this one).
+    let kci_bin =
+        std::env::var("KCI_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_kci").to_string());
+    let (kci, token, base) = start(&kci_bin, &config, port);
     let kci_pid = kci.0.id();
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(64)

@@ -511,6 +511,41 @@ pub async fn check_batch_ingest_in_order(store: &dyn Store) {
         assert!(notes.iter().all(|n| n.state == State::Pending));
     }
     assert!(store.event("b4").await.unwrap().is_none());
+    // Written together (one statement per table on PostgreSQL), each
+    // notice is as one written alone (b0) would be, with its first
+    // decision.
+    let same = |n: &Notification| {
+        (
+            n.contact.clone(),
+            n.destination.clone(),
+            n.uri.clone(),
+            n.channel,
+            n.type_name.clone(),
+            n.priority,
+            n.state,
+            n.due_at,
+            n.expires_at,
+            n.timezone.clone(),
+            n.message.is_some(),
+            n.secret.is_some(),
+        )
+    };
+    let sorted = |mut v: Vec<Notification>| {
+        v.sort_by(|a, b| a.destination.cmp(&b.destination));
+        v.iter().map(same).collect::<Vec<_>>()
+    };
+    let (_, alone) = store.event("b0").await.unwrap().unwrap();
+    for id in ["b2", "b5"] {
+        let (_, together) = store.event(id).await.unwrap().unwrap();
+        assert_eq!(sorted(together.clone()), sorted(alone.clone()), "{id}");
+        let history = store.history(id).await.unwrap();
+        let mut decided: Vec<&str> = history.iter().map(|d| d.notification.as_str()).collect();
+        decided.sort_unstable();
+        let mut ids: Vec<&str> = together.iter().map(|n| n.id.as_str()).collect();
+        ids.sort_unstable();
+        assert_eq!(decided, ids, "{id}: one first decision each");
+        assert!(history.iter().all(|d| d.state == State::Pending));
+    }
 }
 
 pub async fn check_planner_sees_pending_and_cancels(store: &dyn Store) {

@@ -391,6 +391,82 @@ impl PgRows {
         Ok(())
     }
 
+    /// Stores notifications with their first decisions, in one statement
+    /// (UNNEST of one array per column).
+    async fn notification_rows(&self, notes: &[&Notification]) -> Result<()> {
+        let len = notes.len();
+        let mut messages = Vec::with_capacity(len);
+        for n in notes {
+            messages.push(n.message.as_ref().map(message_json).transpose()?);
+        }
+        let text = |f: fn(&Notification) -> &str| notes.iter().map(|n| f(n)).collect::<Vec<_>>();
+        let opt_text =
+            |f: fn(&Notification) -> Option<&str>| notes.iter().map(|n| f(n)).collect::<Vec<_>>();
+        let int = |f: fn(&Notification) -> i64| notes.iter().map(|n| f(n)).collect::<Vec<_>>();
+        let opt_int =
+            |f: fn(&Notification) -> Option<i64>| notes.iter().map(|n| f(n)).collect::<Vec<_>>();
+        let ids = text(|n| &n.id);
+        let events = opt_text(|n| n.event.as_deref());
+        let accounts = text(|n| &n.account);
+        let contacts = text(|n| &n.contact);
+        let destinations = text(|n| &n.destination);
+        let uris = text(|n| &n.uri);
+        let channels = text(|n| n.channel.as_str());
+        let types = text(|n| &n.type_name);
+        let keys = text(|n| &n.key);
+        let priorities = int(|n| i64::from(n.priority.rank()));
+        let states = text(|n| n.state.as_str());
+        let reasons = opt_text(|n| n.reason.map(|r| r.as_str()));
+        let details = opt_text(|n| n.detail.as_deref());
+        let due = int(|n| to_millis(n.due_at));
+        let expires = opt_int(|n| n.expires_at.map(to_millis));
+        let decided = int(|n| to_millis(n.decided_at));
+        let sent = opt_int(|n| n.sent_at.map(to_millis));
+        let attempts = int(|n| i64::from(n.attempts));
+        let zones = text(|n| &n.timezone);
+        let digests = opt_text(|n| n.digest.as_deref());
+        let paired = opt_int(|n| n.paired_from.map(to_millis));
+        let secrets = opt_text(|n| n.secret.as_ref().map(|s| s.expose().as_str()));
+        self.exec(
+            "WITH n AS (INSERT INTO notifications (id, event, account, contact, destination, uri, channel, type, key, \
+             priority, state, reason, detail, due_at, expires_at, decided_at, sent_at, attempts, timezone, message, \
+             digest, paired_from, secret) \
+             SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::TEXT[], $6::TEXT[], \
+             $7::TEXT[], $8::TEXT[], $9::TEXT[], $10::BIGINT[], $11::TEXT[], $12::TEXT[], $13::TEXT[], \
+             $14::BIGINT[], $15::BIGINT[], $16::BIGINT[], $17::BIGINT[], $18::BIGINT[], $19::TEXT[], $20::TEXT[], \
+             $21::TEXT[], $22::BIGINT[], $23::TEXT[]) \
+             RETURNING id, event, decided_at, state, reason, detail, due_at) \
+             INSERT INTO decisions (notification, event, at, state, reason, detail, due_at) SELECT * FROM n",
+            &[
+                &ids,
+                &events,
+                &accounts,
+                &contacts,
+                &destinations,
+                &uris,
+                &channels,
+                &types,
+                &keys,
+                &priorities,
+                &states,
+                &reasons,
+                &details,
+                &due,
+                &expires,
+                &decided,
+                &sent,
+                &attempts,
+                &zones,
+                &messages,
+                &digests,
+                &paired,
+                &secrets,
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+
     async fn lock(&self, what: String) -> Result<()> {
         self.exec(
             "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
@@ -784,27 +860,57 @@ impl Rows for PgRows {
     }
 
     async fn insert_events(&mut self, events: &[(&Event, usize)]) -> Result<Vec<bool>> {
-        let payloads = events
-            .iter()
-            .map(|(e, _)| event_json(e))
-            .collect::<Result<Vec<_>>>()?;
-        // All on the wire before the first answer: one round trip for
-        // the lot rather than one each (tokio-postgres pipelines queries
-        // issued together on one connection).
-        let this = &*self;
-        futures_util::future::try_join_all(
-            events
-                .iter()
-                .zip(&payloads)
-                .map(|((e, n), payload)| this.event_row(e, *n, payload)),
-        )
-        .await
+        if let [(e, n)] = events {
+            return Ok(vec![self.event_row(e, *n, &event_json(e)?).await?]);
+        }
+        // One statement for the lot (UNNEST of one array per column): a
+        // statement per row costs PostgreSQL a parse-bind-execute each,
+        // pipelined or not.
+        let len = events.len();
+        let (mut ids, mut accounts, mut types, mut keys) = (
+            Vec::with_capacity(len),
+            Vec::with_capacity(len),
+            Vec::with_capacity(len),
+            Vec::with_capacity(len),
+        );
+        let (mut received, mut counts, mut payloads) = (
+            Vec::with_capacity(len),
+            Vec::with_capacity(len),
+            Vec::with_capacity(len),
+        );
+        for (e, n) in events {
+            ids.push(e.id.as_str());
+            accounts.push(e.account.as_str());
+            types.push(e.type_name.as_str());
+            keys.push(e.key.as_str());
+            received.push(to_millis(e.received_at));
+            counts.push(i64::try_from(*n).unwrap_or(i64::MAX));
+            payloads.push(event_json(e)?);
+        }
+        let mut fresh: std::collections::HashSet<String> = self
+            .all(
+                "INSERT INTO events (id, account, type, key, received_at, notifications, payload) \
+                 SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::BIGINT[], \
+                 $6::BIGINT[], $7::TEXT[]) ON CONFLICT (id) DO NOTHING RETURNING id",
+                &[
+                    &ids, &accounts, &types, &keys, &received, &counts, &payloads,
+                ],
+                |r| Ok(r.try_get::<_, String>(0)?),
+            )
+            .await?
+            .into_iter()
+            .collect();
+        // Taken meanwhile (another node): not fresh. An id twice in one
+        // call is fresh once.
+        Ok(events.iter().map(|(e, _)| fresh.remove(&e.id)).collect())
     }
 
     async fn insert_notifications(&mut self, notes: &[&Notification]) -> Result<()> {
-        let this = &*self;
-        futures_util::future::try_join_all(notes.iter().map(|n| this.notification_row(n))).await?;
-        Ok(())
+        match notes {
+            [] => Ok(()),
+            [n] => self.notification_row(n).await,
+            _ => self.notification_rows(notes).await,
+        }
     }
 
     async fn cancel(&mut self, by: By, value: &str, d: &Decided) -> Result<usize> {
