@@ -38,12 +38,15 @@ pub async fn add(arg: ConfigArg, name: String, role: String) -> anyhow::Result<E
 pub async fn list(arg: ConfigArg) -> anyhow::Result<ExitCode> {
     let config = super::load_config(&arg)?;
     let store = crate::store::open(config.store.url.expose()).await?;
+    let now = chrono::Utc::now();
     for s in store.list_staff().await? {
         let state = match s.disabled_at {
             Some(at) => format!("disabled {}", crate::model::fmt_time(at)),
             None => "enabled".into(),
         };
-        println!("{}\t{}\t{}", s.name, s.role, state);
+        let (_, login) = store.staff_login(&s.name).await?;
+        let login = crate::trust::staff::login_state(login.as_ref(), now);
+        println!("{}\t{}\t{}\t{}", s.name, s.role, state, login);
     }
     Ok(ExitCode::SUCCESS)
 }

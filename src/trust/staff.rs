@@ -184,6 +184,27 @@ pub fn seal_context(name: &str) -> String {
     format!("staff:{name}")
 }
 
+/// How a staff member logs in, as `kci staff list` shows it: no login
+/// set up, an enrolment code waiting (or run out), or enrolled and whether
+/// the authenticator has been used yet.
+pub fn login_state(login: Option<&StaffLogin>, now: DateTime<Utc>) -> String {
+    let fmt = crate::model::fmt_time;
+    let Some(l) = login else {
+        return "no login (token only)".into();
+    };
+    match (l.enrol_hash.is_some(), l.enrol_expires_at, l.enrolled_at) {
+        (true, Some(until), _) if until > now => {
+            format!("enrolment code issued, valid until {}", fmt(until))
+        }
+        (true, Some(until), _) => format!("enrolment code ran out {}", fmt(until)),
+        (_, _, Some(at)) => match l.confirmed_at {
+            Some(first) => format!("enrolled {}, first login {}", fmt(at), fmt(first)),
+            None => format!("enrolled {}, not logged in yet", fmt(at)),
+        },
+        _ => "no login (token only)".into(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -375,5 +396,57 @@ mod tests {
                 .all(|c| c.is_ascii_uppercase() || (b'2'..=b'7').contains(&c))
         );
         assert_ne!(new_totp_secret(), new_totp_secret());
+    }
+
+    #[test]
+    fn the_login_state_says_where_a_member_stands() {
+        let t = |s: &str| s.parse::<DateTime<Utc>>().unwrap();
+        let now = t("2026-03-22T10:00:00Z");
+        let at = t("2026-03-20T09:00:00Z");
+        let base = StaffLogin {
+            name: "ann".into(),
+            ..StaffLogin::default()
+        };
+        let issued = StaffLogin {
+            enrol_hash: Some("h".into()),
+            enrol_expires_at: Some(now + chrono::Duration::days(1)),
+            ..base.clone()
+        };
+        let ran_out = StaffLogin {
+            enrol_expires_at: Some(now - chrono::Duration::days(1)),
+            ..issued.clone()
+        };
+        let enrolled = StaffLogin {
+            password_hash: Some("p".into()),
+            enrolled_at: Some(at),
+            ..base.clone()
+        };
+        let confirmed = StaffLogin {
+            confirmed_at: Some(at + chrono::Duration::hours(1)),
+            ..enrolled.clone()
+        };
+        let cases: [(Option<&StaffLogin>, &str); 6] = [
+            (None, "no login (token only)"),
+            (Some(&base), "no login (token only)"),
+            (
+                Some(&issued),
+                "enrolment code issued, valid until 2026-03-23T10:00:00Z",
+            ),
+            (
+                Some(&ran_out),
+                "enrolment code ran out 2026-03-21T10:00:00Z",
+            ),
+            (
+                Some(&enrolled),
+                "enrolled 2026-03-20T09:00:00Z, not logged in yet",
+            ),
+            (
+                Some(&confirmed),
+                "enrolled 2026-03-20T09:00:00Z, first login 2026-03-20T10:00:00Z",
+            ),
+        ];
+        for (login, want) in cases {
+            assert_eq!(login_state(login, now), want);
+        }
     }
 }

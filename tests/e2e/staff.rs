@@ -67,8 +67,23 @@ async fn a_staff_member_logs_in_with_password_and_authenticator_only() {
     let admin = kci.token(&["admin"]);
     let (code, _, err) = kci.cli(&["staff", "add", "jo", "--role", "agent"]);
     assert_eq!(code, 0, "{err}");
+    let listed = |kci: &Kci| {
+        let (code, out, err) = kci.cli(&["staff", "list"]);
+        assert_eq!(code, 0, "{err}");
+        out
+    };
+    assert!(
+        listed(&kci).contains("jo\tagent\tenabled\tno login (token only)"),
+        "{}",
+        listed(&kci)
+    );
     let enrol_code = enrolment_code(&kci, "jo");
     assert!(enrol_code.starts_with("kcie_"), "{enrol_code}");
+    assert!(
+        listed(&kci).contains("\tenrolment code issued, valid until "),
+        "{}",
+        listed(&kci)
+    );
     let enrol =
         |code: &str, password: &str| json!({"name": "jo", "code": code, "password": password});
 
@@ -177,6 +192,11 @@ async fn a_staff_member_logs_in_with_password_and_authenticator_only() {
     let expires = chrono::DateTime::parse_from_rfc3339(v["expires_at"].as_str().unwrap()).unwrap();
     let hours = (expires.with_timezone(&chrono::Utc) - chrono::Utc::now()).num_minutes();
     assert!((719..=720).contains(&hours), "12 h by default: {hours} min");
+    let out = listed(&kci);
+    assert!(
+        out.contains("\tenrolled ") && out.contains(", first login "),
+        "{out}"
+    );
     // The same code again, a replay: refused, even with the password.
     let (s, _) = login(&kci, "jo", PASSWORD, &now_code).await;
     assert_eq!(s, 401, "a code is taken once");
