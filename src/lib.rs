@@ -25,6 +25,7 @@ pub mod render;
 pub mod schedule;
 pub mod secure;
 pub mod shutdown;
+pub mod slow;
 pub mod smime;
 pub mod staff;
 pub mod store;

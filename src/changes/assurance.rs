@@ -49,9 +49,8 @@ impl Engine<'_> {
             Some(_) => {}
         }
         let a_word = input.a_word.clone();
-        let a_hash = tokio::task::spawn_blocking(move || rules::hash_a_word(&a_word))
-            .await
-            .map_err(|e| crate::store::StoreError::Unavailable(format!("hashing: {e}")))?
+        let a_hash = crate::slow::argon2(move || rules::hash_a_word(&a_word))
+            .await?
             .map_err(|e| crate::store::StoreError::Unavailable(format!("hashing: {e}")))?;
         let token = crate::keys::new_link_secret();
         let now = self.now.trunc_subsecs(3);
@@ -125,9 +124,7 @@ impl Engine<'_> {
             .collect();
         let secret = secret.to_string();
         let key = self.config.code_key.clone();
-        let matched = tokio::task::spawn_blocking(move || rules::matching(&key, &live, &secret))
-            .await
-            .map_err(|e| crate::store::StoreError::Unavailable(format!("hashing: {e}")))?;
+        let matched = crate::slow::argon2(move || rules::matching(&key, &live, &secret)).await?;
         self.step(
             ChangeTarget::Id(id.to_string()),
             Action::CompleteAssurance { matched },

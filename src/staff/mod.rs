@@ -64,24 +64,6 @@ static NO_PASSWORD: LazyLock<String> = LazyLock::new(|| {
     crate::trust::codes::argon2_hash(&rules::new_enrolment_code()).unwrap_or_default()
 });
 
-/// How many argon2 computations logins and enrolments run at once: each
-/// takes ~19 MiB and a core for tens of milliseconds, and anyone may post
-/// a login; beyond these, requests wait their turn (the request timeout
-/// bounds the wait).
-static ARGON2_AT_ONCE: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
-
-/// Runs the argon2 work `f` off the async threads, a few at a time.
-async fn argon2<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
-    let unavailable = |e: String| crate::store::StoreError::Unavailable(e);
-    let _turn = ARGON2_AT_ONCE
-        .acquire()
-        .await
-        .map_err(|e| unavailable(e.to_string()))?;
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| unavailable(e.to_string()))
-}
-
 /// The logins of one moment.
 pub struct Logins<'a> {
     pub store: &'a dyn Store,
@@ -186,9 +168,10 @@ impl Logins<'_> {
             return Ok(Outcome::Refused);
         }
         let password = password.to_string();
-        let password_hash = argon2(move || crate::trust::codes::argon2_hash(&password))
-            .await?
-            .map_err(crate::store::StoreError::Unavailable)?;
+        let password_hash =
+            crate::slow::argon2(move || crate::trust::codes::argon2_hash(&password))
+                .await?
+                .map_err(crate::store::StoreError::Unavailable)?;
         let secret = rules::new_totp_secret();
         let sealed = self
             .sealer()
@@ -229,7 +212,7 @@ impl Logins<'_> {
         // same.
         let phc = login.as_ref().and_then(|l| l.password_hash.clone());
         let typed = password.to_string();
-        let password_ok = argon2(move || {
+        let password_ok = crate::slow::argon2(move || {
             let phc = phc.as_deref().unwrap_or(NO_PASSWORD.as_str());
             crate::trust::codes::argon2_matches(&typed, phc)
         })
