@@ -126,7 +126,8 @@ pub async fn create(
 }
 
 /// `kci token list`: every token, newest first — id, name, who it acts
-/// as, scopes, state, expiry and last use. Never a secret.
+/// as, scopes, state, expiry, last use, and whether a staff login made it
+/// (`session`) or `kci token create` did (`token`). Never a secret.
 pub async fn list(arg: ConfigArg) -> anyhow::Result<ExitCode> {
     let config = super::load_config(&arg)?;
     let store = crate::store::open(config.store.url.expose()).await?;
@@ -134,7 +135,9 @@ pub async fn list(arg: ConfigArg) -> anyhow::Result<ExitCode> {
     let time = |t: Option<chrono::DateTime<chrono::Utc>>| {
         t.map_or_else(|| "-".to_string(), crate::model::fmt_time)
     };
-    println!("id\tname\tstaff\tscopes\tnetworks\tcertificate\tstate\texpires\tlast used\tfrom");
+    println!(
+        "id\tname\tstaff\tscopes\tnetworks\tcertificate\tstate\texpires\tlast used\tfrom\tkind"
+    );
     for t in store.tokens().await? {
         // A disabled staff member's tokens stop at once (auth checks it).
         let staff_disabled = match &t.staff {
@@ -153,7 +156,7 @@ pub async fn list(arg: ConfigArg) -> anyhow::Result<ExitCode> {
         let scopes: Vec<_> = t.scopes.iter().map(|s| s.as_str()).collect();
         let nets: Vec<String> = t.allow.iter().map(ToString::to_string).collect();
         println!(
-            "{}\t{}\t{}\t{}\t{}\t{}\t{state}\t{}\t{}\t{}",
+            "{}\t{}\t{}\t{}\t{}\t{}\t{state}\t{}\t{}\t{}\t{}",
             t.id,
             t.name,
             t.staff.as_deref().unwrap_or("-"),
@@ -167,6 +170,7 @@ pub async fn list(arg: ConfigArg) -> anyhow::Result<ExitCode> {
             time(t.expires_at),
             time(t.last_used_at),
             t.last_used_from.as_deref().unwrap_or("-"),
+            if t.session { "session" } else { "token" },
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -831,7 +831,7 @@ async fn tokens_expire_are_listed_revoked_and_rotated() {
         let (code, out, _) = kci.cli(&["token", "list"]);
         assert_eq!(code, 0);
         out.lines()
-            .any(|l| l.contains("\tactive\t") && l.ends_with("\t127.0.0.1"))
+            .any(|l| l.contains("\tactive\t") && l.ends_with("\t127.0.0.1\ttoken"))
             .then_some(out)
     })
     .await;

@@ -639,7 +639,7 @@ async fn networks_and_rates_at_the_perimeter() {
     eventually(10, "the office address recorded", || async {
         let (_, out, _) = kci.cli(&["token", "list"]);
         out.lines()
-            .any(|l| l.contains("\toffice\t") && l.ends_with("\t192.0.2.7"))
+            .any(|l| l.contains("\toffice\t") && l.ends_with("\t192.0.2.7\ttoken"))
             .then_some(())
     })
     .await;

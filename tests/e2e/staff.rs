@@ -197,6 +197,19 @@ async fn a_staff_member_logs_in_with_password_and_authenticator_only() {
         out.contains("\tenrolled ") && out.contains(", first login "),
         "{out}"
     );
+    // The session is jo's and says it was made by a login.
+    let (_, tokens, _) = kci.cli(&["token", "list"]);
+    assert!(
+        tokens.lines().any(|l| {
+            let cells: Vec<&str> = l.split('\t').collect();
+            cells.get(2) == Some(&"jo") && cells.last() == Some(&"session")
+        }),
+        "{tokens}"
+    );
+    assert!(
+        tokens.lines().next().unwrap().ends_with("\tkind"),
+        "{tokens}"
+    );
     // The same code again, a replay: refused, even with the password.
     let (s, _) = login(&kci, "jo", PASSWORD, &now_code).await;
     assert_eq!(s, 401, "a code is taken once");
