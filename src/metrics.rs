@@ -14,7 +14,7 @@ type Labels = Vec<(&'static str, String)>;
 /// Every limit kci counts, as `(what, by)`: made at 0 when kci starts, so
 /// the first refusal is an increase `rate()` sees (a counter that appears
 /// at 1 shows none).
-pub const LIMITS: [(&str, &str); 12] = [
+pub const LIMITS: [(&str, &str); 14] = [
     ("api", "network"),
     ("api", "source"),
     ("api", "token"),
@@ -22,6 +22,8 @@ pub const LIMITS: [(&str, &str); 12] = [
     ("api", "token_network"),
     ("key_submissions", "address"),
     ("key_submissions", "source"),
+    ("staff_logins", "name"),
+    ("staff_logins", "source"),
     ("verification_codes", "destination"),
     ("veto_links", "source"),
     ("wrong_codes", "token"),

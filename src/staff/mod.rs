@@ -27,7 +27,11 @@ pub enum Outcome<T> {
     Refused,
     /// Too many failures for this name or address until then.
     Limited {
+        /// In words: "staff member" or "address".
         by: &'static str,
+        /// As the `by` label of `kci_limited_total{what="staff_logins"}`:
+        /// `name` or `source`.
+        label: &'static str,
         retry_at: DateTime<Utc>,
     },
 }
@@ -114,13 +118,29 @@ impl Logins<'_> {
     async fn limited(&self, name: &str, source: Option<&str>) -> Result<Option<Outcome<()>>> {
         let staff = &self.config.staff;
         let by = [
-            (BY_NAME, "staff member", Some(name), staff.failed_logins),
-            (BY_SOURCE, "address", source, staff.failed_logins_per_source),
+            (
+                BY_NAME,
+                "staff member",
+                "name",
+                Some(name),
+                staff.failed_logins,
+            ),
+            (
+                BY_SOURCE,
+                "address",
+                "source",
+                source,
+                staff.failed_logins_per_source,
+            ),
         ];
-        for (bucket, what, key, cap) in by {
+        for (bucket, what, label, key, cap) in by {
             let Some(key) = key else { continue };
             if let Err(retry_at) = self.store.throttle_peek(bucket, key, cap, self.now).await? {
-                return Ok(Some(Outcome::Limited { by: what, retry_at }));
+                return Ok(Some(Outcome::Limited {
+                    by: what,
+                    label,
+                    retry_at,
+                }));
             }
         }
         Ok(None)
@@ -158,8 +178,17 @@ impl Logins<'_> {
         password: &str,
         source: Option<&str>,
     ) -> Result<Outcome<Enrolled>> {
-        if let Some(Outcome::Limited { by, retry_at }) = self.limited(name, source).await? {
-            return Ok(Outcome::Limited { by, retry_at });
+        if let Some(Outcome::Limited {
+            by,
+            label,
+            retry_at,
+        }) = self.limited(name, source).await?
+        {
+            return Ok(Outcome::Limited {
+                by,
+                label,
+                retry_at,
+            });
         }
         let hash = rules::enrolment_hash(code);
         let (staff, login) = self.store.staff_login(name).await?;
@@ -203,8 +232,17 @@ impl Logins<'_> {
         code: &str,
         source: Option<&str>,
     ) -> Result<Outcome<Session>> {
-        if let Some(Outcome::Limited { by, retry_at }) = self.limited(name, source).await? {
-            return Ok(Outcome::Limited { by, retry_at });
+        if let Some(Outcome::Limited {
+            by,
+            label,
+            retry_at,
+        }) = self.limited(name, source).await?
+        {
+            return Ok(Outcome::Limited {
+                by,
+                label,
+                retry_at,
+            });
         }
         let (staff, login) = self.store.staff_login(name).await?;
         // The password is checked whatever else is wrong, against a hash

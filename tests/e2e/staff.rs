@@ -364,6 +364,7 @@ async fn a_required_second_factor_refuses_staff_tokens_without_a_login() {
     let (s, _) = kci.call("GET", "/v1/staff/me", Some(&old), None).await;
     assert_eq!(s, 200, "optional by default");
     let source = kci.token(&["events:write"]);
+    let metrics = kci.token(&["metrics:read"]);
 
     kci.kill();
     let mut text = std::fs::read_to_string(&kci.config).unwrap();
@@ -402,5 +403,22 @@ async fn a_required_second_factor_refuses_staff_tokens_without_a_login() {
     assert!(
         v["message"].as_str().unwrap().contains("staff member"),
         "{v}"
+    );
+    // The monitoring sees it: someone is trying a staff member's password.
+    let text = reqwest::Client::new()
+        .get(format!("{}/metrics", kci.base))
+        .bearer_auth(&metrics)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.lines().any(|l| l.starts_with("kci_limited_total")
+            && l.contains("what=\"staff_logins\"")
+            && l.contains("by=\"name\"")
+            && l.ends_with(" 1")),
+        "{text}"
     );
 }

@@ -120,12 +120,19 @@ pub async fn enrol(
             code: "enrolment_refused",
             message: "that name and enrolment code do not go together (used, expired, or never issued): ask for a new one with `kci staff enrol`".into(),
         }),
-        Outcome::Limited { by, retry_at } => Err(AppError::limited_until(
+        Outcome::Limited {
+            by,
+            label,
+            retry_at,
+        } => Err({
+            st.metrics.limit_hit("staff_logins", label);
+            AppError::limited_until(
             "rate_limited",
             format_args!("too many failed logins for this {by}"),
             retry_at,
             now,
-        )),
+        )
+        }),
     }
 }
 
@@ -201,12 +208,19 @@ pub async fn login(
             code: "login_refused",
             message: "the name, password or authenticator code is wrong (each code is taken once: wait for the next)".into(),
         }),
-        Outcome::Limited { by, retry_at } => Err(AppError::limited_until(
+        Outcome::Limited {
+            by,
+            label,
+            retry_at,
+        } => Err({
+            st.metrics.limit_hit("staff_logins", label);
+            AppError::limited_until(
             "rate_limited",
             format_args!("too many failed logins for this {by}"),
             retry_at,
             now,
-        )),
+        )
+        }),
     }
 }
 
