@@ -3,7 +3,11 @@
 //! sink). Each figure is printed beside the raw ceiling of the same store on
 //! the same machine: a plain batched insert of rows of the same size.
 //!
-//!     cargo bench --bench load -- [--store sqlite|postgres] [--events N]
+//!     cargo bench --bench load -- [--store sqlite|postgres] [--events N] [--nodes N]
+//!
+//! `--nodes N` (PostgreSQL): N `kci serve` nodes on the one database, all
+//! claiming and delivering in phase 3; requests go to the first. The CPU
+//! figures are those of all nodes together.
 //!
 //! Phases, each measured alone:
 //! 1. single: events posted one per request by 32 concurrent clients;
@@ -27,18 +31,21 @@ use support::*;
 struct Args {
     store: String,
     events: usize,
+    nodes: usize,
 }
 
 fn args() -> Args {
     let mut a = Args {
         store: "sqlite".into(),
         events: 20_000,
+        nodes: 1,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
         match k.as_str() {
             "--store" => a.store = it.next().expect("--store sqlite|postgres"),
             "--events" => a.events = it.next().and_then(|v| v.parse().ok()).expect("--events N"),
+            "--nodes" => a.nodes = it.next().and_then(|v| v.parse().ok()).expect("--nodes N"),
             _ => {} // cargo bench passes --bench
         }
     }
@@ -108,10 +115,13 @@ async fn main() {
     };
     // The key codes are hashed with (PostgreSQL needs one in the config).
     let code_key = "5a".repeat(32);
+    assert!(
+        args.nodes >= 1 && (args.nodes == 1 || args.store == "postgres"),
+        "--nodes N: 1, or more on PostgreSQL (SQLite is one process)"
+    );
     let port = free_port();
     let config = dir.path().join("kci.toml");
-    std::fs::write(
-        &config,
+    let config_text = |port: u16| {
         format!(
             r#"[server]
 listen = "127.0.0.1:{port}"
@@ -126,14 +136,26 @@ short = "Your line {{{{ service }}}} went down at {{{{ occurred_at | time }}}}."
 subject = "Line {{{{ service }}}} is down ({{{{ data.ticket }}}})"
 body = "Dear customer,\n\nyour line {{{{ service }}}} went down at {{{{ occurred_at | time }}}}.\nReference {{{{ data.ticket }}}}."
 "#
-        ),
-    )
-    .unwrap();
+        )
+    };
+    std::fs::write(&config, config_text(port)).unwrap();
     // KCI_BIN: another build of kci to measure (an A/B against this one).
     let kci_bin =
         std::env::var("KCI_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_kci").to_string());
     let (kci, token, base) = start(&kci_bin, &config, port);
-    let kci_pid = kci.0.id();
+    // The other nodes, on the same database.
+    let mut others = Vec::new();
+    for i in 1..args.nodes {
+        let port = free_port();
+        let config = dir.path().join(format!("kci-{i}.toml"));
+        std::fs::write(&config, config_text(port)).unwrap();
+        others.push(serve(&kci_bin, &config));
+        wait_port(port);
+    }
+    let kci_pid: Vec<u32> = std::iter::once(kci.0.id())
+        .chain(others.iter().map(|k| k.0.id()))
+        .collect();
+    let kci_pid = &kci_pid[..];
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(64)
         .build()
@@ -162,8 +184,9 @@ body = "Dear customer,\n\nyour line {{{{ service }}}} went down at {{{{ occurred
 
     let n = args.events;
     println!(
-        "# kci load benchmark: store={} events={n} cores={}",
+        "# kci load benchmark: store={} events={n} nodes={} cores={}",
         args.store,
+        args.nodes,
         std::thread::available_parallelism()
             .map(|p| p.get())
             .unwrap_or(0)
@@ -491,7 +514,7 @@ struct Cpu {
 }
 
 impl Cpu {
-    fn now(kci: u32) -> Cpu {
+    fn now(kci: &[u32]) -> Cpu {
         // utime + stime, fields 14 and 15 of /proc/PID/stat, in ticks.
         fn ticks(stat: &str) -> Option<(String, f64)> {
             let (head, rest) = stat.rsplit_once(") ")?;
@@ -506,7 +529,10 @@ impl Cpu {
                 .ok()
                 .and_then(|s| ticks(&s))
         };
-        let kci_s = read(&kci.to_string()).map_or(0.0, |(_, t)| t / hz);
+        let kci_s = kci
+            .iter()
+            .map(|pid| read(&pid.to_string()).map_or(0.0, |(_, t)| t / hz))
+            .sum();
         let postgres = std::fs::read_dir("/proc")
             .map(|d| {
                 d.flatten()
