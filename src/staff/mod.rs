@@ -26,14 +26,27 @@ pub enum Outcome<T> {
     /// Refused; the reason went to the audit log.
     Refused,
     /// Too many failures for this name or address until then.
-    Limited {
-        /// In words: "staff member" or "address".
-        by: &'static str,
-        /// As the `by` label of `kci_limited_total{what="staff_logins"}`:
-        /// `name` or `source`.
-        label: &'static str,
-        retry_at: DateTime<Utc>,
-    },
+    Limited(Limit),
+}
+
+/// The failure count that refused an attempt, and until when.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limit {
+    /// In words: "staff member" or "address".
+    pub by: &'static str,
+    /// As the `by` label of `kci_limited_total{what="staff_logins"}`:
+    /// `name` or `source`.
+    pub label: &'static str,
+    pub retry_at: DateTime<Utc>,
+}
+
+/// One failure count an attempt falls under.
+struct Count<'k> {
+    bucket: &'static str,
+    by: &'static str,
+    label: &'static str,
+    key: &'k str,
+    cap: crate::model::Cap,
 }
 
 /// An enrolment done: what the authenticator app takes (shown once).
@@ -114,31 +127,38 @@ impl Logins<'_> {
         Ok(Some(Issued { code, expires_at }))
     }
 
-    /// Whether `name` or `source` has failed too often to try now.
-    async fn limited(&self, name: &str, source: Option<&str>) -> Result<Option<Outcome<()>>> {
+    /// The failure counts of an attempt by `name` from `source`: per name,
+    /// and per address when it is known.
+    fn counts<'k>(&self, name: &'k str, source: Option<&'k str>) -> Vec<Count<'k>> {
         let staff = &self.config.staff;
-        let by = [
-            (
-                BY_NAME,
-                "staff member",
-                "name",
-                Some(name),
-                staff.failed_logins,
-            ),
-            (
-                BY_SOURCE,
-                "address",
-                "source",
-                source,
-                staff.failed_logins_per_source,
-            ),
-        ];
-        for (bucket, what, label, key, cap) in by {
-            let Some(key) = key else { continue };
-            if let Err(retry_at) = self.store.throttle_peek(bucket, key, cap, self.now).await? {
-                return Ok(Some(Outcome::Limited {
-                    by: what,
-                    label,
+        let by_name = Count {
+            bucket: BY_NAME,
+            by: "staff member",
+            label: "name",
+            key: name,
+            cap: staff.failed_logins,
+        };
+        let by_source = source.map(|key| Count {
+            bucket: BY_SOURCE,
+            by: "address",
+            label: "source",
+            key,
+            cap: staff.failed_logins_per_source,
+        });
+        std::iter::once(by_name).chain(by_source).collect()
+    }
+
+    /// Whether `name` or `source` has failed too often to try now.
+    async fn limited(&self, name: &str, source: Option<&str>) -> Result<Option<Limit>> {
+        for c in self.counts(name, source) {
+            if let Err(retry_at) = self
+                .store
+                .throttle_peek(c.bucket, c.key, c.cap, self.now)
+                .await?
+            {
+                return Ok(Some(Limit {
+                    by: c.by,
+                    label: c.label,
                     retry_at,
                 }));
             }
@@ -154,13 +174,9 @@ impl Logins<'_> {
         action: &str,
         why: Refusal,
     ) -> Result<()> {
-        let staff = &self.config.staff;
-        self.store
-            .throttle(BY_NAME, name, staff.failed_logins, self.now)
-            .await?;
-        if let Some(s) = source {
+        for c in self.counts(name, source) {
             self.store
-                .throttle(BY_SOURCE, s, staff.failed_logins_per_source, self.now)
+                .throttle(c.bucket, c.key, c.cap, self.now)
                 .await?;
         }
         tracing::warn!(staff = name, source, reason = %why, "{action} refused");
@@ -178,17 +194,8 @@ impl Logins<'_> {
         password: &str,
         source: Option<&str>,
     ) -> Result<Outcome<Enrolled>> {
-        if let Some(Outcome::Limited {
-            by,
-            label,
-            retry_at,
-        }) = self.limited(name, source).await?
-        {
-            return Ok(Outcome::Limited {
-                by,
-                label,
-                retry_at,
-            });
+        if let Some(limit) = self.limited(name, source).await? {
+            return Ok(Outcome::Limited(limit));
         }
         let hash = rules::enrolment_hash(code);
         let (staff, login) = self.store.staff_login(name).await?;
@@ -232,17 +239,8 @@ impl Logins<'_> {
         code: &str,
         source: Option<&str>,
     ) -> Result<Outcome<Session>> {
-        if let Some(Outcome::Limited {
-            by,
-            label,
-            retry_at,
-        }) = self.limited(name, source).await?
-        {
-            return Ok(Outcome::Limited {
-                by,
-                label,
-                retry_at,
-            });
+        if let Some(limit) = self.limited(name, source).await? {
+            return Ok(Outcome::Limited(limit));
         }
         let (staff, login) = self.store.staff_login(name).await?;
         // The password is checked whatever else is wrong, against a hash

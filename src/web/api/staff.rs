@@ -14,7 +14,7 @@
 
 use super::changes::LinkPeer;
 use crate::model::Role;
-use crate::staff::{Logins, Outcome};
+use crate::staff::{Limit, Logins, Outcome};
 use crate::trust::staff::{PASSWORD_MAX_BYTES, check_password};
 use crate::web::error::ErrorBody;
 use crate::web::{AppError, AppState, Caller};
@@ -23,6 +23,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -79,6 +80,18 @@ pub struct EnrolOutput {
     pub period: i64,
 }
 
+/// A 429 for an attempt refused by a failure count, counted for
+/// monitoring.
+fn too_many_failures(st: &AppState, limit: Limit, now: DateTime<Utc>) -> AppError {
+    st.metrics.limit_hit("staff_logins", limit.label);
+    AppError::limited_until(
+        "rate_limited",
+        format_args!("too many failed logins for this {}", limit.by),
+        limit.retry_at,
+        now,
+    )
+}
+
 /// Enrol as a staff member.
 ///
 /// With the enrolment code `kci staff enrol NAME` printed (single use,
@@ -120,19 +133,7 @@ pub async fn enrol(
             code: "enrolment_refused",
             message: "that name and enrolment code do not go together (used, expired, or never issued): ask for a new one with `kci staff enrol`".into(),
         }),
-        Outcome::Limited {
-            by,
-            label,
-            retry_at,
-        } => Err({
-            st.metrics.limit_hit("staff_logins", label);
-            AppError::limited_until(
-            "rate_limited",
-            format_args!("too many failed logins for this {by}"),
-            retry_at,
-            now,
-        )
-        }),
+        Outcome::Limited(limit) => Err(too_many_failures(&st, limit, now)),
     }
 }
 
@@ -208,19 +209,7 @@ pub async fn login(
             code: "login_refused",
             message: "the name, password or authenticator code is wrong (each code is taken once: wait for the next)".into(),
         }),
-        Outcome::Limited {
-            by,
-            label,
-            retry_at,
-        } => Err({
-            st.metrics.limit_hit("staff_logins", label);
-            AppError::limited_until(
-            "rate_limited",
-            format_args!("too many failed logins for this {by}"),
-            retry_at,
-            now,
-        )
-        }),
+        Outcome::Limited(limit) => Err(too_many_failures(&st, limit, now)),
     }
 }
 
