@@ -152,10 +152,9 @@ body = "Dear customer,\n\nyour line {{{{ service }}}} went down at {{{{ occurred
         others.push(serve(&kci_bin, &config));
         wait_port(port);
     }
-    let kci_pid: Vec<u32> = std::iter::once(kci.0.id())
+    let kci_pids: Vec<u32> = std::iter::once(kci.0.id())
         .chain(others.iter().map(|k| k.0.id()))
         .collect();
-    let kci_pid = &kci_pid[..];
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(64)
         .build()
@@ -195,7 +194,7 @@ body = "Dear customer,\n\nyour line {{{{ service }}}} went down at {{{{ occurred
     // 1. single
     let single_n = n / 4;
     let clients = 32;
-    let cpu = Cpu::now(kci_pid);
+    let cpu = Cpu::now(&kci_pids);
     let t = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..clients {
@@ -218,7 +217,7 @@ body = "Dear customer,\n\nyour line {{{{ service }}}} went down at {{{{ occurred
         t.await.unwrap();
     }
     let single = single_n as f64 / t.elapsed().as_secs_f64();
-    let single_cpu = cpu.per(single_n, Cpu::now(kci_pid));
+    let single_cpu = cpu.per(single_n, Cpu::now(&kci_pids));
     println!(
         "single  : {single_n} events in {:.2}s = {single:.0} events/s accepted durably",
         t.elapsed().as_secs_f64()
@@ -226,7 +225,7 @@ body = "Dear customer,\n\nyour line {{{{ service }}}} went down at {{{{ occurred
 
     // 2. batch
     let batch = 500;
-    let cpu = Cpu::now(kci_pid);
+    let cpu = Cpu::now(&kci_pids);
     let t = Instant::now();
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut tasks = Vec::new();
@@ -258,7 +257,7 @@ body = "Dear customer,\n\nyour line {{{{ service }}}} went down at {{{{ occurred
         t.await.unwrap();
     }
     let batched = n as f64 / t.elapsed().as_secs_f64();
-    let batch_cpu = cpu.per(n, Cpu::now(kci_pid));
+    let batch_cpu = cpu.per(n, Cpu::now(&kci_pids));
     println!(
         "batch   : {n} events in {:.2}s = {batched:.0} events/s accepted durably (batches of {batch})",
         t.elapsed().as_secs_f64()
@@ -269,7 +268,7 @@ body = "Dear customer,\n\nyour line {{{{ service }}}} went down at {{{{ occurred
     let body: String = (0..deliver_n)
         .map(|i| event_json(i, "d", false) + "\n")
         .collect();
-    let cpu = Cpu::now(kci_pid);
+    let cpu = Cpu::now(&kci_pids);
     let t = Instant::now();
     for chunk in body.lines().collect::<Vec<_>>().chunks(batch) {
         let r = http
@@ -307,7 +306,7 @@ body = "Dear customer,\n\nyour line {{{{ service }}}} went down at {{{{ occurred
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let delivered = deliver_n as f64 / t.elapsed().as_secs_f64();
-    let deliver_cpu = cpu.per(deliver_n, Cpu::now(kci_pid));
+    let deliver_cpu = cpu.per(deliver_n, Cpu::now(&kci_pids));
     println!(
         "deliver : {deliver_n} mails in {:.2}s = {delivered:.0} notifications/s to SMTP (accept + plan + render + send + record)",
         t.elapsed().as_secs_f64()

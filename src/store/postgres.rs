@@ -328,71 +328,52 @@ impl PgRows {
         Ok(c.execute(&stmt, p).await?)
     }
 
-    /// Stores an event; `false` if its id was taken meanwhile.
-    async fn event_row(&self, e: &Event, notes: usize, payload: &str) -> Result<bool> {
-        let n = self
-            .exec(
+    /// Stores events, whether each is new (`false`: its id was taken
+    /// meanwhile, or earlier in `events`). One statement for the lot
+    /// (UNNEST of one array per column), as for one: a statement per row
+    /// costs PostgreSQL a parse-bind-execute each, pipelined or not.
+    async fn event_rows(&self, events: &[(&Event, usize)]) -> Result<Vec<bool>> {
+        let len = events.len();
+        let (mut ids, mut accounts, mut types, mut keys) = (
+            Vec::with_capacity(len),
+            Vec::with_capacity(len),
+            Vec::with_capacity(len),
+            Vec::with_capacity(len),
+        );
+        let (mut received, mut counts, mut payloads) = (
+            Vec::with_capacity(len),
+            Vec::with_capacity(len),
+            Vec::with_capacity(len),
+        );
+        for (e, n) in events {
+            ids.push(e.id.as_str());
+            accounts.push(e.account.as_str());
+            types.push(e.type_name.as_str());
+            keys.push(e.key.as_str());
+            received.push(to_millis(e.received_at));
+            counts.push(i64::try_from(*n).unwrap_or(i64::MAX));
+            payloads.push(event_json(e)?);
+        }
+        let mut fresh: std::collections::HashSet<String> = self
+            .all(
                 "INSERT INTO events (id, account, type, key, received_at, notifications, payload) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING",
+                 SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::BIGINT[], \
+                 $6::BIGINT[], $7::TEXT[]) ON CONFLICT (id) DO NOTHING RETURNING id",
                 &[
-                    &e.id,
-                    &e.account,
-                    &e.type_name,
-                    &e.key,
-                    &to_millis(e.received_at),
-                    &i64::try_from(notes).unwrap_or(i64::MAX),
-                    &payload,
+                    &ids, &accounts, &types, &keys, &received, &counts, &payloads,
                 ],
+                |r| Ok(r.try_get::<_, String>(0)?),
             )
-            .await?;
-        Ok(n > 0)
-    }
-
-    /// Stores a notification with its first decision.
-    async fn notification_row(&self, n: &Notification) -> Result<()> {
-        let message = n.message.as_ref().map(message_json).transpose()?;
-        let paired_from = n.paired_from.map(to_millis);
-        let secret = n.secret.as_ref().map(|s| s.expose());
-        self.exec(
-            "WITH n AS (INSERT INTO notifications (id, event, account, contact, destination, uri, channel, type, key, \
-             priority, state, reason, detail, due_at, expires_at, decided_at, sent_at, attempts, timezone, message, \
-             digest, paired_from, secret) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, \
-             $22, $23) \
-             RETURNING id, event, decided_at, state, reason, detail, due_at) \
-             INSERT INTO decisions (notification, event, at, state, reason, detail, due_at) SELECT * FROM n",
-            &[
-                &n.id,
-                &n.event,
-                &n.account,
-                &n.contact,
-                &n.destination,
-                &n.uri,
-                &n.channel.as_str(),
-                &n.type_name,
-                &n.key,
-                &i64::from(n.priority.rank()),
-                &n.state.as_str(),
-                &n.reason.map(|r| r.as_str()),
-                &n.detail,
-                &to_millis(n.due_at),
-                &n.expires_at.map(to_millis),
-                &to_millis(n.decided_at),
-                &n.sent_at.map(to_millis),
-                &i64::from(n.attempts),
-                &n.timezone,
-                &message,
-                &n.digest,
-                &paired_from,
-                &secret,
-            ],
-        )
-        .await?;
-        Ok(())
+            .await?
+            .into_iter()
+            .collect();
+        // Taken meanwhile (another node): not fresh. An id twice in one
+        // call is fresh once.
+        Ok(events.iter().map(|(e, _)| fresh.remove(&e.id)).collect())
     }
 
     /// Stores notifications with their first decisions, in one statement
-    /// (UNNEST of one array per column).
+    /// (UNNEST of one array per column), however many.
     async fn notification_rows(&self, notes: &[&Notification]) -> Result<()> {
         let len = notes.len();
         let mut messages = Vec::with_capacity(len);
@@ -779,7 +760,8 @@ impl Rows for PgRows {
     }
 
     async fn insert_event(&mut self, e: &Event, notes: usize) -> Result<bool> {
-        self.event_row(e, notes, &event_json(e)?).await
+        let fresh = self.event_rows(&[(e, notes)]).await?;
+        Ok(fresh.first().copied().unwrap_or(false))
     }
 
     async fn event(&mut self, id: &str) -> Result<Option<Event>> {
@@ -844,7 +826,7 @@ impl Rows for PgRows {
     }
 
     async fn insert_notification(&mut self, n: &Notification) -> Result<()> {
-        self.notification_row(n).await
+        self.notification_rows(&[n]).await
     }
 
     async fn event_counts(
@@ -860,57 +842,14 @@ impl Rows for PgRows {
     }
 
     async fn insert_events(&mut self, events: &[(&Event, usize)]) -> Result<Vec<bool>> {
-        if let [(e, n)] = events {
-            return Ok(vec![self.event_row(e, *n, &event_json(e)?).await?]);
-        }
-        // One statement for the lot (UNNEST of one array per column): a
-        // statement per row costs PostgreSQL a parse-bind-execute each,
-        // pipelined or not.
-        let len = events.len();
-        let (mut ids, mut accounts, mut types, mut keys) = (
-            Vec::with_capacity(len),
-            Vec::with_capacity(len),
-            Vec::with_capacity(len),
-            Vec::with_capacity(len),
-        );
-        let (mut received, mut counts, mut payloads) = (
-            Vec::with_capacity(len),
-            Vec::with_capacity(len),
-            Vec::with_capacity(len),
-        );
-        for (e, n) in events {
-            ids.push(e.id.as_str());
-            accounts.push(e.account.as_str());
-            types.push(e.type_name.as_str());
-            keys.push(e.key.as_str());
-            received.push(to_millis(e.received_at));
-            counts.push(i64::try_from(*n).unwrap_or(i64::MAX));
-            payloads.push(event_json(e)?);
-        }
-        let mut fresh: std::collections::HashSet<String> = self
-            .all(
-                "INSERT INTO events (id, account, type, key, received_at, notifications, payload) \
-                 SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::BIGINT[], \
-                 $6::BIGINT[], $7::TEXT[]) ON CONFLICT (id) DO NOTHING RETURNING id",
-                &[
-                    &ids, &accounts, &types, &keys, &received, &counts, &payloads,
-                ],
-                |r| Ok(r.try_get::<_, String>(0)?),
-            )
-            .await?
-            .into_iter()
-            .collect();
-        // Taken meanwhile (another node): not fresh. An id twice in one
-        // call is fresh once.
-        Ok(events.iter().map(|(e, _)| fresh.remove(&e.id)).collect())
+        self.event_rows(events).await
     }
 
     async fn insert_notifications(&mut self, notes: &[&Notification]) -> Result<()> {
-        match notes {
-            [] => Ok(()),
-            [n] => self.notification_row(n).await,
-            _ => self.notification_rows(notes).await,
+        if notes.is_empty() {
+            return Ok(());
         }
+        self.notification_rows(notes).await
     }
 
     async fn cancel(&mut self, by: By, value: &str, d: &Decided) -> Result<usize> {
