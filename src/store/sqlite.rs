@@ -18,6 +18,7 @@ use crate::model::{
     Account, Change, CodeRow, Contact, Destination, Event, Incident, KeyRecord, KeyToken, LinkRow,
     Message, Notification, ProofUse, RelatedNotice, Staff, VetoLink, to_millis,
 };
+use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OpenFlags, Params, Row, params};
 use std::sync::Mutex;
 use std::sync::mpsc;
@@ -58,6 +59,12 @@ fn open_conn(path: Option<&str>) -> Result<Connection> {
         None => Connection::open_in_memory()?,
     };
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    // Plans never depend on the values bound: otherwise SQLite prepares a
+    // statement again each time a value it planned by changes (such as
+    // the scheduler's claim, whose `LIMIT ?` differs from call to call).
+    // A query that needs a partial index names the value it filters on in
+    // its text, not as a parameter.
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
     // More statements than rusqlite's default 16 run in turn on the
     // writer (planning, inserts, claims): each would be parsed again.
     conn.set_prepared_statement_cache_capacity(64);
@@ -279,6 +286,28 @@ fn commit_group(lite: &mut Lite, first: WriterJob, rx: &mpsc::Receiver<WriterJob
     for finish in finishers {
         finish(commit.clone());
     }
+}
+
+/// The claim's statement: notices of one channel (`?4`) or of all.
+fn claim_sql(of_channel: bool) -> String {
+    // The longest-waiting first, as on PostgreSQL: notices whose lease
+    // ran out, then pending ones by due time. One statement per case:
+    // with `(?4 IS NULL OR channel = ?4)`, SQLite planned it again on
+    // every call and could not use the (channel, due_at) index.
+    let channel = if of_channel { "AND channel = ?4" } else { "" };
+    // Each key's notices to a destination in turn (sql::in_turn).
+    let in_turn = rows::sql::in_turn("?1");
+    format!(
+        "UPDATE notifications SET state = 'sending', attempts = attempts + 1, lease_until = ?2 \
+         WHERE id IN ( \
+           SELECT id FROM (SELECT id FROM notifications n WHERE state = 'sending' AND lease_until <= ?1 \
+             {channel} AND {in_turn} ORDER BY lease_until LIMIT ?3) \
+           UNION ALL \
+           SELECT id FROM (SELECT id FROM notifications n WHERE state = 'pending' AND due_at <= ?1 \
+             {channel} AND {in_turn} ORDER BY due_at LIMIT ?3) \
+           LIMIT ?3) \
+         RETURNING {NOTIFICATION_COLUMNS}"
+    )
 }
 
 impl Cols for Row<'_> {
@@ -796,28 +825,7 @@ impl Rows for Lite {
     }
 
     async fn claim(&mut self, c: Claim) -> Result<Vec<Notification>> {
-        // The longest-waiting first, as on PostgreSQL: notices whose lease
-        // ran out, then pending ones by due time. One statement per case:
-        // with `(?4 IS NULL OR channel = ?4)`, SQLite planned it again on
-        // every call and could not use the (channel, due_at) index.
-        let channel = if c.channel.is_some() {
-            "AND channel = ?4"
-        } else {
-            ""
-        };
-        // Each key's notices to a destination in turn (sql::in_turn).
-        let in_turn = rows::sql::in_turn("?1");
-        let sql = format!(
-            "UPDATE notifications SET state = 'sending', attempts = attempts + 1, lease_until = ?2 \
-             WHERE id IN ( \
-               SELECT id FROM (SELECT id FROM notifications n WHERE state = 'sending' AND lease_until <= ?1 \
-                 {channel} AND {in_turn} ORDER BY lease_until LIMIT ?3) \
-               UNION ALL \
-               SELECT id FROM (SELECT id FROM notifications n WHERE state = 'pending' AND due_at <= ?1 \
-                 {channel} AND {in_turn} ORDER BY due_at LIMIT ?3) \
-               LIMIT ?3) \
-             RETURNING {NOTIFICATION_COLUMNS}"
-        );
+        let sql = claim_sql(c.channel.is_some());
         match c.channel {
             Some(kind) => self.all(
                 &sql,
@@ -942,9 +950,14 @@ impl Rows for Lite {
                 [id],
                 map,
             ),
+            // The state in the text (one of `State`'s names), so that the
+            // partial index of failed notices serves it.
             Which::InState { state, before, limit } => self.all(
-                &format!("{from} state = ?1 AND decided_at < ?2 ORDER BY decided_at DESC, id DESC LIMIT ?3"),
-                params![state.as_str(), before, limit],
+                &format!(
+                    "{from} state = '{}' AND decided_at < ?1 ORDER BY decided_at DESC, id DESC LIMIT ?2",
+                    state.as_str()
+                ),
+                params![before, limit],
                 map,
             ),
             Which::Awaiting { channel, limit } => self.all(
@@ -1366,5 +1379,37 @@ impl Rows for Lite {
             params![bucket, key, to_millis(w.start), i64::from(w.count)],
         )?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+    use rusqlite::StatementStatus;
+
+    /// A statement run again with other values keeps its plan: SQLite
+    /// does not prepare it anew (the query planner stability guarantee,
+    /// see `open_conn`). Without it, every claim was prepared again, as
+    /// its `LIMIT` differs from one call to the next.
+    #[tokio::test]
+    async fn a_claim_is_not_prepared_again_for_other_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kci.db");
+        let path = path.to_str().unwrap();
+        SqliteStore::open(path).unwrap().migrate().await.unwrap();
+        let mut lite = Lite(open_conn(Some(path)).unwrap());
+        for (now, limit) in [(1_000, 1), (2_000, 7), (3_000, 64)] {
+            let claim = Claim {
+                channel: Some(crate::model::ChannelKind::Email),
+                now,
+                lease_until: now + 60_000,
+                limit,
+            };
+            lite.claim(claim).await.unwrap();
+        }
+        let stmt = lite.0.prepare_cached(&claim_sql(true)).unwrap();
+        assert_eq!(stmt.get_status(StatementStatus::RePrepare), 0);
+        assert_eq!(stmt.get_status(StatementStatus::Run), 3);
     }
 }
