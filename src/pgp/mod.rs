@@ -22,6 +22,14 @@
 //! not measured side by side (one release build per change on these two
 //! shared cores).
 //!
+//! Two steps of every mail go to OpenSSL (the `openssl` crate) directly,
+//! because Sequoia's backend pays about twice the primitive's cost there:
+//! the operator's Ed25519 signature (`operator::Ed25519Signer`, the key
+//! held by OpenSSL rather than unsealed and imported again per mail) and
+//! the key agreement with a Cv25519 recipient ([`cv25519`], two scalar
+//! multiplications instead of three). The packets, the key wrap and
+//! everything else stay Sequoia's.
+//!
 //! # Policy
 //!
 //! Every check uses [`StandardPolicy`] at the caller's `now`. It rejects
@@ -34,6 +42,7 @@
 //! chosen-prefix collisions (SHA-mbles, 2020) that forge exactly such
 //! bindings; re-signing is one gpg command for the customer.
 
+mod cv25519;
 mod mime;
 mod operator;
 mod recipient;

@@ -8,10 +8,14 @@ use base64::Engine;
 use chrono::{DateTime, Utc};
 use openpgp::Profile;
 use openpgp::cert::prelude::*;
-use openpgp::crypto::{KeyPair, mpi};
+use openpgp::crypto::mpi;
+use openpgp::packet::Key;
+use openpgp::packet::key::{PublicParts, SecretKeyMaterial, UnspecifiedRole};
 use openpgp::parse::Parse;
 use openpgp::serialize::{Serialize, SerializeInto};
+use openpgp::types::HashAlgorithm;
 use openpgp::types::{Curve, Features, KeyFlags, PublicKeyAlgorithm};
+use openssl::pkey::{Id, PKey, Private};
 use sequoia_openpgp as openpgp;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -22,7 +26,7 @@ use std::time::Duration;
 pub struct OperatorKey {
     /// Public parts only: what is published and attached.
     public: Cert,
-    signer: KeyPair,
+    signer: Ed25519Signer,
     fingerprint: String,
     /// The `Autocrypt:` header for each address of the key's user IDs,
     /// made once: every mail carries one, and making it
@@ -158,7 +162,7 @@ impl OperatorKey {
                 .decrypt_secret(&openpgp::crypto::Password::from(p))
                 .map_err(|_| refuse("the passphrase does not unlock the secret key"))?,
         };
-        let signer = key.into_keypair().map_err(PgpError::crypto)?;
+        let signer = Ed25519Signer::new(key.role_into_unspecified())?;
         let fingerprint = fingerprint_hex(&cert.fingerprint());
         let public = cert.strip_secret_key_material();
         let autocrypt = public
@@ -216,7 +220,7 @@ impl OperatorKey {
     }
 
     /// The key that signs mail.
-    pub(super) fn signer(&self) -> KeyPair {
+    pub(super) fn signer(&self) -> Ed25519Signer {
         self.signer.clone()
     }
 
@@ -252,6 +256,83 @@ fn autocrypt_header(public: &Cert, addr: &str) -> String {
         value.push_str(std::str::from_utf8(chunk).unwrap_or_default());
     }
     value
+}
+
+/// The operator's Ed25519 signing key as OpenSSL holds it, made once
+/// when the key is read. Sequoia's own key pair keeps the secret sealed
+/// in its encrypted memory and unseals it (SHA-256 over a 16 KiB pre-key)
+/// and hands it to OpenSSL again for every signature: a third of a
+/// signed mail's cost (BENCHMARKS.md, stop 31). Whoever reads kci's memory
+/// holds the key either way, since kci signs unattended (THREAT-MODEL.md,
+/// "Data at rest"); OpenSSL cleanses it when it is freed.
+#[derive(Clone)]
+pub(super) struct Ed25519Signer {
+    public: Key<PublicParts, UnspecifiedRole>,
+    secret: PKey<Private>,
+}
+
+impl Ed25519Signer {
+    fn new(key: Key<openpgp::packet::key::SecretParts, UnspecifiedRole>) -> Result<Self, PgpError> {
+        let refuse = || PgpError::OperatorKey("the signing key is not an Ed25519 key".into());
+        let SecretKeyMaterial::Unencrypted(secret) = key.secret() else {
+            return Err(PgpError::OperatorKey(
+                "the secret signing key is still locked".into(),
+            ));
+        };
+        let secret = secret.map(|mpis| {
+            let scalar = match mpis {
+                mpi::SecretKeyMaterial::EdDSA { scalar } => scalar.value_padded(32),
+                mpi::SecretKeyMaterial::Ed25519 { x } => x.clone(),
+                _ => return Err(refuse()),
+            };
+            PKey::private_key_from_raw_bytes(&scalar, Id::ED25519).map_err(PgpError::crypto)
+        })?;
+        // The secret must belong to the key it claims to: a signature by
+        // another key would be refused by every reader.
+        let public = match key.mpis() {
+            mpi::PublicKey::EdDSA {
+                curve: Curve::Ed25519,
+                q,
+            } => q
+                .decode_point(&Curve::Ed25519)
+                .map_err(PgpError::crypto)?
+                .0
+                .to_vec(),
+            mpi::PublicKey::Ed25519 { a } => a.to_vec(),
+            _ => return Err(refuse()),
+        };
+        if secret.raw_public_key().map_err(PgpError::crypto)? != public {
+            return Err(PgpError::OperatorKey(
+                "the secret signing key does not match its public key".into(),
+            ));
+        }
+        Ok(Ed25519Signer {
+            public: key.take_secret().0,
+            secret,
+        })
+    }
+}
+
+impl openpgp::crypto::Signer for Ed25519Signer {
+    fn public(&self) -> &Key<PublicParts, UnspecifiedRole> {
+        &self.public
+    }
+
+    fn sign(&mut self, _: HashAlgorithm, digest: &[u8]) -> openpgp::Result<mpi::Signature> {
+        // Ed25519 signs the digest itself (RFC 9580 §5.2.3.4).
+        let mut signer = openssl::sign::Signer::new_without_digest(&self.secret)?;
+        let sig = signer.sign_oneshot_to_vec(digest)?;
+        let sig: [u8; 64] = sig
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("an Ed25519 signature is 64 bytes"))?;
+        Ok(match self.public.pk_algo() {
+            PublicKeyAlgorithm::Ed25519 => mpi::Signature::Ed25519 { s: Box::new(sig) },
+            _ => mpi::Signature::EdDSA {
+                r: mpi::MPI::new(&sig[..32]),
+                s: mpi::MPI::new(&sig[32..]),
+            },
+        })
+    }
 }
 
 fn is_ed25519(algo: PublicKeyAlgorithm, mpis: &mpi::PublicKey) -> bool {
@@ -293,6 +374,43 @@ mod tests {
     /// A passphrase-protected key (the file alone is useless to a thief)
     /// is unlocked with its passphrase, refused without it or with another,
     /// and signs like any other once unlocked.
+    #[test]
+    fn v4_and_v6_ed25519_keys_sign_what_sequoia_verifies() {
+        for profile in [Profile::RFC4880, Profile::RFC9580] {
+            let (cert, _) = CertBuilder::new()
+                .set_profile(profile)
+                .unwrap()
+                .set_cipher_suite(CipherSuite::Cv25519)
+                .add_userid("kci <kci@example.org>")
+                .add_signing_subkey()
+                .generate()
+                .unwrap();
+            let tsk = String::from_utf8(cert.as_tsk().armored().to_vec().unwrap()).unwrap();
+            let key = OperatorKey::from_armored(&tsk).unwrap();
+            let data = b"checkpoint 7\r\n";
+            let sig = key.sign_detached(data).unwrap();
+            let v = super::super::verify_signed(
+                data,
+                Some(sig.as_bytes()),
+                &key.public_armored(),
+                Utc::now(),
+            )
+            .unwrap_or_else(|e| panic!("{profile:?}: {e}"));
+            assert_eq!(v.content, data, "{profile:?}");
+            let subkey = cert.keys().subkeys().next().unwrap().key().fingerprint();
+            assert_eq!(v.signing_key, subkey.to_hex(), "{profile:?}");
+            assert!(
+                super::super::verify_signed(
+                    b"checkpoint 8\r\n",
+                    Some(sig.as_bytes()),
+                    &key.public_armored(),
+                    Utc::now()
+                )
+                .is_err()
+            );
+        }
+    }
+
     #[test]
     fn a_protected_key_needs_its_passphrase() {
         let (key, tsk) =

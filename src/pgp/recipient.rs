@@ -119,6 +119,19 @@ impl RecipientKey {
         self.checked <= judged && judged < self.fresh_until
     }
 
+    /// Whether every key asks for SEIPDv2 (AEAD), which Sequoia's
+    /// encryptor then writes.
+    pub(super) fn wants_seipdv2(&self) -> bool {
+        !self.keys.is_empty() && self.keys.iter().all(|(f, _, _)| f.supports_seipdv2())
+    }
+
+    /// The keys to encrypt to, each with how a packet names it.
+    pub(super) fn keys(
+        &self,
+    ) -> impl Iterator<Item = (&KeyHandle, &Key<PublicParts, UnspecifiedRole>)> {
+        self.keys.iter().map(|(_, handle, key)| (handle, key))
+    }
+
     /// The recipients for Sequoia's encryptor.
     pub(super) fn recipients(&self) -> Vec<Recipient<'_>> {
         self.keys
