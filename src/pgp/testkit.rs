@@ -135,7 +135,13 @@ impl Gpg {
         expire: &str,
         at: Option<&str>,
     ) -> String {
-        let faked: Vec<&str> = at
+        // The clock frozen at `at` ("!"): a running one made the primary
+        // key a second after `at` on a busy machine, and the subkey, made
+        // by a second gpg again at `at`, then came before it ("Time
+        // conflict").
+        let frozen = at.map(|t| format!("{}!", t.trim_end_matches('!')));
+        let faked: Vec<&str> = frozen
+            .as_deref()
             .map(|t| vec!["--faked-system-time", t])
             .unwrap_or_default();
         let mut gen_key = faked.clone();
