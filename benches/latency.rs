@@ -236,8 +236,10 @@ body = "Your line went down. Reference {{{{ data.ticket }}}}."
         ),
     )
     .unwrap();
-    let kci_bin = env!("CARGO_BIN_EXE_kci");
-    let (kci, token, base) = start(kci_bin, &config, port);
+    // KCI_BIN: another build of kci to measure (an A/B against this one).
+    let kci_bin =
+        std::env::var("KCI_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_kci").to_string());
+    let (kci, token, base) = start(&kci_bin, &config, port);
     let pid = kci.0.id();
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(256)
