@@ -1,5 +1,5 @@
 //! A provider's own limits, against a real Matrix homeserver: Synapse
-//! from PyPI (installed by `scripts/test` into `target/synapse-venv`),
+//! from PyPI (installed by `scripts/test`, reached as `target/synapse-venv`),
 //! started on loopback with its rate limiter on, a user registered with
 //! the server's shared secret. A burst of notices to one room must all
 //! arrive — a 429 is pacing, not failure — with few requests turned away,
