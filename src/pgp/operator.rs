@@ -371,9 +371,6 @@ mod tests {
         assert!(f.supports_seipdv1() && !f.supports_seipdv2());
     }
 
-    /// A passphrase-protected key (the file alone is useless to a thief)
-    /// is unlocked with its passphrase, refused without it or with another,
-    /// and signs like any other once unlocked.
     #[test]
     fn v4_and_v6_ed25519_keys_sign_what_sequoia_verifies() {
         for profile in [Profile::RFC4880, Profile::RFC9580] {
@@ -411,6 +408,9 @@ mod tests {
         }
     }
 
+    /// A passphrase-protected key (the file alone is useless to a thief)
+    /// is unlocked with its passphrase, refused without it or with another,
+    /// and signs like any other once unlocked.
     #[test]
     fn a_protected_key_needs_its_passphrase() {
         let (key, tsk) =
