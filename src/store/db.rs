@@ -73,6 +73,19 @@ pub trait Backend: Send + Sync + 'static {
         &self,
         job: Job<Self::Rows, T>,
     ) -> impl Future<Output = Result<T>> + Send;
+    /// As [`Backend::write`], except that the commit may answer before it
+    /// is on the disk. It is still atomic and seen at once by every reader
+    /// and node; only a crash of the machine under the store (power, the
+    /// kernel; not of kci) just after it can lose it, and then with
+    /// everything committed after it, as the store's log is written in
+    /// order. Only for writes whose loss costs nothing but doing them
+    /// again: a claim's lease (a notice whose claim is lost is pending
+    /// again, as when a lease runs out; delivery is at least once either
+    /// way).
+    fn write_relaxed<T: Send + 'static>(
+        &self,
+        job: Job<Self::Rows, T>,
+    ) -> impl Future<Output = Result<T>> + Send;
     /// Runs `job` for reading.
     fn read<T: Send + 'static>(
         &self,
@@ -90,6 +103,14 @@ impl<B: Backend> Db<B> {
         F: for<'a> FnOnce(&'a mut B::Rows) -> BoxFuture<'a, Result<T>> + Send + 'static,
     {
         self.0.write(Box::new(f)).await
+    }
+
+    async fn write_relaxed<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: for<'a> FnOnce(&'a mut B::Rows) -> BoxFuture<'a, Result<T>> + Send + 'static,
+    {
+        self.0.write_relaxed(Box::new(f)).await
     }
 
     async fn read<T, F>(&self, f: F) -> Result<T>
@@ -130,7 +151,9 @@ impl<B: Backend> Db<B> {
             lease_until: to_millis(lease_until),
             limit: i64::try_from(limit).unwrap_or(i64::MAX),
         };
-        self.write(move |rows| {
+        // A lease only: lost in a crash of the machine, the notice is
+        // pending again and claimed anew (Backend::write_relaxed).
+        self.write_relaxed(move |rows| {
             Box::pin(async move {
                 let notes = rows.claim(c).await?;
                 let mut out = with_context(rows, notes, Some(lease_until)).await?;

@@ -253,17 +253,15 @@ impl Backend for Pg {
     const MIGRATIONS: &'static [(i64, &'static str)] = migrations!("postgres");
 
     async fn write<T: Send + 'static>(&self, job: Job<PgRows, T>) -> Result<T> {
-        let client = self.pool.get().await?;
-        client.batch_execute("BEGIN").await?;
-        let mut rows = PgRows {
-            client: Some(client),
-            in_transaction: true,
-        };
-        let out = job(&mut rows).await;
-        let end = if out.is_ok() { "COMMIT" } else { "ROLLBACK" };
-        rows.c()?.batch_execute(end).await?;
-        rows.in_transaction = false;
-        out
+        self.transaction(job, "BEGIN").await
+    }
+
+    /// As `write`, with `synchronous_commit` off for this transaction: the
+    /// commit answers before its WAL is flushed (PostgreSQL's asynchronous
+    /// commit), and the next synchronous commit flushes it too.
+    async fn write_relaxed<T: Send + 'static>(&self, job: Job<PgRows, T>) -> Result<T> {
+        self.transaction(job, "BEGIN; SET LOCAL synchronous_commit = off")
+            .await
     }
 
     async fn read<T: Send + 'static>(&self, job: Job<PgRows, T>) -> Result<T> {
@@ -272,6 +270,24 @@ impl Backend for Pg {
             in_transaction: false,
         };
         job(&mut rows).await
+    }
+}
+
+impl Pg {
+    /// Runs `job` in a transaction that `begin` opens.
+    async fn transaction<T: Send + 'static>(&self, job: Job<PgRows, T>, begin: &str) -> Result<T> {
+        // In a transaction from here: should `begin` fail halfway, the
+        // connection is dropped rather than pooled.
+        let mut rows = PgRows {
+            client: Some(self.pool.get().await?),
+            in_transaction: true,
+        };
+        rows.c()?.batch_execute(begin).await?;
+        let out = job(&mut rows).await;
+        let end = if out.is_ok() { "COMMIT" } else { "ROLLBACK" };
+        rows.c()?.batch_execute(end).await?;
+        rows.in_transaction = false;
+        out
     }
 }
 
@@ -1496,6 +1512,28 @@ impl Rows for PgRows {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A relaxed write (a claim's lease) commits asynchronously
+    /// (`synchronous_commit` off in its transaction only); any other write
+    /// on the same connection afterwards waits for its WAL flush again.
+    #[tokio::test]
+    async fn only_a_relaxed_write_commits_asynchronously() {
+        let (store, _schema) = crate::store::conformance::pg_store().await;
+        let setting = || -> Job<PgRows, String> {
+            Box::new(|rows| {
+                Box::pin(async move {
+                    let row = rows.c()?.query_one("SHOW synchronous_commit", &[]).await?;
+                    Ok(row.try_get(0)?)
+                })
+            })
+        };
+        assert_eq!(store.0.write(setting()).await.unwrap(), "on");
+        assert_eq!(store.0.write_relaxed(setting()).await.unwrap(), "off");
+        // SET LOCAL ends with its transaction: the pooled connection is
+        // back to the server's setting.
+        assert_eq!(store.0.write(setting()).await.unwrap(), "on");
+        assert_eq!(store.0.read(setting()).await.unwrap(), "on");
+    }
 
     #[test]
     fn sslmode_as_libpq_names_it() {

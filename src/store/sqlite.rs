@@ -1,5 +1,8 @@
 //! The embedded store: one SQLite file in WAL mode with `synchronous=FULL`,
-//! so an answered write survives `kill -9` and power loss alike.
+//! so an answered write survives `kill -9` and power loss alike. A group
+//! of only relaxed writes (a claim's lease, see `Backend::write_relaxed`)
+//! commits with `synchronous=NORMAL`: it survives `kill -9`, not always
+//! the machine's own crash.
 //!
 //! All writes go through one writer thread that commits whatever has queued
 //! up in a single transaction (group commit): under load, many requests share
@@ -24,7 +27,12 @@ use std::sync::Mutex;
 use std::sync::mpsc;
 
 type Finisher = Box<dyn FnOnce(std::result::Result<(), String>) + Send>;
-type WriterJob = Box<dyn FnOnce(&mut Lite) -> Finisher + Send>;
+/// A job for the writer thread, and whether its commit must be on the
+/// disk before it answers (see [`Backend::write_relaxed`]).
+struct WriterJob {
+    durable: bool,
+    run: Box<dyn FnOnce(&mut Lite) -> Finisher + Send>,
+}
 
 /// Most jobs committed together.
 const MAX_GROUP: usize = 1024;
@@ -145,6 +153,36 @@ fn now<F: std::future::Future<Output = Result<T>>, T>(f: F) -> Result<T> {
     }
 }
 
+impl Sqlite {
+    /// Hands `job` to the writer thread; resolves once its group committed.
+    async fn queue<T: Send + 'static>(&self, job: Job<Lite, T>, durable: bool) -> Result<T> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job = WriterJob {
+            durable,
+            run: Box::new(move |lite| {
+                let result = in_savepoint(lite, job);
+                Box::new(move |commit| {
+                    let out = match (result, commit) {
+                        (Ok(v), Ok(())) => Ok(v),
+                        (Err(e), _) => Err(e),
+                        (Ok(_), Err(e)) => {
+                            Err(StoreError::Unavailable(format!("commit failed: {e}")))
+                        }
+                    };
+                    let _ = tx.send(out);
+                })
+            }),
+        };
+        self.writer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .send(job)
+            .map_err(|_| StoreError::Unavailable("sqlite writer stopped".into()))?;
+        rx.await
+            .map_err(|_| StoreError::Unavailable("sqlite writer stopped".into()))?
+    }
+}
+
 impl Backend for Sqlite {
     type Rows = Lite;
     const ONE_PROCESS: bool = true;
@@ -153,25 +191,15 @@ impl Backend for Sqlite {
     /// Runs `job` on the writer connection in a savepoint of the current
     /// group's transaction; resolves once that is durably committed.
     async fn write<T: Send + 'static>(&self, job: Job<Lite, T>) -> Result<T> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let job: WriterJob = Box::new(move |lite| {
-            let result = in_savepoint(lite, job);
-            Box::new(move |commit| {
-                let out = match (result, commit) {
-                    (Ok(v), Ok(())) => Ok(v),
-                    (Err(e), _) => Err(e),
-                    (Ok(_), Err(e)) => Err(StoreError::Unavailable(format!("commit failed: {e}"))),
-                };
-                let _ = tx.send(out);
-            })
-        });
-        self.writer
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .send(job)
-            .map_err(|_| StoreError::Unavailable("sqlite writer stopped".into()))?;
-        rx.await
-            .map_err(|_| StoreError::Unavailable("sqlite writer stopped".into()))?
+        self.queue(job, true).await
+    }
+
+    /// As `write`; a group of only such jobs commits without waiting for
+    /// the disk (`synchronous = NORMAL`: nothing is lost if kci dies, and
+    /// a crash of the machine loses at most the last such commits, never
+    /// one before a durable commit).
+    async fn write_relaxed<T: Send + 'static>(&self, job: Job<Lite, T>) -> Result<T> {
+        self.queue(job, false).await
     }
 
     /// Runs `job` on a reader connection (on the writer for in-memory
@@ -244,6 +272,8 @@ fn writer_loop(mut lite: Lite, rx: mpsc::Receiver<WriterJob>) {
     // (`journal_size_limit`); once things are quiet, it is truncated here.
     let (mut seen, mut changed_at, mut dirty) =
         (lite.0.total_changes(), std::time::Instant::now(), false);
+    // `open_conn` set `synchronous = FULL`.
+    let mut full = true;
     loop {
         let first = match rx.recv_timeout(std::time::Duration::from_secs(1)) {
             Ok(job) => Some(job),
@@ -251,7 +281,7 @@ fn writer_loop(mut lite: Lite, rx: mpsc::Receiver<WriterJob>) {
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         };
         if let Some(first) = first {
-            commit_group(&mut lite, first, &rx);
+            commit_group(&mut lite, first, &rx, &mut full);
         }
         let total = lite.0.total_changes();
         if total != seen {
@@ -263,9 +293,33 @@ fn writer_loop(mut lite: Lite, rx: mpsc::Receiver<WriterJob>) {
     }
 }
 
+/// Puts the writer's commits in `synchronous = FULL` (each waits for the
+/// disk) or `NORMAL` (none does) mode, as `durable` asks; `full` is the
+/// mode it is in. Only failing to wait for the disk is an error.
+fn synchronous(
+    conn: &Connection,
+    full: &mut bool,
+    durable: bool,
+) -> std::result::Result<(), String> {
+    if *full != durable {
+        let mode = if durable { "FULL" } else { "NORMAL" };
+        match conn.execute_batch(&format!("PRAGMA synchronous = {mode}")) {
+            Ok(()) => *full = durable,
+            Err(e) if durable => return Err(format!("cannot make the commit durable: {e}")),
+            Err(_) => {} // stays durable
+        }
+    }
+    Ok(())
+}
+
 /// Runs `first` and whatever else has queued (up to [`MAX_GROUP`]) in one
 /// transaction, each in its savepoint, and tells each how it ended.
-fn commit_group(lite: &mut Lite, first: WriterJob, rx: &mpsc::Receiver<WriterJob>) {
+fn commit_group(
+    lite: &mut Lite,
+    first: WriterJob,
+    rx: &mpsc::Receiver<WriterJob>,
+    full: &mut bool,
+) {
     let mut group = vec![first];
     while group.len() < MAX_GROUP {
         match rx.try_recv() {
@@ -273,15 +327,23 @@ fn commit_group(lite: &mut Lite, first: WriterJob, rx: &mpsc::Receiver<WriterJob
             Err(_) => break,
         }
     }
+    // The group waits for the disk if any of its jobs must. A relaxed
+    // commit is still atomic and in the log's order: the next durable
+    // commit makes it durable too.
+    let durable = group.iter().any(|job| job.durable);
+    let mode = synchronous(&lite.0, full, durable);
     let began = lite.exec("BEGIN IMMEDIATE", []).is_ok();
-    let finishers: Vec<Finisher> = group.into_iter().map(|job| job(lite)).collect();
-    let commit = if began {
-        lite.exec("COMMIT", []).map(|_| ()).map_err(|e| {
+    let finishers: Vec<Finisher> = group.into_iter().map(|job| (job.run)(lite)).collect();
+    let commit = match (began, mode) {
+        (true, Ok(())) => lite.exec("COMMIT", []).map(|_| ()).map_err(|e| {
             let _ = lite.0.execute_batch("ROLLBACK");
             e.to_string()
-        })
-    } else {
-        Ok(()) // each savepoint committed on its own
+        }),
+        (true, Err(e)) => {
+            let _ = lite.0.execute_batch("ROLLBACK");
+            Err(e)
+        }
+        (false, _) => Ok(()), // each savepoint committed on its own
     };
     for finish in finishers {
         finish(commit.clone());
@@ -1387,6 +1449,57 @@ mod tests {
     use super::*;
     use crate::store::Store;
     use rusqlite::StatementStatus;
+
+    /// The writer connection's `synchronous` mode, read inside a job.
+    fn mode(lite: &mut Lite) -> Result<i64> {
+        Ok(lite.0.query_row("PRAGMA synchronous", [], |r| r.get(0))?)
+    }
+
+    /// A relaxed write (a claim's lease) commits without waiting for the
+    /// disk (`NORMAL` = 1); any other write does (`FULL` = 2), also after
+    /// a relaxed one, and so does a group with both in it.
+    #[tokio::test]
+    async fn only_a_group_of_relaxed_writes_commits_without_waiting_for_the_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kci.db");
+        let path = path.to_str().unwrap();
+        let store = SqliteStore::open(path).unwrap();
+        store.migrate().await.unwrap();
+        let relaxed = || -> Job<Lite, i64> { Box::new(|l| Box::pin(async move { mode(l) })) };
+        let durable = || -> Job<Lite, i64> { Box::new(|l| Box::pin(async move { mode(l) })) };
+        assert_eq!(store.0.write(durable()).await.unwrap(), 2);
+        assert_eq!(store.0.write_relaxed(relaxed()).await.unwrap(), 1);
+        assert_eq!(store.0.write_relaxed(relaxed()).await.unwrap(), 1);
+        assert_eq!(store.0.write(durable()).await.unwrap(), 2);
+        // The store's claim is a relaxed write.
+        let claim =
+            crate::store::QueueStore::claim_due(&store, chrono::Utc::now(), chrono::Utc::now(), 10);
+        assert!(claim.await.unwrap().is_empty());
+        assert_eq!(store.0.write_relaxed(relaxed()).await.unwrap(), 1);
+
+        // One group, a relaxed job first and a durable one after it.
+        let mut lite = Lite(open_conn(Some(path)).unwrap());
+        let seen = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let job = |durable: bool| {
+            let seen = seen.clone();
+            WriterJob {
+                durable,
+                run: Box::new(move |lite: &mut Lite| {
+                    seen.lock().unwrap().push(mode(lite).unwrap());
+                    Box::new(|commit: std::result::Result<(), String>| commit.unwrap()) as Finisher
+                }),
+            }
+        };
+        let (tx, rx) = mpsc::channel();
+        tx.send(job(true)).unwrap();
+        let mut full = true;
+        commit_group(&mut lite, job(false), &rx, &mut full);
+        assert_eq!(*seen.lock().unwrap(), [2, 2]);
+        tx.send(job(false)).unwrap();
+        commit_group(&mut lite, job(false), &rx, &mut full);
+        assert_eq!(*seen.lock().unwrap(), [2, 2, 1, 1]);
+        assert!(!full);
+    }
 
     /// A statement run again with other values keeps its plan: SQLite
     /// does not prepare it anew (the query planner stability guarantee,
