@@ -772,8 +772,15 @@ impl Scheduler {
                     progress = true;
                 }
             }
+            // A delivery that ended since its lane tried to start the next
+            // freed a slot: look again at once. Without this, a lane whose
+            // queue was held back by slots still taken when it looked, and
+            // whose deliveries have all ended by now, had nothing left to
+            // wake the loop: its claimed notices waited for the loop's
+            // timer, a second (BENCHMARKS.md, stop 32).
             while let Some(done) = inflight.try_join_next() {
                 delivered(&mut lanes, done);
+                progress = true;
             }
             if progress {
                 continue;
