@@ -308,15 +308,7 @@ body = "Your line went down. Reference {{{{ data.ticket }}}}."
     }
     let got = settle(&arrivals, &ids, Duration::from_secs(120)).await;
     if got != ids.len() {
-        let states = http
-            .get(format!("{base}/metrics"))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let states = metrics_text(&http, &base, &token).await;
         let states: Vec<&str> = states
             .lines()
             .filter(|l| l.starts_with("kci_notifications{"))

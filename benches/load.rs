@@ -297,30 +297,19 @@ body = "Dear customer,\n\nyour line {{{{ service }}}} went down at {{{{ occurred
             0.0
         }
     };
-    let scrape = |base: String| {
-        let (http, token) = (http.clone(), token.clone());
-        async move {
-            http.get(format!("{base}/metrics"))
-                .bearer_auth(&token)
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap()
-        }
-    };
-    let sent_before = {
+    // Mails handed over to the SMTP server, summed over the nodes.
+    let handed_over = || async {
         let mut sum = 0.0;
         for b in &bases {
-            let text = scrape(b.clone()).await;
-            sum += text
+            sum += metrics_text(&http, b, &token)
+                .await
                 .lines()
                 .map(|l| metric(l, "kci_deliveries_total{", "outcome=\"sent\""))
                 .sum::<f64>();
         }
         sum
     };
+    let sent_before = handed_over().await;
     let cpu = Cpu::now(&kci_pids);
     let t = Instant::now();
     for chunk in body.lines().collect::<Vec<_>>().chunks(batch) {
@@ -334,14 +323,7 @@ body = "Dear customer,\n\nyour line {{{{ service }}}} went down at {{{{ occurred
         assert_eq!(r.status().as_u16(), 200);
     }
     loop {
-        let mut handed = 0.0;
-        for b in &bases {
-            let text = scrape(b.clone()).await;
-            handed += text
-                .lines()
-                .map(|l| metric(l, "kci_deliveries_total{", "outcome=\"sent\""))
-                .sum::<f64>();
-        }
+        let handed = handed_over().await;
         if (handed - sent_before) as usize >= deliver_n {
             break;
         }
@@ -356,8 +338,8 @@ body = "Dear customer,\n\nyour line {{{{ service }}}} went down at {{{{ occurred
     let deliver_cpu = cpu.per(deliver_n, Cpu::now(&kci_pids));
     // Then, untimed, until the store has every outcome recorded.
     loop {
-        let text = scrape(base.clone()).await;
-        let sent: f64 = text
+        let sent: f64 = metrics_text(&http, &base, &token)
+            .await
             .lines()
             .map(|l| metric(l, "kci_notifications{", "state=\"sent\""))
             .sum();

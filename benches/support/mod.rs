@@ -90,3 +90,16 @@ pub fn start(kci: &str, config: &std::path::Path, port: u16) -> (Killer, String,
     wait_port(port);
     (process, token, format!("http://127.0.0.1:{port}"))
 }
+
+/// The text of `base`'s `/metrics`, read with `token`.
+#[allow(dead_code)] // not every bench reads metrics
+pub async fn metrics_text(http: &reqwest::Client, base: &str, token: &str) -> String {
+    http.get(format!("{base}/metrics"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
