@@ -722,20 +722,21 @@ impl Scheduler {
                         }
                     }
                 }
-                while !lane.queue.is_empty() {
-                    // No more in flight than the provider's window allows
-                    // (a finishing delivery wakes the loop for the next).
-                    let in_flight = concurrency - lane.slots.available_permits();
-                    if in_flight >= self.windows.limit(lane.kind, concurrency) {
-                        break;
-                    }
+                loop {
                     let gap = self.windows.gap(lane.kind, concurrency);
                     let started = std::time::Instant::now();
-                    if !gap.is_zero()
-                        && let Some(next) = lane.next_start.filter(|next| *next > started)
-                    {
-                        spaced = Some(spaced.map_or(next, |s| s.min(next)));
-                        break;
+                    match lane.next(
+                        concurrency,
+                        self.windows.limit(lane.kind, concurrency),
+                        gap,
+                        started,
+                    ) {
+                        Next::Start => {}
+                        Next::Spaced(next) => {
+                            spaced = Some(spaced.map_or(next, |s| s.min(next)));
+                            break;
+                        }
+                        Next::Full | Next::Empty => break,
                     }
                     let Ok(permit) = lane.slots.clone().try_acquire_owned() else {
                         break;
@@ -782,7 +783,19 @@ impl Scheduler {
                 delivered(&mut lanes, done);
                 progress = true;
             }
-            if progress {
+            // Never asleep while a lane could start what it holds: a slot
+            // may also have come free after its lane looked.
+            let startable = |lane: &Lane| {
+                !lane.queue.is_empty()
+                    && self.pauses.until(lane.kind, now).is_none()
+                    && lane.next(
+                        concurrency,
+                        self.windows.limit(lane.kind, concurrency),
+                        self.windows.gap(lane.kind, concurrency),
+                        std::time::Instant::now(),
+                    ) == Next::Start
+            };
+            if progress || lanes.iter().any(startable) {
                 continue;
             }
             let now = self.clock.now();
@@ -872,6 +885,67 @@ struct Lane {
     /// Not before this may the next delivery start, where its provider
     /// asked for a spacing (aimd).
     next_start: Option<std::time::Instant>,
+}
+
+/// What a lane can do with the notice at the head of its queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Next {
+    /// Start it now.
+    Start,
+    /// Nothing queued.
+    Empty,
+    /// As many in flight as the provider's window (`limit`) or the
+    /// lane's slots allow: a finishing delivery wakes the loop.
+    Full,
+    /// The provider asked for a spacing: not before this.
+    Spaced(std::time::Instant),
+}
+
+impl Lane {
+    /// The one rule for starting a queued notice, used both to start
+    /// deliveries and to decide whether the loop may sleep: at `now`, with
+    /// `concurrency` slots in all, the provider's window at `limit` and
+    /// its spacing at `gap`.
+    fn next(
+        &self,
+        concurrency: usize,
+        limit: usize,
+        gap: std::time::Duration,
+        now: std::time::Instant,
+    ) -> Next {
+        next_start(
+            self.queue.len(),
+            concurrency.saturating_sub(self.slots.available_permits()),
+            self.slots.available_permits(),
+            limit,
+            gap,
+            self.next_start,
+            now,
+        )
+    }
+}
+
+/// [`Lane::next`] on plain values (`in_flight` deliveries running, `free`
+/// slots left, `not_before` the spacing's next start).
+fn next_start(
+    queued: usize,
+    in_flight: usize,
+    free: usize,
+    limit: usize,
+    gap: std::time::Duration,
+    not_before: Option<std::time::Instant>,
+    now: std::time::Instant,
+) -> Next {
+    if queued == 0 {
+        return Next::Empty;
+    }
+    if in_flight >= limit || free == 0 {
+        return Next::Full;
+    }
+    match not_before {
+        Some(next) if !gap.is_zero() && next > now => Next::Spaced(next),
+        _ => Next::Start,
+    }
 }
 
 /// A delivery task ended: its lane may claim again (the next notice of
@@ -1394,6 +1468,97 @@ mod tests {
                 "{kind:?}"
             );
         }
+    }
+
+    /// The rule that starts a lane's queued notices, which the loop also
+    /// asks before it sleeps. Stop 32's stall: a lane's deliveries ended
+    /// after it had looked (slots full), the loop collected them and went
+    /// to sleep for a second with notices queued and every slot free. That
+    /// state is the `Start` rows below, and the loop never sleeps on one.
+    #[test]
+    fn a_lane_starts_its_next_notice_only_when_slot_window_and_spacing_allow() {
+        use std::time::{Duration, Instant};
+        let now = Instant::now();
+        let ms = Duration::from_millis;
+        let zero = Duration::ZERO;
+        // (queued, in flight, free slots, window limit, gap, not before) → next
+        let table = [
+            // The stall: queued, all 4 slots free again.
+            ((3, 0, 4, 4, zero, None), Next::Start),
+            ((1, 3, 1, 4, zero, None), Next::Start),
+            ((0, 0, 4, 4, zero, None), Next::Empty),
+            // Every slot taken.
+            ((5, 4, 0, 4, zero, None), Next::Full),
+            // The provider's window is narrower than the slots.
+            ((5, 2, 2, 2, zero, None), Next::Full),
+            ((5, 1, 3, 2, zero, None), Next::Start),
+            // A spacing: not before its next start, then at once.
+            (
+                (5, 0, 4, 4, ms(50), Some(now + ms(20))),
+                Next::Spaced(now + ms(20)),
+            ),
+            ((5, 0, 4, 4, ms(50), Some(now)), Next::Start),
+            ((5, 0, 4, 4, ms(50), Some(now - ms(1))), Next::Start),
+            ((5, 0, 4, 4, ms(50), None), Next::Start),
+            // No spacing asked for: an old next start does not hold it.
+            ((5, 0, 4, 4, zero, Some(now + ms(20))), Next::Start),
+            // Full wins over spaced: the ending delivery wakes the loop.
+            ((5, 4, 0, 4, ms(50), Some(now + ms(20))), Next::Full),
+        ];
+        for ((queued, in_flight, free, limit, gap, not_before), want) in table {
+            assert_eq!(
+                next_start(queued, in_flight, free, limit, gap, not_before, now),
+                want,
+                "queued {queued}, in flight {in_flight}, free {free}, limit {limit}, gap {gap:?}, not before {not_before:?}"
+            );
+        }
+        // On a lane: its slots are what it counts.
+        let lane = Lane {
+            kind: ChannelKind::Webhook,
+            configured: true,
+            slots: Arc::new(tokio::sync::Semaphore::new(2)),
+            queue: Default::default(),
+            dry: false,
+            next_start: None,
+        };
+        assert_eq!(lane.next(2, 2, zero, now), Next::Empty);
+        let taken = lane.slots.clone().try_acquire_many_owned(2).unwrap();
+        let mut lane = lane;
+        let dest = Destination {
+            id: "d".into(),
+            contact: "c".into(),
+            uri: "https://hooks.example/x".parse().unwrap(),
+            prefs: Default::default(),
+            verified: true,
+            unhealthy_since: None,
+        };
+        let message = crate::model::Message {
+            short: "s".into(),
+            subject: "s".into(),
+            body: "b".into(),
+            encrypt_to: None,
+        };
+        let notice = crate::model::Notification::own(
+            "A1",
+            &dest,
+            "t",
+            crate::model::Priority::Normal,
+            message,
+            Utc::now(),
+            None,
+        );
+        let claimed = Claimed {
+            notification: notice,
+            lease_until: None,
+            event: None,
+            paranoid: false,
+            active_key: None,
+            account: None,
+        };
+        lane.queue.push_back((now, claimed));
+        assert_eq!(lane.next(2, 2, zero, now), Next::Full);
+        drop(taken);
+        assert_eq!(lane.next(2, 2, zero, now), Next::Start);
     }
 
     #[test]
