@@ -773,18 +773,14 @@ impl Scheduler {
                     progress = true;
                 }
             }
-            // A delivery that ended since its lane tried to start the next
-            // freed a slot: look again at once. Without this, a lane whose
-            // queue was held back by slots still taken when it looked, and
-            // whose deliveries have all ended by now, had nothing left to
-            // wake the loop: its claimed notices waited for the loop's
-            // timer, a second (BENCHMARKS.md, stop 32).
+            // A delivery that ended lets its lane claim again, and may have
+            // freed a slot after its lane looked: never asleep while a lane
+            // could start what it holds, or its claimed notices wait for
+            // the loop's timer, a second (BENCHMARKS.md, stop 32).
             while let Some(done) = inflight.try_join_next() {
                 delivered(&mut lanes, done);
                 progress = true;
             }
-            // Never asleep while a lane could start what it holds: a slot
-            // may also have come free after its lane looked.
             let startable = |lane: &Lane| {
                 !lane.queue.is_empty()
                     && self.pauses.until(lane.kind, now).is_none()
@@ -913,11 +909,11 @@ impl Lane {
         gap: std::time::Duration,
         now: std::time::Instant,
     ) -> Next {
+        let in_flight = concurrency.saturating_sub(self.slots.available_permits());
         next_start(
             self.queue.len(),
-            concurrency.saturating_sub(self.slots.available_permits()),
-            self.slots.available_permits(),
-            limit,
+            in_flight,
+            limit.min(concurrency),
             gap,
             self.next_start,
             now,
@@ -925,12 +921,12 @@ impl Lane {
     }
 }
 
-/// [`Lane::next`] on plain values (`in_flight` deliveries running, `free`
-/// slots left, `not_before` the spacing's next start).
+/// [`Lane::next`] on plain values: `in_flight` deliveries running, at
+/// most `limit` at once (the provider's window, never more than the
+/// slots), `not_before` the spacing's next start.
 fn next_start(
     queued: usize,
     in_flight: usize,
-    free: usize,
     limit: usize,
     gap: std::time::Duration,
     not_before: Option<std::time::Instant>,
@@ -939,7 +935,7 @@ fn next_start(
     if queued == 0 {
         return Next::Empty;
     }
-    if in_flight >= limit || free == 0 {
+    if in_flight >= limit {
         return Next::Full;
     }
     match not_before {
@@ -1481,39 +1477,40 @@ mod tests {
         let now = Instant::now();
         let ms = Duration::from_millis;
         let zero = Duration::ZERO;
-        // (queued, in flight, free slots, window limit, gap, not before) → next
+        // (queued, in flight, window limit, gap, not before) → next
         let table = [
             // The stall: queued, all 4 slots free again.
-            ((3, 0, 4, 4, zero, None), Next::Start),
-            ((1, 3, 1, 4, zero, None), Next::Start),
-            ((0, 0, 4, 4, zero, None), Next::Empty),
+            ((3, 0, 4, zero, None), Next::Start),
+            ((1, 3, 4, zero, None), Next::Start),
+            ((0, 0, 4, zero, None), Next::Empty),
             // Every slot taken.
-            ((5, 4, 0, 4, zero, None), Next::Full),
+            ((5, 4, 4, zero, None), Next::Full),
             // The provider's window is narrower than the slots.
-            ((5, 2, 2, 2, zero, None), Next::Full),
-            ((5, 1, 3, 2, zero, None), Next::Start),
+            ((5, 2, 2, zero, None), Next::Full),
+            ((5, 1, 2, zero, None), Next::Start),
             // A spacing: not before its next start, then at once.
             (
-                (5, 0, 4, 4, ms(50), Some(now + ms(20))),
+                (5, 0, 4, ms(50), Some(now + ms(20))),
                 Next::Spaced(now + ms(20)),
             ),
-            ((5, 0, 4, 4, ms(50), Some(now)), Next::Start),
-            ((5, 0, 4, 4, ms(50), Some(now - ms(1))), Next::Start),
-            ((5, 0, 4, 4, ms(50), None), Next::Start),
+            ((5, 0, 4, ms(50), Some(now)), Next::Start),
+            ((5, 0, 4, ms(50), Some(now - ms(1))), Next::Start),
+            ((5, 0, 4, ms(50), None), Next::Start),
             // No spacing asked for: an old next start does not hold it.
-            ((5, 0, 4, 4, zero, Some(now + ms(20))), Next::Start),
+            ((5, 0, 4, zero, Some(now + ms(20))), Next::Start),
             // Full wins over spaced: the ending delivery wakes the loop.
-            ((5, 4, 0, 4, ms(50), Some(now + ms(20))), Next::Full),
+            ((5, 4, 4, ms(50), Some(now + ms(20))), Next::Full),
         ];
-        for ((queued, in_flight, free, limit, gap, not_before), want) in table {
+        for ((queued, in_flight, limit, gap, not_before), want) in table {
             assert_eq!(
-                next_start(queued, in_flight, free, limit, gap, not_before, now),
+                next_start(queued, in_flight, limit, gap, not_before, now),
                 want,
-                "queued {queued}, in flight {in_flight}, free {free}, limit {limit}, gap {gap:?}, not before {not_before:?}"
+                "queued {queued}, in flight {in_flight}, limit {limit}, gap {gap:?}, not before {not_before:?}"
             );
         }
-        // On a lane: its slots are what it counts.
-        let lane = Lane {
+        // On a lane: its slots are what it counts, and a window wider
+        // than the slots is held to them.
+        let mut lane = Lane {
             kind: ChannelKind::Webhook,
             configured: true,
             slots: Arc::new(tokio::sync::Semaphore::new(2)),
@@ -1523,7 +1520,6 @@ mod tests {
         };
         assert_eq!(lane.next(2, 2, zero, now), Next::Empty);
         let taken = lane.slots.clone().try_acquire_many_owned(2).unwrap();
-        let mut lane = lane;
         let dest = Destination {
             id: "d".into(),
             contact: "c".into(),
@@ -1557,6 +1553,7 @@ mod tests {
         };
         lane.queue.push_back((now, claimed));
         assert_eq!(lane.next(2, 2, zero, now), Next::Full);
+        assert_eq!(lane.next(2, 8, zero, now), Next::Full);
         drop(taken);
         assert_eq!(lane.next(2, 2, zero, now), Next::Start);
     }
