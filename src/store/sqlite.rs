@@ -25,6 +25,7 @@ use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OpenFlags, Params, Row, params};
 use std::sync::Mutex;
 use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 type Finisher = Box<dyn FnOnce(std::result::Result<(), String>) + Send>;
 /// A job for the writer thread, and whether its commit must be on the
@@ -66,7 +67,7 @@ fn open_conn(path: Option<&str>) -> Result<Connection> {
         )?,
         None => Connection::open_in_memory()?,
     };
-    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    conn.busy_timeout(Duration::from_secs(10))?;
     // Plans never depend on the values bound: otherwise SQLite prepares a
     // statement again each time a value it planned by changes (such as
     // the scheduler's claim, whose `LIMIT ?` differs from call to call).
@@ -76,13 +77,17 @@ fn open_conn(path: Option<&str>) -> Result<Connection> {
     // More statements than rusqlite's default 16 run in turn on the
     // writer (planning, inserts, claims): each would be parsed again.
     conn.set_prepared_statement_cache_capacity(64);
+    // A restarted log is written over at its size (cut back to 64 MiB if it
+    // grew past that), not grown from nothing each cycle; the writer
+    // truncates it on its own clock (`LogClock`), so that what was erased
+    // does not stay in its frames.
     conn.execute_batch(
         "PRAGMA journal_mode = WAL;
          PRAGMA synchronous = FULL;
          PRAGMA foreign_keys = ON;
          PRAGMA temp_store = MEMORY;
          PRAGMA secure_delete = FAST;
-         PRAGMA journal_size_limit = 0;
+         PRAGMA journal_size_limit = 67108864;
          PRAGMA cache_size = -32000;",
     )?;
     Ok(conn)
@@ -249,33 +254,76 @@ fn in_savepoint<T>(lite: &mut Lite, job: Job<Lite, T>) -> Result<T> {
 
 /// How long nothing must have changed before the writer folds the
 /// write-ahead log into the database and truncates it.
-const QUIET: std::time::Duration = std::time::Duration::from_secs(5);
+const QUIET: Duration = Duration::from_secs(5);
+/// The longest a change waits for that under writes that never stop for
+/// [`QUIET`]: the bound on how long an erased row's old version stays in
+/// the log's frames.
+const AT_MOST: Duration = Duration::from_secs(10);
+/// How soon the writer tries again after a reader was in the way.
+const RETRY: Duration = Duration::from_millis(250);
+
+/// When the writer truncates the write-ahead log. Rows erased in place (a
+/// notice's one-time secret, once it went out) leave no copy in the
+/// database file (`secure_delete`), but their old versions stay in the
+/// log's frames, also after the log restarts (it is reused at its size,
+/// `journal_size_limit`, rather than grown again from nothing each cycle),
+/// until the log is truncated: after [`QUIET`] without changes, and at the
+/// latest [`AT_MOST`] after the oldest change it holds, however steadily
+/// writes come.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+struct LogClock {
+    /// The oldest change the log may hold, and the latest.
+    changes: Option<(Instant, Instant)>,
+    /// The last try a reader was in the way of.
+    tried: Option<Instant>,
+}
+
+impl LogClock {
+    fn changed(&mut self, now: Instant) {
+        let oldest = self.changes.map_or(now, |(oldest, _)| oldest);
+        self.changes = Some((oldest, now));
+    }
+
+    fn due(&self, now: Instant) -> bool {
+        let Some((oldest, latest)) = self.changes else {
+            return false;
+        };
+        let waited = |since: Instant, long: Duration| now.saturating_duration_since(since) >= long;
+        !self.tried.is_some_and(|at| !waited(at, RETRY))
+            && (waited(latest, QUIET) || waited(oldest, AT_MOST))
+    }
+
+    fn truncated(&mut self, done: bool, now: Instant) {
+        *self = if done {
+            LogClock::default()
+        } else {
+            LogClock {
+                tried: Some(now),
+                ..*self
+            }
+        };
+    }
+}
 
 /// Folds the write-ahead log into the database and truncates it, if no
 /// reader is in the way right now; whether it did.
 fn truncate_log(conn: &Connection) -> bool {
-    let _ = conn.busy_timeout(std::time::Duration::from_millis(50));
+    let _ = conn.busy_timeout(Duration::from_millis(50));
     let done = conn
         .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
             r.get::<_, i64>(0)
         })
         .is_ok_and(|busy| busy == 0);
-    let _ = conn.busy_timeout(std::time::Duration::from_secs(10));
+    let _ = conn.busy_timeout(Duration::from_secs(10));
     done
 }
 
 fn writer_loop(mut lite: Lite, rx: mpsc::Receiver<WriterJob>) {
-    // Rows erased in place (a notice's one-time secret, once it went out)
-    // leave no copy in the database file (`secure_delete`), but their old
-    // versions stay in the log's frames until the log is restarted. Under
-    // load the log restarts often and is truncated each time
-    // (`journal_size_limit`); once things are quiet, it is truncated here.
-    let (mut seen, mut changed_at, mut dirty) =
-        (lite.0.total_changes(), std::time::Instant::now(), false);
+    let (mut seen, mut log) = (lite.0.total_changes(), LogClock::default());
     // `open_conn` set `synchronous = FULL`.
     let mut full = true;
     loop {
-        let first = match rx.recv_timeout(std::time::Duration::from_secs(1)) {
+        let first = match rx.recv_timeout(Duration::from_secs(1)) {
             Ok(job) => Some(job),
             Err(mpsc::RecvTimeoutError::Timeout) => None,
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
@@ -283,12 +331,13 @@ fn writer_loop(mut lite: Lite, rx: mpsc::Receiver<WriterJob>) {
         if let Some(first) = first {
             commit_group(&mut lite, first, &rx, &mut full);
         }
-        let total = lite.0.total_changes();
+        let (total, now) = (lite.0.total_changes(), Instant::now());
         if total != seen {
-            (seen, changed_at, dirty) = (total, std::time::Instant::now(), true);
+            seen = total;
+            log.changed(now);
         }
-        if dirty && changed_at.elapsed() >= QUIET && truncate_log(&lite.0) {
-            dirty = false;
+        if log.due(now) {
+            log.truncated(truncate_log(&lite.0), Instant::now());
         }
     }
 }
@@ -1455,6 +1504,46 @@ mod tests {
     /// The writer connection's `synchronous` mode, read inside a job.
     fn mode(lite: &mut Lite) -> Result<i64> {
         Ok(lite.0.query_row("PRAGMA synchronous", [], |r| r.get(0))?)
+    }
+
+    /// The log is truncated once nothing changed for 5 s, and at the
+    /// latest 10 s after the oldest change it holds, however steadily
+    /// writes come; a try a reader was in the way of is not repeated for
+    /// 250 ms. Each row: seconds after a start of the changes, of the
+    /// latest change and of the last failed try (if any), at which second
+    /// the writer looks, and whether it truncates then.
+    #[test]
+    fn the_log_is_truncated_when_quiet_and_at_the_latest_ten_seconds_after_a_change() {
+        let t0 = Instant::now();
+        let at = |s: f64| t0 + Duration::from_secs_f64(s);
+        let rows: &[(Option<(f64, f64)>, Option<f64>, f64, bool)] = &[
+            (None, None, 100.0, false),                  // nothing changed
+            (Some((0.0, 0.0)), None, 4.9, false),        // not quiet long enough
+            (Some((0.0, 0.0)), None, 5.0, true),         // quiet
+            (Some((0.0, 9.5)), None, 9.9, false),        // a steady trickle...
+            (Some((0.0, 9.5)), None, 10.0, true),        // ...still gets it
+            (Some((0.0, 9.9)), Some(10.0), 10.1, false), // a reader was in the way
+            (Some((0.0, 9.9)), Some(10.0), 10.25, true), // tried again
+            (Some((0.0, 1.0)), Some(2.0), 6.0, true),    // quiet after a failed try
+        ];
+        for &(changes, tried, look, due) in rows {
+            let clock = LogClock {
+                changes: changes.map(|(oldest, latest)| (at(oldest), at(latest))),
+                tried: tried.map(at),
+            };
+            assert_eq!(clock.due(at(look)), due, "{changes:?} {tried:?} at {look}");
+        }
+        // The clock itself: the oldest change stays, the latest moves; a
+        // failed try is remembered, a truncation starts afresh.
+        let mut clock = LogClock::default();
+        clock.changed(at(0.0));
+        clock.changed(at(3.0));
+        assert_eq!(clock.changes, Some((at(0.0), at(3.0))));
+        clock.truncated(false, at(10.0));
+        assert_eq!(clock.tried, Some(at(10.0)));
+        assert_eq!(clock.changes, Some((at(0.0), at(3.0))));
+        clock.truncated(true, at(10.3));
+        assert_eq!(clock, LogClock::default());
     }
 
     /// A relaxed write (a claim's lease) commits without waiting for the

@@ -355,10 +355,7 @@ async fn no_link_or_code_stays_readable_in_the_database() {
     drop(db);
     // The files themselves, once kci has been idle a few seconds.
     eventually(30, "no copy of the secrets on disk", || async {
-        let mut bytes = std::fs::read(kci.db()).unwrap();
-        bytes.extend(std::fs::read(kci.db().with_extension("db-wal")).unwrap_or_default());
-        let text = String::from_utf8_lossy(&bytes);
-        (!text.contains(&token) && !text.contains(&phrase)).then_some(())
+        (!files_hold(&kci, &[&token, &phrase])).then_some(())
     })
     .await;
     // And the code still does what it is for.
@@ -376,6 +373,84 @@ async fn no_link_or_code_stays_readable_in_the_database() {
         )
         .await;
     assert_eq!(s, 200, "{v}");
+}
+
+/// Whether the database file or its write-ahead log holds any of `texts`.
+fn files_hold(kci: &Kci, texts: &[&str]) -> bool {
+    let mut bytes = std::fs::read(kci.db()).unwrap();
+    bytes.extend(std::fs::read(kci.db().with_extension("db-wal")).unwrap_or_default());
+    let text = String::from_utf8_lossy(&bytes);
+    texts.iter().any(|t| text.contains(t))
+}
+
+/// As above, under writes that never stop: a steady trickle never leaves
+/// the store quiet for the 5 seconds after which it truncates its log, and
+/// fills the log far too slowly to restart it, yet an erased secret leaves
+/// the files within the log's bound (10 seconds after a change). The
+/// secret looked for is the code's sealed form, read from its row while
+/// the code waits for its channel's server: in the files before, so the
+/// test cannot pass by finding nothing to find.
+#[tokio::test]
+async fn an_erased_secret_leaves_the_files_while_writes_never_stop() {
+    let ntfy = WebhookReceiver::start().await;
+    *ntfy.status.lock().unwrap() = 503;
+    let kci = Kci::start(None, &format!("[channels.ntfy]\nurl = \"{}\"\n", ntfy.url));
+    let admin = kci.token(&["admin"]);
+    kci.customer(&admin, "A2", "bob", json!({"uri": "ntfy:bob-alerts"}))
+        .await;
+    let sealed = eventually(20, "the code's notice, tried and waiting", || async {
+        rusqlite::Connection::open(kci.db())
+            .ok()?
+            .query_row(
+                "SELECT secret FROM notifications \
+                 WHERE type = 'kci.verify' AND state = 'pending' AND attempts >= 1",
+                [],
+                |r| r.get::<_, String>(0),
+            )
+            .ok()
+    })
+    .await;
+    assert!(
+        files_hold(&kci, &[&sealed]),
+        "the sealed code is in the files"
+    );
+    // The server answers now; the code goes out and is erased.
+    *ntfy.status.lock().unwrap() = 200;
+    eventually(20, "the code sent", || async {
+        rusqlite::Connection::open(kci.db())
+            .ok()?
+            .query_row(
+                "SELECT secret IS NULL OR secret = '' FROM notifications \
+                 WHERE type = 'kci.verify' AND state = 'sent'",
+                [],
+                |r| r.get::<_, bool>(0),
+            )
+            .ok()
+            .filter(|erased| *erased)
+    })
+    .await;
+    let started = std::time::Instant::now();
+    let mut writes = 0;
+    loop {
+        let (s, v) = kci
+            .call(
+                "PUT",
+                &format!("/v1/accounts/A2/contacts/c{}", writes % 5),
+                Some(&admin),
+                Some("{}"),
+            )
+            .await;
+        assert!(s == 200 || s == 201, "{s} {v}");
+        writes += 1;
+        if !files_hold(&kci, &[&sealed]) {
+            break;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(25),
+            "the erased code is still in the files after {writes} writes in 25 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    }
 }
 
 /// A code still waiting to go out (its channel's server is down, so it
