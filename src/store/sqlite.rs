@@ -32,7 +32,18 @@ type Finisher = Box<dyn FnOnce(std::result::Result<(), String>) + Send>;
 /// disk before it answers (see [`Backend::write_relaxed`]).
 struct WriterJob {
     durable: bool,
-    run: Box<dyn FnOnce(&mut Lite) -> Finisher + Send>,
+    /// Runs the job in the group's transaction: in a savepoint of its own,
+    /// unless it is alone in the transaction (`true`), whose rollback
+    /// then takes back what it wrote if it failed.
+    run: Run,
+}
+type Run = Box<dyn FnOnce(&mut Lite, bool) -> Ran + Send>;
+
+/// A job that ran: whether it failed, and what tells it how its group
+/// ended.
+struct Ran {
+    failed: bool,
+    finish: Finisher,
 }
 
 /// Most jobs committed together.
@@ -161,31 +172,46 @@ fn now<F: std::future::Future<Output = Result<T>>, T>(f: F) -> Result<T> {
 impl Sqlite {
     /// Hands `job` to the writer thread; resolves once its group committed.
     async fn queue<T: Send + 'static>(&self, job: Job<Lite, T>, durable: bool) -> Result<T> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let job = WriterJob {
-            durable,
-            run: Box::new(move |lite| {
-                let result = in_savepoint(lite, job);
-                Box::new(move |commit| {
-                    let out = match (result, commit) {
-                        (Ok(v), Ok(())) => Ok(v),
-                        (Err(e), _) => Err(e),
-                        (Ok(_), Err(e)) => {
-                            Err(StoreError::Unavailable(format!("commit failed: {e}")))
-                        }
-                    };
-                    let _ = tx.send(out);
-                })
-            }),
-        };
+        let (job, answer) = writer_job(job, durable);
         self.writer
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .send(job)
             .map_err(|_| StoreError::Unavailable("sqlite writer stopped".into()))?;
-        rx.await
+        answer
+            .await
             .map_err(|_| StoreError::Unavailable("sqlite writer stopped".into()))?
     }
+}
+
+/// `job` as the writer thread runs it, and where its answer comes once its
+/// group ended.
+fn writer_job<T: Send + 'static>(
+    job: Job<Lite, T>,
+    durable: bool,
+) -> (WriterJob, tokio::sync::oneshot::Receiver<Result<T>>) {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let job = WriterJob {
+        durable,
+        run: Box::new(move |lite, alone| {
+            let result = if alone {
+                now(job(lite))
+            } else {
+                in_savepoint(lite, job)
+            };
+            let failed = result.is_err();
+            let finish: Finisher = Box::new(move |commit| {
+                let out = match (result, commit) {
+                    (Ok(v), Ok(())) => Ok(v),
+                    (Err(e), _) => Err(e),
+                    (Ok(_), Err(e)) => Err(StoreError::Unavailable(format!("commit failed: {e}"))),
+                };
+                let _ = tx.send(out);
+            });
+            Ran { failed, finish }
+        }),
+    };
+    (job, rx)
 }
 
 impl Backend for Sqlite {
@@ -289,7 +315,7 @@ impl LogClock {
             return false;
         };
         let waited = |since: Instant, long: Duration| now.saturating_duration_since(since) >= long;
-        !self.tried.is_some_and(|at| !waited(at, RETRY))
+        self.tried.is_none_or(|at| waited(at, RETRY))
             && (waited(latest, QUIET) || waited(oldest, AT_MOST))
     }
 
@@ -362,7 +388,8 @@ fn synchronous(
 }
 
 /// Runs `first` and whatever else has queued (up to [`MAX_GROUP`]) in one
-/// transaction, each in its savepoint, and tells each how it ended.
+/// transaction, each in its savepoint (a job alone in it needs none: the
+/// transaction is its savepoint), and tells each how it ended.
 fn commit_group(
     lite: &mut Lite,
     first: WriterJob,
@@ -382,8 +409,18 @@ fn commit_group(
     let durable = group.iter().any(|job| job.durable);
     let mode = synchronous(&lite.0, full, durable);
     let began = lite.exec("BEGIN IMMEDIATE", []).is_ok();
-    let finishers: Vec<Finisher> = group.into_iter().map(|job| (job.run)(lite)).collect();
+    // Without a transaction, each job's savepoint is its transaction.
+    let alone = began && group.len() == 1;
+    let ran: Vec<Ran> = group
+        .into_iter()
+        .map(|job| (job.run)(lite, alone))
+        .collect();
     let commit = match (began, mode) {
+        // Nothing else to keep: its failure answers it.
+        (true, _) if alone && ran.iter().any(|r| r.failed) => {
+            let _ = lite.0.execute_batch("ROLLBACK");
+            Ok(())
+        }
         (true, Ok(())) => lite.exec("COMMIT", []).map(|_| ()).map_err(|e| {
             let _ = lite.0.execute_batch("ROLLBACK");
             e.to_string()
@@ -396,8 +433,8 @@ fn commit_group(
         // could be set (otherwise the jobs are told so, never "done").
         (false, mode) => mode,
     };
-    for finish in finishers {
-        finish(commit.clone());
+    for ran in ran {
+        (ran.finish)(commit.clone());
     }
 }
 
@@ -1516,7 +1553,8 @@ mod tests {
     fn the_log_is_truncated_when_quiet_and_at_the_latest_ten_seconds_after_a_change() {
         let t0 = Instant::now();
         let at = |s: f64| t0 + Duration::from_secs_f64(s);
-        let rows: &[(Option<(f64, f64)>, Option<f64>, f64, bool)] = &[
+        type Row = (Option<(f64, f64)>, Option<f64>, f64, bool);
+        let rows: &[Row] = &[
             (None, None, 100.0, false),                  // nothing changed
             (Some((0.0, 0.0)), None, 4.9, false),        // not quiet long enough
             (Some((0.0, 0.0)), None, 5.0, true),         // quiet
@@ -1607,9 +1645,12 @@ mod tests {
             let seen = seen.clone();
             WriterJob {
                 durable,
-                run: Box::new(move |lite: &mut Lite| {
+                run: Box::new(move |lite: &mut Lite, _| {
                     seen.lock().unwrap().push(mode(lite).unwrap());
-                    Box::new(|commit: std::result::Result<(), String>| commit.unwrap()) as Finisher
+                    Ran {
+                        failed: false,
+                        finish: Box::new(|commit| commit.unwrap()),
+                    }
                 }),
             }
         };
@@ -1622,6 +1663,67 @@ mod tests {
         commit_group(&mut lite, job(false), &rx, &mut full);
         assert_eq!(*seen.lock().unwrap(), [2, 2, 1, 1]);
         assert!(!full);
+    }
+
+    /// A failing job takes back everything it wrote and nothing else:
+    /// alone in its group (no savepoint: the group's transaction is
+    /// rolled back), first, between or last among others (its savepoint
+    /// is), and the others commit.
+    #[test]
+    fn a_failing_job_takes_back_what_it_wrote_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kci.db");
+        let mut lite = Lite(open_conn(path.to_str()).unwrap());
+        lite.0.execute_batch("CREATE TABLE t (x INTEGER)").unwrap();
+        // Inserts `x`, then fails if asked to, after its write.
+        fn inserting(x: i64, fails: bool) -> Job<Lite, i64> {
+            Box::new(move |lite| {
+                Box::pin(async move {
+                    lite.exec("INSERT INTO t (x) VALUES (?1)", [x])?;
+                    if fails {
+                        return Err(StoreError::Unavailable(format!("job {x} failed")));
+                    }
+                    Ok(x)
+                })
+            })
+        }
+        let job = |x: i64, fails: bool| writer_job(inserting(x, fails), true);
+        let groups: &[&[(i64, bool)]] = &[
+            &[(1, false)],
+            &[(2, true)],
+            &[(3, true), (4, false)],
+            &[(5, false), (6, true), (7, false)],
+            &[(8, false), (9, true)],
+            &[(10, true), (11, true)],
+        ];
+        let mut full = true;
+        for group in groups {
+            let (tx, rx) = mpsc::channel();
+            let mut answers = Vec::new();
+            let mut jobs = group.iter().map(|&(x, fails)| {
+                let (job, answer) = job(x, fails);
+                answers.push((x, fails, answer));
+                job
+            });
+            let first = jobs.next().unwrap();
+            jobs.for_each(|job| tx.send(job).unwrap());
+            commit_group(&mut lite, first, &rx, &mut full);
+            for (x, fails, mut answer) in answers {
+                let got = answer.try_recv().unwrap();
+                assert_eq!(got.is_err(), fails, "job {x}: {got:?}");
+            }
+        }
+        let kept: Vec<i64> = lite
+            .0
+            .prepare("SELECT x FROM t ORDER BY x")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(|x| x.unwrap())
+            .collect();
+        assert_eq!(kept, [1, 4, 5, 7, 8]);
+        // And the connection is out of any transaction.
+        assert!(lite.0.is_autocommit());
     }
 
     /// A statement run again with other values keeps its plan: SQLite
