@@ -76,9 +76,11 @@ pub async fn run(arg: ConfigArg) -> anyhow::Result<ExitCode> {
         shutdown.clone(),
     ));
 
+    let planner = crate::ingest::planner(config.clone());
     let state = AppState {
+        events: crate::ingest::coalesce::Coalescer::start(store.clone(), planner.clone()),
         store,
-        planner: crate::ingest::planner(config.clone()),
+        planner,
         config: config.clone(),
         channels,
         metrics,

@@ -2,6 +2,8 @@
 //! field by field and normalised into a [`model::Event`](crate::model::Event).
 //! Validation is pure; the handlers in `web::api::events` store the result.
 
+pub mod coalesce;
+
 use crate::config::Config;
 use crate::model::AccountView;
 use crate::model::{Event, Priority, check_id, parse_time};

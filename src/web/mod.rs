@@ -29,6 +29,8 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub channels: Channels,
     pub planner: Arc<dyn Planner>,
+    /// Single events posted at the same time, stored together.
+    pub events: crate::ingest::coalesce::Coalescer,
     pub metrics: Arc<Metrics>,
     pub clock: Arc<dyn Clock>,
     /// Wakes the delivery worker after ingest.

@@ -167,20 +167,20 @@ pub async fn post_event(
     };
     let input = ingest::parse(&body).map_err(|(s, e)| refused(s, e))?;
     let event = ingest::validate(input, &st.config, st.clock.now()).map_err(|e| refused(422, e))?;
-    let outcomes = st.store.ingest(vec![event], st.planner.clone()).await?;
-    record(&st, &outcomes);
-    match outcomes.into_iter().next() {
-        Some(
-            IngestOutcome::Accepted {
-                id, notifications, ..
-            }
-            | IngestOutcome::Duplicate { id, notifications },
-        ) => Ok((StatusCode::ACCEPTED, Json(Accepted { id, notifications }))),
-        Some(IngestOutcome::Rejected(r)) => Err(AppError::Invalid {
+    // Stored with whatever other single events were posted meanwhile.
+    let outcome = st.events.ingest(event).await?;
+    record(&st, std::slice::from_ref(&outcome));
+    match outcome {
+        IngestOutcome::Accepted {
+            id, notifications, ..
+        }
+        | IngestOutcome::Duplicate { id, notifications } => {
+            Ok((StatusCode::ACCEPTED, Json(Accepted { id, notifications })))
+        }
+        IngestOutcome::Rejected(r) => Err(AppError::Invalid {
             code: r.code,
             message: r.message,
         }),
-        None => Err(AppError::Internal("store answered no outcome".into())),
     }
 }
 
