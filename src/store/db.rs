@@ -665,6 +665,11 @@ async fn ingest_all(
     events: &[Event],
     planner: &dyn Planner,
 ) -> Result<Vec<IngestOutcome>> {
+    // A batch's statements take arrays of one to a thousand rows: each is
+    // planned for the rows it has.
+    if events.len() > 1 {
+        rows.plan_for_values().await?;
+    }
     let ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
     let mut known = rows.event_counts(&ids).await?;
     let mut views = Vec::new();

@@ -770,6 +770,16 @@ impl Rows for PgRows {
         self.lock(format!("{account}\u{1f}{key}")).await
     }
 
+    /// After five calls PostgreSQL may keep a generic plan of a prepared
+    /// statement; one kept from batches of a few rows (single events
+    /// stored together) made batches of hundreds four times as costly
+    /// (BENCHMARKS.md, stop 34).
+    async fn plan_for_values(&mut self) -> Result<()> {
+        self.exec("SET LOCAL plan_cache_mode = force_custom_plan", &[])
+            .await
+            .map(|_| ())
+    }
+
     async fn event_count(&mut self, id: &str) -> Result<Option<usize>> {
         let sql = "SELECT notifications FROM events WHERE id = $1";
         self.one(sql, &[&id], |r| Ok(count(r.int(0)?))).await

@@ -345,6 +345,9 @@ pub trait Rows: Send + 'static {
     /// Serialises the events of one (account, key) across nodes until the
     /// transaction ends (nothing to do where there is one writer).
     fn lock_key(&mut self, account: &str, key: &str) -> impl Future<Output = Result<()>> + Send;
+    /// Plans this transaction's statements for the values they are given,
+    /// not by a plan kept from earlier calls (where the engine keeps one).
+    fn plan_for_values(&mut self) -> impl Future<Output = Result<()>> + Send;
     /// How many notifications the event with this id planned, if it is known.
     fn event_count(&mut self, id: &str) -> impl Future<Output = Result<Option<usize>>> + Send;
     /// Stores the event; `false` if its id was taken meanwhile.

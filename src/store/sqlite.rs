@@ -792,6 +792,10 @@ impl Rows for Lite {
         Ok(()) // the one writer serialises everything
     }
 
+    async fn plan_for_values(&mut self) -> Result<()> {
+        Ok(()) // plans do not depend on the values bound (see `open_conn`)
+    }
+
     async fn event_count(&mut self, id: &str) -> Result<Option<usize>> {
         let sql = "SELECT notifications FROM events WHERE id = ?1";
         self.one(sql, [id], |r| Ok(usize::try_from(r.int(0)?).unwrap_or(0)))
