@@ -171,25 +171,7 @@ mod tests {
     }
 
     fn event(id: &str, account: &str) -> Event {
-        let now = Utc::now();
-        Event {
-            id: id.into(),
-            type_name: "line.down".into(),
-            account: account.into(),
-            service: None,
-            contact: None,
-            key: id.into(),
-            priority: crate::model::Priority::Normal,
-            category: "line".into(),
-            occurred_at: now,
-            not_before: None,
-            expires_at: None,
-            received_at: now,
-            data: Default::default(),
-            short: None,
-            subject: None,
-            body: None,
-        }
+        crate::store::conformance::event(id, account, id, Utc::now())
     }
 
     /// Events posted while the store is busy go in together, and each
@@ -233,11 +215,17 @@ mod tests {
         let queued = |n: usize| {
             let (held, coalescer) = (held.clone(), coalescer.clone());
             async move {
+                let since = std::time::Instant::now();
                 loop {
                     let taken: usize = held.batches.lock().unwrap().iter().map(Vec::len).sum();
-                    if taken + (QUEUE - coalescer.queue.capacity()) == n {
+                    let waiting = QUEUE - coalescer.queue.capacity();
+                    if taken + waiting == n {
                         return;
                     }
+                    assert!(
+                        since.elapsed() < std::time::Duration::from_secs(10),
+                        "{taken} taken and {waiting} waiting, not {n}"
+                    );
                     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
                 }
             }

@@ -38,7 +38,8 @@ fn destination(contact: &str, uri: &str, verified: bool) -> Destination {
     }
 }
 
-fn event(id: &str, account: &str, key: &str, at: DateTime<Utc>) -> Event {
+/// An event of type `line.down` (as the tests' config defines it).
+pub(crate) fn event(id: &str, account: &str, key: &str, at: DateTime<Utc>) -> Event {
     Event {
         id: id.into(),
         type_name: "line.down".into(),

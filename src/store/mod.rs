@@ -7,7 +7,7 @@
 //! and workers claim due rows with a lease, so a crash loses nothing.
 
 #[cfg(test)]
-mod conformance;
+pub(crate) mod conformance;
 mod db;
 pub mod postgres;
 mod rows;
