@@ -8,7 +8,9 @@
 //! Each event keeps the outcome it would have alone (the store plans a
 //! batch's events in turn, each seeing those before it, as it would
 //! concurrent requests in some order). If the store fails a batch of
-//! several, nothing of it was written, and each event is stored again on
+//! several, nothing of it was written: a failure of the store as a whole
+//! (unreachable, out of connections) is every request's answer at once;
+//! any other, which may be one event's own, has each event stored again on
 //! its own, so that whatever made it fail fails only its own request.
 
 use crate::model::Event;
@@ -103,10 +105,23 @@ async fn store_batch(
                 let _ = answer.send(Err(wrong()));
             }
         }
+        // The store failed as a whole (down, out of connections): every
+        // event would meet the same, so each request is told at once.
+        (Err(e), Some(_)) if e.is_the_stores() => {
+            for answer in answers {
+                let _ = answer.send(Err(e.again()));
+            }
+        }
         // Nothing of the batch was written: each on its own, so that only
-        // what failed it fails.
+        // what failed it fails. Should the store then fail as a whole,
+        // the rest are told so rather than each waiting to meet it.
         (Err(_), Some(events)) => {
+            let mut down: Option<StoreError> = None;
             for (event, answer) in events.into_iter().zip(answers) {
+                if let Some(e) = &down {
+                    let _ = answer.send(Err(e.again()));
+                    continue;
+                }
                 let outcome = store
                     .ingest(vec![event], planner.clone())
                     .await
@@ -115,6 +130,11 @@ async fn store_batch(
                             StoreError::Unavailable("the store answered no outcome".into())
                         })
                     });
+                if let Err(e) = &outcome
+                    && e.is_the_stores()
+                {
+                    down = Some(e.again());
+                }
                 let _ = answer.send(outcome);
             }
         }
@@ -134,14 +154,17 @@ mod tests {
     use crate::store::{Decided, DirectoryStore, Store};
     use chrono::{DateTime, Utc};
     use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, Ordering};
 
     /// A real store that holds each batch until let go, notes the events
     /// of each batch it was given, and fails any batch holding a
-    /// `poison` event (as a store error, not a refusal).
+    /// `poison` event (as a row that does not read back, which may be
+    /// the event's own), or every batch while `down` (out of connections).
     struct Held {
         store: SqliteStore,
         gate: Semaphore,
         batches: Mutex<Vec<Vec<String>>>,
+        down: AtomicBool,
     }
 
     #[async_trait::async_trait]
@@ -154,8 +177,13 @@ mod tests {
             let ids = events.iter().map(|e| e.id.clone()).collect();
             self.batches.lock().unwrap().push(ids);
             let _pass = self.gate.acquire().await.unwrap();
+            if self.down.load(Ordering::SeqCst) {
+                return Err(StoreError::Pool(
+                    "timed out waiting for a connection".into(),
+                ));
+            }
             if events.iter().any(|e| e.id.starts_with("poison")) {
-                return Err(StoreError::Unavailable("poisoned".into()));
+                return Err(StoreError::Corrupt("poisoned".into()));
             }
             self.store.ingest(events, planner).await
         }
@@ -174,6 +202,68 @@ mod tests {
         crate::store::conformance::event(id, account, id, Utc::now())
     }
 
+    /// A coalescer over a `Held` store with account `A1`, and a way to
+    /// post an event as a request would.
+    struct Bench {
+        held: Arc<Held>,
+        coalescer: Coalescer,
+    }
+
+    impl Bench {
+        async fn new() -> Bench {
+            let config = Arc::new(
+                crate::config::Config::parse("[types.\"line.down\"]\nshort = \"down\"\n", "test")
+                    .unwrap(),
+            );
+            let store = SqliteStore::open(":memory:").unwrap();
+            store.migrate().await.unwrap();
+            store
+                .put_account(&Account {
+                    id: "A1".into(),
+                    name: "A".into(),
+                    timezone: None,
+                    security_level: SecurityLevel::Standard,
+                    paranoid: false,
+                    defaults: Default::default(),
+                    prefixes: Vec::new(),
+                    postal_address: None,
+                })
+                .await
+                .unwrap();
+            let held = Arc::new(Held {
+                store,
+                gate: Semaphore::new(0),
+                batches: Mutex::new(Vec::new()),
+                down: AtomicBool::new(false),
+            });
+            let coalescer = Coalescer::start(held.clone(), crate::ingest::planner(config));
+            Bench { held, coalescer }
+        }
+
+        fn post(&self, e: Event) -> tokio::task::JoinHandle<Result<IngestOutcome>> {
+            let c = self.coalescer.clone();
+            tokio::spawn(async move { c.ingest(e).await })
+        }
+
+        /// Waits until `n` events were given to the store or wait in the
+        /// queue.
+        async fn queued(&self, n: usize) {
+            let since = std::time::Instant::now();
+            loop {
+                let taken: usize = self.held.batches.lock().unwrap().iter().map(Vec::len).sum();
+                let waiting = QUEUE - self.coalescer.queue.capacity();
+                if taken + waiting == n {
+                    return;
+                }
+                assert!(
+                    since.elapsed() < std::time::Duration::from_secs(10),
+                    "{taken} taken and {waiting} waiting, not {n}"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        }
+    }
+
     /// Events posted while the store is busy go in together, and each
     /// request still gets its own event's outcome: accepted, a duplicate
     /// of the same id posted alongside, refused for an unknown account;
@@ -181,55 +271,11 @@ mod tests {
     /// only the event that failed it fails.
     #[tokio::test]
     async fn events_posted_together_are_stored_together_each_with_its_own_outcome() {
-        let config = Arc::new(
-            crate::config::Config::parse("[types.\"line.down\"]\nshort = \"down\"\n", "test")
-                .unwrap(),
-        );
-        let store = SqliteStore::open(":memory:").unwrap();
-        store.migrate().await.unwrap();
-        store
-            .put_account(&Account {
-                id: "A1".into(),
-                name: "A".into(),
-                timezone: None,
-                security_level: SecurityLevel::Standard,
-                paranoid: false,
-                defaults: Default::default(),
-                prefixes: Vec::new(),
-                postal_address: None,
-            })
-            .await
-            .unwrap();
-        let held = Arc::new(Held {
-            store,
-            gate: Semaphore::new(0),
-            batches: Mutex::new(Vec::new()),
-        });
-        let coalescer = Coalescer::start(held.clone(), crate::ingest::planner(config));
-        let post = |e: Event| {
-            let c = coalescer.clone();
-            tokio::spawn(async move { c.ingest(e).await })
-        };
+        let bench = Bench::new().await;
+        let (held, post) = (&bench.held, |e| bench.post(e));
+        let queued = |n| bench.queued(n);
         // The first goes in alone, at once, and holds the store.
         let first = post(event("first", "A1"));
-        let queued = |n: usize| {
-            let (held, coalescer) = (held.clone(), coalescer.clone());
-            async move {
-                let since = std::time::Instant::now();
-                loop {
-                    let taken: usize = held.batches.lock().unwrap().iter().map(Vec::len).sum();
-                    let waiting = QUEUE - coalescer.queue.capacity();
-                    if taken + waiting == n {
-                        return;
-                    }
-                    assert!(
-                        since.elapsed() < std::time::Duration::from_secs(10),
-                        "{taken} taken and {waiting} waiting, not {n}"
-                    );
-                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-                }
-            }
-        };
         queued(1).await;
         assert_eq!(*held.batches.lock().unwrap(), [["first"]]);
         // Meanwhile: 30 events, one id twice, one unknown account, and
@@ -250,7 +296,7 @@ mod tests {
         let mut accepted = 0;
         for (id, answer) in posted {
             match (id.as_str(), answer.await.unwrap()) {
-                ("poison", Err(StoreError::Unavailable(e))) => assert_eq!(e, "poisoned"),
+                ("poison", Err(StoreError::Corrupt(e))) => assert_eq!(e, "poisoned"),
                 ("nobody", Ok(IngestOutcome::Rejected(r))) => {
                     assert_eq!(r.code, "unknown_account")
                 }
@@ -280,5 +326,42 @@ mod tests {
             assert!(held.store.event(id).await.unwrap().is_some(), "{id} stored");
         }
         assert!(held.store.event("poison").await.unwrap().is_none());
+    }
+
+    /// A store down as a whole fails every request of a batch at once:
+    /// none is tried again alone to meet the same failure in turn.
+    #[tokio::test]
+    async fn a_store_down_answers_each_request_of_a_batch_at_once() {
+        let bench = Bench::new().await;
+        bench.held.down.store(true, Ordering::SeqCst);
+        let first = bench.post(event("first", "A1"));
+        bench.queued(1).await;
+        let posted: Vec<_> = (0..20)
+            .map(|i| bench.post(event(&format!("e{i}"), "A1")))
+            .collect();
+        bench.queued(21).await;
+        bench.held.gate.add_permits(1000);
+        for answer in std::iter::once(first).chain(posted) {
+            match answer.await.unwrap() {
+                Err(StoreError::Pool(e)) => assert_eq!(e, "timed out waiting for a connection"),
+                other => panic!("{other:?}"),
+            }
+        }
+        let batches = bench.held.batches.lock().unwrap().clone();
+        assert_eq!(
+            batches.iter().map(Vec::len).sum::<usize>(),
+            21,
+            "each given once: {batches:?}"
+        );
+        assert!(
+            batches.len() < 21,
+            "the 20 queued went in together: {batches:?}"
+        );
+        // Up again: the next request is stored.
+        bench.held.down.store(false, Ordering::SeqCst);
+        assert!(matches!(
+            bench.post(event("later", "A1")).await.unwrap(),
+            Ok(IngestOutcome::Accepted { .. })
+        ));
     }
 }

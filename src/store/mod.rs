@@ -48,6 +48,71 @@ pub enum StoreError {
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
+impl StoreError {
+    /// Whether this is the store failing as a whole (unreachable, out of
+    /// connections, out of disk, shutting down, locked), which any other
+    /// request would meet as well, rather than a failure that may be the
+    /// request's own (a statement refused for its values, a row that does
+    /// not read back). Only the latter is worth trying again piece by
+    /// piece.
+    pub fn is_the_stores(&self) -> bool {
+        match self {
+            StoreError::Pool(_) | StoreError::Unavailable(_) | StoreError::SchemaAhead { .. } => {
+                true
+            }
+            StoreError::Corrupt(_) => false,
+            StoreError::Sqlite(e) => e.sqlite_error_code().is_some_and(|code| {
+                use rusqlite::ErrorCode::*;
+                matches!(
+                    code,
+                    DatabaseBusy
+                        | DatabaseLocked
+                        | OutOfMemory
+                        | ReadOnly
+                        | SystemIoFailure
+                        | DatabaseCorrupt
+                        | DiskFull
+                        | CannotOpen
+                        | FileLockingProtocolFailed
+                        | NotADatabase
+                )
+            }),
+            // No answer from the server about the statement: the
+            // connection is gone.
+            StoreError::Postgres(e) => e
+                .as_db_error()
+                .is_none_or(|db| sqlstate_is_the_servers(db.code().code())),
+        }
+    }
+
+    /// The same failure again, for a second request that met it.
+    pub fn again(&self) -> StoreError {
+        match self {
+            StoreError::Pool(m) => StoreError::Pool(m.clone()),
+            StoreError::Corrupt(m) => StoreError::Corrupt(m.clone()),
+            StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
+            StoreError::SchemaAhead { have, latest } => StoreError::SchemaAhead {
+                have: *have,
+                latest: *latest,
+            },
+            StoreError::Sqlite(_) | StoreError::Postgres(_) => {
+                StoreError::Unavailable(self.to_string())
+            }
+        }
+    }
+}
+
+/// Whether a PostgreSQL error code (SQLSTATE) is about the server rather
+/// than the statement: connection exceptions (08), insufficient resources
+/// (53), operator intervention such as a shutdown (57), system errors
+/// (58), internal errors (XX). A program limit (54, a statement too
+/// complex) can be a batch's own: one event alone may pass.
+fn sqlstate_is_the_servers(code: &str) -> bool {
+    ["08", "53", "57", "58", "XX"]
+        .iter()
+        .any(|class| code.starts_with(class))
+}
+
 /// A bearer token as stored: only the SHA-256 of the secret is kept.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TokenRecord {
@@ -1362,5 +1427,56 @@ mod tests {
         // Inspecting it (kci doctor, kci status) still works.
         let info = open_as_is(&url).await.unwrap().inspect().await.unwrap();
         assert_eq!(info.schema, latest + 1);
+    }
+
+    /// Which failures are the store's as a whole (met by any request), and
+    /// which may be one request's own.
+    #[test]
+    fn a_failure_of_the_whole_store_is_told_from_one_of_a_request() {
+        let sqlite = |code| {
+            StoreError::Sqlite(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(code),
+                None,
+            ))
+        };
+        let cases = [
+            (StoreError::Pool("timed out".into()), true),
+            (StoreError::Unavailable("writer stopped".into()), true),
+            (StoreError::SchemaAhead { have: 9, latest: 8 }, true),
+            (StoreError::Corrupt("bad json".into()), false),
+            (sqlite(rusqlite::ffi::SQLITE_BUSY), true),
+            (sqlite(rusqlite::ffi::SQLITE_FULL), true),
+            (sqlite(rusqlite::ffi::SQLITE_IOERR), true),
+            (sqlite(rusqlite::ffi::SQLITE_READONLY), true),
+            (sqlite(rusqlite::ffi::SQLITE_CONSTRAINT), false),
+            (sqlite(rusqlite::ffi::SQLITE_TOOBIG), false),
+            (sqlite(rusqlite::ffi::SQLITE_MISMATCH), false),
+            (
+                StoreError::Sqlite(rusqlite::Error::QueryReturnedNoRows),
+                false,
+            ),
+        ];
+        for (error, whole) in cases {
+            assert_eq!(error.is_the_stores(), whole, "{error}");
+            // Told again to another request, it says the same.
+            let again = error.again();
+            assert!(again.to_string().ends_with(&error.to_string()), "{again}");
+            if whole {
+                assert!(again.is_the_stores(), "{again}");
+            }
+        }
+        for (code, servers) in [
+            ("08006", true),  // connection failure
+            ("53300", true),  // too many connections
+            ("57P01", true),  // admin shutdown
+            ("58030", true),  // I/O error
+            ("XX000", true),  // internal error
+            ("23505", false), // unique violation
+            ("22P02", false), // invalid text representation
+            ("54001", false), // statement too complex: one alone may pass
+            ("40001", false), // serialization failure: retried alone
+        ] {
+            assert_eq!(sqlstate_is_the_servers(code), servers, "{code}");
+        }
     }
 }
