@@ -21,6 +21,11 @@ use kci::pgp::{
 use std::hint::black_box;
 use std::time::Instant;
 
+/// The allocator the `kci` binary uses (`src/main.rs`), so that the figures
+/// are the binary's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const BODY: &str = "Line 4711 (Example Street 1) is down since 09:12 UTC.\n\
 We have dispatched a technician and expect it back by 13:00.\n\
 Reference: INC-2024-0815. Reply to this mail to reach the NOC.\n";

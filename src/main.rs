@@ -3,6 +3,14 @@
 use clap::Parser;
 use std::process::ExitCode;
 
+/// Rust's allocations go to mimalloc rather than glibc's malloc: a
+/// request, a rendered notice and a signed mail are many small, short-lived
+/// allocations across threads, which glibc serves with more locking and
+/// gives back to the kernel between bursts (BENCHMARKS.md, stop 35).
+/// SQLite and OpenSSL keep the C library's malloc.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = kci::cli::Cli::parse();
