@@ -159,12 +159,14 @@ mod tests {
     /// A real store that holds each batch until let go, notes the events
     /// of each batch it was given, and fails any batch holding a
     /// `poison` event (as a row that does not read back, which may be
-    /// the event's own), or every batch while `down` (out of connections).
+    /// the event's own), or every batch while `down` (out of connections);
+    /// with `falls`, failing the poison brings it down.
     struct Held {
         store: SqliteStore,
         gate: Semaphore,
         batches: Mutex<Vec<Vec<String>>>,
         down: AtomicBool,
+        falls: AtomicBool,
     }
 
     #[async_trait::async_trait]
@@ -183,6 +185,9 @@ mod tests {
                 ));
             }
             if events.iter().any(|e| e.id.starts_with("poison")) {
+                if self.falls.load(Ordering::SeqCst) {
+                    self.down.store(true, Ordering::SeqCst);
+                }
                 return Err(StoreError::Corrupt("poisoned".into()));
             }
             self.store.ingest(events, planner).await
@@ -235,6 +240,7 @@ mod tests {
                 gate: Semaphore::new(0),
                 batches: Mutex::new(Vec::new()),
                 down: AtomicBool::new(false),
+                falls: AtomicBool::new(false),
             });
             let coalescer = Coalescer::start(held.clone(), crate::ingest::planner(config));
             Bench { held, coalescer }
@@ -363,5 +369,41 @@ mod tests {
             bench.post(event("later", "A1")).await.unwrap(),
             Ok(IngestOutcome::Accepted { .. })
         ));
+    }
+
+    /// A batch failed for what may be one event's own is stored again
+    /// event by event; should the store then fail as a whole, the rest of
+    /// that batch are told so at once, not given to it one after another.
+    #[tokio::test]
+    async fn stored_again_one_by_one_the_rest_are_told_once_the_store_is_down() {
+        let bench = Bench::new().await;
+        bench.held.falls.store(true, Ordering::SeqCst);
+        let first = bench.post(event("first", "A1"));
+        bench.queued(1).await;
+        let mut posted: Vec<_> = (0..10)
+            .map(|i| (format!("e{i}"), bench.post(event(&format!("e{i}"), "A1"))))
+            .collect();
+        posted.push(("poison".into(), bench.post(event("poison", "A1"))));
+        bench.queued(12).await;
+        bench.held.gate.add_permits(1000);
+        assert!(first.await.unwrap().is_ok());
+        let batches = bench.held.batches.lock().unwrap().clone();
+        let failed = batches
+            .iter()
+            .position(|b| b.len() > 1 && b.contains(&"poison".to_string()))
+            .unwrap_or_else(|| panic!("no batch held the poison with others: {batches:?}"));
+        // One of them was given to the store again, met it down, and the
+        // rest were told without being given to it.
+        assert_eq!(batches[failed + 1..].len(), 1, "{batches:?}");
+        assert_eq!(batches[failed + 1].len(), 1, "{batches:?}");
+        for (id, answer) in posted {
+            let answer = answer.await.unwrap();
+            if batches[failed].contains(&id) {
+                assert!(
+                    matches!(answer, Err(StoreError::Pool(_))),
+                    "{id}: {answer:?}"
+                );
+            }
+        }
     }
 }
