@@ -251,6 +251,24 @@ mod tests {
             tokio::spawn(async move { c.ingest(e).await })
         }
 
+        /// Posts `first`, which goes in alone at once and holds the store.
+        async fn hold(&self) -> tokio::task::JoinHandle<Result<IngestOutcome>> {
+            let first = self.post(event("first", "A1"));
+            self.queued(1).await;
+            first
+        }
+
+        /// The batches given to the store so far, and where the one that
+        /// held the poison with others is.
+        fn poisoned(&self) -> (Vec<Vec<String>>, usize) {
+            let batches = self.held.batches.lock().unwrap().clone();
+            let failed = batches
+                .iter()
+                .position(|b| b.len() > 1 && b.contains(&"poison".to_string()))
+                .unwrap_or_else(|| panic!("no batch held the poison with others: {batches:?}"));
+            (batches, failed)
+        }
+
         /// Waits until `n` events were given to the store or wait in the
         /// queue.
         async fn queued(&self, n: usize) {
@@ -279,10 +297,8 @@ mod tests {
     async fn events_posted_together_are_stored_together_each_with_its_own_outcome() {
         let bench = Bench::new().await;
         let (held, post) = (&bench.held, |e| bench.post(e));
-        let queued = |n| bench.queued(n);
         // The first goes in alone, at once, and holds the store.
-        let first = post(event("first", "A1"));
-        queued(1).await;
+        let first = bench.hold().await;
         assert_eq!(*held.batches.lock().unwrap(), [["first"]]);
         // Meanwhile: 30 events, one id twice, one unknown account, and
         // one the store fails.
@@ -293,7 +309,7 @@ mod tests {
         posted.push(("e7".into(), post(event("e7", "A1"))));
         posted.push(("nobody".into(), post(event("nobody", "A9"))));
         posted.push(("poison".into(), post(event("poison", "A1"))));
-        queued(34).await;
+        bench.queued(34).await;
         held.gate.add_permits(1000);
         assert!(matches!(
             first.await.unwrap(),
@@ -317,11 +333,7 @@ mod tests {
         assert_eq!(accepted, 30, "each id once");
         // Batched: with both slots taken, what queued went in together;
         // the failed batch's events then went in one by one.
-        let batches = held.batches.lock().unwrap().clone();
-        let failed = batches
-            .iter()
-            .position(|b| b.len() > 1 && b.contains(&"poison".to_string()))
-            .unwrap_or_else(|| panic!("no batch held the poison with others: {batches:?}"));
+        let (batches, failed) = bench.poisoned();
         for id in &batches[failed] {
             assert!(
                 batches[failed + 1..].contains(&vec![id.clone()]),
@@ -340,8 +352,7 @@ mod tests {
     async fn a_store_down_answers_each_request_of_a_batch_at_once() {
         let bench = Bench::new().await;
         bench.held.down.store(true, Ordering::SeqCst);
-        let first = bench.post(event("first", "A1"));
-        bench.queued(1).await;
+        let first = bench.hold().await;
         let posted: Vec<_> = (0..20)
             .map(|i| bench.post(event(&format!("e{i}"), "A1")))
             .collect();
@@ -378,8 +389,7 @@ mod tests {
     async fn stored_again_one_by_one_the_rest_are_told_once_the_store_is_down() {
         let bench = Bench::new().await;
         bench.held.falls.store(true, Ordering::SeqCst);
-        let first = bench.post(event("first", "A1"));
-        bench.queued(1).await;
+        let first = bench.hold().await;
         let mut posted: Vec<_> = (0..10)
             .map(|i| (format!("e{i}"), bench.post(event(&format!("e{i}"), "A1"))))
             .collect();
@@ -387,17 +397,17 @@ mod tests {
         bench.queued(12).await;
         bench.held.gate.add_permits(1000);
         assert!(first.await.unwrap().is_ok());
-        let batches = bench.held.batches.lock().unwrap().clone();
-        let failed = batches
-            .iter()
-            .position(|b| b.len() > 1 && b.contains(&"poison".to_string()))
-            .unwrap_or_else(|| panic!("no batch held the poison with others: {batches:?}"));
+        // Every answer first: the batches are read once all were given.
+        let mut answers = Vec::new();
+        for (id, answer) in posted {
+            answers.push((id, answer.await.unwrap()));
+        }
+        let (batches, failed) = bench.poisoned();
         // One of them was given to the store again, met it down, and the
         // rest were told without being given to it.
         assert_eq!(batches[failed + 1..].len(), 1, "{batches:?}");
         assert_eq!(batches[failed + 1].len(), 1, "{batches:?}");
-        for (id, answer) in posted {
-            let answer = answer.await.unwrap();
+        for (id, answer) in answers {
             if batches[failed].contains(&id) {
                 assert!(
                     matches!(answer, Err(StoreError::Pool(_))),
