@@ -45,6 +45,7 @@ macro_rules! migrations {
             (18, include_str!(concat!("migrations/", $db, "-18.sql"))),
             (19, include_str!(concat!("migrations/", $db, "-19.sql"))),
             (20, include_str!(concat!("migrations/", $db, "-20.sql"))),
+            (21, include_str!(concat!("migrations/", $db, "-21.sql"))),
         ]
     };
 }
