@@ -91,15 +91,9 @@ fn open_conn(path: Option<&str>) -> Result<Connection> {
     // A restarted log is written over at its size (cut back to 64 MiB if it
     // grew past that), not grown from nothing each cycle; the writer
     // truncates it on its own clock (`LogClock`), so that what was erased
-    // does not stay in its frames. The writer folds the log into the
-    // database every 10,000 pages (~40 MiB, within that 64 MiB) rather
-    // than SQLite's 1,000: the same hot index pages are committed again
-    // and again, and each fold copies only their latest version and
-    // waits for the disk once (BENCHMARKS.md, stop 36: single events
-    // +27% at the median, 13% less writer CPU per event).
+    // does not stay in its frames.
     conn.execute_batch(
         "PRAGMA journal_mode = WAL;
-         PRAGMA wal_autocheckpoint = 10000;
          PRAGMA synchronous = FULL;
          PRAGMA foreign_keys = ON;
          PRAGMA temp_store = MEMORY;
@@ -1673,51 +1667,6 @@ mod tests {
         commit_group(&mut lite, job(false), &rx, &mut full);
         assert_eq!(*seen.lock().unwrap(), [2, 2, 1, 1]);
         assert!(!full);
-    }
-
-    /// The writer folds the log into the database only once it holds
-    /// about 10,000 pages, not at SQLite's 1,000: after 3,000 pages
-    /// committed in 30 transactions the log has never been restarted
-    /// (each fold starts writing it from its beginning again, so it would
-    /// stay near 1,000 pages long) and holds every one of their frames.
-    #[tokio::test]
-    async fn the_log_is_folded_into_the_database_only_every_ten_thousand_pages() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("kci.db");
-        let store = SqliteStore::open(path.to_str().unwrap()).unwrap();
-        let job = |sql: &'static str| -> Job<Lite, ()> {
-            Box::new(move |l| {
-                Box::pin(async move {
-                    l.0.execute_batch(sql)?;
-                    Ok(())
-                })
-            })
-        };
-        store
-            .0
-            .write(job("CREATE TABLE filler (x BLOB)"))
-            .await
-            .unwrap();
-        // 100 pages of 4 KiB a transaction.
-        for _ in 0..30 {
-            store
-                .0
-                .write(job("INSERT INTO filler (x) VALUES (zeroblob(100 * 4096))"))
-                .await
-                .unwrap();
-        }
-        let log = dir.path().join("kci.db-wal");
-        let pages = std::fs::metadata(&log).unwrap().len() / 4096;
-        assert!(
-            pages >= 3000,
-            "the log was folded early: {pages} pages long"
-        );
-        // The frames in the log, as a fold by another connection counts them.
-        let frames: i64 = Connection::open(&path)
-            .unwrap()
-            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get(1))
-            .unwrap();
-        assert!(frames >= 3000, "{frames} frames in the log");
     }
 
     /// A failing job takes back everything it wrote and nothing else:
