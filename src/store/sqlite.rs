@@ -438,6 +438,14 @@ fn commit_group(
     }
 }
 
+/// An account's destinations, in the order of its index (migration 21):
+/// read at every planned event, without a sort.
+fn destinations_sql() -> String {
+    format!(
+        "SELECT {DESTINATION_COLUMNS} FROM destinations WHERE account = ?1 ORDER BY contact, id"
+    )
+}
+
 /// The claim's statement: notices of one channel (`?4`) or of all.
 fn claim_sql(of_channel: bool) -> String {
     // The longest-waiting first, as on PostgreSQL: notices whose lease
@@ -675,10 +683,7 @@ impl Rows for Lite {
     }
 
     async fn destinations(&mut self, account: &str) -> Result<Vec<Destination>> {
-        let sql = format!(
-            "SELECT {DESTINATION_COLUMNS} FROM destinations WHERE account = ?1 ORDER BY contact, id"
-        );
-        self.all(&sql, [account], |r| rows::destination(r))
+        self.all(&destinations_sql(), [account], |r| rows::destination(r))
     }
 
     async fn insert_destination(&mut self, account: &str, d: &Destination) -> Result<()> {
@@ -1753,5 +1758,21 @@ mod tests {
         let stmt = lite.0.prepare_cached(&claim_sql(true)).unwrap();
         assert_eq!(stmt.get_status(StatementStatus::RePrepare), 0);
         assert_eq!(stmt.get_status(StatementStatus::Run), 3);
+    }
+
+    /// An account's destinations, read at every planned event, come in
+    /// their index's order: SQLite sorts nothing (it counts a sort even
+    /// when there is no row to sort).
+    #[tokio::test]
+    async fn an_accounts_destinations_are_read_without_a_sort() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kci.db");
+        let path = path.to_str().unwrap();
+        SqliteStore::open(path).unwrap().migrate().await.unwrap();
+        let mut lite = Lite(open_conn(Some(path)).unwrap());
+        assert!(lite.destinations("A1").await.unwrap().is_empty());
+        let stmt = lite.0.prepare_cached(&destinations_sql()).unwrap();
+        assert_eq!(stmt.get_status(StatementStatus::Run), 1);
+        assert_eq!(stmt.get_status(StatementStatus::Sort), 0);
     }
 }
