@@ -46,6 +46,7 @@ macro_rules! migrations {
             (19, include_str!(concat!("migrations/", $db, "-19.sql"))),
             (20, include_str!(concat!("migrations/", $db, "-20.sql"))),
             (21, include_str!(concat!("migrations/", $db, "-21.sql"))),
+            (22, include_str!(concat!("migrations/", $db, "-22.sql"))),
         ]
     };
 }
