@@ -77,7 +77,7 @@ pub async fn run(arg: ConfigArg) -> anyhow::Result<ExitCode> {
     ));
 
     let planner = crate::ingest::planner(config.clone());
-    let state = AppState {
+    let state = AppState::new(crate::web::Shared {
         events: crate::ingest::coalesce::Coalescer::start(store.clone(), planner.clone()),
         store,
         planner,
@@ -89,7 +89,7 @@ pub async fn run(arg: ConfigArg) -> anyhow::Result<ExitCode> {
         limits: Arc::new(crate::web::perimeter::RateLimits::new(&config.server)),
         tokens: Default::default(),
         counts: Default::default(),
-    };
+    });
     // Token lookups are kept while the store's token epoch holds: a
     // revocation by `kci token revoke` or another node is seen within
     // `TokenCache::TRUST`.
