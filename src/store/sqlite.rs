@@ -1735,17 +1735,24 @@ mod tests {
         assert!(lite.0.is_autocommit());
     }
 
+    /// A connection of its own to a new, migrated database file (kept
+    /// while the directory is).
+    async fn migrated() -> (tempfile::TempDir, Lite) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kci.db");
+        let path = path.to_str().unwrap();
+        SqliteStore::open(path).unwrap().migrate().await.unwrap();
+        let lite = Lite(open_conn(Some(path)).unwrap());
+        (dir, lite)
+    }
+
     /// A statement run again with other values keeps its plan: SQLite
     /// does not prepare it anew (the query planner stability guarantee,
     /// see `open_conn`). Without it, every claim was prepared again, as
     /// its `LIMIT` differs from one call to the next.
     #[tokio::test]
     async fn a_claim_is_not_prepared_again_for_other_values() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("kci.db");
-        let path = path.to_str().unwrap();
-        SqliteStore::open(path).unwrap().migrate().await.unwrap();
-        let mut lite = Lite(open_conn(Some(path)).unwrap());
+        let (_dir, mut lite) = migrated().await;
         for (now, limit) in [(1_000, 1), (2_000, 7), (3_000, 64)] {
             let claim = Claim {
                 channel: Some(crate::model::ChannelKind::Email),
@@ -1765,11 +1772,7 @@ mod tests {
     /// when there is no row to sort).
     #[tokio::test]
     async fn an_accounts_destinations_are_read_without_a_sort() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("kci.db");
-        let path = path.to_str().unwrap();
-        SqliteStore::open(path).unwrap().migrate().await.unwrap();
-        let mut lite = Lite(open_conn(Some(path)).unwrap());
+        let (_dir, mut lite) = migrated().await;
         assert!(lite.destinations("A1").await.unwrap().is_empty());
         let stmt = lite.0.prepare_cached(&destinations_sql()).unwrap();
         assert_eq!(stmt.get_status(StatementStatus::Run), 1);
@@ -1790,11 +1793,7 @@ mod tests {
     #[tokio::test]
     async fn a_keys_notices_held_for_later_do_not_slow_each_claim_of_its_due_ones() {
         async fn claim_steps(held: usize, due: usize) -> i32 {
-            let dir = tempfile::tempdir().unwrap();
-            let path = dir.path().join("kci.db");
-            let path = path.to_str().unwrap();
-            SqliteStore::open(path).unwrap().migrate().await.unwrap();
-            let lite = Lite(open_conn(Some(path)).unwrap());
+            let (_dir, lite) = migrated().await;
             // Ids in the order planned: the held ones first.
             let insert = "WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < ?1 + ?2) \
                  INSERT INTO notifications (id, account, contact, destination, uri, channel, type, key, \
@@ -1815,7 +1814,7 @@ mod tests {
         let few_due = claim_steps(300, 10).await;
         let many_due = claim_steps(300, 80).await;
         // Eight times the due notices: at most twice the work (through
-        // the old index: seven times, each blocked one walking all 300).
+        // the old index: eight times, each blocked one walking all 300).
         assert!(
             many_due < 2 * few_due,
             "{few_due} steps with 10 due, {many_due} with 80"

@@ -25,7 +25,8 @@ use std::sync::Arc;
 /// What every handler can reach. Cloned for every request (the perimeter
 /// and the handler each take one), so it is one `Arc`: cloning the parts
 /// one by one cost a dozen atomic counts and a map's allocation a clone
-/// (about 3% of a single event's CPU, BENCHMARKS.md stop 37).
+/// (2.4% of kci's samples in a profile of single events, BENCHMARKS.md
+/// stop 37).
 #[derive(Clone)]
 pub struct AppState(Arc<Shared>);
 
