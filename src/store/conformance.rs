@@ -1167,6 +1167,69 @@ pub async fn check_digest_folding_and_cancellation(store: &dyn Store) {
     assert_eq!(due[0].notification.type_name, crate::plan::DIGEST_TYPE);
 }
 
+/// A reconnect pairs away its drop's notice folded into a digest not yet
+/// sent (found through the account's open digests, migration 23), and
+/// only its own account's: another account's notice of the same key and
+/// type, folded alike, stays.
+pub async fn check_pairing_reaches_folded_notices(store: &dyn Store) {
+    let config = Config::parse(
+        "[types.\"line.down\"]\n[types.\"line.up\"]\ncancels = [\"line.down\"]\n",
+        "test",
+    )
+    .unwrap();
+    let planner = crate::ingest::planner(Arc::new(config));
+    let now = t("2026-03-24T10:00:00Z");
+    for acc in ["A1", "A2"] {
+        store.put_account(&account(acc)).await.unwrap();
+        let alice = Contact {
+            id: "alice".into(),
+            name: "Alice".into(),
+            timezone: None,
+            prefs: Default::default(),
+        };
+        store.put_contact(acc, &alice).await.unwrap();
+        let mut d = destination("alice", &format!("mailto:{acc}@example.com"), true);
+        d.prefs.digest = Some("1h".parse().unwrap());
+        store.add_destination(acc, &d, None, None).await.unwrap();
+        let down = event(&format!("{acc}-down"), acc, "L1", now);
+        store.ingest(vec![down], planner.clone()).await.unwrap();
+    }
+    let folded = |id: &str| {
+        let id = id.to_string();
+        async move {
+            let (_, notes) = store.event(&id).await.unwrap().unwrap();
+            let own: Vec<_> = notes
+                .iter()
+                .filter(|n| n.type_name == "line.down")
+                .collect();
+            assert_eq!(own.len(), 1, "{id}: {notes:?}");
+            own[0].clone()
+        }
+    };
+    let before = folded("A1-down").await;
+    assert_eq!(before.state, State::Digested);
+    let digest = before.digest.clone().expect("folded into a digest");
+
+    let mut up = event("A1-up", "A1", "L1", now + Duration::minutes(2));
+    up.type_name = "line.up".into();
+    store.ingest(vec![up], planner).await.unwrap();
+    let after = folded("A1-down").await;
+    assert_eq!(
+        (after.state, after.reason),
+        (State::Cancelled, Some(Reason::Paired)),
+        "{after:?}"
+    );
+    let members = store.digest_members(&digest).await.unwrap();
+    assert!(
+        members
+            .iter()
+            .all(|m| m.event.as_ref().map(|e| e.id.as_str()) != Some("A1-down")),
+        "the paired notice left its digest"
+    );
+    let other = folded("A2-down").await;
+    assert_eq!(other.state, State::Digested, "{other:?}");
+}
+
 pub async fn check_dead_letters_and_redrive(store: &dyn Store) {
     seed(store).await;
     let now = t("2026-03-24T10:00:00Z");
@@ -3196,6 +3259,7 @@ conformance!(
     check_cancel_event,
     check_own_notices,
     check_digest_folding_and_cancellation,
+    check_pairing_reaches_folded_notices,
     check_dead_letters_and_redrive,
     check_receipts,
     check_destination_health,

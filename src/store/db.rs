@@ -47,6 +47,7 @@ macro_rules! migrations {
             (20, include_str!(concat!("migrations/", $db, "-20.sql"))),
             (21, include_str!(concat!("migrations/", $db, "-21.sql"))),
             (22, include_str!(concat!("migrations/", $db, "-22.sql"))),
+            (23, include_str!(concat!("migrations/", $db, "-23.sql"))),
         ]
     };
 }

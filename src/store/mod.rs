@@ -1081,15 +1081,45 @@ pub(crate) mod codec {
     }
 
     /// SQL: the notification (columns prefixed `prefix`, e.g. `n.`) is still
-    /// waiting to go out — pending, or folded into a digest that is.
+    /// waiting to go out — pending, or folded into a digest that is. A
+    /// folded notice's own digest is read by its key (before migration 23
+    /// it was looked for among every pending notice: a list of the whole
+    /// backlog, built again by each statement that met a folded notice).
     pub fn waiting(prefix: &str) -> String {
         // The `IN` term is the `notifications_key` index's condition,
         // repeated so that SQLite sees the index may serve the first case.
         format!(
             "(({prefix}state IN ('pending', 'sending') AND {prefix}state = 'pending') \
-             OR ({prefix}state = 'digested' AND \
-             {prefix}digest IN (SELECT id FROM notifications WHERE state = 'pending')))"
+             OR ({prefix}state = 'digested' AND EXISTS (SELECT 1 FROM notifications d \
+               WHERE d.id = {prefix}digest AND d.state = 'pending')))"
         )
+    }
+
+    /// SQL, after `SELECT <columns>`: the notices of account `account`,
+    /// key `key` and a type that `type_is` admits (placeholders and an
+    /// SQL condition on `n.type`) that are still waiting, as
+    /// [`waiting`] says, joined to their events (`e`). Two parts, each
+    /// searched through its own index: pending ones through
+    /// `notifications_key`, folded ones through the account's open
+    /// digests (`notifications_open_digests`, migration 23) and their
+    /// members (`notifications_digest`). One `OR` in one statement read
+    /// every pending notice of the hub on SQLite (to list them) and the
+    /// whole table on PostgreSQL, for each pairing event.
+    pub fn related_waiting(account: &str, key: &str, type_is: &str) -> [String; 2] {
+        [
+            format!(
+                "FROM notifications n JOIN events e ON e.id = n.event \
+                 WHERE n.account = {account} AND n.key = {key} AND {type_is} \
+                 AND n.state IN ('pending', 'sending') AND n.state = 'pending'"
+            ),
+            format!(
+                "FROM notifications d JOIN notifications n ON n.digest = d.id \
+                 JOIN events e ON e.id = n.event \
+                 WHERE d.account = {account} AND d.state = 'pending' AND d.type = '{}' \
+                 AND n.account = {account} AND n.key = {key} AND {type_is} AND n.state = 'digested'",
+                crate::plan::DIGEST_TYPE
+            ),
+        ]
     }
 
     /// SQL: the notifications a cancellation by `column` (id, event or
@@ -1103,7 +1133,11 @@ pub(crate) mod codec {
             By::Reminders => " AND type = 'kci.change.pending'",
             By::Id | By::Destination => "",
         };
-        format!("{} = {param}{own} AND {}", by.column(), waiting(""))
+        format!(
+            "{} = {param}{own} AND {}",
+            by.column(),
+            waiting("notifications.")
+        )
     }
 
     /// What a receipt writes as the notification's detail: an excerpt

@@ -797,24 +797,23 @@ impl Rows for PgRows {
     }
 
     async fn related(&mut self, e: &Event, types: &[String]) -> Result<Vec<RelatedNotice>> {
-        // Every related notice still pending, locked so that no worker on
-        // another node claims one between this read and the cancel that
-        // may follow (claims skip locked rows); then every notice of the
-        // latest related event, whatever its state.
-        let waiting = format!(
-            "SELECT n.id, n.event, n.type, n.destination, 'pending', n.due_at, e.payload::jsonb ->> 'occurred_at' \
-             FROM notifications n JOIN events e ON e.id = n.event \
-             WHERE n.account = $1 AND n.key = $2 AND n.type = ANY($3) AND {} \
-             FOR UPDATE OF n",
-            waiting("n.")
-        );
+        // Every related notice still waiting (pending, or folded into a
+        // digest that is), locked so that no worker on another node claims
+        // one between this read and the cancel that may follow (claims skip
+        // locked rows); then every notice of the latest related event,
+        // whatever its state.
+        let columns = "SELECT n.id, n.event, n.type, n.destination, 'pending', n.due_at, \
+             e.payload::jsonb ->> 'occurred_at'";
+        let [pending, folded] = related_waiting("$1", "$2", "n.type = ANY($3)");
+        let pending = format!("{columns} {pending} FOR UPDATE OF n");
+        let folded = format!("{columns} {folded} FOR UPDATE OF n");
         let latest = "SELECT n.id, n.event, n.type, n.destination, n.state, n.due_at, \
              e.payload::jsonb ->> 'occurred_at' \
              FROM notifications n JOIN events e ON e.id = n.event WHERE n.event IN \
              (SELECT DISTINCT ON (type) id FROM events WHERE account = $1 AND key = $2 AND type = ANY($3) \
               ORDER BY type, received_at DESC, id DESC)";
         let mut out: Vec<RelatedNotice> = Vec::new();
-        for sql in [waiting.as_str(), latest] {
+        for sql in [pending.as_str(), folded.as_str(), latest] {
             let p: P<'_> = &[&e.account, &e.key, &types];
             for n in self.all(sql, p, rows::related).await? {
                 if !out.iter().any(|o| o.id == n.id) {
@@ -904,39 +903,7 @@ impl Rows for PgRows {
     }
 
     async fn claim(&mut self, c: Claim) -> Result<Vec<Notification>> {
-        let returning: Vec<String> = NOTIFICATION_COLUMNS
-            .split(", ")
-            .map(|c| format!("n.{c}"))
-            .collect();
-        // The longest-waiting first, each from its partial index: notices
-        // whose lease ran out (their node died, or outlived it), then
-        // pending ones by due time. Without an order, a claim took rows in
-        // whatever order a scan met them: a dead node's notices waited for
-        // the backlog, and a claim's cost depended on where in the table
-        // the pending rows lay. One statement per case, so each plan can
-        // use its index.
-        let channel = if c.channel.is_some() {
-            "AND channel = $4"
-        } else {
-            "AND $4::TEXT IS NULL"
-        };
-        // Each key's notices to a destination in turn (sql::in_turn); a
-        // row another node is claiming is skipped, and its successors wait
-        // for it, since it is pending or sending in every snapshot.
-        let in_turn = rows::sql::in_turn("$1");
-        let sql = format!(
-            "WITH expired AS ( \
-               SELECT id FROM notifications n WHERE state = 'sending' AND lease_until <= $1 {channel} \
-               AND {in_turn} ORDER BY lease_until LIMIT $3 FOR UPDATE SKIP LOCKED), \
-             due AS ( \
-               SELECT id FROM notifications n WHERE state = 'pending' AND due_at <= $1 {channel} \
-               AND {in_turn} ORDER BY due_at LIMIT GREATEST($3 - (SELECT COUNT(*) FROM expired), 0) \
-               FOR UPDATE SKIP LOCKED) \
-             UPDATE notifications n SET state = 'sending', attempts = attempts + 1, lease_until = $2 \
-             WHERE n.id = ANY(ARRAY(SELECT id FROM expired UNION ALL SELECT id FROM due)) \
-             RETURNING {}",
-            returning.join(", ")
-        );
+        let sql = claim_sql(c.channel.is_some());
         let channel = c.channel.map(|c| c.as_str());
         let p: P<'_> = &[&c.now, &c.lease_until, &c.limit, &channel];
         self.all(&sql, p, rows::notification).await
@@ -1519,6 +1486,44 @@ impl Rows for PgRows {
     }
 }
 
+/// The claim's statement: notices of one channel (`$4`) or of all.
+fn claim_sql(of_channel: bool) -> String {
+    let returning: Vec<String> = NOTIFICATION_COLUMNS
+        .split(", ")
+        .map(|c| format!("n.{c}"))
+        .collect();
+    // The longest-waiting first, each from its partial index: notices
+    // whose lease ran out (their node died, or outlived it), then
+    // pending ones by due time. Without an order, a claim took rows in
+    // whatever order a scan met them: a dead node's notices waited for
+    // the backlog, and a claim's cost depended on where in the table
+    // the pending rows lay. One statement per case, so each plan can
+    // use its index.
+    let channel = if of_channel {
+        "AND channel = $4"
+    } else {
+        "AND $4::TEXT IS NULL"
+    };
+    // Each key's notices to a destination in turn (sql::in_turn, asked in
+    // two parts that PostgreSQL's indexes answer); a row another node is
+    // claiming is skipped, and its successors wait for it, since it is
+    // pending or sending in every snapshot.
+    let in_turn = rows::sql::in_turn_split("$1");
+    format!(
+        "WITH expired AS ( \
+           SELECT id FROM notifications n WHERE state = 'sending' AND lease_until <= $1 {channel} \
+           AND {in_turn} ORDER BY lease_until LIMIT $3 FOR UPDATE SKIP LOCKED), \
+         due AS ( \
+           SELECT id FROM notifications n WHERE state = 'pending' AND due_at <= $1 {channel} \
+           AND {in_turn} ORDER BY due_at LIMIT GREATEST($3 - (SELECT COUNT(*) FROM expired), 0) \
+           FOR UPDATE SKIP LOCKED) \
+         UPDATE notifications n SET state = 'sending', attempts = attempts + 1, lease_until = $2 \
+         WHERE n.id = ANY(ARRAY(SELECT id FROM expired UNION ALL SELECT id FROM due)) \
+         RETURNING {}",
+        returning.join(", ")
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1635,6 +1640,85 @@ mod tests {
         assert!(
             Db::<Pg>::connect(&verify).await.is_err(),
             "a certificate the root did not sign is refused"
+        );
+    }
+
+    /// A claim's turn check and pairing's search are answered inside
+    /// indexes (migration 23): the pages they read do not grow with the
+    /// notices a key holds for later, nor with the hub's backlog. Before,
+    /// the turn check read the row of every held notice of the key for
+    /// each due one, and pairing read the whole table. Counted in the
+    /// buffers `EXPLAIN (ANALYZE, BUFFERS)` reports.
+    #[tokio::test]
+    async fn a_keys_held_notices_slow_neither_a_claim_nor_pairing() {
+        async fn pages(held: i32) -> (i64, i64) {
+            let (store, _schema) = crate::store::conformance::pg_store().await;
+            let job: Job<PgRows, (i64, i64)> = Box::new(move |rows| {
+                Box::pin(async move {
+                    let c = rows.c()?;
+                    // Held notices of key L1 first (earlier ids), then 20
+                    // due; one notice of key L9 folded into an open digest.
+                    let insert = "INSERT INTO notifications (id, event, account, contact, destination, uri, \
+                           channel, type, key, priority, state, due_at, decided_at, timezone, digest) \
+                         SELECT format('n-%s', lpad(i::text, 8, '0')), NULL, 'A1', 'C1', 'D1', \
+                           'mailto:a@example.com', 'email', 'line.down', 'L1', 1, 'pending', \
+                           CASE WHEN i <= $1 THEN 4000000000000 ELSE 1 END, 0, 'UTC', NULL \
+                         FROM generate_series(1, $1 + 20) i \
+                         UNION ALL VALUES ('x-d', NULL, 'A1', 'C1', 'D1', 'mailto:a@example.com', 'email', \
+                           'kci.digest', 'L9', 1, 'pending', 4000000000000, 0, 'UTC', NULL), \
+                           ('x-n', 'e9', 'A1', 'C1', 'D1', 'mailto:a@example.com', 'email', 'line.down', \
+                           'L9', 1, 'digested', 4000000000000, 0, 'UTC', 'x-d')";
+                    c.execute(insert, &[&held]).await?;
+                    c.batch_execute(
+                        "INSERT INTO events (id, account, type, key, received_at, notifications, payload) \
+                         VALUES ('e9', 'A1', 'line.down', 'L9', 0, 1, '{}'); ANALYZE notifications",
+                    )
+                    .await?;
+                    let read = |plan: serde_json::Value| {
+                        let top = &plan[0]["Plan"];
+                        top["Shared Hit Blocks"].as_i64().unwrap_or(0)
+                            + top["Shared Read Blocks"].as_i64().unwrap_or(0)
+                    };
+                    let explain =
+                        |sql: &str| format!("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {sql}");
+                    let none: Option<String> = None;
+                    let claim = c
+                        .query_one(
+                            &explain(&claim_sql(false)),
+                            &[&1000_i64, &2000_i64, &64_i64, &none],
+                        )
+                        .await?;
+                    let claimed = read(claim.try_get(0)?);
+                    let [pending, folded] = related_waiting("$1", "$2", "n.type = ANY($3)");
+                    let mut pairing = 0;
+                    for part in [pending, folded] {
+                        let sql = explain(&format!("SELECT n.id {part} FOR UPDATE OF n"));
+                        let types = vec!["line.down".to_string()];
+                        let plan = c.query_one(&sql, &[&"A1", &"L9", &types]).await?;
+                        pairing += read(plan.try_get(0)?);
+                    }
+                    // The claim took the earliest due notice, alone.
+                    let sending = c
+                        .query_one(
+                            "SELECT array_agg(id) FROM notifications WHERE state = 'sending'",
+                            &[],
+                        )
+                        .await?;
+                    let sending: Vec<String> = sending.try_get(0)?;
+                    let first_due = format!("n-{:08}", held + 1);
+                    assert_eq!(sending, [first_due]);
+                    Ok((claimed, pairing))
+                })
+            });
+            store.0.write(job).await.unwrap()
+        }
+        let few = pages(300).await;
+        let many = pages(2_400).await;
+        // Eight times the held notices: the same pages, give or take the
+        // indexes' depth (before: eight times as many for both).
+        assert!(
+            many.0 < 2 * few.0 && many.1 < 2 * few.1,
+            "pages (claim, pairing): {few:?} with 300 held, {many:?} with 2,400"
         );
     }
 }

@@ -890,13 +890,31 @@ pub mod sql {
     /// key's due notices come before its held ones.
     pub fn in_turn(now: &str) -> String {
         format!(
-            "NOT EXISTS (SELECT 1 FROM notifications o \
-               WHERE o.account = n.account AND o.key = n.key AND o.uri = n.uri AND o.id < n.id \
-               AND o.state IN ('pending', 'sending') \
-               AND (o.state = 'sending' OR o.due_at <= {now} \
-                    OR o.reason IN ('retry', 'rate_limit', 'requeued', 'redriven')))"
+            "NOT EXISTS (SELECT 1 FROM notifications o WHERE {EARLIER} \
+               AND ({BUSY} OR o.due_at <= {now}))"
         )
     }
+
+    /// [`in_turn`] asked as two questions, each answered inside one of
+    /// PostgreSQL's indexes (migration 23): is an earlier one due
+    /// (`notifications_turn`, by due time then id), and is one being sent
+    /// or waiting to be tried again (`notifications_busy`, which holds only
+    /// those). PostgreSQL cannot search one index for an `OR`: asked as
+    /// one, it read the row of every notice the key held for later.
+    pub fn in_turn_split(now: &str) -> String {
+        format!(
+            "NOT EXISTS (SELECT 1 FROM notifications o WHERE {EARLIER} AND o.due_at <= {now}) \
+             AND NOT EXISTS (SELECT 1 FROM notifications o WHERE {EARLIER} AND {BUSY})"
+        )
+    }
+
+    /// An earlier waiting notice `o` of candidate `n`'s account, key and URI.
+    const EARLIER: &str = "o.account = n.account AND o.key = n.key AND o.uri = n.uri \
+         AND o.id < n.id AND o.state IN ('pending', 'sending')";
+    /// Waiting notice `o` is being sent, or waits to be tried again; the
+    /// condition of PostgreSQL's `notifications_busy` index, word for word.
+    const BUSY: &str =
+        "(o.state = 'sending' OR o.reason IN ('retry', 'rate_limit', 'requeued', 'redriven'))";
 
     /// The count of notifications in each of [`State::ALL`], in one pass.
     pub fn count_by_state() -> String {
