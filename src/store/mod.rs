@@ -1086,7 +1086,8 @@ pub(crate) mod codec {
     /// it was looked for among every pending notice: a list of the whole
     /// backlog, built again by each statement that met a folded notice).
     pub fn waiting(prefix: &str) -> String {
-        // The `IN` term is the `notifications_key` index's condition,
+        // The `IN` term is the condition of the indexes of waiting notices
+        // (`notifications_key`, `notifications_turn` on PostgreSQL),
         // repeated so that SQLite sees the index may serve the first case.
         format!(
             "(({prefix}state IN ('pending', 'sending') AND {prefix}state = 'pending') \
@@ -1100,7 +1101,8 @@ pub(crate) mod codec {
     /// SQL condition on `n.type`) that are still waiting, as
     /// [`waiting`] says, joined to their events (`e`). Two parts, each
     /// searched through its own index: pending ones through
-    /// `notifications_key`, folded ones through the account's open
+    /// `notifications_key` (`notifications_turn` on PostgreSQL, which reads
+    /// the type in it), folded ones through the account's open
     /// digests (`notifications_open_digests`, migration 23) and their
     /// members (`notifications_digest`). One `OR` in one statement read
     /// every pending notice of the hub on SQLite (to list them) and the

@@ -1657,13 +1657,20 @@ mod tests {
                 Box::pin(async move {
                     let c = rows.c()?;
                     // Held notices of key L1 first (earlier ids), then 20
-                    // due; one notice of key L9 folded into an open digest.
+                    // due; 20,000 keys with a held notice each (so that the
+                    // planner's statistics find keys selective: with fewer,
+                    // it chose the right index even beside a narrower one
+                    // that reads every held row); one notice of key L9
+                    // folded into an open digest.
                     let insert = "INSERT INTO notifications (id, event, account, contact, destination, uri, \
                            channel, type, key, priority, state, due_at, decided_at, timezone, digest) \
                          SELECT format('n-%s', lpad(i::text, 8, '0')), NULL, 'A1', 'C1', 'D1', \
                            'mailto:a@example.com', 'email', 'line.down', 'L1', 1, 'pending', \
                            CASE WHEN i <= $1 THEN 4000000000000 ELSE 1 END, 0, 'UTC', NULL \
                          FROM generate_series(1, $1 + 20) i \
+                         UNION ALL SELECT format('b-%s', i), NULL, 'A1', 'C1', 'D1', 'mailto:a@example.com', \
+                           'email', 'line.down', format('K%s', i), 1, 'pending', 4000000000000, 0, 'UTC', NULL \
+                         FROM generate_series(1, 20000) i \
                          UNION ALL VALUES ('x-d', NULL, 'A1', 'C1', 'D1', 'mailto:a@example.com', 'email', \
                            'kci.digest', 'L9', 1, 'pending', 4000000000000, 0, 'UTC', NULL), \
                            ('x-n', 'e9', 'A1', 'C1', 'D1', 'mailto:a@example.com', 'email', 'line.down', \

@@ -882,12 +882,13 @@ pub mod sql {
     /// placeholder), or is waiting to be tried again — after a transient
     /// failure, a provider's 429, a restart or an operator's redrive. An
     /// earlier one that its policy places later (quiet hours, a hold,
-    /// `not_before`) does not hold up one that may go now. Read through
-    /// the `notifications_key` index (searched by account and key), whose
-    /// condition the `state IN` term repeats so that SQLite may use it.
-    /// On SQLite it holds the state, due time and reason (migration 22),
-    /// so a held notice is passed over without reading its row, and a
-    /// key's due notices come before its held ones.
+    /// `not_before`) does not hold up one that may go now. SQLite reads it
+    /// through the `notifications_key` index (searched by account and
+    /// key), whose condition the `state IN` term repeats so that SQLite
+    /// may use it; the index holds the state, due time and reason
+    /// (migration 22), so a held notice is passed over without reading its
+    /// row, and a key's due notices come before its held ones. PostgreSQL
+    /// asks it as [`in_turn_split`].
     pub fn in_turn(now: &str) -> String {
         format!(
             "NOT EXISTS (SELECT 1 FROM notifications o WHERE {EARLIER} \
