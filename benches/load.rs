@@ -19,7 +19,11 @@
 //! 4. smtp: the SMTP server's own ceiling, with as many connections as
 //!    kci's delivery `concurrency`, no kci in between (the delivery figure
 //!    is printed as a share of it);
-//! 5. raw: batched inserts straight into the store, no kci in between.
+//! 5. raw: batched inserts straight into the store, no kci in between;
+//! 6. pair: reconnects posted one per request by 32 clients, each of a
+//!    type that cancels another (`ont.up` cancels `ont.down`), so each
+//!    searches its key for a drop to pair while the notices of phases 1
+//!    and 2 are held for later: the search must not grow with them.
 //!
 //! Both ceilings are measured twice, before the phase they bound and at
 //! the end, and a share is of the higher: on a shared machine a ceiling
@@ -142,6 +146,11 @@ smtp = "smtp://127.0.0.1:{smtp_port}?tls=none"
 short = "Your line {{{{ service }}}} went down at {{{{ occurred_at | time }}}}."
 subject = "Line {{{{ service }}}} is down ({{{{ data.ticket }}}})"
 body = "Dear customer,\n\nyour line {{{{ service }}}} went down at {{{{ occurred_at | time }}}}.\nReference {{{{ data.ticket }}}}."
+[types."ont.down"]
+short = "Your fibre terminal {{{{ service }}}} is offline."
+[types."ont.up"]
+cancels = ["ont.down"]
+short = "Your fibre terminal {{{{ service }}}} is back."
 "#
         )
     };
@@ -372,6 +381,45 @@ body = "Dear customer,\n\nyour line {{{{ service }}}} went down at {{{{ occurred
     println!(
         "raw     : {raw_before:.0} before, {raw_after:.0} after events/s (an event row and a notification row each, batches of {batch}, same durability)"
     );
+
+    // 6. pair: reconnects (`ont.up`, which cancels `ont.down`) while the
+    // single and batch phases' notices are held for later, each for a
+    // service of its own with no drop to pair: what each pairing event's
+    // search costs beside a held backlog. Its types are apart from
+    // `line.down`'s, so the phases above do no pairing.
+    let held = single_n + n;
+    let pair_n = (n / 40).max(100);
+    let cpu = Cpu::now(&kci_pids);
+    let t = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let (http, base, token) = (http.clone(), base.clone(), token.clone());
+        tasks.push(tokio::spawn(async move {
+            for i in (c..pair_n).step_by(clients) {
+                let body = format!(
+                    r#"{{"id":"p-{i}","type":"ont.up","account":"A1","service":"P{i}","not_before":"2099-01-01T00:00:00Z"}}"#
+                );
+                let r = http
+                    .post(format!("{base}/v1/events"))
+                    .bearer_auth(&token)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status().as_u16(), 202);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let paired = pair_n as f64 / t.elapsed().as_secs_f64();
+    let pair_cpu = cpu.per(pair_n, Cpu::now(&kci_pids));
+    println!(
+        "pair    : {pair_n} reconnects in {:.2}s = {paired:.0} events/s accepted durably, each searched for its drop beside {held} notices held for later",
+        t.elapsed().as_secs_f64()
+    );
     println!();
     println!(
         "| store | single (events/s) | batch (events/s) | raw ceiling, before / after (events/s) | batch / raw (the higher) | delivered to SMTP (notifications/s) | SMTP server ceiling, before / after (mails/s) | delivered / ceiling (the higher) |"
@@ -394,6 +442,7 @@ body = "Dear customer,\n\nyour line {{{{ service }}}} went down at {{{{ occurred
         ("single", single_cpu),
         ("batch", batch_cpu),
         ("deliver (ingest + send + record)", deliver_cpu),
+        ("pair (a reconnect beside the held backlog)", pair_cpu),
     ] {
         println!("| {phase} | {k:.0} | {p:.0} |");
     }
