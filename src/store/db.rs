@@ -816,7 +816,7 @@ async fn ingest_one(
             }
             None => 0,
         };
-        let pending_digest = rows.pending_digest(&destination).await?;
+        let pending_digest = rows.pending_digest(&event.account, &destination).await?;
         loads.push(Load {
             destination,
             recent,

@@ -1096,6 +1096,15 @@ pub(crate) mod codec {
         )
     }
 
+    /// SQL: the digest still pending at destination `$2` of account `$1`,
+    /// the earliest due, found among the open digests
+    /// (`notifications_open_digests`, migration 23). Searched by
+    /// destination alone, it walked the destination's whole history in
+    /// due order at every event planned for it (2.3 ms at 20,000 notices).
+    pub const PENDING_DIGEST: &str = "SELECT id FROM notifications \
+         WHERE account = $1 AND destination = $2 AND type = 'kci.digest' AND state = 'pending' \
+         ORDER BY due_at LIMIT 1";
+
     /// SQL, after `SELECT <columns>`: the notices of account `account`,
     /// key `key` and a type that `type_is` admits (placeholders and an
     /// SQL condition on `n.type`) that are still waiting, as

@@ -838,10 +838,10 @@ impl Rows for PgRows {
         Ok(count(n.unwrap_or(0)))
     }
 
-    async fn pending_digest(&mut self, destination: &str) -> Result<Option<String>> {
-        let sql = "SELECT id FROM notifications WHERE destination = $1 AND type = 'kci.digest' \
-             AND state = 'pending' ORDER BY due_at LIMIT 1 FOR UPDATE";
-        self.one(sql, &[&destination], |r| r.text(0)).await
+    async fn pending_digest(&mut self, account: &str, destination: &str) -> Result<Option<String>> {
+        let sql = format!("{PENDING_DIGEST} FOR UPDATE");
+        self.one(&sql, &[&account, &destination], |r| r.text(0))
+            .await
     }
 
     async fn history(&mut self, event: &str) -> Result<Vec<Decided>> {

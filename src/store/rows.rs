@@ -374,9 +374,10 @@ pub trait Rows: Send + 'static {
     /// Non-urgent notices to a destination due after `since`.
     fn load(&mut self, destination: &str, since: i64)
     -> impl Future<Output = Result<usize>> + Send;
-    /// The digest still pending at a destination, locked.
+    /// The digest still pending at a destination of `account`, locked.
     fn pending_digest(
         &mut self,
+        account: &str,
         destination: &str,
     ) -> impl Future<Output = Result<Option<String>>> + Send;
     fn history(&mut self, event: &str) -> impl Future<Output = Result<Vec<Decided>>> + Send;

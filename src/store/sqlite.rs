@@ -874,10 +874,8 @@ impl Rows for Lite {
         Ok(usize::try_from(n.unwrap_or(0)).unwrap_or(0))
     }
 
-    async fn pending_digest(&mut self, destination: &str) -> Result<Option<String>> {
-        let sql = "SELECT id FROM notifications WHERE destination = ?1 AND type = 'kci.digest' \
-             AND state = 'pending' ORDER BY due_at LIMIT 1";
-        self.one(sql, [destination], |r| r.text(0))
+    async fn pending_digest(&mut self, account: &str, destination: &str) -> Result<Option<String>> {
+        self.one(PENDING_DIGEST, [account, destination], |r| r.text(0))
     }
 
     async fn history(&mut self, event: &str) -> Result<Vec<Decided>> {
@@ -1890,6 +1888,38 @@ mod tests {
         assert!(
             large.0 < small.0 + 50 && large.1 < small.1 + 50,
             "steps (pairing, cancel): {small:?} with 100 held, {large:?} with 3,000"
+        );
+    }
+
+    /// An event planned for a destination that takes digests finds the
+    /// digest open there among the open digests alone: the destination's
+    /// history does not slow it (searched by destination, it walked every
+    /// notice the destination ever had, in due order).
+    #[tokio::test]
+    async fn a_destinations_history_does_not_slow_finding_its_open_digest() {
+        async fn steps(history: usize) -> i32 {
+            let (_dir, lite) = migrated().await;
+            let sent = "WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < ?1) \
+                 INSERT INTO notifications (id, account, contact, destination, uri, channel, type, key, \
+                   priority, state, due_at, decided_at, attempts, timezone, paced) \
+                 SELECT printf('s-%08d', i), 'A1', 'C1', 'D1', 'mailto:a@example.com', 'email', \
+                   'line.down', 'L1', 1, 'sent', i, 0, 1, 'UTC', 0 FROM c \
+                 UNION ALL SELECT 'd1', 'A1', 'C1', 'D1', 'mailto:a@example.com', 'email', 'kci.digest', \
+                   'L1', 1, 'pending', 4000000000000, 0, 0, 'UTC', 0";
+            assert_eq!(lite.0.execute(sent, [history]).unwrap(), history + 1);
+            let mut stmt = lite.0.prepare(PENDING_DIGEST).unwrap();
+            let found: Vec<String> = stmt
+                .query_map(["A1", "D1"], |r| r.get(0))
+                .unwrap()
+                .collect::<std::result::Result<_, _>>()
+                .unwrap();
+            assert_eq!(found, ["d1"]);
+            stmt.get_status(StatementStatus::VmStep)
+        }
+        let (short, long) = (steps(100).await, steps(3_000).await);
+        assert!(
+            long < short + 20,
+            "{short} steps after 100 notices, {long} after 3,000"
         );
     }
 }

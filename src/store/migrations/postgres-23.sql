@@ -1,9 +1,9 @@
--- The digests not yet sent, by account: see sqlite-23.sql. On
+-- The digests not yet sent, by account and destination: see sqlite-23.sql. On
 -- PostgreSQL, pairing's search read the whole notifications table before
 -- (a sequential scan: the `OR` of a pending notice and a folded one
 -- matched no index), once for every pairing event.
 CREATE INDEX IF NOT EXISTS notifications_open_digests
-    ON notifications(account) WHERE state = 'pending' AND type = 'kci.digest';
+    ON notifications(account, destination, due_at) WHERE state = 'pending' AND type = 'kci.digest';
 -- A claim's turn check (rows::sql::in_turn_split) asks two questions of
 -- each candidate, each answered inside one of these indexes: is an
 -- earlier notice of the same account, key and URI due, and is one being
