@@ -213,32 +213,15 @@ short = "Your fibre terminal {{{{ service }}}} is back."
     let single_n = n / 4;
     let clients = 32;
     let cpu = Cpu::now(&kci_pids);
-    let t = Instant::now();
-    let mut tasks = Vec::new();
-    for c in 0..clients {
-        let (http, base, token) = (http.clone(), base.clone(), token.clone());
-        tasks.push(tokio::spawn(async move {
-            for i in (c..single_n).step_by(clients) {
-                let r = http
-                    .post(format!("{base}/v1/events"))
-                    .bearer_auth(&token)
-                    .header("content-type", "application/json")
-                    .body(event_json(i, "s", true))
-                    .send()
-                    .await
-                    .unwrap();
-                assert_eq!(r.status().as_u16(), 202);
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
-    let single = single_n as f64 / t.elapsed().as_secs_f64();
+    let took = post_one_by_one(&http, &base, &token, clients, single_n, |i| {
+        event_json(i, "s", true)
+    })
+    .await;
+    let single = single_n as f64 / took.as_secs_f64();
     let single_cpu = cpu.per(single_n, Cpu::now(&kci_pids));
     println!(
         "single  : {single_n} events in {:.2}s = {single:.0} events/s accepted durably",
-        t.elapsed().as_secs_f64()
+        took.as_secs_f64()
     );
 
     // Each ceiling is measured before the phase it bounds and at the end
@@ -390,35 +373,17 @@ short = "Your fibre terminal {{{{ service }}}} is back."
     let held = single_n + n;
     let pair_n = (n / 40).max(100);
     let cpu = Cpu::now(&kci_pids);
-    let t = Instant::now();
-    let mut tasks = Vec::new();
-    for c in 0..clients {
-        let (http, base, token) = (http.clone(), base.clone(), token.clone());
-        tasks.push(tokio::spawn(async move {
-            for i in (c..pair_n).step_by(clients) {
-                let body = format!(
-                    r#"{{"id":"p-{i}","type":"ont.up","account":"A1","service":"P{i}","not_before":"2099-01-01T00:00:00Z"}}"#
-                );
-                let r = http
-                    .post(format!("{base}/v1/events"))
-                    .bearer_auth(&token)
-                    .header("content-type", "application/json")
-                    .body(body)
-                    .send()
-                    .await
-                    .unwrap();
-                assert_eq!(r.status().as_u16(), 202);
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
-    let paired = pair_n as f64 / t.elapsed().as_secs_f64();
+    let took = post_one_by_one(&http, &base, &token, clients, pair_n, |i| {
+        format!(
+            r#"{{"id":"p-{i}","type":"ont.up","account":"A1","service":"P{i}","not_before":"2099-01-01T00:00:00Z"}}"#
+        )
+    })
+    .await;
+    let paired = pair_n as f64 / took.as_secs_f64();
     let pair_cpu = cpu.per(pair_n, Cpu::now(&kci_pids));
     println!(
         "pair    : {pair_n} reconnects in {:.2}s = {paired:.0} events/s accepted durably, each searched for its drop beside {held} notices held for later",
-        t.elapsed().as_secs_f64()
+        took.as_secs_f64()
     );
     println!();
     println!(
@@ -456,6 +421,40 @@ short = "Your fibre terminal {{{{ service }}}} is back."
             .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
             .await;
     }
+}
+
+/// `n` events posted one per request by `clients` concurrent clients, the
+/// `i`th with the body `body(i)`, each answered 202; how long it took.
+async fn post_one_by_one(
+    http: &reqwest::Client,
+    base: &str,
+    token: &str,
+    clients: usize,
+    n: usize,
+    body: fn(usize) -> String,
+) -> Duration {
+    let t = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let (http, base, token) = (http.clone(), base.to_string(), token.to_string());
+        tasks.push(tokio::spawn(async move {
+            for i in (c..n).step_by(clients) {
+                let r = http
+                    .post(format!("{base}/v1/events"))
+                    .bearer_auth(&token)
+                    .header("content-type", "application/json")
+                    .body(body(i))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status().as_u16(), 202);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    t.elapsed()
 }
 
 /// The store's raw ceiling now, written to tables of its own named `when`
