@@ -1105,29 +1105,33 @@ pub(crate) mod codec {
          WHERE account = $1 AND destination = $2 AND type = 'kci.digest' AND state = 'pending' \
          ORDER BY due_at LIMIT 1";
 
-    /// SQL, after `SELECT <columns>`: the notices of account `account`,
-    /// key `key` and a type that `type_is` admits (placeholders and an
-    /// SQL condition on `n.type`) that are still waiting, as
-    /// [`waiting`] says, joined to their events (`e`). Two parts, each
-    /// searched through its own index: pending ones through
-    /// `notifications_key` (`notifications_turn` on PostgreSQL, which reads
-    /// the type in it), folded ones through the account's open
+    /// SQL: pairing's search for the notices of account `$1`, key `$2`
+    /// and a type that `type_is` admits (an SQL condition on `n.type`,
+    /// naming `$3`) that are still waiting, as [`waiting`] says: each as
+    /// a [`RelatedNotice`](super::RelatedNotice) row, its event's
+    /// occurrence read by `occurred_at` (an expression on `e.payload`).
+    /// Two statements, each searched through its own index: pending ones
+    /// through `notifications_key` (`notifications_turn` on PostgreSQL,
+    /// which reads the type in it), folded ones through the account's open
     /// digests (`notifications_open_digests`, migration 23) and their
     /// members (`notifications_digest`). One `OR` in one statement read
     /// every pending notice of the hub on SQLite (to list them) and the
     /// whole table on PostgreSQL, for each pairing event.
-    pub fn related_waiting(account: &str, key: &str, type_is: &str) -> [String; 2] {
+    pub fn related_waiting(occurred_at: &str, type_is: &str) -> [String; 2] {
+        let columns = format!(
+            "SELECT n.id, n.event, n.type, n.destination, 'pending', n.due_at, {occurred_at}"
+        );
         [
             format!(
-                "FROM notifications n JOIN events e ON e.id = n.event \
-                 WHERE n.account = {account} AND n.key = {key} AND {type_is} \
+                "{columns} FROM notifications n JOIN events e ON e.id = n.event \
+                 WHERE n.account = $1 AND n.key = $2 AND {type_is} \
                  AND n.state IN ('pending', 'sending') AND n.state = 'pending'"
             ),
             format!(
-                "FROM notifications d JOIN notifications n ON n.digest = d.id \
+                "{columns} FROM notifications d JOIN notifications n ON n.digest = d.id \
                  JOIN events e ON e.id = n.event \
-                 WHERE d.account = {account} AND d.state = 'pending' AND d.type = '{}' \
-                 AND n.account = {account} AND n.key = {key} AND {type_is} AND n.state = 'digested'",
+                 WHERE d.account = $1 AND d.state = 'pending' AND d.type = '{}' \
+                 AND n.account = $1 AND n.key = $2 AND {type_is} AND n.state = 'digested'",
                 crate::plan::DIGEST_TYPE
             ),
         ]

@@ -802,11 +802,10 @@ impl Rows for PgRows {
         // one between this read and the cancel that may follow (claims skip
         // locked rows); then every notice of the latest related event,
         // whatever its state.
-        let columns = "SELECT n.id, n.event, n.type, n.destination, 'pending', n.due_at, \
-             e.payload::jsonb ->> 'occurred_at'";
-        let [pending, folded] = related_waiting("$1", "$2", "n.type = ANY($3)");
-        let pending = format!("{columns} {pending} FOR UPDATE OF n");
-        let folded = format!("{columns} {folded} FOR UPDATE OF n");
+        // Two statements, as `FOR UPDATE` cannot lock through a `UNION`.
+        let [pending, folded] =
+            related_waiting("e.payload::jsonb ->> 'occurred_at'", "n.type = ANY($3)")
+                .map(|sql| format!("{sql} FOR UPDATE OF n"));
         let latest = "SELECT n.id, n.event, n.type, n.destination, n.state, n.due_at, \
              e.payload::jsonb ->> 'occurred_at' \
              FROM notifications n JOIN events e ON e.id = n.event WHERE n.event IN \
@@ -1699,10 +1698,10 @@ mod tests {
                         )
                         .await?;
                     let claimed = pages_read(&claim.try_get(0)?);
-                    let [pending, folded] = related_waiting("$1", "$2", "n.type = ANY($3)");
+                    let [pending, folded] = related_waiting("NULL", "n.type = ANY($3)");
                     let mut pairing = 0;
                     for part in [pending, folded] {
-                        let sql = explain(&format!("SELECT n.id {part} FOR UPDATE OF n"));
+                        let sql = explain(&format!("{part} FOR UPDATE OF n"));
                         let types = vec!["line.down".to_string()];
                         let plan = c.query_one(&sql, &[&"A1", &"L9", &types]).await?;
                         pairing += pages_read(&plan.try_get(0)?);

@@ -446,13 +446,12 @@ fn destinations_sql() -> String {
     )
 }
 
-/// Pairing's statement: the notices of account `?1`, key `?2` and type
-/// `?3` still waiting, pending or folded into an open digest.
+/// Pairing's statement: the notices of account `$1`, key `$2` and type
+/// `$3` still waiting, pending or folded into an open digest, in one.
 fn related_waiting_sql() -> String {
-    let columns = "SELECT n.id, n.event, n.type, n.destination, 'pending', n.due_at, \
-         json_extract(e.payload, '$.occurred_at')";
-    let [pending, folded] = related_waiting("?1", "?2", "n.type = ?3");
-    format!("{columns} {pending} UNION ALL {columns} {folded}")
+    let [pending, folded] =
+        related_waiting("json_extract(e.payload, '$.occurred_at')", "n.type = $3");
+    format!("{pending} UNION ALL {folded}")
 }
 
 /// The claim's statement: notices of one channel (`?4`) or of all.
