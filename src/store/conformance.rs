@@ -27,6 +27,16 @@ fn account(id: &str) -> Account {
     }
 }
 
+/// Contact `alice` with default preferences.
+fn alice() -> Contact {
+    Contact {
+        id: "alice".into(),
+        name: "Alice".into(),
+        timezone: None,
+        prefs: Default::default(),
+    }
+}
+
 fn destination(contact: &str, uri: &str, verified: bool) -> Destination {
     Destination {
         id: new_id(),
@@ -79,14 +89,8 @@ async fn seed(store: &dyn Store) {
         store.put_account(&account("A1")).await.unwrap().0,
         PutOutcome::Created
     );
-    let alice = Contact {
-        id: "alice".into(),
-        name: "Alice".into(),
-        timezone: None,
-        prefs: Default::default(),
-    };
     assert_eq!(
-        store.put_contact("A1", &alice).await.unwrap(),
+        store.put_contact("A1", &alice()).await.unwrap(),
         PutOutcome::Created
     );
     for uri in ["mailto:alice@example.com", "https://hooks.example.com/kci"] {
@@ -194,14 +198,8 @@ fn from_ms(ms: i64) -> DateTime<Utc> {
 }
 
 pub async fn check_directory(store: &dyn Store) {
-    let alice = Contact {
-        id: "alice".into(),
-        name: "Alice".into(),
-        timezone: None,
-        prefs: Default::default(),
-    };
     assert_eq!(
-        store.put_contact("nobody", &alice).await.unwrap(),
+        store.put_contact("nobody", &alice()).await.unwrap(),
         PutOutcome::NoParent
     );
     seed(store).await;
@@ -1108,13 +1106,7 @@ pub async fn check_digest_folding_and_cancellation(store: &dyn Store) {
         store.put_account(&account("A1")).await.unwrap().0,
         PutOutcome::Created
     );
-    let alice = Contact {
-        id: "alice".into(),
-        name: "Alice".into(),
-        timezone: None,
-        prefs: Default::default(),
-    };
-    store.put_contact("A1", &alice).await.unwrap();
+    store.put_contact("A1", &alice()).await.unwrap();
     let mut d = destination("alice", "mailto:alice@example.com", true);
     d.prefs.digest = Some("1h".parse().unwrap());
     store.add_destination("A1", &d, None, None).await.unwrap();
@@ -1181,13 +1173,7 @@ pub async fn check_pairing_reaches_folded_notices(store: &dyn Store) {
     let now = t("2026-03-24T10:00:00Z");
     for acc in ["A1", "A2"] {
         store.put_account(&account(acc)).await.unwrap();
-        let alice = Contact {
-            id: "alice".into(),
-            name: "Alice".into(),
-            timezone: None,
-            prefs: Default::default(),
-        };
-        store.put_contact(acc, &alice).await.unwrap();
+        store.put_contact(acc, &alice()).await.unwrap();
         let mut d = destination("alice", &format!("mailto:{acc}@example.com"), true);
         d.prefs.digest = Some("1h".parse().unwrap());
         store.add_destination(acc, &d, None, None).await.unwrap();
@@ -3441,13 +3427,7 @@ pub async fn check_postal_addresses(store: &dyn Store) {
         store.put_account(&a).await.unwrap();
         let view = store.account_view(id).await.unwrap().unwrap();
         assert_eq!(view.account.postal_address, Some(address("Berlin")));
-        let alice = Contact {
-            id: "alice".into(),
-            name: "Alice".into(),
-            timezone: None,
-            prefs: Default::default(),
-        };
-        store.put_contact(id, &alice).await.unwrap();
+        store.put_contact(id, &alice()).await.unwrap();
         let postal = destination("alice", "postal:account", true);
         for d in [
             destination("alice", "mailto:alice@example.com", true),
