@@ -48,6 +48,7 @@ macro_rules! migrations {
             (21, include_str!(concat!("migrations/", $db, "-21.sql"))),
             (22, include_str!(concat!("migrations/", $db, "-22.sql"))),
             (23, include_str!(concat!("migrations/", $db, "-23.sql"))),
+            (24, include_str!(concat!("migrations/", $db, "-24.sql"))),
         ]
     };
 }

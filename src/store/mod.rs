@@ -1087,8 +1087,8 @@ pub(crate) mod codec {
     /// backlog, built again by each statement that met a folded notice).
     pub fn waiting(prefix: &str) -> String {
         // The `IN` term is the condition of the indexes of waiting notices
-        // (`notifications_key`, `notifications_turn` on PostgreSQL),
-        // repeated so that SQLite sees the index may serve the first case.
+        // (`notifications_turn`, `notifications_busy`), repeated so that
+        // SQLite sees the index may serve the first case.
         format!(
             "(({prefix}state IN ('pending', 'sending') AND {prefix}state = 'pending') \
              OR ({prefix}state = 'digested' AND EXISTS (SELECT 1 FROM notifications d \
@@ -1111,8 +1111,8 @@ pub(crate) mod codec {
     /// a [`RelatedNotice`](super::RelatedNotice) row, its event's
     /// occurrence read by `occurred_at` (an expression on `e.payload`).
     /// Two statements, each searched through its own index: pending ones
-    /// through `notifications_key` (`notifications_turn` on PostgreSQL,
-    /// which reads the type in it), folded ones through the account's open
+    /// through `notifications_turn` (whose entries hold the type, so the
+    /// key's entries are read, not their rows), folded ones through the account's open
     /// digests (`notifications_open_digests`, migration 23) and their
     /// members (`notifications_digest`). One `OR` in one statement read
     /// every pending notice of the hub on SQLite (to list them) and the

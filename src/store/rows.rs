@@ -879,44 +879,54 @@ pub mod sql {
     /// one destination (its URI: kci's own mails to an address have no
     /// destination row) go out one at a time, in the order they were
     /// planned (ids are UUIDv7, time-ordered). `n` waits while an earlier
-    /// one of its account, key and URI is being sent, is due at `now` (a
-    /// placeholder), or is waiting to be tried again — after a transient
+    /// one of its account, key and URI is due at `now` (a placeholder) or
+    /// being sent, or is waiting to be tried again — after a transient
     /// failure, a provider's 429, a restart or an operator's redrive. An
     /// earlier one that its policy places later (quiet hours, a hold,
-    /// `not_before`) does not hold up one that may go now. SQLite reads it
-    /// through the `notifications_key` index (searched by account and
-    /// key), whose condition the `state IN` term repeats so that SQLite
-    /// may use it; the index holds the state, due time and reason
-    /// (migration 22), so a held notice is passed over without reading its
-    /// row, and a key's due notices come before its held ones. The index
-    /// is named (`INDEXED BY`): after an operator's `ANALYZE`, statistics
-    /// of one busy key made SQLite plan it another way, which read the row
-    /// of every held notice for each due one again (8x the work for 8x
-    /// the due, `sqlite::tests`). PostgreSQL asks it as [`in_turn_split`].
+    /// `not_before`) does not hold up one that may go now.
+    ///
+    /// Asked as two questions, each answered inside an index of its own
+    /// on both stores (PostgreSQL since migration 23, SQLite since 24):
+    /// is an earlier one due (`notifications_turn`, by due time), and is
+    /// one busy (`notifications_busy`, which holds only notices in flight
+    /// or waiting for a retry). A key's notices held for later are in
+    /// neither question's range, so they cost a claim nothing. One store
+    /// cannot search an index for an `OR`: asked as one, SQLite walked
+    /// every entry the key held for later for each due candidate (2.5 ms a
+    /// claim of 64 with 160 held a key, BENCHMARKS.md stop 39), PostgreSQL
+    /// read each of their rows. This is SQLite's form: the indexes are
+    /// named (`INDEXED BY`), since after an operator's `ANALYZE` statistics
+    /// of one busy key made SQLite plan it another way (`sqlite::tests`);
+    /// each `state IN` term repeats the index's condition so that SQLite
+    /// may use it.
     pub fn in_turn(now: &str) -> String {
-        format!(
-            "NOT EXISTS (SELECT 1 FROM notifications o INDEXED BY notifications_key \
-               WHERE {EARLIER} AND ({BUSY} OR o.due_at <= {now}))"
+        turn_questions(
+            now,
+            [
+                " INDEXED BY notifications_turn",
+                " INDEXED BY notifications_busy",
+            ],
+            "",
         )
     }
 
-    /// [`in_turn`] asked as two questions, each answered inside one of
-    /// PostgreSQL's indexes (migration 23): is an earlier one due
-    /// (`notifications_turn`, by due time then id), and is one being sent
-    /// or waiting to be tried again (`notifications_busy`, which holds only
-    /// those). PostgreSQL cannot search one index for an `OR`: asked as
-    /// one, it read the row of every notice the key held for later.
-    ///
-    /// `OFFSET 0` keeps each question a subplan asked of one candidate
-    /// at a time, by its account, key and URI. As anti-joins, a plan made
-    /// while the table was small (a fresh hub; a cached generic plan)
-    /// could scan every due or busy notice once per candidate instead: a
-    /// claim of 4,000 due took 7.6 s and leases ran out (the e2e test of
-    /// four nodes sent notices twice).
+    /// [`in_turn`] as PostgreSQL asks it. `OFFSET 0` keeps each question a
+    /// subplan asked of one candidate at a time, by its account, key and
+    /// URI. As anti-joins, a plan made while the table was small (a fresh
+    /// hub; a cached generic plan) could scan every due or busy notice
+    /// once per candidate instead: a claim took seconds, leases ran out,
+    /// and several nodes sent the same notices (`postgres::tests`).
     pub fn in_turn_split(now: &str) -> String {
+        turn_questions(now, ["", ""], " OFFSET 0")
+    }
+
+    /// The two questions of [`in_turn`], each reading the index named in
+    /// `from` (a store's hint, or none) and ending in `tail`.
+    fn turn_questions(now: &str, from: [&str; 2], tail: &str) -> String {
+        let [due, busy] = from;
         format!(
-            "NOT EXISTS (SELECT 1 FROM notifications o WHERE {EARLIER} AND o.due_at <= {now} OFFSET 0) \
-             AND NOT EXISTS (SELECT 1 FROM notifications o WHERE {EARLIER} AND {BUSY} OFFSET 0)"
+            "NOT EXISTS (SELECT 1 FROM notifications o{due} WHERE {EARLIER} AND o.due_at <= {now}{tail}) \
+             AND NOT EXISTS (SELECT 1 FROM notifications o{busy} WHERE {EARLIER} AND {BUSY}{tail})"
         )
     }
 
@@ -924,7 +934,7 @@ pub mod sql {
     const EARLIER: &str = "o.account = n.account AND o.key = n.key AND o.uri = n.uri \
          AND o.id < n.id AND o.state IN ('pending', 'sending')";
     /// Waiting notice `o` is being sent, or waits to be tried again; the
-    /// condition of PostgreSQL's `notifications_busy` index, word for word.
+    /// condition of the `notifications_busy` index, word for word.
     const BUSY: &str =
         "(o.state = 'sending' OR o.reason IN ('retry', 'rate_limit', 'requeued', 'redriven'))";
 
