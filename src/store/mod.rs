@@ -1111,12 +1111,13 @@ pub(crate) mod codec {
     /// a [`RelatedNotice`](super::RelatedNotice) row, its event's
     /// occurrence read by `occurred_at` (an expression on `e.payload`).
     /// Two statements, each searched through its own index: pending ones
-    /// through `notifications_turn` (whose entries hold the type, so the
-    /// key's entries are read, not their rows), folded ones through the account's open
-    /// digests (`notifications_open_digests`, migration 23) and their
-    /// members (`notifications_digest`). One `OR` in one statement read
-    /// every pending notice of the hub on SQLite (to list them) and the
-    /// whole table on PostgreSQL, for each pairing event.
+    /// through `notifications_turn` (whose entries hold the type: the
+    /// key's pending entries are read, not their rows), folded ones
+    /// through the account's open digests (`notifications_open_digests`,
+    /// migration 23) and their members (`notifications_digest`). One `OR`
+    /// in one statement read every pending notice of the hub on SQLite
+    /// (to list them) and the whole table on PostgreSQL, for each pairing
+    /// event.
     pub fn related_waiting(occurred_at: &str, type_is: &str) -> [String; 2] {
         let columns = format!(
             "SELECT n.id, n.event, n.type, n.destination, 'pending', n.due_at, {occurred_at}"
