@@ -1792,10 +1792,9 @@ mod tests {
     /// case — still walked every entry its key held. Asked as two
     /// questions (migration 24), each a range of its own index, a key's
     /// held notices are in neither: the claim's work does not grow with
-    /// them. Also after an `ANALYZE`,
-    /// which without `INDEXED BY` brought the walk back (69,637 steps with
-    /// 10 due, 555,297 with 80). Counted in SQLite's virtual machine steps,
-    /// which are the same on every run.
+    /// them. Also after an `ANALYZE`, which without `INDEXED BY` brought
+    /// the walk back (69,637 steps with 10 due, 555,297 with 80). Counted
+    /// in SQLite's virtual machine steps, which are the same on every run.
     #[tokio::test]
     async fn a_keys_notices_held_for_later_do_not_slow_each_claim_of_its_due_ones() {
         async fn claim_steps(held: usize, due: usize, analyzed: bool) -> i32 {
