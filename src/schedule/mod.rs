@@ -617,12 +617,23 @@ impl Scheduler {
         if let Finish::Failed { detail, .. } = &f {
             tracing::warn!(notification = %n.id, channel = %n.channel, reason = ?reason, detail = %detail, "delivery failed");
         }
+        let back_at = match &f {
+            Finish::Retry { due_at, .. }
+            | Finish::Deferred { due_at, .. }
+            | Finish::Paced { due_at, .. } => Some(*due_at),
+            _ => None,
+        };
         // Only under this claim's lease: one that ran out may have been
         // claimed again (another node, or this one), whose outcome stands.
         let recorded = match c.lease_until {
             Some(lease) => self.store.finish_leased(&n.id, lease, f).await?,
             None => self.store.finish(&n.id, f).await.map(|()| true)?,
         };
+        // Back in the queue for later: the loop may be sleeping past it,
+        // or hold an older answer of what comes due next.
+        if recorded && let Some(due_at) = back_at {
+            self.wake.due(due_at);
+        }
         if recorded {
             self.metrics.decided(state, reason);
         } else {
@@ -668,6 +679,8 @@ impl Scheduler {
         let mut last_poll = std::time::Instant::now();
         let mut last_sweep = std::time::Instant::now();
         let mut last_pauses: Option<std::time::Instant> = None;
+        // What the store last said comes due next, while that holds.
+        let mut known: Option<KnownDue> = None;
         while !shutdown.is_triggered() {
             // The pauses other nodes were asked for, once a second.
             if last_pauses.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(1)) {
@@ -799,7 +812,25 @@ impl Scheduler {
             // turn behind an earlier notice of its key (a finishing
             // delivery wakes the loop for either), or for its channel's
             // pause to end: the loop waits for what comes due after now.
-            let next = self.store.next_due(Some(looked)).await.ok().flatten();
+            // Asked again only when the last answer may be wrong: read
+            // before the doorbell was rung, past what the loop's sleeps
+            // since told ingest, or already come (see `KnownDue`). Each
+            // finishing delivery wakes the loop, which asked the store
+            // once per delivery under load: a read whose connection
+            // drops its page cache as the writer has committed since.
+            let next = match known.and_then(|k| k.holds(looked, now)) {
+                Some(next) => next,
+                None => match self.store.next_due(Some(looked)).await {
+                    Ok(next) => {
+                        known = Some(KnownDue::read(next));
+                        next
+                    }
+                    Err(_) => {
+                        known = None;
+                        None
+                    }
+                },
+            };
             let next = match (next, resume) {
                 (Some(n), Some(r)) => Some(n.min(r)),
                 (n, r) => n.or(r),
@@ -811,9 +842,19 @@ impl Scheduler {
                 .min(spaced.map_or(std::time::Duration::MAX, |s| {
                     s.saturating_duration_since(std::time::Instant::now())
                 }));
+            let wait = known.map_or(wait, |k| {
+                k.until
+                    .signed_duration_since(now)
+                    .to_std()
+                    .unwrap_or_default()
+                    .min(wait)
+            });
+            let until = now + Duration::from_std(wait).unwrap_or(Duration::zero());
             // Ingest rings for what comes due before this (Wake::due).
-            self.wake
-                .sleeping_until(now + Duration::from_std(wait).unwrap_or(Duration::zero()));
+            self.wake.sleeping_until(until);
+            if let Some(k) = &mut known {
+                k.sleeping_until(until);
+            }
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {
                     for lane in &mut lanes {
@@ -821,6 +862,7 @@ impl Scheduler {
                     }
                 }
                 _ = self.wake.notified() => {
+                    known = None;
                     for lane in lanes.iter_mut().filter(|l| l.configured) {
                         lane.dry = false;
                     }
@@ -860,6 +902,46 @@ impl Scheduler {
             return Ok(claimed);
         }
         self.admit(claimed, now).await
+    }
+}
+
+/// The store's answer to what comes due next (`Store::next_due`), kept
+/// while it still holds. Anything stored after the read that comes due
+/// sooner rang the loop's doorbell (`Wake::due`, which drops the answer),
+/// unless it came due no earlier than the loop had said it would look by
+/// itself (`Wake::sleeping_until`): so the answer holds until the earliest
+/// of the loop's sleeps since the read ends, and no later than one second
+/// after it (another node's notices ring no bell here).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct KnownDue {
+    /// The earliest due time (or lease end) after the read.
+    next: Option<DateTime<Utc>>,
+    /// Until when nothing unheard of can come due: the earliest end of
+    /// the loop's sleeps since the read (none yet: the read is being used
+    /// for the first sleep).
+    until: DateTime<Utc>,
+}
+
+impl KnownDue {
+    /// A fresh answer, before the sleep that uses it.
+    fn read(next: Option<DateTime<Utc>>) -> KnownDue {
+        KnownDue {
+            next,
+            until: DateTime::<Utc>::MAX_UTC,
+        }
+    }
+
+    /// The answer, if it still holds for a loop that claimed what was due
+    /// by `looked` and now is at `now`: not once the loop's sleeps reached
+    /// its horizon, nor once its next due time has come (the claims saw
+    /// that one; what comes after it the store must say).
+    fn holds(self, looked: DateTime<Utc>, now: DateTime<Utc>) -> Option<Option<DateTime<Utc>>> {
+        (now < self.until && self.next.is_none_or(|n| n > looked)).then_some(self.next)
+    }
+
+    /// The loop sleeps until `until`, telling ingest so.
+    fn sleeping_until(&mut self, until: DateTime<Utc>) {
+        self.until = self.until.min(until);
     }
 }
 
@@ -1462,6 +1544,66 @@ mod tests {
                 channel_pause(&d, kind, &e).map(|w| w.num_seconds()),
                 want,
                 "{kind:?}"
+            );
+        }
+    }
+
+    /// The loop asks the store what comes due next only when its last
+    /// answer may be wrong. A notice stored after the read rang the
+    /// doorbell (which drops the answer) unless it comes due no earlier
+    /// than the loop said it would look by itself: so the answer holds
+    /// until the earliest of the sleeps since the read ends, and not once
+    /// the due time it named has come.
+    #[test]
+    fn what_comes_due_next_is_asked_again_only_when_the_answer_may_be_wrong() {
+        let t = |s: &str| s.parse::<DateTime<Utc>>().unwrap();
+        let (ten, ten_half, eleven) = (
+            t("2026-03-22T10:00:00Z"),
+            t("2026-03-22T10:00:00.500Z"),
+            t("2026-03-22T10:00:01Z"),
+        );
+        let later = t("2026-03-22T10:05:00Z");
+        // (answer, sleeps since the read, looked, now) → holds
+        let cases = [
+            // Not slept on yet: the read is being used.
+            (Some(later), vec![], ten, ten, true),
+            (None, vec![], ten, ten, true),
+            // Within the sleep that followed the read.
+            (Some(later), vec![eleven], ten_half, ten_half, true),
+            (None, vec![eleven], ten_half, ten_half, true),
+            // That sleep's end reached: a notice due from then on rang no bell.
+            (Some(later), vec![eleven], eleven, eleven, false),
+            (None, vec![eleven], eleven, eleven, false),
+            // A shorter sleep since (a spacing, a delivery's end) narrows it.
+            (
+                Some(later),
+                vec![eleven, ten_half],
+                ten_half,
+                ten_half,
+                false,
+            ),
+            (
+                Some(later),
+                vec![ten_half, eleven],
+                ten_half,
+                ten_half,
+                false,
+            ),
+            (Some(later), vec![eleven, ten_half], ten, ten, true),
+            // The due time it named has come: the claims took it, and what
+            // follows it the store must say.
+            (Some(ten_half), vec![eleven], ten_half, ten_half, false),
+            (Some(ten_half), vec![eleven], ten, ten, true),
+        ];
+        for (next, sleeps, looked, now, holds) in cases {
+            let mut known = KnownDue::read(next);
+            for &until in &sleeps {
+                known.sleeping_until(until);
+            }
+            assert_eq!(
+                known.holds(looked, now),
+                holds.then_some(next),
+                "{next:?} after sleeps until {sleeps:?}, looked {looked}, now {now}"
             );
         }
     }
