@@ -15,7 +15,10 @@
 //!    time, so a stall shows in the figures instead of slowing the load
 //!    (no coordinated omission). Reported: p50/p90/p99/max of POST → 202
 //!    and of POST → the provider receiving the notice; notices that never
-//!    arrived; kci's resident memory, sampled every second.
+//!    arrived; kci's resident memory, sampled every second; and where the
+//!    slow ones (over 25 ms) were: runs of them by when they were planned,
+//!    so a tail of a few stalls that hold up everything can be told from
+//!    one spread over the whole run, and set beside what else happened then.
 //!
 //! The provider is, for `webhook`, a receiver in this process (axum),
 //! and for `email`, a real SMTP server (Debian's python3-aiosmtpd) whose
@@ -169,6 +172,45 @@ fn summary(name: &str, mut us: Vec<u64>) -> String {
         percentile(&us, 0.90),
         percentile(&us, 0.99),
         us.last().map_or(f64::NAN, |m| *m as f64 / 1000.0),
+    )
+}
+
+/// Where the slow ones were: runs of events slower than `over_ms`, each
+/// run ending where the next slow one was planned 100 ms or more later,
+/// with when its first one was planned (seconds into the open loop), how
+/// many it held and the slowest; at most ten runs, the slowest first. A
+/// tail from stalls that hold up everything shows as a few dense runs; a
+/// tail spread over the whole run, as many thin ones.
+fn stalls(name: &str, mut samples: Vec<(u64, u64)>, over_ms: u64) -> String {
+    samples.sort_unstable();
+    let mut runs: Vec<(u64, usize, u64)> = Vec::new();
+    let mut last: Option<u64> = None;
+    for (at, us) in samples.into_iter().filter(|(_, us)| *us > over_ms * 1000) {
+        match runs.last_mut() {
+            Some(run) if last.is_some_and(|l| at - l < 100_000) => {
+                run.1 += 1;
+                run.2 = run.2.max(us);
+            }
+            _ => runs.push((at, 1, us)),
+        }
+        last = Some(at);
+    }
+    let count = runs.len();
+    runs.sort_unstable_by_key(|r| std::cmp::Reverse(r.2));
+    let shown: Vec<String> = runs
+        .iter()
+        .take(10)
+        .map(|(at, n, max)| {
+            format!(
+                "{:.2}s ({n}, max {:.0} ms)",
+                *at as f64 / 1e6,
+                *max as f64 / 1000.0
+            )
+        })
+        .collect();
+    format!(
+        "{name} over {over_ms} ms: {count} runs; {}",
+        shown.join(", ")
     )
 }
 
@@ -326,7 +368,8 @@ body = "Your line went down. Reference {{{{ data.ticket }}}}."
     let rate = args.rate.unwrap_or(peak / 2.0);
     let total = (rate * args.seconds as f64) as usize;
     let interval = Duration::from_secs_f64(1.0 / rate);
-    let answered: Arc<Mutex<Vec<u64>>> = Default::default();
+    // (planned, µs into the open loop; took, µs)
+    let answered: Arc<Mutex<Vec<(u64, u64)>>> = Default::default();
     let mut planned: HashMap<String, u64> = HashMap::with_capacity(total);
     let rss_samples: Arc<Mutex<Vec<u64>>> = Default::default();
     let sampling = {
@@ -350,7 +393,8 @@ body = "Your line went down. Reference {{{{ data.ticket }}}}."
         let (post, answered) = (post.clone(), answered.clone());
         sends.push(tokio::spawn(async move {
             post(id).await;
-            answered.lock().unwrap().push(now_us().saturating_sub(at));
+            let took = now_us().saturating_sub(at);
+            answered.lock().unwrap().push((at - start_us, took));
         }));
     }
     for s in sends {
@@ -359,13 +403,14 @@ body = "Your line went down. Reference {{{{ data.ticket }}}}."
     let ids: Vec<String> = planned.keys().cloned().collect();
     let got = settle(&arrivals, &ids, Duration::from_secs(60)).await;
     sampling.abort();
-    let delivered: Vec<u64> = {
+    let delivered: Vec<(u64, u64)> = {
         let a = arrivals.lock().unwrap();
         planned
             .iter()
-            .filter_map(|(id, at)| a.get(id).map(|t| t.saturating_sub(*at)))
+            .filter_map(|(id, at)| a.get(id).map(|t| (at - start_us, t.saturating_sub(*at))))
             .collect()
     };
+    let answered = answered.lock().unwrap().clone();
     let rss = rss_samples.lock().unwrap().clone();
     println!(
         "open    : {total} events at {rate:.0}/s for {}s; {} of them never arrived",
@@ -378,11 +423,12 @@ body = "Your line went down. Reference {{{{ data.ticket }}}}."
         args.channel
     );
     println!("|---|---|---|---|---|---|");
-    println!(
-        "{}",
-        summary("POST → 202", answered.lock().unwrap().clone())
-    );
-    println!("{}", summary("POST → provider has it", delivered));
+    let took = |v: &[(u64, u64)]| v.iter().map(|(_, us)| *us).collect::<Vec<_>>();
+    println!("{}", summary("POST → 202", took(&answered)));
+    println!("{}", summary("POST → provider has it", took(&delivered)));
+    println!();
+    println!("{}", stalls("POST → 202", answered, 25));
+    println!("{}", stalls("POST → provider has it", delivered, 25));
     println!();
     println!(
         "kci RSS (MiB): first {:.1}, last {:.1}, max {:.1} ({} samples, one a second)",
