@@ -183,24 +183,24 @@ fn summary(name: &str, mut us: Vec<u64>) -> String {
 /// tail spread over the whole run, as many thin ones.
 fn stalls(name: &str, mut samples: Vec<(u64, u64)>, over_ms: u64) -> String {
     samples.sort_unstable();
-    let mut runs: Vec<(u64, usize, u64)> = Vec::new();
-    let mut last: Option<u64> = None;
+    // (first planned, last planned, how many, slowest)
+    let mut runs: Vec<(u64, u64, usize, u64)> = Vec::new();
     for (at, us) in samples.into_iter().filter(|(_, us)| *us > over_ms * 1000) {
         match runs.last_mut() {
-            Some(run) if last.is_some_and(|l| at - l < 100_000) => {
-                run.1 += 1;
-                run.2 = run.2.max(us);
+            Some(run) if at - run.1 < 100_000 => {
+                run.1 = at;
+                run.2 += 1;
+                run.3 = run.3.max(us);
             }
-            _ => runs.push((at, 1, us)),
+            _ => runs.push((at, at, 1, us)),
         }
-        last = Some(at);
     }
     let count = runs.len();
-    runs.sort_unstable_by_key(|r| std::cmp::Reverse(r.2));
+    runs.sort_unstable_by_key(|r| std::cmp::Reverse(r.3));
     let shown: Vec<String> = runs
         .iter()
         .take(10)
-        .map(|(at, n, max)| {
+        .map(|(at, _, n, max)| {
             format!(
                 "{:.2}s ({n}, max {:.0} ms)",
                 *at as f64 / 1e6,

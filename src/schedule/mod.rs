@@ -604,37 +604,33 @@ impl Scheduler {
 
     async fn finish(&self, c: &Claimed, f: Finish) -> crate::store::Result<()> {
         let n = &c.notification;
-        let (state, reason) = match &f {
-            Finish::Sent { .. } => (State::Sent, None),
-            Finish::Retry { .. } => (State::Pending, Some(Reason::Retry)),
-            Finish::Failed { reason, .. } => (State::Failed, Some(*reason)),
-            Finish::Expired { .. } => (State::Expired, Some(Reason::Expired)),
-            Finish::Cancelled { reason, .. } => (State::Cancelled, Some(*reason)),
-            Finish::Deferred { .. } | Finish::Paced { .. } => {
-                (State::Pending, Some(Reason::RateLimit))
+        // What the notice becomes, and when it comes due again if it is
+        // back in the queue for later.
+        let (state, reason, back_at) = match &f {
+            Finish::Sent { .. } => (State::Sent, None, None),
+            Finish::Retry { due_at, .. } => (State::Pending, Some(Reason::Retry), Some(*due_at)),
+            Finish::Failed { reason, .. } => (State::Failed, Some(*reason), None),
+            Finish::Expired { .. } => (State::Expired, Some(Reason::Expired), None),
+            Finish::Cancelled { reason, .. } => (State::Cancelled, Some(*reason), None),
+            Finish::Deferred { due_at, .. } | Finish::Paced { due_at, .. } => {
+                (State::Pending, Some(Reason::RateLimit), Some(*due_at))
             }
         };
         if let Finish::Failed { detail, .. } = &f {
             tracing::warn!(notification = %n.id, channel = %n.channel, reason = ?reason, detail = %detail, "delivery failed");
         }
-        let back_at = match &f {
-            Finish::Retry { due_at, .. }
-            | Finish::Deferred { due_at, .. }
-            | Finish::Paced { due_at, .. } => Some(*due_at),
-            _ => None,
-        };
         // Only under this claim's lease: one that ran out may have been
         // claimed again (another node, or this one), whose outcome stands.
         let recorded = match c.lease_until {
             Some(lease) => self.store.finish_leased(&n.id, lease, f).await?,
             None => self.store.finish(&n.id, f).await.map(|()| true)?,
         };
-        // Back in the queue for later: the loop may be sleeping past it,
-        // or hold an older answer of what comes due next.
-        if recorded && let Some(due_at) = back_at {
-            self.wake.due(due_at);
-        }
         if recorded {
+            // The loop may be sleeping past it, or hold an older answer
+            // of what comes due next.
+            if let Some(due_at) = back_at {
+                self.wake.due(due_at);
+            }
             self.metrics.decided(state, reason);
         } else {
             tracing::warn!(notification = %n.id, channel = %n.channel, "outcome not recorded: the notice's lease ran out and it was claimed again");
