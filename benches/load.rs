@@ -323,13 +323,20 @@ short = "Your fibre terminal {{{{ service }}}} is back."
             t.elapsed() < Duration::from_secs(600),
             "delivery stalled at {handed}"
         );
-        // Every 200 ms until 95% are handed over, then every 10 ms. Each
-        // scrape of /metrics may count the store by state again (up to a
-        // tenth of a reader's time, src/web/gauges.rs): scraped every
-        // 20 ms, that count was 8% of kci's samples in this phase (stop
-        // 40), a load no Prometheus scraping every 15 s puts on a hub.
-        let pause = if handed < 0.95 * deliver_n as f64 { 200 } else { 10 };
-        tokio::time::sleep(Duration::from_millis(pause)).await;
+        // Half the time the rest should take at the rate so far, between
+        // 10 and 500 ms (100 ms before the first is out): few scrapes
+        // while the end is far, and the end seen within 10 ms. Each scrape
+        // of /metrics may count the store by state again (up to a tenth
+        // of a reader's time, src/web/gauges.rs): scraped every 20 ms,
+        // that count was 7-8% of kci's samples in this phase (stops 40
+        // and 41), a load no Prometheus scraping every 15 s puts on a hub.
+        let rate = handed / t.elapsed().as_secs_f64();
+        let pause = if rate > 0.0 {
+            (500.0 * (deliver_n as f64 - handed) / rate).clamp(10.0, 500.0)
+        } else {
+            100.0
+        };
+        tokio::time::sleep(Duration::from_secs_f64(pause / 1000.0)).await;
     }
     let took = t.elapsed();
     let delivered = deliver_n as f64 / took.as_secs_f64();
