@@ -412,9 +412,14 @@ body = "Your line went down. Reference {{{{ data.ticket }}}}."
     };
     let answered = answered.lock().unwrap().clone();
     let rss = rss_samples.lock().unwrap().clone();
+    // The wall-clock start, to line a trace up with the slow runs below:
+    // `perf record -k monotonic` gives CLOCK_MONOTONIC times, to which add
+    // the wall clock less the monotonic one (`python3 -c 'import time;
+    // print(time.time() - time.monotonic())'`).
     println!(
-        "open    : {total} events at {rate:.0}/s for {}s; {} of them never arrived",
+        "open    : {total} events at {rate:.0}/s for {}s, from {:.3} s since the epoch; {} of them never arrived",
         args.seconds,
+        start_us as f64 / 1e6,
         total - got
     );
     println!();
