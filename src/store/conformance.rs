@@ -2228,6 +2228,25 @@ pub async fn check_secrets_erased(store: &dyn Store) {
     assert_eq!((gone.state, gone.secret), (State::Cancelled, None));
 }
 
+/// The directory is listed in byte order of the account ids on both
+/// stores, whatever the PostgreSQL server's locale (migration 25): upper
+/// case before lower, punctuation by its code. Paged two at a time, each
+/// page after the last id of the one before.
+pub async fn check_directory_pages_in_byte_order(store: &dyn Store) {
+    for id in ["b", "a_1", "B", "a", "a-1", "A"] {
+        store.put_account(&account(id)).await.unwrap();
+    }
+    let mut listed = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = store.directory_page(after.as_deref(), 2).await.unwrap();
+        let Some(last) = page.last() else { break };
+        after = Some(last.account.id.clone());
+        listed.extend(page.into_iter().map(|v| v.account.id));
+    }
+    assert_eq!(listed, ["A", "B", "a", "a-1", "a_1", "b"]);
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod sqlite_conformance {
@@ -3235,6 +3254,7 @@ conformance!(
     check_inspect,
     check_tokens,
     check_directory,
+    check_directory_pages_in_byte_order,
     check_ingest_is_atomic_and_idempotent,
     check_batch_ingest_in_order,
     check_planner_sees_pending_and_cancels,

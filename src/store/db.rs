@@ -49,6 +49,7 @@ macro_rules! migrations {
             (22, include_str!(concat!("migrations/", $db, "-22.sql"))),
             (23, include_str!(concat!("migrations/", $db, "-23.sql"))),
             (24, include_str!(concat!("migrations/", $db, "-24.sql"))),
+            (25, include_str!(concat!("migrations/", $db, "-25.sql"))),
         ]
     };
 }

@@ -1549,6 +1549,37 @@ mod tests {
         assert_eq!(store.0.read(setting()).await.unwrap(), "on");
     }
 
+    /// Every text column of kci's schema compares byte by byte (collation
+    /// "C", migration 25), as SQLite's BINARY does, whatever the database's
+    /// locale: no index comparison goes through the C library's strcoll,
+    /// and both stores order ids and names alike. A later migration that
+    /// adds a text column must say `COLLATE "C"`; this test names any that
+    /// does not.
+    #[tokio::test]
+    async fn every_text_column_compares_byte_by_byte() {
+        let (store, _schema) = crate::store::conformance::pg_store().await;
+        let job: Job<PgRows, Vec<String>> = Box::new(|rows| {
+            Box::pin(async move {
+                let found = rows
+                    .c()?
+                    .query(
+                        "SELECT c.relname || '.' || a.attname || ' ' || a.attcollation::regcollation::text \
+                         FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid \
+                         WHERE c.relnamespace = current_schema()::regnamespace AND c.relkind IN ('r', 'i') \
+                           AND a.attnum > 0 AND NOT a.attisdropped AND a.atttypid = 'text'::regtype \
+                           AND a.attcollation <> '\"C\"'::regcollation \
+                         ORDER BY 1",
+                        &[],
+                    )
+                    .await?;
+                Ok(found.iter().map(|r| r.get(0)).collect())
+            })
+        });
+        let other = store.0.read(job).await.unwrap();
+        assert!(other.is_empty(), "text not in byte order: {other:?}");
+        // The order both stores list in: `check_directory_pages_in_byte_order`.
+    }
+
     #[test]
     fn sslmode_as_libpq_names_it() {
         let base = "postgres://kci@db.example/kci";

@@ -1,0 +1,3 @@
+-- Nothing: migration 25 gives PostgreSQL's text columns the byte order
+-- (collation "C") SQLite's BINARY has always had.
+SELECT 1;
