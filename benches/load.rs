@@ -1,9 +1,15 @@
 //! Load benchmark: a release `kci serve` on SQLite or PostgreSQL, driven over
-//! HTTP on loopback, delivering to a real SMTP server (aiosmtpd, discarding
-//! sink). Each figure is printed beside the raw ceiling of the same store on
+//! HTTP on loopback, delivering to a real SMTP server that discards what it
+//! takes. Each figure is printed beside the raw ceiling of the same store on
 //! the same machine: a plain batched insert of rows of the same size.
 //!
 //!     cargo bench --bench load -- [--store sqlite|postgres] [--events N] [--nodes N]
+//!         [--smtp aiosmtpd|postfix]
+//!
+//! `--smtp`: the SMTP server delivered to. `aiosmtpd` (the default) is
+//! Python's, one process; `postfix` is a private Postfix instance
+//! (`scripts/postfix-sink`, root) that queues each mail on disk and hands
+//! it to its `discard` transport, as a relay would.
 //!
 //! `--nodes N` (PostgreSQL): N `kci serve` nodes on the one database, all
 //! claiming and delivering in phase 3; requests go to the first. The CPU
@@ -43,6 +49,7 @@ struct Args {
     store: String,
     events: usize,
     nodes: usize,
+    smtp: String,
 }
 
 fn args() -> Args {
@@ -50,6 +57,7 @@ fn args() -> Args {
         store: "sqlite".into(),
         events: 20_000,
         nodes: 1,
+        smtp: "aiosmtpd".into(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -57,6 +65,12 @@ fn args() -> Args {
             "--store" => a.store = it.next().expect("--store sqlite|postgres"),
             "--events" => a.events = it.next().and_then(|v| v.parse().ok()).expect("--events N"),
             "--nodes" => a.nodes = it.next().and_then(|v| v.parse().ok()).expect("--nodes N"),
+            "--smtp" => {
+                a.smtp = it
+                    .next()
+                    .filter(|v| v == "aiosmtpd" || v == "postfix")
+                    .expect("--smtp aiosmtpd|postfix")
+            }
             _ => {} // cargo bench passes --bench
         }
     }
@@ -64,6 +78,60 @@ fn args() -> Args {
 }
 
 const PG: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+/// The SMTP server the bench delivers to, stopped when dropped.
+enum SmtpSink {
+    Aiosmtpd(#[allow(dead_code)] Killer),
+    Postfix(std::path::PathBuf),
+}
+
+impl SmtpSink {
+    fn start(kind: &str, port: u16) -> SmtpSink {
+        match kind {
+            "postfix" => {
+                // Not in the bench's private temporary directory: Postfix's
+                // own processes, not root, must reach its queue.
+                let at =
+                    std::env::temp_dir().join(format!("kci-load-postfix-{}", std::process::id()));
+                let ok = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/postfix-sink"))
+                    .args(["start", &at.display().to_string(), &port.to_string()])
+                    .status()
+                    .expect("scripts/postfix-sink");
+                assert!(ok.success(), "scripts/postfix-sink start failed");
+                SmtpSink::Postfix(at)
+            }
+            _ => {
+                let child = Command::new("/usr/bin/python3")
+                    .args([
+                        "-m",
+                        "aiosmtpd",
+                        "-n",
+                        "-l",
+                        &format!("127.0.0.1:{port}"),
+                        "-c",
+                        "aiosmtpd.handlers.Sink",
+                    ])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("python3-aiosmtpd");
+                wait_port(port);
+                SmtpSink::Aiosmtpd(Killer(child))
+            }
+        }
+    }
+}
+
+impl Drop for SmtpSink {
+    fn drop(&mut self) {
+        if let SmtpSink::Postfix(at) = self {
+            let _ = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/postfix-sink"))
+                .args(["stop", &at.display().to_string()])
+                .status();
+            let _ = std::fs::remove_dir_all(at);
+        }
+    }
+}
 
 /// An event body of the size used throughout (about 330 bytes).
 fn event_json(i: usize, run: &str, later: bool) -> String {
@@ -83,23 +151,8 @@ async fn main() {
     let args = args();
     let dir = tempfile::tempdir().unwrap();
     let smtp_port = free_port();
-    let _smtp = Killer(
-        Command::new("/usr/bin/python3")
-            .args([
-                "-m",
-                "aiosmtpd",
-                "-n",
-                "-l",
-                &format!("127.0.0.1:{smtp_port}"),
-                "-c",
-                "aiosmtpd.handlers.Sink",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("python3-aiosmtpd"),
-    );
-    wait_port(smtp_port);
+    let _smtp = SmtpSink::start(&args.smtp, smtp_port);
+    println!("smtp    : {} on 127.0.0.1:{smtp_port}", args.smtp);
 
     let (store_url, schema) = match args.store.as_str() {
         "sqlite" => (
@@ -301,7 +354,21 @@ short = "Your fibre terminal {{{{ service }}}} is back."
         }
         sum
     };
+    // Seconds spent at the SMTP server and mails timed there, summed over
+    // the nodes (`kci_delivery_seconds`, from each request's start to the
+    // server's answer).
+    let at_server = || async {
+        let (mut secs, mut count) = (0.0, 0.0);
+        for b in &bases {
+            for l in metrics_text(&http, b, &token).await.lines() {
+                secs += metric(l, "kci_delivery_seconds_sum{", "channel=\"email\"");
+                count += metric(l, "kci_delivery_seconds_count{", "channel=\"email\"");
+            }
+        }
+        (secs, count)
+    };
     let sent_before = handed_over().await;
+    let server_before = at_server().await;
     let cpu = Cpu::now(&kci_pids);
     let t = Instant::now();
     for chunk in body.lines().collect::<Vec<_>>().chunks(batch) {
@@ -341,6 +408,7 @@ short = "Your fibre terminal {{{{ service }}}} is back."
     let took = t.elapsed();
     let delivered = deliver_n as f64 / took.as_secs_f64();
     let deliver_cpu = cpu.per(deliver_n, Cpu::now(&kci_pids));
+    let server_after = at_server().await;
     // Then, untimed, until the store has every outcome recorded.
     loop {
         let sent: f64 = metrics_text(&http, &base, &token)
@@ -360,6 +428,17 @@ short = "Your fibre terminal {{{{ service }}}} is back."
     println!(
         "deliver : {deliver_n} mails in {:.2}s = {delivered:.0} notifications/s to SMTP (accept + plan + render + send; outcomes recorded just after)",
         took.as_secs_f64()
+    );
+    // How busy kci kept the server: the mean time a mail spent there, and
+    // how many were there at once on average (of the 32 slots a node has).
+    let (secs, count) = (
+        server_after.0 - server_before.0,
+        server_after.1 - server_before.1,
+    );
+    println!(
+        "at smtp : {:.2} ms a mail from the request's start to the server's answer; {:.1} mails at the server at once on average",
+        1000.0 * secs / count.max(1.0),
+        secs / took.as_secs_f64()
     );
 
     // 4. The SMTP server's own ceiling: as many connections as kci's
