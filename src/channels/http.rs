@@ -132,12 +132,7 @@ pub fn valid_sha256_signature(secret: &str, body: &[u8], signature: &str) -> boo
         return false;
     };
     mac.update(body);
-    let expected: String = mac
-        .finalize()
-        .into_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let expected = crate::model::hex(&mac.finalize().into_bytes());
     bool::from(
         expected
             .as_bytes()

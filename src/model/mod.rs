@@ -72,10 +72,18 @@ use std::fmt;
 /// SHA-256 in lower-case hex: how token secrets and codes are kept at rest.
 pub fn sha256_hex(data: &[u8]) -> String {
     use sha2::Digest;
-    let digest = sha2::Sha256::digest(data);
-    let mut s = String::with_capacity(64);
-    for b in digest {
-        s.push_str(&format!("{b:02x}"));
+    hex(&sha2::Sha256::digest(data))
+}
+
+/// `bytes` as lower-case hex, two digits each, in one allocation (a
+/// mail's thread id and each code's MAC are made this way, per mail and
+/// per request).
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(2 * bytes.len());
+    for &b in bytes {
+        s.push(char::from(DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(DIGITS[usize::from(b & 0x0f)]));
     }
     s
 }
@@ -352,6 +360,27 @@ impl fmt::Display for Scope {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hex_is_two_lower_case_digits_a_byte() {
+        let cases: [(&[u8], &str); 4] = [
+            (&[], ""),
+            (&[0x00], "00"),
+            (&[0x0a, 0xf0, 0xff, 0x5c], "0af0ff5c"),
+            (
+                &[0x01, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd, 0xef],
+                "0123456789abcdef",
+            ),
+        ];
+        for (bytes, want) in cases {
+            assert_eq!(hex(bytes), want, "{bytes:?}");
+        }
+        // The known SHA-256 of "abc" (FIPS 180-2, appendix B.1).
+        assert_eq!(
+            sha256_hex(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
 
     #[test]
     fn scopes_round_trip_and_grant() {

@@ -191,7 +191,7 @@ impl CodeKey {
 
     /// The key as 64 hex digits (to write a new key file).
     pub fn to_hex(&self) -> String {
-        self.0.iter().map(|b| format!("{b:02x}")).collect()
+        crate::model::hex(self.0.as_slice())
     }
 
     /// HMAC-SHA256 over `parts`, separated, as hex.
@@ -206,11 +206,7 @@ impl CodeKey {
             }
             mac.update(p.as_bytes());
         }
-        mac.finalize()
-            .into_bytes()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        crate::model::hex(&mac.finalize().into_bytes())
     }
 }
 
