@@ -20,9 +20,15 @@ DECLARE
     t record;
     cols text;
 BEGIN
+    -- kci's own tables only: the schema may hold others'.
     FOR t IN
         SELECT c.oid, c.relname FROM pg_class c
         WHERE c.relnamespace = current_schema()::regnamespace AND c.relkind = 'r'
+          AND c.relname = ANY (ARRAY[
+              'accounts', 'assurances', 'audit', 'audit_checkpoints', 'calls',
+              'change_links', 'changes', 'channel_limits', 'contacts', 'credentials',
+              'decisions', 'destinations', 'events', 'incidents', 'key_tokens', 'keys',
+              'notifications', 'staff', 'staff_logins', 'throttle', 'tokens', 'used_proofs'])
         ORDER BY c.relname
     LOOP
         SELECT string_agg(format('ALTER COLUMN %I TYPE TEXT COLLATE "C"', a.attname), ', ' ORDER BY a.attnum)
