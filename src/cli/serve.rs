@@ -65,6 +65,7 @@ pub async fn run(arg: ConfigArg) -> anyhow::Result<ExitCode> {
         pauses: Default::default(),
         windows: Default::default(),
         at_rest,
+        outcomes: crate::schedule::outcomes(store.clone()),
     });
     let worker = tokio::spawn(scheduler.run(shutdown.clone()));
     // Protected changes come due, and the audit log's head is signed.

@@ -199,6 +199,7 @@ pub async fn simulate_text(text: &str, file: &str) -> Result<Vec<String>, Scenar
         pauses: Default::default(),
         windows: Default::default(),
         at_rest: Arc::new(crate::trust::seal::AtRest::new(&config.code_key)),
+        outcomes: crate::schedule::outcomes(store.clone()),
     };
     let planner = ingest::planner(config.clone());
 

@@ -1,148 +1,53 @@
-//! Single events posted at the same time are stored together: what queued
-//! while the store was busy goes in as one batch, in one transaction, as
-//! `POST /v1/events/batch` would store it, and each request gets its own
-//! event's outcome. A lone event goes in at once (nothing waits for
-//! company), so this costs no latency; under load it saves each event its
-//! own transaction step, directory read and round trips.
+//! Single events posted at the same time are stored together
+//! (`store::coalesce`): what queued while the store was busy goes in as
+//! one batch, in one transaction, as `POST /v1/events/batch` would store
+//! it, and each request gets its own event's outcome. Under load this
+//! saves each event its own transaction step, directory read and round
+//! trips.
 //!
 //! Each event keeps the outcome it would have alone (the store plans a
 //! batch's events in turn, each seeing those before it, as it would
-//! concurrent requests in some order). If the store fails a batch of
-//! several, nothing of it was written: a failure of the store as a whole
-//! (unreachable, out of connections) is every request's answer at once;
-//! any other, which may be one event's own, has each event stored again on
-//! its own, so that whatever made it fail fails only its own request.
+//! concurrent requests in some order).
 
 use crate::model::Event;
-use crate::store::{EventStore, IngestOutcome, Planner, Result, StoreError};
+use crate::store::coalesce::Together;
+use crate::store::{EventStore, IngestOutcome, Planner, Result};
+use futures_util::future::BoxFuture;
 use std::sync::Arc;
-use tokio::sync::{Semaphore, mpsc, oneshot};
 
-/// Most events stored as one batch.
-const MAX_EVENTS: usize = 256;
-/// Events queued for the store before a request waits for room.
-const QUEUE: usize = 4096;
-/// Batches in the store at once: while one commits, the next gathers and
-/// queues behind it, so the store never waits for the next batch.
-const IN_FLIGHT: usize = 2;
+/// Events stored with what the planner decides for each.
+struct Events {
+    store: Arc<dyn EventStore>,
+    planner: Arc<dyn Planner>,
+}
 
-type Answer = oneshot::Sender<Result<IngestOutcome>>;
+impl Together for Events {
+    type Item = Event;
+    type Out = IngestOutcome;
+
+    fn write(&self, events: Vec<Event>) -> BoxFuture<'_, Result<Vec<IngestOutcome>>> {
+        self.store.ingest(events, self.planner.clone())
+    }
+}
 
 /// The handle requests store their single event through.
 #[derive(Clone)]
-pub struct Coalescer {
-    queue: mpsc::Sender<(Event, Answer)>,
-}
+pub struct Coalescer(crate::store::coalesce::Coalescer<Events>);
 
 impl Coalescer {
     /// Starts the task that stores what requests queue; it ends once
     /// every handle is dropped and what was queued is stored.
     pub fn start(store: Arc<dyn EventStore>, planner: Arc<dyn Planner>) -> Coalescer {
-        let (queue, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(gather(rx, store, planner));
-        Coalescer { queue }
+        Coalescer(crate::store::coalesce::Coalescer::start(Events {
+            store,
+            planner,
+        }))
     }
 
     /// Stores `event` (with others queued at the same time) and answers
     /// its outcome.
     pub async fn ingest(&self, event: Event) -> Result<IngestOutcome> {
-        let stopped = || StoreError::Unavailable("the ingest queue stopped".into());
-        let (tx, rx) = oneshot::channel();
-        self.queue.send((event, tx)).await.map_err(|_| stopped())?;
-        rx.await.map_err(|_| stopped())?
-    }
-}
-
-async fn gather(
-    mut rx: mpsc::Receiver<(Event, Answer)>,
-    store: Arc<dyn EventStore>,
-    planner: Arc<dyn Planner>,
-) {
-    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
-    loop {
-        // A slot first: while every batch in flight is in the store, what
-        // arrives queues up and goes in together.
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        let mut batch = Vec::new();
-        if rx.recv_many(&mut batch, MAX_EVENTS).await == 0 {
-            return;
-        }
-        let (store, planner) = (store.clone(), planner.clone());
-        tokio::spawn(async move {
-            store_batch(store.as_ref(), &planner, batch).await;
-            drop(slot);
-        });
-    }
-}
-
-/// Stores `batch` and answers each of its requests.
-async fn store_batch(
-    store: &dyn EventStore,
-    planner: &Arc<dyn Planner>,
-    batch: Vec<(Event, Answer)>,
-) {
-    let (events, answers): (Vec<Event>, Vec<Answer>) = batch.into_iter().unzip();
-    // Kept for storing each on its own, should the batch fail.
-    let spare = (events.len() > 1).then(|| events.clone());
-    let n = events.len();
-    match (store.ingest(events, planner.clone()).await, spare) {
-        (Ok(outcomes), _) if outcomes.len() == n => {
-            for (answer, outcome) in answers.into_iter().zip(outcomes) {
-                let _ = answer.send(Ok(outcome));
-            }
-        }
-        (Ok(outcomes), _) => {
-            let wrong = || {
-                StoreError::Unavailable(format!(
-                    "the store answered {} outcomes for {n} events",
-                    outcomes.len()
-                ))
-            };
-            tracing::error!("{}", wrong());
-            for answer in answers {
-                let _ = answer.send(Err(wrong()));
-            }
-        }
-        // The store failed as a whole (down, out of connections): every
-        // event would meet the same, so each request is told at once.
-        (Err(e), Some(_)) if e.is_the_stores() => {
-            for answer in answers {
-                let _ = answer.send(Err(e.again()));
-            }
-        }
-        // Nothing of the batch was written: each on its own, so that only
-        // what failed it fails. Should the store then fail as a whole,
-        // the rest are told so rather than each waiting to meet it.
-        (Err(_), Some(events)) => {
-            let mut down: Option<StoreError> = None;
-            for (event, answer) in events.into_iter().zip(answers) {
-                if let Some(e) = &down {
-                    let _ = answer.send(Err(e.again()));
-                    continue;
-                }
-                let outcome = store
-                    .ingest(vec![event], planner.clone())
-                    .await
-                    .and_then(|mut o| {
-                        o.pop().ok_or_else(|| {
-                            StoreError::Unavailable("the store answered no outcome".into())
-                        })
-                    });
-                if let Err(e) = &outcome
-                    && e.is_the_stores()
-                {
-                    down = Some(e.again());
-                }
-                let _ = answer.send(outcome);
-            }
-        }
-        (Err(e), None) => {
-            if let Some(answer) = answers.into_iter().next() {
-                let _ = answer.send(Err(e));
-            }
-        }
+        self.0.call(event).await
     }
 }
 
@@ -151,10 +56,11 @@ mod tests {
     use super::*;
     use crate::model::{Account, Notification, SecurityLevel};
     use crate::store::sqlite::SqliteStore;
-    use crate::store::{Decided, DirectoryStore, Store};
+    use crate::store::{Decided, DirectoryStore, Store, StoreError};
     use chrono::{DateTime, Utc};
     use std::sync::Mutex;
     use std::sync::atomic::{AtomicBool, Ordering};
+    use tokio::sync::Semaphore;
 
     /// A real store that holds each batch until let go, notes the events
     /// of each batch it was given, and fails any batch holding a
@@ -275,7 +181,7 @@ mod tests {
             let since = std::time::Instant::now();
             loop {
                 let taken: usize = self.held.batches.lock().unwrap().iter().map(Vec::len).sum();
-                let waiting = QUEUE - self.coalescer.queue.capacity();
+                let waiting = self.coalescer.0.waiting();
                 if taken + waiting == n {
                     return;
                 }

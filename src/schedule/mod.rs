@@ -9,9 +9,11 @@ use crate::config::DeliveryConfig;
 use crate::metrics::Metrics;
 use crate::model::{Clock, Reason, State};
 use crate::render::Renderer;
-use crate::store::{Claimed, Finish, Store};
+use crate::store::coalesce::{Coalescer, Together};
+use crate::store::{Claimed, Finish, Outcome, Store};
 use chrono::{DateTime, Duration, Utc};
 use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
 use std::sync::Arc;
 
 pub mod aimd;
@@ -42,6 +44,30 @@ pub struct Scheduler {
     /// Opens the secrets kept sealed in the store (a notice's code or
     /// link, a webhook's signing secrets).
     pub at_rest: Arc<crate::trust::seal::AtRest>,
+    /// Where deliveries' outcomes are written: those that come in while
+    /// others commit are written together (see [`outcomes`]).
+    pub outcomes: Coalescer<Outcomes>,
+}
+
+/// Deliveries' outcomes, written to the store together.
+pub struct Outcomes(Arc<dyn Store>);
+
+impl Together for Outcomes {
+    type Item = Outcome;
+    type Out = bool;
+
+    fn write(&self, outcomes: Vec<Outcome>) -> BoxFuture<'_, crate::store::Result<Vec<bool>>> {
+        self.0.finish_all(outcomes)
+    }
+}
+
+/// Starts writing deliveries' outcomes to `store`: each in one
+/// transaction with those that came in while the last ones committed, so
+/// a busy channel's outcomes share a commit (and on PostgreSQL one
+/// statement) rather than each paying its own. Needs a running Tokio
+/// runtime.
+pub fn outcomes(store: Arc<dyn Store>) -> Coalescer<Outcomes> {
+    Coalescer::start(Outcomes(store))
 }
 
 /// Until when each channel is paused.
@@ -621,10 +647,14 @@ impl Scheduler {
         }
         // Only under this claim's lease: one that ran out may have been
         // claimed again (another node, or this one), whose outcome stands.
-        let recorded = match c.lease_until {
-            Some(lease) => self.store.finish_leased(&n.id, lease, f).await?,
-            None => self.store.finish(&n.id, f).await.map(|()| true)?,
-        };
+        let recorded = self
+            .outcomes
+            .call(Outcome {
+                id: n.id.clone(),
+                lease_until: c.lease_until,
+                finish: f,
+            })
+            .await?;
         if recorded {
             // The loop may be sleeping past it, or hold an older answer
             // of what comes due next.
@@ -1137,6 +1167,7 @@ mod tests {
             pauses: Default::default(),
             windows: Default::default(),
             at_rest: Arc::new(crate::trust::seal::AtRest::new(&config.code_key)),
+            outcomes: outcomes(store.clone()),
         });
         let now = Utc::now();
         let events = twenty("e", now);

@@ -1005,6 +1005,159 @@ pub async fn check_finish_holds_to_its_lease(store: &dyn Store) {
     );
 }
 
+/// Outcomes written together are each written as alone: under its
+/// lease where it names one, in order (a notice twice: the second finds
+/// it no longer being sent), with its decision and, sent, its
+/// destination's refusals cleared; what is not being sent is left alone.
+pub async fn check_outcomes_written_together(store: &dyn Store) {
+    seed(store).await;
+    let now = t("2026-03-22T10:00:00Z");
+    let events: Vec<Event> = (0..3)
+        .map(|i| event(&format!("e{i}"), "A1", &format!("L{i}"), now))
+        .collect();
+    store.ingest(events, planner()).await.unwrap();
+    let lease = now + Duration::minutes(1);
+    let hooks = store
+        .claim_due_on(ChannelKind::Webhook, now, lease, 10)
+        .await
+        .unwrap();
+    let mails = store
+        .claim_due_on(ChannelKind::Email, now, lease, 10)
+        .await
+        .unwrap();
+    assert_eq!((hooks.len(), mails.len()), (3, 3));
+    let hook = |i: usize| hooks[i].notification.id.clone();
+    let hook_destination = hooks[0].notification.destination.clone();
+    // Two refusals in a row at the webhook, which a sent notice clears.
+    for _ in 0..2 {
+        assert!(
+            !store
+                .count_outcome(&hook_destination, true, 3, now)
+                .await
+                .unwrap()
+        );
+    }
+    let at = now + Duration::seconds(5);
+    let retry_at = now + Duration::minutes(10);
+    let outcome = |id: String, lease_until: Option<DateTime<Utc>>, finish: Finish| Outcome {
+        id,
+        lease_until,
+        finish,
+    };
+    let written = store
+        .finish_all(vec![
+            outcome(hook(0), Some(lease), sent_at(at)),
+            outcome(
+                hook(1),
+                Some(lease + Duration::seconds(1)),
+                Finish::Retry {
+                    at,
+                    due_at: retry_at,
+                    detail: "HTTP 503 under another lease".into(),
+                },
+            ),
+            outcome(
+                hook(2),
+                None,
+                Finish::Failed {
+                    at,
+                    reason: Reason::Rejected,
+                    detail: "HTTP 410".into(),
+                },
+            ),
+            outcome(hook(2), None, sent_at(at)),
+            outcome(
+                mails[0].notification.id.clone(),
+                Some(lease),
+                Finish::Paced {
+                    at,
+                    due_at: retry_at,
+                    detail: "421 slow down".into(),
+                },
+            ),
+            outcome("no-such-notice".into(), None, sent_at(at)),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(written, [true, false, true, false, true, false]);
+    // A claimed notice as it is now, and its event's history.
+    let note = |c: &Claimed| {
+        let (event, id) = (
+            c.notification.event.clone().unwrap(),
+            c.notification.id.clone(),
+        );
+        async move {
+            let (_, notes) = store.event(&event).await.unwrap().unwrap();
+            notes.into_iter().find(|n| n.id == id).unwrap()
+        }
+    };
+    let history = |c: &Claimed| {
+        let (event, id) = (
+            c.notification.event.clone().unwrap(),
+            c.notification.id.clone(),
+        );
+        async move {
+            let history = store.history(&event).await.unwrap();
+            history
+                .into_iter()
+                .filter(|d| d.notification == id && d.at == at)
+                .map(|d| (d.state, d.reason))
+                .collect::<Vec<_>>()
+        }
+    };
+    let sent = note(&hooks[0]).await;
+    assert_eq!(
+        (sent.state, sent.sent_at, sent.attempts, sent.decided_at),
+        (State::Sent, Some(at), 1, at)
+    );
+    let other_lease = note(&hooks[1]).await;
+    assert_eq!(
+        (other_lease.state, other_lease.attempts, other_lease.due_at),
+        (State::Sending, 1, now),
+        "written only under its own lease"
+    );
+    let failed = note(&hooks[2]).await;
+    assert_eq!(
+        (failed.state, failed.reason, failed.detail.as_deref()),
+        (State::Failed, Some(Reason::Rejected), Some("HTTP 410"))
+    );
+    let paced = note(&mails[0]).await;
+    assert_eq!(
+        (
+            paced.state,
+            paced.reason,
+            paced.attempts,
+            paced.paced,
+            paced.due_at
+        ),
+        (State::Pending, Some(Reason::RateLimit), 0, 1, retry_at)
+    );
+    // Each written outcome is in its event's history, once.
+    assert_eq!(
+        history(&hooks[2]).await,
+        [(State::Failed, Some(Reason::Rejected))]
+    );
+    assert!(history(&hooks[1]).await.is_empty());
+    assert_eq!(history(&hooks[0]).await, [(State::Sent, None)]);
+    assert_eq!(
+        history(&mails[0]).await,
+        [(State::Pending, Some(Reason::RateLimit))]
+    );
+    // The sent notice cleared the webhook's refusals: two more do not
+    // reach three in a row, a third does.
+    for marks in [false, false, true] {
+        assert_eq!(
+            store
+                .count_outcome(&hook_destination, true, 3, at)
+                .await
+                .unwrap(),
+            marks
+        );
+    }
+    // Nothing to write is no error.
+    assert!(store.finish_all(Vec::new()).await.unwrap().is_empty());
+}
+
 pub async fn check_cancel_event(store: &dyn Store) {
     seed(store).await;
     let now = t("2026-03-22T10:00:00Z");
@@ -3262,6 +3415,7 @@ conformance!(
     check_claim_takes_the_longest_waiting_first,
     check_claim_keeps_each_keys_order,
     check_finish_holds_to_its_lease,
+    check_outcomes_written_together,
     check_cancel_event,
     check_own_notices,
     check_digest_folding_and_cancellation,

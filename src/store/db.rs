@@ -126,21 +126,48 @@ impl<B: Backend> Db<B> {
         self.0.read(Box::new(f)).await
     }
 
-    /// A delivery's outcome, under `lease` if given; whether it was
-    /// written.
-    async fn write_finish(
+    /// Deliveries' outcomes, each under its lease if given; for each,
+    /// whether it was written.
+    async fn write_finish(&self, outcomes: Vec<Outcome>) -> Result<Vec<bool>> {
+        let done: Vec<(String, super::codec::FinishRow)> = outcomes
+            .into_iter()
+            .map(|o| {
+                let row = super::codec::FinishRow {
+                    lease: o.lease_until.map(to_millis),
+                    ..finish_row(&o.finish)
+                };
+                (o.id, row)
+            })
+            .collect();
+        self.write(move |rows| {
+            Box::pin(async move {
+                // One notice twice: the second written after the first.
+                let mut written = Vec::with_capacity(done.len());
+                for run in distinct_runs(&done, |(id, _)| id.as_str()) {
+                    written.extend(rows.finish_all(&done[run]).await?);
+                }
+                Ok(written)
+            })
+        })
+        .await
+    }
+
+    /// One delivery's outcome, under `lease_until` if given.
+    async fn finish_one(
         &self,
         id: &str,
-        lease: Option<DateTime<Utc>>,
-        outcome: Finish,
+        lease_until: Option<DateTime<Utc>>,
+        finish: Finish,
     ) -> Result<bool> {
-        let id = id.to_string();
-        let row = super::codec::FinishRow {
-            lease: lease.map(to_millis),
-            ..finish_row(&outcome)
+        let one = Outcome {
+            id: id.to_string(),
+            lease_until,
+            finish,
         };
-        self.write(move |rows| Box::pin(async move { rows.finish(&id, &row).await }))
-            .await
+        let mut written = self.write_finish(vec![one]).await?;
+        written
+            .pop()
+            .ok_or_else(|| StoreError::Corrupt("no outcome written for one finish".into()))
     }
 
     async fn claim(
@@ -173,6 +200,26 @@ impl<B: Backend> Db<B> {
         })
         .await
     }
+}
+
+/// `items` cut, in order, into runs in which no id comes twice: each run
+/// as long as it can be.
+fn distinct_runs<T>(items: &[T], id: impl Fn(&T) -> &str) -> Vec<std::ops::Range<usize>> {
+    let mut runs = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut start = 0;
+    for (i, item) in items.iter().enumerate() {
+        if !seen.insert(id(item)) {
+            runs.push(start..i);
+            seen.clear();
+            seen.insert(id(item));
+            start = i;
+        }
+    }
+    if start < items.len() {
+        runs.push(start..items.len());
+    }
+    runs
 }
 
 /// Each notification with its event, whether its account is paranoid and
@@ -1389,7 +1436,7 @@ impl<B: Backend> QueueStore for Db<B> {
     }
 
     async fn finish(&self, id: &str, outcome: Finish) -> Result<()> {
-        self.write_finish(id, None, outcome).await.map(drop)
+        self.finish_one(id, None, outcome).await.map(drop)
     }
 
     async fn finish_leased(
@@ -1398,7 +1445,11 @@ impl<B: Backend> QueueStore for Db<B> {
         lease_until: DateTime<Utc>,
         outcome: Finish,
     ) -> Result<bool> {
-        self.write_finish(id, Some(lease_until), outcome).await
+        self.finish_one(id, Some(lease_until), outcome).await
+    }
+
+    async fn finish_all(&self, outcomes: Vec<Outcome>) -> Result<Vec<bool>> {
+        self.write_finish(outcomes).await
     }
 
     async fn reserve_rate(
@@ -2311,6 +2362,35 @@ mod tests {
 
     fn t(min: i64) -> DateTime<Utc> {
         "2026-12-02T10:00:00Z".parse::<DateTime<Utc>>().unwrap() + chrono::Duration::minutes(min)
+    }
+
+    #[test]
+    fn outcomes_are_cut_into_runs_of_distinct_notices() {
+        // (case, ids, the runs as (start, end))
+        type Case = (
+            &'static str,
+            &'static [&'static str],
+            &'static [(usize, usize)],
+        );
+        let cases: [Case; 6] = [
+            ("none", &[], &[]),
+            ("one", &["a"], &[(0, 1)]),
+            ("all distinct", &["a", "b", "c"], &[(0, 3)]),
+            ("one twice in a row", &["a", "a"], &[(0, 1), (1, 2)]),
+            ("again later", &["a", "b", "a", "c"], &[(0, 2), (2, 4)]),
+            (
+                "a run restarts at the repeat",
+                &["a", "b", "b", "a", "c", "a"],
+                &[(0, 2), (2, 5), (5, 6)],
+            ),
+        ];
+        for (case, ids, want) in cases {
+            let runs: Vec<(usize, usize)> = distinct_runs(ids, |id| id)
+                .into_iter()
+                .map(|r| (r.start, r.end))
+                .collect();
+            assert_eq!(runs, want, "{case}");
+        }
     }
 
     #[test]

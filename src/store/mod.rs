@@ -6,6 +6,7 @@
 //! ingest writes the event and its planned notifications in one transaction,
 //! and workers claim due rows with a lease, so a crash loses nothing.
 
+pub mod coalesce;
 #[cfg(test)]
 pub(crate) mod conformance;
 mod db;
@@ -278,6 +279,18 @@ pub enum Finish {
     },
 }
 
+/// One delivery's outcome, as [`Store::finish_all`] takes them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    /// The notification.
+    pub id: String,
+    /// The lease it was claimed under: written only while the notice still
+    /// carries it ([`Store::finish_leased`]); `None`: whatever its lease
+    /// ([`Store::finish`]).
+    pub lease_until: Option<DateTime<Utc>>,
+    pub finish: Finish,
+}
+
 /// A notification claimed for delivery, with its event (if any).
 #[derive(Debug, Clone)]
 pub struct Claimed {
@@ -531,6 +544,12 @@ pub trait QueueStore: Send + Sync {
         lease_until: DateTime<Utc>,
         outcome: Finish,
     ) -> Result<bool>;
+
+    /// Several outcomes in one transaction, each as [`Store::finish`] or
+    /// [`Store::finish_leased`] would write it alone, in order (one notice
+    /// twice: the second sees the first); for each, whether it was
+    /// written. An error: none was.
+    async fn finish_all(&self, outcomes: Vec<Outcome>) -> Result<Vec<bool>>;
 
     /// Reserves `n` sends on `channel` at `now` under its provider rate,
     /// shared by every node on this store (see [`crate::schedule::rate`]):

@@ -929,41 +929,53 @@ impl Rows for PgRows {
         })
     }
 
-    async fn finish(&mut self, id: &str, f: &FinishRow) -> Result<bool> {
-        let sql = "WITH f AS (UPDATE notifications SET state = $2, reason = $3, detail = $4, \
-             sent_at = COALESCE($5, sent_at), due_at = COALESCE($6, due_at), decided_at = $7, lease_until = NULL, \
-             attempts = attempts + $8, provider_ref = COALESCE($9, provider_ref), receipt = $10, \
-             segments = COALESCE($11, segments), secret = CASE WHEN $12 THEN secret END, paced = paced + $14 \
-             WHERE id = $1 AND state = 'sending' AND ($15::BIGINT IS NULL OR lease_until = $15) \
-             RETURNING id, event, due_at, destination), \
+    async fn finish_all(&mut self, done: &[(String, FinishRow)]) -> Result<Vec<bool>> {
+        // All in one statement: each outcome a row of the arrays, the
+        // notice updated only while it is being sent (under the row's
+        // lease, where it names one), its decision recorded, its
+        // destination's refusals cleared when the row says so.
+        let sql = "WITH u AS (SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], \
+             $5::BIGINT[], $6::BIGINT[], $7::BIGINT[], $8::BIGINT[], $9::TEXT[], $10::TEXT[], \
+             $11::BIGINT[], $12::BOOLEAN[], $13::BOOLEAN[], $14::BIGINT[], $15::BIGINT[]) \
+             AS u(id, state, reason, detail, sent_at, due_at, decided_at, attempts_delta, provider_ref, \
+             receipt, segments, keeps_secret, clears_refusals, paced_delta, lease)), \
+             f AS (UPDATE notifications n SET state = u.state, reason = u.reason, detail = u.detail, \
+             sent_at = COALESCE(u.sent_at, n.sent_at), due_at = COALESCE(u.due_at, n.due_at), \
+             decided_at = u.decided_at, lease_until = NULL, attempts = n.attempts + u.attempts_delta, \
+             provider_ref = COALESCE(u.provider_ref, n.provider_ref), receipt = u.receipt, \
+             segments = COALESCE(u.segments, n.segments), \
+             secret = CASE WHEN u.keeps_secret THEN n.secret END, paced = n.paced + u.paced_delta \
+             FROM u WHERE n.id = u.id AND n.state = 'sending' AND (u.lease IS NULL OR n.lease_until = u.lease) \
+             RETURNING n.id, n.event, n.due_at, n.destination, u.state, u.reason, u.detail, u.decided_at, \
+             u.clears_refusals), \
              h AS (UPDATE destinations SET failures = 0 \
-               WHERE $13 AND failures > 0 AND id IN (SELECT destination FROM f)) \
-             INSERT INTO decisions (notification, event, at, state, reason, detail, due_at) \
-             SELECT id, event, $7, $2, $3, $4, due_at FROM f";
-        let reason = f.reason.map(|r| r.as_str());
-        let n = self
-            .exec(
-                sql,
-                &[
-                    &id,
-                    &f.state.as_str(),
-                    &reason,
-                    &f.detail,
-                    &f.sent_at,
-                    &f.due_at,
-                    &f.decided_at,
-                    &f.attempts_delta,
-                    &f.provider_ref,
-                    &f.receipt,
-                    &f.segments,
-                    &f.keeps_secret,
-                    &f.clears_refusals,
-                    &f.paced_delta,
-                    &f.lease,
-                ],
-            )
-            .await?;
-        Ok(n > 0)
+               WHERE failures > 0 AND id IN (SELECT destination FROM f WHERE clears_refusals)), \
+             d AS (INSERT INTO decisions (notification, event, at, state, reason, detail, due_at) \
+               SELECT id, event, decided_at, state, reason, detail, due_at FROM f) \
+             SELECT id FROM f";
+        let rows = || done.iter().map(|(_, f)| f);
+        let ids: Vec<&str> = done.iter().map(|(id, _)| id.as_str()).collect();
+        let states: Vec<&str> = rows().map(|f| f.state.as_str()).collect();
+        let reasons: Vec<Option<&str>> = rows().map(|f| f.reason.map(|r| r.as_str())).collect();
+        let details: Vec<Option<&str>> = rows().map(|f| f.detail.as_deref()).collect();
+        let sent: Vec<Option<i64>> = rows().map(|f| f.sent_at).collect();
+        let due: Vec<Option<i64>> = rows().map(|f| f.due_at).collect();
+        let decided: Vec<i64> = rows().map(|f| f.decided_at).collect();
+        let attempts: Vec<i64> = rows().map(|f| f.attempts_delta).collect();
+        let refs: Vec<Option<&str>> = rows().map(|f| f.provider_ref.as_deref()).collect();
+        let receipts: Vec<Option<&str>> = rows().map(|f| f.receipt).collect();
+        let segments: Vec<Option<i64>> = rows().map(|f| f.segments).collect();
+        let keeps: Vec<bool> = rows().map(|f| f.keeps_secret).collect();
+        let clears: Vec<bool> = rows().map(|f| f.clears_refusals).collect();
+        let paced: Vec<i64> = rows().map(|f| f.paced_delta).collect();
+        let leases: Vec<Option<i64>> = rows().map(|f| f.lease).collect();
+        let p: P<'_> = &[
+            &ids, &states, &reasons, &details, &sent, &due, &decided, &attempts, &refs, &receipts,
+            &segments, &keeps, &clears, &paced, &leases,
+        ];
+        let written: std::collections::HashSet<String> =
+            self.all(sql, p, |r| r.text(0)).await?.into_iter().collect();
+        Ok(ids.iter().map(|id| written.contains(*id)).collect())
     }
 
     async fn next_due(&mut self, after: i64) -> Result<Option<i64>> {

@@ -420,10 +420,14 @@ pub trait Rows: Send + 'static {
         &mut self,
         notes: &[Notification],
     ) -> impl Future<Output = Result<ClaimContext>> + Send;
-    /// Writes a delivery's outcome on a notification being sent, and
-    /// clears its destination's refusals when the row says so; `false` if
-    /// it is not being sent.
-    fn finish(&mut self, id: &str, f: &FinishRow) -> impl Future<Output = Result<bool>> + Send;
+    /// Writes each delivery's outcome on its notification if that is
+    /// being sent (under the row's lease, where it names one), and clears
+    /// its destination's refusals when the row says so; for each, whether
+    /// it was written. The ids are distinct.
+    fn finish_all(
+        &mut self,
+        done: &[(String, FinishRow)],
+    ) -> impl Future<Output = Result<Vec<bool>>> + Send;
     /// [`Store::next_due`](super::Store::next_due), after `after` ms.
     fn next_due(&mut self, after: i64) -> impl Future<Output = Result<Option<i64>>> + Send;
     /// A channel's shared limits (its rate's arrival time and its pause,

@@ -549,6 +549,47 @@ impl Lite {
         }
         Ok(done.len())
     }
+
+    /// One delivery's outcome (`Rows::finish_all`).
+    fn finish(&self, id: &str, f: &FinishRow) -> Result<bool> {
+        let sql = "UPDATE notifications SET state = ?2, reason = ?3, detail = ?4, sent_at = COALESCE(?5, sent_at), \
+             due_at = COALESCE(?6, due_at), decided_at = ?7, lease_until = NULL, attempts = attempts + ?8, \
+             provider_ref = COALESCE(?9, provider_ref), receipt = ?10, segments = COALESCE(?11, segments), \
+             secret = CASE WHEN ?12 THEN secret END, paced = paced + ?13 \
+             WHERE id = ?1 AND state = 'sending' AND (?14 IS NULL OR lease_until = ?14) \
+             RETURNING id, event, due_at, destination";
+        let p = params![
+            id,
+            f.state.as_str(),
+            f.reason.map(|r| r.as_str()),
+            f.detail,
+            f.sent_at,
+            f.due_at,
+            f.decided_at,
+            f.attempts_delta,
+            f.provider_ref,
+            f.receipt,
+            f.segments,
+            f.keeps_secret,
+            f.paced_delta,
+            f.lease
+        ];
+        let Some((done, destination)) = self.one(sql, p, |r| Ok((touched(r)?, r.text(3)?)))? else {
+            return Ok(false);
+        };
+        let sql = "UPDATE destinations SET failures = 0 WHERE ?2 AND id = ?1 AND failures > 0";
+        self.exec(sql, params![destination, f.clears_refusals])?;
+        let d = Decided {
+            notification: done.0.clone(),
+            at: crate::model::from_millis(f.decided_at),
+            state: f.state,
+            reason: f.reason,
+            detail: f.detail.clone(),
+            due_at: crate::model::from_millis(done.2),
+        };
+        self.record_all(&[done], &d)?;
+        Ok(true)
+    }
 }
 
 /// (id, event, due) of a notification a write returned.
@@ -1028,44 +1069,8 @@ impl Rows for Lite {
         Ok(ctx)
     }
 
-    async fn finish(&mut self, id: &str, f: &FinishRow) -> Result<bool> {
-        let sql = "UPDATE notifications SET state = ?2, reason = ?3, detail = ?4, sent_at = COALESCE(?5, sent_at), \
-             due_at = COALESCE(?6, due_at), decided_at = ?7, lease_until = NULL, attempts = attempts + ?8, \
-             provider_ref = COALESCE(?9, provider_ref), receipt = ?10, segments = COALESCE(?11, segments), \
-             secret = CASE WHEN ?12 THEN secret END, paced = paced + ?13 \
-             WHERE id = ?1 AND state = 'sending' AND (?14 IS NULL OR lease_until = ?14) \
-             RETURNING id, event, due_at, destination";
-        let p = params![
-            id,
-            f.state.as_str(),
-            f.reason.map(|r| r.as_str()),
-            f.detail,
-            f.sent_at,
-            f.due_at,
-            f.decided_at,
-            f.attempts_delta,
-            f.provider_ref,
-            f.receipt,
-            f.segments,
-            f.keeps_secret,
-            f.paced_delta,
-            f.lease
-        ];
-        let Some((done, destination)) = self.one(sql, p, |r| Ok((touched(r)?, r.text(3)?)))? else {
-            return Ok(false);
-        };
-        let sql = "UPDATE destinations SET failures = 0 WHERE ?2 AND id = ?1 AND failures > 0";
-        self.exec(sql, params![destination, f.clears_refusals])?;
-        let d = Decided {
-            notification: done.0.clone(),
-            at: crate::model::from_millis(f.decided_at),
-            state: f.state,
-            reason: f.reason,
-            detail: f.detail.clone(),
-            due_at: crate::model::from_millis(done.2),
-        };
-        self.record_all(&[done], &d)?;
-        Ok(true)
+    async fn finish_all(&mut self, done: &[(String, FinishRow)]) -> Result<Vec<bool>> {
+        done.iter().map(|(id, f)| self.finish(id, f)).collect()
     }
 
     async fn next_due(&mut self, after: i64) -> Result<Option<i64>> {
