@@ -84,7 +84,7 @@ fn planner() -> Arc<dyn Planner> {
 }
 
 /// An account A1 with contact alice and two verified destinations.
-async fn seed(store: &dyn Store) {
+pub(crate) async fn seed(store: &dyn Store) {
     assert_eq!(
         store.put_account(&account("A1")).await.unwrap().0,
         PutOutcome::Created
@@ -4035,7 +4035,7 @@ pub async fn check_assurance(store: &dyn Store) {
 
 /// A schema dropped when the test ends.
 pub struct TempSchema {
-    name: String,
+    pub(crate) name: String,
     url: String,
 }
 
