@@ -187,10 +187,10 @@ impl<B: Backend> Db<B> {
         // pending again and claimed anew (Backend::write_relaxed).
         self.write_relaxed(move |rows| {
             Box::pin(async move {
-                // Planned for the table as it is now: a plan kept from the
-                // first claims of a hub (an empty table, no statistics yet)
-                // read the whole table for each claim once it had grown.
-                rows.plan_for_values().await?;
+                // A plan kept from a hub's first claims (a small table, no
+                // statistics yet) read the whole table for each claim once
+                // it had grown.
+                rows.through_indexes().await?;
                 let notes = rows.claim(c).await?;
                 let mut out = with_context(rows, notes, Some(lease_until)).await?;
                 out.sort_by_key(|c| {

@@ -348,6 +348,10 @@ pub trait Rows: Send + 'static {
     /// Plans this transaction's statements for the values they are given,
     /// not by a plan kept from earlier calls (where the engine keeps one).
     fn plan_for_values(&mut self) -> impl Future<Output = Result<()>> + Send;
+    /// This transaction's statements read tables through their indexes,
+    /// never whole (where the engine keeps plans: one kept from when a
+    /// table was small must not read all of it once it has grown).
+    fn through_indexes(&mut self) -> impl Future<Output = Result<()>> + Send;
     /// How many notifications the event with this id planned, if it is known.
     fn event_count(&mut self, id: &str) -> impl Future<Output = Result<Option<usize>>> + Send;
     /// Stores the event; `false` if its id was taken meanwhile.

@@ -850,6 +850,10 @@ impl Rows for Lite {
         Ok(()) // plans do not depend on the values bound (see `open_conn`)
     }
 
+    async fn through_indexes(&mut self) -> Result<()> {
+        Ok(()) // SQLite's plans do not follow a table's size (no statistics)
+    }
+
     async fn event_count(&mut self, id: &str) -> Result<Option<usize>> {
         let sql = "SELECT notifications FROM events WHERE id = ?1";
         self.one(sql, [id], |r| Ok(usize::try_from(r.int(0)?).unwrap_or(0)))
