@@ -19,7 +19,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 /// Most items written as one batch.
 const MAX_ITEMS: usize = 256;
 /// Items queued for the store before a caller waits for room.
-pub(crate) const QUEUE: usize = 4096;
+const QUEUE: usize = 4096;
 /// Batches in the store at once: while one commits, the next gathers and
 /// queues behind it, so the store never waits for the next batch.
 const IN_FLIGHT: usize = 2;
