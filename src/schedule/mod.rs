@@ -663,7 +663,7 @@ impl Scheduler {
             }
             self.metrics.decided(state, reason);
         } else {
-            tracing::warn!(notification = %n.id, channel = %n.channel, "outcome not recorded: the notice's lease ran out and it was claimed again");
+            tracing::warn!(notification = %n.id, channel = %n.channel, "outcome not recorded: the notice is no longer being sent under this claim (its lease ran out and it was claimed again, or its outcome was written)");
         }
         Ok(())
     }
