@@ -78,7 +78,7 @@ fn sent_at(at: DateTime<Utc>) -> Finish {
     }
 }
 
-fn planner() -> Arc<dyn Planner> {
+pub(crate) fn planner() -> Arc<dyn Planner> {
     let config = Arc::new(Config::parse("[types.\"line.down\"]\n", "test").unwrap());
     crate::ingest::planner(config)
 }

@@ -126,32 +126,6 @@ impl<B: Backend> Db<B> {
         self.0.read(Box::new(f)).await
     }
 
-    /// Deliveries' outcomes, each under its lease if given; for each,
-    /// whether it was written.
-    async fn write_finish(&self, outcomes: Vec<Outcome>) -> Result<Vec<bool>> {
-        let done: Vec<(String, super::codec::FinishRow)> = outcomes
-            .into_iter()
-            .map(|o| {
-                let row = super::codec::FinishRow {
-                    lease: o.lease_until.map(to_millis),
-                    ..finish_row(&o.finish)
-                };
-                (o.id, row)
-            })
-            .collect();
-        self.write(move |rows| {
-            Box::pin(async move {
-                // One notice twice: the second written after the first.
-                let mut written = Vec::with_capacity(done.len());
-                for run in distinct_runs(&done, |(id, _)| id.as_str()) {
-                    written.extend(rows.finish_all(&done[run]).await?);
-                }
-                Ok(written)
-            })
-        })
-        .await
-    }
-
     /// One delivery's outcome, under `lease_until` if given.
     async fn finish_one(
         &self,
@@ -164,7 +138,7 @@ impl<B: Backend> Db<B> {
             lease_until,
             finish,
         };
-        let mut written = self.write_finish(vec![one]).await?;
+        let mut written = self.finish_all(vec![one]).await?;
         written
             .pop()
             .ok_or_else(|| StoreError::Corrupt("no outcome written for one finish".into()))
@@ -1453,7 +1427,27 @@ impl<B: Backend> QueueStore for Db<B> {
     }
 
     async fn finish_all(&self, outcomes: Vec<Outcome>) -> Result<Vec<bool>> {
-        self.write_finish(outcomes).await
+        let done: Vec<(String, super::codec::FinishRow)> = outcomes
+            .into_iter()
+            .map(|o| {
+                let row = super::codec::FinishRow {
+                    lease: o.lease_until.map(to_millis),
+                    ..finish_row(&o.finish)
+                };
+                (o.id, row)
+            })
+            .collect();
+        self.write(move |rows| {
+            Box::pin(async move {
+                // One notice twice: the second written after the first.
+                let mut written = Vec::with_capacity(done.len());
+                for run in distinct_runs(&done, |(id, _)| id.as_str()) {
+                    written.extend(rows.finish_all(&done[run]).await?);
+                }
+                Ok(written)
+            })
+        })
+        .await
     }
 
     async fn reserve_rate(

@@ -1785,15 +1785,6 @@ mod tests {
         );
     }
 
-    /// A claim asks its turn check of each candidate by its own key, also
-    /// under a plan made while the table was empty (a fresh hub: a cached
-    /// generic plan, no statistics yet). Planned as anti-joins, such a plan
-    /// searched `notifications_turn` by `due_at <= $1` alone and matched by
-    /// a join filter, once per candidate (a claim of 4,000 due took 7.6 s
-    /// in the e2e test of four nodes, and leases ran out). Read from the
-    /// plan: each of the four questions (two for notices whose lease ran
-    /// out, two for due ones) is an index search by the candidate's
-    /// account, key and URI.
     /// A claim never reads the notifications table whole. PostgreSQL keeps
     /// a plan for a prepared statement after its first five calls, made
     /// for the table as it was then: on a new hub, a few rows and no
@@ -1823,9 +1814,8 @@ mod tests {
                 ..crate::store::conformance::event(&format!("e{i}"), "A1", &format!("L{i}"), now)
             })
             .collect();
-        let config = crate::config::Config::parse("[types.\"line.down\"]\n", "test").unwrap();
         store
-            .ingest(held, crate::ingest::planner(std::sync::Arc::new(config)))
+            .ingest(held, crate::store::conformance::planner())
             .await
             .unwrap();
         // Whole-table reads of notifications so far, as the server counts
@@ -1868,6 +1858,15 @@ mod tests {
         );
     }
 
+    /// A claim asks its turn check of each candidate by its own key, also
+    /// under a plan made while the table was empty (a fresh hub: a cached
+    /// generic plan, no statistics yet). Planned as anti-joins, such a plan
+    /// searched `notifications_turn` by `due_at <= $1` alone and matched by
+    /// a join filter, once per candidate (a claim of 4,000 due took 7.6 s
+    /// in the e2e test of four nodes, and leases ran out). Read from the
+    /// plan: each of the four questions (two for notices whose lease ran
+    /// out, two for due ones) is an index search by the candidate's
+    /// account, key and URI.
     #[tokio::test]
     async fn a_claim_planned_on_an_empty_table_asks_each_candidate_by_its_key() {
         fn searches(node: &serde_json::Value, out: &mut Vec<(String, String)>) {
