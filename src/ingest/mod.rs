@@ -266,25 +266,39 @@ pub fn validate(
 /// that names a contact the account does not have.
 pub struct PolicyPlanner {
     config: Arc<Config>,
+    /// Every type some type's planning looks up by key: the union of
+    /// [`related_of`] over the configured types.
+    keyed: std::collections::HashSet<String>,
+}
+
+/// The types whose notices and events of the same key planning an event
+/// of `type_name` must see: its pairing partners (either way), itself
+/// when it supersedes, its flap family and the flap summary.
+fn related_of(config: &Config, type_name: &str) -> Vec<String> {
+    let Some(t) = config.types.get(type_name) else {
+        return Vec::new();
+    };
+    let mut types = t.cancels.clone();
+    types.extend(plan::cancelled_by(config, type_name));
+    if t.supersedes {
+        types.push(type_name.to_string());
+    }
+    if let Some((_, family)) = plan::flap::rule(config, type_name) {
+        types.extend(family);
+        types.push(plan::flap::SUMMARY_TYPE.to_string());
+    }
+    types.sort();
+    types.dedup();
+    types
 }
 
 impl Planner for PolicyPlanner {
     fn related_types(&self, event: &Event) -> Vec<String> {
-        let Some(t) = self.config.types.get(&event.type_name) else {
-            return Vec::new();
-        };
-        let mut types = t.cancels.clone();
-        types.extend(plan::cancelled_by(&self.config, &event.type_name));
-        if t.supersedes {
-            types.push(event.type_name.clone());
-        }
-        if let Some((_, family)) = plan::flap::rule(&self.config, &event.type_name) {
-            types.extend(family);
-            types.push(plan::flap::SUMMARY_TYPE.to_string());
-        }
-        types.sort();
-        types.dedup();
-        types
+        related_of(&self.config, &event.type_name)
+    }
+
+    fn keyed(&self, event: &Event) -> bool {
+        self.keyed.contains(&event.type_name)
     }
 
     fn flap_window(&self, event: &Event) -> Option<(Vec<String>, chrono::Duration)> {
@@ -335,7 +349,12 @@ impl Planner for PolicyPlanner {
 }
 
 pub fn planner(config: Arc<Config>) -> Arc<dyn Planner> {
-    Arc::new(PolicyPlanner { config })
+    let keyed = config
+        .types
+        .keys()
+        .flat_map(|t| related_of(&config, t))
+        .collect();
+    Arc::new(PolicyPlanner { config, keyed })
 }
 
 #[cfg(test)]
@@ -453,6 +472,50 @@ mod tests {
             let (s, e) = check(body).unwrap_err();
             assert_eq!((s, e.code), (status, code), "{body}: {e:?}");
             assert!(e.message.contains(needle), "{body}: {}", e.message);
+        }
+    }
+
+    /// An event is indexed by key exactly when some type's planning looks
+    /// its type up: a pairing partner either way, a type that supersedes,
+    /// a flap family and its summary.
+    #[test]
+    fn only_events_some_planning_looks_up_are_keyed() {
+        let config = Config::parse(
+            r#"
+[types."line.down"]
+flap = { threshold = 4, within = "1h" }
+[types."line.up"]
+cancels = ["line.down"]
+[types."ont.down"]
+[types."ont.up"]
+cancels = ["ont.down"]
+[types."appointment.booked"]
+supersedes = true
+[types."order.accepted"]
+"#,
+            "t",
+        )
+        .unwrap();
+        let config = Arc::new(config);
+        let planner = planner(config.clone());
+        let body = r#"{"type":"order.accepted","account":"A1","service":"L1"}"#;
+        let event = validate(parse(body.as_bytes()).unwrap(), &config, now()).unwrap();
+        let cases = [
+            ("line.down", true),
+            ("line.up", true),
+            ("ont.down", true), // ont.up cancels it
+            ("ont.up", true),   // ont.down's planning looks for what cancels it
+            ("appointment.booked", true),
+            (plan::flap::SUMMARY_TYPE, true),
+            ("order.accepted", false),
+            ("never.configured", false),
+        ];
+        for (type_name, keyed) in cases {
+            let event = Event {
+                type_name: type_name.into(),
+                ..event.clone()
+            };
+            assert_eq!(planner.keyed(&event), keyed, "{type_name}");
         }
     }
 }

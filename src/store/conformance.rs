@@ -561,6 +561,9 @@ pub async fn check_planner_sees_pending_and_cancels(store: &dyn Store) {
         fn related_types(&self, _: &Event) -> Vec<String> {
             vec![self.1.to_string()]
         }
+        fn keyed(&self, _: &Event) -> bool {
+            true
+        }
         fn flap_window(&self, _: &Event) -> Option<(Vec<String>, chrono::Duration)> {
             None
         }
@@ -618,6 +621,68 @@ pub async fn check_planner_sees_pending_and_cancels(store: &dyn Store) {
             .iter()
             .all(|n| n.state == State::Cancelled && n.reason == Some(Reason::Paired))
     );
+}
+
+/// Flap counting (and pairing's latest event) find only events stored
+/// as keyed (`Planner::keyed`): one stored while nothing looked its type
+/// up has no entry in `events_key` and is not counted later.
+pub async fn check_only_keyed_events_are_counted(store: &dyn Store) {
+    seed(store).await;
+    let now = t("2026-03-22T10:00:00Z");
+    // Counts line.down events of the key within the hour; records what
+    // the store counted for each event it planned.
+    struct Counting(std::sync::Mutex<Vec<usize>>, bool);
+    impl Planner for Counting {
+        fn related_types(&self, _: &Event) -> Vec<String> {
+            Vec::new()
+        }
+        fn keyed(&self, _: &Event) -> bool {
+            self.1
+        }
+        fn flap_window(&self, _: &Event) -> Option<(Vec<String>, chrono::Duration)> {
+            Some((vec!["line.down".into()], Duration::hours(1)))
+        }
+        fn loads_needed(
+            &self,
+            _: &Event,
+            _: &AccountView,
+        ) -> Vec<(String, Option<chrono::Duration>)> {
+            Vec::new()
+        }
+        fn plan(
+            &self,
+            ev: &Event,
+            view: &AccountView,
+            seen: &Seen,
+        ) -> std::result::Result<Planned, Rejection> {
+            self.0.lock().unwrap().push(seen.recent);
+            let config = Config::load(None).unwrap();
+            Ok(crate::plan::plan(ev, view, &config, seen, ev.received_at).planned(ev))
+        }
+    }
+    let unkeyed = Arc::new(Counting(Default::default(), false));
+    let keyed = Arc::new(Counting(Default::default(), true));
+    let at = |m: i64| now + Duration::minutes(m);
+    for (id, m, planner) in [
+        ("e1", 0, &unkeyed),
+        ("e2", 1, &keyed),
+        ("e3", 2, &unkeyed),
+        ("e4", 3, &keyed),
+    ] {
+        let p: Arc<dyn Planner> = planner.clone();
+        store
+            .ingest(vec![event(id, "A1", "L1", at(m))], p)
+            .await
+            .unwrap();
+    }
+    // e2 saw none (e1 is not keyed); e4 saw e2 only.
+    assert_eq!(*keyed.0.lock().unwrap(), [0, 1]);
+    // Those not keyed count the keyed ones before them all the same.
+    assert_eq!(*unkeyed.0.lock().unwrap(), [0, 1]);
+    // Stored whole either way.
+    for id in ["e1", "e2", "e3", "e4"] {
+        assert!(store.event(id).await.unwrap().is_some(), "{id}");
+    }
 }
 
 pub async fn check_claim_lease_and_finish(store: &dyn Store) {
@@ -3411,6 +3476,7 @@ conformance!(
     check_ingest_is_atomic_and_idempotent,
     check_batch_ingest_in_order,
     check_planner_sees_pending_and_cancels,
+    check_only_keyed_events_are_counted,
     check_claim_lease_and_finish,
     check_claim_takes_the_longest_waiting_first,
     check_claim_keeps_each_keys_order,

@@ -8,7 +8,7 @@
 use super::codec::{current_secrets, finish_row, receipt_detail};
 use super::rows::{
     self, AssuranceWhich, By, CallWhich, ChangeWhich, Claim, DestRef, HealthRow, IncidentWhich,
-    ReceiptRow, Rows, SecretsRow, Which,
+    NewEvent, ReceiptRow, Rows, SecretsRow, Which,
 };
 use super::*;
 use crate::model::audit::{AuditDraft, AuditEntry, Checkpoint};
@@ -50,6 +50,7 @@ macro_rules! migrations {
             (23, include_str!(concat!("migrations/", $db, "-23.sql"))),
             (24, include_str!(concat!("migrations/", $db, "-24.sql"))),
             (25, include_str!(concat!("migrations/", $db, "-25.sql"))),
+            (26, include_str!(concat!("migrations/", $db, "-26.sql"))),
         ]
     };
 }
@@ -743,9 +744,9 @@ async fn ingest_all(
                 gathered.push((i, p));
             }
             planned => {
-                write_gathered(rows, events, &mut gathered, &mut out).await?;
+                write_gathered(rows, events, planner, &mut gathered, &mut out).await?;
                 let outcome = match planned {
-                    Some(p) => write_planned(rows, event, &p).await?,
+                    Some(p) => write_planned(rows, event, planner, &p).await?,
                     None => ingest_one(rows, event, planner, &mut views).await?,
                 };
                 if let IngestOutcome::Accepted { notifications, .. } = &outcome {
@@ -755,7 +756,7 @@ async fn ingest_all(
             }
         }
     }
-    write_gathered(rows, events, &mut gathered, &mut out).await?;
+    write_gathered(rows, events, planner, &mut gathered, &mut out).await?;
     Ok(out.into_iter().flatten().collect())
 }
 
@@ -765,15 +766,20 @@ async fn ingest_all(
 async fn write_gathered(
     rows: &mut impl Rows,
     events: &[Event],
+    planner: &dyn Planner,
     gathered: &mut Vec<(usize, Planned)>,
     out: &mut [Option<IngestOutcome>],
 ) -> Result<()> {
     if gathered.is_empty() {
         return Ok(());
     }
-    let these: Vec<(&Event, usize)> = gathered
+    let these: Vec<NewEvent<'_>> = gathered
         .iter()
-        .map(|(i, p)| (&events[*i], p.notifications.len()))
+        .map(|(i, p)| NewEvent {
+            event: &events[*i],
+            notifications: p.notifications.len(),
+            keyed: planner.keyed(&events[*i]),
+        })
         .collect();
     let inserted = rows.insert_events(&these).await?;
     let mut notes = Vec::new();
@@ -859,7 +865,7 @@ async fn ingest_one(
         Ok(p) => p,
         Err(r) => return Ok(IngestOutcome::Rejected(r)),
     };
-    write_planned(rows, event, &planned).await
+    write_planned(rows, event, planner, &planned).await
 }
 
 /// Writes what was planned for `event`: the event, its notifications,
@@ -867,14 +873,19 @@ async fn ingest_one(
 async fn write_planned(
     rows: &mut impl Rows,
     event: &Event,
+    planner: &dyn Planner,
     planned: &Planned,
 ) -> Result<IngestOutcome> {
     let duplicate = |n: usize| IngestOutcome::Duplicate {
         id: event.id.clone(),
         notifications: n,
     };
-    let n = planned.notifications.len();
-    if !rows.insert_event(event, n).await? {
+    let row = NewEvent {
+        event,
+        notifications: planned.notifications.len(),
+        keyed: planner.keyed(event),
+    };
+    if !rows.insert_event(row).await? {
         // Seen meanwhile (by another node, a moment ago): the first result.
         let n = rows.event_count(&event.id).await?.unwrap_or(0);
         return Ok(duplicate(n));
@@ -900,7 +911,7 @@ async fn write_planned(
     }
     Ok(IngestOutcome::Accepted {
         id: event.id.clone(),
-        notifications: n,
+        notifications: row.notifications,
         due: crate::model::first_due(&planned.notifications),
     })
 }

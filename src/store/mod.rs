@@ -173,6 +173,14 @@ pub trait Planner: Send + Sync {
     /// store does not look them up at all.
     fn related_types(&self, event: &Event) -> Vec<String>;
 
+    /// Whether a later event's planning may look this one up by its
+    /// account and key: its type is among some type's
+    /// [`Planner::related_types`]. Only such events are indexed by key
+    /// (`events_key`), so an event of a type nothing pairs with,
+    /// supersedes or counts costs its insert no entry there. An event
+    /// stored while its type was not looked up stays out of the index.
+    fn keyed(&self, event: &Event) -> bool;
+
     /// The types whose earlier events of the same key count as changes for
     /// flap damping, and over how long; `None`: the store counts nothing.
     fn flap_window(&self, event: &Event) -> Option<(Vec<String>, chrono::Duration)>;

@@ -348,7 +348,7 @@ impl PgRows {
     /// meanwhile, or earlier in `events`). One statement for the lot
     /// (UNNEST of one array per column), as for one: a statement per row
     /// costs PostgreSQL a parse-bind-execute each, pipelined or not.
-    async fn event_rows(&self, events: &[(&Event, usize)]) -> Result<Vec<bool>> {
+    async fn event_rows(&self, events: &[NewEvent<'_>]) -> Result<Vec<bool>> {
         let len = events.len();
         let (mut ids, mut accounts, mut types, mut keys) = (
             Vec::with_capacity(len),
@@ -356,27 +356,30 @@ impl PgRows {
             Vec::with_capacity(len),
             Vec::with_capacity(len),
         );
-        let (mut received, mut counts, mut payloads) = (
+        let (mut received, mut counts, mut payloads, mut keyed) = (
+            Vec::with_capacity(len),
             Vec::with_capacity(len),
             Vec::with_capacity(len),
             Vec::with_capacity(len),
         );
-        for (e, n) in events {
+        for row in events {
+            let e = row.event;
             ids.push(e.id.as_str());
             accounts.push(e.account.as_str());
             types.push(e.type_name.as_str());
             keys.push(e.key.as_str());
             received.push(to_millis(e.received_at));
-            counts.push(i64::try_from(*n).unwrap_or(i64::MAX));
+            counts.push(i64::try_from(row.notifications).unwrap_or(i64::MAX));
             payloads.push(event_json(e)?);
+            keyed.push(row.keyed);
         }
         let mut fresh: std::collections::HashSet<String> = self
             .all(
-                "INSERT INTO events (id, account, type, key, received_at, notifications, payload) \
+                "INSERT INTO events (id, account, type, key, received_at, notifications, payload, keyed) \
                  SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::BIGINT[], \
-                 $6::BIGINT[], $7::TEXT[]) ON CONFLICT (id) DO NOTHING RETURNING id",
+                 $6::BIGINT[], $7::TEXT[], $8::BOOLEAN[]) ON CONFLICT (id) DO NOTHING RETURNING id",
                 &[
-                    &ids, &accounts, &types, &keys, &received, &counts, &payloads,
+                    &ids, &accounts, &types, &keys, &received, &counts, &payloads, &keyed,
                 ],
                 |r| Ok(r.try_get::<_, String>(0)?),
             )
@@ -385,7 +388,10 @@ impl PgRows {
             .collect();
         // Taken meanwhile (another node): not fresh. An id twice in one
         // call is fresh once.
-        Ok(events.iter().map(|(e, _)| fresh.remove(&e.id)).collect())
+        Ok(events
+            .iter()
+            .map(|row| fresh.remove(&row.event.id))
+            .collect())
     }
 
     /// Stores notifications with their first decisions, in one statement
@@ -793,8 +799,8 @@ impl Rows for PgRows {
         self.one(sql, &[&id], |r| Ok(count(r.int(0)?))).await
     }
 
-    async fn insert_event(&mut self, e: &Event, notes: usize) -> Result<bool> {
-        let fresh = self.event_rows(&[(e, notes)]).await?;
+    async fn insert_event(&mut self, row: NewEvent<'_>) -> Result<bool> {
+        let fresh = self.event_rows(&[row]).await?;
         Ok(fresh.first().copied().unwrap_or(false))
     }
 
@@ -818,7 +824,7 @@ impl Rows for PgRows {
              e.payload::jsonb ->> 'occurred_at' \
              FROM notifications n JOIN events e ON e.id = n.event WHERE n.event IN \
              (SELECT DISTINCT ON (type) id FROM events WHERE account = $1 AND key = $2 AND type = ANY($3) \
-              ORDER BY type, received_at DESC, id DESC)";
+              AND keyed ORDER BY type, received_at DESC, id DESC)";
         let mut out: Vec<RelatedNotice> = Vec::new();
         for sql in [pending.as_str(), folded.as_str(), latest] {
             let p: P<'_> = &[&e.account, &e.key, &types];
@@ -832,7 +838,8 @@ impl Rows for PgRows {
     }
 
     async fn count_events(&mut self, e: &Event, types: &[String], since: i64) -> Result<usize> {
-        let sql = "SELECT COUNT(*) FROM events WHERE account = $1 AND key = $2 AND type = ANY($3) AND received_at > $4";
+        let sql = "SELECT COUNT(*) FROM events WHERE account = $1 AND key = $2 AND type = ANY($3) AND keyed \
+             AND received_at > $4";
         let p: P<'_> = &[&e.account, &e.key, &types, &since];
         let n = self.one(sql, p, |r| r.int(0)).await?;
         Ok(count(n.unwrap_or(0)))
@@ -873,7 +880,7 @@ impl Rows for PgRows {
         Ok(found.into_iter().collect())
     }
 
-    async fn insert_events(&mut self, events: &[(&Event, usize)]) -> Result<Vec<bool>> {
+    async fn insert_events(&mut self, events: &[NewEvent<'_>]) -> Result<Vec<bool>> {
         self.event_rows(events).await
     }
 

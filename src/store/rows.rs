@@ -28,6 +28,15 @@ pub struct DestRef<'a> {
     pub id: &'a str,
 }
 
+/// An event to store, with how many notifications it planned and
+/// whether it is indexed by its key (`Planner::keyed`).
+#[derive(Debug, Clone, Copy)]
+pub struct NewEvent<'a> {
+    pub event: &'a Event,
+    pub notifications: usize,
+    pub keyed: bool,
+}
+
 /// Which waiting notifications a cancellation reaches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum By {
@@ -355,11 +364,7 @@ pub trait Rows: Send + 'static {
     /// How many notifications the event with this id planned, if it is known.
     fn event_count(&mut self, id: &str) -> impl Future<Output = Result<Option<usize>>> + Send;
     /// Stores the event; `false` if its id was taken meanwhile.
-    fn insert_event(
-        &mut self,
-        e: &Event,
-        notes: usize,
-    ) -> impl Future<Output = Result<bool>> + Send;
+    fn insert_event(&mut self, e: NewEvent<'_>) -> impl Future<Output = Result<bool>> + Send;
     fn event(&mut self, id: &str) -> impl Future<Output = Result<Option<Event>>> + Send;
     /// Every pending notice of `types` for (account, key), locked, and
     /// every notice of the latest event of each type.
@@ -401,7 +406,7 @@ pub trait Rows: Send + 'static {
     /// server pipelines them); for each, `false` if its id was taken.
     fn insert_events(
         &mut self,
-        events: &[(&Event, usize)],
+        events: &[NewEvent<'_>],
     ) -> impl Future<Output = Result<Vec<bool>>> + Send;
     /// [`Rows::insert_notification`] for each, sent together.
     fn insert_notifications(

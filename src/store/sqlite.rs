@@ -446,6 +446,20 @@ fn destinations_sql() -> String {
     )
 }
 
+/// Every notice of the latest keyed event of type `?3` for account `?1`
+/// and key `?2`, through `events_key` (whose condition, `keyed = 1`, it
+/// repeats so that SQLite may use the partial index).
+const LATEST_OF_TYPE: &str = "SELECT n.id, n.event, n.type, n.destination, n.state, n.due_at, \
+     json_extract(e.payload, '$.occurred_at') \
+     FROM notifications n JOIN events e ON e.id = n.event WHERE n.event = \
+     (SELECT id FROM events WHERE account = ?1 AND key = ?2 AND type = ?3 AND keyed = 1 \
+      ORDER BY received_at DESC, rowid DESC LIMIT 1)";
+
+/// How many keyed events of type `?3` account `?1` and key `?2` received
+/// after `?4`, through `events_key`.
+const KEYED_SINCE: &str = "SELECT COUNT(*) FROM events \
+     WHERE account = ?1 AND key = ?2 AND type = ?3 AND keyed = 1 AND received_at > ?4";
+
 /// Pairing's statement: the notices of account `$1`, key `$2` and type
 /// `$3` still waiting, pending or folded into an open digest, in one.
 fn related_waiting_sql() -> String {
@@ -859,18 +873,20 @@ impl Rows for Lite {
         self.one(sql, [id], |r| Ok(usize::try_from(r.int(0)?).unwrap_or(0)))
     }
 
-    async fn insert_event(&mut self, e: &Event, notes: usize) -> Result<bool> {
+    async fn insert_event(&mut self, row: NewEvent<'_>) -> Result<bool> {
+        let e = row.event;
         let n = self.exec(
-            "INSERT INTO events (id, account, type, key, received_at, notifications, payload) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (id) DO NOTHING",
+            "INSERT INTO events (id, account, type, key, received_at, notifications, payload, keyed) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (id) DO NOTHING",
             params![
                 e.id,
                 e.account,
                 e.type_name,
                 e.key,
                 to_millis(e.received_at),
-                i64::try_from(notes).unwrap_or(i64::MAX),
-                event_json(e)?
+                i64::try_from(row.notifications).unwrap_or(i64::MAX),
+                event_json(e)?,
+                row.keyed
             ],
         )?;
         Ok(n > 0)
@@ -883,11 +899,7 @@ impl Rows for Lite {
 
     async fn related(&mut self, e: &Event, types: &[String]) -> Result<Vec<RelatedNotice>> {
         let waiting = related_waiting_sql();
-        let latest = "SELECT n.id, n.event, n.type, n.destination, n.state, n.due_at, \
-             json_extract(e.payload, '$.occurred_at') \
-             FROM notifications n JOIN events e ON e.id = n.event WHERE n.event = \
-             (SELECT id FROM events WHERE account = ?1 AND key = ?2 AND type = ?3 \
-              ORDER BY received_at DESC, rowid DESC LIMIT 1)";
+        let latest = LATEST_OF_TYPE;
         let mut out: Vec<RelatedNotice> = Vec::new();
         for t in types {
             for sql in [waiting.as_str(), latest] {
@@ -902,7 +914,7 @@ impl Rows for Lite {
     }
 
     async fn count_events(&mut self, e: &Event, types: &[String], since: i64) -> Result<usize> {
-        let sql = "SELECT COUNT(*) FROM events WHERE account = ?1 AND key = ?2 AND type = ?3 AND received_at > ?4";
+        let sql = KEYED_SINCE;
         let mut n = 0;
         for t in types {
             let c = self.one(sql, params![e.account, e.key, t, since], |r| r.int(0))?;
@@ -942,10 +954,10 @@ impl Rows for Lite {
         Ok(known)
     }
 
-    async fn insert_events(&mut self, events: &[(&Event, usize)]) -> Result<Vec<bool>> {
+    async fn insert_events(&mut self, events: &[NewEvent<'_>]) -> Result<Vec<bool>> {
         let mut out = Vec::with_capacity(events.len());
-        for (e, n) in events {
-            out.push(self.insert_event(e, *n).await?);
+        for row in events {
+            out.push(self.insert_event(*row).await?);
         }
         Ok(out)
     }
@@ -1754,6 +1766,34 @@ mod tests {
         SqliteStore::open(path).unwrap().migrate().await.unwrap();
         let lite = Lite(open_conn(Some(path)).unwrap());
         (dir, lite)
+    }
+
+    /// Flap counting and pairing's latest event read events through
+    /// `events_key`, the partial index of keyed events (migration 26):
+    /// each query repeats the index's condition. Without it SQLite would
+    /// read every event of the account.
+    #[tokio::test]
+    async fn events_are_looked_up_by_key_through_the_partial_index() {
+        let (_dir, lite) = migrated().await;
+        for sql in [LATEST_OF_TYPE, KEYED_SINCE] {
+            let mut plan = lite
+                .0
+                .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+                .unwrap();
+            let mut rows = plan.raw_query();
+            let mut details = Vec::new();
+            while let Some(r) = rows.next().unwrap() {
+                details.push(r.get::<_, String>(3).unwrap());
+            }
+            let events: Vec<&String> = details
+                .iter()
+                .filter(|d| d.contains(" events") || d.contains("events_key"))
+                .collect();
+            assert!(
+                !events.is_empty() && events.iter().all(|d| d.contains("INDEX events_key")),
+                "{sql}: {details:?}"
+            );
+        }
     }
 
     /// A statement run again with other values keeps its plan: SQLite
