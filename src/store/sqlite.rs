@@ -387,9 +387,14 @@ fn synchronous(
     Ok(())
 }
 
-/// Runs `first` and whatever else has queued (up to [`MAX_GROUP`]) in one
-/// transaction, each in its savepoint (a job alone in it needs none: the
-/// transaction is its savepoint), and tells each how it ended.
+/// Runs `first` and whatever else has queued (up to [`MAX_GROUP`]): the
+/// relaxed jobs in one transaction that does not wait for the disk, then
+/// the others in one that does (see [`commit`]). A relaxed job (a claim's
+/// lease) queued among durable ones is so answered without waiting for
+/// their sync; jobs in one group were queued by callers independent of
+/// each other (a caller awaits its job), so their order between the two
+/// is free. A relaxed commit is still atomic and in the log's order: the
+/// next durable commit makes it durable too.
 fn commit_group(
     lite: &mut Lite,
     first: WriterJob,
@@ -403,9 +408,18 @@ fn commit_group(
             Err(_) => break,
         }
     }
-    // The group waits for the disk if any of its jobs must. A relaxed
-    // commit is still atomic and in the log's order: the next durable
-    // commit makes it durable too.
+    let (durable, relaxed): (Vec<_>, Vec<_>) = group.into_iter().partition(|job| job.durable);
+    for jobs in [relaxed, durable] {
+        if !jobs.is_empty() {
+            commit(lite, jobs, full);
+        }
+    }
+}
+
+/// Runs `group` in one transaction, each job in its savepoint (a job
+/// alone in it needs none: the transaction is its savepoint), and tells
+/// each how it ended. The commit waits for the disk if any job must.
+fn commit(lite: &mut Lite, group: Vec<WriterJob>, full: &mut bool) {
     let durable = group.iter().any(|job| job.durable);
     let mode = synchronous(&lite.0, full, durable);
     let began = lite.exec("BEGIN IMMEDIATE", []).is_ok();
@@ -1617,9 +1631,10 @@ mod tests {
 
     /// A relaxed write (a claim's lease) commits without waiting for the
     /// disk (`NORMAL` = 1); any other write does (`FULL` = 2), also after
-    /// a relaxed one, and so does a group with both in it.
+    /// a relaxed one. Queued together, the relaxed ones commit first on
+    /// their own, then the others.
     #[tokio::test]
-    async fn only_a_group_of_relaxed_writes_commits_without_waiting_for_the_disk() {
+    async fn relaxed_writes_commit_apart_without_waiting_for_the_disk() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("kci.db");
         let path = path.to_str().unwrap();
@@ -1669,7 +1684,8 @@ mod tests {
         assert!(claim.await.unwrap().unwrap().is_empty());
         assert_eq!(read.await.unwrap().unwrap(), 1);
 
-        // One group, a relaxed job first and a durable one after it.
+        // Queued together, a relaxed job and a durable one on each side
+        // of it: the relaxed one commits first, without waiting.
         let mut lite = Lite(open_conn(Some(path)).unwrap());
         let seen = std::sync::Arc::new(Mutex::new(Vec::new()));
         let job = |durable: bool| {
@@ -1686,13 +1702,15 @@ mod tests {
             }
         };
         let (tx, rx) = mpsc::channel();
+        tx.send(job(false)).unwrap();
         tx.send(job(true)).unwrap();
         let mut full = true;
-        commit_group(&mut lite, job(false), &rx, &mut full);
-        assert_eq!(*seen.lock().unwrap(), [2, 2]);
+        commit_group(&mut lite, job(true), &rx, &mut full);
+        assert_eq!(*seen.lock().unwrap(), [1, 2, 2]);
+        assert!(full);
         tx.send(job(false)).unwrap();
         commit_group(&mut lite, job(false), &rx, &mut full);
-        assert_eq!(*seen.lock().unwrap(), [2, 2, 1, 1]);
+        assert_eq!(*seen.lock().unwrap(), [1, 2, 2, 1, 1]);
         assert!(!full);
     }
 
