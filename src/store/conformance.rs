@@ -547,6 +547,80 @@ pub async fn check_batch_ingest_in_order(store: &dyn Store) {
     }
 }
 
+/// A planner for the checks of what the store reads for planning: asks
+/// for the notices of `related` types (and cancels every one it sees) or
+/// counts `line.down` events within the hour, says whether an event is
+/// `keyed`, records what it saw, and plans with the default policy.
+struct Probe {
+    related: Option<&'static str>,
+    counts: bool,
+    keyed: bool,
+    related_seen: std::sync::Mutex<Vec<String>>,
+    recent_seen: std::sync::Mutex<Vec<usize>>,
+}
+
+impl Probe {
+    fn related(type_name: &'static str) -> Self {
+        Probe {
+            related: Some(type_name),
+            counts: false,
+            keyed: true,
+            related_seen: Default::default(),
+            recent_seen: Default::default(),
+        }
+    }
+
+    fn counting(keyed: bool) -> Self {
+        Probe {
+            related: None,
+            counts: true,
+            keyed,
+            related_seen: Default::default(),
+            recent_seen: Default::default(),
+        }
+    }
+}
+
+impl Planner for Probe {
+    fn related_types(&self, _: &Event) -> Vec<String> {
+        self.related.iter().map(|t| t.to_string()).collect()
+    }
+    fn keyed(&self, _: &Event) -> bool {
+        self.keyed
+    }
+    fn flap_window(&self, _: &Event) -> Option<(Vec<String>, chrono::Duration)> {
+        self.counts
+            .then(|| (vec!["line.down".into()], Duration::hours(1)))
+    }
+    fn loads_needed(&self, _: &Event, _: &AccountView) -> Vec<(String, Option<chrono::Duration>)> {
+        Vec::new()
+    }
+    fn plan(
+        &self,
+        ev: &Event,
+        view: &AccountView,
+        seen: &Seen,
+    ) -> std::result::Result<Planned, Rejection> {
+        let pending = seen.related;
+        self.related_seen
+            .lock()
+            .unwrap()
+            .extend(pending.iter().map(|p| p.event.clone()));
+        self.recent_seen.lock().unwrap().push(seen.recent);
+        let config = Config::load(None).unwrap();
+        let mut plan = crate::plan::plan(ev, view, &config, seen, ev.received_at);
+        plan.cancels = pending
+            .iter()
+            .map(|p| crate::plan::Cancel {
+                id: p.id.clone(),
+                reason: Reason::Paired,
+                detail: format!("paired with {}", ev.id),
+            })
+            .collect();
+        Ok(plan.planned(ev))
+    }
+}
+
 pub async fn check_planner_sees_pending_and_cancels(store: &dyn Store) {
     seed(store).await;
     let now = t("2026-03-22T10:00:00Z");
@@ -554,65 +628,22 @@ pub async fn check_planner_sees_pending_and_cancels(store: &dyn Store) {
         .ingest(vec![event("e1", "A1", "L1", now)], planner())
         .await
         .unwrap();
-    // A planner that asks for pending notices of one type, records what it
-    // saw, and cancels it all.
-    struct Cancelling(std::sync::Mutex<Vec<String>>, &'static str);
-    impl Planner for Cancelling {
-        fn related_types(&self, _: &Event) -> Vec<String> {
-            vec![self.1.to_string()]
-        }
-        fn keyed(&self, _: &Event) -> bool {
-            true
-        }
-        fn flap_window(&self, _: &Event) -> Option<(Vec<String>, chrono::Duration)> {
-            None
-        }
-        fn loads_needed(
-            &self,
-            _: &Event,
-            _: &AccountView,
-        ) -> Vec<(String, Option<chrono::Duration>)> {
-            Vec::new()
-        }
-        fn plan(
-            &self,
-            ev: &Event,
-            view: &AccountView,
-            seen: &Seen,
-        ) -> std::result::Result<Planned, Rejection> {
-            let pending = seen.related;
-            self.0
-                .lock()
-                .unwrap()
-                .extend(pending.iter().map(|p| p.event.clone()));
-            let config = Config::load(None).unwrap();
-            let mut plan = crate::plan::plan(ev, view, &config, seen, ev.received_at);
-            plan.cancels = pending
-                .iter()
-                .map(|p| crate::plan::Cancel {
-                    id: p.id.clone(),
-                    reason: Reason::Paired,
-                    detail: format!("paired with {}", ev.id),
-                })
-                .collect();
-            Ok(plan.planned(ev))
-        }
-    }
-    let other_type = Arc::new(Cancelling(Default::default(), "line.up"));
+    // Asks for pending notices of one type, and cancels what it saw.
+    let other_type = Arc::new(Probe::related("line.up"));
     store
         .ingest(vec![event("e2", "A1", "L1", now)], other_type.clone())
         .await
         .unwrap();
     assert!(
-        other_type.0.lock().unwrap().is_empty(),
+        other_type.related_seen.lock().unwrap().is_empty(),
         "only related types are looked up"
     );
-    let cancelling = Arc::new(Cancelling(Default::default(), "line.down"));
+    let cancelling = Arc::new(Probe::related("line.down"));
     store
         .ingest(vec![event("e3", "A1", "L1", now)], cancelling.clone())
         .await
         .unwrap();
-    let mut seen = cancelling.0.lock().unwrap().clone();
+    let mut seen = cancelling.related_seen.lock().unwrap().clone();
     seen.sort();
     assert_eq!(seen, ["e1", "e1", "e2", "e2"]);
     let (_, notes) = store.event("e1").await.unwrap().unwrap();
@@ -629,39 +660,9 @@ pub async fn check_planner_sees_pending_and_cancels(store: &dyn Store) {
 pub async fn check_only_keyed_events_are_counted(store: &dyn Store) {
     seed(store).await;
     let now = t("2026-03-22T10:00:00Z");
-    // Counts line.down events of the key within the hour; records what
-    // the store counted for each event it planned.
-    struct Counting(std::sync::Mutex<Vec<usize>>, bool);
-    impl Planner for Counting {
-        fn related_types(&self, _: &Event) -> Vec<String> {
-            Vec::new()
-        }
-        fn keyed(&self, _: &Event) -> bool {
-            self.1
-        }
-        fn flap_window(&self, _: &Event) -> Option<(Vec<String>, chrono::Duration)> {
-            Some((vec!["line.down".into()], Duration::hours(1)))
-        }
-        fn loads_needed(
-            &self,
-            _: &Event,
-            _: &AccountView,
-        ) -> Vec<(String, Option<chrono::Duration>)> {
-            Vec::new()
-        }
-        fn plan(
-            &self,
-            ev: &Event,
-            view: &AccountView,
-            seen: &Seen,
-        ) -> std::result::Result<Planned, Rejection> {
-            self.0.lock().unwrap().push(seen.recent);
-            let config = Config::load(None).unwrap();
-            Ok(crate::plan::plan(ev, view, &config, seen, ev.received_at).planned(ev))
-        }
-    }
-    let unkeyed = Arc::new(Counting(Default::default(), false));
-    let keyed = Arc::new(Counting(Default::default(), true));
+    // Counts line.down events of the key within the hour.
+    let unkeyed = Arc::new(Probe::counting(false));
+    let keyed = Arc::new(Probe::counting(true));
     let at = |m: i64| now + Duration::minutes(m);
     for (id, m, planner) in [
         ("e1", 0, &unkeyed),
@@ -676,9 +677,9 @@ pub async fn check_only_keyed_events_are_counted(store: &dyn Store) {
             .unwrap();
     }
     // e2 saw none (e1 is not keyed); e4 saw e2 only.
-    assert_eq!(*keyed.0.lock().unwrap(), [0, 1]);
+    assert_eq!(*keyed.recent_seen.lock().unwrap(), [0, 1]);
     // Those not keyed count the keyed ones before them all the same.
-    assert_eq!(*unkeyed.0.lock().unwrap(), [0, 1]);
+    assert_eq!(*unkeyed.recent_seen.lock().unwrap(), [0, 1]);
     // Stored whole either way.
     for id in ["e1", "e2", "e3", "e4"] {
         assert!(store.event(id).await.unwrap().is_some(), "{id}");
