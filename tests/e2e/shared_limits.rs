@@ -99,7 +99,7 @@ async fn two_nodes_together_keep_one_providers_rate() {
 /// run as another process, is done — and go on refusing it.
 #[tokio::test]
 async fn a_revocation_holds_on_every_node_when_the_command_returns() {
-    let (pg, _schema) = pg_schema().await;
+    let (pg, schema) = pg_schema().await;
     let a = Kci::start_on(Some(&pg), None, "", "", "");
     let b = Kci::start_on(Some(&pg), None, "", "", "");
     let token = a.token(&["directory:read"]);
@@ -139,4 +139,6 @@ async fn a_revocation_holds_on_every_node_when_the_command_returns() {
             }
         }
     }
+    drop((a, b));
+    schema.drop_now().await;
 }
