@@ -684,6 +684,23 @@ pub async fn check_only_keyed_events_are_counted(store: &dyn Store) {
     for id in ["e1", "e2", "e3", "e4"] {
         assert!(store.event(id).await.unwrap().is_some(), "{id}");
     }
+    // Pairing's latest event of a type is the latest keyed one: with
+    // nothing pending any more, an unkeyed e5 after e4 is not it.
+    store
+        .ingest(vec![event("e5", "A1", "L1", at(4))], unkeyed.clone())
+        .await
+        .unwrap();
+    for id in ["e1", "e2", "e3", "e4", "e5"] {
+        store.cancel_event(id, at(5)).await.unwrap();
+    }
+    let pairing = Arc::new(Probe::related("line.down"));
+    store
+        .ingest(vec![event("e6", "A1", "L1", at(6))], pairing.clone())
+        .await
+        .unwrap();
+    let mut seen = pairing.related_seen.lock().unwrap().clone();
+    seen.dedup();
+    assert_eq!(seen, ["e4"]);
 }
 
 pub async fn check_claim_lease_and_finish(store: &dyn Store) {
