@@ -381,6 +381,7 @@ body = "Your line went down. Reference {{{{ data.ticket }}}}."
             }
         })
     };
+    let writes_before = metrics_text(&http, &base, &token).await;
     let start = Instant::now();
     let start_us = now_us();
     let mut sends = Vec::with_capacity(total);
@@ -403,6 +404,7 @@ body = "Your line went down. Reference {{{{ data.ticket }}}}."
     let ids: Vec<String> = planned.keys().cloned().collect();
     let got = settle(&arrivals, &ids, Duration::from_secs(60)).await;
     sampling.abort();
+    let writes_after = metrics_text(&http, &base, &token).await;
     let delivered: Vec<(u64, u64)> = {
         let a = arrivals.lock().unwrap();
         planned
@@ -435,6 +437,14 @@ body = "Your line went down. Reference {{{{ data.ticket }}}}."
     println!("{}", stalls("POST → 202", answered, 25));
     println!("{}", stalls("POST → provider has it", delivered, 25));
     println!();
+    // What the store added (`kci_store_write_seconds`, from a write asked
+    // for to its answer): a stall of the writer or the disk shows here,
+    // one elsewhere (the CPU, the network, the receiver) does not.
+    println!(
+        "store   : {}; {}",
+        store_writes(&writes_before, &writes_after, "durable"),
+        store_writes(&writes_before, &writes_after, "relaxed")
+    );
     println!(
         "kci RSS (MiB): first {:.1}, last {:.1}, max {:.1} ({} samples, one a second)",
         rss.first().copied().unwrap_or(0) as f64 / 1024.0,

@@ -179,6 +179,18 @@ impl Metrics {
         }
     }
 
+    /// With the store's write times (`kci_store_write_seconds`, by
+    /// durability), as `store` keeps them.
+    pub fn with_store(mut self, store: &dyn crate::store::Store) -> Self {
+        let store_writes: Family<Labels, Histogram> = store.write_times().family();
+        self.registry.register(
+            "store_write_seconds",
+            "Time a store write took from being asked for to being answered (waiting for the writer or a connection, the work, the commit), by durability: durable writes wait for the disk",
+            store_writes,
+        );
+        self
+    }
+
     /// Counts an event refused, by its error code.
     pub fn event_rejected(&self, code: &str) {
         self.events_rejected
@@ -269,6 +281,31 @@ mod tests {
             text.contains("kci_notifications{state=\"sent\"} 300"),
             "{text}"
         );
+    }
+
+    #[tokio::test]
+    async fn the_store_s_writes_are_timed_by_durability() {
+        use crate::store::{QueueStore, Store, sqlite::SqliteStore};
+        let store = SqliteStore::open(":memory:").unwrap();
+        store.migrate().await.unwrap();
+        let m = Metrics::new().with_store(&store);
+        let count = |text: &str, d: &str| -> u64 {
+            let name = format!("kci_store_write_seconds_count{{durability=\"{d}\"}} ");
+            text.lines()
+                .find_map(|l| l.strip_prefix(&name))
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("no {name} in {text}"))
+        };
+        let text = m.render();
+        let (durable, relaxed) = (count(&text, "durable"), count(&text, "relaxed"));
+        assert!(durable >= 1, "the migration is a durable write: {text}");
+        let now = chrono::Utc::now();
+        store.claim_due(now, now, 10).await.unwrap();
+        let text = m.render();
+        assert_eq!(count(&text, "relaxed"), relaxed + 1, "a claim is relaxed");
+        assert_eq!(count(&text, "durable"), durable);
+        let first = "kci_store_write_seconds_bucket{le=\"0.0001\",durability=\"durable\"}";
+        assert!(text.contains(first), "buckets from 0.1 ms: {text}");
     }
 
     #[test]

@@ -103,3 +103,53 @@ pub async fn metrics_text(http: &reqwest::Client, base: &str, token: &str) -> St
         .await
         .unwrap()
 }
+
+/// The cumulative buckets of `kci_store_write_seconds` for `durability`
+/// in a `/metrics` text, as (upper bound in seconds, count), in order.
+#[allow(dead_code)] // read by the latency bench
+pub fn write_buckets(metrics: &str, durability: &str) -> Vec<(f64, f64)> {
+    let label = format!("durability=\"{durability}\"");
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("kci_store_write_seconds_bucket{") && l.contains(&label))
+        .filter_map(|l| {
+            let le = l.split("le=\"").nth(1)?.split('"').next()?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            Some((le, l.rsplit(' ').next()?.parse().ok()?))
+        })
+        .collect()
+}
+
+/// What the store's writes of `durability` took between two `/metrics`
+/// texts: how many, and the bucket bounds (ms) the 50th and 99th
+/// percentiles fall under.
+#[allow(dead_code)] // read by the latency bench
+pub fn store_writes(before: &str, after: &str, durability: &str) -> String {
+    let (b, a) = (
+        write_buckets(before, durability),
+        write_buckets(after, durability),
+    );
+    let counts: Vec<(f64, f64)> = a
+        .iter()
+        .map(|(le, n)| {
+            let was = b.iter().find(|(l, _)| l == le).map_or(0.0, |(_, n)| *n);
+            (*le, n - was)
+        })
+        .collect();
+    let total = counts.last().map_or(0.0, |(_, n)| *n);
+    let under = |q: f64| {
+        counts
+            .iter()
+            .find(|(_, n)| *n >= q * total)
+            .map_or(f64::NAN, |(le, _)| le * 1000.0)
+    };
+    format!(
+        "{total:.0} {durability} writes, p50 ≤ {:.1} ms, p99 ≤ {:.1} ms",
+        under(0.5),
+        under(0.99)
+    )
+}

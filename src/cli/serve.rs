@@ -48,7 +48,7 @@ pub async fn run(arg: ConfigArg) -> anyhow::Result<ExitCode> {
     };
     let channels = Channels::from_config(&config.channels, &config.email, Some(keep))?;
     let renderer = Arc::new(Renderer::new(&config)?);
-    let metrics = Arc::new(Metrics::new());
+    let metrics = Arc::new(Metrics::new().with_store(store.as_ref()));
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let wake = Arc::new(crate::schedule::Wake::default());
     let shutdown = Shutdown::default();

@@ -18,6 +18,8 @@ use crate::model::{
     KeyStatus, KeyWrite, LinkRule, Refused, Report, Staff, VetoLink, from_millis, to_millis,
 };
 use futures_util::future::BoxFuture;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use std::future::Future;
 
 /// The schema of a backend, by version: `migrations/<db>.sql`, then
@@ -100,15 +102,81 @@ pub trait Backend: Send + Sync + 'static {
 }
 
 /// A store over backend `B`.
-pub struct Db<B>(pub(crate) B);
+pub struct Db<B> {
+    pub(crate) backend: B,
+    times: WriteTimes,
+}
+
+/// How long the store's writes took, from being asked for to being
+/// answered: the wait for the writer or a connection, the work, and the
+/// commit (with its sync to the disk for a durable one). It is what the
+/// store adds to an event's `202` and to each delivery's outcome, so a
+/// slow disk or a writer behind its work shows here before anywhere else
+/// (`kci_store_write_seconds`, by `durability`: `durable` writes wait for
+/// the disk, `relaxed` ones, the scheduler's claims, do not).
+#[derive(Clone)]
+pub struct WriteTimes {
+    family: Family<Vec<(&'static str, String)>, Histogram>,
+    durable: Histogram,
+    relaxed: Histogram,
+}
+
+impl Default for WriteTimes {
+    fn default() -> Self {
+        // 0.1 ms to 3.3 s: a commit on a fast disk to a stalled one.
+        let family = Family::<Vec<(&'static str, String)>, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.0001, 2.0, 16))
+        });
+        let of = |d: &str| {
+            family
+                .get_or_create(&vec![("durability", d.to_string())])
+                .clone()
+        };
+        let (durable, relaxed) = (of("durable"), of("relaxed"));
+        WriteTimes {
+            family,
+            durable,
+            relaxed,
+        }
+    }
+}
+
+impl WriteTimes {
+    /// The histograms, by durability, for a metrics registry.
+    pub fn family(&self) -> Family<Vec<(&'static str, String)>, Histogram> {
+        self.family.clone()
+    }
+
+    /// Times `write`, durable or not.
+    async fn time<T>(&self, durable: bool, write: impl Future<Output = T>) -> T {
+        let started = std::time::Instant::now();
+        let out = write.await;
+        let took = started.elapsed().as_secs_f64();
+        if durable {
+            &self.durable
+        } else {
+            &self.relaxed
+        }
+        .observe(took);
+        out
+    }
+}
 
 impl<B: Backend> Db<B> {
+    pub(crate) fn new(backend: B) -> Self {
+        Db {
+            backend,
+            times: WriteTimes::default(),
+        }
+    }
+
     async fn write<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: for<'a> FnOnce(&'a mut B::Rows) -> BoxFuture<'a, Result<T>> + Send + 'static,
     {
-        self.0.write(Box::new(f)).await
+        let write = self.backend.write(Box::new(f));
+        self.times.time(true, write).await
     }
 
     async fn write_relaxed<T, F>(&self, f: F) -> Result<T>
@@ -116,7 +184,8 @@ impl<B: Backend> Db<B> {
         T: Send + 'static,
         F: for<'a> FnOnce(&'a mut B::Rows) -> BoxFuture<'a, Result<T>> + Send + 'static,
     {
-        self.0.write_relaxed(Box::new(f)).await
+        let write = self.backend.write_relaxed(Box::new(f));
+        self.times.time(false, write).await
     }
 
     async fn read<T, F>(&self, f: F) -> Result<T>
@@ -124,7 +193,7 @@ impl<B: Backend> Db<B> {
         T: Send + 'static,
         F: for<'a> FnOnce(&'a mut B::Rows) -> BoxFuture<'a, Result<T>> + Send + 'static,
     {
-        self.0.read(Box::new(f)).await
+        self.backend.read(Box::new(f)).await
     }
 
     /// One delivery's outcome, under `lease_until` if given.
@@ -2250,6 +2319,10 @@ impl<B: Backend> LimitStore for Db<B> {
 
 #[async_trait]
 impl<B: Backend> Store for Db<B> {
+    fn write_times(&self) -> WriteTimes {
+        self.times.clone()
+    }
+
     async fn migrate(&self) -> Result<()> {
         self.write(|rows| {
             Box::pin(async move {

@@ -14,7 +14,7 @@ pub mod postgres;
 mod rows;
 pub mod sqlite;
 
-pub use db::{Backend, Db};
+pub use db::{Backend, Db, WriteTimes};
 
 use crate::model::{
     Account, AccountView, ChannelKind, Contact, ContactView, Destination, Event, Reason, Scope,
@@ -896,6 +896,9 @@ pub trait Store:
 {
     /// Brings the schema up to date; safe to call on every start.
     async fn migrate(&self) -> Result<()>;
+
+    /// How long this store's writes have taken (`/metrics`).
+    fn write_times(&self) -> WriteTimes;
 
     /// What `kci doctor` checks: the schema version and the server's clock.
     async fn inspect(&self) -> Result<StoreInfo>;

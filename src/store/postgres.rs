@@ -243,7 +243,7 @@ impl Db<Pg> {
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         // Fail now, with the server's words, rather than on the first request.
         drop(pool.get().await?);
-        Ok(Db(Pg { pool }))
+        Ok(Db::new(Pg { pool }))
     }
 }
 
@@ -1571,12 +1571,12 @@ mod tests {
                 })
             })
         };
-        assert_eq!(store.0.write(setting()).await.unwrap(), "on");
-        assert_eq!(store.0.write_relaxed(setting()).await.unwrap(), "off");
+        assert_eq!(store.backend.write(setting()).await.unwrap(), "on");
+        assert_eq!(store.backend.write_relaxed(setting()).await.unwrap(), "off");
         // SET LOCAL ends with its transaction: the pooled connection is
         // back to the server's setting.
-        assert_eq!(store.0.write(setting()).await.unwrap(), "on");
-        assert_eq!(store.0.read(setting()).await.unwrap(), "on");
+        assert_eq!(store.backend.write(setting()).await.unwrap(), "on");
+        assert_eq!(store.backend.read(setting()).await.unwrap(), "on");
     }
 
     /// Every text column of kci's schema compares byte by byte (collation
@@ -1605,7 +1605,7 @@ mod tests {
                 Ok(found.iter().map(|r| r.get(0)).collect())
             })
         });
-        let other = store.0.read(job).await.unwrap();
+        let other = store.backend.read(job).await.unwrap();
         assert!(other.is_empty(), "text not in byte order: {other:?}");
         // The order both stores list in: `check_directory_pages_in_byte_order`.
     }
@@ -1658,7 +1658,7 @@ mod tests {
     }
 
     async fn encrypted(db: &Db<Pg>) -> bool {
-        let c = db.0.pool.get().await.unwrap();
+        let c = db.backend.pool.get().await.unwrap();
         let row = c
             .query_one(
                 "SELECT coalesce((SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()), false)",
@@ -1780,7 +1780,7 @@ mod tests {
                     Ok((claimed, pairing))
                 })
             });
-            store.0.write(job).await.unwrap()
+            store.backend.write(job).await.unwrap()
         }
         let few = pages(300).await;
         let many = pages(2_400).await;
@@ -1834,7 +1834,7 @@ mod tests {
                     Ok(())
                 })
             });
-            store.0.read(flush).await.unwrap();
+            store.backend.read(flush).await.unwrap();
             let count: Job<PgRows, i64> = Box::new(|rows| {
                 Box::pin(async move {
                     let sql = "SELECT seq_scan FROM pg_stat_user_tables \
@@ -1843,7 +1843,7 @@ mod tests {
                     Ok(n.unwrap_or(0))
                 })
             });
-            store.0.read(count).await.unwrap()
+            store.backend.read(count).await.unwrap()
         };
         let before = whole_reads().await;
         for _ in 0..10 {
@@ -1908,7 +1908,7 @@ mod tests {
             })
         });
         let plan: serde_json::Value =
-            serde_json::from_str(&store.0.write(job).await.unwrap()).unwrap();
+            serde_json::from_str(&store.backend.write(job).await.unwrap()).unwrap();
         let mut found = Vec::new();
         searches(&plan[0]["Plan"], &mut found);
         assert_eq!(found.len(), 4, "{found:?}\n{plan:#}");

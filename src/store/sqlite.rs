@@ -127,7 +127,7 @@ impl Db<Sqlite> {
             .name("kci-sqlite-writer".into())
             .spawn(move || writer_loop(Lite(conn), rx))
             .map_err(|e| StoreError::Unavailable(format!("cannot start writer: {e}")))?;
-        Ok(Db(Sqlite {
+        Ok(Db::new(Sqlite {
             writer: Mutex::new(tx),
             readers: Mutex::new(Vec::new()),
             reading: tokio::sync::Semaphore::new(READERS),
@@ -1641,10 +1641,10 @@ mod tests {
         let store = SqliteStore::open(path).unwrap();
         store.migrate().await.unwrap();
         let read_mode = || -> Job<Lite, i64> { Box::new(|l| Box::pin(async move { mode(l) })) };
-        assert_eq!(store.0.write(read_mode()).await.unwrap(), 2);
-        assert_eq!(store.0.write_relaxed(read_mode()).await.unwrap(), 1);
-        assert_eq!(store.0.write_relaxed(read_mode()).await.unwrap(), 1);
-        assert_eq!(store.0.write(read_mode()).await.unwrap(), 2);
+        assert_eq!(store.backend.write(read_mode()).await.unwrap(), 2);
+        assert_eq!(store.backend.write_relaxed(read_mode()).await.unwrap(), 1);
+        assert_eq!(store.backend.write_relaxed(read_mode()).await.unwrap(), 1);
+        assert_eq!(store.backend.write(read_mode()).await.unwrap(), 2);
 
         // The store's claim is a relaxed write: queued behind a job that
         // holds the writer, the claim and a relaxed job reading the mode
@@ -1657,13 +1657,14 @@ mod tests {
         let hold = {
             let s = store.clone();
             tokio::spawn(async move {
-                s.0.write_relaxed(Box::new(move |_| {
-                    Box::pin(async move {
-                        let _ = held.recv();
-                        Ok(())
-                    })
-                }))
-                .await
+                s.backend
+                    .write_relaxed(Box::new(move |_| {
+                        Box::pin(async move {
+                            let _ = held.recv();
+                            Ok(())
+                        })
+                    }))
+                    .await
             })
         };
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -1676,7 +1677,7 @@ mod tests {
         };
         let read = {
             let s = store.clone();
-            tokio::spawn(async move { s.0.write_relaxed(read_mode()).await })
+            tokio::spawn(async move { s.backend.write_relaxed(read_mode()).await })
         };
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         release.send(()).unwrap();

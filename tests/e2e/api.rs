@@ -515,6 +515,12 @@ async fn idempotency_batches_and_cancellation() {
         text.contains("kci_notifications{state=\"cancelled\"} 1"),
         "{text}"
     );
+    // The store's writes, timed: the events above were durable writes.
+    let durable = text
+        .lines()
+        .find_map(|l| l.strip_prefix("kci_store_write_seconds_count{durability=\"durable\"} "))
+        .and_then(|n| n.parse::<u64>().ok());
+    assert!(durable.is_some_and(|n| n >= 3), "{text}");
 }
 
 #[tokio::test]
