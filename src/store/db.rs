@@ -107,6 +107,9 @@ pub struct Db<B> {
     times: WriteTimes,
 }
 
+/// A metric's labels, as `metrics::Labels`.
+type Labels = Vec<(&'static str, String)>;
+
 /// How long the store's writes took, from being asked for to being
 /// answered: the wait for the writer or a connection, the work, and the
 /// commit (with its sync to the disk for a durable one). It is what the
@@ -116,7 +119,7 @@ pub struct Db<B> {
 /// the disk, `relaxed` ones, the scheduler's claims, do not).
 #[derive(Clone)]
 pub struct WriteTimes {
-    family: Family<Vec<(&'static str, String)>, Histogram>,
+    family: Family<Labels, Histogram>,
     durable: Histogram,
     relaxed: Histogram,
 }
@@ -124,7 +127,7 @@ pub struct WriteTimes {
 impl Default for WriteTimes {
     fn default() -> Self {
         // 0.1 ms to 3.3 s: a commit on a fast disk to a stalled one.
-        let family = Family::<Vec<(&'static str, String)>, Histogram>::new_with_constructor(|| {
+        let family = Family::<Labels, Histogram>::new_with_constructor(|| {
             Histogram::new(exponential_buckets(0.0001, 2.0, 16))
         });
         let of = |d: &str| {
@@ -143,7 +146,7 @@ impl Default for WriteTimes {
 
 impl WriteTimes {
     /// The histograms, by durability, for a metrics registry.
-    pub fn family(&self) -> Family<Vec<(&'static str, String)>, Histogram> {
+    pub fn family(&self) -> Family<Labels, Histogram> {
         self.family.clone()
     }
 
