@@ -445,6 +445,18 @@ body = "Your line went down. Reference {{{{ data.ticket }}}}."
         store_writes(&writes_before, &writes_after, "durable"),
         store_writes(&writes_before, &writes_after, "relaxed")
     );
+    // The SQLite writer's folds of its log, which every write queued
+    // meanwhile waits for.
+    println!(
+        "folds   : {}",
+        observed(
+            &writes_before,
+            &writes_after,
+            "kci_store_fold_seconds",
+            "",
+            "folds"
+        )
+    );
     println!(
         "kci RSS (MiB): first {:.1}, last {:.1}, max {:.1} ({} samples, one a second)",
         rss.first().copied().unwrap_or(0) as f64 / 1024.0,

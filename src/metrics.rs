@@ -188,6 +188,12 @@ impl Metrics {
             "Time a store write took from being asked for to being answered (waiting for the writer or a connection, the work, the commit), by durability: durable writes wait for the disk",
             store_writes,
         );
+        let folds: Histogram = store.write_times().folds();
+        self.registry.register(
+            "store_fold_seconds",
+            "Time the SQLite writer took to fold its write-ahead log into the database, after answering the writes of the commit that made it due; writes queued meanwhile wait for it (none on PostgreSQL)",
+            folds,
+        );
         self
     }
 

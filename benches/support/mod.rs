@@ -104,14 +104,15 @@ pub async fn metrics_text(http: &reqwest::Client, base: &str, token: &str) -> St
         .unwrap()
 }
 
-/// The cumulative buckets of `kci_store_write_seconds` for `durability`
-/// in a `/metrics` text, as (upper bound in seconds, count), in order.
-#[allow(dead_code)] // read by the latency bench
-pub fn write_buckets(metrics: &str, durability: &str) -> Vec<(f64, f64)> {
-    let label = format!("durability=\"{durability}\"");
+/// The cumulative buckets of histogram `name` in a `/metrics` text, of
+/// its series whose labels include `label` (all when empty), as (upper
+/// bound in seconds, count), in order.
+#[allow(dead_code)] // read through `observed`
+pub fn buckets(metrics: &str, name: &str, label: &str) -> Vec<(f64, f64)> {
+    let series = format!("{name}_bucket{{");
     metrics
         .lines()
-        .filter(|l| l.starts_with("kci_store_write_seconds_bucket{") && l.contains(&label))
+        .filter(|l| l.starts_with(&series) && l.contains(label))
         .filter_map(|l| {
             let le = l.split("le=\"").nth(1)?.split('"').next()?;
             let le = if le == "+Inf" {
@@ -124,15 +125,13 @@ pub fn write_buckets(metrics: &str, durability: &str) -> Vec<(f64, f64)> {
         .collect()
 }
 
-/// What the store's writes of `durability` took between two `/metrics`
-/// texts: how many, and the bucket bounds (ms) the 50th and 99th
-/// percentiles fall under.
+/// What the observations of histogram `name` (its series with `label`)
+/// took between two `/metrics` texts: how many, the bucket bounds (ms)
+/// the 50th and 99th percentiles fall under, how many took over 25.6 ms
+/// and the bound of the slowest.
 #[allow(dead_code)] // read by the latency bench
-pub fn store_writes(before: &str, after: &str, durability: &str) -> String {
-    let (b, a) = (
-        write_buckets(before, durability),
-        write_buckets(after, durability),
-    );
+pub fn observed(before: &str, after: &str, name: &str, label: &str, what: &str) -> String {
+    let (b, a) = (buckets(before, name, label), buckets(after, name, label));
     let counts: Vec<(f64, f64)> = a
         .iter()
         .map(|(le, n)| {
@@ -156,10 +155,23 @@ pub fn store_writes(before: &str, after: &str, durability: &str) -> String {
             .map_or(total, |(_, n)| *n)
     };
     format!(
-        "{total:.0} {durability} writes, p50 ≤ {:.1} ms, p99 ≤ {:.1} ms, {:.0} over 25.6 ms, the slowest ≤ {:.1} ms",
+        "{total:.0} {what}, p50 ≤ {:.1} ms, p99 ≤ {:.1} ms, {:.0} over 25.6 ms, the slowest ≤ {:.1} ms",
         under(0.5),
         under(0.99),
         total - within(25.6),
         under(1.0),
+    )
+}
+
+/// [`observed`] for the store's writes of `durability`
+/// (`kci_store_write_seconds`).
+#[allow(dead_code)] // read by the latency bench
+pub fn store_writes(before: &str, after: &str, durability: &str) -> String {
+    observed(
+        before,
+        after,
+        "kci_store_write_seconds",
+        &format!("durability=\"{durability}\""),
+        &format!("{durability} writes"),
     )
 }

@@ -117,11 +117,17 @@ type Labels = Vec<(&'static str, String)>;
 /// slow disk or a writer behind its work shows here before anywhere else
 /// (`kci_store_write_seconds`, by `durability`: `durable` writes wait for
 /// the disk, `relaxed` ones, the scheduler's claims, do not).
+///
+/// On SQLite it also holds how long the writer took to fold its
+/// write-ahead log into the database (`kci_store_fold_seconds`): the one
+/// writer does nothing else meanwhile, so every write queued during a fold
+/// waits for it.
 #[derive(Clone)]
 pub struct WriteTimes {
     family: Family<Labels, Histogram>,
     durable: Histogram,
     relaxed: Histogram,
+    folds: Histogram,
 }
 
 impl Default for WriteTimes {
@@ -140,6 +146,7 @@ impl Default for WriteTimes {
             family,
             durable,
             relaxed,
+            folds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
         }
     }
 }
@@ -148,6 +155,11 @@ impl WriteTimes {
     /// The histograms, by durability, for a metrics registry.
     pub fn family(&self) -> Family<Labels, Histogram> {
         self.family.clone()
+    }
+
+    /// The SQLite writer's folds of its log (none on PostgreSQL).
+    pub fn folds(&self) -> Histogram {
+        self.folds.clone()
     }
 
     /// Times `write`, durable or not.
@@ -167,10 +179,13 @@ impl WriteTimes {
 
 impl<B: Backend> Db<B> {
     pub(crate) fn new(backend: B) -> Self {
-        Db {
-            backend,
-            times: WriteTimes::default(),
-        }
+        Self::with_times(backend, WriteTimes::default())
+    }
+
+    /// A store over `backend` whose writes are timed into `times` (which
+    /// the backend may also observe, as SQLite's writer does its folds).
+    pub(crate) fn with_times(backend: B, times: WriteTimes) -> Self {
+        Db { backend, times }
     }
 
     async fn write<T, F>(&self, f: F) -> Result<T>
