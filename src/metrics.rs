@@ -191,7 +191,7 @@ impl Metrics {
         let folds: Histogram = store.write_times().folds();
         self.registry.register(
             "store_fold_seconds",
-            "Time the SQLite writer took to fold its write-ahead log into the database, after answering the writes of the commit that made it due; writes queued meanwhile wait for it (none on PostgreSQL)",
+            "Time the SQLite writer took to fold its write-ahead log into the database, inside the commit that made the log 1,000 pages long and at each truncation of the log; writes queued meanwhile wait for it (none on PostgreSQL)",
             folds,
         );
         self
