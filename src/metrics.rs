@@ -180,15 +180,17 @@ impl Metrics {
     }
 
     /// With the store's write times (`kci_store_write_seconds`, by
-    /// durability), as `store` keeps them.
+    /// durability) and the SQLite writer's folds of its log
+    /// (`kci_store_fold_seconds`), as `store` keeps them.
     pub fn with_store(mut self, store: &dyn crate::store::Store) -> Self {
-        let store_writes: Family<Labels, Histogram> = store.write_times().family();
+        let times = store.write_times();
+        let store_writes: Family<Labels, Histogram> = times.family();
         self.registry.register(
             "store_write_seconds",
             "Time a store write took from being asked for to being answered (waiting for the writer or a connection, the work, the commit), by durability: durable writes wait for the disk",
             store_writes,
         );
-        let folds: Histogram = store.write_times().folds();
+        let folds: Histogram = times.folds();
         self.registry.register(
             "store_fold_seconds",
             "Time the SQLite writer took to fold its write-ahead log into the database, inside the commit that made the log 1,000 pages long and at each truncation of the log; writes queued meanwhile wait for it (none on PostgreSQL)",
@@ -265,6 +267,20 @@ impl Metrics {
 }
 
 #[cfg(test)]
+impl Metrics {
+    /// The value of `series` (its name and labels as rendered, e.g.
+    /// `kci_store_fold_seconds_count`) in the text now; panics if absent.
+    pub(crate) fn value_of(&self, series: &str) -> u64 {
+        let text = self.render();
+        let prefix = format!("{series} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in {text}"))
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::model::State;
@@ -295,21 +311,22 @@ mod tests {
         let store = SqliteStore::open(":memory:").unwrap();
         store.migrate().await.unwrap();
         let m = Metrics::new().with_store(&store);
-        let count = |text: &str, d: &str| -> u64 {
-            let name = format!("kci_store_write_seconds_count{{durability=\"{d}\"}} ");
-            text.lines()
-                .find_map(|l| l.strip_prefix(&name))
-                .and_then(|n| n.parse().ok())
-                .unwrap_or_else(|| panic!("no {name} in {text}"))
+        let count = |d: &str| {
+            m.value_of(&format!(
+                "kci_store_write_seconds_count{{durability=\"{d}\"}}"
+            ))
         };
-        let text = m.render();
-        let (durable, relaxed) = (count(&text, "durable"), count(&text, "relaxed"));
-        assert!(durable >= 1, "the migration is a durable write: {text}");
+        let (durable, relaxed) = (count("durable"), count("relaxed"));
+        assert!(
+            durable >= 1,
+            "the migration is a durable write: {}",
+            m.render()
+        );
         let now = chrono::Utc::now();
         store.claim_due(now, now, 10).await.unwrap();
+        assert_eq!(count("relaxed"), relaxed + 1, "a claim is relaxed");
+        assert_eq!(count("durable"), durable);
         let text = m.render();
-        assert_eq!(count(&text, "relaxed"), relaxed + 1, "a claim is relaxed");
-        assert_eq!(count(&text, "durable"), durable);
         let first = "kci_store_write_seconds_bucket{le=\"0.0001\",durability=\"durable\"}";
         assert!(text.contains(first), "buckets from 0.1 ms: {text}");
     }
