@@ -1719,6 +1719,7 @@ mod tests {
             paranoid: false,
             active_key: None,
             account: None,
+            signing: None,
         };
         lane.queue.push_back((now, claimed));
         assert_eq!(lane.next(2, 2, zero, now), Next::Full);

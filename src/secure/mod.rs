@@ -122,7 +122,10 @@ pub async fn secure(
         }
     };
     let signing = if n.channel == ChannelKind::Webhook {
-        store.destination_secrets(&n.destination, now).await?
+        match crate::store::claimed_signing(c.signing.as_ref(), now) {
+            Some(signing) => signing,
+            None => store.destination_secrets(&n.destination, now).await?,
+        }
     } else {
         crate::store::Signing {
             own: Vec::new(),
@@ -202,6 +205,7 @@ mod tests {
             paranoid,
             active_key: key.then(|| "KEY".to_string()),
             account: None,
+            signing: None,
         }
     }
 

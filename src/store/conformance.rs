@@ -1877,6 +1877,41 @@ pub async fn check_destination_secrets(store: &dyn Store) {
         store.destination_secrets(&hook, until).await.unwrap(),
         signing(&["whsec_two"], false)
     );
+    // A notice to it claimed now carries them, read with the claim (no
+    // read of its own when it is sent at once).
+    let dest = view.contacts[0]
+        .destinations
+        .iter()
+        .find(|d| d.id == hook)
+        .unwrap();
+    let message = Message {
+        short: "Your line went down.".into(),
+        subject: "s".into(),
+        body: "b".into(),
+        encrypt_to: None,
+    };
+    let notice = Notification::own("A1", dest, "line.down", Priority::Normal, message, at, None);
+    store.enqueue(&notice).await.unwrap();
+    let claimed = store
+        .claim_due(at, at + Duration::minutes(2), 10)
+        .await
+        .unwrap();
+    let c = claimed
+        .iter()
+        .find(|c| c.notification.id == notice.id)
+        .expect("the webhook notice");
+    assert_eq!(c.signing.as_ref().map(|s| s.read_at), Some(at));
+    assert_eq!(
+        claimed_signing(c.signing.as_ref(), at),
+        Some(signing(&["whsec_two", "whsec_one"], false))
+    );
+    assert!(
+        claimed
+            .iter()
+            .filter(|c| c.notification.channel != ChannelKind::Webhook)
+            .all(|c| c.signing.is_none()),
+        "only webhooks carry signing secrets"
+    );
     // Without an overlap the old one stops at once.
     assert!(
         store

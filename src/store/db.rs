@@ -254,7 +254,7 @@ impl<B: Backend> Db<B> {
                 // it had grown.
                 rows.through_indexes().await?;
                 let notes = rows.claim(c).await?;
-                let mut out = with_context(rows, notes, Some(lease_until)).await?;
+                let mut out = with_context(rows, notes, Some((now, lease_until))).await?;
                 out.sort_by_key(|c| {
                     (
                         std::cmp::Reverse(c.notification.priority),
@@ -288,13 +288,15 @@ fn distinct_runs<T>(items: &[T], id: impl Fn(&T) -> &str) -> Vec<std::ops::Range
     runs
 }
 
-/// Each notification with its event, whether its account is paranoid and
-/// its address's active key (read once for all of them).
+/// Each notification with its event, whether its account is paranoid,
+/// its address's active key, and (claimed at `claim`'s time, under its
+/// lease) a webhook's signing secrets, read once for all of them.
 async fn with_context(
     rows: &mut impl Rows,
     notes: Vec<Notification>,
-    lease_until: Option<DateTime<Utc>>,
+    claim: Option<(DateTime<Utc>, DateTime<Utc>)>,
 ) -> Result<Vec<Claimed>> {
+    let lease_until = claim.map(|(_, lease)| lease);
     if notes.is_empty() {
         return Ok(Vec::new());
     }
@@ -326,6 +328,23 @@ async fn with_context(
                     .find(|(k, _)| *k == a)
                     .map(|(_, v)| v.clone())
             });
+            let signing =
+                claim
+                    .filter(|_| n.channel == ChannelKind::Webhook)
+                    .map(|(read_at, _)| {
+                        let row = ctx
+                            .secrets
+                            .iter()
+                            .find(|(id, _)| *id == n.destination)
+                            .map(|(_, row)| row.clone())
+                            .unwrap_or_default();
+                        ClaimedSigning {
+                            secret: row.secret,
+                            previous: row.previous,
+                            previous_until: row.previous_until,
+                            read_at,
+                        }
+                    });
             Claimed {
                 notification: n,
                 lease_until,
@@ -333,6 +352,7 @@ async fn with_context(
                 paranoid,
                 active_key,
                 account,
+                signing,
             }
         })
         .collect())

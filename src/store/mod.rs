@@ -316,6 +316,35 @@ pub struct Claimed {
     /// A letter's: its account as it is now (the postal address it goes
     /// to, the security level `plan::letter` reads).
     pub account: Option<crate::model::Account>,
+    /// A webhook's: its destination's signing secrets as read with the
+    /// claim ([`claimed_signing`] says whether they may still sign).
+    pub signing: Option<ClaimedSigning>,
+}
+
+/// A webhook destination's signing secrets as stored (sealed), read with a
+/// claim at `read_at`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimedSigning {
+    pub secret: Option<String>,
+    pub previous: Option<String>,
+    pub previous_until: Option<i64>,
+    pub read_at: DateTime<Utc>,
+}
+
+/// How long the signing secrets read with a claim may sign: a notice that
+/// waited longer for a slot reads them again, so a rotation that ends the
+/// old secret at once (`overlap: "0s"`) holds within this — about as long
+/// as a request already in flight when it happened.
+pub const SIGNING_FRESH: chrono::TimeDelta = chrono::TimeDelta::seconds(1);
+
+/// What signs a webhook at `now` from the secrets read with its claim, or
+/// `None` when they are not fresh enough to (read the store again).
+pub fn claimed_signing(claimed: Option<&ClaimedSigning>, now: DateTime<Utc>) -> Option<Signing> {
+    let c = claimed?;
+    let age = now - c.read_at;
+    (age >= chrono::TimeDelta::zero() && age <= SIGNING_FRESH).then(|| {
+        codec::current_secrets(c.secret.clone(), c.previous.clone(), c.previous_until, now)
+    })
 }
 
 /// The address of a `mailto:` notification as the key registry keys it.
@@ -1472,6 +1501,44 @@ mod token_tests {
 
 #[cfg(test)]
 mod tests {
+    /// The secrets read with a claim sign for [`SIGNING_FRESH`] after it,
+    /// by the rotation rule at the time of sending; older (or from a clock
+    /// that went back), the store is read again.
+    #[test]
+    fn secrets_read_with_a_claim_sign_while_fresh() {
+        let at = DateTime::parse_from_rfc3339("2026-03-22T10:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let ms = chrono::TimeDelta::milliseconds;
+        let until = crate::model::to_millis(at + ms(500));
+        let claimed = |secret: Option<&str>, previous: Option<&str>| ClaimedSigning {
+            secret: secret.map(str::to_string),
+            previous: previous.map(str::to_string),
+            previous_until: previous.map(|_| until),
+            read_at: at,
+        };
+        let own = |s: &[&str], channel: bool| Signing {
+            own: s.iter().map(|s| s.to_string()).collect(),
+            channel,
+        };
+        let rotated = claimed(Some("new"), Some("old"));
+        let first = claimed(Some("first"), None);
+        let cases = [
+            (None, ms(0), None),
+            (Some(&rotated), ms(0), Some(own(&["new", "old"], false))),
+            // The overlap ends while the claim is fresh: the rule at send time.
+            (Some(&rotated), ms(500), Some(own(&["new"], false))),
+            (Some(&rotated), ms(1000), Some(own(&["new"], false))),
+            (Some(&rotated), ms(1001), None),
+            (Some(&rotated), ms(-1), None),
+            (Some(&first), ms(10), Some(own(&["first"], false))),
+            (Some(&claimed(None, None)), ms(10), Some(own(&[], true))),
+        ];
+        for (i, (c, after, want)) in cases.into_iter().enumerate() {
+            assert_eq!(claimed_signing(c, at + after), want, "case {i}");
+        }
+    }
+
     use super::*;
 
     /// A kci older than the schema refuses the database rather than run

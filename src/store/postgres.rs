@@ -937,10 +937,31 @@ impl Rows for PgRows {
         let keys = self
             .all(sql, &[&addresses], |r| Ok((r.text(0)?, r.text(1)?)))
             .await?;
+        let hooks: Vec<&str> = notes
+            .iter()
+            .filter(|n| n.channel == crate::model::ChannelKind::Webhook)
+            .map(|n| n.destination.as_str())
+            .collect();
+        let secrets = if hooks.is_empty() {
+            Vec::new()
+        } else {
+            let sql = "SELECT id, secret, previous_secret, previous_until FROM destinations \
+                       WHERE id = ANY($1)";
+            self.all(sql, &[&hooks], |r| {
+                let row = SecretsRow {
+                    secret: r.opt_text(1)?,
+                    previous: r.opt_text(2)?,
+                    previous_until: r.opt_int(3)?,
+                };
+                Ok((r.text(0)?, row))
+            })
+            .await?
+        };
         Ok(ClaimContext {
             events,
             paranoid,
             keys,
+            secrets,
         })
     }
 

@@ -188,12 +188,14 @@ pub struct HealthRow {
 }
 
 /// What a claimed notice comes with: its event, whether its account is
-/// paranoid, the active key of its address.
+/// paranoid, the active key of its address, a webhook destination's
+/// signing secrets (by destination id; none for one that is gone).
 #[derive(Debug, Clone, Default)]
 pub struct ClaimContext {
     pub events: Vec<Event>,
     pub paranoid: Vec<String>,
     pub keys: Vec<(String, String)>,
+    pub secrets: Vec<(String, SecretsRow)>,
 }
 
 /// The row operations of one transaction (see the module's doc).

@@ -1142,6 +1142,12 @@ impl Rows for Lite {
                     ctx.keys.push((address, k));
                 }
             }
+            if n.channel == crate::model::ChannelKind::Webhook
+                && !ctx.secrets.iter().any(|(id, _)| *id == n.destination)
+            {
+                let row = self.secrets(&n.destination).await?;
+                ctx.secrets.push((n.destination.clone(), row));
+            }
         }
         Ok(ctx)
     }

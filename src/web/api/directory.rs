@@ -793,7 +793,8 @@ struct RotateInput {
 /// signed with `[channels.webhook] secret`), or a new one in place of the
 /// last; answered once, stored for signing only. The secret it replaces
 /// (the channel's, the first time) stays valid for `overlap` (default
-/// `[channels.webhook] rotation_overlap`; `"0s"` ends it at once),
+/// `[channels.webhook] rotation_overlap`; `"0s"` ends it at once, but for
+/// deliveries already under way: claimed at most a second before),
 /// deliveries meanwhile carrying a signature by each.
 #[utoipa::path(post, path = "/v1/accounts/{id}/contacts/{cid}/destinations/{did}/secret", tag = "directory",
     params(
