@@ -322,13 +322,24 @@ pub struct Claimed {
 }
 
 /// A webhook destination's signing secrets as stored (sealed), read with a
-/// claim at `read_at`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// claim at `read_at`. Its `Debug` names which there are, never them.
+#[derive(Clone, PartialEq, Eq)]
 pub struct ClaimedSigning {
     pub secret: Option<String>,
     pub previous: Option<String>,
     pub previous_until: Option<i64>,
     pub read_at: DateTime<Utc>,
+}
+
+impl std::fmt::Debug for ClaimedSigning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClaimedSigning")
+            .field("secret", &self.secret.as_ref().map(|_| "…"))
+            .field("previous", &self.previous.as_ref().map(|_| "…"))
+            .field("previous_until", &self.previous_until)
+            .field("read_at", &self.read_at)
+            .finish()
+    }
 }
 
 /// How long the signing secrets read with a claim may sign: a notice that
@@ -1537,6 +1548,8 @@ mod tests {
         for (i, (c, after, want)) in cases.into_iter().enumerate() {
             assert_eq!(claimed_signing(c, at + after), want, "case {i}");
         }
+        let shown = format!("{rotated:?}");
+        assert!(!shown.contains("new") && !shown.contains("old"), "{shown}");
     }
 
     use super::*;
