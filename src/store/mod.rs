@@ -344,9 +344,10 @@ impl std::fmt::Debug for ClaimedSigning {
 
 /// How long the signing secrets read with a claim may sign: a notice that
 /// waited longer for a slot reads them again, so a rotation that ends the
-/// old secret at once (`overlap: "0s"`) holds within this — about as long
-/// as a request already in flight when it happened.
-pub const SIGNING_FRESH: chrono::TimeDelta = chrono::TimeDelta::seconds(1);
+/// old secret at once (`overlap: "0s"`) holds within this — no longer than
+/// a request already in flight when it happened. Under load a notice waits
+/// milliseconds for its slot (a lane claims twice its slots ahead).
+pub const SIGNING_FRESH: chrono::TimeDelta = chrono::TimeDelta::milliseconds(250);
 
 /// What signs a webhook at `now` from the secrets read with its claim, or
 /// `None` when they are not fresh enough to (read the store again).
@@ -1521,7 +1522,7 @@ mod tests {
             .unwrap()
             .with_timezone(&Utc);
         let ms = chrono::TimeDelta::milliseconds;
-        let until = crate::model::to_millis(at + ms(500));
+        let until = crate::model::to_millis(at + ms(250));
         let claimed = |secret: Option<&str>, previous: Option<&str>| ClaimedSigning {
             secret: secret.map(str::to_string),
             previous: previous.map(str::to_string),
@@ -1538,9 +1539,9 @@ mod tests {
             (None, ms(0), None),
             (Some(&rotated), ms(0), Some(own(&["new", "old"], false))),
             // The overlap ends while the claim is fresh: the rule at send time.
-            (Some(&rotated), ms(500), Some(own(&["new"], false))),
-            (Some(&rotated), ms(1000), Some(own(&["new"], false))),
-            (Some(&rotated), ms(1001), None),
+            (Some(&rotated), ms(200), Some(own(&["new", "old"], false))),
+            (Some(&rotated), ms(250), Some(own(&["new"], false))),
+            (Some(&rotated), ms(251), None),
             (Some(&rotated), ms(-1), None),
             (Some(&first), ms(10), Some(own(&["first"], false))),
             (Some(&claimed(None, None)), ms(10), Some(own(&[], true))),

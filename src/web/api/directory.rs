@@ -794,7 +794,7 @@ struct RotateInput {
 /// last; answered once, stored for signing only. The secret it replaces
 /// (the channel's, the first time) stays valid for `overlap` (default
 /// `[channels.webhook] rotation_overlap`; `"0s"` ends it at once, but for
-/// deliveries already under way: claimed at most a second before),
+/// deliveries already under way: claimed at most 250 ms before),
 /// deliveries meanwhile carrying a signature by each.
 #[utoipa::path(post, path = "/v1/accounts/{id}/contacts/{cid}/destinations/{did}/secret", tag = "directory",
     params(
