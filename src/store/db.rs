@@ -331,19 +331,14 @@ async fn with_context(
             let signing =
                 claim
                     .filter(|_| n.channel == ChannelKind::Webhook)
-                    .map(|(read_at, _)| {
-                        let row = ctx
+                    .map(|(read_at, _)| ClaimedSigning {
+                        secrets: ctx
                             .secrets
                             .iter()
                             .find(|(id, _)| *id == n.destination)
                             .map(|(_, row)| row.clone())
-                            .unwrap_or_default();
-                        ClaimedSigning {
-                            secret: row.secret,
-                            previous: row.previous,
-                            previous_until: row.previous_until,
-                            read_at,
-                        }
+                            .unwrap_or_default(),
+                        read_at,
                     });
             Claimed {
                 notification: n,

@@ -321,25 +321,14 @@ pub struct Claimed {
     pub signing: Option<ClaimedSigning>,
 }
 
-/// A webhook destination's signing secrets as stored (sealed), read with a
-/// claim at `read_at`. Its `Debug` names which there are, never them.
-#[derive(Clone, PartialEq, Eq)]
-pub struct ClaimedSigning {
-    pub secret: Option<String>,
-    pub previous: Option<String>,
-    pub previous_until: Option<i64>,
-    pub read_at: DateTime<Utc>,
-}
+pub use rows::SecretsRow;
 
-impl std::fmt::Debug for ClaimedSigning {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClaimedSigning")
-            .field("secret", &self.secret.as_ref().map(|_| "…"))
-            .field("previous", &self.previous.as_ref().map(|_| "…"))
-            .field("previous_until", &self.previous_until)
-            .field("read_at", &self.read_at)
-            .finish()
-    }
+/// A webhook destination's signing secrets as stored, read with a claim at
+/// `read_at`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimedSigning {
+    pub secrets: SecretsRow,
+    pub read_at: DateTime<Utc>,
 }
 
 /// How long the signing secrets read with a claim may sign: a notice that
@@ -354,8 +343,9 @@ pub const SIGNING_FRESH: chrono::TimeDelta = chrono::TimeDelta::milliseconds(250
 pub fn claimed_signing(claimed: Option<&ClaimedSigning>, now: DateTime<Utc>) -> Option<Signing> {
     let c = claimed?;
     let age = now - c.read_at;
+    let s = &c.secrets;
     (age >= chrono::TimeDelta::zero() && age <= SIGNING_FRESH).then(|| {
-        codec::current_secrets(c.secret.clone(), c.previous.clone(), c.previous_until, now)
+        codec::current_secrets(s.secret.clone(), s.previous.clone(), s.previous_until, now)
     })
 }
 
@@ -1524,9 +1514,11 @@ mod tests {
         let ms = chrono::TimeDelta::milliseconds;
         let until = crate::model::to_millis(at + ms(250));
         let claimed = |secret: Option<&str>, previous: Option<&str>| ClaimedSigning {
-            secret: secret.map(str::to_string),
-            previous: previous.map(str::to_string),
-            previous_until: previous.map(|_| until),
+            secrets: SecretsRow {
+                secret: secret.map(str::to_string),
+                previous: previous.map(str::to_string),
+                previous_until: previous.map(|_| until),
+            },
             read_at: at,
         };
         let own = |s: &[&str], channel: bool| Signing {

@@ -171,12 +171,23 @@ pub struct KeyMove<'a> {
     pub at: Option<i64>,
 }
 
-/// The signing secrets of a webhook destination, as stored.
-#[derive(Debug, Clone, Default)]
+/// The signing secrets of a webhook destination, as stored (sealed). Its
+/// `Debug` names which there are, never them.
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct SecretsRow {
     pub secret: Option<String>,
     pub previous: Option<String>,
     pub previous_until: Option<i64>,
+}
+
+impl std::fmt::Debug for SecretsRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretsRow")
+            .field("secret", &self.secret.as_ref().map(|_| "…"))
+            .field("previous", &self.previous.as_ref().map(|_| "…"))
+            .field("previous_until", &self.previous_until)
+            .finish()
+    }
 }
 
 /// A destination's count of refusals in a row and since when it is
