@@ -62,6 +62,17 @@ impl ChannelKind {
         !matches!(self, ChannelKind::Email | ChannelKind::Webhook)
     }
 
+    /// Whether the receiver drops a delivery sent again (Standard
+    /// Webhooks' `webhook-id` is the notice's own, the same on every
+    /// try): a delivery then gives its slot back as soon as the receiver
+    /// answered, before its outcome is written, since a crash in between
+    /// costs the customer nothing. Elsewhere a repeat reaches a person (a
+    /// second text, a second mail), so the slot is held until the outcome
+    /// is written and a crash repeats at most a lane's slots.
+    pub fn drops_repeats(self) -> bool {
+        matches!(self, ChannelKind::Webhook)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             ChannelKind::Email => "email",

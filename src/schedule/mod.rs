@@ -289,7 +289,7 @@ impl Scheduler {
         let n = claimed.len();
         let ready = self.admit(claimed, now).await?;
         let results: Vec<crate::store::Result<()>> = futures_util::stream::iter(ready)
-            .map(|c| self.handle(c))
+            .map(|c| self.handle(c, Slot::default()))
             .buffer_unordered(self.delivery.concurrency)
             .collect()
             .await;
@@ -362,7 +362,7 @@ impl Scheduler {
         Ok(ready)
     }
 
-    async fn handle(&self, c: Claimed) -> crate::store::Result<()> {
+    async fn handle(&self, c: Claimed, mut slot: Slot) -> crate::store::Result<()> {
         let n = &c.notification;
         let now = self.clock.now();
         if n.expires_at.is_some_and(|exp| now > exp) {
@@ -515,6 +515,11 @@ impl Scheduler {
         let epoch = self.windows.epoch(n.channel, ceiling);
         let started = std::time::Instant::now();
         let result = channel.deliver(&out).await;
+        // The receiver has answered and would drop this notice sent again:
+        // its slot goes to the next one while the outcome is written.
+        if n.channel.drops_repeats() {
+            slot.free();
+        }
         let channel_label = n.channel.as_str().to_string();
         let window = self
             .windows
@@ -671,7 +676,11 @@ impl Scheduler {
     /// The server's loop. Each channel is its own lane: its own queue of
     /// claimed notices and its own `concurrency` slots, each delivery a task
     /// of its own — so a provider that is slow or timing out fills only its
-    /// own slots while the others go on. A lane claims ahead (up to twice
+    /// own slots while the others go on. A slot is a delivery at the
+    /// provider: a webhook's is given back as soon as its receiver
+    /// answered, while the outcome is written (`ChannelKind::drops_repeats`;
+    /// a lane holds at most twice `concurrency` tasks); other channels'
+    /// once the outcome is written. A lane claims ahead (up to twice
     /// its slots) when its queue runs low, so the store sees one claim per
     /// many deliveries, and stops asking once a claim comes back empty
     /// until ingest wakes the loop or the next due time comes. The loop
@@ -688,6 +697,7 @@ impl Scheduler {
                 kind,
                 configured: self.channels.get(kind).is_some(),
                 slots: Arc::new(tokio::sync::Semaphore::new(concurrency)),
+                tasks: Arc::new(tokio::sync::Semaphore::new(2 * concurrency)),
                 queue: Default::default(),
                 dry: false,
                 next_start: None,
@@ -702,6 +712,8 @@ impl Scheduler {
         // has already used part of its lease.
         let stale = self.delivery.lease.0 / 2;
         let mut inflight = tokio::task::JoinSet::new();
+        // Rung by a delivery whose provider answered (its slot is free).
+        let freed = Arc::new(tokio::sync::Notify::new());
         let mut last_poll = std::time::Instant::now();
         let mut last_sweep = std::time::Instant::now();
         let mut last_pauses: Option<std::time::Instant> = None;
@@ -777,6 +789,9 @@ impl Scheduler {
                         }
                         Next::Full | Next::Empty => break,
                     }
+                    let Ok(task) = lane.tasks.clone().try_acquire_owned() else {
+                        break;
+                    };
                     let Ok(permit) = lane.slots.clone().try_acquire_owned() else {
                         break;
                     };
@@ -805,9 +820,13 @@ impl Scheduler {
                     lane.next_start = Some(started + gap);
                     let this = self.clone();
                     let kind = lane.kind;
+                    let slot = Slot {
+                        permit: Some(permit),
+                        freed: Some(freed.clone()),
+                    };
                     inflight.spawn(async move {
-                        let _slot = permit;
-                        (kind, this.handle(c).await)
+                        let _task = task;
+                        (kind, this.handle(c, slot).await)
                     });
                     progress = true;
                 }
@@ -894,6 +913,8 @@ impl Scheduler {
                     }
                 }
                 Some(done) = inflight.join_next() => delivered(&mut lanes, done),
+                // A slot given back early: its lane may start the next.
+                _ = freed.notified() => {}
                 _ = shutdown.wait() => {}
             }
             self.wake.working();
@@ -971,6 +992,27 @@ impl KnownDue {
     }
 }
 
+/// A delivery's place at its provider (one of its lane's slots), and the
+/// doorbell of the loop that waits for one to free. `kci simulate` runs
+/// its deliveries without.
+#[derive(Default)]
+struct Slot {
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    freed: Option<Arc<tokio::sync::Notify>>,
+}
+
+impl Slot {
+    /// Gives the slot back before the delivery's task ends (see
+    /// [`ChannelKind::drops_repeats`](crate::model::ChannelKind::drops_repeats)).
+    fn free(&mut self) {
+        if self.permit.take().is_some()
+            && let Some(freed) = &self.freed
+        {
+            freed.notify_one();
+        }
+    }
+}
+
 /// One channel's share of the server's loop.
 struct Lane {
     kind: crate::model::ChannelKind,
@@ -978,8 +1020,12 @@ struct Lane {
     /// before it was taken out (each then fails, naming why), so they
     /// claim on the loop's timer, not on every wake.
     configured: bool,
-    /// Its deliveries in flight, at most `concurrency`.
+    /// Its deliveries at the provider, at most `concurrency`.
     slots: Arc<tokio::sync::Semaphore>,
+    /// Its delivery tasks, at the provider or writing their outcome: at
+    /// most twice `concurrency`, which bounds what a crash sends again
+    /// where a slot is given back early (`Slot::free`).
+    tasks: Arc<tokio::sync::Semaphore>,
     /// Claimed, waiting for a slot, with when they were claimed.
     queue: std::collections::VecDeque<(std::time::Instant, Claimed)>,
     /// Its last claim found nothing: ask again when woken, or when one
@@ -998,8 +1044,9 @@ enum Next {
     Start,
     /// Nothing queued.
     Empty,
-    /// As many in flight as the provider's window (`limit`) or the
-    /// lane's slots allow: a finishing delivery wakes the loop.
+    /// As many at the provider as its window (`limit`) or the lane's
+    /// slots allow, or as many delivery tasks as the lane may hold: a
+    /// freed slot or a finishing delivery wakes the loop.
     Full,
     /// The provider asked for a spacing: not before this.
     Spaced(std::time::Instant),
@@ -1021,6 +1068,7 @@ impl Lane {
         next_start(
             self.queue.len(),
             in_flight,
+            self.tasks.available_permits(),
             limit.min(concurrency),
             gap,
             self.next_start,
@@ -1029,12 +1077,14 @@ impl Lane {
     }
 }
 
-/// [`Lane::next`] on plain values: `in_flight` deliveries running, at
-/// most `limit` at once (the provider's window, never more than the
-/// slots), `not_before` the spacing's next start.
+/// [`Lane::next`] on plain values: `in_flight` deliveries at the
+/// provider, at most `limit` at once (the provider's window, never more
+/// than the slots), room for `tasks_left` more delivery tasks (those
+/// writing an outcome count too), `not_before` the spacing's next start.
 fn next_start(
     queued: usize,
     in_flight: usize,
+    tasks_left: usize,
     limit: usize,
     gap: std::time::Duration,
     not_before: Option<std::time::Instant>,
@@ -1043,7 +1093,7 @@ fn next_start(
     if queued == 0 {
         return Next::Empty;
     }
-    if in_flight >= limit {
+    if in_flight >= limit || tasks_left == 0 {
         return Next::Full;
     }
     match not_before {
@@ -1646,35 +1696,42 @@ mod tests {
         let now = Instant::now();
         let ms = Duration::from_millis;
         let zero = Duration::ZERO;
-        // (queued, in flight, window limit, gap, not before) → next
+        // (queued, in flight, tasks left, window limit, gap, not before) → next
         let table = [
             // The stall: queued, all 4 slots free again.
-            ((3, 0, 4, zero, None), Next::Start),
-            ((1, 3, 4, zero, None), Next::Start),
-            ((0, 0, 4, zero, None), Next::Empty),
+            ((3, 0, 8, 4, zero, None), Next::Start),
+            ((1, 3, 5, 4, zero, None), Next::Start),
+            ((0, 0, 8, 4, zero, None), Next::Empty),
             // Every slot taken.
-            ((5, 4, 4, zero, None), Next::Full),
+            ((5, 4, 4, 4, zero, None), Next::Full),
             // The provider's window is narrower than the slots.
-            ((5, 2, 2, zero, None), Next::Full),
-            ((5, 1, 2, zero, None), Next::Start),
+            ((5, 2, 6, 2, zero, None), Next::Full),
+            ((5, 1, 7, 2, zero, None), Next::Start),
+            // Slots given back early (a webhook answered), their outcomes
+            // still being written: a free slot starts the next …
+            ((5, 0, 1, 4, zero, None), Next::Start),
+            // … until the lane holds as many tasks as it may.
+            ((5, 0, 0, 4, zero, None), Next::Full),
+            ((0, 0, 0, 4, zero, None), Next::Empty),
             // A spacing: not before its next start, then at once.
             (
-                (5, 0, 4, ms(50), Some(now + ms(20))),
+                (5, 0, 8, 4, ms(50), Some(now + ms(20))),
                 Next::Spaced(now + ms(20)),
             ),
-            ((5, 0, 4, ms(50), Some(now)), Next::Start),
-            ((5, 0, 4, ms(50), Some(now - ms(1))), Next::Start),
-            ((5, 0, 4, ms(50), None), Next::Start),
+            ((5, 0, 8, 4, ms(50), Some(now)), Next::Start),
+            ((5, 0, 8, 4, ms(50), Some(now - ms(1))), Next::Start),
+            ((5, 0, 8, 4, ms(50), None), Next::Start),
             // No spacing asked for: an old next start does not hold it.
-            ((5, 0, 4, zero, Some(now + ms(20))), Next::Start),
+            ((5, 0, 8, 4, zero, Some(now + ms(20))), Next::Start),
             // Full wins over spaced: the ending delivery wakes the loop.
-            ((5, 4, 4, ms(50), Some(now + ms(20))), Next::Full),
+            ((5, 4, 4, 4, ms(50), Some(now + ms(20))), Next::Full),
+            ((5, 0, 0, 4, ms(50), Some(now + ms(20))), Next::Full),
         ];
-        for ((queued, in_flight, limit, gap, not_before), want) in table {
+        for ((queued, in_flight, tasks_left, limit, gap, not_before), want) in table {
             assert_eq!(
-                next_start(queued, in_flight, limit, gap, not_before, now),
+                next_start(queued, in_flight, tasks_left, limit, gap, not_before, now),
                 want,
-                "queued {queued}, in flight {in_flight}, limit {limit}, gap {gap:?}, not before {not_before:?}"
+                "queued {queued}, in flight {in_flight}, tasks left {tasks_left}, limit {limit}, gap {gap:?}, not before {not_before:?}"
             );
         }
         // On a lane: its slots are what it counts, and a window wider
@@ -1683,6 +1740,7 @@ mod tests {
             kind: ChannelKind::Webhook,
             configured: true,
             slots: Arc::new(tokio::sync::Semaphore::new(2)),
+            tasks: Arc::new(tokio::sync::Semaphore::new(4)),
             queue: Default::default(),
             dry: false,
             next_start: None,
@@ -1726,6 +1784,42 @@ mod tests {
         assert_eq!(lane.next(2, 8, zero, now), Next::Full);
         drop(taken);
         assert_eq!(lane.next(2, 2, zero, now), Next::Start);
+        // Four tasks writing outcomes, their slots given back: full.
+        let writing = lane.tasks.clone().try_acquire_many_owned(4).unwrap();
+        assert_eq!(lane.next(2, 2, zero, now), Next::Full);
+        drop(writing);
+        assert_eq!(lane.next(2, 2, zero, now), Next::Start);
+    }
+
+    #[tokio::test]
+    async fn a_slot_given_back_early_frees_once_and_rings_the_loop() {
+        let slots = Arc::new(tokio::sync::Semaphore::new(1));
+        let freed = Arc::new(tokio::sync::Notify::new());
+        let mut slot = Slot {
+            permit: Some(slots.clone().try_acquire_owned().unwrap()),
+            freed: Some(freed.clone()),
+        };
+        assert_eq!(slots.available_permits(), 0);
+        slot.free();
+        assert_eq!(slots.available_permits(), 1, "given back");
+        // The ring is kept for a loop not yet waiting.
+        tokio::time::timeout(std::time::Duration::from_secs(1), freed.notified())
+            .await
+            .expect("the loop is woken");
+        slot.free();
+        assert_eq!(slots.available_permits(), 1, "given back once");
+        let rang_again =
+            tokio::time::timeout(std::time::Duration::from_millis(50), freed.notified()).await;
+        assert!(rang_again.is_err(), "a second free rings nothing");
+        // Without a slot (`kci simulate`), nothing to give back.
+        Slot::default().free();
+    }
+
+    #[test]
+    fn only_webhooks_give_their_slot_back_before_the_outcome() {
+        for kind in ChannelKind::ALL {
+            assert_eq!(kind.drops_repeats(), kind == ChannelKind::Webhook, "{kind}");
+        }
     }
 
     #[test]
