@@ -69,6 +69,9 @@ pub struct Sqlite {
 /// SQLite's rows: one connection.
 pub struct Lite(Connection);
 
+/// The writer connection's page cache, in KiB (readers keep 32,000).
+const WRITER_CACHE_KIB: i64 = 8_000;
+
 fn open_conn(path: Option<&str>) -> Result<Connection> {
     let conn = match path {
         Some(p) => Connection::open_with_flags(
@@ -123,6 +126,14 @@ impl Db<Sqlite> {
             create_private(std::path::Path::new(p))?;
         }
         let conn = open_conn(path.as_deref())?;
+        // The writer's page cache is smaller than the readers'. At a
+        // commit after a B-tree split that reordered its new pages (which
+        // SQLite does through the locking page's number, 2^30 / page
+        // size), the pager walks every page the cache holds; with 32 MB
+        // that walk was a tenth of the writer's time in webhook delivery
+        // (BENCHMARKS.md, stop 48). The pages it writes are the indexes'
+        // hot ends, which 8 MB holds; the rest come from the OS's cache.
+        conn.execute_batch(&format!("PRAGMA cache_size = -{WRITER_CACHE_KIB}"))?;
         conn.wal_hook(Some(fold_when_due));
         let times = WriteTimes::default();
         let folds = times.folds();
@@ -1723,6 +1734,25 @@ mod tests {
             before + 1,
             "one fold, inside the commit that made it due"
         );
+    }
+
+    /// The writer's page cache is the smaller one; readers keep theirs.
+    #[tokio::test]
+    async fn the_writer_keeps_a_smaller_page_cache_than_the_readers() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kci.db");
+        let store = SqliteStore::open(path.to_str().unwrap()).unwrap();
+        store.migrate().await.unwrap();
+        let cache = || -> Job<Lite, i64> {
+            Box::new(|l| {
+                Box::pin(async move { Ok(l.0.query_row("PRAGMA cache_size", [], |r| r.get(0))?) })
+            })
+        };
+        assert_eq!(
+            store.backend.write(cache()).await.unwrap(),
+            -WRITER_CACHE_KIB
+        );
+        assert_eq!(store.backend.read(cache()).await.unwrap(), -32_000);
     }
 
     /// A relaxed write (a claim's lease) commits without waiting for the
