@@ -515,11 +515,6 @@ impl Scheduler {
         let epoch = self.windows.epoch(n.channel, ceiling);
         let started = std::time::Instant::now();
         let result = channel.deliver(&out).await;
-        // The receiver has answered and would drop this notice sent again:
-        // its slot goes to the next one while the outcome is written.
-        if n.channel.drops_repeats() {
-            slot.free();
-        }
         let channel_label = n.channel.as_str().to_string();
         let window = self
             .windows
@@ -560,6 +555,12 @@ impl Scheduler {
             if let Err(err) = self.store.pause_channel(n.channel, at + after).await {
                 tracing::warn!(channel = %n.channel, error = %err, "could not share a provider's pause with the other nodes");
             }
+        }
+        // The receiver has answered (its window and any pause it asked
+        // for are counted) and would drop this notice sent again: its slot
+        // goes to the next one while the outcome is written.
+        if n.channel.drops_repeats() {
+            slot.free();
         }
         let finish = match result {
             Ok(mut receipt) => {
