@@ -821,10 +821,7 @@ impl Scheduler {
                     lane.next_start = Some(started + gap);
                     let this = self.clone();
                     let kind = lane.kind;
-                    let slot = Slot {
-                        permit: Some(permit),
-                        freed: Some(freed.clone()),
-                    };
+                    let slot = Slot(Some((permit, freed.clone())));
                     inflight.spawn(async move {
                         let _task = task;
                         (kind, this.handle(c, slot).await)
@@ -997,18 +994,14 @@ impl KnownDue {
 /// doorbell of the loop that waits for one to free. `kci simulate` runs
 /// its deliveries without.
 #[derive(Default)]
-struct Slot {
-    permit: Option<tokio::sync::OwnedSemaphorePermit>,
-    freed: Option<Arc<tokio::sync::Notify>>,
-}
+struct Slot(Option<(tokio::sync::OwnedSemaphorePermit, Arc<tokio::sync::Notify>)>);
 
 impl Slot {
     /// Gives the slot back before the delivery's task ends (see
     /// [`ChannelKind::drops_repeats`](crate::model::ChannelKind::drops_repeats)).
     fn free(&mut self) {
-        if self.permit.take().is_some()
-            && let Some(freed) = &self.freed
-        {
+        if let Some((permit, freed)) = self.0.take() {
+            drop(permit);
             freed.notify_one();
         }
     }
@@ -1796,10 +1789,10 @@ mod tests {
     async fn a_slot_given_back_early_frees_once_and_rings_the_loop() {
         let slots = Arc::new(tokio::sync::Semaphore::new(1));
         let freed = Arc::new(tokio::sync::Notify::new());
-        let mut slot = Slot {
-            permit: Some(slots.clone().try_acquire_owned().unwrap()),
-            freed: Some(freed.clone()),
-        };
+        let mut slot = Slot(Some((
+            slots.clone().try_acquire_owned().unwrap(),
+            freed.clone(),
+        )));
         assert_eq!(slots.available_permits(), 0);
         slot.free();
         assert_eq!(slots.available_permits(), 1, "given back");

@@ -723,15 +723,7 @@ impl Rows for PgRows {
 
     async fn secrets(&mut self, id: &str) -> Result<SecretsRow> {
         let sql = "SELECT secret, previous_secret, previous_until FROM destinations WHERE id = $1";
-        let row = self
-            .one(sql, &[&id], |r| {
-                Ok(SecretsRow {
-                    secret: r.opt_text(0)?,
-                    previous: r.opt_text(1)?,
-                    previous_until: r.opt_int(2)?,
-                })
-            })
-            .await?;
+        let row = self.one(sql, &[&id], |r| rows::secrets(r, 0)).await?;
         Ok(row.unwrap_or_default())
     }
 
@@ -947,15 +939,8 @@ impl Rows for PgRows {
         } else {
             let sql = "SELECT id, secret, previous_secret, previous_until FROM destinations \
                        WHERE id = ANY($1)";
-            self.all(sql, &[&hooks], |r| {
-                let row = SecretsRow {
-                    secret: r.opt_text(1)?,
-                    previous: r.opt_text(2)?,
-                    previous_until: r.opt_int(3)?,
-                };
-                Ok((r.text(0)?, row))
-            })
-            .await?
+            self.all(sql, &[&hooks], |r| Ok((r.text(0)?, rows::secrets(r, 1)?)))
+                .await?
         };
         Ok(ClaimContext {
             events,

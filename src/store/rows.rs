@@ -1149,6 +1149,16 @@ pub const NOTIFICATION_COLUMNS: &str = "id, event, account, contact, destination
      state, reason, detail, due_at, expires_at, decided_at, sent_at, attempts, timezone, message, digest, paired_from, \
      provider_ref, receipt, segments, secret, paced";
 
+/// A destination's signing secrets from `secret, previous_secret,
+/// previous_until` at columns `from`, `from + 1`, `from + 2`.
+pub fn secrets(r: &impl Cols, from: usize) -> Result<SecretsRow> {
+    Ok(SecretsRow {
+        secret: r.opt_text(from)?,
+        previous: r.opt_text(from + 1)?,
+        previous_until: r.opt_int(from + 2)?,
+    })
+}
+
 pub fn notification(r: &impl Cols) -> Result<Notification> {
     Ok(Notification {
         id: r.text(0)?,

@@ -69,10 +69,21 @@ pub struct Sqlite {
 /// SQLite's rows: one connection.
 pub struct Lite(Connection);
 
-/// The writer connection's page cache, in KiB (readers keep 32,000).
+/// A reader connection's page cache, in KiB.
+const READER_CACHE_KIB: i64 = 32_000;
+
+/// The writer connection's page cache, in KiB: smaller than a reader's.
+/// At a commit after a B-tree split that reordered its new pages (which
+/// SQLite does through the locking page's number, 2^30 / page size), the
+/// pager walks every page the writer's cache holds; with 32 MB that walk
+/// was a tenth of the writer's time in webhook delivery (BENCHMARKS.md,
+/// stop 48). The pages it writes are the indexes' hot ends, which 8 MB
+/// holds; the rest come from the OS's cache.
 const WRITER_CACHE_KIB: i64 = 8_000;
 
-fn open_conn(path: Option<&str>) -> Result<Connection> {
+/// A connection to `path` (in memory without), its page cache
+/// `cache_kib` KiB.
+fn open_conn(path: Option<&str>, cache_kib: i64) -> Result<Connection> {
     let conn = match path {
         Some(p) => Connection::open_with_flags(
             p,
@@ -102,9 +113,9 @@ fn open_conn(path: Option<&str>) -> Result<Connection> {
          PRAGMA foreign_keys = ON;
          PRAGMA temp_store = MEMORY;
          PRAGMA secure_delete = FAST;
-         PRAGMA journal_size_limit = 67108864;
-         PRAGMA cache_size = -32000;",
+         PRAGMA journal_size_limit = 67108864;",
     )?;
+    conn.pragma_update(None, "cache_size", -cache_kib)?;
     Ok(conn)
 }
 
@@ -125,15 +136,7 @@ impl Db<Sqlite> {
         if let Some(p) = &path {
             create_private(std::path::Path::new(p))?;
         }
-        let conn = open_conn(path.as_deref())?;
-        // The writer's page cache is smaller than the readers'. At a
-        // commit after a B-tree split that reordered its new pages (which
-        // SQLite does through the locking page's number, 2^30 / page
-        // size), the pager walks every page the cache holds; with 32 MB
-        // that walk was a tenth of the writer's time in webhook delivery
-        // (BENCHMARKS.md, stop 48). The pages it writes are the indexes'
-        // hot ends, which 8 MB holds; the rest come from the OS's cache.
-        conn.execute_batch(&format!("PRAGMA cache_size = -{WRITER_CACHE_KIB}"))?;
+        let conn = open_conn(path.as_deref(), WRITER_CACHE_KIB)?;
         conn.wal_hook(Some(fold_when_due));
         let times = WriteTimes::default();
         let folds = times.folds();
@@ -264,7 +267,7 @@ impl Backend for Sqlite {
         let (conn, result) = tokio::task::spawn_blocking(move || {
             let mut lite = Lite(match pooled {
                 Some(c) => c,
-                None => open_conn(Some(&path))?,
+                None => open_conn(Some(&path), READER_CACHE_KIB)?,
             });
             let r = now(job(&mut lite));
             Ok::<_, StoreError>((lite.0, r))
@@ -883,13 +886,7 @@ impl Rows for Lite {
 
     async fn secrets(&mut self, id: &str) -> Result<SecretsRow> {
         let sql = "SELECT secret, previous_secret, previous_until FROM destinations WHERE id = ?1";
-        let row = self.one(sql, [id], |r| {
-            Ok(SecretsRow {
-                secret: r.opt_text(0)?,
-                previous: r.opt_text(1)?,
-                previous_until: r.opt_int(2)?,
-            })
-        })?;
+        let row = self.one(sql, [id], |r| rows::secrets(r, 0))?;
         Ok(row.unwrap_or_default())
     }
 
@@ -1813,7 +1810,7 @@ mod tests {
 
         // Queued together, a relaxed job and a durable one on each side
         // of it: the relaxed one commits first, without waiting.
-        let mut lite = Lite(open_conn(Some(path)).unwrap());
+        let mut lite = Lite(open_conn(Some(path), READER_CACHE_KIB).unwrap());
         let seen = std::sync::Arc::new(Mutex::new(Vec::new()));
         let job = |durable: bool| {
             let seen = seen.clone();
@@ -1849,7 +1846,7 @@ mod tests {
     fn a_failing_job_takes_back_what_it_wrote_and_nothing_else() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("kci.db");
-        let mut lite = Lite(open_conn(path.to_str()).unwrap());
+        let mut lite = Lite(open_conn(path.to_str(), READER_CACHE_KIB).unwrap());
         lite.0.execute_batch("CREATE TABLE t (x INTEGER)").unwrap();
         // Inserts `x`, then fails if asked to, after its write.
         fn inserting(x: i64, fails: bool) -> Job<Lite, i64> {
@@ -1909,7 +1906,7 @@ mod tests {
         let path = dir.path().join("kci.db");
         let path = path.to_str().unwrap();
         SqliteStore::open(path).unwrap().migrate().await.unwrap();
-        let lite = Lite(open_conn(Some(path)).unwrap());
+        let lite = Lite(open_conn(Some(path), READER_CACHE_KIB).unwrap());
         (dir, lite)
     }
 
