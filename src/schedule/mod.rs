@@ -898,22 +898,32 @@ impl Scheduler {
             if let Some(k) = &mut known {
                 k.sleeping_until(until);
             }
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {
-                    for lane in &mut lanes {
-                        lane.dry = false;
+            let sleep = tokio::time::sleep(wait);
+            tokio::pin!(sleep);
+            loop {
+                tokio::select! {
+                    _ = &mut sleep => {
+                        for lane in &mut lanes {
+                            lane.dry = false;
+                        }
                     }
-                }
-                _ = self.wake.notified() => {
-                    known = None;
-                    for lane in lanes.iter_mut().filter(|l| l.configured) {
-                        lane.dry = false;
+                    _ = self.wake.notified() => {
+                        // Rung during the round for what comes due after
+                        // this sleep: nothing to do before it ends.
+                        if !self.wake.rang_before(until) {
+                            continue;
+                        }
+                        known = None;
+                        for lane in lanes.iter_mut().filter(|l| l.configured) {
+                            lane.dry = false;
+                        }
                     }
+                    Some(done) = inflight.join_next() => delivered(&mut lanes, done),
+                    // A slot given back early: its lane may start the next.
+                    _ = freed.notified() => {}
+                    _ = shutdown.wait() => {}
                 }
-                Some(done) = inflight.join_next() => delivered(&mut lanes, done),
-                // A slot given back early: its lane may start the next.
-                _ = freed.notified() => {}
-                _ = shutdown.wait() => {}
+                break;
             }
             self.wake.working();
             // A channel that is not configured gets no new work: what is
@@ -1807,6 +1817,78 @@ mod tests {
         assert!(rang_again.is_err(), "a second free rings nothing");
         // Without a slot (`kci simulate`), nothing to give back.
         Slot::default().free();
+    }
+
+    /// Claims the store was asked for so far (its relaxed writes).
+    fn claims(store: &dyn Store) -> u64 {
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register("w", "", store.write_times().family());
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        text.lines()
+            .find(|l| l.starts_with("w_count{durability=\"relaxed\"}"))
+            .and_then(|l| l.rsplit(' ').next())
+            .map_or(0, |n| n.parse().unwrap())
+    }
+
+    /// A steady stream of notices held for later (quiet hours,
+    /// `not_before`) rings the loop whenever it is at work; each such
+    /// round used to be rung by those stored during it, so the loop went
+    /// round, claiming, for as long as the stream lasted. Now it sleeps
+    /// through them: at most its timer's rounds (one a second, each
+    /// claiming on every lane) — and a notice due now still wakes it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn notices_held_for_later_keep_the_loop_asleep() {
+        let ntfy = Arc::new(RecordingChannel::new(ChannelKind::Ntfy));
+        let mut channels = Channels::default();
+        channels.insert(ntfy.clone());
+        let (store, scheduler) = fixture(4, channels).await;
+        let shutdown = crate::shutdown::Shutdown::default();
+        let worker = tokio::spawn(scheduler.clone().run(shutdown.clone()));
+        settle(|| ntfy.sent().len() == 20).await;
+        assert_eq!(ntfy.sent().len(), 20, "the first twenty sent");
+        let before = claims(&*store);
+        let started = std::time::Instant::now();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let ringing = std::thread::spawn({
+            let (wake, stop) = (scheduler.wake.clone(), stop.clone());
+            let held = Utc::now() + Duration::days(365);
+            move || {
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    wake.due(held);
+                    std::thread::yield_now();
+                }
+            }
+        });
+        // Woken once (an API call, say): at work, it hears the stream.
+        scheduler.wake.notify_one();
+        tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+        let asked = claims(&*store) - before;
+        // The round woken for, then each of the timer's, claims on every
+        // lane at most.
+        let rounds = started.elapsed().as_secs() + 2;
+        let bound = rounds * ChannelKind::ALL.len() as u64;
+        assert!(
+            asked <= bound,
+            "{asked} claims while held notices rang, at most {bound}"
+        );
+        // Twenty due now, stored while it still rings for later ones.
+        let config = Arc::new(
+            crate::config::Config::parse("[types.\"line.down\"]\nshort = \"down\"\n", "test")
+                .unwrap(),
+        );
+        let due = Utc::now();
+        store
+            .ingest(twenty("now", due), crate::ingest::planner(config))
+            .await
+            .unwrap();
+        scheduler.wake.due(due);
+        settle(|| ntfy.sent().len() == 40).await;
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        ringing.join().unwrap();
+        shutdown.trigger();
+        worker.await.unwrap();
+        assert_eq!(ntfy.sent().len(), 40, "the twenty due now were sent");
     }
 
     #[test]
