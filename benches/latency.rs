@@ -445,6 +445,19 @@ body = "Your line went down. Reference {{{{ data.ticket }}}}."
         store_writes(&writes_before, &writes_after, "durable"),
         store_writes(&writes_before, &writes_after, "relaxed")
     );
+    // The provider's part (`kci_delivery_seconds`, from each request's
+    // start to the provider's answer): what is left of POST → provider
+    // beyond it and the 202 is the wait for a claim and a slot.
+    println!(
+        "deliver : {}",
+        observed(
+            &writes_before,
+            &writes_after,
+            "kci_delivery_seconds",
+            &format!("channel=\"{}\"", args.channel),
+            "attempts at the provider"
+        )
+    );
     // The SQLite writer's folds of its log, which every write queued
     // meanwhile waits for.
     println!(
