@@ -1267,6 +1267,36 @@ mod tests {
         }
     }
 
+    /// The loop running over [`fixture`] with a recording ntfy channel
+    /// only (the fixture's telegram destination has none).
+    async fn running_with_ntfy() -> (
+        Arc<RecordingChannel>,
+        Arc<dyn Store>,
+        Arc<Scheduler>,
+        crate::shutdown::Shutdown,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let ntfy = Arc::new(RecordingChannel::new(ChannelKind::Ntfy));
+        let mut channels = Channels::default();
+        channels.insert(ntfy.clone());
+        let (store, scheduler) = fixture(4, channels).await;
+        let shutdown = crate::shutdown::Shutdown::default();
+        let worker = tokio::spawn(scheduler.clone().run(shutdown.clone()));
+        (ntfy, store, scheduler, shutdown, worker)
+    }
+
+    /// Ingests [`twenty`] more events, received at `at`.
+    async fn ingest_twenty(store: &dyn Store, prefix: &str, at: DateTime<Utc>) {
+        let config = Arc::new(
+            crate::config::Config::parse("[types.\"line.down\"]\nshort = \"down\"\n", "test")
+                .unwrap(),
+        );
+        store
+            .ingest(twenty(prefix, at), crate::ingest::planner(config))
+            .await
+            .unwrap();
+    }
+
     /// A provider that answers every request 429, wait an hour.
     struct Limited {
         calls: std::sync::atomic::AtomicUsize,
@@ -1412,12 +1442,7 @@ mod tests {
     /// went dry and while ingest keeps waking the loop.
     #[tokio::test]
     async fn a_notice_for_an_unconfigured_channel_fails_while_ingest_keeps_waking() {
-        let ntfy = Arc::new(RecordingChannel::new(ChannelKind::Ntfy));
-        let mut channels = Channels::default();
-        channels.insert(ntfy.clone());
-        let (store, scheduler) = fixture(4, channels).await;
-        let shutdown = crate::shutdown::Shutdown::default();
-        let worker = tokio::spawn(scheduler.clone().run(shutdown.clone()));
+        let (ntfy, store, scheduler, shutdown, worker) = running_with_ntfy().await;
         let states = |failed: i64, sent: i64| {
             let store = store.clone();
             async move {
@@ -1435,14 +1460,7 @@ mod tests {
         assert!(states(20, 20).await, "the first twenty settled");
         // Every lane has gone dry; twenty more come in while ingest wakes
         // the loop every few milliseconds.
-        let config = Arc::new(
-            crate::config::Config::parse("[types.\"line.down\"]\nshort = \"down\"\n", "test")
-                .unwrap(),
-        );
-        store
-            .ingest(twenty("more", Utc::now()), crate::ingest::planner(config))
-            .await
-            .unwrap();
+        ingest_twenty(&*store, "more", Utc::now()).await;
         let waking = tokio::spawn({
             let wake = scheduler.wake.clone();
             async move {
@@ -1839,12 +1857,7 @@ mod tests {
     /// claiming on every lane) — and a notice due now still wakes it.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn notices_held_for_later_keep_the_loop_asleep() {
-        let ntfy = Arc::new(RecordingChannel::new(ChannelKind::Ntfy));
-        let mut channels = Channels::default();
-        channels.insert(ntfy.clone());
-        let (store, scheduler) = fixture(4, channels).await;
-        let shutdown = crate::shutdown::Shutdown::default();
-        let worker = tokio::spawn(scheduler.clone().run(shutdown.clone()));
+        let (ntfy, store, scheduler, shutdown, worker) = running_with_ntfy().await;
         settle(|| ntfy.sent().len() == 20).await;
         assert_eq!(ntfy.sent().len(), 20, "the first twenty sent");
         let before = claims(&*store);
@@ -1873,15 +1886,8 @@ mod tests {
             "{asked} claims while held notices rang, at most {bound}"
         );
         // Twenty due now, stored while it still rings for later ones.
-        let config = Arc::new(
-            crate::config::Config::parse("[types.\"line.down\"]\nshort = \"down\"\n", "test")
-                .unwrap(),
-        );
         let due = Utc::now();
-        store
-            .ingest(twenty("now", due), crate::ingest::planner(config))
-            .await
-            .unwrap();
+        ingest_twenty(&*store, "now", due).await;
         scheduler.wake.due(due);
         settle(|| ntfy.sent().len() == 40).await;
         stop.store(true, std::sync::atomic::Ordering::SeqCst);
