@@ -1690,15 +1690,22 @@ mod tests {
         assert_eq!(clock, LogClock::default());
     }
 
+    /// A migrated store in a file of its own (readers get connections of
+    /// their own, unlike `:memory:`), kept while the directory is.
+    async fn on_disk() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kci.db");
+        let store = SqliteStore::open(path.to_str().unwrap()).unwrap();
+        store.migrate().await.unwrap();
+        (dir, store)
+    }
+
     /// The writer folds its log into the database once it is 1,000 pages
     /// long, SQLite's own rule, and times each fold
     /// (`kci_store_fold_seconds`); a shorter log is not folded.
     #[tokio::test]
     async fn the_writer_folds_a_long_log_and_times_the_fold() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("kci.db");
-        let store = SqliteStore::open(path.to_str().unwrap()).unwrap();
-        store.migrate().await.unwrap();
+        let (_dir, store) = on_disk().await;
         let metrics = crate::metrics::Metrics::new().with_store(&store);
         let folds = || metrics.value_of("kci_store_fold_seconds_count");
         // Pages of 4 KiB, each row a page of its own in the log.
@@ -1736,10 +1743,7 @@ mod tests {
     /// The writer's page cache is the smaller one; readers keep theirs.
     #[tokio::test]
     async fn the_writer_keeps_a_smaller_page_cache_than_the_readers() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("kci.db");
-        let store = SqliteStore::open(path.to_str().unwrap()).unwrap();
-        store.migrate().await.unwrap();
+        let (_dir, store) = on_disk().await;
         let cache = || -> Job<Lite, i64> {
             Box::new(|l| {
                 Box::pin(async move { Ok(l.0.query_row("PRAGMA cache_size", [], |r| r.get(0))?) })
