@@ -19,6 +19,10 @@
 //!    slow ones (over 25 ms) were: runs of them by when they were planned,
 //!    so a tail of a few stalls that hold up everything can be told from
 //!    one spread over the whole run, and set beside what else happened then.
+//! 3. email only: the SMTP server alone, open loop at the same rate over as
+//!    many connections as kci's delivery `concurrency` (32), mails of about
+//!    the same size, kci idle: what the server and the machine take on their
+//!    own, the floor under POST → provider.
 //!
 //! The provider is, for `webhook`, a receiver in this process (axum),
 //! and for `email`, a real SMTP server (Debian's python3-aiosmtpd) whose
@@ -243,11 +247,12 @@ async fn main() {
     let args = args();
     let dir = tempfile::tempdir().unwrap();
     let arrivals: Arrivals = Default::default();
-    let (destination, channel_toml, _smtp) = if args.channel == "webhook" {
+    let (destination, channel_toml, _smtp, smtp_port) = if args.channel == "webhook" {
         let url = webhook_receiver(arrivals.clone()).await;
         (
             url,
             "[channels.webhook]\nallow_private = true\n".to_string(),
+            None,
             None,
         )
     } else {
@@ -257,6 +262,7 @@ async fn main() {
             "mailto:bench@example.com".to_string(),
             format!("[email]\nsmtp = \"smtp://127.0.0.1:{port}?tls=none\"\n"),
             Some(smtp),
+            Some(port),
         )
     };
     let port = free_port();
@@ -477,4 +483,79 @@ body = "Your line went down. Reference {{{{ data.ticket }}}}."
         rss.iter().max().copied().unwrap_or(0) as f64 / 1024.0,
         rss.len()
     );
+
+    // 3. The SMTP server alone: the same rate, the same number of
+    // connections as kci's delivery `concurrency`, mails of about the
+    // same size, no kci in between (kci idles meanwhile). What the server and
+    // the machine take on their own is the floor under POST → provider.
+    if let Some(port) = smtp_port {
+        let alone = smtp_alone(port, rate, args.seconds, 32, &arrivals).await;
+        println!();
+        println!(
+            "| the SMTP server alone at {rate:.0}/s, 32 connections | n | p50 ms | p90 ms | p99 ms | max ms |"
+        );
+        println!("|---|---|---|---|---|---|");
+        println!("{}", summary("sent → server has it", took(&alone)));
+        println!("{}", stalls("sent → server has it", alone, 25));
+    }
+}
+
+/// Mails at `rate` a second for `seconds` straight to the SMTP server on
+/// `port`, each handed at its planned time to the first of `connections`
+/// idle connections (as kci's pool does), open loop; for each, when it was
+/// planned (µs into the loop) and how long until the server had it.
+async fn smtp_alone(
+    port: u16,
+    rate: f64,
+    seconds: u64,
+    connections: usize,
+    arrivals: &Arrivals,
+) -> Vec<(u64, u64)> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let rx = Arc::new(tokio::sync::Mutex::new(rx));
+    let mut tasks = Vec::new();
+    for _ in 0..connections {
+        let rx = rx.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut smtp = SmtpSession::open(port).await;
+            loop {
+                let Some(id) = rx.lock().await.recv().await else {
+                    break;
+                };
+                let body = format!(
+                    "From: Bench ISP <kci@isp.example>\r\nTo: bench@example.com\r\n\
+                     Subject: Line down ({id})\r\nMessage-ID: <{id}@isp.example>\r\n\
+                     MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{}\r\n.\r\n",
+                    format!("Your line went down. Reference {id}.\r\n").repeat(12)
+                );
+                smtp.send(body.as_bytes()).await;
+            }
+            smtp.quit().await;
+        }));
+    }
+    let total = (rate * seconds as f64) as usize;
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let mut planned: Vec<(String, u64)> = Vec::with_capacity(total);
+    let start = Instant::now();
+    let start_us = now_us();
+    for i in 0..total {
+        tokio::time::sleep_until((start + interval * i as u32).into()).await;
+        let id = format!("alone-{i}");
+        planned.push((
+            id.clone(),
+            start_us + (interval * i as u32).as_micros() as u64,
+        ));
+        tx.send(id).unwrap();
+    }
+    drop(tx);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let ids: Vec<String> = planned.iter().map(|(id, _)| id.clone()).collect();
+    settle(arrivals, &ids, Duration::from_secs(10)).await;
+    let a = arrivals.lock().unwrap();
+    planned
+        .iter()
+        .filter_map(|(id, at)| a.get(id).map(|t| (at - start_us, t.saturating_sub(*at))))
+        .collect()
 }

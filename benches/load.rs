@@ -649,7 +649,6 @@ async fn raw_postgres(schema: &str, n: usize, batch: usize) -> f64 {
 /// connections (TCP_NODELAY, one transaction at a time each, as kci's
 /// pool sends), `n` mails in all, each about as large as kci's.
 async fn smtp_ceiling(port: u16, n: usize, connections: usize) -> f64 {
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
     let body = format!(
         "From: Bench ISP <kci@isp.example>\r\nTo: bench@example.com\r\nSubject: Line L1 is down (T-00000001)\r\n\
          Message-ID: <bench@isp.example>\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{}\r\n.\r\n",
@@ -661,42 +660,11 @@ async fn smtp_ceiling(port: u16, n: usize, connections: usize) -> f64 {
     for _ in 0..connections {
         let (next, body) = (next.clone(), body.clone());
         tasks.push(tokio::spawn(async move {
-            let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .unwrap();
-            stream.set_nodelay(true).unwrap();
-            let (r, mut w) = stream.into_split();
-            let mut r = BufReader::new(r);
-            let mut line = String::new();
-            // One reply, multi-line or not: its last line's code.
-            async fn reply(
-                r: &mut BufReader<tokio::net::tcp::OwnedReadHalf>,
-                line: &mut String,
-            ) -> u16 {
-                loop {
-                    line.clear();
-                    r.read_line(line).await.unwrap();
-                    if line.as_bytes().get(3) != Some(&b'-') {
-                        return line.get(..3).and_then(|c| c.parse().ok()).unwrap_or(0);
-                    }
-                }
-            }
-            assert_eq!(reply(&mut r, &mut line).await, 220);
-            w.write_all(b"EHLO bench\r\n").await.unwrap();
-            assert_eq!(reply(&mut r, &mut line).await, 250);
+            let mut smtp = SmtpSession::open(port).await;
             while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < n {
-                for (cmd, code) in [
-                    ("MAIL FROM:<kci@isp.example>\r\n", 250),
-                    ("RCPT TO:<bench@example.com>\r\n", 250),
-                    ("DATA\r\n", 354),
-                ] {
-                    w.write_all(cmd.as_bytes()).await.unwrap();
-                    assert_eq!(reply(&mut r, &mut line).await, code, "{cmd}");
-                }
-                w.write_all(body.as_bytes()).await.unwrap();
-                assert_eq!(reply(&mut r, &mut line).await, 250);
+                smtp.send(body.as_bytes()).await;
             }
-            let _ = w.write_all(b"QUIT\r\n").await;
+            smtp.quit().await;
         }));
     }
     for t in tasks {

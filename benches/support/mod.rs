@@ -175,3 +175,66 @@ pub fn store_writes(before: &str, after: &str, durability: &str) -> String {
         &format!("{durability} writes"),
     )
 }
+
+/// A plain SMTP client session (no kci in between), as the benches use to
+/// measure an SMTP server on its own: greeted, `EHLO` said, then one mail
+/// transaction per `send`.
+pub struct SmtpSession {
+    r: tokio::io::BufReader<tokio::net::tcp::OwnedReadHalf>,
+    w: tokio::net::tcp::OwnedWriteHalf,
+    line: String,
+}
+
+impl SmtpSession {
+    /// Connects to `port` on loopback with `TCP_NODELAY` (as kci does).
+    pub async fn open(port: u16) -> Self {
+        use tokio::io::AsyncWriteExt;
+        let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        stream.set_nodelay(true).unwrap();
+        let (r, w) = stream.into_split();
+        let mut s = Self {
+            r: tokio::io::BufReader::new(r),
+            w,
+            line: String::new(),
+        };
+        assert_eq!(s.reply().await, 220);
+        s.w.write_all(b"EHLO bench\r\n").await.unwrap();
+        assert_eq!(s.reply().await, 250);
+        s
+    }
+
+    /// One reply, multi-line or not: its last line's code.
+    async fn reply(&mut self) -> u16 {
+        use tokio::io::AsyncBufReadExt;
+        loop {
+            self.line.clear();
+            self.r.read_line(&mut self.line).await.unwrap();
+            if self.line.as_bytes().get(3) != Some(&b'-') {
+                return self.line.get(..3).and_then(|c| c.parse().ok()).unwrap_or(0);
+            }
+        }
+    }
+
+    /// One mail: `data` is the message, dot-stuffed and ending in
+    /// `\r\n.\r\n`.
+    pub async fn send(&mut self, data: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        for (cmd, code) in [
+            ("MAIL FROM:<kci@isp.example>\r\n", 250),
+            ("RCPT TO:<bench@example.com>\r\n", 250),
+            ("DATA\r\n", 354),
+        ] {
+            self.w.write_all(cmd.as_bytes()).await.unwrap();
+            assert_eq!(self.reply().await, code, "{cmd}");
+        }
+        self.w.write_all(data).await.unwrap();
+        assert_eq!(self.reply().await, 250);
+    }
+
+    pub async fn quit(mut self) {
+        use tokio::io::AsyncWriteExt;
+        let _ = self.w.write_all(b"QUIT\r\n").await;
+    }
+}
