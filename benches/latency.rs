@@ -3,7 +3,11 @@
 //! (half of the peak found first), with a release `kci serve` on SQLite.
 //!
 //!     cargo bench --bench latency -- [--channel webhook|email]
-//!         [--seconds 20] [--rate N] [--peak-events 4000]
+//!         [--seconds 20] [--rate N] [--peak-events 4000] [--pin]
+//!
+//! `--pin` (email): the SMTP server on the second core and everything else
+//! (this bench, hence kci) on the first, as if the server had a host of its
+//! own; without it, the three share both cores.
 //!
 //! 1. peak: `--peak-events` events due now, posted by 32 clients as fast
 //!    as they are answered; the rate at which the last notice arrives at
@@ -43,6 +47,7 @@ struct Args {
     seconds: u64,
     rate: Option<f64>,
     peak_events: usize,
+    pin: bool,
 }
 
 fn args() -> Args {
@@ -51,6 +56,7 @@ fn args() -> Args {
         seconds: 20,
         rate: None,
         peak_events: 4000,
+        pin: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -60,12 +66,17 @@ fn args() -> Args {
             "--seconds" => a.seconds = value().parse().expect("--seconds N"),
             "--rate" => a.rate = Some(value().parse().expect("--rate N")),
             "--peak-events" => a.peak_events = value().parse().expect("--peak-events N"),
+            "--pin" => a.pin = true,
             _ => {} // cargo bench passes --bench
         }
     }
     assert!(
         a.channel == "webhook" || a.channel == "email",
         "--channel webhook|email"
+    );
+    assert!(
+        !a.pin || a.channel == "email",
+        "--pin is for email (the webhook receiver is in this process)"
     );
     a
 }
@@ -118,6 +129,13 @@ class Note:
         sys.stdout.write(f"{at} {subject}\n")
         sys.stdout.flush()
         return "250 OK"
+# A pipe of 1 MiB (Linux's default ceiling) to the bench's reader: a
+# reader behind by a few thousand lines must not block this server.
+try:
+    import fcntl
+    fcntl.fcntl(sys.stdout.fileno(), 1031, 1 << 20)  # F_SETPIPE_SZ
+except OSError:
+    pass
 c = Controller(Note(), hostname="127.0.0.1", port=int(sys.argv[1]))
 c.start()
 sys.stdout.write("ready\n"); sys.stdout.flush()
@@ -130,8 +148,15 @@ except KeyboardInterrupt:
 
 /// Starts the SMTP server on `port`; its arrivals are read into
 /// `arrivals` by a thread.
-fn smtp_receiver(port: u16, arrivals: Arrivals) -> Killer {
-    let mut child = Command::new("/usr/bin/python3")
+fn smtp_receiver(port: u16, arrivals: Arrivals, pin: bool) -> Killer {
+    let mut command = if pin {
+        let mut c = Command::new("taskset");
+        c.args(["-c", "1", "/usr/bin/python3"]);
+        c
+    } else {
+        Command::new("/usr/bin/python3")
+    };
+    let mut child = command
         .args(["-c", SMTP_HANDLER, &port.to_string()])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -245,6 +270,15 @@ async fn settle(arrivals: &Arrivals, ids: &[String], limit: Duration) -> usize {
 #[tokio::main]
 async fn main() {
     let args = args();
+    if args.pin {
+        // Every thread of this process, and so kci, started later.
+        let pinned = Command::new("taskset")
+            .args(["-a", "-p", "-c", "0", &std::process::id().to_string()])
+            .stdout(Stdio::null())
+            .status()
+            .expect("taskset (util-linux)");
+        assert!(pinned.success(), "taskset -a -p -c 0 failed");
+    }
     let dir = tempfile::tempdir().unwrap();
     let arrivals: Arrivals = Default::default();
     let (destination, channel_toml, _smtp, smtp_port) = if args.channel == "webhook" {
@@ -257,7 +291,7 @@ async fn main() {
         )
     } else {
         let port = free_port();
-        let smtp = smtp_receiver(port, arrivals.clone());
+        let smtp = smtp_receiver(port, arrivals.clone(), args.pin);
         (
             "mailto:bench@example.com".to_string(),
             format!("[email]\nsmtp = \"smtp://127.0.0.1:{port}?tls=none\"\n"),
@@ -329,11 +363,16 @@ body = "Your line went down. Reference {{{{ data.ticket }}}}."
         }
     };
     println!(
-        "# kci latency benchmark: channel={} store=sqlite cores={}",
+        "# kci latency benchmark: channel={} store=sqlite cores={}{}",
         args.channel,
         std::thread::available_parallelism()
             .map(|p| p.get())
-            .unwrap_or(0)
+            .unwrap_or(0),
+        if args.pin {
+            " (pinned: the SMTP server on core 1, the rest on core 0)"
+        } else {
+            ""
+        }
     );
 
     // 1. Peak, end to end, closed loop.
