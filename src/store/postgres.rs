@@ -1811,16 +1811,9 @@ mod tests {
     #[tokio::test]
     async fn a_claim_never_reads_the_whole_table() {
         use crate::store::{EventStore, QueueStore};
-        let (_migrated, schema) = crate::store::conformance::pg_store().await;
-        let url = format!(
-            "{}?options=-csearch_path%3D{}",
-            crate::store::conformance::pg_url(),
-            schema.name
-        );
-        let store = PgStore::connect_sized(&url, 1).await.unwrap();
+        let (store, _schema) = on_one_connection().await;
         let now = chrono::Utc::now();
         // A few notices, held for later, as a hub's first hour may have.
-        crate::store::conformance::seed(&store).await;
         let held: Vec<Event> = (0..20)
             .map(|i| Event {
                 not_before: Some(now + chrono::Duration::hours(1)),
@@ -1849,6 +1842,20 @@ mod tests {
             0,
             "whole-table reads in ten claims"
         );
+    }
+
+    /// A migrated, seeded store in a schema of its own, on a single
+    /// connection (so each statement's kept plan is that one's).
+    async fn on_one_connection() -> (PgStore, crate::store::conformance::TempSchema) {
+        let (_migrated, schema) = crate::store::conformance::pg_store().await;
+        let url = format!(
+            "{}?options=-csearch_path%3D{}",
+            crate::store::conformance::pg_url(),
+            schema.name
+        );
+        let store = PgStore::connect_sized(&url, 1).await.unwrap();
+        crate::store::conformance::seed(&store).await;
+        (store, schema)
     }
 
     /// Whole-table reads of `table` so far, as the server counts them
@@ -1883,15 +1890,8 @@ mod tests {
     #[tokio::test]
     async fn an_ingest_never_reads_the_events_whole() {
         use crate::store::EventStore;
-        let (_migrated, schema) = crate::store::conformance::pg_store().await;
-        let url = format!(
-            "{}?options=-csearch_path%3D{}",
-            crate::store::conformance::pg_url(),
-            schema.name
-        );
-        let store = PgStore::connect_sized(&url, 1).await.unwrap();
+        let (store, _schema) = on_one_connection().await;
         let now = chrono::Utc::now();
-        crate::store::conformance::seed(&store).await;
         let event = |i: usize| {
             crate::store::conformance::event(&format!("e{i}"), "A1", &format!("L{i}"), now)
         };
