@@ -1883,8 +1883,8 @@ mod tests {
     /// events were stored before (a retry answers the first result); a
     /// plan for that question kept from a hub's first minutes (a few
     /// events) read every event once the table had grown: 5-7 ms of the
-    /// server's CPU for each reconnect paired beside 60,000 events in the
-    /// load bench (BENCHMARKS.md, stop 50). Read from the server's own
+    /// server's CPU for each event ingested alone on such a connection
+    /// beside 60,000 events in the load bench (BENCHMARKS.md, stop 50). Read from the server's own
     /// count of whole-table reads, on the one connection that ingested
     /// events one at a time after a few were stored.
     #[tokio::test]
