@@ -81,6 +81,10 @@ fn args() -> Args {
     a
 }
 
+/// kci's delivery `concurrency` (its default): how many connections the
+/// SMTP server alone is given.
+const CONCURRENCY: usize = 32;
+
 /// Microseconds since the Unix epoch, now.
 fn now_us() -> u64 {
     SystemTime::now()
@@ -528,10 +532,10 @@ body = "Your line went down. Reference {{{{ data.ticket }}}}."
     // same size, no kci in between (kci idles meanwhile). What the server and
     // the machine take on their own is the floor under POST → provider.
     if let Some(port) = smtp_port {
-        let alone = smtp_alone(port, rate, args.seconds, 32, &arrivals).await;
+        let alone = smtp_alone(port, rate, args.seconds, CONCURRENCY, &arrivals).await;
         println!();
         println!(
-            "| the SMTP server alone at {rate:.0}/s, 32 connections | n | p50 ms | p90 ms | p99 ms | max ms |"
+            "| the SMTP server alone at {rate:.0}/s, {CONCURRENCY} connections | n | p50 ms | p90 ms | p99 ms | max ms |"
         );
         println!("|---|---|---|---|---|---|");
         println!("{}", summary("sent → server has it", took(&alone)));

@@ -1884,9 +1884,10 @@ mod tests {
     /// plan for that question kept from a hub's first minutes (a few
     /// events) read every event once the table had grown: 5-7 ms of the
     /// server's CPU for each event ingested alone on such a connection
-    /// beside 60,000 events in the load bench (BENCHMARKS.md, stop 50). Read from the server's own
-    /// count of whole-table reads, on the one connection that ingested
-    /// events one at a time after a few were stored.
+    /// beside 60,000 events in the load bench (BENCHMARKS.md, stop 50).
+    /// Read from the server's own count of whole-table reads, on the one
+    /// connection that ingested events one at a time after a few were
+    /// stored.
     #[tokio::test]
     async fn an_ingest_never_reads_the_events_whole() {
         use crate::store::EventStore;
