@@ -23,6 +23,8 @@
 //!    slow ones (over 25 ms) were: runs of them by when they were planned,
 //!    so a tail of a few stalls that hold up everything can be told from
 //!    one spread over the whole run, and set beside what else happened then.
+//!    For email, also how many SMTP sessions kci opened during the loop
+//!    (each a connection and a greeting more for its mail).
 //! 3. email only: the SMTP server alone, open loop at the same rate over as
 //!    many connections as kci's delivery `concurrency` (32), mails of about
 //!    the same size, kci idle: what the server and the machine take on their
@@ -121,7 +123,8 @@ async fn webhook_receiver(arrivals: Arrivals) -> String {
 }
 
 /// aiosmtpd with a handler that prints, per message, the time it arrived
-/// and its subject (which carries the event id).
+/// and its subject (which carries the event id), and the time of each
+/// session's `EHLO` (a connection kci opened).
 const SMTP_HANDLER: &str = r#"
 import sys, time, asyncio
 from email.parser import BytesHeaderParser
@@ -133,6 +136,11 @@ class Note:
         sys.stdout.write(f"{at} {subject}\n")
         sys.stdout.flush()
         return "250 OK"
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):
+        session.host_name = hostname
+        sys.stdout.write(f"{int(time.time() * 1e6)} EHLO\n")
+        sys.stdout.flush()
+        return responses
 # A pipe of 1 MiB (Linux's default ceiling) to the bench's reader: a
 # reader behind by a few thousand lines must not block this server.
 try:
@@ -150,9 +158,12 @@ except KeyboardInterrupt:
     pass
 "#;
 
+/// When the SMTP server greeted a session (µs since the epoch).
+type Greetings = Arc<Mutex<Vec<u64>>>;
+
 /// Starts the SMTP server on `port`; its arrivals are read into
-/// `arrivals` by a thread.
-fn smtp_receiver(port: u16, arrivals: Arrivals, pin: bool) -> Killer {
+/// `arrivals` and its sessions' greetings into `greeted` by a thread.
+fn smtp_receiver(port: u16, arrivals: Arrivals, greeted: Greetings, pin: bool) -> Killer {
     let mut command = if pin {
         let mut c = Command::new("taskset");
         c.args(["-c", "1", "/usr/bin/python3"]);
@@ -172,6 +183,10 @@ fn smtp_receiver(port: u16, arrivals: Arrivals, pin: bool) -> Killer {
             let Some((at, subject)) = line.split_once(' ') else {
                 continue;
             };
+            if let ("EHLO", Ok(at)) = (subject, at.parse::<u64>()) {
+                greeted.lock().unwrap().push(at);
+                continue;
+            }
             // "Line down (lat-123)"
             let (Ok(at), Some(id)) = (
                 at.parse::<u64>(),
@@ -285,6 +300,7 @@ async fn main() {
     }
     let dir = tempfile::tempdir().unwrap();
     let arrivals: Arrivals = Default::default();
+    let greeted: Greetings = Default::default();
     let (destination, channel_toml, _smtp, smtp_port) = if args.channel == "webhook" {
         let url = webhook_receiver(arrivals.clone()).await;
         (
@@ -295,7 +311,7 @@ async fn main() {
         )
     } else {
         let port = free_port();
-        let smtp = smtp_receiver(port, arrivals.clone(), args.pin);
+        let smtp = smtp_receiver(port, arrivals.clone(), greeted.clone(), args.pin);
         (
             "mailto:bench@example.com".to_string(),
             format!("[email]\nsmtp = \"smtp://127.0.0.1:{port}?tls=none\"\n"),
@@ -452,6 +468,7 @@ body = "Your line went down. Reference {{{{ data.ticket }}}}."
     }
     let ids: Vec<String> = planned.keys().cloned().collect();
     let got = settle(&arrivals, &ids, Duration::from_secs(60)).await;
+    let settled_us = now_us();
     sampling.abort();
     let writes_after = metrics_text(&http, &base, &token).await;
     let delivered: Vec<(u64, u64)> = {
@@ -473,6 +490,19 @@ body = "Your line went down. Reference {{{{ data.ticket }}}}."
         start_us as f64 / 1e6,
         total - got
     );
+    if args.channel == "email" {
+        // A session opened under load costs its notice a connection and
+        // a greeting more: a burst of them would show as a slow run.
+        let greeted = greeted.lock().unwrap();
+        let during = greeted
+            .iter()
+            .filter(|at| (start_us..=settled_us).contains(at))
+            .count();
+        println!(
+            "smtp    : {during} SMTP sessions opened by kci during the open loop, {} before it",
+            greeted.len() - during
+        );
+    }
     println!();
     println!(
         "| {} at {rate:.0}/s (half of peak {peak:.0}/s) | n | p50 ms | p90 ms | p99 ms | max ms |",
