@@ -124,7 +124,8 @@ async fn webhook_receiver(arrivals: Arrivals) -> String {
 
 /// aiosmtpd with a handler that prints, per message, the time it arrived
 /// and its subject (which carries the event id), and the time of each
-/// session's `EHLO` (a connection kci opened).
+/// session's `EHLO` (a connection opened: kci's, or this bench's own when
+/// it measures the server alone).
 const SMTP_HANDLER: &str = r#"
 import sys, time, asyncio
 from email.parser import BytesHeaderParser
