@@ -8,7 +8,7 @@
 use super::codec::{current_secrets, finish_row, receipt_detail};
 use super::rows::{
     self, AssuranceWhich, By, CallWhich, ChangeWhich, Claim, DestRef, HealthRow, IncidentWhich,
-    NewEvent, ReceiptRow, Rows, SecretsRow, Which,
+    NewEvent, ReceiptRow, Rows, SecretsRow, Which, event_json,
 };
 use super::*;
 use crate::model::audit::{AuditDraft, AuditEntry, Checkpoint};
@@ -796,6 +796,7 @@ fn unknown_account(event: &Event) -> IngestOutcome {
 async fn ingest_all(
     rows: &mut impl Rows,
     events: &[Event],
+    payloads: &[String],
     planner: &dyn Planner,
 ) -> Result<Vec<IngestOutcome>> {
     // A plan kept from a hub's first minutes (a few events) read the
@@ -849,10 +850,11 @@ async fn ingest_all(
                 gathered.push((i, p));
             }
             planned => {
-                write_gathered(rows, events, planner, &mut gathered, &mut out).await?;
+                write_gathered(rows, events, payloads, planner, &mut gathered, &mut out).await?;
+                let payload = &payloads[i];
                 let outcome = match planned {
-                    Some(p) => write_planned(rows, event, planner, &p).await?,
-                    None => ingest_one(rows, event, planner, &mut views).await?,
+                    Some(p) => write_planned(rows, event, payload, planner, &p).await?,
+                    None => ingest_one(rows, event, payload, planner, &mut views).await?,
                 };
                 if let IngestOutcome::Accepted { notifications, .. } = &outcome {
                     known.insert(event.id.clone(), *notifications);
@@ -861,7 +863,7 @@ async fn ingest_all(
             }
         }
     }
-    write_gathered(rows, events, planner, &mut gathered, &mut out).await?;
+    write_gathered(rows, events, payloads, planner, &mut gathered, &mut out).await?;
     Ok(out.into_iter().flatten().collect())
 }
 
@@ -871,6 +873,7 @@ async fn ingest_all(
 async fn write_gathered(
     rows: &mut impl Rows,
     events: &[Event],
+    payloads: &[String],
     planner: &dyn Planner,
     gathered: &mut Vec<(usize, Planned)>,
     out: &mut [Option<IngestOutcome>],
@@ -882,6 +885,7 @@ async fn write_gathered(
         .iter()
         .map(|(i, p)| NewEvent {
             event: &events[*i],
+            payload: &payloads[*i],
             notifications: p.notifications.len(),
             keyed: planner.keyed(&events[*i]),
         })
@@ -914,6 +918,7 @@ async fn write_gathered(
 async fn ingest_one(
     rows: &mut impl Rows,
     event: &Event,
+    payload: &str,
     planner: &dyn Planner,
     views: &mut Vec<(String, Option<AccountView>)>,
 ) -> Result<IngestOutcome> {
@@ -970,7 +975,7 @@ async fn ingest_one(
         Ok(p) => p,
         Err(r) => return Ok(IngestOutcome::Rejected(r)),
     };
-    write_planned(rows, event, planner, &planned).await
+    write_planned(rows, event, payload, planner, &planned).await
 }
 
 /// Writes what was planned for `event`: the event, its notifications,
@@ -978,6 +983,7 @@ async fn ingest_one(
 async fn write_planned(
     rows: &mut impl Rows,
     event: &Event,
+    payload: &str,
     planner: &dyn Planner,
     planned: &Planned,
 ) -> Result<IngestOutcome> {
@@ -987,6 +993,7 @@ async fn write_planned(
     };
     let row = NewEvent {
         event,
+        payload,
         notifications: planned.notifications.len(),
         keyed: planner.keyed(event),
     };
@@ -1453,10 +1460,13 @@ impl<B: Backend> EventStore for Db<B> {
         events: Vec<Event>,
         planner: Arc<dyn Planner>,
     ) -> Result<Vec<IngestOutcome>> {
+        // Serialised here, on the caller's thread: every ingest waits for
+        // the writer's (SQLite's one writer, a PostgreSQL transaction).
+        let payloads = events.iter().map(event_json).collect::<Result<Vec<_>>>()?;
         // No savepoint per event: an event writes only after its checks
         // passed, and a store error takes the whole request back.
         self.write(move |rows| {
-            Box::pin(async move { ingest_all(rows, &events, planner.as_ref()).await })
+            Box::pin(async move { ingest_all(rows, &events, &payloads, planner.as_ref()).await })
         })
         .await
     }

@@ -370,7 +370,7 @@ impl PgRows {
             keys.push(e.key.as_str());
             received.push(to_millis(e.received_at));
             counts.push(i64::try_from(row.notifications).unwrap_or(i64::MAX));
-            payloads.push(event_json(e)?);
+            payloads.push(row.payload);
             keyed.push(row.keyed);
         }
         let mut fresh: std::collections::HashSet<String> = self

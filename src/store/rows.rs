@@ -33,6 +33,9 @@ pub struct DestRef<'a> {
 #[derive(Debug, Clone, Copy)]
 pub struct NewEvent<'a> {
     pub event: &'a Event,
+    /// The event as stored ([`event_json`]), serialised before the
+    /// writer's turn.
+    pub payload: &'a str,
     pub notifications: usize,
     pub keyed: bool,
 }

@@ -954,7 +954,7 @@ impl Rows for Lite {
                 e.key,
                 to_millis(e.received_at),
                 i64::try_from(row.notifications).unwrap_or(i64::MAX),
-                event_json(e)?,
+                row.payload,
                 row.keyed
             ],
         )?;
@@ -1647,6 +1647,34 @@ mod tests {
     /// The writer connection's `synchronous` mode, read inside a job.
     fn mode(lite: &mut Lite) -> Result<i64> {
         Ok(lite.0.query_row("PRAGMA synchronous", [], |r| r.get(0))?)
+    }
+
+    /// The SQLite kci bundles is built as `.cargo/config.toml` says: no
+    /// memory statistics (a global mutex around each allocation), no
+    /// STAT4, and no memory management, which made every connection's
+    /// page cache one cache behind a global mutex that the writer took on
+    /// each page it touched (BENCHMARKS.md, stops 30 and 52). A build
+    /// that lost the flags (another `CARGO_HOME`, a `LIBSQLITE3_FLAGS` of
+    /// its own) is slower without failing anything else.
+    #[test]
+    fn the_bundled_sqlite_is_built_for_kci() {
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        let mut stmt = conn.prepare("PRAGMA compile_options").unwrap();
+        let options: Vec<String> = stmt
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        for unwanted in ["ENABLE_MEMORY_MANAGEMENT", "ENABLE_STAT4"] {
+            assert!(
+                !options.iter().any(|o| o == unwanted),
+                "{unwanted}: {options:?}"
+            );
+        }
+        assert!(
+            options.iter().any(|o| o == "DEFAULT_MEMSTATUS=0"),
+            "{options:?}"
+        );
     }
 
     /// The log is truncated once nothing changed for 5 s, and at the
