@@ -792,13 +792,15 @@ fn unknown_account(event: &Event) -> IngestOutcome {
 /// gathered; the gathered are written together — their events at once,
 /// then their notifications at once, one round trip each on PostgreSQL
 /// rather than one per row. Any other event is written on its own, after
-/// what was gathered before it, so that it sees it.
+/// what was gathered before it, so that it sees it. `payloads[i]` is
+/// `events[i]` as stored ([`event_json`]), one for each.
 async fn ingest_all(
     rows: &mut impl Rows,
     events: &[Event],
     payloads: &[String],
     planner: &dyn Planner,
 ) -> Result<Vec<IngestOutcome>> {
+    debug_assert_eq!(events.len(), payloads.len());
     // A plan kept from a hub's first minutes (a few events) read the
     // events table whole for each ingest once it had grown.
     rows.through_indexes().await?;
