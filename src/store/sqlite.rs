@@ -1654,7 +1654,8 @@ mod tests {
     /// STAT4, and no memory management, which made every connection's
     /// page cache one cache behind a global mutex that the writer took on
     /// each page it touched (BENCHMARKS.md, stops 30 and 52). A build
-    /// that lost the flags (another `CARGO_HOME`, a `LIBSQLITE3_FLAGS` of
+    /// that lost the flags (run from outside the repository, where cargo
+    /// does not read `.cargo/config.toml`, or with a `LIBSQLITE3_FLAGS` of
     /// its own) is slower without failing anything else.
     #[test]
     fn the_bundled_sqlite_is_built_for_kci() {
