@@ -785,6 +785,22 @@ fn unknown_account(event: &Event) -> IngestOutcome {
     })
 }
 
+/// An event to store and the text it is stored as ([`event_json`]), made
+/// before the write, on the caller's thread: SQLite's one writer thread is
+/// what every ingest waits for, and a PostgreSQL transaction holds its
+/// locks meanwhile.
+struct Arriving {
+    event: Event,
+    payload: String,
+}
+
+impl Arriving {
+    fn new(event: Event) -> Result<Arriving> {
+        let payload = event_json(&event)?;
+        Ok(Arriving { event, payload })
+    }
+}
+
 /// The events of one request, in order, each with the outcome it would
 /// have alone. One look-up finds the ids already known. An event whose
 /// plan reads nothing but the directory (no pairing, superseding, flap
@@ -792,15 +808,12 @@ fn unknown_account(event: &Event) -> IngestOutcome {
 /// gathered; the gathered are written together — their events at once,
 /// then their notifications at once, one round trip each on PostgreSQL
 /// rather than one per row. Any other event is written on its own, after
-/// what was gathered before it, so that it sees it. `payloads[i]` is
-/// `events[i]` as stored ([`event_json`]), one for each.
+/// what was gathered before it, so that it sees it.
 async fn ingest_all(
     rows: &mut impl Rows,
-    events: &[Event],
-    payloads: &[String],
+    events: &[Arriving],
     planner: &dyn Planner,
 ) -> Result<Vec<IngestOutcome>> {
-    debug_assert_eq!(events.len(), payloads.len());
     // A plan kept from a hub's first minutes (a few events) read the
     // events table whole for each ingest once it had grown.
     rows.through_indexes().await?;
@@ -809,12 +822,13 @@ async fn ingest_all(
     if events.len() > 1 {
         rows.plan_for_values().await?;
     }
-    let ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
+    let ids: Vec<&str> = events.iter().map(|a| a.event.id.as_str()).collect();
     let mut known = rows.event_counts(&ids).await?;
     let mut views = Vec::new();
     let mut out: Vec<Option<IngestOutcome>> = Vec::with_capacity(events.len());
     let mut gathered: Vec<(usize, Planned)> = Vec::new();
-    for (i, event) in events.iter().enumerate() {
+    for (i, arriving) in events.iter().enumerate() {
+        let event = &arriving.event;
         if let Some(&n) = known.get(&event.id) {
             out.push(Some(IngestOutcome::Duplicate {
                 id: event.id.clone(),
@@ -852,11 +866,10 @@ async fn ingest_all(
                 gathered.push((i, p));
             }
             planned => {
-                write_gathered(rows, events, payloads, planner, &mut gathered, &mut out).await?;
-                let payload = &payloads[i];
+                write_gathered(rows, events, planner, &mut gathered, &mut out).await?;
                 let outcome = match planned {
-                    Some(p) => write_planned(rows, event, payload, planner, &p).await?,
-                    None => ingest_one(rows, event, payload, planner, &mut views).await?,
+                    Some(p) => write_planned(rows, arriving, planner, &p).await?,
+                    None => ingest_one(rows, arriving, planner, &mut views).await?,
                 };
                 if let IngestOutcome::Accepted { notifications, .. } = &outcome {
                     known.insert(event.id.clone(), *notifications);
@@ -865,7 +878,7 @@ async fn ingest_all(
             }
         }
     }
-    write_gathered(rows, events, payloads, planner, &mut gathered, &mut out).await?;
+    write_gathered(rows, events, planner, &mut gathered, &mut out).await?;
     Ok(out.into_iter().flatten().collect())
 }
 
@@ -874,8 +887,7 @@ async fn ingest_all(
 /// result.
 async fn write_gathered(
     rows: &mut impl Rows,
-    events: &[Event],
-    payloads: &[String],
+    events: &[Arriving],
     planner: &dyn Planner,
     gathered: &mut Vec<(usize, Planned)>,
     out: &mut [Option<IngestOutcome>],
@@ -886,16 +898,16 @@ async fn write_gathered(
     let these: Vec<NewEvent<'_>> = gathered
         .iter()
         .map(|(i, p)| NewEvent {
-            event: &events[*i],
-            payload: &payloads[*i],
+            event: &events[*i].event,
+            payload: &events[*i].payload,
             notifications: p.notifications.len(),
-            keyed: planner.keyed(&events[*i]),
+            keyed: planner.keyed(&events[*i].event),
         })
         .collect();
     let inserted = rows.insert_events(&these).await?;
     let mut notes = Vec::new();
     for ((i, p), fresh) in gathered.iter().zip(inserted) {
-        let id = events[*i].id.clone();
+        let id = events[*i].event.id.clone();
         out[*i] = Some(if fresh {
             notes.extend(p.notifications.iter());
             IngestOutcome::Accepted {
@@ -919,11 +931,11 @@ async fn write_gathered(
 /// One event of an ingest: checked, planned and written, or refused.
 async fn ingest_one(
     rows: &mut impl Rows,
-    event: &Event,
-    payload: &str,
+    arriving: &Arriving,
     planner: &dyn Planner,
     views: &mut Vec<(String, Option<AccountView>)>,
 ) -> Result<IngestOutcome> {
+    let event = &arriving.event;
     let duplicate = |n: usize| IngestOutcome::Duplicate {
         id: event.id.clone(),
         notifications: n,
@@ -977,25 +989,25 @@ async fn ingest_one(
         Ok(p) => p,
         Err(r) => return Ok(IngestOutcome::Rejected(r)),
     };
-    write_planned(rows, event, payload, planner, &planned).await
+    write_planned(rows, arriving, planner, &planned).await
 }
 
 /// Writes what was planned for `event`: the event, its notifications,
 /// and the cancels, pairings and digest updates of related notices.
 async fn write_planned(
     rows: &mut impl Rows,
-    event: &Event,
-    payload: &str,
+    arriving: &Arriving,
     planner: &dyn Planner,
     planned: &Planned,
 ) -> Result<IngestOutcome> {
+    let event = &arriving.event;
     let duplicate = |n: usize| IngestOutcome::Duplicate {
         id: event.id.clone(),
         notifications: n,
     };
     let row = NewEvent {
         event,
-        payload,
+        payload: &arriving.payload,
         notifications: planned.notifications.len(),
         keyed: planner.keyed(event),
     };
@@ -1462,13 +1474,14 @@ impl<B: Backend> EventStore for Db<B> {
         events: Vec<Event>,
         planner: Arc<dyn Planner>,
     ) -> Result<Vec<IngestOutcome>> {
-        // Serialised here, on the caller's thread: every ingest waits for
-        // the writer's (SQLite's one writer, a PostgreSQL transaction).
-        let payloads = events.iter().map(event_json).collect::<Result<Vec<_>>>()?;
+        let events = events
+            .into_iter()
+            .map(Arriving::new)
+            .collect::<Result<Vec<_>>>()?;
         // No savepoint per event: an event writes only after its checks
         // passed, and a store error takes the whole request back.
         self.write(move |rows| {
-            Box::pin(async move { ingest_all(rows, &events, &payloads, planner.as_ref()).await })
+            Box::pin(async move { ingest_all(rows, &events, planner.as_ref()).await })
         })
         .await
     }
