@@ -8,8 +8,12 @@
 //! up in a single transaction (group commit): under load, many requests share
 //! one fsync, which is what makes durable ingest fast. Each request runs in
 //! its own savepoint, so one failing request never undoes another. Reads use
-//! a small pool of separate connections. What this file knows is SQLite's
-//! SQL and its connections; every flow and decision is in `db.rs`.
+//! a small pool of separate connections. The writer writes its log through
+//! `log_vfs` (a transaction's frames with one call, not two a page). What
+//! this file knows is SQLite's SQL and its connections; every flow and
+//! decision is in `db.rs`.
+
+mod log_vfs;
 
 use super::codec::*;
 use super::db::{Backend, Db, Job, WriteTimes, migrations};
@@ -81,17 +85,33 @@ const READER_CACHE_KIB: i64 = 32_000;
 /// holds; the rest come from the OS's cache.
 const WRITER_CACHE_KIB: i64 = 8_000;
 
-/// A connection to `path` (in memory without), its page cache
-/// `cache_kib` KiB.
-fn open_conn(path: Option<&str>, cache_kib: i64) -> Result<Connection> {
-    let conn = match path {
-        Some(p) => Connection::open_with_flags(
-            p,
-            OpenFlags::SQLITE_OPEN_READ_WRITE
-                | OpenFlags::SQLITE_OPEN_CREATE
-                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )?,
-        None => Connection::open_in_memory()?,
+/// Which connection is opened: the one writer or a reader.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Writer,
+    Reader,
+}
+
+/// A connection to `path` (in memory without). The writer writes its log
+/// through `log_vfs` (a transaction's frames with one call) and keeps a
+/// smaller page cache than a reader.
+fn open_conn(path: Option<&str>, role: Role) -> Result<Connection> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_CREATE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = match (path, role) {
+        (Some(p), Role::Writer) => {
+            let vfs = log_vfs::register().map_err(|rc| {
+                StoreError::Unavailable(format!("cannot register SQLite's log VFS (code {rc})"))
+            })?;
+            Connection::open_with_flags_and_vfs(p, flags, vfs)?
+        }
+        (Some(p), Role::Reader) => Connection::open_with_flags(p, flags)?,
+        (None, _) => Connection::open_in_memory()?,
+    };
+    let cache_kib = match role {
+        Role::Writer => WRITER_CACHE_KIB,
+        Role::Reader => READER_CACHE_KIB,
     };
     conn.busy_timeout(Duration::from_secs(10))?;
     // Plans never depend on the values bound: otherwise SQLite prepares a
@@ -136,7 +156,7 @@ impl Db<Sqlite> {
         if let Some(p) = &path {
             create_private(std::path::Path::new(p))?;
         }
-        let conn = open_conn(path.as_deref(), WRITER_CACHE_KIB)?;
+        let conn = open_conn(path.as_deref(), Role::Writer)?;
         conn.wal_hook(Some(fold_when_due));
         let times = WriteTimes::default();
         let folds = times.folds();
@@ -267,7 +287,7 @@ impl Backend for Sqlite {
         let (conn, result) = tokio::task::spawn_blocking(move || {
             let mut lite = Lite(match pooled {
                 Some(c) => c,
-                None => open_conn(Some(&path), READER_CACHE_KIB)?,
+                None => open_conn(Some(&path), Role::Reader)?,
             });
             let r = now(job(&mut lite));
             Ok::<_, StoreError>((lite.0, r))
@@ -1843,7 +1863,7 @@ mod tests {
 
         // Queued together, a relaxed job and a durable one on each side
         // of it: the relaxed one commits first, without waiting.
-        let mut lite = Lite(open_conn(Some(path), READER_CACHE_KIB).unwrap());
+        let mut lite = Lite(open_conn(Some(path), Role::Reader).unwrap());
         let seen = std::sync::Arc::new(Mutex::new(Vec::new()));
         let job = |durable: bool| {
             let seen = seen.clone();
@@ -1879,7 +1899,7 @@ mod tests {
     fn a_failing_job_takes_back_what_it_wrote_and_nothing_else() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("kci.db");
-        let mut lite = Lite(open_conn(path.to_str(), READER_CACHE_KIB).unwrap());
+        let mut lite = Lite(open_conn(path.to_str(), Role::Reader).unwrap());
         lite.0.execute_batch("CREATE TABLE t (x INTEGER)").unwrap();
         // Inserts `x`, then fails if asked to, after its write.
         fn inserting(x: i64, fails: bool) -> Job<Lite, i64> {
@@ -1939,7 +1959,7 @@ mod tests {
         let path = dir.path().join("kci.db");
         let path = path.to_str().unwrap();
         SqliteStore::open(path).unwrap().migrate().await.unwrap();
-        let lite = Lite(open_conn(Some(path), READER_CACHE_KIB).unwrap());
+        let lite = Lite(open_conn(Some(path), Role::Reader).unwrap());
         (dir, lite)
     }
 
