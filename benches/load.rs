@@ -568,9 +568,16 @@ async fn raw_ceiling(
 const RAW_PAYLOAD_PAD: usize = 600;
 
 /// Durable batched inserts with rusqlite (WAL, synchronous=FULL): an event
-/// row and a notification row per event, as kci writes.
+/// row and a notification row per event, as kci writes, through the VFS
+/// kci's writer uses (`kci-wal`: a commit's log frames in one write), so
+/// the ceiling is what this SQLite can do written the same way.
 fn raw_sqlite(path: &std::path::Path, n: usize, batch: usize) -> f64 {
-    let conn = rusqlite::Connection::open(path).unwrap();
+    let conn = rusqlite::Connection::open_with_flags_and_vfs(
+        path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_CREATE,
+        kci::store::sqlite::log_vfs::register().unwrap(),
+    )
+    .unwrap();
     conn.execute_batch(
         "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;
          CREATE TABLE ev (id TEXT PRIMARY KEY, account TEXT, type TEXT, key TEXT, received_at INTEGER, n INTEGER, payload TEXT);

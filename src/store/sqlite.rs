@@ -13,7 +13,7 @@
 //! this file knows is SQLite's SQL and its connections; every flow and
 //! decision is in `db.rs`.
 
-mod log_vfs;
+pub mod log_vfs;
 
 use super::codec::*;
 use super::db::{Backend, Db, Job, WriteTimes, migrations};
