@@ -4,8 +4,9 @@
 //! SQLite appends a transaction to its write-ahead log a frame at a time,
 //! and each frame with two `write` calls: the frame's 24-byte header, then
 //! the page (`walWriteOneFrame`). A commit of a few single events touches
-//! dozens of pages (each table's and index's last leaf and the pages above
-//! them), so it made over a hundred system calls before its sync. Through
+//! about twenty pages (each table's and index's last leaf, and now and then
+//! the pages above them), so it made about forty system calls before its
+//! sync, a batch's commit hundreds. Through
 //! this VFS the `-wal` file gathers what is appended and writes it with one
 //! call (one per 124 KiB) when the transaction's commit frame is complete.
 //!
@@ -49,9 +50,8 @@ pub const NAME: &CStr = c"kci-wal";
 /// other frames have 0 there.
 const FRAME_HEADER: usize = 24;
 
-/// At most this much is held before it is written anyway: bounds the
-/// memory of a transaction that spills more pages than the writer's
-/// cache holds.
+/// At most this much is held before it is written anyway: bounds what a
+/// large transaction holds beside SQLite's own page cache.
 const MOST_GATHERED: usize = 4 << 20;
 
 /// Where the inner (`unix`) file starts in the file object SQLite
@@ -75,10 +75,11 @@ struct Gathered {
     /// The file offset of `bytes[0]`.
     start: i64,
     bytes: Vec<u8>,
-    /// The furthest point this handle wrote since it was opened or cut.
+    /// The furthest point this handle wrote or gathered since it was
+    /// opened, cut or restarted: a write from here on is an append.
     furthest: i64,
-    /// The last write gathered was a commit frame's header: the page
-    /// after it completes the transaction.
+    /// The last append was a commit frame's header: the page right after
+    /// it completes the transaction.
     commit_next: bool,
 }
 
@@ -258,7 +259,8 @@ const MOST_WRITTEN: usize = 0x1f000;
 /// Writes what is gathered, if anything, with as few calls as the `unix`
 /// VFS takes (one per `MOST_WRITTEN` bytes). Whatever the outcome,
 /// nothing stays gathered: after a failure SQLite writes the
-/// transaction's frames again.
+/// transaction's frames again, and what was not written counts as never
+/// written (`furthest`).
 ///
 /// # Safety
 /// As `write_through`.
@@ -267,22 +269,19 @@ unsafe fn flush(
     inner: *mut ffi::sqlite3_file,
     m: &ffi::sqlite3_io_methods,
 ) -> c_int {
-    g.commit_next = false;
-    if g.bytes.is_empty() {
-        return ffi::SQLITE_OK;
-    }
-    let mut rc = ffi::SQLITE_OK;
     let mut offset = g.start;
     for piece in g.bytes.chunks(MOST_WRITTEN) {
         // SAFETY: as the caller promises.
-        rc = unsafe { write_through(inner, m, piece, offset) };
+        let rc = unsafe { write_through(inner, m, piece, offset) };
         if rc != ffi::SQLITE_OK {
-            break;
+            g.bytes.clear();
+            g.furthest = g.furthest.min(offset);
+            return rc;
         }
         offset += piece.len() as i64;
     }
     g.bytes.clear();
-    rc
+    ffi::SQLITE_OK
 }
 
 unsafe extern "C" fn write(
@@ -299,27 +298,40 @@ unsafe extern "C" fn write(
             return ffi::SQLITE_IOERR_WRITE;
         };
         let bytes = std::slice::from_raw_parts(buf.cast::<u8>(), len);
-        let end = offset.saturating_add(i64::from(amount));
-        let continues = !g.bytes.is_empty() && offset == g.start + g.bytes.len() as i64;
-        if !continues {
+        if !g.enabled {
+            return write_through(inner, m, bytes, offset);
+        }
+        if offset == 0 {
+            // A restarted log: written again from its start.
             let rc = flush(g, inner, m);
             if rc != ffi::SQLITE_OK {
                 return rc;
             }
-            if offset == 0 {
-                // A restarted log: written again from its start.
-                g.furthest = 0;
-            }
-            if !g.enabled || offset < g.furthest {
-                let rc = write_through(inner, m, bytes, offset);
-                g.furthest = g.furthest.max(end);
+            g.furthest = 0;
+        }
+        if offset < g.furthest {
+            // A frame overwritten in place or a checksum rewritten: after
+            // what is gathered, as it came.
+            let rc = flush(g, inner, m);
+            g.commit_next = false;
+            if rc != ffi::SQLITE_OK {
                 return rc;
             }
+            return write_through(inner, m, bytes, offset);
+        }
+        // An append: gathered, after what is gathered if it leaves a gap.
+        let completes_commit = g.commit_next && offset == g.furthest;
+        if !g.bytes.is_empty() && offset != g.start + g.bytes.len() as i64 {
+            let rc = flush(g, inner, m);
+            if rc != ffi::SQLITE_OK {
+                return rc;
+            }
+        }
+        if g.bytes.is_empty() {
             g.start = offset;
         }
-        let completes_commit = g.commit_next;
         g.bytes.extend_from_slice(bytes);
-        g.furthest = g.furthest.max(end);
+        g.furthest = offset.saturating_add(i64::from(amount));
         g.commit_next = len == FRAME_HEADER && bytes[4..8] != [0; 4];
         if completes_commit || g.bytes.len() >= MOST_GATHERED {
             return flush(g, inner, m);
@@ -625,6 +637,42 @@ mod tests {
             assert_eq!(seen(&Connection::open(&path).unwrap()), expected, "{sync}");
             assert_eq!(seen(&after), expected, "{sync}");
         }
+    }
+
+    #[test]
+    fn a_transaction_larger_than_what_is_gathered_is_written_in_parts() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kci.db");
+        let w = writer(&path, "NORMAL");
+        // A cache that holds it all: nothing spills, so only the bound on
+        // what is gathered writes before the commit frame.
+        w.execute_batch("PRAGMA cache_size = -65536").unwrap();
+        let tx = w.unchecked_transaction().unwrap();
+        for i in 0..3_000_i64 {
+            tx.execute(
+                "INSERT INTO t (k, v) VALUES (?1, randomblob(3000))",
+                [i.to_string()],
+            )
+            .unwrap();
+        }
+        let (before, logged) = (
+            writes_so_far(),
+            std::fs::metadata(format!("{}-wal", path.display())).map_or(0, |m| m.len()),
+        );
+        tx.commit().unwrap();
+        let writes = writes_so_far() - before;
+        let (_copy, after) = left_behind(&path);
+        let expected = seen(&w);
+        assert_eq!(expected.0, 3_000);
+        assert_eq!(seen(&after), expected);
+        assert!(
+            logged < (MOST_GATHERED as u64),
+            "{logged} bytes in the log before the commit"
+        );
+        assert!(
+            writes > (MOST_GATHERED / MOST_WRITTEN) as u64,
+            "{writes} writes"
+        );
     }
 
     #[test]
