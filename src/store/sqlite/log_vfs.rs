@@ -284,6 +284,31 @@ unsafe fn flush(
     ffi::SQLITE_OK
 }
 
+/// `parts` of a `-wal` file after writing what it gathered, or the code
+/// of the failed write.
+///
+/// # Safety
+/// As `parts`.
+unsafe fn flushed<'a>(
+    file: *mut ffi::sqlite3_file,
+) -> Result<
+    (
+        &'a mut Gathered,
+        *mut ffi::sqlite3_file,
+        &'a ffi::sqlite3_io_methods,
+    ),
+    c_int,
+> {
+    // SAFETY: as the caller promises.
+    unsafe {
+        let (g, inner, m) = parts(file);
+        match flush(g, inner, m) {
+            ffi::SQLITE_OK => Ok((g, inner, m)),
+            rc => Err(rc),
+        }
+    }
+}
+
 unsafe extern "C" fn write(
     file: *mut ffi::sqlite3_file,
     buf: *const c_void,
@@ -348,11 +373,10 @@ unsafe extern "C" fn read(
 ) -> c_int {
     // SAFETY: as `write`.
     unsafe {
-        let (g, inner, m) = parts(file);
-        let rc = flush(g, inner, m);
-        if rc != ffi::SQLITE_OK {
-            return rc;
-        }
+        let (_, inner, m) = match flushed(file) {
+            Ok(ours) => ours,
+            Err(rc) => return rc,
+        };
         m.xRead
             .map_or(ffi::SQLITE_IOERR_READ, |f| f(inner, buf, amount, offset))
     }
@@ -361,11 +385,10 @@ unsafe extern "C" fn read(
 unsafe extern "C" fn truncate(file: *mut ffi::sqlite3_file, size: i64) -> c_int {
     // SAFETY: as `write`.
     unsafe {
-        let (g, inner, m) = parts(file);
-        let rc = flush(g, inner, m);
-        if rc != ffi::SQLITE_OK {
-            return rc;
-        }
+        let (g, inner, m) = match flushed(file) {
+            Ok(ours) => ours,
+            Err(rc) => return rc,
+        };
         g.furthest = g.furthest.min(size);
         m.xTruncate
             .map_or(ffi::SQLITE_IOERR_TRUNCATE, |f| f(inner, size))
@@ -375,11 +398,10 @@ unsafe extern "C" fn truncate(file: *mut ffi::sqlite3_file, size: i64) -> c_int 
 unsafe extern "C" fn sync(file: *mut ffi::sqlite3_file, flags: c_int) -> c_int {
     // SAFETY: as `write`.
     unsafe {
-        let (g, inner, m) = parts(file);
-        let rc = flush(g, inner, m);
-        if rc != ffi::SQLITE_OK {
-            return rc;
-        }
+        let (_, inner, m) = match flushed(file) {
+            Ok(ours) => ours,
+            Err(rc) => return rc,
+        };
         m.xSync.map_or(ffi::SQLITE_IOERR_FSYNC, |f| f(inner, flags))
     }
 }
@@ -387,11 +409,10 @@ unsafe extern "C" fn sync(file: *mut ffi::sqlite3_file, flags: c_int) -> c_int {
 unsafe extern "C" fn file_size(file: *mut ffi::sqlite3_file, size: *mut i64) -> c_int {
     // SAFETY: as `write`.
     unsafe {
-        let (g, inner, m) = parts(file);
-        let rc = flush(g, inner, m);
-        if rc != ffi::SQLITE_OK {
-            return rc;
-        }
+        let (_, inner, m) = match flushed(file) {
+            Ok(ours) => ours,
+            Err(rc) => return rc,
+        };
         m.xFileSize
             .map_or(ffi::SQLITE_IOERR_FSTAT, |f| f(inner, size))
     }
@@ -404,11 +425,10 @@ unsafe extern "C" fn file_control(
 ) -> c_int {
     // SAFETY: as `write`.
     unsafe {
-        let (g, inner, m) = parts(file);
-        let rc = flush(g, inner, m);
-        if rc != ffi::SQLITE_OK {
-            return rc;
-        }
+        let (_, inner, m) = match flushed(file) {
+            Ok(ours) => ours,
+            Err(rc) => return rc,
+        };
         m.xFileControl
             .map_or(ffi::SQLITE_NOTFOUND, |f| f(inner, op, arg))
     }
