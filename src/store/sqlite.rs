@@ -1789,6 +1789,41 @@ mod tests {
         );
     }
 
+    /// The writer writes a commit's log frames with one call (`log_vfs`);
+    /// a reader's connection would make two a page.
+    #[test]
+    fn the_writer_writes_its_log_through_kci_wal() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kci.db");
+        let writes_so_far = || -> u64 {
+            let io = std::fs::read_to_string("/proc/thread-self/io").unwrap();
+            io.lines()
+                .find_map(|l| l.strip_prefix("syscw: "))
+                .and_then(|n| n.trim().parse().ok())
+                .unwrap()
+        };
+        let commit = |conn: &Connection| -> u64 {
+            let tx = conn.unchecked_transaction().unwrap();
+            for i in 0..50 {
+                tx.execute("INSERT INTO t (v) VALUES (zeroblob(1000 + ?1))", [i])
+                    .unwrap();
+            }
+            let before = writes_so_far();
+            tx.commit().unwrap();
+            writes_so_far() - before
+        };
+        let writer = open_conn(path.to_str(), Role::Writer).unwrap();
+        writer
+            .execute_batch("CREATE TABLE t (v BLOB); PRAGMA wal_autocheckpoint = 0")
+            .unwrap();
+        let reader = open_conn(path.to_str(), Role::Reader).unwrap();
+        reader
+            .execute_batch("PRAGMA wal_autocheckpoint = 0")
+            .unwrap();
+        assert_eq!(commit(&writer), 1);
+        assert!(commit(&reader) >= 24);
+    }
+
     /// The writer's page cache is the smaller one; readers keep theirs.
     #[tokio::test]
     async fn the_writer_keeps_a_smaller_page_cache_than_the_readers() {
@@ -1863,7 +1898,7 @@ mod tests {
 
         // Queued together, a relaxed job and a durable one on each side
         // of it: the relaxed one commits first, without waiting.
-        let mut lite = Lite(open_conn(Some(path), Role::Reader).unwrap());
+        let mut lite = Lite(open_conn(Some(path), Role::Writer).unwrap());
         let seen = std::sync::Arc::new(Mutex::new(Vec::new()));
         let job = |durable: bool| {
             let seen = seen.clone();
@@ -1899,7 +1934,7 @@ mod tests {
     fn a_failing_job_takes_back_what_it_wrote_and_nothing_else() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("kci.db");
-        let mut lite = Lite(open_conn(path.to_str(), Role::Reader).unwrap());
+        let mut lite = Lite(open_conn(path.to_str(), Role::Writer).unwrap());
         lite.0.execute_batch("CREATE TABLE t (x INTEGER)").unwrap();
         // Inserts `x`, then fails if asked to, after its write.
         fn inserting(x: i64, fails: bool) -> Job<Lite, i64> {
