@@ -1795,22 +1795,15 @@ mod tests {
     fn the_writer_writes_its_log_through_kci_wal() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("kci.db");
-        let writes_so_far = || -> u64 {
-            let io = std::fs::read_to_string("/proc/thread-self/io").unwrap();
-            io.lines()
-                .find_map(|l| l.strip_prefix("syscw: "))
-                .and_then(|n| n.trim().parse().ok())
-                .unwrap()
-        };
         let commit = |conn: &Connection| -> u64 {
             let tx = conn.unchecked_transaction().unwrap();
             for i in 0..50 {
                 tx.execute("INSERT INTO t (v) VALUES (zeroblob(1000 + ?1))", [i])
                     .unwrap();
             }
-            let before = writes_so_far();
+            let before = log_vfs::writes_so_far();
             tx.commit().unwrap();
-            writes_so_far() - before
+            log_vfs::writes_so_far() - before
         };
         let writer = open_conn(path.to_str(), Role::Writer).unwrap();
         writer

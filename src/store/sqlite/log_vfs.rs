@@ -493,6 +493,16 @@ unsafe extern "C" fn device_characteristics(file: *mut ffi::sqlite3_file) -> c_i
     }
 }
 
+/// Write system calls this thread has made so far (`/proc/thread-self/io`).
+#[cfg(test)]
+pub(super) fn writes_so_far() -> u64 {
+    let io = std::fs::read_to_string("/proc/thread-self/io").unwrap();
+    io.lines()
+        .find_map(|l| l.strip_prefix("syscw: "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -544,20 +554,16 @@ mod tests {
         (dir, conn)
     }
 
-    /// Write system calls made by this thread so far.
-    fn writes_so_far() -> u64 {
-        let io = std::fs::read_to_string("/proc/thread-self/io").unwrap();
-        io.lines()
-            .find_map(|l| l.strip_prefix("syscw: "))
-            .and_then(|n| n.trim().parse().ok())
-            .unwrap()
+    /// The size of the log beside the database at `path`.
+    fn log_size(path: &str) -> u64 {
+        std::fs::metadata(format!("{path}-wal")).map_or(0, |m| m.len())
     }
 
     /// The write calls a commit of `rows` rows spread over the table's
     /// pages makes, and the bytes it adds to the log.
     fn writes_of_a_commit(conn: &Connection, rows: i64) -> (u64, u64) {
-        let log = conn.path().map(|p| format!("{p}-wal")).unwrap();
-        let size = || std::fs::metadata(&log).map_or(0, |m| m.len());
+        let log = conn.path().unwrap().to_string();
+        let size = || log_size(&log);
         let tx = conn.unchecked_transaction().unwrap();
         for i in 0..rows {
             tx.execute(
@@ -675,10 +681,7 @@ mod tests {
             )
             .unwrap();
         }
-        let (before, logged) = (
-            writes_so_far(),
-            std::fs::metadata(format!("{}-wal", path.display())).map_or(0, |m| m.len()),
-        );
+        let (before, logged) = (writes_so_far(), log_size(path.to_str().unwrap()));
         tx.commit().unwrap();
         let writes = writes_so_far() - before;
         let (_copy, after) = left_behind(&path);
