@@ -1337,6 +1337,84 @@ pub async fn check_own_notices(store: &dyn Store) {
     assert_eq!(claimed[0].notification.message, n.message);
 }
 
+/// The next due time and the backlog's oldest are the earliest over
+/// every channel's queue (each read through its own range of the
+/// (channel, due_at) index, migration 27), and a lease's end counts.
+pub async fn check_next_due_over_every_channel(store: &dyn Store) {
+    seed(store).await;
+    let now = t("2026-03-22T10:00:00Z");
+    let view = store.account_view("A1").await.unwrap().unwrap();
+    let to = |channel: ChannelKind| {
+        view.contacts
+            .iter()
+            .flat_map(|c| &c.destinations)
+            .find(|d| d.uri.channel() == channel)
+            .unwrap_or_else(|| panic!("seed has a {channel:?} destination"))
+    };
+    let notice = |channel: ChannelKind, due_at: DateTime<Utc>| {
+        let dest = to(channel);
+        Notification {
+            id: new_id(),
+            event: None,
+            account: "A1".into(),
+            contact: dest.contact.clone(),
+            destination: dest.id.clone(),
+            uri: dest.uri.to_string(),
+            channel,
+            type_name: "kci.verify".into(),
+            key: format!("verify-{channel:?}"),
+            priority: Priority::High,
+            state: State::Pending,
+            reason: None,
+            detail: None,
+            due_at,
+            expires_at: None,
+            decided_at: now,
+            sent_at: None,
+            attempts: 0,
+            paced: 0,
+            timezone: "UTC".into(),
+            digest: None,
+            paired_from: None,
+            provider_ref: None,
+            receipt: None,
+            segments: None,
+            secret: None,
+            message: Some(Message {
+                short: "code 123456".into(),
+                subject: "s".into(),
+                body: "b".into(),
+                encrypt_to: None,
+            }),
+        }
+    };
+    assert_eq!(store.next_due(None).await.unwrap(), None);
+    assert_eq!(store.backlog().await.unwrap().oldest_due, None);
+    let (soon, late) = (now + Duration::minutes(1), now + Duration::minutes(3));
+    store
+        .enqueue(&notice(ChannelKind::Webhook, late))
+        .await
+        .unwrap();
+    store
+        .enqueue(&notice(ChannelKind::Email, soon))
+        .await
+        .unwrap();
+    assert_eq!(store.next_due(None).await.unwrap(), Some(soon));
+    assert_eq!(store.next_due(Some(soon)).await.unwrap(), Some(late));
+    assert_eq!(store.backlog().await.unwrap().oldest_due, Some(soon));
+    // The mail goes out with a lease of a minute: its end comes first.
+    let lease = soon + Duration::minutes(1);
+    let claimed = store
+        .claim_due_on(ChannelKind::Email, soon, lease, 10)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(store.next_due(Some(soon)).await.unwrap(), Some(lease));
+    assert_eq!(store.backlog().await.unwrap().oldest_due, Some(late));
+    assert_eq!(store.next_due(Some(lease)).await.unwrap(), Some(late));
+    assert_eq!(store.next_due(Some(late)).await.unwrap(), None);
+}
+
 pub async fn check_digest_folding_and_cancellation(store: &dyn Store) {
     assert_eq!(
         store.put_account(&account("A1")).await.unwrap().0,
@@ -3537,6 +3615,7 @@ conformance!(
     check_outcomes_written_together,
     check_cancel_event,
     check_own_notices,
+    check_next_due_over_every_channel,
     check_digest_folding_and_cancellation,
     check_pairing_reaches_folded_notices,
     check_dead_letters_and_redrive,

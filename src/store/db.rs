@@ -53,6 +53,7 @@ macro_rules! migrations {
             (24, include_str!(concat!("migrations/", $db, "-24.sql"))),
             (25, include_str!(concat!("migrations/", $db, "-25.sql"))),
             (26, include_str!(concat!("migrations/", $db, "-26.sql"))),
+            (27, include_str!(concat!("migrations/", $db, "-27.sql"))),
         ]
     };
 }

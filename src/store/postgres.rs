@@ -1001,7 +1001,7 @@ impl Rows for PgRows {
 
     async fn next_due(&mut self, after: i64) -> Result<Option<i64>> {
         Ok(self
-            .one(rows::sql::NEXT_DUE, &[&after], |r| r.opt_int(0))
+            .one(&rows::sql::NEXT_DUE, &[&after], |r| r.opt_int(0))
             .await?
             .flatten())
     }
@@ -1026,7 +1026,7 @@ impl Rows for PgRows {
 
     async fn backlog(&mut self) -> Result<(Option<i64>, i64, i64, i64)> {
         let map = |r: &Row| Ok((r.opt_int(0)?, r.int(1)?, r.int(2)?, r.int(3)?));
-        self.one(rows::sql::BACKLOG, &[], map)
+        self.one(&rows::sql::BACKLOG, &[], map)
             .await?
             .ok_or_else(|| StoreError::Unavailable("the backlog query answered no row".into()))
     }

@@ -989,10 +989,30 @@ pub mod sql {
         "UPDATE destinations SET secret = $3 WHERE id = $1 AND secret = $2";
     pub const REPLACE_PREVIOUS_SECRET: &str =
         "UPDATE destinations SET previous_secret = $3 WHERE id = $1 AND previous_secret = $2";
+    /// The earliest due time of a pending notice, as one `t` per channel
+    /// each read at the front of its range of `notifications_channel_due`
+    /// (channel, due_at): the only index in due order since migration 27
+    /// dropped the one on `due_at` alone, which every notice's insert,
+    /// claim and finish had to keep as well. `later` narrows the due time.
+    fn earliest_due(later: &str) -> String {
+        let each = crate::model::ChannelKind::ALL.map(|c| {
+            format!(
+                "SELECT MIN(due_at) AS t FROM notifications \
+                 WHERE state = 'pending' AND channel = '{}'{later}",
+                c.as_str()
+            )
+        });
+        each.join(" UNION ALL ")
+    }
+
     /// The earliest due time or lease end after `$1` (ms).
-    pub const NEXT_DUE: &str = "SELECT MIN(t) FROM ( \
-         SELECT MIN(due_at) AS t FROM notifications WHERE state = 'pending' AND due_at > $1 \
-         UNION ALL SELECT MIN(lease_until) FROM notifications WHERE state = 'sending' AND lease_until > $1) x";
+    pub static NEXT_DUE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
+            "SELECT MIN(t) FROM ({} \
+             UNION ALL SELECT MIN(lease_until) FROM notifications WHERE state = 'sending' AND lease_until > $1) x",
+            earliest_due(" AND due_at > $1")
+        )
+    });
     pub const MOVE_KEY: &str = "UPDATE keys SET state = $3, activated_at = COALESCE($4, activated_at) \
          WHERE address = $1 AND fingerprint = $2";
     /// A change written whole; a later write keeps the first time it was
@@ -1045,10 +1065,15 @@ pub mod sql {
     pub const AUTH_EPOCH: &str = "SELECT n FROM auth_epoch WHERE id = 1";
     pub const CHANNEL_PAUSES: &str =
         "SELECT channel, paused_until FROM channel_limits WHERE paused_until > $1";
-    pub const BACKLOG: &str = "SELECT (SELECT MIN(due_at) FROM notifications WHERE state = 'pending'), \
-         (SELECT COUNT(*) FROM changes WHERE state = 'pending'), \
-         (SELECT COUNT(*) FROM incidents WHERE state = 'open'), \
-         (SELECT COUNT(*) FROM destinations WHERE unhealthy_since IS NOT NULL)";
+    pub static BACKLOG: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
+            "SELECT (SELECT MIN(t) FROM ({}) d), \
+             (SELECT COUNT(*) FROM changes WHERE state = 'pending'), \
+             (SELECT COUNT(*) FROM incidents WHERE state = 'open'), \
+             (SELECT COUNT(*) FROM destinations WHERE unhealthy_since IS NOT NULL)",
+            earliest_due("")
+        )
+    });
     /// The account destination `$1` belongs to.
     pub const DESTINATION_ACCOUNT: &str = "SELECT account FROM destinations WHERE id = $1";
     /// An operator's import marks destination `$1` verified.

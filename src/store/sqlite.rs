@@ -566,9 +566,12 @@ fn related_waiting_sql() -> String {
 /// The claim's statement: notices of one channel (`?4`) or of all.
 fn claim_sql(of_channel: bool) -> String {
     // The longest-waiting first, as on PostgreSQL: notices whose lease
-    // ran out, then pending ones by due time. One statement per case:
+    // ran out, then pending ones by due time, ties in the order stored
+    // (the order of the (channel, due_at) index). One statement per case:
     // with `(?4 IS NULL OR channel = ?4)`, SQLite planned it again on
-    // every call and could not use the (channel, due_at) index.
+    // every call and could not use the (channel, due_at) index. Without
+    // a channel (`kci simulate`'s claim) the pending notices are sorted:
+    // no index is in due order across channels (migration 27).
     let channel = if of_channel { "AND channel = ?4" } else { "" };
     // Each key's notices to a destination in turn (sql::in_turn).
     let in_turn = rows::sql::in_turn("?1");
@@ -579,7 +582,7 @@ fn claim_sql(of_channel: bool) -> String {
              {channel} AND {in_turn} ORDER BY lease_until LIMIT ?3) \
            UNION ALL \
            SELECT id FROM (SELECT id FROM notifications n WHERE state = 'pending' AND due_at <= ?1 \
-             {channel} AND {in_turn} ORDER BY due_at LIMIT ?3) \
+             {channel} AND {in_turn} ORDER BY due_at, n.rowid LIMIT ?3) \
            LIMIT ?3) \
          RETURNING {NOTIFICATION_COLUMNS}"
     )
@@ -1185,7 +1188,7 @@ impl Rows for Lite {
     }
 
     async fn next_due(&mut self, after: i64) -> Result<Option<i64>> {
-        let sql = rows::sqlite(rows::sql::NEXT_DUE);
+        let sql = rows::sqlite(&rows::sql::NEXT_DUE);
         Ok(self.one(&sql, [after], |r| r.opt_int(0))?.flatten())
     }
 
@@ -1209,7 +1212,7 @@ impl Rows for Lite {
 
     async fn backlog(&mut self) -> Result<(Option<i64>, i64, i64, i64)> {
         let map = |r: &Row<'_>| Ok((r.opt_int(0)?, r.int(1)?, r.int(2)?, r.int(3)?));
-        self.one(&rows::sqlite(rows::sql::BACKLOG), [], map)?
+        self.one(&rows::sqlite(&rows::sql::BACKLOG), [], map)?
             .ok_or_else(|| StoreError::Unavailable("the backlog query answered no row".into()))
     }
 
@@ -2019,6 +2022,46 @@ mod tests {
         }
     }
 
+    /// The next due time and the backlog gauge read the front of each
+    /// channel's range of `notifications_channel_due` (migration 27
+    /// dropped the index on `due_at` alone): their work does not grow
+    /// with the notices held for later. Counted in SQLite's virtual
+    /// machine steps, which are the same on every run.
+    #[tokio::test]
+    async fn the_next_due_time_is_read_without_walking_the_backlog() {
+        async fn steps(held: usize) -> (i32, i32) {
+            let (_dir, lite) = migrated().await;
+            let insert = "WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < ?1) \
+                 INSERT INTO notifications (id, account, contact, destination, uri, channel, type, key, \
+                   priority, state, due_at, decided_at, attempts, timezone, paced) \
+                 SELECT printf('n-%08d', i), 'A1', 'C1', 'D1', 'mailto:a@example.com', \
+                   CASE WHEN i % 2 = 0 THEN 'email' ELSE 'webhook' END, 'line.down', \
+                   'L' || i, 1, 'pending', 4000000000000 + i, 0, 0, 'UTC', 0 FROM c";
+            assert_eq!(lite.0.execute(insert, [held]).unwrap(), held);
+            let mut next = lite.0.prepare(&rows::sqlite(&rows::sql::NEXT_DUE)).unwrap();
+            let due: Option<i64> = next.query_row([1_000], |r| r.get(0)).unwrap();
+            assert_eq!(due, Some(4_000_000_000_001));
+            let mut backlog = lite.0.prepare(&rows::sqlite(&rows::sql::BACKLOG)).unwrap();
+            let oldest: Option<i64> = backlog.query_row([], |r| r.get(0)).unwrap();
+            assert_eq!(oldest, Some(4_000_000_000_001));
+            (
+                next.get_status(StatementStatus::VmStep),
+                backlog.get_status(StatementStatus::VmStep),
+            )
+        }
+        let (few, more) = (steps(300).await, steps(3_000).await);
+        // The same work for ten times the notices held (a few hundred
+        // steps); a walk of the index would take thousands more.
+        assert!(
+            more.0 < few.0 + 100,
+            "next due: {few:?} with 300, {more:?} with 3,000"
+        );
+        assert!(
+            more.1 < few.1 + 100,
+            "backlog: {few:?} with 300, {more:?} with 3,000"
+        );
+    }
+
     /// A statement run again with other values keeps its plan: SQLite
     /// does not prepare it anew (the query planner stability guarantee,
     /// see `open_conn`). Without it, every claim was prepared again, as
@@ -2084,9 +2127,10 @@ mod tests {
                 // key holding every notice.
                 lite.0.execute_batch("ANALYZE").unwrap();
             }
-            let mut stmt = lite.0.prepare(&claim_sql(false)).unwrap();
+            // The lane's claim, as `kci serve` makes it.
+            let mut stmt = lite.0.prepare(&claim_sql(true)).unwrap();
             let claimed = stmt
-                .query_map(params![1000, 2000, 64], |_| Ok(()))
+                .query_map(params![1000, 2000, 64, "email"], |_| Ok(()))
                 .unwrap()
                 .count();
             // One at a time for a key and destination: the earliest due.
