@@ -547,6 +547,71 @@ pub async fn check_batch_ingest_in_order(store: &dyn Store) {
     }
 }
 
+/// A batch larger than a statement's share (SQLite writes its notices 32
+/// rows to a statement, the rest one by one): every notice is written as
+/// one written alone would be, each with its own first decision, and
+/// none is lost or doubled.
+pub async fn check_a_large_batch_is_written_whole(store: &dyn Store) {
+    seed(store).await;
+    let now = t("2026-03-22T10:00:00Z");
+    store
+        .ingest(vec![event("alone", "A1", "L", now)], planner())
+        .await
+        .unwrap();
+    let batch: Vec<Event> = (0..41)
+        .map(|i| event(&format!("big-{i}"), "A1", &format!("L{i}"), now))
+        .collect();
+    let out = store.ingest(batch, planner()).await.unwrap();
+    assert_eq!(out.len(), 41);
+    let shape = |n: &Notification| {
+        (
+            n.contact.clone(),
+            n.destination.clone(),
+            n.uri.clone(),
+            n.channel,
+            n.type_name.clone(),
+            n.priority,
+            n.state,
+            n.due_at,
+            n.expires_at,
+            n.decided_at,
+            n.timezone.clone(),
+            n.message.is_some(),
+        )
+    };
+    let shapes = |mut v: Vec<Notification>| {
+        v.sort_by(|a, b| a.destination.cmp(&b.destination));
+        v.iter().map(shape).collect::<Vec<_>>()
+    };
+    let (_, alone) = store.event("alone").await.unwrap().unwrap();
+    let mut every = std::collections::HashSet::new();
+    for (i, o) in out.iter().enumerate() {
+        let id = format!("big-{i}");
+        assert!(
+            matches!(o, IngestOutcome::Accepted { id: got, notifications: 2, .. } if *got == id),
+            "{o:?}"
+        );
+        let (_, notes) = store.event(&id).await.unwrap().unwrap();
+        assert_eq!(shapes(notes.clone()), shapes(alone.clone()), "{id}");
+        for n in &notes {
+            assert_eq!(n.key, format!("L{i}"));
+            assert!(every.insert(n.id.clone()), "{} written twice", n.id);
+        }
+        let history = store.history(&id).await.unwrap();
+        let decided: std::collections::HashSet<&str> =
+            history.iter().map(|d| d.notification.as_str()).collect();
+        let ids: std::collections::HashSet<&str> = notes.iter().map(|n| n.id.as_str()).collect();
+        assert_eq!(history.len(), 2, "{id}: {history:?}");
+        assert_eq!(decided, ids, "{id}: one first decision each");
+        assert!(
+            history
+                .iter()
+                .all(|d| d.state == State::Pending && d.at == now)
+        );
+    }
+    assert_eq!(every.len(), 82);
+}
+
 /// A planner for the checks of what the store reads for planning: asks
 /// for the notices of `related` types (and cancels every one it sees) or
 /// counts `line.down` events within the hour, says whether an event is
@@ -3606,6 +3671,7 @@ conformance!(
     check_directory_pages_in_byte_order,
     check_ingest_is_atomic_and_idempotent,
     check_batch_ingest_in_order,
+    check_a_large_batch_is_written_whole,
     check_planner_sees_pending_and_cancels,
     check_only_keyed_events_are_counted,
     check_claim_lease_and_finish,

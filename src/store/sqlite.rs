@@ -588,6 +588,104 @@ fn claim_sql(of_channel: bool) -> String {
     )
 }
 
+/// Rows a statement of `Lite::insert_notices` writes when it has that
+/// many: 32 notices take 736 parameters, far under SQLite's 32,766. A
+/// batch's notices go in statements of this many and the rest one by one,
+/// so the writer's statement cache holds two texts per table.
+const ROWS_PER_INSERT: usize = 32;
+
+/// `OR FAIL`: a row that breaks a constraint fails its statement without
+/// SQLite taking back the rows before it, which the job's own rollback
+/// does (its savepoint, or the group's transaction); so SQLite keeps no
+/// statement journal, a copy of every page the statement changes that an
+/// earlier statement of the transaction had changed already. (A single
+/// row is checked whole before any of it is written: there `OR FAIL` is
+/// the default `ABORT`.)
+const NOTICE_INSERT: &str = "INSERT OR FAIL INTO notifications (id, event, account, contact, destination, uri, channel, \
+     type, key, priority, state, reason, detail, due_at, expires_at, decided_at, sent_at, attempts, timezone, \
+     message, digest, paired_from, secret)";
+const NOTICE_COLUMNS: usize = 23;
+/// `OR FAIL` as [`NOTICE_INSERT`].
+const DECISION_INSERT: &str =
+    "INSERT OR FAIL INTO decisions (notification, event, at, state, reason, detail, due_at)";
+const DECISION_COLUMNS: usize = 7;
+
+/// `insert` followed by `rows` rows of `columns` parameters each.
+fn rows_insert(insert: &str, columns: usize, rows: usize) -> String {
+    let row = format!("({})", vec!["?"; columns].join(", "));
+    format!("{insert} VALUES {}", vec![row; rows].join(", "))
+}
+
+/// A statement parameter: a notice's text borrowed, a number or null.
+mod param {
+    use rusqlite::types::{ToSqlOutput, Value, ValueRef};
+
+    pub type Param<'a> = ToSqlOutput<'a>;
+
+    pub fn text(s: &str) -> Param<'_> {
+        ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes()))
+    }
+
+    pub fn some_text(s: Option<&str>) -> Param<'_> {
+        s.map_or(ToSqlOutput::Owned(Value::Null), text)
+    }
+
+    pub fn int(i: i64) -> Param<'static> {
+        ToSqlOutput::Owned(Value::Integer(i))
+    }
+
+    pub fn some_int(i: Option<i64>) -> Param<'static> {
+        i.map_or(ToSqlOutput::Owned(Value::Null), int)
+    }
+}
+
+/// A notice's row, in `NOTICE_INSERT`'s order; `message` is its JSON.
+fn notice_row<'a>(
+    n: &'a Notification,
+    message: Option<&'a str>,
+) -> [param::Param<'a>; NOTICE_COLUMNS] {
+    use param::*;
+    [
+        text(&n.id),
+        some_text(n.event.as_deref()),
+        text(&n.account),
+        text(&n.contact),
+        text(&n.destination),
+        text(&n.uri),
+        text(n.channel.as_str()),
+        text(&n.type_name),
+        text(&n.key),
+        int(i64::from(n.priority.rank())),
+        text(n.state.as_str()),
+        some_text(n.reason.map(|r| r.as_str())),
+        some_text(n.detail.as_deref()),
+        int(to_millis(n.due_at)),
+        some_int(n.expires_at.map(to_millis)),
+        int(to_millis(n.decided_at)),
+        some_int(n.sent_at.map(to_millis)),
+        int(i64::from(n.attempts)),
+        text(&n.timezone),
+        some_text(message),
+        some_text(n.digest.as_deref()),
+        some_int(n.paired_from.map(to_millis)),
+        some_text(n.secret.as_ref().map(|s| s.expose().as_str())),
+    ]
+}
+
+/// The decision that made notice `n`, in `DECISION_INSERT`'s order.
+fn decision_row(n: &Notification) -> [param::Param<'_>; DECISION_COLUMNS] {
+    use param::*;
+    [
+        text(&n.id),
+        some_text(n.event.as_deref()),
+        int(to_millis(n.decided_at)),
+        text(n.state.as_str()),
+        some_text(n.reason.map(|r| r.as_str())),
+        some_text(n.detail.as_deref()),
+        int(to_millis(n.due_at)),
+    ]
+}
+
 impl Cols for Row<'_> {
     fn cell(&self, i: usize) -> Result<Cell> {
         use rusqlite::types::ValueRef;
@@ -660,6 +758,32 @@ impl Lite {
             self.record(id, event.as_deref(), d, *due_at)?;
         }
         Ok(done.len())
+    }
+
+    /// Writes `notes` and the decision that made each, with one statement
+    /// for the notices and one for their decisions: a statement's fixed
+    /// cost (preparing from the cache, binding, stepping, resetting) is
+    /// paid once for the lot. The decisions keep the notices' order, as
+    /// a history reads them (`ORDER BY at, rowid`).
+    fn insert_notices(&self, notes: &[&Notification]) -> Result<()> {
+        let messages = notes
+            .iter()
+            .map(|n| n.message.as_ref().map(message_json).transpose())
+            .collect::<Result<Vec<_>>>()?;
+        let notices = notes
+            .iter()
+            .zip(&messages)
+            .flat_map(|(n, m)| notice_row(n, m.as_deref()));
+        let sql = rows_insert(NOTICE_INSERT, NOTICE_COLUMNS, notes.len());
+        self.0
+            .prepare_cached(&sql)?
+            .execute(rusqlite::params_from_iter(notices))?;
+        let decisions = notes.iter().flat_map(|n| decision_row(n));
+        let sql = rows_insert(DECISION_INSERT, DECISION_COLUMNS, notes.len());
+        self.0
+            .prepare_cached(&sql)?
+            .execute(rusqlite::params_from_iter(decisions))?;
+        Ok(())
     }
 
     /// One delivery's outcome (`Rows::finish_all`).
@@ -1055,54 +1179,18 @@ impl Rows for Lite {
     }
 
     async fn insert_notifications(&mut self, notes: &[&Notification]) -> Result<()> {
-        for n in notes {
-            self.insert_notification(n).await?;
+        let mut full = notes.chunks_exact(ROWS_PER_INSERT);
+        for chunk in &mut full {
+            self.insert_notices(chunk)?;
+        }
+        for n in full.remainder() {
+            self.insert_notices(std::slice::from_ref(n))?;
         }
         Ok(())
     }
 
     async fn insert_notification(&mut self, n: &Notification) -> Result<()> {
-        let message = n.message.as_ref().map(message_json).transpose()?;
-        self.exec(
-            "INSERT INTO notifications (id, event, account, contact, destination, uri, channel, type, key, priority, \
-             state, reason, detail, due_at, expires_at, decided_at, sent_at, attempts, timezone, message, digest, \
-             paired_from, secret) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23)",
-            params![
-                n.id,
-                n.event,
-                n.account,
-                n.contact,
-                n.destination,
-                n.uri,
-                n.channel.as_str(),
-                n.type_name,
-                n.key,
-                n.priority.rank(),
-                n.state.as_str(),
-                n.reason.map(|r| r.as_str()),
-                n.detail,
-                to_millis(n.due_at),
-                n.expires_at.map(to_millis),
-                to_millis(n.decided_at),
-                n.sent_at.map(to_millis),
-                i64::from(n.attempts),
-                n.timezone,
-                message,
-                n.digest,
-                n.paired_from.map(to_millis),
-                n.secret.as_ref().map(|s| s.expose()),
-            ],
-        )?;
-        let d = Decided {
-            notification: n.id.clone(),
-            at: n.decided_at,
-            state: n.state,
-            reason: n.reason,
-            detail: n.detail.clone(),
-            due_at: n.due_at,
-        };
-        self.record(&n.id, n.event.as_deref(), &d, to_millis(n.due_at))
+        self.insert_notices(&[n])
     }
 
     async fn cancel(&mut self, by: By, value: &str, d: &Decided) -> Result<usize> {
