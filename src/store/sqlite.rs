@@ -605,6 +605,11 @@ const NOTICE_INSERT: &str = "INSERT OR FAIL INTO notifications (id, event, accou
      type, key, priority, state, reason, detail, due_at, expires_at, decided_at, sent_at, attempts, timezone, \
      message, digest, paired_from, secret)";
 const NOTICE_COLUMNS: usize = 23;
+/// Without `OR FAIL`: a batch's events go in together only if none is
+/// stored already (`Lite::insert_new_events`).
+const EVENT_INSERT: &str =
+    "INSERT INTO events (id, account, type, key, received_at, notifications, payload, keyed)";
+const EVENT_COLUMNS: usize = 8;
 /// `OR FAIL` as [`NOTICE_INSERT`].
 const DECISION_INSERT: &str =
     "INSERT OR FAIL INTO decisions (notification, event, at, state, reason, detail, due_at)";
@@ -669,6 +674,22 @@ fn notice_row<'a>(
         some_text(n.digest.as_deref()),
         some_int(n.paired_from.map(to_millis)),
         some_text(n.secret.as_ref().map(|s| s.expose().as_str())),
+    ]
+}
+
+/// An event's row, in `EVENT_INSERT`'s order.
+fn event_row<'a>(row: &NewEvent<'a>) -> [param::Param<'a>; EVENT_COLUMNS] {
+    use param::*;
+    let e = row.event;
+    [
+        text(&e.id),
+        text(&e.account),
+        text(&e.type_name),
+        text(&e.key),
+        int(to_millis(e.received_at)),
+        int(i64::try_from(row.notifications).unwrap_or(i64::MAX)),
+        text(row.payload),
+        int(i64::from(row.keyed)),
     ]
 }
 
@@ -758,6 +779,25 @@ impl Lite {
             self.record(id, event.as_deref(), d, *due_at)?;
         }
         Ok(done.len())
+    }
+
+    /// Writes `events` with one statement if none of their ids is stored
+    /// (nor given twice), the common case; whether it did. A statement
+    /// that meets a stored id is taken back whole (SQLite's `ABORT`, the
+    /// default), and the caller writes the events one by one instead.
+    fn insert_new_events(&self, events: &[NewEvent<'_>]) -> Result<bool> {
+        let sql = rows_insert(EVENT_INSERT, EVENT_COLUMNS, events.len());
+        let values = rusqlite::params_from_iter(events.iter().flat_map(event_row));
+        match self.0.prepare_cached(&sql)?.execute(values) {
+            Ok(_) => Ok(true),
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
+                    || e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Writes `notes` and the decision that made each, with one statement
@@ -1172,7 +1212,17 @@ impl Rows for Lite {
 
     async fn insert_events(&mut self, events: &[NewEvent<'_>]) -> Result<Vec<bool>> {
         let mut out = Vec::with_capacity(events.len());
-        for row in events {
+        let mut full = events.chunks_exact(ROWS_PER_INSERT);
+        for chunk in &mut full {
+            if self.insert_new_events(chunk)? {
+                out.extend(std::iter::repeat_n(true, chunk.len()));
+                continue;
+            }
+            for row in chunk {
+                out.push(self.insert_event(*row).await?);
+            }
+        }
+        for row in full.remainder() {
             out.push(self.insert_event(*row).await?);
         }
         Ok(out)
@@ -2108,6 +2158,56 @@ mod tests {
                 "{sql}: {details:?}"
             );
         }
+    }
+
+    /// A batch's events go in 32 to a statement when none is stored yet;
+    /// a statement that meets a stored id (or one id twice) is taken back
+    /// whole and its events written one by one: each is said written or
+    /// not as one statement apiece would say.
+    #[tokio::test]
+    async fn a_batchs_events_meeting_a_stored_id_are_written_one_by_one() {
+        let (_dir, mut lite) = migrated().await;
+        let at = chrono::Utc::now();
+        let mut events: Vec<Event> = (0..70)
+            .map(|i| crate::store::conformance::event(&format!("e{i}"), "A1", "L1", at))
+            .collect();
+        // The second chunk holds e40 twice.
+        events[45].id = "e40".into();
+        let payloads: Vec<String> = events.iter().map(|e| event_json(e).unwrap()).collect();
+        let row = |i: usize| NewEvent {
+            event: &events[i],
+            payload: &payloads[i],
+            notifications: 0,
+            keyed: false,
+        };
+        assert!(lite.insert_event(row(7)).await.unwrap());
+        let rows: Vec<NewEvent<'_>> = (0..70).map(row).collect();
+        let written = lite.insert_events(&rows).await.unwrap();
+        let expected: Vec<bool> = (0..70).map(|i| i != 7 && i != 45).collect();
+        assert_eq!(written, expected);
+        let stored: i64 = lite
+            .0
+            .query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(stored, 69);
+        // A chunk of new events: one statement, every one written.
+        let fresh: Vec<Event> = (0..32)
+            .map(|i| crate::store::conformance::event(&format!("f{i}"), "A1", "L1", at))
+            .collect();
+        let payloads: Vec<String> = fresh.iter().map(|e| event_json(e).unwrap()).collect();
+        let rows: Vec<NewEvent<'_>> = fresh
+            .iter()
+            .zip(&payloads)
+            .map(|(event, payload)| NewEvent {
+                event,
+                payload,
+                notifications: 0,
+                keyed: false,
+            })
+            .collect();
+        assert!(lite.insert_new_events(&rows).unwrap());
+        let back = lite.event("f31").await.unwrap().expect("f31 is stored");
+        assert_eq!(back.id, "f31");
     }
 
     /// The next due time and the backlog gauge read the front of each
