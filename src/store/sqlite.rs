@@ -588,10 +588,11 @@ fn claim_sql(of_channel: bool) -> String {
     )
 }
 
-/// Rows a statement of `Lite::insert_notices` writes when it has that
-/// many: 32 notices take 736 parameters, far under SQLite's 32,766. A
-/// batch's notices go in statements of this many and the rest one by one,
-/// so the writer's statement cache holds two texts per table.
+/// Rows a statement of `Lite::insert_notices` (and of
+/// `insert_new_events`) writes when it has that many: 32 notices take 736
+/// parameters, far under SQLite's 32,766. A batch's rows go in statements
+/// of this many and the rest one by one, so the writer's statement cache
+/// holds two texts per table.
 const ROWS_PER_INSERT: usize = 32;
 
 /// `OR FAIL`: a row that breaks a constraint fails its statement without
@@ -606,7 +607,8 @@ const NOTICE_INSERT: &str = "INSERT OR FAIL INTO notifications (id, event, accou
      message, digest, paired_from, secret)";
 const NOTICE_COLUMNS: usize = 23;
 /// Without `OR FAIL`: a batch's events go in together only if none is
-/// stored already (`Lite::insert_new_events`).
+/// stored already (`Lite::insert_new_events`); one alone, unless it is
+/// (`Rows::insert_event`).
 const EVENT_INSERT: &str =
     "INSERT INTO events (id, account, type, key, received_at, notifications, payload, keyed)";
 const EVENT_COLUMNS: usize = 8;
@@ -615,11 +617,50 @@ const DECISION_INSERT: &str =
     "INSERT OR FAIL INTO decisions (notification, event, at, state, reason, detail, due_at)";
 const DECISION_COLUMNS: usize = 7;
 
-/// `insert` followed by `rows` rows of `columns` parameters each.
-fn rows_insert(insert: &str, columns: usize, rows: usize) -> String {
-    let row = format!("({})", vec!["?"; columns].join(", "));
-    format!("{insert} VALUES {}", vec![row; rows].join(", "))
+/// A table's insert of many rows: `insert`, then the rows' parameters,
+/// then `tail`. Its texts for one row and for [`ROWS_PER_INSERT`] rows,
+/// the two counts written, are made once, not at every write.
+struct RowsInsert {
+    insert: &'static str,
+    columns: usize,
+    tail: &'static str,
+    one: std::sync::OnceLock<String>,
+    chunk: std::sync::OnceLock<String>,
 }
+
+impl RowsInsert {
+    const fn new(insert: &'static str, columns: usize, tail: &'static str) -> RowsInsert {
+        RowsInsert {
+            insert,
+            columns,
+            tail,
+            one: std::sync::OnceLock::new(),
+            chunk: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The statement for `rows` rows.
+    fn sql(&self, rows: usize) -> std::borrow::Cow<'_, str> {
+        let make = || {
+            let row = format!("({})", vec!["?"; self.columns].join(", "));
+            let values = vec![row; rows].join(", ");
+            format!("{} VALUES {values}{}", self.insert, self.tail)
+        };
+        match rows {
+            1 => self.one.get_or_init(make).into(),
+            ROWS_PER_INSERT => self.chunk.get_or_init(make).into(),
+            _ => make().into(),
+        }
+    }
+}
+
+static NOTICES: RowsInsert = RowsInsert::new(NOTICE_INSERT, NOTICE_COLUMNS, "");
+static DECISIONS: RowsInsert = RowsInsert::new(DECISION_INSERT, DECISION_COLUMNS, "");
+/// A batch's events, none stored yet (`Lite::insert_new_events`).
+static NEW_EVENTS: RowsInsert = RowsInsert::new(EVENT_INSERT, EVENT_COLUMNS, "");
+/// An event, unless its id is stored already (`Rows::insert_event`).
+static EVENT_UNLESS_STORED: RowsInsert =
+    RowsInsert::new(EVENT_INSERT, EVENT_COLUMNS, " ON CONFLICT (id) DO NOTHING");
 
 /// A statement parameter: a notice's text borrowed, a number or null.
 mod param {
@@ -786,7 +827,7 @@ impl Lite {
     /// that meets a stored id is taken back whole (SQLite's `ABORT`, the
     /// default), and the caller writes the events one by one instead.
     fn insert_new_events(&self, events: &[NewEvent<'_>]) -> Result<bool> {
-        let sql = rows_insert(EVENT_INSERT, EVENT_COLUMNS, events.len());
+        let sql = NEW_EVENTS.sql(events.len());
         let values = rusqlite::params_from_iter(events.iter().flat_map(event_row));
         match self.0.prepare_cached(&sql)?.execute(values) {
             Ok(_) => Ok(true),
@@ -814,12 +855,12 @@ impl Lite {
             .iter()
             .zip(&messages)
             .flat_map(|(n, m)| notice_row(n, m.as_deref()));
-        let sql = rows_insert(NOTICE_INSERT, NOTICE_COLUMNS, notes.len());
+        let sql = NOTICES.sql(notes.len());
         self.0
             .prepare_cached(&sql)?
             .execute(rusqlite::params_from_iter(notices))?;
         let decisions = notes.iter().flat_map(|n| decision_row(n));
-        let sql = rows_insert(DECISION_INSERT, DECISION_COLUMNS, notes.len());
+        let sql = DECISIONS.sql(notes.len());
         self.0
             .prepare_cached(&sql)?
             .execute(rusqlite::params_from_iter(decisions))?;
@@ -1130,21 +1171,11 @@ impl Rows for Lite {
     }
 
     async fn insert_event(&mut self, row: NewEvent<'_>) -> Result<bool> {
-        let e = row.event;
-        let n = self.exec(
-            "INSERT INTO events (id, account, type, key, received_at, notifications, payload, keyed) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (id) DO NOTHING",
-            params![
-                e.id,
-                e.account,
-                e.type_name,
-                e.key,
-                to_millis(e.received_at),
-                i64::try_from(row.notifications).unwrap_or(i64::MAX),
-                row.payload,
-                row.keyed
-            ],
-        )?;
+        let values = rusqlite::params_from_iter(event_row(&row));
+        let n = self
+            .0
+            .prepare_cached(&EVENT_UNLESS_STORED.sql(1))?
+            .execute(values)?;
         Ok(n > 0)
     }
 
