@@ -109,6 +109,9 @@ fn open_conn(path: Option<&str>, role: Role) -> Result<Connection> {
         (Some(p), Role::Reader) => Connection::open_with_flags(p, flags)?,
         (None, _) => Connection::open_in_memory()?,
     };
+    if role == Role::Writer {
+        writer_lookaside(&conn);
+    }
     let cache_kib = match role {
         Role::Writer => WRITER_CACHE_KIB,
         Role::Reader => READER_CACHE_KIB,
@@ -136,20 +139,18 @@ fn open_conn(path: Option<&str>, role: Role) -> Result<Connection> {
          PRAGMA journal_size_limit = 67108864;",
     )?;
     conn.pragma_update(None, "cache_size", -cache_kib)?;
-    if role == Role::Writer {
-        writer_lookaside(&conn);
-    }
     Ok(conn)
 }
 
 /// The writer's lookaside (SQLite's own allocator for a connection's
-/// small, short-lived allocations): [`LOOKASIDE_SLOTS`] slots of
-/// [`LOOKASIDE_SLOT`] bytes, 1.2 MB, rather than SQLite's 100. Every
-/// value bound to a statement is copied into SQLite's memory and freed
-/// when the statement goes back to the cache; a batch's 32-row insert of
-/// notices binds 736 values, so with 100 slots most of those copies were
-/// `malloc` and `free` calls, 6–7% of the writer's time (BENCHMARKS.md,
-/// stop 55).
+/// small, short-lived allocations): [`LOOKASIDE_SLOTS`] times
+/// [`LOOKASIDE_SLOT`] bytes, 1.2 MB, which SQLite divides into about 750
+/// slots of 1,200 bytes and 2,300 of 128; its default is 48 KB (30 and
+/// 93). Every value bound to a statement is copied into SQLite's memory
+/// and freed when the statement goes back to the cache; a batch's 32-row
+/// insert of notices binds 736 values, so with the default most of those
+/// copies were `malloc` and `free` calls, 6–7% of the writer's time
+/// (BENCHMARKS.md, stop 55).
 const LOOKASIDE_SLOT: std::ffi::c_int = 1200;
 const LOOKASIDE_SLOTS: std::ffi::c_int = 1000;
 
@@ -157,9 +158,9 @@ const LOOKASIDE_SLOTS: std::ffi::c_int = 1000;
 /// keeps its default), says so at debug level and goes on.
 fn writer_lookaside(conn: &Connection) {
     // SAFETY: `handle` is this open connection's, used on this thread;
-    // the call is made before the connection runs any statement of its
-    // own (SQLite refuses with SQLITE_BUSY while lookaside memory is in
-    // use), and the null buffer makes SQLite allocate the slots itself.
+    // the call is made just after opening, before the connection runs any
+    // statement (SQLite refuses with SQLITE_BUSY while lookaside memory is
+    // in use), and the null buffer makes SQLite allocate the slots itself.
     let rc = unsafe {
         rusqlite::ffi::sqlite3_db_config(
             conn.handle(),
