@@ -838,8 +838,7 @@ impl Lite {
     /// Records decision `d` about notification `id` of `event`.
     fn record(&self, id: &str, event: Option<&str>, d: &Decided, due_at: i64) -> Result<()> {
         self.exec(
-            "INSERT INTO decisions (notification, event, at, state, reason, detail, due_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            &DECISIONS.sql(1),
             params![
                 id,
                 event,
@@ -2028,7 +2027,7 @@ mod tests {
         assert!(commit(&reader) >= 24);
     }
 
-    /// A 32-row insert of 23 text columns (a batch's notices) binds all
+    /// A full chunk of notice-sized rows (32 rows of 23 text values) binds all
     /// its values within the writer's lookaside; a reader's connection,
     /// with SQLite's default lookaside, runs out of it and falls back to
     /// `malloc`.
@@ -2036,7 +2035,7 @@ mod tests {
     fn the_writers_lookaside_holds_a_full_chunks_bound_values() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("kci.db");
-        let columns: Vec<String> = (0..23).map(|c| format!("c{c}")).collect();
+        let columns: Vec<String> = (0..NOTICE_COLUMNS).map(|c| format!("c{c}")).collect();
         let writer = open_conn(path.to_str(), Role::Writer).unwrap();
         writer
             .execute_batch(&format!("CREATE TABLE t ({})", columns.join(", ")))
@@ -2059,10 +2058,10 @@ mod tests {
             assert_eq!(rc, rusqlite::ffi::SQLITE_OK);
             most
         };
+        let chunk = RowsInsert::new("INSERT INTO t", NOTICE_COLUMNS, "");
         let insert = |conn: &Connection| {
-            let row = format!("({})", vec!["?"; 23].join(", "));
-            let sql = format!("INSERT INTO t VALUES {}", vec![row; 32].join(", "));
-            let values: Vec<String> = (0..32 * 23)
+            let sql = chunk.sql(ROWS_PER_INSERT);
+            let values: Vec<String> = (0..ROWS_PER_INSERT * NOTICE_COLUMNS)
                 .map(|i| format!("{i:0>36}{}", "x".repeat(i % 300)))
                 .collect();
             let tx = conn.unchecked_transaction().unwrap();
