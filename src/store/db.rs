@@ -54,6 +54,7 @@ macro_rules! migrations {
             (25, include_str!(concat!("migrations/", $db, "-25.sql"))),
             (26, include_str!(concat!("migrations/", $db, "-26.sql"))),
             (27, include_str!(concat!("migrations/", $db, "-27.sql"))),
+            (28, include_str!(concat!("migrations/", $db, "-28.sql"))),
         ]
     };
 }

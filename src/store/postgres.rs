@@ -394,8 +394,9 @@ impl PgRows {
             .collect())
     }
 
-    /// Stores notifications with their first decisions, in one statement
-    /// (UNNEST of one array per column), however many.
+    /// Stores notifications, each with the decision that made it in its
+    /// own row (`first_*`), in one statement (UNNEST of one array per
+    /// column), however many.
     async fn notification_rows(&self, notes: &[&Notification]) -> Result<()> {
         let len = notes.len();
         let mut messages = Vec::with_capacity(len);
@@ -431,15 +432,17 @@ impl PgRows {
         let paired = opt_int(|n| n.paired_from.map(to_millis));
         let secrets = opt_text(|n| n.secret.as_ref().map(|s| s.expose().as_str()));
         self.exec(
-            "WITH n AS (INSERT INTO notifications (id, event, account, contact, destination, uri, channel, type, key, \
+            "INSERT INTO notifications (id, event, account, contact, destination, uri, channel, type, key, \
              priority, state, reason, detail, due_at, expires_at, decided_at, sent_at, attempts, timezone, message, \
-             digest, paired_from, secret) \
-             SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::TEXT[], $6::TEXT[], \
+             digest, paired_from, secret, first_at, first_state, first_reason, first_detail, first_due_at) \
+             SELECT *, decided_at, state, reason, detail, due_at \
+             FROM UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::TEXT[], $6::TEXT[], \
              $7::TEXT[], $8::TEXT[], $9::TEXT[], $10::BIGINT[], $11::TEXT[], $12::TEXT[], $13::TEXT[], \
              $14::BIGINT[], $15::BIGINT[], $16::BIGINT[], $17::BIGINT[], $18::BIGINT[], $19::TEXT[], $20::TEXT[], \
              $21::TEXT[], $22::BIGINT[], $23::TEXT[]) \
-             RETURNING id, event, decided_at, state, reason, detail, due_at) \
-             INSERT INTO decisions (notification, event, at, state, reason, detail, due_at) SELECT * FROM n",
+             AS u(id, event, account, contact, destination, uri, channel, type, key, priority, state, reason, \
+             detail, due_at, expires_at, decided_at, sent_at, attempts, timezone, message, digest, paired_from, \
+             secret)",
             &[
                 &ids,
                 &events,
@@ -851,9 +854,8 @@ impl Rows for PgRows {
     }
 
     async fn history(&mut self, event: &str) -> Result<Vec<Decided>> {
-        let sql =
-            format!("SELECT {DECIDED_COLUMNS} FROM decisions WHERE event = $1 ORDER BY at, seq");
-        self.all(&sql, &[&event], rows::decided).await
+        self.all(&rows::history("seq"), &[&event], rows::decided)
+            .await
     }
 
     async fn insert_notification(&mut self, n: &Notification) -> Result<()> {

@@ -1570,6 +1570,25 @@ pub fn token(r: &impl Cols) -> Result<TokenRecord> {
 /// The columns [`decided`] reads.
 pub const DECIDED_COLUMNS: &str = "notification, at, state, reason, detail, due_at";
 
+/// Event `$1`'s history, as [`decided`] reads it. The decision that made
+/// a notice is kept in the notice's row (`first_*`, since migration 28)
+/// and every later one in `decisions`; a notice stored before that
+/// migration has its first decision in `decisions` and none in its row.
+/// By time; at the same instant a notice's first decision comes before
+/// the ones written after it, which keep the order they were written in
+/// (`seq`: SQLite's `rowid`, PostgreSQL's `seq`).
+pub fn history(seq: &str) -> String {
+    format!(
+        "SELECT {DECIDED_COLUMNS} FROM ( \
+           SELECT id AS notification, first_at AS at, first_state AS state, first_reason AS reason, \
+             first_detail AS detail, first_due_at AS due_at, 0 AS later, id AS notice, 0 AS seq \
+           FROM notifications WHERE event = $1 AND first_at IS NOT NULL \
+           UNION ALL \
+           SELECT {DECIDED_COLUMNS}, 1, '', {seq} FROM decisions WHERE event = $1) h \
+         ORDER BY at, later, notice, seq"
+    )
+}
+
 pub fn decided(r: &impl Cols) -> Result<Decided> {
     Ok(Decided {
         notification: r.text(0)?,

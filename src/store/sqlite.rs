@@ -148,7 +148,7 @@ fn open_conn(path: Option<&str>, role: Role) -> Result<Connection> {
 /// slots of 1,200 bytes and 2,300 of 128; its default is 48 KB (30 and
 /// 93). Every value bound to a statement is copied into SQLite's memory
 /// and freed when the statement goes back to the cache; a batch's 32-row
-/// insert of notices binds 736 values, so with the default most of those
+/// insert of notices binds 896 values, so with the default most of those
 /// copies were `malloc` and `free` calls, 6–7% of the writer's time
 /// (BENCHMARKS.md, stop 55).
 const LOOKASIDE_SLOT: std::ffi::c_int = 1200;
@@ -628,7 +628,7 @@ fn claim_sql(of_channel: bool) -> String {
 }
 
 /// Rows a statement of `Lite::insert_notices` (and of
-/// `insert_new_events`) writes when it has that many: 32 notices take 736
+/// `insert_new_events`) writes when it has that many: 32 notices take 896
 /// parameters, far under SQLite's 32,766. A batch's rows go in statements
 /// of this many and the rest one by one, so the writer's statement cache
 /// holds two texts per table.
@@ -643,8 +643,8 @@ const ROWS_PER_INSERT: usize = 32;
 /// the default `ABORT`.)
 const NOTICE_INSERT: &str = "INSERT OR FAIL INTO notifications (id, event, account, contact, destination, uri, channel, \
      type, key, priority, state, reason, detail, due_at, expires_at, decided_at, sent_at, attempts, timezone, \
-     message, digest, paired_from, secret)";
-const NOTICE_COLUMNS: usize = 23;
+     message, digest, paired_from, secret, first_at, first_state, first_reason, first_detail, first_due_at)";
+const NOTICE_COLUMNS: usize = 28;
 /// Without `OR FAIL`: a batch's events go in together only if none is
 /// stored already (`Lite::insert_new_events`); one alone, unless it is
 /// (`Rows::insert_event`).
@@ -754,6 +754,12 @@ fn notice_row<'a>(
         some_text(n.digest.as_deref()),
         some_int(n.paired_from.map(to_millis)),
         some_text(n.secret.as_ref().map(|s| s.expose().as_str())),
+        // The decision that made it (`first_*`), kept as it is.
+        int(to_millis(n.decided_at)),
+        text(n.state.as_str()),
+        some_text(n.reason.map(|r| r.as_str())),
+        some_text(n.detail.as_deref()),
+        int(to_millis(n.due_at)),
     ]
 }
 
@@ -770,20 +776,6 @@ fn event_row<'a>(row: &NewEvent<'a>) -> [param::Param<'a>; EVENT_COLUMNS] {
         int(i64::try_from(row.notifications).unwrap_or(i64::MAX)),
         text(row.payload),
         int(i64::from(row.keyed)),
-    ]
-}
-
-/// The decision that made notice `n`, in `DECISION_INSERT`'s order.
-fn decision_row(n: &Notification) -> [param::Param<'_>; DECISION_COLUMNS] {
-    use param::*;
-    [
-        text(&n.id),
-        some_text(n.event.as_deref()),
-        int(to_millis(n.decided_at)),
-        text(n.state.as_str()),
-        some_text(n.reason.map(|r| r.as_str())),
-        some_text(n.detail.as_deref()),
-        int(to_millis(n.due_at)),
     ]
 }
 
@@ -879,11 +871,10 @@ impl Lite {
         }
     }
 
-    /// Writes `notes` and the decision that made each, with one statement
-    /// for the notices and one for their decisions: a statement's fixed
-    /// cost (preparing from the cache, binding, stepping, resetting) is
-    /// paid once for the lot. The decisions keep the notices' order, as
-    /// a history reads them (`ORDER BY at, rowid`).
+    /// Writes `notes`, each with the decision that made it in its own
+    /// row (`first_*`), with one statement: a statement's fixed cost
+    /// (preparing from the cache, binding, stepping, resetting) is paid
+    /// once for the lot.
     fn insert_notices(&self, notes: &[&Notification]) -> Result<()> {
         let messages = notes
             .iter()
@@ -897,11 +888,6 @@ impl Lite {
         self.0
             .prepare_cached(&sql)?
             .execute(rusqlite::params_from_iter(notices))?;
-        let decisions = notes.iter().flat_map(|n| decision_row(n));
-        let sql = DECISIONS.sql(notes.len());
-        self.0
-            .prepare_cached(&sql)?
-            .execute(rusqlite::params_from_iter(decisions))?;
         Ok(())
     }
 
@@ -1260,8 +1246,7 @@ impl Rows for Lite {
     }
 
     async fn history(&mut self, event: &str) -> Result<Vec<Decided>> {
-        let sql =
-            format!("SELECT {DECIDED_COLUMNS} FROM decisions WHERE event = ?1 ORDER BY at, rowid");
+        let sql = rows::sqlite(&rows::history("rowid"));
         self.all(&sql, [event], |r| rows::decided(r))
     }
 
@@ -1959,6 +1944,46 @@ mod tests {
         (dir, store)
     }
 
+    /// The decision that made a notice is written in the notice's row,
+    /// not as a row of `decisions` (migration 28): an ingest writes no
+    /// decision row, and the history reads it from the notice. A notice
+    /// stored before migration 28 (no `first_*`, its first decision a row
+    /// of `decisions`) reads the same.
+    #[tokio::test]
+    async fn a_notices_first_decision_is_read_from_its_row_or_from_before() {
+        use crate::model::State;
+        use crate::store::EventStore;
+        use crate::store::conformance::{event, planner, seed};
+        let (dir, store) = on_disk().await;
+        seed(&store).await;
+        let at = chrono::Utc::now();
+        store
+            .ingest(vec![event("e1", "A1", "L1", at)], planner())
+            .await
+            .unwrap();
+        let lite = Lite(open_conn(dir.path().join("kci.db").to_str(), Role::Reader).unwrap());
+        let count = |sql: &str| -> i64 { lite.0.query_row(sql, [], |r| r.get(0)).unwrap() };
+        assert_eq!(count("SELECT COUNT(*) FROM decisions"), 0);
+        assert_eq!(
+            count("SELECT COUNT(*) FROM notifications WHERE event = 'e1' AND first_at IS NOT NULL"),
+            2
+        );
+        let now = store.history("e1").await.unwrap();
+        assert_eq!(now.len(), 2);
+        assert!(now.iter().all(|d| d.state == State::Pending));
+        // As a store migrated from before 28 holds it.
+        lite.0
+            .execute_batch(
+                "INSERT INTO decisions (notification, event, at, state, reason, detail, due_at) \
+                   SELECT id, event, first_at, first_state, first_reason, first_detail, first_due_at \
+                   FROM notifications ORDER BY rowid; \
+                 UPDATE notifications SET first_at = NULL, first_state = NULL, first_reason = NULL, \
+                   first_detail = NULL, first_due_at = NULL;",
+            )
+            .unwrap();
+        assert_eq!(store.history("e1").await.unwrap(), now);
+    }
+
     /// The writer folds its log into the database once it is 1,000 pages
     /// long, SQLite's own rule, and times each fold
     /// (`kci_store_fold_seconds`); a shorter log is not folded.
@@ -2027,7 +2052,7 @@ mod tests {
         assert!(commit(&reader) >= 24);
     }
 
-    /// A full chunk of notice-sized rows (32 rows of 23 text values) binds all
+    /// A full chunk of notice-sized rows ([`ROWS_PER_INSERT`] rows of [`NOTICE_COLUMNS`] text values) binds all
     /// its values within the writer's lookaside; a reader's connection,
     /// with SQLite's default lookaside, runs out of it and falls back to
     /// `malloc`.
