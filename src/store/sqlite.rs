@@ -2052,10 +2052,10 @@ mod tests {
         assert!(commit(&reader) >= 24);
     }
 
-    /// A full chunk of notice-sized rows ([`ROWS_PER_INSERT`] rows of [`NOTICE_COLUMNS`] text values) binds all
-    /// its values within the writer's lookaside; a reader's connection,
-    /// with SQLite's default lookaside, runs out of it and falls back to
-    /// `malloc`.
+    /// A full chunk of notice-sized rows ([`ROWS_PER_INSERT`] rows of
+    /// [`NOTICE_COLUMNS`] text values) binds all its values within the
+    /// writer's lookaside; a reader's connection, with SQLite's default
+    /// lookaside, runs out of it and falls back to `malloc`.
     #[test]
     fn the_writers_lookaside_holds_a_full_chunks_bound_values() {
         let dir = tempfile::tempdir().unwrap();
