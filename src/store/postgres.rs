@@ -1800,6 +1800,52 @@ mod tests {
         );
     }
 
+    /// The next due time and the backlog gauge read the front of each
+    /// channel's pending notices whatever PostgreSQL's statistics say.
+    /// Asked with `MIN`, PostgreSQL read every pending notice of the
+    /// channel until the table was analysed; a table filled by a burst of
+    /// ingest, as here, is estimated at one row until then (5–12 ms with
+    /// 25,000 held in the load bench, BENCHMARKS.md stop 56). Counted in
+    /// the buffers `EXPLAIN (ANALYZE, BUFFERS)` reports, before any
+    /// `ANALYZE`.
+    #[tokio::test]
+    async fn the_next_due_time_reads_the_front_of_an_unanalysed_backlog() {
+        async fn pages(held: i64) -> (i64, i64) {
+            let (store, _schema) = crate::store::conformance::pg_store().await;
+            let job: Job<PgRows, (i64, i64)> = Box::new(move |rows| {
+                Box::pin(async move {
+                    let c = rows.c()?;
+                    let insert = "INSERT INTO notifications (id, account, contact, destination, uri, \
+                           channel, type, key, priority, state, due_at, decided_at, timezone) \
+                         SELECT format('n-%s', lpad(i::text, 8, '0')), 'A1', 'C1', 'D1', \
+                           'mailto:a@example.com', CASE WHEN i % 2 = 0 THEN 'email' ELSE 'webhook' END, \
+                           'line.down', format('L%s', i), 1, 'pending', 4000000000000 + i, 0, 'UTC' \
+                         FROM generate_series(1, $1::BIGINT) i";
+                    c.execute(insert, &[&held]).await?;
+                    let explain =
+                        |sql: &str| format!("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {sql}");
+                    let next = c
+                        .query_one(&explain(&rows::sql::NEXT_DUE), &[&1000_i64])
+                        .await?;
+                    let backlog = c.query_one(&explain(&rows::sql::BACKLOG), &[]).await?;
+                    Ok((
+                        pages_read(&next.try_get(0)?),
+                        pages_read(&backlog.try_get(0)?),
+                    ))
+                })
+            });
+            store.backend.write(job).await.unwrap()
+        }
+        let few = pages(300).await;
+        let many = pages(20_000).await;
+        // Seventy times the held notices: the same pages, give or take the
+        // index's depth (before: about seventy times as many).
+        assert!(
+            many.0 < 2 * few.0 && many.1 < 2 * few.1,
+            "pages (next due, backlog): {few:?} with 300 held, {many:?} with 20,000"
+        );
+    }
+
     /// A claim never reads the notifications table whole. PostgreSQL keeps
     /// a plan for a prepared statement after its first five calls, made
     /// for the table as it was then: on a new hub, a few rows and no
