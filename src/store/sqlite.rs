@@ -651,10 +651,10 @@ const NOTICE_COLUMNS: usize = 28;
 const EVENT_INSERT: &str =
     "INSERT INTO events (id, account, type, key, received_at, notifications, payload, keyed)";
 const EVENT_COLUMNS: usize = 8;
-/// `OR FAIL` as [`NOTICE_INSERT`].
-const DECISION_INSERT: &str =
-    "INSERT OR FAIL INTO decisions (notification, event, at, state, reason, detail, due_at)";
-const DECISION_COLUMNS: usize = 7;
+/// One decision after the one that made its notice (that one is in the
+/// notice's row, `first_*`): decisions are written a row at a time.
+const DECISION_INSERT: &str = "INSERT INTO decisions (notification, event, at, state, reason, detail, due_at) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
 
 /// A table's insert of many rows: `insert`, then the rows' parameters,
 /// then `tail`. Its texts for one row and for [`ROWS_PER_INSERT`] rows,
@@ -694,7 +694,6 @@ impl RowsInsert {
 }
 
 static NOTICES: RowsInsert = RowsInsert::new(NOTICE_INSERT, NOTICE_COLUMNS, "");
-static DECISIONS: RowsInsert = RowsInsert::new(DECISION_INSERT, DECISION_COLUMNS, "");
 /// A batch's events, none stored yet (`Lite::insert_new_events`).
 static NEW_EVENTS: RowsInsert = RowsInsert::new(EVENT_INSERT, EVENT_COLUMNS, "");
 /// An event, unless its id is stored already (`Rows::insert_event`).
@@ -830,7 +829,7 @@ impl Lite {
     /// Records decision `d` about notification `id` of `event`.
     fn record(&self, id: &str, event: Option<&str>, d: &Decided, due_at: i64) -> Result<()> {
         self.exec(
-            &DECISIONS.sql(1),
+            DECISION_INSERT,
             params![
                 id,
                 event,
