@@ -10,7 +10,7 @@ use crate::metrics::Metrics;
 use crate::model::{Clock, Reason, State};
 use crate::render::Renderer;
 use crate::store::coalesce::{Coalescer, Together};
-use crate::store::{Claimed, Finish, Outcome, Store};
+use crate::store::{Claimed, Finish, LaneClaim, Left, Outcome, Store};
 use chrono::{DateTime, Duration, Utc};
 use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
@@ -683,11 +683,12 @@ impl Scheduler {
     /// a lane holds at most twice `concurrency` tasks); other channels'
     /// once the outcome is written. A lane claims ahead (up to twice
     /// its slots) when its queue runs low, so the store sees one claim per
-    /// many deliveries, and stops asking once a claim comes back empty
-    /// until ingest wakes the loop or the next due time comes. The loop
-    /// sleeps until something is due (at most a second, so other nodes'
-    /// work and lease expiries are noticed), ingest wakes it, or a delivery
-    /// frees a slot. On shutdown it stops claiming, leaves what is queued
+    /// many deliveries, and stops asking once a claim took all there was
+    /// until ingest wakes the loop, the next due time comes, or (if a
+    /// notice waits for its turn behind one being sent) a delivery ends.
+    /// The loop sleeps until something is due (at most a second, so
+    /// other nodes' work and lease expiries are noticed), ingest wakes
+    /// it, or a delivery frees a slot. On shutdown it stops claiming, leaves what is queued
     /// to its lease, and lets the deliveries in flight finish.
     pub async fn run(self: Arc<Self>, shutdown: crate::shutdown::Shutdown) {
         use crate::model::ChannelKind;
@@ -701,6 +702,7 @@ impl Scheduler {
                 tasks: Arc::new(tokio::sync::Semaphore::new(2 * concurrency)),
                 queue: Default::default(),
                 dry: false,
+                in_turn: false,
                 next_start: None,
             })
             .collect();
@@ -763,14 +765,19 @@ impl Scheduler {
                 if !lane.dry && lane.queue.len() < ahead.div_ceil(2) {
                     let at = std::time::Instant::now();
                     match self.claim_on(lane.kind, ahead - lane.queue.len()).await {
-                        Ok(ready) if ready.is_empty() => lane.dry = true,
-                        Ok(ready) => {
+                        Ok((ready, left)) => {
+                            // Taken all there was: ask again when woken,
+                            // or when a delivery may let the next of a key
+                            // go.
+                            lane.dry = left != Left::More;
+                            lane.in_turn = left == Left::InTurn;
+                            progress |= !ready.is_empty();
                             lane.queue.extend(ready.into_iter().map(|c| (at, c)));
-                            progress = true;
                         }
                         Err(e) => {
                             tracing::error!(error = %e, channel = %lane.kind, "scheduler could not reach the store; retrying");
-                            lane.dry = true;
+                            // Again once a delivery ends, or on the timer.
+                            (lane.dry, lane.in_turn) = (true, true);
                         }
                     }
                 }
@@ -942,21 +949,21 @@ impl Scheduler {
     }
 
     /// Claims up to `free` due notices of channel `kind` and admits them
-    /// past its rate limit.
+    /// past its rate limit; and what the claim left due.
     async fn claim_on(
         &self,
         kind: crate::model::ChannelKind,
         free: usize,
-    ) -> crate::store::Result<Vec<Claimed>> {
+    ) -> crate::store::Result<(Vec<Claimed>, Left)> {
         let now = self.clock.now();
-        let claimed = self
+        let LaneClaim { claimed, left } = self
             .store
             .claim_due_on(kind, now, self.lease_until(now), free)
             .await?;
         if claimed.is_empty() {
-            return Ok(claimed);
+            return Ok((claimed, left));
         }
-        self.admit(claimed, now).await
+        Ok((self.admit(claimed, now).await?, left))
     }
 }
 
@@ -1032,10 +1039,16 @@ struct Lane {
     tasks: Arc<tokio::sync::Semaphore>,
     /// Claimed, waiting for a slot, with when they were claimed.
     queue: std::collections::VecDeque<(std::time::Instant, Claimed)>,
-    /// Its last claim found nothing: ask again when woken, or when one
-    /// of its deliveries ends (the next of that notice's key may be
-    /// waiting for it, see `rows::sql::in_turn`).
+    /// Its last claim took all there was to take: ask again when woken
+    /// (ingest, a notice put back), on the loop's timer, or, if
+    /// [`Lane::in_turn`], when one of its deliveries ends.
     dry: bool,
+    /// Its last claim left due notices waiting for their turn behind an
+    /// earlier one of their key (`rows::sql::in_turn`): the end of a
+    /// delivery may let the next go. Otherwise a delivery's end frees
+    /// nothing to claim, and the lane's store is not asked again for it
+    /// (it was asked once or twice per delivery under a steady load).
+    in_turn: bool,
     /// Not before this may the next delivery start, where its provider
     /// asked for a spacing (aimd).
     next_start: Option<std::time::Instant>,
@@ -1106,8 +1119,9 @@ fn next_start(
     }
 }
 
-/// A delivery task ended: its lane may claim again (the next notice of
-/// the same key may now go), and a failure is logged.
+/// A delivery task ended: its lane claims again if a notice was waiting
+/// for its turn (the next of that key may now go), and a failure is
+/// logged.
 fn delivered(
     lanes: &mut [Lane],
     done: Result<(crate::model::ChannelKind, crate::store::Result<()>), tokio::task::JoinError>,
@@ -1115,7 +1129,7 @@ fn delivered(
     match done {
         Ok((kind, result)) => {
             if let Some(lane) = lanes.iter_mut().find(|l| l.kind == kind) {
-                lane.dry = false;
+                lane.dry &= !lane.in_turn;
             }
             log_delivery_task(Ok(result));
         }
@@ -1765,6 +1779,7 @@ mod tests {
             tasks: Arc::new(tokio::sync::Semaphore::new(4)),
             queue: Default::default(),
             dry: false,
+            in_turn: false,
             next_start: None,
         };
         assert_eq!(lane.next(2, 2, zero, now), Next::Empty);
@@ -1893,6 +1908,44 @@ mod tests {
         shutdown.trigger();
         worker.await.unwrap();
         assert_eq!(ntfy.sent().len(), 40, "the twenty due now were sent");
+    }
+
+    /// Notices stored one at a time, each sent before the next: a claim
+    /// each, and the timer's rounds. The loop used to claim again after a
+    /// claim that took something, and again at each delivery's end,
+    /// though the claim had taken all there was: about three claims a
+    /// notice under a steady stream, each a turn of the store's writer.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_notice_at_a_time_costs_one_claim() {
+        let (ntfy, store, scheduler, shutdown, worker) = running_with_ntfy().await;
+        settle(|| ntfy.sent().len() == 20).await;
+        let config = Arc::new(
+            crate::config::Config::parse("[types.\"line.down\"]\nshort = \"down\"\n", "test")
+                .unwrap(),
+        );
+        let before = claims(&*store);
+        let started = std::time::Instant::now();
+        let stream = 30;
+        for i in 0..stream {
+            let due = Utc::now();
+            let one = twenty(&format!("one{i}-"), due).swap_remove(0);
+            store
+                .ingest(vec![one], crate::ingest::planner(config.clone()))
+                .await
+                .unwrap();
+            scheduler.wake.due(due);
+            settle(|| ntfy.sent().len() == 21 + i).await;
+            assert_eq!(ntfy.sent().len(), 21 + i, "notice {i} sent");
+        }
+        let asked = claims(&*store) - before;
+        let rounds = started.elapsed().as_secs() + 2;
+        let bound = stream as u64 + rounds * ChannelKind::ALL.len() as u64;
+        assert!(
+            asked <= bound,
+            "{asked} claims for {stream} notices, at most {bound}"
+        );
+        shutdown.trigger();
+        worker.await.unwrap();
     }
 
     #[test]

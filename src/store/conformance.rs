@@ -958,13 +958,16 @@ pub async fn check_claim_takes_the_longest_waiting_first(store: &dyn Store) {
         .claim_due_on(webhook, at, at + Duration::minutes(1), 1)
         .await
         .unwrap();
+    assert_eq!(first.left, Left::More, "as many as asked for");
+    let first = first.claimed;
     assert_eq!(events(&first), ["e0"], "the earliest due first");
     // e0's node dies; after its lease, e0 goes before the pending ones.
     let at = now + Duration::minutes(20);
     let next = store
         .claim_due_on(webhook, at, at + Duration::minutes(1), 2)
         .await
-        .unwrap();
+        .unwrap()
+        .claimed;
     assert_eq!(events(&next), ["e0", "e1"], "the expired lease first");
     let e0 = next
         .iter()
@@ -975,12 +978,18 @@ pub async fn check_claim_takes_the_longest_waiting_first(store: &dyn Store) {
         .claim_due_on(webhook, at, at + Duration::minutes(1), 10)
         .await
         .unwrap();
-    assert_eq!(events(&rest), ["e2", "e3"]);
+    assert_eq!(
+        rest.left,
+        Left::Nothing,
+        "fewer than asked for: all there was"
+    );
+    assert_eq!(events(&rest.claimed), ["e2", "e3"]);
     // The mail channel's own queue, in due order too.
     let mail = store
         .claim_due_on(ChannelKind::Email, at, at + Duration::minutes(1), 3)
         .await
-        .unwrap();
+        .unwrap()
+        .claimed;
     assert_eq!(events(&mail), ["e0", "e1", "e2"]);
     let mail = store
         .claim_due(at, at + Duration::minutes(1), 10)
@@ -1004,11 +1013,14 @@ pub async fn check_claim_keeps_each_keys_order(store: &dyn Store) {
             .await
             .unwrap();
     }
-    let claim = |at: DateTime<Utc>| async move {
-        let mut got: Vec<(String, String)> = store
+    // What a claim took (event and notice ids, sorted), and what it left:
+    // while a notice waits for its turn, a claim says so.
+    let claim_left = |at: DateTime<Utc>| async move {
+        let LaneClaim { claimed, left } = store
             .claim_due_on(webhook, at, at + Duration::hours(1), 10)
             .await
-            .unwrap()
+            .unwrap();
+        let mut got: Vec<(String, String)> = claimed
             .into_iter()
             .map(|c| {
                 let n = c.notification;
@@ -1016,6 +1028,11 @@ pub async fn check_claim_keeps_each_keys_order(store: &dyn Store) {
             })
             .collect();
         got.sort();
+        (got, left)
+    };
+    let claim = |at: DateTime<Utc>| async move {
+        let (got, left) = claim_left(at).await;
+        assert_eq!(left, Left::InTurn, "at {at}: a notice of K waits");
         got
     };
     let events = |got: &[(String, String)]| got.iter().map(|g| g.0.clone()).collect::<Vec<_>>();
@@ -1073,13 +1090,16 @@ pub async fn check_claim_keeps_each_keys_order(store: &dyn Store) {
         )
         .await
         .unwrap();
-    assert_eq!(events(&claim(at).await), ["e2"]);
+    let (last, left) = claim_left(at).await;
+    assert_eq!(events(&last), ["e2"]);
+    assert_eq!(left, Left::Nothing, "the last of K taken");
     // Another destination's notices of the key are a line of their own:
     // the mail channel's first of K, whatever the webhook's did.
     let mail = store
         .claim_due_on(ChannelKind::Email, at, at + Duration::minutes(1), 10)
         .await
-        .unwrap();
+        .unwrap()
+        .claimed;
     let mut mail: Vec<_> = mail
         .iter()
         .filter_map(|c| c.notification.event.clone())
@@ -1095,7 +1115,9 @@ pub async fn check_claim_keeps_each_keys_order(store: &dyn Store) {
         .ingest(vec![event("g1", "A1", "G", at)], planner())
         .await
         .unwrap();
-    assert_eq!(events(&claim(at).await), ["g1"]);
+    let (g, left) = claim_left(at).await;
+    assert_eq!(events(&g), ["g1"]);
+    assert_eq!(left, Left::Nothing, "g0 is not due");
 }
 
 /// An outcome is written under the lease it was claimed with: a node
@@ -1112,7 +1134,8 @@ pub async fn check_finish_holds_to_its_lease(store: &dyn Store) {
     let first = store
         .claim_due_on(webhook, now, now + Duration::minutes(1), 1)
         .await
-        .unwrap();
+        .unwrap()
+        .claimed;
     assert_eq!(first.len(), 1);
     assert_eq!(first[0].lease_until, Some(now + Duration::minutes(1)));
     let id = first[0].notification.id.clone();
@@ -1121,7 +1144,8 @@ pub async fn check_finish_holds_to_its_lease(store: &dyn Store) {
     let second = store
         .claim_due_on(webhook, later, later + Duration::minutes(1), 1)
         .await
-        .unwrap();
+        .unwrap()
+        .claimed;
     assert_eq!(second.len(), 1);
     assert_eq!(second[0].notification.id, id);
     let failed = Finish::Failed {
@@ -1170,11 +1194,13 @@ pub async fn check_outcomes_written_together(store: &dyn Store) {
     let hooks = store
         .claim_due_on(ChannelKind::Webhook, now, lease, 10)
         .await
-        .unwrap();
+        .unwrap()
+        .claimed;
     let mails = store
         .claim_due_on(ChannelKind::Email, now, lease, 10)
         .await
-        .unwrap();
+        .unwrap()
+        .claimed;
     assert_eq!((hooks.len(), mails.len()), (3, 3));
     let hook = |i: usize| hooks[i].notification.id.clone();
     let hook_destination = hooks[0].notification.destination.clone();
@@ -1454,7 +1480,8 @@ pub async fn check_next_due_over_every_channel(store: &dyn Store) {
     let claimed = store
         .claim_due_on(ChannelKind::Email, soon, lease, 10)
         .await
-        .unwrap();
+        .unwrap()
+        .claimed;
     assert_eq!(claimed.len(), 1);
     assert_eq!(store.next_due(Some(soon)).await.unwrap(), Some(lease));
     assert_eq!(store.backlog().await.unwrap().oldest_due, Some(late));

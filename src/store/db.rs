@@ -240,7 +240,7 @@ impl<B: Backend> Db<B> {
         now: DateTime<Utc>,
         lease_until: DateTime<Utc>,
         limit: usize,
-    ) -> Result<Vec<Claimed>> {
+    ) -> Result<LaneClaim> {
         let c = Claim {
             channel,
             now: to_millis(now),
@@ -256,6 +256,13 @@ impl<B: Backend> Db<B> {
                 // it had grown.
                 rows.through_indexes().await?;
                 let notes = rows.claim(c).await?;
+                // Fewer than asked for: whatever of the channel is still
+                // due waits for its turn (the claim took all else).
+                let left = match channel {
+                    _ if notes.len() >= limit => Left::More,
+                    Some(kind) if rows.due_left(kind, c.now).await? => Left::InTurn,
+                    _ => Left::Nothing,
+                };
                 let mut out = with_context(rows, notes, Some((now, lease_until))).await?;
                 out.sort_by_key(|c| {
                     (
@@ -263,7 +270,7 @@ impl<B: Backend> Db<B> {
                         c.notification.due_at,
                     )
                 });
-                Ok(out)
+                Ok(LaneClaim { claimed: out, left })
             })
         })
         .await
@@ -1543,7 +1550,7 @@ impl<B: Backend> QueueStore for Db<B> {
         lease_until: DateTime<Utc>,
         limit: usize,
     ) -> Result<Vec<Claimed>> {
-        self.claim(None, now, lease_until, limit).await
+        Ok(self.claim(None, now, lease_until, limit).await?.claimed)
     }
 
     async fn claim_due_on(
@@ -1552,7 +1559,7 @@ impl<B: Backend> QueueStore for Db<B> {
         now: DateTime<Utc>,
         lease_until: DateTime<Utc>,
         limit: usize,
-    ) -> Result<Vec<Claimed>> {
+    ) -> Result<LaneClaim> {
         self.claim(Some(channel), now, lease_until, limit).await
     }
 

@@ -321,6 +321,27 @@ pub struct Claimed {
     pub signing: Option<ClaimedSigning>,
 }
 
+/// What a lane's claim ([`Store::claim_due_on`]) took, and what of its
+/// channel it left due.
+#[derive(Debug, Clone)]
+pub struct LaneClaim {
+    pub claimed: Vec<Claimed>,
+    pub left: Left,
+}
+
+/// What a claim of one channel left due at its time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Left {
+    /// It took as many as it was asked for: more may be due.
+    More,
+    /// Due notices are left, each behind an earlier notice of its key to
+    /// the same destination (`rows::sql::in_turn`): the end of a delivery
+    /// may let the next go.
+    InTurn,
+    /// Nothing: only what is stored or comes due later can be claimed.
+    Nothing,
+}
+
 pub use rows::SecretsRow;
 
 /// A webhook destination's signing secrets as stored, read with a claim at
@@ -558,14 +579,16 @@ pub trait QueueStore: Send + Sync {
     ) -> Result<Vec<Claimed>>;
 
     /// Like [`Store::claim_due`], for one channel only: each channel is its
-    /// own queue, so a slow or busy provider holds up only its own.
+    /// own queue, so a slow or busy provider holds up only its own. Says
+    /// too what it left due, so that the scheduler asks again only when
+    /// something may be there to take.
     async fn claim_due_on(
         &self,
         channel: ChannelKind,
         now: DateTime<Utc>,
         lease_until: DateTime<Utc>,
         limit: usize,
-    ) -> Result<Vec<Claimed>>;
+    ) -> Result<LaneClaim>;
 
     /// Records the outcome of delivering a claimed notification; a `sent`
     /// one also clears its destination's count of refusals in a row.

@@ -917,6 +917,15 @@ impl Rows for PgRows {
         self.all(&sql, p, rows::notification).await
     }
 
+    async fn due_left(&mut self, channel: crate::model::ChannelKind, now: i64) -> Result<bool> {
+        let due = self
+            .one(rows::sql::DUE_LEFT, &[&channel.as_str(), &now], |r| {
+                r.opt_int(0)
+            })
+            .await?;
+        Ok(due.flatten().is_some())
+    }
+
     async fn claim_context(&mut self, notes: &[Notification]) -> Result<ClaimContext> {
         let ids: Vec<&str> = notes.iter().filter_map(|n| n.event.as_deref()).collect();
         let accounts: Vec<&str> = notes.iter().map(|n| n.account.as_str()).collect();
@@ -1883,7 +1892,8 @@ mod tests {
                 )
                 .await
                 .unwrap();
-            assert!(claimed.is_empty());
+            assert!(claimed.claimed.is_empty());
+            assert_eq!(claimed.left, crate::store::Left::Nothing);
         }
         assert_eq!(
             whole_reads(&store, "notifications").await - before,

@@ -441,6 +441,13 @@ pub trait Rows: Send + 'static {
     fn set_message(&mut self, id: &str, m: &Message) -> impl Future<Output = Result<()>> + Send;
     /// Takes due notices (of `channel`, or all), leased until `lease`.
     fn claim(&mut self, c: Claim) -> impl Future<Output = Result<Vec<Notification>>> + Send;
+    /// Whether a notice of `channel` is due at `now` (ms), or its lease
+    /// ran out, and not being sent ([`sql::DUE_LEFT`]).
+    fn due_left(
+        &mut self,
+        channel: ChannelKind,
+        now: i64,
+    ) -> impl Future<Output = Result<bool>> + Send;
     fn claim_context(
         &mut self,
         notes: &[Notification],
@@ -1013,6 +1020,16 @@ pub mod sql {
         each.join(" UNION ALL ")
     }
 
+    /// The due time of a notice of channel `$1` due by `$2` (ms), or else
+    /// the lease end of one whose lease ran out by then: NULL if none.
+    /// Asked after a claim that took fewer than it could, it finds only
+    /// notices waiting for their turn. Each read at the front of its
+    /// index in order, as [`earliest_due`] and for the same reason.
+    pub const DUE_LEFT: &str = "SELECT COALESCE(\
+         (SELECT due_at FROM notifications WHERE state = 'pending' AND channel = $1 AND due_at <= $2 \
+          ORDER BY due_at LIMIT 1), \
+         (SELECT lease_until FROM notifications WHERE state = 'sending' AND lease_until <= $2 \
+          AND channel = $1 ORDER BY lease_until LIMIT 1))";
     /// The earliest due time or lease end after `$1` (ms); the lease end,
     /// as the due times, the first in order rather than a `MIN`.
     pub static NEXT_DUE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {

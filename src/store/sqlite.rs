@@ -1338,6 +1338,12 @@ impl Rows for Lite {
         }
     }
 
+    async fn due_left(&mut self, channel: crate::model::ChannelKind, now: i64) -> Result<bool> {
+        let sql = rows::sqlite(rows::sql::DUE_LEFT);
+        let due = self.one(&sql, params![channel.as_str(), now], |r| r.opt_int(0))?;
+        Ok(due.flatten().is_some())
+    }
+
     async fn claim_context(&mut self, notes: &[Notification]) -> Result<ClaimContext> {
         let mut ctx = ClaimContext::default();
         for n in notes {
