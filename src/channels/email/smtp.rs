@@ -9,6 +9,11 @@
 //! mail transaction stay lettre's. Implicit TLS (`smtps://`) uses lettre's
 //! own connect.
 //!
+//! The connection holds what kci writes until kci waits for an answer
+//! ([`HeldWrites`]): lettre writes a mail and its end (`\r\n.\r\n`) apart,
+//! each flushed, which with `TCP_NODELAY` was two packets, and two reads
+//! woken at the server, for every mail.
+//!
 //! TLS is required unless the URL or a domain's policy says otherwise: a
 //! server that offers no STARTTLS gets nothing (`tls_required`), and its
 //! certificate must chain to the web's roots or `tls_ca` and name the host.
@@ -21,8 +26,11 @@ use lettre::transport::smtp::authentication::{Credentials, Mechanism};
 use lettre::transport::smtp::client::{AsyncSmtpConnection, Certificate, Identity, TlsParameters};
 use lettre::transport::smtp::extension::ClientId;
 use lettre::transport::smtp::response::Response;
+use std::pin::Pin;
 use std::sync::Mutex;
+use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// How the connection is secured, from the URL (lettre's syntax).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -171,6 +179,87 @@ fn percent_decode(s: &str) -> String {
         .into_owned()
 }
 
+/// A connection whose writes are held until its next read. SMTP without
+/// PIPELINING (which neither lettre nor Python's aiosmtpd speaks) answers
+/// each command before the client sends the next, so all kci wrote must
+/// be out by the time it reads the answer, and not before: a command, or
+/// a mail and its end, leave in one write. lettre flushes after each
+/// write; a flush here sends nothing, the next read (or a shutdown) does.
+/// Under STARTTLS the TLS records go through it the same way.
+#[derive(Debug)]
+struct HeldWrites<S> {
+    inner: S,
+    held: Vec<u8>,
+}
+
+/// Held beyond this, writes go out at once (a large mail in pieces).
+const HOLD_AT_MOST: usize = 64 * 1024;
+
+impl<S: AsyncWrite + Unpin> HeldWrites<S> {
+    fn new(inner: S) -> Self {
+        HeldWrites {
+            inner,
+            held: Vec::new(),
+        }
+    }
+
+    /// Writes out all that is held.
+    fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        while !self.held.is_empty() {
+            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &self.held))?;
+            if n == 0 {
+                return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+            }
+            self.held.drain(..n);
+        }
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for HeldWrites<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_send(cx))?;
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for HeldWrites<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        if this.held.len() >= HOLD_AT_MOST {
+            ready!(this.poll_send(cx))?;
+        }
+        this.held.extend_from_slice(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        // Sent by the read that waits for the answer.
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_send(cx))?;
+        Pin::new(&mut this.inner).poll_shutdown(cx)
+    }
+}
+
+impl lettre::transport::smtp::client::AsyncTokioStream for HeldWrites<tokio::net::TcpStream> {
+    fn peer_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.inner.peer_addr()
+    }
+}
+
 /// Idle connections older than this are not reused (servers drop them).
 const IDLE_LIMIT: Duration = Duration::from_secs(30);
 const MAX_IDLE: usize = 32;
@@ -299,7 +388,7 @@ impl SmtpPool {
             }
             .map_err(|e| unreachable(t, e))?;
             tcp.set_nodelay(true).map_err(|e| unreachable(t, e))?;
-            AsyncSmtpConnection::connect_with_transport(Box::new(tcp), &t.hello)
+            AsyncSmtpConnection::connect_with_transport(Box::new(HeldWrites::new(tcp)), &t.hello)
                 .await
                 .map_err(|e| classify(&e))?
         };
@@ -436,5 +525,79 @@ mod tests {
             t.credentials,
             Some(Credentials::new("kci".into(), "a+b&c=d+e".into()))
         );
+    }
+
+    /// A stream that keeps each write it is given apart, and answers
+    /// reads with `reply`.
+    #[derive(Default)]
+    struct Wire {
+        writes: Vec<Vec<u8>>,
+        reply: std::collections::VecDeque<u8>,
+    }
+
+    impl AsyncWrite for Wire {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            self.get_mut().writes.push(buf.to_vec());
+            Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl AsyncRead for Wire {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            let this = self.get_mut();
+            let n = buf.remaining().min(this.reply.len());
+            let bytes: Vec<u8> = this.reply.drain(..n).collect();
+            buf.put_slice(&bytes);
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// As lettre writes a mail (each part flushed), the mail and its end
+    /// reach the socket in one write, once kci reads the server's answer;
+    /// a mail larger than what is held goes out in pieces; a shutdown
+    /// sends what is held.
+    #[tokio::test]
+    async fn a_mail_and_its_end_leave_in_one_write_before_the_answer_is_read() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut conn = HeldWrites::new(Wire {
+            reply: b"250 OK\r\n".iter().copied().collect(),
+            ..Default::default()
+        });
+        conn.write_all(b"Subject: x\r\n\r\nbody").await.unwrap();
+        conn.flush().await.unwrap();
+        conn.write_all(b"\r\n.\r\n").await.unwrap();
+        conn.flush().await.unwrap();
+        assert!(conn.inner.writes.is_empty(), "nothing sent before the read");
+        let mut answer = [0u8; 8];
+        conn.read_exact(&mut answer).await.unwrap();
+        assert_eq!(&answer, b"250 OK\r\n");
+        assert_eq!(
+            conn.inner.writes,
+            [b"Subject: x\r\n\r\nbody\r\n.\r\n".to_vec()],
+            "one write"
+        );
+        // Past what is held, what was held goes first, then the rest.
+        let big = vec![b'a'; HOLD_AT_MOST];
+        conn.write_all(&big).await.unwrap();
+        conn.write_all(b"tail").await.unwrap();
+        assert_eq!(conn.inner.writes.len(), 2);
+        assert_eq!(conn.inner.writes[1], big);
+        conn.shutdown().await.unwrap();
+        assert_eq!(conn.inner.writes.len(), 3);
+        assert_eq!(conn.inner.writes[2], b"tail");
     }
 }
