@@ -688,8 +688,9 @@ impl Scheduler {
     /// notice waits for its turn behind one being sent) a delivery ends.
     /// The loop sleeps until something is due (at most a second, so
     /// other nodes' work and lease expiries are noticed), ingest wakes
-    /// it, or a delivery frees a slot. On shutdown it stops claiming, leaves what is queued
-    /// to its lease, and lets the deliveries in flight finish.
+    /// it, or a delivery frees a slot. On shutdown it stops claiming,
+    /// leaves what is queued to its lease, and lets the deliveries in
+    /// flight finish.
     pub async fn run(self: Arc<Self>, shutdown: crate::shutdown::Shutdown) {
         use crate::model::ChannelKind;
         let concurrency = self.delivery.concurrency.max(1);
@@ -1944,6 +1945,42 @@ mod tests {
             asked <= bound,
             "{asked} claims for {stream} notices, at most {bound}"
         );
+        shutdown.trigger();
+        worker.await.unwrap();
+    }
+
+    /// Eight notices of one key, due at once, go one after another, in
+    /// order: each claim leaves the rest waiting for their turn, and each
+    /// delivery's end claims the next, without waiting for the loop's
+    /// one-second sweep (eight of those would outlast `settle`).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_keys_notices_follow_each_other_without_the_timer() {
+        let (ntfy, store, scheduler, shutdown, worker) = running_with_ntfy().await;
+        settle(|| ntfy.sent().len() == 20).await;
+        let config = Arc::new(
+            crate::config::Config::parse("[types.\"line.down\"]\nshort = \"down\"\n", "test")
+                .unwrap(),
+        );
+        let line: Vec<_> = twenty("k", Utc::now())
+            .into_iter()
+            .take(8)
+            .map(|mut e| {
+                e.key = "one-key".into();
+                e
+            })
+            .collect();
+        store
+            .ingest(line, crate::ingest::planner(config))
+            .await
+            .unwrap();
+        scheduler.wake.notify_one();
+        settle(|| ntfy.sent().len() == 28).await;
+        let sent: Vec<String> = ntfy.sent()[20..]
+            .iter()
+            .filter_map(|o| o.notification.event.clone())
+            .collect();
+        let planned: Vec<String> = (0..8).map(|i| format!("k{i}")).collect();
+        assert_eq!(sent, planned, "all eight, in the order planned");
         shutdown.trigger();
         worker.await.unwrap();
     }
