@@ -1302,12 +1302,17 @@ mod tests {
 
     /// Ingests [`twenty`] more events, received at `at`.
     async fn ingest_twenty(store: &dyn Store, prefix: &str, at: DateTime<Utc>) {
+        ingest(store, twenty(prefix, at)).await;
+    }
+
+    /// Ingests `events` with the fixture's one type.
+    async fn ingest(store: &dyn Store, events: Vec<crate::model::Event>) {
         let config = Arc::new(
             crate::config::Config::parse("[types.\"line.down\"]\nshort = \"down\"\n", "test")
                 .unwrap(),
         );
         store
-            .ingest(twenty(prefix, at), crate::ingest::planner(config))
+            .ingest(events, crate::ingest::planner(config))
             .await
             .unwrap();
     }
@@ -1920,20 +1925,13 @@ mod tests {
     async fn a_notice_at_a_time_costs_one_claim() {
         let (ntfy, store, scheduler, shutdown, worker) = running_with_ntfy().await;
         settle(|| ntfy.sent().len() == 20).await;
-        let config = Arc::new(
-            crate::config::Config::parse("[types.\"line.down\"]\nshort = \"down\"\n", "test")
-                .unwrap(),
-        );
         let before = claims(&*store);
         let started = std::time::Instant::now();
         let stream = 30;
         for i in 0..stream {
             let due = Utc::now();
             let one = twenty(&format!("one{i}-"), due).swap_remove(0);
-            store
-                .ingest(vec![one], crate::ingest::planner(config.clone()))
-                .await
-                .unwrap();
+            ingest(&*store, vec![one]).await;
             scheduler.wake.due(due);
             settle(|| ntfy.sent().len() == 21 + i).await;
             assert_eq!(ntfy.sent().len(), 21 + i, "notice {i} sent");
@@ -1957,10 +1955,6 @@ mod tests {
     async fn a_keys_notices_follow_each_other_without_the_timer() {
         let (ntfy, store, scheduler, shutdown, worker) = running_with_ntfy().await;
         settle(|| ntfy.sent().len() == 20).await;
-        let config = Arc::new(
-            crate::config::Config::parse("[types.\"line.down\"]\nshort = \"down\"\n", "test")
-                .unwrap(),
-        );
         let line: Vec<_> = twenty("k", Utc::now())
             .into_iter()
             .take(8)
@@ -1969,10 +1963,7 @@ mod tests {
                 e
             })
             .collect();
-        store
-            .ingest(line, crate::ingest::planner(config))
-            .await
-            .unwrap();
+        ingest(&*store, line).await;
         scheduler.wake.notify_one();
         settle(|| ntfy.sent().len() == 28).await;
         let sent: Vec<String> = ntfy.sent()[20..]
