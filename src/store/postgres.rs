@@ -1720,12 +1720,24 @@ mod tests {
         );
     }
 
-    /// The pages a statement read, from `EXPLAIN (ANALYZE, BUFFERS, FORMAT
+    /// The pages `sql` read, run under `EXPLAIN (ANALYZE, BUFFERS, FORMAT
     /// JSON)`: the same on every run for the same rows and plan.
-    fn pages_read(plan: &serde_json::Value) -> i64 {
+    async fn pages_read(c: &Object, sql: &str, p: P<'_>) -> Result<i64> {
+        let explained = format!("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {sql}");
+        let plan: serde_json::Value = c.query_one(&explained, p).await?.try_get(0)?;
         let top = &plan[0]["Plan"];
-        top["Shared Hit Blocks"].as_i64().unwrap_or(0)
-            + top["Shared Read Blocks"].as_i64().unwrap_or(0)
+        Ok(top["Shared Hit Blocks"].as_i64().unwrap_or(0)
+            + top["Shared Read Blocks"].as_i64().unwrap_or(0))
+    }
+
+    /// Pages read by two statements, `few` with a small backlog and `many`
+    /// with a large one: each about the same (within the indexes' depth),
+    /// not growing with the backlog.
+    fn assert_flat(few: (i64, i64), many: (i64, i64), what: &str) {
+        assert!(
+            many.0 < 2 * few.0 && many.1 < 2 * few.1,
+            "pages ({what}): {few:?} with few held, {many:?} with many"
+        );
     }
 
     /// A claim's turn check and pairing's search are answered inside
@@ -1766,23 +1778,15 @@ mod tests {
                          VALUES ('e9', 'A1', 'line.down', 'L9', 0, 1, '{}'); ANALYZE notifications",
                     )
                     .await?;
-                    let explain =
-                        |sql: &str| format!("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {sql}");
                     let none: Option<String> = None;
-                    let claim = c
-                        .query_one(
-                            &explain(&claim_sql(false)),
-                            &[&1000_i64, &2000_i64, &64_i64, &none],
-                        )
-                        .await?;
-                    let claimed = pages_read(&claim.try_get(0)?);
+                    let p: P<'_> = &[&1000_i64, &2000_i64, &64_i64, &none];
+                    let claimed = pages_read(c, &claim_sql(false), p).await?;
                     let [pending, folded] = related_waiting("NULL", "n.type = ANY($3)");
                     let mut pairing = 0;
                     for part in [pending, folded] {
-                        let sql = explain(&format!("{part} FOR UPDATE OF n"));
+                        let sql = format!("{part} FOR UPDATE OF n");
                         let types = vec!["line.down".to_string()];
-                        let plan = c.query_one(&sql, &[&"A1", &"L9", &types]).await?;
-                        pairing += pages_read(&plan.try_get(0)?);
+                        pairing += pages_read(c, &sql, &[&"A1", &"L9", &types]).await?;
                     }
                     // The claim took the earliest due notice, alone.
                     let sending = c
@@ -1799,14 +1803,10 @@ mod tests {
             });
             store.backend.write(job).await.unwrap()
         }
-        let few = pages(300).await;
-        let many = pages(2_400).await;
-        // Eight times the held notices: the same pages, give or take the
-        // indexes' depth (before: eight times as many for both).
-        assert!(
-            many.0 < 2 * few.0 && many.1 < 2 * few.1,
-            "pages (claim, pairing): {few:?} with 300 held, {many:?} with 2,400"
-        );
+        // Eight times the held notices (300, 2,400): the same pages, give
+        // or take the indexes' depth (before: eight times as many for
+        // both).
+        assert_flat(pages(300).await, pages(2_400).await, "claim, pairing");
     }
 
     /// The next due time and the backlog gauge read the front of each
@@ -1831,28 +1831,18 @@ mod tests {
                            'line.down', format('L%s', i), 1, 'pending', 4000000000000 + i, 0, 'UTC' \
                          FROM generate_series(1, $1::BIGINT) i";
                     c.execute(insert, &[&held]).await?;
-                    let explain =
-                        |sql: &str| format!("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {sql}");
-                    let next = c
-                        .query_one(&explain(&rows::sql::NEXT_DUE), &[&1000_i64])
-                        .await?;
-                    let backlog = c.query_one(&explain(&rows::sql::BACKLOG), &[]).await?;
                     Ok((
-                        pages_read(&next.try_get(0)?),
-                        pages_read(&backlog.try_get(0)?),
+                        pages_read(c, &rows::sql::NEXT_DUE, &[&1000_i64]).await?,
+                        pages_read(c, &rows::sql::BACKLOG, &[]).await?,
                     ))
                 })
             });
             store.backend.write(job).await.unwrap()
         }
-        let few = pages(300).await;
-        let many = pages(20_000).await;
-        // Seventy times the held notices: the same pages, give or take the
-        // index's depth (before: about seventy times as many).
-        assert!(
-            many.0 < 2 * few.0 && many.1 < 2 * few.1,
-            "pages (next due, backlog): {few:?} with 300 held, {many:?} with 20,000"
-        );
+        // Seventy times the held notices (300, 20,000): the same pages,
+        // give or take the index's depth (before: about seventy times as
+        // many).
+        assert_flat(pages(300).await, pages(20_000).await, "next due, backlog");
     }
 
     /// A claim never reads the notifications table whole. PostgreSQL keeps

@@ -441,8 +441,10 @@ pub trait Rows: Send + 'static {
     fn set_message(&mut self, id: &str, m: &Message) -> impl Future<Output = Result<()>> + Send;
     /// Takes due notices (of `channel`, or all), leased until `lease`.
     fn claim(&mut self, c: Claim) -> impl Future<Output = Result<Vec<Notification>>> + Send;
-    /// Whether a notice of `channel` is due at `now` (ms), or its lease
-    /// ran out, and not being sent ([`sql::DUE_LEFT`]).
+    /// Whether a notice of `channel` could be claimed at `now` (ms) but
+    /// for its turn: pending and due, or sending with its lease run out
+    /// ([`sql::DUE_LEFT`], asked after a claim that took fewer than it
+    /// could).
     fn due_left(
         &mut self,
         channel: ChannelKind,
