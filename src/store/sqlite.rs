@@ -1346,8 +1346,10 @@ impl Rows for Lite {
     }
 
     async fn due_left(&mut self, channel: crate::model::ChannelKind, now: i64) -> Result<bool> {
-        let sql = rows::sqlite(rows::sql::DUE_LEFT);
-        let due = self.one(&sql, params![channel.as_str(), now], |r| r.opt_int(0))?;
+        // Asked after most claims: its SQLite text made once.
+        static SQL: std::sync::LazyLock<String> =
+            std::sync::LazyLock::new(|| rows::sqlite(rows::sql::DUE_LEFT));
+        let due = self.one(&SQL, params![channel.as_str(), now], |r| r.opt_int(0))?;
         Ok(due.flatten().is_some())
     }
 
