@@ -487,3 +487,178 @@ async fn direct_delivery_honours_mta_sts_policies() {
     assert!(got.iter().any(|m| m.contains("carol@plain.example")));
     assert!(!got.iter().any(|m| m.contains("bob@bad.example")));
 }
+
+/// aiosmtpd that offers PIPELINING (RFC 2920) or not, and writes a line
+/// of JSON for each mail it takes: its recipients, and what the client had
+/// already sent when the server read `MAIL` and the last `RCPT` (the rest
+/// of a pipelined group, and nothing of the mail before `DATA`'s 354). A
+/// recipient at `refused.example` is refused (550).
+struct Listening {
+    port: u16,
+    log: std::path::PathBuf,
+    child: Child,
+}
+
+impl Listening {
+    fn start(dir: &Path, name: &str, pipelining: bool) -> Listening {
+        const SERVER: &str = r#"
+import json, sys, time
+from aiosmtpd.controller import Controller
+port, log, offer = int(sys.argv[1]), sys.argv[2], sys.argv[3] == "1"
+def waiting(server):
+    # What the client sent that the server has not read yet.
+    return bytes(server._reader._buffer).decode("ascii", "replace")
+class Handler:
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):
+        session.host_name = hostname
+        if offer:
+            responses.insert(-1, "250-PIPELINING")
+        return responses
+    async def handle_MAIL(self, server, session, envelope, address, options):
+        session.at_mail = waiting(server)
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return "250 OK"
+    async def handle_RCPT(self, server, session, envelope, address, options):
+        if address.endswith("@refused.example"):
+            return "550 5.1.1 no such mailbox here"
+        session.after_rcpt = waiting(server)
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+    async def handle_DATA(self, server, session, envelope):
+        with open(log, "a") as f:
+            f.write(json.dumps({"to": envelope.rcpt_tos, "at_mail": session.at_mail,
+                                "after_rcpt": session.after_rcpt}) + "\n")
+        return "250 OK"
+c = Controller(Handler(), hostname="127.0.0.1", port=port)
+c.start()
+while True:
+    time.sleep(3600)
+"#;
+        let port = free_port();
+        let log = dir.join(format!("{name}.jsonl"));
+        let child = Command::new("/usr/bin/python3")
+            .args(["-c", SERVER, &port.to_string()])
+            .arg(&log)
+            .arg(if pipelining { "1" } else { "0" })
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3-aiosmtpd");
+        wait_for_port(port, name);
+        Listening { port, log, child }
+    }
+
+    fn mails(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}
+
+impl Drop for Listening {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// RFC 2920: to a server that offers PIPELINING, a mail's `MAIL`, `RCPT`
+/// and `DATA` leave together and its text only after `DATA`'s 354; to one
+/// that does not, a command at a time. A recipient refused inside a
+/// pipelined group fails its notice for good with the server's answer, and
+/// the next mail goes out as before.
+#[tokio::test]
+async fn mail_is_pipelined_to_a_server_that_offers_it_and_only_then() {
+    let dir = tempfile::tempdir().unwrap();
+    let offers = Listening::start(dir.path(), "offers", true);
+    let plain = Listening::start(dir.path(), "plain", false);
+    let email = format!(
+        "[email.domains.\"plain.example\"]\nsmtp = \"smtp://127.0.0.1:{}?tls=none\"\n",
+        plain.port
+    );
+    let kci = Kci::start_full(Some(offers.port), "", &email, "");
+    let admin = kci.token(&["admin"]);
+    let to = [
+        "alice@pipelined.example",
+        "bob@pipelined.example",
+        "carol@plain.example",
+        "dave@plain.example",
+        "nobody@refused.example",
+        "erin@pipelined.example",
+    ];
+    for (i, to) in to.iter().enumerate() {
+        kci.customer(
+            &admin,
+            &format!("A{i}"),
+            "c",
+            json!({"uri": format!("mailto:{to}"), "verified": true}),
+        )
+        .await;
+    }
+    let notice = |i: usize| {
+        let kci = &kci;
+        let admin = &admin;
+        async move {
+            eventually(30, &format!("notice of e{i} settled"), || async {
+                let (_, v) = kci
+                    .call("GET", &format!("/v1/events/e{i}"), Some(admin), None)
+                    .await;
+                let n = v["notifications"][0].clone();
+                (n["state"] == "sent" || n["state"] == "failed").then_some(n)
+            })
+            .await
+        }
+    };
+    let post = |i: usize| {
+        let kci = &kci;
+        let admin = &admin;
+        async move {
+            kci.post_event(
+                admin,
+                &json!({"id": format!("e{i}"), "type": "line.down", "account": format!("A{i}"),
+                        "service": "L1", "data": {"ticket": "T-1"}})
+                .to_string(),
+            )
+            .await;
+        }
+    };
+    for i in 0..5 {
+        post(i).await;
+    }
+    for i in 0..4 {
+        assert_eq!(notice(i).await["state"], "sent", "e{i}");
+    }
+    let refused = notice(4).await;
+    assert_eq!(refused["state"], "failed", "{refused}");
+    assert!(
+        refused["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("550"),
+        "the server's answer: {refused}"
+    );
+    // After a refusal, the next mail to that server goes out pipelined.
+    post(5).await;
+    assert_eq!(notice(5).await["state"], "sent");
+
+    let pipelined = offers.mails();
+    assert_eq!(pipelined.len(), 3, "{pipelined:?}");
+    for m in &pipelined {
+        let rcpt = m["to"][0].as_str().unwrap_or_default();
+        assert_eq!(
+            m["at_mail"],
+            format!("RCPT TO:<{rcpt}>\r\nDATA\r\n"),
+            "the group in one write: {m}"
+        );
+        assert_eq!(m["after_rcpt"], "DATA\r\n", "no text before 354: {m}");
+    }
+    let one_at_a_time = plain.mails();
+    assert_eq!(one_at_a_time.len(), 2, "{one_at_a_time:?}");
+    for m in &one_at_a_time {
+        assert_eq!(m["at_mail"], "", "{m}");
+        assert_eq!(m["after_rcpt"], "", "{m}");
+    }
+}

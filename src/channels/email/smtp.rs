@@ -14,6 +14,12 @@
 //! each flushed, which with `TCP_NODELAY` was two packets, and two reads
 //! woken at the server, for every mail.
 //!
+//! A server that offers PIPELINING (RFC 2920: Postfix, Exim, the large
+//! relays) gets a mail's `MAIL`, `RCPT` and `DATA` in one write and answers
+//! them together ([`Conn::send`]): two round trips a mail rather than
+//! four. lettre keeps no record of that extension, so kci asks `EHLO`
+//! once more when it opens a connection, after STARTTLS and before AUTH.
+//!
 //! TLS is required unless the URL or a domain's policy says otherwise: a
 //! server that offers no STARTTLS gets nothing (`tls_required`), and its
 //! certificate must chain to the web's roots or `tls_ca` and name the host.
@@ -24,6 +30,7 @@ use lettre::address::Envelope;
 use lettre::transport::smtp::Error as SmtpError;
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
 use lettre::transport::smtp::client::{AsyncSmtpConnection, Certificate, Identity, TlsParameters};
+use lettre::transport::smtp::commands::{Data, Ehlo, Mail, Rcpt};
 use lettre::transport::smtp::extension::ClientId;
 use lettre::transport::smtp::response::Response;
 use std::pin::Pin;
@@ -179,11 +186,11 @@ fn percent_decode(s: &str) -> String {
         .into_owned()
 }
 
-/// A connection whose writes are held until its next read. SMTP without
-/// PIPELINING (which neither lettre nor Python's aiosmtpd speaks) answers
-/// each command before the client sends the next, so all kci wrote must
-/// be out by the time it reads the answer, and not before: a command, or
-/// a mail and its end, leave in one write. lettre flushes after each
+/// A connection whose writes are held until its next read. SMTP answers
+/// each command (or, with PIPELINING, each group of commands) before the
+/// client sends more, so all kci wrote must be out by the time it reads
+/// the answer, and not before: a command, a pipelined group, or a mail
+/// and its end, leave in one write. lettre flushes after each
 /// write; a flush here sends nothing, the next read (or a shutdown) does.
 /// Under STARTTLS the TLS records go through it the same way.
 #[derive(Debug)]
@@ -260,6 +267,86 @@ impl lettre::transport::smtp::client::AsyncTokioStream for HeldWrites<tokio::net
     }
 }
 
+/// One of the pool's connections, and whether its server pipelines.
+struct Conn {
+    smtp: AsyncSmtpConnection,
+    pipelining: bool,
+}
+
+/// Whether an `EHLO` answer offers PIPELINING (RFC 2920): a line of its
+/// own after the greeting, the keyword in any case.
+fn offers_pipelining(ehlo: &Response) -> bool {
+    ehlo.message().skip(1).any(|line| {
+        line.split_ascii_whitespace()
+            .next()
+            .is_some_and(|keyword| keyword.eq_ignore_ascii_case("PIPELINING"))
+    })
+}
+
+/// A mail's `MAIL`, each `RCPT` and `DATA`: the commands RFC 2920 lets a
+/// client send as one group, `DATA` last.
+fn envelope_group(envelope: &Envelope) -> String {
+    let mut group = Mail::new(envelope.from().cloned(), vec![]).to_string();
+    for to in envelope.to() {
+        group.push_str(&Rcpt::new(to.clone(), vec![]).to_string());
+    }
+    group.push_str(&Data.to_string());
+    group
+}
+
+/// Whether a failure is the server's answer (it has a code), not the
+/// connection's.
+fn answered(e: &SmtpError) -> bool {
+    e.is_permanent() || e.is_transient()
+}
+
+impl Conn {
+    /// Sends one mail: pipelined where the server offers it, else as
+    /// lettre does, a command and its answer at a time. A mail whose
+    /// addresses or text need SMTPUTF8 or 8BITMIME goes lettre's way,
+    /// which checks the server offers them.
+    async fn send(&mut self, envelope: &Envelope, mail: &[u8]) -> Result<Response, SmtpError> {
+        let ascii = envelope
+            .from()
+            .into_iter()
+            .chain(envelope.to())
+            .all(|a| AsRef::<str>::as_ref(a).is_ascii());
+        if !self.pipelining || !ascii || !mail.is_ascii() {
+            return self.smtp.send(envelope, mail).await;
+        }
+        // The group goes out in one write; its answers come in order, one
+        // for each command, each read even after a refusal so that the
+        // first refusal is the one reported.
+        let mut refused = match self.smtp.command(envelope_group(envelope)).await {
+            Ok(_) => None,
+            Err(e) if answered(&e) => Some(e),
+            Err(e) => return Err(e),
+        };
+        let mut data = None;
+        let rcpts = envelope.to().len();
+        for at in 0..=rcpts {
+            match self.smtp.read_response().await {
+                Ok(r) if at == rcpts => data = Some(r),
+                Ok(_) => {}
+                Err(e) if answered(&e) => {
+                    refused.get_or_insert(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if let Some(e) = refused {
+            // A server that took DATA though a command before it failed
+            // waits for the mail: the connection is dropped, unfinished,
+            // so nothing is sent. Otherwise it is closed politely.
+            if data.is_none() {
+                self.smtp.abort().await;
+            }
+            return Err(e);
+        }
+        self.smtp.message(mail).await
+    }
+}
+
 /// Idle connections older than this are not reused (servers drop them).
 const IDLE_LIMIT: Duration = Duration::from_secs(30);
 const MAX_IDLE: usize = 32;
@@ -269,7 +356,7 @@ pub struct SmtpPool {
     timeout: Duration,
     /// Built once: the roots, the host name checked, the client identity.
     tls: TlsParameters,
-    idle: Mutex<Vec<(AsyncSmtpConnection, Instant)>>,
+    idle: Mutex<Vec<(Conn, Instant)>>,
 }
 
 /// Classifies an SMTP failure: the server's 4xx and connection trouble are
@@ -369,7 +456,7 @@ impl SmtpPool {
         }
     }
 
-    async fn connect(&self) -> Result<AsyncSmtpConnection, DeliveryError> {
+    async fn connect(&self) -> Result<Conn, DeliveryError> {
         let t = &self.target;
         let mut conn = if t.tls == TlsMode::Wrapper {
             AsyncSmtpConnection::connect_tokio1(
@@ -406,27 +493,39 @@ impl SmtpPool {
                 .await
                 .map_err(|e| classify(&e))?;
         }
+        // What the server offers now (after STARTTLS, which may change
+        // it), for PIPELINING; before AUTH, which a new EHLO may undo.
+        // A server that refuses a second EHLO keeps its session as it was:
+        // mail goes to it a command at a time.
+        let pipelining = match conn.command(Ehlo::new(t.hello.clone())).await {
+            Ok(ehlo) => offers_pipelining(&ehlo),
+            Err(e) if answered(&e) => false,
+            Err(e) => return Err(classify(&e)),
+        };
         if let Some(creds) = &t.credentials {
             conn.auth(&[Mechanism::Plain, Mechanism::Login], creds)
                 .await
                 .map_err(|e| classify(&e))?;
         }
-        Ok(conn)
+        Ok(Conn {
+            smtp: conn,
+            pipelining,
+        })
     }
 
-    fn checkout_idle(&self) -> Option<AsyncSmtpConnection> {
+    fn checkout_idle(&self) -> Option<Conn> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         while let Some((conn, since)) = idle.pop() {
-            if since.elapsed() < IDLE_LIMIT && !conn.has_broken() {
+            if since.elapsed() < IDLE_LIMIT && !conn.smtp.has_broken() {
                 return Some(conn);
             }
         }
         None
     }
 
-    fn checkin(&self, conn: AsyncSmtpConnection) {
+    fn checkin(&self, conn: Conn) {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        if idle.len() < MAX_IDLE && !conn.has_broken() {
+        if idle.len() < MAX_IDLE && !conn.smtp.has_broken() {
             idle.push((conn, Instant::now()));
         }
     }
@@ -442,7 +541,7 @@ impl SmtpPool {
                         return Ok(resp);
                     }
                     // The server answered: that answer stands.
-                    Err(e) if e.is_permanent() || e.is_transient() => return Err(classify(&e)),
+                    Err(e) if answered(&e) => return Err(classify(&e)),
                     Err(_) => {} // the idle connection died; try a fresh one
                 }
             }
@@ -524,6 +623,45 @@ mod tests {
         assert_eq!(
             t.credentials,
             Some(Credentials::new("kci".into(), "a+b&c=d+e".into()))
+        );
+    }
+
+    /// PIPELINING is an extension line of its own, in any case; a greeting
+    /// or another extension's parameter that says the word is not it.
+    #[test]
+    fn pipelining_is_read_from_the_ehlo_answer() {
+        let cases = [
+            ("250-mx.example\r\n250-PIPELINING\r\n250 8BITMIME\r\n", true),
+            (
+                "250-mx.example\r\n250-SIZE 1000\r\n250 pipelining\r\n",
+                true,
+            ),
+            ("250-mx.example\r\n250 8BITMIME\r\n", false),
+            ("250 PIPELINING\r\n", false),
+            ("250-mx.example\r\n250 X-NOT PIPELINING\r\n", false),
+            ("250-mx.example\r\n250 PIPELININGX\r\n", false),
+        ];
+        for (text, offered) in cases {
+            let ehlo: Response = text.parse().unwrap();
+            assert_eq!(offers_pipelining(&ehlo), offered, "{text:?}");
+        }
+    }
+
+    /// A mail's group: `MAIL`, a `RCPT` for each recipient, `DATA` last.
+    #[test]
+    fn a_mails_commands_are_one_group_with_data_last() {
+        let envelope = Envelope::new(
+            Some("kci@isp.example".parse().unwrap()),
+            vec![
+                "a@example.com".parse().unwrap(),
+                "b@example.com".parse().unwrap(),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            envelope_group(&envelope),
+            "MAIL FROM:<kci@isp.example>\r\nRCPT TO:<a@example.com>\r\n\
+             RCPT TO:<b@example.com>\r\nDATA\r\n"
         );
     }
 
