@@ -183,6 +183,9 @@ pub struct SmtpSession {
     r: tokio::io::BufReader<tokio::net::tcp::OwnedReadHalf>,
     w: tokio::net::tcp::OwnedWriteHalf,
     line: String,
+    /// The server offers PIPELINING (RFC 2920): a mail's commands go
+    /// together, as kci sends them to such a server.
+    pipelining: bool,
 }
 
 impl SmtpSession {
@@ -198,6 +201,7 @@ impl SmtpSession {
             r: tokio::io::BufReader::new(r),
             w,
             line: String::new(),
+            pipelining: false,
         };
         assert_eq!(s.reply().await, 220);
         s.w.write_all(b"EHLO bench\r\n").await.unwrap();
@@ -211,6 +215,13 @@ impl SmtpSession {
         loop {
             self.line.clear();
             self.r.read_line(&mut self.line).await.unwrap();
+            if self
+                .line
+                .get(4..)
+                .is_some_and(|l| l.trim_end() == "PIPELINING")
+            {
+                self.pipelining = true;
+            }
             if self.line.as_bytes().get(3) != Some(&b'-') {
                 return self.line.get(..3).and_then(|c| c.parse().ok()).unwrap_or(0);
             }
@@ -221,13 +232,22 @@ impl SmtpSession {
     /// `\r\n.\r\n`.
     pub async fn send(&mut self, data: &[u8]) {
         use tokio::io::AsyncWriteExt;
-        for (cmd, code) in [
+        let commands = [
             ("MAIL FROM:<kci@isp.example>\r\n", 250),
             ("RCPT TO:<bench@example.com>\r\n", 250),
             ("DATA\r\n", 354),
-        ] {
-            self.w.write_all(cmd.as_bytes()).await.unwrap();
-            assert_eq!(self.reply().await, code, "{cmd}");
+        ];
+        if self.pipelining {
+            let group: String = commands.iter().map(|(cmd, _)| *cmd).collect();
+            self.w.write_all(group.as_bytes()).await.unwrap();
+            for (cmd, code) in commands {
+                assert_eq!(self.reply().await, code, "{cmd}");
+            }
+        } else {
+            for (cmd, code) in commands {
+                self.w.write_all(cmd.as_bytes()).await.unwrap();
+                assert_eq!(self.reply().await, code, "{cmd}");
+            }
         }
         self.w.write_all(data).await.unwrap();
         assert_eq!(self.reply().await, 250);
