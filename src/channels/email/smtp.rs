@@ -271,6 +271,9 @@ impl lettre::transport::smtp::client::AsyncTokioStream for HeldWrites<tokio::net
 struct Conn {
     smtp: AsyncSmtpConnection,
     pipelining: bool,
+    /// A mail failed on it: it may be mid-transaction (even waiting for a
+    /// mail's text), so it is never used again.
+    failed: bool,
 }
 
 /// Whether an `EHLO` answer offers PIPELINING (RFC 2920): a line of its
@@ -306,6 +309,21 @@ impl Conn {
     /// addresses or text need SMTPUTF8 or 8BITMIME goes lettre's way,
     /// which checks the server offers them.
     async fn send(&mut self, envelope: &Envelope, mail: &[u8]) -> Result<Response, SmtpError> {
+        let sent = self.transaction(envelope, mail).await;
+        self.failed |= sent.is_err();
+        sent
+    }
+
+    /// Whether the pool may send the next mail on it.
+    fn usable(&self) -> bool {
+        !self.failed && !self.smtp.has_broken()
+    }
+
+    async fn transaction(
+        &mut self,
+        envelope: &Envelope,
+        mail: &[u8],
+    ) -> Result<Response, SmtpError> {
         let ascii = envelope
             .from()
             .into_iter()
@@ -322,11 +340,11 @@ impl Conn {
             Err(e) if answered(&e) => Some(e),
             Err(e) => return Err(e),
         };
-        let mut data = None;
+        let mut in_data = false;
         let rcpts = envelope.to().len();
         for at in 0..=rcpts {
             match self.smtp.read_response().await {
-                Ok(r) if at == rcpts => data = Some(r),
+                Ok(_) if at == rcpts => in_data = true,
                 Ok(_) => {}
                 Err(e) if answered(&e) => {
                     refused.get_or_insert(e);
@@ -336,9 +354,11 @@ impl Conn {
         }
         if let Some(e) = refused {
             // A server that took DATA though a command before it failed
-            // waits for the mail: the connection is dropped, unfinished,
-            // so nothing is sent. Otherwise it is closed politely.
-            if data.is_none() {
+            // waits for the mail: the connection is dropped unfinished
+            // (never used again, see `failed`), so nothing is sent; a QUIT
+            // now would be read as the mail's text. Otherwise it is closed
+            // politely.
+            if !in_data {
                 self.smtp.abort().await;
             }
             return Err(e);
@@ -510,13 +530,14 @@ impl SmtpPool {
         Ok(Conn {
             smtp: conn,
             pipelining,
+            failed: false,
         })
     }
 
     fn checkout_idle(&self) -> Option<Conn> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         while let Some((conn, since)) = idle.pop() {
-            if since.elapsed() < IDLE_LIMIT && !conn.smtp.has_broken() {
+            if since.elapsed() < IDLE_LIMIT && conn.usable() {
                 return Some(conn);
             }
         }
@@ -525,7 +546,7 @@ impl SmtpPool {
 
     fn checkin(&self, conn: Conn) {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        if idle.len() < MAX_IDLE && !conn.smtp.has_broken() {
+        if idle.len() < MAX_IDLE && conn.usable() {
             idle.push((conn, Instant::now()));
         }
     }
