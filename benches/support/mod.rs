@@ -240,14 +240,12 @@ impl SmtpSession {
         if self.pipelining {
             let group: String = commands.iter().map(|(cmd, _)| *cmd).collect();
             self.w.write_all(group.as_bytes()).await.unwrap();
-            for (cmd, code) in commands {
-                assert_eq!(self.reply().await, code, "{cmd}");
-            }
-        } else {
-            for (cmd, code) in commands {
+        }
+        for (cmd, code) in commands {
+            if !self.pipelining {
                 self.w.write_all(cmd.as_bytes()).await.unwrap();
-                assert_eq!(self.reply().await, code, "{cmd}");
             }
+            assert_eq!(self.reply().await, code, "{cmd}");
         }
         self.w.write_all(data).await.unwrap();
         assert_eq!(self.reply().await, 250);
