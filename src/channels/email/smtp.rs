@@ -271,9 +271,6 @@ impl lettre::transport::smtp::client::AsyncTokioStream for HeldWrites<tokio::net
 struct Conn {
     smtp: AsyncSmtpConnection,
     pipelining: bool,
-    /// A mail failed on it: it may be mid-transaction (even waiting for a
-    /// mail's text), so it is never used again.
-    failed: bool,
 }
 
 /// Whether an `EHLO` answer offers PIPELINING (RFC 2920): a line of its
@@ -309,21 +306,6 @@ impl Conn {
     /// addresses or text need SMTPUTF8 or 8BITMIME goes lettre's way,
     /// which checks the server offers them.
     async fn send(&mut self, envelope: &Envelope, mail: &[u8]) -> Result<Response, SmtpError> {
-        let sent = self.transaction(envelope, mail).await;
-        self.failed |= sent.is_err();
-        sent
-    }
-
-    /// Whether the pool may send the next mail on it.
-    fn usable(&self) -> bool {
-        !self.failed && !self.smtp.has_broken()
-    }
-
-    async fn transaction(
-        &mut self,
-        envelope: &Envelope,
-        mail: &[u8],
-    ) -> Result<Response, SmtpError> {
         let ascii = envelope
             .from()
             .into_iter()
@@ -355,7 +337,8 @@ impl Conn {
         if let Some(e) = refused {
             // A server that took DATA though a command before it failed
             // waits for the mail: the connection is dropped unfinished
-            // (never used again, see `failed`), so nothing is sent; a QUIT
+            // (the pool keeps only one whose mail went through, see
+            // `SmtpPool::checkin`), so nothing is sent; a QUIT
             // now would be read as the mail's text. Otherwise it is closed
             // politely.
             if !in_data {
@@ -530,23 +513,26 @@ impl SmtpPool {
         Ok(Conn {
             smtp: conn,
             pipelining,
-            failed: false,
         })
     }
 
     fn checkout_idle(&self) -> Option<Conn> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         while let Some((conn, since)) = idle.pop() {
-            if since.elapsed() < IDLE_LIMIT && conn.usable() {
+            if since.elapsed() < IDLE_LIMIT && !conn.smtp.has_broken() {
                 return Some(conn);
             }
         }
         None
     }
 
+    /// Keeps a connection for the next mail: only one just opened or
+    /// whose last mail went through. After a failed mail a connection may
+    /// be mid-transaction, even waiting for a mail's text after a
+    /// pipelined refusal, so `send` drops it instead.
     fn checkin(&self, conn: Conn) {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        if idle.len() < MAX_IDLE && conn.usable() {
+        if idle.len() < MAX_IDLE && !conn.smtp.has_broken() {
             idle.push((conn, Instant::now()));
         }
     }
